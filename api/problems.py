@@ -1,0 +1,129 @@
+"""The one error format: RFC 9457 problem details (`application/problem+json`).
+
+Every failure a client can cause maps to one status and one problem type; handlers never build
+error bodies by hand.
+"""
+
+import logging
+from typing import Any
+
+import psycopg
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TYPE_PREFIX = "urn:todo-api:problem:"
+
+logger = logging.getLogger("api.problems")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Where the bad value is, e.g. `body.title` or `query.limit`.")
+    message: str
+
+
+class Problem(BaseModel):
+    type: str = Field(description="A URN naming the kind of problem; stable, for programs to switch on.")
+    title: str = Field(description="A short summary of the kind of problem.")
+    status: int
+    detail: str = Field(description="What went wrong with this request, for people.")
+    errors: list[FieldError] | None = Field(default=None, description="For 422: each invalid field.")
+
+
+class ProblemError(Exception):
+    """Raise to answer with a problem; the handler below renders it."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        errors: list[FieldError] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.problem = Problem(type=_TYPE_PREFIX + slug, title=title, status=status, detail=detail, errors=errors)
+        self.headers = headers
+
+
+def problem_response(error: ProblemError) -> JSONResponse:
+    return JSONResponse(
+        error.problem.model_dump(exclude_none=True),
+        status_code=error.problem.status,
+        headers=error.headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def not_found(detail: str = "No such task.") -> ProblemError:
+    return ProblemError(404, "not-found", "Not found", detail)
+
+
+def database_unavailable() -> ProblemError:
+    return ProblemError(
+        503,
+        "database-unavailable",
+        "Database unavailable",
+        "The database cannot be reached right now; nothing was changed. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _field_name(location: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def _validation_problem(exc: RequestValidationError) -> ProblemError:
+    # Never echo the input back: it may be huge, or a secret pasted in the wrong field.
+    errors = [FieldError(field=_field_name(e["loc"]), message=e["msg"]) for e in exc.errors()]
+    names = ", ".join(error.field for error in errors)
+    return ProblemError(
+        422, "validation-error", "Invalid request", f"Invalid input in: {names}.", errors=errors
+    )
+
+
+_HTTP_SLUGS = {
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("payload-too-large", "Payload too large"),
+}
+
+
+def _http_problem(exc: StarletteHTTPException) -> ProblemError:
+    slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    return ProblemError(exc.status_code, slug, title, detail, headers=exc.headers)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def on_problem(_: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem_response(_validation_problem(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(_http_problem(exc))
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        return problem_response(database_unavailable())
+
+    @app.exception_handler(Exception)
+    async def on_bug(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error", exc_info=exc)
+        return problem_response(
+            ProblemError(500, "internal-error", "Internal server error", "This is a bug on our side.")
+        )

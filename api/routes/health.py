@@ -1,0 +1,35 @@
+"""Liveness and readiness, for load balancers and orchestrators: no token needed."""
+
+import asyncio
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from api.dependencies import DatabaseDep
+from api.problems import PROBLEM_MEDIA_TYPE, Problem, database_unavailable
+
+router = APIRouter(tags=["health"])
+
+_READY_TIMEOUT_SECONDS = 3.0
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="The database is reachable",
+    responses={503: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": "Database unreachable."}},
+)
+async def readyz(database: DatabaseDep) -> dict[str, str]:
+    async def ping() -> None:
+        async with database.connect() as connection:
+            await connection.execute(text("select 1"))
+
+    try:
+        await asyncio.wait_for(ping(), _READY_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise database_unavailable() from None
+    return {"status": "ready"}

@@ -1,0 +1,190 @@
+"""The six task endpoints. Handlers are thin: parse, run one statement in `user_transaction`, shape."""
+
+from enum import StrEnum
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Body, Path, Query, Request, Response, status
+from pydantic import AfterValidator
+from sqlalchemy import Row
+
+from api import queries
+from api.db import user_transaction
+from api.dependencies import CurrentUser, DatabaseDep
+from api.log import log_change
+from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
+from api.pagination import MAX_TASK_ID, Cursor, SortKey, SortOrder
+from api.problems import PROBLEM_MEDIA_TYPE, Problem, not_found
+
+
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain the NUL character")
+    return value
+
+
+class TaskStatus(StrEnum):
+    all = "all"
+    pending = "pending"
+    completed = "completed"
+
+
+_COMPLETED_FOR_STATUS = {TaskStatus.all: None, TaskStatus.pending: False, TaskStatus.completed: True}
+_DEFAULT_ORDER = {SortKey.created: SortOrder.desc, SortKey.updated: SortOrder.desc, SortKey.title: SortOrder.asc}
+
+TaskId = Annotated[int, Path(ge=1, le=MAX_TASK_ID, description="The task's id.")]
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"model": Problem, "description": description, "content": {PROBLEM_MEDIA_TYPE: {}}}
+
+
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _problem("Missing, malformed, badly signed, expired or not-yet-valid token."),
+    403: _problem("The user id in the path is not the token's subject."),
+    422: _problem("Invalid input: each bad field is listed in `errors`."),
+    503: _problem("The database is unreachable; retry after the `Retry-After` seconds."),
+}
+_TASK_ERRORS = {**_AUTH_ERRORS, 404: _problem("No such task, or it belongs to someone else.")}
+
+router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_AUTH_ERRORS)
+
+
+def _task(row: Row[Any] | None) -> TaskPublic:
+    if row is None:
+        raise not_found()
+    return TaskPublic.model_validate(row)
+
+
+def _task_path(user_id: str, task_id: int) -> str:
+    return f"/api/{quote(user_id, safe='')}/tasks/{task_id}"
+
+
+def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
+    params = [(key, value) for key, value in request.query_params.multi_items() if key != "cursor"]
+    params.append(("cursor", cursor.encode()))
+    return f'</api/{quote(user_id, safe="")}/tasks?{urlencode(params)}>; rel="next"'
+
+
+@router.get(
+    "",
+    response_model=list[TaskPublic],
+    summary="List your tasks",
+    description=(
+        "Newest first by default. When more tasks match than `limit`, the `Link` header carries "
+        '`rel="next"` with an opaque cursor for the next page.'
+    ),
+)
+async def list_tasks(
+    user: CurrentUser,
+    database: DatabaseDep,
+    request: Request,
+    response: Response,
+    task_status: Annotated[TaskStatus, Query(alias="status", description="Which tasks to list.")] = TaskStatus.all,
+    sort: Annotated[SortKey, Query(description="Sort by creation, last update or title.")] = SortKey.created,
+    order: Annotated[
+        SortOrder | None, Query(description="Default: desc for created and updated, asc for title.")
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="Case-insensitive text to find in title or description."),
+        AfterValidator(_no_nul),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 100,
+    cursor: Annotated[str | None, Query(max_length=512, description="From a previous page's Link header.")] = None,
+) -> list[TaskPublic]:
+    order = order or _DEFAULT_ORDER[sort]
+    task_filter = queries.TaskFilter(
+        completed=_COMPLETED_FOR_STATUS[task_status],
+        search=q,
+        sort=sort,
+        order=order,
+        after=Cursor.decode(cursor, sort=sort, order=order) if cursor else None,
+        limit=limit,
+    )
+    async with user_transaction(database, user.id, read_only=True) as transaction:
+        rows = (await transaction.execute(queries.list_tasks(user.id, task_filter))).all()
+    tasks = [TaskPublic.model_validate(row) for row in rows[:limit]]
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        sort_value = {SortKey.created: last.created_at, SortKey.updated: last.updated_at, SortKey.title: last.title}
+        response.headers["Link"] = _next_page_link(
+            request, user.id, Cursor(sort, order, sort_value[sort], last.id)
+        )
+    return tasks
+
+
+@router.post(
+    "",
+    response_model=TaskPublic,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a task",
+    responses={201: {"headers": {"Location": {"description": "The new task's URL."}}}},
+)
+async def create_task(user: CurrentUser, database: DatabaseDep, data: TaskCreate, response: Response) -> TaskPublic:
+    async with user_transaction(database, user.id, read_only=False) as transaction:
+        task = _task((await transaction.execute(queries.create_task(user, data))).one())
+    log_change("create", user_id=user.id, task_id=task.id)
+    response.headers["Location"] = _task_path(user.id, task.id)
+    return task
+
+
+@router.get("/{task_id}", response_model=TaskPublic, summary="Get one task", responses=_TASK_ERRORS)
+async def read_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -> TaskPublic:
+    async with user_transaction(database, user.id, read_only=True) as transaction:
+        return _task((await transaction.execute(queries.get_task(user.id, task_id))).one_or_none())
+
+
+@router.put(
+    "/{task_id}",
+    response_model=TaskPublic,
+    summary="Update a task",
+    description="Fields left out keep their value; `description: null` clears the description.",
+    responses=_TASK_ERRORS,
+)
+async def update_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId, data: TaskUpdate) -> TaskPublic:
+    changes = data.changes()
+    statement = queries.update_task(user.id, task_id, changes) if changes else queries.get_task(user.id, task_id)
+    async with user_transaction(database, user.id, read_only=not changes) as transaction:
+        task = _task((await transaction.execute(statement)).one_or_none())
+    if changes:
+        log_change("update", user_id=user.id, task_id=task.id)
+    return task
+
+
+@router.delete(
+    "/{task_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a task",
+    responses=_TASK_ERRORS,
+)
+async def delete_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -> Response:
+    async with user_transaction(database, user.id, read_only=False) as transaction:
+        deleted = (await transaction.execute(queries.delete_task(user.id, task_id))).one_or_none()
+    if deleted is None:
+        raise not_found()
+    log_change("delete", user_id=user.id, task_id=task_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.patch(
+    "/{task_id}/complete",
+    response_model=TaskPublic,
+    summary="Complete, reopen or toggle a task",
+    description=(
+        'With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it.'
+    ),
+    responses=_TASK_ERRORS,
+)
+async def complete_task(
+    user: CurrentUser,
+    database: DatabaseDep,
+    task_id: TaskId,
+    data: Annotated[CompletionUpdate | None, Body()] = None,
+) -> TaskPublic:
+    completed = data.completed if data is not None else None
+    async with user_transaction(database, user.id, read_only=False) as transaction:
+        task = _task((await transaction.execute(queries.set_completed(user.id, task_id, completed))).one_or_none())
+    log_change("update", user_id=user.id, task_id=task.id)
+    return task

@@ -1,0 +1,69 @@
+"""The one settings object: every knob the API reads from the environment (or a `.env` file)."""
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# HS256 with a short secret can be brute-forced offline from one captured token.
+MIN_SECRET_LENGTH = 32
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SQL_DIR = PROJECT_ROOT / "sql"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="Postgres to serve from. Unset: start the embedded development database.",
+    )
+    better_auth_secret: SecretStr | None = Field(
+        default=None, description="Shared secret for HS256 tokens, at least 32 characters."
+    )
+    better_auth_url: str | None = Field(
+        default=None, description="Better Auth base URL: when set, tokens' iss and aud must equal it."
+    )
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_connect_timeout_seconds: int = Field(default=5, ge=1)
+    # psycopg prepares a statement after this many executions; None never prepares, which is what
+    # PgBouncer in transaction mode (Neon's pooled endpoint) needs unless it tracks prepared statements.
+    db_prepare_threshold: int | None = Field(default=None)
+
+    data_dir: Path = Field(default=PROJECT_ROOT / ".data", description="Embedded Postgres data folder.")
+    log_level: str = "INFO"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def split_comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("better_auth_secret")
+    @classmethod
+    def secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"BETTER_AUTH_SECRET must be at least {MIN_SECRET_LENGTH} characters long")
+        return value
+
+    @field_validator("better_auth_url")
+    @classmethod
+    def strip_trailing_slash(cls, value: str | None) -> str | None:
+        # Better Auth puts its base URL's origin in iss and aud, without a trailing slash.
+        return value.rstrip("/") if value else None
+
+    @model_validator(mode="after")
+    def some_way_to_verify_tokens(self) -> "Settings":
+        if self.database_url is not None and self.better_auth_secret is None:
+            raise ValueError(
+                "BETTER_AUTH_SECRET is required when DATABASE_URL is set: without it no token can be "
+                "verified (only the embedded development database makes its own secret)"
+            )
+        return self

