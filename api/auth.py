@@ -29,9 +29,7 @@ class Principal:
 def unauthorized(detail: str, *, token_was_sent: bool = True) -> ProblemError:
     # RFC 6750: a request without credentials gets a bare challenge; a bad token names the error.
     challenge = 'Bearer error="invalid_token"' if token_was_sent else "Bearer"
-    return ProblemError(
-        401, "unauthorized", "Unauthorized", detail, headers={"WWW-Authenticate": challenge}
-    )
+    return ProblemError(401, "unauthorized", "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
 class TokenVerifier(Protocol):
@@ -116,7 +114,9 @@ class Authenticator:
             raise unauthorized(_describe(error)) from None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > USER_ID_MAX_LENGTH:
-            raise unauthorized(f"The token's sub claim must be a user id of 1 to {USER_ID_MAX_LENGTH} characters.")
+            raise unauthorized(
+                f"The token's sub claim must be a user id of 1 to {USER_ID_MAX_LENGTH} characters."
+            )
         if "\x00" in subject:
             raise unauthorized("The token's sub claim contains a NUL character.")
         return Principal(

@@ -37,7 +37,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
     async def connect() -> psycopg.AsyncConnection[tuple[object, ...]]:
-        return await psycopg.AsyncConnection.connect(conninfo, prepare_threshold=settings.db_prepare_threshold)
+        return await psycopg.AsyncConnection.connect(
+            conninfo, prepare_threshold=settings.db_prepare_threshold
+        )
 
     return create_async_engine(
         "postgresql+psycopg://",
@@ -52,7 +54,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 @asynccontextmanager
-async def user_transaction(engine: AsyncEngine, user_id: str, *, read_only: bool) -> AsyncIterator[AsyncConnection]:
+async def user_transaction(
+    engine: AsyncEngine, user_id: str, *, read_only: bool
+) -> AsyncIterator[AsyncConnection]:
     async with engine.connect() as connection:
         if read_only:
             await connection.execution_options(postgresql_readonly=True)

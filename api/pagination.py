@@ -5,7 +5,7 @@ import binascii
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
+from typing import Literal, get_args
 
 from api.problems import FieldError, ProblemError
 
@@ -13,15 +13,8 @@ from api.problems import FieldError, ProblemError
 MAX_TASK_ID = 2**63 - 1
 
 
-class SortKey(StrEnum):
-    created = "created"
-    updated = "updated"
-    title = "title"
-
-
-class SortOrder(StrEnum):
-    asc = "asc"
-    desc = "desc"
+SortKey = Literal["created", "updated", "title"]
+SortOrder = Literal["asc", "desc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,27 +28,28 @@ class Cursor:
 
     def encode(self) -> str:
         value = self.value.isoformat() if isinstance(self.value, datetime) else self.value
-        raw = json.dumps([self.sort.value, self.order.value, value, self.task_id], separators=(",", ":"))
+        raw = json.dumps([self.sort, self.order, value, self.task_id], separators=(",", ":"))
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, token: str, *, sort: SortKey, order: SortOrder) -> "Cursor":
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            sort_name, order_name, value, task_id = json.loads(raw)
-            cursor_sort, cursor_order = SortKey(sort_name), SortOrder(order_name)
+            cursor_sort, cursor_order, value, task_id = json.loads(raw)
+            if cursor_sort not in get_args(SortKey) or cursor_order not in get_args(SortOrder):
+                raise ValueError
             if not isinstance(task_id, int) or not 0 < task_id <= MAX_TASK_ID:
                 raise ValueError
             if not isinstance(value, str) or "\x00" in value:
                 raise ValueError
-            parsed: datetime | str = value if cursor_sort is SortKey.title else datetime.fromisoformat(value)
+            parsed: datetime | str = value if cursor_sort == "title" else datetime.fromisoformat(value)
             if isinstance(parsed, datetime) and parsed.tzinfo is None:
                 raise ValueError
         except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
             raise _bad_cursor("is not a cursor this API issued") from None
         if (cursor_sort, cursor_order) != (sort, order):
             raise _bad_cursor("was issued for another sort or order; keep them the same while paging")
-        return cls(cursor_sort, cursor_order, parsed, task_id)
+        return cls(sort, order, parsed, task_id)
 
 
 def _bad_cursor(reason: str) -> ProblemError:

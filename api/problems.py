@@ -48,7 +48,9 @@ class ProblemError(Exception):
         errors: list[FieldError] | None = None,
     ) -> None:
         super().__init__(detail)
-        self.problem = Problem(type=_TYPE_PREFIX + slug, title=title, status=status, detail=detail, errors=errors)
+        self.problem = Problem(
+            type=_TYPE_PREFIX + slug, title=title, status=status, detail=detail, errors=errors
+        )
         self.headers = headers
 
 
@@ -98,7 +100,7 @@ _HTTP_SLUGS = {
 def _http_problem(exc: StarletteHTTPException) -> ProblemError:
     slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
-    return ProblemError(exc.status_code, slug, title, detail, headers=exc.headers)
+    return ProblemError(exc.status_code, slug, title, detail, headers=dict(exc.headers or {}))
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -6,10 +6,12 @@ correctness never depends on them: without them the policies return exactly the 
 """
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Delete, Insert, Select, Update, delete, exists, func, literal, or_, tuple_, update
+from sqlalchemy import Insert, String, delete, exists, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlmodel import col, select
+from sqlalchemy.sql.expression import Executable
+from sqlmodel import col
 
 from api.auth import Principal
 from api.models import Task, TaskCreate, User
@@ -25,10 +27,10 @@ _TASK_COLUMNS = (
     col(Task.updated_at),
 )
 
-_SORT_COLUMNS = {
-    SortKey.created: col(Task.created_at),
-    SortKey.updated: col(Task.updated_at),
-    SortKey.title: col(Task.title),
+_SORT_COLUMNS: dict[SortKey, Any] = {
+    "created": col(Task.created_at),
+    "updated": col(Task.updated_at),
+    "title": col(Task.title),
 }
 
 
@@ -47,27 +49,31 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def list_tasks(user_id: str, task_filter: TaskFilter) -> Select[tuple[object, ...]]:
+def list_tasks(user_id: str, task_filter: TaskFilter) -> Executable:
     """One page, plus one row more so the caller knows whether another page follows."""
     sort_column = _SORT_COLUMNS[task_filter.sort]
-    ascending = task_filter.order is SortOrder.asc
+    ascending = task_filter.order == "asc"
     statement = select(*_TASK_COLUMNS).where(col(Task.user_id) == user_id)
     if task_filter.completed is not None:
         statement = statement.where(col(Task.completed) == task_filter.completed)
     if task_filter.search:
         pattern = _like_pattern(task_filter.search)
         statement = statement.where(
-            or_(col(Task.title).ilike(pattern, escape="\\"), col(Task.description).ilike(pattern, escape="\\"))
+            or_(
+                col(Task.title).ilike(pattern, escape="\\"), col(Task.description).ilike(pattern, escape="\\")
+            )
         )
     if task_filter.after is not None:
         position = tuple_(sort_column, col(Task.id))
         last_seen = tuple_(literal(task_filter.after.value), literal(task_filter.after.task_id))
         statement = statement.where(position > last_seen if ascending else position < last_seen)
-    order_by = (sort_column.asc(), col(Task.id).asc()) if ascending else (sort_column.desc(), col(Task.id).desc())
+    order_by = (
+        (sort_column.asc(), col(Task.id).asc()) if ascending else (sort_column.desc(), col(Task.id).desc())
+    )
     return statement.order_by(*order_by).limit(task_filter.limit + 1)
 
 
-def get_task(user_id: str, task_id: int) -> Select[tuple[object, ...]]:
+def get_task(user_id: str, task_id: int) -> Executable:
     return select(*_TASK_COLUMNS).where(col(Task.user_id) == user_id, col(Task.id) == task_id)
 
 
@@ -78,8 +84,8 @@ def _upsert_user(principal: Principal) -> Insert:
     NOT EXISTS guard makes this one index lookup with no write and no row lock, so a user's row is
     not rewritten on every request.
     """
-    email = literal(principal.email, type_=col(User.email).type)
-    name = literal(principal.name, type_=col(User.name).type)
+    email = literal(principal.email, String)
+    name = literal(principal.name, String)
     up_to_date = exists().where(
         col(User.id) == principal.id,
         col(User.email).is_not_distinct_from(func.coalesce(email, col(User.email))),
@@ -98,17 +104,19 @@ def _upsert_user(principal: Principal) -> Insert:
     )
 
 
-def create_task(principal: Principal, data: TaskCreate) -> Insert:
+def create_task(principal: Principal, data: TaskCreate) -> Executable:
     user_row = _upsert_user(principal).cte("user_row")
     return (
         pg_insert(Task)
-        .values(user_id=principal.id, title=data.title, description=data.description, completed=data.completed)
+        .values(
+            user_id=principal.id, title=data.title, description=data.description, completed=data.completed
+        )
         .add_cte(user_row)
         .returning(*_TASK_COLUMNS)
     )
 
 
-def update_task(user_id: str, task_id: int, changes: dict[str, object]) -> Update:
+def update_task(user_id: str, task_id: int, changes: dict[str, object]) -> Executable:
     return (
         update(Task)
         .where(col(Task.user_id) == user_id, col(Task.id) == task_id)
@@ -117,7 +125,7 @@ def update_task(user_id: str, task_id: int, changes: dict[str, object]) -> Updat
     )
 
 
-def set_completed(user_id: str, task_id: int, completed: bool | None) -> Update:
+def set_completed(user_id: str, task_id: int, completed: bool | None) -> Executable:
     """`completed=None` toggles; a value sets it, so a retried request lands in the same state."""
     new_value = ~col(Task.completed) if completed is None else literal(completed)
     return (
@@ -128,9 +136,5 @@ def set_completed(user_id: str, task_id: int, completed: bool | None) -> Update:
     )
 
 
-def delete_task(user_id: str, task_id: int) -> Delete:
-    return (
-        delete(Task)
-        .where(col(Task.user_id) == user_id, col(Task.id) == task_id)
-        .returning(col(Task.id))
-    )
+def delete_task(user_id: str, task_id: int) -> Executable:
+    return delete(Task).where(col(Task.user_id) == user_id, col(Task.id) == task_id).returning(col(Task.id))

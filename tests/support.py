@@ -67,7 +67,9 @@ def _free_port() -> int:
 def serving(app: FastAPI) -> Iterator[str]:
     """Run the app in a real uvicorn on loopback (its own thread and event loop); yield its base URL."""
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -21,7 +21,9 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="The database is reachable",
-    responses={503: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": "Database unreachable."}},
+    responses={
+        503: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": "Database unreachable."}
+    },
 )
 async def readyz(database: DatabaseDep) -> dict[str, str]:
     async def ping() -> None:

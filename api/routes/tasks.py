@@ -30,7 +30,7 @@ class TaskStatus(StrEnum):
 
 
 _COMPLETED_FOR_STATUS = {TaskStatus.all: None, TaskStatus.pending: False, TaskStatus.completed: True}
-_DEFAULT_ORDER = {SortKey.created: SortOrder.desc, SortKey.updated: SortOrder.desc, SortKey.title: SortOrder.asc}
+_DEFAULT_ORDER: dict[SortKey, SortOrder] = {"created": "desc", "updated": "desc", "title": "asc"}
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_TASK_ID, description="The task's id.")]
 
@@ -80,8 +80,10 @@ async def list_tasks(
     database: DatabaseDep,
     request: Request,
     response: Response,
-    task_status: Annotated[TaskStatus, Query(alias="status", description="Which tasks to list.")] = TaskStatus.all,
-    sort: Annotated[SortKey, Query(description="Sort by creation, last update or title.")] = SortKey.created,
+    task_status: Annotated[
+        TaskStatus, Query(alias="status", description="Which tasks to list.")
+    ] = TaskStatus.all,
+    sort: Annotated[SortKey, Query(description="Sort by creation, last update or title.")] = "created",
     order: Annotated[
         SortOrder | None, Query(description="Default: desc for created and updated, asc for title.")
     ] = None,
@@ -91,7 +93,9 @@ async def list_tasks(
         AfterValidator(_no_nul),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 100,
-    cursor: Annotated[str | None, Query(max_length=512, description="From a previous page's Link header.")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="From a previous page's Link header.")
+    ] = None,
 ) -> list[TaskPublic]:
     order = order or _DEFAULT_ORDER[sort]
     task_filter = queries.TaskFilter(
@@ -107,7 +111,7 @@ async def list_tasks(
     tasks = [TaskPublic.model_validate(row) for row in rows[:limit]]
     if len(rows) > limit:
         last = rows[limit - 1]
-        sort_value = {SortKey.created: last.created_at, SortKey.updated: last.updated_at, SortKey.title: last.title}
+        sort_value = {"created": last.created_at, "updated": last.updated_at, "title": last.title}
         response.headers["Link"] = _next_page_link(
             request, user.id, Cursor(sort, order, sort_value[sort], last.id)
         )
@@ -121,7 +125,9 @@ async def list_tasks(
     summary="Create a task",
     responses={201: {"headers": {"Location": {"description": "The new task's URL."}}}},
 )
-async def create_task(user: CurrentUser, database: DatabaseDep, data: TaskCreate, response: Response) -> TaskPublic:
+async def create_task(
+    user: CurrentUser, database: DatabaseDep, data: TaskCreate, response: Response
+) -> TaskPublic:
     async with user_transaction(database, user.id, read_only=False) as transaction:
         task = _task((await transaction.execute(queries.create_task(user, data))).one())
     log_change("create", user_id=user.id, task_id=task.id)
@@ -142,9 +148,13 @@ async def read_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -
     description="Fields left out keep their value; `description: null` clears the description.",
     responses=_TASK_ERRORS,
 )
-async def update_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId, data: TaskUpdate) -> TaskPublic:
+async def update_task(
+    user: CurrentUser, database: DatabaseDep, task_id: TaskId, data: TaskUpdate
+) -> TaskPublic:
     changes = data.changes()
-    statement = queries.update_task(user.id, task_id, changes) if changes else queries.get_task(user.id, task_id)
+    statement = (
+        queries.update_task(user.id, task_id, changes) if changes else queries.get_task(user.id, task_id)
+    )
     async with user_transaction(database, user.id, read_only=not changes) as transaction:
         task = _task((await transaction.execute(statement)).one_or_none())
     if changes:
@@ -172,9 +182,7 @@ async def delete_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId)
     "/{task_id}/complete",
     response_model=TaskPublic,
     summary="Complete, reopen or toggle a task",
-    description=(
-        'With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it.'
-    ),
+    description=('With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it.'),
     responses=_TASK_ERRORS,
 )
 async def complete_task(
@@ -185,6 +193,8 @@ async def complete_task(
 ) -> TaskPublic:
     completed = data.completed if data is not None else None
     async with user_transaction(database, user.id, read_only=False) as transaction:
-        task = _task((await transaction.execute(queries.set_completed(user.id, task_id, completed))).one_or_none())
+        task = _task(
+            (await transaction.execute(queries.set_completed(user.id, task_id, completed))).one_or_none()
+        )
     log_change("update", user_id=user.id, task_id=task.id)
     return task
