@@ -11,7 +11,7 @@ from api.auth import Authenticator, SharedSecretVerifier, TokenVerifier
 from api.db import create_engine
 from api.isolation import ensure_isolation
 from api.log import configure_logging
-from api.problems import install_problem_handlers
+from api.problems import document_problem_media_type, install_problem_handlers
 from api.routes import health, tasks
 from api.settings import Settings
 
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.authenticator = build_authenticator(settings)
     install_problem_handlers(app)
+    document_problem_media_type(app)
     app.include_router(tasks.router)
     app.include_router(health.router)
     app.add_middleware(

@@ -59,6 +59,7 @@ def development_secret(data_dir: Path) -> str:
     """Made once and remembered, so tokens minted earlier keep working after a restart."""
     path = data_dir / _SECRET_FILE
     if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(48))
     return path.read_text().strip()

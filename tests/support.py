@@ -16,9 +16,19 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.dev_tokens import mint_token
+from api.settings import Settings
+
+# Like Neon's neondb_owner: logs in, creates roles and databases, and bypasses row-level security,
+# so every test proves that the API's role switch, not the login role, keeps users apart.
+LOGIN_ROLE = "todo_owner"
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 _BASE62 = string.ascii_letters + string.digits
+
+
+def settings_for(database_url: str, **overrides: Any) -> Settings:
+    """Settings for a test app: explicit, so neither a developer's .env nor their environment leaks in."""
+    return Settings(_env_file=None, database_url=database_url, better_auth_secret=SECRET, **overrides)
 
 
 def better_auth_id() -> str:

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from api.dependencies import DatabaseDep
-from api.problems import PROBLEM_MEDIA_TYPE, Problem, database_unavailable
+from api.problems import database_unavailable, error_response
 
 router = APIRouter(tags=["health"])
 
@@ -21,9 +21,7 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="The database is reachable",
-    responses={
-        503: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": "Database unreachable."}
-    },
+    responses={503: error_response("The database is unreachable.")},
 )
 async def readyz(database: DatabaseDep) -> dict[str, str]:
     async def ping() -> None:

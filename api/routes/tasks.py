@@ -14,7 +14,7 @@ from api.dependencies import CurrentUser, DatabaseDep
 from api.log import log_change
 from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
 from api.pagination import MAX_TASK_ID, Cursor, SortKey, SortOrder
-from api.problems import PROBLEM_MEDIA_TYPE, Problem, not_found
+from api.problems import error_response, not_found
 
 
 def _no_nul(value: str | None) -> str | None:
@@ -35,17 +35,13 @@ _DEFAULT_ORDER: dict[SortKey, SortOrder] = {"created": "desc", "updated": "desc"
 TaskId = Annotated[int, Path(ge=1, le=MAX_TASK_ID, description="The task's id.")]
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {"model": Problem, "description": description, "content": {PROBLEM_MEDIA_TYPE: {}}}
-
-
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _problem("Missing, malformed, badly signed, expired or not-yet-valid token."),
-    403: _problem("The user id in the path is not the token's subject."),
-    422: _problem("Invalid input: each bad field is listed in `errors`."),
-    503: _problem("The database is unreachable; retry after the `Retry-After` seconds."),
+    401: error_response("Missing, malformed, badly signed, expired or not-yet-valid token."),
+    403: error_response("The user id in the path is not the token's subject."),
+    422: error_response("Invalid input: each bad field is listed in `errors`."),
+    503: error_response("The database is unreachable; retry after the `Retry-After` seconds."),
 }
-_TASK_ERRORS = {**_AUTH_ERRORS, 404: _problem("No such task, or it belongs to someone else.")}
+_TASK_ERRORS = {**_AUTH_ERRORS, 404: error_response("No such task, or it belongs to someone else.")}
 
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_AUTH_ERRORS)
 

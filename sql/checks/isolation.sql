@@ -21,6 +21,11 @@ SELECT 'role todo_app does not exist' AS finding
 WHERE NOT EXISTS (SELECT FROM todo_app)
 
 UNION ALL
+SELECT pg_catalog.format('table %s does not exist: the database is not migrated', expected)
+FROM pg_catalog.unnest(ARRAY['public.users', 'public.tasks']) AS expected
+WHERE pg_catalog.to_regclass(expected) IS NULL
+
+UNION ALL
 SELECT 'role todo_app is a superuser, so row-level security does not apply to it'
 FROM todo_app WHERE rolsuper
 

@@ -1,0 +1,138 @@
+"""Who may call: every token the API must refuse (401), and every endpoint refusing another user (403)."""
+
+import base64
+import json
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support import SECRET, ApiUser, now, sign
+
+# Every endpoint, as (method, path under /api/{user_id}/tasks, JSON body).
+ENDPOINTS: list[tuple[str, str, Any]] = [
+    ("GET", "", None),
+    ("POST", "", {"title": "Sneaky"}),
+    ("GET", "/1", None),
+    ("PUT", "/1", {"title": "Sneaky"}),
+    ("DELETE", "/1", None),
+    ("PATCH", "/1/complete", None),
+]
+
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def _tampered(user_id: str) -> str:
+    header, _, signature = sign({"sub": user_id, "exp": now() + 60}).split(".")
+    payload = base64.urlsafe_b64encode(json.dumps({"sub": user_id, "exp": now() + 9999}).encode())
+    return f"{header}.{payload.decode().rstrip('=')}.{signature}"
+
+
+def bad_tokens(user_id: str) -> dict[str, str]:
+    fresh = {"sub": user_id, "iat": now(), "exp": now() + 600}
+    return {
+        "expired": sign({**fresh, "exp": now() - 120}),
+        "not yet valid (nbf)": sign({**fresh, "nbf": now() + 600}),
+        "issued in the future (iat)": sign({**fresh, "iat": now() + 600}),
+        "no exp": sign({"sub": user_id, "iat": now()}),
+        "no sub": sign({"iat": now(), "exp": now() + 600}),
+        "empty sub": sign({**fresh, "sub": ""}),
+        "numeric sub": sign({**fresh, "sub": 42}),
+        "wrong secret": sign(fresh, secret="another-secret-that-is-long-enough-0123456789"),
+        "alg none": _unsigned(fresh),
+        "HS512, whatever its key": sign(fresh, secret=SECRET * 2, algorithm="HS512"),
+        "tampered payload": _tampered(user_id),
+        "not a JWT": "definitely-not-a-token",
+        "three empty parts": "..",
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_tokens("x")))
+def test_bad_tokens_are_401_with_a_challenge(client: httpx.Client, alice: ApiUser, case: str) -> None:
+    token = bad_tokens(alice.id)[case]
+    response = client.get(alice.tasks_url, headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == 401
+    assert problem["type"] == "urn:todo-api:problem:unauthorized"
+    assert token not in response.text or not token, "the token is never echoed"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Basic YWxpY2U6c2VjcmV0", "Token abc"],
+)
+def test_missing_credentials_are_401_with_a_bare_challenge(
+    client: httpx.Client, alice: ApiUser, authorization: str | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = client.get(alice.tasks_url, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "Authorization: Bearer" in response.json()["detail"]
+
+
+def test_token_in_the_query_string_is_not_accepted(client: httpx.Client, alice: ApiUser) -> None:
+    response = client.get(alice.tasks_url, params={"access_token": alice.token, "token": alice.token})
+    assert response.status_code == 401
+
+
+def test_expired_token_says_so(client: httpx.Client, alice: ApiUser) -> None:
+    token = sign({"sub": alice.id, "exp": now() - 120})
+    response = client.get(alice.tasks_url, headers={"Authorization": f"Bearer {token}"})
+    assert "expired" in response.json()["detail"]
+
+
+def test_small_clock_skew_is_tolerated(client: httpx.Client, alice: ApiUser) -> None:
+    token = sign({"sub": alice.id, "iat": now() + 5, "nbf": now() + 5, "exp": now() + 60})
+    response = client.get(alice.tasks_url, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
+def test_bad_token_writes_nothing(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], method: str, path: str, body: Any
+) -> None:
+    token = sign({"sub": alice.id, "exp": now() + 60}, secret="wrong-secret-but-long-enough-0123456789")
+    response = client.request(
+        method, alice.tasks_url + path, json=body, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 401
+    assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
+def test_another_users_path_is_403_on_every_endpoint(
+    client: httpx.Client,
+    alice: ApiUser,
+    bob: ApiUser,
+    api_db: psycopg.Connection[Any],
+    method: str,
+    path: str,
+    body: Any,
+) -> None:
+    bobs_task = client.post(bob.tasks_url, json={"title": "Bob's"}, headers=bob.headers).json()
+    path = path.replace("/1", f"/{bobs_task['id']}")
+
+    response = client.request(method, bob.tasks_url + path, json=body, headers=alice.headers)
+
+    assert response.status_code == 403
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["type"] == "urn:todo-api:problem:forbidden"
+    rows = api_db.execute("select title, completed from tasks where user_id = %s", [bob.id]).fetchall()
+    assert rows == [("Bob's", False)], "bob's tasks are exactly as he left them"
+    assert api_db.execute("select count(*) from users where id = %s", [alice.id]).fetchone() == (0,)
+
+
+def test_hs256_secret_is_the_one_configured(client: httpx.Client, alice: ApiUser) -> None:
+    token = sign({"sub": alice.id, "exp": now() + 60}, secret=SECRET)
+    assert client.get(alice.tasks_url, headers={"Authorization": f"Bearer {token}"}).status_code == 200

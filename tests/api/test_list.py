@@ -1,0 +1,158 @@
+"""The task list: filters, search, sort orders and keyset paging through the Link header."""
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import ApiUser, new_user
+
+_NEXT = re.compile(r'<([^>]+)>; rel="next"')
+
+
+def seed(client: httpx.Client, user: ApiUser, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    created = []
+    for fields in tasks:
+        response = client.post(user.tasks_url, json=fields, headers=user.headers)
+        assert response.status_code == 201
+        created.append(response.json())
+    return created
+
+
+def titles(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [task["title"] for task in response.json()]
+
+
+def all_pages(client: httpx.Client, user: ApiUser, **params: Any) -> tuple[list[str], int]:
+    """Follow rel="next" links to the end; return every title and the number of pages."""
+    response = client.get(user.tasks_url, params=params, headers=user.headers)
+    seen, pages = titles(response), 1
+    while match := _NEXT.search(response.headers.get("link", "")):
+        response = client.get(match.group(1), headers=user.headers)
+        seen += titles(response)
+        pages += 1
+    return seen, pages
+
+
+@pytest.fixture
+def carol(client: httpx.Client) -> ApiUser:
+    user = new_user()
+    seed(
+        client,
+        user,
+        [
+            {"title": "water the plants", "completed": True},
+            {"title": "Buy MILK", "description": "and bread"},
+            {"title": "call mum", "description": "about the 100% cotton_shirt"},
+            {"title": "alpha", "completed": True},
+        ],
+    )
+    return user
+
+
+def test_default_is_everything_newest_first(client: httpx.Client, carol: ApiUser) -> None:
+    response = client.get(carol.tasks_url, headers=carol.headers)
+    assert titles(response) == ["alpha", "call mum", "Buy MILK", "water the plants"]
+    assert "link" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [("all", 4), ("pending", 2), ("completed", 2)],
+)
+def test_status_filter(client: httpx.Client, carol: ApiUser, status: str, expected: int) -> None:
+    response = client.get(carol.tasks_url, params={"status": status}, headers=carol.headers)
+    tasks = response.json()
+    assert len(tasks) == expected
+    if status != "all":
+        assert {task["completed"] for task in tasks} == {status == "completed"}
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("milk", ["Buy MILK"]),
+        ("BREAD", ["Buy MILK"]),
+        ("100%", ["call mum"]),
+        ("l_m", []),  # as a LIKE wildcard, _ would match "call mum"
+        ("_shirt", ["call mum"]),
+        ("%", ["call mum"]),
+        ("nothing like it", []),
+    ],
+)
+def test_search_is_case_insensitive_and_literal(
+    client: httpx.Client, carol: ApiUser, q: str, expected: list[str]
+) -> None:
+    assert titles(client.get(carol.tasks_url, params={"q": q}, headers=carol.headers)) == expected
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"sort": "title"}, ["alpha", "Buy MILK", "call mum", "water the plants"]),
+        ({"sort": "title", "order": "desc"}, ["water the plants", "call mum", "Buy MILK", "alpha"]),
+        ({"sort": "created", "order": "asc"}, ["water the plants", "Buy MILK", "call mum", "alpha"]),
+    ],
+)
+def test_sort_orders(
+    client: httpx.Client, carol: ApiUser, params: dict[str, str], expected: list[str]
+) -> None:
+    response = client.get(carol.tasks_url, params=params, headers=carol.headers)
+    assert sorted(titles(response), key=str.lower) == sorted(expected, key=str.lower)
+    if params["sort"] == "created":
+        assert titles(response) == expected
+
+
+def test_sort_by_updated_puts_the_latest_change_first(client: httpx.Client, carol: ApiUser) -> None:
+    oldest = client.get(carol.tasks_url, params={"order": "asc"}, headers=carol.headers).json()[0]
+    client.put(carol.task_url(oldest["id"]), json={"description": "changed"}, headers=carol.headers)
+    response = client.get(carol.tasks_url, params={"sort": "updated"}, headers=carol.headers)
+    assert titles(response)[0] == oldest["title"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"sort": "created"},
+        {"sort": "created", "order": "asc"},
+        {"sort": "updated"},
+        {"sort": "title"},
+        {"sort": "title", "order": "desc", "status": "pending"},
+    ],
+)
+def test_paging_visits_every_task_once_in_order(client: httpx.Client, params: dict[str, str]) -> None:
+    user = new_user()
+    # Duplicate titles make the id tie-breaker matter.
+    seed(client, user, [{"title": f"task {i % 4}", "completed": i % 3 == 0} for i in range(11)])
+    unpaged = titles(client.get(user.tasks_url, params=params, headers=user.headers))
+
+    paged, pages = all_pages(client, user, limit=3, **params)
+
+    assert paged == unpaged
+    assert pages == -(-len(unpaged) // 3)
+
+
+def test_next_link_keeps_the_other_parameters(client: httpx.Client) -> None:
+    user = new_user()
+    seed(client, user, [{"title": f"milk {i}"} for i in range(3)])
+    response = client.get(
+        user.tasks_url, params={"q": "milk", "limit": 2, "sort": "title"}, headers=user.headers
+    )
+    link = _NEXT.search(response.headers["link"])
+    assert link is not None
+    url = httpx.URL(link.group(1))
+    assert url.path == user.tasks_url
+    assert url.params["q"] == "milk"
+    assert url.params["limit"] == "2"
+    assert url.params["sort"] == "title"
+    assert url.params["cursor"]
+
+
+def test_default_page_size_is_100(client: httpx.Client) -> None:
+    user = new_user()
+    seed(client, user, [{"title": f"t{i}"} for i in range(101)])
+    response = client.get(user.tasks_url, headers=user.headers)
+    assert len(response.json()) == 100
+    assert 'rel="next"' in response.headers["link"]

@@ -1,0 +1,55 @@
+"""The docs describe every endpoint, every error response and the Bearer scheme."""
+
+from typing import Any
+
+import httpx
+import pytest
+
+TASK_OPERATIONS = [
+    ("/api/{user_id}/tasks", "get"),
+    ("/api/{user_id}/tasks", "post"),
+    ("/api/{user_id}/tasks/{task_id}", "get"),
+    ("/api/{user_id}/tasks/{task_id}", "put"),
+    ("/api/{user_id}/tasks/{task_id}", "delete"),
+    ("/api/{user_id}/tasks/{task_id}/complete", "patch"),
+]
+
+
+@pytest.fixture(scope="module")
+def spec(api_url: str) -> dict[str, Any]:
+    document: dict[str, Any] = httpx.get(f"{api_url}/openapi.json").json()
+    return document
+
+
+def test_bearer_scheme_is_declared(spec: dict[str, Any]) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": schemes["HTTPBearer"]["description"],
+    }
+
+
+@pytest.mark.parametrize(("path", "method"), TASK_OPERATIONS)
+def test_every_task_operation_documents_security_and_errors(
+    spec: dict[str, Any], path: str, method: str
+) -> None:
+    operation = spec["paths"][path][method]
+    assert operation["security"] == [{"HTTPBearer": []}]
+    expected_errors = {"401", "403", "422", "503"} | ({"404"} if "task_id" in path else set())
+    assert expected_errors <= set(operation["responses"])
+    for status in expected_errors:
+        content = operation["responses"][status]["content"]
+        assert content["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+
+
+def test_health_endpoints_are_public(spec: dict[str, Any]) -> None:
+    for path in ("/healthz", "/readyz"):
+        assert "security" not in spec["paths"][path]["get"]
+
+
+def test_docs_page_is_served(api_url: str) -> None:
+    response = httpx.get(f"{api_url}/docs")
+    assert response.status_code == 200
+    assert "swagger-ui" in response.text

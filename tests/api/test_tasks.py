@@ -1,0 +1,171 @@
+"""Each task endpoint's success path: status, headers, body, and what the database holds afterwards."""
+
+from datetime import datetime
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support import ApiUser, new_user
+
+
+def create(client: httpx.Client, user: ApiUser, **fields: Any) -> dict[str, Any]:
+    response = client.post(user.tasks_url, json={"title": "A task", **fields}, headers=user.headers)
+    assert response.status_code == 201, response.text
+    task: dict[str, Any] = response.json()
+    return task
+
+
+def stored(db: psycopg.Connection[Any], task_id: int) -> tuple[Any, ...] | None:
+    return db.execute(
+        "select user_id, title, description, completed from tasks where id = %s", [task_id]
+    ).fetchone()
+
+
+def test_create_returns_the_task_with_its_location(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
+    response = client.post(
+        alice.tasks_url,
+        json={"title": "  Buy milk\t", "description": "two litres"},
+        headers=alice.headers,
+    )
+
+    assert response.status_code == 201
+    task = response.json()
+    assert set(task) == {"id", "user_id", "title", "description", "completed", "created_at", "updated_at"}
+    assert isinstance(task["id"], int)
+    assert task["user_id"] == alice.id
+    assert task["title"] == "Buy milk"
+    assert task["description"] == "two litres"
+    assert task["completed"] is False
+    assert response.headers["location"] == f"/api/{alice.id}/tasks/{task['id']}"
+    for field in ("created_at", "updated_at"):
+        assert datetime.fromisoformat(task[field]).tzinfo is not None, "RFC 3339 times carry a zone"
+    assert stored(api_db, task["id"]) == (alice.id, "Buy milk", "two litres", False)
+
+
+def test_create_can_start_completed(client: httpx.Client, alice: ApiUser) -> None:
+    assert create(client, alice, completed=True)["completed"] is True
+
+
+def test_first_write_creates_the_user_row_from_the_token(
+    client: httpx.Client, api_db: psycopg.Connection[Any]
+) -> None:
+    user = new_user(email="carol@example.com", name="Carol")
+    user_row = "select id, email, name from users where id = %s"
+
+    client.get(user.tasks_url, headers=user.headers)
+    assert api_db.execute(user_row, [user.id]).fetchone() is None, "reads never write the user row"
+
+    create(client, user)
+    assert api_db.execute(user_row, [user.id]).fetchone() == (user.id, "carol@example.com", "Carol")
+
+
+def test_get_returns_the_task(client: httpx.Client, alice: ApiUser) -> None:
+    task = create(client, alice, description=None)
+    response = client.get(alice.task_url(task["id"]), headers=alice.headers)
+    assert response.status_code == 200
+    assert response.json() == task
+
+
+def test_put_changes_only_the_fields_sent(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
+    task = create(client, alice, description="keep me")
+
+    response = client.put(alice.task_url(task["id"]), json={"title": " Renamed "}, headers=alice.headers)
+
+    assert response.status_code == 200
+    updated = response.json()
+    assert updated["title"] == "Renamed"
+    assert updated["description"] == "keep me"
+    assert updated["completed"] is False
+    assert updated["created_at"] == task["created_at"]
+    assert updated["updated_at"] > task["updated_at"]
+    assert stored(api_db, task["id"]) == (alice.id, "Renamed", "keep me", False)
+
+
+def test_put_null_description_clears_it(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
+    task = create(client, alice, description="old")
+    response = client.put(
+        alice.task_url(task["id"]), json={"description": None, "completed": True}, headers=alice.headers
+    )
+    assert response.status_code == 200
+    assert response.json()["description"] is None
+    assert stored(api_db, task["id"]) == (alice.id, "A task", None, True)
+
+
+def test_put_with_nothing_to_change_returns_the_task_untouched(client: httpx.Client, alice: ApiUser) -> None:
+    task = create(client, alice)
+    response = client.put(alice.task_url(task["id"]), json={}, headers=alice.headers)
+    assert response.status_code == 200
+    assert response.json() == task
+
+
+def test_delete_removes_the_task(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
+    task = create(client, alice)
+
+    response = client.delete(alice.task_url(task["id"]), headers=alice.headers)
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert stored(api_db, task["id"]) is None
+    again = client.delete(alice.task_url(task["id"]), headers=alice.headers)
+    assert again.status_code == 404
+
+
+def test_patch_without_body_toggles(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
+    task = create(client, alice)
+    url = f"{alice.task_url(task['id'])}/complete"
+
+    first = client.patch(url, headers=alice.headers)
+    assert first.status_code == 200
+    assert first.json()["completed"] is True
+    assert stored(api_db, task["id"]) == (alice.id, "A task", None, True)
+
+    second = client.patch(url, headers=alice.headers)
+    assert second.json()["completed"] is False
+    assert stored(api_db, task["id"]) == (alice.id, "A task", None, False)
+
+
+@pytest.mark.parametrize("completed", [True, False])
+def test_patch_with_a_value_sets_it_and_is_safe_to_retry(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], completed: bool
+) -> None:
+    task = create(client, alice, completed=not completed)
+    url = f"{alice.task_url(task['id'])}/complete"
+
+    responses = [client.patch(url, json={"completed": completed}, headers=alice.headers) for _ in range(2)]
+
+    assert [r.status_code for r in responses] == [200, 200]
+    assert [r.json()["completed"] for r in responses] == [completed, completed]
+    assert responses[1].json()["updated_at"] == responses[0].json()["updated_at"], "a retry changes nothing"
+    assert stored(api_db, task["id"]) == (alice.id, "A task", None, completed)
+
+
+def test_request_id_is_returned(client: httpx.Client, alice: ApiUser) -> None:
+    response = client.get(alice.tasks_url, headers={**alice.headers, "X-Request-ID": "a" * 32})
+    assert response.headers["x-request-id"] == "a" * 32
+    assert len(client.get(alice.tasks_url, headers=alice.headers).headers["x-request-id"]) == 32
+
+
+def test_health_and_readiness_need_no_token(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready"}
+
+
+def test_unknown_route_is_a_problem(client: httpx.Client) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == 404

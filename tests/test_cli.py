@@ -1,0 +1,155 @@
+"""`todo-api serve | migrate | token`, run as a newcomer would: real processes, real Postgres."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import psutil
+import psycopg
+import pytest
+
+from tests.support import SECRET, _free_port
+
+CLI = [sys.executable, "-m", "api.cli"]
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(**variables: str) -> dict[str, str]:
+    """The caller's environment without any todo-api configuration, plus `variables`."""
+    names = ("DATABASE_URL", "BETTER_AUTH_SECRET", "BETTER_AUTH_URL", "CORS_ORIGINS")
+    env = {name: value for name, value in os.environ.items() if name not in names}
+    env["PYTHONPATH"] = str(PROJECT)
+    return {**env, **variables}
+
+
+def run_cli(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=cwd,
+        env=cli_env(**variables),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def embedded_api(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
+    port = _free_port()
+    data_dir = tmp_path / "data"
+    process = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        assert time.monotonic() < deadline, "todo-api serve did not come up"
+        try:
+            if httpx.get(f"{base_url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    try:
+        yield base_url, data_dir, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _postgres_running(pgdata: Path) -> bool:
+    return any(
+        proc.info["name"] == "postgres" and str(pgdata) in " ".join(proc.info["cmdline"] or [])
+        for proc in psutil.process_iter(attrs=["name", "cmdline"])
+    )
+
+
+def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
+    embedded_api: tuple[str, Path, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    base_url, data_dir, process = embedded_api
+    token = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
+    headers = {"Authorization": f"Bearer {token}"}
+
+    created = httpx.post(f"{base_url}/api/alice/tasks", json={"title": "Try todo-api"}, headers=headers)
+    listed = httpx.get(f"{base_url}/api/alice/tasks", headers=headers)
+
+    assert created.status_code == 201
+    assert [task["title"] for task in listed.json()] == ["Try todo-api"]
+    assert _postgres_running(data_dir / "pgdata")
+
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "todo-api token alice" in output, "the welcome text says how to get a token"
+    assert not _postgres_running(data_dir / "pgdata"), "SIGTERM stops the embedded Postgres too"
+
+
+def test_the_development_secret_is_remembered(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
+    second = run_cli("token", "bob", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
+    secret = (data_dir / "dev-secret").read_text().strip()
+    assert jwt.decode(first, secret, algorithms=["HS256"])["sub"] == "alice"
+    assert jwt.decode(second, secret, algorithms=["HS256"])["sub"] == "bob"
+    assert (data_dir / "dev-secret").stat().st_mode & 0o077 == 0, "only its owner may read the secret"
+
+
+def test_token_uses_the_configured_secret_and_claims(tmp_path: Path) -> None:
+    result = run_cli(
+        "token", "u1", "--email", "u1@example.com", "--name", "U One", "--ttl", "60",
+        cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
+    )  # fmt: skip
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert (claims["sub"], claims["email"], claims["name"]) == ("u1", "u1@example.com", "U One")
+    assert claims["exp"] - claims["iat"] == 60
+
+
+def test_migrate_sets_up_an_external_database(empty_db_url: str, tmp_path: Path) -> None:
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=empty_db_url, BETTER_AUTH_SECRET=SECRET)
+    assert result.returncode == 0, result.stderr
+    assert "0002_tasks_schema" in result.stdout
+    with psycopg.connect(empty_db_url) as connection:
+        tables = connection.execute("select relname from pg_class where relrowsecurity order by 1").fetchall()
+    assert tables == [("tasks",), ("users",)]
+
+
+def test_serve_refuses_a_database_that_is_not_migrated(empty_db_url: str, tmp_path: Path) -> None:
+    result = run_cli(
+        "serve",
+        "--port",
+        str(_free_port()),
+        cwd=tmp_path,
+        DATABASE_URL=empty_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+    )
+    assert result.returncode != 0
+    assert "Refusing to serve" in result.stderr
+    assert "public.tasks does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"BETTER_AUTH_SECRET": "too-short"}, "at least 32 characters"),
+        ({"DATABASE_URL": "postgresql://nobody@/nowhere"}, "BETTER_AUTH_SECRET is required"),
+        ({"DATABASE_URL": "mysql://x@y/z", "BETTER_AUTH_SECRET": SECRET}, "must start with postgresql://"),
+    ],
+)
+def test_serve_refuses_bad_configuration(tmp_path: Path, variables: dict[str, str], message: str) -> None:
+    result = run_cli("serve", "--port", str(_free_port()), cwd=tmp_path, **variables)
+    assert result.returncode != 0
+    assert message in result.stderr
