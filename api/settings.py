@@ -14,7 +14,10 @@ SQL_DIR = PROJECT_ROOT / "sql"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # Empty values count as unset, so a copied .env.example with blanks means "use the defaults".
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore"
+    )
 
     database_url: SecretStr | None = Field(
         default=None,
