@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, get_args
 
-from api.problems import FieldError, ProblemError
+from api.problems import ProblemError, invalid_input
 
 # tasks.id is a bigint.
 MAX_TASK_ID = 2**63 - 1
@@ -38,10 +38,11 @@ class Cursor:
             cursor_sort, cursor_order, value, task_id = json.loads(raw)
             if cursor_sort not in get_args(SortKey) or cursor_order not in get_args(SortOrder):
                 raise ValueError
-            if not isinstance(task_id, int) or not 0 < task_id <= MAX_TASK_ID:
+            if type(task_id) is not int or not 0 < task_id <= MAX_TASK_ID:
                 raise ValueError
             if not isinstance(value, str) or "\x00" in value:
                 raise ValueError
+            value.encode()  # lone surrogates are not text Postgres can compare against
             parsed: datetime | str = value if cursor_sort == "title" else datetime.fromisoformat(value)
             if isinstance(parsed, datetime) and parsed.tzinfo is None:
                 raise ValueError
@@ -53,11 +54,4 @@ class Cursor:
 
 
 def _bad_cursor(reason: str) -> ProblemError:
-    message = f"The cursor {reason}."
-    return ProblemError(
-        422,
-        "validation-error",
-        "Invalid request",
-        message,
-        errors=[FieldError(field="query.cursor", message=message)],
-    )
+    return invalid_input("query.cursor", f"The cursor {reason}.")

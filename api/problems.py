@@ -81,9 +81,29 @@ def _field_name(location: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in location)
 
 
+def _field_error(error: dict[str, Any]) -> FieldError:
+    if error["type"] == "json_invalid":
+        # FastAPI puts the character offset where a field name would go: ("body", 17).
+        _, position = error["loc"]
+        return FieldError(
+            field="body", message=f"Not valid JSON at character {position}: {error['ctx']['error']}"
+        )
+    return FieldError(field=_field_name(error["loc"]), message=error["msg"])
+
+
+def invalid_input(field: str, message: str) -> ProblemError:
+    return ProblemError(
+        422,
+        "validation-error",
+        "Invalid request",
+        f"Invalid input in: {field}.",
+        errors=[FieldError(field=field, message=message)],
+    )
+
+
 def _validation_problem(exc: RequestValidationError) -> ProblemError:
     # Never echo the input back: it may be huge, or a secret pasted in the wrong field.
-    errors = [FieldError(field=_field_name(e["loc"]), message=e["msg"]) for e in exc.errors()]
+    errors = [_field_error(error) for error in exc.errors()]
     names = ", ".join(error.field for error in errors)
     return ProblemError(
         422, "validation-error", "Invalid request", f"Invalid input in: {names}.", errors=errors

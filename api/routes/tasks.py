@@ -14,7 +14,7 @@ from api.dependencies import CurrentUser, DatabaseDep
 from api.log import log_change
 from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
 from api.pagination import MAX_TASK_ID, Cursor, SortKey, SortOrder
-from api.problems import error_response, not_found
+from api.problems import error_response, invalid_input, not_found
 
 
 def _no_nul(value: str | None) -> str | None:
@@ -185,8 +185,12 @@ async def complete_task(
     user: CurrentUser,
     database: DatabaseDep,
     task_id: TaskId,
+    request: Request,
     data: Annotated[CompletionUpdate | None, Body()] = None,
 ) -> TaskPublic:
+    if data is None and await request.body():
+        # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".
+        raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
     completed = data.completed if data is not None else None
     async with user_transaction(database, user.id, read_only=False) as transaction:
         task = _task(

@@ -1,0 +1,305 @@
+"""Bad input of every kind gets a clear 4xx problem (RFC 9457) and changes nothing in the database."""
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support import ApiUser
+
+PROBLEM = "application/problem+json"
+JSON = "application/json"
+MAX_ID = 2**63 - 1
+T = "2020-01-01T00:00:00+00:00"
+
+
+def assert_problem(response: httpx.Response, status: int | tuple[int, ...], field: str | None = None) -> None:
+    assert response.status_code in (status if isinstance(status, tuple) else (status,)), response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == response.status_code
+    for key in ("type", "title", "detail"):
+        assert isinstance(body[key], str)
+        assert body[key]
+    if response.status_code == 422:
+        fields = [error["field"] for error in body["errors"]]
+        assert field in fields, fields
+
+
+@dataclass(frozen=True)
+class Api:
+    """Alice's view of the API, and of what the database holds for her."""
+
+    client: httpx.Client
+    user: ApiUser
+    db: psycopg.Connection[Any]
+
+    def send(
+        self, method: str, url: str, body: object = None, content_type: str = JSON, **params: str
+    ) -> httpx.Response:
+        """`body`: None for no body, bytes as they are, anything else as JSON (NULs and lone
+        surrogates are \\u-escaped, as a browser's JSON.stringify would)."""
+        content = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        headers = {**self.user.headers, "Content-Type": content_type}
+        return self.client.request(method, url, content=content, params=params, headers=headers)
+
+    def stored(self) -> tuple[list[Any], list[Any]]:
+        """Everything stored for the user: the user row and every column of every task."""
+        users = self.db.execute("select * from users where id = %s", [self.user.id]).fetchall()
+        tasks = self.db.execute(
+            "select * from tasks where user_id = %s order by id", [self.user.id]
+        ).fetchall()
+        return users, tasks
+
+    def refused(
+        self,
+        method: str,
+        url: str,
+        body: object = None,
+        status: int | tuple[int, ...] = 422,
+        *,
+        field: str | None = None,
+        content_type: str = JSON,
+        params: dict[str, str] | None = None,
+    ) -> None:
+        """Send; expect a problem with `status` (naming `field` for a 422), and nothing changed."""
+        before = self.stored()
+        assert_problem(self.send(method, url, body, content_type, **(params or {})), status, field)
+        assert self.stored() == before
+
+
+@pytest.fixture
+def api(client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]) -> Api:
+    return Api(client, alice, api_db)
+
+
+@pytest.fixture
+def task_url(api: Api) -> str:
+    created = api.send("POST", api.user.tasks_url, {"title": "Keep", "description": "me", "completed": False})
+    assert created.status_code == 201, created.text
+    return api.user.task_url(created.json()["id"])
+
+
+def cursor_of(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+# Bad in a POST and in a PUT alike; the other fields are valid, so nothing may be half-applied.
+BAD_FIELDS = [
+    pytest.param({"title": ""}, "body.title", id="empty-title"),
+    pytest.param({"title": " \t\n "}, "body.title", id="blank-title"),
+    pytest.param({"title": "x" * 201}, "body.title", id="title-201-chars"),
+    pytest.param({"title": "🙂" * 201}, "body.title", id="title-201-emoji"),
+    pytest.param({"title": 5}, "body.title", id="number-title"),
+    pytest.param({"title": ["a"]}, "body.title", id="list-title"),
+    pytest.param({"title": "a\x00b"}, "body.title", id="nul-in-title"),
+    pytest.param({"title": "\ud800"}, "body.title", id="lone-surrogate-title"),
+    pytest.param({"title": "ok", "description": "x" * 1001}, "body.description", id="description-1001"),
+    pytest.param({"title": "ok", "description": "a\x00b"}, "body.description", id="nul-in-description"),
+    pytest.param({"title": "ok", "description": 5}, "body.description", id="number-description"),
+    pytest.param({"title": "ok", "description": "\udfff"}, "body.description", id="surrogate-description"),
+    pytest.param({"title": "ok", "completed": "true"}, "body.completed", id="string-completed"),
+    pytest.param({"title": "ok", "completed": 1}, "body.completed", id="int-completed"),
+    pytest.param({"title": "ok", "completed": None}, "body.completed", id="null-completed"),
+    pytest.param({"title": "ok", "priority": 1}, "body.priority", id="unknown-field"),
+    pytest.param({"title": "ok", "user_id": "someone-else"}, "body.user_id", id="user_id-field"),
+    pytest.param({"title": "ok", "id": 1}, "body.id", id="id-field"),
+    pytest.param({"title": "ok", "created_at": T}, "body.created_at", id="created_at-field"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), [*BAD_FIELDS, pytest.param({}, "body.title", id="no-title")])
+def test_post_refuses_bad_fields(api: Api, body: object, field: str) -> None:
+    api.refused("POST", api.user.tasks_url, body, field=field)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        *BAD_FIELDS,
+        pytest.param({"title": None}, "body.title", id="null-title"),
+        pytest.param({"completed": None}, "body.completed", id="only-null-completed"),
+        pytest.param({"title": "Changed", "completed": "yes"}, "body.completed", id="good-and-bad-field"),
+    ],
+)
+def test_put_refuses_bad_fields(api: Api, task_url: str, body: object, field: str) -> None:
+    api.refused("PUT", task_url, body, field=field)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param({}, "body.completed", id="empty-object"),
+        pytest.param({"completed": "yes"}, "body.completed", id="string"),
+        pytest.param({"completed": "true"}, "body.completed", id="string-true"),
+        pytest.param({"completed": 1}, "body.completed", id="int"),
+        pytest.param({"completed": None}, "body.completed", id="null-completed"),
+        pytest.param({"done": True}, "body.done", id="unknown-field"),
+        pytest.param({"completed": True, "title": "x"}, "body.title", id="extra-field"),
+        pytest.param([True], "body", id="array"),
+        pytest.param(b"null", "body", id="json-null"),
+    ],
+)
+def test_complete_takes_only_completed_bool(api: Api, task_url: str, body: object, field: str) -> None:
+    api.refused("PATCH", f"{task_url}/complete", body, field=field)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        pytest.param(b"{not json", JSON, (400, 422), id="malformed-json"),
+        pytest.param(b'{"title": "caf\xe9"}', JSON, (400, 422), id="invalid-utf8"),
+        pytest.param(b"[" * 5000 + b"]" * 5000, JSON, (400, 422), id="deeply-nested"),
+        pytest.param(b'{"title": "x"}', "text/plain", (400, 422), id="text-plain"),
+        pytest.param(b"title=x", "application/x-www-form-urlencoded", (400, 422), id="form"),
+        pytest.param(b'[{"title": "x", "completed": true}]', JSON, 422, id="array-of-object"),
+        pytest.param(b"[]", JSON, 422, id="empty-array"),
+        pytest.param(b'"x"', JSON, 422, id="string"),
+        pytest.param(b"42", JSON, 422, id="number"),
+        pytest.param(b"true", JSON, 422, id="boolean"),
+    ],
+)
+def test_body_must_be_a_json_object(
+    api: Api, task_url: str, method: str, body: bytes, content_type: str, status: int | tuple[int, ...]
+) -> None:
+    url = {"POST": api.user.tasks_url, "PUT": task_url, "PATCH": f"{task_url}/complete"}[method]
+    api.refused(method, url, body, status, content_type=content_type, field="body")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+@pytest.mark.parametrize("body", [b"", b"null"], ids=["empty", "json-null"])
+def test_post_and_put_need_a_body(api: Api, task_url: str, method: str, body: bytes) -> None:
+    api.refused(method, api.user.tasks_url if method == "POST" else task_url, body, field="body")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        *[("status", value) for value in ("done", "", "ALL")],
+        *[("sort", value) for value in ("priority", "", "Title")],
+        *[("order", value) for value in ("up", "", "DESC")],
+        *[("limit", value) for value in ("0", "-1", "501", str(10**30), "abc", "1.5", "")],
+        pytest.param("q", "x" * 201, id="q-201-chars"),
+        pytest.param("q", "a\x00b", id="q-nul"),
+    ],
+)
+def test_list_refuses_bad_query(api: Api, name: str, value: str) -> None:
+    api.refused("GET", api.user.tasks_url, field=f"query.{name}", params={name: value})
+
+
+@pytest.mark.parametrize(
+    ("sort", "cursor"),
+    [
+        pytest.param("created", "!!!", id="garbage"),
+        pytest.param("created", "ü", id="non-ascii"),
+        pytest.param("created", "A" * 513, id="too-long"),
+        pytest.param("created", "bm90IGpzb24", id="not-json"),
+        pytest.param("created", cursor_of({"a": 1}), id="object"),
+        pytest.param("created", cursor_of(["created", "desc", 1]), id="too-short"),
+        pytest.param("created", cursor_of(["priority", "desc", T, 1]), id="unknown-sort"),
+        pytest.param("created", cursor_of(["created", "down", T, 1]), id="unknown-order"),
+        pytest.param("created", cursor_of(["created", "desc", T, 0]), id="id-0"),
+        pytest.param("created", cursor_of(["created", "desc", T, 2**63]), id="id-2**63"),
+        pytest.param("created", cursor_of(["created", "desc", T, "1"]), id="id-string"),
+        pytest.param("created", cursor_of(["created", "desc", T, True]), id="id-boolean"),
+        pytest.param("created", cursor_of(["created", "desc", "2020-01-01T00:00:00", 1]), id="naive-time"),
+        pytest.param("created", cursor_of(["created", "desc", "yesterday", 1]), id="bad-time"),
+        pytest.param("title", cursor_of(["title", "asc", 5, 1]), id="number-title"),
+        pytest.param("title", cursor_of(["title", "asc", "a\x00", 1]), id="nul-title"),
+        pytest.param("title", cursor_of(["title", "asc", "\ud800", 1]), id="surrogate-title"),
+    ],
+)
+def test_list_refuses_bad_cursor(api: Api, sort: str, cursor: str) -> None:
+    api.refused("GET", api.user.tasks_url, field="query.cursor", params={"sort": sort, "cursor": cursor})
+
+
+def test_cursor_only_fits_the_sort_it_came_from(api: Api) -> None:
+    for title in ("a", "b", "c"):
+        assert api.send("POST", api.user.tasks_url, {"title": title}).status_code == 201
+    page = api.send("GET", api.user.tasks_url, sort="title", limit="1")
+    match = re.search(r"[?&]cursor=([^&>]+)", page.headers["link"])
+    assert match is not None
+    cursor = match.group(1)
+    assert api.send("GET", api.user.tasks_url, sort="title", cursor=cursor).status_code == 200
+    tampered = ("X" if cursor[0] != "X" else "Y") + cursor[1:]
+    for params in (
+        {"sort": "created", "cursor": cursor},
+        {"sort": "title", "order": "desc", "cursor": cursor},
+        {"sort": "title", "cursor": tampered},
+        {"sort": "title", "cursor": cursor[: len(cursor) // 2]},
+    ):
+        api.refused("GET", api.user.tasks_url, field="query.cursor", params=params)
+
+
+BODIES = {"GET": None, "DELETE": None, "PUT": {"title": "Changed"}, "PATCH": {"completed": True}}
+
+
+@pytest.mark.parametrize("bad_id", ["0", "-1", str(2**63), str(10**30), "abc", "1.5"])
+@pytest.mark.parametrize("method", list(BODIES))
+def test_task_id_out_of_range(api: Api, task_url: str, method: str, bad_id: str) -> None:
+    url = api.user.task_url(bad_id) + ("/complete" if method == "PATCH" else "")
+    api.refused(method, url, BODIES[method], field="path.task_id")
+
+
+@pytest.mark.parametrize("method", list(BODIES))
+def test_largest_task_id_is_just_not_found(api: Api, task_url: str, method: str) -> None:
+    url = api.user.task_url(MAX_ID) + ("/complete" if method == "PATCH" else "")
+    api.refused(method, url, BODIES[method], 404)
+
+
+@pytest.mark.parametrize(
+    "path_user",
+    [
+        pytest.param("u" * 300, id="300-chars"),
+        pytest.param("%C3%A1lice", id="unicode"),
+        pytest.param("%F0%9F%99%82", id="emoji"),
+        pytest.param("%00", id="nul"),
+        pytest.param("%20alice%27%3B--", id="quote-and-space"),
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_odd_user_id_in_path_is_forbidden(api: Api, path_user: str, method: str) -> None:
+    everyone = "select (select count(*) from users), (select count(*) from tasks)"
+    before = api.db.execute(everyone).fetchone()
+    body = {"title": "Sneaky"} if method == "POST" else None
+    api.refused(method, f"/api/{path_user}/tasks", body, 403)
+    assert api.db.execute(everyone).fetchone() == before
+
+
+UNICODE_TITLES = {
+    "emoji": "Buy 🥛 and 🍞",
+    "zwj-sequence": "👩‍👩‍👧‍👦 dinner",
+    "flags": "🇺🇦 🏳️‍🌈",
+    "hebrew": "שלום עולם",
+    "arabic": "مرحبا بالعالم",
+    "rtl-override": "\u202eexe.txt\u202c",
+    "combining-vs-precomposed": "e\u0301 and \u00e9",
+    "zalgo": "Z\u0337\u0322a\u0338l\u0335g\u0336o\u0334",
+    "cjk": "日本語のタスク",
+    "200-emoji": "🙂" * 200,
+}
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        *[pytest.param(title, title, id=name) for name, title in UNICODE_TITLES.items()],
+        pytest.param("  padded\t", "padded", id="trimmed"),
+        pytest.param(" " + "x" * 200 + " ", "x" * 200, id="200-chars-after-trimming"),
+    ],
+)
+def test_unicode_titles_round_trip(api: Api, sent: str, stored: str) -> None:
+    created = api.send("POST", api.user.tasks_url, {"title": sent, "description": sent})
+    assert created.status_code == 201, created.text
+    task = created.json()
+    assert (task["title"], task["description"]) == (stored, sent)
+    fetched = api.send("GET", api.user.task_url(task["id"])).json()
+    assert (fetched["title"], fetched["description"]) == (stored, sent)
+    row = api.db.execute("select title, description from tasks where id = %s", [task["id"]]).fetchone()
+    assert row == (stored, sent)

@@ -1,0 +1,75 @@
+"""Behaviour that depends on configuration: BETTER_AUTH_URL's iss/aud checks, and CORS."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from tests.support import new_user, now, serving, settings_for, sign
+
+AUTH_URL = "https://auth.example.com"
+FRONTEND = "http://localhost:3000"
+
+
+@pytest.fixture(scope="module")
+def configured(api_db_url: str) -> Iterator[httpx.Client]:
+    settings = settings_for(api_db_url, better_auth_url=AUTH_URL + "/", cors_origins=FRONTEND)
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+        yield client
+
+
+def _claims(user_id: str, **overrides: Any) -> dict[str, Any]:
+    claims = {"sub": user_id, "iat": now(), "exp": now() + 600, "iss": AUTH_URL, "aud": AUTH_URL, **overrides}
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status", "detail"),
+    [
+        ({}, 200, None),
+        ({"aud": [AUTH_URL, "https://other.example.com"]}, 200, None),
+        ({"iss": "https://evil.example.com"}, 401, "iss"),
+        ({"iss": None}, 401, "'iss'"),
+        ({"aud": "https://other.example.com"}, 401, "aud"),
+        ({"aud": None}, 401, "'aud'"),
+    ],
+)
+def test_issuer_and_audience_must_be_better_auth(
+    configured: httpx.Client, overrides: dict[str, Any], status: int, detail: str | None
+) -> None:
+    user = new_user()
+    token = sign(_claims(user.id, **overrides))
+    response = configured.get(user.tasks_url, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == status
+    if detail is not None:
+        assert detail in response.json()["detail"]
+
+
+def test_cors_preflight_allows_the_configured_origin(configured: httpx.Client) -> None:
+    response = configured.options(
+        "/api/u/tasks",
+        headers={
+            "Origin": FRONTEND,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == FRONTEND
+    assert "POST" in response.headers["access-control-allow-methods"]
+
+
+def test_cors_refuses_other_origins(configured: httpx.Client) -> None:
+    response = configured.options(
+        "/api/u/tasks", headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"}
+    )
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_no_cors_origins_by_default(client: httpx.Client) -> None:
+    user = new_user()
+    response = client.get(user.tasks_url, headers={**user.headers, "Origin": FRONTEND})
+    assert response.status_code == 200
+    assert "access-control-allow-origin" not in response.headers
