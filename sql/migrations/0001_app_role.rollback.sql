@@ -1,6 +1,6 @@
-REVOKE todo_app FROM CURRENT_USER;
-
--- todo_app may still hold privileges in another database of this cluster; then it stays.
+-- Roles and their memberships belong to the cluster: another database of this cluster may still
+-- use todo_app, and revoking the login role's membership would break it there. So only try to
+-- drop the role (which removes its memberships with it), and keep it when it is still in use.
 DO $$
 BEGIN
     DROP ROLE IF EXISTS todo_app;

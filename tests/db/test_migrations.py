@@ -1,0 +1,212 @@
+"""Migrations: `todo-api migrate` (api.migrations), a DBA's plain `yoyo apply`, and the URL forms.
+
+Each test gets an empty database owned by the login role todo_owner (not a superuser; CREATEROLE and
+CREATEDB, like Neon's neondb_owner). Roles are cluster-wide: todo_app is shared with the other
+databases of this test session, so a rollback here must not take it away from them.
+"""
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from api.database_url import DatabaseUrlError, libpq_url, yoyo_url
+from api.migrations import apply_migrations, rollback_migrations
+from api.settings import SQL_DIR
+
+PROJECT_ROOT = SQL_DIR.parent
+MIGRATION_IDS = ["0001_app_role", "0002_tasks_schema"]
+ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+def policies_in_files() -> set[tuple[str, str]]:
+    """(table, policy name) for every CREATE POLICY in sql/policies/*.sql."""
+    found: set[tuple[str, str]] = set()
+    for path in sorted((SQL_DIR / "policies").glob("*.sql")):
+        text = path.read_text(encoding="utf-8")
+        for name, table in re.findall(r'CREATE POLICY "([^"]+)" ON public\.(\w+)', text):
+            found.add((table, name))
+    return found
+
+
+def live_policies(url: str) -> set[tuple[str, str]]:
+    with psycopg.connect(libpq_url(url)) as conn:
+        rows = conn.execute("select tablename::text, policyname::text from pg_policies").fetchall()
+    return {(table, name) for table, name in rows}
+
+
+def schema_state(url: str) -> dict[str, Any]:
+    """What the migrations create, as the catalog sees it."""
+    with psycopg.connect(libpq_url(url)) as conn:
+        row = conn.execute(
+            """
+            select to_regclass('public.users') is not null,
+                   to_regclass('public.tasks') is not null,
+                   exists (select from pg_namespace where nspname = 'app'),
+                   to_regprocedure('app.current_user_id()') is not null
+            """
+        ).fetchone()
+    assert row is not None
+    return dict(zip(["users", "tasks", "app_schema", "current_user_id"], row, strict=True))
+
+
+MIGRATED = {"users": True, "tasks": True, "app_schema": True, "current_user_id": True}
+EMPTY = {"users": False, "tasks": False, "app_schema": False, "current_user_id": False}
+
+
+def acts_as_todo_app(url: str) -> tuple[Any, ...] | None:
+    """Switch to todo_app the way the API does; return who we became and what we may see."""
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.execute(ACT_AS, ("someone",))
+        return conn.execute("select current_user::text, (select count(*) from tasks)").fetchone()
+
+
+@pytest.fixture
+def keeps_todo_app_usable(empty_db_url: str) -> Iterator[None]:
+    """Rollback tests touch a cluster-wide role; leave the login role able to act as todo_app again."""
+    yield
+    apply_migrations(empty_db_url)
+
+
+def test_policy_files_are_parsed() -> None:
+    assert {table for table, _ in policies_in_files()} == {"users", "tasks"}
+    assert len(policies_in_files()) == 7
+
+
+def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
+    assert schema_state(empty_db_url) == EMPTY
+    assert apply_migrations(empty_db_url) == MIGRATION_IDS
+    assert schema_state(empty_db_url) == MIGRATED
+    assert live_policies(empty_db_url) == policies_in_files()
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        forced = conn.execute(
+            "select relname::text from pg_class where relrowsecurity and relforcerowsecurity"
+            " and relnamespace = 'public'::regnamespace order by 1"
+        ).fetchall()
+    assert forced == [("tasks",), ("users",)]
+    assert acts_as_todo_app(empty_db_url) == ("todo_app", 0)
+
+
+def test_apply_again_is_a_no_op_that_restores_the_policies(empty_db_url: str) -> None:
+    apply_migrations(empty_db_url)
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        conn.execute('drop policy "tasks are deleted by their owner" on tasks')
+        conn.execute("create policy stray on tasks for select to public using (true)")
+        conn.execute("insert into users (id) values ('keep-me')")
+    assert ("tasks", "tasks are deleted by their owner") not in live_policies(empty_db_url)
+
+    assert apply_migrations(empty_db_url) == []
+    assert live_policies(empty_db_url) == policies_in_files()
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        assert conn.execute("select id from users").fetchall() == [("keep-me",)]
+
+
+def test_rollback_removes_everything_but_the_shared_role(
+    empty_db_url: str, migrated_db_url: str, keeps_todo_app_usable: None
+) -> None:
+    apply_migrations(empty_db_url)
+    assert rollback_migrations(empty_db_url) == list(reversed(MIGRATION_IDS))
+    assert schema_state(empty_db_url) == EMPTY
+    assert live_policies(empty_db_url) == set()
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        assert conn.execute("select count(*) from pg_roles where rolname = 'todo_app'").fetchone() == (1,)
+    assert rollback_migrations(empty_db_url) == []
+
+
+def test_rollback_leaves_other_databases_of_the_cluster_working(
+    empty_db_url: str, migrated_db_url: str, keeps_todo_app_usable: None
+) -> None:
+    """todo_app is cluster-wide: rolling back one database must not stop another from serving."""
+    apply_migrations(empty_db_url)
+    rollback_migrations(empty_db_url)
+    assert acts_as_todo_app(migrated_db_url) == ("todo_app", 0)
+
+
+def test_apply_after_rollback(empty_db_url: str) -> None:
+    apply_migrations(empty_db_url)
+    rollback_migrations(empty_db_url)
+    assert apply_migrations(empty_db_url) == MIGRATION_IDS
+    assert schema_state(empty_db_url) == MIGRATED
+    assert live_policies(empty_db_url) == policies_in_files()
+    assert acts_as_todo_app(empty_db_url) == ("todo_app", 0)
+
+
+def test_apply_when_todo_app_already_exists(empty_db_url: str, migrated_db_url: str) -> None:
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        assert conn.execute("select count(*) from pg_roles where rolname = 'todo_app'").fetchone() == (1,)
+    assert apply_migrations(empty_db_url) == MIGRATION_IDS
+    assert schema_state(empty_db_url) == MIGRATED
+    assert acts_as_todo_app(empty_db_url) == ("todo_app", 0)
+
+
+def test_plain_yoyo_apply_from_the_project_root(empty_db_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": yoyo_url(empty_db_url)}
+    result = subprocess.run(
+        [str(PROJECT_ROOT / ".venv" / "bin" / "yoyo"), "apply"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert schema_state(empty_db_url) == MIGRATED
+    assert live_policies(empty_db_url) == policies_in_files()
+    assert apply_migrations(empty_db_url) == []
+
+
+# --- the URL forms users paste ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgres://", "postgresql://", "postgresql+psycopg://"])
+def test_migrate_accepts_each_url_form(empty_db_url: str, scheme: str) -> None:
+    pasted = scheme + empty_db_url.removeprefix("postgresql://")
+    assert "?host=/" in pasted
+    assert apply_migrations(pasted) == MIGRATION_IDS
+    with psycopg.connect(libpq_url(pasted)) as conn:
+        row = conn.execute("select current_database(), current_user::text").fetchone()
+    assert row == (conninfo_to_dict(empty_db_url)["dbname"], "todo_owner")
+
+
+@pytest.mark.parametrize("scheme", ["postgres://", "postgresql://", "postgresql+psycopg://"])
+def test_libpq_and_yoyo_urls(scheme: str) -> None:
+    rest = "owner:s3cret@/neondb?host=/run/postgresql&sslmode=require"
+    assert libpq_url(scheme + rest) == "postgresql://" + rest
+    assert yoyo_url(scheme + rest) == "postgresql+psycopg://" + rest
+
+
+def test_libpq_url_adds_connection_parameters() -> None:
+    url = libpq_url(
+        "postgres://owner@/neondb?host=/run/postgresql", connect_timeout=5, application_name="todo-api"
+    )
+    assert conninfo_to_dict(url) == {
+        "user": "owner",
+        "dbname": "neondb",
+        "host": "/run/postgresql",
+        "connect_timeout": "5",
+        "application_name": "todo-api",
+    }
+
+
+def test_libpq_url_rejects_an_unknown_parameter() -> None:
+    with pytest.raises(DatabaseUrlError):
+        libpq_url("postgresql://owner@host/db", no_such_parameter=1)
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://owner@host/db", "sqlite:///todo.db", "host=/tmp dbname=db", "", "postgresql:/x"]
+)
+def test_non_postgres_urls_are_refused(url: str) -> None:
+    with pytest.raises(DatabaseUrlError, match="must start with postgresql://"):
+        libpq_url(url)
+    with pytest.raises(DatabaseUrlError):
+        yoyo_url(url)
+    assert issubclass(DatabaseUrlError, ValueError)
