@@ -1,18 +1,19 @@
 """Connections, and the one transaction helper every route uses.
 
 The API logs in as an ordinary role (on Neon one with BYPASSRLS), so every statement must run
-after switching to todo_app. `user_transaction` is the only way routes reach the database: it
-begins a transaction (READ ONLY for reads), switches role and sets `app.user_id` with
-transaction-scoped `set_config(..., true)` (a plain SET would outlive the request on a pooled
-connection), runs the caller's statements and commits. When the block raises, the transaction is
-rolled back and the settings vanish with it.
+after switching to todo_app. `Database.transaction` is the only way routes reach the database:
+it begins a transaction (READ ONLY for reads), switches role, sets `app.user_id` and bounds the
+statement time, all with transaction-scoped `set_config(..., true)` (a plain SET would outlive
+the request on a pooled connection), runs the caller's statements and commits. When the block
+raises, the transaction is rolled back and the settings vanish with it.
 """
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import psycopg
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import bindparam
 
@@ -24,6 +25,7 @@ APP_ROLE = "todo_app"
 _ACT_AS_USER = select(
     func.set_config("role", APP_ROLE, True),
     func.set_config("app.user_id", bindparam("user_id"), True),
+    func.set_config("statement_timeout", bindparam("statement_timeout"), True),
 )
 
 
@@ -53,13 +55,31 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-@asynccontextmanager
-async def user_transaction(
-    engine: AsyncEngine, user_id: str, *, read_only: bool
-) -> AsyncIterator[AsyncConnection]:
-    async with engine.connect() as connection:
-        if read_only:
-            await connection.execution_options(postgresql_readonly=True)
-        await connection.execute(_ACT_AS_USER, {"user_id": user_id})
-        yield connection
-        await connection.commit()
+@dataclass(frozen=True)
+class Database:
+    engine: AsyncEngine
+    statement_timeout_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Database":
+        return cls(create_engine(settings), settings.db_statement_timeout_ms)
+
+    @asynccontextmanager
+    async def transaction(self, user_id: str, *, read_only: bool) -> AsyncIterator[AsyncConnection]:
+        """A transaction acting as `user_id`: the only way to run a query for a request."""
+        async with self.engine.connect() as connection:
+            if read_only:
+                await connection.execution_options(postgresql_readonly=True)
+            await connection.execute(
+                _ACT_AS_USER, {"user_id": user_id, "statement_timeout": str(self.statement_timeout_ms)}
+            )
+            yield connection
+            await connection.commit()
+
+    async def ping(self) -> None:
+        """Reach the server and back, touching no table: for readiness checks."""
+        async with self.engine.connect() as connection:
+            await connection.execute(text("select 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

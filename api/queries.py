@@ -1,6 +1,6 @@
 """Every statement the API sends, as ready-to-use SQLModel/SQLAlchemy statements.
 
-Each one runs inside `db.user_transaction`, where row-level security decides which rows exist.
+Each one runs inside `Database.transaction`, where row-level security decides which rows exist.
 The `user_id` filters below are for the planner (they let it pick the tasks_by_owner_* indexes);
 correctness never depends on them: without them the policies return exactly the same rows.
 """

@@ -22,6 +22,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from api.app import create_app
 from api.migrations import apply_migrations
+from tests.pgbouncer import pgbouncer
 from tests.support import LOGIN_ROLE, ApiUser, new_user, serving, settings_for
 
 with warnings.catch_warnings():
@@ -104,9 +105,36 @@ def api_db_url(migrated_template: NoopExecutor) -> Iterator[str]:
         yield url_for(migrated_template, dbname)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--via-pgbouncer",
+        action="store_true",
+        help="serve the live API through PgBouncer in transaction mode, as on Neon's pooled endpoint",
+    )
+
+
 @pytest.fixture(scope="session")
-def api_url(api_db_url: str) -> Iterator[str]:
-    with serving(create_app(settings_for(api_db_url))) as base_url:
+def api_serving_url(
+    request: pytest.FixtureRequest, api_db_url: str, migrated_template: NoopExecutor
+) -> Iterator[str]:
+    """The URL the live API connects with: the database directly, or through PgBouncer."""
+    if not request.config.getoption("--via-pgbouncer"):
+        yield api_db_url
+        return
+    with pgbouncer(
+        socket_dir=migrated_template.host,
+        port=migrated_template.port,
+        user=migrated_template.user,
+        dbname="todo_api",
+        # Fewer server connections than the API's pool: clients, and so users, share them.
+        server_pool_size=2,
+    ) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def api_url(api_serving_url: str) -> Iterator[str]:
+    with serving(create_app(settings_for(api_serving_url))) as base_url:
         yield base_url
 
 

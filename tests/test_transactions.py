@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
-from api.db import create_engine, user_transaction
+from api.db import Database
 from tests.support import LOGIN_ROLE, new_user, serving, settings_for
 
 _IDENTITY = text(
@@ -35,10 +35,10 @@ def test_login_role_bypasses_rls_so_the_role_switch_is_what_protects(
 
 def test_a_reused_connection_never_carries_identity_into_the_next_transaction(migrated_db_url: str) -> None:
     async def scenario() -> None:
-        engine = create_engine(settings_for(migrated_db_url, db_pool_size=1))
+        database = Database.from_settings(settings_for(migrated_db_url, db_pool_size=1))
         nobody = (LOGIN_ROLE, "none", "")
         try:
-            async with user_transaction(engine, "alice", read_only=False) as transaction:
+            async with database.transaction("alice", read_only=False) as transaction:
                 assert tuple((await transaction.execute(_IDENTITY)).one()) == (
                     "todo_app",
                     "todo_app",
@@ -46,33 +46,33 @@ def test_a_reused_connection_never_carries_identity_into_the_next_transaction(mi
                 )
                 await transaction.execute(text("insert into users (id) values ('alice')"))
                 await transaction.execute(text("insert into tasks (user_id, title) values ('alice', 'mine')"))
-            assert await _identity_outside_a_request(engine) == nobody
+            assert await _identity_outside_a_request(database.engine) == nobody
 
             with pytest.raises(RuntimeError):
-                async with user_transaction(engine, "alice", read_only=False):
+                async with database.transaction("alice", read_only=False):
                     raise RuntimeError("the handler failed")
-            assert await _identity_outside_a_request(engine) == nobody
+            assert await _identity_outside_a_request(database.engine) == nobody
 
-            async with user_transaction(engine, "bob", read_only=True) as transaction:
+            async with database.transaction("bob", read_only=True) as transaction:
                 assert (await transaction.execute(text("select count(*) from tasks"))).scalar_one() == 0
                 assert (await transaction.execute(text("select count(*) from users"))).scalar_one() == 0
-            async with user_transaction(engine, "alice", read_only=True) as transaction:
+            async with database.transaction("alice", read_only=True) as transaction:
                 assert (await transaction.execute(text("select count(*) from tasks"))).scalar_one() == 1
         finally:
-            await engine.dispose()
+            await database.dispose()
 
     asyncio.run(scenario())
 
 
 def test_read_transactions_are_read_only(migrated_db_url: str) -> None:
     async def scenario() -> None:
-        engine = create_engine(settings_for(migrated_db_url))
+        database = Database.from_settings(settings_for(migrated_db_url))
         try:
             with pytest.raises(DBAPIError, match="read-only transaction"):
-                async with user_transaction(engine, "alice", read_only=True) as transaction:
+                async with database.transaction("alice", read_only=True) as transaction:
                     await transaction.execute(text("insert into users (id) values ('alice')"))
         finally:
-            await engine.dispose()
+            await database.dispose()
 
     asyncio.run(scenario())
 
@@ -92,3 +92,24 @@ def test_one_pooled_connection_shared_by_users_over_http(migrated_db_url: str) -
             assert client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers).status_code == 201
         assert {t["title"] for t in client.get(alice.tasks_url, headers=alice.headers).json()} == {"alice's"}
         assert {t["title"] for t in client.get(bob.tasks_url, headers=bob.headers).json()} == {"bob's"}
+
+
+def test_a_runaway_statement_is_cancelled(migrated_db_url: str) -> None:
+    async def scenario() -> None:
+        database = Database.from_settings(settings_for(migrated_db_url, db_statement_timeout_ms=200))
+
+        async def sleep_as_alice() -> None:
+            async with database.transaction("alice", read_only=True) as transaction:
+                timeout = (await transaction.execute(text("show statement_timeout"))).scalar_one()
+                assert timeout == "200ms"
+                await transaction.execute(text("select pg_sleep(5)"))
+
+        try:
+            with pytest.raises(DBAPIError, match="statement timeout"):
+                await sleep_as_alice()
+            async with database.engine.connect() as connection:
+                assert (await connection.execute(text("show statement_timeout"))).scalar_one() == "0"
+        finally:
+            await database.dispose()
+
+    asyncio.run(scenario())

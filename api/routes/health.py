@@ -3,7 +3,6 @@
 import asyncio
 
 from fastapi import APIRouter
-from sqlalchemy import text
 
 from api.dependencies import DatabaseDep
 from api.problems import database_unavailable, error_response
@@ -24,12 +23,8 @@ async def healthz() -> dict[str, str]:
     responses={503: error_response("The database is unreachable.")},
 )
 async def readyz(database: DatabaseDep) -> dict[str, str]:
-    async def ping() -> None:
-        async with database.connect() as connection:
-            await connection.execute(text("select 1"))
-
     try:
-        await asyncio.wait_for(ping(), _READY_TIMEOUT_SECONDS)
+        await asyncio.wait_for(database.ping(), _READY_TIMEOUT_SECONDS)
     except TimeoutError:
         raise database_unavailable() from None
     return {"status": "ready"}

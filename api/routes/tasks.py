@@ -1,4 +1,4 @@
-"""The six task endpoints. Handlers are thin: parse, run one statement in `user_transaction`, shape."""
+"""The six task endpoints. Handlers are thin: parse, run one statement in `Database.transaction`, shape."""
 
 from enum import StrEnum
 from typing import Annotated, Any
@@ -9,7 +9,6 @@ from pydantic import AfterValidator
 from sqlalchemy import Row
 
 from api import queries
-from api.db import user_transaction
 from api.dependencies import CurrentUser, DatabaseDep
 from api.log import log_change
 from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
@@ -102,7 +101,7 @@ async def list_tasks(
         after=Cursor.decode(cursor, sort=sort, order=order) if cursor else None,
         limit=limit,
     )
-    async with user_transaction(database, user.id, read_only=True) as transaction:
+    async with database.transaction(user.id, read_only=True) as transaction:
         rows = (await transaction.execute(queries.list_tasks(user.id, task_filter))).all()
     tasks = [TaskPublic.model_validate(row) for row in rows[:limit]]
     if len(rows) > limit:
@@ -124,7 +123,7 @@ async def list_tasks(
 async def create_task(
     user: CurrentUser, database: DatabaseDep, data: TaskCreate, response: Response
 ) -> TaskPublic:
-    async with user_transaction(database, user.id, read_only=False) as transaction:
+    async with database.transaction(user.id, read_only=False) as transaction:
         task = _task((await transaction.execute(queries.create_task(user, data))).one())
     log_change("create", user_id=user.id, task_id=task.id)
     response.headers["Location"] = _task_path(user.id, task.id)
@@ -133,7 +132,7 @@ async def create_task(
 
 @router.get("/{task_id}", response_model=TaskPublic, summary="Get one task", responses=_TASK_ERRORS)
 async def read_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -> TaskPublic:
-    async with user_transaction(database, user.id, read_only=True) as transaction:
+    async with database.transaction(user.id, read_only=True) as transaction:
         return _task((await transaction.execute(queries.get_task(user.id, task_id))).one_or_none())
 
 
@@ -151,7 +150,7 @@ async def update_task(
     statement = (
         queries.update_task(user.id, task_id, changes) if changes else queries.get_task(user.id, task_id)
     )
-    async with user_transaction(database, user.id, read_only=not changes) as transaction:
+    async with database.transaction(user.id, read_only=not changes) as transaction:
         task = _task((await transaction.execute(statement)).one_or_none())
     if changes:
         log_change("update", user_id=user.id, task_id=task.id)
@@ -166,7 +165,7 @@ async def update_task(
     responses=_TASK_ERRORS,
 )
 async def delete_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -> Response:
-    async with user_transaction(database, user.id, read_only=False) as transaction:
+    async with database.transaction(user.id, read_only=False) as transaction:
         deleted = (await transaction.execute(queries.delete_task(user.id, task_id))).one_or_none()
     if deleted is None:
         raise not_found()
@@ -192,7 +191,7 @@ async def complete_task(
         # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
     completed = data.completed if data is not None else None
-    async with user_transaction(database, user.id, read_only=False) as transaction:
+    async with database.transaction(user.id, read_only=False) as transaction:
         task = _task(
             (await transaction.execute(queries.set_completed(user.id, task_id, completed))).one_or_none()
         )

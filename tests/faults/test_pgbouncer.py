@@ -1,0 +1,67 @@
+"""Behind PgBouncer in transaction mode (Neon's pooled endpoint), users share server connections.
+
+Settings are transaction-scoped, so whatever server connection a request lands on, it starts as
+nobody and ends as nobody. (`.ci/run` also runs the whole API suite with --via-pgbouncer.)
+"""
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from pytest_postgresql.executors import NoopExecutor
+
+from api.app import create_app
+from tests.pgbouncer import pgbouncer, pgbouncer_binary
+from tests.support import LOGIN_ROLE, ApiUser, new_user, serving, settings_for
+
+
+@pytest.fixture
+def bouncer_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor) -> Iterator[str]:
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("pgbouncer is missing in CI: .ci/run should have installed it")
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer, or run .ci/run as root)")
+    with pgbouncer(
+        socket_dir=migrated_template.host,
+        port=migrated_template.port,
+        user=migrated_template.user,
+        dbname=migrated_db.info.dbname,
+        server_pool_size=1,
+    ) as url:
+        yield url
+
+
+def test_users_sharing_one_server_connection_never_see_each_others_tasks(bouncer_url: str) -> None:
+    users = [new_user() for _ in range(6)]
+
+    def session(client: httpx.Client, user: ApiUser) -> list[str]:
+        problems = []
+        for i in range(15):
+            created = client.post(user.tasks_url, json={"title": f"{user.id} {i}"}, headers=user.headers)
+            if created.status_code != 201:
+                problems.append(f"create: {created.status_code}")
+            listed = client.get(user.tasks_url, headers=user.headers).json()
+            if {task["user_id"] for task in listed} != {user.id} or len(listed) != i + 1:
+                problems.append(
+                    f"list {i}: {len(listed)} tasks of {len({t['user_id'] for t in listed})} users"
+                )
+        return problems
+
+    app = create_app(settings_for(bouncer_url, db_pool_size=6))
+    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            results = list(pool.map(lambda user: session(client, user), users))
+        assert results == [[]] * 6
+
+    # The one server connection served every user; through the pooler it now belongs to nobody.
+    with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=None) as probe:
+        for _ in range(3):
+            identity = probe.execute(
+                "select current_user, current_setting('role'),"
+                " coalesce(current_setting('app.user_id', true), '')"
+            ).fetchone()
+            assert identity == (LOGIN_ROLE, "none", "")
