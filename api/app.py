@@ -7,9 +7,11 @@ from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api.auth import Authenticator, SharedSecretVerifier, TokenVerifier
-from api.db import create_engine
+from api.auth import Authenticator, ClaimChecks, JwksVerifier, SharedSecretVerifier, TokenVerifier
+from api.body_limit import BodySizeLimit
+from api.db import Database
 from api.isolation import ensure_isolation
+from api.jwks import JwksKeySet
 from api.log import configure_logging
 from api.problems import document_problem_media_type, install_problem_handlers
 from api.routes import health, tasks
@@ -17,28 +19,35 @@ from api.settings import Settings
 
 
 def build_authenticator(settings: Settings) -> Authenticator:
-    verifiers: dict[str, TokenVerifier] = {}
+    """A verifier per configured key source; each accepts only its own algorithm family."""
+    checks = ClaimChecks(
+        issuer=settings.expected_issuer,
+        audience=settings.expected_audience,
+        leeway=settings.jwt_leeway_seconds,
+    )
+    verifiers: list[TokenVerifier] = []
     if settings.better_auth_secret is not None:
-        shared_secret = SharedSecretVerifier(
-            settings.better_auth_secret.get_secret_value(),
-            issuer=settings.better_auth_url,
-            audience=settings.better_auth_url,
-            leeway=settings.jwt_leeway_seconds,
-        )
-        verifiers.update(dict.fromkeys(shared_secret.algorithms, shared_secret))
+        verifiers.append(SharedSecretVerifier(settings.better_auth_secret.get_secret_value(), checks))
+    if settings.jwks_url is not None:
+        key_set = JwksKeySet(settings.jwks_url, refetch_cooldown=settings.jwks_refetch_cooldown_seconds)
+        verifiers.append(JwksVerifier(key_set, checks))
     return Authenticator(verifiers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level)
-    engine = create_engine(settings)
+    database = Database.from_settings(settings)
+    authenticator = build_authenticator(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await ensure_isolation(engine)
-        yield
-        await engine.dispose()
+        await ensure_isolation(database.engine)
+        # Starts fetching Better Auth's keys in the background: an auth server that is briefly
+        # down must not keep the API from starting.
+        async with authenticator:
+            yield
+        await database.dispose()
 
     app = FastAPI(
         title="todo-api",
@@ -46,8 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="A multi-user Todo API whose security lives in Postgres row-level security.",
         lifespan=lifespan,
     )
-    app.state.engine = engine
-    app.state.authenticator = build_authenticator(settings)
+    app.state.database = database
+    app.state.authenticator = authenticator
     install_problem_handlers(app)
     document_problem_media_type(app)
     app.include_router(tasks.router)
@@ -59,5 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type"],
         expose_headers=["Location", "Link", "X-Request-ID"],
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
     return app

@@ -4,9 +4,9 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import Authenticator, Principal, unauthorized
+from api.db import Database
 from api.problems import ProblemError
 
 bearer_scheme = HTTPBearer(
@@ -16,9 +16,9 @@ bearer_scheme = HTTPBearer(
 )
 
 
-async def get_engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.engine
-    return engine
+async def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
 
 
 async def get_authenticator(request: Request) -> Authenticator:
@@ -34,7 +34,7 @@ async def current_principal(
         raise unauthorized(
             "Send a token in the Authorization header: `Authorization: Bearer <jwt>`.", token_was_sent=False
         )
-    return authenticator.authenticate(credentials.credentials)
+    return await authenticator.authenticate(credentials.credentials)
 
 
 async def user_in_path(
@@ -48,5 +48,5 @@ async def user_in_path(
     return principal
 
 
-DatabaseDep = Annotated[AsyncEngine, Depends(get_engine)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 CurrentUser = Annotated[Principal, Depends(user_in_path)]

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # HS256 with a short secret can be brute-forced offline from one captured token.
@@ -27,9 +28,17 @@ class Settings(BaseSettings):
         default=None, description="Shared secret for HS256 tokens, at least 32 characters."
     )
     better_auth_url: str | None = Field(
-        default=None, description="Better Auth base URL: when set, tokens' iss and aud must equal it."
+        default=None,
+        description="Better Auth base URL: its JWKS is at /api/auth/jwks; tokens' iss and aud must equal it.",
     )
+    better_auth_jwks_url: str | None = Field(
+        default=None, description="Where the public keys are, when not at {BETTER_AUTH_URL}/api/auth/jwks."
+    )
+    jwt_issuer: str | None = Field(default=None, description="Expected iss, instead of BETTER_AUTH_URL.")
+    jwt_audience: str | None = Field(default=None, description="Expected aud, instead of BETTER_AUTH_URL.")
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    # At most one JWKS fetch per this many seconds for tokens naming a key we do not hold.
+    jwks_refetch_cooldown_seconds: float = Field(default=30.0, ge=0, le=3600)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
@@ -38,6 +47,10 @@ class Settings(BaseSettings):
     # psycopg prepares a statement after this many executions; None never prepares, which is what
     # PgBouncer in transaction mode (Neon's pooled endpoint) needs unless it tracks prepared statements.
     db_prepare_threshold: int | None = Field(default=None)
+    # Per transaction: a runaway query cannot hold a connection (and a user's requests) for longer.
+    db_statement_timeout_ms: int = Field(default=5000, ge=100)
+    # Request bodies beyond this are refused with 413 before they are read in full.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
     data_dir: Path = Field(default=PROJECT_ROOT / ".data", description="Embedded Postgres data folder.")
     log_level: str = "INFO"
@@ -62,11 +75,41 @@ class Settings(BaseSettings):
         # Better Auth puts its base URL's origin in iss and aud, without a trailing slash.
         return value.rstrip("/") if value else None
 
+    @field_validator("better_auth_url", "better_auth_jwks_url")
+    @classmethod
+    def keys_over_https(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Whoever can change the keys in transit can sign in as anyone; plain HTTP only on this machine.
+        if value is None:
+            return None
+        url = urlsplit(value)
+        loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
+        if url.scheme != "https" and not (url.scheme == "http" and loopback):
+            raise ValueError(
+                f"{(info.field_name or '').upper()} must be an https:// URL (http:// only for localhost)"
+            )
+        return value
+
+    @property
+    def jwks_url(self) -> str | None:
+        """Where Better Auth publishes its public keys, if anywhere."""
+        if self.better_auth_jwks_url is not None:
+            return self.better_auth_jwks_url
+        return f"{self.better_auth_url}/api/auth/jwks" if self.better_auth_url else None
+
+    @property
+    def expected_issuer(self) -> str | None:
+        return self.jwt_issuer or self.better_auth_url
+
+    @property
+    def expected_audience(self) -> str | None:
+        return self.jwt_audience or self.better_auth_url
+
     @model_validator(mode="after")
     def some_way_to_verify_tokens(self) -> "Settings":
-        if self.database_url is not None and self.better_auth_secret is None:
+        if self.database_url is not None and self.better_auth_secret is None and self.jwks_url is None:
             raise ValueError(
-                "BETTER_AUTH_SECRET is required when DATABASE_URL is set: without it no token can be "
-                "verified (only the embedded development database makes its own secret)"
+                "BETTER_AUTH_URL (or BETTER_AUTH_JWKS_URL) or BETTER_AUTH_SECRET is required when "
+                "DATABASE_URL is set: without one no token can be verified (only the embedded "
+                "development database makes its own secret)"
             )
         return self

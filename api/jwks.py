@@ -1,0 +1,198 @@
+"""Better Auth's public keys: fetched from its JWKS endpoint without blocking the event loop.
+
+Keys are fetched in the background at start-up (so a briefly unreachable auth server does not stop
+the API from starting) and refreshed now and then (so a key removed from the set stops working).
+A token naming a `kid` we do not hold triggers a fetch on the spot, but at most one such fetch per
+cooldown: random kids must not turn the API into a load generator against the auth server. When
+a fetch fails, the keys already held keep working.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+from jwt import PyJWK
+from jwt.exceptions import PyJWTError
+
+logger = logging.getLogger("api.jwks")
+
+# Each asymmetric algorithm with the key type (and curve) it needs: a key is used for exactly one
+# algorithm, and a JWK whose alg, kty and crv disagree is not used at all.
+ASYMMETRIC_ALGORITHMS: Mapping[str, tuple[str, str | None]] = {
+    "EdDSA": ("OKP", "Ed25519"),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+}
+_ALGORITHM_FOR_CURVE = {"Ed25519": "EdDSA", "P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_MAX_DOCUMENT_BYTES = 1_000_000
+
+
+class KeysUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
+    """No key set has ever been fetched, so no asymmetric token can be judged either way."""
+
+
+class UnknownKey(Exception):  # noqa: N818
+    """The key set holds no key with this id, even after fetching it again (or within the cooldown)."""
+
+
+def _algorithm(jwk: Mapping[str, Any]) -> str | None:
+    """The one algorithm this key is for: its `alg`, else what its curve implies (RSA must say)."""
+    algorithm = jwk.get("alg")
+    if algorithm is None:
+        algorithm = _ALGORITHM_FOR_CURVE.get(jwk.get("crv"))  # type: ignore[arg-type]
+    if not isinstance(algorithm, str) or algorithm not in ASYMMETRIC_ALGORITHMS:
+        return None
+    key_type, curve = ASYMMETRIC_ALGORITHMS[algorithm]
+    if jwk.get("kty") != key_type or (curve is not None and jwk.get("crv") != curve):
+        return None
+    return algorithm
+
+
+def parse_key_set(document: object) -> dict[str, PyJWK]:
+    """The usable signing keys of a JWKS document, by kid. Anything doubtful is left out."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWK set: no 'keys' list")
+    keys: dict[str, PyJWK] = {}
+    ambiguous: set[str] = set()
+    for jwk in document["keys"]:
+        if not isinstance(jwk, dict):
+            continue
+        kid, use = jwk.get("kid"), jwk.get("use")
+        algorithm = _algorithm(jwk)
+        if not isinstance(kid, str) or not kid or use not in (None, "sig") or algorithm is None:
+            logger.warning("JWKS: skipping a key that is not an asymmetric signing key with a kid")
+            continue
+        if "d" in jwk:
+            logger.warning("JWKS: skipping key %r, which includes its private part", kid)
+            continue
+        try:
+            key = PyJWK(jwk, algorithm)
+        except PyJWTError as error:
+            logger.warning("JWKS: skipping key %r: %s", kid, type(error).__name__)
+            continue
+        if kid in keys:
+            ambiguous.add(kid)
+        keys[kid] = key
+    for kid in ambiguous:
+        # Two keys under one kid: which one a token meant is anyone's guess, so neither is used.
+        logger.warning("JWKS: skipping kid %r, which names more than one key", kid)
+        del keys[kid]
+    return keys
+
+
+class JwksKeySet:
+    """The public keys at one JWKS URL, kept current. Use as an async context manager."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        refetch_cooldown: float,
+        refresh_interval: float = 3600.0,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self._refetch_cooldown = refetch_cooldown
+        self._refresh_interval = refresh_interval
+        self._timeout = timeout
+        self._clock = clock
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched = False
+        self._last_refetch: float | None = None
+        self._lock = asyncio.Lock()
+        self._client: httpx.AsyncClient | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._client = httpx.AsyncClient(
+            timeout=self._timeout, follow_redirects=False, headers={"Accept": "application/json"}
+        )
+        self._refresher = asyncio.create_task(self._keep_fresh(), name="jwks-refresher")
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        if self._client is not None:
+            await self._client.aclose()
+
+    @property
+    def fetched(self) -> bool:
+        """Whether a key set has ever been fetched (an empty one counts)."""
+        return self._fetched
+
+    async def key(self, kid: str) -> PyJWK:
+        """The key named `kid`, fetching the set again if we lack it and the cooldown allows."""
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        async with self._lock:
+            key = self._keys.get(kid)
+            now = self._clock()
+            cooled_down = self._last_refetch is None or now - self._last_refetch >= self._refetch_cooldown
+            if key is None and cooled_down:
+                self._last_refetch = now
+                await self._fetch()
+                key = self._keys.get(kid)
+        if key is not None:
+            return key
+        if not self._fetched:
+            raise KeysUnavailable(self.url)
+        raise UnknownKey(kid)
+
+    async def refresh(self) -> bool:
+        """Fetch the key set now; False (keeping the keys we hold) when that fails."""
+        async with self._lock:
+            return await self._fetch()
+
+    async def _fetch(self) -> bool:
+        if self._client is None:
+            raise RuntimeError("JwksKeySet is used outside `async with`")
+        try:
+            response = await self._client.get(self.url)
+            response.raise_for_status()
+            if len(response.content) > _MAX_DOCUMENT_BYTES:
+                raise ValueError("the JWK set is implausibly large")
+            keys = parse_key_set(response.json())
+        except (httpx.HTTPError, ValueError) as error:
+            # Never log the body: a misconfigured URL could point at something private.
+            logger.warning("JWKS: cannot fetch %s: %s", self.url, type(error).__name__)
+            return False
+        self._keys = keys
+        self._fetched = True
+        logger.info("JWKS: %d key(s) from %s", len(keys), self.url)
+        return True
+
+    async def _keep_fresh(self) -> None:
+        failures = 0
+        while True:
+            try:
+                refreshed = await self.refresh()
+            except Exception:
+                # A bug here must not silently end the refreshing for the life of the process.
+                logger.exception("JWKS: refreshing %s failed", self.url)
+                refreshed = False
+            if refreshed:
+                failures = 0
+                await asyncio.sleep(self._refresh_interval)
+            else:
+                # Back off from 1 s, so a start-up race with the auth server resolves quickly.
+                failures += 1
+                await asyncio.sleep(min(2.0 ** (failures - 1), self._refresh_interval))

@@ -1,0 +1,145 @@
+"""Signing keys like Better Auth's, and a real JWKS endpoint on loopback that serves their public halves."""
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+JWKS_PATH = "/api/auth/jwks"
+
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def _generate(algorithm: str) -> tuple[PrivateKey, dict[str, Any]]:
+    private: PrivateKey
+    if algorithm == "EdDSA":
+        private = ed25519.Ed25519PrivateKey.generate()
+        return private, json.loads(OKPAlgorithm.to_jwk(private.public_key()))
+    if algorithm in ("ES256", "ES512"):
+        private = ec.generate_private_key(ec.SECP256R1() if algorithm == "ES256" else ec.SECP521R1())
+        return private, json.loads(ECAlgorithm.to_jwk(private.public_key()))
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return private, json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A key pair under a kid, published as Better Auth publishes it (alg, crv, kid on the JWK)."""
+
+    algorithm: str
+    private: PrivateKey
+    jwk: dict[str, Any]
+
+    @classmethod
+    def generate(cls, algorithm: str = "EdDSA", kid: str | None = None) -> "SigningKey":
+        private, jwk = _generate(algorithm)
+        return cls(algorithm, private, {**jwk, "alg": algorithm, "kid": kid or secrets.token_urlsafe(16)})
+
+    @property
+    def kid(self) -> str:
+        kid: str = self.jwk["kid"]
+        return kid
+
+    def sign(self, claims: dict[str, Any], **header: Any) -> str:
+        """Like Better Auth: alg and kid in the header, no typ (unless a test says otherwise)."""
+        fields = {name: value for name, value in {"kid": self.kid, **header}.items() if value is not None}
+        return jwt.encode(claims, self.private, algorithm=self.algorithm, headers={"typ": None, **fields})
+
+    @property
+    def public_pem(self) -> bytes:
+        return self.private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def forge(header: dict[str, Any], claims: dict[str, Any], *, hmac_secret: bytes | None = None) -> str:
+    """A token with any header at all, signed by hand with HMAC-SHA256 (or not at all).
+
+    PyJWT rightly refuses to use a public key as an HMAC secret; an attacker does not ask.
+    """
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    if hmac_secret is None:
+        return f"{signing_input}."
+    signature = hmac.new(hmac_secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+@dataclass
+class JwksServer:
+    """What the tests change: the published keys, whether the endpoint is up, and how often it was asked."""
+
+    base_url: str
+    keys: list[SigningKey] = field(default_factory=list)
+    down: bool = False
+    fetches: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def jwks_url(self) -> str:
+        return self.base_url + JWKS_PATH
+
+    def publish(self, *keys: SigningKey) -> None:
+        with self._lock:
+            self.keys.extend(keys)
+
+    def fetch_count(self) -> int:
+        with self._lock:
+            return self.fetches
+
+    def _document(self) -> bytes | None:
+        with self._lock:
+            self.fetches += 1
+            if self.down:
+                return None
+            return json.dumps({"keys": [key.jwk for key in self.keys]}).encode()
+
+
+@contextmanager
+def jwks_server(*keys: SigningKey) -> Iterator[JwksServer]:
+    """A real HTTP server on 127.0.0.1, in a thread, serving JWKS_PATH."""
+    state: list[JwksServer] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != JWKS_PATH:
+                self.send_error(404)
+                return
+            body = state[0]._document()
+            if body is None:
+                self.send_error(503)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    server = JwksServer(base_url=f"http://127.0.0.1:{httpd.server_address[1]}", keys=list(keys))
+    state.append(server)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)

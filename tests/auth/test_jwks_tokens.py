@@ -1,0 +1,184 @@
+"""Better Auth's asymmetric tokens: every algorithm it signs with is accepted, and every forgery is a 401."""
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.auth.conftest import ALGORITHMS, claims_for, user_with
+from tests.auth.jwks_server import JwksServer, SigningKey, forge
+from tests.support import SECRET, ApiUser, new_user, now, sign
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem: dict[str, Any] = response.json()
+    return problem
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_each_better_auth_algorithm_is_accepted(
+    jwks_api: httpx.Client,
+    published: JwksServer,
+    signing_keys: dict[str, SigningKey],
+    user_id: str,
+    algorithm: str,
+) -> None:
+    user = user_with(signing_keys[algorithm].sign(claims_for(published.base_url, user_id)), user_id)
+
+    created = jwks_api.post(user.tasks_url, json={"title": f"Signed with {algorithm}"}, headers=user.headers)
+    listed = jwks_api.get(user.tasks_url, headers=user.headers)
+
+    assert created.status_code == 201, created.text
+    assert created.json()["user_id"] == user_id
+    assert listed.status_code == 200
+    assert [task["title"] for task in listed.json()] == [f"Signed with {algorithm}"]
+
+
+def test_the_shared_secret_still_works_alongside_the_jwks(
+    jwks_api: httpx.Client, published: JwksServer
+) -> None:
+    user = new_user()
+    token = sign({"sub": user.id, "exp": now() + 60, "iss": published.base_url, "aud": published.base_url})
+    response = jwks_api.get(user.tasks_url, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+# Each case: (how to make the token, given the key, issuer and user id; what the detail must mention).
+TokenMaker = Callable[[SigningKey, str, str], str]
+OTHER_KEY = SigningKey.generate("EdDSA")
+RSA_KEY = SigningKey.generate("RS256")
+
+BAD_TOKENS: dict[str, tuple[TokenMaker, str]] = {
+    "expired": (
+        lambda key, iss, sub: key.sign(claims_for(iss, sub, iat=now() - 1000, exp=now() - 100)),
+        "expired",
+    ),
+    "not yet valid (nbf)": (
+        lambda key, iss, sub: key.sign(claims_for(iss, sub, nbf=now() + 600)),
+        "not valid yet",
+    ),
+    "issued in the future (iat)": (
+        lambda key, iss, sub: key.sign(claims_for(iss, sub, iat=now() + 600)),
+        "not valid yet",
+    ),
+    "wrong iss": (
+        lambda key, iss, sub: key.sign(claims_for(iss, sub, iss="https://evil.example.com")),
+        "(iss)",
+    ),
+    "no iss": (lambda key, iss, sub: key.sign(claims_for(iss, sub, iss=...)), "'iss'"),
+    "wrong aud": (
+        lambda key, iss, sub: key.sign(claims_for(iss, sub, aud="https://other.example.com")),
+        "another audience (aud)",
+    ),
+    "no aud": (lambda key, iss, sub: key.sign(claims_for(iss, sub, aud=...)), "'aud'"),
+    "no sub": (lambda key, iss, sub: key.sign(claims_for(iss, sub, sub=...)), "'sub'"),
+    "empty sub": (lambda key, iss, sub: key.sign(claims_for(iss, sub, sub="")), "sub claim"),
+    "numeric sub": (lambda key, iss, sub: key.sign(claims_for(iss, sub, sub=42)), "sub claim"),
+    "no exp": (lambda key, iss, sub: key.sign(claims_for(iss, sub, exp=...)), "'exp'"),
+    "tampered payload": (
+        lambda key, iss, sub: _swap_payload(
+            key.sign(claims_for(iss, sub)), key.sign(claims_for(iss, "someone"))
+        ),
+        "signature",
+    ),
+    "another key with the same kid": (
+        lambda key, iss, sub: OTHER_KEY.sign(claims_for(iss, sub), kid=key.kid),
+        "signature",
+    ),
+    "unknown kid": (lambda key, iss, sub: OTHER_KEY.sign(claims_for(iss, sub)), "unknown kid"),
+    "no kid": (lambda key, iss, sub: key.sign(claims_for(iss, sub), kid=None), "(kid)"),
+    "alg none": (
+        lambda key, iss, sub: forge({"alg": "none", "kid": key.kid}, claims_for(iss, sub)),
+        "algorithm this API does not accept",
+    ),
+    "HS256 with the public key's PEM as secret": (
+        lambda key, iss, sub: forge(
+            {"alg": "HS256", "kid": key.kid}, claims_for(iss, sub), hmac_secret=key.public_pem
+        ),
+        "signature",
+    ),
+    "HS256 with the public JWK's x as secret": (
+        lambda key, iss, sub: forge(
+            {"alg": "HS256", "kid": key.kid}, claims_for(iss, sub), hmac_secret=key.jwk["x"].encode()
+        ),
+        "signature",
+    ),
+    "RS256 header on the EdDSA key": (
+        lambda key, iss, sub: RSA_KEY.sign(claims_for(iss, sub), kid=key.kid),
+        "signed with RS256, but its key is for EdDSA",
+    ),
+    "EdDSA header, HMAC signature": (
+        lambda key, iss, sub: forge(
+            {"alg": "EdDSA", "kid": key.kid}, claims_for(iss, sub), hmac_secret=key.public_pem
+        ),
+        "signature",
+    ),
+}
+
+
+def _swap_payload(token: str, other: str) -> str:
+    header, _, signature = token.split(".")
+    return f"{header}.{other.split('.')[1]}.{signature}"
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKENS))
+def test_bad_better_auth_tokens_are_401(
+    jwks_api: httpx.Client,
+    published: JwksServer,
+    ed_key: SigningKey,
+    user_id: str,
+    api_db: Any,
+    case: str,
+) -> None:
+    make, explanation = BAD_TOKENS[case]
+    token = make(ed_key, published.base_url, user_id)
+    user = user_with(token, user_id)
+
+    response = jwks_api.post(user.tasks_url, json={"title": "Sneaky"}, headers=user.headers)
+
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    problem = _problem(response)
+    assert problem["type"] == "urn:todo-api:problem:unauthorized"
+    assert problem["status"] == 401
+    assert explanation in problem["detail"]
+    assert token not in response.text
+    assert api_db.execute("select count(*) from users where id = %s", [user_id]).fetchone() == (0,)
+
+
+def test_a_token_in_the_query_string_is_not_read(
+    jwks_api: httpx.Client, published: JwksServer, ed_key: SigningKey, user_id: str
+) -> None:
+    token = ed_key.sign(claims_for(published.base_url, user_id))
+    url = f"/api/{user_id}/tasks"
+
+    response = jwks_api.get(url, params={"access_token": token, "token": token, "jwt": token})
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "Authorization: Bearer" in _problem(response)["detail"]
+    assert jwks_api.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_without_a_jwks_an_eddsa_token_is_refused_not_checked_against_the_secret(
+    client: httpx.Client, ed_key: SigningKey, user_id: str
+) -> None:
+    token = ed_key.sign({"sub": user_id, "iat": now(), "exp": now() + 60})
+    response = client.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert _problem(response)["detail"] == "The token is signed with an algorithm this API does not accept."
+
+
+def test_an_hs256_token_with_a_kid_is_checked_against_the_secret(
+    jwks_api: httpx.Client, published: JwksServer, ed_key: SigningKey, alice: ApiUser
+) -> None:
+    claims = {"sub": alice.id, "exp": now() + 60, "iss": published.base_url, "aud": published.base_url}
+    good = sign(claims, secret=SECRET, kid=ed_key.kid)
+    bad = sign(claims, secret="some-other-secret-that-is-long-enough-0123", kid=ed_key.kid)
+    assert jwks_api.get(alice.tasks_url, headers={"Authorization": f"Bearer {good}"}).status_code == 200
+    response = jwks_api.get(alice.tasks_url, headers={"Authorization": f"Bearer {bad}"})
+    assert response.status_code == 401
+    assert "signature" in _problem(response)["detail"]

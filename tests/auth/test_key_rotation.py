@@ -1,0 +1,206 @@
+"""Key rotation and outages: new keys are fetched once, random kids cannot flood the auth server,
+and an unreachable JWKS endpoint neither stops the API nor breaks tokens signed by keys it holds."""
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from api.jwks import JwksKeySet, KeysUnavailable, UnknownKey
+from tests.auth.conftest import claims_for
+from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
+from tests.support import better_auth_id, now, serving, settings_for, sign
+
+
+@contextmanager
+def api_trusting(api_db_url: str, server: JwksServer, **overrides: Any) -> Iterator[httpx.Client]:
+    settings = settings_for(api_db_url, better_auth_url=server.base_url, **overrides)
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        yield client
+
+
+def _get(client: httpx.Client, server: JwksServer, key: SigningKey, **claims: Any) -> httpx.Response:
+    user_id = better_auth_id()
+    token = key.sign(claims_for(server.base_url, user_id, **claims))
+    return client.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+
+
+def _wait_for(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+async def _started(key_set: JwksKeySet) -> JwksKeySet:
+    """Wait for the start-up fetch, after which the background refresher sleeps for its interval."""
+    deadline = time.monotonic() + 10
+    while not key_set.fetched:
+        assert time.monotonic() < deadline, "the start-up fetch did not happen"
+        await asyncio.sleep(0.01)
+    return key_set
+
+
+def test_a_new_key_is_accepted_after_one_refetch(api_db_url: str) -> None:
+    old, new = SigningKey.generate(), SigningKey.generate()
+    with jwks_server(old) as server, api_trusting(api_db_url, server) as client:
+        assert _get(client, server, old).status_code == 200
+        _wait_for(lambda: server.fetch_count() == 1)  # the start-up fetch, and no other
+
+        server.publish(new)
+        assert _get(client, server, new).status_code == 200
+        assert server.fetch_count() == 2
+        assert _get(client, server, new).status_code == 200
+        assert _get(client, server, old).status_code == 200
+        assert server.fetch_count() == 2, "known keys need no fetch"
+
+
+def test_a_flood_of_unknown_kids_fetches_at_most_once_per_cooldown(api_db_url: str) -> None:
+    key = SigningKey.generate()
+    with jwks_server(key) as server, api_trusting(api_db_url, server) as client:
+        assert _get(client, server, key).status_code == 200
+        _wait_for(lambda: server.fetch_count() == 1)
+
+        strangers = [SigningKey.generate() for _ in range(30)]
+        responses = [_get(client, server, stranger) for stranger in strangers]
+
+        assert {response.status_code for response in responses} == {401}
+        assert all("unknown kid" in response.json()["detail"] for response in responses)
+        assert server.fetch_count() == 2, "one refetch for thirty unknown kids"
+
+        # Within the cooldown even a key that really was just published waits for the next window.
+        late = SigningKey.generate()
+        server.publish(late)
+        assert _get(client, server, late).status_code == 401
+        assert server.fetch_count() == 2
+
+
+def test_concurrent_unknown_kids_share_one_fetch() -> None:
+    async def scenario(server: JwksServer) -> list[str]:
+        async with JwksKeySet(server.jwks_url, refetch_cooldown=60, refresh_interval=3600) as key_set:
+            await _started(key_set)
+            results = await asyncio.gather(
+                *(key_set.key(f"random-{n}") for n in range(50)), return_exceptions=True
+            )
+            return [type(result).__name__ for result in results]
+
+    with jwks_server(SigningKey.generate()) as server:
+        assert asyncio.run(scenario(server)) == ["UnknownKey"] * 50
+        assert server.fetch_count() == 2  # start-up, then one refetch for fifty unknown kids
+
+
+def test_the_cooldown_lets_a_refetch_through_once_it_has_passed() -> None:
+    clock = [1000.0]
+    late = SigningKey.generate()
+
+    async def scenario(server: JwksServer) -> None:
+        key_set = JwksKeySet(
+            server.jwks_url, refetch_cooldown=30, refresh_interval=3600, clock=lambda: clock[0]
+        )
+        async with key_set:
+            await _started(key_set)
+            with pytest.raises(UnknownKey):
+                await key_set.key("not-yet")
+            fetches = server.fetch_count()
+            assert fetches == 2
+            server.publish(late)
+            clock[0] += 29
+            with pytest.raises(UnknownKey):
+                await key_set.key(late.kid)
+            assert server.fetch_count() == fetches
+            clock[0] += 1
+            assert (await key_set.key(late.kid)).algorithm_name == "EdDSA"
+            assert server.fetch_count() == fetches + 1
+
+    with jwks_server(SigningKey.generate()) as server:
+        asyncio.run(scenario(server))
+
+
+def test_known_keys_keep_working_while_the_jwks_endpoint_is_down(api_db_url: str) -> None:
+    key, stranger = SigningKey.generate(), SigningKey.generate()
+    with (
+        jwks_server(key) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        assert _get(client, server, key).status_code == 200
+        server.down = True
+
+        # Fresh tokens each time, so the verified-token cache does not hide the key lookup.
+        assert _get(client, server, key).status_code == 200
+        assert _get(client, server, key, name="Someone else").status_code == 200
+        unknown = _get(client, server, stranger)
+        assert unknown.status_code == 401, "keys were fetched before, so an unknown kid is unknown"
+        assert "unknown kid" in unknown.json()["detail"]
+        assert _get(client, server, key).status_code == 200, "a failed refetch drops no key"
+
+
+def test_a_failed_refresh_keeps_the_keys() -> None:
+    key = SigningKey.generate()
+
+    async def scenario(server: JwksServer) -> None:
+        async with JwksKeySet(server.jwks_url, refetch_cooldown=0, refresh_interval=3600) as key_set:
+            await _started(key_set)
+            server.down = True
+            assert not await key_set.refresh()
+            assert (await key_set.key(key.kid)).algorithm_name == "EdDSA"
+
+    with jwks_server(key) as server:
+        asyncio.run(scenario(server))
+
+
+def test_a_key_dropped_from_the_set_stops_working_after_a_refresh() -> None:
+    kept, dropped = SigningKey.generate(), SigningKey.generate()
+
+    async def scenario(server: JwksServer) -> None:
+        async with JwksKeySet(server.jwks_url, refetch_cooldown=3600, refresh_interval=3600) as key_set:
+            await _started(key_set)
+            await key_set.key(dropped.kid)
+            server.keys.remove(dropped)
+            assert await key_set.refresh()
+            with pytest.raises(UnknownKey):
+                await key_set.key(dropped.kid)
+            await key_set.key(kept.kid)
+
+    with jwks_server(kept, dropped) as server:
+        asyncio.run(scenario(server))
+
+
+def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: str) -> None:
+    key = SigningKey.generate()
+    with jwks_server(key) as server:
+        server.down = True
+        with api_trusting(api_db_url, server) as client:  # starts although the auth server is down
+            response = _get(client, server, key)
+
+            assert response.status_code == 503
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert response.headers["retry-after"] == "5"
+            problem = response.json()
+            assert problem["type"] == "urn:todo-api:problem:authentication-unavailable"
+            assert problem["title"] == "Authentication unavailable"
+
+            # The shared secret does not depend on the JWKS at all.
+            user_id = better_auth_id()
+            hs256 = sign({"sub": user_id, "exp": now() + 60, "iss": server.base_url, "aud": server.base_url})
+            headers = {"Authorization": f"Bearer {hs256}"}
+            assert client.get(f"/api/{user_id}/tasks", headers=headers).status_code == 200
+
+            server.down = False  # the background fetch retries within seconds
+            _wait_for(lambda: _get(client, server, key).status_code == 200)
+
+
+def test_never_fetched_keys_are_unavailable_at_the_key_set_level() -> None:
+    async def scenario(server: JwksServer) -> None:
+        async with JwksKeySet(server.jwks_url, refetch_cooldown=3600, refresh_interval=3600) as key_set:
+            with pytest.raises(KeysUnavailable):
+                await key_set.key("any")
+            assert not key_set.fetched
+
+    with jwks_server() as server:
+        server.down = True
+        asyncio.run(scenario(server))

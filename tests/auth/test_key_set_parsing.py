@@ -1,0 +1,63 @@
+"""Which JWKs are used: only asymmetric signing keys whose alg, kty and crv agree, one per kid."""
+
+from typing import Any
+
+import pytest
+
+from api.jwks import parse_key_set
+from tests.auth.jwks_server import SigningKey
+
+ED = SigningKey.generate("EdDSA")
+EC = SigningKey.generate("ES256")
+RSA = SigningKey.generate("RS256")
+
+
+def _without(jwk: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {name: value for name, value in jwk.items() if name not in names}
+
+
+def test_better_auth_keys_are_used_for_their_own_algorithm() -> None:
+    keys = parse_key_set({"keys": [ED.jwk, EC.jwk, RSA.jwk]})
+    assert {kid: key.algorithm_name for kid, key in keys.items()} == {
+        ED.kid: "EdDSA",
+        EC.kid: "ES256",
+        RSA.kid: "RS256",
+    }
+
+
+def test_a_curve_implies_the_algorithm_when_alg_is_left_out() -> None:
+    keys = parse_key_set({"keys": [_without(ED.jwk, "alg"), _without(EC.jwk, "alg")]})
+    assert {key.algorithm_name for key in keys.values()} == {"EdDSA", "ES256"}
+
+
+@pytest.mark.parametrize(
+    ("case", "jwk"),
+    [
+        ("a shared secret", {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQ", "alg": "HS256", "kid": "hs"}),
+        ("oct dressed up as EdDSA", {"kty": "oct", "k": "c2VjcmV0", "alg": "EdDSA", "kid": "hs"}),
+        ("an EdDSA alg on an EC key", {**EC.jwk, "alg": "EdDSA"}),
+        ("an ES512 alg on a P-256 key", {**EC.jwk, "alg": "ES512"}),
+        ("an RS256 alg on an Ed25519 key", {**ED.jwk, "alg": "RS256"}),
+        ("alg none", {**ED.jwk, "alg": "none"}),
+        ("an RSA key that does not say which algorithm", _without(RSA.jwk, "alg")),
+        ("no kid", _without(ED.jwk, "kid")),
+        ("an empty kid", {**ED.jwk, "kid": ""}),
+        ("an encryption key", {**ED.jwk, "use": "enc"}),
+        ("a private key", {**ED.jwk, "d": "AAAA"}),
+        ("a broken key", {**ED.jwk, "x": "not base64 at all!"}),
+        ("not an object", "EdDSA"),
+    ],
+)
+def test_doubtful_keys_are_left_out(case: str, jwk: Any) -> None:
+    assert parse_key_set({"keys": [jwk, EC.jwk]}).keys() == {EC.kid}, case
+
+
+def test_two_keys_under_one_kid_are_both_left_out() -> None:
+    impostor = SigningKey.generate("EdDSA", kid=ED.kid)
+    assert parse_key_set({"keys": [ED.jwk, impostor.jwk, EC.jwk]}).keys() == {EC.kid}
+
+
+@pytest.mark.parametrize("document", [None, [], {}, {"keys": "none"}, {"keys": {"a": 1}}])
+def test_a_document_that_is_not_a_key_set_is_refused(document: object) -> None:
+    with pytest.raises(ValueError, match="not a JWK set"):
+        parse_key_set(document)

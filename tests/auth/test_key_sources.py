@@ -1,0 +1,110 @@
+"""Where keys come from: BETTER_AUTH_URL, BETTER_AUTH_JWKS_URL, the iss/aud overrides, and refusals."""
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from api.app import create_app
+from api.settings import Settings
+from tests.auth.conftest import claims_for
+from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
+from tests.support import SECRET, better_auth_id, now, serving, sign
+
+AUTH = "https://auth.example.com"
+DATABASE = "postgresql://nobody@/nowhere"
+
+
+def test_better_auth_url_gives_the_jwks_location_issuer_and_audience() -> None:
+    settings = Settings(_env_file=None, database_url=DATABASE, better_auth_url=AUTH + "/")
+    assert settings.jwks_url == f"{AUTH}/api/auth/jwks"
+    assert settings.expected_issuer == settings.expected_audience == AUTH
+    assert settings.better_auth_secret is None, "a JWKS alone is enough to serve"
+
+
+def test_the_environment_can_override_each_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", DATABASE)
+    monkeypatch.setenv("BETTER_AUTH_URL", AUTH)
+    monkeypatch.setenv("BETTER_AUTH_JWKS_URL", "https://keys.example.com/.well-known/jwks.json")
+    monkeypatch.setenv("JWT_ISSUER", "https://issuer.example.com")
+    monkeypatch.setenv("JWT_AUDIENCE", "todo-api")
+    monkeypatch.setenv("JWKS_REFETCH_COOLDOWN_SECONDS", "5")
+    settings = Settings(_env_file=None)
+    assert settings.jwks_url == "https://keys.example.com/.well-known/jwks.json"
+    assert settings.expected_issuer == "https://issuer.example.com"
+    assert settings.expected_audience == "todo-api"
+    assert settings.jwks_refetch_cooldown_seconds == 5
+
+
+def test_a_jwks_url_alone_is_enough() -> None:
+    settings = Settings(_env_file=None, database_url=DATABASE, better_auth_jwks_url=AUTH + "/jwks")
+    assert settings.jwks_url == AUTH + "/jwks"
+    assert settings.expected_issuer is None
+
+
+def test_no_key_source_at_all_refuses_to_start() -> None:
+    with pytest.raises(ValidationError, match="no token can be verified"):
+        Settings(_env_file=None, database_url=DATABASE)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://auth.example.com", "http://10.0.0.5:3000", "ftp://auth.example.com", "auth.example.com"]
+)
+def test_keys_are_fetched_over_https_only(url: str) -> None:
+    with pytest.raises(ValidationError, match="https://"):
+        Settings(_env_file=None, database_url=DATABASE, better_auth_url=url)
+    with pytest.raises(ValidationError, match="https://"):
+        Settings(_env_file=None, database_url=DATABASE, better_auth_jwks_url=url)
+
+
+@pytest.mark.parametrize("url", ["http://localhost:3000", "http://127.0.0.1:3000", "http://[::1]:3000"])
+def test_plain_http_is_fine_on_this_machine(url: str) -> None:
+    assert Settings(_env_file=None, database_url=DATABASE, better_auth_url=url).better_auth_url == url
+
+
+@pytest.fixture(scope="module")
+def only_jwks(api_db_url: str) -> Iterator[tuple[JwksServer, SigningKey, httpx.Client]]:
+    """No shared secret, a JWKS URL of its own, and an audience that is not Better Auth's URL."""
+    key = SigningKey.generate("ES256")
+    with jwks_server(key) as server:
+        settings = Settings(
+            _env_file=None,
+            database_url=api_db_url,
+            better_auth_jwks_url=server.jwks_url,
+            jwt_issuer=server.base_url,
+            jwt_audience="todo-api",
+        )
+        with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+            yield server, key, client
+
+
+def test_overridden_audience_is_the_one_checked(
+    only_jwks: tuple[JwksServer, SigningKey, httpx.Client],
+) -> None:
+    server, key, client = only_jwks
+    user_id = better_auth_id()
+    url = f"/api/{user_id}/tasks"
+
+    ours = key.sign(claims_for(server.base_url, user_id, aud="todo-api"))
+    theirs = key.sign(claims_for(server.base_url, user_id))
+
+    assert client.get(url, headers={"Authorization": f"Bearer {ours}"}).status_code == 200
+    refused = client.get(url, headers={"Authorization": f"Bearer {theirs}"})
+    assert refused.status_code == 401
+    assert "audience" in refused.json()["detail"]
+
+
+def test_without_a_secret_hs256_tokens_are_refused(
+    only_jwks: tuple[JwksServer, SigningKey, httpx.Client],
+) -> None:
+    server, _, client = only_jwks
+    user_id = better_auth_id()
+    token = sign(
+        {"sub": user_id, "exp": now() + 60, "iss": server.base_url, "aud": "todo-api"}, secret=SECRET
+    )
+
+    response = client.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 401
+    assert response.json()["detail"] == "The token is signed with an algorithm this API does not accept."
