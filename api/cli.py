@@ -1,4 +1,5 @@
-"""`todo-api serve | migrate | token`: run the API, set up a database, mint a development token."""
+"""`todo-api serve | migrate | token | policies`: run the API, set up a database, mint a development
+token, audit isolation."""
 
 import argparse
 import logging
@@ -8,12 +9,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import uvicorn
 from pydantic import ValidationError
 
 from api import embedded
 from api.dev_tokens import mint_token
 from api.migrations import apply_migrations
+from api.policy_audit import audit_database
+from api.policy_report import render_json, render_text
 from api.settings import Settings
 
 
@@ -102,6 +106,19 @@ def token(args: argparse.Namespace) -> None:
     )
 
 
+def policies(args: argparse.Namespace) -> None:
+    """Print the isolation audit; exit 1 on any finding, so it can gate a deployment."""
+    settings = _settings()
+    with _database_url(settings, args.data_dir) as url:
+        try:
+            audit = audit_database(url)
+        except psycopg.OperationalError as error:
+            sys.exit(f"todo-api: cannot audit the database: {error}")
+    print(render_json(audit) if args.json else render_text(audit))
+    if audit.findings:
+        sys.exit(1)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="todo-api", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +143,13 @@ def _parser() -> argparse.ArgumentParser:
     token_parser.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token_parser.add_argument("--data-dir", type=Path, help=data_dir_help)
     token_parser.set_defaults(run=token)
+
+    policies_parser = commands.add_parser(
+        "policies", help="audit roles, RLS, policies, grants and drift; exit 1 on any finding"
+    )
+    policies_parser.add_argument("--json", action="store_true", help="print the audit as JSON")
+    policies_parser.add_argument("--data-dir", type=Path, help=data_dir_help)
+    policies_parser.set_defaults(run=policies)
     return parser
 
 

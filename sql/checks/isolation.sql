@@ -1,21 +1,41 @@
 -- Findings that would let one user see or change another's rows. The API runs this at start-up as
--- its login role and refuses to serve while it returns any row; a DBA can run it by hand the same way.
--- Each row is one finding, in words.
+-- its login role and refuses to serve while it returns any row; `todo-api policies` reports the same
+-- rows (plus drift from sql/policies/); a DBA can run it by hand the same way:
+--     psql "$DATABASE_URL" -f sql/checks/isolation.sql
+-- Each row is one finding, in words. No rows: the database enforces isolation.
 
 WITH todo_app AS (
     SELECT oid, rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = 'todo_app'
 ),
--- Every ordinary or partitioned table todo_app can read or write, in whole or in part.
-exposed_tables AS (
-    SELECT c.oid, c.oid::regclass AS name, c.relrowsecurity, c.relforcerowsecurity, r.oid AS role_oid
+-- Schemas that are ours to check: everything but the system catalogs.
+user_schemas AS (
+    SELECT oid FROM pg_catalog.pg_namespace
+    WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\_%'
+),
+-- Every relation of a given kind todo_app can read or write, in whole or in part.
+exposed AS (
+    SELECT c.oid, c.oid::regclass AS name, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
+           c.relowner, c.reloptions, r.oid AS role_oid
     FROM pg_catalog.pg_class c
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     CROSS JOIN todo_app r
-    WHERE c.relkind IN ('r', 'p')
-      AND n.nspname <> 'information_schema'
-      AND n.nspname NOT LIKE 'pg\_%'
+    WHERE c.relnamespace IN (SELECT oid FROM user_schemas)
+      AND c.relkind IN ('r', 'p', 'v', 'm')
       AND (pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT, INSERT, UPDATE, DELETE')
            OR pg_catalog.has_any_column_privilege(r.oid, c.oid, 'SELECT, INSERT, UPDATE'))
+),
+exposed_tables AS (
+    SELECT * FROM exposed WHERE relkind IN ('r', 'p')
+),
+-- Policies that apply to todo_app: granted to PUBLIC, to todo_app, or to a role todo_app belongs to.
+todo_app_policies AS (
+    SELECT p.*
+    FROM pg_catalog.pg_policy p
+    CROSS JOIN todo_app r
+    WHERE EXISTS (
+        SELECT FROM pg_catalog.unnest(p.polroles) AS granted(role_oid)
+        WHERE CASE WHEN granted.role_oid = 0 THEN true
+                   ELSE pg_catalog.pg_has_role(r.oid, granted.role_oid, 'MEMBER') END
+    )
 )
 SELECT 'role todo_app does not exist' AS finding
 WHERE NOT EXISTS (SELECT FROM todo_app)
@@ -33,6 +53,14 @@ UNION ALL
 SELECT 'role todo_app has BYPASSRLS, so row-level security does not apply to it'
 FROM todo_app WHERE rolbypassrls
 
+-- PostgreSQL 16 separates being a member from being allowed to SET ROLE; before 16 members may.
+UNION ALL
+SELECT pg_catalog.format('login role %s cannot switch to todo_app: grant todo_app to it', current_user)
+FROM todo_app r
+WHERE NOT CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000
+               THEN pg_catalog.pg_has_role(current_user, r.oid, 'SET')
+               ELSE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER') END
+
 UNION ALL
 SELECT pg_catalog.format('table %s is open to todo_app without row-level security enabled', name)
 FROM exposed_tables WHERE NOT relrowsecurity
@@ -47,4 +75,54 @@ FROM exposed_tables t
 WHERE NOT EXISTS (
     SELECT FROM pg_catalog.pg_policy p
     WHERE p.polrelid = t.oid AND (p.polroles @> ARRAY[0::oid] OR p.polroles @> ARRAY[t.role_oid])
-);
+)
+
+-- Permissive policies are OR-ed together, so one that is simply `true` admits every row.
+UNION ALL
+SELECT pg_catalog.format('policy "%s" on %s admits every row: %s (true)', polname, polrelid::regclass,
+                         CASE WHEN pg_catalog.pg_get_expr(polqual, polrelid) = 'true'
+                              THEN 'USING' ELSE 'WITH CHECK' END)
+FROM todo_app_policies
+WHERE polpermissive
+  AND (pg_catalog.pg_get_expr(polqual, polrelid) = 'true'
+       OR pg_catalog.pg_get_expr(polwithcheck, polrelid) = 'true')
+
+-- A function a policy calls resolves unqualified names through the caller's search_path, which
+-- whoever controls that path can point at objects of their own.
+UNION ALL
+SELECT pg_catalog.format('function %s, used by policy %s, does not pin its search_path (add SET search_path = '''')',
+                         f.oid::regprocedure,
+                         pg_catalog.string_agg(pg_catalog.format('"%s" on %s', p.polname, p.polrelid::regclass),
+                                               ', ' ORDER BY p.polrelid::regclass::text, p.polname))
+FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_policy p ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
+JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid = f.oid
+WHERE NOT EXISTS (SELECT FROM pg_catalog.unnest(f.proconfig) AS setting WHERE setting LIKE 'search\_path=%')
+GROUP BY f.oid
+
+-- A SECURITY DEFINER function runs as its owner, who (on Neon) bypasses row-level security.
+UNION ALL
+SELECT pg_catalog.format('function %s runs as its owner %s (SECURITY DEFINER) and todo_app may call it',
+                         f.oid::regprocedure, pg_catalog.pg_get_userbyid(f.proowner))
+FROM pg_catalog.pg_proc f
+CROSS JOIN todo_app r
+WHERE f.prosecdef
+  AND f.pronamespace IN (SELECT oid FROM user_schemas)
+  AND pg_catalog.has_function_privilege(r.oid, f.oid, 'EXECUTE')
+  AND pg_catalog.has_schema_privilege(r.oid, f.pronamespace, 'USAGE')
+
+-- A view reads its tables with its owner's rights unless it is security_invoker (PostgreSQL 15+).
+UNION ALL
+SELECT pg_catalog.format('view %s is open to todo_app without security_invoker, so it reads as its owner %s',
+                         name, pg_catalog.pg_get_userbyid(relowner))
+FROM exposed
+WHERE relkind = 'v'
+  AND NOT EXISTS (
+      SELECT FROM pg_catalog.pg_options_to_table(reloptions)
+      WHERE option_name = 'security_invoker' AND option_value::boolean
+  )
+
+UNION ALL
+SELECT pg_catalog.format('materialized view %s is open to todo_app, and materialized views have no row-level security', name)
+FROM exposed
+WHERE relkind = 'm';

@@ -1,0 +1,410 @@
+"""`todo-api policies`: the isolation audit, its findings, drift from sql/policies/, and --json.
+
+Each test gets a freshly migrated database as the login role todo_owner, which owns the tables, so a
+test can weaken the database the way a hand-made change in production would and read the verdict.
+"""
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from api import policy_audit
+from api.cli import main
+from api.policy_audit import audit_database
+from api.settings import SQL_DIR
+from tests.support import SECRET
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+RunPolicies = Callable[..., tuple[int, str]]
+
+TASK_POLICIES = {
+    "tasks are visible to their owner",
+    "tasks are created by their owner",
+    "tasks are changed by their owner",
+    "tasks are deleted by their owner",
+}
+USER_POLICIES = {"users see their own row", "users create their own row", "users update their own row"}
+
+
+@pytest.fixture
+def db(migrated_db: Conn) -> Conn:
+    migrated_db.autocommit = True
+    return migrated_db
+
+
+@pytest.fixture
+def run_policies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> RunPolicies:
+    """`todo-api policies ARGS` in this process against a database URL: (exit code, stdout)."""
+
+    def run(database_url: str, *args: str) -> tuple[int, str]:
+        monkeypatch.chdir(tmp_path)  # no developer's .env
+        for name in ("BETTER_AUTH_URL", "BETTER_AUTH_JWKS_URL"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        monkeypatch.setenv("BETTER_AUTH_SECRET", SECRET)
+        capsys.readouterr()
+        try:
+            main(["policies", *args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        return code, capsys.readouterr().out
+
+    return run
+
+
+def findings(database_url: str, policy_files: list[Path] | None = None) -> list[str]:
+    return [finding.message for finding in audit_database(database_url, policy_files).findings]
+
+
+def live_policies(db: Conn) -> list[tuple[Any, ...]]:
+    return db.execute(
+        "select oid, polname, pg_get_expr(polqual, polrelid) from pg_policy order by oid"
+    ).fetchall()
+
+
+# --- a clean database ------------------------------------------------------------------------------
+
+
+def test_a_migrated_database_passes(migrated_db_url: str, run_policies: RunPolicies) -> None:
+    code, out = run_policies(migrated_db_url)
+    assert code == 0, out
+    assert "Findings: none." in out
+    assert "todo_app (per-request role): NOLOGIN, NOSUPERUSER, NOBYPASSRLS, NOINHERIT" in out
+    assert "todo_owner (login role): LOGIN, NOSUPERUSER, BYPASSRLS" in out
+    assert "member of: todo_app; can switch to todo_app" in out
+    assert "public.tasks (owner todo_owner): RLS enabled, forced; open to todo_app; 4 policies" in out
+    assert "public.users (owner todo_owner): RLS enabled, forced; open to todo_app; 3 policies" in out
+    for name in TASK_POLICIES | USER_POLICIES:
+        assert f'"{name}": PERMISSIVE' in out
+    assert '"tasks are changed by their owner": PERMISSIVE UPDATE TO todo_app' in out
+    assert "USING      (user_id = ( SELECT app.current_user_id() AS current_user_id))" in out
+    assert (
+        "table public.tasks: SELECT, INSERT (user_id, title, description, completed), "
+        "UPDATE (title, description, completed), DELETE" in out
+    )
+    assert "table public.users: SELECT, INSERT (id, email, name), UPDATE (email, name)" in out
+    assert "function app.current_user_id(): EXECUTE" in out
+    assert "schema app: USAGE" in out
+    assert "drop_all_policies" not in out.split("Grants to todo_app")[1]
+
+
+def test_the_audit_changes_nothing(db: Conn, migrated_db_url: str) -> None:
+    before = live_policies(db)
+    assert findings(migrated_db_url) == []
+    # Same oids: the policies the drift check re-created from the files were rolled back.
+    assert live_policies(db) == before
+
+
+def test_the_cli_gates_a_deployment_from_a_real_process(migrated_db_url: str, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": migrated_db_url, "BETTER_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "-m", "api.cli", "policies"]
+    project = SQL_DIR.parent
+    clean = subprocess.run(command, cwd=tmp_path, env={**env, "PYTHONPATH": str(project)}, check=False)
+    assert clean.returncode == 0
+    with psycopg.connect(migrated_db_url, autocommit=True) as connection:
+        connection.execute("alter table tasks no force row level security")
+    weakened = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(project)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert weakened.returncode == 1
+    assert "[isolation] table tasks is open to todo_app without row-level security forced" in weakened.stdout
+
+
+# --- each kind of finding ----------------------------------------------------------------------------
+
+WEAKENINGS = {
+    "rls not forced": (
+        ["alter table tasks no force row level security"],
+        "table tasks is open to todo_app without row-level security forced",
+    ),
+    "rls disabled": (
+        ["alter table users disable row level security"],
+        "table users is open to todo_app without row-level security enabled",
+    ),
+    "table without a policy": (
+        [
+            "create table notes (id int primary key, body text)",
+            "alter table notes enable row level security, force row level security",
+            "grant select on notes to todo_app",
+        ],
+        "table notes is open to todo_app without a policy for it",
+    ),
+    "permissive true USING": (
+        ['create policy "anyone reads tasks" on tasks for select to todo_app using (true)'],
+        'policy "anyone reads tasks" on tasks admits every row: USING (true)',
+    ),
+    "permissive true WITH CHECK, to public": (
+        ['create policy "anyone adds users" on users for insert with check (true)'],
+        'policy "anyone adds users" on users admits every row: WITH CHECK (true)',
+    ),
+    "policy function without a pinned search_path": (
+        [
+            "create function app.is_owner(owner text) returns boolean language sql stable "
+            "as $$ select owner = app.current_user_id() $$",
+            "grant execute on function app.is_owner(text) to todo_app",
+            'alter policy "tasks are visible to their owner" on tasks using (app.is_owner(user_id))',
+        ],
+        'function app.is_owner(text), used by policy "tasks are visible to their owner" on tasks, '
+        "does not pin its search_path (add SET search_path = '')",
+    ),
+    "security definer function": (
+        [
+            "create function public.every_task() returns setof tasks language sql security definer "
+            "set search_path = '' as $$ select * from public.tasks $$"
+        ],
+        "function every_task() runs as its owner todo_owner (SECURITY DEFINER) and todo_app may call it",
+    ),
+    "view without security_invoker": (
+        ["create view every_task as select * from tasks", "grant select on every_task to todo_app"],
+        "view every_task is open to todo_app without security_invoker, so it reads as its owner todo_owner",
+    ),
+    "materialized view": (
+        [
+            "create materialized view task_count as select count(*) from tasks",
+            "grant select on task_count to public",
+        ],
+        "materialized view task_count is open to todo_app, and materialized views have no row-level security",
+    ),
+}
+
+
+@pytest.mark.parametrize(("statements", "expected"), WEAKENINGS.values(), ids=WEAKENINGS.keys())
+def test_each_weakening_is_a_finding(
+    db: Conn, migrated_db_url: str, run_policies: RunPolicies, statements: list[str], expected: str
+) -> None:
+    for statement in statements:
+        db.execute(statement)
+    assert expected in findings(migrated_db_url)
+    code, out = run_policies(migrated_db_url)
+    assert code == 1
+    assert f"  - [isolation] {expected}" in out
+    assert "isolation is weakened, do not deploy" in out
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        [
+            "create view my_tasks with (security_invoker) as select * from tasks",
+            "grant select on my_tasks to todo_app",
+        ],
+        ["create view every_task as select * from tasks"],  # todo_app cannot read it
+        [
+            "create function public.every_task() returns setof tasks language sql security definer "
+            "set search_path = '' as $$ select * from public.tasks $$",
+            "revoke execute on function public.every_task() from public",
+        ],
+        ["create table audit_log (id int)"],  # todo_app cannot reach it: needs no policy
+    ],
+    ids=[
+        "security_invoker view",
+        "view todo_app cannot read",
+        "definer function todo_app cannot call",
+        "table todo_app cannot reach",
+    ],
+)
+def test_what_todo_app_cannot_misuse_is_not_a_finding(
+    db: Conn, migrated_db_url: str, statements: list[str]
+) -> None:
+    for statement in statements:
+        db.execute(statement)
+    assert findings(migrated_db_url) == []
+
+
+@pytest.fixture
+def outsider(db: Conn, migrated_db_url: str) -> Iterator[str]:
+    """The database's URL as a login role that is not a member of todo_app (roles are cluster-wide)."""
+    name = f"outsider_{secrets.token_hex(4)}"
+    db.execute(sql.SQL("create role {} login").format(sql.Identifier(name)))
+    try:
+        yield migrated_db_url.replace("todo_owner@", f"{name}@", 1)
+    finally:
+        db.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+def test_a_login_role_that_cannot_switch_to_todo_app_is_a_finding(
+    outsider: str, run_policies: RunPolicies
+) -> None:
+    code, out = run_policies(outsider)
+    assert code == 1
+    name = outsider.split("@")[0].rsplit("/", 1)[1]
+    assert f"  - [isolation] login role {name} cannot switch to todo_app: grant todo_app to it" in out
+    assert f"{name} (login role): LOGIN" in out
+    assert "CANNOT switch to todo_app" in out
+    # It does not own the tables, so it cannot re-create their policies: drift is not checked, and says so.
+    assert "  - [drift] could not compare the live policies with sql/policies/: permission denied" in out
+
+
+# --- drift -------------------------------------------------------------------------------------------
+
+
+def test_a_policy_changed_by_hand_is_drift(db: Conn, migrated_db_url: str, run_policies: RunPolicies) -> None:
+    db.execute('alter policy "tasks are deleted by their owner" on tasks using (user_id is not null)')
+    code, out = run_policies(migrated_db_url)
+    assert code == 1
+    assert (
+        '  - [drift] policy "tasks are deleted by their owner" on public.tasks differs from '
+        "sql/policies/tasks.sql: USING is `(user_id IS NOT NULL)` live but "
+        "`(user_id = ( SELECT app.current_user_id() AS current_user_id))` in the file" in out
+    )
+    # The audit reported the change and left it in place.
+    expression = db.execute(
+        "select qual from pg_policies where policyname = 'tasks are deleted by their owner'"
+    ).fetchone()
+    assert expression == ("(user_id IS NOT NULL)",)
+
+
+def test_a_role_changed_by_hand_is_drift(db: Conn, migrated_db_url: str) -> None:
+    db.execute('alter policy "users see their own row" on users to public')
+    assert findings(migrated_db_url) == [
+        'policy "users see their own row" on public.users differs from sql/policies/users.sql: '
+        "roles is `public` live but `todo_app` in the file"
+    ]
+
+
+def test_a_policy_dropped_by_hand_is_drift(db: Conn, migrated_db_url: str) -> None:
+    db.execute('drop policy "tasks are deleted by their owner" on tasks')
+    assert findings(migrated_db_url) == [
+        'policy "tasks are deleted by their owner" on public.tasks is in sql/policies/tasks.sql '
+        "but not live: apply it (todo-api migrate)"
+    ]
+
+
+def test_a_policy_added_by_hand_is_drift(db: Conn, migrated_db_url: str) -> None:
+    db.execute(
+        """create policy "tasks are visible to support" on tasks as restrictive for select to todo_app
+           using (title <> '')"""
+    )
+    assert findings(migrated_db_url) == [
+        'policy "tasks are visible to support" on public.tasks is live but not in sql/policies/tasks.sql: '
+        "it was created by hand, or its file changed and is not yet applied"
+    ]
+
+
+@pytest.fixture
+def policy_files(tmp_path: Path) -> Path:
+    """A copy of sql/policies/ to change, as a developer would before running migrate."""
+    folder = tmp_path / "policies"
+    shutil.copytree(SQL_DIR / "policies", folder)
+    return folder
+
+
+def test_a_changed_file_not_yet_applied_is_drift(migrated_db_url: str, policy_files: Path) -> None:
+    tasks = policy_files / "tasks.sql"
+    tasks.write_text(
+        tasks.read_text(encoding="utf-8").replace(
+            '"tasks are deleted by their owner"', '"tasks are removed by their owner"'
+        ),
+        encoding="utf-8",
+    )
+    files = sorted(policy_files.glob("*.sql"))
+    assert findings(migrated_db_url, files) == [
+        'policy "tasks are deleted by their owner" on public.tasks is live but not in '
+        f"{tasks}: it was created by hand, or its file changed and is not yet applied",
+        f'policy "tasks are removed by their owner" on public.tasks is in {tasks} but not live: '
+        "apply it (todo-api migrate)",
+    ]
+
+
+def test_a_new_file_not_yet_applied_is_drift(db: Conn, migrated_db_url: str, policy_files: Path) -> None:
+    db.execute("create table notes (id int primary key, user_id text not null)")
+    notes = policy_files / "notes.sql"
+    notes.write_text(
+        "CALL app.drop_all_policies('public.notes');\n"
+        'CREATE POLICY "notes are visible to their owner" ON public.notes\n'
+        "    FOR SELECT TO todo_app USING (user_id = (SELECT app.current_user_id()));\n",
+        encoding="utf-8",
+    )
+    assert findings(migrated_db_url, sorted(policy_files.glob("*.sql"))) == [
+        f'policy "notes are visible to their owner" on public.notes is in {notes} but not live: '
+        "apply it (todo-api migrate)"
+    ]
+
+
+def test_the_drift_check_does_not_queue_behind_a_long_transaction(
+    db: Conn, migrated_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(policy_audit, "LOCK_TIMEOUT", "200ms")
+    with psycopg.connect(migrated_db_url) as busy:
+        busy.execute("select from tasks")  # holds ACCESS SHARE until this transaction ends
+        assert findings(migrated_db_url) == [
+            "could not compare the live policies with sql/policies/: canceling statement due to lock timeout"
+        ]
+
+
+# --- JSON ----------------------------------------------------------------------------------------------
+
+
+def test_json_is_the_same_audit_for_machines(
+    db: Conn, migrated_db_url: str, run_policies: RunPolicies
+) -> None:
+    code, out = run_policies(migrated_db_url, "--json")
+    assert code == 0
+    clean = json.loads(out)
+    assert clean["ok"] is True
+    assert clean["findings"] == []
+    assert clean["login_role"] == "todo_owner"
+    assert {table["name"]: (table["rls_enabled"], table["rls_forced"]) for table in clean["tables"]}[
+        "public.tasks"
+    ] == (True, True)
+    assert {policy["name"] for policy in clean["policies"]} == TASK_POLICIES | USER_POLICIES
+    select = next(p for p in clean["policies"] if p["name"] == "tasks are visible to their owner")
+    assert select == {
+        "table_name": "public.tasks",
+        "name": "tasks are visible to their owner",
+        "kind": "PERMISSIVE",
+        "command": "SELECT",
+        "roles": ["todo_app"],
+        "using_expression": "(user_id = ( SELECT app.current_user_id() AS current_user_id))",
+        "with_check_expression": None,
+    }
+    todo_app = next(role for role in clean["roles"] if role["name"] == "todo_app")
+    assert (todo_app["superuser"], todo_app["bypassrls"], todo_app["can_login"]) == (False, False, False)
+    assert {
+        "object_type": "table",
+        "object": "public.users",
+        "privilege": "UPDATE",
+        "columns": "email, name",
+    } in (clean["grants"])
+
+    db.execute('alter policy "tasks are visible to their owner" on tasks using (true)')
+    code, out = run_policies(migrated_db_url, "--json")
+    assert code == 1
+    weakened = json.loads(out)
+    assert weakened["ok"] is False
+    assert weakened["findings"] == [
+        {
+            "kind": "isolation",
+            "message": 'policy "tasks are visible to their owner" on tasks admits every row: USING (true)',
+            "table": None,
+            "policy": None,
+        },
+        {
+            "kind": "drift",
+            "message": 'policy "tasks are visible to their owner" on public.tasks differs from '
+            "sql/policies/tasks.sql: USING is `true` live but "
+            "`(user_id = ( SELECT app.current_user_id() AS current_user_id))` in the file",
+            "table": "public.tasks",
+            "policy": "tasks are visible to their owner",
+        },
+    ]
+    _, text_out = run_policies(migrated_db_url)
+    for finding in weakened["findings"]:
+        assert f"  - [{finding['kind']}] {finding['message']}" in text_out
