@@ -25,6 +25,8 @@ def build_authenticator(settings: Settings) -> Authenticator:
         audience=settings.expected_audience,
         leeway=settings.jwt_leeway_seconds,
     )
+    if missing := settings.missing_token_source():
+        raise ValueError(missing)
     verifiers: list[TokenVerifier] = []
     if settings.better_auth_secret is not None:
         verifiers.append(SharedSecretVerifier(settings.better_auth_secret.get_secret_value(), checks))

@@ -61,6 +61,8 @@ def _print_welcome(host: str, port: int, secret_is_generated: bool) -> None:
 def serve(args: argparse.Namespace) -> None:
     settings = _settings()
     development = settings.database_url is None
+    if not development and (missing := settings.missing_token_source()):
+        sys.exit(f"todo-api: invalid configuration:\n  - {missing}")
     with _database_url(settings, args.data_dir) as url:
         if development or args.migrate:
             applied = apply_migrations(url)
@@ -101,7 +103,8 @@ def token(args: argparse.Namespace) -> None:
             email=args.email,
             name=args.name,
             ttl_seconds=args.ttl,
-            issuer=settings.better_auth_url,
+            issuer=settings.expected_issuer,
+            audience=settings.expected_audience,
         )
     )
 

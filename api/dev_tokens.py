@@ -14,6 +14,7 @@ def mint_token(
     name: str | None = None,
     ttl_seconds: int = 3600,
     issuer: str | None = None,
+    audience: str | None = None,
 ) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl_seconds}
@@ -22,5 +23,7 @@ def mint_token(
     if name is not None:
         claims["name"] = name
     if issuer is not None:
-        claims["iss"] = claims["aud"] = issuer
+        claims["iss"] = issuer
+    if audience is not None:
+        claims["aud"] = audience
     return jwt.encode(claims, secret, algorithm="HS256")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StringConstraints, field_validator
+from pydantic.json_schema import WithJsonSchema
 from sqlalchemy import BigInteger, Column, DateTime, Identity, text
 from sqlmodel import Field, SQLModel
 
@@ -75,9 +76,12 @@ class TaskCreate(_Input):
 class TaskUpdate(_Input):
     """Every field optional: a field left out keeps its value; `description: null` clears it."""
 
-    title: Title | None = None
+    # The schema must not promise that null is accepted where `not_null` refuses it.
+    title: Annotated[
+        Title | None, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": TITLE_MAX_LENGTH})
+    ] = None
     description: Description | None = None
-    completed: StrictBool | None = None
+    completed: Annotated[StrictBool | None, WithJsonSchema({"type": "boolean"})] = None
 
     @field_validator("title", "completed", mode="before")
     @classmethod

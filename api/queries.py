@@ -104,37 +104,47 @@ def _upsert_user(principal: Principal) -> Insert:
     )
 
 
+# Every write also brings the caller's user row up to date, in the same statement: the first write
+# creates it (tasks.user_id references it), and a token with a new email or name refreshes it.
+
+
 def create_task(principal: Principal, data: TaskCreate) -> Executable:
-    user_row = _upsert_user(principal).cte("user_row")
     return (
         pg_insert(Task)
         .values(
             user_id=principal.id, title=data.title, description=data.description, completed=data.completed
         )
-        .add_cte(user_row)
+        .add_cte(_upsert_user(principal).cte("user_row"))
         .returning(*_TASK_COLUMNS)
     )
 
 
-def update_task(user_id: str, task_id: int, changes: dict[str, object]) -> Executable:
+def update_task(principal: Principal, task_id: int, changes: dict[str, object]) -> Executable:
     return (
         update(Task)
-        .where(col(Task.user_id) == user_id, col(Task.id) == task_id)
+        .where(col(Task.user_id) == principal.id, col(Task.id) == task_id)
         .values(**changes)
+        .add_cte(_upsert_user(principal).cte("user_row"))
         .returning(*_TASK_COLUMNS)
     )
 
 
-def set_completed(user_id: str, task_id: int, completed: bool | None) -> Executable:
+def set_completed(principal: Principal, task_id: int, completed: bool | None) -> Executable:
     """`completed=None` toggles; a value sets it, so a retried request lands in the same state."""
     new_value = ~col(Task.completed) if completed is None else literal(completed)
     return (
         update(Task)
-        .where(col(Task.user_id) == user_id, col(Task.id) == task_id)
+        .where(col(Task.user_id) == principal.id, col(Task.id) == task_id)
         .values(completed=new_value)
+        .add_cte(_upsert_user(principal).cte("user_row"))
         .returning(*_TASK_COLUMNS)
     )
 
 
-def delete_task(user_id: str, task_id: int) -> Executable:
-    return delete(Task).where(col(Task.user_id) == user_id, col(Task.id) == task_id).returning(col(Task.id))
+def delete_task(principal: Principal, task_id: int) -> Executable:
+    return (
+        delete(Task)
+        .where(col(Task.user_id) == principal.id, col(Task.id) == task_id)
+        .add_cte(_upsert_user(principal).cte("user_row"))
+        .returning(col(Task.id))
+    )

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # HS256 with a short secret can be brute-forced offline from one captured token.
@@ -104,12 +104,12 @@ class Settings(BaseSettings):
     def expected_audience(self) -> str | None:
         return self.jwt_audience or self.better_auth_url
 
-    @model_validator(mode="after")
-    def some_way_to_verify_tokens(self) -> "Settings":
-        if self.database_url is not None and self.better_auth_secret is None and self.jwks_url is None:
-            raise ValueError(
-                "BETTER_AUTH_URL (or BETTER_AUTH_JWKS_URL) or BETTER_AUTH_SECRET is required when "
-                "DATABASE_URL is set: without one no token can be verified (only the embedded "
-                "development database makes its own secret)"
+    def missing_token_source(self) -> str | None:
+        """Why no token could be verified, if so. Only serving needs a key source: migrating and
+        auditing a database do not, and the embedded development database makes its own secret."""
+        if self.better_auth_secret is None and self.jwks_url is None:
+            return (
+                "BETTER_AUTH_URL (or BETTER_AUTH_JWKS_URL) or BETTER_AUTH_SECRET is required to serve "
+                "DATABASE_URL: without one no token can be verified"
             )
-        return self
+        return None

@@ -4,12 +4,12 @@ from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 from pydantic import AfterValidator
 from sqlalchemy import Row
 
 from api import queries
-from api.dependencies import CurrentUser, DatabaseDep
+from api.dependencies import AuthenticatedRoute, CurrentUser, DatabaseDep, bearer_scheme
 from api.log import log_change
 from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
 from api.pagination import MAX_TASK_ID, Cursor, SortKey, SortOrder
@@ -38,11 +38,19 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: error_response("Missing, malformed, badly signed, expired or not-yet-valid token."),
     403: error_response("The user id in the path is not the token's subject."),
     422: error_response("Invalid input: each bad field is listed in `errors`."),
-    503: error_response("The database is unreachable; retry after the `Retry-After` seconds."),
+    503: error_response(
+        "The database, or Better Auth's keys, cannot be reached; retry after the `Retry-After` seconds."
+    ),
 }
 _TASK_ERRORS = {**_AUTH_ERRORS, 404: error_response("No such task, or it belongs to someone else.")}
 
-router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=_AUTH_ERRORS)
+router = APIRouter(
+    prefix="/api/{user_id}/tasks",
+    tags=["tasks"],
+    responses=_AUTH_ERRORS,
+    route_class=AuthenticatedRoute,
+    dependencies=[Depends(bearer_scheme)],
+)
 
 
 def _task(row: Row[Any] | None) -> TaskPublic:
@@ -147,9 +155,7 @@ async def update_task(
     user: CurrentUser, database: DatabaseDep, task_id: TaskId, data: TaskUpdate
 ) -> TaskPublic:
     changes = data.changes()
-    statement = (
-        queries.update_task(user.id, task_id, changes) if changes else queries.get_task(user.id, task_id)
-    )
+    statement = queries.update_task(user, task_id, changes) if changes else queries.get_task(user.id, task_id)
     async with database.transaction(user.id, read_only=not changes) as transaction:
         task = _task((await transaction.execute(statement)).one_or_none())
     if changes:
@@ -166,7 +172,7 @@ async def update_task(
 )
 async def delete_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -> Response:
     async with database.transaction(user.id, read_only=False) as transaction:
-        deleted = (await transaction.execute(queries.delete_task(user.id, task_id))).one_or_none()
+        deleted = (await transaction.execute(queries.delete_task(user, task_id))).one_or_none()
     if deleted is None:
         raise not_found()
     log_change("delete", user_id=user.id, task_id=task_id)
@@ -193,7 +199,7 @@ async def complete_task(
     completed = data.completed if data is not None else None
     async with database.transaction(user.id, read_only=False) as transaction:
         task = _task(
-            (await transaction.execute(queries.set_completed(user.id, task_id, completed))).one_or_none()
+            (await transaction.execute(queries.set_completed(user, task_id, completed))).one_or_none()
         )
     log_change("update", user_id=user.id, task_id=task.id)
     return task

@@ -136,3 +136,25 @@ def test_another_users_path_is_403_on_every_endpoint(
 def test_hs256_secret_is_the_one_configured(client: httpx.Client, alice: ApiUser) -> None:
     token = sign({"sub": alice.id, "exp": now() + 60}, secret=SECRET)
     assert client.get(alice.tasks_url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", ""), ("PUT", "/1"), ("PATCH", "/1/complete")])
+def test_the_caller_is_checked_before_the_body_is_read(
+    client: httpx.Client, alice: ApiUser, bob: ApiUser, method: str, path: str
+) -> None:
+    malformed = b'{"title": '
+    forged = sign({"sub": alice.id, "exp": now() + 60}, secret="wrong-secret-but-long-enough-0123456789")
+    json_headers = {"Content-Type": "application/json"}
+
+    nobody = client.request(method, alice.tasks_url + path, content=malformed, headers=json_headers)
+    impostor = client.request(
+        method,
+        alice.tasks_url + path,
+        content=malformed,
+        headers={**json_headers, "Authorization": f"Bearer {forged}"},
+    )
+    elsewhere = client.request(
+        method, bob.tasks_url + path, content=malformed, headers={**json_headers, **alice.headers}
+    )
+
+    assert [nobody.status_code, impostor.status_code, elsewhere.status_code] == [401, 401, 403]

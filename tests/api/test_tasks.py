@@ -7,7 +7,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support import ApiUser, new_user
+from api.dev_tokens import mint_token
+from tests.support import SECRET, ApiUser, new_user
 
 
 def create(client: httpx.Client, user: ApiUser, **fields: Any) -> dict[str, Any]:
@@ -169,3 +170,19 @@ def test_unknown_route_is_a_problem(client: httpx.Client) -> None:
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["status"] == 404
+
+
+def test_every_write_brings_the_user_row_up_to_date(
+    client: httpx.Client, api_db: psycopg.Connection[Any]
+) -> None:
+    user = new_user(email="old@example.com", name="Old")
+    task = create(client, user)
+    renamed = ApiUser(user.id, mint_token(SECRET, user.id, email="new@example.com", name="New"))
+    user_row = "select email, name from users where id = %s"
+
+    client.get(renamed.tasks_url, headers=renamed.headers)
+    assert api_db.execute(user_row, [user.id]).fetchone() == ("old@example.com", "Old"), "reads write nothing"
+
+    response = client.patch(f"{renamed.task_url(task['id'])}/complete", headers=renamed.headers)
+    assert response.status_code == 200
+    assert api_db.execute(user_row, [user.id]).fetchone() == ("new@example.com", "New")
