@@ -118,6 +118,10 @@ _HTTP_SLUGS = {
 
 
 def _http_problem(exc: StarletteHTTPException) -> ProblemError:
+    if exc.status_code == 400:
+        # FastAPI's only 400: a body it could not decode at all (not UTF-8, or nested too deep).
+        # To the client that is invalid input like any other malformed JSON.
+        return invalid_input("body", "The body is not valid JSON in UTF-8.")
     slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
     return ProblemError(exc.status_code, slug, title, detail, headers=dict(exc.headers or {}))

@@ -25,7 +25,7 @@ def pgbouncer_binary() -> str | None:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -39,7 +39,7 @@ def pgbouncer(*, socket_dir: str, port: int, user: str, dbname: str, server_pool
     if binary is None:
         raise RuntimeError("pgbouncer is not installed (.ci/run installs Debian's package)")
     workdir = Path(tempfile.mkdtemp(prefix="todo-api-pgbouncer-"))
-    listen_port = _free_port()
+    listen_port = free_port()
     (workdir / "userlist.txt").write_text(f'"{user}" ""\n')
     (workdir / "pgbouncer.ini").write_text(
         f"""[databases]

@@ -1,14 +1,18 @@
 """Small helpers the tests lean on: users with tokens in one line, and a real HTTP server."""
 
 import asyncio
+import os
 import secrets
 import socket
 import string
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -66,7 +70,31 @@ def now() -> int:
     return int(time.time())
 
 
-def _free_port() -> int:
+CLI = [sys.executable, "-m", "api.cli"]
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(**variables: str) -> dict[str, str]:
+    """The caller's environment without any todo-api configuration, plus `variables`."""
+    names = {name.upper() for name in Settings.model_fields}
+    env = {name: value for name, value in os.environ.items() if name.upper() not in names}
+    env["PYTHONPATH"] = str(PROJECT)
+    return {**env, **variables}
+
+
+def run_cli(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=cwd,
+        env=cli_env(**variables),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -76,7 +104,7 @@ def _free_port() -> int:
 @contextmanager
 def serving(app: FastAPI) -> Iterator[str]:
     """Run the app in a real uvicorn on loopback (its own thread and event loop); yield its base URL."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )

@@ -1,9 +1,7 @@
 """`todo-api serve | migrate | token`, run as a newcomer would: real processes, real Postgres."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,36 +12,12 @@ import psutil
 import psycopg
 import pytest
 
-from api.settings import Settings
-from tests.support import SECRET, _free_port
-
-CLI = [sys.executable, "-m", "api.cli"]
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-def cli_env(**variables: str) -> dict[str, str]:
-    """The caller's environment without any todo-api configuration, plus `variables`."""
-    names = {name.upper() for name in Settings.model_fields}
-    env = {name: value for name, value in os.environ.items() if name.upper() not in names}
-    env["PYTHONPATH"] = str(PROJECT)
-    return {**env, **variables}
-
-
-def run_cli(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        cwd=cwd,
-        env=cli_env(**variables),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+from tests.support import CLI, SECRET, cli_env, free_port, run_cli
 
 
 @pytest.fixture
 def embedded_api(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path / "data"
     process = subprocess.Popen(
         [*CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
@@ -133,7 +107,7 @@ def test_serve_refuses_a_database_that_is_not_migrated(empty_db_url: str, tmp_pa
     result = run_cli(
         "serve",
         "--port",
-        str(_free_port()),
+        str(free_port()),
         cwd=tmp_path,
         DATABASE_URL=empty_db_url,
         BETTER_AUTH_SECRET=SECRET,
@@ -152,6 +126,6 @@ def test_serve_refuses_a_database_that_is_not_migrated(empty_db_url: str, tmp_pa
     ],
 )
 def test_serve_refuses_bad_configuration(tmp_path: Path, variables: dict[str, str], message: str) -> None:
-    result = run_cli("serve", "--port", str(_free_port()), cwd=tmp_path, **variables)
+    result = run_cli("serve", "--port", str(free_port()), cwd=tmp_path, **variables)
     assert result.returncode != 0
     assert message in result.stderr

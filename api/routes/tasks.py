@@ -191,7 +191,8 @@ async def complete_task(
     database: DatabaseDep,
     task_id: TaskId,
     request: Request,
-    data: Annotated[CompletionUpdate | None, Body()] = None,
+    # Not `CompletionUpdate | None`: the document would then promise that a JSON null is accepted.
+    data: Annotated[CompletionUpdate, Body()] = None,  # type: ignore[assignment]
 ) -> TaskPublic:
     if data is None and await request.body():
         # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".

@@ -26,12 +26,14 @@ REVOKE EXECUTE ON FUNCTION app.current_user_id() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION app.current_user_id() TO todo_app;
 
 -- updated_at moves only when a row's content really changes, so an idempotent retry leaves it alone.
+-- clock_timestamp(), not now(): a transaction that waited for the row lock must not stamp the row
+-- with its earlier start time, or the last write could look older than the one before it.
 CREATE FUNCTION app.touch_updated_at() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = ''
 AS $$
 BEGIN
-    NEW.updated_at := pg_catalog.now();
+    NEW.updated_at := pg_catalog.clock_timestamp();
     RETURN NEW;
 END
 $$;

@@ -7,11 +7,11 @@ import httpx
 import pytest
 
 from api.app import create_app
-from tests.support import _free_port, new_user, now, serving, settings_for, sign
+from tests.support import free_port, new_user, now, serving, settings_for, sign
 
 # On loopback, where nothing listens: the app fetches Better Auth's keys from here in the background,
 # and tests send traffic to this machine only.
-AUTH_URL = f"http://127.0.0.1:{_free_port()}"
+AUTH_URL = f"http://127.0.0.1:{free_port()}"
 FRONTEND = "http://localhost:3000"
 
 

