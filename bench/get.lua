@@ -1,0 +1,3 @@
+-- wrk scenario "get": see common.lua.
+local requests = dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
+request = requests.get

@@ -1,0 +1,152 @@
+r"""pgbench scripts with the very SQL the API sends, generated from api.db and api.queries.
+
+Each statement is built by the same function the route calls, with sentinel values where the request
+would put its own (the user id, a task id, a title), and compiled with the dialect the API uses
+(psycopg 3). The placeholders are then filled in: sentinels become pgbench variables or expressions,
+everything else the literal the API would bind. So a change to the queries changes the scripts, and
+the scripts keep the API's casts and shape: the transaction is the one `Database.run` sends,
+BEGIN (READ ONLY for reads), the set_config select, the statement and COMMIT, in one pipeline
+(\startpipeline ... \endpipeline, one round trip) as psycopg's pipeline mode sends them.
+
+`python -m bench.pgbench_scripts` prints them.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+from sqlalchemy.sql.expression import ClauseElement
+
+from api import db, queries
+from api.auth import Principal
+from api.models import TaskCreate
+from api.settings import Settings
+from bench.dataset import user_email_sql, user_id_sql, user_name_sql
+
+_USER = "bench-sentinel-user"
+_EMAIL = "bench-sentinel-email"
+_NAME = "bench-sentinel-name"
+_NEW_TITLE = "bench-sentinel-title"
+_TASK_ID = 987_654_321_987
+
+# What pgbench puts where the request would put its own values (see the \set lines below).
+_PGBENCH_VALUES: dict[object, str] = {
+    _USER: user_id_sql(":u"),
+    _EMAIL: user_email_sql(":u"),
+    _NAME: user_name_sql(":u"),
+    _NEW_TITLE: "('Benchmark task ' || (:n)::text)",
+    _TASK_ID: "(:task_id)",
+}
+
+# A user from the same sample the wrk scripts use, one of their tasks, and a number for titles.
+_PICK_USER = r"""\set k random(0, :sample - 1)
+\set u 1 + :k * :stride
+"""
+_PICK_TASK = r"""\set task_id (:u - 1) * :tasks + random(1, :tasks)
+"""
+_PICK_NUMBER = r"""\set n random(1, 1000000000)
+"""
+
+_DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
+_PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One request's transaction: what `Database.run(read_only=...)` wraps around `query`."""
+
+    read_only: bool
+    query: queries.Query
+    picks: str
+
+
+def _transactions() -> dict[str, Transaction]:
+    principal = Principal(_USER, email=_EMAIL, name=_NAME)
+    first_page = queries.TaskFilter(
+        completed=None, search=None, sort="created", order="desc", after=None, limit=100
+    )
+    return {
+        "list": Transaction(True, queries.list_tasks(_USER, first_page), _PICK_USER),
+        "get": Transaction(True, queries.get_task(_USER, _TASK_ID), _PICK_USER + _PICK_TASK),
+        "create": Transaction(
+            False, queries.create_task(principal, TaskCreate(title=_NEW_TITLE)), _PICK_USER + _PICK_NUMBER
+        ),
+        "toggle": Transaction(
+            False, queries.set_completed(principal, _TASK_ID, None), _PICK_USER + _PICK_TASK
+        ),
+        "update": Transaction(
+            False,
+            queries.update_task(principal, _TASK_ID, {"title": _NEW_TITLE}),
+            _PICK_USER + _PICK_TASK + _PICK_NUMBER,
+        ),
+    }
+
+
+def _literal(value: object) -> str:
+    if value in _PGBENCH_VALUES:
+        return _PGBENCH_VALUES[value]
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"no pgbench literal for {value!r}")
+
+
+def _sql(statement: ClauseElement, values: Mapping[str, object] | None = None) -> str:
+    compiled = statement.compile(dialect=_DIALECT)
+    params = compiled.construct_params(dict(values or {})) or {}
+
+    def fill(match: re.Match[str]) -> str:
+        return "%" if match.group(0) == "%%" else _literal(params[match.group(1)])
+
+    text = _PLACEHOLDER.sub(fill, str(compiled))
+    return "\n".join(line.rstrip() for line in text.splitlines()) + ";"
+
+
+def _act_as_user(statement_timeout_ms: int) -> str:
+    return _sql(db.ACT_AS_USER, {"user_id": _USER, "statement_timeout": str(statement_timeout_ms)})
+
+
+def default_statement_timeout_ms() -> int:
+    default = Settings.model_fields["db_statement_timeout_ms"].default
+    assert isinstance(default, int)
+    return default
+
+
+def list_statement_for(user_number: int) -> str:
+    """The API's first-page list query for one user, as plain SQL (for EXPLAIN)."""
+    query = _transactions()["list"].query
+    statement = _sql(query.statement, query.params)
+    return statement.replace("(:u)", str(user_number))
+
+
+def scripts(statement_timeout_ms: int | None = None) -> dict[str, str]:
+    """Scenario name -> pgbench script, for -D sample=..., stride=... and tasks=... (see bench.run)."""
+    timeout = statement_timeout_ms if statement_timeout_ms is not None else default_statement_timeout_ms()
+    act = _act_as_user(timeout)
+    generated = {}
+    for name, transaction in _transactions().items():
+        generated[name] = "\n".join(
+            [
+                f"-- {name}: generated by bench/pgbench_scripts.py from api.db and api.queries; do not edit.",
+                transaction.picks.rstrip("\n"),
+                "\\startpipeline",
+                db.begin(read_only=transaction.read_only) + ";",
+                act,
+                _sql(transaction.query.statement, transaction.query.params),
+                "COMMIT;",
+                "\\endpipeline",
+                "",
+            ]
+        )
+    return generated
+
+
+if __name__ == "__main__":
+    for text in scripts().values():
+        print(text)

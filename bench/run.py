@@ -1,0 +1,254 @@
+"""One command for issue 5: the API against pgbench running the same SQL, on one embedded Postgres.
+
+    .venv/bin/python -m bench.run --size small --workers 1,2 --duration 10 --connections 32
+
+For each size: a fresh database, migrated and loaded; then for each worker count, the API started with
+that many workers and, per scenario, wrk against the API and straight after it pgbench with the same
+transactions at the same concurrency. One table at the end, appended to bench/RESULTS.md.
+"""
+
+import argparse
+import dataclasses
+import json
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NoReturn
+
+from api.migrations import apply_migrations
+from bench import dataset, report
+from bench.api_server import RssSampler, running_api
+from bench.explain import explain_list
+from bench.pgbench import run_pgbench
+from bench.pgbench_scripts import scripts
+from bench.postgres import BenchPostgres, embedded_postgres_server
+from bench.sample import Sample
+from bench.scenarios import SCENARIOS
+from bench.wrk import ensure_wrk, run_wrk, write_users_file
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # git-ignored: scripts, logs, raw results
+_WARMUP_SECONDS = 3
+_TOKEN_TTL_SECONDS = 12 * 3600
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _workers(text: str) -> list[int]:
+    return [int(item) for item in _comma_list(text)]
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, separator, value = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError("expected NAME=VALUE")
+    return name, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size", type=_comma_list, default=["small"], help="small, large or both: small,large"
+    )
+    parser.add_argument("--users", type=int, help="override the size's number of users")
+    parser.add_argument("--tasks-per-user", type=int, help="override the size's tasks per user")
+    parser.add_argument(
+        "--workers", type=_workers, default=[2], help="API workers, or a list: 1,2 (default 2)"
+    )
+    parser.add_argument(
+        "--duration", type=int, default=10, help="seconds per scenario and per tool (default 10)"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=32, help="wrk connections = pgbench clients (default 32)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads = pgbench jobs (default 2)")
+    parser.add_argument(
+        "--scenarios", type=_comma_list, default=list(SCENARIOS), help=f"default: {','.join(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--sample-users", type=int, default=1000, help="users with tokens to spread load over"
+    )
+    parser.add_argument(
+        "--api-env",
+        type=_env_pair,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an API setting, e.g. DB_POOL_SIZE=20 (repeatable); DB_PREPARE_THRESHOLD=N: pgbench -M prepared",
+    )
+    parser.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument("--note", action="append", default=[], help="a line to add under the run's table")
+    return parser
+
+
+def _sizes(args: argparse.Namespace) -> list[dataset.Size]:
+    unknown = [name for name in args.size if name not in dataset.SIZES]
+    if unknown:
+        raise SystemExit(f"bench: unknown size {unknown}; choose from {list(dataset.SIZES)}")
+    sizes = [dataset.SIZES[name] for name in args.size]
+    if args.users or args.tasks_per_user:
+        if len(sizes) != 1:
+            raise SystemExit("bench: --users and --tasks-per-user apply to a single --size")
+        base = sizes[0]
+        sizes = [
+            dataset.Size(base.name, args.users or base.users, args.tasks_per_user or base.tasks_per_user)
+        ]
+    return sizes
+
+
+def _terminate(signum: int, _frame: object) -> NoReturn:
+    raise SystemExit(f"bench: stopped by signal {signum}")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A loaded database, and the users (with tokens) and pgbench scripts to drive it with."""
+
+    dbname: str
+    url: str
+    secret: str
+    sample: Sample
+    users_file: Path
+    scripts_dir: Path
+
+
+def prepare(
+    postgres: BenchPostgres, size: dataset.Size, run_dir: Path, sample_users: int, api_env: dict[str, str]
+) -> Prepared:
+    dbname = f"bench_{size.name}"
+    print(f"bench: {size.name}: {size.users:,} users x {size.tasks_per_user} tasks", flush=True)
+    url = postgres.create_database(dbname)
+    apply_migrations(url)
+    dataset.load(postgres.superuser_url(dbname), size, progress=lambda line: print(line, flush=True))
+    timeout = api_env.get("DB_STATEMENT_TIMEOUT_MS")
+    scripts_dir = run_dir / "pgbench"
+    scripts_dir.mkdir(exist_ok=True)
+    for name, text in scripts(int(timeout) if timeout else None).items():
+        (scripts_dir / f"{name}.sql").write_text(text)
+    sample = Sample.of(size, sample_users)
+    users_file = run_dir / f"users-{size.name}.lua"
+    secret = secrets.token_urlsafe(48)
+    write_users_file(users_file, sample, secret, _TOKEN_TTL_SECONDS)
+    return Prepared(dbname, url, secret, sample, users_file, scripts_dir)
+
+
+def new_run_dir() -> Path:
+    run_dir = RESULTS_DIR / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _explain(prepared: Prepared, size: dataset.Size) -> list[str]:
+    user_number = prepared.sample.user_numbers()[prepared.sample.count // 2]
+    verdicts, details = [], []
+    for plan in explain_list(prepared.url, user_number):
+        print(f"bench: list query on {size.name} under RLS, {plan.verdict}:\n{plan.text}", flush=True)
+        verdicts.append(f"- list query on {size.name} (user {user_number}, as todo_app), {plan.verdict}")
+        details += ["", f"{size.name}, {plan.variant}:", "", "```", plan.text, "```"]
+    return [*verdicts, "", "<details><summary>the plans</summary>", *details, "", "</details>", ""]
+
+
+def _bench_size(
+    postgres: BenchPostgres,
+    size: dataset.Size,
+    args: argparse.Namespace,
+    wrk: str,
+    run_dir: Path,
+    plans: list[str],
+) -> list[report.Row]:
+    api_env = dict(args.api_env)
+    prepared = prepare(postgres, size, run_dir, args.sample_users, api_env)
+    plans += _explain(prepared, size)
+    dbname, url, secret = prepared.dbname, prepared.url, prepared.secret
+    sample, users_file, scripts_dir = prepared.sample, prepared.users_file, prepared.scripts_dir
+    protocol = "prepared" if api_env.get("DB_PREPARE_THRESHOLD") else "extended"
+
+    rows = []
+    load = {"connections": args.connections, "threads": args.threads, "duration": args.duration}
+    for workers in args.workers:
+        with running_api(url, secret, workers=workers, run_dir=run_dir, extra_env=api_env) as api:
+            run_wrk(wrk, api.base_url, SCENARIOS["list"], users_file, **{**load, "duration": _WARMUP_SECONDS})
+            for name in args.scenarios:
+                scenario = SCENARIOS[name]
+                with RssSampler(api) as rss:
+                    http = run_wrk(wrk, api.base_url, scenario, users_file, **load)
+                database = run_pgbench(
+                    postgres,
+                    dbname,
+                    scenario,
+                    scripts_dir,
+                    sample,
+                    clients=args.connections,
+                    threads=args.threads,
+                    duration=args.duration,
+                    protocol=protocol,
+                )
+                row = report.Row(
+                    size=size.name,
+                    workers=workers,
+                    scenario=name,
+                    api_rps=http.requests_per_second,
+                    p50_ms=http.p50_us / 1000,
+                    p99_ms=http.p99_us / 1000,
+                    non_2xx=http.non_2xx,
+                    socket_errors=http.socket_errors + http.timeouts,
+                    pgbench_tps=database.tps,
+                    pgbench_failed=database.failed,
+                    peak_rss_mb=rss.peak_mb(),
+                )
+                rows.append(row)
+                print(
+                    report.table([row])[-1] + (f" statuses: {http.statuses}" if http.statuses else ""),
+                    flush=True,
+                )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"bench: unknown scenario {unknown}; choose from {list(SCENARIOS)}")
+    sizes = _sizes(args)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    wrk = ensure_wrk()
+    run_dir = new_run_dir()
+    started = time.monotonic()
+    rows: list[report.Row] = []
+    plans: list[str] = []
+    with embedded_postgres_server() as postgres:
+        postgres_version = postgres.version()
+        for index, size in enumerate(sizes):
+            rows += _bench_size(postgres, size, args, wrk, run_dir, plans)
+            if index + 1 < len(sizes):
+                postgres.drop_database(f"bench_{size.name}")  # room on disk for the next size
+    (run_dir / "results.json").write_text(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+    settings = [
+        f"- Load: {args.connections} connections (wrk) = clients (pgbench), {args.threads} threads = jobs,"
+        f" {args.duration} s per scenario per tool; requests spread over {args.sample_users} users",
+        "- Sizes: " + "; ".join(f"{s.name} = {s.users:,} users x {s.tasks_per_user} tasks" for s in sizes),
+    ]
+    if args.api_env:
+        settings.append("- API settings: " + ", ".join(f"`{name}={value}`" for name, value in args.api_env))
+    lines = [*report.table(rows), "", *report.summary(rows)]
+    print("\n" + "\n".join(lines))
+    print(f"\nbench: done in {time.monotonic() - started:.0f} s; raw results in {run_dir}")
+    if not args.no_results:
+        notes = [f"- {note}" for note in args.note] + plans
+        report.write_results(rows, postgres_version=postgres_version, settings=settings, notes=notes)
+        print(f"bench: appended to {report.RESULTS_FILE}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("bench: interrupted; the API and Postgres were stopped")
