@@ -44,12 +44,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await ensure_isolation(database.engine)
-        # Starts fetching Better Auth's keys in the background: an auth server that is briefly
-        # down must not keep the API from starting.
-        async with authenticator:
-            yield
-        await database.dispose()
+        await database.open()
+        try:
+            await ensure_isolation(database)
+            # Starts fetching Better Auth's keys in the background: an auth server that is briefly
+            # down must not keep the API from starting.
+            async with authenticator:
+                yield
+        finally:
+            await database.close()
 
     app = FastAPI(
         title="todo-api",

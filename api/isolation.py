@@ -1,15 +1,11 @@
 """Refuse to serve unless the database will enforce isolation (sql/checks/isolation.sql)."""
 
 import psycopg.errors
-import sqlalchemy.exc
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.db import APP_ROLE
+from api.db import APP_ROLE, Database
 from api.settings import SQL_DIR
 
-_CHECK = text((SQL_DIR / "checks" / "isolation.sql").read_text(encoding="utf-8"))
-_SWITCH = text("select set_config('role', :role, true)")
+_CHECK = (SQL_DIR / "checks" / "isolation.sql").read_text(encoding="utf-8")
 
 
 class IsolationError(RuntimeError):
@@ -22,25 +18,24 @@ class IsolationError(RuntimeError):
         )
 
 
-async def isolation_findings(engine: AsyncEngine) -> list[str]:
-    async with engine.connect() as connection:
-        findings = [row.finding for row in await connection.execute(_CHECK)]
-        login_role = (await connection.execute(text("select current_user"))).scalar_one()
-        await connection.rollback()
-        if not findings:
-            try:
-                await connection.execute(_SWITCH, {"role": APP_ROLE})
-            except sqlalchemy.exc.ProgrammingError as error:
-                if not isinstance(error.orig, psycopg.errors.InsufficientPrivilege):
-                    raise
-                findings.append(
-                    f"login role {login_role} cannot switch to {APP_ROLE}: grant {APP_ROLE} to it"
-                )
-            await connection.rollback()
+async def isolation_findings(database: Database) -> list[str]:
+    async with database.pool.connection() as connection:
+        findings = [row["finding"] for row in await (await connection.execute(_CHECK)).fetchall()]
+        if findings:
+            return findings
+        # The catalog says the login role may switch; make sure by doing it, as every request will.
+        try:
+            async with connection.transaction(force_rollback=True):
+                await connection.execute("select set_config('role', %s, true)", [APP_ROLE])
+        except psycopg.errors.InsufficientPrivilege:
+            login_role = await (await connection.execute("select current_user as name")).fetchone() or {}
+            findings.append(
+                f"login role {login_role.get('name')} cannot switch to {APP_ROLE}: grant {APP_ROLE} to it"
+            )
     return findings
 
 
-async def ensure_isolation(engine: AsyncEngine) -> None:
-    findings = await isolation_findings(engine)
+async def ensure_isolation(database: Database) -> None:
+    findings = await isolation_findings(database)
     if findings:
         raise IsolationError(findings)

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 import psycopg
-import sqlalchemy.exc
+import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -162,8 +162,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(_http_problem(exc))
 
     @app.exception_handler(psycopg.OperationalError)
-    @app.exception_handler(sqlalchemy.exc.OperationalError)
-    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    @app.exception_handler(psycopg_pool.PoolTimeout)
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         logger.warning("database unavailable: %s", type(exc).__name__)
         return problem_response(database_unavailable())

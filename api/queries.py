@@ -1,21 +1,49 @@
 """Every statement the API sends, as ready-to-use SQLModel/SQLAlchemy statements.
 
-Each one runs inside `Database.transaction`, where row-level security decides which rows exist.
-The `user_id` filters below are for the planner (they let it pick the tasks_by_owner_* indexes);
+Each one runs inside `Database.run`, where row-level security decides which rows exist. The
+`user_id` filters below are for the planner (they let it pick the tasks_by_owner_* indexes);
 correctness never depends on them: without them the policies return exactly the same rows.
+
+Statements are built once per shape with bind parameters, and a request supplies only the
+values (`Query`): the database layer compiles each shape once, not once per request.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Insert, String, delete, exists, func, literal, or_, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Insert,
+    String,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import col
 
 from api.auth import Principal
 from api.models import Task, TaskCreate, User
 from api.pagination import Cursor, SortKey, SortOrder
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A statement of a fixed shape and the values for its bind parameters."""
+
+    statement: ClauseElement
+    params: Mapping[str, object]
+
 
 _TASK_COLUMNS = (
     col(Task.id),
@@ -32,6 +60,15 @@ _SORT_COLUMNS: dict[SortKey, Any] = {
     "updated": col(Task.updated_at),
     "title": col(Task.title),
 }
+_SORT_VALUE_TYPES: dict[SortKey, Any] = {
+    "created": DateTime(timezone=True),
+    "updated": DateTime(timezone=True),
+    "title": String(),
+}
+
+_USER_ID = bindparam("user_id", type_=String())
+_TASK_ID = bindparam("task_id", type_=BigInteger())
+_OWN_TASK = (col(Task.user_id) == _USER_ID, col(Task.id) == _TASK_ID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,51 +86,75 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def list_tasks(user_id: str, task_filter: TaskFilter) -> Executable:
-    """One page, plus one row more so the caller knows whether another page follows."""
-    sort_column = _SORT_COLUMNS[task_filter.sort]
-    ascending = task_filter.order == "asc"
-    statement = select(*_TASK_COLUMNS).where(col(Task.user_id) == user_id)
-    if task_filter.completed is not None:
-        statement = statement.where(col(Task.completed) == task_filter.completed)
-    if task_filter.search:
-        pattern = _like_pattern(task_filter.search)
+@cache
+def _list_statement(
+    *, by_completed: bool, searching: bool, sort: SortKey, order: SortOrder, paging: bool
+) -> ClauseElement:
+    sort_column = _SORT_COLUMNS[sort]
+    ascending = order == "asc"
+    statement = select(*_TASK_COLUMNS).where(col(Task.user_id) == _USER_ID)
+    if by_completed:
+        statement = statement.where(col(Task.completed) == bindparam("completed", type_=Boolean()))
+    if searching:
+        pattern = bindparam("pattern", type_=String())
         statement = statement.where(
             or_(
                 col(Task.title).ilike(pattern, escape="\\"), col(Task.description).ilike(pattern, escape="\\")
             )
         )
-    if task_filter.after is not None:
+    if paging:
         position = tuple_(sort_column, col(Task.id))
-        last_seen = tuple_(literal(task_filter.after.value), literal(task_filter.after.task_id))
+        last_seen = tuple_(bindparam("after_value", type_=_SORT_VALUE_TYPES[sort]), bindparam("after_id"))
         statement = statement.where(position > last_seen if ascending else position < last_seen)
     order_by = (
         (sort_column.asc(), col(Task.id).asc()) if ascending else (sort_column.desc(), col(Task.id).desc())
     )
-    return statement.order_by(*order_by).limit(task_filter.limit + 1)
+    return statement.order_by(*order_by).limit(bindparam("limit", type_=BigInteger()))
 
 
-def get_task(user_id: str, task_id: int) -> Executable:
-    return select(*_TASK_COLUMNS).where(col(Task.user_id) == user_id, col(Task.id) == task_id)
+def list_tasks(user_id: str, task_filter: TaskFilter) -> Query:
+    """One page, plus one row more so the caller knows whether another page follows."""
+    statement = _list_statement(
+        by_completed=task_filter.completed is not None,
+        searching=bool(task_filter.search),
+        sort=task_filter.sort,
+        order=task_filter.order,
+        paging=task_filter.after is not None,
+    )
+    params: dict[str, object] = {"user_id": user_id, "limit": task_filter.limit + 1}
+    if task_filter.completed is not None:
+        params["completed"] = task_filter.completed
+    if task_filter.search:
+        params["pattern"] = _like_pattern(task_filter.search)
+    if task_filter.after is not None:
+        params["after_value"] = task_filter.after.value
+        params["after_id"] = task_filter.after.task_id
+    return Query(statement, params)
 
 
-def _upsert_user(principal: Principal) -> Insert:
+_GET_TASK = select(*_TASK_COLUMNS).where(*_OWN_TASK)
+
+
+def get_task(user_id: str, task_id: int) -> Query:
+    return Query(_GET_TASK, {"user_id": user_id, "task_id": task_id})
+
+
+def _upsert_user() -> Insert:
     """Create the caller's row, or refresh email and name when the token says something new.
 
     A claim the token leaves out keeps its stored value. When the row exists and is current, the
     NOT EXISTS guard makes this one index lookup with no write and no row lock, so a user's row is
     not rewritten on every request.
     """
-    email = literal(principal.email, String)
-    name = literal(principal.name, String)
+    email = bindparam("email", type_=String())
+    name = bindparam("name", type_=String())
     up_to_date = exists().where(
-        col(User.id) == principal.id,
+        col(User.id) == _USER_ID,
         col(User.email).is_not_distinct_from(func.coalesce(email, col(User.email))),
         col(User.name).is_not_distinct_from(func.coalesce(name, col(User.name))),
     )
     insert = pg_insert(User).from_select(
-        ["id", "email", "name"],
-        select(literal(principal.id), email, name).where(~up_to_date),
+        ["id", "email", "name"], select(_USER_ID, email, name).where(~up_to_date)
     )
     return insert.on_conflict_do_update(
         index_elements=[col(User.id)],
@@ -106,45 +167,65 @@ def _upsert_user(principal: Principal) -> Insert:
 
 # Every write also brings the caller's user row up to date, in the same statement: the first write
 # creates it (tasks.user_id references it), and a token with a new email or name refreshes it.
+_USER_ROW = _upsert_user().cte("user_row")
 
 
-def create_task(principal: Principal, data: TaskCreate) -> Executable:
-    return (
-        pg_insert(Task)
-        .values(
-            user_id=principal.id, title=data.title, description=data.description, completed=data.completed
-        )
-        .add_cte(_upsert_user(principal).cte("user_row"))
-        .returning(*_TASK_COLUMNS)
+def _caller(principal: Principal) -> dict[str, object]:
+    return {"user_id": principal.id, "email": principal.email, "name": principal.name}
+
+
+_CREATE_TASK = (
+    pg_insert(Task)
+    .values(
+        user_id=_USER_ID,
+        title=bindparam("title", type_=String()),
+        description=bindparam("description", type_=String()),
+        completed=bindparam("completed", type_=Boolean()),
     )
+    .add_cte(_USER_ROW)
+    .returning(*_TASK_COLUMNS)
+)
 
 
-def update_task(principal: Principal, task_id: int, changes: dict[str, object]) -> Executable:
+def create_task(principal: Principal, data: TaskCreate) -> Query:
+    return Query(_CREATE_TASK, {**_caller(principal), **data.model_dump()})
+
+
+@cache
+def _update_statement(fields: frozenset[str]) -> ClauseElement:
+    types: dict[str, Any] = {"title": String(), "description": String(), "completed": Boolean()}
     return (
         update(Task)
-        .where(col(Task.user_id) == principal.id, col(Task.id) == task_id)
-        .values(**changes)
-        .add_cte(_upsert_user(principal).cte("user_row"))
+        .where(*_OWN_TASK)
+        .values({field: bindparam(field, type_=types[field]) for field in sorted(fields)})
+        .add_cte(_USER_ROW)
         .returning(*_TASK_COLUMNS)
     )
 
 
-def set_completed(principal: Principal, task_id: int, completed: bool | None) -> Executable:
+def update_task(principal: Principal, task_id: int, changes: Mapping[str, object]) -> Query:
+    """Only the fields sent change; the others keep their value."""
+    return Query(_update_statement(frozenset(changes)), {**_caller(principal), "task_id": task_id, **changes})
+
+
+_TOGGLE = (
+    update(Task)
+    .where(*_OWN_TASK)
+    .values(completed=~col(Task.completed))
+    .add_cte(_USER_ROW)
+    .returning(*_TASK_COLUMNS)
+)
+
+
+def set_completed(principal: Principal, task_id: int, completed: bool | None) -> Query:
     """`completed=None` toggles; a value sets it, so a retried request lands in the same state."""
-    new_value = ~col(Task.completed) if completed is None else literal(completed)
-    return (
-        update(Task)
-        .where(col(Task.user_id) == principal.id, col(Task.id) == task_id)
-        .values(completed=new_value)
-        .add_cte(_upsert_user(principal).cte("user_row"))
-        .returning(*_TASK_COLUMNS)
-    )
+    if completed is None:
+        return Query(_TOGGLE, {**_caller(principal), "task_id": task_id})
+    return update_task(principal, task_id, {"completed": completed})
 
 
-def delete_task(principal: Principal, task_id: int) -> Executable:
-    return (
-        delete(Task)
-        .where(col(Task.user_id) == principal.id, col(Task.id) == task_id)
-        .add_cte(_upsert_user(principal).cte("user_row"))
-        .returning(col(Task.id))
-    )
+_DELETE_TASK = delete(Task).where(*_OWN_TASK).add_cte(_USER_ROW).returning(col(Task.id))
+
+
+def delete_task(principal: Principal, task_id: int) -> Query:
+    return Query(_DELETE_TASK, {**_caller(principal), "task_id": task_id})

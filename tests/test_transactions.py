@@ -1,29 +1,46 @@
 """The one transaction helper: identity is per transaction and never outlives it on a pooled connection."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
 from api.db import Database
+from api.queries import Query
 from tests.support import LOGIN_ROLE, new_user, serving, settings_for
 
-_IDENTITY = text(
-    "select current_user, current_setting('role'), coalesce(current_setting('app.user_id', true), '')"
+_IDENTITY = (
+    "select current_user as who, current_setting('role') as role,"
+    " coalesce(current_setting('app.user_id', true), '') as uid"
 )
+NOBODY = {"who": LOGIN_ROLE, "role": "none", "uid": ""}
 
 
-async def _identity_outside_a_request(engine: AsyncEngine) -> tuple[Any, ...]:
-    async with engine.connect() as connection:
-        row = (await connection.execute(_IDENTITY)).one()
-        await connection.rollback()
-        return tuple(row)
+def sql(statement: str) -> Query:
+    return Query(text(statement), {})
+
+
+async def identity_between_requests(database: Database) -> dict[str, Any]:
+    async with database.pool.connection() as connection:
+        row = await (await connection.execute(_IDENTITY)).fetchone()
+        return dict(row or {})
+
+
+def with_database(url: str, scenario: Callable[[Database], Awaitable[None]], **settings: Any) -> None:
+    async def run() -> None:
+        database = Database.from_settings(settings_for(url, **settings))
+        await database.open()
+        try:
+            await scenario(database)
+        finally:
+            await database.close()
+
+    asyncio.run(run())
 
 
 def test_login_role_bypasses_rls_so_the_role_switch_is_what_protects(
@@ -34,47 +51,68 @@ def test_login_role_bypasses_rls_so_the_role_switch_is_what_protects(
 
 
 def test_a_reused_connection_never_carries_identity_into_the_next_transaction(migrated_db_url: str) -> None:
-    async def scenario() -> None:
-        database = Database.from_settings(settings_for(migrated_db_url, db_pool_size=1))
-        nobody = (LOGIN_ROLE, "none", "")
-        try:
-            async with database.transaction("alice", read_only=False) as transaction:
-                assert tuple((await transaction.execute(_IDENTITY)).one()) == (
-                    "todo_app",
-                    "todo_app",
-                    "alice",
-                )
-                await transaction.execute(text("insert into users (id) values ('alice')"))
-                await transaction.execute(text("insert into tasks (user_id, title) values ('alice', 'mine')"))
-            assert await _identity_outside_a_request(database.engine) == nobody
+    async def scenario(database: Database) -> None:
+        assert await database.run("alice", sql(_IDENTITY), read_only=True) == [
+            {"who": "todo_app", "role": "todo_app", "uid": "alice"}
+        ]
+        assert await identity_between_requests(database) == NOBODY
 
-            with pytest.raises(RuntimeError):
-                async with database.transaction("alice", read_only=False):
-                    raise RuntimeError("the handler failed")
-            assert await _identity_outside_a_request(database.engine) == nobody
+        await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
+        await database.run(
+            "alice", sql("insert into tasks (user_id, title) values ('alice', 'mine')"), read_only=False
+        )
+        assert await identity_between_requests(database) == NOBODY
 
-            async with database.transaction("bob", read_only=True) as transaction:
-                assert (await transaction.execute(text("select count(*) from tasks"))).scalar_one() == 0
-                assert (await transaction.execute(text("select count(*) from users"))).scalar_one() == 0
-            async with database.transaction("alice", read_only=True) as transaction:
-                assert (await transaction.execute(text("select count(*) from tasks"))).scalar_one() == 1
-        finally:
-            await database.dispose()
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await database.run("alice", sql("select 1 / 0"), read_only=False)
+        assert await identity_between_requests(database) == NOBODY
 
-    asyncio.run(scenario())
+        count = "select count(*) as n from tasks"
+        assert await database.run("bob", sql(count), read_only=True) == [{"n": 0}]
+        assert await database.run("bob", sql("select count(*) as n from users"), read_only=True) == [{"n": 0}]
+        assert await database.run("alice", sql(count), read_only=True) == [{"n": 1}]
+
+    with_database(migrated_db_url, scenario, db_pool_size=1)
+
+
+def test_a_failed_statement_changes_nothing(migrated_db_url: str) -> None:
+    async def scenario(database: Database) -> None:
+        await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
+        with pytest.raises(psycopg.errors.CheckViolation):
+            # Two statements in one: the first would succeed, the second fails; neither may stay.
+            await database.run(
+                "alice",
+                sql("with t as (insert into tasks (user_id, title) values ('alice', 'kept?')) "
+                    "insert into tasks (user_id, title) values ('alice', '')"),
+                read_only=False,
+            )  # fmt: skip
+        assert await database.run("alice", sql("select count(*) as n from tasks"), read_only=True) == [
+            {"n": 0}
+        ]
+
+    with_database(migrated_db_url, scenario, db_pool_size=1)
 
 
 def test_read_transactions_are_read_only(migrated_db_url: str) -> None:
-    async def scenario() -> None:
-        database = Database.from_settings(settings_for(migrated_db_url))
-        try:
-            with pytest.raises(DBAPIError, match="read-only transaction"):
-                async with database.transaction("alice", read_only=True) as transaction:
-                    await transaction.execute(text("insert into users (id) values ('alice')"))
-        finally:
-            await database.dispose()
+    async def scenario(database: Database) -> None:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=True)
 
-    asyncio.run(scenario())
+    with_database(migrated_db_url, scenario)
+
+
+def test_a_runaway_statement_is_cancelled(migrated_db_url: str) -> None:
+    async def scenario(database: Database) -> None:
+        assert await database.run("alice", sql("show statement_timeout"), read_only=True) == [
+            {"statement_timeout": "200ms"}
+        ]
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            await database.run("alice", sql("select pg_sleep(5)"), read_only=True)
+        async with database.pool.connection() as connection:
+            row = await (await connection.execute("show statement_timeout")).fetchone()
+            assert row == {"statement_timeout": "0"}, "the limit ended with its transaction"
+
+    with_database(migrated_db_url, scenario, db_statement_timeout_ms=200)
 
 
 def test_one_pooled_connection_shared_by_users_over_http(migrated_db_url: str) -> None:
@@ -92,24 +130,3 @@ def test_one_pooled_connection_shared_by_users_over_http(migrated_db_url: str) -
             assert client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers).status_code == 201
         assert {t["title"] for t in client.get(alice.tasks_url, headers=alice.headers).json()} == {"alice's"}
         assert {t["title"] for t in client.get(bob.tasks_url, headers=bob.headers).json()} == {"bob's"}
-
-
-def test_a_runaway_statement_is_cancelled(migrated_db_url: str) -> None:
-    async def scenario() -> None:
-        database = Database.from_settings(settings_for(migrated_db_url, db_statement_timeout_ms=200))
-
-        async def sleep_as_alice() -> None:
-            async with database.transaction("alice", read_only=True) as transaction:
-                timeout = (await transaction.execute(text("show statement_timeout"))).scalar_one()
-                assert timeout == "200ms"
-                await transaction.execute(text("select pg_sleep(5)"))
-
-        try:
-            with pytest.raises(DBAPIError, match="statement timeout"):
-                await sleep_as_alice()
-            async with database.engine.connect() as connection:
-                assert (await connection.execute(text("show statement_timeout"))).scalar_one() == "0"
-        finally:
-            await database.dispose()
-
-    asyncio.run(scenario())

@@ -1,14 +1,14 @@
-"""The six task endpoints. Handlers are thin: parse, run one statement in `Database.transaction`, shape."""
+"""The six task endpoints. Handlers are thin: parse, run one statement with `Database.run`, shape."""
 
 from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
-from pydantic import AfterValidator
-from sqlalchemy import Row
+from pydantic import AfterValidator, TypeAdapter
 
 from api import queries
+from api.db import Rows
 from api.dependencies import AuthenticatedRoute, CurrentUser, DatabaseDep, bearer_scheme
 from api.log import log_change
 from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
@@ -53,10 +53,21 @@ router = APIRouter(
 )
 
 
-def _task(row: Row[Any] | None) -> TaskPublic:
-    if row is None:
+# Rows are validated into TaskPublic once and dumped to JSON once, and the handlers return the bytes:
+# `response_model` still documents the shape, without FastAPI validating everything a second time.
+_TASK_LIST = TypeAdapter(list[TaskPublic])
+
+
+def _json(
+    content: bytes, status_code: int = status.HTTP_200_OK, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(content, status_code=status_code, headers=headers, media_type="application/json")
+
+
+def _the_task(rows: Rows) -> TaskPublic:
+    if not rows:
         raise not_found()
-    return TaskPublic.model_validate(row)
+    return TaskPublic.model_validate(rows[0])
 
 
 def _task_path(user_id: str, task_id: int) -> str:
@@ -82,7 +93,6 @@ async def list_tasks(
     user: CurrentUser,
     database: DatabaseDep,
     request: Request,
-    response: Response,
     task_status: Annotated[
         TaskStatus, Query(alias="status", description="Which tasks to list.")
     ] = TaskStatus.all,
@@ -99,7 +109,7 @@ async def list_tasks(
     cursor: Annotated[
         str | None, Query(max_length=512, description="From a previous page's Link header.")
     ] = None,
-) -> list[TaskPublic]:
+) -> Response:
     order = order or _DEFAULT_ORDER[sort]
     task_filter = queries.TaskFilter(
         completed=_COMPLETED_FOR_STATUS[task_status],
@@ -109,16 +119,13 @@ async def list_tasks(
         after=Cursor.decode(cursor, sort=sort, order=order) if cursor else None,
         limit=limit,
     )
-    async with database.transaction(user.id, read_only=True) as transaction:
-        rows = (await transaction.execute(queries.list_tasks(user.id, task_filter))).all()
-    tasks = [TaskPublic.model_validate(row) for row in rows[:limit]]
+    rows = await database.run(user.id, queries.list_tasks(user.id, task_filter), read_only=True)
+    headers = {}
     if len(rows) > limit:
         last = rows[limit - 1]
-        sort_value = {"created": last.created_at, "updated": last.updated_at, "title": last.title}
-        response.headers["Link"] = _next_page_link(
-            request, user.id, Cursor(sort, order, sort_value[sort], last.id)
-        )
-    return tasks
+        sort_value = {"created": last["created_at"], "updated": last["updated_at"], "title": last["title"]}
+        headers["Link"] = _next_page_link(request, user.id, Cursor(sort, order, sort_value[sort], last["id"]))
+    return _json(_TASK_LIST.dump_json(_TASK_LIST.validate_python(rows[:limit])), headers=headers)
 
 
 @router.post(
@@ -128,20 +135,20 @@ async def list_tasks(
     summary="Create a task",
     responses={201: {"headers": {"Location": {"description": "The new task's URL."}}}},
 )
-async def create_task(
-    user: CurrentUser, database: DatabaseDep, data: TaskCreate, response: Response
-) -> TaskPublic:
-    async with database.transaction(user.id, read_only=False) as transaction:
-        task = _task((await transaction.execute(queries.create_task(user, data))).one())
+async def create_task(user: CurrentUser, database: DatabaseDep, data: TaskCreate) -> Response:
+    task = _the_task(await database.run(user.id, queries.create_task(user, data), read_only=False))
     log_change("create", user_id=user.id, task_id=task.id)
-    response.headers["Location"] = _task_path(user.id, task.id)
-    return task
+    return _json(
+        task.model_dump_json().encode(),
+        status.HTTP_201_CREATED,
+        headers={"Location": _task_path(user.id, task.id)},
+    )
 
 
 @router.get("/{task_id}", response_model=TaskPublic, summary="Get one task", responses=_TASK_ERRORS)
-async def read_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -> TaskPublic:
-    async with database.transaction(user.id, read_only=True) as transaction:
-        return _task((await transaction.execute(queries.get_task(user.id, task_id))).one_or_none())
+async def read_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -> Response:
+    task = _the_task(await database.run(user.id, queries.get_task(user.id, task_id), read_only=True))
+    return _json(task.model_dump_json().encode())
 
 
 @router.put(
@@ -153,14 +160,13 @@ async def read_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -
 )
 async def update_task(
     user: CurrentUser, database: DatabaseDep, task_id: TaskId, data: TaskUpdate
-) -> TaskPublic:
+) -> Response:
     changes = data.changes()
-    statement = queries.update_task(user, task_id, changes) if changes else queries.get_task(user.id, task_id)
-    async with database.transaction(user.id, read_only=not changes) as transaction:
-        task = _task((await transaction.execute(statement)).one_or_none())
+    query = queries.update_task(user, task_id, changes) if changes else queries.get_task(user.id, task_id)
+    task = _the_task(await database.run(user.id, query, read_only=not changes))
     if changes:
         log_change("update", user_id=user.id, task_id=task.id)
-    return task
+    return _json(task.model_dump_json().encode())
 
 
 @router.delete(
@@ -171,9 +177,7 @@ async def update_task(
     responses=_TASK_ERRORS,
 )
 async def delete_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -> Response:
-    async with database.transaction(user.id, read_only=False) as transaction:
-        deleted = (await transaction.execute(queries.delete_task(user, task_id))).one_or_none()
-    if deleted is None:
+    if not await database.run(user.id, queries.delete_task(user, task_id), read_only=False):
         raise not_found()
     log_change("delete", user_id=user.id, task_id=task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -193,14 +197,13 @@ async def complete_task(
     request: Request,
     # Not `CompletionUpdate | None`: the document would then promise that a JSON null is accepted.
     data: Annotated[CompletionUpdate, Body()] = None,  # type: ignore[assignment]
-) -> TaskPublic:
+) -> Response:
     if data is None and await request.body():
         # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
     completed = data.completed if data is not None else None
-    async with database.transaction(user.id, read_only=False) as transaction:
-        task = _task(
-            (await transaction.execute(queries.set_completed(user, task_id, completed))).one_or_none()
-        )
+    task = _the_task(
+        await database.run(user.id, queries.set_completed(user, task_id, completed), read_only=False)
+    )
     log_change("update", user_id=user.id, task_id=task.id)
-    return task
+    return _json(task.model_dump_json().encode())
