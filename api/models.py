@@ -4,10 +4,18 @@ Input models are strict: unknown fields, wrong types, blank titles and NUL chara
 Postgres cannot store in text) are refused with a 422 before anything reaches the database.
 """
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+)
 from pydantic.json_schema import WithJsonSchema
 from sqlalchemy import BigInteger, Column, DateTime, Identity, text
 from sqlmodel import Field, SQLModel
@@ -23,17 +31,12 @@ def _no_nul(value: str) -> str:
     return value
 
 
-def _in_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
 Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX_LENGTH),
     AfterValidator(_no_nul),
 ]
 Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), AfterValidator(_no_nul)]
-UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]
 
 
 class User(SQLModel, table=True):
@@ -106,5 +109,6 @@ class TaskPublic(BaseModel):
     title: str
     description: str | None
     completed: bool
-    created_at: UtcDatetime
-    updated_at: UtcDatetime
+    # Postgres answers in UTC: every transaction pins TimeZone (api/db.py).
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
