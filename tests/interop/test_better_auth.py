@@ -1,8 +1,10 @@
 """Interoperability with the real thing: tokens from the `better-auth` npm package, against our API.
 
-Runs `npm ci` in tests/interop/better_auth the first time (the lock file is committed; node_modules
-is not), then starts Better Auth with email and password, the jwt() plugin and its in-memory
-adapter on loopback, signs a user up and in, and takes a token from /api/auth/token.
+Copies tests/interop/better_auth (package.json, the committed lock file, server.mjs) to .cache/ and
+runs `npm ci` there the first time (node_modules is large and full of other projects' code, so it
+stays out of tests/ and out of git), then starts Better Auth with email and password, the jwt()
+plugin and its in-memory adapter on loopback, signs a user up and in, and takes a token from
+/api/auth/token.
 """
 
 import fcntl
@@ -23,9 +25,10 @@ import pytest
 
 from api.app import create_app
 from api.settings import Settings
-from tests.support import serving
+from tests.support import PROJECT, serving
 
-PACKAGE = Path(__file__).resolve().parent / "better_auth"
+SOURCE = Path(__file__).resolve().parent / "better_auth"
+PACKAGE = PROJECT / ".cache" / "better-auth"
 NODE = shutil.which("node")
 NPM = shutil.which("npm")
 
@@ -38,8 +41,16 @@ pytestmark = pytest.mark.skipif(
 def better_auth_installed() -> Path:
     """`npm ci` once; later runs reuse node_modules. The lock keeps concurrent runs from racing."""
     assert NPM is not None
+    PACKAGE.mkdir(parents=True, exist_ok=True)
     with (PACKAGE / ".install.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        lock_file = "package-lock.json"
+        if (PACKAGE / lock_file).exists() and (PACKAGE / lock_file).read_bytes() != (
+            SOURCE / lock_file
+        ).read_bytes():
+            shutil.rmtree(PACKAGE / "node_modules", ignore_errors=True)
+        for name in ("package.json", lock_file, "server.mjs"):
+            shutil.copyfile(SOURCE / name, PACKAGE / name)
         if not (PACKAGE / "node_modules" / "better-auth" / "package.json").exists():
             subprocess.run(
                 [NPM, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
