@@ -202,7 +202,7 @@ def test_libpq_url_rejects_an_unknown_parameter() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["mysql://owner@host/db", "sqlite:///todo.db", "host=/tmp dbname=db", "", "postgresql:/x"]
+    "url", ["mysql://owner@host/db", "oracle://owner@host/db", "host=/tmp dbname=db", "", "postgresql:/x"]
 )
 def test_non_postgres_urls_are_refused(url: str) -> None:
     with pytest.raises(DatabaseUrlError, match="must start with postgresql://"):
