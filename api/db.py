@@ -4,12 +4,19 @@ The API logs in as an ordinary role (on Neon one with BYPASSRLS), so every state
 after switching to todo_app. `Database.run` is the only way routes reach the database. In one
 transaction it switches role, sets `app.user_id`, bounds the statement time and pins the time zone,
 all with transaction-scoped `set_config(..., true)` (a plain SET would outlive the request on a
-pooled connection), runs the statement and commits.
+pooled connection), runs the statement and commits. The role switch takes effect before the
+statement is planned, because it is a statement of its own. When anything fails, the transaction
+is rolled back and the settings vanish with it.
 
-The four messages (BEGIN, the settings, the statement, COMMIT) go out together in psycopg's
-pipeline mode: one network round trip per request instead of four. The role switch still takes
-effect before the statement is planned, because it is a statement of its own. When anything
-fails, the transaction is rolled back and the settings vanish with it.
+BEGIN, the settings, the statement and COMMIT travel in one network round trip, in one of two ways,
+chosen by whether statements may be prepared (DB_PREPARE_THRESHOLD):
+
+- By default, as ONE simple-protocol message, with the values bound client-side by psycopg
+  (quoted as literals, never spliced by us). Poolers in transaction mode (PgBouncer, Neon's pooled
+  endpoint) handle it like any query, and it costs the fewest Python calls. It cannot be prepared.
+- With DB_PREPARE_THRESHOLD set (a direct connection), as four extended-protocol messages in
+  psycopg's pipeline mode, bound server-side so that psycopg may prepare them. Poolers in
+  transaction mode are known to wedge on pipelined clients, so this is not the default.
 """
 
 from collections.abc import Mapping
@@ -19,10 +26,9 @@ from functools import lru_cache
 import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import func, select
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
-from sqlalchemy.sql.expression import bindparam
 
 from api.database_url import libpq_url
 from api.queries import Query
@@ -30,21 +36,23 @@ from api.settings import Settings
 
 APP_ROLE = "todo_app"
 
-# The identity and limits of one request, as the first statement of its transaction.
-ACT_AS_USER = select(
-    func.set_config("role", APP_ROLE, True),
-    func.set_config("app.user_id", bindparam("user_id"), True),
-    func.set_config("statement_timeout", bindparam("statement_timeout"), True),
-    func.set_config("TimeZone", "UTC", True),
+# The identity and limits of one request, as the first statement of its transaction. Parameter
+# names start with app_, which no statement in api.queries uses.
+ACT_AS_USER = text(
+    "SELECT set_config('role', 'todo_app', true),"
+    " set_config('app.user_id', :app_user_id, true),"
+    " set_config('statement_timeout', :app_statement_timeout, true),"
+    " set_config('TimeZone', 'UTC', true)"
 )
 
 _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
+_Connection = psycopg.AsyncConnection[DictRow]
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledStatement:
     sql: str
-    # Values the statement carries itself (constants such as the role name); requests add theirs.
+    # Values the statement carries itself (constants such as a literal flag); requests add theirs.
     constants: Mapping[str, object]
 
     def params(self, values: Mapping[str, object]) -> dict[str, object]:
@@ -64,15 +72,21 @@ def begin(*, read_only: bool) -> str:
     return "BEGIN READ ONLY" if read_only else "BEGIN"
 
 
+@lru_cache(maxsize=512)
+def one_message(statement: ClauseElement, *, read_only: bool) -> str:
+    """The whole transaction as one simple-protocol message: BEGIN; settings; statement; COMMIT."""
+    parts = (begin(read_only=read_only), compiled(ACT_AS_USER).sql, compiled(statement).sql, "COMMIT")
+    return ";\n".join(parts)
+
+
 Rows = list[DictRow]
 
 
 class Database:
-    def __init__(
-        self, pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]], statement_timeout_ms: int
-    ):
+    def __init__(self, pool: AsyncConnectionPool[_Connection], *, statement_timeout_ms: int, prepare: bool):
         self.pool = pool
         self._statement_timeout = str(statement_timeout_ms)
+        self._prepare = prepare
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Database":
@@ -83,14 +97,16 @@ class Database:
             connect_timeout=settings.db_connect_timeout_seconds,
             application_name="todo-api",
         )
+        prepare = settings.db_prepare_threshold is not None
         pool = AsyncConnectionPool(
             conninfo,
-            connection_class=psycopg.AsyncConnection[DictRow],
-            # Autocommit: the transaction is spelled out (BEGIN ... COMMIT) inside the pipeline.
+            connection_class=_Connection,
             kwargs={
+                # Autocommit: each transaction is spelled out, BEGIN ... COMMIT.
                 "autocommit": True,
                 "row_factory": dict_row,
                 "prepare_threshold": settings.db_prepare_threshold,
+                "cursor_factory": psycopg.AsyncCursor if prepare else psycopg.AsyncClientCursor,
             },
             min_size=settings.db_pool_size,
             max_size=settings.db_pool_size,
@@ -100,7 +116,7 @@ class Database:
             max_lifetime=1800,
             open=False,
         )
-        return cls(pool, settings.db_statement_timeout_ms)
+        return cls(pool, statement_timeout_ms=settings.db_statement_timeout_ms, prepare=prepare)
 
     async def open(self) -> None:
         await self.pool.open()
@@ -110,16 +126,12 @@ class Database:
 
     async def run(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
         """Run one statement as `user_id` in a transaction of its own; return its rows."""
-        identity = {"user_id": user_id, "statement_timeout": self._statement_timeout}
+        identity = {"app_user_id": user_id, "app_statement_timeout": self._statement_timeout}
         async with self.pool.connection() as connection:
             try:
-                async with connection.pipeline():
-                    await connection.execute(begin(read_only=read_only))
-                    act_as_user, statement = compiled(ACT_AS_USER), compiled(query.statement)
-                    await connection.execute(act_as_user.sql, act_as_user.params(identity))
-                    cursor = await connection.execute(statement.sql, statement.params(query.params))
-                    await connection.execute("COMMIT")
-                return await cursor.fetchall() if cursor.description else []
+                if self._prepare:
+                    return await self._pipelined(connection, query, identity, read_only=read_only)
+                return await self._one_message(connection, query, identity, read_only=read_only)
             except BaseException:
                 if (
                     not connection.closed
@@ -127,6 +139,29 @@ class Database:
                 ):
                     await connection.execute("ROLLBACK")
                 raise
+
+    @staticmethod
+    async def _one_message(
+        connection: _Connection, query: Query, identity: Mapping[str, object], *, read_only: bool
+    ) -> Rows:
+        cursor = connection.cursor()
+        params = {**identity, **compiled(query.statement).params(query.params)}
+        await cursor.execute(one_message(query.statement, read_only=read_only), params)
+        cursor.nextset()  # past BEGIN's result
+        cursor.nextset()  # past the settings' row
+        return await cursor.fetchall() if cursor.description else []
+
+    @staticmethod
+    async def _pipelined(
+        connection: _Connection, query: Query, identity: Mapping[str, object], *, read_only: bool
+    ) -> Rows:
+        act_as_user, statement = compiled(ACT_AS_USER), compiled(query.statement)
+        async with connection.pipeline():
+            await connection.execute(begin(read_only=read_only))
+            await connection.execute(act_as_user.sql, identity)
+            cursor = await connection.execute(statement.sql, statement.params(query.params))
+            await connection.execute("COMMIT")
+        return await cursor.fetchall() if cursor.description else []
 
     async def ping(self) -> None:
         """Reach the server and back, touching no table: for readiness checks."""

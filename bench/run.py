@@ -130,7 +130,8 @@ def prepare(
     timeout = api_env.get("DB_STATEMENT_TIMEOUT_MS")
     scripts_dir = run_dir / "pgbench"
     scripts_dir.mkdir(exist_ok=True)
-    for name, text in scripts(int(timeout) if timeout else None).items():
+    prepared_statements = bool(api_env.get("DB_PREPARE_THRESHOLD"))
+    for name, text in scripts(int(timeout) if timeout else None, prepared=prepared_statements).items():
         (scripts_dir / f"{name}.sql").write_text(text)
     sample = Sample.of(size, sample_users)
     users_file = run_dir / f"users-{size.name}.lua"
@@ -168,7 +169,7 @@ def _bench_size(
     plans += _explain(prepared, size)
     dbname, url, secret = prepared.dbname, prepared.url, prepared.secret
     sample, users_file, scripts_dir = prepared.sample, prepared.users_file, prepared.scripts_dir
-    protocol = "prepared" if api_env.get("DB_PREPARE_THRESHOLD") else "extended"
+    protocol = "prepared" if api_env.get("DB_PREPARE_THRESHOLD") else "simple"
 
     rows = []
     load = {"connections": args.connections, "threads": args.threads, "duration": args.duration}

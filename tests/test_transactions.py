@@ -31,6 +31,13 @@ async def identity_between_requests(database: Database) -> dict[str, Any]:
         return dict(row or {})
 
 
+@pytest.fixture(params=[None, 0], ids=["one-message", "pipelined-and-prepared"])
+def prepare_threshold(request: pytest.FixtureRequest) -> int | None:
+    """Both ways the helper sends a transaction (see api/db.py) must keep the same promises."""
+    threshold: int | None = request.param
+    return threshold
+
+
 def with_database(url: str, scenario: Callable[[Database], Awaitable[None]], **settings: Any) -> None:
     async def run() -> None:
         database = Database.from_settings(settings_for(url, **settings))
@@ -50,7 +57,9 @@ def test_login_role_bypasses_rls_so_the_role_switch_is_what_protects(
     assert row == (True,), "the suite runs as a Neon-like BYPASSRLS login role"
 
 
-def test_a_reused_connection_never_carries_identity_into_the_next_transaction(migrated_db_url: str) -> None:
+def test_a_reused_connection_never_carries_identity_into_the_next_transaction(
+    migrated_db_url: str, prepare_threshold: int | None
+) -> None:
     async def scenario(database: Database) -> None:
         assert await database.run("alice", sql(_IDENTITY), read_only=True) == [
             {"who": "todo_app", "role": "todo_app", "uid": "alice"}
@@ -72,10 +81,10 @@ def test_a_reused_connection_never_carries_identity_into_the_next_transaction(mi
         assert await database.run("bob", sql("select count(*) as n from users"), read_only=True) == [{"n": 0}]
         assert await database.run("alice", sql(count), read_only=True) == [{"n": 1}]
 
-    with_database(migrated_db_url, scenario, db_pool_size=1)
+    with_database(migrated_db_url, scenario, db_pool_size=1, db_prepare_threshold=prepare_threshold)
 
 
-def test_a_failed_statement_changes_nothing(migrated_db_url: str) -> None:
+def test_a_failed_statement_changes_nothing(migrated_db_url: str, prepare_threshold: int | None) -> None:
     async def scenario(database: Database) -> None:
         await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
         with pytest.raises(psycopg.errors.CheckViolation):
@@ -90,18 +99,18 @@ def test_a_failed_statement_changes_nothing(migrated_db_url: str) -> None:
             {"n": 0}
         ]
 
-    with_database(migrated_db_url, scenario, db_pool_size=1)
+    with_database(migrated_db_url, scenario, db_pool_size=1, db_prepare_threshold=prepare_threshold)
 
 
-def test_read_transactions_are_read_only(migrated_db_url: str) -> None:
+def test_read_transactions_are_read_only(migrated_db_url: str, prepare_threshold: int | None) -> None:
     async def scenario(database: Database) -> None:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=True)
 
-    with_database(migrated_db_url, scenario)
+    with_database(migrated_db_url, scenario, db_prepare_threshold=prepare_threshold)
 
 
-def test_a_runaway_statement_is_cancelled(migrated_db_url: str) -> None:
+def test_a_runaway_statement_is_cancelled(migrated_db_url: str, prepare_threshold: int | None) -> None:
     async def scenario(database: Database) -> None:
         assert await database.run("alice", sql("show statement_timeout"), read_only=True) == [
             {"statement_timeout": "200ms"}
@@ -112,13 +121,19 @@ def test_a_runaway_statement_is_cancelled(migrated_db_url: str) -> None:
             row = await (await connection.execute("show statement_timeout")).fetchone()
             assert row == {"statement_timeout": "0"}, "the limit ended with its transaction"
 
-    with_database(migrated_db_url, scenario, db_statement_timeout_ms=200)
+    with_database(
+        migrated_db_url, scenario, db_statement_timeout_ms=200, db_prepare_threshold=prepare_threshold
+    )
 
 
-def test_one_pooled_connection_shared_by_users_over_http(migrated_db_url: str) -> None:
+def test_one_pooled_connection_shared_by_users_over_http(
+    migrated_db_url: str, prepare_threshold: int | None
+) -> None:
     alice, bob = new_user(), new_user()
     with (
-        serving(create_app(settings_for(migrated_db_url, db_pool_size=1))) as base_url,
+        serving(
+            create_app(settings_for(migrated_db_url, db_pool_size=1, db_prepare_threshold=prepare_threshold))
+        ) as base_url,
         httpx.Client(base_url=base_url) as client,
     ):
         for _ in range(3):

@@ -186,3 +186,18 @@ def test_every_write_brings_the_user_row_up_to_date(
     response = client.patch(f"{renamed.task_url(task['id'])}/complete", headers=renamed.headers)
     assert response.status_code == 200
     assert api_db.execute(user_row, [user.id]).fetchone() == ("new@example.com", "New")
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["'); drop table tasks; --", "back\\slash \\' quote", "$$dollar$$ :name %(x)s %s ?", "E'\\x41'"],
+)
+def test_values_are_stored_exactly_as_sent(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], title: str
+) -> None:
+    """Values are bound by psycopg, never spliced into SQL, whichever way the transaction travels."""
+    task = create(client, alice, title=title, description=title)
+    assert (task["title"], task["description"]) == (title, title)
+    assert stored(api_db, task["id"]) == (alice.id, title, title, False)
+    listed = client.get(alice.tasks_url, params={"q": title}, headers=alice.headers).json()
+    assert [t["id"] for t in listed] == [task["id"]]
