@@ -19,6 +19,7 @@ chosen by whether statements may be prepared (DB_PREPARE_THRESHOLD):
   transaction mode are known to wedge on pipelined clients, so this is not the default.
 """
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -83,10 +84,18 @@ Rows = list[DictRow]
 
 
 class Database:
-    def __init__(self, pool: AsyncConnectionPool[_Connection], *, statement_timeout_ms: int, prepare: bool):
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[_Connection],
+        *,
+        statement_timeout_ms: int,
+        prepare: bool,
+        answer_timeout_seconds: float,
+    ):
         self.pool = pool
         self._statement_timeout = str(statement_timeout_ms)
         self._prepare = prepare
+        self._answer_timeout = answer_timeout_seconds
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Database":
@@ -116,7 +125,16 @@ class Database:
             max_lifetime=1800,
             open=False,
         )
-        return cls(pool, statement_timeout_ms=settings.db_statement_timeout_ms, prepare=prepare)
+        return cls(
+            pool,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+            prepare=prepare,
+            # The server cancels a slow statement itself; this bounds the wait when no answer can
+            # come at all (a wedged pooler, a network that drops packets silently). psycopg then
+            # spends up to 10 s asking the server to cancel before it lets the connection go.
+            answer_timeout_seconds=settings.db_statement_timeout_ms / 1000
+            + settings.db_connect_timeout_seconds,
+        )
 
     async def open(self) -> None:
         await self.pool.open()
@@ -129,9 +147,14 @@ class Database:
         identity = {"app_user_id": user_id, "app_statement_timeout": self._statement_timeout}
         async with self.pool.connection() as connection:
             try:
-                if self._prepare:
-                    return await self._pipelined(connection, query, identity, read_only=read_only)
-                return await self._one_message(connection, query, identity, read_only=read_only)
+                async with asyncio.timeout(self._answer_timeout):
+                    if self._prepare:
+                        return await self._pipelined(connection, query, identity, read_only=read_only)
+                    return await self._one_message(connection, query, identity, read_only=read_only)
+            except TimeoutError:
+                # Whatever the connection was waiting for may still arrive; it cannot be reused.
+                await connection.close()
+                raise psycopg.OperationalError("the database did not answer in time") from None
             except BaseException:
                 if (
                     not connection.closed

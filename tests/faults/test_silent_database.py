@@ -1,0 +1,94 @@
+"""A database that stops answering without closing anything (a wedged pooler, a silent network).
+
+The server-side statement timeout cannot help when no bytes arrive at all; the API's own bound on
+each answer (statement timeout + connect timeout) turns such a request into a 503, and the
+connection is not reused afterwards. psycopg spends up to 10 s more trying to cancel the query
+politely before it lets go, so the bound here is the answer timeout plus those 10 s.
+"""
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from pytest_postgresql.executors import NoopExecutor
+
+from api.app import create_app
+from tests.support import new_user, serving, settings_for
+
+
+class SilenceableProxy:
+    """TCP on loopback to the test Postgres's Unix socket; `silent` holds every byte back."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.silent = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(str(self.socket_path))
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                while self.silent.is_set() and not self._closed:
+                    time.sleep(0.01)
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            source.close()
+            target.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.silent.clear()
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy(migrated_template: NoopExecutor) -> Iterator[SilenceableProxy]:
+    silenceable = SilenceableProxy(Path(migrated_template.host) / f".s.PGSQL.{migrated_template.port}")
+    try:
+        yield silenceable
+    finally:
+        silenceable.close()
+
+
+def test_a_silent_database_is_a_fast_503_and_the_api_recovers(
+    proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+) -> None:
+    url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
+    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=2)
+    user = new_user()
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        assert client.post(user.tasks_url, json={"title": "before"}, headers=user.headers).status_code == 201
+
+        proxy.silent.set()
+        started = time.monotonic()
+        response = client.get(user.tasks_url, headers=user.headers)
+        waited = time.monotonic() - started
+        proxy.silent.clear()
+
+        assert response.status_code == 503
+        assert response.json()["type"] == "urn:todo-api:problem:database-unavailable"
+        assert waited < 1.5 + 10 + 3, f"the request hung for {waited:.1f} s"
+        listed = client.get(user.tasks_url, headers=user.headers)
+        assert listed.status_code == 200
+        assert [task["title"] for task in listed.json()] == ["before"]
