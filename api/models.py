@@ -25,8 +25,9 @@ DESCRIPTION_MAX_LENGTH = 1000
 USER_ID_MAX_LENGTH = 255
 
 
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
+def no_nul(value: str | None) -> str | None:
+    """Postgres cannot store NUL in text: refuse it as invalid input rather than fail later."""
+    if value is not None and "\x00" in value:
         raise ValueError("must not contain the NUL character")
     return value
 
@@ -34,9 +35,9 @@ def _no_nul(value: str) -> str:
 Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX_LENGTH),
-    AfterValidator(_no_nul),
+    AfterValidator(no_nul),
 ]
-Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), AfterValidator(_no_nul)]
+Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), AfterValidator(no_nul)]
 
 
 class User(SQLModel, table=True):

@@ -11,15 +11,9 @@ from api import queries
 from api.db import Rows
 from api.dependencies import AuthenticatedRoute, CurrentUser, DatabaseDep, bearer_scheme
 from api.log import log_change
-from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
+from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate, no_nul
 from api.pagination import MAX_TASK_ID, Cursor, SortKey, SortOrder
 from api.problems import error_response, invalid_input, not_found
-
-
-def _no_nul(value: str | None) -> str | None:
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain the NUL character")
-    return value
 
 
 class TaskStatus(StrEnum):
@@ -103,7 +97,7 @@ async def list_tasks(
     q: Annotated[
         str | None,
         Query(max_length=200, description="Case-insensitive text to find in title or description."),
-        AfterValidator(_no_nul),
+        AfterValidator(no_nul),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 100,
     cursor: Annotated[
