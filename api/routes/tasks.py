@@ -4,12 +4,12 @@ from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from pydantic import AfterValidator, TypeAdapter
 
 from api import queries
 from api.db import Rows
-from api.dependencies import AuthenticatedRoute, CurrentUser, DatabaseDep, bearer_scheme
+from api.dependencies import AuthenticatedRoute, CallerDep
 from api.log import log_change
 from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate, no_nul
 from api.pagination import MAX_TASK_ID, Cursor, SortKey, SortOrder
@@ -43,7 +43,6 @@ router = APIRouter(
     tags=["tasks"],
     responses=_AUTH_ERRORS,
     route_class=AuthenticatedRoute,
-    dependencies=[Depends(bearer_scheme)],
 )
 
 
@@ -84,8 +83,7 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
     ),
 )
 async def list_tasks(
-    user: CurrentUser,
-    database: DatabaseDep,
+    caller: CallerDep,
     request: Request,
     task_status: Annotated[
         TaskStatus, Query(alias="status", description="Which tasks to list.")
@@ -113,7 +111,8 @@ async def list_tasks(
         after=Cursor.decode(cursor, sort=sort, order=order) if cursor else None,
         limit=limit,
     )
-    rows = await database.run(user.id, queries.list_tasks(user.id, task_filter), read_only=True)
+    user = caller.user
+    rows = await caller.run(queries.list_tasks(user.id, task_filter), read_only=True)
     headers = {}
     if len(rows) > limit:
         last = rows[limit - 1]
@@ -129,8 +128,9 @@ async def list_tasks(
     summary="Create a task",
     responses={201: {"headers": {"Location": {"description": "The new task's URL."}}}},
 )
-async def create_task(user: CurrentUser, database: DatabaseDep, data: TaskCreate) -> Response:
-    task = _the_task(await database.run(user.id, queries.create_task(user, data), read_only=False))
+async def create_task(caller: CallerDep, data: TaskCreate) -> Response:
+    user = caller.user
+    task = _the_task(await caller.run(queries.create_task(user, data), read_only=False))
     log_change("create", user_id=user.id, task_id=task.id)
     return _json(
         task.model_dump_json().encode(),
@@ -140,8 +140,8 @@ async def create_task(user: CurrentUser, database: DatabaseDep, data: TaskCreate
 
 
 @router.get("/{task_id}", response_model=TaskPublic, summary="Get one task", responses=_TASK_ERRORS)
-async def read_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -> Response:
-    task = _the_task(await database.run(user.id, queries.get_task(user.id, task_id), read_only=True))
+async def read_task(caller: CallerDep, task_id: TaskId) -> Response:
+    task = _the_task(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
     return _json(task.model_dump_json().encode())
 
 
@@ -152,12 +152,10 @@ async def read_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -
     description="Fields left out keep their value; `description: null` clears the description.",
     responses=_TASK_ERRORS,
 )
-async def update_task(
-    user: CurrentUser, database: DatabaseDep, task_id: TaskId, data: TaskUpdate
-) -> Response:
-    changes = data.changes()
+async def update_task(caller: CallerDep, task_id: TaskId, data: TaskUpdate) -> Response:
+    user, changes = caller.user, data.changes()
     query = queries.update_task(user, task_id, changes) if changes else queries.get_task(user.id, task_id)
-    task = _the_task(await database.run(user.id, query, read_only=not changes))
+    task = _the_task(await caller.run(query, read_only=not changes))
     if changes:
         log_change("update", user_id=user.id, task_id=task.id)
     return _json(task.model_dump_json().encode())
@@ -170,10 +168,10 @@ async def update_task(
     summary="Delete a task",
     responses=_TASK_ERRORS,
 )
-async def delete_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId) -> Response:
-    if not await database.run(user.id, queries.delete_task(user, task_id), read_only=False):
+async def delete_task(caller: CallerDep, task_id: TaskId) -> Response:
+    if not await caller.run(queries.delete_task(caller.user, task_id), read_only=False):
         raise not_found()
-    log_change("delete", user_id=user.id, task_id=task_id)
+    log_change("delete", user_id=caller.user.id, task_id=task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -185,8 +183,7 @@ async def delete_task(user: CurrentUser, database: DatabaseDep, task_id: TaskId)
     responses=_TASK_ERRORS,
 )
 async def complete_task(
-    user: CurrentUser,
-    database: DatabaseDep,
+    caller: CallerDep,
     task_id: TaskId,
     request: Request,
     # Not `CompletionUpdate | None`: the document would then promise that a JSON null is accepted.
@@ -197,7 +194,7 @@ async def complete_task(
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
     completed = data.completed if data is not None else None
     task = _the_task(
-        await database.run(user.id, queries.set_completed(user, task_id, completed), read_only=False)
+        await caller.run(queries.set_completed(caller.user, task_id, completed), read_only=False)
     )
-    log_change("update", user_id=user.id, task_id=task.id)
+    log_change("update", user_id=caller.user.id, task_id=task.id)
     return _json(task.model_dump_json().encode())
