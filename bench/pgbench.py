@@ -10,12 +10,14 @@ from bench.sample import Sample
 from bench.scenarios import Scenario
 
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
+_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
 class PgbenchResult:
     tps: float
+    transactions: int
     failed: int
     output: str
 
@@ -48,5 +50,10 @@ def run_pgbench(
     tps = _TPS.search(output)
     if completed.returncode != 0 or tps is None:
         raise RuntimeError(f"pgbench failed ({completed.returncode}):\n{output[-3000:]}")
-    failed = _FAILED.search(output)
-    return PgbenchResult(float(tps.group(1)), int(failed.group(1)) if failed else 0, output)
+    processed, failed = _PROCESSED.search(output), _FAILED.search(output)
+    return PgbenchResult(
+        float(tps.group(1)),
+        int(processed.group(1)) if processed else 0,
+        int(failed.group(1)) if failed else 0,
+        output,
+    )

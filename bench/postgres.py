@@ -38,6 +38,10 @@ class BenchPostgres:
     port: int
     root: Path
 
+    @property
+    def pgdata(self) -> Path:
+        return self.root / "pgdata"
+
     def url(self, dbname: str, user: str = LOGIN_ROLE) -> str:
         return f"postgresql://{user}@/{dbname}?host={self.socket_dir}&port={self.port}"
 
@@ -87,7 +91,7 @@ def embedded_postgres_server() -> Iterator[BenchPostgres]:
     root = Path(tempfile.mkdtemp(prefix="todo-api-bench-"))
     server: Any = None
     try:
-        pgdata = root / "pgdata"
+        pgdata = root / "pgdata"  # BenchPostgres.pgdata
         pgdata.mkdir()
         server = get_server(pgdata, cleanup_mode="delete")
         info = server.get_postmaster_info()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.cpu import PhaseCpu
+
 RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 _RESULTS_INTRO = """# Benchmark results
 
@@ -32,6 +34,8 @@ class Row:
     pgbench_tps: float
     pgbench_failed: int
     peak_rss_mb: float
+    api_cpu: PhaseCpu
+    pgbench_cpu: PhaseCpu
 
     @property
     def ratio(self) -> float:
@@ -63,15 +67,17 @@ def command_line() -> str:
 def table(rows: list[Row]) -> list[str]:
     lines = [
         "| size | workers | scenario | API req/s | p50 ms | p99 ms | non-2xx | pgbench tps | API/pgbench"
-        " | peak RSS/worker MiB |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " | peak RSS/worker MiB | CPU us/req: API, its Postgres, wrk | CPU us/tx: Postgres, pgbench |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         errors = f"{row.non_2xx}" + (f" (+{row.socket_errors} socket)" if row.socket_errors else "")
         lines.append(
             f"| {row.size} | {row.workers} | {row.scenario} | {row.api_rps:,.0f} | {row.p50_ms:.1f}"
             f" | {row.p99_ms:.1f} | {errors} | {row.pgbench_tps:,.0f} | {row.ratio:.2f}"
-            f" | {row.peak_rss_mb:.0f} |"
+            f" | {row.peak_rss_mb:.0f}"
+            f" | {row.api_cpu.api_us:,.0f}, {row.api_cpu.postgres_us:,.0f}, {row.api_cpu.client_us:,.0f}"
+            f" | {row.pgbench_cpu.postgres_us:,.0f}, {row.pgbench_cpu.client_us:,.0f} |"
         )
     return lines
 

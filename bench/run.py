@@ -22,6 +22,7 @@ from typing import NoReturn
 from api.migrations import apply_migrations
 from bench import dataset, report
 from bench.api_server import RssSampler, running_api
+from bench.cpu import CpuMeter
 from bench.explain import explain_list
 from bench.pgbench import run_pgbench
 from bench.pgbench_scripts import scripts
@@ -176,21 +177,23 @@ def _bench_size(
     for workers in args.workers:
         with running_api(url, secret, workers=workers, run_dir=run_dir, extra_env=api_env) as api:
             run_wrk(wrk, api.base_url, SCENARIOS["list"], users_file, **{**load, "duration": _WARMUP_SECONDS})
+            api_workers = api.worker_processes()
             for name in args.scenarios:
                 scenario = SCENARIOS[name]
-                with RssSampler(api) as rss:
+                with RssSampler(api) as rss, CpuMeter(postgres.pgdata, api_workers) as api_cpu:
                     http = run_wrk(wrk, api.base_url, scenario, users_file, **load)
-                database = run_pgbench(
-                    postgres,
-                    dbname,
-                    scenario,
-                    scripts_dir,
-                    sample,
-                    clients=args.connections,
-                    threads=args.threads,
-                    duration=args.duration,
-                    protocol=protocol,
-                )
+                with CpuMeter(postgres.pgdata, []) as pgbench_cpu:
+                    database = run_pgbench(
+                        postgres,
+                        dbname,
+                        scenario,
+                        scripts_dir,
+                        sample,
+                        clients=args.connections,
+                        threads=args.threads,
+                        duration=args.duration,
+                        protocol=protocol,
+                    )
                 row = report.Row(
                     size=size.name,
                     workers=workers,
@@ -203,6 +206,8 @@ def _bench_size(
                     pgbench_tps=database.tps,
                     pgbench_failed=database.failed,
                     peak_rss_mb=rss.peak_mb(),
+                    api_cpu=api_cpu.per_unit(http.requests),
+                    pgbench_cpu=pgbench_cpu.per_unit(database.transactions),
                 )
                 rows.append(row)
                 print(
