@@ -61,17 +61,24 @@ class PhaseCpu:
 
 @dataclass
 class CpuMeter:
-    """Snapshot before a phase and after it; `per_unit(n)` divides what each party used by n."""
+    """Adds up what each party used inside its `with` blocks; `per_unit(n)` divides the totals by n."""
 
     pgdata: Path
     api_processes: list[psutil.Process]
+    _used: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    _start: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __enter__(self) -> "CpuMeter":
         self._start = self._snapshot()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._end = self._snapshot()
+        end = self._snapshot()
+        self._used = (
+            self._used[0] + end[0] - self._start[0],
+            self._used[1] + end[1] - self._start[1],
+            self._used[2] + end[2] - self._start[2],
+        )
 
     def _snapshot(self) -> tuple[float, float, float]:
         return (
@@ -81,6 +88,6 @@ class CpuMeter:
         )
 
     def per_unit(self, units: int) -> PhaseCpu:
-        api, postgres, client = (end - start for start, end in zip(self._start, self._end, strict=True))
         scale = 1e6 / units if units else 0.0
+        api, postgres, client = self._used
         return PhaseCpu(api * scale, postgres * scale, client * scale)

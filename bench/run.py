@@ -1,10 +1,10 @@
 """One command for issue 5: the API against pgbench running the same SQL, on one embedded Postgres.
 
-    .venv/bin/python -m bench.run --size small --workers 1,2 --duration 10 --connections 32
+    .venv/bin/python -m bench.run --size small --workers 1,2 --duration 5 --rounds 3 --connections 32
 
 For each size: a fresh database, migrated and loaded; then for each worker count, the API started with
-that many workers and, per scenario, wrk against the API and straight after it pgbench with the same
-transactions at the same concurrency. One table at the end, appended to bench/RESULTS.md.
+that many workers and, per scenario, wrk against the API and pgbench with the same transactions at the
+same concurrency, alternating for --rounds rounds. One table at the end, appended to bench/RESULTS.md.
 """
 
 import argparse
@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 from typing import NoReturn
 
 from api.migrations import apply_migrations
@@ -63,8 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=_workers, default=[2], help="API workers, or a list: 1,2 (default 2)"
     )
+    parser.add_argument("--duration", type=int, default=5, help="seconds per round and per tool (default 5)")
     parser.add_argument(
-        "--duration", type=int, default=10, help="seconds per scenario and per tool (default 10)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="wrk and pgbench alternate this many times per scenario; medians are reported (default 3)",
     )
     parser.add_argument(
         "--connections", type=int, default=32, help="wrk connections = pgbench clients (default 32)"
@@ -180,40 +185,49 @@ def _bench_size(
             api_workers = api.worker_processes()
             for name in args.scenarios:
                 scenario = SCENARIOS[name]
-                with RssSampler(api) as rss, CpuMeter(postgres.pgdata, api_workers) as api_cpu:
-                    http = run_wrk(wrk, api.base_url, scenario, users_file, **load)
-                with CpuMeter(postgres.pgdata, []) as pgbench_cpu:
-                    database = run_pgbench(
-                        postgres,
-                        dbname,
-                        scenario,
-                        scripts_dir,
-                        sample,
-                        clients=args.connections,
-                        threads=args.threads,
-                        duration=args.duration,
-                        protocol=protocol,
+                https, databases = [], []
+                # The two sides alternate in short rounds, so that both see the same neighbours; each
+                # figure is the median of its rounds.
+                with RssSampler(api) as rss:
+                    api_cpu, pgbench_cpu = (
+                        CpuMeter(postgres.pgdata, api_workers),
+                        CpuMeter(postgres.pgdata, []),
                     )
+                    for _ in range(args.rounds):
+                        with api_cpu:
+                            https.append(run_wrk(wrk, api.base_url, scenario, users_file, **load))
+                        with pgbench_cpu:
+                            databases.append(
+                                run_pgbench(
+                                    postgres,
+                                    dbname,
+                                    scenario,
+                                    scripts_dir,
+                                    sample,
+                                    clients=args.connections,
+                                    threads=args.threads,
+                                    duration=args.duration,
+                                    protocol=protocol,
+                                )
+                            )
                 row = report.Row(
                     size=size.name,
                     workers=workers,
                     scenario=name,
-                    api_rps=http.requests_per_second,
-                    p50_ms=http.p50_us / 1000,
-                    p99_ms=http.p99_us / 1000,
-                    non_2xx=http.non_2xx,
-                    socket_errors=http.socket_errors + http.timeouts,
-                    pgbench_tps=database.tps,
-                    pgbench_failed=database.failed,
+                    api_rps=median(http.requests_per_second for http in https),
+                    p50_ms=median(http.p50_us for http in https) / 1000,
+                    p99_ms=median(http.p99_us for http in https) / 1000,
+                    non_2xx=sum(http.non_2xx for http in https),
+                    socket_errors=sum(http.socket_errors + http.timeouts for http in https),
+                    pgbench_tps=median(database.tps for database in databases),
+                    pgbench_failed=sum(database.failed for database in databases),
                     peak_rss_mb=rss.peak_mb(),
-                    api_cpu=api_cpu.per_unit(http.requests),
-                    pgbench_cpu=pgbench_cpu.per_unit(database.transactions),
+                    api_cpu=api_cpu.per_unit(sum(http.requests for http in https)),
+                    pgbench_cpu=pgbench_cpu.per_unit(sum(database.transactions for database in databases)),
                 )
                 rows.append(row)
-                print(
-                    report.table([row])[-1] + (f" statuses: {http.statuses}" if http.statuses else ""),
-                    flush=True,
-                )
+                statuses = [http.statuses for http in https if http.statuses]
+                print(report.table([row])[-1] + (f" statuses: {statuses}" if statuses else ""), flush=True)
     return rows
 
 
@@ -239,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     (run_dir / "results.json").write_text(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
     settings = [
         f"- Load: {args.connections} connections (wrk) = clients (pgbench), {args.threads} threads = jobs,"
-        f" {args.duration} s per scenario per tool; requests spread over {args.sample_users} users",
+        f" {args.rounds} alternating rounds of {args.duration} s per tool per scenario (medians);"
+        f" requests spread over {args.sample_users} users",
         "- Sizes: " + "; ".join(f"{s.name} = {s.users:,} users x {s.tasks_per_user} tasks" for s in sizes),
     ]
     if args.api_env:
