@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from api.auth import Authenticator, ClaimChecks, JwksVerifier, SharedSecretVerifier, TokenVerifier
 from api.body_limit import BodySizeLimit
 from api.db import Database
+from api.dependencies import document_bearer_scheme
 from api.isolation import ensure_isolation
 from api.jwks import JwksKeySet
 from api.log import configure_logging
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.authenticator = authenticator
     install_problem_handlers(app)
     document_problem_media_type(app)
+    document_bearer_scheme(app)
     app.include_router(tasks.router)
     app.include_router(health.router)
     # Every middleware costs every request something; CORS is only there when a browser origin is

@@ -1,28 +1,50 @@
-"""What handlers ask for: the caller, bound to the database, and (for health checks) the database.
+"""What handlers ask for: the authenticated caller, bound to the database, and (for health checks)
+the database.
 
 The caller is established before FastAPI reads the request body (`AuthenticatedRoute`): a caller
 we cannot identify, or who names another user's path, gets a 401 or 403 and learns nothing about
-how their body would have been judged.
+how their body would have been judged. Handlers take the request and read its caller with
+`caller_of(request)`.
 
-Task handlers ask for exactly one dependency, `CallerDep`: each dependency FastAPI solves costs
-microseconds on every request (issue 5: three of them were a fifth of what a `get` costs the API
-besides the database).
+The caller is deliberately not a FastAPI dependency. FastAPI solves every dependency on every
+request, and the one that handed over the caller (and documented the Bearer scheme) cost a `get`
+about 140 Python calls, a fifth of what the API spends on it besides the database (issue 5). The
+route class documents the scheme and `{user_id}` itself, through FastAPI's `openapi_extra`.
 """
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request, Response
-from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.openapi.models import HTTPBearer
 from fastapi.routing import APIRoute
-from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
 
 from api.auth import Authenticator, Principal, unauthorized
 from api.db import Database, Rows
+from api.openapi import OpenApiDocument, amend_openapi
 from api.problems import ProblemError
 from api.queries import Query
+
+_BEARER_SCHEME_NAME = "HTTPBearer"
+_BEARER_SCHEME = HTTPBearer(
+    bearerFormat="JWT",
+    description="A JWT from Better Auth (or `todo-api token USER_ID` in development).",
+)
+_USER_ID_DESCRIPTION = "The caller's user id: the token's `sub`."
+_CALLER_DOCS: dict[str, Any] = {
+    "security": [{_BEARER_SCHEME_NAME: []}],
+    "parameters": [
+        {
+            "name": "user_id",
+            "in": "path",
+            "required": True,
+            "description": _USER_ID_DESCRIPTION,
+            "schema": {"type": "string", "title": "User Id", "description": _USER_ID_DESCRIPTION},
+        }
+    ],
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +74,16 @@ async def _authorized_caller(request: Request) -> Principal:
 
 
 class AuthenticatedRoute(APIRoute):
-    """A route whose caller is authenticated and matched to `{user_id}` before anything else."""
+    """A route whose caller is authenticated and matched to `{user_id}` before anything else.
+
+    Its OpenAPI operation carries the Bearer requirement and the `{user_id}` parameter;
+    `document_bearer_scheme` adds the scheme they refer to.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if kwargs.get("openapi_extra"):
+            raise ValueError("AuthenticatedRoute writes openapi_extra itself")
+        super().__init__(path, endpoint, **{**kwargs, "openapi_extra": _CALLER_DOCS})
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
@@ -64,27 +95,20 @@ class AuthenticatedRoute(APIRoute):
         return authenticate_then_handle
 
 
-class _BearerCaller(SecurityBase):
-    """Hands handlers the caller that `AuthenticatedRoute` established.
+def caller_of(request: Request) -> Caller:
+    """The caller that `AuthenticatedRoute` established for this request."""
+    caller: Caller = request.state.caller
+    return caller
 
-    Being a `SecurityBase`, it also puts the Bearer scheme (the docs' "Authorize" button) and the
-    `{user_id}` path parameter into the OpenAPI document, in the same single dependency.
-    """
 
-    def __init__(self) -> None:
-        self.model = HTTPBearerModel(
-            bearerFormat="JWT",
-            description="A JWT from Better Auth (or `todo-api token USER_ID` in development).",
-        )
-        self.scheme_name = "HTTPBearer"
+def document_bearer_scheme(app: FastAPI) -> None:
+    """Declares the Bearer scheme that every `AuthenticatedRoute` operation requires."""
 
-    async def __call__(
-        self,
-        request: Request,
-        user_id: Annotated[str, Path(description="The caller's user id: the token's `sub`.")],
-    ) -> Caller:
-        caller: Caller = request.state.caller
-        return caller
+    def amend(document: OpenApiDocument) -> None:
+        scheme = _BEARER_SCHEME.model_dump(mode="json", by_alias=True, exclude_none=True)
+        document.setdefault("components", {}).setdefault("securitySchemes", {})[_BEARER_SCHEME_NAME] = scheme
+
+    amend_openapi(app, amend)
 
 
 async def get_database(request: Request) -> Database:
@@ -92,5 +116,4 @@ async def get_database(request: Request) -> Database:
     return database
 
 
-CallerDep = Annotated[Caller, Depends(_BearerCaller())]
 DatabaseDep = Annotated[Database, Depends(get_database)]

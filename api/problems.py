@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.openapi import OpenApiDocument, amend_openapi
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _TYPE_PREFIX = "urn:todo-api:problem:"
 
@@ -134,18 +136,15 @@ def error_response(description: str) -> dict[str, Any]:
 
 def document_problem_media_type(app: FastAPI) -> None:
     """FastAPI documents every response model as application/json; errors are problem+json."""
-    generate = app.openapi
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            for operation in (op for path in generate()["paths"].values() for op in path.values()):
-                for status, response in operation["responses"].items():
-                    content = response.get("content", {})
-                    if status[0] in "45" and "application/json" in content:
-                        content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
-        return app.openapi_schema or generate()
+    def amend(document: OpenApiDocument) -> None:
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            for status, response in operation["responses"].items():
+                content = response.get("content", {})
+                if status[0] in "45" and "application/json" in content:
+                    content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    amend_openapi(app, amend)
 
 
 def install_problem_handlers(app: FastAPI) -> None:

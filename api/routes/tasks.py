@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
 
 from api import queries
 from api.db import Rows
-from api.dependencies import AuthenticatedRoute, CallerDep
+from api.dependencies import AuthenticatedRoute, caller_of
 from api.log import log_change
 from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate, no_nul
 from api.pagination import MAX_TASK_ID, Cursor, SortKey, SortOrder
@@ -96,9 +96,7 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
         '`rel="next"` with an opaque cursor for the next page.'
     ),
 )
-async def list_tasks(
-    caller: CallerDep, request: Request, params: Annotated[TaskListParams, Query()]
-) -> Response:
+async def list_tasks(request: Request, params: Annotated[TaskListParams, Query()]) -> Response:
     sort, limit = params.sort, params.limit
     order = params.order or _DEFAULT_ORDER[sort]
     task_filter = queries.TaskFilter(
@@ -109,6 +107,7 @@ async def list_tasks(
         after=Cursor.decode(params.cursor, sort=sort, order=order) if params.cursor else None,
         limit=limit,
     )
+    caller = caller_of(request)
     user = caller.user
     rows = await caller.run(queries.list_tasks(user.id, task_filter), read_only=True)
     headers = {}
@@ -126,7 +125,8 @@ async def list_tasks(
     summary="Create a task",
     responses={201: {"headers": {"Location": {"description": "The new task's URL."}}}},
 )
-async def create_task(caller: CallerDep, data: TaskCreate) -> Response:
+async def create_task(request: Request, data: TaskCreate) -> Response:
+    caller = caller_of(request)
     user = caller.user
     task = _the_task(await caller.run(queries.create_task(user, data), read_only=False))
     log_change("create", user_id=user.id, task_id=task.id)
@@ -138,7 +138,8 @@ async def create_task(caller: CallerDep, data: TaskCreate) -> Response:
 
 
 @router.get("/{task_id}", response_model=TaskPublic, summary="Get one task", responses=_TASK_ERRORS)
-async def read_task(caller: CallerDep, task_id: TaskId) -> Response:
+async def read_task(request: Request, task_id: TaskId) -> Response:
+    caller = caller_of(request)
     task = _the_task(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
     return _json(task.model_dump_json().encode())
 
@@ -150,7 +151,8 @@ async def read_task(caller: CallerDep, task_id: TaskId) -> Response:
     description="Fields left out keep their value; `description: null` clears the description.",
     responses=_TASK_ERRORS,
 )
-async def update_task(caller: CallerDep, task_id: TaskId, data: TaskUpdate) -> Response:
+async def update_task(request: Request, task_id: TaskId, data: TaskUpdate) -> Response:
+    caller = caller_of(request)
     user, changes = caller.user, data.changes()
     query = queries.update_task(user, task_id, changes) if changes else queries.get_task(user.id, task_id)
     task = _the_task(await caller.run(query, read_only=not changes))
@@ -166,7 +168,8 @@ async def update_task(caller: CallerDep, task_id: TaskId, data: TaskUpdate) -> R
     summary="Delete a task",
     responses=_TASK_ERRORS,
 )
-async def delete_task(caller: CallerDep, task_id: TaskId) -> Response:
+async def delete_task(request: Request, task_id: TaskId) -> Response:
+    caller = caller_of(request)
     if not await caller.run(queries.delete_task(caller.user, task_id), read_only=False):
         raise not_found()
     log_change("delete", user_id=caller.user.id, task_id=task_id)
@@ -181,9 +184,8 @@ async def delete_task(caller: CallerDep, task_id: TaskId) -> Response:
     responses=_TASK_ERRORS,
 )
 async def complete_task(
-    caller: CallerDep,
-    task_id: TaskId,
     request: Request,
+    task_id: TaskId,
     # Not `CompletionUpdate | None`: the document would then promise that a JSON null is accepted.
     data: Annotated[CompletionUpdate, Body()] = None,  # type: ignore[assignment]
 ) -> Response:
@@ -191,6 +193,7 @@ async def complete_task(
         # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
     completed = data.completed if data is not None else None
+    caller = caller_of(request)
     task = _the_task(
         await caller.run(queries.set_completed(caller.user, task_id, completed), read_only=False)
     )

@@ -1,0 +1,20 @@
+"""The one way to change the OpenAPI document FastAPI generates."""
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+OpenApiDocument = dict[str, Any]
+
+
+def amend_openapi(app: FastAPI, amend: Callable[[OpenApiDocument], None]) -> None:
+    """Applies `amend` to the document when FastAPI first generates it (it is cached after that)."""
+    generate = app.openapi
+
+    def openapi() -> OpenApiDocument:
+        if app.openapi_schema is None:
+            amend(generate())
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
