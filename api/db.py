@@ -145,23 +145,27 @@ class Database:
     async def run(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
         """Run one statement as `user_id` in a transaction of its own; return its rows."""
         identity = {"app_user_id": user_id, "app_statement_timeout": self._statement_timeout}
-        async with self.pool.connection() as connection:
-            try:
-                async with asyncio.timeout(self._answer_timeout):
-                    if self._prepare:
-                        return await self._pipelined(connection, query, identity, read_only=read_only)
-                    return await self._one_message(connection, query, identity, read_only=read_only)
-            except TimeoutError:
-                # Whatever the connection was waiting for may still arrive; it cannot be reused.
-                await connection.close()
-                raise psycopg.OperationalError("the database did not answer in time") from None
-            except BaseException:
-                if (
-                    not connection.closed
-                    and connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-                ):
-                    await connection.execute("ROLLBACK")
-                raise
+        # getconn/putconn rather than pool.connection(): its `async with connection` would commit or
+        # roll back, which the transaction below does itself (autocommit): 27 Python calls a request.
+        connection = await self.pool.getconn()
+        try:
+            async with asyncio.timeout(self._answer_timeout):
+                if self._prepare:
+                    return await self._pipelined(connection, query, identity, read_only=read_only)
+                return await self._one_message(connection, query, identity, read_only=read_only)
+        except TimeoutError:
+            # Whatever the connection was waiting for may still arrive; it cannot be reused.
+            await connection.close()
+            raise psycopg.OperationalError("the database did not answer in time") from None
+        except BaseException:
+            if (
+                not connection.closed
+                and connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+            ):
+                await connection.execute("ROLLBACK")
+            raise
+        finally:
+            await self.pool.putconn(connection)
 
     @staticmethod
     async def _one_message(
