@@ -83,6 +83,16 @@ def one_message(statement: ClauseElement, *, read_only: bool) -> str:
 Rows = list[DictRow]
 
 
+async def _rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
+    """The rows of the cursor's current result; none when the statement returns no rows.
+
+    Asks the result's status rather than `cursor.description`, which builds a Column object for
+    every column (7 per task) only to say whether there are any.
+    """
+    result = cursor.pgresult
+    return await cursor.fetchall() if result and result.status == psycopg.pq.ExecStatus.TUPLES_OK else []
+
+
 class Database:
     def __init__(
         self,
@@ -176,7 +186,7 @@ class Database:
         await cursor.execute(one_message(query.statement, read_only=read_only), params)
         cursor.nextset()  # past BEGIN's result
         cursor.nextset()  # past the settings' row
-        return await cursor.fetchall() if cursor.description else []
+        return await _rows(cursor)
 
     @staticmethod
     async def _pipelined(
@@ -188,7 +198,7 @@ class Database:
             await connection.execute(act_as_user.sql, identity)
             cursor = await connection.execute(statement.sql, statement.params(query.params))
             await connection.execute("COMMIT")
-        return await cursor.fetchall() if cursor.description else []
+        return await _rows(cursor)
 
     async def ping(self) -> None:
         """Reach the server and back, touching no table: for readiness checks."""
