@@ -56,8 +56,21 @@ def machine_description(postgres_version: str) -> list[str]:
         f"- CPUs (nproc): {len(os.sched_getaffinity(0))}, model: {cpu_model}",
         f"- Memory: {memory_gib:.1f} GiB; OS: {platform.platform()}",
         f"- Postgres: {postgres_version}",
-        f"- Python: {sys.version.split()[0]} ({platform.python_implementation()})",
+        f"- Python: {sys.version.split()[0]} ({platform.python_implementation()}), {interpreter_build()}",
     ]
+
+
+def interpreter_build() -> str:
+    """Which interpreter ran this, and how it was built: that moves the API's CPU per request by a
+    fifth on this machine (bench/README.md, "The interpreter")."""
+    executable = Path(sys.executable).resolve()
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return f"{executable}"
+    libpython = next((line.split()[-1] for line in maps.splitlines() if "/libpython" in line), None)
+    linked = f"libpython loaded from {libpython}" if libpython else "libpython linked into the executable"
+    return f"{executable} ({linked})"
 
 
 def command_line() -> str:
