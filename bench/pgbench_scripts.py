@@ -5,8 +5,9 @@ would put its own (the user id, a task id, a title), and compiled with the diale
 (psycopg 3). The placeholders are then filled in: sentinels become pgbench variables or expressions,
 everything else the literal the API would bind. So a change to the queries changes the scripts, and
 the scripts keep the API's casts and shape: the transaction is the one `Database.run` sends,
-BEGIN (READ ONLY for reads), the set_config select, the statement and COMMIT, in one pipeline
-(\startpipeline ... \endpipeline, one round trip) as psycopg's pipeline mode sends them.
+BEGIN (READ ONLY for reads), the set_config select, the statement and COMMIT, as one compound
+simple-protocol message (`\;`, run with -M simple), as `Database.run` sends them by default; in one
+pipeline (\startpipeline ... \endpipeline, -M prepared) when the run sets DB_PREPARE_THRESHOLD.
 
 `python -m bench.pgbench_scripts` prints them.
 """

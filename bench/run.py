@@ -174,6 +174,7 @@ def _bench_size(
     prepared = prepare(postgres, size, run_dir, args.sample_users, api_env)
     plans += _explain(prepared, size)
     dbname, url, secret = prepared.dbname, prepared.url, prepared.secret
+    superuser_url = postgres.superuser_url(dbname)
     sample, users_file, scripts_dir = prepared.sample, prepared.users_file, prepared.scripts_dir
     protocol = "prepared" if api_env.get("DB_PREPARE_THRESHOLD") else "simple"
 
@@ -194,8 +195,12 @@ def _bench_size(
                         CpuMeter(postgres.pgdata, []),
                     )
                     for _ in range(args.rounds):
+                        # Each phase starts from the loaded data: creates would otherwise lengthen
+                        # every list measured after them.
+                        dataset.restore(superuser_url, size)
                         with api_cpu:
                             https.append(run_wrk(wrk, api.base_url, scenario, users_file, **load))
+                        dataset.restore(superuser_url, size)
                         with pgbench_cpu:
                             databases.append(
                                 run_pgbench(
