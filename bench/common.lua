@@ -7,6 +7,7 @@
 local data = dofile(os.getenv("BENCH_USERS"))
 local users = data.users
 local tasks_per_user = data.tasks_per_user
+local list_query = "?limit=" .. data.list_page_size
 
 for _, user in ipairs(users) do
    user.tasks_path = "/api/" .. user.id .. "/tasks"
@@ -26,7 +27,7 @@ local requests = {}
 
 function requests.list()
    local user = pick_user()
-   return wrk.format("GET", user.tasks_path, user.headers)
+   return wrk.format("GET", user.tasks_path .. list_query, user.headers)
 end
 
 function requests.get()

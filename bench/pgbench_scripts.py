@@ -24,6 +24,7 @@ from api.auth import Principal
 from api.models import TaskCreate
 from api.settings import Settings
 from bench.dataset import user_email_sql, user_id_sql, user_name_sql
+from bench.scenarios import LIST_PAGE_SIZE
 
 _USER = "bench-sentinel-user"
 _EMAIL = "bench-sentinel-email"
@@ -65,7 +66,7 @@ class Transaction:
 def _transactions() -> dict[str, Transaction]:
     principal = Principal(_USER, email=_EMAIL, name=_NAME)
     first_page = queries.TaskFilter(
-        completed=None, search=None, sort="created", order="desc", after=None, limit=100
+        completed=None, search=None, sort="created", order="desc", after=None, limit=LIST_PAGE_SIZE
     )
     return {
         "list": Transaction(True, queries.list_tasks(_USER, first_page), _PICK_USER),
