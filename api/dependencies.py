@@ -81,9 +81,15 @@ class AuthenticatedRoute(APIRoute):
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        if kwargs.get("openapi_extra"):
-            raise ValueError("AuthenticatedRoute writes openapi_extra itself")
-        super().__init__(path, endpoint, **{**kwargs, "openapi_extra": _CALLER_DOCS})
+        extra = kwargs.pop("openapi_extra", None) or {}
+        if "security" in extra:
+            raise ValueError("AuthenticatedRoute documents the security requirement itself")
+        docs = {
+            **extra,
+            **_CALLER_DOCS,
+            "parameters": [*extra.get("parameters", ()), *_CALLER_DOCS["parameters"]],
+        }
+        super().__init__(path, endpoint, openapi_extra=docs, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()

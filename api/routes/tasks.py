@@ -1,10 +1,9 @@
 """The six task endpoints. Handlers are thin: parse, run one statement with `Database.run`, shape."""
 
-from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Path, Request, Response, status
 from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
 
 from api import queries
@@ -14,19 +13,16 @@ from api.log import log_change
 from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate, no_nul
 from api.pagination import MAX_TASK_ID, Cursor, SortKey, SortOrder
 from api.problems import error_response, invalid_input, not_found
+from api.query_params import parse_query, query_docs
 
-
-class TaskStatus(StrEnum):
-    all = "all"
-    pending = "pending"
-    completed = "completed"
+# A Literal, not an Enum: a query parameter's schema must stand alone (`query_docs`).
+TaskStatus = Literal["all", "pending", "completed"]
 
 
 class TaskListParams(BaseModel):
-    """The list's query parameters, validated as one model: FastAPI's per-parameter work costs
-    every request more than one pydantic validation does."""
+    """The list's query parameters, validated by the handler in one call (`api.query_params`)."""
 
-    status: TaskStatus = Field(TaskStatus.all, description="Which tasks to list.")
+    status: TaskStatus = Field("all", description="Which tasks to list.")
     sort: SortKey = Field("created", description="Sort by creation, last update or title.")
     order: SortOrder | None = Field(None, description="Default: desc for created and updated, asc for title.")
     q: Annotated[str | None, AfterValidator(no_nul)] = Field(
@@ -36,7 +32,7 @@ class TaskListParams(BaseModel):
     cursor: str | None = Field(None, max_length=512, description="From a previous page's Link header.")
 
 
-_COMPLETED_FOR_STATUS = {TaskStatus.all: None, TaskStatus.pending: False, TaskStatus.completed: True}
+_COMPLETED_FOR_STATUS: dict[TaskStatus, bool | None] = {"all": None, "pending": False, "completed": True}
 _DEFAULT_ORDER: dict[SortKey, SortOrder] = {"created": "desc", "updated": "desc", "title": "asc"}
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_TASK_ID, description="The task's id.")]
@@ -95,8 +91,10 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
         "Newest first by default. When more tasks match than `limit`, the `Link` header carries "
         '`rel="next"` with an opaque cursor for the next page.'
     ),
+    openapi_extra=query_docs(TaskListParams),
 )
-async def list_tasks(request: Request, params: Annotated[TaskListParams, Query()]) -> Response:
+async def list_tasks(request: Request) -> Response:
+    params = parse_query(request, TaskListParams)
     sort, limit = params.sort, params.limit
     order = params.order or _DEFAULT_ORDER[sort]
     task_filter = queries.TaskFilter(

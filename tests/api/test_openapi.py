@@ -44,6 +44,18 @@ def test_every_task_operation_documents_security_and_errors(
         assert content["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
 
 
+def test_list_documents_its_query_parameters(spec: dict[str, Any]) -> None:
+    parameters = spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"]
+    assert {(p["name"], p["in"], p["required"]) for p in parameters} == {
+        *((name, "query", False) for name in ("status", "sort", "order", "q", "limit", "cursor")),
+        ("user_id", "path", True),
+    }
+    limit = next(p["schema"] for p in parameters if p["name"] == "limit")
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 500, 100)
+    status = next(p["schema"] for p in parameters if p["name"] == "status")
+    assert status["enum"] == ["all", "pending", "completed"]
+
+
 def test_health_endpoints_are_public(spec: dict[str, Any]) -> None:
     for path in ("/healthz", "/readyz"):
         assert "security" not in spec["paths"][path]["get"]
