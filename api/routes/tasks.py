@@ -3,7 +3,7 @@
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Body, Path, Request, Response, status
+from fastapi import APIRouter, Body, Request, Response, status
 from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
 
 from api import queries
@@ -13,14 +13,14 @@ from api.log import log_change
 from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate, no_nul
 from api.pagination import MAX_TASK_ID, Cursor, SortKey, SortOrder
 from api.problems import error_response, invalid_input, not_found
-from api.query_params import parse_query, query_docs
+from api.request_params import parameter_docs, parse_parameters
 
-# A Literal, not an Enum: a query parameter's schema must stand alone (`query_docs`).
+# A Literal, not an Enum: a parameter's schema must stand alone (`parameter_docs`).
 TaskStatus = Literal["all", "pending", "completed"]
 
 
 class TaskListParams(BaseModel):
-    """The list's query parameters, validated by the handler in one call (`api.query_params`)."""
+    """The list's query parameters, validated by the handler in one call (`api.request_params`)."""
 
     status: TaskStatus = Field("all", description="Which tasks to list.")
     sort: SortKey = Field("created", description="Sort by creation, last update or title.")
@@ -35,7 +35,16 @@ class TaskListParams(BaseModel):
 _COMPLETED_FOR_STATUS: dict[TaskStatus, bool | None] = {"all": None, "pending": False, "completed": True}
 _DEFAULT_ORDER: dict[SortKey, SortOrder] = {"created": "desc", "updated": "desc", "title": "asc"}
 
-TaskId = Annotated[int, Path(ge=1, le=MAX_TASK_ID, description="The task's id.")]
+
+class TaskPath(BaseModel):
+    task_id: int = Field(ge=1, le=MAX_TASK_ID, description="The task's id.")
+
+
+_TASK_PATH_DOCS = parameter_docs(TaskPath, "path")
+
+
+def _task_id(request: Request) -> int:
+    return parse_parameters(request, TaskPath, "path").task_id
 
 
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -91,10 +100,10 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
         "Newest first by default. When more tasks match than `limit`, the `Link` header carries "
         '`rel="next"` with an opaque cursor for the next page.'
     ),
-    openapi_extra=query_docs(TaskListParams),
+    openapi_extra=parameter_docs(TaskListParams, "query"),
 )
 async def list_tasks(request: Request) -> Response:
-    params = parse_query(request, TaskListParams)
+    params = parse_parameters(request, TaskListParams, "query")
     sort, limit = params.sort, params.limit
     order = params.order or _DEFAULT_ORDER[sort]
     task_filter = queries.TaskFilter(
@@ -135,8 +144,15 @@ async def create_task(request: Request, data: TaskCreate) -> Response:
     )
 
 
-@router.get("/{task_id}", response_model=TaskPublic, summary="Get one task", responses=_TASK_ERRORS)
-async def read_task(request: Request, task_id: TaskId) -> Response:
+@router.get(
+    "/{task_id}",
+    response_model=TaskPublic,
+    summary="Get one task",
+    responses=_TASK_ERRORS,
+    openapi_extra=_TASK_PATH_DOCS,
+)
+async def read_task(request: Request) -> Response:
+    task_id = _task_id(request)
     caller = caller_of(request)
     task = _the_task(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
     return _json(task.model_dump_json().encode())
@@ -148,8 +164,10 @@ async def read_task(request: Request, task_id: TaskId) -> Response:
     summary="Update a task",
     description="Fields left out keep their value; `description: null` clears the description.",
     responses=_TASK_ERRORS,
+    openapi_extra=_TASK_PATH_DOCS,
 )
-async def update_task(request: Request, task_id: TaskId, data: TaskUpdate) -> Response:
+async def update_task(request: Request, data: TaskUpdate) -> Response:
+    task_id = _task_id(request)
     caller = caller_of(request)
     user, changes = caller.user, data.changes()
     query = queries.update_task(user, task_id, changes) if changes else queries.get_task(user.id, task_id)
@@ -165,8 +183,10 @@ async def update_task(request: Request, task_id: TaskId, data: TaskUpdate) -> Re
     response_class=Response,
     summary="Delete a task",
     responses=_TASK_ERRORS,
+    openapi_extra=_TASK_PATH_DOCS,
 )
-async def delete_task(request: Request, task_id: TaskId) -> Response:
+async def delete_task(request: Request) -> Response:
+    task_id = _task_id(request)
     caller = caller_of(request)
     if not await caller.run(queries.delete_task(caller.user, task_id), read_only=False):
         raise not_found()
@@ -180,13 +200,14 @@ async def delete_task(request: Request, task_id: TaskId) -> Response:
     summary="Complete, reopen or toggle a task",
     description=('With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it.'),
     responses=_TASK_ERRORS,
+    openapi_extra=_TASK_PATH_DOCS,
 )
 async def complete_task(
     request: Request,
-    task_id: TaskId,
     # Not `CompletionUpdate | None`: the document would then promise that a JSON null is accepted.
     data: Annotated[CompletionUpdate, Body()] = None,  # type: ignore[assignment]
 ) -> Response:
+    task_id = _task_id(request)
     if data is None and await request.body():
         # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')

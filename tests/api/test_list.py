@@ -73,7 +73,7 @@ def test_status_filter(client: httpx.Client, carol: ApiUser, status: str, expect
 def test_a_repeated_parameter_counts_by_its_last_value_and_unknown_ones_are_ignored(
     client: httpx.Client, carol: ApiUser
 ) -> None:
-    params = [("status", "completed"), ("status", "pending"), ("colour", "red")]
+    params = (("status", "completed"), ("status", "pending"), ("colour", "red"))
     response = client.get(carol.tasks_url, params=params, headers=carol.headers)
     assert titles(response) == ["call mum", "Buy MILK"]
 
