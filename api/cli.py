@@ -69,7 +69,7 @@ def serve(args: argparse.Namespace) -> None:
             print(f"todo-api: migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed")
         _print_welcome(args.host, args.port, development and settings.better_auth_secret is None)
         uvicorn.run(
-            "api.app:create_app",
+            "api.worker:create_served_app",
             factory=True,
             host=args.host,
             port=args.port,
