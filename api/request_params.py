@@ -6,6 +6,9 @@ get's 377 in all outside the database (issue 5, `bench.request_cpu --without-db`
 documents a model's fields with `openapi_extra=parameter_docs(Model, "query")`, and its handler
 validates them in one pydantic call with `parse_parameters(request, Model, "query")`. A bad value is
 reported as FastAPI reports it (field `query.limit`, `path.task_id`), so the one error format holds.
+
+Bodies stay with FastAPI: reading them takes content-type checks and JSON decoding that it already
+does well, and the writes that carry them have room to spare against their targets.
 """
 
 from typing import Any, Literal, TypeVar
