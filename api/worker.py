@@ -1,17 +1,17 @@
 """What each `todo-api serve` worker process runs: the app, in a process tuned to live long.
 
-CPython's garbage-collector defaults cost a serving worker about 8% of its CPU (issue 5, measured
-over HTTP with a gc callback: 1.2 s of collections in 20,000 gets):
+CPython's garbage-collector defaults cost a serving worker about 5% of its CPU (issue 5,
+`python -m bench.gc_cost`: 1,229 collections and 1.4 s in 30,000 gets, lists and updates):
 
 - A young-generation collection runs whenever 700 more container objects exist than before. With
-  32 requests in flight, each holding a few dozen, the count crosses 700 on every wave of requests
-  (800 collections), though reference counting frees nearly all of it once they answer.
-- A full collection walks every object the imports created, about 130,000, for ~90 ms each time.
+  32 requests in flight, each holding a few dozen, the count crosses 700 on every wave of requests,
+  though reference counting frees nearly all of it once they answer.
+- A full collection walks every object the imports created, about 130,000, for tens of ms.
 
 So, once the app is built, `gc.freeze()` moves everything that exists out of the collector's sight
 (it lives as long as the process anyway), and the young threshold rises to 7,000: in the same run,
-one collection instead of 880. Cycles still get collected, a little later. Tests build apps with
-`create_app` and keep CPython's defaults.
+2 collections. Cycles still get collected, a little later. Tests build apps with `create_app` and
+keep CPython's defaults.
 """
 
 import gc
