@@ -8,7 +8,9 @@ validates them in one pydantic call with `parse_parameters(request, Model, "quer
 reported as FastAPI reports it (field `query.limit`, `path.task_id`), so the one error format holds.
 
 Bodies stay with FastAPI: reading them takes content-type checks and JSON decoding that it already
-does well, and the writes that carry them have room to spare against their targets.
+does well, and the writes that carry them have room to spare against their targets. FastAPI reads
+the body before the handler runs, so a request with both a bad body and a bad `{task_id}` is told
+about the body first (still a 422 that changes nothing).
 """
 
 from typing import Any, Literal, TypeVar
