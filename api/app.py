@@ -4,37 +4,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from asgi_correlation_id import CorrelationIdMiddleware
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api.auth import Authenticator, ClaimChecks, JwksVerifier, SharedSecretVerifier, TokenVerifier
-from api.body_limit import BodySizeLimit
-from api.db import Database
-from api.dependencies import document_bearer_scheme
-from api.isolation import ensure_isolation
-from api.jwks import JwksKeySet
-from api.log import configure_logging
-from api.problems import document_problem_media_type, install_problem_handlers
-from api.routes import health, tasks
+from api import __version__
+from api.auth.verification import build_authenticator
+from api.db.database import Database
+from api.db.isolation import ensure_isolation
+from api.http import health
+from api.http.body_limit import BodySizeLimit
+from api.http.caller import document_bearer_scheme
+from api.http.problems import document_problem_media_type, install_problem_handlers
 from api.settings import Settings
+from api.tasks import routes as tasks
+from api.telemetry.logs import configure_logging
 
-
-def build_authenticator(settings: Settings) -> Authenticator:
-    """A verifier per configured key source; each accepts only its own algorithm family."""
-    checks = ClaimChecks(
-        issuer=settings.expected_issuer,
-        audience=settings.expected_audience,
-        leeway=settings.jwt_leeway_seconds,
-    )
-    if missing := settings.missing_token_source():
-        raise ValueError(missing)
-    verifiers: list[TokenVerifier] = []
-    if settings.better_auth_secret is not None:
-        verifiers.append(SharedSecretVerifier(settings.better_auth_secret.get_secret_value(), checks))
-    if settings.jwks_url is not None:
-        key_set = JwksKeySet(settings.jwks_url, refetch_cooldown=settings.jwks_refetch_cooldown_seconds)
-        verifiers.append(JwksVerifier(key_set, checks))
-    return Authenticator(verifiers)
+# Every router the API serves. A router left out of this list would answer 404 for all its routes;
+# `tests/api/test_routers.py` fails when a module defines a router that is not here.
+ROUTERS: tuple[APIRouter, ...] = (tasks.router, health.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,11 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="todo-api",
-        version="0.1.0",
+        version=__version__,
         summary="A multi-user Todo API whose security lives in Postgres row-level security.",
         lifespan=lifespan,
-        # FastAPI's native OpenTelemetry looks for a configured provider on every request: 21 Python
-        # calls of a get's 398 outside the database. We ship no OpenTelemetry SDK, so it never finds one.
+        # FastAPI's native OpenTelemetry looks for a configured provider on every request, and we
+        # ship no SDK for it to find (bench/RESULTS.md, "Fourth session").
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.database = database
@@ -71,9 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     document_bearer_scheme(app)
     # The routers' routes join the app's own list, ahead of the docs pages, rather than through
     # `include_router`: FastAPI wraps an included router in a layer that it matches twice on every
-    # request, 175 of a get's 573 Python calls outside the database (issue 5). The routes already
-    # carry everything their router gives them: prefix, tags, responses and route class.
-    app.router.routes[:0] = [*tasks.router.routes, *health.router.routes]
+    # request (bench/RESULTS.md, "Fourth session"). The routes already carry everything their router
+    # gives them: prefix, tags, responses and route class.
+    app.router.routes[:0] = [route for router in ROUTERS for route in router.routes]
     # Every middleware costs every request something; CORS is only there when a browser origin is
     # configured (without it, a cross-origin browser gets no CORS headers either way).
     if settings.cors_origins:

@@ -10,9 +10,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # HS256 with a short secret can be brute-forced offline from one captured token.
 MIN_SECRET_LENGTH = 32
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SQL_DIR = PROJECT_ROOT / "sql"
-
 
 class Settings(BaseSettings):
     # Empty values count as unset, so a copied .env.example with blanks means "use the defaults".
@@ -52,7 +49,10 @@ class Settings(BaseSettings):
     # Request bodies beyond this are refused with 413 before they are read in full.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
-    data_dir: Path = Field(default=PROJECT_ROOT / ".data", description="Embedded Postgres data folder.")
+    data_dir: Path = Field(
+        default_factory=lambda: Path.cwd() / ".data",
+        description="Embedded Postgres data folder, when DATABASE_URL is unset (default: .data here).",
+    )
     log_level: str = "INFO"
 
     @field_validator("cors_origins", mode="before")

@@ -1,1 +1,1 @@
-"""Load benchmarks: the API against pgbench running the same SQL on the same Postgres (issue 5)."""
+"""Load benchmarks: the API against pgbench running the same SQL on the same Postgres."""

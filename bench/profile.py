@@ -30,9 +30,9 @@ _RATE = 250
 # First match wins, so the specific come before the general: every stack passes through uvicorn,
 # Starlette and asyncio, and every query through SQLAlchemy and psycopg.
 _BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("auth: JWT verification and its cache", ("api/auth.py", "(jwt/", "(cachetools/")),
-    ("logging", ("(logging/", "pythonjsonlogger", "api/log.py")),
-    ("building statements (api.queries)", ("api/queries.py",)),
+    ("auth: JWT verification and its cache", ("api/auth/", "(jwt/", "(cachetools/")),
+    ("logging", ("(logging/", "pythonjsonlogger", "api/telemetry/")),
+    ("building statements (api.tasks.queries)", ("api/tasks/queries.py",)),
     ("SQLAlchemy: cache key and compile", ("sqlalchemy/sql/compiler.py", "sqlalchemy/sql/cache_key.py")),
     ("psycopg: send, wait, receive, adapt", ("(psycopg/",)),
     ("SQLAlchemy: engine, pool, greenlets, rows", ("(sqlalchemy/",)),
@@ -42,7 +42,7 @@ _BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("FastAPI: dependencies, routing, sending the response", ("fastapi/",)),
     (
         "middleware: CORS, request id, body limit",
-        ("starlette/middleware", "asgi_correlation_id", "api/body_limit"),
+        ("starlette/middleware", "asgi_correlation_id", "api/http/body_limit"),
     ),
     ("Starlette", ("starlette/",)),
     ("uvicorn: HTTP protocol", ("uvicorn/protocols", "httptools")),

@@ -26,9 +26,8 @@ import uvloop
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.db import Rows
-from api.dev_tokens import mint_token
-from api.queries import Query
+from api.auth.dev_tokens import mint_token
+from api.db.database import Query, Rows
 from api.settings import Settings
 from bench.postgres import embedded_postgres_server
 

@@ -1,4 +1,4 @@
-"""One command for issue 5: the API against pgbench running the same SQL, on one embedded Postgres.
+"""One command: the API against pgbench running the same SQL, on one embedded Postgres.
 
     .venv/bin/python -m bench.run --size small --workers 1,2 --duration 5 --rounds 3 --connections 32
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import median
 from typing import NoReturn
 
-from api.migrations import apply_migrations
+from api.ops.migrations import apply_migrations
 from bench import dataset, report
 from bench.api_server import RssSampler, running_api
 from bench.cpu import CpuMeter

@@ -1,4 +1,4 @@
-"""The scenarios of issue 5: each one a wrk script against the API and the pgbench scripts it mirrors."""
+"""The benchmark scenarios: each one a wrk script against the API and the pgbench scripts it mirrors."""
 
 from dataclasses import dataclass
 

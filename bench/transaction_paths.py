@@ -14,16 +14,17 @@ One connection, sequential requests, a user with 20 tasks:
 import asyncio
 import time
 
-from api import queries
-from api.db import Database
+from api.db.database import Database, Query
 from api.settings import Settings
+from api.tasks import queries
+from api.tasks.listing import TaskListParams
 from bench.postgres import embedded_postgres_server
 
 _ROUNDS = 3000
 _WAYS = {"one message": None, "pipelined": 10**9, "pipelined and prepared": 0}
 
 
-async def _cpu_us_per_request(url: str, prepare_threshold: int | None, query: queries.Query) -> float:
+async def _cpu_us_per_request(url: str, prepare_threshold: int | None, query: Query) -> float:
     settings = Settings(
         _env_file=None,
         database_url=url,
@@ -45,9 +46,7 @@ async def _cpu_us_per_request(url: str, prepare_threshold: int | None, query: qu
 
 
 def main() -> None:
-    first_page = queries.TaskFilter(
-        completed=None, search=None, sort="created", order="desc", after=None, limit=100
-    )
+    first_page = TaskListParams(limit=100)
     requests = {"get": queries.get_task("alice", 5), "list": queries.list_tasks("alice", first_page)}
     with embedded_postgres_server() as postgres:
         url = postgres.one_user_database("paths", "alice", tasks=20)

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from api.dev_tokens import mint_token
+from api.auth.dev_tokens import mint_token
 from bench.dataset import first_task_id, user_email, user_id, user_name
 from bench.sample import Sample
 from bench.scenarios import LIST_PAGE_SIZE, MIX, Scenario

@@ -21,7 +21,7 @@ from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from api.app import create_app
-from api.migrations import apply_migrations
+from api.ops.migrations import apply_migrations
 from tests.pgbouncer import pgbouncer
 from tests.support import LOGIN_ROLE, ApiUser, new_user, serving, settings_for
 
@@ -159,7 +159,3 @@ def alice() -> ApiUser:
 @pytest.fixture
 def bob() -> ApiUser:
     return new_user(email="bob@example.com", name="Bob")
-
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent

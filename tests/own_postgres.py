@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from api.migrations import apply_migrations
+from api.ops.migrations import apply_migrations
 from tests.support import LOGIN_ROLE
 
 with warnings.catch_warnings():

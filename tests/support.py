@@ -19,7 +19,7 @@ import jwt
 import uvicorn
 from fastapi import FastAPI
 
-from api.dev_tokens import mint_token
+from api.auth.dev_tokens import mint_token
 from api.settings import Settings
 
 # Like Neon's neondb_owner: logs in, creates roles and databases, and bypasses row-level security,
@@ -70,7 +70,7 @@ def now() -> int:
     return int(time.time())
 
 
-CLI = [sys.executable, "-m", "api.cli"]
+CLI = [sys.executable, "-m", "api.ops.cli"]
 PROJECT = Path(__file__).resolve().parent.parent
 
 

@@ -10,8 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from api.app import create_app
-from api.db import Database
-from api.queries import Query
+from api.db.database import Database, Query
 from tests.support import LOGIN_ROLE, new_user, serving, settings_for
 
 _IDENTITY = (
@@ -33,7 +32,7 @@ async def identity_between_requests(database: Database) -> dict[str, Any]:
 
 @pytest.fixture(params=[None, 0], ids=["one-message", "pipelined-and-prepared"])
 def prepare_threshold(request: pytest.FixtureRequest) -> int | None:
-    """Both ways the helper sends a transaction (see api/db.py) must keep the same promises."""
+    """Both ways the helper sends a transaction (see api/db/database.py) must keep the same promises."""
     threshold: int | None = request.param
     return threshold
 

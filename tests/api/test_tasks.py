@@ -7,7 +7,7 @@ import httpx
 import psycopg
 import pytest
 
-from api.dev_tokens import mint_token
+from api.auth.dev_tokens import mint_token
 from tests.support import SECRET, ApiUser, new_user
 
 

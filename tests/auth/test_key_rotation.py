@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.jwks import JwksKeySet, KeysUnavailable, UnknownKey
+from api.auth.errors import KeysUnavailable
+from api.auth.jwks import JwksKeySet, UnknownKey
 from tests.auth.conftest import claims_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
 from tests.support import better_auth_id, now, serving, settings_for, sign

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from api.jwks import parse_key_set
+from api.auth.jwks import parse_key_set
 from tests.auth.jwks_server import SigningKey
 
 ED = SigningKey.generate("EdDSA")

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from api.auth import Authenticator, ClaimChecks, Principal, SharedSecretVerifier
-from api.problems import ProblemError
+from api.auth.errors import InvalidToken
+from api.auth.principal import Principal
+from api.auth.verification import Authenticator, ClaimChecks, SharedSecretVerifier
 from tests.support import SECRET, now, sign
 
 
@@ -62,7 +63,7 @@ def test_refused_tokens_are_not_remembered() -> None:
     authenticator = Authenticator([verifier])
     token = sign({"sub": "alice", "exp": now() + 60}, secret="another-secret-that-is-long-enough-0123456789")
     for _ in range(2):
-        with pytest.raises(ProblemError):
+        with pytest.raises(InvalidToken):
             _authenticate(authenticator, token)
     assert verifier.calls == 2
 

@@ -1,4 +1,4 @@
-"""Migrations: `todo-api migrate` (api.migrations), a DBA's plain `yoyo apply`, and the URL forms.
+"""Migrations: `todo-api migrate` (api.ops.migrations), a DBA's plain `yoyo apply`, and the URL forms.
 
 Each test gets an empty database owned by the login role todo_owner (not a superuser; CREATEROLE and
 CREATEDB, like Neon's neondb_owner). Roles are cluster-wide: todo_app is shared with the other
@@ -15,11 +15,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from api.database_url import DatabaseUrlError, libpq_url, yoyo_url
-from api.migrations import apply_migrations, rollback_migrations
-from api.settings import SQL_DIR
+from api.db.sql_files import SQL_DIR
+from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
+from api.ops.migrations import apply_migrations, rollback_migrations
+from tests.support import PROJECT
 
-PROJECT_ROOT = SQL_DIR.parent
 MIGRATION_IDS = ["0001_app_role", "0002_tasks_schema"]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
@@ -149,8 +149,8 @@ def test_apply_when_todo_app_already_exists(empty_db_url: str, migrated_db_url: 
 def test_plain_yoyo_apply_from_the_project_root(empty_db_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": yoyo_url(empty_db_url)}
     result = subprocess.run(
-        [str(PROJECT_ROOT / ".venv" / "bin" / "yoyo"), "apply"],
-        cwd=PROJECT_ROOT,
+        [str(PROJECT / ".venv" / "bin" / "yoyo"), "apply"],
+        cwd=PROJECT,
         env=env,
         capture_output=True,
         text=True,

@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from api import policy_audit
-from api.cli import main
-from api.policy_audit import audit_database
-from api.settings import SQL_DIR
-from tests.support import SECRET
+from api.db.sql_files import SQL_DIR
+from api.ops import policy_audit
+from api.ops.cli import main
+from api.ops.policy_audit import audit_database
+from tests.support import PROJECT, SECRET
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 RunPolicies = Callable[..., tuple[int, str]]
@@ -109,8 +109,8 @@ def test_the_audit_changes_nothing(db: Conn, migrated_db_url: str) -> None:
 
 def test_the_cli_gates_a_deployment_from_a_real_process(migrated_db_url: str, tmp_path: Path) -> None:
     env = {"DATABASE_URL": migrated_db_url, "BETTER_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
-    command = [sys.executable, "-m", "api.cli", "policies"]
-    project = SQL_DIR.parent
+    command = [sys.executable, "-m", "api.ops.cli", "policies"]
+    project = PROJECT
     clean = subprocess.run(command, cwd=tmp_path, env={**env, "PYTHONPATH": str(project)}, check=False)
     assert clean.returncode == 0
     with psycopg.connect(migrated_db_url, autocommit=True) as connection:

@@ -12,7 +12,7 @@ import pytest
 from psycopg import errors
 from psycopg.abc import Params
 
-from api.settings import SQL_DIR
+from api.db.sql_files import SQL_DIR
 
 ALICE = "aliceAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 BOB = "bobBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"

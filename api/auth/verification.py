@@ -1,9 +1,9 @@
-"""Who is calling: verify the Bearer token into a Principal, or refuse with a 401.
+"""Verify a bearer token into a Principal, or refuse it with InvalidToken.
 
 Verification is split by algorithm family so that a token is only ever checked against keys of its
 own kind: HS256 tokens against the shared secret, asymmetric tokens (Better Auth's JWKS) against
 public keys. An HS256 token can never be checked against a public key, nor an EdDSA token against
-the secret. Every refusal is a 401 whose detail says what was wrong, never what the token was.
+the secret. Every refusal says what was wrong, never what the token was.
 """
 
 import hashlib
@@ -16,41 +16,13 @@ from typing import Any, Protocol, Self
 import jwt
 from cachetools import TLRUCache
 
-from api.jwks import ASYMMETRIC_ALGORITHMS, JwksKeySet, KeysUnavailable, UnknownKey
-from api.models import USER_ID_MAX_LENGTH
-from api.problems import ProblemError
+from api.auth.errors import InvalidToken
+from api.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksKeySet, UnknownKey
+from api.auth.principal import Principal, principal_from_claims
+from api.settings import Settings
 
-_EMAIL_MAX_LENGTH = 320
-_NAME_MAX_LENGTH = 200
 SHARED_SECRET_ALGORITHMS: tuple[str, ...] = ("HS256",)
 _NOT_ACCEPTED = "The token is signed with an algorithm this API does not accept."
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The caller, as the token vouches for them."""
-
-    id: str
-    email: str | None = None
-    name: str | None = None
-
-
-def unauthorized(detail: str, *, token_was_sent: bool = True) -> ProblemError:
-    # RFC 6750: a request without credentials gets a bare challenge; a bad token names the error.
-    challenge = 'Bearer error="invalid_token"' if token_was_sent else "Bearer"
-    return ProblemError(401, "unauthorized", "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
-
-
-def authentication_unavailable() -> ProblemError:
-    # Not a 401: the token may be perfectly good, and a 401 would send the user to sign in again.
-    return ProblemError(
-        503,
-        "authentication-unavailable",
-        "Authentication unavailable",
-        "The keys that verify this token cannot be fetched from the auth server right now. "
-        "Try again shortly.",
-        headers={"Retry-After": "5"},
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +51,7 @@ class TokenVerifier(Protocol):
     def algorithms(self) -> tuple[str, ...]: ...
 
     async def verify(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
-        """The verified claims, or a jwt.PyJWTError (or a ProblemError of its own)."""
+        """The verified claims, or a jwt.PyJWTError (or InvalidToken, KeysUnavailable of its own)."""
         ...
 
 
@@ -108,18 +80,17 @@ class JwksVerifier:
     async def verify(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
-            raise unauthorized("The token's header names no signing key (kid).")
+            raise InvalidToken("The token's header names no signing key (kid).")
         try:
+            # KeysUnavailable passes up: the token may be perfectly good, so it is no 401.
             key = await self.key_set.key(kid)
-        except KeysUnavailable:
-            raise authentication_unavailable() from None
         except UnknownKey:
-            raise unauthorized(
+            raise InvalidToken(
                 "The token is signed with a key the auth server does not publish (unknown kid); "
                 "was it issued by another Better Auth deployment?"
             ) from None
         if key.algorithm_name != header["alg"]:
-            raise unauthorized(
+            raise InvalidToken(
                 f"The token says it is signed with {header['alg']}, but its key is for {key.algorithm_name}."
             )
         return self._checks.decode(token, key, key.algorithm_name)
@@ -147,29 +118,6 @@ def _describe(error: jwt.PyJWTError) -> str:
         case jwt.DecodeError():
             return "The token is not a well-formed JWT."
     return "The token is invalid."
-
-
-def _optional_text(claims: Mapping[str, Any], name: str, max_length: int) -> str | None:
-    # Profile claims only decorate the user row; a malformed one is dropped, never stored.
-    value = claims.get(name)
-    if isinstance(value, str) and 0 < len(value) <= max_length and "\x00" not in value:
-        return value
-    return None
-
-
-def _principal(claims: Mapping[str, Any]) -> Principal:
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject or len(subject) > USER_ID_MAX_LENGTH:
-        raise unauthorized(
-            f"The token's sub claim must be a user id of 1 to {USER_ID_MAX_LENGTH} characters."
-        )
-    if "\x00" in subject:
-        raise unauthorized("The token's sub claim contains a NUL character.")
-    return Principal(
-        id=subject,
-        email=_optional_text(claims, "email", _EMAIL_MAX_LENGTH),
-        name=_optional_text(claims, "name", _NAME_MAX_LENGTH),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,16 +168,34 @@ class Authenticator:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:
-            raise unauthorized(_describe(error)) from None
+            raise InvalidToken(_describe(error)) from None
         algorithm = header.get("alg")
         verifier = self._verifiers.get(algorithm) if isinstance(algorithm, str) else None
         if verifier is None:
-            raise unauthorized(_NOT_ACCEPTED)
+            raise InvalidToken(_NOT_ACCEPTED)
         try:
             claims = await verifier.verify(token, header)
         except jwt.PyJWTError as error:
-            raise unauthorized(_describe(error)) from None
-        principal = _principal(claims)
+            raise InvalidToken(_describe(error)) from None
+        principal = principal_from_claims(claims)
         # `exp` is required and PyJWT has checked it is a number.
         self._verified[fingerprint] = _Verified(principal, float(claims["exp"]))
         return principal
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """A verifier per configured key source; each accepts only its own algorithm family."""
+    checks = ClaimChecks(
+        issuer=settings.expected_issuer,
+        audience=settings.expected_audience,
+        leeway=settings.jwt_leeway_seconds,
+    )
+    if missing := settings.missing_token_source():
+        raise ValueError(missing)
+    verifiers: list[TokenVerifier] = []
+    if settings.better_auth_secret is not None:
+        verifiers.append(SharedSecretVerifier(settings.better_auth_secret.get_secret_value(), checks))
+    if settings.jwks_url is not None:
+        key_set = JwksKeySet(settings.jwks_url, refetch_cooldown=settings.jwks_refetch_cooldown_seconds)
+        verifiers.append(JwksVerifier(key_set, checks))
+    return Authenticator(verifiers)

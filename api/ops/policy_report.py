@@ -5,7 +5,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from api.policy_audit import Audit, Grant, Policy, Role, Table
+from api.ops.policy_audit import Audit, Grant, Policy, Role, Table
 
 
 def _flag(value: bool, name: str) -> str:

@@ -13,11 +13,11 @@ import psycopg
 import uvicorn
 from pydantic import ValidationError
 
-from api import embedded
-from api.dev_tokens import mint_token
-from api.migrations import apply_migrations
-from api.policy_audit import audit_database
-from api.policy_report import render_json, render_text
+from api.auth.dev_tokens import mint_token
+from api.ops import embedded
+from api.ops.migrations import apply_migrations
+from api.ops.policy_audit import audit_database
+from api.ops.policy_report import render_json, render_text
 from api.settings import Settings
 
 
@@ -69,7 +69,7 @@ def serve(args: argparse.Namespace) -> None:
             print(f"todo-api: migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed")
         _print_welcome(args.host, args.port, development and settings.better_auth_secret is None)
         uvicorn.run(
-            "api.worker:create_served_app",
+            "api.ops.worker:create_served_app",
             factory=True,
             host=args.host,
             port=args.port,

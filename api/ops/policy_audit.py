@@ -10,24 +10,23 @@ their table, so for those few milliseconds requests touching users or tasks wait
 bounds how long the audit itself waits behind a long transaction, and nothing is ever committed.
 """
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import psycopg
 import sqlparse
 from psycopg.rows import class_row
 
-from api.database_url import libpq_url
-from api.settings import SQL_DIR
+from api.db.isolation import Finding, isolation_findings
+from api.db.sql_files import AUDIT_DIR, display_path, policy_files, read_sql
+from api.db.urls import libpq_url
 
-AUDIT_DIR = SQL_DIR / "audit"
-CHECK_FILE = SQL_DIR / "checks" / "isolation.sql"
-POLICIES_DIR = SQL_DIR / "policies"
 LOCK_TIMEOUT = "5s"
 
-Connection = psycopg.Connection[tuple[object, ...]]
+Connection = psycopg.AsyncConnection[tuple[object, ...]]
 Row = TypeVar("Row")
 
 
@@ -77,14 +76,6 @@ class Grant:
 
 
 @dataclass(frozen=True)
-class Finding:
-    kind: Literal["isolation", "drift"]
-    message: str
-    table: str | None = None
-    policy: str | None = None
-
-
-@dataclass(frozen=True)
 class Audit:
     database: str
     login_role: str
@@ -96,23 +87,19 @@ class Audit:
     findings: list[Finding]
 
 
-def _sql(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
-
-
 def _statements(path: Path) -> list[str]:
     """The statements of a file, split as yoyo splits sql/policies/ when it applies them."""
-    return [statement for statement in sqlparse.split(_sql(path)) if statement.strip()]
+    return [statement for statement in sqlparse.split(read_sql(path)) if statement.strip()]
 
 
-def read_policies(connection: Connection) -> list[Policy]:
-    with connection.cursor(row_factory=class_row(Policy)) as cursor:
-        return cursor.execute(_sql(AUDIT_DIR / "policies.sql")).fetchall()
+async def _rows(connection: Connection, row_type: type[Row], path: Path) -> list[Row]:
+    async with connection.cursor(row_factory=class_row(row_type)) as cursor:
+        await cursor.execute(read_sql(path))
+        return await cursor.fetchall()
 
 
-def isolation_findings(connection: Connection) -> list[Finding]:
-    rows = connection.execute(_sql(CHECK_FILE)).fetchall()
-    return [Finding("isolation", str(message)) for (message,) in rows]
+async def read_policies(connection: Connection) -> list[Policy]:
+    return await _rows(connection, Policy, AUDIT_DIR / "policies.sql")
 
 
 @dataclass(frozen=True)
@@ -121,24 +108,17 @@ class _Expected:
     source_of_table: dict[str, str]
 
 
-def _apply_policy_files(connection: Connection, files: Sequence[Path]) -> _Expected:
+async def _apply_policy_files(connection: Connection, files: Sequence[Path]) -> _Expected:
     """Apply the files (inside the caller's transaction); return the result and who made what."""
     source_of_table: dict[str, str] = {}
     for path in files:
-        before = {policy.oid for policy in read_policies(connection)}
+        before = {policy.oid for policy in await read_policies(connection)}
         for statement in _statements(path):
-            connection.execute(statement)
-        for policy in read_policies(connection):
+            await connection.execute(statement)
+        for policy in await read_policies(connection):
             if policy.oid not in before:
-                source_of_table[policy.table_name] = _display(path)
-    return _Expected(read_policies(connection), source_of_table)
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.relative_to(SQL_DIR.parent))
-    except ValueError:
-        return str(path)
+                source_of_table[policy.table_name] = display_path(path)
+    return _Expected(await read_policies(connection), source_of_table)
 
 
 def _differences(live: Policy, expected: Policy) -> list[str]:
@@ -185,45 +165,37 @@ def compare_policies(live: Iterable[Policy], expected: _Expected) -> list[Findin
     return findings
 
 
-def policy_drift(connection: Connection, files: Sequence[Path] | None = None) -> list[Finding]:
+async def policy_drift(connection: Connection, files: Sequence[Path] | None = None) -> list[Finding]:
     """Compare the live policies with sql/policies/ (or `files`), changing nothing.
 
     Runs as the login role, which must own the tables (as the migrating role does) to re-create
     their policies. When it cannot, that is itself a finding: drift was not checked.
     """
-    policy_files = sorted(POLICIES_DIR.glob("*.sql")) if files is None else files
     try:
-        with connection.transaction(force_rollback=True):
-            connection.execute(f"set local lock_timeout = '{LOCK_TIMEOUT}'")
-            live = read_policies(connection)
-            expected = _apply_policy_files(connection, policy_files)
+        async with connection.transaction(force_rollback=True):
+            await connection.execute(f"set local lock_timeout = '{LOCK_TIMEOUT}'")
+            live = await read_policies(connection)
+            expected = await _apply_policy_files(connection, policy_files() if files is None else files)
     except psycopg.Error as error:
         reason = (error.diag.message_primary or str(error)).strip()
         return [Finding("drift", f"could not compare the live policies with sql/policies/: {reason}")]
     return compare_policies(live, expected)
 
 
-def _rows(connection: Connection, row_type: type[Row], path: Path) -> list[Row]:
-    with connection.cursor(row_factory=class_row(row_type)) as cursor:
-        return cursor.execute(_sql(path)).fetchall()
-
-
-def audit(connection: Connection, policy_files: Sequence[Path] | None = None) -> Audit:
+async def audit(connection: Connection, files: Sequence[Path] | None = None) -> Audit:
     """Everything `todo-api policies` shows, read in one session as the login role."""
-    identity = connection.execute(
+    cursor = await connection.execute(
         "select current_database(), current_user, current_setting('server_version')"
-    ).fetchone()
+    )
+    identity = await cursor.fetchone()
     assert identity is not None
     database, login_role, server_version = (str(value) for value in identity)
-    with connection.transaction():
-        described = (
-            _rows(connection, Role, AUDIT_DIR / "roles.sql"),
-            _rows(connection, Table, AUDIT_DIR / "tables.sql"),
-            read_policies(connection),
-            _rows(connection, Grant, AUDIT_DIR / "grants.sql"),
-            isolation_findings(connection),
-        )
-    roles, tables, policies, grants, findings = described
+    async with connection.transaction():
+        roles = await _rows(connection, Role, AUDIT_DIR / "roles.sql")
+        tables = await _rows(connection, Table, AUDIT_DIR / "tables.sql")
+        policies = await read_policies(connection)
+        grants = await _rows(connection, Grant, AUDIT_DIR / "grants.sql")
+        findings = await isolation_findings(connection)
     return Audit(
         database=database,
         login_role=login_role,
@@ -232,10 +204,17 @@ def audit(connection: Connection, policy_files: Sequence[Path] | None = None) ->
         tables=tables,
         policies=policies,
         grants=grants,
-        findings=findings + policy_drift(connection, policy_files),
+        findings=findings + await policy_drift(connection, files),
     )
 
 
-def audit_database(database_url: str, policy_files: Sequence[Path] | None = None) -> Audit:
-    with psycopg.connect(libpq_url(database_url), autocommit=True) as connection:
-        return audit(connection, policy_files)
+def audit_database(database_url: str, files: Sequence[Path] | None = None) -> Audit:
+    """Audit the database at `database_url` against sql/policies/ (or `files`)."""
+
+    async def run() -> Audit:
+        async with await psycopg.AsyncConnection.connect(
+            libpq_url(database_url), autocommit=True
+        ) as connection:
+            return await audit(connection, files)
+
+    return asyncio.run(run())

@@ -1,7 +1,7 @@
 """What each `todo-api serve` worker process runs: the app, in a process tuned to live long.
 
-CPython's garbage-collector defaults cost a serving worker about 5% of its CPU (issue 5,
-`python -m bench.gc_cost`: 1,229 collections and 1.4 s in 30,000 gets, lists and updates):
+CPython's garbage-collector defaults cost a serving worker about 5% of its CPU (bench/RESULTS.md,
+"Fourth session"; measured with `python -m bench.gc_cost`):
 
 - A young-generation collection runs whenever 700 more container objects exist than before. With
   32 requests in flight, each holding a few dozen, the count crosses 700 on every wave of requests,
@@ -9,9 +9,9 @@ CPython's garbage-collector defaults cost a serving worker about 5% of its CPU (
 - A full collection walks every object the imports created, about 130,000, for tens of ms.
 
 So, once the app is built, `gc.freeze()` moves everything that exists out of the collector's sight
-(it lives as long as the process anyway), and the young threshold rises to 7,000: in the same run,
-2 collections. Cycles still get collected, a little later. Tests build apps with `create_app` and
-keep CPython's defaults.
+(it lives as long as the process anyway), and the young threshold rises to 7,000, which leaves
+almost no collections in the same measurement. Cycles still get collected, a little later. Tests
+build apps with `create_app` and keep CPython's defaults.
 """
 
 import gc

@@ -7,7 +7,7 @@ reading it would cost memory before validation could refuse it.
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import ProblemError, problem_response
+from api.http.problems import ProblemError, problem_response
 
 
 def _too_large(limit: int) -> str:

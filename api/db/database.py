@@ -31,14 +31,14 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
 
-from api.database_url import libpq_url
-from api.queries import Query
+from api.db.errors import DatabaseUnavailable
+from api.db.urls import libpq_url
 from api.settings import Settings
 
 APP_ROLE = "todo_app"
 
 # The identity and limits of one request, as the first statement of its transaction. Parameter
-# names start with app_, which no statement in api.queries uses.
+# names start with app_, which no statement in api.tasks.queries uses.
 ACT_AS_USER = text(
     "SELECT set_config('role', 'todo_app', true),"
     " set_config('app.user_id', :app_user_id, true),"
@@ -48,6 +48,15 @@ ACT_AS_USER = text(
 
 _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 _Connection = psycopg.AsyncConnection[DictRow]
+Rows = list[DictRow]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A statement of a fixed shape and the values for its bind parameters."""
+
+    statement: ClauseElement
+    params: Mapping[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +89,7 @@ def one_message(statement: ClauseElement, *, read_only: bool) -> str:
     return ";\n".join(parts)
 
 
-Rows = list[DictRow]
-
-
-async def _rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
+async def _result_rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
     """The rows of the cursor's current result; none when the statement returns no rows.
 
     Asks the result's status rather than `cursor.description`, which builds a Column object for
@@ -153,54 +159,66 @@ class Database:
         await self.pool.close()
 
     async def run(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
-        """Run one statement as `user_id` in a transaction of its own; return its rows."""
-        identity = {"app_user_id": user_id, "app_statement_timeout": self._statement_timeout}
+        """Run one statement as `user_id` in a transaction of its own; return its rows.
+
+        What it raises when the database cannot do the work now is listed in `api.db.errors.UNAVAILABLE`.
+        """
+        as_user = {"app_user_id": user_id, "app_statement_timeout": self._statement_timeout}
         # getconn/putconn rather than pool.connection(): its `async with connection` would commit or
-        # roll back, which the transaction below does itself (autocommit): 27 Python calls a request.
+        # roll back, which the transaction below does itself (bench/RESULTS.md, "Third session").
         connection = await self.pool.getconn()
         try:
             async with asyncio.timeout(self._answer_timeout):
                 if self._prepare:
-                    return await self._pipelined(connection, query, identity, read_only=read_only)
-                return await self._one_message(connection, query, identity, read_only=read_only)
+                    return await self._pipelined(connection, query, as_user, read_only=read_only)
+                return await self._one_message(connection, query, as_user, read_only=read_only)
         except TimeoutError:
             # Whatever the connection was waiting for may still arrive; it cannot be reused.
             await connection.close()
-            raise psycopg.OperationalError("the database did not answer in time") from None
+            raise DatabaseUnavailable("the database did not answer in time") from None
         except BaseException:
-            if (
-                not connection.closed
-                and connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-            ):
-                await connection.execute("ROLLBACK")
+            await _roll_back(connection)
             raise
         finally:
             await self.pool.putconn(connection)
 
     @staticmethod
     async def _one_message(
-        connection: _Connection, query: Query, identity: Mapping[str, object], *, read_only: bool
+        connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
         cursor = connection.cursor()
-        params = {**identity, **compiled(query.statement).params(query.params)}
+        params = {**as_user, **compiled(query.statement).params(query.params)}
         await cursor.execute(one_message(query.statement, read_only=read_only), params)
         cursor.nextset()  # past BEGIN's result
         cursor.nextset()  # past the settings' row
-        return await _rows(cursor)
+        return await _result_rows(cursor)
 
     @staticmethod
     async def _pipelined(
-        connection: _Connection, query: Query, identity: Mapping[str, object], *, read_only: bool
+        connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
         act_as_user, statement = compiled(ACT_AS_USER), compiled(query.statement)
         async with connection.pipeline():
             await connection.execute(begin(read_only=read_only))
-            await connection.execute(act_as_user.sql, identity)
+            await connection.execute(act_as_user.sql, as_user)
             cursor = await connection.execute(statement.sql, statement.params(query.params))
             await connection.execute("COMMIT")
-        return await _rows(cursor)
+        return await _result_rows(cursor)
 
     async def ping(self) -> None:
         """Reach the server and back, touching no table: for readiness checks."""
         async with self.pool.connection() as connection:
             await connection.execute("select 1")
+
+
+async def _roll_back(connection: _Connection) -> None:
+    """End whatever transaction a failed request left open, so the pool gets the connection clean.
+
+    A connection that cannot even roll back is closed: the pool then replaces it.
+    """
+    if connection.closed or connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        await connection.execute("ROLLBACK")
+    except psycopg.Error:
+        await connection.close()

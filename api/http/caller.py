@@ -1,32 +1,33 @@
-"""What handlers ask for: the authenticated caller, bound to the database, and (for health checks)
-the database.
+"""The authenticated route, and the caller it hands to handlers: a principal bound to the database.
 
 The caller is established before FastAPI reads the request body (`AuthenticatedRoute`): a caller
 we cannot identify, or who names another user's path, gets a 401 or 403 and learns nothing about
 how their body would have been judged. Handlers take the request and read its caller with
 `caller_of(request)`.
 
-The caller is deliberately not a FastAPI dependency. FastAPI solves every dependency on every
-request, and the one that handed over the caller (and documented the Bearer scheme) cost a `get`
-150 of its 1,087 Python calls, a fifth of what the API spends on it besides the database (issue 5). The
-route class documents the scheme and `{user_id}` itself, through FastAPI's `openapi_extra`.
+The caller is deliberately not a FastAPI dependency: FastAPI solves every dependency on every
+request, which cost about a seventh of a get's Python calls (bench/RESULTS.md, "Third session";
+measured with `python -m bench.request_cpu`). The route class documents the Bearer scheme and
+`{user_id}` itself, through FastAPI's `openapi_extra`. `tests/api/test_fast_path.py` fails when a
+FastAPI release stops calling request-only endpoints directly.
 """
 
 import inspect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.openapi.models import HTTPBearer
 from fastapi.routing import APIRoute
 from fastapi.security.utils import get_authorization_scheme_param
 
-from api.auth import Authenticator, Principal, unauthorized
-from api.db import Database, Rows
-from api.openapi import OpenApiDocument, amend_openapi
-from api.problems import ProblemError
-from api.queries import Query
+from api.auth.errors import InvalidToken
+from api.auth.principal import Principal
+from api.auth.verification import Authenticator
+from api.db.database import Database, Query, Rows
+from api.http.openapi import OpenApiDocument, amend_openapi
+from api.http.problems import ProblemError
 
 _BEARER_SCHEME_NAME = "HTTPBearer"
 _BEARER_SCHEME = HTTPBearer(
@@ -62,7 +63,7 @@ class Caller:
 async def _authorized_caller(request: Request) -> Principal:
     scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
     if scheme.lower() != "bearer" or not token:
-        raise unauthorized(
+        raise InvalidToken(
             "Send a token in the Authorization header: `Authorization: Bearer <jwt>`.", token_was_sent=False
         )
     authenticator: Authenticator = request.app.state.authenticator
@@ -105,8 +106,8 @@ class AuthenticatedRoute(APIRoute):
 
 def _takes_only_the_request(route: APIRoute) -> bool:
     """Whether the endpoint is `async def endpoint(request) -> Response`, which leaves FastAPI's
-    request handler nothing to read, solve, validate or serialise: calling it directly saves a get
-    115 of its 578 Python calls (issue 5, `bench.request_cpu`). Anything else goes through FastAPI."""
+    request handler nothing to read, solve, validate or serialise: calling it directly saves a fifth
+    of a get's Python calls (bench/RESULTS.md, "Fourth session"). Anything else goes through FastAPI."""
     dependant, signature = route.dependant, inspect.signature(route.endpoint)
     return (
         inspect.iscoroutinefunction(route.endpoint)
@@ -132,11 +133,3 @@ def document_bearer_scheme(app: FastAPI) -> None:
         document.setdefault("components", {}).setdefault("securitySchemes", {})[_BEARER_SCHEME_NAME] = scheme
 
     amend_openapi(app, amend)
-
-
-async def get_database(request: Request) -> Database:
-    database: Database = request.app.state.database
-    return database
-
-
-DatabaseDep = Annotated[Database, Depends(get_database)]

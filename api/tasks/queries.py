@@ -1,4 +1,4 @@
-"""Every statement the API sends, as ready-to-use SQLModel/SQLAlchemy statements.
+"""Every statement the API sends about tasks, as ready-to-use SQLModel/SQLAlchemy statements.
 
 Each one runs inside `Database.run`, where row-level security decides which rows exist. The
 `user_id` filters below are for the planner (they let it pick the tasks_by_owner_* indexes);
@@ -9,14 +9,12 @@ values (`Query`): the database layer compiles each shape once, not once per requ
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
-    DateTime,
     Insert,
     String,
     bindparam,
@@ -32,17 +30,20 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import col
 
-from api.auth import Principal
-from api.models import Task, TaskCreate, User
-from api.pagination import Cursor, SortKey, SortOrder
+from api.db.database import Query
+from api.tasks.listing import SORT_KEYS, SortKey, SortOrder, TaskListParams
+from api.tasks.models import Task, TaskCreate, User
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A statement of a fixed shape and the values for its bind parameters."""
+class Owner(Protocol):
+    """Who a write is for, as their user row should read: a verified principal, say."""
 
-    statement: ClauseElement
-    params: Mapping[str, object]
+    @property
+    def id(self) -> str: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def name(self) -> str | None: ...
 
 
 _TASK_COLUMNS = (
@@ -55,30 +56,9 @@ _TASK_COLUMNS = (
     col(Task.updated_at),
 )
 
-_SORT_COLUMNS: dict[SortKey, Any] = {
-    "created": col(Task.created_at),
-    "updated": col(Task.updated_at),
-    "title": col(Task.title),
-}
-_SORT_VALUE_TYPES: dict[SortKey, Any] = {
-    "created": DateTime(timezone=True),
-    "updated": DateTime(timezone=True),
-    "title": String(),
-}
-
 _USER_ID = bindparam("user_id", type_=String())
 _TASK_ID = bindparam("task_id", type_=BigInteger())
 _OWN_TASK = (col(Task.user_id) == _USER_ID, col(Task.id) == _TASK_ID)
-
-
-@dataclass(frozen=True, slots=True)
-class TaskFilter:
-    completed: bool | None
-    search: str | None
-    sort: SortKey
-    order: SortOrder
-    after: Cursor | None
-    limit: int
 
 
 def _like_pattern(text: str) -> str:
@@ -90,7 +70,7 @@ def _like_pattern(text: str) -> str:
 def _list_statement(
     *, by_completed: bool, searching: bool, sort: SortKey, order: SortOrder, paging: bool
 ) -> ClauseElement:
-    sort_column = _SORT_COLUMNS[sort]
+    sort_column = SORT_KEYS[sort].column
     ascending = order == "asc"
     statement = select(*_TASK_COLUMNS).where(col(Task.user_id) == _USER_ID)
     if by_completed:
@@ -104,7 +84,7 @@ def _list_statement(
         )
     if paging:
         position = tuple_(sort_column, col(Task.id))
-        last_seen = tuple_(bindparam("after_value", type_=_SORT_VALUE_TYPES[sort]), bindparam("after_id"))
+        last_seen = tuple_(bindparam("after_value", type_=sort_column.type), bindparam("after_id"))
         statement = statement.where(position > last_seen if ascending else position < last_seen)
     order_by = (
         (sort_column.asc(), col(Task.id).asc()) if ascending else (sort_column.desc(), col(Task.id).desc())
@@ -112,23 +92,24 @@ def _list_statement(
     return statement.order_by(*order_by).limit(bindparam("limit", type_=BigInteger()))
 
 
-def list_tasks(user_id: str, task_filter: TaskFilter) -> Query:
+def list_tasks(user_id: str, wanted: TaskListParams) -> Query:
     """One page, plus one row more so the caller knows whether another page follows."""
+    completed, after = wanted.completed, wanted.cursor
     statement = _list_statement(
-        by_completed=task_filter.completed is not None,
-        searching=bool(task_filter.search),
-        sort=task_filter.sort,
-        order=task_filter.order,
-        paging=task_filter.after is not None,
+        by_completed=completed is not None,
+        searching=bool(wanted.q),
+        sort=wanted.sort,
+        order=wanted.sort_order,
+        paging=after is not None,
     )
-    params: dict[str, object] = {"user_id": user_id, "limit": task_filter.limit + 1}
-    if task_filter.completed is not None:
-        params["completed"] = task_filter.completed
-    if task_filter.search:
-        params["pattern"] = _like_pattern(task_filter.search)
-    if task_filter.after is not None:
-        params["after_value"] = task_filter.after.value
-        params["after_id"] = task_filter.after.task_id
+    params: dict[str, object] = {"user_id": user_id, "limit": wanted.limit + 1}
+    if completed is not None:
+        params["completed"] = completed
+    if wanted.q:
+        params["pattern"] = _like_pattern(wanted.q)
+    if after is not None:
+        params["after_value"] = after.value
+        params["after_id"] = after.task_id
     return Query(statement, params)
 
 
@@ -170,8 +151,9 @@ def _upsert_user() -> Insert:
 _USER_ROW = _upsert_user().cte("user_row")
 
 
-def _caller(principal: Principal) -> dict[str, object]:
-    return {"user_id": principal.id, "email": principal.email, "name": principal.name}
+def _owner_row(owner: Owner) -> dict[str, object]:
+    """The values of the user-row upsert every write carries."""
+    return {"user_id": owner.id, "email": owner.email, "name": owner.name}
 
 
 _CREATE_TASK = (
@@ -187,8 +169,8 @@ _CREATE_TASK = (
 )
 
 
-def create_task(principal: Principal, data: TaskCreate) -> Query:
-    return Query(_CREATE_TASK, {**_caller(principal), **data.model_dump()})
+def create_task(owner: Owner, data: TaskCreate) -> Query:
+    return Query(_CREATE_TASK, {**_owner_row(owner), **data.model_dump()})
 
 
 @cache
@@ -203,9 +185,9 @@ def _update_statement(fields: frozenset[str]) -> ClauseElement:
     )
 
 
-def update_task(principal: Principal, task_id: int, changes: Mapping[str, object]) -> Query:
+def update_task(owner: Owner, task_id: int, changes: Mapping[str, object]) -> Query:
     """Only the fields sent change; the others keep their value."""
-    return Query(_update_statement(frozenset(changes)), {**_caller(principal), "task_id": task_id, **changes})
+    return Query(_update_statement(frozenset(changes)), {**_owner_row(owner), "task_id": task_id, **changes})
 
 
 _TOGGLE = (
@@ -217,15 +199,15 @@ _TOGGLE = (
 )
 
 
-def set_completed(principal: Principal, task_id: int, completed: bool | None) -> Query:
+def set_completed(owner: Owner, task_id: int, completed: bool | None) -> Query:
     """`completed=None` toggles; a value sets it, so a retried request lands in the same state."""
     if completed is None:
-        return Query(_TOGGLE, {**_caller(principal), "task_id": task_id})
-    return update_task(principal, task_id, {"completed": completed})
+        return Query(_TOGGLE, {**_owner_row(owner), "task_id": task_id})
+    return update_task(owner, task_id, {"completed": completed})
 
 
 _DELETE_TASK = delete(Task).where(*_OWN_TASK).add_cte(_USER_ROW).returning(col(Task.id))
 
 
-def delete_task(principal: Principal, task_id: int) -> Query:
-    return Query(_DELETE_TASK, {**_caller(principal), "task_id": task_id})
+def delete_task(owner: Owner, task_id: int) -> Query:
+    return Query(_DELETE_TASK, {**_owner_row(owner), "task_id": task_id})

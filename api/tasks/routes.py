@@ -1,39 +1,19 @@
 """The six task endpoints. Handlers are thin: parse, run one statement with `Database.run`, shape."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Request, Response, status
-from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
-from api import queries
-from api.db import Rows
-from api.dependencies import AuthenticatedRoute, caller_of
-from api.log import log_change
-from api.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate, no_nul
-from api.pagination import MAX_TASK_ID, Cursor, SortKey, SortOrder
-from api.problems import error_response, invalid_input, not_found
-from api.request_params import parameter_docs, parse_parameters
-
-# A Literal, not an Enum: a parameter's schema must stand alone (`parameter_docs`).
-TaskStatus = Literal["all", "pending", "completed"]
-
-
-class TaskListParams(BaseModel):
-    """The list's query parameters, validated by the handler in one call (`api.request_params`)."""
-
-    status: TaskStatus = Field("all", description="Which tasks to list.")
-    sort: SortKey = Field("created", description="Sort by creation, last update or title.")
-    order: SortOrder | None = Field(None, description="Default: desc for created and updated, asc for title.")
-    q: Annotated[str | None, AfterValidator(no_nul)] = Field(
-        None, max_length=200, description="Case-insensitive text to find in title or description."
-    )
-    limit: int = Field(100, ge=1, le=500, description="Page size.")
-    cursor: str | None = Field(None, max_length=512, description="From a previous page's Link header.")
-
-
-_COMPLETED_FOR_STATUS: dict[TaskStatus, bool | None] = {"all": None, "pending": False, "completed": True}
-_DEFAULT_ORDER: dict[SortKey, SortOrder] = {"created": "desc", "updated": "desc", "title": "asc"}
+from api.db.database import Rows
+from api.http.caller import AuthenticatedRoute, caller_of
+from api.http.parameters import parameter_docs, parse_parameters
+from api.http.problems import error_response, invalid_input, not_found
+from api.tasks import queries
+from api.tasks.listing import MAX_TASK_ID, Cursor, TaskListParams
+from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
+from api.telemetry.logs import log_change
 
 
 class TaskPath(BaseModel):
@@ -103,25 +83,15 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
     openapi_extra=parameter_docs(TaskListParams, "query"),
 )
 async def list_tasks(request: Request) -> Response:
-    params = parse_parameters(request, TaskListParams, "query")
-    sort, limit = params.sort, params.limit
-    order = params.order or _DEFAULT_ORDER[sort]
-    task_filter = queries.TaskFilter(
-        completed=_COMPLETED_FOR_STATUS[params.status],
-        search=params.q,
-        sort=sort,
-        order=order,
-        after=Cursor.decode(params.cursor, sort=sort, order=order) if params.cursor else None,
-        limit=limit,
-    )
+    wanted = parse_parameters(request, TaskListParams, "query")
+    limit = wanted.limit
     caller = caller_of(request)
     user = caller.user
-    rows = await caller.run(queries.list_tasks(user.id, task_filter), read_only=True)
+    rows = await caller.run(queries.list_tasks(user.id, wanted), read_only=True)
     headers = {}
     if len(rows) > limit:
-        last = rows[limit - 1]
-        sort_value = {"created": last["created_at"], "updated": last["updated_at"], "title": last["title"]}
-        headers["Link"] = _next_page_link(request, user.id, Cursor(sort, order, sort_value[sort], last["id"]))
+        last_shown = Cursor.after_row(wanted.sort, wanted.sort_order, rows[limit - 1])
+        headers["Link"] = _next_page_link(request, user.id, last_shown)
     return _json(_TASK_LIST.dump_json(_TASK_LIST.validate_python(rows[:limit])), headers=headers)
 
 

@@ -1,11 +1,11 @@
 """Path and query parameters validated as one pydantic model by the handler rather than by FastAPI.
 
 FastAPI validates each declared parameter on every request, re-deriving its annotation's shape as it
-goes: the list's six query parameters cost 433 Python calls per request, a get's one path parameter
-72 (issue 5, `bench.request_cpu`; a get made about 650 calls in all). Instead a route
-documents a model's fields with `openapi_extra=parameter_docs(Model, "query")`, and its handler
-validates them in one pydantic call with `parse_parameters(request, Model, "query")`. A bad value is
-reported as FastAPI reports it (field `query.limit`, `path.task_id`), so the one error format holds.
+goes: for the list that was over a third of its Python calls (bench/RESULTS.md, "Fourth session";
+`python -m bench.request_cpu`). Instead a route documents a model's fields with
+`openapi_extra=parameter_docs(Model, "query")`, and its handler validates them in one pydantic call
+with `parse_parameters(request, Model, "query")`. A bad value is reported as FastAPI reports it
+(field `query.limit`, `path.task_id`), so the one error format holds.
 
 Bodies stay with FastAPI: reading them takes content-type checks and JSON decoding that it already
 does well, and the writes that carry them have room to spare against their targets. FastAPI reads

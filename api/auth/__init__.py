@@ -1,0 +1,1 @@
+"""Who is calling: a bearer token verified into a Principal."""

@@ -1,0 +1,14 @@
+"""What the database layer tells the layers above when it cannot do its job right now."""
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+
+class DatabaseUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
+    """The database did not answer in time; whatever was sent may or may not have run."""
+
+
+# Every failure of `Database` that means "not now" rather than "this statement is wrong": no free
+# connection in time, no connection at all, a cancelled statement. The HTTP layer answers each with
+# a 503 and never needs to know which driver raised it.
+UNAVAILABLE: tuple[type[Exception], ...] = (DatabaseUnavailable, PoolTimeout, psycopg.OperationalError)

@@ -1,0 +1,50 @@
+"""The SQL that ships inside the package: migrations, policies, the isolation check, audit queries
+and policy tests.
+
+The repository keeps them in its top-level `sql/`, which `api/sql` links to; the wheel carries them
+as `api/sql`. Either way they are found as the package's own resource, so an installed API works
+from any directory.
+"""
+
+from importlib.resources import files
+from pathlib import Path
+
+
+class SqlFilesMissing(RuntimeError):  # noqa: N818 (a state of the installation)
+    """The package was installed without its SQL: nothing can be migrated or checked."""
+
+
+def _sql_dir() -> Path:
+    root = files("api").joinpath("sql")
+    # Installed from a wheel or a checkout, the package is a folder on disk; yoyo and the audit
+    # need real paths.
+    if not isinstance(root, Path) or not (root / "migrations").is_dir():
+        raise SqlFilesMissing(
+            f"the SQL files are missing from the installed package (looked in {root}); "
+            "reinstall todo-api from its wheel or from a checkout"
+        )
+    return root
+
+
+SQL_DIR = _sql_dir()
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+POLICIES_DIR = SQL_DIR / "policies"
+AUDIT_DIR = SQL_DIR / "audit"
+ISOLATION_CHECK = SQL_DIR / "checks" / "isolation.sql"
+
+
+def read_sql(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def policy_files() -> list[Path]:
+    """One file per table, applied in name order."""
+    return sorted(POLICIES_DIR.glob("*.sql"))
+
+
+def display_path(path: Path) -> str:
+    """A shipped file as a DBA finds it in the repository: `sql/policies/tasks.sql`."""
+    try:
+        return str(Path("sql") / path.relative_to(SQL_DIR))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,1 @@
+"""The HTTP face: problem responses, the authenticated route, parameters, limits, OpenAPI, health."""

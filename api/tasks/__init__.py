@@ -1,0 +1,1 @@
+"""The task resource: its models, list parameters, statements and routes."""

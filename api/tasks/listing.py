@@ -1,0 +1,156 @@
+"""How the task list is asked for: its query parameters, its sort keys, and the keyset cursor.
+
+`SORT_KEYS` is the one table of sort keys: the column each sorts by (whose name is also the key of
+the value in a row), its default order, and how a cursor's value for it parses. The list route, the
+statements (`api.tasks.queries`) and the cursors all read it.
+"""
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self, get_args
+
+from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
+from pydantic.json_schema import WithJsonSchema
+from pydantic_core import PydanticCustomError
+from sqlalchemy import Column, Table
+
+from api.tasks.models import Task, no_nul
+
+# tasks.id is a bigint.
+MAX_TASK_ID = 2**63 - 1
+
+# Literals, not Enums: a parameter's schema must stand alone (`api.http.parameters`).
+SortKey = Literal["created", "updated", "title"]
+SortOrder = Literal["asc", "desc"]
+TaskStatus = Literal["all", "pending", "completed"]
+
+
+def _aware_datetime(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("a timestamp without a time zone")
+    return parsed
+
+
+def _text(value: str) -> str:
+    value.encode()  # lone surrogates are not text Postgres can compare against
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SortKeySpec:
+    column: Column[Any]
+    default_order: SortOrder
+    parse_cursor_value: Callable[[str], datetime | str]
+
+    @property
+    def row_key(self) -> str:
+        """Where a row returned by the list statement holds this key's value."""
+        return self.column.name
+
+
+_TASKS: Table = Task.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table models
+
+SORT_KEYS: Mapping[SortKey, SortKeySpec] = {
+    "created": SortKeySpec(_TASKS.c.created_at, "desc", _aware_datetime),
+    "updated": SortKeySpec(_TASKS.c.updated_at, "desc", _aware_datetime),
+    "title": SortKeySpec(_TASKS.c.title, "asc", _text),
+}
+
+COMPLETED_FOR_STATUS: Mapping[TaskStatus, bool | None] = {"all": None, "pending": False, "completed": True}
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where the previous page ended: the sort value and id of its last task."""
+
+    sort: SortKey
+    order: SortOrder
+    value: datetime | str
+    task_id: int
+
+    @classmethod
+    def after_row(cls, sort: SortKey, order: SortOrder, row: Mapping[str, Any]) -> Self:
+        return cls(sort, order, row[SORT_KEYS[sort].row_key], row["id"])
+
+    def encode(self) -> str:
+        value = self.value.isoformat() if isinstance(self.value, datetime) else self.value
+        raw = json.dumps([self.sort, self.order, value, self.task_id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str, *, sort: SortKey, order: SortOrder) -> Self:
+        """The cursor a previous page's Link carried; ValueError, saying why, for anything else."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            cursor_sort, cursor_order, value, task_id = json.loads(raw)
+            if cursor_sort not in SORT_KEYS or cursor_order not in get_args(SortOrder):
+                raise ValueError
+            if type(task_id) is not int or not 0 < task_id <= MAX_TASK_ID:
+                raise ValueError
+            if not isinstance(value, str) or "\x00" in value:
+                raise ValueError
+            parsed = SORT_KEYS[cursor_sort].parse_cursor_value(value)
+        except (ValueError, TypeError, binascii.Error, UnicodeError):
+            raise ValueError("is not a cursor this API issued") from None
+        if (cursor_sort, cursor_order) != (sort, order):
+            raise ValueError("was issued for another sort or order; keep them the same while paging")
+        return cls(sort, order, parsed, task_id)
+
+
+_CURSOR_MAX_LENGTH = 512
+_CURSOR_SCHEMA = {
+    "anyOf": [{"type": "string", "maxLength": _CURSOR_MAX_LENGTH}, {"type": "null"}],
+    "title": "Cursor",
+}
+
+
+class TaskListParams(BaseModel):
+    """The list's query parameters, validated by the handler in one call (`api.http.parameters`)."""
+
+    status: TaskStatus = Field("all", description="Which tasks to list.")
+    sort: SortKey = Field("created", description="Sort by creation, last update or title.")
+    order: SortOrder | None = Field(None, description="Default: desc for created and updated, asc for title.")
+    q: Annotated[str | None, AfterValidator(no_nul)] = Field(
+        None, max_length=200, description="Case-insensitive text to find in title or description."
+    )
+    limit: int = Field(100, ge=1, le=500, description="Page size.")
+    # Decoded on the way in, so a bad cursor is reported like any bad parameter (`query.cursor`).
+    cursor: Annotated[Cursor | None, WithJsonSchema(_CURSOR_SCHEMA)] = Field(
+        None, description="From a previous page's Link header."
+    )
+
+    @field_validator("cursor", mode="before")
+    @classmethod
+    def decode_cursor(cls, value: object, info: ValidationInfo) -> object:
+        if value is None or "sort" not in info.data:
+            return None  # a bad sort is reported on its own
+        if not isinstance(value, str):
+            raise PydanticCustomError("string_type", "Input should be a valid string")
+        if len(value) > _CURSOR_MAX_LENGTH:
+            raise PydanticCustomError(
+                "string_too_long",
+                "String should have at most {max_length} characters",
+                {"max_length": _CURSOR_MAX_LENGTH},
+            )
+        sort: SortKey = info.data["sort"]
+        try:
+            return Cursor.decode(
+                value, sort=sort, order=info.data.get("order") or SORT_KEYS[sort].default_order
+            )
+        except ValueError as error:
+            raise PydanticCustomError("cursor", "The cursor {reason}.", {"reason": str(error)}) from None
+
+    @property
+    def sort_order(self) -> SortOrder:
+        """The order asked for, or the sort key's default."""
+        return self.order or SORT_KEYS[self.sort].default_order
+
+    @property
+    def completed(self) -> bool | None:
+        """Which tasks `status` asks for: completed ones, pending ones, or either (None)."""
+        return COMPLETED_FOR_STATUS[self.status]

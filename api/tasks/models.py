@@ -1,0 +1,131 @@
+"""The task resource as one family of models on a shared base, and the tables behind it.
+
+`TaskBase` holds the fields a client writes, each with its limits, written once. `TaskCreate` and
+`TaskUpdate` are what a client sends, `TaskPublic` what it gets back, and `Task` the table's columns
+for the statements in `api.tasks.queries`. The database enforces the same limits as CHECK
+constraints (sql/migrations/0002_tasks_schema.sql); `tests/db/test_schema_agreement.py` migrates a
+real database and fails when the two disagree.
+
+Input models are strict: unknown fields, wrong types, blank titles and NUL characters (which
+Postgres cannot store in text) are refused with a 422 before anything reaches the database.
+
+The API-facing forms are plain pydantic models and only the tables are SQLModel: a SQLModel
+instance costs several times a pydantic one to build (it sets up SQLAlchemy's instance state), which
+a page of rows would pay on every list.
+"""
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+)
+from pydantic.json_schema import WithJsonSchema
+from sqlalchemy import BigInteger, Column, DateTime, Identity, text
+from sqlmodel import Field, SQLModel
+
+from api.auth.principal import EMAIL_MAX_LENGTH, NAME_MAX_LENGTH, USER_ID_MAX_LENGTH
+
+TITLE_MAX_LENGTH = 200
+DESCRIPTION_MAX_LENGTH = 1000
+
+
+def no_nul(value: str | None) -> str | None:
+    """Postgres cannot store NUL in text: refuse it as invalid input rather than fail later."""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain the NUL character")
+    return value
+
+
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX_LENGTH),
+    AfterValidator(no_nul),
+]
+Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), AfterValidator(no_nul)]
+
+
+class TaskBase(BaseModel):
+    """What a client writes: every form of a task shares these fields and their limits."""
+
+    title: Title
+    description: Description | None = None
+    completed: StrictBool = False
+
+
+class TaskCreate(TaskBase):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskUpdate(TaskBase):
+    """Every field optional: a field left out keeps its value; `description: null` clears it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The schema must not promise that null is accepted where `not_null` refuses it.
+    title: Annotated[
+        Title | None, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": TITLE_MAX_LENGTH})
+    ] = None  # type: ignore[assignment]
+    completed: Annotated[StrictBool | None, WithJsonSchema({"type": "boolean"})] = None  # type: ignore[assignment]
+
+    @field_validator("title", "completed", mode="before")
+    @classmethod
+    def not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may be left out to keep its value, but may not be null")
+        return value
+
+    def changes(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class CompletionUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    completed: StrictBool
+
+
+class _TaskKeys(BaseModel):
+    """The fields the database sets; first in every response."""
+
+    id: int
+    user_id: str
+
+
+class TaskPublic(TaskBase, _TaskKeys):
+    # Every field is always in a response, defaults or not.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    # Postgres answers in UTC: every transaction pins TimeZone (api/db/database.py).
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: str = Field(primary_key=True, max_length=USER_ID_MAX_LENGTH)
+    email: str | None = Field(default=None, max_length=EMAIL_MAX_LENGTH)
+    name: str | None = Field(default=None, max_length=NAME_MAX_LENGTH)
+    created_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
+    )
+
+
+class Task(SQLModel, TaskBase, table=True):
+    __tablename__ = "tasks"
+
+    id: int = Field(sa_column=Column(BigInteger, Identity(always=True), primary_key=True))
+    user_id: str = Field(foreign_key="users.id", max_length=USER_ID_MAX_LENGTH)
+    created_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
+    )
+    updated_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
+    )
