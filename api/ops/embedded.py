@@ -65,7 +65,7 @@ def development_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def postgres_server(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> PostgresServer:
+def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> PostgresServer:
     """A Postgres from the wheel on `pgdata`, started (and initialised, if new) as the wheel does it."""
     _forget_dead_handles(pgdata)
     return get_server(pgdata, cleanup_mode=cleanup_mode)
@@ -75,7 +75,7 @@ def start(data_dir: Path) -> EmbeddedDatabase:
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     pgdata.mkdir(exist_ok=True)
-    server = postgres_server(pgdata, cleanup_mode="stop")
+    server = start_postgres(pgdata, cleanup_mode="stop")
     superuser_url = libpq_url(server.get_uri(database="postgres"))
     ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
     socket_dir = server.get_postmaster_info().socket_dir

@@ -110,7 +110,7 @@ class TaskPublic(TaskBase, _TaskKeys):
 class User(SQLModel, table=True):
     __tablename__ = "users"
 
-    id: str = Field(primary_key=True, max_length=USER_ID_MAX_LENGTH)
+    id: str = Field(primary_key=True, min_length=1, max_length=USER_ID_MAX_LENGTH)
     email: str | None = Field(default=None, max_length=EMAIL_MAX_LENGTH)
     name: str | None = Field(default=None, max_length=NAME_MAX_LENGTH)
     created_at: datetime = Field(
@@ -122,7 +122,7 @@ class Task(SQLModel, TaskBase, table=True):
     __tablename__ = "tasks"
 
     id: int = Field(sa_column=Column(BigInteger, Identity(always=True), primary_key=True))
-    user_id: str = Field(foreign_key="users.id", max_length=USER_ID_MAX_LENGTH)
+    user_id: str = Field(foreign_key="users.id")
     created_at: datetime = Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
     )

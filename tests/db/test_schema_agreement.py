@@ -1,0 +1,100 @@
+"""The models and the migrated schema describe the same tables, so neither can drift alone.
+
+Field limits live once in Python (api/tasks/models.py, api/auth/principal.py) and once as CHECK
+constraints in the migrations; the column names, types and nullability live in both too. A change
+on one side only fails here.
+"""
+
+import re
+from typing import Any, get_args
+
+import psycopg
+import pytest
+from pydantic.fields import FieldInfo
+from sqlalchemy import BigInteger, Boolean, DateTime, String
+from sqlalchemy.types import TypeDecorator, TypeEngine
+from sqlmodel import SQLModel
+
+from api.tasks.models import Task, User
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+TABLE_MODELS: list[type[SQLModel]] = [User, Task]
+Limits = dict[str, tuple[int | None, int | None]]
+
+
+def _postgres_type(sa_type: TypeEngine[Any]) -> str:
+    if isinstance(sa_type, TypeDecorator):  # SQLModel's AutoString, say
+        sa_type = sa_type.impl_instance
+    match sa_type:
+        case BigInteger():
+            return "bigint"
+        case Boolean():
+            return "boolean"
+        case DateTime(timezone=True):
+            return "timestamp with time zone"
+        case String():
+            return "text"
+    raise AssertionError(f"no Postgres type known for {sa_type!r}")
+
+
+def _model_columns(model: type[SQLModel]) -> dict[str, tuple[str, bool]]:
+    table = model.__table__  # type: ignore[attr-defined]
+    return {column.name: (_postgres_type(column.type), column.nullable) for column in table.columns}
+
+
+def _constraints(field: FieldInfo) -> list[Any]:
+    """Every constraint on a field, including those of an Annotated type inside `X | None`."""
+    found: list[Any] = list(field.metadata)
+    for member in get_args(field.annotation):
+        found += getattr(member, "__metadata__", ())
+    return found
+
+
+def _model_limits(model: type[SQLModel]) -> Limits:
+    limits: Limits = {}
+    for name, field in model.model_fields.items():
+        metadata = _constraints(field)
+        low = next((m.min_length for m in metadata if getattr(m, "min_length", None) is not None), None)
+        high = next((m.max_length for m in metadata if getattr(m, "max_length", None) is not None), None)
+        if low is not None or high is not None:
+            limits[name] = (low, high)
+    return limits
+
+
+def _live_columns(db: Conn, table: str) -> dict[str, tuple[str, bool]]:
+    rows = db.execute(
+        "select column_name, data_type, is_nullable = 'YES' from information_schema.columns"
+        " where table_schema = 'public' and table_name = %s",
+        [table],
+    ).fetchall()
+    return {name: (data_type, nullable) for name, data_type, nullable in rows}
+
+
+def _live_limits(db: Conn, table: str) -> Limits:
+    checks = db.execute(
+        "select pg_get_constraintdef(oid) from pg_constraint where contype = 'c' and conrelid = %s::regclass",
+        [f"public.{table}"],
+    ).fetchall()
+    limits: Limits = {}
+    for (definition,) in checks:
+        for column in set(re.findall(r"char_length\((\w+)\)", definition)):
+            low = re.search(rf"char_length\({column}\) >= (\d+)", definition)
+            high = re.search(rf"char_length\({column}\) <= (\d+)", definition)
+            limits[column] = (int(low.group(1)) if low else None, int(high.group(1)) if high else None)
+    return limits
+
+
+@pytest.mark.parametrize("model", TABLE_MODELS, ids=lambda model: model.__tablename__)
+def test_columns_types_and_nullability_agree(migrated_db: Conn, model: type[SQLModel]) -> None:
+    assert _model_columns(model) == _live_columns(migrated_db, str(model.__tablename__))
+
+
+@pytest.mark.parametrize("model", TABLE_MODELS, ids=lambda model: model.__tablename__)
+def test_length_limits_agree(migrated_db: Conn, model: type[SQLModel]) -> None:
+    assert _model_limits(model) == _live_limits(migrated_db, str(model.__tablename__))
+
+
+def test_the_comparison_sees_limits_on_both_sides(migrated_db: Conn) -> None:
+    # A guard against the two helpers above agreeing on nothing at all.
+    assert _live_limits(migrated_db, "tasks") == {"title": (1, 200), "description": (None, 1000)}
+    assert _model_limits(User)["email"] == (None, 320)
