@@ -1,6 +1,6 @@
 """The app factory: assembles settings, auth, database, middleware and routes. Nothing else."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from asgi_correlation_id import CorrelationIdMiddleware
@@ -11,23 +11,35 @@ from api import __version__
 from api.auth.verification import build_authenticator
 from api.db.database import Database
 from api.db.isolation import ensure_isolation
-from api.http import health
+from api.http import health, metrics
 from api.http.body_limit import BodySizeLimit
 from api.http.caller import document_bearer_scheme
+from api.http.docs import install_docs
 from api.http.problems import document_problem_media_type, install_problem_handlers
+from api.http.request_telemetry import RequestTelemetry
 from api.settings import Settings
 from api.tasks import routes as tasks
-from api.telemetry.logs import configure_logging
+from api.telemetry.logs import configure_logging, default_format, is_acceptable_request_id, new_request_id
+from api.telemetry.metrics import forget_this_process
+from api.telemetry.tracing import Tracer, tracer_for
 
 # Every router the API serves. A router left out of this list would answer 404 for all its routes;
 # `tests/api/test_routers.py` fails when a module defines a router that is not here.
-ROUTERS: tuple[APIRouter, ...] = (tasks.router, health.router)
+ROUTERS: tuple[APIRouter, ...] = (tasks.router, health.router, metrics.router)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    tracer: Tracer | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The API. `tracer` defaults to the one OTEL_EXPORTER_OTLP_ENDPOINT asks for (none unless set);
+    `on_ready` is called once the database is known to isolate users and requests are served."""
     settings = settings or Settings()
-    configure_logging(settings.log_level)
-    database = Database.from_settings(settings)
+    configure_logging(settings.log_level, settings.log_format or default_format())
+    tracer = tracer if tracer is not None else tracer_for(settings.otel_exporter_otlp_endpoint)
+    database = Database.from_settings(settings, tracer=tracer)
     authenticator = build_authenticator(settings)
 
     @asynccontextmanager
@@ -38,15 +50,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Starts fetching Better Auth's keys in the background: an auth server that is briefly
             # down must not keep the API from starting.
             async with authenticator:
+                if on_ready is not None:
+                    on_ready()
                 yield
         finally:
             await database.close()
+            forget_this_process()
 
     app = FastAPI(
         title="todo-api",
         version=__version__,
         summary="A multi-user Todo API whose security lives in Postgres row-level security.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         # FastAPI's native OpenTelemetry looks for a configured provider on every request, and we
         # ship no SDK for it to find (bench/RESULTS.md, "Fourth session").
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -56,11 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     document_problem_media_type(app)
     document_bearer_scheme(app)
-    # The routers' routes join the app's own list, ahead of the docs pages, rather than through
-    # `include_router`: FastAPI wraps an included router in a layer that it matches twice on every
-    # request (bench/RESULTS.md, "Fourth session"). The routes already carry everything their router
-    # gives them: prefix, tags, responses and route class.
-    app.router.routes[:0] = [route for router in ROUTERS for route in router.routes]
+    # The routers' routes join the app's own list rather than through `include_router`: FastAPI
+    # wraps an included router in a layer that it matches twice on every request (bench/RESULTS.md,
+    # "Fourth session"). The routes already carry their prefix, tags, responses and route class.
+    served = [router for router in ROUTERS if settings.metrics_enabled or router is not metrics.router]
+    app.router.routes[:0] = [route for router in served for route in router.routes]
+    install_docs(app)
     # Every middleware costs every request something; CORS is only there when a browser origin is
     # configured (without it, a cross-origin browser gets no CORS headers either way).
     if settings.cors_origins:
@@ -72,6 +90,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Link", "X-Request-ID"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTelemetry, tracer=tracer)
     # The id reaches the logs and the response; nothing downstream reads it from the request headers.
-    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID", update_request_header=False)
+    app.add_middleware(
+        CorrelationIdMiddleware,
+        header_name="X-Request-ID",
+        update_request_header=False,
+        validator=is_acceptable_request_id,
+        generator=new_request_id,
+    )
     return app

@@ -1,7 +1,7 @@
 """The one settings object: every knob the API reads from the environment (or a `.env` file)."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         description="Embedded Postgres data folder, when DATABASE_URL is unset (default: .data here).",
     )
     log_level: str = "INFO"
+    # json: one JSON object per line; text: lines for people. Default: text at a terminal, else json.
+    log_format: Literal["json", "text"] | None = None
+    # GET /metrics in the Prometheus text format, without a token: expose it only to the scraper.
+    metrics_enabled: bool = True
+    # With the otel extra installed: export traces over OTLP/HTTP to this collector (base URL).
+    otel_exporter_otlp_endpoint: str | None = None
 
     @field_validator("cors_origins", mode="before")
     @classmethod

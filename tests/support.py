@@ -3,6 +3,7 @@
 import asyncio
 import os
 import secrets
+import signal
 import socket
 import string
 import subprocess
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import uvicorn
 from fastapi import FastAPI
@@ -92,6 +94,46 @@ def run_cli(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProc
         timeout=120,
         check=False,
     )
+
+
+@contextmanager
+def serve_process(
+    command: list[str], *, cwd: Path, env: dict[str, str], output: Path, timeout: float = 90
+) -> Iterator[tuple[str, "subprocess.Popen[str]"]]:
+    """`todo-api serve` as its own process, as operators run it, until /readyz answers 200.
+
+    `command` is everything but `--port`; all it writes goes to the file `output`. Yields the base
+    URL and the process, and stops it with SIGTERM on the way out if it still runs.
+    """
+    port = free_port()
+    with output.open("w") as sink:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if process.poll() is not None:
+                    raise AssertionError(
+                        f"todo-api serve exited with {process.returncode}:\n{output.read_text()}"
+                    )
+                assert time.monotonic() < deadline, "todo-api serve did not come up"
+                try:
+                    if httpx.get(f"{base_url}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            yield base_url, process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
 
 
 def free_port() -> int:

@@ -1,8 +1,8 @@
 """`todo-api serve | migrate | token`, run as a newcomer would: real processes, real Postgres."""
 
+import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,37 +12,16 @@ import psutil
 import psycopg
 import pytest
 
-from tests.support import CLI, SECRET, cli_env, free_port, run_cli
+from api import __version__
+from tests.support import CLI, SECRET, cli_env, free_port, run_cli, serve_process
 
 
 @pytest.fixture
-def embedded_api(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
-    port = free_port()
-    data_dir = tmp_path / "data"
-    process = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
-        assert time.monotonic() < deadline, "todo-api serve did not come up"
-        try:
-            if httpx.get(f"{base_url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    try:
-        yield base_url, data_dir, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def embedded_api(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str], Path]]:
+    data_dir, output = tmp_path / "data", tmp_path / "serve.log"
+    command = [*CLI, "serve", "--data-dir", str(data_dir)]
+    with serve_process(command, cwd=tmp_path, env=cli_env(), output=output) as (base_url, process):
+        yield base_url, data_dir, process, output
 
 
 def _postgres_running(pgdata: Path) -> bool:
@@ -53,9 +32,9 @@ def _postgres_running(pgdata: Path) -> bool:
 
 
 def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
-    embedded_api: tuple[str, Path, subprocess.Popen[str]], tmp_path: Path
+    embedded_api: tuple[str, Path, subprocess.Popen[str], Path], tmp_path: Path
 ) -> None:
-    base_url, data_dir, process = embedded_api
+    base_url, data_dir, process, log = embedded_api
     token = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
     headers = {"Authorization": f"Bearer {token}"}
 
@@ -67,7 +46,8 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     assert _postgres_running(data_dir / "pgdata")
 
     process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=60)
+    process.wait(timeout=60)
+    output = log.read_text()
     assert process.returncode == 0, output
     assert "todo-api token alice" in output, "the welcome text says how to get a token"
     assert not _postgres_running(data_dir / "pgdata"), "SIGTERM stops the embedded Postgres too"
@@ -129,3 +109,27 @@ def test_serve_refuses_bad_configuration(tmp_path: Path, variables: dict[str, st
     result = run_cli("serve", "--port", str(free_port()), cwd=tmp_path, **variables)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_bare_todo_api_prints_its_help(tmp_path: Path) -> None:
+    result = run_cli(cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for command in ("serve", "migrate", "token", "policies"):
+        assert command in result.stdout
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run_cli("--version", cwd=tmp_path)
+    assert (result.returncode, result.stdout.strip()) == (0, f"todo-api {__version__}")
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "token", "policies"])
+def test_every_option_says_what_it_does_and_its_default(tmp_path: Path, command: str) -> None:
+    result = run_cli(command, "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    options = [o for o in re.split(r"\n(?=  -)", result.stdout.split("options:", 1)[1]) if o.strip()]
+    assert len(options) >= 2
+    for option in options:
+        if option.strip().startswith("-h, --help"):
+            continue
+        assert "(default: " in " ".join(option.split()), option

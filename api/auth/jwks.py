@@ -20,6 +20,7 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
 from api.auth.errors import KeysUnavailable
+from api.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +173,11 @@ class JwksKeySet:
         except (httpx.HTTPError, ValueError) as error:
             # Never log the body: a misconfigured URL could point at something private.
             logger.warning("JWKS: cannot fetch %s: %s", self.url, type(error).__name__)
+            metrics.jwks_fetches.labels("failed").inc()
             return False
         self._keys = keys
         self._fetched = True
+        metrics.jwks_fetches.labels("fetched").inc()
         logger.info("JWKS: %d key(s) from %s", len(keys), self.url)
         return True
 

@@ -20,6 +20,8 @@ chosen by whether statements may be prepared (DB_PREPARE_THRESHOLD):
 """
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +36,8 @@ from sqlalchemy.sql.elements import ClauseElement
 from api.db.errors import DatabaseUnavailable
 from api.db.urls import libpq_url
 from api.settings import Settings
+from api.telemetry import metrics
+from api.telemetry.tracing import Tracer, transaction_span
 
 APP_ROLE = "todo_app"
 
@@ -49,6 +53,8 @@ ACT_AS_USER = text(
 _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 _Connection = psycopg.AsyncConnection[DictRow]
 Rows = list[DictRow]
+_READ_ONLY = metrics.transaction_duration.labels("read_only")
+_READ_WRITE = metrics.transaction_duration.labels("read_write")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +113,17 @@ class Database:
         statement_timeout_ms: int,
         prepare: bool,
         answer_timeout_seconds: float,
+        tracer: Tracer | None = None,
     ):
         self.pool = pool
         self._statement_timeout = str(statement_timeout_ms)
         self._prepare = prepare
         self._answer_timeout = answer_timeout_seconds
+        self._tracer = tracer
+        self._pool_watcher: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Database":
+    def from_settings(cls, settings: Settings, *, tracer: Tracer | None = None) -> "Database":
         if settings.database_url is None:
             raise ValueError("DATABASE_URL is not set")
         conninfo = libpq_url(
@@ -150,19 +159,44 @@ class Database:
             # spends up to 10 s asking the server to cancel before it lets the connection go.
             answer_timeout_seconds=settings.db_statement_timeout_ms / 1000
             + settings.db_connect_timeout_seconds,
+            tracer=tracer,
         )
 
     async def open(self) -> None:
         await self.pool.open()
+        self._pool_watcher = asyncio.create_task(self._watch_pool(), name="pool-metrics")
 
     async def close(self) -> None:
+        if self._pool_watcher is not None:
+            self._pool_watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pool_watcher
         await self.pool.close()
+
+    async def _watch_pool(self) -> None:
+        """The pool's gauges, read once a second off the request path rather than on every request."""
+        while True:
+            stats = self.pool.get_stats()
+            metrics.pool_size.set(stats["pool_size"])
+            metrics.pool_in_use.set(stats["pool_size"] - stats["pool_available"])
+            metrics.pool_waiting.set(stats.get("requests_waiting", 0))
+            await asyncio.sleep(1.0)
 
     async def run(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
         """Run one statement as `user_id` in a transaction of its own; return its rows.
 
         What it raises when the database cannot do the work now is listed in `api.db.errors.UNAVAILABLE`.
         """
+        started = time.perf_counter()
+        try:
+            if self._tracer is None:
+                return await self._transaction(user_id, query, read_only=read_only)
+            with transaction_span(self._tracer, read_only=read_only):
+                return await self._transaction(user_id, query, read_only=read_only)
+        finally:
+            (_READ_ONLY if read_only else _READ_WRITE).observe(time.perf_counter() - started)
+
+    async def _transaction(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
         as_user = {"app_user_id": user_id, "app_statement_timeout": self._statement_timeout}
         # getconn/putconn rather than pool.connection(): its `async with connection` would commit or
         # roll back, which the transaction below does itself (bench/RESULTS.md, "Third session").

@@ -6,6 +6,7 @@ with psql; this module adds what only doing can prove: that the login role can s
 """
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Literal
 
 import psycopg
@@ -13,8 +14,12 @@ from psycopg.rows import tuple_row
 
 from api.db.database import APP_ROLE, Database
 from api.db.sql_files import ISOLATION_CHECK, read_sql
+from api.telemetry import metrics
 
-_CHECK = read_sql(ISOLATION_CHECK)
+
+@cache
+def _check() -> str:
+    return read_sql(ISOLATION_CHECK)
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class Finding:
 async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[Finding]:
     """Every isolation finding, read as the connection's login role; empty when users are isolated."""
     async with connection.cursor(row_factory=tuple_row) as cursor:
-        await cursor.execute(_CHECK)
+        await cursor.execute(_check())
         findings = [Finding("isolation", str(message)) for (message,) in await cursor.fetchall()]
     if findings:
         return findings
@@ -63,5 +68,6 @@ async def ensure_isolation(database: Database) -> None:
     """Refuse to serve (IsolationError) unless the database isolates users."""
     async with database.pool.connection() as connection:
         findings = await isolation_findings(connection)
+    metrics.record_isolation_check(len(findings))
     if findings:
         raise IsolationError(findings)

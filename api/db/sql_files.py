@@ -14,19 +14,9 @@ class SqlFilesMissing(RuntimeError):  # noqa: N818 (a state of the installation)
     """The package was installed without its SQL: nothing can be migrated or checked."""
 
 
-def _sql_dir() -> Path:
-    root = files("api").joinpath("sql")
-    # Installed from a wheel or a checkout, the package is a folder on disk; yoyo and the audit
-    # need real paths.
-    if not isinstance(root, Path) or not (root / "migrations").is_dir():
-        raise SqlFilesMissing(
-            f"the SQL files are missing from the installed package (looked in {root}); "
-            "reinstall todo-api from its wheel or from a checkout"
-        )
-    return root
-
-
-SQL_DIR = _sql_dir()
+# Installed from a wheel or a checkout, the package is a folder on disk; yoyo and the audit need
+# real paths.
+SQL_DIR = Path(str(files("api").joinpath("sql")))
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 POLICIES_DIR = SQL_DIR / "policies"
 AUDIT_DIR = SQL_DIR / "audit"
@@ -34,7 +24,16 @@ ISOLATION_CHECK = SQL_DIR / "checks" / "isolation.sql"
 
 
 def read_sql(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise missing(path) from None
+
+
+def missing(path: Path) -> SqlFilesMissing:
+    return SqlFilesMissing(
+        f"{path} is missing from the installed package: reinstall todo-api from its wheel or a checkout"
+    )
 
 
 def policy_files() -> list[Path]:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.auth.errors import InvalidToken, KeysUnavailable
 from api.db.errors import UNAVAILABLE
 from api.http.openapi import OpenApiDocument, amend_openapi
+from api.telemetry import metrics
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _TYPE_PREFIX = "urn:todo-api:problem:"
@@ -58,12 +59,18 @@ class ProblemError(Exception):
 
 
 def problem_response(error: ProblemError) -> JSONResponse:
+    if error.problem.status == 503:
+        metrics.unavailable.labels(error.problem.type.removeprefix(_TYPE_PREFIX)).inc()
     return JSONResponse(
         error.problem.model_dump(exclude_none=True),
         status_code=error.problem.status,
         headers=error.headers,
         media_type=PROBLEM_MEDIA_TYPE,
     )
+
+
+def internal_error() -> ProblemError:
+    return ProblemError(500, "internal-error", "Internal server error", "This is a bug on our side.")
 
 
 def not_found(detail: str = "No such task.") -> ProblemError:
@@ -195,10 +202,3 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, on_database_unavailable)
-
-    @app.exception_handler(Exception)
-    async def on_bug(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error", exc_info=exc)
-        return problem_response(
-            ProblemError(500, "internal-error", "Internal server error", "This is a bug on our side.")
-        )

@@ -1,44 +1,59 @@
-"""`todo-api serve | migrate | token | policies`: run the API, set up a database, mint a development
-token, audit isolation."""
+"""todo-api: run the API, set up its database, mint a development token, audit isolation.
+
+Every failure a user can cause ends in one message naming the cause and the fix, and exit status 1
+(api/ops/failures.py). Modules that import prometheus_client are imported inside the commands, after
+`serve` has pointed it at the folder its workers share.
+"""
 
 import argparse
+import asyncio
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-import uvicorn
 from pydantic import ValidationError
 
+from api import __version__
 from api.auth.dev_tokens import mint_token
+from api.db.sql_files import SqlFilesMissing
+from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
+from api.ops.failures import CommandFailed, configuration_failure, database_failure
 from api.ops.migrations import apply_migrations
-from api.ops.policy_audit import audit_database
-from api.ops.policy_report import render_json, render_text
 from api.settings import Settings
+from api.telemetry.logs import configure_logging, default_format
+
+logger = logging.getLogger("api.ops.serve")
+
+_DATA_DIR_HELP = "embedded Postgres folder when DATABASE_URL is unset (default: DATA_DIR, else ./.data)"
 
 
 def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        problems = "\n".join(f"  - {e['msg']}" for e in error.errors())
-        sys.exit(f"todo-api: invalid configuration:\n{problems}")
+        raise configuration_failure(error) from None
 
 
 @contextmanager
 def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
     """DATABASE_URL when set; otherwise the embedded database, stopped again on the way out."""
     if settings.database_url is not None:
-        yield settings.database_url.get_secret_value()
+        url = settings.database_url.get_secret_value()
+        try:
+            libpq_url(url)
+        except DatabaseUrlError as error:
+            raise CommandFailed(str(error)) from None
+        yield url
         return
     database = embedded.start(data_dir or settings.data_dir)
-    # uvicorn re-raises SIGTERM after its graceful shutdown, which would kill us before the wheel's
-    # atexit hook stops Postgres; turning it into SystemExit lets the finally below run.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         embedded.export_environment(database)
         yield database.url
@@ -46,28 +61,88 @@ def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
         database.stop()
 
 
-def _print_welcome(host: str, port: int, secret_is_generated: bool) -> None:
+def _migrate(url: str) -> str:
+    try:
+        applied = apply_migrations(url)
+    except psycopg.OperationalError as error:
+        raise database_failure(error, url) from None
+    except SqlFilesMissing as error:
+        raise CommandFailed(str(error)) from None
+    return f"migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed"
+
+
+async def _check_isolation(url: str, settings: Settings) -> None:
+    """What each worker checks before serving, checked once here so that a failure is one message."""
+    from api.db.isolation import isolation_findings
+
+    conninfo = libpq_url(url, connect_timeout=settings.db_connect_timeout_seconds)
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
+            findings = [finding.message for finding in await isolation_findings(connection)]
+    except psycopg.OperationalError as error:
+        raise database_failure(error, url) from None
+    if any("the database is not migrated" in finding for finding in findings):
+        raise CommandFailed(
+            f"Refusing to serve: the database is not migrated ({'; '.join(findings)}). "
+            "Run `todo-api migrate` against it (or serve with --migrate), then start again."
+        )
+    if findings:
+        listed = "\n".join(f"  - {finding}" for finding in findings)
+        raise CommandFailed(
+            "Refusing to serve: the database cannot guarantee that users are isolated:\n"
+            f"{listed}\nRun `todo-api migrate`, or fix the roles and policies by hand, then start again."
+        )
+
+
+def _ready_message(host: str, port: int, development: bool) -> str:
     base = f"http://{host}:{port}"
     lines = [f"todo-api: serving on {base} (docs: {base}/docs)"]
-    if secret_is_generated:
+    if development:
         lines += [
             "Development mode: embedded Postgres and a generated secret. Get a token and try it:",
             "  TOKEN=$(todo-api token alice)",
             f'  curl -H "Authorization: Bearer $TOKEN" {base}/api/alice/tasks',
         ]
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)
+
+
+@contextmanager
+def _serving_folder() -> Iterator[Path]:
+    """A folder for this run's workers: their metrics, and the mark of the first one ready."""
+    folder = Path(tempfile.mkdtemp(prefix="todo-api-serve-"))
+    try:
+        (folder / "metrics").mkdir()
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def serve(args: argparse.Namespace) -> None:
     settings = _settings()
+    configure_logging(settings.log_level, settings.log_format or default_format())
     development = settings.database_url is None
     if not development and (missing := settings.missing_token_source()):
-        sys.exit(f"todo-api: invalid configuration:\n  - {missing}")
-    with _database_url(settings, args.data_dir) as url:
+        raise CommandFailed(f"invalid configuration: {missing}")
+    # uvicorn re-raises SIGTERM after its graceful shutdown, which would kill us before the
+    # finally blocks below stop the embedded Postgres and remove the workers' folder; as
+    # SystemExit, they run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with _serving_folder() as folder, _database_url(settings, args.data_dir) as url:
+        from api.telemetry.metrics import MULTIPROCESS_DIR_VARIABLE
+
+        os.environ[MULTIPROCESS_DIR_VARIABLE] = str(folder / "metrics")
         if development or args.migrate:
-            applied = apply_migrations(url)
-            print(f"todo-api: migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed")
-        _print_welcome(args.host, args.port, development and settings.better_auth_secret is None)
+            logger.info("todo-api: %s", _migrate(url))
+        asyncio.run(_check_isolation(url, settings))
+
+        import uvicorn
+
+        from api.ops.worker import READY_MARKER_VARIABLE, READY_MESSAGE_VARIABLE
+
+        os.environ[READY_MARKER_VARIABLE] = str(folder / "ready")
+        os.environ[READY_MESSAGE_VARIABLE] = _ready_message(
+            args.host, args.port, development and settings.better_auth_secret is None
+        )
         uvicorn.run(
             "api.ops.worker:create_served_app",
             factory=True,
@@ -76,7 +151,10 @@ def serve(args: argparse.Namespace) -> None:
             workers=args.workers,
             loop="uvloop",
             http="httptools",
+            # Our own access line (api/http/request_telemetry.py) has the route template and the user.
             access_log=False,
+            # uvicorn's lines go through the API's one handler (api/telemetry/logs.py).
+            log_config=None,
             proxy_headers=True,
         )
 
@@ -84,8 +162,7 @@ def serve(args: argparse.Namespace) -> None:
 def migrate(args: argparse.Namespace) -> None:
     settings = _settings()
     with _database_url(settings, args.data_dir) as url:
-        applied = apply_migrations(url)
-    print(f"todo-api: migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed")
+        print(f"todo-api: {_migrate(url)}")
 
 
 def token(args: argparse.Namespace) -> None:
@@ -95,7 +172,9 @@ def token(args: argparse.Namespace) -> None:
     elif settings.database_url is None:
         secret = embedded.development_secret(args.data_dir or settings.data_dir)
     else:
-        sys.exit("todo-api: set BETTER_AUTH_SECRET to mint tokens")
+        raise CommandFailed(
+            "BETTER_AUTH_SECRET is not set: set it (32 or more characters) to mint tokens for DATABASE_URL"
+        )
     print(
         mint_token(
             secret,
@@ -111,55 +190,90 @@ def token(args: argparse.Namespace) -> None:
 
 def policies(args: argparse.Namespace) -> None:
     """Print the isolation audit; exit 1 on any finding, so it can gate a deployment."""
+    from api.ops.policy_audit import audit_database
+    from api.ops.policy_report import render_json, render_text
+
     settings = _settings()
     with _database_url(settings, args.data_dir) as url:
         try:
             audit = audit_database(url)
         except psycopg.OperationalError as error:
-            sys.exit(f"todo-api: cannot audit the database: {error}")
+            raise database_failure(error, url) from None
     print(render_json(audit) if args.json else render_text(audit))
     if audit.findings:
         sys.exit(1)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="todo-api", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    data_dir_help = "embedded Postgres folder when DATABASE_URL is unset (default: .data)"
+    parser = argparse.ArgumentParser(
+        prog="todo-api",
+        description="A multi-user Todo API whose security lives in Postgres row-level security. "
+        "Run it, set up its database, mint a development token, or audit isolation.",
+        epilog="Configuration comes from the environment or a .env file; see .env.example.",
+    )
+    parser.add_argument("--version", action="version", version=f"todo-api {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve_parser = commands.add_parser("serve", help="run the API")
-    serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=8000)
-    serve_parser.add_argument("--workers", type=int, default=1)
-    serve_parser.add_argument("--migrate", action="store_true", help="apply migrations to DATABASE_URL first")
-    serve_parser.add_argument("--data-dir", type=Path, help=data_dir_help)
+    serve_parser = commands.add_parser("serve", help="run the API", description="Run the API.")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve_parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve_parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes; one per core serves best (default: 1)"
+    )
+    serve_parser.add_argument(
+        "--migrate",
+        action="store_true",
+        help="apply migrations to DATABASE_URL first (default: off; always on for the embedded database)",
+    )
+    serve_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
     serve_parser.set_defaults(run=serve)
 
-    migrate_parser = commands.add_parser("migrate", help="apply migrations and policies")
-    migrate_parser.add_argument("--data-dir", type=Path, help=data_dir_help)
+    migrate_parser = commands.add_parser(
+        "migrate",
+        help="apply migrations and policies",
+        description="Apply sql/migrations, then sql/policies.",
+    )
+    migrate_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
     migrate_parser.set_defaults(run=migrate)
 
-    token_parser = commands.add_parser("token", help="print a signed development token")
-    token_parser.add_argument("user_id")
-    token_parser.add_argument("--email")
-    token_parser.add_argument("--name")
-    token_parser.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
-    token_parser.add_argument("--data-dir", type=Path, help=data_dir_help)
+    token_parser = commands.add_parser(
+        "token",
+        help="print a signed development token",
+        description="Print an HS256 token signed with BETTER_AUTH_SECRET (or the embedded one's secret).",
+    )
+    token_parser.add_argument("user_id", help="the token's subject: the user id in /api/{user_id}/tasks")
+    token_parser.add_argument("--email", help="the token's email claim (default: none)")
+    token_parser.add_argument("--name", help="the token's name claim (default: none)")
+    token_parser.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: 3600)")
+    token_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
     token_parser.set_defaults(run=token)
 
     policies_parser = commands.add_parser(
-        "policies", help="audit roles, RLS, policies, grants and drift; exit 1 on any finding"
+        "policies",
+        help="audit roles, RLS, policies, grants and drift; exit 1 on any finding",
+        description="Audit the database's isolation; exit 1 on any finding.",
     )
-    policies_parser.add_argument("--json", action="store_true", help="print the audit as JSON")
-    policies_parser.add_argument("--data-dir", type=Path, help=data_dir_help)
+    policies_parser.add_argument(
+        "--json", action="store_true", help="print the audit as JSON (default: text)"
+    )
+    policies_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
     policies_parser.set_defaults(run=policies)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    args = _parser().parse_args(argv)
-    args.run(args)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return
+    try:
+        args.run(args)
+    except (CommandFailed, SqlFilesMissing) as failure:
+        if args.command == "serve":
+            logger.error("todo-api: %s", failure)
+            sys.exit(1)
+        sys.exit(f"todo-api: {failure}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ re-applied even when no migration was pending, so the live policies always equal
 from yoyo import get_backend, read_migrations
 from yoyo.migrations import MigrationList
 
-from api.db.sql_files import MIGRATIONS_DIR, SqlFilesMissing
+from api.db.sql_files import MIGRATIONS_DIR, missing
 from api.db.urls import yoyo_url
 
 
@@ -15,7 +15,7 @@ def _migrations() -> MigrationList:
     migrations = read_migrations(str(MIGRATIONS_DIR))
     if not migrations:
         # Never "none pending": a database migrated from nothing would stay empty.
-        raise SqlFilesMissing(f"no migration files in {MIGRATIONS_DIR}")
+        raise missing(MIGRATIONS_DIR)
     return migrations
 
 

@@ -1,33 +1,75 @@
-"""Structured logs: one JSON object per line, with the request id on every line."""
+"""Logs an operator can use: one JSON object per line (or readable text), with the request id.
+
+Everything the server writes goes through the root logger's one handler, on standard error: the
+API's own lines, uvicorn's (it is started with `log_config=None`, so it adds no handler of its own),
+and every library's. `LOG_FORMAT=json` (the default when stdout is not a terminal) writes one JSON
+object per line; `LOG_FORMAT=text` writes lines for people.
+"""
 
 import logging
+import re
+import sys
+from typing import Literal
+from uuid import uuid4
 
 from asgi_correlation_id import CorrelationIdFilter
 from pythonjsonlogger.json import JsonFormatter
 
-_HANDLER_NAME = "todo-api-json"
+LogFormat = Literal["json", "text"]
+
+_HANDLER_NAME = "todo-api"
+
+# A client's X-Request-ID is kept when it is 1 to 128 of these characters; anything else is
+# replaced by a generated id. It then appears in logs exactly as it is echoed.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 changes = logging.getLogger("api.changes")
+access = logging.getLogger("api.access")
 
 
-def configure_logging(level: str) -> None:
-    """Idempotent, so that every app factory call (tests create several) may call it."""
-    root = logging.getLogger("api")
-    root.setLevel(level.upper())
-    if any(handler.get_name() == _HANDLER_NAME for handler in root.handlers):
-        return
-    handler = logging.StreamHandler()
-    handler.set_name(_HANDLER_NAME)
-    handler.addFilter(CorrelationIdFilter(uuid_length=32, default_value="-"))
-    handler.setFormatter(
-        JsonFormatter(
+def default_format() -> LogFormat:
+    """Text for a person at a terminal, JSON for everything that collects logs."""
+    return "text" if sys.stdout.isatty() else "json"
+
+
+def is_acceptable_request_id(value: str) -> bool:
+    return _REQUEST_ID.fullmatch(value) is not None
+
+
+def new_request_id() -> str:
+    return uuid4().hex
+
+
+def _formatter(log_format: LogFormat) -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter(
             "{asctime}{levelname}{name}{message}{correlation_id}",
             style="{",
             rename_fields={"correlation_id": "request_id", "levelname": "level", "asctime": "time"},
         )
-    )
-    root.addHandler(handler)
-    root.propagate = False
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s")
+
+
+def configure_logging(level: str, log_format: LogFormat) -> None:
+    """Send every logger's records through one handler on standard error. Idempotent: every app factory
+    call (tests make several) and the CLI may call it."""
+    root = logging.getLogger()
+    ours = next((handler for handler in root.handlers if handler.get_name() == _HANDLER_NAME), None)
+    if ours is None:
+        ours = logging.StreamHandler(sys.stderr)
+        ours.set_name(_HANDLER_NAME)
+        ours.addFilter(CorrelationIdFilter(default_value="-"))
+        root.addHandler(ours)
+    ours.setFormatter(_formatter(log_format))
+    root.setLevel(logging.WARNING)
+    logging.getLogger("api").setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(level.upper())
+    # asgi-correlation-id warns about every request id it replaces; replacing one is routine here.
+    logging.getLogger("asgi_correlation_id").setLevel(logging.ERROR)
 
 
 def log_change(action: str, *, user_id: str, task_id: int) -> None:

@@ -1,0 +1,87 @@
+"""What each request leaves behind for the operator: one access line, its metrics, and (when traces
+are on) a span. A bug's exception ends here too: logged once, with its request id and traceback, and
+answered with a 500 problem.
+
+It sits inside the request-id middleware, so every line it writes carries the id, and outside the
+body limit and CORS, so their answers are counted like any other.
+"""
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.http.problems import internal_error, problem_response
+from api.telemetry import metrics
+from api.telemetry.logs import access
+from api.telemetry.tracing import Tracer, finish_server_span, server_span
+
+logger = logging.getLogger(__name__)
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path: str | None = getattr(route, "path", None)
+    return path if path is not None else metrics.UNMATCHED_ROUTE
+
+
+def _user_id(scope: Scope) -> str | None:
+    caller: Any = scope.get("state", {}).get("caller")
+    return caller.user.id if caller is not None else None
+
+
+class RequestTelemetry:
+    def __init__(self, app: ASGIApp, *, tracer: Tracer | None = None) -> None:
+        self.app = app
+        self.tracer = tracer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.tracer is None:
+                await self.app(scope, receive, noting_status)
+            else:
+                with server_span(self.tracer, scope) as span:
+                    await self.app(scope, receive, noting_status)
+                    finish_server_span(span, route=_route_template(scope), status=status)
+        except Exception:
+            logger.exception("unhandled error")
+            if status == 0:
+                await problem_response(internal_error())(scope, receive, noting_status)
+            status = 500
+        self._record(scope, status, time.perf_counter() - started)
+
+    @staticmethod
+    def _record(scope: Scope, status: int, seconds: float) -> None:
+        method, route = scope["method"], _route_template(scope)
+        metrics.requests.labels(method, route, str(status)).inc()
+        metrics.request_duration.labels(route).observe(seconds)
+        milliseconds = round(seconds * 1000, 2)
+        user_id = _user_id(scope)
+        access.info(
+            "%s %s %d %.2fms user=%s",
+            method,
+            route,
+            status,
+            milliseconds,
+            user_id or "-",
+            extra={
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": milliseconds,
+                "user_id": user_id,
+            },
+        )

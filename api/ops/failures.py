@@ -1,0 +1,77 @@
+"""What a command says when it cannot do its job: one message naming the cause and the fix.
+
+Every failure a user can cause (a database out of reach, a refused login, a missing database, a
+database not migrated or not isolating users, a URL of another kind, a missing or short secret)
+becomes a CommandFailed, which the CLI prints without a traceback and exits 1 on.
+"""
+
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import ValidationError
+
+from api.db.urls import DatabaseUrlError, libpq_url
+
+
+class CommandFailed(Exception):  # noqa: N818 (what the user sees, not a bug)
+    """A failure the user can fix; `str()` is the whole message."""
+
+
+def _where(database_url: str) -> tuple[str, str]:
+    """(host:port or the socket folder, database name); never the user or password."""
+    try:
+        parameters = conninfo_to_dict(libpq_url(database_url))
+    except (DatabaseUrlError, ValueError):
+        return "DATABASE_URL", "the database"
+    host = str(parameters.get("host") or "localhost")
+    port = str(parameters.get("port") or "5432")
+    where = f"the socket in {host}" if host.startswith("/") else f"{host}:{port}"
+    return where, str(parameters.get("dbname") or "the database")
+
+
+def database_failure(error: Exception, database_url: str) -> CommandFailed:
+    """The cause and the fix for a failure to connect to, or talk to, the database."""
+    if isinstance(error, DatabaseUrlError):
+        return CommandFailed(str(error))
+    text = str(error)
+    lowered = text.lower()
+    where, name = _where(database_url)
+    if "password authentication failed" in lowered or "authentication failed" in lowered:
+        return CommandFailed(
+            f"the database at {where} refused the login: check the user and password in DATABASE_URL"
+        )
+    if "role" in lowered and "does not exist" in lowered:
+        return CommandFailed(
+            f"the database at {where} has no such login role: check the user in DATABASE_URL"
+        )
+    if "no pg_hba.conf entry" in lowered:
+        return CommandFailed(
+            f"the database at {where} does not let this user in from here (pg_hba.conf): "
+            "check DATABASE_URL, or ask its administrator"
+        )
+    if "database" in lowered and "does not exist" in lowered:
+        return CommandFailed(
+            f"database {name} does not exist at {where}: create it, or fix the name in DATABASE_URL"
+        )
+    if "connection refused" in lowered or "no such file or directory" in lowered:
+        return CommandFailed(
+            f"cannot reach the database at {where} (connection refused): is Postgres running, "
+            "and are DATABASE_URL's host and port right?"
+        )
+    if "resolve host" in lowered or "translate host name" in lowered:
+        return CommandFailed(f"cannot find the database host in DATABASE_URL ({where}): check its spelling")
+    if "timeout" in lowered or "timed out" in lowered:
+        return CommandFailed(
+            f"the database at {where} did not answer in time: check DATABASE_URL's host and port, "
+            "the network, or raise DB_CONNECT_TIMEOUT_SECONDS"
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return CommandFailed(f"cannot use the database at {where}: {first_line}")
+
+
+def configuration_failure(error: ValidationError) -> CommandFailed:
+    """Each invalid setting by its environment variable, with pydantic's reason."""
+    reasons = []
+    for detail in error.errors():
+        variable = "_".join(str(part) for part in detail["loc"]).upper()
+        message = str(detail["msg"]).removeprefix("Value error, ")
+        reasons.append(message if variable and variable in message else f"{variable}: {message}")
+    return CommandFailed("invalid configuration: " + "; ".join(reasons))

@@ -1,0 +1,92 @@
+"""Prometheus metrics: what an operator watches, aggregated across every worker.
+
+`todo-api serve` points PROMETHEUS_MULTIPROC_DIR at a folder of its own before any worker imports
+prometheus_client, so each worker writes its figures there and `/metrics` adds them up (the
+client's multiprocess mode); without the variable (one process, as in the tests) the figures are
+kept in memory. No label ever carries a user id or a raw path: routes are named by their template,
+and requests that match no route share one label.
+"""
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import generate_latest
+
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+UNMATCHED_ROUTE = "(unmatched)"
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+requests = Counter(
+    "todo_api_http_requests", "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+)  # fmt: skip
+request_duration = Histogram(
+    "todo_api_http_request_duration_seconds", "Time to answer an HTTP request, by route template.",
+    ["route"], buckets=_LATENCY_BUCKETS,
+)  # fmt: skip
+transaction_duration = Histogram(
+    "todo_api_db_transaction_duration_seconds",
+    "Database transactions (a connection taken, the statement run, the connection returned), by mode.",
+    ["mode"], buckets=_LATENCY_BUCKETS,
+)  # fmt: skip
+pool_size = Gauge(
+    "todo_api_db_pool_size", "Connections the workers' pools hold.",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+pool_in_use = Gauge(
+    "todo_api_db_pool_connections_in_use", "Connections lent to requests right now.",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+pool_waiting = Gauge(
+    "todo_api_db_pool_requests_waiting", "Requests waiting for a free connection.",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+unavailable = Counter("todo_api_http_unavailable", "503 answers, by cause (problem type).", ["cause"])
+jwks_fetches = Counter("todo_api_jwks_fetches", "Fetches of Better Auth's key set, by outcome.", ["outcome"])
+isolation_verified = Gauge(
+    "todo_api_isolation_verified",
+    "1 while the last isolation check of every worker found nothing, else 0.",
+    multiprocess_mode="livemin",
+)
+isolation_findings = Gauge(
+    "todo_api_isolation_findings", "Findings of the last isolation check (the most any worker saw).",
+    multiprocess_mode="livemax",
+)  # fmt: skip
+isolation_checked_at = Gauge(
+    "todo_api_isolation_last_check_timestamp_seconds", "When an isolation check last completed.",
+    multiprocess_mode="max",
+)  # fmt: skip
+
+
+def record_isolation_check(findings: int) -> None:
+    isolation_verified.set(0 if findings else 1)
+    isolation_findings.set(findings)
+    isolation_checked_at.set(time.time())
+
+
+@contextmanager
+def timed_transaction(mode: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        transaction_duration.labels(mode).observe(time.perf_counter() - started)
+
+
+def exposition() -> bytes:
+    """Every metric in the Prometheus text format, added up across workers when there are several."""
+    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()
+
+
+def forget_this_process() -> None:
+    """A worker that stops takes its live gauges with it (multiprocess mode only)."""
+    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -1,0 +1,80 @@
+"""OpenTelemetry traces, when asked for: each request a server span, its transaction a child span.
+
+Off unless the `otel` extra is installed (`pip install 'todo-api[otel]'`) and
+OTEL_EXPORTER_OTLP_ENDPOINT is set (in the environment or .env, like every setting); then spans go
+to `{endpoint}/v1/traces` over OTLP/HTTP, as the standard variable means, and the SDK's other OTEL_*
+variables apply. While off, nothing of the SDK is imported and no request pays for it: the
+middleware and the database are built without a tracer.
+
+The spans are placed by hand rather than by the ASGI and psycopg instrumentation packages, which
+cost several times more per request (bench/RESULTS.md, "Traces: hand-placed spans against the
+instrumentation packages").
+"""
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span as Span
+    from opentelemetry.trace import Tracer as Tracer
+else:
+    Span = Tracer = Any
+
+logger = logging.getLogger(__name__)
+
+
+def tracer_for(endpoint: str | None) -> "Tracer | None":
+    """A tracer exporting over OTLP/HTTP to the collector at `endpoint`, if set and the extra installed."""
+    if not endpoint:
+        return None
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        logger.warning(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set, but tracing is not installed: "
+            "pip install 'todo-api[otel]'; serving without traces"
+        )
+        return None
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, take precedence over this name.
+    provider = TracerProvider(resource=Resource({"service.name": "todo-api"}).merge(Resource.create()))
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces"))
+    )
+    return provider.get_tracer("todo-api")
+
+
+@contextmanager
+def server_span(tracer: "Tracer", scope: Mapping[str, Any]) -> "Iterator[Span]":
+    """The span of one HTTP request, continuing the caller's trace when it sent a traceparent."""
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import SpanKind
+
+    carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    method = scope["method"]
+    with tracer.start_as_current_span(
+        method, context=extract(carrier), kind=SpanKind.SERVER, attributes={"http.request.method": method}
+    ) as span:
+        yield span
+
+
+def finish_server_span(span: "Span", *, route: str, status: int) -> None:
+    # The route template, never the raw path: paths carry user ids.
+    span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
+    span.set_attributes({"http.route": route, "http.response.status_code": status})
+
+
+@contextmanager
+def transaction_span(tracer: "Tracer", *, read_only: bool) -> "Iterator[None]":
+    from opentelemetry.trace import SpanKind
+
+    with tracer.start_as_current_span(
+        "db.transaction",
+        kind=SpanKind.CLIENT,
+        attributes={"db.system.name": "postgresql", "db.transaction.read_only": read_only},
+    ):
+        yield

@@ -1,0 +1,114 @@
+"""Every failure a user can cause is one message naming the cause and the fix: exit status 1, no
+traceback, and for `serve` no "serving on" line before it."""
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support import SECRET, free_port, run_cli
+
+COMMANDS = [
+    pytest.param(("migrate",), id="migrate"),
+    pytest.param(("policies",), id="policies"),
+    pytest.param(("serve", "--port", "0"), id="serve"),
+]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers, as a wedged server would."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield listener.getsockname()[1]
+
+
+def assert_one_clear_failure(output: str, returncode: int, *expected: str) -> None:
+    assert returncode == 1, output
+    assert "Traceback" not in output
+    assert "serving on" not in output
+    for text in expected:
+        assert text in output, output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_closed_port(tmp_path: Path, command: tuple[str, ...]) -> None:
+    url = f"postgresql://todo@127.0.0.1:{free_port()}/todo"
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "cannot reach the database", "connection refused"
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_server_that_never_answers(tmp_path: Path, command: tuple[str, ...], silent_port: int) -> None:
+    url = f"postgresql://todo@127.0.0.1:{silent_port}/todo?connect_timeout=1"
+    result = run_cli(
+        *command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, DB_CONNECT_TIMEOUT_SECONDS="1"
+    )
+    assert_one_clear_failure(result.stderr, result.returncode, "did not answer in time")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_unknown_login_role(tmp_path: Path, command: tuple[str, ...], migrated_db_url: str) -> None:
+    url = migrated_db_url.replace("postgresql://todo_owner@", "postgresql://nobody_here@")
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(result.stderr, result.returncode, "no such login role", "DATABASE_URL")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_missing_database(tmp_path: Path, command: tuple[str, ...], migrated_db_url: str) -> None:
+    name = migrated_db_url.split("/")[3].split("?")[0]
+    url = migrated_db_url.replace(f"/{name}?", "/no_such_database?")
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(result.stderr, result.returncode, "database no_such_database does not exist")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_url_of_another_kind(tmp_path: Path, command: tuple[str, ...]) -> None:
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL="mysql://x@y/z", BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(result.stderr, result.returncode, "must start with postgresql://")
+
+
+def test_serve_refuses_an_unmigrated_database_saying_how_to_fix_it(tmp_path: Path, empty_db_url: str) -> None:
+    result = run_cli(
+        "serve", "--port", "0", cwd=tmp_path, DATABASE_URL=empty_db_url, BETTER_AUTH_SECRET=SECRET
+    )
+    assert_one_clear_failure(result.stderr, result.returncode, "not migrated", "todo-api migrate")
+
+
+def test_serve_refuses_an_unsafe_database_listing_its_findings(tmp_path: Path, migrated_db_url: str) -> None:
+    with psycopg.connect(migrated_db_url, autocommit=True) as connection:
+        connection.execute("alter table tasks disable row level security")
+    result = run_cli(
+        "serve", "--port", "0", cwd=tmp_path, DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET
+    )
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "Refusing to serve", "without row-level security enabled"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"BETTER_AUTH_SECRET": "too-short"}, "BETTER_AUTH_SECRET must be at least 32 characters"),
+        ({"DATABASE_URL": "postgresql://nobody@/nowhere"}, "BETTER_AUTH_SECRET is required to serve"),
+    ],
+)
+def test_serve_names_the_setting_to_fix(tmp_path: Path, variables: dict[str, str], message: str) -> None:
+    result = run_cli("serve", "--port", "0", cwd=tmp_path, **variables)
+    assert_one_clear_failure(result.stderr, result.returncode, message)
+
+
+def test_token_without_a_secret_says_which_to_set(tmp_path: Path) -> None:
+    result = run_cli("token", "alice", cwd=tmp_path, DATABASE_URL="postgresql://x@/y")
+    assert_one_clear_failure(result.stderr, result.returncode, "BETTER_AUTH_SECRET is not set")
+    assert result.stdout == ""
+
+
+def test_token_with_a_short_secret(tmp_path: Path) -> None:
+    result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET="short")
+    assert_one_clear_failure(result.stderr, result.returncode, "at least 32 characters")

@@ -1,0 +1,142 @@
+"""What `todo-api serve` writes, read as an operator's log collector reads it.
+
+JSON by default when nobody watches a terminal, one object per line, uvicorn's lines included; one
+access line per request with the route template and the request id; a 500 logged once with its
+traceback; a client's request id kept when it is sane; no token, secret or password, ever.
+"""
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support import CLI, SECRET, cli_env, new_user, serve_process
+
+PASSWORD = "never-log-this-password"
+
+
+@dataclass
+class Served:
+    base_url: str
+    log: Path
+
+    def lines(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if line.strip()]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines()]
+
+    def access(self) -> list[dict[str, Any]]:
+        return [record for record in self.records() if record["name"] == "api.access"]
+
+
+Serve = Callable[..., AbstractContextManager[Served]]
+
+
+@pytest.fixture
+def serve(migrated_db_url: str, tmp_path: Path) -> Serve:
+    """Start `todo-api serve` on a database of the test's own, its login URL carrying a password."""
+    url = migrated_db_url.replace("postgresql://todo_owner@", f"postgresql://todo_owner:{PASSWORD}@")
+
+    @contextmanager
+    def start(**variables: str) -> Iterator[Served]:
+        env = cli_env(DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, **variables)
+        log = tmp_path / "serve.log"
+        with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, _):
+            yield Served(base_url, log)
+
+    return start
+
+
+def test_every_line_is_json_and_each_request_has_one_access_line(serve: Serve) -> None:
+    alice = new_user()
+    with serve() as served, httpx.Client(base_url=served.base_url) as client:
+        created = client.post(alice.tasks_url, json={"title": "logged"}, headers=alice.headers)
+        read = client.get(alice.task_url(created.json()["id"]), headers=alice.headers)
+        refused = client.get(alice.tasks_url)
+        missing = client.get("/no/such/path")
+    records = served.records()  # every line parses as JSON
+    assert any(record["name"].startswith("uvicorn") for record in records), "uvicorn's lines are JSON too"
+    access = [r for r in served.access() if r["route"] != "/readyz"]
+    assert [(r["method"], r["route"], r["status"]) for r in access] == [
+        ("POST", "/api/{user_id}/tasks", 201),
+        ("GET", "/api/{user_id}/tasks/{task_id}", 200),
+        ("GET", "/api/{user_id}/tasks", 401),
+        ("GET", "(unmatched)", 404),
+    ]
+    for record, response in zip(access, (created, read, refused, missing), strict=True):
+        assert record["request_id"] == response.headers["x-request-id"]
+        assert isinstance(record["duration_ms"], float)
+        assert record["level"] == "INFO"
+    assert [r["user_id"] for r in access] == [alice.id, alice.id, None, None]
+    assert not any(alice.id in r["route"] or "/no/such" in r["route"] for r in access), "never the raw path"
+
+
+def test_a_client_request_id_is_kept_exactly_or_replaced_silently(serve: Serve) -> None:
+    alice = new_user()
+    kept = b"client-1.2:3_4" + b"x" * 100
+    sent = [kept, b"a b", b"x" * 129, "é".encode()]
+    authorization = (b"authorization", f"Bearer {alice.token}".encode())
+    with serve() as served, httpx.Client(base_url=served.base_url) as client:
+        echoed = [
+            client.get(alice.tasks_url, headers=[authorization, (b"x-request-id", value)]).headers[
+                "x-request-id"
+            ]
+            for value in sent
+        ]
+    assert echoed[0] == kept.decode()
+    for replaced in echoed[1:]:
+        assert len(replaced) == 32
+        assert replaced.isalnum()
+    logged = [r["request_id"] for r in served.access() if r["route"] == "/api/{user_id}/tasks"]
+    assert logged == echoed, "logged exactly as echoed"
+    assert [r for r in served.records() if r["level"] == "WARNING"] == [], "replacing an id is routine"
+
+
+def test_a_500_is_logged_once_with_its_request_id_and_traceback(serve: Serve, migrated_db_url: str) -> None:
+    alice = new_user()
+    with serve() as served, httpx.Client(base_url=served.base_url) as client:
+        task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        with psycopg.connect(migrated_db_url, autocommit=True) as db:
+            # A bug's shape: the API sends a statement the database refuses for no fault of the client.
+            db.execute("revoke update (title) on tasks from todo_app")
+        broken = client.put(alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers)
+    assert broken.status_code == 500
+    assert broken.headers["content-type"] == "application/problem+json"
+    assert broken.json()["type"] == "urn:todo-api:problem:internal-error"
+    errors = [r for r in served.records() if r["level"] == "ERROR"]
+    assert len(errors) == 1, errors
+    assert errors[0]["request_id"] == broken.headers["x-request-id"]
+    assert "Traceback" in errors[0]["exc_info"]
+    assert "InsufficientPrivilege" in errors[0]["exc_info"]
+    access = [r for r in served.access() if r["method"] == "PUT"]
+    assert [(r["status"], r["request_id"]) for r in access] == [(500, broken.headers["x-request-id"])]
+
+
+def test_no_token_secret_or_password_is_ever_logged(serve: Serve) -> None:
+    alice = new_user()
+    with serve() as served, httpx.Client(base_url=served.base_url) as client:
+        client.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers)
+        client.get(alice.tasks_url, headers={"Authorization": "Bearer not.a.token"})
+        client.get(f"{alice.tasks_url}?access_token={alice.token}")
+    text = served.log.read_text()
+    for secret in (alice.token, alice.token.split(".")[2], SECRET, PASSWORD, "not.a.token"):
+        assert secret not in text
+
+
+def test_text_format_is_for_people(serve: Serve) -> None:
+    alice = new_user()
+    with serve(LOG_FORMAT="text") as served, httpx.Client(base_url=served.base_url) as client:
+        client.get(alice.tasks_url, headers={**alice.headers, "X-Request-ID": "look-for-me"})
+    lines = served.lines()
+    assert not any(line.startswith("{") for line in lines)
+    (access,) = [line for line in lines if "look-for-me" in line]
+    assert "api.access" in access
+    assert "GET /api/{user_id}/tasks 200" in access
+    assert alice.id in access

@@ -1,0 +1,87 @@
+"""GET /metrics, read as Prometheus reads it: counts that add up across workers, labels that never
+carry a user id or a raw path."""
+
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.app import create_app
+from tests.support import CLI, SECRET, ApiUser, cli_env, new_user, serve_process, serving, settings_for
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(base_url: str) -> Samples:
+    response = httpx.get(f"{base_url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_requests_are_counted_by_route_template_and_status(api_url: str, client: httpx.Client) -> None:
+    alice = new_user()
+    before = scrape(api_url)
+    client.post(alice.tasks_url, json={"title": "counted"}, headers=alice.headers)
+    client.get(alice.tasks_url, headers=alice.headers)
+    client.get(alice.tasks_url)
+    after = scrape(api_url)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    route = "/api/{user_id}/tasks"
+    assert grew("todo_api_http_requests_total", method="POST", route=route, status="201") == 1
+    assert grew("todo_api_http_requests_total", method="GET", route=route, status="200") == 1
+    assert grew("todo_api_http_requests_total", method="GET", route=route, status="401") == 1
+    assert grew("todo_api_http_request_duration_seconds_count", route=route) == 3
+    assert grew("todo_api_db_transaction_duration_seconds_count", mode="read_write") == 1
+    assert grew("todo_api_db_transaction_duration_seconds_count", mode="read_only") == 1
+    assert value(after, "todo_api_isolation_verified") == 1
+
+
+def test_no_label_carries_a_user_id_or_a_raw_path(api_url: str, client: httpx.Client, alice: ApiUser) -> None:
+    client.get(alice.tasks_url, headers=alice.headers)
+    client.get(f"/api/{alice.id}/nowhere", headers=alice.headers)
+    labels = {label for (_, pairs) in scrape(api_url) for _, label in pairs}
+    assert not any(alice.id in label for label in labels)
+    assert "(unmatched)" in labels
+
+
+def test_metrics_can_be_turned_off(api_db_url: str) -> None:
+    with serving(create_app(settings_for(api_db_url, metrics_enabled=False))) as base_url:
+        assert httpx.get(f"{base_url}/metrics").status_code == 404
+
+
+def test_figures_add_up_across_workers(api_db_url: str, tmp_path: Path) -> None:
+    alice = new_user()
+    env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE="3")
+    folders_before = set(Path(tempfile.gettempdir()).glob("todo-api-serve-*"))
+    command = [*CLI, "serve", "--workers", "2"]
+    with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _):
+        for _ in range(40):  # a connection each, so that both workers answer some
+            with httpx.Client(base_url=base_url) as one_request:
+                assert one_request.get(alice.tasks_url, headers=alice.headers).status_code == 200
+        time.sleep(1.5)  # the pool gauges are read once a second
+        for _ in range(3):  # whichever worker answers the scrape, it reports both
+            samples = scrape(base_url)
+            listed = value(
+                samples,
+                "todo_api_http_requests_total",
+                method="GET",
+                route="/api/{user_id}/tasks",
+                status="200",
+            )
+            assert listed == 40
+            assert value(samples, "todo_api_db_pool_size") == 6
+    assert set(Path(tempfile.gettempdir()).glob("todo-api-serve-*")) == folders_before, "serve cleans up"
