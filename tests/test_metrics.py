@@ -85,3 +85,11 @@ def test_figures_add_up_across_workers(api_db_url: str, tmp_path: Path) -> None:
             assert listed == 40
             assert value(samples, "todo_api_db_pool_size") == 6
     assert set(Path(tempfile.gettempdir()).glob("todo-api-serve-*")) == folders_before, "serve cleans up"
+
+
+def test_a_method_of_the_clients_own_invention_is_one_label(api_url: str, client: httpx.Client) -> None:
+    for method in ("FOOBAR", "X-RANDOM-1", "X-RANDOM-2"):
+        client.request(method, "/healthz")
+    methods = {label for (name, pairs) in scrape(api_url) for key, label in pairs if key == "method"}
+    assert "OTHER" in methods
+    assert not any(method.startswith(("FOO", "X-")) for method in methods)

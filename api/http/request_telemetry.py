@@ -20,6 +20,15 @@ from api.telemetry.tracing import Tracer, finish_server_span, server_span
 logger = logging.getLogger(__name__)
 
 
+# Methods a client may send are any token; as a label they would be unbounded.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _method(scope: Scope) -> str:
+    method: str = scope["method"]
+    return method if method in _KNOWN_METHODS else "OTHER"
+
+
 def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     path: str | None = getattr(route, "path", None)
@@ -35,6 +44,10 @@ class RequestTelemetry:
     def __init__(self, app: ASGIApp, *, tracer: Tracer | None = None) -> None:
         self.app = app
         self.tracer = tracer
+        # The metric children by their labels: prometheus_client's labels() validates them on every
+        # call, and the set of routes, methods and statuses is small.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,11 +76,18 @@ class RequestTelemetry:
             status = 500
         self._record(scope, status, time.perf_counter() - started)
 
-    @staticmethod
-    def _record(scope: Scope, status: int, seconds: float) -> None:
-        method, route = scope["method"], _route_template(scope)
-        metrics.requests.labels(method, route, str(status)).inc()
-        metrics.request_duration.labels(route).observe(seconds)
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        method, route = _method(scope), _route_template(scope)
+        counted = self._counted.get((method, route, status))
+        if counted is None:
+            counted = self._counted[method, route, status] = metrics.requests.labels(
+                method, route, str(status)
+            )
+        counted.inc()
+        timed = self._timed.get(route)
+        if timed is None:
+            timed = self._timed[route] = metrics.request_duration.labels(route)
+        timed.observe(seconds)
         milliseconds = round(seconds * 1000, 2)
         user_id = _user_id(scope)
         access.info(
