@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     db_prepare_threshold: int | None = Field(default=None)
     # Per transaction: a runaway query cannot hold a connection (and a user's requests) for longer.
     db_statement_timeout_ms: int = Field(default=5000, ge=100)
+    # Tasks one user may have; the database refuses the INSERT past it (409 task-limit-reached).
+    max_tasks_per_user: int = Field(default=10_000, ge=1)
     # Request bodies beyond this are refused with 413 before they are read in full.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 

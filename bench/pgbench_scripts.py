@@ -111,13 +111,22 @@ def _sql(statement: ClauseElement, values: Mapping[str, object] | None = None) -
 
 
 def _act_as_user(statement_timeout_ms: int) -> str:
-    return _sql(db.ACT_AS_USER, {"app_user_id": _USER, "app_statement_timeout": str(statement_timeout_ms)})
+    values = {
+        "app_user_id": _USER,
+        "app_max_tasks": str(_default("max_tasks_per_user")),
+        "app_statement_timeout": str(statement_timeout_ms),
+    }
+    return _sql(db.ACT_AS_USER, values)
+
+
+def _default(setting: str) -> int:
+    default = Settings.model_fields[setting].default
+    assert isinstance(default, int)
+    return default
 
 
 def default_statement_timeout_ms() -> int:
-    default = Settings.model_fields["db_statement_timeout_ms"].default
-    assert isinstance(default, int)
-    return default
+    return _default("db_statement_timeout_ms")
 
 
 def list_statement_for(user_number: int) -> str:

@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
 
-from api.db.errors import DatabaseUnavailable
+from api.db.errors import DatabaseUnavailable, LimitReached
 from api.db.urls import libpq_url
 from api.settings import Settings
 from api.telemetry import metrics
@@ -41,11 +41,13 @@ from api.telemetry.tracing import Tracer, transaction_span
 
 APP_ROLE = "todo_app"
 
-# The identity and limits of one request, as the first statement of its transaction. Parameter
-# names start with app_, which no statement in api.tasks.queries uses.
+# The identity and limits of one request, as the first statement of its transaction: who it is
+# for, the task quota the database enforces (sql/migrations/0003_task_quota.sql), and how long a
+# statement may run. Parameter names start with app_, which no statement in api.tasks.queries uses.
 ACT_AS_USER = text(
     "SELECT set_config('role', 'todo_app', true),"
     " set_config('app.user_id', :app_user_id, true),"
+    " set_config('app.max_tasks_per_user', :app_max_tasks, true),"
     " set_config('statement_timeout', :app_statement_timeout, true),"
     " set_config('TimeZone', 'UTC', true)"
 )
@@ -111,12 +113,15 @@ class Database:
         pool: AsyncConnectionPool[_Connection],
         *,
         statement_timeout_ms: int,
+        max_tasks_per_user: int,
         prepare: bool,
         answer_timeout_seconds: float,
         tracer: Tracer | None = None,
     ):
         self.pool = pool
         self._statement_timeout = str(statement_timeout_ms)
+        self.max_tasks_per_user = max_tasks_per_user
+        self._max_tasks = str(max_tasks_per_user)
         self._prepare = prepare
         self._answer_timeout = answer_timeout_seconds
         self._tracer = tracer
@@ -153,6 +158,7 @@ class Database:
         return cls(
             pool,
             statement_timeout_ms=settings.db_statement_timeout_ms,
+            max_tasks_per_user=settings.max_tasks_per_user,
             prepare=prepare,
             # The server cancels a slow statement itself; this bounds the wait when no answer can
             # come at all (a wedged pooler, a network that drops packets silently). psycopg then
@@ -197,7 +203,11 @@ class Database:
             (_READ_ONLY if read_only else _READ_WRITE).observe(time.perf_counter() - started)
 
     async def _transaction(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
-        as_user = {"app_user_id": user_id, "app_statement_timeout": self._statement_timeout}
+        as_user = {
+            "app_user_id": user_id,
+            "app_max_tasks": self._max_tasks,
+            "app_statement_timeout": self._statement_timeout,
+        }
         # getconn/putconn rather than pool.connection(): its `async with connection` would commit or
         # roll back, which the transaction below does itself (bench/RESULTS.md, "Third session").
         connection = await self.pool.getconn()
@@ -210,6 +220,12 @@ class Database:
             # Whatever the connection was waiting for may still arrive; it cannot be reused.
             await connection.close()
             raise DatabaseUnavailable("the database did not answer in time") from None
+        except psycopg.errors.CheckViolation as error:
+            await _roll_back(connection)
+            limit = error.diag.constraint_name
+            if limit is not None and limit.endswith("_limit"):
+                raise LimitReached(limit) from None
+            raise
         except BaseException:
             await _roll_back(connection)
             raise

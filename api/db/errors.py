@@ -4,6 +4,18 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 
+class LimitReached(Exception):  # noqa: N818 (a state, not a mistake)
+    """The database refused a write that would pass one of its per-user limits; nothing changed.
+
+    A limit is a check violation whose constraint is named `*_limit`; `limit` is that name
+    (sql/migrations/0003_task_quota.sql raises `tasks_per_user_limit`).
+    """
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
 class DatabaseUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
     """The database did not answer in time; whatever was sent may or may not have run."""
 

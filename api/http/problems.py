@@ -73,6 +73,15 @@ def internal_error() -> ProblemError:
     return ProblemError(500, "internal-error", "Internal server error", "This is a bug on our side.")
 
 
+def task_limit_reached(limit: int) -> ProblemError:
+    return ProblemError(
+        409,
+        "task-limit-reached",
+        "Task limit reached",
+        f"You have {limit} tasks, the most one user may have; delete some to create more.",
+    )
+
+
 def not_found(detail: str = "No such task.") -> ProblemError:
     return ProblemError(404, "not-found", "Not found", detail)
 

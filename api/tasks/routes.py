@@ -7,9 +7,10 @@ from fastapi import APIRouter, Body, Request, Response, status
 from pydantic import BaseModel, Field, TypeAdapter
 
 from api.db.database import Rows
+from api.db.errors import LimitReached
 from api.http.caller import AuthenticatedRoute, caller_of
 from api.http.parameters import parameter_docs, parse_parameters
-from api.http.problems import error_response, invalid_input, not_found
+from api.http.problems import error_response, invalid_input, not_found, task_limit_reached
 from api.tasks import queries
 from api.tasks.listing import MAX_TASK_ID, Cursor, TaskListParams
 from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
@@ -100,12 +101,19 @@ async def list_tasks(request: Request) -> Response:
     response_model=TaskPublic,
     status_code=status.HTTP_201_CREATED,
     summary="Create a task",
-    responses={201: {"headers": {"Location": {"description": "The new task's URL."}}}},
+    responses={
+        201: {"headers": {"Location": {"description": "The new task's URL."}}},
+        409: error_response("You have MAX_TASKS_PER_USER tasks already; nothing was created."),
+    },
 )
 async def create_task(request: Request, data: TaskCreate) -> Response:
     caller = caller_of(request)
     user = caller.user
-    task = _the_task(await caller.run(queries.create_task(user, data), read_only=False))
+    try:
+        rows = await caller.run(queries.create_task(user, data), read_only=False)
+    except LimitReached:
+        raise task_limit_reached(caller.database.max_tasks_per_user) from None
+    task = _the_task(rows)
     log_change("create", user_id=user.id, task_id=task.id)
     return _json(
         task.model_dump_json().encode(),

@@ -1,0 +1,147 @@
+"""One user cannot take what others need: a task quota the database enforces, and a search that
+reads the caller's rows through an index, never the whole table."""
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from api.app import create_app
+from api.db.database import compiled
+from api.tasks import queries
+from api.tasks.listing import TaskListParams
+from tests.support import ApiUser, new_user, serving, settings_for
+
+QUOTA = 5
+
+
+@pytest.fixture
+def small_quota_api(migrated_db_url: str) -> Iterator[httpx.Client]:
+    with (
+        serving(create_app(settings_for(migrated_db_url, max_tasks_per_user=QUOTA))) as base_url,
+        httpx.Client(base_url=base_url, timeout=30) as client,
+    ):
+        yield client
+
+
+def _count(db_url: str, user: ApiUser) -> int:
+    with psycopg.connect(db_url) as db:
+        row = db.execute("select count(*) from tasks where user_id = %s", [user.id]).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_concurrent_creates_cannot_pass_the_quota(
+    small_quota_api: httpx.Client, migrated_db_url: str
+) -> None:
+    alice, bob = new_user(), new_user()
+
+    def create(n: int) -> httpx.Response:
+        return small_quota_api.post(alice.tasks_url, json={"title": f"task {n}"}, headers=alice.headers)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(create, range(20)))
+
+    assert sorted(response.status_code for response in responses) == [201] * QUOTA + [409] * (20 - QUOTA)
+    refused = next(response for response in responses if response.status_code == 409)
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"] == "urn:todo-api:problem:task-limit-reached"
+    assert str(QUOTA) in refused.json()["detail"]
+    assert _count(migrated_db_url, alice) == QUOTA
+
+    # Another user is not affected; deleting one of alice's tasks makes room for one more.
+    assert small_quota_api.post(bob.tasks_url, json={"title": "mine"}, headers=bob.headers).status_code == 201
+    first = next(response.json()["id"] for response in responses if response.status_code == 201)
+    assert small_quota_api.delete(alice.task_url(first), headers=alice.headers).status_code == 204
+    assert (
+        small_quota_api.post(alice.tasks_url, json={"title": "again"}, headers=alice.headers).status_code
+        == 201
+    )
+    assert (
+        small_quota_api.post(alice.tasks_url, json={"title": "over"}, headers=alice.headers).status_code
+        == 409
+    )
+    assert _count(migrated_db_url, alice) == QUOTA
+
+
+def _list_sql(db: psycopg.Connection[Any], user_id: str, search: str) -> str:
+    query = queries.list_tasks(user_id, TaskListParams(q=search, limit=20))
+    statement = compiled(query.statement)
+    with psycopg.ClientCursor(db) as cursor:
+        return cursor.mogrify(statement.sql, statement.params(query.params))
+
+
+def test_a_search_over_ten_thousand_tasks_reads_only_the_callers_rows(
+    migrated_db: psycopg.Connection[Any],
+) -> None:
+    db = migrated_db
+    db.autocommit = True
+    owner = "u" * 32
+    db.execute("insert into users (id) select 'user' || n from generate_series(1, 50) as n")
+    db.execute("insert into users (id) values (%s)", [owner])
+    db.execute(
+        "insert into tasks (user_id, title, description)"
+        " select %s, 'Renew the passport ' || n, case when n %% 3 = 0 then 'before Friday ' || n end"
+        " from generate_series(1, 10000) as n",
+        [owner],
+    )
+    db.execute(
+        "insert into tasks (user_id, title) select 'user' || (n % 50 + 1), 'Buy milk ' || n"
+        " from generate_series(1, 10000) as n"
+    )
+    db.execute("analyze tasks")
+    search = ("quarterly budget review with the northern regional office " * 4)[:200]
+    with db.transaction(force_rollback=True):
+        db.execute(
+            "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)", [owner]
+        )
+        plan = "\n".join(row[0] for row in db.execute("explain " + _list_sql(db, owner, search)).fetchall())
+    assert "Seq Scan on tasks" not in plan, plan
+    (condition,) = [line.strip() for line in plan.splitlines() if "Index Cond:" in line]
+    assert condition == f"Index Cond: (user_id = '{owner}'::text)", plan
+    assert "Index Scan on tasks_by_owner_" in plan or "Index Scan Backward using tasks_by_owner_" in plan, (
+        plan
+    )
+
+
+@pytest.mark.parametrize("conforming", ["on", "off"])
+def test_search_takes_its_text_literally_whatever_the_string_setting(
+    migrated_db_url: str, migrated_db: psycopg.Connection[Any], conforming: str
+) -> None:
+    migrated_db.autocommit = True
+    migrated_db.execute(
+        sql.SQL("alter database {} set standard_conforming_strings = {}").format(
+            sql.Identifier(migrated_db.info.dbname), sql.Literal(conforming)
+        )
+    )
+    alice = new_user()
+    titles = ["100% sure", "snake_case", "C:\\temp", "wow!", "it's", "plain"]
+    with (
+        serving(create_app(settings_for(migrated_db_url))) as base_url,
+        httpx.Client(base_url=base_url) as client,
+    ):
+        for title in titles:
+            assert (
+                client.post(alice.tasks_url, json={"title": title}, headers=alice.headers).status_code == 201
+            )
+        found = {
+            q: [
+                task["title"]
+                for task in client.get(alice.tasks_url, params={"q": q}, headers=alice.headers).json()
+            ]
+            for q in ("%", "_", "\\", "!", "'", "0% s", "e_c", "C:\\t")
+        }
+    assert found == {
+        "%": ["100% sure"],
+        "_": ["snake_case"],
+        "\\": ["C:\\temp"],
+        "!": ["wow!"],
+        "'": ["it's"],
+        "0% s": ["100% sure"],
+        "e_c": ["snake_case"],
+        "C:\\t": ["C:\\temp"],
+    }
