@@ -1,5 +1,6 @@
 """The app factory: assembles settings, auth, database, middleware and routes. Nothing else."""
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -10,12 +11,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from api import __version__
 from api.auth.verification import build_authenticator
 from api.db.database import Database
-from api.db.isolation import ensure_isolation
+from api.db.isolation import IsolationWatch
 from api.http import health, metrics
 from api.http.body_limit import BodySizeLimit
 from api.http.caller import document_bearer_scheme
 from api.http.docs import install_docs
 from api.http.problems import document_problem_media_type, install_problem_handlers
+from api.http.rate_limit import RateLimiter
 from api.http.request_telemetry import RequestTelemetry
 from api.settings import Settings
 from api.tasks import routes as tasks
@@ -42,17 +44,21 @@ def create_app(
     database = Database.from_settings(settings, tracer=tracer)
     authenticator = build_authenticator(settings)
 
+    isolation = IsolationWatch(database, interval_seconds=settings.isolation_check_interval_seconds)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await database.open()
         try:
-            await ensure_isolation(database)
+            await isolation.ensure()
             # Starts fetching Better Auth's keys in the background: an auth server that is briefly
             # down must not keep the API from starting.
-            async with authenticator:
+            async with authenticator, asyncio.TaskGroup() as background:
+                watching = background.create_task(isolation.keep_checking(), name="isolation-check")
                 if on_ready is not None:
                     on_ready()
                 yield
+                watching.cancel()
         finally:
             await database.close()
             forget_this_process()
@@ -64,12 +70,19 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # A trailing slash is another path (404): Starlette's redirect would build its Location
+        # from the Host header, which the client chooses.
+        redirect_slashes=False,
         # FastAPI's native OpenTelemetry looks for a configured provider on every request, and we
         # ship no SDK for it to find (bench/RESULTS.md, "Fourth session").
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.database = database
     app.state.authenticator = authenticator
+    app.state.isolation = isolation
+    app.state.rate_limiter = (
+        RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
+    )
     install_problem_handlers(app)
     document_problem_media_type(app)
     document_bearer_scheme(app)

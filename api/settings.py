@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # Connections of a worker's pool one user may hold at once (default: a quarter of the pool, at
+    # least 1); their further requests wait DB_POOL_TIMEOUT_SECONDS, then get 429.
+    db_max_connections_per_user: int | None = Field(default=None, ge=1)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     db_connect_timeout_seconds: int = Field(default=5, ge=1)
     # psycopg prepares a statement after this many executions; None never prepares, which is what
@@ -46,6 +49,10 @@ class Settings(BaseSettings):
     db_prepare_threshold: int | None = Field(default=None)
     # Per transaction: a runaway query cannot hold a connection (and a user's requests) for longer.
     db_statement_timeout_ms: int = Field(default=5000, ge=100)
+    # Requests one user may make per minute, per worker (a token bucket); 0 turns the limit off.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    # How often each worker re-runs the isolation check while it serves.
+    isolation_check_interval_seconds: float = Field(default=60.0, gt=0)
     # Tasks one user may have; the database refuses the INSERT past it (409 task-limit-reached).
     max_tasks_per_user: int = Field(default=10_000, ge=1)
     # Request bodies beyond this are refused with 413 before they are read in full.
@@ -96,6 +103,11 @@ class Settings(BaseSettings):
                 f"{(info.field_name or '').upper()} must be an https:// URL (http:// only for localhost)"
             )
         return value
+
+    @property
+    def max_connections_per_user(self) -> int:
+        share = self.db_max_connections_per_user or max(1, self.db_pool_size // 4)
+        return min(share, self.db_pool_size)
 
     @property
     def jwks_url(self) -> str | None:

@@ -62,7 +62,7 @@ def test_every_line_is_json_and_each_request_has_one_access_line(serve: Serve) -
         refused = client.get(alice.tasks_url)
         missing = client.get("/no/such/path")
     records = served.records()  # every line parses as JSON
-    assert any(record["name"].startswith("uvicorn") for record in records), "uvicorn's lines are JSON too"
+    assert any(record["name"].startswith("_granian") for record in records), "the server's lines are JSON too"
     access = [r for r in served.access() if r["route"] != "/readyz"]
     assert [(r["method"], r["route"], r["status"]) for r in access] == [
         ("POST", "/api/{user_id}/tasks", 201),

@@ -7,6 +7,7 @@ the secret. Every refusal says what was wrong, never what the token was.
 """
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,33 @@ class ClaimChecks:
             leeway=self.leeway,
             options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
         )
+        _refuse_malformed(claims)
         return claims
+
+
+# A NumericDate is a JSON number of seconds (RFC 7519); PyJWT also takes numeric strings and any
+# float. Past the year 9999 a date is no date: 1e300 would make a token that never expires.
+_LATEST_NUMERIC_DATE = 253_402_300_799
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _refuse_malformed(claims: Mapping[str, Any]) -> None:
+    """Claims a signature vouches for can still be unusable: refuse them before anything reads them."""
+    for name in _TIME_CLAIMS:
+        value = claims.get(name)
+        if name in claims and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= _LATEST_NUMERIC_DATE
+        ):
+            raise InvalidToken(
+                f"The token's {name} claim must be a number of seconds since 1970 (a NumericDate)."
+            )
+    try:
+        json.dumps(claims, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (a JSON \ud800 escape) decodes in Python but is no text Postgres can store.
+        raise InvalidToken("The token's claims are not valid Unicode text.") from None
 
 
 class TokenVerifier(Protocol):

@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
 
 from api.db.errors import DatabaseUnavailable, LimitReached
+from api.db.fair_share import FairShare
 from api.db.urls import libpq_url
 from api.settings import Settings
 from api.telemetry import metrics
@@ -116,9 +117,11 @@ class Database:
         max_tasks_per_user: int,
         prepare: bool,
         answer_timeout_seconds: float,
+        fair_share: FairShare,
         tracer: Tracer | None = None,
     ):
         self.pool = pool
+        self.fair_share = fair_share
         self._statement_timeout = str(statement_timeout_ms)
         self.max_tasks_per_user = max_tasks_per_user
         self._max_tasks = str(max_tasks_per_user)
@@ -160,6 +163,9 @@ class Database:
             statement_timeout_ms=settings.db_statement_timeout_ms,
             max_tasks_per_user=settings.max_tasks_per_user,
             prepare=prepare,
+            fair_share=FairShare(
+                settings.max_connections_per_user, wait_seconds=settings.db_pool_timeout_seconds
+            ),
             # The server cancels a slow statement itself; this bounds the wait when no answer can
             # come at all (a wedged pooler, a network that drops packets silently). psycopg then
             # spends up to 10 s asking the server to cancel before it lets the connection go.
@@ -185,7 +191,7 @@ class Database:
             stats = self.pool.get_stats()
             metrics.pool_size.set(stats["pool_size"])
             metrics.pool_in_use.set(stats["pool_size"] - stats["pool_available"])
-            metrics.pool_waiting.set(stats.get("requests_waiting", 0))
+            metrics.pool_waiting.set(stats.get("requests_waiting", 0) + self.fair_share.waiting)
             await asyncio.sleep(1.0)
 
     async def run(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
@@ -208,9 +214,21 @@ class Database:
             "app_max_tasks": self._max_tasks,
             "app_statement_timeout": self._statement_timeout,
         }
-        # getconn/putconn rather than pool.connection(): its `async with connection` would commit or
-        # roll back, which the transaction below does itself (bench/RESULTS.md, "Third session").
-        connection = await self.pool.getconn()
+        await self.fair_share.acquire(user_id)
+        try:
+            # getconn/putconn rather than pool.connection(): its `async with connection` would
+            # commit or roll back, which the transaction does itself (bench/RESULTS.md, "Third session").
+            connection = await self.pool.getconn()
+            try:
+                return await self._on(connection, query, as_user, read_only=read_only)
+            finally:
+                await self.pool.putconn(connection)
+        finally:
+            self.fair_share.release(user_id)
+
+    async def _on(
+        self, connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
+    ) -> Rows:
         try:
             async with asyncio.timeout(self._answer_timeout):
                 if self._prepare:
@@ -229,8 +247,6 @@ class Database:
         except BaseException:
             await _roll_back(connection)
             raise
-        finally:
-            await self.pool.putconn(connection)
 
     @staticmethod
     async def _one_message(

@@ -16,6 +16,14 @@ class LimitReached(Exception):  # noqa: N818 (a state, not a mistake)
         self.limit = limit
 
 
+class UserShareExceeded(Exception):  # noqa: N818 (a state, not a mistake)
+    """This user already holds their share of the worker's connections, and none came back in time."""
+
+    def __init__(self, per_user: int) -> None:
+        super().__init__(per_user)
+        self.per_user = per_user
+
+
 class DatabaseUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
     """The database did not answer in time; whatever was sent may or may not have run."""
 

@@ -21,6 +21,7 @@ MIGRATIONS_DIR = SQL_DIR / "migrations"
 POLICIES_DIR = SQL_DIR / "policies"
 AUDIT_DIR = SQL_DIR / "audit"
 ISOLATION_CHECK = SQL_DIR / "checks" / "isolation.sql"
+DRIFT_CHECK = SQL_DIR / "checks" / "drift.sql"
 
 
 def read_sql(path: Path) -> str:

@@ -13,6 +13,7 @@ FastAPI release stops calling request-only endpoints directly.
 """
 
 import inspect
+import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,10 @@ from api.auth.errors import InvalidToken
 from api.auth.principal import Principal
 from api.auth.verification import Authenticator
 from api.db.database import Database, Query, Rows
+from api.db.isolation import IsolationWatch
 from api.http.openapi import OpenApiDocument, amend_openapi
-from api.http.problems import ProblemError
+from api.http.problems import ProblemError, isolation_unverified
+from api.http.rate_limit import RateLimiter
 
 _BEARER_SCHEME_NAME = "HTTPBearer"
 _BEARER_SCHEME = HTTPBearer(
@@ -60,8 +63,15 @@ class Caller:
         return await self.database.run(self.user.id, query, read_only=read_only)
 
 
+# A Better Auth token is about a kilobyte; a larger header is refused before anything decodes it.
+MAX_AUTHORIZATION_BYTES = 8 * 1024
+
+
 async def _authorized_caller(request: Request) -> Principal:
-    scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    authorization = request.headers.get("Authorization")
+    if authorization is not None and len(authorization) > MAX_AUTHORIZATION_BYTES:
+        raise InvalidToken(f"The Authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes.")
+    scheme, token = get_authorization_scheme_param(authorization)
     if scheme.lower() != "bearer" or not token:
         raise InvalidToken(
             "Send a token in the Authorization header: `Authorization: Bearer <jwt>`.", token_was_sent=False
@@ -72,6 +82,9 @@ async def _authorized_caller(request: Request) -> Principal:
         raise ProblemError(
             403, "forbidden", "Forbidden", "The user id in the path is not the one your token was issued for."
         )
+    rate_limiter: RateLimiter | None = request.app.state.rate_limiter
+    if rate_limiter is not None:
+        rate_limiter.take(principal.id)
     return principal
 
 
@@ -98,6 +111,7 @@ class AuthenticatedRoute(APIRoute):
         handle = self.endpoint if _takes_only_the_request(self) else super().get_route_handler()
 
         async def authenticate_then_handle(request: Request) -> Response:
+            refuse_unless_isolated(request)
             request.state.caller = Caller(await _authorized_caller(request), request.app.state.database)
             return await handle(request)
 
@@ -117,6 +131,13 @@ def _takes_only_the_request(route: APIRoute) -> bool:
         and inspect.isclass(signature.return_annotation)
         and issubclass(signature.return_annotation, Response)
     )
+
+
+def refuse_unless_isolated(request: Request) -> None:
+    """Fail closed: while the last isolation check found anything, no request reaches the database."""
+    isolation: IsolationWatch = request.app.state.isolation
+    if not isolation.verified:
+        raise isolation_unverified(retry_after=math.ceil(isolation.interval_seconds))
 
 
 def caller_of(request: Request) -> Caller:

@@ -1,21 +1,16 @@
 """Liveness and readiness, for load balancers and orchestrators: no token needed."""
 
 import asyncio
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from api.db.database import Database
+from api.http.caller import refuse_unless_isolated
 from api.http.problems import database_unavailable, error_response
 
 router = APIRouter(tags=["health"])
 
 _READY_TIMEOUT_SECONDS = 3.0
-
-
-async def _database(request: Request) -> Database:
-    database: Database = request.app.state.database
-    return database
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -25,10 +20,17 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="The database is reachable",
-    responses={503: error_response("The database is unreachable.")},
+    summary="The database is reachable and verified to isolate users",
+    responses={
+        503: error_response(
+            "The database is unreachable, or the last isolation check found something "
+            "(type urn:todo-api:problem:isolation-unverified)."
+        )
+    },
 )
-async def readyz(database: Annotated[Database, Depends(_database)]) -> dict[str, str]:
+async def readyz(request: Request) -> dict[str, str]:
+    refuse_unless_isolated(request)
+    database: Database = request.app.state.database
     try:
         await asyncio.wait_for(database.ping(), _READY_TIMEOUT_SECONDS)
     except TimeoutError:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth.errors import InvalidToken, KeysUnavailable
-from api.db.errors import UNAVAILABLE
+from api.db.errors import UNAVAILABLE, UserShareExceeded
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.telemetry import metrics
 
@@ -73,6 +73,18 @@ def internal_error() -> ProblemError:
     return ProblemError(500, "internal-error", "Internal server error", "This is a bug on our side.")
 
 
+def too_many_requests(
+    detail: str, *, retry_after: int, headers: dict[str, str] | None = None
+) -> ProblemError:
+    return ProblemError(
+        429,
+        "too-many-requests",
+        "Too many requests",
+        detail,
+        headers={"Retry-After": str(retry_after), **(headers or {})},
+    )
+
+
 def task_limit_reached(limit: int) -> ProblemError:
     return ProblemError(
         409,
@@ -103,6 +115,18 @@ def authentication_unavailable() -> ProblemError:
         "The keys that verify this token cannot be fetched from the auth server right now. "
         "Try again shortly.",
         headers={"Retry-After": "5"},
+    )
+
+
+def isolation_unverified(retry_after: int) -> ProblemError:
+    # Refused, not served: the database may not be keeping users apart right now.
+    return ProblemError(
+        503,
+        "isolation-unverified",
+        "Isolation unverified",
+        "The server cannot verify that the database keeps users apart; nothing was read or changed. "
+        "An operator has been alerted.",
+        headers={"Retry-After": str(retry_after)},
     )
 
 
@@ -200,6 +224,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidToken)
     async def on_invalid_token(_: Request, exc: InvalidToken) -> JSONResponse:
         return problem_response(unauthorized(exc))
+
+    @app.exception_handler(UserShareExceeded)
+    async def on_share_exceeded(_: Request, exc: UserShareExceeded) -> JSONResponse:
+        detail = f"You already have {exc.per_user} requests at the database; try again when they are done."
+        return problem_response(too_many_requests(detail, retry_after=1))
 
     @app.exception_handler(KeysUnavailable)
     async def on_keys_unavailable(_: Request, exc: KeysUnavailable) -> JSONResponse:

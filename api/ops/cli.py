@@ -2,7 +2,7 @@
 
 Every failure a user can cause ends in one message naming the cause and the fix, and exit status 1
 (api/ops/failures.py). Modules that import prometheus_client are imported inside the commands, after
-`serve` has pointed it at the folder its workers share.
+`serve` has pointed it at the folder its workers share (api/telemetry/multiprocess.py).
 """
 
 import argparse
@@ -29,6 +29,7 @@ from api.ops.failures import CommandFailed, configuration_failure, database_fail
 from api.ops.migrations import apply_migrations
 from api.settings import Settings
 from api.telemetry.logs import configure_logging, default_format
+from api.telemetry.multiprocess import DIR_VARIABLE
 
 logger = logging.getLogger("api.ops.serve")
 
@@ -123,39 +124,26 @@ def serve(args: argparse.Namespace) -> None:
     development = settings.database_url is None
     if not development and (missing := settings.missing_token_source()):
         raise CommandFailed(f"invalid configuration: {missing}")
-    # uvicorn re-raises SIGTERM after its graceful shutdown, which would kill us before the
-    # finally blocks below stop the embedded Postgres and remove the workers' folder; as
-    # SystemExit, they run.
+    # Until the server takes over the signals, a SIGTERM ends the command as SystemExit, so that the
+    # finally blocks below stop the embedded Postgres and remove the workers' folder.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with _serving_folder() as folder, _database_url(settings, args.data_dir) as url:
-        from api.telemetry.metrics import MULTIPROCESS_DIR_VARIABLE
-
-        os.environ[MULTIPROCESS_DIR_VARIABLE] = str(folder / "metrics")
+        os.environ[DIR_VARIABLE] = str(folder / "metrics")
         if development or args.migrate:
             logger.info("todo-api: %s", _migrate(url))
         asyncio.run(_check_isolation(url, settings))
 
-        import uvicorn
+        from api.ops.server import serve_with_granian
 
-        from api.ops.worker import READY_MARKER_VARIABLE, READY_MESSAGE_VARIABLE
-
-        os.environ[READY_MARKER_VARIABLE] = str(folder / "ready")
-        os.environ[READY_MESSAGE_VARIABLE] = _ready_message(
-            args.host, args.port, development and settings.better_auth_secret is None
-        )
-        uvicorn.run(
-            "api.ops.worker:create_served_app",
-            factory=True,
+        serve_with_granian(
             host=args.host,
             port=args.port,
             workers=args.workers,
-            loop="uvloop",
-            http="httptools",
-            # Our own access line (api/http/request_telemetry.py) has the route template and the user.
-            access_log=False,
-            # uvicorn's lines go through the API's one handler (api/telemetry/logs.py).
-            log_config=None,
-            proxy_headers=True,
+            log_level=settings.log_level,
+            ready_marker=folder / "ready",
+            ready_message=_ready_message(
+                args.host, args.port, development and settings.better_auth_secret is None
+            ),
         )
 
 

@@ -85,6 +85,6 @@ def start(data_dir: Path) -> EmbeddedDatabase:
 
 
 def export_environment(database: EmbeddedDatabase) -> None:
-    """Hand the embedded database to uvicorn's workers, which read Settings from the environment."""
+    """Hand the embedded database to the server's workers, which read Settings from the environment."""
     os.environ["DATABASE_URL"] = database.url
     os.environ.setdefault("BETTER_AUTH_SECRET", database.secret)

@@ -204,8 +204,19 @@ async def audit(connection: Connection, files: Sequence[Path] | None = None) -> 
         tables=tables,
         policies=policies,
         grants=grants,
-        findings=findings + await policy_drift(connection, files),
+        findings=_merged(findings, await policy_drift(connection, files)),
     )
+
+
+def _merged(checked: list[Finding], drift: list[Finding]) -> list[Finding]:
+    """The isolation check's findings and the file-based drift, each policy reported once.
+
+    The check compares policies with the baseline recorded at migrate time; the audit compares them
+    with the files themselves, which says more (which file, what differs), so it wins.
+    """
+    compared = {(finding.table, finding.policy) for finding in drift if finding.policy is not None}
+    kept = [finding for finding in checked if (finding.table, finding.policy) not in compared]
+    return kept + drift
 
 
 def audit_database(database_url: str, files: Sequence[Path] | None = None) -> Audit:

@@ -4,7 +4,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Request, Response, status
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, field_validator
 
 from api.db.database import Rows
 from api.db.errors import LimitReached
@@ -19,6 +19,14 @@ from api.telemetry.logs import log_change
 
 class TaskPath(BaseModel):
     task_id: int = Field(ge=1, le=MAX_TASK_ID, description="The task's id.")
+
+    @field_validator("task_id", mode="before")
+    @classmethod
+    def ascii_digits(cls, value: object) -> object:
+        # int() would also read "4_0", "+1", " 1" and other scripts' digits.
+        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+            raise ValueError("must be a task id: ASCII digits only")
+        return value
 
 
 _TASK_PATH_DOCS = parameter_docs(TaskPath, "path")

@@ -1,8 +1,8 @@
 """Logs an operator can use: one JSON object per line (or readable text), with the request id.
 
 Everything the server writes goes through the root logger's one handler, on standard error: the
-API's own lines, uvicorn's (it is started with `log_config=None`, so it adds no handler of its own),
-and every library's. `LOG_FORMAT=json` (the default when stdout is not a terminal) writes one JSON
+API's own lines, the HTTP server's (granian's, routed here by api/ops/server.py; uvicorn's in the
+tests), and every library's. `LOG_FORMAT=json` (the default when stdout is not a terminal) writes one JSON
 object per line; `LOG_FORMAT=text` writes lines for people.
 """
 

@@ -1,10 +1,10 @@
 """Prometheus metrics: what an operator watches, aggregated across every worker.
 
-`todo-api serve` points PROMETHEUS_MULTIPROC_DIR at a folder of its own before any worker imports
-prometheus_client, so each worker writes its figures there and `/metrics` adds them up (the
-client's multiprocess mode); without the variable (one process, as in the tests) the figures are
-kept in memory. No label ever carries a user id or a raw path: routes are named by their template,
-and requests that match no route share one label.
+`todo-api serve` points PROMETHEUS_MULTIPROC_DIR at a folder of its own before prometheus_client is
+imported (api/telemetry/multiprocess.py), so each worker writes its figures there and `/metrics`
+adds them up (the client's multiprocess mode); without the variable (one process, as in the tests)
+the figures are kept in memory. No label ever carries a user id or a raw path: routes are named by
+their template, and requests that match no route share one label.
 """
 
 import os
@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
 
-MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+from api.telemetry.multiprocess import DIR_VARIABLE
+
 UNMATCHED_ROUTE = "(unmatched)"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -79,7 +80,7 @@ def timed_transaction(mode: str) -> Iterator[None]:
 
 def exposition() -> bytes:
     """Every metric in the Prometheus text format, added up across workers when there are several."""
-    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+    if os.environ.get(DIR_VARIABLE):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
@@ -88,5 +89,5 @@ def exposition() -> bytes:
 
 def forget_this_process() -> None:
     """A worker that stops takes its live gauges with it (multiprocess mode only)."""
-    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+    if os.environ.get(DIR_VARIABLE):
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -1,6 +1,7 @@
--- Findings that would let one user see or change another's rows. The API runs this at start-up as
--- its login role and refuses to serve while it returns any row; `todo-api policies` reports the same
--- rows (plus drift from sql/policies/); a DBA can run it by hand the same way:
+-- Findings that would let one user see or change another's rows. The API runs this as its login
+-- role at start-up, refusing to serve while it returns any row, and again every minute while it
+-- serves (with sql/checks/drift.sql); `todo-api policies` reports the same rows (plus drift from
+-- sql/policies/); a DBA can run it by hand the same way:
 --     psql "$DATABASE_URL" -f sql/checks/isolation.sql
 -- Each row is one finding, in words. No rows: the database enforces isolation.
 
@@ -40,10 +41,27 @@ todo_app_policies AS (
 SELECT 'role todo_app does not exist' AS finding
 WHERE NOT EXISTS (SELECT FROM todo_app)
 
+-- Read from the catalog rather than with to_regclass, which needs USAGE on the schema.
 UNION ALL
 SELECT pg_catalog.format('table %s does not exist: the database is not migrated', expected)
-FROM pg_catalog.unnest(ARRAY['public.users', 'public.tasks']) AS expected
-WHERE pg_catalog.to_regclass(expected) IS NULL
+FROM pg_catalog.unnest(ARRAY['public.users', 'public.tasks', 'app.task_counts', 'app.policy_baseline']) AS expected
+WHERE NOT EXISTS (
+    SELECT FROM pg_catalog.pg_class AS c
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE pg_catalog.format('%I.%I', n.nspname, c.relname) = expected
+)
+
+-- TRUNCATE empties a table without asking its policies, REFERENCES lets a foreign key of todo_app's
+-- probe rows it cannot see, and TRIGGER lets it attach code that runs on other users' writes.
+UNION ALL
+SELECT pg_catalog.format('role todo_app has %s on %s, which row-level security does not govern', privilege, c.oid::regclass)
+FROM pg_catalog.pg_class AS c
+CROSS JOIN todo_app AS r
+CROSS JOIN pg_catalog.unnest(ARRAY['TRUNCATE', 'REFERENCES', 'TRIGGER']) AS privilege
+WHERE c.relnamespace IN (SELECT oid FROM user_schemas)
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND (pg_catalog.has_table_privilege(r.oid, c.oid, privilege)
+       OR (privilege = 'REFERENCES' AND pg_catalog.has_any_column_privilege(r.oid, c.oid, 'REFERENCES')))
 
 UNION ALL
 SELECT 'role todo_app is a superuser, so row-level security does not apply to it'

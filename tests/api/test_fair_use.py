@@ -1,6 +1,7 @@
 """One user cannot take what others need: a task quota the database enforces, and a search that
 reads the caller's rows through an index, never the whole table."""
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -145,3 +146,61 @@ def test_search_takes_its_text_literally_whatever_the_string_setting(
         "e_c": ["snake_case"],
         "C:\\t": ["C:\\temp"],
     }
+
+
+def test_one_users_slow_requests_cannot_take_the_pool_from_others(
+    migrated_db_url: str, migrated_db: psycopg.Connection[Any]
+) -> None:
+    settings = settings_for(migrated_db_url, db_pool_size=4, db_pool_timeout_seconds=1.0)
+    assert settings.max_connections_per_user == 1
+    alice, bob = new_user(), new_user()
+    with (
+        serving(create_app(settings)) as base_url,
+        httpx.Client(base_url=base_url, timeout=30) as client,
+    ):
+        task = client.post(alice.tasks_url, json={"title": "locked"}, headers=alice.headers).json()
+        client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
+        migrated_db.autocommit = False
+        # The test holds alice's row locked: her updates wait on it, each holding a connection.
+        migrated_db.execute("select from tasks where id = %s for update", [task["id"]])
+
+        def update(n: int) -> httpx.Response:
+            return client.put(alice.task_url(task["id"]), json={"title": f"v{n}"}, headers=alice.headers)
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            alices = [pool.submit(update, n) for n in range(5)]
+            bobs = [client.get(bob.tasks_url, headers=bob.headers) for _ in range(20)]
+            # Her other four wait for her one connection for DB_POOL_TIMEOUT_SECONDS, then give up,
+            # while the first still waits for the lock.
+            deadline = time.monotonic() + 10
+            while sum(future.done() for future in alices) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            refused = [future.result() for future in alices if future.done()]
+            migrated_db.rollback()  # let the one that got in finish
+            answered = [future.result() for future in alices]
+
+    assert [response.status_code for response in bobs] == [200] * 20, "bob is served throughout"
+    assert sorted(response.status_code for response in answered) == [200] + [429] * 4
+    assert [response.status_code for response in refused] == [429] * 4, "refused while her row was locked"
+    too_many = next(response for response in answered if response.status_code == 429)
+    assert too_many.json()["type"] == "urn:todo-api:problem:too-many-requests"
+    assert int(too_many.headers["retry-after"]) >= 1
+
+
+def test_a_user_past_the_rate_gets_429_with_rate_limit_fields(migrated_db_url: str) -> None:
+    alice, bob = new_user(), new_user()
+    with (
+        serving(create_app(settings_for(migrated_db_url, rate_limit_per_minute=5))) as base_url,
+        httpx.Client(base_url=base_url) as client,
+    ):
+        statuses = [client.get(alice.tasks_url, headers=alice.headers).status_code for _ in range(7)]
+        refused = client.get(alice.tasks_url, headers=alice.headers)
+        other = client.get(bob.tasks_url, headers=bob.headers)
+    assert statuses == [200] * 5 + [429] * 2
+    assert refused.status_code == 429
+    assert refused.json()["type"] == "urn:todo-api:problem:too-many-requests"
+    wait = int(refused.headers["retry-after"])
+    assert 1 <= wait <= 12
+    assert refused.headers["ratelimit-policy"] == '"per-user";q=5;w=60'
+    assert refused.headers["ratelimit"] == f'"per-user";r=0;t={wait}'
+    assert other.status_code == 200, "the limit is each user's own"

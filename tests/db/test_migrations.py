@@ -20,7 +20,7 @@ from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
 from api.ops.migrations import apply_migrations, rollback_migrations
 from tests.support import PROJECT
 
-MIGRATION_IDS = ["0001_app_role", "0002_tasks_schema", "0003_task_quota"]
+MIGRATION_IDS = ["0001_app_role", "0002_tasks_schema", "0003_task_quota", "0004_isolation_baseline"]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
 Conn = psycopg.Connection[tuple[Any, ...]]

@@ -1,0 +1,59 @@
+"""The HTTP server `todo-api serve` runs the workers in: granian, with the limits that keep a hostile
+client from costing anything before the API sees a request.
+
+- A request head over 32 KiB is answered 431 and the connection closed (hyper's read buffer);
+- a client that has not sent its whole head after 10 s is disconnected;
+- the Authorization header's own 8 KiB limit is the API's (api/http/caller.py).
+
+uvicorn has neither limit: it read a 64 MiB header whole.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from granian.constants import Interfaces, Loops
+from granian.http import HTTP1Settings
+from granian.log import LogLevels
+from granian.server import Server
+
+from api.ops.worker import READY_MARKER_VARIABLE, READY_MESSAGE_VARIABLE
+
+MAX_HEAD_BYTES = 32 * 1024
+HEAD_TIMEOUT_MILLISECONDS = 10_000
+
+# Granian's own lines (and its Rust core's) go to the root logger, whose one handler formats them
+# like every other line (api/telemetry/logs.py); its access log stays off: ours has the route.
+_LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {},
+    "handlers": {},
+    "loggers": {
+        "_granian": {"handlers": [], "propagate": True},
+        "granian.access": {"handlers": [], "propagate": True},
+    },
+}
+
+
+def serve_with_granian(
+    *, host: str, port: int, workers: int, log_level: str, ready_marker: Path, ready_message: str
+) -> None:
+    """Serve `create_served_app` until SIGINT or SIGTERM; the first worker ready says so."""
+    os.environ[READY_MARKER_VARIABLE] = str(ready_marker)
+    os.environ[READY_MESSAGE_VARIABLE] = ready_message
+    Server(
+        "api.ops.worker:create_served_app",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=HEAD_TIMEOUT_MILLISECONDS, max_buffer_size=MAX_HEAD_BYTES
+        ),
+        log_dictconfig=_LOGGING,
+        log_level=LogLevels(log_level.lower()),
+        log_access=False,
+    ).serve()

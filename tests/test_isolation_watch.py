@@ -1,0 +1,142 @@
+"""Isolation is checked while serving: a database weakened under a running API is refused within a
+check interval, logged once, and served again once repaired, all without a restart."""
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from api.app import create_app
+from api.ops.policy_audit import audit_database
+from tests.support import ApiUser, new_user, serving, settings_for
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+INTERVAL = 0.2
+
+
+@pytest.fixture
+def db(migrated_db: Conn) -> Conn:
+    migrated_db.autocommit = True
+    return migrated_db
+
+
+@pytest.fixture
+def api(migrated_db_url: str) -> Iterator[httpx.Client]:
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=INTERVAL)
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+        yield client
+
+
+def _eventually(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20 * INTERVAL + 5
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(INTERVAL / 2)
+
+
+def _refused(api: httpx.Client, user: ApiUser) -> bool:
+    response = api.get(user.tasks_url, headers=user.headers)
+    return (
+        response.status_code == 503 and response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+    )
+
+
+def _current_user_id_definition(db: Conn) -> str:
+    row = db.execute("select pg_get_functiondef('app.current_user_id()'::regprocedure)").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+_BOB = (
+    "create or replace function app.current_user_id() returns text language sql stable as $$ select 'bob' $$"
+)
+
+
+@dataclass(frozen=True)
+class Weakening:
+    weaken: str
+    repair: str  # {original} is app.current_user_id()'s definition before the weakening
+    expected: str  # part of the finding
+
+
+WEAKENINGS = {
+    "force turned off": Weakening(
+        "alter table tasks no force row level security",
+        "alter table tasks force row level security",
+        "without row-level security forced",
+    ),
+    "a policy for all, using true": Weakening(
+        'create policy "everyone" on tasks for all to todo_app using (true)',
+        'drop policy "everyone" on tasks',
+        'policy "everyone" on public.tasks is live but was not applied',
+    ),
+    "a policy granted to public": Weakening(
+        'create policy "peek" on tasks for select to public using (user_id is not null)',
+        'drop policy "peek" on tasks',
+        'policy "peek" on public.tasks is live but was not applied',
+    ),
+    "a policy loosened": Weakening(
+        'alter policy "tasks are visible to their owner" on tasks using (1 = 1)',
+        'alter policy "tasks are visible to their owner" on tasks '
+        "using (user_id = (select app.current_user_id()))",
+        'policy "tasks are visible to their owner" on public.tasks changed',
+    ),
+    "the identity function replaced": Weakening(
+        _BOB, "{original}", "function app.current_user_id() was replaced"
+    ),
+    "truncate granted": Weakening(
+        "grant truncate on tasks to todo_app",
+        "revoke truncate on tasks from todo_app",
+        "role todo_app has TRUNCATE on tasks",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(WEAKENINGS))
+def test_weakened_while_serving_then_repaired(
+    api: httpx.Client, db: Conn, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    weakening = WEAKENINGS[name]
+    original = _current_user_id_definition(db)
+    alice = new_user()
+    assert api.post(alice.tasks_url, json={"title": "mine"}, headers=alice.headers).status_code == 201
+
+    with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+        db.execute(weakening.weaken)
+        _eventually(lambda: _refused(api, alice), f"{name}: task requests are refused")
+        ready = api.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+        assert (
+            api.post(alice.tasks_url, json={"title": "while weakened"}, headers=alice.headers).status_code
+            == 503
+        )
+        time.sleep(3 * INTERVAL)  # more checks, the same findings
+        errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+        assert len(errors) == 1, "logged once per change, not once per check"
+        assert weakening.expected in errors[0].getMessage()
+
+        db.execute(weakening.repair.format(original=original))
+        _eventually(
+            lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
+            f"{name}: served again",
+        )
+    assert api.get("/readyz").status_code == 200
+    assert [task["title"] for task in api.get(alice.tasks_url, headers=alice.headers).json()] == ["mine"]
+
+
+def test_the_audit_reports_a_replaced_function(db: Conn, migrated_db_url: str) -> None:
+    db.execute(_BOB)
+    messages = [finding.message for finding in audit_database(migrated_db_url).findings]
+    assert "function app.current_user_id() was replaced since todo-api migrate created it" in messages
+
+
+def test_a_blinded_check_is_a_finding_not_a_pass(api: httpx.Client, db: Conn) -> None:
+    alice = new_user()
+    db.execute("drop view app.policy_catalog")
+    _eventually(lambda: _refused(api, alice), "a check that cannot run refuses requests")
