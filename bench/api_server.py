@@ -52,18 +52,10 @@ class RunningApi:
     log_path: Path
 
     def worker_processes(self) -> list[psutil.Process]:
-        """The processes that serve requests: the server itself with one worker, else its spawned children."""
+        """The processes that serve requests: the server's worker processes (granian forks one per
+        worker, even for one; the process that started them only supervises)."""
         main = psutil.Process(self.process.pid)
-        if self.workers == 1:
-            return [main]
-        workers = []
-        for child in main.children(recursive=True):
-            try:
-                if any("spawn_main" in part for part in child.cmdline()):
-                    workers.append(child)
-            except psutil.Error:
-                continue
-        return workers
+        return [child for child in main.children() if child.name() == main.name()]
 
     def log_tail(self, lines: int = 40) -> str:
         try:
