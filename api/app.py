@@ -3,10 +3,12 @@
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import SecretStr
 
 from api import __version__
 from api.auth.verification import build_authenticator
@@ -16,14 +18,34 @@ from api.http import health, metrics
 from api.http.body_limit import BodySizeLimit
 from api.http.caller import document_bearer_scheme
 from api.http.docs import install_docs
+from api.http.openapi import document_response_header
 from api.http.problems import document_problem_media_type, install_problem_handlers
 from api.http.rate_limit import RateLimiter
 from api.http.request_telemetry import RequestTelemetry
-from api.settings import Settings
+from api.settings import MIN_SECRET_LENGTH, Settings
 from api.tasks import routes as tasks
 from api.telemetry.logs import configure_logging, default_format, is_acceptable_request_id, new_request_id
 from api.telemetry.metrics import forget_this_process
 from api.telemetry.tracing import Tracer, tracer_for
+
+# What a browser script may send, and read of a response, when CORS lets its origin call the API.
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "If-None-Match",
+    "Idempotency-Key",
+    "X-Request-ID",
+]
+CORS_RESPONSE_HEADERS = [
+    "Location",
+    "Link",
+    "ETag",
+    "X-Request-ID",
+    "Retry-After",
+    "RateLimit-Policy",
+    "RateLimit",
+]
 
 # Every router the API serves. A router left out of this list would answer 404 for all its routes;
 # `tests/api/test_routers.py` fails when a module defines a router that is not here.
@@ -77,6 +99,7 @@ def create_app(
         # ship no SDK for it to find (bench/RESULTS.md, "Fourth session").
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.state.settings = settings
     app.state.database = database
     app.state.authenticator = authenticator
     app.state.isolation = isolation
@@ -86,6 +109,9 @@ def create_app(
     install_problem_handlers(app)
     document_problem_media_type(app)
     document_bearer_scheme(app)
+    document_response_header(
+        app, "X-Request-ID", "This request's id, in every log line about it: yours if you sent a sane one."
+    )
     # The routers' routes join the app's own list rather than through `include_router`: FastAPI
     # wraps an included router in a layer that it matches twice on every request (bench/RESULTS.md,
     # "Fourth session"). The routes already carry their prefix, tags, responses and route class.
@@ -99,8 +125,8 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Location", "Link", "X-Request-ID"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTelemetry, tracer=tracer)
@@ -113,3 +139,12 @@ def create_app(
         generator=new_request_id,
     )
     return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document, without a database or keys: the app is built, never started."""
+    unused = SecretStr("unused-" + "x" * MIN_SECRET_LENGTH)
+    settings = Settings.model_construct(
+        database_url=SecretStr("postgresql://unused@/unused"), better_auth_secret=unused
+    )
+    return create_app(settings).openapi()

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=0)
     # How often each worker re-runs the isolation check while it serves.
     isolation_check_interval_seconds: float = Field(default=60.0, gt=0)
+    # With true, a PUT, PATCH or DELETE without If-Match is refused with 428.
+    require_if_match: bool = False
+    # How long a create's Idempotency-Key is remembered, in hours.
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
     # Tasks one user may have; the database refuses the INSERT past it (409 task-limit-reached).
     max_tasks_per_user: int = Field(default=10_000, ge=1)
     # Request bodies beyond this are refused with 413 before they are read in full.

@@ -42,6 +42,13 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     listed = httpx.get(f"{base_url}/api/alice/tasks", headers=headers)
 
     assert created.status_code == 201
+    preflight = httpx.options(
+        f"{base_url}/api/alice/tasks",
+        headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.headers.get("access-control-allow-origin") == "http://localhost:3000", (
+        "a Next.js app may call"
+    )
     assert [task["title"] for task in listed.json()] == ["Try todo-api"]
     assert _postgres_running(data_dir / "pgdata")
 
@@ -50,6 +57,7 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     output = log.read_text()
     assert process.returncode == 0, output
     assert "todo-api token alice" in output, "the welcome text says how to get a token"
+    assert "http://localhost:3000" in output, "and which browser origins may call it"
     assert not _postgres_running(data_dir / "pgdata"), "SIGTERM stops the embedded Postgres too"
 
 
@@ -80,7 +88,7 @@ def test_migrate_sets_up_an_external_database(empty_db_url: str, tmp_path: Path)
     assert "0002_tasks_schema" in result.stdout
     with psycopg.connect(empty_db_url) as connection:
         tables = connection.execute("select relname from pg_class where relrowsecurity order by 1").fetchall()
-    assert tables == [("tasks",), ("users",)]
+    assert tables == [("idempotency_keys",), ("tasks",), ("users",)]
 
 
 def test_serve_refuses_a_database_that_is_not_migrated(empty_db_url: str, tmp_path: Path) -> None:

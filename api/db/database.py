@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
 
-from api.db.errors import DatabaseUnavailable, LimitReached
+from api.db.errors import AlreadyExists, DatabaseUnavailable, LimitReached
 from api.db.fair_share import FairShare
 from api.db.urls import libpq_url
 from api.settings import Settings
@@ -238,6 +238,9 @@ class Database:
             # Whatever the connection was waiting for may still arrive; it cannot be reused.
             await connection.close()
             raise DatabaseUnavailable("the database did not answer in time") from None
+        except psycopg.errors.UniqueViolation as error:
+            await _roll_back(connection)
+            raise AlreadyExists(error.diag.constraint_name) from None
         except psycopg.errors.CheckViolation as error:
             await _roll_back(connection)
             limit = error.diag.constraint_name

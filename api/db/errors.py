@@ -16,6 +16,14 @@ class LimitReached(Exception):  # noqa: N818 (a state, not a mistake)
         self.limit = limit
 
 
+class AlreadyExists(Exception):  # noqa: N818 (a state, not a mistake)
+    """A unique constraint refused a row that another transaction has just stored; nothing changed."""
+
+    def __init__(self, constraint: str | None) -> None:
+        super().__init__(constraint)
+        self.constraint = constraint
+
+
 class UserShareExceeded(Exception):  # noqa: N818 (a state, not a mistake)
     """This user already holds their share of the worker's connections, and none came back in time."""
 

@@ -29,7 +29,7 @@ from api.auth.verification import Authenticator
 from api.db.database import Database, Query, Rows
 from api.db.isolation import IsolationWatch
 from api.http.openapi import OpenApiDocument, amend_openapi
-from api.http.problems import ProblemError, isolation_unverified
+from api.http.problems import ProblemError, isolation_unverified, unsupported_media_type
 from api.http.rate_limit import RateLimiter
 
 _BEARER_SCHEME_NAME = "HTTPBearer"
@@ -113,6 +113,7 @@ class AuthenticatedRoute(APIRoute):
         async def authenticate_then_handle(request: Request) -> Response:
             refuse_unless_isolated(request)
             request.state.caller = Caller(await _authorized_caller(request), request.app.state.database)
+            _refuse_a_body_that_is_not_json(request)
             return await handle(request)
 
         return authenticate_then_handle
@@ -131,6 +132,21 @@ def _takes_only_the_request(route: APIRoute) -> bool:
         and inspect.isclass(signature.return_annotation)
         and issubclass(signature.return_annotation, Response)
     )
+
+
+_METHODS_WITH_BODIES = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _refuse_a_body_that_is_not_json(request: Request) -> None:
+    """415 for a body sent as anything but JSON (fetch sends a string body as text/plain), rather
+    than a 422 about a dictionary. A PATCH that toggles sends no body and needs no type."""
+    if request.method not in _METHODS_WITH_BODIES:
+        return
+    headers = request.headers
+    has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+    media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+    if has_body and media_type != "application/json":
+        raise unsupported_media_type()
 
 
 def refuse_unless_isolated(request: Request) -> None:

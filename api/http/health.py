@@ -13,13 +13,14 @@ router = APIRouter(tags=["health"])
 _READY_TIMEOUT_SECONDS = 3.0
 
 
-@router.get("/healthz", summary="The process is alive")
+@router.get("/healthz", operation_id="checkLiveness", summary="The process is alive")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get(
     "/readyz",
+    operation_id="checkReadiness",
     summary="The database is reachable and verified to isolate users",
     responses={
         503: error_response(

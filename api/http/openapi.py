@@ -18,3 +18,17 @@ def amend_openapi(app: FastAPI, amend: Callable[[OpenApiDocument], None]) -> Non
         return app.openapi_schema or generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def document_response_header(app: FastAPI, name: str, description: str) -> None:
+    """A header every response carries, documented on every response of every operation."""
+
+    def amend(document: OpenApiDocument) -> None:
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            for response in operation["responses"].values():
+                response.setdefault("headers", {})[name] = {
+                    "description": description,
+                    "schema": {"type": "string"},
+                }
+
+    amend_openapi(app, amend)

@@ -85,6 +85,44 @@ def too_many_requests(
     )
 
 
+def unsupported_media_type() -> ProblemError:
+    return ProblemError(
+        415,
+        "unsupported-media-type",
+        "Unsupported media type",
+        "Send the body as JSON, with Content-Type: application/json.",
+    )
+
+
+def precondition_failed(current_etag: str) -> ProblemError:
+    return ProblemError(
+        412,
+        "precondition-failed",
+        "Precondition failed",
+        "The task changed since the ETag you sent in If-Match; nothing was changed. "
+        "Fetch it again, then retry with its new ETag.",
+        headers={"ETag": current_etag},
+    )
+
+
+def precondition_required() -> ProblemError:
+    return ProblemError(
+        428,
+        "precondition-required",
+        "Precondition required",
+        "Send If-Match with the task's ETag (or *), so that a change made meanwhile is not lost.",
+    )
+
+
+def idempotency_key_reused() -> ProblemError:
+    return ProblemError(
+        422,
+        "idempotency-key-reused",
+        "Idempotency key reused",
+        "This Idempotency-Key was used for a create with another body; use a new key for a new task.",
+    )
+
+
 def task_limit_reached(limit: int) -> ProblemError:
     return ProblemError(
         409,
@@ -190,9 +228,12 @@ def _http_problem(exc: StarletteHTTPException) -> ProblemError:
     return ProblemError(exc.status_code, slug, title, detail, headers=dict(exc.headers or {}))
 
 
-def error_response(description: str) -> dict[str, Any]:
+def error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     """An OpenAPI `responses` entry for an error: a Problem, documented under its own media type."""
-    return {"model": Problem, "description": description}
+    entry: dict[str, Any] = {"model": Problem, "description": description}
+    if headers:
+        entry["headers"] = headers
+    return entry
 
 
 def document_problem_media_type(app: FastAPI) -> None:

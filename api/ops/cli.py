@@ -7,6 +7,7 @@ Every failure a user can cause ends in one message naming the cause and the fix,
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -95,15 +96,16 @@ async def _check_isolation(url: str, settings: Settings) -> None:
         )
 
 
-def _ready_message(host: str, port: int, development: bool) -> str:
+def _ready_message(host: str, port: int, *, generated_secret: bool, origins: str) -> str:
     base = f"http://{host}:{port}"
     lines = [f"todo-api: serving on {base} (docs: {base}/docs)"]
-    if development:
+    if generated_secret:
         lines += [
             "Development mode: embedded Postgres and a generated secret. Get a token and try it:",
             "  TOKEN=$(todo-api token alice)",
             f'  curl -H "Authorization: Bearer $TOKEN" {base}/api/alice/tasks',
         ]
+    lines.append(f"Browsers may call it from: {origins or 'no origin'} (CORS_ORIGINS).")
     return "\n".join(lines)
 
 
@@ -129,6 +131,9 @@ def serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with _serving_folder() as folder, _database_url(settings, args.data_dir) as url:
         os.environ[DIR_VARIABLE] = str(folder / "metrics")
+        origins = ",".join(settings.cors_origins)
+        if development and not origins:
+            origins = os.environ["CORS_ORIGINS"] = embedded.DEVELOPMENT_ORIGINS
         if development or args.migrate:
             logger.info("todo-api: %s", _migrate(url))
         asyncio.run(_check_isolation(url, settings))
@@ -142,7 +147,10 @@ def serve(args: argparse.Namespace) -> None:
             log_level=settings.log_level,
             ready_marker=folder / "ready",
             ready_message=_ready_message(
-                args.host, args.port, development and settings.better_auth_secret is None
+                args.host,
+                args.port,
+                generated_secret=development and settings.better_auth_secret is None,
+                origins=origins,
             ),
         )
 
@@ -190,6 +198,13 @@ def policies(args: argparse.Namespace) -> None:
     print(render_json(audit) if args.json else render_text(audit))
     if audit.findings:
         sys.exit(1)
+
+
+def openapi(args: argparse.Namespace) -> None:
+    """Print the OpenAPI document this version serves: the contract clients are generated from."""
+    from api.app import openapi_document
+
+    print(json.dumps(openapi_document(), indent=2, sort_keys=True))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -246,6 +261,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     policies_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
     policies_parser.set_defaults(run=policies)
+
+    openapi_parser = commands.add_parser(
+        "openapi",
+        help="print the OpenAPI document (no database needed)",
+        description="Print the OpenAPI document this version serves, as JSON.",
+    )
+    openapi_parser.set_defaults(run=openapi)
     return parser
 
 

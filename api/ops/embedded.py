@@ -84,6 +84,11 @@ def start(data_dir: Path) -> EmbeddedDatabase:
     return EmbeddedDatabase(server=server, url=url, secret=development_secret(data_dir))
 
 
+# Where a frontend in development runs (Next.js's default port), allowed by CORS unless
+# CORS_ORIGINS says otherwise.
+DEVELOPMENT_ORIGINS = "http://localhost:3000,http://127.0.0.1:3000"
+
+
 def export_environment(database: EmbeddedDatabase) -> None:
     """Hand the embedded database to the server's workers, which read Settings from the environment."""
     os.environ["DATABASE_URL"] = database.url

@@ -15,7 +15,7 @@ a page of rows would pay on every list.
 """
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -27,7 +27,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic.json_schema import WithJsonSchema
-from sqlalchemy import BigInteger, Column, DateTime, Identity, text
+from sqlalchemy import BigInteger, Column, DateTime, Identity, Integer, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from api.auth.principal import EMAIL_MAX_LENGTH, NAME_MAX_LENGTH, USER_ID_MAX_LENGTH
@@ -118,6 +119,23 @@ class User(SQLModel, table=True):
     )
 
 
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A create's Idempotency-Key, stored with the response it got (sql/policies/idempotency_keys.sql)."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: str = Field(primary_key=True, foreign_key="users.id")
+    key: str = Field(primary_key=True, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
+    request_hash: str
+    response: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
+    )
+
+
 class Task(SQLModel, TaskBase, table=True):
     __tablename__ = "tasks"
 
@@ -129,3 +147,5 @@ class Task(SQLModel, TaskBase, table=True):
     updated_at: datetime = Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
     )
+    # Moves exactly when the content does (the app.record_change trigger); the ETag is made of it.
+    version: int = Field(sa_column=Column(Integer, nullable=False, server_default=text("1")))

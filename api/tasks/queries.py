@@ -8,21 +8,31 @@ Statements are built once per shape with bind parameters, and a request supplies
 values (`Query`): the database layer compiles each shape once, not once per request.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from functools import cache
 from typing import Any, Protocol
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
+    Delete,
     Insert,
+    Integer,
+    Interval,
     String,
+    Update,
+    any_,
     bindparam,
     delete,
     exists,
+    false,
     func,
+    literal,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -32,7 +42,7 @@ from sqlmodel import col
 
 from api.db.database import Query
 from api.tasks.listing import SORT_KEYS, SortKey, SortOrder, TaskListParams
-from api.tasks.models import Task, TaskCreate, User
+from api.tasks.models import IdempotencyKey, Task, TaskCreate, User
 
 
 class Owner(Protocol):
@@ -54,6 +64,7 @@ _TASK_COLUMNS = (
     col(Task.completed),
     col(Task.created_at),
     col(Task.updated_at),
+    col(Task.version),
 )
 
 _USER_ID = bindparam("user_id", type_=String())
@@ -173,41 +184,150 @@ def create_task(owner: Owner, data: TaskCreate) -> Query:
     return Query(_CREATE_TASK, {**_owner_row(owner), **data.model_dump()})
 
 
-@cache
-def _update_statement(fields: frozenset[str]) -> ClauseElement:
-    types: dict[str, Any] = {"title": String(), "description": String(), "completed": Boolean()}
-    return (
-        update(Task)
-        .where(*_OWN_TASK)
-        .values({field: bindparam(field, type_=types[field]) for field in sorted(fields)})
-        .add_cte(_USER_ROW)
+# --- Creates with an Idempotency-Key ---------------------------------------------------------------
+
+_KEY = bindparam("key", type_=String())
+_TTL = bindparam("ttl", type_=Interval())
+_KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
+_FRESH_KEY = (_KEYS.c.user_id == _USER_ID, _KEYS.c.key == _KEY, _KEYS.c.created_at >= func.now() - _TTL)
+
+
+def _create_task_once() -> ClauseElement:
+    """Create the task and store the key with the response, unless the key is stored already.
+
+    One statement, so the key is stored in the transaction that creates the task. A repeat of a
+    stored key creates nothing and answers the stored key; a concurrent first use of the same key
+    waits for the other at the key's primary key, then fails (unique violation) and creates nothing.
+    """
+    previous = select(_KEYS.c.request_hash, _KEYS.c.response).where(*_FRESH_KEY).cte("previous")
+    # The caller's other expired keys go now; this one, if expired, only once it is known to be
+    # (the same statement cannot remove a key and store it again): see `forget_expired_keys`.
+    forgotten = (
+        delete(_KEYS)
+        .where(_KEYS.c.user_id == _USER_ID, _KEYS.c.key != _KEY, _KEYS.c.created_at < func.now() - _TTL)
+        .cte("forgotten")
+    )
+    created = (
+        pg_insert(Task)
+        .from_select(
+            ["user_id", "title", "description", "completed"],
+            select(
+                _USER_ID,
+                bindparam("title", type_=String()),
+                bindparam("description", type_=String()),
+                bindparam("completed", type_=Boolean()),
+            ).where(~exists(select(previous.c.request_hash))),
+        )
         .returning(*_TASK_COLUMNS)
+        .cte("created")
+    )
+    response = func.to_jsonb(created.table_valued())
+    request_hash = bindparam("request_hash", type_=String())
+    remembered = (
+        pg_insert(IdempotencyKey)
+        .from_select(
+            ["user_id", "key", "request_hash", "response"], select(_USER_ID, _KEY, request_hash, response)
+        )
+        .cte("remembered")
+    )
+    return (
+        select(
+            literal("created").label("outcome"),
+            request_hash.label("request_hash"),
+            response.label("response"),
+        )
+        .union_all(select(literal("previous"), previous.c.request_hash, previous.c.response))
+        .add_cte(_USER_ROW, remembered, forgotten)
     )
 
 
-def update_task(owner: Owner, task_id: int, changes: Mapping[str, object]) -> Query:
-    """Only the fields sent change; the others keep their value."""
-    return Query(_update_statement(frozenset(changes)), {**_owner_row(owner), "task_id": task_id, **changes})
+_CREATE_TASK_ONCE = _create_task_once()
 
 
-_TOGGLE = (
-    update(Task)
-    .where(*_OWN_TASK)
-    .values(completed=~col(Task.completed))
-    .add_cte(_USER_ROW)
-    .returning(*_TASK_COLUMNS)
-)
+def create_task_once(owner: Owner, data: TaskCreate, key: str, request_hash: str, ttl: timedelta) -> Query:
+    """Rows: (outcome 'created' or 'previous', request_hash, response), see `_create_task_once`."""
+    values = {**_owner_row(owner), **data.model_dump(), "key": key, "request_hash": request_hash, "ttl": ttl}
+    return Query(_CREATE_TASK_ONCE, values)
 
 
-def set_completed(owner: Owner, task_id: int, completed: bool | None) -> Query:
+_REMEMBERED = select(_KEYS.c.request_hash, _KEYS.c.response).where(*_FRESH_KEY)
+
+
+def remembered(user_id: str, key: str, ttl: timedelta) -> Query:
+    """The stored key and response, if the key was used within `ttl`."""
+    return Query(_REMEMBERED, {"user_id": user_id, "key": key, "ttl": ttl})
+
+
+_FORGET_EXPIRED = delete(_KEYS).where(_KEYS.c.user_id == _USER_ID, _KEYS.c.created_at < func.now() - _TTL)
+
+
+def forget_expired_keys(user_id: str, ttl: timedelta) -> Query:
+    """All of the user's expired keys, for when the key being used again is one of them."""
+    return Query(_FORGET_EXPIRED, {"user_id": user_id, "ttl": ttl})
+
+
+# --- Updates and deletes, unconditional or on If-Match ---------------------------------------------
+
+_VERSIONS = bindparam("versions", type_=ARRAY(Integer()))
+
+
+def _answer(write: Update | Delete, returned: tuple[Any, ...], *, conditional: bool) -> ClauseElement:
+    """`write` returning `returned`; when conditional, only if the task's version is one of
+    `versions`, decided in the write's own WHERE (re-read under the row's lock), and with the task as
+    it is when it was not written. Rows then carry `written`; none means no such task."""
+    if not conditional:
+        return write.add_cte(_USER_ROW).returning(*returned)
+    done = write.where(col(Task.version) == any_(_VERSIONS)).returning(*returned).cte("done")
+    as_it_is = select(*returned, false().label("written")).where(*_OWN_TASK, ~exists(select(done.c.id)))
+    return select(*done.c, true().label("written")).union_all(as_it_is).add_cte(_USER_ROW)
+
+
+def _conditions(task_id: int, versions: Sequence[int] | None) -> dict[str, object]:
+    return {"task_id": task_id} if versions is None else {"task_id": task_id, "versions": list(versions)}
+
+
+@cache
+def _update_statement(fields: frozenset[str], conditional: bool) -> ClauseElement:
+    types: dict[str, Any] = {"title": String(), "description": String(), "completed": Boolean()}
+    write = (
+        update(Task)
+        .where(*_OWN_TASK)
+        .values({field: bindparam(field, type_=types[field]) for field in sorted(fields)})
+    )
+    return _answer(write, _TASK_COLUMNS, conditional=conditional)
+
+
+def update_task(
+    owner: Owner, task_id: int, changes: Mapping[str, object], *, versions: Sequence[int] | None = None
+) -> Query:
+    """Only the fields sent change; the others keep their value. `versions`: see `_answer`."""
+    statement = _update_statement(frozenset(changes), versions is not None)
+    return Query(statement, {**_owner_row(owner), **_conditions(task_id, versions), **changes})
+
+
+@cache
+def _toggle_statement(conditional: bool) -> ClauseElement:
+    write = update(Task).where(*_OWN_TASK).values(completed=~col(Task.completed))
+    return _answer(write, _TASK_COLUMNS, conditional=conditional)
+
+
+def set_completed(
+    owner: Owner, task_id: int, completed: bool | None, *, versions: Sequence[int] | None = None
+) -> Query:
     """`completed=None` toggles; a value sets it, so a retried request lands in the same state."""
     if completed is None:
-        return Query(_TOGGLE, {**_owner_row(owner), "task_id": task_id})
-    return update_task(owner, task_id, {"completed": completed})
+        return Query(
+            _toggle_statement(versions is not None), {**_owner_row(owner), **_conditions(task_id, versions)}
+        )
+    return update_task(owner, task_id, {"completed": completed}, versions=versions)
 
 
-_DELETE_TASK = delete(Task).where(*_OWN_TASK).add_cte(_USER_ROW).returning(col(Task.id))
+@cache
+def _delete_statement(conditional: bool) -> ClauseElement:
+    return _answer(delete(Task).where(*_OWN_TASK), (col(Task.id), col(Task.version)), conditional=conditional)
 
 
-def delete_task(owner: Owner, task_id: int) -> Query:
-    return Query(_DELETE_TASK, {**_owner_row(owner), "task_id": task_id})
+def delete_task(owner: Owner, task_id: int, *, versions: Sequence[int] | None = None) -> Query:
+    return Query(
+        _delete_statement(versions is not None), {**_owner_row(owner), **_conditions(task_id, versions)}
+    )

@@ -1,17 +1,29 @@
 """The six task endpoints. Handlers are thin: parse, run one statement with `Database.run`, shape."""
 
+from collections.abc import Mapping
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Request, Response, status
+from psycopg.rows import DictRow
 from pydantic import BaseModel, Field, TypeAdapter, field_validator
 
 from api.db.database import Rows
 from api.db.errors import LimitReached
 from api.http.caller import AuthenticatedRoute, caller_of
 from api.http.parameters import parameter_docs, parse_parameters
-from api.http.problems import error_response, invalid_input, not_found, task_limit_reached
-from api.tasks import queries
+from api.http.problems import (
+    error_response,
+    invalid_input,
+    not_found,
+    precondition_failed,
+    task_limit_reached,
+)
+from api.settings import Settings
+from api.tasks import docs, queries
+from api.tasks.etags import etag, unchanged_for, write_condition
+from api.tasks.idempotency import create_once, idempotency_key
 from api.tasks.listing import MAX_TASK_ID, Cursor, TaskListParams
 from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
 from api.telemetry.logs import log_change
@@ -29,27 +41,14 @@ class TaskPath(BaseModel):
         return value
 
 
-_TASK_PATH_DOCS = parameter_docs(TaskPath, "path")
-
-
 def _task_id(request: Request) -> int:
     return parse_parameters(request, TaskPath, "path").task_id
 
 
-_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: error_response("Missing, malformed, badly signed, expired or not-yet-valid token."),
-    403: error_response("The user id in the path is not the token's subject."),
-    422: error_response("Invalid input: each bad field is listed in `errors`."),
-    503: error_response(
-        "The database, or Better Auth's keys, cannot be reached; retry after the `Retry-After` seconds."
-    ),
-}
-_TASK_ERRORS = {**_AUTH_ERRORS, 404: error_response("No such task, or it belongs to someone else.")}
-
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
     tags=["tasks"],
-    responses=_AUTH_ERRORS,
+    responses=docs.AUTH_ERRORS,
     route_class=AuthenticatedRoute,
 )
 
@@ -65,10 +64,33 @@ def _json(
     return Response(content, status_code=status_code, headers=headers, media_type="application/json")
 
 
-def _the_task(rows: Rows) -> TaskPublic:
+def _found(rows: Rows) -> DictRow:
+    """The task a statement returned; 404 when it returned none (no such task, or not yours)."""
     if not rows:
         raise not_found()
-    return TaskPublic.model_validate(rows[0])
+    return rows[0]
+
+
+def _written(rows: Rows) -> DictRow:
+    """The task a write returned; 404 when there is no such task, 412 when If-Match named another
+    version (the write's own WHERE decided: `api.tasks.queries._answer`)."""
+    row = _found(rows)
+    if row.get("written") is False:
+        raise precondition_failed(etag(row["id"], row["version"]))
+    return row
+
+
+def _task_response(row: Mapping[str, Any], status_code: int = status.HTTP_200_OK, **headers: str) -> Response:
+    """One task, with its ETag."""
+    task = TaskPublic.model_validate(row)
+    return _json(
+        task.model_dump_json().encode(), status_code, {"ETag": etag(task.id, row["version"]), **headers}
+    )
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _task_path(user_id: str, task_id: int) -> str:
@@ -84,11 +106,13 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
 @router.get(
     "",
     response_model=list[TaskPublic],
+    operation_id="listTasks",
     summary="List your tasks",
     description=(
         "Newest first by default. When more tasks match than `limit`, the `Link` header carries "
         '`rel="next"` with an opaque cursor for the next page.'
     ),
+    responses={200: {"headers": docs.LINK}},
     openapi_extra=parameter_docs(TaskListParams, "query"),
 )
 async def list_tasks(request: Request) -> Response:
@@ -108,74 +132,105 @@ async def list_tasks(request: Request) -> Response:
     "",
     response_model=TaskPublic,
     status_code=status.HTTP_201_CREATED,
+    operation_id="createTask",
     summary="Create a task",
+    description="With an Idempotency-Key, safe to retry: a repeat gets the first response.",
     responses={
-        201: {"headers": {"Location": {"description": "The new task's URL."}}},
+        201: {
+            "description": "The new task (or, for a repeated Idempotency-Key, the first one).",
+            "headers": {**docs.LOCATION, **docs.ETAG},
+        },
         409: error_response("You have MAX_TASKS_PER_USER tasks already; nothing was created."),
+        **docs.NOT_JSON,
     },
+    openapi_extra=docs.operation_docs(headers=(docs.IDEMPOTENCY_KEY,)),
 )
 async def create_task(request: Request, data: TaskCreate) -> Response:
     caller = caller_of(request)
     user = caller.user
+    key = idempotency_key(request)
     try:
-        rows = await caller.run(queries.create_task(user, data), read_only=False)
+        if key is None:
+            row: Mapping[str, Any] = _found(
+                await caller.run(queries.create_task(user, data), read_only=False)
+            )
+            created = True
+        else:
+            ttl = timedelta(hours=_settings(request).idempotency_ttl_hours)
+            row, created = await create_once(caller, data, key, ttl)
     except LimitReached:
         raise task_limit_reached(caller.database.max_tasks_per_user) from None
-    task = _the_task(rows)
-    log_change("create", user_id=user.id, task_id=task.id)
-    return _json(
-        task.model_dump_json().encode(),
-        status.HTTP_201_CREATED,
-        headers={"Location": _task_path(user.id, task.id)},
-    )
+    if created:
+        log_change("create", user_id=user.id, task_id=row["id"])
+    return _task_response(row, status.HTTP_201_CREATED, Location=_task_path(user.id, row["id"]))
 
 
 @router.get(
     "/{task_id}",
     response_model=TaskPublic,
+    operation_id="getTask",
     summary="Get one task",
-    responses=_TASK_ERRORS,
-    openapi_extra=_TASK_PATH_DOCS,
+    responses={
+        200: {"headers": docs.ETAG},
+        304: {
+            "description": "If-None-Match names the task's current version: no body.",
+            "headers": docs.ETAG,
+        },
+        **docs.NOT_FOUND,
+    },
+    openapi_extra=docs.operation_docs(model=TaskPath, headers=(docs.IF_NONE_MATCH,)),
 )
 async def read_task(request: Request) -> Response:
     task_id = _task_id(request)
     caller = caller_of(request)
-    task = _the_task(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
-    return _json(task.model_dump_json().encode())
+    row = _found(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
+    if unchanged_for(request, task_id, row["version"]):
+        return Response(
+            status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(task_id, row["version"])}
+        )
+    return _task_response(row)
 
 
 @router.put(
     "/{task_id}",
     response_model=TaskPublic,
+    operation_id="updateTask",
     summary="Update a task",
     description="Fields left out keep their value; `description: null` clears the description.",
-    responses=_TASK_ERRORS,
-    openapi_extra=_TASK_PATH_DOCS,
+    responses={200: {"headers": docs.ETAG}, **docs.NOT_FOUND, **docs.WRITE_CONDITIONS, **docs.NOT_JSON},
+    openapi_extra=docs.operation_docs(model=TaskPath, headers=(docs.IF_MATCH,)),
 )
 async def update_task(request: Request, data: TaskUpdate) -> Response:
     task_id = _task_id(request)
+    versions = write_condition(request, task_id, required=_settings(request).require_if_match)
     caller = caller_of(request)
     user, changes = caller.user, data.changes()
-    query = queries.update_task(user, task_id, changes) if changes else queries.get_task(user.id, task_id)
-    task = _the_task(await caller.run(query, read_only=not changes))
-    if changes:
-        log_change("update", user_id=user.id, task_id=task.id)
-    return _json(task.model_dump_json().encode())
+    if not changes:  # nothing to write: the task as it is, if If-Match names it
+        row = _found(await caller.run(queries.get_task(user.id, task_id), read_only=True))
+        if versions is not None and row["version"] not in versions:
+            raise precondition_failed(etag(task_id, row["version"]))
+        return _task_response(row)
+    row = _written(
+        await caller.run(queries.update_task(user, task_id, changes, versions=versions), read_only=False)
+    )
+    log_change("update", user_id=user.id, task_id=task_id)
+    return _task_response(row)
 
 
 @router.delete(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
+    operation_id="deleteTask",
     summary="Delete a task",
-    responses=_TASK_ERRORS,
-    openapi_extra=_TASK_PATH_DOCS,
+    responses={**docs.NOT_FOUND, **docs.WRITE_CONDITIONS},
+    openapi_extra=docs.operation_docs(model=TaskPath, headers=(docs.IF_MATCH,)),
 )
 async def delete_task(request: Request) -> Response:
     task_id = _task_id(request)
+    versions = write_condition(request, task_id, required=_settings(request).require_if_match)
     caller = caller_of(request)
-    if not await caller.run(queries.delete_task(caller.user, task_id), read_only=False):
-        raise not_found()
+    _written(await caller.run(queries.delete_task(caller.user, task_id, versions=versions), read_only=False))
     log_change("delete", user_id=caller.user.id, task_id=task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -183,10 +238,11 @@ async def delete_task(request: Request) -> Response:
 @router.patch(
     "/{task_id}/complete",
     response_model=TaskPublic,
+    operation_id="setTaskCompletion",
     summary="Complete, reopen or toggle a task",
     description=('With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it.'),
-    responses=_TASK_ERRORS,
-    openapi_extra=_TASK_PATH_DOCS,
+    responses={200: {"headers": docs.ETAG}, **docs.NOT_FOUND, **docs.WRITE_CONDITIONS, **docs.NOT_JSON},
+    openapi_extra=docs.operation_docs(model=TaskPath, headers=(docs.IF_MATCH,)),
 )
 async def complete_task(
     request: Request,
@@ -198,9 +254,9 @@ async def complete_task(
         # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
     completed = data.completed if data is not None else None
+    versions = write_condition(request, task_id, required=_settings(request).require_if_match)
     caller = caller_of(request)
-    task = _the_task(
-        await caller.run(queries.set_completed(caller.user, task_id, completed), read_only=False)
-    )
-    log_change("update", user_id=caller.user.id, task_id=task.id)
-    return _json(task.model_dump_json().encode())
+    query = queries.set_completed(caller.user, task_id, completed, versions=versions)
+    row = _written(await caller.run(query, read_only=False))
+    log_change("update", user_id=caller.user.id, task_id=task_id)
+    return _task_response(row)

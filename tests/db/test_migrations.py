@@ -20,7 +20,13 @@ from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
 from api.ops.migrations import apply_migrations, rollback_migrations
 from tests.support import PROJECT
 
-MIGRATION_IDS = ["0001_app_role", "0002_tasks_schema", "0003_task_quota", "0004_isolation_baseline"]
+MIGRATION_IDS = [
+    "0001_app_role",
+    "0002_tasks_schema",
+    "0003_task_quota",
+    "0004_isolation_baseline",
+    "0005_versions_and_idempotency",
+]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -76,8 +82,8 @@ def keeps_todo_app_usable(empty_db_url: str) -> Iterator[None]:
 
 
 def test_policy_files_are_parsed() -> None:
-    assert {table for table, _ in policies_in_files()} == {"users", "tasks"}
-    assert len(policies_in_files()) == 7
+    assert {table for table, _ in policies_in_files()} == {"users", "tasks", "idempotency_keys"}
+    assert len(policies_in_files()) == 10
 
 
 def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
@@ -90,7 +96,7 @@ def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
             "select relname::text from pg_class where relrowsecurity and relforcerowsecurity"
             " and relnamespace = 'public'::regnamespace order by 1"
         ).fetchall()
-    assert forced == [("tasks",), ("users",)]
+    assert forced == [("idempotency_keys",), ("tasks",), ("users",)]
     assert acts_as_todo_app(empty_db_url) == ("todo_app", 0)
 
 

@@ -33,6 +33,11 @@ TASK_POLICIES = {
     "tasks are deleted by their owner",
 }
 USER_POLICIES = {"users see their own row", "users create their own row", "users update their own row"}
+KEY_POLICIES = {
+    "idempotency keys are visible to their owner",
+    "idempotency keys are stored by their owner",
+    "idempotency keys are removed by their owner",
+}
 
 
 @pytest.fixture
@@ -364,7 +369,7 @@ def test_json_is_the_same_audit_for_machines(
     assert {table["name"]: (table["rls_enabled"], table["rls_forced"]) for table in clean["tables"]}[
         "public.tasks"
     ] == (True, True)
-    assert {policy["name"] for policy in clean["policies"]} == TASK_POLICIES | USER_POLICIES
+    assert {policy["name"] for policy in clean["policies"]} == TASK_POLICIES | USER_POLICIES | KEY_POLICIES
     select = next(p for p in clean["policies"] if p["name"] == "tasks are visible to their owner")
     assert select == {
         "table_name": "public.tasks",

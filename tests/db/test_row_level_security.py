@@ -251,12 +251,19 @@ POLICY_PER_COMMAND = r"""
 
 
 def test_every_table_open_to_todo_app_has_rls_enabled_and_forced(db: Conn) -> None:
-    assert db.execute(EXPOSED_TABLES).fetchall() == [("tasks", True, True), ("users", True, True)]
+    assert db.execute(EXPOSED_TABLES).fetchall() == [
+        ("idempotency_keys", True, True),
+        ("tasks", True, True),
+        ("users", True, True),
+    ]
 
 
 def test_every_granted_command_has_a_policy_to_todo_app(db: Conn) -> None:
     rows = db.execute(POLICY_PER_COMMAND).fetchall()
     assert [(table, cmd) for table, cmd, _ in rows] == [
+        ("idempotency_keys", "DELETE"),
+        ("idempotency_keys", "INSERT"),
+        ("idempotency_keys", "SELECT"),
         ("tasks", "DELETE"),
         ("tasks", "INSERT"),
         ("tasks", "SELECT"),

@@ -11,7 +11,7 @@ from typing import Any, get_args
 import psycopg
 import pytest
 from pydantic.fields import FieldInfo
-from sqlalchemy import BigInteger, Boolean, DateTime, String
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlmodel import SQLModel
 
@@ -28,6 +28,8 @@ def _postgres_type(sa_type: TypeEngine[Any]) -> str:
     match sa_type:
         case BigInteger():
             return "bigint"
+        case Integer():
+            return "integer"
         case Boolean():
             return "boolean"
         case DateTime(timezone=True):

@@ -1,0 +1,48 @@
+"""Conditional requests (RFC 9110, section 13): the entity-tags of If-Match and If-None-Match.
+
+A field is `*` or a comma-separated list of entity-tags, `"opaque"` or `W/"opaque"`. If-Match
+compares strongly (a weak tag never matches); If-None-Match weakly (W/ is ignored). What a tag
+means is the resource's business (api/tasks/routes.py); this module only reads the field.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from api.http.problems import invalid_input
+
+# An entity-tag: optional W/, then characters %x21 / %x23-7E / obs-text in double quotes.
+_ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
+
+ANY: Literal["*"] = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class EntityTag:
+    opaque: str
+    weak: bool
+
+
+def entity_tags(value: str, field: str) -> list[EntityTag] | Literal["*"]:
+    """The tags of an If-Match or If-None-Match field; 422 naming `field` when it is malformed."""
+    if value.strip() == ANY:
+        return ANY
+    tags, position = [], 0
+    while position < len(value):
+        found = _ENTITY_TAG.match(value, position)
+        if found is None or found.end() == position:
+            raise invalid_input(
+                f"header.{field}", 'Send "*" or entity-tags such as "12.3", as an ETag gave them.'
+            )
+        tags.append(EntityTag(found.group(2), weak=found.group(1) is not None))
+        position = found.end()
+    if not tags:
+        raise invalid_input(
+            f"header.{field}", 'Send "*" or entity-tags such as "12.3", as an ETag gave them.'
+        )
+    return tags
+
+
+def quoted(opaque: str) -> str:
+    """A strong entity-tag, as the ETag field carries it."""
+    return f'"{opaque}"'

@@ -1,0 +1,97 @@
+"""How the task endpoints are documented: every parameter, header and response a client can meet.
+
+The OpenAPI document is the frontend's contract (clients/typescript/ is generated from it), so each
+request header an operation reads is a header parameter, and each response header it sends is
+documented on the responses that carry it. `tests/api/test_openapi.py` holds the two together.
+"""
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from api.http.parameters import parameter_docs
+from api.http.problems import error_response
+
+Responses = dict[int | str, dict[str, Any]]
+
+
+def _header(description: str, schema_type: str = "string") -> dict[str, Any]:
+    return {"description": description, "schema": {"type": schema_type}}
+
+
+RETRY_AFTER = {"Retry-After": _header("Seconds to wait before trying again.", "integer")}
+RATE_LIMIT = {
+    "RateLimit-Policy": _header('The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`.'),
+    "RateLimit": _header('What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`.'),
+}
+ETAG = {
+    "ETag": _header("The task's version, a strong entity-tag: send it back in If-Match or If-None-Match.")
+}
+LOCATION = {"Location": _header("The new task's URL.")}
+LINK = {
+    "Link": _header('`<url>; rel="next"` when more tasks match than `limit`: the next page, with its cursor.')
+}
+
+IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": (
+        "The ETag (or a list, or `*`) of the version you are changing: the write happens only if the "
+        "task is still that version, else 412 and nothing changes. Required (428 without it) when the "
+        "server runs with REQUIRE_IF_MATCH=true."
+    ),
+    "schema": {"type": "string"},
+}
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "The ETag you hold: 304 with no body when the task is still that version.",
+    "schema": {"type": "string"},
+}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key "
+        "and body within IDEMPOTENCY_TTL_HOURS gets the first response and creates nothing; the same "
+        "key with another body gets 422 idempotency-key-reused."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+}
+
+
+def operation_docs(
+    *, model: type[BaseModel] | None = None, headers: tuple[dict[str, Any], ...] = ()
+) -> dict[str, Any]:
+    """`openapi_extra` for an operation: the path parameters of `model` and the request headers."""
+    path = parameter_docs(model, "path")["parameters"] if model is not None else []
+    return {"parameters": [*path, *headers]}
+
+
+AUTH_ERRORS: Responses = {
+    401: error_response("Missing, malformed, badly signed, expired or not-yet-valid token."),
+    403: error_response("The user id in the path is not the token's subject."),
+    422: error_response("Invalid input: each bad field is listed in `errors`."),
+    429: error_response(
+        "Too many requests from you: past your share of the database's connections, or past "
+        "RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done.",
+        headers={**RETRY_AFTER, **RATE_LIMIT},
+    ),
+    503: error_response(
+        "The database, or Better Auth's keys, cannot be reached, or the last isolation check found "
+        "something; retry after the `Retry-After` seconds. Nothing was done.",
+        headers=RETRY_AFTER,
+    ),
+}
+NOT_FOUND: Responses = {404: error_response("No such task, or it belongs to someone else.")}
+NOT_JSON: Responses = {415: error_response("A body sent as anything but application/json.")}
+WRITE_CONDITIONS: Responses = {
+    412: error_response(
+        "If-Match names another version of the task: nothing changed. The ETag is the current one.",
+        headers=ETAG,
+    ),
+    428: error_response("If-Match is required (REQUIRE_IF_MATCH) and was not sent."),
+}

@@ -1,0 +1,51 @@
+"""A task's ETag, and what If-Match and If-None-Match name, in terms of the task's version.
+
+The ETag is `"<task id>.<version>"`. The version moves exactly when the task's content does
+(sql/migrations/0005_versions_and_idempotency.sql), so the ETag is strong, costs no hashing, and
+can be tested by the database in the very statement that writes: `version = ANY(...)`. The id
+keeps a tag copied from one task from matching another.
+"""
+
+from fastapi import Request
+
+from api.http.conditional import ANY, entity_tags, quoted
+from api.http.problems import precondition_required
+
+
+def etag(task_id: int, version: int) -> str:
+    return quoted(f"{task_id}.{version}")
+
+
+def _version(opaque: str, task_id: int) -> int | None:
+    named_id, _, version = opaque.partition(".")
+    if named_id == str(task_id) and version.isascii() and version.isdigit():
+        return int(version)
+    return None
+
+
+def write_condition(request: Request, task_id: int, *, required: bool) -> list[int] | None:
+    """The versions If-Match accepts; None when any will do (no If-Match, or `*`).
+
+    A weak tag never matches (RFC 9110 compares If-Match strongly). Without If-Match, `required`
+    (REQUIRE_IF_MATCH) refuses the write with 428.
+    """
+    header = request.headers.get("if-match")
+    if header is None:
+        if required:
+            raise precondition_required()
+        return None
+    tags = entity_tags(header, "if-match")
+    if tags == ANY:
+        return None
+    return [
+        version for tag in tags if not tag.weak and (version := _version(tag.opaque, task_id)) is not None
+    ]
+
+
+def unchanged_for(request: Request, task_id: int, version: int) -> bool:
+    """Whether If-None-Match names this version of the task (compared weakly), or is `*`."""
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return False
+    tags = entity_tags(header, "if-none-match")
+    return tags == ANY or any(_version(tag.opaque, task_id) == version for tag in tags)

@@ -1,0 +1,69 @@
+"""Creates that are safe to retry: the Idempotency-Key request header (IETF httpapi draft).
+
+A create with a key stores the key, a hash of the request and the response in the database, in the
+transaction that creates the task (api/tasks/queries.py, `create_task_once`). A repeat with the same
+key and body within IDEMPOTENCY_TTL_HOURS gets the first response and creates nothing; the same key
+with another body gets 422 idempotency-key-reused. A repeat that arrives while the first is still
+being written waits for it at the key's primary key and then gets its response too. Keys belong to
+their user (row-level security, sql/policies/idempotency_keys.sql), and expired keys are removed by
+their own user's next keyed create, so no background worker is needed.
+"""
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+
+from fastapi import Request
+
+from api.db.errors import AlreadyExists
+from api.http.caller import Caller
+from api.http.problems import idempotency_key_reused, invalid_input
+from api.tasks import queries
+from api.tasks.models import IDEMPOTENCY_KEY_MAX_LENGTH, TaskCreate
+
+_HEADER = "idempotency-key"
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's key: 1 to 255 visible ASCII characters, sent bare or as a quoted sf-string."""
+    value = request.headers.get(_HEADER)
+    if value is None:
+        return None
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not 0 < len(value) <= IDEMPOTENCY_KEY_MAX_LENGTH or not all("!" <= c <= "~" for c in value):
+        raise invalid_input(
+            f"header.{_HEADER}",
+            f"Send 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} visible ASCII characters, such as a UUID.",
+        )
+    return value
+
+
+def request_hash(data: TaskCreate) -> str:
+    """The same task asked for twice hashes the same, however its JSON was spaced or ordered."""
+    return hashlib.sha256(json.dumps(data.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+async def create_once(
+    caller: Caller, data: TaskCreate, key: str, ttl: timedelta
+) -> tuple[dict[str, Any], bool]:
+    """The created (or first) task as the database returned it, and whether it was created now."""
+    expected = request_hash(data)
+    query = queries.create_task_once(caller.user, data, key, expected, ttl)
+    try:
+        rows = await caller.run(query, read_only=False)
+    except AlreadyExists:
+        # Another request with this key committed while this one ran: answer with its response.
+        rows = await caller.run(queries.remembered(caller.user.id, key, ttl), read_only=True)
+        if not rows:
+            # The key is stored but expired: forget it (and the user's other expired keys), then
+            # this request is the key's first use.
+            await caller.run(queries.forget_expired_keys(caller.user.id, ttl), read_only=False)
+            rows = await caller.run(query, read_only=False)
+        else:
+            rows = [{**rows[0], "outcome": "previous"}]
+    (row,) = rows
+    if row["request_hash"] != expected:
+        raise idempotency_key_reused()
+    return row["response"], row["outcome"] == "created"

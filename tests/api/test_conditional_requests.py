@@ -1,0 +1,162 @@
+"""No lost updates (RFC 9110 conditional requests): strong ETags, If-Match decided in the write's own
+statement, If-None-Match answered with 304."""
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from api.app import create_app
+from tests.support import ApiUser, new_user, serving, settings_for
+
+Task = dict[str, Any]
+
+
+def _create(client: httpx.Client, user: ApiUser, title: str = "first") -> tuple[Task, str]:
+    response = client.post(user.tasks_url, json={"title": title}, headers=user.headers)
+    assert response.status_code == 201
+    return response.json(), response.headers["etag"]
+
+
+def _title_in_db(api_db: psycopg.Connection[Any], task_id: int) -> str:
+    row = api_db.execute("select title from tasks where id = %s", [task_id]).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_every_single_task_response_carries_an_etag_that_moves_with_the_content(
+    client: httpx.Client, alice: ApiUser
+) -> None:
+    task, created = _create(client, alice)
+    url = alice.task_url(task["id"])
+    read = client.get(url, headers=alice.headers).headers["etag"]
+    same = client.put(url, json={"title": "first"}, headers=alice.headers).headers["etag"]
+    changed = client.put(url, json={"title": "second"}, headers=alice.headers).headers["etag"]
+    toggled = client.patch(f"{url}/complete", headers=alice.headers).headers["etag"]
+    assert created == read == same, "a write that changes nothing keeps the ETag"
+    assert len({read, changed, toggled}) == 3
+    assert all(tag.startswith('"') and tag.endswith('"') for tag in (created, changed, toggled)), "strong"
+
+
+def test_if_none_match_answers_304_without_a_body(client: httpx.Client, alice: ApiUser) -> None:
+    task, tag = _create(client, alice)
+    url = alice.task_url(task["id"])
+    for sent in (tag, f"W/{tag}", f'"0.1", {tag}', "*"):
+        response = client.get(url, headers={**alice.headers, "If-None-Match": sent})
+        assert response.status_code == 304, sent
+        assert response.content == b""
+        assert response.headers["etag"] == tag
+    assert client.get(url, headers={**alice.headers, "If-None-Match": '"0.1"'}).status_code == 200
+
+
+def test_a_stale_if_match_changes_nothing_and_gets_412(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
+    task, stale = _create(client, alice)
+    url = alice.task_url(task["id"])
+    current = client.put(url, json={"title": "changed in another tab"}, headers=alice.headers).headers["etag"]
+    conditional = {**alice.headers, "If-Match": stale}
+    for response in (
+        client.put(url, json={"title": "lost update"}, headers=conditional),
+        client.patch(f"{url}/complete", headers=conditional),
+        client.patch(f"{url}/complete", json={"completed": True}, headers=conditional),
+        client.delete(url, headers=conditional),
+        client.put(url, json={}, headers=conditional),
+    ):
+        assert response.status_code == 412, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "urn:todo-api:problem:precondition-failed"
+        assert response.headers["etag"] == current
+    assert _title_in_db(api_db, task["id"]) == "changed in another tab"
+    assert client.get(url, headers=alice.headers).json()["completed"] is False
+
+
+def test_a_matching_if_match_writes(client: httpx.Client, alice: ApiUser) -> None:
+    task, tag = _create(client, alice)
+    url = alice.task_url(task["id"])
+    updated = client.put(url, json={"title": "new"}, headers={**alice.headers, "If-Match": f'"0.1", {tag}'})
+    assert updated.status_code == 200
+    assert (
+        client.put(url, json={"title": "any"}, headers={**alice.headers, "If-Match": "*"}).status_code == 200
+    )
+    weak = client.delete(url, headers={**alice.headers, "If-Match": f"W/{updated.headers['etag']}"})
+    assert weak.status_code == 412, "If-Match compares strongly"
+    current = client.get(url, headers=alice.headers).headers["etag"]
+    assert client.delete(url, headers={**alice.headers, "If-Match": current}).status_code == 204
+
+
+def test_a_missing_task_stays_404_whatever_if_match_says(
+    client: httpx.Client, alice: ApiUser, bob: ApiUser
+) -> None:
+    task, tag = _create(client, alice)
+    for user, url in ((alice, alice.task_url(999_999_999)), (bob, bob.task_url(task["id"]))):
+        assert (
+            client.put(url, json={"title": "x"}, headers={**user.headers, "If-Match": tag}).status_code == 404
+        )
+
+
+def test_an_etag_of_another_task_never_matches(client: httpx.Client, alice: ApiUser) -> None:
+    _, first_tag = _create(client, alice)
+    second, _ = _create(client, alice, "second")
+    response = client.put(
+        alice.task_url(second["id"]), json={"title": "x"}, headers={**alice.headers, "If-Match": first_tag}
+    )
+    assert response.status_code == 412
+
+
+@pytest.mark.parametrize("header", ["If-Match", "If-None-Match"])
+@pytest.mark.parametrize("value", ["no-quotes", '"unterminated', '"a" "b"', ","])
+def test_a_malformed_entity_tag_list_is_422(
+    client: httpx.Client, alice: ApiUser, header: str, value: str
+) -> None:
+    task, _ = _create(client, alice)
+    url = alice.task_url(task["id"])
+    if header == "If-Match":
+        response = client.put(url, json={"title": "x"}, headers={**alice.headers, header: value})
+    else:
+        response = client.get(url, headers={**alice.headers, header: value})
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == [f"header.{header.lower()}"]
+
+
+def test_two_writes_with_the_same_if_match_cannot_both_win(client: httpx.Client, alice: ApiUser) -> None:
+    task, tag = _create(client, alice)
+    url = alice.task_url(task["id"])
+
+    def update(n: int) -> int:
+        return client.put(
+            url, json={"title": f"tab {n}"}, headers={**alice.headers, "If-Match": tag}
+        ).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = sorted(pool.map(update, range(8)))
+    assert statuses == [200] + [412] * 7
+
+
+@pytest.fixture
+def strict_api(api_db_url: str) -> Iterator[httpx.Client]:
+    with (
+        serving(create_app(settings_for(api_db_url, require_if_match=True))) as base_url,
+        httpx.Client(base_url=base_url) as client,
+    ):
+        yield client
+
+
+def test_require_if_match_refuses_blind_writes_with_428(strict_api: httpx.Client) -> None:
+    user = new_user()
+    task, tag = _create(strict_api, user)
+    url = user.task_url(task["id"])
+    for response in (
+        strict_api.put(url, json={"title": "blind"}, headers=user.headers),
+        strict_api.patch(f"{url}/complete", headers=user.headers),
+        strict_api.delete(url, headers=user.headers),
+    ):
+        assert response.status_code == 428
+        assert response.json()["type"] == "urn:todo-api:problem:precondition-required"
+    assert (
+        strict_api.put(url, json={"title": "seen"}, headers={**user.headers, "If-Match": tag}).status_code
+        == 200
+    )

@@ -1,0 +1,85 @@
+"""What a browser frontend meets: CORS that lets it read the headers it needs, and a clear 415 for
+a body that is not JSON (fetch sends a string body as text/plain)."""
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from api.app import CORS_REQUEST_HEADERS, CORS_RESPONSE_HEADERS, create_app
+from tests.support import ApiUser, serving, settings_for
+
+ORIGIN = "http://localhost:3000"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain;charset=UTF-8", b'{"title": "t"}'),
+        ("application/x-www-form-urlencoded", b"title=t"),
+        (None, b'{"title": "t"}'),
+    ],
+)
+def test_a_body_that_is_not_json_is_415(
+    client: httpx.Client, alice: ApiUser, content_type: str | None, body: bytes
+) -> None:
+    headers = {**alice.headers, **({"Content-Type": content_type} if content_type else {})}
+    request = client.build_request("POST", alice.tasks_url, content=body, headers=headers)
+    if content_type is None and "content-type" in request.headers:
+        del request.headers["content-type"]
+    response = client.send(request)
+    assert response.status_code == 415
+    assert response.json()["type"] == "urn:todo-api:problem:unsupported-media-type"
+    assert "application/json" in response.json()["detail"]
+
+
+def test_json_with_a_charset_and_a_toggle_without_a_body_are_fine(
+    client: httpx.Client, alice: ApiUser
+) -> None:
+    created = client.post(
+        alice.tasks_url,
+        content=b'{"title": "t"}',
+        headers={**alice.headers, "Content-Type": "application/json; charset=utf-8"},
+    )
+    assert created.status_code == 201
+    toggled = client.patch(f"{alice.task_url(created.json()['id'])}/complete", headers=alice.headers)
+    assert toggled.status_code == 200
+
+
+@pytest.fixture
+def browser_api(api_db_url: str) -> Iterator[httpx.Client]:
+    settings = settings_for(api_db_url, cors_origins=[ORIGIN])
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+        yield client
+
+
+def test_a_preflight_allows_the_request_headers_a_frontend_sends(
+    browser_api: httpx.Client, alice: ApiUser
+) -> None:
+    response = browser_api.options(
+        alice.task_url(1),
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": ", ".join(name.lower() for name in CORS_REQUEST_HEADERS),
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    allowed = {name.strip().lower() for name in response.headers["access-control-allow-headers"].split(",")}
+    assert {"if-match", "if-none-match", "idempotency-key", "x-request-id", "authorization"} <= allowed
+
+
+def test_a_browser_may_read_the_response_headers_it_needs(browser_api: httpx.Client, alice: ApiUser) -> None:
+    response = browser_api.get(alice.tasks_url, headers={**alice.headers, "Origin": ORIGIN})
+    exposed = {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
+    assert {name.lower() for name in CORS_RESPONSE_HEADERS} == exposed
+    assert {
+        "location",
+        "link",
+        "etag",
+        "x-request-id",
+        "retry-after",
+        "ratelimit-policy",
+        "ratelimit",
+    } <= exposed
