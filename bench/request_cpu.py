@@ -109,7 +109,15 @@ class Figures:
 
 
 async def _measure(url: str, args: argparse.Namespace) -> dict[str, Figures]:
-    settings = Settings(_env_file=None, database_url=url, better_auth_secret=_SECRET)
+    # One user makes every request here: the per-user limits that keep users apart would only
+    # measure themselves refusing.
+    settings = Settings(
+        _env_file=None,
+        database_url=url,
+        better_auth_secret=_SECRET,
+        rate_limit_per_minute=0,
+        db_max_connections_per_user=Settings.model_fields["db_pool_size"].default,
+    )
     app = create_app(settings)
     token = mint_token(_SECRET, _USER, email=f"{_USER}@example.com", name="Alice")
     figures: dict[str, Figures] = {}
