@@ -6,13 +6,14 @@ would put its own (the user id, a task id, a title), and compiled with the diale
 everything else the literal the API would bind. So a change to the queries changes the scripts, and
 the scripts keep the API's casts and shape: the transaction is the one `Database.run` sends,
 BEGIN (READ ONLY for reads), the set_config select, the statement and COMMIT, as one compound
-simple-protocol message (`\;`, run with -M simple), as `Database.run` sends them by default; in one
-pipeline (\startpipeline ... \endpipeline, -M prepared) when the run sets DB_PREPARE_THRESHOLD.
+simple-protocol message (`\;`, run with -M simple), or as one pipeline of prepared statements
+(\startpipeline ... \endpipeline, -M prepared). bench.run runs both and takes the faster as the ceiling.
 
-`python -m bench.pgbench_scripts` prints them.
+`python -m bench.pgbench_scripts` prints them (`--prepared` for the pipelines).
 """
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -139,9 +140,8 @@ def list_statement_for(user_number: int) -> str:
 def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) -> dict[str, str]:
     """Scenario name -> pgbench script, for -D sample=..., stride=... and tasks=... (see bench.run).
 
-    Sent the way `Database.run` sends it: by default one message of four statements joined with
-    pgbench's `\\;` (run with -M simple); with `prepared` (DB_PREPARE_THRESHOLD set) four statements
-    in one pipeline (run with -M prepared).
+    By default one message of four statements joined with pgbench's `\\;` (run with -M simple); with
+    `prepared`, the four statements in one pipeline (run with -M prepared).
     """
     timeout = statement_timeout_ms if statement_timeout_ms is not None else default_statement_timeout_ms()
     act = _act_as_user(timeout)
@@ -169,5 +169,5 @@ def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) 
 
 
 if __name__ == "__main__":
-    for text in scripts().values():
+    for text in scripts(prepared="--prepared" in sys.argv[1:]).values():
         print(text)
