@@ -1,0 +1,216 @@
+/**
+ * A typed client for todo-api: openapi-fetch over the types generated into schema.ts, plus what
+ * every caller would otherwise write by hand: the bearer token (fetched afresh once on a 401),
+ * If-Match from the last ETag seen, and creates that are safe to retry.
+ *
+ * Each method returns openapi-fetch's result: `{ data, response }` on success, or
+ * `{ error, response }` with the problem document (RFC 9457) when the API refused.
+ */
+import createClient from "openapi-fetch";
+import type { components, operations, paths } from "./schema.js";
+
+export type { components, operations, paths };
+export type Task = components["schemas"]["TaskPublic"];
+export type NewTask = components["schemas"]["TaskCreate"];
+export type TaskChanges = components["schemas"]["TaskUpdate"];
+export type Problem = components["schemas"]["Problem"];
+export type ListQuery = NonNullable<operations["listTasks"]["parameters"]["query"]>;
+
+export interface TodoClientOptions {
+  /** The API's origin, e.g. "https://api.example.com". */
+  baseUrl: string;
+  /** A JWT whose `sub` is the user; `fresh: true` when the API refused the last one (expired, re-keyed). */
+  getToken: (options: { fresh: boolean }) => Promise<string>;
+  /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set. */
+  fetch?: (request: Request) => Promise<Response>;
+}
+
+/**
+ * What each method resolves to: openapi-fetch's result, narrowed on `error`. The error is the
+ * problem document the API sent (RFC 9457); a proxy's own error page would come as text instead.
+ */
+export type Result<T> =
+  | { data: T; error?: never; response: Response }
+  | { data?: never; error: Problem; response: Response };
+
+/** getTask with If-None-Match when the task is still that version: status 304 and no body. */
+export type NotModified = { data?: never; error?: never; response: Response };
+
+/** For a write: the ETag you hold. Left out, the last one this client saw for the task is sent. */
+export interface WriteOptions {
+  ifMatch?: string;
+}
+
+// A create that failed in transit is sent this many times in all, waiting 200 ms, then 400 ms.
+const CREATE_ATTEMPTS = 3;
+const CREATE_RETRY_DELAY_MS = 200;
+
+export type TodoClient = ReturnType<typeof createTodoClient>;
+
+export function createTodoClient({
+  baseUrl,
+  getToken,
+  // Looked up at call time, so a fetch patched in later (tests, polyfills) is the one used.
+  fetch = (request) => globalThis.fetch(request),
+}: TodoClientOptions) {
+  const client = createClient<paths>({ baseUrl, fetch: withBearer(getToken, fetch) });
+
+  // The last ETag seen per task id (ids are unique across users). Writes send it as If-Match, so
+  // a change made elsewhere since this client last saw the task is a 412, not silently overwritten.
+  const etags = new Map<number, string>();
+
+  /** Notes the ETag of a response that carries the task (200, 201), and passes the result on. */
+  function remember<R extends { data?: Task; response: Response }>(result: R): R {
+    const etag = result.response.headers.get("ETag");
+    if (result.data && etag) etags.set(result.data.id, etag);
+    return result;
+  }
+
+  function taskParams(userId: string, taskId: number, ifMatch?: string) {
+    return {
+      path: { user_id: userId, task_id: taskId },
+      header: { "If-Match": ifMatch ?? etags.get(taskId) },
+    };
+  }
+
+  return {
+    /** openapi-fetch itself, for anything the methods below do not cover (health checks, middleware). */
+    raw: client,
+
+    /**
+     * One page of the user's tasks. `next` is the query for the following page (the `Link`
+     * header's cursor), undefined on the last one: list again with it until it is undefined.
+     */
+    async listTasks(
+      userId: string,
+      query: ListQuery = {},
+    ): Promise<Result<Task[]> & { next?: ListQuery }> {
+      const result = await client.GET("/api/{user_id}/tasks", {
+        params: { path: { user_id: userId }, query },
+      });
+      // The Link repeats the query it answers with a new cursor, so the next page is this query
+      // with that cursor; only the cursor is read from it, which keeps `next` typed.
+      const cursor = nextCursor(result.response.headers.get("Link"));
+      const next: ListQuery | undefined = cursor === undefined ? undefined : { ...query, cursor };
+      return { ...result, next };
+    },
+
+    /**
+     * Creates a task, safely retried: every attempt carries the same Idempotency-Key (a new UUID
+     * unless you pass one), so an attempt that reached the server before the connection dropped is
+     * answered with its first response instead of creating a second task.
+     */
+    async createTask(
+      userId: string,
+      task: NewTask,
+      { idempotencyKey = crypto.randomUUID() }: { idempotencyKey?: string } = {},
+    ): Promise<Result<Task>> {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const result = await client.POST("/api/{user_id}/tasks", {
+            params: { path: { user_id: userId }, header: { "Idempotency-Key": idempotencyKey } },
+            body: task,
+          });
+          if (result.response.status < 500 || attempt === CREATE_ATTEMPTS) return remember(result);
+        } catch (error) {
+          // fetch rejects with a TypeError when the connection failed or dropped (Fetch standard):
+          // the create may or may not have happened. Anything else (getToken failing, an abort) is
+          // not a reason to send it again.
+          if (!(error instanceof TypeError) || attempt === CREATE_ATTEMPTS) throw error;
+        }
+        await sleep(CREATE_RETRY_DELAY_MS * attempt);
+      }
+    },
+
+    /** One task. With `ifNoneMatch` and the task unchanged: status 304, no data, nothing to parse. */
+    async getTask(
+      userId: string,
+      taskId: number,
+      { ifNoneMatch }: { ifNoneMatch?: string } = {},
+    ): Promise<Result<Task> | NotModified> {
+      const result = await client.GET("/api/{user_id}/tasks/{task_id}", {
+        params: { path: { user_id: userId, task_id: taskId }, header: { "If-None-Match": ifNoneMatch } },
+      });
+      if (result.response.status === 304) return { response: result.response };
+      if (result.response.status === 404) etags.delete(taskId);
+      return remember(result);
+    },
+
+    /** Changes the fields given (`description: null` clears it); 412 if the task changed meanwhile. */
+    async updateTask(
+      userId: string,
+      taskId: number,
+      changes: TaskChanges,
+      { ifMatch }: WriteOptions = {},
+    ): Promise<Result<Task>> {
+      return remember(
+        await client.PUT("/api/{user_id}/tasks/{task_id}", {
+          params: taskParams(userId, taskId, ifMatch),
+          body: changes,
+        }),
+      );
+    },
+
+    /** Sets `completed`, or toggles it when `completed` is left out. */
+    async setTaskCompletion(
+      userId: string,
+      taskId: number,
+      completed?: boolean,
+      { ifMatch }: WriteOptions = {},
+    ): Promise<Result<Task>> {
+      return remember(
+        await client.PATCH("/api/{user_id}/tasks/{task_id}/complete", {
+          params: taskParams(userId, taskId, ifMatch),
+          body: completed === undefined ? undefined : { completed },
+        }),
+      );
+    },
+
+    /** Deletes the task: 204, or 412 if it changed since the ETag sent. */
+    async deleteTask(
+      userId: string,
+      taskId: number,
+      { ifMatch }: WriteOptions = {},
+    ): Promise<Result<undefined>> {
+      const result = await client.DELETE("/api/{user_id}/tasks/{task_id}", {
+        params: taskParams(userId, taskId, ifMatch),
+      });
+      if (result.response.status === 204 || result.response.status === 404) etags.delete(taskId);
+      return result;
+    },
+  };
+}
+
+/**
+ * Sends each request with a bearer token; on a 401 asks for a fresh token and sends it once more.
+ * This is openapi-fetch's fetch rather than a middleware because the retry must send the body
+ * again, and only a layer that holds the Request before it goes out can keep a copy of it.
+ */
+function withBearer(
+  getToken: TodoClientOptions["getToken"],
+  send: (request: Request) => Promise<Response>,
+): (request: Request) => Promise<Response> {
+  return async (request) => {
+    const attempt = async (fresh: boolean) => {
+      const copy = request.clone(); // sending a body uses it up, so each attempt sends a copy
+      copy.headers.set("Authorization", `Bearer ${await getToken({ fresh })}`);
+      return send(copy);
+    };
+    const response = await attempt(false);
+    if (response.status !== 401) return response;
+    await response.body?.cancel(); // free the connection rather than wait for garbage collection
+    return attempt(true);
+  };
+}
+
+/** The cursor in a `Link: </api/u/tasks?...&cursor=...>; rel="next"` header, if there is one. */
+function nextCursor(link: string | null): string | undefined {
+  const target = link?.match(/<([^>]*)>\s*;\s*rel="?next"?/)?.[1];
+  if (target === undefined) return undefined;
+  // The target is relative to the API; any base will do to read its query.
+  return new URL(target, "http://api").searchParams.get("cursor") ?? undefined;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

