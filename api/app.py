@@ -14,6 +14,7 @@ from api import __version__
 from api.auth.verification import build_authenticator
 from api.db.database import Database
 from api.db.isolation import IsolationWatch
+from api.db.stored_owners import StoredOwners
 from api.http import health, metrics
 from api.http.body_limit import BodySizeLimit
 from api.http.caller import document_bearer_scheme
@@ -101,6 +102,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.stored_owners = StoredOwners()
     app.state.authenticator = authenticator
     app.state.isolation = isolation
     app.state.rate_limiter = (

@@ -147,10 +147,14 @@ def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) 
     act = _act_as_user(timeout)
     generated = {}
     for name, transaction in _transactions().items():
+        query = transaction.query
+        # What the API sends once it has stored the caller's user row (the dataset has every row):
+        # a write without the upsert (api/db/stored_owners.py).
+        statement = query.without_owner_row if query.without_owner_row is not None else query.statement
         statements = [
             db.begin(read_only=transaction.read_only) + ";",
             act,
-            _sql(transaction.query.statement, transaction.query.params),
+            _sql(statement, query.params),
             "COMMIT;",
         ]
         if prepared:

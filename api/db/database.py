@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
 
-from api.db.errors import AlreadyExists, DatabaseUnavailable, LimitReached
+from api.db.errors import AlreadyExists, DatabaseUnavailable, LimitReached, MissingReference
 from api.db.fair_share import FairShare
 from api.db.urls import libpq_url
 from api.settings import Settings
@@ -62,10 +62,16 @@ _READ_WRITE = metrics.transaction_duration.labels("read_write")
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """A statement of a fixed shape and the values for its bind parameters."""
+    """A statement of a fixed shape and the values for its bind parameters.
+
+    A write also brings the caller's user row up to date (`api.tasks.queries._USER_ROW`);
+    `without_owner_row` is the same write without that, for a caller whose row is known to be
+    stored as their token describes them (`api.http.caller.Caller.run`).
+    """
 
     statement: ClauseElement
     params: Mapping[str, object]
+    without_owner_row: ClauseElement | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +247,9 @@ class Database:
         except psycopg.errors.UniqueViolation as error:
             await _roll_back(connection)
             raise AlreadyExists(error.diag.constraint_name) from None
+        except psycopg.errors.ForeignKeyViolation as error:
+            await _roll_back(connection)
+            raise MissingReference(error.diag.constraint_name) from None
         except psycopg.errors.CheckViolation as error:
             await _roll_back(connection)
             limit = error.diag.constraint_name

@@ -24,6 +24,15 @@ class AlreadyExists(Exception):  # noqa: N818 (a state, not a mistake)
         self.constraint = constraint
 
 
+class MissingReference(Exception):  # noqa: N818 (a state, not a mistake)
+    """A foreign key refused a row whose parent is not there (a user row deleted meanwhile, say);
+    nothing changed."""
+
+    def __init__(self, constraint: str | None) -> None:
+        super().__init__(constraint)
+        self.constraint = constraint
+
+
 class UserShareExceeded(Exception):  # noqa: N818 (a state, not a mistake)
     """This user already holds their share of the worker's connections, and none came back in time."""
 

@@ -27,7 +27,9 @@ from api.auth.errors import InvalidToken
 from api.auth.principal import Principal
 from api.auth.verification import Authenticator
 from api.db.database import Database, Query, Rows
+from api.db.errors import MissingReference
 from api.db.isolation import IsolationWatch
+from api.db.stored_owners import StoredOwners
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.http.problems import ProblemError, isolation_unverified, unsupported_media_type
 from api.http.rate_limit import RateLimiter
@@ -58,9 +60,22 @@ class Caller:
 
     user: Principal
     database: Database
+    stored_owners: StoredOwners
 
     async def run(self, query: Query, *, read_only: bool) -> Rows:
-        return await self.database.run(self.user.id, query, read_only=read_only)
+        """Run the query as the caller. A write leaves out the upsert of the caller's user row once
+        this worker has stored the row as the caller's token describes it (`StoredOwners`)."""
+        if query.without_owner_row is None:
+            return await self.database.run(self.user.id, query, read_only=read_only)
+        if self.user in self.stored_owners:
+            try:
+                alone = Query(query.without_owner_row, query.params)
+                return await self.database.run(self.user.id, alone, read_only=read_only)
+            except MissingReference:
+                self.stored_owners.discard(self.user)  # the row is gone after all: store it again
+        rows = await self.database.run(self.user.id, query, read_only=read_only)
+        self.stored_owners.add(self.user)
+        return rows
 
 
 # A Better Auth token is about a kilobyte; a larger header is refused before anything decodes it.
@@ -112,7 +127,8 @@ class AuthenticatedRoute(APIRoute):
 
         async def authenticate_then_handle(request: Request) -> Response:
             refuse_unless_isolated(request)
-            request.state.caller = Caller(await _authorized_caller(request), request.app.state.database)
+            app = request.app.state
+            request.state.caller = Caller(await _authorized_caller(request), app.database, app.stored_owners)
             _refuse_a_body_that_is_not_json(request)
             return await handle(request)
 

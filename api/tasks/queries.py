@@ -8,7 +8,7 @@ Statements are built once per shape with bind parameters, and a request supplies
 values (`Query`): the database layer compiles each shape once, not once per request.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import cache
 from typing import Any, Protocol
@@ -157,8 +157,9 @@ def _upsert_user() -> Insert:
     )
 
 
-# Every write also brings the caller's user row up to date, in the same statement: the first write
-# creates it (tasks.user_id references it), and a token with a new email or name refreshes it.
+# A write also brings the caller's user row up to date, in the same statement: the first write creates
+# it (tasks.user_id references it), and a token with a new email or name refreshes it. Each write's
+# Query also carries the statement without it, for owners whose row is stored (api/db/stored_owners.py).
 _USER_ROW = _upsert_user().cte("user_row")
 
 
@@ -167,21 +168,22 @@ def _owner_row(owner: Owner) -> dict[str, object]:
     return {"user_id": owner.id, "email": owner.email, "name": owner.name}
 
 
-_CREATE_TASK = (
-    pg_insert(Task)
-    .values(
+def _create_task_statement(*, owner_row: bool) -> ClauseElement:
+    insert = pg_insert(Task).values(
         user_id=_USER_ID,
         title=bindparam("title", type_=String()),
         description=bindparam("description", type_=String()),
         completed=bindparam("completed", type_=Boolean()),
     )
-    .add_cte(_USER_ROW)
-    .returning(*_TASK_COLUMNS)
-)
+    return (insert.add_cte(_USER_ROW) if owner_row else insert).returning(*_TASK_COLUMNS)
+
+
+_CREATE_TASK = _create_task_statement(owner_row=True)
+_CREATE_TASK_ALONE = _create_task_statement(owner_row=False)
 
 
 def create_task(owner: Owner, data: TaskCreate) -> Query:
-    return Query(_CREATE_TASK, {**_owner_row(owner), **data.model_dump()})
+    return Query(_CREATE_TASK, {**_owner_row(owner), **data.model_dump()}, _CREATE_TASK_ALONE)
 
 
 # --- Creates with an Idempotency-Key ---------------------------------------------------------------
@@ -192,7 +194,7 @@ _KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
 _FRESH_KEY = (_KEYS.c.user_id == _USER_ID, _KEYS.c.key == _KEY, _KEYS.c.created_at >= func.now() - _TTL)
 
 
-def _create_task_once() -> ClauseElement:
+def _create_task_once(*, owner_row: bool) -> ClauseElement:
     """Create the task and store the key with the response, unless the key is stored already.
 
     One statement, so the key is stored in the transaction that creates the task. A repeat of a
@@ -237,17 +239,18 @@ def _create_task_once() -> ClauseElement:
             response.label("response"),
         )
         .union_all(select(literal("previous"), previous.c.request_hash, previous.c.response))
-        .add_cte(_USER_ROW, remembered, forgotten)
+        .add_cte(*((_USER_ROW,) if owner_row else ()), remembered, forgotten)
     )
 
 
-_CREATE_TASK_ONCE = _create_task_once()
+_CREATE_TASK_ONCE = _create_task_once(owner_row=True)
+_CREATE_TASK_ONCE_ALONE = _create_task_once(owner_row=False)
 
 
 def create_task_once(owner: Owner, data: TaskCreate, key: str, request_hash: str, ttl: timedelta) -> Query:
     """Rows: (outcome 'created' or 'previous', request_hash, response), see `_create_task_once`."""
     values = {**_owner_row(owner), **data.model_dump(), "key": key, "request_hash": request_hash, "ttl": ttl}
-    return Query(_CREATE_TASK_ONCE, values)
+    return Query(_CREATE_TASK_ONCE, values, _CREATE_TASK_ONCE_ALONE)
 
 
 _REMEMBERED = select(_KEYS.c.request_hash, _KEYS.c.response).where(*_FRESH_KEY)
@@ -271,15 +274,23 @@ def forget_expired_keys(user_id: str, ttl: timedelta) -> Query:
 _VERSIONS = bindparam("versions", type_=ARRAY(Integer()))
 
 
-def _answer(write: Update | Delete, returned: tuple[Any, ...], *, conditional: bool) -> ClauseElement:
+def _answer(
+    write: Update | Delete, returned: tuple[Any, ...], *, conditional: bool, owner_row: bool
+) -> ClauseElement:
     """`write` returning `returned`; when conditional, only if the task's version is one of
     `versions`, decided in the write's own WHERE (re-read under the row's lock), and with the task as
     it is when it was not written. Rows then carry `written`; none means no such task."""
+    ctes = (_USER_ROW,) if owner_row else ()
     if not conditional:
-        return write.add_cte(_USER_ROW).returning(*returned)
+        return write.add_cte(*ctes).returning(*returned)
     done = write.where(col(Task.version) == any_(_VERSIONS)).returning(*returned).cte("done")
     as_it_is = select(*returned, false().label("written")).where(*_OWN_TASK, ~exists(select(done.c.id)))
-    return select(*done.c, true().label("written")).union_all(as_it_is).add_cte(_USER_ROW)
+    return select(*done.c, true().label("written")).union_all(as_it_is).add_cte(*ctes)
+
+
+def _write(owner: Owner, statement: Callable[[bool], ClauseElement], values: Mapping[str, object]) -> Query:
+    """A write that also brings the owner's user row up to date, and the same write without that."""
+    return Query(statement(True), {**_owner_row(owner), **values}, statement(False))
 
 
 def _conditions(task_id: int, versions: Sequence[int] | None) -> dict[str, object]:
@@ -287,28 +298,32 @@ def _conditions(task_id: int, versions: Sequence[int] | None) -> dict[str, objec
 
 
 @cache
-def _update_statement(fields: frozenset[str], conditional: bool) -> ClauseElement:
+def _update_statement(fields: frozenset[str], conditional: bool, owner_row: bool) -> ClauseElement:
     types: dict[str, Any] = {"title": String(), "description": String(), "completed": Boolean()}
     write = (
         update(Task)
         .where(*_OWN_TASK)
         .values({field: bindparam(field, type_=types[field]) for field in sorted(fields)})
     )
-    return _answer(write, _TASK_COLUMNS, conditional=conditional)
+    return _answer(write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row)
 
 
 def update_task(
     owner: Owner, task_id: int, changes: Mapping[str, object], *, versions: Sequence[int] | None = None
 ) -> Query:
     """Only the fields sent change; the others keep their value. `versions`: see `_answer`."""
-    statement = _update_statement(frozenset(changes), versions is not None)
-    return Query(statement, {**_owner_row(owner), **_conditions(task_id, versions), **changes})
+    fields, conditional = frozenset(changes), versions is not None
+    return _write(
+        owner,
+        lambda owner_row: _update_statement(fields, conditional, owner_row),
+        {**_conditions(task_id, versions), **changes},
+    )
 
 
 @cache
-def _toggle_statement(conditional: bool) -> ClauseElement:
+def _toggle_statement(conditional: bool, owner_row: bool) -> ClauseElement:
     write = update(Task).where(*_OWN_TASK).values(completed=~col(Task.completed))
-    return _answer(write, _TASK_COLUMNS, conditional=conditional)
+    return _answer(write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row)
 
 
 def set_completed(
@@ -316,18 +331,21 @@ def set_completed(
 ) -> Query:
     """`completed=None` toggles; a value sets it, so a retried request lands in the same state."""
     if completed is None:
-        return Query(
-            _toggle_statement(versions is not None), {**_owner_row(owner), **_conditions(task_id, versions)}
+        conditional = versions is not None
+        return _write(
+            owner, lambda owner_row: _toggle_statement(conditional, owner_row), _conditions(task_id, versions)
         )
     return update_task(owner, task_id, {"completed": completed}, versions=versions)
 
 
 @cache
-def _delete_statement(conditional: bool) -> ClauseElement:
-    return _answer(delete(Task).where(*_OWN_TASK), (col(Task.id), col(Task.version)), conditional=conditional)
+def _delete_statement(conditional: bool, owner_row: bool) -> ClauseElement:
+    returned = (col(Task.id), col(Task.version))
+    return _answer(delete(Task).where(*_OWN_TASK), returned, conditional=conditional, owner_row=owner_row)
 
 
 def delete_task(owner: Owner, task_id: int, *, versions: Sequence[int] | None = None) -> Query:
-    return Query(
-        _delete_statement(versions is not None), {**_owner_row(owner), **_conditions(task_id, versions)}
+    conditional = versions is not None
+    return _write(
+        owner, lambda owner_row: _delete_statement(conditional, owner_row), _conditions(task_id, versions)
     )

@@ -188,6 +188,27 @@ def test_every_write_brings_the_user_row_up_to_date(
     assert api_db.execute(user_row, [user.id]).fetchone() == ("new@example.com", "New")
 
 
+def test_a_user_row_deleted_meanwhile_is_stored_again_by_the_next_write(
+    client: httpx.Client, api_db: psycopg.Connection[Any]
+) -> None:
+    """Once a worker has stored a user's row, its writes for them leave the upsert out; when the
+    row has gone meanwhile (a DBA deleted the user, and so their tasks), the write stores it again."""
+    user = new_user(email="erin@example.com", name="Erin")
+    create(client, user)
+    create(client, user)  # the row is stored: this write was sent without the upsert
+    api_db.execute("delete from users where id = %s", [user.id])
+
+    task = create(client, user, title="After")
+
+    assert api_db.execute("select email, name from users where id = %s", [user.id]).fetchone() == (
+        "erin@example.com",
+        "Erin",
+    )
+    assert api_db.execute("select id, title from tasks where user_id = %s", [user.id]).fetchall() == [
+        (task["id"], "After")
+    ]
+
+
 @pytest.mark.parametrize(
     "title",
     ["'); drop table tasks; --", "back\\slash \\' quote", "$$dollar$$ :name %(x)s %s ?", "E'\\x41'"],
