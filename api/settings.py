@@ -44,9 +44,14 @@ class Settings(BaseSettings):
     db_max_connections_per_user: int | None = Field(default=None, ge=1)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     db_connect_timeout_seconds: int = Field(default=5, ge=1)
-    # psycopg prepares a statement after this many executions; None never prepares, which is what
-    # PgBouncer in transaction mode (Neon's pooled endpoint) needs unless it tracks prepared statements.
-    db_prepare_threshold: int | None = Field(default=None)
+    # auto: statements are prepared (SQL PREPARE, once per connection) on connections that reach
+    # Postgres itself, never through a pooler; on: on every connection (a pooler in session mode);
+    # off: never. See api/db/prepared.py.
+    db_prepared_statements: Literal["auto", "on", "off"] = "auto"
+    # Set: statements travel pipelined and psycopg prepares them at the protocol level after this
+    # many executions, for a pooler that keeps such statements (PgBouncer 1.21+ with
+    # max_prepared_statements, Neon's pooled endpoint); DB_PREPARED_STATEMENTS then does not apply.
+    db_prepare_threshold: int | None = Field(default=None, ge=0)
     # Per transaction: a runaway query cannot hold a connection (and a user's requests) for longer.
     db_statement_timeout_ms: int = Field(default=5000, ge=100)
     # Requests one user may make per minute, per worker (a token bucket); 0 turns the limit off.

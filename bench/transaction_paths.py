@@ -1,7 +1,9 @@
 """CPU per request of the transaction path alone, without HTTP, for each way `Database.run` sends it.
 
-- one message: the default; BEGIN, the settings, the statement and COMMIT as one simple-protocol
-  message, values bound client-side (works behind poolers in transaction mode);
+- one message: BEGIN, the settings, the statement and COMMIT as one simple-protocol message, values
+  bound client-side (DB_PREPARED_STATEMENTS=off, and what the default sends through a pooler);
+- one message, prepared: the same with the statement an EXECUTE of one prepared once per connection
+  (the default on a direct connection, DB_PREPARED_STATEMENTS=auto);
 - pipelined: DB_PREPARE_THRESHOLD set high, four extended-protocol messages in psycopg's pipeline
   mode, never actually prepared;
 - pipelined and prepared: DB_PREPARE_THRESHOLD=0, the same, prepared on first use.
@@ -21,16 +23,21 @@ from api.tasks.listing import TaskListParams
 from bench.postgres import embedded_postgres_server
 
 _ROUNDS = 3000
-_WAYS = {"one message": None, "pipelined": 10**9, "pipelined and prepared": 0}
+_WAYS: dict[str, dict[str, object]] = {
+    "one message": {"db_prepared_statements": "off"},
+    "one message, prepared": {"db_prepared_statements": "auto"},
+    "pipelined": {"db_prepare_threshold": 10**9},
+    "pipelined and prepared": {"db_prepare_threshold": 0},
+}
 
 
-async def _cpu_us_per_request(url: str, prepare_threshold: int | None, query: Query) -> float:
+async def _cpu_us_per_request(url: str, way: dict[str, object], query: Query) -> float:
     settings = Settings(
         _env_file=None,
         database_url=url,
         better_auth_secret="x" * 32,
         db_pool_size=1,
-        db_prepare_threshold=prepare_threshold,
+        **way,  # type: ignore[arg-type]
     )
     database = Database.from_settings(settings)
     await database.open()
@@ -51,9 +58,9 @@ def main() -> None:
     with embedded_postgres_server() as postgres:
         url = postgres.one_user_database("paths", "alice", tasks=20)
         figures = {
-            (request, way): asyncio.run(_cpu_us_per_request(url, threshold, query))
+            (request, way): asyncio.run(_cpu_us_per_request(url, settings, query))
             for request, query in requests.items()
-            for way, threshold in _WAYS.items()
+            for way, settings in _WAYS.items()
         }
     print("| request | " + " | ".join(f"{way}, CPU us" for way in _WAYS) + " |")
     print("| --- |" + " ---: |" * len(_WAYS))

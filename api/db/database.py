@@ -8,15 +8,17 @@ pooled connection), runs the statement and commits. The role switch takes effect
 statement is planned, because it is a statement of its own. When anything fails, the transaction
 is rolled back and the settings vanish with it.
 
-BEGIN, the settings, the statement and COMMIT travel in one network round trip, in one of two ways,
-chosen by whether statements may be prepared (DB_PREPARE_THRESHOLD):
+BEGIN, the settings, the statement and COMMIT travel in one network round trip, in one of two ways:
 
 - By default, as ONE simple-protocol message, with the values bound client-side by psycopg
   (quoted as literals, never spliced by us). Poolers in transaction mode (PgBouncer, Neon's pooled
-  endpoint) handle it like any query, and it costs the fewest Python calls. It cannot be prepared.
-- With DB_PREPARE_THRESHOLD set (a direct connection), as four extended-protocol messages in
-  psycopg's pipeline mode, bound server-side so that psycopg may prepare them. Poolers in
-  transaction mode are known to wedge on pipelined clients, so this is not the default.
+  endpoint) handle it like any query, and it costs the fewest Python calls. On a connection to
+  Postgres itself (DB_PREPARED_STATEMENTS=auto, the default) the statement in that message is an
+  EXECUTE of a statement prepared once per connection (`api.db.prepared`).
+- With DB_PREPARE_THRESHOLD set, as four extended-protocol messages in psycopg's pipeline mode,
+  bound server-side so that psycopg prepares them: for a pooler that keeps protocol-level prepared
+  statements (PgBouncer 1.21+ with max_prepared_statements). It costs more Python per request than
+  it saves Postgres on our benchmark (bench/RESULTS.md, "Fifth session"), so it is not the default.
 """
 
 import asyncio
@@ -35,6 +37,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from api.db.errors import AlreadyExists, DatabaseUnavailable, LimitReached, MissingReference
 from api.db.fair_share import FairShare
+from api.db.prepared import prepared_statement, reaches_postgres_itself
 from api.db.urls import libpq_url
 from api.settings import Settings
 from api.telemetry import metrics
@@ -54,7 +57,25 @@ ACT_AS_USER = text(
 )
 
 _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
-_Connection = psycopg.AsyncConnection[DictRow]
+
+
+class _Connection(psycopg.AsyncConnection[DictRow]):
+    # The statements this session has prepared (`api.db.prepared`); None when it may not prepare.
+    prepared: set[str] | None = None
+
+
+async def _allow_preparing_if_direct(connection: _Connection) -> None:
+    """The pool's configure step for DB_PREPARED_STATEMENTS=auto: prepare only on a connection to
+    Postgres itself, never through a pooler."""
+    if await reaches_postgres_itself(connection):
+        connection.prepared = set()
+
+
+async def _allow_preparing(connection: _Connection) -> None:
+    """The pool's configure step for DB_PREPARED_STATEMENTS=on."""
+    connection.prepared = set()
+
+
 Rows = list[DictRow]
 _READ_ONLY = metrics.transaction_duration.labels("read_only")
 _READ_WRITE = metrics.transaction_duration.labels("read_write")
@@ -97,11 +118,13 @@ def begin(*, read_only: bool) -> str:
     return "BEGIN READ ONLY" if read_only else "BEGIN"
 
 
-@lru_cache(maxsize=512)
-def one_message(statement: ClauseElement, *, read_only: bool) -> str:
-    """The whole transaction as one simple-protocol message: BEGIN; settings; statement; COMMIT."""
-    parts = (begin(read_only=read_only), compiled(ACT_AS_USER).sql, compiled(statement).sql, "COMMIT")
-    return ";\n".join(parts)
+@lru_cache(maxsize=1024)
+def one_message(statement: ClauseElement, *, read_only: bool, prepared: bool) -> str:
+    """The whole transaction as one simple-protocol message: BEGIN; settings; statement; COMMIT.
+    With `prepared`, the statement is the EXECUTE of its prepared form."""
+    sql = compiled(statement).sql
+    body = prepared_statement(sql).execute if prepared else sql
+    return ";\n".join((begin(read_only=read_only), compiled(ACT_AS_USER).sql, body, "COMMIT"))
 
 
 async def _result_rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
@@ -146,6 +169,9 @@ class Database:
             application_name="todo-api",
         )
         prepare = settings.db_prepare_threshold is not None
+        configure = {"auto": _allow_preparing_if_direct, "on": _allow_preparing, "off": None}[
+            settings.db_prepared_statements
+        ]
         pool = AsyncConnectionPool(
             conninfo,
             connection_class=_Connection,
@@ -162,6 +188,8 @@ class Database:
             # A connection the server dropped is discarded when it fails (that request gets a 503)
             # and replaced in the background; no per-request ping, which would cost a round trip.
             max_lifetime=1800,
+            # Pipelined statements are prepared by psycopg (DB_PREPARE_THRESHOLD) instead.
+            configure=None if prepare else configure,
             open=False,
         )
         return cls(
@@ -244,6 +272,12 @@ class Database:
             # Whatever the connection was waiting for may still arrive; it cannot be reused.
             await connection.close()
             raise DatabaseUnavailable("the database did not answer in time") from None
+        except psycopg.errors.InvalidSqlStatementName:
+            # A statement this session prepared is gone: it is not the session we took it for (a
+            # pooler we could not tell apart). Not on this connection again; this request may retry.
+            await _roll_back(connection)
+            connection.prepared = None
+            raise DatabaseUnavailable("a prepared statement was missing on the connection") from None
         except psycopg.errors.UniqueViolation as error:
             await _roll_back(connection)
             raise AlreadyExists(error.diag.constraint_name) from None
@@ -264,9 +298,18 @@ class Database:
     async def _one_message(
         connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
+        prepared = connection.prepared
+        statement = compiled(query.statement)
+        if prepared is not None:
+            named = prepared_statement(statement.sql)
+            if named.name not in prepared:
+                # Once per connection and statement, in autocommit: a failed transaction keeps it.
+                await connection.execute(named.prepare)
+                prepared.add(named.name)
         cursor = connection.cursor()
-        params = {**as_user, **compiled(query.statement).params(query.params)}
-        await cursor.execute(one_message(query.statement, read_only=read_only), params)
+        params = {**as_user, **statement.params(query.params)}
+        message = one_message(query.statement, read_only=read_only, prepared=prepared is not None)
+        await cursor.execute(message, params)
         cursor.nextset()  # past BEGIN's result
         cursor.nextset()  # past the settings' row
         return await _result_rows(cursor)

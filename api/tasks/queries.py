@@ -25,6 +25,7 @@ from sqlalchemy import (
     Update,
     any_,
     bindparam,
+    cast,
     delete,
     exists,
     false,
@@ -189,7 +190,9 @@ def create_task(owner: Owner, data: TaskCreate) -> Query:
 # --- Creates with an Idempotency-Key ---------------------------------------------------------------
 
 _KEY = bindparam("key", type_=String())
-_TTL = bindparam("ttl", type_=Interval())
+# Cast, not only typed: a prepared statement (api/db/prepared.py) must know `now() - $n` subtracts an
+# interval, and psycopg's dialect writes no cast for an Interval.
+_TTL = cast(bindparam("ttl", type_=Interval()), Interval())
 _KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
 _FRESH_KEY = (_KEYS.c.user_id == _USER_ID, _KEYS.c.key == _KEY, _KEYS.c.created_at >= func.now() - _TTL)
 

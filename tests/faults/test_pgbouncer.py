@@ -4,6 +4,7 @@ Settings are transaction-scoped, so whatever server connection a request lands o
 nobody and ends as nobody. (`.ci/run` also runs the whole API suite with --via-pgbouncer.)
 """
 
+import asyncio
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ import pytest
 from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
+from api.db.prepared import reaches_postgres_itself
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
 from tests.support import LOGIN_ROLE, ApiUser, new_user, serving, settings_for
 
@@ -65,3 +67,29 @@ def test_users_sharing_one_server_connection_never_see_each_others_tasks(bouncer
                 " coalesce(current_setting('app.user_id', true), '')"
             ).fetchone()
             assert identity == (LOGIN_ROLE, "none", "")
+
+
+def test_nothing_is_prepared_through_the_pooler(bouncer_url: str) -> None:
+    """In transaction mode a PREPARE may land on one server connection and its EXECUTE on another,
+    so DB_PREPARED_STATEMENTS=auto (the default) prepares nothing here (api/db/prepared.py)."""
+
+    async def reaches_postgres() -> bool:
+        async with await psycopg.AsyncConnection.connect(
+            bouncer_url, autocommit=True, prepare_threshold=None
+        ) as connection:
+            return await reaches_postgres_itself(connection)
+
+    assert asyncio.run(reaches_postgres()) is False
+
+    user = new_user()
+    with (
+        serving(create_app(settings_for(bouncer_url, db_pool_size=2))) as base_url,
+        httpx.Client(base_url=base_url) as client,
+    ):
+        for _ in range(3):
+            assert client.post(user.tasks_url, json={"title": "x"}, headers=user.headers).status_code == 201
+            assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+
+    # The pooler's one server connection ran every statement, and holds none prepared.
+    with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=None) as probe:
+        assert probe.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
