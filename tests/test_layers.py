@@ -1,0 +1,51 @@
+"""`api/` is built in floors, and each floor imports only the floors below it (README, "Layout").
+
+Read from the source rather than from `sys.modules`, so an import inside a function counts too.
+`api/settings.py` and `api/__init__.py` belong to no floor: every floor may read them.
+"""
+
+import ast
+from pathlib import Path
+
+import api
+
+# Highest first.
+FLOORS = ("ops", "app", "tasks", "http", "auth", "db", "telemetry")
+PACKAGE = Path(api.__file__).parent
+
+
+def _floor(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "api" and len(parts) > 1 and parts[1] in FLOORS else None
+
+
+def _imported_modules(path: Path) -> list[str]:
+    modules = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.append(node.module)
+            modules.extend(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            modules.extend(alias.name for alias in node.names)
+    return modules
+
+
+def test_no_floor_imports_a_higher_one() -> None:
+    upward = []
+    sources = sorted(PACKAGE.rglob("*.py"))
+    assert len(sources) > 30, "the search found too few modules to mean anything"
+    for path in sources:
+        module = ".".join(("api", *path.relative_to(PACKAGE).with_suffix("").parts))
+        own = _floor(module)
+        if own is None:
+            continue
+        for imported in _imported_modules(path):
+            floor = _floor(imported)
+            if floor is not None and FLOORS.index(floor) < FLOORS.index(own):
+                upward.append(f"{module} imports {imported}")
+    assert upward == []
+
+
+def test_every_package_of_api_is_a_floor() -> None:
+    packages = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert packages == set(FLOORS) - {"app"}
