@@ -13,7 +13,7 @@ import pytest
 
 from api.app import create_app
 from api.ops.policy_audit import audit_database
-from tests.support import ApiUser, new_user, serving, settings_for
+from tests.support import ApiUser, new_user, scrape, serving, settings_for, value
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 INTERVAL = 0.2
@@ -44,6 +44,12 @@ def _refused(api: httpx.Client, user: ApiUser) -> bool:
     return (
         response.status_code == 503 and response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
     )
+
+
+def _verified_gauge(api: httpx.Client) -> float:
+    # Eventually, not at once: the session's shared API (a safe database) checks in the same
+    # process now and then, and the gauge holds the latest check of any of them.
+    return value(scrape(str(api.base_url).rstrip("/")), "todo_api_isolation_verified")
 
 
 def _current_user_id_definition(db: Conn) -> str:
@@ -116,6 +122,7 @@ def test_weakened_while_serving_then_repaired(
             api.post(alice.tasks_url, json={"title": "while weakened"}, headers=alice.headers).status_code
             == 503
         )
+        _eventually(lambda: _verified_gauge(api) == 0, f"{name}: the metric shows isolation unverified")
         time.sleep(3 * INTERVAL)  # more checks, the same findings
         errors = [record for record in caplog.records if record.levelno == logging.ERROR]
         assert len(errors) == 1, "logged once per change, not once per check"
@@ -127,6 +134,7 @@ def test_weakened_while_serving_then_repaired(
             f"{name}: served again",
         )
     assert api.get("/readyz").status_code == 200
+    _eventually(lambda: _verified_gauge(api) == 1, f"{name}: the metric shows isolation verified again")
     assert [task["title"] for task in api.get(alice.tasks_url, headers=alice.headers).json()] == ["mine"]
 
 

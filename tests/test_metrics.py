@@ -6,27 +6,20 @@ import time
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
-from tests.support import CLI, SECRET, ApiUser, cli_env, new_user, serve_process, serving, settings_for
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(base_url: str) -> Samples:
-    response = httpx.get(f"{base_url}/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+from tests.support import (
+    CLI,
+    SECRET,
+    ApiUser,
+    cli_env,
+    new_user,
+    scrape,
+    serve_process,
+    serving,
+    settings_for,
+    value,
+)
 
 
 def test_requests_are_counted_by_route_template_and_status(api_url: str, client: httpx.Client) -> None:
@@ -47,7 +40,17 @@ def test_requests_are_counted_by_route_template_and_status(api_url: str, client:
     assert grew("todo_api_http_request_duration_seconds_count", route=route) == 3
     assert grew("todo_api_db_transaction_duration_seconds_count", mode="read_write") == 1
     assert grew("todo_api_db_transaction_duration_seconds_count", mode="read_only") == 1
-    assert value(after, "todo_api_isolation_verified") == 1
+
+
+def test_a_safe_database_shows_as_verified(api_db_url: str) -> None:
+    # An app of the test's own: the gauges belong to the process, and apps of other tests check
+    # weakened databases (tests/test_isolation_watch.py asserts what those show).
+    started = time.time()
+    with serving(create_app(settings_for(api_db_url))) as base_url:
+        samples = scrape(base_url)
+    assert value(samples, "todo_api_isolation_verified") == 1
+    assert value(samples, "todo_api_isolation_findings") == 0
+    assert value(samples, "todo_api_isolation_last_check_timestamp_seconds") >= started
 
 
 def test_no_label_carries_a_user_id_or_a_raw_path(api_url: str, client: httpx.Client, alice: ApiUser) -> None:
