@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.profile --scenarios list,create --duration 15
 
 Same setup as bench.run (embedded Postgres, the `small` dataset unless told otherwise, one API worker),
-then per scenario: wrk in the background and `py-spy record` on the worker for the same time. Each
-sample is put in one bucket (auth, SQLAlchemy compile, psycopg, validation, serialisation, ...) by
+then per scenario: wrk in the background and `py-spy record --subprocesses` on the server (granian
+runs the app in a child process) for the same time. Each
+sample is put in one bucket (auth, logging, metrics, psycopg, validation, serialisation, ...) by
 the first rule in _BUCKETS that one of its frames matches; prints the buckets and the hottest
 functions, and keeps the raw stacks (for flame graphs) in bench/results/<time>/.
 Needs py-spy (`.venv/bin/pip install py-spy`) and the right to ptrace (root, or ptrace_scope 0).
@@ -27,26 +28,25 @@ from bench.wrk import ensure_wrk, run_wrk
 
 _RATE = 250
 
-# First match wins, so the specific come before the general: every stack passes through uvicorn,
-# Starlette and asyncio, and every query through SQLAlchemy and psycopg.
+# First match wins, so the specific come before the general: every stack passes through Starlette
+# and asyncio, and every query through psycopg. Frames read "function (package/module.py:line)", so
+# patterns start at "(" where a bare substring would also match another package (fastapi/telemetry/).
 _BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("auth: JWT verification and its cache", ("api/auth/", "(jwt/", "(cachetools/")),
-    ("logging", ("(logging/", "pythonjsonlogger", "api/telemetry/")),
-    ("building statements (api.tasks.queries)", ("api/tasks/queries.py",)),
-    ("SQLAlchemy: cache key and compile", ("sqlalchemy/sql/compiler.py", "sqlalchemy/sql/cache_key.py")),
-    ("psycopg: send, wait, receive, adapt", ("(psycopg/",)),
-    ("SQLAlchemy: engine, pool, greenlets, rows", ("(sqlalchemy/",)),
+    ("auth: JWT verification and its cache", ("(api/auth/", "(jwt/", "(cachetools/")),
+    ("logging", ("(logging/", "(api/telemetry/logs.py")),
+    ("metrics", ("(prometheus_client/", "(api/telemetry/metrics.py")),
+    ("building statements (api.tasks.queries)", ("(api/tasks/queries.py",)),
+    ("psycopg: send, wait, receive, adapt", ("(psycopg/", "(psycopg_pool/", "(api/db/")),
     ("response: JSON serialisation", ("dump_json", "jsonable_encoder", "(json/", "Response.render")),
-    ("response: pydantic validation", ("model_validate", "fastapi/_compat", "(pydantic/")),
-    ("request: body and parameters", ("request_body_to_args", "request_params_to_args", "Request.body")),
-    ("FastAPI: dependencies, routing, sending the response", ("fastapi/",)),
+    ("response: pydantic validation", ("model_validate", "validate_python", "(pydantic/")),
+    ("request: body and parameters", ("request_body_to_args", "Request.body", "(api/http/parameters.py")),
+    ("FastAPI: dependencies, routing, sending the response", ("(fastapi/",)),
     (
-        "middleware: CORS, request id, body limit",
-        ("starlette/middleware", "asgi_correlation_id", "api/http/body_limit"),
+        "middleware: CORS, request telemetry, body limit",
+        ("(starlette/middleware", "(api/http/request_telemetry.py", "(api/http/body_limit.py"),
     ),
-    ("Starlette", ("starlette/",)),
-    ("uvicorn: HTTP protocol", ("uvicorn/protocols", "httptools")),
-    ("event loop and the rest", ("",)),
+    ("Starlette", ("(starlette/",)),
+    ("granian: HTTP protocol and worker", ("(granian/",)),
 )
 
 
@@ -54,7 +54,9 @@ def _bucket(frames: list[str]) -> str:
     for name, patterns in _BUCKETS:
         if any(pattern in frame for frame in frames for pattern in patterns):
             return name
-    return _BUCKETS[-1][0]
+    if all(frame.startswith("process ") for frame in frames):
+        return "native, no Python frame: granian's Rust, the event loop, the collector"
+    return "asyncio and the rest"
 
 
 def summarise(raw: Path, duration: int, top: int = 20) -> list[str]:
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                     "--rate",
                     str(_RATE),
                     "--nonblocking",
+                    "--subprocesses",
                 ]
                 subprocess.run(
                     [*record, "--duration", str(args.duration), "--format", "raw", "--output", str(raw)],
