@@ -31,12 +31,10 @@ def entity_tags(value: str, field: str) -> list[EntityTag] | Literal["*"]:
     while position < len(value):
         found = _ENTITY_TAG.match(value, position)
         if found is None or found.end() == position:
-            raise invalid_input(
-                f"header.{field}", 'Send "*" or entity-tags such as "12.3", as an ETag gave them.'
-            )
+            break
         tags.append(EntityTag(found.group(2), weak=found.group(1) is not None))
         position = found.end()
-    if not tags:
+    if not tags or position < len(value):
         raise invalid_input(
             f"header.{field}", 'Send "*" or entity-tags such as "12.3", as an ETag gave them.'
         )

@@ -8,7 +8,7 @@ Statements are built once per shape with bind parameters, and a request supplies
 values (`Query`): the database layer compiles each shape once, not once per request.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import cache
 from typing import Any, Protocol
@@ -164,9 +164,13 @@ def _upsert_user() -> Insert:
 _USER_ROW = _upsert_user().cte("user_row")
 
 
-def _owner_row(owner: Owner) -> dict[str, object]:
-    """The values of the user-row upsert every write carries."""
-    return {"user_id": owner.id, "email": owner.email, "name": owner.name}
+def _write(
+    owner: Owner, statement: ClauseElement, alone: ClauseElement, values: Mapping[str, object]
+) -> Query:
+    """A write: `statement` also brings the owner's user row up to date, `alone` is the same write
+    without that. The values fill both (the upsert's are the owner's id, email and name)."""
+    owner_row = {"user_id": owner.id, "email": owner.email, "name": owner.name}
+    return Query(statement, {**owner_row, **values}, alone)
 
 
 def _create_task_statement(*, owner_row: bool) -> ClauseElement:
@@ -184,7 +188,7 @@ _CREATE_TASK_ALONE = _create_task_statement(owner_row=False)
 
 
 def create_task(owner: Owner, data: TaskCreate) -> Query:
-    return Query(_CREATE_TASK, {**_owner_row(owner), **data.model_dump()}, _CREATE_TASK_ALONE)
+    return _write(owner, _CREATE_TASK, _CREATE_TASK_ALONE, data.model_dump())
 
 
 # --- Creates with an Idempotency-Key ---------------------------------------------------------------
@@ -252,8 +256,8 @@ _CREATE_TASK_ONCE_ALONE = _create_task_once(owner_row=False)
 
 def create_task_once(owner: Owner, data: TaskCreate, key: str, request_hash: str, ttl: timedelta) -> Query:
     """Rows: (outcome 'created' or 'previous', request_hash, response), see `_create_task_once`."""
-    values = {**_owner_row(owner), **data.model_dump(), "key": key, "request_hash": request_hash, "ttl": ttl}
-    return Query(_CREATE_TASK_ONCE, values, _CREATE_TASK_ONCE_ALONE)
+    values = {**data.model_dump(), "key": key, "request_hash": request_hash, "ttl": ttl}
+    return _write(owner, _CREATE_TASK_ONCE, _CREATE_TASK_ONCE_ALONE, values)
 
 
 _REMEMBERED = select(_KEYS.c.request_hash, _KEYS.c.response).where(*_FRESH_KEY)
@@ -291,11 +295,6 @@ def _answer(
     return select(*done.c, true().label("written")).union_all(as_it_is).add_cte(*ctes)
 
 
-def _write(owner: Owner, statement: Callable[[bool], ClauseElement], values: Mapping[str, object]) -> Query:
-    """A write that also brings the owner's user row up to date, and the same write without that."""
-    return Query(statement(True), {**_owner_row(owner), **values}, statement(False))
-
-
 def _conditions(task_id: int, versions: Sequence[int] | None) -> dict[str, object]:
     return {"task_id": task_id} if versions is None else {"task_id": task_id, "versions": list(versions)}
 
@@ -318,7 +317,8 @@ def update_task(
     fields, conditional = frozenset(changes), versions is not None
     return _write(
         owner,
-        lambda owner_row: _update_statement(fields, conditional, owner_row),
+        _update_statement(fields, conditional, owner_row=True),
+        _update_statement(fields, conditional, owner_row=False),
         {**_conditions(task_id, versions), **changes},
     )
 
@@ -336,7 +336,10 @@ def set_completed(
     if completed is None:
         conditional = versions is not None
         return _write(
-            owner, lambda owner_row: _toggle_statement(conditional, owner_row), _conditions(task_id, versions)
+            owner,
+            _toggle_statement(conditional, owner_row=True),
+            _toggle_statement(conditional, owner_row=False),
+            _conditions(task_id, versions),
         )
     return update_task(owner, task_id, {"completed": completed}, versions=versions)
 
@@ -350,5 +353,8 @@ def _delete_statement(conditional: bool, owner_row: bool) -> ClauseElement:
 def delete_task(owner: Owner, task_id: int, *, versions: Sequence[int] | None = None) -> Query:
     conditional = versions is not None
     return _write(
-        owner, lambda owner_row: _delete_statement(conditional, owner_row), _conditions(task_id, versions)
+        owner,
+        _delete_statement(conditional, owner_row=True),
+        _delete_statement(conditional, owner_row=False),
+        _conditions(task_id, versions),
     )
