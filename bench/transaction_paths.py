@@ -8,7 +8,9 @@ the Python process's and the Postgres backend's serving it.
 - pipelined: DB_PREPARE_THRESHOLD set high, four extended-protocol messages in psycopg's pipeline
   mode, never actually prepared;
 - pipelined and prepared: DB_PREPARE_THRESHOLD=0, the same, prepared on first use; what pgbench's
-  prepared pipeline, the benchmark's ceiling, sends (bench/pgbench_scripts.py).
+  prepared pipeline, the benchmark's ceiling, sends (bench/pgbench_scripts.py);
+- and, for scale, a bare `select 1` on a plain psycopg connection: the least any request costs that
+  reaches the database through the driver at all, whatever the statements.
 
 One connection, sequential requests, a user with 20 tasks; the toggle is the write a caller whose
 user row is stored sends (api/db/stored_owners.py):
@@ -18,6 +20,8 @@ user row is stored sends (api/db/stored_owners.py):
 
 import asyncio
 import time
+
+import psycopg
 
 from api.auth.principal import Principal
 from api.db.database import Database, Query
@@ -36,6 +40,7 @@ _WAYS: dict[str, dict[str, object]] = {
     "pipelined": {"db_prepare_threshold": 10**9},
     "pipelined and prepared": {"db_prepare_threshold": 0},
 }
+_BARE = "a bare `select 1`"
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -46,9 +51,39 @@ def _cpu_seconds(pid: int) -> float:
 
 
 class _Way:
-    """One way of sending the transaction: a database of its own, one connection and its backend."""
+    """One way of sending the transaction, on one connection whose backend's CPU is counted."""
+
+    backend: int
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, float]] = []
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def send(self, query: Query, *, read_only: bool) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def batch(self, query: Query, *, read_only: bool, requests: int) -> None:
+        started, backend_started = time.process_time(), _cpu_seconds(self.backend)
+        for _ in range(requests):
+            await self.send(query, read_only=read_only)
+        python, backend = time.process_time() - started, _cpu_seconds(self.backend) - backend_started
+        self.batches.append((python / requests * 1e6, backend / requests * 1e6))
+
+    def quietest(self) -> tuple[float, float]:
+        """The (Python, Postgres) CPU us per request of the quietest batch, by their sum."""
+        return min(self.batches[1:], key=sum)  # the first batch warms up
+
+
+class _DatabaseRun(_Way):
+    """`Database.run` with the given settings: a database of its own with a pool of one."""
 
     def __init__(self, url: str, settings: dict[str, object]) -> None:
+        super().__init__()
         self.database = Database.from_settings(
             Settings(
                 _env_file=None,
@@ -58,27 +93,40 @@ class _Way:
                 **settings,  # type: ignore[arg-type]
             )
         )
-        self.batches: list[tuple[float, float]] = []
 
     async def open(self) -> None:
         await self.database.open()
         async with self.database.pool.connection() as connection:
             self.backend = connection.info.backend_pid
 
-    async def batch(self, query: Query, *, read_only: bool, requests: int) -> None:
-        started, backend_started = time.process_time(), _cpu_seconds(self.backend)
-        for _ in range(requests):
-            await self.database.run("alice", query, read_only=read_only)
-        python, backend = time.process_time() - started, _cpu_seconds(self.backend) - backend_started
-        self.batches.append((python / requests * 1e6, backend / requests * 1e6))
+    async def send(self, query: Query, *, read_only: bool) -> None:
+        await self.database.run("alice", query, read_only=read_only)
 
-    def quietest(self) -> tuple[float, float]:
-        """The (Python, Postgres) CPU us per request of the quietest batch, by their sum."""
-        return min(self.batches[1:], key=sum)  # the first batch warms up
+    async def close(self) -> None:
+        await self.database.close()
+
+
+class _BareRoundTrip(_Way):
+    """`select 1` on a plain psycopg connection, whatever the request: the driver's floor."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    async def open(self) -> None:
+        self.connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        self.backend = self.connection.info.backend_pid
+
+    async def send(self, query: Query, *, read_only: bool) -> None:
+        await self.connection.execute("select 1")
+
+    async def close(self) -> None:
+        await self.connection.close()
 
 
 async def _cpu_us_per_request(url: str, query: Query, *, read_only: bool) -> dict[str, tuple[float, float]]:
-    ways = {name: _Way(url, settings) for name, settings in _WAYS.items()}
+    ways: dict[str, _Way] = {name: _DatabaseRun(url, settings) for name, settings in _WAYS.items()}
+    ways[_BARE] = _BareRoundTrip(url)
     for way in ways.values():
         await way.open()
     try:
@@ -88,7 +136,7 @@ async def _cpu_us_per_request(url: str, query: Query, *, read_only: bool) -> dic
         return {name: way.quietest() for name, way in ways.items()}
     finally:
         for way in ways.values():
-            await way.database.close()
+            await way.close()
 
 
 def main() -> None:
@@ -108,8 +156,8 @@ def main() -> None:
         }
     print("CPU us per request: Python, Postgres backend")
     print()
-    print("| request | " + " | ".join(_WAYS) + " |")
-    print("| --- |" + " ---: |" * len(_WAYS))
+    print("| request | " + " | ".join([*_WAYS, _BARE]) + " |")
+    print("| --- |" + " ---: |" * (len(_WAYS) + 1))
     for request in requests:
         cells = (f"{python:.0f}, {backend:.0f}" for python, backend in figures[request].values())
         print(f"| {request} | " + " | ".join(cells) + " |")
