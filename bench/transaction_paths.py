@@ -20,6 +20,7 @@ user row is stored sends (api/db/stored_owners.py):
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 
 import psycopg
 
@@ -50,7 +51,7 @@ def _cpu_seconds(pid: int) -> float:
         return int(schedstat.read().split()[0]) / 1e9
 
 
-class _Way:
+class _Way(ABC):
     """One way of sending the transaction, on one connection whose backend's CPU is counted."""
 
     backend: int
@@ -58,14 +59,14 @@ class _Way:
     def __init__(self) -> None:
         self.batches: list[tuple[float, float]] = []
 
-    async def open(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def open(self) -> None: ...
 
-    async def send(self, query: Query, *, read_only: bool) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def send(self, query: Query, *, read_only: bool) -> None: ...
 
-    async def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def close(self) -> None: ...
 
     async def batch(self, query: Query, *, read_only: bool, requests: int) -> None:
         started, backend_started = time.process_time(), _cpu_seconds(self.backend)
