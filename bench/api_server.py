@@ -22,6 +22,14 @@ from pathlib import Path
 import psutil
 
 _TODO_API = Path(sys.executable).parent / "todo-api"
+_CHECKOUT = Path(__file__).resolve().parent.parent
+# What `bench.run --server` can start, and what it needs beyond the API's settings: the API as
+# operators run it, or the stack's floor (bench/floor_server.py), imported from this checkout.
+SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "api": ([str(_TODO_API), "serve"], {}),
+    "floor": ([sys.executable, "-m", "bench.floor_server"], {"PYTHONPATH": str(_CHECKOUT)}),
+    "bare": ([sys.executable, "-m", "bench.floor_server", "--bare"], {"PYTHONPATH": str(_CHECKOUT)}),
+}
 # Settings the API reads; none of the harness's own environment may change them behind its back.
 _API_VARIABLE_PREFIXES = (
     "DATABASE_URL",
@@ -98,16 +106,23 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_api(
-    database_url: str, secret: str, *, workers: int, run_dir: Path, extra_env: dict[str, str]
+    database_url: str,
+    secret: str,
+    *,
+    workers: int,
+    run_dir: Path,
+    extra_env: dict[str, str],
+    server: str = "api",
 ) -> Iterator[RunningApi]:
     port = free_port()
-    log_path = run_dir / f"api-{workers}-workers.log"
-    command = [str(_TODO_API), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    log_path = run_dir / f"{server}-{workers}-workers.log"
+    program, server_env = SERVERS[server]
+    command = [*program, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
             cwd=run_dir,
-            env=_environment(database_url, secret, extra_env),
+            env=_environment(database_url, secret, {**server_env, **extra_env}),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from api.ops.migrations import apply_migrations
 from bench import dataset, report
-from bench.api_server import RssSampler, running_api
+from bench.api_server import SERVERS, RssSampler, running_api
 from bench.cpu import CpuMeter
 from bench.explain import explain_list
 from bench.pgbench import PgbenchResult, run_pgbench
@@ -37,6 +37,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"  # git-ignored: script
 # default) or a pipeline of prepared statements, whichever pgbench runs faster.
 PGBENCH_PROTOCOLS = ("simple", "prepared")
 _WARMUP_SECONDS = 3
+_FLOOR_SCENARIOS = ("get", "list")  # what bench/floor_server.py answers
 _TOKEN_TTL_SECONDS = 12 * 3600
 
 
@@ -91,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="an API setting, e.g. DB_POOL_SIZE=20 (repeatable); DB_PREPARE_THRESHOLD=N: pgbench -M prepared",
+    )
+    parser.add_argument(
+        "--server",
+        choices=list(SERVERS),
+        default="api",
+        help="what wrk drives: the API (default), or the stack's floor for get and list:"
+        " bench/floor_server.py, with the API's database layer (floor) or only select 1 (bare)",
     )
     parser.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
     parser.add_argument("--note", action="append", default=[], help="a line to add under the run's table")
@@ -185,7 +193,9 @@ def _bench_size(
     rows = []
     load = {"connections": args.connections, "threads": args.threads, "duration": args.duration}
     for workers in args.workers:
-        with running_api(url, secret, workers=workers, run_dir=run_dir, extra_env=api_env) as api:
+        with running_api(
+            url, secret, workers=workers, run_dir=run_dir, extra_env=api_env, server=args.server
+        ) as api:
             run_wrk(wrk, api.base_url, SCENARIOS["list"], users_file, **{**load, "duration": _WARMUP_SECONDS})
             api_workers = api.worker_processes()
             for name in args.scenarios:
@@ -251,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
         raise SystemExit(f"bench: unknown scenario {unknown}; choose from {list(SCENARIOS)}")
+    if args.server != "api" and not set(args.scenarios) <= set(_FLOOR_SCENARIOS):
+        raise SystemExit(f"bench: --server {args.server} answers only {', '.join(_FLOOR_SCENARIOS)}")
     sizes = _sizes(args)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
@@ -272,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         f" requests spread over {args.sample_users} users",
         "- Sizes: " + "; ".join(f"{s.name} = {s.users:,} users x {s.tasks_per_user} tasks" for s in sizes),
     ]
+    if args.server != "api":
+        settings.append(f"- Server: `{args.server}` (bench/floor_server.py), not the API")
     if args.api_env:
         settings.append("- API settings: " + ", ".join(f"`{name}={value}`" for name, value in args.api_env))
     lines = [*report.table(rows), "", *report.summary(rows)]
