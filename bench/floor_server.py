@@ -37,6 +37,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
 Answer = Callable[[Database, str, str | None], Awaitable[Rows]]
 
+ANSWERED_SCENARIOS = ("get", "list")  # of bench.scenarios: the GETs; any other request is refused
 _LIST_PAGE = TaskListParams(limit=LIST_PAGE_SIZE)  # the page wrk asks for
 
 
@@ -89,7 +90,7 @@ def _app(answer: Answer) -> Asgi:
             return await _respond(send, 200, b'{"status":"ok"}')
         # /api/{user_id}/tasks or /api/{user_id}/tasks/{task_id}
         parts = scope["path"].split("/")
-        if database is None or len(parts) not in (4, 5) or parts[3] != "tasks":
+        if database is None or scope["method"] != "GET" or len(parts) not in (4, 5) or parts[3] != "tasks":
             return await _respond(send, 404, b"{}")
         rows = await answer(database, parts[2], parts[4] if len(parts) == 5 else None)
         # A list's query fetches one row past the page, to tell whether another page follows.

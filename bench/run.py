@@ -25,6 +25,7 @@ from bench import dataset, report
 from bench.api_server import SERVERS, RssSampler, running_api
 from bench.cpu import CpuMeter
 from bench.explain import explain_list
+from bench.floor_server import ANSWERED_SCENARIOS
 from bench.pgbench import PgbenchResult, run_pgbench
 from bench.pgbench_scripts import scripts
 from bench.postgres import BenchPostgres, embedded_postgres_server
@@ -37,7 +38,6 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"  # git-ignored: script
 # default) or a pipeline of prepared statements, whichever pgbench runs faster.
 PGBENCH_PROTOCOLS = ("simple", "prepared")
 _WARMUP_SECONDS = 3
-_FLOOR_SCENARIOS = ("get", "list")  # what bench/floor_server.py answers
 _TOKEN_TTL_SECONDS = 12 * 3600
 
 
@@ -261,8 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
         raise SystemExit(f"bench: unknown scenario {unknown}; choose from {list(SCENARIOS)}")
-    if args.server != "api" and not set(args.scenarios) <= set(_FLOOR_SCENARIOS):
-        raise SystemExit(f"bench: --server {args.server} answers only {', '.join(_FLOOR_SCENARIOS)}")
+    if args.server != "api" and not set(args.scenarios) <= set(ANSWERED_SCENARIOS):
+        raise SystemExit(f"bench: --server {args.server} answers only {', '.join(ANSWERED_SCENARIOS)}")
     sizes = _sizes(args)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
