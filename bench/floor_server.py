@@ -18,12 +18,12 @@ It believes the user id in the path. It is a measuring instrument for loopback o
 import argparse
 import gc
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
 
 from granian.constants import Interfaces, Loops
 from granian.server import Server
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.db.database import Database, Rows
 from api.settings import Settings
@@ -31,10 +31,6 @@ from api.tasks import queries
 from api.tasks.listing import TaskListParams
 from bench.scenarios import LIST_PAGE_SIZE
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
 Answer = Callable[[Database, str, str | None], Awaitable[Rows]]
 
 ANSWERED_SCENARIOS = ("get", "list")  # of bench.scenarios: the GETs; any other request is refused
@@ -65,7 +61,7 @@ async def _respond(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _app(answer: Answer) -> Asgi:
+def _app(answer: Answer) -> ASGIApp:
     database: Database | None = None
 
     async def lifespan(receive: Receive, send: Send) -> None:
@@ -100,11 +96,11 @@ def _app(answer: Answer) -> Asgi:
     return app
 
 
-def floor_app() -> Asgi:
+def floor_app() -> ASGIApp:
     return _app(_tasks)
 
 
-def bare_app() -> Asgi:
+def bare_app() -> ASGIApp:
     return _app(_select_one)
 
 
