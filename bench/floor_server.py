@@ -7,8 +7,10 @@ same wrk scripts, so that its ratio to pgbench is the most any app built on this
 driver could reach on this machine:
 
 - floor: a bare ASGI callable (no FastAPI, no token check, no logs, no metrics, no validation) that
-  answers get and list with `Database.run` and the API's own statements, the same one message with
-  the same prepared statements, and the rows as JSON;
+  answers every scenario's request with `Database.run` and the API's own statements, the same one
+  message with the same prepared statements, and the rows as JSON. A write sends the statement the
+  API sends once its worker has stored the caller's user row (`api.http.caller.Caller.run`): the
+  benchmark's users all have theirs;
 - bare: the same, but each request only sends `select 1` on a pooled connection: no role switch, no
   statement of ours, the least a request that reaches the database can cost.
 
@@ -25,15 +27,17 @@ from granian.constants import Interfaces, Loops
 from granian.server import Server
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.db.database import Database, Rows
+from api.auth.principal import Principal
+from api.db.database import Database, Query, Rows
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
+from api.tasks.models import TaskCreate
 from bench.scenarios import LIST_PAGE_SIZE
 
-Answer = Callable[[Database, str, str | None], Awaitable[Rows]]
+# What wrk asks (bench/common.lua): the method and the path after /api/, split at "/".
+Answer = Callable[[Database, str, list[str], bytes], Awaitable[Rows]]
 
-ANSWERED_SCENARIOS = ("get", "list")  # of bench.scenarios: the GETs; any other request is refused
 _LIST_PAGE = TaskListParams(limit=LIST_PAGE_SIZE)  # the page wrk asks for
 
 
@@ -43,16 +47,44 @@ def _iso(value: object) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-async def _tasks(database: Database, user_id: str, task_id: str | None) -> Rows:
-    if task_id is None:
-        return await database.run(user_id, queries.list_tasks(user_id, _LIST_PAGE), read_only=True)
-    return await database.run(user_id, queries.get_task(user_id, int(task_id)), read_only=True)
+def _query(method: str, path: list[str], body: bytes) -> Query | None:
+    """The API's query for one of wrk's requests; None for anything else."""
+    match method, path:
+        case "GET", [user_id, "tasks"]:
+            return queries.list_tasks(user_id, _LIST_PAGE)
+        case "GET", [user_id, "tasks", task_id]:
+            return queries.get_task(user_id, int(task_id))
+        case "POST", [user_id, "tasks"]:
+            return queries.create_task(Principal(user_id), TaskCreate.model_construct(**json.loads(body)))
+        case "PUT", [user_id, "tasks", task_id]:
+            return queries.update_task(Principal(user_id), int(task_id), json.loads(body))
+        case "PATCH", [user_id, "tasks", task_id, "complete"]:
+            return queries.set_completed(Principal(user_id), int(task_id), None)
+    return None
 
 
-async def _select_one(database: Database, _user_id: str, _task_id: str | None) -> Rows:
+async def _tasks(database: Database, method: str, path: list[str], body: bytes) -> Rows:
+    query = _query(method, path, body)
+    if query is None:
+        return []
+    if query.without_owner_row is not None:
+        query = Query(query.without_owner_row, query.params)
+    return await database.run(path[0], query, read_only=method == "GET")
+
+
+async def _select_one(database: Database, _method: str, _path: list[str], _body: bytes) -> Rows:
     async with database.pool.connection() as connection:
         cursor = await connection.execute("SELECT 1 AS one")
         return await cursor.fetchall()
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 async def _respond(send: Send, status: int, body: bytes) -> None:
@@ -84,13 +116,12 @@ def _app(answer: Answer) -> ASGIApp:
             return await lifespan(receive, send)
         if scope["path"] == "/readyz":
             return await _respond(send, 200, b'{"status":"ok"}')
-        # /api/{user_id}/tasks or /api/{user_id}/tasks/{task_id}
-        parts = scope["path"].split("/")
-        if database is None or scope["method"] != "GET" or len(parts) not in (4, 5) or parts[3] != "tasks":
+        method, path = scope["method"], scope["path"].removeprefix("/api/").split("/")
+        rows = await answer(database, method, path, await _body(receive)) if database else []
+        if not rows:
             return await _respond(send, 404, b"{}")
-        rows = await answer(database, parts[2], parts[4] if len(parts) == 5 else None)
         # A list's query fetches one row past the page, to tell whether another page follows.
-        shown = rows[:LIST_PAGE_SIZE] if len(parts) == 4 else rows[0]
+        shown = rows[:LIST_PAGE_SIZE] if (method, len(path)) == ("GET", 2) else rows[0]
         await _respond(send, 200, json.dumps(shown, default=_iso).encode())
 
     return app
