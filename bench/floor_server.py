@@ -67,9 +67,7 @@ async def _tasks(database: Database, method: str, path: list[str], body: bytes) 
     query = _query(method, path, body)
     if query is None:
         return []
-    if query.without_owner_row is not None:
-        query = Query(query.without_owner_row, query.params)
-    return await database.run(path[0], query, read_only=method == "GET")
+    return await database.run(path[0], query.for_stored_owner(), read_only=method == "GET")
 
 
 async def _select_one(database: Database, _method: str, _path: list[str], _body: bytes) -> Rows:

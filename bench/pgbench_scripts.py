@@ -150,7 +150,7 @@ def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) 
         query = transaction.query
         # What the API sends once it has stored the caller's user row (the dataset has every row):
         # a write without the upsert (api/db/stored_owners.py).
-        statement = query.without_owner_row if query.without_owner_row is not None else query.statement
+        statement = query.for_stored_owner().statement
         statements = [
             db.begin(read_only=transaction.read_only) + ";",
             act,

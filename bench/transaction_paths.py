@@ -147,7 +147,7 @@ def main() -> None:
     requests = {
         "get": (queries.get_task("alice", 5), True),
         "list": (queries.list_tasks("alice", first_page), True),
-        "toggle": (Query(toggle.without_owner_row, toggle.params), False),
+        "toggle": (toggle.for_stored_owner(), False),
     }
     with embedded_postgres_server() as postgres:
         url = postgres.one_user_database("paths", "alice", tasks=20)

@@ -94,6 +94,13 @@ class Query:
     params: Mapping[str, object]
     without_owner_row: ClauseElement | None = None
 
+    def for_stored_owner(self) -> "Query":
+        """What to send once the caller's user row is stored: a write without the upsert; any other
+        query as it is."""
+        if self.without_owner_row is None:
+            return self
+        return Query(self.without_owner_row, self.params)
+
 
 @dataclass(frozen=True, slots=True)
 class CompiledStatement:

@@ -69,8 +69,7 @@ class Caller:
             return await self.database.run(self.user.id, query, read_only=read_only)
         if self.user in self.stored_owners:
             try:
-                alone = Query(query.without_owner_row, query.params)
-                return await self.database.run(self.user.id, alone, read_only=read_only)
+                return await self.database.run(self.user.id, query.for_stored_owner(), read_only=read_only)
             except MissingReference:
                 self.stored_owners.discard(self.user)  # the row is gone after all: store it again
         rows = await self.database.run(self.user.id, query, read_only=read_only)
