@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from api.settings import Settings
+
 _TODO_API = Path(sys.executable).parent / "todo-api"
 _CHECKOUT = Path(__file__).resolve().parent.parent
 # What `bench.run --server` can start, and what it needs beyond the API's settings: the API as
@@ -30,17 +32,9 @@ SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     "floor": ([sys.executable, "-m", "bench.floor_server"], {"PYTHONPATH": str(_CHECKOUT)}),
     "bare": ([sys.executable, "-m", "bench.floor_server", "--bare"], {"PYTHONPATH": str(_CHECKOUT)}),
 }
-# Settings the API reads; none of the harness's own environment may change them behind its back.
-_API_VARIABLE_PREFIXES = (
-    "DATABASE_URL",
-    "BETTER_AUTH_",
-    "DB_",
-    "JWT_",
-    "JWKS_",
-    "CORS_",
-    "LOG_LEVEL",
-    "MAX_BODY",
-)
+# Settings the API reads, named from the settings object itself: none of the harness's own
+# environment may change them behind its back.
+_API_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
 _START_TIMEOUT_SECONDS = 60
 _STOP_TIMEOUT_SECONDS = 20
 
@@ -73,9 +67,7 @@ class RunningApi:
 
 
 def _environment(database_url: str, secret: str, extra: dict[str, str]) -> dict[str, str]:
-    inherited = {
-        key: value for key, value in os.environ.items() if not key.startswith(_API_VARIABLE_PREFIXES)
-    }
+    inherited = {key: value for key, value in os.environ.items() if key.upper() not in _API_VARIABLES}
     return {**inherited, "DATABASE_URL": database_url, "BETTER_AUTH_SECRET": secret, **extra}
 
 
