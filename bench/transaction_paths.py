@@ -9,8 +9,11 @@ the Python process's and the Postgres backend's serving it.
   mode, never actually prepared;
 - pipelined and prepared: DB_PREPARE_THRESHOLD=0, the same, prepared on first use; what pgbench's
   prepared pipeline, the benchmark's ceiling, sends (bench/pgbench_scripts.py);
-- and, for scale, a bare `select 1` on a plain psycopg connection: the least any request costs that
-  reaches the database through the driver at all, whatever the statements.
+- and, for scale:
+  - the default's message, its values bound once, sent on libpq through psycopg's `pgconn` and its
+    results taken as they come, with no cursor: what psycopg's cursor costs above the wire;
+  - a bare `select 1` on a plain psycopg connection: the least any request costs that reaches the
+    database through the driver at all, whatever the statements.
 
 One connection, sequential requests, a user with 20 tasks; the toggle is the write a caller whose
 user row is stored sends (api/db/stored_owners.py):
@@ -23,9 +26,11 @@ import time
 from abc import ABC, abstractmethod
 
 import psycopg
+from psycopg.generators import execute
 
 from api.auth.principal import Principal
-from api.db.database import Database, Query
+from api.db.database import Database, Query, compiled, one_message
+from api.db.prepared import prepared_statement
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
@@ -41,6 +46,7 @@ _WAYS: dict[str, dict[str, object]] = {
     "pipelined": {"db_prepare_threshold": 10**9},
     "pipelined and prepared": {"db_prepare_threshold": 0},
 }
+_LIBPQ = "one message, prepared, on libpq"
 _BARE = "a bare `select 1`"
 
 
@@ -107,6 +113,46 @@ class _DatabaseRun(_Way):
         await self.database.close()
 
 
+class _LibpqMessage(_Way):
+    """The default's message (one message, prepared), bound once per query, sent on libpq through
+    psycopg's `pgconn` with psycopg's own non-blocking generator, its results not read into rows.
+    What is left of a request's Python without psycopg's cursor: binding, result objects, rows."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.messages: dict[int, bytes] = {}
+
+    async def open(self) -> None:
+        self.connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        self.backend = self.connection.info.backend_pid
+
+    async def _message(self, query: Query, *, read_only: bool) -> bytes:
+        statement = compiled(query.statement)
+        named = prepared_statement(statement.sql)
+        await self.connection.execute(named.prepare)
+        limits = Settings.model_fields
+        values = {
+            "app_user_id": "alice",
+            "app_max_tasks": str(limits["max_tasks_per_user"].default),
+            "app_statement_timeout": str(limits["db_statement_timeout_ms"].default),
+            **statement.params(query.params),
+        }
+        message = one_message(query.statement, read_only=read_only, prepared=True)
+        return psycopg.AsyncClientCursor(self.connection).mogrify(message, values).encode()
+
+    async def send(self, query: Query, *, read_only: bool) -> None:
+        message = self.messages.get(id(query))
+        if message is None:
+            message = self.messages[id(query)] = await self._message(query, read_only=read_only)
+        self.connection.pgconn.send_query(message)
+        results = await self.connection.wait(execute(self.connection.pgconn))
+        assert results[-1].status == psycopg.pq.ExecStatus.COMMAND_OK, results[-1].error_message
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
 class _BareRoundTrip(_Way):
     """`select 1` on a plain psycopg connection, whatever the request: the driver's floor."""
 
@@ -127,6 +173,7 @@ class _BareRoundTrip(_Way):
 
 async def _cpu_us_per_request(url: str, query: Query, *, read_only: bool) -> dict[str, tuple[float, float]]:
     ways: dict[str, _Way] = {name: _DatabaseRun(url, settings) for name, settings in _WAYS.items()}
+    ways[_LIBPQ] = _LibpqMessage(url)
     ways[_BARE] = _BareRoundTrip(url)
     for way in ways.values():
         await way.open()
@@ -157,8 +204,8 @@ def main() -> None:
         }
     print("CPU us per request: Python, Postgres backend")
     print()
-    print("| request | " + " | ".join([*_WAYS, _BARE]) + " |")
-    print("| --- |" + " ---: |" * (len(_WAYS) + 1))
+    print("| request | " + " | ".join([*_WAYS, _LIBPQ, _BARE]) + " |")
+    print("| --- |" + " ---: |" * (len(_WAYS) + 2))
     for request in requests:
         cells = (f"{python:.0f}, {backend:.0f}" for python, backend in figures[request].values())
         print(f"| {request} | " + " | ".join(cells) + " |")
