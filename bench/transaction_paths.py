@@ -116,11 +116,12 @@ class _DatabaseRun(_Way):
 class _LibpqMessage(_Way):
     """The default's message (one message, prepared), bound once per query, sent on libpq through
     psycopg's `pgconn` with psycopg's own non-blocking generator, its results not read into rows.
-    What is left of a request's Python without psycopg's cursor: binding, result objects, rows."""
+    It leaves out what the cursor does in Python on every request: binding, results, rows."""
 
     def __init__(self, url: str) -> None:
         super().__init__()
         self.url = url
+        # By the query's identity: `main` builds each query once, and its values are not hashable.
         self.messages: dict[int, bytes] = {}
 
     async def open(self) -> None:
