@@ -113,20 +113,30 @@ class _DatabaseRun(_Way):
         await self.database.close()
 
 
-class _LibpqMessage(_Way):
+class _PlainConnection(_Way):
+    """A way on one plain psycopg connection of its own, without `Database` or its pool."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    async def open(self) -> None:
+        self.connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        self.backend = self.connection.info.backend_pid
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+class _LibpqMessage(_PlainConnection):
     """The default's message (one message, prepared), bound once per query, sent on libpq through
     psycopg's `pgconn` with psycopg's own non-blocking generator, its results not read into rows.
     It leaves out what the cursor does in Python on every request: binding, results, rows."""
 
     def __init__(self, url: str) -> None:
-        super().__init__()
-        self.url = url
+        super().__init__(url)
         # By the query's identity: `main` builds each query once, and its values are not hashable.
         self.messages: dict[int, bytes] = {}
-
-    async def open(self) -> None:
-        self.connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-        self.backend = self.connection.info.backend_pid
 
     async def _message(self, query: Query, *, read_only: bool) -> bytes:
         statement = compiled(query.statement)
@@ -150,26 +160,12 @@ class _LibpqMessage(_Way):
         results = await self.connection.wait(execute(self.connection.pgconn))
         assert results[-1].status == psycopg.pq.ExecStatus.COMMAND_OK, results[-1].error_message
 
-    async def close(self) -> None:
-        await self.connection.close()
 
-
-class _BareRoundTrip(_Way):
+class _BareRoundTrip(_PlainConnection):
     """`select 1` on a plain psycopg connection, whatever the request: the driver's floor."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__()
-        self.url = url
-
-    async def open(self) -> None:
-        self.connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-        self.backend = self.connection.info.backend_pid
 
     async def send(self, query: Query, *, read_only: bool) -> None:
         await self.connection.execute("select 1")
-
-    async def close(self) -> None:
-        await self.connection.close()
 
 
 async def _cpu_us_per_request(url: str, query: Query, *, read_only: bool) -> dict[str, tuple[float, float]]:
