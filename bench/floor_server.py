@@ -18,7 +18,6 @@ It believes the user id in the path. It is a measuring instrument for loopback o
 """
 
 import argparse
-import gc
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -29,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth.principal import Principal
 from api.db.database import Database, Query, Rows
+from api.ops.collector import tune_collector_for_serving
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
@@ -101,7 +101,7 @@ def _app(answer: Answer) -> ASGIApp:
             if message["type"] == "lifespan.startup":
                 database = Database.from_settings(Settings())
                 await database.open()
-                gc.freeze()  # as api/ops/worker.py does for the API's workers
+                tune_collector_for_serving()  # as the API's workers do
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if database is not None:

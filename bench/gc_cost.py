@@ -1,4 +1,4 @@
-"""What CPython's garbage collector costs one serving worker, with and without `api/ops/worker.py`'s
+"""What CPython's garbage collector costs one serving worker, with and without `api/ops/collector.py`'s
 settings (`gc.freeze()` after start-up, young-generation threshold 7,000):
 
     .venv/bin/python -m bench.gc_cost --scenarios get,list --duration 10
@@ -24,7 +24,7 @@ from bench.wrk import ensure_wrk, run_wrk
 _SITECUSTOMIZE = """
 import atexit, gc, json, os, signal, sys, time
 
-# Counting starts when api/ops/worker.py calls gc.freeze(), right after the app is built, so that the
+# Counting starts when api/ops/collector.py calls gc.freeze(), right after the app is built, so that the
 # imports' own collections stay out of the figures.
 _totals = {"collections": [0, 0, 0], "seconds": 0.0, "cpu_seconds": 0.0}
 _started = []
