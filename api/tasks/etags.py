@@ -16,11 +16,29 @@ def etag(task_id: int, version: int) -> str:
     return quoted(f"{task_id}.{version}")
 
 
+# `tasks.version` is a Postgres `integer`: a tag naming a larger version names no version the task
+# can have, and must not reach the statement (which would fail on the cast) or int() (which refuses
+# numbers of thousands of digits).
+MAX_VERSION = 2**31 - 1
+_MAX_VERSION_DIGITS = len(str(MAX_VERSION))
+
+
 def _version(opaque: str, task_id: int) -> int | None:
+    """The version a tag names for this task, or None when it names none the task can have.
+
+    Tags compare as strings (RFC 9110): only the spelling `etag` gives can match, so a version with
+    a leading zero (`"7.01"`) names nothing either.
+    """
     named_id, _, version = opaque.partition(".")
-    if named_id == str(task_id) and version.isascii() and version.isdigit():
-        return int(version)
-    return None
+    if (
+        named_id != str(task_id)
+        or not (version.isascii() and version.isdigit())
+        or len(version) > _MAX_VERSION_DIGITS
+        or version.startswith("0")
+    ):
+        return None
+    number = int(version)
+    return number if number <= MAX_VERSION else None
 
 
 def write_condition(request: Request, task_id: int, *, required: bool) -> list[int] | None:
