@@ -19,6 +19,7 @@ from api.http import health, metrics
 from api.http.body_limit import BodySizeLimit
 from api.http.caller import document_bearer_scheme
 from api.http.docs import install_docs
+from api.http.methods import install_method_rules
 from api.http.openapi import document_response_header
 from api.http.problems import document_problem_media_type, install_problem_handlers
 from api.http.rate_limit import RateLimiter
@@ -120,6 +121,7 @@ def create_app(
     served = [router for router in ROUTERS if settings.metrics_enabled or router is not metrics.router]
     app.router.routes[:0] = [route for router in served for route in router.routes]
     install_docs(app)
+    install_method_rules(app)
     # Every middleware costs every request something; CORS is only there when a browser origin is
     # configured (without it, a cross-origin browser gets no CORS headers either way).
     if settings.cors_origins:

@@ -85,6 +85,17 @@ def too_many_requests(
     )
 
 
+def method_not_allowed(allowed: list[str]) -> ProblemError:
+    listed = ", ".join(allowed)
+    return ProblemError(
+        405,
+        "method-not-allowed",
+        "Method not allowed",
+        f"This resource takes {listed}.",
+        headers={"Allow": listed},
+    )
+
+
 def unsupported_media_type() -> ProblemError:
     return ProblemError(
         415,

@@ -1,0 +1,68 @@
+"""HTTP's method rules (RFC 9110, section 9): HEAD answers every GET resource, and a 405 names in
+`Allow` every method its resource takes.
+
+FastAPI's routes take one method each, so Starlette's 405 names only the first route that matched the
+path (`Allow: GET` on a resource that also takes POST), and no route takes HEAD. Adding HEAD to the
+routes would put a second operation, with the same operationId, in the OpenAPI document for each;
+instead HEAD is served as GET one layer above the router, and the 405 is computed from every route.
+"""
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.http.problems import method_not_allowed, problem_response
+
+# The order `Allow` lists them in: reads first, then writes by how much they change.
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+class HeadAsGet:
+    """Serves a HEAD request as the GET of the same resource and sends its status and headers only
+    (Content-Length and ETag included), so every GET route answers HEAD, with whatever GET would
+    have answered (401, 304, 404, ...)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_head_only(message: Message) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+            elif not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b""})
+
+        # The same scope, not a copy: the layers outside read the route and the caller from it
+        # afterwards (api/http/request_telemetry.py), and log the method the client sent.
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, send_head_only)
+        finally:
+            scope["method"] = "HEAD"
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of `app` takes at the scope's path, HEAD wherever GET is."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods
+    if "GET" in methods:
+        methods.add("HEAD")
+    return [method for method in _METHOD_ORDER if method in methods] + sorted(methods - set(_METHOD_ORDER))
+
+
+async def _on_method_not_allowed(request: Request, _: Exception) -> JSONResponse:
+    return problem_response(method_not_allowed(allowed_methods(request.app, request.scope)))
+
+
+def install_method_rules(app: FastAPI) -> None:
+    """Call before the other middleware are added: HEAD becomes GET just above the router, so
+    everything outside (telemetry, limits, CORS) sees the method the client sent."""
+    app.add_exception_handler(405, _on_method_not_allowed)
+    app.add_middleware(HeadAsGet)

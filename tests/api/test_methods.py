@@ -1,0 +1,110 @@
+"""HTTP's method rules: a 405 names every method its resource takes; HEAD answers every GET route."""
+
+import httpx
+import pytest
+
+from tests.support import ApiUser, new_user
+
+PROBLEM = "application/problem+json"
+# What a HEAD must answer exactly as its GET does (RFC 9110, section 9.3.2).
+_SAME_HEADERS = ("content-type", "content-length", "etag", "link", "www-authenticate", "allow")
+
+
+def _task_id(client: httpx.Client, user: ApiUser) -> int:
+    response = client.post(user.tasks_url, json={"title": "t"}, headers=user.headers)
+    assert response.status_code == 201
+    task_id: int = response.json()["id"]
+    return task_id
+
+
+def _assert_405(response: httpx.Response, allow: str) -> None:
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allow
+    if response.request.method != "HEAD":
+        assert response.headers["content-type"] == PROBLEM
+        problem = response.json()
+        assert problem["type"] == "urn:todo-api:problem:method-not-allowed"
+        assert problem["status"] == 405
+        assert allow in problem["detail"]
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_the_task_list_names_get_head_and_post(client: httpx.Client, alice: ApiUser, method: str) -> None:
+    response = client.request(method, alice.tasks_url, headers=alice.headers)
+    _assert_405(response, "GET, HEAD, POST")
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_a_task_names_get_head_put_and_delete(client: httpx.Client, alice: ApiUser, method: str) -> None:
+    url = alice.task_url(_task_id(client, alice))
+    _assert_405(
+        client.request(method, url, json={"title": "x"}, headers=alice.headers), "GET, HEAD, PUT, DELETE"
+    )
+    assert client.get(url, headers=alice.headers).json()["title"] == "t", "nothing changed"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "DELETE"])
+def test_completion_names_patch_only(client: httpx.Client, alice: ApiUser, method: str) -> None:
+    url = f"{alice.task_url(_task_id(client, alice))}/complete"
+    response = client.request(method, url, headers=alice.headers)
+    _assert_405(response, "PATCH")
+    if method == "HEAD":
+        assert response.content == b""
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json"])
+def test_an_unauthenticated_get_route_names_get_and_head(client: httpx.Client, path: str) -> None:
+    _assert_405(client.post(path), "GET, HEAD")
+
+
+def test_a_405_needs_no_token_and_names_the_methods_anyway(client: httpx.Client) -> None:
+    _assert_405(client.delete(new_user().tasks_url), "GET, HEAD, POST")
+
+
+def _assert_head_is_get_without_a_body(client: httpx.Client, url: str, headers: dict[str, str]) -> None:
+    get = client.get(url, headers=headers)
+    head = client.head(url, headers=headers)
+    assert head.status_code == get.status_code
+    assert head.content == b""
+    for name in _SAME_HEADERS:
+        assert head.headers.get(name) == get.headers.get(name), name
+    assert "x-request-id" in head.headers
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json"])
+def test_head_answers_every_unauthenticated_get_route(client: httpx.Client, path: str) -> None:
+    get = client.get(path)
+    assert get.status_code == 200
+    assert get.content
+    head = client.head(path)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    if path not in ("/metrics", "/readyz"):  # these change between two calls
+        assert head.headers["content-length"] == get.headers["content-length"]
+
+
+def test_head_answers_the_task_list_with_gets_headers(client: httpx.Client, alice: ApiUser) -> None:
+    for _ in range(3):
+        _task_id(client, alice)
+    _assert_head_is_get_without_a_body(client, f"{alice.tasks_url}?limit=2", alice.headers)
+    assert 'rel="next"' in client.head(f"{alice.tasks_url}?limit=2", headers=alice.headers).headers["link"]
+
+
+def test_head_answers_a_task_with_its_etag_and_honours_if_none_match(
+    client: httpx.Client, alice: ApiUser
+) -> None:
+    url = alice.task_url(_task_id(client, alice))
+    _assert_head_is_get_without_a_body(client, url, alice.headers)
+    tag = client.head(url, headers=alice.headers).headers["etag"]
+    unchanged = client.head(url, headers={**alice.headers, "If-None-Match": tag})
+    assert unchanged.status_code == 304
+    assert unchanged.headers["etag"] == tag
+
+
+def test_head_answers_as_get_does_for_a_missing_task_and_a_missing_token(
+    client: httpx.Client, alice: ApiUser
+) -> None:
+    _assert_head_is_get_without_a_body(client, alice.task_url(999_999_999), alice.headers)
+    _assert_head_is_get_without_a_body(client, alice.tasks_url, {})
+    assert client.head(alice.tasks_url).status_code == 401
