@@ -16,9 +16,10 @@ from api.db.database import Database
 from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
 from api.http import health, metrics
-from api.http.body_limit import BodySizeLimit
+from api.http.body_limit import BodyLimits
 from api.http.caller import document_bearer_scheme
 from api.http.docs import install_docs
+from api.http.in_flight import InFlightCap
 from api.http.methods import install_method_rules
 from api.http.openapi import document_response_header
 from api.http.problems import document_problem_media_type, install_problem_handlers
@@ -109,6 +110,7 @@ def create_app(
     app.state.rate_limiter = (
         RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     )
+    app.state.in_flight = InFlightCap(settings.requests_in_flight_per_user)
     install_problem_handlers(app)
     document_problem_media_type(app)
     document_bearer_scheme(app)
@@ -132,7 +134,9 @@ def create_app(
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=CORS_RESPONSE_HEADERS,
         )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimits, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds
+    )
     app.add_middleware(RequestTelemetry, tracer=tracer)
     # The id reaches the logs and the response; nothing downstream reads it from the request headers.
     app.add_middleware(

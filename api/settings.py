@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     max_tasks_per_user: int = Field(default=10_000, ge=1)
     # Request bodies beyond this are refused with 413 before they are read in full.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Requests one user may have in flight at once, per worker, counted from the moment their token
+    # is verified (before the body is read); past it, 429. Default: see `requests_in_flight_per_user`.
+    max_requests_in_flight_per_user: int | None = Field(default=None, ge=1)
+    # Seconds a request body may take to arrive in full once the API reads it; past it, 408 and the
+    # connection is closed (the head's own limit is granian's: api/ops/server.py).
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
 
     data_dir: Path = Field(
         default_factory=lambda: Path.cwd() / ".data",
@@ -117,6 +123,15 @@ class Settings(BaseSettings):
     def max_connections_per_user(self) -> int:
         share = self.db_max_connections_per_user or max(1, self.db_pool_size // 4)
         return min(share, self.db_pool_size)
+
+    @property
+    def requests_in_flight_per_user(self) -> int:
+        # Sixteen times the user's share of the pool (32 with the default pool). Requests past the
+        # share wait for it (up to DB_POOL_TIMEOUT_SECONDS) and a transaction takes milliseconds, so
+        # a burst of a few dozen (a client syncing in parallel, several tabs) is still served, not
+        # refused; yet one user's slow bodies hold at most this many of a worker's requests (granian
+        # takes 1024 at once, shared by the workers), each for at most BODY_TIMEOUT_SECONDS.
+        return self.max_requests_in_flight_per_user or 16 * self.max_connections_per_user
 
     @property
     def jwks_url(self) -> str | None:

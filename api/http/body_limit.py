@@ -1,8 +1,13 @@
-"""Refuse request bodies beyond a size with 413, before reading them in full.
+"""Limits on request bodies: beyond a size, 413 before they are read in full; slower than a deadline
+for the whole body, 408 and the connection closed.
 
 A task is a few kilobytes of JSON at most; anything far larger is a mistake or an attack, and
-reading it would cost memory before validation could refuse it.
+reading it would cost memory before validation could refuse it. A body trickling in a byte at a
+time holds its request (and its user's in-flight slot, api/http/in_flight.py) for as long as it
+lasts: the deadline bounds that, where granian's own timeout covers only the head.
 """
+
+import asyncio
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,10 +19,11 @@ def _too_large(limit: int) -> str:
     return f"The request body is larger than {limit} bytes."
 
 
-class BodySizeLimit:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+class BodyLimits:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_seconds: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -31,16 +37,32 @@ class BodySizeLimit:
             return
 
         received = 0
+        deadline: float | None = None  # set when the app first reads the body
+        complete = False  # after the body, receive() waits for a disconnect: no deadline for that
 
-        async def receive_within_limit() -> Message:
-            nonlocal received
-            message = await receive()
+        async def receive_within_limits() -> Message:
+            nonlocal received, deadline, complete
+            if complete:
+                return await receive()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.timeout_seconds
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                # FastAPI lets HTTPException through its body parsing; the problem handler renders it.
+                # The rest of the body may still be on its way: the connection cannot be reused.
+                raise HTTPException(
+                    408,
+                    f"The request body did not arrive within {self.timeout_seconds:g} seconds.",
+                    headers={"Connection": "close"},
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # A chunked body with no Content-Length: stop as soon as it passes the limit.
-                    # FastAPI lets HTTPException through its body parsing; the problem handler renders it.
                     raise HTTPException(413, _too_large(self.max_bytes))
+                complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, receive_within_limit, send)
+        await self.app(scope, receive_within_limits, send)

@@ -30,6 +30,7 @@ from api.db.database import Database, Query, Rows
 from api.db.errors import MissingReference
 from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
+from api.http.in_flight import InFlightCap
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.http.problems import ProblemError, isolation_unverified, unsupported_media_type
 from api.http.rate_limit import RateLimiter
@@ -127,9 +128,16 @@ class AuthenticatedRoute(APIRoute):
         async def authenticate_then_handle(request: Request) -> Response:
             refuse_unless_isolated(request)
             app = request.app.state
-            request.state.caller = Caller(await _authorized_caller(request), app.database, app.stored_owners)
+            user = await _authorized_caller(request)
+            request.state.caller = Caller(user, app.database, app.stored_owners)
             _refuse_a_body_that_is_not_json(request)
-            return await handle(request)
+            # Before the handler reads the body: a user's slow bodies hold only their own slots.
+            in_flight: InFlightCap = app.in_flight
+            in_flight.enter(user.id)
+            try:
+                return await handle(request)
+            finally:
+                in_flight.leave(user.id)
 
         return authenticate_then_handle
 

@@ -225,6 +225,7 @@ def _validation_problem(exc: RequestValidationError) -> ProblemError:
 _HTTP_SLUGS = {
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
+    408: ("request-timeout", "Request timeout"),
     413: ("payload-too-large", "Payload too large"),
 }
 

@@ -1,0 +1,66 @@
+"""A user's in-flight slot is given back however their request ends; the cap's default follows the pool."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from fastapi import FastAPI
+
+from api.app import create_app
+from api.http.in_flight import InFlightCap
+from tests.support import new_user, serving, settings_for
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(api_db_url: str) -> Iterator[tuple[FastAPI, httpx.Client]]:
+    app = create_app(settings_for(api_db_url, max_requests_in_flight_per_user=1))
+    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        yield app, client
+
+
+def test_every_way_a_request_ends_gives_its_slot_back(
+    one_at_a_time: tuple[FastAPI, httpx.Client], api_db: psycopg.Connection[Any]
+) -> None:
+    app, client = one_at_a_time
+    in_flight: InFlightCap = app.state.in_flight
+    alice = new_user()
+    created = client.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers)
+    assert created.status_code == 201
+    url = alice.task_url(created.json()["id"])
+    endings = {
+        "invalid body": client.post(alice.tasks_url, json={"title": ""}, headers=alice.headers),
+        "broken JSON": client.post(
+            alice.tasks_url, content=b"{", headers={**alice.headers, "Content-Type": "application/json"}
+        ),
+        "stale If-Match": client.put(
+            url, json={"title": "x"}, headers={**alice.headers, "If-Match": '"1.9"'}
+        ),
+        "missing task": client.get(alice.task_url(999_999_999), headers=alice.headers),
+        "bad query": client.get(f"{alice.tasks_url}?limit=0", headers=alice.headers),
+        "not JSON": client.post(
+            alice.tasks_url, content=b"title", headers={**alice.headers, "Content-Type": "text/plain"}
+        ),
+    }
+    assert {name: response.status_code for name, response in endings.items()} == {
+        "invalid body": 422,
+        "broken JSON": 422,
+        "stale If-Match": 412,
+        "missing task": 404,
+        "bad query": 422,
+        "not JSON": 415,
+    }
+    assert in_flight.held(alice.id) == 0
+    # With one slot, every further request would be 429 had any of them kept it.
+    for _ in range(3):
+        assert client.get(url, headers=alice.headers).status_code == 200
+    row = api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone()
+    assert row == (1,)
+
+
+def test_the_default_cap_is_a_multiple_of_the_users_share_of_the_pool(api_db_url: str) -> None:
+    assert settings_for(api_db_url).requests_in_flight_per_user == 16 * 2
+    assert settings_for(api_db_url, db_pool_size=40).requests_in_flight_per_user == 16 * 10
+    assert settings_for(api_db_url, db_max_connections_per_user=1).requests_in_flight_per_user == 16
+    assert settings_for(api_db_url, max_requests_in_flight_per_user=3).requests_in_flight_per_user == 3

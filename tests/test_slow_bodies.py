@@ -1,0 +1,218 @@
+"""One user's slow bodies cannot hold the server `todo-api serve` runs: each user has at most
+MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight (429 before the body is read), a body has
+BODY_TIMEOUT_SECONDS to arrive (408, connection closed), and another user is served throughout."""
+
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from tests.support import CLI, SECRET, ApiUser, cli_env, new_user, serve_process
+
+IN_FLIGHT = 4
+BODY_TIMEOUT_SECONDS = 4
+SLOW_CONNECTIONS = 60
+DECLARED_BYTES = 60_000
+PROBLEM_PREFIX = "urn:todo-api:problem:"
+
+
+@pytest.fixture(scope="module")
+def served(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("slow-bodies")
+    env = cli_env(
+        DATABASE_URL=api_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        MAX_REQUESTS_IN_FLIGHT_PER_USER=str(IN_FLIGHT),
+        BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT_SECONDS),
+    )
+    with serve_process([*CLI, "serve"], cwd=folder, env=env, output=folder / "serve.log") as (base_url, _):
+        yield base_url
+
+
+@dataclass
+class SlowBody:
+    """A create whose body trickles in: `{` at once, then a byte whenever `trickle` is called."""
+
+    connection: socket.socket
+    opened: float
+    answer: bytes = b""
+    answered_after: float | None = None
+    closed_by_server: bool = False
+    sent: int = field(default=1)
+
+    @property
+    def status(self) -> int | None:
+        return int(self.answer.split(b" ", 2)[1]) if self.answer.startswith(b"HTTP/1.1 ") else None
+
+    def trickle(self) -> None:
+        if self.answered_after is None and self.sent < DECLARED_BYTES:
+            try:
+                self.connection.sendall(b" ")
+                self.sent += 1
+            except OSError:
+                pass
+
+    def read(self) -> None:
+        try:
+            chunk = self.connection.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.closed_by_server = True
+            return
+        if not self.answer:
+            self.answered_after = time.monotonic() - self.opened
+        self.answer += chunk
+
+    def header(self, name: str) -> str | None:
+        head = self.answer.partition(b"\r\n\r\n")[0].decode("latin-1")
+        for line in head.split("\r\n")[1:]:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == name.lower():
+                return value.strip()
+        return None
+
+    def problem_type(self) -> str:
+        return self.answer.partition(b"\r\n\r\n")[2].decode().split('"type":"', 1)[1].split('"', 1)[0]
+
+
+def _open_slow_body(base_url: str, user: ApiUser) -> SlowBody:
+    host, port = base_url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)), timeout=5)
+    head = (
+        f"POST {user.tasks_url} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {user.token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {DECLARED_BYTES}\r\n\r\n{{"
+    )
+    connection.sendall(head.encode())
+    connection.setblocking(False)
+    return SlowBody(connection, time.monotonic())
+
+
+def _watch(slow: list[SlowBody], seconds: float) -> None:
+    """Trickle a byte a second into every unanswered body, and read what the server says, for
+    `seconds` or until every connection has been answered and closed."""
+    deadline, next_byte = time.monotonic() + seconds, time.monotonic() + 1
+    while time.monotonic() < deadline:
+        if all(body.closed_by_server for body in slow):
+            return
+        if time.monotonic() >= next_byte:
+            for body in slow:
+                body.trickle()
+            next_byte += 1
+        readable, _, _ = select.select([b.connection for b in slow if not b.closed_by_server], [], [], 0.05)
+        for body in slow:
+            if body.connection in readable:
+                body.read()
+
+
+def _close(slow: list[SlowBody]) -> None:
+    for body in slow:
+        body.connection.close()
+
+
+class _Timings:
+    """Another user's GETs, one after another in a thread of their own, each with its time."""
+
+    def __init__(self, base_url: str, user: ApiUser) -> None:
+        self.answers: list[tuple[int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(base_url, user), daemon=True)
+
+    def _run(self, base_url: str, user: ApiUser) -> None:
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            while not self._stop.wait(0.1):
+                started = time.monotonic()
+                status = client.get(user.tasks_url, headers=user.headers).status_code
+                self.answers.append((status, time.monotonic() - started))
+
+    def __enter__(self) -> "_Timings":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def test_one_users_slow_bodies_get_429_past_the_cap_and_408_past_the_deadline_while_others_are_served(
+    served: str,
+) -> None:
+    alice, bob = new_user(), new_user()
+    with _Timings(served, bob) as others:
+        slow = [_open_slow_body(served, alice) for _ in range(SLOW_CONNECTIONS)]
+        try:
+            _watch(slow, BODY_TIMEOUT_SECONDS + 6)
+        finally:
+            _close(slow)
+
+    refused = [body for body in slow if body.status == 429]
+    timed_out = [body for body in slow if body.status == 408]
+    assert len(refused) == SLOW_CONNECTIONS - IN_FLIGHT, sorted(str(body.status) for body in slow)
+    assert len(timed_out) == IN_FLIGHT
+    for body in refused:
+        assert body.header("Retry-After") == "1"
+        assert body.header("Content-Type") == "application/problem+json"
+        assert body.problem_type() == PROBLEM_PREFIX + "too-many-requests"
+        assert body.answered_after is not None
+        assert body.answered_after < 2, "refused before the body, not after it"
+        assert body.closed_by_server, "a body the API will not read is not waited for"
+    for body in timed_out:
+        assert body.problem_type() == PROBLEM_PREFIX + "request-timeout"
+        assert body.header("Connection") == "close"
+        assert body.answered_after is not None
+        assert BODY_TIMEOUT_SECONDS - 0.5 < body.answered_after < BODY_TIMEOUT_SECONDS + 3
+        assert body.closed_by_server, "the rest of the body may be on its way: the connection is closed"
+
+    assert len(others.answers) >= 20, others.answers
+    assert {status for status, _ in others.answers} == {200}
+    slowest = max(seconds for _, seconds in others.answers)
+    assert slowest < 1, f"another user waited {slowest:.2f} s"
+
+    # Every slot came back: the user is served again, and may hold as many slow bodies as before.
+    with httpx.Client(base_url=served) as client:
+        assert client.get(alice.tasks_url, headers=alice.headers).status_code == 200
+        assert client.get(alice.tasks_url, headers=alice.headers).json() == [], "no slow body was created"
+    again = [_open_slow_body(served, alice) for _ in range(IN_FLIGHT)]
+    try:
+        _watch(again, 1.5)
+        assert [body.status for body in again] == [None] * IN_FLIGHT
+    finally:
+        _close(again)
+
+
+def test_slots_come_back_when_clients_hang_up_mid_body(served: str) -> None:
+    alice = new_user()
+    held = [_open_slow_body(served, alice) for _ in range(IN_FLIGHT)]
+    _watch(held, 1)
+    extra = _open_slow_body(served, alice)
+    _watch([extra], 2)
+    assert extra.status == 429
+    _close([*held, extra])
+
+    deadline = time.monotonic() + 5
+    while True:  # the server notices the hang-ups as it reads: give it a moment
+        again = [_open_slow_body(served, alice) for _ in range(IN_FLIGHT)]
+        _watch(again, 1)
+        _close(again)
+        if all(body.status is None for body in again):
+            break
+        assert time.monotonic() < deadline, [body.status for body in again]
+    with httpx.Client(base_url=served) as client:
+        assert client.get(alice.tasks_url, headers=alice.headers).status_code == 200
+
+
+def test_head_and_allow_on_the_real_server(served: str) -> None:
+    head = httpx.head(f"{served}/healthz")
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == httpx.get(f"{served}/healthz").headers["content-length"]
+    refused = httpx.delete(f"{served}{new_user().tasks_url}")
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "GET, HEAD, POST"
