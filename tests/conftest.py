@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 from pytest_postgresql import factories
 from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
@@ -24,6 +25,9 @@ from api.ops.embedded import start_postgres
 from api.ops.migrations import apply_migrations
 from tests.pgbouncer import pgbouncer
 from tests.support import LOGIN_ROLE, ApiUser, new_user, serving, settings_for
+
+# Hypothesis keeps caches on disk even with `database=None`: keep them out of the checkout.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "todo-api-hypothesis")
 
 
 def url_for(executor: NoopExecutor, dbname: str, user: str | None = None) -> str:
