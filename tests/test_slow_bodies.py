@@ -2,7 +2,7 @@
 MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight (429 before the body is read), a body has
 BODY_TIMEOUT_SECONDS to arrive (408, connection closed), and another user is served throughout."""
 
-import select
+import selectors
 import socket
 import threading
 import time
@@ -99,17 +99,20 @@ def _watch(slow: list[SlowBody], seconds: float) -> None:
     """Trickle a byte a second into every unanswered body, and read what the server says, for
     `seconds` or until every connection has been answered and closed."""
     deadline, next_byte = time.monotonic() + seconds, time.monotonic() + 1
-    while time.monotonic() < deadline:
-        if all(body.closed_by_server for body in slow):
-            return
-        if time.monotonic() >= next_byte:
-            for body in slow:
-                body.trickle()
-            next_byte += 1
-        readable, _, _ = select.select([b.connection for b in slow if not b.closed_by_server], [], [], 0.05)
+    with selectors.DefaultSelector() as watching:  # epoll: more sockets than select() takes
         for body in slow:
-            if body.connection in readable:
+            if not body.closed_by_server:
+                watching.register(body.connection, selectors.EVENT_READ, body)
+        while time.monotonic() < deadline and watching.get_map():
+            if time.monotonic() >= next_byte:
+                for body in slow:
+                    body.trickle()
+                next_byte += 1
+            for key, _ in watching.select(0.05):
+                body = key.data
                 body.read()
+                if body.closed_by_server:
+                    watching.unregister(body.connection)
 
 
 def _close(slow: list[SlowBody]) -> None:
