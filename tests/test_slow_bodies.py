@@ -129,10 +129,16 @@ class _Timings:
         self._thread = threading.Thread(target=self._run, args=(base_url, user), daemon=True)
 
     def _run(self, base_url: str, user: ApiUser) -> None:
-        with httpx.Client(base_url=base_url, timeout=10) as client:
+        # A connection of its own for each GET, as a new visitor's would be: a server that has run
+        # out of room for requests stops accepting them first.
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=base_url, timeout=5, limits=fresh) as client:
             while not self._stop.wait(0.1):
                 started = time.monotonic()
-                status = client.get(user.tasks_url, headers=user.headers).status_code
+                try:
+                    status = client.get(user.tasks_url, headers=user.headers).status_code
+                except httpx.TimeoutException:
+                    status = 0
                 self.answers.append((status, time.monotonic() - started))
 
     def __enter__(self) -> "_Timings":
@@ -173,7 +179,7 @@ def test_one_users_slow_bodies_get_429_past_the_cap_and_408_past_the_deadline_wh
         assert BODY_TIMEOUT_SECONDS - 0.5 < body.answered_after < BODY_TIMEOUT_SECONDS + 3
         assert body.closed_by_server, "the rest of the body may be on its way: the connection is closed"
 
-    assert len(others.answers) >= 20, others.answers
+    assert len(others.answers) >= 10, others.answers
     assert {status for status, _ in others.answers} == {200}
     slowest = max(seconds for _, seconds in others.answers)
     assert slowest < 1, f"another user waited {slowest:.2f} s"
