@@ -1,5 +1,8 @@
-"""Request bodies are capped: 413 beyond the limit, with nothing written."""
+"""Request bodies are capped: 413 beyond the size limit, 408 past the deadline, with nothing written."""
 
+import json
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,3 +59,65 @@ def test_a_chunked_large_body_is_refused(
 def test_a_body_within_the_limit_is_fine(small_limit: httpx.Client, alice: ApiUser) -> None:
     response = small_limit.post(alice.tasks_url, json={"title": "x" * 200}, headers=alice.headers)
     assert response.status_code == 201
+
+
+@pytest.fixture(scope="module")
+def short_deadline(api_db_url: str) -> Iterator[str]:
+    with serving(create_app(settings_for(api_db_url, body_timeout_seconds=DEADLINE_SECONDS))) as base_url:
+        yield base_url
+
+
+DEADLINE_SECONDS = 1.0
+
+
+def _send_slowly(base_url: str, head: str, first: bytes) -> tuple[bytes, float, bool]:
+    """Send the head and the body's first bytes, then a byte every half second; what came back,
+    when, and whether the server closed the connection."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=0.5) as connection:
+        started = time.monotonic()
+        connection.sendall(head.encode() + first)
+        answer, answered_after = b"", 0.0
+        while time.monotonic() - started < DEADLINE_SECONDS + 5:
+            try:
+                chunk = connection.recv(65536)
+            except TimeoutError:
+                if not answer:
+                    try:
+                        connection.sendall(b" ")
+                    except OSError:
+                        return answer, answered_after, True
+                continue
+            if not chunk:
+                return answer, answered_after, True
+            answer, answered_after = answer + chunk, answered_after or time.monotonic() - started
+        return answer, answered_after, False
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_slower_than_the_deadline_is_408_and_the_connection_closed(
+    short_deadline: str, alice: ApiUser, api_db: psycopg.Connection[Any], framing: str
+) -> None:
+    length = "Content-Length: 60000" if framing == "content-length" else "Transfer-Encoding: chunked"
+    head = (
+        f"POST {alice.tasks_url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
+        f"Content-Type: application/json\r\n{length}\r\n\r\n"
+    )
+    first = b"{" if framing == "content-length" else b"1\r\n{\r\n"
+    answer, answered_after, closed = _send_slowly(short_deadline, head, first)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert b"connection: close" in head_part.lower()
+    assert json.loads(body)["type"] == "urn:todo-api:problem:request-timeout"
+    assert DEADLINE_SECONDS <= answered_after < DEADLINE_SECONDS + 2
+    assert closed, "the rest of the body may be on its way: the connection is closed"
+    assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
+
+
+def test_bodies_sent_at_once_and_an_idle_connection_are_not_late(short_deadline: str, alice: ApiUser) -> None:
+    with httpx.Client(base_url=short_deadline) as client:
+        for _ in range(3):
+            response = client.post(alice.tasks_url, json={"title": "on time"}, headers=alice.headers)
+            assert response.status_code == 201
+        time.sleep(DEADLINE_SECONDS + 0.5)  # an idle keep-alive connection is not a late body either
+        assert client.get(alice.tasks_url, headers=alice.headers).status_code == 200
