@@ -5,12 +5,12 @@ client from costing anything before the API sees a request.
 - a client that has not sent its whole head after 10 s is disconnected;
 - the Authorization header's own 8 KiB limit is the API's (api/http/caller.py).
 
+uvicorn has neither limit: it read a 64 MiB header whole.
+
 What follows the head is the API's to bound, per request and per user: a body has
 BODY_TIMEOUT_SECONDS to arrive (api/http/body_limit.py), and a user has at most
 MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight (api/http/in_flight.py), so one user's slow bodies
 hold a few of the requests granian takes at once (its backpressure, 1024 / workers), not all of them.
-
-uvicorn has neither limit: it read a 64 MiB header whole.
 """
 
 import os
