@@ -18,10 +18,15 @@ from api.http.problems import method_not_allowed, problem_response
 _METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
+class _HeadAnsweredError(Exception):
+    """Raised into a streaming GET that keeps sending after its HEAD was answered."""
+
+
 class HeadAsGet:
     """Serves a HEAD request as the GET of the same resource and sends its status and headers only
     (Content-Length and ETag included), so every GET route answers HEAD, with whatever GET would
-    have answered (401, 304, 404, ...)."""
+    have answered (401, 304, 404, ...). A streamed GET (an event stream) is stopped at its first
+    chunk: the HEAD is answered by then, and the stream would otherwise run on unseen."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -30,11 +35,16 @@ class HeadAsGet:
         if scope["type"] != "http" or scope["method"] != "HEAD":
             await self.app(scope, receive, send)
             return
+        answered = False
 
         async def send_head_only(message: Message) -> None:
+            nonlocal answered
             if message["type"] != "http.response.body":
                 await send(message)
-            elif not message.get("more_body", False):
+            elif answered:
+                raise _HeadAnsweredError
+            else:
+                answered = True
                 await send({"type": "http.response.body", "body": b""})
 
         # The same scope, not a copy: the layers outside read the route and the caller from it
@@ -42,6 +52,8 @@ class HeadAsGet:
         scope["method"] = "GET"
         try:
             await self.app(scope, receive, send_head_only)
+        except* _HeadAnsweredError:
+            pass  # a streaming response raises it from inside its own task group
         finally:
             scope["method"] = "HEAD"
 

@@ -1,9 +1,15 @@
 """HTTP's method rules: a 405 names every method its resource takes; HEAD answers every GET route."""
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
+from fastapi.responses import StreamingResponse
 
-from tests.support import ApiUser, new_user
+from api.app import create_app
+from tests.support import ApiUser, new_user, serving, settings_for
 
 PROBLEM = "application/problem+json"
 # What a HEAD must answer exactly as its GET does (RFC 9110, section 9.3.2).
@@ -108,3 +114,29 @@ def test_head_answers_as_get_does_for_a_missing_task_and_a_missing_token(
     _assert_head_is_get_without_a_body(client, alice.task_url(999_999_999), alice.headers)
     _assert_head_is_get_without_a_body(client, alice.tasks_url, {})
     assert client.head(alice.tasks_url).status_code == 401
+
+
+def test_head_of_a_streamed_get_ends_it_and_the_connection_serves_on(api_db_url: str) -> None:
+    app = create_app(settings_for(api_db_url))
+    chunks_made = 0
+
+    async def forever() -> AsyncIterator[bytes]:
+        nonlocal chunks_made
+        while True:
+            chunks_made += 1
+            yield b"tick\n"
+            await asyncio.sleep(0.01)
+
+    @app.get("/forever")
+    async def stream() -> StreamingResponse:
+        return StreamingResponse(forever(), media_type="text/event-stream")
+
+    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=5) as client:
+        head = client.head("/forever")
+        assert head.status_code == 200
+        assert head.headers["content-type"].startswith("text/event-stream")
+        assert head.content == b""
+        assert client.get("/healthz").status_code == 200, "the connection is free for the next request"
+        made = chunks_made
+        time.sleep(0.3)
+        assert chunks_made == made <= 2, "the stream stopped once its HEAD was answered"
