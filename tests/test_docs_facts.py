@@ -8,6 +8,7 @@
 - docs/architecture.md names every middleware the app installs, and shows its picture.
 """
 
+import html
 import re
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,34 @@ def test_extending_md_lists_the_floors_in_their_order() -> None:
     ]
     floors = [name for name in listed if name != "settings"]
     assert floors == list(FLOORS), f"docs/extending.md's floors, highest first, should be {FLOORS}"
+
+
+def test_architecture_md_names_every_middleware_the_app_installs() -> None:
+    installed = re.findall(
+        r"add_middleware\(\s*(\w+)", (PROJECT / "api" / "app.py").read_text(encoding="utf-8")
+    )
+    assert len(installed) >= 3, "the search found too few middleware to mean anything"
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    missing = [name for name in installed if f"`{name}`" not in text]
+    assert not missing, f"docs/architecture.md (its picture and a paragraph) should name {missing}"
+
+
+def test_architecture_md_shows_its_picture_and_how_to_remake_it() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    (image,) = re.findall(r"!\[[^\]]*\]\(([^)]+\.svg)\)", text)
+    svg = ARCHITECTURE.parent / image
+    source = svg.with_suffix(".dot")
+    assert svg.is_file()
+    assert source.is_file()
+    assert f"dot -Tsvg {source.relative_to(PROJECT)} -o {svg.relative_to(PROJECT)}" in text
+    # The picture was drawn from this source: every label of the source is in it.
+    labels = re.findall(r'label="([^"\\]+)', source.read_text(encoding="utf-8"))
+    drawn = "\n".join(
+        html.unescape(line) for line in re.findall(r"<text[^>]*>([^<]*)</text>", svg.read_text())
+    )
+    assert labels
+    stale = [label for label in labels if label.strip() not in drawn]
+    assert not stale, f"{svg.name} is older than {source.name} ({stale}): draw it again as the page says"
 
 
 def test_the_path_finder_sees_quoted_and_linked_paths_but_not_examples() -> None:
