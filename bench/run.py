@@ -339,11 +339,12 @@ def main(argv: list[str] | None = None) -> None:
         settings.append(f"- Servers: {driven}, driven in turn each round")
     if args.api_env:
         settings.append("- API settings: " + ", ".join(f"`{name}={value}`" for name, value in args.api_env))
-    lines = [*report.table(rows), "", *report.summary(rows), *peer_ratios(rows, args.server)]
+    ratios = peer_ratios(rows, args.server)
+    lines = [*report.table(rows), "", *report.summary(rows), *ratios]
     print("\n" + "\n".join(lines))
     print(f"\nbench: done in {time.monotonic() - started:.0f} s; raw results in {run_dir}")
     if not args.no_results:
-        notes = [f"- {note}" for note in args.note] + plans
+        notes = ratios + [f"- {note}" for note in args.note] + plans
         report.write_results(rows, postgres_version=postgres_version, settings=settings, notes=notes)
         print(f"bench: appended to {report.RESULTS_FILE}")
 
