@@ -18,7 +18,7 @@ from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlmodel import SQLModel
 
-from api.tasks.models import TITLE_MAX_LENGTH, IdempotencyKey, Task, TaskCreate, User
+from api.tasks.models import TITLE_MAX_LENGTH, IdempotencyKey, Task, TaskCreate, TaskPublic, User
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 TABLE_MODELS: list[type[SQLModel]] = [User, Task]
@@ -99,6 +99,13 @@ def test_columns_types_and_nullability_agree(migrated_db: Conn, model: type[SQLM
 @pytest.mark.parametrize("model", TABLE_MODELS, ids=lambda model: model.__tablename__)
 def test_length_limits_agree(migrated_db: Conn, model: type[SQLModel]) -> None:
     assert _model_limits(model) == _live_limits(migrated_db, str(model.__tablename__))
+
+
+def test_a_task_representation_carries_every_column_of_the_task_version_included(migrated_db: Conn) -> None:
+    # The version is what a client sends back in If-Match: a list item without it cannot be edited
+    # safely (the ETag is "<id>.<version>").
+    assert set(TaskPublic.model_fields) == set(_live_columns(migrated_db, "tasks"))
+    assert TaskPublic.model_json_schema()["required"].count("version") == 1
 
 
 def test_the_comparison_sees_limits_on_both_sides(migrated_db: Conn) -> None:
