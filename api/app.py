@@ -42,6 +42,7 @@ CORS_RESPONSE_HEADERS = [
     "Location",
     "Link",
     "ETag",
+    "Idempotent-Replayed",
     "X-Request-ID",
     "Retry-After",
     "RateLimit-Policy",

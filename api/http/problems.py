@@ -123,6 +123,15 @@ def idempotency_key_reused() -> ProblemError:
     )
 
 
+def task_deleted() -> ProblemError:
+    return ProblemError(
+        410,
+        "task-deleted",
+        "Task deleted",
+        "The task this Idempotency-Key created has been deleted since; use a new key for a new task.",
+    )
+
+
 def task_limit_reached(limit: int) -> ProblemError:
     return ProblemError(
         409,

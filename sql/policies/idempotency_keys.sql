@@ -1,5 +1,9 @@
 -- Row-level security for public.idempotency_keys: a user's keys are seen, made and removed by that
--- user only. Nobody changes a key once it is stored (todo_app has no UPDATE on the table).
+-- user only. Nobody changes a key once it is stored (todo_app has no UPDATE on the table): a key
+-- names its task by id, and the task's deletion sets that to NULL through the foreign key's own
+-- action, which needs no policy. Other users' expired keys are removed only through
+-- app.forget_expired_idempotency_keys (sql/migrations/0007_deleted_means_gone.sql), which runs as
+-- its owner and deletes nothing that has not expired.
 -- Applying this file replaces every policy on the table, so the file is exactly what is live.
 
 CALL app.drop_all_policies('public.idempotency_keys');

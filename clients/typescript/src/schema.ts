@@ -20,7 +20,7 @@ export interface paths {
         put?: never;
         /**
          * Create a task
-         * @description With an Idempotency-Key, safe to retry: a repeat gets the first response.
+         * @description With an Idempotency-Key, safe to retry: a repeat creates nothing and gets 201 with the task that key created, as it is now, and `Idempotent-Replayed: true`.
          */
         post: operations["createTask"];
         delete?: never;
@@ -186,6 +186,11 @@ export interface components {
             updated_at: string;
             /** User Id */
             user_id: string;
+            /**
+             * Version
+             * @description Moves exactly when the task changes; the ETag is `"<id>.<version>"`.
+             */
+            version: number;
         };
         /**
          * TaskUpdate
@@ -315,7 +320,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description 1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS gets the first response and creates nothing; the same key with another body gets 422 idempotency-key-reused. */
+                /** @description 1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets 201 with that task as it is now (410 task-deleted once it is deleted); the same key with another body gets 422 idempotency-key-reused. */
                 "Idempotency-Key"?: string;
             };
             path: {
@@ -330,11 +335,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The new task (or, for a repeated Idempotency-Key, the first one). */
+            /** @description The new task; for a repeated Idempotency-Key, the one it made, as it is now. */
             201: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description `true` when this answers a repeated Idempotency-Key: nothing was created now. A first answer has no such header. */
+                    "Idempotent-Replayed"?: string;
                     /** @description The new task's URL. */
                     Location?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -369,6 +376,17 @@ export interface operations {
             };
             /** @description You have MAX_TASKS_PER_USER tasks already; nothing was created. */
             409: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A repeated Idempotency-Key whose task has been deleted since; nothing was created. */
+            410: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;

@@ -1,0 +1,100 @@
+-- depends: 0005_versions_and_idempotency
+--
+-- Deleted means gone, and the database holds a title to the API's rules.
+--
+-- 1. An Idempotency-Key names its task instead of keeping a copy of the first response. A replay
+--    re-reads the task as it is now (its current ETag too); deleting the task sets the key's task_id
+--    to NULL in the DELETE's own statement (the foreign key's action), so no copy of the task's
+--    content outlives it, and the key stays as a tombstone that answers 410 task-deleted.
+-- 2. What a user stores stays bounded by the task quota: a live key names one of the user's tasks
+--    (at most one key per task), and the API's keyed create keeps at most MAX_TASKS_PER_USER
+--    tombstones per user, dropping the oldest (api/tasks/queries.py, `_create_task_once`).
+-- 3. A key's expiry is fixed when it is stored (expires_at), so an expired key is a fact of its row
+--    and a purge of every user's expired keys can be handed to todo_app without handing it any
+--    choice of whose keys go: app.forget_expired_idempotency_keys, called by every keyed create.
+-- 4. A title is stored trimmed: the API strips it as pydantic's strip_whitespace does (Rust's
+--    str::trim: the characters with Unicode's White_Space property), then refuses an empty result.
+--    Postgres's btrim() strips only spaces, and Python's str.strip() strips \x1c-\x1f as well, so
+--    the CHECK spells out that set (tests/db/test_schema_agreement.py tries every character).
+
+-- The owner reads and rewrites rows that FORCEd row-level security would hide from it.
+ALTER TABLE public.tasks NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE public.idempotency_keys NO FORCE ROW LEVEL SECURITY;
+
+-- 4. Titles. A title stored by hand untrimmed is trimmed once; one that was only whitespace gets a
+-- placeholder rather than being lost.
+UPDATE public.tasks
+SET title = coalesce(
+    nullif(regexp_replace(title,
+                          '^[\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+'
+                          '|[\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$',
+                          '', 'g'), ''),
+    'Untitled')
+WHERE title ~ '^[\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]'
+           '|[\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]$';
+
+-- A title neither starts nor ends with White_Space (its length CHECK, from 0002, refuses '').
+ALTER TABLE public.tasks ADD CONSTRAINT tasks_title_trimmed CHECK (
+    title !~ '^[\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]'
+             '|[\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]$'
+);
+
+-- 1. A key names a task of the same user: the foreign key takes the owner with the id, so a key can
+-- name no other user's task (foreign-key checks see every row), and the unique index keeps a task
+-- to one key. The index also serves the foreign key's action on every task delete.
+ALTER TABLE public.tasks ADD CONSTRAINT tasks_owner_and_id_key UNIQUE (user_id, id);
+ALTER TABLE public.idempotency_keys
+    ADD COLUMN task_id bigint,
+    ADD COLUMN expires_at timestamptz;
+UPDATE public.idempotency_keys AS k
+SET task_id = t.id
+FROM public.tasks AS t
+WHERE t.user_id = k.user_id AND t.id = (k.response ->> 'id')::bigint;
+-- Keys stored before: the default IDEMPOTENCY_TTL_HOURS.
+UPDATE public.idempotency_keys SET expires_at = created_at + interval '24 hours';
+ALTER TABLE public.idempotency_keys
+    DROP COLUMN response,
+    ALTER COLUMN expires_at SET NOT NULL,
+    -- IDEMPOTENCY_TTL_HOURS is at most 30 days: no key, however stored, outlives that.
+    ADD CONSTRAINT idempotency_keys_lifetime
+        CHECK (expires_at > created_at AND expires_at <= created_at + interval '30 days'),
+    ADD CONSTRAINT idempotency_keys_task_fkey FOREIGN KEY (user_id, task_id)
+        REFERENCES public.tasks (user_id, id) ON DELETE SET NULL (task_id);
+CREATE UNIQUE INDEX idempotency_keys_by_task ON public.idempotency_keys (user_id, task_id);
+-- 3. Expired keys are found by age across users now, not per user.
+DROP INDEX public.idempotency_keys_by_owner_age;
+CREATE INDEX idempotency_keys_by_expiry ON public.idempotency_keys (expires_at);
+
+GRANT INSERT (task_id, expires_at) ON public.idempotency_keys TO todo_app;
+
+ALTER TABLE public.idempotency_keys FORCE ROW LEVEL SECURITY;
+ALTER TABLE public.tasks FORCE ROW LEVEL SECURITY;
+
+-- 3. Every user's expired keys, a batch at a time, without a worker of its own: each keyed create
+-- calls this in its own statement (its own expired keys that statement removes itself, so this
+-- leaves the caller's rows alone: one statement must not delete a row twice). It runs as its owner,
+-- the migrating role, because row-level security shows todo_app its own keys only; that owner must
+-- bypass row-level security (as Neon's owner and a superuser do), or it finds nothing to delete.
+-- It deletes only rows whose own expires_at has passed, at most 1000 per call, skipping rows a
+-- concurrent purge holds, so todo_app gains no way to remove a key that is still in use.
+CREATE FUNCTION app.forget_expired_idempotency_keys(batch integer) RETURNS integer
+    LANGUAGE sql
+    VOLATILE
+    SECURITY DEFINER
+    SET search_path = ''
+AS $$
+    WITH expired AS (
+        SELECT ctid FROM public.idempotency_keys
+        WHERE expires_at <= pg_catalog.now()
+          AND user_id IS DISTINCT FROM app.current_user_id()
+        ORDER BY expires_at
+        LIMIT LEAST(GREATEST(batch, 0), 1000)
+        FOR UPDATE SKIP LOCKED
+    ),
+    forgotten AS (
+        DELETE FROM public.idempotency_keys WHERE ctid IN (SELECT ctid FROM expired) RETURNING 1
+    )
+    SELECT pg_catalog.count(*)::integer FROM forgotten
+$$;
+REVOKE EXECUTE ON FUNCTION app.forget_expired_idempotency_keys(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION app.forget_expired_idempotency_keys(integer) TO todo_app;
