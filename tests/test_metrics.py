@@ -87,6 +87,9 @@ def test_figures_add_up_across_workers(api_db_url: str, tmp_path: Path) -> None:
             )
             assert listed == 40
             assert value(samples, "todo_api_db_pool_size") == 6
+            # Every serving worker found nothing; the serving parent, which serves nothing, has no say.
+            assert value(samples, "todo_api_isolation_verified") == 1
+            assert value(samples, "todo_api_isolation_findings") == 0
     assert set(Path(tempfile.gettempdir()).glob("todo-api-serve-*")) == folders_before, "serve cleans up"
 
 

@@ -139,12 +139,15 @@ def serve(args: argparse.Namespace) -> None:
         asyncio.run(_check_isolation(url, settings))
 
         from api.ops.server import serve_with_granian
+        from api.telemetry.metrics import forget_this_process
 
+        forget_this_process()
         serve_with_granian(
             host=args.host,
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
             ready_marker=folder / "ready",
             ready_message=_ready_message(
                 args.host,
