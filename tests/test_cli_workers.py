@@ -1,5 +1,5 @@
-"""`todo-api serve --workers 2` through what happens to servers: a worker killed as the OOM killer
-would, and SIGTERM while a request is in flight."""
+"""`todo-api serve --workers 2` through what happens to servers: a second server started on its port,
+a worker killed as the OOM killer would, and SIGTERM while a request is in flight."""
 
 import os
 import signal
@@ -13,7 +13,7 @@ import httpx
 import psutil
 import psycopg
 
-from tests.support import CLI, SECRET, cli_env, new_user, scrape, serve_process, value
+from tests.support import CLI, SECRET, cli_env, new_user, run_cli, scrape, serve_process, value
 
 
 def _workers(server: "subprocess.Popen[str]") -> set[int]:
@@ -48,6 +48,13 @@ def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
         httpx.Client(base_url=base_url) as client,
     ):
         task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        port = base_url.rpartition(":")[2]
+        second = run_cli(
+            "serve", "--port", port, cwd=tmp_path, DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET
+        )
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert f"port {port}" in second.stderr, "two servers never share a port"
         _wait_for(lambda: len(_workers(server)) == 2, "two workers")
         (killed, survivor) = sorted(_workers(server))
 
