@@ -82,6 +82,8 @@ def test_the_first_command_serves_and_every_curl_line_answers(tmp_path: Path) ->
             except httpx.TransportError:
                 time.sleep(0.5)
 
+        # The welcome text names the command as this install has it.
+        assert "TOKEN=$(.venv/bin/todo-api token alice)" in log.read_text(), log.read_text()
         curl_block = [
             *commands_starting("TOKEN="),
             *commands_starting("AUTH="),

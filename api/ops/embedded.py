@@ -7,6 +7,7 @@ The wheel (41 MB) is the `embedded` extra: a production install, which serves DA
 none of it, so it is imported only when the embedded database is started.
 """
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -14,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,19 +56,11 @@ class EmbeddedDatabase:
         self.server.cleanup()
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _live_handles(pgdata: Path) -> list[int]:
     """The processes that share this Postgres, less any killed with SIGKILL, which left their pid
     behind: with it there, nobody would ever stop the server."""
+    import psutil  # the embedded extra's, like the wheel
+
     handles = pgdata / ".handle_pids.json"
     if not handles.exists():
         return []
@@ -76,7 +68,7 @@ def _live_handles(pgdata: Path) -> list[int]:
         pids = json.loads(handles.read_text())
     except ValueError:
         pids = []
-    alive = [pid for pid in pids if isinstance(pid, int) and _running(pid)]
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
     if alive != pids:
         handles.write_text(json.dumps(alive))
     return alive
@@ -85,17 +77,34 @@ def _live_handles(pgdata: Path) -> list[int]:
 def _stop_unclaimed_postgres(pgdata: Path) -> None:
     """Stop a Postgres on `pgdata` that no process holds: one started by a start that was interrupted
     before the wheel recorded who started it, which its exit hook therefore leaves running."""
+    import psutil  # the embedded extra's, like the wheel
+
     pidfile = pgdata / "postmaster.pid"
     if [pid for pid in _live_handles(pgdata) if pid != os.getpid()] or not pidfile.exists():
         return
     try:
-        postmaster = int(pidfile.read_text().split()[0])
-        os.kill(postmaster, signal.SIGINT)  # Postgres's "fast" shutdown
-    except (ValueError, IndexError, ProcessLookupError):
+        postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
+        postmaster.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
+        postmaster.wait(timeout=_STOP_SECONDS)
+    except (ValueError, IndexError, psutil.NoSuchProcess, psutil.TimeoutExpired):
         return
-    deadline = time.monotonic() + _STOP_SECONDS
-    while _running(postmaster) and time.monotonic() < deadline:
-        time.sleep(0.05)
+
+
+def _end_an_interrupted_initdb(pgdata: Path) -> None:
+    """initdb runs Postgres in bootstrap and single-user mode; interrupted, those may outlive it, and go
+    on writing into `pgdata` while the next start initialises it again: end them first."""
+    import psutil  # the embedded extra's, like the wheel
+
+    def initialising(process: psutil.Process) -> bool:
+        name, cmdline = process.info["name"], process.info["cmdline"] or []
+        bootstrap = name == "postgres" and ("--boot" in cmdline or "--single" in cmdline)
+        return (name == "initdb" or bootstrap) and str(pgdata) in " ".join(cmdline)
+
+    leftovers = [process for process in psutil.process_iter(["name", "cmdline"]) if initialising(process)]
+    for process in leftovers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(leftovers, timeout=_STOP_SECONDS)
 
 
 def development_secret(data_dir: Path) -> str:
@@ -126,6 +135,7 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> 
     try:
         return get_server(pgdata, cleanup_mode=cleanup_mode)
     except BaseException:
+        _end_an_interrupted_initdb(pgdata)
         _stop_unclaimed_postgres(pgdata)
         raise
 
@@ -138,6 +148,7 @@ def _redo_an_interrupted_first_start(data_dir: Path, pgdata: Path) -> None:
     unfinished_initdb = pgdata.exists() and not (pgdata / "PG_VERSION").exists() and any(pgdata.iterdir())
     if interrupted or unfinished_initdb:
         logger.warning("the embedded database's first start was interrupted; initialising it again")
+        _end_an_interrupted_initdb(pgdata)
         _stop_unclaimed_postgres(pgdata)
         shutil.rmtree(pgdata)
 
