@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -147,9 +148,9 @@ def _ready_message(
     base = f"http://{host}:{port}"
     lines = [f"todo-api: serving on {base} (docs: {base}/docs)"]
     if generated_secret:
-        token = f"{_installed_command()} token alice"
+        token = f"{shlex.quote(_installed_command())} token alice"
         if data_dir is not None:
-            token += f" --data-dir {data_dir}"
+            token += f" --data-dir {shlex.quote(str(data_dir))}"
         lines += [
             "Development mode: embedded Postgres and a generated secret. Get a token and try it:",
             f"  TOKEN=$({token})",
@@ -195,6 +196,8 @@ def serve(args: argparse.Namespace) -> None:
         from api.ops.server import serve_with_granian
         from api.telemetry.metrics import forget_this_process
 
+        # This process serves nothing: its live gauges (an isolation verdict of 0) must not count
+        # beside the workers'.
         forget_this_process()
         # Again, as late as can be: another server may have taken the port while this one started.
         refuse_a_taken_port(args.host, args.port)
