@@ -71,6 +71,8 @@ class Settings(BaseSettings):
         default_factory=lambda: Path.cwd() / ".data",
         description="Embedded Postgres data folder, when DATABASE_URL is unset (default: .data here).",
     )
+    # On SIGTERM, requests in flight get this long to finish before their worker is killed.
+    shutdown_grace_seconds: int = Field(default=30, ge=1)
     log_level: str = "INFO"
     # json: one JSON object per line; text: lines for people. Default: text at a terminal, else json.
     log_format: Literal["json", "text"] | None = None

@@ -1,6 +1,7 @@
 """`todo-api serve | migrate | token`, run as a newcomer would: real processes, real Postgres."""
 
 import re
+import shlex
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 
 from api import __version__
+from api.ops.embedded import development_secret
 from tests.support import CLI, SECRET, cli_env, free_port, run_cli, serve_process
 
 
@@ -35,7 +37,15 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     embedded_api: tuple[str, Path, subprocess.Popen[str], Path], tmp_path: Path
 ) -> None:
     base_url, data_dir, process, log = embedded_api
-    token = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
+    # The welcome text's own command, as it names it: the executable as installed, with the data folder.
+    hint = re.search(r"TOKEN=\$\(([^)]*)\)", log.read_text())
+    assert hint is not None, log.read_text()
+    command = shlex.split(hint.group(1))
+    assert Path(command[0]).name == "todo-api", command
+    assert Path(command[0]).is_file(), command
+    token = subprocess.run(
+        command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, check=True
+    ).stdout.strip()
     headers = {"Authorization": f"Bearer {token}"}
 
     created = httpx.post(f"{base_url}/api/alice/tasks", json={"title": "Try todo-api"}, headers=headers)
@@ -56,16 +66,16 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     process.wait(timeout=60)
     output = log.read_text()
     assert process.returncode == 0, output
-    assert "todo-api token alice" in output, "the welcome text says how to get a token"
     assert "http://localhost:3000" in output, "and which browser origins may call it"
     assert not _postgres_running(data_dir / "pgdata"), "SIGTERM stops the embedded Postgres too"
 
 
-def test_the_development_secret_is_remembered(tmp_path: Path) -> None:
+def test_token_signs_with_the_remembered_secret_of_the_embedded_database_there(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
+    secret = development_secret(data_dir)  # as `serve` makes it, the first time
+    assert development_secret(data_dir) == secret, "made once, then remembered"
     first = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
     second = run_cli("token", "bob", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
-    secret = (data_dir / "dev-secret").read_text().strip()
     assert jwt.decode(first, secret, algorithms=["HS256"])["sub"] == "alice"
     assert jwt.decode(second, secret, algorithms=["HS256"])["sub"] == "bob"
     assert (data_dir / "dev-secret").stat().st_mode & 0o077 == 0, "only its owner may read the secret"

@@ -1,8 +1,11 @@
 """todo-api: run the API, set up its database, mint a development token, audit isolation.
 
 Every failure a user can cause ends in one message naming the cause and the fix, and exit status 1
-(api/ops/failures.py). Modules that import prometheus_client are imported inside the commands, after
-`serve` has pointed it at the folder its workers share (api/telemetry/multiprocess.py).
+(api/ops/failures.py); `serve` checks what it can (api/ops/startup_checks.py) before it starts
+anything. Ctrl-C (or SIGTERM) at any moment ends a command quietly, after the cleanup of whatever it
+had started, and Ctrl-C exits 130 as shells expect. Modules that import prometheus_client are
+imported inside the commands, after `serve` has pointed it at the folder its workers share
+(api/telemetry/multiprocess.py).
 """
 
 import argparse
@@ -10,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -28,6 +32,11 @@ from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
 from api.ops.migrations import apply_migrations
+from api.ops.startup_checks import (
+    near_misses,
+    refuse_a_taken_port,
+    refuse_the_development_database_beyond_loopback,
+)
 from api.settings import Settings
 from api.telemetry.logs import configure_logging, default_format
 from api.telemetry.multiprocess import DIR_VARIABLE
@@ -37,11 +46,48 @@ logger = logging.getLogger("api.ops.serve")
 _DATA_DIR_HELP = "embedded Postgres folder when DATABASE_URL is unset (default: DATA_DIR, else ./.data)"
 
 
-def _settings() -> Settings:
+def _load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
         raise configuration_failure(error) from None
+
+
+def _near_misses() -> list[str]:
+    return near_misses(os.environ, Settings.model_fields)
+
+
+def _settings() -> Settings:
+    settings = _load_settings()
+    for warning in _near_misses():
+        print(f"todo-api: warning: {warning}", file=sys.stderr)
+    return settings
+
+
+def _stop_quietly(signum: int, _: object) -> None:
+    """Ctrl-C or SIGTERM before the HTTP server takes the signals over (and after it hands them back):
+    end as SystemExit, so that the finally blocks stop the embedded Postgres and remove what the command
+    made, without a traceback. A second Ctrl-C must not interrupt that cleanup."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(130 if signum == signal.SIGINT else 0)
+
+
+def _installed_command() -> str:
+    """`todo-api` as the user can type it: bare when it is on PATH, else the path of this executable
+    (`.venv/bin/todo-api` after the README's first command)."""
+    script = Path(sys.argv[0])
+    if script.name != "todo-api":  # run as `python -m api.ops.cli`
+        script = Path(sys.executable).parent / "todo-api"
+    on_path = shutil.which("todo-api")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "todo-api"
+    if not script.is_absolute() and len(script.parts) > 1:
+        return str(script)
+    try:
+        return str(script.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(script.absolute())
 
 
 @contextmanager
@@ -96,13 +142,18 @@ async def _check_isolation(url: str, settings: Settings) -> None:
         )
 
 
-def _ready_message(host: str, port: int, *, generated_secret: bool, origins: str) -> str:
+def _ready_message(
+    host: str, port: int, *, generated_secret: bool, origins: str, data_dir: Path | None
+) -> str:
     base = f"http://{host}:{port}"
     lines = [f"todo-api: serving on {base} (docs: {base}/docs)"]
     if generated_secret:
+        token = f"{shlex.quote(_installed_command())} token alice"
+        if data_dir is not None:
+            token += f" --data-dir {shlex.quote(str(data_dir))}"
         lines += [
             "Development mode: embedded Postgres and a generated secret. Get a token and try it:",
-            "  TOKEN=$(todo-api token alice)",
+            f"  TOKEN=$({token})",
             f'  curl -H "Authorization: Bearer $TOKEN" {base}/api/alice/tasks',
         ]
     lines.append(f"Browsers may call it from: {origins or 'no origin'} (CORS_ORIGINS).")
@@ -121,14 +172,18 @@ def _serving_folder() -> Iterator[Path]:
 
 
 def serve(args: argparse.Namespace) -> None:
-    settings = _settings()
+    settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format or default_format())
+    for warning in _near_misses():
+        logger.warning("todo-api: %s", warning)
     development = settings.database_url is None
-    if not development and (missing := settings.missing_token_source()):
+    if development:
+        refuse_the_development_database_beyond_loopback(args.host)
+        if not embedded.installed():
+            raise CommandFailed(embedded.INSTALL_HINT)
+    elif missing := settings.missing_token_source():
         raise CommandFailed(f"invalid configuration: {missing}")
-    # Until the server takes over the signals, a SIGTERM ends the command as SystemExit, so that the
-    # finally blocks below stop the embedded Postgres and remove the workers' folder.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    refuse_a_taken_port(args.host, args.port)
     with _serving_folder() as folder, _database_url(settings, args.data_dir) as url:
         os.environ[DIR_VARIABLE] = str(folder / "metrics")
         origins = ",".join(settings.cors_origins)
@@ -139,18 +194,26 @@ def serve(args: argparse.Namespace) -> None:
         asyncio.run(_check_isolation(url, settings))
 
         from api.ops.server import serve_with_granian
+        from api.telemetry.metrics import forget_this_process
 
+        # This process serves nothing: its live gauges (an isolation verdict of 0) must not count
+        # beside the workers'.
+        forget_this_process()
+        # Again, as late as can be: another server may have taken the port while this one started.
+        refuse_a_taken_port(args.host, args.port)
         serve_with_granian(
             host=args.host,
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
             ready_marker=folder / "ready",
             ready_message=_ready_message(
                 args.host,
                 args.port,
                 generated_secret=development and settings.better_auth_secret is None,
                 origins=origins,
+                data_dir=args.data_dir,
             ),
         )
 
@@ -165,12 +228,21 @@ def token(args: argparse.Namespace) -> None:
     settings = _settings()
     if settings.better_auth_secret is not None:
         secret = settings.better_auth_secret.get_secret_value()
-    elif settings.database_url is None:
-        secret = embedded.development_secret(args.data_dir or settings.data_dir)
-    else:
+    elif settings.database_url is not None:
         raise CommandFailed(
             "BETTER_AUTH_SECRET is not set: set it (32 or more characters) to mint tokens for DATABASE_URL"
         )
+    else:
+        # The secret of the embedded database that serves there, never a new one: a token signed with
+        # a secret no server holds would only be refused.
+        data_dir = args.data_dir or settings.data_dir
+        development = embedded.existing_development_secret(data_dir)
+        if development is None:
+            raise CommandFailed(
+                f"no secret to sign with: set BETTER_AUTH_SECRET (the one your server uses), or run this "
+                f"where `todo-api serve` keeps its embedded database (none in {data_dir}; see --data-dir)"
+            )
+        secret = development
     print(
         mint_token(
             secret,
@@ -277,8 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         return
+    signal.signal(signal.SIGINT, _stop_quietly)
+    signal.signal(signal.SIGTERM, _stop_quietly)
     try:
         args.run(args)
+    except KeyboardInterrupt:  # a Ctrl-C that arrived before the handler was set, or in a library's own
+        sys.exit(130)
     except (CommandFailed, SqlFilesMissing) as failure:
         if args.command == "serve":
             logger.error("todo-api: %s", failure)
