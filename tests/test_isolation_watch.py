@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from api.app import create_app
+from api.db import isolation
 from api.ops.policy_audit import audit_database
 from tests.support import ApiUser, new_user, scrape, serving, settings_for, value
 
@@ -79,21 +80,21 @@ WEAKENINGS = {
     "a policy for all, using true": Weakening(
         'create policy "everyone" on tasks for all to todo_app using (true)',
         'drop policy "everyone" on tasks',
-        'policy "everyone" on public.tasks is live but was not applied',
+        'policy public.tasks "everyone" is not in what todo-api ships',
     ),
     "a policy granted to public": Weakening(
         'create policy "peek" on tasks for select to public using (user_id is not null)',
         'drop policy "peek" on tasks',
-        'policy "peek" on public.tasks is live but was not applied',
+        'policy public.tasks "peek" is not in what todo-api ships',
     ),
     "a policy loosened": Weakening(
         'alter policy "tasks are visible to their owner" on tasks using (1 = 1)',
         'alter policy "tasks are visible to their owner" on tasks '
         "using (user_id = (select app.current_user_id()))",
-        'policy "tasks are visible to their owner" on public.tasks changed',
+        'policy public.tasks "tasks are visible to their owner" differs from what todo-api ships',
     ),
     "the identity function replaced": Weakening(
-        _BOB, "{original}", "function app.current_user_id() was replaced"
+        _BOB, "{original}", "function app.current_user_id() differs from what todo-api ships"
     ),
     "truncate granted": Weakening(
         "grant truncate on tasks to todo_app",
@@ -141,10 +142,58 @@ def test_weakened_while_serving_then_repaired(
 def test_the_audit_reports_a_replaced_function(db: Conn, migrated_db_url: str) -> None:
     db.execute(_BOB)
     messages = [finding.message for finding in audit_database(migrated_db_url).findings]
-    assert "function app.current_user_id() was replaced since todo-api migrate created it" in messages
+    assert any(
+        message.startswith("function app.current_user_id() differs from what todo-api ships")
+        for message in messages
+    )
 
 
-def test_a_blinded_check_is_a_finding_not_a_pass(api: httpx.Client, db: Conn) -> None:
+def _as_superuser(superuser_url: str, database_url: str) -> str:
+    """The superuser's URL for the test's own database."""
+    database = database_url.split("/")[3].split("?")[0]
+    return superuser_url.replace("/postgres?", f"/{database}?")
+
+
+def test_a_blinded_check_is_a_finding_not_a_pass(
+    api: httpx.Client, superuser_url: str, migrated_db_url: str
+) -> None:
     alice = new_user()
-    db.execute("drop view app.policy_catalog")
-    _eventually(lambda: _refused(api, alice), "a check that cannot run refuses requests")
+    with psycopg.connect(_as_superuser(superuser_url, migrated_db_url), autocommit=True) as superuser:
+        superuser.execute("revoke select on pg_catalog.pg_policy from public")
+        try:
+            _eventually(lambda: _refused(api, alice), "a check that cannot run refuses requests")
+        finally:
+            superuser.execute("grant select on pg_catalog.pg_policy to public")
+    _eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
+
+
+def test_a_check_that_waits_on_a_lock_fails_closed(
+    api: httpx.Client,
+    superuser_url: str,
+    migrated_db_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The issue's case: a lock held on what the check reads kept the last verdict, "verified"."""
+    monkeypatch.setattr(isolation, "_LOCK_TIMEOUT", "50ms")
+    alice = new_user()
+    assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
+    with (
+        caplog.at_level(logging.ERROR, logger="api.db.isolation"),
+        psycopg.connect(_as_superuser(superuser_url, migrated_db_url)) as superuser,
+    ):
+        superuser.execute("lock table pg_catalog.pg_default_acl in access exclusive mode")
+        _eventually(lambda: _refused(api, alice), "a check that cannot take its lock refuses requests")
+        ready = api.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+        time.sleep(5 * INTERVAL)  # more checks that cannot complete, for the same reason
+        superuser.rollback()
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    assert (
+        "the isolation check could not complete (LockNotAvailable: canceling statement due to lock timeout)"
+        in errors[0]
+    )
+    _eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
+    assert api.get("/readyz").status_code == 200

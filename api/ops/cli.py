@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from api import __version__
 from api.auth.dev_tokens import mint_token
-from api.db.sql_files import SqlFilesMissing
+from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
@@ -186,9 +186,13 @@ def token(args: argparse.Namespace) -> None:
 
 def policies(args: argparse.Namespace) -> None:
     """Print the isolation audit; exit 1 on any finding, so it can gate a deployment."""
-    from api.ops.policy_audit import audit_database
+    from api.ops.policy_audit import audit_database, write_expected_reach
     from api.ops.policy_report import render_json, render_text
 
+    if args.write_expected:
+        written = display_path(write_expected_reach())
+        print(f"todo-api: wrote {written} from a freshly migrated database")
+        return
     settings = _settings()
     with _database_url(settings, args.data_dir) as url:
         try:
@@ -260,6 +264,13 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the audit as JSON (default: text)"
     )
     policies_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    policies_parser.add_argument(
+        "--write-expected",
+        action="store_true",
+        help="regenerate sql/checks/expected_reach.json (what the isolation check expects todo_app to "
+        "reach) from a throwaway, freshly migrated embedded database, after a migration or a policy "
+        "file changed it; no database setting is read",
+    )
     policies_parser.set_defaults(run=policies)
 
     openapi_parser = commands.add_parser(
