@@ -197,3 +197,30 @@ def test_a_check_that_waits_on_a_lock_fails_closed(
     )
     _eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
     assert api.get("/readyz").status_code == 200
+
+
+def test_a_row_security_violation_is_refused_and_checked_at_once(
+    migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write the policies refuse means they are not what they should be: 503, never a 500, and a
+    check at once rather than at the next interval (an hour away here)."""
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+    alice = new_user()
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+        assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
+        db.execute('alter policy "tasks are created by their owner" on tasks with check (false)')
+        with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+            created = api.post(alice.tasks_url, json={"title": "refused"}, headers=alice.headers)
+            assert created.status_code == 503
+            assert created.headers["content-type"] == "application/problem+json"
+            assert created.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+            assert _refused(api, alice), "refused until a check completes clean"
+            _eventually(
+                lambda: any(
+                    'policy public.tasks "tasks are created by their owner" differs' in record.getMessage()
+                    for record in caplog.records
+                ),
+                "the check ran at once and found the policy changed",
+            )
+        assert api.get("/readyz").status_code == 503
+    assert db.execute("select count(*) from tasks where title = 'refused'").fetchone() == (0,)
