@@ -203,6 +203,9 @@ async def audit(connection: Connection, files: Sequence[Path] | None = None) -> 
         policies = await read_policies(connection)
         grants = await _rows(connection, Grant, AUDIT_DIR / "grants.sql")
     findings = await isolation_findings(connection)
+    # Re-creating the policies from the files takes their owner; a login role that owns nothing
+    # (as production should serve) relies on the check's comparison with what the package ships.
+    drift = await policy_drift(connection, files) if role.owns or role.superuser else []
     return Audit(
         database=database,
         login_role=login_role_name,
@@ -213,15 +216,16 @@ async def audit(connection: Connection, files: Sequence[Path] | None = None) -> 
         tables=tables,
         policies=policies,
         grants=grants,
-        findings=_merged(findings, await policy_drift(connection, files)),
+        findings=_merged(findings, drift),
     )
 
 
 def _merged(checked: list[Finding], drift: list[Finding]) -> list[Finding]:
     """The isolation check's findings and the file-based drift, each policy reported once.
 
-    The check compares policies with the baseline recorded at migrate time; the audit compares them
-    with the files themselves, which says more (which file, what differs), so it wins.
+    The check compares policies with what the package ships (sql/checks/expected_reach.json); the
+    audit compares them with the files themselves, which says more (which file, what differs), so
+    it wins.
     """
     compared = {(finding.table, finding.policy) for finding in drift if finding.policy is not None}
     kept = [finding for finding in checked if (finding.table, finding.policy) not in compared]
