@@ -11,6 +11,7 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
+from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
 from api.ops.policy_audit import audit_database
@@ -101,7 +102,10 @@ def test_policies_prints_the_kind_and_the_warning(migrated_db_url: str, tmp_path
     assert "WARNING" not in least.stdout
 
 
-def test_migrate_runs_as_migration_database_url(empty_db_url: str, tmp_path: Path) -> None:
+def test_migrate_runs_as_migration_database_url(
+    empty_db_url: str, tmp_path: Path, migrated_template: NoopExecutor
+) -> None:
+    """(The migrated template made the API's login role: roles belong to the cluster.)"""
     served = as_role(empty_db_url)
     refused = run_cli("migrate", cwd=tmp_path, DATABASE_URL=served)
     assert refused.returncode == 1
