@@ -14,6 +14,7 @@ import pytest
 from api.app import create_app
 from api.db import isolation
 from api.ops.policy_audit import audit_database
+from tests.own_postgres import OwnPostgres
 from tests.support import ApiUser, new_user, scrape, serving, settings_for, value
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -224,3 +225,25 @@ def test_a_row_security_violation_is_refused_and_checked_at_once(
             )
         assert api.get("/readyz").status_code == 503
     assert db.execute("select count(*) from tasks where title = 'refused'").fetchone() == (0,)
+
+
+def test_after_a_check_that_could_not_complete_the_next_comes_within_a_second() -> None:
+    """Failing closed through a database restart must not cost a whole interval once it is back."""
+    interval = 5.0
+    database = OwnPostgres()
+    try:
+        settings = settings_for(database.url, isolation_check_interval_seconds=interval)
+        alice = new_user()
+        with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as api:
+            database.stop()
+            deadline = time.monotonic() + 3 * interval
+            while api.get("/readyz").json().get("type") != "urn:todo-api:problem:isolation-unverified":
+                assert time.monotonic() < deadline, "a check that cannot reach the database is a finding"
+                time.sleep(0.2)
+            database.start()
+            back = time.monotonic()
+            while api.get(alice.tasks_url, headers=alice.headers).status_code != 200:
+                assert time.monotonic() - back < interval - 1, "served again well before the next interval"
+                time.sleep(0.1)
+    finally:
+        database.remove()

@@ -37,6 +37,10 @@ _NOT_MIGRATED = "the database is not migrated"
 # Long enough for a catalog read, short enough that a check never waits long behind DDL.
 _LOCK_TIMEOUT = "2s"
 _STATEMENT_TIMEOUT = "10s"
+_INCOMPLETE = "the isolation check could not complete"
+# After a check that could not complete (the database restarting, say), the next one comes this
+# soon, so that serving resumes within about a second of the database answering again.
+_RETRY_INCOMPLETE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ def could_not_complete(error: BaseException) -> Finding:
     text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
     lines = text.strip().splitlines()
     cause = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return Finding("isolation", f"the isolation check could not complete ({cause})")
+    return Finding("isolation", f"{_INCOMPLETE} ({cause})")
 
 
 @cache
@@ -213,7 +217,11 @@ class IsolationWatch:
     async def keep_checking(self) -> None:
         """Repeat the check until cancelled: every interval, or at once when asked (`distrust`)."""
         while True:
+            incomplete = any(finding.message.startswith(_INCOMPLETE) for finding in self.findings)
+            wait = (
+                min(self.interval_seconds, _RETRY_INCOMPLETE_SECONDS) if incomplete else self.interval_seconds
+            )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._check_now.wait(), self.interval_seconds)
+                await asyncio.wait_for(self._check_now.wait(), wait)
             self._check_now.clear()
             await self.check()
