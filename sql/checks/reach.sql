@@ -75,8 +75,12 @@ reached AS (
           FROM granted GROUP BY oid) g ON g.oid = r.oid
 ),
 functions AS (
+    -- Input argument types only, as DROP FUNCTION names a function: the same text on every version.
     SELECT f.*, pg_catalog.format('%I.%I(%s)', n.nspname, f.proname,
-                                  pg_catalog.pg_get_function_identity_arguments(f.oid)) AS signature,
+                                  pg_catalog.array_to_string(ARRAY(
+                                      SELECT pg_catalog.format_type(t.type, NULL)
+                                      FROM pg_catalog.unnest(f.proargtypes::pg_catalog.oid[]) WITH ORDINALITY AS t(type, n)
+                                      ORDER BY t.n), ', ')) AS signature,
            f.oid >= 16384 AND NOT EXISTS (
                SELECT FROM extension_member e
                WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = f.oid
