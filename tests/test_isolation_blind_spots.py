@@ -5,8 +5,7 @@ refuses task requests within a check interval, then serves again once it is undo
 The cases change cluster-wide roles and need a superuser, so they run on a cluster of their own.
 """
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,8 @@ import pytest
 from api.app import create_app
 from api.ops.policy_audit import audit_database
 from tests.own_postgres import OwnPostgres
-from tests.support import SECRET, ApiUser, free_port, new_user, run_cli, serving, settings_for
-
-INTERVAL = 0.2
+from tests.support import SECRET, free_port, new_user, run_cli, serving, settings_for
+from tests.test_isolation_watch import INTERVAL, eventually, refused
 
 
 @dataclass(frozen=True)
@@ -121,18 +119,6 @@ def api(cluster: OwnPostgres) -> Iterator[httpx.Client]:
         yield client
 
 
-def _eventually(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 20 * INTERVAL + 5
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(INTERVAL / 2)
-
-
-def _refused(api: httpx.Client, user: ApiUser) -> bool:
-    response = api.get(user.tasks_url, headers=user.headers)
-    return response.status_code == 503 and response.json()["type"].endswith(":isolation-unverified")
-
-
 def _run(superuser_url: str, statements: list[str]) -> None:
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
         for statement in statements:
@@ -145,10 +131,10 @@ def test_caught_at_start_up_by_policies_and_while_serving(
 ) -> None:
     spot = BLIND_SPOTS[name]
     alice = new_user()
-    _eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "clean at first")
+    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "clean at first")
     _run(cluster.superuser_url, spot.weaken)
     try:
-        _eventually(lambda: _refused(api, alice), f"{name}: refused while serving")
+        eventually(lambda: refused(api, alice), f"{name}: refused while serving")
 
         messages = [finding.message for finding in audit_database(cluster.url).findings]
         assert any(message.startswith(spot.finding) for message in messages), messages
@@ -169,6 +155,6 @@ def test_caught_at_start_up_by_policies_and_while_serving(
         assert spot.finding in serve.stderr.replace('\\"', '"')  # the log line is JSON
     finally:
         _run(cluster.superuser_url, spot.undo)
-    _eventually(
+    eventually(
         lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, f"{name}: served again"
     )

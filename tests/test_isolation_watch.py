@@ -34,14 +34,14 @@ def api(migrated_db_url: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def _eventually(predicate: Callable[[], bool], what: str) -> None:
+def eventually(predicate: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 20 * INTERVAL + 5
     while not predicate():
         assert time.monotonic() < deadline, what
         time.sleep(INTERVAL / 2)
 
 
-def _refused(api: httpx.Client, user: ApiUser) -> bool:
+def refused(api: httpx.Client, user: ApiUser) -> bool:
     response = api.get(user.tasks_url, headers=user.headers)
     return (
         response.status_code == 503 and response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
@@ -116,7 +116,7 @@ def test_weakened_while_serving_then_repaired(
 
     with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
         db.execute(weakening.weaken)
-        _eventually(lambda: _refused(api, alice), f"{name}: task requests are refused")
+        eventually(lambda: refused(api, alice), f"{name}: task requests are refused")
         ready = api.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["type"] == "urn:todo-api:problem:isolation-unverified"
@@ -124,19 +124,19 @@ def test_weakened_while_serving_then_repaired(
             api.post(alice.tasks_url, json={"title": "while weakened"}, headers=alice.headers).status_code
             == 503
         )
-        _eventually(lambda: _verified_gauge(api) == 0, f"{name}: the metric shows isolation unverified")
+        eventually(lambda: _verified_gauge(api) == 0, f"{name}: the metric shows isolation unverified")
         time.sleep(3 * INTERVAL)  # more checks, the same findings
         errors = [record for record in caplog.records if record.levelno == logging.ERROR]
         assert len(errors) == 1, "logged once per change, not once per check"
         assert weakening.expected in errors[0].getMessage()
 
         db.execute(weakening.repair.format(original=original))
-        _eventually(
+        eventually(
             lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
             f"{name}: served again",
         )
     assert api.get("/readyz").status_code == 200
-    _eventually(lambda: _verified_gauge(api) == 1, f"{name}: the metric shows isolation verified again")
+    eventually(lambda: _verified_gauge(api) == 1, f"{name}: the metric shows isolation verified again")
     assert [task["title"] for task in api.get(alice.tasks_url, headers=alice.headers).json()] == ["mine"]
 
 
@@ -162,10 +162,10 @@ def test_a_blinded_check_is_a_finding_not_a_pass(
     with psycopg.connect(_as_superuser(superuser_url, migrated_db_url), autocommit=True) as superuser:
         superuser.execute("revoke select on pg_catalog.pg_policy from public")
         try:
-            _eventually(lambda: _refused(api, alice), "a check that cannot run refuses requests")
+            eventually(lambda: refused(api, alice), "a check that cannot run refuses requests")
         finally:
             superuser.execute("grant select on pg_catalog.pg_policy to public")
-    _eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
+    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
 
 
 def test_a_check_that_waits_on_a_lock_fails_closed(
@@ -184,7 +184,7 @@ def test_a_check_that_waits_on_a_lock_fails_closed(
         psycopg.connect(_as_superuser(superuser_url, migrated_db_url)) as superuser,
     ):
         superuser.execute("lock table pg_catalog.pg_default_acl in access exclusive mode")
-        _eventually(lambda: _refused(api, alice), "a check that cannot take its lock refuses requests")
+        eventually(lambda: refused(api, alice), "a check that cannot take its lock refuses requests")
         ready = api.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["type"] == "urn:todo-api:problem:isolation-unverified"
@@ -196,7 +196,7 @@ def test_a_check_that_waits_on_a_lock_fails_closed(
         "the isolation check could not complete (LockNotAvailable: canceling statement due to lock timeout)"
         in errors[0]
     )
-    _eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
+    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
     assert api.get("/readyz").status_code == 200
 
 
@@ -215,8 +215,8 @@ def test_a_row_security_violation_is_refused_and_checked_at_once(
             assert created.status_code == 503
             assert created.headers["content-type"] == "application/problem+json"
             assert created.json()["type"] == "urn:todo-api:problem:isolation-unverified"
-            assert _refused(api, alice), "refused until a check completes clean"
-            _eventually(
+            assert refused(api, alice), "refused until a check completes clean"
+            eventually(
                 lambda: any(
                     'policy public.tasks "tasks are created by their owner" differs' in record.getMessage()
                     for record in caplog.records

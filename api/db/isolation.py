@@ -211,6 +211,8 @@ class IsolationWatch:
             role = await login_role(connection)
         if role.warning:
             logger.warning("todo-api: %s", role.warning)
+        else:
+            logger.info("todo-api: the API logs in as %s, %s", role.name, role.kind)
         if findings := await self.check():
             raise IsolationError(findings)
 
