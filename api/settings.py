@@ -21,6 +21,10 @@ class Settings(BaseSettings):
         default=None,
         description="Postgres to serve from. Unset: start the embedded development database.",
     )
+    migration_database_url: SecretStr | None = Field(
+        default=None,
+        description="Postgres to migrate as the schema's owner (todo-api migrate). Unset: DATABASE_URL.",
+    )
     better_auth_secret: SecretStr | None = Field(
         default=None, description="Shared secret for HS256 tokens, at least 32 characters."
     )

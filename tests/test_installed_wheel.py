@@ -91,6 +91,8 @@ def test_the_wheel_carries_the_sql(installed: Path, empty_dir: Path) -> None:
         "migrations/post-apply-policies.py",
         "policies/tasks.sql",
         "checks/isolation.sql",
+        "checks/reach.sql",
+        "checks/expected_reach.json",
         "audit/grants.sql",
         "tests/tasks.sql",
     ):

@@ -35,7 +35,13 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
 
-from api.db.errors import AlreadyExists, DatabaseUnavailable, LimitReached, MissingReference
+from api.db.errors import (
+    AlreadyExists,
+    DatabaseUnavailable,
+    LimitReached,
+    MissingReference,
+    RowSecurityViolation,
+)
 from api.db.fair_share import FairShare
 from api.db.prepared import prepared_statement, reaches_postgres_itself
 from api.db.urls import libpq_url
@@ -296,6 +302,11 @@ class Database:
             limit = error.diag.constraint_name
             if limit is not None and limit.endswith("_limit"):
                 raise LimitReached(limit) from None
+            raise
+        except psycopg.errors.InsufficientPrivilege as error:
+            await _roll_back(connection)
+            if "row-level security" in (error.diag.message_primary or ""):
+                raise RowSecurityViolation(error.diag.message_primary) from None
             raise
         except BaseException:
             await _roll_back(connection)

@@ -41,6 +41,11 @@ class UserShareExceeded(Exception):  # noqa: N818 (a state, not a mistake)
         self.per_user = per_user
 
 
+class RowSecurityViolation(Exception):  # noqa: N818 (a state of the database, not a mistake)
+    """The database refused a write for row-level security (SQLSTATE 42501). The API never sends a
+    write that sound policies would refuse, so the policies or roles are not what they should be."""
+
+
 class DatabaseUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
     """The database did not answer in time; whatever was sent may or may not have run."""
 

@@ -6,6 +6,7 @@ the database's UNAVAILABLE); this module alone turns them into responses.
 """
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth.errors import InvalidToken, KeysUnavailable
-from api.db.errors import UNAVAILABLE, UserShareExceeded
+from api.db.errors import UNAVAILABLE, RowSecurityViolation, UserShareExceeded
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.telemetry import metrics
 
@@ -283,6 +284,13 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(KeysUnavailable)
     async def on_keys_unavailable(_: Request, exc: KeysUnavailable) -> JSONResponse:
         return problem_response(authentication_unavailable())
+
+    @app.exception_handler(RowSecurityViolation)
+    async def on_row_security_violation(request: Request, exc: RowSecurityViolation) -> JSONResponse:
+        # Fail closed: refuse every task request until a check, started now, completes clean.
+        isolation = request.app.state.isolation
+        isolation.distrust(f"the database refused a write for row-level security: {exc}")
+        return problem_response(isolation_unverified(retry_after=math.ceil(isolation.interval_seconds)))
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         logger.warning("database unavailable: %s", type(exc).__name__)

@@ -27,11 +27,11 @@ from pydantic import ValidationError
 
 from api import __version__
 from api.auth.dev_tokens import mint_token
-from api.db.sql_files import SqlFilesMissing
+from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
-from api.ops.migrations import apply_migrations
+from api.ops.migrations import MigrationFailed, apply_migrations, migration_failure
 from api.ops.startup_checks import (
     near_misses,
     refuse_a_taken_port,
@@ -114,7 +114,7 @@ def _migrate(url: str) -> str:
         applied = apply_migrations(url)
     except psycopg.OperationalError as error:
         raise database_failure(error, url) from None
-    except SqlFilesMissing as error:
+    except (SqlFilesMissing, MigrationFailed) as error:
         raise CommandFailed(str(error)) from None
     return f"migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed"
 
@@ -218,10 +218,54 @@ def serve(args: argparse.Namespace) -> None:
         )
 
 
+@contextmanager
+def _migration_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
+    """MIGRATION_DATABASE_URL (the schema's owner) when set; otherwise what serve uses."""
+    if settings.migration_database_url is None:
+        with _database_url(settings, data_dir) as url:
+            yield url
+        return
+    url = settings.migration_database_url.get_secret_value()
+    try:
+        libpq_url(url)
+    except DatabaseUrlError as error:
+        raise CommandFailed(str(error).replace("DATABASE_URL", "MIGRATION_DATABASE_URL")) from None
+    yield url
+
+
+def _create_login_role(owner_url: str, name: str, settings: Settings) -> str:
+    """The role to serve as (owns nothing, member of todo_app only), with DATABASE_URL's password
+    when DATABASE_URL names it."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from api.ops.cluster import ensure_api_login_role
+
+    password = None
+    if settings.database_url is not None:
+        served = conninfo_to_dict(libpq_url(settings.database_url.get_secret_value()))
+        if served.get("user") == name and served.get("password"):
+            password = str(served["password"])
+    try:
+        ensure_api_login_role(owner_url, name, password=password)
+    except psycopg.OperationalError as error:
+        raise database_failure(error, owner_url) from None
+    except psycopg.Error as error:
+        raise CommandFailed(str(migration_failure(error, owner_url))) from None
+    where = (
+        "its password is DATABASE_URL's"
+        if password
+        else f"give it a password (ALTER ROLE {name} PASSWORD '...') unless it logs in another way, "
+        f"and serve with DATABASE_URL naming {name}"
+    )
+    return f"login role {name}: LOGIN NOINHERIT NOBYPASSRLS, owns nothing, member of todo_app; {where}"
+
+
 def migrate(args: argparse.Namespace) -> None:
     settings = _settings()
-    with _database_url(settings, args.data_dir) as url:
+    with _migration_url(settings, args.data_dir) as url:
         print(f"todo-api: {_migrate(url)}")
+        if args.login_role:
+            print(f"todo-api: {_create_login_role(url, args.login_role, settings)}")
 
 
 def token(args: argparse.Namespace) -> None:
@@ -258,9 +302,13 @@ def token(args: argparse.Namespace) -> None:
 
 def policies(args: argparse.Namespace) -> None:
     """Print the isolation audit; exit 1 on any finding, so it can gate a deployment."""
-    from api.ops.policy_audit import audit_database
+    from api.ops.policy_audit import audit_database, write_expected_reach
     from api.ops.policy_report import render_json, render_text
 
+    if args.write_expected:
+        written = display_path(write_expected_reach())
+        print(f"todo-api: wrote {written} from a freshly migrated database")
+        return
     settings = _settings()
     with _database_url(settings, args.data_dir) as url:
         try:
@@ -306,9 +354,16 @@ def _parser() -> argparse.ArgumentParser:
     migrate_parser = commands.add_parser(
         "migrate",
         help="apply migrations and policies",
-        description="Apply sql/migrations, then sql/policies.",
+        description="Apply sql/migrations, then sql/policies, as MIGRATION_DATABASE_URL's role (the "
+        "schema's owner; default DATABASE_URL).",
     )
     migrate_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    migrate_parser.add_argument(
+        "--login-role",
+        metavar="NAME",
+        help="also create NAME, the login role to serve as: LOGIN NOINHERIT NOBYPASSRLS, owning nothing, "
+        "member of todo_app only (its password is DATABASE_URL's when DATABASE_URL names it) (default: none)",
+    )
     migrate_parser.set_defaults(run=migrate)
 
     token_parser = commands.add_parser(
@@ -332,6 +387,13 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the audit as JSON (default: text)"
     )
     policies_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    policies_parser.add_argument(
+        "--write-expected",
+        action="store_true",
+        help="regenerate sql/checks/expected_reach.json (what the isolation check expects todo_app to "
+        "reach) from a throwaway, freshly migrated embedded database, after a migration or a policy "
+        "file changed it; no database setting is read (default: off)",
+    )
     policies_parser.set_defaults(run=policies)
 
     openapi_parser = commands.add_parser(

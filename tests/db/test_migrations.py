@@ -26,6 +26,7 @@ MIGRATION_IDS = [
     "0003_task_quota",
     "0004_isolation_baseline",
     "0005_versions_and_idempotency",
+    "0006_drop_isolation_baseline",
     "0007_deleted_means_gone",
 ]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
