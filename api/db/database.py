@@ -113,27 +113,45 @@ class SafeToRetry(DatabaseUnavailable):
     it once on another connection; raised again, it is a plain `DatabaseUnavailable`."""
 
 
+class _Pool(AsyncConnectionPool[_Connection]):
+    """psycopg's pool, with a bound on how long asking a connection whether it is alive may take:
+    on a network that went silent the answer never comes, and `check()` would hold every idle
+    connection while it waits."""
+
+    answer_timeout_seconds: float = 5.0
+
+    async def check_connection(self, conn: _Connection) -> None:  # type: ignore[override]
+        try:
+            async with asyncio.timeout(self.answer_timeout_seconds):
+                await AsyncConnectionPool.check_connection(conn)
+        except TimeoutError:
+            await conn.close()
+            raise psycopg.OperationalError("the server did not answer a liveness check in time") from None
+
+
 class _LivenessCheck:
     """The pool's `check` step: before a connection unused for a while is handed out, one empty
-    query (`AsyncConnectionPool.check_connection`) asks whether it is still alive.
+    query (`_Pool.check_connection`) asks whether it is still alive.
 
-    A connection found dead means the server restarted or dropped its sessions, so every other idle
+    A connection the server ended means it restarted or dropped its sessions, so every other idle
     connection is most likely dead too: the whole pool is checked then (`check_pool`), once however
-    many ask, and the request waits for a connection that answered or a new one.
+    many ask, and the request waits for a connection that answered or a new one. One that merely
+    did not answer in time is discarded alone.
     """
 
     def __init__(self, unused_for_seconds: float) -> None:
         self.unused_for_seconds = unused_for_seconds
-        self.pool: AsyncConnectionPool[_Connection] | None = None
+        self.pool: _Pool | None = None
         self._pool_check: asyncio.Task[None] | None = None
 
     async def __call__(self, connection: _Connection) -> None:
         now = time.monotonic()
-        if now - connection.handed_out_at >= self.unused_for_seconds:
+        if self.pool is not None and now - connection.handed_out_at >= self.unused_for_seconds:
             try:
-                await AsyncConnectionPool.check_connection(connection)
+                await self.pool.check_connection(connection)
             except psycopg.Error:
-                await self.check_pool()
+                if connection.broken:
+                    await self.check_pool()
                 raise  # the pool discards this one and hands out another
         connection.handed_out_at = now
 
@@ -236,7 +254,7 @@ async def _result_rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
 class Database:
     def __init__(
         self,
-        pool: AsyncConnectionPool[_Connection],
+        pool: _Pool,
         *,
         statement_timeout_ms: int,
         max_tasks_per_user: int,
@@ -272,7 +290,7 @@ class Database:
             settings.db_prepared_statements
         ]
         liveness = _LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
-        pool = AsyncConnectionPool(
+        pool = _Pool(
             conninfo,
             connection_class=_Connection,
             kwargs={
@@ -294,6 +312,7 @@ class Database:
             configure=None if prepare else configure,
             open=False,
         )
+        pool.answer_timeout_seconds = settings.db_connect_timeout_seconds
         return cls(
             pool,
             statement_timeout_ms=settings.db_statement_timeout_ms,

@@ -296,7 +296,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -417,7 +417,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -534,7 +534,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -679,7 +679,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -805,7 +805,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -950,7 +950,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
