@@ -90,6 +90,13 @@ class _Connection(psycopg.AsyncConnection[DictRow]):
     handed_out_at: float = -math.inf
 
 
+# How Postgres itself ends a session on its own initiative: an administrator's or a shutdown's
+# pg_terminate_backend (admin_shutdown), idle_session_timeout. Not a pooler's own farewells:
+# PgBouncer answers a query whose server connection died under it with 08P01 and nothing before
+# it, though the server may have committed.
+_SESSION_ENDED_BY_SERVER = (b"57P01", b"57P05")
+
+
 class _Cursor(psycopg.AsyncClientCursor[DictRow]):
     """The cursor of the one-message way. It notes whether the server's first answer to the last
     message was the end of the session: the proof that none of the message ran (`_one_message`)."""
@@ -102,8 +109,11 @@ class _Cursor(psycopg.AsyncClientCursor[DictRow]):
         # release stop calling it, the flag stays False and no write is ever retried (safe), and
         # tests/faults/test_database_restart.py fails.
         if results and results[0].status == ExecStatus.FATAL_ERROR:
-            severity = results[0].error_field(DiagnosticField.SEVERITY_NONLOCALIZED)
-            self.session_ended_first = severity in (b"FATAL", b"PANIC")
+            first = results[0]
+            self.session_ended_first = (
+                first.error_field(DiagnosticField.SEVERITY_NONLOCALIZED) == b"FATAL"
+                and first.error_field(DiagnosticField.SQLSTATE) in _SESSION_ENDED_BY_SERVER
+            )
         super()._check_results(results)
 
 
@@ -462,11 +472,12 @@ class Database:
         try:
             await cursor.execute(message, params)
         except psycopg.Error as error:
-            # The server answers a message with the results of its statements in order. When the
-            # first thing it said was FATAL, it ended the session before BEGIN completed, so none
-            # of the message ran, COMMIT least of all: the session was terminated while idle (a
-            # restart, pg_terminate_backend) and its farewell was waiting in the socket before
-            # this message went out. A FATAL after BEGIN's result proves nothing: COMMIT may have run.
+            # The server answers a message with the results of its statements in order, and flushes
+            # what it has before a FATAL. When the first thing it said was that it ended the session
+            # (`_SESSION_ENDED_BY_SERVER`), it did so before BEGIN completed, so none of the message
+            # ran, COMMIT least of all: typically the session was terminated while idle (a restart,
+            # pg_terminate_backend) and its farewell was waiting in the socket before this message
+            # went out. A FATAL after BEGIN's result proves nothing: COMMIT may have run.
             if isinstance(cursor, _Cursor) and cursor.session_ended_first:
                 raise SafeToRetry(f"the server had ended the session before a write: {error}") from error
             raise
