@@ -7,7 +7,6 @@ connection broke runs once more on another only when that cannot write twice (ap
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,15 +19,6 @@ from api.db.database import Database, Query
 from api.db.errors import OutcomeUnknown
 from tests.own_postgres import OwnPostgres
 from tests.support import new_user, serving, settings_for
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[OwnPostgres]:
-    database = OwnPostgres()
-    try:
-        yield database
-    finally:
-        database.remove()
 
 
 def test_a_restart_costs_no_request_once_the_database_is_back(own_postgres: OwnPostgres) -> None:
