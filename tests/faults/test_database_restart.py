@@ -108,7 +108,16 @@ def test_a_write_on_a_connection_ended_while_idle_runs_again_once(
     _run(own_postgres.url, scenario, db_pool_size=3, db_prepared_statements=prepared)
 
 
-def test_a_read_on_a_broken_connection_runs_again_once(own_postgres: OwnPostgres) -> None:
+# Both ways a transaction can travel (api/db/database.py); a broken connection is told apart the same.
+EVERY_WAY = pytest.mark.parametrize(
+    "way", [{}, {"db_prepare_threshold": 0}], ids=["one-message", "pipelined-and-prepared"]
+)
+
+
+@EVERY_WAY
+def test_a_read_on_a_broken_connection_runs_again_once(
+    own_postgres: OwnPostgres, way: dict[str, Any]
+) -> None:
     """A read-only transaction cannot write anything: broken at any point, it runs again."""
 
     async def scenario(database: Database) -> None:
@@ -120,11 +129,12 @@ def test_a_read_on_a_broken_connection_runs_again_once(own_postgres: OwnPostgres
         assert rows == [{"slept": False}]
         assert time.monotonic() - started > 1.9, "it ran twice: once ended, once whole"
 
-    _run(own_postgres.url, scenario, db_pool_size=1)
+    _run(own_postgres.url, scenario, db_pool_size=1, **way)
 
 
+@EVERY_WAY
 def test_a_write_broken_after_it_was_sent_is_outcome_unknown_and_never_run_twice(
-    own_postgres: OwnPostgres,
+    own_postgres: OwnPostgres, way: dict[str, Any]
 ) -> None:
     async def scenario(database: Database) -> None:
         await database.run("alice", _sql("insert into users (id) values ('alice')"), read_only=False)
@@ -141,4 +151,4 @@ def test_a_write_broken_after_it_was_sent_is_outcome_unknown_and_never_run_twice
             {"n": 0}
         ]
 
-    _run(own_postgres.url, scenario, db_pool_size=1)
+    _run(own_postgres.url, scenario, db_pool_size=1, **way)
