@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth.errors import InvalidToken, KeysUnavailable
-from api.db.errors import UNAVAILABLE, RowSecurityViolation, UserShareExceeded
+from api.db.errors import UNAVAILABLE, OutcomeUnknown, RowSecurityViolation, UserShareExceeded
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.telemetry import metrics
 
@@ -188,6 +188,19 @@ def database_unavailable() -> ProblemError:
     )
 
 
+def outcome_unknown() -> ProblemError:
+    # Not database-unavailable: that one promises nothing was changed, and a client that trusts it
+    # and retries a create without a key, or a toggle, would do it twice.
+    return ProblemError(
+        503,
+        "outcome-unknown",
+        "Outcome unknown",
+        "The database stopped answering after your change was sent; it may or may not have been "
+        "made. Retry with the same Idempotency-Key, or read the task again before changing it.",
+        headers={"Retry-After": "5"},
+    )
+
+
 def _field_name(location: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in location)
 
@@ -298,3 +311,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, on_database_unavailable)
+
+    # More specific than DatabaseUnavailable, so Starlette picks this handler for it.
+    @app.exception_handler(OutcomeUnknown)
+    async def on_outcome_unknown(_: Request, exc: OutcomeUnknown) -> JSONResponse:
+        logger.warning("outcome unknown: %s", exc)
+        return problem_response(outcome_unknown())

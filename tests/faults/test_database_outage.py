@@ -4,12 +4,10 @@ This test runs its own Postgres (the session's shared one must stay up for every
 """
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
-import pytest
 
 from api.app import create_app
 from tests.own_postgres import OwnPostgres
@@ -18,18 +16,9 @@ from tests.support import new_user, serving, settings_for
 FAIL_FAST_SECONDS = 8.0
 
 
-@pytest.fixture
-def outage() -> Iterator[OwnPostgres]:
-    database = OwnPostgres()
-    try:
-        yield database
-    finally:
-        database.remove()
-
-
-def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(outage: OwnPostgres) -> None:
+def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(own_postgres: OwnPostgres) -> None:
     user = new_user()
-    settings = settings_for(outage.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
+    settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
     acknowledged: list[int] = []
     failed_writes: list[str] = []
 
@@ -45,7 +34,7 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(outage: OwnPostg
         for i in range(5):
             assert write(client, f"before {i}").status_code == 201
 
-        outage.stop()
+        own_postgres.stop()
         for i in range(3):
             started = time.monotonic()
             response = write(client, f"during {i}")
@@ -59,7 +48,7 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(outage: OwnPostg
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
 
-        outage.start()
+        own_postgres.start()
         deadline = time.monotonic() + 30
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "the API did not notice Postgres came back"
@@ -70,7 +59,7 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(outage: OwnPostg
         listed = client.get(user.tasks_url, params={"limit": 500}, headers=user.headers).json()
 
     # As the superuser: the login role here has no BYPASSRLS, so it would see no rows at all.
-    with psycopg.connect(outage.server.get_uri(database="todo")) as connection:
+    with psycopg.connect(own_postgres.server.get_uri(database="todo")) as connection:
         stored: list[Any] = connection.execute(
             "select id from tasks where user_id = %s order by id", [user.id]
         ).fetchall()
