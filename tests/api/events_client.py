@@ -48,6 +48,14 @@ class Stream:
             if block.data:
                 return Event(block.event, block.id, json.loads(block.data))
 
+    async def end(self) -> list[ServerSentEvent]:
+        """Whatever the stream still sends before the server ends it (within the timeout)."""
+        rest = []
+        async with asyncio.timeout(EVENT_TIMEOUT_SECONDS):
+            async for block in self._events:
+                rest.append(block)
+        return rest
+
     async def take(self, count: int) -> list[Event]:
         return [await self.next() for _ in range(count)]
 

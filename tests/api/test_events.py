@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import psycopg
 
+from api.auth.dev_tokens import mint_token
 from tests.api.events_client import Event, async_client, opened
-from tests.support import ApiUser, new_user
+from tests.support import SECRET, ApiUser, new_user
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
 
@@ -55,9 +56,7 @@ def kinds_and_bodies(events: list[Event]) -> list[tuple[str, Any]]:
     return [(event.kind, event.data) for event in events]
 
 
-def test_two_tabs_of_one_user_both_get_every_change_in_order_with_the_bodies_get_returns(
-    api_url: str,
-) -> None:
+def test_two_tabs_of_one_user_both_get_every_change_in_order_as_get_returns_it(api_url: str) -> None:
     alice = new_user()
 
     async def scenario(client: httpx.AsyncClient) -> None:
@@ -218,3 +217,16 @@ def test_streams_are_authenticated_like_the_task_routes(client: httpx.Client) ->
     other = client.get(f"/api/{alice.id}/events", headers=bob.headers)
     assert other.status_code == 403
     assert other.json()["type"] == "urn:todo-api:problem:forbidden"
+
+
+def test_a_stream_ends_when_its_token_expires(api_url: str) -> None:
+    user_id = new_user().id
+    short_lived = ApiUser(user_id, mint_token(SECRET, user_id, ttl_seconds=2))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, short_lived) as stream:
+            await stream.opening_id()
+            # The server ends it (no event, only heartbeats at most) once `exp` has passed.
+            assert [block for block in await stream.end() if block.data] == []
+
+    run(api_url, scenario)
