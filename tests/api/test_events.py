@@ -230,3 +230,14 @@ def test_a_stream_ends_when_its_token_expires(api_url: str) -> None:
             assert [block for block in await stream.end() if block.data] == []
 
     run(api_url, scenario)
+
+
+def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.Client) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/api/{user_id}/events"]["get"]
+
+    assert operation["operationId"] == "streamEvents"
+    assert "Last-Event-ID" in [parameter["name"] for parameter in operation["parameters"]]
+    stream = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert set(stream["x-events"]) == {"task.created", "task.updated", "task.deleted", "reset"}
+    assert stream["x-events"]["task.updated"] == {"$ref": "#/components/schemas/TaskPublic"}
+    assert {"401", "403", "429"} <= set(operation["responses"])
