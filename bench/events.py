@@ -222,15 +222,16 @@ def main(argv: list[str] | None = None) -> None:
                     without[name].append(rate)
                 dataset.restore(superuser_url, size)
                 time.sleep(1)
-                rss_before, sessions_before = (
-                    _worker_rss_mib(api),
-                    _api_sessions(superuser_url, prepared.dbname),
-                )
+                # Memory and latency in the first round only: the worker keeps the memory that later
+                # rounds free again, so their "before" would include the previous round's streams.
+                if round_number == 0:
+                    rss_before = _worker_rss_mib(api)
+                    sessions_before = _api_sessions(superuser_url, prepared.dbname)
                 with OpenStreams(api.base_url, tokens).held() as streams:
                     time.sleep(3)
-                    rss_after = _worker_rss_mib(api)
-                    sessions_after = _api_sessions(superuser_url, prepared.dbname)
                     if round_number == 0:
+                        rss_after = _worker_rss_mib(api)
+                        sessions_after = _api_sessions(superuser_url, prepared.dbname)
                         latencies = _latencies(api.base_url, streams, args.writes)
                     rates = _scenarios(wrk, api, prepared.users_file, names, args, superuser_url, size)
                     for name, rate in rates.items():

@@ -91,7 +91,9 @@ async def events(
         while not hub.closed:
             subscription.woken.clear()
             try:
-                rows = await caller.run(queries.events_after(position), read_only=True)
+                # Shielded: a client that leaves mid-read must not cancel the statement, which would
+                # cost the pool its connection; the read finishes and the connection goes back.
+                rows = await asyncio.shield(caller.run(queries.events_after(position), read_only=True))
             except _NOT_NOW:
                 # The listener wakes every stream once the database is back; until then, retry.
                 await _wait(subscription, min(_RETRY_SECONDS, expires_at - time.time()))
