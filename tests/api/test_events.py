@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from api.auth.dev_tokens import mint_token
 from tests.api.events_client import Event, async_client, opened
@@ -241,3 +242,28 @@ def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.
     assert set(stream["x-events"]) == {"task.created", "task.updated", "task.deleted", "reset"}
     assert stream["x-events"]["task.updated"] == {"$ref": "#/components/schemas/TaskPublic"}
     assert {"401", "403", "429"} <= set(operation["responses"])
+
+
+def test_a_lost_listen_connection_comes_back_and_streams_miss_nothing(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    alice = new_user()
+    listening = "select pid from pg_stat_activity where application_name = 'todo-api-listener'"
+    if not api_db.execute(listening).fetchall():
+        pytest.skip("the API polls (a transaction pooler and no DATABASE_DIRECT_URL): nothing listens")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            # As a database failover or a network cut would: the worker's LISTEN session ends.
+            api_db.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity"
+                " where application_name = 'todo-api-listener'"
+            )
+            written = []
+            for title in ("right after", "and again"):
+                response = await client.post(alice.tasks_url, json={"title": title}, headers=alice.headers)
+                written.append(("task.created", response.json()))
+            assert kinds_and_bodies(await stream.take(2)) == written
+
+    run(api_url, scenario)
