@@ -62,7 +62,12 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     assert [task["title"] for task in listed.json()] == ["Try todo-api"]
     assert _postgres_running(data_dir / "pgdata")
 
-    process.send_signal(signal.SIGTERM)
+    # An open event stream ends when the server is told to stop, rather than keep the worker alive.
+    with httpx.stream("GET", f"{base_url}/api/alice/events", headers=headers, timeout=30) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("id: ")
+        process.send_signal(signal.SIGTERM)
+        assert [line for line in lines if line and not line.startswith(":")] == []
     process.wait(timeout=60)
     output = log.read_text()
     assert process.returncode == 0, output
@@ -98,7 +103,7 @@ def test_migrate_sets_up_an_external_database(empty_db_url: str, tmp_path: Path)
     assert "0002_tasks_schema" in result.stdout
     with psycopg.connect(empty_db_url) as connection:
         tables = connection.execute("select relname from pg_class where relrowsecurity order by 1").fetchall()
-    assert tables == [("idempotency_keys",), ("tasks",), ("users",)]
+    assert tables == [("idempotency_keys",), ("task_events",), ("tasks",), ("users",)]
 
 
 def test_serve_refuses_a_database_that_is_not_migrated(empty_db_url: str, tmp_path: Path) -> None:

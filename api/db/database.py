@@ -73,10 +73,13 @@ CHECK_CONNECTIONS_UNUSED_FOR_SECONDS = 1.0
 # The identity and limits of one request, as the first statement of its transaction: who it is
 # for, the task quota the database enforces (sql/migrations/0003_task_quota.sql), and how long a
 # statement may run. Parameter names start with app_, which no statement in api.tasks.queries uses.
+# How long the live-changes events are kept is set the same way: the trigger that writes them purges
+# (sql/migrations/0008_task_events.sql).
 ACT_AS_USER = text(
     "SELECT set_config('role', 'todo_app', true),"
     " set_config('app.user_id', :app_user_id, true),"
     " set_config('app.max_tasks_per_user', :app_max_tasks, true),"
+    " set_config('app.events_retention_hours', :app_events_retention_hours, true),"
     " set_config('statement_timeout', :app_statement_timeout, true),"
     " set_config('TimeZone', 'UTC', true)"
 )
@@ -274,6 +277,7 @@ class Database:
         fair_share: FairShare,
         liveness: _LivenessCheck | None = None,
         tracer: Tracer | None = None,
+        events_retention_hours: float = 24.0,
     ):
         self.pool = pool
         self._liveness = liveness or _LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
@@ -282,6 +286,7 @@ class Database:
         self._statement_timeout = str(statement_timeout_ms)
         self.max_tasks_per_user = max_tasks_per_user
         self._max_tasks = str(max_tasks_per_user)
+        self._events_retention_hours = str(events_retention_hours)
         self._prepare = prepare
         self._answer_timeout = answer_timeout_seconds
         self._tracer = tracer
@@ -339,6 +344,7 @@ class Database:
             answer_timeout_seconds=settings.db_statement_timeout_ms / 1000
             + settings.db_connect_timeout_seconds,
             tracer=tracer,
+            events_retention_hours=settings.events_retention_hours,
         )
 
     async def open(self) -> None:
@@ -380,6 +386,7 @@ class Database:
         as_user = {
             "app_user_id": user_id,
             "app_max_tasks": self._max_tasks,
+            "app_events_retention_hours": self._events_retention_hours,
             "app_statement_timeout": self._statement_timeout,
         }
         await self.fair_share.acquire(user_id)

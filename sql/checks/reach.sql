@@ -211,7 +211,10 @@ SELECT 'policy', pg_catalog.format('%s "%s"', r.name, p.polname),
            CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
            CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
                          WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+           -- The table's owner is named by its place, not its name: the role that migrates is
+           -- neondb_owner on Neon and another name elsewhere, and the shipped state is the same.
            (SELECT pg_catalog.string_agg(CASE WHEN g = 0 THEN 'public'
+                                              WHEN g = r.relowner THEN '(the table''s owner)'
                                               ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g)) END,
                                          ', ' ORDER BY 1)
             FROM pg_catalog.unnest(p.polroles) AS g),

@@ -38,6 +38,11 @@ KEY_POLICIES = {
     "idempotency keys are stored by their owner",
     "idempotency keys are removed by their owner",
 }
+EVENT_POLICIES = {
+    "task events are visible to their owner",
+    "task events are written by the trigger on tasks",
+    "task events are purged by the trigger on tasks",
+}
 
 
 @pytest.fixture
@@ -390,7 +395,9 @@ def test_json_is_the_same_audit_for_machines(
     assert {table["name"]: (table["rls_enabled"], table["rls_forced"]) for table in clean["tables"]}[
         "public.tasks"
     ] == (True, True)
-    assert {policy["name"] for policy in clean["policies"]} == TASK_POLICIES | USER_POLICIES | KEY_POLICIES
+    assert {policy["name"] for policy in clean["policies"]} == (
+        TASK_POLICIES | USER_POLICIES | KEY_POLICIES | EVENT_POLICIES
+    )
     select = next(p for p in clean["policies"] if p["name"] == "tasks are visible to their owner")
     assert select == {
         "table_name": "public.tasks",

@@ -1,8 +1,10 @@
-"""Postgres goes away while the API serves: fail fast with 503, recover alone, lose nothing.
+"""Postgres goes away while the API serves: fail fast with 503, recover alone, lose nothing; open
+event streams stay open, and every write reaches them once the database is back.
 
-This test runs its own Postgres (the session's shared one must stay up for everyone else).
+These tests run their own Postgres (the session's shared one must stay up for everyone else).
 """
 
+import asyncio
 import time
 from typing import Any
 
@@ -10,6 +12,7 @@ import httpx
 import psycopg
 
 from api.app import create_app
+from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
 from tests.support import new_user, serving, settings_for
 
@@ -66,3 +69,35 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(own_postgres: Ow
     assert [row[0] for row in stored] == sorted(acknowledged), "every 2xx write is stored, nothing else"
     assert sorted(task["id"] for task in listed) == sorted(acknowledged)
     assert len(failed_writes) == 3
+
+
+def test_a_stream_survives_a_database_restart_and_misses_nothing(outage: OwnPostgres) -> None:
+    alice = new_user()
+    settings = settings_for(outage.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
+
+    async def scenario(base_url: str) -> None:
+        async with async_client(base_url) as client, opened(client, alice) as stream:
+            await stream.opening_id()
+            before = await client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers)
+            assert (await stream.next()).data == before.json()
+
+            await asyncio.to_thread(outage.stop)
+            await asyncio.sleep(1)
+            await asyncio.to_thread(outage.start)
+            deadline = time.monotonic() + 30
+            while (await client.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline, "the API did not notice Postgres came back"
+                await asyncio.sleep(0.2)
+
+            # At once, before the listener may have reconnected: caught up all the same.
+            written = []
+            for i in range(3):
+                response = await client.post(
+                    alice.tasks_url, json={"title": f"after {i}"}, headers=alice.headers
+                )
+                assert response.status_code == 201
+                written.append(response.json())
+            assert [event.data for event in await stream.take(3)] == written
+
+    with serving(create_app(settings)) as base_url:
+        asyncio.run(scenario(base_url))

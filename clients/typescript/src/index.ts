@@ -9,6 +9,9 @@
  */
 import createClient from "openapi-fetch";
 import type { components, operations, paths } from "./schema.js";
+import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
+
+export type { SubscribeOptions, Subscription, TaskEvent } from "./events.js";
 
 export type { components, operations, paths };
 export type Task = components["schemas"]["TaskPublic"];
@@ -78,6 +81,14 @@ export function createTodoClient({
   return {
     /** openapi-fetch itself, for anything the methods below do not cover (health checks, middleware). */
     raw: client,
+
+    /**
+     * Live changes to the user's tasks (src/events.ts): `onEvent` gets each created, updated and
+     * deleted task in order, and `reset` when the list must be refetched. Reconnects by itself.
+     */
+    subscribe(userId: string, onEvent: (event: TaskEvent) => void, options?: SubscribeOptions): Subscription {
+      return subscribe({ baseUrl, getToken, fetch }, userId, onEvent, options);
+    },
 
     /**
      * One page of the user's tasks. `next` is the query for the following page (the `Link`

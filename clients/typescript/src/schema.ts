@@ -5,6 +5,37 @@
  */
 
 export interface paths {
+    "/api/{user_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stream changes to your tasks
+         * @description One event per real change of one of your tasks, in commit order; a write that changes nothing sends
+         *     none. Every event has an `id:`; send the last one back as `Last-Event-ID` when you reconnect.
+         *
+         *     - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
+         *     - `event: task.deleted`: `data: {"id": N}`.
+         *     - `event: reset` (`data: {}`): your Last-Event-ID is malformed or older than what is kept; refetch.
+         *
+         *     The stream opens with a bare `id:` line (where it starts), sends a `:` comment line every
+         *     EVENTS_HEARTBEAT_SECONDS, and ends when your token expires: reconnect with a fresh token and your
+         *     last id. A browser's EventSource cannot send the Authorization header: stream with fetch (the
+         *     TypeScript client's `subscribe` does). At most MAX_STREAMS_PER_USER streams per user and server
+         *     process; the next is refused with 429.
+         */
+        get: operations["streamEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/{user_id}/tasks": {
         parameters: {
             query?: never;
@@ -213,6 +244,97 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    streamEvents: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The `id` of the last event you received: the stream first sends exactly the events after it. Without it, the stream starts from now. When it is malformed or older than what is kept (EVENTS_RETENTION_HOURS), the stream starts with `event: reset`: refetch the list. */
+                "Last-Event-ID"?: string;
+            };
+            path: {
+                /** @description The caller's user id: the token's `sub`. */
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event stream. */
+            200: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token. */
+            401: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The user id in the path is not the token's subject. */
+            403: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: each bad field is listed in `errors`. */
+            422: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many requests from you: past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            429: {
+                headers: {
+                    /** @description What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
+                    RateLimit?: string;
+                    /** @description The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     listTasks: {
         parameters: {
             query?: {
