@@ -15,7 +15,8 @@
 --   - todo_app itself: its attributes, the roles it belongs to (pg_read_all_data, another login
 --     role, ...), its privileges on every schema, and default privileges that will hand future
 --     objects to todo_app or PUBLIC.
--- Owners and grantors are left out: they differ between deployments, the reach does not.
+-- Owners and grantors are left out: they differ between deployments, the reach does not (a policy
+-- for a table's owner names it by what it is).
 -- Run with search_path = '' so that names read the same everywhere:
 --     PGOPTIONS="-c search_path=" psql "$DATABASE_URL" -f sql/checks/reach.sql
 
@@ -211,7 +212,9 @@ SELECT 'policy', pg_catalog.format('%s "%s"', r.name, p.polname),
            CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
            CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
                          WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+           -- The table's owner by what it is, not its name, which differs between deployments.
            (SELECT pg_catalog.string_agg(CASE WHEN g = 0 THEN 'public'
+                                              WHEN g = r.relowner THEN '(the table''s owner)'
                                               ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g)) END,
                                          ', ' ORDER BY 1)
             FROM pg_catalog.unnest(p.polroles) AS g),

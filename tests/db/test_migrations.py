@@ -85,7 +85,7 @@ def keeps_todo_app_usable(empty_db_url: str) -> Iterator[None]:
 
 def test_policy_files_are_parsed() -> None:
     assert {table for table, _ in policies_in_files()} == {"users", "tasks", "idempotency_keys"}
-    assert len(policies_in_files()) == 10
+    assert len(policies_in_files()) == 13
 
 
 def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
