@@ -207,9 +207,6 @@ _KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
 _TASKS = Task.__table__  # type: ignore[attr-defined]
 _CALLERS_KEY = ownership.owner_filter(_KEYS.c.user_id, _USER_ID)
 _EXPIRED = _KEYS.c.expires_at <= func.now()
-# Other users' expired keys removed by each keyed create: more than one, so they drain faster than
-# keyed creates can add them.
-PURGE_BATCH = 100
 
 # The caller's unexpired key: its request hash, and its task as it is now, or NULL once deleted. The
 # join names the key's owner as well as the task's id, as the key's foreign key does.
@@ -233,9 +230,10 @@ def _create_task_once(*, owner_row: bool) -> ClauseElement:
     It also bounds what is stored: the caller's expired keys go, and so do the caller's oldest
     tombstones past `tombstones_kept` (every other key names a live task, so with MAX_TASKS_PER_USER
     kept a user holds at most twice the quota in keys); other users' expired keys go a batch at a
-    time (app.forget_expired_idempotency_keys), so no background worker is needed. The key being
-    used stays, expired or not: the same statement cannot remove a key and store it again (see
-    `forget_expired_keys`).
+    time, by a trigger on the keys' table (app.forget_expired_idempotency_keys), so no background
+    worker is needed and the statement names nothing in schema app, which the login role it is
+    prepared as cannot look up (api/db/prepared.py). The key being used stays, expired or not: the
+    same statement cannot remove a key and store it again (see `forget_expired_keys`).
     """
     previous = _REMEMBERED.cte("previous")
     tombstones_past_the_newest = (
@@ -249,7 +247,6 @@ def _create_task_once(*, owner_row: bool) -> ClauseElement:
         .where(_CALLERS_KEY, _KEYS.c.key != _KEY, or_(_EXPIRED, _KEYS.c.key.in_(tombstones_past_the_newest)))
         .cte("forgotten")
     )
-    others_purged = func.app.forget_expired_idempotency_keys(bindparam("purge_batch", type_=Integer()))
     created = (
         pg_insert(Task)
         .from_select(
@@ -259,7 +256,7 @@ def _create_task_once(*, owner_row: bool) -> ClauseElement:
                 bindparam("title", type_=String()),
                 bindparam("description", type_=String()),
                 bindparam("completed", type_=Boolean()),
-            ).where(~exists(select(previous.c.request_hash)), others_purged >= 0),
+            ).where(~exists(select(previous.c.request_hash))),
         )
         .returning(*_TASK_COLUMNS)
         .cte("created")
@@ -299,7 +296,6 @@ def create_task_once(
         "request_hash": request_hash,
         "ttl": ttl,
         "tombstones_kept": tombstones_kept,
-        "purge_batch": PURGE_BATCH,
     }
     return _write(owner, _CREATE_TASK_ONCE, _CREATE_TASK_ONCE_ALONE, values)
 

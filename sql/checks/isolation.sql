@@ -129,10 +129,6 @@ WHERE f.prosecdef
   AND f.pronamespace IN (SELECT oid FROM user_schemas)
   AND pg_catalog.has_function_privilege(r.oid, f.oid, 'EXECUTE')
   AND pg_catalog.has_schema_privilege(r.oid, f.pronamespace, 'USAGE')
-  -- The one such function todo_app is meant to call (sql/migrations/0007_deleted_means_gone.sql),
-  -- which deletes only expired keys; sql/checks/expected_reach.json holds its body to what ships.
-  AND NOT (f.proname = 'forget_expired_idempotency_keys'
-           AND f.pronamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'app'))
 
 -- A view reads its tables with its owner's rights unless it is security_invoker (PostgreSQL 15+).
 UNION ALL

@@ -15,7 +15,8 @@
 --   - todo_app itself: its attributes, the roles it belongs to (pg_read_all_data, another login
 --     role, ...), its privileges on every schema, and default privileges that will hand future
 --     objects to todo_app or PUBLIC.
--- Owners and grantors are left out: they differ between deployments, the reach does not.
+-- Owners and grantors are left out: they differ between deployments, the reach does not (a policy
+-- for a table's owner names it by what it is).
 -- Run with search_path = '' so that names read the same everywhere:
 --     PGOPTIONS="-c search_path=" psql "$DATABASE_URL" -f sql/checks/reach.sql
 

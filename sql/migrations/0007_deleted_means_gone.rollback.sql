@@ -1,4 +1,9 @@
-DROP FUNCTION app.forget_expired_idempotency_keys(integer);
+DROP TRIGGER idempotency_keys_purge_expired ON public.idempotency_keys;
+DROP FUNCTION app.forget_expired_idempotency_keys();
+-- The purge's policies (sql/policies/idempotency_keys.sql) read expires_at, dropped below.
+DROP POLICY "expired keys are visible to the purge" ON public.idempotency_keys;
+DROP POLICY "expired keys are locked by the purge" ON public.idempotency_keys;
+DROP POLICY "expired keys are removed by the purge" ON public.idempotency_keys;
 
 ALTER TABLE public.tasks NO FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.idempotency_keys NO FORCE ROW LEVEL SECURITY;

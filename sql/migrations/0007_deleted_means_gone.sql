@@ -10,8 +10,9 @@
 --    (at most one key per task), and the API's keyed create keeps at most MAX_TASKS_PER_USER
 --    tombstones per user, dropping the oldest (api/tasks/queries.py, `_create_task_once`).
 -- 3. A key's expiry is fixed when it is stored (expires_at), so an expired key is a fact of its row
---    and a purge of every user's expired keys can be handed to todo_app without handing it any
---    choice of whose keys go: app.forget_expired_idempotency_keys, called by every keyed create.
+--    and every user's expired keys can be purged by the database itself, with todo_app given no
+--    choice of whose keys go and nothing to call: a trigger on every INSERT of keys
+--    (app.forget_expired_idempotency_keys), so each keyed create drains a batch.
 -- 4. A title is stored trimmed: the API strips it as pydantic's strip_whitespace does (Rust's
 --    str::trim: the characters with Unicode's White_Space property), then refuses an empty result.
 --    Postgres's btrim() strips only spaces, and Python's str.strip() strips \x1c-\x1f as well, so
@@ -70,31 +71,40 @@ GRANT INSERT (task_id, expires_at) ON public.idempotency_keys TO todo_app;
 ALTER TABLE public.idempotency_keys FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.tasks FORCE ROW LEVEL SECURITY;
 
--- 3. Every user's expired keys, a batch at a time, without a worker of its own: each keyed create
--- calls this in its own statement (its own expired keys that statement removes itself, so this
--- leaves the caller's rows alone: one statement must not delete a row twice). It runs as its owner,
--- the migrating role, because row-level security shows todo_app its own keys only; that owner must
--- bypass row-level security (as Neon's owner and a superuser do), or it finds nothing to delete.
--- It deletes only rows whose own expires_at has passed, at most 1000 per call, skipping rows a
--- concurrent purge holds, so todo_app gains no way to remove a key that is still in use.
-CREATE FUNCTION app.forget_expired_idempotency_keys(batch integer) RETURNS integer
-    LANGUAGE sql
-    VOLATILE
+-- 3. Every user's expired keys, a batch at a time, without a worker of its own: after each statement
+-- that stores keys, a trigger deletes up to its argument's number of other users' expired keys (the
+-- caller's own the keyed create removes itself, under its own policy). The API's statements name
+-- nothing in schema app, which its login role cannot even look up (it prepares statements before
+-- switching to todo_app), and todo_app may not call the function: a trigger's function is checked
+-- for EXECUTE when the trigger is made, not when it fires.
+-- It runs as its owner, the migrating role, because row-level security shows todo_app its own keys
+-- only. An owner that bypasses row-level security (Neon's, a superuser) sees every row; one that
+-- does not (the embedded database's) is let see, lock and delete expired keys, only while a trigger
+-- runs, by the policies for it in sql/policies/idempotency_keys.sql. It deletes only rows whose own
+-- expires_at has passed, skipping rows a concurrent purge or their owner holds, so no request waits
+-- on another user's, and todo_app gains no way to remove a key that is still in use.
+CREATE FUNCTION app.forget_expired_idempotency_keys() RETURNS trigger
+    LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = ''
 AS $$
-    WITH expired AS (
+BEGIN
+    DELETE FROM public.idempotency_keys
+    WHERE ctid IN (
         SELECT ctid FROM public.idempotency_keys
         WHERE expires_at <= pg_catalog.now()
           AND user_id IS DISTINCT FROM app.current_user_id()
         ORDER BY expires_at
-        LIMIT LEAST(GREATEST(batch, 0), 1000)
+        LIMIT TG_ARGV[0]::integer
         FOR UPDATE SKIP LOCKED
-    ),
-    forgotten AS (
-        DELETE FROM public.idempotency_keys WHERE ctid IN (SELECT ctid FROM expired) RETURNING 1
-    )
-    SELECT pg_catalog.count(*)::integer FROM forgotten
+    );
+    RETURN NULL;
+END
 $$;
-REVOKE EXECUTE ON FUNCTION app.forget_expired_idempotency_keys(integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION app.forget_expired_idempotency_keys(integer) TO todo_app;
+REVOKE EXECUTE ON FUNCTION app.forget_expired_idempotency_keys() FROM PUBLIC;
+
+-- More than one key per statement, so expired keys drain faster than keyed creates can add them.
+CREATE TRIGGER idempotency_keys_purge_expired
+    AFTER INSERT ON public.idempotency_keys
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION app.forget_expired_idempotency_keys('100');

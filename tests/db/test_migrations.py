@@ -91,7 +91,7 @@ def test_policy_files_are_parsed() -> None:
         "idempotency_keys",
         "task_events",
     }
-    assert len(policies_in_files()) == 13
+    assert len(policies_in_files()) == 16
 
 
 def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
