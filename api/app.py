@@ -15,6 +15,8 @@ from api.auth.verification import build_authenticator
 from api.db.database import Database
 from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
+from api.events import routes as events
+from api.events.hub import Hub
 from api.http import health, metrics
 from api.http.body_limit import BodyLimits
 from api.http.caller import document_bearer_scheme
@@ -39,11 +41,13 @@ CORS_REQUEST_HEADERS = [
     "If-None-Match",
     "Idempotency-Key",
     "X-Request-ID",
+    "Last-Event-ID",
 ]
 CORS_RESPONSE_HEADERS = [
     "Location",
     "Link",
     "ETag",
+    "Idempotent-Replayed",
     "X-Request-ID",
     "Retry-After",
     "RateLimit-Policy",
@@ -52,7 +56,7 @@ CORS_RESPONSE_HEADERS = [
 
 # Every router the API serves. A router left out of this list would answer 404 for all its routes;
 # `tests/api/test_routers.py` fails when a module defines a router that is not here.
-ROUTERS: tuple[APIRouter, ...] = (tasks.router, health.router, metrics.router)
+ROUTERS: tuple[APIRouter, ...] = (tasks.router, events.router, health.router, metrics.router)
 
 
 def create_app(
@@ -70,6 +74,7 @@ def create_app(
     authenticator = build_authenticator(settings)
 
     isolation = IsolationWatch(database, interval_seconds=settings.isolation_check_interval_seconds)
+    events_hub = Hub(max_streams_per_user=settings.max_streams_per_user)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -78,7 +83,7 @@ def create_app(
             await isolation.ensure()
             # Starts fetching Better Auth's keys in the background: an auth server that is briefly
             # down must not keep the API from starting.
-            async with authenticator, asyncio.TaskGroup() as background:
+            async with authenticator, events_hub.waking(settings), asyncio.TaskGroup() as background:
                 watching = background.create_task(isolation.keep_checking(), name="isolation-check")
                 if on_ready is not None:
                     on_ready()
@@ -107,6 +112,7 @@ def create_app(
     app.state.stored_owners = StoredOwners()
     app.state.authenticator = authenticator
     app.state.isolation = isolation
+    app.state.events_hub = events_hub
     app.state.rate_limiter = (
         RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     )

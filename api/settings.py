@@ -21,6 +21,10 @@ class Settings(BaseSettings):
         default=None,
         description="Postgres to serve from. Unset: start the embedded development database.",
     )
+    migration_database_url: SecretStr | None = Field(
+        default=None,
+        description="Postgres to migrate as the schema's owner (todo-api migrate). Unset: DATABASE_URL.",
+    )
     better_auth_secret: SecretStr | None = Field(
         default=None, description="Shared secret for HS256 tokens, at least 32 characters."
     )
@@ -64,6 +68,18 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
     # Tasks one user may have; the database refuses the INSERT past it (409 task-limit-reached).
     max_tasks_per_user: int = Field(default=10_000, ge=1)
+    # Live changes (GET /api/{user_id}/events, api/events). How long events are kept for a stream to
+    # resume from; an older Last-Event-ID gets `event: reset`.
+    events_retention_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    # Open streams one user may hold per worker; the next gets 429.
+    max_streams_per_user: int = Field(default=5, ge=1)
+    # A comment line this often keeps proxies from closing an idle stream.
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # Where the worker LISTENs for wake-ups: a URL that reaches Postgres itself (Neon: the URL
+    # without -pooler). Unset: DATABASE_URL, when it reaches Postgres itself; else streams poll.
+    database_direct_url: SecretStr | None = None
+    # How often each stream polls for events when no LISTEN connection can be had.
+    events_poll_milliseconds: int = Field(default=1000, ge=50)
     # Request bodies beyond this are refused with 413 before they are read in full.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     # Requests one user may have in flight at once, per worker, counted from the moment their token
@@ -77,6 +93,8 @@ class Settings(BaseSettings):
         default_factory=lambda: Path.cwd() / ".data",
         description="Embedded Postgres data folder, when DATABASE_URL is unset (default: .data here).",
     )
+    # On SIGTERM, requests in flight get this long to finish before their worker is killed.
+    shutdown_grace_seconds: int = Field(default=30, ge=1)
     log_level: str = "INFO"
     # json: one JSON object per line; text: lines for people. Default: text at a terminal, else json.
     log_format: Literal["json", "text"] | None = None

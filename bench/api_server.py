@@ -22,15 +22,18 @@ from pathlib import Path
 import psutil
 
 from api.settings import Settings
+from bench import postgraphile
 
 _TODO_API = Path(sys.executable).parent / "todo-api"
 _CHECKOUT = Path(__file__).resolve().parent.parent
 # What `bench.run --server` can start, and what it needs beyond the API's settings: the API as
-# operators run it, or the stack's floor (bench/floor_server.py), imported from this checkout.
+# operators run it, the stack's floor (bench/floor_server.py), imported from this checkout, or the
+# peer (bench/postgraphile/).
 SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     "api": ([str(_TODO_API), "serve"], {}),
     "floor": ([sys.executable, "-m", "bench.floor_server"], {"PYTHONPATH": str(_CHECKOUT)}),
     "bare": ([sys.executable, "-m", "bench.floor_server", "--bare"], {"PYTHONPATH": str(_CHECKOUT)}),
+    "postgraphile": ([str(postgraphile.NODE), str(postgraphile.SERVER_SCRIPT)], postgraphile.ENVIRONMENT),
 }
 # Settings the API reads, named from the settings object itself: none of the harness's own
 # environment may change them behind its back.

@@ -115,6 +115,7 @@ def _act_as_user(statement_timeout_ms: int) -> str:
     values = {
         "app_user_id": _USER,
         "app_max_tasks": str(_default("max_tasks_per_user")),
+        "app_events_retention_hours": str(Settings.model_fields["events_retention_hours"].default),
         "app_statement_timeout": str(statement_timeout_ms),
     }
     return _sql(db.ACT_AS_USER, values)

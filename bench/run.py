@@ -14,6 +14,7 @@ import secrets
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,15 +22,16 @@ from statistics import median
 from typing import NoReturn
 
 from api.ops.migrations import apply_migrations
-from bench import dataset, report
-from bench.api_server import SERVERS, RssSampler, running_api
+from bench import dataset, postgraphile, report
+from bench.api_server import SERVERS, RssSampler, RunningApi, running_api
 from bench.cpu import CpuMeter
 from bench.explain import explain_list
 from bench.pgbench import PgbenchResult, run_pgbench
 from bench.pgbench_scripts import scripts
+from bench.postgraphile.isolation import check_isolation
 from bench.postgres import BenchPostgres, embedded_postgres_server
 from bench.sample import Sample
-from bench.scenarios import SCENARIOS
+from bench.scenarios import SCENARIOS, Scenario
 from bench.wrk import WrkResult, ensure_wrk, run_wrk, write_users_file
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # git-ignored: scripts, logs, raw results
@@ -46,6 +48,14 @@ def _comma_list(text: str) -> list[str]:
 
 def _workers(text: str) -> list[int]:
     return [int(item) for item in _comma_list(text)]
+
+
+def _servers(text: str) -> list[str]:
+    names = _comma_list(text)
+    unknown = [name for name in names if name not in SERVERS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct servers from {list(SERVERS)}")
+    return names
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -94,10 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--server",
-        choices=list(SERVERS),
-        default="api",
-        help="what wrk drives: the API (default), or the stack's floor:"
-        " bench/floor_server.py, with the API's database layer (floor) or only select 1 (bare)",
+        type=_servers,
+        default=["api"],
+        help="what wrk drives: the API (default), the stack's floor:"
+        " bench/floor_server.py, with the API's database layer (floor) or only select 1 (bare),"
+        " or the peer (postgraphile); a list such as api,postgraphile runs them all, in turn each round",
     )
     parser.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
     parser.add_argument("--note", action="append", default=[], help="a line to add under the run's table")
@@ -192,26 +203,37 @@ def _bench_size(
     rows = []
     load = {"connections": args.connections, "threads": args.threads, "duration": args.duration}
     for workers in args.workers:
-        with running_api(
-            url, secret, workers=workers, run_dir=run_dir, extra_env=api_env, server=args.server
-        ) as api:
-            run_wrk(wrk, api.base_url, SCENARIOS["list"], users_file, **{**load, "duration": _WARMUP_SECONDS})
-            api_workers = api.worker_processes()
+        with ExitStack() as stack:
+            servers: dict[str, RunningApi] = {}
+            for server in args.server:
+                api = stack.enter_context(
+                    running_api(
+                        url, secret, workers=workers, run_dir=run_dir, extra_env=api_env, server=server
+                    )
+                )
+                if server == "postgraphile":
+                    check_isolation(api.base_url, secret, superuser_url, size.tasks_per_user)
+                warmup = {**load, "duration": _WARMUP_SECONDS}
+                run_wrk(wrk, api.base_url, _asked_of(server, SCENARIOS["list"]), users_file, **warmup)
+                servers[server] = api
+            workers_of = {server: api.worker_processes() for server, api in servers.items()}
             for name in args.scenarios:
-                scenario = SCENARIOS[name]
-                https: list[WrkResult] = []
+                https: dict[str, list[WrkResult]] = {server: [] for server in servers}
                 databases: dict[str, list[PgbenchResult]] = {protocol: [] for protocol in PGBENCH_PROTOCOLS}
                 # The sides alternate in short rounds, so that all see the same neighbours; each
                 # figure is the median of its rounds.
-                with RssSampler(api) as rss:
-                    api_cpu = CpuMeter(postgres.pgdata, api_workers)
+                with ExitStack() as sampling:
+                    rss = {server: sampling.enter_context(RssSampler(api)) for server, api in servers.items()}
+                    api_cpu = {server: CpuMeter(postgres.pgdata, workers_of[server]) for server in servers}
                     pgbench_cpu = {protocol: CpuMeter(postgres.pgdata, []) for protocol in PGBENCH_PROTOCOLS}
                     for _ in range(args.rounds):
-                        # Each phase starts from the loaded data: creates would otherwise lengthen
-                        # every list measured after them.
-                        dataset.restore(superuser_url, size)
-                        with api_cpu:
-                            https.append(run_wrk(wrk, api.base_url, scenario, users_file, **load))
+                        for server, api in servers.items():
+                            # Each phase starts from the loaded data: creates would otherwise
+                            # lengthen every list measured after them.
+                            dataset.restore(superuser_url, size)
+                            with api_cpu[server]:
+                                scenario = _asked_of(server, SCENARIOS[name])
+                                https[server].append(run_wrk(wrk, api.base_url, scenario, users_file, **load))
                         for protocol in PGBENCH_PROTOCOLS:
                             dataset.restore(superuser_url, size)
                             with pgbench_cpu[protocol]:
@@ -219,7 +241,7 @@ def _bench_size(
                                     run_pgbench(
                                         postgres,
                                         dbname,
-                                        scenario,
+                                        SCENARIOS[name],
                                         scripts_dir / protocol,
                                         sample,
                                         clients=args.connections,
@@ -229,30 +251,59 @@ def _bench_size(
                                     )
                                 )
                 best = max(PGBENCH_PROTOCOLS, key=lambda protocol: median(r.tps for r in databases[protocol]))
-                row = report.Row(
-                    size=size.name,
-                    workers=workers,
-                    scenario=name,
-                    api_rps=median(http.requests_per_second for http in https),
-                    p50_ms=median(http.p50_us for http in https) / 1000,
-                    p99_ms=median(http.p99_us for http in https) / 1000,
-                    non_2xx=sum(http.non_2xx for http in https),
-                    socket_errors=sum(http.socket_errors + http.timeouts for http in https),
-                    pgbench_tps=median(database.tps for database in databases[best]),
-                    pgbench_protocol=best,
-                    pgbench_failed=sum(
-                        database.failed for results in databases.values() for database in results
-                    ),
-                    peak_rss_mb=rss.peak_mb(),
-                    api_cpu=api_cpu.per_unit(sum(http.requests for http in https)),
-                    pgbench_cpu=pgbench_cpu[best].per_unit(
-                        sum(database.transactions for database in databases[best])
-                    ),
-                )
-                rows.append(row)
-                statuses = [http.statuses for http in https if http.statuses]
-                print(report.table([row])[-1] + (f" statuses: {statuses}" if statuses else ""), flush=True)
+                for server in servers:
+                    row = report.Row(
+                        size=size.name,
+                        workers=workers,
+                        scenario=_row_label(server, name, args.server),
+                        api_rps=median(http.requests_per_second for http in https[server]),
+                        p50_ms=median(http.p50_us for http in https[server]) / 1000,
+                        p99_ms=median(http.p99_us for http in https[server]) / 1000,
+                        non_2xx=sum(http.non_2xx for http in https[server]),
+                        socket_errors=sum(http.socket_errors + http.timeouts for http in https[server]),
+                        pgbench_tps=median(database.tps for database in databases[best]),
+                        pgbench_protocol=best,
+                        pgbench_failed=sum(
+                            database.failed for results in databases.values() for database in results
+                        ),
+                        peak_rss_mb=rss[server].peak_mb(),
+                        api_cpu=api_cpu[server].per_unit(sum(http.requests for http in https[server])),
+                        pgbench_cpu=pgbench_cpu[best].per_unit(
+                            sum(database.transactions for database in databases[best])
+                        ),
+                    )
+                    rows.append(row)
+                    statuses = [http.statuses for http in https[server] if http.statuses]
+                    shown = f" statuses: {statuses}" if statuses else ""
+                    print(report.table([row])[-1] + shown, flush=True)
     return rows
+
+
+def _asked_of(server: str, scenario: Scenario) -> Scenario:
+    """The scenario's wrk script for this server: the peer is asked in GraphQL, the others in REST."""
+    return postgraphile.peer_scenario(scenario) if server == "postgraphile" else scenario
+
+
+def _row_label(server: str, scenario: str, servers: list[str]) -> str:
+    """The table's scenario cell: the server is named when a run drives more than one."""
+    return scenario if len(servers) == 1 else f"{scenario} ({server})"
+
+
+def peer_ratios(rows: list[report.Row], servers: list[str]) -> list[str]:
+    """API req/s over PostGraphile req/s, per scenario, size and worker count, when both ran."""
+    if not {"api", "postgraphile"} <= set(servers):
+        return []
+    rps = {(row.size, row.workers, row.scenario): row.api_rps for row in rows}
+    lines = []
+    for (size, workers, label), api_rps in rps.items():
+        for scenario in SCENARIOS:
+            peer_rps = rps.get((size, workers, _row_label("postgraphile", scenario, servers)))
+            if label == _row_label("api", scenario, servers) and peer_rps:
+                lines.append(
+                    f"- API/PostGraphile, {scenario}, {size}, {workers} worker(s):"
+                    f" {api_rps:,.0f} / {peer_rps:,.0f} req/s = **{api_rps / peer_rps:.2f}**"
+                )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -264,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     wrk = ensure_wrk()
+    if "postgraphile" in args.server:
+        postgraphile.ensure_installed()
     run_dir = new_run_dir()
     started = time.monotonic()
     rows: list[report.Row] = []
@@ -281,15 +334,17 @@ def main(argv: list[str] | None = None) -> None:
         f" requests spread over {args.sample_users} users",
         "- Sizes: " + "; ".join(f"{s.name} = {s.users:,} users x {s.tasks_per_user} tasks" for s in sizes),
     ]
-    if args.server != "api":
-        settings.append(f"- Server: `{args.server}` (bench/floor_server.py), not the API")
+    if args.server != ["api"]:
+        driven = ", ".join(f"`{server}`" for server in args.server)
+        settings.append(f"- Servers: {driven}, driven in turn each round")
     if args.api_env:
         settings.append("- API settings: " + ", ".join(f"`{name}={value}`" for name, value in args.api_env))
-    lines = [*report.table(rows), "", *report.summary(rows)]
+    ratios = peer_ratios(rows, args.server)
+    lines = [*report.table(rows), "", *report.summary(rows), *ratios]
     print("\n" + "\n".join(lines))
     print(f"\nbench: done in {time.monotonic() - started:.0f} s; raw results in {run_dir}")
     if not args.no_results:
-        notes = [f"- {note}" for note in args.note] + plans
+        notes = ratios + [f"- {note}" for note in args.note] + plans
         report.write_results(rows, postgres_version=postgres_version, settings=settings, notes=notes)
         print(f"bench: appended to {report.RESULTS_FILE}")
 

@@ -144,6 +144,7 @@ class _LibpqMessage(_PlainConnection):
         values = {
             "app_user_id": "alice",
             "app_max_tasks": str(limits["max_tasks_per_user"].default),
+            "app_events_retention_hours": str(limits["events_retention_hours"].default),
             "app_statement_timeout": str(limits["db_statement_timeout_ms"].default),
             **statement.params(query.params),
         }

@@ -20,11 +20,11 @@ from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from api.app import create_app
-from api.ops.cluster import ensure_login_role_and_database
+from api.ops.cluster import ensure_api_login_role, ensure_login_role_and_database
 from api.ops.embedded import start_postgres
 from api.ops.migrations import apply_migrations
 from tests.pgbouncer import pgbouncer
-from tests.support import LOGIN_ROLE, ApiUser, new_user, serving, settings_for
+from tests.support import API_LOGIN_ROLE, LOGIN_ROLE, ApiUser, as_role, new_user, serving, settings_for
 
 # Hypothesis keeps caches on disk even with `database=None`: keep them out of the checkout.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "todo-api-hypothesis")
@@ -74,7 +74,10 @@ def superuser_url(postgres_server: NoopExecutor) -> str:
 
 
 def load_migrations(**connection: Any) -> None:
-    apply_migrations(f"postgresql://{connection['user']}@/{connection['dbname']}?host={connection['host']}")
+    url = f"postgresql://{connection['user']}@/{connection['dbname']}?host={connection['host']}"
+    apply_migrations(url)
+    # Roles belong to the cluster: made once, for every database cloned from this template.
+    ensure_api_login_role(url, API_LOGIN_ROLE)
 
 
 migrated_template = factories.postgresql_noproc(
@@ -112,6 +115,12 @@ def api_db_url(migrated_template: NoopExecutor) -> Iterator[str]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
+        "--serve-as-owner",
+        action="store_true",
+        help=f"serve the live API as the schema's owner {LOGIN_ROLE} rather than as {API_LOGIN_ROLE}, "
+        "a login role that owns nothing",
+    )
+    parser.addoption(
         "--via-pgbouncer",
         action="store_true",
         help="serve the live API through PgBouncer in transaction mode, as on Neon's pooled endpoint",
@@ -124,7 +133,9 @@ def api_serving_url(
 ) -> Iterator[str]:
     """The URL the live API connects with: the database directly, or through PgBouncer."""
     if not request.config.getoption("--via-pgbouncer"):
-        yield api_db_url
+        # As production should: a login role that owns nothing, so that nothing the API sends
+        # outside its switch to todo_app could read a row (tests/db/test_login_roles.py).
+        yield api_db_url if request.config.getoption("--serve-as-owner") else as_role(api_db_url)
         return
     with pgbouncer(
         socket_dir=migrated_template.host,

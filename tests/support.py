@@ -28,6 +28,15 @@ from api.settings import Settings
 # Like Neon's neondb_owner: logs in, creates roles and databases, and bypasses row-level security,
 # so every test proves that the API's role switch, not the login role, keeps users apart.
 LOGIN_ROLE = "todo_owner"
+# What production should serve as (PostgREST's "authenticator"): logs in, owns nothing, bypasses
+# nothing, inherits nothing, member of todo_app only. `todo-api migrate --login-role` creates it.
+API_LOGIN_ROLE = "todo_login"
+
+
+def as_role(database_url: str, role: str = API_LOGIN_ROLE) -> str:
+    """The same database's URL, logging in as `role`."""
+    return database_url.replace(f"postgresql://{LOGIN_ROLE}@", f"postgresql://{role}@", 1)
+
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 _BASE62 = string.ascii_letters + string.digits

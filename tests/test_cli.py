@@ -1,6 +1,7 @@
 """`todo-api serve | migrate | token`, run as a newcomer would: real processes, real Postgres."""
 
 import re
+import shlex
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 
 from api import __version__
+from api.ops.embedded import development_secret
 from tests.support import CLI, SECRET, cli_env, free_port, run_cli, serve_process
 
 
@@ -35,7 +37,15 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     embedded_api: tuple[str, Path, subprocess.Popen[str], Path], tmp_path: Path
 ) -> None:
     base_url, data_dir, process, log = embedded_api
-    token = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
+    # The welcome text's own command, as it names it: the executable as installed, with the data folder.
+    hint = re.search(r"TOKEN=\$\(([^)]*)\)", log.read_text())
+    assert hint is not None, log.read_text()
+    command = shlex.split(hint.group(1))
+    assert Path(command[0]).name == "todo-api", command
+    assert Path(command[0]).is_file(), command
+    token = subprocess.run(
+        command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, check=True
+    ).stdout.strip()
     headers = {"Authorization": f"Bearer {token}"}
 
     created = httpx.post(f"{base_url}/api/alice/tasks", json={"title": "Try todo-api"}, headers=headers)
@@ -52,20 +62,25 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     assert [task["title"] for task in listed.json()] == ["Try todo-api"]
     assert _postgres_running(data_dir / "pgdata")
 
-    process.send_signal(signal.SIGTERM)
+    # An open event stream ends when the server is told to stop, rather than keep the worker alive.
+    with httpx.stream("GET", f"{base_url}/api/alice/events", headers=headers, timeout=30) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("id: ")
+        process.send_signal(signal.SIGTERM)
+        assert [line for line in lines if line and not line.startswith(":")] == []
     process.wait(timeout=60)
     output = log.read_text()
     assert process.returncode == 0, output
-    assert "todo-api token alice" in output, "the welcome text says how to get a token"
     assert "http://localhost:3000" in output, "and which browser origins may call it"
     assert not _postgres_running(data_dir / "pgdata"), "SIGTERM stops the embedded Postgres too"
 
 
-def test_the_development_secret_is_remembered(tmp_path: Path) -> None:
+def test_token_signs_with_the_remembered_secret_of_the_embedded_database_there(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
+    secret = development_secret(data_dir)  # as `serve` makes it, the first time
+    assert development_secret(data_dir) == secret, "made once, then remembered"
     first = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
     second = run_cli("token", "bob", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
-    secret = (data_dir / "dev-secret").read_text().strip()
     assert jwt.decode(first, secret, algorithms=["HS256"])["sub"] == "alice"
     assert jwt.decode(second, secret, algorithms=["HS256"])["sub"] == "bob"
     assert (data_dir / "dev-secret").stat().st_mode & 0o077 == 0, "only its owner may read the secret"
@@ -88,7 +103,7 @@ def test_migrate_sets_up_an_external_database(empty_db_url: str, tmp_path: Path)
     assert "0002_tasks_schema" in result.stdout
     with psycopg.connect(empty_db_url) as connection:
         tables = connection.execute("select relname from pg_class where relrowsecurity order by 1").fetchall()
-    assert tables == [("idempotency_keys",), ("tasks",), ("users",)]
+    assert tables == [("idempotency_keys",), ("task_events",), ("tasks",), ("users",)]
 
 
 def test_serve_refuses_a_database_that_is_not_migrated(empty_db_url: str, tmp_path: Path) -> None:

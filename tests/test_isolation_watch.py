@@ -12,7 +12,9 @@ import psycopg
 import pytest
 
 from api.app import create_app
+from api.db import isolation
 from api.ops.policy_audit import audit_database
+from tests.own_postgres import OwnPostgres
 from tests.support import ApiUser, new_user, scrape, serving, settings_for, value
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -32,14 +34,14 @@ def api(migrated_db_url: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def _eventually(predicate: Callable[[], bool], what: str) -> None:
+def eventually(predicate: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 20 * INTERVAL + 5
     while not predicate():
         assert time.monotonic() < deadline, what
         time.sleep(INTERVAL / 2)
 
 
-def _refused(api: httpx.Client, user: ApiUser) -> bool:
+def refused(api: httpx.Client, user: ApiUser) -> bool:
     response = api.get(user.tasks_url, headers=user.headers)
     return (
         response.status_code == 503 and response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
@@ -79,21 +81,21 @@ WEAKENINGS = {
     "a policy for all, using true": Weakening(
         'create policy "everyone" on tasks for all to todo_app using (true)',
         'drop policy "everyone" on tasks',
-        'policy "everyone" on public.tasks is live but was not applied',
+        'policy public.tasks "everyone" is not in what todo-api ships',
     ),
     "a policy granted to public": Weakening(
         'create policy "peek" on tasks for select to public using (user_id is not null)',
         'drop policy "peek" on tasks',
-        'policy "peek" on public.tasks is live but was not applied',
+        'policy public.tasks "peek" is not in what todo-api ships',
     ),
     "a policy loosened": Weakening(
         'alter policy "tasks are visible to their owner" on tasks using (1 = 1)',
         'alter policy "tasks are visible to their owner" on tasks '
         "using (user_id = (select app.current_user_id()))",
-        'policy "tasks are visible to their owner" on public.tasks changed',
+        'policy public.tasks "tasks are visible to their owner" differs from what todo-api ships',
     ),
     "the identity function replaced": Weakening(
-        _BOB, "{original}", "function app.current_user_id() was replaced"
+        _BOB, "{original}", "function app.current_user_id() differs from what todo-api ships"
     ),
     "truncate granted": Weakening(
         "grant truncate on tasks to todo_app",
@@ -114,7 +116,7 @@ def test_weakened_while_serving_then_repaired(
 
     with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
         db.execute(weakening.weaken)
-        _eventually(lambda: _refused(api, alice), f"{name}: task requests are refused")
+        eventually(lambda: refused(api, alice), f"{name}: task requests are refused")
         ready = api.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["type"] == "urn:todo-api:problem:isolation-unverified"
@@ -122,29 +124,126 @@ def test_weakened_while_serving_then_repaired(
             api.post(alice.tasks_url, json={"title": "while weakened"}, headers=alice.headers).status_code
             == 503
         )
-        _eventually(lambda: _verified_gauge(api) == 0, f"{name}: the metric shows isolation unverified")
+        eventually(lambda: _verified_gauge(api) == 0, f"{name}: the metric shows isolation unverified")
         time.sleep(3 * INTERVAL)  # more checks, the same findings
         errors = [record for record in caplog.records if record.levelno == logging.ERROR]
         assert len(errors) == 1, "logged once per change, not once per check"
         assert weakening.expected in errors[0].getMessage()
 
         db.execute(weakening.repair.format(original=original))
-        _eventually(
+        eventually(
             lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
             f"{name}: served again",
         )
     assert api.get("/readyz").status_code == 200
-    _eventually(lambda: _verified_gauge(api) == 1, f"{name}: the metric shows isolation verified again")
+    eventually(lambda: _verified_gauge(api) == 1, f"{name}: the metric shows isolation verified again")
     assert [task["title"] for task in api.get(alice.tasks_url, headers=alice.headers).json()] == ["mine"]
 
 
 def test_the_audit_reports_a_replaced_function(db: Conn, migrated_db_url: str) -> None:
     db.execute(_BOB)
     messages = [finding.message for finding in audit_database(migrated_db_url).findings]
-    assert "function app.current_user_id() was replaced since todo-api migrate created it" in messages
+    assert any(
+        message.startswith("function app.current_user_id() differs from what todo-api ships")
+        for message in messages
+    )
 
 
-def test_a_blinded_check_is_a_finding_not_a_pass(api: httpx.Client, db: Conn) -> None:
+def _as_superuser(superuser_url: str, database_url: str) -> str:
+    """The superuser's URL for the test's own database."""
+    database = database_url.split("/")[3].split("?")[0]
+    return superuser_url.replace("/postgres?", f"/{database}?")
+
+
+def test_a_blinded_check_is_a_finding_not_a_pass(
+    api: httpx.Client, superuser_url: str, migrated_db_url: str
+) -> None:
     alice = new_user()
-    db.execute("drop view app.policy_catalog")
-    _eventually(lambda: _refused(api, alice), "a check that cannot run refuses requests")
+    with psycopg.connect(_as_superuser(superuser_url, migrated_db_url), autocommit=True) as superuser:
+        superuser.execute("revoke select on pg_catalog.pg_policy from public")
+        try:
+            eventually(lambda: refused(api, alice), "a check that cannot run refuses requests")
+        finally:
+            superuser.execute("grant select on pg_catalog.pg_policy to public")
+    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
+
+
+def test_a_check_that_waits_on_a_lock_fails_closed(
+    api: httpx.Client,
+    superuser_url: str,
+    migrated_db_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The issue's case: a lock held on what the check reads kept the last verdict, "verified"."""
+    monkeypatch.setattr(isolation, "_LOCK_TIMEOUT", "50ms")
+    alice = new_user()
+    assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
+    with (
+        caplog.at_level(logging.ERROR, logger="api.db.isolation"),
+        psycopg.connect(_as_superuser(superuser_url, migrated_db_url)) as superuser,
+    ):
+        superuser.execute("lock table pg_catalog.pg_default_acl in access exclusive mode")
+        eventually(lambda: refused(api, alice), "a check that cannot take its lock refuses requests")
+        ready = api.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+        time.sleep(5 * INTERVAL)  # more checks that cannot complete, for the same reason
+        superuser.rollback()
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    assert (
+        "the isolation check could not complete (LockNotAvailable: canceling statement due to lock timeout)"
+        in errors[0]
+    )
+    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
+    assert api.get("/readyz").status_code == 200
+
+
+def test_a_row_security_violation_is_refused_and_checked_at_once(
+    migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write the policies refuse means they are not what they should be: 503, never a 500, and a
+    check at once rather than at the next interval (an hour away here)."""
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+    alice = new_user()
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+        assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
+        db.execute('alter policy "tasks are created by their owner" on tasks with check (false)')
+        with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+            created = api.post(alice.tasks_url, json={"title": "refused"}, headers=alice.headers)
+            assert created.status_code == 503
+            assert created.headers["content-type"] == "application/problem+json"
+            assert created.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+            assert refused(api, alice), "refused until a check completes clean"
+            eventually(
+                lambda: any(
+                    'policy public.tasks "tasks are created by their owner" differs' in record.getMessage()
+                    for record in caplog.records
+                ),
+                "the check ran at once and found the policy changed",
+            )
+        assert api.get("/readyz").status_code == 503
+    assert db.execute("select count(*) from tasks where title = 'refused'").fetchone() == (0,)
+
+
+def test_after_a_check_that_could_not_complete_the_next_comes_within_a_second() -> None:
+    """Failing closed through a database restart must not cost a whole interval once it is back."""
+    interval = 5.0
+    database = OwnPostgres()
+    try:
+        settings = settings_for(database.url, isolation_check_interval_seconds=interval)
+        alice = new_user()
+        with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as api:
+            database.stop()
+            deadline = time.monotonic() + 3 * interval
+            while api.get("/readyz").json().get("type") != "urn:todo-api:problem:isolation-unverified":
+                assert time.monotonic() < deadline, "a check that cannot reach the database is a finding"
+                time.sleep(0.2)
+            database.start()
+            back = time.monotonic()
+            while api.get(alice.tasks_url, headers=alice.headers).status_code != 200:
+                assert time.monotonic() - back < interval - 1, "served again well before the next interval"
+                time.sleep(0.1)
+    finally:
+        database.remove()

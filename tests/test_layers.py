@@ -10,7 +10,7 @@ from pathlib import Path
 import api
 
 # Highest first.
-FLOORS = ("ops", "app", "tasks", "http", "auth", "db", "telemetry")
+FLOORS = ("ops", "app", "events", "tasks", "http", "auth", "db", "telemetry")
 PACKAGE = Path(api.__file__).parent
 
 

@@ -6,6 +6,7 @@ traceback; a client's request id kept when it is sane; no token, secret or passw
 """
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ import pytest
 from tests.support import CLI, SECRET, cli_env, new_user, serve_process
 
 PASSWORD = "never-log-this-password"
+# RFC 3339, UTC, milliseconds: 2026-12-01T22:30:51.043Z
+RFC3339_UTC_MS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
 @dataclass
@@ -62,6 +66,11 @@ def test_every_line_is_json_and_each_request_has_one_access_line(serve: Serve) -
         refused = client.get(alice.tasks_url)
         missing = client.get("/no/such/path")
     records = served.records()  # every line parses as JSON
+    for record in records:
+        assert re.fullmatch(RFC3339_UTC_MS, record["time"]), record
+        assert isinstance(record["pid"], int), record
+        assert record["level"] in LEVELS, record
+    assert len({record["pid"] for record in records}) >= 2, "the serving parent's and its worker's"
     assert any(record["name"].startswith("_granian") for record in records), "the server's lines are JSON too"
     access = [r for r in served.access() if r["route"] != "/readyz"]
     assert [(r["method"], r["route"], r["status"]) for r in access] == [
@@ -136,6 +145,8 @@ def test_text_format_is_for_people(serve: Serve) -> None:
         client.get(alice.tasks_url, headers={**alice.headers, "X-Request-ID": "look-for-me"})
     lines = served.lines()
     assert not any(line.startswith("{") for line in lines)
+    for line in lines:  # a record's further lines are indented under it
+        assert re.match(rf"{RFC3339_UTC_MS} \d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) |    ", line), line
     (access,) = [line for line in lines if "look-for-me" in line]
     assert "api.access" in access
     assert "GET /api/{user_id}/tasks 200" in access

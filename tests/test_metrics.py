@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from api.app import create_app
 from tests.support import (
@@ -69,9 +70,8 @@ def test_metrics_can_be_turned_off(api_db_url: str) -> None:
 def test_figures_add_up_across_workers(api_db_url: str, tmp_path: Path) -> None:
     alice = new_user()
     env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE="3")
-    folders_before = set(Path(tempfile.gettempdir()).glob("todo-api-serve-*"))
     command = [*CLI, "serve", "--workers", "2"]
-    with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _):
+    with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, server):
         for _ in range(40):  # a connection each, so that both workers answer some
             with httpx.Client(base_url=base_url) as one_request:
                 assert one_request.get(alice.tasks_url, headers=alice.headers).status_code == 200
@@ -87,7 +87,17 @@ def test_figures_add_up_across_workers(api_db_url: str, tmp_path: Path) -> None:
             )
             assert listed == 40
             assert value(samples, "todo_api_db_pool_size") == 6
-    assert set(Path(tempfile.gettempdir()).glob("todo-api-serve-*")) == folders_before, "serve cleans up"
+            # Every serving worker found nothing; the serving parent, which serves nothing, has no say.
+            assert value(samples, "todo_api_isolation_verified") == 1
+            assert value(samples, "todo_api_isolation_findings") == 0
+        # This server's folder, told apart from those of other servers on the machine by its workers' pids.
+        workers = {f"_{child.pid}.db" for child in psutil.Process(server.pid).children()}
+        (folder,) = [
+            folder
+            for folder in Path(tempfile.gettempdir()).glob("todo-api-serve-*")
+            if any(file.name.endswith(tuple(workers)) for file in folder.glob("metrics/*.db"))
+        ]
+    assert not folder.exists(), "serve cleans up"
 
 
 def test_methods_the_api_does_not_know_share_one_label(api_url: str, client: httpx.Client) -> None:

@@ -23,8 +23,8 @@ from tests.support import PROJECT, new_user, now, run_cli, sign
 CLIENT = PROJECT / "clients" / "typescript"
 INSTALL = PROJECT / ".cache" / "typescript-client"
 LOCK_FILE = "package-lock.json"
-# One user per test in clients/typescript/test/client.test.ts (each takes its own; spares are fine).
-USERS = 8
+# One user per test in clients/typescript/test/*.test.ts (each takes its own; spares are fine).
+USERS = 12
 
 
 @pytest.fixture(scope="module")

@@ -19,23 +19,41 @@ BEGIN, the settings, the statement and COMMIT travel in one network round trip, 
   bound server-side so that psycopg prepares them: for a pooler that keeps protocol-level prepared
   statements (PgBouncer 1.21+ with max_prepared_statements). It costs more Python per request than
   it saves Postgres on our benchmark (bench/RESULTS.md, "Fifth session"), so it is not the default.
+
+A database restart costs no request once the database is back. The pool asks a connection that sat
+unused for a while whether it is still alive before handing it out (`_LivenessCheck`), and checks
+the whole pool the moment one is found dead. A transaction whose connection broke is run once more
+on another connection, but only when running it again cannot write twice (`SafeToRetry`): it was
+read-only, or the server provably ended the session before running any of it. A write that went
+out and got no answer is `OutcomeUnknown`: it may have committed.
 """
 
 import asyncio
 import contextlib
+import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import psycopg
+from psycopg.pq import DiagnosticField, ExecStatus
+from psycopg.pq.abc import PGresult
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
 
-from api.db.errors import AlreadyExists, DatabaseUnavailable, LimitReached, MissingReference
+from api.db.errors import (
+    AlreadyExists,
+    DatabaseUnavailable,
+    LimitReached,
+    MissingReference,
+    OutcomeUnknown,
+    RowSecurityViolation,
+)
 from api.db.fair_share import FairShare
 from api.db.prepared import prepared_statement, reaches_postgres_itself
 from api.db.urls import libpq_url
@@ -45,13 +63,23 @@ from api.telemetry.tracing import Tracer, transaction_span
 
 APP_ROLE = "todo_app"
 
+logger = logging.getLogger(__name__)
+
+# A connection handed out less than this long ago is handed out again without asking whether it is
+# alive: under load every connection is that fresh, so the hot path pays nothing. pgx's pool (Go)
+# pings past one second idle, HikariCP past half a second.
+CHECK_CONNECTIONS_UNUSED_FOR_SECONDS = 1.0
+
 # The identity and limits of one request, as the first statement of its transaction: who it is
 # for, the task quota the database enforces (sql/migrations/0003_task_quota.sql), and how long a
 # statement may run. Parameter names start with app_, which no statement in api.tasks.queries uses.
+# How long the live-changes events are kept is set the same way: the trigger that writes them purges
+# (sql/migrations/0008_task_events.sql).
 ACT_AS_USER = text(
     "SELECT set_config('role', 'todo_app', true),"
     " set_config('app.user_id', :app_user_id, true),"
     " set_config('app.max_tasks_per_user', :app_max_tasks, true),"
+    " set_config('app.events_retention_hours', :app_events_retention_hours, true),"
     " set_config('statement_timeout', :app_statement_timeout, true),"
     " set_config('TimeZone', 'UTC', true)"
 )
@@ -62,6 +90,99 @@ _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 class _Connection(psycopg.AsyncConnection[DictRow]):
     # The statements this session has prepared (`api.db.prepared`); None when it may not prepare.
     prepared: set[str] | None = None
+    # When the pool last handed this connection out (time.monotonic()); never, for a new one.
+    handed_out_at: float = -math.inf
+
+
+# How Postgres itself ends a session on its own initiative: an administrator's or a shutdown's
+# pg_terminate_backend (admin_shutdown), idle_session_timeout. Not a pooler's own farewells:
+# PgBouncer answers a query whose server connection died under it with 08P01 and nothing before
+# it, though the server may have committed.
+_SESSION_ENDED_BY_SERVER = (b"57P01", b"57P05")
+
+
+class _Cursor(psycopg.AsyncClientCursor[DictRow]):
+    """The cursor of the one-message way. It notes whether the server's first answer to the last
+    message was the end of the session: the proof that none of the message ran (`_one_message`)."""
+
+    session_ended_first = False
+
+    def _check_results(self, results: list[PGresult]) -> None:
+        # psycopg's (private) step that sees every result of a message, in order, before it raises
+        # the first error: the one place where "the error came first" can be read. Should a
+        # release stop calling it, the flag stays False and no write is ever retried (safe), and
+        # tests/faults/test_database_restart.py fails.
+        if results and results[0].status == ExecStatus.FATAL_ERROR:
+            first = results[0]
+            self.session_ended_first = (
+                first.error_field(DiagnosticField.SEVERITY_NONLOCALIZED) == b"FATAL"
+                and first.error_field(DiagnosticField.SQLSTATE) in _SESSION_ENDED_BY_SERVER
+            )
+        super()._check_results(results)
+
+
+class SafeToRetry(DatabaseUnavailable):
+    """The connection broke, and running the transaction again cannot do anything twice: it was
+    read-only, or the server ended the session before running any of it. `Database.run` retries
+    it once on another connection; raised again, it is a plain `DatabaseUnavailable`."""
+
+
+class _Pool(AsyncConnectionPool[_Connection]):
+    """psycopg's pool, with a bound on how long asking a connection whether it is alive may take:
+    on a network that went silent the answer never comes, and `check()` would hold every idle
+    connection while it waits."""
+
+    answer_timeout_seconds: float = 5.0
+
+    async def check_connection(self, conn: _Connection) -> None:  # type: ignore[override]
+        try:
+            async with asyncio.timeout(self.answer_timeout_seconds):
+                await AsyncConnectionPool.check_connection(conn)
+        except TimeoutError:
+            await conn.close()
+            raise psycopg.OperationalError("the server did not answer a liveness check in time") from None
+
+
+class _LivenessCheck:
+    """The pool's `check` step: before a connection unused for a while is handed out, one empty
+    query (`_Pool.check_connection`) asks whether it is still alive.
+
+    A connection the server ended means it restarted or dropped its sessions, so every other idle
+    connection is most likely dead too: the whole pool is checked then (`check_pool`), once however
+    many ask, and the request waits for a connection that answered or a new one. One that merely
+    did not answer in time is discarded alone.
+    """
+
+    def __init__(self, unused_for_seconds: float) -> None:
+        self.unused_for_seconds = unused_for_seconds
+        self.pool: _Pool | None = None
+        self._pool_check: asyncio.Task[None] | None = None
+
+    async def __call__(self, connection: _Connection) -> None:
+        now = time.monotonic()
+        if self.pool is not None and now - connection.handed_out_at >= self.unused_for_seconds:
+            try:
+                await self.pool.check_connection(connection)
+            except psycopg.Error:
+                if connection.broken:
+                    await self.check_pool()
+                raise  # the pool discards this one and hands out another
+        connection.handed_out_at = now
+
+    async def check_pool(self) -> None:
+        """Check every idle connection of the pool, replacing the dead ones; one check at a time."""
+        if self.pool is None:
+            return
+        if self._pool_check is None or self._pool_check.done():
+            self._pool_check = asyncio.create_task(self.pool.check(), name="pool-check")
+        # Shielded: a request that gives up waiting must not cancel the check for the others.
+        await asyncio.shield(self._pool_check)
+
+    async def close(self) -> None:
+        if self._pool_check is not None:
+            self._pool_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pool_check
 
 
 async def _allow_preparing_if_direct(connection: _Connection) -> None:
@@ -147,20 +268,25 @@ async def _result_rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
 class Database:
     def __init__(
         self,
-        pool: AsyncConnectionPool[_Connection],
+        pool: _Pool,
         *,
         statement_timeout_ms: int,
         max_tasks_per_user: int,
         prepare: bool,
         answer_timeout_seconds: float,
         fair_share: FairShare,
+        liveness: _LivenessCheck | None = None,
         tracer: Tracer | None = None,
+        events_retention_hours: float = 24.0,
     ):
         self.pool = pool
+        self._liveness = liveness or _LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
+        self._liveness.pool = pool
         self.fair_share = fair_share
         self._statement_timeout = str(statement_timeout_ms)
         self.max_tasks_per_user = max_tasks_per_user
         self._max_tasks = str(max_tasks_per_user)
+        self._events_retention_hours = str(events_retention_hours)
         self._prepare = prepare
         self._answer_timeout = answer_timeout_seconds
         self._tracer = tracer
@@ -179,7 +305,8 @@ class Database:
         configure = {"auto": _allow_preparing_if_direct, "on": _allow_preparing, "off": None}[
             settings.db_prepared_statements
         ]
-        pool = AsyncConnectionPool(
+        liveness = _LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
+        pool = _Pool(
             conninfo,
             connection_class=_Connection,
             kwargs={
@@ -187,18 +314,21 @@ class Database:
                 "autocommit": True,
                 "row_factory": dict_row,
                 "prepare_threshold": settings.db_prepare_threshold,
-                "cursor_factory": psycopg.AsyncCursor if prepare else psycopg.AsyncClientCursor,
+                "cursor_factory": psycopg.AsyncCursor if prepare else _Cursor,
             },
             min_size=settings.db_pool_size,
             max_size=settings.db_pool_size,
             timeout=settings.db_pool_timeout_seconds,
-            # A connection the server dropped is discarded when it fails (that request gets a 503)
-            # and replaced in the background; no per-request ping, which would cost a round trip.
+            # A connection the server dropped while it sat idle is found before a request gets it
+            # (when unused for a while) or when a request fails on it (then that request runs once
+            # more, when it safely can); either way it is replaced in the background.
+            check=liveness,
             max_lifetime=1800,
             # Pipelined statements are prepared by psycopg (DB_PREPARE_THRESHOLD) instead.
             configure=None if prepare else configure,
             open=False,
         )
+        pool.answer_timeout_seconds = settings.db_connect_timeout_seconds
         return cls(
             pool,
             statement_timeout_ms=settings.db_statement_timeout_ms,
@@ -207,12 +337,14 @@ class Database:
             fair_share=FairShare(
                 settings.max_connections_per_user, wait_seconds=settings.db_pool_timeout_seconds
             ),
+            liveness=liveness,
             # The server cancels a slow statement itself; this bounds the wait when no answer can
             # come at all (a wedged pooler, a network that drops packets silently). psycopg then
             # spends up to 10 s asking the server to cancel before it lets the connection go.
             answer_timeout_seconds=settings.db_statement_timeout_ms / 1000
             + settings.db_connect_timeout_seconds,
             tracer=tracer,
+            events_retention_hours=settings.events_retention_hours,
         )
 
     async def open(self) -> None:
@@ -224,6 +356,7 @@ class Database:
             self._pool_watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pool_watcher
+        await self._liveness.close()
         await self.pool.close()
 
     async def _watch_pool(self) -> None:
@@ -253,19 +386,29 @@ class Database:
         as_user = {
             "app_user_id": user_id,
             "app_max_tasks": self._max_tasks,
+            "app_events_retention_hours": self._events_retention_hours,
             "app_statement_timeout": self._statement_timeout,
         }
         await self.fair_share.acquire(user_id)
         try:
-            # getconn/putconn rather than pool.connection(): its `async with connection` would
-            # commit or roll back, which the transaction does itself (bench/RESULTS.md, "Third session").
-            connection = await self.pool.getconn()
             try:
-                return await self._on(connection, query, as_user, read_only=read_only)
-            finally:
-                await self.pool.putconn(connection)
+                return await self._attempt(query, as_user, read_only=read_only)
+            except SafeToRetry as lost:
+                logger.info("running a transaction again on another connection: %s", lost)
+                # The connections that were idle beside it most likely died with it.
+                await self._liveness.check_pool()
+                return await self._attempt(query, as_user, read_only=read_only)
         finally:
             self.fair_share.release(user_id)
+
+    async def _attempt(self, query: Query, as_user: Mapping[str, object], *, read_only: bool) -> Rows:
+        # getconn/putconn rather than pool.connection(): its `async with connection` would
+        # commit or roll back, which the transaction does itself (bench/RESULTS.md, "Third session").
+        connection = await self.pool.getconn()
+        try:
+            return await self._on(connection, query, as_user, read_only=read_only)
+        finally:
+            await self.pool.putconn(connection)
 
     async def _on(
         self, connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
@@ -275,10 +418,15 @@ class Database:
                 if self._prepare:
                     return await self._pipelined(connection, query, as_user, read_only=read_only)
                 return await self._one_message(connection, query, as_user, read_only=read_only)
+        except SafeToRetry:
+            raise
         except TimeoutError:
             # Whatever the connection was waiting for may still arrive; it cannot be reused.
             await connection.close()
-            raise DatabaseUnavailable("the database did not answer in time") from None
+            if read_only:
+                raise DatabaseUnavailable("the database did not answer in time") from None
+            # BEGIN ... COMMIT went out as one message (or one pipeline): it may have committed.
+            raise OutcomeUnknown("the database did not answer a write in time") from None
         except psycopg.errors.InvalidSqlStatementName:
             # A statement this session prepared is gone: it is not the session we took it for (a
             # pooler we could not tell apart). Not on this connection again; this request may retry.
@@ -297,6 +445,19 @@ class Database:
             if limit is not None and limit.endswith("_limit"):
                 raise LimitReached(limit) from None
             raise
+        except psycopg.errors.InsufficientPrivilege as error:
+            await _roll_back(connection)
+            if "row-level security" in (error.diag.message_primary or ""):
+                raise RowSecurityViolation(error.diag.message_primary) from None
+            raise
+        except psycopg.Error as error:
+            await _roll_back(connection)
+            if not (connection.broken or connection.closed):
+                # The server answered with an error: the transaction failed and was rolled back.
+                raise
+            if read_only:
+                raise SafeToRetry(f"the connection broke during a read: {error}") from error
+            raise OutcomeUnknown(f"the connection broke after a write was sent: {error}") from error
         except BaseException:
             await _roll_back(connection)
             raise
@@ -311,12 +472,28 @@ class Database:
             named = prepared_statement(statement.sql)
             if named.name not in prepared:
                 # Once per connection and statement, in autocommit: a failed transaction keeps it.
-                await connection.execute(named.prepare)
+                try:
+                    await connection.execute(named.prepare)
+                except psycopg.OperationalError as error:
+                    if connection.broken:  # the transaction was never sent
+                        raise SafeToRetry(f"the connection broke before a write was sent: {error}") from error
+                    raise
                 prepared.add(named.name)
         cursor = connection.cursor()
         params = {**as_user, **statement.params(query.params)}
         message = one_message(query.statement, read_only=read_only, prepared=prepared is not None)
-        await cursor.execute(message, params)
+        try:
+            await cursor.execute(message, params)
+        except psycopg.Error as error:
+            # The server answers a message with the results of its statements in order, and flushes
+            # what it has before a FATAL. When the first thing it said was that it ended the session
+            # (`_SESSION_ENDED_BY_SERVER`), it did so before BEGIN completed, so none of the message
+            # ran, COMMIT least of all: typically the session was terminated while idle (a restart,
+            # pg_terminate_backend) and its farewell was waiting in the socket before this message
+            # went out. A FATAL after BEGIN's result proves nothing: COMMIT may have run.
+            if isinstance(cursor, _Cursor) and cursor.session_ended_first:
+                raise SafeToRetry(f"the server had ended the session before a write: {error}") from error
+            raise
         cursor.nextset()  # past BEGIN's result
         cursor.nextset()  # past the settings' row
         return await _result_rows(cursor)
@@ -334,9 +511,24 @@ class Database:
         return await _result_rows(cursor)
 
     async def ping(self) -> None:
-        """Reach the server and back, touching no table: for readiness checks."""
-        async with self.pool.connection() as connection:
+        """Reach the server and back, touching no table: for readiness checks. A connection lost
+        on the way is replaced, as for a transaction."""
+        try:
+            await self._ping_once()
+        except SafeToRetry:
+            await self._liveness.check_pool()
+            await self._ping_once()
+
+    async def _ping_once(self) -> None:
+        connection = await self.pool.getconn()
+        try:
             await connection.execute("select 1")
+        except psycopg.Error as error:
+            if connection.broken:
+                raise SafeToRetry(f"the connection broke during a ping: {error}") from error
+            raise
+        finally:
+            await self.pool.putconn(connection)
 
 
 async def _roll_back(connection: _Connection) -> None:

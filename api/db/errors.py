@@ -41,11 +41,25 @@ class UserShareExceeded(Exception):  # noqa: N818 (a state, not a mistake)
         self.per_user = per_user
 
 
+class RowSecurityViolation(Exception):  # noqa: N818 (a state of the database, not a mistake)
+    """The database refused a write for row-level security (SQLSTATE 42501). The API never sends a
+    write that sound policies would refuse, so the policies or roles are not what they should be."""
+
+
 class DatabaseUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
-    """The database did not answer in time; whatever was sent may or may not have run."""
+    """The database cannot do the work now, and nothing was committed: nothing was sent, the
+    transaction was read-only, or the server answered that it failed (and so rolled back)."""
+
+
+class OutcomeUnknown(DatabaseUnavailable):
+    """A write's transaction went out and no answer came back (it timed out, or the connection
+    broke) with no proof that the server did not run it: it may have committed. Retrying blindly
+    may write twice; retry with the same Idempotency-Key, or read first."""
 
 
 # Every failure of `Database` that means "not now" rather than "this statement is wrong": no free
 # connection in time, no connection at all, a cancelled statement. The HTTP layer answers each with
-# a 503 and never needs to know which driver raised it.
+# a 503 and never needs to know which driver raised it; `OutcomeUnknown` with a 503 of its own. A
+# psycopg error reaches the HTTP layer only from a transaction that cannot have committed: the one
+# transaction helper turns every other into `OutcomeUnknown`.
 UNAVAILABLE: tuple[type[Exception], ...] = (DatabaseUnavailable, PoolTimeout, psycopg.OperationalError)

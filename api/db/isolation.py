@@ -5,18 +5,18 @@ every ISOLATION_CHECK_INTERVAL_SECONDS and answers 503 while it finds anything
 (`IsolationWatch`), and `todo-api policies` reports it beside its own drift check. It is:
 
 - `sql/checks/isolation.sql`: roles, RLS enabled and forced, policies that admit every row,
-  functions, views, privileges that row-level security does not govern;
-- `sql/checks/drift.sql`: policies and functions of schema app that changed since `todo-api
-  migrate` recorded its baseline, and the shipped `sql/policies/` files against the baseline's
-  checksums (a deploy whose policy files were never applied);
+  functions, views, privileges that row-level security does not govern, in plain words;
+- `sql/checks/reach.sql` against `sql/checks/expected_reach.json` (api/db/reach.py): everything
+  todo_app or PUBLIC can reach a row through, in every schema, against what the package ships;
 - proving the role switch by doing it, as every request will.
 
-It only reads: the catalogs and the baseline, with a lock timeout so that it never queues behind
-DDL, and a role switch in a transaction that is rolled back.
+It reads the catalogs only (nothing of schema app, so a login role that owns nothing can run it),
+with a lock timeout so that it never queues behind DDL, and a role switch in a transaction that is
+rolled back. It fails closed: a check that cannot complete is a finding.
 """
 
 import asyncio
-import hashlib
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,17 +27,20 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from api.db.database import APP_ROLE, Database
-from api.db.errors import UNAVAILABLE
-from api.db.sql_files import DRIFT_CHECK, ISOLATION_CHECK, display_path, policy_files, read_sql
+from api.db.reach import differences, expected_reach, read_reach
+from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, read_sql
 from api.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
 _NOT_MIGRATED = "the database is not migrated"
-# The check could not run this time: the next one will tell. Requests meet the same trouble anyway.
-_CANNOT_RUN_NOW: tuple[type[Exception], ...] = (*UNAVAILABLE, psycopg.errors.LockNotAvailable)
 # Long enough for a catalog read, short enough that a check never waits long behind DDL.
 _LOCK_TIMEOUT = "2s"
+_STATEMENT_TIMEOUT = "10s"
+_INCOMPLETE = "the isolation check could not complete"
+# After a check that could not complete (the database restarting, say), the next one comes this
+# soon, so that serving resumes within about a second of the database answering again.
+_RETRY_INCOMPLETE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,17 @@ class Finding:
     policy: str | None = None
 
 
+def could_not_complete(error: BaseException) -> Finding:
+    """A check that could not complete proves nothing: that is a finding, never a pass."""
+    text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
+    lines = text.strip().splitlines()
+    cause = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return Finding("isolation", f"{_INCOMPLETE} ({cause})")
+
+
 @cache
-def _sql(path_name: Literal["isolation", "drift"]) -> str:
-    return read_sql(ISOLATION_CHECK if path_name == "isolation" else DRIFT_CHECK)
+def _sql() -> str:
+    return read_sql(ISOLATION_CHECK)
 
 
 async def _rows(connection: psycopg.AsyncConnection[Any], query: str) -> list[tuple[Any, ...]]:
@@ -61,38 +72,28 @@ async def _rows(connection: psycopg.AsyncConnection[Any], query: str) -> list[tu
         return await cursor.fetchall()
 
 
-async def _file_drift(connection: psycopg.AsyncConnection[Any]) -> list[Finding]:
-    """The shipped policy files against the checksums the baseline recorded when they were applied."""
-    recorded = dict(await _rows(connection, "select file, sha256 from app.policy_file_baseline"))
-    shipped = {display_path(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in policy_files()}
-    findings = []
-    for file in sorted(recorded.keys() | shipped.keys()):
-        if recorded.get(file) != shipped.get(file):
-            change = "is new" if file not in recorded else "is gone" if file not in shipped else "changed"
-            findings.append(
-                Finding("drift", f"{file} {change} since the database was migrated: run todo-api migrate")
-            )
-    return findings
-
-
 async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[Finding]:
-    """Every finding, read as the connection's login role; empty when users are isolated."""
+    """Every finding, read as the connection's login role; empty when users are isolated.
+
+    Connecting is the caller's business; once connected, whatever keeps the check from completing
+    (a lock, a timeout, an object it cannot read) is returned as a finding, never raised."""
     findings: list[Finding] = []
     try:
         async with connection.transaction(force_rollback=True):
+            # One snapshot for every query, so that a change committed mid-check is seen whole or not
+            # at all, never half (one query before it, the next after: two verdicts for one change).
+            await connection.execute("set transaction isolation level repeatable read, read only")
             await connection.execute(f"set local lock_timeout = '{_LOCK_TIMEOUT}'")
-            rows = await _rows(connection, _sql("isolation"))
+            await connection.execute(f"set local statement_timeout = '{_STATEMENT_TIMEOUT}'")
+            rows = await _rows(connection, _sql())
             findings += [Finding("isolation", str(message)) for (message,) in rows]
             if any(_NOT_MIGRATED in finding.message for finding in findings):
                 return findings
-            drift = await _rows(connection, _sql("drift"))
-            findings += [Finding("drift", str(message), table, policy) for message, table, policy in drift]
-            findings += await _file_drift(connection)
-    except psycopg.ProgrammingError as error:
-        # A view or table the check reads was dropped or made unreadable: that blinds the check,
-        # so it is a finding of its own, never a pass.
-        reason = (error.diag.message_primary or str(error)).strip()
-        findings.append(Finding("isolation", f"the isolation check could not run: {reason}"))
+            for difference in differences(await read_reach(connection), expected_reach()):
+                table, policy = difference.policy or (None, None)
+                findings.append(Finding("drift", difference.message, table, policy))
+    except psycopg.Error as error:
+        findings.append(could_not_complete(error))
     if findings:
         return findings
     # The catalog says the login role may switch; make sure by doing it, as every request will.
@@ -106,7 +107,47 @@ async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[F
                 "isolation", f"login role {login_role} cannot switch to {APP_ROLE}: grant {APP_ROLE} to it"
             )
         )
+    except psycopg.Error as error:
+        findings.append(could_not_complete(error))
     return findings
+
+
+@dataclass(frozen=True)
+class LoginRole:
+    """The role in DATABASE_URL, as far as isolation is concerned."""
+
+    name: str
+    superuser: bool
+    bypassrls: bool
+    owns: list[str]  # the schemas and relations of the API it owns
+
+    @property
+    def kind(self) -> str:
+        if self.superuser:
+            return "a superuser"
+        if self.owns and self.bypassrls:
+            return "the schema's owner, with BYPASSRLS"
+        if self.owns:
+            return "the schema's owner"
+        if self.bypassrls:
+            return "a role with BYPASSRLS that owns nothing"
+        return "a role that owns nothing and cannot bypass row-level security"
+
+    @property
+    def warning(self) -> str | None:
+        """Why serving as this role is riskier than it needs to be, or None."""
+        if not (self.superuser or self.bypassrls or self.owns):
+            return None
+        return (
+            f"the API logs in as {self.name}, {self.kind}: a statement sent outside the role switch "
+            "would not be bound by row-level security. Serve as a login role that owns nothing "
+            f"(todo-api migrate --login-role NAME) and migrate through MIGRATION_DATABASE_URL"
+        )
+
+
+async def login_role(connection: psycopg.AsyncConnection[Any]) -> LoginRole:
+    name, superuser, bypassrls, owns = (await _rows(connection, read_sql(LOGIN_ROLE_CHECK)))[0]
+    return LoginRole(str(name), bool(superuser), bool(bypassrls), list(owns))
 
 
 class IsolationError(RuntimeError):
@@ -123,7 +164,8 @@ class IsolationWatch:
     """The last verdict of the isolation check in this worker, kept current in the background.
 
     `verified` is what every task request asks (api/http/caller.py): while the last check found
-    anything, requests are refused rather than trusted to a database that may not isolate users.
+    anything, or could not complete, requests are refused rather than trusted to a database that
+    may not isolate users.
     """
 
     def __init__(self, database: Database, *, interval_seconds: float) -> None:
@@ -131,10 +173,19 @@ class IsolationWatch:
         self.interval_seconds = interval_seconds
         self.findings: tuple[Finding, ...] = ()
         self.verified = False
+        self._check_now = asyncio.Event()
 
     async def check(self) -> tuple[Finding, ...]:
-        async with self.database.pool.connection() as connection:
-            findings = tuple(await isolation_findings(connection))
+        """Run the check and keep its verdict; one that cannot complete is a finding."""
+        try:
+            async with self.database.pool.connection() as connection:
+                findings = tuple(await isolation_findings(connection))
+        except Exception as error:  # fail closed, whatever kept the check from completing
+            findings = (could_not_complete(error),)
+        self._record(findings)
+        return findings
+
+    def _record(self, findings: tuple[Finding, ...]) -> None:
         metrics.record_isolation_check(len(findings))
         if findings != self.findings:
             if findings:
@@ -146,20 +197,33 @@ class IsolationWatch:
             elif self.findings:
                 logger.warning("isolation is verified again; task requests are served")
         self.findings, self.verified = findings, not findings
-        return findings
+
+    def distrust(self, reason: str) -> None:
+        """The database did something isolation forbids: refuse until a check completes clean,
+        and run that check now rather than at the next interval."""
+        self._record((Finding("isolation", reason),))
+        self._check_now.set()
 
     async def ensure(self) -> None:
-        """The start-up check: refuse to serve (IsolationError) on any finding."""
+        """The start-up check: refuse to serve (IsolationError) on any finding; warn about a login
+        role that bypasses row-level security or owns the schema."""
+        async with self.database.pool.connection() as connection:
+            role = await login_role(connection)
+        if role.warning:
+            logger.warning("todo-api: %s", role.warning)
+        else:
+            logger.info("todo-api: the API logs in as %s, %s", role.name, role.kind)
         if findings := await self.check():
             raise IsolationError(findings)
 
     async def keep_checking(self) -> None:
-        """Repeat the check until cancelled; a check that cannot run keeps the last verdict."""
+        """Repeat the check until cancelled: every interval, or at once when asked (`distrust`)."""
         while True:
-            await asyncio.sleep(self.interval_seconds)
-            try:
-                await self.check()
-            except _CANNOT_RUN_NOW as error:
-                logger.warning("isolation check could not run: %s", type(error).__name__)
-            except Exception:
-                logger.exception("isolation check failed")
+            incomplete = any(finding.message.startswith(_INCOMPLETE) for finding in self.findings)
+            wait = (
+                min(self.interval_seconds, _RETRY_INCOMPLETE_SECONDS) if incomplete else self.interval_seconds
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), wait)
+            self._check_now.clear()
+            await self.check()

@@ -21,7 +21,9 @@ MIGRATIONS_DIR = SQL_DIR / "migrations"
 POLICIES_DIR = SQL_DIR / "policies"
 AUDIT_DIR = SQL_DIR / "audit"
 ISOLATION_CHECK = SQL_DIR / "checks" / "isolation.sql"
-DRIFT_CHECK = SQL_DIR / "checks" / "drift.sql"
+LOGIN_ROLE_CHECK = SQL_DIR / "checks" / "login_role.sql"
+REACH_CHECK = SQL_DIR / "checks" / "reach.sql"
+EXPECTED_REACH = SQL_DIR / "checks" / "expected_reach.json"
 
 
 def read_sql(path: Path) -> str:

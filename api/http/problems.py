@@ -6,6 +6,7 @@ the database's UNAVAILABLE); this module alone turns them into responses.
 """
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth.errors import InvalidToken, KeysUnavailable
-from api.db.errors import UNAVAILABLE, UserShareExceeded
+from api.db.errors import UNAVAILABLE, OutcomeUnknown, RowSecurityViolation, UserShareExceeded
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.telemetry import metrics
 
@@ -134,6 +135,15 @@ def idempotency_key_reused() -> ProblemError:
     )
 
 
+def task_deleted() -> ProblemError:
+    return ProblemError(
+        410,
+        "task-deleted",
+        "Task deleted",
+        "The task this Idempotency-Key created has been deleted since; use a new key for a new task.",
+    )
+
+
 def task_limit_reached(limit: int) -> ProblemError:
     return ProblemError(
         409,
@@ -185,6 +195,19 @@ def database_unavailable() -> ProblemError:
         "database-unavailable",
         "Database unavailable",
         "The database cannot be reached right now; nothing was changed. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def outcome_unknown() -> ProblemError:
+    # Not database-unavailable: that one promises nothing was changed, and a client that trusts it
+    # and retries a create without a key, or a toggle, would do it twice.
+    return ProblemError(
+        503,
+        "outcome-unknown",
+        "Outcome unknown",
+        "The database stopped answering after your change was sent; it may or may not have been "
+        "made. Retry with the same Idempotency-Key, or read the task again before changing it.",
         headers={"Retry-After": "5"},
     )
 
@@ -287,9 +310,22 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_keys_unavailable(_: Request, exc: KeysUnavailable) -> JSONResponse:
         return problem_response(authentication_unavailable())
 
+    @app.exception_handler(RowSecurityViolation)
+    async def on_row_security_violation(request: Request, exc: RowSecurityViolation) -> JSONResponse:
+        # Fail closed: refuse every task request until a check, started now, completes clean.
+        isolation = request.app.state.isolation
+        isolation.distrust(f"the database refused a write for row-level security: {exc}")
+        return problem_response(isolation_unverified(retry_after=math.ceil(isolation.interval_seconds)))
+
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         logger.warning("database unavailable: %s", type(exc).__name__)
         return problem_response(database_unavailable())
 
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, on_database_unavailable)
+
+    # More specific than DatabaseUnavailable, so Starlette picks this handler for it.
+    @app.exception_handler(OutcomeUnknown)
+    async def on_outcome_unknown(_: Request, exc: OutcomeUnknown) -> JSONResponse:
+        logger.warning("outcome unknown: %s", exc)
+        return problem_response(outcome_unknown())

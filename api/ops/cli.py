@@ -1,8 +1,11 @@
 """todo-api: run the API, set up its database, mint a development token, audit isolation.
 
 Every failure a user can cause ends in one message naming the cause and the fix, and exit status 1
-(api/ops/failures.py). Modules that import prometheus_client are imported inside the commands, after
-`serve` has pointed it at the folder its workers share (api/telemetry/multiprocess.py).
+(api/ops/failures.py); `serve` checks what it can (api/ops/startup_checks.py) before it starts
+anything. Ctrl-C (or SIGTERM) at any moment ends a command quietly, after the cleanup of whatever it
+had started, and Ctrl-C exits 130 as shells expect. Modules that import prometheus_client are
+imported inside the commands, after `serve` has pointed it at the folder its workers share
+(api/telemetry/multiprocess.py).
 """
 
 import argparse
@@ -10,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -23,11 +27,16 @@ from pydantic import ValidationError
 
 from api import __version__
 from api.auth.dev_tokens import mint_token
-from api.db.sql_files import SqlFilesMissing
+from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
-from api.ops.migrations import apply_migrations
+from api.ops.migrations import MigrationFailed, apply_migrations, migration_failure
+from api.ops.startup_checks import (
+    near_misses,
+    refuse_a_taken_port,
+    refuse_the_development_database_beyond_loopback,
+)
 from api.settings import Settings
 from api.telemetry.logs import configure_logging, default_format
 from api.telemetry.multiprocess import DIR_VARIABLE
@@ -37,11 +46,48 @@ logger = logging.getLogger("api.ops.serve")
 _DATA_DIR_HELP = "embedded Postgres folder when DATABASE_URL is unset (default: DATA_DIR, else ./.data)"
 
 
-def _settings() -> Settings:
+def _load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
         raise configuration_failure(error) from None
+
+
+def _near_misses() -> list[str]:
+    return near_misses(os.environ, Settings.model_fields)
+
+
+def _settings() -> Settings:
+    settings = _load_settings()
+    for warning in _near_misses():
+        print(f"todo-api: warning: {warning}", file=sys.stderr)
+    return settings
+
+
+def _stop_quietly(signum: int, _: object) -> None:
+    """Ctrl-C or SIGTERM before the HTTP server takes the signals over (and after it hands them back):
+    end as SystemExit, so that the finally blocks stop the embedded Postgres and remove what the command
+    made, without a traceback. A second Ctrl-C must not interrupt that cleanup."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(130 if signum == signal.SIGINT else 0)
+
+
+def _installed_command() -> str:
+    """`todo-api` as the user can type it: bare when it is on PATH, else the path of this executable
+    (`.venv/bin/todo-api` after the README's first command)."""
+    script = Path(sys.argv[0])
+    if script.name != "todo-api":  # run as `python -m api.ops.cli`
+        script = Path(sys.executable).parent / "todo-api"
+    on_path = shutil.which("todo-api")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "todo-api"
+    if not script.is_absolute() and len(script.parts) > 1:
+        return str(script)
+    try:
+        return str(script.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(script.absolute())
 
 
 @contextmanager
@@ -68,7 +114,7 @@ def _migrate(url: str) -> str:
         applied = apply_migrations(url)
     except psycopg.OperationalError as error:
         raise database_failure(error, url) from None
-    except SqlFilesMissing as error:
+    except (SqlFilesMissing, MigrationFailed) as error:
         raise CommandFailed(str(error)) from None
     return f"migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed"
 
@@ -96,13 +142,18 @@ async def _check_isolation(url: str, settings: Settings) -> None:
         )
 
 
-def _ready_message(host: str, port: int, *, generated_secret: bool, origins: str) -> str:
+def _ready_message(
+    host: str, port: int, *, generated_secret: bool, origins: str, data_dir: Path | None
+) -> str:
     base = f"http://{host}:{port}"
     lines = [f"todo-api: serving on {base} (docs: {base}/docs)"]
     if generated_secret:
+        token = f"{shlex.quote(_installed_command())} token alice"
+        if data_dir is not None:
+            token += f" --data-dir {shlex.quote(str(data_dir))}"
         lines += [
             "Development mode: embedded Postgres and a generated secret. Get a token and try it:",
-            "  TOKEN=$(todo-api token alice)",
+            f"  TOKEN=$({token})",
             f'  curl -H "Authorization: Bearer $TOKEN" {base}/api/alice/tasks',
         ]
     lines.append(f"Browsers may call it from: {origins or 'no origin'} (CORS_ORIGINS).")
@@ -121,14 +172,18 @@ def _serving_folder() -> Iterator[Path]:
 
 
 def serve(args: argparse.Namespace) -> None:
-    settings = _settings()
+    settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format or default_format())
+    for warning in _near_misses():
+        logger.warning("todo-api: %s", warning)
     development = settings.database_url is None
-    if not development and (missing := settings.missing_token_source()):
+    if development:
+        refuse_the_development_database_beyond_loopback(args.host)
+        if not embedded.installed():
+            raise CommandFailed(embedded.INSTALL_HINT)
+    elif missing := settings.missing_token_source():
         raise CommandFailed(f"invalid configuration: {missing}")
-    # Until the server takes over the signals, a SIGTERM ends the command as SystemExit, so that the
-    # finally blocks below stop the embedded Postgres and remove the workers' folder.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    refuse_a_taken_port(args.host, args.port)
     with _serving_folder() as folder, _database_url(settings, args.data_dir) as url:
         os.environ[DIR_VARIABLE] = str(folder / "metrics")
         origins = ",".join(settings.cors_origins)
@@ -139,38 +194,99 @@ def serve(args: argparse.Namespace) -> None:
         asyncio.run(_check_isolation(url, settings))
 
         from api.ops.server import serve_with_granian
+        from api.telemetry.metrics import forget_this_process
 
+        # This process serves nothing: its live gauges (an isolation verdict of 0) must not count
+        # beside the workers'.
+        forget_this_process()
+        # Again, as late as can be: another server may have taken the port while this one started.
+        refuse_a_taken_port(args.host, args.port)
         serve_with_granian(
             host=args.host,
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
             ready_marker=folder / "ready",
             ready_message=_ready_message(
                 args.host,
                 args.port,
                 generated_secret=development and settings.better_auth_secret is None,
                 origins=origins,
+                data_dir=args.data_dir,
             ),
         )
 
 
+@contextmanager
+def _migration_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
+    """MIGRATION_DATABASE_URL (the schema's owner) when set; otherwise what serve uses."""
+    if settings.migration_database_url is None:
+        with _database_url(settings, data_dir) as url:
+            yield url
+        return
+    url = settings.migration_database_url.get_secret_value()
+    try:
+        libpq_url(url)
+    except DatabaseUrlError as error:
+        raise CommandFailed(str(error).replace("DATABASE_URL", "MIGRATION_DATABASE_URL")) from None
+    yield url
+
+
+def _create_login_role(owner_url: str, name: str, settings: Settings) -> str:
+    """The role to serve as (owns nothing, member of todo_app only), with DATABASE_URL's password
+    when DATABASE_URL names it."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from api.ops.cluster import ensure_api_login_role
+
+    password = None
+    if settings.database_url is not None:
+        served = conninfo_to_dict(libpq_url(settings.database_url.get_secret_value()))
+        if served.get("user") == name and served.get("password"):
+            password = str(served["password"])
+    try:
+        ensure_api_login_role(owner_url, name, password=password)
+    except psycopg.OperationalError as error:
+        raise database_failure(error, owner_url) from None
+    except psycopg.Error as error:
+        raise CommandFailed(str(migration_failure(error, owner_url))) from None
+    where = (
+        "its password is DATABASE_URL's"
+        if password
+        else f"give it a password (ALTER ROLE {name} PASSWORD '...') unless it logs in another way, "
+        f"and serve with DATABASE_URL naming {name}"
+    )
+    return f"login role {name}: LOGIN NOINHERIT NOBYPASSRLS, owns nothing, member of todo_app; {where}"
+
+
 def migrate(args: argparse.Namespace) -> None:
     settings = _settings()
-    with _database_url(settings, args.data_dir) as url:
+    with _migration_url(settings, args.data_dir) as url:
         print(f"todo-api: {_migrate(url)}")
+        if args.login_role:
+            print(f"todo-api: {_create_login_role(url, args.login_role, settings)}")
 
 
 def token(args: argparse.Namespace) -> None:
     settings = _settings()
     if settings.better_auth_secret is not None:
         secret = settings.better_auth_secret.get_secret_value()
-    elif settings.database_url is None:
-        secret = embedded.development_secret(args.data_dir or settings.data_dir)
-    else:
+    elif settings.database_url is not None:
         raise CommandFailed(
             "BETTER_AUTH_SECRET is not set: set it (32 or more characters) to mint tokens for DATABASE_URL"
         )
+    else:
+        # The secret of the embedded database that serves there, never a new one: a token signed with
+        # a secret no server holds would only be refused.
+        data_dir = args.data_dir or settings.data_dir
+        development = embedded.existing_development_secret(data_dir)
+        if development is None:
+            raise CommandFailed(
+                f"no secret to sign with: set BETTER_AUTH_SECRET (the one your server uses), or run this "
+                f"where `todo-api serve` keeps its embedded database (none in {data_dir}; see --data-dir)"
+            )
+        secret = development
     print(
         mint_token(
             secret,
@@ -186,9 +302,13 @@ def token(args: argparse.Namespace) -> None:
 
 def policies(args: argparse.Namespace) -> None:
     """Print the isolation audit; exit 1 on any finding, so it can gate a deployment."""
-    from api.ops.policy_audit import audit_database
+    from api.ops.policy_audit import audit_database, write_expected_reach
     from api.ops.policy_report import render_json, render_text
 
+    if args.write_expected:
+        written = display_path(write_expected_reach())
+        print(f"todo-api: wrote {written} from a freshly migrated database")
+        return
     settings = _settings()
     with _database_url(settings, args.data_dir) as url:
         try:
@@ -234,9 +354,16 @@ def _parser() -> argparse.ArgumentParser:
     migrate_parser = commands.add_parser(
         "migrate",
         help="apply migrations and policies",
-        description="Apply sql/migrations, then sql/policies.",
+        description="Apply sql/migrations, then sql/policies, as MIGRATION_DATABASE_URL's role (the "
+        "schema's owner; default DATABASE_URL).",
     )
     migrate_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    migrate_parser.add_argument(
+        "--login-role",
+        metavar="NAME",
+        help="also create NAME, the login role to serve as: LOGIN NOINHERIT NOBYPASSRLS, owning nothing, "
+        "member of todo_app only (its password is DATABASE_URL's when DATABASE_URL names it) (default: none)",
+    )
     migrate_parser.set_defaults(run=migrate)
 
     token_parser = commands.add_parser(
@@ -260,6 +387,13 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the audit as JSON (default: text)"
     )
     policies_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    policies_parser.add_argument(
+        "--write-expected",
+        action="store_true",
+        help="regenerate sql/checks/expected_reach.json (what the isolation check expects todo_app to "
+        "reach) from a throwaway, freshly migrated embedded database, after a migration or a policy "
+        "file changed it; no database setting is read (default: off)",
+    )
     policies_parser.set_defaults(run=policies)
 
     openapi_parser = commands.add_parser(
@@ -277,8 +411,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         return
+    signal.signal(signal.SIGINT, _stop_quietly)
+    signal.signal(signal.SIGTERM, _stop_quietly)
     try:
         args.run(args)
+    except KeyboardInterrupt:  # a Ctrl-C that arrived before the handler was set, or in a library's own
+        sys.exit(130)
     except (CommandFailed, SqlFilesMissing) as failure:
         if args.command == "serve":
             logger.error("todo-api: %s", failure)

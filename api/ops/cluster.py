@@ -41,3 +41,24 @@ def ensure_login_role_and_database(
                     sql.Identifier(database), sql.Identifier(login_role), sql.Literal(template)
                 )
             )
+
+
+def ensure_api_login_role(owner_url: str, login_role: str, *, password: str | None = None) -> None:
+    """The role the API should serve as: it logs in, owns nothing, bypasses nothing, and inherits
+    nothing; it is a member of todo_app only, so that every request can switch to it.
+
+    Run as the migrating owner, who holds todo_app with ADMIN (0001_app_role.sql) and needs
+    CREATEROLE to create a role. A role that exists already is left as it is, but for its password
+    (when one is given) and its membership of todo_app."""
+    with psycopg.connect(owner_url, autocommit=True) as connection:
+        role = sql.Identifier(login_role)
+        exists = connection.execute("select from pg_roles where rolname = %s", [login_role]).fetchone()
+        if exists is None:
+            connection.execute(
+                sql.SQL(
+                    "create role {} login noinherit nobypassrls nosuperuser nocreatedb nocreaterole"
+                ).format(role)
+            )
+        if password is not None:
+            connection.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
+        connection.execute(sql.SQL("grant todo_app to {}").format(role))

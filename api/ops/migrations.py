@@ -2,13 +2,29 @@
 
 This is what `yoyo apply` does with the shipped yoyo.ini, with one difference: the policies are
 re-applied even when no migration was pending, so the live policies always equal the files.
+
+Every way a migration fails that the operator can fix becomes a MigrationFailed: one line with the
+cause and the fix (a connection that fails is api/ops/failures.py's business).
 """
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
+from yoyo.exceptions import LockTimeout
 from yoyo.migrations import MigrationList
 
 from api.db.sql_files import MIGRATIONS_DIR, missing
-from api.db.urls import yoyo_url
+from api.db.urls import libpq_url, yoyo_url
+
+# How long a statement of a migration waits for a lock another session holds before it gives up,
+# rather than queueing (and making every request queue behind it) for as long as that session lasts.
+LOCK_TIMEOUT = "10s"
+# How long to wait for another `todo-api migrate` (or `yoyo apply`) to finish.
+MIGRATION_LOCK_WAIT_SECONDS = 10
+
+
+class MigrationFailed(Exception):  # noqa: N818 (what the operator sees, not a bug)
+    """A migration could not be applied, for a reason the operator can fix; `str()` says which."""
 
 
 def _migrations() -> MigrationList:
@@ -19,14 +35,86 @@ def _migrations() -> MigrationList:
     return migrations
 
 
+def migrating_role(database_url: str) -> str:
+    try:
+        return str(conninfo_to_dict(libpq_url(database_url)).get("user") or "the migrating role")
+    except (ValueError, psycopg.Error):
+        return "the migrating role"
+
+
+def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
+    """The cause and the fix, in one line."""
+    role = migrating_role(database_url)
+    fix_as_owner = "migrate as the database's owner (set MIGRATION_DATABASE_URL to its URL)"
+    text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
+    reason = (text.strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, LockTimeout):
+        return MigrationFailed(
+            f"another migration holds this database's migration lock ({reason}): wait for it to "
+            "finish; if none is running, remove the stale lock with `yoyo break-lock`, then run "
+            "todo-api migrate again"
+        )
+    if isinstance(error, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+        return MigrationFailed(
+            f"another session held a lock the migration needed for more than {LOCK_TIMEOUT} ({reason}): "
+            "find it in pg_stat_activity (a long transaction, or someone's LOCK TABLE), let it finish or "
+            "end it, then run todo-api migrate again; nothing was changed by the step that waited"
+        )
+    if isinstance(error, psycopg.errors.InsufficientPrivilege):
+        if "admin option" in reason or "permission denied to grant role" in reason:
+            return MigrationFailed(
+                f"{role} cannot grant role todo_app ({reason}): todo_app was created by another role. "
+                f"Have that role or a superuser run `GRANT todo_app TO {role} WITH ADMIN OPTION`, "
+                "or migrate as the role that created todo_app (MIGRATION_DATABASE_URL)"
+            )
+        if "create role" in reason:
+            return MigrationFailed(
+                f"{role} may not create roles ({reason}): migrate as a role with CREATEROLE "
+                "(on Neon, neondb_owner) through MIGRATION_DATABASE_URL, or have an administrator run "
+                "`CREATE ROLE todo_app NOLOGIN NOINHERIT NOBYPASSRLS` and "
+                f"`GRANT todo_app TO {role} WITH ADMIN OPTION` first"
+            )
+        return MigrationFailed(f"{role} may not change the schema ({reason}): {fix_as_owner}")
+    return MigrationFailed(
+        f"a migration failed ({type(error).__name__}: {reason}); the failing migration was rolled back. "
+        "Fix the database (or report the bug), then run todo-api migrate again"
+    )
+
+
+def _refuse_a_role_that_cannot_create(database_url: str) -> None:
+    """yoyo keeps its bookkeeping in schema public and hides why it could not create it there."""
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as connection:
+        row = connection.execute(
+            "select current_user, has_schema_privilege(current_user, 'public', 'CREATE')"
+        ).fetchone()
+    if row is not None and not row[1]:
+        raise MigrationFailed(
+            f"{row[0]} may not change the schema (no CREATE on schema public): it is a login role "
+            "that owns nothing, which is right for serving; migrate as the database's owner "
+            "(set MIGRATION_DATABASE_URL to its URL)"
+        )
+
+
 def apply_migrations(database_url: str) -> list[str]:
-    """Apply what is pending and the policies; return the ids of the migrations applied."""
-    backend = get_backend(yoyo_url(database_url))
+    """Apply what is pending and the policies; return the ids of the migrations applied.
+
+    Raises MigrationFailed for what the operator can fix, and psycopg.OperationalError when the
+    database cannot be reached at all."""
     migrations = _migrations()
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations_only(pending)
-        backend.run_post_apply(migrations)
+    _refuse_a_role_that_cannot_create(database_url)
+    try:
+        backend = get_backend(yoyo_url(database_url))  # connects, and creates yoyo's own tables
+        backend.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        with backend.lock(MIGRATION_LOCK_WAIT_SECONDS):
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations_only(pending)
+            backend.run_post_apply(migrations)
+    except LockTimeout as error:
+        raise migration_failure(error, database_url) from None
+    except psycopg.Error as error:
+        if type(error) is psycopg.OperationalError:  # the connection, not a statement
+            raise
+        raise migration_failure(error, database_url) from None
     return [migration.id for migration in pending]
 
 

@@ -11,17 +11,19 @@ bounds how long the audit itself waits behind a long transaction, and nothing is
 """
 
 import asyncio
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import sqlparse
 from psycopg.rows import class_row
 
-from api.db.isolation import Finding, isolation_findings
-from api.db.sql_files import AUDIT_DIR, display_path, policy_files, read_sql
+from api.db.isolation import Finding, isolation_findings, login_role
+from api.db.reach import read_reach, write_expected
+from api.db.sql_files import AUDIT_DIR, EXPECTED_REACH, display_path, policy_files, read_sql
 from api.db.urls import libpq_url
 
 LOCK_TIMEOUT = "5s"
@@ -79,6 +81,10 @@ class Grant:
 class Audit:
     database: str
     login_role: str
+    # Which kind of role that is (the schema's owner, BYPASSRLS, or one that owns nothing), and why
+    # it is riskier than it needs to be, if it is.
+    login_role_kind: str
+    login_role_warning: str | None
     server_version: str
     roles: list[Role]
     tables: list[Table]
@@ -189,30 +195,37 @@ async def audit(connection: Connection, files: Sequence[Path] | None = None) -> 
     )
     identity = await cursor.fetchone()
     assert identity is not None
-    database, login_role, server_version = (str(value) for value in identity)
+    database, login_role_name, server_version = (str(value) for value in identity)
     async with connection.transaction():
+        role = await login_role(connection)
         roles = await _rows(connection, Role, AUDIT_DIR / "roles.sql")
         tables = await _rows(connection, Table, AUDIT_DIR / "tables.sql")
         policies = await read_policies(connection)
         grants = await _rows(connection, Grant, AUDIT_DIR / "grants.sql")
-        findings = await isolation_findings(connection)
+    findings = await isolation_findings(connection)
+    # Re-creating the policies from the files takes their owner; a login role that owns nothing
+    # (as production should serve) relies on the check's comparison with what the package ships.
+    drift = await policy_drift(connection, files) if role.owns or role.superuser else []
     return Audit(
         database=database,
-        login_role=login_role,
+        login_role=login_role_name,
+        login_role_kind=role.kind,
+        login_role_warning=role.warning,
         server_version=server_version,
         roles=roles,
         tables=tables,
         policies=policies,
         grants=grants,
-        findings=_merged(findings, await policy_drift(connection, files)),
+        findings=_merged(findings, drift),
     )
 
 
 def _merged(checked: list[Finding], drift: list[Finding]) -> list[Finding]:
     """The isolation check's findings and the file-based drift, each policy reported once.
 
-    The check compares policies with the baseline recorded at migrate time; the audit compares them
-    with the files themselves, which says more (which file, what differs), so it wins.
+    The check compares policies with what the package ships (sql/checks/expected_reach.json); the
+    audit compares them with the files themselves, which says more (which file, what differs), so
+    it wins.
     """
     compared = {(finding.table, finding.policy) for finding in drift if finding.policy is not None}
     kept = [finding for finding in checked if (finding.table, finding.policy) not in compared]
@@ -229,3 +242,31 @@ def audit_database(database_url: str, files: Sequence[Path] | None = None) -> Au
             return await audit(connection, files)
 
     return asyncio.run(run())
+
+
+def write_expected_reach(path: Path = EXPECTED_REACH) -> Path:
+    """Regenerate sql/checks/expected_reach.json from a throwaway embedded database, freshly migrated.
+
+    Never from DATABASE_URL: a database that has lived may carry a change made by hand, which would
+    then be shipped as expected."""
+    from api.ops import embedded
+    from api.ops.migrations import apply_migrations
+
+    async def read(url: str) -> tuple[list[Any], str]:
+        async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as connection:
+            async with connection.transaction(force_rollback=True):
+                rows = await read_reach(connection)
+            cursor = await connection.execute("select current_setting('server_version')")
+            version = await cursor.fetchone()
+        assert version is not None
+        return rows, str(version[0])
+
+    with tempfile.TemporaryDirectory(prefix="todo-api-expected-") as folder:
+        database = embedded.start(Path(folder))
+        try:
+            apply_migrations(database.url)
+            rows, version = asyncio.run(read(database.url))
+        finally:
+            database.stop()
+    write_expected(rows, version, path)
+    return path

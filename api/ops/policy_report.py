@@ -61,6 +61,8 @@ def render_text(audit: Audit) -> str:
     lines = [
         f'Isolation audit of database "{audit.database}" as {audit.login_role} '
         f"(PostgreSQL {audit.server_version})",
+        f"Login role: {audit.login_role}, {audit.login_role_kind}",
+        *([f"WARNING: {audit.login_role_warning}"] if audit.login_role_warning else []),
         "",
         "Roles",
         *(_role_line(role) for role in audit.roles),

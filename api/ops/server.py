@@ -5,6 +5,9 @@ client from costing anything before the API sees a request.
 - a client that has not sent its whole head after 10 s is disconnected;
 - the Authorization header's own 8 KiB limit is the API's (api/http/caller.py).
 
+A worker that dies (killed by the OOM killer, say) is replaced while the others serve on; SIGTERM
+stops accepting and lets the requests in flight finish, for up to the grace period.
+
 uvicorn has neither limit: it read a 64 MiB header whole.
 
 What follows the head is the API's to bound, per request and per user: a body has
@@ -42,7 +45,14 @@ _LOGGING: dict[str, Any] = {
 
 
 def serve_with_granian(
-    *, host: str, port: int, workers: int, log_level: str, ready_marker: Path, ready_message: str
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    ready_marker: Path,
+    ready_message: str,
+    shutdown_grace_seconds: int,
 ) -> None:
     """Serve `create_served_app` until SIGINT or SIGTERM; the first worker ready says so."""
     os.environ[READY_MARKER_VARIABLE] = str(ready_marker)
@@ -54,6 +64,8 @@ def serve_with_granian(
         port=port,
         interface=Interfaces.ASGI,
         workers=workers,
+        respawn_failed_workers=True,
+        workers_kill_timeout=shutdown_grace_seconds,
         loop=Loops.uvloop,
         http1_settings=HTTP1Settings(
             header_read_timeout=HEAD_TIMEOUT_MILLISECONDS, max_buffer_size=MAX_HEAD_BYTES

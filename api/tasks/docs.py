@@ -28,6 +28,13 @@ ETAG = {
     "ETag": _header("The task's version, a strong entity-tag: send it back in If-Match or If-None-Match.")
 }
 LOCATION = {"Location": _header("The new task's URL.")}
+REPLAYED_HEADER = "Idempotent-Replayed"
+IDEMPOTENT_REPLAYED = {
+    REPLAYED_HEADER: _header(
+        "`true` when this answers a repeated Idempotency-Key: nothing was created now. A first answer "
+        "has no such header."
+    )
+}
 LINK = {
     "Link": _header('`<url>; rel="next"` when more tasks match than `limit`: the next page, with its cursor.')
 }
@@ -56,8 +63,9 @@ IDEMPOTENCY_KEY = {
     "required": False,
     "description": (
         "1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key "
-        "and body within IDEMPOTENCY_TTL_HOURS gets the first response and creates nothing; the same "
-        "key with another body gets 422 idempotency-key-reused."
+        "and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets 201 with that task as it is "
+        "now (410 task-deleted once it is deleted); the same key with another body gets 422 "
+        "idempotency-key-reused."
     ),
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
 }
@@ -82,7 +90,11 @@ AUTH_ERRORS: Responses = {
     ),
     503: error_response(
         "The database, or Better Auth's keys, cannot be reached, or the last isolation check found "
-        "something; retry after the `Retry-After` seconds. Nothing was done.",
+        "something; retry after the `Retry-After` seconds. Nothing was done (type "
+        "urn:todo-api:problem:database-unavailable, authentication-unavailable or "
+        "isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): "
+        "the database stopped answering after the change was sent, so it may have been made; retry "
+        "with the same Idempotency-Key, or read the task before changing it again.",
         headers=RETRY_AFTER,
     ),
 }

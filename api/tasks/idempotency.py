@@ -1,12 +1,14 @@
 """Creates that are safe to retry: the Idempotency-Key request header (IETF httpapi draft).
 
-A create with a key stores the key, a hash of the request and the response in the database, in the
+A create with a key stores the key, a hash of the request and the id of the task it made, in the
 transaction that creates the task (api/tasks/queries.py, `create_task_once`). A repeat with the same
-key and body within IDEMPOTENCY_TTL_HOURS gets the first response and creates nothing; the same key
-with another body gets 422 idempotency-key-reused. A repeat that arrives while the first is still
-being written waits for it at the key's primary key and then gets its response too. Keys belong to
-their user (row-level security, sql/policies/idempotency_keys.sql), and expired keys are removed by
-their own user's next keyed create, so no background worker is needed.
+key and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets the first answer's status with
+the task as it is now (so its current ETag), marked `Idempotent-Replayed: true`; once the task is
+deleted, 410 task-deleted. The same key with another body gets 422 idempotency-key-reused. A repeat
+that arrives while the first is still being written waits for it at the key's primary key and then
+gets its answer too. Keys belong to their user (row-level security,
+sql/policies/idempotency_keys.sql); expired keys, and a user's tombstones past MAX_TASKS_PER_USER,
+are removed by keyed creates, so no background worker is needed.
 """
 
 import hashlib
@@ -18,7 +20,7 @@ from fastapi import Request
 
 from api.db.errors import AlreadyExists
 from api.http.caller import Caller
-from api.http.problems import idempotency_key_reused, invalid_input
+from api.http.problems import idempotency_key_reused, invalid_input, task_deleted
 from api.tasks import queries
 from api.tasks.models import IDEMPOTENCY_KEY_MAX_LENGTH, TaskCreate
 
@@ -48,22 +50,25 @@ def request_hash(data: TaskCreate) -> str:
 async def create_once(
     caller: Caller, data: TaskCreate, key: str, ttl: timedelta
 ) -> tuple[dict[str, Any], bool]:
-    """The created (or first) task as the database returned it, and whether it was created now."""
+    """The created (or first) task as it is now, and whether it was created now; 410 once deleted."""
     expected = request_hash(data)
-    query = queries.create_task_once(caller.user, data, key, expected, ttl)
+    tombstones_kept = caller.database.max_tasks_per_user
+    query = queries.create_task_once(caller.user, data, key, expected, ttl, tombstones_kept=tombstones_kept)
     try:
         rows = await caller.run(query, read_only=False)
     except AlreadyExists:
-        # Another request with this key committed while this one ran: answer with its response.
-        rows = await caller.run(queries.remembered(caller.user.id, key, ttl), read_only=True)
+        # Another request with this key committed while this one ran: answer as a repeat of it.
+        rows = await caller.run(queries.remembered(caller.user.id, key), read_only=True)
         if not rows:
             # The key is stored but expired: forget it (and the user's other expired keys), then
             # this request is the key's first use.
-            await caller.run(queries.forget_expired_keys(caller.user.id, ttl), read_only=False)
+            await caller.run(queries.forget_expired_keys(caller.user.id), read_only=False)
             rows = await caller.run(query, read_only=False)
         else:
             rows = [{**rows[0], "outcome": "previous"}]
     (row,) = rows
     if row["request_hash"] != expected:
         raise idempotency_key_reused()
-    return row["response"], row["outcome"] == "created"
+    if row["task"] is None:
+        raise task_deleted()
+    return row["task"], row["outcome"] == "created"

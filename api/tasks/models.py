@@ -3,8 +3,8 @@
 `TaskBase` holds the fields a client writes, each with its limits, written once. `TaskCreate` and
 `TaskUpdate` are what a client sends, `TaskPublic` what it gets back, and `Task` the table's columns
 for the statements in `api.tasks.queries`. The database enforces the same limits as CHECK
-constraints (sql/migrations/0002_tasks_schema.sql); `tests/db/test_schema_agreement.py` migrates a
-real database and fails when the two disagree.
+constraints (sql/migrations/0002_tasks_schema.sql; a title's trimming, 0007_deleted_means_gone.sql);
+`tests/db/test_schema_agreement.py` migrates a real database and fails when the two disagree.
 
 Input models are strict: unknown fields, wrong types, blank titles and NUL characters (which
 Postgres cannot store in text) are refused with a 422 before anything reaches the database.
@@ -15,7 +15,7 @@ a page of rows would pay on every list.
 """
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -26,9 +26,11 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+from pydantic import (
+    Field as PydanticField,
+)
 from pydantic.json_schema import WithJsonSchema
 from sqlalchemy import BigInteger, Column, DateTime, Identity, Integer, text
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from api.auth.principal import EMAIL_MAX_LENGTH, NAME_MAX_LENGTH, USER_ID_MAX_LENGTH
@@ -106,6 +108,11 @@ class TaskPublic(TaskBase, _TaskKeys):
     # Postgres answers in UTC: every transaction pins TimeZone (api/db/database.py).
     created_at: AwareDatetime
     updated_at: AwareDatetime
+    # In every representation, list items included, so a client that only listed can still send
+    # If-Match: the task's ETag is `"<id>.<version>"` (api/tasks/etags.py).
+    version: int = PydanticField(
+        ge=1, description='Moves exactly when the task changes; the ETag is `"<id>.<version>"`.'
+    )
 
 
 class User(SQLModel, table=True):
@@ -123,17 +130,22 @@ IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
 
 class IdempotencyKey(SQLModel, table=True):
-    """A create's Idempotency-Key, stored with the response it got (sql/policies/idempotency_keys.sql)."""
+    """A create's Idempotency-Key and the task it made (sql/policies/idempotency_keys.sql).
+
+    It names the task, never a copy of it: a replay shows the task as it is now, and once the task
+    is deleted `task_id` is NULL (a tombstone: the key answers 410 task-deleted until it expires).
+    """
 
     __tablename__ = "idempotency_keys"
 
     user_id: str = Field(primary_key=True, foreign_key="users.id")
     key: str = Field(primary_key=True, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
     request_hash: str
-    response: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    task_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     created_at: datetime = Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
     )
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class Task(SQLModel, TaskBase, table=True):

@@ -1,8 +1,9 @@
 """Every statement the API sends about tasks, as ready-to-use SQLModel/SQLAlchemy statements.
 
 Each one runs inside `Database.run`, where row-level security decides which rows exist. The
-`user_id` filters below are for the planner (they let it pick the tasks_by_owner_* indexes);
-correctness never depends on them: without them the policies return exactly the same rows.
+owner filters below (`api.tasks.ownership`) are for the planner (they let it pick the
+tasks_by_owner_* indexes); correctness never depends on them: without them the policies return
+exactly the same rows, which tests/api/test_other_users_tasks.py proves.
 
 Statements are built once per shape with bind parameters, and a request supplies only the
 values (`Query`): the database layer compiles each shape once, not once per request.
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Interval,
     String,
     Update,
+    and_,
     any_,
     bindparam,
     cast,
@@ -42,6 +44,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import col
 
 from api.db.database import Query
+from api.tasks import ownership
 from api.tasks.listing import SORT_KEYS, SortKey, SortOrder, TaskListParams
 from api.tasks.models import IdempotencyKey, Task, TaskCreate, User
 
@@ -70,7 +73,7 @@ _TASK_COLUMNS = (
 
 _USER_ID = bindparam("user_id", type_=String())
 _TASK_ID = bindparam("task_id", type_=BigInteger())
-_OWN_TASK = (col(Task.user_id) == _USER_ID, col(Task.id) == _TASK_ID)
+_OWN_TASK = (ownership.owner_filter(col(Task.user_id), _USER_ID), col(Task.id) == _TASK_ID)
 
 
 @cache
@@ -79,7 +82,7 @@ def _list_statement(
 ) -> ClauseElement:
     sort_column = SORT_KEYS[sort].column
     ascending = order == "asc"
-    statement = select(*_TASK_COLUMNS).where(col(Task.user_id) == _USER_ID)
+    statement = select(*_TASK_COLUMNS).where(ownership.owner_filter(col(Task.user_id), _USER_ID))
     if by_completed:
         statement = statement.where(col(Task.completed) == bindparam("completed", type_=Boolean()))
     if searching:
@@ -192,28 +195,56 @@ def create_task(owner: Owner, data: TaskCreate) -> Query:
 
 
 # --- Creates with an Idempotency-Key ---------------------------------------------------------------
+#
+# A key names the task it created (sql/migrations/0007_deleted_means_gone.sql): a replay shows that
+# task as it is now, and a key whose task was deleted is a tombstone (task_id NULL).
 
 _KEY = bindparam("key", type_=String())
-# Cast, not only typed: a prepared statement (api/db/prepared.py) must know `now() - $n` subtracts an
+# Cast, not only typed: a prepared statement (api/db/prepared.py) must know `now() + $n` adds an
 # interval, and psycopg's dialect writes no cast for an Interval.
 _TTL = cast(bindparam("ttl", type_=Interval()), Interval())
 _KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
-_FRESH_KEY = (_KEYS.c.user_id == _USER_ID, _KEYS.c.key == _KEY, _KEYS.c.created_at >= func.now() - _TTL)
+_TASKS = Task.__table__  # type: ignore[attr-defined]
+_CALLERS_KEY = ownership.owner_filter(_KEYS.c.user_id, _USER_ID)
+_EXPIRED = _KEYS.c.expires_at <= func.now()
+
+# The caller's unexpired key: its request hash, and its task as it is now, or NULL once deleted. The
+# join names the key's owner as well as the task's id, as the key's foreign key does.
+_REMEMBERED = (
+    select(_KEYS.c.request_hash, func.to_jsonb(_TASKS.table_valued()).label("task"))
+    .select_from(
+        _KEYS.outerjoin(_TASKS, and_(_TASKS.c.user_id == _KEYS.c.user_id, _TASKS.c.id == _KEYS.c.task_id))
+    )
+    .where(_CALLERS_KEY, _KEYS.c.key == _KEY, ~_EXPIRED)
+)
 
 
 def _create_task_once(*, owner_row: bool) -> ClauseElement:
-    """Create the task and store the key with the response, unless the key is stored already.
+    """Create the task and store the key naming it, unless the key is stored already.
 
     One statement, so the key is stored in the transaction that creates the task. A repeat of a
-    stored key creates nothing and answers the stored key; a concurrent first use of the same key
-    waits for the other at the key's primary key, then fails (unique violation) and creates nothing.
+    stored key creates nothing and answers with the key's task as it is now; a concurrent first use
+    of the same key waits for the other at the key's primary key, then fails (unique violation) and
+    creates nothing.
+
+    It also bounds what is stored: the caller's expired keys go, and so do the caller's oldest
+    tombstones past `tombstones_kept` (every other key names a live task, so with MAX_TASKS_PER_USER
+    kept a user holds at most twice the quota in keys); other users' expired keys go a batch at a
+    time, by a trigger on the keys' table (app.forget_expired_idempotency_keys), so no background
+    worker is needed and the statement names nothing in schema app, which the login role it is
+    prepared as cannot look up (api/db/prepared.py). The key being used stays, expired or not: the
+    same statement cannot remove a key and store it again (see `forget_expired_keys`).
     """
-    previous = select(_KEYS.c.request_hash, _KEYS.c.response).where(*_FRESH_KEY).cte("previous")
-    # The caller's other expired keys go now; this one, if expired, only once it is known to be
-    # (the same statement cannot remove a key and store it again): see `forget_expired_keys`.
+    previous = _REMEMBERED.cte("previous")
+    tombstones_past_the_newest = (
+        select(_KEYS.c.key)
+        .where(_CALLERS_KEY, _KEYS.c.task_id.is_(None))
+        .order_by(_KEYS.c.expires_at.desc(), _KEYS.c.key)
+        .offset(bindparam("tombstones_kept", type_=BigInteger()))
+    )
     forgotten = (
         delete(_KEYS)
-        .where(_KEYS.c.user_id == _USER_ID, _KEYS.c.key != _KEY, _KEYS.c.created_at < func.now() - _TTL)
+        .where(_CALLERS_KEY, _KEYS.c.key != _KEY, or_(_EXPIRED, _KEYS.c.key.in_(tombstones_past_the_newest)))
         .cte("forgotten")
     )
     created = (
@@ -230,12 +261,12 @@ def _create_task_once(*, owner_row: bool) -> ClauseElement:
         .returning(*_TASK_COLUMNS)
         .cte("created")
     )
-    response = func.to_jsonb(created.table_valued())
     request_hash = bindparam("request_hash", type_=String())
     remembered = (
         pg_insert(IdempotencyKey)
         .from_select(
-            ["user_id", "key", "request_hash", "response"], select(_USER_ID, _KEY, request_hash, response)
+            ["user_id", "key", "request_hash", "task_id", "expires_at"],
+            select(_USER_ID, _KEY, request_hash, created.c.id, func.now() + _TTL),
         )
         .cte("remembered")
     )
@@ -243,9 +274,9 @@ def _create_task_once(*, owner_row: bool) -> ClauseElement:
         select(
             literal("created").label("outcome"),
             request_hash.label("request_hash"),
-            response.label("response"),
+            func.to_jsonb(created.table_valued()).label("task"),
         )
-        .union_all(select(literal("previous"), previous.c.request_hash, previous.c.response))
+        .union_all(select(literal("previous"), previous.c.request_hash, previous.c.task))
         .add_cte(*((_USER_ROW,) if owner_row else ()), remembered, forgotten)
     )
 
@@ -254,26 +285,32 @@ _CREATE_TASK_ONCE = _create_task_once(owner_row=True)
 _CREATE_TASK_ONCE_ALONE = _create_task_once(owner_row=False)
 
 
-def create_task_once(owner: Owner, data: TaskCreate, key: str, request_hash: str, ttl: timedelta) -> Query:
-    """Rows: (outcome 'created' or 'previous', request_hash, response), see `_create_task_once`."""
-    values = {**data.model_dump(), "key": key, "request_hash": request_hash, "ttl": ttl}
+def create_task_once(
+    owner: Owner, data: TaskCreate, key: str, request_hash: str, ttl: timedelta, *, tombstones_kept: int
+) -> Query:
+    """Rows: (outcome 'created' or 'previous', request_hash, task), see `_create_task_once`; `task`
+    is the task as it is now, or None when it was deleted."""
+    values = {
+        **data.model_dump(),
+        "key": key,
+        "request_hash": request_hash,
+        "ttl": ttl,
+        "tombstones_kept": tombstones_kept,
+    }
     return _write(owner, _CREATE_TASK_ONCE, _CREATE_TASK_ONCE_ALONE, values)
 
 
-_REMEMBERED = select(_KEYS.c.request_hash, _KEYS.c.response).where(*_FRESH_KEY)
+def remembered(user_id: str, key: str) -> Query:
+    """The unexpired key's request hash and task (None once deleted), if the caller stored the key."""
+    return Query(_REMEMBERED, {"user_id": user_id, "key": key})
 
 
-def remembered(user_id: str, key: str, ttl: timedelta) -> Query:
-    """The stored key and response, if the key was used within `ttl`."""
-    return Query(_REMEMBERED, {"user_id": user_id, "key": key, "ttl": ttl})
+_FORGET_EXPIRED = delete(_KEYS).where(_CALLERS_KEY, _EXPIRED)
 
 
-_FORGET_EXPIRED = delete(_KEYS).where(_KEYS.c.user_id == _USER_ID, _KEYS.c.created_at < func.now() - _TTL)
-
-
-def forget_expired_keys(user_id: str, ttl: timedelta) -> Query:
+def forget_expired_keys(user_id: str) -> Query:
     """All of the user's expired keys, for when the key being used again is one of them."""
-    return Query(_FORGET_EXPIRED, {"user_id": user_id, "ttl": ttl})
+    return Query(_FORGET_EXPIRED, {"user_id": user_id})
 
 
 # --- Updates and deletes, unconditional or on If-Match ---------------------------------------------

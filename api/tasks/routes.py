@@ -134,13 +134,19 @@ async def list_tasks(request: Request) -> Response:
     status_code=status.HTTP_201_CREATED,
     operation_id="createTask",
     summary="Create a task",
-    description="With an Idempotency-Key, safe to retry: a repeat gets the first response.",
+    description=(
+        "With an Idempotency-Key, safe to retry: a repeat creates nothing and gets 201 with the task "
+        "that key created, as it is now, and `Idempotent-Replayed: true`."
+    ),
     responses={
         201: {
-            "description": "The new task (or, for a repeated Idempotency-Key, the first one).",
-            "headers": {**docs.LOCATION, **docs.ETAG},
+            "description": "The new task; for a repeated Idempotency-Key, the one it made, as it is now.",
+            "headers": {**docs.LOCATION, **docs.ETAG, **docs.IDEMPOTENT_REPLAYED},
         },
         409: error_response("You have MAX_TASKS_PER_USER tasks already; nothing was created."),
+        410: error_response(
+            "A repeated Idempotency-Key whose task has been deleted since; nothing was created."
+        ),
         **docs.NOT_JSON,
     },
     openapi_extra=docs.operation_docs(headers=(docs.IDEMPOTENCY_KEY,)),
@@ -160,9 +166,10 @@ async def create_task(request: Request, data: TaskCreate) -> Response:
             row, created = await create_once(caller, data, key, ttl)
     except LimitReached:
         raise task_limit_reached(caller.database.max_tasks_per_user) from None
+    replay = {} if created else {docs.REPLAYED_HEADER: "true"}
     if created:
         log_change("create", user_id=user.id, task_id=row["id"])
-    return _task_response(row, status.HTTP_201_CREATED, Location=_task_path(user.id, row["id"]))
+    return _task_response(row, status.HTTP_201_CREATED, Location=_task_path(user.id, row["id"]), **replay)
 
 
 @router.get(

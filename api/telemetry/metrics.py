@@ -5,12 +5,18 @@ imported (api/telemetry/multiprocess.py), so each worker writes its figures ther
 adds them up (the client's multiprocess mode); without the variable (one process, as in the tests)
 the figures are kept in memory. No label ever carries a user id or a raw path: routes are named by
 their template, and requests that match no route share one label.
+
+Each gauge's multiprocess mode says what it means across workers: a sum of the live workers' figures,
+or the worst of them. "Live" gauges leave with their process (`forget_this_process`): the serving
+parent, which answers no request, forgets its own before its workers start, and a worker that was
+killed is forgotten by the worker that replaces it (`forget_dead_worker`).
 """
 
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
@@ -48,6 +54,7 @@ pool_waiting = Gauge(
 )  # fmt: skip
 unavailable = Counter("todo_api_http_unavailable", "503 answers, by cause (problem type).", ["cause"])
 jwks_fetches = Counter("todo_api_jwks_fetches", "Fetches of Better Auth's key set, by outcome.", ["outcome"])
+# The least of the serving workers' verdicts: 1 only while every one of them last found nothing.
 isolation_verified = Gauge(
     "todo_api_isolation_verified",
     "1 while the last isolation check of every worker found nothing, else 0.",
@@ -57,10 +64,15 @@ isolation_findings = Gauge(
     "todo_api_isolation_findings", "Findings of the last isolation check (the most any worker saw).",
     multiprocess_mode="livemax",
 )  # fmt: skip
+# The oldest of the serving workers' last checks: its age grows when any worker stops checking.
 isolation_checked_at = Gauge(
-    "todo_api_isolation_last_check_timestamp_seconds", "When an isolation check last completed.",
-    multiprocess_mode="max",
-)  # fmt: skip
+    "todo_api_isolation_last_check_timestamp_seconds",
+    "When the isolation check last completed in the worker that checked longest ago.",
+    multiprocess_mode="livemin",
+)
+worker_restarts = Counter(
+    "todo_api_worker_restarts", "Workers that died without stopping (killed, say) and were replaced."
+)
 
 
 def record_isolation_check(findings: int) -> None:
@@ -88,6 +100,39 @@ def exposition() -> bytes:
 
 
 def forget_this_process() -> None:
-    """A worker that stops takes its live gauges with it (multiprocess mode only)."""
+    """A worker that stops takes its live gauges with it (multiprocess mode only); so does the serving
+    parent before its workers start, since it serves nothing: its gauges would only read 0."""
     if os.environ.get(DIR_VARIABLE):
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dead_workers() -> list[int]:
+    """The pids of processes that died without forgetting their live gauges: killed workers."""
+    folder = os.environ.get(DIR_VARIABLE)
+    if not folder:
+        return []
+    pids = {path.stem.rpartition("_")[2] for path in Path(folder).glob("gauge_live*_*.db")}
+    return sorted(int(pid) for pid in pids if pid.isdigit() and not _running(int(pid)))
+
+
+def forget_dead_worker(pid: int) -> bool:
+    """Forget a dead worker's live gauges and count its death; True for the one process, of all the
+    workers that may find it, that does."""
+    folder = Path(os.environ[DIR_VARIABLE])
+    try:
+        (folder / f"{pid}.dead").touch(exist_ok=False)  # not a .db file: the collector skips it
+    except FileExistsError:
+        return False
+    multiprocess.mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]
+    worker_restarts.inc()
+    return True

@@ -1,6 +1,6 @@
 -- Findings that would let one user see or change another's rows. The API runs this as its login
 -- role at start-up, refusing to serve while it returns any row, and again every minute while it
--- serves (with sql/checks/drift.sql); `todo-api policies` reports the same rows (plus drift from
+-- serves (with sql/checks/reach.sql); `todo-api policies` reports the same rows (plus drift from
 -- sql/policies/); a DBA can run it by hand the same way:
 --     psql "$DATABASE_URL" -f sql/checks/isolation.sql
 -- Each row is one finding, in words. No rows: the database enforces isolation.
@@ -44,7 +44,8 @@ WHERE NOT EXISTS (SELECT FROM todo_app)
 -- Read from the catalog rather than with to_regclass, which needs USAGE on the schema.
 UNION ALL
 SELECT pg_catalog.format('table %s does not exist: the database is not migrated', expected)
-FROM pg_catalog.unnest(ARRAY['public.users', 'public.tasks', 'public.idempotency_keys', 'app.task_counts', 'app.policy_baseline']) AS expected
+FROM pg_catalog.unnest(ARRAY['public.users', 'public.tasks', 'public.idempotency_keys', 'public.task_events',
+                              'app.task_counts', 'app.task_event_counts']) AS expected
 WHERE NOT EXISTS (
     SELECT FROM pg_catalog.pg_class AS c
     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace

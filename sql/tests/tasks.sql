@@ -43,6 +43,16 @@ SELECT pg_temp.throws(
     $$INSERT INTO public.tasks (id, user_id, title) OVERRIDING SYSTEM VALUE VALUES (999999, 'sqltest-bob', 'x')$$,
     '42501', 'permission denied',
     'INSERT: bob cannot choose a task id');
+-- The database holds a title to the API's rules (0007_deleted_means_gone.sql): trimmed as Python's
+-- str.strip() trims, so not only of spaces, and not empty.
+SELECT pg_temp.throws(
+    $$INSERT INTO public.tasks (user_id, title) VALUES ('sqltest-bob', E'\u3000padded\u00a0')$$,
+    '23514', 'tasks_title_trimmed',
+    'INSERT: nobody stores an untrimmed title, whatever the whitespace');
+SELECT pg_temp.throws(
+    $$INSERT INTO public.tasks (user_id, title) VALUES ('sqltest-bob', E'\t')$$,
+    '23514', 'tasks_title_trimmed',
+    'INSERT: nobody stores a title of whitespace only');
 
 -- UPDATE
 SELECT pg_temp.is(

@@ -1,5 +1,7 @@
-"""Retry-safe creates (the IETF Idempotency-Key draft): a repeat gets the first response and makes
-nothing; the key is stored with the task in one transaction, under row-level security."""
+"""Retry-safe creates (the IETF Idempotency-Key draft): a repeat makes nothing and shows the task the
+key made, as it is now, marked as a replay; the key is stored with the task in one transaction,
+under row-level security; a deleted task leaves no copy behind, and what keys a user stores is
+bounded by the task quota."""
 
 import time
 from collections.abc import Iterator
@@ -9,6 +11,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
 from api.app import create_app
 from tests.support import ApiUser, new_user, serving, settings_for
@@ -28,20 +31,133 @@ def _post(client: httpx.Client, user: ApiUser, key: str, body: dict[str, Any]) -
     return client.post(user.tasks_url, json=body, headers={**user.headers, "Idempotency-Key": key})
 
 
-def test_a_repeat_gets_the_first_response_and_creates_nothing(
+def test_a_repeat_creates_nothing_and_shows_the_task_as_it_is_now(
     client: httpx.Client, api_db: psycopg.Connection[Any]
 ) -> None:
     alice = new_user()
     first = _post(client, alice, "create-milk-1", {"title": "Buy milk", "description": "two litres"})
-    # The same body, spelled otherwise, after the task changed: still the first response.
-    client.put(alice.task_url(first.json()["id"]), json={"title": "Buy oat milk"}, headers=alice.headers)
+    assert first.status_code == 201
+    assert "idempotent-replayed" not in first.headers, "a first answer is not a replay"
+    task_url = alice.task_url(first.json()["id"])
+    client.put(task_url, json={"title": "Buy oat milk"}, headers=alice.headers)
+    now = client.get(task_url, headers=alice.headers)
+
+    # The same body, spelled otherwise, after the task changed.
     repeat = _post(client, alice, "create-milk-1", {"description": "two litres", "title": "Buy milk"})
-    assert first.status_code == repeat.status_code == 201
-    assert repeat.json() == first.json()
-    for header in ("location", "etag"):
-        assert repeat.headers[header] == first.headers[header]
+
+    assert repeat.status_code == 201
+    assert repeat.headers["idempotent-replayed"] == "true"
+    assert repeat.json() == now.json()
+    assert repeat.json()["title"] == "Buy oat milk"
+    assert repeat.headers["etag"] == now.headers["etag"] == f'"{now.json()["id"]}.2"'
+    assert repeat.headers["location"] == first.headers["location"]
     assert _tasks(api_db, alice) == 1
     assert _keys(api_db, alice) == ["create-milk-1"]
+
+
+def test_a_browser_may_read_that_an_answer_is_a_replay(api_db_url: str) -> None:
+    alice, origin = new_user(), "http://localhost:3000"
+    with (
+        serving(create_app(settings_for(api_db_url, cors_origins=[origin]))) as base_url,
+        httpx.Client(base_url=base_url, headers={"Origin": origin}) as browser,
+    ):
+        _post(browser, alice, "k", {"title": "t"})
+        repeat = _post(browser, alice, "k", {"title": "t"})
+    assert repeat.headers["idempotent-replayed"] == "true"
+    exposed = repeat.headers["access-control-expose-headers"].lower().replace(" ", "").split(",")
+    assert "idempotent-replayed" in exposed
+
+
+def _stored_key(db: psycopg.Connection[Any], user: ApiUser, key: str) -> str:
+    """The key's whole row, as text: whatever it holds, spelled out."""
+    row = db.execute(
+        "select row_to_json(k)::text from idempotency_keys k where user_id = %s and key = %s", [user.id, key]
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_deleting_the_task_leaves_no_copy_and_its_key_answers_410(
+    client: httpx.Client, api_db: psycopg.Connection[Any]
+) -> None:
+    alice = new_user()
+    body = {"title": "Secret plan", "description": "Surprise party"}
+    created = _post(client, alice, "plan", body)
+    assert "Secret plan" not in _stored_key(api_db, alice, "plan"), "a key names its task, never copies it"
+
+    assert client.delete(alice.task_url(created.json()["id"]), headers=alice.headers).status_code == 204
+    # Gone in the DELETE's own transaction: nothing of the task is stored anywhere.
+    assert '"task_id":null' in _stored_key(api_db, alice, "plan")
+    for table in ("tasks", "idempotency_keys", "users"):
+        dump = api_db.execute(
+            sql.SQL("select coalesce(string_agg(t::text, ''), '') from {} t").format(sql.Identifier(table))
+        ).fetchone()
+        assert dump is not None
+        assert "Secret plan" not in dump[0]
+        assert "Surprise party" not in dump[0]
+
+    replay = _post(client, alice, "plan", body)
+
+    assert replay.status_code == 410
+    assert replay.headers["content-type"] == "application/problem+json"
+    assert replay.json()["type"] == "urn:todo-api:problem:task-deleted"
+    assert "etag" not in replay.headers
+    assert _tasks(api_db, alice) == 0, "nothing was created"
+    other_body = _post(client, alice, "plan", {"title": "another"})
+    assert other_body.status_code == 422, "the same key with another body is still refused"
+
+
+def test_keyed_create_and_delete_cycles_store_a_bounded_number_of_keys(
+    api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    quota = 5
+    alice = new_user()
+    with (
+        serving(create_app(settings_for(api_db_url, max_tasks_per_user=quota))) as base_url,
+        httpx.Client(base_url=base_url) as client,
+    ):
+        for cycle in range(40):
+            created = _post(client, alice, f"cycle-{cycle}", {"title": f"t{cycle}"})
+            assert created.status_code == 201, created.text
+            deleted = client.delete(alice.task_url(created.json()["id"]), headers=alice.headers)
+            assert deleted.status_code == 204
+        # The newest keys are kept as tombstones and answer 410 ...
+        assert _post(client, alice, "cycle-39", {"title": "t39"}).status_code == 410
+        kept = _keys(api_db, alice)
+    # ... and the oldest have been dropped: at most the quota's worth, plus the one just deleted.
+    assert len(kept) <= quota + 1, kept
+    assert "cycle-39" in kept
+    assert "cycle-0" not in kept
+
+
+@pytest.fixture
+def short_memory_url(api_db_url: str) -> Iterator[str]:
+    settings = settings_for(api_db_url, idempotency_ttl_hours=1 / 3600)  # one second
+    with serving(create_app(settings)) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def short_memory(short_memory_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=short_memory_url) as client:
+        yield client
+
+
+def test_expired_keys_of_every_user_are_purged_by_anyones_keyed_create(
+    short_memory: httpx.Client, api_db: psycopg.Connection[Any]
+) -> None:
+    alice, bob = new_user(), new_user()
+    created = _post(short_memory, alice, "made", {"title": "t"})
+    _post(short_memory, alice, "tombstone", {"title": "u"})
+    short_memory.delete(alice.task_url(created.json()["id"]), headers=alice.headers)
+    assert len(_keys(api_db, alice)) == 2
+    time.sleep(1.5)
+
+    assert _post(short_memory, bob, "bobs", {"title": "b"}).status_code == 201
+
+    assert _keys(api_db, alice) == [], "alice's expired keys went with bob's create"
+    assert _keys(api_db, bob) == ["bobs"]
+    assert _tasks(api_db, alice) == 1, "only keys go: alice's remaining task stays"
 
 
 def test_the_same_key_with_another_body_is_refused(
@@ -68,6 +184,8 @@ def test_twenty_concurrent_creates_with_one_key_make_one_task(
         responses = list(pool.map(create, range(20)))
     assert [response.status_code for response in responses] == [201] * 20
     assert len({response.json()["id"] for response in responses}) == 1
+    replayed = [response.headers.get("idempotent-replayed") for response in responses]
+    assert sorted(replayed, key=str) == [None] + ["true"] * 19, "one first answer, and replays"
     assert _tasks(api_db, alice) == 1
 
 
@@ -102,13 +220,6 @@ def test_a_quoted_key_is_the_structured_field_form_of_the_same_key(client: httpx
     assert _post(client, alice, "8e03978e-40d5", {"title": "t"}).json() == first.json()
 
 
-@pytest.fixture
-def short_memory(api_db_url: str) -> Iterator[httpx.Client]:
-    settings = settings_for(api_db_url, idempotency_ttl_hours=1 / 3600)  # one second
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
-        yield client
-
-
 def test_expired_keys_are_forgotten_by_their_users_next_keyed_create(
     short_memory: httpx.Client, api_db: psycopg.Connection[Any]
 ) -> None:
@@ -119,5 +230,6 @@ def test_expired_keys_are_forgotten_by_their_users_next_keyed_create(
     again = _post(short_memory, alice, "old", {"title": "t"})
     assert again.status_code == 201
     assert again.json()["id"] != first.json()["id"], "past IDEMPOTENCY_TTL_HOURS a key is new again"
+    assert "idempotent-replayed" not in again.headers
     assert _keys(api_db, alice) == ["old"], "the expired keys are gone"
     assert _tasks(api_db, alice) == 3

@@ -164,3 +164,24 @@ def test_default_page_size_is_100(client: httpx.Client) -> None:
     response = client.get(user.tasks_url, headers=user.headers)
     assert len(response.json()) == 100
     assert 'rel="next"' in response.headers["link"]
+
+
+def test_every_listed_task_carries_the_version_in_its_etag(client: httpx.Client) -> None:
+    """So a client that only listed can still send If-Match, and an edit made meanwhile is a 412."""
+    dave = new_user()
+    edited, untouched = seed(client, dave, [{"title": "edited"}, {"title": "untouched"}])
+    client.put(dave.task_url(edited["id"]), json={"title": "edited twice"}, headers=dave.headers)
+
+    listed = client.get(dave.tasks_url, headers=dave.headers).json()
+
+    assert {task["id"]: task["version"] for task in listed} == {edited["id"]: 2, untouched["id"]: 1}
+    for task in listed:
+        single = client.get(dave.task_url(task["id"]), headers=dave.headers)
+        assert single.json() == task
+        assert single.headers["etag"] == f'"{task["id"]}.{task["version"]}"'
+    stale = client.put(
+        dave.task_url(edited["id"]),
+        json={"title": "from a stale list"},
+        headers={**dave.headers, "If-Match": f'"{edited["id"]}.{edited["version"]}"'},
+    )
+    assert stale.status_code == 412

@@ -35,7 +35,18 @@ def test_create_returns_the_task_with_its_location(
 
     assert response.status_code == 201
     task = response.json()
-    assert set(task) == {"id", "user_id", "title", "description", "completed", "created_at", "updated_at"}
+    assert set(task) == {
+        "id",
+        "user_id",
+        "title",
+        "description",
+        "completed",
+        "created_at",
+        "updated_at",
+        "version",
+    }
+    assert task["version"] == 1
+    assert response.headers["etag"] == f'"{task["id"]}.1"', "the version is the one in the ETag"
     assert isinstance(task["id"], int)
     assert task["user_id"] == alice.id
     assert task["title"] == "Buy milk"
@@ -85,6 +96,8 @@ def test_put_changes_only_the_fields_sent(
     assert updated["completed"] is False
     assert updated["created_at"] == task["created_at"]
     assert updated["updated_at"] > task["updated_at"]
+    assert updated["version"] == task["version"] + 1
+    assert response.headers["etag"] == f'"{task["id"]}.{updated["version"]}"'
     assert stored(api_db, task["id"]) == (alice.id, "Renamed", "keep me", False)
 
 

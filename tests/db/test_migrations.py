@@ -26,6 +26,9 @@ MIGRATION_IDS = [
     "0003_task_quota",
     "0004_isolation_baseline",
     "0005_versions_and_idempotency",
+    "0006_drop_isolation_baseline",
+    "0007_deleted_means_gone",
+    "0008_task_events",
 ]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
@@ -82,8 +85,13 @@ def keeps_todo_app_usable(empty_db_url: str) -> Iterator[None]:
 
 
 def test_policy_files_are_parsed() -> None:
-    assert {table for table, _ in policies_in_files()} == {"users", "tasks", "idempotency_keys"}
-    assert len(policies_in_files()) == 10
+    assert {table for table, _ in policies_in_files()} == {
+        "users",
+        "tasks",
+        "idempotency_keys",
+        "task_events",
+    }
+    assert len(policies_in_files()) == 16
 
 
 def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
@@ -96,7 +104,7 @@ def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
             "select relname::text from pg_class where relrowsecurity and relforcerowsecurity"
             " and relnamespace = 'public'::regnamespace order by 1"
         ).fetchall()
-    assert forced == [("idempotency_keys",), ("tasks",), ("users",)]
+    assert forced == [("idempotency_keys",), ("task_events",), ("tasks",), ("users",)]
     assert acts_as_todo_app(empty_db_url) == ("todo_app", 0)
 
 

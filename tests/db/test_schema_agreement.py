@@ -2,7 +2,9 @@
 
 Field limits live once in Python (api/tasks/models.py, api/auth/principal.py) and once as CHECK
 constraints in the migrations; the column names, types and nullability live in both too. A change
-on one side only fails here.
+on one side only fails here. A title's rule (trimmed of Unicode White_Space as pydantic trims, then 1 to
+200 characters) is checked by trying titles on both sides: the database stores exactly the titles the
+API would store as sent.
 """
 
 import re
@@ -10,15 +12,18 @@ from typing import Any, get_args
 
 import psycopg
 import pytest
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlmodel import SQLModel
 
-from api.tasks.models import Task, User
+from api.tasks.models import TITLE_MAX_LENGTH, IdempotencyKey, Task, TaskCreate, TaskPublic, User
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 TABLE_MODELS: list[type[SQLModel]] = [User, Task]
+# Tables whose columns the models describe; a key's shape is checked by a pattern, not a length.
+COLUMN_MODELS: list[type[SQLModel]] = [*TABLE_MODELS, IdempotencyKey]
 Limits = dict[str, tuple[int | None, int | None]]
 
 
@@ -86,7 +91,7 @@ def _live_limits(db: Conn, table: str) -> Limits:
     return limits
 
 
-@pytest.mark.parametrize("model", TABLE_MODELS, ids=lambda model: model.__tablename__)
+@pytest.mark.parametrize("model", COLUMN_MODELS, ids=lambda model: model.__tablename__)
 def test_columns_types_and_nullability_agree(migrated_db: Conn, model: type[SQLModel]) -> None:
     assert _model_columns(model) == _live_columns(migrated_db, str(model.__tablename__))
 
@@ -96,7 +101,71 @@ def test_length_limits_agree(migrated_db: Conn, model: type[SQLModel]) -> None:
     assert _model_limits(model) == _live_limits(migrated_db, str(model.__tablename__))
 
 
+def test_a_task_representation_carries_every_column_of_the_task_version_included(migrated_db: Conn) -> None:
+    # The version is what a client sends back in If-Match: a list item without it cannot be edited
+    # safely (the ETag is "<id>.<version>").
+    assert set(TaskPublic.model_fields) == set(_live_columns(migrated_db, "tasks"))
+    assert TaskPublic.model_json_schema()["required"].count("version") == 1
+
+
 def test_the_comparison_sees_limits_on_both_sides(migrated_db: Conn) -> None:
     # A guard against the two helpers above agreeing on nothing at all.
     assert _live_limits(migrated_db, "tasks") == {"title": (1, 200), "description": (None, 1000)}
     assert _model_limits(User)["email"] == (None, 320)
+
+
+# Every character Python's str.strip() removes (a superset of what pydantic's strip removes: it
+# takes \x1c-\x1f too), and look-alikes both keep (zero-width space, BOM,
+# Mongolian vowel separator), each alone, at either end and inside; lengths around the limit.
+_WHITESPACE = [chr(code) for code in range(0x110000) if chr(code).isspace()]
+_KEPT = ["\u200b", "\ufeff", "\u180e", "x"]
+TITLES = sorted(
+    {
+        "",
+        "x" * TITLE_MAX_LENGTH,
+        "x" * (TITLE_MAX_LENGTH + 1),
+        " " + "x" * TITLE_MAX_LENGTH,
+        *(form for c in _WHITESPACE + _KEPT for form in (c, c + "x", "x" + c, "x" + c + "x", c * 3)),
+    }
+)
+
+
+def _api_stores_as_sent(title: str) -> bool:
+    try:
+        return TaskCreate(title=title).title == title
+    except ValidationError:
+        return False
+
+
+def _database_stores(db: Conn, title: str) -> bool:
+    try:
+        with db.transaction():
+            db.execute("insert into tasks (user_id, title) values ('agreement', %s)", [title])
+    except psycopg.errors.CheckViolation:
+        return False
+    return True
+
+
+def test_the_database_stores_exactly_the_titles_the_api_stores_as_sent(migrated_db: Conn) -> None:
+    migrated_db.execute("insert into users (id) values ('agreement')")
+    disagreements = {
+        title: _api_stores_as_sent(title)
+        for title in TITLES
+        if _database_stores(migrated_db, title) != _api_stores_as_sent(title)
+    }
+    assert disagreements == {}, "title: whether the API stores it as sent"
+    # Both sides refuse something and store something, so the comparison has teeth.
+    assert sum(map(_api_stores_as_sent, TITLES)) > len(_KEPT) * 4
+    assert not _api_stores_as_sent("\u3000x")
+
+
+def test_the_api_trims_what_the_database_refuses(migrated_db: Conn) -> None:
+    """Each character the API strips: the database refuses a title padded with it, and stores the
+    trimmed form the API makes of it."""
+    migrated_db.execute("insert into users (id) values ('agreement')")
+    stripped = [c for c in _WHITESPACE if TaskCreate(title=f"{c}x{c}").title == "x"]
+    assert " " in stripped
+    assert "\u3000" in stripped
+    for c in stripped:
+        assert _database_stores(migrated_db, TaskCreate(title=f"{c}Buy milk{c}").title)
+        assert not _database_stores(migrated_db, f"{c}Buy milk{c}"), repr(c)

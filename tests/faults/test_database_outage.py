@@ -1,35 +1,27 @@
-"""Postgres goes away while the API serves: fail fast with 503, recover alone, lose nothing.
+"""Postgres goes away while the API serves: fail fast with 503, recover alone, lose nothing; open
+event streams stay open, and every write reaches them once the database is back.
 
-This test runs its own Postgres (the session's shared one must stay up for everyone else).
+These tests run their own Postgres (the session's shared one must stay up for everyone else).
 """
 
+import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
-import pytest
 
 from api.app import create_app
+from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
 from tests.support import new_user, serving, settings_for
 
 FAIL_FAST_SECONDS = 8.0
 
 
-@pytest.fixture
-def outage() -> Iterator[OwnPostgres]:
-    database = OwnPostgres()
-    try:
-        yield database
-    finally:
-        database.remove()
-
-
-def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(outage: OwnPostgres) -> None:
+def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(own_postgres: OwnPostgres) -> None:
     user = new_user()
-    settings = settings_for(outage.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
+    settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
     acknowledged: list[int] = []
     failed_writes: list[str] = []
 
@@ -45,7 +37,7 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(outage: OwnPostg
         for i in range(5):
             assert write(client, f"before {i}").status_code == 201
 
-        outage.stop()
+        own_postgres.stop()
         for i in range(3):
             started = time.monotonic()
             response = write(client, f"during {i}")
@@ -59,7 +51,7 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(outage: OwnPostg
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
 
-        outage.start()
+        own_postgres.start()
         deadline = time.monotonic() + 30
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "the API did not notice Postgres came back"
@@ -70,10 +62,42 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(outage: OwnPostg
         listed = client.get(user.tasks_url, params={"limit": 500}, headers=user.headers).json()
 
     # As the superuser: the login role here has no BYPASSRLS, so it would see no rows at all.
-    with psycopg.connect(outage.server.get_uri(database="todo")) as connection:
+    with psycopg.connect(own_postgres.server.get_uri(database="todo")) as connection:
         stored: list[Any] = connection.execute(
             "select id from tasks where user_id = %s order by id", [user.id]
         ).fetchall()
     assert [row[0] for row in stored] == sorted(acknowledged), "every 2xx write is stored, nothing else"
     assert sorted(task["id"] for task in listed) == sorted(acknowledged)
     assert len(failed_writes) == 3
+
+
+def test_a_stream_survives_a_database_restart_and_misses_nothing(outage: OwnPostgres) -> None:
+    alice = new_user()
+    settings = settings_for(outage.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
+
+    async def scenario(base_url: str) -> None:
+        async with async_client(base_url) as client, opened(client, alice) as stream:
+            await stream.opening_id()
+            before = await client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers)
+            assert (await stream.next()).data == before.json()
+
+            await asyncio.to_thread(outage.stop)
+            await asyncio.sleep(1)
+            await asyncio.to_thread(outage.start)
+            deadline = time.monotonic() + 30
+            while (await client.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline, "the API did not notice Postgres came back"
+                await asyncio.sleep(0.2)
+
+            # At once, before the listener may have reconnected: caught up all the same.
+            written = []
+            for i in range(3):
+                response = await client.post(
+                    alice.tasks_url, json={"title": f"after {i}"}, headers=alice.headers
+                )
+                assert response.status_code == 201
+                written.append(response.json())
+            assert [event.data for event in await stream.take(3)] == written
+
+    with serving(create_app(settings)) as base_url:
+        asyncio.run(scenario(base_url))

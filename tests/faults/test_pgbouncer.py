@@ -17,6 +17,7 @@ from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
 from api.db.prepared import reaches_postgres_itself
+from tests.api.events_client import async_client, opened
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
 from tests.support import LOGIN_ROLE, ApiUser, new_user, serving, settings_for
 
@@ -93,3 +94,34 @@ def test_nothing_is_prepared_through_the_pooler(bouncer_url: str) -> None:
     # The pooler's one server connection ran every statement, and holds none prepared.
     with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=None) as probe:
         assert probe.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
+
+
+def _one_event_reaches_a_stream(base_url: str) -> dict[str, Any]:
+    """Open a stream, write a task, and return the event the stream got for it."""
+    user = new_user()
+
+    async def scenario() -> dict[str, Any]:
+        async with async_client(base_url) as client, opened(client, user) as stream:
+            await stream.opening_id()
+            created = await client.post(user.tasks_url, json={"title": "live"}, headers=user.headers)
+            event = await stream.next()
+            assert (event.kind, event.data) == ("task.created", created.json())
+            return dict(event.data)
+
+    return asyncio.run(scenario())
+
+
+def test_behind_a_transaction_pooler_streams_poll(bouncer_url: str) -> None:
+    app = create_app(settings_for(bouncer_url, events_poll_milliseconds=200))
+    with serving(app) as base_url:
+        assert app.state.events_hub.poll_seconds == 0.2
+        _one_event_reaches_a_stream(base_url)
+
+
+def test_with_a_direct_url_the_worker_listens_even_behind_a_pooler(
+    bouncer_url: str, migrated_db_url: str
+) -> None:
+    app = create_app(settings_for(bouncer_url, database_direct_url=migrated_db_url))
+    with serving(app) as base_url:
+        assert app.state.events_hub.poll_seconds is None
+        _one_event_reaches_a_stream(base_url)

@@ -1,6 +1,5 @@
 """`todo-api serve` refuses to start (clear message, non-zero exit) when isolation is not certain."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,6 @@ def refusal(database_url: str, tmp_path: Path) -> str:
     return result.stderr
 
 
-@pytest.fixture
-def own_cluster() -> Iterator[OwnPostgres]:
-    """Roles belong to the cluster: spoiling todo_app needs a cluster nobody else uses."""
-    cluster = OwnPostgres()
-    try:
-        yield cluster
-    finally:
-        cluster.remove()
-
-
 @pytest.mark.parametrize(
     ("spoil", "finding"),
     [
@@ -45,11 +34,11 @@ def own_cluster() -> Iterator[OwnPostgres]:
     ],
 )
 def test_refuses_when_todo_app_cannot_be_trusted(
-    own_cluster: OwnPostgres, tmp_path: Path, spoil: str, finding: str
+    own_postgres: OwnPostgres, tmp_path: Path, spoil: str, finding: str
 ) -> None:
-    with psycopg.connect(own_cluster.superuser_url, autocommit=True) as superuser:
+    with psycopg.connect(own_postgres.superuser_url, autocommit=True) as superuser:
         superuser.execute(spoil)
-    assert finding in refusal(own_cluster.url, tmp_path)
+    assert finding in refusal(own_postgres.url, tmp_path)
 
 
 OPEN_TABLES = {

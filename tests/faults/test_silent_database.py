@@ -23,11 +23,13 @@ from tests.support import new_user, serving, settings_for
 
 
 class SilenceableProxy:
-    """TCP on loopback to the test Postgres's Unix socket; `silent` holds every byte back."""
+    """TCP on loopback to the test Postgres's Unix socket; `silent` holds every byte back,
+    `answers_held` only the server's (what the API sends still reaches the database)."""
 
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
         self.silent = threading.Event()
+        self.answers_held = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self._closed = False
@@ -41,13 +43,16 @@ class SilenceableProxy:
                 return
             server = socket.socket(socket.AF_UNIX)
             server.connect(str(self.socket_path))
-            for source, target in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+            for source, target, gates in (
+                (client, server, (self.silent,)),
+                (server, client, (self.silent, self.answers_held)),
+            ):
+                threading.Thread(target=self._pump, args=(source, target, gates), daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, gates: tuple[threading.Event, ...]) -> None:
         try:
             while data := source.recv(65536):
-                while self.silent.is_set() and not self._closed:
+                while any(gate.is_set() for gate in gates) and not self._closed:
                     time.sleep(0.01)
                 target.sendall(data)
         except OSError:
@@ -59,6 +64,7 @@ class SilenceableProxy:
     def close(self) -> None:
         self._closed = True
         self.silent.clear()
+        self.answers_held.clear()
         self.listener.close()
 
 
@@ -92,3 +98,37 @@ def test_a_silent_database_is_a_fast_503_and_the_api_recovers(
         listed = client.get(user.tasks_url, headers=user.headers)
         assert listed.status_code == 200
         assert [task["title"] for task in listed.json()] == ["before"]
+
+
+def test_a_write_whose_answer_never_came_is_outcome_unknown_and_a_read_is_not(
+    proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+) -> None:
+    """The write reaches the database and commits; only its answer is held back. So the API cannot
+    know, and must not say "nothing was changed"; the same Idempotency-Key then settles it."""
+    url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
+    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=2)
+    user = new_user()
+    key = {"Idempotency-Key": "held-answer-1"}
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        assert client.post(user.tasks_url, json={"title": "before"}, headers=user.headers).status_code == 201
+
+        proxy.answers_held.set()
+        written = client.post(user.tasks_url, json={"title": "held"}, headers={**user.headers, **key})
+        read = client.get(user.tasks_url, headers=user.headers)
+        proxy.answers_held.clear()
+
+        assert written.status_code == 503, written.text
+        assert written.headers["content-type"].startswith("application/problem+json")
+        assert written.headers["retry-after"].isdigit()
+        problem = written.json()
+        assert problem["type"] == "urn:todo-api:problem:outcome-unknown"
+        assert "Idempotency-Key" in problem["detail"]
+        assert read.status_code == 503, read.text
+        assert read.json()["type"] == "urn:todo-api:problem:database-unavailable", "a read commits nothing"
+
+        retried = client.post(user.tasks_url, json={"title": "held"}, headers={**user.headers, **key})
+        assert retried.status_code == 201, retried.text
+        listed = client.get(user.tasks_url, headers=user.headers)
+    assert sorted(task["title"] for task in listed.json()) == ["before", "held"], "it had committed, once"
+    stored = migrated_db.execute("select count(*) from tasks where title = 'held'").fetchone()
+    assert stored == (1,)

@@ -1,13 +1,17 @@
 /**
  * A typed client for todo-api: openapi-fetch over the types generated into schema.ts, plus what
  * every caller would otherwise write by hand: the bearer token (fetched afresh once on a 401),
- * If-Match from the last ETag seen, and creates that are safe to retry.
+ * If-Match on every write from the last version seen of the task (lists included), and creates
+ * that are safe to retry.
  *
  * Each method returns openapi-fetch's result: `{ data, response }` on success, or
  * `{ error, response }` with the problem document (RFC 9457) when the API refused.
  */
 import createClient from "openapi-fetch";
 import type { components, operations, paths } from "./schema.js";
+import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
+
+export type { SubscribeOptions, Subscription, TaskEvent } from "./events.js";
 
 export type { components, operations, paths };
 export type Task = components["schemas"]["TaskPublic"];
@@ -55,14 +59,15 @@ export function createTodoClient({
 }: TodoClientOptions) {
   const client = createClient<paths>({ baseUrl, fetch: withBearer(getToken, fetch) });
 
-  // The last ETag seen per task id (ids are unique across users). Writes send it as If-Match, so
-  // a change made elsewhere since this client last saw the task is a 412, not silently overwritten.
+  // The ETag of the last version seen of each task (ids are unique across users), from every
+  // answer that carries the task, lists included. Writes send it as If-Match, so a change made
+  // elsewhere since this client last saw the task is a 412, not silently overwritten, and a write
+  // retried after its answer was lost is a 412 too (a toggle is not flipped back).
   const etags = new Map<number, string>();
 
-  /** Notes the ETag of a response that carries the task (200, 201), and passes the result on. */
-  function remember<R extends { data?: Task; response: Response }>(result: R): R {
-    const etag = result.response.headers.get("ETag");
-    if (result.data && etag) etags.set(result.data.id, etag);
+  /** Notes the version of every task a result carries (200, 201), and passes the result on. */
+  function remember<R extends { data?: Task | Task[]; response: Response }>(result: R): R {
+    for (const task of result.data === undefined ? [] : [result.data].flat()) etags.set(task.id, etagOf(task));
     return result;
   }
 
@@ -78,6 +83,14 @@ export function createTodoClient({
     raw: client,
 
     /**
+     * Live changes to the user's tasks (src/events.ts): `onEvent` gets each created, updated and
+     * deleted task in order, and `reset` when the list must be refetched. Reconnects by itself.
+     */
+    subscribe(userId: string, onEvent: (event: TaskEvent) => void, options?: SubscribeOptions): Subscription {
+      return subscribe({ baseUrl, getToken, fetch }, userId, onEvent, options);
+    },
+
+    /**
      * One page of the user's tasks. `next` is the query for the following page (the `Link`
      * header's cursor), undefined on the last one: list again with it until it is undefined.
      */
@@ -85,9 +98,11 @@ export function createTodoClient({
       userId: string,
       query: ListQuery = {},
     ): Promise<Result<Task[]> & { next?: ListQuery }> {
-      const result = await client.GET("/api/{user_id}/tasks", {
-        params: { path: { user_id: userId }, query },
-      });
+      const result = remember(
+        await client.GET("/api/{user_id}/tasks", {
+          params: { path: { user_id: userId }, query },
+        }),
+      );
       // The Link repeats the query it answers with a new cursor, so the next page is this query
       // with that cursor; only the cursor is read from it, which keeps `next` typed.
       const cursor = nextCursor(result.response.headers.get("Link"));
@@ -98,7 +113,8 @@ export function createTodoClient({
     /**
      * Creates a task, safely retried: every attempt carries the same Idempotency-Key (a new UUID
      * unless you pass one), so an attempt that reached the server before the connection dropped is
-     * answered with its first response instead of creating a second task.
+     * answered with the task it made, as it is now (`Idempotent-Replayed: true`), instead of
+     * creating a second task; 410 task-deleted when that task has been deleted since.
      */
     async createTask(
       userId: string,
@@ -201,6 +217,11 @@ function withBearer(
     await response.body?.cancel(); // free the connection rather than wait for garbage collection
     return attempt(true);
   };
+}
+
+/** A task's ETag, as the API makes it from the task's version (`"<id>.<version>"`). */
+export function etagOf(task: Pick<Task, "id" | "version">): string {
+  return `"${task.id}.${task.version}"`;
 }
 
 /** The cursor in a `Link: </api/u/tasks?...&cursor=...>; rel="next"` header, if there is one. */

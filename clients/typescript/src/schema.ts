@@ -5,6 +5,37 @@
  */
 
 export interface paths {
+    "/api/{user_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stream changes to your tasks
+         * @description One event per real change of one of your tasks, in commit order; a write that changes nothing sends
+         *     none. Every event has an `id:`; send the last one back as `Last-Event-ID` when you reconnect.
+         *
+         *     - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
+         *     - `event: task.deleted`: `data: {"id": N}`.
+         *     - `event: reset` (`data: {}`): your Last-Event-ID is malformed or older than what is kept; refetch.
+         *
+         *     The stream opens with a bare `id:` line (where it starts), sends a `:` comment line every
+         *     EVENTS_HEARTBEAT_SECONDS, and ends when your token expires: reconnect with a fresh token and your
+         *     last id. A browser's EventSource cannot send the Authorization header: stream with fetch (the
+         *     TypeScript client's `subscribe` does). At most MAX_STREAMS_PER_USER streams per user and server
+         *     process; the next is refused with 429.
+         */
+        get: operations["streamEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/{user_id}/tasks": {
         parameters: {
             query?: never;
@@ -20,7 +51,7 @@ export interface paths {
         put?: never;
         /**
          * Create a task
-         * @description With an Idempotency-Key, safe to retry: a repeat gets the first response.
+         * @description With an Idempotency-Key, safe to retry: a repeat creates nothing and gets 201 with the task that key created, as it is now, and `Idempotent-Replayed: true`.
          */
         post: operations["createTask"];
         delete?: never;
@@ -186,6 +217,11 @@ export interface components {
             updated_at: string;
             /** User Id */
             user_id: string;
+            /**
+             * Version
+             * @description Moves exactly when the task changes; the ETag is `"<id>.<version>"`.
+             */
+            version: number;
         };
         /**
          * TaskUpdate
@@ -208,6 +244,97 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    streamEvents: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The `id` of the last event you received: the stream first sends exactly the events after it. Without it, the stream starts from now. When it is malformed or older than what is kept (EVENTS_RETENTION_HOURS), the stream starts with `event: reset`: refetch the list. */
+                "Last-Event-ID"?: string;
+            };
+            path: {
+                /** @description The caller's user id: the token's `sub`. */
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event stream. */
+            200: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token. */
+            401: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The user id in the path is not the token's subject. */
+            403: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: each bad field is listed in `errors`. */
+            422: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many requests from you: past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            429: {
+                headers: {
+                    /** @description What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
+                    RateLimit?: string;
+                    /** @description The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     listTasks: {
         parameters: {
             query?: {
@@ -296,7 +423,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -315,7 +442,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description 1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS gets the first response and creates nothing; the same key with another body gets 422 idempotency-key-reused. */
+                /** @description 1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets 201 with that task as it is now (410 task-deleted once it is deleted); the same key with another body gets 422 idempotency-key-reused. */
                 "Idempotency-Key"?: string;
             };
             path: {
@@ -330,11 +457,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The new task (or, for a repeated Idempotency-Key, the first one). */
+            /** @description The new task; for a repeated Idempotency-Key, the one it made, as it is now. */
             201: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description `true` when this answers a repeated Idempotency-Key: nothing was created now. A first answer has no such header. */
+                    "Idempotent-Replayed"?: string;
                     /** @description The new task's URL. */
                     Location?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -369,6 +498,17 @@ export interface operations {
             };
             /** @description You have MAX_TASKS_PER_USER tasks already; nothing was created. */
             409: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A repeated Idempotency-Key whose task has been deleted since; nothing was created. */
+            410: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
@@ -417,7 +557,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -534,7 +674,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -679,7 +819,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -805,7 +945,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -950,7 +1090,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */

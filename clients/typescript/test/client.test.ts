@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { createTodoClient, type ListQuery, type TodoClientOptions } from "../src/index.js";
+import { createTodoClient, etagOf, type ListQuery, type TodoClientOptions } from "../src/index.js";
 
 interface TestUser {
   id: string;
@@ -165,4 +165,75 @@ test("a token the API refuses is replaced by a fresh one and the request sent ag
   assert.equal(created.response.status, 201, JSON.stringify(created.error));
   assert.deepEqual(asked, [false, true]);
   assert.equal(created.data?.title, "After a refresh");
+});
+
+test("an edit made in another tab after this one listed is a 412, for an update and a toggle", async () => {
+  const user = takeUser();
+  const mine = clientFor(user);
+  const elsewhere = clientFor(user); // another tab: an ETag memory of its own
+  const { data: task } = await elsewhere.createTask(user.id, { title: "Original" });
+  assert.ok(task);
+  const listed = await mine.listTasks(user.id); // `mine` has only ever seen the task in a list
+  assert.deepEqual(
+    listed.data?.map((listedTask) => [listedTask.id, listedTask.version]),
+    [[task.id, 1]],
+  );
+  const changed = await elsewhere.updateTask(user.id, task.id, { title: "Changed elsewhere" });
+  assert.equal(changed.response.status, 200);
+  assert.equal(changed.response.headers.get("ETag"), etagOf({ id: task.id, version: 2 }));
+
+  const stale = await mine.updateTask(user.id, task.id, { title: "Mine" });
+  const staleToggle = await mine.setTaskCompletion(user.id, task.id);
+
+  assert.equal(stale.response.status, 412);
+  assert.equal(staleToggle.response.status, 412);
+  assert.equal(staleToggle.error?.type, "urn:todo-api:problem:precondition-failed");
+  const current = await elsewhere.getTask(user.id, task.id);
+  assert.equal(current.data?.title, "Changed elsewhere");
+  assert.equal(current.data?.completed, false);
+});
+
+test("a toggle retried after its answer was lost is a 412, not a flip back", async () => {
+  const user = takeUser();
+  let dropped = 0;
+  const todo = clientFor(user, {
+    // The first PATCH reaches the server and is done, but its answer never reaches the client.
+    fetch: async (request) => {
+      const response = await fetch(request);
+      if (request.method !== "PATCH" || dropped++ > 0) return response;
+      await response.body?.cancel();
+      throw new TypeError("fetch failed", { cause: new Error("other side closed") });
+    },
+  });
+  const { data: task } = await clientFor(user).createTask(user.id, { title: "Toggle once" });
+  assert.ok(task);
+  await todo.listTasks(user.id); // as a page does: the task is known from the list only
+
+  await assert.rejects(todo.setTaskCompletion(user.id, task.id), TypeError);
+  const retried = await todo.setTaskCompletion(user.id, task.id);
+
+  assert.equal(retried.response.status, 412);
+  const now = await todo.getTask(user.id, task.id);
+  assert.equal(now.data?.completed, true, "toggled once, by the attempt whose answer was lost");
+  assert.equal(now.data?.version, 2);
+});
+
+test("a repeated create shows the task as it is now, so the next write is not a 412", async () => {
+  const user = takeUser();
+  const mine = clientFor(user);
+  const elsewhere = clientFor(user);
+  const idempotencyKey = crypto.randomUUID();
+  const first = await mine.createTask(user.id, { title: "Draft" }, { idempotencyKey });
+  assert.ok(first.data);
+  assert.equal(first.response.headers.get("Idempotent-Replayed"), null);
+  await elsewhere.updateTask(user.id, first.data.id, { title: "Edited" });
+
+  const repeat = await mine.createTask(user.id, { title: "Draft" }, { idempotencyKey });
+
+  assert.equal(repeat.response.status, 201);
+  assert.equal(repeat.response.headers.get("Idempotent-Replayed"), "true");
+  assert.equal(repeat.data?.title, "Edited");
+  assert.equal(repeat.response.headers.get("ETag"), etagOf({ id: first.data.id, version: 2 }));
+  const next = await mine.setTaskCompletion(user.id, first.data.id, true);
+  assert.equal(next.response.status, 200, JSON.stringify(next.error));
 });

@@ -1,0 +1,91 @@
+"""The one LISTEN connection of a worker: wake-ups for the live-changes streams (`api.events`).
+
+The trigger that writes task events (sql/migrations/0008_task_events.sql) sends NOTIFY on channel
+`task_events` with a short hash of the user id and nothing else; the listener hands each payload to
+`on_wake`. A notification only says "look again": streams read the events themselves, through the
+role switch, so a lost, duplicated or colliding notification costs at most a read, never an event.
+
+LISTEN needs a session that lasts, which a pooler in transaction mode (Neon's pooled URL) does not
+give: `listen_url` picks DATABASE_DIRECT_URL, else DATABASE_URL when it reaches Postgres itself,
+else nothing (the streams then poll). When the connection is lost (a database restart, a dropped
+network) the listener reconnects with backoff, and calls `on_lost` both when it notices and once it
+listens again, so that every stream catches up from its last id: nothing is missed.
+"""
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+
+import psycopg
+
+from api.db.prepared import reaches_postgres_itself
+from api.db.urls import libpq_url
+from api.settings import Settings
+
+CHANNEL = "task_events"
+# How long the connection may stay silent before the listener checks that it is still alive.
+_IDLE_CHECK_SECONDS = 10.0
+_FIRST_BACKOFF_SECONDS = 0.1
+_MAX_BACKOFF_SECONDS = 5.0
+
+logger = logging.getLogger(__name__)
+
+
+def wake_tag(user_id: str) -> str:
+    """The NOTIFY payload for a user's events, as the trigger computes it: md5, first 8 hex digits."""
+    return hashlib.md5(user_id.encode(), usedforsecurity=False).hexdigest()[:8]
+
+
+async def listen_url(settings: Settings) -> str | None:
+    """Where this worker can LISTEN, or None when only a transaction pooler is configured."""
+    if settings.database_direct_url is not None:
+        return _conninfo(settings.database_direct_url.get_secret_value(), settings)
+    if settings.database_url is None:
+        return None
+    url = _conninfo(settings.database_url.get_secret_value(), settings)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+        return url if await reaches_postgres_itself(connection) else None
+
+
+def _conninfo(url: str, settings: Settings) -> str:
+    return libpq_url(
+        url, connect_timeout=settings.db_connect_timeout_seconds, application_name="todo-api-listener"
+    )
+
+
+class Listener:
+    def __init__(self, conninfo: str, *, on_wake: Callable[[str], None], on_lost: Callable[[], None]):
+        self._conninfo = conninfo
+        self._on_wake = on_wake
+        self._on_lost = on_lost
+        self.listening = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting whenever the connection is lost."""
+        backoff = _FIRST_BACKOFF_SECONDS
+        while True:
+            try:
+                await self._listen_once()
+            except (psycopg.OperationalError, OSError, TimeoutError) as error:
+                logger.warning("the events listener lost its connection (%s); reconnecting", error)
+            if self.listening.is_set():  # it did listen: the next loss starts from a short wait again
+                backoff = _FIRST_BACKOFF_SECONDS
+            self.listening.clear()
+            self._on_lost()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+
+    async def _listen_once(self) -> None:
+        connection = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        async with connection:
+            await connection.execute(f"LISTEN {CHANNEL}")
+            self.listening.set()
+            # Whatever was written while nobody listened is read now.
+            self._on_lost()
+            while True:
+                async for notify in connection.notifies(timeout=_IDLE_CHECK_SECONDS):
+                    self._on_wake(notify.payload)
+                # Silent for a while: a connection the network dropped without a word fails here.
+                async with asyncio.timeout(_IDLE_CHECK_SECONDS):
+                    await connection.execute("SELECT 1")

@@ -1,0 +1,104 @@
+"""What todo_app can reach, live (sql/checks/reach.sql) against what the package ships
+(sql/checks/expected_reach.json): every difference is a finding.
+
+The expected state is a file inside the package, never a table: no database role can rewrite it to
+match a change made by hand. It is the same query run on a freshly migrated database, so a
+migration or a policy file that changes what todo_app reaches changes it too; after such a change,
+regenerate it with REGENERATE (tests/db/test_expected_reach.py fails, saying so, until it is).
+"""
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from api.db.sql_files import EXPECTED_REACH, REACH_CHECK, display_path, read_sql
+
+REGENERATE = "todo-api policies --write-expected"
+
+
+@dataclass(frozen=True, order=True)
+class Reach:
+    """One object todo_app (or PUBLIC) can reach a row through, and how."""
+
+    kind: str
+    object: str
+    detail: str
+
+    @property
+    def policy(self) -> tuple[str, str] | None:
+        """(table, policy name) when this is a policy: `public.tasks "name"`."""
+        if self.kind != "policy":
+            return None
+        table, _, quoted = self.object.partition(' "')
+        return table, quoted.removesuffix('"')
+
+
+async def read_reach(connection: psycopg.AsyncConnection[Any]) -> list[Reach]:
+    """The live reach, read with an empty search_path so that every name is schema-qualified.
+
+    Runs in the caller's transaction (the setting is local to it)."""
+    await connection.execute("select set_config('search_path', '', true)")
+    async with connection.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute(read_sql(REACH_CHECK))
+        return [Reach(*row) for row in await cursor.fetchall()]
+
+
+@cache
+def expected_reach(path: Path = EXPECTED_REACH) -> tuple[Reach, ...]:
+    document = json.loads(read_sql(path))
+    return tuple(Reach(*row) for row in document["reach"])
+
+
+def render_expected(rows: Iterable[Reach], server_version: str) -> str:
+    """The file's text: one object per line, sorted, so that a change reads as a small diff."""
+    lines = ",\n".join(f"    {json.dumps([row.kind, row.object, row.detail])}" for row in sorted(set(rows)))
+    return (
+        "{\n"
+        f'  "about": "What todo_app can reach after the shipped migrations and sql/policies/, read by '
+        f"sql/checks/reach.sql on a fresh database (PostgreSQL {server_version}). Do not edit: run "
+        f'`{REGENERATE}`.",\n'
+        f'  "reach": [\n{lines}\n  ]\n}}\n'
+    )
+
+
+def write_expected(rows: Iterable[Reach], server_version: str, path: Path = EXPECTED_REACH) -> None:
+    path.write_text(render_expected(rows, server_version), encoding="utf-8")
+    expected_reach.cache_clear()
+
+
+@dataclass(frozen=True)
+class Difference:
+    message: str
+    policy: tuple[str, str] | None
+
+
+def differences(live: Iterable[Reach], expected: Iterable[Reach]) -> list[Difference]:
+    """Each object added, changed or gone, in words, in the order of the objects."""
+    now = {(row.kind, row.object): row for row in live}
+    shipped = {(row.kind, row.object): row for row in expected}
+    source = display_path(EXPECTED_REACH)
+    found = []
+    for key in sorted(now.keys() | shipped.keys()):
+        kind, name = key
+        live_row, expected_row = now.get(key), shipped.get(key)
+        if live_row == expected_row:
+            continue
+        if expected_row is None:
+            assert live_row is not None
+            message = f"{kind} {name} is not in what todo-api ships ({source}): {live_row.detail}"
+        elif live_row is None:
+            message = f"{kind} {name} is shipped by todo-api but gone: {expected_row.detail}"
+        else:
+            message = (
+                f"{kind} {name} differs from what todo-api ships: it is {live_row.detail}; "
+                f"shipped: {expected_row.detail}"
+            )
+        either = live_row or expected_row
+        found.append(Difference(message, either.policy if either else None))
+    return found

@@ -1,0 +1,1 @@
+"""Live changes: the per-user Server-Sent Events stream of task events (issue 33)."""

@@ -1,0 +1,103 @@
+"""The per-worker hub: which streams are open, and waking them when their user's events may have moved.
+
+A stream holds no database connection while it waits: it waits on its subscription's `woken`
+event, which the hub sets when the LISTEN connection (`api.db.listener`) hears the stream's user's
+tag, when that connection was lost and regained (everyone catches up), and when the worker shuts
+down (every stream ends). The hub also counts streams per user: past MAX_STREAMS_PER_USER on this
+worker, the next one is refused with 429, and a closed stream gives its place back.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from api.db.listener import Listener, listen_url, wake_tag
+from api.http.problems import too_many_requests
+from api.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# How long a refused stream is asked to wait: one heartbeat of another stream closing is typical.
+_RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    user_id: str
+    tag: str
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Hub:
+    def __init__(self, *, max_streams_per_user: int) -> None:
+        self._max_streams_per_user = max_streams_per_user
+        # Set when no LISTEN connection can be had (a transaction pooler and no direct URL): how
+        # often each stream reads again unprompted.
+        self.poll_seconds: float | None = None
+        self._by_user: dict[str, set[Subscription]] = defaultdict(set)
+        self._by_tag: dict[str, set[Subscription]] = defaultdict(set)
+        self.closed = False
+
+    def subscribe(self, user_id: str) -> Subscription:
+        """A place for one more stream of `user_id`; 429 when the user holds all of theirs already."""
+        streams = self._by_user[user_id]
+        if len(streams) >= self._max_streams_per_user:
+            raise too_many_requests(
+                f"You have {self._max_streams_per_user} event streams open on this server already"
+                " (MAX_STREAMS_PER_USER): close one first.",
+                retry_after=_RETRY_AFTER_SECONDS,
+            )
+        subscription = Subscription(user_id, wake_tag(user_id))
+        streams.add(subscription)
+        self._by_tag[subscription.tag].add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        for index, key in ((self._by_user, subscription.user_id), (self._by_tag, subscription.tag)):
+            held = index.get(key)
+            if held is not None:
+                held.discard(subscription)
+                if not held:
+                    del index[key]
+
+    def streams_of(self, user_id: str) -> int:
+        return len(self._by_user.get(user_id, ()))
+
+    def wake(self, tag: str) -> None:
+        """Wake the streams whose user's tag this is (others whose tag collides wake for nothing)."""
+        for subscription in self._by_tag.get(tag, ()):
+            subscription.woken.set()
+
+    def wake_all(self) -> None:
+        for streams in self._by_tag.values():
+            for subscription in streams:
+                subscription.woken.set()
+
+    @contextlib.asynccontextmanager
+    async def waking(self, settings: Settings) -> AsyncIterator[None]:
+        """For the app's lifespan: wake-ups from a LISTEN connection while the app serves (or polling,
+        where there can be none); at the end, every stream is closed."""
+        url = await listen_url(settings)
+        if url is None:
+            self.poll_seconds = settings.events_poll_milliseconds / 1000
+            logger.info(
+                "no direct database URL: event streams poll every %s ms", settings.events_poll_milliseconds
+            )
+        listener = None if url is None else Listener(url, on_wake=self.wake, on_lost=self.wake_all)
+        task = None if listener is None else asyncio.create_task(listener.run(), name="events-listener")
+        try:
+            yield
+        finally:
+            self.close()
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def close(self) -> None:
+        """Shutting down: no new streams, and every open one ends at its next wake-up, which is now."""
+        self.closed = True
+        self.wake_all()

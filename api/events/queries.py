@@ -1,0 +1,29 @@
+"""The two statements a stream runs, each in a transaction of its own through `Database.run`, as the
+stream's user: row-level security (sql/policies/task_events.sql) limits both to that user's events."""
+
+from sqlalchemy import text
+
+from api.db.database import Query
+
+# Events a stream sends per read; a stream further behind reads again at once.
+BATCH = 100
+
+_START = text(
+    "SELECT (SELECT coalesce(max(id), 0) FROM public.task_events) AS newest,"
+    " EXISTS (SELECT FROM public.task_events WHERE id = :after) AS kept"
+)
+_AFTER = text(
+    "SELECT id, kind, task_id, task FROM public.task_events WHERE id > :after ORDER BY id LIMIT :batch"
+)
+
+
+def start(after: int) -> Query:
+    """The user's newest event id (0 when none), and whether event `after` is still kept: the trigger
+    purges a user's events oldest first, so while the last event a client saw is kept, every event
+    after it is too."""
+    return Query(_START, {"after": after})
+
+
+def events_after(after: int) -> Query:
+    """The user's next events after `after`, oldest first."""
+    return Query(_AFTER, {"after": after, "batch": BATCH})

@@ -1,0 +1,107 @@
+"""GET /api/{user_id}/events: the caller's task events as Server-Sent Events (`api.events.stream`).
+
+Authenticated like every task route (`AuthenticatedRoute`: the same Bearer token, 401 and 403).
+sse-starlette writes the wire format, the heartbeat comments and notices the client leaving.
+"""
+
+from typing import Any
+
+import jwt
+from fastapi import APIRouter, Request, Response
+from fastapi.security.utils import get_authorization_scheme_param
+from sse_starlette import EventSourceResponse
+
+from api.events import stream
+from api.events.hub import Hub
+from api.http.caller import AuthenticatedRoute, caller_of
+from api.settings import Settings
+from api.tasks import docs
+
+# A stream that cannot take a write this long (a client that stopped reading) is closed.
+_SEND_TIMEOUT_SECONDS = 30.0
+
+LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": (
+        "The `id` of the last event you received: the stream first sends exactly the events after it. "
+        "Without it, the stream starts from now. When it is malformed or older than what is kept "
+        "(EVENTS_RETENTION_HOURS), the stream starts with `event: reset`: refetch the list."
+    ),
+    "schema": {"type": "string"},
+}
+
+_EVENTS_DESCRIPTION = """\
+One event per real change of one of your tasks, in commit order; a write that changes nothing sends
+none. Every event has an `id:`; send the last one back as `Last-Event-ID` when you reconnect.
+
+- `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
+- `event: task.deleted`: `data: {"id": N}`.
+- `event: reset` (`data: {}`): your Last-Event-ID is malformed or older than what is kept; refetch.
+
+The stream opens with a bare `id:` line (where it starts), sends a `:` comment line every
+EVENTS_HEARTBEAT_SECONDS, and ends when your token expires: reconnect with a fresh token and your
+last id. A browser's EventSource cannot send the Authorization header: stream with fetch (the
+TypeScript client's `subscribe` does). At most MAX_STREAMS_PER_USER streams per user and server
+process; the next is refused with 429.
+"""
+
+router = APIRouter(
+    prefix="/api/{user_id}/events",
+    tags=["events"],
+    responses=docs.AUTH_ERRORS,
+    route_class=AuthenticatedRoute,
+)
+
+
+def _event_schema() -> dict[str, Any]:
+    return {
+        "type": "string",
+        "description": "Server-Sent Events; each `data:` is JSON, as `x-events` describes per event.",
+        "x-events": {
+            "task.created": {"$ref": "#/components/schemas/TaskPublic"},
+            "task.updated": {"$ref": "#/components/schemas/TaskPublic"},
+            "task.deleted": stream.TaskDeleted.model_json_schema(),
+            "reset": {"type": "object"},
+        },
+    }
+
+
+def _token_expiry(request: Request) -> float:
+    """When the caller's token expires (`AuthenticatedRoute` has verified it, `exp` included)."""
+    _, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    return float(jwt.decode(token, options={"verify_signature": False})["exp"])
+
+
+@router.get(
+    "",
+    operation_id="streamEvents",
+    summary="Stream changes to your tasks",
+    description=_EVENTS_DESCRIPTION,
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "The event stream.",
+            "content": {"text/event-stream": {"schema": _event_schema()}},
+        }
+    },
+    openapi_extra=docs.operation_docs(headers=(LAST_EVENT_ID,)),
+)
+async def stream_events(request: Request) -> Response:
+    caller = caller_of(request)
+    hub: Hub = request.app.state.events_hub
+    settings: Settings = request.app.state.settings
+    subscription = hub.subscribe(caller.user.id)
+    try:
+        begin = await stream.start(caller, request.headers.get("Last-Event-ID"))
+    except BaseException:
+        hub.unsubscribe(subscription)
+        raise
+    events = stream.events(caller, hub, subscription, begin, expires_at=_token_expiry(request))
+    return EventSourceResponse(
+        events,
+        ping=settings.events_heartbeat_seconds,
+        send_timeout=_SEND_TIMEOUT_SECONDS,
+        headers={"Cache-Control": "no-store"},
+    )

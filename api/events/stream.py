@@ -1,0 +1,119 @@
+"""One stream: from its starting id, each of its user's events as a Server-Sent Event, until the token
+expires, the client goes, or the worker shuts down.
+
+Every read runs through `Caller.run` (the role switch and app.user_id), so the policies decide
+which events a stream sees; between reads the stream holds no database connection and waits for
+its hub to wake it (or, with no LISTEN connection, for EVENTS_POLL_MILLISECONDS).
+
+An event's `data` is built with the very model GET answers with (`TaskPublic`), from the task as the
+trigger stored it, so an event is the task exactly as GET returns it and follows that model's fields.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from sse_starlette.event import ServerSentEvent
+
+from api.db.errors import UNAVAILABLE, UserShareExceeded
+from api.events import queries
+from api.events.hub import Hub, Subscription
+from api.http.caller import Caller
+from api.tasks.models import TaskPublic
+
+# The largest event id a client may send back: Postgres's bigint.
+_MAX_EVENT_ID = 2**63 - 1
+# How long a stream waits before reading again when the database could not answer.
+_RETRY_SECONDS = 1.0
+_NOT_NOW: tuple[type[Exception], ...] = (*UNAVAILABLE, UserShareExceeded)
+
+
+class TaskDeleted(BaseModel):
+    """The data of a `task.deleted` event."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a stream starts: after event `position`; with `reset`, the client must refetch first."""
+
+    position: int
+    reset: bool
+
+
+def resume_point(last_event_id: str | None) -> int | None:
+    """The event id a client resumes after: None when it sent none; -1 when what it sent is no id."""
+    if last_event_id is None:
+        return None
+    if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > 19:
+        return -1
+    value = int(last_event_id)
+    return value if value <= _MAX_EVENT_ID else -1
+
+
+async def start(caller: Caller, last_event_id: str | None) -> Start:
+    """Without Last-Event-ID, from now; with one that is still kept (or 0: before any event), right
+    after it; with one that is malformed or older than what is kept, from now after a reset."""
+    after = resume_point(last_event_id)
+    (row,) = await caller.run(queries.start(max(after or 0, 0)), read_only=True)
+    if after is None:
+        return Start(row["newest"], reset=False)
+    if after == 0 or row["kept"]:
+        return Start(after, reset=False)
+    return Start(row["newest"], reset=True)
+
+
+def server_sent(event: Mapping[str, Any]) -> ServerSentEvent:
+    """One stored event as the client receives it."""
+    if event["kind"] == "task.deleted":
+        data = TaskDeleted(id=event["task_id"]).model_dump_json()
+    else:
+        data = TaskPublic.model_validate(event["task"]).model_dump_json()
+    return ServerSentEvent(data=data, event=event["kind"], id=str(event["id"]))
+
+
+async def events(
+    caller: Caller, hub: Hub, subscription: Subscription, begin: Start, *, expires_at: float
+) -> AsyncIterator[ServerSentEvent]:
+    """The stream's events; its place in the hub is given back when it ends, however it ends."""
+    try:
+        position = begin.position
+        if begin.reset:
+            yield ServerSentEvent(data="{}", event="reset", id=str(position))
+        else:
+            # No event, only the id: a client that reconnects before any event resumes from here.
+            yield ServerSentEvent(id=str(position))
+        while not hub.closed:
+            subscription.woken.clear()
+            try:
+                # Shielded: a client that leaves mid-read must not cancel the statement, which would
+                # cost the pool its connection; the read finishes and the connection goes back.
+                rows = await asyncio.shield(caller.run(queries.events_after(position), read_only=True))
+            except _NOT_NOW:
+                # The listener wakes every stream once the database is back; until then, retry.
+                await _wait(subscription, min(_RETRY_SECONDS, expires_at - time.time()))
+                continue
+            for row in rows:
+                yield server_sent(row)
+                position = row["id"]
+            if len(rows) == queries.BATCH:
+                continue
+            remaining = expires_at - time.time()
+            if remaining <= 0:
+                return  # the token has expired: the client reconnects with a fresh one
+            await _wait(
+                subscription, remaining if hub.poll_seconds is None else min(hub.poll_seconds, remaining)
+            )
+    finally:
+        hub.unsubscribe(subscription)
+
+
+async def _wait(subscription: Subscription, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(seconds, 0)):
+            await subscription.woken.wait()

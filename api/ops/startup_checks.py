@@ -1,0 +1,83 @@
+"""Mistakes `todo-api` catches before it starts anything: a port already taken, the development
+database offered beyond this machine, and a variable that was meant to be a setting but is misspelt.
+
+Each is one line: a refusal is a CommandFailed, a near miss a warning.
+"""
+
+import difflib
+import errno
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping
+
+from api.ops.failures import CommandFailed
+
+# How alike a variable's name must be to a setting's (difflib's ratio) to be taken for a misspelling
+# of it: DATABSE_URL is 0.96 from DATABASE_URL, while OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, a variable of
+# the OpenTelemetry SDK, is 0.89 from OTEL_EXPORTER_OTLP_ENDPOINT.
+_NEAR_MISS_RATIO = 0.9
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_the_development_database_beyond_loopback(host: str) -> None:
+    """The embedded database comes with a generated secret and open development CORS: this machine only."""
+    if not is_loopback(host):
+        raise CommandFailed(
+            f"refusing to serve the embedded development database on --host {host}: it is for this "
+            "machine only (127.0.0.1); set DATABASE_URL to serve a database of your own on other addresses"
+        )
+
+
+def refuse_a_taken_port(host: str, port: int) -> None:
+    """Fail in one line when `host:port` cannot be listened on, before anything starts.
+
+    The HTTP server binds with SO_REUSEPORT, which would let a second server share the port and split
+    its requests; this probe binds without it, so it fails while anyone listens there.
+    """
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise CommandFailed(f"cannot listen on --host {host}: {error.strerror}") from None
+    with socket.socket(family, kind, protocol) as probe:
+        # Connections of an earlier server still in TIME_WAIT do not hold the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise CommandFailed(
+                    f"port {port} on {host} is already in use (by another todo-api serve, or another "
+                    "program): stop it, or choose another --port"
+                ) from None
+            if error.errno == errno.EACCES:
+                raise CommandFailed(
+                    f"not allowed to listen on port {port}: ports below 1024 need root; choose another --port"
+                ) from None
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise CommandFailed(
+                    f"cannot listen on --host {host}: not an address of this machine"
+                ) from None
+            raise CommandFailed(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def near_misses(environment: Mapping[str, str], settings: Iterable[str]) -> list[str]:
+    """A warning for each variable that looks like one of ours (upper case, close to a setting's name)
+    but is not one: set, it would be ignored without a word."""
+    names = sorted(name.upper() for name in settings)
+    warnings = []
+    for variable in sorted(environment):
+        if not variable.isupper() or variable in names:
+            continue
+        if close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO):
+            warnings.append(f"{variable} is set but is no setting; did you mean {close[0]}?")
+    return warnings

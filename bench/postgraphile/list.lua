@@ -1,0 +1,3 @@
+-- PostGraphile scenario "list": see common.lua.
+local requests = dofile(os.getenv("BENCH_LUA_DIR") .. "/postgraphile/common.lua")
+request = requests.list

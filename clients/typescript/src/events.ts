@@ -1,0 +1,161 @@
+/**
+ * Live changes: `GET /api/{user_id}/events` (Server-Sent Events) streamed with fetch, because a
+ * browser's EventSource cannot send the Authorization header (and the token never goes in the URL).
+ * eventsource-parser reads the wire format; this file only connects, reconnects and resumes.
+ *
+ * - Every connection sends a token from `getToken`; a 401 asks for a fresh one, and so does every
+ *   reconnect after the server ended the stream (it does when the token expires).
+ * - Reconnects wait with exponential backoff (or the server's Retry-After on a 429) and resume with
+ *   Last-Event-ID, so nothing is missed and nothing comes twice.
+ * - `reset` means "refetch the list": the server sends it when the id is too old to resume from, and
+ *   the client when it reconnects without one (before any event arrived).
+ */
+import { createParser, type EventSourceMessage } from "eventsource-parser";
+import type { components } from "./schema.js";
+
+type Task = components["schemas"]["TaskPublic"];
+
+export type TaskEvent =
+  | { type: "task.created"; id: string; task: Task }
+  | { type: "task.updated"; id: string; task: Task }
+  | { type: "task.deleted"; id: string; taskId: number }
+  /** The events since your last one cannot be replayed: refetch the list, then carry on. */
+  | { type: "reset" };
+
+export interface SubscribeOptions {
+  /** Stops the subscription (as `close()` does). */
+  signal?: AbortSignal;
+  /** Resume after this event id (one you saw earlier) instead of starting from now. */
+  lastEventId?: string;
+  /** Told of each failed connection before the next attempt (network down, 5xx, 429...). */
+  onError?: (error: unknown) => void;
+}
+
+export interface Subscription {
+  /** Stops the stream for good; resolves once it has stopped. */
+  close(): Promise<void>;
+  /** The id of the last event received, for a later `lastEventId`. */
+  readonly lastEventId: string | undefined;
+}
+
+export interface EventsConnection {
+  baseUrl: string;
+  getToken: (options: { fresh: boolean }) => Promise<string>;
+  fetch: (request: Request) => Promise<Response>;
+}
+
+type Outcome = { kind: "ended" } | { kind: "unauthorized" } | { kind: "refused"; retryAfterMs?: number };
+
+const FIRST_RETRY_MS = 500;
+const MAX_RETRY_MS = 15_000;
+
+export function subscribe(
+  { baseUrl, getToken, fetch }: EventsConnection,
+  userId: string,
+  onEvent: (event: TaskEvent) => void,
+  { signal, lastEventId, onError }: SubscribeOptions = {},
+): Subscription {
+  const stopping = new AbortController();
+  signal?.addEventListener("abort", () => stopping.abort(), { once: true });
+  const url = new URL(`/api/${encodeURIComponent(userId)}/events`, baseUrl);
+  let last = lastEventId;
+
+  function deliver(message: EventSourceMessage): void {
+    if (message.id !== undefined) last = message.id;
+    const id = message.id ?? "";
+    switch (message.event) {
+      case "task.created":
+      case "task.updated":
+        onEvent({ type: message.event, id, task: JSON.parse(message.data) as Task });
+        break;
+      case "task.deleted":
+        onEvent({ type: "task.deleted", id, taskId: (JSON.parse(message.data) as { id: number }).id });
+        break;
+      case "reset":
+        onEvent({ type: "reset" });
+        break;
+      // Anything else is from a newer server: not for this client.
+    }
+  }
+
+  // Failed attempts since the last connection that was answered with the stream.
+  let failures = 0;
+  let connectedBefore = lastEventId !== undefined;
+
+  /** One connection, read to its end: "ended" when the server closed a stream it had opened. */
+  async function connectOnce(fresh: boolean): Promise<Outcome> {
+    const headers = new Headers({
+      Accept: "text/event-stream",
+      Authorization: `Bearer ${await getToken({ fresh })}`,
+    });
+    const resumeFrom = last;
+    if (resumeFrom !== undefined) headers.set("Last-Event-ID", resumeFrom);
+    const response = await fetch(new Request(url, { headers, signal: stopping.signal }));
+    if (response.status === 401 || !response.ok || !response.body) {
+      await response.body?.cancel(); // free the connection rather than wait for garbage collection
+      if (response.status === 401) return { kind: "unauthorized" };
+      onError?.(new Error(`the event stream answered ${response.status}`));
+      const retryAfter = Number(response.headers.get("Retry-After"));
+      return { kind: "refused", retryAfterMs: retryAfter > 0 ? retryAfter * 1000 : undefined };
+    }
+    failures = 0;
+    // Without an id to resume from, what happened while disconnected is unknown: refetch, now that
+    // the stream is live, so that everything after the refetch arrives as events.
+    if (resumeFrom === undefined && connectedBefore) onEvent({ type: "reset" });
+    connectedBefore = true;
+    const parser = createParser({ onEvent: deliver });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return { kind: "ended" };
+      parser.feed(value);
+    }
+  }
+
+  const running = (async () => {
+    let fresh = false;
+    while (!stopping.signal.aborted) {
+      let outcome: Outcome;
+      try {
+        outcome = await connectOnce(fresh);
+      } catch (error) {
+        if (stopping.signal.aborted) break;
+        onError?.(error); // the network failed, or the connection dropped mid-stream
+        await sleep(backoff(failures++), stopping.signal);
+        continue;
+      }
+      if (outcome.kind === "unauthorized") {
+        // A fresh token refused too will not be accepted by asking again at once.
+        if (fresh) await sleep(backoff(failures++), stopping.signal);
+      } else if (outcome.kind === "refused") {
+        await sleep(outcome.retryAfterMs ?? backoff(failures++), stopping.signal);
+      } else {
+        // The server ended the stream: the token expired, or the server is shutting down.
+        await sleep(backoff(0), stopping.signal);
+      }
+      fresh = outcome.kind !== "refused";
+    }
+  })();
+
+  return {
+    async close() {
+      stopping.abort();
+      await running;
+    },
+    get lastEventId() {
+      return last;
+    },
+  };
+}
+
+/** Exponential with full jitter, so that the tabs of a restarted server do not all come back at once. */
+function backoff(failures: number): number {
+  return Math.random() * Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** failures);
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
+  });
+}

@@ -1,0 +1,156 @@
+/**
+ * `subscribe` against a live API (tests/test_typescript_client.py starts it and mints the users).
+ * node runs each test file in a process of its own, so this file takes its users from the END of
+ * TODO_API_USERS, and client.test.ts from the start: no two tests ever share a user (and a stream).
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { createTodoClient, type TaskEvent, type TodoClientOptions } from "../src/index.js";
+
+interface TestUser {
+  id: string;
+  token: string;
+  expiredToken: string;
+}
+
+const baseUrl = required("TODO_API_URL");
+const users: TestUser[] = JSON.parse(required("TODO_API_USERS"));
+
+function required(name: string): string {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run this through tests/test_typescript_client.py`);
+  return value;
+}
+
+function takeUser(): TestUser {
+  const user = users.pop();
+  if (!user) throw new Error("TODO_API_USERS has fewer users than there are tests");
+  return user;
+}
+
+function clientFor(user: TestUser, options: Partial<TodoClientOptions> = {}) {
+  return createTodoClient({ baseUrl, getToken: async () => user.token, ...options });
+}
+
+/** Collects events, and waits until `count` have come. */
+function collector() {
+  const events: TaskEvent[] = [];
+  let wake = () => {};
+  return {
+    events,
+    onEvent(event: TaskEvent) {
+      events.push(event);
+      wake();
+    },
+    async until(count: number, timeoutMs = 10_000): Promise<TaskEvent[]> {
+      const deadline = Date.now() + timeoutMs;
+      while (events.length < count) {
+        if (Date.now() > deadline) assert.fail(`only ${events.length} of ${count} events came`);
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          setTimeout(resolve, 100);
+        });
+      }
+      return events.slice(0, count);
+    },
+  };
+}
+
+/** Resolves once the stream is open: a stream starts from now, so write only after. */
+function opened(fetch: (request: Request) => Promise<Response> = (request) => globalThis.fetch(request)) {
+  let open = () => {};
+  const isOpen = new Promise<void>((resolve) => (open = resolve));
+  const watching = async (request: Request) => {
+    const response = await fetch(request);
+    if (request.url.endsWith("/events") && response.ok) open();
+    return response;
+  };
+  return { isOpen, fetch: watching };
+}
+
+test("subscribe delivers created, updated and deleted tasks, each as the API returned it", async () => {
+  const user = takeUser();
+  const todo = clientFor(user);
+  const seen = collector();
+  const watch = opened();
+  const subscription = clientFor(user, { fetch: watch.fetch }).subscribe(user.id, seen.onEvent);
+  await watch.isOpen;
+
+  const { data: created } = await todo.createTask(user.id, { title: "Live" });
+  assert.ok(created);
+  const { data: updated } = await todo.updateTask(user.id, created.id, { title: "Live, renamed" });
+  assert.ok(updated);
+  await todo.deleteTask(user.id, created.id);
+  const events = await seen.until(3);
+  await subscription.close();
+
+  assert.deepEqual(
+    events.map((event) => ({ ...event, id: undefined })),
+    [
+      { type: "task.created", id: undefined, task: created },
+      { type: "task.updated", id: undefined, task: updated },
+      { type: "task.deleted", id: undefined, taskId: created.id },
+    ],
+  );
+  assert.equal(subscription.lastEventId, (events[2] as { id: string }).id);
+});
+
+test("a dropped stream reconnects with a fresh token and Last-Event-ID, missing nothing", async () => {
+  const user = takeUser();
+  const todo = clientFor(user);
+  const seen = collector();
+  const asked: boolean[] = [];
+  const sentIds: (string | null)[] = [];
+  let cut: AbortController | undefined;
+  const watch = opened(async (request) => {
+    sentIds.push(request.headers.get("Last-Event-ID"));
+    if (cut) return fetch(request);
+    // The first stream opened can be cut from here, as a network drop would.
+    const controller = new AbortController();
+    const response = await fetch(new Request(request, { signal: controller.signal }));
+    if (response.ok) cut = controller;
+    return response;
+  });
+  const subscription = createTodoClient({
+    baseUrl,
+    // The first token is refused (expired): the client must ask for a fresh one.
+    getToken: async ({ fresh }) => {
+      asked.push(fresh);
+      return fresh ? user.token : user.expiredToken;
+    },
+    fetch: watch.fetch,
+  }).subscribe(user.id, seen.onEvent);
+  await watch.isOpen;
+
+  const { data: first } = await todo.createTask(user.id, { title: "Before the drop" });
+  assert.ok(first);
+  const [before] = await seen.until(1);
+  cut?.abort();
+  const missed = [];
+  for (const title of ["During 1", "During 2", "During 3"]) {
+    const { data } = await todo.createTask(user.id, { title });
+    missed.push(data);
+  }
+  const events = await seen.until(4);
+  await subscription.close();
+
+  assert.deepEqual(asked.slice(0, 2), [false, true], "a 401 asks for a fresh token");
+  assert.deepEqual(
+    events.map((event) => (event.type === "task.created" ? event.task : event)),
+    [first, ...missed],
+    "every write once, in order, across the drop",
+  );
+  assert.equal(sentIds.at(-1), (before as { id: string }).id, "resumed after the last event seen");
+});
+
+test("a Last-Event-ID the server no longer keeps comes back as reset", async () => {
+  const user = takeUser();
+  const seen = collector();
+  const subscription = clientFor(user).subscribe(user.id, seen.onEvent, { lastEventId: "not-an-id" });
+
+  const [event] = await seen.until(1);
+  await subscription.close();
+
+  assert.deepEqual(event, { type: "reset" });
+});

@@ -1,0 +1,268 @@
+-- Everything the per-request role todo_app can reach a row through, read from the catalogs alone:
+-- one row per object, (kind, object, detail). The isolation check compares these rows with
+-- sql/checks/expected_reach.json, the same query run on a freshly migrated database (what the shipped
+-- migrations and sql/policies/ make); any row added, changed or gone is a finding.
+--
+-- Derived from the catalogs, not from a list of tricks:
+--   - objects made after initdb and not by an extension (oid >= 16384, FirstNormalObjectId) are
+--     "ours", in EVERY schema, pg_catalog and information_schema included: each relation todo_app
+--     or PUBLIC holds any privilege on (per column too), every function with a digest of its body
+--     (a trigger runs its function without EXECUTE, so all of them count), every rule, trigger and
+--     event trigger, every policy, and row-level security's flags on each table todo_app reaches;
+--   - objects PostgreSQL or an extension made are judged by their privileges: anything granted to
+--     todo_app or PUBLIC beyond what pg_init_privs says they came with, and every SECURITY DEFINER
+--     function todo_app may call;
+--   - todo_app itself: its attributes, the roles it belongs to (pg_read_all_data, another login
+--     role, ...), its privileges on every schema, and default privileges that will hand future
+--     objects to todo_app or PUBLIC.
+-- Owners and grantors are left out: they differ between deployments, the reach does not (a policy
+-- for a table's owner names it by what it is).
+-- Run with search_path = '' so that names read the same everywhere:
+--     PGOPTIONS="-c search_path=" psql "$DATABASE_URL" -f sql/checks/reach.sql
+
+WITH todo_app AS (
+    SELECT r.* FROM pg_catalog.pg_roles r WHERE rolname = 'todo_app'
+),
+extension_member AS (
+    SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'
+),
+relations AS (
+    SELECT c.oid, c.relkind, c.relrowsecurity, c.relforcerowsecurity, c.relacl, c.relowner, c.reloptions,
+           pg_catalog.format('%I.%I', n.nspname, c.relname) AS name, n.nspname AS schema,
+           c.oid >= 16384 AND NOT EXISTS (
+               SELECT FROM extension_member e
+               WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND e.objid = c.oid
+           ) AS ours
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+      AND n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast%'
+),
+table_privileges AS (
+    SELECT unnest AS privilege FROM pg_catalog.unnest(
+        ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']
+        || CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 170000
+                THEN ARRAY['MAINTAIN'] ELSE ARRAY[]::text[] END)
+),
+-- What todo_app (or PUBLIC, which todo_app always is too) may do with each relation of ours.
+granted AS (
+    SELECT r.oid, p.privilege AS part, 1 AS position
+    FROM relations r CROSS JOIN todo_app a CROSS JOIN table_privileges p
+    WHERE r.ours AND r.relkind <> 'S' AND pg_catalog.has_table_privilege(a.oid, r.oid, p.privilege)
+
+    UNION ALL
+    SELECT r.oid, p.privilege, 1
+    FROM relations r CROSS JOIN todo_app a
+    CROSS JOIN pg_catalog.unnest(ARRAY['USAGE', 'SELECT', 'UPDATE']) AS p(privilege)
+    WHERE r.ours AND r.relkind = 'S' AND pg_catalog.has_sequence_privilege(a.oid, r.oid, p.privilege)
+
+    UNION ALL
+    SELECT r.oid,
+           pg_catalog.format('%s (%s)', p.privilege,
+                             pg_catalog.string_agg(pg_catalog.quote_ident(c.attname), ', ' ORDER BY c.attnum)),
+           2
+    FROM relations r CROSS JOIN todo_app a
+    JOIN pg_catalog.pg_attribute c ON c.attrelid = r.oid AND c.attnum > 0 AND NOT c.attisdropped
+    CROSS JOIN pg_catalog.unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'REFERENCES']) AS p(privilege)
+    WHERE r.ours AND r.relkind <> 'S'
+      AND NOT pg_catalog.has_table_privilege(a.oid, r.oid, p.privilege)
+      AND pg_catalog.has_column_privilege(a.oid, r.oid, c.attnum, p.privilege)
+    GROUP BY r.oid, p.privilege
+),
+reached AS (
+    SELECT r.*, g.privileges
+    FROM relations r
+    JOIN (SELECT oid, pg_catalog.string_agg(part, ', ' ORDER BY position, part) AS privileges
+          FROM granted GROUP BY oid) g ON g.oid = r.oid
+),
+functions AS (
+    -- Input argument types only, as DROP FUNCTION names a function: the same text on every version.
+    SELECT f.*, pg_catalog.format('%I.%I(%s)', n.nspname, f.proname,
+                                  pg_catalog.array_to_string(ARRAY(
+                                      SELECT pg_catalog.format_type(t.type, NULL)
+                                      FROM pg_catalog.unnest(f.proargtypes::pg_catalog.oid[]) WITH ORDINALITY AS t(type, n)
+                                      ORDER BY t.n), ', ')) AS signature,
+           f.oid >= 16384 AND NOT EXISTS (
+               SELECT FROM extension_member e
+               WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = f.oid
+           ) AS ours
+    FROM pg_catalog.pg_proc f
+    JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
+),
+-- Grants to todo_app or PUBLIC on objects PostgreSQL or an extension made, beyond their initial ones.
+added_to_system_relations AS (
+    SELECT r.name, r.relkind, acl.grantee, acl.privilege_type
+    FROM relations r
+    CROSS JOIN todo_app a
+    CROSS JOIN LATERAL pg_catalog.aclexplode(r.relacl) AS acl
+    WHERE NOT r.ours AND acl.grantee IN (0, a.oid)
+      -- information_schema grants SELECT on its views to PUBLIC after initdb records pg_init_privs.
+      AND NOT (r.schema = 'information_schema' AND acl.grantee = 0 AND acl.privilege_type = 'SELECT')
+      AND NOT EXISTS (
+          SELECT FROM pg_catalog.aclexplode(coalesce(
+              (SELECT i.initprivs FROM pg_catalog.pg_init_privs i
+               WHERE i.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND i.objoid = r.oid AND i.objsubid = 0),
+              pg_catalog.acldefault(CASE WHEN r.relkind = 'S' THEN 's' ELSE 'r' END::"char", r.relowner))) AS initial
+          WHERE initial.grantee = acl.grantee AND initial.privilege_type = acl.privilege_type
+      )
+),
+added_to_system_functions AS (
+    SELECT f.signature, acl.grantee, acl.privilege_type
+    FROM functions f
+    CROSS JOIN todo_app a
+    CROSS JOIN LATERAL pg_catalog.aclexplode(f.proacl) AS acl
+    WHERE NOT f.ours AND acl.grantee IN (0, a.oid)
+      AND NOT EXISTS (
+          SELECT FROM pg_catalog.aclexplode(coalesce(
+              (SELECT i.initprivs FROM pg_catalog.pg_init_privs i
+               WHERE i.classoid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND i.objoid = f.oid AND i.objsubid = 0),
+              pg_catalog.acldefault('f', f.proowner))) AS initial
+          WHERE initial.grantee = acl.grantee AND initial.privilege_type = acl.privilege_type
+      )
+)
+
+SELECT 'role' AS kind, 'todo_app' AS object,
+       pg_catalog.concat_ws(' ',
+           CASE WHEN rolsuper THEN 'SUPERUSER' ELSE 'NOSUPERUSER' END,
+           CASE WHEN rolbypassrls THEN 'BYPASSRLS' ELSE 'NOBYPASSRLS' END,
+           CASE WHEN rolcanlogin THEN 'LOGIN' ELSE 'NOLOGIN' END,
+           CASE WHEN rolinherit THEN 'INHERIT' ELSE 'NOINHERIT' END,
+           CASE WHEN rolcreaterole THEN 'CREATEROLE' ELSE 'NOCREATEROLE' END,
+           CASE WHEN rolcreatedb THEN 'CREATEDB' ELSE 'NOCREATEDB' END,
+           CASE WHEN rolreplication THEN 'REPLICATION' ELSE 'NOREPLICATION' END) AS detail
+FROM todo_app
+
+UNION ALL
+SELECT 'membership', pg_catalog.format('todo_app in %I', m.rolname),
+       'todo_app may act as this role and use everything it may'
+FROM pg_catalog.pg_auth_members am
+JOIN todo_app a ON am.member = a.oid
+JOIN pg_catalog.pg_roles m ON m.oid = am.roleid
+GROUP BY m.rolname
+
+UNION ALL
+SELECT 'schema', pg_catalog.quote_ident(n.nspname),
+       pg_catalog.concat_ws(', ',
+           CASE WHEN pg_catalog.has_schema_privilege(a.oid, n.oid, 'USAGE') THEN 'USAGE' END,
+           CASE WHEN pg_catalog.has_schema_privilege(a.oid, n.oid, 'CREATE') THEN 'CREATE' END)
+FROM pg_catalog.pg_namespace n CROSS JOIN todo_app a
+WHERE n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast%'
+  AND (pg_catalog.has_schema_privilege(a.oid, n.oid, 'USAGE')
+       OR pg_catalog.has_schema_privilege(a.oid, n.oid, 'CREATE'))
+
+UNION ALL
+SELECT CASE relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
+                    WHEN 'S' THEN 'sequence' ELSE 'table' END,
+       name,
+       privileges || CASE WHEN relkind IN ('v', 'm')
+                          THEN pg_catalog.format('; %sdefinition md5 %s',
+                              CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_options_to_table(reloptions)
+                                                WHERE option_name = 'security_invoker' AND option_value::boolean)
+                                   THEN 'security_invoker; ' ELSE '' END,
+                              pg_catalog.md5(pg_catalog.pg_get_viewdef(oid)))
+                          ELSE '' END
+FROM reached
+
+UNION ALL
+SELECT 'row level security', name,
+       CASE WHEN NOT relrowsecurity THEN 'disabled'
+            WHEN relforcerowsecurity THEN 'enabled, forced' ELSE 'enabled, not forced' END
+FROM reached
+WHERE relkind IN ('r', 'p')
+
+UNION ALL
+SELECT 'granted beyond PostgreSQL''s own',
+       pg_catalog.format('%s %s', CASE relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view' ELSE 'relation' END, name),
+       pg_catalog.string_agg(pg_catalog.format('%s to %s', privilege_type,
+                                               CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE 'todo_app' END),
+                             ', ' ORDER BY privilege_type, grantee)
+FROM added_to_system_relations
+GROUP BY relkind, name
+
+UNION ALL
+SELECT 'granted beyond PostgreSQL''s own', pg_catalog.format('function %s', signature),
+       pg_catalog.string_agg(pg_catalog.format('%s to %s', privilege_type,
+                                               CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE 'todo_app' END),
+                             ', ' ORDER BY privilege_type, grantee)
+FROM added_to_system_functions
+GROUP BY signature
+
+-- A function's owner and oid differ between deployments; what it does and who may call it do not.
+UNION ALL
+SELECT CASE f.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate' WHEN 'w' THEN 'window function'
+                      ELSE 'function' END,
+       f.signature,
+       pg_catalog.concat_ws('; ',
+           CASE WHEN f.prosecdef THEN 'SECURITY DEFINER' ELSE 'SECURITY INVOKER' END,
+           CASE WHEN pg_catalog.has_function_privilege(a.oid, f.oid, 'EXECUTE')
+                THEN 'todo_app may call it' ELSE 'todo_app may not call it' END,
+           'language ' || l.lanname,
+           'returns ' || pg_catalog.pg_get_function_result(f.oid),
+           pg_catalog.array_to_string(f.proconfig, ', '),
+           'body md5 ' || pg_catalog.md5(coalesce(f.prosrc, '') || coalesce(f.probin, '')))
+FROM functions f
+JOIN pg_catalog.pg_language l ON l.oid = f.prolang
+CROSS JOIN todo_app a
+WHERE f.ours
+   OR (f.prosecdef AND pg_catalog.has_function_privilege(a.oid, f.oid, 'EXECUTE'))
+
+UNION ALL
+SELECT 'policy', pg_catalog.format('%s "%s"', r.name, p.polname),
+       pg_catalog.format('%s %s TO %s USING %s WITH CHECK %s',
+           CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+           CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                         WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+           -- The table's owner is named by its place, not its name: the role that migrates is
+           -- neondb_owner on Neon and another name elsewhere, and the shipped state is the same.
+           (SELECT pg_catalog.string_agg(CASE WHEN g = 0 THEN 'public'
+                                              WHEN g = r.relowner THEN '(the table''s owner)'
+                                              ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g)) END,
+                                         ', ' ORDER BY 1)
+            FROM pg_catalog.unnest(p.polroles) AS g),
+           coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '(none)'),
+           coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), '(none)'))
+FROM pg_catalog.pg_policy p
+JOIN relations r ON r.oid = p.polrelid
+
+UNION ALL
+SELECT 'rule', pg_catalog.format('%s "%s"', r.name, w.rulename), pg_catalog.pg_get_ruledef(w.oid)
+FROM pg_catalog.pg_rewrite w
+JOIN relations r ON r.oid = w.ev_class
+WHERE w.oid >= 16384 AND w.rulename <> '_RETURN'
+
+UNION ALL
+SELECT 'trigger', pg_catalog.format('%s "%s"', r.name, t.tgname),
+       pg_catalog.format('%s%s', pg_catalog.pg_get_triggerdef(t.oid),
+                         CASE t.tgenabled WHEN 'D' THEN ' (disabled)' WHEN 'R' THEN ' (on replica only)'
+                                          WHEN 'A' THEN ' (always)' ELSE '' END)
+FROM pg_catalog.pg_trigger t
+JOIN relations r ON r.oid = t.tgrelid
+WHERE NOT t.tgisinternal
+
+UNION ALL
+SELECT 'event trigger', pg_catalog.quote_ident(e.evtname),
+       pg_catalog.format('on %s runs %s', e.evtevent, e.evtfoid::pg_catalog.regprocedure)
+FROM pg_catalog.pg_event_trigger e
+
+-- Future objects: ALTER DEFAULT PRIVILEGES that will grant them to todo_app or PUBLIC. Without any
+-- row, functions are executable by PUBLIC and types usable by it; that default is left out.
+UNION ALL
+SELECT 'default privileges',
+       pg_catalog.format('on future %s %s',
+           CASE d.defaclobjtype WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions'
+                                WHEN 'T' THEN 'types' WHEN 'n' THEN 'schemas' ELSE 'large objects' END,
+           CASE WHEN d.defaclnamespace = 0 THEN 'in every schema'
+                ELSE pg_catalog.format('in schema %I', n.nspname) END),
+       pg_catalog.string_agg(DISTINCT pg_catalog.format('%s to %s', acl.privilege_type,
+                                                        CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE 'todo_app' END),
+                             ', ')
+FROM pg_catalog.pg_default_acl d
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace
+CROSS JOIN todo_app a
+CROSS JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) AS acl
+WHERE acl.grantee IN (0, a.oid)
+  AND NOT (d.defaclnamespace = 0 AND acl.grantee = 0
+           AND (d.defaclobjtype, acl.privilege_type) IN (('f', 'EXECUTE'), ('T', 'USAGE')))
+GROUP BY d.defaclobjtype, d.defaclnamespace, n.nspname
+
+ORDER BY kind, object;

@@ -1,0 +1,269 @@
+"""GET /api/{user_id}/events: each real change of the caller's tasks, in order, to every open stream of
+theirs and nobody else's; resumable with Last-Event-ID; bounded per user.
+
+Under tests/api, so `.ci/run` runs these through PgBouncer in transaction mode too, where the
+streams poll instead of being woken by LISTEN.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from api.auth.dev_tokens import mint_token
+from tests.api.events_client import Event, async_client, opened
+from tests.support import SECRET, ApiUser, new_user
+
+Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
+
+
+def run(api_url: str, scenario: Scenario) -> None:
+    async def main() -> None:
+        async with async_client(api_url) as client:
+            await scenario(client)
+
+    asyncio.run(main())
+
+
+async def write_four_changes(client: httpx.AsyncClient, user: ApiUser) -> list[tuple[str, Any]]:
+    """Create, rename, rename to the same title (no change), complete, delete: the four events the
+    streams must show, each with the task as the write and GET answered with it."""
+    created = await client.post(user.tasks_url, json={"title": "Buy milk"}, headers=user.headers)
+    assert created.status_code == 201
+    task = created.json()
+    url = user.task_url(task["id"])
+    renamed = await client.put(url, json={"title": "Buy oat milk"}, headers=user.headers)
+    assert renamed.status_code == 200
+    same = await client.put(url, json={"title": "Buy oat milk"}, headers=user.headers)
+    assert same.status_code == 200
+    completed = await client.patch(f"{url}/complete", json={"completed": True}, headers=user.headers)
+    assert completed.status_code == 200
+    as_got = await client.get(url, headers=user.headers)
+    assert as_got.json() == completed.json()
+    deleted = await client.delete(url, headers=user.headers)
+    assert deleted.status_code == 204
+    return [
+        ("task.created", task),
+        ("task.updated", renamed.json()),
+        ("task.updated", as_got.json()),
+        ("task.deleted", {"id": task["id"]}),
+    ]
+
+
+def kinds_and_bodies(events: list[Event]) -> list[tuple[str, Any]]:
+    return [(event.kind, event.data) for event in events]
+
+
+def test_two_tabs_of_one_user_both_get_every_change_in_order_as_get_returns_it(api_url: str) -> None:
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, alice) as tab1, opened(client, alice) as tab2:
+            assert tab1.response.status_code == 200
+            assert tab1.response.headers["content-type"].startswith("text/event-stream")
+            assert tab1.response.headers["cache-control"] == "no-store"
+            await tab1.opening_id()
+            await tab2.opening_id()
+            expected = await write_four_changes(client, alice)
+            first, second = await tab1.take(4), await tab2.take(4)
+            assert kinds_and_bodies(first) == expected
+            assert kinds_and_bodies(second) == expected
+            # Every event has an id, increasing, the same on both tabs.
+            ids = [int(event.id) for event in first]
+            assert ids == sorted(set(ids))
+            assert ids == [int(event.id) for event in second]
+
+    run(api_url, scenario)
+
+
+def test_other_users_streams_receive_nothing_of_one_users_writes(api_url: str) -> None:
+    alice, others = new_user(), [new_user() for _ in range(4)]
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with (
+            opened(client, alice) as own,
+            opened(client, others[0]) as s0,
+            opened(client, others[1]) as s1,
+            opened(client, others[2]) as s2,
+            opened(client, others[3]) as s3,
+        ):
+            streams = [s0, s1, s2, s3]
+            for stream in (own, *streams):
+                await stream.opening_id()
+            expected = await write_four_changes(client, alice)
+            assert kinds_and_bodies(await own.take(4)) == expected
+            # Each other user now writes once: the first event their stream shows is their own.
+            for user, stream in zip(others, streams, strict=True):
+                made = await client.post(user.tasks_url, json={"title": "mine"}, headers=user.headers)
+                assert kinds_and_bodies([await stream.next()]) == [("task.created", made.json())]
+
+    run(api_url, scenario)
+
+
+def test_resume_after_three_missed_writes_delivers_exactly_those_three(api_url: str) -> None:
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        created = await client.post(alice.tasks_url, json={"title": "seen"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            last_seen = await stream.opening_id()
+        missed = []
+        for title in ("one", "two", "three"):
+            response = await client.put(
+                alice.task_url(created.json()["id"]), json={"title": title}, headers=alice.headers
+            )
+            missed.append(("task.updated", response.json()))
+        async with opened(client, alice, last_event_id=last_seen) as resumed:
+            assert await resumed.opening_id() == last_seen
+            assert kinds_and_bodies(await resumed.take(3)) == missed
+            # Then live, with nothing sent twice: the next event is the next write.
+            later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            assert kinds_and_bodies([await resumed.next()]) == [("task.created", later.json())]
+
+    run(api_url, scenario)
+
+
+def test_a_malformed_last_event_id_starts_with_reset(api_url: str) -> None:
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        for malformed in ("abc", "-1", "1.5", "99999999999999999999"):
+            async with opened(client, alice, last_event_id=malformed) as stream:
+                assert stream.response.status_code == 200
+                assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
+
+    run(api_url, scenario)
+
+
+def test_an_event_id_that_is_no_longer_kept_or_not_yours_starts_with_reset(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    alice, bob = new_user(), new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
+        async with opened(client, bob) as stream:
+            bobs_id = await stream.opening_id()
+        async with opened(client, alice, last_event_id=bobs_id) as stream:
+            assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
+
+        created = await client.post(alice.tasks_url, json={"title": "old"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            old_id = await stream.opening_id()
+        # The event is older than EVENTS_RETENTION_HOURS: alice's next write purges it.
+        api_db.execute(
+            "update task_events set created_at = now() - interval '25 hours' where user_id = %s", [alice.id]
+        )
+        renamed = await client.put(
+            alice.task_url(created.json()["id"]), json={"title": "new"}, headers=alice.headers
+        )
+        stored = api_db.execute("select kind from task_events where user_id = %s", [alice.id]).fetchall()
+        assert stored == [("task.updated",)]
+        async with opened(client, alice, last_event_id=old_id) as stream:
+            reset = await stream.next()
+            assert (reset.kind, reset.data) == ("reset", {})
+            # The reset carries where the stream now is: the event kept after the purge.
+            assert int(reset.id) > int(old_id)
+            del renamed
+
+    run(api_url, scenario)
+
+
+def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_back(api_url: str) -> None:
+    alice, bob = new_user(), new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with (
+            opened(client, alice) as s1,
+            opened(client, alice) as s2,
+            opened(client, alice) as s3,
+            opened(client, alice) as s4,
+        ):
+            for stream in (s1, s2, s3, s4):
+                await stream.opening_id()
+            async with opened(client, alice) as fifth:
+                await fifth.opening_id()
+                async with opened(client, alice) as sixth:
+                    assert sixth.response.status_code == 429
+                    assert sixth.response.headers["content-type"] == "application/problem+json"
+                    problem = sixth.response.json()
+                    assert problem["type"] == "urn:todo-api:problem:too-many-requests"
+                    assert "MAX_STREAMS_PER_USER" in problem["detail"]
+                    assert int(sixth.response.headers["Retry-After"]) > 0
+                # Another user is not affected.
+                async with opened(client, bob) as bobs:
+                    assert bobs.response.status_code == 200
+            # The fifth closed: its place is free again (the server notices the client left).
+            for _ in range(100):
+                async with opened(client, alice) as again:
+                    if again.response.status_code == 200:
+                        await again.opening_id()
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("a closed stream never gave its place back")
+
+    run(api_url, scenario)
+
+
+def test_streams_are_authenticated_like_the_task_routes(client: httpx.Client) -> None:
+    alice, bob = new_user(), new_user()
+
+    missing = client.get(f"/api/{alice.id}/events")
+    assert missing.status_code == 401
+    assert missing.headers["content-type"] == "application/problem+json"
+    other = client.get(f"/api/{alice.id}/events", headers=bob.headers)
+    assert other.status_code == 403
+    assert other.json()["type"] == "urn:todo-api:problem:forbidden"
+
+
+def test_a_stream_ends_when_its_token_expires(api_url: str) -> None:
+    user_id = new_user().id
+    short_lived = ApiUser(user_id, mint_token(SECRET, user_id, ttl_seconds=2))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, short_lived) as stream:
+            await stream.opening_id()
+            # The server ends it (no event, only heartbeats at most) once `exp` has passed.
+            assert [block for block in await stream.end() if block.data] == []
+
+    run(api_url, scenario)
+
+
+def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.Client) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/api/{user_id}/events"]["get"]
+
+    assert operation["operationId"] == "streamEvents"
+    assert "Last-Event-ID" in [parameter["name"] for parameter in operation["parameters"]]
+    stream = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert set(stream["x-events"]) == {"task.created", "task.updated", "task.deleted", "reset"}
+    assert stream["x-events"]["task.updated"] == {"$ref": "#/components/schemas/TaskPublic"}
+    assert {"401", "403", "429"} <= set(operation["responses"])
+
+
+def test_a_lost_listen_connection_comes_back_and_streams_miss_nothing(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    alice = new_user()
+    listening = "select pid from pg_stat_activity where application_name = 'todo-api-listener'"
+    if not api_db.execute(listening).fetchall():
+        pytest.skip("the API polls (a transaction pooler and no DATABASE_DIRECT_URL): nothing listens")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            # As a database failover or a network cut would: the worker's LISTEN session ends.
+            api_db.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity"
+                " where application_name = 'todo-api-listener'"
+            )
+            written = []
+            for title in ("right after", "and again"):
+                response = await client.post(alice.tasks_url, json={"title": title}, headers=alice.headers)
+                written.append(("task.created", response.json()))
+            assert kinds_and_bodies(await stream.take(2)) == written
+
+    run(api_url, scenario)

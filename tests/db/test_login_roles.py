@@ -1,0 +1,119 @@
+"""Serving as a login role that owns nothing (LOGIN NOINHERIT NOBYPASSRLS, member of todo_app only),
+migrating as the owner through MIGRATION_DATABASE_URL, and saying which kind of login role is in use."""
+
+import logging
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+from pytest_postgresql.executors import NoopExecutor
+
+from api.app import create_app
+from api.ops.policy_audit import audit_database
+from tests.support import API_LOGIN_ROLE, SECRET, as_role, new_user, run_cli, serving, settings_for
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@pytest.fixture
+def fresh_role(migrated_db: Conn) -> Iterator[str]:
+    name = f"todo_login_{secrets.token_hex(4)}"
+    migrated_db.autocommit = True
+    yield name
+    migrated_db.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
+
+
+def test_migrate_creates_the_login_role_and_the_api_serves_through_it(
+    migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    result = run_cli("migrate", "--login-role", fresh_role, cwd=tmp_path, DATABASE_URL=migrated_db_url)
+    assert result.returncode == 0, result.stderr
+    assert f"login role {fresh_role}: LOGIN NOINHERIT NOBYPASSRLS, owns nothing, member of todo_app" in (
+        result.stdout
+    )
+    attributes = migrated_db.execute(
+        """select rolcanlogin, rolinherit, rolbypassrls, rolsuper, rolcreaterole, rolcreatedb,
+                  array(select b.rolname::text from pg_auth_members m join pg_roles b on b.oid = m.roleid
+                        where m.member = r.oid)
+           from pg_roles r where rolname = %s""",
+        [fresh_role],
+    ).fetchone()
+    assert attributes == (True, False, False, False, False, False, ["todo_app"])
+
+    url = as_role(migrated_db_url, fresh_role)
+    alice, bob = new_user(), new_user()
+    with (
+        caplog.at_level(logging.WARNING, logger="api.db.isolation"),
+        serving(create_app(settings_for(url))) as base_url,
+        httpx.Client(base_url=base_url) as api,
+    ):
+        created = api.post(alice.tasks_url, json={"title": "mine"}, headers=alice.headers)
+        assert created.status_code == 201
+        listed = api.get(alice.tasks_url, headers=alice.headers)
+        assert [task["title"] for task in listed.json()] == ["mine"]
+        assert api.get(bob.task_url(created.json()["id"]), headers=bob.headers).status_code == 404
+        assert api.get("/readyz").status_code == 200
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    # Outside the role switch it reads nothing at all.
+    with psycopg.connect(url) as login, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        login.execute("select count(*) from tasks")
+
+
+def test_start_up_warns_once_when_serving_as_the_owner(
+    migrated_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="api.db.isolation"),
+        serving(create_app(settings_for(migrated_db_url))),
+    ):
+        pass
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "the API logs in as todo_owner, the schema's owner, with BYPASSRLS" in warnings[0]
+    assert "todo-api migrate --login-role NAME" in warnings[0]
+
+
+def test_policies_says_which_kind_of_login_role(migrated_db_url: str) -> None:
+    owner = audit_database(migrated_db_url)
+    assert owner.login_role_kind == "the schema's owner, with BYPASSRLS"
+    assert owner.login_role_warning is not None
+    least = audit_database(as_role(migrated_db_url))
+    assert least.login_role == API_LOGIN_ROLE
+    assert least.login_role_kind == "a role that owns nothing and cannot bypass row-level security"
+    assert least.login_role_warning is None
+    assert least.findings == []
+
+
+def test_policies_prints_the_kind_and_the_warning(migrated_db_url: str, tmp_path: Path) -> None:
+    owner = run_cli("policies", cwd=tmp_path, DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET)
+    assert owner.returncode == 0, owner.stdout
+    assert "Login role: todo_owner, the schema's owner, with BYPASSRLS" in owner.stdout
+    assert "WARNING: the API logs in as todo_owner" in owner.stdout
+    least = run_cli(
+        "policies", cwd=tmp_path, DATABASE_URL=as_role(migrated_db_url), BETTER_AUTH_SECRET=SECRET
+    )
+    assert least.returncode == 0, least.stdout
+    assert f"Login role: {API_LOGIN_ROLE}, a role that owns nothing" in least.stdout
+    assert "WARNING" not in least.stdout
+
+
+def test_migrate_runs_as_migration_database_url(
+    empty_db_url: str, tmp_path: Path, migrated_template: NoopExecutor
+) -> None:
+    """(The migrated template made the API's login role: roles belong to the cluster.)"""
+    served = as_role(empty_db_url)
+    refused = run_cli("migrate", cwd=tmp_path, DATABASE_URL=served)
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    assert f"{API_LOGIN_ROLE} may not change the schema" in refused.stderr
+    assert "MIGRATION_DATABASE_URL" in refused.stderr
+
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=served, MIGRATION_DATABASE_URL=empty_db_url)
+    assert result.returncode == 0, result.stderr
+    assert "0006_drop_isolation_baseline" in result.stdout
+    assert audit_database(served).findings == []

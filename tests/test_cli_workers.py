@@ -1,0 +1,113 @@
+"""`todo-api serve --workers 2` through what happens to servers: a second server started on its port,
+a worker killed as the OOM killer would, and SIGTERM while a request is in flight."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+
+from tests.support import CLI, SECRET, cli_env, new_user, run_cli, scrape, serve_process, value
+
+
+def _workers(server: "subprocess.Popen[str]") -> set[int]:
+    return {child.pid for child in psutil.Process(server.pid).children() if child.is_running()}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
+    api_db_url: str, tmp_path: Path
+) -> None:
+    alice = new_user()
+    log = tmp_path / "serve.log"
+    env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE="3")
+    with (
+        serve_process([*CLI, "serve", "--workers", "2"], cwd=tmp_path, env=env, output=log) as (
+            base_url,
+            server,
+        ),
+        httpx.Client(base_url=base_url) as client,
+    ):
+        task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        port = base_url.rpartition(":")[2]
+        second = run_cli(
+            "serve", "--port", port, cwd=tmp_path, DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET
+        )
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert f"port {port}" in second.stderr, "two servers never share a port"
+        _wait_for(lambda: len(_workers(server)) == 2, "two workers")
+        (killed, survivor) = sorted(_workers(server))
+
+        os.kill(killed, signal.SIGKILL)
+        _wait_for(lambda: _gone(killed), "the worker died")
+        for _ in range(10):  # the other keeps serving, on new connections as on this one
+            assert httpx.get(f"{base_url}{alice.tasks_url}", headers=alice.headers).status_code == 200
+        _wait_for(lambda: len(_workers(server) - {survivor}) == 1, "a new worker within seconds")
+        _wait_for(lambda: f"worker {killed} died" in log.read_text(), "the death is logged")
+        time.sleep(1.5)  # the pool gauges are read once a second
+        samples = scrape(base_url)
+        assert value(samples, "todo_api_worker_restarts_total") == 1
+        assert value(samples, "todo_api_db_pool_size") == 6, "the dead worker's connections are not counted"
+        assert value(samples, "todo_api_isolation_verified") == 1
+        assert log.read_text().count(f"worker {killed} died") == 1, "logged once"
+
+        # A request in flight at SIGTERM: its UPDATE waits on a row lock held here.
+        answers: list[int | str] = []
+        with psycopg.connect(api_db_url) as locker:
+            locker.execute("select 1 from tasks where id = %s for update", [task["id"]])
+
+            def update() -> None:
+                try:
+                    response = client.put(
+                        alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers, timeout=30
+                    )
+                    answers.append(response.status_code)
+                except httpx.HTTPError as error:
+                    answers.append(repr(error))
+
+            in_flight = threading.Thread(target=update)
+            in_flight.start()
+
+            def waiting_on_the_lock() -> bool:
+                with psycopg.connect(api_db_url, autocommit=True) as probe:
+                    row = probe.execute(
+                        "select count(*) from pg_stat_activity"
+                        " where wait_event_type = 'Lock' and datname = current_database()"
+                    ).fetchone()
+                    return row is not None and row[0] > 0
+
+            _wait_for(waiting_on_the_lock, "the update waits on the lock")
+            server.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            assert server.poll() is None, "requests in flight are waited for"
+            try:
+                refused = httpx.get(f"{base_url}/healthz", timeout=2).status_code
+            except httpx.TransportError:
+                refused = 0
+            assert refused == 0, "no new connection is accepted while draining"
+        in_flight.join(timeout=30)
+        assert answers == [200], answers
+        server.wait(timeout=30)
+        assert server.returncode == 0, log.read_text()
+    with psycopg.connect(api_db_url) as check:
+        assert check.execute("select title from tasks where id = %s", [task["id"]]).fetchone() == ("after",)

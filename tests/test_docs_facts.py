@@ -1,0 +1,223 @@
+"""What the docs say about the code, checked against the code where a test can do it cheaply.
+
+- docs/security.md's table of the tables `todo_app` can reach agrees with sql/policies/ (which
+  tables, which commands have a policy, their SQL tests) and with a migrated database (unique and
+  foreign keys, whose checks look past row-level security);
+- docs/extending.md lists the floors of `api/` in the order tests/test_layers.py enforces;
+- every file, folder and test the docs name exists;
+- docs/architecture.md names every middleware the app installs, and shows its picture.
+"""
+
+import html
+import re
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.support import PROJECT
+from tests.test_layers import FLOORS
+
+DOCS = sorted((PROJECT / "docs").glob("*.md"))
+README = PROJECT / "README.md"
+SECURITY = PROJECT / "docs" / "security.md"
+ARCHITECTURE = PROJECT / "docs" / "architecture.md"
+POLICIES = PROJECT / "sql" / "policies"
+
+_REACHABLE_TABLES = "## The tables `todo_app` can reach"
+_COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# Names in the docs' worked examples of what a developer would add: not files of this repository.
+_EXAMPLES = re.compile(r"tags|due_at|NNNN")
+
+
+def _table_rows(text: str, heading: str) -> list[list[str]]:
+    """The cells of each body row of the first table after `heading`."""
+    _, found, section = text.partition(f"\n{heading}\n")
+    assert found, f"no '{heading}' section"
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            break
+    return rows[2:]
+
+
+def _key_columns(cell: str) -> set[tuple[str, ...]]:
+    """`(user_id, key)` and `(id)` in a cell: each key's columns, in order."""
+    return {tuple(column.strip() for column in key.split(",")) for key in re.findall(r"`\(([^)]*)\)`", cell)}
+
+
+def documented_tables() -> dict[str, dict[str, Any]]:
+    tables = {}
+    for table, owner, commands, unique, foreign, sql_test in _table_rows(
+        SECURITY.read_text(encoding="utf-8"), _REACHABLE_TABLES
+    ):
+        tables[table.strip("`")] = {
+            "owner": owner.strip("`"),
+            "commands": {command.strip() for command in commands.split(",")},
+            "unique": _key_columns(unique),
+            "foreign": _key_columns(foreign),
+            "sql_test": sql_test.strip("`"),
+        }
+    return tables
+
+
+def policy_files() -> dict[str, set[str]]:
+    """The table each file in sql/policies/ is for, and the commands it has a policy for."""
+    found = {}
+    for path in sorted(POLICIES.glob("*.sql")):
+        text = path.read_text(encoding="utf-8")
+        (table,) = re.findall(r"CALL app\.drop_all_policies\('([^']+)'\)", text)
+        found[table] = set(re.findall(r"^\s*FOR (SELECT|INSERT|UPDATE|DELETE|ALL)\b", text, re.MULTILINE))
+    return found
+
+
+def test_security_md_lists_every_table_with_policies_and_only_those() -> None:
+    documented, files = documented_tables(), policy_files()
+    assert files, "the search found no policy file"
+    missing, extra = sorted(files.keys() - documented.keys()), sorted(documented.keys() - files.keys())
+    assert not missing, f"add a row for {missing} to '{_REACHABLE_TABLES}' in docs/security.md"
+    assert not extra, f"docs/security.md lists {extra}, which no file in sql/policies/ is for"
+
+
+def test_security_md_names_the_commands_each_table_has_a_policy_for() -> None:
+    documented = documented_tables()
+    for table, commands in policy_files().items():
+        assert documented[table]["commands"] == commands, f"{table}: the policies are for {sorted(commands)}"
+
+
+def test_security_md_names_each_tables_sql_test() -> None:
+    for table, facts in documented_tables().items():
+        assert facts["sql_test"] == f"sql/tests/{table.removeprefix('public.')}.sql"
+        assert (PROJECT / facts["sql_test"]).is_file()
+
+
+_KEYS = """
+select c.conrelid::regclass::text, c.contype::text,
+       array(select a.attname::text
+             from unnest(c.conkey) with ordinality as k(attnum, position)
+             join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.attnum
+             order by k.position)
+from pg_constraint c
+where c.contype in ('p', 'u', 'f') and c.conrelid = any(%s::regclass[])
+union all
+-- A unique index made without a constraint checks every row just the same.
+select i.indrelid::regclass::text, 'u',
+       array(select a.attname::text
+             from unnest(i.indkey::int2[]) with ordinality as k(attnum, position)
+             join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+             order by k.position)
+from pg_index i
+where i.indisunique and i.indrelid = any(%s::regclass[])
+  and not exists (select from pg_constraint c where c.conindid = i.indexrelid)
+"""
+
+
+def test_security_md_names_every_unique_and_foreign_key(migrated_db: psycopg.Connection[Any]) -> None:
+    documented = documented_tables()
+    tables = sorted(documented)
+    live: dict[str, dict[str, set[tuple[str, ...]]]] = {
+        t: {"unique": set(), "foreign": set()} for t in tables
+    }
+    for table, kind, columns in migrated_db.execute(_KEYS, [tables, tables]).fetchall():
+        live[table if "." in table else f"public.{table}"]["foreign" if kind == "f" else "unique"].add(
+            tuple(columns)
+        )
+    for table in tables:
+        described = {"unique": documented[table]["unique"], "foreign": documented[table]["foreign"]}
+        assert described == live[table], (
+            f"{table} in docs/security.md's table, against the database: {live[table]}"
+        )
+
+
+def _named_paths(document: Path, text: str) -> set[Path]:
+    """Repository paths a document names: in backticks (from the project's root), or as a relative
+    Markdown link (from the document's folder)."""
+    quoted = re.findall(r"`((?:api|sql|tests|docs|bench|clients|\.ci)/[\w./*-]*)`", text)
+    linked = re.findall(r"\]\((?!https?:|#|mailto:)([^)#\s]+)", text)
+    named = [PROJECT / path for path in quoted] + [document.parent / path for path in linked]
+    return {path for path in named if not _EXAMPLES.search(str(path))}
+
+
+def _exists(path: Path) -> bool:
+    return any(path.parent.glob(path.name)) if "*" in path.name else path.exists()
+
+
+def test_every_path_the_docs_name_exists() -> None:
+    missing = [
+        f"{document.relative_to(PROJECT)} names {path.resolve().relative_to(PROJECT)}"
+        for document in (*DOCS, README)
+        for path in sorted(_named_paths(document, document.read_text(encoding="utf-8")))
+        if not _exists(path)
+    ]
+    assert not missing, "\n".join(missing)
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    defined = set(re.findall(r"^(?:async )?def (test_\w+)", _all_test_sources(), re.MULTILINE))
+    missing = []
+    for document in (*DOCS, README):
+        for named in re.findall(r"`(test_\w+\*?)`", document.read_text(encoding="utf-8")):
+            prefix = named.removesuffix("*")
+            found = (
+                any(name.startswith(prefix) for name in defined) if named.endswith("*") else named in defined
+            )
+            if not found:
+                missing.append(f"{document.relative_to(PROJECT)} names {named}, which no test file defines")
+    assert not missing, "\n".join(missing)
+
+
+def _all_test_sources() -> str:
+    return "\n".join(path.read_text(encoding="utf-8") for path in sorted((PROJECT / "tests").rglob("*.py")))
+
+
+def test_extending_md_lists_the_floors_in_their_order() -> None:
+    text = (PROJECT / "docs" / "extending.md").read_text(encoding="utf-8")
+    _, found, section = text.partition("\n## The floors of `api/`\n")
+    assert found
+    block = section.split("```")[1]
+    listed = [
+        line.split()[0].removeprefix("api/").rstrip("/").removesuffix(".py")
+        for line in block.splitlines()
+        if line.startswith("api/")
+    ]
+    floors = [name for name in listed if name != "settings"]
+    assert floors == list(FLOORS), f"docs/extending.md's floors, highest first, should be {FLOORS}"
+
+
+def test_architecture_md_names_every_middleware_the_app_installs() -> None:
+    installed = re.findall(
+        r"add_middleware\(\s*(\w+)", (PROJECT / "api" / "app.py").read_text(encoding="utf-8")
+    )
+    assert len(installed) >= 3, "the search found too few middleware to mean anything"
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    missing = [name for name in installed if f"`{name}`" not in text]
+    assert not missing, f"docs/architecture.md (its picture and a paragraph) should name {missing}"
+
+
+def test_architecture_md_shows_its_picture_and_how_to_remake_it() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    (image,) = re.findall(r"!\[[^\]]*\]\(([^)]+\.svg)\)", text)
+    svg = ARCHITECTURE.parent / image
+    source = svg.with_suffix(".dot")
+    assert svg.is_file()
+    assert source.is_file()
+    assert f"dot -Tsvg {source.relative_to(PROJECT)} -o {svg.relative_to(PROJECT)}" in text
+    # The picture was drawn from this source: every label of the source is in it.
+    labels = re.findall(r'label="([^"\\]+)', source.read_text(encoding="utf-8"))
+    drawn = "\n".join(
+        html.unescape(line) for line in re.findall(r"<text[^>]*>([^<]*)</text>", svg.read_text())
+    )
+    assert labels
+    stale = [label for label in labels if label.strip() not in drawn]
+    assert not stale, f"{svg.name} is older than {source.name} ({stale}): draw it again as the page says"
+
+
+def test_the_path_finder_sees_quoted_and_linked_paths_but_not_examples() -> None:
+    text = "`api/app.py`, [ops](operations.md), `sql/policies/tags.sql`, [x](https://e.org/a.md), `api/`"
+    assert _named_paths(SECURITY, text) == {
+        PROJECT / "api/app.py",
+        SECURITY.parent / "operations.md",
+        PROJECT / "api",
+    }

@@ -1,0 +1,160 @@
+"""Every way of widening what todo_app reaches that the isolation check used to miss is caught
+three times: `todo-api serve` refuses to start, `todo-api policies` reports it, and a running API
+refuses task requests within a check interval, then serves again once it is undone.
+
+The cases change cluster-wide roles and need a superuser, so they run on a cluster of their own.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from api.app import create_app
+from api.ops.policy_audit import audit_database
+from tests.own_postgres import OwnPostgres
+from tests.support import SECRET, free_port, new_user, run_cli, serving, settings_for
+from tests.test_isolation_watch import INTERVAL, eventually, refused
+
+
+@dataclass(frozen=True)
+class BlindSpot:
+    weaken: list[str]
+    undo: list[str]
+    finding: str  # the start of one finding's message
+
+
+_DEFINER_TRIGGER = """
+create function public.rename_others() returns trigger language plpgsql security definer
+set search_path = '' as $$
+begin
+    update public.tasks set title = 'renamed' where user_id <> new.user_id;
+    return null;
+end $$"""
+_EVERY_TASK = "returns setof public.tasks language sql security definer as $$ select * from public.tasks $$"
+
+BLIND_SPOTS = {
+    "a rule on tasks": BlindSpot(
+        [
+            "create table public.spy (title text)",
+            'create rule "spy on updates" as on update to public.tasks do also '
+            "insert into public.spy values (new.title)",
+        ],
+        ['drop rule "spy on updates" on public.tasks', "drop table public.spy"],
+        'rule public.tasks "spy on updates" is not in what todo-api ships',
+    ),
+    "a security definer trigger function nobody may call": BlindSpot(
+        [
+            _DEFINER_TRIGGER,
+            "revoke execute on function public.rename_others() from public",
+            "create trigger rename_others after insert on public.tasks "
+            "for each row execute function public.rename_others()",
+        ],
+        ["drop trigger rename_others on public.tasks", "drop function public.rename_others()"],
+        'trigger public.tasks "rename_others" is not in what todo-api ships',
+    ),
+    "a view over tasks in information_schema": BlindSpot(
+        [
+            "create view information_schema.every_task as select * from public.tasks",
+            "grant select on information_schema.every_task to public",
+        ],
+        ["drop view information_schema.every_task"],
+        "view information_schema.every_task is not in what todo-api ships",
+    ),
+    "a security definer function in pg_catalog": BlindSpot(
+        [f"create function pg_catalog.every_task() {_EVERY_TASK}"],
+        ["drop function pg_catalog.every_task()"],
+        "function pg_catalog.every_task() is not in what todo-api ships",
+    ),
+    "a security definer function in information_schema": BlindSpot(
+        [f"create function information_schema.every_task() {_EVERY_TASK}"],
+        ["drop function information_schema.every_task()"],
+        "function information_schema.every_task() is not in what todo-api ships",
+    ),
+    "todo_app a member of pg_read_all_data": BlindSpot(
+        ["grant pg_read_all_data to todo_app"],
+        ["revoke pg_read_all_data from todo_app"],
+        "membership todo_app in pg_read_all_data is not in what todo-api ships",
+    ),
+    "todo_app a member of the superuser": BlindSpot(
+        ["grant postgres to todo_app"],
+        ["revoke postgres from todo_app"],
+        "membership todo_app in postgres is not in what todo-api ships",
+    ),
+    "future tables granted to todo_app": BlindSpot(
+        ["alter default privileges for role todo_owner grant select on tables to todo_app"],
+        ["alter default privileges for role todo_owner revoke select on tables from todo_app"],
+        "default privileges on future tables in every schema is not in what todo-api ships",
+    ),
+    "future functions granted to PUBLIC": BlindSpot(
+        [
+            "alter default privileges for role todo_owner in schema public "
+            "grant execute on functions to public"
+        ],
+        [
+            "alter default privileges for role todo_owner in schema public "
+            "revoke execute on functions from public"
+        ],
+        "default privileges on future functions in schema public is not in what todo-api ships",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[OwnPostgres]:
+    own = OwnPostgres()
+    try:
+        yield own
+    finally:
+        own.remove()
+
+
+@pytest.fixture(scope="module")
+def api(cluster: OwnPostgres) -> Iterator[httpx.Client]:
+    settings = settings_for(cluster.url, isolation_check_interval_seconds=INTERVAL)
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+        yield client
+
+
+def _run(superuser_url: str, statements: list[str]) -> None:
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        for statement in statements:
+            superuser.execute(statement)
+
+
+@pytest.mark.parametrize("name", list(BLIND_SPOTS))
+def test_caught_at_start_up_by_policies_and_while_serving(
+    cluster: OwnPostgres, api: httpx.Client, tmp_path: Path, name: str
+) -> None:
+    spot = BLIND_SPOTS[name]
+    alice = new_user()
+    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "clean at first")
+    _run(cluster.superuser_url, spot.weaken)
+    try:
+        eventually(lambda: refused(api, alice), f"{name}: refused while serving")
+
+        messages = [finding.message for finding in audit_database(cluster.url).findings]
+        assert any(message.startswith(spot.finding) for message in messages), messages
+        policies = run_cli("policies", cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET)
+        assert policies.returncode == 1
+        assert f"  - [drift] {spot.finding}" in policies.stdout
+
+        serve = run_cli(
+            "serve",
+            "--port",
+            str(free_port()),
+            cwd=tmp_path,
+            DATABASE_URL=cluster.url,
+            BETTER_AUTH_SECRET=SECRET,
+        )
+        assert serve.returncode == 1
+        assert "Refusing to serve" in serve.stderr
+        assert spot.finding in serve.stderr.replace('\\"', '"')  # the log line is JSON
+    finally:
+        _run(cluster.superuser_url, spot.undo)
+    eventually(
+        lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, f"{name}: served again"
+    )

@@ -1,0 +1,133 @@
+"""Every `todo-api migrate` failure is one line with its cause and fix, exit status 1, no traceback:
+no admin option on todo_app, no permission to create roles, a lock held on the migration table, a
+stale migration lock, a login role that owns nothing, a bad MIGRATION_DATABASE_URL."""
+
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from pytest_postgresql.executors import NoopExecutor
+
+from api.ops import migrations
+from api.ops.cli import main
+from api.ops.cluster import ensure_login_role_and_database
+from api.ops.embedded import start_postgres
+from tests.support import API_LOGIN_ROLE, as_role, run_cli
+from tests.test_cli_failures import assert_one_clear_failure
+
+
+def migrate_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> str:
+    """`todo-api migrate` in this process (so a test can shorten its waits); its one-line failure."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.delenv("MIGRATION_DATABASE_URL", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["migrate"])
+    message = str(exited.value.code)
+    assert message.startswith("todo-api: ")
+    assert "\n" not in message
+    assert "Traceback" not in message
+    return message
+
+
+@pytest.fixture
+def owner_without_admin_option(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
+    """A role that owns a database of its own but did not create todo_app (roles are cluster-wide:
+    the migrated template made todo_app, and the API's login role, first)."""
+    name = f"migrator_{secrets.token_hex(4)}"
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("create role {} login createrole").format(sql.Identifier(name)))
+        superuser.execute(
+            sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(name))
+        )
+    try:
+        yield superuser_url.replace("postgres@", f"{name}@", 1).replace("/postgres?", f"/{name}?", 1)
+    finally:
+        with psycopg.connect(superuser_url, autocommit=True) as superuser:
+            superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+            superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+def test_no_admin_option_on_todo_app(tmp_path: Path, owner_without_admin_option: str) -> None:
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=owner_without_admin_option)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "cannot grant role todo_app",
+        "WITH ADMIN OPTION",
+        "MIGRATION_DATABASE_URL",
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def cluster_without_todo_app() -> Iterator[str]:
+    """A fresh cluster whose only login role may not create roles, owning its database."""
+    pgdata = Path(tempfile.mkdtemp(prefix="todo-api-bare-")) / "pgdata"
+    pgdata.mkdir()
+    server = start_postgres(pgdata, cleanup_mode="delete")
+    try:
+        ensure_login_role_and_database(
+            server.get_uri(database="postgres"), "plain", attributes=("LOGIN",), database="todo"
+        )
+        yield f"postgresql://plain@/todo?host={server.get_postmaster_info().socket_dir}"
+    finally:
+        server.cleanup()
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+def test_no_permission_to_create_roles(tmp_path: Path, cluster_without_todo_app: str) -> None:
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=cluster_without_todo_app)
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "plain may not create roles", "CREATEROLE", "MIGRATION_DATABASE_URL"
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_lock_held_on_the_migration_table(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_db_url: str
+) -> None:
+    monkeypatch.setattr(migrations, "LOCK_TIMEOUT", "200ms")
+    with psycopg.connect(migrated_db_url) as holder:
+        holder.execute("lock table _yoyo_migration in access exclusive mode")
+        message = migrate_here(monkeypatch, tmp_path, migrated_db_url)
+    assert "another session held a lock the migration needed for more than 200ms" in message
+    assert "pg_stat_activity" in message
+
+
+def test_a_stale_migration_lock(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_db_url: str
+) -> None:
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", 1)
+    with psycopg.connect(migrated_db_url, autocommit=True) as db:
+        db.execute("insert into yoyo_lock (locked, ctime, pid) values (1, %s, 424242)", [datetime.now(UTC)])
+    message = migrate_here(monkeypatch, tmp_path, migrated_db_url)
+    assert "another migration holds this database's migration lock (Process 424242 has locked" in message
+    assert "yoyo break-lock" in message
+
+
+def test_a_login_role_that_owns_nothing(
+    tmp_path: Path, empty_db_url: str, migrated_template: NoopExecutor
+) -> None:
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=as_role(empty_db_url))
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"{API_LOGIN_ROLE} may not change the schema",
+        "MIGRATION_DATABASE_URL",
+    )
+
+
+def test_a_bad_migration_database_url(tmp_path: Path, empty_db_url: str) -> None:
+    result = run_cli(
+        "migrate", cwd=tmp_path, DATABASE_URL=empty_db_url, MIGRATION_DATABASE_URL="mysql://x@y/z"
+    )
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "MIGRATION_DATABASE_URL must start with postgresql://"
+    )

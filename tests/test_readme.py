@@ -1,0 +1,115 @@
+"""The README cannot rot: every command in it is run, as written, by a test.
+
+`test_every_readme_command_is_run_by_a_test` fails when a command is added to README.md that no test
+runs; the tests it names take their commands from the README itself, so an edit there is what runs.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.readme_commands import commands_starting, copy_of_the_checkout, readme_commands
+from tests.support import cli_env, free_port
+
+# Each README command, by how it starts, and where it runs.
+RUN_BY = {
+    "python3 -m venv .venv": "test_the_first_command_serves_and_every_curl_line_answers",
+    ".ci/run": "CI itself: .ci/run is the command that runs these tests",
+    "TOKEN=": "test_the_first_command_serves_and_every_curl_line_answers",
+    "AUTH=": "test_the_first_command_serves_and_every_curl_line_answers",
+    "curl ": "test_the_first_command_serves_and_every_curl_line_answers",
+    "todo-api policies": "test_the_first_command_serves_and_every_curl_line_answers",
+    "DATABASE_URL='postgresql+psycopg://": "tests/db/test_migrations.py, plain yoyo apply",
+    ".venv/bin/uv build --wheel": "tests/test_installed_wheel.py, its `installed` fixture",
+    "pip wheel --no-deps -w dist .": "tests/test_installed_wheel.py, its `installed` fixture",
+    "pip install dist/todo_api-*.whl": "tests/test_installed_wheel.py, its `installed` fixture",
+    'psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/': "tests/db/test_sql_policy_tests.py",
+}
+
+
+def test_every_readme_command_is_run_by_a_test() -> None:
+    unrun = [command for command in readme_commands() if not command.startswith(tuple(RUN_BY))]
+    assert unrun == [], "README commands no test runs: add them to a test, and to RUN_BY"
+
+
+def _environment(checkout: Path) -> dict[str, str]:
+    """A newcomer's shell: nothing of this checkout's virtualenv or PYTHONPATH."""
+    env = cli_env()
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = os.pathsep.join(
+        part for part in env["PATH"].split(os.pathsep) if not part.startswith(str(Path(sys.prefix)))
+    )
+    return env
+
+
+BASH = shutil.which("bash") or "/bin/bash"
+
+
+def _bash(script: str, *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BASH, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the README's shell is bash on Linux")
+def test_the_first_command_serves_and_every_curl_line_answers(tmp_path: Path) -> None:
+    checkout = copy_of_the_checkout(tmp_path / "todo-api")
+    env = _environment(checkout)
+    port = free_port()  # the README's port 8000 may be taken on a shared machine
+    (first,) = commands_starting("python3 -m venv .venv")
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            [BASH, "-c", f"{first} --port {port}"],
+            cwd=checkout, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"the first command did not serve:\n{log.read_text()}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+
+        # The welcome text names the command as this install has it.
+        assert "TOKEN=$(.venv/bin/todo-api token alice)" in log.read_text(), log.read_text()
+        curl_block = [
+            *commands_starting("TOKEN="),
+            *commands_starting("AUTH="),
+            *(
+                command.replace("localhost:8000", f"localhost:{port}")
+                for command in commands_starting("curl ")
+            ),
+        ]
+        session = _bash("set -e\n" + "\n".join(curl_block), cwd=checkout, env=env)
+        assert session.returncode == 0, session.stderr
+        said = session.stdout.lower()
+        assert "http/1.1 201" in said, said
+        assert "location: /api/alice/tasks/1" in said, said
+        assert '"title":"buy oat milk"' in said, said
+        assert '"completed":true' in said, said
+        assert "http/1.1 204" in said, said
+        last_answer = said.rstrip().rpartition("\n")[2]
+        assert '"status":403' in last_answer, said
+
+        for audit in commands_starting("todo-api policies"):  # the DBA's, on the installed command
+            env_with_venv = {**env, "PATH": f"{checkout / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"}
+            result = _bash(audit, cwd=checkout, env=env_with_venv)
+            assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGINT)  # Ctrl-C
+            server.wait(timeout=60)
+    assert server.returncode == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
