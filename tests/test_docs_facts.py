@@ -4,7 +4,8 @@
   tables, which commands have a policy, their SQL tests) and with a migrated database (unique and
   foreign keys, whose checks look past row-level security);
 - docs/extending.md lists the floors of `api/` in the order tests/test_layers.py enforces;
-- every file, folder and test the docs name exists;
+- every file, folder and test the docs name exists, and a test named in parentheses after its file
+  (`tests/x.py` (`test_y`)) is defined in that file;
 - docs/architecture.md names every middleware the app installs, and shows its picture.
 """
 
@@ -154,18 +155,56 @@ def test_every_path_the_docs_name_exists() -> None:
     assert not missing, "\n".join(missing)
 
 
+_NAMED_TEST = re.compile(r"`(test_\w+\*?)`")
+# A test file followed by the tests of it that prove the line: `tests/x.py` (`test_a`, `test_b`).
+_FILE_AND_ITS_TESTS = re.compile(r"`(tests/[\w/]+\.py)` \(([^)]*)\)")
+
+
+def _defined_tests(source: str) -> set[str]:
+    return set(re.findall(r"^(?:async )?def (test_\w+)", source, re.MULTILINE))
+
+
+def _is_defined(named: str, defined: set[str]) -> bool:
+    """`test_x` names one test; `test_x*` any test whose name starts so."""
+    if named.endswith("*"):
+        return any(name.startswith(named.removesuffix("*")) for name in defined)
+    return named in defined
+
+
 def test_every_test_the_docs_name_exists() -> None:
-    defined = set(re.findall(r"^(?:async )?def (test_\w+)", _all_test_sources(), re.MULTILINE))
+    defined = _defined_tests(_all_test_sources())
     missing = []
     for document in (*DOCS, README):
-        for named in re.findall(r"`(test_\w+\*?)`", document.read_text(encoding="utf-8")):
-            prefix = named.removesuffix("*")
-            found = (
-                any(name.startswith(prefix) for name in defined) if named.endswith("*") else named in defined
-            )
-            if not found:
+        for named in _NAMED_TEST.findall(document.read_text(encoding="utf-8")):
+            if not _is_defined(named, defined):
                 missing.append(f"{document.relative_to(PROJECT)} names {named}, which no test file defines")
     assert not missing, "\n".join(missing)
+
+
+def test_every_test_named_beside_its_file_is_in_that_file() -> None:
+    misplaced = []
+    for document in (*DOCS, README):
+        for path, names in _FILE_AND_ITS_TESTS.findall(document.read_text(encoding="utf-8")):
+            source = PROJECT / path
+            if not source.is_file():
+                continue  # test_every_path_the_docs_name_exists reports it
+            defined = _defined_tests(source.read_text(encoding="utf-8"))
+            misplaced += [
+                f"{document.relative_to(PROJECT)} names {named} as a test of {path}, which does not define it"
+                for named in _NAMED_TEST.findall(names)
+                if not _is_defined(named, defined)
+            ]
+    assert not misplaced, "\n".join(misplaced)
+
+
+def test_the_test_finder_pairs_each_file_with_the_tests_after_it() -> None:
+    text = "`tests/a.py` (`test_x`, `test_y*`), `tests/b.py`, `tests/c/d.py` (each case)"
+    assert _FILE_AND_ITS_TESTS.findall(text) == [
+        ("tests/a.py", "`test_x`, `test_y*`"),
+        ("tests/c/d.py", "each case"),
+    ]
+    assert _is_defined("test_y*", {"test_yes"})
+    assert not _is_defined("test_y", {"test_yes"})
 
 
 def _all_test_sources() -> str:
