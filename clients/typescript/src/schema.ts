@@ -320,7 +320,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. */
+            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
