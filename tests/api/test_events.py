@@ -245,7 +245,7 @@ def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.
 
 
 def test_a_lost_listen_connection_comes_back_and_streams_miss_nothing(
-    api_url: str, api_db: psycopg.Connection[Any]
+    api_url: str, api_db: psycopg.Connection[Any], superuser_url: str
 ) -> None:
     alice = new_user()
     listening = "select pid from pg_stat_activity where application_name = 'todo-api-listener'"
@@ -255,11 +255,13 @@ def test_a_lost_listen_connection_comes_back_and_streams_miss_nothing(
     async def scenario(client: httpx.AsyncClient) -> None:
         async with opened(client, alice) as stream:
             await stream.opening_id()
-            # As a database failover or a network cut would: the worker's LISTEN session ends.
-            api_db.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity"
-                " where application_name = 'todo-api-listener'"
-            )
+            # As a database failover or a network cut would: the worker's LISTEN session ends. The
+            # API logs in as a role that owns nothing, whose sessions only a superuser may end.
+            with psycopg.connect(superuser_url, autocommit=True) as superuser:
+                superuser.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where application_name = 'todo-api-listener'"
+                )
             written = []
             for title in ("right after", "and again"):
                 response = await client.post(alice.tasks_url, json={"title": title}, headers=alice.headers)
