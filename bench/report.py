@@ -1,4 +1,6 @@
-"""The results table, the machine it ran on, and bench/RESULTS.md."""
+"""The results table, the machine it ran on, and the run's report (bench/results/<time>/report.md).
+
+bench/RESULTS.md is not written here: it is the curated report, edited by hand from these."""
 
 import os
 import platform
@@ -12,10 +14,10 @@ import psutil
 
 from bench.cpu import PhaseCpu
 
-RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
-_RESULTS_INTRO = """# Benchmark results
+REPORT_NAME = "report.md"
+_RESULTS_INTRO = """# Benchmark run
 
-Each run below was written by `python -m bench.run` (see bench/README.md): the API driven by wrk
+The run below was written by `python -m bench.run` (see bench/README.md): the API driven by wrk
 against pgbench running the same transactions on the same Postgres, on the same machine, in the same
 run. Absolute numbers move with the machine's neighbours; compare the ratios within one run.
 """
@@ -122,7 +124,7 @@ def summary(rows: list[Row]) -> list[str]:
         worst = min(rows, key=lambda row: row.ratio)
         lines.append(
             f"- lowest API/pgbench ratio: {worst.ratio:.2f} ({worst.scenario}, {worst.size}, "
-            f"{worst.workers} worker(s); target: every scenario at 0.30 or more)"
+            f"{worst.workers} worker(s))"
         )
     return lines
 
@@ -133,9 +135,9 @@ def write_results(
     postgres_version: str,
     settings: list[str],
     notes: list[str],
-    path: Path = RESULTS_FILE,
+    path: Path,
 ) -> None:
-    """Append this run to RESULTS.md (created with an introduction when missing)."""
+    """Append this run to the report at `path` (created with an introduction when missing)."""
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = [
         f"## Run of {started}",

@@ -4,7 +4,8 @@
 
 For each size: a fresh database, migrated and loaded; then for each worker count, the API started with
 that many workers and, per scenario, wrk against the API and pgbench with the same transactions at the
-same concurrency, alternating for --rounds rounds. One table at the end, appended to bench/RESULTS.md.
+same concurrency, alternating for --rounds rounds. One table at the end, written with the machine and
+the command to bench/results/<time>/report.md (git-ignored); bench/RESULTS.md is curated by hand.
 """
 
 import argparse
@@ -110,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
         " bench/floor_server.py, with the API's database layer (floor) or only select 1 (bare),"
         " or the peer (postgraphile); a list such as api,postgraphile runs them all, in turn each round",
     )
-    parser.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument(
+        "--no-results", action="store_true", help="do not write bench/results/<time>/report.md"
+    )
     parser.add_argument("--note", action="append", default=[], help="a line to add under the run's table")
     return parser
 
@@ -345,8 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nbench: done in {time.monotonic() - started:.0f} s; raw results in {run_dir}")
     if not args.no_results:
         notes = ratios + [f"- {note}" for note in args.note] + plans
-        report.write_results(rows, postgres_version=postgres_version, settings=settings, notes=notes)
-        print(f"bench: appended to {report.RESULTS_FILE}")
+        path = run_dir / report.REPORT_NAME
+        report.write_results(
+            rows, postgres_version=postgres_version, settings=settings, notes=notes, path=path
+        )
+        print(f"bench: the run's report, with its machine and command: {path}")
 
 
 if __name__ == "__main__":
