@@ -71,9 +71,9 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(own_postgres: Ow
     assert len(failed_writes) == 3
 
 
-def test_a_stream_survives_a_database_restart_and_misses_nothing(outage: OwnPostgres) -> None:
+def test_a_stream_survives_a_database_restart_and_misses_nothing(own_postgres: OwnPostgres) -> None:
     alice = new_user()
-    settings = settings_for(outage.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
+    settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
 
     async def scenario(base_url: str) -> None:
         async with async_client(base_url) as client, opened(client, alice) as stream:
@@ -81,9 +81,9 @@ def test_a_stream_survives_a_database_restart_and_misses_nothing(outage: OwnPost
             before = await client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers)
             assert (await stream.next()).data == before.json()
 
-            await asyncio.to_thread(outage.stop)
+            await asyncio.to_thread(own_postgres.stop)
             await asyncio.sleep(1)
-            await asyncio.to_thread(outage.start)
+            await asyncio.to_thread(own_postgres.start)
             deadline = time.monotonic() + 30
             while (await client.get("/readyz")).status_code != 200:
                 assert time.monotonic() < deadline, "the API did not notice Postgres came back"
