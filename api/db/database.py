@@ -24,22 +24,24 @@ A database restart costs no request once the database is back. The pool asks a c
 unused for a while whether it is still alive before handing it out (`_LivenessCheck`), and checks
 the whole pool the moment one is found dead. A transaction whose connection broke is run once more
 on another connection, but only when running it again cannot write twice (`SafeToRetry`): it was
-read-only, or the server provably ended the session before running any of it. A write that went
-out and got no answer is `OutcomeUnknown`: it may have committed.
+read-only, or nothing of it was sent. Before a write goes out, one select() that does not wait asks
+whether the server has already ended the session (`_ended_while_idle`): a server that ends an idle
+session says so and closes the socket without waiting for us, so its farewell is there first. A
+write that went out and got no answer is `OutcomeUnknown`: it may have committed.
 """
 
 import asyncio
 import contextlib
 import logging
 import math
+import select
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import psycopg
-from psycopg.pq import DiagnosticField, ExecStatus
-from psycopg.pq.abc import PGresult
+from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import text
@@ -94,36 +96,9 @@ class _Connection(psycopg.AsyncConnection[DictRow]):
     handed_out_at: float = -math.inf
 
 
-# How Postgres itself ends a session on its own initiative: an administrator's or a shutdown's
-# pg_terminate_backend (admin_shutdown), idle_session_timeout. Not a pooler's own farewells:
-# PgBouncer answers a query whose server connection died under it with 08P01 and nothing before
-# it, though the server may have committed.
-_SESSION_ENDED_BY_SERVER = (b"57P01", b"57P05")
-
-
-class _Cursor(psycopg.AsyncClientCursor[DictRow]):
-    """The cursor of the one-message way. It notes whether the server's first answer to the last
-    message was the end of the session: the proof that none of the message ran (`_one_message`)."""
-
-    session_ended_first = False
-
-    def _check_results(self, results: list[PGresult]) -> None:
-        # psycopg's (private) step that sees every result of a message, in order, before it raises
-        # the first error: the one place where "the error came first" can be read. Should a
-        # release stop calling it, the flag stays False and no write is ever retried (safe), and
-        # tests/faults/test_database_restart.py fails.
-        if results and results[0].status == ExecStatus.FATAL_ERROR:
-            first = results[0]
-            self.session_ended_first = (
-                first.error_field(DiagnosticField.SEVERITY_NONLOCALIZED) == b"FATAL"
-                and first.error_field(DiagnosticField.SQLSTATE) in _SESSION_ENDED_BY_SERVER
-            )
-        super()._check_results(results)
-
-
 class SafeToRetry(DatabaseUnavailable):
     """The connection broke, and running the transaction again cannot do anything twice: it was
-    read-only, or the server ended the session before running any of it. `Database.run` retries
+    read-only, or nothing of it was sent (`_ended_while_idle`). `Database.run` retries
     it once on another connection; raised again, it is a plain `DatabaseUnavailable`."""
 
 
@@ -314,7 +289,7 @@ class Database:
                 "autocommit": True,
                 "row_factory": dict_row,
                 "prepare_threshold": settings.db_prepare_threshold,
-                "cursor_factory": psycopg.AsyncCursor if prepare else _Cursor,
+                "cursor_factory": psycopg.AsyncCursor if prepare else psycopg.AsyncClientCursor,
             },
             min_size=settings.db_pool_size,
             max_size=settings.db_pool_size,
@@ -413,6 +388,10 @@ class Database:
     async def _on(
         self, connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
+        if not read_only and _ended_while_idle(connection):
+            # Nothing of this transaction has been sent: another connection may run it.
+            await connection.close()
+            raise SafeToRetry("the server had ended the session before a write was sent")
         try:
             async with asyncio.timeout(self._answer_timeout):
                 if self._prepare:
@@ -482,18 +461,7 @@ class Database:
         cursor = connection.cursor()
         params = {**as_user, **statement.params(query.params)}
         message = one_message(query.statement, read_only=read_only, prepared=prepared is not None)
-        try:
-            await cursor.execute(message, params)
-        except psycopg.Error as error:
-            # The server answers a message with the results of its statements in order, and flushes
-            # what it has before a FATAL. When the first thing it said was that it ended the session
-            # (`_SESSION_ENDED_BY_SERVER`), it did so before BEGIN completed, so none of the message
-            # ran, COMMIT least of all: typically the session was terminated while idle (a restart,
-            # pg_terminate_backend) and its farewell was waiting in the socket before this message
-            # went out. A FATAL after BEGIN's result proves nothing: COMMIT may have run.
-            if isinstance(cursor, _Cursor) and cursor.session_ended_first:
-                raise SafeToRetry(f"the server had ended the session before a write: {error}") from error
-            raise
+        await cursor.execute(message, params)
         cursor.nextset()  # past BEGIN's result
         cursor.nextset()  # past the settings' row
         return await _result_rows(cursor)
@@ -542,3 +510,42 @@ async def _roll_back(connection: _Connection) -> None:
         await connection.execute("ROLLBACK")
     except psycopg.Error:
         await connection.close()
+
+
+# Severities with which the server ends the session after saying so.
+_SESSION_ENDING = ("FATAL", "PANIC")
+
+
+def _ended_while_idle(connection: _Connection) -> bool:
+    """Whether the server has already ended this session, which sits idle with nothing of ours in
+    flight: the proof that a write about to be sent on it would never run, so it may run elsewhere.
+
+    A server that ends an idle session (a restart, pg_terminate_backend, idle_session_timeout)
+    sends its farewell, a FATAL, and closes the socket without waiting for us, so both are already
+    in the socket before our message goes out. Asking costs one select() that does not wait; only
+    when something is there does libpq read it. A session ended between this check and the send is
+    not caught here: that write is `OutcomeUnknown`.
+    """
+    farewells: list[psycopg.errors.Diagnostic] = []
+
+    def note(diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.severity_nonlocalized in _SESSION_ENDING:
+            farewells.append(diagnostic)
+
+    try:
+        if not select.select([connection], [], [], 0)[0]:
+            return False
+        # libpq passes an error that arrives while idle to the notice handlers (the farewell, when
+        # the server has not closed the socket yet); the end of the stream breaks the connection.
+        connection.add_notice_handler(note)
+        try:
+            for _ in range(8):  # each pass reads what has arrived; the end of the stream raises
+                connection.pgconn.consume_input()
+                connection.pgconn.is_busy()  # parses what was read: the farewell reaches `note`
+                if farewells or not select.select([connection], [], [], 0)[0]:
+                    break
+        finally:
+            connection.remove_notice_handler(note)
+    except psycopg.OperationalError:  # the server closed the connection, or it was lost before
+        return True
+    return bool(farewells) or connection.pgconn.status == ConnStatus.BAD

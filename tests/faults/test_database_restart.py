@@ -87,12 +87,17 @@ def _run(url: str, scenario: Any, **settings: Any) -> None:
 _INSERT_ONE = "insert into tasks (user_id, title) values ('alice', 'once') returning id"
 
 
-@pytest.mark.parametrize("prepared", ["off", "auto"], ids=["one-message", "one-message-prepared"])
+@pytest.mark.parametrize(
+    "way",
+    [{"db_prepared_statements": "off"}, {"db_prepared_statements": "auto"}, {"db_prepare_threshold": 0}],
+    ids=["one-message", "one-message-prepared", "pipelined-and-prepared"],
+)
 def test_a_write_on_a_connection_ended_while_idle_runs_again_once(
-    own_postgres: OwnPostgres, prepared: str
+    own_postgres: OwnPostgres, way: dict[str, Any]
 ) -> None:
     """Within a second of its last use a connection is not asked whether it is alive: a write on
-    one the server ended meanwhile meets the server's FATAL first, which proves it never ran."""
+    one the server ended meanwhile finds the server's farewell waiting before anything is sent,
+    which proves it never ran."""
 
     async def scenario(database: Database) -> None:
         await database.run("alice", _sql("insert into users (id) values ('alice')"), read_only=False)
@@ -105,7 +110,7 @@ def test_a_write_on_a_connection_ended_while_idle_runs_again_once(
             {"n": 1}
         ]
 
-    _run(own_postgres.url, scenario, db_pool_size=3, db_prepared_statements=prepared)
+    _run(own_postgres.url, scenario, db_pool_size=3, **way)
 
 
 # Both ways a transaction can travel (api/db/database.py); a broken connection is told apart the same.

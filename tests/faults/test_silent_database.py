@@ -1,4 +1,5 @@
-"""A database that stops answering without closing anything (a wedged pooler, a silent network).
+"""A database that stops answering without closing anything (a wedged pooler, a silent network), and
+a network that drops idle connections without a word from the database.
 
 The server-side statement timeout cannot help when no bytes arrive at all; the API's own bound on
 each answer (statement timeout + connect timeout) turns such a request into a 503, and the
@@ -6,6 +7,7 @@ connection is not reused afterwards. psycopg spends up to 10 s more trying to ca
 politely before it lets go, so the bound here is the answer timeout plus those 10 s.
 """
 
+import contextlib
 import socket
 import threading
 import time
@@ -33,6 +35,7 @@ class SilenceableProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self._closed = False
+        self._clients: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -41,6 +44,7 @@ class SilenceableProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            self._clients.append(client)
             server = socket.socket(socket.AF_UNIX)
             server.connect(str(self.socket_path))
             for source, target, gates in (
@@ -60,6 +64,14 @@ class SilenceableProxy:
         finally:
             source.close()
             target.close()
+
+    def drop_connections(self) -> None:
+        """Close every connection to the API as a load balancer's idle timeout would: the API's
+        side sees the end of the stream, with no farewell from the database."""
+        for client in self._clients:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+        self._clients.clear()
 
     def close(self) -> None:
         self._closed = True
@@ -131,4 +143,29 @@ def test_a_write_whose_answer_never_came_is_outcome_unknown_and_a_read_is_not(
         listed = client.get(user.tasks_url, headers=user.headers)
     assert sorted(task["title"] for task in listed.json()) == ["before", "held"], "it had committed, once"
     stored = migrated_db.execute("select count(*) from tasks where title = 'held'").fetchone()
+    assert stored == (1,)
+
+
+def test_a_write_on_a_connection_dropped_while_idle_runs_again_once(
+    proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+) -> None:
+    """Within a second of its last use a connection is not asked whether it is alive. The write
+    finds the connection's end waiting before it is sent, so nothing of it went out: it runs on a
+    new connection, once. Its statement was prepared on that connection before, so nothing else is
+    sent first that would break on the way."""
+    url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
+    settings = settings_for(url, db_connect_timeout_seconds=2, db_pool_size=1)
+    user = new_user()
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        for title in ("before", "before again"):  # the second writes as a stored owner, as the next
+            assert client.post(user.tasks_url, json={"title": title}, headers=user.headers).status_code == 201
+
+        proxy.drop_connections()
+        time.sleep(0.2)  # the end of each stream reaches the API's sockets
+        written = client.post(user.tasks_url, json={"title": "after the drop"}, headers=user.headers)
+
+        assert written.status_code == 201, written.text
+        listed = client.get(user.tasks_url, headers=user.headers)
+    assert sorted(task["title"] for task in listed.json()) == ["after the drop", "before", "before again"]
+    stored = migrated_db.execute("select count(*) from tasks where title = 'after the drop'").fetchone()
     assert stored == (1,)
