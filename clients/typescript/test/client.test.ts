@@ -1,42 +1,14 @@
 /**
- * The client against a live API: tests/test_typescript_client.py starts one on a real Postgres,
- * mints the tokens and runs `node --test dist/test/` with
- *   TODO_API_URL    the API's base URL
- *   TODO_API_USERS  a JSON array of {"id", "token", "expiredToken"}: one user for each test, so
- *                   the tests neither see each other's tasks nor depend on their order.
+ * The client against a live API (live_api.ts says what tests/test_typescript_client.py gives it).
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { createTodoClient, etagOf, type ListQuery, type TodoClientOptions } from "../src/index.js";
-
-interface TestUser {
-  id: string;
-  token: string;
-  expiredToken: string;
-}
-
-const baseUrl = required("TODO_API_URL");
-const users: TestUser[] = JSON.parse(required("TODO_API_USERS"));
-
-function required(name: string): string {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set: run this through tests/test_typescript_client.py`);
-  return value;
-}
-
-function takeUser(): TestUser {
-  const user = users.shift();
-  if (!user) throw new Error("TODO_API_USERS has fewer users than there are tests");
-  return user;
-}
-
-function clientFor(user: TestUser, options: Partial<TodoClientOptions> = {}) {
-  return createTodoClient({ baseUrl, getToken: async () => user.token, ...options });
-}
+import { createTodoClient, etagOf, type ListQuery } from "../src/index.js";
+import { baseUrl, clientFor, takeUser } from "./live_api.js";
 
 test("a create whose answer is lost is retried with the same key and makes one task", async () => {
-  const user = takeUser();
+  const user = takeUser("start");
   const keys: (string | null)[] = [];
   let firstAnswer: unknown;
   const todo = clientFor(user, {
@@ -67,7 +39,7 @@ test("a create whose answer is lost is retried with the same key and makes one t
 });
 
 test("listing follows the Link header page by page and sees every task once", async () => {
-  const user = takeUser();
+  const user = takeUser("start");
   const todo = clientFor(user);
   const created: number[] = [];
   for (let i = 1; i <= 5; i++) {
@@ -92,7 +64,7 @@ test("listing follows the Link header page by page and sees every task once", as
 });
 
 test("an update with a stale ETag is refused with 412 and changes nothing", async () => {
-  const user = takeUser();
+  const user = takeUser("start");
   const mine = clientFor(user);
   const elsewhere = clientFor(user); // another tab: an ETag memory of its own
   const { data: task } = await mine.createTask(user.id, { title: "Original" });
@@ -118,7 +90,7 @@ test("an update with a stale ETag is refused with 412 and changes nothing", asyn
 });
 
 test("setTaskCompletion toggles without a body and sets with one", async () => {
-  const user = takeUser();
+  const user = takeUser("start");
   const todo = clientFor(user);
   const { data: task } = await todo.createTask(user.id, { title: "Toggle me" });
   assert.ok(task);
@@ -135,7 +107,7 @@ test("setTaskCompletion toggles without a body and sets with one", async () => {
 });
 
 test("a deleted task is gone: getTask answers 404", async () => {
-  const user = takeUser();
+  const user = takeUser("start");
   const todo = clientFor(user);
   const { data: task } = await todo.createTask(user.id, { title: "Delete me" });
   assert.ok(task);
@@ -149,7 +121,7 @@ test("a deleted task is gone: getTask answers 404", async () => {
 });
 
 test("a token the API refuses is replaced by a fresh one and the request sent again", async () => {
-  const user = takeUser();
+  const user = takeUser("start");
   const asked: boolean[] = [];
   const todo = createTodoClient({
     baseUrl,
@@ -168,7 +140,7 @@ test("a token the API refuses is replaced by a fresh one and the request sent ag
 });
 
 test("an edit made in another tab after this one listed is a 412, for an update and a toggle", async () => {
-  const user = takeUser();
+  const user = takeUser("start");
   const mine = clientFor(user);
   const elsewhere = clientFor(user); // another tab: an ETag memory of its own
   const { data: task } = await elsewhere.createTask(user.id, { title: "Original" });
@@ -194,7 +166,7 @@ test("an edit made in another tab after this one listed is a 412, for an update 
 });
 
 test("a toggle retried after its answer was lost is a 412, not a flip back", async () => {
-  const user = takeUser();
+  const user = takeUser("start");
   let dropped = 0;
   const todo = clientFor(user, {
     // The first PATCH reaches the server and is done, but its answer never reaches the client.
@@ -219,7 +191,7 @@ test("a toggle retried after its answer was lost is a 412, not a flip back", asy
 });
 
 test("a repeated create shows the task as it is now, so the next write is not a 412", async () => {
-  const user = takeUser();
+  const user = takeUser("start");
   const mine = clientFor(user);
   const elsewhere = clientFor(user);
   const idempotencyKey = crypto.randomUUID();

@@ -1,37 +1,13 @@
 /**
  * `subscribe` against a live API (tests/test_typescript_client.py starts it and mints the users).
- * node runs each test file in a process of its own, so this file takes its users from the END of
- * TODO_API_USERS, and client.test.ts from the start: no two tests ever share a user (and a stream).
+ * This file takes its users from the end of TODO_API_USERS, client.test.ts from the start
+ * (live_api.ts): no two tests ever share a user, or a stream.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { createTodoClient, type TaskEvent, type TodoClientOptions } from "../src/index.js";
-
-interface TestUser {
-  id: string;
-  token: string;
-  expiredToken: string;
-}
-
-const baseUrl = required("TODO_API_URL");
-const users: TestUser[] = JSON.parse(required("TODO_API_USERS"));
-
-function required(name: string): string {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set: run this through tests/test_typescript_client.py`);
-  return value;
-}
-
-function takeUser(): TestUser {
-  const user = users.pop();
-  if (!user) throw new Error("TODO_API_USERS has fewer users than there are tests");
-  return user;
-}
-
-function clientFor(user: TestUser, options: Partial<TodoClientOptions> = {}) {
-  return createTodoClient({ baseUrl, getToken: async () => user.token, ...options });
-}
+import { createTodoClient, type TaskEvent } from "../src/index.js";
+import { baseUrl, clientFor, takeUser } from "./live_api.js";
 
 /** Collects events, and waits until `count` have come. */
 function collector() {
@@ -70,7 +46,7 @@ function opened(fetch: (request: Request) => Promise<Response> = (request) => gl
 }
 
 test("subscribe delivers created, updated and deleted tasks, each as the API returned it", async () => {
-  const user = takeUser();
+  const user = takeUser("end");
   const todo = clientFor(user);
   const seen = collector();
   const watch = opened();
@@ -97,7 +73,7 @@ test("subscribe delivers created, updated and deleted tasks, each as the API ret
 });
 
 test("a dropped stream reconnects with a fresh token and Last-Event-ID, missing nothing", async () => {
-  const user = takeUser();
+  const user = takeUser("end");
   const todo = clientFor(user);
   const seen = collector();
   const asked: boolean[] = [];
@@ -145,7 +121,7 @@ test("a dropped stream reconnects with a fresh token and Last-Event-ID, missing 
 });
 
 test("a Last-Event-ID the server no longer keeps comes back as reset", async () => {
-  const user = takeUser();
+  const user = takeUser("end");
   const seen = collector();
   const subscription = clientFor(user).subscribe(user.id, seen.onEvent, { lastEventId: "not-an-id" });
 
