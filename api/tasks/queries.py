@@ -87,9 +87,9 @@ def _list_statement(
         statement = statement.where(col(Task.completed) == bindparam("completed", type_=Boolean()))
     if searching:
         # A case-insensitive substring test: strpos does not backtrack as ILIKE '%...%' does on a
-        # crafted text (bench/RESULTS.md, "Search"), and it has no pattern syntax to escape. It
-        # reads only the caller's rows, found through a tasks_by_owner_* index: under row-level
-        # security no index can serve the test itself (same section).
+        # crafted text (`python -m bench.search` times both), and it has no pattern syntax to
+        # escape. It reads only the caller's rows, found through a tasks_by_owner_* index: under
+        # row-level security no index can serve the test itself (its operators are not leakproof).
         needle = func.lower(bindparam("search", type_=String()))
         statement = statement.where(
             or_(
