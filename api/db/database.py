@@ -208,7 +208,8 @@ class Query:
 
     A write also brings the caller's user row up to date (`api.tasks.queries._USER_ROW`);
     `without_owner_row` is the same write without that, for a caller whose row is known to be
-    stored as their token describes them (`api.http.caller.Caller.run`).
+    stored as their token describes them (`api.http.caller.Caller.run`): docs/performance.md,
+    "Writes without the owner-row upsert".
     """
 
     statement: ClauseElement

@@ -163,7 +163,8 @@ def _upsert_user() -> Insert:
 
 # A write also brings the caller's user row up to date, in the same statement: the first write creates
 # it (tasks.user_id references it), and a token with a new email or name refreshes it. Each write's
-# Query also carries the statement without it, for owners whose row is stored (api/db/stored_owners.py).
+# Query also carries the statement without it, for owners whose row is stored (api/db/stored_owners.py):
+# a departure measured to pay, docs/performance.md, "Writes without the owner-row upsert".
 _USER_ROW = _upsert_user().cte("user_row")
 
 
