@@ -133,6 +133,8 @@ _SECONDARY_INDEXES = """
 SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid)
 FROM pg_index
 WHERE indrelid = 'public.tasks'::regclass AND NOT indisprimary
+  -- an index a constraint stands on (tasks_owner_and_id_key) cannot be dropped on its own
+  AND NOT EXISTS (SELECT FROM pg_constraint WHERE conindid = indexrelid)
 ORDER BY indexrelid::regclass::text
 """
 

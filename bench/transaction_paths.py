@@ -138,7 +138,7 @@ class _LibpqMessage(_PlainConnection):
 
     async def _message(self, query: Query, *, read_only: bool) -> bytes:
         statement = compiled(query.statement)
-        named = prepared_statement(statement.sql)
+        named = prepared_statement(query.statement)
         await self.connection.execute(named.prepare)
         limits = Settings.model_fields
         values = {

@@ -18,7 +18,7 @@ BEGIN, the settings, the statement and COMMIT travel in one network round trip, 
 - With DB_PREPARE_THRESHOLD set, as four extended-protocol messages in psycopg's pipeline mode,
   bound server-side so that psycopg prepares them: for a pooler that keeps protocol-level prepared
   statements (PgBouncer 1.21+ with max_prepared_statements). It costs more Python per request than
-  it saves Postgres on our benchmark (bench/RESULTS.md, "Fifth session"), so it is not the default.
+  it saves Postgres on our benchmark (`python -m bench.transaction_paths`), so it is not the default.
 
 A database restart costs no request once the database is back. The pool asks a connection that sat
 unused for a while whether it is still alive before handing it out (`_LivenessCheck`), and checks
@@ -183,7 +183,8 @@ class Query:
 
     A write also brings the caller's user row up to date (`api.tasks.queries._USER_ROW`);
     `without_owner_row` is the same write without that, for a caller whose row is known to be
-    stored as their token describes them (`api.http.caller.Caller.run`).
+    stored as their token describes them (`api.http.caller.Caller.run`): docs/performance.md,
+    "Writes without the owner-row upsert".
     """
 
     statement: ClauseElement
@@ -225,8 +226,7 @@ def begin(*, read_only: bool) -> str:
 def one_message(statement: ClauseElement, *, read_only: bool, prepared: bool) -> str:
     """The whole transaction as one simple-protocol message: BEGIN; settings; statement; COMMIT.
     With `prepared`, the statement is the EXECUTE of its prepared form."""
-    sql = compiled(statement).sql
-    body = prepared_statement(sql).execute if prepared else sql
+    body = prepared_statement(statement).execute if prepared else compiled(statement).sql
     return ";\n".join((begin(read_only=read_only), compiled(ACT_AS_USER).sql, body, "COMMIT"))
 
 
@@ -378,7 +378,8 @@ class Database:
 
     async def _attempt(self, query: Query, as_user: Mapping[str, object], *, read_only: bool) -> Rows:
         # getconn/putconn rather than pool.connection(): its `async with connection` would
-        # commit or roll back, which the transaction does itself (bench/RESULTS.md, "Third session").
+        # commit or roll back, which the transaction does itself (`python -m bench.request_cpu`
+        # counts the Python calls that saves).
         connection = await self.pool.getconn()
         try:
             return await self._on(connection, query, as_user, read_only=read_only)
@@ -448,7 +449,7 @@ class Database:
         prepared = connection.prepared
         statement = compiled(query.statement)
         if prepared is not None:
-            named = prepared_statement(statement.sql)
+            named = prepared_statement(query.statement)
             if named.name not in prepared:
                 # Once per connection and statement, in autocommit: a failed transaction keeps it.
                 try:

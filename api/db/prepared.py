@@ -2,10 +2,16 @@
 message each transaction travels in (`api.db.database`).
 
 Postgres then parses, rewrites (applying the row-level security policies) and plans a statement
-once per connection rather than once per request: bench/RESULTS.md, "Fifth session". Preparing
-decides nothing about who sees what. Postgres re-applies the policies to a prepared statement
-whenever the role that runs it changes, so the statement prepared by the login role runs under
-todo_app's policies, and every test of isolation runs over prepared statements too.
+once per connection rather than once per request: compare "one message" with "one message,
+prepared" in `python -m bench.transaction_paths`. Preparing decides nothing about who sees what.
+Postgres re-applies the policies to a prepared statement whenever the role that runs it changes, so
+the statement prepared by the login role runs under todo_app's policies, and every test of isolation
+runs over prepared statements too.
+
+The text after PREPARE is SQLAlchemy's own compilation of the statement with the psycopg dialect's
+positional placeholders ($1, $2, ... in the order SQLAlchemy reports them): the same SQL the
+unprepared message carries, with nothing rewritten by hand. The EXECUTE passes the values in that
+order, bound by psycopg like any other.
 
 Only where the session lasts: a pooler in transaction mode (PgBouncer, Neon's pooled endpoint) may
 run the EXECUTE on a server connection where the PREPARE never ran. `reaches_postgres_itself` tells
@@ -14,15 +20,18 @@ the backend process id a connection was told at start-up is not that of the back
 """
 
 import itertools
-import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import tuple_row
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
 
-_PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s")
+# The dialect the API compiles with, writing $n where it would write %(name)s.
+_POSITIONAL = psycopg_dialect.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 _NAMES = itertools.count(1)
 
 
@@ -37,23 +46,13 @@ class PreparedStatement:
 
 
 @lru_cache(maxsize=512)
-def prepared_statement(sql: str) -> PreparedStatement:
-    """The statement `sql` (psycopg's `%(name)s` placeholders) under a name of its own."""
-    names: list[str] = []
-
-    def positional(match: re.Match[str]) -> str:
-        if match.group(0) == "%%":
-            return "%"  # PREPARE is sent without values, so psycopg does not unescape it
-        name = match.group(1)
-        if name not in names:
-            names.append(name)
-        return f"${names.index(name) + 1}"
-
-    body = _PLACEHOLDER.sub(positional, sql)
+def prepared_statement(statement: ClauseElement) -> PreparedStatement:
+    """`statement` under a name of its own, compiled once per shape like `api.db.database.compiled`."""
+    positional = cast(SQLCompiler, statement.compile(dialect=_POSITIONAL))
+    values = ", ".join(f"%({value})s" for value in positional.positiontup or ())
     name = f"todo_api_{next(_NAMES)}"
-    values = ", ".join(f"%({value})s" for value in names)
-    execute = f"EXECUTE {name}({values})" if names else f"EXECUTE {name}"
-    return PreparedStatement(name, f"PREPARE {name} AS {body}", execute)
+    execute = f"EXECUTE {name}({values})" if values else f"EXECUTE {name}"
+    return PreparedStatement(name, f"PREPARE {name} AS {positional}", execute)
 
 
 async def reaches_postgres_itself(connection: psycopg.AsyncConnection[Any]) -> bool:

@@ -5,7 +5,8 @@ it, a token with a new email or name refreshes it: `api.tasks.queries._USER_ROW`
 has committed for an owner (id, email and name, as a `Principal` holds them), the row is stored as
 that owner says, and this worker's later writes for the same owner leave the upsert out: it could
 only find the row current. A token with other claims is another owner, so its first write refreshes
-the row. What this costs and saves: bench/RESULTS.md, "Fifth session".
+the row. Why this departure stays, and what it asks of a maintainer: docs/performance.md,
+"Writes without the owner-row upsert".
 """
 
 from collections.abc import Hashable

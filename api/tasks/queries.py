@@ -87,9 +87,9 @@ def _list_statement(
         statement = statement.where(col(Task.completed) == bindparam("completed", type_=Boolean()))
     if searching:
         # A case-insensitive substring test: strpos does not backtrack as ILIKE '%...%' does on a
-        # crafted text (bench/RESULTS.md, "Search"), and it has no pattern syntax to escape. It
-        # reads only the caller's rows, found through a tasks_by_owner_* index: under row-level
-        # security no index can serve the test itself (same section).
+        # crafted text (`python -m bench.search` times both), and it has no pattern syntax to
+        # escape. It reads only the caller's rows, found through a tasks_by_owner_* index: under
+        # row-level security no index can serve the test itself (its operators are not leakproof).
         needle = func.lower(bindparam("search", type_=String()))
         statement = statement.where(
             or_(
@@ -163,7 +163,8 @@ def _upsert_user() -> Insert:
 
 # A write also brings the caller's user row up to date, in the same statement: the first write creates
 # it (tasks.user_id references it), and a token with a new email or name refreshes it. Each write's
-# Query also carries the statement without it, for owners whose row is stored (api/db/stored_owners.py).
+# Query also carries the statement without it, for owners whose row is stored (api/db/stored_owners.py):
+# a departure measured to pay, docs/performance.md, "Writes without the owner-row upsert".
 _USER_ROW = _upsert_user().cte("user_row")
 
 

@@ -6,13 +6,15 @@ tests/faults/test_pgbouncer.py.
 """
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from api.auth.principal import Principal
-from api.db.database import Database
+from api.db.database import Database, Query
 from api.db.prepared import prepared_statement, reaches_postgres_itself
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
@@ -63,12 +65,55 @@ def test_a_direct_connection_is_told_from_a_pooled_one(migrated_db_url: str) -> 
     assert asyncio.run(direct()) is True
 
 
-def test_the_prepared_form_keeps_values_apart_from_the_sql() -> None:
+def test_the_prepared_form_is_sqlalchemys_own_positional_compilation() -> None:
     statement = prepared_statement(
-        "SELECT %(a)s::VARCHAR, %(b)s::BIGINT, %(a)s::VARCHAR WHERE title LIKE 'x%%'"
+        text("SELECT CAST(:a AS text), CAST(:b AS bigint), CAST(:a AS text) WHERE 'x' LIKE 'x%'")
     )
     assert statement.prepare == (
-        f"PREPARE {statement.name} AS SELECT $1::VARCHAR, $2::BIGINT, $1::VARCHAR WHERE title LIKE 'x%'"
+        f"PREPARE {statement.name} AS"
+        " SELECT CAST($1 AS text), CAST($2 AS bigint), CAST($1 AS text) WHERE 'x' LIKE 'x%'"
     )
     assert statement.execute == f"EXECUTE {statement.name}(%(a)s, %(b)s)"
-    assert prepared_statement("SELECT 1").execute == f"EXECUTE {prepared_statement('SELECT 1').name}"
+    constant = text("SELECT 1")
+    assert prepared_statement(constant).execute == f"EXECUTE {prepared_statement(constant).name}"
+
+
+def test_every_statement_the_api_sends_prepares_and_runs(migrated_db_url: str) -> None:
+    """Each write shape, conditional or not, with the values psycopg binds into its EXECUTE."""
+
+    async def run() -> None:
+        database = Database.from_settings(settings_for(migrated_db_url, db_pool_size=1))
+        await database.open()
+        try:
+            user = new_user()
+            owner = Principal(user.id, email="a@example.com", name="A")
+
+            async def write(query: Query) -> list[dict[str, Any]]:
+                return [dict(row) for row in await database.run(user.id, query, read_only=False)]
+
+            created = await write(queries.create_task(owner, TaskCreate(title="100% done")))
+            task_id, version = created[0]["id"], created[0]["version"]
+            once = await write(
+                queries.create_task_once(
+                    owner, TaskCreate(title="Once"), "key-1", "0" * 64, timedelta(hours=1), tombstones_kept=5
+                )
+            )
+            assert [(row["outcome"], row["task"]["title"]) for row in once] == [("created", "Once")]
+            updated = await write(queries.update_task(owner, task_id, {"title": "50%"}, versions=[version]))
+            assert [(row["title"], row["written"]) for row in updated] == [("50%", True)]
+            searched = await database.run(
+                user.id, queries.list_tasks(user.id, TaskListParams(q="%")), read_only=True
+            )
+            assert [row["title"] for row in searched] == ["50%"]
+            toggled = await write(queries.set_completed(owner, task_id, None))
+            assert [row["completed"] for row in toggled] == [True]
+            stale = await write(queries.delete_task(owner, task_id, versions=[version]))
+            assert [row["written"] for row in stale] == [False]
+            assert [row["id"] for row in await write(queries.delete_task(owner, task_id))] == [task_id]
+            async with database.pool.connection() as connection:
+                cursor = await connection.execute("select count(*) as n from pg_prepared_statements")
+                assert await cursor.fetchone() == {"n": 7}
+        finally:
+            await database.close()
+
+    asyncio.run(run())
