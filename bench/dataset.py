@@ -128,13 +128,11 @@ FROM generate_series(1, %(users)s::int) AS n
 """  # noqa: S608 (built from constants only)
 
 # The indexes besides the primary key, to drop before the load and build again after it: building an
-# index once is much faster than maintaining it for every row. Same names, same definitions. An index
-# that backs a constraint (a unique key a foreign key refers to) stays: it cannot be dropped alone.
+# index once is much faster than maintaining it for every row. Same names, same definitions.
 _SECONDARY_INDEXES = """
 SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid)
 FROM pg_index
 WHERE indrelid = 'public.tasks'::regclass AND NOT indisprimary
-  AND NOT EXISTS (SELECT FROM pg_constraint WHERE conindid = indexrelid)
 ORDER BY indexrelid::regclass::text
 """
 
