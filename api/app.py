@@ -123,11 +123,9 @@ def create_app(
     document_response_header(
         app, "X-Request-ID", "This request's id, in every log line about it: yours if you sent a sane one."
     )
-    # The routers' routes join the app's own list rather than through `include_router`: FastAPI
-    # wraps an included router in a layer that it matches twice on every request (bench/RESULTS.md,
-    # "Fourth session"). The routes already carry their prefix, tags, responses and route class.
-    served = [router for router in ROUTERS if settings.metrics_enabled or router is not metrics.router]
-    app.router.routes[:0] = [route for router in served for route in router.routes]
+    for router in ROUTERS:
+        if settings.metrics_enabled or router is not metrics.router:
+            app.include_router(router)
     install_docs(app)
     install_method_rules(app)
     # Every middleware costs every request something; CORS is only there when a browser origin is

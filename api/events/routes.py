@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse
 
 from api.events import stream
 from api.events.hub import Hub
-from api.http.caller import AuthenticatedRoute, caller_of
+from api.http.caller import AuthenticatedRoute, CallerDep
 from api.settings import Settings
 from api.tasks import docs
 
@@ -88,8 +88,7 @@ def _token_expiry(request: Request) -> float:
     },
     openapi_extra=docs.operation_docs(headers=(LAST_EVENT_ID,)),
 )
-async def stream_events(request: Request) -> Response:
-    caller = caller_of(request)
+async def stream_events(caller: CallerDep, request: Request) -> Response:
     hub: Hub = request.app.state.events_hub
     settings: Settings = request.app.state.settings
     subscription = hub.subscribe(caller.user.id)

@@ -1,24 +1,22 @@
-"""The authenticated route, and the caller it hands to handlers: a principal bound to the database.
+"""The authenticated route, and the caller it hands to handlers as the `CallerDep` dependency.
 
-The caller is established before FastAPI reads the request body (`AuthenticatedRoute`): a caller
-we cannot identify, or who names another user's path, gets a 401 or 403 and learns nothing about
-how their body would have been judged. Handlers take the request and read its caller with
-`caller_of(request)`.
-
-The caller is deliberately not a FastAPI dependency: FastAPI solves every dependency on every
-request, which cost about a seventh of a get's Python calls (bench/RESULTS.md, "Third session";
-measured with `python -m bench.request_cpu`). The route class documents the Bearer scheme and
-`{user_id}` itself, through FastAPI's `openapi_extra`. `tests/api/test_fast_path.py` fails when a
-FastAPI release stops calling request-only endpoints directly.
+Who is calling is decided before FastAPI reads the request body: a caller we cannot identify, or
+who names another user's path, gets a 401 or 403 and learns nothing about how their body would have
+been judged, and a user's slow bodies hold only that user's in-flight slots (`InFlightCap`).
+FastAPI reads and parses the body before it solves any dependency (a malformed body is a 422 before
+a dependency runs), so a dependency alone cannot keep that promise. `AuthenticatedRoute`, a custom
+route class as FastAPI's docs teach ("Custom Request and APIRoute class"), admits the request first
+and then runs FastAPI's own request handler for every endpoint; handlers declare `caller: CallerDep`
+to receive the caller it admitted. The route class also documents the Bearer scheme and `{user_id}`,
+the two things it checks, through FastAPI's `openapi_extra`.
 """
 
-import inspect
 import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.openapi.models import HTTPBearer
 from fastapi.routing import APIRoute
 from fastapi.security.utils import get_authorization_scheme_param
@@ -104,11 +102,11 @@ async def _authorized_caller(request: Request) -> Principal:
 
 
 class AuthenticatedRoute(APIRoute):
-    """A route whose caller is authenticated and matched to `{user_id}` before anything else.
+    """A route whose caller is authenticated and matched to `{user_id}` before FastAPI reads the
+    body; its handler then runs as FastAPI runs any handler, with the caller as `CallerDep`.
 
     Its OpenAPI operation carries the Bearer requirement and the `{user_id}` parameter;
-    `document_bearer_scheme` adds the scheme they refer to. An endpoint that takes only the request
-    is called directly, without FastAPI's request handler (`_takes_only_the_request`).
+    `document_bearer_scheme` adds the scheme they refer to.
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
@@ -123,15 +121,15 @@ class AuthenticatedRoute(APIRoute):
         super().__init__(path, endpoint, openapi_extra=docs, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = self.endpoint if _takes_only_the_request(self) else super().get_route_handler()
+        handle = super().get_route_handler()
 
-        async def authenticate_then_handle(request: Request) -> Response:
+        async def admit_then_handle(request: Request) -> Response:
             refuse_unless_isolated(request)
             app = request.app.state
             user = await _authorized_caller(request)
             request.state.caller = Caller(user, app.database, app.stored_owners)
             _refuse_a_body_that_is_not_json(request)
-            # Before the handler reads the body: a user's slow bodies hold only their own slots.
+            # Before FastAPI reads the body: a user's slow bodies hold only their own slots.
             in_flight: InFlightCap = app.in_flight
             in_flight.enter(user.id)
             try:
@@ -139,22 +137,7 @@ class AuthenticatedRoute(APIRoute):
             finally:
                 in_flight.leave(user.id)
 
-        return authenticate_then_handle
-
-
-def _takes_only_the_request(route: APIRoute) -> bool:
-    """Whether the endpoint is `async def endpoint(request) -> Response`, which leaves FastAPI's
-    request handler nothing to read, solve, validate or serialise: calling it directly saves a fifth
-    of a get's Python calls (bench/RESULTS.md, "Fourth session"). Anything else goes through FastAPI."""
-    dependant, signature = route.dependant, inspect.signature(route.endpoint)
-    return (
-        inspect.iscoroutinefunction(route.endpoint)
-        and not dependant.dependencies
-        and len(signature.parameters) == 1
-        and dependant.request_param_name is not None
-        and inspect.isclass(signature.return_annotation)
-        and issubclass(signature.return_annotation, Response)
-    )
+        return admit_then_handle
 
 
 _METHODS_WITH_BODIES = frozenset({"POST", "PUT", "PATCH"})
@@ -179,10 +162,15 @@ def refuse_unless_isolated(request: Request) -> None:
         raise isolation_unverified(retry_after=math.ceil(isolation.interval_seconds))
 
 
-def caller_of(request: Request) -> Caller:
-    """The caller that `AuthenticatedRoute` established for this request."""
+async def admitted_caller(request: Request) -> Caller:
+    """The caller `AuthenticatedRoute` admitted for this request. Only its routes may declare it:
+    elsewhere no caller was admitted, and the request fails rather than run unauthenticated.
+    (`async`: FastAPI would run a plain function in a thread.)"""
     caller: Caller = request.state.caller
     return caller
+
+
+CallerDep = Annotated[Caller, Depends(admitted_caller)]
 
 
 def document_bearer_scheme(app: FastAPI) -> None:

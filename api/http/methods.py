@@ -9,6 +9,7 @@ instead HEAD is served as GET one layer above the router, and the 405 is compute
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -61,9 +62,10 @@ class HeadAsGet:
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     """Every method some route of `app` takes at the scope's path, HEAD wherever GET is."""
     methods: set[str] = set()
-    for route in app.router.routes:
-        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE:
-            methods |= route.methods
+    for context in iter_route_contexts(app.router.routes):
+        route = context.original_route
+        if isinstance(route, Route) and context.methods and context.matches(scope)[0] is not Match.NONE:
+            methods |= context.methods
     if "GET" in methods:
         methods.add("HEAD")
     return [method for method in _METHOD_ORDER if method in methods] + sorted(methods - set(_METHOD_ORDER))

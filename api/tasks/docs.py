@@ -7,9 +7,6 @@ documented on the responses that carry it. `tests/api/test_openapi.py` holds the
 
 from typing import Any
 
-from pydantic import BaseModel
-
-from api.http.parameters import parameter_docs
 from api.http.problems import error_response
 
 Responses = dict[int | str, dict[str, Any]]
@@ -71,12 +68,9 @@ IDEMPOTENCY_KEY = {
 }
 
 
-def operation_docs(
-    *, model: type[BaseModel] | None = None, headers: tuple[dict[str, Any], ...] = ()
-) -> dict[str, Any]:
-    """`openapi_extra` for an operation: the path parameters of `model` and the request headers."""
-    path = parameter_docs(model, "path")["parameters"] if model is not None else []
-    return {"parameters": [*path, *headers]}
+def operation_docs(*, headers: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    """`openapi_extra` for an operation: the request headers it reads."""
+    return {"parameters": list(headers)}
 
 
 AUTH_ERRORS: Responses = {

@@ -23,7 +23,7 @@ from api.tasks.models import Task, no_nul
 # tasks.id is a bigint.
 MAX_TASK_ID = 2**63 - 1
 
-# Literals, not Enums: a parameter's schema must stand alone (`api.http.parameters`).
+# Literals, not Enums: each query parameter's schema must stand alone in the OpenAPI document.
 SortKey = Literal["created", "updated", "title"]
 SortOrder = Literal["asc", "desc"]
 TaskStatus = Literal["all", "pending", "completed"]
@@ -103,14 +103,17 @@ class Cursor:
 
 
 _CURSOR_MAX_LENGTH = 512
+_CURSOR_DESCRIPTION = "From a previous page's Link header."
+# The schema a client sees (a string); `WithJsonSchema` replaces it whole, description included.
 _CURSOR_SCHEMA = {
     "anyOf": [{"type": "string", "maxLength": _CURSOR_MAX_LENGTH}, {"type": "null"}],
     "title": "Cursor",
+    "description": _CURSOR_DESCRIPTION,
 }
 
 
 class TaskListParams(BaseModel):
-    """The list's query parameters, validated by the handler in one call (`api.http.parameters`)."""
+    """The list's query parameters, as one model (`Annotated[TaskListParams, Query()]`)."""
 
     status: TaskStatus = Field("all", description="Which tasks to list.")
     sort: SortKey = Field("created", description="Sort by creation, last update or title.")
@@ -121,7 +124,7 @@ class TaskListParams(BaseModel):
     limit: int = Field(100, ge=1, le=500, description="Page size.")
     # Decoded on the way in, so a bad cursor is reported like any bad parameter (`query.cursor`).
     cursor: Annotated[Cursor | None, WithJsonSchema(_CURSOR_SCHEMA)] = Field(
-        None, description="From a previous page's Link header."
+        None, description=_CURSOR_DESCRIPTION
     )
 
     @field_validator("cursor", mode="before")

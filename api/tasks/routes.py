@@ -1,18 +1,18 @@
-"""The six task endpoints. Handlers are thin: parse, run one statement with `Database.run`, shape."""
+"""The six task endpoints. Handlers are thin: FastAPI parses, they run one statement as the caller
+(`Caller.run`), and FastAPI shapes the answer through `response_model`."""
 
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Body, Request, Response, status
+from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from psycopg.rows import DictRow
-from pydantic import BaseModel, Field, TypeAdapter, field_validator
+from pydantic import BeforeValidator, TypeAdapter
 
 from api.db.database import Rows
 from api.db.errors import LimitReached
-from api.http.caller import AuthenticatedRoute, caller_of
-from api.http.parameters import parameter_docs, parse_parameters
+from api.http.caller import AuthenticatedRoute, CallerDep
 from api.http.problems import (
     error_response,
     invalid_input,
@@ -29,21 +29,20 @@ from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdat
 from api.telemetry.logs import log_change
 
 
-class TaskPath(BaseModel):
-    task_id: int = Field(ge=1, le=MAX_TASK_ID, description="The task's id.")
-
-    @field_validator("task_id", mode="before")
-    @classmethod
-    def ascii_digits(cls, value: object) -> object:
-        # int() would also read "4_0", "+1", " 1" and other scripts' digits.
-        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-            raise ValueError("must be a task id: ASCII digits only")
-        return value
+def _ascii_digits(value: object) -> object:
+    # int() would also read "4_0", "+1", " 1" and other scripts' digits.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a task id: ASCII digits only")
+    return value
 
 
-def _task_id(request: Request) -> int:
-    return parse_parameters(request, TaskPath, "path").task_id
+TaskId = Annotated[
+    int, Path(ge=1, le=MAX_TASK_ID, description="The task's id."), BeforeValidator(_ascii_digits)
+]
 
+
+# One pydantic call for the page rather than one per task.
+_TASK_LIST = TypeAdapter(list[TaskPublic])
 
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
@@ -51,17 +50,6 @@ router = APIRouter(
     responses=docs.AUTH_ERRORS,
     route_class=AuthenticatedRoute,
 )
-
-
-# Rows are validated into TaskPublic once and dumped to JSON once, and the handlers return the bytes:
-# `response_model` still documents the shape, without FastAPI validating everything a second time.
-_TASK_LIST = TypeAdapter(list[TaskPublic])
-
-
-def _json(
-    content: bytes, status_code: int = status.HTTP_200_OK, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(content, status_code=status_code, headers=headers, media_type="application/json")
 
 
 def _found(rows: Rows) -> DictRow:
@@ -80,12 +68,10 @@ def _written(rows: Rows) -> DictRow:
     return row
 
 
-def _task_response(row: Mapping[str, Any], status_code: int = status.HTTP_200_OK, **headers: str) -> Response:
-    """One task, with its ETag."""
-    task = TaskPublic.model_validate(row)
-    return _json(
-        task.model_dump_json().encode(), status_code, {"ETag": etag(task.id, row["version"]), **headers}
-    )
+def _task(row: Mapping[str, Any], response: Response) -> TaskPublic:
+    """One task, its ETag set on the response."""
+    response.headers["ETag"] = etag(row["id"], row["version"])
+    return TaskPublic.model_validate(row)
 
 
 def _settings(request: Request) -> Settings:
@@ -113,19 +99,16 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
         '`rel="next"` with an opaque cursor for the next page.'
     ),
     responses={200: {"headers": docs.LINK}},
-    openapi_extra=parameter_docs(TaskListParams, "query"),
 )
-async def list_tasks(request: Request) -> Response:
-    wanted = parse_parameters(request, TaskListParams, "query")
-    limit = wanted.limit
-    caller = caller_of(request)
-    user = caller.user
+async def list_tasks(
+    caller: CallerDep, wanted: Annotated[TaskListParams, Query()], request: Request, response: Response
+) -> list[TaskPublic]:
+    limit, user = wanted.limit, caller.user
     rows = await caller.run(queries.list_tasks(user.id, wanted), read_only=True)
-    headers = {}
     if len(rows) > limit:
         last_shown = Cursor.after_row(wanted.sort, wanted.sort_order, rows[limit - 1])
-        headers["Link"] = _next_page_link(request, user.id, last_shown)
-    return _json(_TASK_LIST.dump_json(_TASK_LIST.validate_python(rows[:limit])), headers=headers)
+        response.headers["Link"] = _next_page_link(request, user.id, last_shown)
+    return _TASK_LIST.validate_python(rows[:limit])
 
 
 @router.post(
@@ -151,8 +134,9 @@ async def list_tasks(request: Request) -> Response:
     },
     openapi_extra=docs.operation_docs(headers=(docs.IDEMPOTENCY_KEY,)),
 )
-async def create_task(request: Request, data: TaskCreate) -> Response:
-    caller = caller_of(request)
+async def create_task(
+    caller: CallerDep, data: TaskCreate, request: Request, response: Response
+) -> TaskPublic:
     user = caller.user
     key = idempotency_key(request)
     try:
@@ -166,10 +150,12 @@ async def create_task(request: Request, data: TaskCreate) -> Response:
             row, created = await create_once(caller, data, key, ttl)
     except LimitReached:
         raise task_limit_reached(caller.database.max_tasks_per_user) from None
-    replay = {} if created else {docs.REPLAYED_HEADER: "true"}
     if created:
         log_change("create", user_id=user.id, task_id=row["id"])
-    return _task_response(row, status.HTTP_201_CREATED, Location=_task_path(user.id, row["id"]), **replay)
+    else:
+        response.headers[docs.REPLAYED_HEADER] = "true"
+    response.headers["Location"] = _task_path(user.id, row["id"])
+    return _task(row, response)
 
 
 @router.get(
@@ -185,17 +171,17 @@ async def create_task(request: Request, data: TaskCreate) -> Response:
         },
         **docs.NOT_FOUND,
     },
-    openapi_extra=docs.operation_docs(model=TaskPath, headers=(docs.IF_NONE_MATCH,)),
+    openapi_extra=docs.operation_docs(headers=(docs.IF_NONE_MATCH,)),
 )
-async def read_task(request: Request) -> Response:
-    task_id = _task_id(request)
-    caller = caller_of(request)
+async def read_task(
+    caller: CallerDep, task_id: TaskId, request: Request, response: Response
+) -> TaskPublic | Response:
     row = _found(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
     if unchanged_for(request, task_id, row["version"]):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(task_id, row["version"])}
         )
-    return _task_response(row)
+    return _task(row, response)
 
 
 @router.put(
@@ -205,23 +191,23 @@ async def read_task(request: Request) -> Response:
     summary="Update a task",
     description="Fields left out keep their value; `description: null` clears the description.",
     responses={200: {"headers": docs.ETAG}, **docs.NOT_FOUND, **docs.WRITE_CONDITIONS, **docs.NOT_JSON},
-    openapi_extra=docs.operation_docs(model=TaskPath, headers=(docs.IF_MATCH,)),
+    openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH,)),
 )
-async def update_task(request: Request, data: TaskUpdate) -> Response:
-    task_id = _task_id(request)
+async def update_task(
+    caller: CallerDep, task_id: TaskId, data: TaskUpdate, request: Request, response: Response
+) -> TaskPublic:
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
-    caller = caller_of(request)
     user, changes = caller.user, data.changes()
     if not changes:  # nothing to write: the task as it is, if If-Match names it
         row = _found(await caller.run(queries.get_task(user.id, task_id), read_only=True))
         if versions is not None and row["version"] not in versions:
             raise precondition_failed(etag(task_id, row["version"]))
-        return _task_response(row)
+        return _task(row, response)
     row = _written(
         await caller.run(queries.update_task(user, task_id, changes, versions=versions), read_only=False)
     )
     log_change("update", user_id=user.id, task_id=task_id)
-    return _task_response(row)
+    return _task(row, response)
 
 
 @router.delete(
@@ -231,15 +217,12 @@ async def update_task(request: Request, data: TaskUpdate) -> Response:
     operation_id="deleteTask",
     summary="Delete a task",
     responses={**docs.NOT_FOUND, **docs.WRITE_CONDITIONS},
-    openapi_extra=docs.operation_docs(model=TaskPath, headers=(docs.IF_MATCH,)),
+    openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH,)),
 )
-async def delete_task(request: Request) -> Response:
-    task_id = _task_id(request)
+async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> None:
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
-    caller = caller_of(request)
     _written(await caller.run(queries.delete_task(caller.user, task_id, versions=versions), read_only=False))
     log_change("delete", user_id=caller.user.id, task_id=task_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.patch(
@@ -249,21 +232,22 @@ async def delete_task(request: Request) -> Response:
     summary="Complete, reopen or toggle a task",
     description=('With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it.'),
     responses={200: {"headers": docs.ETAG}, **docs.NOT_FOUND, **docs.WRITE_CONDITIONS, **docs.NOT_JSON},
-    openapi_extra=docs.operation_docs(model=TaskPath, headers=(docs.IF_MATCH,)),
+    openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH,)),
 )
 async def complete_task(
+    caller: CallerDep,
+    task_id: TaskId,
     request: Request,
+    response: Response,
     # Not `CompletionUpdate | None`: the document would then promise that a JSON null is accepted.
     data: Annotated[CompletionUpdate, Body()] = None,  # type: ignore[assignment]
-) -> Response:
-    task_id = _task_id(request)
+) -> TaskPublic:
     if data is None and await request.body():
         # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
     completed = data.completed if data is not None else None
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
-    caller = caller_of(request)
     query = queries.set_completed(caller.user, task_id, completed, versions=versions)
     row = _written(await caller.run(query, read_only=False))
     log_change("update", user_id=caller.user.id, task_id=task_id)
-    return _task_response(row)
+    return _task(row, response)
