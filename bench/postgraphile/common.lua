@@ -8,7 +8,10 @@
 -- under the pseudo-status 0.
 
 local dir = os.getenv("BENCH_LUA_DIR")
-dofile(dir .. "/common.lua") -- the setup, init and done hooks; `response` is replaced below
+-- The API's requests, with their setup, init and done hooks; every scenario is replaced below, so
+-- its `mixed` (which picks a scenario by name, with the API's weights) sends the peer's, and
+-- `response` is replaced too.
+local requests = dofile(dir .. "/common.lua")
 local data = dofile(os.getenv("BENCH_USERS"))
 local users = data.users
 local tasks_per_user = data.tasks_per_user
@@ -46,8 +49,6 @@ local function title()
    return '"Benchmark task ' .. math.random(1, 1000000000) .. '"'
 end
 
-local requests = {}
-
 function requests.list()
    local user = pick_user()
    return post(user, LIST, '{"userId": "' .. user.id .. '", "first": ' .. data.list_page_size .. "}")
@@ -73,22 +74,6 @@ end
 function requests.update()
    local user = pick_user()
    return post(user, UPDATE, '{"id": "' .. pick_task(user) .. '", "patch": {"title": ' .. title() .. "}}")
-end
-
--- The mixed workload, with the API's weights (data.mix).
-local mix_total = 0
-for _, entry in ipairs(data.mix) do
-   mix_total = mix_total + entry[2]
-end
-
-function requests.mixed()
-   local roll = math.random(1, mix_total)
-   for _, entry in ipairs(data.mix) do
-      roll = roll - entry[2]
-      if roll <= 0 then
-         return requests[entry[1]]()
-      end
-   end
 end
 
 local GRAPHQL_FAILURE = 0
