@@ -21,8 +21,10 @@ import jwt
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from api.auth.dev_tokens import mint_token
+from api.db.database import Query
 from api.settings import Settings
 
 # Like Neon's neondb_owner: logs in, creates roles and databases, and bypasses row-level security,
@@ -191,3 +193,8 @@ def scrape(base_url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def sql(statement: str) -> Query:
+    """A statement of the test's own, for `Database.run`."""
+    return Query(text(statement), {})

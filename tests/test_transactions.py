@@ -7,21 +7,16 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import text
 
 from api.app import create_app
-from api.db.database import Database, Query
-from tests.support import LOGIN_ROLE, new_user, serving, settings_for
+from api.db.database import Database
+from tests.support import LOGIN_ROLE, new_user, serving, settings_for, sql
 
 _IDENTITY = (
     "select current_user as who, current_setting('role') as role,"
     " coalesce(current_setting('app.user_id', true), '') as uid"
 )
 NOBODY = {"who": LOGIN_ROLE, "role": "none", "uid": ""}
-
-
-def sql(statement: str) -> Query:
-    return Query(text(statement), {})
 
 
 async def identity_between_requests(database: Database) -> dict[str, Any]:

@@ -12,13 +12,12 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import text
 
 from api.app import create_app
-from api.db.database import Database, Query
+from api.db.database import Database
 from api.db.errors import OutcomeUnknown
 from tests.own_postgres import OwnPostgres
-from tests.support import new_user, serving, settings_for
+from tests.support import new_user, serving, settings_for, sql
 
 
 def test_a_restart_costs_no_request_once_the_database_is_back(own_postgres: OwnPostgres) -> None:
@@ -67,10 +66,6 @@ def _terminate_sessions(superuser_url: str, database: str) -> int:
     return len(rows)
 
 
-def _sql(statement: str) -> Query:
-    return Query(text(statement), {})
-
-
 def _run(url: str, scenario: Any, **settings: Any) -> None:
     async def run() -> None:
         database = Database.from_settings(settings_for(url, **settings))
@@ -100,13 +95,13 @@ def test_a_write_on_a_connection_ended_while_idle_runs_again_once(
     which proves it never ran."""
 
     async def scenario(database: Database) -> None:
-        await database.run("alice", _sql("insert into users (id) values ('alice')"), read_only=False)
+        await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
         for _ in range(3):  # every connection has prepared and just been used
-            await database.run("alice", _sql("select 1 as one"), read_only=True)
+            await database.run("alice", sql("select 1 as one"), read_only=True)
         ended = await asyncio.to_thread(_terminate_sessions, own_postgres.superuser_url, "todo")
         assert ended == 3
-        assert len(await database.run("alice", _sql(_INSERT_ONE), read_only=False)) == 1
-        assert await database.run("alice", _sql("select count(*) as n from tasks"), read_only=True) == [
+        assert len(await database.run("alice", sql(_INSERT_ONE), read_only=False)) == 1
+        assert await database.run("alice", sql("select count(*) as n from tasks"), read_only=True) == [
             {"n": 1}
         ]
 
@@ -130,7 +125,7 @@ def test_a_read_on_a_broken_connection_runs_again_once(
             0.5, _terminate_sessions, args=(own_postgres.superuser_url, "todo")
         ).start()  # while the read runs
         started = time.monotonic()
-        rows = await database.run("alice", _sql("select pg_sleep(1.5) is null as slept"), read_only=True)
+        rows = await database.run("alice", sql("select pg_sleep(1.5) is null as slept"), read_only=True)
         assert rows == [{"slept": False}]
         assert time.monotonic() - started > 1.9, "it ran twice: once ended, once whole"
 
@@ -142,17 +137,17 @@ def test_a_write_broken_after_it_was_sent_is_outcome_unknown_and_never_run_twice
     own_postgres: OwnPostgres, way: dict[str, Any]
 ) -> None:
     async def scenario(database: Database) -> None:
-        await database.run("alice", _sql("insert into users (id) values ('alice')"), read_only=False)
+        await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
         threading.Timer(0.5, _terminate_sessions, args=(own_postgres.superuser_url, "todo")).start()
         with pytest.raises(OutcomeUnknown):
             await database.run(
                 "alice",
-                _sql("with t as (insert into tasks (user_id, title) values ('alice', 'once'))"
+                sql("with t as (insert into tasks (user_id, title) values ('alice', 'once'))"
                      " select pg_sleep(1.5)"),
                 read_only=False,
             )  # fmt: skip
         # Ended before COMMIT, so rolled back here; the point is that it did not run again.
-        assert await database.run("alice", _sql("select count(*) as n from tasks"), read_only=True) == [
+        assert await database.run("alice", sql("select count(*) as n from tasks"), read_only=True) == [
             {"n": 0}
         ]
 
