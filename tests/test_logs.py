@@ -1,8 +1,9 @@
 """What `todo-api serve` writes, read as an operator's log collector reads it.
 
 JSON by default when nobody watches a terminal, one object per line, uvicorn's lines included; one
-access line per request with the route template and the request id; a 500 logged once with its
-traceback; a client's request id kept when it is sane; no token, secret or password, ever.
+access line per request with the route template and the request id, a write's carrying what it
+changed; a 500 logged once with its traceback; a client's request id kept when it is sane; no token,
+secret, password or task content, ever.
 """
 
 import json
@@ -87,6 +88,56 @@ def test_every_line_is_json_and_each_request_has_one_access_line(serve: Serve) -
     assert not any(alice.id in r["route"] or "/no/such" in r["route"] for r in access), "never the raw path"
 
 
+def test_a_write_is_one_line_carrying_its_action_and_a_request_that_changed_nothing_carries_none(
+    serve: Serve,
+) -> None:
+    alice = new_user()
+    with serve(MAX_TASKS_PER_USER="2") as served, httpx.Client(base_url=served.base_url) as client:
+        once = {**alice.headers, "Idempotency-Key": "log-me-once"}
+        created = client.post(alice.tasks_url, json={"title": "first"}, headers=once)
+        task_id = created.json()["id"]
+        url = alice.task_url(task_id)
+        replayed = client.post(alice.tasks_url, json={"title": "first"}, headers=once)
+        second = client.post(alice.tasks_url, json={"title": "second"}, headers=alice.headers)
+        over_quota = client.post(alice.tasks_url, json={"title": "third"}, headers=alice.headers)
+        read = client.get(url, headers=alice.headers)
+        updated = client.put(url, json={"title": "renamed"}, headers=alice.headers)
+        unchanged = client.put(url, json={}, headers=alice.headers)
+        stale = client.put(
+            url, json={"title": "stale"}, headers={**alice.headers, "If-Match": created.headers["etag"]}
+        )
+        toggled = client.patch(f"{url}/complete", headers=alice.headers)
+        deleted = client.delete(url, headers=alice.headers)
+        gone = client.delete(url, headers=alice.headers)
+    expected: list[tuple[httpx.Response, int, tuple[str, int] | None]] = [
+        (created, 201, ("create", task_id)),
+        (replayed, 201, None),
+        (second, 201, ("create", second.json()["id"])),
+        (over_quota, 409, None),
+        (read, 200, None),
+        (updated, 200, ("update", task_id)),
+        (unchanged, 200, None),
+        (stale, 412, None),
+        (toggled, 200, ("update", task_id)),
+        (deleted, 204, ("delete", task_id)),
+        (gone, 404, None),
+    ]
+    assert replayed.headers["idempotent-replayed"] == "true"
+    records = served.records()
+    for response, status, change in expected:
+        assert response.status_code == status, (response.request.method, response.text)
+        request_id = response.headers["x-request-id"]
+        lines = [r for r in records if r["request_id"] == request_id]
+        assert len(lines) == 1, f"one record per request: {lines}"
+        (line,) = lines
+        assert (line["name"], line["level"], line["status"]) == ("api.access", "INFO", status)
+        if change is None:
+            assert not {"action", "task_id"} & line.keys(), line
+        else:
+            assert (line["action"], line["task_id"]) == change, line
+    assert not any(r["name"] == "api.changes" for r in records), "no second line for a change"
+
+
 def test_a_client_request_id_is_kept_exactly_or_replaced_silently(serve: Serve) -> None:
     alice = new_user()
     kept = b"client-1.2:3_4" + b"x" * 100
@@ -130,14 +181,22 @@ def test_a_500_is_logged_once_with_its_request_id_and_traceback(serve: Serve, mi
     assert [(r["status"], r["request_id"]) for r in access] == [(500, broken.headers["x-request-id"])]
 
 
-def test_no_token_secret_or_password_is_ever_logged(serve: Serve) -> None:
+def test_no_token_secret_password_or_task_content_is_ever_logged(serve: Serve) -> None:
     alice = new_user()
+    content = ("never-log-this-title", "never-log-this-description", "never-log-this-rename")
     with serve() as served, httpx.Client(base_url=served.base_url) as client:
-        client.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers)
+        task = client.post(
+            alice.tasks_url, json={"title": content[0], "description": content[1]}, headers=alice.headers
+        ).json()
+        client.put(alice.task_url(task["id"]), json={"title": content[2]}, headers=alice.headers)
         client.get(alice.tasks_url, headers={"Authorization": "Bearer not.a.token"})
         client.get(f"{alice.tasks_url}?access_token={alice.token}")
     text = served.log.read_text()
-    for secret in (alice.token, alice.token.split(".")[2], SECRET, PASSWORD, "not.a.token"):
+    assert [(r["action"], r["task_id"]) for r in served.access() if "action" in r] == [
+        ("create", task["id"]),
+        ("update", task["id"]),
+    ]
+    for secret in (alice.token, alice.token.split(".")[2], SECRET, PASSWORD, "not.a.token", *content):
         assert secret not in text
 
 
@@ -145,6 +204,11 @@ def test_text_format_is_for_people(serve: Serve) -> None:
     alice = new_user()
     with serve(LOG_FORMAT="text") as served, httpx.Client(base_url=served.base_url) as client:
         client.get(alice.tasks_url, headers={**alice.headers, "X-Request-ID": "look-for-me"})
+        created = client.post(
+            alice.tasks_url,
+            json={"title": "t"},
+            headers={**alice.headers, "X-Request-ID": "look-for-the-create"},
+        )
     lines = served.lines()
     assert not any(line.startswith("{") for line in lines)
     for line in lines:  # a record's further lines are indented under it
@@ -152,4 +216,7 @@ def test_text_format_is_for_people(serve: Serve) -> None:
     (access,) = [line for line in lines if "look-for-me" in line]
     assert "api.access" in access
     assert "GET /api/{user_id}/tasks 200" in access
-    assert alice.id in access
+    assert access.endswith(f"user={alice.id}"), "a read changed nothing"
+    (write,) = [line for line in lines if "look-for-the-create" in line]
+    assert "POST /api/{user_id}/tasks 201" in write
+    assert write.endswith(f"user={alice.id} action=create task={created.json()['id']}")

@@ -2,14 +2,20 @@
 are on) a span. A bug's exception ends here too: logged once, with its request id and traceback, and
 answered with a 500 problem.
 
+A write that changed a task says so on that same line (`note_change`): one record per request, the
+critical actions as visible as every access line (both are `api` INFO records, which LOG_LEVEL governs
+together). Never the token or the task's content.
+
 It sits inside the request-id middleware, so every line it writes carries the id, and outside the
 body limit and CORS, so their answers are counted like any other.
 """
 
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.http.problems import internal_error, problem_response
@@ -38,6 +44,21 @@ def _route_template(scope: Scope) -> str:
 def _user_id(scope: Scope) -> str | None:
     caller: Any = scope.get("state", {}).get("caller")
     return caller.user.id if caller is not None else None
+
+
+ChangeAction = Literal["create", "update", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    action: ChangeAction
+    task_id: int
+
+
+def note_change(request: Request, action: ChangeAction, task_id: int) -> None:
+    """Put what this request changed on its access line. Call it once the change is committed, and
+    not for a request that changed nothing (a refused write, an idempotent replay, a no-op update)."""
+    request.state.change = _Change(action, task_id)
 
 
 class RequestTelemetry:
@@ -90,18 +111,28 @@ class RequestTelemetry:
         timed.observe(seconds)
         milliseconds = round(seconds * 1000, 2)
         user_id = _user_id(scope)
+        fields: dict[str, object] = {
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": milliseconds,
+            "user_id": user_id,
+        }
+        change: _Change | None = scope.get("state", {}).get("change")
+        if change is None:
+            access.info(
+                "%s %s %d %.2fms user=%s", method, route, status, milliseconds, user_id or "-", extra=fields
+            )
+            return
+        fields["action"], fields["task_id"] = change.action, change.task_id
         access.info(
-            "%s %s %d %.2fms user=%s",
+            "%s %s %d %.2fms user=%s action=%s task=%d",
             method,
             route,
             status,
             milliseconds,
             user_id or "-",
-            extra={
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": milliseconds,
-                "user_id": user_id,
-            },
+            change.action,
+            change.task_id,
+            extra=fields,
         )

@@ -20,13 +20,13 @@ from api.http.problems import (
     precondition_failed,
     task_limit_reached,
 )
+from api.http.request_telemetry import note_change
 from api.settings import Settings
 from api.tasks import docs, queries
 from api.tasks.etags import etag, unchanged_for, write_condition
 from api.tasks.idempotency import create_once, idempotency_key
 from api.tasks.listing import MAX_TASK_ID, Cursor, TaskListParams
 from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
-from api.telemetry.logs import log_change
 
 
 def _ascii_digits(value: object) -> object:
@@ -151,7 +151,7 @@ async def create_task(
     except LimitReached:
         raise task_limit_reached(caller.database.max_tasks_per_user) from None
     if created:
-        log_change("create", user_id=user.id, task_id=row["id"])
+        note_change(request, "create", row["id"])
     else:
         response.headers[docs.REPLAYED_HEADER] = "true"
     response.headers["Location"] = _task_path(user.id, row["id"])
@@ -206,7 +206,7 @@ async def update_task(
     row = _written(
         await caller.run(queries.update_task(user, task_id, changes, versions=versions), read_only=False)
     )
-    log_change("update", user_id=user.id, task_id=task_id)
+    note_change(request, "update", task_id)
     return _task(row, response)
 
 
@@ -222,7 +222,7 @@ async def update_task(
 async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> None:
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
     _written(await caller.run(queries.delete_task(caller.user, task_id, versions=versions), read_only=False))
-    log_change("delete", user_id=caller.user.id, task_id=task_id)
+    note_change(request, "delete", task_id)
 
 
 @router.patch(
@@ -249,5 +249,5 @@ async def complete_task(
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
     query = queries.set_completed(caller.user, task_id, completed, versions=versions)
     row = _written(await caller.run(query, read_only=False))
-    log_change("update", user_id=caller.user.id, task_id=task_id)
+    note_change(request, "update", task_id)
     return _task(row, response)

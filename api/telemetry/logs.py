@@ -26,7 +26,6 @@ _HANDLER_NAME = "todo-api"
 # replaced by a generated id. It then appears in logs exactly as it is echoed.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-changes = logging.getLogger("api.changes")
 access = logging.getLogger("api.access")
 
 
@@ -102,8 +101,3 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
         logger.setLevel(level.upper())
     # asgi-correlation-id warns about every request id it replaces; replacing one is routine here.
     logging.getLogger("asgi_correlation_id").setLevel(logging.ERROR)
-
-
-def log_change(action: str, *, user_id: str, task_id: int) -> None:
-    """One line per create, update and delete. Never log the token or the task's content."""
-    changes.info("task %s", action, extra={"action": action, "user_id": user_id, "task_id": task_id})
