@@ -30,6 +30,7 @@ from psycopg.generators import execute
 
 from api.auth.principal import Principal
 from api.db.database import Database, Query, compiled, one_message
+from api.db.listener import wake_tag
 from api.db.prepared import prepared_statement
 from api.settings import Settings
 from api.tasks import queries
@@ -146,6 +147,7 @@ class _LibpqMessage(_PlainConnection):
             "app_max_tasks": str(limits["max_tasks_per_user"].default),
             "app_events_retention_hours": str(limits["events_retention_hours"].default),
             "app_statement_timeout": str(limits["db_statement_timeout_ms"].default),
+            "app_wake_tag": wake_tag("alice"),
             **statement.params(query.params),
         }
         message = one_message(query.statement, read_only=read_only, prepared=True)
