@@ -31,6 +31,7 @@ SET first_event_at = coalesce(
 -- now, is kept. The purge by count runs only when the count is past app.max_tasks_per_user. The
 -- counts row is rewritten only after a purge ran. The counts upsert still comes first: its row lock
 -- orders one user's events (0008), and it is under that lock that first_event_at is read and kept.
+-- Without the settings (a DBA at psql) neither gate opens and nothing is purged, as in 0008.
 --
 -- NOTIFY is sent only when the transaction has not said it sends its own after COMMIT.
 CREATE OR REPLACE FUNCTION app.publish_task_event() RETURNS trigger
