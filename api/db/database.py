@@ -100,8 +100,8 @@ ACT_AS_USER = text(
 )
 
 # What a write sends after its COMMIT, outside any transaction: the NOTIFY the trigger would have
-# sent, with the caller's tag (`api.db.listener.wake_tag`). Outside a transaction it commits no
-# change of its own, so it holds Postgres's NOTIFY lock for an instant rather than through a flush.
+# sent, with the caller's tag (`api.db.listener.wake_tag`). Outside a transaction it changes no
+# data, so its commit waits for no WAL flush and holds Postgres's NOTIFY lock only for an instant.
 WAKE_STREAMS = text(f"SELECT pg_notify('{CHANNEL}', :app_wake_tag)")
 
 _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
