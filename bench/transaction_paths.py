@@ -5,8 +5,8 @@ the Python process's and the Postgres backend's serving it.
   bound client-side (DB_PREPARED_STATEMENTS=off, and what the default sends through a pooler);
 - one message, prepared: the same with the statement an EXECUTE of one prepared once per connection
   (the default on a direct connection, DB_PREPARED_STATEMENTS=auto);
-- pipelined: DB_PREPARE_THRESHOLD set high, four extended-protocol messages in psycopg's pipeline
-  mode, never actually prepared;
+- pipelined: DB_PREPARE_THRESHOLD set high, four extended-protocol statements (five for a write) in
+  psycopg's pipeline mode, never actually prepared;
 - pipelined and prepared: DB_PREPARE_THRESHOLD=0, the same, prepared on first use; what pgbench's
   prepared pipeline, the benchmark's ceiling, sends (bench/pgbench_scripts.py);
 - and, for scale:

@@ -22,10 +22,11 @@ trip, in one of two ways:
   endpoint) handle it like any query, and it costs the fewest Python calls. On a connection to
   Postgres itself (DB_PREPARED_STATEMENTS=auto, the default) the statement in that message is an
   EXECUTE of a statement prepared once per connection (`api.db.prepared`).
-- With DB_PREPARE_THRESHOLD set, as four extended-protocol messages in psycopg's pipeline mode,
-  bound server-side so that psycopg prepares them: for a pooler that keeps protocol-level prepared
-  statements (PgBouncer 1.21+ with max_prepared_statements). It costs more Python per request than
-  it saves Postgres on our benchmark (`python -m bench.transaction_paths`), so it is not the default.
+- With DB_PREPARE_THRESHOLD set, as four extended-protocol statements (five for a write) in
+  psycopg's pipeline mode, bound server-side so that psycopg prepares them: for a pooler that keeps
+  protocol-level prepared statements (PgBouncer 1.21+ with max_prepared_statements). It costs more
+  Python per request than it saves Postgres on our benchmark (`python -m bench.transaction_paths`),
+  so it is not the default.
 
 Either way a statement that fails skips everything after it up to the end of the message (or the
 pipeline's Sync): a write that did not commit wakes nobody.
