@@ -159,7 +159,10 @@ class _LibpqMessage(_PlainConnection):
             message = self.messages[id(query)] = await self._message(query, read_only=read_only)
         self.connection.pgconn.send_query(message)
         results = await self.connection.wait(execute(self.connection.pgconn))
-        assert results[-1].status == psycopg.pq.ExecStatus.COMMAND_OK, results[-1].error_message
+        # A failed statement skips the rest: the message ran whole only if its last result is no error
+        # (COMMIT's, or for a write the NOTIFY's rows after it).
+        ok = (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.TUPLES_OK)
+        assert results[-1].status in ok, results[-1].error_message
 
 
 class _BareRoundTrip(_PlainConnection):
