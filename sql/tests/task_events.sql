@@ -1,7 +1,8 @@
 -- Row-level security on public.task_events, proved from SQL: a user sees their own events only,
 -- nobody writes, changes or removes an event directly, and the trigger on public.tasks writes one
--- event per real change, in order. Identities are switched the way the API switches them, inside
--- one transaction that is rolled back at the end:
+-- event per real change, in order, and purges a user's oldest only when there is something to
+-- purge. Identities are switched the way the API switches them, inside one transaction that is
+-- rolled back at the end:
 --
 --     psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/task_events.sql
 --
