@@ -5,7 +5,8 @@ would put its own (the user id, a task id, a title), and compiled with the diale
 (psycopg 3). The placeholders are then filled in: sentinels become pgbench variables or expressions,
 everything else the literal the API would bind. So a change to the queries changes the scripts, and
 the scripts keep the API's casts and shape: the transaction is the one `Database.run` sends,
-BEGIN (READ ONLY for reads), the set_config select, the statement and COMMIT, as one compound
+BEGIN (READ ONLY for reads), the set_config select, the statement and COMMIT, and for a write the
+NOTIFY that wakes the user's streams after COMMIT (`WAKE_STREAMS`), as one compound
 simple-protocol message (`\;`, run with -M simple), or as one pipeline of prepared statements
 (\startpipeline ... \endpipeline, -M prepared). bench.run runs both and takes the faster as the ceiling.
 
@@ -22,6 +23,7 @@ from sqlalchemy.sql.expression import ClauseElement
 
 from api.auth.principal import Principal
 from api.db import database as db
+from api.db.listener import wake_tag
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
@@ -38,6 +40,8 @@ _TASK_ID = 987_654_321_987
 # What pgbench puts where the request would put its own values (see the \set lines below).
 _PGBENCH_VALUES: dict[object, str] = {
     _USER: user_id_sql(":u"),
+    # pgbench cannot hash: the tag is computed in SQL, as the trigger computes it for other writers.
+    wake_tag(_USER): f"left(md5({user_id_sql(':u')}), 8)",
     _EMAIL: user_email_sql(":u"),
     _NAME: user_name_sql(":u"),
     _NEW_TITLE: "('Benchmark task ' || (:n)::text)",
@@ -141,8 +145,8 @@ def list_statement_for(user_number: int) -> str:
 def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) -> dict[str, str]:
     """Scenario name -> pgbench script, for -D sample=..., stride=... and tasks=... (see bench.run).
 
-    By default one message of four statements joined with pgbench's `\\;` (run with -M simple); with
-    `prepared`, the four statements in one pipeline (run with -M prepared).
+    By default one message of the statements joined with pgbench's `\\;` (run with -M simple); with
+    `prepared`, the statements in one pipeline (run with -M prepared).
     """
     timeout = statement_timeout_ms if statement_timeout_ms is not None else default_statement_timeout_ms()
     act = _act_as_user(timeout)
@@ -158,6 +162,8 @@ def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) 
             _sql(statement, query.params),
             "COMMIT;",
         ]
+        if not transaction.read_only:
+            statements.append(_sql(db.WAKE_STREAMS, {"app_wake_tag": wake_tag(_USER)}))
         if prepared:
             body = ["\\startpipeline", *statements, "\\endpipeline"]
         else:

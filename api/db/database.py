@@ -8,17 +8,28 @@ pooled connection), runs the statement and commits. The role switch takes effect
 statement is planned, because it is a statement of its own. When anything fails, the transaction
 is rolled back and the settings vanish with it.
 
-BEGIN, the settings, the statement and COMMIT travel in one network round trip, in one of two ways:
+A write also wakes the caller's live-changes streams (`api.events`): its settings say
+`app.notify_after_commit` = on, so the trigger that records the change sends no NOTIFY, and the
+transaction is followed by `WAKE_STREAMS`, a NOTIFY of its own sent after COMMIT. Inside the
+transaction a NOTIFY would hold a database-wide lock through the commit's flush and make every
+write of the database commit one at a time (sql/migrations/0009_wake_after_commit.sql).
+
+BEGIN, the settings, the statement and COMMIT (and a write's NOTIFY) travel in one network round
+trip, in one of two ways:
 
 - By default, as ONE simple-protocol message, with the values bound client-side by psycopg
   (quoted as literals, never spliced by us). Poolers in transaction mode (PgBouncer, Neon's pooled
   endpoint) handle it like any query, and it costs the fewest Python calls. On a connection to
   Postgres itself (DB_PREPARED_STATEMENTS=auto, the default) the statement in that message is an
   EXECUTE of a statement prepared once per connection (`api.db.prepared`).
-- With DB_PREPARE_THRESHOLD set, as four extended-protocol messages in psycopg's pipeline mode,
-  bound server-side so that psycopg prepares them: for a pooler that keeps protocol-level prepared
-  statements (PgBouncer 1.21+ with max_prepared_statements). It costs more Python per request than
-  it saves Postgres on our benchmark (`python -m bench.transaction_paths`), so it is not the default.
+- With DB_PREPARE_THRESHOLD set, as four extended-protocol statements (five for a write) in
+  psycopg's pipeline mode, bound server-side so that psycopg prepares them: for a pooler that keeps
+  protocol-level prepared statements (PgBouncer 1.21+ with max_prepared_statements). It costs more
+  Python per request than it saves Postgres on our benchmark (`python -m bench.transaction_paths`),
+  so it is not the default.
+
+Either way a statement that fails skips everything after it up to the end of the message (or the
+pipeline's Sync): a write that did not commit wakes nobody.
 
 A database restart costs no request once the database is back. The pool asks a connection that sat
 unused for a while whether it is still alive before handing it out (`_LivenessCheck`), and checks
@@ -57,6 +68,7 @@ from api.db.errors import (
     RowSecurityViolation,
 )
 from api.db.fair_share import FairShare
+from api.db.listener import CHANNEL, wake_tag
 from api.db.prepared import prepared_statement, reaches_postgres_itself
 from api.db.urls import libpq_url
 from api.settings import Settings
@@ -76,15 +88,22 @@ CHECK_CONNECTIONS_UNUSED_FOR_SECONDS = 1.0
 # for, the task quota the database enforces (sql/migrations/0003_task_quota.sql), and how long a
 # statement may run. Parameter names start with app_, which no statement in api.tasks.queries uses.
 # How long the live-changes events are kept is set the same way: the trigger that writes them purges
-# (sql/migrations/0008_task_events.sql).
+# (sql/migrations/0008_task_events.sql). And the trigger is told that a write wakes the streams
+# itself, after COMMIT (`WAKE_STREAMS`, sql/migrations/0009_wake_after_commit.sql).
 ACT_AS_USER = text(
     "SELECT set_config('role', 'todo_app', true),"
     " set_config('app.user_id', :app_user_id, true),"
     " set_config('app.max_tasks_per_user', :app_max_tasks, true),"
     " set_config('app.events_retention_hours', :app_events_retention_hours, true),"
+    " set_config('app.notify_after_commit', 'on', true),"
     " set_config('statement_timeout', :app_statement_timeout, true),"
     " set_config('TimeZone', 'UTC', true)"
 )
+
+# What a write sends after its COMMIT, outside any transaction: the NOTIFY the trigger would have
+# sent, with the caller's tag (`api.db.listener.wake_tag`). Outside a transaction it changes no
+# data, so its commit waits for no WAL flush and holds Postgres's NOTIFY lock only for an instant.
+WAKE_STREAMS = text(f"SELECT pg_notify('{CHANNEL}', :app_wake_tag)")
 
 _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 
@@ -224,10 +243,14 @@ def begin(*, read_only: bool) -> str:
 
 @lru_cache(maxsize=1024)
 def one_message(statement: ClauseElement, *, read_only: bool, prepared: bool) -> str:
-    """The whole transaction as one simple-protocol message: BEGIN; settings; statement; COMMIT.
-    With `prepared`, the statement is the EXECUTE of its prepared form."""
+    """The whole transaction as one simple-protocol message: BEGIN; settings; statement; COMMIT;
+    and for a write, `WAKE_STREAMS` after it. With `prepared`, the statement is the EXECUTE of its
+    prepared form."""
     body = prepared_statement(statement).execute if prepared else compiled(statement).sql
-    return ";\n".join((begin(read_only=read_only), compiled(ACT_AS_USER).sql, body, "COMMIT"))
+    parts = [begin(read_only=read_only), compiled(ACT_AS_USER).sql, body, "COMMIT"]
+    if not read_only:
+        parts.append(compiled(WAKE_STREAMS).sql)
+    return ";\n".join(parts)
 
 
 async def _result_rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
@@ -364,6 +387,8 @@ class Database:
             "app_events_retention_hours": self._events_retention_hours,
             "app_statement_timeout": self._statement_timeout,
         }
+        if not read_only:
+            as_user["app_wake_tag"] = wake_tag(user_id)
         await self.fair_share.acquire(user_id)
         try:
             try:
@@ -477,6 +502,8 @@ class Database:
             await connection.execute(act_as_user.sql, as_user)
             cursor = await connection.execute(statement.sql, statement.params(query.params))
             await connection.execute("COMMIT")
+            if not read_only:
+                await connection.execute(compiled(WAKE_STREAMS).sql, as_user)
         return await _result_rows(cursor)
 
     async def ping(self) -> None:

@@ -1,9 +1,11 @@
 """The one LISTEN connection of a worker: wake-ups for the live-changes streams (`api.events`).
 
-The trigger that writes task events (sql/migrations/0008_task_events.sql) sends NOTIFY on channel
-`task_events` with a short hash of the user id and nothing else; the listener hands each payload to
-`on_wake`. A notification only says "look again": streams read the events themselves, through the
-role switch, so a lost, duplicated or colliding notification costs at most a read, never an event.
+A write's NOTIFY on channel `task_events` carries a short hash of the user id (`wake_tag`) and
+nothing else: the API sends it right after its write's COMMIT (`api.db.database.WAKE_STREAMS`), and
+the trigger that writes task events sends it for any other writer, inside the write's transaction
+(sql/migrations/0009_wake_after_commit.sql). The listener hands each payload to `on_wake`. A
+notification only says "look again": streams read the events themselves, through the role switch,
+so a lost, duplicated or colliding notification costs at most a read, never an event.
 
 LISTEN needs a session that lasts, which a pooler in transaction mode (Neon's pooled URL) does not
 give: `listen_url` picks DATABASE_DIRECT_URL, else DATABASE_URL when it reaches Postgres itself,
@@ -33,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 def wake_tag(user_id: str) -> str:
-    """The NOTIFY payload for a user's events, as the trigger computes it: md5, first 8 hex digits."""
+    """The NOTIFY payload for a user's events, as the API sends it and the trigger computes it (md5,
+    first 8 hex digits; tests/db/test_wake_after_commit.py holds the two together)."""
     return hashlib.md5(user_id.encode(), usedforsecurity=False).hexdigest()[:8]
 
 

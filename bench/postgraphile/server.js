@@ -71,7 +71,11 @@ function preset(databaseUrl, secret) {
       explain: false,
       context(requestContext) {
         const userId = userIdFrom(requestContext.node?.req?.headers.authorization, secret);
-        return { pgSettings: { role: APP_ROLE, "app.user_id": userId } };
+        // app.notify_after_commit: the peer writes the same event rows every writer of this schema
+        // writes, but has no streams to wake, so it tells the trigger not to NOTIFY (the API does
+        // so itself after COMMIT): both sides pay the same database work but the API's wake-up.
+        const pgSettings = { role: APP_ROLE, "app.user_id": userId, "app.notify_after_commit": "on" };
+        return { pgSettings };
       },
     },
     grafserv: { graphiql: false, watch: false, websockets: false },

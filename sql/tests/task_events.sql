@@ -1,7 +1,8 @@
 -- Row-level security on public.task_events, proved from SQL: a user sees their own events only,
 -- nobody writes, changes or removes an event directly, and the trigger on public.tasks writes one
--- event per real change, in order. Identities are switched the way the API switches them, inside
--- one transaction that is rolled back at the end:
+-- event per real change, in order, and purges a user's oldest only when there is something to
+-- purge. Identities are switched the way the API switches them, inside one transaction that is
+-- rolled back at the end:
 --
 --     psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/task_events.sql
 --
@@ -82,5 +83,59 @@ SELECT '# acting as ' || set_config('app.user_id', 'sqltest-bob', true);
 SELECT pg_temp.is(
     (SELECT count(*) FROM public.task_events), 1::bigint,
     'DELETE: alice''s purge leaves bob''s events alone');
+
+-- The purge's bookkeeping (app.task_event_counts, which only its owner reads): each user's count of
+-- kept events and when the first of them was created, which decide whether a write purges at all.
+RESET ROLE;
+SELECT pg_temp.is(
+    (SELECT events FROM app.task_event_counts WHERE user_id = 'sqltest-alice'), 2,
+    'DELETE: after the purge by count, alice''s count is what is kept');
+-- As a DBA would make events old by hand.
+UPDATE public.task_events SET created_at = now() - interval '30 hours'
+    WHERE user_id = 'sqltest-alice' AND task ->> 'title' = 'two';
+UPDATE public.task_events SET created_at = now() - interval '20 hours'
+    WHERE user_id = 'sqltest-alice' AND task ->> 'title' = 'three';
+SELECT pg_temp.is(
+    (SELECT first_event_at FROM app.task_event_counts WHERE user_id = 'sqltest-alice'), now() - interval '30 hours',
+    'UPDATE: an event made older by hand moves its user''s first event time with it');
+
+SET LOCAL ROLE todo_app;
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-alice', true);
+SELECT set_config('app.events_retention_hours', '24', true) IS NOT NULL AS quiet \gset
+UPDATE public.tasks SET title = 'four';
+SELECT pg_temp.is(
+    (SELECT array_agg(task ->> 'title' ORDER BY id) FROM public.task_events), ARRAY['three', 'four'],
+    'DELETE: alice''s write purges her events past app.events_retention_hours, and only those');
+SELECT set_config('app.events_retention_hours', '10', true) IS NOT NULL AS quiet \gset
+UPDATE public.tasks SET title = 'five';
+SELECT pg_temp.is(
+    (SELECT array_agg(task ->> 'title' ORDER BY id) FROM public.task_events), ARRAY['four', 'five'],
+    'DELETE: a shorter retention purges the next oldest');
+RESET ROLE;
+SELECT pg_temp.is(
+    (SELECT (events, first_event_at) FROM app.task_event_counts WHERE user_id = 'sqltest-alice'),
+    (2, now()),
+    'DELETE: after the purges by age, alice''s count and first event time are those of what is kept');
+
+-- A write with nothing to purge neither reads nor removes any event, and writes the counts once.
+SET LOCAL ROLE todo_app;
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-alice', true);
+SELECT set_config('app.max_tasks_per_user', '10', true) IS NOT NULL AS quiet \gset
+SELECT idx_scan + seq_scan AS events_scans, n_tup_del AS events_removed
+    FROM pg_stat_xact_user_tables WHERE relid = 'public.task_events'::regclass \gset
+SELECT n_tup_upd AS counts_updates FROM pg_stat_xact_user_tables WHERE relid = 'app.task_event_counts'::regclass \gset
+UPDATE public.tasks SET title = 'six';
+SELECT pg_temp.is(
+    (SELECT (idx_scan + seq_scan - :events_scans, n_tup_del - :events_removed)
+     FROM pg_stat_xact_user_tables WHERE relid = 'public.task_events'::regclass),
+    (0::bigint, 0::bigint),
+    'UPDATE: a write with nothing to purge neither scans nor removes events');
+SELECT pg_temp.is(
+    (SELECT n_tup_upd - :counts_updates FROM pg_stat_xact_user_tables WHERE relid = 'app.task_event_counts'::regclass),
+    1::bigint,
+    'UPDATE: a write with nothing to purge updates its user''s counts once');
+SELECT pg_temp.is(
+    (SELECT array_agg(task ->> 'title' ORDER BY id) FROM public.task_events), ARRAY['four', 'five', 'six'],
+    'SELECT: and its event is kept beside the others');
 
 ROLLBACK;

@@ -19,6 +19,9 @@ from tests.support import SECRET, ApiUser, new_user
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
 
+# A write reaches an open stream within this, woken by NOTIFY (or, behind PgBouncer, by its next poll).
+PROMPTLY_SECONDS = 2.0
+
 
 def run(api_url: str, scenario: Scenario) -> None:
     async def main() -> None:
@@ -99,6 +102,24 @@ def test_other_users_streams_receive_nothing_of_one_users_writes(api_url: str) -
             for user, stream in zip(others, streams, strict=True):
                 made = await client.post(user.tasks_url, json={"title": "mine"}, headers=user.headers)
                 assert kinds_and_bodies([await stream.next()]) == [("task.created", made.json())]
+
+    run(api_url, scenario)
+
+
+def test_a_write_made_in_the_database_by_hand_reaches_an_open_stream_promptly(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """A DBA's INSERT at psql does not promise to wake the streams after COMMIT as the API does
+    (app.notify_after_commit), so the trigger wakes them itself."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        api_db.execute("insert into users (id) values (%s)", [alice.id])
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            api_db.execute("insert into tasks (user_id, title) values (%s, 'by hand')", [alice.id])
+            event = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
+            assert (event.kind, event.data["title"]) == ("task.created", "by hand")
 
     run(api_url, scenario)
 

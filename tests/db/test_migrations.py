@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
+from yoyo import get_backend, read_migrations
 
 from api.db.sql_files import SQL_DIR
 from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
@@ -29,6 +30,7 @@ MIGRATION_IDS = [
     "0006_drop_isolation_baseline",
     "0007_deleted_means_gone",
     "0008_task_events",
+    "0009_wake_after_commit",
 ]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
@@ -175,6 +177,64 @@ def test_plain_yoyo_apply_from_the_project_root(empty_db_url: str) -> None:
     assert schema_state(empty_db_url) == MIGRATED
     assert live_policies(empty_db_url) == policies_in_files()
     assert apply_migrations(empty_db_url) == []
+
+
+# What 0009_wake_after_commit changes: the trigger's function, the columns of the counts, and the
+# triggers and functions beside them.
+EVENTS_MACHINERY = """
+select pg_get_functiondef('app.publish_task_event'::regproc),
+       (select array_agg(attname || ' ' || format_type(atttypid, atttypmod) || ' not null ' || attnotnull
+                         order by attnum)
+        from pg_attribute
+        where attrelid = 'app.task_event_counts'::regclass and attnum > 0 and not attisdropped),
+       (select array_agg(tgrelid::regclass || ' ' || tgname order by tgrelid::regclass::text, tgname)
+        from pg_trigger where not tgisinternal),
+       (select array_agg(p.oid::regprocedure::text order by 1) from pg_proc as p
+        where pronamespace = 'app'::regnamespace)
+"""
+
+
+def events_machinery(url: str) -> tuple[Any, ...] | None:
+    with psycopg.connect(libpq_url(url)) as conn:
+        return conn.execute(EVENTS_MACHINERY).fetchone()
+
+
+def test_0009_keeps_the_first_event_time_of_events_written_before_it_and_rolls_back_to_0008_exactly(
+    empty_db_url: str,
+) -> None:
+    backend = get_backend(yoyo_url(empty_db_url))
+    migrations = read_migrations(str(SQL_DIR / "migrations"))
+    up_to_0008 = migrations.filter(lambda migration: migration.id != "0009_wake_after_commit")
+    with backend.lock():
+        backend.apply_migrations(backend.to_apply(up_to_0008))
+    at_0008 = events_machinery(empty_db_url)
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        conn.execute("insert into users (id) values ('early'), ('ghost')")
+        conn.execute("insert into tasks (user_id, title) values ('early', 'one'), ('early', 'two')")
+        # The first event (in id order) is the older one by three hours.
+        conn.execute(
+            "update task_events set created_at = now() - case when id = (select min(id) from task_events)"
+            " then interval '3 hours' else interval '1 hour' end"
+        )
+        # Counts without any event left (removed by hand): no first event at all.
+        conn.execute("insert into app.task_event_counts (user_id, events) values ('ghost', 0)")
+
+    with backend.lock():
+        backend.apply_migrations(backend.to_apply(migrations))
+    assert events_machinery(empty_db_url) != at_0008
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        kept = conn.execute(
+            "select user_id, first_event_at::text, first_event_at = (select created_at from task_events"
+            " where user_id = c.user_id order by id limit 1) from app.task_event_counts as c order by user_id"
+        ).fetchall()
+    assert [(user, the_first) for user, _, the_first in kept] == [("early", True), ("ghost", None)]
+    assert kept[1][1] == "-infinity"
+
+    with backend.lock():
+        last = backend.to_rollback(migrations)[:1]
+        assert [migration.id for migration in last] == ["0009_wake_after_commit"]
+        backend.rollback_migrations(last)
+    assert events_machinery(empty_db_url) == at_0008
 
 
 # --- the URL forms users paste ----------------------------------------------------------------------
