@@ -118,21 +118,11 @@ class RequestTelemetry:
             "duration_ms": milliseconds,
             "user_id": user_id,
         }
+        message = "%s %s %d %.2fms user=%s"
+        args: list[object] = [method, route, status, milliseconds, user_id or "-"]
         change: _Change | None = scope.get("state", {}).get("change")
-        if change is None:
-            access.info(
-                "%s %s %d %.2fms user=%s", method, route, status, milliseconds, user_id or "-", extra=fields
-            )
-            return
-        fields["action"], fields["task_id"] = change.action, change.task_id
-        access.info(
-            "%s %s %d %.2fms user=%s action=%s task=%d",
-            method,
-            route,
-            status,
-            milliseconds,
-            user_id or "-",
-            change.action,
-            change.task_id,
-            extra=fields,
-        )
+        if change is not None:
+            fields["action"], fields["task_id"] = change.action, change.task_id
+            message += " action=%s task=%d"
+            args += [change.action, change.task_id]
+        access.info(message, *args, extra=fields)
