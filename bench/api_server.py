@@ -27,12 +27,14 @@ from bench import postgraphile
 _TODO_API = Path(sys.executable).parent / "todo-api"
 _CHECKOUT = Path(__file__).resolve().parent.parent
 # What `bench.run --server` can start, and what it needs beyond the API's settings: the API as
-# operators run it, the stack's floor (bench/floor_server.py), imported from this checkout, or the
-# peer (bench/postgraphile/).
+# operators run it, the stack's floors (bench/floor_server.py: floor, bare, fastapi), imported from
+# this checkout, or the peer (bench/postgraphile/).
 SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     "api": ([str(_TODO_API), "serve"], {}),
-    "floor": ([sys.executable, "-m", "bench.floor_server"], {"PYTHONPATH": str(_CHECKOUT)}),
-    "bare": ([sys.executable, "-m", "bench.floor_server", "--bare"], {"PYTHONPATH": str(_CHECKOUT)}),
+    **{
+        floor: ([sys.executable, "-m", "bench.floor_server", "--app", floor], {"PYTHONPATH": str(_CHECKOUT)})
+        for floor in ("floor", "bare", "fastapi")
+    },
     "postgraphile": ([str(postgraphile.NODE), str(postgraphile.SERVER_SCRIPT)], postgraphile.ENVIRONMENT),
 }
 # Settings the API reads, named from the settings object itself: none of the harness's own

@@ -1,10 +1,10 @@
 """The stack's floor: what granian, uvloop and the API's database layer cost with nothing above them.
 
-    python -m bench.floor_server --host 127.0.0.1 --port 8001 --workers 2 [--bare]
+    python -m bench.floor_server --host 127.0.0.1 --port 8001 --workers 2 [--app floor|bare|fastapi]
 
-`bench.run --server floor` (or `bare`) starts this in place of `todo-api serve` and drives it with the
-same wrk scripts, so that its ratio to pgbench is the most any app built on this server and this
-driver could reach on this machine:
+`bench.run --server floor` (or `bare`, or `fastapi`) starts this in place of `todo-api serve` and
+drives it with the same wrk scripts, so that its ratio to pgbench is the most any app built on this
+server and this driver could reach on this machine:
 
 - floor: a bare ASGI callable (no FastAPI, no token check, no logs, no metrics, no validation) that
   answers every scenario's request with `Database.run` and the API's own statements, the same one
@@ -12,18 +12,27 @@ driver could reach on this machine:
   API sends once its worker has stored the caller's user row (`api.http.caller.Caller.run`): the
   benchmark's users all have theirs;
 - bare: the same, but each request only sends `select 1` on a pooled connection: no role switch, no
-  statement of ours, the least a request that reaches the database can cost.
+  statement of ours, the least a request that reaches the database can cost;
+- fastapi: the floor's answers from FastAPI written the way its docs teach (path parameters, a
+  dependency for the database, body models, an `Annotated` query model, `response_model`,
+  `include_router`), and nothing of the API's own: no token, no middleware, no logs, no metrics. The
+  least an idiomatic FastAPI app on this database layer can cost a request.
 
 It believes the user id in the path. It is a measuring instrument for loopback only, never a server.
 """
 
 import argparse
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Annotated, Any
 
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import Query as QueryParameters
 from granian.constants import Interfaces, Loops
 from granian.server import Server
+from psycopg.rows import DictRow
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth.principal import Principal
@@ -32,7 +41,7 @@ from api.ops.collector import tune_collector_for_serving
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
-from api.tasks.models import TaskCreate
+from api.tasks.models import TaskCreate, TaskPublic, TaskUpdate
 from bench.scenarios import LIST_PAGE_SIZE
 
 # What wrk asks (bench/common.lua): the method and the path after /api/, split at "/".
@@ -133,15 +142,80 @@ def bare_app() -> ASGIApp:
     return _app(_select_one)
 
 
+def _database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+DatabaseDep = Annotated[Database, Depends(_database)]
+
+
+def fastapi_app() -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.database = Database.from_settings(Settings())
+        await app.state.database.open()
+        tune_collector_for_serving()
+        yield
+        await app.state.database.close()
+
+    router = APIRouter(prefix="/api/{user_id}/tasks")
+
+    def first(rows: Rows) -> DictRow:
+        if not rows:
+            raise HTTPException(404)
+        return rows[0]
+
+    @router.get("", response_model=list[TaskPublic])
+    async def list_tasks(
+        user_id: str, db: DatabaseDep, wanted: Annotated[TaskListParams, QueryParameters()]
+    ) -> Any:
+        rows = await db.run(user_id, queries.list_tasks(user_id, wanted), read_only=True)
+        return rows[: wanted.limit]
+
+    @router.get("/{task_id}", response_model=TaskPublic)
+    async def get_task(user_id: str, task_id: int, db: DatabaseDep) -> Any:
+        return first(await db.run(user_id, queries.get_task(user_id, task_id), read_only=True))
+
+    @router.post("", response_model=TaskPublic, status_code=201)
+    async def create_task(user_id: str, data: TaskCreate, db: DatabaseDep) -> Any:
+        query = queries.create_task(Principal(user_id), data)
+        return first(await db.run(user_id, query.for_stored_owner(), read_only=False))
+
+    @router.put("/{task_id}", response_model=TaskPublic)
+    async def update_task(user_id: str, task_id: int, data: TaskUpdate, db: DatabaseDep) -> Any:
+        query = queries.update_task(Principal(user_id), task_id, data.changes())
+        return first(await db.run(user_id, query.for_stored_owner(), read_only=False))
+
+    @router.patch("/{task_id}/complete", response_model=TaskPublic)
+    async def complete_task(user_id: str, task_id: int, db: DatabaseDep) -> Any:
+        query = queries.set_completed(Principal(user_id), task_id, None)
+        return first(await db.run(user_id, query.for_stored_owner(), read_only=False))
+
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(router)
+
+    @app.get("/readyz")
+    async def ready() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+_APPS = {"floor": "floor_app", "bare": "bare_app", "fastapi": "fastapi_app"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.floor_server", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--bare", action="store_true", help="only select 1 per request")
+    parser.add_argument(
+        "--app", choices=_APPS, default="floor", help="bare: only select 1 per request; fastapi: see above"
+    )
     args = parser.parse_args()
     Server(
-        f"bench.floor_server:{'bare_app' if args.bare else 'floor_app'}",
+        f"bench.floor_server:{_APPS[args.app]}",
         factory=True,
         address=args.host,
         port=args.port,

@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_servers,
         default=["api"],
         help="what wrk drives: the API (default), the stack's floor:"
-        " bench/floor_server.py, with the API's database layer (floor) or only select 1 (bare),"
+        " bench/floor_server.py, with the API's database layer (floor), only select 1 (bare) or"
+        " the floor's answers from plain FastAPI (fastapi),"
         " or the peer (postgraphile); a list such as api,postgraphile runs them all, in turn each round",
     )
     parser.add_argument(
