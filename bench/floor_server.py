@@ -202,20 +202,17 @@ def fastapi_app() -> FastAPI:
     return app
 
 
-_APPS = {"floor": "floor_app", "bare": "bare_app", "fastapi": "fastapi_app"}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.floor_server", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--app", choices=_APPS, default="floor", help="bare: only select 1 per request; fastapi: see above"
+        "--app", choices=("floor", "bare", "fastapi"), default="floor", help="which of the apps above"
     )
     args = parser.parse_args()
     Server(
-        f"bench.floor_server:{_APPS[args.app]}",
+        f"bench.floor_server:{args.app}_app",
         factory=True,
         address=args.host,
         port=args.port,
