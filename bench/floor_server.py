@@ -142,7 +142,8 @@ def bare_app() -> ASGIApp:
     return _app(_select_one)
 
 
-def _database(request: Request) -> Database:
+async def _database(request: Request) -> Database:
+    # `async`: FastAPI runs a plain function dependency in its thread pool, a thread hop per request.
     database: Database = request.app.state.database
     return database
 
