@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench import dataset
-from bench.api_server import running_api
+from bench.api_server import SERVERS, running_api
 from bench.postgres import embedded_postgres_server
 from bench.run import new_run_dir, prepare
 from bench.scenarios import SCENARIOS
@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--sample-users", type=int, default=1000)
+    parser.add_argument(
+        "--server",
+        default="api",
+        choices=[name for name in SERVERS if name != "postgraphile"],
+        help="which server to profile: the API, or one of the floors to set beside it (default: api)",
+    )
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
@@ -99,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = new_run_dir()
     with embedded_postgres_server() as postgres:
         prepared = prepare(postgres, dataset.SIZES[args.size], run_dir, args.sample_users, {})
-        with running_api(prepared.url, prepared.secret, workers=1, run_dir=run_dir, extra_env={}) as api:
+        with running_api(
+            prepared.url, prepared.secret, workers=1, run_dir=run_dir, extra_env={}, server=args.server
+        ) as api:
             load = {"connections": args.connections, "threads": 2}
             run_wrk(wrk, api.base_url, SCENARIOS["list"], prepared.users_file, **load, duration=3)
             for name in args.scenarios.split(","):
