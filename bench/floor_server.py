@@ -13,8 +13,8 @@ server and this driver could reach on this machine:
   benchmark's users all have theirs;
 - bare: the same, but each request only sends `select 1` on a pooled connection: no role switch, no
   statement of ours, the least a request that reaches the database can cost;
-- fastapi: the floor's answers from FastAPI written the way its docs teach (path parameters, a
-  dependency for the database, body models, an `Annotated` query model, `response_model`,
+- fastapi: the floor's answers from FastAPI written the way its docs teach (path parameters, an
+  `async` dependency for the database, body models, an `Annotated` query model, `response_model`,
   `include_router`), and nothing of the API's own: no token, no middleware, no logs, no metrics. The
   least an idiomatic FastAPI app on this database layer can cost a request.
 
