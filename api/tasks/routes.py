@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 from psycopg.rows import DictRow
 from pydantic import BeforeValidator, TypeAdapter
 
@@ -20,6 +20,7 @@ from api.http.problems import (
     precondition_failed,
     task_limit_reached,
 )
+from api.http.query import each_parameter_once
 from api.http.request_telemetry import note_change
 from api.settings import Settings
 from api.tasks import docs, queries
@@ -96,9 +97,11 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
     summary="List your tasks",
     description=(
         "Newest first by default. When more tasks match than `limit`, the `Link` header carries "
-        '`rel="next"` with an opaque cursor for the next page.'
+        '`rel="next"` with an opaque cursor for the next page. Each parameter is given at most '
+        "once: a repeated one is a 422; parameters not listed here are ignored."
     ),
     responses={200: {"headers": docs.LINK}},
+    dependencies=[Depends(each_parameter_once(TaskListParams))],
 )
 async def list_tasks(
     caller: CallerDep, wanted: Annotated[TaskListParams, Query()], request: Request, response: Response

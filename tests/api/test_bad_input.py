@@ -195,6 +195,27 @@ def test_list_refuses_bad_query(api: Api, name: str, value: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("query", "fields"),
+    [
+        pytest.param("status=completed&status=pending", ["query.status"], id="status"),
+        pytest.param("q=milk&q=milk", ["query.q"], id="q-same-value-twice"),
+        pytest.param("limit=5&sort=title&limit=500", ["query.limit"], id="limit"),
+        pytest.param("order=asc&order=", ["query.order"], id="order-then-empty"),
+        pytest.param("cursor=a&cursor=b", ["query.cursor"], id="cursor"),
+        pytest.param("sort=title&q=a&sort=title&q=b", ["query.sort", "query.q"], id="two-of-them"),
+    ],
+)
+def test_list_refuses_a_parameter_given_twice(api: Api, query: str, fields: list[str]) -> None:
+    """FastAPI would read the last value and a proxy in front may read the first: neither is picked."""
+    response = api.client.get(f"{api.user.tasks_url}?{query}", headers=api.user.headers)
+    assert_problem(response, 422, fields[0])
+    body = response.json()
+    assert body["type"] == "urn:todo-api:problem:validation-error"
+    assert sorted(error["field"] for error in body["errors"]) == sorted(fields)
+    assert body["detail"] == f"Invalid input in: {', '.join(error['field'] for error in body['errors'])}."
+
+
+@pytest.mark.parametrize(
     ("sort", "cursor"),
     [
         pytest.param("created", "!!!", id="garbage"),
