@@ -81,7 +81,12 @@ MAX_AUTHORIZATION_BYTES = 8 * 1024
 
 
 async def _authorized_caller(request: Request) -> Principal:
-    authorization = request.headers.get("Authorization")
+    # Two Authorization fields are two claims of who is calling (a proxy may act on the other one):
+    # the request proves nobody.
+    given = request.headers.getlist("Authorization")
+    if len(given) > 1:
+        raise InvalidToken("Send one Authorization header, not several.")
+    authorization = given[0] if given else None
     if authorization is not None and len(authorization) > MAX_AUTHORIZATION_BYTES:
         raise InvalidToken(f"The Authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes.")
     scheme, token = get_authorization_scheme_param(authorization)

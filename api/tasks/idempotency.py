@@ -28,10 +28,14 @@ _HEADER = "idempotency-key"
 
 
 def idempotency_key(request: Request) -> str | None:
-    """The request's key: 1 to 255 visible ASCII characters, sent bare or as a quoted sf-string."""
-    value = request.headers.get(_HEADER)
-    if value is None:
+    """The request's key: 1 to 255 visible ASCII characters, sent bare or as a quoted sf-string, in
+    one header field (two would leave open which create this is a retry of)."""
+    given = request.headers.getlist(_HEADER)
+    if not given:
         return None
+    if len(given) > 1:
+        raise invalid_input(f"header.{_HEADER}", "Send one Idempotency-Key header, not several.")
+    value = given[0]
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = value[1:-1]
     if not 0 < len(value) <= IDEMPOTENCY_KEY_MAX_LENGTH or not all("!" <= c <= "~" for c in value):

@@ -81,6 +81,32 @@ def test_missing_credentials_are_401_with_a_bare_challenge(
     assert "Authorization: Bearer" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
+@pytest.mark.parametrize("second", ["bob", "alice"], ids=["another-users-token", "the-same-token"])
+def test_two_authorization_headers_are_401_and_change_nothing(
+    client: httpx.Client,
+    alice: ApiUser,
+    bob: ApiUser,
+    api_db: psycopg.Connection[Any],
+    second: str,
+    method: str,
+    path: str,
+    body: Any,
+) -> None:
+    """Two claims of who is calling prove nobody, even two valid ones, even the same one twice: a
+    proxy in front could act on the other one."""
+    other = {"alice": alice, "bob": bob}[second]
+    headers = [("Authorization", f"Bearer {alice.token}"), ("Authorization", f"Bearer {other.token}")]
+    response = client.request(method, alice.tasks_url + path, json=body, headers=headers)
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert response.json()["type"] == "urn:todo-api:problem:unauthorized"
+    assert "one Authorization header" in response.json()["detail"]
+    for user in (alice, bob):
+        assert api_db.execute("select count(*) from tasks where user_id = %s", [user.id]).fetchone() == (0,)
+
+
 def test_token_in_the_query_string_is_not_accepted(client: httpx.Client, alice: ApiUser) -> None:
     response = client.get(alice.tasks_url, params={"access_token": alice.token, "token": alice.token})
     assert response.status_code == 401

@@ -214,6 +214,27 @@ def test_a_malformed_key_is_422_and_creates_nothing(
     assert _tasks(api_db, alice) == 0
 
 
+@pytest.mark.parametrize("second", ["key-two", "key-one"], ids=["another-key", "the-same-key"])
+def test_two_key_headers_are_422_and_create_nothing(
+    client: httpx.Client, api_db: psycopg.Connection[Any], second: str
+) -> None:
+    """Which create would this be a retry of? Neither is guessed, not even when the two agree."""
+    alice = new_user()
+    response = client.post(
+        alice.tasks_url,
+        json={"title": "t"},
+        headers=[
+            (b"authorization", f"Bearer {alice.token}".encode()),
+            (b"idempotency-key", b"key-one"),
+            (b"idempotency-key", second.encode()),
+        ],
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert [error["field"] for error in response.json()["errors"]] == ["header.idempotency-key"]
+    assert _tasks(api_db, alice) == 0
+
+
 def test_a_quoted_key_is_the_structured_field_form_of_the_same_key(client: httpx.Client) -> None:
     alice = new_user()
     first = _post(client, alice, '"8e03978e-40d5"', {"title": "t"})
