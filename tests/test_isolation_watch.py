@@ -1,6 +1,7 @@
 """Isolation is checked while serving: a database weakened under a running API is refused within a
 check interval, logged once, and served again once repaired, all without a restart."""
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,9 @@ import pytest
 
 from api.app import create_app
 from api.db import isolation
+from api.db.database import Database
+from api.db.isolation import IsolationWatch
+from api.db.reach import read_reach
 from api.ops.policy_audit import audit_database
 from tests.own_postgres import OwnPostgres
 from tests.support import ApiUser, new_user, scrape, serving, settings_for, value
@@ -138,6 +142,41 @@ def test_weakened_while_serving_then_repaired(
     assert api.get("/readyz").status_code == 200
     eventually(lambda: _verified_gauge(api) == 1, f"{name}: the metric shows isolation verified again")
     assert [task["title"] for task in api.get(alice.tasks_url, headers=alice.headers).json()] == ["mine"]
+
+
+def test_a_change_committed_while_a_check_runs_is_logged_once_whole(
+    migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """has_table_privilege reads the catalog as it is now, not as the check's snapshot saw it: a grant
+    committed between the check's two queries was seen by the second alone, and logged twice, first
+    half (found by the weakening test above, when the suite ran on every core)."""
+    granted: list[bool] = []
+
+    async def grant_then_read_reach(connection: psycopg.AsyncConnection[Any]) -> list[Any]:
+        if not granted:
+            db.execute("grant truncate on tasks to todo_app")  # another session's, committed mid-check
+            granted.append(True)
+        return await read_reach(connection)  # api.db.reach's own, not the patched name
+
+    monkeypatch.setattr(isolation, "read_reach", grant_then_read_reach)
+
+    async def two_checks() -> None:
+        database = Database.from_settings(settings_for(migrated_db_url, db_pool_size=1))
+        await database.open()
+        try:
+            watch = IsolationWatch(database, interval_seconds=3600)
+            await watch.check()
+            await watch.check()
+        finally:
+            await database.close()
+
+    with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+        asyncio.run(two_checks())
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert granted
+    assert len(errors) == 1, errors
+    assert "role todo_app has TRUNCATE on tasks" in errors[0]
+    assert "table public.tasks differs from what todo-api ships" in errors[0]
 
 
 def test_the_audit_reports_a_replaced_function(db: Conn, migrated_db_url: str) -> None:

@@ -61,6 +61,10 @@ def could_not_complete(error: BaseException) -> Finding:
     return Finding("isolation", f"{_INCOMPLETE} ({cause})")
 
 
+def _incomplete(findings: Sequence[Finding]) -> bool:
+    return any(finding.message.startswith(_INCOMPLETE) for finding in findings)
+
+
 @cache
 def _sql() -> str:
     return read_sql(ISOLATION_CHECK)
@@ -80,8 +84,9 @@ async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[F
     findings: list[Finding] = []
     try:
         async with connection.transaction(force_rollback=True):
-            # One snapshot for every query, so that a change committed mid-check is seen whole or not
-            # at all, never half (one query before it, the next after: two verdicts for one change).
+            # One snapshot for the catalog rows both queries read. The privilege functions they call
+            # (has_table_privilege and its kin) read the catalog as it is now, not as the snapshot
+            # saw it, so a change committed mid-check can still show half: IsolationWatch.check.
             await connection.execute("set transaction isolation level repeatable read, read only")
             await connection.execute(f"set local lock_timeout = '{_LOCK_TIMEOUT}'")
             await connection.execute(f"set local statement_timeout = '{_STATEMENT_TIMEOUT}'")
@@ -177,13 +182,21 @@ class IsolationWatch:
 
     async def check(self) -> tuple[Finding, ...]:
         """Run the check and keep its verdict; one that cannot complete is a finding."""
-        try:
-            async with self.database.pool.connection() as connection:
-                findings = tuple(await isolation_findings(connection))
-        except Exception as error:  # fail closed, whatever kept the check from completing
-            findings = (could_not_complete(error),)
+        findings = await self._findings()
+        if findings != self.findings and not _incomplete(findings):
+            # A change committed while the check ran can show half (see isolation_findings): a new
+            # verdict is read once more, so that one change is logged once, whole. Not one that could
+            # not complete: that may have waited out a timeout, and refusing must not wait twice.
+            findings = await self._findings()
         self._record(findings)
         return findings
+
+    async def _findings(self) -> tuple[Finding, ...]:
+        try:
+            async with self.database.pool.connection() as connection:
+                return tuple(await isolation_findings(connection))
+        except Exception as error:  # fail closed, whatever kept the check from completing
+            return (could_not_complete(error),)
 
     def _record(self, findings: tuple[Finding, ...]) -> None:
         metrics.record_isolation_check(len(findings))
@@ -219,9 +232,10 @@ class IsolationWatch:
     async def keep_checking(self) -> None:
         """Repeat the check until cancelled: every interval, or at once when asked (`distrust`)."""
         while True:
-            incomplete = any(finding.message.startswith(_INCOMPLETE) for finding in self.findings)
             wait = (
-                min(self.interval_seconds, _RETRY_INCOMPLETE_SECONDS) if incomplete else self.interval_seconds
+                min(self.interval_seconds, _RETRY_INCOMPLETE_SECONDS)
+                if _incomplete(self.findings)
+                else self.interval_seconds
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), wait)
