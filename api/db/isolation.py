@@ -183,10 +183,11 @@ class IsolationWatch:
     async def check(self) -> tuple[Finding, ...]:
         """Run the check and keep its verdict; one that cannot complete is a finding."""
         findings = await self._findings()
-        if findings != self.findings and not _incomplete(findings):
-            # A change committed while the check ran can show half (see isolation_findings): a new
-            # verdict is read once more, so that one change is logged once, whole. Not one that could
-            # not complete: that may have waited out a timeout, and refusing must not wait twice.
+        if findings and findings != self.findings and not _incomplete(findings):
+            # A change committed while the check ran can show half (see isolation_findings): new
+            # findings are read once more, so that one change is logged once, whole. Not a clean
+            # verdict, which serves again at once, nor one that could not complete, which may have
+            # waited out a timeout: refusing must not wait twice.
             findings = await self._findings()
         self._record(findings)
         return findings
