@@ -50,6 +50,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import psycopg
 from psycopg.pq import ConnStatus
@@ -83,6 +84,13 @@ logger = logging.getLogger(__name__)
 # alive: under load every connection is that fresh, so the hot path pays nothing. pgx's pool (Go)
 # pings past one second idle, HikariCP past half a second.
 CHECK_CONNECTIONS_UNUSED_FOR_SECONDS = 1.0
+
+# psycopg's pool tries a lost connection again after a delay that doubles from 1 s: 40 s without the
+# database, and the API answered 503 for 17 s more once it was back, waiting for the next try. So a
+# run of tries ends after this long (the pool's `reconnect_timeout`), and a fresh one starts at once
+# (`_try_again`): while the database is away the pool tries about once a second, never less often
+# (tests/faults/test_database_outage.py, the long outage).
+RECONNECT_TRIES_FOR_SECONDS = 2.0
 
 # The identity and limits of one request, as the first statement of its transaction: who it is
 # for, the task quota the database enforces (sql/migrations/0003_task_quota.sql), and how long a
@@ -135,6 +143,12 @@ class _Pool(AsyncConnectionPool[_Connection]):
         except TimeoutError:
             await conn.close()
             raise psycopg.OperationalError("the server did not answer a liveness check in time") from None
+
+
+async def _try_again(pool: AsyncConnectionPool[Any]) -> None:
+    """The pool's `reconnect_failed`: a run of tries gave up and freed its connection's place, and
+    `check()` starts a new run to fill it (psycopg's own would wait for the next request)."""
+    await pool.check()
 
 
 class _LivenessCheck:
@@ -322,6 +336,8 @@ class Database:
             # more, when it safely can); either way it is replaced in the background.
             check=liveness,
             max_lifetime=1800,
+            reconnect_timeout=RECONNECT_TRIES_FOR_SECONDS,
+            reconnect_failed=_try_again,
             # Pipelined statements are prepared by psycopg (DB_PREPARE_THRESHOLD) instead.
             configure=None if prepare else configure,
             open=False,

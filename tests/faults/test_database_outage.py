@@ -71,6 +71,29 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(own_postgres: Ow
     assert len(failed_writes) == 3
 
 
+def test_a_long_outage_is_served_again_within_seconds_of_the_database_answering(
+    own_postgres: OwnPostgres,
+) -> None:
+    """psycopg's pool retries a lost connection after a delay that doubles from 1 s: 40 s away, and
+    the API answered 503 for 17 s more once the database was back, until the pool tried again."""
+    user = new_user()
+    settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        own_postgres.stop()
+        away = time.monotonic()
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 503
+        # Long enough for the backoff to have grown past what a client would wait: its attempts
+        # come 1, 3, 7, 15 and 31 s after the first.
+        time.sleep(max(0.0, away + 18 - time.monotonic()))
+        own_postgres.start()
+        back = time.monotonic()
+        while (response := client.get(user.tasks_url, headers=user.headers)).status_code != 200:
+            assert response.status_code == 503, response.text
+            assert time.monotonic() - back < 4, "served again within seconds of the database answering"
+            time.sleep(0.1)
+
+
 def test_a_stream_survives_a_database_restart_and_misses_nothing(own_postgres: OwnPostgres) -> None:
     alice = new_user()
     settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
