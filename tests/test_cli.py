@@ -103,7 +103,7 @@ def test_migrate_sets_up_an_external_database(empty_db_url: str, tmp_path: Path)
     assert "0002_tasks_schema" in result.stdout
     with psycopg.connect(empty_db_url) as connection:
         tables = connection.execute("select relname from pg_class where relrowsecurity order by 1").fetchall()
-    assert tables == [("idempotency_keys",), ("task_events",), ("tasks",), ("users",)]
+    assert tables == [("idempotency_keys",), ("task_event_purges",), ("task_events",), ("tasks",), ("users",)]
 
 
 def test_serve_refuses_a_database_that_is_not_migrated(empty_db_url: str, tmp_path: Path) -> None:

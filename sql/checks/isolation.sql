@@ -45,7 +45,7 @@ WHERE NOT EXISTS (SELECT FROM todo_app)
 UNION ALL
 SELECT pg_catalog.format('table %s does not exist: the database is not migrated', expected)
 FROM pg_catalog.unnest(ARRAY['public.users', 'public.tasks', 'public.idempotency_keys', 'public.task_events',
-                              'app.task_counts', 'app.task_event_counts']) AS expected
+                              'public.task_event_purges', 'app.task_counts', 'app.task_event_counts']) AS expected
 WHERE NOT EXISTS (
     SELECT FROM pg_catalog.pg_class AS c
     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace

@@ -31,6 +31,7 @@ MIGRATION_IDS = [
     "0007_deleted_means_gone",
     "0008_task_events",
     "0009_wake_after_commit",
+    "0010_event_purges",
 ]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
@@ -92,8 +93,9 @@ def test_policy_files_are_parsed() -> None:
         "tasks",
         "idempotency_keys",
         "task_events",
+        "task_event_purges",
     }
-    assert len(policies_in_files()) == 16
+    assert len(policies_in_files()) == 19
 
 
 def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
@@ -106,7 +108,7 @@ def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
             "select relname::text from pg_class where relrowsecurity and relforcerowsecurity"
             " and relnamespace = 'public'::regnamespace order by 1"
         ).fetchall()
-    assert forced == [("idempotency_keys",), ("task_events",), ("tasks",), ("users",)]
+    assert forced == [("idempotency_keys",), ("task_event_purges",), ("task_events",), ("tasks",), ("users",)]
     assert acts_as_todo_app(empty_db_url) == ("todo_app", 0)
 
 
@@ -179,17 +181,19 @@ def test_plain_yoyo_apply_from_the_project_root(empty_db_url: str) -> None:
     assert apply_migrations(empty_db_url) == []
 
 
-# What 0009_wake_after_commit changes: the trigger's function, the columns of the counts, and the
-# triggers and functions beside them.
+# What 0009_wake_after_commit and 0010_event_purges change: the trigger's function, the columns of
+# the counts, the triggers and functions beside them, and the tables.
 EVENTS_MACHINERY = """
 select pg_get_functiondef('app.publish_task_event'::regproc),
+       (select array_agg(oid::regclass::text order by oid::regclass::text) from pg_class
+        where relkind = 'r' and relnamespace in ('public'::regnamespace, 'app'::regnamespace)),
        (select array_agg(attname || ' ' || format_type(atttypid, atttypmod) || ' not null ' || attnotnull
                          order by attnum)
         from pg_attribute
         where attrelid = 'app.task_event_counts'::regclass and attnum > 0 and not attisdropped),
        (select array_agg(tgrelid::regclass || ' ' || tgname order by tgrelid::regclass::text, tgname)
         from pg_trigger where not tgisinternal),
-       (select array_agg(p.oid::regprocedure::text order by 1) from pg_proc as p
+       (select array_agg(p.oid::regprocedure::text order by p.oid::regprocedure::text) from pg_proc as p
         where pronamespace = 'app'::regnamespace)
 """
 
@@ -199,14 +203,30 @@ def events_machinery(url: str) -> tuple[Any, ...] | None:
         return conn.execute(EVENTS_MACHINERY).fetchone()
 
 
+def migrate_up_to(url: str, last: str) -> None:
+    """Apply the migrations up to `last`, without the policy files (which are for the newest)."""
+    backend = get_backend(yoyo_url(url))
+    migrations = read_migrations(str(SQL_DIR / "migrations"))
+    upto = migrations.filter(lambda migration: migration.id <= last)
+    with backend.lock():
+        backend.apply_migrations_only(backend.to_apply(upto))
+
+
+def migrate_all_then_roll_back_to(url: str, last: str) -> None:
+    backend = get_backend(yoyo_url(url))
+    migrations = read_migrations(str(SQL_DIR / "migrations"))
+    with backend.lock():
+        backend.apply_migrations(backend.to_apply(migrations))
+    assert schema_state(url) == MIGRATED
+    with backend.lock():
+        after = [migration for migration in backend.to_rollback(migrations) if migration.id > last]
+        backend.rollback_migrations(migrations.__class__(after))
+
+
 def test_0009_keeps_the_first_event_time_of_events_written_before_it_and_rolls_back_to_0008_exactly(
     empty_db_url: str,
 ) -> None:
-    backend = get_backend(yoyo_url(empty_db_url))
-    migrations = read_migrations(str(SQL_DIR / "migrations"))
-    up_to_0008 = migrations.filter(lambda migration: migration.id != "0009_wake_after_commit")
-    with backend.lock():
-        backend.apply_migrations(backend.to_apply(up_to_0008))
+    migrate_up_to(empty_db_url, "0008_task_events")
     at_0008 = events_machinery(empty_db_url)
     with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
         conn.execute("insert into users (id) values ('early'), ('ghost')")
@@ -219,8 +239,7 @@ def test_0009_keeps_the_first_event_time_of_events_written_before_it_and_rolls_b
         # Counts without any event left (removed by hand): no first event at all.
         conn.execute("insert into app.task_event_counts (user_id, events) values ('ghost', 0)")
 
-    with backend.lock():
-        backend.apply_migrations(backend.to_apply(migrations))
+    migrate_up_to(empty_db_url, "0009_wake_after_commit")
     assert events_machinery(empty_db_url) != at_0008
     with psycopg.connect(libpq_url(empty_db_url)) as conn:
         kept = conn.execute(
@@ -230,11 +249,44 @@ def test_0009_keeps_the_first_event_time_of_events_written_before_it_and_rolls_b
     assert [(user, the_first) for user, _, the_first in kept] == [("early", True), ("ghost", None)]
     assert kept[1][1] == "-infinity"
 
-    with backend.lock():
-        last = backend.to_rollback(migrations)[:1]
-        assert [migration.id for migration in last] == ["0009_wake_after_commit"]
-        backend.rollback_migrations(last)
+    migrate_all_then_roll_back_to(empty_db_url, "0008_task_events")
     assert events_machinery(empty_db_url) == at_0008
+
+
+def test_0010_takes_every_user_with_events_to_have_had_some_purged_and_rolls_back_to_0009_exactly(
+    empty_db_url: str,
+) -> None:
+    migrate_up_to(empty_db_url, "0009_wake_after_commit")
+    at_0009 = events_machinery(empty_db_url)
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        conn.execute("insert into users (id) values ('early'), ('ghost'), ('quiet')")
+        conn.execute("insert into tasks (user_id, title) values ('early', 'one'), ('early', 'two')")
+        # Counts without any event left (removed by hand), and a user who never wrote.
+        conn.execute("insert into app.task_event_counts (user_id, events) values ('ghost', 0)")
+        (first, newest) = conn.execute("select min(id), max(id) from task_events").fetchone() or ()
+
+    migrate_up_to(empty_db_url, "0010_event_purges")
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        recorded = conn.execute("select user_id, purged_through from task_event_purges order by 1").fetchall()
+    # Up to just before the first kept event; for a user with none, up to the newest of anyone's.
+    assert recorded == [("early", first - 1), ("ghost", newest)]
+
+    migrate_all_then_roll_back_to(empty_db_url, "0009_wake_after_commit")
+    assert events_machinery(empty_db_url) == at_0009
+
+
+def test_a_dba_removing_events_by_hand_is_recorded_like_a_purge(migrated_db: Conn) -> None:
+    migrated_db.execute("insert into users (id) values ('by-hand')")
+    migrated_db.execute("insert into tasks (user_id, title) values ('by-hand', 'one'), ('by-hand', 'two')")
+    (first,) = (
+        migrated_db.execute("select min(id) from task_events where user_id = 'by-hand'").fetchone() or ()
+    )
+    # As a DBA whose role bypasses row-level security (Neon's owner; the suite's login role).
+    migrated_db.execute("delete from task_events where id = %s", [first])
+    recorded = migrated_db.execute(
+        "select purged_through from task_event_purges where user_id = 'by-hand'"
+    ).fetchall()
+    assert recorded == [(first,)]
 
 
 # --- the URL forms users paste ----------------------------------------------------------------------

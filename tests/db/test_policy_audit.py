@@ -43,6 +43,11 @@ EVENT_POLICIES = {
     "task events are written by the trigger on tasks",
     "task events are purged by the trigger on tasks",
 }
+EVENT_PURGE_POLICIES = {
+    "event purges are visible to their user",
+    "event purges are recorded by the trigger on task_events",
+    "event purges are raised by the trigger on task_events",
+}
 # For the migrating role, which the purge of expired keys runs as (sql/policies/idempotency_keys.sql).
 PURGE_POLICIES = {
     "expired keys are visible to the purge",
@@ -402,7 +407,7 @@ def test_json_is_the_same_audit_for_machines(
         "public.tasks"
     ] == (True, True)
     assert {policy["name"] for policy in clean["policies"]} == (
-        TASK_POLICIES | USER_POLICIES | KEY_POLICIES | EVENT_POLICIES | PURGE_POLICIES
+        TASK_POLICIES | USER_POLICIES | KEY_POLICIES | EVENT_POLICIES | EVENT_PURGE_POLICIES | PURGE_POLICIES
     )
     select = next(p for p in clean["policies"] if p["name"] == "tasks are visible to their owner")
     assert select == {

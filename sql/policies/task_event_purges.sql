@@ -1,0 +1,23 @@
+-- Row-level security for public.task_event_purges: the newest event id purged for a user is seen by
+-- that user only, and written by nobody but the trigger on public.task_events
+-- (sql/migrations/0010_event_purges.sql; todo_app has SELECT only).
+-- Applying this file replaces every policy on the table, so the file is exactly what is live.
+
+CALL app.drop_all_policies('public.task_event_purges');
+
+CREATE POLICY "event purges are visible to their user" ON public.task_event_purges
+    FOR SELECT TO todo_app
+    USING (user_id = (SELECT app.current_user_id()));
+
+-- The trigger's own writes. Its function runs as the table's owner (the role that applies this
+-- file), and under FORCE ROW LEVEL SECURITY an owner without BYPASSRLS (the embedded database's
+-- todo_owner) is held to policies too: these let it record a purge from inside a trigger, and
+-- nowhere else. They do not apply to todo_app, which has no INSERT or UPDATE on the table.
+CREATE POLICY "event purges are recorded by the trigger on task_events" ON public.task_event_purges
+    FOR INSERT TO CURRENT_USER
+    WITH CHECK (pg_catalog.pg_trigger_depth() > 0);
+
+CREATE POLICY "event purges are raised by the trigger on task_events" ON public.task_event_purges
+    FOR UPDATE TO CURRENT_USER
+    USING (pg_catalog.pg_trigger_depth() > 0)
+    WITH CHECK (pg_catalog.pg_trigger_depth() > 0);
