@@ -10,7 +10,8 @@ BATCH = 100
 
 _START = text(
     "SELECT (SELECT coalesce(max(id), 0) FROM public.task_events) AS newest,"
-    " EXISTS (SELECT FROM public.task_events WHERE id = :after) AS kept"
+    " EXISTS (SELECT FROM public.task_events WHERE id = :after)"
+    " OR (CAST(:after AS bigint) = 0 AND NOT EXISTS (SELECT FROM public.task_event_purges)) AS kept"
 )
 _AFTER = text(
     "SELECT id, kind, task_id, task FROM public.task_events WHERE id > :after ORDER BY id LIMIT :batch"
@@ -18,9 +19,10 @@ _AFTER = text(
 
 
 def start(after: int) -> Query:
-    """The user's newest event id (0 when none), and whether event `after` is still kept: the trigger
-    purges a user's events oldest first, so while the last event a client saw is kept, every event
-    after it is too."""
+    """The user's newest event id (0 when none), and whether a stream may resume after `after`: the
+    trigger purges a user's events oldest first, so while the last event a client saw is kept, every
+    event after it is too; and from 0 (before any event) while none of the user's was ever purged
+    (sql/migrations/0010_event_purges.sql)."""
     return Query(_START, {"after": after})
 
 

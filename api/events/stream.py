@@ -57,13 +57,13 @@ def resume_point(last_event_id: str | None) -> int | None:
 
 
 async def start(caller: Caller, last_event_id: str | None) -> Start:
-    """Without Last-Event-ID, from now; with one that is still kept (or 0: before any event), right
-    after it; with one that is malformed or older than what is kept, from now after a reset."""
+    """Without Last-Event-ID, from now; with one that is still kept (or 0, before any event, while
+    none was purged), right after it; otherwise from now after a reset."""
     after = resume_point(last_event_id)
-    (row,) = await caller.run(queries.start(max(after or 0, 0)), read_only=True)
+    (row,) = await caller.run(queries.start(after or 0), read_only=True)
     if after is None:
         return Start(row["newest"], reset=False)
-    if after == 0 or row["kept"]:
+    if row["kept"]:
         return Start(after, reset=False)
     return Start(row["newest"], reset=True)
 

@@ -193,6 +193,60 @@ def test_an_event_id_that_is_no_longer_kept_or_not_yours_starts_with_reset(
     run(api_url, scenario)
 
 
+def test_a_stream_resumed_from_before_any_event_starts_with_reset_once_one_was_purged(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    alice, bob = new_user(), new_user()
+
+    def make_events_old(user: ApiUser) -> None:
+        """Older than EVENTS_RETENTION_HOURS: the user's next write purges them."""
+        api_db.execute(
+            "update task_events set created_at = now() - interval '25 hours' where user_id = %s", [user.id]
+        )
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        # A user with no event yet is handed 0, "before any event".
+        async with opened(client, alice) as stream:
+            assert await stream.opening_id() == "0"
+        created = await client.post(alice.tasks_url, json={"title": "old"}, headers=alice.headers)
+        assert created.status_code == 201
+        # Nothing of hers purged: from 0, every event she has.
+        async with opened(client, alice, last_event_id="0") as stream:
+            assert await stream.opening_id() == "0"
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", created.json())]
+
+        # Another user's purge is theirs alone.
+        bobs = await client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
+        make_events_old(bob)
+        await client.put(
+            bob.task_url(bobs.json()["id"]), json={"title": "bob's, renamed"}, headers=bob.headers
+        )
+        async with opened(client, alice, last_event_id="0") as stream:
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", created.json())]
+
+        make_events_old(alice)
+        renamed = await client.put(
+            alice.task_url(created.json()["id"]), json={"title": "new"}, headers=alice.headers
+        )
+        assert renamed.status_code == 200
+        kept = api_db.execute("select id from task_events where user_id = %s", [alice.id]).fetchall()
+        assert len(kept) == 1, kept
+        # From 0 now, the stream would skip her purged create: it starts with a reset instead, at
+        # the event kept after the purge, and then goes on live.
+        async with opened(client, alice, last_event_id="0") as stream:
+            reset = await stream.next()
+            assert (reset.kind, reset.data, reset.id) == ("reset", {}, str(kept[0][0]))
+            later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", later.json())]
+
+    run(api_url, scenario)
+    purged = api_db.execute(
+        "select user_id, purged_through > 0 from task_event_purges where user_id in (%s, %s) order by 1",
+        sorted([alice.id, bob.id]),
+    ).fetchall()
+    assert purged == sorted([(alice.id, True), (bob.id, True)])
+
+
 def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_back(api_url: str) -> None:
     alice, bob = new_user(), new_user()
 

@@ -20,6 +20,8 @@ export interface paths {
          *     - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
          *     - `event: task.deleted`: `data: {"id": N}`.
          *     - `event: reset` (`data: {}`): your Last-Event-ID is malformed or older than what is kept; refetch.
+         *       (0, the id a stream opens with before you have any event, is older than what is kept once any
+         *       of your events was purged.)
          *
          *     The stream opens with a bare `id:` line (where it starts), sends a `:` comment line every
          *     EVENTS_HEARTBEAT_SECONDS, and ends when your token expires: reconnect with a fresh token and your
@@ -248,7 +250,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description The `id` of the last event you received: the stream first sends exactly the events after it. Without it, the stream starts from now. When it is malformed or older than what is kept (EVENTS_RETENTION_HOURS), the stream starts with `event: reset`: refetch the list. */
+                /** @description The `id` of the last event you received: the stream first sends exactly the events after it. Without it, the stream starts from now. When it is malformed or older than what is kept (EVENTS_RETENTION_HOURS), or 0 (before any event) while some of your events are no longer kept, the stream starts with `event: reset`: refetch the list. */
                 "Last-Event-ID"?: string;
             };
             path: {
