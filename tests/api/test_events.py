@@ -193,6 +193,28 @@ def test_an_event_id_that_is_no_longer_kept_or_not_yours_starts_with_reset(
     run(api_url, scenario)
 
 
+def test_an_event_older_than_the_retention_starts_with_reset_before_any_write_purges_it(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await client.post(alice.tasks_url, json={"title": "old"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            old_id = await stream.opening_id()
+        api_db.execute(
+            "update task_events set created_at = now() - interval '25 hours' where user_id = %s", [alice.id]
+        )
+        # Nothing has purged it: alice has not written since.
+        stored = api_db.execute("select id::text from task_events where user_id = %s", [alice.id]).fetchall()
+        assert stored == [(old_id,)]
+        async with opened(client, alice, last_event_id=old_id) as stream:
+            reset = await stream.next()
+            assert (reset.kind, reset.data, reset.id) == ("reset", {}, old_id)
+
+    run(api_url, scenario)
+
+
 def test_a_stream_resumed_from_before_any_event_starts_with_reset_once_one_was_purged(
     api_url: str, api_db: psycopg.Connection[Any]
 ) -> None:
