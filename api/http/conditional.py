@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from starlette.datastructures import Headers
+
 from api.http.problems import invalid_input
 
 # An entity-tag: optional W/, then characters %x21 / %x23-7E / obs-text in double quotes.
@@ -21,6 +23,13 @@ ANY: Literal["*"] = "*"
 class EntityTag:
     opaque: str
     weak: bool
+
+
+def field_value(headers: Headers, field: str) -> str | None:
+    """The field as one list: a field sent on several lines is their values in order, joined with
+    commas (RFC 9110, section 5.3), not only its first line. None when it was not sent."""
+    lines = headers.getlist(field)
+    return ", ".join(lines) if lines else None
 
 
 def entity_tags(value: str, field: str) -> list[EntityTag] | Literal["*"]:

@@ -8,7 +8,7 @@ keeps a tag copied from one task from matching another.
 
 from fastapi import Request
 
-from api.http.conditional import ANY, entity_tags, quoted
+from api.http.conditional import ANY, entity_tags, field_value, quoted
 from api.http.problems import precondition_required
 
 
@@ -47,7 +47,7 @@ def write_condition(request: Request, task_id: int, *, required: bool) -> list[i
     A weak tag never matches (RFC 9110 compares If-Match strongly). Without If-Match, `required`
     (REQUIRE_IF_MATCH) refuses the write with 428.
     """
-    header = request.headers.get("if-match")
+    header = field_value(request.headers, "if-match")
     if header is None:
         if required:
             raise precondition_required()
@@ -62,7 +62,7 @@ def write_condition(request: Request, task_id: int, *, required: bool) -> list[i
 
 def unchanged_for(request: Request, task_id: int, version: int) -> bool:
     """Whether If-None-Match names this version of the task (compared weakly), or is `*`."""
-    header = request.headers.get("if-none-match")
+    header = field_value(request.headers, "if-none-match")
     if header is None:
         return False
     tags = entity_tags(header, "if-none-match")

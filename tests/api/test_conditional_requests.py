@@ -107,6 +107,26 @@ def test_an_etag_of_another_task_never_matches(client: httpx.Client, alice: ApiU
     assert response.status_code == 412
 
 
+def test_a_field_sent_on_two_lines_is_one_list(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
+    task, tag = _create(client, alice)
+    url = alice.task_url(task["id"])
+
+    def on_two_lines(field: str, second: str) -> list[tuple[str, str]]:
+        return [*alice.headers.items(), (field, '"0.1"'), (field, second)]
+
+    not_modified = client.get(url, headers=on_two_lines("If-None-Match", tag))
+    assert (not_modified.status_code, not_modified.content) == (304, b"")
+    updated = client.put(url, json={"title": "new"}, headers=on_two_lines("If-Match", tag))
+    assert updated.status_code == 200, updated.text
+    stale = client.put(url, json={"title": "lost update"}, headers=on_two_lines("If-Match", tag))
+    assert stale.status_code == 412
+    assert _title_in_db(api_db, task["id"]) == "new"
+    malformed = client.put(url, json={"title": "x"}, headers=on_two_lines("If-Match", "no-quotes"))
+    assert malformed.status_code == 422
+
+
 @pytest.mark.parametrize("header", ["If-Match", "If-None-Match"])
 @pytest.mark.parametrize("value", ["no-quotes", '"unterminated', '"a" "b"', ","])
 def test_a_malformed_entity_tag_list_is_422(
