@@ -18,6 +18,7 @@ from api.db.database import Database
 from api.db.isolation import IsolationWatch
 from api.db.reach import read_reach
 from api.ops.policy_audit import audit_database
+from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
 from tests.support import ApiUser, new_user, scrape, serving, settings_for, value
 
@@ -142,6 +143,52 @@ def test_weakened_while_serving_then_repaired(
     assert api.get("/readyz").status_code == 200
     eventually(lambda: _verified_gauge(api) == 1, f"{name}: the metric shows isolation verified again")
     assert [task["title"] for task in api.get(alice.tasks_url, headers=alice.headers).json()] == ["mine"]
+
+
+def test_an_open_stream_reads_nothing_while_isolation_is_unverified_then_catches_up(
+    api: httpx.Client, db: Conn
+) -> None:
+    """A stream outlives the verdict it was admitted under: each of its reads asks again."""
+    alice = new_user()
+    db.execute("insert into users (id) values (%s)", [alice.id])
+
+    async def scenario() -> None:
+        async with async_client(str(api.base_url)) as client, opened(client, alice) as stream:
+            await stream.opening_id()
+            db.execute(WEAKENINGS["truncate granted"].weaken)
+            await asyncio.to_thread(eventually, lambda: refused(api, alice), "task requests are refused")
+            # Written by hand (a DBA's INSERT wakes the stream too), while nothing may be read.
+            db.execute("insert into tasks (user_id, title) values (%s, 'while unverified')", [alice.id])
+            waiting = asyncio.ensure_future(stream.next())
+            await asyncio.sleep(10 * INTERVAL)
+            assert not waiting.done(), "the stream read the database while isolation was unverified"
+            db.execute(WEAKENINGS["truncate granted"].repair)
+            event = await waiting
+            assert (event.kind, event.data["title"]) == ("task.created", "while unverified")
+
+    asyncio.run(scenario())
+
+
+def test_an_open_stream_reads_only_its_users_events_even_before_a_weakened_policy_is_found(
+    migrated_db_url: str, db: Conn
+) -> None:
+    """Until the next check finds a weakened policy, the statements' owner filter keeps a stream its
+    user's, as it keeps every task statement."""
+    alice, bob = new_user(), new_user()
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+
+    async def scenario(base_url: str) -> None:
+        async with async_client(base_url) as client, opened(client, alice) as stream:
+            await stream.opening_id()
+            db.execute('alter policy "task events are visible to their owner" on task_events using (true)')
+            db.execute("insert into users (id) values (%s), (%s)", [bob.id, alice.id])
+            db.execute("insert into tasks (user_id, title) values (%s, 'bob''s')", [bob.id])
+            db.execute("insert into tasks (user_id, title) values (%s, 'alice''s')", [alice.id])
+            event = await stream.next()
+            assert (event.kind, event.data["title"]) == ("task.created", "alice's")
+
+    with serving(create_app(settings)) as base_url:
+        asyncio.run(scenario(base_url))
 
 
 def test_a_change_committed_while_a_check_runs_is_logged_once_whole(

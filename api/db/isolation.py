@@ -165,12 +165,23 @@ class IsolationError(RuntimeError):
         )
 
 
+class IsolationUnverified(Exception):  # noqa: N818 (a state of the database, not a mistake)
+    """The last isolation check found something, or could not complete: nothing may reach the
+    database until one completes clean (503 isolation-unverified, api/http/problems.py)."""
+
+    def __init__(self, retry_after_seconds: float) -> None:
+        super().__init__("the last isolation check found something")
+        self.retry_after_seconds = retry_after_seconds
+
+
 class IsolationWatch:
     """The last verdict of the isolation check in this worker, kept current in the background.
 
-    `verified` is what every task request asks (api/http/caller.py): while the last check found
-    anything, or could not complete, requests are refused rather than trusted to a database that
-    may not isolate users.
+    Every task request asks it when it is admitted and again each time its caller reaches the
+    database (`refuse_unless_verified`, from api/http/caller.py), so a request that outlives a
+    verdict, a live-changes stream above all, reads nothing once a check finds anything: while the
+    last check found anything, or could not complete, nothing is trusted to a database that may not
+    isolate users.
     """
 
     def __init__(self, database: Database, *, interval_seconds: float) -> None:
@@ -179,6 +190,11 @@ class IsolationWatch:
         self.findings: tuple[Finding, ...] = ()
         self.verified = False
         self._check_now = asyncio.Event()
+
+    def refuse_unless_verified(self) -> None:
+        """Fail closed: IsolationUnverified while the last check found anything."""
+        if not self.verified:
+            raise IsolationUnverified(self.interval_seconds)
 
     async def check(self) -> tuple[Finding, ...]:
         """Run the check and keep its verdict; one that cannot complete is a finding."""

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from sse_starlette.event import ServerSentEvent
 
 from api.db.errors import UNAVAILABLE, UserShareExceeded
+from api.db.isolation import IsolationUnverified
 from api.events import queries
 from api.events.hub import Hub, Subscription
 from api.http.caller import Caller
@@ -29,7 +30,9 @@ from api.tasks.models import TaskPublic
 _MAX_EVENT_ID = 2**63 - 1
 # How long a stream waits before reading again when the database could not answer.
 _RETRY_SECONDS = 1.0
-_NOT_NOW: tuple[type[Exception], ...] = (*UNAVAILABLE, UserShareExceeded)
+# Reads that cannot run now, and are tried again: the database is away, the user's share is taken,
+# or the last isolation check found something (the stream then reads nothing until one is clean).
+_NOT_NOW: tuple[type[Exception], ...] = (*UNAVAILABLE, UserShareExceeded, IsolationUnverified)
 
 
 class TaskDeleted(BaseModel):
@@ -60,7 +63,7 @@ async def start(caller: Caller, last_event_id: str | None) -> Start:
     """Without Last-Event-ID, from now; with one that is still kept (or 0, before any event, while
     none was purged), right after it; otherwise from now after a reset."""
     after = resume_point(last_event_id)
-    (row,) = await caller.run(queries.start(after or 0), read_only=True)
+    (row,) = await caller.run(queries.start(caller.user.id, after or 0), read_only=True)
     if after is None:
         return Start(row["newest"], reset=False)
     if row["kept"]:
@@ -93,9 +96,12 @@ async def events(
             try:
                 # Shielded: a client that leaves mid-read must not cancel the statement, which would
                 # cost the pool its connection; the read finishes and the connection goes back.
-                rows = await asyncio.shield(caller.run(queries.events_after(position), read_only=True))
+                rows = await asyncio.shield(
+                    caller.run(queries.events_after(caller.user.id, position), read_only=True)
+                )
             except _NOT_NOW:
-                # The listener wakes every stream once the database is back; until then, retry.
+                # The listener wakes every stream once the database is back; until then, and until
+                # isolation is verified again, retry.
                 await _wait(subscription, min(_RETRY_SECONDS, expires_at - time.time()))
                 continue
             for row in rows:

@@ -11,7 +11,6 @@ to receive the caller it admitted. The route class also documents the Bearer sch
 the two things it checks, through FastAPI's `openapi_extra`.
 """
 
-import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -30,7 +29,7 @@ from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
 from api.http.in_flight import InFlightCap
 from api.http.openapi import OpenApiDocument, amend_openapi
-from api.http.problems import ProblemError, isolation_unverified, unsupported_media_type
+from api.http.problems import ProblemError, unsupported_media_type
 from api.http.rate_limit import RateLimiter
 
 _BEARER_SCHEME_NAME = "HTTPBearer"
@@ -60,10 +59,13 @@ class Caller:
     user: Principal
     database: Database
     stored_owners: StoredOwners
+    isolation: IsolationWatch
 
     async def run(self, query: Query, *, read_only: bool) -> Rows:
-        """Run the query as the caller. A write leaves out the upsert of the caller's user row once
-        this worker has stored the row as the caller's token describes it (`StoredOwners`)."""
+        """Run the query as the caller, once the last isolation check is clean (a stream outlives
+        the verdict it was admitted under). A write leaves out the upsert of the caller's user row
+        once this worker has stored the row as the caller's token describes it (`StoredOwners`)."""
+        self.isolation.refuse_unless_verified()
         if query.without_owner_row is None:
             return await self.database.run(self.user.id, query, read_only=read_only)
         if self.user in self.stored_owners:
@@ -132,7 +134,7 @@ class AuthenticatedRoute(APIRoute):
             refuse_unless_isolated(request)
             app = request.app.state
             user = await _authorized_caller(request)
-            request.state.caller = Caller(user, app.database, app.stored_owners)
+            request.state.caller = Caller(user, app.database, app.stored_owners, app.isolation)
             _refuse_a_body_that_is_not_json(request)
             # Before FastAPI reads the body: a user's slow bodies hold only their own slots.
             in_flight: InFlightCap = app.in_flight
@@ -163,8 +165,7 @@ def _refuse_a_body_that_is_not_json(request: Request) -> None:
 def refuse_unless_isolated(request: Request) -> None:
     """Fail closed: while the last isolation check found anything, no request reaches the database."""
     isolation: IsolationWatch = request.app.state.isolation
-    if not isolation.verified:
-        raise isolation_unverified(retry_after=math.ceil(isolation.interval_seconds))
+    isolation.refuse_unless_verified()
 
 
 async def admitted_caller(request: Request) -> Caller:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth.errors import InvalidToken, KeysUnavailable
 from api.db.errors import UNAVAILABLE, OutcomeUnknown, RowSecurityViolation, UserShareExceeded
+from api.db.isolation import IsolationUnverified
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.telemetry import metrics
 
@@ -309,6 +310,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(KeysUnavailable)
     async def on_keys_unavailable(_: Request, exc: KeysUnavailable) -> JSONResponse:
         return problem_response(authentication_unavailable())
+
+    @app.exception_handler(IsolationUnverified)
+    async def on_isolation_unverified(_: Request, exc: IsolationUnverified) -> JSONResponse:
+        return problem_response(isolation_unverified(retry_after=math.ceil(exc.retry_after_seconds)))
 
     @app.exception_handler(RowSecurityViolation)
     async def on_row_security_violation(request: Request, exc: RowSecurityViolation) -> JSONResponse:
