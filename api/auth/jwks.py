@@ -137,6 +137,10 @@ class JwksKeySet:
         """Whether a key set has ever been fetched (an empty one counts)."""
         return self._fetched
 
+    def publishes(self, kid: str) -> bool:
+        """Whether the key set, as last fetched, holds the key named `kid`."""
+        return kid in self._keys
+
     async def key(self, kid: str) -> PyJWK:
         """The key named `kid`, fetching the set again if we lack it and the cooldown allows."""
         key = self._keys.get(kid)

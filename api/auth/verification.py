@@ -81,6 +81,10 @@ class TokenVerifier(Protocol):
         """The verified claims, or a jwt.PyJWTError (or InvalidToken, KeysUnavailable of its own)."""
         ...
 
+    def still_trusts(self, header: Mapping[str, Any]) -> bool:
+        """Whether the key that verified a token with this header is still one to trust."""
+        ...
+
 
 class SharedSecretVerifier:
     """HS256 tokens signed with BETTER_AUTH_SECRET (as frontends do with jose's SignJWT)."""
@@ -93,6 +97,9 @@ class SharedSecretVerifier:
 
     async def verify(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
         return self._checks.decode(token, self._secret, "HS256")
+
+    def still_trusts(self, header: Mapping[str, Any]) -> bool:
+        return True  # the secret changes only with a restart, which forgets every verified token
 
 
 class JwksVerifier:
@@ -121,6 +128,11 @@ class JwksVerifier:
                 f"The token says it is signed with {header['alg']}, but its key is for {key.algorithm_name}."
             )
         return self._checks.decode(token, key, key.algorithm_name)
+
+    def still_trusts(self, header: Mapping[str, Any]) -> bool:
+        """While the auth server still publishes the token's key: one it withdraws (a key rotated
+        out, or a leaked one) stops every token it signed, however far off their `exp`."""
+        return self.key_set.publishes(header["kid"])
 
 
 def _describe(error: jwt.PyJWTError) -> str:
@@ -151,13 +163,19 @@ def _describe(error: jwt.PyJWTError) -> str:
 class _Verified:
     principal: Principal
     expires_at: float
+    verifier: TokenVerifier
+    header: Mapping[str, Any]
+
+    def trusted(self, now: float) -> bool:
+        return self.expires_at > now and self.verifier.still_trusts(self.header)
 
 
 class Authenticator:
     """Routes each token to the verifier for its algorithm family and builds the Principal.
 
-    Tokens already verified are remembered (by their SHA-256, never past their `exp`), so a busy
-    client pays for signature verification once per token rather than once per request.
+    Tokens already verified are remembered (by their SHA-256, never past their `exp`, and only while
+    the key that verified them is still trusted), so a busy client pays for signature verification
+    once per token rather than once per request.
     """
 
     def __init__(
@@ -190,7 +208,7 @@ class Authenticator:
     async def authenticate(self, token: str) -> Principal:
         fingerprint = hashlib.sha256(token.encode()).digest()
         remembered = self._verified.get(fingerprint)
-        if remembered is not None and remembered.expires_at > self._clock():
+        if remembered is not None and remembered.trusted(self._clock()):
             return remembered.principal
         try:
             header = jwt.get_unverified_header(token)
@@ -206,7 +224,7 @@ class Authenticator:
             raise InvalidToken(_describe(error)) from None
         principal = principal_from_claims(claims)
         # `exp` is required and PyJWT has checked it is a number.
-        self._verified[fingerprint] = _Verified(principal, float(claims["exp"]))
+        self._verified[fingerprint] = _Verified(principal, float(claims["exp"]), verifier, header)
         return principal
 
 

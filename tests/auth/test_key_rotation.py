@@ -171,6 +171,31 @@ def test_a_key_dropped_from_the_set_stops_working_after_a_refresh() -> None:
         asyncio.run(scenario(server))
 
 
+def test_a_token_verified_before_its_key_was_withdrawn_is_refused_once_the_set_is_fetched(
+    api_db_url: str,
+) -> None:
+    """The verified-token cache remembers a token only while its key is published: a withdrawn
+    (perhaps leaked) key stops the tokens it signed, however far off their exp."""
+    kept, withdrawn = SigningKey.generate(), SigningKey.generate()
+    with (
+        jwks_server(kept, withdrawn) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        user_id = better_auth_id()
+        a_year = now() + 365 * 24 * 3600
+        token = withdrawn.sign(claims_for(server.base_url, user_id, exp=a_year))
+        headers = {"Authorization": f"Bearer {token}"}
+        assert client.get(f"/api/{user_id}/tasks", headers=headers).status_code == 200
+
+        server.keys.remove(withdrawn)
+        # A token naming a key the API does not hold makes it fetch the set again.
+        assert _get(client, server, SigningKey.generate()).status_code == 401
+        refused = client.get(f"/api/{user_id}/tasks", headers=headers)
+        assert refused.status_code == 401
+        assert "does not publish" in refused.json()["detail"]
+        assert _get(client, server, kept).status_code == 200
+
+
 def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: str) -> None:
     key = SigningKey.generate()
     with jwks_server(key) as server:

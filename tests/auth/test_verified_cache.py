@@ -25,6 +25,9 @@ class CountingVerifier:
         self.calls += 1
         return await self._inner.verify(token, header)
 
+    def still_trusts(self, header: Mapping[str, Any]) -> bool:
+        return self._inner.still_trusts(header)
+
 
 def _authenticate(authenticator: Authenticator, token: str) -> Principal:
     return asyncio.run(authenticator.authenticate(token))
