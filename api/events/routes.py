@@ -4,6 +4,7 @@ Authenticated like every task route (`AuthenticatedRoute`: the same Bearer token
 sse-starlette writes the wire format, the heartbeat comments and notices the client leaving.
 """
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
@@ -11,6 +12,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.security.utils import get_authorization_scheme_param
 from sse_starlette import EventSourceResponse
 
+from api.auth.errors import InvalidToken, KeysUnavailable
+from api.auth.verification import Authenticator
 from api.events import stream
 from api.events.hub import Hub
 from api.http.caller import AuthenticatedRoute, CallerDep
@@ -71,10 +74,23 @@ def _event_schema() -> dict[str, Any]:
     }
 
 
-def _token_expiry(request: Request) -> float:
-    """When the caller's token expires (`AuthenticatedRoute` has verified it, `exp` included)."""
+def _bearer_token(request: Request) -> str:
+    """The caller's token, which `AuthenticatedRoute` has verified (`exp` included)."""
     _, token = get_authorization_scheme_param(request.headers.get("Authorization"))
-    return float(jwt.decode(token, options={"verify_signature": False})["exp"])
+    return token
+
+
+def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awaitable[bool]]:
+    """Whether the token still verifies: a cache hit while its key is published (api/auth)."""
+
+    async def still_trusted() -> bool:
+        try:
+            await authenticator.authenticate(token)
+        except (InvalidToken, KeysUnavailable):
+            return False
+        return True
+
+    return still_trusted
 
 
 @router.get(
@@ -100,7 +116,15 @@ async def stream_events(caller: CallerDep, request: Request) -> Response:
     except BaseException:
         hub.unsubscribe(subscription)
         raise
-    events = stream.events(caller, hub, subscription, begin, expires_at=_token_expiry(request))
+    token = _bearer_token(request)
+    events = stream.events(
+        caller,
+        hub,
+        subscription,
+        begin,
+        expires_at=float(jwt.decode(token, options={"verify_signature": False})["exp"]),
+        still_trusted=_still_trusted(request.app.state.authenticator, token),
+    )
     return EventSourceResponse(
         events,
         ping=settings.events_heartbeat_seconds,

@@ -12,7 +12,7 @@ trigger stored it, so an event is the task exactly as GET returns it and follows
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,9 +81,19 @@ def server_sent(event: Mapping[str, Any]) -> ServerSentEvent:
 
 
 async def events(
-    caller: Caller, hub: Hub, subscription: Subscription, begin: Start, *, expires_at: float
+    caller: Caller,
+    hub: Hub,
+    subscription: Subscription,
+    begin: Start,
+    *,
+    expires_at: float,
+    still_trusted: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[ServerSentEvent]:
-    """The stream's events; its place in the hub is given back when it ends, however it ends."""
+    """The stream's events; its place in the hub is given back when it ends, however it ends.
+
+    Before each read the caller's token is asked again (`still_trusted`): a stream outlives the
+    check that admitted it, and ends, rather than read, once the key that signed its token is
+    withdrawn. The client's reconnection is then refused."""
     try:
         position = begin.position
         if begin.reset:
@@ -93,6 +103,8 @@ async def events(
             yield ServerSentEvent(id=str(position))
         while not hub.closed:
             subscription.woken.clear()
+            if not await still_trusted():
+                return
             try:
                 # Shielded: a client that leaves mid-read must not cancel the statement, which would
                 # cost the pool its connection; the read finishes and the connection goes back.

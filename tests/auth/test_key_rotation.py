@@ -8,14 +8,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from api.app import create_app
 from api.auth.errors import KeysUnavailable
 from api.auth.jwks import JwksKeySet, UnknownKey
+from tests.api.events_client import async_client, opened
 from tests.auth.conftest import claims_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import better_auth_id, now, serving, settings_for, sign
+from tests.support import ApiUser, better_auth_id, now, serving, settings_for, sign
 
 
 @contextmanager
@@ -194,6 +196,35 @@ def test_a_token_verified_before_its_key_was_withdrawn_is_refused_once_the_set_i
         assert refused.status_code == 401
         assert "does not publish" in refused.json()["detail"]
         assert _get(client, server, kept).status_code == 200
+
+
+def test_an_open_stream_ends_unread_once_its_tokens_key_is_withdrawn(
+    api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """A stream outlives the verification that admitted it: it asks again before each read."""
+    kept, withdrawn = SigningKey.generate(), SigningKey.generate()
+    with (
+        jwks_server(kept, withdrawn) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        user_id = better_auth_id()
+        user = ApiUser(user_id, withdrawn.sign(claims_for(server.base_url, user_id)))
+
+        async def scenario() -> None:
+            async with async_client(str(client.base_url)) as http, opened(http, user) as stream:
+                await stream.opening_id()
+                server.keys.remove(withdrawn)
+                # A token naming a key the API does not hold makes it fetch the set again.
+                assert _get(client, server, SigningKey.generate()).status_code == 401
+                # A change by hand wakes the stream, whose token's key is now gone.
+                api_db.execute("insert into users (id) values (%s)", [user_id])
+                api_db.execute(
+                    "insert into tasks (user_id, title) values (%s, 'after the withdrawal')", [user_id]
+                )
+                rest = await stream.end()
+                assert [block.data for block in rest if block.data] == []
+
+        asyncio.run(scenario())
 
 
 def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: str) -> None:
