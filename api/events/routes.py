@@ -17,6 +17,7 @@ from api.auth.verification import Authenticator
 from api.events import stream
 from api.events.hub import Hub
 from api.http.caller import AuthenticatedRoute, CallerDep
+from api.http.conditional import field_value
 from api.settings import Settings
 from api.tasks import docs
 
@@ -112,7 +113,8 @@ async def stream_events(caller: CallerDep, request: Request) -> Response:
     settings: Settings = request.app.state.settings
     subscription = hub.subscribe(caller.user.id)
     try:
-        begin = await stream.start(caller, request.headers.get("Last-Event-ID"))
+        # Sent on two lines, it is two claims of where the client is: read whole, it is no id (reset).
+        begin = await stream.start(caller, field_value(request.headers, "Last-Event-ID"))
     except BaseException:
         hub.unsubscribe(subscription)
         raise

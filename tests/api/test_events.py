@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from httpx_sse import aconnect_sse
 
 from api.auth.dev_tokens import mint_token
 from tests.api.events_client import Event, async_client, opened
@@ -155,6 +156,14 @@ def test_a_malformed_last_event_id_starts_with_reset(api_url: str) -> None:
             async with opened(client, alice, last_event_id=malformed) as stream:
                 assert stream.response.status_code == 200
                 assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
+        # Two lines are two claims of where the client is, even when each is an id it may use.
+        await client.post(alice.tasks_url, json={"title": "one"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            kept = await stream.opening_id()
+        headers = httpx.Headers([*alice.headers.items(), ("Last-Event-ID", kept), ("Last-Event-ID", kept)])
+        async with aconnect_sse(client, "GET", f"/api/{alice.id}/events", headers=headers) as source:
+            first = await anext(source.aiter_sse())
+            assert (first.event, first.data) == ("reset", "{}")
 
     run(api_url, scenario)
 
