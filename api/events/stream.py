@@ -1,5 +1,5 @@
 """One stream: from its starting id, each of its user's events as a Server-Sent Event, until the token
-expires, the client goes, or the worker shuts down.
+expires or stops verifying, the client goes, or the worker shuts down.
 
 Every read runs through `Caller.run` (the role switch and app.user_id), so the policies decide
 which events a stream sees; between reads the stream holds no database connection and waits for
