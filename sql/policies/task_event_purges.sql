@@ -12,7 +12,13 @@ CREATE POLICY "event purges are visible to their user" ON public.task_event_purg
 -- The trigger's own writes. Its function runs as the table's owner (the role that applies this
 -- file), and under FORCE ROW LEVEL SECURITY an owner without BYPASSRLS (the embedded database's
 -- todo_owner) is held to policies too: these let it record a purge from inside a trigger, and
--- nowhere else. They do not apply to todo_app, which has no INSERT or UPDATE on the table.
+-- nowhere else. They do not apply to todo_app, which has no INSERT or UPDATE on the table. The
+-- record is written with ON CONFLICT DO UPDATE, which also asks that the owner may read the row: its
+-- writer's own through todo_app's policy above, any other user's (the drain of expired events,
+-- sql/migrations/0011_purge_every_users_events.sql) through this one.
+CREATE POLICY "event purges are read by the trigger on task_events" ON public.task_event_purges
+    FOR SELECT TO CURRENT_USER
+    USING (pg_catalog.pg_trigger_depth() > 0);
 CREATE POLICY "event purges are recorded by the trigger on task_events" ON public.task_event_purges
     FOR INSERT TO CURRENT_USER
     WITH CHECK (pg_catalog.pg_trigger_depth() > 0);

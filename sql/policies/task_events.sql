@@ -1,6 +1,7 @@
 -- Row-level security for public.task_events: a user's events are seen by that user only. Nobody
 -- writes an event directly (todo_app has SELECT only); the trigger on public.tasks writes them
--- (sql/migrations/0008_task_events.sql), and removes a user's oldest when it purges.
+-- (sql/migrations/0008_task_events.sql), and removes a user's oldest when it purges, and on each
+-- write the expired events of a few other users too (sql/migrations/0011_purge_every_users_events.sql).
 -- Applying this file replaces every policy on the table, so the file is exactly what is live.
 
 CALL app.drop_all_policies('public.task_events');
@@ -9,10 +10,15 @@ CREATE POLICY "task events are visible to their owner" ON public.task_events
     FOR SELECT TO todo_app
     USING (user_id = (SELECT app.current_user_id()));
 
--- The trigger's own writes. Its function runs as the table's owner (the role that applies this
--- file), and under FORCE ROW LEVEL SECURITY an owner without BYPASSRLS (the embedded database's
--- todo_owner) is held to policies too: these let it write and purge events from inside a trigger,
--- and nowhere else. They do not apply to todo_app, which has no INSERT or DELETE on the table.
+-- The trigger's own reads and writes. Its function runs as the table's owner (the role that
+-- applies this file), and under FORCE ROW LEVEL SECURITY an owner without BYPASSRLS (the embedded
+-- database's todo_owner) is held to policies too: these let it read, write and purge events from
+-- inside a trigger, and nowhere else; it reads other users' events only to purge those that expired.
+-- They do not apply to todo_app, which has no INSERT or DELETE on the table.
+CREATE POLICY "task events are read by the trigger on tasks" ON public.task_events
+    FOR SELECT TO CURRENT_USER
+    USING (pg_catalog.pg_trigger_depth() > 0);
+
 CREATE POLICY "task events are written by the trigger on tasks" ON public.task_events
     FOR INSERT TO CURRENT_USER
     WITH CHECK (pg_catalog.pg_trigger_depth() > 0);

@@ -1,7 +1,7 @@
 -- Row-level security on public.task_events, proved from SQL: a user sees their own events only,
 -- nobody writes, changes or removes an event directly, and the trigger on public.tasks writes one
 -- event per real change, in order, and purges a user's oldest only when there is something to
--- purge. Identities are switched the way the API switches them, inside one transaction that is
+-- purge; anyone's write purges every user's expired events. Identities are switched the way the API switches them, inside one transaction that is
 -- rolled back at the end:
 --
 --     psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/task_events.sql
@@ -137,5 +137,33 @@ SELECT pg_temp.is(
 SELECT pg_temp.is(
     (SELECT array_agg(task ->> 'title' ORDER BY id) FROM public.task_events), ARRAY['four', 'five', 'six'],
     'SELECT: and its event is kept beside the others');
+
+
+-- Every user's expired events are purged by anyone's write, not only by their own next one
+-- (sql/migrations/0011_purge_every_users_events.sql): carol, who writes no more, loses hers, her
+-- deleted task's content among them, to bob's write.
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-carol', true);
+INSERT INTO public.users (id) VALUES ('sqltest-carol');
+INSERT INTO public.tasks (user_id, title) VALUES ('sqltest-carol', 'carol''s secret');
+DELETE FROM public.tasks WHERE title = 'carol''s secret';
+RESET ROLE;
+-- As a DBA would make events old by hand: older than anyone else's, so the drain takes hers first.
+UPDATE public.task_events SET created_at = now() - interval '400 days' WHERE user_id = 'sqltest-carol';
+SET LOCAL ROLE todo_app;
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-bob', true);
+UPDATE public.tasks SET title = 'bob''s, renamed';
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-carol', true);
+SELECT pg_temp.is(
+    (SELECT count(*) FROM public.task_events), 0::bigint,
+    'DELETE: carol''s expired events are purged by bob''s write');
+RESET ROLE;
+SELECT pg_temp.is(
+    (SELECT count(*) FROM app.task_event_counts WHERE user_id = 'sqltest-carol'), 0::bigint,
+    'DELETE: carol, left with no event, is no longer counted, so no later write picks her again');
+SELECT pg_temp.is(
+    (SELECT array_agg(task ->> 'title' ORDER BY id) FROM public.task_events
+     WHERE user_id IN ('sqltest-alice', 'sqltest-bob')),
+    ARRAY['bob''s', 'four', 'five', 'six', 'bob''s, renamed'],
+    'DELETE: and nobody else''s events, which have not expired, are touched');
 
 ROLLBACK;

@@ -32,6 +32,7 @@ MIGRATION_IDS = [
     "0008_task_events",
     "0009_wake_after_commit",
     "0010_event_purges",
+    "0011_purge_every_users_events",
 ]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
@@ -95,7 +96,7 @@ def test_policy_files_are_parsed() -> None:
         "task_events",
         "task_event_purges",
     }
-    assert len(policies_in_files()) == 19
+    assert len(policies_in_files()) == 21
 
 
 def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
@@ -181,8 +182,9 @@ def test_plain_yoyo_apply_from_the_project_root(empty_db_url: str) -> None:
     assert apply_migrations(empty_db_url) == []
 
 
-# What 0009_wake_after_commit and 0010_event_purges change: the trigger's function, the columns of
-# the counts, the triggers and functions beside them, and the tables.
+# What 0009_wake_after_commit, 0010_event_purges and 0011_purge_every_users_events change: the
+# trigger's function, the columns and indexes of the counts, the triggers and functions beside them,
+# and the tables.
 EVENTS_MACHINERY = """
 select pg_get_functiondef('app.publish_task_event'::regproc),
        (select array_agg(oid::regclass::text order by oid::regclass::text) from pg_class
@@ -191,6 +193,8 @@ select pg_get_functiondef('app.publish_task_event'::regproc),
                          order by attnum)
         from pg_attribute
         where attrelid = 'app.task_event_counts'::regclass and attnum > 0 and not attisdropped),
+       (select array_agg(indexrelid::regclass::text order by indexrelid::regclass::text) from pg_index
+        where indrelid = 'app.task_event_counts'::regclass),
        (select array_agg(tgrelid::regclass || ' ' || tgname order by tgrelid::regclass::text, tgname)
         from pg_trigger where not tgisinternal),
        (select array_agg(p.oid::regprocedure::text order by p.oid::regprocedure::text) from pg_proc as p
@@ -273,6 +277,17 @@ def test_0010_takes_every_user_with_events_to_have_had_some_purged_and_rolls_bac
 
     migrate_all_then_roll_back_to(empty_db_url, "0009_wake_after_commit")
     assert events_machinery(empty_db_url) == at_0009
+
+
+def test_0011_rolls_back_to_0010_exactly(empty_db_url: str) -> None:
+    migrate_up_to(empty_db_url, "0010_event_purges")
+    at_0010 = events_machinery(empty_db_url)
+
+    migrate_up_to(empty_db_url, "0011_purge_every_users_events")
+    assert events_machinery(empty_db_url) != at_0010
+
+    migrate_all_then_roll_back_to(empty_db_url, "0010_event_purges")
+    assert events_machinery(empty_db_url) == at_0010
 
 
 def test_a_dba_removing_events_by_hand_is_recorded_like_a_purge(migrated_db: Conn) -> None:

@@ -40,11 +40,13 @@ KEY_POLICIES = {
 }
 EVENT_POLICIES = {
     "task events are visible to their owner",
+    "task events are read by the trigger on tasks",
     "task events are written by the trigger on tasks",
     "task events are purged by the trigger on tasks",
 }
 EVENT_PURGE_POLICIES = {
     "event purges are visible to their user",
+    "event purges are read by the trigger on task_events",
     "event purges are recorded by the trigger on task_events",
     "event purges are raised by the trigger on task_events",
 }

@@ -92,7 +92,18 @@ OWNERS_FAILURE = {
     "idempotency_keys": "ERROR:  not ok - DELETE: carol's expired key was purged",
     "task_event_purges": "ERROR:  new row violates row-level security policy",
 }
-OWNERS = [policy for policy in policies_in_files("CURRENT_USER") if policy[0] in OWNERS_FAILURE]
+# The owner's reads of other users' rows, which only the drain of every user's expired events needs
+# (sql/migrations/0011_purge_every_users_events.sql): without one, an idle user's events are kept,
+# or the write that drains them is refused.
+DRAIN_POLICIES = {
+    ("task_events", "task events are read by the trigger on tasks"): "kept",
+    ("task_event_purges", "event purges are read by the trigger on task_events"): "refused",
+}
+OWNERS = [
+    policy
+    for policy in policies_in_files("CURRENT_USER")
+    if policy[0] in OWNERS_FAILURE and policy[:2] not in DRAIN_POLICIES
+]
 ADMIT_EVERYTHING = {
     "SELECT": "for select to todo_app using (true)",
     "INSERT": "for insert to todo_app with check (true)",
@@ -140,6 +151,7 @@ def test_a_policy_that_admits_everything_fails_its_test(
 
 # Like the embedded database's todo_owner (api/ops/embedded.py): LOGIN CREATEROLE, no BYPASSRLS.
 UNBYPASSING_OWNER = "todo_unbypassing_owner"
+UNBYPASSING_DATABASE = "todo_unbypassing_owner"
 
 
 @pytest.fixture
@@ -148,7 +160,7 @@ def unbypassing_owner_db_url(db: Conn, superuser_url: str, postgres_server: Noop
 
     todo_app belongs to the cluster and exists already (`db` made it), so the superuser hands it to
     this owner as its creator would hold it."""
-    name = "todo_unbypassing_owner"
+    name = UNBYPASSING_DATABASE
     ensure_login_role_and_database(superuser_url, UNBYPASSING_OWNER)
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
         superuser.execute(
@@ -202,3 +214,55 @@ def test_each_policy_of_the_owners_triggers_is_needed_by_an_owner_that_does_not_
 
     assert result.returncode == 3, result.stdout
     assert OWNERS_FAILURE[table] in result.stderr
+
+
+# As the API acts for a user (api/db/database.py), with the default EVENTS_RETENTION_HOURS.
+ACT_AS_WRITER = (
+    "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true),"
+    " set_config('app.events_retention_hours', '24', true)"
+)
+
+
+@pytest.mark.parametrize(
+    ("dropped", "outcome"),
+    [(None, "purged"), *DRAIN_POLICIES.items()],
+    ids=["all policies", *(name for _, name in DRAIN_POLICIES)],
+)
+def test_the_drain_of_idle_users_expired_events_works_for_an_owner_that_does_not_bypass_row_level_security(
+    unbypassing_owner_db_url: str,
+    postgres_server: NoopExecutor,
+    dropped: tuple[str, str] | None,
+    outcome: str,
+) -> None:
+    """Another user's write purges carol's expired events, as the owner that runs the drain, which
+    needs each of its own policies for reading other users' rows (DRAIN_POLICIES)."""
+
+    def write(user: str) -> None:
+        with psycopg.connect(unbypassing_owner_db_url) as conn:
+            conn.execute(ACT_AS_WRITER, [user])
+            conn.execute("insert into users (id) values (%s) on conflict do nothing", [user])
+            conn.execute("insert into tasks (user_id, title) values (%s, 'secret')", [user])
+
+    write("carol")
+    superuser_url = url_for(postgres_server, UNBYPASSING_DATABASE, user="postgres")
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(
+            "update task_events set created_at = now() - interval '400 days' where user_id = 'carol'"
+        )
+        if dropped is not None:
+            table, policy = dropped
+            superuser.execute(
+                sql.SQL("drop policy {} on {}").format(
+                    sql.Identifier(policy), sql.Identifier("public", table)
+                )
+            )
+        try:
+            write("writer")
+        except psycopg.errors.InsufficientPrivilege:
+            seen = "refused"
+        else:
+            (left,) = (
+                superuser.execute("select count(*) from task_events where user_id = 'carol'").fetchone() or ()
+            )
+            seen = "purged" if left == 0 else "kept"
+    assert seen == outcome
