@@ -15,11 +15,18 @@ from api.db.database import Query
 BATCH = 100
 
 _START = text(
-    "SELECT (SELECT coalesce(max(id), 0) FROM public.task_events WHERE user_id = :user_id) AS newest,"
-    " EXISTS (SELECT FROM public.task_events WHERE user_id = :user_id AND id = :after AND created_at"
+    "SELECT greatest(mine.newest_event, coalesce(mine.purged_through, 0)) AS newest,"
+    " CASE"
+    " WHEN mine.after = 0 AND mine.purged_through IS NULL THEN true"
+    " WHEN mine.after = mine.purged_through THEN mine.after >= mine.newest_event"
+    " ELSE mine.after > coalesce(mine.purged_through, 0) AND EXISTS (SELECT FROM public.task_events"
+    " WHERE user_id = :user_id AND id = mine.after AND created_at"
     " >= now() - make_interval(secs => current_setting('app.events_retention_hours')::float8 * 3600))"
-    " OR (CAST(:after AS bigint) = 0"
-    " AND NOT EXISTS (SELECT FROM public.task_event_purges WHERE user_id = :user_id)) AS kept"
+    " END AS kept"
+    " FROM (SELECT CAST(:after AS bigint) AS after,"
+    " (SELECT coalesce(max(id), 0) FROM public.task_events WHERE user_id = :user_id) AS newest_event,"
+    " (SELECT purged_through FROM public.task_event_purges WHERE user_id = :user_id) AS purged_through)"
+    " AS mine"
 )
 _AFTER = text(
     "SELECT id, kind, task_id, task FROM public.task_events"
@@ -28,11 +35,16 @@ _AFTER = text(
 
 
 def start(user_id: str, after: int) -> Query:
-    """The user's newest event id (0 when none), and whether a stream may resume after `after`: the
-    trigger purges a user's events oldest first, so while the last event a client saw is kept, every
-    event after it is too; and from 0 (before any event) while none of the user's was ever purged
-    (sql/migrations/0010_event_purges.sql). An event older than app.events_retention_hours counts as
-    gone before the user's next write purges it, so a client can rely on the retention it was told."""
+    """Where the user's events stand now, and whether a stream may resume after `after`.
+
+    Now is the newest event id; for a user whose events were all purged, the newest purged
+    (sql/migrations/0010_event_purges.sql); 0 for a user who never had one. A stream resumes:
+    - from 0 (before any event) while none of the user's events was ever purged;
+    - from where the purges stopped while no event came since: the position handed to a stream of a
+      user whose events were all purged, so an idle user's reconnects are not told to reset;
+    - from one of the user's events while it is kept and nothing after it was purged (a DBA may
+      remove any event). One older than app.events_retention_hours counts as gone before a write
+      purges it, so a client can rely on the retention it was told."""
     return Query(_START, {"user_id": user_id, "after": after})
 
 

@@ -278,6 +278,72 @@ def test_a_stream_resumed_from_before_any_event_starts_with_reset_once_one_was_p
     assert purged == sorted([(alice.id, True), (bob.id, True)])
 
 
+def test_an_idle_users_expired_events_are_purged_by_anyones_write_and_her_streams_go_on_without_reset(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    alice, bob = new_user(), new_user()
+
+    def events_of(user: ApiUser) -> list[tuple[str, Any]]:
+        rows = api_db.execute("select kind, task from task_events where user_id = %s order by id", [user.id])
+        return rows.fetchall()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        created = await client.post(alice.tasks_url, json={"title": "a secret"}, headers=alice.headers)
+        assert (
+            await client.delete(alice.task_url(created.json()["id"]), headers=alice.headers)
+        ).status_code == 204
+        async with opened(client, alice) as stream:
+            seen_all = await stream.opening_id()
+        assert [kind for kind, _ in events_of(alice)] == ["task.created", "task.deleted"]
+        # Past EVENTS_RETENTION_HOURS, and older than any other test's, so the drain takes hers first.
+        api_db.execute(
+            "update task_events set created_at = now() - interval '400 days' where user_id = %s", [alice.id]
+        )
+
+        # Alice writes no more; bob's write purges her events, her deleted task's content with them.
+        assert (
+            await client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
+        ).status_code == 201
+        assert events_of(alice) == []
+        assert [kind for kind, _ in events_of(bob)] == ["task.created"]
+
+        # Her tab, which had seen everything, goes on without a reset, and so does a new one, which
+        # opens where the purge stopped; both get her next change.
+        async with opened(client, alice, last_event_id=seen_all) as resumed, opened(client, alice) as fresh:
+            assert await resumed.opening_id() == seen_all
+            assert await fresh.opening_id() == seen_all
+            later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            assert kinds_and_bodies([await resumed.next()]) == [("task.created", later.json())]
+            assert kinds_and_bodies([await fresh.next()]) == [("task.created", later.json())]
+        # Resuming from where the purge stopped, now that an event came since, is no longer enough.
+        async with opened(client, alice, last_event_id=seen_all) as stream:
+            assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
+
+    run(api_url, scenario)
+
+
+def test_a_stream_resumed_from_before_an_event_removed_by_hand_starts_with_reset(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        created = await client.post(alice.tasks_url, json={"title": "one"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            seen_create = await stream.opening_id()
+        await client.put(alice.task_url(created.json()["id"]), json={"title": "two"}, headers=alice.headers)
+        [(renamed,)] = api_db.execute(
+            "select id from task_events where user_id = %s and id > %s", [alice.id, int(seen_create)]
+        ).fetchall()
+        # A DBA removes the rename's event, and not the create's, which a tab saw last.
+        api_db.execute("delete from task_events where id = %s", [renamed])
+        async with opened(client, alice, last_event_id=seen_create) as stream:
+            reset = await stream.next()
+            assert (reset.kind, reset.data, reset.id) == ("reset", {}, str(renamed))
+
+    run(api_url, scenario)
+
+
 def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_back(api_url: str) -> None:
     alice, bob = new_user(), new_user()
 
