@@ -33,6 +33,7 @@ MIGRATION_IDS = [
     "0009_wake_after_commit",
     "0010_event_purges",
     "0011_purge_every_users_events",
+    "0012_refuse_event_truncate",
 ]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
@@ -288,6 +289,33 @@ def test_0011_rolls_back_to_0010_exactly(empty_db_url: str) -> None:
 
     migrate_all_then_roll_back_to(empty_db_url, "0010_event_purges")
     assert events_machinery(empty_db_url) == at_0010
+
+
+def test_0012_rolls_back_to_0011_exactly(empty_db_url: str) -> None:
+    migrate_up_to(empty_db_url, "0011_purge_every_users_events")
+    at_0011 = events_machinery(empty_db_url)
+
+    migrate_up_to(empty_db_url, "0012_refuse_event_truncate")
+    assert events_machinery(empty_db_url) != at_0011
+
+    migrate_all_then_roll_back_to(empty_db_url, "0011_purge_every_users_events")
+    assert events_machinery(empty_db_url) == at_0011
+
+
+def test_a_dba_truncating_events_is_refused_and_told_the_delete_that_is_recorded(migrated_db: Conn) -> None:
+    migrated_db.execute("insert into users (id) values ('truncated')")
+    migrated_db.execute("insert into tasks (user_id, title) values ('truncated', 'one')")
+    migrated_db.commit()
+
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
+        migrated_db.execute("truncate task_events")
+    migrated_db.rollback()
+
+    assert "TRUNCATE of public.task_events is refused" in str(refused.value)
+    assert refused.value.diag.message_hint is not None
+    assert refused.value.diag.message_hint.startswith("DELETE FROM public.task_events")
+    kept = migrated_db.execute("select count(*) from task_events where user_id = 'truncated'").fetchone()
+    assert kept == (1,)
 
 
 def test_a_dba_removing_events_by_hand_is_recorded_like_a_purge(migrated_db: Conn) -> None:
