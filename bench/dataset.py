@@ -174,12 +174,24 @@ def load(superuser_url: str, size: Size, progress: Callable[[str], None] = print
 
 
 def restore(superuser_url: str, size: Size) -> None:
-    """Back to the loaded data before a phase: delete the tasks that earlier creates added, and
-    vacuum away the row versions the writes left, so every phase measures the same dataset.
+    """Back to the loaded data before a phase: delete the tasks that earlier creates added and the
+    live-changes events every write left (the load makes none), and vacuum away the row versions the
+    writes left, so every phase measures the same dataset.
 
     Without this a user's first page grows from 20 tasks to about 70 after one create scenario (both
-    sides add rows), and every list measured after it serialises three times as many rows.
+    sides add rows), and every list measured after it serialises three times as many rows. Each write
+    also rewrites its user's row of app.task_event_counts, which no phase vacuumed: after 20 s of
+    pgbench's creates it held 100,000 dead row versions for 1,000 users, and pgbench's tps fell by a
+    fifth over those four rounds (bench/RESULTS.md, "Purging idle users' events").
     """
     with psycopg.connect(superuser_url, autocommit=True) as connection:
         connection.execute("delete from public.tasks where id > %s", [size.tasks])
-        connection.execute("vacuum (analyze) public.tasks")
+        # DELETE, not TRUNCATE, which the database refuses for events (0012); the purge records the
+        # deletion makes go with them.
+        connection.execute("delete from public.task_events")
+        connection.execute("delete from public.task_event_purges")
+        connection.execute("delete from app.task_event_counts")
+        connection.execute(
+            "vacuum (analyze) public.tasks, public.task_events, public.task_event_purges,"
+            " app.task_event_counts"
+        )

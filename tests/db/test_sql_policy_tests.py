@@ -223,6 +223,14 @@ ACT_AS_WRITER = (
 )
 
 
+def write_as_the_api(url: str, user: str) -> None:
+    """A create, as the API makes it for `user`."""
+    with psycopg.connect(url) as conn:
+        conn.execute(ACT_AS_WRITER, [user])
+        conn.execute("insert into users (id) values (%s) on conflict do nothing", [user])
+        conn.execute("insert into tasks (user_id, title) values (%s, 'secret')", [user])
+
+
 @pytest.mark.parametrize(
     ("dropped", "outcome"),
     [(None, "purged"), *DRAIN_POLICIES.items()],
@@ -236,14 +244,7 @@ def test_the_drain_of_idle_users_expired_events_works_for_an_owner_that_does_not
 ) -> None:
     """Another user's write purges carol's expired events, as the owner that runs the drain, which
     needs each of its own policies for reading other users' rows (DRAIN_POLICIES)."""
-
-    def write(user: str) -> None:
-        with psycopg.connect(unbypassing_owner_db_url) as conn:
-            conn.execute(ACT_AS_WRITER, [user])
-            conn.execute("insert into users (id) values (%s) on conflict do nothing", [user])
-            conn.execute("insert into tasks (user_id, title) values (%s, 'secret')", [user])
-
-    write("carol")
+    write_as_the_api(unbypassing_owner_db_url, "carol")
     superuser_url = url_for(postgres_server, UNBYPASSING_DATABASE, user="postgres")
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
         superuser.execute(
@@ -257,7 +258,7 @@ def test_the_drain_of_idle_users_expired_events_works_for_an_owner_that_does_not
                 )
             )
         try:
-            write("writer")
+            write_as_the_api(unbypassing_owner_db_url, "writer")
         except psycopg.errors.InsufficientPrivilege:
             seen = "refused"
         else:
@@ -266,3 +267,21 @@ def test_the_drain_of_idle_users_expired_events_works_for_an_owner_that_does_not
             )
             seen = "purged" if left == 0 else "kept"
     assert seen == outcome
+
+
+def test_a_dba_removing_events_by_hand_is_recorded_on_a_database_whose_owner_does_not_bypass_rls(
+    unbypassing_owner_db_url: str, postgres_server: NoopExecutor
+) -> None:
+    """The record of 0010 is written by its owner, who reads the record it raises through its own
+    SELECT policy: before that policy a DBA's DELETE of any user's events was refused here."""
+    write_as_the_api(unbypassing_owner_db_url, "carol")
+    write_as_the_api(unbypassing_owner_db_url, "carol")
+    superuser_url = url_for(postgres_server, UNBYPASSING_DATABASE, user="postgres")
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        [(first, newest)] = superuser.execute(
+            "select min(id), max(id) from task_events where user_id = 'carol'"
+        ).fetchall()
+        superuser.execute("delete from task_events where id = %s", [first])
+        superuser.execute("delete from task_events where id = %s", [newest])
+        recorded = superuser.execute("select purged_through from task_event_purges where user_id = 'carol'")
+        assert recorded.fetchall() == [(newest,)]
