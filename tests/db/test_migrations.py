@@ -280,26 +280,24 @@ def test_0010_takes_every_user_with_events_to_have_had_some_purged_and_rolls_bac
     assert events_machinery(empty_db_url) == at_0009
 
 
-def test_0011_rolls_back_to_0010_exactly(empty_db_url: str) -> None:
-    migrate_up_to(empty_db_url, "0010_event_purges")
-    at_0010 = events_machinery(empty_db_url)
+@pytest.mark.parametrize(
+    ("before", "migration"),
+    [
+        ("0010_event_purges", "0011_purge_every_users_events"),
+        ("0011_purge_every_users_events", "0012_refuse_event_truncate"),
+    ],
+)
+def test_a_migration_of_the_events_machinery_changes_it_and_rolls_back_exactly(
+    empty_db_url: str, before: str, migration: str
+) -> None:
+    migrate_up_to(empty_db_url, before)
+    at_before = events_machinery(empty_db_url)
 
-    migrate_up_to(empty_db_url, "0011_purge_every_users_events")
-    assert events_machinery(empty_db_url) != at_0010
+    migrate_up_to(empty_db_url, migration)
+    assert events_machinery(empty_db_url) != at_before
 
-    migrate_all_then_roll_back_to(empty_db_url, "0010_event_purges")
-    assert events_machinery(empty_db_url) == at_0010
-
-
-def test_0012_rolls_back_to_0011_exactly(empty_db_url: str) -> None:
-    migrate_up_to(empty_db_url, "0011_purge_every_users_events")
-    at_0011 = events_machinery(empty_db_url)
-
-    migrate_up_to(empty_db_url, "0012_refuse_event_truncate")
-    assert events_machinery(empty_db_url) != at_0011
-
-    migrate_all_then_roll_back_to(empty_db_url, "0011_purge_every_users_events")
-    assert events_machinery(empty_db_url) == at_0011
+    migrate_all_then_roll_back_to(empty_db_url, before)
+    assert events_machinery(empty_db_url) == at_before
 
 
 def test_a_dba_truncating_events_is_refused_and_told_the_delete_that_is_recorded(migrated_db: Conn) -> None:
