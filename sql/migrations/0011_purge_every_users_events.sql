@@ -4,7 +4,7 @@
 -- purged on that user's next write only (0008, 0009), so a user who never wrote again kept their
 -- last events with no time bound, copies of deleted and edited tasks' content among them. As for
 -- expired idempotency keys (0007), everyone's writes now drain them: after its own purges, the
--- trigger of 0009 purges the expired events of up to ten other users whose first kept event is past
+-- trigger of 0009 purges the expired events of up to ten more users whose first kept event is past
 -- app.events_retention_hours, the same prefix their own next write would purge. Each purge is
 -- recorded by 0010's trigger, as any other. Without the setting (a DBA at psql) nothing is purged,
 -- as in 0008.

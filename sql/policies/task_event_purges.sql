@@ -15,7 +15,7 @@ CREATE POLICY "event purges are visible to their user" ON public.task_event_purg
 -- nowhere else. They do not apply to todo_app, which has no INSERT or UPDATE on the table. The
 -- record is written with ON CONFLICT DO UPDATE, which also asks that the owner may read the row: its
 -- writer's own through todo_app's policy above, any other user's (the drain of expired events,
--- sql/migrations/0011_purge_every_users_events.sql) through this one.
+-- sql/migrations/0011_purge_every_users_events.sql, or a DBA's DELETE) through this one.
 CREATE POLICY "event purges are read by the trigger on task_events" ON public.task_event_purges
     FOR SELECT TO CURRENT_USER
     USING (pg_catalog.pg_trigger_depth() > 0);

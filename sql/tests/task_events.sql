@@ -1,8 +1,8 @@
 -- Row-level security on public.task_events, proved from SQL: a user sees their own events only,
 -- nobody writes, changes or removes an event directly, and the trigger on public.tasks writes one
 -- event per real change, in order, and purges a user's oldest only when there is something to
--- purge; anyone's write purges every user's expired events. Identities are switched the way the API switches them, inside one transaction that is
--- rolled back at the end:
+-- purge; anyone's write purges every user's expired events. Identities are switched the way the API
+-- switches them, inside one transaction that is rolled back at the end:
 --
 --     psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/task_events.sql
 --
@@ -137,7 +137,6 @@ SELECT pg_temp.is(
 SELECT pg_temp.is(
     (SELECT array_agg(task ->> 'title' ORDER BY id) FROM public.task_events), ARRAY['four', 'five', 'six'],
     'SELECT: and its event is kept beside the others');
-
 
 -- Every user's expired events are purged by anyone's write, not only by their own next one
 -- (sql/migrations/0011_purge_every_users_events.sql): carol, who writes no more, loses hers, her
