@@ -10,7 +10,7 @@ import binascii
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
@@ -33,7 +33,9 @@ def _aware_datetime(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError("a timestamp without a time zone")
-    return parsed
+    # The same instant in UTC: Postgres refuses offsets Python reads (past 15:59, or in fractions
+    # of a second). OverflowError when the instant falls outside Python's years.
+    return parsed.astimezone(UTC)
 
 
 def _text(value: str) -> str:
@@ -95,7 +97,7 @@ class Cursor:
             if not isinstance(value, str) or "\x00" in value:
                 raise ValueError
             parsed = SORT_KEYS[cursor_sort].parse_cursor_value(value)
-        except (ValueError, TypeError, binascii.Error, UnicodeError):
+        except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeError):
             raise ValueError("is not a cursor this API issued") from None
         if (cursor_sort, cursor_order) != (sort, order):
             raise ValueError("was issued for another sort or order; keep them the same while paging")

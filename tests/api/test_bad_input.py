@@ -4,6 +4,7 @@ import base64
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -232,6 +233,7 @@ def test_list_refuses_a_parameter_given_twice(api: Api, query: str, fields: list
         pytest.param("created", cursor_of(["created", "desc", T, True]), id="id-boolean"),
         pytest.param("created", cursor_of(["created", "desc", "2020-01-01T00:00:00", 1]), id="naive-time"),
         pytest.param("created", cursor_of(["created", "desc", "yesterday", 1]), id="bad-time"),
+        pytest.param("created", cursor_of(["created", "desc", "0001-01-01T00:00+16:00", 1]), id="year-0"),
         pytest.param("title", cursor_of(["title", "asc", 5, 1]), id="number-title"),
         pytest.param("title", cursor_of(["title", "asc", "a\x00", 1]), id="nul-title"),
         pytest.param("title", cursor_of(["title", "asc", "\ud800", 1]), id="surrogate-title"),
@@ -257,6 +259,25 @@ def test_cursor_only_fits_the_sort_it_came_from(api: Api) -> None:
         {"sort": "title", "cursor": cursor[: len(cursor) // 2]},
     ):
         api.refused("GET", api.user.tasks_url, field="query.cursor", params=params)
+
+
+@pytest.mark.parametrize("offset", ["+15:59", "+16:00", "-16:00", "+05:30:15.500000"])
+def test_a_cursor_names_its_instant_in_any_offset_python_reads(api: Api, offset: str) -> None:
+    """Postgres takes offsets up to 15:59 and in whole seconds; the cursor's instant is what counts."""
+    for title in ("a", "b", "c"):
+        assert api.send("POST", api.user.tasks_url, {"title": title}).status_code == 201
+    page = api.send("GET", api.user.tasks_url, limit="1")
+    match = re.search(r"[?&]cursor=([^&>]+)", page.headers["link"])
+    assert match is not None
+    sort, order, value, task_id = json.loads(base64.urlsafe_b64decode(match.group(1) + "=" * 3))
+    shifted = datetime.fromisoformat(value).astimezone(datetime.strptime(offset, "%z").tzinfo)
+    assert shifted.isoformat().endswith(offset)
+    expected = api.send("GET", api.user.tasks_url, cursor=match.group(1))
+    moved = cursor_of([sort, order, shifted.isoformat(), task_id])
+    answer = api.send("GET", api.user.tasks_url, cursor=moved)
+    assert answer.status_code == 200, answer.text
+    titles = [task["title"] for task in answer.json()]
+    assert titles == [task["title"] for task in expected.json()] == ["b", "a"]
 
 
 BODIES = {"GET": None, "DELETE": None, "PUT": {"title": "Changed"}, "PATCH": {"completed": True}}
