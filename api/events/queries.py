@@ -29,8 +29,12 @@ _START = text(
     " AS mine"
 )
 _AFTER = text(
-    "SELECT id, kind, task_id, task FROM public.task_events"
-    " WHERE user_id = :user_id AND id > :after ORDER BY id LIMIT :batch"
+    "SELECT mine.missed, next.id, next.kind, next.task_id, next.task"
+    " FROM (SELECT coalesce((SELECT purged_through FROM public.task_event_purges"
+    " WHERE user_id = :user_id), 0) > CAST(:after AS bigint) AS missed) AS mine"
+    " LEFT JOIN LATERAL (SELECT id, kind, task_id, task FROM public.task_events"
+    " WHERE user_id = :user_id AND id > :after ORDER BY id LIMIT :batch) AS next ON NOT mine.missed"
+    " ORDER BY next.id"
 )
 
 
@@ -49,5 +53,8 @@ def start(user_id: str, after: int) -> Query:
 
 
 def events_after(user_id: str, after: int) -> Query:
-    """The user's next events after `after`, oldest first."""
+    """The user's next events after `after`, oldest first, each row saying `missed` false; or, when
+    any event after `after` was purged (sql/migrations/0010_event_purges.sql records every removal),
+    only one row, `missed` true and no event: the stream cannot go on from there without a reset.
+    One statement, so no purge can fall between reading the events and reading the record."""
     return Query(_AFTER, {"user_id": user_id, "after": after, "batch": BATCH})

@@ -98,7 +98,7 @@ async def events(
     try:
         position = begin.position
         if begin.reset:
-            yield ServerSentEvent(data="{}", event="reset", id=str(position))
+            yield _reset(position)
         else:
             # No event, only the id: a client that reconnects before any event resumes from here.
             yield ServerSentEvent(id=str(position))
@@ -112,15 +112,24 @@ async def events(
                 rows = await asyncio.shield(
                     caller.run(queries.events_after(caller.user.id, position), read_only=True)
                 )
+                missed = rows[0]["missed"]
+                if missed:
+                    # Purged before this stream sent them (it fell behind): the client refetches, as
+                    # a client resuming from here would be told to, and the stream goes on from now.
+                    position = (await asyncio.shield(start(caller, None))).position
             except _NOT_NOW:
                 # The listener wakes every stream once the database is back; until then, and until
                 # isolation is verified again, retry.
                 await _wait(subscription, min(_RETRY_SECONDS, expires_at - time.time()))
                 continue
-            for row in rows:
+            if missed:
+                yield _reset(position)
+                continue
+            batch = [row for row in rows if row["id"] is not None]
+            for row in batch:
                 yield server_sent(row)
                 position = row["id"]
-            if len(rows) == queries.BATCH:
+            if len(batch) == queries.BATCH:
                 continue
             remaining = expires_at - time.time()
             if remaining <= 0:
@@ -130,6 +139,11 @@ async def events(
             )
     finally:
         hub.unsubscribe(subscription)
+
+
+def _reset(position: int) -> ServerSentEvent:
+    """Tells the client to refetch the list: events it has not seen are gone."""
+    return ServerSentEvent(data="{}", event="reset", id=str(position))
 
 
 async def _wait(subscription: Subscription, seconds: float) -> None:

@@ -344,6 +344,36 @@ def test_a_stream_resumed_from_before_an_event_removed_by_hand_starts_with_reset
     run(api_url, scenario)
 
 
+def test_an_open_stream_whose_next_events_were_purged_before_it_read_them_sends_reset(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """A stream far enough behind may find the events it was about to send purged (a write keeps at
+    most MAX_TASKS_PER_USER of a user's events): it says reset, as a resume from there would, rather
+    than go on as if they never happened."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        seen = await client.post(alice.tasks_url, json={"title": "seen"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            # Committed together, so the stream cannot read the new events before they are gone.
+            with api_db.transaction():
+                api_db.execute("insert into tasks (user_id, title) values (%s, 'missed')", [alice.id])
+                api_db.execute("delete from task_events where user_id = %s", [alice.id])
+            [(purged_through,)] = api_db.execute(
+                "select purged_through from task_event_purges where user_id = %s", [alice.id]
+            ).fetchall()
+            reset = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
+            assert (reset.kind, reset.data, reset.id) == ("reset", {}, str(purged_through))
+            # Then live from there, with nothing sent twice.
+            renamed = await client.put(
+                alice.task_url(seen.json()["id"]), json={"title": "renamed"}, headers=alice.headers
+            )
+            assert kinds_and_bodies([await stream.next()]) == [("task.updated", renamed.json())]
+
+    run(api_url, scenario)
+
+
 def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_back(api_url: str) -> None:
     alice, bob = new_user(), new_user()
 

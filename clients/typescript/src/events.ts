@@ -7,8 +7,9 @@
  *   reconnect after the server ended the stream (it does when the token expires).
  * - Reconnects wait with exponential backoff (or the server's Retry-After on a 429) and resume with
  *   Last-Event-ID, so nothing is missed and nothing comes twice.
- * - `reset` means "refetch the list": the server sends it when the id is too old to resume from, and
- *   the client when it reconnects without one (before any event arrived).
+ * - `reset` means "refetch the list": the server sends it when the id is too old to resume from or
+ *   when events a stream had not sent yet were purged, and the client when it reconnects without
+ *   one (before any event arrived).
  */
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import type { components } from "./schema.js";
