@@ -4,6 +4,7 @@ Authenticated like every task route (`AuthenticatedRoute`: the same Bearer token
 sse-starlette writes the wire format, the heartbeat comments and notices the client leaving.
 """
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,6 +12,8 @@ import jwt
 from fastapi import APIRouter, Request, Response
 from fastapi.security.utils import get_authorization_scheme_param
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from api.auth.errors import InvalidToken, KeysUnavailable
 from api.auth.verification import Authenticator
@@ -21,8 +24,23 @@ from api.http.conditional import field_value
 from api.settings import Settings
 from api.tasks import docs
 
+logger = logging.getLogger(__name__)
+
 # A stream that cannot take a write this long (a client that stopped reading) is closed.
 _SEND_TIMEOUT_SECONDS = 30.0
+
+
+class _EventStream(EventSourceResponse):
+    """sse-starlette's response, for which a client that stopped reading ends the stream like any
+    other way of leaving: the request was the 200 it answered, not a server error any user could
+    cause at will (tests/test_slow_event_readers.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* SendTimeoutError:
+            logger.info("closed a stream whose client took nothing for %.0f s", _SEND_TIMEOUT_SECONDS)
+
 
 LAST_EVENT_ID = {
     "name": "Last-Event-ID",
@@ -127,7 +145,7 @@ async def stream_events(caller: CallerDep, request: Request) -> Response:
         expires_at=float(jwt.decode(token, options={"verify_signature": False})["exp"]),
         still_trusted=_still_trusted(request.app.state.authenticator, token),
     )
-    return EventSourceResponse(
+    return _EventStream(
         events,
         ping=settings.events_heartbeat_seconds,
         send_timeout=_SEND_TIMEOUT_SECONDS,
