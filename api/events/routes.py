@@ -142,7 +142,9 @@ async def stream_events(caller: CallerDep, request: Request) -> Response:
         hub,
         subscription,
         begin,
-        expires_at=float(jwt.decode(token, options={"verify_signature": False})["exp"]),
+        # Authentication accepts a token until `exp` plus the leeway: so does its stream.
+        expires_at=float(jwt.decode(token, options={"verify_signature": False})["exp"])
+        + settings.jwt_leeway_seconds,
         still_trusted=_still_trusted(request.app.state.authenticator, token),
     )
     return _EventStream(

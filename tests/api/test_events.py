@@ -14,9 +14,10 @@ import psycopg
 import pytest
 from httpx_sse import aconnect_sse
 
+from api.app import create_app
 from api.auth.dev_tokens import mint_token
 from tests.api.events_client import Event, async_client, opened
-from tests.support import SECRET, ApiUser, new_user
+from tests.support import SECRET, ApiUser, new_user, serving, settings_for
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
 
@@ -422,17 +423,28 @@ def test_streams_are_authenticated_like_the_task_routes(client: httpx.Client) ->
     assert other.json()["type"] == "urn:todo-api:problem:forbidden"
 
 
-def test_a_stream_ends_when_its_token_expires(api_url: str) -> None:
+def test_a_stream_ends_when_its_token_stops_being_accepted(api_db_url: str) -> None:
+    """At `exp` plus JWT_LEEWAY_SECONDS: a token accepted within the leeway gets a stream that lasts
+    as long as the token is accepted, not one that ends at once (and is reopened, and ends...)."""
     user_id = new_user().id
-    short_lived = ApiUser(user_id, mint_token(SECRET, user_id, ttl_seconds=2))
+    in_leeway = ApiUser(user_id, mint_token(SECRET, user_id, ttl_seconds=-1))
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        async with opened(client, short_lived) as stream:
+        async with opened(client, in_leeway) as stream:
             await stream.opening_id()
-            # The server ends it (no event, only heartbeats at most) once `exp` has passed.
+            created = await client.post(
+                in_leeway.tasks_url, json={"title": "late"}, headers=in_leeway.headers
+            )
+            assert created.status_code == 201
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", created.json())]
+            # Then the server ends it (no further event, heartbeats at most) once the leeway is over.
             assert [block for block in await stream.end() if block.data] == []
+        # And a reconnection with the same token is refused.
+        async with opened(client, in_leeway) as again:
+            assert again.response.status_code == 401
 
-    run(api_url, scenario)
+    with serving(create_app(settings_for(api_db_url, jwt_leeway_seconds=5))) as base_url:
+        run(base_url, scenario)
 
 
 def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.Client) -> None:
