@@ -10,6 +10,7 @@ instead HEAD is served as GET one layer above the router, and the 405 is compute
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
+from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -71,8 +72,12 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     return [method for method in _METHOD_ORDER if method in methods] + sorted(methods - set(_METHOD_ORDER))
 
 
-async def _on_method_not_allowed(request: Request, _: Exception) -> JSONResponse:
-    return problem_response(method_not_allowed(allowed_methods(request.app, request.scope)))
+async def _on_method_not_allowed(request: Request, error: Exception) -> JSONResponse:
+    methods = allowed_methods(request.app, request.scope)
+    if not methods and isinstance(error, HTTPException) and error.headers:
+        # Refused by a mounted app (the docs' StaticFiles), which names what it takes itself.
+        methods = [method.strip() for method in error.headers.get("Allow", "").split(",") if method.strip()]
+    return problem_response(method_not_allowed(methods))
 
 
 def install_method_rules(app: FastAPI) -> None:

@@ -58,7 +58,10 @@ def test_completion_names_patch_only(client: httpx.Client, alice: ApiUser, metho
         assert response.content == b""
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json"])
+@pytest.mark.parametrize(
+    "path",
+    ["/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/assets/favicon.png"],
+)
 def test_an_unauthenticated_get_route_names_get_and_head(client: httpx.Client, path: str) -> None:
     _assert_405(client.post(path), "GET, HEAD")
 
@@ -77,7 +80,10 @@ def _assert_head_is_get_without_a_body(client: httpx.Client, url: str, headers: 
     assert "x-request-id" in head.headers
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json"])
+@pytest.mark.parametrize(
+    "path",
+    ["/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/assets/favicon.png"],
+)
 def test_head_answers_every_unauthenticated_get_route(client: httpx.Client, path: str) -> None:
     get = client.get(path)
     assert get.status_code == 200
