@@ -4,11 +4,19 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # HS256 with a short secret can be brute-forced offline from one captured token.
 MIN_SECRET_LENGTH = 32
+# Postgres's integer: the statement timeout and the task quota are stored in one.
+POSTGRES_INT_MAX = 2**31 - 1
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+
+def _upper_case(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -57,7 +65,7 @@ class Settings(BaseSettings):
     # max_prepared_statements, Neon's pooled endpoint); DB_PREPARED_STATEMENTS then does not apply.
     db_prepare_threshold: int | None = Field(default=None, ge=0)
     # Per transaction: a runaway query cannot hold a connection (and a user's requests) for longer.
-    db_statement_timeout_ms: int = Field(default=5000, ge=100)
+    db_statement_timeout_ms: int = Field(default=5000, ge=100, le=POSTGRES_INT_MAX)
     # Requests one user may make per minute, per worker (a token bucket); 0 turns the limit off.
     rate_limit_per_minute: int = Field(default=600, ge=0)
     # How often each worker re-runs the isolation check while it serves.
@@ -67,7 +75,7 @@ class Settings(BaseSettings):
     # How long a create's Idempotency-Key is remembered, in hours.
     idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
     # Tasks one user may have; the database refuses the INSERT past it (409 task-limit-reached).
-    max_tasks_per_user: int = Field(default=10_000, ge=1)
+    max_tasks_per_user: int = Field(default=10_000, ge=1, le=POSTGRES_INT_MAX)
     # Live changes (GET /api/{user_id}/events, api/events). How long events are kept for a stream to
     # resume from; an older Last-Event-ID gets `event: reset`.
     events_retention_hours: float = Field(default=24.0, gt=0, le=24 * 30)
@@ -94,8 +102,9 @@ class Settings(BaseSettings):
         description="Embedded Postgres data folder, when DATABASE_URL is unset (default: .data here).",
     )
     # On SIGTERM, requests in flight get this long to finish before their worker is killed.
-    shutdown_grace_seconds: int = Field(default=30, ge=1)
-    log_level: str = "INFO"
+    shutdown_grace_seconds: int = Field(default=30, ge=1, le=24 * 3600)
+    # The levels Python's logging and granian both know, in any case.
+    log_level: Annotated[LogLevel, BeforeValidator(_upper_case)] = "INFO"
     # json: one JSON object per line; text: lines for people. Default: text at a terminal, else json.
     log_format: Literal["json", "text"] | None = None
     # GET /metrics in the Prometheus text format, without a token: expose it only to the scraper.

@@ -96,6 +96,20 @@ def test_serve_refuses_an_unsafe_database_listing_its_findings(tmp_path: Path, m
     [
         ({"BETTER_AUTH_SECRET": "too-short"}, "BETTER_AUTH_SECRET must be at least 32 characters"),
         ({"DATABASE_URL": "postgresql://nobody@/nowhere"}, "BETTER_AUTH_SECRET is required to serve"),
+        # Each accepted once, to fail later: at the first log line, in granian, or on every request.
+        *[
+            (
+                {"DATABASE_URL": "postgresql://nobody@/nowhere", "BETTER_AUTH_SECRET": SECRET, name: value},
+                name,
+            )
+            for name, value in [
+                ("LOG_LEVEL", "verbose"),
+                ("LOG_LEVEL", "fatal"),
+                ("DB_STATEMENT_TIMEOUT_MS", "99999999999"),
+                ("MAX_TASKS_PER_USER", "99999999999"),
+                ("SHUTDOWN_GRACE_SECONDS", "99999999999999999999"),
+            ]
+        ],
     ],
 )
 def test_serve_names_the_setting_to_fix(tmp_path: Path, variables: dict[str, str], message: str) -> None:
@@ -121,4 +135,25 @@ def test_a_port_held_by_another_program_is_one_line_before_anything_starts(
     result = run_cli("serve", "--port", str(silent_port), "--data-dir", str(data_dir), cwd=tmp_path)
     assert_one_clear_failure(result.stderr, result.returncode, f"port {silent_port}", "already in use")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not data_dir.exists(), "no Postgres was started"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("serve", "--port", "70000"), "argument --port: '70000' is not a TCP port"),
+        (("serve", "--port", "-1"), "argument --port: '-1' is not a TCP port"),
+        (("serve", "--workers", "0"), "argument --workers: '0' is not a whole number of at least 1"),
+        (("token", "alice", "--ttl", "0"), "argument --ttl: '0' is not a whole number of at least 1"),
+    ],
+)
+def test_an_argument_out_of_range_is_refused_before_anything_starts(
+    tmp_path: Path, arguments: tuple[str, ...], message: str
+) -> None:
+    data_dir = tmp_path / "data"
+    result = run_cli(*arguments, "--data-dir", str(data_dir), cwd=tmp_path, BETTER_AUTH_SECRET=SECRET)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
     assert not data_dir.exists(), "no Postgres was started"

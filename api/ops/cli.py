@@ -327,6 +327,21 @@ def openapi(args: argparse.Namespace) -> None:
     print(json.dumps(openapi_document(), indent=2, sort_keys=True))
 
 
+def _whole_number(value: str, lowest: int, highest: int, what: str) -> int:
+    """argparse's type for a number in a range, saying what is wanted rather than `invalid int value`."""
+    if not (value.isascii() and value.isdigit()) or not lowest <= int(value) <= highest:
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
+    return int(value)
+
+
+def _port(value: str) -> int:
+    return _whole_number(value, 0, 65535, "a TCP port (0 to 65535)")
+
+
+def _positive(value: str) -> int:
+    return _whole_number(value, 1, sys.maxsize, "a whole number of at least 1")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="todo-api",
@@ -339,9 +354,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_parser = commands.add_parser("serve", help="run the API", description="Run the API.")
     serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve_parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve_parser.add_argument("--port", type=_port, default=8000, help="port to listen on (default: 8000)")
     serve_parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes; one per core serves best (default: 1)"
+        "--workers", type=_positive, default=1, help="worker processes; one per core serves best (default: 1)"
     )
     serve_parser.add_argument(
         "--migrate",
@@ -374,7 +389,9 @@ def _parser() -> argparse.ArgumentParser:
     token_parser.add_argument("user_id", help="the token's subject: the user id in /api/{user_id}/tasks")
     token_parser.add_argument("--email", help="the token's email claim (default: none)")
     token_parser.add_argument("--name", help="the token's name claim (default: none)")
-    token_parser.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: 3600)")
+    token_parser.add_argument(
+        "--ttl", type=_positive, default=3600, help="lifetime in seconds (default: 3600)"
+    )
     token_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
     token_parser.set_defaults(run=token)
 
