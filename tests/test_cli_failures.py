@@ -73,6 +73,13 @@ def test_a_url_of_another_kind(tmp_path: Path, command: tuple[str, ...]) -> None
     assert_one_clear_failure(result.stderr, result.returncode, "must start with postgresql://")
 
 
+@pytest.mark.parametrize("url", ["postgresql://a@127.0.0.1:1/todo?foo=bar", "postgresql://a@[::1/todo"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_url_libpq_cannot_read(tmp_path: Path, command: tuple[str, ...], url: str) -> None:
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(result.stderr, result.returncode, "DATABASE_URL is not a valid connection URL")
+
+
 def test_serve_refuses_an_unmigrated_database_saying_how_to_fix_it(tmp_path: Path, empty_db_url: str) -> None:
     result = run_cli(
         "serve", "--port", "0", cwd=tmp_path, DATABASE_URL=empty_db_url, BETTER_AUTH_SECRET=SECRET
@@ -157,3 +164,21 @@ def test_an_argument_out_of_range_is_refused_before_anything_starts(
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert not data_dir.exists(), "no Postgres was started"
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "policies"])
+@pytest.mark.parametrize(("inside", "reason"), [("", "a file, not a folder"), ("sub", "Not a directory")])
+def test_a_data_dir_that_cannot_be_a_folder(tmp_path: Path, command: str, inside: str, reason: str) -> None:
+    in_the_way = tmp_path / "data"
+    in_the_way.write_text("not a folder")
+    data_dir = in_the_way / inside if inside else in_the_way
+    result = run_cli(command, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_clear_failure(result.stderr, result.returncode, f"in {data_dir} ({reason})", "--data-dir")
+    assert in_the_way.read_text() == "not a folder"
+
+
+def test_an_env_file_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"DB_POOL_SIZE=\xff\xfe\n")
+    result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(result.stderr, result.returncode, ".env is not UTF-8")
+    assert result.stdout == ""

@@ -28,9 +28,8 @@ def _strip_scheme(url: str) -> str:
 def libpq_url(url: str, **extra: str | int) -> str:
     """The URL as libpq reads it, with extra connection parameters (say connect_timeout) added."""
     plain = "postgresql://" + _strip_scheme(url)
-    if not extra:
-        return plain
     try:
+        # Parsed even without extras: a URL libpq cannot read is the user's to fix, said here.
         return psycopg.conninfo.make_conninfo(plain, **extra)
     except psycopg.ProgrammingError as error:
         raise DatabaseUrlError(f"DATABASE_URL is not a valid connection URL: {error}") from None

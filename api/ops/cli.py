@@ -51,6 +51,8 @@ def _load_settings() -> Settings:
         return Settings()
     except ValidationError as error:
         raise configuration_failure(error) from None
+    except UnicodeDecodeError:
+        raise CommandFailed(".env is not UTF-8 text: save it as UTF-8, or remove it") from None
 
 
 def _near_misses() -> list[str]:
@@ -90,6 +92,24 @@ def _installed_command() -> str:
         return str(script.absolute())
 
 
+def _usable_folder(data_dir: Path) -> Path:
+    """The embedded database's folder, made if missing; one line when it cannot be (a file is in the
+    way, the file system is read-only, ...)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = "a file, not a folder" if data_dir.is_file() else error.strerror
+        raise CommandFailed(_unusable_folder(data_dir, reason)) from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise CommandFailed(_unusable_folder(data_dir, "not writable"))
+    return data_dir
+
+
+def _unusable_folder(data_dir: Path, reason: str | None) -> str:
+    where = f"cannot keep the embedded database in {data_dir} ({reason})"
+    return f"{where}: pick another with --data-dir or DATA_DIR"
+
+
 @contextmanager
 def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
     """DATABASE_URL when set; otherwise the embedded database, stopped again on the way out."""
@@ -101,7 +121,7 @@ def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
             raise CommandFailed(str(error)) from None
         yield url
         return
-    database = embedded.start(data_dir or settings.data_dir)
+    database = embedded.start(_usable_folder(data_dir or settings.data_dir))
     try:
         embedded.export_environment(database)
         yield database.url
