@@ -13,8 +13,11 @@ from starlette.datastructures import Headers
 
 from api.http.problems import invalid_input
 
-# An entity-tag: optional W/, then characters %x21 / %x23-7E / obs-text in double quotes.
-_ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
+# An entity-tag: optional W/, then characters %x21 / %x23-7E / obs-text in double quotes; empty list
+# elements before it are skipped (RFC 9110, section 5.6.1.2: recipients accept and ignore them).
+_ENTITY_TAG = re.compile(r'[\s,]*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
+# What may follow the last tag: more empty elements.
+_EMPTY_ELEMENTS = re.compile(r"[\s,]*")
 
 ANY: Literal["*"] = "*"
 
@@ -43,7 +46,7 @@ def entity_tags(value: str, field: str) -> list[EntityTag] | Literal["*"]:
             break
         tags.append(EntityTag(found.group(2), weak=found.group(1) is not None))
         position = found.end()
-    if not tags or position < len(value):
+    if not tags or _EMPTY_ELEMENTS.fullmatch(value, position) is None:
         raise invalid_input(
             f"header.{field}", 'Send "*" or entity-tags such as "12.3", as an ETag gave them.'
         )

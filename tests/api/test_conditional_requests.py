@@ -142,6 +142,18 @@ def test_a_malformed_entity_tag_list_is_422(
     assert [error["field"] for error in response.json()["errors"]] == [f"header.{header.lower()}"]
 
 
+def test_empty_list_elements_around_the_tags_are_ignored(client: httpx.Client, alice: ApiUser) -> None:
+    """RFC 9110, section 5.6.1.2: a recipient accepts and ignores empty list elements."""
+    task, tag = _create(client, alice)
+    url = alice.task_url(task["id"])
+    for sent in (f", {tag}", f'"0.1",, {tag} ,', f",{tag}, ,"):
+        response = client.get(url, headers={**alice.headers, "If-None-Match": sent})
+        assert response.status_code == 304, sent
+    written = client.put(url, json={"title": "x"}, headers={**alice.headers, "If-Match": f",{tag},"})
+    assert written.status_code == 200, written.text
+    assert written.json()["title"] == "x"
+
+
 def test_two_writes_with_the_same_if_match_cannot_both_win(client: httpx.Client, alice: ApiUser) -> None:
     task, tag = _create(client, alice)
     url = alice.task_url(task["id"])
