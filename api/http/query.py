@@ -1,4 +1,6 @@
-"""Each query parameter once: a parameter sent twice is refused, not read by one of its values.
+"""Parameters read strictly: each query parameter once, and numbers as plain ASCII digits.
+
+A parameter sent twice is refused, not read by one of its values.
 
 FastAPI reads a repeated parameter of a query model by its last value, while a proxy, a cache or a
 log in front of the API may read the first: one request, two readings (HTTP parameter pollution).
@@ -33,3 +35,12 @@ def each_parameter_once(model: type[BaseModel]) -> Callable[[Request], Awaitable
             )
 
     return refuse_repeated
+
+
+def ascii_digits(value: object) -> object:
+    """A BeforeValidator for a whole-number parameter: pydantic's int() would also read "4_0", "+1",
+    " 1", "1.0" and other scripts' digits, each a second spelling of a number that logs and caches
+    would not recognise."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number in ASCII digits")
+    return value

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Column, Table
 
+from api.http.query import ascii_digits
 from api.tasks.models import Task, no_nul
 
 # tasks.id is a bigint.
@@ -123,7 +124,7 @@ class TaskListParams(BaseModel):
     q: Annotated[str | None, AfterValidator(no_nul)] = Field(
         None, max_length=200, description="Case-insensitive text to find in title or description."
     )
-    limit: int = Field(100, ge=1, le=500, description="Page size.")
+    limit: Annotated[int, BeforeValidator(ascii_digits)] = Field(100, ge=1, le=500, description="Page size.")
     # Decoded on the way in, so a bad cursor is reported like any bad parameter (`query.cursor`).
     cursor: Annotated[Cursor | None, WithJsonSchema(_CURSOR_SCHEMA)] = Field(
         None, description=_CURSOR_DESCRIPTION

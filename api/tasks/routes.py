@@ -20,7 +20,7 @@ from api.http.problems import (
     precondition_failed,
     task_limit_reached,
 )
-from api.http.query import each_parameter_once
+from api.http.query import ascii_digits, each_parameter_once
 from api.http.request_telemetry import note_change
 from api.settings import Settings
 from api.tasks import docs, queries
@@ -29,16 +29,8 @@ from api.tasks.idempotency import create_once, idempotency_key
 from api.tasks.listing import MAX_TASK_ID, Cursor, TaskListParams
 from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
 
-
-def _ascii_digits(value: object) -> object:
-    # int() would also read "4_0", "+1", " 1" and other scripts' digits.
-    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-        raise ValueError("must be a task id: ASCII digits only")
-    return value
-
-
 TaskId = Annotated[
-    int, Path(ge=1, le=MAX_TASK_ID, description="The task's id."), BeforeValidator(_ascii_digits)
+    int, Path(ge=1, le=MAX_TASK_ID, description="The task's id."), BeforeValidator(ascii_digits)
 ]
 
 

@@ -186,7 +186,10 @@ def test_post_and_put_need_a_body(api: Api, task_url: str, method: str, body: by
         *[("status", value) for value in ("done", "", "ALL")],
         *[("sort", value) for value in ("priority", "", "Title")],
         *[("order", value) for value in ("up", "", "DESC")],
-        *[("limit", value) for value in ("0", "-1", "501", str(10**30), "abc", "1.5", "")],
+        *[
+            ("limit", value)
+            for value in ("0", "-1", "501", str(10**30), "abc", "1.5", "", "5_0", "+5", " 5", "5.0")
+        ],
         pytest.param("q", "x" * 201, id="q-201-chars"),
         pytest.param("q", "a\x00b", id="q-nul"),
     ],
