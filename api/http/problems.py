@@ -107,14 +107,15 @@ def unsupported_media_type() -> ProblemError:
     )
 
 
-def precondition_failed(current_etag: str) -> ProblemError:
-    return ProblemError(
-        412,
-        "precondition-failed",
-        "Precondition failed",
+def precondition_failed(current_etag: str, *, field: str = "If-Match") -> ProblemError:
+    detail = (
         "The task changed since the ETag you sent in If-Match; nothing was changed. "
-        "Fetch it again, then retry with its new ETag.",
-        headers={"ETag": current_etag},
+        "Fetch it again, then retry with its new ETag."
+        if field == "If-Match"
+        else "If-None-Match names the task as it is (or is *, and the task exists); nothing was changed."
+    )
+    return ProblemError(
+        412, "precondition-failed", "Precondition failed", detail, headers={"ETag": current_etag}
     )
 
 

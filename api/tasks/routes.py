@@ -12,7 +12,8 @@ from pydantic import BeforeValidator, TypeAdapter
 
 from api.db.database import Rows
 from api.db.errors import LimitReached
-from api.http.caller import AuthenticatedRoute, CallerDep
+from api.http.caller import AuthenticatedRoute, Caller, CallerDep
+from api.http.conditional import field_value
 from api.http.problems import (
     error_response,
     invalid_input,
@@ -59,6 +60,24 @@ def _written(rows: Rows) -> DictRow:
     if row.get("written") is False:
         raise precondition_failed(etag(row["id"], row["version"]))
     return row
+
+
+def _refuse_unless_named(row: Mapping[str, Any], versions: list[int] | None) -> None:
+    """If-Match checked against a task read rather than written (a GET, or a write with nothing to
+    change); a write's own statement checks it otherwise (`api.tasks.queries._answer`)."""
+    if versions is not None and row["version"] not in versions:
+        raise precondition_failed(etag(row["id"], row["version"]))
+
+
+async def _refuse_if_none_match_names(caller: Caller, request: Request, task_id: int) -> None:
+    """If-None-Match on a write (RFC 9110, section 13.1.2): 412 when it is `*` or names the task as it
+    is. Only a write that sends it pays the read; a change between the read and the write makes a
+    version the client could not have named."""
+    if field_value(request.headers, "if-none-match") is None:
+        return
+    row = _found(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
+    if unchanged_for(request, task_id, row["version"]):
+        raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
 
 
 def _task(row: Mapping[str, Any], response: Response) -> TaskPublic:
@@ -172,6 +191,7 @@ async def read_task(
     caller: CallerDep, task_id: TaskId, request: Request, response: Response
 ) -> TaskPublic | Response:
     row = _found(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
+    _refuse_unless_named(row, write_condition(request, task_id, required=False))
     if unchanged_for(request, task_id, row["version"]):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(task_id, row["version"])}
@@ -192,11 +212,11 @@ async def update_task(
     caller: CallerDep, task_id: TaskId, data: TaskUpdate, request: Request, response: Response
 ) -> TaskPublic:
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
+    await _refuse_if_none_match_names(caller, request, task_id)
     user, changes = caller.user, data.changes()
     if not changes:  # nothing to write: the task as it is, if If-Match names it
         row = _found(await caller.run(queries.get_task(user.id, task_id), read_only=True))
-        if versions is not None and row["version"] not in versions:
-            raise precondition_failed(etag(task_id, row["version"]))
+        _refuse_unless_named(row, versions)
         return _task(row, response)
     row = _written(
         await caller.run(queries.update_task(user, task_id, changes, versions=versions), read_only=False)
@@ -216,6 +236,7 @@ async def update_task(
 )
 async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> None:
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
+    await _refuse_if_none_match_names(caller, request, task_id)
     _written(await caller.run(queries.delete_task(caller.user, task_id, versions=versions), read_only=False))
     note_change(request, "delete", task_id)
 
@@ -242,6 +263,7 @@ async def complete_task(
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
     completed = data.completed if data is not None else None
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
+    await _refuse_if_none_match_names(caller, request, task_id)
     query = queries.set_completed(caller.user, task_id, completed, versions=versions)
     row = _written(await caller.run(query, read_only=False))
     note_change(request, "update", task_id)

@@ -154,6 +154,39 @@ def test_empty_list_elements_around_the_tags_are_ignored(client: httpx.Client, a
     assert written.json()["title"] == "x"
 
 
+def test_a_get_whose_if_match_names_another_version_is_412(client: httpx.Client, alice: ApiUser) -> None:
+    """RFC 9110, section 13.1.1: an origin server evaluates If-Match before any method."""
+    task, tag = _create(client, alice)
+    url = alice.task_url(task["id"])
+    stale = client.get(url, headers={**alice.headers, "If-Match": '"0.1"'})
+    assert stale.status_code == 412
+    assert stale.headers["etag"] == tag
+    assert stale.json()["type"] == "urn:todo-api:problem:precondition-failed"
+    for sent in (tag, "*"):
+        assert client.get(url, headers={**alice.headers, "If-Match": sent}).status_code == 200, sent
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("PUT", "", {"title": "x"}), ("PATCH", "/complete", None), ("DELETE", "", None)],
+)
+def test_a_write_whose_if_none_match_names_the_task_is_412_and_changes_nothing(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], method: str, path: str, body: Any
+) -> None:
+    """RFC 9110, section 13.1.2: `*` means "only if the task does not exist", and a named version
+    "only if the task has moved on from it"; both are false for the task as it is."""
+    task, tag = _create(client, alice)
+    url = alice.task_url(task["id"]) + path
+    for sent in ("*", tag, f'"0.1", W/{tag}'):
+        refused = client.request(method, url, json=body, headers={**alice.headers, "If-None-Match": sent})
+        assert refused.status_code == 412, (sent, refused.text)
+        assert refused.headers["etag"] == tag
+    row = api_db.execute("select title, completed from tasks where id = %s", [task["id"]]).fetchone()
+    assert row == ("first", False), "nothing changed"
+    passed = client.request(method, url, json=body, headers={**alice.headers, "If-None-Match": '"0.1"'})
+    assert passed.status_code in (200, 204), passed.text
+
+
 def test_two_writes_with_the_same_if_match_cannot_both_win(client: httpx.Client, alice: ApiUser) -> None:
     task, tag = _create(client, alice)
     url = alice.task_url(task["id"])
