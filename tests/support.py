@@ -110,14 +110,21 @@ def run_cli(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProc
 
 @contextmanager
 def serve_process(
-    command: list[str], *, cwd: Path, env: dict[str, str], output: Path, timeout: float = 90
+    command: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    output: Path,
+    timeout: float = 90,
+    port: int | None = None,
 ) -> Iterator[tuple[str, "subprocess.Popen[str]"]]:
     """`todo-api serve` as its own process, as operators run it, until /readyz answers 200.
 
-    `command` is everything but `--port`; all it writes goes to the file `output`. Yields the base
-    URL and the process, and stops it with SIGTERM on the way out if it still runs.
+    `command` is everything but `--port` (`port`, else a free one); all it writes goes to the file
+    `output`. Yields the base URL and the process, and stops it with SIGTERM on the way out if it
+    still runs.
     """
-    port = free_port()
+    port = port or free_port()
     with output.open("w") as sink:
         process = subprocess.Popen(
             [*command, "--port", str(port)],
