@@ -6,7 +6,8 @@ client from costing anything before the API sees a request.
 - the Authorization header's own 8 KiB limit is the API's (api/http/caller.py).
 
 A worker that dies (killed by the OOM killer, say) is replaced while the others serve on; SIGTERM
-stops accepting and lets the requests in flight finish, for up to the grace period.
+stops accepting and lets the requests in flight finish, for up to the grace period. A server that dies
+(kill -9) leaves no worker serving: each stops as on SIGTERM (api/ops/worker.py).
 
 uvicorn has neither limit: it read a 64 MiB header whole.
 
@@ -25,7 +26,7 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import Server
 
-from api.ops.worker import READY_MARKER_VARIABLE, READY_MESSAGE_VARIABLE
+from api.ops.worker import READY_MARKER_VARIABLE, READY_MESSAGE_VARIABLE, SERVER_PID_VARIABLE
 
 MAX_HEAD_BYTES = 32 * 1024
 HEAD_TIMEOUT_MILLISECONDS = 10_000
@@ -57,6 +58,7 @@ def serve_with_granian(
     """Serve `create_served_app` until SIGINT or SIGTERM; the first worker ready says so."""
     os.environ[READY_MARKER_VARIABLE] = str(ready_marker)
     os.environ[READY_MESSAGE_VARIABLE] = ready_message
+    os.environ[SERVER_PID_VARIABLE] = str(os.getpid())  # granian's main process: the workers' parent
     Server(
         "api.ops.worker:create_served_app",
         factory=True,

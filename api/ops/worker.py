@@ -1,14 +1,16 @@
 """What each `todo-api serve` worker process runs: the app, in a process tuned to live long, that
 says once, for all workers, when the API is ready, and that accounts for any worker it replaces.
 
-The collector is tuned as api/ops/collector.py says, and open event streams end when the worker is
-told to stop (`_end_streams_on_shutdown`).
+The collector is tuned as api/ops/collector.py says, open event streams end when the worker is told
+to stop (`_end_streams_on_shutdown`), and a worker whose server is gone stops (`_stop_when_orphaned`).
 """
 
 import asyncio
 import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -21,10 +23,13 @@ from api.events.hub import Hub
 from api.ops.collector import tune_collector_for_serving
 from api.telemetry.metrics import dead_workers, forget_dead_worker
 
-# Set by `todo-api serve` for its workers: where the first ready worker leaves its mark, and what
-# it then says.
+# Set by `todo-api serve` for its workers: where the first ready worker leaves its mark, what it
+# then says, and the pid of the server process that starts and stops them.
 READY_MARKER_VARIABLE = "TODO_API_READY_MARKER"
 READY_MESSAGE_VARIABLE = "TODO_API_READY_MESSAGE"
+SERVER_PID_VARIABLE = "TODO_API_SERVER_PID"
+# How often a worker looks for its server: it stops this long, at most, after the server is gone.
+_ORPHAN_CHECK_SECONDS = 0.5
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +76,43 @@ def _end_streams_on_shutdown(hub: Hub) -> None:
         signal.signal(signum, end_streams_then)
 
 
+def _stop_when_orphaned(grace_seconds: int) -> None:
+    """A server killed with SIGKILL cannot stop its workers: re-parented to init, each would serve on,
+    holding the port and the embedded Postgres from the next server, and answer /healthz 200 for ever.
+    So each worker stops itself once its parent is no longer the server, as SIGTERM stops it: requests
+    in flight get `grace_seconds` to finish, after which the worker is killed, as the server would.
+
+    A thread that compares the parent's pid with the server's, rather than Linux's PR_SET_PDEATHSIG:
+    that fires when the parent *thread* that forked the worker exits, which is granian's to choose,
+    and exists on Linux only. The server's pid comes from the server, not from os.getppid() here, so
+    a server killed while this worker was still starting is noticed too. Started once the worker is
+    ready, when granian's loop handles SIGTERM: before, the signal would go to the handler inherited
+    from the server's process, and be lost.
+    """
+    recorded = os.environ.get(SERVER_PID_VARIABLE)
+    if not recorded:
+        return
+    server = int(recorded)
+
+    def watch() -> None:
+        while os.getppid() == server:
+            time.sleep(_ORPHAN_CHECK_SECONDS)
+        logger.warning("the server (pid %d) is gone; worker %d stops", server, os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_seconds)  # a daemon thread: the worker's exit ends it first
+        logger.error("worker %d killed after %d s: its requests did not finish", os.getpid(), grace_seconds)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def create_served_app() -> FastAPI:
     _account_for_dead_workers()
     app: FastAPI
 
     def on_ready() -> None:
         _end_streams_on_shutdown(app.state.events_hub)
+        _stop_when_orphaned(app.state.settings.shutdown_grace_seconds)
         _announce_once()
 
     app = create_app(on_ready=on_ready)
