@@ -1,6 +1,8 @@
 """`todo-api serve --workers 2` through what happens to servers: a second server started on its port,
-a worker killed as the OOM killer would, and SIGTERM while a request is in flight."""
+a worker killed as the OOM killer would, SIGTERM while a request is in flight, and the server itself
+killed with SIGKILL."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,7 +15,18 @@ import httpx
 import psutil
 import psycopg
 
-from tests.support import CLI, SECRET, cli_env, new_user, run_cli, scrape, serve_process, value
+from api.ops.startup_checks import refuse_a_taken_port
+from tests.support import (
+    CLI,
+    SECRET,
+    cli_env,
+    free_port,
+    new_user,
+    run_cli,
+    scrape,
+    serve_process,
+    value,
+)
 
 
 def _workers(server: "subprocess.Popen[str]") -> set[int]:
@@ -111,3 +124,41 @@ def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
         assert server.returncode == 0, log.read_text()
     with psycopg.connect(api_db_url) as check:
         assert check.execute("select title from tasks where id = %s", [task["id"]]).fetchone() == ("after",)
+
+
+def _end_what_is_left(workers: set[int], pgdata: Path) -> None:
+    """Whatever a failed run left behind: workers still serving, and the embedded Postgres."""
+    for pid in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
+    with contextlib.suppress(FileNotFoundError, ValueError, psutil.NoSuchProcess, psutil.TimeoutExpired):
+        postmaster = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+        postmaster.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
+        postmaster.wait(timeout=10)
+
+
+def test_a_server_killed_with_sigkill_leaves_its_port_and_data_to_the_next_server(tmp_path: Path) -> None:
+    data_dir, port = tmp_path / "data", free_port()
+    command = [*CLI, "serve", "--workers", "2", "--data-dir", str(data_dir)]
+    # The killed server cannot remove its serving folder: it goes to tmp_path rather than /tmp.
+    env = cli_env(TMPDIR=str(tmp_path))
+    workers: set[int] = set()
+    try:
+        with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "killed.log", port=port) as (
+            _,
+            server,
+        ):
+            _wait_for(lambda: len(_workers(server)) == 2, "two workers")
+            workers = _workers(server)
+            server.kill()
+            server.wait(timeout=10)
+
+        _wait_for(lambda: all(_gone(pid) for pid in workers), "the workers stop with their server", 5)
+        refuse_a_taken_port("127.0.0.1", port)  # raises while anyone still listens there
+        with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "next.log", port=port) as (
+            base_url,
+            _,
+        ):
+            assert httpx.get(f"{base_url}/healthz").status_code == 200
+    finally:
+        _end_what_is_left(workers, data_dir / "pgdata")
