@@ -9,6 +9,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # HS256 with a short secret can be brute-forced offline from one captured token.
 MIN_SECRET_LENGTH = 32
+# How long any connection (serve's, migrate's, the audit's) waits for a server to answer; libpq's own
+# default is to wait forever on a host that accepts the connection and then says nothing.
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 5
 # Postgres's integer: the statement timeout and the task quota are stored in one.
 POSTGRES_INT_MAX = 2**31 - 1
 
@@ -55,7 +58,7 @@ class Settings(BaseSettings):
     # least 1); their further requests wait DB_POOL_TIMEOUT_SECONDS, then get 429.
     db_max_connections_per_user: int | None = Field(default=None, ge=1)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
-    db_connect_timeout_seconds: int = Field(default=5, ge=1)
+    db_connect_timeout_seconds: int = Field(default=DEFAULT_CONNECT_TIMEOUT_SECONDS, ge=1)
     # auto: statements are prepared (SQL PREPARE, once per connection) on connections that reach
     # Postgres itself, never through a pooler; on: on every connection (a pooler in session mode);
     # off: never. See api/db/prepared.py.

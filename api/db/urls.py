@@ -6,6 +6,8 @@ parameter. We only translate the scheme: yoyo picks its driver by scheme, and
 `postgresql+psycopg://` (yoyo's name for psycopg 3) is not something libpq reads.
 """
 
+from urllib.parse import urlencode
+
 import psycopg.conninfo
 
 _SCHEMES = ("postgresql+psycopg://", "postgresql://", "postgres://")
@@ -35,6 +37,11 @@ def libpq_url(url: str, **extra: str | int) -> str:
         raise DatabaseUrlError(f"DATABASE_URL is not a valid connection URL: {error}") from None
 
 
-def yoyo_url(url: str) -> str:
-    """The URL with the scheme that makes yoyo use psycopg 3."""
-    return "postgresql+psycopg://" + _strip_scheme(url)
+def yoyo_url(url: str, **extra: str | int) -> str:
+    """The URL with the scheme that makes yoyo use psycopg 3, with extra connection parameters added
+    as libpq_url adds them: yoyo hands its URL's query to psycopg, the last of a name winning."""
+    rest = _strip_scheme(url)
+    if not extra:
+        return "postgresql+psycopg://" + rest
+    libpq_url(url, **extra)  # refuses a parameter libpq does not know, as serve's URL would
+    return "postgresql+psycopg://" + rest + ("&" if "?" in rest else "?") + urlencode(extra)

@@ -129,9 +129,9 @@ def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
         database.stop()
 
 
-def _migrate(url: str) -> str:
+def _migrate(url: str, settings: Settings) -> str:
     try:
-        applied = apply_migrations(url)
+        applied = apply_migrations(url, connect_timeout_seconds=settings.db_connect_timeout_seconds)
     except psycopg.OperationalError as error:
         raise database_failure(error, url) from None
     except (SqlFilesMissing, MigrationFailed) as error:
@@ -210,7 +210,7 @@ def serve(args: argparse.Namespace) -> None:
         if development and not origins:
             origins = os.environ["CORS_ORIGINS"] = embedded.DEVELOPMENT_ORIGINS
         if development or args.migrate:
-            logger.info("todo-api: %s", _migrate(url))
+            logger.info("todo-api: %s", _migrate(url, settings))
         asyncio.run(_check_isolation(url, settings))
 
         from api.ops.server import serve_with_granian
@@ -266,7 +266,8 @@ def _create_login_role(owner_url: str, name: str, settings: Settings) -> str:
         if served.get("user") == name and served.get("password"):
             password = str(served["password"])
     try:
-        ensure_api_login_role(owner_url, name, password=password)
+        conninfo = libpq_url(owner_url, connect_timeout=settings.db_connect_timeout_seconds)
+        ensure_api_login_role(conninfo, name, password=password)
     except psycopg.OperationalError as error:
         raise database_failure(error, owner_url) from None
     except psycopg.Error as error:
@@ -283,7 +284,7 @@ def _create_login_role(owner_url: str, name: str, settings: Settings) -> str:
 def migrate(args: argparse.Namespace) -> None:
     settings = _settings()
     with _migration_url(settings, args.data_dir) as url:
-        print(f"todo-api: {_migrate(url)}")
+        print(f"todo-api: {_migrate(url, settings)}")
         if args.login_role:
             print(f"todo-api: {_create_login_role(url, args.login_role, settings)}")
 
@@ -332,7 +333,7 @@ def policies(args: argparse.Namespace) -> None:
     settings = _settings()
     with _database_url(settings, args.data_dir) as url:
         try:
-            audit = audit_database(url)
+            audit = audit_database(url, connect_timeout_seconds=settings.db_connect_timeout_seconds)
         except psycopg.OperationalError as error:
             raise database_failure(error, url) from None
     print(render_json(audit) if args.json else render_text(audit))

@@ -15,6 +15,7 @@ from yoyo.migrations import MigrationList
 
 from api.db.sql_files import MIGRATIONS_DIR, missing
 from api.db.urls import libpq_url, yoyo_url
+from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 
 # How long a statement of a migration waits for a lock another session holds before it gives up,
 # rather than queueing (and making every request queue behind it) for as long as that session lasts.
@@ -81,9 +82,10 @@ def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
     )
 
 
-def _refuse_a_role_that_cannot_create(database_url: str) -> None:
+def _refuse_a_role_that_cannot_create(database_url: str, connect_timeout_seconds: int) -> None:
     """yoyo keeps its bookkeeping in schema public and hides why it could not create it there."""
-    with psycopg.connect(libpq_url(database_url), autocommit=True) as connection:
+    conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
+    with psycopg.connect(conninfo, autocommit=True) as connection:
         row = connection.execute(
             "select current_user, has_schema_privilege(current_user, 'public', 'CREATE')"
         ).fetchone()
@@ -95,15 +97,18 @@ def _refuse_a_role_that_cannot_create(database_url: str) -> None:
         )
 
 
-def apply_migrations(database_url: str) -> list[str]:
+def apply_migrations(
+    database_url: str, *, connect_timeout_seconds: int = DEFAULT_CONNECT_TIMEOUT_SECONDS
+) -> list[str]:
     """Apply what is pending and the policies; return the ids of the migrations applied.
 
     Raises MigrationFailed for what the operator can fix, and psycopg.OperationalError when the
-    database cannot be reached at all."""
+    database cannot be reached at all, or does not answer within `connect_timeout_seconds`."""
     migrations = _migrations()
-    _refuse_a_role_that_cannot_create(database_url)
+    _refuse_a_role_that_cannot_create(database_url, connect_timeout_seconds)
     try:
-        backend = get_backend(yoyo_url(database_url))  # connects, and creates yoyo's own tables
+        # Connects, and creates yoyo's own tables.
+        backend = get_backend(yoyo_url(database_url, connect_timeout=connect_timeout_seconds))
         backend.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         with backend.lock(MIGRATION_LOCK_WAIT_SECONDS):
             pending = backend.to_apply(migrations)

@@ -25,6 +25,7 @@ from api.db.isolation import Finding, isolation_findings, login_role
 from api.db.reach import read_reach, write_expected
 from api.db.sql_files import AUDIT_DIR, EXPECTED_REACH, display_path, policy_files, read_sql
 from api.db.urls import libpq_url
+from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 
 LOCK_TIMEOUT = "5s"
 
@@ -232,13 +233,17 @@ def _merged(checked: list[Finding], drift: list[Finding]) -> list[Finding]:
     return kept + drift
 
 
-def audit_database(database_url: str, files: Sequence[Path] | None = None) -> Audit:
+def audit_database(
+    database_url: str,
+    files: Sequence[Path] | None = None,
+    *,
+    connect_timeout_seconds: int = DEFAULT_CONNECT_TIMEOUT_SECONDS,
+) -> Audit:
     """Audit the database at `database_url` against sql/policies/ (or `files`)."""
+    conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
 
     async def run() -> Audit:
-        async with await psycopg.AsyncConnection.connect(
-            libpq_url(database_url), autocommit=True
-        ) as connection:
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
             return await audit(connection, files)
 
     return asyncio.run(run())

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
+from yoyo.connections import parse_uri
 
 from api.db.sql_files import SQL_DIR
 from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
@@ -361,6 +362,19 @@ def test_libpq_url_adds_connection_parameters() -> None:
         "connect_timeout": "5",
         "application_name": "todo-api",
     }
+
+
+def test_yoyo_url_adds_connection_parameters_as_libpq_url_does() -> None:
+    """yoyo passes its URL's query to psycopg as keywords, the last of a name winning."""
+    url = "postgres://owner@/neondb?host=/run/postgresql&connect_timeout=30"
+    added = yoyo_url(url, connect_timeout=5)
+    assert added.startswith("postgresql+psycopg://owner@/neondb?host=/run/postgresql&")
+    assert parse_uri(added).args == {"host": "/run/postgresql", "connect_timeout": "5"}
+    assert parse_uri(yoyo_url("postgresql://owner@host/db", connect_timeout=5)).args == {
+        "connect_timeout": "5"
+    }
+    with pytest.raises(DatabaseUrlError):
+        yoyo_url(url, no_such_parameter=1)
 
 
 def test_libpq_url_rejects_an_unknown_parameter() -> None:
