@@ -18,6 +18,7 @@ from api.ops import migrations
 from api.ops.cli import main
 from api.ops.cluster import ensure_login_role_and_database
 from api.ops.embedded import start_postgres
+from api.ops.policy_audit import audit_database
 from tests.support import API_LOGIN_ROLE, as_role, run_cli
 from tests.test_cli_failures import assert_one_clear_failure
 
@@ -131,3 +132,45 @@ def test_a_bad_migration_database_url(tmp_path: Path, empty_db_url: str) -> None
     assert_one_clear_failure(
         result.stderr, result.returncode, "MIGRATION_DATABASE_URL must start with postgresql://"
     )
+
+
+def _policies_and_migrations(database_url: str) -> tuple[list[tuple[str, str, list[str]]], int]:
+    """Every policy with the roles it is for, and how many migrations yoyo has recorded."""
+    with psycopg.connect(database_url) as db:
+        policies = db.execute(
+            "select tablename::text, policyname::text, roles::text[] from pg_policies order by 1, 2"
+        ).fetchall()
+        row = db.execute("select count(*) from _yoyo_migration").fetchone()
+    assert row is not None
+    return policies, int(row[0])
+
+
+def test_a_superuser_that_does_not_own_the_schema(tmp_path: Path, migrated_db_url: str) -> None:
+    """Applied as postgres, the policy files' TO CURRENT_USER named postgres, not the tables' owner:
+    the isolation check then refused every `serve`. Migrate refuses instead, changing nothing."""
+    before = _policies_and_migrations(migrated_db_url)
+    as_superuser = as_role(migrated_db_url, "postgres")
+    result = run_cli(
+        "migrate", cwd=tmp_path, DATABASE_URL=migrated_db_url, MIGRATION_DATABASE_URL=as_superuser
+    )
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "postgres does not own the schema it would migrate",
+        "Migrate as todo_owner",
+        "MIGRATION_DATABASE_URL",
+        "nothing was changed",
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _policies_and_migrations(migrated_db_url) == before
+    assert audit_database(migrated_db_url).findings == []
+
+    # The way out the message offers a superuser: act as the owner from the first statement.
+    acting_as_owner = f"{as_superuser}&options=-c%20role%3Dtodo_owner"
+    result = run_cli(
+        "migrate", cwd=tmp_path, DATABASE_URL=migrated_db_url, MIGRATION_DATABASE_URL=acting_as_owner
+    )
+    assert result.returncode == 0, result.stderr
+    assert "none pending; policies refreshed" in result.stdout
+    assert _policies_and_migrations(migrated_db_url)[0] == before[0]
+    assert audit_database(migrated_db_url).findings == []

@@ -22,6 +22,7 @@ POLICIES_DIR = SQL_DIR / "policies"
 AUDIT_DIR = SQL_DIR / "audit"
 ISOLATION_CHECK = SQL_DIR / "checks" / "isolation.sql"
 LOGIN_ROLE_CHECK = SQL_DIR / "checks" / "login_role.sql"
+SCHEMA_OWNER_CHECK = SQL_DIR / "checks" / "schema_owner.sql"
 REACH_CHECK = SQL_DIR / "checks" / "reach.sql"
 EXPECTED_REACH = SQL_DIR / "checks" / "expected_reach.json"
 

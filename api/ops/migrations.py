@@ -13,7 +13,7 @@ from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 from yoyo.migrations import MigrationList
 
-from api.db.sql_files import MIGRATIONS_DIR, missing
+from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, missing, read_sql
 from api.db.urls import libpq_url, yoyo_url
 from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 
@@ -82,19 +82,48 @@ def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
     )
 
 
-def _refuse_a_role_that_cannot_create(database_url: str, connect_timeout_seconds: int) -> None:
-    """yoyo keeps its bookkeeping in schema public and hides why it could not create it there."""
+def _cannot_create(role: str) -> MigrationFailed:
+    # yoyo keeps its bookkeeping in schema public and hides why it could not create it there.
+    return MigrationFailed(
+        f"{role} may not change the schema (no CREATE on schema public): it is a login role "
+        "that owns nothing, which is right for serving; migrate as the database's owner "
+        "(set MIGRATION_DATABASE_URL to its URL)"
+    )
+
+
+def _not_the_owner(role: str, owners: list[str]) -> MigrationFailed:
+    # Even a superuser, who could change everything, would re-create the policies the files say are
+    # `TO CURRENT_USER` for itself rather than for the tables' owner: the isolation check would then
+    # refuse every `serve`. Acting as the owner is the operator's explicit choice, never ours.
+    if len(owners) > 1:
+        return MigrationFailed(
+            f"schema app and its tables have several owners ({', '.join(owners)}), so no role can "
+            "migrate them as their one owner: give them one (ALTER ... OWNER TO), then migrate as it "
+            "(MIGRATION_DATABASE_URL); nothing was changed"
+        )
+    owner = owners[0]
+    return MigrationFailed(
+        f"{role} does not own the schema it would migrate ({owner} owns schema app and its tables): "
+        f"applied as {role}, the policies for the tables' owner would name {role}, and serve would "
+        f"refuse to start. Migrate as {owner}: set MIGRATION_DATABASE_URL to its URL, or, for a "
+        f"superuser's URL, add options=-c%20role%3D{owner} to it to act as {owner}; nothing was changed"
+    )
+
+
+def _refuse_a_role_that_may_not_migrate(database_url: str, connect_timeout_seconds: int) -> None:
+    """Only the schema's owner migrates it (none yet: whoever may create there becomes it)."""
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
     with psycopg.connect(conninfo, autocommit=True) as connection:
         row = connection.execute(
             "select current_user, has_schema_privilege(current_user, 'public', 'CREATE')"
         ).fetchone()
-    if row is not None and not row[1]:
-        raise MigrationFailed(
-            f"{row[0]} may not change the schema (no CREATE on schema public): it is a login role "
-            "that owns nothing, which is right for serving; migrate as the database's owner "
-            "(set MIGRATION_DATABASE_URL to its URL)"
-        )
+        owners = [str(owner) for (owner,) in connection.execute(read_sql(SCHEMA_OWNER_CHECK))]
+    assert row is not None
+    role, may_create = str(row[0]), bool(row[1])
+    if not may_create:
+        raise _cannot_create(role)
+    if owners and owners != [role]:
+        raise _not_the_owner(role, owners)
 
 
 def apply_migrations(
@@ -105,7 +134,7 @@ def apply_migrations(
     Raises MigrationFailed for what the operator can fix, and psycopg.OperationalError when the
     database cannot be reached at all, or does not answer within `connect_timeout_seconds`."""
     migrations = _migrations()
-    _refuse_a_role_that_cannot_create(database_url, connect_timeout_seconds)
+    _refuse_a_role_that_may_not_migrate(database_url, connect_timeout_seconds)
     try:
         # Connects, and creates yoyo's own tables.
         backend = get_backend(yoyo_url(database_url, connect_timeout=connect_timeout_seconds))
