@@ -19,11 +19,19 @@ from typing import Any, TypeVar
 
 import psycopg
 import sqlparse
+from psycopg import sql
 from psycopg.rows import class_row
 
 from api.db.isolation import Finding, isolation_findings, login_role
 from api.db.reach import read_reach, write_expected
-from api.db.sql_files import AUDIT_DIR, EXPECTED_REACH, display_path, policy_files, read_sql
+from api.db.sql_files import (
+    AUDIT_DIR,
+    EXPECTED_REACH,
+    SCHEMA_OWNER_CHECK,
+    display_path,
+    policy_files,
+    read_sql,
+)
 from api.db.urls import libpq_url
 from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 
@@ -172,20 +180,44 @@ def compare_policies(live: Iterable[Policy], expected: _Expected) -> list[Findin
     return findings
 
 
+async def _schema_owners(connection: Connection) -> list[str]:
+    cursor = await connection.execute(read_sql(SCHEMA_OWNER_CHECK))
+    return [str(owner) for (owner,) in await cursor.fetchall()]
+
+
+async def _act_as_the_owner(connection: Connection, owner: str) -> None:
+    """Inside the caller's transaction, become the tables' owner, as migrate runs: the files' `TO
+    CURRENT_USER` means that role, whoever audits (a superuser, or a member of the owner). Raises
+    psycopg.Error when the login role may not become it."""
+    cursor = await connection.execute("select current_user")
+    current = await cursor.fetchone()
+    if current is not None and current[0] != owner:
+        await connection.execute(sql.SQL("set local role {}").format(sql.Identifier(owner)))
+
+
+def _not_compared(reason: str) -> list[Finding]:
+    return [Finding("drift", f"could not compare the live policies with sql/policies/: {reason}")]
+
+
 async def policy_drift(connection: Connection, files: Sequence[Path] | None = None) -> list[Finding]:
     """Compare the live policies with sql/policies/ (or `files`), changing nothing.
 
-    Runs as the login role, which must own the tables (as the migrating role does) to re-create
-    their policies. When it cannot, that is itself a finding: drift was not checked.
+    Applies the files as the tables' owner (as migrate does), which the login role must be, or be
+    able to become, to re-create their policies. When it cannot, that is itself a finding: drift was
+    not checked.
     """
     try:
         async with connection.transaction(force_rollback=True):
             await connection.execute(f"set local lock_timeout = '{LOCK_TIMEOUT}'")
+            owners = await _schema_owners(connection)
+            if len(owners) > 1:
+                return _not_compared(f"schema app and its tables have several owners ({', '.join(owners)})")
+            if owners:
+                await _act_as_the_owner(connection, owners[0])
             live = await read_policies(connection)
             expected = await _apply_policy_files(connection, policy_files() if files is None else files)
     except psycopg.Error as error:
-        reason = (error.diag.message_primary or str(error)).strip()
-        return [Finding("drift", f"could not compare the live policies with sql/policies/: {reason}")]
+        return _not_compared((error.diag.message_primary or str(error)).strip())
     return compare_policies(live, expected)
 
 

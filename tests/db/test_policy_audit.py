@@ -21,7 +21,7 @@ from api.db.sql_files import SQL_DIR
 from api.ops import policy_audit
 from api.ops.cli import main
 from api.ops.policy_audit import audit_database
-from tests.support import PROJECT, SECRET
+from tests.support import PROJECT, SECRET, as_role
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 RunPolicies = Callable[..., tuple[int, str]]
@@ -339,6 +339,25 @@ def test_a_policy_added_by_hand_is_drift(db: Conn, migrated_db_url: str) -> None
     assert findings(migrated_db_url) == [
         'policy "tasks are visible to support" on public.tasks is live but not in sql/policies/tasks.sql: '
         "it was created by hand, or its file changed and is not yet applied"
+    ]
+
+
+def test_a_superuser_that_does_not_own_the_tables_compares_as_their_owner(
+    db: Conn, migrated_db_url: str, run_policies: RunPolicies
+) -> None:
+    """Read as postgres, the files' TO CURRENT_USER named postgres, not the tables' owner: false
+    drift on a healthy database, and blindness to the trigger policies handed to postgres."""
+    as_superuser = as_role(migrated_db_url, "postgres")
+    before = live_policies(db)
+    code, out = run_policies(as_superuser)
+    assert code == 0, out
+    assert "Findings: none." in out
+    assert live_policies(db) == before, "nothing was changed, nor left owned by someone else"
+
+    db.execute('alter policy "task events are read by the trigger on tasks" on task_events to postgres')
+    assert findings(as_superuser) == [
+        'policy "task events are read by the trigger on tasks" on public.task_events differs from '
+        "sql/policies/task_events.sql: roles is `postgres` live but `todo_owner` in the file"
     ]
 
 
