@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
 from api import __version__
@@ -30,6 +31,7 @@ from api.auth.dev_tokens import mint_token
 from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
+from api.ops.cluster import ApiLoginRole, UnfitLoginRole, ensure_api_login_role
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
 from api.ops.migrations import MigrationFailed, apply_migrations, migration_failure
 from api.ops.startup_checks import (
@@ -253,13 +255,18 @@ def _migration_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
     yield url
 
 
+def _described(role: ApiLoginRole) -> str:
+    """What the role is, from the catalog: an existing one keeps attributes the recipe would not give."""
+    existed = " (it existed, and keeps its attributes)" if role.existed else ""
+    attributes = f"{'' if role.can_login else 'NO'}LOGIN {'' if role.inherits else 'NO'}INHERIT NOBYPASSRLS"
+    return (
+        f"login role {role.name}{existed}: {attributes}, owns nothing, member of {', '.join(role.member_of)}"
+    )
+
+
 def _create_login_role(owner_url: str, name: str, settings: Settings) -> str:
-    """The role to serve as (owns nothing, member of todo_app only), with DATABASE_URL's password
-    when DATABASE_URL names it."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    from api.ops.cluster import ensure_api_login_role
-
+    """The role to serve as (owns nothing, member of todo_app), with DATABASE_URL's password when
+    DATABASE_URL names it."""
     password = None
     if settings.database_url is not None:
         served = conninfo_to_dict(libpq_url(settings.database_url.get_secret_value()))
@@ -267,7 +274,9 @@ def _create_login_role(owner_url: str, name: str, settings: Settings) -> str:
             password = str(served["password"])
     try:
         conninfo = libpq_url(owner_url, connect_timeout=settings.db_connect_timeout_seconds)
-        ensure_api_login_role(conninfo, name, password=password)
+        role = ensure_api_login_role(conninfo, name, password=password)
+    except UnfitLoginRole as error:
+        raise CommandFailed(str(error)) from None
     except psycopg.OperationalError as error:
         raise database_failure(error, owner_url) from None
     except psycopg.Error as error:
@@ -278,7 +287,14 @@ def _create_login_role(owner_url: str, name: str, settings: Settings) -> str:
         else f"give it a password (ALTER ROLE {name} PASSWORD '...') unless it logs in another way, "
         f"and serve with DATABASE_URL naming {name}"
     )
-    return f"login role {name}: LOGIN NOINHERIT NOBYPASSRLS, owns nothing, member of todo_app; {where}"
+    return f"{_described(role)}; {where}"
+
+
+def _role_name(value: str) -> str:
+    """argparse's check of --login-role: an empty name would otherwise mean "no role" in silence."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("a role name cannot be empty")
+    return value
 
 
 def migrate(args: argparse.Namespace) -> None:
@@ -397,8 +413,11 @@ def _parser() -> argparse.ArgumentParser:
     migrate_parser.add_argument(
         "--login-role",
         metavar="NAME",
+        type=_role_name,
         help="also create NAME, the login role to serve as: LOGIN NOINHERIT NOBYPASSRLS, owning nothing, "
-        "member of todo_app only (its password is DATABASE_URL's when DATABASE_URL names it) (default: none)",
+        "member of todo_app only (its password is DATABASE_URL's when DATABASE_URL names it); an existing "
+        "role keeps its attributes, and is refused when it is todo_app, a superuser, has BYPASSRLS or "
+        "owns anything in the database (default: none)",
     )
     migrate_parser.set_defaults(run=migrate)
 

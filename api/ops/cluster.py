@@ -6,6 +6,8 @@ database the migrations run in, never the superuser.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -43,13 +45,70 @@ def ensure_login_role_and_database(
             )
 
 
-def ensure_api_login_role(owner_url: str, login_role: str, *, password: str | None = None) -> None:
+class UnfitLoginRole(Exception):  # noqa: N818 (what the operator sees, not a bug)
+    """An existing role the API must not serve as; `str()` says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class ApiLoginRole:
+    """What the role made or kept for serving is, read back from the catalog."""
+
+    name: str
+    existed: bool
+    can_login: bool
+    inherits: bool
+    member_of: list[str]
+
+
+# Every reason an existing role could read rows past the policies on its own, outside the switch
+# to todo_app, or could not serve at all.
+_WHY_UNFIT = """
+select pg_catalog.array_remove(array[
+    case when r.rolname = 'todo_app' then 'is todo_app itself, which the API switches to' end,
+    case when r.rolsuper then 'is a superuser, which row-level security never binds' end,
+    case when r.rolbypassrls then 'has BYPASSRLS, so row-level security does not bind it' end,
+    case when exists (select from pg_catalog.pg_database d
+                      where d.datname = pg_catalog.current_database() and d.datdba = r.oid)
+           or exists (select from pg_catalog.pg_shdepend o
+                      where o.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+                        and o.refobjid = r.oid and o.deptype = 'o'
+                        and o.dbid = (select oid from pg_catalog.pg_database
+                                      where datname = pg_catalog.current_database()))
+         then pg_catalog.format('owns objects in database %%I, and an owner may turn row-level '
+                                'security off', pg_catalog.current_database()) end
+], null)
+from pg_catalog.pg_roles r where r.rolname = %s
+"""
+
+_WHAT_IT_IS = """
+select r.rolcanlogin, r.rolinherit,
+       array(select b.rolname::text from pg_catalog.pg_auth_members m
+             join pg_catalog.pg_roles b on b.oid = m.roleid where m.member = r.oid order by 1)
+from pg_catalog.pg_roles r where r.rolname = %s
+"""
+
+
+def _refuse_an_unfit_role(connection: psycopg.Connection[tuple[Any, ...]], login_role: str) -> None:
+    row = connection.execute(_WHY_UNFIT, [login_role]).fetchone()
+    reasons = list(row[0]) if row is not None else []
+    if not reasons:
+        return
+    raise UnfitLoginRole(
+        f"refusing --login-role {login_role}: it {'; and it '.join(reasons)}. Name a new role instead (say "
+        "--login-role todo_login), which is created LOGIN NOINHERIT NOBYPASSRLS, owning nothing; "
+        f"nothing about {login_role} was changed"
+    )
+
+
+def ensure_api_login_role(owner_url: str, login_role: str, *, password: str | None = None) -> ApiLoginRole:
     """The role the API should serve as: it logs in, owns nothing, bypasses nothing, and inherits
-    nothing; it is a member of todo_app only, so that every request can switch to it.
+    nothing; it is a member of todo_app, so that every request can switch to it.
 
     Run as the migrating owner, who holds todo_app with ADMIN (0001_app_role.sql) and needs
-    CREATEROLE to create a role. A role that exists already is left as it is, but for its password
-    (when one is given) and its membership of todo_app."""
+    CREATEROLE to create a role. A role that exists already keeps its attributes, and is given only
+    the password (when one is given) and membership of todo_app; UnfitLoginRole, with nothing
+    changed, when it is todo_app, a superuser, has BYPASSRLS or owns anything in the database.
+    Returns what the role is afterwards, as the catalog says."""
     with psycopg.connect(owner_url, autocommit=True) as connection:
         role = sql.Identifier(login_role)
         exists = connection.execute("select from pg_roles where rolname = %s", [login_role]).fetchone()
@@ -59,6 +118,12 @@ def ensure_api_login_role(owner_url: str, login_role: str, *, password: str | No
                     "create role {} login noinherit nobypassrls nosuperuser nocreatedb nocreaterole"
                 ).format(role)
             )
+        else:
+            _refuse_an_unfit_role(connection, login_role)
         if password is not None:
             connection.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
         connection.execute(sql.SQL("grant todo_app to {}").format(role))
+        row = connection.execute(_WHAT_IT_IS, [login_role]).fetchone()
+    assert row is not None
+    can_login, inherits, member_of = row
+    return ApiLoginRole(login_role, exists is not None, bool(can_login), bool(inherits), list(member_of))

@@ -117,3 +117,76 @@ def test_migrate_runs_as_migration_database_url(
     assert result.returncode == 0, result.stderr
     assert "0006_drop_isolation_baseline" in result.stdout
     assert audit_database(served).findings == []
+
+
+def _role_state(db: Conn, name: str) -> tuple[Any, ...] | None:
+    """A role's attributes and the roles it belongs to: what --login-role could have changed."""
+    return db.execute(
+        """select rolcanlogin, rolinherit, rolbypassrls, rolsuper, rolpassword is not null,
+                  array(select b.rolname::text from pg_auth_members m join pg_roles b on b.oid = m.roleid
+                        where m.member = r.oid order by 1)
+           from pg_authid r where rolname = %s""",
+        [name],
+    ).fetchone()
+
+
+@pytest.fixture
+def bypassrls_role(migrated_db: Conn) -> Iterator[str]:
+    name = f"todo_bypass_{secrets.token_hex(4)}"
+    migrated_db.autocommit = True
+    migrated_db.execute(sql.SQL("create role {} login bypassrls").format(sql.Identifier(name)))
+    yield name
+    migrated_db.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        pytest.param("postgres", "is a superuser", id="superuser"),
+        pytest.param("todo_owner", "owns", id="schema-owner"),
+        pytest.param("todo_app", "is todo_app itself", id="todo_app"),
+        pytest.param(None, "has BYPASSRLS", id="bypassrls"),
+    ],
+)
+def test_login_role_refuses_an_existing_role_that_could_read_past_the_policies(
+    superuser_url: str,
+    migrated_db_url: str,
+    bypassrls_role: str,
+    tmp_path: Path,
+    name: str | None,
+    why: str,
+) -> None:
+    """Such a role was left as it was while migrate printed "NOBYPASSRLS, owns nothing": false."""
+    name = name or bypassrls_role
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        before = _role_state(superuser, name)
+        result = run_cli("migrate", "--login-role", name, cwd=tmp_path, DATABASE_URL=migrated_db_url)
+        after = _role_state(superuser, name)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"refusing --login-role {name}: it " in result.stderr
+    assert f"it {why}" in result.stderr
+    assert "Name a new role" in result.stderr
+    assert "owns nothing" not in result.stdout
+    assert after == before, "nothing about the role was changed"
+
+
+def test_login_role_says_what_an_existing_role_is(
+    migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path
+) -> None:
+    """An existing role is left as it is (but for todo_app): the line says what it is, not the recipe."""
+    migrated_db.execute(sql.SQL("create role {} login inherit").format(sql.Identifier(fresh_role)))
+    result = run_cli("migrate", "--login-role", fresh_role, cwd=tmp_path, DATABASE_URL=migrated_db_url)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"login role {fresh_role} (it existed, and keeps its attributes): LOGIN INHERIT NOBYPASSRLS, "
+        "owns nothing, member of todo_app" in result.stdout
+    )
+
+
+def test_an_empty_login_role_is_refused_before_anything_runs(empty_db_url: str, tmp_path: Path) -> None:
+    result = run_cli("migrate", "--login-role", "", cwd=tmp_path, DATABASE_URL=empty_db_url)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--login-role: a role name cannot be empty" in result.stderr
+    with psycopg.connect(empty_db_url) as db:
+        assert db.execute("select to_regclass('public.tasks')").fetchone() == (None,), "nothing migrated"
