@@ -141,11 +141,18 @@ class Settings(BaseSettings):
         # Whoever can change the keys in transit can sign in as anyone; plain HTTP only on this machine.
         if value is None:
             return None
+        name = (info.field_name or "").upper()
         url = urlsplit(value)
         loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
         if url.scheme != "https" and not (url.scheme == "http" and loopback):
+            raise ValueError(f"{name} must be an https:// URL (http:// only for localhost)")
+        try:
+            port_readable = url.port is None or url.port > 0
+        except ValueError:  # not a number, or past 65535
+            port_readable = False
+        if not url.hostname or not port_readable:
             raise ValueError(
-                f"{(info.field_name or '').upper()} must be an https:// URL (http:// only for localhost)"
+                f"{name} must name a host (and any port from 1 to 65535): https://app.example.com"
             )
         return value
 

@@ -126,6 +126,9 @@ def test_serve_refuses_an_unsafe_database_listing_its_findings(tmp_path: Path, m
                 ("DB_STATEMENT_TIMEOUT_MS", "99999999999"),
                 ("MAX_TASKS_PER_USER", "99999999999"),
                 ("SHUTDOWN_GRACE_SECONDS", "99999999999999999999"),
+                ("BETTER_AUTH_URL", "https://"),
+                ("BETTER_AUTH_URL", "https://app.example.com:99999"),
+                ("BETTER_AUTH_JWKS_URL", "https://x:abc/"),
             ]
         ],
     ],
