@@ -45,9 +45,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import select
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -129,6 +131,46 @@ class SafeToRetry(DatabaseUnavailable):
     it once on another connection; raised again, it is a plain `DatabaseUnavailable`."""
 
 
+@contextlib.asynccontextmanager
+async def _answer_within(connection: _Connection, seconds: float) -> AsyncIterator[None]:
+    """Bound the wait for the server's answer: raise TimeoutError after `seconds`, the connection
+    closed.
+
+    Not by cancelling the wait, as `asyncio.timeout` does: psycopg answers a cancelled query by
+    asking the server to cancel it (up to 5 s) and waiting for the query to end (5 s more) before
+    it lets the connection go (`AsyncConnection.wait`), 10 s that a silent server always takes.
+    Instead the deadline shuts the socket down: psycopg's wait ends at once with the connection
+    broken, and nothing is asked of the server.
+    """
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        try:  # the socket libpq holds, shut through a duplicate of its descriptor
+            duplicate = socket.socket(fileno=os.dup(connection.fileno()))
+        except (OSError, psycopg.Error):
+            return  # closed already
+        with duplicate, contextlib.suppress(OSError):
+            duplicate.shutdown(socket.SHUT_RDWR)
+
+    deadline = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        yield
+    except Exception as error:
+        if expired:
+            raise TimeoutError from error
+        raise
+    finally:
+        deadline.cancel()
+        if expired:
+            await connection.close()  # even when the answer came after all: its socket is shut
+
+
+class _NoAnswer(psycopg.OperationalError):
+    """A connection did not answer a liveness check in time: it is discarded, alone."""
+
+
 class _Pool(AsyncConnectionPool[_Connection]):
     """psycopg's pool, with a bound on how long asking a connection whether it is alive may take:
     on a network that went silent the answer never comes, and `check()` would hold every idle
@@ -138,11 +180,10 @@ class _Pool(AsyncConnectionPool[_Connection]):
 
     async def check_connection(self, conn: _Connection) -> None:  # type: ignore[override]
         try:
-            async with asyncio.timeout(self.answer_timeout_seconds):
+            async with _answer_within(conn, self.answer_timeout_seconds):
                 await AsyncConnectionPool.check_connection(conn)
         except TimeoutError:
-            await conn.close()
-            raise psycopg.OperationalError("the server did not answer a liveness check in time") from None
+            raise _NoAnswer("the server did not answer a liveness check in time") from None
 
 
 async def _try_again(pool: AsyncConnectionPool[Any]) -> None:
@@ -171,8 +212,10 @@ class _LivenessCheck:
         if self.pool is not None and now - connection.handed_out_at >= self.unused_for_seconds:
             try:
                 await self.pool.check_connection(connection)
-            except psycopg.Error:
-                if connection.broken:
+            except psycopg.Error as error:
+                # Broken, but not by our own deadline (`_NoAnswer`, which breaks it too): the
+                # server ended the session.
+                if connection.broken and not isinstance(error, _NoAnswer):
                     await self.check_pool()
                 raise  # the pool discards this one and hands out another
         connection.handed_out_at = now
@@ -353,8 +396,8 @@ class Database:
             ),
             liveness=liveness,
             # The server cancels a slow statement itself; this bounds the wait when no answer can
-            # come at all (a wedged pooler, a network that drops packets silently). psycopg then
-            # spends up to 10 s asking the server to cancel before it lets the connection go.
+            # come at all (a wedged pooler, a network that drops packets silently): at the bound the
+            # connection is shut, without asking the server to cancel (`_answer_within`).
             answer_timeout_seconds=settings.db_statement_timeout_ms / 1000
             + settings.db_connect_timeout_seconds,
             tracer=tracer,
@@ -435,15 +478,14 @@ class Database:
             await connection.close()
             raise SafeToRetry("the server had ended the session before a write was sent")
         try:
-            async with asyncio.timeout(self._answer_timeout):
+            async with _answer_within(connection, self._answer_timeout):
                 if self._prepare:
                     return await self._pipelined(connection, query, as_user, read_only=read_only)
                 return await self._one_message(connection, query, as_user, read_only=read_only)
         except SafeToRetry:
             raise
         except TimeoutError:
-            # Whatever the connection was waiting for may still arrive; it cannot be reused.
-            await connection.close()
+            # Whatever the connection was waiting for may still arrive; it was closed.
             if read_only:
                 raise DatabaseUnavailable("the database did not answer in time") from None
             # BEGIN ... COMMIT went out as one message (or one pipeline): it may have committed.
