@@ -37,6 +37,7 @@ class SharedReadiness:
         self._timeout_seconds = timeout_seconds
         self._started_at = -math.inf
         self._check: asyncio.Task[bool] | None = None
+        self._pinging: asyncio.Task[None] | None = None
 
     async def reachable(self) -> bool:
         now = time.monotonic()
@@ -47,12 +48,21 @@ class SharedReadiness:
         return await asyncio.shield(self._check)
 
     async def _ping(self) -> bool:
-        try:
-            await asyncio.wait_for(self._database.ping(), self._timeout_seconds)
-        except _UNREACHABLE as error:
-            logger.warning("readiness: the database did not answer: %s", type(error).__name__)
-            return False
-        return True
+        # Waited for, not cancelled at the timeout: psycopg answers a cancelled wait by asking the
+        # server to cancel, and a silent server would hold the answer for that too. The ping ends
+        # by its own bounds (api/db/database.py); the next check waits for it rather than start another.
+        if self._pinging is None or self._pinging.done():
+            self._pinging = asyncio.create_task(self._database.ping(), name="readiness-ping")
+            # Its error is read here when it ends in time; when it ends later, by nobody else.
+            self._pinging.add_done_callback(lambda ping: ping.cancelled() or ping.exception())
+        done, _ = await asyncio.wait({self._pinging}, timeout=self._timeout_seconds)
+        error = self._pinging.exception() if done else TimeoutError()
+        if error is None:
+            return True
+        if not isinstance(error, _UNREACHABLE):
+            raise error
+        logger.warning("readiness: the database did not answer: %s", type(error).__name__)
+        return False
 
 
 def shared_readiness(request: Request) -> SharedReadiness:
