@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,15 @@ class SilenceableProxy:
             source.close()
             target.close()
 
+    def while_silent(self, send: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
+        """What `send` got while the database said nothing, and how long it waited for it."""
+        self.silent.set()
+        started = time.monotonic()
+        try:
+            return send(), time.monotonic() - started
+        finally:
+            self.silent.clear()
+
     def drop_connections(self) -> None:
         """Close every connection to the API as a load balancer's idle timeout would: the API's
         side sees the end of the stream, with no farewell from the database."""
@@ -98,11 +107,7 @@ def test_a_silent_database_is_a_fast_503_and_the_api_recovers(
     with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
         assert client.post(user.tasks_url, json={"title": "before"}, headers=user.headers).status_code == 201
 
-        proxy.silent.set()
-        started = time.monotonic()
-        response = client.get(user.tasks_url, headers=user.headers)
-        waited = time.monotonic() - started
-        proxy.silent.clear()
+        response, waited = proxy.while_silent(lambda: client.get(user.tasks_url, headers=user.headers))
 
         assert response.status_code == 503
         assert response.json()["type"] == "urn:todo-api:problem:database-unavailable"
@@ -126,11 +131,7 @@ def test_a_silent_database_costs_a_request_one_liveness_check_within_the_pool_ti
         assert client.post(user.tasks_url, json={"title": "before"}, headers=user.headers).status_code == 201
         time.sleep(1.2)  # longer than CHECK_CONNECTIONS_UNUSED_FOR_SECONDS
 
-        proxy.silent.set()
-        started = time.monotonic()
-        response = client.get(user.tasks_url, headers=user.headers)
-        waited = time.monotonic() - started
-        proxy.silent.clear()
+        response, waited = proxy.while_silent(lambda: client.get(user.tasks_url, headers=user.headers))
 
         assert response.status_code == 503
         assert response.json()["type"] == "urn:todo-api:problem:database-unavailable"
@@ -150,11 +151,7 @@ def test_readiness_says_503_within_its_three_seconds_on_a_silent_database(
         assert client.get("/readyz").status_code == 200
         time.sleep(1.2)  # longer than CHECK_CONNECTIONS_UNUSED_FOR_SECONDS: the ping checks first
 
-        proxy.silent.set()
-        started = time.monotonic()
-        response = client.get("/readyz")
-        waited = time.monotonic() - started
-        proxy.silent.clear()
+        response, waited = proxy.while_silent(lambda: client.get("/readyz"))
 
         assert response.status_code == 503
         assert waited < 3 + 1, f"/readyz took {waited:.1f} s"
