@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -162,3 +163,27 @@ def test_a_server_killed_with_sigkill_leaves_its_port_and_data_to_the_next_serve
             assert httpx.get(f"{base_url}/healthz").status_code == 200
     finally:
         _end_what_is_left(workers, data_dir / "pgdata")
+
+
+def test_two_servers_started_at_once_on_a_new_data_dir_both_serve(tmp_path: Path) -> None:
+    """The first start initialises the database once: the second waits for it, rather than take its
+    unfinished folder for an interrupted start and initialise it again under it."""
+    command = [*CLI, "serve", "--data-dir", str(tmp_path / "data")]
+    servers = [
+        serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / f"serve-{n}.log")
+        for n in (1, 2)
+    ]
+    with ThreadPoolExecutor(len(servers)) as starting:
+        started = [starting.submit(server.__enter__) for server in servers]
+    try:
+        for start in started:
+            base_url, _ = start.result()
+            assert httpx.get(f"{base_url}/readyz").status_code == 200
+        for n in (1, 2):
+            log = (tmp_path / f"serve-{n}.log").read_text()
+            assert "Traceback" not in log, log
+            assert "initialising it again" not in log, log
+    finally:
+        for server, attempt in zip(servers, started, strict=True):
+            if attempt.exception() is None:
+                server.__exit__(None, None, None)

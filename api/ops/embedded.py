@@ -8,6 +8,7 @@ none of it, so it is imported only when the embedded database is started.
 """
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import logging
@@ -16,6 +17,7 @@ import secrets
 import shutil
 import signal
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -34,6 +36,8 @@ _SECRET_FILE = "dev-secret"  # noqa: S105 (a file name, not a secret)
 # Present while the first start of a data folder (initdb, the login role) has not finished: a start
 # interrupted then (Ctrl-C during initdb) left a folder Postgres cannot use, and the next start redoes it.
 _INITIALISING = "initialising"
+# Held while a start initialises or attaches to the folder's Postgres (`_starting_alone`).
+_START_LOCK = "start.lock"
 _STOP_SECONDS = 10
 
 INSTALL_HINT = (
@@ -153,19 +157,30 @@ def _redo_an_interrupted_first_start(data_dir: Path, pgdata: Path) -> None:
         shutil.rmtree(pgdata)
 
 
+@contextlib.contextmanager
+def _starting_alone(data_dir: Path) -> Iterator[None]:
+    """One start at a time in a folder: a second `serve` started in the same moment waits for the
+    first to initialise the database, rather than take its unfinished folder for an interrupted start
+    and initialise it again under it. The kernel lets go of the lock when its process dies."""
+    with (data_dir / _START_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def start(data_dir: Path) -> EmbeddedDatabase:
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
-    _redo_an_interrupted_first_start(data_dir, pgdata)
-    first_start = not (pgdata / "PG_VERSION").exists()
-    if first_start:
-        (data_dir / _INITIALISING).touch()
-    pgdata.mkdir(exist_ok=True)
-    server = start_postgres(pgdata, cleanup_mode="stop")
-    superuser_url = libpq_url(server.get_uri(database="postgres"))
-    ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
-    if first_start:
-        (data_dir / _INITIALISING).unlink()
+    with _starting_alone(data_dir):
+        _redo_an_interrupted_first_start(data_dir, pgdata)
+        first_start = not (pgdata / "PG_VERSION").exists()
+        if first_start:
+            (data_dir / _INITIALISING).touch()
+        pgdata.mkdir(exist_ok=True)
+        server = start_postgres(pgdata, cleanup_mode="stop")
+        superuser_url = libpq_url(server.get_uri(database="postgres"))
+        ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
+        if first_start:
+            (data_dir / _INITIALISING).unlink()
     socket_dir = server.get_postmaster_info().socket_dir
     url = f"postgresql://{LOGIN_ROLE}@/{DATABASE}?host={socket_dir}"
     logger.info("embedded Postgres running", extra={"pgdata": str(pgdata)})
