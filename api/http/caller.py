@@ -29,7 +29,7 @@ from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
 from api.http.in_flight import InFlightCap
 from api.http.openapi import OpenApiDocument, amend_openapi
-from api.http.problems import ProblemError, unsupported_media_type
+from api.http.problems import ProblemError, unsupported_content_coding, unsupported_media_type
 from api.http.rate_limit import RateLimiter
 
 _BEARER_SCHEME_NAME = "HTTPBearer"
@@ -152,14 +152,21 @@ _METHODS_WITH_BODIES = frozenset({"POST", "PUT", "PATCH"})
 
 def _refuse_a_body_that_is_not_json(request: Request) -> None:
     """415 for a body sent as anything but JSON (fetch sends a string body as text/plain), rather
-    than a 422 about a dictionary. A PATCH that toggles sends no body and needs no type."""
+    than a 422 about a dictionary, and for a compressed one: nothing here decodes a content coding,
+    and RFC 9110 section 15.5.16 answers an unsupported one with 415. A PATCH that toggles sends no
+    body and needs no type."""
     if request.method not in _METHODS_WITH_BODIES:
         return
     headers = request.headers
     has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+    if not has_body:
+        return
     media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-    if has_body and media_type != "application/json":
+    if media_type != "application/json":
         raise unsupported_media_type()
+    codings = {coding.strip().lower() for coding in headers.get("content-encoding", "").split(",")}
+    if not codings <= {"", "identity"}:
+        raise unsupported_content_coding()
 
 
 def refuse_unless_isolated(request: Request) -> None:

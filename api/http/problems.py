@@ -107,6 +107,16 @@ def unsupported_media_type() -> ProblemError:
     )
 
 
+def unsupported_content_coding() -> ProblemError:
+    return ProblemError(
+        415,
+        "unsupported-media-type",
+        "Unsupported media type",
+        "Send the body uncompressed: no Content-Encoding is accepted.",
+        headers={"Accept-Encoding": "identity"},  # RFC 7694: the codings a request may use
+    )
+
+
 def precondition_failed(current_etag: str, *, field: str = "If-Match") -> ProblemError:
     detail = (
         "The task changed since the ETag you sent in If-Match; nothing was changed. "

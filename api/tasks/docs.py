@@ -93,7 +93,7 @@ AUTH_ERRORS: Responses = {
     ),
 }
 NOT_FOUND: Responses = {404: error_response("No such task, or it belongs to someone else.")}
-NOT_JSON: Responses = {415: error_response("A body sent as anything but application/json.")}
+NOT_JSON: Responses = {415: error_response("A body sent as anything but uncompressed application/json.")}
 WRITE_CONDITIONS: Responses = {
     412: error_response(
         "If-Match names another version of the task: nothing changed. The ETag is the current one.",

@@ -33,13 +33,32 @@ def test_a_body_that_is_not_json_is_415(
     assert "application/json" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("coding", ["gzip", "identity, br", "x-unknown"])
+def test_a_compressed_body_is_415_and_creates_nothing(
+    client: httpx.Client, alice: ApiUser, coding: str
+) -> None:
+    """Read as if uncompressed, a gzip body was a 422 about JSON, and a plain JSON body labelled gzip
+    was stored: neither tells the client that no content coding is decoded here."""
+    headers = {**alice.headers, "Content-Type": "application/json", "Content-Encoding": coding}
+    response = client.post(alice.tasks_url, content=b'{"title": "t"}', headers=headers)
+    assert response.status_code == 415
+    assert response.headers["accept-encoding"] == "identity"
+    assert response.json()["type"] == "urn:todo-api:problem:unsupported-media-type"
+    assert "Content-Encoding" in response.json()["detail"]
+    assert client.get(alice.tasks_url, headers=alice.headers).json() == []
+
+
 def test_json_with_a_charset_and_a_toggle_without_a_body_are_fine(
     client: httpx.Client, alice: ApiUser
 ) -> None:
     created = client.post(
         alice.tasks_url,
         content=b'{"title": "t"}',
-        headers={**alice.headers, "Content-Type": "application/json; charset=utf-8"},
+        headers={
+            **alice.headers,
+            "Content-Type": "application/json; charset=utf-8",
+            "Content-Encoding": "identity",
+        },
     )
     assert created.status_code == 201
     toggled = client.patch(f"{alice.task_url(created.json()['id'])}/complete", headers=alice.headers)

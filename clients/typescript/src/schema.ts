@@ -520,7 +520,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A body sent as anything but application/json. */
+            /** @description A body sent as anything but uncompressed application/json. */
             415: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -771,7 +771,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A body sent as anything but application/json. */
+            /** @description A body sent as anything but uncompressed application/json. */
             415: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -1042,7 +1042,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A body sent as anything but application/json. */
+            /** @description A body sent as anything but uncompressed application/json. */
             415: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
