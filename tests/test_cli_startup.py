@@ -112,6 +112,7 @@ def test_ctrl_c_during_the_first_initialisation_and_while_serving_leaves_nothing
         second.send_signal(signal.SIGINT)
         second.wait(timeout=60)
     assert "Traceback" not in second_log.read_text(), second_log.read_text()
+    assert second.returncode == 0, "a serving server's one way to stop (api/ops/cli.py)"
     assert _postgres_on(data_dir / "pgdata") == [], "Ctrl-C stops the embedded Postgres too"
 
 

@@ -3,9 +3,10 @@
 Every failure a user can cause ends in one message naming the cause and the fix, and exit status 1
 (api/ops/failures.py); `serve` checks what it can (api/ops/startup_checks.py) before it starts
 anything. Ctrl-C (or SIGTERM) at any moment ends a command quietly, after the cleanup of whatever it
-had started, and Ctrl-C exits 130 as shells expect. Modules that import prometheus_client are
-imported inside the commands, after `serve` has pointed it at the folder its workers share
-(api/telemetry/multiprocess.py).
+had started. Ctrl-C exits 130 as shells expect, except once `serve` serves: granian then takes both
+signals as its one way to stop, and a server stopped that way exits 0. Modules that import
+prometheus_client are imported inside the commands, after `serve` has pointed it at the folder its
+workers share (api/telemetry/multiprocess.py).
 """
 
 import argparse
