@@ -12,6 +12,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from api.db.sql_files import UNFIT_LOGIN_ROLE_CHECK, read_sql
+
 # What a login role may be given here; each is a keyword of CREATE ROLE, so only these are spliced.
 _ROLE_ATTRIBUTES = frozenset({"LOGIN", "CREATEROLE", "CREATEDB", "BYPASSRLS"})
 
@@ -60,26 +62,6 @@ class ApiLoginRole:
     member_of: list[str]
 
 
-# Every reason an existing role could read rows past the policies on its own, outside the switch
-# to todo_app, or could not serve at all.
-_WHY_UNFIT = """
-select pg_catalog.array_remove(array[
-    case when r.rolname = 'todo_app' then 'is todo_app itself, which the API switches to' end,
-    case when r.rolsuper then 'is a superuser, which row-level security never binds' end,
-    case when r.rolbypassrls then 'has BYPASSRLS, so row-level security does not bind it' end,
-    case when exists (select from pg_catalog.pg_database d
-                      where d.datname = pg_catalog.current_database() and d.datdba = r.oid)
-           or exists (select from pg_catalog.pg_shdepend o
-                      where o.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
-                        and o.refobjid = r.oid and o.deptype = 'o'
-                        and o.dbid = (select oid from pg_catalog.pg_database
-                                      where datname = pg_catalog.current_database()))
-         then pg_catalog.format('owns objects in database %%I, and an owner may turn row-level '
-                                'security off', pg_catalog.current_database()) end
-], null)
-from pg_catalog.pg_roles r where r.rolname = %s
-"""
-
 _WHAT_IT_IS = """
 select r.rolcanlogin, r.rolinherit,
        array(select b.rolname::text from pg_catalog.pg_auth_members m
@@ -89,7 +71,8 @@ from pg_catalog.pg_roles r where r.rolname = %s
 
 
 def _refuse_an_unfit_role(connection: psycopg.Connection[tuple[Any, ...]], login_role: str) -> None:
-    row = connection.execute(_WHY_UNFIT, [login_role]).fetchone()
+    connection.execute("select pg_catalog.set_config('todo_api.login_role', %s, false)", [login_role])
+    row = connection.execute(read_sql(UNFIT_LOGIN_ROLE_CHECK)).fetchone()
     reasons = list(row[0]) if row is not None else []
     if not reasons:
         return

@@ -1,0 +1,22 @@
+-- Every reason an existing role may not be the API's login role (`todo-api migrate --login-role`):
+-- it could read rows past row-level security on its own, outside the API's switch to todo_app, or
+-- it is todo_app itself. One row, an empty array when the role is fit; no row when it does not
+-- exist. The role is named by the setting todo_api.login_role:
+--     PGOPTIONS='-c todo_api.login_role=todo_login' psql "$DATABASE_URL" -f sql/checks/unfit_login_role.sql
+
+SELECT pg_catalog.array_remove(ARRAY[
+    CASE WHEN r.rolname = 'todo_app' THEN 'is todo_app itself, which the API switches to' END,
+    CASE WHEN r.rolsuper THEN 'is a superuser, which row-level security never binds' END,
+    CASE WHEN r.rolbypassrls THEN 'has BYPASSRLS, so row-level security does not bind it' END,
+    CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_database d
+                      WHERE d.datname = pg_catalog.current_database() AND d.datdba = r.oid)
+           OR EXISTS (SELECT FROM pg_catalog.pg_shdepend o
+                      WHERE o.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+                        AND o.refobjid = r.oid AND o.deptype = 'o'
+                        AND o.dbid = (SELECT oid FROM pg_catalog.pg_database
+                                      WHERE datname = pg_catalog.current_database()))
+         THEN pg_catalog.format('owns objects in database %I, and an owner may turn row-level '
+                                'security off', pg_catalog.current_database()) END
+], NULL) AS reasons
+FROM pg_catalog.pg_roles r
+WHERE r.rolname = pg_catalog.current_setting('todo_api.login_role');
