@@ -200,6 +200,12 @@ def test_every_write_brings_the_user_row_up_to_date(
     assert response.status_code == 200
     assert api_db.execute(user_row, [user.id]).fetchone() == ("new@example.com", "New")
 
+    # The old token, still valid, used again: its claims are stored again, though this worker had
+    # stored them once before (and so had left the upsert out of its second write).
+    response = client.patch(f"{user.task_url(task['id'])}/complete", headers=user.headers)
+    assert response.status_code == 200
+    assert api_db.execute(user_row, [user.id]).fetchone() == ("old@example.com", "Old")
+
 
 def test_a_user_row_deleted_meanwhile_is_stored_again_by_the_next_write(
     client: httpx.Client, api_db: psycopg.Connection[Any]
