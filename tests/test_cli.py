@@ -75,6 +75,24 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     assert not _postgres_running(data_dir / "pgdata"), "SIGTERM stops the embedded Postgres too"
 
 
+def test_the_embedded_database_keeps_a_refused_writes_content_out_of_its_log(tmp_path: Path) -> None:
+    """Postgres logs a failed statement's text, and the API's carry their values: a create refused by
+    the task quota would have left its title in pgdata/log."""
+    data_dir = tmp_path / "data"
+    command = [*CLI, "serve", "--data-dir", str(data_dir)]
+    env = cli_env(MAX_TASKS_PER_USER="1")
+    with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _):
+        token = jwt.encode({"sub": "alice", "exp": 4102444800}, development_secret(data_dir), "HS256")
+        headers = {"Authorization": f"Bearer {token}"}
+        url = f"{base_url}/api/alice/tasks"
+        assert httpx.post(url, json={"title": "first"}, headers=headers).status_code == 201
+        refused = httpx.post(url, json={"title": "private-title-7f3a"}, headers=headers)
+    assert refused.json()["type"] == "urn:todo-api:problem:task-limit-reached"
+    log = (data_dir / "pgdata" / "log").read_text()
+    assert "ERROR:  user alice already has the 1 tasks allowed" in log, "the refusal itself is logged"
+    assert "private-title-7f3a" not in log
+
+
 def test_token_signs_with_the_remembered_secret_of_the_embedded_database_there(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     secret = development_secret(data_dir)  # as `serve` makes it, the first time

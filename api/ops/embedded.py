@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import psycopg
+
 from api.db.urls import libpq_url
 from api.ops.cluster import ensure_login_role_and_database
 
@@ -167,6 +169,15 @@ def _starting_alone(data_dir: Path) -> Iterator[None]:
         yield
 
 
+def _keep_statements_out_of_the_log(superuser_url: str) -> None:
+    """Postgres logs the statement of every failed one (log_min_error_statement), and the API's
+    statements carry their values as literals (api/db/database.py): a create refused by the task
+    quota would leave its title in pgdata/log, where no DELETE reaches. The error itself is still
+    logged. docs/operations.md gives the same setting to a Postgres of one's own."""
+    with psycopg.connect(superuser_url, autocommit=True) as connection:
+        connection.execute(f"ALTER DATABASE {DATABASE} SET log_min_error_statement = panic")
+
+
 def start(data_dir: Path) -> EmbeddedDatabase:
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
@@ -179,6 +190,7 @@ def start(data_dir: Path) -> EmbeddedDatabase:
         server = start_postgres(pgdata, cleanup_mode="stop")
         superuser_url = libpq_url(server.get_uri(database="postgres"))
         ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
+        _keep_statements_out_of_the_log(superuser_url)
         if first_start:
             (data_dir / _INITIALISING).unlink()
     socket_dir = server.get_postmaster_info().socket_dir
