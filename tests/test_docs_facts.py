@@ -6,7 +6,8 @@
 - docs/extending.md lists the floors of `api/` in the order tests/test_layers.py enforces;
 - every file, folder and test the docs name exists, and a test named in parentheses after its file
   (`tests/x.py` (`test_y`)) is defined in that file;
-- docs/architecture.md names every middleware the app installs, and shows its picture.
+- docs/architecture.md names every middleware the app installs, and shows its picture;
+- README.md's shape of a task is the fields the API answers with.
 """
 
 import html
@@ -16,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from api.tasks.models import TaskPublic
 from tests.support import PROJECT
 from tests.test_layers import FLOORS
 
@@ -260,3 +262,9 @@ def test_the_path_finder_sees_quoted_and_linked_paths_but_not_examples() -> None
         SECURITY.parent / "operations.md",
         PROJECT / "api",
     }
+
+
+def test_readme_names_every_field_of_a_task_in_order() -> None:
+    shape = re.search(r"^- A task: `\{([^}]*)\}`", README.read_text(encoding="utf-8"), re.MULTILINE)
+    assert shape is not None, "README.md's 'A task:' line"
+    assert [field.strip() for field in shape.group(1).split(",")] == list(TaskPublic.model_fields)
