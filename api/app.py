@@ -128,8 +128,12 @@ def create_app(
             app.include_router(router)
     install_docs(app)
     install_method_rules(app)
+    app.add_middleware(
+        BodyLimits, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds
+    )
     # Every middleware costs every request something; CORS is only there when a browser origin is
-    # configured (without it, a cross-origin browser gets no CORS headers either way).
+    # configured (without it, a cross-origin browser gets no CORS headers either way). Outside
+    # BodyLimits, whose 413 a browser could otherwise not read.
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -138,9 +142,6 @@ def create_app(
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=CORS_RESPONSE_HEADERS,
         )
-    app.add_middleware(
-        BodyLimits, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds
-    )
     app.add_middleware(RequestTelemetry, tracer=tracer)
     # The id reaches the logs and the response; nothing downstream reads it from the request headers.
     app.add_middleware(

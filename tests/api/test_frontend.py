@@ -102,3 +102,19 @@ def test_a_browser_may_read_the_response_headers_it_needs(browser_api: httpx.Cli
         "ratelimit-policy",
         "ratelimit",
     } <= exposed
+
+
+def test_a_browser_may_read_a_413_for_a_body_declared_too_large(
+    browser_api: httpx.Client, alice: ApiUser
+) -> None:
+    """Answered before the body is read, by the layer that limits bodies: without CORS headers a
+    browser sees a network error, and a client retries the same oversized create."""
+    response = browser_api.post(
+        alice.tasks_url,
+        content=b'{"title": "' + b"x" * 70_000 + b'"}',
+        headers={**alice.headers, "Origin": ORIGIN, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["type"] == "urn:todo-api:problem:payload-too-large"
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
