@@ -54,6 +54,18 @@ IF_NONE_MATCH = {
     "description": "The ETag you hold: 304 with no body when the task is still that version.",
     "schema": {"type": "string"},
 }
+# The same two headers on the other side (RFC 9110, section 13.1): rarely sent, always evaluated.
+IF_MATCH_ON_READ = {
+    **IF_MATCH,
+    "description": "An ETag (or a list, or `*`): 412 with the current ETag unless the task is that version.",
+}
+IF_NONE_MATCH_ON_WRITE = {
+    **IF_NONE_MATCH,
+    "description": (
+        "`*`, or ETags: 412 with the current ETag, and nothing changes, when it is `*` or names the "
+        "task's current version."
+    ),
+}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -94,9 +106,20 @@ AUTH_ERRORS: Responses = {
 }
 NOT_FOUND: Responses = {404: error_response("No such task, or it belongs to someone else.")}
 NOT_JSON: Responses = {415: error_response("A body sent as anything but uncompressed application/json.")}
+# api/http/body_limit.py, for every operation that reads a body.
+BODY_LIMITS: Responses = {
+    408: error_response("The body did not arrive within BODY_TIMEOUT_SECONDS; the connection is closed."),
+    413: error_response("The body is larger than MAX_BODY_BYTES."),
+}
+READ_CONDITIONS: Responses = {
+    412: error_response(
+        "If-Match names another version of the task. The ETag is the current one.", headers=ETAG
+    ),
+}
 WRITE_CONDITIONS: Responses = {
     412: error_response(
-        "If-Match names another version of the task: nothing changed. The ETag is the current one.",
+        "If-Match names another version of the task, or If-None-Match is `*` or names the current "
+        "one: nothing changed. The ETag is the current one.",
         headers=ETAG,
     ),
     428: error_response("If-Match is required (REQUIRE_IF_MATCH) and was not sent."),

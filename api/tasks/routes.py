@@ -145,6 +145,7 @@ async def list_tasks(
             "A repeated Idempotency-Key whose task has been deleted since; nothing was created."
         ),
         **docs.NOT_JSON,
+        **docs.BODY_LIMITS,
     },
     openapi_extra=docs.operation_docs(headers=(docs.IDEMPOTENCY_KEY,)),
 )
@@ -184,8 +185,9 @@ async def create_task(
             "headers": docs.ETAG,
         },
         **docs.NOT_FOUND,
+        **docs.READ_CONDITIONS,
     },
-    openapi_extra=docs.operation_docs(headers=(docs.IF_NONE_MATCH,)),
+    openapi_extra=docs.operation_docs(headers=(docs.IF_NONE_MATCH, docs.IF_MATCH_ON_READ)),
 )
 async def read_task(
     caller: CallerDep, task_id: TaskId, request: Request, response: Response
@@ -205,8 +207,14 @@ async def read_task(
     operation_id="updateTask",
     summary="Update a task",
     description="Fields left out keep their value; `description: null` clears the description.",
-    responses={200: {"headers": docs.ETAG}, **docs.NOT_FOUND, **docs.WRITE_CONDITIONS, **docs.NOT_JSON},
-    openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH,)),
+    responses={
+        200: {"headers": docs.ETAG},
+        **docs.NOT_FOUND,
+        **docs.WRITE_CONDITIONS,
+        **docs.NOT_JSON,
+        **docs.BODY_LIMITS,
+    },
+    openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH, docs.IF_NONE_MATCH_ON_WRITE)),
 )
 async def update_task(
     caller: CallerDep, task_id: TaskId, data: TaskUpdate, request: Request, response: Response
@@ -232,7 +240,7 @@ async def update_task(
     operation_id="deleteTask",
     summary="Delete a task",
     responses={**docs.NOT_FOUND, **docs.WRITE_CONDITIONS},
-    openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH,)),
+    openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH, docs.IF_NONE_MATCH_ON_WRITE)),
 )
 async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> None:
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
@@ -247,8 +255,14 @@ async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> N
     operation_id="setTaskCompletion",
     summary="Complete, reopen or toggle a task",
     description=('With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it.'),
-    responses={200: {"headers": docs.ETAG}, **docs.NOT_FOUND, **docs.WRITE_CONDITIONS, **docs.NOT_JSON},
-    openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH,)),
+    responses={
+        200: {"headers": docs.ETAG},
+        **docs.NOT_FOUND,
+        **docs.WRITE_CONDITIONS,
+        **docs.NOT_JSON,
+        **docs.BODY_LIMITS,
+    },
+    openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH, docs.IF_NONE_MATCH_ON_WRITE)),
 )
 async def complete_task(
     caller: CallerDep,

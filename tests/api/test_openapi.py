@@ -65,3 +65,26 @@ def test_docs_page_is_served(api_url: str) -> None:
     response = httpx.get(f"{api_url}/docs")
     assert response.status_code == 200
     assert "swagger-ui" in response.text
+
+
+# Each request header an operation reads (api/tasks/routes.py), as a header parameter.
+READ_HEADERS = {
+    ("/api/{user_id}/tasks", "get"): set(),
+    ("/api/{user_id}/tasks", "post"): {"Idempotency-Key"},
+    ("/api/{user_id}/tasks/{task_id}", "get"): {"If-None-Match", "If-Match"},
+    ("/api/{user_id}/tasks/{task_id}", "put"): {"If-Match", "If-None-Match"},
+    ("/api/{user_id}/tasks/{task_id}", "delete"): {"If-Match", "If-None-Match"},
+    ("/api/{user_id}/tasks/{task_id}/complete", "patch"): {"If-Match", "If-None-Match"},
+}
+
+
+@pytest.mark.parametrize(("path", "method"), TASK_OPERATIONS)
+def test_every_header_an_operation_reads_is_a_parameter_and_its_412_and_body_limits_documented(
+    spec: dict[str, Any], path: str, method: str
+) -> None:
+    operation = spec["paths"][path][method]
+    headers = {p["name"] for p in operation.get("parameters", []) if p["in"] == "header"}
+    assert headers == READ_HEADERS[(path, method)]
+    responses = set(operation["responses"])
+    assert ("412" in responses) == ("If-Match" in headers)
+    assert {"408", "413"} <= responses or "requestBody" not in operation

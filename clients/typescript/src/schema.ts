@@ -498,6 +498,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS; the connection is closed. */
+            408: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description You have MAX_TASKS_PER_USER tasks already; nothing was created. */
             409: {
                 headers: {
@@ -511,6 +522,17 @@ export interface operations {
             };
             /** @description A repeated Idempotency-Key whose task has been deleted since; nothing was created. */
             410: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES. */
+            413: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
@@ -580,6 +602,8 @@ export interface operations {
             header?: {
                 /** @description The ETag you hold: 304 with no body when the task is still that version. */
                 "If-None-Match"?: string;
+                /** @description An ETag (or a list, or `*`): 412 with the current ETag unless the task is that version. */
+                "If-Match"?: string;
             };
             path: {
                 /** @description The task's id. */
@@ -648,6 +672,19 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description If-Match names another version of the task. The ETag is the current one. */
+            412: {
+                headers: {
+                    /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
+                    ETag?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Invalid input: each bad field is listed in `errors`. */
             422: {
                 headers: {
@@ -697,6 +734,8 @@ export interface operations {
             header?: {
                 /** @description The ETag (or a list, or `*`) of the version you are changing: the write happens only if the task is still that version, else 412 and nothing changes. Required (428 without it) when the server runs with REQUIRE_IF_MATCH=true. */
                 "If-Match"?: string;
+                /** @description `*`, or ETags: 412 with the current ETag, and nothing changes, when it is `*` or names the task's current version. */
+                "If-None-Match"?: string;
             };
             path: {
                 /** @description The task's id. */
@@ -758,11 +797,33 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description If-Match names another version of the task: nothing changed. The ETag is the current one. */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS; the connection is closed. */
+            408: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. */
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES. */
+            413: {
+                headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -842,6 +903,8 @@ export interface operations {
             header?: {
                 /** @description The ETag (or a list, or `*`) of the version you are changing: the write happens only if the task is still that version, else 412 and nothing changes. Required (428 without it) when the server runs with REQUIRE_IF_MATCH=true. */
                 "If-Match"?: string;
+                /** @description `*`, or ETags: 412 with the current ETag, and nothing changes, when it is `*` or names the task's current version. */
+                "If-None-Match"?: string;
             };
             path: {
                 /** @description The task's id. */
@@ -895,7 +958,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description If-Match names another version of the task: nothing changed. The ETag is the current one. */
+            /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. */
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
@@ -968,6 +1031,8 @@ export interface operations {
             header?: {
                 /** @description The ETag (or a list, or `*`) of the version you are changing: the write happens only if the task is still that version, else 412 and nothing changes. Required (428 without it) when the server runs with REQUIRE_IF_MATCH=true. */
                 "If-Match"?: string;
+                /** @description `*`, or ETags: 412 with the current ETag, and nothing changes, when it is `*` or names the task's current version. */
+                "If-None-Match"?: string;
             };
             path: {
                 /** @description The task's id. */
@@ -1029,11 +1094,33 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description If-Match names another version of the task: nothing changed. The ETag is the current one. */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS; the connection is closed. */
+            408: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. */
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES. */
+            413: {
+                headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
