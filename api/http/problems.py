@@ -144,6 +144,9 @@ def idempotency_key_reused() -> ProblemError:
         "idempotency-key-reused",
         "Idempotency key reused",
         "This Idempotency-Key was used for a create with another body; use a new key for a new task.",
+        errors=[
+            FieldError(field="header.idempotency-key", message="Already used for a create with another body.")
+        ],
     )
 
 

@@ -169,6 +169,9 @@ def test_the_same_key_with_another_body_is_refused(
     assert reused.status_code == 422
     assert reused.headers["content-type"] == "application/problem+json"
     assert reused.json()["type"] == "urn:todo-api:problem:idempotency-key-reused"
+    assert [error["field"] for error in reused.json()["errors"]] == ["header.idempotency-key"], (
+        "a 422 names the bad field, as README.md says"
+    )
     assert _tasks(api_db, alice) == 1
 
 
