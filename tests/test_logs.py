@@ -13,11 +13,13 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psycopg
 import pytest
 
+from api.auth.dev_tokens import mint_token
 from tests.support import CLI, SECRET, cli_env, new_user, serve_process
 
 PASSWORD = "never-log-this-password"
@@ -220,3 +222,17 @@ def test_text_format_is_for_people(serve: Serve) -> None:
     (write,) = [line for line in lines if "look-for-the-create" in line]
     assert "POST /api/{user_id}/tasks 201" in write
     assert write.endswith(f"user={alice.id} action=create task={created.json()['id']}")
+
+
+def test_text_format_escapes_the_control_characters_a_user_id_may_hold(serve: Serve) -> None:
+    """A carriage return or a terminal's escape sequence in a token's sub would overwrite the line on
+    screen, or clear it: escaped, the line reads as what it is."""
+    sub = "mallory\rFORGED ERROR line \x1b[2J\x1b[31mred"
+    headers = {"Authorization": f"Bearer {mint_token(SECRET, sub)}", "X-Request-ID": "the-odd-one"}
+    with serve(LOG_FORMAT="text") as served, httpx.Client(base_url=served.base_url) as client:
+        assert client.get(f"/api/{quote(sub, safe='')}/tasks", headers=headers).status_code == 200
+    text = served.log.read_bytes().decode()  # read_text() would turn a carriage return into a newline
+    assert "\r" not in text
+    assert "\x1b" not in text
+    (access,) = [line for line in served.lines() if "the-odd-one" in line]
+    assert access.endswith("user=mallory\\x0dFORGED ERROR line \\x1b[2J\\x1b[31mred")

@@ -42,12 +42,21 @@ def new_request_id() -> str:
     return uuid4().hex
 
 
+# Every control character but the newline, as the escape Python would write: a user id or path
+# holding a carriage return or a terminal's escape sequence could otherwise overwrite a line on
+# screen, or clear it.
+_CONTROL_ESCAPES = {
+    code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != ord("\n")
+}
+
+
 class _TextFormatter(logging.Formatter):
     """Lines for people: a record's further lines (a traceback, the start-up hint) are indented, so
-    that every line starts either with a time, a pid and a level, or with the record it continues."""
+    that every line starts either with a time, a pid and a level, or with the record it continues;
+    other control characters are escaped."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\n", "\n    ")
+        return super().format(record).translate(_CONTROL_ESCAPES).replace("\n", "\n    ")
 
 
 def _formatter(log_format: LogFormat) -> logging.Formatter:
