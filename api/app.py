@@ -52,6 +52,8 @@ CORS_RESPONSE_HEADERS = [
     "Retry-After",
     "RateLimit-Policy",
     "RateLimit",
+    # A 401's reason (RFC 6750: error="invalid_token" when a fresh token may help).
+    "WWW-Authenticate",
 ]
 
 # Every router the API serves. A router left out of this list would answer 404 for all its routes;

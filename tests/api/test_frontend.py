@@ -101,6 +101,7 @@ def test_a_browser_may_read_the_response_headers_it_needs(browser_api: httpx.Cli
         "retry-after",
         "ratelimit-policy",
         "ratelimit",
+        "www-authenticate",
     } <= exposed
 
 
