@@ -93,6 +93,24 @@ def test_the_embedded_database_keeps_a_refused_writes_content_out_of_its_log(tmp
     assert "private-title-7f3a" not in log
 
 
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        (("",), "1 to 255 characters"),
+        (("x" * 256,), "1 to 255 characters"),
+        (("a/b",), "can never be named in /api/{user_id}/tasks"),
+        (("alice", "--ttl", "99999999999999"), "100 years"),
+    ],
+)
+def test_token_refuses_to_mint_what_the_api_would_refuse(
+    tmp_path: Path, arguments: tuple[str, ...], reason: str
+) -> None:
+    result = run_cli("token", *arguments, cwd=tmp_path, BETTER_AUTH_SECRET=SECRET)
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    assert reason in result.stderr
+
+
 def test_token_signs_with_the_remembered_secret_of_the_embedded_database_there(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     secret = development_secret(data_dir)  # as `serve` makes it, the first time

@@ -29,6 +29,8 @@ from pydantic import ValidationError
 
 from api import __version__
 from api.auth.dev_tokens import mint_token
+from api.auth.errors import InvalidToken
+from api.auth.principal import principal_from_claims
 from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
@@ -380,6 +382,28 @@ def _positive(value: str) -> int:
     return _whole_number(value, 1, sys.maxsize, "a whole number of at least 1")
 
 
+# A token's exp must be a date before the year 10000 to be accepted (api/auth/verification.py).
+_LONGEST_TOKEN_SECONDS = 100 * 365 * 24 * 3600
+
+
+def _token_lifetime(value: str) -> int:
+    return _whole_number(
+        value, 1, _LONGEST_TOKEN_SECONDS, f"1 to {_LONGEST_TOKEN_SECONDS} seconds (100 years)"
+    )
+
+
+def _user_id(value: str) -> str:
+    """A subject the API accepts (api/auth/principal.py) and a path can name: never a token that
+    could only be refused."""
+    try:
+        principal_from_claims({"sub": value})
+    except InvalidToken as refused:
+        raise argparse.ArgumentTypeError(str(refused)) from None
+    if "/" in value:
+        raise argparse.ArgumentTypeError("a user id with / can never be named in /api/{user_id}/tasks")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="todo-api",
@@ -427,11 +451,13 @@ def _parser() -> argparse.ArgumentParser:
         help="print a signed development token",
         description="Print an HS256 token signed with BETTER_AUTH_SECRET (or the embedded one's secret).",
     )
-    token_parser.add_argument("user_id", help="the token's subject: the user id in /api/{user_id}/tasks")
+    token_parser.add_argument(
+        "user_id", type=_user_id, help="the token's subject: the user id in /api/{user_id}/tasks"
+    )
     token_parser.add_argument("--email", help="the token's email claim (default: none)")
     token_parser.add_argument("--name", help="the token's name claim (default: none)")
     token_parser.add_argument(
-        "--ttl", type=_positive, default=3600, help="lifetime in seconds (default: 3600)"
+        "--ttl", type=_token_lifetime, default=3600, help="lifetime in seconds (default: 3600)"
     )
     token_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
     token_parser.set_defaults(run=token)
