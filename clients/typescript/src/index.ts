@@ -1,8 +1,8 @@
 /**
  * A typed client for todo-api: openapi-fetch over the types generated into schema.ts, plus what
  * every caller would otherwise write by hand: the bearer token (fetched afresh once on a 401),
- * If-Match on every write from the last version seen of the task (lists included), and creates
- * that are safe to retry.
+ * If-Match on every write from the last version seen of the task (lists and events included), and
+ * creates that are safe to retry.
  *
  * Each method returns openapi-fetch's result: `{ data, response }` on success, or
  * `{ error, response }` with the problem document (RFC 9457) when the API refused.
@@ -60,9 +60,10 @@ export function createTodoClient({
   const client = createClient<paths>({ baseUrl, fetch: withBearer(getToken, fetch) });
 
   // The ETag of the last version seen of each task (ids are unique across users), from every
-  // answer that carries the task, lists included. Writes send it as If-Match, so a change made
-  // elsewhere since this client last saw the task is a 412, not silently overwritten, and a write
-  // retried after its answer was lost is a 412 too (a toggle is not flipped back).
+  // answer that carries the task, lists and `subscribe`'s events included. Writes send it as
+  // If-Match, so a change made elsewhere since this client last saw the task is a 412, not silently
+  // overwritten, and a write retried after its answer was lost is a 412 too (a toggle is not
+  // flipped back).
   const etags = new Map<number, string>();
 
   /** Notes the version of every task a result carries (200, 201), and passes the result on. */
@@ -85,9 +86,17 @@ export function createTodoClient({
     /**
      * Live changes to the user's tasks (src/events.ts): `onEvent` gets each created, updated and
      * deleted task in order, and `reset` when the list must be refetched. Reconnects by itself.
+     * Like any answer, an event's task is remembered: the next write sends its version as If-Match.
      */
     subscribe(userId: string, onEvent: (event: TaskEvent) => void, options?: SubscribeOptions): Subscription {
-      return subscribe({ baseUrl, getToken, fetch }, userId, onEvent, options);
+      // A tab that applies events to its list shows their versions, so its next write must send
+      // them as If-Match: the version it listed is stale once another tab has changed the task.
+      const rememberEvent = (event: TaskEvent) => {
+        if (event.type === "task.deleted") etags.delete(event.taskId);
+        else if (event.type !== "reset") etags.set(event.task.id, etagOf(event.task));
+        onEvent(event);
+      };
+      return subscribe({ baseUrl, getToken, fetch }, userId, rememberEvent, options);
     },
 
     /**

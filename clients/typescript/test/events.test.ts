@@ -72,6 +72,33 @@ test("subscribe delivers created, updated and deleted tasks, each as the API ret
   assert.equal(subscription.lastEventId, (events[2] as { id: string }).id);
 });
 
+test("a tab that applies events writes from the version they carried, not a 412", async () => {
+  const user = takeUser("end");
+  const elsewhere = clientFor(user); // another tab
+  const watch = opened();
+  const mine = clientFor(user, { fetch: watch.fetch });
+  const { data: task } = await elsewhere.createTask(user.id, { title: "Shared" });
+  assert.ok(task);
+  // The README's live list: list, then apply each event to it.
+  await mine.listTasks(user.id);
+  const seen = collector();
+  const subscription = mine.subscribe(user.id, seen.onEvent);
+  await watch.isOpen;
+  const toggled = await elsewhere.setTaskCompletion(user.id, task.id);
+  assert.equal(toggled.data?.version, 2);
+  const [event] = await seen.until(1);
+  assert.deepEqual(event, { type: "task.updated", id: (event as { id: string }).id, task: toggled.data });
+
+  // What the list now shows (completed, version 2) is what this tab changes.
+  const undone = await mine.setTaskCompletion(user.id, task.id, false);
+  await subscription.close();
+
+  assert.equal(undone.response.status, 200, JSON.stringify(undone.error));
+  assert.deepEqual([undone.data?.completed, undone.data?.version], [false, 3]);
+  const stored = await elsewhere.getTask(user.id, task.id);
+  assert.deepEqual([stored.data?.completed, stored.data?.version], [false, 3]);
+});
+
 test("a dropped stream reconnects with a fresh token and Last-Event-ID, missing nothing", async () => {
   const user = takeUser("end");
   const todo = clientFor(user);
