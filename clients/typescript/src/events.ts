@@ -7,6 +7,8 @@
  *   reconnect after the server ended the stream (it does when the token expires).
  * - Reconnects wait with exponential backoff (or the server's Retry-After on a 429) and resume with
  *   Last-Event-ID, so nothing is missed and nothing comes twice.
+ * - A refusal that asking again cannot change (403: the user id is not the token's; any 4xx but
+ *   401, 408 and 429) ends the subscription: it goes to `onError` and `ended`, and nothing is retried.
  * - `reset` means "refetch the list": the server sends it when the id is too old to resume from or
  *   when events a stream had not sent yet were purged, and the client when it reconnects without
  *   one (before any event arrived).
@@ -15,6 +17,7 @@ import { createParser, type EventSourceMessage } from "eventsource-parser";
 import type { components } from "./schema.js";
 
 type Task = components["schemas"]["TaskPublic"];
+type Problem = components["schemas"]["Problem"];
 
 export type TaskEvent =
   | { type: "task.created"; id: string; task: Task }
@@ -28,8 +31,25 @@ export interface SubscribeOptions {
   signal?: AbortSignal;
   /** Resume after this event id (one you saw earlier) instead of starting from now. */
   lastEventId?: string;
-  /** Told of each failed connection before the next attempt (network down, 5xx, 429...). */
+  /**
+   * Told of each failed connection before the next attempt (network down, 5xx, 429...), and of the
+   * refusal that ends the subscription (an EventStreamError, as in `ended`).
+   */
   onError?: (error: unknown) => void;
+}
+
+/** The API answered a connection with this status instead of the stream. */
+export class EventStreamError extends Error {
+  readonly status: number;
+  /** The problem document (RFC 9457) the API sent, if it sent one. */
+  readonly problem: Problem | undefined;
+
+  constructor(status: number, problem: Problem | undefined) {
+    super(`the event stream answered ${status}${problem?.detail ? `: ${problem.detail}` : ""}`);
+    this.name = "EventStreamError";
+    this.status = status;
+    this.problem = problem;
+  }
 }
 
 export interface Subscription {
@@ -37,6 +57,11 @@ export interface Subscription {
   close(): Promise<void>;
   /** The id of the last event received, for a later `lastEventId`. */
   readonly lastEventId: string | undefined;
+  /**
+   * Resolves once the subscription has stopped for good: with undefined after `close()` or the
+   * signal, or with the refusal that ended it (403: `userId` is not the token's user).
+   */
+  readonly ended: Promise<EventStreamError | undefined>;
 }
 
 export interface EventsConnection {
@@ -45,7 +70,11 @@ export interface EventsConnection {
   fetch: (request: Request) => Promise<Response>;
 }
 
-type Outcome = { kind: "ended" } | { kind: "unauthorized" } | { kind: "refused"; retryAfterMs?: number };
+type Outcome =
+  | { kind: "ended" }
+  | { kind: "unauthorized" }
+  | { kind: "refused"; retryAfterMs?: number }
+  | { kind: "rejected"; error: EventStreamError };
 
 const FIRST_RETRY_MS = 500;
 const MAX_RETRY_MS = 15_000;
@@ -93,9 +122,11 @@ export function subscribe(
     if (resumeFrom !== undefined) headers.set("Last-Event-ID", resumeFrom);
     const response = await fetch(new Request(url, { headers, signal: stopping.signal }));
     if (response.status === 401 || !response.ok || !response.body) {
-      await response.body?.cancel(); // free the connection rather than wait for garbage collection
+      const problem = await problemIn(response);
       if (response.status === 401) return { kind: "unauthorized" };
-      onError?.(new Error(`the event stream answered ${response.status}`));
+      const error = new EventStreamError(response.status, problem);
+      onError?.(error);
+      if (isFinal(response.status)) return { kind: "rejected", error };
       const retryAfter = Number(response.headers.get("Retry-After"));
       return { kind: "refused", retryAfterMs: retryAfter > 0 ? retryAfter * 1000 : undefined };
     }
@@ -113,7 +144,7 @@ export function subscribe(
     }
   }
 
-  const running = (async () => {
+  const running = (async (): Promise<EventStreamError | undefined> => {
     let fresh = false;
     while (!stopping.signal.aborted) {
       let outcome: Outcome;
@@ -125,7 +156,9 @@ export function subscribe(
         await sleep(backoff(failures++), stopping.signal);
         continue;
       }
-      if (outcome.kind === "unauthorized") {
+      if (outcome.kind === "rejected") {
+        return outcome.error;
+      } else if (outcome.kind === "unauthorized") {
         // A fresh token refused too will not be accepted by asking again at once.
         if (fresh) await sleep(backoff(failures++), stopping.signal);
       } else if (outcome.kind === "refused") {
@@ -136,6 +169,7 @@ export function subscribe(
       }
       fresh = outcome.kind !== "refused";
     }
+    return undefined;
   })();
 
   return {
@@ -146,7 +180,29 @@ export function subscribe(
     get lastEventId() {
       return last;
     },
+    ended: running,
   };
+}
+
+/**
+ * Whether asking again can only get the same answer. A 4xx says the request itself is wrong (403:
+ * another user's id), except 401 (a fresh token may be accepted), 408 and 429 (later may do).
+ */
+function isFinal(status: number): boolean {
+  return status >= 400 && status < 500 && ![401, 408, 429].includes(status);
+}
+
+/** The problem document a refusal carries, if any. Its body is read or cancelled either way. */
+async function problemIn(response: Response): Promise<Problem | undefined> {
+  if (!response.headers.get("Content-Type")?.includes("json")) {
+    await response.body?.cancel(); // free the connection rather than wait for garbage collection
+    return undefined;
+  }
+  try {
+    return (await response.json()) as Problem;
+  } catch {
+    return undefined; // cut short, or not JSON after all: the status says enough
+  }
 }
 
 /** Exponential with full jitter, so that the tabs of a restarted server do not all come back at once. */

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { createTodoClient, type TaskEvent } from "../src/index.js";
+import { createTodoClient, EventStreamError, type Subscription, type TaskEvent } from "../src/index.js";
 import { baseUrl, clientFor, takeUser } from "./live_api.js";
 
 /** Collects events, and waits until `count` have come. */
@@ -156,4 +156,68 @@ test("a Last-Event-ID the server no longer keeps comes back as reset", async () 
   await subscription.close();
 
   assert.deepEqual(event, { type: "reset" });
+});
+
+test("another user's stream is a 403 that ends the subscription: reported once, never asked again", async () => {
+  const user = takeUser("end");
+  const other = takeUser("end");
+  const errors: unknown[] = [];
+  let attempts = 0;
+  let askAgain = () => {};
+  const askedAgain = new Promise<"asked again">((resolve) => (askAgain = () => resolve("asked again")));
+  const subscription = clientFor(user, {
+    fetch: (request) => {
+      if (++attempts > 1) askAgain();
+      return fetch(request);
+    },
+  }).subscribe(other.id, (event) => assert.fail(`an event came: ${JSON.stringify(event)}`), {
+    onError: (error) => errors.push(error),
+  });
+
+  // Whichever comes first: the end of the subscription, or a second request for the stream.
+  const ended = await Promise.race([subscription.ended, askedAgain]);
+  await subscription.close();
+
+  assert.ok(ended instanceof EventStreamError, `the subscription went on: ${String(ended)}`);
+  assert.equal(ended.status, 403);
+  assert.equal(ended.problem?.type, "urn:todo-api:problem:forbidden");
+  assert.deepEqual(errors, [ended]);
+  assert.equal(attempts, 1);
+});
+
+test("a stream refused for now (429, every place taken) is reported and tried again until it opens", async () => {
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  const held: Subscription[] = [];
+  // MAX_STREAMS_PER_USER (5 by default) streams of the user's own, open at once.
+  for (let open = 0; open < 5; open++) {
+    const watch = opened();
+    held.push(clientFor(user, { fetch: watch.fetch }).subscribe(user.id, () => {}));
+    await watch.isOpen;
+  }
+  const errors: unknown[] = [];
+  let refused = () => {};
+  const wasRefused = new Promise<void>((resolve) => (refused = resolve));
+  const seen = collector();
+  const watch = opened();
+  const waiting = clientFor(user, { fetch: watch.fetch }).subscribe(user.id, seen.onEvent, {
+    onError: (error) => (errors.push(error), refused()),
+  });
+
+  await wasRefused;
+  await held.pop()?.close(); // gives its place back
+  await watch.isOpen; // the refused subscription asked again, and got in
+  const { data: created } = await todo.createTask(user.id, { title: "Let in" });
+  const [event] = await seen.until(1);
+  await Promise.all([waiting, ...held].map((subscription) => subscription.close()));
+
+  assert.ok(errors.length > 0);
+  for (const error of errors) {
+    assert.ok(error instanceof EventStreamError, String(error));
+    assert.equal(error.status, 429);
+    assert.equal(error.problem?.type, "urn:todo-api:problem:too-many-requests");
+  }
+  assert.equal(event?.type, "task.created");
+  assert.deepEqual((event as { task: unknown }).task, created);
+  assert.equal(await waiting.ended, undefined, "ended by close(), not by the 429");
 });
