@@ -3,8 +3,9 @@
  * browser's EventSource cannot send the Authorization header (and the token never goes in the URL).
  * eventsource-parser reads the wire format; this file only connects, reconnects and resumes.
  *
- * - Every connection sends a token from `getToken`; a 401 asks for a fresh one, and so does every
- *   reconnect after the server ended the stream (it does when the token expires).
+ * - Every connection sends a token from `getToken`; a 401 asks for a fresh one (a fresh one refused
+ *   too goes to `onError`), and so does every reconnect after the server ended the stream (it does
+ *   when the token expires).
  * - Reconnects wait with exponential backoff (or the server's Retry-After on a 429) and resume with
  *   Last-Event-ID, so nothing is missed and nothing comes twice.
  * - A refusal that asking again cannot change (403: the user id is not the token's; any 4xx but
@@ -72,7 +73,7 @@ export interface EventsConnection {
 
 type Outcome =
   | { kind: "ended" }
-  | { kind: "unauthorized" }
+  | { kind: "unauthorized"; error: EventStreamError }
   | { kind: "refused"; retryAfterMs?: number }
   | { kind: "rejected"; error: EventStreamError };
 
@@ -122,9 +123,8 @@ export function subscribe(
     if (resumeFrom !== undefined) headers.set("Last-Event-ID", resumeFrom);
     const response = await fetch(new Request(url, { headers, signal: stopping.signal }));
     if (response.status === 401 || !response.ok || !response.body) {
-      const problem = await problemIn(response);
-      if (response.status === 401) return { kind: "unauthorized" };
-      const error = new EventStreamError(response.status, problem);
+      const error = new EventStreamError(response.status, await problemIn(response));
+      if (response.status === 401) return { kind: "unauthorized", error };
       onError?.(error);
       if (isFinal(response.status)) return { kind: "rejected", error };
       const retryAfter = Number(response.headers.get("Retry-After"));
@@ -159,8 +159,12 @@ export function subscribe(
       if (outcome.kind === "rejected") {
         return outcome.error;
       } else if (outcome.kind === "unauthorized") {
-        // A fresh token refused too will not be accepted by asking again at once.
-        if (fresh) await sleep(backoff(failures++), stopping.signal);
+        // A fresh token refused too will not be accepted by asking again at once, and the app
+        // should hear of it: getToken may be handing out a token this API cannot accept.
+        if (fresh) {
+          onError?.(outcome.error);
+          await sleep(backoff(failures++), stopping.signal);
+        }
       } else if (outcome.kind === "refused") {
         await sleep(outcome.retryAfterMs ?? backoff(failures++), stopping.signal);
       } else {

@@ -221,3 +221,37 @@ test("a stream refused for now (429, every place taken) is reported and tried ag
   assert.deepEqual((event as { task: unknown }).task, created);
   assert.equal(await waiting.ended, undefined, "ended by close(), not by the 429");
 });
+
+test("a fresh token refused too is reported, and the subscription goes on asking for one", async () => {
+  const user = takeUser("end");
+  const asked: boolean[] = [];
+  let attemptThird = () => {};
+  const third = new Promise<string>((resolve) => (attemptThird = () => resolve("attempt 3")));
+  let report = () => {};
+  const reported = new Promise<string>((resolve) => (report = () => resolve("reported")));
+  const errors: unknown[] = [];
+  const subscription = createTodoClient({
+    baseUrl,
+    // A token the API never accepts (expired), however fresh: a sign-in gone wrong.
+    getToken: async ({ fresh }) => (asked.push(fresh), user.expiredToken),
+    fetch: (request) => {
+      if (asked.length === 3) attemptThird(); // getToken is asked once per connection, before it
+      return fetch(request);
+    },
+  }).subscribe(user.id, (event) => assert.fail(`an event came: ${JSON.stringify(event)}`), {
+    onError: (error) => (errors.push(error), report()),
+  });
+
+  // The refusal of the fresh token is told before the next attempt.
+  const first = await Promise.race([reported, third]);
+  await third;
+  await subscription.close();
+
+  assert.equal(first, "reported");
+  const [error] = errors;
+  assert.ok(error instanceof EventStreamError, String(error));
+  assert.equal(error.status, 401);
+  assert.equal(error.problem?.type, "urn:todo-api:problem:unauthorized");
+  assert.deepEqual(asked.slice(0, 3), [false, true, true], "asked for a fresh token again");
+  assert.equal(await subscription.ended, undefined, "ended by close(), not by the 401");
+});
