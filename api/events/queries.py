@@ -20,20 +20,26 @@ _START = text(
     " WHEN mine.after = 0 AND mine.purged_through IS NULL THEN true"
     " WHEN mine.after = mine.purged_through THEN mine.after >= mine.newest_event"
     " ELSE mine.after > coalesce(mine.purged_through, 0) AND EXISTS (SELECT FROM public.task_events"
-    " WHERE user_id = :user_id AND id = mine.after AND created_at"
-    " >= now() - make_interval(secs => current_setting('app.events_retention_hours')::float8 * 3600))"
-    " END AS kept"
+    " WHERE user_id = :user_id AND id = mine.after)"
+    " END AND NOT EXISTS (SELECT FROM public.task_events"
+    " WHERE user_id = :user_id AND id >= mine.after AND created_at < mine.kept_since) AS kept"
     " FROM (SELECT CAST(:after AS bigint) AS after,"
+    " now() - make_interval(secs => current_setting('app.events_retention_hours')::float8 * 3600)"
+    " AS kept_since,"
     " (SELECT coalesce(max(id), 0) FROM public.task_events WHERE user_id = :user_id) AS newest_event,"
     " (SELECT purged_through FROM public.task_event_purges WHERE user_id = :user_id) AS purged_through)"
     " AS mine"
 )
 _AFTER = text(
-    "SELECT mine.missed, next.id, next.kind, next.task_id, next.task"
-    " FROM (SELECT coalesce((SELECT purged_through FROM public.task_event_purges"
-    " WHERE user_id = :user_id), 0) > CAST(:after AS bigint) AS missed) AS mine"
-    " LEFT JOIN LATERAL (SELECT id, kind, task_id, task FROM public.task_events"
-    " WHERE user_id = :user_id AND id > :after ORDER BY id LIMIT :batch) AS next ON NOT mine.missed"
+    "WITH next AS (SELECT id, kind, task_id, task, created_at FROM public.task_events"
+    " WHERE user_id = :user_id AND id > :after ORDER BY id LIMIT :batch),"
+    " mine AS (SELECT coalesce((SELECT purged_through FROM public.task_event_purges"
+    " WHERE user_id = :user_id), 0) > CAST(:after AS bigint)"
+    " OR EXISTS (SELECT FROM next WHERE created_at"
+    " < now() - make_interval(secs => current_setting('app.events_retention_hours')::float8 * 3600))"
+    " AS missed)"
+    " SELECT mine.missed, next.id, next.kind, next.task_id, next.task"
+    " FROM mine LEFT JOIN next ON NOT mine.missed"
     " ORDER BY next.id"
 )
 
@@ -47,14 +53,20 @@ def start(user_id: str, after: int) -> Query:
     - from where the purges stopped while no event came since: the position handed to a stream of a
       user whose events were all purged, so an idle user's reconnects are not told to reset;
     - from one of the user's events while it is kept and nothing after it was purged (a DBA may
-      remove any event). One older than app.events_retention_hours counts as gone before a write
-      purges it, so a client can rely on the retention it was told."""
+      remove any event).
+    In each case only while neither that event nor any after it is older than
+    app.events_retention_hours: one that old counts as gone before a write purges it, so a client
+    can rely on the retention it was told. Events after it are checked too, for an event's time is
+    when its transaction began and its id when it took its user's lock (0008), so a later event can
+    be the older."""
     return Query(_START, {"user_id": user_id, "after": after})
 
 
 def events_after(user_id: str, after: int) -> Query:
     """The user's next events after `after`, oldest first, each row saying `missed` false; or, when
-    any event after `after` was purged (sql/migrations/0010_event_purges.sql records every removal),
-    only one row, `missed` true and no event: the stream cannot go on from there without a reset.
-    One statement, so no purge can fall between reading the events and reading the record."""
+    any event after `after` was purged (sql/migrations/0010_event_purges.sql records every removal)
+    or one of those next events is older than app.events_retention_hours (gone, as for `start`, for
+    a stream that could not read for that long), only one row, `missed` true and no event: the
+    stream cannot go on from there without a reset. One statement, so no purge can fall between
+    reading the events and reading the record."""
     return Query(_AFTER, {"user_id": user_id, "after": after, "batch": BATCH})

@@ -62,7 +62,8 @@ def resume_point(last_event_id: str | None) -> int | None:
 async def start(caller: Caller, last_event_id: str | None) -> Start:
     """Without Last-Event-ID, from now; with one the stream may resume from (`queries.start` says
     which: a kept event with nothing after it purged, 0 before any purge, or where the purges
-    stopped), right after it; otherwise from now after a reset."""
+    stopped, and nothing from there older than the retention), right after it; otherwise from now
+    after a reset."""
     after = resume_point(last_event_id)
     (row,) = await caller.run(queries.start(caller.user.id, after or 0), read_only=True)
     if after is None:

@@ -323,6 +323,94 @@ def test_an_idle_users_expired_events_are_purged_by_anyones_write_and_her_stream
     run(api_url, scenario)
 
 
+def test_a_stream_resumed_from_before_any_event_starts_with_reset_once_one_is_older_than_the_retention(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """Before any write purges them: 0 must not replay what the retention says is gone, a deleted
+    task's title among it, when resuming from that very event would be told to reset."""
+    alice = new_user()
+
+    def events_of_alice() -> list[tuple[int, str]]:
+        rows = api_db.execute("select id, kind from task_events where user_id = %s order by id", [alice.id])
+        return rows.fetchall()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        created = await client.post(alice.tasks_url, json={"title": "a secret"}, headers=alice.headers)
+        assert created.status_code == 201
+        deleted = await client.delete(alice.task_url(created.json()["id"]), headers=alice.headers)
+        assert deleted.status_code == 204
+        # Past EVENTS_RETENTION_HOURS, the create only: one old event is enough.
+        api_db.execute(
+            "update task_events set created_at = now() - interval '25 hours'"
+            " where user_id = %s and kind = 'task.created'",
+            [alice.id],
+        )
+        # Nothing has purged them: no write since, and no purge recorded.
+        stored = events_of_alice()
+        assert [kind for _, kind in stored] == ["task.created", "task.deleted"]
+        assert api_db.execute("select from task_event_purges where user_id = %s", [alice.id]).fetchall() == []
+        # The first thing sent, from 0 as from the old event itself: a reset after her newest event.
+        for last_event_id in ("0", str(stored[0][0])):
+            headers = {**alice.headers, "Last-Event-ID": last_event_id}
+            async with aconnect_sse(client, "GET", f"/api/{alice.id}/events", headers=headers) as source:
+                first = await anext(source.aiter_sse())
+                assert (first.event, first.data, first.id) == ("reset", "{}", str(stored[-1][0]))
+        async with opened(client, alice, last_event_id="0") as stream:
+            reset = await stream.next()
+            assert (reset.kind, reset.data, reset.id) == ("reset", {}, str(stored[-1][0]))
+            # Then live, never sending the old events.
+            later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", later.json())]
+
+    run(api_url, scenario)
+
+
+def test_a_stream_sends_reset_rather_than_an_event_older_than_the_retention(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """An event is numbered when its transaction takes its user's lock, and stamped when that
+    transaction began, so one can be older than the event before it; and an open stream that could
+    not read for longer than the retention finds its unsent events old. Either way they count as gone,
+    as for a stream resuming from them, purged or not."""
+    alice = new_user()
+
+    def add_an_old_event() -> str:
+        """A task created by hand, its event aged past EVENTS_RETENTION_HOURS in the same
+        transaction, so no stream can read it fresh; the event's id."""
+        with api_db.transaction():
+            api_db.execute("insert into tasks (user_id, title) values (%s, 'old news')", [alice.id])
+            [(event_id,)] = api_db.execute(
+                "update task_events set created_at = now() - interval '25 hours'"
+                " where id = (select max(id) from task_events where user_id = %s) returning id",
+                [alice.id],
+            ).fetchall()
+        return str(event_id)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await client.post(alice.tasks_url, json={"title": "seen"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            old = add_an_old_event()
+            reset = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
+            assert (reset.kind, reset.data, reset.id) == ("reset", {}, old)
+            # Then live from there, with nothing sent twice.
+            later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            sent = await stream.next()
+            assert kinds_and_bodies([sent]) == [("task.created", later.json())]
+            later_id = sent.id
+        # A resume from the event before an old one, itself within the retention, is reset too.
+        old = add_an_old_event()
+        [(before,)] = api_db.execute(
+            "select max(id)::text from task_events where user_id = %s and id < %s", [alice.id, int(old)]
+        ).fetchall()
+        assert before == later_id
+        async with opened(client, alice, last_event_id=before) as stream:
+            reset = await stream.next()
+            assert (reset.kind, reset.data, reset.id) == ("reset", {}, old)
+
+    run(api_url, scenario)
+
+
 def test_a_stream_resumed_from_before_an_event_removed_by_hand_starts_with_reset(
     api_url: str, api_db: psycopg.Connection[Any]
 ) -> None:
