@@ -1,9 +1,21 @@
-"""The sort-key table is the one home of the list's sort keys; everything that names them agrees."""
+"""The sort-key table is the one home of the list's sort keys; everything that names them agrees.
+The longest cursor accepted is the longest the list can issue."""
 
+import json
+from datetime import UTC, datetime
 from typing import get_args
 
-from api.tasks.listing import COMPLETED_FOR_STATUS, SORT_KEYS, SortKey, TaskListParams, TaskStatus
-from api.tasks.models import TaskPublic
+from api.tasks.listing import (
+    COMPLETED_FOR_STATUS,
+    CURSOR_MAX_LENGTH,
+    MAX_TASK_ID,
+    SORT_KEYS,
+    Cursor,
+    SortKey,
+    TaskListParams,
+    TaskStatus,
+)
+from api.tasks.models import TITLE_MAX_LENGTH, TaskPublic
 
 
 def test_the_sort_key_type_and_the_table_name_the_same_keys() -> None:
@@ -21,3 +33,16 @@ def test_every_sort_key_reads_a_field_every_listed_task_has() -> None:
 
 def test_every_status_has_its_filter() -> None:
     assert set(get_args(TaskStatus)) == set(COMPLETED_FOR_STATUS)
+
+
+def test_the_longest_cursor_accepted_is_that_of_a_title_of_the_character_json_writes_longest() -> None:
+    """Every character but NUL (refused in a title) and lone surrogates (not text Postgres stores)."""
+    characters = (chr(code) for code in range(1, 0x110000) if not 0xD800 <= code <= 0xDFFF)
+    widest = max(characters, key=lambda character: len(json.dumps(character, ensure_ascii=False).encode()))
+    longest = Cursor("title", "desc", widest * TITLE_MAX_LENGTH, MAX_TASK_ID).encode()
+    assert len(longest) == CURSOR_MAX_LENGTH
+    # The other keys' values are timestamps, far shorter than such a title.
+    latest = datetime.max.replace(tzinfo=UTC)
+    assert all(
+        len(Cursor(sort, "desc", latest, MAX_TASK_ID).encode()) < CURSOR_MAX_LENGTH for sort in SORT_KEYS
+    )

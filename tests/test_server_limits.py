@@ -8,7 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import CLI, SECRET, cli_env, new_user, serve_process
+from api.auth.principal import USER_ID_MAX_LENGTH
+from api.http.caller import MAX_AUTHORIZATION_BYTES
+from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor
+from api.tasks.models import TITLE_MAX_LENGTH
+from tests.support import CLI, SECRET, cli_env, new_user, now, serve_process, sign
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +57,35 @@ def test_a_client_that_never_finishes_its_head_is_disconnected(served: str) -> N
     answer, waited = _raw(served, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", wait=20)
     assert b" 200 " not in answer
     assert 9 <= waited < 15, f"disconnected after {waited:.1f} s"
+
+
+def test_the_longest_next_page_url_is_served_with_the_longest_token(served: str) -> None:
+    """A next page's Link is the request's own URL with a cursor of the API's: at their longest, a
+    user id and a search of four-byte characters (12 bytes each, percent-encoded) and the longest
+    cursor, with an Authorization header at the API's own limit, the whole head is well within 32 KiB."""
+    user_id = "🙂" * USER_ID_MAX_LENGTH
+    claims = {"sub": user_id, "iat": now(), "exp": now() + 3600, "padding": ""}
+    # Base64 makes three bytes four characters.
+    claims["padding"] = "p" * ((MAX_AUTHORIZATION_BYTES - len("Bearer " + sign(claims))) * 3 // 4)
+    authorization = "Bearer " + sign(claims)
+    assert MAX_AUTHORIZATION_BYTES - 8 < len(authorization) <= MAX_AUTHORIZATION_BYTES
+    cursor = Cursor("title", "desc", "\x01" * TITLE_MAX_LENGTH, MAX_TASK_ID).encode()
+    assert len(cursor) == CURSOR_MAX_LENGTH
+    params = {
+        "status": "completed",
+        "sort": "title",
+        "order": "desc",
+        "q": "🙂" * 200,
+        "limit": "500",
+        "cursor": cursor,
+    }
+
+    response = httpx.get(
+        f"{served}/api/{user_id}/tasks", params=params, headers={"Authorization": authorization}, timeout=30
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json() == []
 
 
 def test_a_large_authorization_header_is_401_from_the_real_server(served: str) -> None:

@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import Column, Table
 
 from api.http.query import ascii_digits
-from api.tasks.models import Task, no_nul
+from api.tasks.models import TITLE_MAX_LENGTH, Task, no_nul
 
 # tasks.id is a bigint.
 MAX_TASK_ID = 2**63 - 1
@@ -82,7 +82,11 @@ class Cursor:
 
     def encode(self) -> str:
         value = self.value.isoformat() if isinstance(self.value, datetime) else self.value
-        raw = json.dumps([self.sort, self.order, value, self.task_id], separators=(",", ":"))
+        # A title's characters as UTF-8 rather than \uXXXX, six bytes for a CJK character and twelve
+        # for an emoji; json.loads reads both, so cursors issued escaped still decode.
+        raw = json.dumps(
+            [self.sort, self.order, value, self.task_id], separators=(",", ":"), ensure_ascii=False
+        )
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
@@ -105,11 +109,15 @@ class Cursor:
         return cls(sort, order, parsed, task_id)
 
 
-_CURSOR_MAX_LENGTH = 512
+# The longest cursor the list issues, and so the longest it accepts: after a task of the largest id
+# whose title is the longest there is in JSON, a control character, which JSON writes as \u00XX, six
+# bytes (any other character takes at most four in UTF-8, or two escaped). The other sort keys' values
+# are timestamps, far shorter (tests/test_listing.py).
+CURSOR_MAX_LENGTH = len(Cursor("title", "desc", "\x01" * TITLE_MAX_LENGTH, MAX_TASK_ID).encode())
 _CURSOR_DESCRIPTION = "From a previous page's Link header."
 # The schema a client sees (a string); `WithJsonSchema` replaces it whole, description included.
 _CURSOR_SCHEMA = {
-    "anyOf": [{"type": "string", "maxLength": _CURSOR_MAX_LENGTH}, {"type": "null"}],
+    "anyOf": [{"type": "string", "maxLength": CURSOR_MAX_LENGTH}, {"type": "null"}],
     "title": "Cursor",
     "description": _CURSOR_DESCRIPTION,
 }
@@ -137,11 +145,11 @@ class TaskListParams(BaseModel):
             return None  # a bad sort is reported on its own
         if not isinstance(value, str):
             raise PydanticCustomError("string_type", "Input should be a valid string")
-        if len(value) > _CURSOR_MAX_LENGTH:
+        if len(value) > CURSOR_MAX_LENGTH:
             raise PydanticCustomError(
                 "string_too_long",
                 "String should have at most {max_length} characters",
-                {"max_length": _CURSOR_MAX_LENGTH},
+                {"max_length": CURSOR_MAX_LENGTH},
             )
         sort: SortKey = info.data["sort"]
         try:

@@ -6,6 +6,8 @@ from typing import Any
 import httpx
 import pytest
 
+from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor
+from api.tasks.models import TITLE_MAX_LENGTH
 from tests.support import ApiUser, new_user
 
 _NEXT = re.compile(r'<([^>]+)>; rel="next"')
@@ -138,6 +140,51 @@ def test_paging_visits_every_task_once_in_order(client: httpx.Client, params: di
 
     assert paged == unpaged
     assert pages == -(-len(unpaged) // 3)
+
+
+# Titles whose cursors are long: JSON writes a control character in six bytes (\u0001), a quote or a
+# backslash in two, any other character in its UTF-8 (up to four bytes), unless escaped as \uXXXX
+# (six, twelve for an emoji), as the list's cursors once did.
+LONG_TITLES = [
+    "漢" * 71,
+    "漢" * TITLE_MAX_LENGTH,
+    "🙂" * TITLE_MAX_LENGTH,
+    '"' * TITLE_MAX_LENGTH,
+    "\\" * TITLE_MAX_LENGTH,
+    "\x01" * TITLE_MAX_LENGTH,
+    ('a\x01"\\\n漢🙂' * TITLE_MAX_LENGTH)[:TITLE_MAX_LENGTH],
+]
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_paging_by_title_follows_every_link_whatever_the_titles(client: httpx.Client, order: str) -> None:
+    user = new_user()
+    seed(client, user, [{"title": title} for title in LONG_TITLES])
+    listed = titles(
+        client.get(user.tasks_url, params={"sort": "title", "order": order}, headers=user.headers)
+    )
+    assert sorted(listed) == sorted(LONG_TITLES)
+
+    # One task a page, so that every title is some page's cursor; each page is asserted 200.
+    paged, pages = all_pages(client, user, sort="title", order=order, limit=1)
+
+    assert paged == listed
+    assert pages == len(LONG_TITLES)
+
+
+def test_the_longest_cursor_the_api_can_issue_is_accepted(client: httpx.Client) -> None:
+    user = new_user()
+    older = seed(client, user, [{"title": "\x01" * TITLE_MAX_LENGTH}])
+    # After a task of the largest id and the longest title, sorted Z to A: the same title, an older id.
+    cursor = Cursor("title", "desc", "\x01" * TITLE_MAX_LENGTH, MAX_TASK_ID).encode()
+    assert len(cursor) == CURSOR_MAX_LENGTH
+
+    response = client.get(
+        user.tasks_url, params={"sort": "title", "order": "desc", "cursor": cursor}, headers=user.headers
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json() == older
 
 
 def test_next_link_keeps_the_other_parameters(client: httpx.Client) -> None:

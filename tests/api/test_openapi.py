@@ -5,6 +5,8 @@ from typing import Any
 import httpx
 import pytest
 
+from api.tasks.listing import CURSOR_MAX_LENGTH
+
 TASK_OPERATIONS = [
     ("/api/{user_id}/tasks", "get"),
     ("/api/{user_id}/tasks", "post"),
@@ -54,6 +56,8 @@ def test_list_documents_its_query_parameters(spec: dict[str, Any]) -> None:
     assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 500, 100)
     status = next(p["schema"] for p in parameters if p["name"] == "status")
     assert status["enum"] == ["all", "pending", "completed"]
+    cursor = next(p["schema"] for p in parameters if p["name"] == "cursor")
+    assert cursor["anyOf"][0] == {"type": "string", "maxLength": CURSOR_MAX_LENGTH}
 
 
 def test_health_endpoints_are_public(spec: dict[str, Any]) -> None:
