@@ -25,6 +25,10 @@ from api.tasks import queries
 from api.tasks.models import IDEMPOTENCY_KEY_MAX_LENGTH, TaskCreate
 
 _HEADER = "idempotency-key"
+# A create with a key is tried at most this often: once, once more after forgetting the key stored
+# but expired, and once more should the key expire again meanwhile (an IDEMPOTENCY_TTL_HOURS shorter
+# than a round trip); past that the key's conflict is let through, as a 500, rather than looping.
+_ROUNDS = 3
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -58,19 +62,22 @@ async def create_once(
     expected = request_hash(data)
     tombstones_kept = caller.database.max_tasks_per_user
     query = queries.create_task_once(caller.user, data, key, expected, ttl, tombstones_kept=tombstones_kept)
-    try:
-        rows = await caller.run(query, read_only=False)
-    except AlreadyExists:
-        # Another request with this key committed while this one ran: answer as a repeat of it.
-        rows = await caller.run(queries.remembered(caller.user.id, key), read_only=True)
-        if not rows:
-            # The key is stored but expired: forget it (and the user's other expired keys), then
-            # this request is the key's first use.
+    for _ in range(_ROUNDS):
+        try:
+            (row,) = await caller.run(query, read_only=False)
+            break
+        except AlreadyExists:
+            # Another request with this key committed while this one ran: answer as a repeat of it.
+            stored = await caller.run(queries.remembered(caller.user.id, key), read_only=True)
+            if stored:
+                row = {**stored[0], "outcome": "previous"}
+                break
+            # The key is stored but expired: forget it (and the user's other expired keys), then this
+            # request is the key's first use, unless another request reusing it stores it first;
+            # the next round then answers as a repeat of that one.
             await caller.run(queries.forget_expired_keys(caller.user.id), read_only=False)
-            rows = await caller.run(query, read_only=False)
-        else:
-            rows = [{**rows[0], "outcome": "previous"}]
-    (row,) = rows
+    else:
+        raise AlreadyExists("idempotency_keys_pkey")
     if row["request_hash"] != expected:
         raise idempotency_key_reused()
     if row["task"] is None:

@@ -250,3 +250,48 @@ def test_expired_keys_are_forgotten_by_their_users_next_keyed_create(
     assert "idempotent-replayed" not in again.headers
     assert _keys(api_db, alice) == ["old"], "the expired keys are gone"
     assert _tasks(api_db, alice) == 3
+
+
+def _expire(db: psycopg.Connection[Any], user: ApiUser, key: str) -> None:
+    """As the table's owner: the key was stored two days ago, and has expired."""
+    db.execute(
+        "update idempotency_keys set created_at = created_at - interval '2 days',"
+        " expires_at = expires_at - interval '2 days' where user_id = %s and key = %s",
+        [user.id, key],
+    )
+
+
+def test_requests_reusing_an_expired_key_at_once_make_one_task_and_answer_as_its_replays(
+    client: httpx.Client, api_db: psycopg.Connection[Any], api_db_url: str
+) -> None:
+    alice = new_user()
+    body = {"title": "again, later"}
+    first = _post(client, alice, "reused-after-expiry", body)
+    _expire(api_db, alice, "reused-after-expiry")
+    # Two requests (the user's share of the API's connections), lined up: each finds the expired key,
+    # then waits to forget it on the row lock held here, so both forget it and then both store it.
+    with ThreadPoolExecutor(max_workers=2) as pool, psycopg.connect(api_db_url) as locker:
+        locker.execute(
+            "select from idempotency_keys where user_id = %s and key = %s for update",
+            [alice.id, "reused-after-expiry"],
+        )
+        sent = [pool.submit(_post, client, alice, "reused-after-expiry", body) for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while api_db.execute(
+            # The first waits on this lock, the second behind the first (the requests' own
+            # activity is hidden from this role, but not whom they wait for).
+            "select count(*) from pg_stat_activity"
+            " where datname = current_database() and cardinality(pg_blocking_pids(pid)) > 0"
+        ).fetchone() != (2,):
+            assert time.monotonic() < deadline, "both requests wait to forget the expired key"
+            time.sleep(0.05)
+    responses = [answer.result() for answer in sent]
+
+    assert sorted(response.status_code for response in responses) == [201, 201], [r.text for r in responses]
+    created = [response for response in responses if "idempotent-replayed" not in response.headers]
+    replayed = [response for response in responses if response.headers.get("idempotent-replayed") == "true"]
+    assert (len(created), len(replayed)) == (1, 1), "one first use of the key, and a replay of it"
+    assert replayed[0].json() == created[0].json()
+    assert created[0].json()["id"] != first.json()["id"], "past its expiry the key made a task anew"
+    assert _tasks(api_db, alice) == 2, "the first use's task, and exactly one more"
+    assert _keys(api_db, alice) == ["reused-after-expiry"]
