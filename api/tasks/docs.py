@@ -73,8 +73,8 @@ IDEMPOTENCY_KEY = {
     "description": (
         "1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key "
         "and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets 201 with that task as it is "
-        "now (410 task-deleted once it is deleted); the same key with another body gets 422 "
-        "idempotency-key-reused. One header field: two are a 422."
+        "now; the same key with another body gets 422 idempotency-key-reused; once the task is "
+        "deleted, the key gets 410 task-deleted, whatever the body. One header field: two are a 422."
     ),
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
 }

@@ -3,12 +3,13 @@
 A create with a key stores the key, a hash of the request and the id of the task it made, in the
 transaction that creates the task (api/tasks/queries.py, `create_task_once`). A repeat with the same
 key and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets the first answer's status with
-the task as it is now (so its current ETag), marked `Idempotent-Replayed: true`; once the task is
-deleted, 410 task-deleted. The same key with another body gets 422 idempotency-key-reused. A repeat
-that arrives while the first is still being written waits for it at the key's primary key and then
-gets its answer too. Keys belong to their user (row-level security,
-sql/policies/idempotency_keys.sql); expired keys, and a user's tombstones past MAX_TASKS_PER_USER,
-are removed by keyed creates, so no background worker is needed.
+the task as it is now (so its current ETag), marked `Idempotent-Replayed: true`. The same key with
+another body gets 422 idempotency-key-reused. Once the task is deleted, the key is a tombstone that
+keeps neither the task nor the request's hash (sql/migrations/0013_tombstones_forget_the_request.sql)
+and answers 410 task-deleted, whatever the body. A repeat that arrives while the first is still
+being written waits for it at the key's primary key and then gets its answer too. Keys belong to
+their user (row-level security, sql/policies/idempotency_keys.sql); expired keys, and a user's
+tombstones past MAX_TASKS_PER_USER, are removed by keyed creates, so no background worker is needed.
 """
 
 import hashlib
@@ -78,8 +79,10 @@ async def create_once(
             await caller.run(queries.forget_expired_keys(caller.user.id), read_only=False)
     else:
         raise AlreadyExists("idempotency_keys_pkey")
-    if row["request_hash"] != expected:
-        raise idempotency_key_reused()
+    # A tombstone first: it keeps no hash to compare, and answering 422 to one body and 410 to
+    # another would tell which content the deleted task had.
     if row["task"] is None:
         raise task_deleted()
+    if row["request_hash"] != expected:
+        raise idempotency_key_reused()
     return row["task"], row["outcome"] == "created"

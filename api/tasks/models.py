@@ -133,14 +133,15 @@ class IdempotencyKey(SQLModel, table=True):
     """A create's Idempotency-Key and the task it made (sql/policies/idempotency_keys.sql).
 
     It names the task, never a copy of it: a replay shows the task as it is now, and once the task
-    is deleted `task_id` is NULL (a tombstone: the key answers 410 task-deleted until it expires).
+    is deleted `task_id` and `request_hash` are NULL (a tombstone: the key answers 410 task-deleted,
+    whatever the body, until it expires; sql/migrations/0013_tombstones_forget_the_request.sql).
     """
 
     __tablename__ = "idempotency_keys"
 
     user_id: str = Field(primary_key=True, foreign_key="users.id")
     key: str = Field(primary_key=True, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
-    request_hash: str
+    request_hash: str | None = None
     task_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     created_at: datetime = Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))

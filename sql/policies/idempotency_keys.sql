@@ -1,7 +1,8 @@
 -- Row-level security for public.idempotency_keys: a user's keys are seen, made and removed by that
 -- user only. Nobody changes a key once it is stored (todo_app has no UPDATE on the table): a key
 -- names its task by id, and the task's deletion sets that to NULL through the foreign key's own
--- action, which needs no policy. Other users' expired keys are removed only by the database itself:
+-- action, which needs no policy (nor does the trigger that clears the key's request_hash with it,
+-- sql/migrations/0013_tombstones_forget_the_request.sql). Other users' expired keys are removed only by the database itself:
 -- the trigger function app.forget_expired_idempotency_keys (sql/migrations/0007_deleted_means_gone.sql)
 -- runs as its owner and deletes nothing that has not expired.
 -- Applying this file replaces every policy on the table, so the file is exactly what is live.

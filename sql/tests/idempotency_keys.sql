@@ -1,10 +1,10 @@
 -- Row-level security on public.idempotency_keys, proved from SQL: a user's keys are seen, stored
 -- and removed by that user only, nobody changes a stored key, a key names only its owner's task,
--- deleting the task leaves the key naming nothing, and the purge that every INSERT of keys sets off
--- removes only other users' expired keys, whether or not the owner it runs as bypasses row-level
--- security. Identities are switched the way the API switches them, inside one transaction that is
--- rolled back at the end. Run it as the migrating role (Neon's owner, or the embedded database's,
--- which does not bypass row-level security):
+-- deleting the task leaves the key naming nothing and holding no hash of it, and the purge that
+-- every INSERT of keys sets off removes only other users' expired keys, whether or not the owner it
+-- runs as bypasses row-level security. Identities are switched the way the API switches them,
+-- inside one transaction that is rolled back at the end. Run it as the migrating role (Neon's
+-- owner, or the embedded database's, which does not bypass row-level security):
 --
 --     psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/idempotency_keys.sql
 --
@@ -93,6 +93,9 @@ DELETE FROM public.tasks WHERE id = :bobs_task;
 SELECT pg_temp.is(
     (SELECT task_id FROM public.idempotency_keys WHERE key = 'made-it'), NULL::bigint,
     'DELETE: deleting a task leaves its key naming nothing, in the same statement');
+SELECT pg_temp.is(
+    (SELECT request_hash FROM public.idempotency_keys WHERE key = 'made-it'), NULL::text,
+    'DELETE: deleting a task leaves its key without the hash of the request that made it, too');
 SELECT pg_temp.is(
     pg_temp.row_count($$DELETE FROM public.idempotency_keys WHERE user_id = 'sqltest-alice'$$),
     0::bigint, 'DELETE: bob cannot remove alice''s key by naming her');

@@ -14,6 +14,8 @@ import pytest
 from psycopg import sql
 
 from api.app import create_app
+from api.tasks.idempotency import request_hash
+from api.tasks.models import TaskCreate
 from tests.support import ApiUser, new_user, serving, settings_for
 
 
@@ -77,7 +79,7 @@ def _stored_key(db: psycopg.Connection[Any], user: ApiUser, key: str) -> str:
     return str(row[0])
 
 
-def test_deleting_the_task_leaves_no_copy_and_its_key_answers_410(
+def test_deleting_the_task_leaves_no_copy_and_its_key_answers_410_whatever_the_body(
     client: httpx.Client, api_db: psycopg.Connection[Any]
 ) -> None:
     alice = new_user()
@@ -86,8 +88,12 @@ def test_deleting_the_task_leaves_no_copy_and_its_key_answers_410(
     assert "Secret plan" not in _stored_key(api_db, alice, "plan"), "a key names its task, never copies it"
 
     assert client.delete(alice.task_url(created.json()["id"]), headers=alice.headers).status_code == 204
-    # Gone in the DELETE's own transaction: nothing of the task is stored anywhere.
-    assert '"task_id":null' in _stored_key(api_db, alice, "plan")
+    # Gone in the DELETE's own transaction: nothing of the task is stored anywhere, not even the
+    # hash of the request that made it, against which a guess at its content could be checked.
+    tombstone = _stored_key(api_db, alice, "plan")
+    assert '"task_id":null' in tombstone
+    assert '"request_hash":null' in tombstone
+    assert request_hash(TaskCreate.model_validate(body)) not in tombstone
     for table in ("tasks", "idempotency_keys", "users"):
         dump = api_db.execute(
             sql.SQL("select coalesce(string_agg(t::text, ''), '') from {} t").format(sql.Identifier(table))
@@ -102,9 +108,11 @@ def test_deleting_the_task_leaves_no_copy_and_its_key_answers_410(
     assert replay.headers["content-type"] == "application/problem+json"
     assert replay.json()["type"] == "urn:todo-api:problem:task-deleted"
     assert "etag" not in replay.headers
+    # Another body is answered alike, so the key tells nothing about what the deleted task held.
+    guess = _post(client, alice, "plan", {"title": "Secret plan", "description": "Dinner"})
+    assert guess.status_code == 410
+    assert guess.json()["type"] == "urn:todo-api:problem:task-deleted"
     assert _tasks(api_db, alice) == 0, "nothing was created"
-    other_body = _post(client, alice, "plan", {"title": "another"})
-    assert other_body.status_code == 422, "the same key with another body is still refused"
 
 
 def test_keyed_create_and_delete_cycles_store_a_bounded_number_of_keys(

@@ -35,6 +35,7 @@ MIGRATION_IDS = [
     "0010_event_purges",
     "0011_purge_every_users_events",
     "0012_refuse_event_truncate",
+    "0013_tombstones_forget_the_request",
 ]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
@@ -279,6 +280,58 @@ def test_0010_takes_every_user_with_events_to_have_had_some_purged_and_rolls_bac
 
     migrate_all_then_roll_back_to(empty_db_url, "0009_wake_after_commit")
     assert events_machinery(empty_db_url) == at_0009
+
+
+KEYS_AND_NULLABILITY = """
+select (select array_agg(key || ' ' || coalesce(request_hash, 'no hash') order by key)
+        from idempotency_keys),
+       (select is_nullable from information_schema.columns
+        where table_name = 'idempotency_keys' and column_name = 'request_hash')
+"""
+
+
+def test_0013_forgets_the_request_hash_of_tombstones_stored_before_and_rolls_back_to_0012_exactly(
+    empty_db_url: str,
+) -> None:
+    migrate_up_to(empty_db_url, "0012_refuse_event_truncate")
+    at_0012 = events_machinery(empty_db_url)
+    kept_hash, deleted_hash = "a" * 64, "b" * 64
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        conn.execute("insert into users (id) values ('keyed')")
+        (kept, deleted) = [
+            task_id
+            for (task_id,) in conn.execute(
+                "insert into tasks (user_id, title) values ('keyed', 'kept'), ('keyed', 'deleted')"
+                " returning id"
+            )
+        ]
+        conn.execute(
+            "insert into idempotency_keys (user_id, key, request_hash, task_id, expires_at)"
+            " values ('keyed', 'live', %s, %s, now() + interval '1 day'),"
+            " ('keyed', 'tombstone', %s, %s, now() + interval '1 day')",
+            [kept_hash, kept, deleted_hash, deleted],
+        )
+        conn.execute("delete from tasks where id = %s", [deleted])
+        assert conn.execute(KEYS_AND_NULLABILITY).fetchone() == (
+            [f"live {kept_hash}", f"tombstone {deleted_hash}"],
+            "NO",
+        ), "before 0013 a tombstone kept the hash of its deleted task's request"
+
+    migrate_up_to(empty_db_url, "0013_tombstones_forget_the_request")
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        assert conn.execute(KEYS_AND_NULLABILITY).fetchone() == (
+            [f"live {kept_hash}", "tombstone no hash"],
+            "YES",
+        )
+        # From now on, in the DELETE's own statement.
+        conn.execute("delete from tasks where id = %s", [kept])
+        assert conn.execute(KEYS_AND_NULLABILITY).fetchone() == (["live no hash", "tombstone no hash"], "YES")
+
+    migrate_all_then_roll_back_to(empty_db_url, "0012_refuse_event_truncate")
+    assert events_machinery(empty_db_url) == at_0012
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        # Tombstones without a hash have none to give back: they go, as 0007's rollback drops them.
+        assert conn.execute(KEYS_AND_NULLABILITY).fetchone() == (None, "NO")
 
 
 @pytest.mark.parametrize(
