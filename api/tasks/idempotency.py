@@ -10,6 +10,9 @@ and answers 410 task-deleted, whatever the body. A repeat that arrives while the
 being written waits for it at the key's primary key and then gets its answer too. Keys belong to
 their user (row-level security, sql/policies/idempotency_keys.sql); expired keys, and a user's
 tombstones past MAX_TASKS_PER_USER, are removed by keyed creates, so no background worker is needed.
+
+The tombstones go oldest first, so a user stores at most twice the quota in keys; the price is that
+a retry of a dropped tombstone's key, even within IDEMPOTENCY_TTL_HOURS, creates its task anew.
 """
 
 import hashlib

@@ -132,6 +132,12 @@ def test_keyed_create_and_delete_cycles_store_a_bounded_number_of_keys(
         # The newest keys are kept as tombstones and answer 410 ...
         assert _post(client, alice, "cycle-39", {"title": "t39"}).status_code == 410
         kept = _keys(api_db, alice)
+        # The price of the bound (README.md, api/tasks/idempotency.py): a dropped tombstone's key,
+        # retried within IDEMPOTENCY_TTL_HOURS, creates its task anew.
+        retried = _post(client, alice, "cycle-0", {"title": "t0"})
+        assert retried.status_code == 201
+        assert "idempotent-replayed" not in retried.headers
+        assert _tasks(api_db, alice) == 1
     # ... and the oldest have been dropped: at most the quota's worth, plus the one just deleted.
     assert len(kept) <= quota + 1, kept
     assert "cycle-39" in kept
