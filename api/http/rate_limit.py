@@ -14,10 +14,8 @@ from collections.abc import Callable
 from api.http.problems import too_many_requests
 
 _POLICY = "per-user"
-# Buckets idle this long are full again, so forgetting them changes nothing; they are pruned once
-# the table grows past this many users.
+# Buckets idle this long are full again, so forgetting them changes nothing.
 _IDLE_SECONDS = 60.0
-_PRUNE_ABOVE = 10_000
 
 
 class RateLimiter:
@@ -25,17 +23,19 @@ class RateLimiter:
         self.per_minute = per_minute
         self._per_second = per_minute / 60.0
         self._clock = clock
-        self._buckets: dict[str, list[float]] = {}  # user id -> [tokens, when last counted]
+        # user id -> [tokens, when last counted], least recently counted first: the idle ones are
+        # found at the front, so forgetting them never scans the users still active.
+        self._buckets: dict[str, list[float]] = {}
         self.policy = f'"{_POLICY}";q={per_minute};w=60'
 
     def take(self, user_id: str) -> None:
         """Spend one of the user's tokens, or refuse the request with a 429."""
         now = self._clock()
-        bucket = self._buckets.get(user_id)
+        bucket = self._buckets.pop(user_id, None)
         if bucket is None:
-            if len(self._buckets) >= _PRUNE_ABOVE:
-                self._prune(now)
-            bucket = self._buckets[user_id] = [float(self.per_minute), now]
+            self._forget_idle(now)
+            bucket = [float(self.per_minute), now]
+        self._buckets[user_id] = bucket
         tokens = min(float(self.per_minute), bucket[0] + (now - bucket[1]) * self._per_second)
         bucket[1] = now
         if tokens >= 1.0:
@@ -49,7 +49,12 @@ class RateLimiter:
             headers={"RateLimit-Policy": self.policy, "RateLimit": f'"{_POLICY}";r=0;t={wait}'},
         )
 
-    def _prune(self, now: float) -> None:
-        idle = [user for user, (_, seen) in self._buckets.items() if now - seen >= _IDLE_SECONDS]
+    def _forget_idle(self, now: float) -> None:
+        """Drop the buckets idle past `_IDLE_SECONDS`, from the front, stopping at the first that is not."""
+        idle = []
+        for user, (_, seen) in self._buckets.items():
+            if now - seen < _IDLE_SECONDS:
+                break
+            idle.append(user)
         for user in idle:
             del self._buckets[user]
