@@ -12,9 +12,9 @@ trigger stored it, so an event is the task exactly as GET returns it and follows
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sse_starlette.event import ServerSentEvent
@@ -32,7 +32,19 @@ _MAX_EVENT_ID = 2**63 - 1
 _RETRY_SECONDS = 1.0
 # Reads that cannot run now, and are tried again: the database is away, the user's share is taken,
 # or the last isolation check found something (the stream then reads nothing until one is clean).
+_T = TypeVar("_T")
+
 _NOT_NOW: tuple[type[Exception], ...] = (*UNAVAILABLE, UserShareExceeded, IsolationUnverified)
+
+
+async def _finished_even_if_left(read: Coroutine[Any, Any, _T]) -> _T:
+    """Shielded: a client that leaves mid-read must not cancel the statement, which would cost the
+    pool its connection; the read finishes and the connection goes back. Its outcome is retrieved
+    even when nobody awaits it any more: a failure then (the database went away) is the stream's
+    end, not a `Task exception was never retrieved` error in the log."""
+    reading = asyncio.ensure_future(read)
+    reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return await asyncio.shield(reading)
 
 
 class TaskDeleted(BaseModel):
@@ -108,16 +120,14 @@ async def events(
             if not await still_trusted():
                 return
             try:
-                # Shielded: a client that leaves mid-read must not cancel the statement, which would
-                # cost the pool its connection; the read finishes and the connection goes back.
-                rows = await asyncio.shield(
+                rows = await _finished_even_if_left(
                     caller.run(queries.events_after(caller.user.id, position), read_only=True)
                 )
                 missed = rows[0]["missed"]
                 if missed:
                     # Purged before this stream sent them (it fell behind): the client refetches, as
                     # a client resuming from here would be told to, and the stream goes on from now.
-                    position = (await asyncio.shield(start(caller, None))).position
+                    position = (await _finished_even_if_left(start(caller, None))).position
             except _NOT_NOW:
                 # The listener wakes every stream once the database is back; until then, and until
                 # isolation is verified again, retry.

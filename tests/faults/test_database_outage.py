@@ -5,11 +5,14 @@ These tests run their own Postgres (the session's shared one must stay up for ev
 """
 
 import asyncio
+import gc
+import logging
 import time
 from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from api.app import create_app
 from tests.api.events_client import async_client, opened
@@ -124,3 +127,28 @@ def test_a_stream_survives_a_database_restart_and_misses_nothing(own_postgres: O
 
     with serving(create_app(settings)) as base_url:
         asyncio.run(scenario(base_url))
+
+
+def test_a_stream_left_while_its_read_waits_for_the_database_logs_no_error(
+    own_postgres: OwnPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read the client no longer waits for still finishes (shielded, so that the pool keeps its
+    connection), and its failure is no error of anyone's: it was a `Task exception was never
+    retrieved` traceback, an ERROR line per stream that alerting would page on."""
+    alice = new_user()
+    settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
+
+    async def scenario(base_url: str) -> None:
+        async with async_client(base_url) as client:
+            async with opened(client, alice) as stream:
+                await stream.opening_id()
+                await asyncio.to_thread(own_postgres.stop)
+                await asyncio.sleep(0.5)  # the listener has woken the stream, whose read now waits
+            await asyncio.sleep(4)  # past the pool timeout: the read has failed, with nobody to tell
+        await asyncio.to_thread(own_postgres.start)
+
+    with serving(create_app(settings)) as base_url:
+        asyncio.run(scenario(base_url))
+    gc.collect()  # an unretrieved exception is reported when its task is freed
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == [], [record.getMessage() for record in errors]
