@@ -165,7 +165,7 @@ def test_a_port_held_by_another_program_is_one_line_before_anything_starts(
         (("serve", "--port", "70000"), "argument --port: '70000' is not a TCP port"),
         (("serve", "--port", "-1"), "argument --port: '-1' is not a TCP port"),
         (("serve", "--workers", "0"), "argument --workers: '0' is not a whole number of at least 1"),
-        (("token", "alice", "--ttl", "0"), "argument --ttl: '0' is not a whole number of at least 1"),
+        (("token", "alice", "--ttl", "0"), "argument --ttl: '0' is not 1 to 3153600000 seconds (100 years)"),
     ],
 )
 def test_an_argument_out_of_range_is_refused_before_anything_starts(

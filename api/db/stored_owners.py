@@ -10,9 +10,17 @@ departure stays, and what it asks of a maintainer: docs/performance.md, "Writes 
 owner-row upsert".
 """
 
+from collections.abc import Hashable
+from typing import Protocol
+
 from cachetools import TTLCache
 
-from api.auth.principal import Principal
+
+class Owner(Hashable, Protocol):
+    """What a write stores of its caller (`api.auth.principal.Principal`): compared whole."""
+
+    @property
+    def id(self) -> str: ...
 
 # Bounded, least recently used first out: forgetting an owner only costs its next write the upsert.
 MAX_STORED_OWNERS = 10_000
@@ -25,15 +33,15 @@ REMEMBERED_FOR_SECONDS = 60.0
 
 class StoredOwners:
     def __init__(self, maxsize: int = MAX_STORED_OWNERS, ttl: float = REMEMBERED_FOR_SECONDS) -> None:
-        self._stored: TTLCache[str, Principal] = TTLCache(maxsize, ttl)
+        self._stored: TTLCache[str, Owner] = TTLCache(maxsize, ttl)
 
-    def __contains__(self, owner: Principal) -> bool:
+    def __contains__(self, owner: Owner) -> bool:
         return self._stored.get(owner.id) == owner
 
-    def add(self, owner: Principal) -> None:
+    def add(self, owner: Owner) -> None:
         """After a write that carried the upsert for `owner` has committed."""
         self._stored[owner.id] = owner
 
-    def discard(self, owner: Principal) -> None:
+    def discard(self, owner: Owner) -> None:
         """When the row turned out missing after all (deleted meanwhile, say)."""
         self._stored.pop(owner.id, None)
