@@ -39,6 +39,10 @@ read-only, or nothing of it was sent. Before a write goes out, one select() that
 whether the server has already ended the session (`_ended_while_idle`): a server that ends an idle
 session says so and closes the socket without waiting for us, so its farewell is there first. A
 write that went out and got no answer is `OutcomeUnknown`: it may have committed.
+
+Readiness pings (`Database.ping`) go over a connection of their own, never a pooled one: a pool
+whose every connection is taken by requests waiting on row locks is busy, not unreachable, and a
+ping waiting for a free connection took a healthy worker out of the load balancer (`_PingConnection`).
 """
 
 import asyncio
@@ -236,6 +240,56 @@ class _LivenessCheck:
                 await self._pool_check
 
 
+class _PingConnection:
+    """The readiness check's own connection to DATABASE_URL, made on the first ping and again after
+    it broke: one connection per worker besides the pool (docs/operations.md counts it).
+
+    It logs in and asks `select 1` as the login role, touching no table, never preparing (it may
+    reach a pooler in transaction mode). Each answer is bounded as a pooled connection's liveness
+    check is: past the connect timeout the connection is shut, and the next ping makes a new one.
+    One ping at a time (`api.http.health.SharedReadiness` sees to it).
+    """
+
+    def __init__(self, conninfo: str, *, answer_timeout_seconds: float) -> None:
+        self._conninfo = conninfo
+        self._answer_timeout = answer_timeout_seconds
+        self._connection: _Connection | None = None
+        self._closed = False
+        # Round trips asked for so far: tests/faults/test_readiness_flood.py counts them.
+        self.sent = 0
+
+    async def ping(self) -> None:
+        kept = self._connection
+        if kept is not None and not kept.closed:
+            try:
+                await self._select_one(kept)
+                return
+            except psycopg.Error:
+                # The server ended the session we kept (a restart, an idle timeout), or refused it
+                # something: `select 1` may be asked again, on a new connection. A timeout is not
+                # asked again: the server did not answer, and the connection is shut already.
+                await kept.close()
+        if self._closed:
+            raise DatabaseUnavailable("the readiness connection is closed")
+        self._connection = await _Connection.connect(
+            self._conninfo, autocommit=True, row_factory=dict_row, prepare_threshold=None
+        )
+        if self._closed:  # closed while it connected: the worker is stopping
+            await self._connection.close()
+            raise DatabaseUnavailable("the readiness connection is closed")
+        await self._select_one(self._connection)
+
+    async def _select_one(self, connection: _Connection) -> None:
+        self.sent += 1
+        async with _answer_within(connection, self._answer_timeout):
+            await connection.execute("select 1")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._connection is not None:
+            await self._connection.close()
+
+
 async def _allow_preparing_if_direct(connection: _Connection) -> None:
     """The pool's configure step for DB_PREPARED_STATEMENTS=auto: prepare only on a connection to
     Postgres itself, never through a pooler."""
@@ -330,6 +384,7 @@ class Database:
         prepare: bool,
         answer_timeout_seconds: float,
         fair_share: FairShare,
+        ping_connection: _PingConnection,
         liveness: _LivenessCheck | None = None,
         tracer: Tracer | None = None,
         events_retention_hours: float = 24.0,
@@ -338,6 +393,7 @@ class Database:
         self._liveness = liveness or _LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
         self._liveness.pool = pool
         self.fair_share = fair_share
+        self._ping_connection = ping_connection
         self._statement_timeout = str(statement_timeout_ms)
         self.max_tasks_per_user = max_tasks_per_user
         self._max_tasks = str(max_tasks_per_user)
@@ -394,6 +450,14 @@ class Database:
             fair_share=FairShare(
                 settings.max_connections_per_user, wait_seconds=settings.db_pool_timeout_seconds
             ),
+            ping_connection=_PingConnection(
+                libpq_url(
+                    settings.database_url.get_secret_value(),
+                    connect_timeout=settings.db_connect_timeout_seconds,
+                    application_name="todo-api-readiness",
+                ),
+                answer_timeout_seconds=settings.db_connect_timeout_seconds,
+            ),
             liveness=liveness,
             # The server cancels a slow statement itself; this bounds the wait when no answer can
             # come at all (a wedged pooler, a network that drops packets silently): at the bound the
@@ -414,6 +478,7 @@ class Database:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pool_watcher
         await self._liveness.close()
+        await self._ping_connection.close()
         await self.pool.close()
 
     async def _watch_pool(self) -> None:
@@ -565,24 +630,15 @@ class Database:
         return await _result_rows(cursor)
 
     async def ping(self) -> None:
-        """Reach the server and back, touching no table: for readiness checks. A connection lost
-        on the way is replaced, as for a transaction."""
-        try:
-            await self._ping_once()
-        except SafeToRetry:
-            await self._liveness.check_pool()
-            await self._ping_once()
+        """Reach the server and back, touching no table: for readiness checks. Over a connection
+        of its own (`_PingConnection`), so a pool with no free connection does not delay it; one
+        lost on the way is replaced."""
+        await self._ping_connection.ping()
 
-    async def _ping_once(self) -> None:
-        connection = await self.pool.getconn()
-        try:
-            await connection.execute("select 1")
-        except psycopg.Error as error:
-            if connection.broken:
-                raise SafeToRetry(f"the connection broke during a ping: {error}") from error
-            raise
-        finally:
-            await self.pool.putconn(connection)
+    @property
+    def pings_sent(self) -> int:
+        """Round trips readiness checks have asked for so far."""
+        return self._ping_connection.sent
 
 
 async def _roll_back(connection: _Connection) -> None:

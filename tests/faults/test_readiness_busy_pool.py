@@ -1,0 +1,103 @@
+"""/readyz asks whether the database answers, not whether the pool has a connection free.
+
+Requests waiting on row locks can hold every pooled connection of a worker while the database
+answers anyone else at once; a ping that waited for a pooled connection answered 503 then and took a
+healthy worker out of the load balancer. A database that is down is still a 503.
+"""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import psycopg
+
+from api.app import create_app
+from tests.own_postgres import OwnPostgres
+from tests.support import new_user, serving, settings_for
+
+POOL_SIZE = 4
+PER_USER = 2  # each user's share of the pool: POOL_SIZE // PER_USER users fill it
+
+
+def _waiting_on_locks(url: str) -> int:
+    # A connection of its own each time: a transaction sees pg_stat_activity as it first read it.
+    with psycopg.connect(url, autocommit=True) as probe:
+        row = probe.execute(
+            "select count(*) from pg_stat_activity"
+            " where wait_event_type = 'Lock' and datname = current_database()"
+        ).fetchone()
+    return row[0] if row else 0
+
+
+def test_a_pool_taken_by_requests_waiting_on_locks_is_still_ready(
+    migrated_db: psycopg.Connection[Any], migrated_db_url: str
+) -> None:
+    settings = settings_for(
+        migrated_db_url,
+        db_pool_size=POOL_SIZE,
+        db_max_connections_per_user=PER_USER,
+        # The blocked writes wait for the lock, not for a timeout, however slow the machine.
+        db_statement_timeout_ms=120_000,
+        db_pool_timeout_seconds=60,
+        # The periodic isolation check takes a pooled connection too; not during this test.
+        isolation_check_interval_seconds=3600,
+    )
+    users = [new_user() for _ in range(POOL_SIZE // PER_USER)]
+    with (
+        serving(create_app(settings)) as base_url,
+        httpx.Client(base_url=base_url, timeout=120) as client,
+        ThreadPoolExecutor(POOL_SIZE) as senders,
+    ):
+        tasks = []
+        for user in users:
+            for n in range(PER_USER):
+                created = client.post(user.tasks_url, json={"title": f"before {n}"}, headers=user.headers)
+                assert created.status_code == 201, created.text
+                tasks.append((user, created.json()["id"]))
+
+        # As an operator's session would, a lock on every one of those tasks.
+        migrated_db.execute(
+            "select 1 from tasks where id = any(%s) for update", [[task_id for _, task_id in tasks]]
+        )
+        updates = [
+            senders.submit(client.put, user.task_url(task_id), json={"title": "after"}, headers=user.headers)
+            for user, task_id in tasks
+        ]
+        deadline = time.monotonic() + 60
+        while _waiting_on_locks(migrated_db_url) < POOL_SIZE:
+            assert time.monotonic() < deadline, "every pooled connection waits on the lock"
+            time.sleep(0.05)
+
+        ready = client.get("/readyz")
+
+        migrated_db.rollback()  # the lock goes, and the writes go through
+        updated = [update.result() for update in updates]
+
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {"status": "ready"}
+    assert [response.status_code for response in updated] == [200] * POOL_SIZE
+    titles = migrated_db.execute(
+        "select title from tasks where id = any(%s)", [[task_id for _, task_id in tasks]]
+    ).fetchall()
+    assert titles == [("after",)] * POOL_SIZE
+
+
+def test_a_database_that_is_down_is_not_ready_and_ready_again_once_back(own_postgres: OwnPostgres) -> None:
+    settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2)
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        assert client.get("/readyz").status_code == 200  # the readiness connection is made, and kept
+
+        own_postgres.stop()
+        time.sleep(1.1)  # past the shared answer's second (api/http/health.py)
+        down = client.get("/readyz")
+
+        assert down.status_code == 503, down.text
+        assert down.json()["type"] == "urn:todo-api:problem:database-unavailable"
+        assert down.headers["retry-after"].isdigit()
+
+        own_postgres.start()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "/readyz never came back"
+            time.sleep(0.2)
