@@ -188,21 +188,21 @@ class Authenticator:
         if not verifiers:
             raise ValueError("no way to verify tokens is configured")
         self._verifiers = {algorithm: verifier for verifier in verifiers for algorithm in verifier.algorithms}
-        self._key_sets = [verifier.key_set for verifier in verifiers if isinstance(verifier, JwksVerifier)]
+        self.key_sets = [verifier.key_set for verifier in verifiers if isinstance(verifier, JwksVerifier)]
         self._clock = clock
         self._verified: TLRUCache[bytes, _Verified] = TLRUCache(
             maxsize=cache_size, ttu=lambda _key, value, _now: value.expires_at, timer=clock
         )
 
     async def __aenter__(self) -> Self:
-        for key_set in self._key_sets:
+        for key_set in self.key_sets:
             await key_set.__aenter__()
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        for key_set in self._key_sets:
+        for key_set in self.key_sets:
             await key_set.__aexit__(kind, error, trace)
 
     async def authenticate(self, token: str) -> Principal:

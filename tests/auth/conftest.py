@@ -1,10 +1,13 @@
 """Fixtures for Better Auth-style tokens: keys, a live JWKS endpoint, and an API that trusts it."""
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from api.app import create_app
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
@@ -34,7 +37,9 @@ def published(signing_keys: dict[str, SigningKey]) -> Iterator[JwksServer]:
 def jwks_api(api_db_url: str, published: JwksServer) -> Iterator[httpx.Client]:
     """An API with both key sources, as a deployment may have: Better Auth's JWKS and the shared secret."""
     settings = settings_for(api_db_url, better_auth_url=published.base_url)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    app = create_app(settings)
+    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        wait_for(lambda: keys_fetched(app))
         yield client
 
 
@@ -65,3 +70,34 @@ def user_with(token: str, user_id: str) -> ApiUser:
 @pytest.fixture
 def user_id() -> str:
     return better_auth_id()
+
+
+@contextmanager
+def api_trusting(api_db_url: str, server: JwksServer, **overrides: Any) -> Iterator[httpx.Client]:
+    """An API of its own, trusting `server`'s keys (and the shared secret), with settings to taste;
+    unless the server is down, once the API has fetched them."""
+    settings = settings_for(api_db_url, better_auth_url=server.base_url, **overrides)
+    app = create_app(settings)
+    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        if not server.down:
+            wait_for(lambda: keys_fetched(app))
+        yield client
+
+
+def get_tasks(client: httpx.Client, server: JwksServer, key: SigningKey, **claims: Any) -> httpx.Response:
+    """A fresh user's task list, with a new token signed by `key` (so no remembered token hides it)."""
+    user_id = better_auth_id()
+    token = key.sign(claims_for(server.base_url, user_id, **claims))
+    return client.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+
+
+def keys_fetched(app: FastAPI) -> bool:
+    """Whether the app's start-up fetch of the keys is done: until then a JWKS token is a 503."""
+    return all(key_set.fetched for key_set in app.state.authenticator.key_sets)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

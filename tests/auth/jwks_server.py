@@ -80,12 +80,21 @@ def forge(header: dict[str, Any], claims: dict[str, Any], *, hmac_secret: bytes 
 
 @dataclass
 class JwksServer:
-    """What the tests change: the published keys, whether the endpoint is up, and how often it was asked."""
+    """What the tests change: the published keys, whether the endpoint is up, and how often it was asked.
+
+    `document`, when set, is sent instead of the key set, as it is: a hostile or broken endpoint.
+    `drip_seconds` sends the body's first bytes one a second for that long, as a slow endpoint would.
+    `cut_off` counts the bodies the client stopped reading before the end.
+    """
 
     base_url: str
     keys: list[SigningKey] = field(default_factory=list)
     down: bool = False
+    document: bytes | None = None
+    drip_seconds: int = 0
     fetches: int = 0
+    cut_off: int = 0
+    stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -105,7 +114,27 @@ class JwksServer:
             self.fetches += 1
             if self.down:
                 return None
+            if self.document is not None:
+                return self.document
             return json.dumps({"keys": [key.jwk for key in self.keys]}).encode()
+
+    def send(self, body: bytes, out: Any) -> None:
+        """Write `body` (dripping first if asked), counting a client that hangs up before the end."""
+        try:
+            for offset in range(min(self.drip_seconds, len(body))):
+                if self.stopping.wait(1.0):
+                    return
+                out.write(body[offset : offset + 1])
+                out.flush()
+            for offset in range(min(self.drip_seconds, len(body)), len(body), 65536):
+                out.write(body[offset : offset + 65536])
+        except OSError:
+            with self._lock:
+                self.cut_off += 1
+
+    def cut_off_count(self) -> int:
+        with self._lock:
+            return self.cut_off
 
 
 @contextmanager
@@ -126,7 +155,7 @@ def jwks_server(*keys: SigningKey) -> Iterator[JwksServer]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            state[0].send(body, self.wfile)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -140,6 +169,7 @@ def jwks_server(*keys: SigningKey) -> Iterator[JwksServer]:
     try:
         yield server
     finally:
+        server.stopping.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=10)

@@ -3,41 +3,17 @@ and an unreachable JWKS endpoint neither stops the API nor breaks tokens signed 
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
-from api.app import create_app
 from api.auth.errors import KeysUnavailable
 from api.auth.jwks import JwksKeySet, UnknownKey
 from tests.api.events_client import async_client, opened
-from tests.auth.conftest import claims_for
+from tests.auth.conftest import api_trusting, claims_for, get_tasks, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import ApiUser, better_auth_id, now, serving, settings_for, sign
-
-
-@contextmanager
-def api_trusting(api_db_url: str, server: JwksServer, **overrides: Any) -> Iterator[httpx.Client]:
-    settings = settings_for(api_db_url, better_auth_url=server.base_url, **overrides)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
-        yield client
-
-
-def _get(client: httpx.Client, server: JwksServer, key: SigningKey, **claims: Any) -> httpx.Response:
-    user_id = better_auth_id()
-    token = key.sign(claims_for(server.base_url, user_id, **claims))
-    return client.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
-
-
-def _wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+from tests.support import ApiUser, better_auth_id, now, sign
 
 
 async def _started(key_set: JwksKeySet) -> JwksKeySet:
@@ -52,25 +28,25 @@ async def _started(key_set: JwksKeySet) -> JwksKeySet:
 def test_a_new_key_is_accepted_after_one_refetch(api_db_url: str) -> None:
     old, new = SigningKey.generate(), SigningKey.generate()
     with jwks_server(old) as server, api_trusting(api_db_url, server) as client:
-        assert _get(client, server, old).status_code == 200
-        _wait_for(lambda: server.fetch_count() == 1)  # the start-up fetch, and no other
+        assert get_tasks(client, server, old).status_code == 200
+        wait_for(lambda: server.fetch_count() == 1)  # the start-up fetch, and no other
 
         server.publish(new)
-        assert _get(client, server, new).status_code == 200
+        assert get_tasks(client, server, new).status_code == 200
         assert server.fetch_count() == 2
-        assert _get(client, server, new).status_code == 200
-        assert _get(client, server, old).status_code == 200
+        assert get_tasks(client, server, new).status_code == 200
+        assert get_tasks(client, server, old).status_code == 200
         assert server.fetch_count() == 2, "known keys need no fetch"
 
 
 def test_a_flood_of_unknown_kids_fetches_at_most_once_per_cooldown(api_db_url: str) -> None:
     key = SigningKey.generate()
     with jwks_server(key) as server, api_trusting(api_db_url, server) as client:
-        assert _get(client, server, key).status_code == 200
-        _wait_for(lambda: server.fetch_count() == 1)
+        assert get_tasks(client, server, key).status_code == 200
+        wait_for(lambda: server.fetch_count() == 1)
 
         strangers = [SigningKey.generate() for _ in range(30)]
-        responses = [_get(client, server, stranger) for stranger in strangers]
+        responses = [get_tasks(client, server, stranger) for stranger in strangers]
 
         assert {response.status_code for response in responses} == {401}
         assert all("unknown kid" in response.json()["detail"] for response in responses)
@@ -79,7 +55,7 @@ def test_a_flood_of_unknown_kids_fetches_at_most_once_per_cooldown(api_db_url: s
         # Within the cooldown even a key that really was just published waits for the next window.
         late = SigningKey.generate()
         server.publish(late)
-        assert _get(client, server, late).status_code == 401
+        assert get_tasks(client, server, late).status_code == 401
         assert server.fetch_count() == 2
 
 
@@ -130,16 +106,16 @@ def test_known_keys_keep_working_while_the_jwks_endpoint_is_down(api_db_url: str
         jwks_server(key) as server,
         api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
     ):
-        assert _get(client, server, key).status_code == 200
+        assert get_tasks(client, server, key).status_code == 200
         server.down = True
 
         # Fresh tokens each time, so the verified-token cache does not hide the key lookup.
-        assert _get(client, server, key).status_code == 200
-        assert _get(client, server, key, name="Someone else").status_code == 200
-        unknown = _get(client, server, stranger)
+        assert get_tasks(client, server, key).status_code == 200
+        assert get_tasks(client, server, key, name="Someone else").status_code == 200
+        unknown = get_tasks(client, server, stranger)
         assert unknown.status_code == 401, "keys were fetched before, so an unknown kid is unknown"
         assert "unknown kid" in unknown.json()["detail"]
-        assert _get(client, server, key).status_code == 200, "a failed refetch drops no key"
+        assert get_tasks(client, server, key).status_code == 200, "a failed refetch drops no key"
 
 
 def test_a_failed_refresh_keeps_the_keys() -> None:
@@ -191,11 +167,11 @@ def test_a_token_verified_before_its_key_was_withdrawn_is_refused_once_the_set_i
 
         server.keys.remove(withdrawn)
         # A token naming a key the API does not hold makes it fetch the set again.
-        assert _get(client, server, SigningKey.generate()).status_code == 401
+        assert get_tasks(client, server, SigningKey.generate()).status_code == 401
         refused = client.get(f"/api/{user_id}/tasks", headers=headers)
         assert refused.status_code == 401
         assert "does not publish" in refused.json()["detail"]
-        assert _get(client, server, kept).status_code == 200
+        assert get_tasks(client, server, kept).status_code == 200
 
 
 def test_an_open_stream_ends_unread_once_its_tokens_key_is_withdrawn(
@@ -215,7 +191,7 @@ def test_an_open_stream_ends_unread_once_its_tokens_key_is_withdrawn(
                 await stream.opening_id()
                 server.keys.remove(withdrawn)
                 # A token naming a key the API does not hold makes it fetch the set again.
-                assert _get(client, server, SigningKey.generate()).status_code == 401
+                assert get_tasks(client, server, SigningKey.generate()).status_code == 401
                 # A change by hand wakes the stream, whose token's key is now gone.
                 api_db.execute("insert into users (id) values (%s)", [user_id])
                 api_db.execute(
@@ -232,7 +208,7 @@ def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: st
     with jwks_server(key) as server:
         server.down = True
         with api_trusting(api_db_url, server) as client:  # starts although the auth server is down
-            response = _get(client, server, key)
+            response = get_tasks(client, server, key)
 
             assert response.status_code == 503
             assert response.headers["content-type"].startswith("application/problem+json")
@@ -248,7 +224,7 @@ def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: st
             assert client.get(f"/api/{user_id}/tasks", headers=headers).status_code == 200
 
             server.down = False  # the background fetch retries within seconds
-            _wait_for(lambda: _get(client, server, key).status_code == 200)
+            wait_for(lambda: get_tasks(client, server, key).status_code == 200)
 
 
 def test_never_fetched_keys_are_unavailable_at_the_key_set_level() -> None:
