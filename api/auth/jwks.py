@@ -4,7 +4,8 @@ Keys are fetched in the background at start-up (so a briefly unreachable auth se
 the API from starting) and refreshed now and then (so a key removed from the set stops working).
 A token naming a `kid` we do not hold triggers a fetch on the spot, but at most one such fetch per
 cooldown: random kids must not turn the API into a load generator against the auth server. When
-a fetch fails, the keys already held keep working.
+a fetch fails, the keys already held keep working. A fetch, start to end, takes at most its timeout,
+reads at most _MAX_DOCUMENT_BYTES, and a document it cannot use is a failed fetch like any other.
 """
 
 import asyncio
@@ -48,9 +49,9 @@ class UnknownKey(Exception):  # noqa: N818
 
 def _algorithm(jwk: Mapping[str, Any]) -> str | None:
     """The one algorithm this key is for: its `alg`, else what its curve implies (RSA must say)."""
-    algorithm = jwk.get("alg")
-    if algorithm is None:
-        algorithm = _ALGORITHM_FOR_CURVE.get(jwk.get("crv"))  # type: ignore[arg-type]
+    algorithm, curve = jwk.get("alg"), jwk.get("crv")
+    if algorithm is None and isinstance(curve, str):
+        algorithm = _ALGORITHM_FOR_CURVE.get(curve)
     if not isinstance(algorithm, str) or algorithm not in ASYMMETRIC_ALGORITHMS:
         return None
     key_type, curve = ASYMMETRIC_ALGORITHMS[algorithm]
@@ -78,7 +79,7 @@ def parse_key_set(document: object) -> dict[str, PyJWK]:
             continue
         try:
             key = PyJWK(jwk, algorithm)
-        except PyJWTError as error:
+        except (PyJWTError, TypeError, ValueError) as error:
             logger.warning("JWKS: skipping key %r: %s", kid, type(error).__name__)
             continue
         if kid in keys:
@@ -174,7 +175,8 @@ class JwksKeySet:
             if len(response.content) > _MAX_DOCUMENT_BYTES:
                 raise ValueError("the JWK set is implausibly large")
             keys = parse_key_set(response.json())
-        except (httpx.HTTPError, ValueError) as error:
+        except (httpx.HTTPError, ValueError, RecursionError) as error:
+            # RecursionError: JSON nested deeper than the parser's stack (a hostile endpoint's doing).
             # Never log the body: a misconfigured URL could point at something private.
             logger.warning("JWKS: cannot fetch %s: %s", self.url, type(error).__name__)
             metrics.jwks_fetches.labels("failed").inc()

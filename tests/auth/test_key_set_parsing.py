@@ -61,3 +61,18 @@ def test_two_keys_under_one_kid_are_both_left_out() -> None:
 def test_a_document_that_is_not_a_key_set_is_refused(document: object) -> None:
     with pytest.raises(ValueError, match="not a JWK set"):
         parse_key_set(document)
+
+
+@pytest.mark.parametrize(
+    ("case", "jwk"),
+    [
+        ("a curve that is a list", {**_without(ED.jwk, "alg"), "crv": ["Ed25519"]}),
+        ("a curve that is an object", {**_without(ED.jwk, "alg"), "crv": {"name": "Ed25519"}}),
+        ("a key type that is a list", {**ED.jwk, "kty": ["OKP"]}),
+        ("a kid that is a list", {**ED.jwk, "kid": ["a"]}),
+        ("an x that is a number", {**ED.jwk, "x": 1}),
+    ],
+)
+def test_a_malformed_key_is_left_out_alone(case: str, jwk: Any) -> None:
+    """One key the parser cannot read costs that key, never the set."""
+    assert parse_key_set({"keys": [jwk, EC.jwk]}).keys() == {EC.kid}, case

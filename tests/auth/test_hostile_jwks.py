@@ -1,0 +1,38 @@
+"""A JWKS endpoint that misbehaves (a broken document, a body too large) costs a failed fetch,
+counted and logged, never a 500; the keys already held keep working."""
+
+import json
+
+from tests.auth.conftest import api_trusting, get_tasks
+from tests.auth.jwks_server import SigningKey, jwks_server
+from tests.support import now, scrape, value
+
+FETCHES = "todo_api_jwks_fetches_total"
+
+
+def test_a_document_nested_too_deep_to_parse_is_a_failed_fetch_and_the_keys_are_kept(api_db_url: str) -> None:
+    key, stranger = SigningKey.generate(), SigningKey.generate()
+    with (
+        jwks_server(key) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        assert get_tasks(client, server, key).status_code == 200
+        failed = value(scrape(str(client.base_url)), FETCHES, outcome="failed")
+
+        server.document = b"[" * 100_000 + b"]" * 100_000
+        # Issued before the keys were fetched, so the set as held proves its kid unknown.
+        unknown = get_tasks(client, server, stranger, iat=now() - 60)
+
+        assert unknown.status_code == 401
+        assert "unknown kid" in unknown.json()["detail"]
+        assert value(scrape(str(client.base_url)), FETCHES, outcome="failed") == failed + 1
+        assert get_tasks(client, server, key).status_code == 200, "the keys held are kept"
+
+
+def test_one_malformed_key_costs_only_itself(api_db_url: str) -> None:
+    key = SigningKey.generate()
+    malformed = {key: value for key, value in SigningKey.generate().jwk.items() if key != "alg"}
+    with jwks_server() as server:
+        server.document = json.dumps({"keys": [{**malformed, "crv": ["Ed25519"]}, key.jwk]}).encode()
+        with api_trusting(api_db_url, server) as client:
+            assert get_tasks(client, server, key).status_code == 200
