@@ -10,6 +10,7 @@ reads at most _MAX_DOCUMENT_BYTES, and a document it cannot use is a failed fetc
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -167,14 +168,9 @@ class JwksKeySet:
             return await self._fetch()
 
     async def _fetch(self) -> bool:
-        if self._client is None:
-            raise RuntimeError("JwksKeySet is used outside `async with`")
         try:
-            response = await self._client.get(self.url)
-            response.raise_for_status()
-            if len(response.content) > _MAX_DOCUMENT_BYTES:
-                raise ValueError("the JWK set is implausibly large")
-            keys = parse_key_set(response.json())
+            document = await self._download()
+            keys = parse_key_set(json.loads(document))
         except (httpx.HTTPError, ValueError, RecursionError) as error:
             # RecursionError: JSON nested deeper than the parser's stack (a hostile endpoint's doing).
             # Never log the body: a misconfigured URL could point at something private.
@@ -186,6 +182,21 @@ class JwksKeySet:
         metrics.jwks_fetches.labels("fetched").inc()
         logger.info("JWKS: %d key(s) from %s", len(keys), self.url)
         return True
+
+    async def _download(self) -> bytes:
+        """The body, read only while it stays within _MAX_DOCUMENT_BYTES once decoded (a gzip body
+        can decode to a thousand times its size)."""
+        if self._client is None:
+            raise RuntimeError("JwksKeySet is used outside `async with`")
+        async with self._client.stream("GET", self.url) as response:
+            response.raise_for_status()
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > _MAX_DOCUMENT_BYTES:
+                    # Leaving `stream` unread closes the connection: the rest is never received.
+                    raise ValueError("the JWK set is implausibly large")
+        return bytes(body)
 
     async def _keep_fresh(self) -> None:
         failures = 0

@@ -82,7 +82,8 @@ def forge(header: dict[str, Any], claims: dict[str, Any], *, hmac_secret: bytes 
 class JwksServer:
     """What the tests change: the published keys, whether the endpoint is up, and how often it was asked.
 
-    `document`, when set, is sent instead of the key set, as it is: a hostile or broken endpoint.
+    `document`, when set, is sent instead of the key set, as it is (under `content_encoding`, if set):
+    a hostile or broken endpoint.
     `drip_seconds` sends the body's first bytes one a second for that long, as a slow endpoint would.
     `cut_off` counts the bodies the client stopped reading before the end.
     """
@@ -91,6 +92,7 @@ class JwksServer:
     keys: list[SigningKey] = field(default_factory=list)
     down: bool = False
     document: bytes | None = None
+    content_encoding: str | None = None
     drip_seconds: int = 0
     fetches: int = 0
     cut_off: int = 0
@@ -153,6 +155,8 @@ def jwks_server(*keys: SigningKey) -> Iterator[JwksServer]:
                 return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            if state[0].content_encoding is not None:
+                self.send_header("Content-Encoding", state[0].content_encoding)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             state[0].send(body, self.wfile)

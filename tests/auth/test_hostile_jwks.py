@@ -1,9 +1,11 @@
-"""A JWKS endpoint that misbehaves (a broken document, a body too large) costs a failed fetch,
-counted and logged, never a 500; the keys already held keep working."""
+"""A JWKS endpoint that misbehaves (a broken document, a body too large or too slow) costs a failed
+fetch, counted and logged, never a 500 or a request held for as long as the endpoint likes; the
+keys already held keep working."""
 
+import gzip
 import json
 
-from tests.auth.conftest import api_trusting, get_tasks
+from tests.auth.conftest import api_trusting, get_tasks, wait_for
 from tests.auth.jwks_server import SigningKey, jwks_server
 from tests.support import now, scrape, value
 
@@ -36,3 +38,38 @@ def test_one_malformed_key_costs_only_itself(api_db_url: str) -> None:
         server.document = json.dumps({"keys": [{**malformed, "crv": ["Ed25519"]}, key.jwk]}).encode()
         with api_trusting(api_db_url, server) as client:
             assert get_tasks(client, server, key).status_code == 200
+
+
+def test_a_huge_document_is_refused_without_being_read_whole(api_db_url: str) -> None:
+    key, stranger = SigningKey.generate(), SigningKey.generate()
+    with (
+        jwks_server(key) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        failed = value(scrape(str(client.base_url)), FETCHES, outcome="failed")
+        # Far more than the loopback's socket buffers hold: the server finishes sending only if
+        # the API reads it all.
+        server.document = b'{"keys": [' + b" " * 32_000_000 + b"]}"
+
+        unknown = get_tasks(client, server, stranger, iat=now() - 60)
+
+        assert unknown.status_code == 401
+        assert value(scrape(str(client.base_url)), FETCHES, outcome="failed") == failed + 1
+        wait_for(lambda: server.cut_off_count() == 1)
+        assert get_tasks(client, server, key).status_code == 200, "the keys held are kept"
+
+
+def test_the_size_limit_counts_the_document_as_decoded(api_db_url: str) -> None:
+    key, stranger = SigningKey.generate(), SigningKey.generate()
+    with (
+        jwks_server(key) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        failed = value(scrape(str(client.base_url)), FETCHES, outcome="failed")
+        # 50 kB on the wire, 50 MB once decoded.
+        server.document = gzip.compress(b'{"keys": [' + b" " * 50_000_000 + b"]}")
+        server.content_encoding = "gzip"
+
+        assert get_tasks(client, server, stranger, iat=now() - 60).status_code == 401
+        assert value(scrape(str(client.base_url)), FETCHES, outcome="failed") == failed + 1
+        assert get_tasks(client, server, key).status_code == 200
