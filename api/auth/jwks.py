@@ -113,6 +113,7 @@ class JwksKeySet:
         self._keys: dict[str, PyJWK] = {}
         self._fetched = False
         self._last_refetch: float | None = None
+        self._attempts = 0  # fetches begun
         self._lock = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -148,11 +149,18 @@ class JwksKeySet:
         key = self._keys.get(kid)
         if key is not None:
             return key
+        if not self._fetched and self._lock.locked():
+            # Start-up, or an auth server that is down: the fetch under way may take its whole
+            # timeout, and waiting for it would end, at best, in the 503 we can answer now.
+            raise KeysUnavailable(self.url)
+        attempts = self._attempts
         async with self._lock:
             key = self._keys.get(kid)
             now = self._clock()
             cooled_down = self._last_refetch is None or now - self._last_refetch >= self._refetch_cooldown
-            if key is None and cooled_down:
+            # A fetch begun while this request waited is as fresh as one it would make: making
+            # another would queue every waiter behind one fetch more.
+            if key is None and cooled_down and self._attempts == attempts:
                 self._last_refetch = now
                 await self._fetch()
                 key = self._keys.get(kid)
@@ -168,10 +176,13 @@ class JwksKeySet:
             return await self._fetch()
 
     async def _fetch(self) -> bool:
+        self._attempts += 1
         try:
-            document = await self._download()
+            # httpx's timeout bounds each read; this bounds the fetch, however slowly a body drips.
+            async with asyncio.timeout(self._timeout):
+                document = await self._download()
             keys = parse_key_set(json.loads(document))
-        except (httpx.HTTPError, ValueError, RecursionError) as error:
+        except (httpx.HTTPError, TimeoutError, ValueError, RecursionError) as error:
             # RecursionError: JSON nested deeper than the parser's stack (a hostile endpoint's doing).
             # Never log the body: a misconfigured URL could point at something private.
             logger.warning("JWKS: cannot fetch %s: %s", self.url, type(error).__name__)

@@ -2,12 +2,15 @@
 fetch, counted and logged, never a 500 or a request held for as long as the endpoint likes; the
 keys already held keep working."""
 
+import asyncio
 import gzip
 import json
 
-from tests.auth.conftest import api_trusting, get_tasks, wait_for
-from tests.auth.jwks_server import SigningKey, jwks_server
-from tests.support import now, scrape, value
+import httpx
+
+from tests.auth.conftest import api_trusting, claims_for, get_tasks, wait_for
+from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
+from tests.support import better_auth_id, now, scrape, value
 
 FETCHES = "todo_api_jwks_fetches_total"
 
@@ -73,3 +76,48 @@ def test_the_size_limit_counts_the_document_as_decoded(api_db_url: str) -> None:
         assert get_tasks(client, server, stranger, iat=now() - 60).status_code == 401
         assert value(scrape(str(client.base_url)), FETCHES, outcome="failed") == failed + 1
         assert get_tasks(client, server, key).status_code == 200
+
+
+def test_a_dripping_endpoint_at_start_up_means_503_at_once_not_a_wait(api_db_url: str) -> None:
+    """Before any key is fetched a JWKS token can only be a 503, and a request waiting on the
+    background fetch of an endpoint that drips (each read within httpx's timeout) waited with it."""
+    key = SigningKey.generate()
+    with jwks_server(key) as server:
+        server.drip_seconds = 60
+        with api_trusting(api_db_url, server) as client:
+            client.timeout = httpx.Timeout(15)
+            response = get_tasks(client, server, key)
+
+            assert response.status_code == 503
+            assert response.json()["type"] == "urn:todo-api:problem:authentication-unavailable"
+            # Answered while the start-up fetch still drips: it neither waited for it nor fetched again.
+            assert server.fetch_count() == 1
+
+
+def test_a_dripping_endpoint_holds_no_request_past_the_fetch_timeout(api_db_url: str) -> None:
+    """Each request needing a refetch waits for one bounded fetch, not for every fetch queued before it."""
+    key = SigningKey.generate()
+    strangers = [SigningKey.generate() for _ in range(3)]
+    with (
+        jwks_server(key) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        server.drip_seconds = 60
+
+        async def three_at_once() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=str(client.base_url), timeout=15) as http:
+                return await asyncio.gather(*(_get(http, server, stranger) for stranger in strangers))
+
+        responses = asyncio.run(three_at_once())
+
+        assert [response.status_code for response in responses] == [401] * 3
+        assert all("unknown kid" in response.json()["detail"] for response in responses)
+        server.drip_seconds = 0
+        assert get_tasks(client, server, key).status_code == 200, "the keys held are kept"
+
+
+async def _get(http: httpx.AsyncClient, server: JwksServer, key: SigningKey) -> httpx.Response:
+    # Issued before the keys were fetched, so the set as held proves its kid unknown.
+    user_id = better_auth_id()
+    token = key.sign(claims_for(server.base_url, user_id, iat=now() - 60))
+    return await http.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})

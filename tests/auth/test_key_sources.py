@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from api.settings import Settings
-from tests.auth.conftest import claims_for
+from tests.auth.conftest import claims_for, keys_fetched, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
 from tests.support import SECRET, better_auth_id, now, serving, sign
 
@@ -76,7 +76,9 @@ def only_jwks(api_db_url: str) -> Iterator[tuple[JwksServer, SigningKey, httpx.C
             jwt_issuer=server.base_url,
             jwt_audience="todo-api",
         )
-        with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+        app = create_app(settings)
+        with serving(app) as base_url, httpx.Client(base_url=base_url) as client:
+            wait_for(lambda: keys_fetched(app))
             yield server, key, client
 
 
