@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
@@ -59,6 +60,16 @@ def _algorithm(jwk: Mapping[str, Any]) -> str | None:
     if jwk.get("kty") != key_type or (curve is not None and jwk.get("crv") != curve):
         return None
     return algorithm
+
+
+def _same_key(one: PyJWK, other: PyJWK) -> bool:
+    """Whether two JWKs are one public key for one algorithm, however their JSON is written."""
+
+    def public_bytes(key: PyJWK) -> bytes:
+        encoded: bytes = key.key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return encoded
+
+    return one.algorithm_name == other.algorithm_name and public_bytes(one) == public_bytes(other)
 
 
 def parse_key_set(document: object) -> dict[str, PyJWK]:
@@ -140,9 +151,10 @@ class JwksKeySet:
         """Whether a key set has ever been fetched (an empty one counts)."""
         return self._fetched
 
-    def publishes(self, kid: str) -> bool:
-        """Whether the key set, as last fetched, holds the key named `kid`."""
-        return kid in self._keys
+    def publishes(self, kid: str, key: object) -> bool:
+        """Whether the key set, as last fetched, holds `key` under `kid`: not just some key by that
+        name, since a kid withdrawn may come back naming another key."""
+        return self._keys.get(kid) is key
 
     async def key(self, kid: str) -> PyJWK:
         """The key named `kid`, fetching the set again if we lack it and the cooldown allows."""
@@ -188,7 +200,11 @@ class JwksKeySet:
             logger.warning("JWKS: cannot fetch %s: %s", self.url, type(error).__name__)
             metrics.jwks_fetches.labels("failed").inc()
             return False
-        self._keys = keys
+        # A key fetched again is the object already held, so what it verified stays trusted.
+        held = self._keys
+        self._keys = {
+            kid: held[kid] if kid in held and _same_key(held[kid], key) else key for kid, key in keys.items()
+        }
         self._fetched = True
         metrics.jwks_fetches.labels("fetched").inc()
         logger.info("JWKS: %d key(s) from %s", len(keys), self.url)

@@ -77,12 +77,13 @@ class TokenVerifier(Protocol):
     @property
     def algorithms(self) -> tuple[str, ...]: ...
 
-    async def verify(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
-        """The verified claims, or a jwt.PyJWTError (or InvalidToken, KeysUnavailable of its own)."""
+    async def verify(self, token: str, header: Mapping[str, Any]) -> tuple[dict[str, Any], object]:
+        """The verified claims and the key that verified them, or a jwt.PyJWTError (or InvalidToken,
+        KeysUnavailable of its own)."""
         ...
 
-    def still_trusts(self, header: Mapping[str, Any]) -> bool:
-        """Whether the key that verified a token with this header is still one to trust."""
+    def still_trusts(self, header: Mapping[str, Any], key: object) -> bool:
+        """Whether `key`, which verified a token with this header, is still one to trust."""
         ...
 
 
@@ -95,10 +96,10 @@ class SharedSecretVerifier:
         self._secret = secret
         self._checks = checks
 
-    async def verify(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
-        return self._checks.decode(token, self._secret, "HS256")
+    async def verify(self, token: str, header: Mapping[str, Any]) -> tuple[dict[str, Any], object]:
+        return self._checks.decode(token, self._secret, "HS256"), None
 
-    def still_trusts(self, header: Mapping[str, Any]) -> bool:
+    def still_trusts(self, header: Mapping[str, Any], key: object) -> bool:
         return True  # the secret changes only with a restart, which forgets every verified token
 
 
@@ -111,7 +112,7 @@ class JwksVerifier:
         self.key_set = key_set
         self._checks = checks
 
-    async def verify(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
+    async def verify(self, token: str, header: Mapping[str, Any]) -> tuple[dict[str, Any], object]:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("The token's header names no signing key (kid).")
@@ -127,12 +128,13 @@ class JwksVerifier:
             raise InvalidToken(
                 f"The token says it is signed with {header['alg']}, but its key is for {key.algorithm_name}."
             )
-        return self._checks.decode(token, key, key.algorithm_name)
+        return self._checks.decode(token, key, key.algorithm_name), key
 
-    def still_trusts(self, header: Mapping[str, Any]) -> bool:
-        """While the auth server still publishes the token's key: one it withdraws (a key rotated
-        out, or a leaked one) stops every token it signed, however far off their `exp`."""
-        return self.key_set.publishes(header["kid"])
+    def still_trusts(self, header: Mapping[str, Any], key: object) -> bool:
+        """While the auth server still publishes the token's key under its kid: one it withdraws (a
+        key rotated out, or a leaked one) stops every token it signed, however far off their `exp`,
+        and so does a kid it reuses for another key."""
+        return self.key_set.publishes(header["kid"], key)
 
 
 def _describe(error: jwt.PyJWTError) -> str:
@@ -165,9 +167,10 @@ class _Verified:
     expires_at: float
     verifier: TokenVerifier
     header: Mapping[str, Any]
+    key: object
 
     def trusted(self, now: float) -> bool:
-        return self.expires_at > now and self.verifier.still_trusts(self.header)
+        return self.expires_at > now and self.verifier.still_trusts(self.header, self.key)
 
 
 class Authenticator:
@@ -219,12 +222,12 @@ class Authenticator:
         if verifier is None:
             raise InvalidToken(_NOT_ACCEPTED)
         try:
-            claims = await verifier.verify(token, header)
+            claims, key = await verifier.verify(token, header)
         except jwt.PyJWTError as error:
             raise InvalidToken(_describe(error)) from None
         principal = principal_from_claims(claims)
         # `exp` is required and PyJWT has checked it is a number.
-        self._verified[fingerprint] = _Verified(principal, float(claims["exp"]), verifier, header)
+        self._verified[fingerprint] = _Verified(principal, float(claims["exp"]), verifier, header, key)
         return principal
 
 

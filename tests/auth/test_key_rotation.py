@@ -203,6 +203,78 @@ def test_an_open_stream_ends_unread_once_its_tokens_key_is_withdrawn(
         asyncio.run(scenario())
 
 
+def test_a_key_fetched_again_unchanged_still_vouches_for_what_it_verified() -> None:
+    """So the hourly refresh costs remembered tokens nothing: only a key that changed stops them."""
+    key = SigningKey.generate()
+
+    async def scenario(server: JwksServer) -> None:
+        async with JwksKeySet(server.jwks_url, refetch_cooldown=3600, refresh_interval=3600) as key_set:
+            await _started(key_set)
+            verified_with = await key_set.key(key.kid)
+            assert await key_set.refresh()
+            assert key_set.publishes(key.kid, verified_with)
+            server.keys[:] = [SigningKey.generate(kid=key.kid)]
+            assert await key_set.refresh()
+            assert not key_set.publishes(key.kid, verified_with)
+
+    with jwks_server(key) as server:
+        asyncio.run(scenario(server))
+
+
+def test_a_remembered_token_is_refused_once_its_kid_names_another_key(
+    api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """A kid is only a name: the auth server may withdraw a key and publish another under its kid.
+    A token remembered as verified is trusted only while its kid still names the key that verified it."""
+    withdrawn = SigningKey.generate()
+    replacement = SigningKey.generate(kid=withdrawn.kid)
+    with (
+        jwks_server(withdrawn) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        user_id = better_auth_id()
+        a_year = now() + 365 * 24 * 3600
+        user = ApiUser(user_id, withdrawn.sign(claims_for(server.base_url, user_id, exp=a_year)))
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+
+        server.keys[:] = [replacement]
+        # A token naming a key the API does not hold makes it fetch the set again.
+        assert get_tasks(client, server, SigningKey.generate()).status_code == 401
+        refused = client.post(user.tasks_url, json={"title": "Signed by the old key"}, headers=user.headers)
+
+        assert refused.status_code == 401
+        assert "signature does not verify" in refused.json()["detail"]
+        assert api_db.execute("select count(*) from users where id = %s", [user.id]).fetchone() == (0,)
+        assert get_tasks(client, server, replacement).status_code == 200
+
+
+def test_an_open_stream_ends_unread_once_its_kid_names_another_key(
+    api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    withdrawn = SigningKey.generate()
+    replacement = SigningKey.generate(kid=withdrawn.kid)
+    with (
+        jwks_server(withdrawn) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        user_id = better_auth_id()
+        user = ApiUser(user_id, withdrawn.sign(claims_for(server.base_url, user_id)))
+
+        async def scenario() -> None:
+            async with async_client(str(client.base_url)) as http, opened(http, user) as stream:
+                await stream.opening_id()
+                server.keys[:] = [replacement]
+                assert get_tasks(client, server, SigningKey.generate()).status_code == 401
+                api_db.execute("insert into users (id) values (%s)", [user_id])
+                api_db.execute(
+                    "insert into tasks (user_id, title) values (%s, 'after the kid moved')", [user_id]
+                )
+                rest = await stream.end()
+                assert [block.data for block in rest if block.data] == []
+
+        asyncio.run(scenario())
+
+
 def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: str) -> None:
     key = SigningKey.generate()
     with jwks_server(key) as server:

@@ -21,12 +21,12 @@ class CountingVerifier:
         self._inner = SharedSecretVerifier(SECRET, ClaimChecks(issuer=None, audience=None, leeway=0))
         self.calls = 0
 
-    async def verify(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
+    async def verify(self, token: str, header: Mapping[str, Any]) -> tuple[dict[str, Any], object]:
         self.calls += 1
         return await self._inner.verify(token, header)
 
-    def still_trusts(self, header: Mapping[str, Any]) -> bool:
-        return self._inner.still_trusts(header)
+    def still_trusts(self, header: Mapping[str, Any], key: object) -> bool:
+        return self._inner.still_trusts(header, key)
 
 
 def _authenticate(authenticator: Authenticator, token: str) -> Principal:
