@@ -11,4 +11,10 @@ class InvalidToken(Exception):  # noqa: N818 (named for what the caller sent)
 
 
 class KeysUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
-    """No key set has ever been fetched, so no asymmetric token can be judged either way."""
+    """The key that would judge this token cannot be had now: no key set has ever been fetched, or
+    the token may be signed by a key published since the last fetch, and the cooldown or a failed
+    fetch keeps us from fetching again. Either way the token may be good, so it is no 401."""
+
+    def __init__(self, url: str, *, retry_after_seconds: int = 5) -> None:
+        super().__init__(url)
+        self.retry_after_seconds = retry_after_seconds

@@ -46,7 +46,9 @@ _MAX_DOCUMENT_BYTES = 1_000_000
 
 
 class UnknownKey(Exception):  # noqa: N818
-    """The key set holds no key with this id, even after fetching it again (or within the cooldown)."""
+    """The key set holds no key with this id, even after fetching it again (or within the cooldown).
+
+    Whether that proves the token bad depends on when it was issued: see `fetched_since`."""
 
 
 def _algorithm(jwk: Mapping[str, Any]) -> str | None:
@@ -123,6 +125,7 @@ class JwksKeySet:
         self._clock = clock
         self._keys: dict[str, PyJWK] = {}
         self._fetched = False
+        self._fetched_at: float | None = None  # Unix time the last successful fetch began
         self._last_refetch: float | None = None
         self._attempts = 0  # fetches begun
         self._lock = asyncio.Lock()
@@ -150,6 +153,20 @@ class JwksKeySet:
     def fetched(self) -> bool:
         """Whether a key set has ever been fetched (an empty one counts)."""
         return self._fetched
+
+    def fetched_since(self, signed_by: float | None) -> bool:
+        """Whether the keys held were fetched after a token signed by `signed_by` (Unix time) was
+        signed, so that a kid they lack was not published for it (the auth server publishes a key
+        before signing with it). Without a time, a fetch within the cooldown is as recent as we can tell."""
+        if signed_by is None:
+            signed_by = time.time() - self._refetch_cooldown
+        return self._fetched_at is not None and self._fetched_at >= signed_by
+
+    def seconds_until_refetch(self) -> float:
+        """How long until a token naming a kid we lack may make us fetch the set again."""
+        if self._last_refetch is None:
+            return 0.0
+        return max(0.0, self._last_refetch + self._refetch_cooldown - self._clock())
 
     def publishes(self, kid: str, key: object) -> bool:
         """Whether the key set, as last fetched, holds `key` under `kid`: not just some key by that
@@ -189,6 +206,7 @@ class JwksKeySet:
 
     async def _fetch(self) -> bool:
         self._attempts += 1
+        began = time.time()
         try:
             # httpx's timeout bounds each read; this bounds the fetch, however slowly a body drips.
             async with asyncio.timeout(self._timeout):
@@ -206,6 +224,7 @@ class JwksKeySet:
             kid: held[kid] if kid in held and _same_key(held[kid], key) else key for kid, key in keys.items()
         }
         self._fetched = True
+        self._fetched_at = began
         metrics.jwks_fetches.labels("fetched").inc()
         logger.info("JWKS: %d key(s) from %s", len(keys), self.url)
         return True

@@ -8,6 +8,7 @@ the secret. Every refusal says what was wrong, never what the token was.
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any, Protocol, Self
 import jwt
 from cachetools import TLRUCache
 
-from api.auth.errors import InvalidToken
+from api.auth.errors import InvalidToken, KeysUnavailable
 from api.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksKeySet, UnknownKey
 from api.auth.principal import Principal, principal_from_claims
 from api.settings import Settings
@@ -116,10 +117,16 @@ class JwksVerifier:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("The token's header names no signing key (kid).")
+        arrived = time.time()
         try:
             # KeysUnavailable passes up: the token may be perfectly good, so it is no 401.
             key = await self.key_set.key(kid)
         except UnknownKey:
+            if not self.key_set.fetched_since(_signed_by(token, arrived)):
+                # Perhaps signed by a key published since we last fetched the set, which the
+                # cooldown (or a failed fetch) keeps us from doing again now.
+                wait = max(1, math.ceil(self.key_set.seconds_until_refetch()))
+                raise KeysUnavailable(self.key_set.url, retry_after_seconds=wait) from None
             raise InvalidToken(
                 "The token is signed with a key the auth server does not publish (unknown kid); "
                 "was it issued by another Better Auth deployment?"
@@ -135,6 +142,23 @@ class JwksVerifier:
         key rotated out, or a leaked one) stops every token it signed, however far off their `exp`,
         and so does a kid it reuses for another key."""
         return self.key_set.publishes(header["kid"], key)
+
+
+def _signed_by(token: str, arrived: float) -> float | None:
+    """The latest the token can have been signed, by its `iat` (whole seconds, so up to a second
+    more) and by when it arrived; None when it does not say. Its signature is unchecked, so this
+    only chooses between two refusals (401 or 503); it never admits anyone."""
+    try:
+        issued_at = jwt.decode(token, options={"verify_signature": False}).get("iat")
+    except jwt.PyJWTError:
+        return None
+    if (
+        isinstance(issued_at, bool)
+        or not isinstance(issued_at, int | float)
+        or not 0 <= issued_at <= _LATEST_NUMERIC_DATE
+    ):
+        return None
+    return min(issued_at + 1.0, arrived)
 
 
 def _describe(error: jwt.PyJWTError) -> str:

@@ -180,7 +180,7 @@ def unauthorized(error: InvalidToken) -> ProblemError:
     )
 
 
-def authentication_unavailable() -> ProblemError:
+def authentication_unavailable(retry_after: int) -> ProblemError:
     # Not a 401: the token may be perfectly good, and a 401 would send the user to sign in again.
     return ProblemError(
         503,
@@ -188,7 +188,7 @@ def authentication_unavailable() -> ProblemError:
         "Authentication unavailable",
         "The keys that verify this token cannot be fetched from the auth server right now. "
         "Try again shortly.",
-        headers={"Retry-After": "5"},
+        headers={"Retry-After": str(retry_after)},
     )
 
 
@@ -323,7 +323,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(KeysUnavailable)
     async def on_keys_unavailable(_: Request, exc: KeysUnavailable) -> JSONResponse:
-        return problem_response(authentication_unavailable())
+        return problem_response(authentication_unavailable(exc.retry_after_seconds))
 
     @app.exception_handler(IsolationUnverified)
     async def on_isolation_unverified(_: Request, exc: IsolationUnverified) -> JSONResponse:

@@ -45,18 +45,46 @@ def test_a_flood_of_unknown_kids_fetches_at_most_once_per_cooldown(api_db_url: s
         assert get_tasks(client, server, key).status_code == 200
         wait_for(lambda: server.fetch_count() == 1)
 
-        strangers = [SigningKey.generate() for _ in range(30)]
-        responses = [get_tasks(client, server, stranger) for stranger in strangers]
+        # Issued a minute ago, so the set as fetched (then, or once more now) proves each kid unknown.
+        strangers = [SigningKey.generate() for _ in range(20)]
+        responses = [get_tasks(client, server, stranger, iat=now() - 60) for stranger in strangers]
 
         assert {response.status_code for response in responses} == {401}
         assert all("unknown kid" in response.json()["detail"] for response in responses)
-        assert server.fetch_count() == 2, "one refetch for thirty unknown kids"
+        assert server.fetch_count() == 2, "one refetch for twenty unknown kids"
 
-        # Within the cooldown even a key that really was just published waits for the next window.
-        late = SigningKey.generate()
-        server.publish(late)
-        assert get_tasks(client, server, late).status_code == 401
+        # Signed after that fetch, so each may be signed by a key published since; none may make the
+        # API fetch again within the cooldown.
+        strangers = [SigningKey.generate() for _ in range(10)]
+        responses = [get_tasks(client, server, stranger) for stranger in strangers]
+
+        assert {response.status_code for response in responses} == {503}
+        assert server.fetch_count() == 2, "no refetch within the cooldown"
+
+
+def test_a_key_published_within_the_cooldown_is_503_until_it_may_be_fetched_not_401(
+    api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """A random kid just before a rotation spends the cooldown's one fetch; a good token signed by
+    the new key must not be told it is bad (a 401 sends its user to sign in again)."""
+    key = SigningKey.generate()
+    with jwks_server(key) as server, api_trusting(api_db_url, server) as client:
+        assert get_tasks(client, server, SigningKey.generate()).status_code == 401
         assert server.fetch_count() == 2
+        no_iat = get_tasks(client, server, SigningKey.generate(), iat=...)
+        assert no_iat.status_code == 401, "without an iat, a fetch within the cooldown is recent enough"
+
+        rotated = SigningKey.generate()
+        server.publish(rotated)
+        user_id = better_auth_id()
+        user = ApiUser(user_id, rotated.sign(claims_for(server.base_url, user_id)))
+        response = client.post(user.tasks_url, json={"title": "Signed by the new key"}, headers=user.headers)
+
+        assert response.status_code == 503
+        assert response.json()["type"] == "urn:todo-api:problem:authentication-unavailable"
+        assert 1 <= int(response.headers["retry-after"]) <= 30, "when the cooldown lets a fetch through"
+        assert api_db.execute("select count(*) from users where id = %s", [user_id]).fetchone() == (0,)
+        assert server.fetch_count() == 2, "the cooldown still holds"
 
 
 def test_concurrent_unknown_kids_share_one_fetch() -> None:
@@ -107,14 +135,21 @@ def test_known_keys_keep_working_while_the_jwks_endpoint_is_down(api_db_url: str
         api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
     ):
         assert get_tasks(client, server, key).status_code == 200
+        claims_later = get_tasks(client, server, stranger, iat=now() + 20)
+        assert claims_later.status_code == 401, "a fetch made after the token arrived proves its kid unknown"
         server.down = True
 
         # Fresh tokens each time, so the verified-token cache does not hide the key lookup.
         assert get_tasks(client, server, key).status_code == 200
         assert get_tasks(client, server, key, name="Someone else").status_code == 200
-        unknown = get_tasks(client, server, stranger)
-        assert unknown.status_code == 401, "keys were fetched before, so an unknown kid is unknown"
+        unknown = get_tasks(client, server, stranger, iat=now() - 60)
+        assert unknown.status_code == 401, "keys fetched since it was issued prove its kid unknown"
         assert "unknown kid" in unknown.json()["detail"]
+        # Signed after the last fetch that worked, it may be signed by a key published since: the
+        # refetch that would tell failed.
+        maybe = get_tasks(client, server, stranger)
+        assert maybe.status_code == 503
+        assert maybe.json()["type"] == "urn:todo-api:problem:authentication-unavailable"
         assert get_tasks(client, server, key).status_code == 200, "a failed refetch drops no key"
 
 
