@@ -22,6 +22,7 @@ class Owner(Hashable, Protocol):
     @property
     def id(self) -> str: ...
 
+
 # Bounded, least recently used first out: forgetting an owner only costs its next write the upsert.
 MAX_STORED_OWNERS = 10_000
 
