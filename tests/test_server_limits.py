@@ -104,20 +104,3 @@ def test_a_body_near_the_limit_is_judged_and_one_over_it_refused(served: str, tm
         f"{served}{alice.tasks_url}", json={"title": "t" * (70 * 1024)}, headers=alice.headers, timeout=30
     )
     assert over.status_code == 413
-
-
-@pytest.mark.parametrize(("padding", "status"), [(20 * 1024, 200), (33 * 1024, 431)])
-def test_a_client_speaking_http2_meets_the_same_head_limit(served: str, padding: int, status: int) -> None:
-    """Cleartext HTTP/2 (prior knowledge) took a 60 KiB head that HTTP/1.1 answers with 431."""
-    with httpx.Client(http1=False, http2=True, timeout=10) as client:
-        response = client.get(f"{served}/healthz", headers={"X-Padding": "a" * padding})
-    assert (response.http_version, response.status_code) == ("HTTP/2", status)
-
-
-def test_an_http2_client_that_goes_silent_is_disconnected(served: str) -> None:
-    """Its preface and then nothing: it answers no ping, so the connection is closed rather than
-    held for ever."""
-    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # and SETTINGS
-    answer, waited = _raw(served, preface, wait=60)
-    assert answer.startswith(b"\x00"), "it was spoken to in HTTP/2"
-    assert waited < 60, "still open"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from granian.constants import Interfaces, Loops
-from granian.http import HTTP1Settings, HTTP2Settings
+from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import Server
 
@@ -71,13 +71,6 @@ def serve_with_granian(
         loop=Loops.uvloop,
         http1_settings=HTTP1Settings(
             header_read_timeout=HEAD_TIMEOUT_MILLISECONDS, max_buffer_size=MAX_HEAD_BYTES
-        ),
-        # The same head limit for a client that speaks HTTP/2 (granian's default is 16 MiB), and a
-        # connection whose client answers no ping within the head timeout is closed.
-        http2_settings=HTTP2Settings(
-            max_headers_size=MAX_HEAD_BYTES,
-            keep_alive_interval=HEAD_TIMEOUT_MILLISECONDS,
-            keep_alive_timeout=HEAD_TIMEOUT_MILLISECONDS // 1000,
         ),
         log_dictconfig=_LOGGING,
         log_level=LogLevels(log_level.lower()),
