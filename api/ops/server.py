@@ -1,8 +1,10 @@
 """The HTTP server `todo-api serve` runs the workers in: granian, with the limits that keep a hostile
 client from costing anything before the API sees a request.
 
-- A request head over 32 KiB is answered 431 and the connection closed (hyper's read buffer);
-- a client that has not sent its whole head after 10 s is disconnected;
+- A request head over 32 KiB is answered 431 and the connection closed (hyper's read buffer, checked
+  between reads: a head that arrives in large pieces may be read whole up to 64 KiB, never beyond);
+- a client that has not sent its whole head after 10 s is disconnected, one that sent nothing at all
+  included;
 - the Authorization header's own 8 KiB limit is the API's (api/http/caller.py).
 
 A worker that dies (killed by the OOM killer, say) is replaced while the others serve on; SIGTERM
@@ -21,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from granian.constants import Interfaces, Loops
+from granian.constants import HTTPModes, Interfaces, Loops
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import Server
@@ -69,6 +71,9 @@ def serve_with_granian(
         respawn_failed_workers=True,
         workers_kill_timeout=shutdown_grace_seconds,
         loop=Loops.uvloop,
+        # Not automatic detection (HTTP/1 or HTTP/2): hyper-util waits for a connection's first bytes
+        # with no timer, so one that never sends a byte was never closed.
+        http=HTTPModes.http1,
         http1_settings=HTTP1Settings(
             header_read_timeout=HEAD_TIMEOUT_MILLISECONDS, max_buffer_size=MAX_HEAD_BYTES
         ),
