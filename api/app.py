@@ -76,7 +76,9 @@ def create_app(
     authenticator = build_authenticator(settings)
 
     isolation = IsolationWatch(database, interval_seconds=settings.isolation_check_interval_seconds)
-    events_hub = Hub(max_streams_per_user=settings.max_streams_per_user)
+    events_hub = Hub(
+        max_streams_per_user=settings.max_streams_per_user, max_streams=settings.max_streams_per_worker
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

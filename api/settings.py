@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     events_retention_hours: float = Field(default=24.0, gt=0, le=24 * 30)
     # Open streams one user may hold per worker; the next gets 429.
     max_streams_per_user: int = Field(default=5, ge=1)
+    # Open streams of all users one worker may hold; the next gets 503. The worker accepts this many
+    # connections and 4096 more at once (api/ops/server.py), so streams never take every one.
+    max_streams_per_worker: int = Field(default=1000, ge=1, le=100_000)
     # A comment line this often keeps proxies from closing an idle stream.
     events_heartbeat_seconds: float = Field(default=15.0, gt=0)
     # Where the worker LISTENs for wake-ups: a URL that reaches Postgres itself (Neon: the URL
@@ -166,8 +169,9 @@ class Settings(BaseSettings):
         # Sixteen times the user's share of the pool (32 with the default pool). Requests past the
         # share wait for it (up to DB_POOL_TIMEOUT_SECONDS) and a transaction takes milliseconds, so
         # a burst of a few dozen (a client syncing in parallel, several tabs) is still served, not
-        # refused; yet one user's slow bodies hold at most this many of a worker's requests (granian
-        # takes 1024 at once, shared by the workers), each for at most BODY_TIMEOUT_SECONDS.
+        # refused; yet one user's slow bodies hold at most this many of a worker's connections (it
+        # accepts MAX_STREAMS_PER_WORKER + 4096 at once: api/ops/server.py), each for at most
+        # BODY_TIMEOUT_SECONDS.
         return self.max_requests_in_flight_per_user or 16 * self.max_connections_per_user
 
     @property

@@ -1,18 +1,24 @@
-"""The server `todo-api serve` runs refuses hostile request heads before the API spends anything."""
+"""The server `todo-api serve` runs refuses hostile request heads before the API spends anything, and
+keeps answering however many connections its clients hold."""
 
+import asyncio
+import resource
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from api.auth.principal import USER_ID_MAX_LENGTH
 from api.http.caller import MAX_AUTHORIZATION_BYTES
 from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor
 from api.tasks.models import TITLE_MAX_LENGTH
-from tests.support import CLI, SECRET, cli_env, new_user, now, serve_process, sign
+from tests.api.events_client import async_client, opened
+from tests.support import CLI, SECRET, cli_env, free_port, new_user, now, serve_process, sign
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +121,83 @@ def test_a_body_near_the_limit_is_judged_and_one_over_it_refused(served: str, tm
         f"{served}{alice.tasks_url}", json={"title": "t" * (70 * 1024)}, headers=alice.headers, timeout=30
     )
     assert over.status_code == 413
+
+
+def test_streams_past_max_streams_per_worker_are_503_and_everything_else_is_still_served(
+    api_db_url: str, tmp_path: Path
+) -> None:
+    """Users each within MAX_STREAMS_PER_USER but together at the worker's MAX_STREAMS_PER_WORKER: the
+    next stream is refused, whoever asks, while /healthz and the tasks are served; a closed stream
+    gives its place back."""
+    alice, bob, carol = new_user(), new_user(), new_user()
+    env = cli_env(
+        DATABASE_URL=api_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        MAX_STREAMS_PER_USER="2",
+        MAX_STREAMS_PER_WORKER="3",
+    )
+
+    async def scenario(base_url: str) -> None:
+        async with (
+            async_client(base_url) as client,
+            opened(client, alice) as first,
+            opened(client, alice) as second,
+        ):
+            for stream in (first, second):
+                await stream.opening_id()
+            async with opened(client, bob) as bobs:
+                await bobs.opening_id()
+                for user in (carol, bob):  # bob holds one of his two
+                    async with opened(client, user) as refused:
+                        assert refused.response.status_code == 503
+                        assert refused.response.headers["content-type"] == "application/problem+json"
+                        problem = refused.response.json()
+                        assert problem["type"] == "urn:todo-api:problem:streams-unavailable"
+                        assert "MAX_STREAMS_PER_WORKER" in problem["detail"]
+                        assert int(refused.response.headers["Retry-After"]) > 0
+                assert (await client.get("/healthz")).status_code == 200
+                created = await client.post(carol.tasks_url, json={"title": "served"}, headers=carol.headers)
+                assert created.status_code == 201
+            # Bob's stream closed: its place is free again (the server notices the client left).
+            for _ in range(100):
+                async with opened(client, carol) as again:
+                    if again.response.status_code == 200:
+                        await again.opening_id()
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("a closed stream never gave its place back")
+
+    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+        base_url,
+        _,
+    ):
+        asyncio.run(scenario(base_url))
+    with psycopg.connect(api_db_url) as db:
+        titles = db.execute("select title from tasks where user_id = %s", [carol.id]).fetchall()
+    assert titles == [("served",)]
+
+
+def test_serve_refuses_to_start_when_a_worker_could_not_hold_its_connections(
+    api_db_url: str, tmp_path: Path
+) -> None:
+    """Past the file descriptor limit granian's accept fails and is retried at once, for ever, while
+    nobody gets in: a limit below what MAX_STREAMS_PER_WORKER + 4096 connections need is refused."""
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, 2048))
+
+    result = subprocess.run(
+        [*CLI, "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET),
+        preexec_fn=low_limit,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "2048" in result.stderr
+    assert "MAX_STREAMS_PER_WORKER" in result.stderr

@@ -3,8 +3,10 @@
 A stream holds no database connection while it waits: it waits on its subscription's `woken`
 event, which the hub sets when the LISTEN connection (`api.db.listener`) hears the stream's user's
 tag, when that connection was lost and regained (everyone catches up), and when the worker shuts
-down (every stream ends). The hub also counts streams per user: past MAX_STREAMS_PER_USER on this
-worker, the next one is refused with 429, and a closed stream gives its place back.
+down (every stream ends). The hub also counts streams: past MAX_STREAMS_PER_USER of one user on this
+worker, that user's next one is refused with 429; past MAX_STREAMS_PER_WORKER of all users, anyone's
+next one is refused with 503, so that streams never hold all the connections the worker accepts at
+once (api/ops/server.py) and every other request still gets in. A closed stream gives its place back.
 """
 
 import asyncio
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from api.db.listener import Listener, listen_url, wake_tag
-from api.http.problems import too_many_requests
+from api.http.problems import streams_unavailable, too_many_requests
 from api.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -32,17 +34,20 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self, *, max_streams_per_user: int) -> None:
+    def __init__(self, *, max_streams_per_user: int, max_streams: int) -> None:
         self._max_streams_per_user = max_streams_per_user
+        self._max_streams = max_streams
         # Set when no LISTEN connection can be had (a transaction pooler and no direct URL): how
         # often each stream reads again unprompted.
         self.poll_seconds: float | None = None
         self._by_user: dict[str, set[Subscription]] = defaultdict(set)
         self._by_tag: dict[str, set[Subscription]] = defaultdict(set)
+        self._open: set[Subscription] = set()
         self.closed = False
 
     def subscribe(self, user_id: str) -> Subscription:
-        """A place for one more stream of `user_id`; 429 when the user holds all of theirs already."""
+        """A place for one more stream of `user_id`; 429 when the user holds all of theirs already,
+        503 when the worker holds all of its."""
         streams = self._by_user[user_id]
         if len(streams) >= self._max_streams_per_user:
             raise too_many_requests(
@@ -50,12 +55,16 @@ class Hub:
                 " (MAX_STREAMS_PER_USER): close one first.",
                 retry_after=_RETRY_AFTER_SECONDS,
             )
+        if len(self._open) >= self._max_streams:
+            raise streams_unavailable(self._max_streams, retry_after=_RETRY_AFTER_SECONDS)
         subscription = Subscription(user_id, wake_tag(user_id))
         streams.add(subscription)
+        self._open.add(subscription)
         self._by_tag[subscription.tag].add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        self._open.discard(subscription)
         for index, key in ((self._by_user, subscription.user_id), (self._by_tag, subscription.tag)):
             held = index.get(key)
             if held is not None:

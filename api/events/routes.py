@@ -70,7 +70,9 @@ The stream opens with a bare `id:` line (where it starts), sends a `:` comment l
 EVENTS_HEARTBEAT_SECONDS, and ends when your token expires: reconnect with a fresh token and your
 last id. A browser's EventSource cannot send the Authorization header: stream with fetch (the
 TypeScript client's `subscribe` does). At most MAX_STREAMS_PER_USER streams per user and server
-process; the next is refused with 429.
+process; the next is refused with 429. At most MAX_STREAMS_PER_WORKER streams of all users per server
+process; the next is refused with 503 (type urn:todo-api:problem:streams-unavailable) and
+`Retry-After`.
 """
 
 router = APIRouter(

@@ -204,6 +204,18 @@ def isolation_unverified(retry_after: int) -> ProblemError:
     )
 
 
+def streams_unavailable(limit: int, *, retry_after: int) -> ProblemError:
+    # Not a 429: the caller may hold no stream at all; everyone's together fill this server.
+    return ProblemError(
+        503,
+        "streams-unavailable",
+        "Event streams unavailable",
+        f"This server holds {limit} event streams already (MAX_STREAMS_PER_WORKER); nothing else was "
+        "refused. Try again shortly.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 def database_unavailable() -> ProblemError:
     return ProblemError(
         503,

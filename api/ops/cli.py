@@ -232,6 +232,7 @@ def serve(args: argparse.Namespace) -> None:
             workers=args.workers,
             log_level=settings.log_level,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            max_streams_per_worker=settings.max_streams_per_worker,
             ready_marker=folder / "ready",
             ready_message=_ready_message(
                 args.host,

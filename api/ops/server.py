@@ -13,13 +13,20 @@ stops accepting and lets the requests in flight finish, for up to the grace peri
 
 uvicorn has neither limit: it read a 64 MiB header whole.
 
+Each worker accepts at most MAX_STREAMS_PER_WORKER + 4096 connections at once (granian's
+backpressure): it counts connections, not requests, from accept to close, so an idle keep-alive
+connection and an open event stream each hold one, and a worker that holds them all accepts no one,
+/healthz included, until one closes. The API refuses streams past MAX_STREAMS_PER_WORKER (503,
+api/events/hub.py), so at least 4096 remain for everything else.
+
 What follows the head is the API's to bound, per request and per user: a body has
 BODY_TIMEOUT_SECONDS to arrive (api/http/body_limit.py), and a user has at most
 MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight (api/http/in_flight.py), so one user's slow bodies
-hold a few of the requests granian takes at once (its backpressure, 1024 / workers), not all of them.
+hold a few of a worker's connections, not all of them.
 """
 
 import os
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +35,18 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import Server
 
+from api.ops.failures import CommandFailed
 from api.ops.worker import READY_MARKER_VARIABLE, READY_MESSAGE_VARIABLE, SERVER_PID_VARIABLE
 
 MAX_HEAD_BYTES = 32 * 1024
 HEAD_TIMEOUT_MILLISECONDS = 10_000
+# Connections a worker accepts beside its event streams: four times what granian gave a whole
+# one-worker server by default, for about 10 MiB when all are idle (5000 silent connections grew a
+# worker by 12 MB, measured; a request being served costs what the API spends on it).
+CONNECTIONS_BESIDE_STREAMS = 4096
+# File descriptors a worker needs beside its connections: its pool (DB_POOL_SIZE, at most 200), the
+# LISTEN connection, the listening socket, logs, metrics files and Python's own.
+_FILES_BESIDE_CONNECTIONS = 512
 
 # Granian's own lines (and its Rust core's) go to the root logger, whose one handler formats them
 # like every other line (api/telemetry/logs.py); its access log stays off: ours has the route.
@@ -47,6 +62,23 @@ _LOGGING: dict[str, Any] = {
 }
 
 
+def _allow_file_descriptors(connections: int) -> None:
+    """Let each worker open a descriptor for every connection it may accept (the workers inherit the
+    limit), or fail in one line: past the limit, granian's accept fails and is retried at once, over
+    and over, while nobody new gets in."""
+    needed = connections + _FILES_BESIDE_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise CommandFailed(
+                f"each worker may hold {connections} connections (MAX_STREAMS_PER_WORKER + "
+                f"{CONNECTIONS_BESIDE_STREAMS}) and needs {needed} file descriptors, but the limit is "
+                f"{hard} (ulimit -Hn): raise it (systemd: LimitNOFILE=, Docker: --ulimit nofile=) or lower "
+                "MAX_STREAMS_PER_WORKER"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def serve_with_granian(
     *,
     host: str,
@@ -56,8 +88,11 @@ def serve_with_granian(
     ready_marker: Path,
     ready_message: str,
     shutdown_grace_seconds: int,
+    max_streams_per_worker: int,
 ) -> None:
     """Serve `create_served_app` until SIGINT or SIGTERM; the first worker ready says so."""
+    connections = max_streams_per_worker + CONNECTIONS_BESIDE_STREAMS
+    _allow_file_descriptors(connections)
     os.environ[READY_MARKER_VARIABLE] = str(ready_marker)
     os.environ[READY_MESSAGE_VARIABLE] = ready_message
     os.environ[SERVER_PID_VARIABLE] = str(os.getpid())  # granian's main process: the workers' parent
@@ -74,6 +109,7 @@ def serve_with_granian(
         # Not automatic detection (HTTP/1 or HTTP/2): hyper-util waits for a connection's first bytes
         # with no timer, so one that never sends a byte was never closed.
         http=HTTPModes.http1,
+        backpressure=connections,
         http1_settings=HTTP1Settings(
             header_read_timeout=HEAD_TIMEOUT_MILLISECONDS, max_buffer_size=MAX_HEAD_BYTES
         ),
