@@ -201,3 +201,11 @@ def test_serve_refuses_to_start_when_a_worker_could_not_hold_its_connections(
     assert result.returncode == 1, result.stderr
     assert "2048" in result.stderr
     assert "MAX_STREAMS_PER_WORKER" in result.stderr
+
+
+def test_http2_is_not_spoken_so_no_head_escapes_the_http1_limits(served: str) -> None:
+    """granian's default also speaks cleartext HTTP/2, whose head limit was 16 MiB and whose silent
+    clients nothing timed out: the server speaks HTTP/1.1 only."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # and SETTINGS
+    answer, _ = _raw(served, preface)
+    assert not answer.startswith(b"\x00"), f"an HTTP/2 frame came back: {answer[:20]!r}"
