@@ -164,8 +164,8 @@ def _refuse_a_body_that_is_not_json(request: Request) -> None:
     media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         raise unsupported_media_type()
-    codings = {coding.strip().lower() for coding in headers.get("content-encoding", "").split(",")}
-    if not codings <= {"", "identity"}:
+    codings = headers.get("content-encoding")
+    if codings is not None and not {c.strip().lower() for c in codings.split(",")} <= {"", "identity"}:
         raise unsupported_content_coding()
 
 
