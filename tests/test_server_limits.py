@@ -17,7 +17,7 @@ from api.auth.principal import USER_ID_MAX_LENGTH
 from api.http.caller import MAX_AUTHORIZATION_BYTES
 from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor
 from api.tasks.models import TITLE_MAX_LENGTH
-from tests.api.events_client import async_client, opened
+from tests.api.events_client import async_client, open_once_a_place_is_free, opened
 from tests.support import CLI, SECRET, cli_env, free_port, new_user, now, serve_process, sign
 
 
@@ -159,14 +159,7 @@ def test_streams_past_max_streams_per_worker_are_503_and_everything_else_is_stil
                 created = await client.post(carol.tasks_url, json={"title": "served"}, headers=carol.headers)
                 assert created.status_code == 201
             # Bob's stream closed: its place is free again (the server notices the client left).
-            for _ in range(100):
-                async with opened(client, carol) as again:
-                    if again.response.status_code == 200:
-                        await again.opening_id()
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("a closed stream never gave its place back")
+            await open_once_a_place_is_free(client, carol)
 
     with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
         base_url,

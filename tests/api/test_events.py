@@ -16,7 +16,7 @@ from httpx_sse import aconnect_sse
 
 from api.app import create_app
 from api.auth.dev_tokens import mint_token
-from tests.api.events_client import Event, async_client, opened
+from tests.api.events_client import Event, async_client, open_once_a_place_is_free, opened
 from tests.support import SECRET, ApiUser, new_user, serving, settings_for
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
@@ -488,14 +488,7 @@ def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_
                 async with opened(client, bob) as bobs:
                     assert bobs.response.status_code == 200
             # The fifth closed: its place is free again (the server notices the client left).
-            for _ in range(100):
-                async with opened(client, alice) as again:
-                    if again.response.status_code == 200:
-                        await again.opening_id()
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("a closed stream never gave its place back")
+            await open_once_a_place_is_free(client, alice)
 
     run(api_url, scenario)
 
