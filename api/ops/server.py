@@ -25,6 +25,7 @@ MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight (api/http/in_flight.py), so o
 hold a few of a worker's connections, not all of them.
 """
 
+import logging
 import os
 import resource
 from pathlib import Path
@@ -35,8 +36,9 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import Server
 
-from api.ops.failures import CommandFailed
 from api.ops.worker import READY_MARKER_VARIABLE, READY_MESSAGE_VARIABLE, SERVER_PID_VARIABLE
+
+logger = logging.getLogger("api.ops.serve")
 
 MAX_HEAD_BYTES = 32 * 1024
 HEAD_TIMEOUT_MILLISECONDS = 10_000
@@ -62,21 +64,34 @@ _LOGGING: dict[str, Any] = {
 }
 
 
-def _allow_file_descriptors(connections: int) -> None:
-    """Let each worker open a descriptor for every connection it may accept (the workers inherit the
-    limit), or fail in one line: past the limit, granian's accept fails and is retried at once, over
-    and over, while nobody new gets in."""
-    needed = connections + _FILES_BESIDE_CONNECTIONS
+def _connections_the_file_limit_allows(wanted: int, max_streams_per_worker: int) -> int:
+    """How many connections each worker accepts at once: `wanted`, with the open-file limit raised
+    to fit (the workers inherit it), or as many as its hard limit fits, with a warning. Past the
+    limit granian's accept fails and is retried at once, over and over, while nobody new gets in;
+    a machine whose hard limit is low still serves, with less room."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            raise CommandFailed(
-                f"each worker may hold {connections} connections (MAX_STREAMS_PER_WORKER + "
-                f"{CONNECTIONS_BESIDE_STREAMS}) and needs {needed} file descriptors, but the limit is "
-                f"{hard} (ulimit -Hn): raise it (systemd: LimitNOFILE=, Docker: --ulimit nofile=) or lower "
-                "MAX_STREAMS_PER_WORKER"
-            )
+    needed = wanted + _FILES_BESIDE_CONNECTIONS
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    if hard == resource.RLIM_INFINITY or hard >= needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        return wanted
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    fitted = max(hard - _FILES_BESIDE_CONNECTIONS, 1)
+    streams = (
+        f"; event streams (MAX_STREAMS_PER_WORKER={max_streams_per_worker}) may take all of them"
+        if max_streams_per_worker >= fitted
+        else ""
+    )
+    logger.warning(
+        "the open-file limit (ulimit -Hn) is %d: each worker accepts %d connections at once, not %d%s. "
+        "Raise the limit (systemd: LimitNOFILE=, Docker: --ulimit nofile=) for more",
+        hard,
+        fitted,
+        wanted,
+        streams,
+    )
+    return fitted
 
 
 def serve_with_granian(
@@ -91,8 +106,9 @@ def serve_with_granian(
     max_streams_per_worker: int,
 ) -> None:
     """Serve `create_served_app` until SIGINT or SIGTERM; the first worker ready says so."""
-    connections = max_streams_per_worker + CONNECTIONS_BESIDE_STREAMS
-    _allow_file_descriptors(connections)
+    connections = _connections_the_file_limit_allows(
+        max_streams_per_worker + CONNECTIONS_BESIDE_STREAMS, max_streams_per_worker
+    )
     os.environ[READY_MARKER_VARIABLE] = str(ready_marker)
     os.environ[READY_MESSAGE_VARIABLE] = ready_message
     os.environ[SERVER_PID_VARIABLE] = str(os.getpid())  # granian's main process: the workers' parent
