@@ -25,6 +25,8 @@ class BlindSpot:
     weaken: list[str]
     undo: list[str]
     finding: str  # the start of one finding's message
+    kind: str = "drift"  # compared with what todo-api ships, or found by sql/checks/isolation.sql
+    listed: str | None = None  # a line `todo-api policies` shows beside its findings
 
 
 _DEFINER_TRIGGER = """
@@ -100,6 +102,46 @@ BLIND_SPOTS = {
         ],
         "default privileges on future functions in schema public is not in what todo-api ships",
     ),
+    # Unique checks see every row: a conflict on what a user writes tells them another stored it.
+    "a unique index on what a user writes": BlindSpot(
+        ["create unique index tasks_title_unique on public.tasks (description)"],
+        ["drop index public.tasks_title_unique"],
+        "unique index tasks_title_unique on public.tasks starts with description, not the owner",
+        "isolation",
+    ),
+    "an exclusion constraint on what a user writes": BlindSpot(
+        ["alter table public.tasks add constraint one_title exclude using btree (title with =)"],
+        ["alter table public.tasks drop constraint one_title"],
+        "exclusion constraint one_title on public.tasks starts with title, not the owner",
+        "isolation",
+    ),
+    "row_security off for the login role": BlindSpot(
+        ["alter role todo_owner in database todo set row_security = off"],
+        ["alter role todo_owner in database todo reset row_security"],
+        "setting row_security=off applies to the login role todo_owner through "
+        "ALTER ROLE todo_owner IN DATABASE todo SET",
+        "isolation",
+    ),
+    "a search_path for the database": BlindSpot(
+        ["alter database todo set search_path = public"],
+        ["alter database todo reset search_path"],
+        "setting search_path=public applies to the login role todo_owner through ALTER DATABASE todo SET",
+        "isolation",
+    ),
+    "another login role can become todo_app": BlindSpot(
+        ["create role mallory login", "grant todo_app to mallory"],
+        ["drop role mallory"],
+        "role mallory can become todo_app (member of todo_app)",
+        "isolation",
+        "  mallory: member of todo_app",
+    ),
+    "a role with ADMIN on todo_app": BlindSpot(
+        ["create role keyholder nologin", "grant todo_app to keyholder with admin option, set false"],
+        ["drop role keyholder"],
+        "role keyholder can become todo_app (ADMIN on todo_app)",
+        "isolation",
+        "  keyholder: ADMIN on todo_app",
+    ),
 }
 
 
@@ -140,7 +182,8 @@ def test_caught_at_start_up_by_policies_and_while_serving(
         assert any(message.startswith(spot.finding) for message in messages), messages
         policies = run_cli("policies", cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET)
         assert policies.returncode == 1
-        assert f"  - [drift] {spot.finding}" in policies.stdout
+        assert f"  - [{spot.kind}] {spot.finding}" in policies.stdout
+        assert spot.listed is None or spot.listed in policies.stdout.splitlines()
 
         serve = run_cli(
             "serve",

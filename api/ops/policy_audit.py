@@ -56,6 +56,14 @@ class Role:
 
 
 @dataclass(frozen=True)
+class TodoAppMember:
+    """A role that can become todo_app, and so act as any user; `how` says through which grants."""
+
+    name: str
+    how: list[str]
+
+
+@dataclass(frozen=True)
 class Table:
     name: str
     owner: str
@@ -96,6 +104,7 @@ class Audit:
     login_role_warning: str | None
     server_version: str
     roles: list[Role]
+    can_become_todo_app: list[TodoAppMember]
     tables: list[Table]
     policies: list[Policy]
     grants: list[Grant]
@@ -232,6 +241,7 @@ async def audit(connection: Connection, files: Sequence[Path] | None = None) -> 
     async with connection.transaction():
         role = await login_role(connection)
         roles = await _rows(connection, Role, AUDIT_DIR / "roles.sql")
+        members = await _rows(connection, TodoAppMember, AUDIT_DIR / "todo_app_members.sql")
         tables = await _rows(connection, Table, AUDIT_DIR / "tables.sql")
         policies = await read_policies(connection)
         grants = await _rows(connection, Grant, AUDIT_DIR / "grants.sql")
@@ -246,6 +256,7 @@ async def audit(connection: Connection, files: Sequence[Path] | None = None) -> 
         login_role_warning=role.warning,
         server_version=server_version,
         roles=roles,
+        can_become_todo_app=members,
         tables=tables,
         policies=policies,
         grants=grants,

@@ -67,6 +67,10 @@ def render_text(audit: Audit) -> str:
         "Roles",
         *(_role_line(role) for role in audit.roles),
         "",
+        "Roles that can become todo_app (and so act as any user)",
+        *(f"  {member.name}: {', '.join(member.how)}" for member in audit.can_become_todo_app),
+        *([] if audit.can_become_todo_app else ["  (none)"]),
+        "",
         "Tables and their policies",
     ]
     for table in audit.tables:

@@ -144,4 +144,96 @@ WHERE relkind = 'v'
 UNION ALL
 SELECT pg_catalog.format('materialized view %s is open to todo_app, and materialized views have no row-level security', name)
 FROM exposed
-WHERE relkind = 'm';
+WHERE relkind = 'm'
+
+-- A unique or exclusion check sees every row, past row-level security: a write that collides with
+-- a row the writer cannot see fails, and so tells them the value is stored by someone. A key must
+-- start with the owner column (user_id; id on public.users, where each user inserts only their own),
+-- compared for equality, or with an identity column nobody writes (docs/security.md, "Covert
+-- channels"). An expression (indkey 0) or any other first column is a finding.
+UNION ALL
+SELECT pg_catalog.format('%s %I on %I.%I starts with %s, not the owner: a write that collides with a row '
+                         'of another user tells the writer that row exists (make the key start with user_id)',
+                         CASE WHEN i.indisexclusion THEN 'exclusion constraint' ELSE 'unique index' END,
+                         ic.relname, n.nspname, c.relname,
+                         COALESCE(pg_catalog.quote_ident(a.attname::text), 'an expression'))
+FROM exposed_tables t
+JOIN pg_catalog.pg_class c ON c.oid = t.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_index i ON i.indrelid = t.oid
+JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] AND i.indkey[0] <> 0
+WHERE (i.indisunique OR i.indisexclusion)
+  AND NOT (
+      (a.attname = 'user_id' OR (a.attname = 'id' AND n.nspname = 'public' AND c.relname = 'users'))
+      -- An exclusion constraint keeps users apart only if it compares the owner for equality.
+      AND (NOT i.indisexclusion
+           OR EXISTS (SELECT FROM pg_catalog.pg_constraint con
+                      JOIN pg_catalog.pg_operator o ON o.oid = con.conexclop[1]
+                      WHERE con.conindid = i.indexrelid AND o.oprname = '='))
+      OR a.attidentity = 'a'
+  )
+
+-- ALTER ROLE ... SET and ALTER DATABASE ... SET give every session of the login role (the role that
+-- logged in: a `role` setting changes current_user) a setting of their own. row_security = off turns
+-- every query the policies would filter into an error, session_replication_role = replica silences
+-- the triggers that keep events and counts, and search_path, role and session_authorization change
+-- which object or which role a name means. Settings of every role, or of every database, count too.
+UNION ALL
+SELECT pg_catalog.format('setting %s applies to the login role %s through %s: it changes how row-level '
+                         'security applies or what names mean (%s)',
+                         setting, session_user,
+                         CASE WHEN s.setrole = 0 AND s.setdatabase = 0 THEN 'ALTER ROLE ALL SET'
+                              WHEN s.setrole = 0 THEN pg_catalog.format('ALTER DATABASE %I SET', d.datname)
+                              WHEN s.setdatabase = 0 THEN pg_catalog.format('ALTER ROLE %I SET', r.rolname)
+                              ELSE pg_catalog.format('ALTER ROLE %I IN DATABASE %I SET', r.rolname, d.datname) END,
+                         CASE WHEN s.setrole = 0 AND s.setdatabase = 0 THEN 'ALTER ROLE ALL RESET '
+                              WHEN s.setrole = 0 THEN pg_catalog.format('ALTER DATABASE %I RESET ', d.datname)
+                              WHEN s.setdatabase = 0 THEN pg_catalog.format('ALTER ROLE %I RESET ', r.rolname)
+                              ELSE pg_catalog.format('ALTER ROLE %I IN DATABASE %I RESET ', r.rolname, d.datname) END
+                         || pg_catalog.split_part(setting, '=', 1))
+FROM pg_catalog.pg_db_role_setting s
+CROSS JOIN pg_catalog.unnest(s.setconfig) AS setting
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
+LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+WHERE (s.setrole = 0 OR r.rolname = session_user)
+  AND (s.setdatabase = 0 OR d.datname = pg_catalog.current_database())
+  AND pg_catalog.split_part(setting, '=', 1)
+      IN ('row_security', 'session_replication_role', 'search_path', 'role', 'session_authorization')
+
+-- Whoever can become todo_app can set app.user_id to anyone. Members and holders of ADMIN (who may
+-- grant todo_app to themselves), through any chain of roles, are the login role, the database's or
+-- schema app's owner (the roles that administer it, docs/security.md "What is trusted"), and login
+-- roles made the way `todo-api migrate --login-role` makes them: LOGIN NOINHERIT, nothing more, a
+-- member of todo_app alone. Any other is a finding; `todo-api policies` lists them all
+-- (sql/audit/todo_app_members.sql). Superusers can become any role and are trusted by definition.
+UNION ALL
+SELECT pg_catalog.format('role %s can become todo_app (%s), so it can act as any user: revoke it, or serve '
+                         'through it as the login role', m.rolname, m.how)
+FROM (
+    WITH RECURSIVE can_become(role_oid, how) AS (
+        SELECT am.member, CASE WHEN am.admin_option THEN 'ADMIN on todo_app' ELSE 'member of todo_app' END
+        FROM pg_catalog.pg_auth_members am JOIN todo_app r ON am.roleid = r.oid
+        UNION
+        SELECT am.member, pg_catalog.format('through %s', pg_catalog.pg_get_userbyid(am.roleid)) COLLATE "default"
+        FROM pg_catalog.pg_auth_members am JOIN can_become b ON am.roleid = b.role_oid
+    )
+    SELECT DISTINCT ON (b.role_oid) b.role_oid, ro.rolname, b.how
+    FROM can_become b JOIN pg_catalog.pg_roles ro ON ro.oid = b.role_oid
+    ORDER BY b.role_oid, b.how
+) AS m
+WHERE m.rolname <> session_user
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_database d
+                  WHERE d.datname = pg_catalog.current_database() AND d.datdba = m.role_oid)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = 'app' AND n.nspowner = m.role_oid)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles s WHERE s.oid = m.role_oid AND s.rolsuper)
+  AND NOT EXISTS (
+      SELECT FROM pg_catalog.pg_roles l CROSS JOIN todo_app r
+      WHERE l.oid = m.role_oid
+        AND l.rolcanlogin AND NOT l.rolinherit AND NOT l.rolsuper AND NOT l.rolbypassrls
+        AND NOT l.rolcreaterole AND NOT l.rolcreatedb AND NOT l.rolreplication
+        AND (SELECT pg_catalog.array_agg(DISTINCT am.roleid) FROM pg_catalog.pg_auth_members am
+             WHERE am.member = l.oid) = ARRAY[r.oid]
+        AND NOT EXISTS (SELECT FROM pg_catalog.pg_auth_members am
+                        WHERE am.member = l.oid AND am.admin_option)
+  );
