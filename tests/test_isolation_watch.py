@@ -336,3 +336,66 @@ def test_after_a_check_that_could_not_complete_the_next_comes_within_a_second() 
                 time.sleep(0.1)
     finally:
         database.remove()
+
+
+def test_a_unique_key_the_api_does_not_expect_is_refused_and_checked_at_once(
+    migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A unique index on what users write answers a conflict with a row the writer cannot see: a 503
+    for everyone, never a 500 that tells alice bob stored that text, and a check at once that finds
+    the index (the next interval is an hour away here)."""
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+    alice, bob = new_user(), new_user()
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+        secret = {"title": "bob's", "description": "bob's secret"}
+        assert api.post(bob.tasks_url, json=secret, headers=bob.headers).status_code == 201
+        db.execute("create unique index tasks_description_unique on public.tasks (description)")
+        with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+            guess = {"title": "alice's", "description": "bob's secret"}
+            probed = api.post(alice.tasks_url, json=guess, headers=alice.headers)
+            assert probed.status_code == 503
+            assert probed.headers["content-type"] == "application/problem+json"
+            assert probed.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+            assert refused(api, alice), "refused until a check completes clean"
+            other = {"title": "alice's", "description": "nobody's"}
+            assert api.post(alice.tasks_url, json=other, headers=alice.headers).status_code == 503
+            eventually(
+                lambda: any(
+                    "unique index tasks_description_unique on public.tasks starts with description"
+                    in record.getMessage()
+                    for record in caplog.records
+                ),
+                "the check ran at once and found the index",
+            )
+        assert api.get("/readyz").status_code == 503
+    assert db.execute("select count(*) from tasks where title = 'alice''s'").fetchone() == (0,)
+
+
+def test_a_read_refused_for_row_level_security_is_logged_as_a_read_and_its_session_dropped(
+    migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """row_security off in the login role's sessions turns every read the policies filter into an
+    error. The check reports the setting (tests/test_isolation_blind_spots.py); here it is blinded to
+    it, as it was, to see what a request meets: a 503 whose log says read, and a session not reused,
+    so that once the setting is reset the next session reads again."""
+    monkeypatch.setattr(isolation, "_sql", lambda: "select 'nothing' where false")
+    database = migrated_db_url.split("/")[3].split("?")[0]
+    alice = new_user()
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600, db_pool_size=1)
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+        assert api.post(alice.tasks_url, json={"title": "mine"}, headers=alice.headers).status_code == 201
+        db.execute(f"alter role todo_owner in database {database} set row_security = off")
+        try:
+            # The pooled session predates the setting: replace it, as a restart of the server would.
+            db.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity "
+                "where datname = current_database() and pid <> pg_backend_pid() and usename = 'todo_owner'"
+            )
+            with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+                eventually(lambda: refused(api, alice), "a read refused for row-level security is a 503")
+            messages = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+            assert any("the database refused a read for row-level security" in m for m in messages), messages
+            assert not any("refused a write" in m for m in messages), messages
+        finally:
+            db.execute(f"alter role todo_owner in database {database} reset row_security")
+        eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "read again")

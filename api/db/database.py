@@ -561,7 +561,7 @@ class Database:
             await _roll_back(connection)
             connection.prepared = None
             raise DatabaseUnavailable("a prepared statement was missing on the connection") from None
-        except psycopg.errors.UniqueViolation as error:
+        except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as error:
             await _roll_back(connection)
             raise AlreadyExists(error.diag.constraint_name) from None
         except psycopg.errors.ForeignKeyViolation as error:
@@ -576,7 +576,10 @@ class Database:
         except psycopg.errors.InsufficientPrivilege as error:
             await _roll_back(connection)
             if "row-level security" in (error.diag.message_primary or ""):
-                raise RowSecurityViolation(error.diag.message_primary) from None
+                # Not back to the pool: a read is refused so only when the session has row_security
+                # off (ALTER ROLE ... SET), which a new session, once that is reset, will not have.
+                await connection.close()
+                raise RowSecurityViolation(error.diag.message_primary, read_only=read_only) from None
             raise
         except psycopg.Error as error:
             await _roll_back(connection)

@@ -17,7 +17,9 @@ class LimitReached(Exception):  # noqa: N818 (a state, not a mistake)
 
 
 class AlreadyExists(Exception):  # noqa: N818 (a state, not a mistake)
-    """A unique constraint refused a row that another transaction has just stored; nothing changed."""
+    """A unique (or exclusion) constraint refused a row that another transaction has stored; nothing
+    changed. The API expects it only where it catches it (a repeated Idempotency-Key); anywhere else
+    it is a key the API does not ship, which a user could probe other users' rows with."""
 
     def __init__(self, constraint: str | None) -> None:
         super().__init__(constraint)
@@ -42,8 +44,13 @@ class UserShareExceeded(Exception):  # noqa: N818 (a state, not a mistake)
 
 
 class RowSecurityViolation(Exception):  # noqa: N818 (a state of the database, not a mistake)
-    """The database refused a write for row-level security (SQLSTATE 42501). The API never sends a
-    write that sound policies would refuse, so the policies or roles are not what they should be."""
+    """The database refused a statement for row-level security (SQLSTATE 42501): a write the
+    policies refuse, or, with row_security off, any read they would filter. The API sends neither
+    to a sound database, so the policies, roles or settings are not what they should be."""
+
+    def __init__(self, message: str | None, *, read_only: bool) -> None:
+        super().__init__(message)
+        self.read_only = read_only
 
 
 class DatabaseUnavailable(Exception):  # noqa: N818 (a state, not a mistake)

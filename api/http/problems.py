@@ -16,7 +16,13 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth.errors import InvalidToken, KeysUnavailable
-from api.db.errors import UNAVAILABLE, OutcomeUnknown, RowSecurityViolation, UserShareExceeded
+from api.db.errors import (
+    UNAVAILABLE,
+    AlreadyExists,
+    OutcomeUnknown,
+    RowSecurityViolation,
+    UserShareExceeded,
+)
 from api.db.isolation import IsolationUnverified
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.telemetry import metrics
@@ -345,7 +351,18 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_row_security_violation(request: Request, exc: RowSecurityViolation) -> JSONResponse:
         # Fail closed: refuse every task request until a check, started now, completes clean.
         isolation = request.app.state.isolation
-        isolation.distrust(f"the database refused a write for row-level security: {exc}")
+        statement = "read" if exc.read_only else "write"
+        isolation.distrust(f"the database refused a {statement} for row-level security: {exc}")
+        return problem_response(isolation_unverified(retry_after=math.ceil(isolation.interval_seconds)))
+
+    @app.exception_handler(AlreadyExists)
+    async def on_unexpected_unique_key(request: Request, exc: AlreadyExists) -> JSONResponse:
+        # The one unique key a request can run into on purpose, a repeated Idempotency-Key, is
+        # caught below this layer; any other is a key on what a user writes, which the isolation
+        # check reports: answering its conflict would tell the caller another user stored the
+        # value. Fail closed, as for a row-security violation, until a check completes clean.
+        isolation = request.app.state.isolation
+        isolation.distrust(f"the database refused a write for a unique key the API does not expect: {exc}")
         return problem_response(isolation_unverified(retry_after=math.ceil(isolation.interval_seconds)))
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
