@@ -5,6 +5,7 @@ refuses task requests within a check interval, then serves again once it is undo
 The cases change cluster-wide roles and need a superuser, so they run on a cluster of their own.
 """
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,3 +202,22 @@ def test_caught_at_start_up_by_policies_and_while_serving(
     eventually(
         lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, f"{name}: served again"
     )
+
+
+def test_another_sessions_temporary_function_is_not_a_finding(
+    cluster: OwnPostgres, api: httpx.Client, tmp_path: Path
+) -> None:
+    """todo_app has no USAGE on another session's temporary schema, so it reaches nothing there; the
+    check used to list such a function as one todo_app may call and refuse every request."""
+    alice = new_user()
+    with psycopg.connect(cluster.url, autocommit=True) as other_session:
+        other_session.execute("create function pg_temp.helper() returns int language sql as 'select 1'")
+        assert audit_database(cluster.url).findings == []
+        policies = run_cli("policies", cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET)
+        assert policies.returncode == 0, policies.stdout
+        # A start-up check runs while the function exists: the app would not start on a finding.
+        started = settings_for(cluster.url, isolation_check_interval_seconds=3600)
+        with serving(create_app(started)) as base_url, httpx.Client(base_url=base_url) as fresh:
+            assert fresh.get(alice.tasks_url, headers=alice.headers).status_code == 200
+        time.sleep(5 * INTERVAL)  # the running API checks again, several times, meanwhile
+        assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200

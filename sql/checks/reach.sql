@@ -15,6 +15,8 @@
 --   - todo_app itself: its attributes, the roles it belongs to (pg_read_all_data, another login
 --     role, ...), its privileges on every schema, and default privileges that will hand future
 --     objects to todo_app or PUBLIC.
+-- Other sessions' temporary schemas are left out: todo_app has no USAGE on them, and their objects
+-- come and go with those sessions.
 -- Owners and grantors are left out: they differ between deployments, the reach does not (a policy
 -- for a table's owner names it by what it is).
 -- Run with search_path = '' so that names read the same everywhere:
@@ -88,6 +90,7 @@ functions AS (
            ) AS ours
     FROM pg_catalog.pg_proc f
     JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
+    WHERE n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast%'
 ),
 -- Grants to todo_app or PUBLIC on objects PostgreSQL or an extension made, beyond their initial ones.
 added_to_system_relations AS (
