@@ -39,6 +39,12 @@ begin
 end $$"""
 _EVERY_TASK = "returns setof public.tasks language sql security definer as $$ select * from public.tasks $$"
 
+# A prepared statement's generic plan then bakes in the first caller's id, for everyone after. The
+# role that migrates owns the function: no superuser needed.
+_AS_OWNER = "set role todo_owner"
+_IMMUTABLE_IDENTITY = [_AS_OWNER, "alter function app.current_user_id() immutable"]
+_STABLE_IDENTITY = "alter function app.current_user_id() stable"
+
 BLIND_SPOTS = {
     "a rule on tasks": BlindSpot(
         [
@@ -76,6 +82,12 @@ BLIND_SPOTS = {
         [f"create function information_schema.every_task() {_EVERY_TASK}"],
         ["drop function information_schema.every_task()"],
         "function information_schema.every_task() is not in what todo-api ships",
+    ),
+    "the identity function made immutable": BlindSpot(
+        _IMMUTABLE_IDENTITY,
+        [_STABLE_IDENTITY],
+        "function app.current_user_id() differs from what todo-api ships: "
+        "it is SECURITY INVOKER; todo_app may call it; IMMUTABLE",
     ),
     "todo_app a member of pg_read_all_data": BlindSpot(
         ["grant pg_read_all_data to todo_app"],

@@ -6,9 +6,11 @@
 -- Derived from the catalogs, not from a list of tricks:
 --   - objects made after initdb and not by an extension (oid >= 16384, FirstNormalObjectId) are
 --     "ours", in EVERY schema, pg_catalog and information_schema included: each relation todo_app
---     or PUBLIC holds any privilege on (per column too), every function with a digest of its body
---     (a trigger runs its function without EXECUTE, so all of them count), every rule, trigger and
---     event trigger, every policy, and row-level security's flags on each table todo_app reaches;
+--     or PUBLIC holds any privilege on (per column too), every function with its volatility,
+--     leakproofness, strictness, parallel safety and a digest of its body (a trigger runs its
+--     function without EXECUTE, so all of them count; an IMMUTABLE identity lets a prepared
+--     statement's generic plan keep one caller for everyone after), every rule, trigger and event
+--     trigger, every policy, and row-level security's flags on each table todo_app reaches;
 --   - objects PostgreSQL or an extension made are judged by their privileges: anything granted to
 --     todo_app or PUBLIC beyond what pg_init_privs says they came with, and every SECURITY DEFINER
 --     function todo_app may call;
@@ -199,6 +201,11 @@ SELECT CASE f.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate' WHEN '
            CASE WHEN f.prosecdef THEN 'SECURITY DEFINER' ELSE 'SECURITY INVOKER' END,
            CASE WHEN pg_catalog.has_function_privilege(a.oid, f.oid, 'EXECUTE')
                 THEN 'todo_app may call it' ELSE 'todo_app may not call it' END,
+           CASE f.provolatile WHEN 'i' THEN 'IMMUTABLE' WHEN 's' THEN 'STABLE' ELSE 'VOLATILE' END,
+           CASE WHEN f.proleakproof THEN 'LEAKPROOF' ELSE 'NOT LEAKPROOF' END,
+           CASE WHEN f.proisstrict THEN 'STRICT' ELSE 'CALLED ON NULL INPUT' END,
+           CASE f.proparallel WHEN 's' THEN 'PARALLEL SAFE' WHEN 'r' THEN 'PARALLEL RESTRICTED'
+                              ELSE 'PARALLEL UNSAFE' END,
            'language ' || l.lanname,
            'returns ' || pg_catalog.pg_get_function_result(f.oid),
            pg_catalog.array_to_string(f.proconfig, ', '),
