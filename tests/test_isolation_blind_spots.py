@@ -44,6 +44,18 @@ _EVERY_TASK = "returns setof public.tasks language sql security definer as $$ se
 _AS_OWNER = "set role todo_owner"
 _IMMUTABLE_IDENTITY = [_AS_OWNER, "alter function app.current_user_id() immutable"]
 _STABLE_IDENTITY = "alter function app.current_user_id() stable"
+# Nor to own a trusted extension and make anything of its own a member, which the check used to take
+# for the extension's own objects. The API compares `tasks.user_id = $1::VARCHAR`; an exact
+# (text, varchar) match in public wins over pg_catalog's text = text, so that = now means <>.
+_EQUALS_MEANS_NOT_EQUALS = [
+    _AS_OWNER,
+    "create extension citext",
+    "create function public.todo_ne(text, varchar) returns boolean language sql immutable "
+    "as 'select $1 operator(pg_catalog.<>) $2::text'",
+    "alter extension citext add function public.todo_ne(text, varchar)",
+    "create operator public.= (leftarg = text, rightarg = varchar, function = public.todo_ne)",
+    "alter extension citext add operator public.= (text, varchar)",
+]
 
 BLIND_SPOTS = {
     "a rule on tasks": BlindSpot(
@@ -88,6 +100,24 @@ BLIND_SPOTS = {
         [_STABLE_IDENTITY],
         "function app.current_user_id() differs from what todo-api ships: "
         "it is SECURITY INVOKER; todo_app may call it; IMMUTABLE",
+    ),
+    "an operator = that means <>, claimed by a trusted extension": BlindSpot(
+        _EQUALS_MEANS_NOT_EQUALS,
+        ["drop extension citext"],
+        "operator public.=(text, character varying) is not in what todo-api ships",
+    ),
+    "a foreign table granted to todo_app, claimed by its extension": BlindSpot(
+        [
+            "create extension postgres_fdw",
+            "create server elsewhere foreign data wrapper postgres_fdw options (dbname 'todo')",
+            "create foreign table public.remote_tasks (id bigint, user_id text, title text) "
+            "server elsewhere options (table_name 'tasks')",
+            "grant select on public.remote_tasks to todo_app",
+            # Adding it records its grants as the extension's initial ones, as if it shipped them.
+            "alter extension postgres_fdw add foreign table public.remote_tasks",
+        ],
+        ["drop extension postgres_fdw cascade"],
+        "foreign table public.remote_tasks is not in what todo-api ships",
     ),
     "todo_app a member of pg_read_all_data": BlindSpot(
         ["grant pg_read_all_data to todo_app"],
@@ -214,6 +244,31 @@ def test_caught_at_start_up_by_policies_and_while_serving(
     eventually(
         lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, f"{name}: served again"
     )
+
+
+def test_another_users_task_is_refused_not_leaked_once_equals_means_not_equals(
+    cluster: OwnPostgres, api: httpx.Client
+) -> None:
+    """The probe's case: with both weakenings bob read alice's task through his own path."""
+    alice, bob = new_user(), new_user()
+    created = api.post(alice.tasks_url, json={"title": "alice's"}, headers=alice.headers)
+    assert created.status_code == 201
+    task_url = bob.task_url(created.json()["id"])
+    assert api.get(task_url, headers=bob.headers).status_code == 404
+    _run(cluster.superuser_url, _IMMUTABLE_IDENTITY + _EQUALS_MEANS_NOT_EQUALS)
+    try:
+        eventually(lambda: refused(api, bob), "refused while serving")
+        read = api.get(task_url, headers=bob.headers)
+        assert read.status_code == 503
+        assert read.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+        assert "alice's" not in read.text
+    finally:
+        _run(cluster.superuser_url, [_STABLE_IDENTITY, "drop extension citext"])
+    eventually(lambda: api.get(task_url, headers=bob.headers).status_code == 404, "served again")
+    with psycopg.connect(cluster.superuser_url) as superuser:
+        assert superuser.execute(
+            "select title from public.tasks where user_id = %s", [alice.id]
+        ).fetchall() == [("alice's",)]
 
 
 def test_another_sessions_temporary_function_is_not_a_finding(

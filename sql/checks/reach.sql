@@ -4,16 +4,21 @@
 -- migrations and sql/policies/ make); any row added, changed or gone is a finding.
 --
 -- Derived from the catalogs, not from a list of tricks:
---   - objects made after initdb and not by an extension (oid >= 16384, FirstNormalObjectId) are
---     "ours", in EVERY schema, pg_catalog and information_schema included: each relation todo_app
---     or PUBLIC holds any privilege on (per column too), every function with its volatility,
---     leakproofness, strictness, parallel safety and a digest of its body (a trigger runs its
---     function without EXECUTE, so all of them count; an IMMUTABLE identity lets a prepared
---     statement's generic plan keep one caller for everyone after), every rule, trigger and event
---     trigger, every policy, and row-level security's flags on each table todo_app reaches;
---   - objects PostgreSQL or an extension made are judged by their privileges: anything granted to
---     todo_app or PUBLIC beyond what pg_init_privs says they came with, and every SECURITY DEFINER
---     function todo_app may call;
+--   - objects made after initdb (oid >= 16384, FirstNormalObjectId) are "ours", in EVERY schema,
+--     pg_catalog and information_schema included, whether an extension claims them or not: the
+--     owner of a trusted extension can claim anything it owns with ALTER EXTENSION ... ADD, which
+--     also records its grants as the extension's initial ones. The shipped migrations create no
+--     extension, and the one every database starts with (plpgsql) was made by initdb. Ours are:
+--     each relation todo_app or PUBLIC holds any privilege on (per column too), every function
+--     with its volatility, leakproofness, strictness, parallel safety and a digest of its body (a
+--     trigger runs its function without EXECUTE, so all of them count; an IMMUTABLE identity lets
+--     a prepared statement's generic plan keep one caller for everyone after), every operator and
+--     cast (an operator named = found first on the search_path decides what a WHERE means), every
+--     rule, trigger and event trigger, every policy, and row-level security's flags on each table
+--     todo_app reaches;
+--   - objects initdb made are judged by their privileges: anything granted to todo_app or PUBLIC
+--     beyond what pg_init_privs says they came with, and every SECURITY DEFINER function todo_app
+--     may call;
 --   - todo_app itself: its attributes, the roles it belongs to (pg_read_all_data, another login
 --     role, ...), its privileges on every schema, and default privileges that will hand future
 --     objects to todo_app or PUBLIC.
@@ -27,16 +32,10 @@
 WITH todo_app AS (
     SELECT r.* FROM pg_catalog.pg_roles r WHERE rolname = 'todo_app'
 ),
-extension_member AS (
-    SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'
-),
 relations AS (
     SELECT c.oid, c.relkind, c.relrowsecurity, c.relforcerowsecurity, c.relacl, c.relowner, c.reloptions,
            pg_catalog.format('%I.%I', n.nspname, c.relname) AS name, n.nspname AS schema,
-           c.oid >= 16384 AND NOT EXISTS (
-               SELECT FROM extension_member e
-               WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND e.objid = c.oid
-           ) AS ours
+           c.oid >= 16384 AS ours
     FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
@@ -86,15 +85,12 @@ functions AS (
                                       SELECT pg_catalog.format_type(t.type, NULL)
                                       FROM pg_catalog.unnest(f.proargtypes::pg_catalog.oid[]) WITH ORDINALITY AS t(type, n)
                                       ORDER BY t.n), ', ')) AS signature,
-           f.oid >= 16384 AND NOT EXISTS (
-               SELECT FROM extension_member e
-               WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = f.oid
-           ) AS ours
+           f.oid >= 16384 AS ours
     FROM pg_catalog.pg_proc f
     JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
     WHERE n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast%'
 ),
--- Grants to todo_app or PUBLIC on objects PostgreSQL or an extension made, beyond their initial ones.
+-- Grants to todo_app or PUBLIC on objects initdb made, beyond their initial ones.
 added_to_system_relations AS (
     SELECT r.name, r.relkind, acl.grantee, acl.privilege_type
     FROM relations r
@@ -215,6 +211,42 @@ JOIN pg_catalog.pg_language l ON l.oid = f.prolang
 CROSS JOIN todo_app a
 WHERE f.ours
    OR (f.prosecdef AND pg_catalog.has_function_privilege(a.oid, f.oid, 'EXECUTE'))
+
+-- An operator or a cast runs its function as whoever wrote the expression, and is chosen by name and
+-- types alone: `user_id = $1::varchar` takes an exact (text, varchar) match in public over
+-- pg_catalog's text = text. Named as DROP OPERATOR and DROP CAST name them.
+UNION ALL
+SELECT 'operator',
+       pg_catalog.format('%I.%s(%s, %s)', n.nspname, o.oprname,
+                         CASE WHEN o.oprleft = 0 THEN 'NONE' ELSE pg_catalog.format_type(o.oprleft, NULL) END,
+                         pg_catalog.format_type(o.oprright, NULL)),
+       pg_catalog.concat_ws('; ',
+           CASE WHEN o.oprcode = 0 THEN 'no function (a shell)'
+                ELSE pg_catalog.format('function %s, %s', o.oprcode::pg_catalog.regprocedure,
+                         CASE WHEN pg_catalog.has_function_privilege(a.oid, o.oprcode, 'EXECUTE')
+                              THEN 'todo_app may call it' ELSE 'todo_app may not call it' END) END,
+           'returns ' || pg_catalog.format_type(o.oprresult, NULL),
+           CASE WHEN o.oprcom <> 0 THEN 'commutator ' || o.oprcom::pg_catalog.regoperator END,
+           CASE WHEN o.oprnegate <> 0 THEN 'negator ' || o.oprnegate::pg_catalog.regoperator END)
+FROM pg_catalog.pg_operator o
+JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+CROSS JOIN todo_app a
+WHERE o.oid >= 16384 AND n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast%'
+
+UNION ALL
+SELECT 'cast',
+       pg_catalog.format('(%s AS %s)', pg_catalog.format_type(c.castsource, NULL),
+                         pg_catalog.format_type(c.casttarget, NULL)),
+       pg_catalog.concat_ws('; ',
+           CASE c.castmethod WHEN 'f' THEN pg_catalog.format('WITH FUNCTION %s, %s',
+                                               c.castfunc::pg_catalog.regprocedure,
+                                               CASE WHEN pg_catalog.has_function_privilege(a.oid, c.castfunc, 'EXECUTE')
+                                                    THEN 'todo_app may call it' ELSE 'todo_app may not call it' END)
+                             WHEN 'i' THEN 'WITH INOUT' ELSE 'WITHOUT FUNCTION' END,
+           CASE c.castcontext WHEN 'i' THEN 'AS IMPLICIT' WHEN 'a' THEN 'AS ASSIGNMENT' ELSE 'explicit only' END)
+FROM pg_catalog.pg_cast c
+CROSS JOIN todo_app a
+WHERE c.oid >= 16384
 
 UNION ALL
 SELECT 'policy', pg_catalog.format('%s "%s"', r.name, p.polname),
