@@ -20,7 +20,7 @@ exposed AS (
     FROM pg_catalog.pg_class c
     CROSS JOIN todo_app r
     WHERE c.relnamespace IN (SELECT oid FROM user_schemas)
-      AND c.relkind IN ('r', 'p', 'v', 'm')
+      AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
       AND (pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT, INSERT, UPDATE, DELETE')
            OR pg_catalog.has_any_column_privilege(r.oid, c.oid, 'SELECT, INSERT, UPDATE'))
 ),
