@@ -312,7 +312,7 @@ def test_isolation_check_reports_rls_disabled(db: Conn) -> None:
     "grant", ["grant select on notes to todo_app", "grant update (body) on notes to todo_app"]
 )
 def test_isolation_check_reports_a_new_table_without_rls(db: Conn, grant: str) -> None:
-    db.execute("create table notes (id int primary key, body text)")
+    db.execute("create table notes (id int generated always as identity primary key, body text)")
     db.execute(grant)
     assert sorted(isolation_findings(db)) == [
         "table notes is open to todo_app without a policy for it",
@@ -322,7 +322,7 @@ def test_isolation_check_reports_a_new_table_without_rls(db: Conn, grant: str) -
 
 
 def test_isolation_check_reports_a_table_with_rls_but_no_policy(db: Conn) -> None:
-    db.execute("create table notes (id int primary key)")
+    db.execute("create table notes (id int generated always as identity primary key)")
     db.execute("alter table notes enable row level security, force row level security")
     db.execute("grant select on notes to public")
     assert isolation_findings(db) == ["table notes is open to todo_app without a policy for it"]
