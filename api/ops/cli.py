@@ -126,6 +126,9 @@ def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
             raise CommandFailed(str(error)) from None
         yield url
         return
+    # Before the folder is made: without the wheel, a start would only leave a half-made .data behind.
+    if not embedded.installed():
+        raise CommandFailed(embedded.INSTALL_HINT)
     database = embedded.start(_usable_folder(data_dir or settings.data_dir))
     try:
         embedded.export_environment(database)
@@ -347,6 +350,8 @@ def policies(args: argparse.Namespace) -> None:
     from api.ops.policy_report import render_json, render_text
 
     if args.write_expected:
+        if not embedded.installed():
+            raise CommandFailed(embedded.WRITE_EXPECTED_INSTALL_HINT)
         written = display_path(write_expected_reach())
         print(f"todo-api: wrote {written} from a freshly migrated database")
         return

