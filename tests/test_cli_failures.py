@@ -109,6 +109,22 @@ def test_serve_refuses_an_unsafe_database_listing_its_findings(tmp_path: Path, m
     )
 
 
+def test_serve_under_a_held_lock_names_the_lock_and_its_holder_not_a_migration(
+    tmp_path: Path, migrated_db_url: str
+) -> None:
+    with psycopg.connect(f"{migrated_db_url}&application_name=busy-migration") as busy:
+        busy.execute("lock table tasks in access exclusive mode")
+        holder = busy.info.backend_pid
+        result = run_cli(
+            "serve", "--port", "0", cwd=tmp_path, DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET
+        )
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "a lock was held", f"pid {holder}", "busy-migration", "public.tasks"
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "todo-api migrate" not in result.stderr, "migrating would wait for the same lock"
+
+
 @pytest.mark.parametrize(
     ("variables", "message"),
     [

@@ -150,11 +150,20 @@ def _migrate(url: str, settings: Settings) -> str:
 async def _check_isolation(url: str, settings: Settings) -> None:
     """What each worker checks before serving, checked once here so that a failure is one message."""
     from api.db.isolation import isolation_findings
+    from api.ops.policy_audit import lock_holders
 
     conninfo = libpq_url(url, connect_timeout=settings.db_connect_timeout_seconds)
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
             findings = [finding.message for finding in await isolation_findings(connection)]
+            # A lock the check waited for in vain (DDL, a migration in progress) is no matter for
+            # `todo-api migrate`: say who held it.
+            if any(psycopg.errors.LockNotAvailable.__name__ in finding for finding in findings):
+                raise CommandFailed(
+                    "Refusing to serve: the isolation check could not complete: a lock was held on what "
+                    f"it reads, by {await lock_holders(connection)}; end that transaction (or wait for "
+                    "it), then start again"
+                )
     except psycopg.OperationalError as error:
         raise database_failure(error, url) from None
     if any("the database is not migrated" in finding for finding in findings):
@@ -346,7 +355,7 @@ def token(args: argparse.Namespace) -> None:
 
 def policies(args: argparse.Namespace) -> None:
     """Print the isolation audit; exit 1 on any finding, so it can gate a deployment."""
-    from api.ops.policy_audit import audit_database, write_expected_reach
+    from api.ops.policy_audit import AuditIncomplete, audit_database, write_expected_reach
     from api.ops.policy_report import render_json, render_text
 
     if args.write_expected:
@@ -359,6 +368,8 @@ def policies(args: argparse.Namespace) -> None:
     with _database_url(settings, args.data_dir) as url:
         try:
             audit = audit_database(url, connect_timeout_seconds=settings.db_connect_timeout_seconds)
+        except AuditIncomplete as incomplete:
+            raise CommandFailed(str(incomplete)) from None
         except psycopg.OperationalError as error:
             raise database_failure(error, url) from None
     print(render_json(audit) if args.json else render_text(audit))

@@ -6,8 +6,10 @@ drift between the live policies and sql/policies/.
 
 Drift is measured by letting Postgres normalise both sides: read the live policies, apply the files
 in a transaction, read them again, roll back. CREATE and DROP POLICY take an ACCESS EXCLUSIVE lock on
-their table, so for those few milliseconds requests touching users or tasks wait; `lock_timeout`
-bounds how long the audit itself waits behind a long transaction, and nothing is ever committed.
+their table, so for those few milliseconds requests touching users or tasks wait; `lock_timeout`,
+set for the whole session, bounds how long any statement of the audit waits behind a long
+transaction (reading a policy's expressions waits for any lock on its table too), and nothing is
+ever committed.
 """
 
 import asyncio
@@ -276,18 +278,46 @@ def _merged(checked: list[Finding], drift: list[Finding]) -> list[Finding]:
     return kept + drift
 
 
+class AuditIncomplete(Exception):  # noqa: N818 (a finding, not a bug)
+    """The audit waited `LOCK_TIMEOUT` for a lock and gave up: a check that cannot complete is a
+    finding. `str()` is the whole message."""
+
+
+async def lock_holders(connection: Connection) -> str:
+    """Who holds the lock a catalog read waits for, as far as the catalog shows it now."""
+    async with connection.cursor() as cursor:
+        await cursor.execute(read_sql(AUDIT_DIR / "lock_holders.sql"))
+        holders = [
+            f"pid {pid} ({user_name}{f', {application}' if application else ''}) on {relation}"
+            for pid, user_name, application, relation in await cursor.fetchall()
+        ]
+    return "; ".join(holders) if holders else "a session that has let go of it since"
+
+
 def audit_database(
     database_url: str,
     files: Sequence[Path] | None = None,
     *,
     connect_timeout_seconds: int = DEFAULT_CONNECT_TIMEOUT_SECONDS,
 ) -> Audit:
-    """Audit the database at `database_url` against sql/policies/ (or `files`)."""
+    """Audit the database at `database_url` against sql/policies/ (or `files`).
+
+    Raises AuditIncomplete when a lock kept it from reading what it reports."""
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
 
     async def run() -> Audit:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
-            return await audit(connection, files)
+            # Every statement of the session, not the drift check alone: reading a policy's
+            # expressions (pg_get_expr) waits for any lock on its table as long as that is held.
+            await connection.execute(f"set lock_timeout = '{LOCK_TIMEOUT}'")
+            try:
+                return await audit(connection, files)
+            except psycopg.errors.LockNotAvailable:
+                raise AuditIncomplete(
+                    f"finding: the audit could not complete: a lock was held for longer than its "
+                    f"{LOCK_TIMEOUT} lock_timeout, by {await lock_holders(connection)}; end that "
+                    "transaction (or wait for it), then audit again"
+                ) from None
 
     return asyncio.run(run())
 

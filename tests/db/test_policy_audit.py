@@ -412,6 +412,28 @@ def test_the_drift_check_does_not_queue_behind_a_long_transaction(
         ]
 
 
+def test_a_lock_held_on_tasks_is_a_finding_within_the_lock_timeout_naming_its_holder(
+    db: Conn, migrated_db_url: str, tmp_path: Path
+) -> None:
+    """The policies' expressions are read with pg_get_expr, which waits for any lock on their table:
+    the whole audit, not the drift check alone, gives up after LOCK_TIMEOUT, and says so as a finding."""
+    before = live_policies(db)
+    env = {"DATABASE_URL": migrated_db_url, "BETTER_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
+    with psycopg.connect(f"{migrated_db_url}&application_name=busy-migration") as busy:
+        busy.execute("lock table tasks in access exclusive mode")
+        result = subprocess.run(
+            [sys.executable, "-m", "api.ops.cli", "policies"],
+            cwd=tmp_path, env={**env, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        holder = busy.info.backend_pid
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    for text in ("finding", "could not complete", "lock_timeout", f"pid {holder}", "busy-migration"):
+        assert text in line, line
+    assert live_policies(db) == before, "the audit changed nothing"
+
+
 # --- JSON ----------------------------------------------------------------------------------------------
 
 
