@@ -125,6 +125,27 @@ def test_serve_under_a_held_lock_names_the_lock_and_its_holder_not_a_migration(
     assert "todo-api migrate" not in result.stderr, "migrating would wait for the same lock"
 
 
+def test_serve_refuses_more_connections_than_postgres_allows_naming_the_numbers(
+    tmp_path: Path, migrated_db_url: str
+) -> None:
+    with psycopg.connect(migrated_db_url) as connection:
+        (most,) = connection.execute("select current_setting('max_connections')::int").fetchone() or ()
+    workers, pool_size = 3, most // 3 + 1  # 3 x (pool_size + 2) > max_connections
+    result = subprocess.run(
+        [*CLI, "serve", "--port", "0", "--workers", str(workers)],
+        cwd=tmp_path,
+        env=cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE=str(pool_size)),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    needed = workers * (pool_size + 2)
+    assert_one_clear_failure(
+        result.stderr, result.returncode,
+        f"{workers} workers need {needed} connections", f"max_connections {most}",
+        "DB_POOL_SIZE", "--workers",
+    )  # fmt: skip
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 @pytest.mark.parametrize(
     ("variables", "message"),
     [

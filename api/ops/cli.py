@@ -40,6 +40,7 @@ from api.ops.migrations import MigrationFailed, apply_migrations, migration_fail
 from api.ops.startup_checks import (
     near_misses,
     refuse_a_taken_port,
+    refuse_more_connections_than_postgres_allows,
     refuse_the_development_database_beyond_loopback,
 )
 from api.settings import Settings
@@ -147,8 +148,9 @@ def _migrate(url: str, settings: Settings) -> str:
     return f"migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed"
 
 
-async def _check_isolation(url: str, settings: Settings) -> None:
-    """What each worker checks before serving, checked once here so that a failure is one message."""
+async def _check_database(url: str, settings: Settings, workers: int) -> None:
+    """What each worker checks before serving, checked once here so that a failure is one message;
+    and that Postgres has a connection for every one the workers will open."""
     from api.db.isolation import isolation_findings
     from api.ops.policy_audit import lock_holders
 
@@ -164,6 +166,9 @@ async def _check_isolation(url: str, settings: Settings) -> None:
                     f"it reads, by {await lock_holders(connection)}; end that transaction (or wait for "
                     "it), then start again"
                 )
+            await refuse_more_connections_than_postgres_allows(
+                connection, workers=workers, pool_size=settings.db_pool_size
+            )
     except psycopg.OperationalError as error:
         raise database_failure(error, url) from None
     if any("the database is not migrated" in finding for finding in findings):
@@ -228,7 +233,7 @@ def serve(args: argparse.Namespace) -> None:
             origins = os.environ["CORS_ORIGINS"] = embedded.DEVELOPMENT_ORIGINS
         if development or args.migrate:
             logger.info("todo-api: %s", _migrate(url, settings))
-        asyncio.run(_check_isolation(url, settings))
+        asyncio.run(_check_database(url, settings, args.workers))
 
         from api.ops.server import serve_with_granian
         from api.telemetry.metrics import forget_this_process

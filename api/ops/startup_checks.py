@@ -1,5 +1,6 @@
 """Mistakes `todo-api` catches before it starts anything: a port already taken, the development
-database offered beyond this machine, and a variable that was meant to be a setting but is misspelt.
+database offered beyond this machine, more connections than Postgres allows, and a variable that was
+meant to be a setting but is misspelt.
 
 Each is one line: a refusal is a CommandFailed, a near miss a warning.
 """
@@ -9,7 +10,11 @@ import errno
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
+from typing import Any
 
+import psycopg
+
+from api.db.prepared import reaches_postgres_itself
 from api.ops.failures import CommandFailed
 
 # How alike a variable's name must be to a setting's (difflib's ratio) to be taken for a misspelling
@@ -81,3 +86,36 @@ def near_misses(environment: Mapping[str, str], settings: Iterable[str]) -> list
         if close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO):
             warnings.append(f"{variable} is set but is no setting; did you mean {close[0]}?")
     return warnings
+
+
+# What each worker opens beside its pool of DB_POOL_SIZE: the readiness check's connection and the
+# LISTEN one for live changes (docs/operations.md, "More API workers and hosts").
+EXTRA_CONNECTIONS_PER_WORKER = 2
+
+
+async def refuse_more_connections_than_postgres_allows(
+    connection: psycopg.AsyncConnection[Any], *, workers: int, pool_size: int
+) -> None:
+    """Fail in one line when the workers' connections cannot all fit in max_connections: past it,
+    Postgres refuses them one by one while serving, and workers fail and restart in a loop.
+
+    Only on a connection to Postgres itself: behind a pooler, how many server connections there are
+    is the pooler's business, not max_connections'."""
+    if not await reaches_postgres_itself(connection):
+        return
+    cursor = await connection.execute(
+        "select current_setting('max_connections')::int,"
+        " current_setting('superuser_reserved_connections')::int"
+        " + coalesce(current_setting('reserved_connections', true)::int, 0)"  # Postgres 16+
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    most, reserved = row
+    needed = workers * (pool_size + EXTRA_CONNECTIONS_PER_WORKER)
+    if needed > most - reserved:
+        raise CommandFailed(
+            f"{workers} workers need {needed} connections ({pool_size} DB_POOL_SIZE + "
+            f"{EXTRA_CONNECTIONS_PER_WORKER} each), but Postgres allows {most - reserved} "
+            f"(max_connections {most} less {reserved} reserved): lower DB_POOL_SIZE or --workers, "
+            "or raise max_connections"
+        )
