@@ -15,6 +15,9 @@ DEFAULT_CONNECT_TIMEOUT_SECONDS = 5
 # Postgres's integer: the statement timeout and the task quota are stored in one.
 POSTGRES_INT_MAX = 2**31 - 1
 
+# Where settings are read from besides the environment; `todo-api` reads its names too, for misspellings.
+ENV_FILE = ".env"
+
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 
@@ -25,7 +28,7 @@ def _upper_case(value: object) -> object:
 class Settings(BaseSettings):
     # Empty values count as unset, so a copied .env.example with blanks means "use the defaults".
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore"
+        env_file=ENV_FILE, env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore"
     )
 
     database_url: SecretStr | None = Field(

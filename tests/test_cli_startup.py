@@ -45,6 +45,16 @@ def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Pat
     assert result.stdout.count(".") == 2, "the token is still printed"
 
 
+def test_a_misspelt_setting_in_the_env_file_is_named_too(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"BETTER_AUTH_SECRET={SECRET}\nDATABSE_URL=postgresql://x@/y\n")
+    result = run_cli("token", "alice", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (warning,) = result.stderr.strip().splitlines()
+    assert "DATABSE_URL is set in .env" in warning
+    assert "did you mean DATABASE_URL?" in warning
+    assert result.stdout.count(".") == 2, "the token is still printed"
+
+
 def test_no_warning_for_variables_of_other_programs(tmp_path: Path) -> None:
     result = run_cli(
         "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
@@ -43,7 +44,7 @@ from api.ops.startup_checks import (
     refuse_more_connections_than_postgres_allows,
     refuse_the_development_database_beyond_loopback,
 )
-from api.settings import Settings
+from api.settings import ENV_FILE, Settings
 from api.telemetry.logs import configure_logging, default_format
 from api.telemetry.multiprocess import DIR_VARIABLE
 
@@ -62,7 +63,10 @@ def _load_settings() -> Settings:
 
 
 def _near_misses() -> list[str]:
-    return near_misses(os.environ, Settings.model_fields)
+    # Read as pydantic-settings reads it (python-dotenv, which it depends on); _load_settings has
+    # already refused a .env that is not UTF-8.
+    env_file = dotenv_values(ENV_FILE, encoding="utf-8")
+    return near_misses(os.environ, Settings.model_fields, env_file=env_file)
 
 
 def _settings() -> Settings:

@@ -75,16 +75,20 @@ def refuse_a_taken_port(host: str, port: int) -> None:
             raise CommandFailed(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
-def near_misses(environment: Mapping[str, str], settings: Iterable[str]) -> list[str]:
+def near_misses(
+    environment: Mapping[str, str], settings: Iterable[str], *, env_file: Iterable[str] = ()
+) -> list[str]:
     """A warning for each variable that looks like one of ours (upper case, close to a setting's name)
-    but is not one: set, it would be ignored without a word."""
+    but is not one: set, it would be ignored without a word. `env_file`: the names the .env file
+    sets, read as settings too."""
     names = sorted(name.upper() for name in settings)
+    where = dict.fromkeys(env_file, " in .env") | dict.fromkeys(environment, "")
     warnings = []
-    for variable in sorted(environment):
+    for variable in sorted(where):
         if not variable.isupper() or variable in names:
             continue
         if close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO):
-            warnings.append(f"{variable} is set but is no setting; did you mean {close[0]}?")
+            warnings.append(f"{variable} is set{where[variable]} but is no setting; did you mean {close[0]}?")
     return warnings
 
 
