@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import psycopg
 import pytest
 
 from tests.support import CLI, SECRET, cli_env, free_port, run_cli, serve_process
@@ -232,6 +233,59 @@ def test_stopping_serve_stops_a_postgres_restarted_under_it_unless_another_serve
         for log in logs:
             assert "Traceback" not in log.read_text(), log.read_text()
         assert _postgres_on(pgdata) == [], "the last serve to stop stops the restarted Postgres"
+    finally:
+        for leftover in _postgres_on(pgdata):
+            leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
+        psutil.wait_procs(_postgres_on(pgdata), timeout=10)
+
+
+def _socket_dir(pgdata: Path) -> str:
+    """Where the folder's Postgres listens, as its postmaster.pid says (its fifth line)."""
+    return (pgdata / "postmaster.pid").read_text().splitlines()[4]
+
+
+def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(tmp_path: Path) -> None:
+    """Closing the terminal sends SIGHUP. Before the HTTP server takes the signals over it ends serve
+    as Ctrl-C does: the migration lock released, the run's folder removed, the embedded Postgres
+    stopped. A lock left behind would make every later serve wait for it and fail, and the embedded
+    database's Postgres runs only while serve does, so nobody could break it."""
+    data_dir, pgdata = tmp_path / "data", tmp_path / "data" / "pgdata"
+    command = [*CLI, "serve", "--data-dir", str(data_dir)]
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    try:
+        with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "first.log") as (_, first):
+            blocker = psycopg.connect(f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner")
+            # The second serve's migration re-applies the policies of public.tasks, and waits for this.
+            blocker.execute("lock table public.tasks in access share mode")
+            log = tmp_path / "second.log"
+            with log.open("w") as sink:
+                second = subprocess.Popen(
+                    [*command, "--port", str(free_port())], cwd=tmp_path, env=cli_env(TMPDIR=str(temporary)),
+                    stdout=sink, stderr=subprocess.STDOUT, text=True,
+                )  # fmt: skip
+            while not blocker.execute(
+                "select 1 from pg_stat_activity where wait_event_type = 'Lock' and datname = 'todo'"
+            ).fetchone():
+                assert second.poll() is None, log.read_text()
+                time.sleep(0.02)
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=60)
+            second.send_signal(signal.SIGHUP)
+            second.wait(timeout=60)
+            blocker.close()
+        output = log.read_text()
+        assert "Traceback" not in output, output
+        assert second.returncode == 129, output
+        assert list(temporary.glob("todo-api-serve-*")) == [], "the run's folder is removed"
+        assert _postgres_on(pgdata) == [], "the last serve to stop stops the embedded Postgres"
+
+        # The next serve finds no lock to wait for: it migrates and serves.
+        with (
+            serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "third.log"),
+            psycopg.connect(f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner") as connection,
+        ):
+            assert connection.execute("select count(*) from public.yoyo_lock").fetchone() == (0,)
     finally:
         for leftover in _postgres_on(pgdata):
             leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown

@@ -2,9 +2,10 @@
 
 Every failure a user can cause ends in one message naming the cause and the fix, and exit status 1
 (api/ops/failures.py); `serve` checks what it can (api/ops/startup_checks.py) before it starts
-anything. Ctrl-C (or SIGTERM) at any moment ends a command quietly, after the cleanup of whatever it
-had started. Ctrl-C exits 130 as shells expect, except once `serve` serves: granian then takes both
-signals as its one way to stop, and a server stopped that way exits 0. Modules that import
+anything. Ctrl-C, SIGTERM or SIGHUP (the terminal closed) at any moment ends a command quietly, after
+the cleanup of whatever it had started. Ctrl-C exits 130 and SIGHUP 129 as shells expect, except once
+`serve` serves: granian then takes the signals over (SIGINT and SIGTERM are its one way to stop, and
+a server stopped that way exits 0; SIGHUP respawns its workers). Modules that import
 prometheus_client are imported inside the commands, after `serve` has pointed it at the folder its
 workers share (api/telemetry/multiprocess.py).
 """
@@ -76,13 +77,18 @@ def _settings() -> Settings:
     return settings
 
 
+# What ends a command before the HTTP server takes the signals over. SIGHUP's default would kill the
+# process with no cleanup: the embedded Postgres would keep running and a migration lock stay taken.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _stop_quietly(signum: int, _: object) -> None:
-    """Ctrl-C or SIGTERM before the HTTP server takes the signals over (and after it hands them back):
-    end as SystemExit, so that the finally blocks stop the embedded Postgres and remove what the command
-    made, without a traceback. A second Ctrl-C must not interrupt that cleanup."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise SystemExit(130 if signum == signal.SIGINT else 0)
+    """Ctrl-C, SIGTERM or SIGHUP before the HTTP server takes the signals over (and after it hands
+    them back): end as SystemExit, so that the finally blocks stop the embedded Postgres and remove
+    what the command made, without a traceback. A second signal must not interrupt that cleanup."""
+    for stop in _STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+    raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
 
 
 def _installed_command() -> str:
@@ -521,8 +527,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         return
-    signal.signal(signal.SIGINT, _stop_quietly)
-    signal.signal(signal.SIGTERM, _stop_quietly)
+    for stop in _STOP_SIGNALS:
+        signal.signal(stop, _stop_quietly)
     try:
         args.run(args)
     except KeyboardInterrupt:  # a Ctrl-C that arrived before the handler was set, or in a library's own
