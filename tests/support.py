@@ -117,12 +117,13 @@ def serve_process(
     output: Path,
     timeout: float = 90,
     port: int | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[tuple[str, "subprocess.Popen[str]"]]:
     """`todo-api serve` as its own process, as operators run it, until /readyz answers 200.
 
     `command` is everything but `--port` (`port`, else a free one); all it writes goes to the file
-    `output`. Yields the base URL and the process, and stops it with SIGTERM on the way out if it
-    still runs.
+    `output`. Yields the base URL (on `host`, which `command` names with --host when it is not the
+    default) and the process, and stops it with SIGTERM on the way out if it still runs.
     """
     port = port or free_port()
     with output.open("w") as sink:
@@ -134,7 +135,7 @@ def serve_process(
             stderr=subprocess.STDOUT,
             text=True,
         )
-        base_url = f"http://127.0.0.1:{port}"
+        base_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         deadline = time.monotonic() + timeout
         try:
             while True:

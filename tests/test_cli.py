@@ -170,6 +170,25 @@ def test_serve_refuses_bad_configuration(tmp_path: Path, variables: dict[str, st
     assert message in result.stderr
 
 
+def test_serve_listens_on_a_host_name_and_announces_it(migrated_db_url: str, tmp_path: Path) -> None:
+    """The HTTP server listens on an address, not a name: serve resolves the name the user gave, as
+    its check of the port did, and says where it serves by that name."""
+    log, port = tmp_path / "serve.log", free_port()
+    command = [*CLI, "serve", "--host", "localhost"]
+    env = cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET)
+    with serve_process(command, cwd=tmp_path, env=env, output=log, port=port, host="localhost") as (
+        base_url,
+        process,
+    ):
+        assert httpx.get(f"{base_url}/healthz").status_code == 200
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    output = log.read_text()
+    assert process.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert f"serving on http://localhost:{port} " in output, output
+
+
 def test_bare_todo_api_prints_its_help(tmp_path: Path) -> None:
     result = run_cli(cwd=tmp_path)
     assert result.returncode == 0, result.stderr

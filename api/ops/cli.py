@@ -252,9 +252,9 @@ def serve(args: argparse.Namespace) -> None:
         # beside the workers'.
         forget_this_process()
         # Again, as late as can be: another server may have taken the port while this one started.
-        refuse_a_taken_port(args.host, args.port)
+        address = refuse_a_taken_port(args.host, args.port)
         serve_with_granian(
-            host=args.host,
+            host=address,
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level,
@@ -447,7 +447,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve_parser = commands.add_parser("serve", help="run the API", description="Run the API.")
-    serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve_parser.add_argument(
+        "--host", default="127.0.0.1", help="address or host name to listen on (default: 127.0.0.1)"
+    )
     serve_parser.add_argument("--port", type=_port, default=8000, help="port to listen on (default: 8000)")
     serve_parser.add_argument(
         "--workers", type=_positive, default=1, help="worker processes; one per core serves best (default: 1)"

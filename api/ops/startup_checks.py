@@ -41,8 +41,9 @@ def refuse_the_development_database_beyond_loopback(host: str) -> None:
         )
 
 
-def refuse_a_taken_port(host: str, port: int) -> None:
-    """Fail in one line when `host:port` cannot be listened on, before anything starts.
+def refuse_a_taken_port(host: str, port: int) -> str:
+    """Fail in one line when `host:port` cannot be listened on, before anything starts; return the IP
+    address probed, the one to serve on: the HTTP server takes an address, never a name (localhost).
 
     The HTTP server binds with SO_REUSEPORT, which would let a second server share the port and split
     its requests; this probe binds without it, so it fails while anyone listens there.
@@ -73,6 +74,7 @@ def refuse_a_taken_port(host: str, port: int) -> None:
                     f"cannot listen on --host {host}: not an address of this machine"
                 ) from None
             raise CommandFailed(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return str(address[0])
 
 
 def near_misses(
