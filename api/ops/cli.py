@@ -410,8 +410,13 @@ def _port(value: str) -> int:
     return _whole_number(value, 0, 65535, "a TCP port (0 to 65535)")
 
 
-def _positive(value: str) -> int:
-    return _whole_number(value, 1, sys.maxsize, "a whole number of at least 1")
+# Far more than a machine has cores, and far fewer than granian can count: past its limits it panics
+# (a Rust "capacity overflow") after the embedded Postgres started, and leaves it running.
+_MOST_WORKERS = 512
+
+
+def _workers(value: str) -> int:
+    return _whole_number(value, 1, _MOST_WORKERS, f"1 to {_MOST_WORKERS} worker processes")
 
 
 # A token's exp must be a date before the year 10000 to be accepted (api/auth/verification.py).
@@ -452,7 +457,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_parser.add_argument("--port", type=_port, default=8000, help="port to listen on (default: 8000)")
     serve_parser.add_argument(
-        "--workers", type=_positive, default=1, help="worker processes; one per core serves best (default: 1)"
+        "--workers",
+        type=_workers,
+        default=1,
+        help=f"worker processes, 1 to {_MOST_WORKERS}; one per core serves best (default: 1)",
     )
     serve_parser.add_argument(
         "--migrate",
