@@ -4,6 +4,7 @@ import re
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,6 +188,36 @@ def test_serve_listens_on_a_host_name_and_announces_it(migrated_db_url: str, tmp
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
     assert f"serving on http://localhost:{port} " in output, output
+
+
+def test_serve_on_port_0_announces_the_port_it_serves_on(migrated_db_url: str, tmp_path: Path) -> None:
+    """Port 0 asks for any free port: the announcement names the one taken, never :0."""
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [*CLI, "serve", "--port", "0"], cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT, text=True,
+            env=cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET),
+        )  # fmt: skip
+    try:
+        while not (announced := re.search(r"serving on (http://127\.0\.0\.1:(\d+)) ", log.read_text())):
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.1)
+        base_url, port = announced.group(1), int(announced.group(2))
+        assert port != 0, log.read_text()
+        assert httpx.get(f"{base_url}/readyz").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert process.returncode == 0, log.read_text()
+
+
+def test_serve_announces_an_ipv6_address_as_a_url(migrated_db_url: str, tmp_path: Path) -> None:
+    log, port = tmp_path / "serve.log", free_port()
+    command = [*CLI, "serve", "--host", "::1"]
+    env = cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET)
+    with serve_process(command, cwd=tmp_path, env=env, output=log, port=port, host="::1") as (base_url, _):
+        assert httpx.get(f"{base_url}/healthz").status_code == 200
+    assert f"serving on http://[::1]:{port} (docs: http://[::1]:{port}/docs)" in log.read_text()
 
 
 def test_bare_todo_api_prints_its_help(tmp_path: Path) -> None:

@@ -197,7 +197,7 @@ async def _check_database(url: str, settings: Settings, workers: int) -> None:
 def _ready_message(
     host: str, port: int, *, generated_secret: bool, origins: str, data_dir: Path | None
 ) -> str:
-    base = f"http://{host}:{port}"
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"  # an IPv6 address in brackets
     lines = [f"todo-api: serving on {base} (docs: {base}/docs)"]
     if generated_secret:
         token = f"{shlex.quote(_installed_command())} token alice"
@@ -235,7 +235,8 @@ def serve(args: argparse.Namespace) -> None:
             raise CommandFailed(embedded.INSTALL_HINT)
     elif missing := settings.missing_token_source():
         raise CommandFailed(f"invalid configuration: {missing}")
-    refuse_a_taken_port(args.host, args.port)
+    # Port 0 (any free one) is the port the kernel picks here, so that the one served is announced.
+    _, port = refuse_a_taken_port(args.host, args.port)
     with _serving_folder() as folder, _database_url(settings, args.data_dir) as url:
         os.environ[DIR_VARIABLE] = str(folder / "metrics")
         origins = ",".join(settings.cors_origins)
@@ -252,10 +253,10 @@ def serve(args: argparse.Namespace) -> None:
         # beside the workers'.
         forget_this_process()
         # Again, as late as can be: another server may have taken the port while this one started.
-        address = refuse_a_taken_port(args.host, args.port)
+        address, port = refuse_a_taken_port(args.host, port)
         serve_with_granian(
             host=address,
-            port=args.port,
+            port=port,
             workers=args.workers,
             log_level=settings.log_level,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
@@ -263,7 +264,7 @@ def serve(args: argparse.Namespace) -> None:
             ready_marker=folder / "ready",
             ready_message=_ready_message(
                 args.host,
-                args.port,
+                port,
                 generated_secret=development and settings.better_auth_secret is None,
                 origins=origins,
                 data_dir=args.data_dir,
@@ -455,7 +456,12 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser.add_argument(
         "--host", default="127.0.0.1", help="address or host name to listen on (default: 127.0.0.1)"
     )
-    serve_parser.add_argument("--port", type=_port, default=8000, help="port to listen on (default: 8000)")
+    serve_parser.add_argument(
+        "--port",
+        type=_port,
+        default=8000,
+        help="port to listen on; 0 for a free one, announced (default: 8000)",
+    )
     serve_parser.add_argument(
         "--workers",
         type=_workers,

@@ -41,9 +41,10 @@ def refuse_the_development_database_beyond_loopback(host: str) -> None:
         )
 
 
-def refuse_a_taken_port(host: str, port: int) -> str:
+def refuse_a_taken_port(host: str, port: int) -> tuple[str, int]:
     """Fail in one line when `host:port` cannot be listened on, before anything starts; return the IP
-    address probed, the one to serve on: the HTTP server takes an address, never a name (localhost).
+    address and port probed, the ones to serve on: the HTTP server takes an address, never a name
+    (localhost), and port 0 becomes the free port the kernel gave the probe, which serve announces.
 
     The HTTP server binds with SO_REUSEPORT, which would let a second server share the port and split
     its requests; this probe binds without it, so it fails while anyone listens there.
@@ -74,7 +75,8 @@ def refuse_a_taken_port(host: str, port: int) -> str:
                     f"cannot listen on --host {host}: not an address of this machine"
                 ) from None
             raise CommandFailed(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    return str(address[0])
+        bound: tuple[str, int] = probe.getsockname()[:2]
+    return bound
 
 
 def near_misses(
