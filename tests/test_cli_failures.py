@@ -1,6 +1,7 @@
 """Every failure a user can cause is one message naming the cause and the fix: exit status 1, no
 traceback, and for `serve` no "serving on" line before it."""
 
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -235,3 +236,37 @@ def test_an_env_file_that_is_not_utf8(tmp_path: Path) -> None:
     result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET)
     assert_one_clear_failure(result.stderr, result.returncode, ".env is not UTF-8")
     assert result.stdout == ""
+
+
+def _cli_writing_to(stdout: int | None, *arguments: str, cwd: Path) -> "subprocess.CompletedProcess[str]":
+    """`todo-api ARGUMENTS` with its standard output on the file descriptor `stdout`, or closed (None)."""
+    return subprocess.run(
+        [*CLI, *arguments], cwd=cwd, env=cli_env(BETTER_AUTH_SECRET=SECRET), stdout=stdout,
+        stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        preexec_fn=(lambda: os.close(1)) if stdout is None else None,  # `>&-` in a shell
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("arguments", [("openapi",), ("token", "alice")])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, arguments: tuple[str, ...]) -> None:
+    """`todo-api openapi | head -c1`: as for any Unix tool, the reader's leaving is no error to report."""
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        result = _cli_writing_to(writing, *arguments, cwd=tmp_path)
+    finally:
+        os.close(writing)
+    assert (result.returncode, result.stderr) == (1, "")
+
+
+@pytest.mark.parametrize("arguments", [("openapi",), ("token", "alice")])
+def test_a_full_or_closed_standard_output_is_one_line(tmp_path: Path, arguments: tuple[str, ...]) -> None:
+    """What could not be written is said, never a traceback, nor exit 0 for a token nobody got."""
+    with open("/dev/full", "w") as full:
+        result = _cli_writing_to(full.fileno(), *arguments, cwd=tmp_path)
+    assert_one_clear_failure(result.stderr, result.returncode, "standard output", "No space left on device")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+    result = _cli_writing_to(None, *arguments, cwd=tmp_path)
+    assert_one_clear_failure(result.stderr, result.returncode, "standard output is closed")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -1,13 +1,15 @@
 """todo-api: run the API, set up its database, mint a development token, audit isolation.
 
 Every failure a user can cause ends in one message naming the cause and the fix, and exit status 1
-(api/ops/failures.py); `serve` checks what it can (api/ops/startup_checks.py) before it starts
-anything. Ctrl-C, SIGTERM or SIGHUP (the terminal closed) at any moment ends a command quietly, after
-the cleanup of whatever it had started. Ctrl-C exits 130 and SIGHUP 129 as shells expect, except once
-`serve` serves: granian then takes the signals over (SIGINT and SIGTERM are its one way to stop, and
-a server stopped that way exits 0; SIGHUP respawns its workers). Modules that import
-prometheus_client are imported inside the commands, after `serve` has pointed it at the folder its
-workers share (api/telemetry/multiprocess.py).
+(api/ops/failures.py), a standard output that cannot be written included; a reader of it that goes
+away (`| head`) ends the command quietly, with exit status 1. `serve` checks what it can
+(api/ops/startup_checks.py) before it starts anything. Ctrl-C, SIGTERM or SIGHUP (the terminal
+closed) at any moment ends a command quietly, after the cleanup of whatever it had started. Ctrl-C
+exits 130 and SIGHUP 129 as shells expect, except once `serve` serves: granian then takes the
+signals over (SIGINT and SIGTERM are its one way to stop, and a server stopped that way exits 0;
+SIGHUP respawns its workers). Modules that import prometheus_client are imported inside the
+commands, after `serve` has pointed it at the folder its workers share
+(api/telemetry/multiprocess.py).
 """
 
 import argparse
@@ -89,6 +91,20 @@ def _stop_quietly(signum: int, _: object) -> None:
     for stop in _STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
     raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
+
+
+def _output(text: str) -> None:
+    """Print `text` as a line of standard output, flushed, so that what cannot be written is a failure
+    of the command: a full disk or a closed stdout is one line, never a traceback nor exit 0. A reader
+    that went away (`| head`) is BrokenPipeError, which `main` ends quietly."""
+    if sys.stdout is None:
+        raise CommandFailed("standard output is closed (>&-): give the command somewhere to write")
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise CommandFailed(f"cannot write to standard output: {error.strerror}") from None
 
 
 def _installed_command() -> str:
@@ -332,9 +348,9 @@ def _role_name(value: str) -> str:
 def migrate(args: argparse.Namespace) -> None:
     settings = _settings()
     with _migration_url(settings, args.data_dir) as url:
-        print(f"todo-api: {_migrate(url, settings)}")
+        _output(f"todo-api: {_migrate(url, settings)}")
         if args.login_role:
-            print(f"todo-api: {_create_login_role(url, args.login_role, settings)}")
+            _output(f"todo-api: {_create_login_role(url, args.login_role, settings)}")
 
 
 def token(args: argparse.Namespace) -> None:
@@ -356,7 +372,7 @@ def token(args: argparse.Namespace) -> None:
                 f"where `todo-api serve` keeps its embedded database (none in {data_dir}; see --data-dir)"
             )
         secret = development
-    print(
+    _output(
         mint_token(
             secret,
             args.user_id,
@@ -378,7 +394,7 @@ def policies(args: argparse.Namespace) -> None:
         if not embedded.installed():
             raise CommandFailed(embedded.WRITE_EXPECTED_INSTALL_HINT)
         written = display_path(write_expected_reach())
-        print(f"todo-api: wrote {written} from a freshly migrated database")
+        _output(f"todo-api: wrote {written} from a freshly migrated database")
         return
     settings = _settings()
     with _database_url(settings, args.data_dir) as url:
@@ -388,7 +404,7 @@ def policies(args: argparse.Namespace) -> None:
             raise CommandFailed(str(incomplete)) from None
         except psycopg.OperationalError as error:
             raise database_failure(error, url) from None
-    print(render_json(audit) if args.json else render_text(audit))
+    _output(render_json(audit) if args.json else render_text(audit))
     if audit.findings:
         sys.exit(1)
 
@@ -397,7 +413,7 @@ def openapi(args: argparse.Namespace) -> None:
     """Print the OpenAPI document this version serves: the contract clients are generated from."""
     from api.app import openapi_document
 
-    print(json.dumps(openapi_document(), indent=2, sort_keys=True))
+    _output(json.dumps(openapi_document(), indent=2, sort_keys=True))
 
 
 def _whole_number(value: str, lowest: int, highest: int, what: str) -> int:
@@ -549,6 +565,13 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except KeyboardInterrupt:  # a Ctrl-C that arrived before the handler was set, or in a library's own
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`todo-api openapi | head -c1`): nothing to say, as for any Unix tool.
+        # Python's own flush of stdout at exit would fail again and print an error; point stdout at
+        # /dev/null first (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
     except (CommandFailed, SqlFilesMissing) as failure:
         if args.command == "serve":
             logger.error("todo-api: %s", failure)

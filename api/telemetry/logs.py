@@ -31,7 +31,7 @@ access = logging.getLogger("api.access")
 
 def default_format() -> LogFormat:
     """Text for a person at a terminal, JSON for everything that collects logs."""
-    return "text" if sys.stdout.isatty() else "json"
+    return "text" if sys.stdout is not None and sys.stdout.isatty() else "json"  # None: closed (`>&-`)
 
 
 def is_acceptable_request_id(value: str) -> bool:
