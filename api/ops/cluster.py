@@ -71,8 +71,11 @@ from pg_catalog.pg_roles r where r.rolname = %s
 
 
 def _refuse_an_unfit_role(connection: psycopg.Connection[tuple[Any, ...]], login_role: str) -> None:
-    connection.execute("select pg_catalog.set_config('todo_api.login_role', %s, false)", [login_role])
-    row = connection.execute(read_sql(UNFIT_LOGIN_ROLE_CHECK)).fetchone()
+    # The check names its role by a setting (so psql can run it as it stands), scoped to one
+    # transaction like every setting this project makes.
+    with connection.transaction():
+        connection.execute("select pg_catalog.set_config('todo_api.login_role', %s, true)", [login_role])
+        row = connection.execute(read_sql(UNFIT_LOGIN_ROLE_CHECK)).fetchone()
     reasons = list(row[0]) if row is not None else []
     if not reasons:
         return
