@@ -3,8 +3,10 @@ and an unreachable JWKS endpoint neither stops the API nor breaks tokens signed 
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -221,21 +223,9 @@ def test_an_open_stream_ends_unread_once_its_tokens_key_is_withdrawn(
         user_id = better_auth_id()
         user = ApiUser(user_id, withdrawn.sign(claims_for(server.base_url, user_id)))
 
-        async def scenario() -> None:
-            async with async_client(str(client.base_url)) as http, opened(http, user) as stream:
-                await stream.opening_id()
-                server.keys.remove(withdrawn)
-                # A token naming a key the API does not hold makes it fetch the set again.
-                assert get_tasks(client, server, SigningKey.generate()).status_code == 401
-                # A change by hand wakes the stream, whose token's key is now gone.
-                api_db.execute("insert into users (id) values (%s)", [user_id])
-                api_db.execute(
-                    "insert into tasks (user_id, title) values (%s, 'after the withdrawal')", [user_id]
-                )
-                rest = await stream.end()
-                assert [block.data for block in rest if block.data] == []
-
-        asyncio.run(scenario())
+        _assert_the_stream_ends_unread(
+            client, server, api_db, user, lambda: server.keys.remove(withdrawn), "after the withdrawal"
+        )
 
 
 def test_a_key_fetched_again_unchanged_still_vouches_for_what_it_verified() -> None:
@@ -295,19 +285,10 @@ def test_an_open_stream_ends_unread_once_its_kid_names_another_key(
         user_id = better_auth_id()
         user = ApiUser(user_id, withdrawn.sign(claims_for(server.base_url, user_id)))
 
-        async def scenario() -> None:
-            async with async_client(str(client.base_url)) as http, opened(http, user) as stream:
-                await stream.opening_id()
-                server.keys[:] = [replacement]
-                assert get_tasks(client, server, SigningKey.generate()).status_code == 401
-                api_db.execute("insert into users (id) values (%s)", [user_id])
-                api_db.execute(
-                    "insert into tasks (user_id, title) values (%s, 'after the kid moved')", [user_id]
-                )
-                rest = await stream.end()
-                assert [block.data for block in rest if block.data] == []
+        def move_the_kid() -> None:
+            server.keys[:] = [replacement]
 
-        asyncio.run(scenario())
+        _assert_the_stream_ends_unread(client, server, api_db, user, move_the_kid, "after the kid moved")
 
 
 def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: str) -> None:
@@ -344,3 +325,28 @@ def test_never_fetched_keys_are_unavailable_at_the_key_set_level() -> None:
     with jwks_server() as server:
         server.down = True
         asyncio.run(scenario(server))
+
+
+def _assert_the_stream_ends_unread(
+    client: httpx.Client,
+    server: JwksServer,
+    api_db: psycopg.Connection[Any],
+    user: ApiUser,
+    change_keys: Callable[[], None],
+    title: str,
+) -> None:
+    """Open `user`'s stream, change the published keys, and show the stream ends with nothing read."""
+
+    async def scenario() -> None:
+        async with async_client(str(client.base_url)) as http, opened(http, user) as stream:
+            await stream.opening_id()
+            change_keys()
+            # A token naming a key the API does not hold makes it fetch the set again.
+            assert get_tasks(client, server, SigningKey.generate()).status_code == 401
+            # A change by hand wakes the stream, whose token's key is now gone.
+            api_db.execute("insert into users (id) values (%s)", [user.id])
+            api_db.execute("insert into tasks (user_id, title) values (%s, %s)", [user.id, title])
+            rest = await stream.end()
+            assert [block.data for block in rest if block.data] == []
+
+    asyncio.run(scenario())
