@@ -127,11 +127,11 @@ def create_app(
     document_response_header(
         app, "X-Request-ID", "This request's id, in every log line about it: yours if you sent a sane one."
     )
-    for router in ROUTERS:
-        if settings.metrics_enabled or router is not metrics.router:
-            app.include_router(router)
+    routers = [router for router in ROUTERS if settings.metrics_enabled or router is not metrics.router]
+    for router in routers:
+        app.include_router(router)
     install_docs(app)
-    install_method_rules(app)
+    install_method_rules(app, routers)
     app.add_middleware(
         BodyLimits, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds
     )

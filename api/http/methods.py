@@ -7,11 +7,12 @@ routes would put a second operation, with the same operationId, in the OpenAPI d
 instead HEAD is served as GET one layer above the router, and the 405 is computed from every route.
 """
 
-from fastapi import FastAPI, Request
+from collections.abc import Iterable
+
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.http.problems import method_not_allowed, problem_response
@@ -60,28 +61,32 @@ class HeadAsGet:
             scope["method"] = "HEAD"
 
 
-def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
-    """Every method some route of `app` takes at the scope's path, HEAD wherever GET is."""
+def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
+    """Every method one of `routes` takes at the scope's path, HEAD wherever GET is."""
     methods: set[str] = set()
-    for context in iter_route_contexts(app.router.routes):
-        route = context.original_route
-        if isinstance(route, Route) and context.methods and context.matches(scope)[0] is not Match.NONE:
-            methods |= context.methods
+    for route in routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods
     if "GET" in methods:
         methods.add("HEAD")
     return [method for method in _METHOD_ORDER if method in methods] + sorted(methods - set(_METHOD_ORDER))
 
 
-async def _on_method_not_allowed(request: Request, error: Exception) -> JSONResponse:
-    methods = allowed_methods(request.app, request.scope)
-    if not methods and isinstance(error, HTTPException) and error.headers:
-        # Refused by a mounted app (the docs' StaticFiles), which names what it takes itself.
-        methods = [method.strip() for method in error.headers.get("Allow", "").split(",") if method.strip()]
-    return problem_response(method_not_allowed(methods))
+def install_method_rules(app: FastAPI, routers: Iterable[APIRouter]) -> None:
+    """Call after the routes are added and before the other middleware: HEAD becomes GET just above
+    the router, so everything outside (telemetry, limits, CORS) sees the method the client sent.
 
+    `routers` are the ones `app` includes: their routes are read from them, since `app.routes` may
+    hold an included router as one entry of its own rather than as its routes."""
+    routes = [*app.routes, *(route for router in routers for route in router.routes)]
 
-def install_method_rules(app: FastAPI) -> None:
-    """Call before the other middleware are added: HEAD becomes GET just above the router, so
-    everything outside (telemetry, limits, CORS) sees the method the client sent."""
-    app.add_exception_handler(405, _on_method_not_allowed)
+    async def on_method_not_allowed(request: Request, error: Exception) -> JSONResponse:
+        methods = allowed_methods(routes, request.scope)
+        if not methods and isinstance(error, HTTPException) and error.headers:
+            # Refused by a mounted app (the docs' StaticFiles), which names what it takes itself.
+            allow = error.headers.get("Allow", "")
+            methods = [method.strip() for method in allow.split(",") if method.strip()]
+        return problem_response(method_not_allowed(methods))
+
+    app.add_exception_handler(405, on_method_not_allowed)
     app.add_middleware(HeadAsGet)
