@@ -5,6 +5,7 @@ Read from the source rather than from `sys.modules`, so an import inside a funct
 """
 
 import ast
+import re
 from pathlib import Path
 
 import api
@@ -49,3 +50,18 @@ def test_no_floor_imports_a_higher_one() -> None:
 def test_every_package_of_api_is_a_floor() -> None:
     packages = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
     assert packages == set(FLOORS) - {"app"}
+
+
+def _listed_floors(listing: str) -> set[str]:
+    names = re.findall(r"^\s+(\w+)(?:/|\.py)\s", listing, flags=re.MULTILINE)
+    return {name for name in names if name in FLOORS}
+
+
+def test_the_floors_are_each_described_where_the_layout_is() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    assert api.__doc__ is not None
+    assert _listed_floors(layout) == set(FLOORS), "README, Layout"
+    assert _listed_floors(api.__doc__) == set(FLOORS) - {"ops"}, (
+        "api/__init__.py (ops/ is named beside app.py)"
+    )

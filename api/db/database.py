@@ -557,7 +557,8 @@ class Database:
             raise OutcomeUnknown("the database did not answer a write in time") from None
         except psycopg.errors.InvalidSqlStatementName:
             # A statement this session prepared is gone: it is not the session we took it for (a
-            # pooler we could not tell apart). Not on this connection again; this request may retry.
+            # pooler we could not tell apart). Not on this connection again; the client may retry
+            # (503 database-unavailable: nothing was changed).
             await _roll_back(connection)
             connection.prepared = None
             raise DatabaseUnavailable("a prepared statement was missing on the connection") from None
