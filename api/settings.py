@@ -12,8 +12,10 @@ MIN_SECRET_LENGTH = 32
 # How long any connection (serve's, migrate's, the audit's) waits for a server to answer; libpq's own
 # default is to wait forever on a host that accepts the connection and then says nothing.
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5
-# Postgres's integer: the statement timeout and the task quota are stored in one.
+# Postgres's integer (the statement timeout, the task quota and a task's version are stored in one)
+# and bigint (task and event ids).
 POSTGRES_INT_MAX = 2**31 - 1
+POSTGRES_BIGINT_MAX = 2**63 - 1
 
 # Where settings are read from besides the environment; `todo-api` reads its names too, for misspellings.
 ENV_FILE = ".env"

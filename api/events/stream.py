@@ -24,10 +24,11 @@ from api.db.isolation import IsolationUnverified
 from api.events import queries
 from api.events.hub import Hub, Subscription
 from api.http.caller import Caller
+from api.settings import POSTGRES_BIGINT_MAX
 from api.tasks.models import TaskPublic
 
-# The largest event id a client may send back: Postgres's bigint.
-_MAX_EVENT_ID = 2**63 - 1
+# The longest event id a client may send back: Postgres's bigint.
+_MAX_EVENT_ID_DIGITS = len(str(POSTGRES_BIGINT_MAX))
 # How long a stream waits before reading again when the database could not answer.
 _RETRY_SECONDS = 1.0
 # Reads that cannot run now, and are tried again: the database is away, the user's share is taken,
@@ -65,10 +66,10 @@ def resume_point(last_event_id: str | None) -> int | None:
     """The event id a client resumes after: None when it sent none; -1 when what it sent is no id."""
     if last_event_id is None:
         return None
-    if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > 19:
+    if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > _MAX_EVENT_ID_DIGITS:
         return -1
     value = int(last_event_id)
-    return value if value <= _MAX_EVENT_ID else -1
+    return value if value <= POSTGRES_BIGINT_MAX else -1
 
 
 async def start(caller: Caller, last_event_id: str | None) -> Start:

@@ -8,6 +8,7 @@ documented on the responses that carry it. `tests/api/test_openapi.py` holds the
 from typing import Any
 
 from api.http.problems import error_response
+from api.tasks.models import IDEMPOTENCY_KEY_MAX_LENGTH
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -71,12 +72,18 @@ IDEMPOTENCY_KEY = {
     "in": "header",
     "required": False,
     "description": (
-        "1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key "
-        "and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets 201 with that task as it is "
-        "now; the same key with another body gets 422 idempotency-key-reused; once the task is "
-        "deleted, the key gets 410 task-deleted, whatever the body. One header field: two are a 422."
+        f"1 to {IDEMPOTENCY_KEY_MAX_LENGTH} visible ASCII characters (a UUID, say) naming this "
+        "create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing "
+        "and gets 201 with that task as it is now; the same key with another body gets 422 "
+        "idempotency-key-reused; once the task is deleted, the key gets 410 task-deleted, whatever "
+        "the body. One header field: two are a 422."
     ),
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
+        "pattern": "^[!-~]+$",
+    },
 }
 
 

@@ -10,6 +10,7 @@ from fastapi import Request
 
 from api.http.conditional import ANY, entity_tags, field_value, quoted
 from api.http.problems import precondition_required
+from api.settings import POSTGRES_INT_MAX
 
 
 def etag(task_id: int, version: int) -> str:
@@ -19,7 +20,7 @@ def etag(task_id: int, version: int) -> str:
 # `tasks.version` is a Postgres `integer`: a tag naming a larger version names no version the task
 # can have, and must not reach the statement (which would fail on the cast) or int() (which refuses
 # numbers of thousands of digits).
-MAX_VERSION = 2**31 - 1
+MAX_VERSION = POSTGRES_INT_MAX
 _MAX_VERSION_DIGITS = len(str(MAX_VERSION))
 
 

@@ -19,10 +19,10 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import Column, Table
 
 from api.http.query import ascii_digits
+from api.settings import POSTGRES_BIGINT_MAX
 from api.tasks.models import TITLE_MAX_LENGTH, Task, no_nul
 
-# tasks.id is a bigint.
-MAX_TASK_ID = 2**63 - 1
+MAX_TASK_ID = POSTGRES_BIGINT_MAX
 
 # Literals, not Enums: each query parameter's schema must stand alone in the OpenAPI document.
 SortKey = Literal["created", "updated", "title"]
