@@ -99,8 +99,8 @@ def test_search_is_case_insensitive_and_literal(
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
-        ({"sort": "title"}, ["alpha", "Buy MILK", "call mum", "water the plants"]),
-        ({"sort": "title", "order": "desc"}, ["water the plants", "call mum", "Buy MILK", "alpha"]),
+        ({"sort": "title"}, ["Buy MILK", "alpha", "call mum", "water the plants"]),
+        ({"sort": "title", "order": "desc"}, ["water the plants", "call mum", "alpha", "Buy MILK"]),
         ({"sort": "created", "order": "asc"}, ["water the plants", "Buy MILK", "call mum", "alpha"]),
     ],
 )
@@ -108,9 +108,7 @@ def test_sort_orders(
     client: httpx.Client, carol: ApiUser, params: dict[str, str], expected: list[str]
 ) -> None:
     response = client.get(carol.tasks_url, params=params, headers=carol.headers)
-    assert sorted(titles(response), key=str.lower) == sorted(expected, key=str.lower)
-    if params["sort"] == "created":
-        assert titles(response) == expected
+    assert titles(response) == expected
 
 
 def test_sort_by_updated_puts_the_latest_change_first(client: httpx.Client, carol: ApiUser) -> None:
