@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
+from psycopg import sql
 from pytest_postgresql import factories
 from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
@@ -111,6 +112,45 @@ def api_db_url(migrated_template: NoopExecutor) -> Iterator[str]:
     )
     with janitor:
         yield url_for(migrated_template, dbname)
+
+
+# What a Postgres made with a language's locale (en_US.UTF-8, common on Debian and Amazon RDS) sorts
+# text by, where this build has it: ICU's, else the C library's. The embedded cluster itself is C.UTF-8.
+_LINGUISTIC_LOCALES = {
+    "ICU en-US": sql.SQL("locale_provider icu icu_locale 'en-US'"),
+    "libc en_US.UTF-8": sql.SQL("locale_provider libc locale 'en_US.UTF-8'"),
+}
+
+
+@pytest.fixture
+def linguistic_db_url(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
+    """A migrated database whose default collation is English rather than code point order, owned
+    by the login role; skips, naming why, when this Postgres and machine have no such locale."""
+    dbname = "todo_linguistic"
+    refusals = []
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        for name, locale in _LINGUISTIC_LOCALES.items():
+            try:
+                superuser.execute(
+                    sql.SQL("create database {} owner {} template template0 {}").format(
+                        sql.Identifier(dbname), sql.Identifier(migrated_template.user), locale
+                    )
+                )
+                break
+            except psycopg.Error as refused:
+                refusals.append(f"{name}: {refused}")
+        else:
+            pytest.skip(
+                "no linguistic collation to create a database with ("
+                + "; ".join(refusals)
+                + "); on Debian, `localedef -i en_US -f UTF-8 en_US.UTF-8` as root makes the libc one"
+            )
+        try:
+            url = url_for(migrated_template, dbname)
+            apply_migrations(url)
+            yield url
+        finally:
+            superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(dbname)))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,8 +1,8 @@
 """How the task list is asked for: its query parameters, its sort keys, and the keyset cursor.
 
 `SORT_KEYS` is the one table of sort keys: the column each sorts by (whose name is also the key of
-the value in a row), its default order, and how a cursor's value for it parses. The list route, the
-statements (`api.tasks.queries`) and the cursors all read it.
+the value in a row) and in which collation, its default order, and how a cursor's value for it
+parses. The list route, the statements (`api.tasks.queries`) and the cursors all read it.
 """
 
 import base64
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Self, get_args
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
-from sqlalchemy import Column, Table
+from sqlalchemy import Column, ColumnElement, Table
 
 from api.http.query import ascii_digits
 from api.settings import POSTGRES_BIGINT_MAX
@@ -49,6 +49,16 @@ class SortKeySpec:
     column: Column[Any]
     default_order: SortOrder
     parse_cursor_value: Callable[[str], datetime | str]
+    # Text is compared in a collation named here, not the database's default: a Postgres created with
+    # a language's locale (en_US.UTF-8, common on Debian and Amazon RDS) sorts "alpha" before "Buy",
+    # where the README promises code point order. The key's index must be built in the same
+    # collation, or the planner cannot read the order from it and sorts every row instead.
+    collation: str | None = None
+
+    @property
+    def sort_expression(self) -> ColumnElement[Any]:
+        """What the list orders by, and compares a cursor's value with."""
+        return self.column.collate(self.collation) if self.collation else self.column
 
     @property
     def row_key(self) -> str:
@@ -61,7 +71,8 @@ _TASKS: Table = Task.__table__  # type: ignore[attr-defined]  # SQLModel sets it
 SORT_KEYS: Mapping[SortKey, SortKeySpec] = {
     "created": SortKeySpec(_TASKS.c.created_at, "desc", _aware_datetime),
     "updated": SortKeySpec(_TASKS.c.updated_at, "desc", _aware_datetime),
-    "title": SortKeySpec(_TASKS.c.title, "asc", _text),
+    # "C": by code point; tasks_by_owner_title is built COLLATE "C" to match (0014 migration).
+    "title": SortKeySpec(_TASKS.c.title, "asc", _text, collation="C"),
 }
 
 COMPLETED_FOR_STATUS: Mapping[TaskStatus, bool | None] = {"all": None, "pending": False, "completed": True}

@@ -80,7 +80,8 @@ _OWN_TASK = (ownership.owner_filter(col(Task.user_id), _USER_ID), col(Task.id) =
 def _list_statement(
     *, by_completed: bool, searching: bool, sort: SortKey, order: SortOrder, paging: bool
 ) -> ClauseElement:
-    sort_column = SORT_KEYS[sort].column
+    sort_key = SORT_KEYS[sort]
+    sort_column = sort_key.sort_expression
     ascending = order == "asc"
     statement = select(*_TASK_COLUMNS).where(ownership.owner_filter(col(Task.user_id), _USER_ID))
     if by_completed:
@@ -99,7 +100,7 @@ def _list_statement(
         )
     if paging:
         position = tuple_(sort_column, col(Task.id))
-        last_seen = tuple_(bindparam("after_value", type_=sort_column.type), bindparam("after_id"))
+        last_seen = tuple_(bindparam("after_value", type_=sort_key.column.type), bindparam("after_id"))
         statement = statement.where(position > last_seen if ascending else position < last_seen)
     order_by = (
         (sort_column.asc(), col(Task.id).asc()) if ascending else (sort_column.desc(), col(Task.id).desc())

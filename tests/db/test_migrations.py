@@ -36,6 +36,7 @@ MIGRATION_IDS = [
     "0011_purge_every_users_events",
     "0012_refuse_event_truncate",
     "0013_tombstones_forget_the_request",
+    "0014_titles_sort_by_code_point",
 ]
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
@@ -332,6 +333,28 @@ def test_0013_forgets_the_request_hash_of_tombstones_stored_before_and_rolls_bac
     with psycopg.connect(libpq_url(empty_db_url)) as conn:
         # Tombstones without a hash have none to give back: they go, as 0007's rollback drops them.
         assert conn.execute(KEYS_AND_NULLABILITY).fetchone() == (None, "NO")
+
+
+TITLE_INDEX = "select pg_get_indexdef('public.tasks_by_owner_title'::regclass)"
+
+
+def test_0014_rebuilds_the_title_index_by_code_point_and_rolls_back_to_0013_exactly(
+    empty_db_url: str,
+) -> None:
+    migrate_up_to(empty_db_url, "0013_tombstones_forget_the_request")
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        at_0013 = conn.execute(TITLE_INDEX).fetchone()
+    assert at_0013 == ("CREATE INDEX tasks_by_owner_title ON public.tasks USING btree (user_id, title, id)",)
+
+    migrate_up_to(empty_db_url, "0014_titles_sort_by_code_point")
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        assert conn.execute(TITLE_INDEX).fetchone() == (
+            'CREATE INDEX tasks_by_owner_title ON public.tasks USING btree (user_id, title COLLATE "C", id)',
+        )
+
+    migrate_all_then_roll_back_to(empty_db_url, "0013_tombstones_forget_the_request")
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        assert conn.execute(TITLE_INDEX).fetchone() == at_0013
 
 
 @pytest.mark.parametrize(
