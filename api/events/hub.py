@@ -47,9 +47,11 @@ class Hub:
 
     def subscribe(self, user_id: str) -> Subscription:
         """A place for one more stream of `user_id`; 429 when the user holds all of theirs already,
-        503 when the worker holds all of its."""
-        streams = self._by_user[user_id]
-        if len(streams) >= self._max_streams_per_user:
+        503 when the worker holds all of its.
+
+        A refusal leaves nothing behind: the indexes gain an entry only with a stream, or every user
+        id refused while the worker is full would be kept for the life of the process."""
+        if len(self._by_user.get(user_id, ())) >= self._max_streams_per_user:
             raise too_many_requests(
                 f"You have {self._max_streams_per_user} event streams open on this server already"
                 " (MAX_STREAMS_PER_USER): close one first.",
@@ -58,7 +60,7 @@ class Hub:
         if len(self._open) >= self._max_streams:
             raise streams_unavailable(self._max_streams, retry_after=_RETRY_AFTER_SECONDS)
         subscription = Subscription(user_id, wake_tag(user_id))
-        streams.add(subscription)
+        self._by_user[user_id].add(subscription)
         self._open.add(subscription)
         self._by_tag[subscription.tag].add(subscription)
         return subscription

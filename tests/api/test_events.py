@@ -493,6 +493,26 @@ def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_
     run(api_url, scenario)
 
 
+def test_users_refused_by_a_full_worker_leave_nothing_behind_in_it(api_db_url: str) -> None:
+    """A refused stream costs the worker nothing it keeps: otherwise every user id a client makes up
+    while the worker is full would stay in its memory for the life of the process."""
+    holder, refused_users = new_user(), [new_user() for _ in range(20)]
+    app = create_app(settings_for(api_db_url, max_streams_per_worker=1))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, holder) as held:
+            await held.opening_id()
+            for user in refused_users:
+                async with opened(client, user) as refused:
+                    assert refused.response.status_code == 503
+                    assert refused.response.json()["type"] == "urn:todo-api:problem:streams-unavailable"
+            # What the hub indexes its streams by: the one user who holds a stream, nobody else.
+            assert set(app.state.events_hub._by_user) == {holder.id}
+
+    with serving(app) as base_url:
+        run(base_url, scenario)
+
+
 def test_streams_are_authenticated_like_the_task_routes(client: httpx.Client) -> None:
     alice, bob = new_user(), new_user()
 
