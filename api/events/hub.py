@@ -3,10 +3,11 @@
 A stream holds no database connection while it waits: it waits on its subscription's `woken`
 event, which the hub sets when the LISTEN connection (`api.db.listener`) hears the stream's user's
 tag, when that connection was lost and regained (everyone catches up), and when the worker shuts
-down (every stream ends). The hub also counts streams: past MAX_STREAMS_PER_USER of one user on this
-worker, that user's next one is refused with 429; past MAX_STREAMS_PER_WORKER of all users, anyone's
-next one is refused with 503, so that streams never hold all the connections the worker accepts at
-once (api/ops/server.py) and every other request still gets in. A closed stream gives its place back.
+down (every stream ends, and a new one is refused with 503). The hub also counts streams: past
+MAX_STREAMS_PER_USER of one user on this worker, that user's next one is refused with 429; past
+MAX_STREAMS_PER_WORKER of all users, anyone's next one is refused with 503, so that streams never
+hold all the connections the worker accepts at once (api/ops/server.py) and every other request
+still gets in. A closed stream gives its place back.
 """
 
 import asyncio
@@ -24,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 # How long a refused stream is asked to wait: one heartbeat of another stream closing is typical.
 _RETRY_AFTER_SECONDS = 5
+# How long a stream refused by a worker that is shutting down is asked to wait: long enough for its
+# replacement (or another worker) to take the reconnection.
+_SHUTDOWN_RETRY_AFTER_SECONDS = 1
 
 
 @dataclass(eq=False, slots=True)
@@ -46,11 +50,17 @@ class Hub:
         self.closed = False
 
     def subscribe(self, user_id: str) -> Subscription:
-        """A place for one more stream of `user_id`; 429 when the user holds all of theirs already,
-        503 when the worker holds all of its.
+        """A place for one more stream of `user_id`; 503 once the worker is shutting down, 429 when
+        the user holds all of theirs already, 503 when the worker holds all of its.
 
         A refusal leaves nothing behind: the indexes gain an entry only with a stream, or every user
         id refused while the worker is full would be kept for the life of the process."""
+        if self.closed:
+            # Not a 200 that ends at once: a client would reconnect at once, into the same answer.
+            raise streams_unavailable(
+                "This server is shutting down and opens no new event streams. Try again shortly.",
+                retry_after=_SHUTDOWN_RETRY_AFTER_SECONDS,
+            )
         if len(self._by_user.get(user_id, ())) >= self._max_streams_per_user:
             raise too_many_requests(
                 f"You have {self._max_streams_per_user} event streams open on this server already"
@@ -58,7 +68,11 @@ class Hub:
                 retry_after=_RETRY_AFTER_SECONDS,
             )
         if len(self._open) >= self._max_streams:
-            raise streams_unavailable(self._max_streams, retry_after=_RETRY_AFTER_SECONDS)
+            raise streams_unavailable(
+                f"This server holds {self._max_streams} event streams already (MAX_STREAMS_PER_WORKER); "
+                "nothing else was refused. Try again shortly.",
+                retry_after=_RETRY_AFTER_SECONDS,
+            )
         subscription = Subscription(user_id, wake_tag(user_id))
         self._by_user[user_id].add(subscription)
         self._open.add(subscription)

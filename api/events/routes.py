@@ -72,7 +72,7 @@ last id. A browser's EventSource cannot send the Authorization header: stream wi
 TypeScript client's `subscribe` does). At most MAX_STREAMS_PER_USER streams per user and server
 process; the next is refused with 429. At most MAX_STREAMS_PER_WORKER streams of all users per server
 process; the next is refused with 503 (type urn:todo-api:problem:streams-unavailable) and
-`Retry-After`.
+`Retry-After`, as is any stream asked of a server process that is shutting down.
 """
 
 router = APIRouter(

@@ -210,14 +210,14 @@ def isolation_unverified(retry_after: int) -> ProblemError:
     )
 
 
-def streams_unavailable(limit: int, *, retry_after: int) -> ProblemError:
-    # Not a 429: the caller may hold no stream at all; everyone's together fill this server.
+def streams_unavailable(detail: str, *, retry_after: int) -> ProblemError:
+    # Not a 429: the caller may hold no stream at all; this server cannot take one now (everyone's
+    # together fill it, or it is shutting down), and a stream opened later, here or elsewhere, will do.
     return ProblemError(
         503,
         "streams-unavailable",
         "Event streams unavailable",
-        f"This server holds {limit} event streams already (MAX_STREAMS_PER_WORKER); nothing else was "
-        "refused. Try again shortly.",
+        detail,
         headers={"Retry-After": str(retry_after)},
     )
 

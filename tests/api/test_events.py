@@ -513,6 +513,28 @@ def test_users_refused_by_a_full_worker_leave_nothing_behind_in_it(api_db_url: s
         run(base_url, scenario)
 
 
+def test_a_stream_asked_for_while_the_worker_shuts_down_is_refused_with_retry_after(api_db_url: str) -> None:
+    """Not a 200 that ends at once, which a client would reconnect into at once, again and again: a
+    503 it already knows to retry after Retry-After, by when another worker takes the stream."""
+    alice = new_user()
+    app = create_app(settings_for(api_db_url))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, alice) as refused:
+            assert refused.response.status_code == 503
+            assert refused.response.headers["content-type"] == "application/problem+json"
+            problem = refused.response.json()
+            assert problem["type"] == "urn:todo-api:problem:streams-unavailable"
+            assert "shutting down" in problem["detail"]
+            assert int(refused.response.headers["Retry-After"]) > 0
+        assert app.state.events_hub.streams_of(alice.id) == 0
+
+    with serving(app) as base_url:
+        # As the worker's SIGTERM handler does (api/ops/worker.py); no stream is open to wake.
+        app.state.events_hub.close()
+        run(base_url, scenario)
+
+
 def test_streams_are_authenticated_like_the_task_routes(client: httpx.Client) -> None:
     alice, bob = new_user(), new_user()
 
