@@ -399,3 +399,45 @@ def test_a_read_refused_for_row_level_security_is_logged_as_a_read_and_its_sessi
         finally:
             db.execute(f"alter role todo_owner in database {database} reset row_security")
         eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "read again")
+
+
+def test_a_stream_whose_read_is_refused_for_row_level_security_ends_and_is_refused_at_once(
+    migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An open stream meets the refusal after its 200, where no exception handler runs: it fails
+    closed itself, at once (the next check is an hour away here), ends without sending anything
+    more, and its client's reconnection is refused rather than served."""
+    database = migrated_db_url.split("/")[3].split("?")[0]
+    alice = new_user()
+    db.execute("insert into users (id) values (%s)", [alice.id])
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+
+    async def scenario(base_url: str) -> None:
+        async with async_client(base_url) as client:
+            async with opened(client, alice) as stream:
+                opening_id = await stream.opening_id()
+                db.execute(f"alter role todo_owner in database {database} set row_security = off")
+                # The API's sessions predate the setting: replace them, as a restart of the server
+                # would. The listener's is among them, and wakes the stream once it listens again.
+                db.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity where datname = "
+                    "current_database() and pid <> pg_backend_pid() and usename = 'todo_owner'"
+                )
+                db.execute("insert into tasks (user_id, title) values (%s, 'while refused')", [alice.id])
+                assert [block for block in await stream.end() if block.data] == []
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+            async with opened(client, alice, opening_id) as again:
+                assert again.response.status_code == 503
+                assert again.response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+                assert int(again.response.headers["Retry-After"]) > 0
+
+    with caplog.at_level(logging.ERROR, logger="api.db.isolation"), serving(create_app(settings)) as base_url:
+        try:
+            asyncio.run(scenario(base_url))
+        finally:
+            db.execute(f"alter role todo_owner in database {database} reset row_security")
+    messages = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert any("the database refused a read for row-level security" in m for m in messages), messages
+    assert "unhandled error" not in messages, "failing closed is the stream's end, not a server error"

@@ -19,11 +19,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from sse_starlette.event import ServerSentEvent
 
-from api.db.errors import UNAVAILABLE, UserShareExceeded
+from api.db.errors import UNAVAILABLE, RowSecurityViolation, UserShareExceeded
 from api.db.isolation import IsolationUnverified
 from api.events import queries
 from api.events.hub import Hub, Subscription
 from api.http.caller import Caller
+from api.http.problems import distrust_row_security
 from api.settings import POSTGRES_BIGINT_MAX
 from api.tasks.models import TaskPublic
 
@@ -134,6 +135,12 @@ async def events(
                 # isolation is verified again, retry.
                 await _wait(subscription, min(_RETRY_SECONDS, expires_at - time.time()))
                 continue
+            except RowSecurityViolation as refusal:
+                # Past the 200, Starlette runs no exception handler: fail closed here as the handler
+                # would, and end the stream. Its client's reconnection is refused (503
+                # isolation-unverified) until a check completes clean, as is every stream's next read.
+                distrust_row_security(caller.isolation, refusal)
+                return
             if missed:
                 yield _reset(position)
                 continue

@@ -23,7 +23,7 @@ from api.db.errors import (
     RowSecurityViolation,
     UserShareExceeded,
 )
-from api.db.isolation import IsolationUnverified
+from api.db.isolation import IsolationUnverified, IsolationWatch
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.telemetry import metrics
 
@@ -210,6 +210,14 @@ def isolation_unverified(retry_after: int) -> ProblemError:
     )
 
 
+def distrust_row_security(isolation: IsolationWatch, refusal: RowSecurityViolation) -> None:
+    """Fail closed on a statement the database refused for row-level security: refuse every task
+    request until a check, started now, completes clean. For the handler below, and for a stream,
+    whose refusal comes after its 200 has started, when no handler runs."""
+    statement = "read" if refusal.read_only else "write"
+    isolation.distrust(f"the database refused a {statement} for row-level security: {refusal}")
+
+
 def streams_unavailable(detail: str, *, retry_after: int) -> ProblemError:
     # Not a 429: the caller may hold no stream at all; this server cannot take one now (everyone's
     # together fill it, or it is shutting down), and a stream opened later, here or elsewhere, will do.
@@ -349,10 +357,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RowSecurityViolation)
     async def on_row_security_violation(request: Request, exc: RowSecurityViolation) -> JSONResponse:
-        # Fail closed: refuse every task request until a check, started now, completes clean.
         isolation = request.app.state.isolation
-        statement = "read" if exc.read_only else "write"
-        isolation.distrust(f"the database refused a {statement} for row-level security: {exc}")
+        distrust_row_security(isolation, exc)
         return problem_response(isolation_unverified(retry_after=math.ceil(isolation.interval_seconds)))
 
     @app.exception_handler(AlreadyExists)
