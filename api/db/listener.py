@@ -11,7 +11,8 @@ LISTEN needs a session that lasts, which a pooler in transaction mode (Neon's po
 give: `listen_url` picks DATABASE_DIRECT_URL, else DATABASE_URL when it reaches Postgres itself,
 else nothing (the streams then poll). When the connection is lost (a database restart, a dropped
 network) the listener reconnects with backoff, and calls `on_lost` both when it notices and once it
-listens again, so that every stream catches up from its last id: nothing is missed.
+listens again, so that every stream catches up from its last id: nothing is missed. Any other error
+(a bug, or one psycopg raises as another class) is logged with its traceback and handled the same way.
 """
 
 import asyncio
@@ -72,8 +73,14 @@ class Listener:
                 await self._listen_once()
             except (psycopg.OperationalError, OSError, TimeoutError) as error:
                 logger.warning("the events listener lost its connection (%s); reconnecting", error)
-            if self.listening.is_set():  # it did listen: the next loss starts from a short wait again
-                backoff = _FIRST_BACKOFF_SECONDS
+                if self.listening.is_set():  # it did listen: the next loss starts from a short wait again
+                    backoff = _FIRST_BACKOFF_SECONDS
+            except Exception:
+                # A bug here, or an error psycopg raises as another class, must not silently end the
+                # wake-ups of every stream of this worker: it is handled as a lost connection. The
+                # backoff is not reset, so a failure that recurs on every connection is not retried,
+                # traceback and all, ten times a second.
+                logger.exception("the events listener failed; reconnecting")
             self.listening.clear()
             self._on_lost()
             await asyncio.sleep(backoff)

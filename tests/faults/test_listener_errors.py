@@ -1,0 +1,58 @@
+"""The events listener meets an error that is no lost connection: it says so with the traceback,
+listens again, and every stream catches up, as after a lost connection, rather than stop waking the
+streams of its worker until it shuts down."""
+
+import asyncio
+import logging
+from typing import Any
+
+import psycopg
+import pytest
+
+from api.app import create_app
+from api.db.listener import CHANNEL
+from tests.api.events_client import async_client, opened
+from tests.support import new_user, serving, settings_for
+
+
+def test_an_error_the_listener_did_not_expect_is_logged_and_streams_still_get_every_event(
+    migrated_db_url: str, migrated_db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """psycopg decodes each payload in the session's client encoding and raises UnicodeDecodeError,
+    not an OperationalError, for one it cannot: here the listener's session reads SQL_ASCII (set on
+    its URL, which psycopg reads as ASCII), and a NOTIFY on its channel, which any role may send,
+    carries a non-ASCII payload."""
+    alice = new_user()
+    db = migrated_db
+    db.autocommit = True
+    settings = settings_for(
+        migrated_db_url, database_direct_url=f"{migrated_db_url}&client_encoding=SQL_ASCII"
+    )
+
+    async def scenario(base_url: str) -> None:
+        async with async_client(base_url) as client, opened(client, alice) as stream:
+            await stream.opening_id()
+            # One transaction, so the trigger's wake-up for the task comes after the payload the
+            # listener cannot read, and is lost with it: only the catching up after it brings the task.
+            with db.transaction():
+                db.execute("select pg_notify(%s, 'é')", [CHANNEL])
+                db.execute("insert into users (id) values (%s)", [alice.id])
+                db.execute("insert into tasks (user_id, title) values (%s, 'by hand')", [alice.id])
+            event = await stream.next()
+            assert (event.kind, event.data["title"]) == ("task.created", "by hand")
+            # And the listener wakes the stream for the next write, as before.
+            created = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            assert created.status_code == 201
+            event = await stream.next()
+            assert (event.kind, event.data) == ("task.created", created.json())
+
+    with caplog.at_level(logging.ERROR, logger="api.db.listener"), serving(create_app(settings)) as base_url:
+        asyncio.run(scenario(base_url))
+    (failure,) = [record for record in caplog.records if record.name == "api.db.listener"]
+    assert failure.getMessage() == "the events listener failed; reconnecting"
+    assert failure.exc_info is not None, "logged with its traceback"
+    assert failure.exc_info[0] is UnicodeDecodeError
+    assert db.execute("select title from tasks where user_id = %s order by id", [alice.id]).fetchall() == [
+        ("by hand",),
+        ("later",),
+    ]
