@@ -325,13 +325,32 @@ def _answer(
 ) -> ClauseElement:
     """`write` returning `returned`; when conditional, only if the task's version is one of
     `versions`, decided in the write's own WHERE (re-read under the row's lock), and with the task as
-    it is when it was not written. Rows then carry `written`; none means no such task."""
+    it is when it was not written. Rows then carry `written`; none means no such task.
+
+    The task as it is is read under a lock as well (FOR SHARE): a plain read would see the row as
+    the statement's snapshot had it, before a write the statement waited for, and answer 412 with
+    the ETag the client sent, or name a task deleted meanwhile. A locking read waits for that write
+    and sees what it committed, or no row (404). FOR KEY SHARE would not do: it does not wait for
+    an update that leaves the key alone, and returns the old row. The lock costs nothing on a write
+    that succeeds, which never reads this way; under row-level security, the policy for UPDATE
+    applies to it too, and is the owner's, as for SELECT.
+    """
     ctes = (_USER_ROW,) if owner_row else ()
     if not conditional:
         return write.add_cte(*ctes).returning(*returned)
     done = write.where(col(Task.version) == any_(_VERSIONS)).returning(*returned).cte("done")
-    as_it_is = select(*returned, false().label("written")).where(*_OWN_TASK, ~exists(select(done.c.id)))
-    return select(*done.c, true().label("written")).union_all(as_it_is).add_cte(*ctes)
+    # A CTE, since Postgres allows no FOR SHARE in a UNION's arm.
+    as_it_is = (
+        select(*returned)
+        .where(*_OWN_TASK, ~exists(select(done.c.id)))
+        .with_for_update(read=True)
+        .cte("as_it_is")
+    )
+    return (
+        select(*done.c, true().label("written"))
+        .union_all(select(*as_it_is.c, false().label("written")))
+        .add_cte(*ctes)
+    )
 
 
 def _conditions(task_id: int, versions: Sequence[int] | None) -> dict[str, object]:

@@ -1,7 +1,8 @@
 """No lost updates (RFC 9110 conditional requests): strong ETags, If-Match decided in the write's own
 statement, If-None-Match answered with 304."""
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -225,3 +226,80 @@ def test_require_if_match_refuses_blind_writes_with_428(strict_api: httpx.Client
         strict_api.put(url, json={"title": "seen"}, headers={**user.headers, "If-Match": tag}).status_code
         == 200
     )
+
+
+def _after_a_racing_transaction(
+    api_db_url: str, racing: str, task_id: int, send: Callable[[], httpx.Response]
+) -> httpx.Response:
+    """`send`'s answer when another transaction has run `racing` on the task and holds its row lock:
+    the request waits on that lock, and the other transaction commits first."""
+    with ThreadPoolExecutor(max_workers=1) as pool, psycopg.connect(api_db_url) as other:
+        other.execute(racing, [task_id])
+        sent = pool.submit(send)
+        waiting = "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))"
+        deadline = time.monotonic() + 30
+        while other.execute(waiting, [other.info.backend_pid]).fetchone() != (1,):
+            assert not sent.done(), f"the request did not wait for the lock: {sent.result().text}"
+            assert time.monotonic() < deadline, "the request waits on the task's lock"
+            time.sleep(0.05)
+        other.commit()
+        return sent.result()
+
+
+_WRITES = [("PUT", "", {"title": "lost update"}), ("PATCH", "/complete", None), ("DELETE", "", None)]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), _WRITES)
+def test_a_write_that_loses_a_race_gets_412_with_the_etag_of_the_winner(
+    client: httpx.Client,
+    alice: ApiUser,
+    api_db: psycopg.Connection[Any],
+    api_db_url: str,
+    method: str,
+    path: str,
+    body: Any,
+) -> None:
+    """The If-Match is current when the request arrives, and stale once the write it waited for
+    commits: the 412 names the version that write made, so a client retrying with it succeeds."""
+    task, tag = _create(client, alice)
+    url = alice.task_url(task["id"])
+    refused = _after_a_racing_transaction(
+        api_db_url,
+        "update tasks set title = 'changed in another tab' where id = %s",
+        task["id"],
+        lambda: client.request(method, url + path, json=body, headers={**alice.headers, "If-Match": tag}),
+    )
+    assert refused.status_code == 412, refused.text
+    assert refused.json()["type"] == "urn:todo-api:problem:precondition-failed"
+    assert refused.headers["etag"] == f'"{task["id"]}.2"'
+    row = api_db.execute("select title, completed, version from tasks where id = %s", [task["id"]]).fetchone()
+    assert row == ("changed in another tab", False, 2), "the winner's write stands, and nothing else"
+    retried = client.request(
+        method, url + path, json=body, headers={**alice.headers, "If-Match": refused.headers["etag"]}
+    )
+    assert retried.status_code in (200, 204), retried.text
+
+
+@pytest.mark.parametrize(("method", "path", "body"), _WRITES)
+def test_a_write_that_loses_a_race_to_a_delete_gets_404(
+    client: httpx.Client,
+    alice: ApiUser,
+    api_db: psycopg.Connection[Any],
+    api_db_url: str,
+    method: str,
+    path: str,
+    body: Any,
+) -> None:
+    """As any later request for the task would: it no longer exists, so no ETag can name it."""
+    task, tag = _create(client, alice)
+    url = alice.task_url(task["id"])
+    gone = _after_a_racing_transaction(
+        api_db_url,
+        "delete from tasks where id = %s",
+        task["id"],
+        lambda: client.request(method, url + path, json=body, headers={**alice.headers, "If-Match": tag}),
+    )
+    assert gone.status_code == 404, gone.text
+    assert gone.json()["type"] == "urn:todo-api:problem:not-found"
+    assert "etag" not in gone.headers
+    assert api_db.execute("select count(*) from tasks where id = %s", [task["id"]]).fetchone() == (0,)
