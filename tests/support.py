@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import jwt
+import psycopg
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
@@ -206,3 +208,14 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def sql(statement: str) -> Query:
     """A statement of the test's own, for `Database.run`."""
     return Query(text(statement), {})
+
+
+def wait_until_it_waits_for(holder: psycopg.Connection[Any], request: "Future[httpx.Response]") -> None:
+    """Return once a backend waits for a lock `holder` holds: the one serving `request`, which must
+    still be waiting then (a request that answered without waiting fails the test)."""
+    waiting = "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))"
+    deadline = time.monotonic() + 30
+    while holder.execute(waiting, [holder.info.backend_pid]).fetchone() != (1,):
+        assert not request.done(), f"the request did not wait for the lock: {request.result().text}"
+        assert time.monotonic() < deadline, "the request waits for the lock"
+        time.sleep(0.05)

@@ -8,6 +8,17 @@ only find the row current. A token with other claims for the same id (a new emai
 again) replaces what is remembered for that id, so its first write refreshes the row. Why this
 departure stays, and what it asks of a maintainer: docs/performance.md, "Writes without the
 owner-row upsert".
+
+Two writes with the upsert for the same user but other claims that overlap in this worker may commit
+in one order and return in the other, and the one that returns last need not be the one whose claims
+the row holds: its upsert may have found the row current in its snapshot, while the other then stored
+its own claims and committed first. So a write that returns while such writes overlap remembers
+nothing for the user, and the next write carries the upsert. Otherwise, every write of this worker
+that could have stored other claims either committed before this one began (its snapshot saw them,
+and its upsert stored its own over them) or begins after this one is remembered, so the row holds
+this write's claims from its commit until a write that carries the upsert again. Overlapping writes
+with the same claims (a user's tabs) leave the row with those claims whichever commits last, and
+are remembered.
 """
 
 from collections.abc import Hashable
@@ -35,13 +46,34 @@ REMEMBERED_FOR_SECONDS = 60.0
 class StoredOwners:
     def __init__(self, maxsize: int = MAX_STORED_OWNERS, ttl: float = REMEMBERED_FOR_SECONDS) -> None:
         self._stored: TTLCache[str, Owner] = TTLCache(maxsize, ttl)
+        # Writes carrying the upsert now running, by user id (bounded by the requests in flight): the
+        # claims of the first, and how many; and the users for whom some carried other claims.
+        self._storing: dict[str, tuple[Owner, int]] = {}
+        self._overlapped: set[str] = set()
 
     def __contains__(self, owner: Owner) -> bool:
         return self._stored.get(owner.id) == owner
 
-    def add(self, owner: Owner) -> None:
-        """After a write that carried the upsert for `owner` has committed."""
-        self._stored[owner.id] = owner
+    def storing(self, owner: Owner) -> None:
+        """Before a write that carries the upsert for `owner`; `stored` must follow, whatever happens."""
+        first, running = self._storing.get(owner.id, (owner, 0))
+        if first != owner:
+            self._overlapped.add(owner.id)
+        self._storing[owner.id] = (first, running + 1)
+
+    def stored(self, owner: Owner, *, committed: bool) -> None:
+        """After that write: `owner` is remembered if it committed and no write with other claims for
+        the same user overlapped it; otherwise nothing is remembered for the user (the row's claims
+        are unknown: one write may have committed after the other, or a failed one perhaps did)."""
+        first, running = self._storing.pop(owner.id)
+        if committed and owner.id not in self._overlapped:
+            self._stored[owner.id] = owner
+        else:
+            self._stored.pop(owner.id, None)
+        if running > 1:
+            self._storing[owner.id] = (first, running - 1)
+        else:
+            self._overlapped.discard(owner.id)
 
     def discard(self, owner: Owner) -> None:
         """When the row turned out missing after all (deleted meanwhile, say)."""

@@ -73,8 +73,13 @@ class Caller:
                 return await self.database.run(self.user.id, query.for_stored_owner(), read_only=read_only)
             except MissingReference:
                 self.stored_owners.discard(self.user)  # the row is gone after all: store it again
-        rows = await self.database.run(self.user.id, query, read_only=read_only)
-        self.stored_owners.add(self.user)
+        self.stored_owners.storing(self.user)
+        committed = False
+        try:
+            rows = await self.database.run(self.user.id, query, read_only=read_only)
+            committed = True
+        finally:
+            self.stored_owners.stored(self.user, committed=committed)
         return rows
 
 

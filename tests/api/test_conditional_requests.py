@@ -1,7 +1,6 @@
 """No lost updates (RFC 9110 conditional requests): strong ETags, If-Match decided in the write's own
 statement, If-None-Match answered with 304."""
 
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,7 +10,7 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from tests.support import ApiUser, new_user, serving, settings_for
+from tests.support import ApiUser, new_user, serving, settings_for, wait_until_it_waits_for
 
 Task = dict[str, Any]
 
@@ -236,12 +235,7 @@ def _after_a_racing_transaction(
     with ThreadPoolExecutor(max_workers=1) as pool, psycopg.connect(api_db_url) as other:
         other.execute(racing, [task_id])
         sent = pool.submit(send)
-        waiting = "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))"
-        deadline = time.monotonic() + 30
-        while other.execute(waiting, [other.info.backend_pid]).fetchone() != (1,):
-            assert not sent.done(), f"the request did not wait for the lock: {sent.result().text}"
-            assert time.monotonic() < deadline, "the request waits on the task's lock"
-            time.sleep(0.05)
+        wait_until_it_waits_for(other, sent)
         other.commit()
         return sent.result()
 

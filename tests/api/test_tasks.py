@@ -1,5 +1,6 @@
 """Each task endpoint's success path: status, headers, body, and what the database holds afterwards."""
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -7,8 +8,9 @@ import httpx
 import psycopg
 import pytest
 
+from api.app import create_app
 from api.auth.dev_tokens import mint_token
-from tests.support import SECRET, ApiUser, new_user
+from tests.support import SECRET, ApiUser, as_role, new_user, serving, settings_for, wait_until_it_waits_for
 
 
 def create(client: httpx.Client, user: ApiUser, **fields: Any) -> dict[str, Any]:
@@ -205,6 +207,40 @@ def test_every_write_brings_the_user_row_up_to_date(
     response = client.patch(f"{user.task_url(task['id'])}/complete", headers=user.headers)
     assert response.status_code == 200
     assert api_db.execute(user_row, [user.id]).fetchone() == ("old@example.com", "Old")
+
+
+def test_two_tokens_writing_at_once_leave_the_row_following_the_next_write(
+    client: httpx.Client, api_db: psycopg.Connection[Any], api_db_url: str
+) -> None:
+    """One worker, freshly started, and a user with two valid tokens. A write with the first waits
+    on a lock, having seen the row as its token says; a write with the second stores its claims and
+    commits meanwhile; then the first commits. The row then holds the second's claims, and the
+    worker must not take the first's for stored: the next write with the first token stores them."""
+    first = new_user(email="first@example.com", name="First")
+    second = ApiUser(first.id, mint_token(SECRET, first.id, email="second@example.com", name="Second"))
+    waiting, other = create(client, first), create(client, first)  # the row: first's claims
+    user_row = "select email, name from users where id = %s"
+    with (
+        serving(create_app(settings_for(as_role(api_db_url)))) as base_url,
+        httpx.Client(base_url=base_url, timeout=30) as worker,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        with psycopg.connect(api_db_url) as holder:
+            holder.execute("select from tasks where id = %s for update", [waiting["id"]])
+            sent = pool.submit(
+                worker.put, first.task_url(waiting["id"]), json={"title": "x"}, headers=first.headers
+            )
+            wait_until_it_waits_for(holder, sent)
+            meanwhile = worker.patch(f"{second.task_url(other['id'])}/complete", headers=second.headers)
+            assert meanwhile.status_code == 200, meanwhile.text
+            assert api_db.execute(user_row, [first.id]).fetchone() == ("second@example.com", "Second")
+            holder.rollback()
+        assert sent.result().status_code == 200, sent.result().text
+        assert api_db.execute(user_row, [first.id]).fetchone() == ("second@example.com", "Second")
+
+        later = worker.patch(f"{first.task_url(other['id'])}/complete", headers=first.headers)
+        assert later.status_code == 200, later.text
+        assert api_db.execute(user_row, [first.id]).fetchone() == ("first@example.com", "First")
 
 
 def test_a_user_row_deleted_meanwhile_is_stored_again_by_the_next_write(
