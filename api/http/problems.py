@@ -135,6 +135,16 @@ def precondition_failed(current_etag: str, *, field: str = "If-Match") -> Proble
     )
 
 
+def list_precondition_failed(field: str) -> ProblemError:
+    """412 for the task list, which has no ETag to send back."""
+    detail = (
+        "The task list has no ETag, so If-Match names none it has: send * or no If-Match; nothing was done."
+        if field == "If-Match"
+        else "If-None-Match is *, and the task list exists; nothing was done."
+    )
+    return ProblemError(412, "precondition-failed", "Precondition failed", detail)
+
+
 def precondition_required() -> ProblemError:
     return ProblemError(
         428,

@@ -67,6 +67,21 @@ IF_NONE_MATCH_ON_WRITE = {
         "task's current version."
     ),
 }
+# The task list has no ETag (RFC 9110, section 13.1): no entity-tag names it, and it always exists.
+IF_MATCH_ON_LIST = {
+    **IF_MATCH,
+    "description": (
+        "The task list has no ETag: `*` lets the request through, and entity-tags fail it with 412 "
+        "(nothing is created)."
+    ),
+}
+IF_NONE_MATCH_ON_LIST = {
+    **IF_NONE_MATCH,
+    "description": (
+        "`*`: the task list exists, so a list request gets 304 with no body, and a create 412 "
+        "(nothing is created). Entity-tags never match it."
+    ),
+}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -121,6 +136,12 @@ BODY_LIMITS: Responses = {
 READ_CONDITIONS: Responses = {
     412: error_response(
         "If-Match names another version of the task. The ETag is the current one.", headers=ETAG
+    ),
+}
+LIST_CONDITIONS: Responses = {
+    412: error_response(
+        "If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match "
+        "is `*`: nothing was done. No ETag."
     ),
 }
 WRITE_CONDITIONS: Responses = {

@@ -1,4 +1,5 @@
-"""A task's ETag, and what If-Match and If-None-Match name, in terms of the task's version.
+"""A task's ETag, and what If-Match and If-None-Match name, in terms of the task's version; and what
+they mean for the task list, which has no ETag.
 
 The ETag is `"<task id>.<version>"`. The version moves exactly when the task's content does
 (sql/migrations/0005_versions_and_idempotency.sql), so the ETag is strong, costs no hashing, and
@@ -9,7 +10,7 @@ keeps a tag copied from one task from matching another.
 from fastapi import Request
 
 from api.http.conditional import ANY, entity_tags, field_value, quoted
-from api.http.problems import precondition_required
+from api.http.problems import list_precondition_failed, precondition_required
 from api.settings import POSTGRES_INT_MAX
 
 
@@ -68,3 +69,16 @@ def unchanged_for(request: Request, task_id: int, version: int) -> bool:
         return False
     tags = entity_tags(header, "if-none-match")
     return tags == ANY or any(_version(tag.opaque, task_id) == version for tag in tags)
+
+
+def list_preconditions(request: Request) -> bool:
+    """If-Match and If-None-Match on the task list, a resource that exists and has no entity-tag
+    (RFC 9110, sections 13.1.1, 13.1.2 and 13.2.2): If-Match is true only as `*`, and when false
+    the request fails with 412, whatever its method; If-None-Match is false only as `*`. Returns
+    False when If-None-Match is false: a read then answers 304, a create 412."""
+    headers = request.headers
+    if_match = field_value(headers, "if-match")
+    if if_match is not None and entity_tags(if_match, "if-match") != ANY:
+        raise list_precondition_failed("If-Match")
+    if_none_match = field_value(headers, "if-none-match")
+    return if_none_match is None or entity_tags(if_none_match, "if-none-match") != ANY

@@ -17,6 +17,7 @@ from api.http.conditional import field_value
 from api.http.problems import (
     error_response,
     invalid_input,
+    list_precondition_failed,
     not_found,
     precondition_failed,
     task_limit_reached,
@@ -25,7 +26,7 @@ from api.http.query import ascii_digits, each_parameter_once
 from api.http.request_telemetry import note_change
 from api.settings import Settings
 from api.tasks import docs, queries
-from api.tasks.etags import etag, unchanged_for, write_condition
+from api.tasks.etags import etag, list_preconditions, unchanged_for, write_condition
 from api.tasks.idempotency import create_once, idempotency_key
 from api.tasks.listing import MAX_TASK_ID, Cursor, TaskListParams
 from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
@@ -111,12 +112,19 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
         '`rel="next"` with an opaque cursor for the next page. Each parameter is given at most '
         "once: a repeated one is a 422; parameters not listed here are ignored."
     ),
-    responses={200: {"headers": docs.LINK}},
+    responses={
+        200: {"headers": docs.LINK},
+        304: {"description": "If-None-Match is `*`, and the task list exists: no body."},
+        **docs.LIST_CONDITIONS,
+    },
     dependencies=[Depends(each_parameter_once(TaskListParams))],
+    openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH_ON_LIST, docs.IF_NONE_MATCH_ON_LIST)),
 )
 async def list_tasks(
     caller: CallerDep, wanted: Annotated[TaskListParams, Query()], request: Request, response: Response
-) -> list[TaskPublic]:
+) -> list[TaskPublic] | Response:
+    if not list_preconditions(request):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED)
     limit, user = wanted.limit, caller.user
     rows = await caller.run(queries.list_tasks(user.id, wanted), read_only=True)
     if len(rows) > limit:
@@ -144,14 +152,19 @@ async def list_tasks(
         410: error_response(
             "A repeated Idempotency-Key whose task has been deleted since; nothing was created."
         ),
+        **docs.LIST_CONDITIONS,
         **docs.NOT_JSON,
         **docs.BODY_LIMITS,
     },
-    openapi_extra=docs.operation_docs(headers=(docs.IDEMPOTENCY_KEY,)),
+    openapi_extra=docs.operation_docs(
+        headers=(docs.IDEMPOTENCY_KEY, docs.IF_MATCH_ON_LIST, docs.IF_NONE_MATCH_ON_LIST)
+    ),
 )
 async def create_task(
     caller: CallerDep, data: TaskCreate, request: Request, response: Response
 ) -> TaskPublic:
+    if not list_preconditions(request):
+        raise list_precondition_failed("If-None-Match")
     user = caller.user
     key = idempotency_key(request)
     try:

@@ -297,3 +297,68 @@ def test_a_write_that_loses_a_race_to_a_delete_gets_404(
     assert gone.json()["type"] == "urn:todo-api:problem:not-found"
     assert "etag" not in gone.headers
     assert api_db.execute("select count(*) from tasks where id = %s", [task["id"]]).fetchone() == (0,)
+
+
+def test_the_task_list_has_no_etag_to_match(client: httpx.Client, alice: ApiUser) -> None:
+    """RFC 9110, sections 13.1.1 and 13.1.2, for a resource that exists and has no entity-tag:
+    If-Match is true only as `*`, If-None-Match false only as `*` (304 for a read)."""
+    task, tag = _create(client, alice)
+
+    def listed(method: str = "GET", **conditions: str) -> httpx.Response:
+        return client.request(method, alice.tasks_url, headers={**alice.headers, **conditions})
+
+    for sent in ('"nope"', tag, f"W/{tag}"):
+        refused = listed(**{"If-Match": sent})
+        assert refused.status_code == 412, (sent, refused.text)
+        assert refused.json()["type"] == "urn:todo-api:problem:precondition-failed"
+        assert "etag" not in refused.headers
+    for method in ("GET", "HEAD"):
+        not_modified = listed(method, **{"If-None-Match": "*"})
+        assert (not_modified.status_code, not_modified.content) == (304, b""), method
+        assert "etag" not in not_modified.headers
+    for conditions in ({"If-Match": "*"}, {"If-None-Match": tag}, {"If-Match": "*", "If-None-Match": '"x"'}):
+        answered = listed(**conditions)
+        assert answered.status_code == 200, (conditions, answered.text)
+        assert [listed_task["id"] for listed_task in answered.json()] == [task["id"]]
+    for header in ("If-Match", "If-None-Match"):
+        malformed = listed(**{header: "garbage"})
+        assert malformed.status_code == 422, malformed.text
+        assert [error["field"] for error in malformed.json()["errors"]] == [f"header.{header.lower()}"]
+
+
+@pytest.mark.parametrize(
+    ("conditions", "status"),
+    [
+        ({"If-Match": '"nope"'}, 412),
+        ({"If-None-Match": "*"}, 412),
+        ({"If-Match": "*", "If-None-Match": "*"}, 412),
+        ({"If-Match": "garbage"}, 422),
+        ({"If-None-Match": "garbage"}, 422),
+    ],
+)
+def test_a_create_whose_precondition_fails_creates_nothing(
+    client: httpx.Client, api_db: psycopg.Connection[Any], conditions: dict[str, str], status: int
+) -> None:
+    """RFC 9110, section 13.2.2: a false If-Match, or If-None-Match `*` on the list, which exists,
+    is a 412 and the method is not performed; a malformed one is a 422."""
+    user = new_user()
+    headers = {**user.headers, **conditions, "Idempotency-Key": "refused"}
+    refused = client.post(user.tasks_url, json={"title": "x"}, headers=headers)
+    assert refused.status_code == status, refused.text
+    assert "location" not in refused.headers
+    for stored in (
+        "select count(*) from tasks where user_id = %s",
+        "select count(*) from idempotency_keys where user_id = %s",
+        "select count(*) from users where id = %s",
+    ):
+        assert api_db.execute(stored, [user.id]).fetchone() == (0,), stored
+
+
+def test_a_create_whose_preconditions_hold_creates_the_task(
+    client: httpx.Client, api_db: psycopg.Connection[Any]
+) -> None:
+    user = new_user()
+    for conditions in ({"If-Match": "*"}, {"If-None-Match": '"x"'}, {"If-None-Match": 'W/"1.1", "2.1"'}):
+        created = client.post(user.tasks_url, json={"title": "x"}, headers={**user.headers, **conditions})
+        assert created.status_code == 201, (conditions, created.text)
+    assert api_db.execute("select count(*) from tasks where user_id = %s", [user.id]).fetchone() == (3,)

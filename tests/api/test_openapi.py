@@ -50,6 +50,7 @@ def test_list_documents_its_query_parameters(spec: dict[str, Any]) -> None:
     parameters = spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"]
     assert {(p["name"], p["in"], p["required"]) for p in parameters} == {
         *((name, "query", False) for name in ("status", "sort", "order", "q", "limit", "cursor")),
+        *((name, "header", False) for name in ("If-Match", "If-None-Match")),
         ("user_id", "path", True),
     }
     limit = next(p["schema"] for p in parameters if p["name"] == "limit")
@@ -73,8 +74,8 @@ def test_docs_page_is_served(api_url: str) -> None:
 
 # Each request header an operation reads (api/tasks/routes.py), as a header parameter.
 READ_HEADERS = {
-    ("/api/{user_id}/tasks", "get"): set(),
-    ("/api/{user_id}/tasks", "post"): {"Idempotency-Key"},
+    ("/api/{user_id}/tasks", "get"): {"If-Match", "If-None-Match"},
+    ("/api/{user_id}/tasks", "post"): {"Idempotency-Key", "If-Match", "If-None-Match"},
     ("/api/{user_id}/tasks/{task_id}", "get"): {"If-None-Match", "If-Match"},
     ("/api/{user_id}/tasks/{task_id}", "put"): {"If-Match", "If-None-Match"},
     ("/api/{user_id}/tasks/{task_id}", "delete"): {"If-Match", "If-None-Match"},

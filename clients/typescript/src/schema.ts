@@ -355,7 +355,12 @@ export interface operations {
                 /** @description From a previous page's Link header. */
                 cursor?: string | null;
             };
-            header?: never;
+            header?: {
+                /** @description The task list has no ETag: `*` lets the request through, and entity-tags fail it with 412 (nothing is created). */
+                "If-Match"?: string;
+                /** @description `*`: the task list exists, so a list request gets 304 with no body, and a create 412 (nothing is created). Entity-tags never match it. */
+                "If-None-Match"?: string;
+            };
             path: {
                 /** @description The caller's user id: the token's `sub`. */
                 user_id: string;
@@ -377,6 +382,15 @@ export interface operations {
                     "application/json": components["schemas"]["TaskPublic"][];
                 };
             };
+            /** @description If-None-Match is `*`, and the task list exists: no body. */
+            304: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token. */
             401: {
                 headers: {
@@ -390,6 +404,17 @@ export interface operations {
             };
             /** @description The user id in the path is not the token's subject. */
             403: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match is `*`: nothing was done. No ETag. */
+            412: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
@@ -448,6 +473,10 @@ export interface operations {
             header?: {
                 /** @description 1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets 201 with that task as it is now; the same key with another body gets 422 idempotency-key-reused; once the task is deleted, the key gets 410 task-deleted, whatever the body. One header field: two are a 422. */
                 "Idempotency-Key"?: string;
+                /** @description The task list has no ETag: `*` lets the request through, and entity-tags fail it with 412 (nothing is created). */
+                "If-Match"?: string;
+                /** @description `*`: the task list exists, so a list request gets 304 with no body, and a create 412 (nothing is created). Entity-tags never match it. */
+                "If-None-Match"?: string;
             };
             path: {
                 /** @description The caller's user id: the token's `sub`. */
@@ -524,6 +553,17 @@ export interface operations {
             };
             /** @description A repeated Idempotency-Key whose task has been deleted since; nothing was created. */
             410: {
+                headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match is `*`: nothing was done. No ETag. */
+            412: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
