@@ -140,6 +140,36 @@ def test_a_write_is_one_line_carrying_its_action_and_a_request_that_changed_noth
     assert not any(r["name"] == "api.changes" for r in records), "no second line for a change"
 
 
+def test_a_write_that_leaves_the_task_as_it_was_carries_no_action(serve: Serve, migrated_db_url: str) -> None:
+    alice = new_user()
+    with serve() as served, httpx.Client(base_url=served.base_url) as client:
+        task = client.post(alice.tasks_url, json={"title": "same"}, headers=alice.headers).json()
+        url = alice.task_url(task["id"])
+        same_title = client.put(url, json={"title": "same"}, headers=alice.headers)
+        same_again = client.put(url, json={"title": "same"}, headers=alice.headers)
+        matched = {**alice.headers, "If-Match": same_title.headers["etag"]}
+        same_if_match = client.put(url, json={"title": "same"}, headers=matched)
+        still_open = client.patch(f"{url}/complete", json={"completed": False}, headers=alice.headers)
+        completed = client.patch(f"{url}/complete", json={"completed": True}, headers=alice.headers)
+    unchanged = (same_title, same_again, same_if_match, still_open)
+    for response in unchanged:
+        assert response.status_code == 200, response.text
+        assert response.json() == task, "the task as it was: same version, same updated_at"
+    assert completed.status_code == 200
+    assert completed.json()["version"] == task["version"] + 1
+    by_request = {r["request_id"]: r for r in served.access()}
+    for response in unchanged:
+        line = by_request[response.headers["x-request-id"]]
+        assert not {"action", "task_id"} & line.keys(), line
+    line = by_request[completed.headers["x-request-id"]]
+    assert (line["action"], line["task_id"]) == ("update", task["id"])
+    with psycopg.connect(migrated_db_url) as db:
+        stored = db.execute("select title, completed, version from tasks where id = %s", [task["id"]])
+        assert stored.fetchall() == [("same", True, task["version"] + 1)]
+        events = db.execute("select kind from task_events where task_id = %s order by id", [task["id"]])
+        assert events.fetchall() == [("task.created",), ("task.updated",)], "one event per logged change"
+
+
 def test_a_client_request_id_is_kept_exactly_or_replaced_silently(serve: Serve) -> None:
     alice = new_user()
     kept = b"client-1.2:3_4" + b"x" * 100

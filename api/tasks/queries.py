@@ -18,6 +18,7 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     Boolean,
+    ColumnElement,
     Delete,
     Insert,
     Integer,
@@ -319,13 +320,32 @@ def forget_expired_keys(user_id: str) -> Query:
 
 _VERSIONS = bindparam("versions", type_=ARRAY(Integer()))
 
+# Whether an update changed the task, for the access line (api/http/request_telemetry.py): its version
+# moves exactly when its content does (tasks_record_change, sql/migrations/0005), and the subquery
+# reads the version before, as the statement's snapshot has it. No round trip, no lock more. A write
+# that waited for another request's change to the same task compares with the version from before
+# that change, so it counts as a change even if it then left the task as it was: rare, and a line
+# too many rather than a change unlogged.
+_BEFORE = _TASKS.alias("before")
+_CHANGED = col(Task.version) != (
+    select(_BEFORE.c.version)
+    .where(_BEFORE.c.user_id == col(Task.user_id), _BEFORE.c.id == col(Task.id))
+    .scalar_subquery()
+)
+
 
 def _answer(
-    write: Update | Delete, returned: tuple[Any, ...], *, conditional: bool, owner_row: bool
+    write: Update | Delete,
+    returned: tuple[Any, ...],
+    *,
+    conditional: bool,
+    owner_row: bool,
+    changed: ColumnElement[bool] | None = None,
 ) -> ClauseElement:
-    """`write` returning `returned`; when conditional, only if the task's version is one of
-    `versions`, decided in the write's own WHERE (re-read under the row's lock), and with the task as
-    it is when it was not written. Rows then carry `written`; none means no such task.
+    """`write` returning `returned`, and with `changed` (when given) whether it changed the task;
+    when conditional, only if the task's version is one of `versions`, decided in the write's own
+    WHERE (re-read under the row's lock), and with the task as it is when it was not written. Rows
+    then carry `written`; none means no such task.
 
     The task as it is is read under a lock as well (FOR SHARE): a plain read would see the row as
     the statement's snapshot had it, before a write the statement waited for, and answer 412 with
@@ -336,12 +356,14 @@ def _answer(
     applies to it too, and is the owner's, as for SELECT.
     """
     ctes = (_USER_ROW,) if owner_row else ()
+    answered = returned if changed is None else (*returned, changed.label("changed"))
     if not conditional:
-        return write.add_cte(*ctes).returning(*returned)
-    done = write.where(col(Task.version) == any_(_VERSIONS)).returning(*returned).cte("done")
+        return write.add_cte(*ctes).returning(*answered)
+    done = write.where(col(Task.version) == any_(_VERSIONS)).returning(*answered).cte("done")
+    not_written = returned if changed is None else (*returned, false().label("changed"))
     # A CTE, since Postgres allows no FOR SHARE in a UNION's arm.
     as_it_is = (
-        select(*returned)
+        select(*not_written)
         .where(*_OWN_TASK, ~exists(select(done.c.id)))
         .with_for_update(read=True)
         .cte("as_it_is")
@@ -365,7 +387,7 @@ def _update_statement(fields: frozenset[str], conditional: bool, owner_row: bool
         .where(*_OWN_TASK)
         .values({field: bindparam(field, type_=types[field]) for field in sorted(fields)})
     )
-    return _answer(write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row)
+    return _answer(write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row, changed=_CHANGED)
 
 
 def update_task(
@@ -384,7 +406,8 @@ def update_task(
 @cache
 def _toggle_statement(conditional: bool, owner_row: bool) -> ClauseElement:
     write = update(Task).where(*_OWN_TASK).values(completed=~col(Task.completed))
-    return _answer(write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row)
+    # A toggle always changes the task.
+    return _answer(write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row, changed=true())
 
 
 def set_completed(

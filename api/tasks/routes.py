@@ -242,7 +242,8 @@ async def update_task(
     row = _written(
         await caller.run(queries.update_task(user, task_id, changes, versions=versions), read_only=False)
     )
-    note_change(request, "update", task_id)
+    if row["changed"]:  # the same title again, say, is no change: no new version, no event
+        note_change(request, "update", task_id)
     return _task(row, response)
 
 
@@ -293,5 +294,6 @@ async def complete_task(
     await _refuse_if_none_match_names(caller, request, task_id)
     query = queries.set_completed(caller.user, task_id, completed, versions=versions)
     row = _written(await caller.run(query, read_only=False))
-    note_change(request, "update", task_id)
+    if row["changed"]:  # `completed` set to what it was is no change
+        note_change(request, "update", task_id)
     return _task(row, response)
