@@ -166,6 +166,19 @@ def idempotency_key_reused() -> ProblemError:
     )
 
 
+def idempotency_key_in_use() -> ProblemError:
+    # The IETF Idempotency-Key draft's answer to a key whose request is still being processed: not a
+    # unique key the API does not expect (`on_unexpected_unique_key`), so isolation stays trusted.
+    return ProblemError(
+        409,
+        "idempotency-key-in-use",
+        "Idempotency key in use",
+        "Another request with this Idempotency-Key is being handled at the same time; nothing was "
+        "created. Send the same request again shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
 def task_deleted() -> ProblemError:
     return ProblemError(
         410,

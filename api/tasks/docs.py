@@ -91,7 +91,8 @@ IDEMPOTENCY_KEY = {
         "create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing "
         "and gets 201 with that task as it is now; the same key with another body gets 422 "
         "idempotency-key-reused; once the task is deleted, the key gets 410 task-deleted, whatever "
-        "the body. One header field: two are a 422."
+        "the body; while other requests with the key are being handled, 409 idempotency-key-in-use "
+        "may ask you to send the request again after Retry-After. One header field: two are a 422."
     ),
     "schema": {
         "type": "string",

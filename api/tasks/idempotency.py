@@ -7,7 +7,10 @@ the task as it is now (so its current ETag), marked `Idempotent-Replayed: true`.
 another body gets 422 idempotency-key-reused. Once the task is deleted, the key is a tombstone that
 keeps neither the task nor the request's hash (sql/migrations/0013_tombstones_forget_the_request.sql)
 and answers 410 task-deleted, whatever the body. A repeat that arrives while the first is still
-being written waits for it at the key's primary key and then gets its answer too. Keys belong to
+being written waits for it at the key's primary key and then gets its answer too; requests reusing
+an expired key at once may store it again before one another each time, and one that still finds it
+taken after `_ROUNDS` tries gets 409 idempotency-key-in-use, creates nothing, and is retried as is.
+Keys belong to
 their user (row-level security, sql/policies/idempotency_keys.sql); expired keys, and a user's
 tombstones past MAX_TASKS_PER_USER, are removed by keyed creates, so no background worker is needed.
 
@@ -24,14 +27,15 @@ from fastapi import Request
 
 from api.db.errors import AlreadyExists
 from api.http.caller import Caller
-from api.http.problems import idempotency_key_reused, invalid_input, task_deleted
+from api.http.problems import idempotency_key_in_use, idempotency_key_reused, invalid_input, task_deleted
 from api.tasks import queries
 from api.tasks.models import IDEMPOTENCY_KEY_MAX_LENGTH, TaskCreate
 
 _HEADER = "idempotency-key"
 # A create with a key is tried at most this often: once, once more after forgetting the key stored
 # but expired, and once more should the key expire again meanwhile (an IDEMPOTENCY_TTL_HOURS shorter
-# than a round trip); past that the key's conflict is let through, as a 500, rather than looping.
+# than a round trip); past that, rather than loop, 409 idempotency-key-in-use asks the client to
+# send the request again shortly, when the requests it raced with are done.
 _ROUNDS = 3
 
 
@@ -81,7 +85,7 @@ async def create_once(
             # the next round then answers as a repeat of that one.
             await caller.run(queries.forget_expired_keys(caller.user.id), read_only=False)
     else:
-        raise AlreadyExists("idempotency_keys_pkey")
+        raise idempotency_key_in_use()
     # A tombstone first: it keeps no hash to compare, and answering 422 to one body and 410 to
     # another would tell which content the deleted task had.
     if row["task"] is None:

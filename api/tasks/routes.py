@@ -148,7 +148,13 @@ async def list_tasks(
             "description": "The new task; for a repeated Idempotency-Key, the one it made, as it is now.",
             "headers": {**docs.LOCATION, **docs.ETAG, **docs.IDEMPOTENT_REPLAYED},
         },
-        409: error_response("You have MAX_TASKS_PER_USER tasks already; nothing was created."),
+        409: error_response(
+            "Nothing was created: you have MAX_TASKS_PER_USER tasks already (type "
+            "urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key "
+            "were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use): "
+            "send the same request again after `Retry-After`.",
+            headers=docs.RETRY_AFTER,
+        ),
         410: error_response(
             "A repeated Idempotency-Key whose task has been deleted since; nothing was created."
         ),

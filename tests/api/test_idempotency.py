@@ -309,3 +309,46 @@ def test_requests_reusing_an_expired_key_at_once_make_one_task_and_answer_as_its
     assert created[0].json()["id"] != first.json()["id"], "past its expiry the key made a task anew"
     assert _tasks(api_db, alice) == 2, "the first use's task, and exactly one more"
     assert _keys(api_db, alice) == ["reused-after-expiry"]
+
+
+def test_a_key_others_keep_storing_again_is_409_in_use_and_the_server_goes_on_serving(
+    migrated_db_url: str, migrated_db: psycopg.Connection[Any]
+) -> None:
+    """Requests reusing an expired key at once can each find it stored again by another every time
+    they forget it; past its tries a create says so (409, retry shortly), rather than raise the key's
+    conflict as a unique key the API does not expect, which refuses every request until an isolation
+    check completes (an hour away here)."""
+    db = migrated_db
+    db.autocommit = True
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+    alice = new_user()
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+        first = _post(client, alice, "raced", {"title": "first"})
+        assert first.status_code == 201
+        _expire(db, alice, "raced")
+        # Deterministically what a burst of requests reusing the key does now and then: each time
+        # this request forgets the expired key, the key is there again.
+        db.execute(
+            "create function public.keep_raced_key() returns trigger language plpgsql"
+            " as $$ begin return null; end $$"
+        )
+        db.execute(
+            "create trigger keep_raced_key before delete on idempotency_keys for each row"
+            " when (old.key = 'raced') execute function public.keep_raced_key()"
+        )
+        in_use = _post(client, alice, "raced", {"title": "first"})
+        after = client.get(alice.tasks_url, headers=alice.headers)
+        db.execute("drop trigger keep_raced_key on idempotency_keys; drop function public.keep_raced_key()")
+        retried = _post(client, alice, "raced", {"title": "first"})
+
+    assert in_use.status_code == 409, in_use.text
+    assert in_use.headers["content-type"] == "application/problem+json"
+    assert in_use.headers["retry-after"] == "1"
+    problem = in_use.json()
+    assert problem["type"] == "urn:todo-api:problem:idempotency-key-in-use"
+    assert "Send the same request again shortly" in problem["detail"]
+    assert after.status_code == 200, "isolation is still trusted: the server serves on"
+    assert [task["id"] for task in after.json()] == [first.json()["id"]], "nothing was created"
+    assert retried.status_code == 201, "the same request, sent again, creates the task"
+    assert retried.json()["id"] != first.json()["id"]
+    assert _tasks(db, alice) == 2

@@ -471,7 +471,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description 1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets 201 with that task as it is now; the same key with another body gets 422 idempotency-key-reused; once the task is deleted, the key gets 410 task-deleted, whatever the body. One header field: two are a 422. */
+                /** @description 1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets 201 with that task as it is now; the same key with another body gets 422 idempotency-key-reused; once the task is deleted, the key gets 410 task-deleted, whatever the body; while other requests with the key are being handled, 409 idempotency-key-in-use may ask you to send the request again after Retry-After. One header field: two are a 422. */
                 "Idempotency-Key"?: string;
                 /** @description The task list has no ETag: `*` lets the request through, and entity-tags fail it with 412 (nothing is created). */
                 "If-Match"?: string;
@@ -540,9 +540,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description You have MAX_TASKS_PER_USER tasks already; nothing was created. */
+            /** @description Nothing was created: you have MAX_TASKS_PER_USER tasks already (type urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use): send the same request again after `Retry-After`. */
             409: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
