@@ -313,6 +313,31 @@ def test_a_row_security_violation_is_refused_and_checked_at_once(
     assert db.execute("select count(*) from tasks where title = 'refused'").fetchone() == (0,)
 
 
+def test_retry_after_is_the_time_until_the_next_check_not_the_whole_interval(
+    migrated_db_url: str, db: Conn
+) -> None:
+    """A refused client is told when a check may serve it again: at once after a distrust starts one,
+    the interval (an hour here) once that check has found the weakening."""
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+    alice = new_user()
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+        db.execute('alter policy "tasks are created by their owner" on tasks with check (false)')
+        distrusted = api.post(alice.tasks_url, json={"title": "refused"}, headers=alice.headers)
+
+        def retry_after() -> int:
+            response = api.get(alice.tasks_url, headers=alice.headers)
+            assert response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+            return int(response.headers["retry-after"])
+
+        eventually(lambda: retry_after() > 1, "the check the distrust started found the policy")
+        after_the_check = retry_after()
+    assert distrusted.status_code == 503
+    assert distrusted.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+    assert distrusted.headers["retry-after"] == "1", "the check the refusal started is due at once"
+    assert 3000 < after_the_check <= 3600, "the next check is an interval after the one that found it"
+    assert db.execute("select count(*) from tasks where title = 'refused'").fetchone() == (0,)
+
+
 def test_after_a_check_that_could_not_complete_the_next_comes_within_a_second() -> None:
     """Failing closed through a database restart must not cost a whole interval once it is back."""
     interval = 5.0

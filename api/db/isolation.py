@@ -18,6 +18,8 @@ rolled back. It fails closed: a check that cannot complete is a finding.
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -169,7 +171,7 @@ class IsolationUnverified(Exception):  # noqa: N818 (a state of the database, no
     """The last isolation check found something, or could not complete: nothing may reach the
     database until one completes clean (503 isolation-unverified, api/http/problems.py)."""
 
-    def __init__(self, retry_after_seconds: float) -> None:
+    def __init__(self, retry_after_seconds: int) -> None:
         super().__init__("the last isolation check found something")
         self.retry_after_seconds = retry_after_seconds
 
@@ -190,11 +192,20 @@ class IsolationWatch:
         self.findings: tuple[Finding, ...] = ()
         self.verified = False
         self._check_now = asyncio.Event()
+        # When the next check is due (time.monotonic()), once `keep_checking` waits for one.
+        self._next_check_at: float | None = None
+
+    def seconds_until_next_check(self) -> int:
+        """Retry-After for a refused request: when the next check may serve again, which after one
+        that could not complete, or a `distrust`, is about a second away rather than an interval."""
+        if self._next_check_at is None:
+            return max(1, math.ceil(self.interval_seconds))
+        return max(1, math.ceil(self._next_check_at - time.monotonic()))
 
     def refuse_unless_verified(self) -> None:
         """Fail closed: IsolationUnverified while the last check found anything."""
         if not self.verified:
-            raise IsolationUnverified(self.interval_seconds)
+            raise IsolationUnverified(self.seconds_until_next_check())
 
     async def check(self) -> tuple[Finding, ...]:
         """Run the check and keep its verdict; one that cannot complete is a finding."""
@@ -232,6 +243,7 @@ class IsolationWatch:
         """The database did something isolation forbids: refuse until a check completes clean,
         and run that check now rather than at the next interval."""
         self._record((Finding("isolation", reason),))
+        self._next_check_at = time.monotonic()
         self._check_now.set()
 
     async def ensure(self) -> None:
@@ -254,6 +266,8 @@ class IsolationWatch:
                 if _incomplete(self.findings)
                 else self.interval_seconds
             )
+            if not self._check_now.is_set():
+                self._next_check_at = time.monotonic() + wait
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), wait)
             self._check_now.clear()

@@ -6,7 +6,6 @@ the database's UNAVAILABLE); this module alone turns them into responses.
 """
 
 import logging
-import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -376,13 +375,13 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(IsolationUnverified)
     async def on_isolation_unverified(_: Request, exc: IsolationUnverified) -> JSONResponse:
-        return problem_response(isolation_unverified(retry_after=math.ceil(exc.retry_after_seconds)))
+        return problem_response(isolation_unverified(retry_after=exc.retry_after_seconds))
 
     @app.exception_handler(RowSecurityViolation)
     async def on_row_security_violation(request: Request, exc: RowSecurityViolation) -> JSONResponse:
         isolation = request.app.state.isolation
         distrust_row_security(isolation, exc)
-        return problem_response(isolation_unverified(retry_after=math.ceil(isolation.interval_seconds)))
+        return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
 
     @app.exception_handler(AlreadyExists)
     async def on_unexpected_unique_key(request: Request, exc: AlreadyExists) -> JSONResponse:
@@ -392,7 +391,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         # value. Fail closed, as for a row-security violation, until a check completes clean.
         isolation = request.app.state.isolation
         isolation.distrust(f"the database refused a write for a unique key the API does not expect: {exc}")
-        return problem_response(isolation_unverified(retry_after=math.ceil(isolation.interval_seconds)))
+        return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         logger.warning("database unavailable: %s", type(exc).__name__)
