@@ -1,5 +1,6 @@
 """Limits on request bodies: beyond a size, 413 before they are read in full; slower than a deadline
-for the whole body, 408 and the connection closed.
+for the whole body, 408; both with the connection closed. A Content-Length that is not a number is a
+400 (RFC 9112, section 6.3), which some servers leave to the app.
 
 A task is a few kilobytes of JSON at most; anything far larger is a mistake or an attack, and
 reading it would cost memory before validation could refuse it. A body trickling in a byte at a
@@ -12,11 +13,15 @@ import asyncio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.http.problems import ProblemError, problem_response
+from api.http.problems import http_problem, malformed_content_length, problem_response
 
 
-def _too_large(limit: int) -> str:
-    return f"The request body is larger than {limit} bytes."
+def _too_large(limit: int) -> HTTPException:
+    # An HTTPException, as the 408 below: the rest of the body may still be on its way, unread, so
+    # the connection cannot be reused.
+    return HTTPException(
+        413, f"The request body is larger than {limit} bytes.", headers={"Connection": "close"}
+    )
 
 
 class BodyLimits:
@@ -30,10 +35,12 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        if declared is not None and not declared.isdigit():
+            await problem_response(malformed_content_length())(scope, receive, send)
+            return
+        if declared is not None and int(declared) > self.max_bytes:
             # Answer without reading: the client said how much it would send.
-            error = ProblemError(413, "payload-too-large", "Payload too large", _too_large(self.max_bytes))
-            await problem_response(error)(scope, receive, send)
+            await problem_response(http_problem(_too_large(self.max_bytes)))(scope, receive, send)
             return
 
         received = 0
@@ -61,7 +68,7 @@ class BodyLimits:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # A chunked body with no Content-Length: stop as soon as it passes the limit.
-                    raise HTTPException(413, _too_large(self.max_bytes))
+                    raise _too_large(self.max_bytes)
                 complete = not message.get("more_body", False)
             return message
 

@@ -196,6 +196,17 @@ def task_limit_reached(limit: int) -> ProblemError:
     )
 
 
+def malformed_content_length() -> ProblemError:
+    # RFC 9112, section 6.3: where the body ends is unknowable, so the connection cannot be reused.
+    return ProblemError(
+        400,
+        "bad-request",
+        "Bad request",
+        "Content-Length is not a number of bytes.",
+        headers={"Connection": "close"},
+    )
+
+
 def not_found(detail: str = "No such task.") -> ProblemError:
     return ProblemError(404, "not-found", "Not found", detail)
 
@@ -316,7 +327,9 @@ _HTTP_SLUGS = {
 }
 
 
-def _http_problem(exc: StarletteHTTPException) -> ProblemError:
+def http_problem(exc: StarletteHTTPException) -> ProblemError:
+    """The problem for an HTTPException: FastAPI's own, and those raised where only they get through
+    (a body being read, api/http/body_limit.py)."""
     if exc.status_code == 400:
         # FastAPI's only 400: a body it could not decode at all (not UTF-8, or nested too deep).
         # To the client that is invalid input like any other malformed JSON.
@@ -358,7 +371,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(_http_problem(exc))
+        return problem_response(http_problem(exc))
 
     @app.exception_handler(InvalidToken)
     async def on_invalid_token(_: Request, exc: InvalidToken) -> JSONResponse:

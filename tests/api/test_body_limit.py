@@ -1,5 +1,6 @@
 """Request bodies are capped: 413 beyond the size limit, 408 past the deadline, with nothing written."""
 
+import asyncio
 import json
 import socket
 import time
@@ -30,6 +31,8 @@ def _assert_413(response: httpx.Response) -> None:
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["type"] == "urn:todo-api:problem:payload-too-large"
     assert str(LIMIT) in response.json()["detail"]
+    # The rest of the body may still be on its way, unread: the connection cannot carry another request.
+    assert response.headers["connection"] == "close"
 
 
 def test_a_declared_large_body_is_refused(
@@ -53,6 +56,29 @@ def test_a_chunked_large_body_is_refused(
         alice.tasks_url, content=chunks(), headers={**alice.headers, "Content-Type": "application/json"}
     )
     _assert_413(response)
+    assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
+
+
+@pytest.mark.parametrize("declared", ["abc", "-1", "1e3", "", "2048, 2048"])
+def test_a_content_length_that_is_not_a_number_is_400_and_the_connection_closed(
+    api_db_url: str, alice: ApiUser, api_db: psycopg.Connection[Any], declared: str
+) -> None:
+    """RFC 9112, section 6.3: the body's end is unknowable. uvicorn's parser and granian answer such
+    a request themselves; this is the app's answer under a server that passes the header on, called
+    as an ASGI server calls it."""
+    app = create_app(settings_for(api_db_url, max_body_bytes=LIMIT))
+
+    async def send() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            headers = {**alice.headers, "Content-Type": "application/json", "Content-Length": declared}
+            return await client.post(alice.tasks_url, content=b'{"title": "x"}', headers=headers)
+
+    response = asyncio.run(send())
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["connection"] == "close"
+    assert response.json()["type"] == "urn:todo-api:problem:bad-request"
+    assert "Content-Length" in response.json()["detail"]
     assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
 
 
