@@ -6,6 +6,7 @@ changed; a 500 logged once with its traceback; a client's request id kept when i
 secret, password or task content, ever.
 """
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import psycopg
 import pytest
 
 from api.auth.dev_tokens import mint_token
+from tests.api.events_client import async_client, opened
 from tests.support import CLI, SECRET, cli_env, new_user, serve_process
 
 PASSWORD = "never-log-this-password"
@@ -211,6 +213,34 @@ def test_a_500_is_logged_once_with_its_request_id_and_traceback(serve: Serve, mi
     assert "InsufficientPrivilege" in errors[0]["exc_info"]
     access = [r for r in served.access() if r["method"] == "PUT"]
     assert [(r["status"], r["request_id"]) for r in access] == [(500, broken.headers["x-request-id"])]
+
+
+def test_a_stream_that_fails_midway_is_logged_once_and_reaches_the_client_cut_off_not_ended(
+    serve: Serve, migrated_db_url: str
+) -> None:
+    """RequestTelemetry logs a failure after the response started and returns: the server sees the
+    response was never completed and aborts it (granian here; uvicorn does the same), so a client
+    never mistakes the part it got for the whole."""
+    alice = new_user()
+
+    async def read_until_cut_off(base_url: str) -> None:
+        async with async_client(base_url) as client, opened(client, alice) as stream:
+            await stream.opening_id()
+            with psycopg.connect(migrated_db_url, autocommit=True) as db:
+                # A bug's shape: the database refuses the stream's next read for no fault of the client.
+                db.execute("revoke select on task_events from todo_app")
+            created = await client.post(alice.tasks_url, json={"title": "wakes it"}, headers=alice.headers)
+            assert created.status_code == 201
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                await stream.end()
+
+    with serve() as served:
+        asyncio.run(read_until_cut_off(served.base_url))
+    errors = [r for r in served.records() if r["level"] == "ERROR"]
+    assert len(errors) == 1, errors
+    assert "InsufficientPrivilege" in errors[0]["exc_info"]
+    streams = [r for r in served.access() if r["route"] == "/api/{user_id}/events"]
+    assert [r["status"] for r in streams] == [500]
 
 
 def test_no_token_secret_password_or_task_content_is_ever_logged(serve: Serve) -> None:

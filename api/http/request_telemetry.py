@@ -94,6 +94,9 @@ class RequestTelemetry:
             logger.exception("unhandled error")
             if status == 0:
                 await problem_response(internal_error())(scope, receive, noting_status)
+            # Once the response has started, returning is enough: the server sees that it was never
+            # completed and aborts it (granian and uvicorn both), so the client gets it cut off, not
+            # ended; re-raising would only have the server log the traceback a second time.
             status = 500
         self._record(scope, status, time.perf_counter() - started)
 
