@@ -46,13 +46,18 @@ class Settings(BaseSettings):
     )
     better_auth_url: str | None = Field(
         default=None,
-        description="Better Auth base URL: its JWKS is at /api/auth/jwks; tokens' iss and aud must equal it.",
+        description="Better Auth's base URL, as Better Auth reads it: its JWKS is at /api/auth/jwks (or "
+        "{path}/jwks when it has a path); tokens' iss and aud must equal its origin.",
     )
     better_auth_jwks_url: str | None = Field(
-        default=None, description="Where the public keys are, when not at {BETTER_AUTH_URL}/api/auth/jwks."
+        default=None, description="Where the public keys are, when not where BETTER_AUTH_URL says."
     )
-    jwt_issuer: str | None = Field(default=None, description="Expected iss, instead of BETTER_AUTH_URL.")
-    jwt_audience: str | None = Field(default=None, description="Expected aud, instead of BETTER_AUTH_URL.")
+    jwt_issuer: str | None = Field(
+        default=None, description="Expected iss, instead of BETTER_AUTH_URL's origin."
+    )
+    jwt_audience: str | None = Field(
+        default=None, description="Expected aud, instead of BETTER_AUTH_URL's origin."
+    )
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
     # At most one JWKS fetch per this many seconds for tokens naming a key we do not hold.
     jwks_refetch_cooldown_seconds: float = Field(default=30.0, ge=0, le=3600)
@@ -139,9 +144,19 @@ class Settings(BaseSettings):
 
     @field_validator("better_auth_url")
     @classmethod
-    def strip_trailing_slash(cls, value: str | None) -> str | None:
-        # Better Auth puts its base URL's origin in iss and aud, without a trailing slash.
-        return value.rstrip("/") if value else None
+    def better_auth_base_url(cls, value: str | None) -> str | None:
+        # The JWKS location is this URL with a path appended: after a query or fragment that path
+        # would name another resource, and a user name and password would travel to it (and into logs).
+        if not value:
+            return None
+        if "?" in value or "#" in value or urlsplit(value).username is not None:
+            raise ValueError(
+                "BETTER_AUTH_URL must be Better Auth's base URL, without a query, fragment or user name: "
+                "its origin (https://app.example.com), or the path Better Auth is mounted on "
+                "(https://app.example.com/auth); set BETTER_AUTH_JWKS_URL for keys elsewhere, and "
+                "JWT_ISSUER and JWT_AUDIENCE for other iss and aud"
+            )
+        return value.rstrip("/")
 
     @field_validator("better_auth_url", "better_auth_jwks_url")
     @classmethod
@@ -184,15 +199,32 @@ class Settings(BaseSettings):
         """Where Better Auth publishes its public keys, if anywhere."""
         if self.better_auth_jwks_url is not None:
             return self.better_auth_jwks_url
-        return f"{self.better_auth_url}/api/auth/jwks" if self.better_auth_url else None
+        if self.better_auth_url is None:
+            return None
+        # As Better Auth reads its own BETTER_AUTH_URL: a path there is where its routes are mounted,
+        # instead of its default basePath, /api/auth.
+        if urlsplit(self.better_auth_url).path:
+            return f"{self.better_auth_url}/jwks"
+        return f"{self.better_auth_url}/api/auth/jwks"
+
+    @property
+    def better_auth_origin(self) -> str | None:
+        """What Better Auth puts in iss and aud by default: `new URL(baseURL).origin`, whatever the path."""
+        if self.better_auth_url is None:
+            return None
+        url = urlsplit(self.better_auth_url)
+        host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
+        default_port = {"http": 80, "https": 443}.get(url.scheme)
+        port = "" if url.port in (None, default_port) else f":{url.port}"
+        return f"{url.scheme}://{host}{port}"
 
     @property
     def expected_issuer(self) -> str | None:
-        return self.jwt_issuer or self.better_auth_url
+        return self.jwt_issuer or self.better_auth_origin
 
     @property
     def expected_audience(self) -> str | None:
-        return self.jwt_audience or self.better_auth_url
+        return self.jwt_audience or self.better_auth_origin
 
     def missing_token_source(self) -> str | None:
         """Why no token could be verified, if so. Only serving needs a key source: migrating and

@@ -167,6 +167,8 @@ def test_serve_refuses_more_connections_than_postgres_allows_naming_the_numbers(
                 ("BETTER_AUTH_URL", "https://"),
                 ("BETTER_AUTH_URL", "https://app.example.com:99999"),
                 ("BETTER_AUTH_JWKS_URL", "https://x:abc/"),
+                ("BETTER_AUTH_URL", "https://app.example.com?tenant=1"),
+                ("BETTER_AUTH_URL", "https://app.example.com/auth#keys"),
             ]
         ],
     ],
@@ -174,6 +176,20 @@ def test_serve_refuses_more_connections_than_postgres_allows_naming_the_numbers(
 def test_serve_names_the_setting_to_fix(tmp_path: Path, variables: dict[str, str], message: str) -> None:
     result = run_cli("serve", "--port", "0", cwd=tmp_path, **variables)
     assert_one_clear_failure(result.stderr, result.returncode, message)
+
+
+def test_a_password_in_better_auth_url_is_refused_without_being_repeated(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        DATABASE_URL="postgresql://nobody@/nowhere",
+        BETTER_AUTH_URL="https://admin:hunter2@app.example.com",
+    )
+    assert_one_clear_failure(result.stderr, result.returncode, "BETTER_AUTH_URL", "https://app.example.com")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "hunter2" not in result.stderr
 
 
 def test_token_without_a_secret_says_which_to_set(tmp_path: Path) -> None:

@@ -90,6 +90,7 @@ class JwksServer:
 
     base_url: str
     keys: list[SigningKey] = field(default_factory=list)
+    jwks_path: str = JWKS_PATH
     down: bool = False
     document: bytes | None = None
     content_encoding: str | None = None
@@ -101,7 +102,7 @@ class JwksServer:
 
     @property
     def jwks_url(self) -> str:
-        return self.base_url + JWKS_PATH
+        return self.base_url + self.jwks_path
 
     def publish(self, *keys: SigningKey) -> None:
         with self._lock:
@@ -140,13 +141,14 @@ class JwksServer:
 
 
 @contextmanager
-def jwks_server(*keys: SigningKey) -> Iterator[JwksServer]:
-    """A real HTTP server on 127.0.0.1, in a thread, serving JWKS_PATH."""
+def jwks_server(*keys: SigningKey, jwks_path: str = JWKS_PATH) -> Iterator[JwksServer]:
+    """A real HTTP server on 127.0.0.1, in a thread, serving the keys at `jwks_path`: where Better
+    Auth serves them by default, or under the path its base URL names."""
     state: list[JwksServer] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path != JWKS_PATH:
+            if self.path != state[0].jwks_path:
                 self.send_error(404)
                 return
             body = state[0]._document()
@@ -166,7 +168,9 @@ def jwks_server(*keys: SigningKey) -> Iterator[JwksServer]:
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
-    server = JwksServer(base_url=f"http://127.0.0.1:{httpd.server_address[1]}", keys=list(keys))
+    server = JwksServer(
+        base_url=f"http://127.0.0.1:{httpd.server_address[1]}", keys=list(keys), jwks_path=jwks_path
+    )
     state.append(server)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

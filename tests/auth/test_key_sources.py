@@ -1,8 +1,10 @@
 """Where keys come from: BETTER_AUTH_URL, BETTER_AUTH_JWKS_URL, the iss/aud overrides, and refusals."""
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from pydantic import ValidationError
 
@@ -10,7 +12,7 @@ from api.app import create_app
 from api.settings import Settings
 from tests.auth.conftest import claims_for, keys_fetched, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import SECRET, better_auth_id, now, serving, sign
+from tests.support import SECRET, better_auth_id, now, serving, settings_for, sign
 
 AUTH = "https://auth.example.com"
 DATABASE = "postgresql://nobody@/nowhere"
@@ -21,6 +23,66 @@ def test_better_auth_url_gives_the_jwks_location_issuer_and_audience() -> None:
     assert settings.jwks_url == f"{AUTH}/api/auth/jwks"
     assert settings.expected_issuer == settings.expected_audience == AUTH
     assert settings.better_auth_secret is None, "a JWKS alone is enough to serve"
+
+
+@pytest.mark.parametrize(
+    ("url", "jwks_url", "origin"),
+    [
+        # Better Auth serves its routes under its base URL's path when it has one, instead of /api/auth.
+        (AUTH + "/auth", AUTH + "/auth/jwks", AUTH),
+        (AUTH + "/api/auth/", AUTH + "/api/auth/jwks", AUTH),
+        # `new URL(baseURL).origin`: the host in lower case, without the scheme's default port.
+        ("https://Auth.Example.COM:443", "https://Auth.Example.COM:443/api/auth/jwks", AUTH),
+        ("http://localhost:3000/auth", "http://localhost:3000/auth/jwks", "http://localhost:3000"),
+        ("http://[::1]:3000/", "http://[::1]:3000/api/auth/jwks", "http://[::1]:3000"),
+    ],
+)
+def test_iss_and_aud_are_the_origin_of_better_auth_url_as_better_auth_issues_them(
+    url: str, jwks_url: str, origin: str
+) -> None:
+    settings = Settings(_env_file=None, database_url=DATABASE, better_auth_url=url)
+    assert settings.jwks_url == jwks_url
+    assert settings.expected_issuer == settings.expected_audience == origin
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        AUTH + "?tenant=1",
+        AUTH + "?",
+        AUTH + "/auth#keys",
+        "https://admin:hunter2@auth.example.com",
+    ],
+)
+def test_a_query_fragment_or_user_in_better_auth_url_is_refused(url: str) -> None:
+    # Appending /api/auth/jwks to these fetched the keys from a URL nobody meant, or sent a password.
+    with pytest.raises(ValidationError, match="BETTER_AUTH_URL must be Better Auth's base URL"):
+        Settings(_env_file=None, database_url=DATABASE, better_auth_url=url)
+
+
+def test_a_better_auth_mounted_on_a_path_is_trusted_for_the_tokens_it_issues(
+    api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """BETTER_AUTH_URL=http://localhost:8734/auth, as Better Auth reads it: keys at /auth/jwks, and
+    tokens whose iss and aud are the origin alone (tests/interop does the same with the real thing)."""
+    key = SigningKey.generate()
+    with jwks_server(key, jwks_path="/auth/jwks") as server:
+        app = create_app(settings_for(api_db_url, better_auth_url=server.base_url + "/auth"))
+        with serving(app) as base_url, httpx.Client(base_url=base_url) as client:
+            wait_for(lambda: keys_fetched(app))
+            user_id = better_auth_id()
+            token = key.sign(claims_for(server.base_url, user_id))
+
+            created = client.post(
+                f"/api/{user_id}/tasks",
+                json={"title": "Mounted on /auth"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+
+    assert created.status_code == 201, created.text
+    assert created.json()["user_id"] == user_id
+    rows = api_db.execute("select title from tasks where user_id = %s", [user_id]).fetchall()
+    assert rows == [("Mounted on /auth",)]
 
 
 def test_the_environment_can_override_each_part(monkeypatch: pytest.MonkeyPatch) -> None:
