@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -104,6 +106,47 @@ def parse_key_set(document: object) -> dict[str, PyJWK]:
         logger.warning("JWKS: skipping kid %r, which names more than one key", kid)
         del keys[kid]
     return keys
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL as logged: a user and password in it (https://user:password@host) are left out."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The exception at the bottom of `error`'s chain: httpx wraps the OSError that says what happened."""
+    seen = {id(error)}
+    while (cause := error.__cause__ or error.__context__) is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        error = cause
+    return error
+
+
+def _why(error: Exception) -> str:
+    """Why a fetch failed, in terms an operator can act on: the HTTP status (a wrong path answers 404,
+    a server that is down does not answer at all), where a redirect pointed, or why no connection was
+    made. Never the body: a misconfigured URL could point at something private."""
+    if isinstance(error, httpx.HTTPStatusError):
+        response = error.response
+        status = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+        if not response.has_redirect_location:
+            return status
+        try:
+            target = _without_userinfo(str(response.url.join(response.headers["Location"])))
+        except (httpx.InvalidURL, ValueError):
+            target = "a Location that is not a URL"
+        # Following would trust keys from wherever the endpoint sends us; the operator decides that.
+        return f"{status} to {target}: redirects are not followed (if the keys are there, configure that URL)"
+    if isinstance(error, httpx.TransportError):
+        cause = _innermost(error)
+        if isinstance(cause, ConnectionError) and cause.errno:
+            # "Connection refused", rather than asyncio's "Connect call failed ('127.0.0.1', 80)".
+            reason = os.strerror(cause.errno)
+        else:
+            reason = next(iter(str(cause).splitlines()), "")
+        return f"{type(error).__name__} ({reason})" if reason else type(error).__name__
+    return type(error).__name__
 
 
 class JwksKeySet:
@@ -214,8 +257,7 @@ class JwksKeySet:
             keys = parse_key_set(json.loads(document))
         except (httpx.HTTPError, TimeoutError, ValueError, RecursionError) as error:
             # RecursionError: JSON nested deeper than the parser's stack (a hostile endpoint's doing).
-            # Never log the body: a misconfigured URL could point at something private.
-            logger.warning("JWKS: cannot fetch %s: %s", self.url, type(error).__name__)
+            logger.warning("JWKS: cannot fetch %s: %s", self.url, _why(error))
             metrics.jwks_fetches.labels("failed").inc()
             return False
         # A key fetched again is the object already held, so what it verified stays trusted.

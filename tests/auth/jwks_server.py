@@ -83,7 +83,7 @@ class JwksServer:
     """What the tests change: the published keys, whether the endpoint is up, and how often it was asked.
 
     `document`, when set, is sent instead of the key set, as it is (under `content_encoding`, if set):
-    a hostile or broken endpoint.
+    a hostile or broken endpoint. `redirect_to`, when set, is where a 308 sends the client instead.
     `drip_seconds` sends the body's first bytes one a second for that long, as a slow endpoint would.
     `cut_off` counts the bodies the client stopped reading before the end.
     """
@@ -92,6 +92,7 @@ class JwksServer:
     keys: list[SigningKey] = field(default_factory=list)
     jwks_path: str = JWKS_PATH
     down: bool = False
+    redirect_to: str | None = None
     document: bytes | None = None
     content_encoding: str | None = None
     drip_seconds: int = 0
@@ -150,6 +151,12 @@ def jwks_server(*keys: SigningKey, jwks_path: str = JWKS_PATH) -> Iterator[JwksS
         def do_GET(self) -> None:
             if self.path != state[0].jwks_path:
                 self.send_error(404)
+                return
+            if state[0].redirect_to is not None:
+                self.send_response(308)
+                self.send_header("Location", state[0].redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
             body = state[0]._document()
             if body is None:

@@ -5,12 +5,15 @@ keys already held keep working."""
 import asyncio
 import gzip
 import json
+import logging
 
 import httpx
+import pytest
 
+from api.auth.jwks import JwksKeySet
 from tests.auth.conftest import api_trusting, claims_for, get_tasks, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import better_auth_id, now, scrape, value
+from tests.support import better_auth_id, free_port, now, scrape, value
 
 FETCHES = "todo_api_jwks_fetches_total"
 
@@ -121,3 +124,47 @@ async def _get(http: httpx.AsyncClient, server: JwksServer, key: SigningKey) -> 
     user_id = better_auth_id()
     token = key.sign(claims_for(server.base_url, user_id, iat=now() - 60))
     return await http.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+
+
+def _failed_fetch_logs(url: str, caplog: pytest.LogCaptureFixture) -> set[str]:
+    """The warnings fetching `url` logs, once it has failed (the start-up fetch and one more)."""
+
+    async def fetch() -> bool:
+        async with JwksKeySet(url, refetch_cooldown=3600, refresh_interval=3600) as key_set:
+            return await key_set.refresh()
+
+    with caplog.at_level(logging.WARNING, logger="api.auth.jwks"):
+        assert asyncio.run(fetch()) is False
+    return {record.getMessage() for record in caplog.records if record.name == "api.auth.jwks"}
+
+
+def test_a_wrong_path_is_logged_as_the_404_it_got(caplog: pytest.LogCaptureFixture) -> None:
+    with jwks_server(SigningKey.generate()) as server:
+        url = server.base_url + "/auth/jwks"  # BETTER_AUTH_URL with a path Better Auth is not on
+        assert _failed_fetch_logs(url, caplog) == {f"JWKS: cannot fetch {url}: HTTP 404 Not Found"}
+
+
+@pytest.mark.parametrize(
+    ("location", "logged"),
+    [
+        ("https://admin:hunter2@keys.example.com/jwks.json?v=2", "https://keys.example.com/jwks.json?v=2"),
+        ("/api/auth/jwks/", "{base_url}/api/auth/jwks/"),
+    ],
+)
+def test_a_redirect_is_logged_with_where_it_pointed_and_not_followed(
+    caplog: pytest.LogCaptureFixture, location: str, logged: str
+) -> None:
+    with jwks_server(SigningKey.generate()) as server:
+        server.redirect_to = location
+        logs = _failed_fetch_logs(server.jwks_url, caplog)
+        target = logged.format(base_url=server.base_url)
+
+        assert logs == {
+            f"JWKS: cannot fetch {server.jwks_url}: HTTP 308 Permanent Redirect to {target}: redirects "
+            "are not followed (if the keys are there, configure that URL)"
+        }
+
+
+def test_a_server_that_is_down_is_logged_as_a_refused_connection(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"http://127.0.0.1:{free_port()}/api/auth/jwks"
+    assert _failed_fetch_logs(url, caplog) == {f"JWKS: cannot fetch {url}: ConnectError (Connection refused)"}
