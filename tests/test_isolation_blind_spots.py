@@ -2,13 +2,16 @@
 three times: `todo-api serve` refuses to start, `todo-api policies` reports it, and a running API
 refuses task requests within a check interval, then serves again once it is undone.
 
-The cases change cluster-wide roles and need a superuser, so they run on a cluster of their own.
+The cases change cluster-wide roles and settings and need a superuser, so they run on a cluster of
+their own.
 """
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -17,7 +20,7 @@ import pytest
 from api.app import create_app
 from api.ops.policy_audit import audit_database
 from tests.own_postgres import OwnPostgres
-from tests.support import SECRET, free_port, new_user, run_cli, serving, settings_for
+from tests.support import SECRET, free_port, new_user, run_cli, scrape, serving, settings_for, value
 from tests.test_isolation_watch import INTERVAL, eventually, refused
 
 
@@ -171,6 +174,14 @@ BLIND_SPOTS = {
         "setting search_path=public applies to the login role todo_owner through ALTER DATABASE todo SET",
         "isolation",
     ),
+    # Not in pg_db_role_setting: only the sessions' own values show it (sql/checks/isolation.sql).
+    "session_replication_role replica for the whole cluster": BlindSpot(
+        ["alter system set session_replication_role = replica", "select pg_reload_conf()"],
+        ["alter system reset session_replication_role", "select pg_reload_conf()"],
+        "setting session_replication_role=replica is in force in the login role todo_owner's sessions "
+        "(source: configuration file)",
+        "isolation",
+    ),
     "another login role can become todo_app": BlindSpot(
         ["create role mallory login", "grant todo_app to mallory"],
         ["drop role mallory"],
@@ -288,3 +299,94 @@ def test_another_sessions_temporary_function_is_not_a_finding(
             assert fresh.get(alice.tasks_url, headers=alice.headers).status_code == 200
         time.sleep(5 * INTERVAL)  # the running API checks again, several times, meanwhile
         assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
+
+
+def _verified(api: httpx.Client) -> float:
+    return value(scrape(str(api.base_url).rstrip("/")), "todo_api_isolation_verified")
+
+
+# Set for every session at once (ALTER SYSTEM, as postgresql.conf would), and so for a running API's
+# own: replica let creates past the quota and wrote no event, off refused every task request while
+# /readyz said ready and every check passed, app made every task request a 500.
+CLUSTER_SETTINGS = {"session_replication_role": "replica", "row_security": "off", "search_path": "app"}
+
+
+@pytest.mark.parametrize("name", list(CLUSTER_SETTINGS))
+def test_a_setting_of_every_session_is_refused_while_serving_and_changes_nothing(
+    cluster: OwnPostgres, api: httpx.Client, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    setting = CLUSTER_SETTINGS[name]
+    alice = new_user()
+    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "clean at first")
+    keyed = {**alice.headers, "Idempotency-Key": "kept"}
+    created = api.post(alice.tasks_url, json={"title": "kept"}, headers=keyed)
+    assert created.status_code == 201
+    task_id = created.json()["id"]
+    with caplog.at_level(logging.WARNING, logger="api.db.isolation"):
+        _run(cluster.superuser_url, [f"alter system set {name} = {setting}", "select pg_reload_conf()"])
+        try:
+            eventually(lambda: refused(api, alice), f"{name}: refused while serving")
+            for response in (
+                api.post(alice.tasks_url, json={"title": "while weakened"}, headers=alice.headers),
+                api.delete(alice.task_url(task_id), headers=alice.headers),
+                api.get("/readyz"),
+            ):
+                assert response.status_code == 503
+                assert response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+            eventually(lambda: _verified(api) == 0, f"{name}: the metric shows isolation unverified")
+            time.sleep(5 * INTERVAL)  # more checks and requests: refused throughout, never served between
+            assert refused(api, alice)
+            assert api.get("/readyz").status_code == 503
+            logged = [record for record in caplog.records if record.name == "api.db.isolation"]
+            assert not [record for record in logged if record.levelno < logging.ERROR], "verified again"
+            assert f"setting {name}={setting} is in force" in logged[-1].getMessage()
+        finally:
+            _run(cluster.superuser_url, [f"alter system reset {name}", "select pg_reload_conf()"])
+    eventually(
+        lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, f"{name}: served again"
+    )
+    with psycopg.connect(cluster.superuser_url) as superuser:
+
+        def rows(query: str) -> list[tuple[Any, ...]]:
+            return superuser.execute(query, [alice.id]).fetchall()
+
+        assert rows("select title from public.tasks where user_id = %s") == [("kept",)]
+        assert rows("select tasks from app.task_counts where user_id = %s") == [(1,)]
+        assert rows("select kind, task_id from public.task_events where user_id = %s") == [
+            ("task.created", task_id)
+        ]
+    # Deleted means gone once the settings are back: the key keeps neither the task nor the request.
+    assert api.delete(alice.task_url(task_id), headers=alice.headers).status_code == 204
+    with psycopg.connect(cluster.superuser_url) as superuser:
+        assert superuser.execute(
+            "select task_id, request_hash from public.idempotency_keys where user_id = %s", [alice.id]
+        ).fetchall() == [(None, None)]
+
+
+# In DATABASE_URL (or libpq's PGOPTIONS), the settings reach every session the API opens, and no
+# catalog holds them: serve started and policies found nothing.
+CLIENT_SETTINGS = {
+    "row_security off in the URL's options": ("&options=-c%20row_security%3Doff", {}, "row_security=off"),
+    "search_path in the URL's options": ("&options=-c%20search_path%3Dapp", {}, "search_path=app"),
+    "row_security off in PGOPTIONS": ("", {"PGOPTIONS": "-c row_security=off"}, "row_security=off"),
+}
+
+
+@pytest.mark.parametrize("name", list(CLIENT_SETTINGS))
+def test_a_setting_the_client_gives_every_session_refuses_serve_and_fails_policies(
+    cluster: OwnPostgres, tmp_path: Path, name: str
+) -> None:
+    options, env, setting = CLIENT_SETTINGS[name]
+    url = cluster.url + options
+    finding = f"setting {setting} is in force in the login role todo_owner's sessions (source: client)"
+
+    policies = run_cli("policies", cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, **env)
+    assert policies.returncode == 1, policies.stdout
+    assert f"  - [isolation] {finding}" in policies.stdout
+
+    serve = run_cli(
+        "serve", "--port", str(free_port()), cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, **env
+    )
+    assert serve.returncode == 1
+    assert "Refusing to serve" in serve.stderr
+    assert finding in serve.stderr.replace('\\"', '"')  # the log line is JSON

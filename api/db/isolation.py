@@ -5,7 +5,9 @@ every ISOLATION_CHECK_INTERVAL_SECONDS and answers 503 while it finds anything
 (`IsolationWatch`), and `todo-api policies` reports it beside its own drift check. It is:
 
 - `sql/checks/isolation.sql`: roles, RLS enabled and forced, policies that admit every row,
-  functions, views, privileges that row-level security does not govern, in plain words;
+  functions, views, privileges that row-level security does not govern, and the settings that
+  change how policies apply as the checking session has them (it is opened as the API opens its
+  own: from the pool, or from DATABASE_URL with its options), in plain words;
 - `sql/checks/reach.sql` against `sql/checks/expected_reach.json` (api/db/reach.py): everything
   todo_app or PUBLIC can reach a row through, in every schema, against what the package ships;
 - proving the role switch by doing it, as every request will.
