@@ -578,7 +578,8 @@ class Database:
             await _roll_back(connection)
             if "row-level security" in (error.diag.message_primary or ""):
                 # Not back to the pool: a read is refused so only when the session has row_security
-                # off (ALTER ROLE ... SET), which a new session, once that is reset, will not have.
+                # off (ALTER ROLE ... SET, ALTER SYSTEM, ...), which a new session, once that is reset,
+                # will not have.
                 await connection.close()
                 raise RowSecurityViolation(error.diag.message_primary, read_only=read_only) from None
             raise
