@@ -15,6 +15,7 @@
  *   one (before any event arrived).
  */
 import { createParser, type EventSourceMessage } from "eventsource-parser";
+import { removeTrailingSlash } from "openapi-fetch";
 import type { components } from "./schema.js";
 
 type Task = components["schemas"]["TaskPublic"];
@@ -88,7 +89,9 @@ export function subscribe(
 ): Subscription {
   const stopping = new AbortController();
   signal?.addEventListener("abort", () => stopping.abort(), { once: true });
-  const url = new URL(`/api/${encodeURIComponent(userId)}/events`, baseUrl);
+  // Appended to the base as openapi-fetch appends the task routes, so a base with a path (an API
+  // served under a gateway's /todo) keeps it: `new URL("/api/...", base)` would drop it.
+  const url = `${removeTrailingSlash(baseUrl)}/api/${encodeURIComponent(userId)}/events`;
   let last = lastEventId;
 
   function deliver(message: EventSourceMessage): void {

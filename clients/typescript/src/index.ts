@@ -22,7 +22,8 @@ export type Problem = components["schemas"]["Problem"];
 export type ListQuery = NonNullable<operations["listTasks"]["parameters"]["query"]>;
 
 export interface TodoClientOptions {
-  /** The API's origin, e.g. "https://api.example.com". */
+  /** The API's base URL: its origin, e.g. "https://api.example.com", or with the path it is served
+   * under, e.g. "https://gateway.example.com/todo"; every request, the event stream's too, goes below it. */
   baseUrl: string;
   /** A JWT whose `sub` is the user; `fresh: true` when the API refused the last one (expired, re-keyed). */
   getToken: (options: { fresh: boolean }) => Promise<string>;

@@ -255,3 +255,30 @@ test("a fresh token refused too is reported, and the subscription goes on asking
   assert.deepEqual(asked.slice(0, 3), [false, true, true], "asked for a fresh token again");
   assert.equal(await subscription.ended, undefined, "ended by close(), not by the 401");
 });
+
+test("a baseUrl with a path (an API behind a gateway) keeps it for the stream too", async () => {
+  const user = takeUser("end");
+  const writer = clientFor(user);
+  const gateway = `${baseUrl}/todo`;
+  const asked: string[] = [];
+  // A gateway that serves the API under /todo and nothing anywhere else.
+  const watch = opened(async (request) => {
+    asked.push(request.url);
+    if (!request.url.startsWith(`${gateway}/`)) return new Response(null, { status: 404 });
+    return fetch(new Request(baseUrl + request.url.slice(gateway.length), request));
+  });
+  const todo = createTodoClient({ baseUrl: `${gateway}/`, getToken: async () => user.token, fetch: watch.fetch });
+  const seen = collector();
+  const subscription = todo.subscribe(user.id, seen.onEvent);
+  const refused = subscription.ended.then((error) => error && assert.fail(`the stream was refused: ${error}`));
+  await Promise.race([watch.isOpen, refused]);
+
+  const { data: created } = await writer.createTask(user.id, { title: "Through the gateway" });
+  const [event] = await seen.until(1);
+  const listed = await todo.listTasks(user.id);
+  await subscription.close();
+
+  assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
+  assert.deepEqual(listed.data, [created]);
+  assert.deepEqual(asked, [`${gateway}/api/${user.id}/events`, `${gateway}/api/${user.id}/tasks`]);
+});
