@@ -282,3 +282,48 @@ test("a baseUrl with a path (an API behind a gateway) keeps it for the stream to
   assert.deepEqual(listed.data, [created]);
   assert.deepEqual(asked, [`${gateway}/api/${user.id}/events`, `${gateway}/api/${user.id}/tasks`]);
 });
+
+test("an idle stream that reconnects resumes from the id it opened with, without a reset", async () => {
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  const { data: before } = await todo.createTask(user.id, { title: "Before the stream" });
+  assert.ok(before);
+  const sentIds: (string | null)[] = [];
+  let openingId: string | undefined;
+  let reopen = () => {};
+  const reopened = new Promise<void>((resolve) => (reopen = resolve));
+  const seen = collector();
+  const subscription = clientFor(user, {
+    fetch: async (request) => {
+      sentIds.push(request.headers.get("Last-Event-ID"));
+      const response = await fetch(request);
+      if (sentIds.length > 1) {
+        if (response.ok) reopen();
+        return response;
+      }
+      // The first stream ends right after its opening `id:` block (no event yet), as one does when
+      // its token expires or the network drops while the user is idle.
+      const reader = response.body!.getReader();
+      const decoder = new TextDecoder();
+      let head = "";
+      while (!/\r?\n\r?\n/.test(head)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        head += decoder.decode(value, { stream: true });
+      }
+      await reader.cancel();
+      openingId = /^id: ?(\d+)\r?$/m.exec(head)?.[1];
+      return new Response(head, response);
+    },
+  }).subscribe(user.id, seen.onEvent);
+  await reopened;
+
+  const { data: created } = await todo.createTask(user.id, { title: "After the reconnect" });
+  const [event] = await seen.until(1);
+  await subscription.close();
+
+  assert.ok(openingId, "the stream opened with a bare id");
+  assert.deepEqual(sentIds, [null, openingId], "reconnected with the id the stream opened with");
+  assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
+  assert.equal(subscription.lastEventId, (event as { id: string }).id);
+});
