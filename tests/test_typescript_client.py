@@ -24,7 +24,7 @@ CLIENT = PROJECT / "clients" / "typescript"
 INSTALL = PROJECT / ".cache" / "typescript-client"
 LOCK_FILE = "package-lock.json"
 # One user per test in clients/typescript/test/*.test.ts (each takes its own; spares are fine).
-USERS = 19
+USERS = 20
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 /**
  * A typed client for todo-api: openapi-fetch over the types generated into schema.ts, plus what
  * every caller would otherwise write by hand: the bearer token (fetched afresh once on a 401),
- * If-Match on every write from the last version seen of the task (lists and events included), and
+ * If-Match on every write from the newest version seen of the task (lists and events included), and
  * creates that are safe to retry.
  *
  * Each method returns openapi-fetch's result: `{ data, response }` on success, or
@@ -42,7 +42,7 @@ export type Result<T> =
 /** getTask with If-None-Match when the task is still that version: status 304 and no body. */
 export type NotModified = { data?: never; error?: never; response: Response };
 
-/** For a write: the ETag you hold. Left out, the last one this client saw for the task is sent. */
+/** For a write: the ETag you hold. Left out, the newest one this client saw for the task is sent. */
 export interface WriteOptions {
   ifMatch?: string;
 }
@@ -61,23 +61,29 @@ export function createTodoClient({
 }: TodoClientOptions) {
   const client = createClient<paths>({ baseUrl, fetch: withBearer(getToken, fetch) });
 
-  // The ETag of the last version seen of each task (ids are unique across users), from every
-  // answer that carries the task, lists and `subscribe`'s events included. Writes send it as
-  // If-Match, so a change made elsewhere since this client last saw the task is a 412, not silently
-  // overwritten, and a write retried after its answer was lost is a 412 too (a toggle is not
-  // flipped back).
-  const etags = new Map<number, string>();
+  // The newest version seen of each task (ids are unique across users), from every answer that
+  // carries the task, lists and `subscribe`'s events included. Writes send its ETag as If-Match, so
+  // a change made elsewhere since this client last saw the task is a 412, not silently overwritten,
+  // and a write retried after its answer was lost is a 412 too (a toggle is not flipped back).
+  const versions = new Map<number, number>();
+
+  /** Notes a task's version unless a newer one was seen: answers and events can come out of order
+   * (a stream resumed with Last-Event-ID replays versions this client has since written over). */
+  function see(task: Task): void {
+    if (task.version > (versions.get(task.id) ?? 0)) versions.set(task.id, task.version);
+  }
 
   /** Notes the version of every task a result carries (200, 201), and passes the result on. */
   function remember<R extends { data?: Task | Task[]; response: Response }>(result: R): R {
-    for (const task of result.data === undefined ? [] : [result.data].flat()) etags.set(task.id, etagOf(task));
+    for (const task of result.data === undefined ? [] : [result.data].flat()) see(task);
     return result;
   }
 
   function taskParams(userId: string, taskId: number, ifMatch?: string) {
+    const version = versions.get(taskId);
     return {
       path: { user_id: userId, task_id: taskId },
-      header: { "If-Match": ifMatch ?? etags.get(taskId) },
+      header: { "If-Match": ifMatch ?? (version === undefined ? undefined : etagOf({ id: taskId, version })) },
     };
   }
 
@@ -94,8 +100,8 @@ export function createTodoClient({
       // A tab that applies events to its list shows their versions, so its next write must send
       // them as If-Match: the version it listed is stale once another tab has changed the task.
       const rememberEvent = (event: TaskEvent) => {
-        if (event.type === "task.deleted") etags.delete(event.taskId);
-        else if (event.type !== "reset") etags.set(event.task.id, etagOf(event.task));
+        if (event.type === "task.deleted") versions.delete(event.taskId);
+        else if (event.type !== "reset") see(event.task);
         onEvent(event);
       };
       return subscribe({ baseUrl, getToken, fetch }, userId, rememberEvent, options);
@@ -159,7 +165,7 @@ export function createTodoClient({
         params: { path: { user_id: userId, task_id: taskId }, header: { "If-None-Match": ifNoneMatch } },
       });
       if (result.response.status === 304) return { response: result.response };
-      if (result.response.status === 404) etags.delete(taskId);
+      if (result.response.status === 404) versions.delete(taskId);
       return remember(result);
     },
 
@@ -202,7 +208,7 @@ export function createTodoClient({
       const result = await client.DELETE("/api/{user_id}/tasks/{task_id}", {
         params: taskParams(userId, taskId, ifMatch),
       });
-      if (result.response.status === 204 || result.response.status === 404) etags.delete(taskId);
+      if (result.response.status === 204 || result.response.status === 404) versions.delete(taskId);
       return result;
     },
   };

@@ -327,3 +327,36 @@ test("an idle stream that reconnects resumes from the id it opened with, without
   assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
   assert.equal(subscription.lastEventId, (event as { id: string }).id);
 });
+
+test("a replayed older version of a task does not replace the newer one this client wrote", async () => {
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  const { data: task } = await todo.createTask(user.id, { title: "v1" });
+  assert.ok(task);
+  await todo.updateTask(user.id, task.id, { title: "v2" });
+  const { data: latest } = await todo.updateTask(user.id, task.id, { title: "v3" });
+  assert.equal(latest?.version, 3);
+  // A stream resumed from before them replays all three versions; a write made while the first
+  // is shown is made from the newest this client has seen, version 3.
+  let completing: ReturnType<typeof todo.setTaskCompletion> | undefined;
+  const seen = collector();
+  const subscription = todo.subscribe(
+    user.id,
+    (event) => {
+      if (event.type === "task.created") completing = todo.setTaskCompletion(user.id, task.id, true);
+      seen.onEvent(event);
+    },
+    { lastEventId: "0" },
+  );
+  const replayed = await seen.until(3);
+  const completed = await completing;
+  await subscription.close();
+
+  assert.deepEqual(
+    replayed.map((event) => ("task" in event ? event.task.version : event)),
+    [1, 2, 3],
+  );
+  assert.equal(completed?.response.status, 200, JSON.stringify(completed?.error));
+  const stored = await clientFor(user).getTask(user.id, task.id);
+  assert.deepEqual([stored.data?.title, stored.data?.completed, stored.data?.version], ["v3", true, 4]);
+});
