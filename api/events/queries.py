@@ -21,8 +21,8 @@ _START = text(
     " WHEN mine.after = mine.purged_through THEN mine.after >= mine.newest_event"
     " ELSE mine.after > coalesce(mine.purged_through, 0) AND EXISTS (SELECT FROM public.task_events"
     " WHERE user_id = :user_id AND id = mine.after)"
-    " END AND NOT EXISTS (SELECT FROM public.task_events"
-    " WHERE user_id = :user_id AND id >= mine.after AND created_at < mine.kept_since) AS kept"
+    " END AND (mine.after >= mine.newest_event OR NOT EXISTS (SELECT FROM public.task_events"
+    " WHERE user_id = :user_id AND id >= mine.after AND created_at < mine.kept_since)) AS kept"
     " FROM (SELECT CAST(:after AS bigint) AS after,"
     " now() - make_interval(secs => current_setting('app.events_retention_hours')::float8 * 3600)"
     " AS kept_since,"
@@ -58,7 +58,9 @@ def start(user_id: str, after: int) -> Query:
     app.events_retention_hours: one that old counts as gone before a write purges it, so a client
     can rely on the retention it was told. Events after it are checked too, for an event's time is
     when its transaction began and its id when it took its user's lock (0008), so a later event can
-    be the older."""
+    be the older. The user's newest event is the exception: nothing after it can have been missed,
+    and once a write purges it the stream resumes from where the purge stopped, so it resumes
+    without a reset before that purge too, rather than tell an idle user's every reconnect to."""
     return Query(_START, {"user_id": user_id, "after": after})
 
 

@@ -209,18 +209,55 @@ def test_an_event_older_than_the_retention_starts_with_reset_before_any_write_pu
     alice = new_user()
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        await client.post(alice.tasks_url, json={"title": "old"}, headers=alice.headers)
+        created = await client.post(alice.tasks_url, json={"title": "old"}, headers=alice.headers)
         async with opened(client, alice) as stream:
             old_id = await stream.opening_id()
+        await client.put(alice.task_url(created.json()["id"]), json={"title": "older"}, headers=alice.headers)
         api_db.execute(
             "update task_events set created_at = now() - interval '25 hours' where user_id = %s", [alice.id]
         )
-        # Nothing has purged it: alice has not written since.
-        stored = api_db.execute("select id::text from task_events where user_id = %s", [alice.id]).fetchall()
-        assert stored == [(old_id,)]
+        # Nothing has purged them: alice has not written since.
+        [(first,), (newest,)] = api_db.execute(
+            "select id::text from task_events where user_id = %s order by id", [alice.id]
+        ).fetchall()
+        assert first == old_id
+        # From before her newest event, which is past the retention too (for her newest itself, see
+        # the next test).
         async with opened(client, alice, last_event_id=old_id) as stream:
             reset = await stream.next()
-            assert (reset.kind, reset.data, reset.id) == ("reset", {}, old_id)
+            assert (reset.kind, reset.data, reset.id) == ("reset", {}, newest)
+
+    run(api_url, scenario)
+
+
+def test_an_idle_users_newest_event_older_than_the_retention_is_resumed_from_without_reset(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """Nothing after the newest event can have been missed, and once a write purges it her streams
+    resume from where the purge stopped: so they do before that purge too, on every reconnect."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await client.post(alice.tasks_url, json={"title": "old"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            newest = await stream.opening_id()
+        api_db.execute(
+            "update task_events set created_at = now() - interval '25 hours' where user_id = %s", [alice.id]
+        )
+        # Her tab reconnects, again and again, each time with the id its last stream opened with.
+        for _ in range(3):
+            async with opened(client, alice, last_event_id=newest) as resumed:
+                assert resumed.response.status_code == 200
+                assert await resumed.opening_id() == newest
+        # Nothing was purged meanwhile: the resume did not wait for a write to do it.
+        stored = api_db.execute("select id::text from task_events where user_id = %s", [alice.id]).fetchall()
+        assert stored == [(newest,)]
+        assert api_db.execute("select from task_event_purges where user_id = %s", [alice.id]).fetchall() == []
+        # Then live: her next change is the first thing the resumed stream sends.
+        async with opened(client, alice, last_event_id=newest) as resumed:
+            assert await resumed.opening_id() == newest
+            later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            assert kinds_and_bodies([await resumed.next()]) == [("task.created", later.json())]
 
     run(api_url, scenario)
 
