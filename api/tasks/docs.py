@@ -18,9 +18,17 @@ def _header(description: str, schema_type: str = "string") -> dict[str, Any]:
 
 
 RETRY_AFTER = {"Retry-After": _header("Seconds to wait before trying again.", "integer")}
+# Sent only with the 429 of RATE_LIMIT_PER_MINUTE (api/http/rate_limit.py); every other 429 has
+# Retry-After alone.
 RATE_LIMIT = {
-    "RateLimit-Policy": _header('The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`.'),
-    "RateLimit": _header('What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`.'),
+    "RateLimit-Policy": _header(
+        "Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: "
+        '`"per-user";q=600;w=60`.'
+    ),
+    "RateLimit": _header(
+        'Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request '
+        "may be made>`."
+    ),
 }
 ETAG = {
     "ETag": _header("The task's version, a strong entity-tag: send it back in If-Match or If-None-Match.")
@@ -108,15 +116,21 @@ def operation_docs(*, headers: tuple[dict[str, Any], ...] = ()) -> dict[str, Any
     return {"parameters": list(headers)}
 
 
+def too_many_requests(own_reason: str = "") -> dict[str, Any]:
+    """The 429 of every authenticated operation, with the reason an operation has of its own first."""
+    return error_response(
+        f"Too many requests from you: {own_reason + ', ' if own_reason else ''}past "
+        "MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's "
+        "connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done.",
+        headers={**RETRY_AFTER, **RATE_LIMIT},
+    )
+
+
 AUTH_ERRORS: Responses = {
     401: error_response("Missing, malformed, badly signed, expired or not-yet-valid token."),
     403: error_response("The user id in the path is not the token's subject."),
     422: error_response("Invalid input: each bad field is listed in `errors`."),
-    429: error_response(
-        "Too many requests from you: past your share of the database's connections, or past "
-        "RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done.",
-        headers={**RETRY_AFTER, **RATE_LIMIT},
-    ),
+    429: too_many_requests(),
     503: error_response(
         "The database, or Better Auth's keys, cannot be reached, or the last isolation check found "
         "something; retry after the `Retry-After` seconds. Nothing was done (type "

@@ -521,6 +521,9 @@ def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_
                     assert problem["type"] == "urn:todo-api:problem:too-many-requests"
                     assert "MAX_STREAMS_PER_USER" in problem["detail"]
                     assert int(sixth.response.headers["Retry-After"]) > 0
+                    # As documented: the rate-limit fields come with RATE_LIMIT_PER_MINUTE's 429 only.
+                    assert "RateLimit" not in sixth.response.headers
+                    assert "RateLimit-Policy" not in sixth.response.headers
                 # Another user is not affected.
                 async with opened(client, bob) as bobs:
                     assert bobs.response.status_code == 200

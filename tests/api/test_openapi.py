@@ -93,3 +93,19 @@ def test_every_header_an_operation_reads_is_a_parameter_and_its_412_and_body_lim
     responses = set(operation["responses"])
     assert ("412" in responses) == ("If-Match" in headers)
     assert {"408", "413"} <= responses or "requestBody" not in operation
+
+
+def test_the_event_stream_documents_the_refusals_it_can_get_and_no_others(spec: dict[str, Any]) -> None:
+    responses = spec["paths"]["/api/{user_id}/events"]["get"]["responses"]
+    unavailable = responses["503"]["description"]
+    # Its own (api/events/hub.py), besides every authenticated operation's; outcome-unknown is a write's.
+    for problem in ("database-unavailable", "authentication-unavailable", "isolation-unverified"):
+        assert problem in unavailable
+    assert "streams-unavailable" in unavailable
+    assert "outcome-unknown" not in unavailable
+    too_many = responses["429"]
+    assert "MAX_STREAMS_PER_USER" in too_many["description"]
+    # The stream cap's 429 sends Retry-After alone: the rate-limit fields are the rate limiter's.
+    assert set(too_many["headers"]) == {"Retry-After", "RateLimit-Policy", "RateLimit", "X-Request-ID"}
+    for name in ("RateLimit-Policy", "RateLimit"):
+        assert too_many["headers"][name]["description"].startswith("Past RATE_LIMIT_PER_MINUTE only:")

@@ -307,12 +307,12 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Too many requests from you: past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: with MAX_STREAMS_PER_USER streams of yours open on this server process, past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
             429: {
                 headers: {
-                    /** @description What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
-                    /** @description The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
@@ -324,7 +324,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the last isolation check found something, or this server process holds MAX_STREAMS_PER_WORKER streams of all users already; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable, isolation-unverified or streams-unavailable). */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -435,12 +435,12 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Too many requests from you: past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
             429: {
                 headers: {
-                    /** @description What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
-                    /** @description The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
@@ -608,12 +608,12 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Too many requests from you: past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
             429: {
                 headers: {
-                    /** @description What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
-                    /** @description The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
@@ -740,12 +740,12 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Too many requests from you: past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
             429: {
                 headers: {
-                    /** @description What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
-                    /** @description The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
@@ -909,12 +909,12 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Too many requests from you: past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
             429: {
                 headers: {
-                    /** @description What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
-                    /** @description The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
@@ -1037,12 +1037,12 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Too many requests from you: past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
             429: {
                 headers: {
-                    /** @description What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
-                    /** @description The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
@@ -1206,12 +1206,12 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Too many requests from you: past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
             429: {
                 headers: {
-                    /** @description What is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
-                    /** @description The rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
+                    /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
