@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     # A comment line this often keeps proxies from closing an idle stream.
     events_heartbeat_seconds: float = Field(default=15.0, gt=0)
     # Where the worker LISTENs for wake-ups: a URL that reaches Postgres itself (Neon: the URL
-    # without -pooler). Unset: DATABASE_URL, when it reaches Postgres itself; else streams poll.
+    # without -pooler). Unset, or reaching a pooler (warned, not used): DATABASE_URL, when it reaches
+    # Postgres itself; else streams poll.
     database_direct_url: SecretStr | None = None
     # How often each stream polls for events when no LISTEN connection can be had.
     events_poll_milliseconds: int = Field(default=1000, ge=50)

@@ -8,11 +8,13 @@ notification only says "look again": streams read the events themselves, through
 so a lost, duplicated or colliding notification costs at most a read, never an event.
 
 LISTEN needs a session that lasts, which a pooler in transaction mode (Neon's pooled URL) does not
-give: `listen_url` picks DATABASE_DIRECT_URL, else DATABASE_URL when it reaches Postgres itself,
-else nothing (the streams then poll). When the connection is lost (a database restart, a dropped
-network) the listener reconnects with backoff, and calls `on_lost` both when it notices and once it
-listens again, so that every stream catches up from its last id: nothing is missed. Any other error
-(a bug, or one psycopg raises as another class) is logged with its traceback and handled the same way.
+give: there the LISTEN succeeds and nothing is ever heard. So `listen_url` picks DATABASE_DIRECT_URL
+when it reaches Postgres itself (one that reaches a pooler is not used, with a warning), else
+DATABASE_URL when it reaches Postgres itself, else nothing (the streams then poll). When the
+connection is lost (a database restart, a dropped network) the listener reconnects with backoff,
+and calls `on_lost` both when it notices and once it listens again, so that every stream catches up
+from its last id: nothing is missed. Any other error (a bug, or one psycopg raises as another
+class) is logged with its traceback and handled the same way.
 """
 
 import asyncio
@@ -44,12 +46,30 @@ def wake_tag(user_id: str) -> str:
 async def listen_url(settings: Settings) -> str | None:
     """Where this worker can LISTEN, or None when only a transaction pooler is configured."""
     if settings.database_direct_url is not None:
-        return _conninfo(settings.database_direct_url.get_secret_value(), settings)
+        direct = _conninfo(settings.database_direct_url.get_secret_value(), settings)
+        try:
+            if await _reaches_postgres(direct):
+                return direct
+        except (psycopg.OperationalError, OSError) as error:
+            # Not a reason to refuse to serve: the listener keeps trying it, with backoff.
+            logger.warning(
+                "cannot reach DATABASE_DIRECT_URL yet (%s); the events listener keeps trying", error
+            )
+            return direct
+        logger.warning(
+            "DATABASE_DIRECT_URL reaches a pooler, not Postgres itself: LISTEN through it would never"
+            " hear a write, so it is not used; set DATABASE_DIRECT_URL to a URL that reaches Postgres"
+            " itself (on Neon, the one without -pooler)"
+        )
     if settings.database_url is None:
         return None
     url = _conninfo(settings.database_url.get_secret_value(), settings)
+    return url if await _reaches_postgres(url) else None
+
+
+async def _reaches_postgres(url: str) -> bool:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
-        return url if await reaches_postgres_itself(connection) else None
+        return await reaches_postgres_itself(connection)
 
 
 def _conninfo(url: str, settings: Settings) -> str:

@@ -5,6 +5,7 @@ nobody and ends as nobody. (`.ci/run` also runs the whole API suite with --via-p
 """
 
 import asyncio
+import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -125,3 +126,20 @@ def test_with_a_direct_url_the_worker_listens_even_behind_a_pooler(
     with serving(app) as base_url:
         assert app.state.events_hub.poll_seconds is None
         _one_event_reaches_a_stream(base_url)
+
+
+def test_a_direct_url_that_reaches_the_pooler_is_not_listened_on_and_streams_poll(
+    bouncer_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """LISTEN through a transaction pooler succeeds and hears nothing: the stream would only ever
+    send heartbeats. The worker sees that DATABASE_DIRECT_URL is a pooler, says so once, and polls."""
+    app = create_app(settings_for(bouncer_url, database_direct_url=bouncer_url, events_poll_milliseconds=200))
+    with caplog.at_level(logging.WARNING, logger="api.db.listener"), serving(app) as base_url:
+        _one_event_reaches_a_stream(base_url)
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "api.db.listener" and record.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1, warnings
+    assert "DATABASE_DIRECT_URL reaches a pooler, not Postgres itself" in warnings[0]
