@@ -63,10 +63,14 @@ def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
         )
     if isinstance(error, psycopg.errors.InsufficientPrivilege):
         if "admin option" in reason or "permission denied to grant role" in reason:
+            # A grant would let this role become todo_app in the other role's databases too, and act
+            # as any of their users: the isolation check there rightly calls that a breach.
             return MigrationFailed(
-                f"{role} cannot grant role todo_app ({reason}): todo_app was created by another role. "
-                f"Have that role or a superuser run `GRANT todo_app TO {role} WITH ADMIN OPTION`, "
-                "or migrate as the role that created todo_app (MIGRATION_DATABASE_URL)"
+                f"{role} cannot grant role todo_app ({reason}): todo_app was created by another role, "
+                "and it is one role for the whole cluster, so whoever can become it can act as any user "
+                "of every database the API serves there. One cluster holds the API for one owner role: "
+                "migrate this database as the role that created todo_app (MIGRATION_DATABASE_URL; a "
+                "second database of the same owner is fine), or serve this owner from another cluster"
             )
         if "create role" in reason:
             return MigrationFailed(
