@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     db_connect_timeout_seconds: int = Field(default=DEFAULT_CONNECT_TIMEOUT_SECONDS, ge=1)
     # auto: statements are prepared (SQL PREPARE, once per connection) on connections that reach
     # Postgres itself, never through a pooler; on: on every connection (a pooler in session mode);
-    # off: never. See api/db/prepared.py.
+    # off: never. serve refuses on (and DB_PREPARE_THRESHOLD) with a pooler it finds passing
+    # sessions between clients. See api/db/prepared.py.
     db_prepared_statements: Literal["auto", "on", "off"] = "auto"
     # Set: statements travel pipelined and psycopg prepares them at the protocol level after this
     # many executions, for a pooler that keeps such statements (PgBouncer 1.21+ with

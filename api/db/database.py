@@ -388,6 +388,7 @@ class Database:
         liveness: _LivenessCheck | None = None,
         tracer: Tracer | None = None,
         events_retention_hours: float = 24.0,
+        preparing_setting: str = "DB_PREPARED_STATEMENTS=auto",
     ):
         self.pool = pool
         self._liveness = liveness or _LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
@@ -402,6 +403,11 @@ class Database:
         self._answer_timeout = answer_timeout_seconds
         self._tracer = tracer
         self._pool_watcher: asyncio.Task[None] | None = None
+        # The setting that asked for prepared statements, named when they turn out to be lost.
+        self._preparing_setting = preparing_setting
+        # False once a prepared statement was missing or another client's: from then on this worker
+        # prepares nothing (`_stop_preparing`).
+        self._sessions_last = True
 
     @classmethod
     def from_settings(cls, settings: Settings, *, tracer: Tracer | None = None) -> "Database":
@@ -466,6 +472,9 @@ class Database:
             + settings.db_connect_timeout_seconds,
             tracer=tracer,
             events_retention_hours=settings.events_retention_hours,
+            preparing_setting="DB_PREPARE_THRESHOLD"
+            if prepare
+            else f"DB_PREPARED_STATEMENTS={settings.db_prepared_statements}",
         )
 
     async def open(self) -> None:
@@ -538,6 +547,9 @@ class Database:
     async def _on(
         self, connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
+        if not self._sessions_last:
+            connection.prepared = None
+            connection.prepare_threshold = None
         if not read_only and _ended_while_idle(connection):
             # Nothing of this transaction has been sent: another connection may run it.
             await connection.close()
@@ -555,13 +567,15 @@ class Database:
                 raise DatabaseUnavailable("the database did not answer in time") from None
             # BEGIN ... COMMIT went out as one message (or one pipeline): it may have committed.
             raise OutcomeUnknown("the database did not answer a write in time") from None
-        except psycopg.errors.InvalidSqlStatementName:
-            # A statement this session prepared is gone: it is not the session we took it for (a
-            # pooler we could not tell apart). Not on this connection again; the client may retry
-            # (503 database-unavailable: nothing was changed).
+        except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement) as error:
+            # A statement this session prepared is gone, or another client's holds its name: the
+            # session is not one that lasts (a pooler in transaction mode that start-up could not
+            # prove so). Nothing of the transaction committed: a PREPARE goes out before it, and a
+            # failed statement skips the rest of the message (or pipeline), COMMIT included. So the
+            # worker stops preparing and the request runs once more, unprepared.
             await _roll_back(connection)
-            connection.prepared = None
-            raise DatabaseUnavailable("a prepared statement was missing on the connection") from None
+            self._stop_preparing(error)
+            raise SafeToRetry(f"a prepared statement was missing or another's: {error}") from None
         except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as error:
             await _roll_back(connection)
             raise AlreadyExists(error.diag.constraint_name) from None
@@ -594,6 +608,27 @@ class Database:
         except BaseException:
             await _roll_back(connection)
             raise
+
+    def _stop_preparing(self, error: psycopg.Error) -> None:
+        """Prepare nothing more in this worker, on the connections it has and those it makes; say so once."""
+        if not self._sessions_last:
+            return
+        self._sessions_last = False
+        if isinstance(self.pool.kwargs, dict):  # as `from_settings` gives it: new connections too
+            self.pool.kwargs["prepare_threshold"] = None
+        fix = (
+            "unset it, or give PgBouncer 1.21+ max_prepared_statements"
+            if self._preparing_setting == "DB_PREPARE_THRESHOLD"
+            else "set DB_PREPARED_STATEMENTS=auto, or run the pooler in session mode"
+        )
+        logger.warning(
+            "%s asks for prepared statements, but the database's sessions do not last from one"
+            " transaction to the next (%s): a pooler in transaction mode. This worker prepares nothing"
+            " from now on; %s",
+            self._preparing_setting,
+            error.diag.message_primary or type(error).__name__,
+            fix,
+        )
 
     @staticmethod
     async def _one_message(

@@ -17,9 +17,12 @@ Only where the session lasts: a pooler in transaction mode (PgBouncer, Neon's po
 run the EXECUTE on a server connection where the PREPARE never ran. `reaches_postgres_itself` tells
 a connection to Postgres from one to a pooler: a pooler hands its clients cancel keys of its own, so
 the backend process id a connection was told at start-up is not that of the backend answering it.
+A pooler in session mode fails that test too, yet keeps each session for one client, which is what
+DB_PREPARED_STATEMENTS=on is for; `sessions_pass_between_clients` tells the two apart where it can.
 """
 
 import itertools
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
@@ -61,3 +64,37 @@ async def reaches_postgres_itself(connection: psycopg.AsyncConnection[Any]) -> b
         await cursor.execute("SELECT pg_backend_pid()")
         row = await cursor.fetchone()
     return row == (connection.info.backend_pid,)
+
+
+def sessions_pass_between_clients(conninfo: str, *, protocol_level: bool) -> bool:
+    """Whether a statement one connection prepares shows in another connection's session: proof that
+    the pooler hands a server session from client to client (transaction mode), so that a statement
+    prepared in one transaction may be missing, or another client's, in the next. False proves
+    nothing: the other connection may have been given another server session.
+
+    `protocol_level`: prepared as psycopg's DB_PREPARE_THRESHOLD does (a Parse message), which
+    PgBouncer 1.21+ with max_prepared_statements keeps per client under names of its own, so that it
+    never shows under ours; else with SQL's PREPARE, as DB_PREPARED_STATEMENTS=on does. Blocking:
+    run it in a thread. What it prepared is deallocated wherever it is seen.
+    """
+    name = f"todo_api_probe_{secrets.token_hex(8)}"
+    with (
+        psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as preparing,
+        psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as looking,
+    ):
+        if protocol_level:
+            result = preparing.pgconn.prepare(name.encode(), b"SELECT 1")
+            if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                raise psycopg.OperationalError(result.get_error_message())
+        else:
+            preparing.execute(f"PREPARE {name} AS SELECT 1")
+        # In one transaction, so that a pooler in transaction mode keeps the same server session
+        # from the look to the DEALLOCATE.
+        with looking.transaction():
+            row = looking.execute(
+                "SELECT exists (SELECT FROM pg_catalog.pg_prepared_statements WHERE name = %s)", [name]
+            ).fetchone()
+            seen = row is not None and bool(row[0])
+            if seen:
+                looking.execute(f"DEALLOCATE {name}")
+    return seen

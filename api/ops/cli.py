@@ -45,6 +45,7 @@ from api.ops.startup_checks import (
     near_misses,
     refuse_a_taken_port,
     refuse_more_connections_than_postgres_allows,
+    refuse_prepared_statements_the_pooler_loses,
     refuse_the_development_database_beyond_loopback,
 )
 from api.settings import ENV_FILE, Settings
@@ -194,6 +195,12 @@ async def _check_database(url: str, settings: Settings, workers: int) -> None:
                 )
             await refuse_more_connections_than_postgres_allows(
                 connection, workers=workers, pool_size=settings.db_pool_size
+            )
+            await refuse_prepared_statements_the_pooler_loses(
+                connection,
+                conninfo,
+                prepare_threshold=settings.db_prepare_threshold,
+                prepared_statements=settings.db_prepared_statements,
             )
     except psycopg.OperationalError as error:
         raise database_failure(error, url) from None

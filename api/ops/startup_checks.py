@@ -1,10 +1,11 @@
 """Mistakes `todo-api` catches before it starts anything: a port already taken, the development
-database offered beyond this machine, more connections than Postgres allows, and a variable that was
-meant to be a setting but is misspelt.
+database offered beyond this machine, more connections than Postgres allows, prepared statements
+asked of a pooler that loses them, and a variable that was meant to be a setting but is misspelt.
 
 Each is one line: a refusal is a CommandFailed, a near miss a warning.
 """
 
+import asyncio
 import difflib
 import errno
 import ipaddress
@@ -14,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from api.db.prepared import reaches_postgres_itself
+from api.db.prepared import reaches_postgres_itself, sessions_pass_between_clients
 from api.ops.failures import CommandFailed
 
 # How alike a variable's name must be to a setting's (difflib's ratio) to be taken for a misspelling
@@ -127,3 +128,37 @@ async def refuse_more_connections_than_postgres_allows(
             f"(max_connections {most} less {reserved} reserved): lower DB_POOL_SIZE or --workers, "
             "or raise max_connections"
         )
+
+
+async def refuse_prepared_statements_the_pooler_loses(
+    connection: psycopg.AsyncConnection[Any],
+    conninfo: str,
+    *,
+    prepare_threshold: int | None,
+    prepared_statements: str,
+) -> None:
+    """Fail in one line when the settings ask for prepared statements (DB_PREPARE_THRESHOLD, or
+    DB_PREPARED_STATEMENTS=on) and DATABASE_URL is a pooler that passes server sessions from client
+    to client: there a statement may be missing, or another client's, in the next transaction. With
+    DB_PREPARE_THRESHOLD every worker's pool failed to start (PoolTimeout, the cause only in the
+    Postgres log); with `on`, requests failed. A pooler in session mode, or one that keeps
+    protocol-level statements (PgBouncer 1.21+ with max_prepared_statements), passes."""
+    protocol_level = prepare_threshold is not None
+    if not protocol_level and prepared_statements != "on":
+        return
+    if await reaches_postgres_itself(connection):
+        return
+    if not await asyncio.to_thread(sessions_pass_between_clients, conninfo, protocol_level=protocol_level):
+        return
+    if protocol_level:
+        raise CommandFailed(
+            "DB_PREPARE_THRESHOLD is set, but DATABASE_URL reaches a pooler in transaction mode that "
+            "does not keep protocol-level prepared statements (PgBouncer 1.20 or older, or without "
+            "max_prepared_statements): unset DB_PREPARE_THRESHOLD, or give PgBouncer 1.21+ "
+            "max_prepared_statements"
+        )
+    raise CommandFailed(
+        "DB_PREPARED_STATEMENTS=on, but DATABASE_URL reaches a pooler in transaction mode, where a "
+        "statement prepared in one transaction may be gone in the next: set DB_PREPARED_STATEMENTS=auto "
+        "(it prepares only on connections to Postgres itself), or run the pooler in session mode"
+    )

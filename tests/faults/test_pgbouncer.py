@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from api.app import create_app
 from api.db.prepared import reaches_postgres_itself
 from tests.api.events_client import async_client, opened
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
-from tests.support import LOGIN_ROLE, ApiUser, new_user, serving, settings_for
+from tests.support import LOGIN_ROLE, SECRET, ApiUser, free_port, new_user, run_cli, serving, settings_for
 
 
 @pytest.fixture
@@ -143,3 +144,67 @@ def test_a_direct_url_that_reaches_the_pooler_is_not_listened_on_and_streams_pol
     ]
     assert len(warnings) == 1, warnings
     assert "DATABASE_DIRECT_URL reaches a pooler, not Postgres itself" in warnings[0]
+
+
+@pytest.mark.parametrize("setting", ["DB_PREPARE_THRESHOLD", "DB_PREPARED_STATEMENTS=on"])
+def test_serve_refuses_prepared_statements_the_pooler_would_lose(
+    bouncer_url: str, tmp_path: Path, setting: str
+) -> None:
+    """In transaction mode PgBouncer 1.18 hands one server session to every client: a statement
+    prepared in one transaction may be gone, or another client's, in the next. With
+    DB_PREPARE_THRESHOLD each worker's pool failed to start (PoolTimeout, in a crash loop)."""
+    name, _, value = setting.partition("=")
+    result = run_cli(
+        "serve",
+        "--port",
+        str(free_port()),
+        cwd=tmp_path,
+        DATABASE_URL=bouncer_url,
+        BETTER_AUTH_SECRET=SECRET,
+        **{name: value or "0"},
+    )
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"todo-api: {setting}" in line, line
+    assert "DATABASE_URL reaches a pooler in transaction mode" in line, line
+    assert "Traceback" not in result.stderr
+    # The check's own statement is gone again from the one server session every client shares.
+    with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=None) as probe:
+        assert probe.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
+
+
+def test_prepared_statements_the_pooler_loses_are_never_a_500(
+    bouncer_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker started without `todo-api serve`'s check (or where it could not tell): the first
+    statement found missing or another client's stops it preparing, with one warning, and that
+    request runs again, unprepared (it had not committed, so nothing is written twice)."""
+    users = [new_user() for _ in range(6)]
+    app = create_app(settings_for(bouncer_url, db_pool_size=6, db_prepared_statements="on"))
+    with (
+        caplog.at_level(logging.WARNING, logger="api.db.database"),
+        serving(app) as base_url,
+        httpx.Client(base_url=base_url, timeout=30) as client,
+        ThreadPoolExecutor(max_workers=6) as pool,
+    ):
+
+        def create(request: tuple[ApiUser, int]) -> int:
+            user, i = request
+            return client.post(user.tasks_url, json={"title": f"t{i}"}, headers=user.headers).status_code
+
+        statuses = list(pool.map(create, [(user, i) for i in range(5) for user in users]))
+    assert statuses == [201] * 30
+    with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=None) as database:
+        stored = database.execute(
+            "select user_id, count(*) from tasks where user_id = any(%s) group by user_id",
+            [[user.id for user in users]],
+        ).fetchall()
+    assert sorted(count for _, count in stored) == [5] * 6  # every create once, none twice
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "api.db.database" and record.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("DB_PREPARED_STATEMENTS=on asks for prepared statements"), warnings[0]
+    assert "set DB_PREPARED_STATEMENTS=auto" in warnings[0]
