@@ -13,10 +13,11 @@ import jwt
 import psutil
 import psycopg
 import pytest
+from pytest_postgresql.executors import NoopExecutor
 
 from api import __version__
 from api.ops.embedded import development_secret
-from tests.support import CLI, SECRET, cli_env, free_port, run_cli, serve_process
+from tests.support import CLI, LOGIN_ROLE, SECRET, as_role, cli_env, free_port, run_cli, serve_process
 
 
 @pytest.fixture
@@ -141,6 +142,24 @@ def test_migrate_sets_up_an_external_database(empty_db_url: str, tmp_path: Path)
     with psycopg.connect(empty_db_url) as connection:
         tables = connection.execute("select relname from pg_class where relrowsecurity order by 1").fetchall()
     assert tables == [("idempotency_keys",), ("task_event_purges",), ("task_events",), ("tasks",), ("users",)]
+
+
+def test_serve_migrate_migrates_as_migration_database_url_and_serves_as_database_url(
+    empty_db_url: str, migrated_template: NoopExecutor, tmp_path: Path
+) -> None:
+    """The deployment README's pair of URLs: the owner migrates, the login role that owns nothing
+    serves. `serve --migrate` used to migrate as DATABASE_URL's role, which may not change the schema."""
+    command = [*CLI, "serve", "--migrate"]
+    env = cli_env(
+        MIGRATION_DATABASE_URL=empty_db_url, DATABASE_URL=as_role(empty_db_url), BETTER_AUTH_SECRET=SECRET
+    )
+    with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _):
+        assert httpx.get(f"{base_url}/readyz").status_code == 200
+    assert "may not change the schema" not in (tmp_path / "serve.log").read_text()
+    with psycopg.connect(empty_db_url) as connection:
+        tasks = "select tableowner::text from pg_tables where tablename = 'tasks'"
+        owner = connection.execute(tasks).fetchone()
+    assert owner == (LOGIN_ROLE,), "migrated by the schema's owner, not by the role that serves"
 
 
 def test_serve_refuses_a_database_that_is_not_migrated(empty_db_url: str, tmp_path: Path) -> None:

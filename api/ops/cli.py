@@ -265,8 +265,13 @@ def serve(args: argparse.Namespace) -> None:
         origins = ",".join(settings.cors_origins)
         if development and not origins:
             origins = os.environ["CORS_ORIGINS"] = embedded.DEVELOPMENT_ORIGINS
-        if development or args.migrate:
+        if development:
             logger.info("todo-api: %s", _migrate(url, settings))
+        elif args.migrate:
+            # As `todo-api migrate` would: the schema's owner migrates, while DATABASE_URL's role
+            # (one that owns nothing, in production) serves.
+            with _migration_url(settings, args.data_dir) as migration_url:
+                logger.info("todo-api: %s", _migrate(migration_url, settings))
         asyncio.run(_check_database(url, settings, args.workers))
 
         from api.ops.server import serve_with_granian
@@ -494,7 +499,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser.add_argument(
         "--migrate",
         action="store_true",
-        help="apply migrations to DATABASE_URL first (default: off; always on for the embedded database)",
+        help="apply migrations first, as `todo-api migrate` does, to MIGRATION_DATABASE_URL, else "
+        "DATABASE_URL (default: off; always on for the embedded database)",
     )
     serve_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
     serve_parser.set_defaults(run=serve)
