@@ -92,6 +92,42 @@ def test_a_url_libpq_cannot_read(tmp_path: Path, command: tuple[str, ...], url: 
     assert_one_clear_failure(result.stderr, result.returncode, "DATABASE_URL is not a valid connection URL")
 
 
+# Each URL's password is PASSWORD_LEFT and PASSWORD_RIGHT, in pieces libpq reads as other parts of
+# the URL, or quotes with the whole URL. Nothing listens on port 1.
+PASSWORD_LEFT, PASSWORD_RIGHT = "Left7pw", "Right7pw"
+MISREAD_URLS = [
+    pytest.param(f"{PASSWORD_LEFT}%zz{PASSWORD_RIGHT}@127.0.0.1:1", "a % not followed by two hex", id="%zz"),
+    pytest.param(f"{PASSWORD_LEFT}/{PASSWORD_RIGHT}@127.0.0.1:1", "contains / or @", id="slash"),
+    pytest.param(f"{PASSWORD_LEFT}@{PASSWORD_RIGHT}@127.0.0.1:1", "contains / or @", id="at"),
+    pytest.param(f"{PASSWORD_LEFT}{PASSWORD_RIGHT}@[::1", "IPv6 host address", id="whole-url-quoted"),
+]
+
+
+@pytest.mark.parametrize(("password_and_host", "reason"), MISREAD_URLS)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_url_that_cannot_be_read_is_named_without_its_password(
+    tmp_path: Path, command: tuple[str, ...], password_and_host: str, reason: str
+) -> None:
+    """README: "Tokens, secrets and passwords are never logged"; libpq quotes what it cannot read."""
+    url = f"postgresql://todo_login:{password_and_host}/todo"
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(result.stderr, result.returncode, "DATABASE_URL", reason)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for piece in (PASSWORD_LEFT, PASSWORD_RIGHT):
+        assert piece not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("password_and_host", "reason"), MISREAD_URLS)
+def test_a_migration_url_that_cannot_be_read_is_named_without_its_password(
+    tmp_path: Path, empty_db_url: str, password_and_host: str, reason: str
+) -> None:
+    url = f"postgresql://todo_owner:{password_and_host}/todo"
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=empty_db_url, MIGRATION_DATABASE_URL=url)
+    assert_one_clear_failure(result.stderr, result.returncode, "MIGRATION_DATABASE_URL", reason)
+    for piece in (PASSWORD_LEFT, PASSWORD_RIGHT):
+        assert piece not in result.stdout + result.stderr
+
+
 def test_serve_refuses_an_unmigrated_database_saying_how_to_fix_it(tmp_path: Path, empty_db_url: str) -> None:
     result = run_cli(
         "serve", "--port", "0", cwd=tmp_path, DATABASE_URL=empty_db_url, BETTER_AUTH_SECRET=SECRET

@@ -162,6 +162,7 @@ class JwksKeySet:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
+        self._logged_url = _without_userinfo(url)
         self._refetch_cooldown = refetch_cooldown
         self._refresh_interval = refresh_interval
         self._timeout = timeout
@@ -257,7 +258,7 @@ class JwksKeySet:
             keys = parse_key_set(json.loads(document))
         except (httpx.HTTPError, TimeoutError, ValueError, RecursionError) as error:
             # RecursionError: JSON nested deeper than the parser's stack (a hostile endpoint's doing).
-            logger.warning("JWKS: cannot fetch %s: %s", self.url, _why(error))
+            logger.warning("JWKS: cannot fetch %s: %s", self._logged_url, _why(error))
             metrics.jwks_fetches.labels("failed").inc()
             return False
         # A key fetched again is the object already held, so what it verified stays trusted.
@@ -268,7 +269,7 @@ class JwksKeySet:
         self._fetched = True
         self._fetched_at = began
         metrics.jwks_fetches.labels("fetched").inc()
-        logger.info("JWKS: %d key(s) from %s", len(keys), self.url)
+        logger.info("JWKS: %d key(s) from %s", len(keys), self._logged_url)
         return True
 
     async def _download(self) -> bytes:
@@ -293,7 +294,7 @@ class JwksKeySet:
                 refreshed = await self.refresh()
             except Exception:
                 # A bug here must not silently end the refreshing for the life of the process.
-                logger.exception("JWKS: refreshing %s failed", self.url)
+                logger.exception("JWKS: refreshing %s failed", self._logged_url)
                 refreshed = False
             if refreshed:
                 failures = 0

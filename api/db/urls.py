@@ -4,8 +4,12 @@ libpq (under psycopg) is the authority on connection strings: it reads `postgres
 `postgres://` URLs, Neon's `sslmode=require&channel_binding=require`, and a Unix-socket `host=` query
 parameter. We only translate the scheme: yoyo picks its driver by scheme, and
 `postgresql+psycopg://` (yoyo's name for psycopg 3) is not something libpq reads.
+
+A URL that cannot be read is refused naming its setting and what is wrong, never quoting the URL: its
+user and password would end up on the terminal and in the logs.
 """
 
+import re
 from urllib.parse import urlencode
 
 import psycopg.conninfo
@@ -17,30 +21,60 @@ class DatabaseUrlError(ValueError):
     pass
 
 
-def _strip_scheme(url: str) -> str:
+def _strip_scheme(url: str, setting: str) -> str:
     for scheme in _SCHEMES:
         if url.startswith(scheme):
             return url[len(scheme) :]
     raise DatabaseUrlError(
-        "DATABASE_URL must start with postgresql:// or postgres:// "
+        f"{setting} must start with postgresql:// or postgres:// "
         "(for example postgresql://user:password@host/dbname?sslmode=require)"
     )
 
 
-def libpq_url(url: str, **extra: str | int) -> str:
-    """The URL as libpq reads it, with extra connection parameters (say connect_timeout) added."""
-    plain = "postgresql://" + _strip_scheme(url)
+# libpq ends most of its complaints with the piece it could not read, or the whole URL, in quotes.
+_QUOTED_TAIL = re.compile(r':\s*"[^\n]*"$')
+
+
+def _reason(error: psycopg.ProgrammingError) -> str:
+    """What libpq found wrong, without the text it quotes, which may be the user and password."""
+    message = str(error).strip()
+    if message.startswith("invalid percent-encoded token"):
+        return "a % not followed by two hex digits (write a % itself as %25)"
+    if message.startswith("forbidden value %00"):
+        return "%00, a zero byte, which no part of it may hold"
+    if "query parameter" in message:
+        # It quotes a name from the query, which comes after the user and password (_refuse_a_split_userinfo).
+        return message
+    return _QUOTED_TAIL.sub("", message)
+
+
+def _refuse_a_split_userinfo(rest: str, setting: str) -> None:
+    """A / or @ in the password (or user) makes libpq read part of it as the host, the port or the
+    database name, which would then be shown in every message about connecting."""
+    userinfo = rest.rpartition("@")[0]
+    if "/" in userinfo or "@" in userinfo:
+        raise DatabaseUrlError(
+            f"{setting} is not a valid connection URL: its user or password contains / or @, which "
+            "must be percent-encoded there as %2F or %40 (an @ anywhere after the host, too)"
+        )
+
+
+def libpq_url(url: str, *, setting: str = "DATABASE_URL", **extra: str | int) -> str:
+    """The URL as libpq reads it, with extra connection parameters (say connect_timeout) added.
+    `setting` is the variable it came from, which a refusal names."""
+    rest = _strip_scheme(url, setting)
+    _refuse_a_split_userinfo(rest, setting)
     try:
         # Parsed even without extras: a URL libpq cannot read is the user's to fix, said here.
-        return psycopg.conninfo.make_conninfo(plain, **extra)
+        return psycopg.conninfo.make_conninfo("postgresql://" + rest, **extra)
     except psycopg.ProgrammingError as error:
-        raise DatabaseUrlError(f"DATABASE_URL is not a valid connection URL: {error}") from None
+        raise DatabaseUrlError(f"{setting} is not a valid connection URL: {_reason(error)}") from None
 
 
 def yoyo_url(url: str, **extra: str | int) -> str:
     """The URL with the scheme that makes yoyo use psycopg 3, with extra connection parameters added
     as libpq_url adds them: yoyo hands its URL's query to psycopg, the last of a name winning."""
-    rest = _strip_scheme(url)
+    rest = _strip_scheme(url, "DATABASE_URL")
     if not extra:
         return "postgresql+psycopg://" + rest
     libpq_url(url, **extra)  # refuses a parameter libpq does not know, as serve's URL would

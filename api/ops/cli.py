@@ -309,9 +309,9 @@ def _migration_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
         return
     url = settings.migration_database_url.get_secret_value()
     try:
-        libpq_url(url)
+        libpq_url(url, setting="MIGRATION_DATABASE_URL")
     except DatabaseUrlError as error:
-        raise CommandFailed(str(error).replace("DATABASE_URL", "MIGRATION_DATABASE_URL")) from None
+        raise CommandFailed(str(error)) from None
     yield url
 
 

@@ -1,5 +1,7 @@
 """Where keys come from: BETTER_AUTH_URL, BETTER_AUTH_JWKS_URL, the iss/aud overrides, and refusals."""
 
+import asyncio
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from api.app import create_app
+from api.auth.jwks import JwksKeySet
 from api.settings import Settings
 from tests.auth.conftest import claims_for, keys_fetched, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
@@ -173,3 +176,22 @@ def test_without_a_secret_hs256_tokens_are_refused(
 
     assert response.status_code == 401
     assert response.json()["detail"] == "The token is signed with an algorithm this API does not accept."
+
+
+def test_a_password_in_the_jwks_url_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """BETTER_AUTH_URL may carry a user and password (https://user:password@host); logs show the rest."""
+
+    async def fetch_then_fail(url: str, server: JwksServer) -> None:
+        async with JwksKeySet(url, refetch_cooldown=0, refresh_interval=3600) as key_set:
+            assert await key_set.refresh()
+            server.down = True
+            assert not await key_set.refresh()
+
+    with jwks_server(SigningKey.generate()) as server, caplog.at_level(logging.INFO, "api.auth.jwks"):
+        with_userinfo = server.jwks_url.replace("http://", "http://keys-user:Jwks7password@", 1)
+        asyncio.run(fetch_then_fail(with_userinfo, server))
+    logged = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith("JWKS: 1 key(s) from ") for message in logged), logged
+    assert any(message.startswith("JWKS: cannot fetch ") for message in logged), logged
+    assert all(server.jwks_url in message for message in logged), logged
+    assert not any("Jwks7password" in message or "keys-user" in message for message in logged), logged
