@@ -25,7 +25,17 @@ from api.ops.cluster import ensure_api_login_role, ensure_login_role_and_databas
 from api.ops.embedded import start_postgres
 from api.ops.migrations import apply_migrations
 from tests.pgbouncer import pgbouncer
-from tests.support import API_LOGIN_ROLE, LOGIN_ROLE, ApiUser, as_role, new_user, serving, settings_for
+from tests.support import (
+    API_LOGIN_ROLE,
+    LOGIN_ROLE,
+    PASSWORD_ROLE,
+    RIGHT_PASSWORD,
+    ApiUser,
+    as_role,
+    new_user,
+    serving,
+    settings_for,
+)
 
 # Hypothesis keeps caches on disk even with `database=None`: keep them out of the checkout.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "todo-api-hypothesis")
@@ -64,6 +74,34 @@ def postgres_server() -> Iterator[NoopExecutor]:
         connection.execute("select pg_reload_conf()")
     try:
         yield executor
+    finally:
+        server.cleanup()
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def password_login_url() -> Iterator[str]:
+    """A Postgres of its own where PASSWORD_ROLE must give its password (the session's server trusts
+    every login over its socket): that role's URL, with the right password."""
+    pgdata = Path(tempfile.mkdtemp(prefix="todo-api-passwords-")) / "pgdata"
+    pgdata.mkdir()
+    server = start_postgres(pgdata, cleanup_mode="delete")
+    try:
+        superuser = server.get_uri(database="postgres")
+        with psycopg.connect(superuser, autocommit=True) as connection:
+            connection.execute(
+                sql.SQL("create role {} login password {}").format(
+                    sql.Identifier(PASSWORD_ROLE), sql.Literal(RIGHT_PASSWORD)
+                )
+            )
+            hba = pgdata / "pg_hba.conf"
+            hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\n{hba.read_text()}")
+            connection.execute("select pg_reload_conf()")
+        info = server.get_postmaster_info()
+        where = f"host={info.socket_dir}&port={info.port or 5432}"
+        url = f"postgresql://{PASSWORD_ROLE}:{RIGHT_PASSWORD}@/postgres?{where}"
+        psycopg.connect(url).close()  # the right password lets it in
+        yield url
     finally:
         server.cleanup()
         shutil.rmtree(pgdata.parent, ignore_errors=True)

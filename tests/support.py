@@ -36,6 +36,9 @@ LOGIN_ROLE = "todo_owner"
 # nothing, inherits nothing, member of todo_app only. `todo-api migrate --login-role` creates it.
 API_LOGIN_ROLE = "todo_login"
 
+# A role that must give its password, in a cluster of its own (conftest's `password_login_url`).
+PASSWORD_ROLE, RIGHT_PASSWORD = "minder", "the-right-password-1f9c"
+
 
 def as_role(database_url: str, role: str = API_LOGIN_ROLE) -> str:
     """The same database's URL, logging in as `role`."""

@@ -19,7 +19,7 @@ from api.ops.cli import main
 from api.ops.cluster import ensure_login_role_and_database
 from api.ops.embedded import start_postgres
 from api.ops.policy_audit import audit_database
-from tests.support import API_LOGIN_ROLE, as_role, run_cli
+from tests.support import API_LOGIN_ROLE, RIGHT_PASSWORD, as_role, run_cli
 from tests.test_cli_failures import assert_one_clear_failure
 
 
@@ -142,6 +142,40 @@ def test_a_bad_migration_database_url(tmp_path: Path, empty_db_url: str) -> None
     assert_one_clear_failure(
         result.stderr, result.returncode, "MIGRATION_DATABASE_URL must start with postgresql://"
     )
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param("wrong password", id="wrong-password"),
+        pytest.param("closed port", id="closed-port"),
+        pytest.param("unknown role", id="unknown-role"),
+    ],
+)
+def test_a_connection_failure_on_the_migration_url_names_migration_database_url(
+    tmp_path: Path, empty_db_url: str, password_login_url: str, failure: str
+) -> None:
+    """DATABASE_URL is fine here: a message telling the operator to check it sends them to the wrong one."""
+    migration_url, expected = {
+        "wrong password": (
+            password_login_url.replace(RIGHT_PASSWORD, "a-wrong-password-5e2d"),
+            "refused the login: check the user and password in MIGRATION_DATABASE_URL",
+        ),
+        "closed port": (
+            "postgresql://todo_owner@127.0.0.1:1/todo",
+            "are MIGRATION_DATABASE_URL's host and port right?",
+        ),
+        "unknown role": (as_role(empty_db_url, "nobody_here"), "check the user in MIGRATION_DATABASE_URL"),
+    }[failure]
+    result = run_cli(
+        "migrate", "--login-role", API_LOGIN_ROLE, cwd=tmp_path,
+        DATABASE_URL=empty_db_url, MIGRATION_DATABASE_URL=migration_url,
+    )  # fmt: skip
+    assert_one_clear_failure(result.stderr, result.returncode, expected)
+    assert "DATABASE_URL" not in result.stderr.replace("MIGRATION_DATABASE_URL", ""), result.stderr
+    assert "a-wrong-password" not in result.stderr
+    with psycopg.connect(empty_db_url) as db:
+        assert db.execute("select to_regclass('public.tasks')").fetchone() == (None,), "nothing migrated"
 
 
 def _policies_and_migrations(database_url: str) -> tuple[list[tuple[str, str, list[str]]], int]:

@@ -165,11 +165,12 @@ def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
         database.stop()
 
 
-def _migrate(url: str, settings: Settings) -> str:
+def _migrate(url: str, settings: Settings, setting: str) -> str:
+    """Migrate the database at `url`, which came from the variable `setting`."""
     try:
         applied = apply_migrations(url, connect_timeout_seconds=settings.db_connect_timeout_seconds)
     except psycopg.OperationalError as error:
-        raise database_failure(error, url) from None
+        raise database_failure(error, url, setting) from None
     except (SqlFilesMissing, MigrationFailed) as error:
         raise CommandFailed(str(error)) from None
     return f"migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed"
@@ -266,12 +267,13 @@ def serve(args: argparse.Namespace) -> None:
         if development and not origins:
             origins = os.environ["CORS_ORIGINS"] = embedded.DEVELOPMENT_ORIGINS
         if development:
-            logger.info("todo-api: %s", _migrate(url, settings))
+            logger.info("todo-api: %s", _migrate(url, settings, "DATABASE_URL"))
         elif args.migrate:
             # As `todo-api migrate` would: the schema's owner migrates, while DATABASE_URL's role
             # (one that owns nothing, in production) serves.
             with _migration_url(settings, args.data_dir) as migration_url:
-                logger.info("todo-api: %s", _migrate(migration_url, settings))
+                migrated = _migrate(migration_url, settings, _migration_setting(settings))
+                logger.info("todo-api: %s", migrated)
         asyncio.run(_check_database(url, settings, args.workers))
 
         from api.ops.server import serve_with_granian
@@ -298,6 +300,11 @@ def serve(args: argparse.Namespace) -> None:
                 data_dir=args.data_dir,
             ),
         )
+
+
+def _migration_setting(settings: Settings) -> str:
+    """The variable the URL to migrate comes from, for a failure to name."""
+    return "DATABASE_URL" if settings.migration_database_url is None else "MIGRATION_DATABASE_URL"
 
 
 @contextmanager
@@ -338,7 +345,7 @@ def _create_login_role(owner_url: str, name: str, settings: Settings) -> str:
     except UnfitLoginRole as error:
         raise CommandFailed(str(error)) from None
     except psycopg.OperationalError as error:
-        raise database_failure(error, owner_url) from None
+        raise database_failure(error, owner_url, _migration_setting(settings)) from None
     except psycopg.Error as error:
         raise CommandFailed(str(migration_failure(error, owner_url))) from None
     where = (
@@ -360,7 +367,7 @@ def _role_name(value: str) -> str:
 def migrate(args: argparse.Namespace) -> None:
     settings = _settings()
     with _migration_url(settings, args.data_dir) as url:
-        _output(f"todo-api: {_migrate(url, settings)}")
+        _output(f"todo-api: {_migrate(url, settings, _migration_setting(settings))}")
         if args.login_role:
             _output(f"todo-api: {_create_login_role(url, args.login_role, settings)}")
 

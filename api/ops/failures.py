@@ -15,52 +15,51 @@ class CommandFailed(Exception):  # noqa: N818 (what the user sees, not a bug)
     """A failure the user can fix; `str()` is the whole message."""
 
 
-def _where(database_url: str) -> tuple[str, str]:
+def _where(database_url: str, setting: str) -> tuple[str, str]:
     """(host:port or the socket folder, database name); never the user or password."""
     try:
-        parameters = conninfo_to_dict(libpq_url(database_url))
+        parameters = conninfo_to_dict(libpq_url(database_url, setting=setting))
     except (DatabaseUrlError, ValueError):
-        return "DATABASE_URL", "the database"
+        return setting, "the database"
     host = str(parameters.get("host") or "localhost")
     port = str(parameters.get("port") or "5432")
     where = f"the socket in {host}" if host.startswith("/") else f"{host}:{port}"
     return where, str(parameters.get("dbname") or "the database")
 
 
-def database_failure(error: Exception, database_url: str) -> CommandFailed:
-    """The cause and the fix for a failure to connect to, or talk to, the database."""
+def database_failure(error: Exception, database_url: str, setting: str = "DATABASE_URL") -> CommandFailed:
+    """The cause and the fix for a failure to connect to, or talk to, the database at `database_url`,
+    which came from the variable `setting`: the one to fix."""
     if isinstance(error, DatabaseUrlError):
         return CommandFailed(str(error))
     text = str(error)
     lowered = text.lower()
-    where, name = _where(database_url)
+    where, name = _where(database_url, setting)
     if "password authentication failed" in lowered or "authentication failed" in lowered:
         return CommandFailed(
-            f"the database at {where} refused the login: check the user and password in DATABASE_URL"
+            f"the database at {where} refused the login: check the user and password in {setting}"
         )
     if "role" in lowered and "does not exist" in lowered:
-        return CommandFailed(
-            f"the database at {where} has no such login role: check the user in DATABASE_URL"
-        )
+        return CommandFailed(f"the database at {where} has no such login role: check the user in {setting}")
     if "no pg_hba.conf entry" in lowered:
         return CommandFailed(
             f"the database at {where} does not let this user in from here (pg_hba.conf): "
-            "check DATABASE_URL, or ask its administrator"
+            f"check {setting}, or ask its administrator"
         )
     if "database" in lowered and "does not exist" in lowered:
         return CommandFailed(
-            f"database {name} does not exist at {where}: create it, or fix the name in DATABASE_URL"
+            f"database {name} does not exist at {where}: create it, or fix the name in {setting}"
         )
     if "connection refused" in lowered or "no such file or directory" in lowered:
         return CommandFailed(
             f"cannot reach the database at {where} (connection refused): is Postgres running, "
-            "and are DATABASE_URL's host and port right?"
+            f"and are {setting}'s host and port right?"
         )
     if "resolve host" in lowered or "translate host name" in lowered:
-        return CommandFailed(f"cannot find the database host in DATABASE_URL ({where}): check its spelling")
+        return CommandFailed(f"cannot find the database host in {setting} ({where}): check its spelling")
     if "timeout" in lowered or "timed out" in lowered:
         return CommandFailed(
-            f"the database at {where} did not answer in time: check DATABASE_URL's host and port, "
+            f"the database at {where} did not answer in time: check {setting}'s host and port, "
             "the network, or raise DB_CONNECT_TIMEOUT_SECONDS"
         )
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
