@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support import CLI, SECRET, cli_env, free_port, run_cli
+from tests.support import CLI, RIGHT_PASSWORD, SECRET, cli_env, free_port, run_cli
 
 COMMANDS = [
     pytest.param(("migrate",), id="migrate"),
@@ -126,6 +126,40 @@ def test_a_migration_url_that_cannot_be_read_is_named_without_its_password(
     assert_one_clear_failure(result.stderr, result.returncode, "MIGRATION_DATABASE_URL", reason)
     for piece in (PASSWORD_LEFT, PASSWORD_RIGHT):
         assert piece not in result.stdout + result.stderr
+
+
+def test_serve_refuses_a_direct_url_that_cannot_be_read_in_one_line(
+    tmp_path: Path, migrated_db_url: str
+) -> None:
+    """Each worker reads DATABASE_DIRECT_URL as it starts: unchecked, every one failed, with a
+    traceback naming DATABASE_URL, and was restarted, in a loop."""
+    direct = f"postgresql://todo_owner:{PASSWORD_LEFT}%zz@127.0.0.1:1/todo"
+    result = run_cli(
+        "serve", "--port", "0", cwd=tmp_path,
+        DATABASE_URL=migrated_db_url, DATABASE_DIRECT_URL=direct, BETTER_AUTH_SECRET=SECRET,
+    )  # fmt: skip
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "DATABASE_DIRECT_URL is not a valid connection URL", "a % not"
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert PASSWORD_LEFT not in result.stderr
+
+
+def test_serve_refuses_a_direct_url_that_cannot_log_in_in_one_line(
+    tmp_path: Path, migrated_db_url: str, password_login_url: str
+) -> None:
+    """Unchecked, serve started, and its listener said it "lost its connection" over and over."""
+    direct = password_login_url.replace(RIGHT_PASSWORD, "a-wrong-password-5e2d")
+    result = run_cli(
+        "serve", "--port", "0", cwd=tmp_path,
+        DATABASE_URL=migrated_db_url, DATABASE_DIRECT_URL=direct, BETTER_AUTH_SECRET=SECRET,
+    )  # fmt: skip
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "refused the login: check the user and password in DATABASE_DIRECT_URL",
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_serve_refuses_an_unmigrated_database_saying_how_to_fix_it(tmp_path: Path, empty_db_url: str) -> None:

@@ -46,7 +46,7 @@ def wake_tag(user_id: str) -> str:
 async def listen_url(settings: Settings) -> str | None:
     """Where this worker can LISTEN, or None when only a transaction pooler is configured."""
     if settings.database_direct_url is not None:
-        direct = _conninfo(settings.database_direct_url.get_secret_value(), settings)
+        direct = _conninfo(settings.database_direct_url.get_secret_value(), settings, "DATABASE_DIRECT_URL")
         try:
             if await _reaches_postgres(direct):
                 return direct
@@ -63,7 +63,7 @@ async def listen_url(settings: Settings) -> str | None:
         )
     if settings.database_url is None:
         return None
-    url = _conninfo(settings.database_url.get_secret_value(), settings)
+    url = _conninfo(settings.database_url.get_secret_value(), settings, "DATABASE_URL")
     return url if await _reaches_postgres(url) else None
 
 
@@ -72,9 +72,12 @@ async def _reaches_postgres(url: str) -> bool:
         return await reaches_postgres_itself(connection)
 
 
-def _conninfo(url: str, settings: Settings) -> str:
+def _conninfo(url: str, settings: Settings, setting: str) -> str:
     return libpq_url(
-        url, connect_timeout=settings.db_connect_timeout_seconds, application_name="todo-api-listener"
+        url,
+        setting=setting,
+        connect_timeout=settings.db_connect_timeout_seconds,
+        application_name="todo-api-listener",
     )
 
 

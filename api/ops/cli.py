@@ -143,16 +143,20 @@ def _unusable_folder(data_dir: Path, reason: str | None) -> str:
     return f"{where}: pick another with --data-dir or DATA_DIR"
 
 
+def _readable(url: str, setting: str) -> str:
+    """`url` when libpq can read it; otherwise a refusal naming `setting`, the variable it came from."""
+    try:
+        libpq_url(url, setting=setting)
+    except DatabaseUrlError as error:
+        raise CommandFailed(str(error)) from None
+    return url
+
+
 @contextmanager
 def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
     """DATABASE_URL when set; otherwise the embedded database, stopped again on the way out."""
     if settings.database_url is not None:
-        url = settings.database_url.get_secret_value()
-        try:
-            libpq_url(url)
-        except DatabaseUrlError as error:
-            raise CommandFailed(str(error)) from None
-        yield url
+        yield _readable(settings.database_url.get_secret_value(), "DATABASE_URL")
         return
     # Before the folder is made: without the wheel, a start would only leave a half-made .data behind.
     if not embedded.installed():
@@ -174,6 +178,15 @@ def _migrate(url: str, settings: Settings, setting: str) -> str:
     except (SqlFilesMissing, MigrationFailed) as error:
         raise CommandFailed(str(error)) from None
     return f"migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed"
+
+
+async def _check_connection(url: str, setting: str, settings: Settings) -> None:
+    conninfo = libpq_url(url, setting=setting, connect_timeout=settings.db_connect_timeout_seconds)
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True):
+            pass
+    except psycopg.OperationalError as error:
+        raise database_failure(error, url, setting) from None
 
 
 async def _check_database(url: str, settings: Settings, workers: int) -> None:
@@ -205,6 +218,12 @@ async def _check_database(url: str, settings: Settings, workers: int) -> None:
             )
     except psycopg.OperationalError as error:
         raise database_failure(error, url) from None
+    if settings.database_direct_url is not None:
+        # Each worker's LISTEN connection: one that can never be had would be retried for as long as
+        # it serves, logged as lost though it never was.
+        await _check_connection(
+            settings.database_direct_url.get_secret_value(), "DATABASE_DIRECT_URL", settings
+        )
     if any("the database is not migrated" in finding for finding in findings):
         raise CommandFailed(
             f"Refusing to serve: the database is not migrated ({'; '.join(findings)}). "
@@ -259,6 +278,9 @@ def serve(args: argparse.Namespace) -> None:
             raise CommandFailed(embedded.INSTALL_HINT)
     elif missing := settings.missing_token_source():
         raise CommandFailed(f"invalid configuration: {missing}")
+    if settings.database_direct_url is not None:
+        # Read by each worker as it starts, which would fail, and be restarted, in a loop.
+        _readable(settings.database_direct_url.get_secret_value(), "DATABASE_DIRECT_URL")
     # Port 0 (any free one) is the port the kernel picks here, so that the one served is announced.
     _, port = refuse_a_taken_port(args.host, args.port)
     with _serving_folder() as folder, _database_url(settings, args.data_dir) as url:
@@ -314,12 +336,7 @@ def _migration_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
         with _database_url(settings, data_dir) as url:
             yield url
         return
-    url = settings.migration_database_url.get_secret_value()
-    try:
-        libpq_url(url, setting="MIGRATION_DATABASE_URL")
-    except DatabaseUrlError as error:
-        raise CommandFailed(str(error)) from None
-    yield url
+    yield _readable(settings.migration_database_url.get_secret_value(), "MIGRATION_DATABASE_URL")
 
 
 def _described(role: ApiLoginRole) -> str:
