@@ -64,6 +64,25 @@ def test_a_server_that_never_answers(tmp_path: Path, command: tuple[str, ...], s
     assert_one_clear_failure(result.stderr, result.returncode, "did not answer in time")
 
 
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        ("statement_timeout%3Dabc", 'invalid value for parameter "statement_timeout": "abc"'),
+        ("no_such_timeout%3D1", 'unrecognized configuration parameter "no_such_timeout"'),
+    ],
+)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_connection_option_postgres_refuses_is_named_with_its_reason(
+    tmp_path: Path, command: tuple[str, ...], migrated_db_url: str, option: str, reason: str
+) -> None:
+    """Not "did not answer in time" because the option's name has "timeout" in it: what Postgres said."""
+    url = f"{migrated_db_url}&options=-c%20{option}"
+    # Text, so that serve's line quotes Postgres's reason as it is, not escaped as JSON.
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, LOG_FORMAT="text")
+    assert_one_clear_failure(result.stderr, result.returncode, "refused an option in DATABASE_URL", reason)
+    assert "did not answer in time" not in result.stderr
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_an_unknown_login_role(tmp_path: Path, command: tuple[str, ...], migrated_db_url: str) -> None:
     url = migrated_db_url.replace("postgresql://todo_owner@", "postgresql://nobody_here@")

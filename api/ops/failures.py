@@ -1,10 +1,11 @@
 """What a command says when it cannot do its job: one message naming the cause and the fix.
 
-Every failure a user can cause (a database out of reach, a refused login, a missing database, a
-database not migrated or not isolating users, a URL of another kind, a missing or short secret)
-becomes a CommandFailed, which the CLI prints without a traceback and exits 1 on.
+Every failure a user can cause (a database out of reach, a refused login or connection option, a
+missing database, a database not migrated or not isolating users, a URL of another kind, a missing
+or short secret) becomes a CommandFailed, which the CLI prints without a traceback and exits 1 on.
 """
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
@@ -25,6 +26,15 @@ def _where(database_url: str, setting: str) -> tuple[str, str]:
     port = str(parameters.get("port") or "5432")
     where = f"the socket in {host}" if host.startswith("/") else f"{host}:{port}"
     return where, str(parameters.get("dbname") or "the database")
+
+
+def _said_by_postgres(text: str) -> str | None:
+    """Postgres's own reason for refusing the connection (libpq's line ending `FATAL:  reason`)."""
+    for line in text.splitlines():
+        _, fatal, reason = line.partition("FATAL:")
+        if fatal:
+            return reason.strip()
+    return None
 
 
 def database_failure(error: Exception, database_url: str, setting: str = "DATABASE_URL") -> CommandFailed:
@@ -57,7 +67,14 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
         )
     if "resolve host" in lowered or "translate host name" in lowered:
         return CommandFailed(f"cannot find the database host in {setting} ({where}): check its spelling")
-    if "timeout" in lowered or "timed out" in lowered:
+    refused = _said_by_postgres(text)
+    if refused is not None and 'parameter "' in refused:
+        # An options=-c ... of the URL: statement_timeout=abc, a misspelt name, one not settable there.
+        return CommandFailed(
+            f"the database at {where} refused an option in {setting} ({refused}): fix or remove it"
+        )
+    # psycopg's own wait for the server (connect_timeout); not any message that says "timeout".
+    if isinstance(error, psycopg.errors.ConnectionTimeout) or "timed out" in lowered:
         return CommandFailed(
             f"the database at {where} did not answer in time: check {setting}'s host and port, "
             "the network, or raise DB_CONNECT_TIMEOUT_SECONDS"
