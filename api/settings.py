@@ -27,11 +27,23 @@ def _upper_case(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
-class Settings(BaseSettings):
+class LogSettings(BaseSettings):
+    """How to log, readable alone: `todo-api serve` reads these first, so that a mistake in any other
+    setting is logged as they ask."""
+
     # Empty values count as unset, so a copied .env.example with blanks means "use the defaults".
     model_config = SettingsConfigDict(
         env_file=ENV_FILE, env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore"
     )
+
+    # The levels Python's logging and granian both know, in any case.
+    log_level: Annotated[LogLevel, BeforeValidator(_upper_case)] = "INFO"
+    # json: one JSON object per line; text: lines for people. Default: text at a terminal, else json.
+    log_format: Literal["json", "text"] | None = None
+
+
+class Settings(LogSettings):
+    """Every setting: how to log, and the rest."""
 
     database_url: SecretStr | None = Field(
         default=None,
@@ -121,10 +133,6 @@ class Settings(BaseSettings):
     )
     # On SIGTERM, requests in flight get this long to finish before their worker is killed.
     shutdown_grace_seconds: int = Field(default=30, ge=1, le=24 * 3600)
-    # The levels Python's logging and granian both know, in any case.
-    log_level: Annotated[LogLevel, BeforeValidator(_upper_case)] = "INFO"
-    # json: one JSON object per line; text: lines for people. Default: text at a terminal, else json.
-    log_format: Literal["json", "text"] | None = None
     # GET /metrics in the Prometheus text format, without a token: expose it only to the scraper.
     metrics_enabled: bool = True
     # With the otel extra installed: export traces over OTLP/HTTP to this collector (base URL).

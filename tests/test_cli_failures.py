@@ -1,6 +1,7 @@
 """Every failure a user can cause is one message naming the cause and the fix: exit status 1, no
 traceback, and for `serve` no "serving on" line before it."""
 
+import json
 import os
 import socket
 import subprocess
@@ -279,6 +280,25 @@ def test_a_password_in_better_auth_url_is_refused_without_being_repeated(tmp_pat
     assert_one_clear_failure(result.stderr, result.returncode, "BETTER_AUTH_URL", "https://app.example.com")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"BETTER_AUTH_SECRET": "too-short"}, "BETTER_AUTH_SECRET must be at least 32 characters"),
+        ({"BETTER_AUTH_URL": "http://auth.example.com"}, "BETTER_AUTH_URL must be an https:// URL"),
+    ],
+)
+def test_serve_under_log_format_json_refuses_a_setting_in_a_json_line(
+    tmp_path: Path, variables: dict[str, str], message: str
+) -> None:
+    """A log collector parses every line: settings were read before logging was set up, and their
+    refusal was the one plain-text line."""
+    result = run_cli("serve", "--port", "0", cwd=tmp_path, LOG_FORMAT="json", **variables)
+    assert_one_clear_failure(result.stderr, result.returncode, message)
+    (line,) = result.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert (record["level"], message in record["message"]) == ("ERROR", True), record
 
 
 def test_token_without_a_secret_says_which_to_set(tmp_path: Path) -> None:

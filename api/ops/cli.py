@@ -48,7 +48,7 @@ from api.ops.startup_checks import (
     refuse_prepared_statements_the_pooler_loses,
     refuse_the_development_database_beyond_loopback,
 )
-from api.settings import ENV_FILE, Settings
+from api.settings import ENV_FILE, LogSettings, Settings
 from api.telemetry.logs import configure_logging, default_format
 from api.telemetry.multiprocess import DIR_VARIABLE
 
@@ -266,9 +266,20 @@ def _serving_folder() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _log_settings() -> LogSettings:
+    """LOG_LEVEL and LOG_FORMAT; their defaults when they are themselves the mistake, which
+    _load_settings names."""
+    try:
+        return LogSettings()
+    except (ValidationError, UnicodeDecodeError):
+        return LogSettings.model_construct()
+
+
 def serve(args: argparse.Namespace) -> None:
+    # Before the other settings are read, so that a mistake in one of them is a line in LOG_FORMAT too.
+    log = _log_settings()
+    configure_logging(log.log_level, log.log_format or default_format())
     settings = _load_settings()
-    configure_logging(settings.log_level, settings.log_format or default_format())
     for warning in _near_misses():
         logger.warning("todo-api: %s", warning)
     development = settings.database_url is None
