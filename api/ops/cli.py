@@ -350,9 +350,11 @@ def _migration_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
     yield _readable(settings.migration_database_url.get_secret_value(), "MIGRATION_DATABASE_URL")
 
 
-def _described(role: ApiLoginRole) -> str:
-    """What the role is, from the catalog: an existing one keeps attributes the recipe would not give."""
-    existed = " (it existed, and keeps its attributes)" if role.existed else ""
+def _described(role: ApiLoginRole, *, password_set: bool) -> str:
+    """What the role is, from the catalog: an existing one keeps attributes the recipe would not give,
+    but not its password when it was given DATABASE_URL's."""
+    kept = "every attribute but its password" if password_set else "its attributes"
+    existed = f" (it existed, and keeps {kept})" if role.existed else ""
     attributes = f"{'' if role.can_login else 'NO'}LOGIN {'' if role.inherits else 'NO'}INHERIT NOBYPASSRLS"
     return (
         f"login role {role.name}{existed}: {attributes}, owns nothing, member of {', '.join(role.member_of)}"
@@ -377,12 +379,12 @@ def _create_login_role(owner_url: str, name: str, settings: Settings) -> str:
     except psycopg.Error as error:
         raise CommandFailed(str(migration_failure(error, owner_url))) from None
     where = (
-        "its password is DATABASE_URL's"
+        "its password is now DATABASE_URL's"
         if password
         else f"give it a password (ALTER ROLE {name} PASSWORD '...') unless it logs in another way, "
         f"and serve with DATABASE_URL naming {name}"
     )
-    return f"{_described(role)}; {where}"
+    return f"{_described(role, password_set=password is not None)}; {where}"
 
 
 def _role_name(value: str) -> str:
@@ -552,9 +554,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         type=_role_name,
         help="also create NAME, the login role to serve as: LOGIN NOINHERIT NOBYPASSRLS, owning nothing, "
-        "member of todo_app only (its password is DATABASE_URL's when DATABASE_URL names it); an existing "
-        "role keeps its attributes, and is refused when it is todo_app, a superuser, has BYPASSRLS or "
-        "owns anything in the database (default: none)",
+        "member of todo_app only (its password is DATABASE_URL's when DATABASE_URL names it, an existing "
+        "role's too); an existing role keeps its other attributes, and is refused when it is todo_app, a "
+        "superuser, has BYPASSRLS or owns anything in the database (default: none)",
     )
     migrate_parser.set_defaults(run=migrate)
 

@@ -184,6 +184,35 @@ def test_login_role_says_what_an_existing_role_is(
     )
 
 
+def test_login_role_says_that_an_existing_role_is_given_database_urls_password(
+    superuser_url: str, migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path
+) -> None:
+    """It used to say the role "keeps its attributes" while its password was replaced."""
+    migrated_db.execute(
+        sql.SQL("create role {} login inherit connection limit 7 password 'its-own-password'").format(
+            sql.Identifier(fresh_role)
+        )
+    )
+    state = "select rolpassword, rolinherit, rolconnlimit from pg_authid where rolname = %s"
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        before = superuser.execute(state, [fresh_role]).fetchone()
+        served = as_role(migrated_db_url, f"{fresh_role}:new-password-from-database-url")
+        result = run_cli(
+            "migrate", "--login-role", fresh_role, cwd=tmp_path,
+            DATABASE_URL=served, MIGRATION_DATABASE_URL=migrated_db_url,
+        )  # fmt: skip
+        after = superuser.execute(state, [fresh_role]).fetchone()
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"login role {fresh_role} (it existed, and keeps every attribute but its password): LOGIN INHERIT "
+        "NOBYPASSRLS, owns nothing, member of todo_app; its password is now DATABASE_URL's" in result.stdout
+    )
+    assert before is not None
+    assert after is not None
+    assert after[0] != before[0], "the password was replaced"
+    assert after[1:] == before[1:] == (True, 7), "the other attributes were kept"
+
+
 def test_an_empty_login_role_is_refused_before_anything_runs(empty_db_url: str, tmp_path: Path) -> None:
     result = run_cli("migrate", "--login-role", "", cwd=tmp_path, DATABASE_URL=empty_db_url)
     assert result.returncode == 2, result.stdout + result.stderr
