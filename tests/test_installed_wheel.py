@@ -7,15 +7,19 @@ uv.lock pins and without the embedded development database, then used as a new o
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from api import __version__
 from tests.readme_commands import commands_starting, copy_of_the_checkout
@@ -55,6 +59,22 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (install,) = commands_starting("pip install dist/")
     _run("bash", "-c", install, cwd=checkout, env=env)
     return work / "venv" / "bin"
+
+
+def test_the_install_line_pins_every_extra() -> None:
+    """`pip install 'todo-api[embedded]'` (what serve says to run without it) and `[otel]` must get the
+    versions uv.lock pins too, not whatever is newest: the README's constraints must name them."""
+    (install,) = commands_starting("pip install dist/")
+    export = re.search(r"<\((.*)\)", install)
+    assert export is not None, install
+    command = export.group(1).replace(".venv/bin/uv", str(UV), 1)
+    constraints = _run("bash", "-c", command, cwd=PROJECT).splitlines()
+    pinned = {canonicalize_name(line.split("==")[0]) for line in constraints if "==" in line}
+    extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra, requirements in extras.items():
+        for requirement in map(Requirement, requirements):
+            if canonicalize_name(requirement.name) != "todo-api":
+                assert canonicalize_name(requirement.name) in pinned, f"[{extra}] {requirement.name}"
 
 
 def _environment(**variables: str) -> dict[str, str]:
