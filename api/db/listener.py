@@ -75,7 +75,7 @@ async def _reaches_postgres(url: str) -> bool:
 def _conninfo(url: str, settings: Settings, setting: str) -> str:
     return libpq_url(
         url,
-        setting=setting,
+        setting,
         connect_timeout=settings.db_connect_timeout_seconds,
         application_name="todo-api-listener",
     )

@@ -59,9 +59,9 @@ def _refuse_a_split_userinfo(rest: str, setting: str) -> None:
         )
 
 
-def libpq_url(url: str, *, setting: str = "DATABASE_URL", **extra: str | int) -> str:
+def libpq_url(url: str, setting: str = "DATABASE_URL", /, **extra: str | int) -> str:
     """The URL as libpq reads it, with extra connection parameters (say connect_timeout) added.
-    `setting` is the variable it came from, which a refusal names."""
+    `setting` is the variable it came from, which a refusal names (positional: `extra` holds any name)."""
     rest = _strip_scheme(url, setting)
     _refuse_a_split_userinfo(rest, setting)
     try:
@@ -77,5 +77,5 @@ def yoyo_url(url: str, **extra: str | int) -> str:
     rest = _strip_scheme(url, "DATABASE_URL")
     if not extra:
         return "postgresql+psycopg://" + rest
-    libpq_url(url, **extra)  # refuses a parameter libpq does not know, as serve's URL would
+    libpq_url(url, "DATABASE_URL", **extra)  # refuses a parameter libpq does not know, as serve's would
     return "postgresql+psycopg://" + rest + ("&" if "?" in rest else "?") + urlencode(extra)

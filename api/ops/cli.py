@@ -146,7 +146,7 @@ def _unusable_folder(data_dir: Path, reason: str | None) -> str:
 def _readable(url: str, setting: str) -> str:
     """`url` when libpq can read it; otherwise a refusal naming `setting`, the variable it came from."""
     try:
-        libpq_url(url, setting=setting)
+        libpq_url(url, setting)
     except DatabaseUrlError as error:
         raise CommandFailed(str(error)) from None
     return url
@@ -181,7 +181,7 @@ def _migrate(url: str, settings: Settings, setting: str) -> str:
 
 
 async def _check_connection(url: str, setting: str, settings: Settings) -> None:
-    conninfo = libpq_url(url, setting=setting, connect_timeout=settings.db_connect_timeout_seconds)
+    conninfo = libpq_url(url, setting, connect_timeout=settings.db_connect_timeout_seconds)
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True):
             pass

@@ -19,7 +19,7 @@ class CommandFailed(Exception):  # noqa: N818 (what the user sees, not a bug)
 def _where(database_url: str, setting: str) -> tuple[str, str]:
     """(host:port or the socket folder, database name); never the user or password."""
     try:
-        parameters = conninfo_to_dict(libpq_url(database_url, setting=setting))
+        parameters = conninfo_to_dict(libpq_url(database_url, setting))
     except (DatabaseUrlError, ValueError):
         return setting, "the database"
     host = str(parameters.get("host") or "localhost")
