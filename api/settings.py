@@ -99,7 +99,8 @@ class Settings(LogSettings):
     # With true, a PUT, PATCH or DELETE without If-Match is refused with 428.
     require_if_match: bool = False
     # How long a create's Idempotency-Key is remembered, in hours.
-    idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    # At least a second: a lifetime that rounds to nothing breaks the keys' lifetime check (a 500).
+    idempotency_ttl_hours: float = Field(default=24.0, ge=1 / 3600, le=24 * 30)
     # Tasks one user may have; the database refuses the INSERT past it (409 task-limit-reached).
     max_tasks_per_user: int = Field(default=10_000, ge=1, le=POSTGRES_INT_MAX)
     # Live changes (GET /api/{user_id}/events, api/events). How long events are kept for a stream to

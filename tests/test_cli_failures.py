@@ -254,6 +254,7 @@ def test_serve_refuses_more_connections_than_postgres_allows_naming_the_numbers(
                 ("DB_STATEMENT_TIMEOUT_MS", "99999999999"),
                 ("MAX_TASKS_PER_USER", "99999999999"),
                 ("SHUTDOWN_GRACE_SECONDS", "99999999999999999999"),
+                ("IDEMPOTENCY_TTL_HOURS", "1e-10"),
                 ("BETTER_AUTH_URL", "https://"),
                 ("BETTER_AUTH_URL", "https://app.example.com:99999"),
                 ("BETTER_AUTH_JWKS_URL", "https://x:abc/"),
