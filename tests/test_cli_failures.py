@@ -119,7 +119,8 @@ MISREAD_URLS = [
     pytest.param(f"{PASSWORD_LEFT}%zz{PASSWORD_RIGHT}@127.0.0.1:1", "a % not followed by two hex", id="%zz"),
     pytest.param(f"{PASSWORD_LEFT}/{PASSWORD_RIGHT}@127.0.0.1:1", "contains / or @", id="slash"),
     pytest.param(f"{PASSWORD_LEFT}@{PASSWORD_RIGHT}@127.0.0.1:1", "contains / or @", id="at"),
-    pytest.param(f"{PASSWORD_LEFT}{PASSWORD_RIGHT}@[::1", "IPv6 host address", id="whole-url-quoted"),
+    pytest.param(f"{PASSWORD_LEFT}{PASSWORD_RIGHT}@[::1", "IPv6 host address without", id="whole-url-quoted"),
+    pytest.param(f"{PASSWORD_LEFT} {PASSWORD_RIGHT}@127.0.0.1:1", "a space, which must be", id="space"),
 ]
 
 

@@ -9,7 +9,6 @@ A URL that cannot be read is refused naming its setting and what is wrong, never
 user and password would end up on the terminal and in the logs.
 """
 
-import re
 from urllib.parse import urlencode
 
 import psycopg.conninfo
@@ -31,31 +30,36 @@ def _strip_scheme(url: str, setting: str) -> str:
     )
 
 
-# libpq ends most of its complaints with the piece it could not read, or the whole URL, in quotes.
-_QUOTED_TAIL = re.compile(r':\s*"[^\n]*"$')
+# libpq's complaints a user can act on, in words that quote nothing of the URL.
+_REASONS = {
+    "invalid percent-encoded token": "a % not followed by two hex digits (write a % itself as %25)",
+    "forbidden value %00": "%00, a zero byte, which no part of it may hold",
+    "unexpected spaces found": "a space, which must be percent-encoded as %20",
+    "end of string reached when looking for matching": "an IPv6 host address without its closing ]",
+}
 
 
 def _reason(error: psycopg.ProgrammingError) -> str:
-    """What libpq found wrong, without the text it quotes, which may be the user and password."""
+    """What libpq found wrong, without the text it quotes (the user and password, or the whole URL)
+    unless that is only a parameter's name."""
     message = str(error).strip()
-    if message.startswith("invalid percent-encoded token"):
-        return "a % not followed by two hex digits (write a % itself as %25)"
-    if message.startswith("forbidden value %00"):
-        return "%00, a zero byte, which no part of it may hold"
-    if "query parameter" in message:
-        # It quotes a name from the query, which comes after the user and password (_refuse_a_split_userinfo).
-        return message
-    return _QUOTED_TAIL.sub("", message)
+    for start, reason in _REASONS.items():
+        if message.startswith(start):
+            return reason
+    if message.startswith(("invalid URI query parameter", "invalid connection option")):
+        return message  # it quotes a parameter's name, never its value
+    return message.partition('"')[0].rstrip(" :") or "libpq cannot read it"
 
 
 def _refuse_a_split_userinfo(rest: str, setting: str) -> None:
     """A / or @ in the password (or user) makes libpq read part of it as the host, the port or the
-    database name, which would then be shown in every message about connecting."""
-    userinfo = rest.rpartition("@")[0]
+    database name, which would then be shown in every message about connecting. An @ in the query
+    (`?user=alice@server`) is libpq's to read."""
+    userinfo = rest.partition("?")[0].rpartition("@")[0]
     if "/" in userinfo or "@" in userinfo:
         raise DatabaseUrlError(
             f"{setting} is not a valid connection URL: its user or password contains / or @, which "
-            "must be percent-encoded there as %2F or %40 (an @ anywhere after the host, too)"
+            "must be percent-encoded there as %2F or %40"
         )
 
 

@@ -453,6 +453,14 @@ def test_yoyo_url_adds_connection_parameters_as_libpq_url_does() -> None:
         yoyo_url(url, no_such_parameter=1)
 
 
+@pytest.mark.parametrize(
+    "url", ["postgresql://h/db?user=alice@myserver", "postgresql://owner@h/db?application_name=a@b"]
+)
+def test_an_at_sign_in_the_query_is_libpqs_to_read(url: str) -> None:
+    """Only a / or @ in the user or password is refused (it would make libpq misread the host)."""
+    assert libpq_url(url) == url
+
+
 def test_libpq_url_rejects_an_unknown_parameter() -> None:
     with pytest.raises(DatabaseUrlError):
         libpq_url("postgresql://owner@host/db", no_such_parameter=1)
