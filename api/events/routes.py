@@ -21,7 +21,6 @@ from api.events import stream
 from api.events.hub import Hub
 from api.http.caller import AuthenticatedRoute, CallerDep
 from api.http.conditional import field_value
-from api.http.problems import error_response
 from api.settings import Settings
 from api.tasks import docs
 
@@ -130,13 +129,10 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
         # The task operations' 429 and 503, with this operation's own refusals (api/events/hub.py)
         # and without outcome-unknown, which only a write can get.
         429: docs.too_many_requests("with MAX_STREAMS_PER_USER streams of yours open on this server process"),
-        503: error_response(
-            "The database, or Better Auth's keys, cannot be reached, the last isolation check found "
-            "something, or this server process holds MAX_STREAMS_PER_WORKER streams of all users "
-            "already; retry after the `Retry-After` seconds. Nothing was done (type "
-            "urn:todo-api:problem:database-unavailable, authentication-unavailable, "
-            "isolation-unverified or streams-unavailable).",
-            headers=docs.RETRY_AFTER,
+        503: docs.service_unavailable(
+            "this server process holds MAX_STREAMS_PER_WORKER streams of all users already",
+            "streams-unavailable",
+            writes=False,
         ),
     },
     openapi_extra=docs.operation_docs(headers=(LAST_EVENT_ID,)),

@@ -126,20 +126,35 @@ def too_many_requests(own_reason: str = "") -> dict[str, Any]:
     )
 
 
+def service_unavailable(own_reason: str = "", own_type: str = "", *, writes: bool = True) -> dict[str, Any]:
+    """The 503 of every authenticated operation, with the reason and problem type an operation has
+    of its own; outcome-unknown only where the operation may write."""
+    types = ["database-unavailable", "authentication-unavailable", "isolation-unverified"]
+    types += [own_type] if own_type else []
+    causes = [
+        "The database, or Better Auth's keys, cannot be reached",
+        "the last isolation check found something",
+    ]
+    causes += [own_reason] if own_reason else []
+    text = (
+        f"{', '.join(causes[:-1])}, or {causes[-1]}; retry after the `Retry-After` seconds. "
+        f"Nothing was done (type urn:todo-api:problem:{', '.join(types[:-1])} or {types[-1]})"
+    )
+    if writes:
+        text += (
+            ", except for type urn:todo-api:problem:outcome-unknown (writes only): the database "
+            "stopped answering after the change was sent, so it may have been made; retry with the "
+            "same Idempotency-Key, or read the task before changing it again"
+        )
+    return error_response(text + ".", headers=RETRY_AFTER)
+
+
 AUTH_ERRORS: Responses = {
     401: error_response("Missing, malformed, badly signed, expired or not-yet-valid token."),
     403: error_response("The user id in the path is not the token's subject."),
     422: error_response("Invalid input: each bad field is listed in `errors`."),
     429: too_many_requests(),
-    503: error_response(
-        "The database, or Better Auth's keys, cannot be reached, or the last isolation check found "
-        "something; retry after the `Retry-After` seconds. Nothing was done (type "
-        "urn:todo-api:problem:database-unavailable, authentication-unavailable or "
-        "isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): "
-        "the database stopped answering after the change was sent, so it may have been made; retry "
-        "with the same Idempotency-Key, or read the task before changing it again.",
-        headers=RETRY_AFTER,
-    ),
+    503: service_unavailable(),
 }
 NOT_FOUND: Responses = {404: error_response("No such task, or it belongs to someone else.")}
 NOT_JSON: Responses = {415: error_response("A body sent as anything but uncompressed application/json.")}

@@ -40,8 +40,8 @@ _ROUNDS = 3
 
 
 def idempotency_key(request: Request) -> str | None:
-    """The request's key: 1 to 255 visible ASCII characters, sent bare or as a quoted sf-string, in
-    one header field (two would leave open which create this is a retry of)."""
+    """The request's key: 1 to IDEMPOTENCY_KEY_MAX_LENGTH visible ASCII characters, sent bare or as a
+    quoted sf-string, in one header field (two would leave open which create this is a retry of)."""
     given = request.headers.getlist(_HEADER)
     if not given:
         return None

@@ -151,8 +151,8 @@ async def list_tasks(
         409: error_response(
             "Nothing was created: you have MAX_TASKS_PER_USER tasks already (type "
             "urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key "
-            "were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use): "
-            "send the same request again after `Retry-After`.",
+            "were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use, "
+            "the one with `Retry-After`): send the same request again after it.",
             headers=docs.RETRY_AFTER,
         ),
         410: error_response(

@@ -179,7 +179,9 @@ def test_without_a_secret_hs256_tokens_are_refused(
 
 
 def test_a_password_in_the_jwks_url_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """BETTER_AUTH_URL may carry a user and password (https://user:password@host); logs show the rest."""
+    """BETTER_AUTH_JWKS_URL may carry a user and password (https://user:password@host), for a key set
+    behind basic authentication; logs show the rest. BETTER_AUTH_URL may not: it is also the tokens'
+    issuer, which has none."""
 
     async def fetch_then_fail(url: str, server: JwksServer) -> None:
         async with JwksKeySet(url, refetch_cooldown=0, refresh_interval=3600) as key_set:

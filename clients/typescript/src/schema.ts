@@ -540,7 +540,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Nothing was created: you have MAX_TASKS_PER_USER tasks already (type urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use): send the same request again after `Retry-After`. */
+            /** @description Nothing was created: you have MAX_TASKS_PER_USER tasks already (type urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use, the one with `Retry-After`): send the same request again after it. */
             409: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
