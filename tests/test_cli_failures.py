@@ -303,6 +303,14 @@ def test_serve_under_log_format_json_refuses_a_setting_in_a_json_line(
     assert (record["level"], message in record["message"]) == ("ERROR", True), record
 
 
+def test_a_mistaken_log_level_leaves_log_format_as_given(tmp_path: Path) -> None:
+    """Text here, where stderr is no terminal and the default would be JSON."""
+    result = run_cli("serve", "--port", "0", cwd=tmp_path, LOG_FORMAT="text", LOG_LEVEL="verbose")
+    assert_one_clear_failure(result.stderr, result.returncode, "LOG_LEVEL")
+    (line,) = result.stderr.strip().splitlines()
+    assert not line.startswith("{"), line
+
+
 def test_token_without_a_secret_says_which_to_set(tmp_path: Path) -> None:
     result = run_cli("token", "alice", cwd=tmp_path, DATABASE_URL="postgresql://x@/y")
     assert_one_clear_failure(result.stderr, result.returncode, "BETTER_AUTH_SECRET is not set")

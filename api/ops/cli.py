@@ -267,11 +267,18 @@ def _serving_folder() -> Iterator[Path]:
 
 
 def _log_settings() -> LogSettings:
-    """LOG_LEVEL and LOG_FORMAT; their defaults when they are themselves the mistake, which
-    _load_settings names."""
+    """LOG_LEVEL and LOG_FORMAT, each read alone: the default of one that is itself the mistake
+    (which _load_settings names), the other as given."""
     try:
         return LogSettings()
-    except (ValidationError, UnicodeDecodeError):
+    except ValidationError as error:
+        mistaken = {str(problem["loc"][0]) for problem in error.errors() if problem["loc"]}
+        defaults = {name: LogSettings.model_fields[name].default for name in mistaken}
+    except UnicodeDecodeError:  # .env is not UTF-8: nothing in it can be read
+        return LogSettings.model_construct()
+    try:
+        return LogSettings(**defaults)  # given here, a value outranks the environment's
+    except ValidationError:
         return LogSettings.model_construct()
 
 
