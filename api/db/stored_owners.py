@@ -21,7 +21,8 @@ with the same claims (a user's tabs) leave the row with those claims whichever c
 are remembered.
 """
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 from cachetools import TTLCache
@@ -54,17 +55,24 @@ class StoredOwners:
     def __contains__(self, owner: Owner) -> bool:
         return self._stored.get(owner.id) == owner
 
-    def storing(self, owner: Owner) -> None:
-        """Before a write that carries the upsert for `owner`; `stored` must follow, whatever happens."""
+    @contextmanager
+    def storing(self, owner: Owner) -> Iterator[None]:
+        """Around a write that carries the upsert for `owner`. Once it has committed, `owner` is
+        remembered if no write with other claims for the same user overlapped it; otherwise, or when
+        it raises, nothing is remembered for the user (the row's claims are unknown: one write may
+        have committed after the other, or a failed one perhaps did)."""
         first, running = self._storing.get(owner.id, (owner, 0))
         if first != owner:
             self._overlapped.add(owner.id)
         self._storing[owner.id] = (first, running + 1)
+        committed = False
+        try:
+            yield
+            committed = True
+        finally:
+            self._stored_or_not(owner, committed=committed)
 
-    def stored(self, owner: Owner, *, committed: bool) -> None:
-        """After that write: `owner` is remembered if it committed and no write with other claims for
-        the same user overlapped it; otherwise nothing is remembered for the user (the row's claims
-        are unknown: one write may have committed after the other, or a failed one perhaps did)."""
+    def _stored_or_not(self, owner: Owner, *, committed: bool) -> None:
         first, running = self._storing.pop(owner.id)
         if committed and owner.id not in self._overlapped:
             self._stored[owner.id] = owner

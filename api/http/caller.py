@@ -73,14 +73,8 @@ class Caller:
                 return await self.database.run(self.user.id, query.for_stored_owner(), read_only=read_only)
             except MissingReference:
                 self.stored_owners.discard(self.user)  # the row is gone after all: store it again
-        self.stored_owners.storing(self.user)
-        committed = False
-        try:
-            rows = await self.database.run(self.user.id, query, read_only=read_only)
-            committed = True
-        finally:
-            self.stored_owners.stored(self.user, committed=committed)
-        return rows
+        with self.stored_owners.storing(self.user):
+            return await self.database.run(self.user.id, query, read_only=read_only)
 
 
 # A Better Auth token is about a kilobyte; a larger header is refused before anything decodes it.

@@ -2,15 +2,21 @@
 per user, only for a while, since another worker may store other claims for the same user, and
 not from writes with other claims that overlap, since they may commit in either order."""
 
+import contextlib
 import time
 
 from api.auth.principal import Principal
 from api.db.stored_owners import StoredOwners
 
 
+class _RefusedError(Exception):
+    pass
+
+
 def _write(stored: StoredOwners, owner: Principal, *, committed: bool = True) -> None:
-    stored.storing(owner)
-    stored.stored(owner, committed=committed)
+    with contextlib.suppress(_RefusedError), stored.storing(owner):
+        if not committed:
+            raise _RefusedError
 
 
 def test_a_user_is_remembered_with_the_claims_stored_last_and_only_for_a_while() -> None:
@@ -33,10 +39,8 @@ def test_after_overlapping_or_failed_writes_nothing_is_remembered_for_the_user()
     other = Principal("v", None, None)
 
     _write(stored, other)
-    stored.storing(old)
-    stored.storing(new)
-    stored.stored(new, committed=True)
-    stored.stored(old, committed=True)
+    with stored.storing(old), stored.storing(new):
+        pass
     assert (old in stored, new in stored) == (False, False), "either may have committed last"
     assert other in stored, "another user's writes are theirs alone"
 
@@ -51,9 +55,10 @@ def test_overlapping_writes_with_the_same_claims_are_remembered() -> None:
     stored = StoredOwners()
     owner, same = Principal("u", "a@example.com", "A"), Principal("u", "a@example.com", "A")
 
-    stored.storing(owner)
-    stored.storing(same)
-    stored.stored(owner, committed=True)
+    first, second = stored.storing(owner), stored.storing(same)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first ends while the second still runs
     assert owner in stored
-    stored.stored(same, committed=True)
+    second.__exit__(None, None, None)
     assert owner in stored
