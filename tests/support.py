@@ -26,8 +26,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from api.auth.dev_tokens import mint_token
-from api.db.database import Query
+from api.db.database import Query, compiled
 from api.settings import Settings
+from api.tasks import queries
+from api.tasks.listing import TaskListParams
 
 # Like Neon's neondb_owner: logs in, creates roles and databases, and bypasses row-level security,
 # so every test proves that the API's role switch, not the login role, keeps users apart.
@@ -38,6 +40,11 @@ API_LOGIN_ROLE = "todo_login"
 
 # A role that must give its password, in a cluster of its own (conftest's `password_login_url`).
 PASSWORD_ROLE, RIGHT_PASSWORD = "minder", "the-right-password-1f9c"
+
+
+# How the API acts for a user inside a transaction (api/db/database.py), less the settings a test of
+# who sees what does not need: `set_config(..., true)` ends with the transaction.
+ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
 
 def as_role(database_url: str, role: str = API_LOGIN_ROLE) -> str:
@@ -206,6 +213,17 @@ def scrape(base_url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def explain_list(db: psycopg.Connection[Any], user_id: str, params: TaskListParams) -> str:
+    """EXPLAIN of the list statement as the API sends it, as todo_app acting for `user_id`, in a
+    transaction rolled back after."""
+    query = queries.list_tasks(user_id, params)
+    statement = compiled(query.statement)
+    with db.transaction(force_rollback=True), psycopg.ClientCursor(db) as cursor:
+        cursor.execute(ACT_AS, [user_id])
+        cursor.execute("explain " + cursor.mogrify(statement.sql, statement.params(query.params)))
+        return "\n".join(row[0] for row in cursor.fetchall())
 
 
 def sql(statement: str) -> Query:

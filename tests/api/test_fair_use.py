@@ -12,10 +12,8 @@ import pytest
 from psycopg import sql
 
 from api.app import create_app
-from api.db.database import compiled
-from api.tasks import queries
 from api.tasks.listing import TaskListParams
-from tests.support import ApiUser, new_user, serving, settings_for
+from tests.support import ApiUser, explain_list, new_user, serving, settings_for
 
 QUOTA = 5
 
@@ -69,13 +67,6 @@ def test_concurrent_creates_cannot_pass_the_quota(
     assert _count(migrated_db_url, alice) == QUOTA
 
 
-def _list_sql(db: psycopg.Connection[Any], user_id: str, search: str) -> str:
-    query = queries.list_tasks(user_id, TaskListParams(q=search, limit=20))
-    statement = compiled(query.statement)
-    with psycopg.ClientCursor(db) as cursor:
-        return cursor.mogrify(statement.sql, statement.params(query.params))
-
-
 def test_a_search_over_ten_thousand_tasks_reads_only_the_callers_rows(
     migrated_db: psycopg.Connection[Any],
 ) -> None:
@@ -96,11 +87,7 @@ def test_a_search_over_ten_thousand_tasks_reads_only_the_callers_rows(
     )
     db.execute("analyze tasks")
     search = ("quarterly budget review with the northern regional office " * 4)[:200]
-    with db.transaction(force_rollback=True):
-        db.execute(
-            "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)", [owner]
-        )
-        plan = "\n".join(row[0] for row in db.execute("explain " + _list_sql(db, owner, search)).fetchall())
+    plan = explain_list(db, owner, TaskListParams(q=search, limit=20))
     assert "Seq Scan on tasks" not in plan, plan
     (condition,) = [line.strip() for line in plan.splitlines() if "Index Cond:" in line]
     assert condition == f"Index Cond: (user_id = '{owner}'::text)", plan

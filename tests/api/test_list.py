@@ -8,11 +8,9 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from api.db.database import compiled
-from api.tasks import queries
 from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor, SortOrder, TaskListParams
 from api.tasks.models import TITLE_MAX_LENGTH
-from tests.support import ApiUser, as_role, new_user, serving, settings_for
+from tests.support import ApiUser, as_role, explain_list, new_user, serving, settings_for
 
 _NEXT = re.compile(r'<([^>]+)>; rel="next"')
 
@@ -150,18 +148,6 @@ def test_titles_are_listed_by_code_point_whatever_the_databases_collation(lingui
         assert_titles_are_listed_by_code_point(client)
 
 
-def _plan_of_the_list(db: psycopg.Connection[Any], user_id: str, params: TaskListParams) -> str:
-    """EXPLAIN of the list statement as the API sends it, as todo_app acting for `user_id`."""
-    query = queries.list_tasks(user_id, params)
-    statement = compiled(query.statement)
-    with db.transaction(force_rollback=True), psycopg.ClientCursor(db) as cursor:
-        cursor.execute(
-            "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)", [user_id]
-        )
-        cursor.execute("explain " + cursor.mogrify(statement.sql, statement.params(query.params)))
-        return "\n".join(row[0] for row in cursor.fetchall())
-
-
 @pytest.mark.parametrize("order", ["asc", "desc"])
 @pytest.mark.parametrize("paging", [False, True], ids=["first page", "next page"])
 def test_listing_by_title_reads_the_users_tasks_in_order_from_an_index(
@@ -185,7 +171,7 @@ def test_listing_by_title_reads_the_users_tasks_in_order_from_an_index(
     cursor = Cursor("title", order, "8", 2500).encode() if paging else None
     params = TaskListParams.model_validate({"sort": "title", "order": order, "limit": 20, "cursor": cursor})
 
-    plan = _plan_of_the_list(db, owner, params)
+    plan = explain_list(db, owner, params)
 
     assert "Sort" not in plan, plan
     assert re.search(r"Index Scan (Backward )?using tasks_by_owner_title on tasks", plan), plan

@@ -20,7 +20,7 @@ from yoyo.connections import parse_uri
 from api.db.sql_files import SQL_DIR
 from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
 from api.ops.migrations import apply_migrations, rollback_migrations
-from tests.support import PROJECT
+from tests.support import ACT_AS, PROJECT
 
 MIGRATION_IDS = [
     "0001_app_role",
@@ -38,7 +38,6 @@ MIGRATION_IDS = [
     "0013_tombstones_forget_the_request",
     "0014_titles_sort_by_code_point",
 ]
-ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 

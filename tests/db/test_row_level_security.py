@@ -13,12 +13,12 @@ from psycopg import errors
 from psycopg.abc import Params
 
 from api.db.sql_files import SQL_DIR
+from tests.support import ACT_AS
 
 ALICE = "aliceAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 BOB = "bobBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
 RLS_VIOLATION = "new row violates row-level security policy"
 
-ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 ACT_AS_NOBODY = "select set_config('role', 'todo_app', true)"
 
 Conn = psycopg.Connection[tuple[Any, ...]]
