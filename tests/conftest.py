@@ -80,36 +80,33 @@ def postgres_server() -> Iterator[NoopExecutor]:
 
 
 @pytest.fixture(scope="session")
-def password_login_url() -> Iterator[str]:
-    """A Postgres of its own where PASSWORD_ROLE must give its password (the session's server trusts
-    every login over its socket): that role's URL, with the right password."""
-    pgdata = Path(tempfile.mkdtemp(prefix="todo-api-passwords-")) / "pgdata"
-    pgdata.mkdir()
-    server = start_postgres(pgdata, cleanup_mode="delete")
-    try:
-        superuser = server.get_uri(database="postgres")
-        with psycopg.connect(superuser, autocommit=True) as connection:
-            connection.execute(
-                sql.SQL("create role {} login password {}").format(
-                    sql.Identifier(PASSWORD_ROLE), sql.Literal(RIGHT_PASSWORD)
-                )
-            )
-            hba = pgdata / "pg_hba.conf"
-            hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\n{hba.read_text()}")
-            connection.execute("select pg_reload_conf()")
-        info = server.get_postmaster_info()
-        where = f"host={info.socket_dir}&port={info.port or 5432}"
-        url = f"postgresql://{PASSWORD_ROLE}:{RIGHT_PASSWORD}@/postgres?{where}"
-        psycopg.connect(url).close()  # the right password lets it in
-        yield url
-    finally:
-        server.cleanup()
-        shutil.rmtree(pgdata.parent, ignore_errors=True)
+def superuser_url(postgres_server: NoopExecutor) -> str:
+    return url_for(postgres_server, "postgres", user="postgres")
 
 
 @pytest.fixture(scope="session")
-def superuser_url(postgres_server: NoopExecutor) -> str:
-    return url_for(postgres_server, "postgres", user="postgres")
+def password_login_url(postgres_server: NoopExecutor, superuser_url: str) -> str:
+    """PASSWORD_ROLE's URL, with the right password, on the session's cluster.
+
+    That cluster trusts every login over its socket. A pg_hba.conf line put first asks this one
+    role, which nothing else logs in as, for its password; every other login matches the lines
+    below it as before. Each xdist worker has a cluster of its own, so no other run sees the change.
+    """
+    with psycopg.connect(superuser_url, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("create role {} login password {}").format(
+                sql.Identifier(PASSWORD_ROLE), sql.Literal(RIGHT_PASSWORD)
+            )
+        )
+        row = connection.execute("show hba_file").fetchone()
+        assert row is not None
+        hba = Path(row[0])
+        hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\n{hba.read_text()}")
+        connection.execute("select pg_reload_conf()")
+    where = f"host={postgres_server.host}&port={postgres_server.port}"
+    url = f"postgresql://{PASSWORD_ROLE}:{RIGHT_PASSWORD}@/postgres?{where}"
+    psycopg.connect(url).close()  # the right password lets it in
+    return url
 
 
 def load_migrations(**connection: Any) -> None:

@@ -38,7 +38,8 @@ LOGIN_ROLE = "todo_owner"
 # nothing, inherits nothing, member of todo_app only. `todo-api migrate --login-role` creates it.
 API_LOGIN_ROLE = "todo_login"
 
-# A role that must give its password, in a cluster of its own (conftest's `password_login_url`).
+# A role that must give its password, though the test cluster trusts socket logins (conftest's
+# `password_login_url`).
 PASSWORD_ROLE, RIGHT_PASSWORD = "minder", "the-right-password-1f9c"
 
 
