@@ -1,7 +1,7 @@
 """No lost updates (RFC 9110 conditional requests): strong ETags, If-Match decided in the write's own
 statement, If-None-Match answered with 304."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -227,71 +227,62 @@ def test_require_if_match_refuses_blind_writes_with_428(strict_api: httpx.Client
     )
 
 
-def _after_a_racing_transaction(
-    api_db_url: str, racing: str, task_id: int, send: Callable[[], httpx.Response]
-) -> httpx.Response:
-    """`send`'s answer when another transaction has run `racing` on the task and holds its row lock:
-    the request waits on that lock, and the other transaction commits first."""
+# A write to a task: its method, its path under the task's URL, and its JSON body.
+Write = tuple[str, str, Any]
+_WRITES = [
+    pytest.param(("PUT", "", {"title": "lost update"}), id="PUT"),
+    pytest.param(("PATCH", "/complete", None), id="PATCH-complete"),
+    pytest.param(("DELETE", "", None), id="DELETE"),
+]
+
+
+def _send(client: httpx.Client, user: ApiUser, task_id: int, write: Write, if_match: str) -> httpx.Response:
+    method, path, body = write
+    return client.request(
+        method, user.task_url(task_id) + path, json=body, headers={**user.headers, "If-Match": if_match}
+    )
+
+
+def _a_write_that_loses_a_race(
+    client: httpx.Client, user: ApiUser, api_db_url: str, racing: str, write: Write
+) -> tuple[Task, httpx.Response]:
+    """A new task of `user`'s, and the answer to `write` sent with the task's current ETag while
+    another transaction has run `racing` on the task and holds its row lock: the request waits on
+    that lock, and the other transaction commits first."""
+    task, tag = _create(client, user)
     with ThreadPoolExecutor(max_workers=1) as pool, psycopg.connect(api_db_url) as other:
-        other.execute(racing, [task_id])
-        sent = pool.submit(send)
+        other.execute(racing, [task["id"]])
+        sent = pool.submit(_send, client, user, task["id"], write, tag)
         wait_until_it_waits_for(other, sent)
         other.commit()
-        return sent.result()
+        return task, sent.result()
 
 
-_WRITES = [("PUT", "", {"title": "lost update"}), ("PATCH", "/complete", None), ("DELETE", "", None)]
-
-
-@pytest.mark.parametrize(("method", "path", "body"), _WRITES)
+@pytest.mark.parametrize("write", _WRITES)
 def test_a_write_that_loses_a_race_gets_412_with_the_etag_of_the_winner(
-    client: httpx.Client,
-    alice: ApiUser,
-    api_db: psycopg.Connection[Any],
-    api_db_url: str,
-    method: str,
-    path: str,
-    body: Any,
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], api_db_url: str, write: Write
 ) -> None:
     """The If-Match is current when the request arrives, and stale once the write it waited for
     commits: the 412 names the version that write made, so a client retrying with it succeeds."""
-    task, tag = _create(client, alice)
-    url = alice.task_url(task["id"])
-    refused = _after_a_racing_transaction(
-        api_db_url,
-        "update tasks set title = 'changed in another tab' where id = %s",
-        task["id"],
-        lambda: client.request(method, url + path, json=body, headers={**alice.headers, "If-Match": tag}),
+    task, refused = _a_write_that_loses_a_race(
+        client, alice, api_db_url, "update tasks set title = 'changed in another tab' where id = %s", write
     )
     assert refused.status_code == 412, refused.text
     assert refused.json()["type"] == "urn:todo-api:problem:precondition-failed"
     assert refused.headers["etag"] == f'"{task["id"]}.2"'
     row = api_db.execute("select title, completed, version from tasks where id = %s", [task["id"]]).fetchone()
     assert row == ("changed in another tab", False, 2), "the winner's write stands, and nothing else"
-    retried = client.request(
-        method, url + path, json=body, headers={**alice.headers, "If-Match": refused.headers["etag"]}
-    )
+    retried = _send(client, alice, task["id"], write, refused.headers["etag"])
     assert retried.status_code in (200, 204), retried.text
 
 
-@pytest.mark.parametrize(("method", "path", "body"), _WRITES)
+@pytest.mark.parametrize("write", _WRITES)
 def test_a_write_that_loses_a_race_to_a_delete_gets_404(
-    client: httpx.Client,
-    alice: ApiUser,
-    api_db: psycopg.Connection[Any],
-    api_db_url: str,
-    method: str,
-    path: str,
-    body: Any,
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], api_db_url: str, write: Write
 ) -> None:
     """As any later request for the task would: it no longer exists, so no ETag can name it."""
-    task, tag = _create(client, alice)
-    url = alice.task_url(task["id"])
-    gone = _after_a_racing_transaction(
-        api_db_url,
-        "delete from tasks where id = %s",
-        task["id"],
-        lambda: client.request(method, url + path, json=body, headers={**alice.headers, "If-Match": tag}),
+    task, gone = _a_write_that_loses_a_race(
+        client, alice, api_db_url, "delete from tasks where id = %s", write
     )
     assert gone.status_code == 404, gone.text
     assert gone.json()["type"] == "urn:todo-api:problem:not-found"
