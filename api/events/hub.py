@@ -91,6 +91,11 @@ class Hub:
     def streams_of(self, user_id: str) -> int:
         return len(self._by_user.get(user_id, ()))
 
+    def users_with_streams(self) -> int:
+        """How many users the hub keeps streams for: one entry each, gone with their last stream, so
+        that users refused while the worker is full leave this number as it was."""
+        return len(self._by_user)
+
     def wake(self, tag: str) -> None:
         """Wake the streams whose user's tag this is (others whose tag collides wake for nothing)."""
         for subscription in self._by_tag.get(tag, ()):

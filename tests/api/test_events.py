@@ -546,8 +546,9 @@ def test_users_refused_by_a_full_worker_leave_nothing_behind_in_it(api_db_url: s
                 async with opened(client, user) as refused:
                     assert refused.response.status_code == 503
                     assert refused.response.json()["type"] == "urn:todo-api:problem:streams-unavailable"
-            # What the hub indexes its streams by: the one user who holds a stream, nobody else.
-            assert set(app.state.events_hub._by_user) == {holder.id}
+            # The users the hub keeps streams for: the one user who holds a stream, nobody else.
+            assert app.state.events_hub.users_with_streams() == 1
+            assert app.state.events_hub.streams_of(holder.id) == 1
 
     with serving(app) as base_url:
         run(base_url, scenario)
