@@ -23,8 +23,9 @@ from tests.support import PROJECT, new_user, now, run_cli, sign
 CLIENT = PROJECT / "clients" / "typescript"
 INSTALL = PROJECT / ".cache" / "typescript-client"
 LOCK_FILE = "package-lock.json"
-# One user per test in clients/typescript/test/*.test.ts (each takes its own; spares are fine).
-USERS = 20
+# One user for each takeUser("start") or takeUser("end") in the client's tests, each of which takes
+# a user of its own (clients/typescript/test/live_api.ts). A call made in a loop counts once here.
+USERS = sum(path.read_text().count('takeUser("') for path in (CLIENT / "test").glob("*.test.ts"))
 
 
 @pytest.fixture(scope="module")
