@@ -40,6 +40,11 @@ whether the server has already ended the session (`_ended_while_idle`): a server
 session says so and closes the socket without waiting for us, so its farewell is there first. A
 write that went out and got no answer is `OutcomeUnknown`: it may have committed.
 
+A statement prepared on a connection and found missing, or another client's, is no broken connection
+but a pooler in transaction mode that start-up could not catch (`api.db.prepared`): the worker stops
+preparing and the transaction, of which nothing committed, runs once more unprepared
+(`PreparedStatementsLost`), on whatever connection the pool hands out, without checking the pool.
+
 Readiness pings (`Database.ping`) go over a connection of their own, never a pooled one: a pool
 whose every connection is taken by requests waiting on row locks is busy, not unreachable, and a
 ping waiting for a free connection took a healthy worker out of the load balancer (`_PingConnection`).
@@ -133,6 +138,13 @@ class SafeToRetry(DatabaseUnavailable):
     """The connection broke, and running the transaction again cannot do anything twice: it was
     read-only, or nothing of it was sent (`_ended_while_idle`). `Database.run` retries
     it once on another connection; raised again, it is a plain `DatabaseUnavailable`."""
+
+
+class PreparedStatementsLost(DatabaseUnavailable):
+    """A statement the connection prepared was missing, or another client's: its sessions do not last
+    (a pooler in transaction mode), and nothing of the transaction committed. The connection is sound,
+    and the worker has stopped preparing (`Database._stop_preparing`): `Database.run` runs the
+    transaction once more, unprepared; raised again, it is a plain `DatabaseUnavailable`."""
 
 
 @contextlib.asynccontextmanager
@@ -389,6 +401,7 @@ class Database:
         tracer: Tracer | None = None,
         events_retention_hours: float = 24.0,
         preparing_setting: str = "DB_PREPARED_STATEMENTS=auto",
+        stop_preparing_advice: str = "set DB_PREPARED_STATEMENTS=off",
     ):
         self.pool = pool
         self._liveness = liveness or _LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
@@ -403,8 +416,10 @@ class Database:
         self._answer_timeout = answer_timeout_seconds
         self._tracer = tracer
         self._pool_watcher: asyncio.Task[None] | None = None
-        # The setting that asked for prepared statements, named when they turn out to be lost.
+        # The setting that asked for prepared statements, and what to do about it, said when they
+        # turn out to be lost.
         self._preparing_setting = preparing_setting
+        self._stop_preparing_advice = stop_preparing_advice
         # False once a prepared statement was missing or another client's: from then on this worker
         # prepares nothing (`_stop_preparing`).
         self._sessions_last = True
@@ -419,6 +434,15 @@ class Database:
             application_name="todo-api",
         )
         prepare = settings.db_prepare_threshold is not None
+        if prepare:
+            preparing_setting = "DB_PREPARE_THRESHOLD"
+            advice = "unset it, or give PgBouncer 1.21+ max_prepared_statements"
+        elif settings.db_prepared_statements == "on":
+            preparing_setting = "DB_PREPARED_STATEMENTS=on"
+            advice = "set DB_PREPARED_STATEMENTS=auto, or run the pooler in session mode"
+        else:  # auto (off prepares nothing): a session that passed `reaches_postgres_itself` did not last
+            preparing_setting = f"DB_PREPARED_STATEMENTS={settings.db_prepared_statements}"
+            advice = "set DB_PREPARED_STATEMENTS=off"
         configure = {"auto": _allow_preparing_if_direct, "on": _allow_preparing, "off": None}[
             settings.db_prepared_statements
         ]
@@ -472,9 +496,8 @@ class Database:
             + settings.db_connect_timeout_seconds,
             tracer=tracer,
             events_retention_hours=settings.events_retention_hours,
-            preparing_setting="DB_PREPARE_THRESHOLD"
-            if prepare
-            else f"DB_PREPARED_STATEMENTS={settings.db_prepared_statements}",
+            preparing_setting=preparing_setting,
+            stop_preparing_advice=advice,
         )
 
     async def open(self) -> None:
@@ -531,6 +554,10 @@ class Database:
                 # The connections that were idle beside it most likely died with it.
                 await self._liveness.check_pool()
                 return await self._attempt(query, as_user, read_only=read_only)
+            except PreparedStatementsLost as lost:
+                # Every connection is as sound as before: only preparing failed, and it has stopped.
+                logger.info("running a transaction again, unprepared: %s", lost)
+                return await self._attempt(query, as_user, read_only=read_only)
         finally:
             self.fair_share.release(user_id)
 
@@ -548,6 +575,8 @@ class Database:
         self, connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
         if not self._sessions_last:
+            # The one way this worker stops preparing, on the connections it has and those it makes:
+            # each passes here before it runs a transaction.
             connection.prepared = None
             connection.prepare_threshold = None
         if not read_only and _ended_while_idle(connection):
@@ -575,7 +604,7 @@ class Database:
             # worker stops preparing and the request runs once more, unprepared.
             await _roll_back(connection)
             self._stop_preparing(error)
-            raise SafeToRetry(f"a prepared statement was missing or another's: {error}") from None
+            raise PreparedStatementsLost(f"a prepared statement was missing or another's: {error}") from None
         except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as error:
             await _roll_back(connection)
             raise AlreadyExists(error.diag.constraint_name) from None
@@ -610,24 +639,17 @@ class Database:
             raise
 
     def _stop_preparing(self, error: psycopg.Error) -> None:
-        """Prepare nothing more in this worker, on the connections it has and those it makes; say so once."""
+        """Prepare nothing more in this worker (`_on` sees to it); say so once."""
         if not self._sessions_last:
             return
         self._sessions_last = False
-        if isinstance(self.pool.kwargs, dict):  # as `from_settings` gives it: new connections too
-            self.pool.kwargs["prepare_threshold"] = None
-        fix = (
-            "unset it, or give PgBouncer 1.21+ max_prepared_statements"
-            if self._preparing_setting == "DB_PREPARE_THRESHOLD"
-            else "set DB_PREPARED_STATEMENTS=auto, or run the pooler in session mode"
-        )
         logger.warning(
             "%s asks for prepared statements, but the database's sessions do not last from one"
             " transaction to the next (%s): a pooler in transaction mode. This worker prepares nothing"
             " from now on; %s",
             self._preparing_setting,
             error.diag.message_primary or type(error).__name__,
-            fix,
+            self._stop_preparing_advice,
         )
 
     @staticmethod

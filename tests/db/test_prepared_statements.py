@@ -6,6 +6,7 @@ tests/faults/test_pgbouncer.py.
 """
 
 import asyncio
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -117,3 +118,63 @@ def test_every_statement_the_api_sends_prepares_and_runs(migrated_db_url: str) -
             await database.close()
 
     asyncio.run(run())
+
+
+def test_a_statement_found_gone_runs_the_request_again_unprepared_leaving_the_pool_alone(
+    migrated_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A statement gone from its session (behind a pooler: another server session; here, DEALLOCATE
+    ALL) is no broken connection: the worker stops preparing and runs the write, which did not
+    commit, once more, unprepared. The pool's other connections are not checked, as they are when a
+    connection broke: one left idle still shows the last statement the test sent on it."""
+    user = new_user()
+    owner = Principal(user.id)
+    idle_marker = "SELECT 'left idle by the test'"
+
+    async def run() -> tuple[list[str], list[str]]:
+        database = Database.from_settings(settings_for(migrated_db_url, db_pool_size=3))
+        await database.open()
+        try:
+            await database.pool.wait()
+            for i in range(3):  # the pool hands its connections out in turn: each prepares the create
+                create = queries.create_task(owner, TaskCreate(title=f"before {i}"))
+                await database.run(user.id, create, read_only=False)
+            async with (
+                database.pool.connection() as first,
+                database.pool.connection() as second,
+                database.pool.connection() as third,
+            ):
+                for connection in (first, second, third):
+                    await connection.execute("DEALLOCATE ALL")
+                    await connection.execute(idle_marker)
+            # On the connection returned last (`third`): its EXECUTE fails; the rerun takes `second`.
+            created = await database.run(
+                user.id, queries.create_task(owner, TaskCreate(title="after")), read_only=False
+            )
+            async with await psycopg.AsyncConnection.connect(migrated_db_url, autocommit=True) as probe:
+                cursor = await probe.execute(
+                    "SELECT query FROM pg_stat_activity"
+                    " WHERE application_name = 'todo-api' AND datname = current_database()"
+                )
+                last_statements = [row[0] for row in await cursor.fetchall()]
+            return [row["title"] for row in created], last_statements
+        finally:
+            await database.close()
+
+    with caplog.at_level(logging.INFO, logger="api.db.database"):
+        created, last_statements = asyncio.run(run())
+    assert created == ["after"]
+    with psycopg.connect(migrated_db_url, autocommit=True) as database:
+        stored = database.execute("SELECT title FROM tasks WHERE user_id = %s ORDER BY id", [user.id])
+        assert [row[0] for row in stored] == ["before 0", "before 1", "before 2", "after"]  # none twice
+    assert len(last_statements) == 3, last_statements
+    assert last_statements.count(idle_marker) == 1, last_statements
+    said = [
+        (record.levelno, record.getMessage()) for record in caplog.records if record.name == "api.db.database"
+    ]
+    warnings = [message for level, message in said if level == logging.WARNING]
+    assert len(warnings) == 1, said
+    assert warnings[0].startswith("DB_PREPARED_STATEMENTS=auto asks for prepared statements"), warnings[0]
+    assert warnings[0].endswith("set DB_PREPARED_STATEMENTS=off"), warnings[0]
+    assert any(message.startswith("running a transaction again, unprepared") for _, message in said), said
+    assert not any("another connection" in message for _, message in said), said
