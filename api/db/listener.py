@@ -9,8 +9,9 @@ so a lost, duplicated or colliding notification costs at most a read, never an e
 
 LISTEN needs a session that lasts, which a pooler in transaction mode (Neon's pooled URL) does not
 give: there the LISTEN succeeds and nothing is ever heard. So `listen_url` picks DATABASE_DIRECT_URL
-when it reaches Postgres itself (one that reaches a pooler is not used, with a warning), else
-DATABASE_URL when it reaches Postgres itself, else nothing (the streams then poll). When the
+when it reaches Postgres itself (one that reaches a pooler is not used: `todo-api serve` warns of it
+once, at start-up), else DATABASE_URL when it reaches Postgres itself, else nothing (the streams
+then poll). When the
 connection is lost (a database restart, a dropped network) the listener reconnects with backoff,
 and calls `on_lost` both when it notices and once it listens again, so that every stream catches up
 from its last id: nothing is missed. Any other error (a bug, or one psycopg raises as another
@@ -24,7 +25,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from api.db.prepared import reaches_postgres_itself
+from api.db.prepared import url_reaches_postgres_itself
 from api.db.urls import libpq_url
 from api.settings import Settings
 
@@ -48,7 +49,7 @@ async def listen_url(settings: Settings) -> str | None:
     if settings.database_direct_url is not None:
         direct = _conninfo(settings.database_direct_url.get_secret_value(), settings, "DATABASE_DIRECT_URL")
         try:
-            if await _reaches_postgres(direct):
+            if await url_reaches_postgres_itself(direct):
                 return direct
         except (psycopg.OperationalError, OSError) as error:
             # Not a reason to refuse to serve: the listener keeps trying it, with backoff.
@@ -56,20 +57,12 @@ async def listen_url(settings: Settings) -> str | None:
                 "cannot reach DATABASE_DIRECT_URL yet (%s); the events listener keeps trying", error
             )
             return direct
-        logger.warning(
-            "DATABASE_DIRECT_URL reaches a pooler, not Postgres itself: LISTEN through it would never"
-            " hear a write, so it is not used; set DATABASE_DIRECT_URL to a URL that reaches Postgres"
-            " itself (on Neon, the one without -pooler)"
-        )
+        # Info, not a warning: `todo-api serve` has warned once already, for every worker.
+        logger.info("DATABASE_DIRECT_URL reaches a pooler, not Postgres itself: it is not listened on")
     if settings.database_url is None:
         return None
     url = _conninfo(settings.database_url.get_secret_value(), settings, "DATABASE_URL")
-    return url if await _reaches_postgres(url) else None
-
-
-async def _reaches_postgres(url: str) -> bool:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
-        return await reaches_postgres_itself(connection)
+    return url if await url_reaches_postgres_itself(url) else None
 
 
 def _conninfo(url: str, settings: Settings, setting: str) -> str:

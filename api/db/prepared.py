@@ -17,6 +17,7 @@ Only where the session lasts: a pooler in transaction mode (PgBouncer, Neon's po
 run the EXECUTE on a server connection where the PREPARE never ran. `reaches_postgres_itself` tells
 a connection to Postgres from one to a pooler: a pooler hands its clients cancel keys of its own, so
 the backend process id a connection was told at start-up is not that of the backend answering it.
+`url_reaches_postgres_itself` asks it of a URL (LISTEN needs Postgres itself too: `api.db.listener`).
 A pooler in session mode fails that test too, yet keeps each session for one client, which is what
 DB_PREPARED_STATEMENTS=on is for; `sessions_pass_between_clients` tells the two apart where it can.
 """
@@ -64,6 +65,14 @@ async def reaches_postgres_itself(connection: psycopg.AsyncConnection[Any]) -> b
         await cursor.execute("SELECT pg_backend_pid()")
         row = await cursor.fetchone()
     return row == (connection.info.backend_pid,)
+
+
+async def url_reaches_postgres_itself(conninfo: str) -> bool:
+    """`reaches_postgres_itself`, over a connection of its own to `conninfo`, closed again."""
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, prepare_threshold=None
+    ) as connection:
+        return await reaches_postgres_itself(connection)
 
 
 def sessions_pass_between_clients(conninfo: str, *, protocol_level: bool) -> bool:

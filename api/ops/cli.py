@@ -35,6 +35,7 @@ from api import __version__
 from api.auth.dev_tokens import mint_token
 from api.auth.errors import InvalidToken
 from api.auth.principal import principal_from_claims
+from api.db.prepared import reaches_postgres_itself, url_reaches_postgres_itself
 from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
@@ -180,13 +181,22 @@ def _migrate(url: str, settings: Settings, setting: str) -> str:
     return f"migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed"
 
 
-async def _check_connection(url: str, setting: str, settings: Settings) -> None:
-    conninfo = libpq_url(url, setting, connect_timeout=settings.db_connect_timeout_seconds)
+async def _check_direct_url(url: str, settings: Settings) -> None:
+    """DATABASE_DIRECT_URL, for each worker's LISTEN connection: one that can never be had would be
+    retried for as long as it serves, logged as lost though it never was; one that reaches a pooler
+    would never hear a write, and each worker leaves it alone (`api.db.listener.listen_url`): said
+    here, once for every worker."""
+    conninfo = libpq_url(url, "DATABASE_DIRECT_URL", connect_timeout=settings.db_connect_timeout_seconds)
     try:
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True):
-            pass
+        reaches_postgres = await url_reaches_postgres_itself(conninfo)
     except psycopg.OperationalError as error:
-        raise database_failure(error, url, setting) from None
+        raise database_failure(error, url, "DATABASE_DIRECT_URL") from None
+    if not reaches_postgres:
+        logger.warning(
+            "todo-api: DATABASE_DIRECT_URL reaches a pooler, not Postgres itself: LISTEN through it"
+            " would never hear a write, so it is not used; set DATABASE_DIRECT_URL to a URL that"
+            " reaches Postgres itself (on Neon, the one without -pooler)"
+        )
 
 
 async def _check_database(url: str, settings: Settings, workers: int) -> None:
@@ -207,23 +217,23 @@ async def _check_database(url: str, settings: Settings, workers: int) -> None:
                     f"it reads, by {await lock_holders(connection)}; end that transaction (or wait for "
                     "it), then start again"
                 )
+            reaches_postgres = await reaches_postgres_itself(connection)
             await refuse_more_connections_than_postgres_allows(
-                connection, workers=workers, pool_size=settings.db_pool_size
+                connection,
+                reaches_postgres=reaches_postgres,
+                workers=workers,
+                pool_size=settings.db_pool_size,
             )
             await refuse_prepared_statements_the_pooler_loses(
-                connection,
                 conninfo,
+                reaches_postgres=reaches_postgres,
                 prepare_threshold=settings.db_prepare_threshold,
                 prepared_statements=settings.db_prepared_statements,
             )
     except psycopg.OperationalError as error:
         raise database_failure(error, url) from None
     if settings.database_direct_url is not None:
-        # Each worker's LISTEN connection: one that can never be had would be retried for as long as
-        # it serves, logged as lost though it never was.
-        await _check_connection(
-            settings.database_direct_url.get_secret_value(), "DATABASE_DIRECT_URL", settings
-        )
+        await _check_direct_url(settings.database_direct_url.get_secret_value(), settings)
     if any("the database is not migrated" in finding for finding in findings):
         raise CommandFailed(
             f"Refusing to serve: the database is not migrated ({'; '.join(findings)}). "

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from api.db.prepared import reaches_postgres_itself, sessions_pass_between_clients
+from api.db.prepared import sessions_pass_between_clients
 from api.ops.failures import CommandFailed
 
 # How alike a variable's name must be to a setting's (difflib's ratio) to be taken for a misspelling
@@ -103,14 +103,15 @@ EXTRA_CONNECTIONS_PER_WORKER = 2
 
 
 async def refuse_more_connections_than_postgres_allows(
-    connection: psycopg.AsyncConnection[Any], *, workers: int, pool_size: int
+    connection: psycopg.AsyncConnection[Any], *, reaches_postgres: bool, workers: int, pool_size: int
 ) -> None:
     """Fail in one line when the workers' connections cannot all fit in max_connections: past it,
     Postgres refuses them one by one while serving, and workers fail and restart in a loop.
 
-    Only on a connection to Postgres itself: behind a pooler, how many server connections there are
-    is the pooler's business, not max_connections'."""
-    if not await reaches_postgres_itself(connection):
+    Only on a connection to Postgres itself (`reaches_postgres`, as `reaches_postgres_itself` found
+    it): behind a pooler, how many server connections there are is the pooler's business, not
+    max_connections'."""
+    if not reaches_postgres:
         return
     cursor = await connection.execute(
         "select current_setting('max_connections')::int,"
@@ -131,9 +132,9 @@ async def refuse_more_connections_than_postgres_allows(
 
 
 async def refuse_prepared_statements_the_pooler_loses(
-    connection: psycopg.AsyncConnection[Any],
     conninfo: str,
     *,
+    reaches_postgres: bool,
     prepare_threshold: int | None,
     prepared_statements: str,
 ) -> None:
@@ -142,11 +143,12 @@ async def refuse_prepared_statements_the_pooler_loses(
     to client: there a statement may be missing, or another client's, in the next transaction. With
     DB_PREPARE_THRESHOLD every worker's pool failed to start (PoolTimeout, the cause only in the
     Postgres log); with `on`, requests failed. A pooler in session mode, or one that keeps
-    protocol-level statements (PgBouncer 1.21+ with max_prepared_statements), passes."""
+    protocol-level statements (PgBouncer 1.21+ with max_prepared_statements), passes, as does Postgres
+    itself (`reaches_postgres`)."""
     protocol_level = prepare_threshold is not None
     if not protocol_level and prepared_statements != "on":
         return
-    if await reaches_postgres_itself(connection):
+    if reaches_postgres:
         return
     if not await asyncio.to_thread(sessions_pass_between_clients, conninfo, protocol_level=protocol_level):
         return

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from api.auth.principal import Principal
 from api.db.database import Database, Query
-from api.db.prepared import prepared_statement, reaches_postgres_itself
+from api.db.prepared import prepared_statement, url_reaches_postgres_itself
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
 from api.tasks.models import TaskCreate
@@ -59,11 +59,7 @@ def test_off_prepares_nothing(migrated_db_url: str) -> None:
 
 
 def test_a_direct_connection_is_told_from_a_pooled_one(migrated_db_url: str) -> None:
-    async def direct() -> bool:
-        async with await psycopg.AsyncConnection.connect(migrated_db_url, autocommit=True) as connection:
-            return await reaches_postgres_itself(connection)
-
-    assert asyncio.run(direct()) is True
+    assert asyncio.run(url_reaches_postgres_itself(migrated_db_url)) is True
 
 
 def test_the_prepared_form_is_sqlalchemys_own_positional_compilation() -> None:

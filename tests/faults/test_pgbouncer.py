@@ -5,8 +5,10 @@ nobody and ends as nobody. (`.ci/run` also runs the whole API suite with --via-p
 """
 
 import asyncio
+import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,10 +20,22 @@ import pytest
 from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
-from api.db.prepared import reaches_postgres_itself
+from api.db.prepared import url_reaches_postgres_itself
 from tests.api.events_client import async_client, opened
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
-from tests.support import LOGIN_ROLE, SECRET, ApiUser, free_port, new_user, run_cli, serving, settings_for
+from tests.support import (
+    CLI,
+    LOGIN_ROLE,
+    SECRET,
+    ApiUser,
+    cli_env,
+    free_port,
+    new_user,
+    run_cli,
+    serve_process,
+    serving,
+    settings_for,
+)
 
 
 @pytest.fixture
@@ -75,14 +89,7 @@ def test_users_sharing_one_server_connection_never_see_each_others_tasks(bouncer
 def test_nothing_is_prepared_through_the_pooler(bouncer_url: str) -> None:
     """In transaction mode a PREPARE may land on one server connection and its EXECUTE on another,
     so DB_PREPARED_STATEMENTS=auto (the default) prepares nothing here (api/db/prepared.py)."""
-
-    async def reaches_postgres() -> bool:
-        async with await psycopg.AsyncConnection.connect(
-            bouncer_url, autocommit=True, prepare_threshold=None
-        ) as connection:
-            return await reaches_postgres_itself(connection)
-
-    assert asyncio.run(reaches_postgres()) is False
+    assert asyncio.run(url_reaches_postgres_itself(bouncer_url)) is False
 
     user = new_user()
     with (
@@ -133,17 +140,52 @@ def test_a_direct_url_that_reaches_the_pooler_is_not_listened_on_and_streams_pol
     bouncer_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """LISTEN through a transaction pooler succeeds and hears nothing: the stream would only ever
-    send heartbeats. The worker sees that DATABASE_DIRECT_URL is a pooler, says so once, and polls."""
+    send heartbeats. The worker sees that DATABASE_DIRECT_URL is a pooler, and polls; the warning is
+    `todo-api serve`'s, once for every worker (below)."""
     app = create_app(settings_for(bouncer_url, database_direct_url=bouncer_url, events_poll_milliseconds=200))
-    with caplog.at_level(logging.WARNING, logger="api.db.listener"), serving(app) as base_url:
+    with caplog.at_level(logging.INFO, logger="api.db.listener"), serving(app) as base_url:
+        assert app.state.events_hub.poll_seconds == 0.2
         _one_event_reaches_a_stream(base_url)
-    warnings = [
-        record.getMessage()
-        for record in caplog.records
-        if record.name == "api.db.listener" and record.levelno == logging.WARNING
+    said = [
+        (record.levelno, record.getMessage()) for record in caplog.records if record.name == "api.db.listener"
     ]
-    assert len(warnings) == 1, warnings
-    assert "DATABASE_DIRECT_URL reaches a pooler, not Postgres itself" in warnings[0]
+    assert said == [
+        (logging.INFO, "DATABASE_DIRECT_URL reaches a pooler, not Postgres itself: it is not listened on")
+    ]
+
+
+def test_serve_warns_once_for_every_worker_of_a_direct_url_that_reaches_a_pooler(
+    bouncer_url: str, migrated_db_url: str, tmp_path: Path
+) -> None:
+    """Each worker warned, as it started: once per worker, and again whenever one was replaced."""
+    log = tmp_path / "serve.log"
+    env = cli_env(
+        DATABASE_URL=migrated_db_url,
+        DATABASE_DIRECT_URL=bouncer_url,
+        BETTER_AUTH_SECRET=SECRET,
+        DB_POOL_SIZE="2",
+    )
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+    def about_the_direct_url() -> list[dict[str, Any]]:
+        return [line for line in lines() if "DATABASE_DIRECT_URL reaches a pooler" in line["message"]]
+
+    with serve_process([*CLI, "serve", "--workers", "2"], cwd=tmp_path, env=env, output=log) as (base_url, _):
+        deadline = time.monotonic() + 60
+        # Both workers have made up their minds: each says so, at info.
+        while len({line["pid"] for line in about_the_direct_url() if line["name"] == "api.db.listener"}) < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        # DATABASE_URL reaches Postgres itself: the workers listen on it instead.
+        _one_event_reaches_a_stream(base_url)
+    warnings = [line for line in about_the_direct_url() if line["level"] == "WARNING"]
+    assert len(warnings) == 1, log.read_text()
+    assert warnings[0]["message"].startswith(
+        "todo-api: DATABASE_DIRECT_URL reaches a pooler, not Postgres itself"
+    )
+    assert "on Neon, the one without -pooler" in warnings[0]["message"]
 
 
 @pytest.mark.parametrize("setting", ["DB_PREPARE_THRESHOLD", "DB_PREPARED_STATEMENTS=on"])
