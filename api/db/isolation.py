@@ -31,6 +31,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from api.db.database import APP_ROLE, Database
+from api.db.errors import AlreadyExists, RowSecurityViolation
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, read_sql
 from api.telemetry import metrics
@@ -241,7 +242,20 @@ class IsolationWatch:
                 logger.warning("isolation is verified again; task requests are served")
         self.findings, self.verified = findings, not findings
 
-    def distrust(self, reason: str) -> None:
+    def distrust_row_security(self, refusal: RowSecurityViolation) -> None:
+        """The database refused a statement for row-level security, which it never does to what the
+        API sends while isolation holds. For the HTTP handler, and for a stream, whose refusal comes
+        after its 200 has started, when no handler runs."""
+        statement = "read" if refusal.read_only else "write"
+        self._distrust(f"the database refused a {statement} for row-level security: {refusal}")
+
+    def distrust_unique_key(self, refusal: AlreadyExists) -> None:
+        """The database refused a write for a unique key the API does not ship (the one it expects,
+        a repeated Idempotency-Key, is caught before this): a key on what a user writes, whose
+        conflict would tell the caller that another user stored the value."""
+        self._distrust(f"the database refused a write for a unique key the API does not expect: {refusal}")
+
+    def _distrust(self, reason: str) -> None:
         """The database did something isolation forbids: refuse until a check completes clean,
         and run that check now rather than at the next interval."""
         self._record((Finding("isolation", reason),))
@@ -261,7 +275,7 @@ class IsolationWatch:
             raise IsolationError(findings)
 
     async def keep_checking(self) -> None:
-        """Repeat the check until cancelled: every interval, or at once when asked (`distrust`)."""
+        """Repeat the check until cancelled: every interval, or at once when asked (`_distrust`)."""
         while True:
             wait = (
                 min(self.interval_seconds, _RETRY_INCOMPLETE_SECONDS)

@@ -24,7 +24,6 @@ from api.db.isolation import IsolationUnverified
 from api.events import queries
 from api.events.hub import Hub, Subscription
 from api.http.caller import Caller
-from api.http.problems import distrust_row_security
 from api.settings import POSTGRES_BIGINT_MAX
 from api.tasks.models import TaskPublic
 
@@ -139,7 +138,7 @@ async def events(
                 # Past the 200, Starlette runs no exception handler: fail closed here as the handler
                 # would, and end the stream. Its client's reconnection is refused (503
                 # isolation-unverified) until a check completes clean, as is every stream's next read.
-                distrust_row_security(caller.isolation, refusal)
+                caller.isolation.distrust_row_security(refusal)
                 return
             if missed:
                 yield _reset(position)

@@ -243,14 +243,6 @@ def isolation_unverified(retry_after: int) -> ProblemError:
     )
 
 
-def distrust_row_security(isolation: IsolationWatch, refusal: RowSecurityViolation) -> None:
-    """Fail closed on a statement the database refused for row-level security: refuse every task
-    request until a check, started now, completes clean. For the handler below, and for a stream,
-    whose refusal comes after its 200 has started, when no handler runs."""
-    statement = "read" if refusal.read_only else "write"
-    isolation.distrust(f"the database refused a {statement} for row-level security: {refusal}")
-
-
 def streams_unavailable(detail: str, *, retry_after: int) -> ProblemError:
     # Not a 429: the caller may hold no stream at all; this server cannot take one now (everyone's
     # together fill it, or it is shutting down), and a stream opened later, here or elsewhere, will do.
@@ -392,8 +384,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RowSecurityViolation)
     async def on_row_security_violation(request: Request, exc: RowSecurityViolation) -> JSONResponse:
-        isolation = request.app.state.isolation
-        distrust_row_security(isolation, exc)
+        isolation: IsolationWatch = request.app.state.isolation
+        isolation.distrust_row_security(exc)
         return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
 
     @app.exception_handler(AlreadyExists)
@@ -402,8 +394,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         # caught below this layer; any other is a key on what a user writes, which the isolation
         # check reports: answering its conflict would tell the caller another user stored the
         # value. Fail closed, as for a row-security violation, until a check completes clean.
-        isolation = request.app.state.isolation
-        isolation.distrust(f"the database refused a write for a unique key the API does not expect: {exc}")
+        isolation: IsolationWatch = request.app.state.isolation
+        isolation.distrust_unique_key(exc)
         return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
