@@ -399,9 +399,9 @@ class Database:
         ping_connection: _PingConnection,
         liveness: _LivenessCheck | None = None,
         tracer: Tracer | None = None,
+        preparing_setting: str,
+        stop_preparing_advice: str,
         events_retention_hours: float = 24.0,
-        preparing_setting: str = "DB_PREPARED_STATEMENTS=auto",
-        stop_preparing_advice: str = "set DB_PREPARED_STATEMENTS=off",
     ):
         self.pool = pool
         self._liveness = liveness or _LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)

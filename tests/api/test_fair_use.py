@@ -91,9 +91,8 @@ def test_a_search_over_ten_thousand_tasks_reads_only_the_callers_rows(
     assert "Seq Scan on tasks" not in plan, plan
     (condition,) = [line.strip() for line in plan.splitlines() if "Index Cond:" in line]
     assert condition == f"Index Cond: (user_id = '{owner}'::text)", plan
-    assert "Index Scan using tasks_by_owner_" in plan or "Index Scan Backward using tasks_by_owner_" in plan, (
-        plan
-    )
+    scans = ("Index Scan using tasks_by_owner_", "Index Scan Backward using tasks_by_owner_")
+    assert any(scan in plan for scan in scans), plan
 
 
 @pytest.mark.parametrize("conforming", ["on", "off"])
