@@ -37,7 +37,7 @@ def node_and_npm() -> tuple[str, str]:
     if node is None or npm is None:
         if os.environ.get("CI"):
             pytest.fail("Node.js and npm are missing in CI: the TypeScript client cannot be checked")
-        pytest.skip("Node.js (20 or later) and npm are needed to check the TypeScript client")
+        pytest.skip("Node.js (22.12 or later) and npm are needed to check the TypeScript client")
     return node, npm
 
 

@@ -137,26 +137,15 @@ export function subscribe(
     // the stream is live, so that everything after the refetch arrives as events.
     if (resumeFrom === undefined && connectedBefore) onEvent({ type: "reset" });
     connectedBefore = true;
-    const parser = createParser({ onEvent: deliver });
-    // eventsource-parser tells only of blocks with data, but a block's `id:` is the last event id
-    // even without data (WHATWG SSE, "dispatch the event"), and the stream opens with such a block:
-    // where it starts, all an idle stream has to resume from. So the parser gets the lines one by
-    // one, and the end of each block (a blank line) first takes the id the block named.
-    let blockId: string | undefined;
-    const feed = lineByLine((line) => {
-      if (line === "") {
-        if (blockId !== undefined) last = blockId;
-        blockId = undefined;
-      } else {
-        blockId = idIn(line) ?? blockId;
-      }
-      parser.feed(`${line}\n`);
-    });
+    // A block's `id:` is the last event id even without data (WHATWG SSE, "dispatch the event"), and
+    // the stream opens with such a block: where it starts, all an idle stream has to resume from.
+    // onId hears of it, and of an event's id before onEvent does.
+    const parser = createParser({ onId: (id) => (last = id), onEvent: deliver });
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return { kind: "ended" };
-      feed(value);
+      parser.feed(value);
     }
   }
 
@@ -223,31 +212,6 @@ async function problemIn(response: Response): Promise<Problem | undefined> {
   } catch {
     return undefined; // cut short, or not JSON after all: the status says enough
   }
-}
-
-/**
- * Calls `onLine` with each whole line of the stream, without its end (CRLF, LF or CR, as SSE allows);
- * a line a chunk cuts short waits for the rest, and so does a CR last in a chunk (half a CRLF?).
- */
-function lineByLine(onLine: (line: string) => void): (chunk: string) => void {
-  let rest = "";
-  return (chunk) => {
-    const text = rest + chunk;
-    let start = 0;
-    for (const end of text.matchAll(/\r\n|\n|\r(?!$)/g)) {
-      onLine(text.slice(start, end.index));
-      start = end.index + end[0].length;
-    }
-    rest = text.slice(start);
-  };
-}
-
-/** The value of an `id` field line (`id: 42`, `id:42`, a bare `id` for ""), else undefined: also
- * for a value with a NUL in it, which the SSE spec ignores. */
-function idIn(line: string): string | undefined {
-  const field = /^id(?:: ?(.*))?$/s.exec(line);
-  const id = field ? (field[1] ?? "") : undefined;
-  return id?.includes("\0") ? undefined : id;
 }
 
 /** Exponential with full jitter, so that the tabs of a restarted server do not all come back at once. */
