@@ -121,6 +121,8 @@ MISREAD_URLS = [
     pytest.param(f"{PASSWORD_LEFT}@{PASSWORD_RIGHT}@127.0.0.1:1", "contains / or @", id="at"),
     pytest.param(f"{PASSWORD_LEFT}{PASSWORD_RIGHT}@[::1", "IPv6 host address without", id="whole-url-quoted"),
     pytest.param(f"{PASSWORD_LEFT} {PASSWORD_RIGHT}@127.0.0.1:1", "a space, which must be", id="space"),
+    pytest.param(f"{PASSWORD_LEFT}?{PASSWORD_RIGHT}@x@127.0.0.1:1", "most likely", id="question-mark"),
+    pytest.param(f"{PASSWORD_LEFT}%C3x{PASSWORD_RIGHT}@127.0.0.1:1", "that is not UTF-8", id="not-utf-8"),
 ]
 
 

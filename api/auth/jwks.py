@@ -109,9 +109,10 @@ def parse_key_set(document: object) -> dict[str, PyJWK]:
 
 
 def _without_userinfo(url: str) -> str:
-    """The URL as logged: a user and password in it (https://user:password@host) are left out."""
+    """The URL as logged: a user and password in it (https://user:password@host), and its query
+    (which may carry a key), are left out."""
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
 
 
 def _innermost(error: BaseException) -> BaseException:

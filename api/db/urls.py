@@ -9,6 +9,7 @@ A URL that cannot be read is refused naming its setting and what is wrong, never
 user and password would end up on the terminal and in the logs.
 """
 
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 import psycopg.conninfo
@@ -63,6 +64,18 @@ def _refuse_a_split_userinfo(rest: str, setting: str) -> None:
         )
 
 
+def _refuse_a_misread_host(parsed: Mapping[str, object], setting: str) -> None:
+    """What libpq read as the hosts and ports, checked: a ? before an @ or a / in the password ends
+    the user and password early for libpq (`u:pa?ss@x@host`), and the rest of the password is then
+    read as a host or a port, which every message about connecting would show."""
+    hosts, ports = str(parsed.get("host", "")), str(parsed.get("port", ""))
+    if "@" in hosts or not all(port.isdigit() for port in ports.split(",") if port):
+        raise DatabaseUrlError(
+            f"{setting} is not a valid connection URL: its host or port is not one, most likely because "
+            "its user or password holds ?, / or @, which must be percent-encoded there as %3F, %2F or %40"
+        )
+
+
 def libpq_url(url: str, setting: str = "DATABASE_URL", /, **extra: str | int) -> str:
     """The URL as libpq reads it, with extra connection parameters (say connect_timeout) added.
     `setting` is the variable it came from, which a refusal names (positional: `extra` holds any name)."""
@@ -70,9 +83,16 @@ def libpq_url(url: str, setting: str = "DATABASE_URL", /, **extra: str | int) ->
     _refuse_a_split_userinfo(rest, setting)
     try:
         # Parsed even without extras: a URL libpq cannot read is the user's to fix, said here.
-        return psycopg.conninfo.make_conninfo("postgresql://" + rest, **extra)
+        conninfo = psycopg.conninfo.make_conninfo("postgresql://" + rest, **extra)
+        parsed = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as error:
         raise DatabaseUrlError(f"{setting} is not a valid connection URL: {_reason(error)}") from None
+    except UnicodeDecodeError:
+        raise DatabaseUrlError(
+            f"{setting} is not a valid connection URL: a percent-encoded sequence that is not UTF-8"
+        ) from None
+    _refuse_a_misread_host(parsed, setting)
+    return conninfo
 
 
 def yoyo_url(url: str, **extra: str | int) -> str:

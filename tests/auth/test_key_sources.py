@@ -179,9 +179,9 @@ def test_without_a_secret_hs256_tokens_are_refused(
 
 
 def test_a_password_in_the_jwks_url_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """BETTER_AUTH_JWKS_URL may carry a user and password (https://user:password@host), for a key set
-    behind basic authentication; logs show the rest. BETTER_AUTH_URL may not: it is also the tokens'
-    issuer, which has none."""
+    """BETTER_AUTH_JWKS_URL may carry a user and password (https://user:password@host), or a key in
+    its query, for a key set behind authentication; logs show the rest. BETTER_AUTH_URL may not: it is
+    also the tokens' issuer, which has none."""
 
     async def fetch_then_fail(url: str, server: JwksServer) -> None:
         async with JwksKeySet(url, refetch_cooldown=0, refresh_interval=3600) as key_set:
@@ -189,11 +189,17 @@ def test_a_password_in_the_jwks_url_is_never_logged(caplog: pytest.LogCaptureFix
             server.down = True
             assert not await key_set.refresh()
 
+    async def fail_to_fetch(url: str) -> None:
+        async with JwksKeySet(url, refetch_cooldown=0, refresh_interval=3600) as key_set:
+            assert not await key_set.refresh()
+
     with jwks_server(SigningKey.generate()) as server, caplog.at_level(logging.INFO, "api.auth.jwks"):
         with_userinfo = server.jwks_url.replace("http://", "http://keys-user:Jwks7password@", 1)
         asyncio.run(fetch_then_fail(with_userinfo, server))
+        asyncio.run(fail_to_fetch(with_userinfo + "?key=Jwks7query"))  # the server is down by now
     logged = [record.getMessage() for record in caplog.records]
     assert any(message.startswith("JWKS: 1 key(s) from ") for message in logged), logged
     assert any(message.startswith("JWKS: cannot fetch ") for message in logged), logged
     assert all(server.jwks_url in message for message in logged), logged
-    assert not any("Jwks7password" in message or "keys-user" in message for message in logged), logged
+    secrets = ("Jwks7password", "keys-user", "Jwks7query")
+    assert not any(secret in message for message in logged for secret in secrets), logged
