@@ -160,9 +160,11 @@ class Settings(LogSettings):
         # would name another resource, and a user name and password would travel to it (and into logs).
         if not value:
             return None
-        if "?" in value or "#" in value or urlsplit(value).username is not None:
+        # A backslash is a slash to Better Auth's URL parser (WHATWG), and not to ours.
+        if any(mark in value for mark in "?#\\") or urlsplit(value).username is not None:
             raise ValueError(
-                "BETTER_AUTH_URL must be Better Auth's base URL, without a query, fragment or user name: "
+                "BETTER_AUTH_URL must be Better Auth's base URL, without a query, fragment, backslash or "
+                "user name: "
                 "its origin (https://app.example.com), or the path Better Auth is mounted on "
                 "(https://app.example.com/auth); set BETTER_AUTH_JWKS_URL for keys elsewhere, and "
                 "JWT_ISSUER and JWT_AUDIENCE for other iss and aud"
@@ -224,7 +226,8 @@ class Settings(LogSettings):
         if self.better_auth_url is None:
             return None
         url = urlsplit(self.better_auth_url)
-        host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
+        hostname = (url.hostname or "").encode("idna").decode("ascii")  # as the URL standard writes it
+        host = f"[{hostname}]" if ":" in hostname else hostname
         default_port = {"http": 80, "https": 443}.get(url.scheme)
         port = "" if url.port in (None, default_port) else f":{url.port}"
         return f"{url.scheme}://{host}{port}"

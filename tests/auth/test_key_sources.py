@@ -38,6 +38,8 @@ def test_better_auth_url_gives_the_jwks_location_issuer_and_audience() -> None:
         ("https://Auth.Example.COM:443", "https://Auth.Example.COM:443/api/auth/jwks", AUTH),
         ("http://localhost:3000/auth", "http://localhost:3000/auth/jwks", "http://localhost:3000"),
         ("http://[::1]:3000/", "http://[::1]:3000/api/auth/jwks", "http://[::1]:3000"),
+        # A host in Unicode is written as the URL standard writes it, in punycode.
+        ("https://bücher.example/auth", "https://bücher.example/auth/jwks", "https://xn--bcher-kva.example"),
     ],
 )
 def test_iss_and_aud_are_the_origin_of_better_auth_url_as_better_auth_issues_them(
@@ -55,6 +57,8 @@ def test_iss_and_aud_are_the_origin_of_better_auth_url_as_better_auth_issues_the
         AUTH + "?",
         AUTH + "/auth#keys",
         "https://admin:hunter2@auth.example.com",
+        # The URL standard reads a backslash as a slash; Python's parser does not.
+        AUTH + "\\auth",
     ],
 )
 def test_a_query_fragment_or_user_in_better_auth_url_is_refused(url: str) -> None:
