@@ -147,12 +147,8 @@ def test_streams_past_max_streams_per_worker_are_503_and_everything_else_is_stil
                 await bobs.opening_id()
                 for user in (carol, bob):  # bob holds one of his two
                     async with opened(client, user) as refused:
-                        assert refused.response.status_code == 503
-                        assert refused.response.headers["content-type"] == "application/problem+json"
-                        problem = refused.response.json()
-                        assert problem["type"] == "urn:todo-api:problem:streams-unavailable"
+                        problem = refused.refusal(503, "streams-unavailable")
                         assert "MAX_STREAMS_PER_WORKER" in problem["detail"]
-                        assert int(refused.response.headers["Retry-After"]) > 0
                 assert (await client.get("/healthz")).status_code == 200
                 created = await client.post(carol.tasks_url, json={"title": "served"}, headers=carol.headers)
                 assert created.status_code == 201

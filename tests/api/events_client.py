@@ -59,6 +59,16 @@ class Stream:
     async def take(self, count: int) -> list[Event]:
         return [await self.next() for _ in range(count)]
 
+    def refusal(self, status: int, problem: str) -> dict[str, Any]:
+        """The problem document of a stream refused with `status` and type `problem`, which says when
+        to try again (`Retry-After`)."""
+        assert self.response.status_code == status, self.response.text
+        assert self.response.headers["content-type"] == "application/problem+json"
+        assert int(self.response.headers["Retry-After"]) > 0
+        document: dict[str, Any] = self.response.json()
+        assert document["type"] == f"urn:todo-api:problem:{problem}"
+        return document
+
 
 @asynccontextmanager
 async def opened(
