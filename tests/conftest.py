@@ -135,7 +135,7 @@ def migrated_db_url(migrated_db: psycopg.Connection[Any], migrated_template: Noo
 
 
 @pytest.fixture(scope="session")
-def api_db_url(migrated_template: NoopExecutor) -> Iterator[str]:
+def api_db_url(migrated_template: NoopExecutor, superuser_url: str) -> Iterator[str]:
     """One migrated database for the live API; tests stay apart by using users of their own."""
     dbname = "todo_api"
     janitor = DatabaseJanitor(
@@ -147,6 +147,14 @@ def api_db_url(migrated_template: NoopExecutor) -> Iterator[str]:
     )
     with janitor:
         yield url_for(migrated_template, dbname)
+        # A session a stopped API closed may still be listed while its backend exits, and the
+        # janitor, as the owner, may not end the API login role's sessions: the superuser does.
+        with psycopg.connect(superuser_url, autocommit=True) as superuser:
+            superuser.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity"
+                " where datname = %s and pid <> pg_backend_pid()",
+                [dbname],
+            )
 
 
 # What a Postgres made with a language's locale (en_US.UTF-8, common on Debian and Amazon RDS) sorts
