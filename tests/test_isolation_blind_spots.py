@@ -363,6 +363,40 @@ def test_a_setting_of_every_session_is_refused_while_serving_and_changes_nothing
         ).fetchall() == [(None, None)]
 
 
+def test_a_name_the_session_no_longer_knows_fails_closed_before_the_next_check_and_changes_nothing(
+    cluster: OwnPostgres,
+) -> None:
+    # Between two checks (an hour apart here) a search_path set for every session made each task
+    # request a 500: "relation tasks does not exist". Now the first refusal distrusts isolation.
+    alice = new_user()
+    settings = settings_for(cluster.url, isolation_check_interval_seconds=3600)
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+        assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
+        created: list[str] = []
+        _run(cluster.superuser_url, ["alter system set search_path = app", "select pg_reload_conf()"])
+        try:
+            # Each pooled session reads the new configuration between two statements, so the first
+            # creates may still succeed; the first that does not must fail closed.
+            def refused_at_last() -> bool:
+                response = api.post(alice.tasks_url, json={"title": "while renamed"}, headers=alice.headers)
+                if response.status_code == 201:
+                    created.append(str(response.json()["id"]))
+                    return False
+                assert response.status_code == 503, response.text
+                assert response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+                assert response.headers["Retry-After"].isdigit()
+                return True
+
+            eventually(refused_at_last, "a create is refused")
+            assert refused(api, alice)
+            assert api.get("/readyz").status_code == 503
+        finally:
+            _run(cluster.superuser_url, ["alter system reset search_path", "select pg_reload_conf()"])
+    with psycopg.connect(cluster.superuser_url) as superuser:
+        stored = superuser.execute("select id::text from public.tasks where user_id = %s", [alice.id])
+        assert sorted(row[0] for row in stored) == sorted(created)
+
+
 # In DATABASE_URL (or libpq's PGOPTIONS), the settings reach every session the API opens, and no
 # catalog holds them: serve started and policies found nothing.
 CLIENT_SETTINGS = {

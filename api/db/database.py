@@ -78,6 +78,7 @@ from api.db.errors import (
     MissingReference,
     OutcomeUnknown,
     RowSecurityViolation,
+    UnknownName,
 )
 from api.db.fair_share import FairShare
 from api.db.listener import CHANNEL, wake_tag
@@ -88,6 +89,14 @@ from api.telemetry import metrics
 from api.telemetry.tracing import Tracer, transaction_span
 
 APP_ROLE = "todo_app"
+# A name the API's statements use, unknown to the session that runs them (`UnknownName`).
+_UNKNOWN_NAME = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.UndefinedObject,
+    psycopg.errors.InvalidSchemaName,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -626,6 +635,12 @@ class Database:
                 await connection.close()
                 raise RowSecurityViolation(error.diag.message_primary, read_only=read_only) from None
             raise
+        except _UNKNOWN_NAME as error:
+            await _roll_back(connection)
+            # Not back to the pool, as above: the session resolves names with settings that a new
+            # one, once they are reset, will not have.
+            await connection.close()
+            raise UnknownName(error.diag.message_primary, read_only=read_only) from None
         except psycopg.Error as error:
             await _roll_back(connection)
             if not (connection.broken or connection.closed):

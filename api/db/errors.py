@@ -43,14 +43,37 @@ class UserShareExceeded(Exception):  # noqa: N818 (a state, not a mistake)
         self.per_user = per_user
 
 
-class RowSecurityViolation(Exception):  # noqa: N818 (a state of the database, not a mistake)
-    """The database refused a statement for row-level security (SQLSTATE 42501): a write the
-    policies refuse, or, with row_security off, any read they would filter. The API sends neither
-    to a sound database, so the policies, roles or settings are not what they should be."""
+class IsolationBreach(Exception):  # noqa: N818 (a state of the database, not a mistake)
+    """The database answered a statement the API sends in a way a database that isolates users as
+    the check verified never does: its policies, roles, settings or schema are not what they were.
+    The request is refused, and isolation is distrusted until a check completes clean."""
 
     def __init__(self, message: str | None, *, read_only: bool) -> None:
         super().__init__(message)
         self.read_only = read_only
+
+    @property
+    def statement(self) -> str:
+        return "read" if self.read_only else "write"
+
+
+class RowSecurityViolation(IsolationBreach):
+    """The database refused a statement for row-level security (SQLSTATE 42501): a write the
+    policies refuse, or, with row_security off, any read they would filter. The API sends neither
+    to a sound database, so the policies, roles or settings are not what they should be."""
+
+    def __str__(self) -> str:
+        return f"the database refused a {self.statement} for row-level security: {self.args[0]}"
+
+
+class UnknownName(IsolationBreach):
+    """The database did not know a relation, column, function, type or schema the API names
+    (SQLSTATE 42P01, 42703, 42883, 42704, 3F000). The schema is migrated before serving, so names
+    resolve otherwise than when the check ran: a search_path set while serving, or the schema
+    changed under the API, and what a name means is no longer what was verified."""
+
+    def __str__(self) -> str:
+        return f"the database did not know a name in a {self.statement} the API sends: {self.args[0]}"
 
 
 class DatabaseUnavailable(Exception):  # noqa: N818 (a state, not a mistake)

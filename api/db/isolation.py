@@ -31,7 +31,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from api.db.database import APP_ROLE, Database
-from api.db.errors import AlreadyExists, RowSecurityViolation
+from api.db.errors import AlreadyExists, IsolationBreach
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, read_sql
 from api.telemetry import metrics
@@ -242,12 +242,11 @@ class IsolationWatch:
                 logger.warning("isolation is verified again; task requests are served")
         self.findings, self.verified = findings, not findings
 
-    def distrust_row_security(self, refusal: RowSecurityViolation) -> None:
-        """The database refused a statement for row-level security, which it never does to what the
-        API sends while isolation holds. For the HTTP handler, and for a stream, whose refusal comes
-        after its 200 has started, when no handler runs."""
-        statement = "read" if refusal.read_only else "write"
-        self._distrust(f"the database refused a {statement} for row-level security: {refusal}")
+    def distrust(self, breach: IsolationBreach) -> None:
+        """The database answered as it never does to what the API sends while isolation holds. For
+        the HTTP handler, and for a stream, whose breach comes after its 200 has started, when no
+        handler runs."""
+        self._distrust(str(breach))
 
     def distrust_unique_key(self, refusal: AlreadyExists) -> None:
         """The database refused a write for a unique key the API does not ship (the one it expects,

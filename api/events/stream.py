@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from sse_starlette.event import ServerSentEvent
 
-from api.db.errors import UNAVAILABLE, RowSecurityViolation, UserShareExceeded
+from api.db.errors import UNAVAILABLE, IsolationBreach, UserShareExceeded
 from api.db.isolation import IsolationUnverified
 from api.events import queries
 from api.events.hub import Hub, Subscription
@@ -134,11 +134,11 @@ async def events(
                 # isolation is verified again, retry.
                 await _wait(subscription, min(_RETRY_SECONDS, expires_at - time.time()))
                 continue
-            except RowSecurityViolation as refusal:
+            except IsolationBreach as breach:
                 # Past the 200, Starlette runs no exception handler: fail closed here as the handler
                 # would, and end the stream. Its client's reconnection is refused (503
                 # isolation-unverified) until a check completes clean, as is every stream's next read.
-                caller.isolation.distrust_row_security(refusal)
+                caller.isolation.distrust(breach)
                 return
             if missed:
                 yield _reset(position)

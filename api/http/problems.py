@@ -18,8 +18,8 @@ from api.auth.errors import InvalidToken, KeysUnavailable
 from api.db.errors import (
     UNAVAILABLE,
     AlreadyExists,
+    IsolationBreach,
     OutcomeUnknown,
-    RowSecurityViolation,
     UserShareExceeded,
 )
 from api.db.isolation import IsolationUnverified, IsolationWatch
@@ -382,10 +382,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_isolation_unverified(_: Request, exc: IsolationUnverified) -> JSONResponse:
         return problem_response(isolation_unverified(retry_after=exc.retry_after_seconds))
 
-    @app.exception_handler(RowSecurityViolation)
-    async def on_row_security_violation(request: Request, exc: RowSecurityViolation) -> JSONResponse:
+    @app.exception_handler(IsolationBreach)
+    async def on_isolation_breach(request: Request, exc: IsolationBreach) -> JSONResponse:
         isolation: IsolationWatch = request.app.state.isolation
-        isolation.distrust_row_security(exc)
+        isolation.distrust(exc)
         return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
 
     @app.exception_handler(AlreadyExists)
