@@ -108,7 +108,7 @@ def create_app(
         # from the Host header, which the client chooses.
         redirect_slashes=False,
         # FastAPI's native OpenTelemetry looks for a configured provider on every request, and we
-        # ship no SDK for it to find (bench/RESULTS.md, "Fourth session").
+        # ship no SDK for it to find (bench/RESULTS.md, "Levers").
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
