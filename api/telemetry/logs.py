@@ -63,7 +63,8 @@ def _formatter(log_format: LogFormat) -> logging.Formatter:
     formatter: logging.Formatter
     if log_format == "json":
         # orjson rather than the standard library's encoder, which python-json-logger's own encoder
-        # class keeps in pure Python: a third of the access line's cost (bench/RESULTS.md, "Levers").
+        # class keeps in pure Python, and every request's access line pays for it (bench/RESULTS.md,
+        # "Levers").
         formatter = OrjsonFormatter(
             "{asctime}{process}{levelname}{name}{message}{correlation_id}",
             style="{",
@@ -97,8 +98,8 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
         root.addHandler(ours)
     ours.setFormatter(_formatter(log_format))
     # No record here uses its caller's file and line, thread or process name: skipping them is the
-    # logging module's own documented optimisation, and takes about a fifth off every line. The pid
-    # is kept: every line carries it.
+    # logging module's own documented optimisation, and makes every line cheaper (bench/RESULTS.md,
+    # "Levers"). The pid is kept: every line carries it.
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = True

@@ -7,7 +7,8 @@ variables apply. While off, nothing of the SDK is imported and no request pays f
 middleware and the database are built without a tracer.
 
 The spans are placed by hand rather than by the ASGI and psycopg instrumentation packages, which
-cost about twice as much per request (bench/RESULTS.md, "Traces").
+cost more per request: three spans on the HTTP side and a wrapper around every cursor
+(bench/RESULTS.md, "Traces").
 """
 
 import logging
