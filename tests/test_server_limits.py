@@ -2,10 +2,13 @@
 keeps answering however many connections its clients hold."""
 
 import asyncio
+import gzip
+import json
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -119,6 +122,69 @@ def test_a_body_near_the_limit_is_judged_and_one_over_it_refused(served: str, tm
         f"{served}{alice.tasks_url}", json={"title": "t" * (70 * 1024)}, headers=alice.headers, timeout=30
     )
     assert over.status_code == 413
+
+
+def _chunked(body: bytes) -> bytes:
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+_TASK = b'{"title": "x"}'
+
+
+@pytest.mark.parametrize(
+    ("transfer_encoding", "body", "status", "slug"),
+    [
+        # granian undid chunked and handed these over as if the first coding were not there: a 201.
+        pytest.param("gzip, chunked", _chunked(_TASK), 501, "not-implemented", id="gzip-plain-body"),
+        pytest.param("foo, chunked", _chunked(_TASK), 501, "not-implemented", id="unknown"),
+        pytest.param(
+            "gzip\r\nTransfer-Encoding: chunked", _chunked(_TASK), 501, "not-implemented", id="two-lines"
+        ),
+        # ... and this one compressed, a 422.
+        pytest.param("gzip, chunked", _chunked(gzip.compress(_TASK)), 501, "not-implemented", id="gzip"),
+        # The inner chunk framing was the body: a 422.
+        pytest.param("chunked, chunked", _chunked(_chunked(_TASK)), 400, "bad-request", id="chunked-twice"),
+    ],
+)
+def test_a_transfer_coding_other_than_chunked_is_refused_with_the_connection_closed(
+    served: str, api_db: psycopg.Connection[Any], transfer_encoding: str, body: bytes, status: int, slug: str
+) -> None:
+    """RFC 9112, section 6.1: a coding the server does not implement is a 501, chunked twice a 400;
+    either way the body is not read, so the connection cannot carry another request."""
+    alice = new_user()
+    head = (
+        f"POST {alice.tasks_url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
+        f"Content-Type: application/json\r\nTransfer-Encoding: {transfer_encoding}\r\n\r\n"
+    )
+    host, port = served.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head.encode() + body)
+        answer = b""
+        while chunk := connection.recv(65536):  # ends when the server closes; a timeout fails the test
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    head_part, _, problem = rest.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head_part.lower()
+    assert b"connection: close" in head_part.lower()
+    assert json.loads(problem)["type"] == f"urn:todo-api:problem:{slug}"
+    assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
+
+
+@pytest.mark.parametrize("transfer_encoding", ["chunked", "Chunked ", ", CHUNKED"])
+def test_chunked_alone_in_any_case_is_served(
+    served: str, api_db: psycopg.Connection[Any], transfer_encoding: str
+) -> None:
+    """Case, spaces and an empty list element (RFC 9110, section 5.6.1) do not make chunked another coding."""
+    alice = new_user()
+    head = (
+        f"POST {alice.tasks_url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
+        f"Content-Type: application/json\r\nTransfer-Encoding: {transfer_encoding}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    answer, _ = _raw(served, head.encode() + _chunked(_TASK))
+    assert answer.startswith(b"HTTP/1.1 201 "), answer[:200]
+    assert api_db.execute("select title from tasks where user_id = %s", [alice.id]).fetchall() == [("x",)]
 
 
 def test_streams_past_max_streams_per_worker_are_503_and_everything_else_is_still_served(

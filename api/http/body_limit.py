@@ -1,6 +1,9 @@
 """Limits on request bodies: beyond a size, 413 before they are read in full; slower than a deadline
 for the whole body, 408; both with the connection closed. A Content-Length that is not a number is a
-400 (RFC 9112, section 6.3), which some servers leave to the app.
+400 (RFC 9112, section 6.3), which some servers leave to the app. A Transfer-Encoding other than
+chunked alone is refused before anything reads the body (RFC 9112, section 6.1: 501 for a coding we do
+not implement, 400 for chunked twice): granian passes `gzip, chunked` and `chunked, chunked` on having
+undone chunked once, so the app would read a compressed or still-chunked body as plain JSON.
 
 A task is a few kilobytes of JSON at most; anything far larger is a mistake or an attack, and
 reading it would cost memory before validation could refuse it. A body trickling in a byte at a
@@ -9,11 +12,19 @@ lasts: the deadline bounds that, where granian's own timeout covers only the hea
 """
 
 import asyncio
+from collections.abc import Iterable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.http.problems import http_problem, malformed_content_length, problem_response
+from api.http.problems import (
+    ProblemError,
+    chunked_twice,
+    http_problem,
+    malformed_content_length,
+    problem_response,
+    unsupported_transfer_coding,
+)
 
 
 def _too_large(limit: int) -> HTTPException:
@@ -22,6 +33,21 @@ def _too_large(limit: int) -> HTTPException:
     return HTTPException(
         413, f"The request body is larger than {limit} bytes.", headers={"Connection": "close"}
     )
+
+
+def _transfer_coding_problem(headers: Iterable[tuple[bytes, bytes]]) -> ProblemError | None:
+    """Why a request's Transfer-Encoding cannot be honoured, if it cannot: anything but chunked alone
+    (RFC 9112, section 6.1), over however many header lines it is split."""
+    values = [value for name, value in headers if name == b"transfer-encoding"]
+    if not values:
+        return None
+    # RFC 9110, section 5.6.1: an empty list element (`, chunked`) is no coding.
+    codings = [coding.strip().lower() for value in values for coding in value.split(b",") if coding.strip()]
+    if codings == [b"chunked"]:
+        return None
+    if codings and set(codings) == {b"chunked"}:
+        return chunked_twice()
+    return unsupported_transfer_coding()
 
 
 class BodyLimits:
@@ -33,6 +59,10 @@ class BodyLimits:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if (refused := _transfer_coding_problem(scope["headers"])) is not None:
+            # Before Content-Length, which a Transfer-Encoding overrides (RFC 9112, section 6.3).
+            await problem_response(refused)(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and not declared.isdigit():

@@ -207,6 +207,31 @@ def malformed_content_length() -> ProblemError:
     )
 
 
+def unsupported_transfer_coding() -> ProblemError:
+    # RFC 9112, section 6.1: a transfer coding the server does not understand is a 501. Left to the
+    # server, gzip or an unknown name before chunked was dropped and the body read as plain chunks.
+    # The body is left unread, so the connection cannot be reused.
+    return ProblemError(
+        501,
+        "not-implemented",
+        "Not implemented",
+        "The only Transfer-Encoding this API implements is chunked; send the body with that alone, or "
+        "with Content-Length.",
+        headers={"Connection": "close"},
+    )
+
+
+def chunked_twice() -> ProblemError:
+    # RFC 9112, section 6.1: chunked is applied once; twice, the server read the inner framing as the body.
+    return ProblemError(
+        400,
+        "bad-request",
+        "Bad request",
+        "Transfer-Encoding names chunked more than once; a body is chunked once.",
+        headers={"Connection": "close"},
+    )
+
+
 def not_found(detail: str = "No such task.") -> ProblemError:
     return ProblemError(404, "not-found", "Not found", detail)
 
