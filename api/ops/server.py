@@ -3,6 +3,8 @@ client from costing anything before the API sees a request.
 
 - A request head over 32 KiB is answered 431 and the connection closed (hyper's read buffer, checked
   between reads: a head that arrives in large pieces may be read whole up to 64 KiB, never beyond);
+- so is a head of more than 100 header fields, with no body, however short they are: hyper's count,
+  which granian (2.8) has no setting for, so it cannot be raised to match the 32 KiB;
 - a client that has not sent its whole head after 10 s is disconnected, one that sent nothing at all
   included;
 - the Authorization header's own 8 KiB limit is the API's (api/http/caller.py).
