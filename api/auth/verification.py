@@ -17,6 +17,8 @@ from typing import Any, Protocol, Self
 
 import jwt
 from cachetools import TLRUCache
+from jwt.types import Options
+from jwt.utils import base64url_decode
 
 from api.auth.errors import InvalidToken, KeysUnavailable
 from api.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksKeySet, UnknownKey
@@ -36,23 +38,54 @@ class ClaimChecks:
     leeway: int
 
     def decode(self, token: str, key: Any, algorithm: str) -> dict[str, Any]:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            key,
-            algorithms=[algorithm],
-            issuer=self.issuer,
-            audience=self.audience,
-            leeway=self.leeway,
-            options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
-        )
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                issuer=self.issuer,
+                audience=self.audience,
+                leeway=self.leeway,
+                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+            )
+        except jwt.DecodeError as error:
+            if not isinstance(error, jwt.InvalidSignatureError):
+                # PyJWT refuses an exp or nbf that is no number with the error it gives a token it
+                # cannot parse at all: once the signature verifies, name the claim.
+                _refuse_malformed(_signed_claims(token, key, algorithm))
+            raise
         _refuse_malformed(claims)
         return claims
+
+
+# The signature alone, to read what it vouches for when a claim made PyJWT refuse the token.
+_SIGNATURE_ONLY: Options = {
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_iss": False,
+    "verify_aud": False,
+    "verify_sub": False,
+    "verify_jti": False,
+}
+
+
+def _signed_claims(token: str, key: Any, algorithm: str) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(token, key, algorithms=[algorithm], options=_SIGNATURE_ONLY)
+    except jwt.PyJWTError:
+        return {}  # not signed, or not a JWT: the first error says so
+    return claims
 
 
 # A NumericDate is a JSON number of seconds (RFC 7519); PyJWT also takes numeric strings and any
 # float. Past the year 9999 a date is no date: 1e300 would make a token that never expires.
 _LATEST_NUMERIC_DATE = 253_402_300_799
 _TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _not_a_numeric_date(name: str) -> str:
+    return f"The token's {name} claim must be a number of seconds since 1970 (a NumericDate)."
 
 
 def _refuse_malformed(claims: Mapping[str, Any]) -> None:
@@ -64,9 +97,7 @@ def _refuse_malformed(claims: Mapping[str, Any]) -> None:
             or not isinstance(value, int | float)
             or not 0 <= value <= _LATEST_NUMERIC_DATE
         ):
-            raise InvalidToken(
-                f"The token's {name} claim must be a number of seconds since 1970 (a NumericDate)."
-            )
+            raise InvalidToken(_not_a_numeric_date(name))
     try:
         json.dumps(claims, ensure_ascii=False).encode()
     except UnicodeEncodeError:
@@ -161,6 +192,22 @@ def _signed_by(token: str, arrived: float) -> float | None:
     return min(issued_at + 1.0, arrived)
 
 
+def _unverified_header(token: str) -> dict[str, Any]:
+    try:
+        return jwt.get_unverified_header(token)
+    except jwt.DecodeError as error:
+        raise InvalidToken(_describe(error)) from None
+    except jwt.PyJWTError:
+        # The header is JSON, but PyJWT refuses a parameter in it with an error that does not say
+        # which: a kid that is not a string, or a crit it does not support. Tell the two apart.
+        header = json.loads(base64url_decode(token.encode().partition(b".")[0]))  # as PyJWT read it
+        if "kid" in header and not isinstance(header["kid"], str):
+            raise InvalidToken("The token's kid header parameter must be a string.") from None
+        raise InvalidToken(
+            "The token's crit header parameter is malformed or names an extension this API does not support."
+        ) from None
+
+
 def _describe(error: jwt.PyJWTError) -> str:
     """A message that helps the frontend developer, without echoing the token."""
     match error:
@@ -168,6 +215,10 @@ def _describe(error: jwt.PyJWTError) -> str:
             return "The token has expired; fetch a new one."
         case jwt.ImmatureSignatureError():
             return "The token is not valid yet (nbf or iat is in the future)."
+        case jwt.InvalidIssuedAtError():
+            return _not_a_numeric_date("iat")  # PyJWT's only reason for this one
+        case jwt.exceptions.InvalidJTIError():
+            return "The token's jti claim must be a string."
         case jwt.InvalidIssuerError():
             return "The token was issued by someone this API does not trust (iss)."
         case jwt.InvalidAudienceError():
@@ -237,10 +288,7 @@ class Authenticator:
         remembered = self._verified.get(fingerprint)
         if remembered is not None and remembered.trusted(self._clock()):
             return remembered.principal
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as error:
-            raise InvalidToken(_describe(error)) from None
+        header = _unverified_header(token)
         algorithm = header.get("alg")
         verifier = self._verifiers.get(algorithm) if isinstance(algorithm, str) else None
         if verifier is None:

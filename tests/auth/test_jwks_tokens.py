@@ -78,6 +78,35 @@ BAD_TOKENS: dict[str, tuple[TokenMaker, str]] = {
     "empty sub": (lambda key, iss, sub: key.sign(claims_for(iss, sub, sub="")), "sub claim"),
     "numeric sub": (lambda key, iss, sub: key.sign(claims_for(iss, sub, sub=42)), "sub claim"),
     "no exp": (lambda key, iss, sub: key.sign(claims_for(iss, sub, exp=...)), "'exp'"),
+    # Malformed claims and header parameters: PyJWT's errors for these named none of them.
+    "exp not a number": (
+        lambda key, iss, sub: key.sign(claims_for(iss, sub, exp="later")),
+        "exp claim must be a number",
+    ),
+    "nbf not a number": (
+        lambda key, iss, sub: key.sign(claims_for(iss, sub, nbf="soon")),
+        "nbf claim must be a number",
+    ),
+    "iat not a number": (
+        lambda key, iss, sub: key.sign(claims_for(iss, sub, iat="today")),
+        "iat claim must be a number",
+    ),
+    "jti an object": (
+        lambda key, iss, sub: key.sign(claims_for(iss, sub, jti={"id": 1})),
+        "jti claim must be a string",
+    ),
+    "kid a number": (
+        lambda key, iss, sub: forge({"alg": "EdDSA", "kid": 1}, claims_for(iss, sub)),
+        "kid header parameter must be a string",
+    ),
+    "kid a list": (
+        lambda key, iss, sub: forge({"alg": "EdDSA", "kid": [key.kid]}, claims_for(iss, sub)),
+        "kid header parameter must be a string",
+    ),
+    "crit naming an extension": (
+        lambda key, iss, sub: forge({"alg": "EdDSA", "kid": key.kid, "crit": ["exp"]}, claims_for(iss, sub)),
+        "crit header parameter",
+    ),
     "tampered payload": (
         lambda key, iss, sub: _swap_payload(
             key.sign(claims_for(iss, sub)), key.sign(claims_for(iss, "someone"))
