@@ -66,6 +66,26 @@ def _algorithm(jwk: Mapping[str, Any]) -> str | None:
     return algorithm
 
 
+def _algorithm_unstated(jwk: Mapping[str, Any]) -> bool:
+    """Whether this is a signing key left unused only for not naming its algorithm: RFC 7517 makes alg
+    optional, and an RSA key may be for RS256 or PS256 alike (a curve names one, see `_algorithm`)."""
+    kid = jwk.get("kid")
+    return (
+        isinstance(kid, str)
+        and bool(kid)
+        and jwk.get("use") in (None, "sig")
+        and jwk.get("alg") is None
+        and jwk.get("kty") == "RSA"
+        and "d" not in jwk
+    )
+
+
+def kids_without_algorithm(document: Mapping[str, Any]) -> set[str]:
+    """The kids `parse_key_set` leaves out because their keys do not name an algorithm: a token that
+    names one is told so, rather than that the auth server does not publish its key."""
+    return {jwk["kid"] for jwk in document["keys"] if isinstance(jwk, dict) and _algorithm_unstated(jwk)}
+
+
 def _same_key(one: PyJWK, other: PyJWK) -> bool:
     """Whether two JWKs are one public key for one algorithm, however their JSON is written."""
 
@@ -87,6 +107,9 @@ def parse_key_set(document: object) -> dict[str, PyJWK]:
             continue
         kid, use = jwk.get("kid"), jwk.get("use")
         algorithm = _algorithm(jwk)
+        if _algorithm_unstated(jwk):
+            logger.warning("JWKS: skipping key %r, which does not say which algorithm (alg) it is for", kid)
+            continue
         if not isinstance(kid, str) or not kid or use not in (None, "sig") or algorithm is None:
             logger.warning("JWKS: skipping a key that is not an asymmetric signing key with a kid")
             continue
@@ -169,6 +192,7 @@ class JwksKeySet:
         self._timeout = timeout
         self._clock = clock
         self._keys: dict[str, PyJWK] = {}
+        self._kids_without_algorithm: set[str] = set()
         self._fetched = False
         self._fetched_at: float | None = None  # Unix time the last successful fetch began
         self._last_refetch: float | None = None
@@ -218,6 +242,11 @@ class JwksKeySet:
         name, since a kid withdrawn may come back naming another key."""
         return self._keys.get(kid) is key
 
+    def publishes_without_algorithm(self, kid: str) -> bool:
+        """Whether the key set, as last fetched, has a key under `kid` that it does not say the
+        algorithm of, and so cannot be used."""
+        return kid in self._kids_without_algorithm
+
     async def key(self, kid: str) -> PyJWK:
         """The key named `kid`, fetching the set again if we lack it and the cooldown allows."""
         key = self._keys.get(kid)
@@ -256,7 +285,8 @@ class JwksKeySet:
             # httpx's timeout bounds each read; this bounds the fetch, however slowly a body drips.
             async with asyncio.timeout(self._timeout):
                 document = await self._download()
-            keys = parse_key_set(json.loads(document))
+            parsed = json.loads(document)
+            keys = parse_key_set(parsed)
         except (httpx.HTTPError, TimeoutError, ValueError, RecursionError) as error:
             # RecursionError: JSON nested deeper than the parser's stack (a hostile endpoint's doing).
             logger.warning("JWKS: cannot fetch %s: %s", self._logged_url, _why(error))
@@ -267,6 +297,7 @@ class JwksKeySet:
         self._keys = {
             kid: held[kid] if kid in held and _same_key(held[kid], key) else key for kid, key in keys.items()
         }
+        self._kids_without_algorithm = kids_without_algorithm(parsed)
         self._fetched = True
         self._fetched_at = began
         metrics.jwks_fetches.labels("fetched").inc()

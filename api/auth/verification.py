@@ -153,6 +153,11 @@ class JwksVerifier:
             # KeysUnavailable passes up: the token may be perfectly good, so it is no 401.
             key = await self.key_set.key(kid)
         except UnknownKey:
+            if self.key_set.publishes_without_algorithm(kid):
+                raise InvalidToken(
+                    "The token's key (kid) is published without the algorithm it is for (alg), which "
+                    "its type does not imply, so this API cannot use it: the auth server must state it."
+                ) from None
             if not self.key_set.fetched_since(_signed_by(token, arrived)):
                 # Perhaps signed by a key published since we last fetched the set, which the
                 # cooldown (or a failed fetch) keeps us from doing again now.

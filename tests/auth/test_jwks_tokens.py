@@ -1,14 +1,15 @@
 """Better Auth's asymmetric tokens: every algorithm it signs with is accepted, and every forgery is a 401."""
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.auth.conftest import ALGORITHMS, claims_for, user_with
-from tests.auth.jwks_server import JwksServer, SigningKey, forge
-from tests.support import SECRET, ApiUser, new_user, now, sign
+from tests.auth.conftest import ALGORITHMS, api_trusting, claims_for, user_with
+from tests.auth.jwks_server import JwksServer, SigningKey, forge, jwks_server
+from tests.support import SECRET, ApiUser, better_auth_id, new_user, now, sign
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:
@@ -176,6 +177,38 @@ def test_bad_better_auth_tokens_are_401(
     assert explanation in problem["detail"]
     assert token not in response.text
     assert api_db.execute("select count(*) from users where id = %s", [user_id]).fetchone() == (0,)
+
+
+def test_a_key_published_without_alg_is_used_when_its_curve_implies_one_and_named_when_not(
+    api_db_url: str, api_db: Any
+) -> None:
+    """RFC 7517 makes a JWK's alg optional. An Ed25519 key implies EdDSA and is used; an RSA key may be
+    for RS256 or PS256 alike, so it is not, and a token naming it is told why, not that its key is
+    unknown."""
+    ed, rsa = SigningKey.generate("EdDSA"), SigningKey.generate("RS256")
+    unstated = [
+        replace(key, jwk={name: value for name, value in key.jwk.items() if name != "alg"})
+        for key in (ed, rsa)
+    ]
+    ed_user, rsa_user = better_auth_id(), better_auth_id()
+    with jwks_server(*unstated) as server, api_trusting(api_db_url, server) as client:
+        ed_token = ed.sign(claims_for(server.base_url, ed_user))
+        created = client.post(
+            f"/api/{ed_user}/tasks", json={"title": "EdDSA"}, headers={"Authorization": f"Bearer {ed_token}"}
+        )
+        rsa_token = rsa.sign(claims_for(server.base_url, rsa_user))
+        refused = client.post(
+            f"/api/{rsa_user}/tasks",
+            json={"title": "RS256"},
+            headers={"Authorization": f"Bearer {rsa_token}"},
+        )
+
+    assert created.status_code == 201, created.text
+    assert refused.status_code == 401, refused.text
+    assert "published without the algorithm it is for (alg)" in _problem(refused)["detail"]
+    assert api_db.execute(
+        "select user_id from tasks where user_id in (%s, %s)", [ed_user, rsa_user]
+    ).fetchall() == [(ed_user,)]
 
 
 def test_a_token_in_the_query_string_is_not_read(
