@@ -16,9 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 
+def parameter_names(model: type[BaseModel]) -> tuple[str, ...]:
+    """The query parameters `model` reads, by the names a request gives them."""
+    return tuple(field.alias or name for name, field in model.model_fields.items())
+
+
 def each_parameter_once(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
     """A dependency refusing any of `model`'s query parameters given more than once."""
-    names = tuple(field.alias or name for name, field in model.model_fields.items())
+    names = parameter_names(model)
 
     # async: FastAPI would run a plain function in its thread pool, a thread hop per request.
     async def refuse_repeated(request: Request) -> None:

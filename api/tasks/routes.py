@@ -22,7 +22,7 @@ from api.http.problems import (
     precondition_failed,
     task_limit_reached,
 )
-from api.http.query import ascii_digits, each_parameter_once
+from api.http.query import ascii_digits, each_parameter_once, parameter_names
 from api.http.request_telemetry import note_change
 from api.settings import Settings
 from api.tasks import docs, queries
@@ -96,8 +96,13 @@ def _task_path(user_id: str, task_id: int) -> str:
     return f"/api/{quote(user_id, safe='')}/tasks/{task_id}"
 
 
+# What a next page's URL keeps of the request: the list's own parameters. One the list ignores stays
+# out, or a long one, re-encoded, would make a URL longer than the request head the server accepts.
+_KEPT_FOR_NEXT_PAGE = frozenset(parameter_names(TaskListParams)) - {"cursor"}
+
+
 def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
-    params = [(key, value) for key, value in request.query_params.multi_items() if key != "cursor"]
+    params = [(key, value) for key, value in request.query_params.multi_items() if key in _KEPT_FOR_NEXT_PAGE]
     params.append(("cursor", cursor.encode()))
     return f'</api/{quote(user_id, safe="")}/tasks?{urlencode(params)}>; rel="next"'
 
