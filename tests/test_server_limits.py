@@ -143,6 +143,45 @@ def test_a_next_page_url_leaves_out_parameters_the_list_ignores(served: str) -> 
     assert following.json() == [older]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"zz\r\n{}\r\n0\r\n\r\n", id="size-not-hexadecimal"),
+        pytest.param(b"ffffffffffffffffff1\r\n{}\r\n0\r\n\r\n", id="size-past-any-integer"),
+        pytest.param(b"2\n{}\n0\n\n", id="bare-line-feeds"),
+    ],
+)
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+def test_a_malformed_chunked_body_is_400_and_changes_nothing(
+    served: str, api_db: psycopg.Connection[Any], method: str, body: bytes
+) -> None:
+    """RFC 9112, section 7.1: a body whose chunks cannot be framed was never received, so it is a bad
+    request, not a body that is not JSON (it was a 422 saying so)."""
+    alice = new_user()
+    task = httpx.post(f"{served}{alice.tasks_url}", json={"title": "kept"}, headers=alice.headers).json()
+    target = {
+        "POST": alice.tasks_url,
+        "PUT": alice.task_url(task["id"]),
+        "PATCH": alice.task_url(task["id"]) + "/complete",
+    }[method]
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+    answer, _ = _raw(served, head.encode() + body)
+
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    fields, _, problem = answer.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-type: application/problem+json\r\n" in fields.lower()
+    assert b"\r\nconnection: close\r\n" in fields.lower()  # where the body ended is unknown
+    assert json.loads(problem)["type"] == "urn:todo-api:problem:bad-request"
+    stored = api_db.execute(
+        "select id, title, completed, version from tasks where user_id = %s", [alice.id]
+    ).fetchall()
+    assert stored == [(task["id"], "kept", False, 1)]
+
+
 def test_a_large_authorization_header_is_401_from_the_real_server(served: str) -> None:
     alice = new_user()
     response = httpx.get(f"{served}{alice.tasks_url}", headers={"Authorization": "Bearer " + "a" * 10_000})

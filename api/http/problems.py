@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from api.auth.errors import InvalidToken, KeysUnavailable
 from api.db.errors import (
@@ -232,6 +233,18 @@ def chunked_twice() -> ProblemError:
     )
 
 
+def unreadable_body() -> ProblemError:
+    # RFC 9112, section 7.1: a chunked body whose framing is broken cannot be read, nor its end found;
+    # the server hands the app a disconnect, as it does when the client leaves mid-body.
+    return ProblemError(
+        400,
+        "bad-request",
+        "Bad request",
+        "The body could not be read: its chunked framing is malformed, or the connection ended mid-body.",
+        headers={"Connection": "close"},
+    )
+
+
 def not_found(detail: str = "No such task.") -> ProblemError:
     return ProblemError(404, "not-found", "Not found", detail)
 
@@ -348,8 +361,11 @@ def http_problem(exc: StarletteHTTPException) -> ProblemError:
     """The problem for an HTTPException: FastAPI's own, and those raised where only they get through
     (a body being read, api/http/body_limit.py)."""
     if exc.status_code == 400:
-        # FastAPI's only 400: a body it could not decode at all (not UTF-8, or nested too deep).
-        # To the client that is invalid input like any other malformed JSON.
+        # FastAPI's only 400, raised from what failed: the body never arrived whole, or it came but
+        # could not be decoded at all (not UTF-8, or nested too deep), which to the client is invalid
+        # input like any other malformed JSON.
+        if isinstance(exc.__cause__, ClientDisconnect):
+            return unreadable_body()
         return invalid_input("body", "The body is not valid JSON in UTF-8.")
     slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
