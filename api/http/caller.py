@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.openapi.models import HTTPBearer
-from fastapi.routing import APIRoute
 from fastapi.security.utils import get_authorization_scheme_param
 
 from api.auth.errors import InvalidToken
@@ -28,6 +27,7 @@ from api.db.errors import MissingReference
 from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
 from api.http.in_flight import InFlightCap
+from api.http.json_body import Utf8JsonRoute
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.http.problems import ProblemError, unsupported_content_coding, unsupported_media_type
 from api.http.rate_limit import RateLimiter
@@ -107,7 +107,7 @@ async def _authorized_caller(request: Request) -> Principal:
     return principal
 
 
-class AuthenticatedRoute(APIRoute):
+class AuthenticatedRoute(Utf8JsonRoute):
     """A route whose caller is authenticated and matched to `{user_id}` before FastAPI reads the
     body; its handler then runs as FastAPI runs any handler, with the caller as `CallerDep`.
 

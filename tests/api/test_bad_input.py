@@ -158,6 +158,7 @@ def test_complete_takes_only_completed_bool(api: Api, task_url: str, body: objec
         pytest.param(b"{not json", JSON, (400, 422), id="malformed-json"),
         pytest.param(b'{"title": "caf\xe9"}', JSON, (400, 422), id="invalid-utf8"),
         pytest.param(b"[" * 5000 + b"]" * 5000, JSON, (400, 422), id="deeply-nested"),
+        pytest.param('{"title": "x"}'.encode("utf-16-le"), JSON, 422, id="utf-16-without-bom"),
         # Not sent as JSON: 415 naming the type, whatever the bytes (tests/api/test_frontend.py).
         pytest.param(b'{"title": "x"}', "text/plain", 415, id="text-plain"),
         pytest.param(b"title=x", "application/x-www-form-urlencoded", 415, id="form"),
@@ -173,6 +174,31 @@ def test_body_must_be_a_json_object(
 ) -> None:
     url = {"POST": api.user.tasks_url, "PUT": task_url, "PATCH": f"{task_url}/complete"}[method]
     api.refused(method, url, body, status, content_type=content_type, field="body")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_json_in_utf_16_or_32_is_refused_as_any_body_not_in_utf8(
+    api: Api, task_url: str, method: str, encoding: str
+) -> None:
+    """RFC 8259, section 8.1: JSON between systems is UTF-8. json.loads also reads UTF-16 and UTF-32
+    by their byte order mark, and the API took such a body: a create made a task."""
+    url = {"POST": api.user.tasks_url, "PUT": task_url, "PATCH": f"{task_url}/complete"}[method]
+    body = '{"completed": true}' if method == "PATCH" else '{"title": "x", "completed": true}'
+    before = api.stored()
+
+    refused = api.send(method, url, ("\ufeff" + body).encode(encoding))
+
+    assert refused.status_code == 422, refused.text
+    assert refused.json() == api.send(method, url, b'{"title": "caf\xe9"}').json()  # as Latin-1 is
+    assert api.stored() == before
+
+
+def test_json_in_utf8_after_a_byte_order_mark_is_read(api: Api) -> None:
+    """RFC 8259 lets a parser skip a UTF-8 byte order mark; json.loads did, and still does."""
+    created = api.send("POST", api.user.tasks_url, '\ufeff{"title": "x"}'.encode())
+    assert created.status_code == 201, created.text
+    assert api.db.execute("select title from tasks where user_id = %s", [api.user.id]).fetchall() == [("x",)]
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT"])
