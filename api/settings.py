@@ -16,6 +16,14 @@ DEFAULT_CONNECT_TIMEOUT_SECONDS = 5
 # and bigint (task and event ids).
 POSTGRES_INT_MAX = 2**31 - 1
 POSTGRES_BIGINT_MAX = 2**63 - 1
+# The most connections a worker's pool may hold, and so the most one user may hold of it.
+POOL_SIZE_LIMIT = 200
+# The most event streams a worker may hold, and so the most one user may hold on it.
+STREAMS_PER_WORKER_LIMIT = 100_000
+# The longest any wait or interval measured in seconds may be (a request's wait for a connection or
+# for its body, a connection's for the server, the heartbeat of a stream): beyond it the wait outlasts
+# any client or proxy, and a request hangs where an answer was due.
+WAIT_SECONDS_LIMIT = 300
 
 # Where settings are read from besides the environment; `todo-api` reads its names too, for misspellings.
 ENV_FILE = ".env"
@@ -32,8 +40,14 @@ class LogSettings(BaseSettings):
     setting is logged as they ask."""
 
     # Empty values count as unset, so a copied .env.example with blanks means "use the defaults".
+    # Every number is finite: infinity passed `gt=0` and was a wait that never ended, or a 500 where it
+    # became an integer (a Retry-After); NaN is refused as what it is rather than as out of range.
     model_config = SettingsConfigDict(
-        env_file=ENV_FILE, env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore"
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        allow_inf_nan=False,
     )
 
     # The levels Python's logging and granian both know, in any case.
@@ -75,12 +89,14 @@ class Settings(LogSettings):
     jwks_refetch_cooldown_seconds: float = Field(default=30.0, ge=0, le=3600)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(default=10, ge=1, le=POOL_SIZE_LIMIT)
     # Connections of a worker's pool one user may hold at once (default: a quarter of the pool, at
     # least 1); their further requests wait DB_POOL_TIMEOUT_SECONDS, then get 429.
-    db_max_connections_per_user: int | None = Field(default=None, ge=1)
-    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
-    db_connect_timeout_seconds: int = Field(default=DEFAULT_CONNECT_TIMEOUT_SECONDS, ge=1)
+    db_max_connections_per_user: int | None = Field(default=None, ge=1, le=POOL_SIZE_LIMIT)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=WAIT_SECONDS_LIMIT)
+    db_connect_timeout_seconds: int = Field(
+        default=DEFAULT_CONNECT_TIMEOUT_SECONDS, ge=1, le=WAIT_SECONDS_LIMIT
+    )
     # auto: statements are prepared (SQL PREPARE, once per connection) on connections that reach
     # Postgres itself, never through a pooler; on: on every connection (a pooler in session mode);
     # off: never. serve refuses on (and DB_PREPARE_THRESHOLD) with a pooler it finds passing
@@ -89,13 +105,14 @@ class Settings(LogSettings):
     # Set: statements travel pipelined and psycopg prepares them at the protocol level after this
     # many executions, for a pooler that keeps such statements (PgBouncer 1.21+ with
     # max_prepared_statements, Neon's pooled endpoint); DB_PREPARED_STATEMENTS then does not apply.
-    db_prepare_threshold: int | None = Field(default=None, ge=0)
+    db_prepare_threshold: int | None = Field(default=None, ge=0, le=1000)
     # Per transaction: a runaway query cannot hold a connection (and a user's requests) for longer.
     db_statement_timeout_ms: int = Field(default=5000, ge=100, le=POSTGRES_INT_MAX)
     # Requests one user may make per minute, per worker (a token bucket); 0 turns the limit off.
-    rate_limit_per_minute: int = Field(default=600, ge=0)
-    # How often each worker re-runs the isolation check while it serves.
-    isolation_check_interval_seconds: float = Field(default=60.0, gt=0)
+    rate_limit_per_minute: int = Field(default=600, ge=0, le=1_000_000)
+    # How often each worker re-runs the isolation check while it serves; at most an hour, since a
+    # worker that found a problem refuses task requests until the next check (its Retry-After).
+    isolation_check_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
     # With true, a PUT, PATCH or DELETE without If-Match is refused with 428.
     require_if_match: bool = False
     # How long a create's Idempotency-Key is remembered, in hours.
@@ -107,26 +124,26 @@ class Settings(LogSettings):
     # resume from; an older Last-Event-ID gets `event: reset`.
     events_retention_hours: float = Field(default=24.0, gt=0, le=24 * 30)
     # Open streams one user may hold per worker; the next gets 429.
-    max_streams_per_user: int = Field(default=5, ge=1)
+    max_streams_per_user: int = Field(default=5, ge=1, le=STREAMS_PER_WORKER_LIMIT)
     # Open streams of all users one worker may hold; the next gets 503. The worker accepts this many
     # connections and 4096 more at once (api/ops/server.py), so streams never take every one.
-    max_streams_per_worker: int = Field(default=1000, ge=1, le=100_000)
+    max_streams_per_worker: int = Field(default=1000, ge=1, le=STREAMS_PER_WORKER_LIMIT)
     # A comment line this often keeps proxies from closing an idle stream.
-    events_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0, le=WAIT_SECONDS_LIMIT)
     # Where the worker LISTENs for wake-ups: a URL that reaches Postgres itself (Neon: the URL
     # without -pooler). Unset, or reaching a pooler (warned, not used): DATABASE_URL, when it reaches
     # Postgres itself; else streams poll.
     database_direct_url: SecretStr | None = None
     # How often each stream polls for events when no LISTEN connection can be had.
-    events_poll_milliseconds: int = Field(default=1000, ge=50)
+    events_poll_milliseconds: int = Field(default=1000, ge=50, le=60_000)
     # Request bodies beyond this are refused with 413 before they are read in full.
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Requests one user may have in flight at once, per worker, counted from the moment their token
     # is verified (before the body is read); past it, 429. Default: see `requests_in_flight_per_user`.
-    max_requests_in_flight_per_user: int | None = Field(default=None, ge=1)
+    max_requests_in_flight_per_user: int | None = Field(default=None, ge=1, le=10_000)
     # Seconds a request body may take to arrive in full once the API reads it; past it, 408 and the
     # connection is closed (the head's own limit is granian's: api/ops/server.py).
-    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=WAIT_SECONDS_LIMIT)
 
     data_dir: Path = Field(
         default_factory=lambda: Path.cwd() / ".data",

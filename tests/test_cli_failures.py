@@ -258,6 +258,15 @@ def test_serve_refuses_more_connections_than_postgres_allows_naming_the_numbers(
                 ("MAX_TASKS_PER_USER", "99999999999"),
                 ("SHUTDOWN_GRACE_SECONDS", "99999999999999999999"),
                 ("IDEMPOTENCY_TTL_HOURS", "1e-10"),
+                # A 500 on every task request after the first finding, and no check ever again.
+                ("ISOLATION_CHECK_INTERVAL_SECONDS", "inf"),
+                ("ISOLATION_CHECK_INTERVAL_SECONDS", "nan"),
+                ("ISOLATION_CHECK_INTERVAL_SECONDS", "1e300"),  # a 300-digit Retry-After
+                # A request that hangs through an outage; a body or a stream never timed.
+                ("DB_POOL_TIMEOUT_SECONDS", "1e9"),
+                ("DB_POOL_TIMEOUT_SECONDS", "inf"),
+                ("BODY_TIMEOUT_SECONDS", "inf"),
+                ("EVENTS_HEARTBEAT_SECONDS", "inf"),
                 ("BETTER_AUTH_URL", "https://"),
                 ("BETTER_AUTH_URL", "https://app.example.com:99999"),
                 ("BETTER_AUTH_JWKS_URL", "https://x:abc/"),
@@ -270,6 +279,7 @@ def test_serve_refuses_more_connections_than_postgres_allows_naming_the_numbers(
 def test_serve_names_the_setting_to_fix(tmp_path: Path, variables: dict[str, str], message: str) -> None:
     result = run_cli("serve", "--port", "0", cwd=tmp_path, **variables)
     assert_one_clear_failure(result.stderr, result.returncode, message)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_a_password_in_better_auth_url_is_refused_without_being_repeated(tmp_path: Path) -> None:

@@ -6,11 +6,13 @@ operator reads about it. These tests fail naming each variable that one side has
 and say where to add or remove it.
 """
 
+import math
 import re
+from fractions import Fraction
 from typing import Annotated, Any
 
 import pytest
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from api.settings import Settings
 from tests.support import PROJECT
@@ -115,3 +117,52 @@ def test_the_table_parser_reads_cells_with_several_variables() -> None:
 def test_the_settings_object_is_what_the_docs_are_compared_with() -> None:
     # A guard against comparing two empty sets: the object has the settings every deployment needs.
     assert {"DATABASE_URL", "BETTER_AUTH_URL", "BETTER_AUTH_SECRET"} <= settings_variables()
+
+
+def _numeric_settings() -> list[str]:
+    numbers = (int, float, int | None, float | None)
+    return sorted(name for name, info in Settings.model_fields.items() if info.annotation in numbers)
+
+
+def _bounds(field: str) -> tuple[float, float | None]:
+    """The least and the most value the field allows (the most None when nothing bounds it)."""
+    low: float = -math.inf
+    high: float | None = None
+    for limit in Settings.model_fields[field].metadata:
+        for name in ("ge", "gt"):
+            if getattr(limit, name, None) is not None:
+                low = getattr(limit, name)
+        for name in ("le", "lt"):
+            if getattr(limit, name, None) is not None:
+                high = getattr(limit, name)
+    return low, high
+
+
+def _readme_row(text: str, variable: str) -> str:
+    _, _, section = text.partition(f"\n{_SECTION}\n")
+    rows = [line for line in section.splitlines() if line.startswith("|") and f"`{variable}`" in line]
+    assert rows, f"README.md's settings table has no row for {variable}"
+    return rows[0]
+
+
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def _numbers(row: str) -> set[float]:
+    """Every number the row writes: 10,000 as 10000, 1/3600 as a fraction."""
+    return {float(Fraction(number.replace(",", ""))) for number in _NUMBER.findall(row)}
+
+
+@pytest.mark.parametrize("field", _numeric_settings())
+def test_a_number_setting_is_finite_and_bounded_and_the_readme_says_its_range(field: str) -> None:
+    # Infinity or a huge value was accepted and failed while serving: a request that waited forever,
+    # a 500 (an OverflowError) on every task request, a Retry-After of 300 digits.
+    low, high = _bounds(field)
+    assert high is not None, f"{field.upper()} has no upper bound: give its Field an le= in api/settings.py"
+    for value in ("inf", "nan", "-inf", str(high * 10)):
+        with pytest.raises(ValidationError) as refused:
+            Settings.model_validate({field: value})
+        assert [error["loc"] for error in refused.value.errors()] == [(field,)], value
+    row = _readme_row(README.read_text(encoding="utf-8"), field.upper())
+    missing = {low, high} - _numbers(row)
+    assert not missing, f"README.md's row for {field.upper()} does not say its range ({low} to {high})"
