@@ -39,7 +39,7 @@ from api.db.prepared import reaches_postgres_itself, url_reaches_postgres_itself
 from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
-from api.ops.cluster import ApiLoginRole, UnfitLoginRole, ensure_api_login_role
+from api.ops.cluster import ApiLoginRole, UnfitLoginRole, ensure_api_login_role, unusable_login_role_name
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
 from api.ops.migrations import MigrationFailed, apply_migrations, migration_failure
 from api.ops.startup_checks import (
@@ -412,6 +412,12 @@ def _role_name(value: str) -> str:
 
 
 def migrate(args: argparse.Namespace) -> None:
+    # Before anything is migrated or created: no database could make such a name fit.
+    if args.login_role and (why := unusable_login_role_name(args.login_role)) is not None:
+        raise CommandFailed(
+            f"refusing --login-role {args.login_role}: {why}. Name a new role instead (say --login-role "
+            "todo_login); nothing was changed"
+        )
     settings = _settings()
     with _migration_url(settings, args.data_dir) as url:
         _output(f"todo-api: {_migrate(url, settings, _migration_setting(settings))}")
@@ -573,7 +579,9 @@ def _parser() -> argparse.ArgumentParser:
         help="also create NAME, the login role to serve as: LOGIN NOINHERIT NOBYPASSRLS, owning nothing, "
         "member of todo_app only (its password is DATABASE_URL's when DATABASE_URL names it, an existing "
         "role's too); an existing role keeps its other attributes, and is refused when it is todo_app, a "
-        "superuser, has BYPASSRLS or owns anything in the database (default: none)",
+        "superuser, has BYPASSRLS, owns anything in the database or cannot log in; a name "
+        "starting with pg_, one SQL reserves (public, current_user, ...) or over 63 bytes is refused "
+        "(default: none)",
     )
     migrate_parser.set_defaults(run=migrate)
 

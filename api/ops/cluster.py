@@ -51,6 +51,31 @@ class UnfitLoginRole(Exception):  # noqa: N818 (what the operator sees, not a bu
     """An existing role the API must not serve as; `str()` says why and what to do instead."""
 
 
+# Names that are not an ordinary role to Postgres (or to pg_hba.conf): PUBLIC is every role, and a
+# GRANT to it, quoted or not, is a grant to everyone; CURRENT_USER and its kin name whoever runs the
+# statement; NONE is refused. Compared in any case: "PUBLIC" quoted is a role of its own, yet read
+# unquoted by anyone typing it, it is everyone.
+_RESERVED_ROLE_NAMES = frozenset(
+    {"public", "none", "current_user", "session_user", "current_role", "system_user", "user", "all"}
+)
+# NAMEDATALEN - 1: Postgres cuts a longer name to this many bytes, so the role made is not the one named.
+_ROLE_NAME_MAX_BYTES = 63
+
+
+def unusable_login_role_name(name: str) -> str | None:
+    """Why `name` can never be the API's login role, whatever the database holds; None if it can be."""
+    if name.lower() in _RESERVED_ROLE_NAMES:
+        return "it is a name SQL reserves (PUBLIC is every role, CURRENT_USER whoever runs the statement)"
+    if name.lower().startswith("pg_"):
+        return "it starts with pg_, which names Postgres's own roles (pg_monitor, pg_read_all_data, ...)"
+    if len(name.encode()) > _ROLE_NAME_MAX_BYTES:
+        return (
+            f"it is {len(name.encode())} bytes long, and Postgres keeps only the first "
+            f"{_ROLE_NAME_MAX_BYTES} of a role's name"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class ApiLoginRole:
     """What the role made or kept for serving is, read back from the catalog."""

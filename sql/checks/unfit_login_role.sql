@@ -1,13 +1,17 @@
 -- Every reason an existing role may not be the API's login role (`todo-api migrate --login-role`):
--- it could read rows past row-level security on its own, outside the API's switch to todo_app, or
--- it is todo_app itself. One row, an empty array when the role is fit; no row when it does not
--- exist. The role is named by the setting todo_api.login_role:
+-- it could read rows past row-level security on its own, outside the API's switch to todo_app; it
+-- is todo_app itself; or it is a group, whose members would gain todo_app with it. One row, an
+-- empty array when the role is fit; no row when it does not exist. The role is named by the setting todo_api.login_role:
 --     PGOPTIONS='-c todo_api.login_role=todo_login' psql "$DATABASE_URL" -f sql/checks/unfit_login_role.sql
 
 SELECT pg_catalog.array_remove(ARRAY[
     CASE WHEN r.rolname = 'todo_app' THEN 'is todo_app itself, which the API switches to' END,
     CASE WHEN r.rolsuper THEN 'is a superuser, which row-level security never binds' END,
     CASE WHEN r.rolbypassrls THEN 'has BYPASSRLS, so row-level security does not bind it' END,
+    -- A role that cannot log in is a group (pg_monitor, say): the API can never serve as it, and
+    -- todo_app would pass to whoever is, or is later made, its member.
+    CASE WHEN NOT r.rolcanlogin THEN 'cannot log in (NOLOGIN), so it is a group whose members would all '
+                                      'become able to act as any user' END,
     CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_database d
                       WHERE d.datname = pg_catalog.current_database() AND d.datdba = r.oid)
            OR EXISTS (SELECT FROM pg_catalog.pg_shdepend o

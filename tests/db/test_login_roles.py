@@ -219,3 +219,68 @@ def test_an_empty_login_role_is_refused_before_anything_runs(empty_db_url: str, 
     assert "--login-role: a role name cannot be empty" in result.stderr
     with psycopg.connect(empty_db_url) as db:
         assert db.execute("select to_regclass('public.tasks')").fetchone() == (None,), "nothing migrated"
+
+
+_LONG_NAME = "todo_login_" + "x" * 59  # 70 bytes: Postgres would keep the first 63
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        pytest.param("pg_monitor", "it starts with pg_", id="built-in-role"),
+        pytest.param("public", "it is a name SQL reserves", id="public"),
+        pytest.param("PUBLIC", "it is a name SQL reserves", id="public-upper-case"),
+        pytest.param("current_user", "it is a name SQL reserves", id="current_user"),
+        pytest.param("session_user", "it is a name SQL reserves", id="session_user"),
+        pytest.param("none", "it is a name SQL reserves", id="none"),
+        pytest.param(_LONG_NAME, "it is 70 bytes long", id="over-63-bytes"),
+    ],
+)
+def test_login_role_refuses_a_name_no_role_could_fit_before_anything_runs(
+    superuser_url: str, empty_db_url: str, tmp_path: Path, name: str, why: str
+) -> None:
+    """pg_monitor was made a member of todo_app (every monitoring login one step from any user's rows),
+    public was "a migration failed (ReservedName)", and a 70-byte name was cut to 63 bytes while the
+    advice named all 70."""
+    roles = (
+        "select rolname, array(select m.member from pg_auth_members m where m.roleid = r.oid) from pg_roles r"
+    )
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        before = superuser.execute(roles).fetchall()
+        result = run_cli("migrate", "--login-role", name, cwd=tmp_path, DATABASE_URL=empty_db_url)
+        after = superuser.execute(roles).fetchall()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert f"refusing --login-role {name}: {why}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert after == before, "no role was created, and none was granted anything"
+    with psycopg.connect(empty_db_url) as db:
+        assert db.execute("select to_regclass('public.tasks')").fetchone() == (None,), "nothing migrated"
+
+
+def test_login_role_refuses_an_existing_role_that_cannot_log_in(
+    superuser_url: str, migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path
+) -> None:
+    """A group role (pg_monitor's kind) was granted todo_app, and `todo-api policies` then failed:
+    whoever was, or was later made, its member could act as any user."""
+    member = f"{fresh_role}_member"
+    migrated_db.execute(sql.SQL("create role {} nologin").format(sql.Identifier(fresh_role)))
+    migrated_db.execute(
+        sql.SQL("create role {} login in role {}").format(sql.Identifier(member), sql.Identifier(fresh_role))
+    )
+    try:
+        with psycopg.connect(superuser_url, autocommit=True) as superuser:
+            before = [_role_state(superuser, fresh_role), _role_state(superuser, member)]
+            result = run_cli(
+                "migrate", "--login-role", fresh_role, cwd=tmp_path, DATABASE_URL=migrated_db_url
+            )
+            after = [_role_state(superuser, fresh_role), _role_state(superuser, member)]
+    finally:
+        migrated_db.execute(sql.SQL("drop role {}").format(sql.Identifier(member)))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"refusing --login-role {fresh_role}: it cannot log in (NOLOGIN)" in result.stderr
+    assert "member of todo_app" not in result.stdout
+    assert after == before, "todo_app was granted to nobody"
