@@ -48,7 +48,9 @@ def refuse_a_taken_port(host: str, port: int) -> tuple[str, int]:
     (localhost), and port 0 becomes the free port the kernel gave the probe, which serve announces.
 
     The HTTP server binds with SO_REUSEPORT, which would let a second server share the port and split
-    its requests; this probe binds without it, so it fails while anyone listens there.
+    its requests; this probe binds without it, so it fails while anyone listens there. A program of
+    the same user that binds with SO_REUSEPORT after start-up still shares it: granian has no option
+    against it (README.md, Deploying).
     """
     try:
         family, kind, protocol, _, address = socket.getaddrinfo(
