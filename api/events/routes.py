@@ -10,7 +10,6 @@ from typing import Any
 
 import jwt
 from fastapi import APIRouter, Request, Response
-from fastapi.security.utils import get_authorization_scheme_param
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
@@ -98,8 +97,8 @@ def _event_schema() -> dict[str, Any]:
 
 def _bearer_token(request: Request) -> str:
     """The caller's token, which `AuthenticatedRoute` has verified (`exp` included)."""
-    _, token = get_authorization_scheme_param(request.headers.get("Authorization"))
-    return token
+    _, _, token = request.headers["Authorization"].partition(" ")
+    return token.strip()
 
 
 def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awaitable[bool]]:

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.openapi.models import HTTPBearer
-from fastapi.security.utils import get_authorization_scheme_param
 
 from api.auth.errors import InvalidToken
 from api.auth.principal import Principal
@@ -90,7 +89,8 @@ async def _authorized_caller(request: Request) -> Principal:
     authorization = given[0] if given else None
     if authorization is not None and len(authorization) > MAX_AUTHORIZATION_BYTES:
         raise InvalidToken(f"The Authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes.")
-    scheme, token = get_authorization_scheme_param(authorization)
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise InvalidToken(
             "Send a token in the Authorization header: `Authorization: Bearer <jwt>`.", token_was_sent=False

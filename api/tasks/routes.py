@@ -1,5 +1,7 @@
 """The six task endpoints. Handlers are thin: FastAPI parses, they run one statement as the caller
-(`Caller.run`), and FastAPI shapes the answer through `response_model`."""
+(`Caller.run`) and return its rows, and FastAPI validates and shapes them once, through
+`response_model` (hence `-> Any`, as FastAPI's docs write a handler whose response_model differs
+from what it returns)."""
 
 from collections.abc import Mapping
 from datetime import timedelta
@@ -8,7 +10,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 from psycopg.rows import DictRow
-from pydantic import BeforeValidator, TypeAdapter
+from pydantic import BeforeValidator
 
 from api.db.database import Rows
 from api.db.errors import LimitReached
@@ -34,10 +36,6 @@ from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdat
 TaskId = Annotated[
     int, Path(ge=1, le=MAX_TASK_ID, description="The task's id."), BeforeValidator(ascii_digits)
 ]
-
-
-# One pydantic call for the page rather than one per task.
-_TASK_LIST = TypeAdapter(list[TaskPublic])
 
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
@@ -81,10 +79,10 @@ async def _refuse_if_none_match_names(caller: Caller, request: Request, task_id:
         raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
 
 
-def _task(row: Mapping[str, Any], response: Response) -> TaskPublic:
-    """One task, its ETag set on the response."""
+def _task(row: Mapping[str, Any], response: Response) -> Mapping[str, Any]:
+    """One task's row, its ETag set on the response."""
     response.headers["ETag"] = etag(row["id"], row["version"])
-    return TaskPublic.model_validate(row)
+    return row
 
 
 def _settings(request: Request) -> Settings:
@@ -127,7 +125,7 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
 )
 async def list_tasks(
     caller: CallerDep, wanted: Annotated[TaskListParams, Query()], request: Request, response: Response
-) -> list[TaskPublic] | Response:
+) -> Any:
     if not list_preconditions(request):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED)
     limit, user = wanted.limit, caller.user
@@ -135,7 +133,7 @@ async def list_tasks(
     if len(rows) > limit:
         last_shown = Cursor.after_row(wanted.sort, wanted.sort_order, rows[limit - 1])
         response.headers["Link"] = _next_page_link(request, user.id, last_shown)
-    return _TASK_LIST.validate_python(rows[:limit])
+    return rows[:limit]
 
 
 @router.post(
@@ -171,9 +169,7 @@ async def list_tasks(
         headers=(docs.IDEMPOTENCY_KEY, docs.IF_MATCH_ON_LIST, docs.IF_NONE_MATCH_ON_LIST)
     ),
 )
-async def create_task(
-    caller: CallerDep, data: TaskCreate, request: Request, response: Response
-) -> TaskPublic:
+async def create_task(caller: CallerDep, data: TaskCreate, request: Request, response: Response) -> Any:
     if not list_preconditions(request):
         raise list_precondition_failed("If-None-Match")
     user = caller.user
@@ -213,9 +209,7 @@ async def create_task(
     },
     openapi_extra=docs.operation_docs(headers=(docs.IF_NONE_MATCH, docs.IF_MATCH_ON_READ)),
 )
-async def read_task(
-    caller: CallerDep, task_id: TaskId, request: Request, response: Response
-) -> TaskPublic | Response:
+async def read_task(caller: CallerDep, task_id: TaskId, request: Request, response: Response) -> Any:
     row = _found(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
     _refuse_unless_named(row, write_condition(request, task_id, required=False))
     if unchanged_for(request, task_id, row["version"]):
@@ -242,7 +236,7 @@ async def read_task(
 )
 async def update_task(
     caller: CallerDep, task_id: TaskId, data: TaskUpdate, request: Request, response: Response
-) -> TaskPublic:
+) -> Any:
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
     await _refuse_if_none_match_names(caller, request, task_id)
     user, changes = caller.user, data.changes()
@@ -296,7 +290,7 @@ async def complete_task(
     response: Response,
     # Not `CompletionUpdate | None`: the document would then promise that a JSON null is accepted.
     data: Annotated[CompletionUpdate, Body()] = None,  # type: ignore[assignment]
-) -> TaskPublic:
+) -> Any:
     if data is None and await request.body():
         # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
