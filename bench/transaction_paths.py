@@ -29,9 +29,9 @@ import psycopg
 from psycopg.generators import execute
 
 from api.auth.principal import Principal
-from api.db.database import Database, Query, compiled, one_message
+from api.db.database import Database, Query, one_message
 from api.db.listener import wake_tag
-from api.db.prepared import prepared_statement
+from api.db.statements import compiled
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
@@ -139,8 +139,7 @@ class _LibpqMessage(_PlainConnection):
 
     async def _message(self, query: Query, *, read_only: bool) -> bytes:
         statement = compiled(query.statement)
-        named = prepared_statement(query.statement)
-        await self.connection.execute(named.prepare)
+        await self.connection.execute(statement.prepare(self.connection))
         limits = Settings.model_fields
         values = {
             "app_user_id": "alice",

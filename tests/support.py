@@ -26,7 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from api.auth.dev_tokens import mint_token
-from api.db.database import Query, compiled
+from api.db.database import Query
+from api.db.statements import compiled
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams

@@ -21,7 +21,7 @@ trip, in one of two ways:
   (quoted as literals, never spliced by us). Poolers in transaction mode (PgBouncer, Neon's pooled
   endpoint) handle it like any query, and it costs the fewest Python calls. On a connection to
   Postgres itself (DB_PREPARED_STATEMENTS=auto, the default) the statement in that message is an
-  EXECUTE of a statement prepared once per connection (`api.db.prepared`).
+  EXECUTE of a statement prepared once per connection (`api.db.statements`, `api.db.prepared`).
 - With DB_PREPARE_THRESHOLD set, as four extended-protocol statements (five for a write) in
   psycopg's pipeline mode, bound server-side so that psycopg prepares them: for a pooler that keeps
   protocol-level prepared statements (PgBouncer 1.21+ with max_prepared_statements). It costs more
@@ -68,7 +68,6 @@ from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
 
 from api.db.errors import (
@@ -82,7 +81,8 @@ from api.db.errors import (
 )
 from api.db.fair_share import FairShare
 from api.db.listener import CHANNEL, wake_tag
-from api.db.prepared import prepared_statement, reaches_postgres_itself
+from api.db.prepared import reaches_postgres_itself
+from api.db.statements import compiled
 from api.db.urls import libpq_url
 from api.settings import Settings
 from api.telemetry import metrics
@@ -132,8 +132,6 @@ ACT_AS_USER = text(
 # sent, with the caller's tag (`api.db.listener.wake_tag`). Outside a transaction it changes no
 # data, so its commit waits for no WAL flush and holds Postgres's NOTIFY lock only for an instant.
 WAKE_STREAMS = text(f"SELECT pg_notify('{CHANNEL}', :app_wake_tag)")
-
-_DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 
 
 class _Connection(psycopg.AsyncConnection[DictRow]):
@@ -350,25 +348,6 @@ class Query:
         return Query(self.without_owner_row, self.params)
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledStatement:
-    sql: str
-    # Values the statement carries itself (constants such as a literal flag); requests add theirs.
-    constants: Mapping[str, object]
-
-    def params(self, values: Mapping[str, object]) -> dict[str, object]:
-        return {**self.constants, **values}
-
-
-@lru_cache(maxsize=512)
-def compiled(statement: ClauseElement) -> CompiledStatement:
-    """The SQL of a statement shape, compiled once; psycopg binds the values."""
-    result = statement.compile(dialect=_DIALECT)
-    return CompiledStatement(
-        str(result), {name: value for name, value in result.params.items() if value is not None}
-    )
-
-
 def begin(*, read_only: bool) -> str:
     return "BEGIN READ ONLY" if read_only else "BEGIN"
 
@@ -378,7 +357,7 @@ def one_message(statement: ClauseElement, *, read_only: bool, prepared: bool) ->
     """The whole transaction as one simple-protocol message: BEGIN; settings; statement; COMMIT;
     and for a write, `WAKE_STREAMS` after it. With `prepared`, the statement is the EXECUTE of its
     prepared form."""
-    body = prepared_statement(statement).execute if prepared else compiled(statement).sql
+    body = compiled(statement).execute if prepared else compiled(statement).sql
     parts = [begin(read_only=read_only), compiled(ACT_AS_USER).sql, body, "COMMIT"]
     if not read_only:
         parts.append(compiled(WAKE_STREAMS).sql)
@@ -673,17 +652,15 @@ class Database:
     ) -> Rows:
         prepared = connection.prepared
         statement = compiled(query.statement)
-        if prepared is not None:
-            named = prepared_statement(query.statement)
-            if named.name not in prepared:
-                # Once per connection and statement, in autocommit: a failed transaction keeps it.
-                try:
-                    await connection.execute(named.prepare)
-                except psycopg.OperationalError as error:
-                    if connection.broken:  # the transaction was never sent
-                        raise SafeToRetry(f"the connection broke before a write was sent: {error}") from error
-                    raise
-                prepared.add(named.name)
+        if prepared is not None and statement.name not in prepared:
+            # Once per connection and statement, in autocommit: a failed transaction keeps it.
+            try:
+                await connection.execute(statement.prepare(connection))
+            except psycopg.OperationalError as error:
+                if connection.broken:  # the transaction was never sent
+                    raise SafeToRetry(f"the connection broke before a write was sent: {error}") from error
+                raise
+            prepared.add(statement.name)
         cursor = connection.cursor()
         params = {**as_user, **statement.params(query.params)}
         message = one_message(query.statement, read_only=read_only, prepared=prepared is not None)

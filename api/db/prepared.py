@@ -1,17 +1,6 @@
-"""Statements prepared once per connection with SQL's PREPARE, and run with EXECUTE inside the one
-message each transaction travels in (`api.db.database`).
-
-Postgres then parses, rewrites (applying the row-level security policies) and plans a statement
-once per connection rather than once per request: compare "one message" with "one message,
-prepared" in `python -m bench.transaction_paths`. Preparing decides nothing about who sees what.
-Postgres re-applies the policies to a prepared statement whenever the role that runs it changes, so
-the statement prepared by the login role runs under todo_app's policies, and every test of isolation
-runs over prepared statements too.
-
-The text after PREPARE is SQLAlchemy's own compilation of the statement with the psycopg dialect's
-positional placeholders ($1, $2, ... in the order SQLAlchemy reports them): the same SQL the
-unprepared message carries, with nothing rewritten by hand. The EXECUTE passes the values in that
-order, bound by psycopg like any other.
+"""Where statements may be prepared: once per connection with SQL's PREPARE, and run with EXECUTE
+inside the one message each transaction travels in (`api.db.database`; the PREPARE and EXECUTE
+texts are `api.db.statements.CompiledStatement`'s).
 
 Only where the session lasts: a pooler in transaction mode (PgBouncer, Neon's pooled endpoint) may
 run the EXECUTE on a server connection where the PREPARE never ran. `reaches_postgres_itself` tells
@@ -22,41 +11,11 @@ A pooler in session mode fails that test too, yet keeps each session for one cli
 DB_PREPARED_STATEMENTS=on is for; `sessions_pass_between_clients` tells the two apart where it can.
 """
 
-import itertools
 import secrets
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from psycopg.rows import tuple_row
-from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import ClauseElement
-
-# The dialect the API compiles with, writing $n where it would write %(name)s.
-_POSITIONAL = psycopg_dialect.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
-_NAMES = itertools.count(1)
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedStatement:
-    name: str
-    # Sent once per connection, outside any transaction: PREPARE name AS <the statement, with $n>.
-    prepare: str
-    # Sent in the transaction's message instead of the statement: EXECUTE name(<its values>), bound
-    # by psycopg like the statement's own placeholders would have been.
-    execute: str
-
-
-@lru_cache(maxsize=512)
-def prepared_statement(statement: ClauseElement) -> PreparedStatement:
-    """`statement` under a name of its own, compiled once per shape like `api.db.database.compiled`."""
-    positional = cast(SQLCompiler, statement.compile(dialect=_POSITIONAL))
-    values = ", ".join(f"%({value})s" for value in positional.positiontup or ())
-    name = f"todo_api_{next(_NAMES)}"
-    execute = f"EXECUTE {name}({values})" if values else f"EXECUTE {name}"
-    return PreparedStatement(name, f"PREPARE {name} AS {positional}", execute)
 
 
 async def reaches_postgres_itself(connection: psycopg.AsyncConnection[Any]) -> bool:

@@ -203,7 +203,7 @@ def create_task(owner: Owner, data: TaskCreate) -> Query:
 # task as it is now, and a key whose task was deleted is a tombstone (task_id NULL).
 
 _KEY = bindparam("key", type_=String())
-# Cast, not only typed: a prepared statement (api/db/prepared.py) must know `now() + $n` adds an
+# Cast, not only typed: a prepared statement (api/db/statements.py) must know `now() + $n` adds an
 # interval, and psycopg's dialect writes no cast for an Interval.
 _TTL = cast(bindparam("ttl", type_=Interval()), Interval())
 _KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]

@@ -16,7 +16,8 @@ from sqlalchemy import text
 
 from api.auth.principal import Principal
 from api.db.database import Database, Query
-from api.db.prepared import prepared_statement, url_reaches_postgres_itself
+from api.db.prepared import url_reaches_postgres_itself
+from api.db.statements import CompiledStatement, compiled
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
 from api.tasks.models import TaskCreate
@@ -62,17 +63,33 @@ def test_a_direct_connection_is_told_from_a_pooled_one(migrated_db_url: str) -> 
     assert asyncio.run(url_reaches_postgres_itself(migrated_db_url)) is True
 
 
-def test_the_prepared_form_is_sqlalchemys_own_positional_compilation() -> None:
-    statement = prepared_statement(
+def test_the_prepared_form_is_the_one_compilation_with_positions_bound_by_psycopg(
+    migrated_db_url: str,
+) -> None:
+    """One compilation serves every way of sending: the PREPARE is its text with $n where each
+    placeholder stood (a parameter used twice is one position, a literal % stays one), and the
+    EXECUTE passes the values in that order."""
+    statement = compiled(
         text("SELECT CAST(:a AS text), CAST(:b AS bigint), CAST(:a AS text) WHERE 'x' LIKE 'x%'")
     )
-    assert statement.prepare == (
+    constant = compiled(text("SELECT 1"))
+    with psycopg.connect(migrated_db_url, autocommit=True) as connection:
+        prepare, prepare_constant = asyncio.run(_prepare_texts(migrated_db_url, statement, constant))
+        connection.execute(prepare)
+        assert connection.execute(f"EXECUTE {statement.name}('x', 2)").fetchone() == ("x", 2, "x")
+    assert prepare == (
         f"PREPARE {statement.name} AS"
         " SELECT CAST($1 AS text), CAST($2 AS bigint), CAST($1 AS text) WHERE 'x' LIKE 'x%'"
     )
+    assert statement.sql.endswith("WHERE 'x' LIKE 'x%%'")  # as psycopg binds it, in the one message
     assert statement.execute == f"EXECUTE {statement.name}(%(a)s, %(b)s)"
-    constant = text("SELECT 1")
-    assert prepared_statement(constant).execute == f"EXECUTE {prepared_statement(constant).name}"
+    assert prepare_constant == f"PREPARE {constant.name} AS SELECT 1"
+    assert constant.execute == f"EXECUTE {constant.name}"
+
+
+async def _prepare_texts(url: str, *statements: CompiledStatement) -> list[str]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+        return [statement.prepare(connection) for statement in statements]
 
 
 def test_every_statement_the_api_sends_prepares_and_runs(migrated_db_url: str) -> None:
