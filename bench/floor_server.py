@@ -9,8 +9,8 @@ server and this driver could reach on this machine:
 - floor: a bare ASGI callable (no FastAPI, no token check, no logs, no metrics, no validation) that
   answers every scenario's request with `Database.run` and the API's own statements, the same one
   message with the same prepared statements, and the rows as JSON. A write sends the statement the
-  API sends once its worker has stored the caller's user row (`api.http.caller.Caller.run`): the
-  benchmark's users all have theirs;
+  API sends once its worker has stored the caller's user row (`StoredOwners.run`): the benchmark's
+  users all have theirs;
 - bare: the same, but each request only sends `select 1` on a pooled connection: no role switch, no
   statement of ours, the least a request that reaches the database can cost;
 - fastapi: the floor's answers from FastAPI written the way its docs teach (path parameters, an
@@ -76,7 +76,9 @@ async def _tasks(database: Database, method: str, path: list[str], body: bytes) 
     query = _query(method, path, body)
     if query is None:
         return []
-    return await database.run(path[0], query.for_stored_owner(), read_only=method == "GET")
+    if method == "GET":
+        return await database.run(path[0], query, read_only=True)
+    return await database.run(path[0], query.for_stored_owner(), read_only=False)
 
 
 async def _select_one(database: Database, _method: str, _path: list[str], _body: bytes) -> Rows:

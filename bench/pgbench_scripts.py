@@ -155,7 +155,7 @@ def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) 
         query = transaction.query
         # What the API sends once it has stored the caller's user row (the dataset has every row):
         # a write without the upsert (api/db/stored_owners.py).
-        statement = query.for_stored_owner().statement
+        statement = query.statement if transaction.read_only else query.for_stored_owner().statement
         statements = [
             db.begin(read_only=transaction.read_only) + ";",
             act,

@@ -332,8 +332,9 @@ class Query:
 
     A write also brings the caller's user row up to date (`api.tasks.queries._USER_ROW`);
     `without_owner_row` is the same write without that, for a caller whose row is known to be
-    stored as their token describes them (`api.http.caller.Caller.run`): docs/performance.md,
-    "Writes without the owner-row upsert".
+    stored as their token describes them. Which of the two is sent is decided in one place,
+    `api.db.stored_owners.StoredOwners.run`: docs/performance.md, "Writes without the owner-row
+    upsert".
     """
 
     statement: ClauseElement
@@ -341,10 +342,9 @@ class Query:
     without_owner_row: ClauseElement | None = None
 
     def for_stored_owner(self) -> "Query":
-        """What to send once the caller's user row is stored: a write without the upsert; any other
-        query as it is."""
+        """The write without the upsert of its owner's user row, with the same values."""
         if self.without_owner_row is None:
-            return self
+            raise ValueError("this query does not bring an owner's user row up to date")
         return Query(self.without_owner_row, self.params)
 
 

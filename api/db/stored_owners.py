@@ -27,6 +27,9 @@ from typing import Protocol
 
 from cachetools import TTLCache
 
+from api.db.database import Database, Query, Rows
+from api.db.errors import MissingReference
+
 
 class Owner(Hashable, Protocol):
     """What a write stores of its caller (`api.auth.principal.Principal`): compared whole."""
@@ -51,6 +54,19 @@ class StoredOwners:
         # claims of the first, and how many; and the users for whom some carried other claims.
         self._storing: dict[str, tuple[Owner, int]] = {}
         self._overlapped: set[str] = set()
+
+    async def run(self, database: Database, owner: Owner, query: Query, *, read_only: bool) -> Rows:
+        """Run `query` as `owner`, a write without the upsert of the owner's user row once this worker
+        has stored the row as `owner` describes it; the one place that chooses between the two."""
+        if query.without_owner_row is None:  # a read, or a statement that stores no user row
+            return await database.run(owner.id, query, read_only=read_only)
+        if owner in self:
+            try:
+                return await database.run(owner.id, query.for_stored_owner(), read_only=read_only)
+            except MissingReference:
+                self.discard(owner)  # the row is gone after all: store it again
+        with self.storing(owner):
+            return await database.run(owner.id, query, read_only=read_only)
 
     def __contains__(self, owner: Owner) -> bool:
         return self._stored.get(owner.id) == owner

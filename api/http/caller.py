@@ -22,7 +22,6 @@ from api.auth.errors import InvalidToken
 from api.auth.principal import Principal
 from api.auth.verification import Authenticator
 from api.db.database import Database, Query, Rows
-from api.db.errors import MissingReference
 from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
 from api.http.in_flight import InFlightCap
@@ -63,17 +62,9 @@ class Caller:
     async def run(self, query: Query, *, read_only: bool) -> Rows:
         """Run the query as the caller, once the last isolation check is clean (a stream outlives
         the verdict it was admitted under). A write leaves out the upsert of the caller's user row
-        once this worker has stored the row as the caller's token describes it (`StoredOwners`)."""
+        once this worker has stored the row as the caller's token describes it (`StoredOwners.run`)."""
         self.isolation.refuse_unless_verified()
-        if query.without_owner_row is None:
-            return await self.database.run(self.user.id, query, read_only=read_only)
-        if self.user in self.stored_owners:
-            try:
-                return await self.database.run(self.user.id, query.for_stored_owner(), read_only=read_only)
-            except MissingReference:
-                self.stored_owners.discard(self.user)  # the row is gone after all: store it again
-        with self.stored_owners.storing(self.user):
-            return await self.database.run(self.user.id, query, read_only=read_only)
+        return await self.stored_owners.run(self.database, self.user, query, read_only=read_only)
 
 
 # A Better Auth token is about a kilobyte; a larger header is refused before anything decodes it.
