@@ -135,8 +135,9 @@ WAKE_STREAMS = text(f"SELECT pg_notify('{CHANNEL}', :app_wake_tag)")
 
 
 class _Connection(psycopg.AsyncConnection[DictRow]):
-    # The statements this session has prepared (`api.db.prepared`); None when it may not prepare.
-    prepared: set[str] | None = None
+    # Whether this session may prepare statements (`api.db.prepared`), and the names of those it has.
+    may_prepare: bool = False
+    prepared: frozenset[str] = frozenset()
     # When the pool last handed this connection out (time.monotonic()); never, for a new one.
     handed_out_at: float = -math.inf
 
@@ -313,12 +314,12 @@ async def _allow_preparing_if_direct(connection: _Connection) -> None:
     """The pool's configure step for DB_PREPARED_STATEMENTS=auto: prepare only on a connection to
     Postgres itself, never through a pooler."""
     if await reaches_postgres_itself(connection):
-        connection.prepared = set()
+        await _allow_preparing(connection)
 
 
 async def _allow_preparing(connection: _Connection) -> None:
     """The pool's configure step for DB_PREPARED_STATEMENTS=on."""
-    connection.prepared = set()
+    connection.may_prepare = True
 
 
 Rows = list[DictRow]
@@ -408,9 +409,9 @@ class Database:
         # turn out to be lost.
         self._preparing_setting = preparing_setting
         self._stop_preparing_advice = stop_preparing_advice
-        # False once a prepared statement was missing or another client's: from then on this worker
-        # prepares nothing (`_stop_preparing`).
-        self._sessions_last = True
+        # False once a prepared statement was missing or another client's: the database's sessions
+        # do not last, and from then on this worker prepares nothing (`_stop_preparing`).
+        self._may_prepare = True
 
     @classmethod
     def from_settings(cls, settings: Settings, *, tracer: Tracer | None = None) -> "Database":
@@ -562,10 +563,10 @@ class Database:
     async def _on(
         self, connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
-        if not self._sessions_last:
+        if not self._may_prepare:
             # The one way this worker stops preparing, on the connections it has and those it makes:
             # each passes here before it runs a transaction.
-            connection.prepared = None
+            connection.may_prepare = False
             connection.prepare_threshold = None
         if not read_only and _ended_while_idle(connection):
             # Nothing of this transaction has been sent: another connection may run it.
@@ -634,9 +635,9 @@ class Database:
 
     def _stop_preparing(self, error: psycopg.Error) -> None:
         """Prepare nothing more in this worker (`_on` sees to it); say so once."""
-        if not self._sessions_last:
+        if not self._may_prepare:
             return
-        self._sessions_last = False
+        self._may_prepare = False
         logger.warning(
             "%s asks for prepared statements, but the database's sessions do not last from one"
             " transaction to the next (%s): a pooler in transaction mode. This worker prepares nothing"
@@ -650,9 +651,8 @@ class Database:
     async def _one_message(
         connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
-        prepared = connection.prepared
         statement = compiled(query.statement)
-        if prepared is not None and statement.name not in prepared:
+        if connection.may_prepare and statement.name not in connection.prepared:
             # Once per connection and statement, in autocommit: a failed transaction keeps it.
             try:
                 await connection.execute(statement.prepare(connection))
@@ -660,10 +660,10 @@ class Database:
                 if connection.broken:  # the transaction was never sent
                     raise SafeToRetry(f"the connection broke before a write was sent: {error}") from error
                 raise
-            prepared.add(statement.name)
+            connection.prepared |= {statement.name}
         cursor = connection.cursor()
         params = {**as_user, **statement.params(query.params)}
-        message = one_message(query.statement, read_only=read_only, prepared=prepared is not None)
+        message = one_message(query.statement, read_only=read_only, prepared=connection.may_prepare)
         await cursor.execute(message, params)
         cursor.nextset()  # past BEGIN's result
         cursor.nextset()  # past the settings' row

@@ -109,21 +109,21 @@ def _list_statement(
     return statement.order_by(*order_by).limit(bindparam("limit", type_=BigInteger()))
 
 
-def list_tasks(user_id: str, wanted: TaskListParams) -> Query:
+def list_tasks(user_id: str, listing: TaskListParams) -> Query:
     """One page, plus one row more so the caller knows whether another page follows."""
-    completed, after = wanted.completed, wanted.cursor
+    completed, after = listing.completed, listing.cursor
     statement = _list_statement(
         by_completed=completed is not None,
-        searching=bool(wanted.q),
-        sort=wanted.sort,
-        order=wanted.sort_order,
+        searching=bool(listing.q),
+        sort=listing.sort,
+        order=listing.sort_order,
         paging=after is not None,
     )
-    params: dict[str, object] = {"user_id": user_id, "limit": wanted.limit + 1}
+    params: dict[str, object] = {"user_id": user_id, "limit": listing.limit + 1}
     if completed is not None:
         params["completed"] = completed
-    if wanted.q:
-        params["search"] = wanted.q
+    if listing.q:
+        params["search"] = listing.q
     if after is not None:
         params["after_value"] = after.value
         params["after_id"] = after.task_id
@@ -171,12 +171,12 @@ _USER_ROW = _upsert_user().cte("user_row")
 
 
 def _write(
-    owner: Owner, statement: ClauseElement, alone: ClauseElement, values: Mapping[str, object]
+    owner: Owner, statement: ClauseElement, without_owner_row: ClauseElement, values: Mapping[str, object]
 ) -> Query:
-    """A write: `statement` also brings the owner's user row up to date, `alone` is the same write
-    without that. The values fill both (the upsert's are the owner's id, email and name)."""
+    """A write: `statement` also brings the owner's user row up to date, `without_owner_row` is the
+    same write without that. The values fill both (the upsert's are the owner's id, email and name)."""
     owner_row = {"user_id": owner.id, "email": owner.email, "name": owner.name}
-    return Query(statement, {**owner_row, **values}, alone)
+    return Query(statement, {**owner_row, **values}, without_owner_row)
 
 
 def _create_task_statement(*, owner_row: bool) -> ClauseElement:
@@ -334,7 +334,7 @@ _CHANGED = col(Task.version) != (
 )
 
 
-def _answer(
+def _conditional_write(
     write: Update | Delete,
     returned: tuple[Any, ...],
     *,
@@ -387,13 +387,15 @@ def _update_statement(fields: frozenset[str], conditional: bool, owner_row: bool
         .where(*_OWN_TASK)
         .values({field: bindparam(field, type_=types[field]) for field in sorted(fields)})
     )
-    return _answer(write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row, changed=_CHANGED)
+    return _conditional_write(
+        write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row, changed=_CHANGED
+    )
 
 
 def update_task(
     owner: Owner, task_id: int, changes: Mapping[str, object], *, versions: Sequence[int] | None = None
 ) -> Query:
-    """Only the fields sent change; the others keep their value. `versions`: see `_answer`."""
+    """Only the fields sent change; the others keep their value. `versions`: see `_conditional_write`."""
     fields, conditional = frozenset(changes), versions is not None
     return _write(
         owner,
@@ -407,7 +409,9 @@ def update_task(
 def _toggle_statement(conditional: bool, owner_row: bool) -> ClauseElement:
     write = update(Task).where(*_OWN_TASK).values(completed=~col(Task.completed))
     # A toggle always changes the task.
-    return _answer(write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row, changed=true())
+    return _conditional_write(
+        write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row, changed=true()
+    )
 
 
 def set_completed(
@@ -428,7 +432,9 @@ def set_completed(
 @cache
 def _delete_statement(conditional: bool, owner_row: bool) -> ClauseElement:
     returned = (col(Task.id), col(Task.version))
-    return _answer(delete(Task).where(*_OWN_TASK), returned, conditional=conditional, owner_row=owner_row)
+    return _conditional_write(
+        delete(Task).where(*_OWN_TASK), returned, conditional=conditional, owner_row=owner_row
+    )
 
 
 def delete_task(owner: Owner, task_id: int, *, versions: Sequence[int] | None = None) -> Query:

@@ -45,17 +45,17 @@ router = APIRouter(
 )
 
 
-def _found(rows: Rows) -> DictRow:
+def _task_or_404(rows: Rows) -> DictRow:
     """The task a statement returned; 404 when it returned none (no such task, or not yours)."""
     if not rows:
         raise not_found()
     return rows[0]
 
 
-def _written(rows: Rows) -> DictRow:
+def _written_or_412(rows: Rows) -> DictRow:
     """The task a write returned; 404 when there is no such task, 412 when If-Match named another
-    version (the write's own WHERE decided: `api.tasks.queries._answer`)."""
-    row = _found(rows)
+    version (the write's own WHERE decided: `api.tasks.queries._conditional_write`)."""
+    row = _task_or_404(rows)
     if row.get("written") is False:
         raise precondition_failed(etag(row["id"], row["version"]))
     return row
@@ -63,7 +63,7 @@ def _written(rows: Rows) -> DictRow:
 
 def _refuse_unless_named(row: Mapping[str, Any], versions: list[int] | None) -> None:
     """If-Match checked against a task read rather than written (a GET, or a write with nothing to
-    change); a write's own statement checks it otherwise (`api.tasks.queries._answer`)."""
+    change); a write's own statement checks it otherwise (`api.tasks.queries._conditional_write`)."""
     if versions is not None and row["version"] not in versions:
         raise precondition_failed(etag(row["id"], row["version"]))
 
@@ -74,7 +74,7 @@ async def _refuse_if_none_match_names(caller: Caller, request: Request, task_id:
     version the client could not have named."""
     if field_value(request.headers, "if-none-match") is None:
         return
-    row = _found(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
+    row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
     if unchanged_for(request, task_id, row["version"]):
         raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
 
@@ -124,14 +124,14 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
     openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH_ON_LIST, docs.IF_NONE_MATCH_ON_LIST)),
 )
 async def list_tasks(
-    caller: CallerDep, wanted: Annotated[TaskListParams, Query()], request: Request, response: Response
+    caller: CallerDep, listing: Annotated[TaskListParams, Query()], request: Request, response: Response
 ) -> Any:
     if not list_preconditions(request):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED)
-    limit, user = wanted.limit, caller.user
-    rows = await caller.run(queries.list_tasks(user.id, wanted), read_only=True)
+    limit, user = listing.limit, caller.user
+    rows = await caller.run(queries.list_tasks(user.id, listing), read_only=True)
     if len(rows) > limit:
-        last_shown = Cursor.after_row(wanted.sort, wanted.sort_order, rows[limit - 1])
+        last_shown = Cursor.after_row(listing.sort, listing.sort_order, rows[limit - 1])
         response.headers["Link"] = _next_page_link(request, user.id, last_shown)
     return rows[:limit]
 
@@ -176,7 +176,7 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
     key = idempotency_key(request)
     try:
         if key is None:
-            row: Mapping[str, Any] = _found(
+            row: Mapping[str, Any] = _task_or_404(
                 await caller.run(queries.create_task(user, data), read_only=False)
             )
             created = True
@@ -210,7 +210,7 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
     openapi_extra=docs.operation_docs(headers=(docs.IF_NONE_MATCH, docs.IF_MATCH_ON_READ)),
 )
 async def read_task(caller: CallerDep, task_id: TaskId, request: Request, response: Response) -> Any:
-    row = _found(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
+    row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
     _refuse_unless_named(row, write_condition(request, task_id, required=False))
     if unchanged_for(request, task_id, row["version"]):
         return Response(
@@ -241,10 +241,10 @@ async def update_task(
     await _refuse_if_none_match_names(caller, request, task_id)
     user, changes = caller.user, data.changes()
     if not changes:  # nothing to write: the task as it is, if If-Match names it
-        row = _found(await caller.run(queries.get_task(user.id, task_id), read_only=True))
+        row = _task_or_404(await caller.run(queries.get_task(user.id, task_id), read_only=True))
         _refuse_unless_named(row, versions)
         return _task(row, response)
-    row = _written(
+    row = _written_or_412(
         await caller.run(queries.update_task(user, task_id, changes, versions=versions), read_only=False)
     )
     if row["changed"]:  # the same title again, say, is no change: no new version, no event
@@ -264,7 +264,9 @@ async def update_task(
 async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> None:
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
     await _refuse_if_none_match_names(caller, request, task_id)
-    _written(await caller.run(queries.delete_task(caller.user, task_id, versions=versions), read_only=False))
+    _written_or_412(
+        await caller.run(queries.delete_task(caller.user, task_id, versions=versions), read_only=False)
+    )
     note_change(request, "delete", task_id)
 
 
@@ -298,7 +300,7 @@ async def complete_task(
     versions = write_condition(request, task_id, required=_settings(request).require_if_match)
     await _refuse_if_none_match_names(caller, request, task_id)
     query = queries.set_completed(caller.user, task_id, completed, versions=versions)
-    row = _written(await caller.run(query, read_only=False))
+    row = _written_or_412(await caller.run(query, read_only=False))
     if row["changed"]:  # `completed` set to what it was is no change
         note_change(request, "update", task_id)
     return _task(row, response)
