@@ -22,7 +22,8 @@ from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.expression import ClauseElement
 
 from api.auth.principal import Principal
-from api.db import database as db
+from api.db import statements as db_statements
+from api.db.database import Query
 from api.db.listener import wake_tag
 from api.settings import Settings
 from api.tasks import queries
@@ -66,7 +67,7 @@ class Transaction:
     """One request's transaction: what `Database.run(read_only=...)` wraps around `query`."""
 
     read_only: bool
-    query: db.Query
+    query: Query
     picks: str
 
 
@@ -122,7 +123,7 @@ def _act_as_user(statement_timeout_ms: int) -> str:
         "app_events_retention_hours": str(Settings.model_fields["events_retention_hours"].default),
         "app_statement_timeout": str(statement_timeout_ms),
     }
-    return _sql(db.ACT_AS_USER, values)
+    return _sql(db_statements.ACT_AS_USER, values)
 
 
 def _default(setting: str) -> int:
@@ -157,13 +158,13 @@ def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) 
         # a write without the upsert (api/db/stored_owners.py).
         statement = query.statement if transaction.read_only else query.for_stored_owner().statement
         statements = [
-            db.begin(read_only=transaction.read_only) + ";",
+            db_statements.begin(read_only=transaction.read_only) + ";",
             act,
             _sql(statement, query.params),
             "COMMIT;",
         ]
         if not transaction.read_only:
-            statements.append(_sql(db.WAKE_STREAMS, {"app_wake_tag": wake_tag(_USER)}))
+            statements.append(_sql(db_statements.WAKE_STREAMS, {"app_wake_tag": wake_tag(_USER)}))
         if prepared:
             body = ["\\startpipeline", *statements, "\\endpipeline"]
         else:

@@ -29,9 +29,9 @@ import psycopg
 from psycopg.generators import execute
 
 from api.auth.principal import Principal
-from api.db.database import Database, Query, one_message
+from api.db.database import Database, Query
 from api.db.listener import wake_tag
-from api.db.statements import compiled
+from api.db.statements import compiled, one_message
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams

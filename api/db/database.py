@@ -31,12 +31,11 @@ trip, in one of two ways:
 Either way a statement that fails skips everything after it up to the end of the message (or the
 pipeline's Sync): a write that did not commit wakes nobody.
 
-A database restart costs no request once the database is back. The pool asks a connection that sat
-unused for a while whether it is still alive before handing it out (`_LivenessCheck`), and checks
-the whole pool the moment one is found dead. A transaction whose connection broke is run once more
+A database restart costs no request once the database is back: the pool's connections are checked
+as `api.db.pool` says, and a transaction whose connection broke is run once more
 on another connection, but only when running it again cannot write twice (`SafeToRetry`): it was
 read-only, or nothing of it was sent. Before a write goes out, one select() that does not wait asks
-whether the server has already ended the session (`_ended_while_idle`): a server that ends an idle
+whether the server has already ended the session (`ended_while_idle`): a server that ends an idle
 session says so and closes the socket without waiting for us, so its farewell is there first. A
 write that went out and got no answer is `OutcomeUnknown`: it may have committed.
 
@@ -47,27 +46,19 @@ preparing and the transaction, of which nothing committed, runs once more unprep
 
 Readiness pings (`Database.ping`) go over a connection of their own, never a pooled one: a pool
 whose every connection is taken by requests waiting on row locks is busy, not unreachable, and a
-ping waiting for a free connection took a healthy worker out of the load balancer (`_PingConnection`).
+ping waiting for a free connection took a healthy worker out of the load balancer
+(`api.db.pool.PingConnection`).
 """
 
 import asyncio
 import contextlib
 import logging
-import math
-import os
-import select
-import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
 
 import psycopg
-from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import text
 from sqlalchemy.sql.elements import ClauseElement
 
 from api.db.errors import (
@@ -80,9 +71,21 @@ from api.db.errors import (
     UnknownName,
 )
 from api.db.fair_share import FairShare
-from api.db.listener import CHANNEL, wake_tag
-from api.db.prepared import reaches_postgres_itself
-from api.db.statements import compiled
+from api.db.listener import wake_tag
+from api.db.pool import (
+    CHECK_CONNECTIONS_UNUSED_FOR_SECONDS,
+    RECONNECT_TRIES_FOR_SECONDS,
+    Connection,
+    LivenessCheck,
+    PingConnection,
+    Pool,
+    allow_preparing,
+    allow_preparing_if_direct,
+    answer_within,
+    ended_while_idle,
+    try_again,
+)
+from api.db.statements import ACT_AS_USER, WAKE_STREAMS, begin, compiled, one_message
 from api.db.urls import libpq_url
 from api.settings import Settings
 from api.telemetry import metrics
@@ -100,51 +103,10 @@ _UNKNOWN_NAME = (
 
 logger = logging.getLogger(__name__)
 
-# A connection handed out less than this long ago is handed out again without asking whether it is
-# alive: under load every connection is that fresh, so the hot path pays nothing. pgx's pool (Go)
-# pings past one second idle, HikariCP past half a second.
-CHECK_CONNECTIONS_UNUSED_FOR_SECONDS = 1.0
-
-# psycopg's pool tries a lost connection again after a delay that doubles from 1 s: 40 s without the
-# database, and the API answered 503 for 17 s more once it was back, waiting for the next try. So a
-# run of tries ends after this long (the pool's `reconnect_timeout`), and a fresh one starts at once
-# (`_try_again`): while the database is away the pool tries about once a second, never less often
-# (tests/faults/test_database_outage.py, the long outage).
-RECONNECT_TRIES_FOR_SECONDS = 2.0
-
-# The identity and limits of one request, as the first statement of its transaction: who it is
-# for, the task quota the database enforces (sql/migrations/0003_task_quota.sql), and how long a
-# statement may run. Parameter names start with app_, which no statement in api.tasks.queries uses.
-# How long the live-changes events are kept is set the same way: the trigger that writes them purges
-# (sql/migrations/0008_task_events.sql). And the trigger is told that a write wakes the streams
-# itself, after COMMIT (`WAKE_STREAMS`, sql/migrations/0009_wake_after_commit.sql).
-ACT_AS_USER = text(
-    "SELECT set_config('role', 'todo_app', true),"
-    " set_config('app.user_id', :app_user_id, true),"
-    " set_config('app.max_tasks_per_user', :app_max_tasks, true),"
-    " set_config('app.events_retention_hours', :app_events_retention_hours, true),"
-    " set_config('app.notify_after_commit', 'on', true),"
-    " set_config('statement_timeout', :app_statement_timeout, true),"
-    " set_config('TimeZone', 'UTC', true)"
-)
-
-# What a write sends after its COMMIT, outside any transaction: the NOTIFY the trigger would have
-# sent, with the caller's tag (`api.db.listener.wake_tag`). Outside a transaction it changes no
-# data, so its commit waits for no WAL flush and holds Postgres's NOTIFY lock only for an instant.
-WAKE_STREAMS = text(f"SELECT pg_notify('{CHANNEL}', :app_wake_tag)")
-
-
-class _Connection(psycopg.AsyncConnection[DictRow]):
-    # Whether this session may prepare statements (`api.db.prepared`), and the names of those it has.
-    may_prepare: bool = False
-    prepared: frozenset[str] = frozenset()
-    # When the pool last handed this connection out (time.monotonic()); never, for a new one.
-    handed_out_at: float = -math.inf
-
 
 class SafeToRetry(DatabaseUnavailable):
     """The connection broke, and running the transaction again cannot do anything twice: it was
-    read-only, or nothing of it was sent (`_ended_while_idle`). `Database.run` retries
+    read-only, or nothing of it was sent (`ended_while_idle`). `Database.run` retries
     it once on another connection; raised again, it is a plain `DatabaseUnavailable`."""
 
 
@@ -153,173 +115,6 @@ class PreparedStatementsLost(DatabaseUnavailable):
     (a pooler in transaction mode), and nothing of the transaction committed. The connection is sound,
     and the worker has stopped preparing (`Database._stop_preparing`): `Database.run` runs the
     transaction once more, unprepared; raised again, it is a plain `DatabaseUnavailable`."""
-
-
-@contextlib.asynccontextmanager
-async def _answer_within(connection: _Connection, seconds: float) -> AsyncIterator[None]:
-    """Bound the wait for the server's answer: raise TimeoutError after `seconds`, the connection
-    closed.
-
-    Not by cancelling the wait, as `asyncio.timeout` does: psycopg answers a cancelled query by
-    asking the server to cancel it (up to 5 s) and waiting for the query to end (5 s more) before
-    it lets the connection go (`AsyncConnection.wait`), 10 s that a silent server always takes.
-    Instead the deadline shuts the socket down: psycopg's wait ends at once with the connection
-    broken, and nothing is asked of the server.
-    """
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        try:  # the socket libpq holds, shut through a duplicate of its descriptor
-            duplicate = socket.socket(fileno=os.dup(connection.fileno()))
-        except (OSError, psycopg.Error):
-            return  # closed already
-        with duplicate, contextlib.suppress(OSError):
-            duplicate.shutdown(socket.SHUT_RDWR)
-
-    deadline = asyncio.get_running_loop().call_later(seconds, expire)
-    try:
-        yield
-    except Exception as error:
-        if expired:
-            raise TimeoutError from error
-        raise
-    finally:
-        deadline.cancel()
-        if expired:
-            await connection.close()  # even when the answer came after all: its socket is shut
-
-
-class _NoAnswer(psycopg.OperationalError):
-    """A connection did not answer a liveness check in time: it is discarded, alone."""
-
-
-class _Pool(AsyncConnectionPool[_Connection]):
-    """psycopg's pool, with a bound on how long asking a connection whether it is alive may take:
-    on a network that went silent the answer never comes, and `check()` would hold every idle
-    connection while it waits."""
-
-    answer_timeout_seconds: float = 5.0
-
-    async def check_connection(self, conn: _Connection) -> None:  # type: ignore[override]
-        try:
-            async with _answer_within(conn, self.answer_timeout_seconds):
-                await AsyncConnectionPool.check_connection(conn)
-        except TimeoutError:
-            raise _NoAnswer("the server did not answer a liveness check in time") from None
-
-
-async def _try_again(pool: AsyncConnectionPool[Any]) -> None:
-    """The pool's `reconnect_failed`: a run of tries gave up and freed its connection's place, and
-    `check()` starts a new run to fill it (psycopg's own would wait for the next request)."""
-    await pool.check()
-
-
-class _LivenessCheck:
-    """The pool's `check` step: before a connection unused for a while is handed out, one empty
-    query (`_Pool.check_connection`) asks whether it is still alive.
-
-    A connection the server ended means it restarted or dropped its sessions, so every other idle
-    connection is most likely dead too: the whole pool is checked then (`check_pool`), once however
-    many ask, and the request waits for a connection that answered or a new one. One that merely
-    did not answer in time is discarded alone.
-    """
-
-    def __init__(self, unused_for_seconds: float) -> None:
-        self.unused_for_seconds = unused_for_seconds
-        self.pool: _Pool | None = None
-        self._pool_check: asyncio.Task[None] | None = None
-
-    async def __call__(self, connection: _Connection) -> None:
-        now = time.monotonic()
-        if self.pool is not None and now - connection.handed_out_at >= self.unused_for_seconds:
-            try:
-                await self.pool.check_connection(connection)
-            except psycopg.Error as error:
-                # Broken, but not by our own deadline (`_NoAnswer`, which breaks it too): the
-                # server ended the session.
-                if connection.broken and not isinstance(error, _NoAnswer):
-                    await self.check_pool()
-                raise  # the pool discards this one and hands out another
-        connection.handed_out_at = now
-
-    async def check_pool(self) -> None:
-        """Check every idle connection of the pool, replacing the dead ones; one check at a time."""
-        if self.pool is None:
-            return
-        if self._pool_check is None or self._pool_check.done():
-            self._pool_check = asyncio.create_task(self.pool.check(), name="pool-check")
-        # Shielded: a request that gives up waiting must not cancel the check for the others.
-        await asyncio.shield(self._pool_check)
-
-    async def close(self) -> None:
-        if self._pool_check is not None:
-            self._pool_check.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pool_check
-
-
-class _PingConnection:
-    """The readiness check's own connection to DATABASE_URL, made on the first ping and again after
-    it broke: one connection per worker besides the pool (docs/operations.md counts it).
-
-    It logs in and asks `select 1` as the login role, touching no table, never preparing (it may
-    reach a pooler in transaction mode). Each answer is bounded as a pooled connection's liveness
-    check is: past the connect timeout the connection is shut, and the next ping makes a new one.
-    One ping at a time (`api.http.health.SharedReadiness` sees to it).
-    """
-
-    def __init__(self, conninfo: str, *, answer_timeout_seconds: float) -> None:
-        self._conninfo = conninfo
-        self._answer_timeout = answer_timeout_seconds
-        self._connection: _Connection | None = None
-        self._closed = False
-        # Round trips asked for so far: tests/faults/test_readiness_flood.py counts them.
-        self.sent = 0
-
-    async def ping(self) -> None:
-        kept = self._connection
-        if kept is not None and not kept.closed:
-            try:
-                await self._select_one(kept)
-                return
-            except psycopg.Error:
-                # The server ended the session we kept (a restart, an idle timeout), or refused it
-                # something: `select 1` may be asked again, on a new connection. A timeout is not
-                # asked again: the server did not answer, and the connection is shut already.
-                await kept.close()
-        if self._closed:
-            raise DatabaseUnavailable("the readiness connection is closed")
-        self._connection = await _Connection.connect(
-            self._conninfo, autocommit=True, row_factory=dict_row, prepare_threshold=None
-        )
-        if self._closed:  # closed while it connected: the worker is stopping
-            await self._connection.close()
-            raise DatabaseUnavailable("the readiness connection is closed")
-        await self._select_one(self._connection)
-
-    async def _select_one(self, connection: _Connection) -> None:
-        self.sent += 1
-        async with _answer_within(connection, self._answer_timeout):
-            await connection.execute("select 1")
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._connection is not None:
-            await self._connection.close()
-
-
-async def _allow_preparing_if_direct(connection: _Connection) -> None:
-    """The pool's configure step for DB_PREPARED_STATEMENTS=auto: prepare only on a connection to
-    Postgres itself, never through a pooler."""
-    if await reaches_postgres_itself(connection):
-        await _allow_preparing(connection)
-
-
-async def _allow_preparing(connection: _Connection) -> None:
-    """The pool's configure step for DB_PREPARED_STATEMENTS=on."""
-    connection.may_prepare = True
 
 
 Rows = list[DictRow]
@@ -349,22 +144,6 @@ class Query:
         return Query(self.without_owner_row, self.params)
 
 
-def begin(*, read_only: bool) -> str:
-    return "BEGIN READ ONLY" if read_only else "BEGIN"
-
-
-@lru_cache(maxsize=1024)
-def one_message(statement: ClauseElement, *, read_only: bool, prepared: bool) -> str:
-    """The whole transaction as one simple-protocol message: BEGIN; settings; statement; COMMIT;
-    and for a write, `WAKE_STREAMS` after it. With `prepared`, the statement is the EXECUTE of its
-    prepared form."""
-    body = compiled(statement).execute if prepared else compiled(statement).sql
-    parts = [begin(read_only=read_only), compiled(ACT_AS_USER).sql, body, "COMMIT"]
-    if not read_only:
-        parts.append(compiled(WAKE_STREAMS).sql)
-    return ";\n".join(parts)
-
-
 async def _result_rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
     """The rows of the cursor's current result; none when the statement returns no rows.
 
@@ -378,22 +157,22 @@ async def _result_rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
 class Database:
     def __init__(
         self,
-        pool: _Pool,
+        pool: Pool,
         *,
         statement_timeout_ms: int,
         max_tasks_per_user: int,
         prepare: bool,
         answer_timeout_seconds: float,
         fair_share: FairShare,
-        ping_connection: _PingConnection,
-        liveness: _LivenessCheck | None = None,
+        ping_connection: PingConnection,
+        liveness: LivenessCheck | None = None,
         tracer: Tracer | None = None,
         preparing_setting: str,
         stop_preparing_advice: str,
         events_retention_hours: float = 24.0,
     ):
         self.pool = pool
-        self._liveness = liveness or _LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
+        self._liveness = liveness or LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
         self._liveness.pool = pool
         self.fair_share = fair_share
         self._ping_connection = ping_connection
@@ -432,13 +211,13 @@ class Database:
         else:  # auto (off prepares nothing): a session that passed `reaches_postgres_itself` did not last
             preparing_setting = f"DB_PREPARED_STATEMENTS={settings.db_prepared_statements}"
             advice = "set DB_PREPARED_STATEMENTS=off"
-        configure = {"auto": _allow_preparing_if_direct, "on": _allow_preparing, "off": None}[
+        configure = {"auto": allow_preparing_if_direct, "on": allow_preparing, "off": None}[
             settings.db_prepared_statements
         ]
-        liveness = _LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
-        pool = _Pool(
+        liveness = LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
+        pool = Pool(
             conninfo,
-            connection_class=_Connection,
+            connection_class=Connection,
             kwargs={
                 # Autocommit: each transaction is spelled out, BEGIN ... COMMIT.
                 "autocommit": True,
@@ -455,7 +234,7 @@ class Database:
             check=liveness,
             max_lifetime=1800,
             reconnect_timeout=RECONNECT_TRIES_FOR_SECONDS,
-            reconnect_failed=_try_again,
+            reconnect_failed=try_again,
             # Pipelined statements are prepared by psycopg (DB_PREPARE_THRESHOLD) instead.
             configure=None if prepare else configure,
             open=False,
@@ -469,7 +248,7 @@ class Database:
             fair_share=FairShare(
                 settings.max_connections_per_user, wait_seconds=settings.db_pool_timeout_seconds
             ),
-            ping_connection=_PingConnection(
+            ping_connection=PingConnection(
                 libpq_url(
                     settings.database_url.get_secret_value(),
                     connect_timeout=settings.db_connect_timeout_seconds,
@@ -480,7 +259,7 @@ class Database:
             liveness=liveness,
             # The server cancels a slow statement itself; this bounds the wait when no answer can
             # come at all (a wedged pooler, a network that drops packets silently): at the bound the
-            # connection is shut, without asking the server to cancel (`_answer_within`).
+            # connection is shut, without asking the server to cancel (`answer_within`).
             answer_timeout_seconds=settings.db_statement_timeout_ms / 1000
             + settings.db_connect_timeout_seconds,
             tracer=tracer,
@@ -561,19 +340,19 @@ class Database:
             await self.pool.putconn(connection)
 
     async def _on(
-        self, connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
+        self, connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
         if not self._may_prepare:
             # The one way this worker stops preparing, on the connections it has and those it makes:
             # each passes here before it runs a transaction.
             connection.may_prepare = False
             connection.prepare_threshold = None
-        if not read_only and _ended_while_idle(connection):
+        if not read_only and ended_while_idle(connection):
             # Nothing of this transaction has been sent: another connection may run it.
             await connection.close()
             raise SafeToRetry("the server had ended the session before a write was sent")
         try:
-            async with _answer_within(connection, self._answer_timeout):
+            async with answer_within(connection, self._answer_timeout):
                 if self._prepare:
                     return await self._pipelined(connection, query, as_user, read_only=read_only)
                 return await self._one_message(connection, query, as_user, read_only=read_only)
@@ -649,7 +428,7 @@ class Database:
 
     @staticmethod
     async def _one_message(
-        connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
+        connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
         statement = compiled(query.statement)
         if connection.may_prepare and statement.name not in connection.prepared:
@@ -671,7 +450,7 @@ class Database:
 
     @staticmethod
     async def _pipelined(
-        connection: _Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
+        connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
         act_as_user, statement = compiled(ACT_AS_USER), compiled(query.statement)
         async with connection.pipeline():
@@ -685,7 +464,7 @@ class Database:
 
     async def ping(self) -> None:
         """Reach the server and back, touching no table: for readiness checks. Over a connection
-        of its own (`_PingConnection`), so a pool with no free connection does not delay it; one
+        of its own (`PingConnection`), so a pool with no free connection does not delay it; one
         lost on the way is replaced."""
         await self._ping_connection.ping()
 
@@ -695,7 +474,7 @@ class Database:
         return self._ping_connection.sent
 
 
-async def _roll_back(connection: _Connection) -> None:
+async def _roll_back(connection: Connection) -> None:
     """End whatever transaction a failed request left open, so the pool gets the connection clean.
 
     A connection that cannot even roll back is closed: the pool then replaces it.
@@ -706,42 +485,3 @@ async def _roll_back(connection: _Connection) -> None:
         await connection.execute("ROLLBACK")
     except psycopg.Error:
         await connection.close()
-
-
-# Severities with which the server ends the session after saying so.
-_SESSION_ENDING = ("FATAL", "PANIC")
-
-
-def _ended_while_idle(connection: _Connection) -> bool:
-    """Whether the server has already ended this session, which sits idle with nothing of ours in
-    flight: the proof that a write about to be sent on it would never run, so it may run elsewhere.
-
-    A server that ends an idle session (a restart, pg_terminate_backend, idle_session_timeout)
-    sends its farewell, a FATAL, and closes the socket without waiting for us, so both are already
-    in the socket before our message goes out. Asking costs one select() that does not wait; only
-    when something is there does libpq read it. A session ended between this check and the send is
-    not caught here: that write is `OutcomeUnknown`.
-    """
-    farewells: list[psycopg.errors.Diagnostic] = []
-
-    def note(diagnostic: psycopg.errors.Diagnostic) -> None:
-        if diagnostic.severity_nonlocalized in _SESSION_ENDING:
-            farewells.append(diagnostic)
-
-    try:
-        if not select.select([connection], [], [], 0)[0]:
-            return False
-        # libpq passes an error that arrives while idle to the notice handlers (the farewell, when
-        # the server has not closed the socket yet); the end of the stream breaks the connection.
-        connection.add_notice_handler(note)
-        try:
-            for _ in range(8):  # each pass reads what has arrived; the end of the stream raises
-                connection.pgconn.consume_input()
-                connection.pgconn.is_busy()  # parses what was read: the farewell reaches `note`
-                if farewells or not select.select([connection], [], [], 0)[0]:
-                    break
-        finally:
-            connection.remove_notice_handler(note)
-    except psycopg.OperationalError:  # the server closed the connection, or it was lost before
-        return True
-    return bool(farewells) or connection.pgconn.status == ConnStatus.BAD

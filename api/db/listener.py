@@ -1,7 +1,7 @@
 """The one LISTEN connection of a worker: wake-ups for the live-changes streams (`api.events`).
 
 A write's NOTIFY on channel `task_events` carries a short hash of the user id (`wake_tag`) and
-nothing else: the API sends it right after its write's COMMIT (`api.db.database.WAKE_STREAMS`), and
+nothing else: the API sends it right after its write's COMMIT (`api.db.statements.WAKE_STREAMS`), and
 the trigger that writes task events sends it for any other writer, inside the write's transaction
 (sql/migrations/0009_wake_after_commit.sql). The listener hands each payload to `on_wake`. A
 notification only says "look again": streams read the events themselves, through the role switch,

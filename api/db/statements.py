@@ -27,11 +27,35 @@ from typing import Any
 
 import psycopg
 from psycopg.adapt import Dumper
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
 
+from api.db.listener import CHANNEL
+
 _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 _NAMES = itertools.count(1)
+
+# The identity and limits of one request, as the first statement of its transaction: who it is
+# for, the task quota the database enforces (sql/migrations/0003_task_quota.sql), and how long a
+# statement may run. Parameter names start with app_, which no statement in api.tasks.queries uses.
+# How long the live-changes events are kept is set the same way: the trigger that writes them purges
+# (sql/migrations/0008_task_events.sql). And the trigger is told that a write wakes the streams
+# itself, after COMMIT (`WAKE_STREAMS`, sql/migrations/0009_wake_after_commit.sql).
+ACT_AS_USER = text(
+    "SELECT set_config('role', 'todo_app', true),"
+    " set_config('app.user_id', :app_user_id, true),"
+    " set_config('app.max_tasks_per_user', :app_max_tasks, true),"
+    " set_config('app.events_retention_hours', :app_events_retention_hours, true),"
+    " set_config('app.notify_after_commit', 'on', true),"
+    " set_config('statement_timeout', :app_statement_timeout, true),"
+    " set_config('TimeZone', 'UTC', true)"
+)
+
+# What a write sends after its COMMIT, outside any transaction: the NOTIFY the trigger would have
+# sent, with the caller's tag (`api.db.listener.wake_tag`). Outside a transaction it changes no
+# data, so its commit waits for no WAL flush and holds Postgres's NOTIFY lock only for an instant.
+WAKE_STREAMS = text(f"SELECT pg_notify('{CHANNEL}', :app_wake_tag)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +93,22 @@ def compiled(statement: ClauseElement) -> CompiledStatement:
     values = ", ".join(f"%({parameter})s" for parameter in parameters)
     execute = f"EXECUTE {name}({values})" if values else f"EXECUTE {name}"
     return CompiledStatement(str(result), constants, name, parameters, execute)
+
+
+def begin(*, read_only: bool) -> str:
+    return "BEGIN READ ONLY" if read_only else "BEGIN"
+
+
+@lru_cache(maxsize=1024)
+def one_message(statement: ClauseElement, *, read_only: bool, prepared: bool) -> str:
+    """The whole transaction as one simple-protocol message: BEGIN; settings; statement; COMMIT;
+    and for a write, `WAKE_STREAMS` after it. With `prepared`, the statement is the EXECUTE of its
+    prepared form."""
+    body = compiled(statement).execute if prepared else compiled(statement).sql
+    parts = [begin(read_only=read_only), compiled(ACT_AS_USER).sql, body, "COMMIT"]
+    if not read_only:
+        parts.append(compiled(WAKE_STREAMS).sql)
+    return ";\n".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

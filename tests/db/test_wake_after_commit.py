@@ -1,7 +1,7 @@
 """Who sends the NOTIFY that wakes a user's event streams (sql/migrations/0009_wake_after_commit.sql).
 
 The API's writes say `app.notify_after_commit` = on and send it themselves after COMMIT
-(`api.db.database.WAKE_STREAMS`), so the trigger sends none inside their transaction; any other
+(`api.db.statements.WAKE_STREAMS`), so the trigger sends none inside their transaction; any other
 writer (a DBA at psql) still gets one from the trigger. Either way the payload is the listener's
 `wake_tag`, and a write that did not commit wakes nobody.
 """

@@ -1,0 +1,258 @@
+"""The pool's connections: how they are checked, bounded and told apart.
+
+A database restart costs no request once the database is back. The pool asks a connection that sat
+unused for a while whether it is still alive before handing it out (`LivenessCheck`), and checks
+the whole pool the moment one is found dead. Before a write goes out, one select() that does not
+wait asks whether the server has already ended the session (`ended_while_idle`): a server that ends
+an idle session says so and closes the socket without waiting for us, so its farewell is there
+first. Every wait for an answer is bounded (`answer_within`) without asking a silent server to
+cancel anything.
+
+Readiness pings go over a connection of their own, never a pooled one: a pool whose every connection
+is taken by requests waiting on row locks is busy, not unreachable, and a ping waiting for a free
+connection took a healthy worker out of the load balancer (`PingConnection`).
+"""
+
+import asyncio
+import contextlib
+import math
+import os
+import select
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from psycopg.pq import ConnStatus
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from api.db.errors import DatabaseUnavailable
+from api.db.prepared import reaches_postgres_itself
+
+# A connection handed out less than this long ago is handed out again without asking whether it is
+# alive: under load every connection is that fresh, so the hot path pays nothing. pgx's pool (Go)
+# pings past one second idle, HikariCP past half a second.
+CHECK_CONNECTIONS_UNUSED_FOR_SECONDS = 1.0
+
+# psycopg's pool tries a lost connection again after a delay that doubles from 1 s: 40 s without the
+# database, and the API answered 503 for 17 s more once it was back, waiting for the next try. So a
+# run of tries ends after this long (the pool's `reconnect_timeout`), and a fresh one starts at once
+# (`try_again`): while the database is away the pool tries about once a second, never less often
+# (tests/faults/test_database_outage.py, the long outage).
+RECONNECT_TRIES_FOR_SECONDS = 2.0
+
+
+class Connection(psycopg.AsyncConnection[DictRow]):
+    # Whether this session may prepare statements (`api.db.prepared`), and the names of those it has.
+    may_prepare: bool = False
+    prepared: frozenset[str] = frozenset()
+    # When the pool last handed this connection out (time.monotonic()); never, for a new one.
+    handed_out_at: float = -math.inf
+
+
+@contextlib.asynccontextmanager
+async def answer_within(connection: Connection, seconds: float) -> AsyncIterator[None]:
+    """Bound the wait for the server's answer: raise TimeoutError after `seconds`, the connection
+    closed.
+
+    Not by cancelling the wait, as `asyncio.timeout` does: psycopg answers a cancelled query by
+    asking the server to cancel it (up to 5 s) and waiting for the query to end (5 s more) before
+    it lets the connection go (`AsyncConnection.wait`), 10 s that a silent server always takes.
+    Instead the deadline shuts the socket down: psycopg's wait ends at once with the connection
+    broken, and nothing is asked of the server.
+    """
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        try:  # the socket libpq holds, shut through a duplicate of its descriptor
+            duplicate = socket.socket(fileno=os.dup(connection.fileno()))
+        except (OSError, psycopg.Error):
+            return  # closed already
+        with duplicate, contextlib.suppress(OSError):
+            duplicate.shutdown(socket.SHUT_RDWR)
+
+    deadline = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        yield
+    except Exception as error:
+        if expired:
+            raise TimeoutError from error
+        raise
+    finally:
+        deadline.cancel()
+        if expired:
+            await connection.close()  # even when the answer came after all: its socket is shut
+
+
+class _NoAnswer(psycopg.OperationalError):
+    """A connection did not answer a liveness check in time: it is discarded, alone."""
+
+
+class Pool(AsyncConnectionPool[Connection]):
+    """psycopg's pool, with a bound on how long asking a connection whether it is alive may take:
+    on a network that went silent the answer never comes, and `check()` would hold every idle
+    connection while it waits."""
+
+    answer_timeout_seconds: float = 5.0
+
+    async def check_connection(self, conn: Connection) -> None:  # type: ignore[override]
+        try:
+            async with answer_within(conn, self.answer_timeout_seconds):
+                await AsyncConnectionPool.check_connection(conn)
+        except TimeoutError:
+            raise _NoAnswer("the server did not answer a liveness check in time") from None
+
+
+async def try_again(pool: AsyncConnectionPool[Any]) -> None:
+    """The pool's `reconnect_failed`: a run of tries gave up and freed its connection's place, and
+    `check()` starts a new run to fill it (psycopg's own would wait for the next request)."""
+    await pool.check()
+
+
+class LivenessCheck:
+    """The pool's `check` step: before a connection unused for a while is handed out, one empty
+    query (`Pool.check_connection`) asks whether it is still alive.
+
+    A connection the server ended means it restarted or dropped its sessions, so every other idle
+    connection is most likely dead too: the whole pool is checked then (`check_pool`), once however
+    many ask, and the request waits for a connection that answered or a new one. One that merely
+    did not answer in time is discarded alone.
+    """
+
+    def __init__(self, unused_for_seconds: float) -> None:
+        self.unused_for_seconds = unused_for_seconds
+        self.pool: Pool | None = None
+        self._pool_check: asyncio.Task[None] | None = None
+
+    async def __call__(self, connection: Connection) -> None:
+        now = time.monotonic()
+        if self.pool is not None and now - connection.handed_out_at >= self.unused_for_seconds:
+            try:
+                await self.pool.check_connection(connection)
+            except psycopg.Error as error:
+                # Broken, but not by our own deadline (`_NoAnswer`, which breaks it too): the
+                # server ended the session.
+                if connection.broken and not isinstance(error, _NoAnswer):
+                    await self.check_pool()
+                raise  # the pool discards this one and hands out another
+        connection.handed_out_at = now
+
+    async def check_pool(self) -> None:
+        """Check every idle connection of the pool, replacing the dead ones; one check at a time."""
+        if self.pool is None:
+            return
+        if self._pool_check is None or self._pool_check.done():
+            self._pool_check = asyncio.create_task(self.pool.check(), name="pool-check")
+        # Shielded: a request that gives up waiting must not cancel the check for the others.
+        await asyncio.shield(self._pool_check)
+
+    async def close(self) -> None:
+        if self._pool_check is not None:
+            self._pool_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pool_check
+
+
+class PingConnection:
+    """The readiness check's own connection to DATABASE_URL, made on the first ping and again after
+    it broke: one connection per worker besides the pool (docs/operations.md counts it).
+
+    It logs in and asks `select 1` as the login role, touching no table, never preparing (it may
+    reach a pooler in transaction mode). Each answer is bounded as a pooled connection's liveness
+    check is: past the connect timeout the connection is shut, and the next ping makes a new one.
+    One ping at a time (`api.http.health.SharedReadiness` sees to it).
+    """
+
+    def __init__(self, conninfo: str, *, answer_timeout_seconds: float) -> None:
+        self._conninfo = conninfo
+        self._answer_timeout = answer_timeout_seconds
+        self._connection: Connection | None = None
+        self._closed = False
+        # Round trips asked for so far: tests/faults/test_readiness_flood.py counts them.
+        self.sent = 0
+
+    async def ping(self) -> None:
+        kept = self._connection
+        if kept is not None and not kept.closed:
+            try:
+                await self._select_one(kept)
+                return
+            except psycopg.Error:
+                # The server ended the session we kept (a restart, an idle timeout), or refused it
+                # something: `select 1` may be asked again, on a new connection. A timeout is not
+                # asked again: the server did not answer, and the connection is shut already.
+                await kept.close()
+        if self._closed:
+            raise DatabaseUnavailable("the readiness connection is closed")
+        self._connection = await Connection.connect(
+            self._conninfo, autocommit=True, row_factory=dict_row, prepare_threshold=None
+        )
+        if self._closed:  # closed while it connected: the worker is stopping
+            await self._connection.close()
+            raise DatabaseUnavailable("the readiness connection is closed")
+        await self._select_one(self._connection)
+
+    async def _select_one(self, connection: Connection) -> None:
+        self.sent += 1
+        async with answer_within(connection, self._answer_timeout):
+            await connection.execute("select 1")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._connection is not None:
+            await self._connection.close()
+
+
+async def allow_preparing_if_direct(connection: Connection) -> None:
+    """The pool's configure step for DB_PREPARED_STATEMENTS=auto: prepare only on a connection to
+    Postgres itself, never through a pooler."""
+    if await reaches_postgres_itself(connection):
+        await allow_preparing(connection)
+
+
+async def allow_preparing(connection: Connection) -> None:
+    """The pool's configure step for DB_PREPARED_STATEMENTS=on."""
+    connection.may_prepare = True
+
+
+# Severities with which the server ends the session after saying so.
+_SESSION_ENDING = ("FATAL", "PANIC")
+
+
+def ended_while_idle(connection: Connection) -> bool:
+    """Whether the server has already ended this session, which sits idle with nothing of ours in
+    flight: the proof that a write about to be sent on it would never run, so it may run elsewhere.
+
+    A server that ends an idle session (a restart, pg_terminate_backend, idle_session_timeout)
+    sends its farewell, a FATAL, and closes the socket without waiting for us, so both are already
+    in the socket before our message goes out. Asking costs one select() that does not wait; only
+    when something is there does libpq read it. A session ended between this check and the send is
+    not caught here: that write is `OutcomeUnknown`.
+    """
+    farewells: list[psycopg.errors.Diagnostic] = []
+
+    def note(diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.severity_nonlocalized in _SESSION_ENDING:
+            farewells.append(diagnostic)
+
+    try:
+        if not select.select([connection], [], [], 0)[0]:
+            return False
+        # libpq passes an error that arrives while idle to the notice handlers (the farewell, when
+        # the server has not closed the socket yet); the end of the stream breaks the connection.
+        connection.add_notice_handler(note)
+        try:
+            for _ in range(8):  # each pass reads what has arrived; the end of the stream raises
+                connection.pgconn.consume_input()
+                connection.pgconn.is_busy()  # parses what was read: the farewell reaches `note`
+                if farewells or not select.select([connection], [], [], 0)[0]:
+                    break
+        finally:
+            connection.remove_notice_handler(note)
+    except psycopg.OperationalError:  # the server closed the connection, or it was lost before
+        return True
+    return bool(farewells) or connection.pgconn.status == ConnStatus.BAD
