@@ -2,16 +2,11 @@
 per user, only for a while, since another worker may store other claims for the same user, and
 not from writes with other claims that overlap, since they may commit in either order."""
 
-import asyncio
 import contextlib
 import time
-from typing import cast
 
 from api.auth.principal import Principal
-from api.db.database import Database, Query, Rows
-from api.db.errors import MissingReference
 from api.db.stored_owners import StoredOwners
-from api.tasks import queries
 
 
 class _RefusedError(Exception):
@@ -67,42 +62,3 @@ def test_overlapping_writes_with_the_same_claims_are_remembered() -> None:
     assert owner in stored
     second.__exit__(None, None, None)
     assert owner in stored
-
-
-class _Database:
-    """Records the statement each run sends; refuses the write without the upsert when told to."""
-
-    def __init__(self, *, row_missing: bool = False) -> None:
-        self.sent: list[str] = []
-        self.row_missing = row_missing
-
-    async def run(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
-        upserts = "user_row" in str(query.statement)
-        self.sent.append("with upsert" if upserts else "without")
-        if self.row_missing and not upserts:
-            raise MissingReference("tasks_user_id_fkey")
-        return []
-
-
-def _run(stored: StoredOwners, database: _Database, owner: Principal, query: Query) -> None:
-    asyncio.run(stored.run(cast(Database, database), owner, query, read_only=False))
-
-
-def test_run_leaves_the_upsert_out_only_for_a_stored_owner_and_stores_again_a_row_found_missing() -> None:
-    stored, database, owner = StoredOwners(), _Database(), Principal("u", "u@example.com", "U")
-    toggle = queries.set_completed(owner, 1, None)
-
-    _run(stored, database, owner, toggle)
-    _run(stored, database, owner, toggle)
-    assert database.sent == ["with upsert", "without"]
-
-    database.row_missing = True  # a DBA deleted the user row meanwhile
-    _run(stored, database, owner, toggle)
-    assert database.sent[2:] == ["without", "with upsert"]
-
-
-def test_run_sends_a_read_as_it_is() -> None:
-    stored, database, owner = StoredOwners(), _Database(), Principal("u", "u@example.com", "U")
-    _run(stored, database, owner, queries.get_task(owner.id, 1))
-    assert database.sent == ["without"]
-    assert owner not in stored, "a read stores no user row"
