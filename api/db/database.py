@@ -70,7 +70,7 @@ from api.db.errors import (
     RowSecurityViolation,
     UnknownName,
 )
-from api.db.fair_share import FairShare
+from api.db.fair_share import FairShare, Share
 from api.db.listener import wake_tag
 from api.db.pool import (
     CHECK_CONNECTIONS_UNUSED_FOR_SECONDS,
@@ -245,9 +245,7 @@ class Database:
             statement_timeout_ms=settings.db_statement_timeout_ms,
             max_tasks_per_user=settings.max_tasks_per_user,
             prepare=prepare,
-            fair_share=FairShare(
-                settings.max_connections_per_user, wait_seconds=settings.db_pool_timeout_seconds
-            ),
+            fair_share=FairShare(settings.max_connections_per_user),
             ping_connection=PingConnection(
                 libpq_url(
                     settings.database_url.get_secret_value(),
@@ -313,30 +311,37 @@ class Database:
         }
         if not read_only:
             as_user["app_wake_tag"] = wake_tag(user_id)
-        await self.fair_share.acquire(user_id)
+        # One wait for a connection, DB_POOL_TIMEOUT_SECONDS in all, however it is spent: for the
+        # user's share first, then for the pool (a retry's included).
+        deadline = time.monotonic() + self.pool.timeout
+        share = await self.fair_share.acquire(user_id, deadline)
         try:
             try:
-                return await self._attempt(query, as_user, read_only=read_only)
+                return await self._attempt(share, deadline, query, as_user, read_only=read_only)
             except SafeToRetry as lost:
                 logger.info("running a transaction again on another connection: %s", lost)
                 # The connections that were idle beside it most likely died with it.
                 await self._liveness.check_pool()
-                return await self._attempt(query, as_user, read_only=read_only)
+                return await self._attempt(share, deadline, query, as_user, read_only=read_only)
             except PreparedStatementsLost as lost:
                 # Every connection is as sound as before: only preparing failed, and it has stopped.
                 logger.info("running a transaction again, unprepared: %s", lost)
-                return await self._attempt(query, as_user, read_only=read_only)
+                return await self._attempt(share, deadline, query, as_user, read_only=read_only)
         finally:
             self.fair_share.release(user_id)
 
-    async def _attempt(self, query: Query, as_user: Mapping[str, object], *, read_only: bool) -> Rows:
+    async def _attempt(
+        self, share: Share, deadline: float, query: Query, as_user: Mapping[str, object], *, read_only: bool
+    ) -> Rows:
         # getconn/putconn rather than pool.connection(): its `async with connection` would
         # commit or roll back, which the transaction does itself (`python -m bench.request_cpu`
         # counts the Python calls that saves).
-        connection = await self.pool.getconn()
+        connection = await self.pool.getconn(deadline - time.monotonic())
+        share.at_database += 1
         try:
             return await self._on(connection, query, as_user, read_only=read_only)
         finally:
+            share.at_database -= 1
             await self.pool.putconn(connection)
 
     async def _on(

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -17,9 +18,10 @@ import pytest
 from api.app import create_app
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
-from tests.support import new_user, serving, settings_for
+from tests.support import new_user, scrape, serving, settings_for, value
 
 FAIL_FAST_SECONDS = 8.0
+UNAVAILABLE = "todo_api_http_unavailable_total"
 
 
 def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(own_postgres: OwnPostgres) -> None:
@@ -72,6 +74,58 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(own_postgres: Ow
     assert [row[0] for row in stored] == sorted(acknowledged), "every 2xx write is stored, nothing else"
     assert sorted(task["id"] for task in listed) == sorted(acknowledged)
     assert len(failed_writes) == 3
+
+
+def test_a_users_concurrent_requests_during_an_outage_are_each_503_within_the_pool_timeout(
+    own_postgres: OwnPostgres,
+) -> None:
+    """Past the user's share of connections, requests waited for a slot for the pool timeout and were
+    then 429 too-many-requests, blaming the user for the database being away; those that got a slot
+    at the end waited the pool timeout again, for a connection, before their 503."""
+    user = new_user()
+    pool_timeout = 2
+    settings = settings_for(
+        own_postgres.url,
+        db_connect_timeout_seconds=2,
+        db_pool_timeout_seconds=pool_timeout,
+        db_max_connections_per_user=2,
+    )
+    concurrent = 6  # three times the user's share
+
+    def write(client: httpx.Client, n: int) -> httpx.Response:
+        return client.post(user.tasks_url, json={"title": f"during {n}"}, headers=user.headers)
+
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        unavailable_before = value(scrape(base_url), UNAVAILABLE, cause="database-unavailable")
+
+        own_postgres.stop()
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=concurrent) as pool:
+            responses = list(pool.map(lambda n: write(client, n), range(concurrent)))
+        elapsed = time.monotonic() - started
+
+        own_postgres.start()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the API did not notice Postgres came back"
+            time.sleep(0.2)
+        unavailable_after = value(scrape(base_url), UNAVAILABLE, cause="database-unavailable")
+        listed = client.get(user.tasks_url, headers=user.headers)
+
+    assert [response.status_code for response in responses] == [503] * concurrent, [
+        response.text for response in responses
+    ]
+    for response in responses:
+        assert response.json()["type"] == "urn:todo-api:problem:database-unavailable"
+        assert response.headers["retry-after"].isdigit()
+    assert unavailable_after - unavailable_before == concurrent, "counted as the database's, not the user's"
+    assert elapsed < FAIL_FAST_SECONDS
+    assert listed.status_code == 200
+    assert listed.json() == []
+    with psycopg.connect(own_postgres.server.get_uri(database="todo")) as connection:
+        stored = connection.execute("select count(*) from tasks where user_id = %s", [user.id]).fetchone()
+    assert stored == (0,), "a 503 wrote nothing"
 
 
 def test_a_long_outage_is_served_again_within_seconds_of_the_database_answering(
