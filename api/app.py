@@ -146,7 +146,10 @@ def create_app(
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=CORS_RESPONSE_HEADERS,
         )
-    app.add_middleware(RequestTelemetry, tracer=tracer)
+    # The routes as install_method_rules reads them: the requests the router never names a route for
+    # are labelled with the one it would have picked.
+    routes = [*app.routes, *(route for router in routers for route in router.routes)]
+    app.add_middleware(RequestTelemetry, routes=routes, tracer=tracer)
     # The id reaches the logs and the response; nothing downstream reads it from the request headers.
     app.add_middleware(
         CorrelationIdMiddleware,

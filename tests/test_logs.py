@@ -92,6 +92,32 @@ def test_every_line_is_json_and_each_request_has_one_access_line(serve: Serve) -
     assert not any(alice.id in r["route"] or "/no/such" in r["route"] for r in access), "never the raw path"
 
 
+def test_a_refused_request_names_its_route_and_the_user_its_token_proved(serve: Serve) -> None:
+    """A 413 answered before routing and the OpenAPI document, a plain Starlette route, were logged as
+    "(unmatched)"; a 403 on another user's path as nobody's, though the token was verified."""
+    alice, bob = new_user(), new_user()
+    with serve(MAX_BODY_BYTES="1024") as served, httpx.Client(base_url=served.base_url) as client:
+        forbidden = client.get(bob.tasks_url, headers=alice.headers)
+        too_large = client.post(
+            alice.tasks_url,
+            content=b'{"title": "' + b"x" * 2048 + b'"}',
+            headers={**alice.headers, "Content-Type": "application/json"},
+        )
+        document = client.get("/openapi.json")
+    by_request = {record["request_id"]: record for record in served.access()}
+    logged = [
+        (line["route"], line["status"], line["user_id"])
+        for line in (
+            by_request[response.headers["x-request-id"]] for response in (forbidden, too_large, document)
+        )
+    ]
+    assert logged == [
+        ("/api/{user_id}/tasks", 403, alice.id),
+        ("/api/{user_id}/tasks", 413, None),  # refused before its token is read
+        ("/openapi.json", 200, None),
+    ]
+
+
 def test_a_write_is_one_line_carrying_its_action_and_a_request_that_changed_nothing_carries_none(
     serve: Serve,
 ) -> None:

@@ -43,6 +43,30 @@ def test_requests_are_counted_by_route_template_and_status(api_url: str, client:
     assert grew("todo_api_db_transaction_duration_seconds_count", mode="read_only") == 1
 
 
+def test_requests_answered_before_or_beside_the_routes_are_counted_by_their_template(
+    api_url: str, client: httpx.Client, alice: ApiUser
+) -> None:
+    """A body refused for its declared size is answered before routing, and /openapi.json is a route
+    FastAPI's router does not name in the scope: both were counted as "(unmatched)"."""
+    before = scrape(api_url)
+    too_large = client.post(
+        alice.tasks_url,
+        content=b'{"title": "' + b"x" * (64 * 1024) + b'"}',
+        headers={**alice.headers, "Content-Type": "application/json"},
+    )
+    assert too_large.status_code == 413
+    assert client.get("/openapi.json").status_code == 200
+    after = scrape(api_url)
+
+    def grew(**labels: str) -> float:
+        name = "todo_api_http_requests_total"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew(method="POST", route="/api/{user_id}/tasks", status="413") == 1
+    assert grew(method="GET", route="/openapi.json", status="200") == 1
+    assert grew(method="POST", route="(unmatched)", status="413") == 0
+
+
 def test_a_safe_database_shows_as_verified(api_db_url: str) -> None:
     # An app of the test's own: the gauges belong to the process, and apps of other tests check
     # weakened databases (tests/test_isolation_watch.py asserts what those show).

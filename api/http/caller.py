@@ -88,6 +88,8 @@ async def _authorized_caller(request: Request) -> Principal:
         )
     authenticator: Authenticator = request.app.state.authenticator
     principal = await authenticator.authenticate(token)
+    # The access line names whom the token proved, whatever is refused next (another's path, the rate).
+    request.state.user_id = principal.id
     if request.path_params.get("user_id") != principal.id:
         raise ProblemError(
             403, "forbidden", "Forbidden", "The user id in the path is not the one your token was issued for."

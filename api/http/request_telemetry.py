@@ -12,10 +12,12 @@ body limit and CORS, so their answers are counted like any other.
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from starlette.requests import Request
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.http.problems import internal_error, problem_response
@@ -35,15 +37,30 @@ def _method(scope: Scope) -> str:
     return method if method in _KNOWN_METHODS else "OTHER"
 
 
-def _route_template(scope: Scope) -> str:
-    route = scope.get("route")
-    path: str | None = getattr(route, "path", None)
-    return path if path is not None else metrics.UNMATCHED_ROUTE
+def _route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+    path: str | None = getattr(scope.get("route"), "path", None)
+    if path is not None:
+        return path
+    # No route in the scope: the request was answered before the router (a body over the limit), or
+    # by FastAPI's router, which names only its own routes there, not a plain Starlette one such as
+    # /openapi.json. The template is the route's the router would have picked, as it picks it.
+    partial: str | None = None
+    for route in routes:
+        template: str | None = getattr(route, "path", None)
+        if template is None:
+            continue
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return template
+        if match is Match.PARTIAL and partial is None:
+            partial = template
+    return partial or metrics.UNMATCHED_ROUTE
 
 
 def _user_id(scope: Scope) -> str | None:
-    caller: Any = scope.get("state", {}).get("caller")
-    return caller.user.id if caller is not None else None
+    # Set once the token is verified (`api.http.caller`): a 403 or 429 after that names the user too.
+    user_id: str | None = scope.get("state", {}).get("user_id")
+    return user_id
 
 
 ChangeAction = Literal["create", "update", "delete"]
@@ -62,8 +79,9 @@ def note_change(request: Request, action: ChangeAction, task_id: int) -> None:
 
 
 class RequestTelemetry:
-    def __init__(self, app: ASGIApp, *, tracer: Tracer | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute], tracer: Tracer | None = None) -> None:
         self.app = app
+        self.routes = routes  # every route the app serves, for requests the router never saw
         self.tracer = tracer
         # The metric children by their labels: prometheus_client's labels() validates them on every
         # call, and the set of routes, methods and statuses is small.
@@ -89,7 +107,7 @@ class RequestTelemetry:
             else:
                 with server_span(self.tracer, scope) as span:
                     await self.app(scope, receive, noting_status)
-                    finish_server_span(span, route=_route_template(scope), status=status)
+                    finish_server_span(span, route=_route_template(scope, self.routes), status=status)
         except Exception:
             logger.exception("unhandled error")
             if status == 0:
@@ -101,7 +119,7 @@ class RequestTelemetry:
         self._record(scope, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        method, route = _method(scope), _route_template(scope)
+        method, route = _method(scope), _route_template(scope, self.routes)
         counted = self._counted.get((method, route, status))
         if counted is None:
             counted = self._counted[method, route, status] = metrics.requests.labels(
