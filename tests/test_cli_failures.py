@@ -185,6 +185,23 @@ def test_serve_refuses_a_direct_url_that_cannot_log_in_in_one_line(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_url_without_the_password_the_server_asks_for(
+    tmp_path: Path, command: tuple[str, ...], password_login_url: str
+) -> None:
+    """libpq's own words, "fe_sendauth: no password supplied", were the whole message: the login is
+    refused for want of a password, as for a wrong one."""
+    url = password_login_url.replace(f":{RIGHT_PASSWORD}@", "@")
+    result = run_cli(
+        *command, cwd=tmp_path,
+        DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, PGPASSFILE=str(tmp_path / "no-pgpass"),
+    )  # fmt: skip
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "refused the login: check the user and password in DATABASE_URL"
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_serve_refuses_an_unmigrated_database_saying_how_to_fix_it(tmp_path: Path, empty_db_url: str) -> None:
     result = run_cli(
         "serve", "--port", "0", cwd=tmp_path, DATABASE_URL=empty_db_url, BETTER_AUTH_SECRET=SECRET

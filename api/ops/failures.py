@@ -45,7 +45,12 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
     text = str(error)
     lowered = text.lower()
     where, name = _where(database_url, setting)
-    if "password authentication failed" in lowered or "authentication failed" in lowered:
+    # libpq's "fe_sendauth: no password supplied": the server asked for a password the URL lacks.
+    if (
+        "password authentication failed" in lowered
+        or "authentication failed" in lowered
+        or "no password supplied" in lowered
+    ):
         return CommandFailed(
             f"the database at {where} refused the login: check the user and password in {setting}"
         )
