@@ -1,6 +1,7 @@
 """Every `todo-api migrate` failure is one line with its cause and fix, exit status 1, no traceback:
 no admin option on todo_app, no permission to create roles, a lock held on the migration table, a
-stale migration lock, a login role that owns nothing, a bad MIGRATION_DATABASE_URL."""
+stale migration lock, a lock held on yoyo's lock table, a login role that owns nothing, a bad
+MIGRATION_DATABASE_URL."""
 
 import secrets
 import shutil
@@ -121,6 +122,23 @@ def test_a_stale_migration_lock(
     message = migrate_here(monkeypatch, tmp_path, migrated_db_url)
     assert "another migration holds this database's migration lock (Process 424242 has locked" in message
     assert "yoyo break-lock" in message
+
+
+def test_a_lock_held_on_the_lock_table_is_no_other_migration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_db_url: str
+) -> None:
+    """yoyo takes its lock by inserting a row, and retries whatever refused the insert (here, the
+    wait for a table lock; on a standby, the standby) until its own wait is over: that was called
+    another migration's lock, and `yoyo break-lock`, which would not help, the fix."""
+    monkeypatch.setattr(migrations, "LOCK_TIMEOUT", "200ms")
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", 1)
+    with psycopg.connect(migrated_db_url) as holder:
+        # Writes wait, reads do not: yoyo then finds no lock row to name.
+        holder.execute("lock table yoyo_lock in exclusive mode")
+        message = migrate_here(monkeypatch, tmp_path, migrated_db_url)
+    assert "another session held a lock the migration needed for more than 200ms" in message
+    assert "another migration" not in message
+    assert "break-lock" not in message
 
 
 def test_a_login_role_that_owns_nothing(

@@ -50,6 +50,12 @@ def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
     text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
     reason = (text.strip().splitlines() or [type(error).__name__])[0]
     if isinstance(error, LockTimeout):
+        # yoyo takes its lock by inserting its one row, and retries until the wait is over whatever
+        # refused the insert (the last refusal is the timeout's context): only a row already there, a
+        # unique violation, is another migration's lock.
+        refused = error.__context__
+        if isinstance(refused, psycopg.Error) and not isinstance(refused, psycopg.errors.UniqueViolation):
+            return migration_failure(refused, database_url)
         return MigrationFailed(
             f"another migration holds this database's migration lock ({reason}): wait for it to "
             "finish; if none is running, remove the stale lock with `yoyo break-lock`, then run "
