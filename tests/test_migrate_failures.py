@@ -1,7 +1,7 @@
 """Every `todo-api migrate` failure is one line with its cause and fix, exit status 1, no traceback:
 no admin option on todo_app, no permission to create roles, a lock held on the migration table, a
 stale migration lock, a lock held on yoyo's lock table, a login role that owns nothing, a bad
-MIGRATION_DATABASE_URL."""
+MIGRATION_DATABASE_URL. A standby or read-only sessions: tests/faults/test_read_only_database.py."""
 
 import secrets
 import shutil

@@ -44,6 +44,7 @@ from api.ops.failures import CommandFailed, configuration_failure, database_fail
 from api.ops.migrations import MigrationFailed, apply_migrations, migration_failure
 from api.ops.startup_checks import (
     near_misses,
+    refuse_a_read_only_database,
     refuse_a_taken_port,
     refuse_more_connections_than_postgres_allows,
     refuse_prepared_statements_the_pooler_loses,
@@ -173,7 +174,9 @@ def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
 def _migrate(url: str, settings: Settings, setting: str) -> str:
     """Migrate the database at `url`, which came from the variable `setting`."""
     try:
-        applied = apply_migrations(url, connect_timeout_seconds=settings.db_connect_timeout_seconds)
+        applied = apply_migrations(
+            url, connect_timeout_seconds=settings.db_connect_timeout_seconds, setting=setting
+        )
     except psycopg.OperationalError as error:
         raise database_failure(error, url, setting) from None
     except (SqlFilesMissing, MigrationFailed) as error:
@@ -208,6 +211,7 @@ async def _check_database(url: str, settings: Settings, workers: int) -> None:
     conninfo = libpq_url(url, connect_timeout=settings.db_connect_timeout_seconds)
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
+            await refuse_a_read_only_database(connection, "DATABASE_URL")
             findings = [finding.message for finding in await isolation_findings(connection)]
             # A lock the check waited for in vain (DDL, a migration in progress) is no matter for
             # `todo-api migrate`: say who held it.

@@ -15,6 +15,7 @@ from yoyo.migrations import MigrationList
 
 from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, missing, read_sql
 from api.db.urls import libpq_url, yoyo_url
+from api.ops.startup_checks import READ_ONLY_STATE, read_only_refusal
 from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 
 # How long a statement of a migration waits for a lock another session holds before it gives up,
@@ -120,10 +121,19 @@ def _not_the_owner(role: str, owners: list[str]) -> MigrationFailed:
     )
 
 
-def _refuse_a_role_that_may_not_migrate(database_url: str, connect_timeout_seconds: int) -> None:
-    """Only the schema's owner migrates it (none yet: whoever may create there becomes it)."""
+def _refuse_a_role_that_may_not_migrate(
+    database_url: str, connect_timeout_seconds: int, setting: str
+) -> None:
+    """Only the schema's owner migrates it (none yet: whoever may create there becomes it), and only
+    where it can write: on a standby, or in read-only sessions, yoyo's lock is refused, and yoyo
+    retries it as if another migration held it."""
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
     with psycopg.connect(conninfo, autocommit=True) as connection:
+        state = connection.execute(READ_ONLY_STATE).fetchone()
+        assert state is not None
+        refusal = read_only_refusal(in_recovery=bool(state[0]), read_only=bool(state[1]), setting=setting)
+        if refusal is not None:
+            raise MigrationFailed(f"{refusal}; nothing was changed")
         row = connection.execute(
             "select current_user, has_schema_privilege(current_user, 'public', 'CREATE')"
         ).fetchone()
@@ -137,14 +147,18 @@ def _refuse_a_role_that_may_not_migrate(database_url: str, connect_timeout_secon
 
 
 def apply_migrations(
-    database_url: str, *, connect_timeout_seconds: int = DEFAULT_CONNECT_TIMEOUT_SECONDS
+    database_url: str,
+    *,
+    connect_timeout_seconds: int = DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    setting: str = "DATABASE_URL",
 ) -> list[str]:
     """Apply what is pending and the policies; return the ids of the migrations applied.
 
-    Raises MigrationFailed for what the operator can fix, and psycopg.OperationalError when the
+    Raises MigrationFailed for what the operator can fix (naming `setting`, the variable the URL
+    came from, where the fix is to point it elsewhere), and psycopg.OperationalError when the
     database cannot be reached at all, or does not answer within `connect_timeout_seconds`."""
     migrations = _migrations()
-    _refuse_a_role_that_may_not_migrate(database_url, connect_timeout_seconds)
+    _refuse_a_role_that_may_not_migrate(database_url, connect_timeout_seconds, setting)
     try:
         # Connects, and creates yoyo's own tables.
         backend = get_backend(yoyo_url(database_url, connect_timeout=connect_timeout_seconds))

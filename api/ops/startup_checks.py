@@ -1,6 +1,7 @@
 """Mistakes `todo-api` catches before it starts anything: a port already taken, the development
-database offered beyond this machine, more connections than Postgres allows, prepared statements
-asked of a pooler that loses them, and a variable that was meant to be a setting but is misspelt.
+database offered beyond this machine, a database that refuses every write, more connections than
+Postgres allows, prepared statements asked of a pooler that loses them, and a variable that was
+meant to be a setting but is misspelt.
 
 Each is one line: a refusal is a CommandFailed, a near miss a warning.
 """
@@ -97,6 +98,40 @@ def near_misses(
         if close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO):
             warnings.append(f"{variable} is set{where[variable]} but is no setting; did you mean {close[0]}?")
     return warnings
+
+
+# Whether the database refuses every write: a standby replaying its primary's WAL (pg_basebackup -R,
+# a replica a failover left behind), or sessions whose transactions are read-only unless they ask
+# otherwise (default_transaction_read_only, from ALTER ROLE, ALTER DATABASE, the server's
+# configuration or the URL's options). Either way a write is refused only once it is sent.
+READ_ONLY_STATE = "select pg_is_in_recovery(), current_setting('default_transaction_read_only')::bool"
+
+
+def read_only_refusal(*, in_recovery: bool, read_only: bool, setting: str) -> str | None:
+    """Why every write through `setting`'s URL would be refused, and the fix; None when none would be."""
+    if in_recovery:
+        return (
+            f"{setting} reaches a standby in recovery (pg_is_in_recovery()), which refuses every write: "
+            f"point {setting} at the primary"
+        )
+    if read_only:
+        return (
+            f"{setting}'s sessions are read-only (default_transaction_read_only is on), so every write "
+            "would be refused: turn it off where it is set (ALTER ROLE or ALTER DATABASE ... RESET "
+            f"default_transaction_read_only, the server's configuration, the URL's options), or point "
+            f"{setting} at a writable database"
+        )
+    return None
+
+
+async def refuse_a_read_only_database(connection: psycopg.AsyncConnection[Any], setting: str) -> None:
+    """Fail in one line when the database refuses every write: serving there, every write was a 500."""
+    cursor = await connection.execute(READ_ONLY_STATE)
+    row = await cursor.fetchone()
+    assert row is not None
+    refusal = read_only_refusal(in_recovery=bool(row[0]), read_only=bool(row[1]), setting=setting)
+    if refusal is not None:
+        raise CommandFailed(f"Refusing to serve: {refusal}")
 
 
 # What each worker opens beside its pool of DB_POOL_SIZE: the readiness check's connection and the
