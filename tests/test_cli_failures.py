@@ -185,6 +185,25 @@ def test_serve_refuses_a_direct_url_that_cannot_log_in_in_one_line(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_serve_refuses_a_direct_url_that_names_another_database(tmp_path: Path, migrated_db_url: str) -> None:
+    """A LISTEN in another database of the same server never hears this one's writes: unchecked, serve
+    started, and streams never got a live event. Another server, or a standby: see
+    tests/faults/test_read_only_database.py."""
+    name = migrated_db_url.split("/")[3].split("?")[0]
+    direct = migrated_db_url.replace(f"/{name}?", "/postgres?")
+    result = run_cli(
+        "serve", "--port", "0", cwd=tmp_path,
+        DATABASE_URL=migrated_db_url, DATABASE_DIRECT_URL=direct, BETTER_AUTH_SECRET=SECRET,
+    )  # fmt: skip
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"DATABASE_DIRECT_URL reaches database postgres, and DATABASE_URL database {name}",
+        f"point DATABASE_DIRECT_URL at {name}",
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_url_without_the_password_the_server_asks_for(
     tmp_path: Path, command: tuple[str, ...], password_login_url: str

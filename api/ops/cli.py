@@ -35,7 +35,7 @@ from api import __version__
 from api.auth.dev_tokens import mint_token
 from api.auth.errors import InvalidToken
 from api.auth.principal import principal_from_claims
-from api.db.prepared import reaches_postgres_itself, url_reaches_postgres_itself
+from api.db.prepared import reaches_postgres_itself
 from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
@@ -184,14 +184,27 @@ def _migrate(url: str, settings: Settings, setting: str) -> str:
     return f"migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed"
 
 
-async def _check_direct_url(url: str, settings: Settings) -> None:
+# Which server and database a session is in, as a role with no privileges can ask: when the server's
+# postmaster started, to the microsecond, tells it from any other server, a standby or a restored copy
+# of the same cluster included, and reads the same through a pooler in front of it.
+_SERVER_AND_DATABASE = "select pg_postmaster_start_time(), current_database()"
+
+
+async def _check_direct_url(url: str, settings: Settings, served: tuple[object, str]) -> None:
     """DATABASE_DIRECT_URL, for each worker's LISTEN connection: one that can never be had would be
     retried for as long as it serves, logged as lost though it never was; one that reaches a pooler
     would never hear a write, and each worker leaves it alone (`api.db.listener.listen_url`): said
-    here, once for every worker."""
+    here, once for every worker. A NOTIFY is heard only in the database of the server that sent it,
+    and a standby refuses LISTEN: a URL that reaches either elsewhere than DATABASE_URL's `served`
+    (`_SERVER_AND_DATABASE`) would leave every stream without its wake-ups, and is refused."""
     conninfo = libpq_url(url, "DATABASE_DIRECT_URL", connect_timeout=settings.db_connect_timeout_seconds)
     try:
-        reaches_postgres = await url_reaches_postgres_itself(conninfo)
+        async with await psycopg.AsyncConnection.connect(
+            conninfo, autocommit=True, prepare_threshold=None
+        ) as connection:
+            reaches_postgres = await reaches_postgres_itself(connection)
+            cursor = await connection.execute(f"{_SERVER_AND_DATABASE}, pg_is_in_recovery()")
+            row = await cursor.fetchone()
     except psycopg.OperationalError as error:
         raise database_failure(error, url, "DATABASE_DIRECT_URL") from None
     if not reaches_postgres:
@@ -199,6 +212,26 @@ async def _check_direct_url(url: str, settings: Settings) -> None:
             "todo-api: DATABASE_DIRECT_URL reaches a pooler, not Postgres itself: LISTEN through it"
             " would never hear a write, so it is not used; set DATABASE_DIRECT_URL to a URL that"
             " reaches Postgres itself (on Neon, the one without -pooler)"
+        )
+        return
+    assert row is not None
+    started, database, in_recovery = row
+    elsewhere = "LISTEN there would never hear a write: point DATABASE_DIRECT_URL at"
+    if in_recovery:
+        raise CommandFailed(
+            "Refusing to serve: DATABASE_DIRECT_URL reaches a standby in recovery, which refuses LISTEN "
+            "and never hears a write: point it at the primary, the server DATABASE_URL reaches"
+        )
+    if database != served[1]:
+        raise CommandFailed(
+            f"Refusing to serve: DATABASE_DIRECT_URL reaches database {database}, and DATABASE_URL "
+            f"database {served[1]}: {elsewhere} {served[1]}"
+        )
+    if started != served[0]:
+        raise CommandFailed(
+            "Refusing to serve: DATABASE_DIRECT_URL reaches another Postgres server than DATABASE_URL "
+            f"(one started at {started}, DATABASE_URL's at {served[0]}): {elsewhere} the server "
+            "DATABASE_URL reaches"
         )
 
 
@@ -212,6 +245,9 @@ async def _check_database(url: str, settings: Settings, workers: int) -> None:
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
             await refuse_a_read_only_database(connection, "DATABASE_URL")
+            cursor = await connection.execute(_SERVER_AND_DATABASE)
+            served = await cursor.fetchone()
+            assert served is not None
             findings = [finding.message for finding in await isolation_findings(connection)]
             # A lock the check waited for in vain (DDL, a migration in progress) is no matter for
             # `todo-api migrate`: say who held it.
@@ -237,7 +273,7 @@ async def _check_database(url: str, settings: Settings, workers: int) -> None:
     except psycopg.OperationalError as error:
         raise database_failure(error, url) from None
     if settings.database_direct_url is not None:
-        await _check_direct_url(settings.database_direct_url.get_secret_value(), settings)
+        await _check_direct_url(settings.database_direct_url.get_secret_value(), settings, served)
     if any("the database is not migrated" in finding for finding in findings):
         raise CommandFailed(
             f"Refusing to serve: the database is not migrated ({'; '.join(findings)}). "

@@ -68,6 +68,37 @@ def test_migrate_refuses_a_standby_and_blames_no_other_migration(tmp_path: Path,
     assert "break-lock" not in result.stderr
 
 
+def test_serve_refuses_a_direct_url_that_reaches_a_standby(
+    tmp_path: Path, primary: OwnPostgres, standby: OwnStandby
+) -> None:
+    """Its LISTEN was refused: an ERROR traceback per retry, and streams woke only when they polled."""
+    result = run_cli(
+        "serve", "--port", "0", cwd=tmp_path,
+        DATABASE_URL=primary.url, DATABASE_DIRECT_URL=standby.url, BETTER_AUTH_SECRET=SECRET,
+    )  # fmt: skip
+    _one_line(result, "Refusing to serve: DATABASE_DIRECT_URL reaches a standby in recovery")
+
+
+def test_serve_refuses_a_direct_url_that_reaches_another_server(
+    tmp_path: Path, primary: OwnPostgres, migrated_db_url: str
+) -> None:
+    """The same database name on another server: a LISTEN there never hears a write of DATABASE_URL's."""
+    with psycopg.connect(migrated_db_url) as db:
+        name = db.info.dbname
+    with psycopg.connect(primary.superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        direct = primary.url.replace("/todo?", f"/{name}?")
+        result = run_cli(
+            "serve", "--port", "0", cwd=tmp_path,
+            DATABASE_URL=migrated_db_url, DATABASE_DIRECT_URL=direct, BETTER_AUTH_SECRET=SECRET,
+        )  # fmt: skip
+        _one_line(result, "Refusing to serve: DATABASE_DIRECT_URL reaches another Postgres server")
+    finally:
+        with psycopg.connect(primary.superuser_url, autocommit=True) as superuser:
+            superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+
+
 def test_read_only_sessions_refuse_serve_and_migrate(tmp_path: Path, migrated_db_url: str) -> None:
     _read_only_sessions(migrated_db_url)
     served = run_cli(
