@@ -405,6 +405,16 @@ class Database:
             # one, once they are reset, will not have.
             await connection.close()
             raise UnknownName(error.diag.message_primary, read_only=read_only) from None
+        except psycopg.errors.ReadOnlySqlTransaction as error:
+            await _roll_back(connection)
+            if read_only:  # a write in a READ ONLY transaction: the API's own mistake
+                raise
+            # The database refuses every write (a failover that landed on a standby, or
+            # default_transaction_read_only set while serving); this one was refused before it wrote.
+            # Not back to the pool: a new session reaches whatever the URL names now, with the
+            # settings it has now.
+            await connection.close()
+            raise DatabaseUnavailable(f"the database refused a write: {error.diag.message_primary}") from None
         except psycopg.Error as error:
             await _roll_back(connection)
             if not (connection.broken or connection.closed):

@@ -12,10 +12,11 @@ give: there the LISTEN succeeds and nothing is ever heard. So `listen_url` picks
 when it reaches Postgres itself (one that reaches a pooler is not used: `todo-api serve` warns of it
 once, at start-up), else DATABASE_URL when it reaches Postgres itself, else nothing (the streams
 then poll). When the
-connection is lost (a database restart, a dropped network) the listener reconnects with backoff,
-and calls `on_lost` both when it notices and once it listens again, so that every stream catches up
-from its last id: nothing is missed. Any other error (a bug, or one psycopg raises as another
-class) is logged with its traceback and handled the same way.
+connection is lost (a database restart, a dropped network), or LISTEN is refused (a standby, which
+`todo-api serve` refuses at start-up, reached after a failover), the listener reconnects with
+backoff, and calls `on_lost` both when it notices and once it listens again, so that every stream
+catches up from its last id: nothing is missed. Any other error (a bug, or one psycopg raises as
+another class) is logged with its traceback and handled the same way.
 """
 
 import asyncio
@@ -91,6 +92,10 @@ class Listener:
                 logger.warning("the events listener lost its connection (%s); reconnecting", error)
                 if self.listening.is_set():  # it did listen: the next loss starts from a short wait again
                     backoff = _FIRST_BACKOFF_SECONDS
+            except psycopg.errors.ReadOnlySqlTransaction as error:
+                # "cannot execute LISTEN during recovery": the URL reaches a standby (a failover left
+                # it there). No bug, so no traceback; tried again with backoff until it reaches a primary.
+                logger.warning("the events listener cannot LISTEN on a standby (%s); trying again", error)
             except Exception:
                 # A bug here, or an error psycopg raises as another class, must not silently end the
                 # wake-ups of every stream of this worker: it is handled as a lost connection. The

@@ -161,9 +161,11 @@ class PingConnection:
     """The readiness check's own connection to DATABASE_URL, made on the first ping and again after
     it broke: one connection per worker besides the pool (docs/operations.md counts it).
 
-    It logs in and asks `select 1` as the login role, touching no table, never preparing (it may
-    reach a pooler in transaction mode). Each answer is bounded as a pooled connection's liveness
-    check is: past the connect timeout the connection is shut, and the next ping makes a new one.
+    It logs in and asks, as the login role, whether its transactions are read-only, touching no
+    table, never preparing (it may reach a pooler in transaction mode): a standby, or sessions
+    read-only by default, answer but are not ready, since every write would be refused. Each answer
+    is bounded as a pooled connection's liveness check is: past the connect timeout the connection
+    is shut, and the next ping makes a new one.
     One ping at a time (`api.http.health.SharedReadiness` sees to it).
     """
 
@@ -199,7 +201,14 @@ class PingConnection:
     async def _select_one(self, connection: Connection) -> None:
         self.sent += 1
         async with answer_within(connection, self._answer_timeout):
-            await connection.execute("select 1")
+            # Rather than `select 1`, for the same round trip: a standby, or sessions read-only by
+            # default, would refuse every write this worker sends.
+            cursor = await connection.execute("select current_setting('transaction_read_only') as read_only")
+            row = await cursor.fetchone()
+        if row is not None and row["read_only"] == "on":
+            # Not kept: a new session has the settings of the server the URL names by then.
+            await connection.close()
+            raise DatabaseUnavailable("the database refuses writes (a standby, or read-only sessions)")
 
     async def close(self) -> None:
         self._closed = True

@@ -1,21 +1,30 @@
 """A database that refuses every write, a hot standby (`pg_basebackup -R`) or one whose sessions are
 read-only by default (default_transaction_read_only): `serve` and `migrate` refuse it at start-up in
-one line.
+one line; met while serving (a failover that lands on a standby, the setting changed meanwhile),
+a write is a 503 database-unavailable that wrote nothing, never a 500, and /readyz is 503 too; the
+events listener says so in one line, never a traceback per retry.
 
 The standby is a real one, of a cluster of the module's own: it takes a few seconds to make.
 """
 
+import asyncio
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
 
+from api.app import create_app
+from api.db.listener import Listener
 from tests.own_postgres import OwnPostgres, OwnStandby
-from tests.support import SECRET, run_cli
+from tests.support import SECRET, as_role, new_user, run_cli, serving, settings_for
 from tests.test_cli_failures import assert_one_clear_failure
+
+UNAVAILABLE = "urn:todo-api:problem:database-unavailable"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +53,13 @@ def _read_only_sessions(database_url: str) -> None:
                 sql.Identifier(owner.info.dbname)
             )
         )
+
+
+def _tasks_of(database_url: str, user_id: str) -> int:
+    with psycopg.connect(database_url) as db:
+        row = db.execute("select count(*) from tasks where user_id = %s", [user_id]).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _one_line(result: subprocess.CompletedProcess[str], *expected: str) -> None:
@@ -99,6 +115,25 @@ def test_serve_refuses_a_direct_url_that_reaches_another_server(
             superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
 
+def test_a_standby_met_while_serving_is_503_and_writes_nothing(
+    primary: OwnPostgres, standby: OwnStandby
+) -> None:
+    """As after a failover that left DATABASE_URL naming a standby: a write was a 500 with the
+    traceback of `ReadOnlySqlTransaction`, and /readyz said 200."""
+    user = new_user()
+    with serving(create_app(settings_for(standby.url))) as base_url, httpx.Client(base_url=base_url) as http:
+        created = http.post(f"/api/{user.id}/tasks", json={"title": "on a standby"}, headers=user.headers)
+        assert created.status_code == 503, created.text
+        assert created.json()["type"] == UNAVAILABLE
+        assert created.headers["Retry-After"]
+        listed = http.get(f"/api/{user.id}/tasks", headers=user.headers)
+        assert listed.status_code == 200, "reads are still served"
+        ready = http.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["type"] == UNAVAILABLE
+    assert _tasks_of(primary.url, user.id) == 0
+
+
 def test_read_only_sessions_refuse_serve_and_migrate(tmp_path: Path, migrated_db_url: str) -> None:
     _read_only_sessions(migrated_db_url)
     served = run_cli(
@@ -108,3 +143,67 @@ def test_read_only_sessions_refuse_serve_and_migrate(tmp_path: Path, migrated_db
     migrated = run_cli("migrate", cwd=tmp_path, DATABASE_URL=migrated_db_url)
     _one_line(migrated, "DATABASE_URL's sessions are read-only (default_transaction_read_only is on)")
     assert "another migration" not in migrated.stderr
+
+
+def test_read_only_sessions_met_while_serving_are_503_until_the_setting_is_reset(
+    migrated_db_url: str,
+) -> None:
+    """Each refused session is closed rather than handed out again: once the setting is reset, writes
+    get sessions that started after it, and succeed. Kept, a session stayed read-only for as long as
+    it lasted (half an hour)."""
+    user = new_user()
+    settings = settings_for(as_role(migrated_db_url), db_pool_size=1)
+    _read_only_sessions(migrated_db_url)
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as http:
+        refused = http.post(f"/api/{user.id}/tasks", json={"title": "refused"}, headers=user.headers)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["type"] == UNAVAILABLE
+        assert http.get("/readyz").status_code == 503
+        assert _tasks_of(migrated_db_url, user.id) == 0
+        writable = "-c default_transaction_read_only=off"
+        with psycopg.connect(migrated_db_url, autocommit=True, options=writable) as owner:
+            owner.execute(
+                sql.SQL("alter database {} reset default_transaction_read_only").format(
+                    sql.Identifier(owner.info.dbname)
+                )
+            )
+        # The pool may have replaced the refused session before the reset, read-only again: that one
+        # is refused once more and replaced in turn, by a session that starts after the reset.
+        statuses = []
+        for _ in range(2):
+            created = http.post(f"/api/{user.id}/tasks", json={"title": "kept"}, headers=user.headers)
+            statuses.append(created.status_code)
+            if created.status_code != 503:
+                break
+        assert statuses[-1] == 201, statuses
+    assert _tasks_of(migrated_db_url, user.id) == 1
+
+
+def test_the_listener_says_in_one_line_that_a_standby_refuses_listen(
+    standby: OwnStandby, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It logged an ERROR with a traceback on every retry."""
+    tries = 0
+
+    async def listen() -> None:
+        retried = asyncio.Event()
+
+        def lost() -> None:
+            nonlocal tries
+            tries += 1
+            if tries == 3:
+                retried.set()
+
+        listener = Listener(standby.url, on_wake=lambda _: None, on_lost=lost)
+        running = asyncio.create_task(listener.run())
+        await retried.wait()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    with caplog.at_level(logging.INFO, logger="api.db.listener"):
+        asyncio.run(asyncio.wait_for(listen(), timeout=60))
+    said = [record for record in caplog.records if record.name == "api.db.listener"]
+    assert len(said) >= 3
+    assert all(record.exc_info is None and record.levelno == logging.WARNING for record in said), said
+    assert all("cannot LISTEN on a standby" in record.getMessage() for record in said)
