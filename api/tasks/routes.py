@@ -170,10 +170,12 @@ async def list_tasks(
     ),
 )
 async def create_task(caller: CallerDep, data: TaskCreate, request: Request, response: Response) -> Any:
+    # The key first: preconditions are evaluated only for a request that would otherwise succeed
+    # (RFC 9110, section 13.2.1), and one with a malformed key is a 422 whatever they say.
+    key = idempotency_key(request)
     if not list_preconditions(request):
         raise list_precondition_failed("If-None-Match")
     user = caller.user
-    key = idempotency_key(request)
     try:
         if key is None:
             row: Mapping[str, Any] = _task_or_404(

@@ -245,6 +245,28 @@ def test_a_malformed_or_repeated_key_is_422_and_creates_nothing(
     assert _tasks(api_db, alice) == 0
 
 
+@pytest.mark.parametrize(
+    "precondition",
+    [
+        pytest.param({"If-Match": '"1.1"'}, id="if-match-that-fails"),
+        pytest.param({"If-None-Match": "*"}, id="if-none-match-star"),
+    ],
+)
+def test_a_malformed_key_is_422_even_with_a_precondition_that_would_fail(
+    client: httpx.Client, api_db: psycopg.Connection[Any], precondition: dict[str, str]
+) -> None:
+    """RFC 9110, section 13.2.1: preconditions are evaluated only when the request would otherwise
+    succeed, so the malformed key is what the client is told about, not a 412."""
+    alice = new_user()
+    headers = {**alice.headers, "Idempotency-Key": "a b", **precondition}
+    response = client.post(alice.tasks_url, json={"title": "t"}, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert [error["field"] for error in response.json()["errors"]] == ["header.idempotency-key"]
+    assert _tasks(api_db, alice) == 0
+    assert _keys(api_db, alice) == []
+
+
 def test_a_quoted_key_is_the_structured_field_form_of_the_same_key(client: httpx.Client) -> None:
     alice = new_user()
     first = _post(client, alice, '"8e03978e-40d5"', {"title": "t"})
