@@ -46,10 +46,34 @@ def no_nul(value: str | None) -> str | None:
     return value
 
 
+# Unicode's White_Space characters, which a title is trimmed of: the set pydantic's strip_whitespace
+# (Rust's str::trim) strips, and the one 0007_deleted_means_gone.sql's CHECK spells out. The title
+# is trimmed here rather than by strip_whitespace, which trims before the limits are checked.
+WHITE_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+)
+# At least one character that is not white space. Spelled out rather than `\S`, which means another
+# set in each engine that reads it: pydantic's Rust regex, a client's JavaScript, Python's re.
+TITLE_PATTERN = "[^" + "".join(f"\\u{ord(c):04x}" for c in WHITE_SPACE) + "]"
+TITLE_DESCRIPTION = (
+    f"1 to {TITLE_MAX_LENGTH} characters as sent, at least one of them not white space; stored "
+    "without the white space it starts or ends with."
+)
+
+
+def _trimmed(value: str) -> str:
+    return value.strip(WHITE_SPACE)
+
+
+# The limits apply to the title as sent, the string the document's minLength, maxLength and pattern
+# describe, so a client that checks a title against them is refused nothing else; the stored title,
+# trimmed after, is within them too.
 Title = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX_LENGTH),
+    StringConstraints(min_length=1, max_length=TITLE_MAX_LENGTH, pattern=TITLE_PATTERN),
     AfterValidator(no_nul),
+    AfterValidator(_trimmed),
+    PydanticField(description=TITLE_DESCRIPTION),
 ]
 Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), AfterValidator(no_nul)]
 
@@ -73,7 +97,16 @@ class TaskUpdate(TaskBase):
 
     # The schema must not promise that null is accepted where `not_null` refuses it.
     title: Annotated[
-        Title | None, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": TITLE_MAX_LENGTH})
+        Title | None,
+        WithJsonSchema(
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": TITLE_MAX_LENGTH,
+                "pattern": TITLE_PATTERN,
+                "description": TITLE_DESCRIPTION,
+            }
+        ),
     ] = None  # type: ignore[assignment]
     completed: Annotated[StrictBool | None, WithJsonSchema({"type": "boolean"})] = None  # type: ignore[assignment]
 

@@ -97,6 +97,9 @@ BAD_FIELDS = [
     pytest.param({"title": " \t\n "}, "body.title", id="blank-title"),
     pytest.param({"title": "x" * 201}, "body.title", id="title-201-chars"),
     pytest.param({"title": "🙂" * 201}, "body.title", id="title-201-emoji"),
+    # Counted as sent, as the document's maxLength counts: trimmed, this was a title of 200.
+    pytest.param({"title": "x" * 200 + " " * 5000}, "body.title", id="title-200-chars-and-5000-spaces"),
+    pytest.param({"title": " "}, "body.title", id="one-space-title"),
     pytest.param({"title": 5}, "body.title", id="number-title"),
     pytest.param({"title": ["a"]}, "body.title", id="list-title"),
     pytest.param({"title": "a\x00b"}, "body.title", id="nul-in-title"),
@@ -381,7 +384,9 @@ UNICODE_TITLES = {
     [
         *[pytest.param(title, title, id=name) for name, title in UNICODE_TITLES.items()],
         pytest.param("  padded\t", "padded", id="trimmed"),
-        pytest.param(" " + "x" * 200 + " ", "x" * 200, id="200-chars-after-trimming"),
+        pytest.param(" " + "x" * 198 + " ", "x" * 198, id="200-chars-as-sent"),
+        pytest.param("\u3000x\u0085", "x", id="unicode-white-space-trimmed"),
+        pytest.param("\ufeffx\x1c", "\ufeffx\x1c", id="not-white-space-kept"),
     ],
 )
 def test_unicode_titles_round_trip(api: Api, sent: str, stored: str) -> None:

@@ -1,11 +1,15 @@
 """The docs describe every endpoint, every error response and the Bearer scheme."""
 
+import re
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from api.tasks.listing import CURSOR_MAX_LENGTH
+from api.tasks.models import WHITE_SPACE
+from tests.support import new_user
 
 TASK_OPERATIONS = [
     ("/api/{user_id}/tasks", "get"),
@@ -110,3 +114,44 @@ def test_the_event_stream_documents_the_refusals_it_can_get_and_no_others(spec: 
     assert set(too_many["headers"]) == {"Retry-After", "RateLimit-Policy", "RateLimit", "X-Request-ID"}
     for name in ("RateLimit-Policy", "RateLimit"):
         assert too_many["headers"][name]["description"].startswith("Past RATE_LIMIT_PER_MINUTE only:")
+
+
+def _documented_title_is_valid(schema: dict[str, Any], title: str) -> bool:
+    """What a client holding the document may send: JSON Schema counts code points, as len() does,
+    and `pattern` matches anywhere, as re.search does."""
+    within = schema.get("minLength", 0) <= len(title) <= schema.get("maxLength", len(title))
+    return within and re.search(schema.get("pattern", ""), title) is not None
+
+
+# Each side of every rule: white space as Unicode defines it (trimmed) and characters some regex engine
+# calls white space that Unicode does not (kept); lengths as sent around the limit.
+TITLES = [" ", "\u3000", "\u0085", " \t\n ", "x" * 200 + " " * 5000, " " + "x" * 200, " " + "x" * 199]
+TITLES += ["x", "\ufeff", "\x1c", "\u200b", "x" * 200, "x" * 201, "\u3000x\u0085"]
+
+
+@pytest.mark.parametrize("title", TITLES, ids=lambda title: ascii(title[:8]) + f"-{len(title)}")
+@pytest.mark.parametrize("form", ["TaskCreate", "TaskUpdate"])
+def test_a_title_is_refused_exactly_when_the_document_says_it_is_invalid_and_stored_trimmed(
+    spec: dict[str, Any], client: httpx.Client, api_db: psycopg.Connection[Any], form: str, title: str
+) -> None:
+    alice = new_user()
+    schema = spec["components"]["schemas"][form]["properties"]["title"]
+    created = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers)
+    assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    if form == "TaskCreate":
+        response = client.post(alice.tasks_url, json={"title": title}, headers=alice.headers)
+    else:
+        response = client.put(alice.task_url(task_id), json={"title": title}, headers=alice.headers)
+    stored = [
+        title
+        for (title,) in api_db.execute("select title from tasks where user_id = %s order by id", [alice.id])
+    ]
+    if _documented_title_is_valid(schema, title):
+        assert response.status_code == (201 if form == "TaskCreate" else 200), response.text
+        assert response.json()["title"] == title.strip(WHITE_SPACE)
+        assert stored[-1] == title.strip(WHITE_SPACE)
+    else:
+        assert response.status_code == 422, response.text
+        assert [error["field"] for error in response.json()["errors"]] == ["body.title"]
+        assert stored == ["before"]
