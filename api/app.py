@@ -18,7 +18,7 @@ from api.db.stored_owners import StoredOwners
 from api.events import routes as events
 from api.events.hub import Hub
 from api.http import health, metrics
-from api.http.body_limit import BodyLimits
+from api.http.body_limit import BodyLimits, document_body_limits
 from api.http.caller import document_bearer_scheme
 from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
@@ -124,6 +124,7 @@ def create_app(
     install_problem_handlers(app)
     document_problem_media_type(app)
     document_bearer_scheme(app)
+    document_body_limits(app)  # before the header every response carries, which its answers carry too
     document_response_header(
         app, "X-Request-ID", "This request's id, in every log line about it: yours if you sent a sane one."
     )

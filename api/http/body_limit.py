@@ -13,11 +13,15 @@ lasts: the deadline bounds that, where granian's own timeout covers only the hea
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
+from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.http.openapi import OpenApiDocument, amend_openapi
 from api.http.problems import (
+    PROBLEM_MEDIA_TYPE,
     ProblemError,
     chunked_twice,
     http_problem,
@@ -103,3 +107,64 @@ class BodyLimits:
             return message
 
         await self.app(scope, receive_within_limits, send)
+
+
+_CONNECTION_CLOSED = {
+    "Connection": {
+        "description": "`close`: the server closes the connection after this answer.",
+        "schema": {"type": "string", "enum": ["close"]},
+    }
+}
+
+
+def _refusal(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": dict(_CONNECTION_CLOSED),
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+def body_limit_responses(*, reads_body: bool) -> dict[str, dict[str, Any]]:
+    """The OpenAPI responses `BodyLimits` can give an operation: those it gives from the request head
+    (any method and path, before the route is chosen, so before a 401 too), and, for an operation
+    that reads a body, those it gives while the body is read."""
+    unreadable = (
+        ", or a chunked body's framing is malformed or the connection ended before its end"
+        if reads_body
+        else ""
+    )
+    responses = {
+        "400": _refusal(
+            "Where the body ends cannot be known: Content-Length is not a number of bytes, or "
+            f"Transfer-Encoding names chunked more than once{unreadable}. Nothing was done (type "
+            "urn:todo-api:problem:bad-request)."
+        ),
+        "413": _refusal(
+            "Content-Length is larger than MAX_BODY_BYTES"
+            + (", or a chunked body grew past it" if reads_body else "")
+            + "; refused before anything else is looked at, the token included. Nothing was done "
+            "(type urn:todo-api:problem:payload-too-large)."
+        ),
+        "501": _refusal(
+            "Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one "
+            "implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented)."
+        ),
+    }
+    if reads_body:
+        responses["408"] = _refusal(
+            "The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type "
+            "urn:todo-api:problem:request-timeout)."
+        )
+    return responses
+
+
+def document_body_limits(app: FastAPI) -> None:
+    """Documents `body_limit_responses` on every operation, since `BodyLimits` sits in front of all
+    of them; an operation reads a body exactly when it declares one (FastAPI reads no other)."""
+
+    def amend(document: OpenApiDocument) -> None:
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            operation["responses"].update(body_limit_responses(reads_body="requestBody" in operation))
+
+    amend_openapi(app, amend)

@@ -158,11 +158,6 @@ AUTH_ERRORS: Responses = {
 }
 NOT_FOUND: Responses = {404: error_response("No such task, or it belongs to someone else.")}
 NOT_JSON: Responses = {415: error_response("A body sent as anything but uncompressed application/json.")}
-# api/http/body_limit.py, for every operation that reads a body.
-BODY_LIMITS: Responses = {
-    408: error_response("The body did not arrive within BODY_TIMEOUT_SECONDS; the connection is closed."),
-    413: error_response("The body is larger than MAX_BODY_BYTES."),
-}
 READ_CONDITIONS: Responses = {
     412: error_response(
         "If-Match names another version of the task. The ETag is the current one.", headers=ETAG

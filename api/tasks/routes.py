@@ -163,7 +163,6 @@ async def list_tasks(
         ),
         **docs.LIST_CONDITIONS,
         **docs.NOT_JSON,
-        **docs.BODY_LIMITS,
     },
     openapi_extra=docs.operation_docs(
         headers=(docs.IDEMPOTENCY_KEY, docs.IF_MATCH_ON_LIST, docs.IF_NONE_MATCH_ON_LIST)
@@ -232,7 +231,6 @@ async def read_task(caller: CallerDep, task_id: TaskId, request: Request, respon
         **docs.NOT_FOUND,
         **docs.WRITE_CONDITIONS,
         **docs.NOT_JSON,
-        **docs.BODY_LIMITS,
     },
     openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH, docs.IF_NONE_MATCH_ON_WRITE)),
 )
@@ -283,7 +281,6 @@ async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> N
         **docs.NOT_FOUND,
         **docs.WRITE_CONDITIONS,
         **docs.NOT_JSON,
-        **docs.BODY_LIMITS,
     },
     openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH, docs.IF_NONE_MATCH_ON_WRITE)),
 )

@@ -1,5 +1,6 @@
 """The docs describe every endpoint, every error response and the Bearer scheme."""
 
+import asyncio
 import re
 from typing import Any
 
@@ -7,9 +8,10 @@ import httpx
 import psycopg
 import pytest
 
+from api.app import create_app, openapi_document
 from api.tasks.listing import CURSOR_MAX_LENGTH
 from api.tasks.models import WHITE_SPACE
-from tests.support import new_user
+from tests.support import new_user, settings_for
 
 TASK_OPERATIONS = [
     ("/api/{user_id}/tasks", "get"),
@@ -155,3 +157,61 @@ def test_a_title_is_refused_exactly_when_the_document_says_it_is_invalid_and_sto
         assert response.status_code == 422, response.text
         assert [error["field"] for error in response.json()["errors"]] == ["body.title"]
         assert stored == ["before"]
+
+
+# Sent with any answer, and not documented per response: OpenAPI ignores Content-Type there (the
+# response's `content` says it), and the others frame the message.
+_FRAMING_HEADERS = {"content-type", "content-length", "date", "server", "transfer-encoding"}
+OPERATIONS = [
+    pytest.param(path, method, id=f"{method.upper()} {path}")
+    for path, path_item in openapi_document()["paths"].items()
+    for method in path_item
+]
+
+
+def _target(path: str) -> str:
+    return path.replace("{user_id}", "alice").replace("{task_id}", "1")
+
+
+def _assert_documented(spec: dict[str, Any], path: str, method: str, response: httpx.Response) -> None:
+    """The answer is one the operation documents, every header it carries is documented on it, and
+    every header documented as required is there."""
+    responses = spec["paths"][path][method]["responses"]
+    assert str(response.status_code) in responses, f"{method.upper()} {path}: {response.text}"
+    documented = {
+        name.lower(): header for name, header in responses[str(response.status_code)]["headers"].items()
+    }
+    sent = {name for name, value in response.headers.items() if (name, value) != ("connection", "keep-alive")}
+    assert sent - _FRAMING_HEADERS <= set(documented), f"{method.upper()} {path} {response.status_code}"
+    assert {name for name, header in documented.items() if header.get("required")} <= sent
+    if response.headers.get("content-type") == "application/problem+json":
+        assert response.json()["type"] in responses[str(response.status_code)]["description"]
+
+
+def _refusals(max_body_bytes: int) -> list[tuple[dict[str, str], int]]:
+    """What `BodyLimits` refuses from the request head alone, whatever the method and path."""
+    return [
+        ({"Content-Length": str(max_body_bytes + 1)}, 413),
+        ({"Content-Length": "abc"}, 400),
+        ({"Transfer-Encoding": "chunked, chunked"}, 400),
+        ({"Transfer-Encoding": "gzip, chunked"}, 501),
+    ]
+
+
+@pytest.mark.parametrize(("path", "method"), OPERATIONS)
+def test_every_operation_documents_what_the_body_limits_answer_before_its_route(
+    spec: dict[str, Any], api_db_url: str, path: str, method: str
+) -> None:
+    """Answered before the route is chosen, so before a 401, and under a server that passes such a
+    head on (uvicorn refuses some itself): called as an ASGI server calls the app."""
+    app = create_app(settings_for(api_db_url))
+
+    async def send(headers: dict[str, str]) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            return await client.request(method, _target(path), headers=headers)
+
+    for headers, status in _refusals(app.state.settings.max_body_bytes):
+        response = asyncio.run(send(headers))
+        assert response.status_code == status, (headers, response.text)
+        assert response.headers["connection"] == "close"
+        _assert_documented(spec, path, method, response)
