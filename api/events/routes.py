@@ -123,6 +123,18 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
     responses={
         200: {
             "description": "The event stream.",
+            "headers": {
+                "Cache-Control": {
+                    "description": "`no-store`: each stream is live, and no cache may keep or replay one.",
+                    "schema": {"type": "string"},
+                    "required": True,
+                },
+                # sse-starlette's, for a proxy (nginx's header) to pass each event on as it comes.
+                "X-Accel-Buffering": {
+                    "description": "`no`: a proxy passes each event on at once rather than buffer them.",
+                    "schema": {"type": "string"},
+                },
+            },
             "content": {"text/event-stream": {"schema": _event_schema()}},
         },
         # The task operations' 429 and 503, with this operation's own refusals (api/events/hub.py)

@@ -87,8 +87,16 @@ async def healthz() -> dict[str, str]:
     summary="The database is reachable and verified to isolate users",
     responses={
         503: error_response(
-            "The database is unreachable, or the last isolation check found something "
-            "(type urn:todo-api:problem:isolation-unverified)."
+            "The database did not answer (type urn:todo-api:problem:database-unavailable), or the last "
+            "isolation check found something (type urn:todo-api:problem:isolation-unverified); ask "
+            "again after the `Retry-After` seconds.",
+            headers={
+                "Retry-After": {
+                    "description": "Seconds to wait before asking again.",
+                    "schema": {"type": "integer"},
+                    "required": True,
+                }
+            },
         )
     },
 )

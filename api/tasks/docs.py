@@ -150,14 +150,37 @@ def service_unavailable(own_reason: str = "", own_type: str = "", *, writes: boo
 
 
 AUTH_ERRORS: Responses = {
-    401: error_response("Missing, malformed, badly signed, expired or not-yet-valid token."),
+    401: error_response(
+        "Missing, malformed, badly signed, expired or not-yet-valid token (type "
+        "urn:todo-api:problem:unauthorized).",
+        headers={
+            "WWW-Authenticate": {
+                **_header(
+                    '`Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent '
+                    "was refused, and a fresh one may do (RFC 6750)."
+                ),
+                "required": True,
+            }
+        },
+    ),
     403: error_response("The user id in the path is not the token's subject."),
     422: error_response("Invalid input: each bad field is listed in `errors`."),
     429: too_many_requests(),
     503: service_unavailable(),
 }
 NOT_FOUND: Responses = {404: error_response("No such task, or it belongs to someone else.")}
-NOT_JSON: Responses = {415: error_response("A body sent as anything but uncompressed application/json.")}
+NOT_JSON: Responses = {
+    415: error_response(
+        "A body sent as anything but uncompressed application/json (type "
+        "urn:todo-api:problem:unsupported-media-type); a compressed one is answered with "
+        "`Accept-Encoding: identity`.",
+        headers={
+            "Accept-Encoding": _header(
+                "`identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694)."
+            )
+        },
+    )
+}
 READ_CONDITIONS: Responses = {
     412: error_response(
         "If-Match names another version of the task. The ETag is the current one.", headers=ETAG

@@ -1,6 +1,7 @@
 """The docs describe every endpoint, every error response and the Bearer scheme."""
 
 import asyncio
+import gzip
 import re
 from typing import Any
 
@@ -215,3 +216,77 @@ def test_every_operation_documents_what_the_body_limits_answer_before_its_route(
         assert response.status_code == status, (headers, response.text)
         assert response.headers["connection"] == "close"
         _assert_documented(spec, path, method, response)
+
+
+AUTHENTICATED = [param for param in OPERATIONS if param.values[0].startswith("/api/")]
+
+
+@pytest.mark.parametrize(("path", "method"), AUTHENTICATED)
+def test_every_401_is_documented_with_its_challenge(
+    spec: dict[str, Any], client: httpx.Client, path: str, method: str
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        response = client.request(method, _target(path), headers=headers)
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        _assert_documented(spec, path, method, response)
+
+
+@pytest.mark.parametrize(
+    ("path", "method"), [param for param in AUTHENTICATED if param.values[1] in ("post", "put", "patch")]
+)
+def test_a_compressed_body_is_a_documented_415_naming_what_is_accepted(
+    spec: dict[str, Any], client: httpx.Client, path: str, method: str
+) -> None:
+    alice = new_user()
+    headers = {**alice.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    target = path.replace("{user_id}", alice.id).replace("{task_id}", "1")
+    response = client.request(method, target, content=gzip.compress(b'{"title": "x"}'), headers=headers)
+    assert response.status_code == 415, response.text
+    assert response.headers["accept-encoding"] == "identity"
+    _assert_documented(spec, path, method, response)
+
+
+def test_readiness_refused_is_a_documented_503_with_retry_after(
+    spec: dict[str, Any], api_db_url: str
+) -> None:
+    """An app not yet started has checked nothing: /readyz refuses, as it does after a finding."""
+    app = create_app(settings_for(api_db_url))
+
+    async def send() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            return await client.get("/readyz")
+
+    response = asyncio.run(send())
+    assert response.status_code == 503, response.text
+    assert int(response.headers["retry-after"]) >= 0
+    _assert_documented(spec, "/readyz", "get", response)
+
+
+def test_the_event_stream_is_documented_with_the_headers_it_opens_with(
+    spec: dict[str, Any], api_url: str
+) -> None:
+    alice = new_user()
+    with httpx.stream("GET", f"{api_url}/api/{alice.id}/events", headers=alice.headers) as response:
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-store"
+        _assert_documented(spec, "/api/{user_id}/events", "get", response)
+
+
+def test_a_405_names_in_allow_exactly_the_methods_the_document_lists_for_its_path(
+    spec: dict[str, Any], client: httpx.Client
+) -> None:
+    """405 is documented on no operation, and that is exact: it answers a method the path does not
+    take, which has no operation to document it on (RFC 9110, section 15.5.6), and the document's
+    path item already says what `Allow` does. Here they are held to agree: HEAD is served wherever GET
+    is (api/http/methods.py), and is not a second operation."""
+    for path, path_item in spec["paths"].items():
+        documented = {method.upper() for method in path_item}
+        documented |= {"HEAD"} if "GET" in documented else set()
+        refused = sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - documented)
+        assert refused, path
+        for method in refused:
+            response = client.request(method, _target(path))
+            assert response.status_code == 405, (method, path, response.text)
+            assert set(response.headers["allow"].split(", ")) == documented
+        assert all("405" not in operation["responses"] for operation in path_item.values())
