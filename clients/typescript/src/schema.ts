@@ -193,7 +193,10 @@ export interface components {
             completed?: boolean;
             /** Description */
             description?: string | null;
-            /** Title */
+            /**
+             * Title
+             * @description 1 to 200 characters as sent, at least one of them not white space; stored without the white space it starts or ends with.
+             */
             title: string;
         };
         /** TaskPublic */
@@ -212,7 +215,10 @@ export interface components {
             description: string | null;
             /** Id */
             id: number;
-            /** Title */
+            /**
+             * Title
+             * @description 1 to 200 characters as sent, at least one of them not white space; stored without the white space it starts or ends with.
+             */
             title: string;
             /**
              * Updated At
@@ -236,7 +242,10 @@ export interface components {
             completed?: boolean;
             /** Description */
             description?: string | null;
-            /** Title */
+            /**
+             * Title
+             * @description 1 to 200 characters as sent, at least one of them not white space; stored without the white space it starts or ends with.
+             */
             title?: string;
         };
     };
@@ -266,6 +275,10 @@ export interface operations {
             /** @description The event stream. */
             200: {
                 headers: {
+                    /** @description `no-store`: each stream is live, and no cache may keep or replay one. */
+                    "Cache-Control": string;
+                    /** @description `no`: a proxy passes each event on at once rather than buffer them. */
+                    "X-Accel-Buffering"?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -274,9 +287,24 @@ export interface operations {
                     "text/event-stream": string;
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            400: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
             401: {
                 headers: {
+                    /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
+                    "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -288,6 +316,19 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. */
             403: {
                 headers: {
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            413: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -316,6 +357,19 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            501: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -391,9 +445,24 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            400: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
             401: {
                 headers: {
+                    /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
+                    "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -424,6 +493,19 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            413: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Invalid input: each bad field is listed in `errors`. */
             422: {
                 headers: {
@@ -444,6 +526,19 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            501: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -507,9 +602,24 @@ export interface operations {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). */
+            400: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
             401: {
                 headers: {
+                    /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
+                    "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -529,9 +639,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS; the connection is closed. */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). */
             408: {
                 headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -575,9 +687,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The body is larger than MAX_BODY_BYTES. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
             413: {
                 headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -586,9 +700,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json. */
+            /** @description A body sent as anything but uncompressed application/json (type urn:todo-api:problem:unsupported-media-type); a compressed one is answered with `Accept-Encoding: identity`. */
             415: {
                 headers: {
+                    /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
+                    "Accept-Encoding"?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -617,6 +733,19 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            501: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -683,9 +812,24 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            400: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
             401: {
                 headers: {
+                    /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
+                    "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -729,6 +873,19 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            413: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Invalid input: each bad field is listed in `errors`. */
             422: {
                 headers: {
@@ -749,6 +906,19 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            501: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -808,9 +978,24 @@ export interface operations {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). */
+            400: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
             401: {
                 headers: {
+                    /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
+                    "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -841,9 +1026,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS; the connection is closed. */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). */
             408: {
                 headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -865,9 +1052,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The body is larger than MAX_BODY_BYTES. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
             413: {
                 headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -876,9 +1065,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json. */
+            /** @description A body sent as anything but uncompressed application/json (type urn:todo-api:problem:unsupported-media-type); a compressed one is answered with `Accept-Encoding: identity`. */
             415: {
                 headers: {
+                    /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
+                    "Accept-Encoding"?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -918,6 +1109,19 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            501: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -969,9 +1173,24 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            400: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
             401: {
                 headers: {
+                    /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
+                    "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1015,6 +1234,19 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            413: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Invalid input: each bad field is listed in `errors`. */
             422: {
                 headers: {
@@ -1046,6 +1278,19 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            501: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1105,9 +1350,24 @@ export interface operations {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). */
+            400: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
             401: {
                 headers: {
+                    /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
+                    "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1138,9 +1398,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS; the connection is closed. */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). */
             408: {
                 headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1162,9 +1424,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The body is larger than MAX_BODY_BYTES. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
             413: {
                 headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1173,9 +1437,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json. */
+            /** @description A body sent as anything but uncompressed application/json (type urn:todo-api:problem:unsupported-media-type); a compressed one is answered with `Accept-Encoding: identity`. */
             415: {
                 headers: {
+                    /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
+                    "Accept-Encoding"?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1223,6 +1489,19 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            501: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The database, or Better Auth's keys, cannot be reached, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
@@ -1260,6 +1539,45 @@ export interface operations {
                     };
                 };
             };
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            400: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            413: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            501: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     checkReadiness: {
@@ -1284,9 +1602,50 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database is unreachable, or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            400: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            413: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            501: {
+                headers: {
+                    /** @description `close`: the server closes the connection after this answer. */
+                    Connection?: "close";
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database did not answer (type urn:todo-api:problem:database-unavailable), or the last isolation check found something (type urn:todo-api:problem:isolation-unverified); ask again after the `Retry-After` seconds. */
             503: {
                 headers: {
+                    /** @description Seconds to wait before asking again. */
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
