@@ -8,6 +8,7 @@ may be a 5xx, and every response must be what the document promises: a documente
 type, headers and body; input the document calls invalid must be refused.
 """
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ ONE_IN_TEN = st.sampled_from([False] * 9 + [True])
 ONE_IN_FIVE = st.sampled_from([False] * 4 + [True])
 
 # Not `positive_data_acceptance`: the document cannot say everything the API refuses (a forged
-# cursor, a blank title, a NUL character), so it would flag correct 422s; the places where the
+# cursor, a NUL character, a failed If-Match), so it would flag correct 422s and 412s; the places where the
 # document is simply wrong about what is valid are pinned down by the tests at the end instead.
 # Not `ignored_auth`: every case gets its token from us, so "generated auth" is never invalid.
 CHECKS = [
@@ -225,3 +226,46 @@ def test_undecodable_bodies_are_documented_422s(
     problem = response.json()
     assert problem["type"] == "urn:todo-api:problem:validation-error"
     assert [error["field"] for error in problem["errors"]] == ["body"]
+
+
+# Found by a contract probe: answers given before any route is chosen (api/http/body_limit.py), to
+# heads no generated case sends: a body declared too large, or framed in a way the API refuses, on
+# any operation, the GETs included. Sent as an ASGI server passes them on (uvicorn refuses some
+# itself), and held to the document by the same checks as the cases above.
+@pytest.mark.parametrize(
+    "operation",
+    [result.ok() for result in schemathesis.openapi.from_dict(DOCUMENT).get_all_operations()],
+    ids=lambda operation: operation.label,
+)
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Content-Length": "99999999"}, 413),
+        ({"Content-Length": "abc"}, 400),
+        ({"Transfer-Encoding": "chunked, chunked"}, 400),
+        ({"Transfer-Encoding": "gzip, chunked"}, 501),
+    ],
+    ids=["too-large", "content-length-not-a-number", "chunked-twice", "gzip"],
+)
+def test_refusals_before_the_route_are_what_the_document_promises(
+    api_db_url: str, operation: Any, headers: dict[str, str], status: int
+) -> None:
+    app = create_app(settings_for(api_db_url))
+    case = operation.Case(
+        path_parameters={
+            name: 1 if name == "task_id" else "alice"
+            for name in ("user_id", "task_id")
+            if "{" + name + "}" in operation.path
+        }
+    )
+
+    async def send() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            return await client.request(case.method, case.formatted_path, headers=headers)
+
+    response = asyncio.run(send())
+    assert response.status_code == status, response.text
+    # A 501 is RFC 9112's answer to a coding the server does not implement, documented as such: a
+    # refusal, not a failure of the server, whatever its first digit.
+    held_to = [check for check in CHECKS if status != 501 or check is not checks.not_a_server_error]
+    case.validate_response(response, checks=held_to)
