@@ -2,8 +2,8 @@
 
 Field limits live once in Python (api/tasks/models.py, api/auth/principal.py) and once as CHECK
 constraints in the migrations; the column names, types and nullability live in both too. A change
-on one side only fails here. A title's rule (1 to 200 characters, stored trimmed of Unicode
-White_Space) is checked by trying titles on both sides: the database stores exactly the titles the
+on one side only fails here. A title's rule (trimmed of Unicode White_Space as pydantic trims, then 1 to
+200 characters) is checked by trying titles on both sides: the database stores exactly the titles the
 API would store as sent.
 """
 
