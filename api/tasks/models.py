@@ -62,7 +62,11 @@ TITLE_DESCRIPTION = (
 
 
 def _trimmed(value: str) -> str:
-    return value.strip(WHITE_SPACE)
+    trimmed = value.strip(WHITE_SPACE)
+    if not trimmed:
+        # The rule TITLE_PATTERN states, in words: pydantic's own message would quote the pattern.
+        raise ValueError("A title needs a character that is not white space.")
+    return trimmed
 
 
 # The limits apply to the title as sent, the string the document's minLength, maxLength and pattern
@@ -70,10 +74,10 @@ def _trimmed(value: str) -> str:
 # trimmed after, is within them too.
 Title = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=TITLE_MAX_LENGTH, pattern=TITLE_PATTERN),
+    StringConstraints(min_length=1, max_length=TITLE_MAX_LENGTH),
     AfterValidator(no_nul),
     AfterValidator(_trimmed),
-    PydanticField(description=TITLE_DESCRIPTION),
+    PydanticField(description=TITLE_DESCRIPTION, json_schema_extra={"pattern": TITLE_PATTERN}),
 ]
 Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), AfterValidator(no_nul)]
 
