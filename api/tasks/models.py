@@ -65,7 +65,7 @@ def _trimmed(value: str) -> str:
     trimmed = value.strip(WHITE_SPACE)
     if not trimmed:
         # The rule TITLE_PATTERN states, in words: pydantic's own message would quote the pattern.
-        raise ValueError("A title needs a character that is not white space.")
+        raise ValueError("must contain a character that is not white space")
     return trimmed
 
 
