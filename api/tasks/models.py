@@ -3,8 +3,10 @@
 `TaskBase` holds the fields a client writes, each with its limits, written once. `TaskCreate` and
 `TaskUpdate` are what a client sends, `TaskPublic` what it gets back, and `Task` the table's columns
 for the statements in `api.tasks.queries`. The database enforces the same limits as CHECK
-constraints (sql/migrations/0002_tasks_schema.sql; a title's trimming, 0007_deleted_means_gone.sql);
-`tests/db/test_schema_agreement.py` migrates a real database and fails when the two disagree.
+constraints (sql/migrations/0002_tasks_schema.sql; a title's trimming, 0007_deleted_means_gone.sql;
+a version from 1 and times a Python datetime holds, 0015_tasks_the_api_can_render.sql), so that no
+row, even one a DBA writes, is one `TaskPublic` cannot render; `tests/db/test_schema_agreement.py`
+migrates a real database and fails when the two disagree.
 
 Input models are strict: unknown fields, wrong types, blank titles and NUL characters (which
 Postgres cannot store in text) are refused with a 422 before anything reaches the database.

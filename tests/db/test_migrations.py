@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
 from yoyo.connections import parse_uri
@@ -37,6 +38,7 @@ MIGRATION_IDS = [
     "0012_refuse_event_truncate",
     "0013_tombstones_forget_the_request",
     "0014_titles_sort_by_code_point",
+    "0015_tasks_the_api_can_render",
 ]
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -356,6 +358,42 @@ def test_0014_rebuilds_the_title_index_by_code_point_and_rolls_back_to_0013_exac
         assert conn.execute(TITLE_INDEX).fetchone() == at_0013
 
 
+TASKS_AS_STORED = "select title, version, created_at::text, updated_at::text from tasks order by title"
+
+
+def test_0015_repairs_tasks_the_api_could_not_render_and_rolls_back_to_0014(empty_db_url: str) -> None:
+    migrate_up_to(empty_db_url, "0014_titles_sort_by_code_point")
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        conn.execute("set timezone = 'UTC'")
+        conn.execute("insert into users (id) values ('by-hand')")
+        conn.execute(
+            "insert into tasks (user_id, title, version, created_at, updated_at) values"
+            " ('by-hand', 'fine', 3, '2026-01-02 03:04:05+00', '2026-01-02 03:04:05+00'),"
+            " ('by-hand', 'version 0', 0, '2026-01-02 03:04:05+00', '2026-01-02 03:04:05+00'),"
+            " ('by-hand', 'version -5', -5, '2026-01-02 03:04:05+00', '2026-01-02 03:04:05+00'),"
+            " ('by-hand', 'timeless', 1, '-infinity', 'infinity'),"
+            " ('by-hand', 'far future', 1, '2026-01-02 03:04:05+00', '10000-01-01 00:00:00+00')"
+        )
+
+    migrate_up_to(empty_db_url, "0015_tasks_the_api_can_render")
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        conn.execute("set timezone = 'UTC'")
+        assert conn.execute(TASKS_AS_STORED).fetchall() == [
+            ("far future", 1, "2026-01-02 03:04:05+00", "9999-12-31 23:59:59.999999+00"),
+            ("fine", 3, "2026-01-02 03:04:05+00", "2026-01-02 03:04:05+00"),
+            ("timeless", 1, "0001-01-01 00:00:00+00", "9999-12-31 23:59:59.999999+00"),
+            ("version -5", 1, "2026-01-02 03:04:05+00", "2026-01-02 03:04:05+00"),
+            ("version 0", 1, "2026-01-02 03:04:05+00", "2026-01-02 03:04:05+00"),
+        ]
+        # app.record_change is back: a change still moves the version by one.
+        conn.execute("update tasks set completed = true where title = 'fine'")
+        assert conn.execute("select version from tasks where title = 'fine'").fetchone() == (4,)
+
+    migrate_all_then_roll_back_to(empty_db_url, "0014_titles_sort_by_code_point")
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        conn.execute("insert into tasks (user_id, title, version) values ('by-hand', 'version 0 again', 0)")
+
+
 @pytest.mark.parametrize(
     ("before", "migration"),
     [
@@ -404,6 +442,47 @@ def test_a_dba_removing_events_by_hand_is_recorded_like_a_purge(migrated_db: Con
         "select purged_through from task_event_purges where user_id = 'by-hand'"
     ).fetchall()
     assert recorded == [(first,)]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("version", 0),
+        ("version", -1),
+        ("created_at", "infinity"),
+        ("created_at", "-infinity"),
+        ("updated_at", "10000-01-01 00:00:00+00"),
+        ("updated_at", "0001-12-31 23:59:59+00 BC"),
+    ],
+)
+def test_a_dba_storing_a_task_the_api_cannot_render_is_refused(
+    migrated_db: Conn, column: str, value: object
+) -> None:
+    """Before 0015, a task stored with version 0 made its user's list a 500 and its event cut every
+    stream of that user that reached it, for EVENTS_RETENTION_HOURS."""
+    migrated_db.execute("insert into users (id) values ('by-hand')")
+    migrated_db.execute("insert into tasks (user_id, title) values ('by-hand', 'fine')")
+    migrated_db.commit()
+
+    with pytest.raises(psycopg.errors.CheckViolation):
+        migrated_db.execute(
+            sql.SQL("insert into tasks (user_id, title, {}) values ('by-hand', 'by hand', %s)").format(
+                sql.Identifier(column)
+            ),
+            [value],
+        )
+    migrated_db.rollback()
+    # An update may set only created_at out of range: app.record_change sets version and updated_at.
+    with pytest.raises(psycopg.errors.CheckViolation):
+        migrated_db.execute("update tasks set created_at = 'infinity' where user_id = 'by-hand'")
+    migrated_db.rollback()
+
+    stored = migrated_db.execute(
+        "select title, version, isfinite(created_at) and isfinite(updated_at) from tasks"
+    ).fetchall()
+    assert stored == [("fine", 1, True)]
+    events = migrated_db.execute("select kind, task ->> 'title' from task_events order by id").fetchall()
+    assert events == [("task.created", "fine")]
 
 
 # --- the URL forms users paste ----------------------------------------------------------------------

@@ -4,7 +4,8 @@ Field limits live once in Python (api/tasks/models.py, api/auth/principal.py) an
 constraints in the migrations; the column names, types and nullability live in both too. A change
 on one side only fails here. A title's rule (trimmed of Unicode White_Space as pydantic trims, then 1 to
 200 characters) is checked by trying titles on both sides: the database stores exactly the titles the
-API would store as sent.
+API would store as sent; so are a task's version and times: it stores exactly the tasks TaskPublic
+renders.
 """
 
 import re
@@ -12,6 +13,7 @@ from typing import Any, get_args
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String
@@ -169,3 +171,71 @@ def test_the_api_trims_what_the_database_refuses(migrated_db: Conn) -> None:
     for c in stripped:
         assert _database_stores(migrated_db, TaskCreate(title=f"{c}Buy milk{c}").title)
         assert not _database_stores(migrated_db, f"{c}Buy milk{c}"), repr(c)
+
+
+# A task the database stores is one TaskPublic renders, as a stream renders the trigger's copy of it
+# (to_jsonb of the row): a version around TaskPublic's lowest, times around Python's datetime range.
+_TASK = {
+    "id": 1,
+    "user_id": "agreement",
+    "title": "x",
+    "description": None,
+    "completed": False,
+    "created_at": "2026-01-01 00:00:00+00",
+    "updated_at": "2026-01-01 00:00:00+00",
+    "version": 1,
+}
+_TIMES = [
+    "-infinity",
+    "0001-12-31 23:59:59.999999+00 BC",
+    "0001-01-01 00:00:00+00",
+    "9999-12-31 23:59:59.999999+00",
+    "10000-01-01 00:00:00+00",
+    "infinity",
+]
+TASKS = [
+    *({**_TASK, "version": version} for version in (-1, 0, 1, 2, 2**31 - 1)),
+    *({**_TASK, column: time} for column in ("created_at", "updated_at") for time in _TIMES),
+]
+
+
+def _api_renders(db: Conn, task: dict[str, Any]) -> bool:
+    with db.transaction():
+        db.execute("set local timezone = 'UTC'")
+        row = db.execute(
+            "select to_jsonb(t) from jsonb_populate_record(null::tasks, %s) as t", [Jsonb(task)]
+        ).fetchone()
+    assert row is not None
+    try:
+        TaskPublic.model_validate(row[0])
+    except ValidationError:
+        return False
+    return True
+
+
+def _database_stores_task(db: Conn, task: dict[str, Any]) -> bool:
+    try:
+        with db.transaction():
+            db.execute(
+                "insert into tasks (user_id, title, description, completed, created_at, updated_at, version)"
+                " select user_id, title, description, completed, created_at, updated_at, version"
+                " from jsonb_populate_record(null::tasks, %s)",
+                [Jsonb(task)],
+            )
+    except psycopg.errors.CheckViolation:
+        return False
+    return True
+
+
+def test_the_database_stores_exactly_the_tasks_the_api_can_render(migrated_db: Conn) -> None:
+    migrated_db.execute("insert into users (id) values ('agreement')")
+    disagreements = [
+        (task["version"], task["created_at"], task["updated_at"], _api_renders(migrated_db, task))
+        for task in TASKS
+        if _database_stores_task(migrated_db, task) != _api_renders(migrated_db, task)
+    ]
+    assert disagreements == [], "version, created_at, updated_at: whether the API renders it"
+    # Both sides refuse something and store something, so the comparison has teeth.
+    rendered = [_api_renders(migrated_db, task) for task in TASKS]
+    assert 0 < sum(rendered) < len(TASKS)
+    assert not _api_renders(migrated_db, {**_TASK, "version": 0})
