@@ -11,12 +11,13 @@ trigger stored it, so an event is the task exactly as GET returns it and follows
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sse_starlette.event import ServerSentEvent
 
 from api.db.errors import UNAVAILABLE, IsolationBreach, UserShareExceeded
@@ -26,6 +27,8 @@ from api.events.hub import Hub, Subscription
 from api.http.caller import Caller
 from api.settings import POSTGRES_BIGINT_MAX
 from api.tasks.models import TaskPublic
+
+logger = logging.getLogger(__name__)
 
 # The longest event id a client may send back: Postgres's bigint.
 _MAX_EVENT_ID_DIGITS = len(str(POSTGRES_BIGINT_MAX))
@@ -87,11 +90,28 @@ async def start(caller: Caller, last_event_id: str | None) -> Start:
 
 
 def server_sent(event: Mapping[str, Any]) -> ServerSentEvent:
-    """One stored event as the client receives it."""
+    """One stored event as the client receives it.
+
+    A task the model refuses (an event stored before 0015_tasks_the_api_can_render.sql, or written
+    by hand) is sent as a reset, with the event's id: the client refetches the list, which shows the
+    task as it is now, and resumes after it. Raising here would cut the stream past its 200, and its
+    client's every reconnect from before the event, for as long as the event is kept."""
     if event["kind"] == "task.deleted":
         data = TaskDeleted(id=event["task_id"]).model_dump_json()
     else:
-        data = TaskPublic.model_validate(event["task"]).model_dump_json()
+        try:
+            data = TaskPublic.model_validate(event["task"]).model_dump_json()
+        except ValidationError as invalid:
+            # Where and why, not the task's content, which is the user's.
+            logger.error(
+                "event %s cannot be rendered, so its stream sends reset in its place: %s",
+                event["id"],
+                "; ".join(
+                    f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+                    for error in invalid.errors(include_url=False)
+                ),
+            )
+            return _reset(event["id"])
     return ServerSentEvent(data=data, event=event["kind"], id=str(event["id"]))
 
 

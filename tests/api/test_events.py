@@ -6,6 +6,7 @@ streams poll instead of being woken by LISTEN.
 """
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -468,6 +469,54 @@ def test_a_stream_resumed_from_before_an_event_removed_by_hand_starts_with_reset
             assert (reset.kind, reset.data, reset.id) == ("reset", {}, str(renamed))
 
     run(api_url, scenario)
+
+
+def test_an_event_the_api_cannot_render_is_sent_as_reset_and_logged_and_the_stream_goes_on(
+    api_url: str, api_db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event whose task the model refuses (stored before the database refused such a task, or
+    written by hand) is a reset with its id, once per stream that meets it, rather than a stream cut
+    past its 200, and every reconnect from before it cut again, for EVENTS_RETENTION_HOURS."""
+    alice = new_user()
+    unrenderable: list[int] = []
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        created = await client.post(alice.tasks_url, json={"title": "one"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            opening = await stream.opening_id()
+            # A DBA's task with version 0, as its event was stored before 0015.
+            [(bad,)] = api_db.execute(
+                "insert into task_events (user_id, kind, task_id, task)"
+                " select user_id, 'task.updated', id, to_jsonb(t) || '{\"version\": 0}' from tasks as t"
+                " where id = %s returning id",
+                [created.json()["id"]],
+            ).fetchall()
+            unrenderable.append(bad)
+            renamed = await client.put(
+                alice.task_url(created.json()["id"]), json={"title": "two"}, headers=alice.headers
+            )
+            assert renamed.status_code == 200
+            reset, update = await stream.take(2)
+            assert (reset.kind, reset.data, reset.id) == ("reset", {}, str(bad))
+            assert (update.kind, update.data) == ("task.updated", renamed.json())
+        # A tab that reconnects from before it is told the same, and goes on too.
+        async with opened(client, alice, last_event_id=opening) as again:
+            assert again.response.status_code == 200
+            assert kinds_and_bodies(await again.take(2)) == [("reset", {}), ("task.updated", renamed.json())]
+        # What the reset asks the client to refetch.
+        listed = await client.get(alice.tasks_url, headers=alice.headers)
+        assert (listed.status_code, listed.json()) == (200, [renamed.json()])
+
+    with caplog.at_level(logging.ERROR, logger="api.events.stream"):
+        run(api_url, scenario)
+    (bad,) = unrenderable
+    logged = [record.getMessage() for record in caplog.records if record.name == "api.events.stream"]
+    expected = (
+        f"event {bad} cannot be rendered, so its stream sends reset in its place:"
+        " version: Input should be greater than or equal to 1"
+    )
+    assert logged == [expected, expected], "once for each of the two streams"
+    assert api_db.execute("select count(*) from task_events where id = %s", [bad]).fetchone() == (1,)
 
 
 def test_an_open_stream_whose_next_events_were_purged_before_it_read_them_sends_reset(
