@@ -7,7 +7,8 @@
  *   too goes to `onError`), and so does every reconnect after the server ended the stream (it does
  *   when the token expires).
  * - Reconnects wait with exponential backoff (or the server's Retry-After on a 429) and resume with
- *   Last-Event-ID, so nothing is missed and nothing comes twice.
+ *   Last-Event-ID, so nothing is missed and nothing comes twice. The backoff starts over only once a
+ *   stream has delivered an event or a heartbeat, not on every 200.
  * - A refusal that asking again cannot change (403: the user id is not the token's; any 4xx but
  *   401, 408 and 429) ends the subscription: it goes to `onError` and `ended`, and nothing is retried.
  * - `reset` means "refetch the list": the server sends it when the id is too old to resume from or
@@ -111,7 +112,9 @@ export function subscribe(
     }
   }
 
-  // Failed attempts since the last connection that was answered with the stream.
+  // Failed attempts since a stream last delivered something past its opening `id:` (an event or a
+  // heartbeat comment). Not since the last 200: a server that opens the stream and then cuts it
+  // (or ends it) at once would otherwise be asked again every half second or so, forever.
   let failures = 0;
   let connectedBefore = lastEventId !== undefined;
 
@@ -132,7 +135,6 @@ export function subscribe(
       const retryAfter = Number(response.headers.get("Retry-After"));
       return { kind: "refused", retryAfterMs: retryAfter > 0 ? retryAfter * 1000 : undefined };
     }
-    failures = 0;
     // Without an id to resume from, what happened while disconnected is unknown: refetch, now that
     // the stream is live, so that everything after the refetch arrives as events.
     if (resumeFrom === undefined && connectedBefore) onEvent({ type: "reset" });
@@ -140,7 +142,11 @@ export function subscribe(
     // A block's `id:` is the last event id even without data (WHATWG SSE, "dispatch the event"), and
     // the stream opens with such a block: where it starts, all an idle stream has to resume from.
     // onId hears of it, and of an event's id before onEvent does.
-    const parser = createParser({ onId: (id) => (last = id), onEvent: deliver });
+    const parser = createParser({
+      onId: (id) => (last = id),
+      onEvent: (message) => ((failures = 0), deliver(message)),
+      onComment: () => (failures = 0),
+    });
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     for (;;) {
       const { value, done } = await reader.read();
@@ -173,8 +179,9 @@ export function subscribe(
       } else if (outcome.kind === "refused") {
         await sleep(outcome.retryAfterMs ?? backoff(failures++), stopping.signal);
       } else {
-        // The server ended the stream: the token expired, or the server is shutting down.
-        await sleep(backoff(0), stopping.signal);
+        // The server ended the stream: the token expired, or the server is shutting down. One that
+        // ended before delivering anything counts as a failure.
+        await sleep(backoff(failures++), stopping.signal);
       }
       fresh = outcome.kind !== "refused";
     }

@@ -360,3 +360,92 @@ test("a replayed older version of a task does not replace the newer one this cli
   const stored = await clientFor(user).getTask(user.id, task.id);
   assert.deepEqual([stored.data?.title, stored.data?.completed, stored.data?.version], ["v3", true, 4]);
 });
+
+test("streams cut right after they open are retried ever more slowly, until one delivers", async (t) => {
+  // Full jitter at its top, and the client's waits on a clock this test moves: 500 ms, then 1 s, 2 s.
+  t.mock.method(Math, "random", () => 1);
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  // Whatever follows without waiting for the network (a timer's callback, what it sets off) is done.
+  const settled = () => new Promise<void>((resolve) => setImmediate(resolve));
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  // Each stream of the API is answered 200 and opens; then, as a server that fails on what it reads
+  // next (or a proxy that drops it) would, the first is cut, the second ended, the third cut. The
+  // fourth goes on and delivers an event, then is cut too.
+  const endings = ["cut", "ended", "cut"] as const;
+  const end: (() => void)[] = [];
+  const ended = endings.map((_, attempt) => new Promise<void>((resolve) => (end[attempt] = resolve)));
+  let attempts = 0;
+  let cutLive = () => {};
+  let isLive = () => {};
+  const wentLive = new Promise<void>((resolve) => (isLive = resolve));
+  let deliver: (event: TaskEvent) => void = () => {};
+  const delivered = new Promise<TaskEvent>((resolve) => (deliver = resolve));
+  const errors: unknown[] = [];
+  let reportCut = () => {};
+  const lastCutReported = new Promise<void>((resolve) => (reportCut = resolve));
+  const subscription = clientFor(user, {
+    // The API's own stream, relayed until this test cuts (or ends) it.
+    fetch: async (request) => {
+      const attempt = attempts++;
+      const ending = endings[attempt];
+      const response = await fetch(request);
+      const reader = response.body!.getReader();
+      let head = "";
+      let relay!: ReadableStreamDefaultController<Uint8Array>;
+      const stop = (how: "cut" | "ended") => {
+        if (how === "cut") relay.error(new TypeError("terminated"));
+        else relay.close();
+        void reader.cancel();
+        end[attempt]?.();
+      };
+      request.signal.addEventListener("abort", () => stop("cut"), { once: true }); // close()
+      const body = new ReadableStream<Uint8Array>({
+        start: (controller) => void (relay = controller),
+        async pull(controller) {
+          // Past the opening `id:` block, the next read is where the stream is cut or ended.
+          if (ending && /\r?\n\r?\n/.test(head)) return stop(ending);
+          const { value, done } = await reader.read();
+          if (done) return;
+          head += new TextDecoder().decode(value);
+          controller.enqueue(value);
+        },
+      });
+      if (!ending) {
+        cutLive = () => stop("cut");
+        isLive();
+      }
+      return new Response(body, response);
+    },
+  }).subscribe(user.id, (event) => deliver(event), {
+    onError: (error) => errors.push(error) === 3 && reportCut(),
+  });
+
+  /** The client asks again `ms` after its last attempt ended, and not a moment before. */
+  async function retriedAfter(ms: number) {
+    await settled();
+    const before = attempts;
+    t.mock.timers.tick(ms - 1);
+    await settled();
+    assert.equal(attempts, before, `asked again before ${ms} ms`);
+    t.mock.timers.tick(1);
+    await settled();
+    assert.equal(attempts, before + 1, `not asked again after ${ms} ms`);
+  }
+  for (const [attempt, ms] of [500, 1000, 2000].entries()) {
+    await ended[attempt];
+    await retriedAfter(ms);
+  }
+
+  // The fourth stream delivers an event: its cut is retried after the first backoff again.
+  await wentLive;
+  const { data: created } = await todo.createTask(user.id, { title: "Delivered" });
+  const event = await delivered;
+  cutLive();
+  await lastCutReported;
+  await retriedAfter(500);
+  await subscription.close();
+
+  assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
+  assert.equal(errors.length, 3, "each cut reported (the stream that ended is no error)");
+});
