@@ -197,15 +197,14 @@ def task_limit_reached(limit: int) -> ProblemError:
     )
 
 
+def _unreadable_framing(detail: str) -> ProblemError:
+    # Where the body ends is unknowable (RFC 9112, sections 6.1, 6.3, 7.1), so the connection cannot be
+    # reused: it is closed after the answer.
+    return ProblemError(400, "bad-request", "Bad request", detail, headers={"Connection": "close"})
+
+
 def malformed_content_length() -> ProblemError:
-    # RFC 9112, section 6.3: where the body ends is unknowable, so the connection cannot be reused.
-    return ProblemError(
-        400,
-        "bad-request",
-        "Bad request",
-        "Content-Length is not a number of bytes.",
-        headers={"Connection": "close"},
-    )
+    return _unreadable_framing("Content-Length is not a number of bytes.")
 
 
 def unsupported_transfer_coding() -> ProblemError:
@@ -223,25 +222,15 @@ def unsupported_transfer_coding() -> ProblemError:
 
 
 def chunked_twice() -> ProblemError:
-    # RFC 9112, section 6.1: chunked is applied once; twice, the server read the inner framing as the body.
-    return ProblemError(
-        400,
-        "bad-request",
-        "Bad request",
-        "Transfer-Encoding names chunked more than once; a body is chunked once.",
-        headers={"Connection": "close"},
-    )
+    # Chunked is applied once; twice, the server read the inner framing as the body.
+    return _unreadable_framing("Transfer-Encoding names chunked more than once; a body is chunked once.")
 
 
 def unreadable_body() -> ProblemError:
-    # RFC 9112, section 7.1: a chunked body whose framing is broken cannot be read, nor its end found;
-    # the server hands the app a disconnect, as it does when the client leaves mid-body.
-    return ProblemError(
-        400,
-        "bad-request",
-        "Bad request",
-        "The body could not be read: its chunked framing is malformed, or the connection ended mid-body.",
-        headers={"Connection": "close"},
+    # A chunked body whose framing is broken: the server hands the app a disconnect, as it does when
+    # the client leaves mid-body.
+    return _unreadable_framing(
+        "The body could not be read: its chunked framing is malformed, or the connection ended mid-body."
     )
 
 
