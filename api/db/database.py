@@ -311,32 +311,34 @@ class Database:
         }
         if not read_only:
             as_user["app_wake_tag"] = wake_tag(user_id)
-        # One wait for a connection, DB_POOL_TIMEOUT_SECONDS in all, however it is spent: for the
-        # user's share first, then for the pool (a retry's included).
+        # One wait for a connection, DB_POOL_TIMEOUT_SECONDS in all: for the user's share first, then
+        # for the pool with what is left. A retry waits for the pool as long as the first attempt
+        # could: the time the first one spent at the database was not spent waiting.
         deadline = time.monotonic() + self.pool.timeout
         share = await self.fair_share.acquire(user_id, deadline)
+        pool_wait = deadline - time.monotonic()
         try:
             try:
-                return await self._attempt(share, deadline, query, as_user, read_only=read_only)
+                return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)
             except SafeToRetry as lost:
                 logger.info("running a transaction again on another connection: %s", lost)
                 # The connections that were idle beside it most likely died with it.
                 await self._liveness.check_pool()
-                return await self._attempt(share, deadline, query, as_user, read_only=read_only)
+                return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)
             except PreparedStatementsLost as lost:
                 # Every connection is as sound as before: only preparing failed, and it has stopped.
                 logger.info("running a transaction again, unprepared: %s", lost)
-                return await self._attempt(share, deadline, query, as_user, read_only=read_only)
+                return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)
         finally:
             self.fair_share.release(user_id)
 
     async def _attempt(
-        self, share: Share, deadline: float, query: Query, as_user: Mapping[str, object], *, read_only: bool
+        self, share: Share, pool_wait: float, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
         # getconn/putconn rather than pool.connection(): its `async with connection` would
         # commit or roll back, which the transaction does itself (`python -m bench.request_cpu`
         # counts the Python calls that saves).
-        connection = await self.pool.getconn(deadline - time.monotonic())
+        connection = await self.pool.getconn(pool_wait)
         share.at_database += 1
         try:
             return await self._on(connection, query, as_user, read_only=read_only)
