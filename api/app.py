@@ -22,7 +22,7 @@ from api.http.body_limit import BodyLimits, document_body_limits
 from api.http.caller import document_bearer_scheme
 from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
-from api.http.methods import install_method_rules
+from api.http.methods import install_method_rules, served_routes
 from api.http.openapi import document_response_header
 from api.http.problems import document_problem_media_type, install_problem_handlers
 from api.http.rate_limit import RateLimiter
@@ -147,10 +147,8 @@ def create_app(
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=CORS_RESPONSE_HEADERS,
         )
-    # The routes as install_method_rules reads them: the requests the router never names a route for
-    # are labelled with the one it would have picked.
-    routes = [*app.routes, *(route for router in routers for route in router.routes)]
-    app.add_middleware(RequestTelemetry, routes=routes, tracer=tracer)
+    # The requests the router never names a route for are labelled with the one it would have picked.
+    app.add_middleware(RequestTelemetry, routes=served_routes(app, routers), tracer=tracer)
     # The id reaches the logs and the response; nothing downstream reads it from the request headers.
     app.add_middleware(
         CorrelationIdMiddleware,

@@ -18,7 +18,7 @@ from api.auth.errors import InvalidToken, KeysUnavailable
 from api.auth.verification import Authenticator
 from api.events import stream
 from api.events.hub import Hub
-from api.http.caller import AuthenticatedRoute, CallerDep
+from api.http.caller import AuthenticatedRoute, CallerDep, scheme_and_token
 from api.http.conditional import field_value
 from api.settings import Settings
 from api.tasks import docs
@@ -97,8 +97,7 @@ def _event_schema() -> dict[str, Any]:
 
 def _bearer_token(request: Request) -> str:
     """The caller's token, which `AuthenticatedRoute` has verified (`exp` included)."""
-    _, _, token = request.headers["Authorization"].partition(" ")
-    return token.strip()
+    return scheme_and_token(request.headers["Authorization"])[1]
 
 
 def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awaitable[bool]]:

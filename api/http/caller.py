@@ -71,6 +71,12 @@ class Caller:
 MAX_AUTHORIZATION_BYTES = 8 * 1024
 
 
+def scheme_and_token(authorization: str) -> tuple[str, str]:
+    """An Authorization field's scheme and credentials (RFC 9110, section 11.6.2)."""
+    scheme, _, token = authorization.partition(" ")
+    return scheme, token.strip()
+
+
 async def _authorized_caller(request: Request) -> Principal:
     # Two Authorization fields are two claims of who is calling (a proxy may act on the other one):
     # the request proves nobody.
@@ -80,8 +86,7 @@ async def _authorized_caller(request: Request) -> Principal:
     authorization = given[0] if given else None
     if authorization is not None and len(authorization) > MAX_AUTHORIZATION_BYTES:
         raise InvalidToken(f"The Authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes.")
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
+    scheme, token = scheme_and_token(authorization or "")
     if scheme.lower() != "bearer" or not token:
         raise InvalidToken(
             "Send a token in the Authorization header: `Authorization: Bearer <jwt>`.", token_was_sent=False

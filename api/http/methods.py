@@ -72,13 +72,18 @@ def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
     return [method for method in _METHOD_ORDER if method in methods] + sorted(methods - set(_METHOD_ORDER))
 
 
+def served_routes(app: FastAPI, routers: Iterable[APIRouter]) -> list[BaseRoute]:
+    """Every route `app` serves, each once: `app.routes` may hold an included router as one entry of
+    its own rather than as its routes (some FastAPI releases list them, some do not)."""
+    return list(dict.fromkeys([*app.routes, *(route for router in routers for route in router.routes)]))
+
+
 def install_method_rules(app: FastAPI, routers: Iterable[APIRouter]) -> None:
     """Call after the routes are added and before the other middleware: HEAD becomes GET just above
     the router, so everything outside (telemetry, limits, CORS) sees the method the client sent.
 
-    `routers` are the ones `app` includes: their routes are read from them, since `app.routes` may
-    hold an included router as one entry of its own rather than as its routes."""
-    routes = [*app.routes, *(route for router in routers for route in router.routes)]
+    `routers` are the ones `app` includes (`served_routes`)."""
+    routes = served_routes(app, routers)
 
     async def on_method_not_allowed(request: Request, error: Exception) -> JSONResponse:
         methods = allowed_methods(routes, request.scope)
