@@ -91,7 +91,6 @@ from api.settings import Settings
 from api.telemetry import metrics
 from api.telemetry.tracing import Tracer, transaction_span
 
-APP_ROLE = "todo_app"
 # A name the API's statements use, unknown to the session that runs them (`UnknownName`).
 _UNKNOWN_NAME = (
     psycopg.errors.UndefinedTable,

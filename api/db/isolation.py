@@ -30,10 +30,11 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import tuple_row
 
-from api.db.database import APP_ROLE, Database
+from api.db.database import Database
 from api.db.errors import AlreadyExists, IsolationBreach
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, read_sql
+from api.db.statements import APP_ROLE
 from api.telemetry import metrics
 
 logger = logging.getLogger(__name__)

@@ -181,11 +181,11 @@ class PingConnection:
         kept = self._connection
         if kept is not None and not kept.closed:
             try:
-                await self._select_one(kept)
+                await self._ask_ready(kept)
                 return
             except psycopg.Error:
                 # The server ended the session we kept (a restart, an idle timeout), or refused it
-                # something: `select 1` may be asked again, on a new connection. A timeout is not
+                # something: the question may be asked again, on a new connection. A timeout is not
                 # asked again: the server did not answer, and the connection is shut already.
                 await kept.close()
         if self._closed:
@@ -196,9 +196,9 @@ class PingConnection:
         if self._closed:  # closed while it connected: the worker is stopping
             await self._connection.close()
             raise DatabaseUnavailable("the readiness connection is closed")
-        await self._select_one(self._connection)
+        await self._ask_ready(self._connection)
 
-    async def _select_one(self, connection: Connection) -> None:
+    async def _ask_ready(self, connection: Connection) -> None:
         self.sent += 1
         async with answer_within(connection, self._answer_timeout):
             # Rather than `select 1`, for the same round trip: a standby, or sessions read-only by

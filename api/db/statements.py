@@ -42,8 +42,10 @@ _NAMES = itertools.count(1)
 # How long the live-changes events are kept is set the same way: the trigger that writes them purges
 # (sql/migrations/0008_task_events.sql). And the trigger is told that a write wakes the streams
 # itself, after COMMIT (`WAKE_STREAMS`, sql/migrations/0009_wake_after_commit.sql).
+# The unprivileged role every transaction switches to; the policies (sql/policies) are written for it.
+APP_ROLE = "todo_app"
 ACT_AS_USER = text(
-    "SELECT set_config('role', 'todo_app', true),"
+    f"SELECT set_config('role', '{APP_ROLE}', true),"
     " set_config('app.user_id', :app_user_id, true),"
     " set_config('app.max_tasks_per_user', :app_max_tasks, true),"
     " set_config('app.events_retention_hours', :app_events_retention_hours, true),"

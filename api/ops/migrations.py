@@ -121,9 +121,7 @@ def _not_the_owner(role: str, owners: list[str]) -> MigrationFailed:
     )
 
 
-def _refuse_a_role_that_may_not_migrate(
-    database_url: str, connect_timeout_seconds: int, setting: str
-) -> None:
+def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int, setting: str) -> None:
     """Only the schema's owner migrates it (none yet: whoever may create there becomes it), and only
     where it can write: on a standby, or in read-only sessions, yoyo's lock is refused, and yoyo
     retries it as if another migration held it."""
@@ -158,7 +156,7 @@ def apply_migrations(
     came from, where the fix is to point it elsewhere), and psycopg.OperationalError when the
     database cannot be reached at all, or does not answer within `connect_timeout_seconds`."""
     migrations = _migrations()
-    _refuse_a_role_that_may_not_migrate(database_url, connect_timeout_seconds, setting)
+    _refuse_what_cannot_migrate(database_url, connect_timeout_seconds, setting)
     try:
         # Connects, and creates yoyo's own tables.
         backend = get_backend(yoyo_url(database_url, connect_timeout=connect_timeout_seconds))
