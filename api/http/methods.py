@@ -75,7 +75,11 @@ def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
 def served_routes(app: FastAPI, routers: Iterable[APIRouter]) -> list[BaseRoute]:
     """Every route `app` serves, each once: `app.routes` may hold an included router as one entry of
     its own rather than as its routes (some FastAPI releases list them, some do not)."""
-    return list(dict.fromkeys([*app.routes, *(route for router in routers for route in router.routes)]))
+    served: list[BaseRoute] = []
+    for route in [*app.routes, *(route for router in routers for route in router.routes)]:
+        if not any(route is known for known in served):  # a route compares by value, not as itself
+            served.append(route)
+    return served
 
 
 def install_method_rules(app: FastAPI, routers: Iterable[APIRouter]) -> None:

@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     StrictBool,
     StringConstraints,
+    TypeAdapter,
     field_validator,
 )
 from pydantic import (
@@ -104,15 +105,7 @@ class TaskUpdate(TaskBase):
     # The schema must not promise that null is accepted where `not_null` refuses it.
     title: Annotated[
         Title | None,
-        WithJsonSchema(
-            {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": TITLE_MAX_LENGTH,
-                "pattern": TITLE_PATTERN,
-                "description": TITLE_DESCRIPTION,
-            }
-        ),
+        WithJsonSchema(TypeAdapter(Title).json_schema()),
     ] = None  # type: ignore[assignment]
     completed: Annotated[StrictBool | None, WithJsonSchema({"type": "boolean"})] = None  # type: ignore[assignment]
 
