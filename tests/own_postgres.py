@@ -45,6 +45,12 @@ class OwnPostgres:
         self.server.cleanup()
         shutil.rmtree(self.pgdata.parent, ignore_errors=True)
 
+    def __enter__(self) -> "OwnPostgres":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.remove()
+
     @property
     def superuser_url(self) -> str:
         return self.server.get_uri(database="todo")

@@ -35,6 +35,15 @@ from api.tasks.listing import TaskListParams
 # Like Neon's neondb_owner: logs in, creates roles and databases, and bypasses row-level security,
 # so every test proves that the API's role switch, not the login role, keeps users apart.
 LOGIN_ROLE = "todo_owner"
+# What `BodyLimits` refuses from the request head alone, on every method and path, before a route is
+# chosen: a body declared larger than any MAX_BODY_BYTES admits, a Content-Length that is not a
+# number, chunked twice, and a transfer coding other than chunked.
+HEAD_REFUSALS: dict[str, tuple[dict[str, str], int]] = {
+    "too-large": ({"Content-Length": "99999999"}, 413),
+    "content-length-not-a-number": ({"Content-Length": "abc"}, 400),
+    "chunked-twice": ({"Transfer-Encoding": "chunked, chunked"}, 400),
+    "gzip": ({"Transfer-Encoding": "gzip, chunked"}, 501),
+}
 # What production should serve as (PostgREST's "authenticator"): logs in, owns nothing, bypasses
 # nothing, inherits nothing, member of todo_app only. `todo-api migrate --login-role` creates it.
 API_LOGIN_ROLE = "todo_login"

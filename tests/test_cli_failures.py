@@ -151,16 +151,22 @@ def test_a_migration_url_that_cannot_be_read_is_named_without_its_password(
         assert piece not in result.stdout + result.stderr
 
 
+def _serve_with_direct_url(
+    tmp_path: Path, database_url: str, direct: str
+) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "serve", "--port", "0", cwd=tmp_path,
+        DATABASE_URL=database_url, DATABASE_DIRECT_URL=direct, BETTER_AUTH_SECRET=SECRET,
+    )  # fmt: skip
+
+
 def test_serve_refuses_a_direct_url_that_cannot_be_read_in_one_line(
     tmp_path: Path, migrated_db_url: str
 ) -> None:
     """Each worker reads DATABASE_DIRECT_URL as it starts: unchecked, every one failed, with a
     traceback naming DATABASE_URL, and was restarted, in a loop."""
     direct = f"postgresql://todo_owner:{PASSWORD_LEFT}%zz@127.0.0.1:1/todo"
-    result = run_cli(
-        "serve", "--port", "0", cwd=tmp_path,
-        DATABASE_URL=migrated_db_url, DATABASE_DIRECT_URL=direct, BETTER_AUTH_SECRET=SECRET,
-    )  # fmt: skip
+    result = _serve_with_direct_url(tmp_path, migrated_db_url, direct)
     assert_one_clear_failure(
         result.stderr, result.returncode, "DATABASE_DIRECT_URL is not a valid connection URL", "a % not"
     )
@@ -173,10 +179,7 @@ def test_serve_refuses_a_direct_url_that_cannot_log_in_in_one_line(
 ) -> None:
     """Unchecked, serve started, and its listener said it "lost its connection" over and over."""
     direct = password_login_url.replace(RIGHT_PASSWORD, "a-wrong-password-5e2d")
-    result = run_cli(
-        "serve", "--port", "0", cwd=tmp_path,
-        DATABASE_URL=migrated_db_url, DATABASE_DIRECT_URL=direct, BETTER_AUTH_SECRET=SECRET,
-    )  # fmt: skip
+    result = _serve_with_direct_url(tmp_path, migrated_db_url, direct)
     assert_one_clear_failure(
         result.stderr,
         result.returncode,
@@ -191,10 +194,7 @@ def test_serve_refuses_a_direct_url_that_names_another_database(tmp_path: Path, 
     tests/faults/test_read_only_database.py."""
     name = migrated_db_url.split("/")[3].split("?")[0]
     direct = migrated_db_url.replace(f"/{name}?", "/postgres?")
-    result = run_cli(
-        "serve", "--port", "0", cwd=tmp_path,
-        DATABASE_URL=migrated_db_url, DATABASE_DIRECT_URL=direct, BETTER_AUTH_SECRET=SECRET,
-    )  # fmt: skip
+    result = _serve_with_direct_url(tmp_path, migrated_db_url, direct)
     assert_one_clear_failure(
         result.stderr,
         result.returncode,

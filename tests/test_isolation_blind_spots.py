@@ -201,11 +201,8 @@ BLIND_SPOTS = {
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[OwnPostgres]:
-    own = OwnPostgres()
-    try:
+    with OwnPostgres() as own:
         yield own
-    finally:
-        own.remove()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from api.app import create_app, openapi_document
 from api.tasks.listing import CURSOR_MAX_LENGTH
 from api.tasks.models import WHITE_SPACE
-from tests.support import new_user, settings_for
+from tests.support import HEAD_REFUSALS, new_user, settings_for
 
 TASK_OPERATIONS = [
     ("/api/{user_id}/tasks", "get"),
@@ -188,16 +188,6 @@ def _assert_documented(spec: dict[str, Any], path: str, method: str, response: h
         assert response.json()["type"] in responses[str(response.status_code)]["description"]
 
 
-def _refusals(max_body_bytes: int) -> list[tuple[dict[str, str], int]]:
-    """What `BodyLimits` refuses from the request head alone, whatever the method and path."""
-    return [
-        ({"Content-Length": str(max_body_bytes + 1)}, 413),
-        ({"Content-Length": "abc"}, 400),
-        ({"Transfer-Encoding": "chunked, chunked"}, 400),
-        ({"Transfer-Encoding": "gzip, chunked"}, 501),
-    ]
-
-
 @pytest.mark.parametrize(("path", "method"), OPERATIONS)
 def test_every_operation_documents_what_the_body_limits_answer_before_its_route(
     spec: dict[str, Any], api_db_url: str, path: str, method: str
@@ -210,7 +200,7 @@ def test_every_operation_documents_what_the_body_limits_answer_before_its_route(
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
             return await client.request(method, _target(path), headers=headers)
 
-    for headers, status in _refusals(app.state.settings.max_body_bytes):
+    for headers, status in HEAD_REFUSALS.values():
         response = asyncio.run(send(headers))
         assert response.status_code == status, (headers, response.text)
         assert response.headers["connection"] == "close"

@@ -11,8 +11,5 @@ from tests.own_postgres import OwnPostgres
 def own_postgres() -> Iterator[OwnPostgres]:
     """A Postgres cluster of the test's own, to stop, restart or spoil: the session's shared one
     must stay up, with todo_app intact, for every other test."""
-    cluster = OwnPostgres()
-    try:
+    with OwnPostgres() as cluster:
         yield cluster
-    finally:
-        cluster.remove()

@@ -29,11 +29,8 @@ UNAVAILABLE = "urn:todo-api:problem:database-unavailable"
 
 @pytest.fixture(scope="module")
 def primary() -> Iterator[OwnPostgres]:
-    cluster = OwnPostgres()
-    try:
+    with OwnPostgres() as cluster:
         yield cluster
-    finally:
-        cluster.remove()
 
 
 @pytest.fixture(scope="module")
