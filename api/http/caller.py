@@ -174,9 +174,17 @@ def refuse_unless_isolated(request: Request) -> None:
 
 async def admitted_caller(request: Request) -> Caller:
     """The caller `AuthenticatedRoute` admitted for this request. Only its routes may declare it:
-    elsewhere no caller was admitted, and the request fails rather than run unauthenticated.
-    (`async`: FastAPI would run a plain function in a thread.)"""
-    caller: Caller = request.state.caller
+    elsewhere no caller was admitted, and the request fails rather than run unauthenticated
+    (tests/api/test_routers.py holds every served route to that). (`async`: FastAPI would run a
+    plain function in a thread.)"""
+    try:
+        caller: Caller = request.state.caller
+    except AttributeError:
+        raise RuntimeError(
+            f"The route serving {request.method} {request.url.path} declares CallerDep but is not an "
+            "AuthenticatedRoute, which admits the caller CallerDep hands over: give its router "
+            "route_class=AuthenticatedRoute"
+        ) from None
     return caller
 
 
