@@ -20,8 +20,8 @@ from api.events import stream
 from api.events.hub import Hub
 from api.http.caller import AuthenticatedRoute, CallerDep, scheme_and_token
 from api.http.conditional import field_value
+from api.http.refusals import service_unavailable, too_many_requests
 from api.settings import Settings
-from api.tasks import docs
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ process; the next is refused with 503 (type urn:todo-api:problem:streams-unavail
 router = APIRouter(
     prefix="/api/{user_id}/events",
     tags=["events"],
-    responses=docs.AUTH_ERRORS,
     route_class=AuthenticatedRoute,
 )
 
@@ -136,16 +135,16 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
             },
             "content": {"text/event-stream": {"schema": _event_schema()}},
         },
-        # The task operations' 429 and 503, with this operation's own refusals (api/events/hub.py)
-        # and without outcome-unknown, which only a write can get.
-        429: docs.too_many_requests("with MAX_STREAMS_PER_USER streams of yours open on this server process"),
-        503: docs.service_unavailable(
+        # Every authenticated operation's 429 and 503 (api/http/refusals.py), with this operation's
+        # own refusals (api/events/hub.py) and without outcome-unknown, which only a write can get.
+        429: too_many_requests("with MAX_STREAMS_PER_USER streams of yours open on this server process"),
+        503: service_unavailable(
             "this server process holds MAX_STREAMS_PER_WORKER streams of all users already",
             "streams-unavailable",
             writes=False,
         ),
     },
-    openapi_extra=docs.operation_docs(headers=(LAST_EVENT_ID,)),
+    openapi_extra={"parameters": [LAST_EVENT_ID]},
 )
 async def stream_events(caller: CallerDep, request: Request) -> Response:
     hub: Hub = request.app.state.events_hub

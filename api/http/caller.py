@@ -29,6 +29,7 @@ from api.http.json_body import Utf8JsonRoute
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.http.problems import ProblemError, unsupported_content_coding, unsupported_media_type
 from api.http.rate_limit import RateLimiter
+from api.http.refusals import AUTH_ERRORS, NOT_JSON
 
 _BEARER_SCHEME_NAME = "HTTPBearer"
 _BEARER_SCHEME = HTTPBearer(
@@ -109,7 +110,8 @@ class AuthenticatedRoute(Utf8JsonRoute):
     """A route whose caller is authenticated and matched to `{user_id}` before FastAPI reads the
     body; its handler then runs as FastAPI runs any handler, with the caller as `CallerDep`.
 
-    Its OpenAPI operation carries the Bearer requirement and the `{user_id}` parameter;
+    Its OpenAPI operation carries the Bearer requirement, the `{user_id}` parameter and the refusals
+    admission can answer (`api.http.refusals`; a 429 or 503 the route documents itself is kept);
     `document_bearer_scheme` adds the scheme they refer to.
     """
 
@@ -122,7 +124,11 @@ class AuthenticatedRoute(Utf8JsonRoute):
             **_CALLER_DOCS,
             "parameters": [*extra.get("parameters", ()), *_CALLER_DOCS["parameters"]],
         }
-        super().__init__(path, endpoint, openapi_extra=docs, **kwargs)
+        responses = {**AUTH_ERRORS, **(kwargs.pop("responses", None) or {})}
+        if _METHODS_WITH_BODIES & {method.upper() for method in kwargs.get("methods") or ()}:
+            for status, response in NOT_JSON.items():
+                responses.setdefault(status, response)
+        super().__init__(path, endpoint, openapi_extra=docs, responses=responses, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()

@@ -12,6 +12,7 @@ from api.db.database import Database
 from api.db.errors import UNAVAILABLE
 from api.http.caller import refuse_unless_isolated
 from api.http.problems import database_unavailable, error_response
+from api.http.refusals import retry_after
 
 router = APIRouter(tags=["health"])
 
@@ -90,13 +91,7 @@ async def healthz() -> dict[str, str]:
             "The database did not answer (type urn:todo-api:problem:database-unavailable), or the last "
             "isolation check found something (type urn:todo-api:problem:isolation-unverified); ask "
             "again after the `Retry-After` seconds.",
-            headers={
-                "Retry-After": {
-                    "description": "Seconds to wait before asking again.",
-                    "schema": {"type": "integer"},
-                    "required": True,
-                }
-            },
+            headers=retry_after("Seconds to wait before asking again.", required=True),
         )
     },
 )

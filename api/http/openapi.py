@@ -20,15 +20,17 @@ def amend_openapi(app: FastAPI, amend: Callable[[OpenApiDocument], None]) -> Non
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def response_header(description: str, schema_type: str = "string") -> dict[str, Any]:
+    """An OpenAPI `headers` entry of a response."""
+    return {"description": description, "schema": {"type": schema_type}}
+
+
 def document_response_header(app: FastAPI, name: str, description: str) -> None:
     """A header every response carries, documented on every response of every operation."""
 
     def amend(document: OpenApiDocument) -> None:
         for operation in (op for path in document["paths"].values() for op in path.values()):
             for response in operation["responses"].values():
-                response.setdefault("headers", {})[name] = {
-                    "description": description,
-                    "schema": {"type": "string"},
-                }
+                response.setdefault("headers", {})[name] = response_header(description)
 
     amend_openapi(app, amend)

@@ -7,42 +7,28 @@ documented on the responses that carry it. `tests/api/test_openapi.py` holds the
 
 from typing import Any
 
+from api.http.openapi import response_header
 from api.http.problems import error_response
+from api.http.refusals import Responses
 from api.tasks.models import IDEMPOTENCY_KEY_MAX_LENGTH
 
-Responses = dict[int | str, dict[str, Any]]
-
-
-def _header(description: str, schema_type: str = "string") -> dict[str, Any]:
-    return {"description": description, "schema": {"type": schema_type}}
-
-
-RETRY_AFTER = {"Retry-After": _header("Seconds to wait before trying again.", "integer")}
-# Sent only with the 429 of RATE_LIMIT_PER_MINUTE (api/http/rate_limit.py); every other 429 has
-# Retry-After alone.
-RATE_LIMIT = {
-    "RateLimit-Policy": _header(
-        "Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: "
-        '`"per-user";q=600;w=60`.'
-    ),
-    "RateLimit": _header(
-        'Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request '
-        "may be made>`."
-    ),
-}
 ETAG = {
-    "ETag": _header("The task's version, a strong entity-tag: send it back in If-Match or If-None-Match.")
+    "ETag": response_header(
+        "The task's version, a strong entity-tag: send it back in If-Match or If-None-Match."
+    )
 }
-LOCATION = {"Location": _header("The new task's URL.")}
+LOCATION = {"Location": response_header("The new task's URL.")}
 REPLAYED_HEADER = "Idempotent-Replayed"
 IDEMPOTENT_REPLAYED = {
-    REPLAYED_HEADER: _header(
+    REPLAYED_HEADER: response_header(
         "`true` when this answers a repeated Idempotency-Key: nothing was created now. A first answer "
         "has no such header."
     )
 }
 LINK = {
-    "Link": _header('`<url>; rel="next"` when more tasks match than `limit`: the next page, with its cursor.')
+    "Link": response_header(
+        '`<url>; rel="next"` when more tasks match than `limit`: the next page, with its cursor.'
+    )
 }
 
 IF_MATCH = {
@@ -116,71 +102,7 @@ def operation_docs(*, headers: tuple[dict[str, Any], ...] = ()) -> dict[str, Any
     return {"parameters": list(headers)}
 
 
-def too_many_requests(own_reason: str = "") -> dict[str, Any]:
-    """The 429 of every authenticated operation, with the reason an operation has of its own first."""
-    return error_response(
-        f"Too many requests from you: {own_reason + ', ' if own_reason else ''}past "
-        "MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's "
-        "connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done.",
-        headers={**RETRY_AFTER, **RATE_LIMIT},
-    )
-
-
-def service_unavailable(own_reason: str = "", own_type: str = "", *, writes: bool = True) -> dict[str, Any]:
-    """The 503 of every authenticated operation, with the reason and problem type an operation has
-    of its own; outcome-unknown only where the operation may write."""
-    types = ["database-unavailable", "authentication-unavailable", "isolation-unverified"]
-    types += [own_type] if own_type else []
-    causes = [
-        "The database, or Better Auth's keys, cannot be reached",
-        "the last isolation check found something",
-    ]
-    causes += [own_reason] if own_reason else []
-    text = (
-        f"{', '.join(causes[:-1])}, or {causes[-1]}; retry after the `Retry-After` seconds. "
-        f"Nothing was done (type urn:todo-api:problem:{', '.join(types[:-1])} or {types[-1]})"
-    )
-    if writes:
-        text += (
-            ", except for type urn:todo-api:problem:outcome-unknown (writes only): the database "
-            "stopped answering after the change was sent, so it may have been made; retry with the "
-            "same Idempotency-Key, or read the task before changing it again"
-        )
-    return error_response(text + ".", headers=RETRY_AFTER)
-
-
-AUTH_ERRORS: Responses = {
-    401: error_response(
-        "Missing, malformed, badly signed, expired or not-yet-valid token (type "
-        "urn:todo-api:problem:unauthorized).",
-        headers={
-            "WWW-Authenticate": {
-                **_header(
-                    '`Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent '
-                    "was refused, and a fresh one may do (RFC 6750)."
-                ),
-                "required": True,
-            }
-        },
-    ),
-    403: error_response("The user id in the path is not the token's subject."),
-    422: error_response("Invalid input: each bad field is listed in `errors`."),
-    429: too_many_requests(),
-    503: service_unavailable(),
-}
 NOT_FOUND: Responses = {404: error_response("No such task, or it belongs to someone else.")}
-NOT_JSON: Responses = {
-    415: error_response(
-        "A body sent as anything but uncompressed application/json (type "
-        "urn:todo-api:problem:unsupported-media-type); a compressed one is answered with "
-        "`Accept-Encoding: identity`.",
-        headers={
-            "Accept-Encoding": _header(
-                "`identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694)."
-            )
-        },
-    )
-}
 READ_CONDITIONS: Responses = {
     412: error_response(
         "If-Match names another version of the task. The ETag is the current one.", headers=ETAG

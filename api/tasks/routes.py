@@ -25,6 +25,7 @@ from api.http.problems import (
     task_limit_reached,
 )
 from api.http.query import ascii_digits, each_parameter_once, parameter_names
+from api.http.refusals import RETRY_AFTER
 from api.http.request_telemetry import note_change
 from api.settings import Settings
 from api.tasks import docs, queries
@@ -40,7 +41,6 @@ TaskId = Annotated[
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
     tags=["tasks"],
-    responses=docs.AUTH_ERRORS,
     route_class=AuthenticatedRoute,
 )
 
@@ -156,13 +156,12 @@ async def list_tasks(
             "urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key "
             "were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use, "
             "the one with `Retry-After`): send the same request again after it.",
-            headers=docs.RETRY_AFTER,
+            headers=RETRY_AFTER,
         ),
         410: error_response(
             "A repeated Idempotency-Key whose task has been deleted since; nothing was created."
         ),
         **docs.LIST_CONDITIONS,
-        **docs.NOT_JSON,
     },
     openapi_extra=docs.operation_docs(
         headers=(docs.IDEMPOTENCY_KEY, docs.IF_MATCH_ON_LIST, docs.IF_NONE_MATCH_ON_LIST)
@@ -230,7 +229,6 @@ async def read_task(caller: CallerDep, task_id: TaskId, request: Request, respon
         200: {"headers": docs.ETAG},
         **docs.NOT_FOUND,
         **docs.WRITE_CONDITIONS,
-        **docs.NOT_JSON,
     },
     openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH, docs.IF_NONE_MATCH_ON_WRITE)),
 )
@@ -280,7 +278,6 @@ async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> N
         200: {"headers": docs.ETAG},
         **docs.NOT_FOUND,
         **docs.WRITE_CONDITIONS,
-        **docs.NOT_JSON,
     },
     openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH, docs.IF_NONE_MATCH_ON_WRITE)),
 )

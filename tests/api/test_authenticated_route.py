@@ -70,3 +70,12 @@ def test_a_bad_query_and_body_are_judged_only_for_an_admitted_caller(probe_clien
     assert [nobody.status_code, elsewhere.status_code, admitted.status_code] == [401, 403, 422]
     assert "errors" not in nobody.json()
     assert "errors" not in elsewhere.json()
+
+
+def test_a_router_of_authenticated_routes_documents_what_admission_refuses_without_naming_it() -> None:
+    app = create_app(settings_for("postgresql://nobody@/nowhere"))
+    app.include_router(router)
+    operation = app.openapi()["paths"]["/api/{user_id}/probe"]["post"]
+    assert operation["security"] == [{"HTTPBearer": []}]
+    assert {"401", "403", "415", "422", "429", "503"} <= set(operation["responses"])
+    assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]

@@ -1,0 +1,106 @@
+"""How the refusals of the HTTP layer are documented: what `AuthenticatedRoute` answers before a
+handler runs (401, 403, 415, 429, 503, and FastAPI's 422), with the headers they carry.
+
+`AuthenticatedRoute` merges these into every operation it serves, so a router with
+`route_class=AuthenticatedRoute` documents them without naming them; an operation that refuses
+more for a reason of its own (the event stream's caps) passes its own 429 or 503, built with
+`too_many_requests` and `service_unavailable`, and that one is documented instead.
+"""
+
+from typing import Any
+
+from api.http.openapi import response_header
+from api.http.problems import error_response
+
+Responses = dict[int | str, dict[str, Any]]
+Headers = dict[str, dict[str, Any]]
+
+
+def retry_after(
+    description: str = "Seconds to wait before trying again.", *, required: bool = False
+) -> Headers:
+    """The `headers` entry for Retry-After; `required` where every answer of that status sends it."""
+    header = response_header(description, "integer")
+    return {"Retry-After": {**header, "required": True} if required else header}
+
+
+RETRY_AFTER = retry_after()
+# Sent only with the 429 of RATE_LIMIT_PER_MINUTE (api/http/rate_limit.py); every other 429 has
+# Retry-After alone.
+RATE_LIMIT = {
+    "RateLimit-Policy": response_header(
+        "Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: "
+        '`"per-user";q=600;w=60`.'
+    ),
+    "RateLimit": response_header(
+        'Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request '
+        "may be made>`."
+    ),
+}
+
+
+def too_many_requests(own_reason: str = "") -> dict[str, Any]:
+    """The 429 of every authenticated operation, with the reason an operation has of its own first."""
+    return error_response(
+        f"Too many requests from you: {own_reason + ', ' if own_reason else ''}past "
+        "MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's "
+        "connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done.",
+        headers={**RETRY_AFTER, **RATE_LIMIT},
+    )
+
+
+def service_unavailable(own_reason: str = "", own_type: str = "", *, writes: bool = True) -> dict[str, Any]:
+    """The 503 of every authenticated operation, with the reason and problem type an operation has
+    of its own; outcome-unknown only where the operation may write."""
+    types = ["database-unavailable", "authentication-unavailable", "isolation-unverified"]
+    types += [own_type] if own_type else []
+    causes = [
+        "The database, or Better Auth's keys, cannot be reached",
+        "the last isolation check found something",
+    ]
+    causes += [own_reason] if own_reason else []
+    text = (
+        f"{', '.join(causes[:-1])}, or {causes[-1]}; retry after the `Retry-After` seconds. "
+        f"Nothing was done (type urn:todo-api:problem:{', '.join(types[:-1])} or {types[-1]})"
+    )
+    if writes:
+        text += (
+            ", except for type urn:todo-api:problem:outcome-unknown (writes only): the database "
+            "stopped answering after the change was sent, so it may have been made; retry with the "
+            "same Idempotency-Key, or read the task before changing it again"
+        )
+    return error_response(text + ".", headers=RETRY_AFTER)
+
+
+AUTH_ERRORS: Responses = {
+    401: error_response(
+        "Missing, malformed, badly signed, expired or not-yet-valid token (type "
+        "urn:todo-api:problem:unauthorized).",
+        headers={
+            "WWW-Authenticate": {
+                **response_header(
+                    '`Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent '
+                    "was refused, and a fresh one may do (RFC 6750)."
+                ),
+                "required": True,
+            }
+        },
+    ),
+    403: error_response("The user id in the path is not the token's subject."),
+    422: error_response("Invalid input: each bad field is listed in `errors`."),
+    429: too_many_requests(),
+    503: service_unavailable(),
+}
+# Refused only where a body may come (POST, PUT, PATCH): api/http/caller.py.
+NOT_JSON: Responses = {
+    415: error_response(
+        "A body sent as anything but uncompressed application/json (type "
+        "urn:todo-api:problem:unsupported-media-type); a compressed one is answered with "
+        "`Accept-Encoding: identity`.",
+        headers={
+            "Accept-Encoding": response_header(
+                "`identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694)."
+            )
+        },
+    )
+}
