@@ -20,6 +20,7 @@ from api.events import stream
 from api.events.hub import Hub
 from api.http.caller import AuthenticatedRoute, CallerDep, scheme_and_token
 from api.http.conditional import field_value
+from api.http.problems import ProblemType
 from api.http.refusals import service_unavailable, too_many_requests
 from api.settings import Settings
 
@@ -55,13 +56,13 @@ LAST_EVENT_ID = {
     "schema": {"type": "string"},
 }
 
-_EVENTS_DESCRIPTION = """\
+_EVENTS_DESCRIPTION = f"""\
 One event per real change of one of your tasks, in commit order; a write that changes nothing sends
 none. Every event has an `id:`; send the last one back as `Last-Event-ID` when you reconnect.
 
 - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
-- `event: task.deleted`: `data: {"id": N}`.
-- `event: reset` (`data: {}`): your Last-Event-ID is malformed or older than what is kept; refetch.
+- `event: task.deleted`: `data: {{"id": N}}`.
+- `event: reset` (`data: {{}}`): your Last-Event-ID is malformed or older than what is kept; refetch.
   (0, the id a stream opens with before you have any event, is older than what is kept once any
   of your events was purged.)
 
@@ -70,7 +71,7 @@ EVENTS_HEARTBEAT_SECONDS, and ends when your token expires: reconnect with a fre
 last id. A browser's EventSource cannot send the Authorization header: stream with fetch (the
 TypeScript client's `subscribe` does). At most MAX_STREAMS_PER_USER streams per user and server
 process; the next is refused with 429. At most MAX_STREAMS_PER_WORKER streams of all users per server
-process; the next is refused with 503 (type urn:todo-api:problem:streams-unavailable) and
+process; the next is refused with 503 (type {ProblemType.STREAMS_UNAVAILABLE.urn}) and
 `Retry-After`, as is any stream asked of a server process that is shutting down.
 """
 
@@ -140,7 +141,7 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
         429: too_many_requests("with MAX_STREAMS_PER_USER streams of yours open on this server process"),
         503: service_unavailable(
             "this server process holds MAX_STREAMS_PER_WORKER streams of all users already",
-            "streams-unavailable",
+            ProblemType.STREAMS_UNAVAILABLE,
             writes=False,
         ),
     },

@@ -16,27 +16,21 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.http.problems import (
     PROBLEM_MEDIA_TYPE,
     ProblemError,
+    ProblemType,
     chunked_twice,
     http_problem,
     malformed_content_length,
+    payload_too_large,
     problem_response,
+    request_timeout,
     unsupported_transfer_coding,
 )
-
-
-def _too_large(limit: int) -> HTTPException:
-    # An HTTPException, as the 408 below: the rest of the body may still be on its way, unread, so
-    # the connection cannot be reused.
-    return HTTPException(
-        413, f"The request body is larger than {limit} bytes.", headers={"Connection": "close"}
-    )
 
 
 def _transfer_coding_problem(headers: Iterable[tuple[bytes, bytes]]) -> ProblemError | None:
@@ -74,7 +68,7 @@ class BodyLimits:
             return
         if declared is not None and int(declared) > self.max_bytes:
             # Answer without reading: the client said how much it would send.
-            await problem_response(http_problem(_too_large(self.max_bytes)))(scope, receive, send)
+            await problem_response(http_problem(payload_too_large(self.max_bytes)))(scope, receive, send)
             return
 
         received = 0
@@ -92,17 +86,12 @@ class BodyLimits:
                     message = await receive()
             except TimeoutError:
                 # FastAPI lets HTTPException through its body parsing; the problem handler renders it.
-                # The rest of the body may still be on its way: the connection cannot be reused.
-                raise HTTPException(
-                    408,
-                    f"The request body did not arrive within {self.timeout_seconds:g} seconds.",
-                    headers={"Connection": "close"},
-                ) from None
+                raise request_timeout(self.timeout_seconds) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # A chunked body with no Content-Length: stop as soon as it passes the limit.
-                    raise _too_large(self.max_bytes)
+                    raise payload_too_large(self.max_bytes)
                 complete = not message.get("more_body", False)
             return message
 
@@ -138,23 +127,23 @@ def body_limit_responses(*, reads_body: bool) -> dict[str, dict[str, Any]]:
         "400": _refusal(
             "Where the body ends cannot be known: Content-Length is not a number of bytes, or "
             f"Transfer-Encoding names chunked more than once{unreadable}. Nothing was done (type "
-            "urn:todo-api:problem:bad-request)."
+            f"{ProblemType.BAD_REQUEST.urn})."
         ),
         "413": _refusal(
             "Content-Length is larger than MAX_BODY_BYTES"
             + (", or a chunked body grew past it" if reads_body else "")
             + "; refused before anything else is looked at, the token included. Nothing was done "
-            "(type urn:todo-api:problem:payload-too-large)."
+            f"(type {ProblemType.PAYLOAD_TOO_LARGE.urn})."
         ),
         "501": _refusal(
             "Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one "
-            "implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented)."
+            f"implemented is chunked, alone. Nothing was done (type {ProblemType.NOT_IMPLEMENTED.urn})."
         ),
     }
     if reads_body:
         responses["408"] = _refusal(
             "The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type "
-            "urn:todo-api:problem:request-timeout)."
+            f"{ProblemType.REQUEST_TIMEOUT.urn})."
         )
     return responses
 

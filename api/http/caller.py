@@ -27,7 +27,7 @@ from api.db.stored_owners import StoredOwners
 from api.http.in_flight import InFlightCap
 from api.http.json_body import Utf8JsonRoute
 from api.http.openapi import OpenApiDocument, amend_openapi
-from api.http.problems import ProblemError, unsupported_content_coding, unsupported_media_type
+from api.http.problems import forbidden, unsupported_content_coding, unsupported_media_type
 from api.http.rate_limit import RateLimiter
 from api.http.refusals import AUTH_ERRORS, NOT_JSON
 
@@ -97,9 +97,7 @@ async def _authorized_caller(request: Request) -> Principal:
     # The access line names whom the token proved, whatever is refused next (another's path, the rate).
     request.state.user_id = principal.id
     if request.path_params.get("user_id") != principal.id:
-        raise ProblemError(
-            403, "forbidden", "Forbidden", "The user id in the path is not the one your token was issued for."
-        )
+        raise forbidden()
     rate_limiter: RateLimiter | None = request.app.state.rate_limiter
     if rate_limiter is not None:
         rate_limiter.take(principal.id)

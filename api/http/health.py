@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from api.db.database import Database
 from api.db.errors import UNAVAILABLE
 from api.http.caller import refuse_unless_isolated
-from api.http.problems import database_unavailable, error_response
+from api.http.problems import ProblemType, database_unavailable, error_response
 from api.http.refusals import retry_after
 
 router = APIRouter(tags=["health"])
@@ -88,8 +88,8 @@ async def healthz() -> dict[str, str]:
     summary="The database is reachable and verified to isolate users",
     responses={
         503: error_response(
-            "The database did not answer (type urn:todo-api:problem:database-unavailable), or the last "
-            "isolation check found something (type urn:todo-api:problem:isolation-unverified); ask "
+            f"The database did not answer (type {ProblemType.DATABASE_UNAVAILABLE.urn}), or the last "
+            f"isolation check found something (type {ProblemType.ISOLATION_UNVERIFIED.urn}); ask "
             "again after the `Retry-After` seconds.",
             headers=retry_after("Seconds to wait before asking again.", required=True),
         )

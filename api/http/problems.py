@@ -6,6 +6,7 @@ the database's UNAVAILABLE); this module alone turns them into responses.
 """
 
 import logging
+from enum import StrEnum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +34,43 @@ _TYPE_PREFIX = "urn:todo-api:problem:"
 logger = logging.getLogger(__name__)
 
 
+class ProblemType(StrEnum):
+    """Every problem type the API sends, by status: the value is its slug, `urn` what a client
+    switches on.
+
+    The one home for them: the builders below, and every OpenAPI description and README line that
+    names a type, take them from here (tests/api/test_problem_types.py holds the two sides to it)."""
+
+    BAD_REQUEST = "bad-request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not-found"
+    METHOD_NOT_ALLOWED = "method-not-allowed"
+    REQUEST_TIMEOUT = "request-timeout"
+    IDEMPOTENCY_KEY_IN_USE = "idempotency-key-in-use"
+    TASK_LIMIT_REACHED = "task-limit-reached"
+    TASK_DELETED = "task-deleted"
+    PRECONDITION_FAILED = "precondition-failed"
+    PAYLOAD_TOO_LARGE = "payload-too-large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type"
+    VALIDATION_ERROR = "validation-error"
+    IDEMPOTENCY_KEY_REUSED = "idempotency-key-reused"
+    PRECONDITION_REQUIRED = "precondition-required"
+    TOO_MANY_REQUESTS = "too-many-requests"
+    INTERNAL_ERROR = "internal-error"
+    NOT_IMPLEMENTED = "not-implemented"
+    AUTHENTICATION_UNAVAILABLE = "authentication-unavailable"
+    DATABASE_UNAVAILABLE = "database-unavailable"
+    ISOLATION_UNVERIFIED = "isolation-unverified"
+    OUTCOME_UNKNOWN = "outcome-unknown"
+    STREAMS_UNAVAILABLE = "streams-unavailable"
+    HTTP_ERROR = "http-error"
+
+    @property
+    def urn(self) -> str:
+        return _TYPE_PREFIX + self.value
+
+
 class FieldError(BaseModel):
     field: str = Field(description="Where the bad value is, e.g. `body.title` or `query.limit`.")
     message: str
@@ -52,7 +90,7 @@ class ProblemError(Exception):
     def __init__(
         self,
         status: int,
-        slug: str,
+        slug: ProblemType,
         title: str,
         detail: str,
         *,
@@ -60,9 +98,7 @@ class ProblemError(Exception):
         errors: list[FieldError] | None = None,
     ) -> None:
         super().__init__(detail)
-        self.problem = Problem(
-            type=_TYPE_PREFIX + slug, title=title, status=status, detail=detail, errors=errors
-        )
+        self.problem = Problem(type=slug.urn, title=title, status=status, detail=detail, errors=errors)
         self.headers = headers
 
 
@@ -78,7 +114,9 @@ def problem_response(error: ProblemError) -> JSONResponse:
 
 
 def internal_error() -> ProblemError:
-    return ProblemError(500, "internal-error", "Internal server error", "This is a bug on our side.")
+    return ProblemError(
+        500, ProblemType.INTERNAL_ERROR, "Internal server error", "This is a bug on our side."
+    )
 
 
 def too_many_requests(
@@ -86,7 +124,7 @@ def too_many_requests(
 ) -> ProblemError:
     return ProblemError(
         429,
-        "too-many-requests",
+        ProblemType.TOO_MANY_REQUESTS,
         "Too many requests",
         detail,
         headers={"Retry-After": str(retry_after), **(headers or {})},
@@ -97,7 +135,7 @@ def method_not_allowed(allowed: list[str]) -> ProblemError:
     listed = ", ".join(allowed)
     return ProblemError(
         405,
-        "method-not-allowed",
+        ProblemType.METHOD_NOT_ALLOWED,
         "Method not allowed",
         f"This resource takes {listed}.",
         headers={"Allow": listed},
@@ -107,7 +145,7 @@ def method_not_allowed(allowed: list[str]) -> ProblemError:
 def unsupported_media_type() -> ProblemError:
     return ProblemError(
         415,
-        "unsupported-media-type",
+        ProblemType.UNSUPPORTED_MEDIA_TYPE,
         "Unsupported media type",
         "Send the body as JSON, with Content-Type: application/json.",
     )
@@ -116,7 +154,7 @@ def unsupported_media_type() -> ProblemError:
 def unsupported_content_coding() -> ProblemError:
     return ProblemError(
         415,
-        "unsupported-media-type",
+        ProblemType.UNSUPPORTED_MEDIA_TYPE,
         "Unsupported media type",
         "Send the body uncompressed: no Content-Encoding is accepted.",
         headers={"Accept-Encoding": "identity"},  # RFC 7694: the codings a request may use
@@ -131,7 +169,7 @@ def precondition_failed(current_etag: str, *, field: str = "If-Match") -> Proble
         else "If-None-Match names the task as it is (or is *, and the task exists); nothing was changed."
     )
     return ProblemError(
-        412, "precondition-failed", "Precondition failed", detail, headers={"ETag": current_etag}
+        412, ProblemType.PRECONDITION_FAILED, "Precondition failed", detail, headers={"ETag": current_etag}
     )
 
 
@@ -142,13 +180,13 @@ def list_precondition_failed(field: str) -> ProblemError:
         if field == "If-Match"
         else "If-None-Match is *, and the task list exists; nothing was done."
     )
-    return ProblemError(412, "precondition-failed", "Precondition failed", detail)
+    return ProblemError(412, ProblemType.PRECONDITION_FAILED, "Precondition failed", detail)
 
 
 def precondition_required() -> ProblemError:
     return ProblemError(
         428,
-        "precondition-required",
+        ProblemType.PRECONDITION_REQUIRED,
         "Precondition required",
         "Send If-Match with the task's ETag (or *), so that a change made meanwhile is not lost.",
     )
@@ -157,7 +195,7 @@ def precondition_required() -> ProblemError:
 def idempotency_key_reused() -> ProblemError:
     return ProblemError(
         422,
-        "idempotency-key-reused",
+        ProblemType.IDEMPOTENCY_KEY_REUSED,
         "Idempotency key reused",
         "This Idempotency-Key was used for a create with another body; use a new key for a new task.",
         errors=[
@@ -171,7 +209,7 @@ def idempotency_key_in_use() -> ProblemError:
     # unique key the API does not expect (`on_unexpected_unique_key`), so isolation stays trusted.
     return ProblemError(
         409,
-        "idempotency-key-in-use",
+        ProblemType.IDEMPOTENCY_KEY_IN_USE,
         "Idempotency key in use",
         "Another request with this Idempotency-Key is being handled at the same time; nothing was "
         "created. Send the same request again shortly.",
@@ -182,7 +220,7 @@ def idempotency_key_in_use() -> ProblemError:
 def task_deleted() -> ProblemError:
     return ProblemError(
         410,
-        "task-deleted",
+        ProblemType.TASK_DELETED,
         "Task deleted",
         "The task this Idempotency-Key created has been deleted since; use a new key for a new task.",
     )
@@ -191,7 +229,7 @@ def task_deleted() -> ProblemError:
 def task_limit_reached(limit: int) -> ProblemError:
     return ProblemError(
         409,
-        "task-limit-reached",
+        ProblemType.TASK_LIMIT_REACHED,
         "Task limit reached",
         f"You have {limit} tasks, the most one user may have; delete some to create more.",
     )
@@ -200,7 +238,7 @@ def task_limit_reached(limit: int) -> ProblemError:
 def _unreadable_framing(detail: str) -> ProblemError:
     # Where the body ends is unknowable (RFC 9112, sections 6.1, 6.3, 7.1), so the connection cannot be
     # reused: it is closed after the answer.
-    return ProblemError(400, "bad-request", "Bad request", detail, headers={"Connection": "close"})
+    return ProblemError(400, ProblemType.BAD_REQUEST, "Bad request", detail, headers={"Connection": "close"})
 
 
 def malformed_content_length() -> ProblemError:
@@ -213,7 +251,7 @@ def unsupported_transfer_coding() -> ProblemError:
     # The body is left unread, so the connection cannot be reused.
     return ProblemError(
         501,
-        "not-implemented",
+        ProblemType.NOT_IMPLEMENTED,
         "Not implemented",
         "The only Transfer-Encoding this API implements is chunked; send the body with that alone, or "
         "with Content-Length.",
@@ -234,15 +272,41 @@ def unreadable_body() -> ProblemError:
     )
 
 
+def forbidden() -> ProblemError:
+    return ProblemError(
+        403,
+        ProblemType.FORBIDDEN,
+        "Forbidden",
+        "The user id in the path is not the one your token was issued for.",
+    )
+
+
+def payload_too_large(limit: int) -> StarletteHTTPException:
+    # An HTTPException, as the 408 below, for the one place it is raised while FastAPI reads a body,
+    # which lets only those through (`http_problem` renders it). The rest of the body may still be
+    # on its way, unread, so the connection cannot be reused.
+    return StarletteHTTPException(
+        413, f"The request body is larger than {limit} bytes.", headers={"Connection": "close"}
+    )
+
+
+def request_timeout(seconds: float) -> StarletteHTTPException:
+    return StarletteHTTPException(
+        408,
+        f"The request body did not arrive within {seconds:g} seconds.",
+        headers={"Connection": "close"},
+    )
+
+
 def not_found(detail: str = "No such task.") -> ProblemError:
-    return ProblemError(404, "not-found", "Not found", detail)
+    return ProblemError(404, ProblemType.NOT_FOUND, "Not found", detail)
 
 
 def unauthorized(error: InvalidToken) -> ProblemError:
     # RFC 6750: a request without credentials gets a bare challenge; a bad token names the error.
     challenge = 'Bearer error="invalid_token"' if error.token_was_sent else "Bearer"
     return ProblemError(
-        401, "unauthorized", "Unauthorized", error.reason, headers={"WWW-Authenticate": challenge}
+        401, ProblemType.UNAUTHORIZED, "Unauthorized", error.reason, headers={"WWW-Authenticate": challenge}
     )
 
 
@@ -250,7 +314,7 @@ def authentication_unavailable(retry_after: int) -> ProblemError:
     # Not a 401: the token may be perfectly good, and a 401 would send the user to sign in again.
     return ProblemError(
         503,
-        "authentication-unavailable",
+        ProblemType.AUTHENTICATION_UNAVAILABLE,
         "Authentication unavailable",
         "The keys that verify this token cannot be fetched from the auth server right now. "
         "Try again shortly.",
@@ -262,7 +326,7 @@ def isolation_unverified(retry_after: int) -> ProblemError:
     # Refused, not served: the database may not be keeping users apart right now.
     return ProblemError(
         503,
-        "isolation-unverified",
+        ProblemType.ISOLATION_UNVERIFIED,
         "Isolation unverified",
         "The server cannot verify that the database keeps users apart; nothing was read or changed. "
         "An operator has been alerted.",
@@ -275,7 +339,7 @@ def streams_unavailable(detail: str, *, retry_after: int) -> ProblemError:
     # together fill it, or it is shutting down), and a stream opened later, here or elsewhere, will do.
     return ProblemError(
         503,
-        "streams-unavailable",
+        ProblemType.STREAMS_UNAVAILABLE,
         "Event streams unavailable",
         detail,
         headers={"Retry-After": str(retry_after)},
@@ -285,7 +349,7 @@ def streams_unavailable(detail: str, *, retry_after: int) -> ProblemError:
 def database_unavailable() -> ProblemError:
     return ProblemError(
         503,
-        "database-unavailable",
+        ProblemType.DATABASE_UNAVAILABLE,
         "Database unavailable",
         "The database cannot be reached right now; nothing was changed. Try again shortly.",
         headers={"Retry-After": "5"},
@@ -297,7 +361,7 @@ def outcome_unknown() -> ProblemError:
     # and retries a create without a key, or a toggle, would do it twice.
     return ProblemError(
         503,
-        "outcome-unknown",
+        ProblemType.OUTCOME_UNKNOWN,
         "Outcome unknown",
         "The database stopped answering after your change was sent; it may or may not have been "
         "made. Retry with the same Idempotency-Key, or read the task again before changing it.",
@@ -322,7 +386,7 @@ def _field_error(error: dict[str, Any]) -> FieldError:
 def invalid_input(field: str, message: str) -> ProblemError:
     return ProblemError(
         422,
-        "validation-error",
+        ProblemType.VALIDATION_ERROR,
         "Invalid request",
         f"Invalid input in: {field}.",
         errors=[FieldError(field=field, message=message)],
@@ -334,15 +398,15 @@ def _validation_problem(exc: RequestValidationError) -> ProblemError:
     errors = [_field_error(error) for error in exc.errors()]
     names = ", ".join(error.field for error in errors)
     return ProblemError(
-        422, "validation-error", "Invalid request", f"Invalid input in: {names}.", errors=errors
+        422, ProblemType.VALIDATION_ERROR, "Invalid request", f"Invalid input in: {names}.", errors=errors
     )
 
 
 _HTTP_SLUGS = {
-    404: ("not-found", "Not found"),
-    405: ("method-not-allowed", "Method not allowed"),
-    408: ("request-timeout", "Request timeout"),
-    413: ("payload-too-large", "Payload too large"),
+    404: (ProblemType.NOT_FOUND, "Not found"),
+    405: (ProblemType.METHOD_NOT_ALLOWED, "Method not allowed"),
+    408: (ProblemType.REQUEST_TIMEOUT, "Request timeout"),
+    413: (ProblemType.PAYLOAD_TOO_LARGE, "Payload too large"),
 }
 
 
@@ -356,7 +420,7 @@ def http_problem(exc: StarletteHTTPException) -> ProblemError:
         if isinstance(exc.__cause__, ClientDisconnect):
             return unreadable_body()
         return invalid_input("body", "The body is not valid JSON in UTF-8.")
-    slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
+    slug, title = _HTTP_SLUGS.get(exc.status_code, (ProblemType.HTTP_ERROR, "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
     return ProblemError(exc.status_code, slug, title, detail, headers=dict(exc.headers or {}))
 

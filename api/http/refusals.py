@@ -10,7 +10,7 @@ more for a reason of its own (the event stream's caps) passes its own 429 or 503
 from typing import Any
 
 from api.http.openapi import response_header
-from api.http.problems import error_response
+from api.http.problems import ProblemType, error_response
 
 Responses = dict[int | str, dict[str, Any]]
 Headers = dict[str, dict[str, Any]]
@@ -49,10 +49,16 @@ def too_many_requests(own_reason: str = "") -> dict[str, Any]:
     )
 
 
-def service_unavailable(own_reason: str = "", own_type: str = "", *, writes: bool = True) -> dict[str, Any]:
+def service_unavailable(
+    own_reason: str = "", own_type: ProblemType | None = None, *, writes: bool = True
+) -> dict[str, Any]:
     """The 503 of every authenticated operation, with the reason and problem type an operation has
     of its own; outcome-unknown only where the operation may write."""
-    types = ["database-unavailable", "authentication-unavailable", "isolation-unverified"]
+    types = [
+        ProblemType.DATABASE_UNAVAILABLE,
+        ProblemType.AUTHENTICATION_UNAVAILABLE,
+        ProblemType.ISOLATION_UNVERIFIED,
+    ]
     types += [own_type] if own_type else []
     causes = [
         "The database, or Better Auth's keys, cannot be reached",
@@ -61,11 +67,11 @@ def service_unavailable(own_reason: str = "", own_type: str = "", *, writes: boo
     causes += [own_reason] if own_reason else []
     text = (
         f"{', '.join(causes[:-1])}, or {causes[-1]}; retry after the `Retry-After` seconds. "
-        f"Nothing was done (type urn:todo-api:problem:{', '.join(types[:-1])} or {types[-1]})"
+        f"Nothing was done (type {types[0].urn}, {', '.join(types[1:-1])} or {types[-1]})"
     )
     if writes:
         text += (
-            ", except for type urn:todo-api:problem:outcome-unknown (writes only): the database "
+            f", except for type {ProblemType.OUTCOME_UNKNOWN.urn} (writes only): the database "
             "stopped answering after the change was sent, so it may have been made; retry with the "
             "same Idempotency-Key, or read the task before changing it again"
         )
@@ -75,7 +81,7 @@ def service_unavailable(own_reason: str = "", own_type: str = "", *, writes: boo
 AUTH_ERRORS: Responses = {
     401: error_response(
         "Missing, malformed, badly signed, expired or not-yet-valid token (type "
-        "urn:todo-api:problem:unauthorized).",
+        f"{ProblemType.UNAUTHORIZED.urn}).",
         headers={
             "WWW-Authenticate": {
                 **response_header(
@@ -95,7 +101,7 @@ AUTH_ERRORS: Responses = {
 NOT_JSON: Responses = {
     415: error_response(
         "A body sent as anything but uncompressed application/json (type "
-        "urn:todo-api:problem:unsupported-media-type); a compressed one is answered with "
+        f"{ProblemType.UNSUPPORTED_MEDIA_TYPE.urn}); a compressed one is answered with "
         "`Accept-Encoding: identity`.",
         headers={
             "Accept-Encoding": response_header(

@@ -8,7 +8,7 @@ documented on the responses that carry it. `tests/api/test_openapi.py` holds the
 from typing import Any
 
 from api.http.openapi import response_header
-from api.http.problems import error_response
+from api.http.problems import ProblemType, error_response
 from api.http.refusals import Responses
 from api.tasks.models import IDEMPOTENCY_KEY_MAX_LENGTH
 
@@ -84,8 +84,9 @@ IDEMPOTENCY_KEY = {
         f"1 to {IDEMPOTENCY_KEY_MAX_LENGTH} visible ASCII characters (a UUID, say) naming this "
         "create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing "
         "and gets 201 with that task as it is now; the same key with another body gets 422 "
-        "idempotency-key-reused; once the task is deleted, the key gets 410 task-deleted, whatever "
-        "the body; while other requests with the key are being handled, 409 idempotency-key-in-use "
+        f"{ProblemType.IDEMPOTENCY_KEY_REUSED}; once the task is deleted, the key gets 410 "
+        f"{ProblemType.TASK_DELETED}, whatever the body; while other requests with the key are being "
+        f"handled, 409 {ProblemType.IDEMPOTENCY_KEY_IN_USE} "
         "may ask you to send the request again after Retry-After. One header field: two are a 422."
     ),
     "schema": {

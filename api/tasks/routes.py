@@ -17,6 +17,7 @@ from api.db.errors import LimitReached
 from api.http.caller import AuthenticatedRoute, Caller, CallerDep
 from api.http.conditional import field_value
 from api.http.problems import (
+    ProblemType,
     error_response,
     invalid_input,
     list_precondition_failed,
@@ -153,8 +154,8 @@ async def list_tasks(
         },
         409: error_response(
             "Nothing was created: you have MAX_TASKS_PER_USER tasks already (type "
-            "urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key "
-            "were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use, "
+            f"{ProblemType.TASK_LIMIT_REACHED.urn}), or other requests with this Idempotency-Key "
+            f"were being handled at the same time (type {ProblemType.IDEMPOTENCY_KEY_IN_USE.urn}, "
             "the one with `Retry-After`): send the same request again after it.",
             headers=RETRY_AFTER,
         ),
