@@ -33,7 +33,8 @@ from api.telemetry.logs import configure_logging, default_format, is_acceptable_
 from api.telemetry.metrics import forget_this_process
 from api.telemetry.tracing import Tracer, tracer_for
 
-# What a browser script may send, and read of a response, when CORS lets its origin call the API.
+# What a browser script may send, and read of a response, when CORS lets its origin call the API:
+# every header the OpenAPI document lists (tests/api/test_frontend.py derives them from it).
 CORS_REQUEST_HEADERS = [
     "Authorization",
     "Content-Type",
@@ -54,6 +55,8 @@ CORS_RESPONSE_HEADERS = [
     "RateLimit",
     # A 401's reason (RFC 6750: error="invalid_token" when a fresh token may help).
     "WWW-Authenticate",
+    # A 415's answer to a compressed body: the codings a request may use (RFC 7694).
+    "Accept-Encoding",
 ]
 
 # Every router the API serves. A router left out of this list would answer 404 for all its routes;
