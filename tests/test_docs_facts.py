@@ -3,7 +3,8 @@
 - docs/security.md's table of the tables `todo_app` can reach agrees with sql/policies/ (which
   tables, which commands have a policy, their SQL tests) and with a migrated database (unique and
   foreign keys, whose checks look past row-level security);
-- docs/extending.md lists the floors of `api/` in the order tests/test_layers.py enforces;
+- docs/extending.md lists the floors of `api/` in the order tests/test_layers.py enforces, and
+  every module of each package it describes file by file;
 - every file, folder and test the docs name exists, and a test named in parentheses after its file
   (`tests/x.py` (`test_y`)) is defined in that file;
 - docs/architecture.md names every middleware the app installs, and shows its picture;
@@ -268,3 +269,29 @@ def test_readme_names_every_field_of_a_task_in_order() -> None:
     shape = re.search(r"^- A task: `\{([^}]*)\}`", README.read_text(encoding="utf-8"), re.MULTILINE)
     assert shape is not None, "README.md's 'A task:' line"
     assert [field.strip() for field in shape.group(1).split(",")] == list(TaskPublic.model_fields)
+
+
+def _floor_modules_named() -> dict[str, set[str]]:
+    """Each package line of docs/extending.md's floors, with the modules (`x.py`) it names."""
+    text = (PROJECT / "docs" / "extending.md").read_text(encoding="utf-8")
+    block = text.partition("\n## The floors of `api/`\n")[2].split("```")[1]
+    named: dict[str, set[str]] = {}
+    package = ""
+    for line in block.splitlines():
+        if line.startswith("api/"):
+            package = line.split()[0]
+            named[package] = set()
+        if package.endswith("/"):
+            named[package] |= set(re.findall(r"\b(\w+)\.py\b", line))
+    return named
+
+
+def test_extending_md_names_each_module_of_the_packages_it_describes_by_file() -> None:
+    wrong = []
+    for package, modules in _floor_modules_named().items():
+        if not modules:
+            continue  # described by what it does, not file by file
+        present = {path.stem for path in (PROJECT / package).glob("*.py")} - {"__init__"}
+        wrong += [f"{package}{name}.py is named but does not exist" for name in sorted(modules - present)]
+        wrong += [f"{package}{name}.py exists but is not named" for name in sorted(present - modules)]
+    assert not wrong, "docs/extending.md's floors:\n" + "\n".join(wrong)
