@@ -207,6 +207,14 @@ def serving(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+@contextmanager
+def serving_client(app: FastAPI, *, timeout: float = 30, **options: Any) -> Iterator[httpx.Client]:
+    """`serving(app)` with an httpx client for it; `options` go to `httpx.Client`. The timeout is
+    roomy because a shared CI machine can be slow, and a test that waits on purpose says so."""
+    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=timeout, **options) as client:
+        yield client
+
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -20,7 +20,16 @@ import pytest
 from api.app import create_app
 from api.ops.policy_audit import audit_database
 from tests.own_postgres import OwnPostgres
-from tests.support import SECRET, free_port, new_user, run_cli, scrape, serving, settings_for, value
+from tests.support import (
+    SECRET,
+    free_port,
+    new_user,
+    run_cli,
+    scrape,
+    serving_client,
+    settings_for,
+    value,
+)
 from tests.test_isolation_watch import INTERVAL, eventually, refused
 
 
@@ -208,7 +217,7 @@ def cluster() -> Iterator[OwnPostgres]:
 @pytest.fixture(scope="module")
 def api(cluster: OwnPostgres) -> Iterator[httpx.Client]:
     settings = settings_for(cluster.url, isolation_check_interval_seconds=INTERVAL)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+    with serving_client(create_app(settings)) as client:
         yield client
 
 
@@ -292,7 +301,7 @@ def test_another_sessions_temporary_function_is_not_a_finding(
         assert policies.returncode == 0, policies.stdout
         # A start-up check runs while the function exists: the app would not start on a finding.
         started = settings_for(cluster.url, isolation_check_interval_seconds=3600)
-        with serving(create_app(started)) as base_url, httpx.Client(base_url=base_url) as fresh:
+        with serving_client(create_app(started)) as fresh:
             assert fresh.get(alice.tasks_url, headers=alice.headers).status_code == 200
         time.sleep(5 * INTERVAL)  # the running API checks again, several times, meanwhile
         assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
@@ -367,7 +376,7 @@ def test_a_name_the_session_no_longer_knows_fails_closed_before_the_next_check_a
     # request a 500: "relation tasks does not exist". Now the first refusal distrusts isolation.
     alice = new_user()
     settings = settings_for(cluster.url, isolation_check_interval_seconds=3600)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+    with serving_client(create_app(settings)) as api:
         assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
         created: list[str] = []
         _run(cluster.superuser_url, ["alter system set search_path = app", "select pg_reload_conf()"])

@@ -20,7 +20,7 @@ from api.db.reach import read_reach
 from api.ops.policy_audit import audit_database
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
-from tests.support import ApiUser, new_user, scrape, serving, settings_for, value
+from tests.support import ApiUser, new_user, scrape, serving, serving_client, settings_for, value
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 INTERVAL = 0.2
@@ -35,7 +35,7 @@ def db(migrated_db: Conn) -> Conn:
 @pytest.fixture
 def api(migrated_db_url: str) -> Iterator[httpx.Client]:
     settings = settings_for(migrated_db_url, isolation_check_interval_seconds=INTERVAL)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+    with serving_client(create_app(settings)) as client:
         yield client
 
 
@@ -293,7 +293,7 @@ def test_a_row_security_violation_is_refused_and_checked_at_once(
     check at once rather than at the next interval (an hour away here)."""
     settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
     alice = new_user()
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+    with serving_client(create_app(settings)) as api:
         assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
         db.execute('alter policy "tasks are created by their owner" on tasks with check (false)')
         with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
@@ -320,7 +320,7 @@ def test_retry_after_is_the_time_until_the_next_check_not_the_whole_interval(
     the interval (an hour here) once that check has found the weakening."""
     settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
     alice = new_user()
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+    with serving_client(create_app(settings)) as api:
         db.execute('alter policy "tasks are created by their owner" on tasks with check (false)')
         distrusted = api.post(alice.tasks_url, json={"title": "refused"}, headers=alice.headers)
 
@@ -348,7 +348,7 @@ def test_after_a_check_that_could_not_complete_the_next_comes_within_a_second() 
             database.url, isolation_check_interval_seconds=interval, db_pool_timeout_seconds=1
         )
         alice = new_user()
-        with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as api:
+        with serving_client(create_app(settings)) as api:
             database.stop()
             deadline = time.monotonic() + 3 * interval
             while api.get("/readyz").json().get("type") != "urn:todo-api:problem:isolation-unverified":
@@ -371,7 +371,7 @@ def test_a_unique_key_the_api_does_not_expect_is_refused_and_checked_at_once(
     the index (the next interval is an hour away here)."""
     settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
     alice, bob = new_user(), new_user()
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+    with serving_client(create_app(settings)) as api:
         secret = {"title": "bob's", "description": "bob's secret"}
         assert api.post(bob.tasks_url, json=secret, headers=bob.headers).status_code == 201
         db.execute("create unique index tasks_description_unique on public.tasks (description)")
@@ -407,7 +407,7 @@ def test_a_read_refused_for_row_level_security_is_logged_as_a_read_and_its_sessi
     database = migrated_db_url.split("/")[3].split("?")[0]
     alice = new_user()
     settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600, db_pool_size=1)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+    with serving_client(create_app(settings)) as api:
         assert api.post(alice.tasks_url, json={"title": "mine"}, headers=alice.headers).status_code == 201
         db.execute(f"alter role todo_owner in database {database} set row_security = off")
         try:

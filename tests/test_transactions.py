@@ -4,13 +4,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
 from api.app import create_app
 from api.db.database import Database
-from tests.support import LOGIN_ROLE, new_user, serving, settings_for, sql
+from tests.support import LOGIN_ROLE, new_user, serving_client, settings_for, sql
 
 _IDENTITY = (
     "select current_user as who, current_setting('role') as role,"
@@ -128,10 +127,7 @@ def test_a_runaway_statement_is_cancelled(migrated_db_url: str, way: dict[str, A
 
 def test_one_pooled_connection_shared_by_users_over_http(migrated_db_url: str, way: dict[str, Any]) -> None:
     alice, bob = new_user(), new_user()
-    with (
-        serving(create_app(settings_for(migrated_db_url, db_pool_size=1, **way))) as base_url,
-        httpx.Client(base_url=base_url) as client,
-    ):
+    with serving_client(create_app(settings_for(migrated_db_url, db_pool_size=1, **way))) as client:
         # Past the fifth execution, Postgres may run a prepared statement on a generic plan.
         for _ in range(8):
             assert (

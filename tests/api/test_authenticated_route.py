@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from api.app import create_app
 from api.http.caller import AuthenticatedRoute, CallerDep
-from tests.support import new_user, serving, settings_for
+from tests.support import new_user, serving_client, settings_for
 
 
 class Probe(BaseModel):
@@ -35,7 +35,7 @@ async def probe(caller: CallerDep, times: Annotated[int, Query(ge=1)], data: Pro
 def probe_client(api_db_url: str) -> Iterator[httpx.Client]:
     app = create_app(settings_for(api_db_url))
     app.include_router(router)
-    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(app) as client:
         yield client
 
 

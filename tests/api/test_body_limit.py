@@ -12,17 +12,14 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from tests.support import ApiUser, serving, settings_for
+from tests.support import ApiUser, serving, serving_client, settings_for
 
 LIMIT = 2048
 
 
 @pytest.fixture(scope="module")
 def small_limit(api_db_url: str) -> Iterator[httpx.Client]:
-    with (
-        serving(create_app(settings_for(api_db_url, max_body_bytes=LIMIT))) as base_url,
-        httpx.Client(base_url=base_url) as client,
-    ):
+    with serving_client(create_app(settings_for(api_db_url, max_body_bytes=LIMIT))) as client:
         yield client
 
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.app import create_app
-from tests.support import ApiUser, new_user, serving, settings_for
+from tests.support import ApiUser, new_user, serving_client, settings_for
 
 PROBLEM = "application/problem+json"
 # Every byte RFC 9110 allows inside an entity-tag's quotes: %x21 / %x23-7E / obs-text.
@@ -29,7 +29,7 @@ _FIELD_CHARS = "\t" + "".join(chr(c) for c in (*range(0x20, 0x7F), *range(0x80, 
 def unlimited(api_db_url: str) -> Iterator[httpx.Client]:
     """An API without the per-user rate limit: one user sends hundreds of requests here."""
     app = create_app(settings_for(api_db_url, rate_limit_per_minute=0))
-    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(app) as client:
         yield client
 
 

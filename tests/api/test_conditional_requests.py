@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from tests.support import ApiUser, new_user, serving, settings_for, wait_until_it_waits_for
+from tests.support import ApiUser, new_user, serving_client, settings_for, wait_until_it_waits_for
 
 Task = dict[str, Any]
 
@@ -203,10 +203,7 @@ def test_two_writes_with_the_same_if_match_cannot_both_win(client: httpx.Client,
 
 @pytest.fixture
 def strict_api(api_db_url: str) -> Iterator[httpx.Client]:
-    with (
-        serving(create_app(settings_for(api_db_url, require_if_match=True))) as base_url,
-        httpx.Client(base_url=base_url) as client,
-    ):
+    with serving_client(create_app(settings_for(api_db_url, require_if_match=True))) as client:
         yield client
 
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from tests.support import free_port, new_user, now, serving, settings_for, sign
+from tests.support import free_port, new_user, now, serving_client, settings_for, sign
 
 # On loopback, where nothing listens: the app fetches Better Auth's keys from here in the background,
 # and tests send traffic to this machine only.
@@ -18,7 +18,7 @@ FRONTEND = "http://localhost:3000"
 @pytest.fixture(scope="module")
 def configured(api_db_url: str) -> Iterator[httpx.Client]:
     settings = settings_for(api_db_url, better_auth_url=AUTH_URL + "/", cors_origins=FRONTEND)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+    with serving_client(create_app(settings)) as client:
         yield client
 
 

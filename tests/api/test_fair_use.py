@@ -13,17 +13,14 @@ from psycopg import sql
 
 from api.app import create_app
 from api.tasks.listing import TaskListParams
-from tests.support import ApiUser, explain_list, new_user, serving, settings_for
+from tests.support import ApiUser, explain_list, new_user, serving_client, settings_for
 
 QUOTA = 5
 
 
 @pytest.fixture
 def small_quota_api(migrated_db_url: str) -> Iterator[httpx.Client]:
-    with (
-        serving(create_app(settings_for(migrated_db_url, max_tasks_per_user=QUOTA))) as base_url,
-        httpx.Client(base_url=base_url, timeout=30) as client,
-    ):
+    with serving_client(create_app(settings_for(migrated_db_url, max_tasks_per_user=QUOTA))) as client:
         yield client
 
 
@@ -107,10 +104,7 @@ def test_search_takes_its_text_literally_whatever_the_string_setting(
     )
     alice = new_user()
     titles = ["100% sure", "snake_case", "C:\\temp", "wow!", "it's", "plain"]
-    with (
-        serving(create_app(settings_for(migrated_db_url))) as base_url,
-        httpx.Client(base_url=base_url) as client,
-    ):
+    with serving_client(create_app(settings_for(migrated_db_url))) as client:
         for title in titles:
             assert (
                 client.post(alice.tasks_url, json={"title": title}, headers=alice.headers).status_code == 201
@@ -140,10 +134,7 @@ def test_one_users_slow_requests_cannot_take_the_pool_from_others(
     settings = settings_for(migrated_db_url, db_pool_size=4, db_pool_timeout_seconds=1.0)
     assert settings.max_connections_per_user == 1
     alice, bob = new_user(), new_user()
-    with (
-        serving(create_app(settings)) as base_url,
-        httpx.Client(base_url=base_url, timeout=30) as client,
-    ):
+    with serving_client(create_app(settings)) as client:
         task = client.post(alice.tasks_url, json={"title": "locked"}, headers=alice.headers).json()
         client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
         migrated_db.autocommit = False
@@ -175,10 +166,7 @@ def test_one_users_slow_requests_cannot_take_the_pool_from_others(
 
 def test_a_user_past_the_rate_gets_429_with_rate_limit_fields(migrated_db_url: str) -> None:
     alice, bob = new_user(), new_user()
-    with (
-        serving(create_app(settings_for(migrated_db_url, rate_limit_per_minute=5))) as base_url,
-        httpx.Client(base_url=base_url) as client,
-    ):
+    with serving_client(create_app(settings_for(migrated_db_url, rate_limit_per_minute=5))) as client:
         statuses = [client.get(alice.tasks_url, headers=alice.headers).status_code for _ in range(7)]
         refused = client.get(alice.tasks_url, headers=alice.headers)
         other = client.get(bob.tasks_url, headers=bob.headers)

@@ -16,7 +16,7 @@ from psycopg import sql
 from api.app import create_app
 from api.tasks.idempotency import request_hash
 from api.tasks.models import TaskCreate
-from tests.support import ApiUser, new_user, serving, settings_for
+from tests.support import ApiUser, new_user, serving, serving_client, settings_for
 
 
 def _tasks(db: psycopg.Connection[Any], user: ApiUser) -> int:
@@ -60,8 +60,9 @@ def test_a_repeat_creates_nothing_and_shows_the_task_as_it_is_now(
 def test_a_browser_may_read_that_an_answer_is_a_replay(api_db_url: str) -> None:
     alice, origin = new_user(), "http://localhost:3000"
     with (
-        serving(create_app(settings_for(api_db_url, cors_origins=[origin]))) as base_url,
-        httpx.Client(base_url=base_url, headers={"Origin": origin}) as browser,
+        serving_client(
+            create_app(settings_for(api_db_url, cors_origins=[origin])), headers={"Origin": origin}
+        ) as browser,
     ):
         _post(browser, alice, "k", {"title": "t"})
         repeat = _post(browser, alice, "k", {"title": "t"})
@@ -120,10 +121,7 @@ def test_keyed_create_and_delete_cycles_store_a_bounded_number_of_keys(
 ) -> None:
     quota = 5
     alice = new_user()
-    with (
-        serving(create_app(settings_for(api_db_url, max_tasks_per_user=quota))) as base_url,
-        httpx.Client(base_url=base_url) as client,
-    ):
+    with serving_client(create_app(settings_for(api_db_url, max_tasks_per_user=quota))) as client:
         for cycle in range(40):
             created = _post(client, alice, f"cycle-{cycle}", {"title": f"t{cycle}"})
             assert created.status_code == 201, created.text
@@ -344,7 +342,7 @@ def test_a_key_others_keep_storing_again_is_409_in_use_and_the_server_goes_on_se
     db.autocommit = True
     settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
     alice = new_user()
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+    with serving_client(create_app(settings)) as client:
         first = _post(client, alice, "raced", {"title": "first"})
         assert first.status_code == 201
         _expire(db, alice, "raced")

@@ -10,13 +10,13 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.http.in_flight import InFlightCap
-from tests.support import new_user, serving, settings_for
+from tests.support import new_user, serving_client, settings_for
 
 
 @pytest.fixture(scope="module")
 def one_at_a_time(api_db_url: str) -> Iterator[tuple[FastAPI, httpx.Client]]:
     app = create_app(settings_for(api_db_url, max_requests_in_flight_per_user=1))
-    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(app) as client:
         yield app, client
 
 

@@ -10,7 +10,7 @@ import pytest
 from api.app import create_app
 from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor, SortOrder, TaskListParams
 from api.tasks.models import TITLE_MAX_LENGTH
-from tests.support import ApiUser, as_role, explain_list, new_user, serving, settings_for
+from tests.support import ApiUser, as_role, explain_list, new_user, serving_client, settings_for
 
 _NEXT = re.compile(r'<([^>]+)>; rel="next"')
 
@@ -141,10 +141,7 @@ def test_titles_are_listed_by_code_point_whatever_the_databases_collation(lingui
         ).fetchone()
     # What this database's ORDER BY title gives by itself: the reviewer's "alpha, Buy MILK, Zebra".
     assert sorted_by_default == (["alpha", "Buy MILK", "éclair", "Zebra", "zoo"],)
-    with (
-        serving(create_app(settings_for(as_role(linguistic_db_url)))) as base_url,
-        httpx.Client(base_url=base_url, timeout=30) as client,
-    ):
+    with serving_client(create_app(settings_for(as_role(linguistic_db_url)))) as client:
         assert_titles_are_listed_by_code_point(client)
 
 

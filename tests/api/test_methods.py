@@ -9,7 +9,7 @@ import pytest
 from fastapi.responses import StreamingResponse
 
 from api.app import create_app
-from tests.support import ApiUser, new_user, serving, settings_for
+from tests.support import ApiUser, new_user, serving_client, settings_for
 
 PROBLEM = "application/problem+json"
 # What a HEAD must answer exactly as its GET does (RFC 9110, section 9.3.2).
@@ -137,7 +137,7 @@ def test_head_of_a_streamed_get_ends_it_and_the_connection_serves_on(api_db_url:
     async def stream() -> StreamingResponse:
         return StreamingResponse(forever(), media_type="text/event-stream")
 
-    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=5) as client:
+    with serving_client(app, timeout=5) as client:
         head = client.head("/forever")
         assert head.status_code == 200
         assert head.headers["content-type"].startswith("text/event-stream")

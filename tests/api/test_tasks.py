@@ -10,7 +10,15 @@ import pytest
 
 from api.app import create_app
 from api.auth.dev_tokens import mint_token
-from tests.support import SECRET, ApiUser, as_role, new_user, serving, settings_for, wait_until_it_waits_for
+from tests.support import (
+    SECRET,
+    ApiUser,
+    as_role,
+    new_user,
+    serving_client,
+    settings_for,
+    wait_until_it_waits_for,
+)
 
 
 def create(client: httpx.Client, user: ApiUser, **fields: Any) -> dict[str, Any]:
@@ -221,8 +229,7 @@ def test_two_tokens_writing_at_once_leave_the_row_following_the_next_write(
     waiting, other = create(client, first), create(client, first)  # the row: first's claims
     user_row = "select email, name from users where id = %s"
     with (
-        serving(create_app(settings_for(as_role(api_db_url)))) as base_url,
-        httpx.Client(base_url=base_url, timeout=30) as worker,
+        serving_client(create_app(settings_for(as_role(api_db_url)))) as worker,
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
         with psycopg.connect(api_db_url) as holder:

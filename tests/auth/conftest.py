@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import ApiUser, better_auth_id, now, serving, settings_for
+from tests.support import ApiUser, better_auth_id, now, serving_client, settings_for
 
 ALGORITHMS = ["EdDSA", "ES256", "ES512", "RS256", "PS256"]
 
@@ -38,7 +38,7 @@ def jwks_api(api_db_url: str, published: JwksServer) -> Iterator[httpx.Client]:
     """An API with both key sources, as a deployment may have: Better Auth's JWKS and the shared secret."""
     settings = settings_for(api_db_url, better_auth_url=published.base_url)
     app = create_app(settings)
-    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(app) as client:
         wait_for(lambda: keys_fetched(app))
         yield client
 
@@ -78,7 +78,7 @@ def api_trusting(api_db_url: str, server: JwksServer, **overrides: Any) -> Itera
     unless the server is down or dripping, once the API has fetched them."""
     settings = settings_for(api_db_url, better_auth_url=server.base_url, **overrides)
     app = create_app(settings)
-    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(app) as client:
         if not server.down and not server.drip_seconds:
             wait_for(lambda: keys_fetched(app))
         yield client

@@ -15,7 +15,7 @@ from api.auth.jwks import JwksKeySet
 from api.settings import Settings
 from tests.auth.conftest import claims_for, keys_fetched, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import SECRET, better_auth_id, now, serving, settings_for, sign
+from tests.support import SECRET, better_auth_id, now, serving_client, settings_for, sign
 
 AUTH = "https://auth.example.com"
 DATABASE = "postgresql://nobody@/nowhere"
@@ -75,7 +75,7 @@ def test_a_better_auth_mounted_on_a_path_is_trusted_for_the_tokens_it_issues(
     key = SigningKey.generate()
     with jwks_server(key, jwks_path="/auth/jwks") as server:
         app = create_app(settings_for(api_db_url, better_auth_url=server.base_url + "/auth"))
-        with serving(app) as base_url, httpx.Client(base_url=base_url) as client:
+        with serving_client(app) as client:
             wait_for(lambda: keys_fetched(app))
             user_id = better_auth_id()
             token = key.sign(claims_for(server.base_url, user_id))
@@ -146,7 +146,7 @@ def only_jwks(api_db_url: str) -> Iterator[tuple[JwksServer, SigningKey, httpx.C
             jwt_audience="todo-api",
         )
         app = create_app(settings)
-        with serving(app) as base_url, httpx.Client(base_url=base_url) as client:
+        with serving_client(app) as client:
             wait_for(lambda: keys_fetched(app))
             yield server, key, client
 

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -15,7 +14,16 @@ from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
 from api.ops.policy_audit import audit_database
-from tests.support import API_LOGIN_ROLE, SECRET, as_role, new_user, run_cli, serving, settings_for
+from tests.support import (
+    API_LOGIN_ROLE,
+    SECRET,
+    as_role,
+    new_user,
+    run_cli,
+    serving,
+    serving_client,
+    settings_for,
+)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -49,8 +57,7 @@ def test_migrate_creates_the_login_role_and_the_api_serves_through_it(
     alice, bob = new_user(), new_user()
     with (
         caplog.at_level(logging.WARNING, logger="api.db.isolation"),
-        serving(create_app(settings_for(url))) as base_url,
-        httpx.Client(base_url=base_url) as api,
+        serving_client(create_app(settings_for(url))) as api,
     ):
         created = api.post(alice.tasks_url, json={"title": "mine"}, headers=alice.headers)
         assert created.status_code == 201

@@ -18,7 +18,7 @@ import pytest
 from api.app import create_app
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
-from tests.support import new_user, scrape, serving, settings_for, value
+from tests.support import new_user, scrape, serving, serving_client, settings_for, value
 
 FAIL_FAST_SECONDS = 8.0
 UNAVAILABLE = "todo_api_http_unavailable_total"
@@ -38,7 +38,7 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(own_postgres: Ow
             failed_writes.append(title)
         return response
 
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(create_app(settings)) as client:
         for i in range(5):
             assert write(client, f"before {i}").status_code == 201
 
@@ -135,7 +135,7 @@ def test_a_long_outage_is_served_again_within_seconds_of_the_database_answering(
     the API answered 503 for 17 s more once the database was back, until the pool tried again."""
     user = new_user()
     settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(create_app(settings)) as client:
         assert client.get(user.tasks_url, headers=user.headers).status_code == 200
         own_postgres.stop()
         away = time.monotonic()

@@ -9,7 +9,6 @@ import threading
 import time
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
@@ -17,13 +16,13 @@ from api.app import create_app
 from api.db.database import Database
 from api.db.errors import OutcomeUnknown
 from tests.own_postgres import OwnPostgres
-from tests.support import new_user, serving, settings_for, sql
+from tests.support import new_user, serving_client, settings_for, sql
 
 
 def test_a_restart_costs_no_request_once_the_database_is_back(own_postgres: OwnPostgres) -> None:
     user = new_user()
     settings = settings_for(own_postgres.url, db_pool_size=4, db_connect_timeout_seconds=2)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(create_app(settings)) as client:
         created = client.post(user.tasks_url, json={"title": "before"}, headers=user.headers)
         assert created.status_code == 201
         task_url = user.task_url(created.json()["id"])

@@ -34,6 +34,7 @@ from tests.support import (
     run_cli,
     serve_process,
     serving,
+    serving_client,
     settings_for,
 )
 
@@ -71,7 +72,7 @@ def test_users_sharing_one_server_connection_never_see_each_others_tasks(bouncer
         return problems
 
     app = create_app(settings_for(bouncer_url, db_pool_size=6))
-    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(app) as client:
         with ThreadPoolExecutor(max_workers=6) as pool:
             results = list(pool.map(lambda user: session(client, user), users))
         assert results == [[]] * 6
@@ -92,10 +93,7 @@ def test_nothing_is_prepared_through_the_pooler(bouncer_url: str) -> None:
     assert asyncio.run(url_reaches_postgres_itself(bouncer_url)) is False
 
     user = new_user()
-    with (
-        serving(create_app(settings_for(bouncer_url, db_pool_size=2))) as base_url,
-        httpx.Client(base_url=base_url) as client,
-    ):
+    with serving_client(create_app(settings_for(bouncer_url, db_pool_size=2))) as client:
         for _ in range(3):
             assert client.post(user.tasks_url, json={"title": "x"}, headers=user.headers).status_code == 201
             assert client.get(user.tasks_url, headers=user.headers).status_code == 200
@@ -225,8 +223,7 @@ def test_prepared_statements_the_pooler_loses_are_never_a_500(
     app = create_app(settings_for(bouncer_url, db_pool_size=6, db_prepared_statements="on"))
     with (
         caplog.at_level(logging.WARNING, logger="api.db.database"),
-        serving(app) as base_url,
-        httpx.Client(base_url=base_url, timeout=30) as client,
+        serving_client(app) as client,
         ThreadPoolExecutor(max_workers=6) as pool,
     ):
 

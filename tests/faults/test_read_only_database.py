@@ -13,7 +13,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -21,7 +20,7 @@ from psycopg import sql
 from api.app import create_app
 from api.db.listener import Listener
 from tests.own_postgres import OwnPostgres, OwnStandby
-from tests.support import SECRET, as_role, new_user, run_cli, serving, settings_for
+from tests.support import SECRET, as_role, new_user, run_cli, serving_client, settings_for
 from tests.test_cli_failures import assert_one_clear_failure
 
 UNAVAILABLE = "urn:todo-api:problem:database-unavailable"
@@ -118,7 +117,7 @@ def test_a_standby_met_while_serving_is_503_and_writes_nothing(
     """As after a failover that left DATABASE_URL naming a standby: a write was a 500 with the
     traceback of `ReadOnlySqlTransaction`, and /readyz said 200."""
     user = new_user()
-    with serving(create_app(settings_for(standby.url))) as base_url, httpx.Client(base_url=base_url) as http:
+    with serving_client(create_app(settings_for(standby.url))) as http:
         created = http.post(f"/api/{user.id}/tasks", json={"title": "on a standby"}, headers=user.headers)
         assert created.status_code == 503, created.text
         assert created.json()["type"] == UNAVAILABLE
@@ -151,7 +150,7 @@ def test_read_only_sessions_met_while_serving_are_503_until_the_setting_is_reset
     user = new_user()
     settings = settings_for(as_role(migrated_db_url), db_pool_size=1)
     _read_only_sessions(migrated_db_url)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as http:
+    with serving_client(create_app(settings)) as http:
         refused = http.post(f"/api/{user.id}/tasks", json={"title": "refused"}, headers=user.headers)
         assert refused.status_code == 503, refused.text
         assert refused.json()["type"] == UNAVAILABLE

@@ -9,12 +9,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import psycopg
 
 from api.app import create_app
 from tests.own_postgres import OwnPostgres
-from tests.support import new_user, serving, settings_for
+from tests.support import new_user, serving_client, settings_for
 
 POOL_SIZE = 4
 PER_USER = 2  # each user's share of the pool: POOL_SIZE // PER_USER users fill it
@@ -45,8 +44,7 @@ def test_a_pool_taken_by_requests_waiting_on_locks_is_still_ready(
     )
     users = [new_user() for _ in range(POOL_SIZE // PER_USER)]
     with (
-        serving(create_app(settings)) as base_url,
-        httpx.Client(base_url=base_url, timeout=120) as client,
+        serving_client(create_app(settings), timeout=120) as client,
         ThreadPoolExecutor(POOL_SIZE) as senders,
     ):
         tasks = []
@@ -85,7 +83,7 @@ def test_a_pool_taken_by_requests_waiting_on_locks_is_still_ready(
 
 def test_a_database_that_is_down_is_not_ready_and_ready_again_once_back(own_postgres: OwnPostgres) -> None:
     settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200  # the readiness connection is made, and kept
 
         own_postgres.stop()

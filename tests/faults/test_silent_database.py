@@ -21,7 +21,7 @@ import pytest
 from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
-from tests.support import new_user, serving, settings_for
+from tests.support import new_user, serving_client, settings_for
 
 
 class SilenceableProxy:
@@ -104,7 +104,7 @@ def test_a_silent_database_is_a_fast_503_and_the_api_recovers(
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
     settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=2)
     user = new_user()
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(create_app(settings)) as client:
         assert client.post(user.tasks_url, json={"title": "before"}, headers=user.headers).status_code == 201
 
         response, waited = proxy.while_silent(lambda: client.get(user.tasks_url, headers=user.headers))
@@ -127,7 +127,7 @@ def test_a_silent_database_costs_a_request_one_liveness_check_within_the_pool_ti
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
     settings = settings_for(url, db_connect_timeout_seconds=1, db_pool_timeout_seconds=1, db_pool_size=4)
     user = new_user()
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+    with serving_client(create_app(settings), timeout=60) as client:
         assert client.post(user.tasks_url, json={"title": "before"}, headers=user.headers).status_code == 201
         time.sleep(1.2)  # longer than CHECK_CONNECTIONS_UNUSED_FOR_SECONDS
 
@@ -147,7 +147,7 @@ def test_readiness_says_503_within_its_three_seconds_on_a_silent_database(
     answers again, so does /readyz."""
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
     settings = settings_for(url, db_connect_timeout_seconds=5, db_pool_timeout_seconds=5, db_pool_size=2)
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+    with serving_client(create_app(settings), timeout=60) as client:
         assert client.get("/readyz").status_code == 200
         time.sleep(1.2)  # longer than CHECK_CONNECTIONS_UNUSED_FOR_SECONDS: the ping checks first
 
@@ -170,7 +170,7 @@ def test_a_write_whose_answer_never_came_is_outcome_unknown_and_a_read_is_not(
     settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=2)
     user = new_user()
     key = {"Idempotency-Key": "held-answer-1"}
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(create_app(settings)) as client:
         assert client.post(user.tasks_url, json={"title": "before"}, headers=user.headers).status_code == 201
 
         proxy.answers_held.set()
@@ -205,7 +205,7 @@ def test_a_write_on_a_connection_dropped_while_idle_runs_again_once(
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
     settings = settings_for(url, db_connect_timeout_seconds=2, db_pool_size=1)
     user = new_user()
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+    with serving_client(create_app(settings)) as client:
         for title in ("before", "before again"):  # the second writes as a stored owner, as the next
             assert client.post(user.tasks_url, json={"title": title}, headers=user.headers).status_code == 201
 

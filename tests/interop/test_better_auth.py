@@ -26,7 +26,7 @@ import pytest
 from api.app import create_app
 from api.settings import Settings
 from tests.auth.conftest import keys_fetched, wait_for
-from tests.support import PROJECT, serving
+from tests.support import PROJECT, serving_client
 
 SOURCE = Path(__file__).resolve().parent / "better_auth"
 PACKAGE = PROJECT / ".cache" / "better-auth"
@@ -130,7 +130,7 @@ def test_real_better_auth_tokens_work_and_another_instances_do_not(
 
         settings = Settings(_env_file=None, database_url=api_db_url, better_auth_url=auth_url)
         app = create_app(settings)
-        with serving(app) as api_url, httpx.Client(base_url=api_url, timeout=30) as api:
+        with serving_client(app) as api:
             wait_for(lambda: keys_fetched(app))  # until then, a JWKS token is a 503
             headers = {"Authorization": f"Bearer {token}"}
             created = api.post(f"/api/{user_id}/tasks", json={"title": "From Better Auth"}, headers=headers)
