@@ -87,8 +87,8 @@ def api_trusting(api_db_url: str, server: JwksServer, **overrides: Any) -> Itera
 def get_tasks(client: httpx.Client, server: JwksServer, key: SigningKey, **claims: Any) -> httpx.Response:
     """A fresh user's task list, with a new token signed by `key` (so no remembered token hides it)."""
     user_id = better_auth_id()
-    token = key.sign(claims_for(server.base_url, user_id, **claims))
-    return client.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+    user = user_with(key.sign(claims_for(server.base_url, user_id, **claims)), user_id)
+    return client.get(user.tasks_url, headers=user.headers)
 
 
 def keys_fetched(app: FastAPI) -> bool:

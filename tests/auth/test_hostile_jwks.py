@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from api.auth.jwks import JwksKeySet
-from tests.auth.conftest import api_trusting, claims_for, get_tasks, wait_for
+from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
 from tests.support import better_auth_id, free_port, now, scrape, value
 
@@ -122,8 +122,8 @@ def test_a_dripping_endpoint_holds_no_request_past_the_fetch_timeout(api_db_url:
 async def _get(http: httpx.AsyncClient, server: JwksServer, key: SigningKey) -> httpx.Response:
     # Issued before the keys were fetched, so the set as held proves its kid unknown.
     user_id = better_auth_id()
-    token = key.sign(claims_for(server.base_url, user_id, iat=now() - 60))
-    return await http.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+    user = user_with(key.sign(claims_for(server.base_url, user_id, iat=now() - 60)), user_id)
+    return await http.get(user.tasks_url, headers=user.headers)
 
 
 def _failed_fetch_logs(url: str, caplog: pytest.LogCaptureFixture) -> set[str]:

@@ -42,7 +42,7 @@ def test_the_shared_secret_still_works_alongside_the_jwks(
 ) -> None:
     user = new_user()
     token = sign({"sub": user.id, "exp": now() + 60, "iss": published.base_url, "aud": published.base_url})
-    response = jwks_api.get(user.tasks_url, headers={"Authorization": f"Bearer {token}"})
+    response = jwks_api.get(user.tasks_url, headers=user_with(token, user.id).headers)
     assert response.status_code == 200
     assert response.json() == []
 
@@ -192,16 +192,10 @@ def test_a_key_published_without_alg_is_used_when_its_curve_implies_one_and_name
     ]
     ed_user, rsa_user = better_auth_id(), better_auth_id()
     with jwks_server(*unstated) as server, api_trusting(api_db_url, server) as client:
-        ed_token = ed.sign(claims_for(server.base_url, ed_user))
-        created = client.post(
-            f"/api/{ed_user}/tasks", json={"title": "EdDSA"}, headers={"Authorization": f"Bearer {ed_token}"}
-        )
-        rsa_token = rsa.sign(claims_for(server.base_url, rsa_user))
-        refused = client.post(
-            f"/api/{rsa_user}/tasks",
-            json={"title": "RS256"},
-            headers={"Authorization": f"Bearer {rsa_token}"},
-        )
+        signed_ed = user_with(ed.sign(claims_for(server.base_url, ed_user)), ed_user)
+        created = client.post(signed_ed.tasks_url, json={"title": "EdDSA"}, headers=signed_ed.headers)
+        signed_rsa = user_with(rsa.sign(claims_for(server.base_url, rsa_user)), rsa_user)
+        refused = client.post(signed_rsa.tasks_url, json={"title": "RS256"}, headers=signed_rsa.headers)
 
     assert created.status_code == 201, created.text
     assert refused.status_code == 401, refused.text
@@ -215,21 +209,21 @@ def test_a_token_in_the_query_string_is_not_read(
     jwks_api: httpx.Client, published: JwksServer, ed_key: SigningKey, user_id: str
 ) -> None:
     token = ed_key.sign(claims_for(published.base_url, user_id))
-    url = f"/api/{user_id}/tasks"
+    user = user_with(token, user_id)
 
-    response = jwks_api.get(url, params={"access_token": token, "token": token, "jwt": token})
+    response = jwks_api.get(user.tasks_url, params={"access_token": token, "token": token, "jwt": token})
 
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert "Authorization: Bearer" in _problem(response)["detail"]
-    assert jwks_api.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert jwks_api.get(user.tasks_url, headers=user.headers).status_code == 200
 
 
 def test_without_a_jwks_an_eddsa_token_is_refused_not_checked_against_the_secret(
     client: httpx.Client, ed_key: SigningKey, user_id: str
 ) -> None:
-    token = ed_key.sign({"sub": user_id, "iat": now(), "exp": now() + 60})
-    response = client.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+    user = user_with(ed_key.sign({"sub": user_id, "iat": now(), "exp": now() + 60}), user_id)
+    response = client.get(user.tasks_url, headers=user.headers)
     assert response.status_code == 401
     assert _problem(response)["detail"] == "The token is signed with an algorithm this API does not accept."
 
@@ -240,7 +234,7 @@ def test_an_hs256_token_with_a_kid_is_checked_against_the_secret(
     claims = {"sub": alice.id, "exp": now() + 60, "iss": published.base_url, "aud": published.base_url}
     good = sign(claims, secret=SECRET, kid=ed_key.kid)
     bad = sign(claims, secret="some-other-secret-that-is-long-enough-0123", kid=ed_key.kid)
-    assert jwks_api.get(alice.tasks_url, headers={"Authorization": f"Bearer {good}"}).status_code == 200
-    response = jwks_api.get(alice.tasks_url, headers={"Authorization": f"Bearer {bad}"})
+    assert jwks_api.get(alice.tasks_url, headers=user_with(good, alice.id).headers).status_code == 200
+    response = jwks_api.get(alice.tasks_url, headers=user_with(bad, alice.id).headers)
     assert response.status_code == 401
     assert "signature" in _problem(response)["detail"]

@@ -13,7 +13,7 @@ import pytest
 from api.auth.errors import KeysUnavailable
 from api.auth.jwks import JwksKeySet, UnknownKey
 from tests.api.events_client import async_client, opened
-from tests.auth.conftest import api_trusting, claims_for, get_tasks, wait_for
+from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
 from tests.support import ApiUser, better_auth_id, now, sign
 
@@ -198,14 +198,13 @@ def test_a_token_verified_before_its_key_was_withdrawn_is_refused_once_the_set_i
     ):
         user_id = better_auth_id()
         a_year = now() + 365 * 24 * 3600
-        token = withdrawn.sign(claims_for(server.base_url, user_id, exp=a_year))
-        headers = {"Authorization": f"Bearer {token}"}
-        assert client.get(f"/api/{user_id}/tasks", headers=headers).status_code == 200
+        user = user_with(withdrawn.sign(claims_for(server.base_url, user_id, exp=a_year)), user_id)
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
 
         server.keys.remove(withdrawn)
         # A token naming a key the API does not hold makes it fetch the set again.
         assert get_tasks(client, server, SigningKey.generate()).status_code == 401
-        refused = client.get(f"/api/{user_id}/tasks", headers=headers)
+        refused = client.get(user.tasks_url, headers=user.headers)
         assert refused.status_code == 401
         assert "does not publish" in refused.json()["detail"]
         assert get_tasks(client, server, kept).status_code == 200
@@ -308,8 +307,8 @@ def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: st
             # The shared secret does not depend on the JWKS at all.
             user_id = better_auth_id()
             hs256 = sign({"sub": user_id, "exp": now() + 60, "iss": server.base_url, "aud": server.base_url})
-            headers = {"Authorization": f"Bearer {hs256}"}
-            assert client.get(f"/api/{user_id}/tasks", headers=headers).status_code == 200
+            user = user_with(hs256, user_id)
+            assert client.get(user.tasks_url, headers=user.headers).status_code == 200
 
             server.down = False  # the background fetch retries within seconds
             wait_for(lambda: get_tasks(client, server, key).status_code == 200)

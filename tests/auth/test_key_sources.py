@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from api.app import create_app
 from api.auth.jwks import JwksKeySet
 from api.settings import Settings
-from tests.auth.conftest import claims_for, keys_fetched, wait_for
+from tests.auth.conftest import claims_for, keys_fetched, user_with, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
 from tests.support import SECRET, better_auth_id, now, serving_client, settings_for, sign
 
@@ -78,13 +78,9 @@ def test_a_better_auth_mounted_on_a_path_is_trusted_for_the_tokens_it_issues(
         with serving_client(app) as client:
             wait_for(lambda: keys_fetched(app))
             user_id = better_auth_id()
-            token = key.sign(claims_for(server.base_url, user_id))
+            user = user_with(key.sign(claims_for(server.base_url, user_id)), user_id)
 
-            created = client.post(
-                f"/api/{user_id}/tasks",
-                json={"title": "Mounted on /auth"},
-                headers={"Authorization": f"Bearer {token}"},
-            )
+            created = client.post(user.tasks_url, json={"title": "Mounted on /auth"}, headers=user.headers)
 
     assert created.status_code == 201, created.text
     assert created.json()["user_id"] == user_id
@@ -156,13 +152,11 @@ def test_overridden_audience_is_the_one_checked(
 ) -> None:
     server, key, client = only_jwks
     user_id = better_auth_id()
-    url = f"/api/{user_id}/tasks"
+    ours = user_with(key.sign(claims_for(server.base_url, user_id, aud="todo-api")), user_id)
+    theirs = user_with(key.sign(claims_for(server.base_url, user_id)), user_id)
 
-    ours = key.sign(claims_for(server.base_url, user_id, aud="todo-api"))
-    theirs = key.sign(claims_for(server.base_url, user_id))
-
-    assert client.get(url, headers={"Authorization": f"Bearer {ours}"}).status_code == 200
-    refused = client.get(url, headers={"Authorization": f"Bearer {theirs}"})
+    assert client.get(ours.tasks_url, headers=ours.headers).status_code == 200
+    refused = client.get(theirs.tasks_url, headers=theirs.headers)
     assert refused.status_code == 401
     assert "audience" in refused.json()["detail"]
 
@@ -175,8 +169,9 @@ def test_without_a_secret_hs256_tokens_are_refused(
     token = sign(
         {"sub": user_id, "exp": now() + 60, "iss": server.base_url, "aud": "todo-api"}, secret=SECRET
     )
+    user = user_with(token, user_id)
 
-    response = client.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+    response = client.get(user.tasks_url, headers=user.headers)
 
     assert response.status_code == 401
     assert response.json()["detail"] == "The token is signed with an algorithm this API does not accept."
