@@ -131,6 +131,24 @@ def run_cli(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProc
     )
 
 
+def refusal(database_url: str, tmp_path: Path, *, says: str = "Refusing to serve", **variables: str) -> str:
+    """What `todo-api serve` writes to stderr as it refuses to start on `database_url` (with the test
+    secret and `variables` in its environment): it must exit 1, say `says`, and show no traceback."""
+    result = run_cli(
+        "serve",
+        "--port",
+        str(free_port()),
+        cwd=tmp_path,
+        DATABASE_URL=database_url,
+        BETTER_AUTH_SECRET=SECRET,
+        **variables,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr
+
+
 @contextmanager
 def serve_process(
     command: list[str],

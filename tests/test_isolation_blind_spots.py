@@ -22,8 +22,8 @@ from api.ops.policy_audit import audit_database
 from tests.own_postgres import OwnPostgres
 from tests.support import (
     SECRET,
-    free_port,
     new_user,
+    refusal,
     run_cli,
     scrape,
     serving_client,
@@ -245,17 +245,7 @@ def test_caught_at_start_up_by_policies_and_while_serving(
         assert f"  - [{spot.kind}] {spot.finding}" in policies.stdout
         assert spot.listed is None or spot.listed in policies.stdout.splitlines()
 
-        serve = run_cli(
-            "serve",
-            "--port",
-            str(free_port()),
-            cwd=tmp_path,
-            DATABASE_URL=cluster.url,
-            BETTER_AUTH_SECRET=SECRET,
-        )
-        assert serve.returncode == 1
-        assert "Refusing to serve" in serve.stderr
-        assert spot.finding in serve.stderr.replace('\\"', '"')  # the log line is JSON
+        assert spot.finding in refusal(cluster.url, tmp_path).replace('\\"', '"')  # the log line is JSON
     finally:
         _run(cluster.superuser_url, spot.undo)
     eventually(
@@ -424,9 +414,4 @@ def test_a_setting_the_client_gives_every_session_refuses_serve_and_fails_polici
     assert policies.returncode == 1, policies.stdout
     assert f"  - [isolation] {finding}" in policies.stdout
 
-    serve = run_cli(
-        "serve", "--port", str(free_port()), cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, **env
-    )
-    assert serve.returncode == 1
-    assert "Refusing to serve" in serve.stderr
-    assert finding in serve.stderr.replace('\\"', '"')  # the log line is JSON
+    assert finding in refusal(url, tmp_path, **env).replace('\\"', '"')  # the log line is JSON

@@ -1,4 +1,4 @@
-"""`todo-api serve` refuses to start (clear message, non-zero exit) when isolation is not certain."""
+"""`todo-api serve` refuses to start (a clear message, exit status 1) when isolation is not certain."""
 
 from pathlib import Path
 from typing import Any
@@ -8,21 +8,7 @@ import pytest
 from psycopg import sql
 
 from tests.own_postgres import OwnPostgres
-from tests.support import SECRET, free_port, run_cli
-
-
-def refusal(database_url: str, tmp_path: Path) -> str:
-    result = run_cli(
-        "serve",
-        "--port",
-        str(free_port()),
-        cwd=tmp_path,
-        DATABASE_URL=database_url,
-        BETTER_AUTH_SECRET=SECRET,
-    )
-    assert result.returncode != 0, result.stdout
-    assert "Refusing to serve" in result.stderr
-    return result.stderr
+from tests.support import refusal
 
 
 @pytest.mark.parametrize(
