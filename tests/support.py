@@ -233,6 +233,29 @@ def serving_client(app: FastAPI, *, timeout: float = 30, **options: Any) -> Iter
         yield client
 
 
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(
+    response: httpx.Response, status: int, slug: str, field: str | None = None
+) -> dict[str, Any]:
+    """Assert that `response` is the problem `urn:todo-api:problem:<slug>` with `status`: RFC 9457's
+    media type, the status in the body too, a title and a detail in words, and `field` among those a
+    422 names. Returns the body, for what else the test asserts. The URN is spelled here, not read from
+    api/http/problems.py: a test must not take what it expects from the code under test."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM, response.headers
+    body: dict[str, Any] = response.json()
+    assert body["type"] == f"urn:todo-api:problem:{slug}", body
+    assert body["status"] == status, body
+    for key in ("title", "detail"):
+        assert isinstance(body[key], str), body
+        assert body[key], body
+    if field is not None:
+        assert field in [error["field"] for error in body["errors"]], body
+    return body
+
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

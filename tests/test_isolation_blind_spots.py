@@ -22,6 +22,7 @@ from api.ops.policy_audit import audit_database
 from tests.own_postgres import OwnPostgres
 from tests.support import (
     SECRET,
+    assert_problem,
     new_user,
     refusal,
     run_cli,
@@ -266,8 +267,7 @@ def test_another_users_task_is_refused_not_leaked_once_equals_means_not_equals(
     try:
         eventually(lambda: refused(api, bob), "refused while serving")
         read = api.get(task_url, headers=bob.headers)
-        assert read.status_code == 503
-        assert read.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+        assert_problem(read, 503, "isolation-unverified")
         assert "alice's" not in read.text
     finally:
         _run(cluster.superuser_url, [_STABLE_IDENTITY, "drop extension citext"])
@@ -327,8 +327,7 @@ def test_a_setting_of_every_session_is_refused_while_serving_and_changes_nothing
                 api.delete(alice.task_url(task_id), headers=alice.headers),
                 api.get("/readyz"),
             ):
-                assert response.status_code == 503
-                assert response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+                assert_problem(response, 503, "isolation-unverified")
             eventually(lambda: _verified(api) == 0, f"{name}: the metric shows isolation unverified")
             time.sleep(5 * INTERVAL)  # more checks and requests: refused throughout, never served between
             assert refused(api, alice)
@@ -378,8 +377,7 @@ def test_a_name_the_session_no_longer_knows_fails_closed_before_the_next_check_a
                 if response.status_code == 201:
                     created.append(str(response.json()["id"]))
                     return False
-                assert response.status_code == 503, response.text
-                assert response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+                assert_problem(response, 503, "isolation-unverified")
                 assert response.headers["Retry-After"].isdigit()
                 return True
 

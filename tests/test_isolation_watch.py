@@ -20,7 +20,16 @@ from api.db.reach import read_reach
 from api.ops.policy_audit import audit_database
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
-from tests.support import ApiUser, new_user, scrape, serving, serving_client, settings_for, value
+from tests.support import (
+    ApiUser,
+    assert_problem,
+    new_user,
+    scrape,
+    serving,
+    serving_client,
+    settings_for,
+    value,
+)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 INTERVAL = 0.2
@@ -123,8 +132,7 @@ def test_weakened_while_serving_then_repaired(
         db.execute(weakening.weaken)
         eventually(lambda: refused(api, alice), f"{name}: task requests are refused")
         ready = api.get("/readyz")
-        assert ready.status_code == 503
-        assert ready.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+        assert_problem(ready, 503, "isolation-unverified")
         assert (
             api.post(alice.tasks_url, json={"title": "while weakened"}, headers=alice.headers).status_code
             == 503
@@ -272,8 +280,7 @@ def test_a_check_that_waits_on_a_lock_fails_closed(
         superuser.execute("lock table pg_catalog.pg_default_acl in access exclusive mode")
         eventually(lambda: refused(api, alice), "a check that cannot take its lock refuses requests")
         ready = api.get("/readyz")
-        assert ready.status_code == 503
-        assert ready.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+        assert_problem(ready, 503, "isolation-unverified")
         time.sleep(5 * INTERVAL)  # more checks that cannot complete, for the same reason
         superuser.rollback()
     errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
@@ -298,9 +305,7 @@ def test_a_row_security_violation_is_refused_and_checked_at_once(
         db.execute('alter policy "tasks are created by their owner" on tasks with check (false)')
         with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
             created = api.post(alice.tasks_url, json={"title": "refused"}, headers=alice.headers)
-            assert created.status_code == 503
-            assert created.headers["content-type"] == "application/problem+json"
-            assert created.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+            assert_problem(created, 503, "isolation-unverified")
             assert refused(api, alice), "refused until a check completes clean"
             eventually(
                 lambda: any(
@@ -326,13 +331,12 @@ def test_retry_after_is_the_time_until_the_next_check_not_the_whole_interval(
 
         def retry_after() -> int:
             response = api.get(alice.tasks_url, headers=alice.headers)
-            assert response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+            assert_problem(response, 503, "isolation-unverified")
             return int(response.headers["retry-after"])
 
         eventually(lambda: retry_after() > 1, "the check the distrust started found the policy")
         after_the_check = retry_after()
-    assert distrusted.status_code == 503
-    assert distrusted.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+    assert_problem(distrusted, 503, "isolation-unverified")
     assert distrusted.headers["retry-after"] == "1", "the check the refusal started is due at once"
     assert 3000 < after_the_check <= 3600, "the next check is an interval after the one that found it"
     assert db.execute("select count(*) from tasks where title = 'refused'").fetchone() == (0,)
@@ -378,9 +382,7 @@ def test_a_unique_key_the_api_does_not_expect_is_refused_and_checked_at_once(
         with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
             guess = {"title": "alice's", "description": "bob's secret"}
             probed = api.post(alice.tasks_url, json=guess, headers=alice.headers)
-            assert probed.status_code == 503
-            assert probed.headers["content-type"] == "application/problem+json"
-            assert probed.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+            assert_problem(probed, 503, "isolation-unverified")
             assert refused(api, alice), "refused until a check completes clean"
             other = {"title": "alice's", "description": "nobody's"}
             assert api.post(alice.tasks_url, json=other, headers=alice.headers).status_code == 503
@@ -451,11 +453,9 @@ def test_a_stream_whose_read_is_refused_for_row_level_security_ends_and_is_refus
                 db.execute("insert into tasks (user_id, title) values (%s, 'while refused')", [alice.id])
                 assert [block for block in await stream.end() if block.data] == []
             ready = await client.get("/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+            assert_problem(ready, 503, "isolation-unverified")
             async with opened(client, alice, opening_id) as again:
-                assert again.response.status_code == 503
-                assert again.response.json()["type"] == "urn:todo-api:problem:isolation-unverified"
+                assert_problem(again.response, 503, "isolation-unverified")
                 assert int(again.response.headers["Retry-After"]) > 0
 
     with caplog.at_level(logging.ERROR, logger="api.db.isolation"), serving(create_app(settings)) as base_url:

@@ -22,7 +22,7 @@ import pytest
 
 from api.auth.dev_tokens import mint_token
 from tests.api.events_client import async_client, opened
-from tests.support import CLI, SECRET, cli_env, new_user, serve_process
+from tests.support import CLI, SECRET, assert_problem, cli_env, new_user, serve_process
 
 PASSWORD = "never-log-this-password"
 # RFC 3339, UTC, milliseconds: 2026-12-01T22:30:51.043Z
@@ -229,9 +229,7 @@ def test_a_500_is_logged_once_with_its_request_id_and_traceback(serve: Serve, mi
             # A bug's shape: the API sends a statement the database refuses for no fault of the client.
             db.execute("revoke update (title) on tasks from todo_app")
         broken = client.put(alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers)
-    assert broken.status_code == 500
-    assert broken.headers["content-type"] == "application/problem+json"
-    assert broken.json()["type"] == "urn:todo-api:problem:internal-error"
+    assert_problem(broken, 500, "internal-error")
     errors = [r for r in served.records() if r["level"] == "ERROR"]
     assert len(errors) == 1, errors
     assert errors[0]["request_id"] == broken.headers["x-request-id"]

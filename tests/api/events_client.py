@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from tests.support import ApiUser
+from tests.support import ApiUser, assert_problem
 
 # Long enough for a write to reach a stream that polls (EVENTS_POLL_MILLISECONDS behind PgBouncer).
 EVENT_TIMEOUT_SECONDS = 10.0
@@ -62,11 +62,8 @@ class Stream:
     def refusal(self, status: int, problem: str) -> dict[str, Any]:
         """The problem document of a stream refused with `status` and type `problem`, which says when
         to try again (`Retry-After`)."""
-        assert self.response.status_code == status, self.response.text
-        assert self.response.headers["content-type"] == "application/problem+json"
+        document = assert_problem(self.response, status, problem)
         assert int(self.response.headers["Retry-After"]) > 0
-        document: dict[str, Any] = self.response.json()
-        assert document["type"] == f"urn:todo-api:problem:{problem}"
         return document
 
 

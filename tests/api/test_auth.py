@@ -8,7 +8,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support import SECRET, ApiUser, now, sign
+from tests.support import SECRET, ApiUser, assert_problem, now, sign
 
 # Every endpoint, as (method, path under /api/{user_id}/tasks, JSON body).
 ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -58,12 +58,8 @@ def test_bad_tokens_are_401_with_a_challenge(client: httpx.Client, alice: ApiUse
     token = bad_tokens(alice.id)[case]
     response = client.get(alice.tasks_url, headers={"Authorization": f"Bearer {token}"})
 
-    assert response.status_code == 401
+    assert_problem(response, 401, "unauthorized")
     assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
-    assert response.headers["content-type"].startswith("application/problem+json")
-    problem = response.json()
-    assert problem["status"] == 401
-    assert problem["type"] == "urn:todo-api:problem:unauthorized"
     assert token not in response.text or not token, "the token is never echoed"
 
 
@@ -99,9 +95,8 @@ def test_two_authorization_headers_are_401_and_change_nothing(
     headers = [("Authorization", f"Bearer {alice.token}"), ("Authorization", f"Bearer {other.token}")]
     response = client.request(method, alice.tasks_url + path, json=body, headers=headers)
 
-    assert response.status_code == 401
+    assert_problem(response, 401, "unauthorized")
     assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
-    assert response.json()["type"] == "urn:todo-api:problem:unauthorized"
     assert "one Authorization header" in response.json()["detail"]
     for user in (alice, bob):
         assert api_db.execute("select count(*) from tasks where user_id = %s", [user.id]).fetchone() == (0,)
@@ -151,9 +146,7 @@ def test_another_users_path_is_403_on_every_endpoint(
 
     response = client.request(method, bob.tasks_url + path, json=body, headers=alice.headers)
 
-    assert response.status_code == 403
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert response.json()["type"] == "urn:todo-api:problem:forbidden"
+    assert_problem(response, 403, "forbidden")
     rows = api_db.execute("select title, completed from tasks where user_id = %s", [bob.id]).fetchall()
     assert rows == [("Bob's", False)], "bob's tasks are exactly as he left them"
     assert api_db.execute("select count(*) from users where id = %s", [alice.id]).fetchone() == (0,)

@@ -10,7 +10,14 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from tests.support import ApiUser, new_user, serving_client, settings_for, wait_until_it_waits_for
+from tests.support import (
+    ApiUser,
+    assert_problem,
+    new_user,
+    serving_client,
+    settings_for,
+    wait_until_it_waits_for,
+)
 
 Task = dict[str, Any]
 
@@ -66,9 +73,7 @@ def test_a_stale_if_match_changes_nothing_and_gets_412(
         client.delete(url, headers=conditional),
         client.put(url, json={}, headers=conditional),
     ):
-        assert response.status_code == 412, response.text
-        assert response.headers["content-type"] == "application/problem+json"
-        assert response.json()["type"] == "urn:todo-api:problem:precondition-failed"
+        assert_problem(response, 412, "precondition-failed")
         assert response.headers["etag"] == current
     assert _title_in_db(api_db, task["id"]) == "changed in another tab"
     assert client.get(url, headers=alice.headers).json()["completed"] is False
@@ -159,9 +164,8 @@ def test_a_get_whose_if_match_names_another_version_is_412(client: httpx.Client,
     task, tag = _create(client, alice)
     url = alice.task_url(task["id"])
     stale = client.get(url, headers={**alice.headers, "If-Match": '"0.1"'})
-    assert stale.status_code == 412
+    assert_problem(stale, 412, "precondition-failed")
     assert stale.headers["etag"] == tag
-    assert stale.json()["type"] == "urn:todo-api:problem:precondition-failed"
     for sent in (tag, "*"):
         assert client.get(url, headers={**alice.headers, "If-Match": sent}).status_code == 200, sent
 
@@ -216,8 +220,7 @@ def test_require_if_match_refuses_blind_writes_with_428(strict_api: httpx.Client
         strict_api.patch(f"{url}/complete", headers=user.headers),
         strict_api.delete(url, headers=user.headers),
     ):
-        assert response.status_code == 428
-        assert response.json()["type"] == "urn:todo-api:problem:precondition-required"
+        assert_problem(response, 428, "precondition-required")
     assert (
         strict_api.put(url, json={"title": "seen"}, headers={**user.headers, "If-Match": tag}).status_code
         == 200
@@ -264,8 +267,7 @@ def test_a_write_that_loses_a_race_gets_412_with_the_etag_of_the_winner(
     task, refused = _a_write_that_loses_a_race(
         client, alice, api_db_url, "update tasks set title = 'changed in another tab' where id = %s", write
     )
-    assert refused.status_code == 412, refused.text
-    assert refused.json()["type"] == "urn:todo-api:problem:precondition-failed"
+    assert_problem(refused, 412, "precondition-failed")
     assert refused.headers["etag"] == f'"{task["id"]}.2"'
     row = api_db.execute("select title, completed, version from tasks where id = %s", [task["id"]]).fetchone()
     assert row == ("changed in another tab", False, 2), "the winner's write stands, and nothing else"
@@ -281,8 +283,7 @@ def test_a_write_that_loses_a_race_to_a_delete_gets_404(
     task, gone = _a_write_that_loses_a_race(
         client, alice, api_db_url, "delete from tasks where id = %s", write
     )
-    assert gone.status_code == 404, gone.text
-    assert gone.json()["type"] == "urn:todo-api:problem:not-found"
+    assert_problem(gone, 404, "not-found")
     assert "etag" not in gone.headers
     assert api_db.execute("select count(*) from tasks where id = %s", [task["id"]]).fetchone() == (0,)
 
@@ -298,7 +299,7 @@ def test_the_task_list_has_no_etag_to_match(client: httpx.Client, alice: ApiUser
     for sent in ('"nope"', tag, f"W/{tag}"):
         refused = listed(**{"If-Match": sent})
         assert refused.status_code == 412, (sent, refused.text)
-        assert refused.json()["type"] == "urn:todo-api:problem:precondition-failed"
+        assert_problem(refused, 412, "precondition-failed")
         assert "etag" not in refused.headers
     for method in ("GET", "HEAD"):
         not_modified = listed(method, **{"If-None-Match": "*"})

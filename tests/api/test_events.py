@@ -18,7 +18,7 @@ from httpx_sse import aconnect_sse
 from api.app import create_app
 from api.auth.dev_tokens import mint_token
 from tests.api.events_client import Event, async_client, open_once_a_place_is_free, opened
-from tests.support import SECRET, ApiUser, new_user, serving, settings_for
+from tests.support import SECRET, ApiUser, assert_problem, new_user, serving, settings_for
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
 
@@ -588,8 +588,7 @@ def test_users_refused_by_a_full_worker_leave_nothing_behind_in_it(api_db_url: s
             await held.opening_id()
             for user in refused_users:
                 async with opened(client, user) as refused:
-                    assert refused.response.status_code == 503
-                    assert refused.response.json()["type"] == "urn:todo-api:problem:streams-unavailable"
+                    assert_problem(refused.response, 503, "streams-unavailable")
             # The users the hub keeps streams for: the one user who holds a stream, nobody else.
             assert app.state.events_hub.users_with_streams() == 1
             assert app.state.events_hub.streams_of(holder.id) == 1
@@ -619,11 +618,9 @@ def test_streams_are_authenticated_like_the_task_routes(client: httpx.Client) ->
     alice, bob = new_user(), new_user()
 
     missing = client.get(f"/api/{alice.id}/events")
-    assert missing.status_code == 401
-    assert missing.headers["content-type"] == "application/problem+json"
+    assert_problem(missing, 401, "unauthorized")
     other = client.get(f"/api/{alice.id}/events", headers=bob.headers)
-    assert other.status_code == 403
-    assert other.json()["type"] == "urn:todo-api:problem:forbidden"
+    assert_problem(other, 403, "forbidden")
 
 
 def test_a_stream_ends_when_its_token_stops_being_accepted(api_db_url: str) -> None:

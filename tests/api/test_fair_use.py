@@ -13,7 +13,7 @@ from psycopg import sql
 
 from api.app import create_app
 from api.tasks.listing import TaskListParams
-from tests.support import ApiUser, explain_list, new_user, serving_client, settings_for
+from tests.support import ApiUser, assert_problem, explain_list, new_user, serving_client, settings_for
 
 QUOTA = 5
 
@@ -44,8 +44,7 @@ def test_concurrent_creates_cannot_pass_the_quota(
 
     assert sorted(response.status_code for response in responses) == [201] * QUOTA + [409] * (20 - QUOTA)
     refused = next(response for response in responses if response.status_code == 409)
-    assert refused.headers["content-type"] == "application/problem+json"
-    assert refused.json()["type"] == "urn:todo-api:problem:task-limit-reached"
+    assert_problem(refused, 409, "task-limit-reached")
     assert str(QUOTA) in refused.json()["detail"]
     assert _count(migrated_db_url, alice) == QUOTA
 
@@ -160,7 +159,7 @@ def test_one_users_slow_requests_cannot_take_the_pool_from_others(
     assert sorted(response.status_code for response in answered) == [200] + [429] * 4
     assert [response.status_code for response in refused] == [429] * 4, "refused while her row was locked"
     too_many = next(response for response in answered if response.status_code == 429)
-    assert too_many.json()["type"] == "urn:todo-api:problem:too-many-requests"
+    assert_problem(too_many, 429, "too-many-requests")
     assert int(too_many.headers["retry-after"]) >= 1
 
 
@@ -171,8 +170,7 @@ def test_a_user_past_the_rate_gets_429_with_rate_limit_fields(migrated_db_url: s
         refused = client.get(alice.tasks_url, headers=alice.headers)
         other = client.get(bob.tasks_url, headers=bob.headers)
     assert statuses == [200] * 5 + [429] * 2
-    assert refused.status_code == 429
-    assert refused.json()["type"] == "urn:todo-api:problem:too-many-requests"
+    assert_problem(refused, 429, "too-many-requests")
     wait = int(refused.headers["retry-after"])
     assert 1 <= wait <= 12
     assert refused.headers["ratelimit-policy"] == '"per-user";q=5;w=60'

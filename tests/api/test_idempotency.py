@@ -16,7 +16,7 @@ from psycopg import sql
 from api.app import create_app
 from api.tasks.idempotency import request_hash
 from api.tasks.models import TaskCreate
-from tests.support import ApiUser, new_user, serving, serving_client, settings_for
+from tests.support import ApiUser, assert_problem, new_user, serving, serving_client, settings_for
 
 
 def _tasks(db: psycopg.Connection[Any], user: ApiUser) -> int:
@@ -105,14 +105,11 @@ def test_deleting_the_task_leaves_no_copy_and_its_key_answers_410_whatever_the_b
 
     replay = _post(client, alice, "plan", body)
 
-    assert replay.status_code == 410
-    assert replay.headers["content-type"] == "application/problem+json"
-    assert replay.json()["type"] == "urn:todo-api:problem:task-deleted"
+    assert_problem(replay, 410, "task-deleted")
     assert "etag" not in replay.headers
     # Another body is answered alike, so the key tells nothing about what the deleted task held.
     guess = _post(client, alice, "plan", {"title": "Secret plan", "description": "Dinner"})
-    assert guess.status_code == 410
-    assert guess.json()["type"] == "urn:todo-api:problem:task-deleted"
+    assert_problem(guess, 410, "task-deleted")
     assert _tasks(api_db, alice) == 0, "nothing was created"
 
 
@@ -178,9 +175,7 @@ def test_the_same_key_with_another_body_is_refused(
     alice = new_user()
     assert _post(client, alice, "k", {"title": "one"}).status_code == 201
     reused = _post(client, alice, "k", {"title": "two"})
-    assert reused.status_code == 422
-    assert reused.headers["content-type"] == "application/problem+json"
-    assert reused.json()["type"] == "urn:todo-api:problem:idempotency-key-reused"
+    assert_problem(reused, 422, "idempotency-key-reused")
     assert [error["field"] for error in reused.json()["errors"]] == ["header.idempotency-key"], (
         "a 422 names the bad field, as README.md says"
     )
@@ -361,11 +356,8 @@ def test_a_key_others_keep_storing_again_is_409_in_use_and_the_server_goes_on_se
         db.execute("drop trigger keep_raced_key on idempotency_keys; drop function public.keep_raced_key()")
         retried = _post(client, alice, "raced", {"title": "first"})
 
-    assert in_use.status_code == 409, in_use.text
-    assert in_use.headers["content-type"] == "application/problem+json"
+    problem = assert_problem(in_use, 409, "idempotency-key-in-use")
     assert in_use.headers["retry-after"] == "1"
-    problem = in_use.json()
-    assert problem["type"] == "urn:todo-api:problem:idempotency-key-in-use"
     assert "Send the same request again shortly" in problem["detail"]
     assert after.status_code == 200, "isolation is still trusted: the server serves on"
     assert [task["id"] for task in after.json()] == [first.json()["id"]], "nothing was created"

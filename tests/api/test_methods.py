@@ -9,9 +9,8 @@ import pytest
 from fastapi.responses import StreamingResponse
 
 from api.app import create_app
-from tests.support import ApiUser, new_user, serving_client, settings_for
+from tests.support import ApiUser, assert_problem, new_user, serving_client, settings_for
 
-PROBLEM = "application/problem+json"
 # What a HEAD must answer exactly as its GET does (RFC 9110, section 9.3.2).
 _SAME_HEADERS = ("content-type", "content-length", "etag", "link", "www-authenticate", "allow")
 
@@ -27,11 +26,7 @@ def _assert_405(response: httpx.Response, allow: str) -> None:
     assert response.status_code == 405, response.text
     assert response.headers["allow"] == allow
     if response.request.method != "HEAD":
-        assert response.headers["content-type"] == PROBLEM
-        problem = response.json()
-        assert problem["type"] == "urn:todo-api:problem:method-not-allowed"
-        assert problem["status"] == 405
-        assert allow in problem["detail"]
+        assert allow in assert_problem(response, 405, "method-not-allowed")["detail"]
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])

@@ -13,7 +13,7 @@ import pytest
 from api.auth.jwks import JwksKeySet
 from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import better_auth_id, free_port, now, scrape, value
+from tests.support import assert_problem, better_auth_id, free_port, now, scrape, value
 
 FETCHES = "todo_api_jwks_fetches_total"
 
@@ -91,8 +91,7 @@ def test_a_dripping_endpoint_at_start_up_means_503_at_once_not_a_wait(api_db_url
             client.timeout = httpx.Timeout(15)
             response = get_tasks(client, server, key)
 
-            assert response.status_code == 503
-            assert response.json()["type"] == "urn:todo-api:problem:authentication-unavailable"
+            assert_problem(response, 503, "authentication-unavailable")
             # Answered while the start-up fetch still drips: it neither waited for it nor fetched again.
             assert server.fetch_count() == 1
 

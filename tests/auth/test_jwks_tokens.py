@@ -9,13 +9,7 @@ import pytest
 
 from tests.auth.conftest import ALGORITHMS, api_trusting, claims_for, user_with
 from tests.auth.jwks_server import JwksServer, SigningKey, forge, jwks_server
-from tests.support import SECRET, ApiUser, better_auth_id, new_user, now, sign
-
-
-def _problem(response: httpx.Response) -> dict[str, Any]:
-    assert response.headers["content-type"].startswith("application/problem+json")
-    problem: dict[str, Any] = response.json()
-    return problem
+from tests.support import SECRET, ApiUser, assert_problem, better_auth_id, new_user, now, sign
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -169,11 +163,8 @@ def test_bad_better_auth_tokens_are_401(
 
     response = jwks_api.post(user.tasks_url, json={"title": "Sneaky"}, headers=user.headers)
 
-    assert response.status_code == 401, response.text
+    problem = assert_problem(response, 401, "unauthorized")
     assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
-    problem = _problem(response)
-    assert problem["type"] == "urn:todo-api:problem:unauthorized"
-    assert problem["status"] == 401
     assert explanation in problem["detail"]
     assert token not in response.text
     assert api_db.execute("select count(*) from users where id = %s", [user_id]).fetchone() == (0,)
@@ -198,8 +189,10 @@ def test_a_key_published_without_alg_is_used_when_its_curve_implies_one_and_name
         refused = client.post(signed_rsa.tasks_url, json={"title": "RS256"}, headers=signed_rsa.headers)
 
     assert created.status_code == 201, created.text
-    assert refused.status_code == 401, refused.text
-    assert "published without the algorithm it is for (alg)" in _problem(refused)["detail"]
+    assert (
+        "published without the algorithm it is for (alg)"
+        in assert_problem(refused, 401, "unauthorized")["detail"]
+    )
     assert api_db.execute(
         "select user_id from tasks where user_id in (%s, %s)", [ed_user, rsa_user]
     ).fetchall() == [(ed_user,)]
@@ -213,9 +206,9 @@ def test_a_token_in_the_query_string_is_not_read(
 
     response = jwks_api.get(user.tasks_url, params={"access_token": token, "token": token, "jwt": token})
 
-    assert response.status_code == 401
+    problem = assert_problem(response, 401, "unauthorized")
     assert response.headers["www-authenticate"] == "Bearer"
-    assert "Authorization: Bearer" in _problem(response)["detail"]
+    assert "Authorization: Bearer" in problem["detail"]
     assert jwks_api.get(user.tasks_url, headers=user.headers).status_code == 200
 
 
@@ -224,8 +217,8 @@ def test_without_a_jwks_an_eddsa_token_is_refused_not_checked_against_the_secret
 ) -> None:
     user = user_with(ed_key.sign({"sub": user_id, "iat": now(), "exp": now() + 60}), user_id)
     response = client.get(user.tasks_url, headers=user.headers)
-    assert response.status_code == 401
-    assert _problem(response)["detail"] == "The token is signed with an algorithm this API does not accept."
+    problem = assert_problem(response, 401, "unauthorized")
+    assert problem["detail"] == "The token is signed with an algorithm this API does not accept."
 
 
 def test_an_hs256_token_with_a_kid_is_checked_against_the_secret(
@@ -236,5 +229,4 @@ def test_an_hs256_token_with_a_kid_is_checked_against_the_secret(
     bad = sign(claims, secret="some-other-secret-that-is-long-enough-0123", kid=ed_key.kid)
     assert jwks_api.get(alice.tasks_url, headers=user_with(good, alice.id).headers).status_code == 200
     response = jwks_api.get(alice.tasks_url, headers=user_with(bad, alice.id).headers)
-    assert response.status_code == 401
-    assert "signature" in _problem(response)["detail"]
+    assert "signature" in assert_problem(response, 401, "unauthorized")["detail"]

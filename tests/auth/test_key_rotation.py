@@ -15,7 +15,7 @@ from api.auth.jwks import JwksKeySet, UnknownKey
 from tests.api.events_client import async_client, opened
 from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import ApiUser, better_auth_id, now, sign
+from tests.support import ApiUser, assert_problem, better_auth_id, now, sign
 
 
 async def _started(key_set: JwksKeySet) -> JwksKeySet:
@@ -82,8 +82,7 @@ def test_a_key_published_within_the_cooldown_is_503_until_it_may_be_fetched_not_
         user = ApiUser(user_id, rotated.sign(claims_for(server.base_url, user_id)))
         response = client.post(user.tasks_url, json={"title": "Signed by the new key"}, headers=user.headers)
 
-        assert response.status_code == 503
-        assert response.json()["type"] == "urn:todo-api:problem:authentication-unavailable"
+        assert_problem(response, 503, "authentication-unavailable")
         assert 1 <= int(response.headers["retry-after"]) <= 30, "when the cooldown lets a fetch through"
         assert api_db.execute("select count(*) from users where id = %s", [user_id]).fetchone() == (0,)
         assert server.fetch_count() == 2, "the cooldown still holds"
@@ -150,8 +149,7 @@ def test_known_keys_keep_working_while_the_jwks_endpoint_is_down(api_db_url: str
         # Signed after the last fetch that worked, it may be signed by a key published since: the
         # refetch that would tell failed.
         maybe = get_tasks(client, server, stranger)
-        assert maybe.status_code == 503
-        assert maybe.json()["type"] == "urn:todo-api:problem:authentication-unavailable"
+        assert_problem(maybe, 503, "authentication-unavailable")
         assert get_tasks(client, server, key).status_code == 200, "a failed refetch drops no key"
 
 
@@ -297,11 +295,8 @@ def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: st
         with api_trusting(api_db_url, server) as client:  # starts although the auth server is down
             response = get_tasks(client, server, key)
 
-            assert response.status_code == 503
-            assert response.headers["content-type"].startswith("application/problem+json")
+            problem = assert_problem(response, 503, "authentication-unavailable")
             assert response.headers["retry-after"] == "5"
-            problem = response.json()
-            assert problem["type"] == "urn:todo-api:problem:authentication-unavailable"
             assert problem["title"] == "Authentication unavailable"
 
             # The shared secret does not depend on the JWKS at all.

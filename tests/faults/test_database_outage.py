@@ -18,7 +18,7 @@ import pytest
 from api.app import create_app
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
-from tests.support import new_user, scrape, serving, serving_client, settings_for, value
+from tests.support import assert_problem, new_user, scrape, serving, serving_client, settings_for, value
 
 FAIL_FAST_SECONDS = 8.0
 UNAVAILABLE = "todo_api_http_unavailable_total"
@@ -47,10 +47,8 @@ def test_outage_fails_fast_recovers_by_itself_and_loses_nothing(own_postgres: Ow
             started = time.monotonic()
             response = write(client, f"during {i}")
             elapsed = time.monotonic() - started
-            assert response.status_code == 503, response.text
+            assert_problem(response, 503, "database-unavailable")
             assert response.headers["retry-after"].isdigit()
-            assert response.headers["content-type"].startswith("application/problem+json")
-            assert response.json()["type"] == "urn:todo-api:problem:database-unavailable"
             assert elapsed < FAIL_FAST_SECONDS
             assert client.get(user.tasks_url, headers=user.headers).status_code == 503
         assert client.get("/readyz").status_code == 503
@@ -117,7 +115,7 @@ def test_a_users_concurrent_requests_during_an_outage_are_each_503_within_the_po
         response.text for response in responses
     ]
     for response in responses:
-        assert response.json()["type"] == "urn:todo-api:problem:database-unavailable"
+        assert_problem(response, 503, "database-unavailable")
         assert response.headers["retry-after"].isdigit()
     assert unavailable_after - unavailable_before == concurrent, "counted as the database's, not the user's"
     assert elapsed < FAIL_FAST_SECONDS

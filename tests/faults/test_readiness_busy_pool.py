@@ -13,7 +13,7 @@ import psycopg
 
 from api.app import create_app
 from tests.own_postgres import OwnPostgres
-from tests.support import new_user, serving_client, settings_for
+from tests.support import assert_problem, new_user, serving_client, settings_for
 
 POOL_SIZE = 4
 PER_USER = 2  # each user's share of the pool: POOL_SIZE // PER_USER users fill it
@@ -90,8 +90,7 @@ def test_a_database_that_is_down_is_not_ready_and_ready_again_once_back(own_post
         time.sleep(1.1)  # past the shared answer's second (api/http/health.py)
         down = client.get("/readyz")
 
-        assert down.status_code == 503, down.text
-        assert down.json()["type"] == "urn:todo-api:problem:database-unavailable"
+        assert_problem(down, 503, "database-unavailable")
         assert down.headers["retry-after"].isdigit()
 
         own_postgres.start()

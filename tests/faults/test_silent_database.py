@@ -21,7 +21,7 @@ import pytest
 from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
-from tests.support import new_user, serving_client, settings_for
+from tests.support import assert_problem, new_user, serving_client, settings_for
 
 
 class SilenceableProxy:
@@ -109,8 +109,7 @@ def test_a_silent_database_is_a_fast_503_and_the_api_recovers(
 
         response, waited = proxy.while_silent(lambda: client.get(user.tasks_url, headers=user.headers))
 
-        assert response.status_code == 503
-        assert response.json()["type"] == "urn:todo-api:problem:database-unavailable"
+        assert_problem(response, 503, "database-unavailable")
         assert waited < 1.5 + 1, f"the request hung for {waited:.1f} s"
         listed = client.get(user.tasks_url, headers=user.headers)
         assert listed.status_code == 200
@@ -133,8 +132,7 @@ def test_a_silent_database_costs_a_request_one_liveness_check_within_the_pool_ti
 
         response, waited = proxy.while_silent(lambda: client.get(user.tasks_url, headers=user.headers))
 
-        assert response.status_code == 503
-        assert response.json()["type"] == "urn:todo-api:problem:database-unavailable"
+        assert_problem(response, 503, "database-unavailable")
         assert waited < 1 + 1, f"the request hung for {waited:.1f} s"
         assert client.get(user.tasks_url, headers=user.headers).status_code == 200
 
@@ -178,14 +176,10 @@ def test_a_write_whose_answer_never_came_is_outcome_unknown_and_a_read_is_not(
         read = client.get(user.tasks_url, headers=user.headers)
         proxy.answers_held.clear()
 
-        assert written.status_code == 503, written.text
-        assert written.headers["content-type"].startswith("application/problem+json")
+        problem = assert_problem(written, 503, "outcome-unknown")
         assert written.headers["retry-after"].isdigit()
-        problem = written.json()
-        assert problem["type"] == "urn:todo-api:problem:outcome-unknown"
         assert "Idempotency-Key" in problem["detail"]
-        assert read.status_code == 503, read.text
-        assert read.json()["type"] == "urn:todo-api:problem:database-unavailable", "a read commits nothing"
+        assert_problem(read, 503, "database-unavailable")  # a read commits nothing
 
         retried = client.post(user.tasks_url, json={"title": "held"}, headers={**user.headers, **key})
         assert retried.status_code == 201, retried.text

@@ -23,7 +23,7 @@ from schemathesis import Case, checks
 from schemathesis.core.parameters import ParameterLocation
 
 from api.app import create_app
-from tests.support import HEAD_REFUSALS, ApiUser, new_user, now, settings_for, sign
+from tests.support import HEAD_REFUSALS, ApiUser, assert_problem, new_user, now, settings_for, sign
 
 USERS = 3
 TASKS_PER_USER = 3
@@ -222,9 +222,7 @@ def test_undecodable_bodies_are_documented_422s(
     headers = {**user.headers, "Content-Type": "application/json"}
     response = client.request(method, user.tasks_url + suffix, content=body, headers=headers)
     assert response.status_code == 422, f"{method} {user.tasks_url + suffix} {body[:20]!r}: {response.text}"
-    assert response.headers["content-type"] == "application/problem+json"
-    problem = response.json()
-    assert problem["type"] == "urn:todo-api:problem:validation-error"
+    problem = assert_problem(response, 422, "validation-error")
     assert [error["field"] for error in problem["errors"]] == ["body"]
 
 

@@ -22,7 +22,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.support import ApiUser, new_user
+from tests.support import ApiUser, assert_problem, new_user
 
 USERS = 3
 MAX_TASKS = 500  # the list's largest page: the whole model fits in one
@@ -342,8 +342,7 @@ class TaskMachine(RuleBasedStateMachine):
         actor = data.draw(st.sampled_from([u for u in self.users if u != victim]), label="actor")
         self.figures.cross_user_attempts += 1
         response = self.attempt(actor, actor, task.id, method)
-        assert response.status_code == 404, response.text
-        assert response.json()["type"] == "urn:todo-api:problem:not-found"
+        assert_problem(response, 404, "not-found")
 
     # -- the invariant -----------------------------------------------------------------------
 
