@@ -69,15 +69,20 @@ def _refuse_unless_named(row: Mapping[str, Any], versions: list[int] | None) -> 
         raise precondition_failed(etag(row["id"], row["version"]))
 
 
-async def _refuse_if_none_match_names(caller: Caller, request: Request, task_id: int) -> None:
-    """If-None-Match on a write (RFC 9110, section 13.1.2): 412 when it is `*` or names the task as it
-    is. Only a write that sends it pays the read; a change between the read and the write makes a
-    version the client could not have named."""
-    if field_value(request.headers, "if-none-match") is None:
-        return
-    row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
-    if unchanged_for(request, task_id, row["version"]):
-        raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
+async def _write_preconditions(caller: Caller, request: Request, task_id: int) -> list[int] | None:
+    """The preconditions of a write to one task, for update, toggle and delete alike; returns the
+    versions If-Match accepts, which the write's own statement checks (None: any will do).
+
+    If-Match is read first (RFC 9110, section 13.2.2): a 428 for a missing one (REQUIRE_IF_MATCH) or a
+    422 for a malformed one costs no read. Then If-None-Match (section 13.1.2): 412 when it is `*` or
+    names the task as it is. Only a write that sends it pays that read; a change between the read
+    and the write makes a version the client could not have named."""
+    versions = write_condition(request, task_id, required=_settings(request).require_if_match)
+    if field_value(request.headers, "if-none-match") is not None:
+        row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
+        if unchanged_for(request, task_id, row["version"]):
+            raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
+    return versions
 
 
 def _task(row: Mapping[str, Any], response: Response) -> Mapping[str, Any]:
@@ -236,8 +241,7 @@ async def read_task(caller: CallerDep, task_id: TaskId, request: Request, respon
 async def update_task(
     caller: CallerDep, task_id: TaskId, data: TaskUpdate, request: Request, response: Response
 ) -> Any:
-    versions = write_condition(request, task_id, required=_settings(request).require_if_match)
-    await _refuse_if_none_match_names(caller, request, task_id)
+    versions = await _write_preconditions(caller, request, task_id)
     user, changes = caller.user, data.changes()
     if not changes:  # nothing to write: the task as it is, if If-Match names it
         row = _task_or_404(await caller.run(queries.get_task(user.id, task_id), read_only=True))
@@ -261,8 +265,7 @@ async def update_task(
     openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH, docs.IF_NONE_MATCH_ON_WRITE)),
 )
 async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> None:
-    versions = write_condition(request, task_id, required=_settings(request).require_if_match)
-    await _refuse_if_none_match_names(caller, request, task_id)
+    versions = await _write_preconditions(caller, request, task_id)
     _written_or_412(
         await caller.run(queries.delete_task(caller.user, task_id, versions=versions), read_only=False)
     )
@@ -294,8 +297,7 @@ async def complete_task(
         # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
     completed = data.completed if data is not None else None
-    versions = write_condition(request, task_id, required=_settings(request).require_if_match)
-    await _refuse_if_none_match_names(caller, request, task_id)
+    versions = await _write_preconditions(caller, request, task_id)
     query = queries.set_completed(caller.user, task_id, completed, versions=versions)
     row = _written_or_412(await caller.run(query, read_only=False))
     if row["changed"]:  # `completed` set to what it was is no change
