@@ -9,9 +9,9 @@ Statements are built once per shape with bind parameters, and a request supplies
 values (`Query`): the database layer compiles each shape once, not once per request.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from functools import cache
+from functools import cache, partial
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -169,17 +169,22 @@ def _upsert_user() -> Insert:
 # a departure measured to pay, docs/performance.md, "Writes without the owner-row upsert".
 _USER_ROW = _upsert_user().cte("user_row")
 
-
-def _write(
-    owner: Owner, statement: ClauseElement, without_owner_row: ClauseElement, values: Mapping[str, object]
-) -> Query:
-    """A write: `statement` also brings the owner's user row up to date, `without_owner_row` is the
-    same write without that. The values fill both (the upsert's are the owner's id, email and name)."""
-    owner_row = {"user_id": owner.id, "email": owner.email, "name": owner.name}
-    return Query(statement, {**owner_row, **values}, without_owner_row)
+# How every write is built: `build(owner_row)` is the write, with the `_USER_ROW` upsert when
+# `owner_row`. Builders are cached, so each shape is one statement object, compiled once
+# (api/db/statements.py).
+_WriteBuilder = Callable[[bool], ClauseElement]
 
 
-def _create_task_statement(*, owner_row: bool) -> ClauseElement:
+def _write(owner: Owner, build: _WriteBuilder, values: Mapping[str, object]) -> Query:
+    """A write for `owner`, in both of its forms: with the upsert of the owner's user row, and
+    without it. Built here, so no write can leave the shorter form out. The values fill both (the
+    upsert's are the owner's id, email and name)."""
+    user_row = {"user_id": owner.id, "email": owner.email, "name": owner.name}
+    return Query(build(True), {**user_row, **values}, build(False))
+
+
+@cache
+def _create_task_statement(owner_row: bool) -> ClauseElement:
     insert = pg_insert(Task).values(
         user_id=_USER_ID,
         title=bindparam("title", type_=String()),
@@ -189,12 +194,8 @@ def _create_task_statement(*, owner_row: bool) -> ClauseElement:
     return (insert.add_cte(_USER_ROW) if owner_row else insert).returning(*_TASK_COLUMNS)
 
 
-_CREATE_TASK = _create_task_statement(owner_row=True)
-_CREATE_TASK_ALONE = _create_task_statement(owner_row=False)
-
-
 def create_task(owner: Owner, data: TaskCreate) -> Query:
-    return _write(owner, _CREATE_TASK, _CREATE_TASK_ALONE, data.model_dump())
+    return _write(owner, _create_task_statement, data.model_dump())
 
 
 # --- Creates with an Idempotency-Key ---------------------------------------------------------------
@@ -222,7 +223,8 @@ _REMEMBERED = (
 )
 
 
-def _create_task_once(*, owner_row: bool) -> ClauseElement:
+@cache
+def _create_task_once(owner_row: bool) -> ClauseElement:
     """Create the task and store the key naming it, unless the key is stored already.
 
     One statement, so the key is stored in the transaction that creates the task. A repeat of a
@@ -284,10 +286,6 @@ def _create_task_once(*, owner_row: bool) -> ClauseElement:
     )
 
 
-_CREATE_TASK_ONCE = _create_task_once(owner_row=True)
-_CREATE_TASK_ONCE_ALONE = _create_task_once(owner_row=False)
-
-
 def create_task_once(
     owner: Owner, data: TaskCreate, key: str, request_hash: str, ttl: timedelta, *, tombstones_kept: int
 ) -> Query:
@@ -300,7 +298,7 @@ def create_task_once(
         "ttl": ttl,
         "tombstones_kept": tombstones_kept,
     }
-    return _write(owner, _CREATE_TASK_ONCE, _CREATE_TASK_ONCE_ALONE, values)
+    return _write(owner, _create_task_once, values)
 
 
 def remembered(user_id: str, key: str) -> Query:
@@ -396,13 +394,8 @@ def update_task(
     owner: Owner, task_id: int, changes: Mapping[str, object], *, versions: Sequence[int] | None = None
 ) -> Query:
     """Only the fields sent change; the others keep their value. `versions`: see `_conditional_write`."""
-    fields, conditional = frozenset(changes), versions is not None
-    return _write(
-        owner,
-        _update_statement(fields, conditional, owner_row=True),
-        _update_statement(fields, conditional, owner_row=False),
-        {**_conditions(task_id, versions), **changes},
-    )
+    build = partial(_update_statement, frozenset(changes), versions is not None)
+    return _write(owner, build, {**_conditions(task_id, versions), **changes})
 
 
 @cache
@@ -419,13 +412,8 @@ def set_completed(
 ) -> Query:
     """`completed=None` toggles; a value sets it, so a retried request lands in the same state."""
     if completed is None:
-        conditional = versions is not None
-        return _write(
-            owner,
-            _toggle_statement(conditional, owner_row=True),
-            _toggle_statement(conditional, owner_row=False),
-            _conditions(task_id, versions),
-        )
+        build = partial(_toggle_statement, versions is not None)
+        return _write(owner, build, _conditions(task_id, versions))
     return update_task(owner, task_id, {"completed": completed}, versions=versions)
 
 
@@ -438,10 +426,4 @@ def _delete_statement(conditional: bool, owner_row: bool) -> ClauseElement:
 
 
 def delete_task(owner: Owner, task_id: int, *, versions: Sequence[int] | None = None) -> Query:
-    conditional = versions is not None
-    return _write(
-        owner,
-        _delete_statement(conditional, owner_row=True),
-        _delete_statement(conditional, owner_row=False),
-        _conditions(task_id, versions),
-    )
+    return _write(owner, partial(_delete_statement, versions is not None), _conditions(task_id, versions))
