@@ -32,7 +32,8 @@ from api.db.errors import MissingReference
 
 
 class Owner(Hashable, Protocol):
-    """What a write stores of its caller (`api.auth.principal.Principal`): compared whole."""
+    """What a write stores of its caller, compared whole: `api.auth.principal.Principal`, which this
+    floor cannot import (api/ sits in floors, and auth is above db: tests/test_layers.py)."""
 
     @property
     def id(self) -> str: ...

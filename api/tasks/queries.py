@@ -12,7 +12,7 @@ values (`Query`): the database layer compiles each shape once, not once per requ
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import cache, partial
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import (
     ARRAY,
@@ -44,22 +44,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import col
 
+from api.auth.principal import Principal
 from api.db.database import Query
 from api.tasks import ownership
 from api.tasks.listing import SORT_KEYS, SortKey, SortOrder, TaskListParams
 from api.tasks.models import IdempotencyKey, Task, TaskCreate, User
-
-
-class Owner(Protocol):
-    """Who a write is for, as their user row should read: a verified principal, say."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def email(self) -> str | None: ...
-    @property
-    def name(self) -> str | None: ...
-
 
 _TASK_COLUMNS = (
     col(Task.id),
@@ -175,7 +164,7 @@ _USER_ROW = _upsert_user().cte("user_row")
 _WriteBuilder = Callable[[bool], ClauseElement]
 
 
-def _write(owner: Owner, build: _WriteBuilder, values: Mapping[str, object]) -> Query:
+def _write(owner: Principal, build: _WriteBuilder, values: Mapping[str, object]) -> Query:
     """A write for `owner`, in both of its forms: with the upsert of the owner's user row, and
     without it. Built here, so no write can leave the shorter form out. The values fill both (the
     upsert's are the owner's id, email and name)."""
@@ -194,7 +183,7 @@ def _create_task_statement(owner_row: bool) -> ClauseElement:
     return (insert.add_cte(_USER_ROW) if owner_row else insert).returning(*_TASK_COLUMNS)
 
 
-def create_task(owner: Owner, data: TaskCreate) -> Query:
+def create_task(owner: Principal, data: TaskCreate) -> Query:
     return _write(owner, _create_task_statement, data.model_dump())
 
 
@@ -287,7 +276,7 @@ def _create_task_once(owner_row: bool) -> ClauseElement:
 
 
 def create_task_once(
-    owner: Owner, data: TaskCreate, key: str, request_hash: str, ttl: timedelta, *, tombstones_kept: int
+    owner: Principal, data: TaskCreate, key: str, request_hash: str, ttl: timedelta, *, tombstones_kept: int
 ) -> Query:
     """Rows: (outcome 'created' or 'previous', request_hash, task), see `_create_task_once`; `task`
     is the task as it is now, or None when it was deleted."""
@@ -391,7 +380,7 @@ def _update_statement(fields: frozenset[str], conditional: bool, owner_row: bool
 
 
 def update_task(
-    owner: Owner, task_id: int, changes: Mapping[str, object], *, versions: Sequence[int] | None = None
+    owner: Principal, task_id: int, changes: Mapping[str, object], *, versions: Sequence[int] | None = None
 ) -> Query:
     """Only the fields sent change; the others keep their value. `versions`: see `_conditional_write`."""
     build = partial(_update_statement, frozenset(changes), versions is not None)
@@ -408,7 +397,7 @@ def _toggle_statement(conditional: bool, owner_row: bool) -> ClauseElement:
 
 
 def set_completed(
-    owner: Owner, task_id: int, completed: bool | None, *, versions: Sequence[int] | None = None
+    owner: Principal, task_id: int, completed: bool | None, *, versions: Sequence[int] | None = None
 ) -> Query:
     """`completed=None` toggles; a value sets it, so a retried request lands in the same state."""
     if completed is None:
@@ -425,5 +414,5 @@ def _delete_statement(conditional: bool, owner_row: bool) -> ClauseElement:
     )
 
 
-def delete_task(owner: Owner, task_id: int, *, versions: Sequence[int] | None = None) -> Query:
+def delete_task(owner: Principal, task_id: int, *, versions: Sequence[int] | None = None) -> Query:
     return _write(owner, partial(_delete_statement, versions is not None), _conditions(task_id, versions))
