@@ -1,4 +1,5 @@
-"""Verify a bearer token into a Principal, or refuse it with InvalidToken.
+"""Verify a bearer token into a Principal and its expiry (`VerifiedToken`), or refuse it with
+InvalidToken.
 
 Verification is split by algorithm family so that a token is only ever checked against keys of its
 own kind: HS256 tokens against the shared secret, asymmetric tokens (Better Auth's JWKS) against
@@ -242,19 +243,27 @@ def _describe(error: jwt.PyJWTError) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Verified:
+class VerifiedToken:
+    """What a token that verified vouches for: the caller, until `expires_at` (its `exp`, in seconds
+    since the epoch; the claim checks accept it for JWT_LEEWAY_SECONDS more)."""
+
     principal: Principal
     expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    verified: VerifiedToken
     verifier: TokenVerifier
     header: Mapping[str, Any]
     key: object
 
     def trusted(self, now: float) -> bool:
-        return self.expires_at > now and self.verifier.still_trusts(self.header, self.key)
+        return self.verified.expires_at > now and self.verifier.still_trusts(self.header, self.key)
 
 
 class Authenticator:
-    """Routes each token to the verifier for its algorithm family and builds the Principal.
+    """Routes each token to the verifier for its algorithm family and builds the VerifiedToken.
 
     Tokens already verified are remembered (by their SHA-256, never past their `exp`, and only while
     the key that verified them is still trusted), so a busy client pays for signature verification
@@ -273,8 +282,8 @@ class Authenticator:
         self._verifiers = {algorithm: verifier for verifier in verifiers for algorithm in verifier.algorithms}
         self.key_sets = [verifier.key_set for verifier in verifiers if isinstance(verifier, JwksVerifier)]
         self._clock = clock
-        self._verified: TLRUCache[bytes, _Verified] = TLRUCache(
-            maxsize=cache_size, ttu=lambda _key, value, _now: value.expires_at, timer=clock
+        self._verified: TLRUCache[bytes, _Remembered] = TLRUCache(
+            maxsize=cache_size, ttu=lambda _key, value, _now: value.verified.expires_at, timer=clock
         )
 
     async def __aenter__(self) -> Self:
@@ -288,11 +297,11 @@ class Authenticator:
         for key_set in self.key_sets:
             await key_set.__aexit__(kind, error, trace)
 
-    async def authenticate(self, token: str) -> Principal:
+    async def authenticate(self, token: str) -> VerifiedToken:
         fingerprint = hashlib.sha256(token.encode()).digest()
         remembered = self._verified.get(fingerprint)
         if remembered is not None and remembered.trusted(self._clock()):
-            return remembered.principal
+            return remembered.verified
         header = _unverified_header(token)
         algorithm = header.get("alg")
         verifier = self._verifiers.get(algorithm) if isinstance(algorithm, str) else None
@@ -302,10 +311,10 @@ class Authenticator:
             claims, key = await verifier.verify(token, header)
         except jwt.PyJWTError as error:
             raise InvalidToken(_describe(error)) from None
-        principal = principal_from_claims(claims)
         # `exp` is required and PyJWT has checked it is a number.
-        self._verified[fingerprint] = _Verified(principal, float(claims["exp"]), verifier, header, key)
-        return principal
+        verified = VerifiedToken(principal_from_claims(claims), float(claims["exp"]))
+        self._verified[fingerprint] = _Remembered(verified, verifier, header, key)
+        return verified
 
 
 def build_authenticator(settings: Settings) -> Authenticator:

@@ -5,10 +5,9 @@ sse-starlette writes the wire format, the heartbeat comments and notices the cli
 """
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import jwt
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
@@ -17,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from api.auth.errors import InvalidToken, KeysUnavailable
 from api.auth.verification import Authenticator
 from api.events import stream
-from api.events.hub import Hub
+from api.events.hub import Hub, Subscription
 from api.http.caller import AuthenticatedRoute, CallerDep, scheme_and_token
 from api.http.conditional import field_value
 from api.http.problems import ProblemType
@@ -31,15 +30,27 @@ _SEND_TIMEOUT_SECONDS = 30.0
 
 
 class _EventStream(EventSourceResponse):
-    """sse-starlette's response, for which a client that stopped reading ends the stream like any
-    other way of leaving: the request was the 200 it answered, not a server error any user could
-    cause at will (tests/test_slow_event_readers.py)."""
+    """sse-starlette's response, holding the stream's place in the hub.
+
+    It gives the place back however the stream ends, since nothing else can: its events are an
+    async generator, whose `finally` never runs if the generator never started (a client that left
+    before the first event; tests/api/test_events.py). A client that stopped reading ends the
+    stream like any other way of leaving: the request was the 200 it answered, not a server error
+    any user could cause at will (tests/test_slow_event_readers.py)."""
+
+    def __init__(
+        self, hub: Hub, subscription: Subscription, events: AsyncIterator[Any], **kwargs: Any
+    ) -> None:
+        super().__init__(events, **kwargs)
+        self._hub, self._subscription = hub, subscription
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except* SendTimeoutError:
             logger.info("closed a stream whose client took nothing for %.0f s", _SEND_TIMEOUT_SECONDS)
+        finally:
+            self._hub.unsubscribe(self._subscription)
 
 
 LAST_EVENT_ID = {
@@ -96,7 +107,7 @@ def _event_schema() -> dict[str, Any]:
 
 
 def _bearer_token(request: Request) -> str:
-    """The caller's token, which `AuthenticatedRoute` has verified (`exp` included)."""
+    """The caller's token, which `AuthenticatedRoute` has verified, for `_still_trusted` to ask again."""
     return scheme_and_token(request.headers["Authorization"])[1]
 
 
@@ -150,25 +161,24 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
 async def stream_events(caller: CallerDep, request: Request) -> Response:
     hub: Hub = request.app.state.events_hub
     settings: Settings = request.app.state.settings
+    # Sent on two lines, it is two claims of where the client is: read whole, it is no id (reset).
+    begin = await stream.start(caller, field_value(request.headers, "Last-Event-ID"))
+    # The stream's place is taken last (429 or 503 when there is none), so that nothing fails between
+    # taking it and handing it to the response, which gives it back. An event committed after `start`
+    # read where the user's events stand is read by the stream's first read, woken or not.
     subscription = hub.subscribe(caller.user.id)
-    try:
-        # Sent on two lines, it is two claims of where the client is: read whole, it is no id (reset).
-        begin = await stream.start(caller, field_value(request.headers, "Last-Event-ID"))
-    except BaseException:
-        hub.unsubscribe(subscription)
-        raise
-    token = _bearer_token(request)
     events = stream.events(
         caller,
         hub,
         subscription,
         begin,
         # Authentication accepts a token until `exp` plus the leeway: so does its stream.
-        expires_at=float(jwt.decode(token, options={"verify_signature": False})["exp"])
-        + settings.jwt_leeway_seconds,
-        still_trusted=_still_trusted(request.app.state.authenticator, token),
+        expires_at=caller.token_expires_at + settings.jwt_leeway_seconds,
+        still_trusted=_still_trusted(request.app.state.authenticator, _bearer_token(request)),
     )
     return _EventStream(
+        hub,
+        subscription,
         events,
         ping=settings.events_heartbeat_seconds,
         send_timeout=_SEND_TIMEOUT_SECONDS,

@@ -124,59 +124,55 @@ async def events(
     expires_at: float,
     still_trusted: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[ServerSentEvent]:
-    """The stream's events; its place in the hub is given back when it ends, however it ends.
+    """The stream's events, woken through `subscription`, which the response holding them gives back
+    (`api.events.routes._EventStream`).
 
     Before each read the caller's token is asked again (`still_trusted`): a stream outlives the
     check that admitted it, and ends, rather than read, once the key that signed its token is
     withdrawn. The client's reconnection is then refused."""
-    try:
-        position = begin.position
-        if begin.reset:
-            yield _reset(position)
-        else:
-            # No event, only the id: a client that reconnects before any event resumes from here.
-            yield ServerSentEvent(id=str(position))
-        while not hub.closed:
-            subscription.woken.clear()
-            if not await still_trusted():
-                return
-            try:
-                rows = await _finished_even_if_left(
-                    caller.run(queries.events_after(caller.user.id, position), read_only=True)
-                )
-                missed = rows[0]["missed"]
-                if missed:
-                    # Purged before this stream sent them (it fell behind): the client refetches, as
-                    # a client resuming from here would be told to, and the stream goes on from now.
-                    position = (await _finished_even_if_left(start(caller, None))).position
-            except _NOT_NOW:
-                # The listener wakes every stream once the database is back; until then, and until
-                # isolation is verified again, retry.
-                await _wait(subscription, min(_RETRY_SECONDS, expires_at - time.time()))
-                continue
-            except IsolationBreach as breach:
-                # Past the 200, Starlette runs no exception handler: fail closed here as the handler
-                # would, and end the stream. Its client's reconnection is refused (503
-                # isolation-unverified) until a check completes clean, as is every stream's next read.
-                caller.isolation.distrust(breach)
-                return
-            if missed:
-                yield _reset(position)
-                continue
-            batch = [row for row in rows if row["id"] is not None]
-            for row in batch:
-                yield server_sent(row)
-                position = row["id"]
-            if len(batch) == queries.BATCH:
-                continue
-            remaining = expires_at - time.time()
-            if remaining <= 0:
-                return  # the token has expired: the client reconnects with a fresh one
-            await _wait(
-                subscription, remaining if hub.poll_seconds is None else min(hub.poll_seconds, remaining)
+    position = begin.position
+    if begin.reset:
+        yield _reset(position)
+    else:
+        # No event, only the id: a client that reconnects before any event resumes from here.
+        yield ServerSentEvent(id=str(position))
+    while not hub.closed:
+        subscription.woken.clear()
+        if not await still_trusted():
+            return
+        try:
+            rows = await _finished_even_if_left(
+                caller.run(queries.events_after(caller.user.id, position), read_only=True)
             )
-    finally:
-        hub.unsubscribe(subscription)
+            missed = rows[0]["missed"]
+            if missed:
+                # Purged before this stream sent them (it fell behind): the client refetches, as
+                # a client resuming from here would be told to, and the stream goes on from now.
+                position = (await _finished_even_if_left(start(caller, None))).position
+        except _NOT_NOW:
+            # The listener wakes every stream once the database is back; until then, and until
+            # isolation is verified again, retry.
+            await _wait(subscription, min(_RETRY_SECONDS, expires_at - time.time()))
+            continue
+        except IsolationBreach as breach:
+            # Past the 200, Starlette runs no exception handler: fail closed here as the handler
+            # would, and end the stream. Its client's reconnection is refused (503
+            # isolation-unverified) until a check completes clean, as is every stream's next read.
+            caller.isolation.distrust(breach)
+            return
+        if missed:
+            yield _reset(position)
+            continue
+        batch = [row for row in rows if row["id"] is not None]
+        for row in batch:
+            yield server_sent(row)
+            position = row["id"]
+        if len(batch) == queries.BATCH:
+            continue
+        remaining = expires_at - time.time()
+        if remaining <= 0:
+            return  # the token has expired: the client reconnects with a fresh one
+        await _wait(subscription, remaining if hub.poll_seconds is None else min(hub.poll_seconds, remaining))
 
 
 def _reset(position: int) -> ServerSentEvent:

@@ -20,7 +20,7 @@ from fastapi.openapi.models import HTTPBearer
 
 from api.auth.errors import InvalidToken
 from api.auth.principal import Principal
-from api.auth.verification import Authenticator
+from api.auth.verification import Authenticator, VerifiedToken
 from api.db.database import Database, Query, Rows
 from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
@@ -56,6 +56,9 @@ class Caller:
     """The authenticated user of this request; every statement it runs runs as that user."""
 
     user: Principal
+    # When the token that admitted the request expires (its `exp`): an event stream ends then. Not
+    # on `user`, which `StoredOwners` compares whole: every new token would then store the row again.
+    token_expires_at: float
     database: Database
     stored_owners: StoredOwners
     isolation: IsolationWatch
@@ -78,7 +81,7 @@ def scheme_and_token(authorization: str) -> tuple[str, str]:
     return scheme, token.strip()
 
 
-async def _authorized_caller(request: Request) -> Principal:
+async def _authorized_caller(request: Request) -> VerifiedToken:
     # Two Authorization fields are two claims of who is calling (a proxy may act on the other one):
     # the request proves nobody.
     given = request.headers.getlist("Authorization")
@@ -93,7 +96,8 @@ async def _authorized_caller(request: Request) -> Principal:
             "Send a token in the Authorization header: `Authorization: Bearer <jwt>`.", token_was_sent=False
         )
     authenticator: Authenticator = request.app.state.authenticator
-    principal = await authenticator.authenticate(token)
+    verified = await authenticator.authenticate(token)
+    principal = verified.principal
     # The access line names whom the token proved, whatever is refused next (another's path, the rate).
     request.state.user_id = principal.id
     if request.path_params.get("user_id") != principal.id:
@@ -101,7 +105,7 @@ async def _authorized_caller(request: Request) -> Principal:
     rate_limiter: RateLimiter | None = request.app.state.rate_limiter
     if rate_limiter is not None:
         rate_limiter.take(principal.id)
-    return principal
+    return verified
 
 
 class AuthenticatedRoute(Utf8JsonRoute):
@@ -134,8 +138,11 @@ class AuthenticatedRoute(Utf8JsonRoute):
         async def admit_then_handle(request: Request) -> Response:
             refuse_unless_isolated(request)
             app = request.app.state
-            user = await _authorized_caller(request)
-            request.state.caller = Caller(user, app.database, app.stored_owners, app.isolation)
+            verified = await _authorized_caller(request)
+            user = verified.principal
+            request.state.caller = Caller(
+                user, verified.expires_at, app.database, app.stored_owners, app.isolation
+            )
             _refuse_a_body_that_is_not_json(request)
             # Before FastAPI reads the body: a user's slow bodies hold only their own slots.
             in_flight: InFlightCap = app.in_flight

@@ -14,6 +14,7 @@ import httpx
 import psycopg
 import pytest
 from httpx_sse import aconnect_sse
+from starlette.types import Message
 
 from api.app import create_app
 from api.auth.dev_tokens import mint_token
@@ -575,6 +576,43 @@ def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_
             await open_once_a_place_is_free(client, alice)
 
     run(api_url, scenario)
+
+
+def test_a_stream_whose_client_left_before_its_first_event_gives_its_place_back(api_db_url: str) -> None:
+    """A client that leaves while the stream's head is still being sent: its events are never read,
+    and the place the stream took must be given back all the same, or it would count against the
+    user's MAX_STREAMS_PER_USER until the worker restarts. Driven over ASGI, to leave at that moment."""
+    alice = new_user()
+    app = create_app(settings_for(api_db_url))
+    path = f"/api/{alice.id}/events"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test"), (b"authorization", f"Bearer {alice.token}".encode())],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        await asyncio.sleep(0.1)  # a slow network: the client leaves meanwhile
+
+    async def scenario() -> int:
+        async with app.router.lifespan_context(app):
+            await app({**scope, "state": {}}, receive, send)
+            streams: int = app.state.events_hub.streams_of(alice.id)
+            return streams
+
+    assert asyncio.run(scenario()) == 0
 
 
 def test_users_refused_by_a_full_worker_leave_nothing_behind_in_it(api_db_url: str) -> None:

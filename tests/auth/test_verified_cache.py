@@ -30,7 +30,7 @@ class CountingVerifier:
 
 
 def _authenticate(authenticator: Authenticator, token: str) -> Principal:
-    return asyncio.run(authenticator.authenticate(token))
+    return asyncio.run(authenticator.authenticate(token)).principal
 
 
 def test_a_repeated_token_is_verified_once() -> None:
