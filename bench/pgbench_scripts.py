@@ -116,14 +116,15 @@ def _sql(statement: ClauseElement, values: Mapping[str, object] | None = None) -
     return "\n".join(line.rstrip() for line in text.splitlines()) + ";"
 
 
-def _act_as_user(statement_timeout_ms: int) -> str:
-    values = {
-        "app_user_id": _USER,
-        "app_max_tasks": str(_default("max_tasks_per_user")),
-        "app_events_retention_hours": str(Settings.model_fields["events_retention_hours"].default),
-        "app_statement_timeout": str(statement_timeout_ms),
-    }
-    return _sql(db_statements.ACT_AS_USER, values)
+def _as_user(statement_timeout_ms: int) -> dict[str, object]:
+    """What the API binds in `ACT_AS_USER` and, after a write, `WAKE_STREAMS`."""
+    return db_statements.as_user_values(
+        _USER,
+        max_tasks=str(_default("max_tasks_per_user")),
+        events_retention_hours=str(Settings.model_fields["events_retention_hours"].default),
+        statement_timeout_ms=str(statement_timeout_ms),
+        read_only=False,
+    )
 
 
 def _default(setting: str) -> int:
@@ -150,7 +151,8 @@ def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) 
     `prepared`, the statements in one pipeline (run with -M prepared).
     """
     timeout = statement_timeout_ms if statement_timeout_ms is not None else default_statement_timeout_ms()
-    act = _act_as_user(timeout)
+    as_user = _as_user(timeout)
+    act = _sql(db_statements.ACT_AS_USER, as_user)
     generated = {}
     for name, transaction in _transactions().items():
         query = transaction.query
@@ -164,7 +166,7 @@ def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) 
             "COMMIT;",
         ]
         if not transaction.read_only:
-            statements.append(_sql(db_statements.WAKE_STREAMS, {"app_wake_tag": wake_tag(_USER)}))
+            statements.append(_sql(db_statements.WAKE_STREAMS, as_user))
         if prepared:
             body = ["\\startpipeline", *statements, "\\endpipeline"]
         else:

@@ -30,8 +30,7 @@ from psycopg.generators import execute
 
 from api.auth.principal import Principal
 from api.db.database import Database, Query
-from api.db.listener import wake_tag
-from api.db.statements import compiled, one_message
+from api.db.statements import as_user_values, compiled, one_message
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
@@ -141,14 +140,14 @@ class _LibpqMessage(_PlainConnection):
         statement = compiled(query.statement)
         await self.connection.execute(statement.prepare(self.connection))
         limits = Settings.model_fields
-        values = {
-            "app_user_id": "alice",
-            "app_max_tasks": str(limits["max_tasks_per_user"].default),
-            "app_events_retention_hours": str(limits["events_retention_hours"].default),
-            "app_statement_timeout": str(limits["db_statement_timeout_ms"].default),
-            "app_wake_tag": wake_tag("alice"),
-            **statement.params(query.params),
-        }
+        as_user = as_user_values(
+            "alice",
+            max_tasks=str(limits["max_tasks_per_user"].default),
+            events_retention_hours=str(limits["events_retention_hours"].default),
+            statement_timeout_ms=str(limits["db_statement_timeout_ms"].default),
+            read_only=read_only,
+        )
+        values = {**as_user, **statement.params(query.params)}
         message = one_message(query.statement, read_only=read_only, prepared=True)
         return psycopg.AsyncClientCursor(self.connection).mogrify(message, values).encode()
 

@@ -71,7 +71,6 @@ from api.db.errors import (
     UnknownName,
 )
 from api.db.fair_share import FairShare, Share
-from api.db.listener import wake_tag
 from api.db.pool import (
     CHECK_CONNECTIONS_UNUSED_FOR_SECONDS,
     RECONNECT_TRIES_FOR_SECONDS,
@@ -85,7 +84,7 @@ from api.db.pool import (
     ended_while_idle,
     try_again,
 )
-from api.db.statements import ACT_AS_USER, WAKE_STREAMS, begin, compiled, one_message
+from api.db.statements import ACT_AS_USER, WAKE_STREAMS, as_user_values, begin, compiled, one_message
 from api.db.urls import libpq_url
 from api.settings import Settings
 from api.telemetry import metrics
@@ -302,14 +301,13 @@ class Database:
             (_READ_ONLY if read_only else _READ_WRITE).observe(time.perf_counter() - started)
 
     async def _transaction(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
-        as_user = {
-            "app_user_id": user_id,
-            "app_max_tasks": self._max_tasks,
-            "app_events_retention_hours": self._events_retention_hours,
-            "app_statement_timeout": self._statement_timeout,
-        }
-        if not read_only:
-            as_user["app_wake_tag"] = wake_tag(user_id)
+        as_user = as_user_values(
+            user_id,
+            max_tasks=self._max_tasks,
+            events_retention_hours=self._events_retention_hours,
+            statement_timeout_ms=self._statement_timeout,
+            read_only=read_only,
+        )
         # One wait for a connection, DB_POOL_TIMEOUT_SECONDS in all: for the user's share first, then
         # for the pool with what is left. A retry waits for the pool as long as the first attempt
         # could: the time the first one spent at the database was not spent waiting.

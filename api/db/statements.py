@@ -31,19 +31,21 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.elements import ClauseElement
 
-from api.db.listener import CHANNEL
+from api.db.listener import CHANNEL, wake_tag
 
 _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 _NAMES = itertools.count(1)
 
-# The identity and limits of one request, as the first statement of its transaction: who it is
-# for, the task quota the database enforces (sql/migrations/0003_task_quota.sql), and how long a
-# statement may run. Parameter names start with app_, which no statement in api.tasks.queries uses.
-# How long the live-changes events are kept is set the same way: the trigger that writes them purges
-# (sql/migrations/0008_task_events.sql). And the trigger is told that a write wakes the streams
-# itself, after COMMIT (`WAKE_STREAMS`, sql/migrations/0009_wake_after_commit.sql).
 # The unprivileged role every transaction switches to; the policies (sql/policies) are written for it.
 APP_ROLE = "todo_app"
+
+# The identity and limits of one request, as the first statement of its transaction: who it is
+# for, the task quota the database enforces (sql/migrations/0003_task_quota.sql), and how long a
+# statement may run. Parameter names start with app_, which no statement in api.tasks.queries uses;
+# `as_user_values` gives their values. How long the live-changes events are kept is set the same
+# way: the trigger that writes them purges (sql/migrations/0008_task_events.sql). And the trigger is
+# told that a write wakes the streams itself, after COMMIT (`WAKE_STREAMS`,
+# sql/migrations/0009_wake_after_commit.sql).
 ACT_AS_USER = text(
     f"SELECT set_config('role', '{APP_ROLE}', true),"
     " set_config('app.user_id', :app_user_id, true),"
@@ -58,6 +60,22 @@ ACT_AS_USER = text(
 # sent, with the caller's tag (`api.db.listener.wake_tag`). Outside a transaction it changes no
 # data, so its commit waits for no WAL flush and holds Postgres's NOTIFY lock only for an instant.
 WAKE_STREAMS = text(f"SELECT pg_notify('{CHANNEL}', :app_wake_tag)")
+
+
+def as_user_values(
+    user_id: str, *, max_tasks: str, events_retention_hours: str, statement_timeout_ms: str, read_only: bool
+) -> dict[str, object]:
+    """The values `ACT_AS_USER` binds for one transaction of `user_id` (settings are text, as
+    set_config takes them), and for a write the tag `WAKE_STREAMS` sends after it."""
+    values: dict[str, object] = {
+        "app_user_id": user_id,
+        "app_max_tasks": max_tasks,
+        "app_events_retention_hours": events_retention_hours,
+        "app_statement_timeout": statement_timeout_ms,
+    }
+    if not read_only:
+        values["app_wake_tag"] = wake_tag(user_id)
+    return values
 
 
 @dataclass(frozen=True, slots=True)
