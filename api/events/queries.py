@@ -14,6 +14,21 @@ from api.db.database import Query
 # Events a stream sends per read; a stream further behind reads again at once.
 BATCH = 100
 
+# Where the user's events stand now (`newest`), and whether a stream may resume after `:after`
+# (`kept`). Now is the newest event id; for a user whose events were all purged, the newest purged
+# (sql/migrations/0010_event_purges.sql); 0 for a user who never had one. A stream resumes:
+# - from 0 (before any event) while none of the user's events was ever purged;
+# - from where the purges stopped while no event came since: the position handed to a stream of a
+#   user whose events were all purged, so an idle user's reconnects are not told to reset;
+# - from one of the user's events while it is kept and nothing after it was purged (a DBA may
+#   remove any event).
+# In each case only while neither that event nor any after it is older than
+# app.events_retention_hours: one that old counts as gone before a write purges it, so a client can
+# rely on the retention it was told. Events after it are checked too, for an event's time is when
+# its transaction began and its id when it took its user's lock (0008), so a later event can be the
+# older. The user's newest event is the exception: nothing after it can have been missed, and once a
+# write purges it the stream resumes from where the purge stopped, so it resumes without a reset
+# before that purge too, rather than tell an idle user's every reconnect to.
 _START = text(
     "SELECT greatest(mine.newest_event, coalesce(mine.purged_through, 0)) AS newest,"
     " CASE"
@@ -30,6 +45,13 @@ _START = text(
     " (SELECT purged_through FROM public.task_event_purges WHERE user_id = :user_id) AS purged_through)"
     " AS mine"
 )
+
+# The user's next events after `:after`, each row saying `missed` false; or, when any event after
+# `:after` was purged (sql/migrations/0010_event_purges.sql records every removal) or one of those
+# next events is older than app.events_retention_hours (gone, as for `_START`, for a stream that
+# could not read for that long), only one row, `missed` true and no event: the stream cannot go on
+# from there without a reset. One statement, so no purge can fall between reading the events and
+# reading the record.
 _AFTER = text(
     "WITH next AS (SELECT id, kind, task_id, task, created_at FROM public.task_events"
     " WHERE user_id = :user_id AND id > :after ORDER BY id LIMIT :batch),"
@@ -45,30 +67,12 @@ _AFTER = text(
 
 
 def start(user_id: str, after: int) -> Query:
-    """Where the user's events stand now, and whether a stream may resume after `after`.
-
-    Now is the newest event id; for a user whose events were all purged, the newest purged
-    (sql/migrations/0010_event_purges.sql); 0 for a user who never had one. A stream resumes:
-    - from 0 (before any event) while none of the user's events was ever purged;
-    - from where the purges stopped while no event came since: the position handed to a stream of a
-      user whose events were all purged, so an idle user's reconnects are not told to reset;
-    - from one of the user's events while it is kept and nothing after it was purged (a DBA may
-      remove any event).
-    In each case only while neither that event nor any after it is older than
-    app.events_retention_hours: one that old counts as gone before a write purges it, so a client
-    can rely on the retention it was told. Events after it are checked too, for an event's time is
-    when its transaction began and its id when it took its user's lock (0008), so a later event can
-    be the older. The user's newest event is the exception: nothing after it can have been missed,
-    and once a write purges it the stream resumes from where the purge stopped, so it resumes
-    without a reset before that purge too, rather than tell an idle user's every reconnect to."""
+    """One row: `newest`, where the user's events stand now, and `kept`, whether a stream may resume
+    after `after` (see `_START`)."""
     return Query(_START, {"user_id": user_id, "after": after})
 
 
 def events_after(user_id: str, after: int) -> Query:
-    """The user's next events after `after`, oldest first, each row saying `missed` false; or, when
-    any event after `after` was purged (sql/migrations/0010_event_purges.sql records every removal)
-    or one of those next events is older than app.events_retention_hours (gone, as for `start`, for
-    a stream that could not read for that long), only one row, `missed` true and no event: the
-    stream cannot go on from there without a reset. One statement, so no purge can fall between
-    reading the events and reading the record."""
+    """The user's next events after `after`, oldest first, `missed` false on each; or one row,
+    `missed` true and no event, when the stream cannot go on without a reset (see `_AFTER`)."""
     return Query(_AFTER, {"user_id": user_id, "after": after, "batch": BATCH})

@@ -36,9 +36,10 @@ _MAX_EVENT_ID_DIGITS = len(str(POSTGRES_BIGINT_MAX))
 _RETRY_SECONDS = 1.0
 # Reads that cannot run now, and are tried again: the database is away, the user's share is taken,
 # or the last isolation check found something (the stream then reads nothing until one is clean).
-_T = TypeVar("_T")
-
 _NOT_NOW: tuple[type[Exception], ...] = (*UNAVAILABLE, UserShareExceeded, IsolationUnverified)
+
+
+_T = TypeVar("_T")
 
 
 async def _finished_even_if_left(read: Coroutine[Any, Any, _T]) -> _T:

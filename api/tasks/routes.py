@@ -182,9 +182,8 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
     user = caller.user
     try:
         if key is None:
-            row: Mapping[str, Any] = _task_or_404(
-                await caller.run(queries.create_task(user, data), read_only=False)
-            )
+            # An INSERT ... RETURNING returns its row; none would be a bug, never a 404.
+            (row,) = await caller.run(queries.create_task(user, data), read_only=False)
             created = True
         else:
             ttl = timedelta(hours=_settings(request).idempotency_ttl_hours)
