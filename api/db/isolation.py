@@ -39,6 +39,7 @@ from api.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
+# How sql/checks/isolation.sql words a table the migrations make that is missing.
 _NOT_MIGRATED = "the database is not migrated"
 # Long enough for a catalog read, short enough that a check never waits long behind DDL.
 _LOCK_TIMEOUT = "2s"
@@ -49,6 +50,12 @@ _INCOMPLETE = "the isolation check could not complete"
 _RETRY_INCOMPLETE_SECONDS = 1.0
 
 
+# What a finding's fix depends on, for whoever advises on it (`todo-api serve`): the tables are
+# missing (migrate), the check could not complete, or it could not because it waited in vain for a
+# lock (end the transaction that holds it: migrating would wait for the same lock).
+Cause = Literal["not migrated", "incomplete", "lock held"]
+
+
 @dataclass(frozen=True)
 class Finding:
     """One reason the database does not, or may not, isolate users."""
@@ -57,18 +64,20 @@ class Finding:
     message: str
     table: str | None = None
     policy: str | None = None
+    cause: Cause | None = None
 
 
 def could_not_complete(error: BaseException) -> Finding:
     """A check that could not complete proves nothing: that is a finding, never a pass."""
     text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
     lines = text.strip().splitlines()
-    cause = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return Finding("isolation", f"{_INCOMPLETE} ({cause})")
+    why = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    cause: Cause = "lock held" if isinstance(error, psycopg.errors.LockNotAvailable) else "incomplete"
+    return Finding("isolation", f"{_INCOMPLETE} ({why})", cause=cause)
 
 
 def _incomplete(findings: Sequence[Finding]) -> bool:
-    return any(finding.message.startswith(_INCOMPLETE) for finding in findings)
+    return any(finding.cause in ("incomplete", "lock held") for finding in findings)
 
 
 @cache
@@ -80,6 +89,11 @@ async def _rows(connection: psycopg.AsyncConnection[Any], query: str) -> list[tu
     async with connection.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(query)
         return await cursor.fetchall()
+
+
+def _checked(message: str) -> Finding:
+    """A row of sql/checks/isolation.sql, which says in words that a table is missing."""
+    return Finding("isolation", message, cause="not migrated" if _NOT_MIGRATED in message else None)
 
 
 async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[Finding]:
@@ -97,8 +111,8 @@ async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[F
             await connection.execute(f"set local lock_timeout = '{_LOCK_TIMEOUT}'")
             await connection.execute(f"set local statement_timeout = '{_STATEMENT_TIMEOUT}'")
             rows = await _rows(connection, _sql())
-            findings += [Finding("isolation", str(message)) for (message,) in rows]
-            if any(_NOT_MIGRATED in finding.message for finding in findings):
+            findings += [_checked(str(message)) for (message,) in rows]
+            if any(finding.cause == "not migrated" for finding in findings):
                 return findings
             for difference in differences(await read_reach(connection), expected_reach()):
                 table, policy = difference.policy or (None, None)

@@ -248,10 +248,11 @@ async def _check_database(url: str, settings: Settings, workers: int) -> None:
             cursor = await connection.execute(_SERVER_AND_DATABASE)
             served = await cursor.fetchone()
             assert served is not None
-            findings = [finding.message for finding in await isolation_findings(connection)]
+            findings = await isolation_findings(connection)
+            causes = {finding.cause for finding in findings}
             # A lock the check waited for in vain (DDL, a migration in progress) is no matter for
             # `todo-api migrate`: say who held it.
-            if any(psycopg.errors.LockNotAvailable.__name__ in finding for finding in findings):
+            if "lock held" in causes:
                 raise CommandFailed(
                     "Refusing to serve: the isolation check could not complete: a lock was held on what "
                     f"it reads, by {await lock_holders(connection)}; end that transaction (or wait for "
@@ -274,13 +275,14 @@ async def _check_database(url: str, settings: Settings, workers: int) -> None:
         raise database_failure(error, url) from None
     if settings.database_direct_url is not None:
         await _check_direct_url(settings.database_direct_url.get_secret_value(), settings, served)
-    if any("the database is not migrated" in finding for finding in findings):
+    messages = [finding.message for finding in findings]
+    if "not migrated" in causes:
         raise CommandFailed(
-            f"Refusing to serve: the database is not migrated ({'; '.join(findings)}). "
+            f"Refusing to serve: the database is not migrated ({'; '.join(messages)}). "
             "Run `todo-api migrate` against it (or serve with --migrate), then start again."
         )
     if findings:
-        listed = "\n".join(f"  - {finding}" for finding in findings)
+        listed = "\n".join(f"  - {message}" for message in messages)
         raise CommandFailed(
             "Refusing to serve: the database cannot guarantee that users are isolated:\n"
             f"{listed}\nRun `todo-api migrate`, or fix the roles and policies by hand, then start again."
