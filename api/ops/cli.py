@@ -35,7 +35,6 @@ from api import __version__
 from api.auth.dev_tokens import mint_token
 from api.auth.errors import InvalidToken
 from api.auth.principal import principal_from_claims
-from api.db.prepared import reaches_postgres_itself
 from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
@@ -43,11 +42,9 @@ from api.ops.cluster import ApiLoginRole, UnfitLoginRole, ensure_api_login_role,
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
 from api.ops.migrations import MigrationFailed, apply_migrations, migration_failure
 from api.ops.startup_checks import (
+    check_database,
     near_misses,
-    refuse_a_read_only_database,
     refuse_a_taken_port,
-    refuse_more_connections_than_postgres_allows,
-    refuse_prepared_statements_the_pooler_loses,
     refuse_the_development_database_beyond_loopback,
 )
 from api.settings import ENV_FILE, LogSettings, Settings
@@ -184,111 +181,6 @@ def _migrate(url: str, settings: Settings, setting: str) -> str:
     return f"migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed"
 
 
-# Which server and database a session is in, as a role with no privileges can ask: when the server's
-# postmaster started, to the microsecond, tells it from any other server, a standby or a restored copy
-# of the same cluster included, and reads the same through a pooler in front of it.
-_SERVER_AND_DATABASE = "select pg_postmaster_start_time(), current_database()"
-
-
-async def _check_direct_url(url: str, settings: Settings, served: tuple[object, str]) -> None:
-    """DATABASE_DIRECT_URL, for each worker's LISTEN connection: one that can never be had would be
-    retried for as long as it serves, logged as lost though it never was; one that reaches a pooler
-    would never hear a write, and each worker leaves it alone (`api.db.listener.listen_url`): said
-    here, once for every worker. A NOTIFY is heard only in the database of the server that sent it,
-    and a standby refuses LISTEN: a URL that reaches either elsewhere than DATABASE_URL's `served`
-    (`_SERVER_AND_DATABASE`) would leave every stream without its wake-ups, and is refused."""
-    conninfo = libpq_url(url, "DATABASE_DIRECT_URL", connect_timeout=settings.db_connect_timeout_seconds)
-    try:
-        async with await psycopg.AsyncConnection.connect(
-            conninfo, autocommit=True, prepare_threshold=None
-        ) as connection:
-            reaches_postgres = await reaches_postgres_itself(connection)
-            cursor = await connection.execute(f"{_SERVER_AND_DATABASE}, pg_is_in_recovery()")
-            row = await cursor.fetchone()
-    except psycopg.OperationalError as error:
-        raise database_failure(error, url, "DATABASE_DIRECT_URL") from None
-    if not reaches_postgres:
-        logger.warning(
-            "todo-api: DATABASE_DIRECT_URL reaches a pooler, not Postgres itself: LISTEN through it"
-            " would never hear a write, so it is not used; set DATABASE_DIRECT_URL to a URL that"
-            " reaches Postgres itself (on Neon, the one without -pooler)"
-        )
-        return
-    assert row is not None
-    started, database, in_recovery = row
-    elsewhere = "LISTEN there would never hear a write: point DATABASE_DIRECT_URL at"
-    if in_recovery:
-        raise CommandFailed(
-            "Refusing to serve: DATABASE_DIRECT_URL reaches a standby in recovery, which refuses LISTEN "
-            "and never hears a write: point it at the primary, the server DATABASE_URL reaches"
-        )
-    if database != served[1]:
-        raise CommandFailed(
-            f"Refusing to serve: DATABASE_DIRECT_URL reaches database {database}, and DATABASE_URL "
-            f"database {served[1]}: {elsewhere} {served[1]}"
-        )
-    if started != served[0]:
-        raise CommandFailed(
-            "Refusing to serve: DATABASE_DIRECT_URL reaches another Postgres server than DATABASE_URL "
-            f"(one started at {started}, DATABASE_URL's at {served[0]}): {elsewhere} the server "
-            "DATABASE_URL reaches"
-        )
-
-
-async def _check_database(url: str, settings: Settings, workers: int) -> None:
-    """What each worker checks before serving, checked once here so that a failure is one message;
-    and that Postgres has a connection for every one the workers will open."""
-    from api.db.isolation import isolation_findings
-    from api.ops.policy_audit import lock_holders
-
-    conninfo = libpq_url(url, connect_timeout=settings.db_connect_timeout_seconds)
-    try:
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
-            await refuse_a_read_only_database(connection, "DATABASE_URL")
-            cursor = await connection.execute(_SERVER_AND_DATABASE)
-            served = await cursor.fetchone()
-            assert served is not None
-            findings = await isolation_findings(connection)
-            causes = {finding.cause for finding in findings}
-            # A lock the check waited for in vain (DDL, a migration in progress) is no matter for
-            # `todo-api migrate`: say who held it.
-            if "lock held" in causes:
-                raise CommandFailed(
-                    "Refusing to serve: the isolation check could not complete: a lock was held on what "
-                    f"it reads, by {await lock_holders(connection)}; end that transaction (or wait for "
-                    "it), then start again"
-                )
-            reaches_postgres = await reaches_postgres_itself(connection)
-            await refuse_more_connections_than_postgres_allows(
-                connection,
-                reaches_postgres=reaches_postgres,
-                workers=workers,
-                pool_size=settings.db_pool_size,
-            )
-            await refuse_prepared_statements_the_pooler_loses(
-                conninfo,
-                reaches_postgres=reaches_postgres,
-                prepare_threshold=settings.db_prepare_threshold,
-                prepared_statements=settings.db_prepared_statements,
-            )
-    except psycopg.OperationalError as error:
-        raise database_failure(error, url) from None
-    if settings.database_direct_url is not None:
-        await _check_direct_url(settings.database_direct_url.get_secret_value(), settings, served)
-    messages = [finding.message for finding in findings]
-    if "not migrated" in causes:
-        raise CommandFailed(
-            f"Refusing to serve: the database is not migrated ({'; '.join(messages)}). "
-            "Run `todo-api migrate` against it (or serve with --migrate), then start again."
-        )
-    if findings:
-        listed = "\n".join(f"  - {message}" for message in messages)
-        raise CommandFailed(
-            "Refusing to serve: the database cannot guarantee that users are isolated:\n"
-            f"{listed}\nRun `todo-api migrate`, or fix the roles and policies by hand, then start again."
-        )
-
-
 def _ready_message(
     host: str, port: int, *, generated_secret: bool, origins: str, data_dir: Path | None
 ) -> str:
@@ -366,7 +258,7 @@ def serve(args: argparse.Namespace) -> None:
             with _migration_url(settings, args.data_dir) as migration_url:
                 migrated = _migrate(migration_url, settings, _migration_setting(settings))
                 logger.info("todo-api: %s", migrated)
-        asyncio.run(_check_database(url, settings, args.workers))
+        asyncio.run(check_database(url, settings, args.workers))
 
         from api.ops.server import serve_with_granian
         from api.telemetry.metrics import forget_this_process

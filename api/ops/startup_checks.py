@@ -10,14 +10,19 @@ import asyncio
 import difflib
 import errno
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psycopg
 
-from api.db.prepared import sessions_pass_between_clients
-from api.ops.failures import CommandFailed
+from api.db.prepared import reaches_postgres_itself, sessions_pass_between_clients
+from api.db.urls import libpq_url
+from api.ops.failures import CommandFailed, database_failure
+from api.settings import Settings
+
+logger = logging.getLogger("api.ops.serve")
 
 # How alike a variable's name must be to a setting's (difflib's ratio) to be taken for a misspelling
 # of it: DATABSE_URL is 0.96 from DATABASE_URL, while OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, a variable of
@@ -201,3 +206,108 @@ async def refuse_prepared_statements_the_pooler_loses(
         "statement prepared in one transaction may be gone in the next: set DB_PREPARED_STATEMENTS=auto "
         "(it prepares only on connections to Postgres itself), or run the pooler in session mode"
     )
+
+
+# Which server and database a session is in, as a role with no privileges can ask: when the server's
+# postmaster started, to the microsecond, tells it from any other server, a standby or a restored copy
+# of the same cluster included, and reads the same through a pooler in front of it.
+_SERVER_AND_DATABASE = "select pg_postmaster_start_time(), current_database()"
+
+
+async def check_direct_url(url: str, settings: Settings, served: tuple[object, str]) -> None:
+    """DATABASE_DIRECT_URL, for each worker's LISTEN connection: one that can never be had would be
+    retried for as long as it serves, logged as lost though it never was; one that reaches a pooler
+    would never hear a write, and each worker leaves it alone (`api.db.listener.listen_url`): said
+    here, once for every worker. A NOTIFY is heard only in the database of the server that sent it,
+    and a standby refuses LISTEN: a URL that reaches either elsewhere than DATABASE_URL's `served`
+    (`_SERVER_AND_DATABASE`) would leave every stream without its wake-ups, and is refused."""
+    conninfo = libpq_url(url, "DATABASE_DIRECT_URL", connect_timeout=settings.db_connect_timeout_seconds)
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            conninfo, autocommit=True, prepare_threshold=None
+        ) as connection:
+            reaches_postgres = await reaches_postgres_itself(connection)
+            cursor = await connection.execute(f"{_SERVER_AND_DATABASE}, pg_is_in_recovery()")
+            row = await cursor.fetchone()
+    except psycopg.OperationalError as error:
+        raise database_failure(error, url, "DATABASE_DIRECT_URL") from None
+    if not reaches_postgres:
+        logger.warning(
+            "todo-api: DATABASE_DIRECT_URL reaches a pooler, not Postgres itself: LISTEN through it"
+            " would never hear a write, so it is not used; set DATABASE_DIRECT_URL to a URL that"
+            " reaches Postgres itself (on Neon, the one without -pooler)"
+        )
+        return
+    assert row is not None
+    started, database, in_recovery = row
+    elsewhere = "LISTEN there would never hear a write: point DATABASE_DIRECT_URL at"
+    if in_recovery:
+        raise CommandFailed(
+            "Refusing to serve: DATABASE_DIRECT_URL reaches a standby in recovery, which refuses LISTEN "
+            "and never hears a write: point it at the primary, the server DATABASE_URL reaches"
+        )
+    if database != served[1]:
+        raise CommandFailed(
+            f"Refusing to serve: DATABASE_DIRECT_URL reaches database {database}, and DATABASE_URL "
+            f"database {served[1]}: {elsewhere} {served[1]}"
+        )
+    if started != served[0]:
+        raise CommandFailed(
+            "Refusing to serve: DATABASE_DIRECT_URL reaches another Postgres server than DATABASE_URL "
+            f"(one started at {started}, DATABASE_URL's at {served[0]}): {elsewhere} the server "
+            "DATABASE_URL reaches"
+        )
+
+
+async def check_database(url: str, settings: Settings, workers: int) -> None:
+    """What each worker checks before serving, checked once here so that a failure is one message;
+    and that Postgres has a connection for every one the workers will open."""
+    from api.db.isolation import isolation_findings
+    from api.ops.policy_audit import lock_holders
+
+    conninfo = libpq_url(url, connect_timeout=settings.db_connect_timeout_seconds)
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
+            await refuse_a_read_only_database(connection, "DATABASE_URL")
+            cursor = await connection.execute(_SERVER_AND_DATABASE)
+            served = await cursor.fetchone()
+            assert served is not None
+            findings = await isolation_findings(connection)
+            causes = {finding.cause for finding in findings}
+            # A lock the check waited for in vain (DDL, a migration in progress) is no matter for
+            # `todo-api migrate`: say who held it.
+            if "lock held" in causes:
+                raise CommandFailed(
+                    "Refusing to serve: the isolation check could not complete: a lock was held on what "
+                    f"it reads, by {await lock_holders(connection)}; end that transaction (or wait for "
+                    "it), then start again"
+                )
+            reaches_postgres = await reaches_postgres_itself(connection)
+            await refuse_more_connections_than_postgres_allows(
+                connection,
+                reaches_postgres=reaches_postgres,
+                workers=workers,
+                pool_size=settings.db_pool_size,
+            )
+            await refuse_prepared_statements_the_pooler_loses(
+                conninfo,
+                reaches_postgres=reaches_postgres,
+                prepare_threshold=settings.db_prepare_threshold,
+                prepared_statements=settings.db_prepared_statements,
+            )
+    except psycopg.OperationalError as error:
+        raise database_failure(error, url) from None
+    if settings.database_direct_url is not None:
+        await check_direct_url(settings.database_direct_url.get_secret_value(), settings, served)
+    messages = [finding.message for finding in findings]
+    if "not migrated" in causes:
+        raise CommandFailed(
+            f"Refusing to serve: the database is not migrated ({'; '.join(messages)}). "
+            "Run `todo-api migrate` against it (or serve with --migrate), then start again."
+        )
+    if findings:
+        listed = "\n".join(f"  - {message}" for message in messages)
+        raise CommandFailed(
+            "Refusing to serve: the database cannot guarantee that users are isolated:\n"
+            f"{listed}\nRun `todo-api migrate`, or fix the roles and policies by hand, then start again."
+        )
