@@ -1,9 +1,11 @@
 """Mistakes `todo-api` catches before it starts anything: a port already taken, the development
-database offered beyond this machine, a database that refuses every write, more connections than
-Postgres allows, prepared statements asked of a pooler that loses them, and a variable that was
-meant to be a setting but is misspelt.
+database offered beyond this machine, a database that is not migrated, does not isolate users or
+refuses every write, more connections than Postgres allows, prepared statements asked of a pooler
+that loses them, a DATABASE_DIRECT_URL that reaches another database than DATABASE_URL, and a
+variable that was meant to be a setting but is misspelt. `check_database` runs the database's, once
+for every worker.
 
-Each is one line: a refusal is a CommandFailed, a near miss a warning.
+Each is one message: a refusal is a CommandFailed, a near miss a warning.
 """
 
 import asyncio
@@ -262,6 +264,8 @@ async def check_direct_url(url: str, settings: Settings, served: tuple[object, s
 async def check_database(url: str, settings: Settings, workers: int) -> None:
     """What each worker checks before serving, checked once here so that a failure is one message;
     and that Postgres has a connection for every one the workers will open."""
+    # Imported here, as the CLI imports them: they import prometheus_client, which must not be
+    # imported before `serve` has pointed it at its workers' folder (api/ops/cli.py).
     from api.db.isolation import isolation_findings
     from api.ops.policy_audit import lock_holders
 
