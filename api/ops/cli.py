@@ -28,7 +28,6 @@ from pathlib import Path
 
 import psycopg
 from dotenv import dotenv_values
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
 from api import __version__
@@ -38,9 +37,9 @@ from api.auth.principal import principal_from_claims
 from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
-from api.ops.cluster import ApiLoginRole, UnfitLoginRole, ensure_api_login_role, unusable_login_role_name
+from api.ops.cluster import create_login_role, unusable_login_role_name
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
-from api.ops.migrations import MigrationFailed, apply_migrations, migration_failure
+from api.ops.migrations import MigrationFailed, apply_migrations
 from api.ops.startup_checks import (
     check_database,
     near_misses,
@@ -301,43 +300,6 @@ def _migration_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
     yield _readable(settings.migration_database_url.get_secret_value(), "MIGRATION_DATABASE_URL")
 
 
-def _described(role: ApiLoginRole, *, password_set: bool) -> str:
-    """What the role is, from the catalog: an existing one keeps attributes the recipe would not give,
-    but not its password when it was given DATABASE_URL's."""
-    kept = "every attribute but its password" if password_set else "its attributes"
-    existed = f" (it existed, and keeps {kept})" if role.existed else ""
-    attributes = f"{'' if role.can_login else 'NO'}LOGIN {'' if role.inherits else 'NO'}INHERIT NOBYPASSRLS"
-    return (
-        f"login role {role.name}{existed}: {attributes}, owns nothing, member of {', '.join(role.member_of)}"
-    )
-
-
-def _create_login_role(owner_url: str, name: str, settings: Settings) -> str:
-    """The role to serve as (owns nothing, member of todo_app), with DATABASE_URL's password when
-    DATABASE_URL names it."""
-    password = None
-    if settings.database_url is not None:
-        served = conninfo_to_dict(libpq_url(settings.database_url.get_secret_value()))
-        if served.get("user") == name and served.get("password"):
-            password = str(served["password"])
-    try:
-        conninfo = libpq_url(owner_url, connect_timeout=settings.db_connect_timeout_seconds)
-        role = ensure_api_login_role(conninfo, name, password=password)
-    except UnfitLoginRole as error:
-        raise CommandFailed(str(error)) from None
-    except psycopg.OperationalError as error:
-        raise database_failure(error, owner_url, _migration_setting(settings)) from None
-    except psycopg.Error as error:
-        raise CommandFailed(str(migration_failure(error, owner_url))) from None
-    where = (
-        "its password is now DATABASE_URL's"
-        if password
-        else f"give it a password (ALTER ROLE {name} PASSWORD '...') unless it logs in another way, "
-        f"and serve with DATABASE_URL naming {name}"
-    )
-    return f"{_described(role, password_set=password is not None)}; {where}"
-
-
 def _role_name(value: str) -> str:
     """argparse's check of --login-role: an empty name would otherwise mean "no role" in silence."""
     if not value.strip():
@@ -356,7 +318,9 @@ def migrate(args: argparse.Namespace) -> None:
     with _migration_url(settings, args.data_dir) as url:
         _output(f"todo-api: {_migrate(url, settings, _migration_setting(settings))}")
         if args.login_role:
-            _output(f"todo-api: {_create_login_role(url, args.login_role, settings)}")
+            _output(
+                f"todo-api: {create_login_role(url, args.login_role, settings, _migration_setting(settings))}"
+            )
 
 
 def token(args: argparse.Namespace) -> None:

@@ -11,8 +11,13 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from api.db.sql_files import UNFIT_LOGIN_ROLE_CHECK, read_sql
+from api.db.urls import libpq_url
+from api.ops.failures import CommandFailed, database_failure
+from api.ops.migrations import migration_failure
+from api.settings import Settings
 
 # What a login role may be given here; each is a keyword of CREATE ROLE, so only these are spliced.
 _ROLE_ATTRIBUTES = frozenset({"LOGIN", "CREATEROLE", "CREATEDB", "BYPASSRLS"})
@@ -87,6 +92,17 @@ class ApiLoginRole:
     member_of: list[str]
 
 
+def described(role: ApiLoginRole, *, password_set: bool) -> str:
+    """What the role is, from the catalog: an existing one keeps attributes the recipe would not give,
+    but not its password when it was given DATABASE_URL's."""
+    kept = "every attribute but its password" if password_set else "its attributes"
+    existed = f" (it existed, and keeps {kept})" if role.existed else ""
+    attributes = f"{'' if role.can_login else 'NO'}LOGIN {'' if role.inherits else 'NO'}INHERIT NOBYPASSRLS"
+    return (
+        f"login role {role.name}{existed}: {attributes}, owns nothing, member of {', '.join(role.member_of)}"
+    )
+
+
 _WHAT_IT_IS = """
 select r.rolcanlogin, r.rolinherit,
        array(select b.rolname::text from pg_catalog.pg_auth_members m
@@ -138,3 +154,29 @@ def ensure_api_login_role(owner_url: str, login_role: str, *, password: str | No
     assert row is not None
     can_login, inherits, member_of = row
     return ApiLoginRole(login_role, exists is not None, bool(can_login), bool(inherits), list(member_of))
+
+
+def create_login_role(owner_url: str, name: str, settings: Settings, setting: str) -> str:
+    """The role to serve as (owns nothing, member of todo_app), with DATABASE_URL's password when
+    DATABASE_URL names it; `owner_url` came from the variable `setting`."""
+    password = None
+    if settings.database_url is not None:
+        served = conninfo_to_dict(libpq_url(settings.database_url.get_secret_value()))
+        if served.get("user") == name and served.get("password"):
+            password = str(served["password"])
+    try:
+        conninfo = libpq_url(owner_url, connect_timeout=settings.db_connect_timeout_seconds)
+        role = ensure_api_login_role(conninfo, name, password=password)
+    except UnfitLoginRole as error:
+        raise CommandFailed(str(error)) from None
+    except psycopg.OperationalError as error:
+        raise database_failure(error, owner_url, setting) from None
+    except psycopg.Error as error:
+        raise CommandFailed(str(migration_failure(error, owner_url))) from None
+    where = (
+        "its password is now DATABASE_URL's"
+        if password
+        else f"give it a password (ALTER ROLE {name} PASSWORD '...') unless it logs in another way, "
+        f"and serve with DATABASE_URL naming {name}"
+    )
+    return f"{described(role, password_set=password is not None)}; {where}"
