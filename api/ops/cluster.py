@@ -2,7 +2,9 @@
 
 One bootstrap for the embedded development database, the test fixtures and the benchmarks, so each
 starts from what an operator has on Neon: an ordinary login role (like neondb_owner) owning the
-database the migrations run in, never the superuser.
+database the migrations run in, never the superuser. And the role an operator serves as, which
+`todo-api migrate --login-role` makes (`create_login_role`): it logs in, owns nothing and is a
+member of todo_app.
 """
 
 from collections.abc import Iterable
