@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # HS256 with a short secret can be brute-forced offline from one captured token.
@@ -54,6 +54,22 @@ class LogSettings(BaseSettings):
     log_level: Annotated[LogLevel, BeforeValidator(_upper_case)] = "INFO"
     # json: one JSON object per line; text: lines for people. Default: text at a terminal, else json.
     log_format: Literal["json", "text"] | None = None
+
+
+def read_log_settings() -> LogSettings:
+    """LOG_LEVEL and LOG_FORMAT, each read alone: the default of one that is itself the mistake
+    (which reading `Settings` names), the other as given."""
+    try:
+        return LogSettings()
+    except ValidationError as error:
+        mistaken = {str(problem["loc"][0]) for problem in error.errors() if problem["loc"]}
+        defaults = {name: LogSettings.model_fields[name].default for name in mistaken}
+    except UnicodeDecodeError:  # .env is not UTF-8: nothing in it can be read
+        return LogSettings.model_construct()
+    try:
+        return LogSettings(**defaults)  # given here, a value outranks the environment's
+    except ValidationError:
+        return LogSettings.model_construct()
 
 
 class Settings(LogSettings):

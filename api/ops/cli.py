@@ -46,7 +46,7 @@ from api.ops.startup_checks import (
     refuse_a_taken_port,
     refuse_the_development_database_beyond_loopback,
 )
-from api.settings import ENV_FILE, LogSettings, Settings
+from api.settings import ENV_FILE, Settings, read_log_settings
 from api.telemetry.logs import configure_logging, default_format
 from api.telemetry.multiprocess import DIR_VARIABLE
 
@@ -209,25 +209,9 @@ def _serving_folder() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _log_settings() -> LogSettings:
-    """LOG_LEVEL and LOG_FORMAT, each read alone: the default of one that is itself the mistake
-    (which _load_settings names), the other as given."""
-    try:
-        return LogSettings()
-    except ValidationError as error:
-        mistaken = {str(problem["loc"][0]) for problem in error.errors() if problem["loc"]}
-        defaults = {name: LogSettings.model_fields[name].default for name in mistaken}
-    except UnicodeDecodeError:  # .env is not UTF-8: nothing in it can be read
-        return LogSettings.model_construct()
-    try:
-        return LogSettings(**defaults)  # given here, a value outranks the environment's
-    except ValidationError:
-        return LogSettings.model_construct()
-
-
 def serve(args: argparse.Namespace) -> None:
     # Before the other settings are read, so that a mistake in one of them is a line in LOG_FORMAT too.
-    log = _log_settings()
+    log = read_log_settings()
     configure_logging(log.log_level, log.log_format or default_format())
     settings = _load_settings()
     for warning in _near_misses():
