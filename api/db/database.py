@@ -84,6 +84,7 @@ from api.db.pool import (
     ended_while_idle,
     try_again,
 )
+from api.db.prepared import PreparingSetting, preparing_setting
 from api.db.statements import ACT_AS_USER, WAKE_STREAMS, as_user_values, begin, compiled, one_message
 from api.db.urls import libpq_url
 from api.settings import Settings
@@ -165,8 +166,7 @@ class Database:
         ping_connection: PingConnection,
         liveness: LivenessCheck | None = None,
         tracer: Tracer | None = None,
-        preparing_setting: str,
-        stop_preparing_advice: str,
+        preparing: PreparingSetting,
         events_retention_hours: float = 24.0,
     ):
         self.pool = pool
@@ -182,10 +182,9 @@ class Database:
         self._answer_timeout = answer_timeout_seconds
         self._tracer = tracer
         self._pool_watcher: asyncio.Task[None] | None = None
-        # The setting that asked for prepared statements, and what to do about it, said when they
-        # turn out to be lost.
-        self._preparing_setting = preparing_setting
-        self._stop_preparing_advice = stop_preparing_advice
+        # The setting that asked for prepared statements, and its fix, said when they turn out to be
+        # lost.
+        self._preparing = preparing
         # False once a prepared statement was missing or another client's: the database's sessions
         # do not last, and from then on this worker prepares nothing (`_stop_preparing`).
         self._may_prepare = True
@@ -200,15 +199,6 @@ class Database:
             application_name="todo-api",
         )
         prepare = settings.db_prepare_threshold is not None
-        if prepare:
-            preparing_setting = "DB_PREPARE_THRESHOLD"
-            advice = "unset it, or give PgBouncer 1.21+ max_prepared_statements"
-        elif settings.db_prepared_statements == "on":
-            preparing_setting = "DB_PREPARED_STATEMENTS=on"
-            advice = "set DB_PREPARED_STATEMENTS=auto, or run the pooler in session mode"
-        else:  # auto (off prepares nothing): a session that passed `reaches_postgres_itself` did not last
-            preparing_setting = f"DB_PREPARED_STATEMENTS={settings.db_prepared_statements}"
-            advice = "set DB_PREPARED_STATEMENTS=off"
         configure = {"auto": allow_preparing_if_direct, "on": allow_preparing, "off": None}[
             settings.db_prepared_statements
         ]
@@ -260,8 +250,10 @@ class Database:
             + settings.db_connect_timeout_seconds,
             tracer=tracer,
             events_retention_hours=settings.events_retention_hours,
-            preparing_setting=preparing_setting,
-            stop_preparing_advice=advice,
+            preparing=preparing_setting(
+                prepare_threshold=settings.db_prepare_threshold,
+                prepared_statements=settings.db_prepared_statements,
+            ),
         )
 
     async def open(self) -> None:
@@ -435,9 +427,9 @@ class Database:
             "%s asks for prepared statements, but the database's sessions do not last from one"
             " transaction to the next (%s): a pooler in transaction mode. This worker prepares nothing"
             " from now on; %s",
-            self._preparing_setting,
+            self._preparing.name,
             error.diag.message_primary or type(error).__name__,
-            self._stop_preparing_advice,
+            self._preparing.fix,
         )
 
     @staticmethod

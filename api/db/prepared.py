@@ -9,13 +9,43 @@ the backend process id a connection was told at start-up is not that of the back
 `url_reaches_postgres_itself` asks it of a URL (LISTEN needs Postgres itself too: `api.db.listener`).
 A pooler in session mode fails that test too, yet keeps each session for one client, which is what
 DB_PREPARED_STATEMENTS=on is for; `sessions_pass_between_clients` tells the two apart where it can.
+Where sessions turn out not to last, `preparing_setting` names the setting to blame and its fix, in
+the same words for `todo-api serve`'s refusal and a worker's warning.
 """
 
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.rows import tuple_row
+
+
+@dataclass(frozen=True)
+class PreparingSetting:
+    """The setting that asks for prepared statements, and how to stop asking where the database's
+    sessions do not last from one transaction to the next."""
+
+    name: str
+    fix: str
+
+
+def preparing_setting(*, prepare_threshold: int | None, prepared_statements: str) -> PreparingSetting:
+    """DB_PREPARE_THRESHOLD when set (psycopg prepares at the protocol level), else
+    DB_PREPARED_STATEMENTS as given."""
+    if prepare_threshold is not None:
+        return PreparingSetting(
+            "DB_PREPARE_THRESHOLD",
+            "unset DB_PREPARE_THRESHOLD, or give PgBouncer 1.21+ max_prepared_statements",
+        )
+    if prepared_statements == "on":
+        return PreparingSetting(
+            "DB_PREPARED_STATEMENTS=on",
+            "set DB_PREPARED_STATEMENTS=auto (it prepares only on connections to Postgres itself), "
+            "or run the pooler in session mode",
+        )
+    # auto: a session that passed `reaches_postgres_itself` did not last (off prepares nothing).
+    return PreparingSetting(f"DB_PREPARED_STATEMENTS={prepared_statements}", "set DB_PREPARED_STATEMENTS=off")
 
 
 async def reaches_postgres_itself(connection: psycopg.AsyncConnection[Any]) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from api.db.prepared import reaches_postgres_itself, sessions_pass_between_clients
+from api.db.prepared import preparing_setting, reaches_postgres_itself, sessions_pass_between_clients
 from api.db.urls import libpq_url
 from api.ops.failures import CommandFailed, database_failure
 from api.settings import Settings
@@ -196,17 +196,16 @@ async def refuse_prepared_statements_the_pooler_loses(
         return
     if not await asyncio.to_thread(sessions_pass_between_clients, conninfo, protocol_level=protocol_level):
         return
-    if protocol_level:
-        raise CommandFailed(
-            "DB_PREPARE_THRESHOLD is set, but DATABASE_URL reaches a pooler in transaction mode that "
-            "does not keep protocol-level prepared statements (PgBouncer 1.20 or older, or without "
-            "max_prepared_statements): unset DB_PREPARE_THRESHOLD, or give PgBouncer 1.21+ "
-            "max_prepared_statements"
-        )
+    setting = preparing_setting(prepare_threshold=prepare_threshold, prepared_statements=prepared_statements)
+    why = (
+        " that does not keep protocol-level prepared statements (PgBouncer 1.20 or older, or without "
+        "max_prepared_statements)"
+        if protocol_level
+        else ", where a statement prepared in one transaction may be gone in the next"
+    )
     raise CommandFailed(
-        "DB_PREPARED_STATEMENTS=on, but DATABASE_URL reaches a pooler in transaction mode, where a "
-        "statement prepared in one transaction may be gone in the next: set DB_PREPARED_STATEMENTS=auto "
-        "(it prepares only on connections to Postgres itself), or run the pooler in session mode"
+        f"{setting.name} asks for prepared statements, but DATABASE_URL reaches a pooler in transaction "
+        f"mode{why}: {setting.fix}"
     )
 
 

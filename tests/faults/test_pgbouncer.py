@@ -20,7 +20,7 @@ import pytest
 from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
-from api.db.prepared import url_reaches_postgres_itself
+from api.db.prepared import preparing_setting, url_reaches_postgres_itself
 from tests.api.events_client import async_client, opened
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
 from tests.support import (
@@ -193,9 +193,17 @@ def test_serve_refuses_prepared_statements_the_pooler_would_lose(
     prepared in one transaction may be gone, or another client's, in the next. With
     DB_PREPARE_THRESHOLD each worker's pool failed to start (PoolTimeout, in a crash loop)."""
     name, _, value = setting.partition("=")
-    stderr = refusal(bouncer_url, tmp_path, says=f"todo-api: {setting}", **{name: value or "0"})
+    stderr = refusal(
+        bouncer_url,
+        tmp_path,
+        says=f"todo-api: {setting} asks for prepared statements",
+        **{name: value or "0"},
+    )
     (line,) = stderr.strip().splitlines()
     assert "DATABASE_URL reaches a pooler in transaction mode" in line, line
+    # The fix in the words a worker's warning uses: one home, api.db.prepared.preparing_setting.
+    fix = preparing_setting(prepare_threshold=None if value else 0, prepared_statements=value or "auto").fix
+    assert f": {fix}" in line, line
     # The check's own statement is gone again from the one server session every client shares.
     with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=None) as probe:
         assert probe.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
@@ -234,4 +242,7 @@ def test_prepared_statements_the_pooler_loses_are_never_a_500(
     ]
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("DB_PREPARED_STATEMENTS=on asks for prepared statements"), warnings[0]
+    assert warnings[0].endswith(preparing_setting(prepare_threshold=None, prepared_statements="on").fix), (
+        warnings[0]
+    )
     assert "set DB_PREPARED_STATEMENTS=auto" in warnings[0]
