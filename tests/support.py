@@ -28,6 +28,7 @@ from sqlalchemy import text
 from api.auth.dev_tokens import mint_token
 from api.db.database import Query
 from api.db.statements import compiled
+from api.ops.server import served_url
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
@@ -176,7 +177,7 @@ def serve_process(
             stderr=subprocess.STDOUT,
             text=True,
         )
-        base_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        base_url = served_url(host, port)
         deadline = time.monotonic() + timeout
         try:
             while True:

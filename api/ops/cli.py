@@ -180,10 +180,7 @@ def _migrate(url: str, settings: Settings, setting: str) -> str:
     return f"migrations applied: {', '.join(applied) or 'none pending'}; policies refreshed"
 
 
-def _ready_message(
-    host: str, port: int, *, generated_secret: bool, origins: str, data_dir: Path | None
-) -> str:
-    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"  # an IPv6 address in brackets
+def _ready_message(base: str, *, generated_secret: bool, origins: str, data_dir: Path | None) -> str:
     lines = [f"todo-api: serving on {base} (docs: {base}/docs)"]
     if generated_secret:
         token = f"{shlex.quote(_installed_command())} token alice"
@@ -243,7 +240,7 @@ def serve(args: argparse.Namespace) -> None:
                 logger.info("todo-api: %s", migrated)
         asyncio.run(check_database(url, settings, args.workers))
 
-        from api.ops.server import serve_with_granian
+        from api.ops.server import serve_with_granian, served_url
         from api.telemetry.metrics import forget_this_process
 
         # This process serves nothing: its live gauges (an isolation verdict of 0) must not count
@@ -260,8 +257,7 @@ def serve(args: argparse.Namespace) -> None:
             max_streams_per_worker=settings.max_streams_per_worker,
             ready_marker=folder / "ready",
             ready_message=_ready_message(
-                args.host,
-                port,
+                served_url(args.host, port),
                 generated_secret=development and settings.better_auth_secret is None,
                 origins=origins,
                 data_dir=args.data_dir,

@@ -96,6 +96,12 @@ def _connections_the_file_limit_allows(wanted: int, max_streams_per_worker: int)
     return fitted
 
 
+def served_url(host: str, port: int) -> str:
+    """The URL a client reaches the server at on `host` (a name or an address) and `port`: an IPv6
+    address in brackets, as URLs write it (RFC 3986)."""
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def serve_with_granian(
     *,
     host: str,
