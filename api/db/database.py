@@ -63,6 +63,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from api.db.errors import (
     AlreadyExists,
+    CheckRefused,
     DatabaseUnavailable,
     LimitReached,
     MissingReference,
@@ -377,10 +378,10 @@ class Database:
             raise MissingReference(error.diag.constraint_name) from None
         except psycopg.errors.CheckViolation as error:
             await _roll_back(connection)
-            limit = error.diag.constraint_name
-            if limit is not None and limit.endswith("_limit"):
-                raise LimitReached(limit) from None
-            raise
+            constraint = error.diag.constraint_name
+            if constraint is not None and constraint.endswith("_limit"):
+                raise LimitReached(constraint) from None
+            raise CheckRefused(constraint) from None
         except psycopg.errors.InsufficientPrivilege as error:
             await _roll_back(connection)
             if "row-level security" in (error.diag.message_primary or ""):

@@ -16,6 +16,16 @@ class LimitReached(Exception):  # noqa: N818 (a state, not a mistake)
         self.limit = limit
 
 
+class CheckRefused(Exception):  # noqa: N818 (a state, not a mistake)
+    """A CHECK constraint refused a row the API wrote, one that is no per-user limit (a DBA's own
+    rule, say: the API's rules are refused before they reach the database); nothing changed.
+    `constraint` is its name, which is all the caller and the log are told: never the values."""
+
+    def __init__(self, constraint: str | None) -> None:
+        super().__init__(constraint)
+        self.constraint = constraint
+
+
 class AlreadyExists(Exception):  # noqa: N818 (a state, not a mistake)
     """A unique (or exclusion) constraint refused a row that another transaction has stored; nothing
     changed. The API expects it only where it catches it (a repeated Idempotency-Key); anywhere else

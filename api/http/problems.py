@@ -20,6 +20,7 @@ from api.auth.errors import InvalidToken, KeysUnavailable
 from api.db.errors import (
     UNAVAILABLE,
     AlreadyExists,
+    CheckRefused,
     IsolationBreach,
     OutcomeUnknown,
     UserShareExceeded,
@@ -393,6 +394,13 @@ def invalid_input(field: str, message: str) -> ProblemError:
     )
 
 
+def refused_by_the_database(constraint: str | None) -> ProblemError:
+    # The API's own rules refuse bad input before it reaches the database; a CHECK that still refuses
+    # it is one the API does not know (a DBA's). The input is invalid all the same: named, never echoed.
+    named = f"its rule {constraint}" if constraint else "one of its rules"
+    return invalid_input("body", f"The database refuses this value by {named}; nothing was changed.")
+
+
 def _validation_problem(exc: RequestValidationError) -> ProblemError:
     # Never echo the input back: it may be huge, or a secret pasted in the wrong field.
     errors = [_field_error(error) for error in exc.errors()]
@@ -491,6 +499,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         isolation: IsolationWatch = request.app.state.isolation
         isolation.distrust_unique_key(exc)
         return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
+
+    @app.exception_handler(CheckRefused)
+    async def on_check_refused(_: Request, exc: CheckRefused) -> JSONResponse:
+        # Its name only: the values it refused are a user's content.
+        logger.warning("the database refused a write by its check constraint %s", exc.constraint)
+        return problem_response(refused_by_the_database(exc.constraint))
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         logger.warning("database unavailable: %s", type(exc).__name__)

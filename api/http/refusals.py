@@ -93,7 +93,10 @@ AUTH_ERRORS: Responses = {
         },
     ),
     403: error_response("The user id in the path is not the token's subject."),
-    422: error_response("Invalid input: each bad field is listed in `errors`."),
+    422: error_response(
+        "Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a "
+        "write a CHECK constraint of the database refuses); nothing was changed."
+    ),
     429: too_many_requests(),
     503: service_unavailable(),
 }

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,8 +12,9 @@ import httpx
 import psycopg
 import pytest
 
+from api.app import create_app
 from api.tasks.listing import CURSOR_MAX_LENGTH
-from tests.support import ApiUser, assert_problem
+from tests.support import ApiUser, as_role, assert_problem, new_user, serving_client, settings_for
 
 JSON = "application/json"
 MAX_ID = 2**63 - 1
@@ -394,3 +396,51 @@ def test_unicode_titles_round_trip(api: Api, sent: str, stored: str) -> None:
     assert (fetched["title"], fetched["description"]) == (stored, sent)
     row = api.db.execute("select title, description from tasks where id = %s", [task["id"]]).fetchone()
     assert row == (stored, sent)
+
+
+def test_a_write_a_dbas_check_constraint_refuses_is_a_422_naming_it_and_changes_nothing(
+    migrated_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CHECK the API knows nothing of (a DBA's) refuses a create, a keyed create and an update:
+    each is a 422 naming the constraint, never the values, nothing is stored or changed (no task, no
+    key, no event), and each is logged once at WARNING by the constraint's name alone."""
+    user = new_user()
+    stored = (
+        "select (select json_agg(t order by t.id) from tasks t where t.user_id = %(u)s),"
+        " (select count(*) from idempotency_keys where user_id = %(u)s),"
+        " (select count(*) from task_events where user_id = %(u)s)"
+    )
+    with (
+        serving_client(create_app(settings_for(as_role(migrated_db_url)))) as client,
+        psycopg.connect(migrated_db_url, autocommit=True) as db,
+    ):
+        created = client.post(user.tasks_url, json={"title": "Fine"}, headers=user.headers)
+        assert created.status_code == 201, created.text
+        db.execute("alter table public.tasks add constraint dba_no_boom check (title !~ 'BOOM') not valid")
+        before = db.execute(stored, {"u": user.id}).fetchone()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            refused = [
+                client.post(user.tasks_url, json={"title": "BOOM one"}, headers=user.headers),
+                client.post(
+                    user.tasks_url,
+                    json={"title": "BOOM two"},
+                    headers={**user.headers, "Idempotency-Key": "k-1"},
+                ),
+                client.put(
+                    user.task_url(created.json()["id"]), json={"title": "BOOM three"}, headers=user.headers
+                ),
+            ]
+        for response in refused:
+            body = assert_problem(response, 422, "validation-error", "body")
+            assert "dba_no_boom" in json.dumps(body), body
+            assert "BOOM" not in response.text.replace("dba_no_boom", ""), body
+        assert db.execute(stored, {"u": user.id}).fetchone() == before
+        warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+        assert len(warnings) == 3, warnings
+        assert all("dba_no_boom" in line and "BOOM " not in line for line in warnings), warnings
+        # The key was not stored, so it is free for the create the constraint lets through.
+        again = client.post(
+            user.tasks_url, json={"title": "Fine again"}, headers={**user.headers, "Idempotency-Key": "k-1"}
+        )
+        assert again.status_code == 201, again.text

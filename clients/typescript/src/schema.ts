@@ -337,7 +337,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors`. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
             422: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -506,7 +506,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors`. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
             422: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -713,7 +713,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors`. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
             422: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -886,7 +886,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors`. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
             422: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -1078,7 +1078,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors`. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
             422: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -1247,7 +1247,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors`. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
             422: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -1450,7 +1450,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors`. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
             422: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
