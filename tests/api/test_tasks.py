@@ -217,6 +217,21 @@ def test_every_write_brings_the_user_row_up_to_date(
     assert api_db.execute(user_row, [user.id]).fetchone() == ("old@example.com", "Old")
 
 
+def test_a_claim_the_token_leaves_out_keeps_its_stored_value(
+    client: httpx.Client, api_db: psycopg.Connection[Any]
+) -> None:
+    user = new_user(email="kept@example.com", name="Kept")
+    create(client, user)
+    without_email = ApiUser(user.id, mint_token(SECRET, user.id, name="Renamed"))
+
+    create(client, without_email)
+
+    assert api_db.execute("select email, name from users where id = %s", [user.id]).fetchone() == (
+        "kept@example.com",
+        "Renamed",
+    )
+
+
 def test_two_tokens_writing_at_once_leave_the_row_following_the_next_write(
     client: httpx.Client, api_db: psycopg.Connection[Any], api_db_url: str
 ) -> None:
