@@ -113,6 +113,20 @@ def test_a_lock_held_on_the_migration_table(
     assert "pg_stat_activity" in message
 
 
+def test_a_long_transaction_on_a_table_with_policies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_db_url: str
+) -> None:
+    """yoyo applies the policies over a connection of its own: it too gives up after LOCK_TIMEOUT,
+    rather than wait (with every request queued behind its lock) as long as the transaction lasts."""
+    monkeypatch.setattr(migrations, "LOCK_TIMEOUT", "200ms")
+    with psycopg.connect(migrated_db_url) as reader:
+        # Ended by the server in the end, so a migrate that waits for it fails this test, not hangs.
+        reader.execute("set idle_in_transaction_session_timeout = '20s'")
+        reader.execute("select from tasks")
+        message = migrate_here(monkeypatch, tmp_path, migrated_db_url)
+    assert "another session held a lock the migration needed for more than 200ms" in message
+
+
 def test_a_stale_migration_lock(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_db_url: str
 ) -> None:

@@ -20,6 +20,8 @@ from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 
 # How long a statement of a migration waits for a lock another session holds before it gives up,
 # rather than queueing (and making every request queue behind it) for as long as that session lasts.
+# Set on every connection yoyo opens (`_yoyo_url`): yoyo applies each migration, and the policies,
+# over a connection of its own.
 LOCK_TIMEOUT = "10s"
 # How long to wait for another `todo-api migrate` (or `yoyo apply`) to finish.
 MIGRATION_LOCK_WAIT_SECONDS = 10
@@ -27,6 +29,14 @@ MIGRATION_LOCK_WAIT_SECONDS = 10
 
 class MigrationFailed(Exception):  # noqa: N818 (what the operator sees, not a bug)
     """A migration could not be applied, for a reason the operator can fix; `str()` says which."""
+
+
+def _yoyo_url(database_url: str, connect_timeout_seconds: int) -> str:
+    """yoyo's URL, whose every connection waits at most LOCK_TIMEOUT for a lock: added to the
+    `options` the URL may carry already (`-c role=...`, say), which it replaces otherwise."""
+    given = conninfo_to_dict(libpq_url(database_url)).get("options") or ""
+    options = f"{given} -c lock_timeout={LOCK_TIMEOUT}".strip()
+    return yoyo_url(database_url, connect_timeout=connect_timeout_seconds, options=options)
 
 
 def _migrations() -> MigrationList:
@@ -159,8 +169,7 @@ def apply_migrations(
     _refuse_what_cannot_migrate(database_url, connect_timeout_seconds, setting)
     try:
         # Connects, and creates yoyo's own tables.
-        backend = get_backend(yoyo_url(database_url, connect_timeout=connect_timeout_seconds))
-        backend.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        backend = get_backend(_yoyo_url(database_url, connect_timeout_seconds))
         with backend.lock(MIGRATION_LOCK_WAIT_SECONDS):
             pending = backend.to_apply(migrations)
             backend.apply_migrations_only(pending)
