@@ -19,6 +19,8 @@ class SqlFilesMissing(RuntimeError):  # noqa: N818 (a state of the installation)
 SQL_DIR = Path(str(files("api").joinpath("sql")))
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 POLICIES_DIR = SQL_DIR / "policies"
+# The first statement of every transaction that applies the policy files (why: in the file itself).
+LOCK_POLICY_TABLES = SQL_DIR / "lock_policy_tables.sql"
 AUDIT_DIR = SQL_DIR / "audit"
 ISOLATION_CHECK = SQL_DIR / "checks" / "isolation.sql"
 LOGIN_ROLE_CHECK = SQL_DIR / "checks" / "login_role.sql"

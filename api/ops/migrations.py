@@ -72,6 +72,14 @@ def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
             "finish; if none is running, remove the stale lock with `yoyo break-lock`, then run "
             "todo-api migrate again"
         )
+    if isinstance(error, psycopg.errors.DeadlockDetected):
+        # Not the migration's bug: a transaction (a DBA's, say) took the tables' locks in another
+        # order than sql/lock_policy_tables.sql, and Postgres cancelled this side to end the wait.
+        return MigrationFailed(
+            f"another transaction locked the tables this migration needed in another order, and "
+            f"Postgres cancelled the migration to end the deadlock ({reason}); the failing migration "
+            "was rolled back: run todo-api migrate again"
+        )
     if isinstance(error, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
         return MigrationFailed(
             f"another session held a lock the migration needed for more than {LOCK_TIMEOUT} ({reason}): "

@@ -6,10 +6,11 @@ drift between the live policies and sql/policies/.
 
 Drift is measured by letting Postgres normalise both sides: read the live policies, apply the files
 in a transaction, read them again, roll back. CREATE and DROP POLICY take an ACCESS EXCLUSIVE lock on
-their table, so for those few milliseconds requests touching users or tasks wait; `lock_timeout`,
-set for the whole session, bounds how long any statement of the audit waits behind a long
-transaction (reading a policy's expressions waits for any lock on its table too), and nothing is
-ever committed.
+their table; the transaction takes all of those locks first, in one statement, as migrate does
+(sql/lock_policy_tables.sql), so for those few milliseconds requests touching users or tasks wait
+rather than deadlock with it. `lock_timeout`, set for the whole session, bounds how long any
+statement of the audit waits behind a long transaction (reading a policy's expressions waits for
+any lock on its table too), and nothing is ever committed.
 """
 
 import asyncio
@@ -29,6 +30,7 @@ from api.db.reach import read_reach, write_expected
 from api.db.sql_files import (
     AUDIT_DIR,
     EXPECTED_REACH,
+    LOCK_POLICY_TABLES,
     SCHEMA_OWNER_CHECK,
     display_path,
     policy_files,
@@ -225,8 +227,19 @@ async def policy_drift(connection: Connection, files: Sequence[Path] | None = No
                 return _not_compared(f"schema app and its tables have several owners ({', '.join(owners)})")
             if owners:
                 await _act_as_the_owner(connection, owners[0])
+            # Before anything else, as migrate does: a lock taken later, by reading or applying, could
+            # close a cycle with a write that holds another.
+            for statement in _statements(LOCK_POLICY_TABLES):
+                await connection.execute(statement)
             live = await read_policies(connection)
             expected = await _apply_policy_files(connection, policy_files() if files is None else files)
+    except psycopg.errors.DeadlockDetected:
+        # Postgres cancelled the check to end a cycle of waits with another transaction (a DBA's,
+        # say) that took the same tables' locks in another order: nothing is wrong with the policies.
+        return _not_compared(
+            "another transaction locked the same tables in another order, and Postgres cancelled the "
+            "check to end the deadlock; audit again"
+        )
     except psycopg.Error as error:
         return _not_compared((error.diag.message_primary or str(error)).strip())
     return compare_policies(live, expected)

@@ -4,6 +4,10 @@ yoyo runs files named post-apply* after applying migrations, without recording t
 `yoyo apply` by a DBA leaves the live policies equal to the files, exactly as `todo-api migrate` does.
 What the policies then look like in the catalog is part of sql/checks/expected_reach.json, which the
 isolation check compares the live database with.
+
+The steps run in one transaction, which first locks every table with a policy file at once, in the
+order the API's writes lock them (sql/lock_policy_tables.sql says why): applied file by file, the
+policies deadlocked with those writes.
 """
 
 from pathlib import Path
@@ -11,8 +15,9 @@ from pathlib import Path
 import sqlparse
 from yoyo import step
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
-FILES = sorted(POLICIES.glob("*.sql"))
+SQL = Path(__file__).resolve().parent.parent
+POLICIES = SQL / "policies"
+FILES = [SQL / "lock_policy_tables.sql", *sorted(POLICIES.glob("*.sql"))]
 
 steps = [
     step(statement)
