@@ -5,7 +5,8 @@ Each test stops a write at the step where the deadlock used to close: the write 
 trigger has not yet reached task_events, because a test session holds the row of
 app.task_event_counts that the trigger updates first. The command starts meanwhile; once it waits
 for the write, the row is let go. Applied file by file, the policies held task_events by then, and
-the write waited for them while they waited for tasks: one of the two was cancelled.
+the write waited for them while they waited for tasks: one of the two was cancelled. A write that
+Postgres cancels for a deadlock all the same (with a DBA's transaction) is run once more.
 """
 
 import re
@@ -139,3 +140,35 @@ def test_a_create_and_the_policies_wait_for_each_other(
         ]
         assert _events(db, alice) == [("task.created", first["id"]), ("task.created", second)]
 
+
+def test_a_write_cancelled_for_a_deadlock_is_run_once_more(
+    migrated_db: Conn,
+    migrated_db_url: str,
+    superuser_url: str,
+    api: httpx.Client,
+    background: ThreadPoolExecutor,
+) -> None:
+    """A DBA's transaction holds task_events and asks for tasks while a toggle holds tasks and then
+    asks for task_events. The DBA's session never looks for the deadlock (its deadlock_timeout is an
+    hour), so Postgres cancels the toggle, which the API runs again once the DBA is done: toggled
+    once, with one event, and a 200."""
+    alice = new_user()
+    task = api.post(alice.tasks_url, headers=alice.headers, json={"title": "milk"}).json()
+    holder = _hold_the_event_count(migrated_db_url, alice)
+    dba_url = superuser_url.replace("/postgres?", f"/{migrated_db.info.dbname}?", 1)
+    with holder, psycopg.connect(dba_url) as dba, psycopg.connect(migrated_db_url, autocommit=True) as db:
+        dba.execute("set deadlock_timeout = '1h'")
+        dba.execute("lock table task_events in access exclusive mode")
+        toggle = background.submit(api.patch, f"{alice.task_url(task['id'])}/complete", headers=alice.headers)
+        wait_until_it_waits_for(holder, toggle)
+        wants_tasks = background.submit(dba.execute, "lock table tasks in access exclusive mode")
+        _wait_until_another_waits_for_it(db, holder, wants_tasks)
+        holder.commit()  # the toggle goes on to task_events, which the DBA holds: a deadlock
+        wants_tasks.result()  # the toggle was cancelled and let go of tasks
+        assert not toggle.done(), "the toggle waits to run again"
+        dba.commit()
+        response = toggle.result()
+        assert response.status_code == 200, response.text
+        assert response.json()["completed"] is True
+        assert response.json()["version"] == 2
+        assert _events(db, alice) == [("task.created", task["id"]), ("task.updated", task["id"])]
