@@ -26,9 +26,9 @@
 -- database's) sees none of these rows. The script lifts FORCE on those tables inside its own
 -- transaction, as the migrations do to rewrite rows, and sets it back before COMMIT: on an error
 -- psql stops and the transaction, the lifted FORCE included, is rolled back. The ALTER TABLEs take
--- ACCESS EXCLUSIVE locks, so the API's requests wait for this transaction (a moment), and so does
--- the API's isolation check, which counts a wait past 2 seconds as a finding (503s until its next
--- clean run). So a lock held elsewhere is waited for 1 second at most (lock_timeout): then, or on a
+-- ACCESS EXCLUSIVE locks (all taken first, by sql/lock_policy_tables.sql), so the API's requests
+-- wait for this transaction (a moment), and so does the API's isolation check, which counts a wait
+-- past 2 seconds as a finding (503s until its next clean run). So a lock held elsewhere is waited for 1 second at most (lock_timeout): then, or on a
 -- deadlock with a request, the script stops and changes nothing; run it again.
 -- todo_app never sees any of this: it does not bypass row-level security, FORCE or not.
 
@@ -40,6 +40,9 @@
 
 BEGIN;
 SET LOCAL lock_timeout = '1s';
+-- Every table's lock first, in the order the API's writes take them, as migrate does: taken table by
+-- table by the ALTERs below, they could close a cycle with a write (sql/lock_policy_tables.sql).
+\ir ../lock_policy_tables.sql
 
 ALTER TABLE public.users NO FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.tasks NO FORCE ROW LEVEL SECURITY;
