@@ -30,7 +30,9 @@ RUN_BY = {
     ".venv/bin/uv build --wheel": "tests/test_installed_wheel.py, its `installed` fixture",
     "pip wheel --no-deps -w dist .": "tests/test_installed_wheel.py, its `installed` fixture",
     "pip install dist/todo_api-*.whl": "tests/test_installed_wheel.py, its `installed` fixture",
-    'psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/': "tests/db/test_sql_policy_tests.py",
+    'psql "${MIGRATION_DATABASE_URL:-$DATABASE_URL}" -X -v ON_ERROR_STOP=1 -f sql/tests/': (
+        "tests/db/test_sql_policy_tests.py"
+    ),
 }
 
 

@@ -6,7 +6,7 @@
 -- inside one transaction that is rolled back at the end. Run it as the migrating role (Neon's
 -- owner, or the embedded database's, which does not bypass row-level security):
 --
---     psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/idempotency_keys.sql
+--     psql "${MIGRATION_DATABASE_URL:-$DATABASE_URL}" -X -v ON_ERROR_STOP=1 -f sql/tests/idempotency_keys.sql
 --
 -- Every line of output is `ok - ...`; the first failure stops with `ERROR: not ok - ...` (exit 3).
 

@@ -6,7 +6,7 @@
 -- Run it as the migrating role (Neon's owner, or the embedded database's, which does not bypass
 -- row-level security):
 --
---     psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/task_event_purges.sql
+--     psql "${MIGRATION_DATABASE_URL:-$DATABASE_URL}" -X -v ON_ERROR_STOP=1 -f sql/tests/task_event_purges.sql
 --
 -- Every line of output is `ok - ...`; the first failure stops with `ERROR: not ok - ...` (exit 3).
 

@@ -2,9 +2,11 @@
 -- nobody writes, changes or removes an event directly, and the trigger on public.tasks writes one
 -- event per real change, in order, and purges a user's oldest only when there is something to
 -- purge; anyone's write purges every user's expired events. Identities are switched the way the API
--- switches them, inside one transaction that is rolled back at the end:
+-- switches them, inside one transaction that is rolled back at the end. Run it as the migrating role
+-- (Neon's owner, or the embedded database's, which does not bypass row-level security), which also
+-- makes events old by hand and reads the purge's bookkeeping:
 --
---     psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/task_events.sql
+--     psql "${MIGRATION_DATABASE_URL:-$DATABASE_URL}" -X -v ON_ERROR_STOP=1 -f sql/tests/task_events.sql
 --
 -- Every line of output is `ok - ...`; the first failure stops with `ERROR: not ok - ...` (exit 3).
 
@@ -90,11 +92,15 @@ RESET ROLE;
 SELECT pg_temp.is(
     (SELECT events FROM app.task_event_counts WHERE user_id = 'sqltest-alice'), 2,
     'DELETE: after the purge by count, alice''s count is what is kept');
--- As a DBA would make events old by hand.
+-- As a DBA would make events old by hand. The owner has no UPDATE policy on the table (nothing but
+-- a DBA changes an event), so FORCE is lifted for these UPDATEs alone, as idempotency_keys.sql does:
+-- an owner without BYPASSRLS (the embedded database's) would otherwise change no row, silently.
+ALTER TABLE public.task_events NO FORCE ROW LEVEL SECURITY;
 UPDATE public.task_events SET created_at = now() - interval '30 hours'
     WHERE user_id = 'sqltest-alice' AND task ->> 'title' = 'two';
 UPDATE public.task_events SET created_at = now() - interval '20 hours'
     WHERE user_id = 'sqltest-alice' AND task ->> 'title' = 'three';
+ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
 SELECT pg_temp.is(
     (SELECT first_event_at FROM app.task_event_counts WHERE user_id = 'sqltest-alice'), now() - interval '30 hours',
     'UPDATE: an event made older by hand moves its user''s first event time with it');
@@ -146,8 +152,11 @@ INSERT INTO public.users (id) VALUES ('sqltest-carol');
 INSERT INTO public.tasks (user_id, title) VALUES ('sqltest-carol', 'carol''s secret');
 DELETE FROM public.tasks WHERE title = 'carol''s secret';
 RESET ROLE;
--- As a DBA would make events old by hand: older than anyone else's, so the drain takes hers first.
+-- As a DBA would make events old by hand (FORCE lifted as above): older than anyone else's, so the
+-- drain takes hers first.
+ALTER TABLE public.task_events NO FORCE ROW LEVEL SECURITY;
 UPDATE public.task_events SET created_at = now() - interval '400 days' WHERE user_id = 'sqltest-carol';
+ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
 SET LOCAL ROLE todo_app;
 SELECT '# acting as ' || set_config('app.user_id', 'sqltest-bob', true);
 UPDATE public.tasks SET title = 'bob''s, renamed';
@@ -159,10 +168,14 @@ RESET ROLE;
 SELECT pg_temp.is(
     (SELECT count(*) FROM app.task_event_counts WHERE user_id = 'sqltest-carol'), 0::bigint,
     'DELETE: carol, left with no event, is no longer counted, so no later write picks her again');
+-- Read across users as a DBA would, FORCE lifted as above: the owner's own SELECT policy admits only
+-- the trigger.
+ALTER TABLE public.task_events NO FORCE ROW LEVEL SECURITY;
 SELECT pg_temp.is(
     (SELECT array_agg(task ->> 'title' ORDER BY id) FROM public.task_events
      WHERE user_id IN ('sqltest-alice', 'sqltest-bob')),
     ARRAY['bob''s', 'four', 'five', 'six', 'bob''s, renamed'],
     'DELETE: and nobody else''s events, which have not expired, are touched');
+ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
 
 ROLLBACK;

@@ -2,7 +2,7 @@
 -- else cannot. Identities are switched the way the API switches them, inside one transaction that
 -- is rolled back at the end, so this can run against any migrated database (a Neon branch, say):
 --
---     psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/tasks.sql
+--     psql "${MIGRATION_DATABASE_URL:-$DATABASE_URL}" -X -v ON_ERROR_STOP=1 -f sql/tests/tasks.sql
 --
 -- Every line of output is `ok - ...`; the first failure stops with `ERROR: not ok - ...` (exit 3).
 -- Statements an attacker would try are run without a WHERE on user_id where that matters: only then

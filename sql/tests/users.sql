@@ -2,7 +2,7 @@
 -- own row, and nobody deletes users through todo_app. Identities are switched the way the API
 -- switches them, inside one transaction that is rolled back at the end:
 --
---     psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -f sql/tests/users.sql
+--     psql "${MIGRATION_DATABASE_URL:-$DATABASE_URL}" -X -v ON_ERROR_STOP=1 -f sql/tests/users.sql
 --
 -- Every line of output is `ok - ...`; the first failure stops with `ERROR: not ok - ...` (exit 3).
 
