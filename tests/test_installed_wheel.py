@@ -125,6 +125,36 @@ def test_version_from_an_empty_directory(installed: Path, empty_dir: Path) -> No
     )
 
 
+def test_write_expected_is_refused_outside_a_checkout_and_rewrites_nothing(
+    installed: Path, empty_dir: Path
+) -> None:
+    """--write-expected regenerates a file of the repository for a developer to commit; an installed
+    todo-api holds only the package's copy, which is what its own isolation check reads."""
+    shipped = Path(
+        _run(
+            installed / "python", "-c",
+            "from importlib.resources import files;"
+            "print(files('api') / 'sql' / 'checks' / 'expected_reach.json')",
+            cwd=empty_dir, env=_environment(),
+        ).strip()
+    )  # fmt: skip
+    before = shipped.read_bytes()
+
+    result = subprocess.run(
+        [installed / "todo-api", "policies", "--write-expected"],
+        cwd=empty_dir, env=_environment(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "todo-api: --write-expected is a developer command: run it from a checkout of the repository, "
+        "where it rewrites sql/checks/expected_reach.json for you to commit"
+    ]
+    assert shipped.read_bytes() == before
+    assert list(empty_dir.iterdir()) == []
+
+
 def test_migrate_serve_and_create_a_task(
     installed: Path, empty_dir: Path, serving: str, empty_db_url: str
 ) -> None:

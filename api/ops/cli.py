@@ -337,10 +337,23 @@ def token(args: argparse.Namespace) -> None:
 
 def policies(args: argparse.Namespace) -> None:
     """Print the isolation audit; exit 1 on any finding, so it can gate a deployment."""
-    from api.ops.policy_audit import AuditIncomplete, audit_database, write_expected_reach
+    from api.ops.policy_audit import (
+        AuditIncomplete,
+        audit_database,
+        running_from_a_checkout,
+        write_expected_reach,
+    )
     from api.ops.policy_report import render_json, render_text
 
     if args.write_expected:
+        if not running_from_a_checkout():
+            # A misuse, as argparse's exit status says of one: nothing is started or written.
+            print(
+                "todo-api: --write-expected is a developer command: run it from a checkout of the "
+                "repository, where it rewrites sql/checks/expected_reach.json for you to commit",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         if not embedded.installed():
             raise CommandFailed(embedded.WRITE_EXPECTED_INSTALL_HINT)
         written = display_path(write_expected_reach())
@@ -491,9 +504,9 @@ def _parser() -> argparse.ArgumentParser:
     policies_parser.add_argument(
         "--write-expected",
         action="store_true",
-        help="regenerate sql/checks/expected_reach.json (what the isolation check expects todo_app to "
-        "reach) from a throwaway, freshly migrated embedded database, after a migration or a policy "
-        "file changed it; no database setting is read (default: off)",
+        help="in a checkout of the repository, regenerate sql/checks/expected_reach.json (what the "
+        "isolation check expects todo_app to reach) from a throwaway, freshly migrated embedded database, "
+        "after a migration or a policy file changed it; no database setting is read (default: off)",
     )
     policies_parser.set_defaults(run=policies)
 

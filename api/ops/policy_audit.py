@@ -335,6 +335,15 @@ def audit_database(
     return asyncio.run(run())
 
 
+def running_from_a_checkout() -> bool:
+    """Whether EXPECTED_REACH is the repository's sql/checks/expected_reach.json (api/sql links to
+    sql/), the file a developer reviews and commits, rather than an installed package's copy in
+    site-packages, which nobody commits and whose rewrite would change what that installation's
+    isolation check expects."""
+    repository = EXPECTED_REACH.resolve().parents[2]
+    return (repository / "pyproject.toml").is_file() and (repository / "api").is_dir()
+
+
 def write_expected_reach(path: Path = EXPECTED_REACH) -> Path:
     """Regenerate sql/checks/expected_reach.json from a throwaway embedded database, freshly migrated.
 
