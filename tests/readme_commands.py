@@ -1,4 +1,5 @@
-"""The commands README.md tells people to run: every line of its `sh` blocks, as tests run them.
+"""The commands README.md tells people to run: every line of its `sh` and `bash` blocks (`bash` where
+a line needs it, as the install's `<(...)` does), as tests run them.
 
 A command continued over several lines (a trailing backslash) is one command; a comment after it
 (` # ...`) is the README's explanation, not part of it.
@@ -13,7 +14,7 @@ from tests.support import PROJECT
 
 README = PROJECT / "README.md"
 
-_SH_BLOCK = re.compile(r"^( *)```sh\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+_SH_BLOCK = re.compile(r"^( *)```(?:sh|bash)\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
 _COMMENT = re.compile(r"\s+#\s.*$")
 
 

@@ -5,6 +5,7 @@ runs; the tests it names take their commands from the README itself, so an edit 
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.readme_commands import commands_starting, copy_of_the_checkout, readme_commands
+from tests.readme_commands import README, commands_starting, copy_of_the_checkout, readme_commands
 from tests.support import cli_env, free_port
 
 # Each README command, by how it starts, and where it runs.
@@ -39,6 +40,13 @@ RUN_BY = {
 def test_every_readme_command_is_run_by_a_test() -> None:
     unrun = [command for command in readme_commands() if not command.startswith(tuple(RUN_BY))]
     assert unrun == [], "README commands no test runs: add them to a test, and to RUN_BY"
+
+
+def test_a_command_that_needs_bash_is_in_a_bash_block() -> None:
+    """A block marked `sh` is copied into whatever sh is (dash on Debian), where `<(...)` is a syntax
+    error."""
+    sh_blocks = re.findall(r"^( *)```sh\n(.*?)^\1```", README.read_text(), re.MULTILINE | re.DOTALL)
+    assert [body for _, body in sh_blocks if "<(" in body] == []
 
 
 def _environment(checkout: Path) -> dict[str, str]:
