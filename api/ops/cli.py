@@ -38,6 +38,7 @@ from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
 from api.ops.cluster import create_login_role, unusable_login_role_name
+from api.ops.entry import STOP_SIGNALS, stop_quietly
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
 from api.ops.migrations import MigrationFailed, apply_migrations
 from api.ops.startup_checks import (
@@ -76,20 +77,6 @@ def _settings() -> Settings:
     for warning in _near_misses():
         print(f"todo-api: warning: {warning}", file=sys.stderr)
     return settings
-
-
-# What ends a command before the HTTP server takes the signals over. SIGHUP's default would kill the
-# process with no cleanup: the embedded Postgres would keep running and a migration lock stay taken.
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _stop_quietly(signum: int, _: object) -> None:
-    """Ctrl-C, SIGTERM or SIGHUP before the HTTP server takes the signals over (and after it hands
-    them back): end as SystemExit, so that the finally blocks stop the embedded Postgres and remove
-    what the command made, without a traceback. A second signal must not interrupt that cleanup."""
-    for stop in _STOP_SIGNALS:
-        signal.signal(stop, signal.SIG_IGN)
-    raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
 
 
 def _output(text: str) -> None:
@@ -525,8 +512,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         return
-    for stop in _STOP_SIGNALS:
-        signal.signal(stop, _stop_quietly)
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, stop_quietly)
     try:
         args.run(args)
     except KeyboardInterrupt:  # a Ctrl-C that arrived before the handler was set, or in a library's own
