@@ -370,11 +370,16 @@ def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(tmp_p
                     [*command, "--port", str(free_port())], cwd=tmp_path, env=cli_env(TMPDIR=str(temporary)),
                     stdout=sink, stderr=subprocess.STDOUT, text=True,
                 )  # fmt: skip
-            while not blocker.execute(
-                "select 1 from pg_stat_activity where wait_event_type = 'Lock' and datname = 'todo'"
-            ).fetchone():
-                assert second.poll() is None, log.read_text()
-                time.sleep(0.02)
+            # Watched from a session of its own: within the blocker's transaction pg_stat_activity
+            # would read as it was when the transaction first read it.
+            with psycopg.connect(
+                f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner", autocommit=True
+            ) as watch:
+                while not watch.execute(
+                    "select 1 from pg_stat_activity where wait_event_type = 'Lock' and datname = 'todo'"
+                ).fetchone():
+                    assert second.poll() is None, log.read_text()
+                    time.sleep(0.02)
             first.send_signal(signal.SIGTERM)
             first.wait(timeout=60)
             second.send_signal(signal.SIGHUP)
