@@ -210,6 +210,21 @@ def test_post_and_put_need_a_body(api: Api, task_url: str, method: str, body: by
     api.refused(method, api.user.tasks_url if method == "POST" else task_url, body, field="body")
 
 
+def test_a_422_lists_the_first_20_invalid_fields_and_counts_the_rest(api: Api) -> None:
+    """6,900 short unknown keys, under the body limit, were each listed in `errors` and `detail`: a
+    516 KB answer to a 58 KB body. The title is missing too, so 6,901 fields are invalid."""
+    body = ("{" + ",".join(f'"{i:x}":0' for i in range(6900)) + "}").encode()
+    before = api.stored()
+
+    refused = api.send("POST", api.user.tasks_url, body)
+
+    problem = assert_problem(refused, 422, "validation-error", "body.title")
+    listed = ["body.title", *(f"body.{i:x}" for i in range(19))]
+    assert [error["field"] for error in problem["errors"]] == listed
+    assert problem["detail"] == f"Invalid input in: {', '.join(listed)}, and 6881 more."
+    assert api.stored() == before
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

@@ -168,7 +168,7 @@ export interface components {
             detail: string;
             /**
              * Errors
-             * @description For 422: each invalid field.
+             * @description For 422: each invalid field, up to 20; `detail` says how many more.
              */
             errors?: components["schemas"]["FieldError"][] | null;
             /** Status */
