@@ -204,6 +204,36 @@ def test_json_in_utf8_after_a_byte_order_mark_is_read(api: Api) -> None:
     assert api.db.execute("select title from tasks where user_id = %s", [api.user.id]).fetchall() == [("x",)]
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(
+            b"[" * 1500 + b"]" * 1500,
+            "The body's arrays and objects are nested too deeply to read.",
+            id="nested-1500-deep",
+        ),
+        pytest.param(
+            b'{"title": "x", "completed": ' + b"1" * 5000 + b"}",
+            "The body has a number longer than 4300 digits.",
+            id="number-of-5000-digits",
+        ),
+    ],
+)
+def test_json_beyond_the_parsers_limits_is_refused_naming_the_limit(
+    api: Api, task_url: str, method: str, body: bytes, message: str
+) -> None:
+    """RFC 8259, section 9, lets a parser set limits; such a body was called not JSON in UTF-8."""
+    url = {"POST": api.user.tasks_url, "PUT": task_url, "PATCH": f"{task_url}/complete"}[method]
+    before = api.stored()
+
+    refused = api.send(method, url, body)
+
+    problem = assert_problem(refused, 422, "validation-error")
+    assert problem["errors"] == [{"field": "body", "message": message}]
+    assert api.stored() == before
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT"])
 @pytest.mark.parametrize("body", [b"", b"null"], ids=["empty", "json-null"])
 def test_post_and_put_need_a_body(api: Api, task_url: str, method: str, body: bytes) -> None:
