@@ -25,7 +25,7 @@ from api.http.problems import (
     precondition_failed,
     task_limit_reached,
 )
-from api.http.query import ascii_digits, each_parameter_once, parameter_names
+from api.http.query import ascii_digits, parameter_names, strict_parameters
 from api.http.refusals import RETRY_AFTER
 from api.http.request_telemetry import note_change
 from api.settings import Settings
@@ -119,14 +119,15 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
     description=(
         "Newest first by default. When more tasks match than `limit`, the `Link` header carries "
         '`rel="next"` with an opaque cursor for the next page. Each parameter is given at most '
-        "once: a repeated one is a 422; parameters not listed here are ignored."
+        "once, in UTF-8 when percent-decoded: a repeated one, or one not in UTF-8, is a 422; parameters "
+        "not listed here are ignored."
     ),
     responses={
         200: {"headers": docs.LINK},
         304: {"description": "If-None-Match is `*`, and the task list exists: no body."},
         **docs.LIST_CONDITIONS,
     },
-    dependencies=[Depends(each_parameter_once(TaskListParams))],
+    dependencies=[Depends(strict_parameters(TaskListParams))],
     openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH_ON_LIST, docs.IF_NONE_MATCH_ON_LIST)),
 )
 async def list_tasks(

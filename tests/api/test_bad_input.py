@@ -293,6 +293,33 @@ def test_list_refuses_a_parameter_given_twice(api: Api, query: str, fields: list
 
 
 @pytest.mark.parametrize(
+    ("query", "fields"),
+    [
+        pytest.param("q=%FF%FE", ["query.q"], id="not-utf8"),
+        pytest.param("q=%ED%A0%80", ["query.q"], id="encoded-surrogate"),
+        pytest.param("q=caf%E9", ["query.q"], id="latin-1"),
+        pytest.param("status=all&q=milk%C3", ["query.q"], id="cut-short"),
+        pytest.param("sort=%FF&q=%FF", ["query.sort", "query.q"], id="two-of-them"),
+    ],
+)
+def test_list_refuses_a_parameter_not_in_utf8(api: Api, query: str, fields: list[str]) -> None:
+    """Starlette decodes such bytes to U+FFFD: the list searched for a character never sent."""
+    response = api.client.get(f"{api.user.tasks_url}?{query}", headers=api.user.headers)
+    body = assert_problem(response, 422, "validation-error", fields[0])
+    assert sorted(error["field"] for error in body["errors"]) == sorted(fields)
+
+
+@pytest.mark.parametrize("query", ["q=%EF%BF%BD", "q=%C3%A9t%C3%A9", "unknown=%FF", "%FF=1", "q=a+b%20c"])
+def test_list_reads_parameters_in_utf8_and_ignores_unknown_ones(api: Api, query: str) -> None:
+    """U+FFFD sent as UTF-8 is a character like any other; a parameter the list does not know may be
+    anything."""
+    assert api.send("POST", api.user.tasks_url, {"title": "\ufffd été a b c"}).status_code == 201
+    response = api.client.get(f"{api.user.tasks_url}?{query}", headers=api.user.headers)
+    assert response.status_code == 200, response.text
+    assert [task["title"] for task in response.json()] == ["\ufffd été a b c"]
+
+
+@pytest.mark.parametrize(
     ("sort", "cursor"),
     [
         pytest.param("created", "!!!", id="garbage"),
