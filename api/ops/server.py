@@ -9,6 +9,11 @@ client from costing anything before the API sees a request.
   included;
 - the Authorization header's own 8 KiB limit is the API's (api/http/caller.py).
 
+Nothing here bounds how long a client may take to read an answer: granian (2.8) has no write
+timeout, so a client that stops reading keeps its connection as long as it stays connected; only
+event streams give up on such a client (api/events/routes.py), and for the rest docs/operations.md
+asks a load balancer to (nginx `send_timeout`).
+
 A worker that dies (killed by the OOM killer, say) is replaced while the others serve on; SIGTERM
 stops accepting and lets the requests in flight finish, for up to the grace period. A server that dies
 (kill -9) leaves no worker serving: each stops as on SIGTERM (api/ops/worker.py).
