@@ -9,6 +9,7 @@ import pytest
 
 from api.app import create_app
 from api.db.database import Database
+from api.db.errors import CheckRefused
 from tests.support import LOGIN_ROLE, new_user, serving_client, settings_for, sql
 
 _IDENTITY = (
@@ -88,7 +89,7 @@ def test_a_reused_connection_never_carries_identity_into_the_next_transaction(
 def test_a_failed_statement_changes_nothing(migrated_db_url: str, way: dict[str, Any]) -> None:
     async def scenario(database: Database) -> None:
         await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
-        with pytest.raises(psycopg.errors.CheckViolation):
+        with pytest.raises(CheckRefused, match="tasks_title_check"):
             # Two statements in one: the first would succeed, the second fails; neither may stay.
             await database.run(
                 "alice",

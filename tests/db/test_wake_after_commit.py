@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from api.db.database import Database
+from api.db.errors import CheckRefused
 from api.db.listener import CHANNEL, wake_tag
 from tests.support import sql
 from tests.test_transactions import way, with_database
@@ -105,7 +106,7 @@ def test_a_write_that_failed_wakes_nobody(migrated_db_url: str, listener: Conn, 
         await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
         assert wake_ups(listener) == [wake_tag("alice")]
 
-        with pytest.raises(psycopg.errors.CheckViolation):
+        with pytest.raises(CheckRefused, match="tasks_title_check"):
             await database.run(
                 "alice", sql("insert into tasks (user_id, title) values ('alice', '')"), read_only=False
             )
