@@ -6,6 +6,7 @@ import gzip
 import json
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,11 @@ import pytest
 
 from api.auth.principal import USER_ID_MAX_LENGTH
 from api.http.caller import MAX_AUTHORIZATION_BYTES
+from api.ops.server import files_beside_connections
 from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor
 from api.tasks.models import TITLE_MAX_LENGTH
 from tests.api.events_client import async_client, open_once_a_place_is_free, opened
-from tests.support import CLI, SECRET, cli_env, new_user, now, serve_process, sign
+from tests.support import CLI, SECRET, cli_env, free_port, new_user, now, serve_process, sign
 
 
 @pytest.fixture(scope="module")
@@ -307,18 +309,74 @@ def test_streams_past_max_streams_per_worker_are_503_and_everything_else_is_stil
     assert titles == [("served",)]
 
 
+def _with_open_file_limit(files: int) -> list[str]:
+    """`todo-api serve` under `ulimit -n files`, hard and soft, as a machine set so would run it."""
+    return ["bash", "-c", f'ulimit -n {files} && exec "$@"', "bash", *CLI, "serve"]
+
+
+def _open_files_of_its_worker(server: "subprocess.Popen[str]") -> int:
+    """The file descriptors held by the one worker of `server`, granian's main process."""
+    tasks = Path(f"/proc/{server.pid}/task")
+    (worker,) = [pid for task in tasks.iterdir() for pid in (task / "children").read_text().split()]
+    return len(list(Path(f"/proc/{worker}/fd").iterdir()))
+
+
 def test_a_low_open_file_limit_serves_with_fewer_connections_and_says_so(
     api_db_url: str, tmp_path: Path
 ) -> None:
     """Past the file descriptor limit granian's accept fails and is retried at once, for ever, while
     nobody gets in: under a hard limit too low for MAX_STREAMS_PER_WORKER + 4096 connections, each
-    worker accepts what fits, and the log says how many and how to have more."""
-    command = ["bash", "-c", 'ulimit -n 2048 && exec "$@"', "bash", *CLI, "serve"]
+    worker accepts what fits beside the files it holds itself (its pool and 64), and the log says how
+    many and how to have more. Under 400, where a reserve of 512 left one connection, an open event
+    stream kept everyone else out."""
+    alice = new_user()
     env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET)
     log = tmp_path / "serve.log"
-    with serve_process(command, cwd=tmp_path, env=env, output=log) as (base_url, _):
-        assert httpx.get(f"{base_url}/healthz").status_code == 200
-    assert "the open-file limit (ulimit -Hn) is 2048: each worker accepts 1536 connections" in log.read_text()
+
+    async def scenario(base_url: str, server: "subprocess.Popen[str]") -> dict[str, Any]:
+        async with async_client(base_url) as streaming, opened(streaming, alice) as stream:
+            await stream.opening_id()
+            async with async_client(base_url) as other:
+                healthz = await other.get("/healthz")
+                assert (healthz.status_code, healthz.json()) == (200, {"status": "ok"})
+                created = await other.post(
+                    alice.tasks_url, json={"title": "beside a stream"}, headers=alice.headers
+                )
+                assert created.status_code == 201, created.text
+                assert created.json()["title"] == "beside a stream"
+                event = await stream.next()
+                assert (event.kind, event.data) == ("task.created", created.json())
+                # The worker's own files fit the reserve: its pool and 64, beside these two connections.
+                assert _open_files_of_its_worker(server) - 2 <= files_beside_connections(db_pool_size=10)
+                return dict(created.json())
+
+    with serve_process(_with_open_file_limit(400), cwd=tmp_path, env=env, output=log) as (base_url, server):
+        task = asyncio.run(scenario(base_url, server))
+    assert "the open-file limit (ulimit -Hn) is 400: each worker accepts 326 connections" in log.read_text()
+    with psycopg.connect(api_db_url) as db:
+        stored = db.execute("select id, title from tasks where user_id = %s", [alice.id]).fetchall()
+    assert stored == [(task["id"], "beside a stream")]
+
+
+def test_an_open_file_limit_that_leaves_a_worker_too_few_connections_is_refused(
+    api_db_url: str, tmp_path: Path
+) -> None:
+    """Rather than serve with a handful of connections that a stream or two take whole: one line
+    naming the number of files and how to allow them, exit 1, and nothing left serving."""
+    port = free_port()
+    result = subprocess.run(
+        [*_with_open_file_limit(137), "--port", str(port)],
+        cwd=tmp_path, env=cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "open-file limit" in line]
+    assert "(ulimit -Hn) is 137, too low: each worker needs 138 open files at least" in line, line
+    assert "ulimit -n 5170" in line, line
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz")
 
 
 def test_http2_is_not_spoken_so_no_head_escapes_the_http1_limits(served: str) -> None:

@@ -242,6 +242,7 @@ def serve(args: argparse.Namespace) -> None:
             log_level=settings.log_level,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             max_streams_per_worker=settings.max_streams_per_worker,
+            db_pool_size=settings.db_pool_size,
             ready_marker=folder / "ready",
             ready_message=_ready_message(
                 served_url(args.host, port),

@@ -43,6 +43,7 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import Server
 
+from api.ops.failures import CommandFailed
 from api.ops.worker import READY_MARKER_VARIABLE, READY_MESSAGE_VARIABLE, SERVER_PID_VARIABLE
 
 logger = logging.getLogger("api.ops.serve")
@@ -53,9 +54,19 @@ HEAD_TIMEOUT_MILLISECONDS = 10_000
 # one-worker server by default, for about 10 MiB when all are idle (5000 silent connections grew a
 # worker by 12 MB, measured; a request being served costs what the API spends on it).
 CONNECTIONS_BESIDE_STREAMS = 4096
-# File descriptors a worker needs beside its connections: its pool (DB_POOL_SIZE, at most 200), the
-# LISTEN connection, the listening socket, logs, metrics files and Python's own.
-_FILES_BESIDE_CONNECTIONS = 512
+# File descriptors a worker holds beside its pool and its connections: the LISTEN and readiness
+# connections, the listening socket, the log, the metrics files, granian's pipes and event queues and
+# Python's own. 40 with the default settings on Linux: a started worker's files,
+#   ls /proc/$(pgrep -P SERVE_PID)/fd | wc -l
+# (SERVE_PID: todo-api serve's, one worker), less DB_POOL_SIZE; tests/test_server_limits.py holds a
+# worker to the reserve. The rest is room for files that come and go: the listener's check of its
+# URL, a pooled connection being replaced, metrics files of a kind written later.
+_FILES_BESIDE_POOL_AND_CONNECTIONS = 64
+# The fewest connections a worker is started with: one user may hold MAX_STREAMS_PER_USER (5) event
+# streams and a browser opens up to 6 connections to a host, so 64 serves a few users' streams and
+# requests, and a load balancer's health checks, at once. Fewer, and a stream or two would keep
+# /healthz out: `serve` refuses to start rather than serve that way.
+MIN_CONNECTIONS_PER_WORKER = 64
 
 # Granian's own lines (and its Rust core's) go to the root logger, whose one handler formats them
 # like every other line (api/telemetry/logs.py); its access log stays off: ours has the route.
@@ -71,20 +82,35 @@ _LOGGING: dict[str, Any] = {
 }
 
 
-def _connections_the_file_limit_allows(wanted: int, max_streams_per_worker: int) -> int:
+def files_beside_connections(db_pool_size: int) -> int:
+    """The file descriptors a worker holds beside its connections: its pool and its own."""
+    return db_pool_size + _FILES_BESIDE_POOL_AND_CONNECTIONS
+
+
+def _connections_the_file_limit_allows(wanted: int, *, db_pool_size: int, max_streams_per_worker: int) -> int:
     """How many connections each worker accepts at once: `wanted`, with the open-file limit raised
     to fit (the workers inherit it), or as many as its hard limit fits, with a warning. Past the
     limit granian's accept fails and is retried at once, over and over, while nobody new gets in;
-    a machine whose hard limit is low still serves, with less room."""
+    a machine whose hard limit is low still serves, with less room, unless fewer than
+    MIN_CONNECTIONS_PER_WORKER fit: then it refuses to start."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = wanted + _FILES_BESIDE_CONNECTIONS
+    own = files_beside_connections(db_pool_size)
+    needed = wanted + own
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return wanted
     if hard == resource.RLIM_INFINITY or hard >= needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
         return wanted
+    fitted = hard - own
+    if fitted < MIN_CONNECTIONS_PER_WORKER:
+        least = own + MIN_CONNECTIONS_PER_WORKER
+        raise CommandFailed(
+            f"the open-file limit (ulimit -Hn) is {hard}, too low: each worker needs {least} open files "
+            f"at least ({own} of its own with DB_POOL_SIZE={db_pool_size}, and "
+            f"{MIN_CONNECTIONS_PER_WORKER} connections), {needed} for all its connections. Raise it "
+            f"(ulimit -n {needed}; systemd: LimitNOFILE=, Docker: --ulimit nofile=) and start again"
+        )
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    fitted = max(hard - _FILES_BESIDE_CONNECTIONS, 1)
     streams = (
         f"; event streams (MAX_STREAMS_PER_WORKER={max_streams_per_worker}) may take all of them"
         if max_streams_per_worker >= fitted
@@ -92,11 +118,12 @@ def _connections_the_file_limit_allows(wanted: int, max_streams_per_worker: int)
     )
     logger.warning(
         "the open-file limit (ulimit -Hn) is %d: each worker accepts %d connections at once, not %d%s. "
-        "Raise the limit (systemd: LimitNOFILE=, Docker: --ulimit nofile=) for more",
+        "Raise the limit to %d (systemd: LimitNOFILE=, Docker: --ulimit nofile=) for all of them",
         hard,
         fitted,
         wanted,
         streams,
+        needed,
     )
     return fitted
 
@@ -117,10 +144,15 @@ def serve_with_granian(
     ready_message: str,
     shutdown_grace_seconds: int,
     max_streams_per_worker: int,
+    db_pool_size: int,
 ) -> None:
-    """Serve `create_served_app` until SIGINT or SIGTERM; the first worker ready says so."""
+    """Serve `create_served_app` until SIGINT or SIGTERM; the first worker ready says so. Refuses
+    (CommandFailed) before granian starts when the open-file limit leaves a worker too few
+    connections."""
     connections = _connections_the_file_limit_allows(
-        max_streams_per_worker + CONNECTIONS_BESIDE_STREAMS, max_streams_per_worker
+        max_streams_per_worker + CONNECTIONS_BESIDE_STREAMS,
+        db_pool_size=db_pool_size,
+        max_streams_per_worker=max_streams_per_worker,
     )
     os.environ[READY_MARKER_VARIABLE] = str(ready_marker)
     os.environ[READY_MESSAGE_VARIABLE] = ready_message
