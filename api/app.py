@@ -9,6 +9,7 @@ from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import SecretStr
+from starlette.middleware.errors import ServerErrorMiddleware
 
 from api import __version__
 from api.auth.verification import build_authenticator
@@ -24,7 +25,7 @@ from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
 from api.http.methods import install_method_rules, served_routes
 from api.http.openapi import document_response_header
-from api.http.problems import document_problem_media_type, install_problem_handlers
+from api.http.problems import document_problem_media_type, install_problem_handlers, on_internal_error
 from api.http.rate_limit import RateLimiter
 from api.http.request_telemetry import RequestTelemetry
 from api.settings import MIN_SECRET_LENGTH, Settings
@@ -139,9 +140,13 @@ def create_app(
     app.add_middleware(
         BodyLimits, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds
     )
+    # A bug's exception becomes the 500 problem here, inside CORS, so that a browser can read it and
+    # its X-Request-ID like any other answer; it is raised on, for RequestTelemetry to log and count.
+    # Starlette puts one of these outermost too, but that one answers outside CORS.
+    app.add_middleware(ServerErrorMiddleware, handler=on_internal_error)
     # Every middleware costs every request something; CORS is only there when a browser origin is
     # configured (without it, a cross-origin browser gets no CORS headers either way). Outside
-    # BodyLimits, whose 413 a browser could otherwise not read.
+    # BodyLimits and ServerErrorMiddleware, whose 413 and 500 a browser could otherwise not read.
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

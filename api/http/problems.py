@@ -128,6 +128,11 @@ def internal_error() -> ProblemError:
     )
 
 
+async def on_internal_error(_: Request, __: Exception) -> JSONResponse:
+    """The answer to a bug: Starlette's ServerErrorMiddleware handler, installed in api/app.py."""
+    return problem_response(internal_error())
+
+
 def too_many_requests(
     detail: str, *, retry_after: int, headers: dict[str, str] | None = None
 ) -> ProblemError:

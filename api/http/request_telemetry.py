@@ -1,6 +1,7 @@
 """What each request leaves behind for the operator: one access line, its metrics, and (when traces
-are on) a span. A bug's exception ends here too: logged once, with its request id and traceback, and
-answered with a 500 problem.
+are on) a span. A bug's exception ends here too: logged once, with its request id and traceback. The
+500 problem that answers it is sent further in, inside CORS, by the ServerErrorMiddleware api/app.py
+installs, which then raises the exception on to here.
 
 A write that changed a task says so on that same line (`note_change`): one record per request, the
 critical actions as visible as every access line (both are `api` INFO records, which LOG_LEVEL governs
@@ -20,7 +21,6 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.http.problems import internal_error, problem_response
 from api.telemetry import metrics
 from api.telemetry.logs import access
 from api.telemetry.tracing import Tracer, finish_server_span, server_span
@@ -110,11 +110,10 @@ class RequestTelemetry:
                     finish_server_span(span, route=_route_template(scope, self.routes), status=status)
         except Exception:
             logger.exception("unhandled error")
-            if status == 0:
-                await problem_response(internal_error())(scope, receive, noting_status)
-            # Once the response has started, returning is enough: the server sees that it was never
-            # completed and aborts it (granian and uvicorn both), so the client gets it cut off, not
-            # ended; re-raising would only have the server log the traceback a second time.
+            # The 500 problem has been sent, or the response had started before the bug: then
+            # returning is enough, as the server sees that it was never completed and aborts it
+            # (granian and uvicorn both), so the client gets it cut off, not ended. Re-raising would
+            # only have the server log the traceback a second time.
             status = 500
         self._record(scope, status, time.perf_counter() - started)
 

@@ -1,13 +1,15 @@
 """What a browser frontend meets: CORS that lets it read the headers it needs, and a clear 415 for
 a body that is not JSON (fetch sends a string body as text/plain)."""
 
+import logging
 from collections.abc import Iterator
 
 import httpx
+import psycopg
 import pytest
 
 from api.app import CORS_REQUEST_HEADERS, CORS_RESPONSE_HEADERS, create_app, openapi_document
-from tests.support import ApiUser, serving, settings_for
+from tests.support import ApiUser, assert_problem, new_user, serving, serving_client, settings_for
 
 ORIGIN = "http://localhost:3000"
 
@@ -159,3 +161,45 @@ def test_a_browser_may_read_a_413_for_a_body_declared_too_large(
     assert response.json()["type"] == "urn:todo-api:problem:payload-too-large"
     assert response.headers["access-control-allow-origin"] == ORIGIN
     assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+
+
+def test_a_browser_may_read_a_500_and_its_request_id(
+    migrated_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug's answer crosses CORS like any other: without its headers fetch() rejects with a network
+    error, the X-Request-ID a user would report is out of reach, and a client resends the write. The
+    preflight before it and the write itself still have one access line each."""
+    alice = new_user()
+    # No isolation check while the test runs: the revoked grant below is the bug, not a finding.
+    settings = settings_for(migrated_db_url, cors_origins=[ORIGIN], isolation_check_interval_seconds=3600)
+    with serving_client(create_app(settings)) as browser:
+        task = browser.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        with psycopg.connect(migrated_db_url, autocommit=True) as db:
+            # A bug's shape: the API sends a statement the database refuses for no fault of the client.
+            db.execute("revoke update (title) on tasks from todo_app")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="api.access"):
+            preflight = browser.options(
+                alice.task_url(task["id"]),
+                headers={
+                    "Origin": ORIGIN,
+                    "Access-Control-Request-Method": "PUT",
+                    "Access-Control-Request-Headers": "authorization, content-type, if-match",
+                },
+            )
+            broken = browser.put(
+                alice.task_url(task["id"]),
+                json={"title": "after"},
+                headers={**alice.headers, "Origin": ORIGIN, "If-Match": "*"},
+            )
+    assert preflight.status_code == 200
+    assert_problem(broken, 500, "internal-error")
+    assert broken.headers["access-control-allow-origin"] == ORIGIN
+    assert "x-request-id" in broken.headers["access-control-expose-headers"].lower()
+    assert broken.headers["x-request-id"]
+    route = "/api/{user_id}/tasks/{task_id}"
+    logged = [(r.method, r.route, r.status) for r in caplog.records if r.name == "api.access"]  # type: ignore[attr-defined]
+    assert logged == [("OPTIONS", route, 200), ("PUT", route, 500)]
+    with psycopg.connect(migrated_db_url) as db:
+        stored = db.execute("select title from tasks where id = %s", [task["id"]]).fetchall()
+    assert stored == [("before",)], "nothing was changed"
