@@ -318,6 +318,41 @@ def test_a_row_security_violation_is_refused_and_checked_at_once(
     assert db.execute("select count(*) from tasks where title = 'refused'").fetchone() == (0,)
 
 
+def test_a_revoked_privilege_is_refused_and_checked_then_served_once_granted_again(
+    migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A grant revoked from todo_app under a running API made every request that needed it a 500
+    until the next check, its traceback logged each time: a privilege the check verified and the
+    database now refuses is the DBA's change, refused as a weakening is."""
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=2)
+    alice = new_user()
+    with serving_client(create_app(settings)) as api:
+        created = api.post(alice.tasks_url, json={"title": "kept"}, headers=alice.headers)
+        assert created.status_code == 201
+        task_id = created.json()["id"]
+        with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+            db.execute("revoke delete on public.tasks from todo_app")
+            try:
+                deleted = api.delete(alice.task_url(task_id), headers=alice.headers)
+                assert_problem(deleted, 503, "isolation-unverified")
+                assert deleted.headers["Retry-After"].isdigit()
+                assert refused(api, alice), "refused until a check completes clean"
+                eventually(
+                    lambda: any(
+                        "table public.tasks differs from what todo-api ships" in record.getMessage()
+                        for record in caplog.records
+                    ),
+                    "a check ran and found the privilege gone",
+                )
+                assert_problem(api.get("/readyz"), 503, "isolation-unverified")
+            finally:
+                db.execute("grant delete on public.tasks to todo_app")
+        eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
+        assert db.execute("select title from tasks where id = %s", [task_id]).fetchall() == [("kept",)]
+        assert api.delete(alice.task_url(task_id), headers=alice.headers).status_code == 204
+    assert db.execute("select count(*) from tasks where id = %s", [task_id]).fetchone() == (0,)
+
+
 def test_retry_after_is_the_time_until_the_next_check_not_the_whole_interval(
     migrated_db_url: str, db: Conn
 ) -> None:

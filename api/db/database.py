@@ -74,6 +74,7 @@ from api.db.errors import (
     LimitReached,
     MissingReference,
     OutcomeUnknown,
+    PrivilegeDenied,
     RowSecurityViolation,
     UnknownName,
 )
@@ -403,13 +404,17 @@ class Database:
             raise CheckRefused(constraint) from None
         except psycopg.errors.InsufficientPrivilege as error:
             await _roll_back(connection)
-            if "row-level security" in (error.diag.message_primary or ""):
-                # Not back to the pool: a read is refused so only when the session has row_security
-                # off (ALTER ROLE ... SET, ALTER SYSTEM, ...), which a new session, once that is reset,
-                # will not have.
-                await connection.close()
-                raise RowSecurityViolation(error.diag.message_primary, read_only=read_only) from None
-            raise
+            # Not back to the pool: a read is refused for row-level security only when the session
+            # has row_security off (ALTER ROLE ... SET, ALTER SYSTEM, ...), and a privilege may be
+            # missing on whatever the session's search_path made of a name; a new session, once that
+            # is reset, has neither.
+            await connection.close()
+            message = error.diag.message_primary
+            if "row-level security" in (message or ""):
+                raise RowSecurityViolation(message, read_only=read_only) from None
+            # Any other privilege the API's statements need was verified before serving: a grant to
+            # todo_app revoked since (or the login role's membership in it) is the DBA's, not a bug.
+            raise PrivilegeDenied(message, read_only=read_only) from None
         except _UNKNOWN_NAME as error:
             await _roll_back(connection)
             # Not back to the pool, as above: the session resolves names with settings that a new

@@ -86,6 +86,15 @@ class UnknownName(IsolationBreach):
         return f"the database did not know a name in a {self.statement} the API sends: {self.args[0]}"
 
 
+class PrivilegeDenied(IsolationBreach):
+    """The database refused a statement the API sends for want of a privilege, not for row-level
+    security (SQLSTATE 42501): a grant to todo_app revoked, or the login role's membership in it.
+    The check verified those privileges before serving, so they are not what it verified."""
+
+    def __str__(self) -> str:
+        return f"the database refused a {self.statement} for want of a privilege: {self.args[0]}"
+
+
 class DatabaseUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
     """The database cannot do the work now, and nothing was committed: nothing was sent, the
     transaction was read-only, or the server answered that it failed (and so rolled back)."""
