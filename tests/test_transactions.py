@@ -1,6 +1,7 @@
 """The one transaction helper: identity is per transaction and never outlives it on a pooled connection."""
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -9,8 +10,8 @@ import pytest
 
 from api.app import create_app
 from api.db.database import Database
-from api.db.errors import CheckRefused
-from tests.support import LOGIN_ROLE, new_user, serving_client, settings_for, sql
+from api.db.errors import CheckRefused, StatementCancelled
+from tests.support import LOGIN_ROLE, assert_problem, new_user, serving_client, settings_for, sql
 
 _IDENTITY = (
     "select current_user as who, current_setting('role') as role,"
@@ -117,13 +118,44 @@ def test_a_runaway_statement_is_cancelled(migrated_db_url: str, way: dict[str, A
         assert await database.run(
             "alice", sql("select current_setting('statement_timeout') as statement_timeout"), read_only=True
         ) == [{"statement_timeout": "200ms"}]
-        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+        with pytest.raises(StatementCancelled, match="statement timeout"):
             await database.run("alice", sql("select pg_sleep(5)"), read_only=True)
         async with database.pool.connection() as connection:
             row = await (await connection.execute("show statement_timeout")).fetchone()
             assert row == {"statement_timeout": "0"}, "the limit ended with its transaction"
 
     with_database(migrated_db_url, scenario, db_statement_timeout_ms=200, **way)
+
+
+def test_a_write_that_waits_on_a_row_lock_past_the_statement_timeout_is_503_and_changes_nothing(
+    migrated_db_url: str, way: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its 503 said "The database cannot be reached right now" and its log "database unavailable:
+    QueryCanceled", while /readyz said ready: the database answered, it only cancelled the statement."""
+    alice = new_user()
+    settings = settings_for(migrated_db_url, db_statement_timeout_ms=200, **way)
+    with serving_client(create_app(settings)) as client:
+        created = client.post(alice.tasks_url, json={"title": "locked"}, headers=alice.headers)
+        assert created.status_code == 201
+        task_id = created.json()["id"]
+        with (
+            psycopg.connect(migrated_db_url) as holder,
+            caplog.at_level(logging.WARNING, logger="api.http.problems"),
+        ):
+            holder.execute("select 1 from tasks where id = %s for update", [task_id])
+            completed = client.patch(f"{alice.task_url(task_id)}/complete", headers=alice.headers)
+            holder.rollback()
+        assert client.get("/readyz").status_code == 200
+    body = assert_problem(completed, 503, "database-unavailable")
+    assert "DB_STATEMENT_TIMEOUT_MS" in body["detail"], body
+    assert "cannot be reached" not in body["detail"], body
+    assert "nothing was changed" in body["detail"], body
+    assert completed.headers["Retry-After"].isdigit()
+    messages = [record.getMessage() for record in caplog.records]
+    assert "statement cancelled: canceling statement due to statement timeout" in messages, messages
+    with psycopg.connect(migrated_db_url) as connection:
+        stored = connection.execute("select completed, version from tasks where id = %s", [task_id])
+        assert stored.fetchall() == [(False, created.json()["version"])], "the write changed nothing"
 
 
 def test_one_pooled_connection_shared_by_users_over_http(migrated_db_url: str, way: dict[str, Any]) -> None:

@@ -76,6 +76,7 @@ from api.db.errors import (
     OutcomeUnknown,
     PrivilegeDenied,
     RowSecurityViolation,
+    StatementCancelled,
     UnknownName,
 )
 from api.db.fair_share import FairShare, Share
@@ -431,6 +432,11 @@ class Database:
             # settings it has now.
             await connection.close()
             raise DatabaseUnavailable(f"the database refused a write: {error.diag.message_primary}") from None
+        except psycopg.errors.QueryCanceled as error:
+            # The server cancelled the statement (DB_STATEMENT_TIMEOUT_MS, or an operator) and said
+            # so: the connection is sound, and the rest of the message, COMMIT included, was skipped.
+            await _roll_back(connection)
+            raise StatementCancelled(error.diag.message_primary) from None
         except psycopg.Error as error:
             await _roll_back(connection)
             if not (connection.broken or connection.closed):

@@ -106,6 +106,12 @@ class OutcomeUnknown(DatabaseUnavailable):
     may write twice; retry with the same Idempotency-Key, or read first."""
 
 
+class StatementCancelled(DatabaseUnavailable):
+    """The database cancelled the statement and rolled the transaction back (SQLSTATE 57014): it ran
+    past DB_STATEMENT_TIMEOUT_MS, waiting for a row lock another transaction held, say, or an operator
+    cancelled it. The database answered, so it is reachable; only this request was not done."""
+
+
 # Every failure of `Database` that means "not now" rather than "this statement is wrong": no free
 # connection in time, no connection at all, a cancelled statement. The HTTP layer answers each with
 # a 503 and never needs to know which driver raised it; `OutcomeUnknown` with a 503 of its own. A

@@ -23,6 +23,7 @@ from api.db.errors import (
     CheckRefused,
     IsolationBreach,
     OutcomeUnknown,
+    StatementCancelled,
     UserShareExceeded,
 )
 from api.db.isolation import IsolationUnverified, IsolationWatch
@@ -370,6 +371,19 @@ def database_unavailable() -> ProblemError:
     )
 
 
+def statement_cancelled() -> ProblemError:
+    # The same type as database-unavailable, whose promise it keeps (nothing changed; retry later),
+    # but not its words: the database answered, it only did not finish this request in time.
+    return ProblemError(
+        503,
+        ProblemType.DATABASE_UNAVAILABLE,
+        "Database unavailable",
+        "The database did not finish this request within its statement timeout "
+        "(DB_STATEMENT_TIMEOUT_MS), or an operator cancelled it; nothing was changed. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
 def outcome_unknown() -> ProblemError:
     # Not database-unavailable: that one promises nothing was changed, and a client that trusts it
     # and retries a create without a key, or a toggle, would do it twice.
@@ -534,6 +548,13 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, on_database_unavailable)
+
+    # More specific than DatabaseUnavailable, as is OutcomeUnknown below, so Starlette picks this
+    # handler for it.
+    @app.exception_handler(StatementCancelled)
+    async def on_statement_cancelled(_: Request, exc: StatementCancelled) -> JSONResponse:
+        logger.warning("statement cancelled: %s", exc)
+        return problem_response(statement_cancelled())
 
     # More specific than DatabaseUnavailable, so Starlette picks this handler for it.
     @app.exception_handler(OutcomeUnknown)
