@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import psycopg
 
 from api.app import create_app
 from tests.support import (
@@ -76,6 +77,45 @@ def test_a_safe_database_shows_as_verified(api_db_url: str) -> None:
     assert value(samples, "todo_api_isolation_verified") == 1
     assert value(samples, "todo_api_isolation_findings") == 0
     assert value(samples, "todo_api_isolation_last_check_timestamp_seconds") >= started
+
+
+def until_ready(base_url: str, ready: bool, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while (httpx.get(f"{base_url}/readyz").status_code == 200) != ready:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_the_last_check_timestamp_stays_put_while_checks_cannot_complete(
+    migrated_db_url: str, superuser_url: str, tmp_path: Path
+) -> None:
+    """It moved on every check, completed or not: through an outage it kept advancing while every
+    check failed, though its help says when a check last completed. A server of its own, so that no
+    other app of this process checks meanwhile (the gauge is the process's)."""
+    timestamp = "todo_api_isolation_last_check_timestamp_seconds"
+    env = cli_env(
+        DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, ISOLATION_CHECK_INTERVAL_SECONDS="0.5"
+    )
+    database = migrated_db_url.split("/")[3].split("?")[0]
+    command = [*CLI, "serve", "--workers", "1"]
+    with (
+        serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _),
+        psycopg.connect(superuser_url.replace("/postgres?", f"/{database}?"), autocommit=True) as superuser,
+    ):
+        assert value(scrape(base_url), timestamp) > 0, "the start-up check completed"
+        # Blinded, the check cannot complete: a finding, retried about every half second.
+        superuser.execute("revoke select on pg_catalog.pg_policy from public")
+        try:
+            until_ready(base_url, False, "a check that cannot complete is a finding")
+            last_completed = value(scrape(base_url), timestamp)
+            time.sleep(2)  # more checks that cannot complete
+            after_failed_checks = value(scrape(base_url), timestamp)
+            assert value(scrape(base_url), "todo_api_isolation_verified") == 0
+        finally:
+            superuser.execute("grant select on pg_catalog.pg_policy to public")
+        until_ready(base_url, True, "served again once a check completes clean")
+        assert value(scrape(base_url), timestamp) > after_failed_checks, "a completed check moves it"
+    assert after_failed_checks == last_completed
 
 
 def test_no_label_carries_a_user_id_or_a_raw_path(api_url: str, client: httpx.Client, alice: ApiUser) -> None:

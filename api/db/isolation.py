@@ -234,7 +234,7 @@ class IsolationWatch:
             # verdict, which serves again at once, nor one that could not complete, which may have
             # waited out a timeout: refusing must not wait twice.
             findings = await self._findings()
-        self._record(findings)
+        self._record(findings, completed=not _incomplete(findings))
         return findings
 
     async def _findings(self) -> tuple[Finding, ...]:
@@ -244,8 +244,8 @@ class IsolationWatch:
         except Exception as error:  # fail closed, whatever kept the check from completing
             return (could_not_complete(error),)
 
-    def _record(self, findings: tuple[Finding, ...]) -> None:
-        metrics.record_isolation_check(len(findings))
+    def _record(self, findings: tuple[Finding, ...], *, completed: bool) -> None:
+        metrics.record_isolation_verdict(len(findings), completed=completed)
         if findings != self.findings:
             if findings:
                 logger.error(
@@ -272,7 +272,7 @@ class IsolationWatch:
     def _distrust(self, reason: str) -> None:
         """The database did something isolation forbids: refuse until a check completes clean,
         and run that check now rather than at the next interval."""
-        self._record((Finding("isolation", reason),))
+        self._record((Finding("isolation", reason),), completed=False)
         self._next_check_at = time.monotonic()
         self._check_now.set()
 

@@ -75,10 +75,13 @@ worker_restarts = Counter(
 )
 
 
-def record_isolation_check(findings: int) -> None:
+def record_isolation_verdict(findings: int, *, completed: bool) -> None:
+    """A verdict is a check's, or a refusal's that distrusts isolation until the next check; only a
+    check that completed moves the timestamp, so that its age shows checks failing or stopped."""
     isolation_verified.set(0 if findings else 1)
     isolation_findings.set(findings)
-    isolation_checked_at.set(time.time())
+    if completed:
+        isolation_checked_at.set(time.time())
 
 
 @contextmanager
