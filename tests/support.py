@@ -276,6 +276,25 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def wait_for_pool_gauges(base_url: str, *, waiting: int, in_use: int) -> None:
+    """Return once `/metrics` shows `waiting` requests waiting for a connection and `in_use`
+    connections lent out, across the workers; each worker reads its pool once a second."""
+    seen: list[tuple[float, float]] = []
+    deadline = time.monotonic() + 30
+    while True:
+        samples = scrape(base_url)
+        seen.append(
+            (
+                value(samples, "todo_api_db_pool_requests_waiting"),
+                value(samples, "todo_api_db_pool_connections_in_use"),
+            )
+        )
+        if seen[-1] == (waiting, in_use):
+            return
+        assert time.monotonic() < deadline, f"(waiting, in use) read {seen[-5:]}, never {(waiting, in_use)}"
+        time.sleep(0.2)
+
+
 def explain_list(db: psycopg.Connection[Any], user_id: str, params: TaskListParams) -> str:
     """EXPLAIN of the list statement as the API sends it, as todo_app acting for `user_id`, in a
     transaction rolled back after."""

@@ -3,7 +3,9 @@ carry a user id or a raw path."""
 
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -21,6 +23,8 @@ from tests.support import (
     serving,
     settings_for,
     value,
+    wait_for_pool_gauges,
+    wait_until_it_waits_for,
 )
 
 
@@ -170,3 +174,45 @@ def test_methods_the_api_does_not_know_share_one_label(api_url: str, client: htt
     methods = {label for (_, pairs) in scrape(api_url) for key, label in pairs if key == "method"}
     assert "OTHER" in methods
     assert methods.isdisjoint({"PROPFIND", "MKCOL", "TRACE"})
+
+
+def test_a_request_waiting_for_a_held_pool_is_counted_as_waiting(
+    migrated_db: psycopg.Connection[Any], migrated_db_url: str, tmp_path: Path
+) -> None:
+    """The pool gauges count requests: one whose write waits on a row lock holds the only
+    connection, and another user's request waits for it."""
+    alice, bob = new_user(), new_user()
+    env = cli_env(
+        DATABASE_URL=migrated_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        DB_POOL_SIZE="1",
+        # Both requests wait for the lock, not for a timeout, however slow the machine.
+        DB_POOL_TIMEOUT_SECONDS="120",
+        DB_STATEMENT_TIMEOUT_MS="120000",
+        # The periodic isolation check takes a pooled connection too; not during this test.
+        ISOLATION_CHECK_INTERVAL_SECONDS="3600",
+    )
+    with (
+        serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _),
+        httpx.Client(base_url=base_url, timeout=120) as client,
+        ThreadPoolExecutor(2) as senders,
+    ):
+        task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        wait_for_pool_gauges(base_url, waiting=0, in_use=0)
+        migrated_db.execute("select 1 from tasks where id = %s for update", [task["id"]])
+        update = senders.submit(
+            client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
+        )
+        wait_until_it_waits_for(migrated_db, update)
+        listing = senders.submit(client.get, bob.tasks_url, headers=bob.headers)
+
+        wait_for_pool_gauges(base_url, waiting=1, in_use=1)
+        migrated_db.rollback()  # the lock goes: the write, then the listing, get the connection
+        updated, listed = update.result(), listing.result()
+        wait_for_pool_gauges(base_url, waiting=0, in_use=0)
+
+    assert updated.status_code == 200, updated.text
+    assert listed.status_code == 200, listed.text
+    assert listed.json() == []
+    stored = migrated_db.execute("select title from tasks where id = %s", [task["id"]]).fetchall()
+    assert stored == [("after",)]

@@ -197,6 +197,8 @@ class Database:
         self._answer_timeout = answer_timeout_seconds
         self._tracer = tracer
         self._pool_watcher: asyncio.Task[None] | None = None
+        # Requests in `_attempt` waiting for the pool to lend them a connection (`_watch_pool`).
+        self._waiting_for_pool = 0
         # The setting that asked for prepared statements, and its fix, said when they turn out to be
         # lost.
         self._preparing = preparing
@@ -285,12 +287,17 @@ class Database:
         await self.pool.close()
 
     async def _watch_pool(self) -> None:
-        """The pool's gauges, read once a second off the request path rather than on every request."""
+        """The pool's gauges, read once a second off the request path rather than on every request.
+
+        Requests waiting and connections in use are counted by the API itself, not read from the
+        pool's statistics: psycopg_pool (3.3) keeps a waiter that gave up in its queue until a
+        connection turns up, and counts connections it is still making as lent out, so during an
+        outage with no request in flight its figures showed a busy pool rather than a dead database.
+        """
         while True:
-            stats = self.pool.get_stats()
-            metrics.pool_size.set(stats["pool_size"])
-            metrics.pool_in_use.set(stats["pool_size"] - stats["pool_available"])
-            metrics.pool_waiting.set(stats.get("requests_waiting", 0) + self.fair_share.waiting)
+            metrics.pool_size.set(self.pool.get_stats()["pool_size"])
+            metrics.pool_in_use.set(self.fair_share.at_database)
+            metrics.pool_waiting.set(self._waiting_for_pool + self.fair_share.waiting)
             await asyncio.sleep(1.0)
 
     async def run(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
@@ -342,10 +349,14 @@ class Database:
     async def _attempt(
         self, share: Share, pool_wait: float, query: Query, as_user: Mapping[str, object], *, read_only: bool
     ) -> Rows:
-        # getconn/putconn rather than pool.connection(): its `async with connection` would
-        # commit or roll back, which the transaction does itself (`python -m bench.request_cpu`
-        # counts the Python calls that saves).
-        connection = await self.pool.getconn(pool_wait)
+        self._waiting_for_pool += 1
+        try:
+            # getconn/putconn rather than pool.connection(): its `async with connection` would
+            # commit or roll back, which the transaction does itself (`python -m bench.request_cpu`
+            # counts the Python calls that saves).
+            connection = await self.pool.getconn(pool_wait)
+        finally:
+            self._waiting_for_pool -= 1
         share.at_database += 1
         try:
             return await self._on(connection, query, as_user, read_only=read_only)

@@ -70,6 +70,11 @@ class FairShare:
             del self._shares[user_id]
 
     @property
+    def at_database(self) -> int:
+        """Requests holding a pooled connection right now, whoever they are for."""
+        return sum(share.at_database for share in self._shares.values())
+
+    @property
     def waiting(self) -> int:
         """Requests waiting for their user's share right now."""
         return sum(max(0, share.holders - self.per_user) for share in self._shares.values())

@@ -9,6 +9,7 @@ import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,20 @@ import pytest
 from api.app import create_app
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
-from tests.support import assert_problem, new_user, scrape, serving, serving_client, settings_for, value
+from tests.support import (
+    CLI,
+    SECRET,
+    assert_problem,
+    cli_env,
+    new_user,
+    scrape,
+    serve_process,
+    serving,
+    serving_client,
+    settings_for,
+    value,
+    wait_for_pool_gauges,
+)
 
 FAIL_FAST_SECONDS = 8.0
 UNAVAILABLE = "todo_api_http_unavailable_total"
@@ -124,6 +138,41 @@ def test_a_users_concurrent_requests_during_an_outage_are_each_503_within_the_po
     with psycopg.connect(own_postgres.server.get_uri(database="todo")) as connection:
         stored = connection.execute("select count(*) from tasks where user_id = %s", [user.id]).fetchone()
     assert stored == (0,), "a 503 wrote nothing"
+
+
+def test_an_idle_outage_shows_no_request_waiting_and_no_connection_in_use(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    """The gauges read psycopg_pool's statistics, which keep a request that gave up waiting in the
+    pool's queue until a connection turns up, and count connections still being made as lent out:
+    with no request in flight they showed a busy pool (requests waiting 6, 8, 14 ..., every
+    connection in use) rather than a dead database, until it came back."""
+    user = new_user()
+    env = cli_env(
+        DATABASE_URL=own_postgres.url,
+        BETTER_AUTH_SECRET=SECRET,
+        DB_POOL_SIZE="2",
+        DB_POOL_TIMEOUT_SECONDS="1",
+        DB_CONNECT_TIMEOUT_SECONDS="2",
+    )
+    command = [*CLI, "serve", "--workers", "2"]
+    with (
+        serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _),
+        httpx.Client(base_url=base_url, timeout=30) as client,
+    ):
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+
+        own_postgres.stop()
+        for _ in range(4):
+            assert client.get(user.tasks_url, headers=user.headers).status_code == 503
+        wait_for_pool_gauges(base_url, waiting=0, in_use=0)
+
+        own_postgres.start()
+        deadline = time.monotonic() + 30
+        while client.get(user.tasks_url, headers=user.headers).status_code != 200:
+            assert time.monotonic() < deadline, "the API did not notice Postgres came back"
+            time.sleep(0.2)
+        wait_for_pool_gauges(base_url, waiting=0, in_use=0)
 
 
 def test_a_long_outage_is_served_again_within_seconds_of_the_database_answering(
