@@ -5,17 +5,30 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from api.app import create_app
+from api.settings import Settings
 from api.telemetry.tracing import tracer_for
-from tests.support import PROJECT, new_user, serving, settings_for
+from tests.support import (
+    PROJECT,
+    assert_problem,
+    new_user,
+    serving,
+    serving_client,
+    settings_for,
+    wait_until_it_waits_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +54,34 @@ def _server_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
             return spans
         time.sleep(0.01)
     return []
+
+
+@contextmanager
+def _traced(settings: Settings) -> Iterator[tuple[httpx.Client, InMemorySpanExporter]]:
+    """An app of the test's own, on a database of its own, and the spans it records."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with serving_client(create_app(settings, tracer=provider.get_tracer("test"))) as client:
+        yield client, exporter
+
+
+def _server_span_answering(exporter: InMemorySpanExporter, status: int) -> ReadableSpan:
+    """The one server span that answered `status`, waited for as `_server_spans` does."""
+    deadline = time.monotonic() + 5
+    while True:
+        spans = [
+            span
+            for span in exporter.get_finished_spans()
+            if span.kind == SpanKind.SERVER
+            and span.attributes is not None
+            and span.attributes.get("http.response.status_code") == status
+        ]
+        if spans:
+            (span,) = spans
+            return span
+        assert time.monotonic() < deadline, f"no server span answered {status}"
+        time.sleep(0.01)
 
 
 def _spans_of(exporter: InMemorySpanExporter, trace_id: int) -> list[ReadableSpan]:
@@ -82,6 +123,68 @@ def test_a_callers_trace_is_continued(traced_api: str, exporter: InMemorySpanExp
     )
     spans = _spans_of(exporter, int(trace_id, 16))
     assert {span.name for span in spans} == {"POST /api/{user_id}/tasks", "db.transaction"}
+
+
+def test_a_5xx_answer_is_an_error_span_and_a_4xx_is_not(
+    migrated_db: psycopg.Connection[Any], migrated_db_url: str
+) -> None:
+    """OpenTelemetry's HTTP conventions: a server span answering 5xx has status Error, one answering
+    4xx none. Every span's status was unset, so a trace backend counted no server errors."""
+    alice, bob = new_user(), new_user()
+    settings = settings_for(
+        migrated_db_url,
+        db_pool_size=1,
+        db_pool_timeout_seconds=1,
+        # The write waits for the lock, not for a timeout, however slow the machine.
+        db_statement_timeout_ms=120_000,
+        # The periodic isolation check takes a pooled connection too; not during this test.
+        isolation_check_interval_seconds=3600,
+    )
+    with _traced(settings) as (client, exporter), ThreadPoolExecutor(1) as sender:
+        task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        migrated_db.execute("select 1 from tasks where id = %s for update", [task["id"]])
+        update = sender.submit(
+            client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
+        )
+        wait_until_it_waits_for(migrated_db, update)
+        # The one connection waits on the lock: bob's request waits the pool timeout for it in vain.
+        unavailable = client.get(bob.tasks_url, headers=bob.headers)
+        unauthorized = client.get(bob.tasks_url)
+        migrated_db.rollback()
+        updated = update.result()
+
+    assert_problem(unavailable, 503, "database-unavailable")
+    assert unauthorized.status_code == 401
+    assert updated.status_code == 200, updated.text
+    assert _server_span_answering(exporter, 503).status.status_code == StatusCode.ERROR
+    assert _server_span_answering(exporter, 401).status.status_code == StatusCode.UNSET
+    assert _server_span_answering(exporter, 200).status.status_code == StatusCode.UNSET
+    stored = migrated_db.execute("select title from tasks where id = %s", [task["id"]]).fetchall()
+    assert stored == [("after",)]
+
+
+def test_a_bugs_span_names_its_route_and_500_and_is_an_error(
+    migrated_db: psycopg.Connection[Any], migrated_db_url: str
+) -> None:
+    """An exception that escaped the app skipped the end of the span: it had no route, no status
+    code, and its name was the bare method."""
+    alice = new_user()
+    with _traced(settings_for(migrated_db_url)) as (client, exporter):
+        task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        # A bug's shape: the API sends a statement the database refuses for no fault of the client.
+        migrated_db.execute("revoke update (title) on tasks from todo_app")
+        migrated_db.commit()
+        broken = client.put(alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers)
+
+    assert_problem(broken, 500, "internal-error")
+    span = _server_span_answering(exporter, 500)
+    assert span.name == "PUT /api/{user_id}/tasks/{task_id}"
+    assert span.attributes is not None
+    assert span.attributes["http.route"] == "/api/{user_id}/tasks/{task_id}"
+    assert span.status.status_code == StatusCode.ERROR
+    assert [event.name for event in span.events] == ["exception"], "the span records the exception"
+    stored = migrated_db.execute("select title from tasks where id = %s", [task["id"]]).fetchall()
+    assert stored == [("before",)]
 
 
 def test_without_the_variable_no_tracing_is_loaded() -> None:

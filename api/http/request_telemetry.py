@@ -106,8 +106,14 @@ class RequestTelemetry:
                 await self.app(scope, receive, noting_status)
             else:
                 with server_span(self.tracer, scope) as span:
-                    await self.app(scope, receive, noting_status)
-                    finish_server_span(span, route=_route_template(scope, self.routes), status=status)
+                    try:
+                        await self.app(scope, receive, noting_status)
+                    except Exception:
+                        status = 500  # as the access line below counts it
+                        raise
+                    finally:
+                        # A bug's span too names its route and status (the span records the exception).
+                        finish_server_span(span, route=_route_template(scope, self.routes), status=status)
         except Exception:
             logger.exception("unhandled error")
             # The 500 problem has been sent, or the response had started before the bug: then

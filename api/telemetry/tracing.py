@@ -66,6 +66,12 @@ def finish_server_span(span: "Span", *, route: str, status: int) -> None:
     # The route template, never the raw path: paths carry user ids.
     span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
     span.set_attributes({"http.route": route, "http.response.status_code": status})
+    if status >= 500:
+        # OpenTelemetry's HTTP conventions: a server span fails with a 5xx, the server's doing; a
+        # 4xx is the client's, and leaves the status unset.
+        from opentelemetry.trace import StatusCode
+
+        span.set_status(StatusCode.ERROR)
 
 
 @contextmanager
