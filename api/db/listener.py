@@ -17,11 +17,18 @@ connection is lost (a database restart, a dropped network), or LISTEN is refused
 backoff, and calls `on_lost` both when it notices and once it listens again, so that every stream
 catches up from its last id: nothing is missed. Any other error (a bug, or one psycopg raises as
 another class) is logged with its traceback and handled the same way.
+
+A lost connection is a WARNING once, when it is noticed; the failed tries after it are DEBUG, and a
+WARNING again once a minute while they go on, with the latest cause: an outage stays visible, and a
+cause that changes (the server back but refusing the login) shows within a minute, without a line
+per try. Listening again is an INFO line saying how long the listener was out, so the log says when
+live changes resumed even for an outage too short for the isolation check to notice.
 """
 
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -35,6 +42,8 @@ CHANNEL = "task_events"
 _IDLE_CHECK_SECONDS = 10.0
 _FIRST_BACKOFF_SECONDS = 0.1
 _MAX_BACKOFF_SECONDS = 5.0
+# While the listener cannot reconnect, how often a failed try is a WARNING rather than DEBUG.
+_STILL_OUT_EVERY_SECONDS = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +90,10 @@ class Listener:
         self._on_wake = on_wake
         self._on_lost = on_lost
         self.listening = asyncio.Event()
+        # Since when the listener has been without a connection (time.monotonic()), until it listens
+        # again; and when it last said so at WARNING.
+        self._out_since: float | None = None
+        self._warned_at = 0.0
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting whenever the connection is lost."""
@@ -89,7 +102,7 @@ class Listener:
             try:
                 await self._listen_once()
             except (psycopg.OperationalError, OSError, TimeoutError) as error:
-                logger.warning("the events listener lost its connection (%s); reconnecting", error)
+                self._say_lost(error)
                 if self.listening.is_set():  # it did listen: the next loss starts from a short wait again
                     backoff = _FIRST_BACKOFF_SECONDS
             except psycopg.errors.ReadOnlySqlTransaction as error:
@@ -102,16 +115,39 @@ class Listener:
                 # backoff is not reset, so a failure that recurs on every connection is not retried,
                 # traceback and all, ten times a second.
                 logger.exception("the events listener failed; reconnecting")
+            if self._out_since is None:
+                self._out_since = time.monotonic()
             self.listening.clear()
             self._on_lost()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+
+    def _say_lost(self, error: BaseException) -> None:
+        now = time.monotonic()
+        if self._out_since is None:
+            self._warned_at = now
+            logger.warning("the events listener lost its connection (%s); reconnecting", error)
+        elif now - self._warned_at >= _STILL_OUT_EVERY_SECONDS:
+            self._warned_at = now
+            logger.warning(
+                "the events listener still cannot reconnect, %.0f s after it lost its connection (%s)",
+                now - self._out_since,
+                error,
+            )
+        else:
+            logger.debug("the events listener could not reconnect (%s); trying again", error)
 
     async def _listen_once(self) -> None:
         connection = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         async with connection:
             await connection.execute(f"LISTEN {CHANNEL}")
             self.listening.set()
+            if self._out_since is not None:
+                logger.info(
+                    "the events listener is listening again, %.1f s after it lost its connection",
+                    time.monotonic() - self._out_since,
+                )
+                self._out_since = None
             # Whatever was written while nobody listened is read now.
             self._on_lost()
             while True:

@@ -7,6 +7,7 @@ These tests run their own Postgres (the session's shared one must stay up for ev
 import asyncio
 import gc
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,7 @@ import psycopg
 import pytest
 
 from api.app import create_app
+from api.db.listener import CHANNEL, Listener
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
 from tests.support import (
@@ -253,3 +255,60 @@ def test_a_stream_left_while_its_read_waits_for_the_database_logs_no_error(
     gc.collect()  # an unretrieved exception is reported when its task is freed
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert errors == [], [record.getMessage() for record in errors]
+
+
+def test_the_listener_warns_once_of_a_lost_connection_and_says_when_it_listens_again(
+    own_postgres: OwnPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It warned on every try to reconnect, up to one every 5 s per worker for as long as the
+    database was away, and said nothing once it listened again: after an outage shorter than the
+    isolation check's interval, nothing said when live changes resumed."""
+    tries = 0
+    woken: list[str] = []
+
+    def lost() -> None:
+        nonlocal tries
+        tries += 1
+
+    async def outage() -> None:
+        listener = Listener(own_postgres.url, on_wake=woken.append, on_lost=lost)
+        running = asyncio.create_task(listener.run())
+        await asyncio.wait_for(listener.listening.wait(), 30)
+        listened = tries  # it catches up once it listens
+
+        await asyncio.to_thread(own_postgres.stop)
+        deadline = time.monotonic() + 30
+        while tries < listened + 4:  # the loss, and three tries that failed
+            assert time.monotonic() < deadline, "the listener tries to reconnect"
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(own_postgres.start)
+        await asyncio.wait_for(listener.listening.wait(), 30)
+
+        # A wake-up sent now is heard.
+        with psycopg.connect(own_postgres.url, autocommit=True) as db:
+            db.execute("select pg_notify(%s, 'back')", [CHANNEL])
+        deadline = time.monotonic() + 30
+        while not woken:
+            assert time.monotonic() < deadline, "the listener hears a wake-up once it listens again"
+            await asyncio.sleep(0.05)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    with caplog.at_level(logging.DEBUG, logger="api.db.listener"):
+        asyncio.run(outage())
+    said = [
+        (record.levelno, record.getMessage()) for record in caplog.records if record.name == "api.db.listener"
+    ]
+    warnings = [message for level, message in said if level >= logging.WARNING]
+    assert len(warnings) == 1, said
+    assert warnings[0].startswith("the events listener lost its connection ("), said
+    failed_tries = [message for level, message in said if level == logging.DEBUG]
+    assert len(failed_tries) >= 3, said
+    assert all(message.startswith("the events listener could not reconnect (") for message in failed_tries)
+    back = [message for level, message in said if level == logging.INFO]
+    assert len(back) == 1, said
+    assert re.fullmatch(
+        r"the events listener is listening again, \d+\.\d s after it lost its connection", back[0]
+    )
+    assert woken == ["back"]
