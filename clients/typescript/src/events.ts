@@ -3,17 +3,23 @@
  * browser's EventSource cannot send the Authorization header (and the token never goes in the URL).
  * eventsource-parser reads the wire format; this file only connects, reconnects and resumes.
  *
- * - Every connection sends a token from `getToken`; a 401 asks for a fresh one (a fresh one refused
- *   too goes to `onError`), and so does every reconnect after the server ended the stream (it does
- *   when the token expires).
+ * - Every connection sends a token from `getToken`. A fresh one is asked for only when the token was
+ *   refused (401; a fresh one refused too goes to `onError`) or the stream ended at the token's `exp`
+ *   (the server ends it then): not after a network error or a server that shut down, so an outage
+ *   costs the app's auth server nothing.
  * - Reconnects wait with exponential backoff (or the server's Retry-After on a 429) and resume with
  *   Last-Event-ID, so nothing is missed and nothing comes twice. The backoff starts over only once a
  *   stream has delivered an event or a heartbeat, not on every 200.
  * - A refusal that asking again cannot change (403: the user id is not the token's; any 4xx but
  *   401, 408 and 429) ends the subscription: it goes to `onError` and `ended`, and nothing is retried.
- * - `reset` means "refetch the list": the server sends it when the id is too old to resume from or
- *   when events a stream had not sent yet were purged, and the client when it reconnects without
- *   one (the stream it had was cut before even its opening `id:` came).
+ * - `reset` means "refetch the list": the client says it once a stream without an id to resume from
+ *   is live (the first, unless `lastEventId` was given, and one whose predecessor was cut before even
+ *   its opening `id:` came), so a list fetched then misses nothing; the server when the id is too old
+ *   to resume from or when events a stream had not sent yet were purged; and the client again in
+ *   place of an event whose data it cannot read.
+ * - What `onEvent` throws is the app's own bug, not the stream's: it goes to `onError` as thrown
+ *   (without one, to console.error) and the stream goes on with the next event, as an EventTarget
+ *   goes on after a listener throws. It is neither a reason to reconnect nor a failed connection.
  */
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { removeTrailingSlash } from "openapi-fetch";
@@ -26,7 +32,11 @@ export type TaskEvent =
   | { type: "task.created"; id: string; task: Task }
   | { type: "task.updated"; id: string; task: Task }
   | { type: "task.deleted"; id: string; taskId: number }
-  /** The events since your last one cannot be replayed: refetch the list, then carry on. */
+  /**
+   * Refetch the list, then carry on: the stream is live and every change from now on comes as an
+   * event (the first stream, unless you passed `lastEventId`), or the events since your last one
+   * cannot be replayed.
+   */
   | { type: "reset" };
 
 export interface SubscribeOptions {
@@ -35,8 +45,9 @@ export interface SubscribeOptions {
   /** Resume after this event id (one you saw earlier) instead of starting from now. */
   lastEventId?: string;
   /**
-   * Told of each failed connection before the next attempt (network down, 5xx, 429...), and of the
-   * refusal that ends the subscription (an EventStreamError, as in `ended`).
+   * Told of each failed connection before the next attempt (network down, 5xx, 429...), of the
+   * refusal that ends the subscription (an EventStreamError, as in `ended`), of an event whose data
+   * could not be read (a reset comes in its place), and of what `onEvent` throws, as thrown.
    */
   onError?: (error: unknown) => void;
 }
@@ -74,7 +85,7 @@ export interface EventsConnection {
 }
 
 type Outcome =
-  | { kind: "ended" }
+  | { kind: "ended"; tokenExpired: boolean }
   | { kind: "unauthorized"; error: EventStreamError }
   | { kind: "refused"; retryAfterMs?: number }
   | { kind: "rejected"; error: EventStreamError };
@@ -89,41 +100,47 @@ export function subscribe(
   { signal, lastEventId, onError }: SubscribeOptions = {},
 ): Subscription {
   const stopping = new AbortController();
-  signal?.addEventListener("abort", () => stopping.abort(), { once: true });
+  // A signal aborted already never fires "abort" again: without this, the stream would open anyway.
+  if (signal?.aborted) stopping.abort();
+  else signal?.addEventListener("abort", () => stopping.abort(), { once: true });
   // Appended to the base as openapi-fetch appends the task routes, so a base with a path (an API
   // served under a gateway's /todo) keeps it: `new URL("/api/...", base)` would drop it.
   const url = `${removeTrailingSlash(baseUrl)}/api/${encodeURIComponent(userId)}/events`;
   let last = lastEventId;
 
-  function deliver(message: EventSourceMessage): void {
-    const id = message.id ?? "";
-    switch (message.event) {
-      case "task.created":
-      case "task.updated":
-        onEvent({ type: message.event, id, task: JSON.parse(message.data) as Task });
-        break;
-      case "task.deleted":
-        onEvent({ type: "task.deleted", id, taskId: (JSON.parse(message.data) as { id: number }).id });
-        break;
-      case "reset":
-        onEvent({ type: "reset" });
-        break;
-      // Anything else is from a newer server: not for this client.
+  /** Hands an event to `onEvent`; what it throws is reported, and the stream goes on. */
+  function emit(event: TaskEvent): void {
+    try {
+      onEvent(event);
+    } catch (error) {
+      if (onError) onError(error);
+      else console.error("todo-api subscribe: onEvent threw", error);
     }
+  }
+
+  function deliver(message: EventSourceMessage): void {
+    let event: TaskEvent | undefined;
+    try {
+      event = taskEvent(message);
+    } catch (error) {
+      // Data this client cannot read (a proxy mangled it, or a server bug): the event is lost, and
+      // its id already noted, so the list is refetched instead, as the server itself asks when it
+      // cannot render an event.
+      onError?.(error);
+      event = { type: "reset" };
+    }
+    if (event) emit(event);
   }
 
   // Failed attempts since a stream last delivered something past its opening `id:` (an event or a
   // heartbeat comment). Not since the last 200: a server that opens the stream and then cuts it
   // (or ends it) at once would otherwise be asked again every half second or so, forever.
   let failures = 0;
-  let connectedBefore = lastEventId !== undefined;
 
   /** One connection, read to its end: "ended" when the server closed a stream it had opened. */
   async function connectOnce(fresh: boolean): Promise<Outcome> {
-    const headers = new Headers({
-      Accept: "text/event-stream",
-      Authorization: `Bearer ${await getToken({ fresh })}`,
-    });
+    const token = await getToken({ fresh });
+    const headers = new Headers({ Accept: "text/event-stream", Authorization: `Bearer ${token}` });
     const resumeFrom = last;
     if (resumeFrom !== undefined) headers.set("Last-Event-ID", resumeFrom);
     const response = await fetch(new Request(url, { headers, signal: stopping.signal }));
@@ -135,10 +152,11 @@ export function subscribe(
       const retryAfter = Number(response.headers.get("Retry-After"));
       return { kind: "refused", retryAfterMs: retryAfter > 0 ? retryAfter * 1000 : undefined };
     }
-    // Without an id to resume from, what happened while disconnected is unknown: refetch, now that
-    // the stream is live, so that everything after the refetch arrives as events.
-    if (resumeFrom === undefined && connectedBefore) onEvent({ type: "reset" });
-    connectedBefore = true;
+    // Without an id to resume from, what happened before (the list the app fetched or will fetch,
+    // or what changed while disconnected) is unknown: refetch, now that the stream is live (the
+    // server read where it starts before answering), so that everything after the refetch arrives
+    // as events and nothing can fall between the two.
+    if (resumeFrom === undefined) emit({ type: "reset" });
     // A block's `id:` is the last event id even without data (WHATWG SSE, "dispatch the event"), and
     // the stream opens with such a block: where it starts, all an idle stream has to resume from.
     // onId hears of it, and of an event's id before onEvent does.
@@ -148,10 +166,16 @@ export function subscribe(
       onComment: () => (failures = 0),
     });
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return { kind: "ended" };
-      parser.feed(value);
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return { kind: "ended", tokenExpired: hasExpired(token) };
+        parser.feed(value);
+      }
+    } finally {
+      // However the reading stops (an onError that throws, say), the connection is closed: left
+      // open, it would hold one of the user's streams on the server until its send timeout.
+      await reader.cancel().catch(() => {});
     }
   }
 
@@ -164,6 +188,7 @@ export function subscribe(
       } catch (error) {
         if (stopping.signal.aborted) break;
         onError?.(error); // the network failed, or the connection dropped mid-stream
+        fresh = false; // the token was not refused: a fresh one would change nothing
         await sleep(backoff(failures++), stopping.signal);
         continue;
       }
@@ -183,7 +208,9 @@ export function subscribe(
         // ended before delivering anything counts as a failure.
         await sleep(backoff(failures++), stopping.signal);
       }
-      fresh = outcome.kind !== "refused";
+      // A 401 refused the token; a stream ended at its `exp` would be refused next. Anything else
+      // (a 429, a 5xx, a server shutting down) says nothing against the token.
+      fresh = outcome.kind === "unauthorized" || (outcome.kind === "ended" && outcome.tokenExpired);
     }
     return undefined;
   })();
@@ -198,6 +225,35 @@ export function subscribe(
     },
     ended: running,
   };
+}
+
+/** The event a message carries; undefined for one from a newer server, which is not for this client. */
+function taskEvent(message: EventSourceMessage): TaskEvent | undefined {
+  const id = message.id ?? "";
+  switch (message.event) {
+    case "task.created":
+    case "task.updated":
+      return { type: message.event, id, task: JSON.parse(message.data) as Task };
+    case "task.deleted":
+      return { type: "task.deleted", id, taskId: (JSON.parse(message.data) as { id: number }).id };
+    case "reset":
+      return { type: "reset" };
+  }
+  return undefined;
+}
+
+/**
+ * Whether the token's `exp` has passed, read without verifying it (the API does that). A token
+ * without a readable one counts as unexpired: if the API refuses it, its 401 asks for a fresh one.
+ */
+function hasExpired(token: string): boolean {
+  try {
+    const payload = token.split(".")[1] ?? "";
+    const { exp } = JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/"))) as { exp?: unknown };
+    return typeof exp === "number" && exp * 1000 <= Date.now();
+  } catch {
+    return false;
+  }
 }
 
 /**

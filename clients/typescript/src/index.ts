@@ -92,8 +92,9 @@ export function createTodoClient({
     raw: client,
 
     /**
-     * Live changes to the user's tasks (src/events.ts): `onEvent` gets each created, updated and
-     * deleted task in order, and `reset` when the list must be refetched. Reconnects by itself.
+     * Live changes to the user's tasks (src/events.ts): `onEvent` gets `reset` once the stream is
+     * live (fetch the list then) and whenever the list must be fetched again, and each created,
+     * updated and deleted task in order. Reconnects by itself.
      * Like any answer, an event's task is remembered: the next write sends its version as If-Match.
      */
     subscribe(userId: string, onEvent: (event: TaskEvent) => void, options?: SubscribeOptions): Subscription {

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { createTodoClient, EventStreamError, type Subscription, type TaskEvent } from "../src/index.js";
+import { createTodoClient, EventStreamError, type Subscription, type Task, type TaskEvent } from "../src/index.js";
 import { baseUrl, clientFor, takeUser } from "./live_api.js";
 
 /** Collects events, and waits until `count` have come. */
@@ -45,20 +45,36 @@ function opened(fetch: (request: Request) => Promise<Response> = (request) => gl
   return { isOpen, fetch: watching };
 }
 
+/**
+ * The API's stream, ended right after its opening `id:` block (no event yet), as a server ends it
+ * when it shuts down or the token expires; and that id.
+ */
+async function endedAfterOpening(response: Response): Promise<{ response: Response; openingId?: string }> {
+  const reader = response.body!.getReader();
+  const decoder = new TextDecoder();
+  let head = "";
+  while (!/\r?\n\r?\n/.test(head)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    head += decoder.decode(value, { stream: true });
+  }
+  await reader.cancel();
+  return { response: new Response(head, response), openingId: /^id: ?(\d+)\r?$/m.exec(head)?.[1] };
+}
+
 test("subscribe delivers created, updated and deleted tasks, each as the API returned it", async () => {
   const user = takeUser("end");
   const todo = clientFor(user);
   const seen = collector();
-  const watch = opened();
-  const subscription = clientFor(user, { fetch: watch.fetch }).subscribe(user.id, seen.onEvent);
-  await watch.isOpen;
+  const subscription = clientFor(user).subscribe(user.id, seen.onEvent);
+  assert.deepEqual(await seen.until(1), [{ type: "reset" }], "the stream is live: refetch now");
 
   const { data: created } = await todo.createTask(user.id, { title: "Live" });
   assert.ok(created);
   const { data: updated } = await todo.updateTask(user.id, created.id, { title: "Live, renamed" });
   assert.ok(updated);
   await todo.deleteTask(user.id, created.id);
-  const events = await seen.until(3);
+  const events = (await seen.until(4)).slice(1);
   await subscription.close();
 
   assert.deepEqual(
@@ -75,18 +91,17 @@ test("subscribe delivers created, updated and deleted tasks, each as the API ret
 test("a tab that applies events writes from the version they carried, not a 412", async () => {
   const user = takeUser("end");
   const elsewhere = clientFor(user); // another tab
-  const watch = opened();
-  const mine = clientFor(user, { fetch: watch.fetch });
+  const mine = clientFor(user);
   const { data: task } = await elsewhere.createTask(user.id, { title: "Shared" });
   assert.ok(task);
-  // The README's live list: list, then apply each event to it.
-  await mine.listTasks(user.id);
+  // The README's live list: subscribe, list on reset, then apply each event to it.
   const seen = collector();
   const subscription = mine.subscribe(user.id, seen.onEvent);
-  await watch.isOpen;
+  await seen.until(1);
+  await mine.listTasks(user.id);
   const toggled = await elsewhere.setTaskCompletion(user.id, task.id);
   assert.equal(toggled.data?.version, 2);
-  const [event] = await seen.until(1);
+  const [, event] = await seen.until(2);
   assert.deepEqual(event, { type: "task.updated", id: (event as { id: string }).id, task: toggled.data });
 
   // What the list now shows (completed, version 2) is what this tab changes.
@@ -128,21 +143,21 @@ test("a dropped stream reconnects with a fresh token and Last-Event-ID, missing 
 
   const { data: first } = await todo.createTask(user.id, { title: "Before the drop" });
   assert.ok(first);
-  const [before] = await seen.until(1);
+  const [, before] = await seen.until(2);
   cut?.abort();
   const missed = [];
   for (const title of ["During 1", "During 2", "During 3"]) {
     const { data } = await todo.createTask(user.id, { title });
     missed.push(data);
   }
-  const events = await seen.until(4);
+  const events = await seen.until(5);
   await subscription.close();
 
   assert.deepEqual(asked.slice(0, 2), [false, true], "a 401 asks for a fresh token");
   assert.deepEqual(
     events.map((event) => (event.type === "task.created" ? event.task : event)),
-    [first, ...missed],
-    "every write once, in order, across the drop",
+    [{ type: "reset" }, first, ...missed],
+    "every write once, in order, across the drop, which needs no reset",
   );
   assert.equal(sentIds.at(-1), (before as { id: string }).id, "resumed after the last event seen");
 });
@@ -208,7 +223,7 @@ test("a stream refused for now (429, every place taken) is reported and tried ag
   await held.pop()?.close(); // gives its place back
   await watch.isOpen; // the refused subscription asked again, and got in
   const { data: created } = await todo.createTask(user.id, { title: "Let in" });
-  const [event] = await seen.until(1);
+  const [reset, event] = await seen.until(2);
   await Promise.all([waiting, ...held].map((subscription) => subscription.close()));
 
   assert.ok(errors.length > 0);
@@ -217,6 +232,7 @@ test("a stream refused for now (429, every place taken) is reported and tried ag
     assert.equal(error.status, 429);
     assert.equal(error.problem?.type, "urn:todo-api:problem:too-many-requests");
   }
+  assert.deepEqual(reset, { type: "reset" });
   assert.equal(event?.type, "task.created");
   assert.deepEqual((event as { task: unknown }).task, created);
   assert.equal(await waiting.ended, undefined, "ended by close(), not by the 429");
@@ -274,7 +290,7 @@ test("a baseUrl with a path (an API behind a gateway) keeps it for the stream to
   await Promise.race([watch.isOpen, refused]);
 
   const { data: created } = await writer.createTask(user.id, { title: "Through the gateway" });
-  const [event] = await seen.until(1);
+  const [, event] = await seen.until(2);
   const listed = await todo.listTasks(user.id);
   await subscription.close();
 
@@ -303,25 +319,18 @@ test("an idle stream that reconnects resumes from the id it opened with, without
       }
       // The first stream ends right after its opening `id:` block (no event yet), as one does when
       // its token expires or the network drops while the user is idle.
-      const reader = response.body!.getReader();
-      const decoder = new TextDecoder();
-      let head = "";
-      while (!/\r?\n\r?\n/.test(head)) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        head += decoder.decode(value, { stream: true });
-      }
-      await reader.cancel();
-      openingId = /^id: ?(\d+)\r?$/m.exec(head)?.[1];
-      return new Response(head, response);
+      const ended = await endedAfterOpening(response);
+      openingId = ended.openingId;
+      return ended.response;
     },
   }).subscribe(user.id, seen.onEvent);
   await reopened;
 
   const { data: created } = await todo.createTask(user.id, { title: "After the reconnect" });
-  const [event] = await seen.until(1);
+  const [reset, event] = await seen.until(2);
   await subscription.close();
 
+  assert.deepEqual(reset, { type: "reset" }, "the first stream's, and no other");
   assert.ok(openingId, "the stream opened with a bare id");
   assert.deepEqual(sentIds, [null, openingId], "reconnected with the id the stream opened with");
   assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
@@ -417,7 +426,7 @@ test("streams cut right after they open are retried ever more slowly, until one 
       }
       return new Response(body, response);
     },
-  }).subscribe(user.id, (event) => deliver(event), {
+  }).subscribe(user.id, (event) => event.type !== "reset" && deliver(event), {
     onError: (error) => errors.push(error) === 3 && reportCut(),
   });
 
@@ -448,4 +457,193 @@ test("streams cut right after they open are retried ever more slowly, until one 
 
   assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
   assert.equal(errors.length, 3, "each cut reported (the stream that ended is no error)");
+});
+
+test("the README's live list, refetched on the first reset, misses a change made as its stream opened", async () => {
+  const user = takeUser("end");
+  const elsewhere = clientFor(user); // another tab
+  let before: Task | undefined;
+  const mine = clientFor(user, {
+    // The other tab's create lands after this one asked for the stream and before the server
+    // opened it, as when the request is slow to get there.
+    fetch: async (request) => {
+      if (request.url.endsWith("/events") && !before) {
+        before = (await elsewhere.createTask(user.id, { title: "Made as the stream opened" })).data;
+      }
+      return fetch(request);
+    },
+  });
+  // The README's pattern: subscribe, refetch on reset, apply each event to the list.
+  let tasks: Task[] = [];
+  let refetching: Promise<void> | undefined;
+  const seen = collector();
+  const live = mine.subscribe(user.id, (event) => {
+    if (event.type === "reset") refetching = mine.listTasks(user.id).then(({ data }) => void (tasks = data ?? []));
+    else if (event.type === "task.created") tasks = [event.task, ...tasks.filter((t) => t.id !== event.task.id)];
+    seen.onEvent(event);
+  });
+  await seen.until(1);
+  await refetching;
+  const { data: after } = await elsewhere.createTask(user.id, { title: "Made once it was open" });
+  const events = await seen.until(2);
+  await live.close();
+
+  assert.deepEqual(
+    events.map((event) => event.type),
+    ["reset", "task.created"],
+  );
+  assert.deepEqual(tasks, [after, before]);
+});
+
+test("a signal aborted already opens no stream: the subscription has ended", async () => {
+  const user = takeUser("end");
+  const events: TaskEvent[] = [];
+  let asked = () => {};
+  const askedForStream = new Promise<"asked for a stream">((resolve) => (asked = () => resolve("asked for a stream")));
+  const subscription = clientFor(user, {
+    fetch: (request) => (asked(), fetch(request)),
+  }).subscribe(user.id, (event) => events.push(event), { signal: AbortSignal.abort() });
+
+  const ended = await Promise.race([subscription.ended, askedForStream]);
+  await subscription.close();
+
+  assert.equal(ended, undefined, "the stream was asked for");
+  assert.deepEqual(events, []);
+});
+
+test("what onEvent throws goes to onError as thrown, and the same stream goes on", async () => {
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  let streams = 0;
+  const thrown: Error[] = [];
+  const errors: unknown[] = [];
+  const seen = collector();
+  const subscription = clientFor(user, { fetch: (request) => (streams++, fetch(request)) }).subscribe(
+    user.id,
+    (event) => {
+      seen.onEvent(event);
+      if (event.type !== "task.created") return;
+      thrown.push(new Error(`the app's bug #${thrown.length + 1}`));
+      throw thrown.at(-1);
+    },
+    { onError: (error) => errors.push(error) },
+  );
+  await seen.until(1);
+  // More than MAX_STREAMS_PER_USER (5): a connection left open by each throw would take every place.
+  const created: (Task | undefined)[] = [];
+  for (let i = 1; i <= 6; i++) created.push((await todo.createTask(user.id, { title: `Throw ${i}` })).data);
+  const events = await seen.until(7);
+  const another = await fetch(`${baseUrl}/api/${user.id}/events`, {
+    headers: { Authorization: `Bearer ${user.token}` },
+  });
+  await another.body?.cancel();
+  await subscription.close();
+
+  assert.deepEqual(
+    events.map((event) => ("task" in event ? event.task : event)),
+    [{ type: "reset" }, ...created],
+  );
+  assert.equal(errors.length, 6);
+  assert.ok(
+    errors.every((error, i) => error === thrown[i]),
+    `not what onEvent threw: ${errors.map(String)}`,
+  );
+  assert.equal(streams, 1, "one stream throughout");
+  assert.equal(another.status, 200, "another stream of the user's was let in");
+});
+
+test("an event whose data cannot be read is reported and comes as a reset, and the stream goes on", async () => {
+  const user = takeUser("end");
+  let streams = 0;
+  const errors: unknown[] = [];
+  const seen = collector();
+  const subscription = clientFor(user, {
+    // A proxy that mangled one event's data; the stream stays open until close().
+    fetch: async (request) => {
+      streams++;
+      const wire = [
+        "id: 1\n\n",
+        'event: task.created\nid: 2\ndata: {"id": 7, "tit\n\n',
+        'event: task.deleted\nid: 3\ndata: {"id": 8}\n\n',
+      ];
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode(wire.join("")));
+          request.signal.addEventListener("abort", () => controller.error(request.signal.reason), { once: true });
+        },
+      });
+      return new Response(body, { headers: { "Content-Type": "text/event-stream" } });
+    },
+  }).subscribe(user.id, seen.onEvent, { onError: (error) => errors.push(error) });
+
+  const events = await seen.until(3);
+  const lastEventId = subscription.lastEventId;
+  await subscription.close();
+
+  assert.deepEqual(events, [{ type: "reset" }, { type: "reset" }, { type: "task.deleted", id: "3", taskId: 8 }]);
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof SyntaxError, String(errors[0]));
+  assert.equal(streams, 1, "one stream throughout");
+  assert.equal(lastEventId, "3");
+});
+
+test("reconnecting after a server shut down, and through the outage after, asks for no fresh token", async (t) => {
+  t.mock.method(Math, "random", () => 0); // no backoff: each attempt at once
+  const user = takeUser("end");
+  const asked: boolean[] = [];
+  let attempts = 0;
+  let reopen = () => {};
+  const reopened = new Promise<void>((resolve) => (reopen = resolve));
+  const subscription = createTodoClient({
+    baseUrl,
+    getToken: async ({ fresh }) => (asked.push(fresh), user.token),
+    fetch: async (request) => {
+      attempts++;
+      // The server ends the stream as it shuts down, and cannot be reached for three attempts.
+      if (attempts === 1) return (await endedAfterOpening(await fetch(request))).response;
+      if (attempts <= 4) throw new TypeError("fetch failed", { cause: new Error("connect ECONNREFUSED") });
+      const response = await fetch(request);
+      if (response.ok) reopen();
+      return response;
+    },
+  }).subscribe(user.id, () => {});
+
+  await reopened;
+  await subscription.close();
+
+  assert.deepEqual(asked, [false, false, false, false, false], "a token nobody refused is kept");
+});
+
+test("a stream that ended at its token's expiry reconnects with a fresh token, without a 401 first", async (t) => {
+  t.mock.method(Math, "random", () => 0);
+  const user = takeUser("end");
+  const asked: boolean[] = [];
+  const statuses: number[] = [];
+  let reopen = () => {};
+  const reopened = new Promise<void>((resolve) => (reopen = resolve));
+  const subscription = createTodoClient({
+    baseUrl,
+    getToken: async ({ fresh }) => (asked.push(fresh), fresh ? user.token : user.expiredToken),
+    fetch: async (request) => {
+      if (statuses.length > 0) {
+        const response = await fetch(request);
+        statuses.push(response.status);
+        if (response.ok) reopen();
+        return response;
+      }
+      // The first stream opened while its token was valid, and the server ended it at the token's
+      // `exp`: the API is sent a token it accepts, and the client holds one that has expired since.
+      const accepted = new Request(request);
+      accepted.headers.set("Authorization", `Bearer ${user.token}`);
+      const response = await fetch(accepted);
+      statuses.push(response.status);
+      return (await endedAfterOpening(response)).response;
+    },
+  }).subscribe(user.id, () => {});
+
+  await reopened;
+  await subscription.close();
+
+  assert.deepEqual(asked, [false, true]);
+  assert.deepEqual(statuses, [200, 200], "no 401 on the way");
 });
