@@ -47,9 +47,13 @@ export interface WriteOptions {
   ifMatch?: string;
 }
 
-// A create that failed in transit is sent this many times in all, waiting 200 ms, then 400 ms.
+// A create that failed in transit or got a 5xx is sent this many times in all, waiting 200 ms, then
+// 400 ms, or as long as the 5xx's Retry-After asks (503 isolation-unverified, say) up to
+// CREATE_MAX_RETRY_AFTER_MS: a create asked to wait longer is answered with that 5xx instead, for
+// the app to decide whether its user waits.
 const CREATE_ATTEMPTS = 3;
 const CREATE_RETRY_DELAY_MS = 200;
+const CREATE_MAX_RETRY_AFTER_MS = 10_000;
 
 export type TodoClient = ReturnType<typeof createTodoClient>;
 
@@ -146,13 +150,16 @@ export function createTodoClient({
             body: task,
           });
           if (result.response.status < 500 || attempt === CREATE_ATTEMPTS) return remember(result);
+          const wait = retryAfterMs(result.response) ?? CREATE_RETRY_DELAY_MS * attempt;
+          if (wait > CREATE_MAX_RETRY_AFTER_MS) return remember(result);
+          await sleep(wait);
         } catch (error) {
           // fetch rejects with a TypeError when the connection failed or dropped (Fetch standard):
           // the create may or may not have happened. Anything else (getToken failing, an abort) is
           // not a reason to send it again.
           if (!(error instanceof TypeError) || attempt === CREATE_ATTEMPTS) throw error;
+          await sleep(CREATE_RETRY_DELAY_MS * attempt);
         }
-        await sleep(CREATE_RETRY_DELAY_MS * attempt);
       }
     },
 
@@ -248,6 +255,12 @@ function nextCursor(link: string | null): string | undefined {
   if (target === undefined) return undefined;
   // The target is relative to the API; any base will do to read its query.
   return new URL(target, "http://api").searchParams.get("cursor") ?? undefined;
+}
+
+/** A Retry-After in seconds (the API never sends a date), as milliseconds. */
+function retryAfterMs(response: Response): number | undefined {
+  const seconds = Number(response.headers.get("Retry-After") ?? NaN);
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : undefined;
 }
 
 function sleep(ms: number): Promise<void> {

@@ -209,3 +209,70 @@ test("a repeated create shows the task as it is now, so the next write is not a 
   const next = await mine.setTaskCompletion(user.id, first.data.id, true);
   assert.equal(next.response.status, 200, JSON.stringify(next.error));
 });
+
+/** A 503 as the API sends it while isolation is unverified. */
+function isolationUnverified(retryAfter: string): Response {
+  const problem = {
+    type: "urn:todo-api:problem:isolation-unverified",
+    title: "Isolation unverified",
+    status: 503,
+    detail: "the last isolation check did not complete",
+  };
+  return Response.json(problem, { status: 503, headers: { "Retry-After": retryAfter } });
+}
+
+test("a create answered 503 with Retry-After is sent again after it, with the same key", async (t) => {
+  const user = takeUser("start");
+  const keys: (string | null)[] = [];
+  const waits: number[] = [];
+  let refused = false;
+  // The client's wait after the 503 is noted and cut short; every other timer runs as it was set.
+  const realSetTimeout = globalThis.setTimeout;
+  t.mock.method(globalThis, "setTimeout", ((callback: () => void, ms?: number) => {
+    if (!refused) return realSetTimeout(callback, ms);
+    refused = false;
+    waits.push(ms ?? 0);
+    return realSetTimeout(callback, 0);
+  }) as typeof setTimeout);
+  const todo = clientFor(user, {
+    fetch: async (request) => {
+      if (request.method !== "POST") return fetch(request);
+      keys.push(request.headers.get("Idempotency-Key"));
+      if (keys.length > 1) return fetch(request);
+      refused = true;
+      return isolationUnverified("8");
+    },
+  });
+
+  const created = await todo.createTask(user.id, { title: "After the wait" });
+
+  assert.deepEqual(waits, [8000], "waited as long as Retry-After asked");
+  assert.equal(created.response.status, 201, JSON.stringify(created.error));
+  assert.deepEqual(keys, [keys[0], keys[0]]);
+  const listed = await todo.listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((task) => task.title),
+    ["After the wait"],
+  );
+});
+
+test("a create asked to wait longer than the client does is answered with that 503 at once", async () => {
+  const user = takeUser("start");
+  let attempts = 0;
+  const todo = clientFor(user, {
+    fetch: async (request) => {
+      if (request.method !== "POST") return fetch(request);
+      attempts++;
+      return isolationUnverified("60");
+    },
+  });
+
+  const refused = await todo.createTask(user.id, { title: "Not now" });
+
+  assert.equal(attempts, 1);
+  assert.equal(refused.response.status, 503);
+  assert.equal(refused.error?.type, "urn:todo-api:problem:isolation-unverified");
+  assert.equal(refused.response.headers.get("Retry-After"), "60");
+  const listed = await todo.listTasks(user.id);
+  assert.deepEqual(listed.data, []);
+});
