@@ -5,7 +5,8 @@
  * creates that are safe to retry.
  *
  * Each method returns openapi-fetch's result: `{ data, response }` on success, or
- * `{ error, response }` with the problem document (RFC 9457) when the API refused.
+ * `{ error, response }` with the problem document (RFC 9457) when the API (or something in front of
+ * it) refused.
  */
 import createClient from "openapi-fetch";
 import type { components, operations, paths } from "./schema.js";
@@ -33,7 +34,9 @@ export interface TodoClientOptions {
 
 /**
  * What each method resolves to: openapi-fetch's result, narrowed on `error`. The error is the
- * problem document the API sent (RFC 9457); a proxy's own error page would come as text instead.
+ * problem document the API sent (RFC 9457). An answer without one (a proxy's error page, an empty
+ * 502) gets one made from its status, as RFC 9457 describes for `about:blank`: `title` is the
+ * status text, `detail` the body's text (or the title when it had none).
  */
 export type Result<T> =
   | { data: T; error?: never; response: Response }
@@ -77,10 +80,18 @@ export function createTodoClient({
     if (task.version > (versions.get(task.id) ?? 0)) versions.set(task.id, task.version);
   }
 
-  /** Notes the version of every task a result carries (200, 201), and passes the result on. */
-  function remember<R extends { data?: Task | Task[]; response: Response }>(result: R): R {
+  /**
+   * Notes the version of every task a result carries (200, 201), forgets the task's once an answer
+   * about it says it is gone (204, 404), and passes the result on with its error a problem document.
+   */
+  function settle<R extends { data?: Task | Task[]; error?: unknown; response: Response }>(
+    result: R,
+    taskId?: number,
+  ): R {
+    const { status } = result.response;
+    if (taskId !== undefined && (status === 204 || status === 404)) versions.delete(taskId);
     for (const task of result.data === undefined ? [] : [result.data].flat()) see(task);
-    return result;
+    return result.response.ok ? result : { ...result, error: problemOf(result.error, result.response) };
   }
 
   function taskParams(userId: string, taskId: number, ifMatch?: string) {
@@ -120,7 +131,7 @@ export function createTodoClient({
       userId: string,
       query: ListQuery = {},
     ): Promise<Result<Task[]> & { next?: ListQuery }> {
-      const result = remember(
+      const result = settle(
         await client.GET("/api/{user_id}/tasks", {
           params: { path: { user_id: userId }, query },
         }),
@@ -149,9 +160,9 @@ export function createTodoClient({
             params: { path: { user_id: userId }, header: { "Idempotency-Key": idempotencyKey } },
             body: task,
           });
-          if (result.response.status < 500 || attempt === CREATE_ATTEMPTS) return remember(result);
+          if (result.response.status < 500 || attempt === CREATE_ATTEMPTS) return settle(result);
           const wait = retryAfterMs(result.response) ?? CREATE_RETRY_DELAY_MS * attempt;
-          if (wait > CREATE_MAX_RETRY_AFTER_MS) return remember(result);
+          if (wait > CREATE_MAX_RETRY_AFTER_MS) return settle(result);
           await sleep(wait);
         } catch (error) {
           // fetch rejects with a TypeError when the connection failed or dropped (Fetch standard):
@@ -173,8 +184,7 @@ export function createTodoClient({
         params: { path: { user_id: userId, task_id: taskId }, header: { "If-None-Match": ifNoneMatch } },
       });
       if (result.response.status === 304) return { response: result.response };
-      if (result.response.status === 404) versions.delete(taskId);
-      return remember(result);
+      return settle(result, taskId);
     },
 
     /** Changes the fields given (`description: null` clears it); 412 if the task changed meanwhile. */
@@ -184,11 +194,12 @@ export function createTodoClient({
       changes: TaskChanges,
       { ifMatch }: WriteOptions = {},
     ): Promise<Result<Task>> {
-      return remember(
+      return settle(
         await client.PUT("/api/{user_id}/tasks/{task_id}", {
           params: taskParams(userId, taskId, ifMatch),
           body: changes,
         }),
+        taskId,
       );
     },
 
@@ -199,11 +210,12 @@ export function createTodoClient({
       completed?: boolean,
       { ifMatch }: WriteOptions = {},
     ): Promise<Result<Task>> {
-      return remember(
+      return settle(
         await client.PATCH("/api/{user_id}/tasks/{task_id}/complete", {
           params: taskParams(userId, taskId, ifMatch),
           body: completed === undefined ? undefined : { completed },
         }),
+        taskId,
       );
     },
 
@@ -213,11 +225,12 @@ export function createTodoClient({
       taskId: number,
       { ifMatch }: WriteOptions = {},
     ): Promise<Result<undefined>> {
-      const result = await client.DELETE("/api/{user_id}/tasks/{task_id}", {
-        params: taskParams(userId, taskId, ifMatch),
-      });
-      if (result.response.status === 204 || result.response.status === 404) versions.delete(taskId);
-      return result;
+      return settle(
+        await client.DELETE("/api/{user_id}/tasks/{task_id}", {
+          params: taskParams(userId, taskId, ifMatch),
+        }),
+        taskId,
+      );
     },
   };
 }
@@ -255,6 +268,19 @@ function nextCursor(link: string | null): string | undefined {
   if (target === undefined) return undefined;
   // The target is relative to the API; any base will do to read its query.
   return new URL(target, "http://api").searchParams.get("cursor") ?? undefined;
+}
+
+/**
+ * The error openapi-fetch read from a non-2xx answer if it is a problem document; otherwise (its
+ * text, undefined for an empty body, or some other JSON) one made from the status, so `error` is
+ * always what its type says.
+ */
+function problemOf(error: unknown, response: Response): Problem {
+  const candidate = error as Partial<Problem> | null | undefined;
+  if (typeof candidate?.type === "string" && typeof candidate.status === "number") return candidate as Problem;
+  const title = response.statusText || `HTTP ${response.status}`;
+  const text = typeof error === "string" ? error : error === undefined ? "" : JSON.stringify(error);
+  return { type: "about:blank", title, status: response.status, detail: text || title };
 }
 
 /** A Retry-After in seconds (the API never sends a date), as milliseconds. */

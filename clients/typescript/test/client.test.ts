@@ -276,3 +276,63 @@ test("a create asked to wait longer than the client does is answered with that 5
   const listed = await todo.listTasks(user.id);
   assert.deepEqual(listed.data, []);
 });
+
+test("a write answered 404 forgets the task's version, as a delete does", async () => {
+  const user = takeUser("start");
+  const sent: (string | null)[] = [];
+  const mine = clientFor(user, {
+    fetch: (request) => {
+      if (request.method !== "GET") sent.push(request.headers.get("If-Match"));
+      return fetch(request);
+    },
+  });
+  const elsewhere = clientFor(user); // another tab, which deletes the tasks
+  const { data: first } = await elsewhere.createTask(user.id, { title: "Updated after its delete" });
+  const { data: second } = await elsewhere.createTask(user.id, { title: "Toggled after its delete" });
+  assert.ok(first && second);
+  await mine.listTasks(user.id);
+  await elsewhere.deleteTask(user.id, first.id);
+  await elsewhere.deleteTask(user.id, second.id);
+
+  const statuses = [];
+  for (let round = 0; round < 2; round++) {
+    statuses.push((await mine.updateTask(user.id, first.id, { title: "Gone" })).response.status);
+    statuses.push((await mine.setTaskCompletion(user.id, second.id)).response.status);
+  }
+
+  assert.deepEqual(statuses, [404, 404, 404, 404]);
+  assert.deepEqual(sent, [etagOf(first), etagOf(second), null, null], "no version kept of a task that is gone");
+});
+
+test("an answer without a problem document (a proxy's page, an empty 502) gets one from its status", async () => {
+  const user = takeUser("start");
+  const answers = [
+    new Response("<html>Bad gateway</html>", {
+      status: 502,
+      statusText: "Bad Gateway",
+      headers: { "Content-Type": "text/html" },
+    }),
+    new Response(null, { status: 503, statusText: "Service Unavailable" }),
+    new Response(null, { status: 504, headers: { "Content-Length": "0" } }),
+    Response.json({ message: "not a problem document" }, { status: 500 }),
+  ];
+  // A proxy in front of the API answers in its place.
+  const todo = clientFor(user, { fetch: async () => answers.shift() ?? Response.error() });
+
+  const results = [
+    await todo.listTasks(user.id),
+    await todo.getTask(user.id, 1),
+    await todo.deleteTask(user.id, 1),
+    await todo.updateTask(user.id, 1, { title: "Behind a proxy" }),
+  ];
+
+  assert.deepEqual(
+    results.map((result) => result.error),
+    [
+      { type: "about:blank", title: "Bad Gateway", status: 502, detail: "<html>Bad gateway</html>" },
+      { type: "about:blank", title: "Service Unavailable", status: 503, detail: "Service Unavailable" },
+      { type: "about:blank", title: "HTTP 504", status: 504, detail: "HTTP 504" },
+      { type: "about:blank", title: "HTTP 500", status: 500, detail: '{"message":"not a problem document"}' },
+    ],
+  );
+});
