@@ -257,6 +257,29 @@ def assert_problem(
     return body
 
 
+# A bug's shape, for the tests of how a 500 is answered, logged and traced: the database raises an
+# error the API expects nowhere, for no fault of the client. A refused privilege or a name the
+# database no longer knows would not do: those are isolation findings, answered 503.
+_RAISES = "language plpgsql as $$ begin raise exception 'a bug'; end $$"
+
+
+def break_task_updates(db: psycopg.Connection[Any]) -> None:
+    """From now on every UPDATE of a task on `db`'s database fails (RaiseException), by a trigger."""
+    db.execute(f"create function public.a_bug() returns trigger {_RAISES}")
+    db.execute(
+        "create trigger a_bug before update on public.tasks for each row execute function public.a_bug()"
+    )
+
+
+def break_event_reads(db: psycopg.Connection[Any]) -> None:
+    """From now on every read of task_events by todo_app fails (RaiseException), by a policy."""
+    db.execute(f"create function public.a_bug() returns boolean {_RAISES}")
+    db.execute(
+        "create policy a_bug on public.task_events as restrictive for select to todo_app"
+        " using (public.a_bug())"
+    )
+
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

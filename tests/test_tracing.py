@@ -23,6 +23,7 @@ from api.telemetry.tracing import tracer_for
 from tests.support import (
     PROJECT,
     assert_problem,
+    break_task_updates,
     new_user,
     serving,
     serving_client,
@@ -171,8 +172,7 @@ def test_a_bugs_span_names_its_route_and_500_and_is_an_error(
     alice = new_user()
     with _traced(settings_for(migrated_db_url)) as (client, exporter):
         task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
-        # A bug's shape: the API sends a statement the database refuses for no fault of the client.
-        migrated_db.execute("revoke update (title) on tasks from todo_app")
+        break_task_updates(migrated_db)
         migrated_db.commit()
         broken = client.put(alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers)
 
