@@ -90,6 +90,7 @@ from api.db.pool import (
     allow_preparing,
     allow_preparing_if_direct,
     answer_within,
+    configure_sessions,
     ended_while_idle,
     try_again,
 )
@@ -216,7 +217,7 @@ class Database:
             application_name="todo-api",
         )
         prepare = settings.db_prepare_threshold is not None
-        configure = {"auto": allow_preparing_if_direct, "on": allow_preparing, "off": None}[
+        preparing = {"auto": allow_preparing_if_direct, "on": allow_preparing, "off": None}[
             settings.db_prepared_statements
         ]
         liveness = LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
@@ -241,7 +242,7 @@ class Database:
             reconnect_timeout=RECONNECT_TRIES_FOR_SECONDS,
             reconnect_failed=try_again,
             # Pipelined statements are prepared by psycopg (DB_PREPARE_THRESHOLD) instead.
-            configure=None if prepare else configure,
+            configure=configure_sessions(None if prepare else preparing),
             open=False,
         )
         pool.answer_timeout_seconds = settings.db_connect_timeout_seconds

@@ -20,7 +20,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -214,6 +214,37 @@ class PingConnection:
         self._closed = True
         if self._connection is not None:
             await self._connection.close()
+
+
+# How the server writes the times psycopg reads, set once for each session that reads a time. psycopg
+# parses a timestamptz only in DateStyle ISO, and gives it in the TimeZone the server last reported for
+# the session, at the end of a message, by which time a transaction's own set_config is undone. So a
+# DBA's DateStyle (ALTER DATABASE ... SET DateStyle = 'SQL, DMY') made every answer holding a task a
+# 500, and their TimeZone shifted its times off UTC, which the contract promises. Unlike the role and
+# app.user_id, these two may outlive a transaction: they decide nothing about who sees what, and
+# PgBouncer (Neon's pooler) keeps both per client, setting them again on whichever server connection
+# it lends the client next.
+_TIMES_AS_PSYCOPG_READS_THEM = (
+    "SELECT pg_catalog.set_config('DateStyle', 'ISO', false), pg_catalog.set_config('TimeZone', 'UTC', false)"
+)
+
+
+async def read_times_in_utc(connection: psycopg.AsyncConnection[Any]) -> None:
+    """Make the session write times as psycopg reads them, in UTC, whatever the database's settings."""
+    await connection.execute(_TIMES_AS_PSYCOPG_READS_THEM, prepare=False)
+
+
+def configure_sessions(
+    preparing: Callable[[Connection], Awaitable[None]] | None,
+) -> Callable[[Connection], Awaitable[None]]:
+    """The pool's configure step: times read in UTC (`read_times_in_utc`), then `preparing`'s step."""
+
+    async def configure(connection: Connection) -> None:
+        await read_times_in_utc(connection)
+        if preparing is not None:
+            await preparing(connection)
+
+    return configure
 
 
 async def allow_preparing_if_direct(connection: Connection) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from api.db.pool import read_times_in_utc
 from api.db.prepared import preparing_setting, reaches_postgres_itself, sessions_pass_between_clients
 from api.db.urls import libpq_url
 from api.ops.failures import CommandFailed, database_failure
@@ -228,6 +229,7 @@ async def check_direct_url(url: str, settings: Settings, served: tuple[object, s
             conninfo, autocommit=True, prepare_threshold=None
         ) as connection:
             reaches_postgres = await reaches_postgres_itself(connection)
+            await read_times_in_utc(connection)
             cursor = await connection.execute(f"{_SERVER_AND_DATABASE}, pg_is_in_recovery()")
             row = await cursor.fetchone()
     except psycopg.OperationalError as error:
@@ -272,6 +274,7 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
             await refuse_a_read_only_database(connection, "DATABASE_URL")
+            await read_times_in_utc(connection)
             cursor = await connection.execute(_SERVER_AND_DATABASE)
             served = await cursor.fetchone()
             assert served is not None

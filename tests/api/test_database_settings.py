@@ -1,0 +1,85 @@
+"""A Postgres a DBA runs with settings of their own (ALTER DATABASE ... SET, ALTER ROLE ... SET,
+postgresql.conf, the URL's options) that change how the server writes what it sends: the API still
+answers as its contract says, or refuses at start in one line naming the setting.
+"""
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from api.app import create_app
+from tests.api.events_client import opened
+from tests.support import CLI, SECRET, as_role, cli_env, new_user, serve_process, serving, settings_for
+
+# How a DBA writes times for people: each made psycopg, which parses a timestamptz only in DateStyle
+# ISO and gives it in the session's TimeZone, fail every request with a task in it (a 500) or render
+# its times with the DBA's offset where the contract says UTC.
+TIME_SETTINGS = [
+    pytest.param("DateStyle", "SQL, DMY", id="DateStyle-SQL"),
+    pytest.param("DateStyle", "German", id="DateStyle-German"),
+    pytest.param("TimeZone", "Asia/Kolkata", id="TimeZone-Kolkata"),
+]
+
+
+def _alter_database(owner_url: str, name: str, value: str) -> None:
+    with psycopg.connect(owner_url, autocommit=True) as owner:
+        owner.execute(
+            sql.SQL("alter database {} set {} = {}").format(
+                sql.Identifier(owner.info.dbname), sql.Identifier(name), sql.Literal(value)
+            )
+        )
+
+
+def _is_utc(moment: str) -> bool:
+    return moment.endswith("Z")
+
+
+async def _write_and_read(base_url: str) -> dict[str, Any]:
+    alice = new_user(email="alice@example.com", name="Alice")
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        created = await client.post(alice.tasks_url, json={"title": "Café"}, headers=alice.headers)
+        assert created.status_code == 201, created.text
+        task = created.json()
+        got = await client.get(alice.task_url(task["id"]), headers=alice.headers)
+        listed = await client.get(alice.tasks_url, headers=alice.headers)
+        toggled = await client.patch(f"{alice.task_url(task['id'])}/complete", headers=alice.headers)
+        async with opened(client, alice, last_event_id="0") as stream:
+            event = await stream.next()
+    assert (got.status_code, listed.status_code, toggled.status_code) == (200, 200, 200)
+    return {"created": task, "got": got.json(), "listed": listed.json()[0], "event": event.data}
+
+
+@pytest.mark.parametrize(("name", "value"), TIME_SETTINGS)
+def test_times_read_as_the_contract_says_whatever_the_databases_date_style_and_time_zone(
+    migrated_db_url: str, name: str, value: str
+) -> None:
+    _alter_database(migrated_db_url, name, value)
+    with serving(create_app(settings_for(as_role(migrated_db_url)))) as base_url:
+        seen = asyncio.run(_write_and_read(base_url))
+    created = seen["created"]
+    assert _is_utc(created["created_at"]), created
+    assert _is_utc(created["updated_at"]), created
+    # One moment, written the same way by every representation of the task.
+    assert {seen[where]["created_at"] for where in ("got", "listed", "event")} == {created["created_at"]}
+
+
+@pytest.mark.parametrize(("name", "value"), TIME_SETTINGS[:1])
+def test_serve_starts_whatever_the_databases_date_style(
+    tmp_path: Path, migrated_db_url: str, name: str, value: str
+) -> None:
+    """Its start-up check read the server's start time, and serve ended in a traceback
+    (NotImplementedError: can't parse timestamptz with DateStyle 'SQL, DMY')."""
+    _alter_database(migrated_db_url, name, value)
+    env = cli_env(DATABASE_URL=as_role(migrated_db_url), BETTER_AUTH_SECRET=SECRET)
+    with serve_process(
+        [*CLI, "serve"],
+        cwd=tmp_path,
+        env=env,
+        output=tmp_path / "serve.log",
+    ) as (base_url, _):
+        assert httpx.get(f"{base_url}/readyz").status_code == 200
