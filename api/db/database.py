@@ -133,6 +133,12 @@ class Deadlocked(DatabaseUnavailable):
 
 
 Rows = list[DictRow]
+
+# psycopg encodes what it sends, and decodes what it reads, in the session's client_encoding, and the
+# API's text is Unicode: a DBA's client_encoding (LATIN1, on the database, the role or in the URL's
+# options) made a title outside it a 500, and an event with an accent in it cut its stream. Given as a
+# connection parameter it beats each of those, and PgBouncer keeps it per client.
+CLIENT_ENCODING = "UTF8"
 _READ_ONLY = metrics.transaction_duration.labels("read_only")
 _READ_WRITE = metrics.transaction_duration.labels("read_write")
 
@@ -215,6 +221,7 @@ class Database:
             settings.database_url.get_secret_value(),
             connect_timeout=settings.db_connect_timeout_seconds,
             application_name="todo-api",
+            client_encoding=CLIENT_ENCODING,
         )
         prepare = settings.db_prepare_threshold is not None
         preparing = {"auto": allow_preparing_if_direct, "on": allow_preparing, "off": None}[

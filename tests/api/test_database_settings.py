@@ -14,7 +14,16 @@ from psycopg import sql
 
 from api.app import create_app
 from tests.api.events_client import opened
-from tests.support import CLI, SECRET, as_role, cli_env, new_user, serve_process, serving, settings_for
+from tests.support import (
+    CLI,
+    SECRET,
+    as_role,
+    cli_env,
+    new_user,
+    serve_process,
+    serving,
+    settings_for,
+)
 
 # How a DBA writes times for people: each made psycopg, which parses a timestamptz only in DateStyle
 # ISO and gives it in the session's TimeZone, fail every request with a task in it (a 500) or render
@@ -83,3 +92,31 @@ def test_serve_starts_whatever_the_databases_date_style(
         output=tmp_path / "serve.log",
     ) as (base_url, _):
         assert httpx.get(f"{base_url}/readyz").status_code == 200
+
+
+async def _store_and_hear(base_url: str, title: str) -> tuple[int, str, Any]:
+    alice = new_user()
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        created = await client.post(alice.tasks_url, json={"title": title}, headers=alice.headers)
+        if created.status_code != 201:
+            return created.status_code, created.text, None
+        got = await client.get(alice.task_url(created.json()["id"]), headers=alice.headers)
+        async with opened(client, alice, last_event_id="0") as stream:
+            event = await stream.next()
+    return got.status_code, got.json()["title"], event.data["title"]
+
+
+@pytest.mark.parametrize("where", ["database", "url"])
+def test_any_title_is_stored_and_heard_whatever_client_encoding_the_dba_gives_the_sessions(
+    migrated_db_url: str, where: str
+) -> None:
+    """With client_encoding LATIN1 a title outside it was a 500 (psycopg could not encode the query),
+    and an event with an accent in it a traceback that cut the stream (json.loads wants UTF-8)."""
+    url = as_role(migrated_db_url)
+    if where == "database":
+        _alter_database(migrated_db_url, "client_encoding", "LATIN1")
+    else:
+        url += "&options=-c%20client_encoding%3DLATIN1"
+    title = "Café, 東京, ✓"
+    with serving(create_app(settings_for(url))) as base_url:
+        assert asyncio.run(_store_and_hear(base_url, title)) == (200, title, title)
