@@ -116,7 +116,15 @@ def compiled(statement: ClauseElement) -> CompiledStatement:
 
 
 def begin(*, read_only: bool) -> str:
-    return "BEGIN READ ONLY" if read_only else "BEGIN"
+    """The transaction's BEGIN. READ COMMITTED whatever the database's default_transaction_isolation:
+    each statement is written for it (a write that waited for a row lock reads the row as that lock
+    left it, an If-Match included), where under a DBA's repeatable read or serializable default some
+    of a user's concurrent writes failed to serialize, a 503 that said the database was away."""
+    return (
+        "BEGIN READ ONLY, ISOLATION LEVEL READ COMMITTED"
+        if read_only
+        else "BEGIN ISOLATION LEVEL READ COMMITTED"
+    )
 
 
 @lru_cache(maxsize=1024)
