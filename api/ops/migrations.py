@@ -15,7 +15,7 @@ from yoyo.migrations import MigrationList
 
 from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, missing, read_sql
 from api.db.urls import libpq_url, yoyo_url
-from api.ops.startup_checks import READ_ONLY_STATE, read_only_refusal
+from api.ops.startup_checks import ENCODING_STATE, READ_ONLY_STATE, encoding_refusal, read_only_refusal
 from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 
 # How long a statement of a migration waits for a lock another session holds before it gives up,
@@ -140,14 +140,18 @@ def _not_the_owner(role: str, owners: list[str]) -> MigrationFailed:
 
 
 def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int, setting: str) -> None:
-    """Only the schema's owner migrates it (none yet: whoever may create there becomes it), and only
+    """Only the schema's owner migrates it (none yet: whoever may create there becomes it), only
     where it can write: on a standby, or in read-only sessions, yoyo's lock is refused, and yoyo
-    retries it as if another migration held it."""
+    retries it as if another migration held it; and only a database `serve` would serve, in UTF-8."""
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
     with psycopg.connect(conninfo, autocommit=True) as connection:
         state = connection.execute(READ_ONLY_STATE).fetchone()
         assert state is not None
         refusal = read_only_refusal(in_recovery=bool(state[0]), read_only=bool(state[1]), setting=setting)
+        if refusal is not None:
+            raise MigrationFailed(f"{refusal}; nothing was changed")
+        database, encoding = connection.execute(ENCODING_STATE).fetchone() or ("", "")
+        refusal = encoding_refusal(database=str(database), encoding=str(encoding), setting=setting)
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
         row = connection.execute(

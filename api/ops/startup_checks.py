@@ -1,9 +1,9 @@
 """Mistakes `todo-api` catches before it starts anything: a port already taken, the development
-database offered beyond this machine, a database that is not migrated, does not isolate users or
-refuses every write, more connections than Postgres allows, prepared statements asked of a pooler
-that loses them, a DATABASE_DIRECT_URL that reaches another database than DATABASE_URL, and a
-variable that was meant to be a setting but is misspelt. `check_database` runs the database's, once
-for every worker.
+database offered beyond this machine, a database that is not migrated, does not isolate users,
+refuses every write or is not encoded in UTF-8, more connections than Postgres allows, prepared
+statements asked of a pooler that loses them, a DATABASE_DIRECT_URL that reaches another database
+than DATABASE_URL, and a variable that was meant to be a setting but is misspelt. `check_database`
+runs the database's, once for every worker.
 
 Each is one message: a refusal is a CommandFailed, a near miss a warning.
 """
@@ -142,6 +142,34 @@ async def refuse_a_read_only_database(connection: psycopg.AsyncConnection[Any], 
         raise CommandFailed(f"Refusing to serve: {refusal}")
 
 
+# The database's encoding. A title or description is any Unicode text, and Postgres refuses to store a
+# character its database's encoding lacks: in a LATIN1 database a title of 東京 was a 500. SQL_ASCII
+# checks nothing and counts bytes where the API counts characters.
+ENCODING_STATE = "select pg_catalog.current_database(), pg_catalog.current_setting('server_encoding')"
+
+
+def encoding_refusal(*, database: str, encoding: str, setting: str) -> str | None:
+    """Why `setting`'s database cannot hold what users write, and the fix; None when it can."""
+    if encoding == "UTF8":
+        return None
+    return (
+        f"database {database}, which {setting} reaches, is encoded in {encoding}, which cannot store "
+        "every title a user may send (Postgres refuses a character its encoding lacks), and a "
+        "database's encoding cannot be changed: create one with ENCODING 'UTF8' (CREATE DATABASE ... "
+        f"ENCODING 'UTF8' TEMPLATE template0), migrate it, move the data there and point {setting} at it"
+    )
+
+
+async def refuse_a_database_not_in_utf8(connection: psycopg.AsyncConnection[Any], setting: str) -> None:
+    """Fail in one line when the database cannot store every title (`encoding_refusal`)."""
+    cursor = await connection.execute(ENCODING_STATE)
+    row = await cursor.fetchone()
+    assert row is not None
+    refusal = encoding_refusal(database=str(row[0]), encoding=str(row[1]), setting=setting)
+    if refusal is not None:
+        raise CommandFailed(f"Refusing to serve: {refusal}")
+
+
 # What each worker opens beside its pool of DB_POOL_SIZE: the readiness check's connection and the
 # LISTEN one for live changes (docs/operations.md, "More API workers and hosts").
 EXTRA_CONNECTIONS_PER_WORKER = 2
@@ -274,6 +302,7 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
             await refuse_a_read_only_database(connection, "DATABASE_URL")
+            await refuse_a_database_not_in_utf8(connection, "DATABASE_URL")
             await read_times_in_utc(connection)
             cursor = await connection.execute(_SERVER_AND_DATABASE)
             served = await cursor.fetchone()

@@ -4,6 +4,7 @@ answers as its contract says, or refuses at start in one line naming the setting
 """
 
 import asyncio
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,20 +13,25 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
+from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
 from tests.api.events_client import opened
+from tests.conftest import url_for
 from tests.support import (
     CLI,
+    LOGIN_ROLE,
     SECRET,
     as_role,
     cli_env,
     new_user,
+    run_cli,
     serve_process,
     serving,
     serving_client,
     settings_for,
 )
+from tests.test_cli_failures import assert_one_clear_failure
 
 # How a DBA writes times for people: each made psycopg, which parses a timestamptz only in DateStyle
 # ISO and gives it in the session's TimeZone, fail every request with a task in it (a 500) or render
@@ -155,3 +161,33 @@ def test_concurrent_writes_of_one_user_all_succeed_whatever_isolation_level_the_
     assert creates == [201] * 12
     assert final["version"] == 1 + 12
     assert len(listed) == 1 + 12
+
+
+@pytest.fixture
+def latin1_db_url(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
+    """An empty database encoded in LATIN1, owned by the login role, as an older cluster's may be."""
+    dbname = "todo_latin1"
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(
+            sql.SQL("create database {} owner {} encoding 'LATIN1' locale 'C' template template0").format(
+                sql.Identifier(dbname), sql.Identifier(LOGIN_ROLE)
+            )
+        )
+        try:
+            yield url_for(migrated_template, dbname)
+        finally:
+            superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(dbname)))
+
+
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+def test_a_database_not_encoded_in_utf8_is_refused_in_one_line(
+    tmp_path: Path, latin1_db_url: str, command: str
+) -> None:
+    """Served, a title LATIN1 lacks (東京, ✓) was a 500: Postgres refuses to store a character its
+    encoding has not."""
+    args = ["serve", "--port", "0"] if command == "serve" else ["migrate"]
+    result = run_cli(*args, cwd=tmp_path, DATABASE_URL=latin1_db_url, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(result.stderr, result.returncode, "encoded in LATIN1", "ENCODING 'UTF8'")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with psycopg.connect(latin1_db_url) as db:
+        assert db.execute("select to_regclass('public.tasks')").fetchone() == (None,)
