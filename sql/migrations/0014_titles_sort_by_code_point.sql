@@ -11,10 +11,13 @@
 -- the default one, is rebuilt in "C": without it the list by title would read and sort every one of
 -- the user's tasks for each page. It keeps its name and columns; only the collation of title changes.
 --
--- Locks: building the index holds a SHARE lock on public.tasks (reads go on, writes wait) until this
--- migration commits. The old index is dropped only after the new one is built, so the ACCESS
--- EXCLUSIVE lock the drop takes (which stops reads too) is taken last and held only until the
--- commit that follows it.
+-- Locks: the drop takes an ACCESS EXCLUSIVE lock on public.tasks, so it is taken first, before the
+-- build: reads and writes of tasks wait for the build and this migration's commit. Building under
+-- CREATE INDEX's SHARE lock alone (reads go on, writes wait) and dropping after deadlocked with a
+-- create with an Idempotency-Key: it reads tasks and then inserts into them in one statement, so it
+-- held a read lock, waiting for the build, that the drop then waited for; Postgres cancelled the
+-- migration, at every try while such creates kept coming (tests/db/test_migration_locks.py).
+LOCK TABLE public.tasks IN ACCESS EXCLUSIVE MODE;
 CREATE INDEX tasks_by_owner_title_by_code_point ON public.tasks (user_id, title COLLATE "C", id);
 DROP INDEX public.tasks_by_owner_title;
 ALTER INDEX public.tasks_by_owner_title_by_code_point RENAME TO tasks_by_owner_title;
