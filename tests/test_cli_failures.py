@@ -276,6 +276,37 @@ def test_serve_refuses_more_connections_than_postgres_allows_naming_the_numbers(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_serve_refuses_connections_other_sessions_hold_naming_the_numbers(
+    tmp_path: Path, migrated_db_url: str
+) -> None:
+    """A fleet's other instances (an older release still serving beside this one, say) hold
+    connections: the workers that did not fit in what was left each failed with a traceback."""
+    with psycopg.connect(migrated_db_url) as connection, psycopg.connect(migrated_db_url):
+        (most, reserved) = (
+            connection.execute(
+                "select current_setting('max_connections')::int,"
+                " current_setting('superuser_reserved_connections')::int"
+                " + current_setting('reserved_connections')::int"
+            ).fetchone()
+            or ()
+        )
+        # 2 x (pool_size + 2) fits in what Postgres allows, but not beside the two held here.
+        workers, pool_size = 2, (most - reserved) // 2 - 2
+        result = subprocess.run(
+            [*CLI, "serve", "--port", "0", "--workers", str(workers)],
+            cwd=tmp_path,
+            env=cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE=str(pool_size)),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    needed = workers * (pool_size + 2)
+    assert_one_clear_failure(
+        result.stderr, result.returncode,
+        f"{workers} workers need {needed} connections", "other sessions hold", f"max_connections {most}",
+        "DB_POOL_SIZE", "--workers",
+    )  # fmt: skip
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 @pytest.mark.parametrize(
     ("variables", "message"),
     [

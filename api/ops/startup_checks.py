@@ -178,8 +178,10 @@ EXTRA_CONNECTIONS_PER_WORKER = 2
 async def refuse_more_connections_than_postgres_allows(
     connection: psycopg.AsyncConnection[Any], *, reaches_postgres: bool, workers: int, pool_size: int
 ) -> None:
-    """Fail in one line when the workers' connections cannot all fit in max_connections: past it,
-    Postgres refuses them one by one while serving, and workers fail and restart in a loop.
+    """Fail in one line when the workers' connections cannot all fit in max_connections, less those
+    other sessions hold now (the other instances of a fleet, an older release still serving beside
+    this one): past it, Postgres refuses them, and each worker failed to start with a traceback until
+    granian gave up on the loop.
 
     Only on a connection to Postgres itself (`reaches_postgres`, as `reaches_postgres_itself` found
     it): behind a pooler, how many server connections there are is the pooler's business, not
@@ -189,18 +191,28 @@ async def refuse_more_connections_than_postgres_allows(
     cursor = await connection.execute(
         "select current_setting('max_connections')::int,"
         " current_setting('superuser_reserved_connections')::int"
-        " + coalesce(current_setting('reserved_connections', true)::int, 0)"  # Postgres 16+
+        " + coalesce(current_setting('reserved_connections', true)::int, 0),"  # Postgres 16+
+        " (select count(*) from pg_stat_activity"
+        "  where backend_type = 'client backend' and pid <> pg_backend_pid())::int"
     )
     row = await cursor.fetchone()
     assert row is not None
-    most, reserved = row
+    most, reserved, held = row
     needed = workers * (pool_size + EXTRA_CONNECTIONS_PER_WORKER)
+    each = f"{pool_size} DB_POOL_SIZE + {EXTRA_CONNECTIONS_PER_WORKER} each"
+    need = f"{workers} workers need {needed} connections ({each})"
+    allowed = f"max_connections {most} less {reserved} reserved"
     if needed > most - reserved:
         raise CommandFailed(
-            f"{workers} workers need {needed} connections ({pool_size} DB_POOL_SIZE + "
-            f"{EXTRA_CONNECTIONS_PER_WORKER} each), but Postgres allows {most - reserved} "
-            f"(max_connections {most} less {reserved} reserved): lower DB_POOL_SIZE or --workers, "
-            "or raise max_connections"
+            f"{need}, but Postgres allows {most - reserved} ({allowed}): lower DB_POOL_SIZE or "
+            "--workers, or raise max_connections"
+        )
+    if needed > most - reserved - held:
+        raise CommandFailed(
+            f"{need}, but Postgres has {max(most - reserved - held, 0)} free: other sessions hold {held} "
+            f"of the {most - reserved} it allows ({allowed}), other instances of the API among them, "
+            "an older release still serving say: start this one once they let go, lower DB_POOL_SIZE "
+            "or --workers, or raise max_connections to fit every instance at once"
         )
 
 
