@@ -126,6 +126,28 @@ def test_a_callers_trace_is_continued(traced_api: str, exporter: InMemorySpanExp
     assert {span.name for span in spans} == {"POST /api/{user_id}/tasks", "db.transaction"}
 
 
+def test_a_method_the_api_does_not_know_names_no_span(
+    traced_api: str, exporter: InMemorySpanExporter
+) -> None:
+    """Any token is a method a client may send: each one made a span name of its own, and carried
+    itself into the span, as many as a client cared to invent. OpenTelemetry's HTTP conventions name
+    such a span HTTP and its method _OTHER, as the metrics count it OTHER."""
+    alice = new_user()
+    exporter.clear()
+    invented = [f"INVENTED{n}" for n in range(3)]
+    for method in invented:
+        assert httpx.request(method, f"{traced_api}{alice.tasks_url}").status_code == 405
+    deadline = time.monotonic() + 5
+    while len(_server_spans(exporter)) < len(invented) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    spans = _server_spans(exporter)
+    assert [span.name for span in spans] == ["HTTP /api/{user_id}/tasks"] * len(invented)
+    for span in spans:
+        assert span.attributes is not None
+        assert span.attributes["http.request.method"] == "_OTHER"
+        assert not any(method in str(span.attributes) for method in invented)
+
+
 def test_a_5xx_answer_is_an_error_span_and_a_4xx_is_not(
     migrated_db: psycopg.Connection[Any], migrated_db_url: str
 ) -> None:

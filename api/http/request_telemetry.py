@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def _method(scope: Scope) -> str:
+def _known_method(scope: Scope) -> str | None:
     method: str = scope["method"]
-    return method if method in _KNOWN_METHODS else "OTHER"
+    return method if method in _KNOWN_METHODS else None
 
 
 def _route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
@@ -105,7 +105,7 @@ class RequestTelemetry:
             if self.tracer is None:
                 await self.app(scope, receive, noting_status)
             else:
-                with server_span(self.tracer, scope) as span:
+                with server_span(self.tracer, scope, method=_known_method(scope)) as span:
                     try:
                         await self.app(scope, receive, noting_status)
                     except Exception:
@@ -124,7 +124,7 @@ class RequestTelemetry:
         self._record(scope, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        method, route = _method(scope), _route_template(scope, self.routes)
+        method, route = _known_method(scope) or "OTHER", _route_template(scope, self.routes)
         counted = self._counted.get((method, route, status))
         if counted is None:
             counted = self._counted[method, route, status] = metrics.requests.labels(

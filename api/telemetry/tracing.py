@@ -49,15 +49,20 @@ def tracer_for(endpoint: str | None) -> "Tracer | None":
 
 
 @contextmanager
-def server_span(tracer: "Tracer", scope: Mapping[str, Any]) -> "Iterator[Span]":
-    """The span of one HTTP request, continuing the caller's trace when it sent a traceparent."""
+def server_span(tracer: "Tracer", scope: Mapping[str, Any], *, method: str | None) -> "Iterator[Span]":
+    """The span of one HTTP request, continuing the caller's trace when it sent a traceparent.
+    `method` is the request's when the API knows it, else None: a client may send any token as a
+    method, and OpenTelemetry's HTTP conventions name such a span HTTP and its method _OTHER, so that
+    invented methods make neither span names nor attribute values without end."""
     from opentelemetry.propagate import extract
     from opentelemetry.trace import SpanKind
 
     carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-    method = scope["method"]
     with tracer.start_as_current_span(
-        method, context=extract(carrier), kind=SpanKind.SERVER, attributes={"http.request.method": method}
+        method or "HTTP",
+        context=extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": method or "_OTHER"},
     ) as span:
         yield span
 
