@@ -327,3 +327,21 @@ def test_text_format_escapes_the_control_characters_a_user_id_may_hold(serve: Se
     assert "\x1b" not in text
     (access,) = [line for line in served.lines() if "the-odd-one" in line]
     assert access.endswith("user=mallory\\x0dFORGED ERROR line \\x1b[2J\\x1b[31mred")
+
+
+def test_text_format_escapes_what_would_break_a_line_or_reorder_it_on_screen(serve: Serve) -> None:
+    """Unicode's line and paragraph separators end a line for many readers (str.splitlines), and its
+    bidirectional overrides and isolates make a terminal show what follows them in another order
+    (the "Trojan Source" characters): a sub holding them forged a second line, or the rest of its own."""
+    sub = "mallory\u20282026-12-01T22:30:51.043Z 1 ERROR api forged\u2029and\u202eesrever\u2066\u202c\u2069"
+    headers = {"Authorization": f"Bearer {mint_token(SECRET, sub)}", "X-Request-ID": "the-odd-one"}
+    with serve(LOG_FORMAT="text") as served, httpx.Client(base_url=served.base_url) as client:
+        assert client.get(f"/api/{quote(sub, safe='')}/tasks", headers=headers).status_code == 200
+    text = served.log.read_text()
+    for character in "\u2028\u2029\u202e\u2066\u202c\u2069":
+        assert character not in text
+    (access,) = [line for line in served.lines() if "the-odd-one" in line]
+    assert access.endswith(
+        "user=mallory\\u20282026-12-01T22:30:51.043Z 1 ERROR api forged\\u2029and\\u202eesrever"
+        "\\u2066\\u202c\\u2069"
+    )

@@ -44,10 +44,12 @@ def new_request_id() -> str:
 
 # Every control character but the newline, as the escape Python would write: a user id or path
 # holding a carriage return or a terminal's escape sequence could otherwise overwrite a line on
-# screen, or clear it.
+# screen, or clear it. So too Unicode's line and paragraph separators, which end a line for many
+# readers (str.splitlines), and its bidirectional embeddings, overrides and isolates, which make a
+# terminal show what follows them in another order ("Trojan Source", CVE-2021-42574).
 _CONTROL_ESCAPES = {
     code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != ord("\n")
-}
+} | {code: f"\\u{code:04x}" for code in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
 class _TextFormatter(logging.Formatter):
