@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,7 @@ from tests.support import (
     refusal,
     run_cli,
     serve_process,
+    wait_until_it_waits_for,
 )
 
 
@@ -103,6 +105,44 @@ def test_the_embedded_database_keeps_a_refused_writes_content_out_of_its_log(tmp
     log = (data_dir / "pgdata" / "log").read_text()
     assert "ERROR:  user alice already has the 1 tasks allowed" in log, "the refusal itself is logged"
     assert "private-title-7f3a" not in log
+
+
+def test_the_embedded_database_keeps_a_deadlocked_writes_content_out_of_its_log(tmp_path: Path) -> None:
+    """Postgres's report of a deadlock quotes the statement of every session in it, whatever
+    log_min_error_statement says: a rename caught in one with a DBA's transaction left its new title
+    in pgdata/log."""
+    data_dir = tmp_path / "data"
+    command = [*CLI, "serve", "--data-dir", str(data_dir)]
+    with (
+        serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "serve.log") as (base_url, _),
+        ThreadPoolExecutor(1) as sender,
+    ):
+        token = jwt.encode({"sub": "alice", "exp": 4102444800}, development_secret(data_dir), "HS256")
+        headers = {"Authorization": f"Bearer {token}"}
+        task = httpx.post(f"{base_url}/api/alice/tasks", json={"title": "first"}, headers=headers).json()
+        socket_dir = (data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[4]
+        with psycopg.connect(f"postgresql://postgres@/todo?host={socket_dir}") as dba:
+            # The DBA's session looks for the deadlock first: the API's write goes on once it is over.
+            dba.execute("set deadlock_timeout = '100ms'")
+            # Held, the row of the user's event count stops the rename in its trigger, holding the task.
+            dba.execute("select 1 from app.task_event_counts where user_id = 'alice' for update")
+            rename = sender.submit(
+                httpx.put,
+                f"{base_url}/api/alice/tasks/{task['id']}",
+                json={"title": "private-title-5c1e"},
+                headers=headers,
+                timeout=30,
+            )
+            wait_until_it_waits_for(dba, rename)
+            with pytest.raises(psycopg.errors.DeadlockDetected):
+                dba.execute("update tasks set completed = completed where id = %s", [task["id"]])
+            dba.rollback()
+            renamed = rename.result()
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["title"] == "private-title-5c1e"
+    log = (data_dir / "pgdata" / "log").read_text()
+    assert "deadlock detected" in log, "the deadlock itself is logged"
+    assert "private-title-5c1e" not in log
 
 
 @pytest.mark.parametrize(

@@ -392,9 +392,12 @@ def _keep_statements_out_of_the_log(superuser_url: str) -> None:
     """Postgres logs the statement of every failed one (log_min_error_statement), and the API's
     statements carry their values as literals (api/db/database.py): a create refused by the task
     quota would leave its title in pgdata/log, where no DELETE reaches. The error itself is still
-    logged. docs/operations.md gives the same setting to a Postgres of one's own."""
+    logged. A deadlock's report quotes the statement each session in it is running, whatever that
+    setting says, unless the session does not track it (track_activities, which also blanks
+    pg_stat_activity's query). docs/operations.md gives the same settings to a Postgres of one's own."""
     with psycopg.connect(superuser_url, autocommit=True) as connection:
         connection.execute(f"ALTER DATABASE {DATABASE} SET log_min_error_statement = panic")
+        connection.execute(f"ALTER DATABASE {DATABASE} SET track_activities = off")
 
 
 def start(data_dir: Path) -> EmbeddedDatabase:
