@@ -58,9 +58,21 @@ def idempotency_key(request: Request) -> str | None:
     return value
 
 
+# The fields of a create when keys were first stored. A field added since is hashed only when it is
+# not its default, so that a key stored before an upgrade still answers its retry after it, which
+# otherwise hashes another body and is refused 422 idempotency-key-reused.
+_FIRST_FIELDS = frozenset({"title", "description", "completed"})
+
+
 def request_hash(data: TaskCreate) -> str:
     """The same task asked for twice hashes the same, however its JSON was spaced or ordered."""
-    return hashlib.sha256(json.dumps(data.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    fields = data.model_dump(mode="json")
+    hashed = {
+        name: value
+        for name, value in fields.items()
+        if name in _FIRST_FIELDS or value != TaskCreate.model_fields[name].default
+    }
+    return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
 
 
 async def create_once(
