@@ -158,8 +158,9 @@ class Settings(LogSettings):
     # Requests one user may have in flight at once, per worker, counted from the moment their token
     # is verified (before the body is read); past it, 429. Default: see `requests_in_flight_per_user`.
     max_requests_in_flight_per_user: int | None = Field(default=None, ge=1, le=10_000)
-    # Seconds a request body may take to arrive in full once the API reads it; past it, 408 and the
-    # connection is closed (the head's own limit is granian's: api/ops/server.py).
+    # Seconds a request body may take to arrive in full once the API reads it (or, having answered
+    # from the head, throws it away: api/http/body_limit.py); past it, 408 and the connection is
+    # closed (the head's own limit is granian's: api/ops/server.py).
     body_timeout_seconds: float = Field(default=10.0, gt=0, le=WAIT_SECONDS_LIMIT)
 
     data_dir: Path = Field(

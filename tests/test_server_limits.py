@@ -385,3 +385,109 @@ def test_http2_is_not_spoken_so_no_head_escapes_the_http1_limits(served: str) ->
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # and SETTINGS
     answer, _ = _raw(served, preface)
     assert not answer.startswith(b"\x00"), f"an HTTP/2 frame came back: {answer[:20]!r}"
+
+
+def _read_answer(connection: socket.socket) -> tuple[bytes, bytes]:
+    """One answer from `connection`, its head and its body (as long as its Content-Length says); an
+    AssertionError if the server closes the connection first, ConnectionResetError if it resets it."""
+    received = b""
+
+    def more() -> bytes:
+        chunk = connection.recv(65536)
+        assert chunk, f"the server closed the connection after {received[:300]!r}"
+        return chunk
+
+    while b"\r\n\r\n" not in received:
+        received += more()
+    head, _, body = received.partition(b"\r\n\r\n")
+    declared = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+    assert declared is not None, head
+    while len(body) < int(declared.group(1)):
+        body += more()
+    return head, body
+
+
+# Under MAX_BODY_BYTES (64 KiB by default): a body the API would read, were the request not refused.
+_LARGE_TASK = b'{"title": "' + b"x" * 58_000 + b'"}'
+_SENT_BEFORE_THE_ANSWER = 1024
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+@pytest.mark.parametrize(
+    ("refusal", "status", "slug"),
+    [
+        ("a-token-that-is-not-one", 401, "unauthorized"),
+        ("another-users-tasks", 403, "forbidden"),
+        ("not-json", 415, "unsupported-media-type"),
+    ],
+)
+def test_a_refusal_before_the_body_is_read_reaches_a_client_still_sending_it(
+    served: str, api_db: psycopg.Connection[Any], method: str, refusal: str, status: int, slug: str
+) -> None:
+    """RFC 9112, section 9.6: the API answers from the head, while the body is still on its way; the
+    server reads what remains and throws it away, so the client can send it all, read its answer, and
+    send the next request on the same connection. Closed with the body unread, the connection was reset
+    under the client as it sent the rest, or was reused from its pool as the server closed it: "Server
+    disconnected" in place of the answer, its Retry-After and X-Request-ID lost."""
+    alice, bob = new_user(), new_user()
+    task = httpx.post(f"{served}{alice.tasks_url}", json={"title": "kept"}, headers=alice.headers).json()
+    token = "not-a-token" if refusal == "a-token-that-is-not-one" else alice.token
+    owner = bob if refusal == "another-users-tasks" else alice
+    media_type = "text/plain" if refusal == "not-json" else "application/json"
+    target = owner.tasks_url if method == "POST" else owner.task_url(task["id"])
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: {media_type}\r\nContent-Length: {len(_LARGE_TASK)}\r\n\r\n"
+    ).encode()
+    host, port = served.removeprefix("http://").split(":")
+
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head + _LARGE_TASK[:_SENT_BEFORE_THE_ANSWER])
+        answer, problem = _read_answer(connection)  # before the rest of the body is sent
+        connection.sendall(_LARGE_TASK[_SENT_BEFORE_THE_ANSWER:])
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        following, health = _read_answer(connection)
+
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer
+    fields = answer.lower()
+    assert b"\r\ncontent-type: application/problem+json\r\n" in fields
+    assert re.search(rb"\r\nx-request-id: \S+\r\n", fields), answer
+    assert b"\r\nconnection: close" not in fields, "the body was read: the connection carries another"
+    assert json.loads(problem)["type"] == f"urn:todo-api:problem:{slug}"
+    assert following.startswith(b"HTTP/1.1 200 "), following
+    assert json.loads(health) == {"status": "ok"}
+    stored = api_db.execute("select id, title from tasks where user_id in (%s, %s)", [alice.id, bob.id])
+    assert stored.fetchall() == [(task["id"], "kept")]
+
+
+def test_a_refusal_before_a_chunked_body_is_read_closes_the_connection_once_the_body_is_in(
+    served: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """A chunked body's end is known only once it has come: the refusal says the connection closes,
+    and the server reads the body to its end before closing it, so closing does not reset the
+    connection under a client that is still sending."""
+    alice = new_user()
+    head = (
+        f"POST {alice.tasks_url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    chunks = [_LARGE_TASK[start : start + 4096] for start in range(0, len(_LARGE_TASK), 4096)]
+    host, port = served.removeprefix("http://").split(":")
+
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head + _chunked_piece(chunks[0]))
+        answer, problem = _read_answer(connection)
+        for chunk in chunks[1:]:  # as over a slower link: closed meanwhile, the connection is reset
+            connection.sendall(_chunked_piece(chunk))
+            time.sleep(0.02)
+        connection.sendall(b"0\r\n\r\n")
+        assert connection.recv(65536) == b"", "closed once the body was in"
+
+    assert answer.startswith(b"HTTP/1.1 401 "), answer
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    assert json.loads(problem)["type"] == "urn:todo-api:problem:unauthorized"
+    assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
+
+
+def _chunked_piece(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)

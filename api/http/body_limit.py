@@ -9,6 +9,13 @@ A task is a few kilobytes of JSON at most; anything far larger is a mistake or a
 reading it would cost memory before validation could refuse it. A body trickling in a byte at a
 time holds its request (and its user's in-flight slot, api/http/in_flight.py) for as long as it
 lasts: the deadline bounds that, where granian's own timeout covers only the head.
+
+An answer decided from the head (401, 403, 415, 429, 503) goes out while the body may still be on its
+way. Closed then, with bytes of the body unread, the connection is reset, and a client still sending
+may lose the answer it had not yet read (RFC 9112, section 9.6); one whose pool reuses the connection
+as it closes gets "Server disconnected". So the rest is read and thrown away once the answer is sent
+(granian sends it as soon as it is whole), within the same limits, and holding no in-flight slot;
+read to its end, the connection carries the next request.
 """
 
 import asyncio
@@ -62,7 +69,8 @@ class BodyLimits:
             # Before Content-Length, which a Transfer-Encoding overrides (RFC 9112, section 6.3).
             await problem_response(refused)(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and not declared.isdigit():
             await problem_response(malformed_content_length())(scope, receive, send)
             return
@@ -95,7 +103,39 @@ class BodyLimits:
                 complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, receive_within_limits, send)
+        chunked = declared is None and b"transfer-encoding" in headers
+
+        async def send_closing_while_unread(message: Message) -> None:
+            if message["type"] == "http.response.start" and deadline is None:
+                # Where a chunked body ends is known only once it has come, and it may not come within
+                # the limits: this connection cannot be promised to the next request.
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive_within_limits, send_closing_while_unread if chunked else send)
+        if deadline is None and (chunked or (declared is not None and declared != b"0")):
+            # Answered from the head alone: the body is on its way still.
+            await self._discard_body(receive, None if declared is None else int(declared))
+
+    async def _discard_body(self, receive: Receive, declared: int | None) -> None:
+        """Read a body the app did not and throw it away, up to `declared` bytes (a chunked body: to its
+        end, within `max_bytes`) and for at most `timeout_seconds`, then let the server close or keep
+        the connection. Closed with bytes of the body unread, the connection is reset (RFC 9112,
+        section 9.6), and a client still sending may lose the answer it had not yet read; read to its
+        end, the connection carries the client's next request."""
+        discarded = 0
+        # Counted, not waited for: once the answer is out, hyper signals the end of a declared body
+        # only when the next request's head arrives.
+        until = declared if declared is not None else self.max_bytes + 1
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                while discarded < until:
+                    message = await receive()
+                    if message["type"] != "http.request" or not message.get("more_body", False):
+                        return
+                    discarded += len(message.get("body", b""))
+        except TimeoutError:
+            return
 
 
 _CONNECTION_CLOSED = {
