@@ -175,40 +175,68 @@ async def _result_rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
     return await cursor.fetchall() if result and result.status == psycopg.pq.ExecStatus.TUPLES_OK else []
 
 
+@dataclass(frozen=True, slots=True)
+class TransactionSettings:
+    """How `Database.run` sends each transaction and what it sets in it, read from `Settings` in one
+    place (`from_settings`)."""
+
+    # Each transaction's own statement_timeout (DB_STATEMENT_TIMEOUT_MS).
+    statement_timeout_ms: int
+    # The quota the insert's trigger enforces (MAX_TASKS_PER_USER).
+    max_tasks_per_user: int
+    # How old an event a stream may still be sent (EVENTS_RETENTION_HOURS).
+    events_retention_hours: float
+    # The longest wait for any answer of the server's, past which the connection is shut.
+    answer_timeout_seconds: float
+    # Pipelined, for psycopg to prepare (DB_PREPARE_THRESHOLD set), rather than one message.
+    pipelined: bool
+    # The setting that asked for prepared statements, and its fix, said when they turn out to be lost.
+    preparing: PreparingSetting
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "TransactionSettings":
+        return cls(
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+            max_tasks_per_user=settings.max_tasks_per_user,
+            events_retention_hours=settings.events_retention_hours,
+            # The server cancels a slow statement itself; this bounds the wait when no answer can
+            # come at all (a wedged pooler, a network that drops packets silently): at the bound the
+            # connection is shut, without asking the server to cancel (`answer_within`).
+            answer_timeout_seconds=settings.db_statement_timeout_ms / 1000
+            + settings.db_connect_timeout_seconds,
+            pipelined=settings.db_prepare_threshold is not None,
+            preparing=preparing_setting(
+                prepare_threshold=settings.db_prepare_threshold,
+                prepared_statements=settings.db_prepared_statements,
+            ),
+        )
+
+
 class Database:
     def __init__(
         self,
         pool: Pool,
+        transactions: TransactionSettings,
         *,
-        statement_timeout_ms: int,
-        max_tasks_per_user: int,
-        prepare: bool,
-        answer_timeout_seconds: float,
         fair_share: FairShare,
         ping_connection: PingConnection,
         liveness: LivenessCheck | None = None,
         tracer: Tracer | None = None,
-        preparing: PreparingSetting,
-        events_retention_hours: float = 24.0,
     ):
         self.pool = pool
+        self.transactions = transactions
         self._liveness = liveness or LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
         self._liveness.pool = pool
         self.fair_share = fair_share
         self._ping_connection = ping_connection
-        self._statement_timeout = str(statement_timeout_ms)
-        self.max_tasks_per_user = max_tasks_per_user
-        self._max_tasks = str(max_tasks_per_user)
-        self._events_retention_hours = str(events_retention_hours)
-        self._prepare = prepare
-        self._answer_timeout = answer_timeout_seconds
+        # As `set_config` takes them, made once rather than on every transaction.
+        self._statement_timeout = str(transactions.statement_timeout_ms)
+        self._max_tasks = str(transactions.max_tasks_per_user)
+        self._events_retention_hours = str(transactions.events_retention_hours)
         self._tracer = tracer
         self._pool_watcher: asyncio.Task[None] | None = None
         # Requests in `_attempt` waiting for the pool to lend them a connection (`_watch_pool`).
         self._waiting_for_pool = 0
-        # The setting that asked for prepared statements, and its fix, said when they turn out to be
-        # lost.
-        self._preparing = preparing
         # False once a prepared statement was missing or another client's: the database's sessions
         # do not last, and from then on this worker prepares nothing (`_stop_preparing`).
         self._may_prepare = True
@@ -223,7 +251,8 @@ class Database:
             application_name="todo-api",
             client_encoding=CLIENT_ENCODING,
         )
-        prepare = settings.db_prepare_threshold is not None
+        transactions = TransactionSettings.from_settings(settings)
+        pipelined = transactions.pipelined
         preparing = {"auto": allow_preparing_if_direct, "on": allow_preparing, "off": None}[
             settings.db_prepared_statements
         ]
@@ -236,7 +265,7 @@ class Database:
                 "autocommit": True,
                 "row_factory": dict_row,
                 "prepare_threshold": settings.db_prepare_threshold,
-                "cursor_factory": psycopg.AsyncCursor if prepare else psycopg.AsyncClientCursor,
+                "cursor_factory": psycopg.AsyncCursor if pipelined else psycopg.AsyncClientCursor,
             },
             min_size=settings.db_pool_size,
             max_size=settings.db_pool_size,
@@ -249,15 +278,13 @@ class Database:
             reconnect_timeout=RECONNECT_TRIES_FOR_SECONDS,
             reconnect_failed=try_again,
             # Pipelined statements are prepared by psycopg (DB_PREPARE_THRESHOLD) instead.
-            configure=configure_sessions(None if prepare else preparing),
+            configure=configure_sessions(None if pipelined else preparing),
             open=False,
         )
         pool.answer_timeout_seconds = settings.db_connect_timeout_seconds
         return cls(
             pool,
-            statement_timeout_ms=settings.db_statement_timeout_ms,
-            max_tasks_per_user=settings.max_tasks_per_user,
-            prepare=prepare,
+            transactions,
             fair_share=FairShare(settings.max_connections_per_user),
             ping_connection=PingConnection(
                 libpq_url(
@@ -268,17 +295,7 @@ class Database:
                 answer_timeout_seconds=settings.db_connect_timeout_seconds,
             ),
             liveness=liveness,
-            # The server cancels a slow statement itself; this bounds the wait when no answer can
-            # come at all (a wedged pooler, a network that drops packets silently): at the bound the
-            # connection is shut, without asking the server to cancel (`answer_within`).
-            answer_timeout_seconds=settings.db_statement_timeout_ms / 1000
-            + settings.db_connect_timeout_seconds,
             tracer=tracer,
-            events_retention_hours=settings.events_retention_hours,
-            preparing=preparing_setting(
-                prepare_threshold=settings.db_prepare_threshold,
-                prepared_statements=settings.db_prepared_statements,
-            ),
         )
 
     async def open(self) -> None:
@@ -385,8 +402,8 @@ class Database:
             await connection.close()
             raise SafeToRetry("the server had ended the session before a write was sent")
         try:
-            async with answer_within(connection, self._answer_timeout):
-                if self._prepare:
+            async with answer_within(connection, self.transactions.answer_timeout_seconds):
+                if self.transactions.pipelined:
                     return await self._pipelined(connection, query, as_user, read_only=read_only)
                 return await self._one_message(connection, query, as_user, read_only=read_only)
         except SafeToRetry:
@@ -477,9 +494,9 @@ class Database:
             "%s asks for prepared statements, but the database's sessions do not last from one"
             " transaction to the next (%s): a pooler in transaction mode. This worker prepares nothing"
             " from now on; %s",
-            self._preparing.name,
+            self.transactions.preparing.name,
             error.diag.message_primary or type(error).__name__,
-            self._preparing.fix,
+            self.transactions.preparing.fix,
         )
 
     @staticmethod

@@ -80,7 +80,7 @@ async def create_once(
 ) -> tuple[dict[str, Any], bool]:
     """The created (or first) task as it is now, and whether it was created now; 410 once deleted."""
     expected = request_hash(data)
-    tombstones_kept = caller.database.max_tasks_per_user
+    tombstones_kept = caller.database.transactions.max_tasks_per_user
     query = queries.create_task_once(caller.user, data, key, expected, ttl, tombstones_kept=tombstones_kept)
     for _ in range(_ROUNDS):
         try:

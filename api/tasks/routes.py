@@ -190,7 +190,7 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
             ttl = timedelta(hours=_settings(request).idempotency_ttl_hours)
             row, created = await create_once(caller, data, key, ttl)
     except LimitReached:
-        raise task_limit_reached(caller.database.max_tasks_per_user) from None
+        raise task_limit_reached(caller.database.transactions.max_tasks_per_user) from None
     if created:
         note_change(request, "create", row["id"])
     else:
