@@ -18,6 +18,7 @@ from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
 from api.events import routes as events
 from api.events.hub import Hub
+from api.events.services import LiveServices
 from api.http import health, metrics
 from api.http.body_limit import BodyLimits, document_body_limits
 from api.http.caller import document_bearer_scheme
@@ -27,6 +28,7 @@ from api.http.methods import install_method_rules, served_routes
 from api.http.openapi import document_response_header
 from api.http.problems import document_problem_media_type, install_problem_handlers, on_internal_error
 from api.http.rate_limit import RateLimiter
+from api.http.readiness import SharedReadiness
 from api.http.request_telemetry import RequestTelemetry
 from api.settings import MIN_SECRET_LENGTH, Settings
 from api.tasks import routes as tasks
@@ -115,17 +117,19 @@ def create_app(
         # ship no SDK for it to find (bench/RESULTS.md, "Levers").
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
-    app.state.database = database
-    app.state.stored_owners = StoredOwners()
-    app.state.authenticator = authenticator
-    app.state.isolation = isolation
-    app.state.events_hub = events_hub
-    app.state.rate_limiter = (
-        RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
+    # What every request shares, read through `services(app)` (api/http/services.py).
+    app.state.services = LiveServices(
+        settings=settings,
+        database=database,
+        stored_owners=StoredOwners(),
+        authenticator=authenticator,
+        isolation=isolation,
+        rate_limiter=RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None,
+        in_flight=InFlightCap(settings.requests_in_flight_per_user),
+        readiness=SharedReadiness(database),
+        events_hub=events_hub,
     )
-    app.state.in_flight = InFlightCap(settings.requests_in_flight_per_user)
-    install_problem_handlers(app)
+    install_problem_handlers(app, isolation)
     document_problem_media_type(app)
     document_bearer_scheme(app)
     document_body_limits(app)  # before the header every response carries, which its answers carry too

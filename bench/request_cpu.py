@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.auth.dev_tokens import mint_token
 from api.db.database import Query, Rows
+from api.http.services import services
 from api.settings import POSTGRES_INT_MAX, Settings
 from bench.postgres import embedded_postgres_server
 
@@ -91,7 +92,7 @@ async def _drive(app: FastAPI, kind: RequestKind, token: str, requests: int, con
 
 def _answer_from_memory(app: FastAPI) -> None:
     """Replace Database.run with the first answer it gave for each statement: the API without Postgres."""
-    database = app.state.database
+    database = services(app).database
     real_run: Callable[..., Awaitable[Rows]] = database.run
     answers: dict[object, Rows] = {}
 
@@ -100,7 +101,7 @@ def _answer_from_memory(app: FastAPI) -> None:
             answers[query.statement] = await real_run(user_id, query, read_only=read_only)
         return answers[query.statement]
 
-    database.run = remembered
+    database.run = remembered  # type: ignore[method-assign]  # this instance only
 
 
 @dataclass

@@ -166,7 +166,7 @@ class PingConnection:
     read-only by default, answer but are not ready, since every write would be refused. Each answer
     is bounded as a pooled connection's liveness check is: past the connect timeout the connection
     is shut, and the next ping makes a new one.
-    One ping at a time (`api.http.health.SharedReadiness` sees to it).
+    One ping at a time (`api.http.readiness.SharedReadiness` sees to it).
     """
 
     def __init__(self, conninfo: str, *, answer_timeout_seconds: float) -> None:

@@ -17,11 +17,11 @@ from api.auth.errors import InvalidToken, KeysUnavailable
 from api.auth.verification import Authenticator
 from api.events import stream
 from api.events.hub import Hub, Subscription
+from api.events.services import live_services
 from api.http.caller import AuthenticatedRoute, CallerDep, scheme_and_token
 from api.http.conditional import field_value
 from api.http.problems import ProblemType
 from api.http.refusals import service_unavailable, too_many_requests
-from api.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
     openapi_extra={"parameters": [LAST_EVENT_ID]},
 )
 async def stream_events(caller: CallerDep, request: Request) -> Response:
-    hub: Hub = request.app.state.events_hub
-    settings: Settings = request.app.state.settings
+    shared = live_services(request.app)
+    hub, settings = shared.events_hub, shared.settings
     # Sent on two lines, it is two claims of where the client is: read whole, it is no id (reset).
     begin = await stream.start(caller, field_value(request.headers, "Last-Event-ID"))
     # The stream's place is taken last (429 or 503 when there is none), so that nothing fails between
@@ -174,7 +174,7 @@ async def stream_events(caller: CallerDep, request: Request) -> Response:
         begin,
         # Authentication accepts a token until `exp` plus the leeway: so does its stream.
         expires_at=caller.token_expires_at + settings.jwt_leeway_seconds,
-        still_trusted=_still_trusted(request.app.state.authenticator, _bearer_token(request)),
+        still_trusted=_still_trusted(shared.authenticator, _bearer_token(request)),
     )
     return _EventStream(
         hub,

@@ -20,16 +20,15 @@ from fastapi.openapi.models import HTTPBearer
 
 from api.auth.errors import InvalidToken
 from api.auth.principal import Principal
-from api.auth.verification import Authenticator, VerifiedToken
+from api.auth.verification import VerifiedToken
 from api.db.database import Database, Query, Rows
 from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
-from api.http.in_flight import InFlightCap
 from api.http.json_body import Utf8JsonRoute
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.http.problems import forbidden, unsupported_content_coding, unsupported_media_type
-from api.http.rate_limit import RateLimiter
 from api.http.refusals import AUTH_ERRORS, NOT_JSON
+from api.http.services import Services, services
 
 _BEARER_SCHEME_NAME = "HTTPBearer"
 _BEARER_SCHEME = HTTPBearer(
@@ -81,7 +80,7 @@ def scheme_and_token(authorization: str) -> tuple[str, str]:
     return scheme, token.strip()
 
 
-async def _authorized_caller(request: Request) -> VerifiedToken:
+async def _authorized_caller(request: Request, shared: Services) -> VerifiedToken:
     # Two Authorization fields are two claims of who is calling (a proxy may act on the other one):
     # the request proves nobody.
     given = request.headers.getlist("Authorization")
@@ -95,16 +94,14 @@ async def _authorized_caller(request: Request) -> VerifiedToken:
         raise InvalidToken(
             "Send a token in the Authorization header: `Authorization: Bearer <jwt>`.", token_was_sent=False
         )
-    authenticator: Authenticator = request.app.state.authenticator
-    verified = await authenticator.authenticate(token)
+    verified = await shared.authenticator.authenticate(token)
     principal = verified.principal
     # The access line names whom the token proved, whatever is refused next (another's path, the rate).
     request.state.user_id = principal.id
     if request.path_params.get("user_id") != principal.id:
         raise forbidden()
-    rate_limiter: RateLimiter | None = request.app.state.rate_limiter
-    if rate_limiter is not None:
-        rate_limiter.take(principal.id)
+    if shared.rate_limiter is not None:
+        shared.rate_limiter.take(principal.id)
     return verified
 
 
@@ -136,16 +133,17 @@ class AuthenticatedRoute(Utf8JsonRoute):
         handle = super().get_route_handler()
 
         async def admit_then_handle(request: Request) -> Response:
-            refuse_unless_isolated(request)
-            app = request.app.state
-            verified = await _authorized_caller(request)
+            shared = services(request.app)
+            # Fail closed: while the last isolation check found anything, no request reaches the database.
+            shared.isolation.refuse_unless_verified()
+            verified = await _authorized_caller(request, shared)
             user = verified.principal
             request.state.caller = Caller(
-                user, verified.expires_at, app.database, app.stored_owners, app.isolation
+                user, verified.expires_at, shared.database, shared.stored_owners, shared.isolation
             )
             _refuse_a_body_that_is_not_json(request)
             # Before FastAPI reads the body: a user's slow bodies hold only their own slots.
-            in_flight: InFlightCap = app.in_flight
+            in_flight = shared.in_flight
             in_flight.enter(user.id)
             try:
                 return await handle(request)
@@ -175,12 +173,6 @@ def _refuse_a_body_that_is_not_json(request: Request) -> None:
     codings = headers.get("content-encoding")
     if codings is not None and not {c.strip().lower() for c in codings.split(",")} <= {"", "identity"}:
         raise unsupported_content_coding()
-
-
-def refuse_unless_isolated(request: Request) -> None:
-    """Fail closed: while the last isolation check found anything, no request reaches the database."""
-    isolation: IsolationWatch = request.app.state.isolation
-    isolation.refuse_unless_verified()
 
 
 async def admitted_caller(request: Request) -> Caller:

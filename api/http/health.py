@@ -1,80 +1,12 @@
 """Liveness and readiness, for load balancers and orchestrators: no token needed."""
 
-import asyncio
-import logging
-import math
-import time
-from typing import Annotated
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Depends, Request
-
-from api.db.database import Database
-from api.db.errors import UNAVAILABLE
-from api.http.caller import refuse_unless_isolated
 from api.http.problems import ProblemType, database_unavailable, error_response
 from api.http.refusals import retry_after
+from api.http.services import services
 
 router = APIRouter(tags=["health"])
-
-logger = logging.getLogger(__name__)
-
-_READY_TIMEOUT_SECONDS = 3.0
-# /readyz needs no token, so anyone can call it as often as they like: the database hears from it
-# at most this often per worker, however many call.
-_READY_MAX_AGE_SECONDS = 1.0
-_UNREACHABLE: tuple[type[Exception], ...] = (TimeoutError, *UNAVAILABLE)
-
-
-class SharedReadiness:
-    """Whether the database answers, asked at most once per `max_age_seconds` in this worker.
-
-    Callers while a check is in flight wait for that check; callers after it take its result until
-    it is `max_age_seconds` old (counted from when it started, so checks never start more often).
-    """
-
-    def __init__(self, database: Database, *, max_age_seconds: float, timeout_seconds: float) -> None:
-        self._database = database
-        self._max_age_seconds = max_age_seconds
-        self._timeout_seconds = timeout_seconds
-        self._started_at = -math.inf
-        self._check: asyncio.Task[bool] | None = None
-        self._pinging: asyncio.Task[None] | None = None
-
-    async def reachable(self) -> bool:
-        now = time.monotonic()
-        if self._check is None or (self._check.done() and now - self._started_at >= self._max_age_seconds):
-            self._started_at = now
-            self._check = asyncio.create_task(self._ping(), name="readiness-check")
-        # Shielded: a caller that hangs up must not cancel the check the others wait for.
-        return await asyncio.shield(self._check)
-
-    async def _ping(self) -> bool:
-        # Waited for, not cancelled at the timeout: psycopg answers a cancelled wait by asking the
-        # server to cancel, and a silent server would hold the answer for that too. The ping ends
-        # by its own bounds (api/db/database.py); the next check waits for it rather than start another.
-        if self._pinging is None or self._pinging.done():
-            self._pinging = asyncio.create_task(self._database.ping(), name="readiness-ping")
-            # Its error is read here when it ends in time; when it ends later, by nobody else.
-            self._pinging.add_done_callback(lambda ping: ping.cancelled() or ping.exception())
-        done, _ = await asyncio.wait({self._pinging}, timeout=self._timeout_seconds)
-        error = self._pinging.exception() if done else TimeoutError()
-        if error is None:
-            return True
-        if not isinstance(error, _UNREACHABLE):
-            raise error
-        logger.warning("readiness: the database did not answer: %s", type(error).__name__)
-        return False
-
-
-def shared_readiness(request: Request) -> SharedReadiness:
-    """This worker's one SharedReadiness for the app's database, made on first use."""
-    state = request.app.state
-    readiness: SharedReadiness | None = getattr(state, "readiness", None)
-    if readiness is None:
-        readiness = state.readiness = SharedReadiness(
-            state.database, max_age_seconds=_READY_MAX_AGE_SECONDS, timeout_seconds=_READY_TIMEOUT_SECONDS
-        )
-    return readiness
 
 
 @router.get("/healthz", operation_id="checkLiveness", summary="The process is alive")
@@ -95,10 +27,10 @@ async def healthz() -> dict[str, str]:
         )
     },
 )
-async def readyz(
-    request: Request, readiness: Annotated[SharedReadiness, Depends(shared_readiness)]
-) -> dict[str, str]:
-    refuse_unless_isolated(request)
-    if not await readiness.reachable():
+async def readyz(request: Request) -> dict[str, str]:
+    shared = services(request.app)
+    # Fail closed, as a task request does: not ready while the last isolation check found anything.
+    shared.isolation.refuse_unless_verified()
+    if not await shared.readiness.reachable():
         raise database_unavailable()
     return {"status": "ready"}

@@ -490,7 +490,9 @@ def document_problem_media_type(app: FastAPI) -> None:
     amend_openapi(app, amend)
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
+    """Every problem's handler; a breach of isolation also has `isolation` check again at once."""
+
     @app.exception_handler(ProblemError)
     async def on_problem(_: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(exc)
@@ -521,18 +523,16 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(isolation_unverified(retry_after=exc.retry_after_seconds))
 
     @app.exception_handler(IsolationBreach)
-    async def on_isolation_breach(request: Request, exc: IsolationBreach) -> JSONResponse:
-        isolation: IsolationWatch = request.app.state.isolation
+    async def on_isolation_breach(_: Request, exc: IsolationBreach) -> JSONResponse:
         isolation.distrust(exc)
         return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
 
     @app.exception_handler(AlreadyExists)
-    async def on_unexpected_unique_key(request: Request, exc: AlreadyExists) -> JSONResponse:
+    async def on_unexpected_unique_key(_: Request, exc: AlreadyExists) -> JSONResponse:
         # The one unique key a request can run into on purpose, a repeated Idempotency-Key, is
         # caught below this layer; any other is a key on what a user writes, which the isolation
         # check reports: answering its conflict would tell the caller another user stored the
         # value. Fail closed, as for a row-security violation, until a check completes clean.
-        isolation: IsolationWatch = request.app.state.isolation
         isolation.distrust_unique_key(exc)
         return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
 

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.events.hub import Hub
+from api.events.services import live_services
 from api.ops.collector import tune_collector_for_serving
 from api.telemetry.metrics import dead_workers, forget_dead_worker
 
@@ -111,8 +112,9 @@ def create_served_app() -> FastAPI:
     app: FastAPI
 
     def on_ready() -> None:
-        _end_streams_on_shutdown(app.state.events_hub)
-        _stop_when_orphaned(app.state.settings.shutdown_grace_seconds)
+        shared = live_services(app)
+        _end_streams_on_shutdown(shared.events_hub)
+        _stop_when_orphaned(shared.settings.shutdown_grace_seconds)
         _announce_once()
 
     app = create_app(on_ready=on_ready)

@@ -28,7 +28,7 @@ from api.http.problems import (
 from api.http.query import ascii_digits, parameter_names, strict_parameters
 from api.http.refusals import RETRY_AFTER
 from api.http.request_telemetry import note_change
-from api.settings import Settings
+from api.http.services import services
 from api.tasks import docs, queries
 from api.tasks.etags import etag, list_preconditions, unchanged_for, write_condition
 from api.tasks.idempotency import create_once, idempotency_key
@@ -77,7 +77,7 @@ async def _write_preconditions(caller: Caller, request: Request, task_id: int) -
     422 for a malformed one costs no read. Then If-None-Match (section 13.1.2): 412 when it is `*` or
     names the task as it is. Only a write that sends it pays that read; a change between the read
     and the write makes a version the client could not have named."""
-    versions = write_condition(request, task_id, required=_settings(request).require_if_match)
+    versions = write_condition(request, task_id, required=services(request.app).settings.require_if_match)
     if field_value(request.headers, "if-none-match") is not None:
         row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
         if unchanged_for(request, task_id, row["version"]):
@@ -89,11 +89,6 @@ def _task(row: Mapping[str, Any], response: Response) -> Mapping[str, Any]:
     """One task's row, its ETag set on the response."""
     response.headers["ETag"] = etag(row["id"], row["version"])
     return row
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def _task_path(user_id: str, task_id: int) -> str:
@@ -187,7 +182,7 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
             (row,) = await caller.run(queries.create_task(user, data), read_only=False)
             created = True
         else:
-            ttl = timedelta(hours=_settings(request).idempotency_ttl_hours)
+            ttl = timedelta(hours=services(request.app).settings.idempotency_ttl_hours)
             row, created = await create_once(caller, data, key, ttl)
     except LimitReached:
         raise task_limit_reached(caller.database.transactions.max_tasks_per_user) from None

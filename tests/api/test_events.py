@@ -18,6 +18,7 @@ from starlette.types import Message
 
 from api.app import create_app
 from api.auth.dev_tokens import mint_token
+from api.events.services import live_services
 from tests.api.events_client import Event, async_client, open_once_a_place_is_free, opened
 from tests.support import SECRET, ApiUser, assert_problem, new_user, serving, settings_for
 
@@ -609,8 +610,7 @@ def test_a_stream_whose_client_left_before_its_first_event_gives_its_place_back(
     async def scenario() -> int:
         async with app.router.lifespan_context(app):
             await app({**scope, "state": {}}, receive, send)
-            streams: int = app.state.events_hub.streams_of(alice.id)
-            return streams
+            return live_services(app).events_hub.streams_of(alice.id)
 
     assert asyncio.run(scenario()) == 0
 
@@ -628,8 +628,8 @@ def test_users_refused_by_a_full_worker_leave_nothing_behind_in_it(api_db_url: s
                 async with opened(client, user) as refused:
                     assert_problem(refused.response, 503, "streams-unavailable")
             # The users the hub keeps streams for: the one user who holds a stream, nobody else.
-            assert app.state.events_hub.users_with_streams() == 1
-            assert app.state.events_hub.streams_of(holder.id) == 1
+            assert live_services(app).events_hub.users_with_streams() == 1
+            assert live_services(app).events_hub.streams_of(holder.id) == 1
 
     with serving(app) as base_url:
         run(base_url, scenario)
@@ -644,11 +644,11 @@ def test_a_stream_asked_for_while_the_worker_shuts_down_is_refused_with_retry_af
     async def scenario(client: httpx.AsyncClient) -> None:
         async with opened(client, alice) as refused:
             assert "shutting down" in refused.refusal(503, "streams-unavailable")["detail"]
-        assert app.state.events_hub.streams_of(alice.id) == 0
+        assert live_services(app).events_hub.streams_of(alice.id) == 0
 
     with serving(app) as base_url:
         # As the worker's SIGTERM handler does (api/ops/worker.py); no stream is open to wake.
-        app.state.events_hub.close()
+        live_services(app).events_hub.close()
         run(base_url, scenario)
 
 

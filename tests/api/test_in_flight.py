@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.http.in_flight import InFlightCap
+from api.http.services import services
 from tests.support import new_user, serving_client, settings_for
 
 
@@ -24,7 +24,7 @@ def test_every_way_a_request_ends_gives_its_slot_back(
     one_at_a_time: tuple[FastAPI, httpx.Client], api_db: psycopg.Connection[Any]
 ) -> None:
     app, client = one_at_a_time
-    in_flight: InFlightCap = app.state.in_flight
+    in_flight = services(app).in_flight
     alice = new_user()
     created = client.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers)
     assert created.status_code == 201

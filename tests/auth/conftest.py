@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.http.services import services
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
 from tests.support import ApiUser, better_auth_id, now, serving_client, settings_for
 
@@ -93,7 +94,7 @@ def get_tasks(client: httpx.Client, server: JwksServer, key: SigningKey, **claim
 
 def keys_fetched(app: FastAPI) -> bool:
     """Whether the app's start-up fetch of the keys is done: until then a JWKS token is a 503."""
-    return all(key_set.fetched for key_set in app.state.authenticator.key_sets)
+    return all(key_set.fetched for key_set in services(app).authenticator.key_sets)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:

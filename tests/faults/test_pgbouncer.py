@@ -21,6 +21,7 @@ from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
 from api.db.prepared import preparing_setting, url_reaches_postgres_itself
+from api.events.services import live_services
 from tests.api.events_client import async_client, opened
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
 from tests.support import (
@@ -120,7 +121,7 @@ def _one_event_reaches_a_stream(base_url: str) -> dict[str, Any]:
 def test_behind_a_transaction_pooler_streams_poll(bouncer_url: str) -> None:
     app = create_app(settings_for(bouncer_url, events_poll_milliseconds=200))
     with serving(app) as base_url:
-        assert app.state.events_hub.poll_seconds == 0.2
+        assert live_services(app).events_hub.poll_seconds == 0.2
         _one_event_reaches_a_stream(base_url)
 
 
@@ -129,7 +130,7 @@ def test_with_a_direct_url_the_worker_listens_even_behind_a_pooler(
 ) -> None:
     app = create_app(settings_for(bouncer_url, database_direct_url=migrated_db_url))
     with serving(app) as base_url:
-        assert app.state.events_hub.poll_seconds is None
+        assert live_services(app).events_hub.poll_seconds is None
         _one_event_reaches_a_stream(base_url)
 
 
@@ -141,7 +142,7 @@ def test_a_direct_url_that_reaches_the_pooler_is_not_listened_on_and_streams_pol
     `todo-api serve`'s, once for every worker (below)."""
     app = create_app(settings_for(bouncer_url, database_direct_url=bouncer_url, events_poll_milliseconds=200))
     with caplog.at_level(logging.INFO, logger="api.db.listener"), serving(app) as base_url:
-        assert app.state.events_hub.poll_seconds == 0.2
+        assert live_services(app).events_hub.poll_seconds == 0.2
         _one_event_reaches_a_stream(base_url)
     said = [
         (record.levelno, record.getMessage()) for record in caplog.records if record.name == "api.db.listener"

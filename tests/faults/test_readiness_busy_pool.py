@@ -87,7 +87,7 @@ def test_a_database_that_is_down_is_not_ready_and_ready_again_once_back(own_post
         assert client.get("/readyz").status_code == 200  # the readiness connection is made, and kept
 
         own_postgres.stop()
-        time.sleep(1.1)  # past the shared answer's second (api/http/health.py)
+        time.sleep(1.1)  # past the shared answer's second (api/http/readiness.py)
         down = client.get("/readyz")
 
         assert_problem(down, 503, "database-unavailable")

@@ -14,7 +14,7 @@ import httpx
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.db.database import Database
+from api.http.services import services
 from tests.support import new_user, serving, settings_for
 
 CALLERS = 64
@@ -22,7 +22,7 @@ CALLERS = 64
 
 def round_trips_so_far(app: FastAPI) -> int:
     """Connections the app's pool has handed out so far, and readiness pings sent."""
-    database: Database = app.state.database
+    database = services(app).database
     return database.pool.get_stats()["requests_num"] + database.pings_sent
 
 
