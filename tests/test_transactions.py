@@ -171,3 +171,25 @@ def test_one_pooled_connection_shared_by_users_over_http(migrated_db_url: str, w
             assert client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers).status_code == 201
         assert {t["title"] for t in client.get(alice.tasks_url, headers=alice.headers).json()} == {"alice's"}
         assert {t["title"] for t in client.get(bob.tasks_url, headers=bob.headers).json()} == {"bob's"}
+
+
+def test_a_write_whose_statement_is_first_prepared_behind_a_table_lock_is_cancelled_too(
+    migrated_db_url: str, way: dict[str, Any]
+) -> None:
+    """A statement is prepared on each connection the first time it is sent there, before its
+    transaction: that PREPARE waited for a DBA's table lock with no statement timeout of its own, until
+    the API gave the answer up and said 503 outcome-unknown, a write that may or may not have been
+    made, though nothing had been sent but the PREPARE."""
+    alice = new_user()
+    settings = settings_for(migrated_db_url, db_statement_timeout_ms=200, db_connect_timeout_seconds=2, **way)
+    with serving_client(create_app(settings)) as client:
+        created = client.post(alice.tasks_url, json={"title": "behind a lock"}, headers=alice.headers)
+        assert created.status_code == 201
+        task_id = created.json()["id"]
+        with psycopg.connect(migrated_db_url) as holder:
+            holder.execute("lock table tasks in access exclusive mode")
+            completed = client.patch(f"{alice.task_url(task_id)}/complete", headers=alice.headers)
+            holder.rollback()
+        body = assert_problem(completed, 503, "database-unavailable")
+        assert "DB_STATEMENT_TIMEOUT_MS" in body["detail"], body
+        assert client.get(alice.task_url(task_id), headers=alice.headers).json()["completed"] is False

@@ -95,7 +95,15 @@ from api.db.pool import (
     try_again,
 )
 from api.db.prepared import PreparingSetting, preparing_setting
-from api.db.statements import ACT_AS_USER, WAKE_STREAMS, as_user_values, begin, compiled, one_message
+from api.db.statements import (
+    ACT_AS_USER,
+    BEGIN_TO_PREPARE,
+    WAKE_STREAMS,
+    as_user_values,
+    begin,
+    compiled,
+    one_message,
+)
 from api.db.urls import libpq_url
 from api.settings import Settings
 from api.telemetry import metrics
@@ -405,7 +413,13 @@ class Database:
             async with answer_within(connection, self.transactions.answer_timeout_seconds):
                 if self.transactions.pipelined:
                     return await self._pipelined(connection, query, as_user, read_only=read_only)
-                return await self._one_message(connection, query, as_user, read_only=read_only)
+                return await self._one_message(
+                    connection,
+                    query,
+                    as_user,
+                    read_only=read_only,
+                    statement_timeout_ms=self.transactions.statement_timeout_ms,
+                )
         except SafeToRetry:
             raise
         except TimeoutError:
@@ -501,13 +515,21 @@ class Database:
 
     @staticmethod
     async def _one_message(
-        connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
+        connection: Connection,
+        query: Query,
+        as_user: Mapping[str, object],
+        *,
+        read_only: bool,
+        statement_timeout_ms: int,
     ) -> Rows:
         statement = compiled(query.statement)
         if connection.may_prepare and statement.name not in connection.prepared:
-            # Once per connection and statement, in autocommit: a failed transaction keeps it.
+            # Once per connection and statement, in a transaction of its own: a failed request's
+            # transaction keeps it. Whatever fails here leaves a transaction `_roll_back` ends.
             try:
+                await connection.execute(BEGIN_TO_PREPARE, [str(statement_timeout_ms)])
                 await connection.execute(statement.prepare(connection))
+                await connection.execute("COMMIT")
             except psycopg.OperationalError as error:
                 if connection.broken:  # the transaction was never sent
                     raise SafeToRetry(f"the connection broke before a write was sent: {error}") from error

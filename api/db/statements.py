@@ -96,7 +96,8 @@ class CompiledStatement:
         return {**self.constants, **values}
 
     def prepare(self, connection: psycopg.AsyncConnection[Any]) -> str:
-        """`PREPARE name AS <sql>`, sent once per connection, outside any transaction."""
+        """`PREPARE name AS <sql>`, sent once per connection, in a transaction of its own
+        (`BEGIN_TO_PREPARE`)."""
         cursor = psycopg.AsyncClientCursor(connection)
         cursor.adapters.register_dumper(_Position, _PositionDumper)
         positions = {name: _Position(n) for n, name in enumerate(self.parameters, 1)}
@@ -125,6 +126,13 @@ def begin(*, read_only: bool) -> str:
         if read_only
         else "BEGIN ISOLATION LEVEL READ COMMITTED"
     )
+
+
+# What a PREPARE is sent after: a transaction under the statement timeout its statement gets. A
+# PREPARE waits for its tables' locks as the statement does (a DBA's LOCK TABLE); outside a transaction
+# it had the session's timeout, none, and waited until the API gave the answer up, a write whose
+# outcome it could not tell though nothing but the PREPARE had been sent.
+BEGIN_TO_PREPARE = "BEGIN; SELECT pg_catalog.set_config('statement_timeout', %s, true)"
 
 
 @lru_cache(maxsize=1024)
