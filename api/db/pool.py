@@ -21,9 +21,13 @@ import select
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -216,22 +220,24 @@ class PingConnection:
             await self._connection.close()
 
 
-# How the server writes the times psycopg reads, set once for each session that reads a time. psycopg
-# parses a timestamptz only in DateStyle ISO, and gives it in the TimeZone the server last reported for
-# the session, at the end of a message, by which time a transaction's own set_config is undone. So a
-# DBA's DateStyle (ALTER DATABASE ... SET DateStyle = 'SQL, DMY') made every answer holding a task a
-# 500, and their TimeZone shifted its times off UTC, which the contract promises. Unlike the role and
-# app.user_id, these two may outlive a transaction: they decide nothing about who sees what, and
-# PgBouncer (Neon's pooler) keeps both per client, setting them again on whichever server connection
-# it lends the client next.
-_TIMES_AS_PSYCOPG_READS_THEM = (
-    "SELECT pg_catalog.set_config('DateStyle', 'ISO', false), pg_catalog.set_config('TimeZone', 'UTC', false)"
-)
+class UtcTimestamptzLoader(Loader):
+    """A timestamptz as the API's transactions have Postgres write it, ISO and UTC (`ACT_AS_USER` sets
+    both for the transaction), read in UTC. psycopg's own loader reads it by the DateStyle and
+    TimeZone the session last reported, at the end of a message, by when the transaction's settings
+    are undone: a DBA's DateStyle (ALTER DATABASE ... SET DateStyle = 'SQL, DMY') made every answer
+    holding a task a 500, and their TimeZone shifted its times off UTC, which the contract promises.
+    Only transaction-scoped settings are sent (docs/architecture.md): the session's stay the DBA's."""
+
+    def load(self, data: Buffer) -> datetime:
+        return datetime.fromisoformat(bytes(data).decode()).astimezone(_UTC)
 
 
-async def read_times_in_utc(connection: psycopg.AsyncConnection[Any]) -> None:
-    """Make the session write times as psycopg reads them, in UTC, whatever the database's settings."""
-    await connection.execute(_TIMES_AS_PSYCOPG_READS_THEM, prepare=False)
+_UTC = ZoneInfo("UTC")
+
+
+def read_times_in_utc(connection: psycopg.AsyncConnection[Any]) -> None:
+    """Read the connection's times with `UtcTimestamptzLoader`."""
+    connection.adapters.register_loader("timestamptz", UtcTimestamptzLoader)
 
 
 def configure_sessions(
@@ -240,7 +246,7 @@ def configure_sessions(
     """The pool's configure step: times read in UTC (`read_times_in_utc`), then `preparing`'s step."""
 
     async def configure(connection: Connection) -> None:
-        await read_times_in_utc(connection)
+        read_times_in_utc(connection)
         if preparing is not None:
             await preparing(connection)
 

@@ -53,7 +53,8 @@ ACT_AS_USER = text(
     " set_config('app.events_retention_hours', :app_events_retention_hours, true),"
     " set_config('app.notify_after_commit', 'on', true),"
     " set_config('statement_timeout', :app_statement_timeout, true),"
-    " set_config('TimeZone', 'UTC', true)"
+    " set_config('TimeZone', 'UTC', true),"
+    " set_config('DateStyle', 'ISO', true)"
 )
 
 # What a write sends after its COMMIT, outside any transaction: the NOTIFY the trigger would have

@@ -19,7 +19,6 @@ from typing import Any
 
 import psycopg
 
-from api.db.pool import read_times_in_utc
 from api.db.prepared import preparing_setting, reaches_postgres_itself, sessions_pass_between_clients
 from api.db.urls import libpq_url
 from api.ops.failures import CommandFailed, database_failure
@@ -253,7 +252,9 @@ async def refuse_prepared_statements_the_pooler_loses(
 # Which server and database a session is in, as a role with no privileges can ask: when the server's
 # postmaster started, to the microsecond, tells it from any other server, a standby or a restored copy
 # of the same cluster included, and reads the same through a pooler in front of it.
-_SERVER_AND_DATABASE = "select pg_postmaster_start_time(), current_database()"
+# The server's start as a number, which reads the same whatever DateStyle and TimeZone the DBA gave
+# the sessions.
+_SERVER_AND_DATABASE = "select extract(epoch from pg_postmaster_start_time()), current_database()"
 
 
 async def check_direct_url(url: str, settings: Settings, served: tuple[object, str]) -> None:
@@ -269,7 +270,6 @@ async def check_direct_url(url: str, settings: Settings, served: tuple[object, s
             conninfo, autocommit=True, prepare_threshold=None
         ) as connection:
             reaches_postgres = await reaches_postgres_itself(connection)
-            await read_times_in_utc(connection)
             cursor = await connection.execute(f"{_SERVER_AND_DATABASE}, pg_is_in_recovery()")
             row = await cursor.fetchone()
     except psycopg.OperationalError as error:
@@ -315,7 +315,6 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
             await refuse_a_read_only_database(connection, "DATABASE_URL")
             await refuse_a_database_not_in_utf8(connection, "DATABASE_URL")
-            await read_times_in_utc(connection)
             cursor = await connection.execute(_SERVER_AND_DATABASE)
             served = await cursor.fetchone()
             assert served is not None

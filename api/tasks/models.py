@@ -137,7 +137,7 @@ class TaskPublic(TaskBase, _TaskKeys):
     # Every field is always in a response, defaults or not.
     model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
-    # Postgres answers in UTC: every pooled session reads times in UTC (api/db/pool.py, read_times_in_utc).
+    # Postgres answers in UTC: every transaction sets TimeZone, and times are read in UTC (api/db/pool.py).
     created_at: AwareDatetime
     updated_at: AwareDatetime
     # In every representation, list items included, so a client that only listed can still send
