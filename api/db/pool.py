@@ -23,7 +23,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.abc import Buffer
@@ -229,10 +228,8 @@ class UtcTimestamptzLoader(Loader):
     Only transaction-scoped settings are sent (docs/architecture.md): the session's stay the DBA's."""
 
     def load(self, data: Buffer) -> datetime:
-        return datetime.fromisoformat(bytes(data).decode()).astimezone(_UTC)
-
-
-_UTC = ZoneInfo("UTC")
+        # Written in UTC, so read with the offset +00: no conversion.
+        return datetime.fromisoformat(bytes(data).decode())
 
 
 def read_times_in_utc(connection: psycopg.AsyncConnection[Any]) -> None:
