@@ -7,6 +7,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.sql import SQL, Identifier
 
 from api.app import create_app
 from api.db.database import Database
@@ -156,6 +158,44 @@ def test_a_write_that_waits_on_a_row_lock_past_the_statement_timeout_is_503_and_
     with psycopg.connect(migrated_db_url) as connection:
         stored = connection.execute("select completed, version from tasks where id = %s", [task_id])
         assert stored.fetchall() == [(False, created.json()["version"])], "the write changed nothing"
+
+
+def test_a_write_past_the_login_roles_lock_timeout_is_503_naming_it_and_changes_nothing(
+    migrated_db_url: str, superuser_url: str, way: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DBA's `ALTER ROLE ... SET lock_timeout` cancels a write behind another's row lock long before
+    DB_STATEMENT_TIMEOUT_MS: its 503 said "The database cannot be reached right now" and its log
+    "database unavailable: LockNotAvailable", while the database answered at once."""
+    alice = new_user()
+    dbname = conninfo_to_dict(migrated_db_url)["dbname"]
+    with psycopg.connect(superuser_url, autocommit=True) as dba:
+        dba.execute(
+            SQL("alter role {} in database {} set lock_timeout = '10ms'").format(
+                Identifier(LOGIN_ROLE), Identifier(str(dbname))
+            )
+        )
+    with serving_client(create_app(settings_for(migrated_db_url, **way))) as client:
+        created = client.post(alice.tasks_url, json={"title": "locked"}, headers=alice.headers)
+        assert created.status_code == 201
+        task_id = created.json()["id"]
+        with (
+            psycopg.connect(migrated_db_url) as holder,
+            caplog.at_level(logging.WARNING, logger="api.http.problems"),
+        ):
+            holder.execute("select 1 from tasks where id = %s for update", [task_id])
+            renamed = client.put(alice.task_url(task_id), json={"title": "renamed"}, headers=alice.headers)
+            holder.rollback()
+        assert client.get("/readyz").status_code == 200
+    body = assert_problem(renamed, 503, "database-unavailable")
+    assert "lock_timeout" in body["detail"], body
+    assert "cannot be reached" not in body["detail"], body
+    assert "nothing was changed" in body["detail"], body
+    assert renamed.headers["Retry-After"].isdigit()
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith("lock wait given up: ") for message in messages), messages
+    with psycopg.connect(migrated_db_url) as connection:
+        stored = connection.execute("select title, version from tasks where id = %s", [task_id])
+        assert stored.fetchall() == [("locked", created.json()["version"])], "the write changed nothing"
 
 
 def test_one_pooled_connection_shared_by_users_over_http(migrated_db_url: str, way: dict[str, Any]) -> None:

@@ -72,6 +72,7 @@ from api.db.errors import (
     CheckRefused,
     DatabaseUnavailable,
     LimitReached,
+    LockWaitGivenUp,
     MissingReference,
     OutcomeUnknown,
     PrivilegeDenied,
@@ -487,6 +488,11 @@ class Database:
             # so: the connection is sound, and the rest of the message, COMMIT included, was skipped.
             await _roll_back(connection)
             raise StatementCancelled(error.diag.message_primary) from None
+        except psycopg.errors.LockNotAvailable as error:
+            # lock_timeout, which the API never sets for requests: the DBA's, on the login role or
+            # the database. Answered like a cancelled statement: the connection is sound.
+            await _roll_back(connection)
+            raise LockWaitGivenUp(error.diag.message_primary) from None
         except psycopg.Error as error:
             await _roll_back(connection)
             if not (connection.broken or connection.closed):

@@ -112,6 +112,13 @@ class StatementCancelled(DatabaseUnavailable):
     cancelled it. The database answered, so it is reachable; only this request was not done."""
 
 
+class LockWaitGivenUp(DatabaseUnavailable):
+    """The database gave up waiting for a lock the statement needed and rolled the transaction back
+    (SQLSTATE 55P03): a `lock_timeout` a DBA set for the login role or the database, shorter than
+    DB_STATEMENT_TIMEOUT_MS, ran out behind another transaction's row or table lock. The database
+    answered, so it is reachable; only this request was not done."""
+
+
 # Every failure of `Database` that means "not now" rather than "this statement is wrong": no free
 # connection in time, no connection at all, a cancelled statement. The HTTP layer answers each with
 # a 503 and never needs to know which driver raised it; `OutcomeUnknown` with a 503 of its own. A

@@ -22,6 +22,7 @@ from api.db.errors import (
     AlreadyExists,
     CheckRefused,
     IsolationBreach,
+    LockWaitGivenUp,
     OutcomeUnknown,
     StatementCancelled,
     UserShareExceeded,
@@ -384,6 +385,18 @@ def statement_cancelled() -> ProblemError:
     )
 
 
+def lock_wait_given_up() -> ProblemError:
+    # As statement_cancelled: the database answered and rolled back; what it gave up on differs.
+    return ProblemError(
+        503,
+        ProblemType.DATABASE_UNAVAILABLE,
+        "Database unavailable",
+        "The database gave up waiting for a lock this request needed (a task another transaction "
+        "is changing, say) within its lock_timeout; nothing was changed. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
 def outcome_unknown() -> ProblemError:
     # Not database-unavailable: that one promises nothing was changed, and a client that trusts it
     # and retries a create without a key, or a toggle, would do it twice.
@@ -555,6 +568,11 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
     async def on_statement_cancelled(_: Request, exc: StatementCancelled) -> JSONResponse:
         logger.warning("statement cancelled: %s", exc)
         return problem_response(statement_cancelled())
+
+    @app.exception_handler(LockWaitGivenUp)
+    async def on_lock_wait_given_up(_: Request, exc: LockWaitGivenUp) -> JSONResponse:
+        logger.warning("lock wait given up: %s", exc)
+        return problem_response(lock_wait_given_up())
 
     # More specific than DatabaseUnavailable, so Starlette picks this handler for it.
     @app.exception_handler(OutcomeUnknown)

@@ -62,7 +62,7 @@ def service_unavailable(
     types += [own_type] if own_type else []
     causes = [
         "The database, or Better Auth's keys, cannot be reached",
-        "the database did not finish within DB_STATEMENT_TIMEOUT_MS",
+        "the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout",
         "the last isolation check found something",
     ]
     causes += [own_reason] if own_reason else []

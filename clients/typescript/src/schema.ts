@@ -378,7 +378,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS, the last isolation check found something, or this server process holds MAX_STREAMS_PER_WORKER streams of all users already; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable, isolation-unverified or streams-unavailable). */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, the last isolation check found something, or this server process holds MAX_STREAMS_PER_WORKER streams of all users already; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable, isolation-unverified or streams-unavailable). */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -547,7 +547,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -754,7 +754,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -927,7 +927,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -1130,7 +1130,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -1299,7 +1299,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
@@ -1502,7 +1502,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
