@@ -7,7 +7,6 @@ from typing import Any
 
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import APIRouter, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from pydantic import SecretStr
 from starlette.middleware.errors import ServerErrorMiddleware
 
@@ -22,6 +21,7 @@ from api.events.services import LiveServices
 from api.http import health, metrics
 from api.http.body_limit import BodyLimits, document_body_limits
 from api.http.caller import document_bearer_scheme
+from api.http.cors import ProblemCORSMiddleware
 from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
 from api.http.methods import install_method_rules, served_routes
@@ -153,7 +153,7 @@ def create_app(
     # BodyLimits and ServerErrorMiddleware, whose 413 and 500 a browser could otherwise not read.
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=CORS_REQUEST_HEADERS,

@@ -67,6 +67,7 @@ class ProblemType(StrEnum):
     TOO_MANY_REQUESTS = "too-many-requests"
     INTERNAL_ERROR = "internal-error"
     NOT_IMPLEMENTED = "not-implemented"
+    CORS_PREFLIGHT_REFUSED = "cors-preflight-refused"
     AUTHENTICATION_UNAVAILABLE = "authentication-unavailable"
     DATABASE_UNAVAILABLE = "database-unavailable"
     ISOLATION_UNVERIFIED = "isolation-unverified"
@@ -121,6 +122,18 @@ def problem_response(error: ProblemError) -> JSONResponse:
         status_code=error.problem.status,
         headers=error.headers,
         media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def cors_preflight_refused(refused: str, *, headers: dict[str, str]) -> ProblemError:
+    return ProblemError(
+        400,
+        ProblemType.CORS_PREFLIGHT_REFUSED,
+        "CORS preflight refused",
+        f"A browser may not make the request this preflight asks about (refused: {refused}): the API "
+        "admits the origins CORS_ORIGINS names, with the methods and request headers this answer's "
+        "Access-Control-Allow-Methods and Access-Control-Allow-Headers list.",
+        headers=headers,
     )
 
 

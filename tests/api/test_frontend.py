@@ -125,9 +125,39 @@ def test_a_preflight_allows_the_request_headers_a_frontend_sends(
         },
     )
     assert response.status_code == 200
+    # Starlette's own answer, as it always was: a browser reads only the headers.
+    assert (response.headers["content-type"], response.content) == ("text/plain; charset=utf-8", b"OK")
     assert response.headers["access-control-allow-origin"] == ORIGIN
     allowed = {name.strip().lower() for name in response.headers["access-control-allow-headers"].split(",")}
     assert sent | {"x-request-id"} <= allowed
+
+
+@pytest.mark.parametrize(
+    ("asked", "refused"),
+    [
+        ({"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "GET"}, "origin"),
+        ({"Origin": ORIGIN, "Access-Control-Request-Method": "TRACE"}, "method"),
+        (
+            {
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization, x-unknown",
+            },
+            "headers",
+        ),
+    ],
+)
+def test_a_refused_preflight_is_a_problem_naming_what_was_refused(
+    browser_api: httpx.Client, alice: ApiUser, asked: dict[str, str], refused: str
+) -> None:
+    """It was Starlette's plain text ("Disallowed CORS origin"), where every other refusal is a
+    problem: a browser reads no body either way, but an operator trying the preflight with curl does."""
+    response = browser_api.options(alice.tasks_url, headers=asked)
+    body = assert_problem(response, 400, "cors-preflight-refused")
+    assert refused in body["detail"], body
+    assert "CORS_ORIGINS" in body["detail"], body
+    assert response.headers["vary"].startswith("Origin"), "still Starlette's CORS headers"
+    assert "x-request-id" in response.headers
 
 
 def test_a_browser_may_read_the_response_headers_it_needs(browser_api: httpx.Client, alice: ApiUser) -> None:
