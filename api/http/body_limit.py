@@ -138,18 +138,11 @@ class BodyLimits:
             return
 
 
-_CONNECTION_CLOSED = {
-    "Connection": {
-        "description": "`close`: the server closes the connection after this answer.",
-        "schema": {"type": "string", "enum": ["close"]},
-    }
-}
-
-
 def _refusal(description: str) -> dict[str, Any]:
+    # Said in words, not as a `Connection` header: that one is about the connection, which a proxy or
+    # HTTP/2 does not pass on, and any answer to a chunked body left unread carries it (RFC 9110, 7.6.1).
     return {
-        "description": description,
-        "headers": dict(_CONNECTION_CLOSED),
+        "description": description + " The server closes the connection after this answer.",
         "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
 

@@ -100,9 +100,9 @@ def _documented_headers() -> tuple[set[str], set[str]]:
 
 
 # Documented response headers a script has no need to be allowed to read: Cache-Control is a
-# CORS-safelisted response header (the Fetch standard), which a browser exposes anyway; Connection
-# is about the connection, the browser's own business; X-Accel-Buffering is for a proxy.
-NOT_EXPOSED = {"cache-control", "connection", "x-accel-buffering"}
+# CORS-safelisted response header (the Fetch standard), which a browser exposes anyway;
+# X-Accel-Buffering is for a proxy.
+NOT_EXPOSED = {"cache-control", "x-accel-buffering"}
 
 
 def test_the_cors_lists_name_every_header_the_document_does() -> None:

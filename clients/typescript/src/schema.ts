@@ -287,11 +287,9 @@ export interface operations {
                     "text/event-stream": string;
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
             400: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -324,11 +322,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
             413: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -365,11 +361,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -445,11 +439,9 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
             400: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -493,11 +485,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
             413: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -534,11 +524,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -602,11 +590,9 @@ export interface operations {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
             400: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -639,11 +625,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). The server closes the connection after this answer. */
             408: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -687,11 +671,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
             413: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -741,11 +723,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -812,11 +792,9 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
             400: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -873,11 +851,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
             413: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -914,11 +890,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -978,11 +952,9 @@ export interface operations {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
             400: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1026,11 +998,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). The server closes the connection after this answer. */
             408: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1052,11 +1022,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
             413: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1117,11 +1085,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1173,11 +1139,9 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
             400: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1234,11 +1198,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
             413: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1286,11 +1248,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1350,11 +1310,9 @@ export interface operations {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
             400: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1398,11 +1356,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). The server closes the connection after this answer. */
             408: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1424,11 +1380,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
             413: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1489,11 +1443,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1539,11 +1491,9 @@ export interface operations {
                     };
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
             400: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1552,11 +1502,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
             413: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1565,11 +1513,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1602,11 +1548,9 @@ export interface operations {
                     };
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
             400: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1615,11 +1559,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
             413: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1628,11 +1570,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
-                    /** @description `close`: the server closes the connection after this answer. */
-                    Connection?: "close";
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
