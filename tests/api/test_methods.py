@@ -141,3 +141,22 @@ def test_head_of_a_streamed_get_ends_it_and_the_connection_serves_on(api_db_url:
         made = chunks_made
         time.sleep(0.3)
         assert chunks_made == made <= 2, "the stream stopped once its HEAD was answered"
+
+
+def test_head_of_the_event_stream_answers_at_once_and_holds_no_stream(api_db_url: str) -> None:
+    """RFC 9110's HEAD is GET without the body: for the event stream, its head, and the stream ended
+    at once, its place given back. The document lists HEAD nowhere: every GET answers it."""
+    alice = new_user()
+    with serving_client(create_app(settings_for(api_db_url, max_streams_per_user=1)), timeout=5) as client:
+        url = f"/api/{alice.id}/events"
+        for _ in range(3):  # past MAX_STREAMS_PER_USER, were any held
+            started = time.monotonic()
+            head = client.head(url, headers=alice.headers)
+            assert time.monotonic() - started < 2, "answered before the first heartbeat"
+            assert head.status_code == 200
+            assert head.headers["content-type"].startswith("text/event-stream")
+            assert head.headers["cache-control"] == "no-store"
+            assert head.content == b""
+        assert client.head(url).status_code == 401
+        with client.stream("GET", url, headers=alice.headers) as stream:
+            assert stream.status_code == 200
