@@ -156,7 +156,9 @@ def test_a_malformed_last_event_id_starts_with_reset(api_url: str) -> None:
     alice = new_user()
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        for malformed in ("abc", "-1", "1.5", "99999999999999999999"):
+        # Signed, spaced within, past bigint (2**63), or more digits than any bigint has, zeros or not.
+        beyond = ("9223372036854775808", "99999999999999999999", "00000000000000000001", "1" * 24)
+        for malformed in ("abc", "-1", "+1", "1.5", "1 2", *beyond):
             async with opened(client, alice, last_event_id=malformed) as stream:
                 assert stream.response.status_code == 200
                 assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
