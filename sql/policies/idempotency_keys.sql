@@ -5,9 +5,12 @@
 -- sql/migrations/0013_tombstones_forget_the_request.sql). Other users' expired keys are removed only by the database itself:
 -- the trigger function app.forget_expired_idempotency_keys (sql/migrations/0007_deleted_means_gone.sql)
 -- runs as its owner and deletes nothing that has not expired.
--- Applying this file replaces every policy on the table, so the file is exactly what is live.
+-- Applying this file replaces every policy on the table, and turns row-level security on and forces
+-- it, so the file is exactly what is live (a restore of a dump taken while it was lifted, say).
 
 CALL app.drop_all_policies('public.idempotency_keys');
+ALTER TABLE public.idempotency_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.idempotency_keys FORCE ROW LEVEL SECURITY;
 
 CREATE POLICY "idempotency keys are visible to their owner" ON public.idempotency_keys
     FOR SELECT TO todo_app

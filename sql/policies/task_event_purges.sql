@@ -1,9 +1,12 @@
 -- Row-level security for public.task_event_purges: the newest event id purged for a user is seen by
 -- that user only, and written by nobody but the trigger on public.task_events
 -- (sql/migrations/0010_event_purges.sql; todo_app has SELECT only).
--- Applying this file replaces every policy on the table, so the file is exactly what is live.
+-- Applying this file replaces every policy on the table, and turns row-level security on and forces
+-- it, so the file is exactly what is live (a restore of a dump taken while it was lifted, say).
 
 CALL app.drop_all_policies('public.task_event_purges');
+ALTER TABLE public.task_event_purges ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.task_event_purges FORCE ROW LEVEL SECURITY;
 
 CREATE POLICY "event purges are visible to their user" ON public.task_event_purges
     FOR SELECT TO todo_app

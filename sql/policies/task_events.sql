@@ -2,9 +2,12 @@
 -- writes an event directly (todo_app has SELECT only); the trigger on public.tasks writes them
 -- (sql/migrations/0008_task_events.sql), and removes a user's oldest when it purges, and on each
 -- write the expired events of a few other users too (sql/migrations/0011_purge_every_users_events.sql).
--- Applying this file replaces every policy on the table, so the file is exactly what is live.
+-- Applying this file replaces every policy on the table, and turns row-level security on and forces
+-- it, so the file is exactly what is live (a restore of a dump taken while it was lifted, say).
 
 CALL app.drop_all_policies('public.task_events');
+ALTER TABLE public.task_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
 
 CREATE POLICY "task events are visible to their owner" ON public.task_events
     FOR SELECT TO todo_app

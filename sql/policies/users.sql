@@ -2,9 +2,12 @@
 --
 -- The API creates the row from the token's claims on the user's first write, and refreshes email
 -- and name when a later token carries new ones. Users are never deleted through the API.
--- Applying this file replaces every policy on the table, so the file is exactly what is live.
+-- Applying this file replaces every policy on the table, and turns row-level security on and forces
+-- it, so the file is exactly what is live (a restore of a dump taken while it was lifted, say).
 
 CALL app.drop_all_policies('public.users');
+ALTER TABLE public.users ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.users FORCE ROW LEVEL SECURITY;
 
 CREATE POLICY "users see their own row" ON public.users
     FOR SELECT TO todo_app

@@ -72,3 +72,31 @@ def test_migrating_a_restore_into_a_cluster_without_todo_app_refuses_naming_the_
     assert message.endswith("nothing was changed"), message
     with psycopg.connect(cluster.superuser_url) as superuser:
         assert superuser.execute("select from pg_roles where rolname = 'todo_app'").fetchone() is None
+
+
+POLICY_TABLES = ["idempotency_keys", "task_event_purges", "task_events", "tasks", "users"]
+
+
+def test_migrating_a_restore_of_tables_whose_row_level_security_was_lifted_enables_and_forces_it_again(
+    cluster: OwnPostgres, tmp_path: Path
+) -> None:
+    """pg_dump tells an owner held to row-level security to lift it (its HINT: ALTER TABLE NO FORCE
+    ROW LEVEL SECURITY), and a dump keeps a table as it was: restored, such a table is open to its
+    owner, or to everyone when it was disabled, and `serve` refused it, saying to run `todo-api
+    migrate`, which then left it as it was."""
+    with psycopg.connect(cluster.url, autocommit=True) as owner:
+        owner.execute("alter table public.tasks no force row level security")
+        owner.execute("alter table public.users disable row level security")
+    backup = tmp_path / "todo.dump"
+    dump(cluster, backup)
+    url = restore(cluster, backup)
+
+    apply_migrations(url)
+
+    with psycopg.connect(url) as restored:
+        rows = restored.execute(
+            "select relname::text, relrowsecurity, relforcerowsecurity from pg_class"
+            " where relnamespace = 'public'::regnamespace and relname = any(%s) order by 1",
+            [POLICY_TABLES],
+        ).fetchall()
+    assert rows == [(table, True, True) for table in POLICY_TABLES]
