@@ -52,8 +52,10 @@ _RETRY_INCOMPLETE_SECONDS = 1.0
 
 # What a finding's fix depends on, for whoever advises on it (`todo-api serve`): the tables are
 # missing (migrate), the check could not complete, or it could not because it waited in vain for a
-# lock (end the transaction that holds it: migrating would wait for the same lock).
-Cause = Literal["not migrated", "incomplete", "lock held"]
+# lock (end the transaction that holds it: migrating would wait for the same lock), or a grant to
+# todo_app that a migration made is gone, which migrating does not make again (a restore without
+# privileges: restore again).
+Cause = Literal["not migrated", "incomplete", "lock held", "grant gone"]
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[F
                 return findings
             for difference in differences(await read_reach(connection), expected_reach()):
                 table, policy = difference.policy or (None, None)
-                findings.append(Finding("drift", difference.message, table, policy))
+                cause: Cause | None = "grant gone" if difference.grant_gone else None
+                findings.append(Finding("drift", difference.message, table, policy, cause))
     except psycopg.Error as error:
         findings.append(could_not_complete(error))
     if findings:

@@ -353,7 +353,14 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
         )
     if findings:
         listed = "\n".join(f"  - {message}" for message in messages)
+        fix = (
+            "Grants to todo_app that its migrations made are gone, and `todo-api migrate` makes them only "
+            "once: the database was restored without them (pg_restore --no-privileges, or into a cluster "
+            "before todo_app existed there). Restore it again, with its privileges and after the roles "
+            '(docs/operations.md, "Backup and restore"), then start again.'
+            if "grant gone" in causes
+            else "Run `todo-api migrate`, or fix the roles and policies by hand, then start again."
+        )
         raise CommandFailed(
-            "Refusing to serve: the database cannot guarantee that users are isolated:\n"
-            f"{listed}\nRun `todo-api migrate`, or fix the roles and policies by hand, then start again."
+            f"Refusing to serve: the database cannot guarantee that users are isolated:\n{listed}\n{fix}"
         )

