@@ -15,7 +15,14 @@ from yoyo.migrations import MigrationList
 
 from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, missing, read_sql
 from api.db.urls import libpq_url, yoyo_url
-from api.ops.startup_checks import ENCODING_STATE, READ_ONLY_STATE, encoding_refusal, read_only_refusal
+from api.ops.startup_checks import (
+    ENCODING_STATE,
+    READ_ONLY_STATE,
+    RELEASE_STATE,
+    encoding_refusal,
+    read_only_refusal,
+    release_refusal,
+)
 from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 
 # How long a statement of a migration waits for a lock another session holds before it gives up,
@@ -164,9 +171,14 @@ def _restored_without_roles() -> MigrationFailed:
 def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int, setting: str) -> None:
     """Only the schema's owner migrates it (none yet: whoever may create there becomes it), only
     where it can write: on a standby, or in read-only sessions, yoyo's lock is refused, and yoyo
-    retries it as if another migration held it; and only a database `serve` would serve, in UTF-8."""
+    retries it as if another migration held it; and only a database `serve` would serve: in UTF-8, on a
+    Postgres release it supports (an older one failed half-way through the migrations)."""
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
     with psycopg.connect(conninfo, autocommit=True) as connection:
+        version_num, version = connection.execute(RELEASE_STATE).fetchone() or (0, "")
+        refusal = release_refusal(version_num=int(version_num), version=str(version), setting=setting)
+        if refusal is not None:
+            raise MigrationFailed(f"{refusal}; nothing was changed")
         state = connection.execute(READ_ONLY_STATE).fetchone()
         assert state is not None
         refusal = read_only_refusal(in_recovery=bool(state[0]), read_only=bool(state[1]), setting=setting)

@@ -1,9 +1,9 @@
 """Mistakes `todo-api` catches before it starts anything: a port already taken, the development
-database offered beyond this machine, a database that is not migrated, does not isolate users,
-refuses every write or is not encoded in UTF-8, more connections than Postgres allows, prepared
-statements asked of a pooler that loses them, a DATABASE_DIRECT_URL that reaches another database
-than DATABASE_URL, and a variable that was meant to be a setting but is misspelt. `check_database`
-runs the database's, once for every worker.
+database offered beyond this machine, a Postgres release older than the oldest supported, a database
+that is not migrated, does not isolate users, refuses every write or is not encoded in UTF-8, more
+connections than Postgres allows, prepared statements asked of a pooler that loses them, a
+DATABASE_DIRECT_URL that reaches another database than DATABASE_URL, and a variable that was meant to
+be a setting but is misspelt. `check_database` runs the database's, once for every worker.
 
 Each is one message: a refusal is a CommandFailed, a near miss a warning.
 """
@@ -105,6 +105,37 @@ def near_misses(
         if close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO):
             warnings.append(f"{variable} is set{where[variable]} but is no setting; did you mean {close[0]}?")
     return warnings
+
+
+# The oldest Postgres release the API runs on (docs/operations.md, "Postgres releases"). Migration
+# 0007's foreign key sets only task_id to NULL on delete (ON DELETE SET NULL (task_id), PostgreSQL 15):
+# on 14 it failed half-way, six migrations applied, and PostgreSQL 14 is out of support since
+# November 2026. That page names the releases tested, and how to test another.
+OLDEST_POSTGRES_RELEASE = 15
+
+# The server's release, as a number to compare (140023 is 14.23) and as it names itself.
+RELEASE_STATE = "select current_setting('server_version_num')::int, current_setting('server_version')"
+
+
+def release_refusal(*, version_num: int, version: str, setting: str) -> str | None:
+    """Why the API cannot run on the Postgres `setting`'s URL reaches, and the fix; None when it can."""
+    if version_num // 10000 >= OLDEST_POSTGRES_RELEASE:
+        return None
+    return (
+        f"{setting} reaches PostgreSQL {version}, and todo-api needs PostgreSQL "
+        f'{OLDEST_POSTGRES_RELEASE} or later (docs/operations.md, "Postgres releases"): upgrade it '
+        f"(pg_upgrade; on Neon, a project on a later release), or point {setting} at a later one"
+    )
+
+
+async def refuse_an_unsupported_postgres(connection: psycopg.AsyncConnection[Any], setting: str) -> None:
+    """Fail in one line when the server is older than OLDEST_POSTGRES_RELEASE (`release_refusal`)."""
+    cursor = await connection.execute(RELEASE_STATE)
+    row = await cursor.fetchone()
+    assert row is not None
+    refusal = release_refusal(version_num=int(row[0]), version=str(row[1]), setting=setting)
+    if refusal is not None:
+        raise CommandFailed(f"Refusing to serve: {refusal}")
 
 
 # Whether the database refuses every write: a standby replaying its primary's WAL (pg_basebackup -R,
@@ -313,6 +344,7 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
     conninfo = libpq_url(url, connect_timeout=settings.db_connect_timeout_seconds)
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
+            await refuse_an_unsupported_postgres(connection, "DATABASE_URL")
             await refuse_a_read_only_database(connection, "DATABASE_URL")
             await refuse_a_database_not_in_utf8(connection, "DATABASE_URL")
             cursor = await connection.execute(_SERVER_AND_DATABASE)
