@@ -138,12 +138,13 @@ def _role_state(db: Conn, name: str) -> tuple[Any, ...] | None:
 
 
 @pytest.fixture
-def bypassrls_role(migrated_db: Conn) -> Iterator[str]:
+def bypassrls_role(superuser_url: str) -> Iterator[str]:
+    # Made by the superuser: before PostgreSQL 16 no other role may create one with BYPASSRLS.
     name = f"todo_bypass_{secrets.token_hex(4)}"
-    migrated_db.autocommit = True
-    migrated_db.execute(sql.SQL("create role {} login bypassrls").format(sql.Identifier(name)))
-    yield name
-    migrated_db.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("create role {} login bypassrls").format(sql.Identifier(name)))
+        yield name
+        superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
 
 
 @pytest.mark.parametrize(
