@@ -18,18 +18,22 @@ import psycopg
 import pytest
 
 from api.ops.startup_checks import OLDEST_POSTGRES_RELEASE, RELEASE_STATE, release_refusal
-from tests.support import SECRET, cli_env
+from tests.support import PROJECT, SECRET, cli_env
 from tests.test_cli_failures import assert_one_clear_failure
 
 
-def test_releases_from_the_oldest_supported_pass_and_older_ones_are_refused() -> None:
-    assert OLDEST_POSTGRES_RELEASE == 15
-    for version_num, version in [(150000, "15.0"), (150019, "15.19"), (170011, "17.11"), (180006, "18.6")]:
+def test_releases_from_the_oldest_supported_pass_older_ones_are_refused_and_the_docs_say_which() -> None:
+    oldest = OLDEST_POSTGRES_RELEASE
+    for version_num, version in [(oldest * 10000, f"{oldest}.0"), (180006, "18.6")]:
         assert release_refusal(version_num=version_num, version=version, setting="DATABASE_URL") is None
-    refusal = release_refusal(version_num=140023, version="14.23", setting="MIGRATION_DATABASE_URL")
+    older, older_num = f"{oldest - 1}.23", (oldest - 1) * 10000 + 23
+    refusal = release_refusal(version_num=older_num, version=older, setting="MIGRATION_DATABASE_URL")
     assert refusal is not None
-    assert "MIGRATION_DATABASE_URL reaches PostgreSQL 14.23" in refusal
-    assert "needs PostgreSQL 15 or later" in refusal
+    assert f"MIGRATION_DATABASE_URL reaches PostgreSQL {older}" in refusal
+    assert f"needs PostgreSQL {oldest} or later" in refusal
+    assert f"On PostgreSQL {oldest} or later" in (PROJECT / "README.md").read_text(encoding="utf-8")
+    operations = (PROJECT / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert f"The API runs on PostgreSQL {oldest} and later." in operations
 
 
 @pytest.mark.parametrize(
