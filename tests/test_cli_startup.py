@@ -257,11 +257,14 @@ def _has_loaded(pid: int, library: str) -> bool:
 
 # Compiled modules the CLI's imports load one after another (psycopg's, pydantic's, orjson's): each,
 # once mapped, marks a moment inside those imports, before the CLI itself could set any handler.
+# Both ways the command is run: `todo-api`, and `python -m api.ops.cli` (the suite, docs/extending.md).
+@pytest.mark.parametrize("run_as", ["todo-api", "python -m api.ops.cli"])
 @pytest.mark.parametrize("loaded", ["psycopg_binary", "_pydantic_core", "orjson"])
 def test_ctrl_c_while_the_command_is_still_loading_ends_it_with_130_and_no_traceback(
-    tmp_path: Path, loaded: str
+    tmp_path: Path, loaded: str, run_as: str
 ) -> None:
-    command = [*_console_script(), "serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+    run = _console_script() if run_as == "todo-api" else CLI
+    command = [*run, "serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
     process = subprocess.Popen(
         command, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,

@@ -12,6 +12,14 @@ commands, after `serve` has pointed it at the folder its workers share
 (api/telemetry/multiprocess.py).
 """
 
+# Before the slow imports below (about 0.3 s): run as `python -m api.ops.cli` (the suite,
+# docs/extending.md), Ctrl-C, SIGTERM or SIGHUP while they load ends the command as it does under
+# `todo-api` (api/ops/entry.py), with its exit status and no traceback.
+from api.ops.entry import stop_quietly_on_signals
+
+if __name__ == "__main__":
+    stop_quietly_on_signals()
+
 import argparse
 import asyncio
 import json
@@ -19,7 +27,6 @@ import logging
 import os
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -38,7 +45,6 @@ from api.db.sql_files import SqlFilesMissing, display_path
 from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
 from api.ops.cluster import create_login_role, unusable_login_role_name
-from api.ops.entry import STOP_SIGNALS, stop_quietly
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
 from api.ops.migrations import MigrationFailed, apply_migrations
 from api.ops.startup_checks import (
@@ -513,8 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         return
-    for stop in STOP_SIGNALS:
-        signal.signal(stop, stop_quietly)
+    stop_quietly_on_signals()
     try:
         args.run(args)
     except KeyboardInterrupt:  # a Ctrl-C that arrived before the handler was set, or in a library's own

@@ -26,9 +26,13 @@ def stop_quietly(signum: int, _: object) -> None:
     raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
 
 
-def main() -> None:
+def stop_quietly_on_signals() -> None:
     for stop in STOP_SIGNALS:
         signal.signal(stop, stop_quietly)
+
+
+def main() -> None:
+    stop_quietly_on_signals()
     from api.ops import cli  # the slow part, now interruptible
 
     cli.main(sys.argv[1:])
