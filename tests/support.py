@@ -160,12 +160,15 @@ def serve_process(
     timeout: float = 90,
     port: int | None = None,
     host: str = "127.0.0.1",
+    own_group: bool = False,
 ) -> Iterator[tuple[str, "subprocess.Popen[str]"]]:
     """`todo-api serve` as its own process, as operators run it, until /readyz answers 200.
 
     `command` is everything but `--port` (`port`, else a free one); all it writes goes to the file
     `output`. Yields the base URL (on `host`, which `command` names with --host when it is not the
-    default) and the process, and stops it with SIGTERM on the way out if it still runs.
+    default) and the process, and stops it with SIGTERM on the way out if it still runs. `own_group`:
+    in a process group of its own, as a terminal's foreground command is, for a test to signal the
+    whole group as the terminal does (os.killpg).
     """
     port = port or free_port()
     with output.open("w") as sink:
@@ -176,6 +179,7 @@ def serve_process(
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=own_group,
         )
         base_url = served_url(host, port)
         deadline = time.monotonic() + timeout

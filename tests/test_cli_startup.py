@@ -404,3 +404,29 @@ def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(tmp_p
         for leftover in _postgres_on(pgdata):
             leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
         psutil.wait_procs(_postgres_on(pgdata), timeout=10)
+
+
+def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(tmp_path: Path) -> None:
+    """Closing the terminal sends SIGHUP to its foreground process group: a `serve` that was serving
+    must stop as on Ctrl-C, not serve on with no terminal left to stop it, holding its port and the
+    embedded Postgres from the next `serve`."""
+    data_dir = tmp_path / "data"
+    log = tmp_path / "serve.log"
+    command = [*CLI, "serve", "--workers", "2", "--data-dir", str(data_dir)]
+    try:
+        with serve_process(command, cwd=tmp_path, env=cli_env(), output=log, own_group=True) as (
+            base_url,
+            server,
+        ):
+            os.killpg(server.pid, signal.SIGHUP)
+            server.wait(timeout=30)
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"{base_url}/healthz", timeout=2)
+        output = log.read_text()
+        assert "Traceback" not in output, output
+        assert server.returncode == 129, output
+        assert _postgres_on(data_dir / "pgdata") == [], "the embedded Postgres stops too"
+    finally:
+        for leftover in _postgres_on(data_dir / "pgdata"):
+            leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
+        psutil.wait_procs(_postgres_on(data_dir / "pgdata"), timeout=10)

@@ -7,9 +7,9 @@ away (`| head`) ends the command quietly, with exit status 1. `serve` checks wha
 closed) at any moment ends a command quietly, after the cleanup of whatever it had started. Ctrl-C
 exits 130 and SIGHUP 129 as shells expect, except once `serve` serves: granian then takes the
 signals over (SIGINT and SIGTERM are its one way to stop, and a server stopped that way exits 0;
-SIGHUP respawns its workers). Modules that import prometheus_client are imported inside the
-commands, after `serve` has pointed it at the folder its workers share
-(api/telemetry/multiprocess.py).
+SIGHUP stops it the same way, and exits 129: api/ops/serving_signals.py). Modules that import
+prometheus_client are imported inside the commands, after `serve` has pointed it at the folder its
+workers share (api/telemetry/multiprocess.py).
 """
 
 # Before the slow imports below (about 0.3 s): run as `python -m api.ops.cli` (the suite,

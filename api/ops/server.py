@@ -35,6 +35,9 @@ hold a few of a worker's connections, not all of them.
 import logging
 import os
 import resource
+import signal
+import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import Server
 
+from api.ops import serving_signals
 from api.ops.failures import CommandFailed
 from api.ops.worker import READY_MARKER_VARIABLE, READY_MESSAGE_VARIABLE, SERVER_PID_VARIABLE
 
@@ -146,7 +150,8 @@ def serve_with_granian(
     max_streams_per_worker: int,
     db_pool_size: int,
 ) -> None:
-    """Serve `create_served_app` until SIGINT or SIGTERM; the first worker ready says so. Refuses
+    """Serve `create_served_app` until SIGINT, SIGTERM or SIGHUP (api/ops/serving_signals.py; then
+    SystemExit 129); the first worker ready says so. Refuses
     (CommandFailed) before granian starts when the open-file limit leaves a worker too few
     connections."""
     connections = _connections_the_file_limit_allows(
@@ -157,7 +162,7 @@ def serve_with_granian(
     os.environ[READY_MARKER_VARIABLE] = str(ready_marker)
     os.environ[READY_MESSAGE_VARIABLE] = ready_message
     os.environ[SERVER_PID_VARIABLE] = str(os.getpid())  # granian's main process: the workers' parent
-    Server(
+    server = Server(
         "api.ops.worker:create_served_app",
         factory=True,
         address=host,
@@ -177,4 +182,9 @@ def serve_with_granian(
         log_dictconfig=_LOGGING,
         log_level=LogLevels(log_level.lower()),
         log_access=False,
-    ).serve()
+    )
+    hung_up = threading.Event()
+    server.on_startup(partial(serving_signals.stop_on_hangup, hung_up))
+    server.serve()
+    if hung_up.is_set():
+        raise SystemExit(128 + signal.SIGHUP)
