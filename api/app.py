@@ -30,6 +30,7 @@ from api.http.problems import document_problem_media_type, install_problem_handl
 from api.http.rate_limit import RateLimiter
 from api.http.readiness import SharedReadiness
 from api.http.request_telemetry import RequestTelemetry
+from api.http.slow_readers import SlowReaders
 from api.settings import MIN_SECRET_LENGTH, Settings
 from api.tasks import routes as tasks
 from api.telemetry.logs import configure_logging, default_format, is_acceptable_request_id, new_request_id
@@ -161,6 +162,9 @@ def create_app(
         )
     # The requests the router never names a route for are labelled with the one it would have picked.
     app.add_middleware(RequestTelemetry, routes=served_routes(app, routers), tracer=tracer)
+    # Outside the access line, which counts the time a large answer takes to go (api/http/slow_readers.py);
+    # inside the request id, which its line about a client cut off carries.
+    app.add_middleware(SlowReaders, timeout_seconds=settings.send_timeout_seconds)
     # The id reaches the logs and the response; nothing downstream reads it from the request headers.
     app.add_middleware(
         CorrelationIdMiddleware,

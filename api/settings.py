@@ -162,6 +162,9 @@ class Settings(LogSettings):
     # from the head, throws it away: api/http/body_limit.py); past it, 408 and the connection is
     # closed (the head's own limit is granian's: api/ops/server.py).
     body_timeout_seconds: float = Field(default=10.0, gt=0, le=WAIT_SECONDS_LIMIT)
+    # Seconds a client may take no part of an answer before it is cut off: a piece of a large answer
+    # (api/http/slow_readers.py) or an event of a stream (api/events/routes.py).
+    send_timeout_seconds: float = Field(default=30.0, gt=0, le=WAIT_SECONDS_LIMIT)
 
     data_dir: Path = Field(
         default_factory=lambda: Path.cwd() / ".data",
@@ -239,7 +242,7 @@ class Settings(LogSettings):
         # a burst of a few dozen (a client syncing in parallel, several tabs) is still served, not
         # refused; yet one user's slow bodies hold at most this many of a worker's connections (it
         # accepts MAX_STREAMS_PER_WORKER + 4096 at once: api/ops/server.py), each for at most
-        # BODY_TIMEOUT_SECONDS.
+        # BODY_TIMEOUT_SECONDS, and at most this many of its answers left unread.
         return self.max_requests_in_flight_per_user or 16 * self.max_connections_per_user
 
     @property

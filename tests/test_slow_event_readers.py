@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.events import routes
 from tests.support import new_user, serving, settings_for
 
 SEND_TIMEOUT_SECONDS = 1.0
@@ -29,12 +28,15 @@ def _events_access_lines(records: list[logging.LogRecord]) -> list[logging.LogRe
 
 
 def test_a_stream_whose_client_stopped_reading_ends_as_a_200_not_a_server_error(
-    api_db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    api_db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(routes, "_SEND_TIMEOUT_SECONDS", SEND_TIMEOUT_SECONDS)
     caplog.set_level(logging.INFO)
     alice = new_user()
-    with serving(create_app(settings_for(api_db_url, rate_limit_per_minute=0))) as base_url:
+    with serving(
+        create_app(
+            settings_for(api_db_url, rate_limit_per_minute=0, send_timeout_seconds=SEND_TIMEOUT_SECONDS)
+        )
+    ) as base_url:
         address = urlsplit(base_url)
         reader = socket.socket()
         reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -25,9 +25,6 @@ from api.http.refusals import service_unavailable, too_many_requests
 
 logger = logging.getLogger(__name__)
 
-# A stream that cannot take a write this long (a client that stopped reading) is closed.
-_SEND_TIMEOUT_SECONDS = 30.0
-
 
 class _EventStream(EventSourceResponse):
     """sse-starlette's response, holding the stream's place in the hub.
@@ -39,16 +36,23 @@ class _EventStream(EventSourceResponse):
     any user could cause at will (tests/test_slow_event_readers.py)."""
 
     def __init__(
-        self, hub: Hub, subscription: Subscription, events: AsyncIterator[Any], **kwargs: Any
+        self,
+        hub: Hub,
+        subscription: Subscription,
+        events: AsyncIterator[Any],
+        *,
+        send_timeout: float,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(events, **kwargs)
-        self._hub, self._subscription = hub, subscription
+        # A stream that cannot take an event this long (a client that stopped reading) is closed.
+        super().__init__(events, send_timeout=send_timeout, **kwargs)
+        self._hub, self._subscription, self._send_timeout = hub, subscription, send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except* SendTimeoutError:
-            logger.info("closed a stream whose client took nothing for %.0f s", _SEND_TIMEOUT_SECONDS)
+            logger.info("closed a stream whose client took nothing for %.0f s", self._send_timeout)
         finally:
             self._hub.unsubscribe(self._subscription)
 
@@ -181,6 +185,6 @@ async def stream_events(caller: CallerDep, request: Request) -> Response:
         subscription,
         events,
         ping=settings.events_heartbeat_seconds,
-        send_timeout=_SEND_TIMEOUT_SECONDS,
+        send_timeout=settings.send_timeout_seconds,
         headers={"Cache-Control": "no-store"},
     )

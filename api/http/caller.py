@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.openapi.models import HTTPBearer
+from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
 from api.auth.errors import InvalidToken
 from api.auth.principal import Principal
@@ -146,11 +148,33 @@ class AuthenticatedRoute(Utf8JsonRoute):
             in_flight = shared.in_flight
             in_flight.enter(user.id)
             try:
-                return await handle(request)
-            finally:
+                response = await handle(request)
+            except BaseException:
                 in_flight.leave(user.id)
+                raise
+            if isinstance(response, EventSourceResponse):
+                # A stream lasts as long as its client stays: its own limits bound it
+                # (MAX_STREAMS_PER_USER, and a send timeout for each event).
+                in_flight.leave(user.id)
+                return response
+            return _SlotHeldUntilSent(response, lambda: in_flight.leave(user.id))
 
         return admit_then_handle
+
+
+class _SlotHeldUntilSent(Response):
+    """The handler's response, sent as it is; the user's in-flight slot is given back once it is sent,
+    however that ends. An answer its client does not read holds the slot until the client is cut off
+    (api/http/slow_readers.py), so one user's unread answers are at most their slots."""
+
+    def __init__(self, response: Response, give_back: Callable[[], None]) -> None:
+        self._response, self._give_back = response, give_back
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._response(scope, receive, send)
+        finally:
+            self._give_back()
 
 
 _METHODS_WITH_BODIES = frozenset({"POST", "PUT", "PATCH"})

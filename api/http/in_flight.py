@@ -1,16 +1,19 @@
 """A cap on each user's requests in flight, per worker: MAX_REQUESTS_IN_FLIGHT_PER_USER.
 
 A request takes a slot once its token is verified and before its body is read, and gives it back
-when its handler is done, whatever the outcome. Without the cap one user's slow bodies (a few bytes
-a second, each within its own timeout) could hold every request the server takes at once, and other
-users' requests would wait behind them; with it, that user's further requests are refused at once
-with 429 and `Retry-After`, and cost nothing but the token check.
+once its answer is sent (a stream's, once it starts), whatever the outcome: an answer its client
+does not read holds the slot until the client is cut off (api/http/slow_readers.py). Without the
+cap one user's slow bodies (a few bytes a second, each within its own timeout), or answers left
+unread, could hold every request the server takes at once, and other users' requests would wait
+behind them; with it, that user's further requests are refused at once with 429 and `Retry-After`,
+and cost nothing but the token check.
 """
 
 from api.http.problems import too_many_requests
 
 # A slot is given back when one of the user's requests is done: usually within milliseconds, at
-# worst BODY_TIMEOUT_SECONDS; a second is the shortest wait Retry-After can say.
+# worst BODY_TIMEOUT_SECONDS, or SEND_TIMEOUT_SECONDS for an answer its client stopped reading; a
+# second is the shortest wait Retry-After can say.
 _RETRY_AFTER_SECONDS = 1
 
 
