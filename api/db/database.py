@@ -68,7 +68,9 @@ from psycopg.rows import DictRow, dict_row
 from sqlalchemy.sql.elements import ClauseElement
 
 from api.db.errors import (
+    ASSIGNED_ID_KEYS,
     AlreadyExists,
+    AssignedIdTaken,
     CheckRefused,
     DatabaseUnavailable,
     LimitReached,
@@ -444,7 +446,10 @@ class Database:
             raise Deadlocked(f"Postgres ended a deadlock: {error.diag.message_primary}") from None
         except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as error:
             await _roll_back(connection)
-            raise AlreadyExists(error.diag.constraint_name) from None
+            constraint = error.diag.constraint_name
+            if constraint in ASSIGNED_ID_KEYS:
+                raise AssignedIdTaken(constraint) from None
+            raise AlreadyExists(constraint) from None
         except psycopg.errors.ForeignKeyViolation as error:
             await _roll_back(connection)
             raise MissingReference(error.diag.constraint_name) from None

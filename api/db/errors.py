@@ -119,6 +119,24 @@ class LockWaitGivenUp(DatabaseUnavailable):
     answered, so it is reachable; only this request was not done."""
 
 
+class AssignedIdTaken(DatabaseUnavailable):
+    """The database assigned a new row an id its table already holds (SQLSTATE 23505 on a key in
+    ASSIGNED_ID_KEYS): the identity's sequence is behind the table's rows, as after rows were loaded
+    without the sequence's value (`pg_restore -t`, logical replication, a copy by hand). Nothing
+    changed; the operator's fix is to move the sequence past the rows (docs/operations.md, "Backup
+    and restore"). No value a request sends can collide on such a key, so unlike `AlreadyExists` it
+    tells the caller nothing about another user's rows."""
+
+    def __init__(self, constraint: str) -> None:
+        super().__init__(constraint)
+        self.constraint = constraint
+
+
+# The unique keys holding a column the database assigns (GENERATED ALWAYS AS IDENTITY: sql/migrations
+# 0002, 0007 and 0008). tests/db/test_assigned_ids.py holds this to the catalog.
+ASSIGNED_ID_KEYS = frozenset({"tasks_pkey", "tasks_owner_and_id_key", "task_events_pkey"})
+
+
 # Every failure of `Database` that means "not now" rather than "this statement is wrong": no free
 # connection in time, no connection at all, a cancelled statement. The HTTP layer answers each with
 # a 503 and never needs to know which driver raised it; `OutcomeUnknown` with a 503 of its own. A

@@ -20,6 +20,7 @@ from api.auth.errors import InvalidToken, KeysUnavailable
 from api.db.errors import (
     UNAVAILABLE,
     AlreadyExists,
+    AssignedIdTaken,
     CheckRefused,
     IsolationBreach,
     LockWaitGivenUp,
@@ -410,6 +411,19 @@ def lock_wait_given_up() -> ProblemError:
     )
 
 
+def assigned_id_taken() -> ProblemError:
+    # As statement_cancelled: the database answered and rolled back. The words say whose it is to
+    # fix, not which key: a client can do nothing but wait.
+    return ProblemError(
+        503,
+        ProblemType.DATABASE_UNAVAILABLE,
+        "Database unavailable",
+        "The database could not give this write a new id (an operator's to fix); nothing was changed."
+        " Try again later.",
+        headers={"Retry-After": "5"},
+    )
+
+
 def outcome_unknown() -> ProblemError:
     # Not database-unavailable: that one promises nothing was changed, and a client that trusts it
     # and retries a create without a key, or a toggle, would do it twice.
@@ -586,6 +600,17 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
     async def on_lock_wait_given_up(_: Request, exc: LockWaitGivenUp) -> JSONResponse:
         logger.warning("lock wait given up: %s", exc)
         return problem_response(lock_wait_given_up())
+
+    @app.exception_handler(AssignedIdTaken)
+    async def on_assigned_id_taken(_: Request, exc: AssignedIdTaken) -> JSONResponse:
+        # An error, not a warning: it repeats at every write until an operator moves the sequence.
+        logger.error(
+            "the database assigned a new row an id already stored (%s): the sequence behind it is behind"
+            " the table's rows, as after a restore or copy without its value; move it past them"
+            " (docs/operations.md, Backup and restore)",
+            exc.constraint,
+        )
+        return problem_response(assigned_id_taken())
 
     # More specific than DatabaseUnavailable, so Starlette picks this handler for it.
     @app.exception_handler(OutcomeUnknown)
