@@ -186,6 +186,8 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
     Postgres release it supports (an older one failed half-way through the migrations)."""
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
     with psycopg.connect(conninfo, autocommit=True) as connection:
+        # Reading yoyo's table waits behind whoever locked it (a DBA's LOCK TABLE) as yoyo would.
+        connection.execute("select pg_catalog.set_config('lock_timeout', %s, false)", [LOCK_TIMEOUT])
         version_num, version = connection.execute(RELEASE_STATE).fetchone() or (0, "")
         refusal = release_refusal(version_num=int(version_num), version=str(version), setting=setting)
         if refusal is not None:
@@ -225,8 +227,8 @@ def apply_migrations(
     came from, where the fix is to point it elsewhere), and psycopg.OperationalError when the
     database cannot be reached at all, or does not answer within `connect_timeout_seconds`."""
     migrations = _migrations()
-    _refuse_what_cannot_migrate(database_url, connect_timeout_seconds, setting)
     try:
+        _refuse_what_cannot_migrate(database_url, connect_timeout_seconds, setting)
         # Connects, and creates yoyo's own tables.
         backend = get_backend(_yoyo_url(database_url, connect_timeout_seconds))
         with backend.lock(MIGRATION_LOCK_WAIT_SECONDS):
