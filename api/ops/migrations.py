@@ -197,8 +197,11 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         refusal = read_only_refusal(in_recovery=bool(state[0]), read_only=bool(state[1]), setting=setting)
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
-        if _holds(connection, _HAS_MIGRATION_RECORDS) and _holds(connection, _RESTORED_WITHOUT_ROLES):
-            raise _restored_without_roles()
+        try:
+            if _holds(connection, _HAS_MIGRATION_RECORDS) and _holds(connection, _RESTORED_WITHOUT_ROLES):
+                raise _restored_without_roles()
+        except psycopg.errors.LockNotAvailable as error:
+            raise migration_failure(error, database_url) from None
         database, encoding = connection.execute(ENCODING_STATE).fetchone() or ("", "")
         refusal = encoding_refusal(database=str(database), encoding=str(encoding), setting=setting)
         if refusal is not None:
@@ -227,8 +230,8 @@ def apply_migrations(
     came from, where the fix is to point it elsewhere), and psycopg.OperationalError when the
     database cannot be reached at all, or does not answer within `connect_timeout_seconds`."""
     migrations = _migrations()
+    _refuse_what_cannot_migrate(database_url, connect_timeout_seconds, setting)
     try:
-        _refuse_what_cannot_migrate(database_url, connect_timeout_seconds, setting)
         # Connects, and creates yoyo's own tables.
         backend = get_backend(_yoyo_url(database_url, connect_timeout_seconds))
         with backend.lock(MIGRATION_LOCK_WAIT_SECONDS):
