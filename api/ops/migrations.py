@@ -30,7 +30,7 @@ from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 # How long a statement of a migration waits for a lock another session holds before it gives up,
 # rather than queueing (and making every request queue behind it) for as long as that session lasts.
 # Set on every connection yoyo opens (`_yoyo_url`): yoyo applies each migration, and the policies,
-# over a connection of its own.
+# over a connection of its own; and on the one migrate's checks before it use.
 LOCK_TIMEOUT = "10s"
 # How long to wait for another `todo-api migrate` (or `yoyo apply`) to finish.
 MIGRATION_LOCK_WAIT_SECONDS = 10
@@ -40,11 +40,16 @@ class MigrationFailed(Exception):  # noqa: N818 (what the operator sees, not a b
     """A migration could not be applied, for a reason the operator can fix; `str()` says which."""
 
 
-def _yoyo_url(database_url: str, connect_timeout_seconds: int) -> str:
-    """yoyo's URL, whose every connection waits at most LOCK_TIMEOUT for a lock: added to the
-    `options` the URL may carry already (`-c role=...`, say), which it replaces otherwise."""
+def _options_with_lock_timeout(database_url: str) -> str:
+    """The URL's `options` (`-c role=...`, say) with LOCK_TIMEOUT added, since `options` given
+    beside a URL replace the URL's own."""
     given = conninfo_to_dict(libpq_url(database_url)).get("options") or ""
-    options = f"{given} -c lock_timeout={LOCK_TIMEOUT}".strip()
+    return f"{given} -c lock_timeout={LOCK_TIMEOUT}".strip()
+
+
+def _yoyo_url(database_url: str, connect_timeout_seconds: int) -> str:
+    """yoyo's URL, whose every connection waits at most LOCK_TIMEOUT for a lock."""
+    options = _options_with_lock_timeout(database_url)
     return yoyo_url(database_url, connect_timeout=connect_timeout_seconds, options=options)
 
 
@@ -184,10 +189,10 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
     where it can write: on a standby, or in read-only sessions, yoyo's lock is refused, and yoyo
     retries it as if another migration held it; and only a database `serve` would serve: in UTF-8, on a
     Postgres release it supports (an older one failed half-way through the migrations)."""
-    conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
+    # Reading yoyo's table waits behind whoever locked it (a DBA's LOCK TABLE) as long as yoyo would.
+    options = _options_with_lock_timeout(database_url)
+    conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds, options=options)
     with psycopg.connect(conninfo, autocommit=True) as connection:
-        # Reading yoyo's table waits behind whoever locked it (a DBA's LOCK TABLE) as yoyo would.
-        connection.execute("select pg_catalog.set_config('lock_timeout', %s, false)", [LOCK_TIMEOUT])
         version_num, version = connection.execute(RELEASE_STATE).fetchone() or (0, "")
         refusal = release_refusal(version_num=int(version_num), version=str(version), setting=setting)
         if refusal is not None:
