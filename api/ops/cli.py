@@ -241,6 +241,9 @@ def serve(args: argparse.Namespace) -> None:
         forget_this_process()
         # Again, as late as can be: another server may have taken the port while this one started.
         address, port = refuse_a_taken_port(args.host, port)
+        # A stop whose SystemExit an import on the way here swallowed (api/ops/entry.py) ends the
+        # command now, rather than go unheard once granian has the signals.
+        stop_quietly_on_signals()
         serve_with_granian(
             host=address,
             port=port,

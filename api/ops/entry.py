@@ -17,16 +17,36 @@ except KeyboardInterrupt:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+# The exit status of a stop whose SystemExit Python swallowed; None while no stop was asked for.
+_stop_asked: int | None = None
+
+
 def stop_quietly(signum: int, _: object) -> None:
     """Ctrl-C, SIGTERM or SIGHUP before the HTTP server takes the signals over (and after it hands
     them back): end as SystemExit, so that the finally blocks stop the embedded Postgres and remove
-    what the command made, without a traceback. A second signal must not interrupt that cleanup."""
+    what the command made, without a traceback. A second signal must not interrupt that cleanup.
+
+    A signal that lands while Python runs a weakref callback or a finalizer (importlib drops a
+    module's lock in one, so any import can) has its SystemExit swallowed and reported as "Exception
+    ignored": the stop is kept, quietly, and honoured at the next `stop_quietly_on_signals()`."""
+    global _stop_asked
     for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
-    raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
+    _stop_asked = 0 if signum == signal.SIGTERM else 128 + signum
+    sys.unraisablehook = _quiet_about_a_swallowed_stop
+    raise SystemExit(_stop_asked)
+
+
+def _quiet_about_a_swallowed_stop(unraisable: "sys.UnraisableHookArgs") -> None:
+    if unraisable.exc_type is not SystemExit:
+        sys.__unraisablehook__(unraisable)
 
 
 def stop_quietly_on_signals() -> None:
+    """Set `stop_quietly` on the stop signals; or, if one already came and its SystemExit was
+    swallowed, end now with its exit status."""
+    if _stop_asked is not None:
+        raise SystemExit(_stop_asked)
     for stop in STOP_SIGNALS:
         signal.signal(stop, stop_quietly)
 
