@@ -17,7 +17,8 @@ except KeyboardInterrupt:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-# The exit status of a stop whose SystemExit Python swallowed; None while no stop was asked for.
+# The exit status of the stop a signal asked for, kept in case Python swallowed its SystemExit;
+# None while none was.
 _stop_asked: int | None = None
 
 
