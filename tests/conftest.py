@@ -145,16 +145,15 @@ def api_db_url(migrated_template: NoopExecutor, superuser_url: str) -> Iterator[
         dbname=dbname,
         template_dbname=migrated_template.template_dbname,
     )
-    with janitor:
+    janitor.init()
+    try:
         yield url_for(migrated_template, dbname)
-        # A session a stopped API closed may still be listed while its backend exits, and the
-        # janitor, as the owner, may not end the API login role's sessions: the superuser does.
+    finally:
+        # As the superuser, with FORCE: the janitor, as the owner, may not end the API login role's
+        # sessions, and a session a stopped API closed may still be listed while its backend exits
+        # (a terminate then drop in two steps failed on one such backend under load).
         with psycopg.connect(superuser_url, autocommit=True) as superuser:
-            superuser.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity"
-                " where datname = %s and pid <> pg_backend_pid()",
-                [dbname],
-            )
+            superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(dbname)))
 
 
 # What a Postgres made with a language's locale (en_US.UTF-8, common on Debian and Amazon RDS) sorts
