@@ -33,6 +33,7 @@ MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight (api/http/in_flight.py), so o
 hold a few of a worker's connections, not all of them.
 """
 
+import gc
 import logging
 import os
 import resource
@@ -186,6 +187,10 @@ def serve_with_granian(
     )
     hung_up = threading.Event()
     server.on_startup(partial(serving_signals.stop_on_hangup, hung_up))
+    # What this process imported (the app's modules included) lives until it exits, and the workers
+    # granian forks inherit it: frozen, as Python's gc docs advise before a fork, no collection walks
+    # it, this process's last one as it exits included (bench/RESULTS.md, "Collector").
+    gc.freeze()
     server.serve()
     if hung_up.is_set():
         raise SystemExit(128 + signal.SIGHUP)
