@@ -221,9 +221,10 @@ def test_an_event_older_than_the_retention_starts_with_reset_before_any_write_pu
         api_db.execute(
             "update task_events set created_at = now() - interval '25 hours' where user_id = %s", [alice.id]
         )
-        # Nothing has purged them: alice has not written since.
+        # Nothing has purged them: alice has not written since. Ordered by the column, not by the
+        # text the select makes of it: '100' sorts before '99'.
         [(first,), (newest,)] = api_db.execute(
-            "select id::text from task_events where user_id = %s order by id", [alice.id]
+            "select id::text from task_events where user_id = %s order by task_events.id", [alice.id]
         ).fetchall()
         assert first == old_id
         # From before her newest event, which is past the retention too (for her newest itself, see
