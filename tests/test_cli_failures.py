@@ -23,12 +23,18 @@ SILENT_SERVER_WAIT_SECONDS = 10
 
 
 @pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers, as a wedged server would."""
+def silent_listener() -> Iterator[socket.socket]:
+    """A loopback socket that accepts connections and never answers, as a wedged server would."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
-        yield listener.getsockname()[1]
+        yield listener
+
+
+@pytest.fixture
+def silent_port(silent_listener: socket.socket) -> int:
+    port: int = silent_listener.getsockname()[1]
+    return port
 
 
 def assert_one_clear_failure(output: str, returncode: int, *expected: str) -> None:
@@ -409,6 +415,33 @@ def test_a_port_held_by_another_program_is_one_line_before_anything_starts(
     assert_one_clear_failure(result.stderr, result.returncode, f"port {silent_port}", "already in use")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not data_dir.exists(), "no Postgres was started"
+
+
+def test_a_port_is_held_while_its_server_starts(tmp_path: Path, silent_listener: socket.socket) -> None:
+    """A server still starting (here: waiting on a database that does not answer) holds its port: a
+    second serve on it is refused at once, where it used to pass the port check and then listen
+    beside the first, the two splitting the port's connections; a plain bind is refused too."""
+    port = free_port()
+    database = f"postgresql://todo@127.0.0.1:{silent_listener.getsockname()[1]}/todo"
+    env = cli_env(DATABASE_URL=database, BETTER_AUTH_SECRET=SECRET, DB_CONNECT_TIMEOUT_SECONDS="30")
+    first = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port)], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        # The first server's database check connects here after its port check, and waits.
+        silent_listener.settimeout(30)
+        waiting, _ = silent_listener.accept()
+        second = run_cli(
+            "serve", "--port", str(port), cwd=tmp_path, DATABASE_URL=database, BETTER_AUTH_SECRET=SECRET
+        )
+        assert_one_clear_failure(second.stderr, second.returncode, f"port {port}", "already in use")
+        with socket.socket() as program, pytest.raises(OSError, match="Address already in use"):
+            program.bind(("127.0.0.1", port))
+        assert first.poll() is None, "the first server still starts"
+        waiting.close()
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
 
 
 @pytest.mark.parametrize(

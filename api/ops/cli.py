@@ -49,8 +49,8 @@ from api.ops.failures import CommandFailed, configuration_failure, database_fail
 from api.ops.migrations import MigrationFailed, apply_migrations
 from api.ops.startup_checks import (
     check_database,
+    holding_the_port,
     near_misses,
-    refuse_a_taken_port,
     refuse_the_development_database_beyond_loopback,
 )
 from api.settings import ENV_FILE, Settings, read_log_settings
@@ -216,9 +216,13 @@ def serve(args: argparse.Namespace) -> None:
     if settings.database_direct_url is not None:
         # Read by each worker as it starts, which would fail, and be restarted, in a loop.
         _readable(settings.database_direct_url.get_secret_value(), "DATABASE_DIRECT_URL")
-    # Port 0 (any free one) is the port the kernel picks here, so that the one served is announced.
-    _, port = refuse_a_taken_port(args.host, args.port)
-    with _serving_folder() as folder, _database_url(settings, args.data_dir) as url:
+    # Port 0 (any free one) is the port the kernel picks here, so that the one served is announced;
+    # held from here on, so that no other server or program takes it while this one starts.
+    with (
+        holding_the_port(args.host, args.port) as (address, port),
+        _serving_folder() as folder,
+        _database_url(settings, args.data_dir) as url,
+    ):
         os.environ[DIR_VARIABLE] = str(folder / "metrics")
         origins = ",".join(settings.cors_origins)
         if development and not origins:
@@ -239,8 +243,6 @@ def serve(args: argparse.Namespace) -> None:
         # This process serves nothing: its live gauges (an isolation verdict of 0) must not count
         # beside the workers'.
         forget_this_process()
-        # Again, as late as can be: another server may have taken the port while this one started.
-        address, port = refuse_a_taken_port(args.host, port)
         # A stop whose SystemExit an import on the way here swallowed (api/ops/entry.py) ends the
         # command now, rather than go unheard once granian has the signals.
         stop_quietly_on_signals()

@@ -14,7 +14,8 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -73,10 +74,7 @@ def refuse_a_taken_port(host: str, port: int) -> tuple[str, int]:
             probe.bind(address)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
-                raise CommandFailed(
-                    f"port {port} on {host} is already in use (by another todo-api serve, or another "
-                    "program): stop it, or choose another --port"
-                ) from None
+                raise CommandFailed(_taken(host, port)) from None
             if error.errno == errno.EACCES:
                 raise CommandFailed(
                     f"not allowed to listen on port {port}: ports below 1024 need root; choose another --port"
@@ -88,6 +86,38 @@ def refuse_a_taken_port(host: str, port: int) -> tuple[str, int]:
             raise CommandFailed(f"cannot listen on {host}:{port}: {error.strerror}") from None
         bound: tuple[str, int] = probe.getsockname()[:2]
     return bound
+
+
+def _taken(host: str, port: int) -> str:
+    return (
+        f"port {port} on {host} is already in use (by another todo-api serve, or another program): stop "
+        "it, or choose another --port"
+    )
+
+
+@contextmanager
+def holding_the_port(host: str, port: int) -> Iterator[tuple[str, int]]:
+    """refuse_a_taken_port, then keep the port bound until the block ends, so that nothing takes it
+    while serve starts (seconds: the database's checks, an embedded Postgres): not another serve, whose
+    probe would pass and whose workers would then share the port with ours, nor the kernel handing it
+    to another program asking for any free port (`--port 0`, ours included).
+
+    The holder sets SO_REUSEPORT alone: the HTTP server's sockets set it too, so they bind beside it,
+    while a probe, a socket without it, and the kernel's choice of a free port (which never shares one
+    so) are refused. It never listens, so no connection waits on it.
+    """
+    address, port = refuse_a_taken_port(host, port)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            holder.bind((address, port))
+        except OSError as error:
+            # Taken in the instant between the probe and the holder.
+            if error.errno == errno.EADDRINUSE:
+                raise CommandFailed(_taken(host, port)) from None
+            raise CommandFailed(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        yield address, port
 
 
 def near_misses(
