@@ -1,7 +1,9 @@
 """Small helpers the tests lean on: users with tokens in one line, and a real HTTP server."""
 
 import asyncio
+import itertools
 import os
+import random
 import secrets
 import signal
 import socket
@@ -205,11 +207,30 @@ def serve_process(
                 process.wait(timeout=60)
 
 
+# Each pytest-xdist worker takes its servers' ports from a block of its own, below the kernel's
+# ephemeral range (/proc/sys/net/ipv4/ip_local_port_range: 32768-60999 by default). A port the
+# kernel picked and the probe released is free for the kernel to pick again for another worker
+# before this one's server binds it, a second later: two servers of the suite were then handed one
+# port (granian's workers share it with SO_REUSEPORT; uvicorn's bind fails). The start in the block
+# is random, so that two runs of the suite on one machine rarely meet either.
+_PORTS_PER_WORKER = 1000
+_FIRST_PORT = 20000
+_port_offsets = itertools.count(random.randrange(_PORTS_PER_WORKER))
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A loopback port nothing is bound to, of this pytest worker's block."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    block = _FIRST_PORT + worker * _PORTS_PER_WORKER
+    for _ in range(_PORTS_PER_WORKER):
+        port = block + next(_port_offsets) % _PORTS_PER_WORKER
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or connections of an earlier server wait in TIME_WAIT there
+            return port
+    raise AssertionError(f"no free port in {block}-{block + _PORTS_PER_WORKER - 1}")
 
 
 @contextmanager
