@@ -13,6 +13,7 @@ import difflib
 import errno
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -104,7 +105,9 @@ def holding_the_port(host: str, port: int) -> Iterator[tuple[str, int]]:
 
     The holder sets SO_REUSEPORT alone: the HTTP server's sockets set it too, so they bind beside it,
     while a probe, a socket without it, and the kernel's choice of a free port (which never shares one
-    so) are refused. It never listens, so no connection waits on it.
+    so) are refused. It never listens, so no connection waits on it. Processes forked from here
+    (granian's workers) close their copy at once, so that a worker that outlives this process (a
+    `kill -9` of serve) holds the port no longer than its listener, not until it has exited.
     """
     address, port = refuse_a_taken_port(host, port)
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -117,6 +120,7 @@ def holding_the_port(host: str, port: int) -> Iterator[tuple[str, int]]:
             if error.errno == errno.EADDRINUSE:
                 raise CommandFailed(_taken(host, port)) from None
             raise CommandFailed(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        os.register_at_fork(after_in_child=holder.close)
         yield address, port
 
 
