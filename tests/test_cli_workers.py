@@ -35,8 +35,12 @@ def _workers(server: "subprocess.Popen[str]") -> set[int]:
 
 
 def _gone(pid: int) -> bool:
+    """Exited with all its threads. A process killed with SIGKILL shows as a zombie while its other
+    threads still exit, holding its files (granian's listening socket among them) a moment longer:
+    a connection the kernel queued on that socket then was reset."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        process = psutil.Process(pid)
+        return process.status() == psutil.STATUS_ZOMBIE and process.num_threads() <= 1
     except psutil.NoSuchProcess:
         return True
 
