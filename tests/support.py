@@ -209,10 +209,10 @@ def serve_process(
 
 # Each pytest-xdist worker takes its servers' ports from a block of its own, below the kernel's
 # ephemeral range (/proc/sys/net/ipv4/ip_local_port_range: 32768-60999 by default). A port the
-# kernel picked and the probe released is free for the kernel to pick again for another worker
-# before this one's server binds it, a second later: two servers of the suite were then handed one
-# port (granian's workers share it with SO_REUSEPORT; uvicorn's bind fails). The start in the block
-# is random, so that two runs of the suite on one machine rarely meet either.
+# kernel picked and the probe released is free for the kernel to pick again, for another worker's
+# server, before this one's server has bound it (a `serve` takes about a second to get there), and
+# one of the two would fail to start. The start in the block is random, so that two runs of the
+# suite on one machine rarely meet either.
 _PORTS_PER_WORKER = 1000
 _FIRST_PORT = 20000
 _port_offsets = itertools.count(random.randrange(_PORTS_PER_WORKER))
