@@ -16,13 +16,20 @@ may lose the answer it had not yet read (RFC 9112, section 9.6); one whose pool 
 as it closes gets "Server disconnected". So the rest is read and thrown away once the answer is sent
 (granian sends it as soon as it is whole), within the same limits, and holding no in-flight slot;
 read to its end, the connection carries the next request.
+
+A body can also be read after the answer began: an event stream reads on to notice its client leave
+(api/events/routes.py), and a GET may carry a body. Past its limits then, no 408 or 413 can be sent;
+the request ends as if its client had left, and the server closes the connection, since the answer
+never completed. Raised past the 200, the problem was a 500 and a traceback any caller could cause.
 """
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.http.openapi import OpenApiDocument, amend_openapi
@@ -38,6 +45,8 @@ from api.http.problems import (
     request_timeout,
     unsupported_transfer_coding,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _transfer_coding_problem(headers: Iterable[tuple[bytes, bytes]]) -> ProblemError | None:
@@ -82,9 +91,23 @@ class BodyLimits:
         received = 0
         deadline: float | None = None  # set when the app first reads the body
         complete = False  # after the body, receive() waits for a disconnect: no deadline for that
+        answered = False  # the answer has begun: a body past its limits can no longer be told so
+        cut_off = False  # past its limits after that: the request ends as if its client had left
+        chunked = declared is None and b"transfer-encoding" in headers
+
+        def past_limits(problem: StarletteHTTPException) -> Message:
+            nonlocal cut_off
+            if not answered:
+                # FastAPI lets HTTPException through its body parsing; the problem handler renders it.
+                raise problem
+            logger.info("ended a request whose answer had begun: %s", problem.detail)
+            cut_off = True
+            return {"type": "http.disconnect"}
 
         async def receive_within_limits() -> Message:
             nonlocal received, deadline, complete
+            if cut_off:
+                return {"type": "http.disconnect"}
             if complete:
                 return await receive()
             if deadline is None:
@@ -93,27 +116,28 @@ class BodyLimits:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                # FastAPI lets HTTPException through its body parsing; the problem handler renders it.
-                raise request_timeout(self.timeout_seconds) from None
+                return past_limits(request_timeout(self.timeout_seconds))
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # A chunked body with no Content-Length: stop as soon as it passes the limit.
-                    raise payload_too_large(self.max_bytes)
+                    return past_limits(payload_too_large(self.max_bytes))
                 complete = not message.get("more_body", False)
             return message
 
-        chunked = declared is None and b"transfer-encoding" in headers
-
-        async def send_closing_while_unread(message: Message) -> None:
-            if message["type"] == "http.response.start" and deadline is None:
-                # Where a chunked body ends is known only once it has come, and it may not come within
-                # the limits: this connection cannot be promised to the next request.
-                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        async def send_noting_the_answer(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                if chunked and deadline is None:
+                    # Where a chunked body ends is known only once it has come, and it may not come
+                    # within the limits: this connection cannot be promised to the next request.
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
-        await self.app(scope, receive_within_limits, send_closing_while_unread if chunked else send)
-        if deadline is None and (chunked or (declared is not None and declared != b"0")):
+        body_may_come = chunked or (declared is not None and declared != b"0")
+        await self.app(scope, receive_within_limits, send_noting_the_answer if body_may_come else send)
+        if deadline is None and body_may_come:
             # Answered from the head alone: the body is on its way still.
             await self._discard_body(receive, None if declared is None else int(declared))
 

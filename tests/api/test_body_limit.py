@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -139,3 +140,47 @@ def test_bodies_sent_at_once_and_an_idle_connection_are_not_late(short_deadline:
             assert response.status_code == 201
         time.sleep(DEADLINE_SECONDS + 0.5)  # an idle keep-alive connection is not a late body either
         assert client.get(alice.tasks_url, headers=alice.headers).status_code == 200
+
+
+@pytest.mark.parametrize("body", ["never sent", "past the size limit"])
+def test_a_stream_whose_body_breaks_its_limits_after_its_200_ends_quietly(
+    short_deadline: str, alice: ApiUser, caplog: pytest.LogCaptureFixture, body: str
+) -> None:
+    """An event stream reads on after its 200 (to notice its client leave), so a body that GET
+    carries is read then too: one that never comes, or grows past MAX_BODY_BYTES, ends the stream as
+    its client leaving would. It was a 500 and a traceback, past the 200, that any caller could cause."""
+    host, port = short_deadline.removeprefix("http://").split(":")
+    framing = "Content-Length: 10" if body == "never sent" else "Transfer-Encoding: chunked"
+    head = (
+        f"GET /api/{alice.id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
+        f"{framing}\r\n\r\n"
+    )
+    with (
+        caplog.at_level(logging.INFO),
+        socket.create_connection((host, int(port)), timeout=0.5) as connection,
+    ):
+        started = time.monotonic()
+        connection.sendall(head.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += connection.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        if body == "past the size limit":
+            piece = b"x" * (65 * 1024)
+            connection.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        closed = False
+        while not closed and time.monotonic() - started < DEADLINE_SECONDS + 5:
+            try:
+                closed = not connection.recv(65536)
+            except TimeoutError:
+                continue
+        assert closed, "the stream ends, and the connection with it"
+    ended_after = time.monotonic() - started
+    if body == "never sent":
+        assert DEADLINE_SECONDS <= ended_after < DEADLINE_SECONDS + 3
+    # Ours only: uvicorn remarks on an answer left incomplete, as for every stream cut off (granian
+    # closes the connection without a word).
+    ours = [record for record in caplog.records if record.name.startswith("api.")]
+    assert not [record for record in ours if record.levelno >= logging.ERROR]
+    assert [getattr(record, "status", None) for record in ours if record.name == "api.access"] == [200]
+    assert any("ended a request whose answer had begun" in record.getMessage() for record in ours)
