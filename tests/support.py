@@ -43,6 +43,8 @@ LOGIN_ROLE = "todo_owner"
 # number, chunked twice, and a transfer coding other than chunked.
 HEAD_REFUSALS: dict[str, tuple[dict[str, str], int]] = {
     "too-large": ({"Content-Length": "99999999"}, 413),
+    # More digits than Python reads as one number (sys.get_int_max_str_digits): it was a 500.
+    "too-many-digits": ({"Content-Length": "9" * 5000}, 413),
     "content-length-not-a-number": ({"Content-Length": "abc"}, 400),
     "chunked-twice": ({"Transfer-Encoding": "chunked, chunked"}, 400),
     "gzip": ({"Transfer-Encoding": "gzip, chunked"}, 501),

@@ -64,6 +64,14 @@ def _transfer_coding_problem(headers: Iterable[tuple[bytes, bytes]]) -> ProblemE
     return unsupported_transfer_coding()
 
 
+def _says_more_than(content_length: bytes, limit: int) -> bool:
+    """Whether a Content-Length of digits says more than `limit` bytes, told by its digits first:
+    Python refuses to read a number of over 4,300 digits (sys.get_int_max_str_digits), leading zeros
+    included, and a server may pass such a head on."""
+    significant = content_length.lstrip(b"0")
+    return len(significant) > len(str(limit)) or int(significant or b"0") > limit
+
+
 class BodyLimits:
     def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_seconds: float) -> None:
         self.app = app
@@ -83,7 +91,7 @@ class BodyLimits:
         if declared is not None and not declared.isdigit():
             await problem_response(malformed_content_length())(scope, receive, send)
             return
-        if declared is not None and int(declared) > self.max_bytes:
+        if declared is not None and _says_more_than(declared, self.max_bytes):
             # Answer without reading: the client said how much it would send.
             await problem_response(http_problem(payload_too_large(self.max_bytes)))(scope, receive, send)
             return
@@ -139,7 +147,7 @@ class BodyLimits:
         await self.app(scope, receive_within_limits, send_noting_the_answer if body_may_come else send)
         if deadline is None and body_may_come:
             # Answered from the head alone: the body is on its way still.
-            await self._discard_body(receive, None if declared is None else int(declared))
+            await self._discard_body(receive, None if declared is None else int(declared.lstrip(b"0")))
 
     async def _discard_body(self, receive: Receive, declared: int | None) -> None:
         """Read a body the app did not and throw it away, up to `declared` bytes (a chunked body: to its

@@ -75,6 +75,18 @@ def test_json_with_a_charset_and_a_toggle_without_a_body_are_fine(
     assert toggled.status_code == 200
 
 
+def test_a_toggle_with_a_zero_content_length_however_written_needs_no_type(
+    client: httpx.Client, alice: ApiUser
+) -> None:
+    """`Content-Length: 00` is zero bytes too (RFC 9110, section 8.6: 1*DIGIT); it was a 415."""
+    created = client.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers)
+    request = client.build_request("PATCH", f"{alice.task_url(created.json()['id'])}/complete")
+    request.headers.update({**alice.headers, "Content-Length": "00"})
+    toggled = client.send(request)
+    assert toggled.status_code == 200, toggled.text
+    assert client.get(alice.task_url(created.json()["id"]), headers=alice.headers).json()["completed"] is True
+
+
 @pytest.fixture
 def browser_api(api_db_url: str) -> Iterator[httpx.Client]:
     settings = settings_for(api_db_url, cors_origins=[ORIGIN])
