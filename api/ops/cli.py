@@ -34,7 +34,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-from dotenv import dotenv_values
 from pydantic import ValidationError
 
 from api import __version__
@@ -53,7 +52,7 @@ from api.ops.startup_checks import (
     near_misses,
     refuse_the_development_database_beyond_loopback,
 )
-from api.settings import ENV_FILE, Settings, read_log_settings
+from api.settings import EnvFileError, Settings, env_file_names, read_log_settings
 from api.telemetry.logs import configure_logging, default_format
 from api.telemetry.multiprocess import DIR_VARIABLE
 
@@ -62,25 +61,24 @@ logger = logging.getLogger("api.ops.serve")
 _DATA_DIR_HELP = "embedded Postgres folder when DATABASE_URL is unset (default: DATA_DIR, else ./.data)"
 
 
-def _load_settings() -> Settings:
+def _load_settings() -> tuple[Settings, list[str]]:
+    """The settings, and a warning for each name set that is close to a setting's but is none. A .env
+    that cannot be read whole is refused before anything else: never run on other settings than the
+    ones written there."""
     try:
-        return Settings()
+        env_file = env_file_names()
+    except EnvFileError as unusable:
+        raise CommandFailed(str(unusable)) from None
+    try:
+        settings = Settings()
     except ValidationError as error:
         raise configuration_failure(error) from None
-    except UnicodeDecodeError:
-        raise CommandFailed(".env is not UTF-8 text: save it as UTF-8, or remove it") from None
-
-
-def _near_misses() -> list[str]:
-    # Read as pydantic-settings reads it (python-dotenv, which it depends on); _load_settings has
-    # already refused a .env that is not UTF-8.
-    env_file = dotenv_values(ENV_FILE, encoding="utf-8")
-    return near_misses(os.environ, Settings.model_fields, env_file=env_file)
+    return settings, near_misses(os.environ, Settings.model_fields, env_file=env_file)
 
 
 def _settings() -> Settings:
-    settings = _load_settings()
-    for warning in _near_misses():
+    settings, warnings = _load_settings()
+    for warning in warnings:
         print(f"todo-api: warning: {warning}", file=sys.stderr)
     return settings
 
@@ -203,8 +201,8 @@ def serve(args: argparse.Namespace) -> None:
     # Before the other settings are read, so that a mistake in one of them is a line in LOG_FORMAT too.
     log = read_log_settings()
     configure_logging(log.log_level, log.log_format or default_format())
-    settings = _load_settings()
-    for warning in _near_misses():
+    settings, warnings = _load_settings()
+    for warning in warnings:
         logger.warning("todo-api: %s", warning)
     development = settings.database_url is None
     if development:
