@@ -5,9 +5,11 @@ Every failure a user can cause ends in one message naming the cause and the fix,
 away (`| head`) ends the command quietly, with exit status 1. `serve` checks what it can
 (api/ops/startup_checks.py) before it starts anything. Ctrl-C, SIGTERM or SIGHUP (the terminal
 closed) at any moment ends a command quietly, after the cleanup of whatever it had started. Ctrl-C
-exits 130 and SIGHUP 129 as shells expect, except once `serve` serves: granian then takes the
-signals over (SIGINT and SIGTERM are its one way to stop, and a server stopped that way exits 0;
-SIGHUP stops it the same way, and exits 129: api/ops/serving_signals.py). Modules that import
+exits 130, SIGHUP 129 and SIGTERM 143 as shells expect, so that an interrupted migrate or audit never
+reads as a success; SIGTERM, the way a server is asked to stop, ends `serve` with 0 (api/ops/entry.py).
+Once `serve` serves, granian takes the signals over (SIGINT and SIGTERM are its one way to stop,
+and a server stopped that way exits 0; SIGHUP stops it the same way, and exits 129:
+api/ops/serving_signals.py). Modules that import
 prometheus_client are imported inside the commands, after `serve` has pointed it at the folder its
 workers share (api/telemetry/multiprocess.py).
 """
@@ -15,7 +17,7 @@ workers share (api/telemetry/multiprocess.py).
 # Before the slow imports below (about 0.3 s): run as `python -m api.ops.cli` (the suite,
 # docs/extending.md), Ctrl-C, SIGTERM or SIGHUP while they load ends the command as it does under
 # `todo-api` (api/ops/entry.py), with its exit status and no traceback.
-from api.ops.entry import stop_quietly_on_signals
+from api.ops.entry import command_is_serve, stop_quietly_on_signals
 
 if __name__ == "__main__":
     stop_quietly_on_signals()
@@ -522,6 +524,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         return
+    command_is_serve(args.command == "serve")
     stop_quietly_on_signals()
     try:
         args.run(args)
