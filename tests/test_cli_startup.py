@@ -505,3 +505,33 @@ def test_sigterm_ends_a_one_shot_command_with_143_and_changes_nothing(
     assert (process.returncode, stdout, stderr) == (143, "", "")
     assert _schema_state(migrated_db_url) == before, "nothing applied, and no migration lock left"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "report", "folder"),
+    [
+        pytest.param((), (), ".data", id="default"),
+        pytest.param((), ("--json",), ".data", id="json"),
+        pytest.param(("--data-dir", "elsewhere"), (), "elsewhere", id="data-dir"),
+    ],
+)
+def test_policies_audits_an_embedded_database_only_once_one_was_made(
+    tmp_path: Path, options: tuple[str, ...], report: tuple[str, ...], folder: str
+) -> None:
+    """With no DATABASE_URL and no embedded database, the audit made one (46 MB of .data) and
+    reported the empty database's findings: an audit must change nothing, and there is nothing to
+    audit. Once migrate has made the database, the audit is of it, as before."""
+    shown = str(tmp_path / folder) if folder == ".data" else folder  # the default, or as given
+    refused = run_cli("policies", *options, *report, cwd=tmp_path)
+    assert_one_line(refused, f"todo-api: no DATABASE_URL, and no embedded database in {shown} to audit")
+    assert "set DATABASE_URL" in refused.stderr
+    assert refused.stdout == ""
+    assert list(tmp_path.iterdir()) == [], "nothing was made"
+
+    migrated = run_cli("migrate", *options, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    audited = run_cli("policies", *options, *report, cwd=tmp_path)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert "Traceback" not in audited.stderr
+    assert audited.stdout.strip(), "the audit's report"
+    assert _postgres_on(tmp_path / folder / "pgdata") == [], "the audit stops the Postgres it started"

@@ -144,15 +144,23 @@ def _readable(url: str, setting: str) -> str:
 
 
 @contextmanager
-def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
-    """DATABASE_URL when set; otherwise the embedded database, stopped again on the way out."""
+def _database_url(settings: Settings, data_dir: Path | None, *, to_audit: bool = False) -> Iterator[str]:
+    """DATABASE_URL when set; otherwise the embedded database, stopped again on the way out. `to_audit`:
+    only one already made, since an audit changes nothing (a new one would be 46 MB of .data, and
+    an audit of a database nothing serves from)."""
     if settings.database_url is not None:
         yield _readable(settings.database_url.get_secret_value(), "DATABASE_URL")
         return
     # Before the folder is made: without the wheel, a start would only leave a half-made .data behind.
     if not embedded.installed():
         raise CommandFailed(embedded.install_hint())
-    database = embedded.start(_usable_folder(data_dir or settings.data_dir))
+    folder = data_dir or settings.data_dir
+    if to_audit and not embedded.made(folder):
+        raise CommandFailed(
+            f"no DATABASE_URL, and no embedded database in {folder} to audit: run `todo-api migrate` "
+            "or `todo-api serve` there first (or name its folder with --data-dir), or set DATABASE_URL"
+        )
+    database = embedded.start(_usable_folder(folder))
     try:
         embedded.export_environment(database)
         yield database.url
@@ -359,7 +367,7 @@ def policies(args: argparse.Namespace) -> None:
         _output(f"todo-api: wrote {written} from a freshly migrated database")
         return
     settings = _settings()
-    with _database_url(settings, args.data_dir) as url:
+    with _database_url(settings, args.data_dir, to_audit=True) as url:
         try:
             audit = audit_database(url, connect_timeout_seconds=settings.db_connect_timeout_seconds)
         except AuditIncomplete as incomplete:
