@@ -1,9 +1,11 @@
 """The one settings object: every knob the API reads from the environment (or a `.env` file)."""
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from dotenv.parser import parse_stream
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -25,8 +27,68 @@ STREAMS_PER_WORKER_LIMIT = 100_000
 # any client or proxy, and a request hangs where an answer was due.
 WAIT_SECONDS_LIMIT = 300
 
-# Where settings are read from besides the environment; `todo-api` reads its names too, for misspellings.
+# Where settings are read from besides the environment; `todo-api` reads it first (env_file_names), for
+# misspelt names, and to refuse one that cannot be read whole.
 ENV_FILE = ".env"
+
+
+class EnvFileError(ValueError):
+    """A .env that is there but cannot be read whole. pydantic-settings skips a folder or a dangling
+    link in silence, and python-dotenv a line it cannot parse with a log line that names no setting:
+    a command would then run on other settings than the ones written (a new embedded database in
+    place of DATABASE_URL's, say). `str()` is the whole message: the cause and the fix."""
+
+
+_LINE_BREAK = re.compile(r"\r\n|\n|\r")
+
+
+def env_file_names() -> list[str]:
+    """The names .env sets (none when there is no .env), read by python-dotenv's parser, the one
+    pydantic-settings reads it with; EnvFileError when any of it cannot be read."""
+    path = Path(ENV_FILE)
+    if path.is_symlink() and not path.exists():
+        raise EnvFileError(
+            f"{ENV_FILE} is a symbolic link to {path.readlink()}, which leads to no file: "
+            f"fix the link, or remove {ENV_FILE}"
+        )
+    if not path.exists():
+        return []
+    if path.is_dir():
+        raise EnvFileError(
+            f"{ENV_FILE} is a folder, not a file: settings are read from a file of that name; "
+            "move the folder away"
+        )
+    try:
+        with path.open(encoding="utf-8") as stream:
+            bindings = list(parse_stream(stream))
+    except UnicodeDecodeError:
+        raise EnvFileError(f"{ENV_FILE} is not UTF-8 text: save it as UTF-8, or remove it") from None
+    except OSError as error:
+        raise EnvFileError(f"cannot read {ENV_FILE} ({error.strerror}): fix it, or remove it") from None
+    if unparsed := [
+        _where_unparsed(binding.original.string, binding.original.line)
+        for binding in bindings
+        if binding.error
+    ]:
+        raise EnvFileError(
+            f"{ENV_FILE} cannot be parsed at {', '.join(unparsed)}: a quote left open, or text after "
+            f"the closing one? Fix it, or remove {ENV_FILE}"
+        )
+    return [binding.key for binding in bindings if binding.key is not None]
+
+
+def _where_unparsed(statement: str, line: int) -> str:
+    """`line N (NAME)`: the line a statement python-dotenv could not parse starts on (its count starts
+    at the blank lines before it), and the name it sets when that much is plain; never its value,
+    which may be a password."""
+    text = statement.lstrip()
+    line += len(_LINE_BREAK.findall(statement[: len(statement) - len(text)]))
+    words = text.partition("=")[0].split()
+    if words[:1] == ["export"]:
+        words = words[1:]
+    named = len(words) == 1 and words[0].isidentifier()
+    return f"line {line} ({words[0]})" if named else f"line {line}"
+
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
@@ -58,16 +120,21 @@ class LogSettings(BaseSettings):
 
 def read_log_settings() -> LogSettings:
     """LOG_LEVEL and LOG_FORMAT, each read alone: the default of one that is itself the mistake
-    (which reading `Settings` names), the other as given."""
+    (which reading `Settings` names), the other as given. A .env that cannot be read (which reading
+    `Settings` names too) is left unread: the environment's alone."""
     try:
-        return LogSettings()
+        env_file_names()
+    except EnvFileError:
+        env_file = None
+    else:
+        env_file = ENV_FILE
+    try:
+        return LogSettings(_env_file=env_file)
     except ValidationError as error:
         mistaken = {str(problem["loc"][0]) for problem in error.errors() if problem["loc"]}
         defaults = {name: LogSettings.model_fields[name].default for name in mistaken}
-    except UnicodeDecodeError:  # .env is not UTF-8: nothing in it can be read
-        return LogSettings.model_construct()
     try:
-        return LogSettings(**defaults)  # given here, a value outranks the environment's
+        return LogSettings(_env_file=env_file, **defaults)  # given here, a value outranks the environment's
     except ValidationError:
         return LogSettings.model_construct()
 

@@ -5,7 +5,7 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -474,7 +474,9 @@ def test_a_data_dir_that_cannot_be_a_folder(tmp_path: Path, command: str, inside
     in_the_way.write_text("not a folder")
     data_dir = in_the_way / inside if inside else in_the_way
     result = run_cli(command, "--data-dir", str(data_dir), cwd=tmp_path)
-    assert_one_clear_failure(result.stderr, result.returncode, f"in {data_dir} ({reason})", "--data-dir")
+    # The audit makes no folder, so never learns why none can be made: it audits only a database made.
+    says = f"no embedded database in {data_dir}" if command == "policies" else f"in {data_dir} ({reason})"
+    assert_one_clear_failure(result.stderr, result.returncode, says, "--data-dir")
     assert in_the_way.read_text() == "not a folder"
 
 
@@ -483,6 +485,59 @@ def test_an_env_file_that_is_not_utf8(tmp_path: Path) -> None:
     result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET)
     assert_one_clear_failure(result.stderr, result.returncode, ".env is not UTF-8")
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("migrate",), id="migrate"),
+        pytest.param(("policies",), id="policies"),
+        pytest.param(("token", "alice"), id="token"),
+        pytest.param(("serve", "--port", "0"), id="serve"),
+    ],
+)
+def test_an_env_file_line_that_cannot_be_parsed_stops_the_command_and_makes_nothing(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A quote left open on DATABASE_URL's line: python-dotenv skipped the line with a log line that
+    named no setting, and the command ran on a new embedded database in its place (migrate made and
+    migrated one; serve served one, signing with the production secret of the next line)."""
+    env_file = tmp_path / ".env"
+    url = f"postgresql://todo:{RIGHT_PASSWORD}@127.0.0.1:1/todo"
+    env_file.write_text(f'# production\n\nDATABASE_URL="{url}\nBETTER_AUTH_SECRET={SECRET}\n')
+    result = run_cli(*command, cwd=tmp_path)
+    (line,) = result.stderr.strip().splitlines()
+    assert_one_clear_failure(
+        line, result.returncode, "todo-api: .env cannot be parsed at line 3 (DATABASE_URL)", "remove .env"
+    )
+    assert "python-dotenv" not in result.stderr
+    assert RIGHT_PASSWORD not in result.stderr, "a value is never quoted: it may be a password"
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == [env_file], "no embedded database was made in its place"
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        pytest.param(lambda env_file: env_file.mkdir(), ".env is a folder, not a file", id="folder"),
+        pytest.param(
+            lambda env_file: env_file.symlink_to("settings.env"),
+            ".env is a symbolic link to settings.env, which leads to no file",
+            id="dangling-link",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["migrate", "policies"])
+def test_an_env_file_that_is_no_file_stops_the_command_and_makes_nothing(
+    tmp_path: Path, command: str, make: Callable[[Path], None], says: str
+) -> None:
+    """pydantic-settings skips such a .env in silence: the command ran on a new embedded database."""
+    make(tmp_path / ".env")
+    result = run_cli(command, cwd=tmp_path)
+    (line,) = result.stderr.strip().splitlines()
+    assert_one_clear_failure(line, result.returncode, f"todo-api: {says}")
+    assert result.stdout == ""
+    assert [path.name for path in tmp_path.iterdir()] == [".env"], "no embedded database was made"
 
 
 def _cli_writing_to(stdout: int | None, *arguments: str, cwd: Path) -> "subprocess.CompletedProcess[str]":

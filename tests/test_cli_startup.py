@@ -461,3 +461,77 @@ def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(tmp_
         for leftover in _postgres_on(data_dir / "pgdata"):
             leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
         psutil.wait_procs(_postgres_on(data_dir / "pgdata"), timeout=10)
+
+
+def _schema_state(database_url: str) -> tuple[object, ...]:
+    """What migrate or the audit could change: the policies, the migrations recorded, yoyo's lock."""
+    with psycopg.connect(database_url) as db:
+        policies = db.execute(
+            "select tablename, policyname, roles, qual, with_check from pg_policies order by 1, 2"
+        )
+        return (
+            policies.fetchall(),
+            db.execute("select count(*) from _yoyo_migration").fetchone(),
+            db.execute("select count(*) from yoyo_lock").fetchone(),
+        )
+
+
+@pytest.mark.parametrize("command", ["migrate", "policies"])
+def test_sigterm_ends_a_one_shot_command_with_143_and_changes_nothing(
+    tmp_path: Path, command: str, migrated_db_url: str
+) -> None:
+    """A deploy step stopped by SIGTERM (a cancelled CI job, a `timeout`) exited 0, as if the
+    database had been migrated or audited. It exits 143 as a shell reports such a stop, as quietly
+    as Ctrl-C (130) and SIGHUP (129) end it; SIGTERM is 0 for `serve` alone, whose way to stop it is."""
+    before = _schema_state(migrated_db_url)
+    with psycopg.connect(migrated_db_url) as blocker:
+        # Ended by the server in the end, so a command that does not stop fails this test, not hangs it.
+        blocker.execute("set idle_in_transaction_session_timeout = '60s'")
+        # Both re-apply the policies of public.tasks (the audit to find drift), and wait for this.
+        blocker.execute("lock table public.tasks in access share mode")
+        process = subprocess.Popen(
+            [*CLI, command], cwd=tmp_path, env=cli_env(DATABASE_URL=migrated_db_url),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        with psycopg.connect(migrated_db_url, autocommit=True) as watch:
+            while not watch.execute(
+                "select 1 from pg_stat_activity"
+                " where wait_event_type = 'Lock' and datname = current_database()"
+            ).fetchone():
+                assert process.poll() is None, process.communicate()
+                time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stdout, stderr) == (143, "", "")
+    assert _schema_state(migrated_db_url) == before, "nothing applied, and no migration lock left"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "report", "folder"),
+    [
+        pytest.param((), (), ".data", id="default"),
+        pytest.param((), ("--json",), ".data", id="json"),
+        pytest.param(("--data-dir", "elsewhere"), (), "elsewhere", id="data-dir"),
+    ],
+)
+def test_policies_audits_an_embedded_database_only_once_one_was_made(
+    tmp_path: Path, options: tuple[str, ...], report: tuple[str, ...], folder: str
+) -> None:
+    """With no DATABASE_URL and no embedded database, the audit made one (46 MB of .data) and
+    reported the empty database's findings: an audit must change nothing, and there is nothing to
+    audit. Once migrate has made the database, the audit is of it, as before."""
+    shown = str(tmp_path / folder) if folder == ".data" else folder  # the default, or as given
+    refused = run_cli("policies", *options, *report, cwd=tmp_path)
+    assert_one_line(refused, f"todo-api: no DATABASE_URL, and no embedded database in {shown} to audit")
+    assert "set DATABASE_URL" in refused.stderr
+    assert refused.stdout == ""
+    assert list(tmp_path.iterdir()) == [], "nothing was made"
+
+    migrated = run_cli("migrate", *options, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    audited = run_cli("policies", *options, *report, cwd=tmp_path)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert "Traceback" not in audited.stderr
+    assert audited.stdout.strip(), "the audit's report"
+    assert _postgres_on(tmp_path / folder / "pgdata") == [], "the audit stops the Postgres it started"

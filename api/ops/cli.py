@@ -5,9 +5,11 @@ Every failure a user can cause ends in one message naming the cause and the fix,
 away (`| head`) ends the command quietly, with exit status 1. `serve` checks what it can
 (api/ops/startup_checks.py) before it starts anything. Ctrl-C, SIGTERM or SIGHUP (the terminal
 closed) at any moment ends a command quietly, after the cleanup of whatever it had started. Ctrl-C
-exits 130 and SIGHUP 129 as shells expect, except once `serve` serves: granian then takes the
-signals over (SIGINT and SIGTERM are its one way to stop, and a server stopped that way exits 0;
-SIGHUP stops it the same way, and exits 129: api/ops/serving_signals.py). Modules that import
+exits 130, SIGHUP 129 and SIGTERM 143 as shells expect, so that an interrupted migrate or audit never
+reads as a success; SIGTERM, the way a server is asked to stop, ends `serve` with 0 (api/ops/entry.py).
+Once `serve` serves, granian takes the signals over (SIGINT and SIGTERM are its one way to stop,
+and a server stopped that way exits 0; SIGHUP stops it the same way, and exits 129:
+api/ops/serving_signals.py). Modules that import
 prometheus_client are imported inside the commands, after `serve` has pointed it at the folder its
 workers share (api/telemetry/multiprocess.py).
 """
@@ -15,7 +17,7 @@ workers share (api/telemetry/multiprocess.py).
 # Before the slow imports below (about 0.3 s): run as `python -m api.ops.cli` (the suite,
 # docs/extending.md), Ctrl-C, SIGTERM or SIGHUP while they load ends the command as it does under
 # `todo-api` (api/ops/entry.py), with its exit status and no traceback.
-from api.ops.entry import stop_quietly_on_signals
+from api.ops.entry import command_is_serve, stop_quietly_on_signals
 
 if __name__ == "__main__":
     stop_quietly_on_signals()
@@ -34,7 +36,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-from dotenv import dotenv_values
 from pydantic import ValidationError
 
 from api import __version__
@@ -53,7 +54,7 @@ from api.ops.startup_checks import (
     near_misses,
     refuse_the_development_database_beyond_loopback,
 )
-from api.settings import ENV_FILE, Settings, read_log_settings
+from api.settings import EnvFileError, Settings, env_file_names, read_log_settings
 from api.telemetry.logs import configure_logging, default_format
 from api.telemetry.multiprocess import DIR_VARIABLE
 
@@ -62,25 +63,24 @@ logger = logging.getLogger("api.ops.serve")
 _DATA_DIR_HELP = "embedded Postgres folder when DATABASE_URL is unset (default: DATA_DIR, else ./.data)"
 
 
-def _load_settings() -> Settings:
+def _load_settings() -> tuple[Settings, list[str]]:
+    """The settings, and a warning for each name set that is close to a setting's but is none. A .env
+    that cannot be read whole is refused before anything else: never run on other settings than the
+    ones written there."""
     try:
-        return Settings()
+        env_file = env_file_names()
+    except EnvFileError as unusable:
+        raise CommandFailed(str(unusable)) from None
+    try:
+        settings = Settings()
     except ValidationError as error:
         raise configuration_failure(error) from None
-    except UnicodeDecodeError:
-        raise CommandFailed(".env is not UTF-8 text: save it as UTF-8, or remove it") from None
-
-
-def _near_misses() -> list[str]:
-    # Read as pydantic-settings reads it (python-dotenv, which it depends on); _load_settings has
-    # already refused a .env that is not UTF-8.
-    env_file = dotenv_values(ENV_FILE, encoding="utf-8")
-    return near_misses(os.environ, Settings.model_fields, env_file=env_file)
+    return settings, near_misses(os.environ, Settings.model_fields, env_file=env_file)
 
 
 def _settings() -> Settings:
-    settings = _load_settings()
-    for warning in _near_misses():
+    settings, warnings = _load_settings()
+    for warning in warnings:
         print(f"todo-api: warning: {warning}", file=sys.stderr)
     return settings
 
@@ -144,15 +144,23 @@ def _readable(url: str, setting: str) -> str:
 
 
 @contextmanager
-def _database_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
-    """DATABASE_URL when set; otherwise the embedded database, stopped again on the way out."""
+def _database_url(settings: Settings, data_dir: Path | None, *, to_audit: bool = False) -> Iterator[str]:
+    """DATABASE_URL when set; otherwise the embedded database, stopped again on the way out. `to_audit`:
+    only one already made, since an audit changes nothing (a new one would be 46 MB of .data, and
+    an audit of a database nothing serves from)."""
     if settings.database_url is not None:
         yield _readable(settings.database_url.get_secret_value(), "DATABASE_URL")
         return
     # Before the folder is made: without the wheel, a start would only leave a half-made .data behind.
     if not embedded.installed():
         raise CommandFailed(embedded.install_hint())
-    database = embedded.start(_usable_folder(data_dir or settings.data_dir))
+    folder = data_dir or settings.data_dir
+    if to_audit and not embedded.made(folder):
+        raise CommandFailed(
+            f"no DATABASE_URL, and no embedded database in {folder} to audit: run `todo-api migrate` "
+            "or `todo-api serve` there first (or name its folder with --data-dir), or set DATABASE_URL"
+        )
+    database = embedded.start(_usable_folder(folder))
     try:
         embedded.export_environment(database)
         yield database.url
@@ -203,8 +211,8 @@ def serve(args: argparse.Namespace) -> None:
     # Before the other settings are read, so that a mistake in one of them is a line in LOG_FORMAT too.
     log = read_log_settings()
     configure_logging(log.log_level, log.log_format or default_format())
-    settings = _load_settings()
-    for warning in _near_misses():
+    settings, warnings = _load_settings()
+    for warning in warnings:
         logger.warning("todo-api: %s", warning)
     development = settings.database_url is None
     if development:
@@ -359,7 +367,7 @@ def policies(args: argparse.Namespace) -> None:
         _output(f"todo-api: wrote {written} from a freshly migrated database")
         return
     settings = _settings()
-    with _database_url(settings, args.data_dir) as url:
+    with _database_url(settings, args.data_dir, to_audit=True) as url:
         try:
             audit = audit_database(url, connect_timeout_seconds=settings.db_connect_timeout_seconds)
         except AuditIncomplete as incomplete:
@@ -524,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         return
+    command_is_serve(args.command == "serve")
     stop_quietly_on_signals()
     try:
         args.run(args)

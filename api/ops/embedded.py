@@ -184,6 +184,12 @@ def development_secret(data_dir: Path) -> str:
     return _usable_secret(path)
 
 
+def made(data_dir: Path) -> bool:
+    """Whether a first start in `data_dir` finished: an embedded database is there to start again. A
+    start in a folder without one would make one (initdb), or redo an interrupted first start."""
+    return (data_dir / "pgdata" / "PG_VERSION").is_file() and not (data_dir / _INITIALISING).exists()
+
+
 def existing_development_secret(data_dir: Path) -> str | None:
     """The secret the embedded database in `data_dir` serves with, if one was ever started there."""
     path = data_dir / _SECRET_FILE

@@ -21,6 +21,26 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # None while none was.
 _stop_asked: int | None = None
 
+# Whether the command is `serve`, for which SIGTERM is the way it is asked to stop, and a stop so asked
+# is its job done: exit 0, as granian's own stop once it serves. Any other command is one-shot, and
+# SIGTERM cuts it short: 143 (128 + 15) as a shell reports it, so that a pipeline or a deploy step does
+# not read an interrupted migrate or audit as a success. The command is the first argument (the only
+# options before one, -h and --version, end the program at once); `main` in api/ops/cli.py says it
+# again once argparse has read it.
+_serving = sys.argv[1:2] == ["serve"]
+
+
+def _stop_status(signum: int) -> int:
+    """The exit status of a command stopped by the signal `signum`, before the HTTP server takes the
+    signals over: 128 + its number, as shells report a command it ended; SIGTERM's is 0 for `serve`."""
+    return 0 if signum == signal.SIGTERM and _serving else 128 + signum
+
+
+def command_is_serve(serving: bool) -> None:
+    """Say, once argparse has read the command, whether it is `serve` (see `_serving`)."""
+    global _serving
+    _serving = serving
+
 
 def stop_quietly(signum: int, _: object) -> None:
     """Ctrl-C, SIGTERM or SIGHUP before the HTTP server takes the signals over (and after it hands
@@ -33,7 +53,7 @@ def stop_quietly(signum: int, _: object) -> None:
     global _stop_asked
     for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
-    _stop_asked = 0 if signum == signal.SIGTERM else 128 + signum
+    _stop_asked = _stop_status(signum)
     sys.unraisablehook = _quiet_about_a_swallowed_stop
     raise SystemExit(_stop_asked)
 
