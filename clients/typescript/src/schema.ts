@@ -195,7 +195,7 @@ export interface components {
             description?: string | null;
             /**
              * Title
-             * @description 1 to 200 characters as sent, at least one of them not white space; stored without the white space it starts or ends with.
+             * @description 1 to 200 characters as sent, none of them NUL and at least one not white space; stored without the white space it starts or ends with.
              */
             title: string;
         };
@@ -217,7 +217,7 @@ export interface components {
             id: number;
             /**
              * Title
-             * @description 1 to 200 characters as sent, at least one of them not white space; stored without the white space it starts or ends with.
+             * @description 1 to 200 characters as sent, none of them NUL and at least one not white space; stored without the white space it starts or ends with.
              */
             title: string;
             /**
@@ -244,7 +244,7 @@ export interface components {
             description?: string | null;
             /**
              * Title
-             * @description 1 to 200 characters as sent, at least one of them not white space; stored without the white space it starts or ends with.
+             * @description 1 to 200 characters as sent, none of them NUL and at least one not white space; stored without the white space it starts or ends with.
              */
             title?: string;
         };
