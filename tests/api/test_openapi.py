@@ -209,6 +209,27 @@ def test_a_description_is_refused_exactly_when_the_document_says_it_is_invalid(
         assert stored == [None]
 
 
+@pytest.mark.parametrize("q", ["x", "a\x00b", "\x00", "x" * 200, "x" * 199 + "\x00", "x" * 201])
+def test_a_search_is_refused_exactly_when_the_document_says_it_is_invalid(
+    spec: dict[str, Any], client: httpx.Client, q: str
+) -> None:
+    alice = new_user()
+    parameters = spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"]
+    (schema,) = [
+        option
+        for parameter in parameters
+        if parameter["name"] == "q"
+        for option in parameter["schema"]["anyOf"]
+        if option["type"] == "string"
+    ]
+    response = client.get(alice.tasks_url, params={"q": q}, headers=alice.headers)
+    if _documented_string_is_valid(schema, q):
+        assert response.status_code == 200, response.text
+    else:
+        assert response.status_code == 422, response.text
+        assert [error["field"] for error in response.json()["errors"]] == ["query.q"]
+
+
 # Sent with any answer, and not documented per response: OpenAPI ignores Content-Type there (the
 # response's `content` says it), and the others frame the message.
 _FRAMING_HEADERS = {"content-type", "content-length", "date", "server", "transfer-encoding"}
