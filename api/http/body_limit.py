@@ -1,6 +1,9 @@
 """Limits on request bodies: beyond a size, 413 before they are read in full; slower than a deadline
 for the whole body, 408; both with the connection closed. A Content-Length that is not a number is a
-400 (RFC 9112, section 6.3), which some servers leave to the app. A Transfer-Encoding other than
+400 (RFC 9112, section 6.3), answered here as a problem only where the server passes such a head on:
+granian, which `todo-api serve` runs, answers it itself, before the app, with an empty 400 and the
+connection closed (tests/test_server_limits.py), as uvicorn's h11 does with a plain-text one; called
+as an ASGI app, the API gives the problem (tests/api/test_openapi.py). A Transfer-Encoding other than
 chunked alone is refused before anything reads the body (RFC 9112, section 6.1: 501 for a coding we do
 not implement, 400 for chunked twice): granian passes `gzip, chunked` and `chunked, chunked` on having
 undone chunked once, so the app would read a compressed or still-chunked body as plain JSON.
@@ -192,7 +195,10 @@ def body_limit_responses(*, reads_body: bool) -> dict[str, dict[str, Any]]:
         "400": _refusal(
             "Where the body ends cannot be known: Content-Length is not a number of bytes, or "
             f"Transfer-Encoding names chunked more than once{unreadable}. Nothing was done (type "
-            f"{ProblemType.BAD_REQUEST.urn})."
+            f"{ProblemType.BAD_REQUEST.urn}). Under `todo-api serve`, a Content-Length that is not a "
+            "number, like any request head the server cannot parse (a control character such as DEL in "
+            "a field value, say), is refused by the server itself before the API runs: a 400 with no "
+            "body and no X-Request-ID."
         ),
         "413": _refusal(
             "Content-Length is larger than MAX_BODY_BYTES"

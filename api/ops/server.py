@@ -3,8 +3,13 @@ client from costing anything before the API sees a request.
 
 - A request head over 32 KiB is answered 431 and the connection closed (hyper's read buffer, checked
   between reads: a head that arrives in large pieces may be read whole up to 64 KiB, never beyond);
-- so is a head of more than 100 header fields, with no body, however short they are: hyper's count,
-  which granian (2.8) has no setting for, so it cannot be raised to match the 32 KiB;
+- so is a head of more than 100 header fields, however short they are: hyper's count, which
+  granian (2.8) has no setting for, so it cannot be raised to match the 32 KiB;
+- a head hyper cannot parse (a Content-Length that is not a number, DEL in a field value) is answered
+  400 and the connection closed;
+- those 431s and 400s are hyper's own, sent before the app runs, with an empty body: no problem
+  document, no X-Request-ID, no access line, and no setting in granian (2.8) to change them
+  (tests/test_server_limits.py; the README and the document's 400 say so);
 - a client that has not sent its whole head after 10 s is disconnected, one that sent nothing at all
   included;
 - the Authorization header's own 8 KiB limit is the API's (api/http/caller.py).

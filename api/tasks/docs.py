@@ -7,6 +7,7 @@ documented on the responses that carry it. `tests/api/test_openapi.py` holds the
 
 from typing import Any
 
+from api.http.conditional import FIELD_PATTERN
 from api.http.openapi import response_header
 from api.http.problems import ProblemType, error_response
 from api.http.refusals import Responses
@@ -31,6 +32,8 @@ LINK = {
     )
 }
 
+# What the parser accepts, so that a value the document admits is never the 422 of a malformed field.
+CONDITIONAL_FIELD = {"type": "string", "pattern": FIELD_PATTERN}
 IF_MATCH = {
     "name": "If-Match",
     "in": "header",
@@ -40,14 +43,14 @@ IF_MATCH = {
         "task is still that version, else 412 and nothing changes. Required (428 without it) when the "
         "server runs with REQUIRE_IF_MATCH=true."
     ),
-    "schema": {"type": "string"},
+    "schema": CONDITIONAL_FIELD,
 }
 IF_NONE_MATCH = {
     "name": "If-None-Match",
     "in": "header",
     "required": False,
     "description": "The ETag you hold: 304 with no body when the task is still that version.",
-    "schema": {"type": "string"},
+    "schema": CONDITIONAL_FIELD,
 }
 # The same two headers on the other side (RFC 9110, section 13.1): rarely sent, always evaluated.
 IF_MATCH_ON_READ = {

@@ -13,14 +13,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Column, ColumnElement, Table
 
 from api.http.query import ascii_digits
 from api.settings import POSTGRES_BIGINT_MAX
-from api.tasks.models import TITLE_MAX_LENGTH, Task, no_nul
+from api.tasks.models import NUL_FREE_PATTERN, TITLE_MAX_LENGTH, Task, no_nul
 
 MAX_TASK_ID = POSTGRES_BIGINT_MAX
 
@@ -140,9 +148,16 @@ class TaskListParams(BaseModel):
     status: TaskStatus = Field("all", description="Which tasks to list.")
     sort: SortKey = Field("created", description="Sort by creation, last update or title.")
     order: SortOrder | None = Field(None, description="Default: desc for created and updated, asc for title.")
-    q: Annotated[str | None, AfterValidator(no_nul)] = Field(
-        None, max_length=200, description="Case-insensitive text to find in title or description."
-    )
+    # The pattern states no_nul's rule in the document, beside the length (TITLE_PATTERN's comment).
+    q: (
+        Annotated[
+            str,
+            StringConstraints(max_length=200),
+            AfterValidator(no_nul),
+            Field(json_schema_extra={"pattern": NUL_FREE_PATTERN}),
+        ]
+        | None
+    ) = Field(None, description="Case-insensitive text to find in title or description.")
     limit: Annotated[int, BeforeValidator(ascii_digits)] = Field(100, ge=1, le=500, description="Page size.")
     # Decoded on the way in, so a bad cursor is reported like any bad parameter (`query.cursor`).
     cursor: Annotated[Cursor | None, WithJsonSchema(_CURSOR_SCHEMA)] = Field(

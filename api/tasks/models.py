@@ -55,12 +55,21 @@ def no_nul(value: str | None) -> str | None:
 WHITE_SPACE = (
     "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
 )
-# At least one character that is not white space. Spelled out rather than `\S`, which means another
-# set in each engine that reads it: pydantic's Rust regex, a client's JavaScript, Python's re.
-TITLE_PATTERN = "[^" + "".join(f"\\u{ord(c):04x}" for c in WHITE_SPACE) + "]"
+# The document's patterns state every rule `no_nul` and `_trimmed` enforce, so that a client that
+# checks a value against them is refused nothing else. JSON Schema's `pattern` matches anywhere in the
+# string, so each is anchored to say "no NUL anywhere". Characters are spelled out (`\uXXXX`) rather
+# than as `\S`, which means another set in each engine that reads it: pydantic's Rust regex, a
+# client's JavaScript (ECMA-262, which the document's patterns are), Python's re.
+_WHITE_SPACE_CLASS = "".join(f"\\u{ord(c):04x}" for c in WHITE_SPACE)
+_NUL = "\\u0000"
+# White space only, then a character that is neither white space nor NUL, then anything but NUL:
+# each character has one place to go, so a client's backtracking engine stays linear on any string.
+# (Python's `$` also matches before a final newline, which the last class takes anyway.)
+TITLE_PATTERN = f"^[{_WHITE_SPACE_CLASS}]*[^{_WHITE_SPACE_CLASS}{_NUL}][^{_NUL}]*$"
+NUL_FREE_PATTERN = f"^[^{_NUL}]*$"
 TITLE_DESCRIPTION = (
-    f"1 to {TITLE_MAX_LENGTH} characters as sent, at least one of them not white space; stored "
-    "without the white space it starts or ends with."
+    f"1 to {TITLE_MAX_LENGTH} characters as sent, none of them NUL and at least one not white space; "
+    "stored without the white space it starts or ends with."
 )
 
 
@@ -82,7 +91,12 @@ Title = Annotated[
     AfterValidator(_trimmed),
     PydanticField(description=TITLE_DESCRIPTION, json_schema_extra={"pattern": TITLE_PATTERN}),
 ]
-Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), AfterValidator(no_nul)]
+Description = Annotated[
+    str,
+    StringConstraints(max_length=DESCRIPTION_MAX_LENGTH),
+    AfterValidator(no_nul),
+    PydanticField(json_schema_extra={"pattern": NUL_FREE_PATTERN}),
+]
 
 
 class TaskBase(BaseModel):

@@ -1,21 +1,26 @@
-"""If-Match and If-None-Match never answer 500, whatever the client writes in them.
+"""If-Match and If-None-Match never answer 500, whatever the client writes in them, and the document
+says exactly which values are malformed.
 
 An entity-tag naming a version the task cannot have (past Postgres' `integer`, thousands of digits,
-a leading zero) is simply a tag that does not match. The property-based test writes well-formed
-lists over RFC 9110's grammar, where it knows the answer, and junk, where it knows only what the
-answer must not be.
+a leading zero) is simply a tag that does not match. The property-based tests write well-formed
+lists over RFC 9110's grammar, where they know the answer, and junk, where they know only what the
+answer must not be, or that the parser and the document's `pattern` must agree on it.
 """
 
+import re
 from collections.abc import Iterator
+from functools import cache
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_app
+from api.app import create_app, openapi_document
+from api.http.conditional import entity_tags
+from api.http.problems import ProblemError
 from tests.support import ApiUser, new_user, serving_client, settings_for
 
 PROBLEM = "application/problem+json"
@@ -179,3 +184,80 @@ def test_conditional_headers_never_answer_500_on_get_put_patch_or_delete(
         assert answers["GET"].status_code == (304 if weak_match else 200), value
         expected = (200, 200, 204) if strong_match else (412, 412, 412)
         assert tuple(answers[m].status_code for m in ("PUT", "PATCH", "DELETE")) == expected, value
+
+
+@cache
+def _documented_patterns() -> frozenset[str]:
+    """The `pattern` of every If-Match and If-None-Match parameter the document declares."""
+    patterns = set()
+    for path_item in openapi_document()["paths"].values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "header" and parameter["name"] in ("If-Match", "If-None-Match"):
+                    assert "pattern" in parameter["schema"], (parameter["name"], operation["operationId"])
+                    patterns.add(parameter["schema"]["pattern"])
+    return frozenset(patterns)
+
+
+def _parser_accepts(value: str) -> bool:
+    try:
+        entity_tags(value, "If-Match")
+    except ProblemError:
+        return False
+    return True
+
+
+# The characters the grammar turns on, and near misses: NBSP and NEL (white space to Python's
+# str.strip and `\s`, not OWS), DEL and the characters around the quoted ranges, a lowercase w.
+_GRAMMAR_PIECES = [" ", "\t", ",", "*", "W/", "W", "w/", "/", '"', "a", "1.1", "!", "#", "~"]
+_GRAMMAR_PIECES += ["\x7f", "\x80", "\xa0", "\x85", "\xff", "\x00", "\n", "\r", "\x0b", "\u0100"]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    value=st.one_of(
+        _tag_list(7).map(lambda listed: listed[0]),
+        _junk(7),
+        st.lists(st.sampled_from(_GRAMMAR_PIECES), max_size=12).map("".join),
+        st.text(max_size=20),
+    )
+)
+# What schemathesis sent as a string the document then allowed, and the parser refused.
+@example(value="")
+@example(value="x")
+@example(value=",")
+@example(value="W/*")
+def test_the_document_admits_exactly_the_conditional_fields_the_parser_accepts(value: str) -> None:
+    """A client that checks If-Match or If-None-Match against the document is refused nothing else
+    as malformed (a 422): each parameter's `pattern`, anchored, is ECMA-262 syntax that Python's re
+    reads alike, and JSON Schema matches it anywhere, which an anchored pattern makes a fullmatch."""
+    for pattern in _documented_patterns():
+        assert (re.fullmatch(pattern, value) is not None) == _parser_accepts(value), (pattern, value)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("*", True),
+        (" * ", True),
+        ('"1.1"', True),
+        ('W/"1.1"', True),
+        ('""', True),
+        (', "1.1" ,, W/"1.2" ,', True),
+        ('"1.1" "1.2"', False),
+        ("*, *", False),
+        ('*, "1.1"', False),
+        ("W/*", False),
+        ("", False),
+        (",", False),
+        ("x", False),
+        ('w/"1.1"', False),
+        # OWS is space and tab (RFC 9110, section 5.6.3); NBSP is obs-text, allowed only inside quotes.
+        ("\xa0*", False),
+        ('"1.1"\xa0', False),
+        ('"\xa0"', True),
+    ],
+)
+def test_conditional_field_grammar(value: str, accepted: bool) -> None:
+    assert _parser_accepts(value) is accepted
+    assert {re.fullmatch(pattern, value) is not None for pattern in _documented_patterns()} == {accepted}

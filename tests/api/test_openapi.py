@@ -119,17 +119,19 @@ def test_the_event_stream_documents_the_refusals_it_can_get_and_no_others(spec: 
         assert too_many["headers"][name]["description"].startswith("Past RATE_LIMIT_PER_MINUTE only:")
 
 
-def _documented_title_is_valid(schema: dict[str, Any], title: str) -> bool:
+def _documented_string_is_valid(schema: dict[str, Any], value: str) -> bool:
     """What a client holding the document may send: JSON Schema counts code points, as len() does,
     and `pattern` matches anywhere, as re.search does."""
-    within = schema.get("minLength", 0) <= len(title) <= schema.get("maxLength", len(title))
-    return within and re.search(schema.get("pattern", ""), title) is not None
+    within = schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value))
+    return within and re.search(schema.get("pattern", ""), value) is not None
 
 
 # Each side of every rule: white space as Unicode defines it (trimmed) and characters some regex engine
-# calls white space that Unicode does not (kept); lengths as sent around the limit.
+# calls white space that Unicode does not (kept); lengths as sent around the limit; NUL, which Postgres
+# cannot store, anywhere in the title and beside white space.
 TITLES = [" ", "\u3000", "\u0085", " \t\n ", "x" * 200 + " " * 5000, " " + "x" * 200, " " + "x" * 199]
 TITLES += ["x", "\ufeff", "\x1c", "\u200b", "x" * 200, "x" * 201, "\u3000x\u0085"]
+TITLES += ["a\x00b", "\x00", "\x00x", "x\x00", " \x00 ", "x\n\x00", "x" * 199 + "\x00"]
 
 
 @pytest.mark.parametrize("title", TITLES, ids=lambda title: ascii(title[:8]) + f"-{len(title)}")
@@ -150,7 +152,7 @@ def test_a_title_is_refused_exactly_when_the_document_says_it_is_invalid_and_sto
         title
         for (title,) in api_db.execute("select title from tasks where user_id = %s order by id", [alice.id])
     ]
-    if _documented_title_is_valid(schema, title):
+    if _documented_string_is_valid(schema, title):
         assert response.status_code == (201 if form == "TaskCreate" else 200), response.text
         assert response.json()["title"] == title.strip(WHITE_SPACE)
         assert stored[-1] == title.strip(WHITE_SPACE)
@@ -158,6 +160,74 @@ def test_a_title_is_refused_exactly_when_the_document_says_it_is_invalid_and_sto
         assert response.status_code == 422, response.text
         assert [error["field"] for error in response.json()["errors"]] == ["body.title"]
         assert stored == ["before"]
+
+
+DESCRIPTIONS = [
+    "",
+    "x",
+    " ",
+    "a\x00b",
+    "\x00",
+    "x\n\x00",
+    "\x00\n",
+    "x" * 1000,
+    "x" * 999 + "\x00",
+    "x" * 1001,
+]
+
+
+@pytest.mark.parametrize("description", DESCRIPTIONS, ids=lambda text: ascii(text[:8]) + f"-{len(text)}")
+@pytest.mark.parametrize("form", ["TaskCreate", "TaskUpdate"])
+def test_a_description_is_refused_exactly_when_the_document_says_it_is_invalid(
+    spec: dict[str, Any], client: httpx.Client, api_db: psycopg.Connection[Any], form: str, description: str
+) -> None:
+    alice = new_user()
+    (schema,) = [
+        option
+        for option in spec["components"]["schemas"][form]["properties"]["description"]["anyOf"]
+        if option["type"] == "string"
+    ]
+    created = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers)
+    assert created.status_code == 201, created.text
+    body = {"title": "t", "description": description}
+    if form == "TaskCreate":
+        response = client.post(alice.tasks_url, json=body, headers=alice.headers)
+    else:
+        response = client.put(alice.task_url(created.json()["id"]), json=body, headers=alice.headers)
+    stored = [
+        text
+        for (text,) in api_db.execute(
+            "select description from tasks where user_id = %s order by id", [alice.id]
+        )
+    ]
+    if _documented_string_is_valid(schema, description):
+        assert response.status_code == (201 if form == "TaskCreate" else 200), response.text
+        assert stored[-1] == description
+    else:
+        assert response.status_code == 422, response.text
+        assert [error["field"] for error in response.json()["errors"]] == ["body.description"]
+        assert stored == [None]
+
+
+@pytest.mark.parametrize("q", ["x", "a\x00b", "\x00", "x" * 200, "x" * 199 + "\x00", "x" * 201])
+def test_a_search_is_refused_exactly_when_the_document_says_it_is_invalid(
+    spec: dict[str, Any], client: httpx.Client, q: str
+) -> None:
+    alice = new_user()
+    parameters = spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"]
+    (schema,) = [
+        option
+        for parameter in parameters
+        if parameter["name"] == "q"
+        for option in parameter["schema"]["anyOf"]
+        if option["type"] == "string"
+    ]
+    response = client.get(alice.tasks_url, params={"q": q}, headers=alice.headers)
+    if _documented_string_is_valid(schema, q):
+        assert response.status_code == 200, response.text
+    else:
+        assert response.status_code == 422, response.text
+        assert [error["field"] for error in response.json()["errors"]] == ["query.q"]
 
 
 # Sent with any answer, and not documented per response: OpenAPI ignores Content-Type there (the

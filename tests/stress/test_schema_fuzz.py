@@ -33,7 +33,7 @@ ONE_IN_TEN = st.sampled_from([False] * 9 + [True])
 ONE_IN_FIVE = st.sampled_from([False] * 4 + [True])
 
 # Not `positive_data_acceptance`: the document cannot say everything the API refuses (a forged
-# cursor, a NUL character, a failed If-Match), so it would flag correct 422s and 412s; the places where the
+# cursor, a failed If-Match), so it would flag correct 422s and 412s; the places where the
 # document is simply wrong about what is valid are pinned down by the tests at the end instead.
 # Not `ignored_auth`: every case gets its token from us, so "generated auth" is never invalid.
 CHECKS = [

@@ -195,7 +195,7 @@ export interface components {
             description?: string | null;
             /**
              * Title
-             * @description 1 to 200 characters as sent, at least one of them not white space; stored without the white space it starts or ends with.
+             * @description 1 to 200 characters as sent, none of them NUL and at least one not white space; stored without the white space it starts or ends with.
              */
             title: string;
         };
@@ -217,7 +217,7 @@ export interface components {
             id: number;
             /**
              * Title
-             * @description 1 to 200 characters as sent, at least one of them not white space; stored without the white space it starts or ends with.
+             * @description 1 to 200 characters as sent, none of them NUL and at least one not white space; stored without the white space it starts or ends with.
              */
             title: string;
             /**
@@ -244,7 +244,7 @@ export interface components {
             description?: string | null;
             /**
              * Title
-             * @description 1 to 200 characters as sent, at least one of them not white space; stored without the white space it starts or ends with.
+             * @description 1 to 200 characters as sent, none of them NUL and at least one not white space; stored without the white space it starts or ends with.
              */
             title?: string;
         };
@@ -287,7 +287,7 @@ export interface operations {
                     "text/event-stream": string;
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
             400: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -439,7 +439,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
             400: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -590,7 +590,7 @@ export interface operations {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
             400: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -792,7 +792,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
             400: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -952,7 +952,7 @@ export interface operations {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
             400: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -1139,7 +1139,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
             400: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -1310,7 +1310,7 @@ export interface operations {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
             400: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -1491,7 +1491,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
             400: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
@@ -1548,7 +1548,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
             400: {
                 headers: {
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
