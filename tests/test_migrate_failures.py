@@ -1,6 +1,7 @@
 """Every `todo-api migrate` failure is one line with its cause and fix, exit status 1, no traceback:
 no admin option on todo_app, no permission to create roles, a lock held on the migration table, a
-stale migration lock, a lock held on yoyo's lock table, a login role that owns nothing, a bad
+stale migration lock, a lock held on yoyo's lock table, a login role that owns nothing (on a fresh or a
+migrated database), a bad
 MIGRATION_DATABASE_URL. A standby or read-only sessions: tests/faults/test_read_only_database.py."""
 
 import secrets
@@ -20,7 +21,7 @@ from api.ops.cli import main
 from api.ops.cluster import ensure_login_role_and_database
 from api.ops.embedded import start_postgres
 from api.ops.policy_audit import audit_database
-from tests.support import API_LOGIN_ROLE, RIGHT_PASSWORD, as_role, run_cli
+from tests.support import API_LOGIN_ROLE, RIGHT_PASSWORD, SECRET, as_role, run_cli
 from tests.test_cli_failures import assert_one_clear_failure
 
 
@@ -253,3 +254,68 @@ def test_a_superuser_that_does_not_own_the_schema(tmp_path: Path, migrated_db_ur
     assert "none pending; policies refreshed" in result.stdout
     assert _policies_and_migrations(migrated_db_url)[0] == before[0]
     assert audit_database(migrated_db_url).findings == []
+
+
+# What a refused migrate must leave as it found it.
+DatabaseState = tuple[list[tuple[str, ...]], list[tuple[str, str, list[str]]], int | None]
+
+
+def _everything(database_url: str) -> DatabaseState:
+    """Every table of every schema but the system's, every policy, and how many migrations yoyo has
+    recorded (None: no records table): what a refused migrate must leave as it found it."""
+    with psycopg.connect(database_url, autocommit=True) as db:
+        tables = db.execute(
+            "select schemaname::text, tablename::text from pg_tables"
+            " where schemaname not in ('pg_catalog', 'information_schema') order by 1, 2"
+        ).fetchall()
+        policies = db.execute(
+            "select tablename::text, policyname::text, roles::text[] from pg_policies order by 1, 2"
+        ).fetchall()
+        recorded = None
+        if db.execute("select to_regclass('public._yoyo_migration')").fetchone() != (None,):
+            row = db.execute("select count(*) from public._yoyo_migration").fetchone()
+            assert row is not None
+            recorded = int(row[0])
+    return tables, policies, recorded
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+# A login role that owns nothing, which DATABASE_URL rightly names for serving, left to migrate a
+# database that is migrated already: reading yoyo's records was refused, and that was a traceback.
+AS_THE_LOGIN_ROLE = {
+    "migrate": (("migrate",), False),
+    "migrate --login-role": (("migrate", "--login-role", API_LOGIN_ROLE), False),
+    "serve --migrate": (("serve", "--migrate", "--port", "0"), False),
+    "MIGRATION_DATABASE_URL naming it": (("migrate",), True),
+}
+
+
+@pytest.mark.parametrize("case", list(AS_THE_LOGIN_ROLE))
+def test_a_login_role_that_owns_nothing_on_a_migrated_database(
+    tmp_path: Path, migrated_db_url: str, case: str
+) -> None:
+    command, through_migration_url = AS_THE_LOGIN_ROLE[case]
+    login_url = as_role(migrated_db_url)
+    urls = (
+        {"DATABASE_URL": migrated_db_url, "MIGRATION_DATABASE_URL": login_url}
+        if through_migration_url
+        else {"DATABASE_URL": login_url}
+    )
+    before = _everything(migrated_db_url)
+    result = run_cli(*command, cwd=tmp_path, BETTER_AUTH_SECRET=SECRET, **urls)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"{API_LOGIN_ROLE} may not read or write the migration records "
+        "(permission denied for table _yoyo_migration)",
+        "migrate as the database's owner (set MIGRATION_DATABASE_URL to its URL); nothing was changed",
+    )
+    _one_line(result.stderr)
+    assert "migrations applied" not in result.stdout + result.stderr
+    assert _everything(migrated_db_url) == before

@@ -36,6 +36,10 @@ LOCK_TIMEOUT = "10s"
 MIGRATION_LOCK_WAIT_SECONDS = 10
 
 
+# The fix for a role that may not migrate, which only the schema's owner does.
+_FIX_AS_OWNER = "migrate as the database's owner (set MIGRATION_DATABASE_URL to its URL)"
+
+
 class MigrationFailed(Exception):  # noqa: N818 (what the operator sees, not a bug)
     """A migration could not be applied, for a reason the operator can fix; `str()` says which."""
 
@@ -71,7 +75,6 @@ def migrating_role(database_url: str) -> str:
 def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
     """The cause and the fix, in one line."""
     role = migrating_role(database_url)
-    fix_as_owner = "migrate as the database's owner (set MIGRATION_DATABASE_URL to its URL)"
     text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
     reason = (text.strip().splitlines() or [type(error).__name__])[0]
     if isinstance(error, LockTimeout):
@@ -118,7 +121,7 @@ def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
                 "`CREATE ROLE todo_app NOLOGIN NOINHERIT NOBYPASSRLS` and "
                 f"`GRANT todo_app TO {role} WITH ADMIN OPTION` first"
             )
-        return MigrationFailed(f"{role} may not change the schema ({reason}): {fix_as_owner}")
+        return MigrationFailed(f"{role} may not change the schema ({reason}): {_FIX_AS_OWNER}")
     return MigrationFailed(
         f"a migration failed ({type(error).__name__}: {reason}); the failing migration was rolled back. "
         "Fix the database (or report the bug), then run todo-api migrate again"
@@ -129,8 +132,16 @@ def _cannot_create(role: str) -> MigrationFailed:
     # yoyo keeps its bookkeeping in schema public and hides why it could not create it there.
     return MigrationFailed(
         f"{role} may not change the schema (no CREATE on schema public): it is a login role "
-        "that owns nothing, which is right for serving; migrate as the database's owner "
-        "(set MIGRATION_DATABASE_URL to its URL)"
+        f"that owns nothing, which is right for serving; {_FIX_AS_OWNER}"
+    )
+
+
+def _cannot_read_records(role: str, reason: str) -> MigrationFailed:
+    # A database migrated already, read by a role that owns nothing (DATABASE_URL's, right for
+    # serving): yoyo's records are the owner's, and reading them is the first thing migrate does.
+    return MigrationFailed(
+        f"{role} may not read or write the migration records ({reason}): only the schema's owner "
+        f"migrates it; {_FIX_AS_OWNER}; nothing was changed"
     )
 
 
@@ -207,6 +218,9 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
                 raise _restored_without_roles()
         except psycopg.errors.LockNotAvailable as error:
             raise migration_failure(error, database_url) from None
+        except psycopg.errors.InsufficientPrivilege as error:
+            (role,) = connection.execute("select current_user").fetchone() or ("the migrating role",)
+            raise _cannot_read_records(str(role), error.diag.message_primary or str(error)) from None
         database, encoding = connection.execute(ENCODING_STATE).fetchone() or ("", "")
         refusal = encoding_refusal(database=str(database), encoding=str(encoding), setting=setting)
         if refusal is not None:
