@@ -319,3 +319,67 @@ def test_a_login_role_that_owns_nothing_on_a_migrated_database(
     _one_line(result.stderr)
     assert "migrations applied" not in result.stdout + result.stderr
     assert _everything(migrated_db_url) == before
+
+
+@pytest.fixture
+def role_of_another_creator(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
+    """A login role that exists, made by the superuser: since Postgres 16 the owner, whose
+    CREATEROLE reaches only the roles it made (or holds with ADMIN), may not alter it."""
+    name = f"rando_{secrets.token_hex(4)}"
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("create role {} login password 'theirs'").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(superuser_url, autocommit=True) as superuser:
+            superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+def test_an_existing_login_role_the_owner_may_not_alter(
+    tmp_path: Path, migrated_db_url: str, superuser_url: str, role_of_another_creator: str
+) -> None:
+    """Its password (DATABASE_URL's) could not be set: the owner was told to migrate as the owner."""
+    name = role_of_another_creator
+
+    def what_it_is() -> tuple[object, ...] | None:
+        with psycopg.connect(superuser_url) as superuser:
+            return superuser.execute(
+                "select rolpassword, pg_has_role(oid, 'todo_app', 'MEMBER') from pg_authid where rolname = %s",
+                [name],
+            ).fetchone()
+
+    before, migrated_before = what_it_is(), _everything(migrated_db_url)
+    result = run_cli(
+        "migrate", "--login-role", name, cwd=tmp_path,
+        DATABASE_URL=as_role(migrated_db_url, name).replace(f"{name}@", f"{name}:ours@", 1),
+        MIGRATION_DATABASE_URL=migrated_db_url,
+    )  # fmt: skip
+    assert "migrations applied: none pending; policies refreshed" in result.stdout
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"refusing --login-role {name}: it exists, and todo_owner may not alter it "
+        "(permission denied to alter role)",
+        "--login-role todo_login",
+        f"GRANT {name} TO todo_owner WITH ADMIN OPTION",
+        f"nothing about {name} was changed",
+    )
+    assert "may not change the schema" not in result.stderr
+    assert "MIGRATION_DATABASE_URL" not in result.stderr
+    _one_line(result.stderr)
+    assert what_it_is() == before
+    assert before is not None and before[1] is False
+    assert _everything(migrated_db_url) == migrated_before
+
+    # The way out the message offers, other than another name: the grant, by whoever may give it.
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("grant {} to todo_owner with admin option").format(sql.Identifier(name)))
+    result = run_cli(
+        "migrate", "--login-role", name, cwd=tmp_path,
+        DATABASE_URL=as_role(migrated_db_url, name).replace(f"{name}@", f"{name}:ours@", 1),
+        MIGRATION_DATABASE_URL=migrated_db_url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"login role {name} (it existed" in result.stdout
+    after = what_it_is()
+    assert after is not None and after[0] != before[0] and after[1] is True
