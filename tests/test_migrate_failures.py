@@ -1,8 +1,9 @@
 """Every `todo-api migrate` failure is one line with its cause and fix, exit status 1, no traceback:
 no admin option on todo_app, no permission to create roles, a lock held on the migration table, a
-stale migration lock, a lock held on yoyo's lock table, a login role that owns nothing (on a fresh or a
-migrated database), a bad
-MIGRATION_DATABASE_URL. A standby or read-only sessions: tests/faults/test_read_only_database.py."""
+stale migration lock, a lock held on yoyo's lock table, a login role that owns nothing (on a fresh or
+a migrated database), a bad MIGRATION_DATABASE_URL, a search_path given to the migrating session, an
+existing --login-role the owner may not alter. A standby or read-only sessions:
+tests/faults/test_read_only_database.py."""
 
 import secrets
 import shutil
@@ -344,7 +345,8 @@ def test_an_existing_login_role_the_owner_may_not_alter(
     def what_it_is() -> tuple[object, ...] | None:
         with psycopg.connect(superuser_url) as superuser:
             return superuser.execute(
-                "select rolpassword, pg_has_role(oid, 'todo_app', 'MEMBER') from pg_authid where rolname = %s",
+                "select rolpassword, pg_has_role(oid, 'todo_app', 'MEMBER') from pg_authid"
+                " where rolname = %s",
                 [name],
             ).fetchone()
 
@@ -368,7 +370,8 @@ def test_an_existing_login_role_the_owner_may_not_alter(
     assert "MIGRATION_DATABASE_URL" not in result.stderr
     _one_line(result.stderr)
     assert what_it_is() == before
-    assert before is not None and before[1] is False
+    assert before is not None
+    assert before[1] is False
     assert _everything(migrated_db_url) == migrated_before
 
     # The way out the message offers, other than another name: the grant, by whoever may give it.
@@ -382,4 +385,76 @@ def test_an_existing_login_role_the_owner_may_not_alter(
     assert result.returncode == 0, result.stderr
     assert f"login role {name} (it existed" in result.stdout
     after = what_it_is()
-    assert after is not None and after[0] != before[0] and after[1] is True
+    assert after is not None
+    assert after[0] != before[0]
+    assert after[1] is True
+
+
+# A search_path given to the migrating session: yoyo kept its records in that schema, and every later
+# migrate with the right URL, finding none, failed on "schema app already exists". (PGOPTIONS never
+# reaches it: the options migrate gives every connection of its own replace PGOPTIONS.)
+EVIL_SEARCH_PATH = {
+    "in the URL's options": (
+        "&options=-c%20search_path%3Devil",
+        None,
+        "setting search_path=evil is in force in the login role todo_owner's sessions (source: client)",
+        "remove -c search_path from the options of DATABASE_URL and from PGOPTIONS",
+    ),
+    "set for the owner in the database": (
+        "",
+        "alter role todo_owner in database {} set search_path = evil",
+        "setting search_path=evil applies to the login role todo_owner through ALTER ROLE todo_owner "
+        "IN DATABASE",
+        "RESET search_path",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EVIL_SEARCH_PATH))
+@pytest.mark.parametrize("migrated", [False, True], ids=["fresh", "migrated"])
+def test_a_search_path_given_to_the_migrating_session_is_refused(
+    tmp_path: Path, empty_db_url: str, migrated_db_url: str, case: str, migrated: bool
+) -> None:
+    options, alter, finding, fix = EVIL_SEARCH_PATH[case]
+    url = migrated_db_url if migrated else empty_db_url
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("create schema evil")
+        dbname = sql.Identifier(db.info.dbname)
+        if alter is not None:
+            db.execute(sql.SQL(alter).format(dbname))
+    before = _everything(url)
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=url + options)
+    line = _one_line(result.stderr)
+    assert_one_clear_failure(line, result.returncode, f"refusing to migrate: {finding}", fix)
+    assert line.endswith("; nothing was changed")
+    assert "migrations applied" not in result.stdout
+    assert _everything(url) == before
+
+    # Once the setting is gone, migrate migrates as ever, then or again.
+    if alter is not None:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(sql.SQL("alter role todo_owner in database {} reset search_path").format(dbname))
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=url)
+    assert result.returncode == 0, result.stderr
+    assert _everything(url)[0] == _everything(migrated_db_url)[0]
+
+
+def test_serve_migrate_refuses_a_search_path_in_migration_database_url(
+    tmp_path: Path, empty_db_url: str
+) -> None:
+    with psycopg.connect(empty_db_url, autocommit=True) as db:
+        db.execute("create schema evil")
+    before = _everything(empty_db_url)
+    result = run_cli(
+        "serve", "--migrate", "--port", "0", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
+        DATABASE_URL=as_role(empty_db_url),
+        MIGRATION_DATABASE_URL=empty_db_url + "&options=-c%20search_path%3Devil",
+    )  # fmt: skip
+    assert_one_clear_failure(
+        _one_line(result.stderr),
+        result.returncode,
+        "refusing to migrate: setting search_path=evil is in force",
+        "remove -c search_path from the options of MIGRATION_DATABASE_URL and from PGOPTIONS",
+        "nothing was changed",
+    )
+    assert _everything(empty_db_url) == before

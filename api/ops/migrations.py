@@ -15,7 +15,7 @@ from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 from yoyo.migrations import MigrationList
 
-from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, missing, read_sql
+from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, SESSION_SETTINGS_CHECK, missing, read_sql
 from api.db.urls import libpq_url, yoyo_url
 from api.ops.startup_checks import (
     ENCODING_STATE,
@@ -190,6 +190,27 @@ def _restored_without_roles() -> MigrationFailed:
     )
 
 
+# The one setting of sql/checks/session_settings.sql migrate takes as it comes: a superuser's URL acts
+# as the owner by it (`_not_the_owner`), and `current_user` is then checked as the owner like any role.
+_ACTING_AS = "role"
+
+
+def _refuse_unsafe_settings(connection: psycopg.Connection[Any], setting: str) -> None:
+    """The session must be as serve's would have to be: with another search_path (the URL's options,
+    ALTER ROLE ... SET, ALTER SYSTEM; never PGOPTIONS, which the options given with every URL here
+    replace) yoyo kept its records in another schema, and every later migrate, finding none, failed
+    on re-creating the schema; the other settings silence triggers or policies."""
+    with connection.transaction():
+        connection.execute("select pg_catalog.set_config('todo_api.url_setting', %s, true)", [setting])
+        findings = [
+            str(finding)
+            for name, finding in connection.execute(read_sql(SESSION_SETTINGS_CHECK))
+            if name != _ACTING_AS
+        ]
+    if findings:
+        raise MigrationFailed(f"refusing to migrate: {'; and '.join(findings)}; nothing was changed")
+
+
 def _holds(connection: psycopg.Connection[Any], query: str) -> bool:
     row = connection.execute(query).fetchone()
     return bool(row and row[0])
@@ -199,7 +220,8 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
     """Only the schema's owner migrates it (none yet: whoever may create there becomes it), only
     where it can write: on a standby, or in read-only sessions, yoyo's lock is refused, and yoyo
     retries it as if another migration held it; and only a database `serve` would serve: in UTF-8, on a
-    Postgres release it supports (an older one failed half-way through the migrations)."""
+    Postgres release it supports (an older one failed half-way through the migrations); and only over
+    a session whose settings serve would accept (`_refuse_unsafe_settings`)."""
     # Reading yoyo's table waits behind whoever locked it (a DBA's LOCK TABLE) as long as yoyo would.
     options = _options_with_lock_timeout(database_url)
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds, options=options)
@@ -208,6 +230,7 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         refusal = release_refusal(version_num=int(version_num), version=str(version), setting=setting)
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
+        _refuse_unsafe_settings(connection, setting)
         state = connection.execute(READ_ONLY_STATE).fetchone()
         assert state is not None
         refusal = read_only_refusal(in_recovery=bool(state[0]), read_only=bool(state[1]), setting=setting)
