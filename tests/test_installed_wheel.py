@@ -111,6 +111,7 @@ def test_the_wheel_carries_the_sql(installed: Path, empty_dir: Path) -> None:
         "migrations/post-apply-policies.py",
         "policies/tasks.sql",
         "checks/isolation.sql",
+        "checks/session_settings.sql",
         "checks/reach.sql",
         "checks/expected_reach.json",
         "audit/grants.sql",

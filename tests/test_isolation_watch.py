@@ -441,6 +441,7 @@ def test_a_read_refused_for_row_level_security_is_logged_as_a_read_and_its_sessi
     it, as it was, to see what a request meets: a 503 whose log says read, and a session not reused,
     so that once the setting is reset the next session reads again."""
     monkeypatch.setattr(isolation, "_sql", lambda: "select 'nothing' where false")
+    monkeypatch.setattr(isolation, "_settings_sql", lambda: "select 'row_security', 'nothing' where false")
     database = migrated_db_url.split("/")[3].split("?")[0]
     alice = new_user()
     settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600, db_pool_size=1)

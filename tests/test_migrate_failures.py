@@ -1,7 +1,9 @@
 """Every `todo-api migrate` failure is one line with its cause and fix, exit status 1, no traceback:
 no admin option on todo_app, no permission to create roles, a lock held on the migration table, a
-stale migration lock, a lock held on yoyo's lock table, a login role that owns nothing, a bad
-MIGRATION_DATABASE_URL. A standby or read-only sessions: tests/faults/test_read_only_database.py."""
+stale migration lock, a lock held on yoyo's lock table, a login role that owns nothing (on a fresh or
+a migrated database), a bad MIGRATION_DATABASE_URL, a search_path given to the migrating session, an
+existing --login-role the owner may not alter. A standby or read-only sessions:
+tests/faults/test_read_only_database.py."""
 
 import secrets
 import shutil
@@ -20,7 +22,7 @@ from api.ops.cli import main
 from api.ops.cluster import ensure_login_role_and_database
 from api.ops.embedded import start_postgres
 from api.ops.policy_audit import audit_database
-from tests.support import API_LOGIN_ROLE, RIGHT_PASSWORD, as_role, run_cli
+from tests.support import API_LOGIN_ROLE, RIGHT_PASSWORD, SECRET, as_role, run_cli
 from tests.test_cli_failures import assert_one_clear_failure
 
 
@@ -253,3 +255,206 @@ def test_a_superuser_that_does_not_own_the_schema(tmp_path: Path, migrated_db_ur
     assert "none pending; policies refreshed" in result.stdout
     assert _policies_and_migrations(migrated_db_url)[0] == before[0]
     assert audit_database(migrated_db_url).findings == []
+
+
+# What a refused migrate must leave as it found it.
+DatabaseState = tuple[list[tuple[str, ...]], list[tuple[str, str, list[str]]], int | None]
+
+
+def _everything(database_url: str) -> DatabaseState:
+    """Every table of every schema but the system's, every policy, and how many migrations yoyo has
+    recorded (None: no records table): what a refused migrate must leave as it found it."""
+    with psycopg.connect(database_url, autocommit=True) as db:
+        tables = db.execute(
+            "select schemaname::text, tablename::text from pg_tables"
+            " where schemaname not in ('pg_catalog', 'information_schema') order by 1, 2"
+        ).fetchall()
+        policies = db.execute(
+            "select tablename::text, policyname::text, roles::text[] from pg_policies order by 1, 2"
+        ).fetchall()
+        recorded = None
+        if db.execute("select to_regclass('public._yoyo_migration')").fetchone() != (None,):
+            row = db.execute("select count(*) from public._yoyo_migration").fetchone()
+            assert row is not None
+            recorded = int(row[0])
+    return tables, policies, recorded
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+# A login role that owns nothing, which DATABASE_URL rightly names for serving, left to migrate a
+# database that is migrated already: reading yoyo's records was refused, and that was a traceback.
+AS_THE_LOGIN_ROLE = {
+    "migrate": (("migrate",), False),
+    "migrate --login-role": (("migrate", "--login-role", API_LOGIN_ROLE), False),
+    "serve --migrate": (("serve", "--migrate", "--port", "0"), False),
+    "MIGRATION_DATABASE_URL naming it": (("migrate",), True),
+}
+
+
+@pytest.mark.parametrize("case", list(AS_THE_LOGIN_ROLE))
+def test_a_login_role_that_owns_nothing_on_a_migrated_database(
+    tmp_path: Path, migrated_db_url: str, case: str
+) -> None:
+    command, through_migration_url = AS_THE_LOGIN_ROLE[case]
+    login_url = as_role(migrated_db_url)
+    urls = (
+        {"DATABASE_URL": migrated_db_url, "MIGRATION_DATABASE_URL": login_url}
+        if through_migration_url
+        else {"DATABASE_URL": login_url}
+    )
+    before = _everything(migrated_db_url)
+    result = run_cli(*command, cwd=tmp_path, BETTER_AUTH_SECRET=SECRET, **urls)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"{API_LOGIN_ROLE} may not read or write the migration records "
+        "(permission denied for table _yoyo_migration)",
+        "migrate as the database's owner (set MIGRATION_DATABASE_URL to its URL); nothing was changed",
+    )
+    _one_line(result.stderr)
+    assert "migrations applied" not in result.stdout + result.stderr
+    assert _everything(migrated_db_url) == before
+
+
+@pytest.fixture
+def role_of_another_creator(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
+    """A login role that exists, made by the superuser: since Postgres 16 the owner, whose
+    CREATEROLE reaches only the roles it made (or holds with ADMIN), may not alter it."""
+    name = f"rando_{secrets.token_hex(4)}"
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("create role {} login password 'theirs'").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(superuser_url, autocommit=True) as superuser:
+            superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+def test_an_existing_login_role_the_owner_may_not_alter(
+    tmp_path: Path, migrated_db_url: str, superuser_url: str, role_of_another_creator: str
+) -> None:
+    """Its password (DATABASE_URL's) could not be set: the owner was told to migrate as the owner."""
+    name = role_of_another_creator
+
+    def what_it_is() -> tuple[object, ...] | None:
+        with psycopg.connect(superuser_url) as superuser:
+            return superuser.execute(
+                "select rolpassword, pg_has_role(oid, 'todo_app', 'MEMBER') from pg_authid"
+                " where rolname = %s",
+                [name],
+            ).fetchone()
+
+    before, migrated_before = what_it_is(), _everything(migrated_db_url)
+    result = run_cli(
+        "migrate", "--login-role", name, cwd=tmp_path,
+        DATABASE_URL=as_role(migrated_db_url, name).replace(f"{name}@", f"{name}:ours@", 1),
+        MIGRATION_DATABASE_URL=migrated_db_url,
+    )  # fmt: skip
+    assert "migrations applied: none pending; policies refreshed" in result.stdout
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"refusing --login-role {name}: it exists, and todo_owner may not alter it "
+        "(permission denied to alter role)",
+        "--login-role todo_login",
+        f"GRANT {name} TO todo_owner WITH ADMIN OPTION",
+        f"nothing about {name} was changed",
+    )
+    assert "may not change the schema" not in result.stderr
+    assert "MIGRATION_DATABASE_URL" not in result.stderr
+    _one_line(result.stderr)
+    assert what_it_is() == before
+    assert before is not None
+    assert before[1] is False
+    assert _everything(migrated_db_url) == migrated_before
+
+    # The way out the message offers, other than another name: the grant, by whoever may give it.
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("grant {} to todo_owner with admin option").format(sql.Identifier(name)))
+    result = run_cli(
+        "migrate", "--login-role", name, cwd=tmp_path,
+        DATABASE_URL=as_role(migrated_db_url, name).replace(f"{name}@", f"{name}:ours@", 1),
+        MIGRATION_DATABASE_URL=migrated_db_url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"login role {name} (it existed" in result.stdout
+    after = what_it_is()
+    assert after is not None
+    assert after[0] != before[0]
+    assert after[1] is True
+
+
+# A search_path given to the migrating session: yoyo kept its records in that schema, and every later
+# migrate with the right URL, finding none, failed on "schema app already exists". (PGOPTIONS never
+# reaches it: the options migrate gives every connection of its own replace PGOPTIONS.)
+EVIL_SEARCH_PATH = {
+    "in the URL's options": (
+        "&options=-c%20search_path%3Devil",
+        None,
+        "setting search_path=evil is in force in the login role todo_owner's sessions (source: client)",
+        "remove -c search_path from the options of DATABASE_URL and from PGOPTIONS",
+    ),
+    "set for the owner in the database": (
+        "",
+        "alter role todo_owner in database {} set search_path = evil",
+        "setting search_path=evil applies to the login role todo_owner through ALTER ROLE todo_owner "
+        "IN DATABASE",
+        "RESET search_path",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EVIL_SEARCH_PATH))
+@pytest.mark.parametrize("migrated", [False, True], ids=["fresh", "migrated"])
+def test_a_search_path_given_to_the_migrating_session_is_refused(
+    tmp_path: Path, empty_db_url: str, migrated_db_url: str, case: str, migrated: bool
+) -> None:
+    options, alter, finding, fix = EVIL_SEARCH_PATH[case]
+    url = migrated_db_url if migrated else empty_db_url
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("create schema evil")
+        dbname = sql.Identifier(db.info.dbname)
+        if alter is not None:
+            db.execute(sql.SQL(alter).format(dbname))
+    before = _everything(url)
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=url + options)
+    line = _one_line(result.stderr)
+    assert_one_clear_failure(line, result.returncode, f"refusing to migrate: {finding}", fix)
+    assert line.endswith("; nothing was changed")
+    assert "migrations applied" not in result.stdout
+    assert _everything(url) == before
+
+    # Once the setting is gone, migrate migrates as ever, then or again.
+    if alter is not None:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(sql.SQL("alter role todo_owner in database {} reset search_path").format(dbname))
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=url)
+    assert result.returncode == 0, result.stderr
+    assert _everything(url)[0] == _everything(migrated_db_url)[0]
+
+
+def test_serve_migrate_refuses_a_search_path_in_migration_database_url(
+    tmp_path: Path, empty_db_url: str
+) -> None:
+    with psycopg.connect(empty_db_url, autocommit=True) as db:
+        db.execute("create schema evil")
+    before = _everything(empty_db_url)
+    result = run_cli(
+        "serve", "--migrate", "--port", "0", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
+        DATABASE_URL=as_role(empty_db_url),
+        MIGRATION_DATABASE_URL=empty_db_url + "&options=-c%20search_path%3Devil",
+    )  # fmt: skip
+    assert_one_clear_failure(
+        _one_line(result.stderr),
+        result.returncode,
+        "refusing to migrate: setting search_path=evil is in force",
+        "remove -c search_path from the options of MIGRATION_DATABASE_URL and from PGOPTIONS",
+        "nothing was changed",
+    )
+    assert _everything(empty_db_url) == before

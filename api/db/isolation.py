@@ -5,9 +5,10 @@ every ISOLATION_CHECK_INTERVAL_SECONDS and answers 503 while it finds anything
 (`IsolationWatch`), and `todo-api policies` reports it beside its own drift check. It is:
 
 - `sql/checks/isolation.sql`: roles, RLS enabled and forced, policies that admit every row,
-  functions, views, privileges that row-level security does not govern, and the settings that
-  change how policies apply as the checking session has them (it is opened as the API opens its
-  own: from the pool, or from DATABASE_URL with its options), in plain words;
+  functions, views, privileges that row-level security does not govern, in plain words;
+- `sql/checks/session_settings.sql`: the settings that change how policies apply, or what names
+  mean, as the checking session has them (it is opened as the API opens its own: from the pool, or
+  from DATABASE_URL with its options), in plain words (`todo-api migrate` refuses on them too);
 - `sql/checks/reach.sql` against `sql/checks/expected_reach.json` (api/db/reach.py): everything
   todo_app or PUBLIC can reach a row through, in every schema, against what the package ships;
 - proving the role switch by doing it, as every request will.
@@ -33,7 +34,7 @@ from psycopg.rows import tuple_row
 from api.db.database import Database
 from api.db.errors import AlreadyExists, IsolationBreach
 from api.db.reach import differences, expected_reach, read_reach
-from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, read_sql
+from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
 from api.db.statements import APP_ROLE
 from api.telemetry import metrics
 
@@ -87,6 +88,11 @@ def _sql() -> str:
     return read_sql(ISOLATION_CHECK)
 
 
+@cache
+def _settings_sql() -> str:
+    return read_sql(SESSION_SETTINGS_CHECK)
+
+
 async def _rows(connection: psycopg.AsyncConnection[Any], query: str) -> list[tuple[Any, ...]]:
     async with connection.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(query)
@@ -114,6 +120,7 @@ async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[F
             await connection.execute(f"set local statement_timeout = '{_STATEMENT_TIMEOUT}'")
             rows = await _rows(connection, _sql())
             findings += [_checked(str(message)) for (message,) in rows]
+            findings += [_checked(str(message)) for (_, message) in await _rows(connection, _settings_sql())]
             if any(finding.cause == "not migrated" for finding in findings):
                 return findings
             for difference in differences(await read_reach(connection), expected_reach()):

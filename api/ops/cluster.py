@@ -129,6 +129,21 @@ def _refuse_an_unfit_role(connection: psycopg.Connection[tuple[Any, ...]], login
     )
 
 
+def _may_not_alter(
+    connection: psycopg.Connection[tuple[Any, ...]], login_role: str, error: psycopg.Error
+) -> UnfitLoginRole:
+    # Since Postgres 16 CREATEROLE reaches only the roles this role made or holds with ADMIN: it is
+    # the owner already, so migrating as the owner, the fix for its other refusals, would not help.
+    (owner,) = connection.execute("select current_user").fetchone() or ("the migrating role",)
+    return UnfitLoginRole(
+        f"refusing --login-role {login_role}: it exists, and {owner} may not alter it "
+        f"({error.diag.message_primary or error}) to give it DATABASE_URL's password, since another "
+        f"role created it. Name a role {owner} may create instead (say --login-role todo_login), or "
+        f"have a superuser or {login_role}'s creator run `GRANT {login_role} TO {owner} WITH ADMIN "
+        f"OPTION` first; nothing about {login_role} was changed"
+    )
+
+
 def ensure_api_login_role(owner_url: str, login_role: str, *, password: str | None = None) -> ApiLoginRole:
     """The role the API should serve as: it logs in, owns nothing, bypasses nothing, and inherits
     nothing; it is a member of todo_app, so that every request can switch to it.
@@ -150,7 +165,12 @@ def ensure_api_login_role(owner_url: str, login_role: str, *, password: str | No
         else:
             _refuse_an_unfit_role(connection, login_role)
         if password is not None:
-            connection.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
+            try:
+                connection.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
+            except psycopg.errors.InsufficientPrivilege as error:
+                if exists is None:
+                    raise
+                raise _may_not_alter(connection, login_role, error) from None
         connection.execute(sql.SQL("grant todo_app to {}").format(role))
         row = connection.execute(_WHAT_IT_IS, [login_role]).fetchone()
     assert row is not None

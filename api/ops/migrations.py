@@ -15,7 +15,7 @@ from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 from yoyo.migrations import MigrationList
 
-from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, missing, read_sql
+from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, SESSION_SETTINGS_CHECK, missing, read_sql
 from api.db.urls import libpq_url, yoyo_url
 from api.ops.startup_checks import (
     ENCODING_STATE,
@@ -34,6 +34,10 @@ from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 LOCK_TIMEOUT = "10s"
 # How long to wait for another `todo-api migrate` (or `yoyo apply`) to finish.
 MIGRATION_LOCK_WAIT_SECONDS = 10
+
+
+# The fix for a role that may not migrate, which only the schema's owner does.
+_FIX_AS_OWNER = "migrate as the database's owner (set MIGRATION_DATABASE_URL to its URL)"
 
 
 class MigrationFailed(Exception):  # noqa: N818 (what the operator sees, not a bug)
@@ -71,7 +75,6 @@ def migrating_role(database_url: str) -> str:
 def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
     """The cause and the fix, in one line."""
     role = migrating_role(database_url)
-    fix_as_owner = "migrate as the database's owner (set MIGRATION_DATABASE_URL to its URL)"
     text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
     reason = (text.strip().splitlines() or [type(error).__name__])[0]
     if isinstance(error, LockTimeout):
@@ -118,7 +121,7 @@ def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
                 "`CREATE ROLE todo_app NOLOGIN NOINHERIT NOBYPASSRLS` and "
                 f"`GRANT todo_app TO {role} WITH ADMIN OPTION` first"
             )
-        return MigrationFailed(f"{role} may not change the schema ({reason}): {fix_as_owner}")
+        return MigrationFailed(f"{role} may not change the schema ({reason}): {_FIX_AS_OWNER}")
     return MigrationFailed(
         f"a migration failed ({type(error).__name__}: {reason}); the failing migration was rolled back. "
         "Fix the database (or report the bug), then run todo-api migrate again"
@@ -129,8 +132,16 @@ def _cannot_create(role: str) -> MigrationFailed:
     # yoyo keeps its bookkeeping in schema public and hides why it could not create it there.
     return MigrationFailed(
         f"{role} may not change the schema (no CREATE on schema public): it is a login role "
-        "that owns nothing, which is right for serving; migrate as the database's owner "
-        "(set MIGRATION_DATABASE_URL to its URL)"
+        f"that owns nothing, which is right for serving; {_FIX_AS_OWNER}"
+    )
+
+
+def _cannot_read_records(role: str, reason: str) -> MigrationFailed:
+    # A database migrated already, read by a role that owns nothing (DATABASE_URL's, right for
+    # serving): yoyo's records are the owner's, and reading them is the first thing migrate does.
+    return MigrationFailed(
+        f"{role} may not read or write the migration records ({reason}): only the schema's owner "
+        f"migrates it; {_FIX_AS_OWNER}; nothing was changed"
     )
 
 
@@ -179,6 +190,27 @@ def _restored_without_roles() -> MigrationFailed:
     )
 
 
+# The one setting of sql/checks/session_settings.sql migrate takes as it comes: a superuser's URL acts
+# as the owner by it (`_not_the_owner`), and `current_user` is then checked as the owner like any role.
+_ACTING_AS = "role"
+
+
+def _refuse_unsafe_settings(connection: psycopg.Connection[Any], setting: str) -> None:
+    """The session must be as serve's would have to be: with another search_path (the URL's options,
+    ALTER ROLE ... SET, ALTER SYSTEM; never PGOPTIONS, which the options given with every URL here
+    replace) yoyo kept its records in another schema, and every later migrate, finding none, failed
+    on re-creating the schema; the other settings silence triggers or policies."""
+    with connection.transaction():
+        connection.execute("select pg_catalog.set_config('todo_api.url_setting', %s, true)", [setting])
+        findings = [
+            str(finding)
+            for name, finding in connection.execute(read_sql(SESSION_SETTINGS_CHECK))
+            if name != _ACTING_AS
+        ]
+    if findings:
+        raise MigrationFailed(f"refusing to migrate: {'; and '.join(findings)}; nothing was changed")
+
+
 def _holds(connection: psycopg.Connection[Any], query: str) -> bool:
     row = connection.execute(query).fetchone()
     return bool(row and row[0])
@@ -188,7 +220,8 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
     """Only the schema's owner migrates it (none yet: whoever may create there becomes it), only
     where it can write: on a standby, or in read-only sessions, yoyo's lock is refused, and yoyo
     retries it as if another migration held it; and only a database `serve` would serve: in UTF-8, on a
-    Postgres release it supports (an older one failed half-way through the migrations)."""
+    Postgres release it supports (an older one failed half-way through the migrations); and only over
+    a session whose settings serve would accept (`_refuse_unsafe_settings`)."""
     # Reading yoyo's table waits behind whoever locked it (a DBA's LOCK TABLE) as long as yoyo would.
     options = _options_with_lock_timeout(database_url)
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds, options=options)
@@ -197,6 +230,7 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         refusal = release_refusal(version_num=int(version_num), version=str(version), setting=setting)
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
+        _refuse_unsafe_settings(connection, setting)
         state = connection.execute(READ_ONLY_STATE).fetchone()
         assert state is not None
         refusal = read_only_refusal(in_recovery=bool(state[0]), read_only=bool(state[1]), setting=setting)
@@ -207,6 +241,9 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
                 raise _restored_without_roles()
         except psycopg.errors.LockNotAvailable as error:
             raise migration_failure(error, database_url) from None
+        except psycopg.errors.InsufficientPrivilege as error:
+            (role,) = connection.execute("select current_user").fetchone() or ("the migrating role",)
+            raise _cannot_read_records(str(role), error.diag.message_primary or str(error)) from None
         database, encoding = connection.execute(ENCODING_STATE).fetchone() or ("", "")
         refusal = encoding_refusal(database=str(database), encoding=str(encoding), setting=setting)
         if refusal is not None:

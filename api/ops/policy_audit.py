@@ -1,8 +1,8 @@
 """Audit the live database's isolation: what `todo-api policies` reports.
 
 Every query is a file a DBA can run with psql: sql/audit/*.sql describe the roles, tables, policies
-and grants; the findings are sql/checks/isolation.sql, the very check the API runs at start-up, plus
-drift between the live policies and sql/policies/.
+and grants; the findings are sql/checks/isolation.sql and sql/checks/session_settings.sql, the very
+check the API runs at start-up, plus drift between the live policies and sql/policies/.
 
 Drift is measured by letting Postgres normalise both sides: read the live policies, apply the files
 in a transaction, read them again, roll back. CREATE and DROP POLICY take an ACCESS EXCLUSIVE lock on

@@ -1,8 +1,9 @@
 -- Findings that would let one user see or change another's rows. The API runs this as its login
 -- role at start-up, refusing to serve while it returns any row, and again every minute while it
--- serves (with sql/checks/reach.sql); `todo-api policies` reports the same rows (plus drift from
--- sql/policies/); a DBA can run it by hand the same way:
---     psql "$DATABASE_URL" -f sql/checks/isolation.sql
+-- serves (with sql/checks/session_settings.sql, whose findings `todo-api migrate` shares, and
+-- sql/checks/reach.sql); `todo-api policies` reports the same rows (plus drift from sql/policies/);
+-- a DBA can run it by hand the same way:
+--     psql "$DATABASE_URL" -f sql/checks/isolation.sql -f sql/checks/session_settings.sql
 -- Each row is one finding, in words. No rows: the database enforces isolation.
 
 WITH todo_app AS (
@@ -37,42 +38,6 @@ todo_app_policies AS (
         WHERE CASE WHEN granted.role_oid = 0 THEN true
                    ELSE pg_catalog.pg_has_role(r.oid, granted.role_oid, 'MEMBER') END
     )
-),
--- The settings ALTER ROLE ... SET and ALTER DATABASE ... SET give every new session of the login role
--- (the role that logged in: a `role` setting changes current_user), of every role, or of every
--- database, by name.
-login_role_settings AS (
-    SELECT s.setrole, s.setdatabase, setting, pg_catalog.split_part(setting, '=', 1) AS name,
-           r.rolname, d.datname
-    FROM pg_catalog.pg_db_role_setting s
-    CROSS JOIN pg_catalog.unnest(s.setconfig) AS setting
-    LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
-    LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
-    WHERE (s.setrole = 0 OR r.rolname = session_user)
-      AND (s.setdatabase = 0 OR d.datname = pg_catalog.current_database())
-),
--- The value each setting that changes how row-level security applies, or what names mean, must have
--- in the API's sessions, and what another value does. session_authorization is not here: Postgres
--- applies it to no session from where it is set (ALTER ROLE ... SET, the connection's options), so
--- only its ALTER ROLE/DATABASE SET row, below, can show a mistake.
-needed_settings(name, value, otherwise) AS (
-    VALUES ('row_security', 'on', 'every query the policies would filter is refused with an error'),
-           ('session_replication_role', 'origin',
-            'no trigger or foreign-key action fires: the task quota is not kept, no event is written, '
-            'and a deleted task''s stored answer stays'),
-           ('search_path', '"$user", public',
-            'the statements, which name their tables unqualified, may reach other tables or fail'),
-           ('role', 'none', 'statements sent outside the switch to todo_app run as that role')
-),
--- What this session has: a DBA's psql gets the same with the API's DATABASE_URL and environment.
--- pg_settings names where each value came from; role is not in pg_settings (nor is its source), and
--- no configuration file may set it.
-session_settings(name, value, source) AS (
-    SELECT name, setting, CASE WHEN sourcefile IS NULL THEN source ELSE source || ' ' || sourcefile END
-    FROM pg_catalog.pg_settings
-    WHERE name IN ('row_security', 'session_replication_role', 'search_path')
-    UNION ALL
-    SELECT 'role', pg_catalog.current_setting('role'), 'client'
 )
 SELECT 'role todo_app does not exist' AS finding
 WHERE NOT EXISTS (SELECT FROM todo_app)
@@ -209,47 +174,6 @@ WHERE (i.indisunique OR i.indisexclusion)
                       WHERE con.conindid = i.indexrelid AND o.oprname = '='))
       OR a.attidentity = 'a'
   )
-
--- row_security = off turns every query the policies would filter into an error,
--- session_replication_role = replica silences the triggers that keep events and counts, and
--- search_path, role and session_authorization change which object or which role a name means. Any
--- value given to the login role's sessions this way is a finding, even one that is harmless today.
-UNION ALL
-SELECT pg_catalog.format('setting %s applies to the login role %s through %s: it changes how row-level '
-                         'security applies or what names mean (%s)',
-                         setting, session_user,
-                         CASE WHEN setrole = 0 AND setdatabase = 0 THEN 'ALTER ROLE ALL SET'
-                              WHEN setrole = 0 THEN pg_catalog.format('ALTER DATABASE %I SET', datname)
-                              WHEN setdatabase = 0 THEN pg_catalog.format('ALTER ROLE %I SET', rolname)
-                              ELSE pg_catalog.format('ALTER ROLE %I IN DATABASE %I SET', rolname, datname) END,
-                         CASE WHEN setrole = 0 AND setdatabase = 0 THEN 'ALTER ROLE ALL RESET '
-                              WHEN setrole = 0 THEN pg_catalog.format('ALTER DATABASE %I RESET ', datname)
-                              WHEN setdatabase = 0 THEN pg_catalog.format('ALTER ROLE %I RESET ', rolname)
-                              ELSE pg_catalog.format('ALTER ROLE %I IN DATABASE %I RESET ', rolname, datname) END
-                         || name)
-FROM login_role_settings
-WHERE name IN ('row_security', 'session_replication_role', 'search_path', 'role', 'session_authorization')
-
--- The same settings, as this session has them, from wherever they came: postgresql.conf or ALTER
--- SYSTEM (`configuration file`), the connection's options or PGOPTIONS (`client`), the server's
--- command line. A value set by ALTER ROLE/DATABASE is reported above, once, by the row that sets it.
-UNION ALL
-SELECT pg_catalog.format('setting %s=%s is in force in the login role %s''s sessions (source: %s): the API '
-                         'needs %s=%s, or %s (%s)',
-                         s.name, s.value, session_user, s.source, n.name, n.value, n.otherwise,
-                         CASE WHEN s.source LIKE 'configuration file%'
-                              THEN pg_catalog.format('ALTER SYSTEM RESET %s, or remove it from '
-                                                     'postgresql.conf, then SELECT pg_reload_conf()', s.name)
-                              WHEN s.source = 'client'
-                              THEN pg_catalog.format('remove -c %s from the options of DATABASE_URL and from '
-                                                     'PGOPTIONS', s.name)
-                              WHEN s.source IN ('user', 'database', 'database user')
-                              THEN 'it was reset after this session began: restart the API for new sessions'
-                              ELSE pg_catalog.format('reset %s where it is set', s.name) END)
-FROM session_settings s
-JOIN needed_settings n ON n.name = s.name
-WHERE s.value IS DISTINCT FROM n.value
-  AND NOT EXISTS (SELECT FROM login_role_settings l WHERE l.name = s.name)
 
 -- Whoever can become todo_app can set app.user_id to anyone. Members and holders of ADMIN (who may
 -- grant todo_app to themselves), through any chain of roles, are the login role, the database's or
