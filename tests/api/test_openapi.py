@@ -12,7 +12,7 @@ import pytest
 from api.app import create_app, openapi_document
 from api.tasks.listing import CURSOR_MAX_LENGTH
 from api.tasks.models import WHITE_SPACE
-from tests.support import HEAD_REFUSALS, new_user, settings_for
+from tests.support import HEAD_REFUSALS, ApiUser, new_user, settings_for
 
 TASK_OPERATIONS = [
     ("/api/{user_id}/tasks", "get"),
@@ -126,6 +126,16 @@ def _documented_string_is_valid(schema: dict[str, Any], value: str) -> bool:
     return within and re.search(schema.get("pattern", ""), value) is not None
 
 
+def _sent_as(form: str, client: httpx.Client, user: ApiUser, body: dict[str, Any]) -> httpx.Response:
+    """`body` sent in `form`, after a task titled "before" was made: as a create (TaskCreate) or as a
+    PUT to that task (TaskUpdate)."""
+    created = client.post(user.tasks_url, json={"title": "before"}, headers=user.headers)
+    assert created.status_code == 201, created.text
+    if form == "TaskCreate":
+        return client.post(user.tasks_url, json=body, headers=user.headers)
+    return client.put(user.task_url(created.json()["id"]), json=body, headers=user.headers)
+
+
 # Each side of every rule: white space as Unicode defines it (trimmed) and characters some regex engine
 # calls white space that Unicode does not (kept); lengths as sent around the limit; NUL, which Postgres
 # cannot store, anywhere in the title and beside white space.
@@ -141,13 +151,7 @@ def test_a_title_is_refused_exactly_when_the_document_says_it_is_invalid_and_sto
 ) -> None:
     alice = new_user()
     schema = spec["components"]["schemas"][form]["properties"]["title"]
-    created = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers)
-    assert created.status_code == 201, created.text
-    task_id = created.json()["id"]
-    if form == "TaskCreate":
-        response = client.post(alice.tasks_url, json={"title": title}, headers=alice.headers)
-    else:
-        response = client.put(alice.task_url(task_id), json={"title": title}, headers=alice.headers)
+    response = _sent_as(form, client, alice, {"title": title})
     stored = [
         title
         for (title,) in api_db.execute("select title from tasks where user_id = %s order by id", [alice.id])
@@ -187,13 +191,7 @@ def test_a_description_is_refused_exactly_when_the_document_says_it_is_invalid(
         for option in spec["components"]["schemas"][form]["properties"]["description"]["anyOf"]
         if option["type"] == "string"
     ]
-    created = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers)
-    assert created.status_code == 201, created.text
-    body = {"title": "t", "description": description}
-    if form == "TaskCreate":
-        response = client.post(alice.tasks_url, json=body, headers=alice.headers)
-    else:
-        response = client.put(alice.task_url(created.json()["id"]), json=body, headers=alice.headers)
+    response = _sent_as(form, client, alice, {"title": "t", "description": description})
     stored = [
         text
         for (text,) in api_db.execute(
