@@ -29,6 +29,7 @@ from api.http.openapi import document_response_header
 from api.http.problems import document_problem_media_type, install_problem_handlers, on_internal_error
 from api.http.rate_limit import RateLimiter
 from api.http.readiness import SharedReadiness
+from api.http.refusals import document_head_too_large
 from api.http.request_telemetry import RequestTelemetry
 from api.http.slow_readers import SlowReaders
 from api.settings import MIN_SECRET_LENGTH, Settings
@@ -137,6 +138,7 @@ def create_app(
     document_response_header(
         app, "X-Request-ID", "This request's id, in every log line about it: yours if you sent a sane one."
     )
+    document_head_too_large(app)  # after that header, which the server's own 431 does not carry
     routers = [router for router in ROUTERS if settings.metrics_enabled or router is not metrics.router]
     for router in routers:
         app.include_router(router)

@@ -1,5 +1,6 @@
 """How the refusals of the HTTP layer are documented: what `AuthenticatedRoute` answers before a
-handler runs (401, 403, 415, 429, 503, and FastAPI's 422), with the headers they carry.
+handler runs (401, 403, 415, 429, 503, and FastAPI's 422), with the headers they carry, and the 431
+the server answers before the API runs.
 
 `AuthenticatedRoute` merges these into every operation it serves, so a router with
 `route_class=AuthenticatedRoute` documents them without naming them; an operation that refuses
@@ -9,7 +10,9 @@ more for a reason of its own (the event stream's caps) passes its own 429 or 503
 
 from typing import Any
 
-from api.http.openapi import response_header
+from fastapi import FastAPI
+
+from api.http.openapi import OpenApiDocument, amend_openapi, response_header
 from api.http.problems import ProblemType, error_response
 
 Responses = dict[int | str, dict[str, Any]]
@@ -114,3 +117,23 @@ NOT_JSON: Responses = {
         },
     )
 }
+
+
+# granian's own answer under `todo-api serve`, on any path and before the app runs (api/ops/server.py
+# has the limits): no problem document and no X-Request-ID.
+HEAD_TOO_LARGE = {
+    "description": "The request head is larger, or has more header fields, than the server takes (the "
+    "README's threat model has the limits). Under `todo-api serve` the server refuses it itself before "
+    "the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done."
+}
+
+
+def document_head_too_large(app: FastAPI) -> None:
+    """Declares the server's 431 on every operation. Amend after the header every response carries:
+    this answer carries none of the API's."""
+
+    def amend(document: OpenApiDocument) -> None:
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            operation["responses"]["431"] = dict(HEAD_TOO_LARGE)
+
+    amend_openapi(app, amend)

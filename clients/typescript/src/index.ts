@@ -42,6 +42,10 @@ export type Result<T> =
   | { data: T; error?: never; response: Response }
   | { data?: never; error: Problem; response: Response };
 
+/** openapi-fetch's result with its error made a problem document: the declared answers without one
+ * (the server's own 431) get one from `problemOf`, as any other answer without one does. */
+type Settled<R> = R extends { error?: never } ? R : Omit<R, "error"> & { error: Problem };
+
 /** getTask with If-None-Match when the task is still that version: status 304 and no body. */
 export type NotModified = { data?: never; error?: never; response: Response };
 
@@ -87,11 +91,13 @@ export function createTodoClient({
   function settle<R extends { data?: Task | Task[]; error?: unknown; response: Response }>(
     result: R,
     taskId?: number,
-  ): R {
+  ): Settled<R> {
     const { status } = result.response;
     if (taskId !== undefined && (status === 204 || status === 404)) versions.delete(taskId);
     for (const task of result.data === undefined ? [] : [result.data].flat()) see(task);
-    return result.response.ok ? result : { ...result, error: problemOf(result.error, result.response) };
+    return (
+      result.response.ok ? result : { ...result, error: problemOf(result.error, result.response) }
+    ) as Settled<R>;
   }
 
   function taskParams(userId: string, taskId: number, ifMatch?: string) {

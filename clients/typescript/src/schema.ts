@@ -361,6 +361,13 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
@@ -523,6 +530,13 @@ export interface operations {
                 content: {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
+            };
+            /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
@@ -723,6 +737,13 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
@@ -889,6 +910,13 @@ export interface operations {
                 content: {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
+            };
+            /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
@@ -1085,6 +1113,13 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
@@ -1247,6 +1282,13 @@ export interface operations {
                 content: {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
+            };
+            /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
@@ -1443,6 +1485,13 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
@@ -1513,6 +1562,13 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
                 headers: {
@@ -1569,6 +1625,13 @@ export interface operations {
                 content: {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
+            };
+            /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
             501: {
