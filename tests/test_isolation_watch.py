@@ -402,12 +402,15 @@ def test_after_a_check_that_could_not_complete_the_next_comes_within_a_second() 
         database.remove()
 
 
+@pytest.mark.parametrize("key", [None, "guess"], ids=["without-key", "with-idempotency-key"])
 def test_a_unique_key_the_api_does_not_expect_is_refused_and_checked_at_once(
-    migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+    migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture, key: str | None
 ) -> None:
     """A unique index on what users write answers a conflict with a row the writer cannot see: a 503
     for everyone, never a 500 that tells alice bob stored that text, and a check at once that finds
-    the index (the next interval is an hour away here)."""
+    the index (the next interval is an hour away here). With an Idempotency-Key too: its create
+    once took the conflict for a repeat of the key and answered 409 idempotency-key-in-use (201 for
+    a text nobody stored), and served on."""
     settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
     alice, bob = new_user(), new_user()
     with serving_client(create_app(settings)) as api:
@@ -416,7 +419,8 @@ def test_a_unique_key_the_api_does_not_expect_is_refused_and_checked_at_once(
         db.execute("create unique index tasks_description_unique on public.tasks (description)")
         with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
             guess = {"title": "alice's", "description": "bob's secret"}
-            probed = api.post(alice.tasks_url, json=guess, headers=alice.headers)
+            keyed = {} if key is None else {"Idempotency-Key": key}
+            probed = api.post(alice.tasks_url, json=guess, headers={**alice.headers, **keyed})
             assert_problem(probed, 503, "isolation-unverified")
             assert refused(api, alice), "refused until a check completes clean"
             other = {"title": "alice's", "description": "nobody's"}
@@ -431,6 +435,8 @@ def test_a_unique_key_the_api_does_not_expect_is_refused_and_checked_at_once(
             )
         assert api.get("/readyz").status_code == 503
     assert db.execute("select count(*) from tasks where title = 'alice''s'").fetchone() == (0,)
+    keys = db.execute("select count(*) from idempotency_keys where user_id = %s", (alice.id,))
+    assert keys.fetchone() == (0,)
 
 
 def test_a_read_refused_for_row_level_security_is_logged_as_a_read_and_its_session_dropped(

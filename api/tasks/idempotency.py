@@ -37,6 +37,11 @@ _HEADER = "idempotency-key"
 # than a round trip); past that, rather than loop, 409 idempotency-key-in-use asks the client to
 # send the request again shortly, when the requests it raced with are done.
 _ROUNDS = 3
+# The unique key a repeated Idempotency-Key runs into (`PRIMARY KEY (user_id, key)`, 0005 migration):
+# the one conflict that means "a repeat". Any other is a unique key on what users write, which must
+# fail closed as it does for a create without a key (api/http/problems.py), not be answered 409:
+# that would tell the caller another user stored the value.
+_KEY_CONSTRAINT = "idempotency_keys_pkey"
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -86,7 +91,9 @@ async def create_once(
         try:
             (row,) = await caller.run(query, read_only=False)
             break
-        except AlreadyExists:
+        except AlreadyExists as conflict:
+            if conflict.constraint != _KEY_CONSTRAINT:
+                raise
             # Another request with this key committed while this one ran: answer as a repeat of it.
             stored = await caller.run(queries.remembered(caller.user.id, key), read_only=True)
             if stored:

@@ -121,7 +121,9 @@ class Cursor:
             if not isinstance(value, str) or "\x00" in value:
                 raise ValueError
             parsed = SORT_KEYS[cursor_sort].parse_cursor_value(value)
-        except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeError):
+        # RecursionError: arrays nested deeper than the parser's stack, which a cursor of the longest
+        # length accepted can hold (api/http/json_body.py meets the same in a body).
+        except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error, UnicodeError):
             raise ValueError("is not a cursor this API issued") from None
         if (cursor_sort, cursor_order) != (sort, order):
             raise ValueError("was issued for another sort or order; keep them the same while paging")

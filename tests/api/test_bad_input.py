@@ -395,6 +395,12 @@ def test_list_reads_parameters_in_utf8_and_ignores_unknown_ones(api: Api, query:
         pytest.param("title", cursor_of(["title", "asc", 5, 1]), id="number-title"),
         pytest.param("title", cursor_of(["title", "asc", "a\x00", 1]), id="nul-title"),
         pytest.param("title", cursor_of(["title", "asc", "\ud800", 1]), id="surrogate-title"),
+        # As deep as the longest cursor accepted holds: past the parser's stack, once a 500.
+        pytest.param(
+            "created",
+            base64.urlsafe_b64encode(b"[" * (CURSOR_MAX_LENGTH * 3 // 4)).decode().rstrip("="),
+            id="nested-deeper-than-the-parser-reads",
+        ),
     ],
 )
 def test_list_refuses_bad_cursor(api: Api, sort: str, cursor: str) -> None:
