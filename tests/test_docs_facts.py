@@ -8,7 +8,8 @@
 - every file, folder and test the docs name exists, and a test named in parentheses after its file
   (`tests/x.py` (`test_y`)) is defined in that file;
 - docs/architecture.md names every middleware the app installs, and shows its picture;
-- README.md's shape of a task is the fields the API answers with.
+- README.md's shape of a task is the fields the API answers with, and its threat model names every
+  path an anonymous client can reach.
 """
 
 import html
@@ -17,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from fastapi.routing import iter_route_contexts
+from starlette.routing import Mount, Route
 
+from api.app import create_app
+from api.http.caller import AuthenticatedRoute
 from api.tasks.models import TaskPublic
-from tests.support import PROJECT
+from tests.support import PROJECT, settings_for
 from tests.test_layers import FLOORS
 
 DOCS = sorted((PROJECT / "docs").glob("*.md"))
@@ -269,6 +274,31 @@ def test_readme_names_every_field_of_a_task_in_order() -> None:
     shape = re.search(r"^- A task: `\{([^}]*)\}`", README.read_text(encoding="utf-8"), re.MULTILINE)
     assert shape is not None, "README.md's 'A task:' line"
     assert [field.strip() for field in shape.group(1).split(",")] == list(TaskPublic.model_fields)
+
+
+def _paths_served_without_a_caller() -> set[str]:
+    """Every path the app answers without admitting a caller: what a client without a token can reach."""
+    app = create_app(settings_for("postgresql://nobody@/nowhere", metrics_enabled=True))
+    routes = [context.route for context in iter_route_contexts(app.routes)]
+    return {
+        route.path
+        for route in routes
+        if isinstance(route, Route | Mount) and not isinstance(route, AuthenticatedRoute)
+    }
+
+
+def test_readme_names_every_path_an_anonymous_client_can_reach() -> None:
+    """The threat model's "nothing else" is a promise a security review reads literally."""
+    found = re.search(
+        r"^\*\*An anonymous client\*\*(.*?); nothing else\.",
+        README.read_text(encoding="utf-8"),
+        re.DOTALL | re.MULTILINE,
+    )
+    assert found is not None, "README.md's paragraph on an anonymous client"
+    named = set(re.findall(r"`(/[^`]*)`", found.group(1)))
+    served = _paths_served_without_a_caller()
+    assert {"/healthz", "/openapi.json"} <= served, "the search missed paths it should find"
+    assert named == served
 
 
 def _floor_modules_named() -> dict[str, set[str]]:
