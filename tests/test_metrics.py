@@ -51,8 +51,9 @@ def test_requests_are_counted_by_route_template_and_status(api_url: str, client:
 def test_requests_answered_before_or_beside_the_routes_are_counted_by_their_template(
     api_url: str, client: httpx.Client, alice: ApiUser
 ) -> None:
-    """A body refused for its declared size is answered before routing, and /openapi.json is a route
-    FastAPI's router does not name in the scope: both were counted as "(unmatched)"."""
+    """A body refused for its declared size is answered before routing, /openapi.json is a route
+    FastAPI's router does not name in the scope, and the docs' assets are a mount, which moves the
+    path it matched out of the scope's path: all were counted as "(unmatched)", the assets with 200."""
     before = scrape(api_url)
     too_large = client.post(
         alice.tasks_url,
@@ -61,6 +62,8 @@ def test_requests_answered_before_or_beside_the_routes_are_counted_by_their_temp
     )
     assert too_large.status_code == 413
     assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert client.get("/docs/assets/nothing-here.js").status_code == 404
     after = scrape(api_url)
 
     def grew(**labels: str) -> float:
@@ -69,7 +72,10 @@ def test_requests_answered_before_or_beside_the_routes_are_counted_by_their_temp
 
     assert grew(method="POST", route="/api/{user_id}/tasks", status="413") == 1
     assert grew(method="GET", route="/openapi.json", status="200") == 1
+    assert grew(method="GET", route="/docs/assets", status="200") == 1
+    assert grew(method="GET", route="/docs/assets", status="404") == 1
     assert grew(method="POST", route="(unmatched)", status="413") == 0
+    assert grew(method="GET", route="(unmatched)", status="200") == 0
 
 
 def test_a_safe_database_shows_as_verified(api_db_url: str) -> None:

@@ -37,19 +37,22 @@ def _known_method(scope: Scope) -> str | None:
     return method if method in _KNOWN_METHODS else None
 
 
-def _route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+def _route_template(scope: Scope, as_sent: Scope, routes: Sequence[BaseRoute]) -> str:
+    """The template of the route that answered `scope`; `as_sent` is the scope as it came in."""
     path: str | None = getattr(scope.get("route"), "path", None)
     if path is not None:
         return path
     # No route in the scope: the request was answered before the router (a body over the limit), or
     # by FastAPI's router, which names only its own routes there, not a plain Starlette one such as
-    # /openapi.json. The template is the route's the router would have picked, as it picks it.
+    # /openapi.json. The template is the route's the router would have picked, as it picks it, from
+    # the scope as sent: the router moves a mount's path into the scope's root_path (the docs'
+    # assets), after which the path left matches nothing.
     partial: str | None = None
     for route in routes:
         template: str | None = getattr(route, "path", None)
         if template is None:
             continue
-        match, _ = route.matches(scope)
+        match, _ = route.matches(as_sent)
         if match is Match.FULL:
             return template
         if match is Match.PARTIAL and partial is None:
@@ -93,6 +96,7 @@ class RequestTelemetry:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        as_sent = dict(scope)
         status = 0
 
         async def noting_status(message: Message) -> None:
@@ -113,7 +117,9 @@ class RequestTelemetry:
                         raise
                     finally:
                         # A bug's span too names its route and status (the span records the exception).
-                        finish_server_span(span, route=_route_template(scope, self.routes), status=status)
+                        finish_server_span(
+                            span, route=_route_template(scope, as_sent, self.routes), status=status
+                        )
         except Exception:
             logger.exception("unhandled error")
             # The 500 problem has been sent, or the response had started before the bug: then
@@ -121,10 +127,10 @@ class RequestTelemetry:
             # (granian and uvicorn both), so the client gets it cut off, not ended. Re-raising would
             # only have the server log the traceback a second time.
             status = 500
-        self._record(scope, status, time.perf_counter() - started)
+        self._record(scope, as_sent, status, time.perf_counter() - started)
 
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        method, route = _known_method(scope) or "OTHER", _route_template(scope, self.routes)
+    def _record(self, scope: Scope, as_sent: Scope, status: int, seconds: float) -> None:
+        method, route = _known_method(scope) or "OTHER", _route_template(scope, as_sent, self.routes)
         counted = self._counted.get((method, route, status))
         if counted is None:
             counted = self._counted[method, route, status] = metrics.requests.labels(
