@@ -37,16 +37,17 @@ def _known_method(scope: Scope) -> str | None:
     return method if method in _KNOWN_METHODS else None
 
 
-def _route_template(scope: Scope, as_sent: Scope, routes: Sequence[BaseRoute]) -> str:
-    """The template of the route that answered `scope`; `as_sent` is the scope as it came in."""
+def _route_template(scope: Scope, root_path_as_sent: str, routes: Sequence[BaseRoute]) -> str:
+    """The template of the route that answered `scope`, which came in with `root_path_as_sent`."""
     path: str | None = getattr(scope.get("route"), "path", None)
     if path is not None:
         return path
     # No route in the scope: the request was answered before the router (a body over the limit), or
     # by FastAPI's router, which names only its own routes there, not a plain Starlette one such as
     # /openapi.json. The template is the route's the router would have picked, as it picks it, from
-    # the scope as sent: the router moves a mount's path into the scope's root_path (the docs'
-    # assets), after which the path left matches nothing.
+    # the root_path as sent: a mount (the docs' assets) adds the path it matched to the scope's
+    # root_path, after which the path left matches nothing.
+    as_sent = {**scope, "root_path": root_path_as_sent}
     partial: str | None = None
     for route in routes:
         template: str | None = getattr(route, "path", None)
@@ -96,7 +97,7 @@ class RequestTelemetry:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        as_sent = dict(scope)
+        root_path = scope.get("root_path", "")
         status = 0
 
         async def noting_status(message: Message) -> None:
@@ -118,7 +119,7 @@ class RequestTelemetry:
                     finally:
                         # A bug's span too names its route and status (the span records the exception).
                         finish_server_span(
-                            span, route=_route_template(scope, as_sent, self.routes), status=status
+                            span, route=_route_template(scope, root_path, self.routes), status=status
                         )
         except Exception:
             logger.exception("unhandled error")
@@ -127,10 +128,10 @@ class RequestTelemetry:
             # (granian and uvicorn both), so the client gets it cut off, not ended. Re-raising would
             # only have the server log the traceback a second time.
             status = 500
-        self._record(scope, as_sent, status, time.perf_counter() - started)
+        self._record(scope, root_path, status, time.perf_counter() - started)
 
-    def _record(self, scope: Scope, as_sent: Scope, status: int, seconds: float) -> None:
-        method, route = _known_method(scope) or "OTHER", _route_template(scope, as_sent, self.routes)
+    def _record(self, scope: Scope, root_path: str, status: int, seconds: float) -> None:
+        method, route = _known_method(scope) or "OTHER", _route_template(scope, root_path, self.routes)
         counted = self._counted.get((method, route, status))
         if counted is None:
             counted = self._counted[method, route, status] = metrics.requests.labels(
