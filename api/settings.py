@@ -1,13 +1,23 @@
 """The one settings object: every knob the API reads from the environment (or a `.env` file)."""
 
+import io
 import re
+import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 # HS256 with a short secret can be brute-forced offline from one captured token.
 MIN_SECRET_LENGTH = 32
@@ -41,6 +51,23 @@ class EnvFileError(ValueError):
 
 _LINE_BREAK = re.compile(r"\r\n|\n|\r")
 
+# The text of each .env that is a named pipe (a secrets manager may serve one), by its device and
+# inode: a pipe gives its text to one reader, and a second read (the settings after the check, each
+# worker after serve) waited for ever for a writer that had gone.
+_piped_text: dict[tuple[int, int], str] = {}
+
+
+def _env_file_text(path: Path) -> str:
+    """The text of the .env at `path`, read from a named pipe at most once per process (a worker
+    forked by serve inherits what serve read)."""
+    status = path.stat()
+    if not stat.S_ISFIFO(status.st_mode):
+        return path.read_text(encoding="utf-8")
+    identity = (status.st_dev, status.st_ino)
+    if identity not in _piped_text:
+        _piped_text[identity] = path.read_text(encoding="utf-8")
+    return _piped_text[identity]
+
 
 def env_file_names() -> list[str]:
     """The names .env sets (none when there is no .env), read by python-dotenv's parser, the one
@@ -58,9 +85,14 @@ def env_file_names() -> list[str]:
             f"{ENV_FILE} is a folder, not a file: settings are read from a file of that name; "
             "move the folder away"
         )
+    if not (path.is_file() or path.is_fifo()):
+        # A device or a socket: pydantic-settings skips it in silence, and /dev/zero never ends.
+        raise EnvFileError(
+            f"{ENV_FILE} is neither a file nor a named pipe: settings are read from a file of that "
+            "name; move it away"
+        )
     try:
-        with path.open(encoding="utf-8") as stream:
-            bindings = list(parse_stream(stream))
+        bindings = list(parse_stream(io.StringIO(_env_file_text(path))))
     except UnicodeDecodeError:
         raise EnvFileError(f"{ENV_FILE} is not UTF-8 text: save it as UTF-8, or remove it") from None
     except OSError as error:
@@ -90,6 +122,18 @@ def _where_unparsed(statement: str, line: int) -> str:
     return f"line {line} ({words[0]})" if named else f"line {line}"
 
 
+class _EnvFileSource(DotEnvSettingsSource):
+    """pydantic-settings' own .env source, reading the text through `_env_file_text`."""
+
+    def _read_env_file(self, file_path: Path) -> Mapping[str, str | None]:
+        values = dotenv_values(stream=io.StringIO(_env_file_text(file_path)))
+        return {
+            name if self.case_sensitive else name.lower(): value
+            for name, value in values.items()
+            if not (self.env_ignore_empty and value == "")
+        }
+
+
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 
@@ -104,13 +148,32 @@ class LogSettings(BaseSettings):
     # Empty values count as unset, so a copied .env.example with blanks means "use the defaults".
     # Every number is finite: infinity passed `gt=0` and was a wait that never ended, or a 500 where it
     # became an integer (a Retry-After); NaN is refused as what it is rather than as out of range.
+    # No file for pydantic-settings' own .env source, which reads it as it is built, before any
+    # settings_customise_sources: a named pipe would be read by it and again by the CLI's check.
+    # `_EnvFileSource` reads ENV_FILE instead.
     model_config = SettingsConfigDict(
-        env_file=ENV_FILE,
+        env_file=(),
         env_file_encoding="utf-8",
         env_ignore_empty=True,
         extra="ignore",
         allow_inf_nan=False,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `_env_file=` given (None: no .env) names the file; left out, it is the config's (), read
+        # here as ENV_FILE.
+        given = getattr(dotenv_settings, "env_file", None)
+        env_file = ENV_FILE if given == () else given
+        env_file_settings = _EnvFileSource(settings_cls, env_file=env_file)
+        return (init_settings, env_settings, env_file_settings, file_secret_settings)
 
     # The levels Python's logging and granian both know, in any case.
     log_level: Annotated[LogLevel, BeforeValidator(_upper_case)] = "INFO"
@@ -127,7 +190,7 @@ def read_log_settings() -> LogSettings:
     except EnvFileError:
         env_file = None
     else:
-        env_file = ENV_FILE
+        env_file = ()  # the default: ENV_FILE, read once
     try:
         return LogSettings(_env_file=env_file)
     except ValidationError as error:

@@ -6,11 +6,13 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
 
 import httpx
+import jwt
 import psutil
 import psycopg
 import pytest
@@ -98,6 +100,63 @@ def test_a_misspelt_setting_in_the_env_file_is_named_too(tmp_path: Path) -> None
     assert "DATABSE_URL is set in .env" in warning
     assert "did you mean DATABASE_URL?" in warning
     assert result.stdout.count(".") == 2, "the token is still printed"
+
+
+def _serve_once_through_a_pipe(env_file: Path, text: str) -> threading.Thread:
+    """`env_file` made a named pipe that gives `text` to its first reader, as a secrets manager's pipe
+    may, and none after: a second open waits for a writer for ever."""
+    os.mkfifo(env_file)
+
+    def write_once() -> None:
+        with env_file.open("w") as pipe:
+            pipe.write(text)
+
+    writer = threading.Thread(target=write_once, daemon=True)
+    writer.start()
+    return writer
+
+
+def test_an_env_file_that_is_a_named_pipe_is_read_once(tmp_path: Path) -> None:
+    """It was read by the check of .env and again by the settings: the second read waited for ever."""
+    writer = _serve_once_through_a_pipe(tmp_path / ".env", f"BETTER_AUTH_SECRET={SECRET}\n")
+    result = subprocess.run(
+        [*CLI, "token", "alice"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    writer.join(timeout=5)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])["sub"] == "alice"
+
+
+def test_serve_reads_an_env_file_that_is_a_named_pipe_once_for_all_its_workers(
+    tmp_path: Path, migrated_db_url: str
+) -> None:
+    """serve's settings, and each worker's, are those of the one read, taken by serve."""
+    writer = _serve_once_through_a_pipe(
+        tmp_path / ".env", f"DATABASE_URL={migrated_db_url}\nBETTER_AUTH_SECRET={SECRET}\n"
+    )
+    command = [*CLI, "serve", "--workers", "2"]
+    with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "serve.log", timeout=60) as (
+        base_url,
+        _,
+    ):
+        writer.join(timeout=5)
+        token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+        for _ in range(4):  # across both workers, each with the secret of the one read
+            answer = httpx.get(f"{base_url}/api/alice/tasks", headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200, answer.text
+
+
+def test_an_env_file_that_is_a_device_is_refused_in_one_line(tmp_path: Path) -> None:
+    """pydantic-settings skipped it in silence; /dev/zero, read as text, never ended."""
+    (tmp_path / ".env").symlink_to("/dev/zero")
+    result = subprocess.run(
+        [*CLI, "token", "alice"], cwd=tmp_path, env=cli_env(BETTER_AUTH_SECRET=SECRET), capture_output=True,
+        text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert_one_line(result, "todo-api: .env is neither a file nor a named pipe", "move it away")
+    assert result.stdout == ""
 
 
 def test_no_warning_for_variables_of_other_programs(tmp_path: Path) -> None:
