@@ -6,7 +6,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
@@ -132,6 +132,31 @@ class _EnvFileSource(DotEnvSettingsSource):
             for name, value in values.items()
             if not (self.env_ignore_empty and value == "")
         }
+
+
+def serialized_origin(url: SplitResult) -> str:
+    """`url`'s origin as the URL standard writes it (`new URL(url).origin`, a browser's Origin header):
+    scheme and host in lower case, the host in punycode, no default port. UnicodeError for a host
+    IDNA cannot encode; ValueError for a port that is not one."""
+    hostname = (url.hostname or "").encode("idna").decode("ascii")
+    host = f"[{hostname}]" if ":" in hostname else hostname
+    default_port = {"http": 80, "https": 443}.get(url.scheme)
+    port = "" if url.port in (None, default_port) else f":{url.port}"
+    return f"{url.scheme}://{host}{port}"
+
+
+def _origin_as_browsers_send_it(origin: str) -> str | None:
+    """The origin a browser would send for `origin` (a trailing slash allowed), or None when it is not
+    scheme://host[:port]."""
+    url = urlsplit(origin)
+    if not url.scheme or url.path not in ("", "/") or url.query or url.fragment:
+        return None
+    if "://" not in origin or not url.hostname:
+        return None
+    try:
+        return serialized_origin(url)
+    except (UnicodeError, ValueError):
+        return None
 
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
@@ -314,6 +339,23 @@ class Settings(LogSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def origins_as_browsers_send_them(cls, origins: list[str]) -> list[str]:
+        # The Origin header is compared as text: an origin written any other way (a trailing slash,
+        # a default port, a capital) never matches, and its browser is refused in silence.
+        for origin in origins:
+            if origin == "*":
+                continue
+            if "@" in urlsplit(origin).netloc:  # never repeated: it may hold a password
+                raise ValueError("CORS_ORIGINS: an origin has a user name in it: browsers send none")
+            sent = _origin_as_browsers_send_it(origin)
+            if sent == origin:
+                continue
+            form = f"write {sent}" if sent else "an origin is scheme://host[:port], with no path"
+            raise ValueError(f"CORS_ORIGINS: {origin} is not an origin as browsers send it: {form}")
+        return origins
+
     @field_validator("better_auth_secret")
     @classmethod
     def secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -393,12 +435,7 @@ class Settings(LogSettings):
         """What Better Auth puts in iss and aud by default: `new URL(baseURL).origin`, whatever the path."""
         if self.better_auth_url is None:
             return None
-        url = urlsplit(self.better_auth_url)
-        hostname = (url.hostname or "").encode("idna").decode("ascii")  # as the URL standard writes it
-        host = f"[{hostname}]" if ":" in hostname else hostname
-        default_port = {"http": 80, "https": 443}.get(url.scheme)
-        port = "" if url.port in (None, default_port) else f":{url.port}"
-        return f"{url.scheme}://{host}{port}"
+        return serialized_origin(urlsplit(self.better_auth_url))
 
     @property
     def expected_issuer(self) -> str | None:
