@@ -388,6 +388,13 @@ class Settings(LogSettings):
         if value is None:
             return None
         name = (info.field_name or "").upper()
+        # A space left at an end went into the keys' URL and the expected iss and aud
+        # ("https://app.example.com "), which no token carries: every token was refused, after start-up.
+        if any(character.isspace() or not character.isprintable() for character in value):
+            raise ValueError(
+                f"{name} has white space or a control character in it (a space at its start or end?): "
+                "remove it"
+            )
         url = urlsplit(value)
         loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
         if url.scheme != "https" and not (url.scheme == "http" and loopback):

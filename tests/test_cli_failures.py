@@ -345,6 +345,9 @@ def test_serve_refuses_connections_other_sessions_hold_naming_the_numbers(
                 ("BETTER_AUTH_JWKS_URL", "https://x:abc/"),
                 ("BETTER_AUTH_URL", "https://app.example.com?tenant=1"),
                 ("BETTER_AUTH_URL", "https://app.example.com/auth#keys"),
+                # Every token refused later: "https://app.example.com " was the iss and aud expected.
+                ("BETTER_AUTH_URL", "https://app.example.com "),
+                ("BETTER_AUTH_JWKS_URL", " https://app.example.com/api/auth/jwks"),
             ]
         ],
     ],
