@@ -356,6 +356,18 @@ class Settings(LogSettings):
             raise ValueError(f"CORS_ORIGINS: {origin} is not an origin as browsers send it: {form}")
         return origins
 
+    @field_validator("data_dir")
+    @classmethod
+    def home_expanded(cls, value: Path) -> Path:
+        # A .env, or a container's environment, is no shell: DATA_DIR=~/todo-data there made a folder
+        # named `~` in the working directory, which `rm -rf ~` then took for the home folder.
+        try:
+            return value.expanduser()
+        except RuntimeError:  # ~name of no user, or no home to be found
+            raise ValueError(
+                f"DATA_DIR starts with {value.parts[0]}, a home folder that cannot be found"
+            ) from None
+
     @field_validator("better_auth_secret")
     @classmethod
     def secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:

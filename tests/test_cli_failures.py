@@ -348,6 +348,7 @@ def test_serve_refuses_connections_other_sessions_hold_naming_the_numbers(
                 # Every token refused later: "https://app.example.com " was the iss and aud expected.
                 ("BETTER_AUTH_URL", "https://app.example.com "),
                 ("BETTER_AUTH_JWKS_URL", " https://app.example.com/api/auth/jwks"),
+                ("DATA_DIR", "~no_such_user_here/data"),  # a home folder that cannot be found
             ]
         ],
     ],

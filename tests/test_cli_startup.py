@@ -159,6 +159,18 @@ def test_an_env_file_that_is_a_device_is_refused_in_one_line(tmp_path: Path) -> 
     assert result.stdout == ""
 
 
+def test_data_dir_in_the_env_file_reads_a_leading_tilde_as_the_home_folder(tmp_path: Path) -> None:
+    """A .env is no shell: `~/todo-data` there was a folder named `~` in the working directory, which
+    migrate and serve made, and which `rm -rf ~` would then take for the home folder."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (work / ".env").write_text("DATA_DIR=~/todo-data\n")
+    result = run_cli("policies", cwd=work, HOME=str(home))
+    assert_one_line(result, f"no embedded database in {home / 'todo-data'} to audit")
+    assert sorted(path.name for path in work.iterdir()) == [".env"]
+
+
 def test_no_warning_for_variables_of_other_programs(tmp_path: Path) -> None:
     result = run_cli(
         "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
