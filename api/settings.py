@@ -148,14 +148,14 @@ def serialized_origin(url: SplitResult) -> str:
 def _origin_as_browsers_send_it(origin: str) -> str | None:
     """The origin a browser would send for `origin` (a trailing slash allowed), or None when it is not
     scheme://host[:port]."""
-    url = urlsplit(origin)
-    if not url.scheme or url.path not in ("", "/") or url.query or url.fragment:
-        return None
-    if "://" not in origin or not url.hostname:
-        return None
     try:
+        url = urlsplit(origin)
+        if not url.scheme or url.path not in ("", "/") or url.query or url.fragment:
+            return None
+        if "://" not in origin or not url.hostname:
+            return None
         return serialized_origin(url)
-    except (UnicodeError, ValueError):
+    except (UnicodeError, ValueError):  # ValueError: a bracketed host that is no IPv6 address, too
         return None
 
 
@@ -347,7 +347,7 @@ class Settings(LogSettings):
         for origin in origins:
             if origin == "*":
                 continue
-            if "@" in urlsplit(origin).netloc:  # never repeated: it may hold a password
+            if "@" in origin.partition("://")[2].partition("/")[0]:  # never repeated: it may hold a password
                 raise ValueError("CORS_ORIGINS: an origin has a user name in it: browsers send none")
             sent = _origin_as_browsers_send_it(origin)
             if sent == origin:

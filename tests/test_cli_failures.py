@@ -367,6 +367,7 @@ def test_serve_names_the_setting_to_fix(tmp_path: Path, variables: dict[str, str
         ("https://app.example.com/auth", "an origin is scheme://host[:port], with no path"),
         ("https://app.example.com:99999", "an origin is scheme://host[:port], with no path"),
         ("null", "an origin is scheme://host[:port], with no path"),
+        ("http://[::1", "an origin is scheme://host[:port], with no path"),
         # Each is a URL of the right origin, but the Origin header is compared as text, so a browser
         # there was refused in silence.
         ("https://app.example.com/", "write https://app.example.com"),
