@@ -245,6 +245,22 @@ def test_a_postgres_that_cannot_start_is_one_line_with_its_cause_and_leaves_noth
     assert _postgres_on(data_dir / "pgdata") == []
 
 
+def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """pg_ctl writes the server's log to pgdata/log; when it cannot (there, a link into a folder that
+    is not there), it fails before the server starts, and the wheel, reading that log to report it,
+    raised FileNotFoundError: a traceback. Seen too under load, pg_ctl failing before the log."""
+    data_dir = tmp_path / "data"
+    started = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    log = data_dir / "pgdata" / "log"
+    log.unlink()
+    log.symlink_to(tmp_path / "no-such-folder" / "log")
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(result, "the embedded Postgres could not start", "pg_ctl failed, and left no log")
+    assert "Traceback" not in result.stderr
+    assert _postgres_on(data_dir / "pgdata") == []
+
+
 @pytest.mark.parametrize("damaged", ["", " \n", "short-secret"])
 @pytest.mark.parametrize("command", ["token", "serve"])
 def test_a_damaged_development_secret_is_one_line_naming_the_file(
