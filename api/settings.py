@@ -3,21 +3,15 @@
 import io
 import re
 import stat
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    DotEnvSettingsSource,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 # HS256 with a short secret can be brute-forced offline from one captured token.
 MIN_SECRET_LENGTH = 32
@@ -122,16 +116,25 @@ def _where_unparsed(statement: str, line: int) -> str:
     return f"line {line} ({words[0]})" if named else f"line {line}"
 
 
-class _EnvFileSource(DotEnvSettingsSource):
-    """pydantic-settings' own .env source, reading the text through `_env_file_text`."""
+class _EnvFileSource(PydanticBaseSettingsSource):
+    """The .env's values, its text read through `_env_file_text`: a source of the kind pydantic-settings'
+    docs teach ("Adding sources"), for its own .env source reads the file as it is built. Names match
+    fields in any case and empty values count as unset, as with the environment."""
 
-    def _read_env_file(self, file_path: Path) -> Mapping[str, str | None]:
-        values = dotenv_values(stream=io.StringIO(_env_file_text(file_path)))
-        return {
-            name if self.case_sensitive else name.lower(): value
-            for name, value in values.items()
-            if not (self.env_ignore_empty and value == "")
-        }
+    def __init__(self, settings_cls: type[BaseSettings], env_file: Path | None) -> None:
+        super().__init__(settings_cls)
+        values: dict[str, str | None] = {}
+        # Anything else at that name (a folder, a device) is `env_file_names`' to refuse.
+        if env_file is not None and (env_file.is_file() or env_file.is_fifo()):
+            values = dotenv_values(stream=io.StringIO(_env_file_text(env_file)))
+        self._values = {name.lower(): value for name, value in values.items() if value}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {name: self._values[name] for name in fields if name in self._values}
 
 
 def serialized_origin(url: SplitResult) -> str:
@@ -196,7 +199,7 @@ class LogSettings(BaseSettings):
         # `_env_file=` given (None: no .env) names the file; left out, it is the config's (), read
         # here as ENV_FILE.
         given = getattr(dotenv_settings, "env_file", None)
-        env_file = ENV_FILE if given == () else given
+        env_file = Path(ENV_FILE) if given == () else None if given is None else Path(given)
         env_file_settings = _EnvFileSource(settings_cls, env_file=env_file)
         return (init_settings, env_settings, env_file_settings, file_secret_settings)
 
