@@ -37,7 +37,7 @@ def every_migration_applied(connection: Any) -> None:
     if missing := [migration for migration in MIGRATIONS if migration not in applied]:
         raise SystemExit(
             f"yoyo: the policies in sql/policies/ were not applied: they are written for the schema of "
-            f"every migration, and {missing[0]} and {len(missing) - 1} after it are not applied yet. "
+            f"every migration, and these are not applied yet: {', '.join(missing)}. "
             "Run `yoyo apply` without --revision to apply them and the policies"
         )
 
