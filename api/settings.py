@@ -1,13 +1,17 @@
 """The one settings object: every knob the API reads from the environment (or a `.env` file)."""
 
+import io
 import re
+import stat
 from pathlib import Path
-from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
+from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 # HS256 with a short secret can be brute-forced offline from one captured token.
 MIN_SECRET_LENGTH = 32
@@ -41,6 +45,23 @@ class EnvFileError(ValueError):
 
 _LINE_BREAK = re.compile(r"\r\n|\n|\r")
 
+# The text of each .env that is a named pipe (a secrets manager may serve one), by its device and
+# inode: a pipe gives its text to one reader, and a second read (the settings after the check, each
+# worker after serve) waited for ever for a writer that had gone.
+_piped_text: dict[tuple[int, int], str] = {}
+
+
+def _env_file_text(path: Path) -> str:
+    """The text of the .env at `path`, read from a named pipe at most once per process (a worker
+    forked by serve inherits what serve read)."""
+    status = path.stat()
+    if not stat.S_ISFIFO(status.st_mode):
+        return path.read_text(encoding="utf-8")
+    identity = (status.st_dev, status.st_ino)
+    if identity not in _piped_text:
+        _piped_text[identity] = path.read_text(encoding="utf-8")
+    return _piped_text[identity]
+
 
 def env_file_names() -> list[str]:
     """The names .env sets (none when there is no .env), read by python-dotenv's parser, the one
@@ -58,9 +79,14 @@ def env_file_names() -> list[str]:
             f"{ENV_FILE} is a folder, not a file: settings are read from a file of that name; "
             "move the folder away"
         )
+    if not (path.is_file() or path.is_fifo()):
+        # A device or a socket: pydantic-settings skips it in silence, and /dev/zero never ends.
+        raise EnvFileError(
+            f"{ENV_FILE} is neither a file nor a named pipe: settings are read from a file of that "
+            "name; move it away"
+        )
     try:
-        with path.open(encoding="utf-8") as stream:
-            bindings = list(parse_stream(stream))
+        bindings = list(parse_stream(io.StringIO(_env_file_text(path))))
     except UnicodeDecodeError:
         raise EnvFileError(f"{ENV_FILE} is not UTF-8 text: save it as UTF-8, or remove it") from None
     except OSError as error:
@@ -90,6 +116,52 @@ def _where_unparsed(statement: str, line: int) -> str:
     return f"line {line} ({words[0]})" if named else f"line {line}"
 
 
+class _EnvFileSource(PydanticBaseSettingsSource):
+    """The .env's values, its text read through `_env_file_text`: a source of the kind pydantic-settings'
+    docs teach ("Adding sources"), for its own .env source reads the file as it is built. Names match
+    fields in any case and empty values count as unset, as with the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env_file: Path | None) -> None:
+        super().__init__(settings_cls)
+        values: dict[str, str | None] = {}
+        # Anything else at that name (a folder, a device) is `env_file_names`' to refuse.
+        if env_file is not None and (env_file.is_file() or env_file.is_fifo()):
+            values = dotenv_values(stream=io.StringIO(_env_file_text(env_file)))
+        self._values = {name.lower(): value for name, value in values.items() if value}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {name: self._values[name] for name in fields if name in self._values}
+
+
+def serialized_origin(url: SplitResult) -> str:
+    """`url`'s origin as the URL standard writes it (`new URL(url).origin`, a browser's Origin header):
+    scheme and host in lower case, the host in punycode, no default port. UnicodeError for a host
+    IDNA cannot encode; ValueError for a port that is not one."""
+    hostname = (url.hostname or "").encode("idna").decode("ascii")
+    host = f"[{hostname}]" if ":" in hostname else hostname
+    default_port = {"http": 80, "https": 443}.get(url.scheme)
+    port = "" if url.port in (None, default_port) else f":{url.port}"
+    return f"{url.scheme}://{host}{port}"
+
+
+def _origin_as_browsers_send_it(origin: str) -> str | None:
+    """The origin a browser would send for `origin` (a trailing slash allowed), or None when it is not
+    scheme://host[:port]."""
+    try:
+        url = urlsplit(origin)
+        if not url.scheme or url.path not in ("", "/") or url.query or url.fragment:
+            return None
+        if "://" not in origin or not url.hostname:
+            return None
+        return serialized_origin(url)
+    except (UnicodeError, ValueError):  # ValueError: a bracketed host that is no IPv6 address, too
+        return None
+
+
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 
@@ -104,13 +176,32 @@ class LogSettings(BaseSettings):
     # Empty values count as unset, so a copied .env.example with blanks means "use the defaults".
     # Every number is finite: infinity passed `gt=0` and was a wait that never ended, or a 500 where it
     # became an integer (a Retry-After); NaN is refused as what it is rather than as out of range.
+    # No file for pydantic-settings' own .env source, which reads it as it is built, before any
+    # settings_customise_sources: a named pipe would be read by it and again by the CLI's check.
+    # `_EnvFileSource` reads ENV_FILE instead.
     model_config = SettingsConfigDict(
-        env_file=ENV_FILE,
+        env_file=(),
         env_file_encoding="utf-8",
         env_ignore_empty=True,
         extra="ignore",
         allow_inf_nan=False,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `_env_file=` given (None: no .env) names the file; left out, it is the config's (), read
+        # here as ENV_FILE.
+        given = getattr(dotenv_settings, "env_file", None)
+        env_file = Path(ENV_FILE) if given == () else None if given is None else Path(given)
+        env_file_settings = _EnvFileSource(settings_cls, env_file=env_file)
+        return (init_settings, env_settings, env_file_settings, file_secret_settings)
 
     # The levels Python's logging and granian both know, in any case.
     log_level: Annotated[LogLevel, BeforeValidator(_upper_case)] = "INFO"
@@ -127,7 +218,7 @@ def read_log_settings() -> LogSettings:
     except EnvFileError:
         env_file = None
     else:
-        env_file = ENV_FILE
+        env_file = ()  # the default: ENV_FILE, read once
     try:
         return LogSettings(_env_file=env_file)
     except ValidationError as error:
@@ -251,6 +342,35 @@ class Settings(LogSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def origins_as_browsers_send_them(cls, origins: list[str]) -> list[str]:
+        # The Origin header is compared as text: an origin written any other way (a trailing slash,
+        # a default port, a capital) never matches, and its browser is refused in silence.
+        for origin in origins:
+            if origin == "*":
+                continue
+            if "@" in origin.partition("://")[2].partition("/")[0]:  # never repeated: it may hold a password
+                raise ValueError("CORS_ORIGINS: an origin has a user name in it: browsers send none")
+            sent = _origin_as_browsers_send_it(origin)
+            if sent == origin:
+                continue
+            form = f"write {sent}" if sent else "an origin is scheme://host[:port], with no path"
+            raise ValueError(f"CORS_ORIGINS: {origin} is not an origin as browsers send it: {form}")
+        return origins
+
+    @field_validator("data_dir")
+    @classmethod
+    def home_expanded(cls, value: Path) -> Path:
+        # A .env, or a container's environment, is no shell: DATA_DIR=~/todo-data there made a folder
+        # named `~` in the working directory, which `rm -rf ~` then took for the home folder.
+        try:
+            return value.expanduser()
+        except RuntimeError:  # ~name of no user, or no home to be found
+            raise ValueError(
+                f"DATA_DIR starts with {value.parts[0]}, a home folder that cannot be found"
+            ) from None
+
     @field_validator("better_auth_secret")
     @classmethod
     def secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -283,6 +403,13 @@ class Settings(LogSettings):
         if value is None:
             return None
         name = (info.field_name or "").upper()
+        # A space left at an end went into the keys' URL and the expected iss and aud
+        # ("https://app.example.com "), which no token carries: every token was refused, after start-up.
+        if any(character.isspace() or not character.isprintable() for character in value):
+            raise ValueError(
+                f"{name} has white space or a control character in it (a space at its start or end?): "
+                "remove it"
+            )
         url = urlsplit(value)
         loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
         if url.scheme != "https" and not (url.scheme == "http" and loopback):
@@ -330,12 +457,7 @@ class Settings(LogSettings):
         """What Better Auth puts in iss and aud by default: `new URL(baseURL).origin`, whatever the path."""
         if self.better_auth_url is None:
             return None
-        url = urlsplit(self.better_auth_url)
-        hostname = (url.hostname or "").encode("idna").decode("ascii")  # as the URL standard writes it
-        host = f"[{hostname}]" if ":" in hostname else hostname
-        default_port = {"http": 80, "https": 443}.get(url.scheme)
-        port = "" if url.port in (None, default_port) else f":{url.port}"
-        return f"{url.scheme}://{host}{port}"
+        return serialized_origin(urlsplit(self.better_auth_url))
 
     @property
     def expected_issuer(self) -> str | None:

@@ -345,6 +345,10 @@ def test_serve_refuses_connections_other_sessions_hold_naming_the_numbers(
                 ("BETTER_AUTH_JWKS_URL", "https://x:abc/"),
                 ("BETTER_AUTH_URL", "https://app.example.com?tenant=1"),
                 ("BETTER_AUTH_URL", "https://app.example.com/auth#keys"),
+                # Every token refused later: "https://app.example.com " was the iss and aud expected.
+                ("BETTER_AUTH_URL", "https://app.example.com "),
+                ("BETTER_AUTH_JWKS_URL", " https://app.example.com/api/auth/jwks"),
+                ("DATA_DIR", "~no_such_user_here/data"),  # a home folder that cannot be found
             ]
         ],
     ],
@@ -353,6 +357,48 @@ def test_serve_names_the_setting_to_fix(tmp_path: Path, variables: dict[str, str
     result = run_cli("serve", "--port", "0", cwd=tmp_path, **variables)
     assert_one_clear_failure(result.stderr, result.returncode, message)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("origin", "says"),
+    [
+        ("not a url", "an origin is scheme://host[:port], with no path"),
+        ("app.example.com", "an origin is scheme://host[:port], with no path"),
+        ("https://app.example.com/auth", "an origin is scheme://host[:port], with no path"),
+        ("https://app.example.com:99999", "an origin is scheme://host[:port], with no path"),
+        ("null", "an origin is scheme://host[:port], with no path"),
+        ("http://[::1", "an origin is scheme://host[:port], with no path"),
+        # Each is a URL of the right origin, but the Origin header is compared as text, so a browser
+        # there was refused in silence.
+        ("https://app.example.com/", "write https://app.example.com"),
+        ("https://App.Example.com", "write https://app.example.com"),
+        ("https://app.example.com:443", "write https://app.example.com"),
+        ("https://bücher.example", "write https://xn--bcher-kva.example"),
+    ],
+)
+def test_serve_refuses_a_cors_origin_no_browser_sends_naming_it(
+    tmp_path: Path, origin: str, says: str
+) -> None:
+    """It was accepted, and no browser was ever allowed by it."""
+    result = run_cli(
+        "serve", "--port", "0", cwd=tmp_path, DATABASE_URL="postgresql://nobody@/nowhere",
+        BETTER_AUTH_SECRET=SECRET, CORS_ORIGINS=f"http://localhost:3000,{origin}",
+    )  # fmt: skip
+    assert_one_clear_failure(
+        result.stderr, result.returncode, f"CORS_ORIGINS: {origin} is not an origin as browsers send it", says
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_cors_origin_with_a_password_is_refused_without_repeating_it(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve", "--port", "0", cwd=tmp_path, DATABASE_URL="postgresql://nobody@/nowhere",
+        BETTER_AUTH_SECRET=SECRET, CORS_ORIGINS=f"https://admin:{RIGHT_PASSWORD}@app.example.com",
+    )  # fmt: skip
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "CORS_ORIGINS: an origin has a user name in it"
+    )
+    assert RIGHT_PASSWORD not in result.stderr
 
 
 def test_a_password_in_better_auth_url_is_refused_without_being_repeated(tmp_path: Path) -> None:

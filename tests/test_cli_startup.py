@@ -6,11 +6,13 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
 
 import httpx
+import jwt
 import psutil
 import psycopg
 import pytest
@@ -100,6 +102,75 @@ def test_a_misspelt_setting_in_the_env_file_is_named_too(tmp_path: Path) -> None
     assert result.stdout.count(".") == 2, "the token is still printed"
 
 
+def _serve_once_through_a_pipe(env_file: Path, text: str) -> threading.Thread:
+    """`env_file` made a named pipe that gives `text` to its first reader, as a secrets manager's pipe
+    may, and none after: a second open waits for a writer for ever."""
+    os.mkfifo(env_file)
+
+    def write_once() -> None:
+        with env_file.open("w") as pipe:
+            pipe.write(text)
+
+    writer = threading.Thread(target=write_once, daemon=True)
+    writer.start()
+    return writer
+
+
+def test_an_env_file_that_is_a_named_pipe_is_read_once(tmp_path: Path) -> None:
+    """It was read by the check of .env and again by the settings: the second read waited for ever."""
+    writer = _serve_once_through_a_pipe(tmp_path / ".env", f"BETTER_AUTH_SECRET={SECRET}\n")
+    result = subprocess.run(
+        [*CLI, "token", "alice"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    writer.join(timeout=5)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])["sub"] == "alice"
+
+
+def test_serve_reads_an_env_file_that_is_a_named_pipe_once_for_all_its_workers(
+    tmp_path: Path, migrated_db_url: str
+) -> None:
+    """serve's settings, and each worker's, are those of the one read, taken by serve."""
+    writer = _serve_once_through_a_pipe(
+        tmp_path / ".env", f"DATABASE_URL={migrated_db_url}\nBETTER_AUTH_SECRET={SECRET}\n"
+    )
+    command = [*CLI, "serve", "--workers", "2"]
+    with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "serve.log", timeout=60) as (
+        base_url,
+        _,
+    ):
+        writer.join(timeout=5)
+        token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+        for _ in range(4):  # across both workers, each with the secret of the one read
+            answer = httpx.get(f"{base_url}/api/alice/tasks", headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200, answer.text
+
+
+def test_an_env_file_that_is_a_device_is_refused_in_one_line(tmp_path: Path) -> None:
+    """pydantic-settings skipped it in silence; /dev/zero, read as text, never ended."""
+    (tmp_path / ".env").symlink_to("/dev/zero")
+    result = subprocess.run(
+        [*CLI, "token", "alice"], cwd=tmp_path, env=cli_env(BETTER_AUTH_SECRET=SECRET), capture_output=True,
+        text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert_one_line(result, "todo-api: .env is neither a file nor a named pipe", "move it away")
+    assert result.stdout == ""
+
+
+def test_data_dir_in_the_env_file_reads_a_leading_tilde_as_the_home_folder(tmp_path: Path) -> None:
+    """A .env is no shell: `~/todo-data` there was a folder named `~` in the working directory, which
+    migrate and serve made, and which `rm -rf ~` would then take for the home folder."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (work / ".env").write_text("DATA_DIR=~/todo-data\n")
+    result = run_cli("policies", cwd=work, HOME=str(home))
+    assert_one_line(result, f"no embedded database in {home / 'todo-data'} to audit")
+    assert sorted(path.name for path in work.iterdir()) == [".env"]
+
+
 def test_no_warning_for_variables_of_other_programs(tmp_path: Path) -> None:
     result = run_cli(
         "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
@@ -171,6 +242,22 @@ def test_a_postgres_that_cannot_start_is_one_line_with_its_cause_and_leaves_noth
     assert started.returncode == 0, started.stderr
     result = migrate_with_few_open_files()
     assert_one_line(result, "insufficient file descriptors", "ulimit -n", str(data_dir / "pgdata" / "log"))
+    assert _postgres_on(data_dir / "pgdata") == []
+
+
+def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """pg_ctl writes the server's log to pgdata/log; when it cannot (there, a link into a folder that
+    is not there), it fails before the server starts, and the wheel, reading that log to report it,
+    raised FileNotFoundError: a traceback. Seen too under load, pg_ctl failing before the log."""
+    data_dir = tmp_path / "data"
+    started = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    log = data_dir / "pgdata" / "log"
+    log.unlink()
+    log.symlink_to(tmp_path / "no-such-folder" / "log")
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(result, "the embedded Postgres could not start", "pg_ctl failed, and left no log")
+    assert "Traceback" not in result.stderr
     assert _postgres_on(data_dir / "pgdata") == []
 
 

@@ -458,3 +458,36 @@ def test_serve_migrate_refuses_a_search_path_in_migration_database_url(
         "nothing was changed",
     )
     assert _everything(empty_db_url) == before
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("migrate",), id="migrate"),
+        pytest.param(("serve", "--migrate", "--port", "0"), id="serve-migrate"),
+    ],
+)
+def test_a_migration_url_of_another_database_than_database_url_is_refused_and_migrates_nothing(
+    tmp_path: Path, empty_db_url: str, migrated_db_url: str, command: tuple[str, ...]
+) -> None:
+    """The two URLs differ in user and host on purpose (Neon's direct and pooled hosts), never in the
+    database they reach: migrate migrated MIGRATION_DATABASE_URL's, and serve went on serving
+    DATABASE_URL's, a release behind or not migrated at all."""
+    with psycopg.connect(empty_db_url) as db:
+        migrated_name = db.info.dbname
+    with psycopg.connect(migrated_db_url) as db:
+        served_name = db.info.dbname
+    result = run_cli(
+        *command, cwd=tmp_path, MIGRATION_DATABASE_URL=empty_db_url, DATABASE_URL=as_role(migrated_db_url),
+        BETTER_AUTH_SECRET=SECRET,
+    )  # fmt: skip
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"refusing to migrate: MIGRATION_DATABASE_URL reaches database {migrated_name}, and DATABASE_URL "
+        f"database {served_name}",
+        "nothing was changed",
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with psycopg.connect(empty_db_url) as db:
+        assert db.execute("select to_regclass('public._yoyo_migration')").fetchone() == (None,), "migrated"

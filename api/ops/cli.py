@@ -52,6 +52,7 @@ from api.ops.startup_checks import (
     check_database,
     holding_the_port,
     near_misses,
+    refuse_migrating_another_database,
     refuse_the_development_database_beyond_loopback,
 )
 from api.settings import EnvFileError, Settings, env_file_names, read_log_settings
@@ -240,6 +241,7 @@ def serve(args: argparse.Namespace) -> None:
         elif args.migrate:
             # As `todo-api migrate` would: the schema's owner migrates, while DATABASE_URL's role
             # (one that owns nothing, in production) serves.
+            _refuse_migrating_another_database(settings)
             with _migration_url(settings, args.data_dir) as migration_url:
                 migrated = _migrate(migration_url, settings, _migration_setting(settings))
                 logger.info("todo-api: %s", migrated)
@@ -272,6 +274,16 @@ def serve(args: argparse.Namespace) -> None:
         )
 
 
+def _refuse_migrating_another_database(settings: Settings) -> None:
+    if settings.migration_database_url is None or settings.database_url is None:
+        return
+    refuse_migrating_another_database(
+        _readable(settings.migration_database_url.get_secret_value(), "MIGRATION_DATABASE_URL"),
+        _readable(settings.database_url.get_secret_value(), "DATABASE_URL"),
+        settings.db_connect_timeout_seconds,
+    )
+
+
 def _migration_setting(settings: Settings) -> str:
     """The variable the URL to migrate comes from, for a failure to name."""
     return "DATABASE_URL" if settings.migration_database_url is None else "MIGRATION_DATABASE_URL"
@@ -302,6 +314,7 @@ def migrate(args: argparse.Namespace) -> None:
             "todo_login); nothing was changed"
         )
     settings = _settings()
+    _refuse_migrating_another_database(settings)
     with _migration_url(settings, args.data_dir) as url:
         _output(f"todo-api: {_migrate(url, settings, _migration_setting(settings))}")
         if args.login_role:

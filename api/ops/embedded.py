@@ -247,9 +247,12 @@ def _wheel_errors_kept() -> Iterator[_WheelErrors]:
         wheel_logger.propagate = propagated
 
 
-def _start_failure(log: Path, log_offset: int, wheel_errors: list[str], what: str) -> CommandFailed:
+def _start_failure(
+    log: Path, log_offset: int, wheel_errors: list[str], what: str, program: str = "initdb"
+) -> CommandFailed:
     """One line: Postgres's last FATAL, PANIC or ERROR from this start (pg_ctl's log from where this
-    start began writing it, else initdb's stderr as the wheel logged it), its fix, and where to read more."""
+    start began writing it, else initdb's stderr as the wheel logged it), its fix, and where to read
+    more; `program` is the wheel's command that failed."""
     written = ""
     if log.is_file():
         with log.open(errors="replace") as text:
@@ -258,7 +261,7 @@ def _start_failure(log: Path, log_offset: int, wheel_errors: list[str], what: st
     causes = [match.group(0) for match in _POSTGRES_ERROR.finditer(written or "\n".join(wheel_errors))]
     cause = " ".join(causes[-1].split()) if causes else what
     fix = next((fix for known, fix in _FIXES.items() if known in cause), "fix that and start again")
-    where = f"its log is {log}" if written else "initdb failed, and left no log"
+    where = f"its log is {log}" if written else f"{program} failed, and left no log"
     return CommandFailed(f"the embedded Postgres could not start: {cause}: {fix} ({where})")
 
 
@@ -362,6 +365,14 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> 
     except BaseException as error:
         _end_an_interrupted_initdb(pgdata)
         _stop_unclaimed_postgres(pgdata)
+        # The wheel reports a pg_ctl that failed by reading its log: when pg_ctl left none (it could
+        # not create it, say), the OSError of that read is raised in place of pg_ctl's failure, and
+        # was a traceback.
+        if isinstance(error, OSError) and isinstance(error.__context__, subprocess.CalledProcessError):
+            failed = error.__context__
+            program = Path(str(failed.cmd[0])).name
+            what = f"{program} exited with status {failed.returncode}"
+            raise _start_failure(log, log_offset, wheel_errors.messages, what, program) from None
         if isinstance(error, subprocess.CalledProcessError):
             raise _start_failure(log, log_offset, wheel_errors.messages, str(error)) from None
         if isinstance(error, subprocess.TimeoutExpired):

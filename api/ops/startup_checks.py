@@ -367,6 +367,44 @@ async def check_direct_url(url: str, settings: Settings, served: tuple[object, s
         )
 
 
+def _server_and_database(url: str, setting: str, connect_timeout_seconds: int) -> tuple[object, str]:
+    conninfo = libpq_url(url, setting, connect_timeout=connect_timeout_seconds)
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as connection:
+        row = connection.execute(_SERVER_AND_DATABASE).fetchone()
+    assert row is not None
+    return row[0], str(row[1])
+
+
+def refuse_migrating_another_database(
+    migration_url: str, database_url: str, connect_timeout_seconds: int
+) -> None:
+    """MIGRATION_DATABASE_URL (the owner's, Neon's direct host) and DATABASE_URL (the login role's,
+    the pooled host) differ in user, host and port on purpose, and must reach one database: migrate
+    migrated one while serve served another (not migrated, or left a release behind). Compared as
+    the servers answer (`_SERVER_AND_DATABASE`), which a pooler in front does not change. A
+    DATABASE_URL that cannot be used yet (its role is the one `--login-role` creates, or gives its
+    password) cannot be compared, and `serve` names what is wrong with it."""
+    try:
+        migrated = _server_and_database(migration_url, "MIGRATION_DATABASE_URL", connect_timeout_seconds)
+    except psycopg.OperationalError as error:
+        raise database_failure(error, migration_url, "MIGRATION_DATABASE_URL") from None
+    try:
+        served = _server_and_database(database_url, "DATABASE_URL", connect_timeout_seconds)
+    except psycopg.OperationalError:
+        return
+    fix = "point both at the database serve serves; nothing was changed"
+    if migrated[1] != served[1]:
+        raise CommandFailed(
+            f"refusing to migrate: MIGRATION_DATABASE_URL reaches database {migrated[1]}, and DATABASE_URL "
+            f"database {served[1]}: {fix}"
+        )
+    if migrated[0] != served[0]:
+        raise CommandFailed(
+            "refusing to migrate: MIGRATION_DATABASE_URL reaches another Postgres server than DATABASE_URL "
+            f"(one started at {migrated[0]}, DATABASE_URL's at {served[0]}): {fix}"
+        )
+
+
 async def check_database(url: str, settings: Settings, workers: int) -> None:
     """What each worker checks before serving, checked once here so that a failure is one message;
     and that Postgres has a connection for every one the workers will open."""

@@ -11,6 +11,7 @@ policies deadlocked with those writes.
 """
 
 from pathlib import Path
+from typing import Any
 
 import sqlparse
 from yoyo import step
@@ -18,10 +19,35 @@ from yoyo import step
 SQL = Path(__file__).resolve().parent.parent
 POLICIES = SQL / "policies"
 FILES = [SQL / "lock_policy_tables.sql", *sorted(POLICIES.glob("*.sql"))]
+MIGRATIONS = sorted(
+    path.name.removesuffix(".sql")
+    for path in (SQL / "migrations").glob("[0-9]*.sql")
+    if not path.name.endswith(".rollback.sql")
+)
+
+
+def every_migration_applied(connection: Any) -> None:
+    """The policy files are written for the schema every migration makes: after `yoyo apply
+    --revision` short of the last one they name tables and columns that are not there yet, and failed
+    with a traceback. Ends yoyo in one line instead (exit 1), the migrations applied kept, and the
+    policies left as they were: `todo_app` reads nothing a policy does not grant."""
+    cursor = connection.cursor()
+    cursor.execute("select migration_id from _yoyo_migration")
+    applied = {row[0] for row in cursor.fetchall()}
+    if missing := [migration for migration in MIGRATIONS if migration not in applied]:
+        raise SystemExit(
+            f"yoyo: the policies in sql/policies/ were not applied: they are written for the schema of "
+            f"every migration, and these are not applied yet: {', '.join(missing)}. "
+            "Run `yoyo apply` without --revision to apply them and the policies"
+        )
+
 
 steps = [
-    step(statement)
-    for policy_file in FILES
-    for statement in sqlparse.split(policy_file.read_text(encoding="utf-8"))
-    if statement.strip()
+    step(every_migration_applied),
+    *(
+        step(statement)
+        for policy_file in FILES
+        for statement in sqlparse.split(policy_file.read_text(encoding="utf-8"))
+        if statement.strip()
+    ),
 ]
