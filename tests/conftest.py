@@ -7,6 +7,7 @@ per session, cloned for each test that wants a database of its own.
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,14 +125,40 @@ empty_db = factories.postgresql("postgres_server")
 migrated_db = factories.postgresql("migrated_template")
 
 
-@pytest.fixture
-def empty_db_url(empty_db: psycopg.Connection[Any], postgres_server: NoopExecutor) -> str:
-    return url_for(postgres_server, empty_db.info.dbname)
+def _until_other_roles_sessions_end(
+    superuser_url: str, database: psycopg.Connection[Any], seconds: float = 10
+) -> None:
+    """pytest-postgresql drops a test's database as the login role, ending its sessions first, and it
+    may not end another role's, the API's (Postgres 16 gives a role's creator no privileges of it);
+    a session whose client has closed it is listed until its backend has exited, which on a busy
+    machine was after the drop began. One still open after `seconds` is left for the drop to fail
+    on: the test leaked it."""
+    deadline = time.monotonic() + seconds
+    with psycopg.connect(superuser_url, autocommit=True) as connection:
+        while time.monotonic() < deadline:
+            row = connection.execute(
+                "select count(*) from pg_stat_activity where datname = %s and usename <> %s",
+                [database.info.dbname, database.info.user],
+            ).fetchone()
+            if row == (0,):
+                return
+            time.sleep(0.05)
 
 
 @pytest.fixture
-def migrated_db_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor) -> str:
-    return url_for(migrated_template, migrated_db.info.dbname)
+def empty_db_url(
+    empty_db: psycopg.Connection[Any], postgres_server: NoopExecutor, superuser_url: str
+) -> Iterator[str]:
+    yield url_for(postgres_server, empty_db.info.dbname)
+    _until_other_roles_sessions_end(superuser_url, empty_db)
+
+
+@pytest.fixture
+def migrated_db_url(
+    migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor, superuser_url: str
+) -> Iterator[str]:
+    yield url_for(migrated_template, migrated_db.info.dbname)
+    _until_other_roles_sessions_end(superuser_url, migrated_db)
 
 
 @pytest.fixture(scope="session")
