@@ -14,8 +14,9 @@ every ISOLATION_CHECK_INTERVAL_SECONDS and answers 503 while it finds anything
 - proving the role switch by doing it, as every request will.
 
 It reads the catalogs only (nothing of schema app, so a login role that owns nothing can run it),
-with a lock timeout so that it never queues behind DDL, and a role switch in a transaction that is
-rolled back. It fails closed: a check that cannot complete is a finding.
+with a lock timeout so that it never queues behind DDL, a bound on its wait for answers so that a
+silent server cannot hold it (and the verdict before it) for ever, and a role switch in a
+transaction that is rolled back. It fails closed: a check that cannot complete is a finding.
 """
 
 import asyncio
@@ -33,6 +34,7 @@ from psycopg.rows import tuple_row
 
 from api.db.database import Database
 from api.db.errors import AlreadyExists, IsolationBreach
+from api.db.pool import answer_within
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
 from api.db.statements import APP_ROLE
@@ -45,6 +47,11 @@ _NOT_MIGRATED = "the database is not migrated"
 # Long enough for a catalog read, short enough that a check never waits long behind DDL.
 _LOCK_TIMEOUT = "2s"
 _STATEMENT_TIMEOUT = "10s"
+# The server cancels a statement of the check at _STATEMENT_TIMEOUT and says so; with no answer at all
+# this long into a check (a network gone silent, a wedged pooler, a backend that stopped), none is
+# coming, and a check left waiting would keep the last verdict, and hold off every later check, for
+# as long as it waits.
+_ANSWER_TIMEOUT_SECONDS = 15.0
 _INCOMPLETE = "the isolation check could not complete"
 # After a check that could not complete (the database restarting, say), the next one comes this
 # soon, so that serving resumes within about a second of the database answering again.
@@ -108,7 +115,20 @@ async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[F
     """Every finding, read as the connection's login role; empty when users are isolated.
 
     Connecting is the caller's business; once connected, whatever keeps the check from completing
-    (a lock, a timeout, an object it cannot read) is returned as a finding, never raised."""
+    (a lock, a timeout, an object it cannot read, a server that stops answering) is returned as a
+    finding, never raised. The connection is closed when no answer came in time."""
+    try:
+        async with answer_within(connection, _ANSWER_TIMEOUT_SECONDS) as answered:
+            findings = await _findings_on(connection)
+    except TimeoutError:  # raised only once the bound shut the connection
+        findings = []
+    if answered.expired:  # what the check read before its connection was shut proves nothing
+        silent = TimeoutError(f"no answer from the database within {_ANSWER_TIMEOUT_SECONDS:g} s")
+        return [could_not_complete(silent)]
+    return findings
+
+
+async def _findings_on(connection: psycopg.AsyncConnection[Any]) -> list[Finding]:
     findings: list[Finding] = []
     try:
         async with connection.transaction(force_rollback=True):
