@@ -30,11 +30,11 @@ from functools import cache
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import tuple_row
+from psycopg.rows import dict_row, tuple_row
 
 from api.db.database import Database
 from api.db.errors import AlreadyExists, IsolationBreach
-from api.db.pool import answer_within
+from api.db.pool import Connection, answer_within, ended_while_idle
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
 from api.db.statements import APP_ROLE
@@ -232,6 +232,10 @@ class IsolationWatch:
     verdict, a live-changes stream above all, reads nothing once a check finds anything: while the
     last check found anything, or could not complete, nothing is trusted to a database that may not
     isolate users.
+
+    It checks over a connection of its own, never a pooled one: requests waiting on row locks can
+    hold every pooled connection past DB_POOL_TIMEOUT_SECONDS, and a check that waited for one then
+    could not complete, refusing every request and /readyz of a worker that was busy, not unsafe.
     """
 
     def __init__(self, database: Database, *, interval_seconds: float) -> None:
@@ -242,6 +246,8 @@ class IsolationWatch:
         self._check_now = asyncio.Event()
         # When the next check is due (time.monotonic()), once `keep_checking` waits for one.
         self._next_check_at: float | None = None
+        # Made on first use, and again once it is closed or broken (`_connection`).
+        self._kept: Connection | None = None
 
     def seconds_until_next_check(self) -> int:
         """Retry-After for a refused request: when the next check may serve again, which after one
@@ -269,10 +275,30 @@ class IsolationWatch:
 
     async def _findings(self) -> tuple[Finding, ...]:
         try:
-            async with self.database.pool.connection() as connection:
-                return tuple(await isolation_findings(connection))
+            return tuple(await isolation_findings(await self._connection()))
         except Exception as error:  # fail closed, whatever kept the check from completing
             return (could_not_complete(error),)
+
+    async def _connection(self) -> Connection:
+        kept = self._kept
+        # A session the server ended while it sat idle between checks (a restart, an idle timeout)
+        # is replaced before the check, not found dead by it: that check would refuse every request.
+        if kept is not None and not (kept.closed or kept.broken or ended_while_idle(kept)):
+            return kept
+        if kept is not None:
+            await kept.close()
+        # Opened as the pool opens its own (DATABASE_URL with its options, the client encoding), so
+        # that the session settings it checks are theirs; never preparing, since it may reach a pooler.
+        conninfo = self.database.pool.conninfo
+        assert isinstance(conninfo, str)  # as Database.from_settings gives it
+        self._kept = await Connection.connect(
+            conninfo, autocommit=True, row_factory=dict_row, prepare_threshold=None
+        )
+        return self._kept
+
+    async def close(self) -> None:
+        if self._kept is not None:
+            await self._kept.close()
 
     def _record(self, findings: tuple[Finding, ...], *, completed: bool) -> None:
         metrics.record_isolation_verdict(len(findings), completed=completed)

@@ -104,7 +104,9 @@ def test_a_silent_database_is_a_fast_503_and_the_api_recovers(
     proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
 ) -> None:
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
-    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=2)
+    # One pooled connection, used just before: no liveness check comes between the request and the
+    # silence (a connection never handed out yet would be asked first, and wait out its own bound).
+    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=1)
     user = new_user()
     with serving_client(create_app(settings)) as client:
         assert client.post(user.tasks_url, json={"title": "before"}, headers=user.headers).status_code == 201
@@ -211,7 +213,9 @@ def test_a_write_whose_answer_never_came_is_outcome_unknown_and_a_read_is_not(
     """The write reaches the database and commits; only its answer is held back. So the API cannot
     know, and must not say "nothing was changed"; the same Idempotency-Key then settles it."""
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
-    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=2)
+    # One pooled connection, used just before: no liveness check comes between the request and the
+    # silence (a connection never handed out yet would be asked first, and wait out its own bound).
+    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=1)
     user = new_user()
     key = {"Idempotency-Key": "held-answer-1"}
     with serving_client(create_app(settings)) as client:
