@@ -102,6 +102,7 @@ def create_app(
                 yield
                 watching.cancel()
         finally:
+            await isolation.close()
             await database.close()
             forget_this_process()
 

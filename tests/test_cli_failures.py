@@ -266,14 +266,14 @@ def test_serve_refuses_more_connections_than_postgres_allows_naming_the_numbers(
 ) -> None:
     with psycopg.connect(migrated_db_url) as connection:
         (most,) = connection.execute("select current_setting('max_connections')::int").fetchone() or ()
-    workers, pool_size = 3, most // 3 + 1  # 3 x (pool_size + 2) > max_connections
+    workers, pool_size = 3, most // 3 + 1  # 3 x (pool_size + 3) > max_connections
     result = subprocess.run(
         [*CLI, "serve", "--port", "0", "--workers", str(workers)],
         cwd=tmp_path,
         env=cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE=str(pool_size)),
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    needed = workers * (pool_size + 2)
+    needed = workers * (pool_size + 3)
     assert_one_clear_failure(
         result.stderr, result.returncode,
         f"{workers} workers need {needed} connections", f"max_connections {most}",
@@ -296,15 +296,15 @@ def test_serve_refuses_connections_other_sessions_hold_naming_the_numbers(
             ).fetchone()
             or ()
         )
-        # 2 x (pool_size + 2) fits in what Postgres allows, but not beside the two held here.
-        workers, pool_size = 2, (most - reserved) // 2 - 2
+        # 2 x (pool_size + 3) fits in what Postgres allows, but not beside the two held here.
+        workers, pool_size = 2, (most - reserved) // 2 - 3
         result = subprocess.run(
             [*CLI, "serve", "--port", "0", "--workers", str(workers)],
             cwd=tmp_path,
             env=cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE=str(pool_size)),
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
-    needed = workers * (pool_size + 2)
+    needed = workers * (pool_size + 3)
     assert_one_clear_failure(
         result.stderr, result.returncode,
         f"{workers} workers need {needed} connections", "other sessions hold", f"max_connections {most}",

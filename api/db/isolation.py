@@ -14,8 +14,9 @@ every ISOLATION_CHECK_INTERVAL_SECONDS and answers 503 while it finds anything
 - proving the role switch by doing it, as every request will.
 
 It reads the catalogs only (nothing of schema app, so a login role that owns nothing can run it),
-with a lock timeout so that it never queues behind DDL, and a role switch in a transaction that is
-rolled back. It fails closed: a check that cannot complete is a finding.
+with a lock timeout so that it never queues behind DDL, a bound on its wait for answers so that a
+silent server cannot hold it (and the verdict before it) for ever, and a role switch in a
+transaction that is rolled back. It fails closed: a check that cannot complete is a finding.
 """
 
 import asyncio
@@ -29,10 +30,11 @@ from functools import cache
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import tuple_row
+from psycopg.rows import dict_row, tuple_row
 
 from api.db.database import Database
 from api.db.errors import AlreadyExists, IsolationBreach
+from api.db.pool import Connection, answer_within, ended_while_idle
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
 from api.db.statements import APP_ROLE
@@ -45,6 +47,11 @@ _NOT_MIGRATED = "the database is not migrated"
 # Long enough for a catalog read, short enough that a check never waits long behind DDL.
 _LOCK_TIMEOUT = "2s"
 _STATEMENT_TIMEOUT = "10s"
+# The server cancels a statement of the check at _STATEMENT_TIMEOUT and says so; with no answer at all
+# this long into a check (a network gone silent, a wedged pooler, a backend that stopped), none is
+# coming, and a check left waiting would keep the last verdict, and hold off every later check, for
+# as long as it waits.
+_ANSWER_TIMEOUT_SECONDS = 15.0
 _INCOMPLETE = "the isolation check could not complete"
 # After a check that could not complete (the database restarting, say), the next one comes this
 # soon, so that serving resumes within about a second of the database answering again.
@@ -108,7 +115,20 @@ async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[F
     """Every finding, read as the connection's login role; empty when users are isolated.
 
     Connecting is the caller's business; once connected, whatever keeps the check from completing
-    (a lock, a timeout, an object it cannot read) is returned as a finding, never raised."""
+    (a lock, a timeout, an object it cannot read, a server that stops answering) is returned as a
+    finding, never raised. The connection is closed when no answer came in time."""
+    try:
+        async with answer_within(connection, _ANSWER_TIMEOUT_SECONDS) as answered:
+            findings = await _findings_on(connection)
+    except TimeoutError:  # raised only once the bound shut the connection
+        findings = []
+    if answered.expired:  # what the check read before its connection was shut proves nothing
+        silent = TimeoutError(f"no answer from the database within {_ANSWER_TIMEOUT_SECONDS:g} s")
+        return [could_not_complete(silent)]
+    return findings
+
+
+async def _findings_on(connection: psycopg.AsyncConnection[Any]) -> list[Finding]:
     findings: list[Finding] = []
     try:
         async with connection.transaction(force_rollback=True):
@@ -212,6 +232,10 @@ class IsolationWatch:
     verdict, a live-changes stream above all, reads nothing once a check finds anything: while the
     last check found anything, or could not complete, nothing is trusted to a database that may not
     isolate users.
+
+    It checks over a connection of its own, never a pooled one: requests waiting on row locks can
+    hold every pooled connection past DB_POOL_TIMEOUT_SECONDS, and a check that waited for one then
+    could not complete, refusing every request and /readyz of a worker that was busy, not unsafe.
     """
 
     def __init__(self, database: Database, *, interval_seconds: float) -> None:
@@ -222,6 +246,8 @@ class IsolationWatch:
         self._check_now = asyncio.Event()
         # When the next check is due (time.monotonic()), once `keep_checking` waits for one.
         self._next_check_at: float | None = None
+        # Made on first use, and again once it is closed or broken (`_connection`).
+        self._kept: Connection | None = None
 
     def seconds_until_next_check(self) -> int:
         """Retry-After for a refused request: when the next check may serve again, which after one
@@ -249,10 +275,30 @@ class IsolationWatch:
 
     async def _findings(self) -> tuple[Finding, ...]:
         try:
-            async with self.database.pool.connection() as connection:
-                return tuple(await isolation_findings(connection))
+            return tuple(await isolation_findings(await self._connection()))
         except Exception as error:  # fail closed, whatever kept the check from completing
             return (could_not_complete(error),)
+
+    async def _connection(self) -> Connection:
+        kept = self._kept
+        # A session the server ended while it sat idle between checks (a restart, an idle timeout)
+        # is replaced before the check, not found dead by it: that check would refuse every request.
+        if kept is not None and not (kept.closed or kept.broken or ended_while_idle(kept)):
+            return kept
+        if kept is not None:
+            await kept.close()
+        # Opened as the pool opens its own (DATABASE_URL with its options, the client encoding), so
+        # that the session settings it checks are theirs; never preparing, since it may reach a pooler.
+        conninfo = self.database.pool.conninfo
+        assert isinstance(conninfo, str)  # as Database.from_settings gives it
+        self._kept = await Connection.connect(
+            conninfo, autocommit=True, row_factory=dict_row, prepare_threshold=None
+        )
+        return self._kept
+
+    async def close(self) -> None:
+        if self._kept is not None:
+            await self._kept.close()
 
     def _record(self, findings: tuple[Finding, ...], *, completed: bool) -> None:
         metrics.record_isolation_verdict(len(findings), completed=completed)

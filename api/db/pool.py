@@ -55,8 +55,20 @@ class Connection(psycopg.AsyncConnection[DictRow]):
     handed_out_at: float = -math.inf
 
 
+class AnswerDeadline:
+    """What `answer_within` gives its block: whether the bound passed, for a block that turns the
+    broken connection's error into an answer of its own rather than letting it out."""
+
+    __slots__ = ("expired",)
+
+    def __init__(self) -> None:
+        self.expired = False
+
+
 @contextlib.asynccontextmanager
-async def answer_within(connection: Connection, seconds: float) -> AsyncIterator[None]:
+async def answer_within(
+    connection: psycopg.AsyncConnection[Any], seconds: float
+) -> AsyncIterator[AnswerDeadline]:
     """Bound the wait for the server's answer: raise TimeoutError after `seconds`, the connection
     closed.
 
@@ -66,11 +78,10 @@ async def answer_within(connection: Connection, seconds: float) -> AsyncIterator
     Instead the deadline shuts the socket down: psycopg's wait ends at once with the connection
     broken, and nothing is asked of the server.
     """
-    expired = False
+    bound = AnswerDeadline()
 
     def expire() -> None:
-        nonlocal expired
-        expired = True
+        bound.expired = True
         try:  # the socket libpq holds, shut through a duplicate of its descriptor
             duplicate = socket.socket(fileno=os.dup(connection.fileno()))
         except (OSError, psycopg.Error):
@@ -80,14 +91,14 @@ async def answer_within(connection: Connection, seconds: float) -> AsyncIterator
 
     deadline = asyncio.get_running_loop().call_later(seconds, expire)
     try:
-        yield
+        yield bound
     except Exception as error:
-        if expired:
+        if bound.expired:
             raise TimeoutError from error
         raise
     finally:
         deadline.cancel()
-        if expired:
+        if bound.expired:
             await connection.close()  # even when the answer came after all: its socket is shut
 
 

@@ -234,9 +234,9 @@ async def refuse_a_database_not_in_utf8(connection: psycopg.AsyncConnection[Any]
         raise CommandFailed(f"Refusing to serve: {refusal}")
 
 
-# What each worker opens beside its pool of DB_POOL_SIZE: the readiness check's connection and the
-# LISTEN one for live changes (docs/operations.md, "More API workers and hosts").
-EXTRA_CONNECTIONS_PER_WORKER = 2
+# What each worker opens beside its pool of DB_POOL_SIZE: the readiness check's connection, the
+# isolation check's and the LISTEN one for live changes (docs/operations.md, "More API workers and hosts").
+EXTRA_CONNECTIONS_PER_WORKER = 3
 
 
 async def refuse_more_connections_than_postgres_allows(

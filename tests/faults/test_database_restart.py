@@ -15,6 +15,7 @@ import pytest
 from api.app import create_app
 from api.db.database import Database
 from api.db.errors import OutcomeUnknown
+from api.db.isolation import IsolationWatch
 from tests.own_postgres import OwnPostgres
 from tests.support import new_user, serving_client, settings_for, sql
 
@@ -105,6 +106,27 @@ def test_a_write_on_a_connection_ended_while_idle_runs_again_once(
         ]
 
     _run(own_postgres.url, scenario, db_pool_size=3, **way)
+
+
+def test_the_isolation_checks_connection_ended_while_idle_is_replaced_before_the_next_check(
+    own_postgres: OwnPostgres,
+) -> None:
+    """The check keeps a connection of its own between checks. Ended meanwhile by the server (a
+    restart, an idle timeout), it was found dead by the next check, which could not complete and
+    refused every request until the one after it."""
+
+    async def scenario(database: Database) -> None:
+        watch = IsolationWatch(database, interval_seconds=3600)
+        try:
+            assert await watch.check() == ()
+            ended = await asyncio.to_thread(_terminate_sessions, own_postgres.superuser_url, "todo")
+            assert ended == 2  # the pool's connection and the check's
+            assert await watch.check() == ()
+            assert watch.verified
+        finally:
+            await watch.close()
+
+    _run(own_postgres.url, scenario, db_pool_size=1)
 
 
 # Both ways a transaction can travel (api/db/database.py); a broken connection is told apart the same.

@@ -2,7 +2,9 @@
 
 Requests waiting on row locks can hold every pooled connection of a worker while the database
 answers anyone else at once; a ping that waited for a pooled connection answered 503 then and took a
-healthy worker out of the load balancer. A database that is down is still a 503.
+healthy worker out of the load balancer, and so did an isolation check that waited for one past
+DB_POOL_TIMEOUT_SECONDS (it could not complete, and refused every request). A database that is down
+is still a 503.
 """
 
 import time
@@ -29,7 +31,7 @@ def _waiting_on_locks(url: str) -> int:
     return row[0] if row else 0
 
 
-def test_a_pool_taken_by_requests_waiting_on_locks_is_still_ready(
+def test_a_pool_taken_by_requests_waiting_on_locks_is_still_ready_and_verified(
     migrated_db: psycopg.Connection[Any], migrated_db_url: str
 ) -> None:
     settings = settings_for(
@@ -38,11 +40,13 @@ def test_a_pool_taken_by_requests_waiting_on_locks_is_still_ready(
         db_max_connections_per_user=PER_USER,
         # The blocked writes wait for the lock, not for a timeout, however slow the machine.
         db_statement_timeout_ms=120_000,
-        db_pool_timeout_seconds=60,
-        # The periodic isolation check takes a pooled connection too; not during this test.
-        isolation_check_interval_seconds=3600,
+        # A wait for a pooled connection ends long before the lock goes.
+        db_pool_timeout_seconds=1,
+        # Checks keep coming while the pool is taken, each of which would wait out the pool's timeout.
+        isolation_check_interval_seconds=0.2,
     )
     users = [new_user() for _ in range(POOL_SIZE // PER_USER)]
+    bystander = new_user()
     with (
         serving_client(create_app(settings), timeout=120) as client,
         ThreadPoolExecutor(POOL_SIZE) as senders,
@@ -67,13 +71,17 @@ def test_a_pool_taken_by_requests_waiting_on_locks_is_still_ready(
             assert time.monotonic() < deadline, "every pooled connection waits on the lock"
             time.sleep(0.05)
 
+        time.sleep(2 * 1 + 1)  # past the pool's timeout, twice: several checks ran meanwhile
         ready = client.get("/readyz")
+        # Told the truth: the pool had no connection for them, not that isolation is unverified.
+        waited = client.get(bystander.tasks_url, headers=bystander.headers)
 
         migrated_db.rollback()  # the lock goes, and the writes go through
         updated = [update.result() for update in updates]
 
     assert ready.status_code == 200, ready.text
     assert ready.json() == {"status": "ready"}
+    assert_problem(waited, 503, "database-unavailable")
     assert [response.status_code for response in updated] == [200] * POOL_SIZE
     titles = migrated_db.execute(
         "select title from tasks where id = any(%s)", [[task_id for _, task_id in tasks]]

@@ -8,6 +8,7 @@ server to cancel the query (which costs psycopg up to 10 s more), so the bound i
 """
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ import pytest
 from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
+from api.db import isolation
 from tests.support import assert_problem, new_user, serving_client, settings_for
 
 
@@ -102,7 +104,9 @@ def test_a_silent_database_is_a_fast_503_and_the_api_recovers(
     proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
 ) -> None:
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
-    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=2)
+    # One pooled connection, used just before: no liveness check comes between the request and the
+    # silence (a connection never handed out yet would be asked first, and wait out its own bound).
+    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=1)
     user = new_user()
     with serving_client(create_app(settings)) as client:
         assert client.post(user.tasks_url, json={"title": "before"}, headers=user.headers).status_code == 201
@@ -159,13 +163,59 @@ def test_readiness_says_503_within_its_three_seconds_on_a_silent_database(
             time.sleep(0.2)
 
 
+def test_an_isolation_check_that_gets_no_answer_fails_closed_and_checks_again(
+    proxy: SilenceableProxy,
+    migrated_db: psycopg.Connection[Any],
+    migrated_template: NoopExecutor,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A check whose connection stopped answering waited for ever: the worker went on serving on the
+    verdict before it, /readyz and the metrics said "verified", and no check came after it, so a
+    weakening made meanwhile was never found. Bounded, it is a finding like any check that cannot
+    complete, and the checks go on."""
+    monkeypatch.setattr(isolation, "_ANSWER_TIMEOUT_SECONDS", 1.0)
+    url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
+    # One connection, used by a check every 0.2 s: never idle long enough to be asked whether it is
+    # alive before the check gets it, so the check itself meets the silence.
+    settings = settings_for(
+        url, isolation_check_interval_seconds=0.2, db_pool_size=1, db_connect_timeout_seconds=1
+    )
+    user = new_user()
+    with serving_client(create_app(settings), timeout=60) as client:
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+            proxy.answers_held.set()
+            try:
+                deadline = time.monotonic() + 10
+                while (ready := client.get("/readyz")).json().get("type") != (
+                    "urn:todo-api:problem:isolation-unverified"
+                ):
+                    assert time.monotonic() < deadline, f"the check kept its last verdict: {ready.text}"
+                assert_problem(client.get(user.tasks_url, headers=user.headers), 503, "isolation-unverified")
+            finally:
+                proxy.answers_held.clear()
+        assert any(
+            "the isolation check could not complete (TimeoutError: no answer from the database within 1 s)"
+            in record.getMessage()
+            for record in caplog.records
+        ), [record.getMessage() for record in caplog.records]
+        deadline = time.monotonic() + 15
+        while client.get(user.tasks_url, headers=user.headers).status_code != 200:
+            assert time.monotonic() < deadline, "never served again"
+            time.sleep(0.2)
+        assert client.get("/readyz").status_code == 200
+
+
 def test_a_write_whose_answer_never_came_is_outcome_unknown_and_a_read_is_not(
     proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
 ) -> None:
     """The write reaches the database and commits; only its answer is held back. So the API cannot
     know, and must not say "nothing was changed"; the same Idempotency-Key then settles it."""
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
-    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=2)
+    # One pooled connection, used just before: no liveness check comes between the request and the
+    # silence (a connection never handed out yet would be asked first, and wait out its own bound).
+    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=1)
     user = new_user()
     key = {"Idempotency-Key": "held-answer-1"}
     with serving_client(create_app(settings)) as client:
