@@ -15,6 +15,7 @@ import pytest
 from api.app import create_app
 from api.db import isolation
 from api.db.database import Database
+from api.db.errors import IsolationBreach
 from api.db.isolation import IsolationWatch
 from api.db.reach import read_reach
 from api.ops.policy_audit import audit_database
@@ -232,6 +233,43 @@ def test_a_change_committed_while_a_check_runs_is_logged_once_whole(
     assert len(errors) == 1, errors
     assert "role todo_app has TRUNCATE on tasks" in errors[0]
     assert "table public.tasks differs from what todo-api ships" in errors[0]
+
+
+def test_a_breach_met_while_a_check_runs_is_not_forgotten_when_that_check_comes_back_clean(
+    migrated_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check that began before a request met a breach read the database as it may have been before
+    it: its clean verdict replaced the breach's refusal, and the worker served until the check the
+    breach asked for came back."""
+    watches: list[IsolationWatch] = []
+
+    async def breach_then_read_reach(connection: psycopg.AsyncConnection[Any]) -> list[Any]:
+        if len(watches) == 1:  # once: a request's breach, met while the check runs
+            watches[0].distrust(IsolationBreach("new row violates row-level security", read_only=False))
+            watches.append(watches[0])
+        return await read_reach(connection)  # api.db.reach's own, not the patched name
+
+    monkeypatch.setattr(isolation, "read_reach", breach_then_read_reach)
+
+    async def check_met_by_a_breach() -> tuple[bool, tuple[str, ...], bool]:
+        database = Database.from_settings(settings_for(migrated_db_url, db_pool_size=1))
+        await database.open()
+        try:
+            watch = IsolationWatch(database, interval_seconds=3600)
+            watches.append(watch)
+            await watch.check()
+            during = (watch.verified, tuple(finding.message for finding in watch.findings))
+            await watch.check()  # the check the breach asked for, with nothing met during it
+            return *during, watch.verified
+        finally:
+            await watch.close()
+            await database.close()
+
+    verified, findings, verified_after_the_next_check = asyncio.run(check_met_by_a_breach())
+    assert len(watches) == 2, "the breach was met while the check ran"
+    assert not verified
+    assert findings == ("new row violates row-level security",)
+    assert verified_after_the_next_check
 
 
 def test_the_audit_reports_a_replaced_function(db: Conn, migrated_db_url: str) -> None:

@@ -248,6 +248,9 @@ class IsolationWatch:
         self._next_check_at: float | None = None
         # Made on first use, and again once it is closed or broken (`_connection`).
         self._kept: Connection | None = None
+        # How many times the database answered as isolation forbids (`_distrust`): a check during
+        # which this grew keeps no clean verdict.
+        self._distrusts = 0
 
     def seconds_until_next_check(self) -> int:
         """Retry-After for a refused request: when the next check may serve again, which after one
@@ -263,6 +266,7 @@ class IsolationWatch:
 
     async def check(self) -> tuple[Finding, ...]:
         """Run the check and keep its verdict; one that cannot complete is a finding."""
+        distrusts = self._distrusts
         findings = await self._findings()
         if findings and findings != self.findings and not _incomplete(findings):
             # A change committed while the check ran can show half (see isolation_findings): new
@@ -270,6 +274,11 @@ class IsolationWatch:
             # verdict, which serves again at once, nor one that could not complete, which may have
             # waited out a timeout: refusing must not wait twice.
             findings = await self._findings()
+        if not findings and self._distrusts != distrusts:
+            # The database answered as isolation forbids while this check ran, which read it as it was
+            # before, maybe: its clean verdict would serve until the check `_distrust` asked for,
+            # which runs next, decides.
+            return self.findings
         self._record(findings, completed=not _incomplete(findings))
         return findings
 
@@ -328,6 +337,7 @@ class IsolationWatch:
     def _distrust(self, reason: str) -> None:
         """The database did something isolation forbids: refuse until a check completes clean,
         and run that check now rather than at the next interval."""
+        self._distrusts += 1
         self._record((Finding("isolation", reason),), completed=False)
         self._next_check_at = time.monotonic()
         self._check_now.set()
