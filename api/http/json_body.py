@@ -5,13 +5,15 @@ Starlette's `Request.json` gives `json.loads` the body's bytes, and `json.loads`
 UTF-32 (by their byte order mark, or by where the zero bytes fall), so such a body created a task.
 `Utf8JsonRoute` hands FastAPI a request whose `json()` decodes UTF-8 alone, the way FastAPI's docs
 teach ("Custom Request and APIRoute class"); any other encoding fails to decode and is answered as
-any undecodable body is, a 422 naming `body` (`api.http.problems.http_problem`). So is JSON beyond
-what the parser reads, arrays nested past the interpreter's recursion limit or a number longer than
-int() reads, with a message naming the limit rather than calling it invalid.
+any undecodable body is, a 422 naming `body` (`api.http.problems.http_problem`). So is JSON the
+parser will not read, with a message saying why rather than calling it invalid: arrays nested past
+the interpreter's recursion limit, a number longer than int() reads, and an object that names a
+member twice.
 """
 
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -19,9 +21,26 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 
-class BeyondParserLimits(Exception):  # noqa: N818 (named for what the caller sent)
-    """Valid JSON the parser will not read (RFC 8259, section 9, lets it set limits): the message
-    names the limit, for the 422 (`api.http.problems.http_problem`)."""
+class UnreadJson(Exception):  # noqa: N818 (named for what the caller sent)
+    """Valid JSON the parser will not read: the message says why, for the 422
+    (`api.http.problems.http_problem`)."""
+
+
+# Shown in the 422 at most this long: the name is the caller's, and may be as long as the body.
+_NAME_SHOWN = 64
+
+
+def _members_named_once(members: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members, refused when one name comes twice. RFC 8259, section 4, leaves what such
+    an object means to each parser: json.loads kept the last value, where a proxy or a WAF in front
+    may have read the first, so what was checked need not be what is stored (repeated query
+    parameters are refused for the same reason, api/http/query.py)."""
+    read = dict(members)
+    if len(read) < len(members):
+        twice = next(name for name, count in Counter(name for name, _ in members).items() if count > 1)
+        shown = json.dumps(twice[:_NAME_SHOWN]) + ("..." if len(twice) > _NAME_SHOWN else "")
+        raise UnreadJson(f"The body names the member {shown} more than once.")
+    return read
 
 
 class Utf8JsonRequest(Request):
@@ -29,16 +48,15 @@ class Utf8JsonRequest(Request):
         # "utf-8-sig": a UTF-8 byte order mark is still skipped, as RFC 8259 allows and json.loads did.
         text = (await self.body()).decode("utf-8-sig")
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_members_named_once)
         except json.JSONDecodeError:
             raise  # not JSON at all: FastAPI reports where
+        # RFC 8259, section 9, lets a parser set limits: the message names the one passed.
         except RecursionError as error:
-            raise BeyondParserLimits(
-                "The body's arrays and objects are nested too deeply to read."
-            ) from error
+            raise UnreadJson("The body's arrays and objects are nested too deeply to read.") from error
         except ValueError as error:
             # The one other ValueError json.loads raises: an integer longer than int() reads.
-            raise BeyondParserLimits(
+            raise UnreadJson(
                 f"The body has a number longer than {sys.get_int_max_str_digits()} digits."
             ) from error
 

@@ -29,7 +29,7 @@ from api.db.errors import (
     UserShareExceeded,
 )
 from api.db.isolation import IsolationUnverified, IsolationWatch
-from api.http.json_body import BeyondParserLimits
+from api.http.json_body import UnreadJson
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.telemetry import metrics
 
@@ -497,11 +497,11 @@ def http_problem(exc: StarletteHTTPException) -> ProblemError:
     (a body being read, api/http/body_limit.py)."""
     if exc.status_code == 400:
         # FastAPI's only 400, raised from what failed: the body never arrived whole, or it came but
-        # could not be decoded at all (not UTF-8, or beyond what the parser reads), which to the
+        # could not be decoded at all (not UTF-8, or JSON the parser will not read), which to the
         # client is invalid input like any other malformed JSON.
         if isinstance(exc.__cause__, ClientDisconnect):
             return unreadable_body()
-        if isinstance(exc.__cause__, BeyondParserLimits):
+        if isinstance(exc.__cause__, UnreadJson):
             return invalid_input("body", str(exc.__cause__))
         return invalid_input("body", "The body is not valid JSON in UTF-8.")
     slug, title = _HTTP_SLUGS.get(exc.status_code, (ProblemType.HTTP_ERROR, "HTTP error"))

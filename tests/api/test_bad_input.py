@@ -273,12 +273,29 @@ def test_json_in_utf8_after_a_byte_order_mark_is_read(api: Api) -> None:
             "The body has a number longer than 4300 digits.",
             id="number-of-5000-digits",
         ),
+        pytest.param(
+            b'{"title": "checked", "completed": true, "title": "stored"}',
+            'The body names the member "title" more than once.',
+            id="a-member-named-twice",
+        ),
+        pytest.param(
+            b'{"title": "x", "extra": {"k": 1, "k": 2}}',
+            'The body names the member "k" more than once.',
+            id="a-member-named-twice-in-an-inner-object",
+        ),
+        pytest.param(
+            b'{"' + b"n" * 100 + b'": 1, "' + b"n" * 100 + b'": 2}',
+            'The body names the member "' + "n" * 64 + '"... more than once.',
+            id="a-long-name-given-twice-is-shown-cut",
+        ),
     ],
 )
-def test_json_beyond_the_parsers_limits_is_refused_naming_the_limit(
+def test_json_the_parser_will_not_read_is_refused_saying_why(
     api: Api, task_url: str, method: str, body: bytes, message: str
 ) -> None:
-    """RFC 8259, section 9, lets a parser set limits; such a body was called not JSON in UTF-8."""
+    """RFC 8259, section 9, lets a parser set limits; such a body was called not JSON in UTF-8. A
+    member named twice (section 4: its meaning is each parser's) was read by its last value, where
+    something in front may have read the first."""
     url = {"POST": api.user.tasks_url, "PUT": task_url, "PATCH": f"{task_url}/complete"}[method]
     before = api.stored()
 
