@@ -424,6 +424,26 @@ class Settings(LogSettings):
             )
         return value
 
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def collector_url(cls, value: str | None) -> str | None:
+        # The exporter reads it only when it first sends, in the background: a value that is no URL
+        # served without traces, each batch's failure logged.
+        if not value:
+            return None
+        url = urlsplit(value)
+        try:
+            port_readable = url.port is None or url.port > 0
+        except ValueError:  # not a number, or past 65535
+            port_readable = False
+        blank = any(character.isspace() or not character.isprintable() for character in value)
+        if url.scheme not in ("http", "https") or not url.hostname or not port_readable or blank:
+            raise ValueError(
+                "OTEL_EXPORTER_OTLP_ENDPOINT must be the collector's OTLP/HTTP base URL, http:// or "
+                "https:// and a host (any port from 1 to 65535), with no white space: http://localhost:4318"
+            )
+        return value
+
     @property
     def max_connections_per_user(self) -> int:
         share = self.db_max_connections_per_user or max(1, self.db_pool_size // 4)

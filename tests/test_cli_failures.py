@@ -349,6 +349,10 @@ def test_serve_refuses_connections_other_sessions_hold_naming_the_numbers(
                 ("BETTER_AUTH_URL", "https://app.example.com "),
                 ("BETTER_AUTH_JWKS_URL", " https://app.example.com/api/auth/jwks"),
                 ("DATA_DIR", "~no_such_user_here/data"),  # a home folder that cannot be found
+                # Read by the exporter when it first sent: served without traces, each batch failing.
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999"),
             ]
         ],
     ],
