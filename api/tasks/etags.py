@@ -7,9 +7,11 @@ can be tested by the database in the very statement that writes: `version = ANY(
 keeps a tag copied from one task from matching another.
 """
 
+from typing import Literal
+
 from fastapi import Request
 
-from api.http.conditional import ANY, entity_tags, field_value, quoted
+from api.http.conditional import ANY, EntityTag, entity_tags, field_value, quoted
 from api.http.problems import list_precondition_failed, precondition_required
 from api.settings import POSTGRES_INT_MAX
 
@@ -62,12 +64,17 @@ def write_condition(request: Request, task_id: int, *, required: bool) -> list[i
     ]
 
 
-def unchanged_for(request: Request, task_id: int, version: int) -> bool:
-    """Whether If-None-Match names this version of the task (compared weakly), or is `*`."""
+def not_modified_condition(request: Request) -> list[EntityTag] | Literal["*"] | None:
+    """What If-None-Match names (None when it was not sent); 422 when it is malformed. Read before
+    If-Match is decided, whose 412 would otherwise answer a request with a malformed field."""
     header = field_value(request.headers, "if-none-match")
-    if header is None:
+    return None if header is None else entity_tags(header, "if-none-match")
+
+
+def names_version(tags: list[EntityTag] | Literal["*"] | None, task_id: int, version: int) -> bool:
+    """Whether If-None-Match's `tags` name this version of the task (compared weakly), or are `*`."""
+    if tags is None:
         return False
-    tags = entity_tags(header, "if-none-match")
     return tags == ANY or any(_version(tag.opaque, task_id) == version for tag in tags)
 
 
@@ -75,10 +82,11 @@ def list_preconditions(request: Request) -> bool:
     """If-Match and If-None-Match on the task list, a resource that exists and has no entity-tag
     (RFC 9110, sections 13.1.1, 13.1.2 and 13.2.2): If-Match is true only as `*`, and when false
     the request fails with 412, whatever its method; If-None-Match is false only as `*`. Returns
-    False when If-None-Match is false: a read then answers 304, a create 412."""
-    headers = request.headers
-    if_match = field_value(headers, "if-match")
-    if if_match is not None and entity_tags(if_match, "if-match") != ANY:
+    False when If-None-Match is false: a read then answers 304, a create 412. Both are read first: a
+    malformed one is a 422 whatever the other says."""
+    if_match = field_value(request.headers, "if-match")
+    match_tags = None if if_match is None else entity_tags(if_match, "if-match")
+    none_match_tags = not_modified_condition(request)
+    if match_tags is not None and match_tags != ANY:
         raise list_precondition_failed("If-Match")
-    if_none_match = field_value(headers, "if-none-match")
-    return if_none_match is None or entity_tags(if_none_match, "if-none-match") != ANY
+    return none_match_tags != ANY

@@ -15,7 +15,6 @@ from pydantic import BeforeValidator
 from api.db.database import Rows
 from api.db.errors import LimitReached
 from api.http.caller import AuthenticatedRoute, Caller, CallerDep
-from api.http.conditional import field_value
 from api.http.problems import (
     ProblemType,
     error_response,
@@ -30,7 +29,7 @@ from api.http.refusals import RETRY_AFTER
 from api.http.request_telemetry import note_change
 from api.http.services import services
 from api.tasks import docs, queries
-from api.tasks.etags import etag, list_preconditions, unchanged_for, write_condition
+from api.tasks.etags import etag, list_preconditions, names_version, not_modified_condition, write_condition
 from api.tasks.idempotency import create_once, idempotency_key
 from api.tasks.listing import MAX_TASK_ID, Cursor, TaskListParams
 from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
@@ -78,9 +77,9 @@ async def _write_preconditions(caller: Caller, request: Request, task_id: int) -
     names the task as it is. Only a write that sends it pays that read; a change between the read
     and the write makes a version the client could not have named."""
     versions = write_condition(request, task_id, required=services(request.app).settings.require_if_match)
-    if field_value(request.headers, "if-none-match") is not None:
+    if (not_modified := not_modified_condition(request)) is not None:
         row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
-        if unchanged_for(request, task_id, row["version"]):
+        if names_version(not_modified, task_id, row["version"]):
             raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
     return versions
 
@@ -211,9 +210,12 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
     openapi_extra=docs.operation_docs(headers=(docs.IF_NONE_MATCH, docs.IF_MATCH_ON_READ)),
 )
 async def read_task(caller: CallerDep, task_id: TaskId, request: Request, response: Response) -> Any:
+    # Both fields read before the task: a malformed one is a 422, whatever the other would decide.
+    versions = write_condition(request, task_id, required=False)
+    not_modified = not_modified_condition(request)
     row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
-    _refuse_unless_named(row, write_condition(request, task_id, required=False))
-    if unchanged_for(request, task_id, row["version"]):
+    _refuse_unless_named(row, versions)
+    if names_version(not_modified, task_id, row["version"]):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(task_id, row["version"])}
         )

@@ -99,6 +99,26 @@ def test_if_none_match_naming_a_version_the_task_cannot_have_reads_the_task(
     assert response.headers["etag"] == current
 
 
+def test_a_malformed_if_none_match_is_422_whatever_if_match_would_decide(
+    unlimited: httpx.Client, carol: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
+    """If-Match was decided first, so an If-Match naming another version answered a malformed
+    If-None-Match with 412, on one task's GET and on the list's GET and POST: a client read it as a
+    precondition, not as a field to fix."""
+    task_id, _ = _create(unlimited, carol)
+    headers = {**carol.headers, "If-Match": '"0.0"', "If-None-Match": "H8]'"}
+    for response in (
+        unlimited.get(carol.task_url(task_id), headers=headers),
+        unlimited.get(carol.tasks_url, headers=headers),
+        unlimited.post(carol.tasks_url, json={"title": "not made"}, headers=headers),
+    ):
+        assert response.status_code == 422, response.text
+        assert _problem_type(response) == "validation-error"
+        assert [error["field"] for error in response.json()["errors"]] == ["header.if-none-match"]
+    titles = api_db.execute("select title from tasks where user_id = %s", [carol.id]).fetchall()
+    assert ("not made",) not in titles
+
+
 @st.composite
 def _opaque_tag(draw: st.DrawFn, task_id: int) -> str:
     """What goes between an entity-tag's quotes: this task's tag, near misses, and anything."""
