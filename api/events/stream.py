@@ -128,9 +128,9 @@ async def events(
     """The stream's events, woken through `subscription`, which the response holding them gives back
     (`api.events.routes._EventStream`).
 
-    Before each read the caller's token is asked again (`still_trusted`): a stream outlives the
-    check that admitted it, and ends, rather than read, once the key that signed its token is
-    withdrawn. The client's reconnection is then refused."""
+    Before each read, and before sending what it read, the caller's token is asked again
+    (`still_trusted`): a stream outlives the check that admitted it, and ends, rather than read or
+    send, once the key that signed its token is withdrawn. The client's reconnection is then refused."""
     position = begin.position
     if begin.reset:
         yield _reset(position)
@@ -160,6 +160,10 @@ async def events(
             # would, and end the stream. Its client's reconnection is refused (503
             # isolation-unverified) until a check completes clean, as is every stream's next read.
             caller.isolation.distrust(breach)
+            return
+        # And again before sending what was read: a key withdrawn while the read ran must not see
+        # its result sent.
+        if not await still_trusted():
             return
         if missed:
             yield _reset(position)

@@ -12,6 +12,7 @@ import pytest
 
 from api.auth.errors import KeysUnavailable
 from api.auth.jwks import JwksKeySet, UnknownKey
+from api.db.listener import wake_tag
 from tests.api.events_client import async_client, opened
 from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
@@ -319,6 +320,48 @@ def test_never_fetched_keys_are_unavailable_at_the_key_set_level() -> None:
     with jwks_server() as server:
         server.down = True
         asyncio.run(scenario(server))
+
+
+def test_a_stream_sends_nothing_it_read_after_its_tokens_key_was_withdrawn(
+    api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """The stream asked before each read, not before sending what it read: a read already under way
+    when the key was withdrawn sent a task written after the withdrawal (seen in CI, where the stream's
+    first read ran late). Here the read waits on a lock while the key is withdrawn and the task
+    written, so that it reads the task after the withdrawal."""
+    kept, withdrawn = SigningKey.generate(), SigningKey.generate()
+    with (
+        jwks_server(kept, withdrawn) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+        psycopg.connect(api_db_url) as writer,
+    ):
+        user_id = better_auth_id()
+        user = ApiUser(user_id, withdrawn.sign(claims_for(server.base_url, user_id)))
+
+        async def scenario() -> None:
+            async with async_client(str(client.base_url)) as http, opened(http, user) as stream:
+                await stream.opening_id()
+                writer.execute("lock table task_events in access exclusive mode")
+                api_db.execute("select pg_notify('task_events', %s)", [wake_tag(user_id)])
+                wait_for(lambda: _reads_waiting_on_a_lock(api_db) > 0)
+                server.keys.remove(withdrawn)
+                assert get_tasks(client, server, SigningKey.generate()).status_code == 401
+                writer.execute("insert into users (id) values (%s)", [user_id])
+                writer.execute("insert into tasks (user_id, title) values (%s, 'read too late')", [user_id])
+                writer.commit()
+                rest = await stream.end()
+                assert [block.data for block in rest if block.data] == []
+
+        asyncio.run(scenario())
+
+
+def _reads_waiting_on_a_lock(api_db: psycopg.Connection[Any]) -> int:
+    row = api_db.execute(
+        "select count(*) from pg_stat_activity "
+        "where datname = current_database() and wait_event_type = 'Lock'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _assert_the_stream_ends_unread(
