@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
 from api.app import create_app, openapi_document
 from api.tasks.listing import CURSOR_MAX_LENGTH
@@ -136,6 +137,12 @@ def _sent_as(form: str, client: httpx.Client, user: ApiUser, body: dict[str, Any
     return client.put(user.task_url(created.json()["id"]), json=body, headers=user.headers)
 
 
+def _stored(api_db: psycopg.Connection[Any], user: ApiUser, column: str) -> list[Any]:
+    """`column` of each of `user`'s tasks, oldest first."""
+    query = sql.SQL("select {} from tasks where user_id = %s order by id").format(sql.Identifier(column))
+    return [value for (value,) in api_db.execute(query, [user.id])]
+
+
 # Each side of every rule: white space as Unicode defines it (trimmed) and characters some regex engine
 # calls white space that Unicode does not (kept); lengths as sent around the limit; NUL, which Postgres
 # cannot store, anywhere in the title and beside white space.
@@ -152,10 +159,7 @@ def test_a_title_is_refused_exactly_when_the_document_says_it_is_invalid_and_sto
     alice = new_user()
     schema = spec["components"]["schemas"][form]["properties"]["title"]
     response = _sent_as(form, client, alice, {"title": title})
-    stored = [
-        title
-        for (title,) in api_db.execute("select title from tasks where user_id = %s order by id", [alice.id])
-    ]
+    stored = _stored(api_db, alice, "title")
     if _documented_string_is_valid(schema, title):
         assert response.status_code == (201 if form == "TaskCreate" else 200), response.text
         assert response.json()["title"] == title.strip(WHITE_SPACE)
@@ -192,12 +196,7 @@ def test_a_description_is_refused_exactly_when_the_document_says_it_is_invalid(
         if option["type"] == "string"
     ]
     response = _sent_as(form, client, alice, {"title": "t", "description": description})
-    stored = [
-        text
-        for (text,) in api_db.execute(
-            "select description from tasks where user_id = %s order by id", [alice.id]
-        )
-    ]
+    stored = _stored(api_db, alice, "description")
     if _documented_string_is_valid(schema, description):
         assert response.status_code == (201 if form == "TaskCreate" else 200), response.text
         assert stored[-1] == description
