@@ -62,6 +62,9 @@ const CREATE_ATTEMPTS = 3;
 const CREATE_RETRY_DELAY_MS = 200;
 const CREATE_MAX_RETRY_AFTER_MS = 10_000;
 
+/** The problem type of the API's 404 for a task that does not exist, or is not the caller's. */
+const TASK_NOT_FOUND = "urn:todo-api:problem:not-found";
+
 export type TodoClient = ReturnType<typeof createTodoClient>;
 
 export function createTodoClient({
@@ -85,19 +88,24 @@ export function createTodoClient({
   }
 
   /**
-   * Notes the version of every task a result carries (200, 201), forgets the task's once an answer
-   * about it says it is gone (204, 404), and passes the result on with its error a problem document.
+   * Notes the version of every task a result carries (200, 201), forgets the task's once the API
+   * says it is gone (204, or its 404 not-found), and passes the result on with its error a problem
+   * document.
    */
   function settle<R extends { data?: Task | Task[]; error?: unknown; response: Response }>(
     result: R,
     taskId?: number,
   ): Settled<R> {
-    const { status } = result.response;
-    if (taskId !== undefined && (status === 204 || status === 404)) versions.delete(taskId);
-    for (const task of result.data === undefined ? [] : [result.data].flat()) see(task);
-    return (
+    const settled = (
       result.response.ok ? result : { ...result, error: problemOf(result.error, result.response) }
     ) as Settled<R>;
+    // Only the API's own 404 says the task is gone: one from something in front of it (a gateway's
+    // page while it redeploys) says nothing of the task, and forgetting its version would send the
+    // next write without If-Match, overwriting whatever changed meanwhile.
+    const gone = result.response.status === 204 || settled.error?.type === TASK_NOT_FOUND;
+    if (taskId !== undefined && gone) versions.delete(taskId);
+    for (const task of result.data === undefined ? [] : [result.data].flat()) see(task);
+    return settled;
   }
 
   function taskParams(userId: string, taskId: number, ifMatch?: string) {

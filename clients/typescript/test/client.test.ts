@@ -304,6 +304,35 @@ test("a write answered 404 forgets the task's version, as a delete does", async 
   assert.deepEqual(sent, [etagOf(first), etagOf(second), null, null], "no version kept of a task that is gone");
 });
 
+test("a 404 from something in front of the API keeps the task's version: the next write is still a 412", async () => {
+  const user = takeUser("start");
+  let gatewayAnswers = true;
+  const mine = clientFor(user, {
+    // A gateway redeploying answers the first update with a page of its own; the API never sees it.
+    fetch: async (request) => {
+      if (request.method !== "PUT" || !gatewayAnswers) return fetch(request);
+      gatewayAnswers = false;
+      return new Response("<html>Not Found</html>", { status: 404, headers: { "Content-Type": "text/html" } });
+    },
+  });
+  const elsewhere = clientFor(user); // another tab: an ETag memory of its own
+  const { data: task } = await mine.createTask(user.id, { title: "Original" });
+  assert.ok(task);
+  const lost = await mine.updateTask(user.id, task.id, { title: "Mine" });
+  assert.equal(lost.response.status, 404);
+  assert.equal(lost.error?.type, "about:blank");
+  const changed = await elsewhere.updateTask(user.id, task.id, { title: "Changed elsewhere" });
+  assert.equal(changed.response.status, 200);
+
+  const stale = await mine.updateTask(user.id, task.id, { title: "Mine" });
+
+  assert.equal(stale.response.status, 412, "sent with the version `mine` last saw, not unconditionally");
+  assert.equal(stale.error?.type, "urn:todo-api:problem:precondition-failed");
+  const current = await elsewhere.getTask(user.id, task.id);
+  assert.equal(current.data?.title, "Changed elsewhere");
+  assert.equal(current.data?.version, 2);
+});
+
 test("an answer without a problem document (a proxy's page, an empty 502) gets one from its status", async () => {
   const user = takeUser("start");
   const answers = [
