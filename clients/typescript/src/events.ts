@@ -11,7 +11,8 @@
  *   Last-Event-ID, so nothing is missed and nothing comes twice. The backoff starts over only once a
  *   stream has delivered an event or a heartbeat, not on every 200.
  * - A refusal that asking again cannot change (403: the user id is not the token's; any 4xx but
- *   401, 408 and 429) ends the subscription: it goes to `onError` and `ended`, and nothing is retried.
+ *   401, 408 and 429; an answer that is not an event stream) ends the subscription: it goes to
+ *   `onError` and `ended`, and nothing is retried.
  * - `reset` means "refetch the list": the client says it once a stream without an id to resume from
  *   is live (the first, unless `lastEventId` was given, and one whose predecessor was cut before even
  *   its opening `id:` came), so a list fetched then misses nothing; the server when the id is too old
@@ -58,8 +59,9 @@ export class EventStreamError extends Error {
   /** The problem document (RFC 9457) the API sent, if it sent one. */
   readonly problem: Problem | undefined;
 
-  constructor(status: number, problem: Problem | undefined) {
-    super(`the event stream answered ${status}${problem?.detail ? `: ${problem.detail}` : ""}`);
+  /** `detail` says what went wrong when the answer carries no problem that does. */
+  constructor(status: number, problem: Problem | undefined, detail = problem?.detail) {
+    super(`the event stream answered ${status}${detail ? `: ${detail}` : ""}`);
     this.name = "EventStreamError";
     this.status = status;
     this.problem = problem;
@@ -151,6 +153,17 @@ export function subscribe(
       if (isFinal(response.status)) return { kind: "rejected", error };
       const retryAfter = Number(response.headers.get("Retry-After"));
       return { kind: "refused", retryAfterMs: retryAfter > 0 ? retryAfter * 1000 : undefined };
+    }
+    const type = response.headers.get("Content-Type");
+    if (!isEventStream(type)) {
+      // Not the API's stream but a page (a baseUrl that reaches the app itself, or a gateway's own
+      // answer): read as one, it would pass for a live stream that never speaks, a reset on every
+      // reconnect and nothing reported. EventSource fails such a connection for good (WHATWG HTML).
+      await response.body.cancel();
+      const detail = `${type ?? "no Content-Type"}, not an event stream`;
+      const error = new EventStreamError(response.status, undefined, detail);
+      onError?.(error);
+      return { kind: "rejected", error };
     }
     // Without an id to resume from, what happened before (the list the app fetched or will fetch,
     // or what changed while disconnected) is unknown: refetch, now that the stream is live (the
@@ -262,6 +275,11 @@ function hasExpired(token: string): boolean {
  */
 function isFinal(status: number): boolean {
   return status >= 400 && status < 500 && ![401, 408, 429].includes(status);
+}
+
+/** Whether a Content-Type names an event stream, whatever parameters (a charset) follow. */
+function isEventStream(contentType: string | null): boolean {
+  return contentType?.split(";")[0]?.trim().toLowerCase() === "text/event-stream";
 }
 
 /** The problem document a refusal carries, if any. Its body is read or cancelled either way. */

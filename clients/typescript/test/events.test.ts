@@ -200,6 +200,35 @@ test("another user's stream is a 403 that ends the subscription: reported once, 
   assert.equal(attempts, 1);
 });
 
+test("an answer that is not an event stream ends the subscription: reported, never taken for a live stream", async () => {
+  const user = takeUser("end");
+  const errors: unknown[] = [];
+  let attempts = 0;
+  let askAgain = () => {};
+  const askedAgain = new Promise<"asked again">((resolve) => (askAgain = () => resolve("asked again")));
+  // A baseUrl that reaches the frontend itself: its pages answer every path with 200 and HTML.
+  const subscription = clientFor(user, {
+    fetch: async () => {
+      if (++attempts > 1) askAgain();
+      return new Response("<!doctype html><title>My app</title>", {
+        headers: { "Content-Type": "text/html; charset=utf-8" },
+      });
+    },
+  }).subscribe(user.id, (event) => assert.fail(`an event came: ${JSON.stringify(event)}`), {
+    onError: (error) => errors.push(error),
+  });
+
+  const ended = await Promise.race([subscription.ended, askedAgain]);
+  await subscription.close();
+
+  assert.ok(ended instanceof EventStreamError, `the subscription went on: ${String(ended)}`);
+  assert.equal(ended.status, 200);
+  assert.equal(ended.problem, undefined);
+  assert.match(ended.message, /text\/html; charset=utf-8, not an event stream/);
+  assert.deepEqual(errors, [ended]);
+  assert.equal(attempts, 1);
+});
+
 test("a stream refused for now (429, every place taken) is reported and tried again until it opens", async () => {
   const user = takeUser("end");
   const todo = clientFor(user);
