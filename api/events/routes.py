@@ -77,17 +77,21 @@ none. Every event has an `id:`; send the last one back as `Last-Event-ID` when y
 
 - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
 - `event: task.deleted`: `data: {{"id": N}}`.
-- `event: reset` (`data: {{}}`): your Last-Event-ID is malformed or older than what is kept; refetch.
-  (0, the id a stream opens with before you have any event, is older than what is kept once any
-  of your events was purged.)
+- `event: reset` (`data: {{}}`): refetch the list; the stream goes on after it. It comes first when
+  your Last-Event-ID is malformed, not one of your events, or older than what is kept (0, the id a
+  stream opens with before you have any event, is older than what is kept once any of your events
+  was purged), and at any point after, in place of events the stream fell too far behind to send
+  while they were kept, or of one it cannot render.
 
 The stream opens with a bare `id:` line (where it starts), sends a `:` comment line every
-EVENTS_HEARTBEAT_SECONDS, and ends when your token expires: reconnect with a fresh token and your
-last id. A browser's EventSource cannot send the Authorization header: stream with fetch (the
-TypeScript client's `subscribe` does). At most MAX_STREAMS_PER_USER streams per user and server
-process; the next is refused with 429. At most MAX_STREAMS_PER_WORKER streams of all users per server
-process; the next is refused with 503 (type {ProblemType.STREAMS_UNAVAILABLE.urn}) and
-`Retry-After`, as is any stream asked of a server process that is shutting down.
+EVENTS_HEARTBEAT_SECONDS, and ends when your token stops being accepted (JWT_LEEWAY_SECONDS after it
+expires, or once the key that signed it is withdrawn) or the server process shuts down: reconnect,
+with a fresh token once yours has expired, and your last id. A browser's EventSource cannot send the
+Authorization header: stream with fetch (the TypeScript client's `subscribe` does). At most
+MAX_STREAMS_PER_USER streams per user and server process; the next is refused with 429. At most
+MAX_STREAMS_PER_WORKER streams of all users per server process; the next is refused with 503 (type
+{ProblemType.STREAMS_UNAVAILABLE.urn}) and `Retry-After`, as is any stream asked of a server process
+that is shutting down.
 """
 
 router = APIRouter(

@@ -697,6 +697,12 @@ def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.
     assert set(stream["x-events"]) == {"task.created", "task.updated", "task.deleted", "reset"}
     assert stream["x-events"]["task.updated"] == {"$ref": "#/components/schemas/TaskPublic"}
     assert {"401", "403", "429"} <= set(operation["responses"])
+    # A client written from the document alone must expect a reset mid-stream, not only first
+    # (tests above: a stream that fell behind, an event it cannot render), and an end before its
+    # token expires.
+    description = " ".join(operation["description"].split())
+    assert "and at any point after, in place of events the stream fell too far behind" in description
+    assert "or once the key that signed it is withdrawn) or the server process shuts down" in description
 
 
 def test_a_lost_listen_connection_comes_back_and_streams_miss_nothing(
