@@ -17,6 +17,7 @@ from api.db import isolation
 from api.db.database import Database
 from api.db.errors import IsolationBreach
 from api.db.isolation import IsolationWatch
+from api.db.listener import wake_tag
 from api.db.reach import read_reach
 from api.ops.policy_audit import audit_database
 from tests.api.events_client import async_client, opened
@@ -546,3 +547,43 @@ def test_a_stream_whose_read_is_refused_for_row_level_security_ends_and_is_refus
     messages = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
     assert any("the database refused a read for row-level security" in m for m in messages), messages
     assert "unhandled error" not in messages, "failing closed is the stream's end, not a server error"
+
+
+def test_a_breach_a_stream_meets_after_its_client_left_is_still_refused_at_once(
+    migrated_db_url: str, db: Conn
+) -> None:
+    """A stream's read is shielded so that a client leaving mid-read does not cost the pool its
+    connection; the read's failure then went unheard, an isolation breach included, and the worker
+    served on as verified until the next check (an hour away here). Here the read waits on a lock
+    while its client leaves, and meets a revoked privilege once the lock is released."""
+    alice = new_user()
+    db.execute("insert into users (id) values (%s)", [alice.id])
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+
+    async def leave_while_the_read_waits(base_url: str, dba: Conn) -> None:
+        async with async_client(base_url) as client, opened(client, alice) as stream:
+            await stream.opening_id()
+            dba.execute("lock table task_events in access exclusive mode")
+            db.execute("select pg_notify('task_events', %s)", [wake_tag(alice.id)])
+            eventually(lambda: _reads_waiting_on_a_lock(db) > 0, "the stream's read waits on the lock")
+
+    try:
+        with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
+            with psycopg.connect(migrated_db_url) as dba:
+                asyncio.run(leave_while_the_read_waits(base_url, dba))
+                dba.execute("revoke select on task_events from todo_app")
+                assert api.get("/readyz").status_code == 200, "verified while the read waits"
+            eventually(lambda: api.get("/readyz").status_code == 503, "the breach the read met is refused")
+            assert_problem(api.get("/readyz"), 503, "isolation-unverified")
+            assert refused(api, alice)
+    finally:
+        db.execute("grant select on task_events to todo_app")
+
+
+def _reads_waiting_on_a_lock(db: Conn) -> int:
+    row = db.execute(
+        "select count(*) from pg_stat_activity where datname = current_database()"
+        " and wait_event_type = 'Lock'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])

@@ -11,6 +11,7 @@ trigger stored it, so an event is the task exactly as GET returns it and follows
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from sse_starlette.event import ServerSentEvent
 
 from api.db.errors import UNAVAILABLE, IsolationBreach, UserShareExceeded
-from api.db.isolation import IsolationUnverified
+from api.db.isolation import IsolationUnverified, IsolationWatch
 from api.events import queries
 from api.events.hub import Hub, Subscription
 from api.http.caller import Caller
@@ -42,14 +43,21 @@ _NOT_NOW: tuple[type[Exception], ...] = (*UNAVAILABLE, UserShareExceeded, Isolat
 _T = TypeVar("_T")
 
 
-async def _finished_even_if_left(read: Coroutine[Any, Any, _T]) -> _T:
+async def _finished_even_if_left(read: Coroutine[Any, Any, _T], isolation: IsolationWatch) -> _T:
     """Shielded: a client that leaves mid-read must not cancel the statement, which would cost the
     pool its connection; the read finishes and the connection goes back. Its outcome is retrieved
     even when nobody awaits it any more: a failure then (the database went away) is the stream's
-    end, not a `Task exception was never retrieved` error in the log."""
+    end, not a `Task exception was never retrieved` error in the log; but an isolation breach fails
+    closed (`IsolationWatch.distrust`) whether or not the client stayed to be told, for it is the
+    database's state, not the stream's. Past the 200 Starlette runs no exception handler to do it."""
     reading = asyncio.ensure_future(read)
-    reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+    reading.add_done_callback(functools.partial(_distrust_on_breach, isolation))
     return await asyncio.shield(reading)
+
+
+def _distrust_on_breach(isolation: IsolationWatch, done: asyncio.Future[Any]) -> None:
+    if not done.cancelled() and isinstance(breach := done.exception(), IsolationBreach):
+        isolation.distrust(breach)
 
 
 class TaskDeleted(BaseModel):
@@ -143,23 +151,22 @@ async def events(
             return
         try:
             rows = await _finished_even_if_left(
-                caller.run(queries.events_after(caller.user.id, position), read_only=True)
+                caller.run(queries.events_after(caller.user.id, position), read_only=True), caller.isolation
             )
             missed = rows[0]["missed"]
             if missed:
                 # Purged before this stream sent them (it fell behind): the client refetches, as
                 # a client resuming from here would be told to, and the stream goes on from now.
-                position = (await _finished_even_if_left(start(caller, None))).position
+                position = (await _finished_even_if_left(start(caller, None), caller.isolation)).position
         except _NOT_NOW:
             # The listener wakes every stream once the database is back; until then, and until
             # isolation is verified again, retry.
             await _wait(subscription, min(_RETRY_SECONDS, expires_at - time.time()))
             continue
-        except IsolationBreach as breach:
-            # Past the 200, Starlette runs no exception handler: fail closed here as the handler
-            # would, and end the stream. Its client's reconnection is refused (503
-            # isolation-unverified) until a check completes clean, as is every stream's next read.
-            caller.isolation.distrust(breach)
+        except IsolationBreach:
+            # Distrusted already (`_finished_even_if_left`): end the stream. Its client's
+            # reconnection is refused (503 isolation-unverified) until a check completes clean, as is
+            # every stream's next read.
             return
         # And again before sending what was read: a key withdrawn while the read ran must not see
         # its result sent.
