@@ -266,7 +266,8 @@ class Settings(LogSettings):
     db_pool_size: int = Field(default=10, ge=1, le=POOL_SIZE_LIMIT)
     # Connections of a worker's pool one user may hold at once (default: a quarter of the pool, at
     # least 1); their further requests wait for one within DB_POOL_TIMEOUT_SECONDS, then get 429, or
-    # 503 while the user's own requests are still waiting for a connection (`api.db.fair_share`).
+    # 503 while the user's own requests are still waiting for a connection and the pool has none idle
+    # (`api.db.fair_share`).
     db_max_connections_per_user: int | None = Field(default=None, ge=1, le=POOL_SIZE_LIMIT)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=WAIT_SECONDS_LIMIT)
     db_connect_timeout_seconds: int = Field(

@@ -150,6 +150,8 @@ Rows = list[DictRow]
 # options) made a title outside it a 500, and an event with an accent in it cut its stream. Given as a
 # connection parameter it beats each of those, and PgBouncer keeps it per client.
 CLIENT_ENCODING = "UTF8"
+# Ample for the pool's own steps before it looks for an idle connection.
+_LEND_AN_IDLE_CONNECTION_SECONDS = 0.05
 _READ_ONLY = metrics.transaction_duration.labels("read_only")
 _READ_WRITE = metrics.transaction_duration.labels("read_write")
 
@@ -296,7 +298,9 @@ class Database:
         return cls(
             pool,
             transactions,
-            fair_share=FairShare(settings.max_connections_per_user),
+            fair_share=FairShare(
+                settings.max_connections_per_user, pool_has_idle_connection=pool.has_idle_connection
+            ),
             ping_connection=PingConnection(
                 libpq_url(
                     settings.database_url.get_secret_value(),
@@ -364,6 +368,11 @@ class Database:
         deadline = time.monotonic() + self.pool.timeout
         share = await self.fair_share.acquire(user_id, deadline)
         pool_wait = deadline - time.monotonic()
+        if pool_wait < _LEND_AN_IDLE_CONNECTION_SECONDS and self.pool.has_idle_connection():
+            # A request whose share came with next to nothing left of its wait still takes a
+            # connection the pool holds idle, since lending one makes no wait: psycopg refuses any
+            # at all once the time it is given has run out by the time it looks.
+            pool_wait = _LEND_AN_IDLE_CONNECTION_SECONDS
         try:
             try:
                 return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)

@@ -8,13 +8,14 @@ requests wait for one of their own connections to come back, and are refused (Us
 The wait for a slot is part of the request's one wait for a connection, DB_POOL_TIMEOUT_SECONDS in all
 (`Database.run` passes its deadline): a request that waited here for its share waits for the pool only
 as long as is left. A share full of requests that are themselves still waiting for a connection, not
-holding one at the database, is full because the pool has none to give (the database is down, or every
-connection is busy): the user did nothing wrong, and the request is the 503 theirs will be
-(`DatabaseUnavailable`), not a 429 telling them to slow down.
+holding one at the database, while the pool has none to give (the database is down, or every
+connection is busy), is the database's doing: the user did nothing wrong, and the request is the 503
+theirs will be (`DatabaseUnavailable`), not a 429 telling them to slow down.
 """
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from api.db.errors import DatabaseUnavailable, UserShareExceeded
 
@@ -31,8 +32,9 @@ class Share:
 
 
 class FairShare:
-    def __init__(self, per_user: int) -> None:
+    def __init__(self, per_user: int, *, pool_has_idle_connection: Callable[[], bool]) -> None:
         self.per_user = per_user
+        self._pool_has_idle_connection = pool_has_idle_connection
         self._shares: dict[str, Share] = {}
 
     async def acquire(self, user_id: str, deadline: float) -> Share:
@@ -49,9 +51,11 @@ class FairShare:
             await asyncio.wait_for(share.slots.acquire(), deadline - time.monotonic())
         except TimeoutError:
             self._leave(user_id, share)
-            # Some of the slots are held by requests still waiting for a connection: the pool had none
-            # for them either, which is the database's doing, not the user's.
-            if share.at_database < self.per_user:
+            # Some of the slots are held by requests still waiting for a connection, and the pool has
+            # none for them either: the database's doing, not the user's. A slot on its way from one
+            # of the user's requests to the next, which is still being lent its connection (a
+            # liveness check's round trip), is no such wait: the pool has idle connections then.
+            if share.at_database < self.per_user and not self._pool_has_idle_connection():
                 raise DatabaseUnavailable("no connection for this user's requests in time") from None
             raise UserShareExceeded(self.per_user) from None
         except BaseException:

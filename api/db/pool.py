@@ -120,6 +120,10 @@ class Pool(AsyncConnectionPool[Connection]):
         except TimeoutError:
             raise _NoAnswer("the server did not answer a liveness check in time") from None
 
+    def has_idle_connection(self) -> bool:
+        """Whether a connection waits in the pool, ready to be lent out."""
+        return self.get_stats()["pool_available"] > 0
+
 
 async def try_again(pool: AsyncConnectionPool[Any]) -> None:
     """The pool's `reconnect_failed`: a run of tries gave up and freed its connection's place, and

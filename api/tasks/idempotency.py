@@ -14,8 +14,10 @@ Keys belong to
 their user (row-level security, sql/policies/idempotency_keys.sql); expired keys, and a user's
 tombstones past MAX_TASKS_PER_USER, are removed by keyed creates, so no background worker is needed.
 
-The tombstones go oldest first, so a user stores at most twice the quota in keys; the price is that
-a retry of a dropped tombstone's key, even within IDEMPOTENCY_TTL_HOURS, creates its task anew.
+The tombstones go oldest first, so a user stores at most twice the quota in keys, and one more for
+each delete committed while a keyed create ran, which counted the keys before it (the next keyed create
+drops those); the price is that a retry of a dropped tombstone's key, even within
+IDEMPOTENCY_TTL_HOURS, creates its task anew.
 """
 
 import hashlib

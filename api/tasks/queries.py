@@ -222,12 +222,14 @@ def _create_task_once(owner_row: bool) -> ClauseElement:
     creates nothing.
 
     It also bounds what is stored: the caller's expired keys go, and so do the caller's oldest
-    tombstones past `tombstones_kept` (every other key names a live task, so with MAX_TASKS_PER_USER
-    kept a user holds at most twice the quota in keys); other users' expired keys go a batch at a
-    time, by a trigger on the keys' table (app.forget_expired_idempotency_keys), so no background
-    worker is needed and the statement names nothing in schema app, which the login role it is
-    prepared as cannot look up (api/db/prepared.py). The key being used stays, expired or not: the
-    same statement cannot remove a key and store it again (see `forget_expired_keys`).
+    tombstones past `tombstones_kept` as the statement's snapshot has them (every other key names a
+    live task, so with MAX_TASKS_PER_USER kept a user holds at most twice the quota in keys, and one
+    more for each delete committed after that snapshot, until the next keyed create); other users'
+    expired keys go a batch at a time, by a trigger on the keys' table
+    (app.forget_expired_idempotency_keys), so no background worker is needed and the statement names
+    nothing in schema app, which the login role it is prepared as cannot look up (api/db/prepared.py).
+    The key being used stays, expired or not: the same statement cannot remove a key and store it
+    again (see `forget_expired_keys`).
     """
     previous = _REMEMBERED.cte("previous")
     tombstones_past_the_newest = (

@@ -2,6 +2,7 @@
 reads the caller's rows through an index, never the whole table."""
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -176,3 +177,59 @@ def test_a_user_past_the_rate_gets_429_with_rate_limit_fields(migrated_db_url: s
     assert refused.headers["ratelimit-policy"] == '"per-user";q=5;w=60'
     assert refused.headers["ratelimit"] == f'"per-user";r=0;t={wait}'
     assert other.status_code == 200, "the limit is each user's own"
+
+
+def test_a_user_past_their_share_is_429_never_503_while_the_pool_has_connections(
+    migrated_db_url: str, migrated_db: psycopg.Connection[Any]
+) -> None:
+    """Found under `todo-api serve --workers 2`: a user whose updates waited on a row lock, with reads
+    queued behind them for their share, had some of those reads answered 503 database-unavailable,
+    "The database cannot be reached right now", while the database answered and the pool had idle
+    connections. When an update was cancelled, its share's slot passed to the next request, which was
+    still getting its connection (a liveness check's round trip) as the other waiters' deadlines came:
+    a slot not yet at the database read as a pool with none to give; and a read whose slot came with
+    no time left was refused a connection the pool held idle. The database's statement timeout and
+    the pool timeout are equal here, as they are by default, so both run out together."""
+    # A connection unused for a second is checked before it is lent: with one for each read, taken
+    # oldest first, every read's slot waits on a check's round trip before it reaches the database.
+    reads_per_round = 40
+    settings = settings_for(
+        migrated_db_url,
+        db_pool_size=reads_per_round,
+        db_max_connections_per_user=1,
+        db_pool_timeout_seconds=1.0,
+        db_statement_timeout_ms=1000,
+    )
+    alice, bob = new_user(), new_user()
+    with serving_client(create_app(settings)) as client:
+        task = client.post(alice.tasks_url, json={"title": "locked"}, headers=alice.headers).json()
+        client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
+        migrated_db.autocommit = False
+        migrated_db.execute("select from tasks where id = %s for update", [task["id"]])
+        answered: list[httpx.Response] = []
+        with ThreadPoolExecutor(max_workers=reads_per_round + 1) as pool:
+            for n in range(4):
+                time.sleep(1.1)  # every pooled connection unused for a second
+                update = pool.submit(
+                    client.put, alice.task_url(task["id"]), json={"title": f"v{n}"}, headers=alice.headers
+                )
+                time.sleep(0.02)  # the update takes her one slot first
+                reads = [
+                    pool.submit(client.get, alice.tasks_url, headers=alice.headers)
+                    for _ in range(reads_per_round)
+                ]
+                answered += [update.result(), *(read.result() for read in reads)]
+        bobs = client.get(bob.tasks_url, headers=bob.headers)
+        migrated_db.rollback()
+        stored = client.get(alice.task_url(task["id"]), headers=alice.headers).json()
+
+    by_status = Counter((response.request.method, response.status_code) for response in answered)
+    assert by_status.keys() <= {("PUT", 503), ("GET", 200), ("GET", 429)}, by_status
+    for response in answered:
+        if response.request.method == "PUT":
+            assert_problem(response, 503, "database-unavailable")  # the lock outlived its statement timeout
+            assert "DB_STATEMENT_TIMEOUT_MS" in response.json()["detail"]
+        elif response.status_code == 429:
+            assert_problem(response, 429, "too-many-requests")
+    assert bobs.status_code == 200
+    assert (stored["title"], stored["version"]) == ("locked", task["version"]), "no update was made"
