@@ -1,17 +1,24 @@
 """Traces, when asked for: a server span per request and a child span for its transaction, recorded
-by the OpenTelemetry SDK's in-memory exporter. When not asked for, nothing of it is imported."""
+by the OpenTelemetry SDK's in-memory exporter, or, from `todo-api serve`, by an OTLP/HTTP collector
+of the test's own. When not asked for, nothing of it is imported."""
 
+import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -21,13 +28,20 @@ from api.app import create_app
 from api.settings import Settings
 from api.telemetry.tracing import tracer_for
 from tests.support import (
+    CLI,
     PROJECT,
+    SECRET,
     assert_problem,
     break_task_updates,
+    cli_env,
+    free_port,
     new_user,
+    scrape,
+    serve_process,
     serving,
     serving_client,
     settings_for,
+    value,
     wait_until_it_waits_for,
 )
 
@@ -230,3 +244,107 @@ def test_the_endpoint_setting_turns_tracing_on(monkeypatch: pytest.MonkeyPatch) 
     assert tracer_for(settings_for("postgresql://nobody@/nowhere").otel_exporter_otlp_endpoint) is not None
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
     assert tracer_for(settings_for("postgresql://nobody@/nowhere").otel_exporter_otlp_endpoint) is None
+
+
+@dataclass
+class Collector:
+    """An OTLP/HTTP collector on loopback: what `todo-api serve` exports, by the path it was sent to."""
+
+    base_url: str
+    received: list[tuple[str, ExportTraceServiceRequest]] = field(default_factory=list)
+
+    def server_spans(self, trace_id: str) -> list[dict[str, Any]]:
+        """The server spans of the trace `trace_id` (hex), each with its resource's attributes."""
+        found = []
+        for _, request in self.received:
+            for resource_spans in request.resource_spans:
+                resource = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        if span.trace_id.hex() == trace_id and span.kind == span.SPAN_KIND_SERVER:
+                            found.append({"name": span.name, "resource": resource})
+        return found
+
+    def wait_for_server_span(self, trace_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 15
+        while not (spans := self.server_spans(trace_id)):
+            assert time.monotonic() < deadline, f"no server span of trace {trace_id} reached the collector"
+            time.sleep(0.05)
+        (span,) = spans
+        return span
+
+
+@contextmanager
+def _collector() -> Iterator[Collector]:
+    received: list[tuple[str, ExportTraceServiceRequest]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append((self.path, request))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Collector(f"http://127.0.0.1:{server.server_port}", received)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def _serve_traced(database_url: str, tmp_path: Path, **variables: str) -> Iterator[tuple[str, Path]]:
+    """`todo-api serve` exporting its spans at once (OTEL_BSP_SCHEDULE_DELAY), with `variables`;
+    yields its base URL and the file of everything it wrote."""
+    env = cli_env(
+        DATABASE_URL=database_url, BETTER_AUTH_SECRET=SECRET, OTEL_BSP_SCHEDULE_DELAY="50", **variables
+    )
+    log = tmp_path / "serve.log"
+    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, _):
+        yield base_url, log
+
+
+def test_a_callers_unsampled_trace_leaves_no_span_and_its_request_is_logged_and_counted_as_answered(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """A traceparent that says not sampled, which any client may send, made the sampler drop the span,
+    and ending it then read a name a dropped span does not have: each such request, answered 200, was
+    logged as an unhandled error with a traceback and counted and logged as a 500."""
+    alice = new_user()
+    unsampled_trace, sampled_trace = "4bf92f3577b34da6a3ce929d0e0e4736", "5bf92f3577b34da6a3ce929d0e0e4737"
+    with (
+        _collector() as collector,
+        _serve_traced(migrated_db_url, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=collector.base_url) as (
+            base_url,
+            log,
+        ),
+        httpx.Client(base_url=base_url) as client,
+    ):
+        unsampled = client.get(
+            alice.tasks_url,
+            headers={**alice.headers, "traceparent": f"00-{unsampled_trace}-00f067aa0ba902b7-00"},
+        )
+        sampled = client.get(
+            alice.tasks_url,
+            headers={**alice.headers, "traceparent": f"00-{sampled_trace}-00f067aa0ba902b7-01"},
+        )
+        assert collector.wait_for_server_span(sampled_trace)["name"] == "GET /api/{user_id}/tasks"
+        samples = scrape(base_url)
+    assert (unsampled.status_code, sampled.status_code) == (200, 200)
+    assert collector.server_spans(unsampled_trace) == []
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert [r for r in records if r["level"] == "ERROR"] == []
+    (access,) = [r for r in records if r.get("request_id") == unsampled.headers["x-request-id"]]
+    assert (access["name"], access["status"]) == ("api.access", 200)
+    route = "/api/{user_id}/tasks"
+    assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="200") == 2
+    assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="500") == 0

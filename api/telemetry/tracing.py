@@ -24,6 +24,9 @@ else:
 
 logger = logging.getLogger(__name__)
 
+# What a server span is named by when its method is none the API knows (OpenTelemetry's HTTP conventions).
+_ANY_METHOD = "HTTP"
+
 
 def tracer_for(endpoint: str | None) -> "Tracer | None":
     """A tracer exporting over OTLP/HTTP to the collector at `endpoint`, if set and the extra installed."""
@@ -59,7 +62,7 @@ def server_span(tracer: "Tracer", scope: Mapping[str, Any], *, method: str | Non
 
     carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     with tracer.start_as_current_span(
-        method or "HTTP",
+        method or _ANY_METHOD,
         context=extract(carrier),
         kind=SpanKind.SERVER,
         attributes={"http.request.method": method or "_OTHER"},
@@ -67,9 +70,13 @@ def server_span(tracer: "Tracer", scope: Mapping[str, Any], *, method: str | Non
         yield span
 
 
-def finish_server_span(span: "Span", *, route: str, status: int) -> None:
+def finish_server_span(span: "Span", *, method: str | None, route: str, status: int) -> None:
+    # A span the sampler dropped (a caller's traceparent that says not sampled, any client may send
+    # one) records nothing and is a plain API span, with no name to read.
+    if not span.is_recording():
+        return
     # The route template, never the raw path: paths carry user ids.
-    span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
+    span.update_name(f"{method or _ANY_METHOD} {route}")
     span.set_attributes({"http.route": route, "http.response.status_code": status})
     if status >= 500:
         # OpenTelemetry's HTTP conventions: a server span fails with a 5xx, the server's doing; a
