@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -348,3 +349,33 @@ def test_a_callers_unsampled_trace_leaves_no_span_and_its_request_is_logged_and_
     route = "/api/{user_id}/tasks"
     assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="200") == 2
     assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="500") == 0
+
+
+def test_spans_name_the_service_todo_api_unless_the_environment_names_another(
+    migrated_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's own resource, merged over ours, named every span's service unknown_service:python."""
+    alice, trace = new_user(), "6bf92f3577b34da6a3ce929d0e0e4738"
+    with (
+        _collector() as collector,
+        _serve_traced(migrated_db_url, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=collector.base_url) as (
+            base_url,
+            _,
+        ),
+    ):
+        httpx.get(
+            f"{base_url}{alice.tasks_url}",
+            headers={**alice.headers, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+        )
+        assert collector.wait_for_server_span(trace)["resource"]["service.name"] == "todo-api"
+    endpoint = "http://127.0.0.1:4318"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes,deployment.environment=test")
+    assert _resource_of(tracer_for(endpoint))["service.name"] == "from-attributes"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-service-name")
+    named = _resource_of(tracer_for(endpoint))
+    assert (named["service.name"], named["deployment.environment"]) == ("from-service-name", "test")
+
+
+def _resource_of(tracer: object) -> dict[str, Any]:
+    assert isinstance(tracer, SdkTracer)
+    return dict(tracer.resource.attributes)

@@ -34,7 +34,7 @@ def tracer_for(endpoint: str | None) -> "Tracer | None":
         return None
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
@@ -43,8 +43,10 @@ def tracer_for(endpoint: str | None) -> "Tracer | None":
             "pip install 'todo-api[otel]'; serving without traces"
         )
         return None
-    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, take precedence over this name.
-    provider = TracerProvider(resource=Resource({"service.name": "todo-api"}).merge(Resource.create()))
+    # OTEL_SERVICE_NAME, or a service.name in OTEL_RESOURCE_ATTRIBUTES, takes precedence over this
+    # name; Resource.create() alone would name the service unknown_service:python.
+    named = Resource({SERVICE_NAME: "todo-api"}).merge(OTELResourceDetector().detect())
+    provider = TracerProvider(resource=Resource.create(named.attributes))
     provider.add_span_processor(
         BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces"))
     )
