@@ -92,6 +92,18 @@ def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Pat
     assert result.stdout.count(".") == 2, "the token is still printed"
 
 
+def test_another_signals_otlp_endpoint_is_no_misspelling(tmp_path: Path) -> None:
+    """OpenTelemetry's endpoints for metrics and logs, which the API does not export, were each
+    taken for a misspelling of a traces endpoint setting, in a warning at every command."""
+    result = run_cli(
+        "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
+        OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://127.0.0.1:4318/v1/logs",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="http://127.0.0.1:4318/v1/metrics",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
 def test_a_misspelt_setting_in_the_env_file_is_named_too(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(f"BETTER_AUTH_SECRET={SECRET}\nDATABSE_URL=postgresql://x@/y\n")
     result = run_cli("token", "alice", cwd=tmp_path)

@@ -29,9 +29,14 @@ from api.settings import Settings
 logger = logging.getLogger("api.ops.serve")
 
 # How alike a variable's name must be to a setting's (difflib's ratio) to be taken for a misspelling
-# of it: DATABSE_URL is 0.96 from DATABASE_URL, while OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, a variable of
-# the OpenTelemetry SDK, is 0.89 from OTEL_EXPORTER_OTLP_ENDPOINT.
+# of it: DATABSE_URL is 0.96 from DATABASE_URL, while OTEL_EXPORTER_OTLP_HEADERS, a variable of the
+# OpenTelemetry SDK, is 0.79 from OTEL_EXPORTER_OTLP_ENDPOINT.
 _NEAR_MISS_RATIO = 0.9
+# The OpenTelemetry SDK's endpoints of the signals the API does not export, which a shared
+# environment may set for other programs: as alike as a misspelling to the traces' endpoints, but none.
+_OTHER_SIGNALS_ENDPOINTS = frozenset(
+    {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"}
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -134,7 +139,7 @@ def near_misses(
     where = dict.fromkeys(env_file, " in .env") | dict.fromkeys(environment, "")
     warnings = []
     for variable in sorted(where):
-        if not variable.isupper() or variable in names:
+        if not variable.isupper() or variable in names or variable in _OTHER_SIGNALS_ENDPOINTS:
             continue
         if close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO):
             warnings.append(f"{variable} is set{where[variable]} but is no setting; did you mean {close[0]}?")
