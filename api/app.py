@@ -75,11 +75,12 @@ def create_app(
     tracer: Tracer | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """The API. `tracer` defaults to the one OTEL_EXPORTER_OTLP_ENDPOINT asks for (none unless set);
+    """The API. `tracer` defaults to the one the OTEL_EXPORTER_OTLP_* settings ask for (none unless set);
     `on_ready` is called once the database is known to isolate users and requests are served."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format or default_format())
-    tracer = tracer if tracer is not None else tracer_for(settings.otel_exporter_otlp_endpoint)
+    if tracer is None:
+        tracer = tracer_for(settings.otel_exporter_otlp_endpoint, settings.otel_exporter_otlp_traces_endpoint)
     database = Database.from_settings(settings, tracer=tracer)
     authenticator = build_authenticator(settings)
 

@@ -240,11 +240,20 @@ def test_without_the_variable_no_tracing_is_loaded() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_the_endpoint_setting_turns_tracing_on(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_endpoint_settings_turn_tracing_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    def traced() -> bool:
+        settings = settings_for("postgresql://nobody@/nowhere")
+        return (
+            tracer_for(settings.otel_exporter_otlp_endpoint, settings.otel_exporter_otlp_traces_endpoint)
+            is not None
+        )
+
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-    assert tracer_for(settings_for("postgresql://nobody@/nowhere").otel_exporter_otlp_endpoint) is not None
+    assert traced()
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
-    assert tracer_for(settings_for("postgresql://nobody@/nowhere").otel_exporter_otlp_endpoint) is None
+    assert not traced()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:4318/v1/traces")
+    assert traced()
 
 
 @dataclass
@@ -379,3 +388,28 @@ def test_spans_name_the_service_todo_api_unless_the_environment_names_another(
 def _resource_of(tracer: object) -> dict[str, Any]:
     assert isinstance(tracer, SdkTracer)
     return dict(tracer.resource.attributes)
+
+
+def test_the_traces_endpoint_takes_the_place_of_the_base_endpoint(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """OpenTelemetry's OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, the URL traces go to as it is, wins over the
+    base URL's /v1/traces. It was not read: traces went to another collector than the one named."""
+    alice, trace = new_user(), "7bf92f3577b34da6a3ce929d0e0e4739"
+    with (
+        _collector() as base,
+        _collector() as traces,
+        _serve_traced(
+            migrated_db_url,
+            tmp_path,
+            OTEL_EXPORTER_OTLP_ENDPOINT=base.base_url,
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{traces.base_url}/tenant-7/traces",
+        ) as (base_url, _),
+    ):
+        httpx.get(
+            f"{base_url}{alice.tasks_url}",
+            headers={**alice.headers, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+        )
+        assert traces.wait_for_server_span(trace)["name"] == "GET /api/{user_id}/tasks"
+    assert {path for path, _ in traces.received} == {"/tenant-7/traces"}
+    assert base.received == []

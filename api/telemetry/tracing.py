@@ -1,10 +1,11 @@
 """OpenTelemetry traces, when asked for: each request a server span, its transaction a child span.
 
 Off unless the `otel` extra is installed (`pip install 'todo-api[otel]'`) and
-OTEL_EXPORTER_OTLP_ENDPOINT is set (in the environment or .env, like every setting); then spans go
-to `{endpoint}/v1/traces` over OTLP/HTTP, as the standard variable means, and the SDK's other OTEL_*
-variables apply. While off, nothing of the SDK is imported and no request pays for it: the
-middleware and the database are built without a tracer.
+OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (in the environment or .env,
+like every setting); then spans go over OTLP/HTTP to the traces URL as it is, else to
+`{endpoint}/v1/traces`, as the standard variables mean, and the SDK's other OTEL_* variables apply.
+While off, nothing of the SDK is imported and no request pays for it: the middleware and the database
+are built without a tracer.
 
 The spans are placed by hand rather than by the ASGI and psycopg instrumentation packages, which
 cost more per request: three spans on the HTTP side and a wrapper around every cursor
@@ -28,9 +29,10 @@ logger = logging.getLogger(__name__)
 _ANY_METHOD = "HTTP"
 
 
-def tracer_for(endpoint: str | None) -> "Tracer | None":
-    """A tracer exporting over OTLP/HTTP to the collector at `endpoint`, if set and the extra installed."""
-    if not endpoint:
+def tracer_for(endpoint: str | None, traces_endpoint: str | None = None) -> "Tracer | None":
+    """A tracer exporting over OTLP/HTTP to `traces_endpoint`, else to the collector at `endpoint`, if
+    either is set and the extra installed."""
+    if not (endpoint or traces_endpoint):
         return None
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -39,7 +41,8 @@ def tracer_for(endpoint: str | None) -> "Tracer | None":
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
         logger.warning(
-            "OTEL_EXPORTER_OTLP_ENDPOINT is set, but tracing is not installed: "
+            "an OTLP endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), "
+            "but tracing is not installed: "
             "pip install 'todo-api[otel]'; serving without traces"
         )
         return None
@@ -47,9 +50,9 @@ def tracer_for(endpoint: str | None) -> "Tracer | None":
     # name; Resource.create() alone would name the service unknown_service:python.
     named = Resource({SERVICE_NAME: "todo-api"}).merge(OTELResourceDetector().detect())
     provider = TracerProvider(resource=Resource.create(named.attributes))
-    provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces"))
-    )
+    # As OpenTelemetry defines them: the traces URL as it is, else the base URL with the traces' path.
+    url = traces_endpoint or f"{(endpoint or '').rstrip('/')}/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
     return provider.get_tracer("todo-api")
 
 
