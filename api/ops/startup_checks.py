@@ -133,16 +133,24 @@ def near_misses(
     environment: Mapping[str, str], settings: Iterable[str], *, env_file: Iterable[str] = ()
 ) -> list[str]:
     """A warning for each variable that looks like one of ours (upper case, close to a setting's name)
-    but is not one: set, it would be ignored without a word. `env_file`: the names the .env file
-    sets, read as settings too."""
+    but is not one, and for each OpenTelemetry variable that only .env sets: set, it would be ignored
+    without a word. `env_file`: the names the .env file sets, read as settings too."""
     names = sorted(name.upper() for name in settings)
     where = dict.fromkeys(env_file, " in .env") | dict.fromkeys(environment, "")
     warnings = []
     for variable in sorted(where):
-        if not variable.isupper() or variable in names or variable in _OTHER_SIGNALS_ENDPOINTS:
+        if not variable.isupper() or variable in names:
             continue
-        if close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO):
+        if variable not in _OTHER_SIGNALS_ENDPOINTS and (
+            close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO)
+        ):
             warnings.append(f"{variable} is set{where[variable]} but is no setting; did you mean {close[0]}?")
+        elif variable.startswith("OTEL_") and where[variable]:
+            # The SDK reads os.environ, never .env: collector credentials written there went unsent.
+            warnings.append(
+                f"{variable} is set{where[variable]}, but the OpenTelemetry SDK reads its variables from the"
+                " environment only: export it"
+            )
     return warnings
 
 
