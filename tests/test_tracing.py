@@ -3,6 +3,7 @@ by the OpenTelemetry SDK's in-memory exporter, or, from `todo-api serve`, by an 
 of the test's own. When not asked for, nothing of it is imported."""
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -20,14 +21,13 @@ import psycopg
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from api.app import create_app
 from api.settings import Settings
-from api.telemetry.tracing import tracer_for
+from api.telemetry.tracing import traces_for
 from tests.support import (
     CLI,
     PROJECT,
@@ -244,7 +244,7 @@ def test_the_endpoint_settings_turn_tracing_on(monkeypatch: pytest.MonkeyPatch) 
     def traced() -> bool:
         settings = settings_for("postgresql://nobody@/nowhere")
         return (
-            tracer_for(settings.otel_exporter_otlp_endpoint, settings.otel_exporter_otlp_traces_endpoint)
+            traces_for(settings.otel_exporter_otlp_endpoint, settings.otel_exporter_otlp_traces_endpoint)
             is not None
         )
 
@@ -314,9 +314,11 @@ def _collector() -> Iterator[Collector]:
 @contextmanager
 def _serve_traced(database_url: str, tmp_path: Path, **variables: str) -> Iterator[tuple[str, Path]]:
     """`todo-api serve` exporting its spans at once (OTEL_BSP_SCHEDULE_DELAY), with `variables`;
-    yields its base URL and the file of everything it wrote."""
+    yields its base URL and the file of everything it wrote, and stops it with SIGTERM."""
     env = cli_env(
-        DATABASE_URL=database_url, BETTER_AUTH_SECRET=SECRET, OTEL_BSP_SCHEDULE_DELAY="50", **variables
+        DATABASE_URL=database_url,
+        BETTER_AUTH_SECRET=SECRET,
+        **{"OTEL_BSP_SCHEDULE_DELAY": "50", **variables},
     )
     log = tmp_path / "serve.log"
     with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, _):
@@ -379,15 +381,15 @@ def test_spans_name_the_service_todo_api_unless_the_environment_names_another(
         assert collector.wait_for_server_span(trace)["resource"]["service.name"] == "todo-api"
     endpoint = "http://127.0.0.1:4318"
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes,deployment.environment=test")
-    assert _resource_of(tracer_for(endpoint))["service.name"] == "from-attributes"
+    assert _resource_of(traces_for(endpoint))["service.name"] == "from-attributes"
     monkeypatch.setenv("OTEL_SERVICE_NAME", "from-service-name")
-    named = _resource_of(tracer_for(endpoint))
+    named = _resource_of(traces_for(endpoint))
     assert (named["service.name"], named["deployment.environment"]) == ("from-service-name", "test")
 
 
-def _resource_of(tracer: object) -> dict[str, Any]:
-    assert isinstance(tracer, SdkTracer)
-    return dict(tracer.resource.attributes)
+def _resource_of(traces: TracerProvider | None) -> dict[str, Any]:
+    assert traces is not None
+    return dict(traces.resource.attributes)
 
 
 def test_the_traces_endpoint_takes_the_place_of_the_base_endpoint(
@@ -413,3 +415,47 @@ def test_the_traces_endpoint_takes_the_place_of_the_base_endpoint(
         assert traces.wait_for_server_span(trace)["name"] == "GET /api/{user_id}/tasks"
     assert {path for path, _ in traces.received} == {"/tenant-7/traces"}
     assert base.received == []
+
+
+def test_the_spans_of_the_last_requests_are_sent_when_serve_stops(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """A worker ends by os._exit, past the SDK's atexit hook: the spans it still held in its batch, up
+    to OTEL_BSP_SCHEDULE_DELAY's worth (5 s by default: the requests of a deploy's last moments), were
+    never sent."""
+    alice, trace = new_user(), "8bf92f3577b34da6a3ce929d0e0e473a"
+    with _collector() as collector:
+        with _serve_traced(
+            migrated_db_url,
+            tmp_path,
+            OTEL_EXPORTER_OTLP_ENDPOINT=collector.base_url,
+            OTEL_BSP_SCHEDULE_DELAY="600000",  # no batch is sent by time while it serves
+        ) as (base_url, _):
+            answered = httpx.get(
+                f"{base_url}{alice.tasks_url}",
+                headers={**alice.headers, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+            )
+        assert answered.status_code == 200
+        assert collector.wait_for_server_span(trace)["name"] == "GET /api/{user_id}/tasks"
+
+
+def test_a_collector_that_does_not_answer_holds_no_stop(migrated_db_url: str, tmp_path: Path) -> None:
+    """Sending the last spans waits a moment, not the exporter's timeout and retries."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = cli_env(
+        DATABASE_URL=migrated_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        OTEL_EXPORTER_OTLP_ENDPOINT=closed,
+        OTEL_BSP_SCHEDULE_DELAY="600000",
+        OTEL_EXPORTER_OTLP_TIMEOUT="120",
+    )
+    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+        base_url,
+        process,
+    ):
+        alice = new_user()
+        assert httpx.get(f"{base_url}{alice.tasks_url}", headers=alice.headers).status_code == 200
+        asked = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert time.monotonic() - asked < 20

@@ -12,26 +12,32 @@ cost more per request: three spans on the HTTP side and a wrapper around every c
 (bench/RESULTS.md, "Traces").
 """
 
+import asyncio
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as TracerProvider
     from opentelemetry.trace import Span as Span
     from opentelemetry.trace import Tracer as Tracer
 else:
-    Span = Tracer = Any
+    Span = Tracer = TracerProvider = Any
 
 logger = logging.getLogger(__name__)
 
 # What a server span is named by when its method is none the API knows (OpenTelemetry's HTTP conventions).
 _ANY_METHOD = "HTTP"
+# How long a stopping worker waits for its last spans to be sent: a collector that answers takes
+# milliseconds; one that does not would hold the stop for the exporter's own timeout and retries.
+_LAST_SPANS_SECONDS = 2.0
 
 
-def tracer_for(endpoint: str | None, traces_endpoint: str | None = None) -> "Tracer | None":
-    """A tracer exporting over OTLP/HTTP to `traces_endpoint`, else to the collector at `endpoint`, if
-    either is set and the extra installed."""
+def traces_for(endpoint: str | None, traces_endpoint: str | None = None) -> "TracerProvider | None":
+    """Traces exported over OTLP/HTTP to `traces_endpoint`, else to the collector at `endpoint`, if
+    either is set and the extra installed. Its owner ends it with `send_last_spans` when done serving."""
     if not (endpoint or traces_endpoint):
         return None
     try:
@@ -53,7 +59,16 @@ def tracer_for(endpoint: str | None, traces_endpoint: str | None = None) -> "Tra
     # As OpenTelemetry defines them: the traces URL as it is, else the base URL with the traces' path.
     url = traces_endpoint or f"{(endpoint or '').rstrip('/')}/v1/traces"
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
-    return provider.get_tracer("todo-api")
+    return provider
+
+
+async def send_last_spans(traces: "TracerProvider") -> None:
+    """Send the spans still batched, the last requests', and stop exporting. A worker ends by os._exit,
+    past the SDK's own atexit hook, so without this they were never sent. In a daemon thread waited
+    for at most _LAST_SPANS_SECONDS: the worker's exit ends it with what it has not sent."""
+    sending = threading.Thread(target=traces.shutdown, name="last-spans", daemon=True)
+    sending.start()
+    await asyncio.to_thread(sending.join, _LAST_SPANS_SECONDS)
 
 
 @contextmanager
