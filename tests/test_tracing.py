@@ -276,7 +276,7 @@ class Collector:
         return found
 
     def wait_for_server_span(self, trace_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while not (spans := self.server_spans(trace_id)):
             assert time.monotonic() < deadline, f"no server span of trace {trace_id} reached the collector"
             time.sleep(0.05)
@@ -440,7 +440,8 @@ def test_the_spans_of_the_last_requests_are_sent_when_serve_stops(
 
 
 def test_a_collector_that_does_not_answer_holds_no_stop(migrated_db_url: str, tmp_path: Path) -> None:
-    """Sending the last spans waits a moment, not the exporter's timeout and retries."""
+    """Sending the last spans waits a moment, not the exporter's timeout and retries (two minutes here,
+    so that a loaded machine's slow stop is told apart from it)."""
     closed = f"http://127.0.0.1:{free_port()}"
     env = cli_env(
         DATABASE_URL=migrated_db_url,
@@ -457,5 +458,5 @@ def test_a_collector_that_does_not_answer_holds_no_stop(migrated_db_url: str, tm
         assert httpx.get(f"{base_url}{alice.tasks_url}", headers=alice.headers).status_code == 200
         asked = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-        assert time.monotonic() - asked < 20
+        assert process.wait(timeout=110) == 0
+        assert time.monotonic() - asked < 60
