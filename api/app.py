@@ -36,7 +36,7 @@ from api.settings import MIN_SECRET_LENGTH, Settings
 from api.tasks import routes as tasks
 from api.telemetry.logs import configure_logging, default_format, is_acceptable_request_id, new_request_id
 from api.telemetry.metrics import forget_this_process
-from api.telemetry.tracing import Tracer, tracer_for
+from api.telemetry.tracing import Tracer, send_last_spans, traces_for
 
 # What a browser script may send, and read of a response, when CORS lets its origin call the API:
 # every header the OpenAPI document lists (tests/api/test_frontend.py derives them from it).
@@ -75,11 +75,14 @@ def create_app(
     tracer: Tracer | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """The API. `tracer` defaults to the one OTEL_EXPORTER_OTLP_ENDPOINT asks for (none unless set);
-    `on_ready` is called once the database is known to isolate users and requests are served."""
+    """The API. `tracer` defaults to the traces the OTEL_EXPORTER_OTLP_* settings ask for (none unless
+    set); `on_ready` is called once the database is known to isolate users and requests are served."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format or default_format())
-    tracer = tracer if tracer is not None else tracer_for(settings.otel_exporter_otlp_endpoint)
+    traces = None
+    if tracer is None:
+        traces = traces_for(settings.otel_exporter_otlp_endpoint, settings.otel_exporter_otlp_traces_endpoint)
+        tracer = None if traces is None else traces.get_tracer("todo-api")
     database = Database.from_settings(settings, tracer=tracer)
     authenticator = build_authenticator(settings)
 
@@ -105,6 +108,8 @@ def create_app(
             await isolation.close()
             await database.close()
             forget_this_process()
+            if traces is not None:
+                await send_last_spans(traces)
 
     app = FastAPI(
         title="todo-api",

@@ -333,8 +333,10 @@ class Settings(LogSettings):
     shutdown_grace_seconds: int = Field(default=30, ge=1, le=24 * 3600)
     # GET /metrics in the Prometheus text format, without a token: expose it only to the scraper.
     metrics_enabled: bool = True
-    # With the otel extra installed: export traces over OTLP/HTTP to this collector (base URL).
+    # With the otel extra installed: export traces over OTLP/HTTP to this collector (base URL), or to
+    # the traces URL, which OpenTelemetry's exporters take in its place when both are set.
     otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -425,13 +427,14 @@ class Settings(LogSettings):
             )
         return value
 
-    @field_validator("otel_exporter_otlp_endpoint")
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
     @classmethod
-    def collector_url(cls, value: str | None) -> str | None:
+    def collector_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         # The exporter reads it only when it first sends, in the background: a value that is no URL
         # served without traces, each batch's failure logged.
         if not value:
             return None
+        name = (info.field_name or "").upper()
         url = urlsplit(value)
         try:
             port_readable = url.port is None or url.port > 0
@@ -440,8 +443,8 @@ class Settings(LogSettings):
         blank = any(character.isspace() or not character.isprintable() for character in value)
         if url.scheme not in ("http", "https") or not url.hostname or not port_readable or blank:
             raise ValueError(
-                "OTEL_EXPORTER_OTLP_ENDPOINT must be the collector's OTLP/HTTP base URL, http:// or "
-                "https:// and a host (any port from 1 to 65535), with no white space: http://localhost:4318"
+                f"{name} must be the collector's OTLP/HTTP URL, http:// or https:// and a host (any port "
+                "from 1 to 65535), with no white space: http://localhost:4318"
             )
         return value
 

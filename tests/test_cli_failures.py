@@ -353,6 +353,7 @@ def test_serve_refuses_connections_other_sessions_hold_naming_the_numbers(
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url"),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318"),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "localhost:4318/v1/traces"),
             ]
         ],
     ],

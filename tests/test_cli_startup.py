@@ -92,6 +92,40 @@ def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Pat
     assert result.stdout.count(".") == 2, "the token is still printed"
 
 
+def test_another_signals_otlp_endpoint_is_no_misspelling(tmp_path: Path) -> None:
+    """OpenTelemetry's endpoints for metrics and logs, which the API does not export, were each
+    taken for a misspelling of a traces endpoint setting, in a warning at every command."""
+    result = run_cli(
+        "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
+        OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://127.0.0.1:4318/v1/logs",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="http://127.0.0.1:4318/v1/metrics",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_an_opentelemetry_variable_only_the_env_file_sets_is_named_with_where_it_is_read(
+    tmp_path: Path,
+) -> None:
+    """The SDK reads its OTEL_* variables from the environment alone: written in .env beside the
+    collector's URL, which is a setting, a collector's credentials (OTEL_EXPORTER_OTLP_HEADERS) or the
+    service's name went unused without a word."""
+    (tmp_path / ".env").write_text(
+        f"BETTER_AUTH_SECRET={SECRET}\nOTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://127.0.0.1:4318/v1/traces\n"
+        "OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20abc\nOTEL_SERVICE_NAME=todo-eu\n"
+        "OTEL_EXPORTER_OTLP_ENDPIONT=http://127.0.0.1:4318\n"
+    )
+    result = run_cli("token", "alice", cwd=tmp_path, OTEL_SERVICE_NAME="todo-eu")
+    assert result.returncode == 0, result.stderr
+    # The exported one and the setting are read; a misspelling is named as one, exported or not.
+    misspelt, unread = result.stderr.strip().splitlines()
+    assert "OTEL_EXPORTER_OTLP_ENDPIONT is set in .env" in misspelt
+    assert "did you mean OTEL_EXPORTER_OTLP_ENDPOINT?" in misspelt
+    assert "OTEL_EXPORTER_OTLP_HEADERS is set in .env" in unread
+    assert "reads its variables from the environment only: export it" in unread
+    assert result.stdout.count(".") == 2, "the token is still printed"
+
+
 def test_a_misspelt_setting_in_the_env_file_is_named_too(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(f"BETTER_AUTH_SECRET={SECRET}\nDATABSE_URL=postgresql://x@/y\n")
     result = run_cli("token", "alice", cwd=tmp_path)

@@ -1,17 +1,25 @@
 """Traces, when asked for: a server span per request and a child span for its transaction, recorded
-by the OpenTelemetry SDK's in-memory exporter. When not asked for, nothing of it is imported."""
+by the OpenTelemetry SDK's in-memory exporter, or, from `todo-api serve`, by an OTLP/HTTP collector
+of the test's own. When not asked for, nothing of it is imported."""
 
+import json
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -19,15 +27,22 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from api.app import create_app
 from api.settings import Settings
-from api.telemetry.tracing import tracer_for
+from api.telemetry.tracing import traces_for
 from tests.support import (
+    CLI,
     PROJECT,
+    SECRET,
     assert_problem,
     break_task_updates,
+    cli_env,
+    free_port,
     new_user,
+    scrape,
+    serve_process,
     serving,
     serving_client,
     settings_for,
+    value,
     wait_until_it_waits_for,
 )
 
@@ -225,8 +240,223 @@ def test_without_the_variable_no_tracing_is_loaded() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_the_endpoint_setting_turns_tracing_on(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_endpoint_settings_turn_tracing_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    def traced() -> bool:
+        settings = settings_for("postgresql://nobody@/nowhere")
+        return (
+            traces_for(settings.otel_exporter_otlp_endpoint, settings.otel_exporter_otlp_traces_endpoint)
+            is not None
+        )
+
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-    assert tracer_for(settings_for("postgresql://nobody@/nowhere").otel_exporter_otlp_endpoint) is not None
+    assert traced()
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
-    assert tracer_for(settings_for("postgresql://nobody@/nowhere").otel_exporter_otlp_endpoint) is None
+    assert not traced()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:4318/v1/traces")
+    assert traced()
+
+
+@dataclass
+class Collector:
+    """An OTLP/HTTP collector on loopback: what `todo-api serve` exports, by the path it was sent to."""
+
+    base_url: str
+    received: list[tuple[str, ExportTraceServiceRequest]] = field(default_factory=list)
+
+    def server_spans(self, trace_id: str) -> list[dict[str, Any]]:
+        """The server spans of the trace `trace_id` (hex), each with its resource's attributes."""
+        found = []
+        for _, request in self.received:
+            for resource_spans in request.resource_spans:
+                resource = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        if span.trace_id.hex() == trace_id and span.kind == span.SPAN_KIND_SERVER:
+                            found.append({"name": span.name, "resource": resource})
+        return found
+
+    def wait_for_server_span(self, trace_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while not (spans := self.server_spans(trace_id)):
+            assert time.monotonic() < deadline, f"no server span of trace {trace_id} reached the collector"
+            time.sleep(0.05)
+        (span,) = spans
+        return span
+
+
+@contextmanager
+def _collector() -> Iterator[Collector]:
+    received: list[tuple[str, ExportTraceServiceRequest]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append((self.path, request))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Collector(f"http://127.0.0.1:{server.server_port}", received)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def _serve_traced(database_url: str, tmp_path: Path, **variables: str) -> Iterator[tuple[str, Path]]:
+    """`todo-api serve` exporting its spans at once (OTEL_BSP_SCHEDULE_DELAY), with `variables`;
+    yields its base URL and the file of everything it wrote, and stops it with SIGTERM."""
+    env = cli_env(
+        DATABASE_URL=database_url,
+        BETTER_AUTH_SECRET=SECRET,
+        **{"OTEL_BSP_SCHEDULE_DELAY": "50", **variables},
+    )
+    log = tmp_path / "serve.log"
+    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, _):
+        yield base_url, log
+
+
+def test_a_callers_unsampled_trace_leaves_no_span_and_its_request_is_logged_and_counted_as_answered(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """A traceparent that says not sampled, which any client may send, made the sampler drop the span,
+    and ending it then read a name a dropped span does not have: each such request, answered 200, was
+    logged as an unhandled error with a traceback and counted and logged as a 500."""
+    alice = new_user()
+    unsampled_trace, sampled_trace = "4bf92f3577b34da6a3ce929d0e0e4736", "5bf92f3577b34da6a3ce929d0e0e4737"
+    with (
+        _collector() as collector,
+        _serve_traced(migrated_db_url, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=collector.base_url) as (
+            base_url,
+            log,
+        ),
+        httpx.Client(base_url=base_url) as client,
+    ):
+        unsampled = client.get(
+            alice.tasks_url,
+            headers={**alice.headers, "traceparent": f"00-{unsampled_trace}-00f067aa0ba902b7-00"},
+        )
+        sampled = client.get(
+            alice.tasks_url,
+            headers={**alice.headers, "traceparent": f"00-{sampled_trace}-00f067aa0ba902b7-01"},
+        )
+        assert collector.wait_for_server_span(sampled_trace)["name"] == "GET /api/{user_id}/tasks"
+        samples = scrape(base_url)
+    assert (unsampled.status_code, sampled.status_code) == (200, 200)
+    assert collector.server_spans(unsampled_trace) == []
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert [r for r in records if r["level"] == "ERROR"] == []
+    (access,) = [r for r in records if r.get("request_id") == unsampled.headers["x-request-id"]]
+    assert (access["name"], access["status"]) == ("api.access", 200)
+    route = "/api/{user_id}/tasks"
+    assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="200") == 2
+    assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="500") == 0
+
+
+def test_spans_name_the_service_todo_api_unless_the_environment_names_another(
+    migrated_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's own resource, merged over ours, named every span's service unknown_service:python."""
+    alice, trace = new_user(), "6bf92f3577b34da6a3ce929d0e0e4738"
+    with (
+        _collector() as collector,
+        _serve_traced(migrated_db_url, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=collector.base_url) as (
+            base_url,
+            _,
+        ),
+    ):
+        httpx.get(
+            f"{base_url}{alice.tasks_url}",
+            headers={**alice.headers, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+        )
+        assert collector.wait_for_server_span(trace)["resource"]["service.name"] == "todo-api"
+    endpoint = "http://127.0.0.1:4318"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes,deployment.environment=test")
+    assert _resource_of(traces_for(endpoint))["service.name"] == "from-attributes"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-service-name")
+    named = _resource_of(traces_for(endpoint))
+    assert (named["service.name"], named["deployment.environment"]) == ("from-service-name", "test")
+
+
+def _resource_of(traces: TracerProvider | None) -> dict[str, Any]:
+    assert traces is not None
+    return dict(traces.resource.attributes)
+
+
+def test_the_traces_endpoint_takes_the_place_of_the_base_endpoint(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """OpenTelemetry's OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, the URL traces go to as it is, wins over the
+    base URL's /v1/traces. It was not read: traces went to another collector than the one named."""
+    alice, trace = new_user(), "7bf92f3577b34da6a3ce929d0e0e4739"
+    with (
+        _collector() as base,
+        _collector() as traces,
+        _serve_traced(
+            migrated_db_url,
+            tmp_path,
+            OTEL_EXPORTER_OTLP_ENDPOINT=base.base_url,
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{traces.base_url}/tenant-7/traces",
+        ) as (base_url, _),
+    ):
+        httpx.get(
+            f"{base_url}{alice.tasks_url}",
+            headers={**alice.headers, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+        )
+        assert traces.wait_for_server_span(trace)["name"] == "GET /api/{user_id}/tasks"
+    assert {path for path, _ in traces.received} == {"/tenant-7/traces"}
+    assert base.received == []
+
+
+def test_the_spans_of_the_last_requests_are_sent_when_serve_stops(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """A worker ends by os._exit, past the SDK's atexit hook: the spans it still held in its batch, up
+    to OTEL_BSP_SCHEDULE_DELAY's worth (5 s by default: the requests of a deploy's last moments), were
+    never sent."""
+    alice, trace = new_user(), "8bf92f3577b34da6a3ce929d0e0e473a"
+    with _collector() as collector:
+        with _serve_traced(
+            migrated_db_url,
+            tmp_path,
+            OTEL_EXPORTER_OTLP_ENDPOINT=collector.base_url,
+            OTEL_BSP_SCHEDULE_DELAY="600000",  # no batch is sent by time while it serves
+        ) as (base_url, _):
+            answered = httpx.get(
+                f"{base_url}{alice.tasks_url}",
+                headers={**alice.headers, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+            )
+        assert answered.status_code == 200
+        assert collector.wait_for_server_span(trace)["name"] == "GET /api/{user_id}/tasks"
+
+
+def test_a_collector_that_does_not_answer_holds_no_stop(migrated_db_url: str, tmp_path: Path) -> None:
+    """Sending the last spans waits a moment, not the exporter's timeout and retries (two minutes here,
+    so that a loaded machine's slow stop is told apart from it)."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = cli_env(
+        DATABASE_URL=migrated_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        OTEL_EXPORTER_OTLP_ENDPOINT=closed,
+        OTEL_BSP_SCHEDULE_DELAY="600000",
+        OTEL_EXPORTER_OTLP_TIMEOUT="120",
+    )
+    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+        base_url,
+        process,
+    ):
+        alice = new_user()
+        assert httpx.get(f"{base_url}{alice.tasks_url}", headers=alice.headers).status_code == 200
+        asked = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=110) == 0
+        assert time.monotonic() - asked < 60

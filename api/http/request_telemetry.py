@@ -110,7 +110,8 @@ class RequestTelemetry:
             if self.tracer is None:
                 await self.app(scope, receive, noting_status)
             else:
-                with server_span(self.tracer, scope, method=_known_method(scope)) as span:
+                method = _known_method(scope)
+                with server_span(self.tracer, scope, method=method) as span:
                     try:
                         await self.app(scope, receive, noting_status)
                     except Exception:
@@ -119,7 +120,10 @@ class RequestTelemetry:
                     finally:
                         # A bug's span too names its route and status (the span records the exception).
                         finish_server_span(
-                            span, route=_route_template(scope, root_path, self.routes), status=status
+                            span,
+                            method=method,
+                            route=_route_template(scope, root_path, self.routes),
+                            status=status,
                         )
         except Exception:
             logger.exception("unhandled error")

@@ -29,9 +29,14 @@ from api.settings import Settings
 logger = logging.getLogger("api.ops.serve")
 
 # How alike a variable's name must be to a setting's (difflib's ratio) to be taken for a misspelling
-# of it: DATABSE_URL is 0.96 from DATABASE_URL, while OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, a variable of
-# the OpenTelemetry SDK, is 0.89 from OTEL_EXPORTER_OTLP_ENDPOINT.
+# of it: DATABSE_URL is 0.96 from DATABASE_URL, while OTEL_EXPORTER_OTLP_HEADERS, a variable of the
+# OpenTelemetry SDK, is 0.79 from OTEL_EXPORTER_OTLP_ENDPOINT.
 _NEAR_MISS_RATIO = 0.9
+# The OpenTelemetry SDK's endpoints of the signals the API does not export, which a shared
+# environment may set for other programs: as alike as a misspelling to the traces' endpoints, but none.
+_OTHER_SIGNALS_ENDPOINTS = frozenset(
+    {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"}
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -128,16 +133,24 @@ def near_misses(
     environment: Mapping[str, str], settings: Iterable[str], *, env_file: Iterable[str] = ()
 ) -> list[str]:
     """A warning for each variable that looks like one of ours (upper case, close to a setting's name)
-    but is not one: set, it would be ignored without a word. `env_file`: the names the .env file
-    sets, read as settings too."""
+    but is not one, and for each OpenTelemetry variable that only .env sets: set, it would be ignored
+    without a word. `env_file`: the names the .env file sets, read as settings too."""
     names = sorted(name.upper() for name in settings)
     where = dict.fromkeys(env_file, " in .env") | dict.fromkeys(environment, "")
     warnings = []
     for variable in sorted(where):
         if not variable.isupper() or variable in names:
             continue
-        if close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO):
+        if variable not in _OTHER_SIGNALS_ENDPOINTS and (
+            close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO)
+        ):
             warnings.append(f"{variable} is set{where[variable]} but is no setting; did you mean {close[0]}?")
+        elif variable.startswith("OTEL_") and where[variable]:
+            # The SDK reads os.environ, never .env: collector credentials written there went unsent.
+            warnings.append(
+                f"{variable} is set{where[variable]}, but the OpenTelemetry SDK reads its variables from the"
+                " environment only: export it"
+            )
     return warnings
 
 

@@ -1,51 +1,74 @@
 """OpenTelemetry traces, when asked for: each request a server span, its transaction a child span.
 
 Off unless the `otel` extra is installed (`pip install 'todo-api[otel]'`) and
-OTEL_EXPORTER_OTLP_ENDPOINT is set (in the environment or .env, like every setting); then spans go
-to `{endpoint}/v1/traces` over OTLP/HTTP, as the standard variable means, and the SDK's other OTEL_*
-variables apply. While off, nothing of the SDK is imported and no request pays for it: the
-middleware and the database are built without a tracer.
+OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (in the environment or .env,
+like every setting); then spans go over OTLP/HTTP to the traces URL as it is, else to
+`{endpoint}/v1/traces`, as the standard variables mean, and the SDK's other OTEL_* variables apply.
+While off, nothing of the SDK is imported and no request pays for it: the middleware and the database
+are built without a tracer.
 
 The spans are placed by hand rather than by the ASGI and psycopg instrumentation packages, which
 cost more per request: three spans on the HTTP side and a wrapper around every cursor
 (bench/RESULTS.md, "Traces").
 """
 
+import asyncio
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as TracerProvider
     from opentelemetry.trace import Span as Span
     from opentelemetry.trace import Tracer as Tracer
 else:
-    Span = Tracer = Any
+    Span = Tracer = TracerProvider = Any
 
 logger = logging.getLogger(__name__)
 
+# What a server span is named by when its method is none the API knows (OpenTelemetry's HTTP conventions).
+_ANY_METHOD = "HTTP"
+# How long a stopping worker waits for its last spans to be sent: a collector that answers takes
+# milliseconds; one that does not would hold the stop for the exporter's own timeout and retries.
+_LAST_SPANS_SECONDS = 2.0
 
-def tracer_for(endpoint: str | None) -> "Tracer | None":
-    """A tracer exporting over OTLP/HTTP to the collector at `endpoint`, if set and the extra installed."""
-    if not endpoint:
+
+def traces_for(endpoint: str | None, traces_endpoint: str | None = None) -> "TracerProvider | None":
+    """Traces exported over OTLP/HTTP to `traces_endpoint`, else to the collector at `endpoint`, if
+    either is set and the extra installed. Its owner ends it with `send_last_spans` when done serving."""
+    if not (endpoint or traces_endpoint):
         return None
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
         logger.warning(
-            "OTEL_EXPORTER_OTLP_ENDPOINT is set, but tracing is not installed: "
+            "an OTLP endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), "
+            "but tracing is not installed: "
             "pip install 'todo-api[otel]'; serving without traces"
         )
         return None
-    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, take precedence over this name.
-    provider = TracerProvider(resource=Resource({"service.name": "todo-api"}).merge(Resource.create()))
-    provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces"))
-    )
-    return provider.get_tracer("todo-api")
+    # OTEL_SERVICE_NAME, or a service.name in OTEL_RESOURCE_ATTRIBUTES, takes precedence over this
+    # name; Resource.create() alone would name the service unknown_service:python.
+    named = Resource({SERVICE_NAME: "todo-api"}).merge(OTELResourceDetector().detect())
+    provider = TracerProvider(resource=Resource.create(named.attributes))
+    # As OpenTelemetry defines them: the traces URL as it is, else the base URL with the traces' path.
+    url = traces_endpoint or f"{(endpoint or '').rstrip('/')}/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
+    return provider
+
+
+async def send_last_spans(traces: "TracerProvider") -> None:
+    """Send the spans still batched, the last requests', and stop exporting. A worker ends by os._exit,
+    past the SDK's own atexit hook, so without this they were never sent. In a daemon thread waited
+    for at most _LAST_SPANS_SECONDS: the worker's exit ends it with what it has not sent."""
+    sending = threading.Thread(target=traces.shutdown, name="last-spans", daemon=True)
+    sending.start()
+    await asyncio.to_thread(sending.join, _LAST_SPANS_SECONDS)
 
 
 @contextmanager
@@ -59,7 +82,7 @@ def server_span(tracer: "Tracer", scope: Mapping[str, Any], *, method: str | Non
 
     carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     with tracer.start_as_current_span(
-        method or "HTTP",
+        method or _ANY_METHOD,
         context=extract(carrier),
         kind=SpanKind.SERVER,
         attributes={"http.request.method": method or "_OTHER"},
@@ -67,9 +90,13 @@ def server_span(tracer: "Tracer", scope: Mapping[str, Any], *, method: str | Non
         yield span
 
 
-def finish_server_span(span: "Span", *, route: str, status: int) -> None:
+def finish_server_span(span: "Span", *, method: str | None, route: str, status: int) -> None:
+    # A span the sampler dropped (a caller's traceparent that says not sampled, any client may send
+    # one) records nothing and is a plain API span, with no name to read.
+    if not span.is_recording():
+        return
     # The route template, never the raw path: paths carry user ids.
-    span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
+    span.update_name(f"{method or _ANY_METHOD} {route}")
     span.set_attributes({"http.route": route, "http.response.status_code": status})
     if status >= 500:
         # OpenTelemetry's HTTP conventions: a server span fails with a 5xx, the server's doing; a
