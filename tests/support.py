@@ -329,6 +329,17 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def sessions_waiting_on_a_lock(url: str) -> int:
+    """How many sessions of the database at `url` wait on a lock now. A connection of its own each
+    time: a transaction sees pg_stat_activity as it first read it."""
+    with psycopg.connect(url, autocommit=True) as probe:
+        row = probe.execute(
+            "select count(*) from pg_stat_activity"
+            " where wait_event_type = 'Lock' and datname = current_database()"
+        ).fetchone()
+    return row[0] if row else 0
+
+
 def wait_for_pool_gauges(base_url: str, *, waiting: int, in_use: int) -> None:
     """Return once `/metrics` shows `waiting` requests waiting for a connection and `in_use`
     connections lent out, across the workers; each worker reads its pool once a second."""

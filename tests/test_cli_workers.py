@@ -26,6 +26,7 @@ from tests.support import (
     run_cli,
     scrape,
     serve_process,
+    sessions_waiting_on_a_lock,
     value,
 )
 
@@ -106,15 +107,7 @@ def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
             in_flight = threading.Thread(target=update)
             in_flight.start()
 
-            def waiting_on_the_lock() -> bool:
-                with psycopg.connect(api_db_url, autocommit=True) as probe:
-                    row = probe.execute(
-                        "select count(*) from pg_stat_activity"
-                        " where wait_event_type = 'Lock' and datname = current_database()"
-                    ).fetchone()
-                    return row is not None and row[0] > 0
-
-            _wait_for(waiting_on_the_lock, "the update waits on the lock")
+            _wait_for(lambda: sessions_waiting_on_a_lock(api_db_url) > 0, "the update waits on the lock")
             server.send_signal(signal.SIGTERM)
             time.sleep(1)
             assert server.poll() is None, "requests in flight are waited for"

@@ -29,6 +29,7 @@ from tests.support import (
     scrape,
     serving,
     serving_client,
+    sessions_waiting_on_a_lock,
     settings_for,
     value,
 )
@@ -565,7 +566,9 @@ def test_a_breach_a_stream_meets_after_its_client_left_is_still_refused_at_once(
             await stream.opening_id()
             dba.execute("lock table task_events in access exclusive mode")
             db.execute("select pg_notify('task_events', %s)", [wake_tag(alice.id)])
-            eventually(lambda: _reads_waiting_on_a_lock(db) > 0, "the stream's read waits on the lock")
+            eventually(
+                lambda: sessions_waiting_on_a_lock(migrated_db_url) > 0, "the stream's read waits on the lock"
+            )
 
     try:
         with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as api:
@@ -578,12 +581,3 @@ def test_a_breach_a_stream_meets_after_its_client_left_is_still_refused_at_once(
             assert refused(api, alice)
     finally:
         db.execute("grant select on task_events to todo_app")
-
-
-def _reads_waiting_on_a_lock(db: Conn) -> int:
-    row = db.execute(
-        "select count(*) from pg_stat_activity where datname = current_database()"
-        " and wait_event_type = 'Lock'"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])

@@ -16,7 +16,7 @@ from api.db.listener import wake_tag
 from tests.api.events_client import async_client, opened
 from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import ApiUser, assert_problem, better_auth_id, now, sign
+from tests.support import ApiUser, assert_problem, better_auth_id, now, sessions_waiting_on_a_lock, sign
 
 
 async def _started(key_set: JwksKeySet) -> JwksKeySet:
@@ -343,7 +343,7 @@ def test_a_stream_sends_nothing_it_read_after_its_tokens_key_was_withdrawn(
                 await stream.opening_id()
                 writer.execute("lock table task_events in access exclusive mode")
                 api_db.execute("select pg_notify('task_events', %s)", [wake_tag(user_id)])
-                wait_for(lambda: _reads_waiting_on_a_lock(api_db) > 0)
+                wait_for(lambda: sessions_waiting_on_a_lock(api_db_url) > 0)
                 server.keys.remove(withdrawn)
                 assert get_tasks(client, server, SigningKey.generate()).status_code == 401
                 writer.execute("insert into users (id) values (%s)", [user_id])
@@ -353,15 +353,6 @@ def test_a_stream_sends_nothing_it_read_after_its_tokens_key_was_withdrawn(
                 assert [block.data for block in rest if block.data] == []
 
         asyncio.run(scenario())
-
-
-def _reads_waiting_on_a_lock(api_db: psycopg.Connection[Any]) -> int:
-    row = api_db.execute(
-        "select count(*) from pg_stat_activity "
-        "where datname = current_database() and wait_event_type = 'Lock'"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def _assert_the_stream_ends_unread(

@@ -15,20 +15,10 @@ import psycopg
 
 from api.app import create_app
 from tests.own_postgres import OwnPostgres
-from tests.support import assert_problem, new_user, serving_client, settings_for
+from tests.support import assert_problem, new_user, serving_client, sessions_waiting_on_a_lock, settings_for
 
 POOL_SIZE = 4
 PER_USER = 2  # each user's share of the pool: POOL_SIZE // PER_USER users fill it
-
-
-def _waiting_on_locks(url: str) -> int:
-    # A connection of its own each time: a transaction sees pg_stat_activity as it first read it.
-    with psycopg.connect(url, autocommit=True) as probe:
-        row = probe.execute(
-            "select count(*) from pg_stat_activity"
-            " where wait_event_type = 'Lock' and datname = current_database()"
-        ).fetchone()
-    return row[0] if row else 0
 
 
 def test_a_pool_taken_by_requests_waiting_on_locks_is_still_ready_and_verified(
@@ -67,7 +57,7 @@ def test_a_pool_taken_by_requests_waiting_on_locks_is_still_ready_and_verified(
             for user, task_id in tasks
         ]
         deadline = time.monotonic() + 60
-        while _waiting_on_locks(migrated_db_url) < POOL_SIZE:
+        while sessions_waiting_on_a_lock(migrated_db_url) < POOL_SIZE:
             assert time.monotonic() < deadline, "every pooled connection waits on the lock"
             time.sleep(0.05)
 
