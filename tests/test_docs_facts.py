@@ -7,11 +7,14 @@
   every module of each package it describes file by file;
 - every file, folder and test the docs name exists, and a test named in parentheses after its file
   (`tests/x.py` (`test_y`)) is defined in that file;
+- a name the docs place in a Python file (`NAME` in `api/x.py`, `Name` (`api/x.py`)) is defined
+  there, so a checklist step does not send a reader to a constant or function renamed since;
 - docs/architecture.md names every middleware the app installs, and shows its picture;
 - README.md's shape of a task is the fields the API answers with, and its threat model names every
   path an anonymous client can reach.
 """
 
+import ast
 import html
 import re
 from pathlib import Path
@@ -213,6 +216,68 @@ def test_the_test_finder_pairs_each_file_with_the_tests_after_it() -> None:
     ]
     assert _is_defined("test_y*", {"test_yes"})
     assert not _is_defined("test_y", {"test_yes"})
+
+
+# A name, then the file it is in: `A` in `api/x.py`, `A` and `B` in `tests/x.py`, or `A` (`api/x.py`).
+# A dotted name counts only as `Class.member`: `request.headers` (`api/...`) says where it is read.
+_NAMES_AND_THEIR_FILE = re.compile(
+    r"((?:`[A-Za-z_]\w*(?:\.\w+)?`(?:, | and | or )?)+)(?: in |\s\()`((?:api|tests|bench)/[\w/]+\.py)`"
+)
+
+
+def _placed_names(text: str) -> list[tuple[str, str]]:
+    """Each (name, file) the text places the name in."""
+    return [
+        (name, path)
+        for names, path in _NAMES_AND_THEIR_FILE.findall(re.sub(r"\s+", " ", text))
+        for name in re.findall(r"`([^`]+)`", names)
+        if "." not in name or name[0].isupper()
+    ]
+
+
+def _names_bound_by(node: ast.AST) -> set[str]:
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return {node.name}
+    if isinstance(node, ast.Assign | ast.AnnAssign):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return {target.id for target in targets if isinstance(target, ast.Name)}
+    return set()
+
+
+def _defined_names(source: str) -> set[str]:
+    """Functions, classes and assigned names anywhere in the module, and each class's as `Class.x`."""
+    defined: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        defined |= _names_bound_by(node)
+        if isinstance(node, ast.ClassDef):
+            defined |= {f"{node.name}.{name}" for member in node.body for name in _names_bound_by(member)}
+    return defined
+
+
+def test_every_name_the_docs_place_in_a_file_is_defined_there() -> None:
+    misplaced = []
+    for document in (*DOCS, README):
+        for name, path in _placed_names(document.read_text(encoding="utf-8")):
+            source = PROJECT / path
+            if source.is_file() and name not in _defined_names(source.read_text(encoding="utf-8")):
+                misplaced.append(f"{document.relative_to(PROJECT)} places {name} in {path}, which lacks it")
+    assert not misplaced, "\n".join(misplaced)
+
+
+def test_the_name_finder_pairs_each_name_with_its_file() -> None:
+    text = (
+        "add it to `ROUTERS` in `api/app.py`, `WRITTEN` and `CHANGED` in\n`tests/x.py`; "
+        "`Database.run` (`api/db/database.py`), read from `request.headers` (`api/http/conditional.py`)"
+    )
+    assert _placed_names(text) == [
+        ("ROUTERS", "api/app.py"),
+        ("WRITTEN", "tests/x.py"),
+        ("CHANGED", "tests/x.py"),
+        ("Database.run", "api/db/database.py"),
+    ]
+    assert {"Database", "Database.run", "ROUTERS"} <= _defined_names(
+        "class Database:\n    async def run(self): ...\nROUTERS: tuple = ()\n"
+    )
 
 
 def _all_test_sources() -> str:
