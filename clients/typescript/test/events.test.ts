@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { createTodoClient, EventStreamError, type Subscription, type Task, type TaskEvent } from "../src/index.js";
-import { baseUrl, clientFor, takeUser } from "./live_api.js";
+import { baseUrl, clientFor, takeUser, type TestUser } from "./live_api.js";
 
 /** Collects events, and waits until `count` have come. */
 function collector() {
@@ -173,9 +173,16 @@ test("a Last-Event-ID the server no longer keeps comes back as reset", async () 
   assert.deepEqual(event, { type: "reset" });
 });
 
-test("another user's stream is a 403 that ends the subscription: reported once, never asked again", async () => {
-  const user = takeUser("end");
-  const other = takeUser("end");
+/**
+ * Subscribes to `userId`'s stream as `user`, each request answered by `respond`, until the
+ * subscription ends or asks a second time ("asked again"): how it ended, what `onError` heard, and
+ * how many requests it made. No event may come.
+ */
+async function firstEnding(
+  user: TestUser,
+  userId: string,
+  respond: (request: Request) => Promise<Response>,
+) {
   const errors: unknown[] = [];
   let attempts = 0;
   let askAgain = () => {};
@@ -183,15 +190,22 @@ test("another user's stream is a 403 that ends the subscription: reported once, 
   const subscription = clientFor(user, {
     fetch: (request) => {
       if (++attempts > 1) askAgain();
-      return fetch(request);
+      return respond(request);
     },
-  }).subscribe(other.id, (event) => assert.fail(`an event came: ${JSON.stringify(event)}`), {
+  }).subscribe(userId, (event) => assert.fail(`an event came: ${JSON.stringify(event)}`), {
     onError: (error) => errors.push(error),
   });
-
   // Whichever comes first: the end of the subscription, or a second request for the stream.
   const ended = await Promise.race([subscription.ended, askedAgain]);
   await subscription.close();
+  return { ended, errors, attempts };
+}
+
+test("another user's stream is a 403 that ends the subscription: reported once, never asked again", async () => {
+  const user = takeUser("end");
+  const other = takeUser("end");
+
+  const { ended, errors, attempts } = await firstEnding(user, other.id, (request) => fetch(request));
 
   assert.ok(ended instanceof EventStreamError, `the subscription went on: ${String(ended)}`);
   assert.equal(ended.status, 403);
@@ -202,24 +216,16 @@ test("another user's stream is a 403 that ends the subscription: reported once, 
 
 test("an answer that is not an event stream ends the subscription: reported, never taken for a live stream", async () => {
   const user = takeUser("end");
-  const errors: unknown[] = [];
-  let attempts = 0;
-  let askAgain = () => {};
-  const askedAgain = new Promise<"asked again">((resolve) => (askAgain = () => resolve("asked again")));
-  // A baseUrl that reaches the frontend itself: its pages answer every path with 200 and HTML.
-  const subscription = clientFor(user, {
-    fetch: async () => {
-      if (++attempts > 1) askAgain();
-      return new Response("<!doctype html><title>My app</title>", {
-        headers: { "Content-Type": "text/html; charset=utf-8" },
-      });
-    },
-  }).subscribe(user.id, (event) => assert.fail(`an event came: ${JSON.stringify(event)}`), {
-    onError: (error) => errors.push(error),
-  });
 
-  const ended = await Promise.race([subscription.ended, askedAgain]);
-  await subscription.close();
+  // A baseUrl that reaches the frontend itself: its pages answer every path with 200 and HTML.
+  const { ended, errors, attempts } = await firstEnding(
+    user,
+    user.id,
+    async () =>
+      new Response("<!doctype html><title>My app</title>", {
+        headers: { "Content-Type": "text/html; charset=utf-8" },
+      }),
+  );
 
   assert.ok(ended instanceof EventStreamError, `the subscription went on: ${String(ended)}`);
   assert.equal(ended.status, 200);
