@@ -33,7 +33,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from api.db.database import Database
-from api.db.errors import AlreadyExists, IsolationBreach
+from api.db.errors import AlreadyExists, IsolationBreach, in_one_line
 from api.db.pool import Connection, answer_within, ended_while_idle
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
@@ -79,11 +79,8 @@ class Finding:
 
 def could_not_complete(error: BaseException) -> Finding:
     """A check that could not complete proves nothing: that is a finding, never a pass."""
-    text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
-    lines = text.strip().splitlines()
-    why = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
     cause: Cause = "lock held" if isinstance(error, psycopg.errors.LockNotAvailable) else "incomplete"
-    return Finding("isolation", f"{_INCOMPLETE} ({why})", cause=cause)
+    return Finding("isolation", f"{_INCOMPLETE} ({in_one_line(error)})", cause=cause)
 
 
 def _incomplete(findings: Sequence[Finding]) -> bool:
