@@ -313,6 +313,42 @@ def test_serve_refuses_connections_other_sessions_hold_naming_the_numbers(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize("limited", ["login role", "database"])
+def test_serve_refuses_more_connections_than_a_connection_limit_allows_naming_it(
+    tmp_path: Path, migrated_db_url: str, superuser_url: str, limited: str
+) -> None:
+    """A DBA's CONNECTION LIMIT on the login role or the database binds the workers as max_connections
+    does: serve started, found by probing serve --workers 2 under a role limited to 6, and each worker
+    failed its start-up with a traceback ("too many connections for role") until granian gave up."""
+    database = psycopg.conninfo.conninfo_to_dict(migrated_db_url)["dbname"]
+    role = f"limited_{os.getpid()}"
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        if limited == "login role":
+            # A member of todo_app, as the API's login role must be: nothing else keeps it from serving.
+            superuser.execute(f"create role {role} login connection limit 6 in role todo_app")
+            url = migrated_db_url.replace("postgresql://todo_owner@", f"postgresql://{role}@", 1)
+            fix = f"ALTER ROLE {role} CONNECTION LIMIT"
+        else:
+            superuser.execute(f'alter database "{database}" connection limit 6')
+            url = migrated_db_url
+            fix = f"ALTER DATABASE {database} CONNECTION LIMIT"
+        try:
+            result = subprocess.run(
+                [*CLI, "serve", "--port", "0", "--workers", "2"],
+                cwd=tmp_path,
+                env=cli_env(DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE="2"),
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+        finally:
+            if limited == "login role":
+                superuser.execute(f"drop role {role}")
+    assert_one_clear_failure(
+        result.stderr, result.returncode,
+        "2 workers need 10 connections", "may have 6 (its CONNECTION LIMIT)", fix, "DB_POOL_SIZE",
+    )  # fmt: skip
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 @pytest.mark.parametrize(
     ("variables", "message"),
     [

@@ -4,6 +4,15 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 
+def in_one_line(error: BaseException) -> str:
+    """An error for a log line: its class and the first line of what the server (or the driver) said,
+    such as "OperationalError: connection failed: ... remaining connection slots are reserved ...".
+    Without the message, a full server, a standby and a pooler refusing logins all read the same."""
+    text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
+    lines = text.strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 class LimitReached(Exception):  # noqa: N818 (a state, not a mistake)
     """The database refused a write that would pass one of its per-user limits; nothing changed.
 

@@ -33,7 +33,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from api.db.database import Database
-from api.db.errors import AlreadyExists, IsolationBreach
+from api.db.errors import UNAVAILABLE, AlreadyExists, IsolationBreach, in_one_line
 from api.db.pool import Connection, answer_within, ended_while_idle
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
@@ -79,11 +79,8 @@ class Finding:
 
 def could_not_complete(error: BaseException) -> Finding:
     """A check that could not complete proves nothing: that is a finding, never a pass."""
-    text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
-    lines = text.strip().splitlines()
-    why = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
     cause: Cause = "lock held" if isinstance(error, psycopg.errors.LockNotAvailable) else "incomplete"
-    return Finding("isolation", f"{_INCOMPLETE} ({why})", cause=cause)
+    return Finding("isolation", f"{_INCOMPLETE} ({in_one_line(error)})", cause=cause)
 
 
 def _incomplete(findings: Sequence[Finding]) -> bool:
@@ -344,14 +341,25 @@ class IsolationWatch:
 
     async def ensure(self) -> None:
         """The start-up check: refuse to serve (IsolationError) on any finding; warn about a login
-        role that bypasses row-level security or owns the schema."""
-        async with self.database.pool.connection() as connection:
-            role = await login_role(connection)
+        role that bypasses row-level security or owns the schema.
+
+        A database this worker cannot reach, or a check that cannot complete, does not stop it:
+        `todo-api serve` checked the database before any worker started, so this one meets an outage
+        that began since, or replaces a worker that died during one. It starts refusing every task
+        request, as a running worker does, until `keep_checking` completes a check clean. Failing
+        here instead made granian give up on the whole server, every other worker with it."""
+        try:
+            async with self.database.pool.connection() as connection:
+                role = await login_role(connection)
+        except UNAVAILABLE as error:
+            self._record((could_not_complete(error),), completed=False)
+            return
         if role.warning:
             logger.warning("todo-api: %s", role.warning)
         else:
             logger.info("todo-api: the API logs in as %s, %s", role.name, role.kind)
-        if findings := await self.check():
+        findings = await self.check()
+        if findings and not _incomplete(findings):
             raise IsolationError(findings)
 
     async def keep_checking(self) -> None:

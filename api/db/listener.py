@@ -72,7 +72,14 @@ async def listen_url(settings: Settings) -> str | None:
     if settings.database_url is None:
         return None
     url = _conninfo(settings.database_url.get_secret_value(), settings, "DATABASE_URL")
-    return url if await url_reaches_postgres_itself(url) else None
+    try:
+        return url if await url_reaches_postgres_itself(url) else None
+    except (psycopg.OperationalError, OSError) as error:
+        # A worker started during an outage (one replacing a worker that died in it) cannot tell
+        # Postgres from a pooler, where a LISTEN would never hear a write: its streams poll instead,
+        # which misses nothing. Raised, it failed the worker's start, and granian gave up on the server.
+        logger.warning("cannot reach DATABASE_URL yet (%s); this worker's event streams poll", error)
+        return None
 
 
 def _conninfo(url: str, settings: Settings, setting: str) -> str:

@@ -6,7 +6,7 @@ import math
 import time
 
 from api.db.database import Database
-from api.db.errors import UNAVAILABLE
+from api.db.errors import UNAVAILABLE, in_one_line
 
 logger = logging.getLogger(__name__)
 
@@ -60,5 +60,6 @@ class SharedReadiness:
             return True
         if not isinstance(error, _UNREACHABLE):
             raise error
-        logger.warning("readiness: the database did not answer: %s", type(error).__name__)
+        why = "the database did not answer in time" if isinstance(error, TimeoutError) else in_one_line(error)
+        logger.warning("readiness: the database is not ready: %s", why)
         return False

@@ -257,8 +257,9 @@ async def refuse_more_connections_than_postgres_allows(
 ) -> None:
     """Fail in one line when the workers' connections cannot all fit in max_connections, less those
     other sessions hold now (the other instances of a fleet, an older release still serving beside
-    this one): past it, Postgres refuses them, and each worker failed to start with a traceback until
-    granian gave up on the loop.
+    this one), or in the CONNECTION LIMIT of the login role or of the database, less what their other
+    sessions hold: past any of them, Postgres refuses them, and each worker failed to start with a
+    traceback until granian gave up on the loop.
 
     Only on a connection to Postgres itself (`reaches_postgres`, as `reaches_postgres_itself` found
     it): behind a pooler, how many server connections there are is the pooler's business, not
@@ -270,11 +271,22 @@ async def refuse_more_connections_than_postgres_allows(
         " current_setting('superuser_reserved_connections')::int"
         " + coalesce(current_setting('reserved_connections', true)::int, 0),"  # Postgres 16+
         " (select count(*) from pg_stat_activity"
-        "  where backend_type = 'client backend' and pid <> pg_backend_pid())::int"
+        "  where backend_type = 'client backend' and pid <> pg_backend_pid())::int,"
+        # A role's and a database's CONNECTION LIMIT (-1: none) bind every session but a superuser's.
+        " login.rolname, login.rolconnlimit, login.rolsuper,"
+        " (select count(*) from pg_stat_activity where usesysid = login.oid"
+        "  and backend_type = 'client backend' and pid <> pg_backend_pid())::int,"
+        " db.datname, db.datconnlimit,"
+        " (select count(*) from pg_stat_activity where datid = db.oid"
+        "  and backend_type = 'client backend' and pid <> pg_backend_pid())::int"
+        " from pg_roles login, pg_database db"
+        " where login.rolname = session_user and db.datname = current_database()"
     )
     row = await cursor.fetchone()
     assert row is not None
-    most, reserved, held = row
+    most, reserved, held, role, role_limit, superuser, role_held, database, database_limit, database_held = (
+        row
+    )
     needed = workers * (pool_size + EXTRA_CONNECTIONS_PER_WORKER)
     each = f"{pool_size} DB_POOL_SIZE + {EXTRA_CONNECTIONS_PER_WORKER} each"
     need = f"{workers} workers need {needed} connections ({each})"
@@ -291,6 +303,23 @@ async def refuse_more_connections_than_postgres_allows(
             "an older release still serving say: start this one once they let go, lower DB_POOL_SIZE "
             "or --workers, or raise max_connections to fit every instance at once"
         )
+    if superuser:
+        return
+    for limited, limit, held_there, raise_it in (
+        (f"the login role {role}", role_limit, role_held, f"ALTER ROLE {role} CONNECTION LIMIT"),
+        (
+            f"the database {database}",
+            database_limit,
+            database_held,
+            f"ALTER DATABASE {database} CONNECTION LIMIT",
+        ),
+    ):
+        if limit >= 0 and needed > limit - held_there:
+            raise CommandFailed(
+                f"{need}, but {limited} may have {limit} (its CONNECTION LIMIT), of which other sessions "
+                f"hold {held_there}: lower DB_POOL_SIZE or --workers, or raise it ({raise_it} "
+                f"{needed + held_there}, or -1 for none)"
+            )
 
 
 async def refuse_prepared_statements_the_pooler_loses(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
@@ -312,3 +313,47 @@ def test_the_listener_warns_once_of_a_lost_connection_and_says_when_it_listens_a
         r"the events listener is listening again, \d+\.\d s after it lost its connection", back[0]
     )
     assert woken == ["back"]
+
+
+def test_a_worker_that_dies_while_the_database_is_away_is_replaced_and_serve_serves_on_once_it_is_back(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    """Found by killing a worker (as the OOM killer does) of `serve --workers 2` during a Postgres
+    stop: its replacement failed its start-up check with a traceback, again on each respawn, and
+    granian gave up on the crash loop and stopped the whole server, the other worker with it, so
+    nothing served once the database was back. A worker that starts during an outage now serves
+    503s until its isolation check completes, as a running one does."""
+    user = new_user()
+    env = cli_env(DATABASE_URL=own_postgres.url, BETTER_AUTH_SECRET=SECRET, DB_POOL_TIMEOUT_SECONDS="1")
+    with (
+        serve_process(
+            [*CLI, "serve", "--workers", "2"], cwd=tmp_path, env=env, output=tmp_path / "serve.log"
+        ) as (
+            base_url,
+            server,
+        ),
+        httpx.Client(base_url=base_url, timeout=30) as client,
+    ):
+        workers = psutil.Process(server.pid).children()
+        assert len(workers) == 2
+        own_postgres.stop()
+        workers[0].kill()
+        # Long enough for several respawns to fail, each after DB_POOL_TIMEOUT_SECONDS.
+        time.sleep(8)
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()
+        away = client.post(user.tasks_url, json={"title": "while away"}, headers=user.headers)
+        assert away.status_code == 503, away.text
+        own_postgres.start()
+
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "/readyz never came back"
+            time.sleep(0.2)
+        created = [
+            client.post(user.tasks_url, json={"title": f"back {i}"}, headers=user.headers) for i in range(8)
+        ]
+        assert [response.status_code for response in created] == [201] * 8
+        assert len(psutil.Process(server.pid).children()) == 2
+    with psycopg.connect(own_postgres.superuser_url) as db:
+        titles = [row[0] for row in db.execute("select title from tasks where user_id = %s", [user.id])]
+    assert sorted(titles) == sorted(f"back {i}" for i in range(8))

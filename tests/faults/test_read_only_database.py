@@ -170,6 +170,26 @@ def test_read_only_sessions_met_while_serving_are_503_until_the_setting_is_reset
     assert _tasks_of(migrated_db_url, user.id) == 1
 
 
+def test_readiness_logs_why_the_database_is_not_ready(
+    migrated_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found with read-only sessions, a full max_connections and PgBouncer's server_login_retry under
+    `todo-api serve`: /readyz was 503 and its log line said only "the database did not answer:
+    OperationalError" (or DatabaseUnavailable, or ProtocolViolation), though the database had
+    answered, and why, which the operator who sees the instance leave the load balancer needs."""
+    _read_only_sessions(migrated_db_url)
+    with (
+        caplog.at_level(logging.WARNING, logger="api.http.readiness"),
+        serving_client(create_app(settings_for(as_role(migrated_db_url)))) as http,
+    ):
+        assert_problem(http.get("/readyz"), 503, "database-unavailable")
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "api.http.readiness"]
+    assert line == (
+        "readiness: the database is not ready: DatabaseUnavailable: the database refuses writes"
+        " (a standby, or read-only sessions)"
+    )
+
+
 def test_the_listener_says_in_one_line_that_a_standby_refuses_listen(
     standby: OwnStandby, caplog: pytest.LogCaptureFixture
 ) -> None:
