@@ -137,6 +137,12 @@ class _EnvFileSource(PydanticBaseSettingsSource):
         return {name: self._values[name] for name in fields if name in self._values}
 
 
+def _blank_or_control(url: str) -> bool:
+    """Whether a URL setting has white space or a control character in it: a space left at an end
+    goes into every use of it, where nothing matches or resolves it."""
+    return any(character.isspace() or not character.isprintable() for character in url)
+
+
 def serialized_origin(url: SplitResult) -> str:
     """`url`'s origin as the URL standard writes it (`new URL(url).origin`, a browser's Origin header):
     scheme and host in lower case, the host in punycode, no default port. UnicodeError for a host
@@ -408,7 +414,7 @@ class Settings(LogSettings):
         name = (info.field_name or "").upper()
         # A space left at an end went into the keys' URL and the expected iss and aud
         # ("https://app.example.com "), which no token carries: every token was refused, after start-up.
-        if any(character.isspace() or not character.isprintable() for character in value):
+        if _blank_or_control(value):
             raise ValueError(
                 f"{name} has white space or a control character in it (a space at its start or end?): "
                 "remove it"
@@ -440,8 +446,12 @@ class Settings(LogSettings):
             port_readable = url.port is None or url.port > 0
         except ValueError:  # not a number, or past 65535
             port_readable = False
-        blank = any(character.isspace() or not character.isprintable() for character in value)
-        if url.scheme not in ("http", "https") or not url.hostname or not port_readable or blank:
+        if (
+            url.scheme not in ("http", "https")
+            or not url.hostname
+            or not port_readable
+            or _blank_or_control(value)
+        ):
             raise ValueError(
                 f"{name} must be the collector's OTLP/HTTP URL, http:// or https:// and a host (any port "
                 "from 1 to 65535), with no white space: http://localhost:4318"

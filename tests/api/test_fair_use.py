@@ -128,6 +128,19 @@ def test_search_takes_its_text_literally_whatever_the_string_setting(
     }
 
 
+def _a_locked_task(
+    client: httpx.Client, db: psycopg.Connection[Any], alice: ApiUser, bob: ApiUser
+) -> dict[str, Any]:
+    """A task of alice's, which `db` holds locked until it rolls back; and one of bob's, unlocked."""
+    task: dict[str, Any] = client.post(
+        alice.tasks_url, json={"title": "locked"}, headers=alice.headers
+    ).json()
+    client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
+    db.autocommit = False
+    db.execute("select from tasks where id = %s for update", [task["id"]])
+    return task
+
+
 def test_one_users_slow_requests_cannot_take_the_pool_from_others(
     migrated_db_url: str, migrated_db: psycopg.Connection[Any]
 ) -> None:
@@ -135,11 +148,8 @@ def test_one_users_slow_requests_cannot_take_the_pool_from_others(
     assert settings.max_connections_per_user == 1
     alice, bob = new_user(), new_user()
     with serving_client(create_app(settings)) as client:
-        task = client.post(alice.tasks_url, json={"title": "locked"}, headers=alice.headers).json()
-        client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
-        migrated_db.autocommit = False
         # The test holds alice's row locked: her updates wait on it, each holding a connection.
-        migrated_db.execute("select from tasks where id = %s for update", [task["id"]])
+        task = _a_locked_task(client, migrated_db, alice, bob)
 
         def update(n: int) -> httpx.Response:
             return client.put(alice.task_url(task["id"]), json={"title": f"v{n}"}, headers=alice.headers)
@@ -202,10 +212,7 @@ def test_a_user_past_their_share_is_429_never_503_while_the_pool_has_connections
     )
     alice, bob = new_user(), new_user()
     with serving_client(create_app(settings)) as client:
-        task = client.post(alice.tasks_url, json={"title": "locked"}, headers=alice.headers).json()
-        client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
-        migrated_db.autocommit = False
-        migrated_db.execute("select from tasks where id = %s for update", [task["id"]])
+        task = _a_locked_task(client, migrated_db, alice, bob)
         answered: list[httpx.Response] = []
         with ThreadPoolExecutor(max_workers=reads_per_round + 1) as pool:
             for n in range(4):
