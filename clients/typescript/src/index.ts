@@ -54,13 +54,16 @@ export interface WriteOptions {
   ifMatch?: string;
 }
 
-// A create that failed in transit or got a 5xx is sent this many times in all, waiting 200 ms, then
-// 400 ms, or as long as the 5xx's Retry-After asks (503 isolation-unverified, say) up to
-// CREATE_MAX_RETRY_AFTER_MS: a create asked to wait longer is answered with that 5xx instead, for
-// the app to decide whether its user waits.
+// A create that failed in transit, or got a 5xx or 409 idempotency-key-in-use (`sendAgain`), is
+// sent this many times in all, waiting 200 ms, then 400 ms, or as long as the answer's Retry-After
+// asks (503 isolation-unverified, say) up to CREATE_MAX_RETRY_AFTER_MS: a create asked to wait
+// longer gets that answer at once, for the app to decide whether its user waits.
 const CREATE_ATTEMPTS = 3;
 const CREATE_RETRY_DELAY_MS = 200;
 const CREATE_MAX_RETRY_AFTER_MS = 10_000;
+
+/** The problem type of the API's 409 for a create whose Idempotency-Key other requests are using. */
+const IDEMPOTENCY_KEY_IN_USE = "urn:todo-api:problem:idempotency-key-in-use";
 
 /** The problem type of the API's 404 for a task that does not exist, or is not the caller's. */
 const TASK_NOT_FOUND = "urn:todo-api:problem:not-found";
@@ -174,7 +177,7 @@ export function createTodoClient({
             params: { path: { user_id: userId }, header: { "Idempotency-Key": idempotencyKey } },
             body: task,
           });
-          if (result.response.status < 500 || attempt === CREATE_ATTEMPTS) return settle(result);
+          if (!sendAgain(result.response, result.error) || attempt === CREATE_ATTEMPTS) return settle(result);
           const wait = retryAfterMs(result.response) ?? CREATE_RETRY_DELAY_MS * attempt;
           if (wait > CREATE_MAX_RETRY_AFTER_MS) return settle(result);
           await sleep(wait);
@@ -295,6 +298,15 @@ function problemOf(error: unknown, response: Response): Problem {
   const title = response.statusText || `HTTP ${response.status}`;
   const text = typeof error === "string" ? error : error === undefined ? "" : JSON.stringify(error);
   return { type: "about:blank", title, status: response.status, detail: text || title };
+}
+
+/** Whether a create's answer asks for the same request again: a 5xx (the create may not have been
+ * made), or the API's 409 idempotency-key-in-use, which created nothing and says to send it again
+ * after its Retry-After (requests with the same key were being handled; this client's own retry of
+ * an attempt still running on the server is one). Any other 4xx is the answer. */
+function sendAgain(response: Response, error: unknown): boolean {
+  if (response.status >= 500) return true;
+  return response.status === 409 && (error as Partial<Problem> | undefined)?.type === IDEMPOTENCY_KEY_IN_USE;
 }
 
 /** A Retry-After in seconds (the API never sends a date), as milliseconds. */

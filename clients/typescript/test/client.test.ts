@@ -2,7 +2,7 @@
  * The client against a live API (live_api.ts says what tests/test_typescript_client.py gives it).
  */
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { test, type TestContext } from "node:test";
 
 import { createTodoClient, etagOf, type ListQuery } from "../src/index.js";
 import { baseUrl, clientFor, takeUser } from "./live_api.js";
@@ -210,6 +210,28 @@ test("a repeated create shows the task as it is now, so the next write is not a 
   assert.equal(next.response.status, 200, JSON.stringify(next.error));
 });
 
+/**
+ * Notes how long the client waits after a refusal (call `refusing()` as the refusal is answered) and
+ * cuts that wait short; every other timer runs as it was set.
+ */
+function waitsCutShort(t: TestContext): { waits: number[]; refusing: () => void } {
+  const waits: number[] = [];
+  let refused = false;
+  const realSetTimeout = globalThis.setTimeout;
+  t.mock.method(globalThis, "setTimeout", ((callback: () => void, ms?: number) => {
+    if (!refused) return realSetTimeout(callback, ms);
+    refused = false;
+    waits.push(ms ?? 0);
+    return realSetTimeout(callback, 0);
+  }) as typeof setTimeout);
+  return {
+    waits,
+    refusing: () => {
+      refused = true;
+    },
+  };
+}
+
 /** A 503 as the API sends it while isolation is unverified. */
 function isolationUnverified(retryAfter: string): Response {
   const problem = {
@@ -224,35 +246,59 @@ function isolationUnverified(retryAfter: string): Response {
 test("a create answered 503 with Retry-After is sent again after it, with the same key", async (t) => {
   const user = takeUser("start");
   const keys: (string | null)[] = [];
-  const waits: number[] = [];
-  let refused = false;
-  // The client's wait after the 503 is noted and cut short; every other timer runs as it was set.
-  const realSetTimeout = globalThis.setTimeout;
-  t.mock.method(globalThis, "setTimeout", ((callback: () => void, ms?: number) => {
-    if (!refused) return realSetTimeout(callback, ms);
-    refused = false;
-    waits.push(ms ?? 0);
-    return realSetTimeout(callback, 0);
-  }) as typeof setTimeout);
+  const wait = waitsCutShort(t);
   const todo = clientFor(user, {
     fetch: async (request) => {
       if (request.method !== "POST") return fetch(request);
       keys.push(request.headers.get("Idempotency-Key"));
       if (keys.length > 1) return fetch(request);
-      refused = true;
+      wait.refusing();
       return isolationUnverified("8");
     },
   });
 
   const created = await todo.createTask(user.id, { title: "After the wait" });
 
-  assert.deepEqual(waits, [8000], "waited as long as Retry-After asked");
+  assert.deepEqual(wait.waits, [8000], "waited as long as Retry-After asked");
   assert.equal(created.response.status, 201, JSON.stringify(created.error));
   assert.deepEqual(keys, [keys[0], keys[0]]);
   const listed = await todo.listTasks(user.id);
   assert.deepEqual(
     listed.data?.map((task) => task.title),
     ["After the wait"],
+  );
+});
+
+test("a create answered 409 idempotency-key-in-use is sent again after its Retry-After, with the same key", async (t) => {
+  const user = takeUser("start");
+  const keys: (string | null)[] = [];
+  const wait = waitsCutShort(t);
+  const todo = clientFor(user, {
+    fetch: async (request) => {
+      if (request.method !== "POST") return fetch(request);
+      keys.push(request.headers.get("Idempotency-Key"));
+      if (keys.length > 1) return fetch(request);
+      wait.refusing();
+      // The API's answer while other requests with the key are being handled (api/http/problems.py).
+      const problem = {
+        type: "urn:todo-api:problem:idempotency-key-in-use",
+        title: "Idempotency key in use",
+        status: 409,
+        detail: "Another request with this Idempotency-Key is being handled at the same time.",
+      };
+      return Response.json(problem, { status: 409, headers: { "Retry-After": "1" } });
+    },
+  });
+
+  const created = await todo.createTask(user.id, { title: "Once the other is done" });
+
+  assert.deepEqual(wait.waits, [1000], "waited as long as Retry-After asked");
+  assert.equal(created.response.status, 201, JSON.stringify(created.error));
+  assert.deepEqual(keys, [keys[0], keys[0]]);
+  const listed = await todo.listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((task) => task.title),
+    ["Once the other is done"],
   );
 });
 
