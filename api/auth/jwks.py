@@ -170,6 +170,13 @@ def _why(error: Exception) -> str:
         else:
             reason = next(iter(str(cause).splitlines()), "")
         return f"{type(error).__name__} ({reason})" if reason else type(error).__name__
+    if isinstance(error, json.JSONDecodeError | UnicodeDecodeError):
+        # A web page where the keys should be (a frontend's catch-all route answering 200, say).
+        return "its answer is not JSON: is that URL the JWKS endpoint?"
+    if isinstance(error, RecursionError):
+        return "its answer is JSON nested too deep to read"
+    if isinstance(error, ValueError):
+        return str(error)  # what `parse_key_set` or `_download` found wrong, in words of our own
     return type(error).__name__
 
 

@@ -49,10 +49,12 @@ class ClaimChecks:
                 leeway=self.leeway,
                 options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
             )
-        except jwt.DecodeError as error:
+        except (jwt.DecodeError, jwt.ExpiredSignatureError) as error:
             if not isinstance(error, jwt.InvalidSignatureError):
                 # PyJWT refuses an exp or nbf that is no number with the error it gives a token it
-                # cannot parse at all: once the signature verifies, name the claim.
+                # cannot parse at all, and reads an exp of true or false as 1 or 0, long expired (a
+                # client told so fetches another token just as broken): once the signature
+                # verifies, name the claim.
                 _refuse_malformed(_signed_claims(token, key, algorithm))
             raise
         _refuse_malformed(claims)

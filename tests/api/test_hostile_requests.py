@@ -6,7 +6,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support import ApiUser, new_user, now, sign
+from tests.support import ApiUser, assert_problem, new_user, now, sign
 
 
 def _user_rows(api_db: psycopg.Connection[Any], user_id: str) -> int:
@@ -45,6 +45,19 @@ def test_a_signed_token_with_unusable_claims_is_401_and_writes_nothing(
     response = client.post(user.tasks_url, json={"title": "t"}, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401, response.text
     assert response.headers["content-type"] == "application/problem+json"
+    assert _user_rows(api_db, user.id) == 0
+
+
+@pytest.mark.parametrize("exp", [True, False])
+def test_a_boolean_exp_is_named_as_malformed_not_expired(
+    client: httpx.Client, api_db: psycopg.Connection[Any], exp: bool
+) -> None:
+    user = new_user()
+    token = sign({"sub": user.id, "exp": exp})
+    response = client.post(user.tasks_url, json={"title": "t"}, headers={"Authorization": f"Bearer {token}"})
+    detail = assert_problem(response, 401, "unauthorized")["detail"]
+    assert "exp claim" in detail, detail
+    assert "expired" not in detail, "a client told so fetches another token, as broken as this one"
     assert _user_rows(api_db, user.id) == 0
 
 

@@ -144,6 +144,31 @@ def test_a_wrong_path_is_logged_as_the_404_it_got(caplog: pytest.LogCaptureFixtu
 
 
 @pytest.mark.parametrize(
+    ("document", "why"),
+    [
+        pytest.param(
+            b"<!DOCTYPE html><html>Sign in</html>",
+            "its answer is not JSON: is that URL the JWKS endpoint?",
+            id="a-web-page",
+        ),
+        pytest.param(b'{"error": "unauthorized"}', "not a JWK set: no 'keys' list", id="json-but-no-keys"),
+        pytest.param(
+            b'{"keys": [' + b" " * 2_000_000 + b"]}", "the JWK set is implausibly large", id="too-large"
+        ),
+        pytest.param(
+            b"[" * 100_000 + b"]" * 100_000, "its answer is JSON nested too deep to read", id="too-deep"
+        ),
+    ],
+)
+def test_a_document_that_is_no_key_set_is_logged_saying_why_never_quoting_it(
+    caplog: pytest.LogCaptureFixture, document: bytes, why: str
+) -> None:
+    with jwks_server(SigningKey.generate()) as server:
+        server.document = document
+        assert _failed_fetch_logs(server.jwks_url, caplog) == {f"JWKS: cannot fetch {server.jwks_url}: {why}"}
+
+
+@pytest.mark.parametrize(
     ("location", "logged"),
     [
         ("https://admin:hunter2@keys.example.com/jwks.json?v=2", "https://keys.example.com/jwks.json"),
