@@ -144,6 +144,30 @@ def test_a_preflight_allows_the_request_headers_a_frontend_sends(
     assert sent | {"x-request-id"} <= allowed
 
 
+def test_a_preflight_allows_every_method_a_resource_takes(browser_api: httpx.Client, alice: ApiUser) -> None:
+    """HEAD was refused (400, "method"): every GET resource answers it, and a browser preflights a HEAD
+    that carries a token, then fails it on any status but 2xx, although the method itself is one the
+    Fetch standard lets pass. What each resource takes is what its 405 names in Allow."""
+    task = browser_api.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers).json()
+    for url in (alice.tasks_url, alice.task_url(task["id"]), f"{alice.task_url(task['id'])}/complete"):
+        taken = browser_api.request("TRACE", url).headers["allow"].split(", ")
+        for method in taken:
+            response = browser_api.options(
+                url,
+                headers={
+                    "Origin": ORIGIN,
+                    "Access-Control-Request-Method": method,
+                    "Access-Control-Request-Headers": "authorization",
+                },
+            )
+            assert response.status_code == 200, (url, method, response.text)
+            assert response.headers["access-control-allow-origin"] == ORIGIN
+    head = browser_api.head(alice.task_url(task["id"]), headers={**alice.headers, "Origin": ORIGIN})
+    assert head.status_code == 200
+    assert head.headers["access-control-allow-origin"] == ORIGIN
+    assert head.headers["etag"] == f'"{task["id"]}.{task["version"]}"'
+
+
 @pytest.mark.parametrize(
     ("asked", "refused"),
     [
