@@ -3,6 +3,7 @@ a body that is not JSON (fetch sends a string body as text/plain)."""
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import psycopg
@@ -56,6 +57,39 @@ def test_a_compressed_body_is_415_and_creates_nothing(
     assert response.json()["type"] == "urn:todo-api:problem:unsupported-media-type"
     assert "Content-Encoding" in response.json()["detail"]
     assert client.get(alice.tasks_url, headers=alice.headers).json() == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "detail"),
+    [
+        pytest.param(
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Encoding", "identity"),
+                ("Content-Encoding", "gzip"),
+            ],
+            "Content-Encoding",
+            id="a coding on a second line",
+        ),
+        pytest.param(
+            [("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+            "Content-Type",
+            id="two types",
+        ),
+    ],
+)
+def test_a_body_described_over_several_field_lines_is_judged_by_all_of_them(
+    client: httpx.Client, api_db: psycopg.Connection[Any], fields: list[tuple[str, str]], detail: str
+) -> None:
+    """Only the first line of each field was read, so these created a task: a Content-Encoding's
+    lines are one list (RFC 9110, section 5.3), `identity, gzip`, which is a 415 sent on one line;
+    and of two Content-Types a proxy or a WAF in front may act on the other one."""
+    alice = new_user()
+    headers = [*alice.headers.items(), *fields]
+    response = client.post(alice.tasks_url, content=b'{"title": "t"}', headers=headers)
+    problem = assert_problem(response, 415, "unsupported-media-type")
+    assert detail in problem["detail"]
+    assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
 
 
 def test_json_with_a_charset_and_a_toggle_without_a_body_are_fine(
