@@ -164,7 +164,9 @@ def create_app(
         app.add_middleware(
             ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            # HEAD too: every GET resource answers it (api/http/methods.py), and a browser preflights
+            # a HEAD that carries a token, then fails it unless the preflight is a 2xx.
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=CORS_RESPONSE_HEADERS,
         )

@@ -26,6 +26,7 @@ from api.auth.verification import VerifiedToken
 from api.db.database import Database, Query, Rows
 from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
+from api.http.conditional import field_value
 from api.http.json_body import Utf8JsonRoute
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.http.problems import forbidden, unsupported_content_coding, unsupported_media_type
@@ -192,11 +193,14 @@ def _refuse_a_body_that_is_not_json(request: Request) -> None:
     has_body = headers.get("content-length", "0").strip("0") != "" or "transfer-encoding" in headers
     if not has_body:
         return
-    media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+    # Every line of each field: of two Content-Types a proxy in front may act on the other one, and a
+    # list field's lines are one comma-joined value (RFC 9110, section 5.3), `identity` then `gzip` too.
+    types = headers.getlist("content-type")
+    media_type = types[0].partition(";")[0].strip().lower() if len(types) == 1 else ""
     if media_type != "application/json":
         raise unsupported_media_type()
-    codings = headers.get("content-encoding")
-    if codings is not None and not {c.strip().lower() for c in codings.split(",")} <= {"", "identity"}:
+    codings = field_value(headers, "content-encoding") or ""
+    if not {c.strip().lower() for c in codings.split(",")} <= {"", "identity"}:
         raise unsupported_content_coding()
 
 

@@ -177,7 +177,7 @@ def unsupported_media_type() -> ProblemError:
         415,
         ProblemType.UNSUPPORTED_MEDIA_TYPE,
         "Unsupported media type",
-        "Send the body as JSON, with Content-Type: application/json.",
+        "Send the body as JSON, with one Content-Type: application/json.",
     )
 
 

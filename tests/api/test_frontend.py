@@ -3,6 +3,7 @@ a body that is not JSON (fetch sends a string body as text/plain)."""
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import psycopg
@@ -56,6 +57,39 @@ def test_a_compressed_body_is_415_and_creates_nothing(
     assert response.json()["type"] == "urn:todo-api:problem:unsupported-media-type"
     assert "Content-Encoding" in response.json()["detail"]
     assert client.get(alice.tasks_url, headers=alice.headers).json() == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "detail"),
+    [
+        pytest.param(
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Encoding", "identity"),
+                ("Content-Encoding", "gzip"),
+            ],
+            "Content-Encoding",
+            id="a coding on a second line",
+        ),
+        pytest.param(
+            [("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+            "Content-Type",
+            id="two types",
+        ),
+    ],
+)
+def test_a_body_described_over_several_field_lines_is_judged_by_all_of_them(
+    client: httpx.Client, api_db: psycopg.Connection[Any], fields: list[tuple[str, str]], detail: str
+) -> None:
+    """Only the first line of each field was read, so these created a task: a Content-Encoding's
+    lines are one list (RFC 9110, section 5.3), `identity, gzip`, which is a 415 sent on one line;
+    and of two Content-Types a proxy or a WAF in front may act on the other one."""
+    alice = new_user()
+    headers = [*alice.headers.items(), *fields]
+    response = client.post(alice.tasks_url, content=b'{"title": "t"}', headers=headers)
+    problem = assert_problem(response, 415, "unsupported-media-type")
+    assert detail in problem["detail"]
+    assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
 
 
 def test_json_with_a_charset_and_a_toggle_without_a_body_are_fine(
@@ -142,6 +176,30 @@ def test_a_preflight_allows_the_request_headers_a_frontend_sends(
     assert response.headers["access-control-allow-origin"] == ORIGIN
     allowed = {name.strip().lower() for name in response.headers["access-control-allow-headers"].split(",")}
     assert sent | {"x-request-id"} <= allowed
+
+
+def test_a_preflight_allows_every_method_a_resource_takes(browser_api: httpx.Client, alice: ApiUser) -> None:
+    """HEAD was refused (400, "method"): every GET resource answers it, and a browser preflights a HEAD
+    that carries a token, then fails it on any status but 2xx, although the method itself is one the
+    Fetch standard lets pass. What each resource takes is what its 405 names in Allow."""
+    task = browser_api.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers).json()
+    for url in (alice.tasks_url, alice.task_url(task["id"]), f"{alice.task_url(task['id'])}/complete"):
+        taken = browser_api.request("TRACE", url).headers["allow"].split(", ")
+        for method in taken:
+            response = browser_api.options(
+                url,
+                headers={
+                    "Origin": ORIGIN,
+                    "Access-Control-Request-Method": method,
+                    "Access-Control-Request-Headers": "authorization",
+                },
+            )
+            assert response.status_code == 200, (url, method, response.text)
+            assert response.headers["access-control-allow-origin"] == ORIGIN
+    head = browser_api.head(alice.task_url(task["id"]), headers={**alice.headers, "Origin": ORIGIN})
+    assert head.status_code == 200
+    assert head.headers["access-control-allow-origin"] == ORIGIN
+    assert head.headers["etag"] == f'"{task["id"]}.{task["version"]}"'
 
 
 @pytest.mark.parametrize(
