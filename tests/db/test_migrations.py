@@ -7,6 +7,7 @@ databases of this test session, so a rollback here must not take it away from th
 
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -220,6 +221,56 @@ def test_plain_yoyo_apply_to_a_revision_short_of_the_last_is_one_line_and_leaves
     assert result.returncode == 0, result.stdout + result.stderr
     assert schema_state(empty_db_url) == MIGRATED
     assert live_policies(empty_db_url) == policies_in_files()
+
+
+OPERATIONS = PROJECT / "docs" / "operations.md"
+
+
+def documented_rollback_command() -> str:
+    """The `yoyo rollback` docs/operations.md gives for undoing a migration, as one line."""
+    text = " ".join(OPERATIONS.read_text(encoding="utf-8").split())
+    commands: list[str] = re.findall(
+        r"`(DATABASE_URL='postgresql\+psycopg://<owner>[^`]*yoyo rollback [^`]*)`", text
+    )
+    (command,) = commands
+    return command
+
+
+def test_the_documented_rollback_gives_up_behind_a_long_transaction_with_the_migration_kept(
+    empty_db_url: str,
+) -> None:
+    """Plain yoyo waits for a lock for ever: the documented rollback waited as long as a transaction
+    reading tasks lasted, and every request to tasks queued behind it. Its URL now bounds the wait
+    as migrate bounds its own."""
+    apply_migrations(empty_db_url)
+    address = yoyo_url(empty_db_url).removeprefix("postgresql+psycopg://")
+    command = (
+        documented_rollback_command()
+        .replace("<owner>@<direct host>/<db>", address)
+        .replace(address + "?", address + "&")  # the documented URL's own parameters
+        .replace("<NNNN_name>", MIGRATION_IDS[-1])
+    )
+    assert "<" not in command, command
+    before = schema_dump(empty_db_url)
+    env = {**os.environ, "PATH": f"{PROJECT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    with psycopg.connect(libpq_url(empty_db_url)) as long_transaction:
+        long_transaction.execute(ACT_AS, ("someone",))
+        long_transaction.execute("select count(*) from tasks")
+        bash = shutil.which("bash") or "/bin/bash"
+        result = subprocess.run(
+            [bash, "-c", command],
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert long_transaction.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "canceling statement due to lock timeout" in result.stderr
+    assert _yoyo_records(empty_db_url) == MIGRATION_IDS
+    assert schema_dump(empty_db_url) == before
 
 
 # What 0009_wake_after_commit, 0010_event_purges and 0011_purge_every_users_events change: the
