@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -229,19 +230,18 @@ OPERATIONS = PROJECT / "docs" / "operations.md"
 def documented_rollback_command() -> str:
     """The `yoyo rollback` docs/operations.md gives for undoing a migration, as one line."""
     text = " ".join(OPERATIONS.read_text(encoding="utf-8").split())
-    commands: list[str] = re.findall(
-        r"`(DATABASE_URL='postgresql\+psycopg://<owner>[^`]*yoyo rollback [^`]*)`", text
-    )
+    commands: list[str] = re.findall(r"`([^`]*yoyo rollback [^`]*)`", text)
     (command,) = commands
     return command
 
 
 def test_the_documented_rollback_gives_up_behind_a_long_transaction_with_the_migration_kept(
-    empty_db_url: str,
+    empty_db_url: str, tmp_path: Path
 ) -> None:
     """Plain yoyo waits for a lock for ever: the documented rollback waited as long as a transaction
     reading tasks lasted, and every request to tasks queued behind it. Its URL now bounds the wait
-    as migrate bounds its own."""
+    as migrate bounds its own. Run where an installed wheel puts the SQL, with no yoyo.ini beside
+    it, where the command the docs gave before found no database to roll back."""
     apply_migrations(empty_db_url)
     address = yoyo_url(empty_db_url).removeprefix("postgresql+psycopg://")
     command = (
@@ -256,21 +256,26 @@ def test_the_documented_rollback_gives_up_behind_a_long_transaction_with_the_mig
     with psycopg.connect(libpq_url(empty_db_url)) as long_transaction:
         long_transaction.execute(ACT_AS, ("someone",))
         long_transaction.execute("select count(*) from tasks")
-        bash = shutil.which("bash") or "/bin/bash"
-        result = subprocess.run(
-            [bash, "-c", command],
-            cwd=PROJECT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = run_in_package(command, tmp_path, env)
         assert long_transaction.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     assert result.returncode == 1, result.stdout + result.stderr
     assert "canceling statement due to lock timeout" in result.stderr
     assert _yoyo_records(empty_db_url) == MIGRATION_IDS
     assert schema_dump(empty_db_url) == before
+
+    again = run_in_package(command, tmp_path, env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _yoyo_records(empty_db_url) == MIGRATION_IDS[:-1]
+
+
+def run_in_package(command: str, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`command` in a folder laid out as the installed package is: its sql/, and no yoyo.ini."""
+    if not (folder / "sql").exists():
+        shutil.copytree(SQL_DIR, folder / "sql")
+    bash = shutil.which("bash") or "/bin/bash"
+    return subprocess.run(
+        [bash, "-c", command], cwd=folder, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 # What 0009_wake_after_commit, 0010_event_purges and 0011_purge_every_users_events change: the
