@@ -1,9 +1,10 @@
 DROP TRIGGER idempotency_keys_purge_expired ON public.idempotency_keys;
 DROP FUNCTION app.forget_expired_idempotency_keys();
--- The purge's policies (sql/policies/idempotency_keys.sql) read expires_at, dropped below.
-DROP POLICY "expired keys are visible to the purge" ON public.idempotency_keys;
-DROP POLICY "expired keys are locked by the purge" ON public.idempotency_keys;
-DROP POLICY "expired keys are removed by the purge" ON public.idempotency_keys;
+-- The purge's policies (sql/policies/idempotency_keys.sql) read expires_at, dropped below. Absent
+-- where the policy files were never applied (`yoyo apply --revision` short of the last).
+DROP POLICY IF EXISTS "expired keys are visible to the purge" ON public.idempotency_keys;
+DROP POLICY IF EXISTS "expired keys are locked by the purge" ON public.idempotency_keys;
+DROP POLICY IF EXISTS "expired keys are removed by the purge" ON public.idempotency_keys;
 
 ALTER TABLE public.tasks NO FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.idempotency_keys NO FORCE ROW LEVEL SECURITY;

