@@ -39,8 +39,9 @@ from tests.support import (
 )
 
 
-@pytest.fixture
-def bouncer_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor) -> Iterator[str]:
+def _bouncer(
+    migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor, *, pool_mode: str
+) -> Iterator[str]:
     if pgbouncer_binary() is None:
         if os.environ.get("CI"):
             pytest.fail("pgbouncer is missing in CI: .ci/run should have installed it")
@@ -51,8 +52,21 @@ def bouncer_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExe
         user=migrated_template.user,
         dbname=migrated_db.info.dbname,
         server_pool_size=1,
+        pool_mode=pool_mode,
     ) as url:
         yield url
+
+
+@pytest.fixture
+def bouncer_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor) -> Iterator[str]:
+    yield from _bouncer(migrated_db, migrated_template, pool_mode="transaction")
+
+
+@pytest.fixture
+def statement_bouncer_url(
+    migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+) -> Iterator[str]:
+    yield from _bouncer(migrated_db, migrated_template, pool_mode="statement")
 
 
 def test_users_sharing_one_server_connection_never_see_each_others_tasks(bouncer_url: str) -> None:
@@ -247,3 +261,15 @@ def test_prepared_statements_the_pooler_loses_are_never_a_500(
         warnings[0]
     )
     assert "set DB_PREPARED_STATEMENTS=auto" in warnings[0]
+
+
+def test_serve_refuses_a_pooler_in_statement_mode_in_one_line_saying_so(
+    statement_bouncer_url: str, tmp_path: Path
+) -> None:
+    """Every request is a transaction of several statements, which PgBouncer in statement mode ends
+    the session for. `serve` refused it as "cannot use the database at ...: the connection is
+    closed": the isolation check took the pooler's reason for a finding, and the next query found
+    the session gone."""
+    stderr = refusal(statement_bouncer_url, tmp_path, says="DATABASE_URL reaches a pooler in statement mode")
+    (line,) = stderr.strip().splitlines()
+    assert "run it in transaction mode (PgBouncer: pool_mode = transaction)" in line, line
