@@ -32,6 +32,7 @@ from tests.support import (
     cli_env,
     new_user,
     refusal,
+    run_cli,
     serve_process,
     serving,
     serving_client,
@@ -273,3 +274,16 @@ def test_serve_refuses_a_pooler_in_statement_mode_in_one_line_saying_so(
     stderr = refusal(statement_bouncer_url, tmp_path, says="DATABASE_URL reaches a pooler in statement mode")
     (line,) = stderr.strip().splitlines()
     assert "run it in transaction mode (PgBouncer: pool_mode = transaction)" in line, line
+
+
+def test_the_audit_through_the_pooler_leaves_no_setting_on_the_shared_server_session(
+    bouncer_url: str, tmp_path: Path
+) -> None:
+    """`todo-api policies` where DATABASE_URL is the pooled URL (as README's "Deploying" has it) set
+    its lock_timeout for the session, which behind a transaction pooler is a server session every
+    client shares next (the fixture's pooler has one): each request that waited for a row lock then
+    gave up after 5 s, blamed on a lock_timeout a DBA set, whatever DB_STATEMENT_TIMEOUT_MS said."""
+    result = run_cli("policies", cwd=tmp_path, DATABASE_URL=bouncer_url, BETTER_AUTH_SECRET=SECRET)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=None) as shared:
+        assert shared.execute("select current_setting('lock_timeout')").fetchone() == ("0",)
