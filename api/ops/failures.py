@@ -80,6 +80,14 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
             "(PgBouncer: pool_mode = transaction)"
         )
     refused = _said_by_postgres(text)
+    # PgBouncer's refusal of a startup parameter it does not pass on, as `options`, which migrate
+    # sets (its lock_timeout): the URL reaches a pooler.
+    if refused is not None and "unsupported startup parameter" in lowered:
+        return CommandFailed(
+            f"{setting} reaches a pooler at {where}, which refused the connection ({refused}): "
+            "migrate through a URL that reaches Postgres itself (Neon's direct URL, as "
+            f"MIGRATION_DATABASE_URL), and give {setting} no options the pooler refuses"
+        )
     if refused is not None and 'parameter "' in refused:
         # An options=-c ... of the URL: statement_timeout=abc, a misspelt name, one not settable there.
         return CommandFailed(

@@ -287,3 +287,15 @@ def test_the_audit_through_the_pooler_leaves_no_setting_on_the_shared_server_ses
     assert result.returncode == 0, result.stdout + result.stderr
     with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=None) as shared:
         assert shared.execute("select current_setting('lock_timeout')").fetchone() == ("0",)
+
+
+def test_migrate_through_the_pooler_says_to_migrate_through_postgres_itself(
+    bouncer_url: str, tmp_path: Path
+) -> None:
+    """migrate sets its lock_timeout with the connection's `options`, which PgBouncer refuses: it said
+    only "cannot use the database at ...: connection failed: ... unsupported startup parameter"."""
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=bouncer_url, BETTER_AUTH_SECRET=SECRET)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "DATABASE_URL reaches a pooler" in line, line
+    assert "migrate through a URL that reaches Postgres itself" in line, line
