@@ -27,7 +27,15 @@ def pgbouncer_binary() -> str | None:
 
 
 @contextmanager
-def pgbouncer(*, socket_dir: str, port: int, user: str, dbname: str, server_pool_size: int) -> Iterator[str]:
+def pgbouncer(
+    *,
+    socket_dir: str,
+    port: int,
+    user: str,
+    dbname: str,
+    server_pool_size: int,
+    pool_mode: str = "transaction",
+) -> Iterator[str]:
     """Run PgBouncer for one database; yield the URL that reaches the database through it."""
     binary = pgbouncer_binary()
     if binary is None:
@@ -45,7 +53,7 @@ listen_port = {listen_port}
 unix_socket_dir =
 auth_type = trust
 auth_file = {workdir}/userlist.txt
-pool_mode = transaction
+pool_mode = {pool_mode}
 default_pool_size = {server_pool_size}
 max_client_conn = 500
 ignore_startup_parameters = extra_float_digits

@@ -72,7 +72,22 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
         )
     if "resolve host" in lowered or "translate host name" in lowered:
         return CommandFailed(f"cannot find the database host in {setting} ({where}): check its spelling")
+    # PgBouncer's words when it ends a session at its first transaction block: every request is one.
+    if "statement pooling mode" in lowered:
+        return CommandFailed(
+            f"{setting} reaches a pooler in statement mode at {where}, which allows no transaction of "
+            "more than one statement, and every request is one: run it in transaction mode "
+            "(PgBouncer: pool_mode = transaction)"
+        )
     refused = _said_by_postgres(text)
+    # PgBouncer's refusal of a startup parameter it does not pass on, as `options`, which migrate
+    # sets (its lock_timeout): the URL reaches a pooler.
+    if refused is not None and "unsupported startup parameter" in lowered:
+        return CommandFailed(
+            f"{setting} reaches a pooler at {where}, which refused the connection ({refused}): "
+            "migrate through a URL that reaches Postgres itself (Neon's direct URL, as "
+            f"MIGRATION_DATABASE_URL), and give {setting} no options the pooler refuses"
+        )
     if refused is not None and 'parameter "' in refused:
         # An options=-c ... of the URL: statement_timeout=abc, a misspelt name, one not settable there.
         return CommandFailed(

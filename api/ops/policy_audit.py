@@ -254,6 +254,11 @@ async def audit(connection: Connection, files: Sequence[Path] | None = None) -> 
     assert identity is not None
     database, login_role_name, server_version = (str(value) for value in identity)
     async with connection.transaction():
+        # Every read of the audit, not the drift check alone: reading a policy's expressions
+        # (pg_get_expr) waits for any lock on its table as long as that is held. For the transaction
+        # only: behind a pooler in transaction mode, a session's setting stays on the server session
+        # that the API's requests share next.
+        await connection.execute(f"set local lock_timeout = '{LOCK_TIMEOUT}'")
         role = await login_role(connection)
         roles = await _rows(connection, Role, AUDIT_DIR / "roles.sql")
         members = await _rows(connection, TodoAppMember, AUDIT_DIR / "todo_app_members.sql")
@@ -320,9 +325,6 @@ def audit_database(
 
     async def run() -> Audit:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
-            # Every statement of the session, not the drift check alone: reading a policy's
-            # expressions (pg_get_expr) waits for any lock on its table as long as that is held.
-            await connection.execute(f"set lock_timeout = '{LOCK_TIMEOUT}'")
             try:
                 return await audit(connection, files)
             except psycopg.errors.LockNotAvailable:

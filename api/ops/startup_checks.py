@@ -458,7 +458,11 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
     conninfo = libpq_url(url, connect_timeout=settings.db_connect_timeout_seconds)
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
-            await refuse_an_unsupported_postgres(connection, "DATABASE_URL")
+            # In a transaction block, the shape of every request: a pooler that refuses one (in
+            # statement mode) ends the session saying why, which the isolation check took for a
+            # finding, leaving the next query only "the connection is closed".
+            async with connection.transaction():
+                await refuse_an_unsupported_postgres(connection, "DATABASE_URL")
             await refuse_a_read_only_database(connection, "DATABASE_URL")
             await refuse_a_database_not_in_utf8(connection, "DATABASE_URL")
             cursor = await connection.execute(_SERVER_AND_DATABASE)

@@ -32,6 +32,7 @@ from tests.support import (
     cli_env,
     new_user,
     refusal,
+    run_cli,
     serve_process,
     serving,
     serving_client,
@@ -39,8 +40,9 @@ from tests.support import (
 )
 
 
-@pytest.fixture
-def bouncer_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor) -> Iterator[str]:
+def _bouncer(
+    migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor, *, pool_mode: str
+) -> Iterator[str]:
     if pgbouncer_binary() is None:
         if os.environ.get("CI"):
             pytest.fail("pgbouncer is missing in CI: .ci/run should have installed it")
@@ -51,8 +53,21 @@ def bouncer_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExe
         user=migrated_template.user,
         dbname=migrated_db.info.dbname,
         server_pool_size=1,
+        pool_mode=pool_mode,
     ) as url:
         yield url
+
+
+@pytest.fixture
+def bouncer_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor) -> Iterator[str]:
+    yield from _bouncer(migrated_db, migrated_template, pool_mode="transaction")
+
+
+@pytest.fixture
+def statement_bouncer_url(
+    migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+) -> Iterator[str]:
+    yield from _bouncer(migrated_db, migrated_template, pool_mode="statement")
 
 
 def test_users_sharing_one_server_connection_never_see_each_others_tasks(bouncer_url: str) -> None:
@@ -247,3 +262,40 @@ def test_prepared_statements_the_pooler_loses_are_never_a_500(
         warnings[0]
     )
     assert "set DB_PREPARED_STATEMENTS=auto" in warnings[0]
+
+
+def test_serve_refuses_a_pooler_in_statement_mode_in_one_line_saying_so(
+    statement_bouncer_url: str, tmp_path: Path
+) -> None:
+    """Every request is a transaction of several statements, which PgBouncer in statement mode ends
+    the session for. `serve` refused it as "cannot use the database at ...: the connection is
+    closed": the isolation check took the pooler's reason for a finding, and the next query found
+    the session gone."""
+    stderr = refusal(statement_bouncer_url, tmp_path, says="DATABASE_URL reaches a pooler in statement mode")
+    (line,) = stderr.strip().splitlines()
+    assert "run it in transaction mode (PgBouncer: pool_mode = transaction)" in line, line
+
+
+def test_the_audit_through_the_pooler_leaves_no_setting_on_the_shared_server_session(
+    bouncer_url: str, tmp_path: Path
+) -> None:
+    """`todo-api policies` where DATABASE_URL is the pooled URL (as README's "Deploying" has it) set
+    its lock_timeout for the session, which behind a transaction pooler is a server session every
+    client shares next (the fixture's pooler has one): each request that waited for a row lock then
+    gave up after 5 s, blamed on a lock_timeout a DBA set, whatever DB_STATEMENT_TIMEOUT_MS said."""
+    result = run_cli("policies", cwd=tmp_path, DATABASE_URL=bouncer_url, BETTER_AUTH_SECRET=SECRET)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(bouncer_url, autocommit=True, prepare_threshold=None) as shared:
+        assert shared.execute("select current_setting('lock_timeout')").fetchone() == ("0",)
+
+
+def test_migrate_through_the_pooler_says_to_migrate_through_postgres_itself(
+    bouncer_url: str, tmp_path: Path
+) -> None:
+    """migrate sets its lock_timeout with the connection's `options`, which PgBouncer refuses: it said
+    only "cannot use the database at ...: connection failed: ... unsupported startup parameter"."""
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=bouncer_url, BETTER_AUTH_SECRET=SECRET)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "DATABASE_URL reaches a pooler" in line, line
+    assert "migrate through a URL that reaches Postgres itself" in line, line
