@@ -1,0 +1,57 @@
+"""The benchmark tools bench/README.md names, run as a newcomer runs them: each must start, measure
+what its name says and report it, on the suite's Postgres or on one of its own."""
+
+import asyncio
+
+import pytest
+
+from api.tasks import queries
+from bench import transaction_paths
+
+
+def test_bench_transaction_paths_runs_every_way_each_preparing_what_its_name_says(
+    migrated_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    get = queries.get_task("alice", 5)
+    # Fewer and shorter batches than the tool's: this checks that it runs, not what it measures.
+    monkeypatch.setattr(transaction_paths, "_ROUNDS", 1)
+    monkeypatch.setattr(transaction_paths, "_BATCH", 3)
+
+    figures = asyncio.run(transaction_paths._cpu_us_per_request(migrated_db_url, get, read_only=True))
+    assert list(figures) == [
+        "one message",
+        "one message, prepared",
+        "pipelined",
+        "pipelined and prepared",
+        "one message, prepared, on libpq",
+        "a bare `select 1`",
+    ]
+
+    async def prepared_by_requests() -> dict[str, list[str]]:
+        found = {}
+        for name, settings in transaction_paths._WAYS.items():
+            way = transaction_paths._DatabaseRun(
+                migrated_db_url, settings, prepares=name not in transaction_paths._NEVER_PREPARED
+            )
+            await way.open()
+            try:
+                for _ in range(3):
+                    await way.send(get, read_only=True)
+                async with way.database.pool.connection() as connection:
+                    # Without the empty statement the pool's check of a new connection sends, before
+                    # the way's first request; and without this query itself.
+                    cursor = await connection.execute(
+                        "select statement from pg_prepared_statements"
+                        " where statement <> '' and statement not like '%pg_prepared_statements%'"
+                    )
+                    found[name] = [row["statement"] for row in await cursor.fetchall()]
+            finally:
+                await way.close()
+        return found
+
+    prepared = asyncio.run(prepared_by_requests())
+
+    assert prepared["one message"] == [], prepared
+    assert prepared["pipelined"] == [], prepared
+    assert any("FROM tasks" in statement for statement in prepared["one message, prepared"]), prepared
+    assert any("FROM tasks" in statement for statement in prepared["pipelined and prepared"]), prepared
