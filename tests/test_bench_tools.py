@@ -2,11 +2,15 @@
 what its name says and report it, on the suite's Postgres or on one of its own."""
 
 import asyncio
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
+import bench.run
 from api.tasks import queries
-from bench import transaction_paths
+from bench import gc_cost, transaction_paths
 
 
 def test_bench_transaction_paths_runs_every_way_each_preparing_what_its_name_says(
@@ -55,3 +59,29 @@ def test_bench_transaction_paths_runs_every_way_each_preparing_what_its_name_say
     assert prepared["pipelined"] == [], prepared
     assert any("FROM tasks" in statement for statement in prepared["one message, prepared"]), prepared
     assert any("FROM tasks" in statement for statement in prepared["pipelined and prepared"]), prepared
+
+
+def _wrk_or_skip() -> None:
+    if shutil.which("wrk") is None and os.geteuid() != 0:
+        pytest.skip("needs wrk, which the bench installs with apt-get only as root")
+
+
+def test_bench_gc_cost_reports_the_serving_worker_s_collector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _wrk_or_skip()
+    monkeypatch.setattr(bench.run, "RESULTS_DIR", tmp_path)  # not the checkout's bench/results
+
+    gc_cost.main(["--scenarios", "get", "--duration", "1", "--connections", "4"])
+
+    rows = {
+        cells[0]: cells[1:]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and not line.startswith(("| worker", "| ---"))
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
+    # The worker's threshold, as api/ops/collector.py sets it: not that of serve's own process, which
+    # serves nothing and keeps CPython's.
+    assert rows["api/ops/worker.py settings"][1] == "(7000, 10, 10)", rows
+    assert rows["CPython defaults"][1] == "(700, 10, 10)", rows
+    assert all(int(cells[0].replace(",", "")) > 0 for cells in rows.values()), rows
