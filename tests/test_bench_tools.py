@@ -4,6 +4,9 @@ what its name says and report it, on the suite's Postgres or on one of its own."
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import pytest
 import bench.run
 from api.tasks import queries
 from bench import gc_cost, transaction_paths
+from tests.readme_commands import copy_of_the_checkout
 
 
 def test_bench_transaction_paths_runs_every_way_each_preparing_what_its_name_says(
@@ -85,3 +89,30 @@ def test_bench_gc_cost_reports_the_serving_worker_s_collector(
     assert rows["api/ops/worker.py settings"][1] == "(7000, 10, 10)", rows
     assert rows["CPython defaults"][1] == "(700, 10, 10)", rows
     assert all(int(cells[0].replace(",", "")) > 0 for cells in rows.values()), rows
+
+
+def test_bench_run_with_no_results_leaves_nothing_in_the_checkout_or_its_temporary_folder(
+    tmp_path: Path,
+) -> None:
+    _wrk_or_skip()
+    checkout = copy_of_the_checkout(tmp_path / "checkout")
+    scratch = Path(tempfile.gettempdir())
+
+    def run_folders() -> set[Path]:
+        return set(scratch.glob("todo-api-bench-run-*"))
+
+    before = run_folders()
+    options = ["--users", "20", "--workers", "1", "--duration", "1", "--rounds", "1", "--connections", "2"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", *options, "--threads", "1", "--scenarios", "get", "--no-results"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "| small | 1 | get |" in run.stdout, run.stdout[-3000:]
+    assert not (checkout / "bench" / "results").exists(), list((checkout / "bench" / "results").rglob("*"))
+    assert run_folders() <= before
