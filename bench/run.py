@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
-from typing import NoReturn
 
 from api.ops.migrations import apply_migrations
 from bench import dataset, postgraphile, report
@@ -31,7 +30,7 @@ from bench.explain import explain_list
 from bench.pgbench import PgbenchResult, run_pgbench
 from bench.pgbench_scripts import scripts
 from bench.postgraphile.isolation import check_isolation
-from bench.postgres import BenchPostgres, embedded_postgres_server
+from bench.postgres import STOPPING_SIGNALS, BenchPostgres, embedded_postgres_server, stop_on_signal
 from bench.sample import Sample
 from bench.scenarios import SCENARIOS, Scenario
 from bench.wrk import WrkResult, ensure_wrk, run_wrk, write_users_file
@@ -135,10 +134,6 @@ def _sizes(args: argparse.Namespace) -> list[dataset.Size]:
             dataset.Size(base.name, args.users or base.users, args.tasks_per_user or base.tasks_per_user)
         ]
     return sizes
-
-
-def _terminate(signum: int, _frame: object) -> NoReturn:
-    raise SystemExit(f"bench: stopped by signal {signum}")
 
 
 @dataclass(frozen=True)
@@ -319,8 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"bench: unknown scenario {unknown}; choose from {list(SCENARIOS)}")
     sizes = _sizes(args)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    for signum in STOPPING_SIGNALS:  # from here on: npm ci and apt-get too
+        signal.signal(signum, stop_on_signal)
     wrk = ensure_wrk()
     if "postgraphile" in args.server:
         postgraphile.ensure_installed()

@@ -2,19 +2,24 @@
 what its name says and report it, on the suite's Postgres or on one of its own."""
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import bench.run
 from api.tasks import queries
 from bench import gc_cost, transaction_paths
 from tests.readme_commands import copy_of_the_checkout
+from tests.support import PROJECT
 
 
 def test_bench_transaction_paths_runs_every_way_each_preparing_what_its_name_says(
@@ -116,3 +121,37 @@ def test_bench_run_with_no_results_leaves_nothing_in_the_checkout_or_its_tempora
     assert "| small | 1 | get |" in run.stdout, run.stdout[-3000:]
     assert not (checkout / "bench" / "results").exists(), list((checkout / "bench" / "results").rglob("*"))
     assert run_folders() <= before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_bench_tool_stopped_by_a_signal_stops_its_postgres(signum: int) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="bench-signal-"))  # short: Postgres puts its socket there
+    tool = subprocess.Popen(
+        [sys.executable, "-m", "bench.request_cpu", "--requests", "10", "--rounds", "1"],
+        cwd=PROJECT,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    postmaster: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while postmaster is None and time.monotonic() < deadline and tool.poll() is None:
+            for pid_file in scratch.glob("todo-api-bench-*/pgdata/postmaster.pid"):
+                with contextlib.suppress(OSError, ValueError, IndexError, psutil.Error):
+                    postmaster = psutil.Process(int(pid_file.read_text().splitlines()[0]))
+            time.sleep(0.05)
+        assert postmaster is not None, "the tool's Postgres did not start"
+
+        tool.send_signal(signum)
+        tool.wait(timeout=60)
+
+        assert not postmaster.is_running(), "the tool left its Postgres running"
+        assert not list(scratch.glob("todo-api-bench-*")), "the tool left its data folder"
+    finally:
+        tool.kill()
+        tool.wait()
+        if postmaster is not None and postmaster.is_running():
+            postmaster.send_signal(signal.SIGINT)  # Postgres's fast shutdown
+            postmaster.wait(timeout=60)
+        shutil.rmtree(scratch, ignore_errors=True)
