@@ -16,13 +16,10 @@ import psutil
 import pytest
 
 import bench.run
-from api.ops.migrations import apply_migrations
 from api.tasks import queries
-from bench import api_server, dataset, gc_cost, postgraphile, transaction_paths
-from bench.postgraphile.isolation import PeerNotIsolatedError, check_isolation
-from bench.postgres import embedded_postgres_server
+from bench import gc_cost, transaction_paths
 from tests.readme_commands import copy_of_the_checkout
-from tests.support import PROJECT, SECRET
+from tests.support import PROJECT
 
 
 def test_bench_transaction_paths_runs_every_way_each_preparing_what_its_name_says(
@@ -158,46 +155,3 @@ def test_a_bench_tool_stopped_by_a_signal_stops_its_postgres(signum: int) -> Non
             postmaster.send_signal(signal.SIGINT)  # Postgres's fast shutdown
             postmaster.wait(timeout=60)
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def test_the_peer_is_not_timed_when_it_takes_tokens_without_verifying_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    postgraphile.ensure_installed()  # npm ci from the lock into bench/postgraphile (git-ignored)
-    # The peer as bench/postgraphile/server.js configures it, but reading the token unverified.
-    trusting = tmp_path / "trusting-peer"
-    trusting.mkdir()
-    (trusting / "package.json").write_text((postgraphile.FOLDER / "package.json").read_text())
-    (trusting / "node_modules").symlink_to(postgraphile.FOLDER / "node_modules")
-    verifying = 'jwt.verify(token, secret, { algorithms: ["HS256"] })'
-    server = postgraphile.SERVER_SCRIPT.read_text()
-    assert verifying in server
-    (trusting / "server.js").write_text(server.replace(verifying, "jwt.decode(token)"))
-    monkeypatch.setitem(
-        api_server.SERVERS,
-        "trusting",
-        ([str(postgraphile.NODE), str(trusting / "server.js")], postgraphile.ENVIRONMENT),
-    )
-    size = dataset.Size("tiny", users=2, tasks_per_user=3)
-
-    with embedded_postgres_server() as postgres:
-        url = postgres.create_database("peer")
-        apply_migrations(url)
-        dataset.load(postgres.superuser_url("peer"), size, progress=lambda _: None)
-        for peer, isolates in (("postgraphile", True), ("trusting", False)):
-            with api_server.running_api(
-                url, SECRET, workers=1, run_dir=tmp_path, extra_env={}, server=peer
-            ) as served:
-                if isolates:
-                    check_isolation(
-                        served.base_url, SECRET, postgres.superuser_url("peer"), size.tasks_per_user
-                    )
-                    continue
-                with pytest.raises(PeerNotIsolatedError) as refused:
-                    check_isolation(
-                        served.base_url, SECRET, postgres.superuser_url("peer"), size.tasks_per_user
-                    )
-
-    found = str(refused.value)
-    assert "a token for user 2 signed with another secret was answered 200" in found, found
-    assert "a token for user 2 expired was answered 200" in found, found
