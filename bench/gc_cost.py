@@ -22,15 +22,23 @@ from bench.scenarios import SCENARIOS
 from bench.wrk import ensure_wrk, run_wrk
 
 _SITECUSTOMIZE = """
-import atexit, gc, json, os, signal, sys, time
+import atexit, gc, json, os, time
 
-# Counting starts when api/ops/collector.py calls gc.freeze(), right after the app is built, so that the
-# imports' own collections stay out of the figures.
-_totals = {"collections": [0, 0, 0], "seconds": 0.0, "cpu_seconds": 0.0}
+# Each process counts its own collections from its own gc.freeze(): the worker's comes right after it
+# built the app (api/ops/collector.py), so that the imports' collections stay out of the figures. granian
+# forks the worker from serve's process, which freezes too (api/ops/server.py) and serves nothing, so a
+# fork forgets what it inherited, and each process writes its figures to a file named by its pid: a
+# forked worker leaves through os._exit, which runs no atexit hook.
+_totals = {}
 _started = []
 _serving_since = []
-_freeze, _set_threshold = gc.freeze, gc.set_threshold
+_freeze, _set_threshold, _exit = gc.freeze, gc.set_threshold, os._exit
 _defaults = bool(os.environ.get("BENCH_GC_DEFAULTS"))
+
+def _forget():
+    _totals.update(collections=[0, 0, 0], seconds=0.0, cpu_seconds=0.0)
+    _started.clear()
+    _serving_since.clear()
 
 def _timed(phase, info):
     if not _serving_since:
@@ -46,19 +54,24 @@ def _start_counting():
     if not _defaults:
         _freeze()
 
+def _write():
+    if not _serving_since:
+        return
+    _totals["cpu_seconds"] = sum(os.times()[:2]) - _serving_since[0]
+    with open(os.path.join(os.environ["BENCH_GC_REPORTS"], f"{os.getpid()}.json"), "w") as report:
+        json.dump({**_totals, "threshold": gc.get_threshold()}, report)
+
+def _write_then_exit(code):
+    _write()
+    _exit(code)
+
+_forget()
+os.register_at_fork(after_in_child=_forget)
 gc.callbacks.append(_timed)
 gc.freeze = _start_counting
 gc.set_threshold = (lambda *_: None) if _defaults else _set_threshold
-
-# uvicorn re-raises SIGTERM once it has shut down; exiting on it instead lets atexit run.
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-
-@atexit.register
-def _write():
-    if _serving_since:
-        _totals["cpu_seconds"] = sum(os.times()[:2]) - _serving_since[0]
-    with open(os.environ["BENCH_GC_REPORT"], "w") as report:
-        json.dump({**_totals, "threshold": gc.get_threshold()}, report)
+atexit.register(_write)
+os._exit = _write_then_exit
 """
 
 _VARIANTS = {"CPython defaults": {"BENCH_GC_DEFAULTS": "1"}, "api/ops/worker.py settings": {}}
@@ -78,10 +91,12 @@ def main(argv: list[str] | None = None) -> None:
         size = dataset.SIZES["small"]
         prepared = prepare(postgres, size, run_dir, 1000, {})
         for variant, variant_env in _VARIANTS.items():
-            report = run_dir / f"gc-{len(rows)}.json"
-            env = {"PYTHONPATH": str(run_dir), "BENCH_GC_REPORT": str(report), **variant_env}
+            reports = run_dir / f"gc-{len(rows)}"
+            reports.mkdir()
+            env = {"PYTHONPATH": str(run_dir), "BENCH_GC_REPORTS": str(reports), **variant_env}
             requests = 0
             with running_api(prepared.url, prepared.secret, workers=1, run_dir=run_dir, extra_env=env) as api:
+                (worker,) = api.worker_processes()
                 for name in args.scenarios.split(","):
                     dataset.restore(postgres.superuser_url(prepared.dbname), size)
                     result = run_wrk(
@@ -94,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
                         duration=args.duration,
                     )
                     requests += result.requests
+            report = reports / f"{worker.pid}.json"
+            if not report.exists():
+                raise SystemExit(f"bench: the worker ({variant}) left no figures in {reports}")
             totals = json.loads(report.read_text())
             rows.append((variant, requests, totals))
     print(

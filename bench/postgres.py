@@ -7,13 +7,14 @@ the way out is (an error, Ctrl-C, SIGTERM).
 """
 
 import shutil
+import signal
 import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg import sql
@@ -101,8 +102,19 @@ def _configure(superuser_url: str) -> None:
         connection.execute("select pg_reload_conf()")
 
 
+def stop_on_signal(signum: int, _frame: object) -> NoReturn:
+    """SIGTERM or SIGHUP (a closed terminal) as Ctrl-C: an exception that unwinds the `with` blocks,
+    each stopping what it started. Left to their default, they end the process on the spot."""
+    raise SystemExit(f"bench: stopped by signal {signum}")
+
+
+STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def embedded_postgres_server() -> Iterator[BenchPostgres]:
+    # The server is detached from this process: only the `finally` below stops it.
+    previous = {signum: signal.signal(signum, stop_on_signal) for signum in STOPPING_SIGNALS}
     root = Path(tempfile.mkdtemp(prefix="todo-api-bench-"))
     server: Any = None
     try:
@@ -119,3 +131,5 @@ def embedded_postgres_server() -> Iterator[BenchPostgres]:
         if server is not None:
             server.cleanup()
         shutil.rmtree(root, ignore_errors=True)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

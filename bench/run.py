@@ -14,13 +14,13 @@ import json
 import secrets
 import signal
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
-from typing import NoReturn
 
 from api.ops.migrations import apply_migrations
 from bench import dataset, postgraphile, report
@@ -30,7 +30,7 @@ from bench.explain import explain_list
 from bench.pgbench import PgbenchResult, run_pgbench
 from bench.pgbench_scripts import scripts
 from bench.postgraphile.isolation import check_isolation
-from bench.postgres import BenchPostgres, embedded_postgres_server
+from bench.postgres import STOPPING_SIGNALS, BenchPostgres, embedded_postgres_server, stop_on_signal
 from bench.sample import Sample
 from bench.scenarios import SCENARIOS, Scenario
 from bench.wrk import WrkResult, ensure_wrk, run_wrk, write_users_file
@@ -113,7 +113,9 @@ def _parser() -> argparse.ArgumentParser:
         " or the peer (postgraphile); a list such as api,postgraphile runs them all, in turn each round",
     )
     parser.add_argument(
-        "--no-results", action="store_true", help="do not write bench/results/<time>/report.md"
+        "--no-results",
+        action="store_true",
+        help="write nothing in bench/results/: the run's files go to a temporary folder, removed at its end",
     )
     parser.add_argument("--note", action="append", default=[], help="a line to add under the run's table")
     return parser
@@ -132,10 +134,6 @@ def _sizes(args: argparse.Namespace) -> list[dataset.Size]:
             dataset.Size(base.name, args.users or base.users, args.tasks_per_user or base.tasks_per_user)
         ]
     return sizes
-
-
-def _terminate(signum: int, _frame: object) -> NoReturn:
-    raise SystemExit(f"bench: stopped by signal {signum}")
 
 
 @dataclass(frozen=True)
@@ -316,44 +314,54 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"bench: unknown scenario {unknown}; choose from {list(SCENARIOS)}")
     sizes = _sizes(args)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    for signum in STOPPING_SIGNALS:  # from here on: npm ci and apt-get too
+        signal.signal(signum, stop_on_signal)
     wrk = ensure_wrk()
     if "postgraphile" in args.server:
         postgraphile.ensure_installed()
-    run_dir = new_run_dir()
-    started = time.monotonic()
-    rows: list[report.Row] = []
-    plans: list[str] = []
-    with embedded_postgres_server() as postgres:
-        postgres_version = postgres.version()
-        for index, size in enumerate(sizes):
-            rows += _bench_size(postgres, size, args, wrk, run_dir, plans)
-            if index + 1 < len(sizes):
-                postgres.drop_database(f"bench_{size.name}")  # room on disk for the next size
-    (run_dir / "results.json").write_text(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
-    settings = [
-        f"- Load: {args.connections} connections (wrk) = clients (pgbench), {args.threads} threads = jobs,"
-        f" {args.rounds} alternating rounds of {args.duration} s per tool per scenario (medians);"
-        f" requests spread over {args.sample_users} users",
-        "- Sizes: " + "; ".join(f"{s.name} = {s.users:,} users x {s.tasks_per_user} tasks" for s in sizes),
-    ]
-    if args.server != ["api"]:
-        driven = ", ".join(f"`{server}`" for server in args.server)
-        settings.append(f"- Servers: {driven}, driven in turn each round")
-    if args.api_env:
-        settings.append("- API settings: " + ", ".join(f"`{name}={value}`" for name, value in args.api_env))
-    ratios = peer_ratios(rows, args.server)
-    lines = [*report.table(rows), "", *report.summary(rows), *ratios]
-    print("\n" + "\n".join(lines))
-    print(f"\nbench: done in {time.monotonic() - started:.0f} s; raw results in {run_dir}")
-    if not args.no_results:
-        notes = ratios + [f"- {note}" for note in args.note] + plans
-        path = run_dir / report.REPORT_NAME
-        report.write_results(
-            rows, postgres_version=postgres_version, settings=settings, notes=notes, path=path
-        )
-        print(f"bench: the run's report, with its machine and command: {path}")
+    with ExitStack() as scratch:
+        if args.no_results:
+            # Nothing in the checkout: the run's scripts, tokens and logs go with the run.
+            run_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="todo-api-bench-run-")))
+        else:
+            run_dir = new_run_dir()
+        started = time.monotonic()
+        rows: list[report.Row] = []
+        plans: list[str] = []
+        with embedded_postgres_server() as postgres:
+            postgres_version = postgres.version()
+            for index, size in enumerate(sizes):
+                rows += _bench_size(postgres, size, args, wrk, run_dir, plans)
+                if index + 1 < len(sizes):
+                    postgres.drop_database(f"bench_{size.name}")  # room on disk for the next size
+        (run_dir / "results.json").write_text(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+        settings = [
+            f"- Load: {args.connections} connections (wrk) = clients (pgbench),"
+            f" {args.threads} threads = jobs, {args.rounds} alternating rounds of {args.duration} s"
+            f" per tool per scenario (medians); requests spread over {args.sample_users} users",
+            "- Sizes: "
+            + "; ".join(f"{s.name} = {s.users:,} users x {s.tasks_per_user} tasks" for s in sizes),
+        ]
+        if args.server != ["api"]:
+            driven = ", ".join(f"`{server}`" for server in args.server)
+            settings.append(f"- Servers: {driven}, driven in turn each round")
+        if args.api_env:
+            settings.append(
+                "- API settings: " + ", ".join(f"`{name}={value}`" for name, value in args.api_env)
+            )
+        ratios = peer_ratios(rows, args.server)
+        lines = [*report.table(rows), "", *report.summary(rows), *ratios]
+        print("\n" + "\n".join(lines))
+        if args.no_results:
+            print(f"\nbench: done in {time.monotonic() - started:.0f} s")
+        else:
+            print(f"\nbench: done in {time.monotonic() - started:.0f} s; raw results in {run_dir}")
+            notes = ratios + [f"- {note}" for note in args.note] + plans
+            path = run_dir / report.REPORT_NAME
+            report.write_results(
+                rows, postgres_version=postgres_version, settings=settings, notes=notes, path=path
+            )
+            print(f"bench: the run's report, with its machine and command: {path}")
 
 
 if __name__ == "__main__":

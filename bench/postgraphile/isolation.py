@@ -2,11 +2,13 @@
 
 With user 1's token it reads its own task (so the check can see a row at all), then tries user 2's
 task every way the scenarios could: get it, list user 2's tasks, change its title, create a task in
-user 2's name; and sends a request without a token. Each must come back empty, refused or failing,
-and the database (read as the superuser) must show user 2's task and task count unchanged.
+user 2's name; and sends a request without a token, and with a token for user 2 that is forged or
+expired. Each must come back empty, refused or failing, and the database (read as the superuser) must
+show user 2's task and task count unchanged.
 """
 
 import json
+import secrets
 import urllib.error
 import urllib.request
 from typing import Any
@@ -81,6 +83,13 @@ def check_isolation(base_url: str, secret: str, superuser_url: str, tasks_per_us
     status, anonymous = _post(base_url, None, _GET, {"id": str(own_task)})
     if status != 401:
         failures.append(f"a request without a token was answered {status}: {anonymous}")
+    # A peer that reads the token without verifying it would let anyone be user 2, and do less work.
+    forged = mint_token(secrets.token_urlsafe(48), user_id(2), ttl_seconds=_TOKEN_TTL_SECONDS)
+    expired = mint_token(secret, user_id(2), ttl_seconds=-_TOKEN_TTL_SECONDS)
+    for kind, bad_token in (("signed with another secret", forged), ("expired", expired)):
+        status, answer = _post(base_url, bad_token, _GET, {"id": str(other_task)})
+        if status != 401:
+            failures.append(f"a token for user 2 {kind} was answered {status}: {answer}")
 
     after = _user_two_state(superuser_url, other_task)
     if after != before:

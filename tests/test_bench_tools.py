@@ -1,0 +1,157 @@
+"""The benchmark tools bench/README.md names, run as a newcomer runs them: each must start, measure
+what its name says and report it, on the suite's Postgres or on one of its own."""
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import bench.run
+from api.tasks import queries
+from bench import gc_cost, transaction_paths
+from tests.readme_commands import copy_of_the_checkout
+from tests.support import PROJECT
+
+
+def test_bench_transaction_paths_runs_every_way_each_preparing_what_its_name_says(
+    migrated_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    get = queries.get_task("alice", 5)
+    # Fewer and shorter batches than the tool's: this checks that it runs, not what it measures.
+    monkeypatch.setattr(transaction_paths, "_ROUNDS", 1)
+    monkeypatch.setattr(transaction_paths, "_BATCH", 3)
+
+    figures = asyncio.run(transaction_paths._cpu_us_per_request(migrated_db_url, get, read_only=True))
+    assert list(figures) == [
+        "one message",
+        "one message, prepared",
+        "pipelined",
+        "pipelined and prepared",
+        "one message, prepared, on libpq",
+        "a bare `select 1`",
+    ]
+
+    async def prepared_by_requests() -> dict[str, list[str]]:
+        found = {}
+        for name, settings in transaction_paths._WAYS.items():
+            way = transaction_paths._DatabaseRun(
+                migrated_db_url, settings, prepares=name not in transaction_paths._NEVER_PREPARED
+            )
+            await way.open()
+            try:
+                for _ in range(3):
+                    await way.send(get, read_only=True)
+                async with way.database.pool.connection() as connection:
+                    # Without the empty statement the pool's check of a new connection sends, before
+                    # the way's first request; and without this query itself.
+                    cursor = await connection.execute(
+                        "select statement from pg_prepared_statements"
+                        " where statement <> '' and statement not like '%pg_prepared_statements%'"
+                    )
+                    found[name] = [row["statement"] for row in await cursor.fetchall()]
+            finally:
+                await way.close()
+        return found
+
+    prepared = asyncio.run(prepared_by_requests())
+
+    assert prepared["one message"] == [], prepared
+    assert prepared["pipelined"] == [], prepared
+    assert any("FROM tasks" in statement for statement in prepared["one message, prepared"]), prepared
+    assert any("FROM tasks" in statement for statement in prepared["pipelined and prepared"]), prepared
+
+
+def _wrk_or_skip() -> None:
+    if shutil.which("wrk") is None and os.geteuid() != 0:
+        pytest.skip("needs wrk, which the bench installs with apt-get only as root")
+
+
+def test_bench_gc_cost_reports_the_serving_worker_s_collector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _wrk_or_skip()
+    monkeypatch.setattr(bench.run, "RESULTS_DIR", tmp_path)  # not the checkout's bench/results
+
+    gc_cost.main(["--scenarios", "get", "--duration", "1", "--connections", "4"])
+
+    rows = {
+        cells[0]: cells[1:]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and not line.startswith(("| worker", "| ---"))
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
+    # The worker's threshold, as api/ops/collector.py sets it: not that of serve's own process, which
+    # serves nothing and keeps CPython's.
+    assert rows["api/ops/worker.py settings"][1] == "(7000, 10, 10)", rows
+    assert rows["CPython defaults"][1] == "(700, 10, 10)", rows
+    assert all(int(cells[0].replace(",", "")) > 0 for cells in rows.values()), rows
+
+
+def test_bench_run_with_no_results_leaves_nothing_in_the_checkout_or_its_temporary_folder(
+    tmp_path: Path,
+) -> None:
+    _wrk_or_skip()
+    checkout = copy_of_the_checkout(tmp_path / "checkout")
+    scratch = Path(tempfile.gettempdir())
+
+    def run_folders() -> set[Path]:
+        return set(scratch.glob("todo-api-bench-run-*"))
+
+    before = run_folders()
+    options = ["--users", "20", "--workers", "1", "--duration", "1", "--rounds", "1", "--connections", "2"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", *options, "--threads", "1", "--scenarios", "get", "--no-results"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "| small | 1 | get |" in run.stdout, run.stdout[-3000:]
+    assert not (checkout / "bench" / "results").exists(), list((checkout / "bench" / "results").rglob("*"))
+    assert run_folders() <= before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_bench_tool_stopped_by_a_signal_stops_its_postgres(signum: int) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="bench-signal-"))  # short: Postgres puts its socket there
+    tool = subprocess.Popen(
+        [sys.executable, "-m", "bench.request_cpu", "--requests", "10", "--rounds", "1"],
+        cwd=PROJECT,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    postmaster: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while postmaster is None and time.monotonic() < deadline and tool.poll() is None:
+            for pid_file in scratch.glob("todo-api-bench-*/pgdata/postmaster.pid"):
+                with contextlib.suppress(OSError, ValueError, IndexError, psutil.Error):
+                    postmaster = psutil.Process(int(pid_file.read_text().splitlines()[0]))
+            time.sleep(0.05)
+        assert postmaster is not None, "the tool's Postgres did not start"
+
+        tool.send_signal(signum)
+        tool.wait(timeout=60)
+
+        assert not postmaster.is_running(), "the tool left its Postgres running"
+        assert not list(scratch.glob("todo-api-bench-*")), "the tool left its data folder"
+    finally:
+        tool.kill()
+        tool.wait()
+        if postmaster is not None and postmaster.is_running():
+            postmaster.send_signal(signal.SIGINT)  # Postgres's fast shutdown
+            postmaster.wait(timeout=60)
+        shutil.rmtree(scratch, ignore_errors=True)
