@@ -494,6 +494,32 @@ def test_token_with_a_short_secret(tmp_path: Path) -> None:
     assert_one_clear_failure(result.stderr, result.returncode, "at least 32 characters")
 
 
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [
+        (("token", "alice"), "BETTER_AUTH_SECRET"),
+        (("policies",), "DATABASE_URL"),
+        (("migrate",), "MIGRATION_DATABASE_URL"),
+        (("serve", "--port", "0"), "DATABASE_DIRECT_URL"),
+    ],
+)
+def test_a_secret_that_is_not_utf8_is_one_line_naming_it(
+    tmp_path: Path, command: tuple[str, ...], variable: str
+) -> None:
+    """Bytes the locale cannot decode (\\xff here) became a lone surrogate that only the encoding of
+    the secret, later, tripped over: a traceback, the password's neighbourhood in it."""
+    values = {"BETTER_AUTH_SECRET": SECRET, "DATABASE_URL": "postgresql://todo@/todo"}
+    values[variable] = (
+        f"postgresql://todo:{RIGHT_PASSWORD}\udcff@/todo" if "URL" in variable else f"{SECRET}\udcff"
+    )
+    result = run_cli(*command, "--data-dir", str(tmp_path / "data"), cwd=tmp_path, **values)
+    assert_one_clear_failure(result.stderr, result.returncode, f"{variable} is not UTF-8 text")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert RIGHT_PASSWORD not in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_port_held_by_another_program_is_one_line_before_anything_starts(
     tmp_path: Path, silent_port: int
 ) -> None:
