@@ -475,6 +475,19 @@ def test_serve_under_log_format_json_refuses_a_setting_in_a_json_line(
     assert (record["level"], message in record["message"]) == ("ERROR", True), record
 
 
+def test_serve_under_log_format_json_refuses_an_argument_that_is_not_utf8_in_a_json_line(
+    tmp_path: Path,
+) -> None:
+    """A byte the locale cannot decode is a lone surrogate to Python, which orjson refuses: logging
+    printed a traceback in place of the refusal, which was lost."""
+    result = run_cli("serve", "--host", "\udcff", "--port", "0", cwd=tmp_path, LOG_FORMAT="json")
+    assert_one_clear_failure(result.stderr, result.returncode)
+    (line,) = result.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR", record
+    assert "on --host \\udcff: it is for this machine only" in record["message"], record
+
+
 def test_a_mistaken_log_level_leaves_log_format_as_given(tmp_path: Path) -> None:
     """Text here, where stderr is no terminal and the default would be JSON."""
     result = run_cli("serve", "--port", "0", cwd=tmp_path, LOG_FORMAT="text", LOG_LEVEL="verbose")
