@@ -584,6 +584,13 @@ def test_a_port_is_held_while_its_server_starts(tmp_path: Path, silent_listener:
         # Granian panicked on so many (capacity overflow), leaving the embedded Postgres running.
         (("serve", "--workers", "9223372036854775807"), "is not 1 to 512 worker processes"),
         (("token", "alice", "--ttl", "0"), "argument --ttl: '0' is not 1 to 3153600000 seconds (100 years)"),
+        # A byte the locale cannot decode: exit 0 with a token the API answers 401.
+        (("token", "\udcff"), "argument user_id: '\\udcff' is not UTF-8 text"),
+        (
+            ("token", "alice", "--email", "a\udcff@example.com"),
+            "argument --email: 'a\\udcff@example.com' is not",
+        ),
+        (("token", "alice", "--name", "\udcff"), "argument --name: '\\udcff' is not UTF-8 text"),
     ],
 )
 def test_an_argument_out_of_range_is_refused_before_anything_starts(

@@ -429,9 +429,23 @@ def _token_lifetime(value: str) -> int:
     )
 
 
+def _claim_text(value: str) -> str:
+    """argparse's type for text a token carries: a byte the locale cannot decode (`$'\\xff'`) is a lone
+    surrogate to Python, and the API refuses a token holding one (api/auth/verification.py)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not UTF-8 text (check the terminal's encoding): the API refuses a token "
+            "whose claims are not"
+        ) from None
+    return value
+
+
 def _user_id(value: str) -> str:
     """A subject the API accepts (api/auth/principal.py) and a path can name: never a token that
     could only be refused."""
+    _claim_text(value)
     try:
         principal_from_claims({"sub": value})
     except InvalidToken as refused:
@@ -504,8 +518,8 @@ def _parser() -> argparse.ArgumentParser:
     token_parser.add_argument(
         "user_id", type=_user_id, help="the token's subject: the user id in /api/{user_id}/tasks"
     )
-    token_parser.add_argument("--email", help="the token's email claim (default: none)")
-    token_parser.add_argument("--name", help="the token's name claim (default: none)")
+    token_parser.add_argument("--email", type=_claim_text, help="the token's email claim (default: none)")
+    token_parser.add_argument("--name", type=_claim_text, help="the token's name claim (default: none)")
     token_parser.add_argument(
         "--ttl", type=_token_lifetime, default=3600, help="lifetime in seconds (default: 3600)"
     )
