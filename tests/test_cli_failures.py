@@ -605,6 +605,22 @@ def test_an_argument_out_of_range_is_refused_before_anything_starts(
     assert not data_dir.exists(), "no Postgres was started"
 
 
+@pytest.mark.parametrize(
+    "command", [("serve", "--port", "0"), ("migrate",), ("policies",), ("token", "alice")], ids=" ".join
+)
+def test_an_empty_data_dir_is_refused_and_makes_nothing(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """`--data-dir "$UNSET"` was the working directory itself: migrate and serve made the database,
+    its secret and its lock there, beside whatever else it held."""
+    result = run_cli(*command, "--data-dir", "", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert (
+        "argument --data-dir: an empty folder name: name a folder, or leave --data-dir out" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["serve", "migrate", "policies"])
 @pytest.mark.parametrize(("inside", "reason"), [("", "a file, not a folder"), ("sub", "Not a directory")])
 def test_a_data_dir_that_cannot_be_a_folder(tmp_path: Path, command: str, inside: str, reason: str) -> None:

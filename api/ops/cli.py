@@ -406,6 +406,14 @@ def _whole_number(value: str, lowest: int, highest: int, what: str) -> int:
     return int(value)
 
 
+def _data_dir(value: str) -> Path:
+    """argparse's type for --data-dir: an empty one (`--data-dir "$UNSET"`) is Path("."), which kept
+    the database, its secret and its lock in the working directory itself."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty folder name: name a folder, or leave --data-dir out")
+    return Path(value)
+
+
 def _port(value: str) -> int:
     return _whole_number(value, 0, 65535, "a TCP port (0 to 65535)")
 
@@ -487,7 +495,7 @@ def _parser() -> argparse.ArgumentParser:
         help="apply migrations first, as `todo-api migrate` does, to MIGRATION_DATABASE_URL, else "
         "DATABASE_URL (default: off; always on for the embedded database)",
     )
-    serve_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    serve_parser.add_argument("--data-dir", type=_data_dir, help=_DATA_DIR_HELP)
     serve_parser.set_defaults(run=serve)
 
     migrate_parser = commands.add_parser(
@@ -496,7 +504,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Apply sql/migrations, then sql/policies, as MIGRATION_DATABASE_URL's role (the "
         "schema's owner; default DATABASE_URL).",
     )
-    migrate_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    migrate_parser.add_argument("--data-dir", type=_data_dir, help=_DATA_DIR_HELP)
     migrate_parser.add_argument(
         "--login-role",
         metavar="NAME",
@@ -523,7 +531,7 @@ def _parser() -> argparse.ArgumentParser:
     token_parser.add_argument(
         "--ttl", type=_token_lifetime, default=3600, help="lifetime in seconds (default: 3600)"
     )
-    token_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    token_parser.add_argument("--data-dir", type=_data_dir, help=_DATA_DIR_HELP)
     token_parser.set_defaults(run=token)
 
     policies_parser = commands.add_parser(
@@ -534,7 +542,7 @@ def _parser() -> argparse.ArgumentParser:
     policies_parser.add_argument(
         "--json", action="store_true", help="print the audit as JSON (default: text)"
     )
-    policies_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    policies_parser.add_argument("--data-dir", type=_data_dir, help=_DATA_DIR_HELP)
     policies_parser.add_argument(
         "--write-expected",
         action="store_true",
