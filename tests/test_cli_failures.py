@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support import CLI, RIGHT_PASSWORD, SECRET, cli_env, free_port, run_cli
+from tests.support import CLI, RIGHT_PASSWORD, SECRET, cli_env, failure_status, free_port, run_cli
 
 COMMANDS = [
     pytest.param(("migrate",), id="migrate"),
@@ -37,8 +37,8 @@ def silent_port(silent_listener: socket.socket) -> int:
     return port
 
 
-def assert_one_clear_failure(output: str, returncode: int, *expected: str) -> None:
-    assert returncode == 1, output
+def assert_one_clear_failure(output: str, returncode: int, *expected: str, status: int = 1) -> None:
+    assert returncode == status, output
     assert "Traceback" not in output
     assert "serving on" not in output
     for text in expected:
@@ -50,7 +50,11 @@ def test_a_closed_port(tmp_path: Path, command: tuple[str, ...]) -> None:
     url = f"postgresql://todo@127.0.0.1:{free_port()}/todo"
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
     assert_one_clear_failure(
-        result.stderr, result.returncode, "cannot reach the database", "connection refused"
+        result.stderr,
+        result.returncode,
+        "cannot reach the database",
+        "connection refused",
+        status=failure_status(command),
     )
 
 
@@ -68,7 +72,9 @@ def test_a_server_that_never_answers(tmp_path: Path, command: tuple[str, ...], s
         timeout=SILENT_SERVER_WAIT_SECONDS,
         check=False,
     )
-    assert_one_clear_failure(result.stderr, result.returncode, "did not answer in time")
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "did not answer in time", status=failure_status(command)
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,7 +92,13 @@ def test_a_connection_option_postgres_refuses_is_named_with_its_reason(
     url = f"{migrated_db_url}&options=-c%20{option}"
     # Text, so that serve's line quotes Postgres's reason as it is, not escaped as JSON.
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, LOG_FORMAT="text")
-    assert_one_clear_failure(result.stderr, result.returncode, "refused an option in DATABASE_URL", reason)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "refused an option in DATABASE_URL",
+        reason,
+        status=failure_status(command),
+    )
     assert "did not answer in time" not in result.stderr
 
 
@@ -94,7 +106,9 @@ def test_a_connection_option_postgres_refuses_is_named_with_its_reason(
 def test_an_unknown_login_role(tmp_path: Path, command: tuple[str, ...], migrated_db_url: str) -> None:
     url = migrated_db_url.replace("postgresql://todo_owner@", "postgresql://nobody_here@")
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
-    assert_one_clear_failure(result.stderr, result.returncode, "no such login role", "DATABASE_URL")
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "no such login role", "DATABASE_URL", status=failure_status(command)
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -102,20 +116,32 @@ def test_a_missing_database(tmp_path: Path, command: tuple[str, ...], migrated_d
     name = migrated_db_url.split("/")[3].split("?")[0]
     url = migrated_db_url.replace(f"/{name}?", "/no_such_database?")
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
-    assert_one_clear_failure(result.stderr, result.returncode, "database no_such_database does not exist")
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "database no_such_database does not exist",
+        status=failure_status(command),
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_url_of_another_kind(tmp_path: Path, command: tuple[str, ...]) -> None:
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL="mysql://x@y/z", BETTER_AUTH_SECRET=SECRET)
-    assert_one_clear_failure(result.stderr, result.returncode, "must start with postgresql://")
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "must start with postgresql://", status=failure_status(command)
+    )
 
 
 @pytest.mark.parametrize("url", ["postgresql://a@127.0.0.1:1/todo?foo=bar", "postgresql://a@[::1/todo"])
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_url_libpq_cannot_read(tmp_path: Path, command: tuple[str, ...], url: str) -> None:
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
-    assert_one_clear_failure(result.stderr, result.returncode, "DATABASE_URL is not a valid connection URL")
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "DATABASE_URL is not a valid connection URL",
+        status=failure_status(command),
+    )
 
 
 # Each URL's password is PASSWORD_LEFT and PASSWORD_RIGHT, in pieces libpq reads as other parts of
@@ -140,7 +166,9 @@ def test_a_url_that_cannot_be_read_is_named_without_its_password(
     """README: "Tokens, secrets and passwords are never logged"; libpq quotes what it cannot read."""
     url = f"postgresql://todo_login:{password_and_host}/todo"
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
-    assert_one_clear_failure(result.stderr, result.returncode, "DATABASE_URL", reason)
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "DATABASE_URL", reason, status=failure_status(command)
+    )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     for piece in (PASSWORD_LEFT, PASSWORD_RIGHT):
         assert piece not in result.stdout + result.stderr
@@ -222,7 +250,10 @@ def test_a_url_without_the_password_the_server_asks_for(
         DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, PGPASSFILE=str(tmp_path / "no-pgpass"),
     )  # fmt: skip
     assert_one_clear_failure(
-        result.stderr, result.returncode, "refused the login: check the user and password in DATABASE_URL"
+        result.stderr,
+        result.returncode,
+        "refused the login: check the user and password in DATABASE_URL",
+        status=failure_status(command),
     )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
@@ -526,7 +557,9 @@ def test_a_secret_that_is_not_utf8_is_one_line_naming_it(
         f"postgresql://todo:{RIGHT_PASSWORD}\udcff@/todo" if "URL" in variable else f"{SECRET}\udcff"
     )
     result = run_cli(*command, "--data-dir", str(tmp_path / "data"), cwd=tmp_path, **values)
-    assert_one_clear_failure(result.stderr, result.returncode, f"{variable} is not UTF-8 text")
+    assert_one_clear_failure(
+        result.stderr, result.returncode, f"{variable} is not UTF-8 text", status=failure_status(command)
+    )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert RIGHT_PASSWORD not in result.stderr
     assert result.stdout == ""
@@ -630,7 +663,9 @@ def test_a_data_dir_that_cannot_be_a_folder(tmp_path: Path, command: str, inside
     result = run_cli(command, "--data-dir", str(data_dir), cwd=tmp_path)
     # The audit makes no folder, so never learns why none can be made: it audits only a database made.
     says = f"no embedded database in {data_dir}" if command == "policies" else f"in {data_dir} ({reason})"
-    assert_one_clear_failure(result.stderr, result.returncode, says, "--data-dir")
+    assert_one_clear_failure(
+        result.stderr, result.returncode, says, "--data-dir", status=failure_status(command)
+    )
     assert in_the_way.read_text() == "not a folder"
 
 
@@ -662,7 +697,11 @@ def test_an_env_file_line_that_cannot_be_parsed_stops_the_command_and_makes_noth
     result = run_cli(*command, cwd=tmp_path)
     (line,) = result.stderr.strip().splitlines()
     assert_one_clear_failure(
-        line, result.returncode, "todo-api: .env cannot be parsed at line 3 (DATABASE_URL)", "remove .env"
+        line,
+        result.returncode,
+        "todo-api: .env cannot be parsed at line 3 (DATABASE_URL)",
+        "remove .env",
+        status=failure_status(command),
     )
     assert "python-dotenv" not in result.stderr
     assert RIGHT_PASSWORD not in result.stderr, "a value is never quoted: it may be a password"
@@ -689,7 +728,7 @@ def test_an_env_file_that_is_no_file_stops_the_command_and_makes_nothing(
     make(tmp_path / ".env")
     result = run_cli(command, cwd=tmp_path)
     (line,) = result.stderr.strip().splitlines()
-    assert_one_clear_failure(line, result.returncode, f"todo-api: {says}")
+    assert_one_clear_failure(line, result.returncode, f"todo-api: {says}", status=failure_status(command))
     assert result.stdout == ""
     assert [path.name for path in tmp_path.iterdir()] == [".env"], "no embedded database was made"
 

@@ -1,8 +1,9 @@
 """todo-api: run the API, set up its database, mint a development token, audit isolation.
 
 Every failure a user can cause ends in one message naming the cause and the fix, and exit status 1
-(api/ops/failures.py), a standard output that cannot be written included; a reader of it that goes
-away (`| head`) ends the command quietly, with exit status 1. `serve` checks what it can
+(api/ops/failures.py), or 2 for `policies`, whose 1 means findings (AUDIT_NOT_RUN), a standard output
+that cannot be written included; a reader of it that goes away (`| head`) ends the command quietly,
+with exit status 1. `serve` checks what it can
 (api/ops/startup_checks.py) before it starts anything. Ctrl-C, SIGTERM or SIGHUP (the terminal
 closed) at any moment ends a command quietly, after the cleanup of whatever it had started. Ctrl-C
 exits 130, SIGHUP 129 and SIGTERM 143 as shells expect, so that an interrupted migrate or audit never
@@ -355,8 +356,15 @@ def token(args: argparse.Namespace) -> None:
     )
 
 
+# `policies` exits 1 on any finding, with the report on standard output; an audit that did not run to
+# its report (a setting, the database out of reach, a lock held past the audit's lock_timeout) exits
+# 2, as a misuse does, so that a deployment gate can tell "isolation is weakened" from "audit again".
+AUDIT_NOT_RUN = 2
+
+
 def policies(args: argparse.Namespace) -> None:
-    """Print the isolation audit; exit 1 on any finding, so it can gate a deployment."""
+    """Print the isolation audit; exit 1 on any finding, so it can gate a deployment, and
+    AUDIT_NOT_RUN when there is no audit to print."""
     from api.ops.policy_audit import (
         AuditIncomplete,
         audit_database,
@@ -537,7 +545,7 @@ def _parser() -> argparse.ArgumentParser:
     policies_parser = commands.add_parser(
         "policies",
         help="audit roles, RLS, policies, grants and drift; exit 1 on any finding",
-        description="Audit the database's isolation; exit 1 on any finding.",
+        description="Audit the database's isolation; exit 1 on any finding, 2 when it could not audit.",
     )
     policies_parser.add_argument(
         "--json", action="store_true", help="print the audit as JSON (default: text)"
@@ -584,7 +592,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "serve":
             logger.error("todo-api: %s", failure)
             sys.exit(1)
-        sys.exit(f"todo-api: {failure}")
+        print(f"todo-api: {failure}", file=sys.stderr)
+        sys.exit(AUDIT_NOT_RUN if args.command == "policies" else 1)
 
 
 if __name__ == "__main__":
