@@ -566,6 +566,18 @@ def test_a_secret_that_is_not_utf8_is_one_line_naming_it(
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("host", ["a" * 64, "\udcff.example.com"], ids=["label-over-63", "not-utf-8"])
+def test_a_host_no_name_can_be_is_one_line_before_anything_starts(tmp_path: Path, host: str) -> None:
+    """The name's IDNA encoding refused it before any lookup, with a UnicodeError traceback."""
+    result = run_cli(
+        "serve", "--host", host, "--port", "0", cwd=tmp_path, DATABASE_URL="postgresql://todo@127.0.0.1:1/todo",
+        BETTER_AUTH_SECRET=SECRET, LOG_FORMAT="text",
+    )  # fmt: skip
+    assert_one_clear_failure(result.stderr, result.returncode, "not a host name or an address")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot reach the database" not in result.stderr, "refused before anything starts"
+
+
 def test_a_port_held_by_another_program_is_one_line_before_anything_starts(
     tmp_path: Path, silent_port: int
 ) -> None:
