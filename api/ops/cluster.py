@@ -75,6 +75,10 @@ def unusable_login_role_name(name: str) -> str | None:
         return "it is a name SQL reserves (PUBLIC is every role, CURRENT_USER whoever runs the statement)"
     if name.lower().startswith("pg_"):
         return "it starts with pg_, which names Postgres's own roles (pg_monitor, pg_read_all_data, ...)"
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # a byte the locale could not decode, as a lone surrogate
+        return "it is not UTF-8 text (check the terminal's encoding)"
     if len(name.encode()) > _ROLE_NAME_MAX_BYTES:
         return (
             f"it is {len(name.encode())} bytes long, and Postgres keeps only the first "

@@ -242,6 +242,8 @@ _LONG_NAME = "todo_login_" + "x" * 59  # 70 bytes: Postgres would keep the first
         pytest.param("session_user", "it is a name SQL reserves", id="session_user"),
         pytest.param("none", "it is a name SQL reserves", id="none"),
         pytest.param(_LONG_NAME, "it is 70 bytes long", id="over-63-bytes"),
+        # A byte the locale cannot decode: a UnicodeEncodeError traceback.
+        pytest.param("todo_\udcff", "it is not UTF-8 text", id="not-utf-8"),
     ],
 )
 def test_login_role_refuses_a_name_no_role_could_fit_before_anything_runs(
@@ -259,7 +261,8 @@ def test_login_role_refuses_a_name_no_role_could_fit_before_anything_runs(
         after = superuser.execute(roles).fetchall()
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
-    assert f"refusing --login-role {name}: {why}" in result.stderr
+    shown = name.encode(errors="backslashreplace").decode()  # as standard error writes it
+    assert f"refusing --login-role {shown}: {why}" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert after == before, "no role was created, and none was granted anything"
