@@ -202,7 +202,9 @@ def create_login_role(owner_url: str, name: str, settings: Settings, setting: st
     where = (
         "its password is now DATABASE_URL's"
         if password
-        else f"give it a password (ALTER ROLE {name} PASSWORD '...') unless it logs in another way, "
+        # Quoted as Postgres reads it: todo-login, say, was advised bare, a syntax error in psql.
+        else f"give it a password (ALTER ROLE {sql.Identifier(name).as_string()} PASSWORD '...') unless it "
+        "logs in another way, "
         f"and serve with DATABASE_URL naming {name}"
     )
     return f"{described(role, password_set=password is not None)}; {where}"

@@ -2,6 +2,7 @@
 migrating as the owner through MIGRATION_DATABASE_URL, and saying which kind of login role is in use."""
 
 import logging
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,20 @@ def test_migrate_creates_the_login_role_and_the_api_serves_through_it(
     # Outside the role switch it reads nothing at all.
     with psycopg.connect(url) as login, pytest.raises(psycopg.errors.InsufficientPrivilege):
         login.execute("select count(*) from tasks")
+
+
+def test_the_password_advice_for_a_new_login_role_runs_as_written(
+    migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path
+) -> None:
+    """A name with a hyphen was advised bare, `ALTER ROLE todo-login PASSWORD '...'`: a syntax error."""
+    name = fresh_role.replace("_", "-")
+    try:
+        result = run_cli("migrate", "--login-role", name, cwd=tmp_path, DATABASE_URL=migrated_db_url)
+        assert result.returncode == 0, result.stderr
+        (advice,) = re.findall(r"\((ALTER ROLE .* PASSWORD) '\.\.\.'\)", result.stdout)
+        migrated_db.execute(f"{advice} 'a-new-password'")  # as the owner that made the role, as advised
+    finally:
+        migrated_db.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
 
 
 def test_start_up_warns_once_when_serving_as_the_owner(
