@@ -666,6 +666,18 @@ def test_an_empty_data_dir_is_refused_and_makes_nothing(tmp_path: Path, command:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
+def test_a_data_dir_whose_name_is_not_utf8_is_one_line_and_makes_nothing(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """The wheel reads initdb's output, which names the folder, as UTF-8: a traceback, and a half-made
+    folder that the next start took for an interrupted first start."""
+    data_dir = tmp_path / "data\udcff"
+    result = run_cli(*command, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_clear_failure(result.stderr, result.returncode, "(its name is not UTF-8 text)", "--data-dir")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["serve", "migrate", "policies"])
 @pytest.mark.parametrize(("inside", "reason"), [("", "a file, not a folder"), ("sub", "Not a directory")])
 def test_a_data_dir_that_cannot_be_a_folder(tmp_path: Path, command: str, inside: str, reason: str) -> None:

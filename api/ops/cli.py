@@ -122,6 +122,12 @@ def _usable_folder(data_dir: Path) -> Path:
     """The embedded database's folder, made if missing; one line when it cannot be (a file is in the
     way, the file system is read-only, ...)."""
     try:
+        str(data_dir).encode()
+    except UnicodeEncodeError:
+        # A byte the locale cannot decode: the wheel reads initdb's report of the path as UTF-8, and
+        # failed there with a traceback, leaving a half-made folder.
+        raise CommandFailed(_unusable_folder(data_dir, "its name is not UTF-8 text")) from None
+    try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         reason = "a file, not a folder" if data_dir.is_file() else error.strerror
