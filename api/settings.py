@@ -380,6 +380,20 @@ class Settings(LogSettings):
                 f"DATA_DIR starts with {value.parts[0]}, a home folder that cannot be found"
             ) from None
 
+    @field_validator("database_url", "migration_database_url", "better_auth_secret", "database_direct_url")
+    @classmethod
+    def utf8_text(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # Bytes the locale cannot decode reach a secret as lone surrogates, which pydantic refuses in a
+        # plain string but lets through here, and which failed later as a traceback when the secret was
+        # encoded. Never quoted: it may be a password.
+        if value is not None:
+            try:
+                value.get_secret_value().encode()
+            except UnicodeEncodeError:
+                name = (info.field_name or "").upper()
+                raise ValueError(f"{name} is not UTF-8 text: set it again, written in UTF-8") from None
+        return value
+
     @field_validator("better_auth_secret")
     @classmethod
     def secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:

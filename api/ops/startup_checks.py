@@ -73,6 +73,13 @@ def refuse_a_taken_port(host: str, port: int) -> tuple[str, int]:
         )[0]
     except socket.gaierror as error:
         raise CommandFailed(f"cannot listen on --host {host}: {error.strerror}") from None
+    except UnicodeError:
+        # Raised by the name's IDNA encoding, before any lookup: a label over 63 characters, or a byte
+        # the locale could not decode.
+        raise CommandFailed(
+            f"cannot listen on --host {host}: not a host name or an address; give one of this machine's "
+            "(127.0.0.1, ::1, 0.0.0.0)"
+        ) from None
     with socket.socket(family, kind, protocol) as probe:
         # Connections of an earlier server still in TIME_WAIT do not hold the port.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -12,10 +12,11 @@ import logging
 import re
 import sys
 import time
-from typing import Literal
+from typing import Any, Literal
 from uuid import uuid4
 
 from asgi_correlation_id import CorrelationIdFilter
+from pythonjsonlogger.core import LogData
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 LogFormat = Literal["json", "text"]
@@ -61,13 +62,36 @@ class _TextFormatter(logging.Formatter):
         return super().format(record).translate(_CONTROL_ESCAPES).replace("\n", "\n    ")
 
 
+def _with_surrogates_escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {key: _with_surrogates_escaped(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_with_surrogates_escaped(item) for item in value]
+    return value
+
+
+class _JsonFormatter(OrjsonFormatter):
+    """orjson refuses text holding a lone surrogate, which is how Python reads bytes the locale cannot
+    decode (`serve --host $'\\xff'`, a path): logging then printed a traceback in place of the line,
+    and the line (a refusal to start, say) was lost. Such a line is written with the surrogate escaped,
+    as Python writes it to standard error; every other line pays nothing."""
+
+    def jsonify_log_record(self, log_data: LogData) -> str:
+        try:
+            return super().jsonify_log_record(log_data)
+        except TypeError:
+            return super().jsonify_log_record(_with_surrogates_escaped(log_data))
+
+
 def _formatter(log_format: LogFormat) -> logging.Formatter:
     formatter: logging.Formatter
     if log_format == "json":
         # orjson rather than the standard library's encoder, which python-json-logger's own encoder
         # class keeps in pure Python, and every request's access line pays for it (bench/RESULTS.md,
         # "Levers").
-        formatter = OrjsonFormatter(
+        formatter = _JsonFormatter(
             "{asctime}{process}{levelname}{name}{message}{correlation_id}",
             style="{",
             rename_fields={

@@ -2,6 +2,7 @@
 migrating as the owner through MIGRATION_DATABASE_URL, and saying which kind of login role is in use."""
 
 import logging
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,20 @@ def test_migrate_creates_the_login_role_and_the_api_serves_through_it(
     # Outside the role switch it reads nothing at all.
     with psycopg.connect(url) as login, pytest.raises(psycopg.errors.InsufficientPrivilege):
         login.execute("select count(*) from tasks")
+
+
+def test_the_password_advice_for_a_new_login_role_runs_as_written(
+    migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path
+) -> None:
+    """A name with a hyphen was advised bare, `ALTER ROLE todo-login PASSWORD '...'`: a syntax error."""
+    name = fresh_role.replace("_", "-")
+    try:
+        result = run_cli("migrate", "--login-role", name, cwd=tmp_path, DATABASE_URL=migrated_db_url)
+        assert result.returncode == 0, result.stderr
+        (advice,) = re.findall(r"\((ALTER ROLE .* PASSWORD) '\.\.\.'\)", result.stdout)
+        migrated_db.execute(f"{advice} 'a-new-password'")  # as the owner that made the role, as advised
+    finally:
+        migrated_db.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
 
 
 def test_start_up_warns_once_when_serving_as_the_owner(
@@ -242,6 +257,8 @@ _LONG_NAME = "todo_login_" + "x" * 59  # 70 bytes: Postgres would keep the first
         pytest.param("session_user", "it is a name SQL reserves", id="session_user"),
         pytest.param("none", "it is a name SQL reserves", id="none"),
         pytest.param(_LONG_NAME, "it is 70 bytes long", id="over-63-bytes"),
+        # A byte the locale cannot decode: a UnicodeEncodeError traceback.
+        pytest.param("todo_\udcff", "it is not UTF-8 text", id="not-utf-8"),
     ],
 )
 def test_login_role_refuses_a_name_no_role_could_fit_before_anything_runs(
@@ -259,7 +276,8 @@ def test_login_role_refuses_a_name_no_role_could_fit_before_anything_runs(
         after = superuser.execute(roles).fetchall()
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
-    assert f"refusing --login-role {name}: {why}" in result.stderr
+    shown = name.encode(errors="backslashreplace").decode()  # as standard error writes it
+    assert f"refusing --login-role {shown}: {why}" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert after == before, "no role was created, and none was granted anything"

@@ -21,7 +21,7 @@ from api.db.sql_files import SQL_DIR
 from api.ops import policy_audit
 from api.ops.cli import main
 from api.ops.policy_audit import audit_database
-from tests.support import PROJECT, SECRET, as_role
+from tests.support import PROJECT, SECRET, as_role, free_port
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 RunPolicies = Callable[..., tuple[int, str]]
@@ -151,6 +151,13 @@ def test_the_cli_gates_a_deployment_from_a_real_process(migrated_db_url: str, tm
     )
     assert weakened.returncode == 1
     assert "[isolation] table tasks is open to todo_app without row-level security forced" in weakened.stdout
+    # A gate must tell findings from an audit that did not run, whose standard output is empty.
+    unreachable = subprocess.run(
+        [*command, "--json"], cwd=tmp_path, capture_output=True, text=True, check=False,
+        env={**env, "PYTHONPATH": str(project), "DATABASE_URL": f"postgresql://todo@127.0.0.1:{free_port()}/todo"},
+    )  # fmt: skip
+    assert (unreachable.returncode, unreachable.stdout) == (2, ""), unreachable.stderr
+    assert "cannot reach the database" in unreachable.stderr
 
 
 # --- each kind of finding ----------------------------------------------------------------------------
@@ -414,24 +421,26 @@ def test_the_drift_check_does_not_queue_behind_a_long_transaction(
         ]
 
 
-def test_a_lock_held_on_tasks_is_a_finding_within_the_lock_timeout_naming_its_holder(
+def test_a_lock_held_on_tasks_ends_the_audit_unrun_within_the_lock_timeout_naming_its_holder(
     db: Conn, migrated_db_url: str, tmp_path: Path
 ) -> None:
     """The policies' expressions are read with pg_get_expr, which waits for any lock on their table:
-    the whole audit, not the drift check alone, gives up after LOCK_TIMEOUT, and says so as a finding."""
+    the whole audit, not the drift check alone, gives up after LOCK_TIMEOUT, and says so. It has no
+    report to print: exit 2 and nothing on standard output, never the 1 of a report's findings, which
+    a deployment gate reading the JSON then found empty."""
     before = live_policies(db)
     env = {"DATABASE_URL": migrated_db_url, "BETTER_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
     with psycopg.connect(f"{migrated_db_url}&application_name=busy-migration") as busy:
         busy.execute("lock table tasks in access exclusive mode")
         result = subprocess.run(
-            [sys.executable, "-m", "api.ops.cli", "policies"],
+            [sys.executable, "-m", "api.ops.cli", "policies", "--json"],
             cwd=tmp_path, env={**env, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True,
             timeout=60, check=False,
         )  # fmt: skip
         holder = busy.info.backend_pid
-    assert result.returncode == 1, result.stderr
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
     (line,) = result.stderr.strip().splitlines()
-    for text in ("finding", "could not complete", "lock_timeout", f"pid {holder}", "busy-migration"):
+    for text in ("the audit could not complete", "lock_timeout", f"pid {holder}", "busy-migration"):
         assert text in line, line
     assert live_policies(db) == before, "the audit changed nothing"
 
