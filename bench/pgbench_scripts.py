@@ -13,8 +13,8 @@ simple-protocol message (`\;`, run with -M simple), or as one pipeline of prepar
 `python -m bench.pgbench_scripts` prints them (`--prepared` for the pipelines).
 """
 
+import argparse
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -183,5 +183,10 @@ def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) 
 
 
 if __name__ == "__main__":
-    for text in scripts(prepared="--prepared" in sys.argv[1:]).values():
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pgbench_scripts",
+        description="Prints the pgbench scripts bench.run times, with the very SQL the API sends.",
+    )
+    parser.add_argument("--prepared", action="store_true", help="the pipelines of prepared statements")
+    for text in scripts(prepared=parser.parse_args().prepared).values():
         print(text)

@@ -148,7 +148,9 @@ async def _measure(url: str, args: argparse.Namespace) -> dict[str, Figures]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.request_cpu",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--kinds", default="get,list,create,toggle,update", help="a subset of these")
     parser.add_argument("--requests", type=int, default=4000, help="requests per kind and round")

@@ -21,6 +21,7 @@ user row is stored sends (api/db/stored_owners.py):
     .venv/bin/python -m bench.transaction_paths
 """
 
+import argparse
 import asyncio
 import time
 from abc import ABC, abstractmethod
@@ -196,6 +197,13 @@ async def _cpu_us_per_request(url: str, query: Query, *, read_only: bool) -> dic
 
 
 def main() -> None:
+    # No options: the parser is there so that --help describes the run instead of starting it.
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.transaction_paths",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args()
     first_page = TaskListParams(limit=100)
     toggle = queries.set_completed(Principal("alice"), 5, None)
     assert toggle.without_owner_row is not None

@@ -155,3 +155,20 @@ def test_a_bench_tool_stopped_by_a_signal_stops_its_postgres(signum: int) -> Non
             postmaster.send_signal(signal.SIGINT)  # Postgres's fast shutdown
             postmaster.wait(timeout=60)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "tool",
+    sorted(path.stem for path in (PROJECT / "bench").glob("*.py") if "__main__" in path.read_text()),
+)
+def test_every_bench_tool_describes_itself_on_help_without_starting(tool: str) -> None:
+    # A tool with no parser took --help for a run of minutes, with a Postgres of its own.
+    run = subprocess.run(
+        [sys.executable, "-m", f"bench.{tool}", "--help"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"usage: python -m bench.{tool}"), run.stdout[:300]
