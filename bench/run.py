@@ -308,6 +308,24 @@ def peer_ratios(rows: list[report.Row], servers: list[str]) -> list[str]:
     return lines
 
 
+def _settings(args: argparse.Namespace, sizes: list[dataset.Size]) -> list[str]:
+    """The report's lines on how the run was made."""
+    settings = [
+        f"- Load: {args.connections} connections (wrk) = clients (pgbench),"
+        f" {args.threads} threads = jobs, {args.rounds} alternating rounds of {args.duration} s"
+        f" per tool per scenario (medians); requests spread over"
+        # A size with fewer users spreads the load over all of them (bench/sample.py).
+        + "; ".join(f" {Sample.of(s, args.sample_users).count} users ({s.name})" for s in sizes),
+        "- Sizes: " + "; ".join(f"{s.name} = {s.users:,} users x {s.tasks_per_user} tasks" for s in sizes),
+    ]
+    if args.server != ["api"]:
+        driven = ", ".join(f"`{server}`" for server in args.server)
+        settings.append(f"- Servers: {driven}, driven in turn each round")
+    if args.api_env:
+        settings.append("- API settings: " + ", ".join(f"`{name}={value}`" for name, value in args.api_env))
+    return settings
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
@@ -335,20 +353,7 @@ def main(argv: list[str] | None = None) -> None:
                 if index + 1 < len(sizes):
                     postgres.drop_database(f"bench_{size.name}")  # room on disk for the next size
         (run_dir / "results.json").write_text(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
-        settings = [
-            f"- Load: {args.connections} connections (wrk) = clients (pgbench),"
-            f" {args.threads} threads = jobs, {args.rounds} alternating rounds of {args.duration} s"
-            f" per tool per scenario (medians); requests spread over {args.sample_users} users",
-            "- Sizes: "
-            + "; ".join(f"{s.name} = {s.users:,} users x {s.tasks_per_user} tasks" for s in sizes),
-        ]
-        if args.server != ["api"]:
-            driven = ", ".join(f"`{server}`" for server in args.server)
-            settings.append(f"- Servers: {driven}, driven in turn each round")
-        if args.api_env:
-            settings.append(
-                "- API settings: " + ", ".join(f"`{name}={value}`" for name, value in args.api_env)
-            )
+        settings = _settings(args, sizes)
         ratios = peer_ratios(rows, args.server)
         lines = [*report.table(rows), "", *report.summary(rows), *ratios]
         print("\n" + "\n".join(lines))

@@ -172,3 +172,10 @@ def test_every_bench_tool_describes_itself_on_help_without_starting(tool: str) -
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith(f"usage: python -m bench.{tool}"), run.stdout[:300]
+
+
+def test_the_report_says_how_many_users_the_load_was_spread_over_for_each_size() -> None:
+    # A size with fewer users than --sample-users spreads the load over all of them (bench/sample.py).
+    args = bench.run._parser().parse_args(["--size", "small", "--users", "20"])
+    (load, *_) = bench.run._settings(args, bench.run._sizes(args))
+    assert load.endswith("requests spread over 20 users (small)"), load
