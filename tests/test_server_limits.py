@@ -437,6 +437,24 @@ def test_http2_is_not_spoken_so_no_head_escapes_the_http1_limits(served: str) ->
     assert not answer.startswith(b"\x00"), f"an HTTP/2 frame came back: {answer[:20]!r}"
 
 
+def test_a_websocket_upgrade_is_an_ordinary_request_answered_by_the_api(served: str) -> None:
+    """The API serves no WebSocket, so an upgrade request is answered as any other (RFC 9110, section
+    7.8). granian answered it itself, with an empty 403: no X-Request-ID, no problem, no access line."""
+    alice = new_user()
+    httpx.post(f"{served}{alice.tasks_url}", json={"title": "kept"}, headers=alice.headers)
+    head = (
+        f"GET {alice.tasks_url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
+        "Connection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    ).encode()
+    answer, _ = _raw(served, head)
+
+    fields, _, body = answer.partition(b"\r\n\r\n")
+    assert fields.startswith(b"HTTP/1.1 200 "), fields
+    assert re.search(rb"\r\nx-request-id: \S+", fields, re.IGNORECASE), fields
+    assert [task["title"] for task in json.loads(body)] == ["kept"]
+
+
 def _read_answer(connection: socket.socket) -> tuple[bytes, bytes]:
     """One answer from `connection`, its head and its body (as long as its Content-Length says); an
     AssertionError if the server closes the connection first, ConnectionResetError if it resets it."""

@@ -182,6 +182,9 @@ def serve_with_granian(
         # Not automatic detection (HTTP/1 or HTTP/2): hyper-util waits for a connection's first bytes
         # with no timer, so one that never sends a byte was never closed.
         http=HTTPModes.http1,
+        # The API serves no WebSocket: an upgrade request is an ordinary request (RFC 9110, section
+        # 7.8), answered and logged by the API, not an empty 403 from granian that no log line shows.
+        websockets=False,
         backpressure=connections,
         http1_settings=HTTP1Settings(
             header_read_timeout=HEAD_TIMEOUT_MILLISECONDS, max_buffer_size=MAX_HEAD_BYTES
