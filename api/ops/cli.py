@@ -598,8 +598,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "serve":
             logger.error("todo-api: %s", failure)
             sys.exit(1)
-        print(f"todo-api: {failure}", file=sys.stderr)
-        sys.exit(AUDIT_NOT_RUN if args.command == "policies" else 1)
+        if args.command == "policies":
+            print(f"todo-api: {failure}", file=sys.stderr)
+            sys.exit(AUDIT_NOT_RUN)
+        sys.exit(f"todo-api: {failure}")
 
 
 if __name__ == "__main__":
