@@ -27,6 +27,8 @@ def retry_after(
     return {"Retry-After": {**header, "required": True} if required else header}
 
 
+# For a status only some of whose answers send it (a create's 409); every 429 and 503 of an
+# authenticated operation sends it, so theirs is required.
 RETRY_AFTER = retry_after()
 # Sent only with the 429 of RATE_LIMIT_PER_MINUTE (api/http/rate_limit.py); every other 429 has
 # Retry-After alone.
@@ -48,7 +50,7 @@ def too_many_requests(own_reason: str = "") -> dict[str, Any]:
         f"Too many requests from you: {own_reason + ', ' if own_reason else ''}past "
         "MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's "
         "connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done.",
-        headers={**RETRY_AFTER, **RATE_LIMIT},
+        headers={**retry_after(required=True), **RATE_LIMIT},
     )
 
 
@@ -79,7 +81,7 @@ def service_unavailable(
             "stopped answering after the change was sent, so it may have been made; retry with the "
             "same Idempotency-Key, or read the task before changing it again"
         )
-    return error_response(text + ".", headers=RETRY_AFTER)
+    return error_response(text + ".", headers=retry_after(required=True))
 
 
 AUTH_ERRORS: Responses = {

@@ -13,12 +13,17 @@ from api.http.problems import ProblemType, error_response
 from api.http.refusals import Responses
 from api.tasks.models import IDEMPOTENCY_KEY_MAX_LENGTH
 
+# Required: every answer of a status they are documented on sends them (api/tasks/routes.py), so a
+# typed client may rely on them; tests/api/test_openapi.py holds the answers to the document.
 ETAG = {
-    "ETag": response_header(
-        "The task's version, a strong entity-tag: send it back in If-Match or If-None-Match."
-    )
+    "ETag": {
+        **response_header(
+            "The task's version, a strong entity-tag: send it back in If-Match or If-None-Match."
+        ),
+        "required": True,
+    }
 }
-LOCATION = {"Location": response_header("The new task's URL.")}
+LOCATION = {"Location": {**response_header("The new task's URL."), "required": True}}
 REPLAYED_HEADER = "Idempotent-Replayed"
 IDEMPOTENT_REPLAYED = {
     REPLAYED_HEADER: response_header(

@@ -13,7 +13,7 @@ from psycopg import sql
 from api.app import create_app, openapi_document
 from api.tasks.listing import CURSOR_MAX_LENGTH
 from api.tasks.models import WHITE_SPACE
-from tests.support import HEAD_REFUSALS, ApiUser, new_user, settings_for
+from tests.support import HEAD_REFUSALS, ApiUser, new_user, serving_client, settings_for
 
 TASK_OPERATIONS = [
     ("/api/{user_id}/tasks", "get"),
@@ -379,3 +379,85 @@ def test_a_405_names_in_allow_exactly_the_methods_the_document_lists_for_its_pat
             assert response.status_code == 405, (method, path, response.text)
             assert set(response.headers["allow"].split(", ")) == documented
         assert all("405" not in operation["responses"] for operation in path_item.values())
+
+
+# Every (operation, status) whose answer the document says always carries a header, read from the
+# document itself: a header marked required later is held here too, and a status no recipe below can
+# bring about fails until one is added.
+REQUIRED_HEADERS = [
+    pytest.param(path, method, status, id=f"{method.upper()} {path} {status}")
+    for path, path_item in openapi_document()["paths"].items()
+    for method, operation in path_item.items()
+    for status, response in operation["responses"].items()
+    if any(header.get("required") for header in response.get("headers", {}).values())
+]
+
+
+def _sent(client: httpx.Client, method: str, url: str, **options: Any) -> httpx.Response:
+    """The answer, read whole unless it is an event stream, which is closed once its head is in."""
+    with client.stream(method, url, **options) as response:
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.read()
+    return response
+
+
+def _about_a_new_task(
+    client: httpx.Client, path: str, method: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """`method` on `path` for a new user who has one task, which `{task_id}` names, with `headers`; a
+    create or an update sends a title, and a PATCH no body (a toggle)."""
+    user = new_user()
+    created = client.post(user.tasks_url, json={"title": "before"}, headers=user.headers)
+    assert created.status_code == 201, created.text
+    target = path.replace("{user_id}", user.id).replace("{task_id}", str(created.json()["id"]))
+    body = {"post": {"title": "created"}, "put": {"title": "after"}}.get(method)
+    return _sent(client, method, target, headers={**user.headers, **(headers or {})}, json=body)
+
+
+def _answer_of(status: str, path: str, method: str, request: pytest.FixtureRequest) -> httpx.Response:
+    """A real answer of `status` from `method` on `path`, provoked as a client would."""
+    client: httpx.Client = request.getfixturevalue("client")
+    if status in ("200", "201"):
+        return _about_a_new_task(client, path, method)
+    if status == "304":
+        return _about_a_new_task(client, path, method, {"If-None-Match": "*"})
+    if status == "412":
+        return _about_a_new_task(client, path, method, {"If-Match": '"0.0"'})
+    if status == "401":
+        return _sent(client, method, _target(path))
+    if status == "429":
+        # The same user's second request to an API that allows each user one a minute.
+        settings = settings_for(request.getfixturevalue("api_db_url"), rate_limit_per_minute=1)
+        user = new_user()
+        target = path.replace("{user_id}", user.id).replace("{task_id}", "1")
+        with serving_client(create_app(settings)) as limited:
+            first = _sent(limited, method, target, headers=user.headers)
+            assert first.status_code != 429, first.text
+            return _sent(limited, method, target, headers=user.headers)
+    if status == "503":
+        # An app whose isolation check has not run yet refuses, as it does after a finding.
+        app = create_app(settings_for(request.getfixturevalue("api_db_url")))
+        user = new_user()
+        target = path.replace("{user_id}", user.id).replace("{task_id}", "1")
+
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as unchecked:
+                return await unchecked.request(method, target, headers=user.headers)
+
+        return asyncio.run(send())
+    pytest.fail(f"the document marks a header required on {method.upper()} {path} {status}: add a way here")
+
+
+@pytest.mark.parametrize(("path", "method", "status"), REQUIRED_HEADERS)
+def test_every_header_the_document_marks_required_comes_with_a_real_answer_of_that_status(
+    spec: dict[str, Any], request: pytest.FixtureRequest, path: str, method: str, status: str
+) -> None:
+    """What a typed client or a fuzzer relies on: schema.ts types a required header as always there."""
+    response = _answer_of(status, path, method, request)
+    assert str(response.status_code) == status, response.text
+    for name, header in spec["paths"][path][method]["responses"][status]["headers"].items():
+        if header.get("required"):
+            assert name in response.headers, (name, response.headers)
+            if header["schema"]["type"] == "integer":
+                assert response.headers[name].isdigit(), (name, response.headers[name])

@@ -356,7 +356,7 @@ export interface operations {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -387,7 +387,7 @@ export interface operations {
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -526,7 +526,7 @@ export interface operations {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -557,7 +557,7 @@ export interface operations {
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -595,11 +595,11 @@ export interface operations {
             201: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
-                    ETag?: string;
+                    ETag: string;
                     /** @description `true` when this answers a repeated Idempotency-Key: nothing was created now. A first answer has no such header. */
                     "Idempotent-Replayed"?: string;
                     /** @description The new task's URL. */
-                    Location?: string;
+                    Location: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -732,7 +732,7 @@ export interface operations {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -763,7 +763,7 @@ export interface operations {
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -797,7 +797,7 @@ export interface operations {
             200: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
-                    ETag?: string;
+                    ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -810,7 +810,7 @@ export interface operations {
             304: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
-                    ETag?: string;
+                    ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -867,7 +867,7 @@ export interface operations {
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
-                    ETag?: string;
+                    ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -906,7 +906,7 @@ export interface operations {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -937,7 +937,7 @@ export interface operations {
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -975,7 +975,7 @@ export interface operations {
             200: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
-                    ETag?: string;
+                    ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1045,7 +1045,7 @@ export interface operations {
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
-                    ETag?: string;
+                    ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1108,7 +1108,7 @@ export interface operations {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1139,7 +1139,7 @@ export interface operations {
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1228,7 +1228,7 @@ export interface operations {
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
-                    ETag?: string;
+                    ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1278,7 +1278,7 @@ export interface operations {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1309,7 +1309,7 @@ export interface operations {
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1347,7 +1347,7 @@ export interface operations {
             200: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
-                    ETag?: string;
+                    ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1417,7 +1417,7 @@ export interface operations {
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
-                    ETag?: string;
+                    ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1480,7 +1480,7 @@ export interface operations {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1511,7 +1511,7 @@ export interface operations {
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
-                    "Retry-After"?: number;
+                    "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
