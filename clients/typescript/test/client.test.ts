@@ -210,28 +210,6 @@ test("a repeated create shows the task as it is now, so the next write is not a 
   assert.equal(next.response.status, 200, JSON.stringify(next.error));
 });
 
-/**
- * Notes how long the client waits after a refusal (call `refusing()` as the refusal is answered) and
- * cuts that wait short; every other timer runs as it was set.
- */
-function waitsCutShort(t: TestContext): { waits: number[]; refusing: () => void } {
-  const waits: number[] = [];
-  let refused = false;
-  const realSetTimeout = globalThis.setTimeout;
-  t.mock.method(globalThis, "setTimeout", ((callback: () => void, ms?: number) => {
-    if (!refused) return realSetTimeout(callback, ms);
-    refused = false;
-    waits.push(ms ?? 0);
-    return realSetTimeout(callback, 0);
-  }) as typeof setTimeout);
-  return {
-    waits,
-    refusing: () => {
-      refused = true;
-    },
-  };
-}
-
 /** A 503 as the API sends it while isolation is unverified. */
 function isolationUnverified(retryAfter: string): Response {
   const problem = {
@@ -243,63 +221,64 @@ function isolationUnverified(retryAfter: string): Response {
   return Response.json(problem, { status: 503, headers: { "Retry-After": retryAfter } });
 }
 
-test("a create answered 503 with Retry-After is sent again after it, with the same key", async (t) => {
+/**
+ * A create whose first attempt is answered with `refusal` and whose later ones reach the API: how
+ * long the client waited before each later one (each wait cut short), the Idempotency-Key of each
+ * attempt, the create's result and the titles the user has afterwards.
+ */
+async function createAfterARefusal(t: TestContext, refusal: Response, title: string) {
   const user = takeUser("start");
   const keys: (string | null)[] = [];
-  const wait = waitsCutShort(t);
+  const waits: number[] = [];
+  let refused = false;
+  const realSetTimeout = globalThis.setTimeout;
+  t.mock.method(globalThis, "setTimeout", ((callback: () => void, ms?: number) => {
+    if (!refused) return realSetTimeout(callback, ms);
+    refused = false;
+    waits.push(ms ?? 0);
+    return realSetTimeout(callback, 0);
+  }) as typeof setTimeout);
   const todo = clientFor(user, {
     fetch: async (request) => {
       if (request.method !== "POST") return fetch(request);
       keys.push(request.headers.get("Idempotency-Key"));
       if (keys.length > 1) return fetch(request);
-      wait.refusing();
-      return isolationUnverified("8");
+      refused = true;
+      return refusal;
     },
   });
+  const created = await todo.createTask(user.id, { title });
+  const listed = await todo.listTasks(user.id);
+  return { waits, keys, created, titles: listed.data?.map((task) => task.title) };
+}
 
-  const created = await todo.createTask(user.id, { title: "After the wait" });
+test("a create answered 503 with Retry-After is sent again after it, with the same key", async (t) => {
+  const { waits, keys, created, titles } = await createAfterARefusal(t, isolationUnverified("8"), "After the wait");
 
-  assert.deepEqual(wait.waits, [8000], "waited as long as Retry-After asked");
+  assert.deepEqual(waits, [8000], "waited as long as Retry-After asked");
   assert.equal(created.response.status, 201, JSON.stringify(created.error));
   assert.deepEqual(keys, [keys[0], keys[0]]);
-  const listed = await todo.listTasks(user.id);
-  assert.deepEqual(
-    listed.data?.map((task) => task.title),
-    ["After the wait"],
-  );
+  assert.deepEqual(titles, ["After the wait"]);
 });
 
 test("a create answered 409 idempotency-key-in-use is sent again after its Retry-After, with the same key", async (t) => {
-  const user = takeUser("start");
-  const keys: (string | null)[] = [];
-  const wait = waitsCutShort(t);
-  const todo = clientFor(user, {
-    fetch: async (request) => {
-      if (request.method !== "POST") return fetch(request);
-      keys.push(request.headers.get("Idempotency-Key"));
-      if (keys.length > 1) return fetch(request);
-      wait.refusing();
-      // The API's answer while other requests with the key are being handled (api/http/problems.py).
-      const problem = {
-        type: "urn:todo-api:problem:idempotency-key-in-use",
-        title: "Idempotency key in use",
-        status: 409,
-        detail: "Another request with this Idempotency-Key is being handled at the same time.",
-      };
-      return Response.json(problem, { status: 409, headers: { "Retry-After": "1" } });
+  // The API's answer while other requests with the key are being handled (api/http/problems.py).
+  const inUse = Response.json(
+    {
+      type: "urn:todo-api:problem:idempotency-key-in-use",
+      title: "Idempotency key in use",
+      status: 409,
+      detail: "Another request with this Idempotency-Key is being handled at the same time.",
     },
-  });
+    { status: 409, headers: { "Retry-After": "1" } },
+  );
 
-  const created = await todo.createTask(user.id, { title: "Once the other is done" });
+  const { waits, keys, created, titles } = await createAfterARefusal(t, inUse, "Once the other is done");
 
-  assert.deepEqual(wait.waits, [1000], "waited as long as Retry-After asked");
+  assert.deepEqual(waits, [1000], "waited as long as Retry-After asked");
   assert.equal(created.response.status, 201, JSON.stringify(created.error));
   assert.deepEqual(keys, [keys[0], keys[0]]);
-  const listed = await todo.listTasks(user.id);
-  assert.deepEqual(
-    listed.data?.map((task) => task.title),
-    ["Once the other is done"],
-  );
+  assert.deepEqual(titles, ["Once the other is done"]);
 });
 
 test("a create asked to wait longer than the client does is answered with that 503 at once", async () => {
