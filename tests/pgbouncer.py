@@ -9,7 +9,7 @@ import os
 import pwd
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,14 +35,16 @@ def pgbouncer(
     dbname: str,
     server_pool_size: int,
     pool_mode: str = "transaction",
+    other_users: Sequence[str] = (),
 ) -> Iterator[str]:
-    """Run PgBouncer for one database; yield the URL that reaches the database through it."""
+    """Run PgBouncer for one database; yield the URL that reaches the database through it as `user`.
+    It admits `other_users` too (auth_type trust still wants every user in its auth_file)."""
     binary = pgbouncer_binary()
     if binary is None:
         raise RuntimeError("pgbouncer is not installed (.ci/run installs Debian's package)")
     workdir = Path(tempfile.mkdtemp(prefix="todo-api-pgbouncer-"))
     listen_port = port_for.select_random()
-    (workdir / "userlist.txt").write_text(f'"{user}" ""\n')
+    (workdir / "userlist.txt").write_text("".join(f'"{name}" ""\n' for name in (user, *other_users)))
     (workdir / "pgbouncer.ini").write_text(
         f"""[databases]
 {dbname} = host={socket_dir} port={port} dbname={dbname}

@@ -65,6 +65,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
+from psycopg_pool import PoolTimeout
 from sqlalchemy.sql.elements import ClauseElement
 
 from api.db.errors import (
@@ -72,6 +73,7 @@ from api.db.errors import (
     AlreadyExists,
     AssignedIdTaken,
     CheckRefused,
+    DatabaseBusy,
     DatabaseUnavailable,
     LimitReached,
     LockWaitGivenUp,
@@ -400,6 +402,12 @@ class Database:
             # commit or roll back, which the transaction does itself (`python -m bench.request_cpu`
             # counts the Python calls that saves).
             connection = await self.pool.getconn(pool_wait)
+        except PoolTimeout:
+            # Requests hold connections: the pool is busy. A database that went away breaks the
+            # connections it had, and they go back, so none is held then.
+            if self.fair_share.at_database:
+                raise DatabaseBusy("no connection came free in time") from None
+            raise
         finally:
             self._waiting_for_pool -= 1
         share.at_database += 1

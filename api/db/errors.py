@@ -109,6 +109,12 @@ class DatabaseUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
     transaction was read-only, or the server answered that it failed (and so rolled back)."""
 
 
+class DatabaseBusy(DatabaseUnavailable):
+    """No pooled connection came free within DB_POOL_TIMEOUT_SECONDS while other requests held them
+    (waiting on row locks, say, or behind a pooler whose server connections are all taken): the
+    database is reachable, and nothing was sent."""
+
+
 class OutcomeUnknown(DatabaseUnavailable):
     """A write's transaction went out and no answer came back (it timed out, or the connection
     broke) with no proof that the server did not run it: it may have committed. Retrying blindly

@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from api.db.errors import DatabaseUnavailable, UserShareExceeded
+from api.db.errors import DatabaseBusy, DatabaseUnavailable, UserShareExceeded
 
 
 class Share:
@@ -56,6 +56,8 @@ class FairShare:
             # of the user's requests to the next, which is still being lent its connection (a
             # liveness check's round trip), is no such wait: the pool has idle connections then.
             if share.at_database < self.per_user and not self._pool_has_idle_connection():
+                if self.at_database:  # requests hold the connections: a busy pool, not an outage
+                    raise DatabaseBusy("no connection for this user's requests in time") from None
                 raise DatabaseUnavailable("no connection for this user's requests in time") from None
             raise UserShareExceeded(self.per_user) from None
         except BaseException:

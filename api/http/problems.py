@@ -22,6 +22,7 @@ from api.db.errors import (
     AlreadyExists,
     AssignedIdTaken,
     CheckRefused,
+    DatabaseBusy,
     IsolationBreach,
     LockWaitGivenUp,
     OutcomeUnknown,
@@ -386,6 +387,19 @@ def database_unavailable() -> ProblemError:
     )
 
 
+def database_busy() -> ProblemError:
+    # The same type as database-unavailable, whose promise it keeps (nothing changed; retry later),
+    # but not its words: the database answers, its connections are all taken.
+    return ProblemError(
+        503,
+        ProblemType.DATABASE_UNAVAILABLE,
+        "Database unavailable",
+        "The database is busy: no connection to it came free in time (DB_POOL_TIMEOUT_SECONDS); "
+        "nothing was changed. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
 def statement_cancelled() -> ProblemError:
     # The same type as database-unavailable, whose promise it keeps (nothing changed; retry later),
     # but not its words: the database answered, it only did not finish this request in time.
@@ -589,8 +603,13 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, on_database_unavailable)
 
-    # More specific than DatabaseUnavailable, as is OutcomeUnknown below, so Starlette picks this
-    # handler for it.
+    # More specific than DatabaseUnavailable, as are OutcomeUnknown and those below, so Starlette
+    # picks this handler for it.
+    @app.exception_handler(DatabaseBusy)
+    async def on_database_busy(_: Request, exc: DatabaseBusy) -> JSONResponse:
+        logger.warning("database busy: %s", exc)
+        return problem_response(database_busy())
+
     @app.exception_handler(StatementCancelled)
     async def on_statement_cancelled(_: Request, exc: StatementCancelled) -> JSONResponse:
         logger.warning("statement cancelled: %s", exc)

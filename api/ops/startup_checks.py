@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from api.db.prepared import preparing_setting, reaches_postgres_itself, sessions_pass_between_clients
 from api.db.urls import libpq_url
@@ -416,10 +417,13 @@ async def check_direct_url(url: str, settings: Settings, served: tuple[object, s
         )
 
 
-def _server_and_database(url: str, setting: str, connect_timeout_seconds: int) -> tuple[object, str]:
+def _connect(url: str, setting: str, connect_timeout_seconds: int) -> psycopg.Connection[tuple[Any, ...]]:
     conninfo = libpq_url(url, setting, connect_timeout=connect_timeout_seconds)
-    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as connection:
-        row = connection.execute(_SERVER_AND_DATABASE).fetchone()
+    return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
+
+
+def _server_and_database(connection: psycopg.Connection[tuple[Any, ...]]) -> tuple[object, str]:
+    row = connection.execute(_SERVER_AND_DATABASE).fetchone()
     assert row is not None
     return row[0], str(row[1])
 
@@ -433,12 +437,24 @@ def refuse_migrating_another_database(
     the servers answer (`_SERVER_AND_DATABASE`), which a pooler in front does not change. A
     DATABASE_URL that cannot be used yet (its role is the one `--login-role` creates, or gives its
     password) cannot be compared, and `serve` names what is wrong with it."""
+    served_role = conninfo_to_dict(libpq_url(database_url)).get("user")
     try:
-        migrated = _server_and_database(migration_url, "MIGRATION_DATABASE_URL", connect_timeout_seconds)
+        with _connect(migration_url, "MIGRATION_DATABASE_URL", connect_timeout_seconds) as connection:
+            migrated = _server_and_database(connection)
+            # Asked here, never by trying: a login PgBouncer fails (a role `--login-role` has yet to
+            # create) makes it hold every new login as that role for its server_login_retry, so the
+            # `serve` started next would wait in vain.
+            can_log_in = served_role is None or connection.execute(
+                "select exists (select from pg_catalog.pg_roles where rolname = %s and rolcanlogin)",
+                [served_role],
+            ).fetchone() == (True,)
     except psycopg.OperationalError as error:
         raise database_failure(error, migration_url, "MIGRATION_DATABASE_URL") from None
+    if not can_log_in:
+        return
     try:
-        served = _server_and_database(database_url, "DATABASE_URL", connect_timeout_seconds)
+        with _connect(database_url, "DATABASE_URL", connect_timeout_seconds) as connection:
+            served = _server_and_database(connection)
     except psycopg.OperationalError:
         return
     fix = "point both at the database serve serves; nothing was changed"

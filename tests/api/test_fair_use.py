@@ -14,7 +14,15 @@ from psycopg import sql
 
 from api.app import create_app
 from api.tasks.listing import TaskListParams
-from tests.support import ApiUser, assert_problem, explain_list, new_user, serving_client, settings_for
+from tests.support import (
+    ApiUser,
+    assert_problem,
+    explain_list,
+    new_user,
+    serving_client,
+    sessions_waiting_on_a_lock,
+    settings_for,
+)
 
 QUOTA = 5
 
@@ -240,3 +248,43 @@ def test_a_user_past_their_share_is_429_never_503_while_the_pool_has_connections
             assert_problem(response, 429, "too-many-requests")
     assert bobs.status_code == 200
     assert (stored["title"], stored["version"]) == ("locked", task["version"]), "no update was made"
+
+
+def test_a_pool_all_taken_is_503_busy_not_unreachable_and_writes_nothing(
+    migrated_db_url: str, migrated_db: psycopg.Connection[Any]
+) -> None:
+    """Found behind PgBouncer with its server connections all busy: requests that got no pooled
+    connection within DB_POOL_TIMEOUT_SECONDS were told "The database cannot be reached right now"
+    though it answered all along (their log line: PoolTimeout). Here alice's update holds the pool's
+    one connection, waiting on a row lock; carol's writes wait for the pool (the first) and for her
+    share of it (the second)."""
+    settings = settings_for(
+        migrated_db_url, db_pool_size=1, db_pool_timeout_seconds=1.0, db_statement_timeout_ms=120_000
+    )
+    alice, bob, carol = new_user(), new_user(), new_user()
+    with serving_client(create_app(settings), timeout=120) as client, ThreadPoolExecutor(3) as pool:
+        task = _a_locked_task(client, migrated_db, alice, bob)
+        update = pool.submit(
+            client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
+        )
+        deadline = time.monotonic() + 60
+        while sessions_waiting_on_a_lock(migrated_db_url) < 1:
+            assert time.monotonic() < deadline, "the update waits on the lock"
+            time.sleep(0.05)
+        writes = [
+            pool.submit(client.post, carol.tasks_url, json={"title": f"c{n}"}, headers=carol.headers)
+            for n in range(2)
+        ]
+        refused = [write.result() for write in writes]
+        migrated_db.rollback()
+        updated = update.result()
+
+    for response in refused:
+        body = assert_problem(response, 503, "database-unavailable")
+        assert body["detail"] == (
+            "The database is busy: no connection to it came free in time (DB_POOL_TIMEOUT_SECONDS); "
+            "nothing was changed. Try again shortly."
+        )
+        assert response.headers["retry-after"] == "5"
+    assert updated.status_code == 200, updated.text
+    assert _count(migrated_db_url, carol) == 0

@@ -8,8 +8,9 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
@@ -41,7 +43,11 @@ from tests.support import (
 
 
 def _bouncer(
-    migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor, *, pool_mode: str
+    migrated_db: psycopg.Connection[Any],
+    migrated_template: NoopExecutor,
+    *,
+    pool_mode: str,
+    other_users: Sequence[str] = (),
 ) -> Iterator[str]:
     if pgbouncer_binary() is None:
         if os.environ.get("CI"):
@@ -54,6 +60,7 @@ def _bouncer(
         dbname=migrated_db.info.dbname,
         server_pool_size=1,
         pool_mode=pool_mode,
+        other_users=other_users,
     ) as url:
         yield url
 
@@ -61,6 +68,24 @@ def _bouncer(
 @pytest.fixture
 def bouncer_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor) -> Iterator[str]:
     yield from _bouncer(migrated_db, migrated_template, pool_mode="transaction")
+
+
+@pytest.fixture
+def fresh_role(migrated_db: psycopg.Connection[Any]) -> Iterator[str]:
+    """A name for a login role that does not exist yet, dropped afterwards."""
+    name = f"todo_login_{secrets.token_hex(4)}"
+    migrated_db.autocommit = True
+    yield name
+    migrated_db.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def fresh_role_bouncer_url(
+    migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor, fresh_role: str
+) -> Iterator[str]:
+    """The pooled URL of the database as `fresh_role`, whom the pooler admits before it exists."""
+    for url in _bouncer(migrated_db, migrated_template, pool_mode="transaction", other_users=[fresh_role]):
+        yield url.replace(f"//{migrated_template.user}@", f"//{fresh_role}@", 1)
 
 
 @pytest.fixture
@@ -299,3 +324,36 @@ def test_migrate_through_the_pooler_says_to_migrate_through_postgres_itself(
     (line,) = result.stderr.strip().splitlines()
     assert "DATABASE_URL reaches a pooler" in line, line
     assert "migrate through a URL that reaches Postgres itself" in line, line
+
+
+def test_serve_through_the_pooler_right_after_migrate_creates_its_login_role(
+    migrated_db_url: str,
+    migrated_db: psycopg.Connection[Any],
+    fresh_role: str,
+    fresh_role_bouncer_url: str,
+    tmp_path: Path,
+) -> None:
+    """README's deploy steps 2 and 3, back to back. migrate logged in with DATABASE_URL, as the role
+    it had yet to create, to compare it with MIGRATION_DATABASE_URL: PgBouncer then held every login
+    as that role for its server_login_retry (15 s), and the `serve` started next refused to start,
+    blaming DB_CONNECT_TIMEOUT_SECONDS."""
+    migrated = run_cli(
+        "migrate",
+        "--login-role",
+        fresh_role,
+        cwd=tmp_path,
+        DATABASE_URL=fresh_role_bouncer_url,
+        MIGRATION_DATABASE_URL=migrated_db_url,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"login role {fresh_role}: LOGIN NOINHERIT NOBYPASSRLS" in migrated.stdout
+    env = cli_env(DATABASE_URL=fresh_role_bouncer_url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE="2")
+    user = new_user()
+    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+        base_url,
+        _,
+    ):
+        created = httpx.post(f"{base_url}{user.tasks_url}", json={"title": "served"}, headers=user.headers)
+    assert created.status_code == 201, created.text
+    stored = migrated_db.execute("select title from tasks where user_id = %s", [user.id]).fetchall()
+    assert stored == [("served",)]
