@@ -3,6 +3,7 @@ traceback, and for `serve` no "serving on" line before it."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
+from pytest_postgresql.executors import NoopExecutor
 
+from tests.conftest import url_for
 from tests.support import CLI, RIGHT_PASSWORD, SECRET, cli_env, failure_status, free_port, run_cli
 
 COMMANDS = [
@@ -358,11 +362,11 @@ def test_serve_refuses_more_connections_than_a_connection_limit_allows_naming_it
             # A member of todo_app, as the API's login role must be: nothing else keeps it from serving.
             superuser.execute(f"create role {role} login connection limit 6 in role todo_app")
             url = migrated_db_url.replace("postgresql://todo_owner@", f"postgresql://{role}@", 1)
-            fix = f"ALTER ROLE {role} CONNECTION LIMIT"
+            fix = f'ALTER ROLE "{role}" CONNECTION LIMIT'
         else:
             superuser.execute(f'alter database "{database}" connection limit 6')
             url = migrated_db_url
-            fix = f"ALTER DATABASE {database} CONNECTION LIMIT"
+            fix = f'ALTER DATABASE "{database}" CONNECTION LIMIT'
         try:
             result = subprocess.run(
                 [*CLI, "serve", "--port", "0", "--workers", "2"],
@@ -374,10 +378,50 @@ def test_serve_refuses_more_connections_than_a_connection_limit_allows_naming_it
             if limited == "login role":
                 superuser.execute(f"drop role {role}")
     assert_one_clear_failure(
-        result.stderr, result.returncode,
+        json.loads(result.stderr)["message"], result.returncode,
         "2 workers need 10 connections", "may have 6 (its CONNECTION LIMIT)", fix, "DB_POOL_SIZE",
     )  # fmt: skip
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("limited", ["login role", "database"])
+def test_the_connection_limit_advice_runs_as_written(
+    tmp_path: Path, migrated_db_url: str, migrated_template: NoopExecutor, superuser_url: str, limited: str
+) -> None:
+    """The raise was advised with the name bare, `ALTER ROLE Limited-Login CONNECTION LIMIT 10`: a
+    syntax error in psql for a name with a hyphen or a capital."""
+    name = f"Limited-{os.getpid()}"
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        if limited == "login role":
+            create = sql.SQL("create role {} login connection limit 6 in role todo_app")
+            superuser.execute(create.format(sql.Identifier(name)))
+            url = migrated_db_url.replace("postgresql://todo_owner@", f"postgresql://{name}@", 1)
+            limit = "select rolconnlimit from pg_roles where rolname = %s"
+        else:
+            # Empty: the limit is checked before anything in the database is.
+            create = sql.SQL("create database {} connection limit 6")
+            superuser.execute(create.format(sql.Identifier(name)))
+            url = url_for(migrated_template, name)
+            limit = "select datconnlimit from pg_database where datname = %s"
+        try:
+            result = subprocess.run(
+                [*CLI, "serve", "--port", "0", "--workers", "2"],
+                cwd=tmp_path,
+                env=cli_env(DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE="2"),
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert_one_clear_failure(result.stderr, result.returncode, "may have 6 (its CONNECTION LIMIT)")
+            message = json.loads(result.stderr)["message"]
+            advised = re.search(r"\((ALTER \S+ .* CONNECTION LIMIT (\d+)), or -1 for none\)", message)
+            assert advised is not None, message
+            advice, raised = advised.groups()
+            superuser.execute(advice)  # as written
+            assert superuser.execute(limit, [name]).fetchone() == (int(raised),)
+        finally:
+            if limited == "login role":
+                superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+            else:
+                superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ a migrated database), a bad MIGRATION_DATABASE_URL, a search_path given to the m
 existing --login-role the owner may not alter. A standby or read-only sessions:
 tests/faults/test_read_only_database.py."""
 
+import re
 import secrets
 import shutil
 import tempfile
@@ -81,16 +82,18 @@ def test_no_admin_option_on_todo_app(tmp_path: Path, owner_without_admin_option:
 
 
 @pytest.fixture
-def cluster_without_todo_app() -> Iterator[str]:
-    """A fresh cluster whose only login role may not create roles, owning its database."""
+def cluster_without_todo_app(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh cluster whose only login role may not create roles, owning its database; the role is
+    `plain`, or the name the test gives as the fixture's parameter."""
+    role = getattr(request, "param", "plain")
     pgdata = Path(tempfile.mkdtemp(prefix="todo-api-bare-")) / "pgdata"
     pgdata.mkdir()
     server = start_postgres(pgdata, cleanup_mode="delete")
     try:
         ensure_login_role_and_database(
-            server.get_uri(database="postgres"), "plain", attributes=("LOGIN",), database="todo"
+            server.get_uri(database="postgres"), role, attributes=("LOGIN",), database="todo"
         )
-        yield f"postgresql://plain@/todo?host={server.get_postmaster_info().socket_dir}"
+        yield f"postgresql://{role}@/todo?host={server.get_postmaster_info().socket_dir}"
     finally:
         server.cleanup()
         shutil.rmtree(pgdata.parent, ignore_errors=True)
@@ -102,6 +105,23 @@ def test_no_permission_to_create_roles(tmp_path: Path, cluster_without_todo_app:
         result.stderr, result.returncode, "plain may not create roles", "CREATEROLE", "MIGRATION_DATABASE_URL"
     )
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("cluster_without_todo_app", ["Plain-Owner"], indirect=True)
+def test_the_advice_to_create_todo_app_runs_as_written(tmp_path: Path, cluster_without_todo_app: str) -> None:
+    """The GRANT was advised with the role bare, `GRANT todo_app TO Plain-Owner ...`: a syntax error
+    in psql for a name with a hyphen or a capital."""
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=cluster_without_todo_app)
+    assert_one_clear_failure(result.stderr, result.returncode, "Plain-Owner may not create roles")
+    advised = re.findall(r"`((?:CREATE|GRANT) [^`]*)`", result.stderr)
+    assert len(advised) == 2, result.stderr
+    administrator = cluster_without_todo_app.replace("Plain-Owner@", "postgres@", 1)
+    with psycopg.connect(administrator, autocommit=True) as connection:
+        for statement in advised:
+            connection.execute(statement)  # as written
+    migrated = run_cli("migrate", cwd=tmp_path, DATABASE_URL=cluster_without_todo_app)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "migrations applied: 0001" in migrated.stdout
 
 
 def test_a_lock_held_on_the_migration_table(
@@ -363,7 +383,7 @@ def test_an_existing_login_role_the_owner_may_not_alter(
         f"refusing --login-role {name}: it exists, and todo_owner may not alter it "
         "(permission denied to alter role)",
         "--login-role todo_login",
-        f"GRANT {name} TO todo_owner WITH ADMIN OPTION",
+        f'GRANT "{name}" TO "todo_owner" WITH ADMIN OPTION',
         f"nothing about {name} was changed",
     )
     assert "may not change the schema" not in result.stderr
@@ -388,6 +408,32 @@ def test_an_existing_login_role_the_owner_may_not_alter(
     assert after is not None
     assert after[0] != before[0]
     assert after[1] is True
+
+
+def test_the_advice_for_a_login_role_the_owner_may_not_alter_runs_as_written(
+    tmp_path: Path, migrated_db_url: str, superuser_url: str
+) -> None:
+    """The GRANT was advised with the names bare, `GRANT Their-Login TO todo_owner ...`: a syntax
+    error in psql for a name with a hyphen or a capital. Run as advised, migrate takes the role."""
+    name = f"Their-Login-{secrets.token_hex(4)}"
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("create role {} login").format(sql.Identifier(name)))
+        # Its password is DATABASE_URL's, which only its creator, or a holder of it with ADMIN, may set.
+        urls = {
+            "DATABASE_URL": as_role(migrated_db_url, name).replace(f"{name}@", f"{name}:ours@", 1),
+            "MIGRATION_DATABASE_URL": migrated_db_url,
+        }
+        try:
+            refused = run_cli("migrate", "--login-role", name, cwd=tmp_path, **urls)
+            assert refused.returncode == 1, refused.stderr
+            (advice,) = re.findall(r"`(GRANT [^`]*)`", refused.stderr)
+            superuser.execute(advice)  # as written, by a superuser
+            taken = run_cli("migrate", "--login-role", name, cwd=tmp_path, **urls)
+            assert taken.returncode == 0, taken.stderr
+            row = superuser.execute("select pg_has_role(%s, 'todo_app', 'MEMBER')", [name]).fetchone()
+            assert row == (True,)
+        finally:
+            superuser.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
 
 
 # A search_path given to the migrating session: yoyo kept its records in that schema, and every later

@@ -143,8 +143,9 @@ def _may_not_alter(
         f"refusing --login-role {login_role}: it exists, and {owner} may not alter it "
         f"({error.diag.message_primary or error}) to give it DATABASE_URL's password, since another "
         f"role created it. Name a role {owner} may create instead (say --login-role todo_login), or "
-        f"have a superuser or {login_role}'s creator run `GRANT {login_role} TO {owner} WITH ADMIN "
-        f"OPTION` first; nothing about {login_role} was changed"
+        f"have a superuser or {login_role}'s creator run `GRANT {sql.Identifier(login_role).as_string()} "
+        f"TO {sql.Identifier(owner).as_string()} WITH ADMIN OPTION` first; nothing about {login_role} "
+        "was changed"
     )
 
 

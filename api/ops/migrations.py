@@ -10,6 +10,7 @@ cause and the fix (a connection that fails is api/ops/failures.py's business).
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
@@ -65,11 +66,15 @@ def _migrations() -> MigrationList:
     return migrations
 
 
+# What the messages call a migrating role whose URL does not name it.
+_UNNAMED_ROLE = "the migrating role"
+
+
 def migrating_role(database_url: str) -> str:
     try:
-        return str(conninfo_to_dict(libpq_url(database_url)).get("user") or "the migrating role")
+        return str(conninfo_to_dict(libpq_url(database_url)).get("user") or _UNNAMED_ROLE)
     except (ValueError, psycopg.Error):
-        return "the migrating role"
+        return _UNNAMED_ROLE
 
 
 def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
@@ -115,11 +120,13 @@ def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
                 "second database of the same owner is fine), or serve this owner from another cluster"
             )
         if "create role" in reason:
+            # Quoted as Postgres reads it, so that the GRANT runs as written for any name (Todo-Owner).
+            grantee = role if role == _UNNAMED_ROLE else sql.Identifier(role).as_string()
             return MigrationFailed(
                 f"{role} may not create roles ({reason}): migrate as a role with CREATEROLE "
                 "(on Neon, neondb_owner) through MIGRATION_DATABASE_URL, or have an administrator run "
                 "`CREATE ROLE todo_app NOLOGIN NOINHERIT NOBYPASSRLS` and "
-                f"`GRANT todo_app TO {role} WITH ADMIN OPTION` first"
+                f"`GRANT todo_app TO {grantee} WITH ADMIN OPTION` first"
             )
         return MigrationFailed(f"{role} may not change the schema ({reason}): {_FIX_AS_OWNER}")
     return MigrationFailed(

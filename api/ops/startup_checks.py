@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from api.db.prepared import preparing_setting, reaches_postgres_itself, sessions_pass_between_clients
@@ -314,12 +315,18 @@ async def refuse_more_connections_than_postgres_allows(
     if superuser:
         return
     for limited, limit, held_there, raise_it in (
-        (f"the login role {role}", role_limit, role_held, f"ALTER ROLE {role} CONNECTION LIMIT"),
+        # Quoted as Postgres reads them, so that the advice runs as written for any name (Todo-Login).
+        (
+            f"the login role {role}",
+            role_limit,
+            role_held,
+            f"ALTER ROLE {sql.Identifier(role).as_string()} CONNECTION LIMIT",
+        ),
         (
             f"the database {database}",
             database_limit,
             database_held,
-            f"ALTER DATABASE {database} CONNECTION LIMIT",
+            f"ALTER DATABASE {sql.Identifier(database).as_string()} CONNECTION LIMIT",
         ),
     ):
         if limit >= 0 and needed > limit - held_there:
