@@ -667,6 +667,60 @@ def test_sigterm_ends_a_one_shot_command_with_143_and_changes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+# The command, stopped as a SIGTERM landing just as psycopg resumes a waiting query's generator does:
+# CPython then calls the handler with that generator's frame. Under load the real signal landed there
+# once; here it always does. A signal the handler asks for again is held until the next call outside
+# a generator, as CPython would deliver it at the next bytecode.
+_STOPPED_INSIDE_A_QUERY = """
+import signal, sys
+from api.ops import entry
+from api.ops.cli import main
+
+resumed = {}
+held = False
+
+def stop_at_a_waiting_query(frame, event, arg):
+    global held
+    if held and event == "call" and not frame.f_code.co_flags & 0x20:  # CO_GENERATOR
+        sys.setprofile(None)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    elif not held and event == "call" and frame.f_code.co_name == "_execute_gen":
+        resumed[frame] = resumed.get(frame, 0) + 1
+        # A query resumed this often is one waiting on the lock: its wait wakes up every 0.1 s.
+        if resumed[frame] == 8:
+            held = True
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            entry.stop_quietly(signal.SIGTERM, frame)
+
+sys.setprofile(stop_at_a_waiting_query)
+main()
+"""
+
+
+@pytest.mark.parametrize("command", ["migrate", "policies"])
+def test_sigterm_inside_a_waiting_query_prints_nothing_but_exits_143_and_changes_nothing(
+    tmp_path: Path, command: str, migrated_db_url: str
+) -> None:
+    """A SIGTERM that landed as psycopg resumed a query's generator raised the stop inside it: the
+    generator ended with its query still running, psycopg's cancellation found nothing to wait for,
+    and its rollback on the busy connection printed "error ignored in rollback ... another command is
+    already in progress" (seen once under load, in the test above)."""
+    before = _schema_state(migrated_db_url)
+    with psycopg.connect(migrated_db_url) as blocker:
+        # Ended by the server in the end, so a command that does not stop fails this test, not hangs it.
+        blocker.execute("set idle_in_transaction_session_timeout = '60s'")
+        # Both re-apply the policies of public.tasks (the audit to find drift), and wait for this.
+        blocker.execute("lock table public.tasks in access share mode")
+        result = subprocess.run(
+            [sys.executable, "-c", _STOPPED_INSIDE_A_QUERY, command],
+            cwd=tmp_path, env=cli_env(DATABASE_URL=migrated_db_url),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (143, "", "")
+    assert _schema_state(migrated_db_url) == before, "nothing applied, and no migration lock left"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("options", "report", "folder"),
     [

@@ -9,6 +9,7 @@ import sys
 
 try:
     import signal  # loads enum, long enough (10 ms) for a Ctrl-C to land in it
+    from types import FrameType
 except KeyboardInterrupt:
     sys.exit(130)
 
@@ -42,18 +43,33 @@ def command_is_serve(serving: bool) -> None:
     _serving = serving
 
 
-def stop_quietly(signum: int, _: object) -> None:
+# inspect.CO_GENERATOR, the flag of a generator's code, without importing inspect (tens of ms).
+_CO_GENERATOR = 0x20
+
+
+def stop_quietly(signum: int, frame: "FrameType | None") -> None:
     """Ctrl-C, SIGTERM or SIGHUP before the HTTP server takes the signals over (and after it hands
     them back): end as SystemExit, so that the finally blocks stop the embedded Postgres and remove
     what the command made, without a traceback. A second signal must not interrupt that cleanup.
+
+    Never inside a generator: psycopg runs each query as one, driven by its wait loop, and a stop
+    raised inside it ended the generator with its query still running; psycopg, which cancels the
+    query of a wait it sees interrupted, then found nothing left to wait for, and its rollback on the
+    busy connection printed "error ignored in rollback ... another command is already in progress".
+    The signal is raised again instead, and the stop comes at the next bytecode outside the generator,
+    in the wait loop, whose interruption psycopg handles.
 
     A signal that lands while Python runs a weakref callback or a finalizer (importlib drops a
     module's lock in one, so any import can) has its SystemExit swallowed and reported as "Exception
     ignored": the stop is kept, quietly, and honoured at the next `stop_quietly_on_signals()`."""
     global _stop_asked
+    if _stop_asked is None:
+        _stop_asked = _stop_status(signum)
+    if frame is not None and frame.f_code.co_flags & _CO_GENERATOR:
+        signal.raise_signal(signum)
+        return
     for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
-    _stop_asked = _stop_status(signum)
     sys.unraisablehook = _quiet_about_a_swallowed_stop
     raise SystemExit(_stop_asked)
 
