@@ -368,12 +368,7 @@ def test_serve_refuses_more_connections_than_a_connection_limit_allows_naming_it
             url = migrated_db_url
             fix = f'ALTER DATABASE "{database}" CONNECTION LIMIT'
         try:
-            result = subprocess.run(
-                [*CLI, "serve", "--port", "0", "--workers", "2"],
-                cwd=tmp_path,
-                env=cli_env(DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE="2"),
-                capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
+            result = _serve_two_workers(url, tmp_path)
         finally:
             if limited == "login role":
                 superuser.execute(f"drop role {role}")
@@ -382,6 +377,16 @@ def test_serve_refuses_more_connections_than_a_connection_limit_allows_naming_it
         "2 workers need 10 connections", "may have 6 (its CONNECTION LIMIT)", fix, "DB_POOL_SIZE",
     )  # fmt: skip
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def _serve_two_workers(url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`serve --workers 2` with DB_POOL_SIZE 2: 10 connections in all, past a CONNECTION LIMIT of 6."""
+    return subprocess.run(
+        [*CLI, "serve", "--port", "0", "--workers", "2"],
+        cwd=cwd,
+        env=cli_env(DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE="2"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("limited", ["login role", "database"])
@@ -404,12 +409,7 @@ def test_the_connection_limit_advice_runs_as_written(
             url = url_for(migrated_template, name)
             limit = "select datconnlimit from pg_database where datname = %s"
         try:
-            result = subprocess.run(
-                [*CLI, "serve", "--port", "0", "--workers", "2"],
-                cwd=tmp_path,
-                env=cli_env(DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE="2"),
-                capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
+            result = _serve_two_workers(url, tmp_path)
             assert_one_clear_failure(result.stderr, result.returncode, "may have 6 (its CONNECTION LIMIT)")
             message = json.loads(result.stderr)["message"]
             advised = re.search(r"\((ALTER \S+ .* CONNECTION LIMIT (\d+)), or -1 for none\)", message)
