@@ -377,64 +377,53 @@ def streams_unavailable(detail: str, *, retry_after: int) -> ProblemError:
     )
 
 
-def database_unavailable() -> ProblemError:
+# Every database-unavailable answer keeps one promise (nothing was changed; try again after this
+# many seconds); only its words say what happened.
+_DATABASE_RETRY_AFTER = {"Retry-After": "5"}
+
+
+def _database_unavailable(detail: str) -> ProblemError:
     return ProblemError(
-        503,
-        ProblemType.DATABASE_UNAVAILABLE,
-        "Database unavailable",
-        "The database cannot be reached right now; nothing was changed. Try again shortly.",
-        headers={"Retry-After": "5"},
+        503, ProblemType.DATABASE_UNAVAILABLE, "Database unavailable", detail, headers=_DATABASE_RETRY_AFTER
+    )
+
+
+def database_unavailable() -> ProblemError:
+    return _database_unavailable(
+        "The database cannot be reached right now; nothing was changed. Try again shortly."
     )
 
 
 def database_busy() -> ProblemError:
-    # The same type as database-unavailable, whose promise it keeps (nothing changed; retry later),
-    # but not its words: the database answers, its connections are all taken.
-    return ProblemError(
-        503,
-        ProblemType.DATABASE_UNAVAILABLE,
-        "Database unavailable",
+    # The database answers, its connections are all taken.
+    return _database_unavailable(
         "The database is busy: no connection to it came free in time (DB_POOL_TIMEOUT_SECONDS); "
-        "nothing was changed. Try again shortly.",
-        headers={"Retry-After": "5"},
+        "nothing was changed. Try again shortly."
     )
 
 
 def statement_cancelled() -> ProblemError:
-    # The same type as database-unavailable, whose promise it keeps (nothing changed; retry later),
-    # but not its words: the database answered, it only did not finish this request in time.
-    return ProblemError(
-        503,
-        ProblemType.DATABASE_UNAVAILABLE,
-        "Database unavailable",
+    # The database answered, it only did not finish this request in time.
+    return _database_unavailable(
         "The database did not finish this request within its statement timeout "
-        "(DB_STATEMENT_TIMEOUT_MS), or an operator cancelled it; nothing was changed. Try again shortly.",
-        headers={"Retry-After": "5"},
+        "(DB_STATEMENT_TIMEOUT_MS), or an operator cancelled it; nothing was changed. Try again shortly."
     )
 
 
 def lock_wait_given_up() -> ProblemError:
     # As statement_cancelled: the database answered and rolled back; what it gave up on differs.
-    return ProblemError(
-        503,
-        ProblemType.DATABASE_UNAVAILABLE,
-        "Database unavailable",
+    return _database_unavailable(
         "The database gave up waiting for a lock this request needed (a task another transaction "
-        "is changing, say) within its lock_timeout; nothing was changed. Try again shortly.",
-        headers={"Retry-After": "5"},
+        "is changing, say) within its lock_timeout; nothing was changed. Try again shortly."
     )
 
 
 def assigned_id_taken() -> ProblemError:
     # As statement_cancelled: the database answered and rolled back. The words say whose it is to
     # fix, not which key: a client can do nothing but wait.
-    return ProblemError(
-        503,
-        ProblemType.DATABASE_UNAVAILABLE,
-        "Database unavailable",
+    return _database_unavailable(
         "The database could not give this write a new id (an operator's to fix); nothing was changed."
-        " Try again later.",
-        headers={"Retry-After": "5"},
+        " Try again later."
     )
 
 
@@ -447,7 +436,7 @@ def outcome_unknown() -> ProblemError:
         "Outcome unknown",
         "The database stopped answering after your change was sent; it may or may not have been "
         "made. Retry with the same Idempotency-Key, or read the task again before changing it.",
-        headers={"Retry-After": "5"},
+        headers=_DATABASE_RETRY_AFTER,
     )
 
 
