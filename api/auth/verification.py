@@ -9,6 +9,7 @@ the secret. Every refusal says what was wrong, never what the token was.
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from api.auth.errors import InvalidToken, KeysUnavailable
 from api.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksKeySet, UnknownKey
 from api.auth.principal import Principal, principal_from_claims
 from api.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 SHARED_SECRET_ALGORITHMS: tuple[str, ...] = ("HS256",)
 _NOT_ACCEPTED = "The token is signed with an algorithm this API does not accept."
@@ -49,6 +52,9 @@ class ClaimChecks:
                 leeway=self.leeway,
                 options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
             )
+        except (jwt.InvalidIssuerError, jwt.InvalidAudienceError):
+            self._log_mismatch(_signed_claims(token, key, algorithm))
+            raise
         except (jwt.DecodeError, jwt.ExpiredSignatureError) as error:
             if not isinstance(error, jwt.InvalidSignatureError):
                 # PyJWT refuses an exp or nbf that is no number with the error it gives a token it
@@ -59,6 +65,28 @@ class ClaimChecks:
             raise
         _refuse_malformed(claims)
         return claims
+
+    def _log_mismatch(self, claims: Mapping[str, Any]) -> None:
+        """PyJWT checks iss and aud only once the signature verifies: a key or secret this API trusts
+        signed the token, for another issuer or audience than it expects. No caller can cause that;
+        the API and the auth server are configured apart (BETTER_AUTH_URL http://127.0.0.1:3000 for
+        a Better Auth whose baseURL is http://localhost:3000, or a jwt.issuer Better Auth was given
+        and JWT_ISSUER was not), and only the log can show the operator both values."""
+        for claim, expected, setting in (
+            ("iss", self.issuer, "JWT_ISSUER"),
+            ("aud", self.audience, "JWT_AUDIENCE"),
+        ):
+            given = claims.get(claim)
+            if expected is None or given == expected or (isinstance(given, list) and expected in given):
+                continue
+            logger.warning(
+                "token refused: its %s is %r, and this API expects %r (%s, else BETTER_AUTH_URL's origin); "
+                "its signature verified, so set one to what the other says",
+                claim,
+                given,
+                expected,
+                setting,
+            )
 
 
 # The signature alone, to read what it vouches for when a claim made PyJWT refuse the token.
@@ -228,9 +256,15 @@ def _describe(error: jwt.PyJWTError) -> str:
         case jwt.exceptions.InvalidJTIError():
             return "The token's jti claim must be a string."
         case jwt.InvalidIssuerError():
-            return "The token was issued by someone this API does not trust (iss)."
+            return (
+                "The token's issuer (iss) is not the one this API expects (its JWT_ISSUER, else its "
+                "BETTER_AUTH_URL's origin); the API's log names both."
+            )
         case jwt.InvalidAudienceError():
-            return "The token is meant for another audience (aud)."
+            return (
+                "The token is meant for another audience (aud) than this API expects (its JWT_AUDIENCE, "
+                "else its BETTER_AUTH_URL's origin); the API's log names both."
+            )
         case jwt.exceptions.InvalidSubjectError():
             return "The token's sub claim must be a string: the user id."
         case jwt.MissingRequiredClaimError():

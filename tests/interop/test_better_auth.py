@@ -9,6 +9,7 @@ plugin and its in-memory adapter on loopback, signs a user up and in, and takes 
 
 import fcntl
 import json
+import logging
 import secrets
 import selectors
 import shutil
@@ -26,12 +27,14 @@ import pytest
 from api.app import create_app
 from api.settings import Settings
 from tests.auth.conftest import keys_fetched, wait_for
-from tests.support import PROJECT, serving_client
+from tests.support import PROJECT, assert_problem, serving_client
 
 SOURCE = Path(__file__).resolve().parent / "better_auth"
 PACKAGE = PROJECT / ".cache" / "better-auth"
 NODE = shutil.which("node")
 NPM = shutil.which("npm")
+# Where Better Auth mounts its routes unless told otherwise (its basePath).
+ROUTES = "/api/auth"
 
 pytestmark = pytest.mark.skipif(
     NODE is None or NPM is None, reason="Node.js and npm are needed to run a real Better Auth server"
@@ -63,11 +66,13 @@ def better_auth_installed() -> Path:
 
 
 @contextmanager
-def better_auth(package: Path, algorithm: str | None = None) -> Iterator[str]:
-    """A Better Auth server of its own (its own keys and users); yields its base URL."""
+def better_auth(package: Path, **options: object) -> Iterator[str]:
+    """A Better Auth server of its own (its own keys and users); yields its base URL. `options` are
+    server.mjs's: alg, basePath, issuer, audience, and jwt=False for none of its plugin."""
     assert NODE is not None
-    command = [NODE, "server.mjs", *([algorithm] if algorithm else [])]
-    process = subprocess.Popen(command, cwd=package, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [NODE, "server.mjs", json.dumps(options)], cwd=package, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert process.stdout is not None
         with selectors.DefaultSelector() as selector:
@@ -88,22 +93,32 @@ def better_auth(package: Path, algorithm: str | None = None) -> Iterator[str]:
             process.wait()
 
 
-def sign_up_and_get_token(base_url: str, email: str, name: str) -> tuple[str, str]:
-    """What a frontend does: sign up, sign in, then GET /api/auth/token with the session cookie."""
+@contextmanager
+def signed_in(auth_url: str, email: str, name: str) -> Iterator[tuple[httpx.Client, str]]:
+    """What a frontend does first: sign up, then sign in. Yields the browser, holding the session
+    cookie, with requests relative to Better Auth's routes (`auth_url`: base URL and basePath), and
+    the user's id."""
     password = "correct horse battery staple"
-    with httpx.Client(base_url=base_url, timeout=30) as browser:
-        signed_up = browser.post(
-            "/api/auth/sign-up/email", json={"email": email, "password": password, "name": name}
-        )
+    with httpx.Client(base_url=auth_url, timeout=30) as browser:
+        signed_up = browser.post("/sign-up/email", json={"email": email, "password": password, "name": name})
         assert signed_up.status_code == 200, signed_up.text
         browser.cookies.clear()
-        signed_in = browser.post("/api/auth/sign-in/email", json={"email": email, "password": password})
-        assert signed_in.status_code == 200, signed_in.text
-        response = browser.get("/api/auth/token")
-        assert response.status_code == 200, response.text
-        user_id: str = signed_in.json()["user"]["id"]
-        token: str = response.json()["token"]
-        return user_id, token
+        answer = browser.post("/sign-in/email", json={"email": email, "password": password})
+        assert answer.status_code == 200, answer.text
+        yield browser, answer.json()["user"]["id"]
+
+
+def token_of(browser: httpx.Client) -> str:
+    """The JWT for the signed-in session, from the jwt() plugin's /token, as authClient.token() gets it."""
+    response = browser.get("/token")
+    assert response.status_code == 200, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+def sign_up_and_get_token(auth_url: str, email: str, name: str) -> tuple[str, str]:
+    with signed_in(auth_url, email, name) as (browser, user_id):
+        return user_id, token_of(browser)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +128,11 @@ def stranger(better_auth_installed: Path) -> Iterator[str]:
         yield base_url
 
 
-@pytest.mark.parametrize("algorithm", [None, "ES256", "RS256"], ids=["default EdDSA", "ES256", "RS256"])
+@pytest.mark.parametrize(
+    "algorithm",
+    [None, "ES256", "ES512", "RS256", "PS256"],
+    ids=["default EdDSA", "ES256", "ES512", "RS256", "PS256"],
+)
 def test_real_better_auth_tokens_work_and_another_instances_do_not(
     better_auth_installed: Path,
     stranger: str,
@@ -121,8 +140,8 @@ def test_real_better_auth_tokens_work_and_another_instances_do_not(
     api_db: psycopg.Connection[Any],
     algorithm: str | None,
 ) -> None:
-    with better_auth(better_auth_installed, algorithm) as auth_url:
-        user_id, token = sign_up_and_get_token(auth_url, "erin@example.com", "Erin")
+    with better_auth(better_auth_installed, **({"alg": algorithm} if algorithm else {})) as auth_url:
+        user_id, token = sign_up_and_get_token(auth_url + ROUTES, "erin@example.com", "Erin")
         header = jwt.get_unverified_header(token)
         assert header["alg"] == (algorithm or "EdDSA")
         assert "typ" not in header
@@ -143,10 +162,70 @@ def test_real_better_auth_tokens_work_and_another_instances_do_not(
             assert row == ("erin@example.com", "Erin")
 
             other_id, other_token = sign_up_and_get_token(
-                stranger, f"mallory-{secrets.token_hex(4)}@example.com", "Mallory"
+                stranger + ROUTES, f"mallory-{secrets.token_hex(4)}@example.com", "Mallory"
             )
             refused = api.get(f"/api/{other_id}/tasks", headers={"Authorization": f"Bearer {other_token}"})
             assert refused.status_code == 401
             assert refused.headers["www-authenticate"] == 'Bearer error="invalid_token"'
             assert refused.json()["type"] == "urn:todo-api:problem:unauthorized"
             assert "unknown kid" in refused.json()["detail"]
+
+
+@contextmanager
+def api_for(database_url: str, **settings: Any) -> Iterator[httpx.Client]:
+    """The API with these settings and nothing else, once it has fetched the keys."""
+    app = create_app(Settings(_env_file=None, database_url=database_url, **settings))
+    with serving_client(app) as api:
+        wait_for(lambda: keys_fetched(app))
+        yield api
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == logger]
+
+
+def test_better_auth_with_its_own_issuer_and_audience_is_refused_until_jwt_issuer_and_audience_name_them(
+    better_auth_installed: Path, api_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """jwt({ jwt: { issuer, audience } }): the README's BETTER_AUTH_URL alone expects its origin in
+    both. Every token is refused, and the log, which only the operator reads, names both values."""
+    issuer, audience = "https://auth.example.com", "https://api.example.com"
+    with better_auth(better_auth_installed, issuer=issuer, audience=audience) as auth_url:
+        user_id, token = sign_up_and_get_token(auth_url + ROUTES, "iris@example.com", "Iris")
+        headers = {"Authorization": f"Bearer {token}"}
+
+        with (
+            caplog.at_level(logging.WARNING, logger="api.auth.verification"),
+            api_for(api_db_url, better_auth_url=auth_url) as api,
+        ):
+            refused = api.get(f"/api/{user_id}/tasks", headers=headers)
+        assert "JWT_ISSUER" in assert_problem(refused, 401, "unauthorized")["detail"]
+        assert warnings_of(caplog, "api.auth.verification") == [
+            f"token refused: its iss is '{issuer}', and this API expects '{auth_url}' (JWT_ISSUER, else "
+            "BETTER_AUTH_URL's origin); its signature verified, so set one to what the other says",
+            f"token refused: its aud is '{audience}', and this API expects '{auth_url}' (JWT_AUDIENCE, "
+            "else BETTER_AUTH_URL's origin); its signature verified, so set one to what the other says",
+        ]
+
+        with api_for(api_db_url, better_auth_url=auth_url, jwt_issuer=issuer, jwt_audience=audience) as api:
+            served = api.get(f"/api/{user_id}/tasks", headers=headers)
+        assert served.status_code == 200, served.text
+
+
+def test_better_auth_url_naming_another_host_than_better_auth_knows_is_logged_with_both_origins(
+    better_auth_installed: Path, api_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keys are fetched all the same (the same server answers at localhost and at 127.0.0.1),
+    but Better Auth signs the origin of its own baseURL: every token is refused, and the log says why."""
+    with better_auth(better_auth_installed) as auth_url:
+        user_id, token = sign_up_and_get_token(auth_url + ROUTES, "ivan@example.com", "Ivan")
+        elsewhere = auth_url.replace("127.0.0.1", "localhost")
+        with (
+            caplog.at_level(logging.WARNING, logger="api.auth.verification"),
+            api_for(api_db_url, better_auth_url=elsewhere) as api,
+        ):
+            refused = api.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {token}"})
+    assert_problem(refused, 401, "unauthorized")
+    assert f"its iss is '{auth_url}', and this API expects '{elsewhere}'" in "\n".join(
+        warnings_of(caplog, "api.auth.verification")
+    )
