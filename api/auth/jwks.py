@@ -147,6 +147,15 @@ def _innermost(error: BaseException) -> BaseException:
     return error
 
 
+# Better Auth answers 404 at its JWKS path when its jwt() plugin is not enabled, and a Better Auth
+# mounted elsewhere is not there at all: what the operator changes is in one place or the other.
+_NOTHING_PUBLISHED = (
+    "no keys there. Better Auth publishes them at its basePath (/api/auth unless set) and /jwks, and "
+    "only with its jwt() plugin enabled; another basePath goes at the end of BETTER_AUTH_URL "
+    "(https://app.example.com/auth), a jwks.jwksPath or remoteUrl in BETTER_AUTH_JWKS_URL"
+)
+
+
 def _why(error: Exception) -> str:
     """Why a fetch failed, in terms an operator can act on: the HTTP status (a wrong path answers 404,
     a server that is down does not answer at all), where a redirect pointed, or why no connection was
@@ -154,6 +163,8 @@ def _why(error: Exception) -> str:
     if isinstance(error, httpx.HTTPStatusError):
         response = error.response
         status = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+        if response.status_code == 404:
+            return f"{status}: {_NOTHING_PUBLISHED}"
         if not response.has_redirect_location:
             return status
         try:

@@ -228,7 +228,18 @@ def _signed_by(token: str, arrived: float) -> float | None:
     return min(issued_at + 1.0, arrived)
 
 
+# A JWT is three parts joined by dots. What a Better Auth frontend most often sends instead is its
+# session token (one part, or two in the signed session cookie): what its useSession() and its
+# bearer() plugin hand out, and all there is when the jwt() plugin was forgotten.
+_NOT_A_JWT = (
+    "The token is not a signed JWT (three base64url parts joined by dots). A Better Auth session token "
+    "is none: send the JWT its jwt() plugin issues (authClient.token(), or GET /api/auth/token)."
+)
+
+
 def _unverified_header(token: str) -> dict[str, Any]:
+    if token.count(".") != 2:
+        raise InvalidToken(_NOT_A_JWT)
     try:
         return jwt.get_unverified_header(token)
     except jwt.DecodeError as error:

@@ -140,7 +140,12 @@ def _failed_fetch_logs(url: str, caplog: pytest.LogCaptureFixture) -> set[str]:
 def test_a_wrong_path_is_logged_as_the_404_it_got(caplog: pytest.LogCaptureFixture) -> None:
     with jwks_server(SigningKey.generate()) as server:
         url = server.base_url + "/auth/jwks"  # BETTER_AUTH_URL with a path Better Auth is not on
-        assert _failed_fetch_logs(url, caplog) == {f"JWKS: cannot fetch {url}: HTTP 404 Not Found"}
+        assert _failed_fetch_logs(url, caplog) == {
+            f"JWKS: cannot fetch {url}: HTTP 404 Not Found: no keys there. Better Auth publishes them at "
+            "its basePath (/api/auth unless set) and /jwks, and only with its jwt() plugin enabled; "
+            "another basePath goes at the end of BETTER_AUTH_URL (https://app.example.com/auth), a "
+            "jwks.jwksPath or remoteUrl in BETTER_AUTH_JWKS_URL"
+        }
 
 
 @pytest.mark.parametrize(

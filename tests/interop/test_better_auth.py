@@ -172,11 +172,12 @@ def test_real_better_auth_tokens_work_and_another_instances_do_not(
 
 
 @contextmanager
-def api_for(database_url: str, **settings: Any) -> Iterator[httpx.Client]:
-    """The API with these settings and nothing else, once it has fetched the keys."""
+def api_for(database_url: str, *, keys_found: bool = True, **settings: Any) -> Iterator[httpx.Client]:
+    """The API with these settings and nothing else; when `keys_found`, once it has fetched the keys."""
     app = create_app(Settings(_env_file=None, database_url=database_url, **settings))
     with serving_client(app) as api:
-        wait_for(lambda: keys_fetched(app))
+        if keys_found:
+            wait_for(lambda: keys_fetched(app))
         yield api
 
 
@@ -229,3 +230,55 @@ def test_better_auth_url_naming_another_host_than_better_auth_knows_is_logged_wi
     assert f"its iss is '{auth_url}', and this API expects '{elsewhere}'" in "\n".join(
         warnings_of(caplog, "api.auth.verification")
     )
+
+
+# What the API logs for the keys' URL when Better Auth publishes nothing there.
+NO_KEYS_THERE = "HTTP 404 Not Found: no keys there. Better Auth publishes them at its basePath"
+
+
+def test_better_auth_on_its_own_base_path_is_found_once_better_auth_url_ends_with_it(
+    better_auth_installed: Path, api_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """betterAuth({ basePath: "/auth" }): the value Better Auth is given as its baseURL is not enough,
+    and the log says what is; with that basePath at the end of BETTER_AUTH_URL, tokens verify (their
+    iss and aud are still the origin)."""
+    with better_auth(better_auth_installed, basePath="/auth") as origin:
+        user_id, token = sign_up_and_get_token(origin + "/auth", "bea@example.com", "Bea")
+        headers = {"Authorization": f"Bearer {token}"}
+
+        with (
+            caplog.at_level(logging.WARNING, logger="api.auth.jwks"),
+            api_for(api_db_url, keys_found=False, better_auth_url=origin) as api,
+        ):
+            wait_for(lambda: bool(warnings_of(caplog, "api.auth.jwks")))
+            unavailable = api.get(f"/api/{user_id}/tasks", headers=headers)
+        assert_problem(unavailable, 503, "authentication-unavailable")
+        assert warnings_of(caplog, "api.auth.jwks")[0].startswith(
+            f"JWKS: cannot fetch {origin}/api/auth/jwks: {NO_KEYS_THERE}"
+        )
+
+        with api_for(api_db_url, better_auth_url=f"{origin}/auth") as api:
+            served = api.get(f"/api/{user_id}/tasks", headers=headers)
+        assert served.status_code == 200, served.text
+
+
+def test_better_auth_without_its_jwt_plugin_is_named_in_the_log_and_in_the_session_tokens_401(
+    better_auth_installed: Path, api_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keys' URL answers 404, and the session token, all such a frontend has to send, is a 401
+    that says which token to send instead."""
+    with (
+        better_auth(better_auth_installed, jwt=False) as origin,
+        signed_in(origin + ROUTES, "otto@example.com", "Otto") as (browser, user_id),
+    ):
+        assert browser.get("/token").status_code == 404
+        session_token = browser.get("/get-session").json()["session"]["token"]
+        with (
+            caplog.at_level(logging.WARNING, logger="api.auth.jwks"),
+            api_for(api_db_url, keys_found=False, better_auth_url=origin) as api,
+        ):
+            wait_for(lambda: bool(warnings_of(caplog, "api.auth.jwks")))
+            refused = api.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {session_token}"})
+    assert NO_KEYS_THERE in warnings_of(caplog, "api.auth.jwks")[0]
+    assert "jwt() plugin" in warnings_of(caplog, "api.auth.jwks")[0]
+    assert "Better Auth session token" in assert_problem(refused, 401, "unauthorized")["detail"]
