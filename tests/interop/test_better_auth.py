@@ -93,17 +93,22 @@ def better_auth(package: Path, **options: object) -> Iterator[str]:
             process.wait()
 
 
+PASSWORD = "correct horse battery staple"
+
+
 @contextmanager
 def signed_in(auth_url: str, email: str, name: str) -> Iterator[tuple[httpx.Client, str]]:
     """What a frontend does first: sign up, then sign in. Yields the browser, holding the session
     cookie, with requests relative to Better Auth's routes (`auth_url`: base URL and basePath), and
     the user's id."""
-    password = "correct horse battery staple"
-    with httpx.Client(base_url=auth_url, timeout=30) as browser:
-        signed_up = browser.post("/sign-up/email", json={"email": email, "password": password, "name": name})
+    url = httpx.URL(auth_url)
+    # Sent by a browser with every POST; Better Auth refuses one with a session cookie without it.
+    origin = {"Origin": f"{url.scheme}://{url.host}:{url.port}"}
+    with httpx.Client(base_url=auth_url, timeout=30, headers=origin) as browser:
+        signed_up = browser.post("/sign-up/email", json={"email": email, "password": PASSWORD, "name": name})
         assert signed_up.status_code == 200, signed_up.text
         browser.cookies.clear()
-        answer = browser.post("/sign-in/email", json={"email": email, "password": password})
+        answer = browser.post("/sign-in/email", json={"email": email, "password": PASSWORD})
         assert answer.status_code == 200, answer.text
         yield browser, answer.json()["user"]["id"]
 
@@ -282,3 +287,36 @@ def test_better_auth_without_its_jwt_plugin_is_named_in_the_log_and_in_the_sessi
     assert NO_KEYS_THERE in warnings_of(caplog, "api.auth.jwks")[0]
     assert "jwt() plugin" in warnings_of(caplog, "api.auth.jwks")[0]
     assert "Better Auth session token" in assert_problem(refused, 401, "unauthorized")["detail"]
+
+
+def test_a_token_is_accepted_until_it_expires_after_sign_out_and_after_the_user_is_deleted(
+    better_auth_installed: Path, api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """What the README says a frontend must know: a JWT is not revoked. Better Auth forgets the session
+    and the user, and hands out no more tokens; the API, which never asks it, accepts the token it
+    issued until its exp."""
+    with better_auth(better_auth_installed) as origin, api_for(api_db_url, better_auth_url=origin) as api:
+        with signed_in(origin + ROUTES, "sid@example.com", "Sid") as (browser, user_id):
+            token = token_of(browser)
+            assert browser.post("/sign-out", json={}).status_code == 200
+            assert browser.get("/token").status_code == 401
+        headers = {"Authorization": f"Bearer {token}"}
+        assert api.get(f"/api/{user_id}/tasks", headers=headers).status_code == 200
+
+        with signed_in(origin + ROUTES, "dee@example.com", "Dee") as (browser, user_id):
+            token = token_of(browser)
+            deleted = browser.post("/delete-user", json={"password": PASSWORD})
+            assert deleted.status_code == 200, deleted.text
+            assert (
+                browser.post(
+                    "/sign-in/email", json={"email": "dee@example.com", "password": PASSWORD}
+                ).status_code
+                == 401
+            )
+        created = api.post(
+            f"/api/{user_id}/tasks", json={"title": "After"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert created.status_code == 201, created.text
+        assert api_db.execute("select email from users where id = %s", [user_id]).fetchone() == (
+            "dee@example.com",
+        )

@@ -33,6 +33,7 @@ server.listen(0, "127.0.0.1", () => {
     secret: randomBytes(32).toString("hex"),
     database: memoryAdapter({ user: [], session: [], account: [], verification: [], jwks: [] }),
     emailAndPassword: { enabled: true },
+    user: { deleteUser: { enabled: true } },
     plugins: options.jwt === false ? [] : [jwt(jwtOptions)],
     rateLimit: { enabled: false },
     telemetry: { enabled: false },
