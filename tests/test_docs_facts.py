@@ -9,7 +9,8 @@
   (`tests/x.py` (`test_y`)) is defined in that file;
 - a name the docs place in a Python file (`NAME` in `api/x.py`, `Name` (`api/x.py`)) is defined
   there, so a checklist step does not send a reader to a constant or function renamed since;
-- docs/architecture.md names every middleware the app installs, and shows its picture;
+- docs/architecture.md names every middleware the app installs, every setting the role switch
+  makes in each transaction, and every exception the database layer raises, and shows its picture;
 - README.md's shape of a task is the fields the API answers with, and its threat model names every
   path an anonymous client can reach.
 """
@@ -25,6 +26,8 @@ from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount, Route
 
 from api.app import create_app
+from api.db import errors as database_errors
+from api.db.statements import ACT_AS_USER
 from api.http.caller import AuthenticatedRoute
 from api.tasks.models import TaskPublic
 from tests.support import PROJECT, settings_for
@@ -310,6 +313,41 @@ def test_architecture_md_names_every_middleware_the_app_installs() -> None:
     text = ARCHITECTURE.read_text(encoding="utf-8")
     missing = [name for name in installed if f"`{name}`" not in text]
     assert not missing, f"docs/architecture.md (its picture and a paragraph) should name {missing}"
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under `heading` (a `## ` line), up to the next heading of its level."""
+    _, found, rest = text.partition(f"\n{heading}\n")
+    assert found, f"no '{heading}' section"
+    return rest.split("\n## ", 1)[0]
+
+
+def test_architecture_md_names_every_setting_the_role_switch_makes() -> None:
+    """What each transaction sets before its statement is what row-level security and the triggers
+    read: the page that walks a request through Database.run says all of it, by name."""
+    made = re.findall(r"set_config\('([^']+)'", str(ACT_AS_USER))
+    assert {"role", "app.user_id"} <= set(made), "the search found too few settings to mean anything"
+    section = _section(
+        ARCHITECTURE.read_text(encoding="utf-8"), "## Database.run: the one transaction helper"
+    )
+    missing = [name for name in made if f"`{name}`" not in section]
+    assert not missing, f"docs/architecture.md, 'Database.run', should name {missing} (ACT_AS_USER sets them)"
+
+
+def test_architecture_md_names_every_exception_the_database_layer_raises() -> None:
+    """api/db/errors.py is what the database layer tells the layers above; the page follows each one
+    to the answer it becomes."""
+    raised = [
+        name
+        for name, value in vars(database_errors).items()
+        if isinstance(value, type)
+        and issubclass(value, Exception)
+        and value.__module__ == database_errors.__name__
+    ]
+    assert len(raised) >= 5, "the search found too few exceptions to mean anything"
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    missing = [name for name in raised if f"`{name}`" not in text]
+    assert not missing, f"docs/architecture.md should name {missing} (api/db/errors.py raises them)"
 
 
 def test_architecture_md_shows_its_picture_and_how_to_remake_it() -> None:
