@@ -9,7 +9,9 @@
   (`tests/x.py` (`test_y`)) is defined in that file;
 - a name the docs place in a Python file (`NAME` in `api/x.py`, `Name` (`api/x.py`)) is defined
   there, so a checklist step does not send a reader to a constant or function renamed since;
-- docs/architecture.md names every middleware the app installs, and shows its picture;
+- docs/architecture.md names every middleware the app installs, and its picture draws them in the
+  order a request meets them; it names every setting the role switch makes in each transaction and
+  every exception the database layer raises, and shows its picture;
 - README.md's shape of a task is the fields the API answers with, and its threat model names every
   path an anonymous client can reach.
 """
@@ -25,6 +27,8 @@ from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount, Route
 
 from api.app import create_app
+from api.db import errors as database_errors
+from api.db.statements import ACT_AS_USER
 from api.http.caller import AuthenticatedRoute
 from api.tasks.models import TaskPublic
 from tests.support import PROJECT, settings_for
@@ -310,6 +314,67 @@ def test_architecture_md_names_every_middleware_the_app_installs() -> None:
     text = ARCHITECTURE.read_text(encoding="utf-8")
     missing = [name for name in installed if f"`{name}`" not in text]
     assert not missing, f"docs/architecture.md (its picture and a paragraph) should name {missing}"
+
+
+def _labels_on_the_way_in() -> list[str]:
+    """The first line of each label along docs/request-path.dot's edge chain from the client."""
+    source = (ARCHITECTURE.parent / "request-path.dot").read_text(encoding="utf-8")
+    labels = dict(re.findall(r'^\s*(\w+) \[label="([^"\\]+)', source, re.MULTILINE))
+    (chain,) = [line for line in source.splitlines() if line.strip().startswith("client ->")]
+    return [labels[node] for node in re.findall(r"\w+", chain) if node in labels]
+
+
+def test_architecture_md_draws_the_middleware_in_the_order_a_request_meets_them() -> None:
+    """The page and its picture say "outermost first"; an app with every middleware (CORS too) runs
+    them in that order. Each is named by its class or one it extends (Starlette's `CORSMiddleware`
+    for `ProblemCORSMiddleware`)."""
+    app = create_app(settings_for("postgresql://nobody@/nowhere", cors_origins=["https://app.example"]))
+    # Starlette keeps `user_middleware` outermost first.
+    names = []
+    for middleware in app.user_middleware:
+        assert isinstance(middleware.cls, type)
+        names.append([cls.__name__ for cls in middleware.cls.__mro__])
+    assert len(names) >= 5, "the search found too few middleware to mean anything"
+    drawn = [label for label in _labels_on_the_way_in() if any(label in mro for mro in names)]
+    installed = [next((name for name in mro if name in drawn), mro[0]) for mro in names]
+    assert drawn == installed, (
+        "docs/request-path.dot (and the page's paragraph) should draw them in this order"
+    )
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under `heading` (a `## ` line), up to the next heading of its level."""
+    _, found, rest = text.partition(f"\n{heading}\n")
+    assert found, f"no '{heading}' section"
+    return rest.split("\n## ", 1)[0]
+
+
+def test_architecture_md_names_every_setting_the_role_switch_makes() -> None:
+    """What each transaction sets before its statement is what row-level security and the triggers
+    read: the page that walks a request through Database.run says all of it, by name."""
+    made = re.findall(r"set_config\('([^']+)'", str(ACT_AS_USER))
+    assert {"role", "app.user_id"} <= set(made), "the search found too few settings to mean anything"
+    section = _section(
+        ARCHITECTURE.read_text(encoding="utf-8"), "## Database.run: the one transaction helper"
+    )
+    missing = [name for name in made if f"`{name}`" not in section]
+    assert not missing, f"docs/architecture.md, 'Database.run', should name {missing} (ACT_AS_USER sets them)"
+
+
+def test_architecture_md_names_every_exception_the_database_layer_raises() -> None:
+    """api/db/errors.py is what the database layer tells the layers above; the page follows each one
+    to the answer it becomes."""
+    raised = [
+        name
+        for name, value in vars(database_errors).items()
+        if isinstance(value, type)
+        and issubclass(value, Exception)
+        and value.__module__ == database_errors.__name__
+    ]
+    assert len(raised) >= 5, "the search found too few exceptions to mean anything"
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    missing = [name for name in raised if f"`{name}`" not in text]
+    assert not missing, f"docs/architecture.md should name {missing} (api/db/errors.py raises them)"
 
 
 def test_architecture_md_shows_its_picture_and_how_to_remake_it() -> None:

@@ -83,6 +83,10 @@ BARE_REFUSALS = [
     pytest.param(b"Content-Length: 1e3\r\n", 400, id="content-length-with-an-exponent"),
     pytest.param(b"Content-Length: 13, 13\r\n", 400, id="content-length-as-a-list"),
     pytest.param(b"Content-Length: 18446744073709551616\r\n", 400, id="content-length-past-64-bits"),
+    # A request whose last transfer coding is not chunked has no length a server can find (RFC 9112,
+    # section 6.3): hyper refuses it; one that ends in chunked reaches the app, whose 501 it gets.
+    pytest.param(b"Transfer-Encoding: gzip\r\n", 400, id="transfer-coding-not-ending-in-chunked"),
+    pytest.param(b"Transfer-Encoding: chunked, gzip\r\n", 400, id="transfer-coding-after-chunked"),
     pytest.param(b"Idempotency-Key: a\x7fb\r\n", 400, id="del-in-a-field-value"),
     pytest.param(b"".join(b"X-%d: y\r\n" % n for n in range(101)), 431, id="over-100-fields"),
     pytest.param(b"X-Padding: " + b"a" * (65 * 1024) + b"\r\n", 431, id="head-over-64-kib"),

@@ -67,7 +67,13 @@ class StoredOwners:
             except MissingReference:
                 self.discard(owner)  # the row is gone after all: store it again
         with self.storing(owner):
-            return await database.run(owner.id, query, read_only=read_only)
+            try:
+                return await database.run(owner.id, query, read_only=read_only)
+            except MissingReference:
+                # The upsert found the row current and left it, and it was gone by the time the
+                # write's foreign key looked (a DBA deleted the user meanwhile). Nothing was written;
+                # sent again, the upsert finds it gone and stores it, as the next write would.
+                return await database.run(owner.id, query, read_only=read_only)
 
     def __contains__(self, owner: Owner) -> bool:
         return self._stored.get(owner.id) == owner

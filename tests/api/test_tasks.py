@@ -287,6 +287,31 @@ def test_a_user_row_deleted_meanwhile_is_stored_again_by_the_next_write(
     ]
 
 
+def test_a_user_row_deleted_while_a_write_stores_it_is_stored_again_by_that_write(
+    client: httpx.Client, api_db: psycopg.Connection[Any], api_db_url: str
+) -> None:
+    """A write that carries the upsert finds the user's row current and leaves it; a DBA deletes the
+    user before the task's foreign key looks for the row. That write was a 500; it is sent again, its
+    upsert stores the row again, and the task is created, as the next write would have done."""
+    user = new_user(email="fay@example.com", name="Fay")
+    api_db.execute("insert into users (id, email, name) values (%s, 'fay@example.com', 'Fay')", [user.id])
+    with ThreadPoolExecutor(max_workers=1) as pool, psycopg.connect(api_db_url) as dba:
+        dba.execute("delete from users where id = %s", [user.id])
+        sent = pool.submit(client.post, user.tasks_url, json={"title": "During"}, headers=user.headers)
+        wait_until_it_waits_for(dba, sent)
+        dba.commit()
+        created = sent.result()
+
+    assert created.status_code == 201, created.text
+    assert api_db.execute("select email, name from users where id = %s", [user.id]).fetchone() == (
+        "fay@example.com",
+        "Fay",
+    )
+    assert api_db.execute("select id, title from tasks where user_id = %s", [user.id]).fetchall() == [
+        (created.json()["id"], "During")
+    ]
+
+
 @pytest.mark.parametrize(
     "title",
     ["'); drop table tasks; --", "back\\slash \\' quote", "$$dollar$$ :name %(x)s %s ?", "E'\\x41'"],
