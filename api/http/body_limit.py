@@ -35,7 +35,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.http.openapi import OpenApiDocument, amend_openapi
+from api.http.openapi import OpenApiDocument, amend_openapi, response_header
 from api.http.problems import (
     ProblemError,
     ProblemType,
@@ -174,15 +174,27 @@ class BodyLimits:
             return
 
 
-def _refusal(description: str, problem: ProblemType) -> dict[str, Any]:
+def _refusal(
+    description: str, problem: ProblemType, *, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
     # Said in words, not as a `Connection` header: that one is about the connection, which a proxy or
     # HTTP/2 does not pass on, and any answer to a chunked body left unread carries it (RFC 9110, 7.6.1).
-    return {
+    refusal = {
         "description": problem_description(
             description + " The server closes the connection after this answer.", [problem]
         ),
         "content": problem_content([problem]),
     }
+    return {**refusal, "headers": headers} if headers else refusal
+
+
+# The 400 may be the server's own, which carries no X-Request-ID: documented here as not always sent,
+# the header every other answer carries is documented as required (api/app.py).
+_REQUEST_ID_UNLESS_THE_SERVER_REFUSED = {
+    "X-Request-ID": response_header(
+        "This request's id, in every log line about it: sent with the API's 400, not with the server's own."
+    )
+}
 
 
 def body_limit_responses(*, reads_body: bool) -> dict[str, dict[str, Any]]:
@@ -203,6 +215,7 @@ def body_limit_responses(*, reads_body: bool) -> dict[str, dict[str, Any]]:
             "a field value, say), is refused by the server itself before the API runs: a 400 with no "
             "body and no X-Request-ID.",
             ProblemType.BAD_REQUEST,
+            headers=_REQUEST_ID_UNLESS_THE_SERVER_REFUSED,
         ),
         "413": _refusal(
             "Content-Length is larger than MAX_BODY_BYTES"

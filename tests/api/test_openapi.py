@@ -285,6 +285,19 @@ def _assert_documented(spec: dict[str, Any], path: str, method: str, response: h
         assert response.json()["type"] in listed_types(responses[str(response.status_code)])
 
 
+def test_x_request_id_is_documented_as_always_sent_but_on_the_servers_own_answers(
+    spec: dict[str, Any],
+) -> None:
+    """Every answer of the API carries it (asgi-correlation-id, outermost); the 431 and some 400s are
+    the server's own, sent before the API runs, without it. The answers that carry it are held to the
+    `required` mark by `_assert_documented`."""
+    for path, path_item in spec["paths"].items():
+        for method, operation in path_item.items():
+            for status, response in operation["responses"].items():
+                header = response.get("headers", {}).get("X-Request-ID", {})
+                assert header.get("required", False) == (status not in ("400", "431")), (method, path, status)
+
+
 def test_the_document_promises_no_header_about_the_connection(spec: dict[str, Any]) -> None:
     """It documented `Connection: close` on the body limits' 400, 408, 413 and 501 alone, while every
     answer to a chunked body left unread (a 401, a 404, ...) carries it too; and a client behind an
