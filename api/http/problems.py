@@ -516,7 +516,10 @@ def http_problem(exc: StarletteHTTPException) -> ProblemError:
 def problem_content(types: Sequence[ProblemType]) -> dict[str, Any]:
     """The `content` of an error response: a Problem whose `type` is one of `types`, the ones this
     operation can answer this status with, so that a client (and schema.ts) knows what to switch on."""
-    one_of = {"properties": {"type": {"enum": [problem.urn for problem in types]}}}
+    one_of = {
+        "required": ["type"],
+        "properties": {"type": {"type": "string", "enum": [problem.urn for problem in types]}},
+    }
     schema = {"allOf": [{"$ref": "#/components/schemas/Problem"}, one_of]}
     return {PROBLEM_MEDIA_TYPE: {"schema": schema}}
 
