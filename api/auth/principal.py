@@ -36,7 +36,7 @@ def _names_one_path_segment(user_id: str) -> bool:
     """Whether `/api/{user_id}/...` can reach this user's paths. A `/`, even sent as %2F, is decoded
     before routing, so it splits the segment; `.` and `..` are dot segments that clients and proxies
     remove (RFC 3986, section 5.2.4), and a Location naming them leads elsewhere. Better Auth's ids
-    are base62, so only another issuer's token can fail this."""
+    are base62: only a token from another issuer, or made by hand, can fail this."""
     return "/" not in user_id and user_id not in (".", "..")
 
 
