@@ -142,7 +142,9 @@ def create_app(
     document_bearer_scheme(app)
     document_body_limits(app)  # before the header every response carries, which its answers carry too
     document_response_header(
-        app, "X-Request-ID", "This request's id, in every log line about it: yours if you sent a sane one."
+        app,
+        "X-Request-ID",
+        "This request's id, in every log line about it: yours if you sent a sane one, else a new one.",
     )
     document_head_too_large(app)  # after that header, which the server's own 431 does not carry
     routers = [router for router in ROUTERS if settings.metrics_enabled or router is not metrics.router]

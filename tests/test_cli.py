@@ -150,7 +150,8 @@ def test_the_embedded_database_keeps_a_deadlocked_writes_content_out_of_its_log(
     [
         (("",), "1 to 255 characters"),
         (("x" * 256,), "1 to 255 characters"),
-        (("a/b",), "can never be named in /api/{user_id}/tasks"),
+        (("a/b",), "one URL path segment"),
+        (("..",), "one URL path segment"),
         (("alice", "--ttl", "99999999999999"), "100 years"),
     ],
 )

@@ -32,6 +32,14 @@ def _optional_text(claims: Mapping[str, Any], name: str, max_length: int) -> str
     return None
 
 
+def _names_one_path_segment(user_id: str) -> bool:
+    """Whether `/api/{user_id}/...` can reach this user's paths. A `/`, even sent as %2F, is decoded
+    before routing, so it splits the segment; `.` and `..` are dot segments that clients and proxies
+    remove (RFC 3986, section 5.2.4), and a Location naming them leads elsewhere. Better Auth's ids
+    are base62: only a token from another issuer, or made by hand, can fail this."""
+    return "/" not in user_id and user_id not in (".", "..")
+
+
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     """The principal a verified token's claims name; InvalidToken when `sub` is not a usable user id."""
     subject = claims.get("sub")
@@ -41,6 +49,11 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         )
     if "\x00" in subject:
         raise InvalidToken("The token's sub claim contains a NUL character.")
+    if not _names_one_path_segment(subject):
+        raise InvalidToken(
+            "The token's sub claim must be usable as one URL path segment, /api/{user_id}/...: "
+            "it may not contain / nor be . or .."
+        )
     return Principal(
         id=subject,
         email=_optional_text(claims, "email", EMAIL_MAX_LENGTH),

@@ -35,15 +35,16 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.http.openapi import OpenApiDocument, amend_openapi
+from api.http.openapi import OpenApiDocument, amend_openapi, response_header
 from api.http.problems import (
-    PROBLEM_MEDIA_TYPE,
     ProblemError,
     ProblemType,
     chunked_twice,
     http_problem,
     malformed_content_length,
     payload_too_large,
+    problem_content,
+    problem_description,
     problem_response,
     request_timeout,
     unsupported_transfer_coding,
@@ -173,13 +174,27 @@ class BodyLimits:
             return
 
 
-def _refusal(description: str) -> dict[str, Any]:
+def _refusal(
+    description: str, problem: ProblemType, *, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
     # Said in words, not as a `Connection` header: that one is about the connection, which a proxy or
     # HTTP/2 does not pass on, and any answer to a chunked body left unread carries it (RFC 9110, 7.6.1).
-    return {
-        "description": description + " The server closes the connection after this answer.",
-        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    refusal = {
+        "description": problem_description(
+            description + " The server closes the connection after this answer.", [problem]
+        ),
+        "content": problem_content([problem]),
     }
+    return {**refusal, "headers": headers} if headers else refusal
+
+
+# The 400 may be the server's own, which carries no X-Request-ID: documented here as not always sent,
+# the header every other answer carries is documented as required (api/app.py).
+_REQUEST_ID_UNLESS_THE_SERVER_REFUSED = {
+    "X-Request-ID": response_header(
+        "This request's id, in every log line about it: sent with the API's 400, not with the server's own."
+    )
+}
 
 
 def body_limit_responses(*, reads_body: bool) -> dict[str, dict[str, Any]]:
@@ -194,27 +209,30 @@ def body_limit_responses(*, reads_body: bool) -> dict[str, dict[str, Any]]:
     responses = {
         "400": _refusal(
             "Where the body ends cannot be known: Content-Length is not a number of bytes, or "
-            f"Transfer-Encoding names chunked more than once{unreadable}. Nothing was done (type "
-            f"{ProblemType.BAD_REQUEST.urn}). Under `todo-api serve`, a Content-Length that is not a "
+            f"Transfer-Encoding names chunked more than once{unreadable}. Nothing was done. Under "
+            "`todo-api serve`, a Content-Length that is not a "
             "number, like any request head the server cannot parse (a control character such as DEL in "
             "a field value, say), is refused by the server itself before the API runs: a 400 with no "
-            "body and no X-Request-ID."
+            "body and no X-Request-ID.",
+            ProblemType.BAD_REQUEST,
+            headers=_REQUEST_ID_UNLESS_THE_SERVER_REFUSED,
         ),
         "413": _refusal(
             "Content-Length is larger than MAX_BODY_BYTES"
             + (", or a chunked body grew past it" if reads_body else "")
-            + "; refused before anything else is looked at, the token included. Nothing was done "
-            f"(type {ProblemType.PAYLOAD_TOO_LARGE.urn})."
+            + "; refused before anything else is looked at, the token included. Nothing was done.",
+            ProblemType.PAYLOAD_TOO_LARGE,
         ),
         "501": _refusal(
             "Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one "
-            f"implemented is chunked, alone. Nothing was done (type {ProblemType.NOT_IMPLEMENTED.urn})."
+            "implemented is chunked, alone. Nothing was done.",
+            ProblemType.NOT_IMPLEMENTED,
         ),
     }
     if reads_body:
         responses["408"] = _refusal(
-            "The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type "
-            f"{ProblemType.REQUEST_TIMEOUT.urn})."
+            "The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done.",
+            ProblemType.REQUEST_TIMEOUT,
         )
     return responses
 

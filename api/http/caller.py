@@ -30,7 +30,7 @@ from api.http.conditional import field_value
 from api.http.json_body import Utf8JsonRoute
 from api.http.openapi import OpenApiDocument, amend_openapi
 from api.http.problems import forbidden, unsupported_content_coding, unsupported_media_type
-from api.http.refusals import AUTH_ERRORS, NOT_JSON
+from api.http.refusals import AUTH_ERRORS, NOT_JSON, UNAVAILABLE_TO_READS, UNAVAILABLE_TO_WRITES
 from api.http.services import Services, services
 
 _BEARER_SCHEME_NAME = "HTTPBearer"
@@ -126,8 +126,10 @@ class AuthenticatedRoute(Utf8JsonRoute):
             **_CALLER_DOCS,
             "parameters": [*extra.get("parameters", ()), *_CALLER_DOCS["parameters"]],
         }
-        responses = {**AUTH_ERRORS, **(kwargs.pop("responses", None) or {})}
-        if _METHODS_WITH_BODIES & {method.upper() for method in kwargs.get("methods") or ()}:
+        methods = {method.upper() for method in kwargs.get("methods") or ()}
+        unavailable = UNAVAILABLE_TO_READS if methods <= _READ_ONLY_METHODS else UNAVAILABLE_TO_WRITES
+        responses = {**AUTH_ERRORS, **unavailable, **(kwargs.pop("responses", None) or {})}
+        if _METHODS_WITH_BODIES & methods:
             for status, response in NOT_JSON.items():
                 responses.setdefault(status, response)
         super().__init__(path, endpoint, openapi_extra=docs, responses=responses, **kwargs)
@@ -179,6 +181,8 @@ class _SlotHeldUntilSent(Response):
 
 
 _METHODS_WITH_BODIES = frozenset({"POST", "PUT", "PATCH"})
+# The safe methods (RFC 9110, section 9.2.1): their handlers run every query read-only.
+_READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 
 def _refuse_a_body_that_is_not_json(request: Request) -> None:

@@ -23,6 +23,7 @@ async def healthz() -> dict[str, str]:
             f"The database did not answer (type {ProblemType.DATABASE_UNAVAILABLE.urn}), or the last "
             f"isolation check found something (type {ProblemType.ISOLATION_UNVERIFIED.urn}); ask "
             "again after the `Retry-After` seconds.",
+            types=[ProblemType.DATABASE_UNAVAILABLE, ProblemType.ISOLATION_UNVERIFIED],
             headers=retry_after("Seconds to wait before asking again.", required=True),
         )
     },

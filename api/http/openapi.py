@@ -26,11 +26,14 @@ def response_header(description: str, schema_type: str = "string") -> dict[str, 
 
 
 def document_response_header(app: FastAPI, name: str, description: str) -> None:
-    """A header every response carries, documented on every response of every operation."""
+    """A header every answer of the API carries, documented as required on every response of every
+    operation, except where a response documents it itself: one some of whose answers are the
+    server's own (api/http/body_limit.py), which do not."""
+    header = {**response_header(description), "required": True}
 
     def amend(document: OpenApiDocument) -> None:
         for operation in (op for path in document["paths"].values() for op in path.values()):
             for response in operation["responses"].values():
-                response.setdefault("headers", {})[name] = response_header(description)
+                response.setdefault("headers", {}).setdefault(name, header)
 
     amend_openapi(app, amend)

@@ -6,6 +6,7 @@ the database's UNAVAILABLE); this module alone turns them into responses.
 """
 
 import logging
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -512,23 +513,49 @@ def http_problem(exc: StarletteHTTPException) -> ProblemError:
     return ProblemError(exc.status_code, slug, title, detail, headers=dict(exc.headers or {}))
 
 
-def error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An OpenAPI `responses` entry for an error: a Problem, documented under its own media type."""
-    entry: dict[str, Any] = {"model": Problem, "description": description}
+def problem_content(types: Sequence[ProblemType]) -> dict[str, Any]:
+    """The `content` of an error response: a Problem whose `type` is one of `types`, the ones this
+    operation can answer this status with, so that a client (and schema.ts) knows what to switch on."""
+    one_of = {
+        "required": ["type"],
+        "properties": {"type": {"type": "string", "enum": [problem.urn for problem in types]}},
+    }
+    schema = {"allOf": [{"$ref": "#/components/schemas/Problem"}, one_of]}
+    return {PROBLEM_MEDIA_TYPE: {"schema": schema}}
+
+
+def problem_description(description: str, types: Sequence[ProblemType]) -> str:
+    """`description`, followed by the problem types its `content` lists: the words say what each means."""
+    listed = ", ".join(f"`{problem.urn}`" for problem in types)
+    return f"{description} Problem type{'s' if len(types) > 1 else ''}: {listed}."
+
+
+def error_response(
+    description: str, *, types: Sequence[ProblemType], headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An OpenAPI `responses` entry for an error: a Problem of one of `types`, under its own media type.
+    `model` registers the Problem schema the content refers to (FastAPI documents it as
+    application/json too; `document_problem_media_type` drops that one)."""
+    entry: dict[str, Any] = {
+        "model": Problem,
+        "description": problem_description(description, types),
+        "content": problem_content(types),
+    }
     if headers:
         entry["headers"] = headers
     return entry
 
 
 def document_problem_media_type(app: FastAPI) -> None:
-    """FastAPI documents every response model as application/json; errors are problem+json."""
+    """FastAPI documents every response model as application/json; errors are problem+json, with the
+    types `error_response` lists."""
 
     def amend(document: OpenApiDocument) -> None:
         for operation in (op for path in document["paths"].values() for op in path.values()):
             for status, response in operation["responses"].items():
                 content = response.get("content", {})
                 if status[0] in "45" and "application/json" in content:
-                    content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+                    content.setdefault(PROBLEM_MEDIA_TYPE, content.pop("application/json"))
 
     amend_openapi(app, amend)
 

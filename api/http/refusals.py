@@ -1,6 +1,6 @@
 """How the refusals of the HTTP layer are documented: what `AuthenticatedRoute` answers before a
-handler runs (401, 403, 415, 429, 503, and FastAPI's 422), with the headers they carry, and the 431
-the server answers before the API runs.
+handler runs (401, 403, 415, 429, 503, and FastAPI's 422), with the headers they carry and the
+problem types each can be, and the 431 the server answers before the API runs.
 
 `AuthenticatedRoute` merges these into every operation it serves, so a router with
 `route_class=AuthenticatedRoute` documents them without naming them; an operation that refuses
@@ -50,6 +50,7 @@ def too_many_requests(own_reason: str = "") -> dict[str, Any]:
         f"Too many requests from you: {own_reason + ', ' if own_reason else ''}past "
         "MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's "
         "connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done.",
+        types=[ProblemType.TOO_MANY_REQUESTS],
         headers={**retry_after(required=True), **RATE_LIMIT},
     )
 
@@ -58,7 +59,8 @@ def service_unavailable(
     own_reason: str = "", own_type: ProblemType | None = None, *, writes: bool = True
 ) -> dict[str, Any]:
     """The 503 of every authenticated operation, with the reason and problem type an operation has
-    of its own; outcome-unknown only where the operation may write."""
+    of its own; outcome-unknown only where the operation may write (a read's broken connection is
+    retried, or database-unavailable: api/db/database.py)."""
     types = [
         ProblemType.DATABASE_UNAVAILABLE,
         ProblemType.AUTHENTICATION_UNAVAILABLE,
@@ -72,22 +74,32 @@ def service_unavailable(
     ]
     causes += [own_reason] if own_reason else []
     text = (
-        f"{', '.join(causes[:-1])}, or {causes[-1]}; retry after the `Retry-After` seconds. "
-        f"Nothing was done (type {types[0].urn}, {', '.join(types[1:-1])} or {types[-1]})"
+        f"{', '.join(causes[:-1])}, or {causes[-1]}; retry after the `Retry-After` seconds. Nothing was done"
     )
     if writes:
+        types.append(ProblemType.OUTCOME_UNKNOWN)
         text += (
-            f", except for type {ProblemType.OUTCOME_UNKNOWN.urn} (writes only): the database "
-            "stopped answering after the change was sent, so it may have been made; retry with the "
-            "same Idempotency-Key, or read the task before changing it again"
+            f", except for type {ProblemType.OUTCOME_UNKNOWN.urn}: the database stopped answering "
+            "after the change was sent, so it may have been made; retry with the same Idempotency-Key, "
+            "or read the task before changing it again"
         )
-    return error_response(text + ".", headers=retry_after(required=True))
+    return error_response(text + ".", types=types, headers=retry_after(required=True))
+
+
+def invalid_request(*own_types: ProblemType) -> dict[str, Any]:
+    """The 422 of every authenticated operation, with the types an operation has of its own."""
+    return error_response(
+        "Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a "
+        "write a CHECK constraint of the database refuses); nothing was changed.",
+        types=[ProblemType.VALIDATION_ERROR, *own_types],
+    )
 
 
 AUTH_ERRORS: Responses = {
     401: error_response(
-        "Missing, malformed, badly signed, expired or not-yet-valid token (type "
-        f"{ProblemType.UNAUTHORIZED.urn}).",
+        "Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be "
+        "a path segment.",
+        types=[ProblemType.UNAUTHORIZED],
         headers={
             "WWW-Authenticate": {
                 **response_header(
@@ -98,20 +110,19 @@ AUTH_ERRORS: Responses = {
             }
         },
     ),
-    403: error_response("The user id in the path is not the token's subject."),
-    422: error_response(
-        "Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a "
-        "write a CHECK constraint of the database refuses); nothing was changed."
-    ),
+    403: error_response("The user id in the path is not the token's subject.", types=[ProblemType.FORBIDDEN]),
+    422: invalid_request(),
     429: too_many_requests(),
-    503: service_unavailable(),
 }
+# Added by method: only a write can have an outcome unknown (GET and HEAD only read).
+UNAVAILABLE_TO_READS: Responses = {503: service_unavailable(writes=False)}
+UNAVAILABLE_TO_WRITES: Responses = {503: service_unavailable(writes=True)}
 # Refused only where a body may come (POST, PUT, PATCH): api/http/caller.py.
 NOT_JSON: Responses = {
     415: error_response(
-        "A body sent as anything but uncompressed application/json (type "
-        f"{ProblemType.UNSUPPORTED_MEDIA_TYPE.urn}); a compressed one is answered with "
-        "`Accept-Encoding: identity`.",
+        "A body sent as anything but uncompressed application/json; a compressed one is answered "
+        "with `Accept-Encoding: identity`.",
+        types=[ProblemType.UNSUPPORTED_MEDIA_TYPE],
         headers={
             "Accept-Encoding": response_header(
                 "`identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694)."

@@ -111,23 +111,31 @@ def operation_docs(*, headers: tuple[dict[str, Any], ...] = ()) -> dict[str, Any
     return {"parameters": list(headers)}
 
 
-NOT_FOUND: Responses = {404: error_response("No such task, or it belongs to someone else.")}
+NOT_FOUND: Responses = {
+    404: error_response("No such task, or it belongs to someone else.", types=[ProblemType.NOT_FOUND])
+}
 READ_CONDITIONS: Responses = {
     412: error_response(
-        "If-Match names another version of the task. The ETag is the current one.", headers=ETAG
+        "If-Match names another version of the task. The ETag is the current one.",
+        types=[ProblemType.PRECONDITION_FAILED],
+        headers=ETAG,
     ),
 }
 LIST_CONDITIONS: Responses = {
     412: error_response(
         "If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match "
-        "is `*`: nothing was done. No ETag."
+        "is `*`: nothing was done. No ETag.",
+        types=[ProblemType.PRECONDITION_FAILED],
     ),
 }
 WRITE_CONDITIONS: Responses = {
     412: error_response(
         "If-Match names another version of the task, or If-None-Match is `*` or names the current "
         "one: nothing changed. The ETag is the current one.",
+        types=[ProblemType.PRECONDITION_FAILED],
         headers=ETAG,
     ),
-    428: error_response("If-Match is required (REQUIRE_IF_MATCH) and was not sent."),
+    428: error_response(
+        "If-Match is required (REQUIRE_IF_MATCH) and was not sent.", types=[ProblemType.PRECONDITION_REQUIRED]
+    ),
 }

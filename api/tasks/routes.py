@@ -25,7 +25,7 @@ from api.http.problems import (
     task_limit_reached,
 )
 from api.http.query import ascii_digits, parameter_names, strict_parameters
-from api.http.refusals import RETRY_AFTER
+from api.http.refusals import RETRY_AFTER, invalid_request
 from api.http.request_telemetry import note_change
 from api.http.services import services
 from api.tasks import docs, queries
@@ -157,11 +157,15 @@ async def list_tasks(
             f"{ProblemType.TASK_LIMIT_REACHED.urn}), or other requests with this Idempotency-Key "
             f"were being handled at the same time (type {ProblemType.IDEMPOTENCY_KEY_IN_USE.urn}, "
             "the one with `Retry-After`): send the same request again after it.",
+            types=[ProblemType.TASK_LIMIT_REACHED, ProblemType.IDEMPOTENCY_KEY_IN_USE],
             headers=RETRY_AFTER,
         ),
         410: error_response(
-            "A repeated Idempotency-Key whose task has been deleted since; nothing was created."
+            "A repeated Idempotency-Key whose task has been deleted since; nothing was created.",
+            types=[ProblemType.TASK_DELETED],
         ),
+        # A repeated Idempotency-Key with another body, besides every operation's invalid input.
+        422: invalid_request(ProblemType.IDEMPOTENCY_KEY_REUSED),
         **docs.LIST_CONDITIONS,
     },
     openapi_extra=docs.operation_docs(

@@ -63,6 +63,25 @@ def test_bad_tokens_are_401_with_a_challenge(client: httpx.Client, alice: ApiUse
     assert token not in response.text or not token, "the token is never echoed"
 
 
+# `.` and `..` percent-encoded, as a client must send them to keep them (Starlette decodes them before
+# routing); `a/b` reaches no route at all, even as a%2Fb (404), so it is sent to its first segment's.
+@pytest.mark.parametrize(("sub", "segment"), [(".", "%2E"), ("..", "%2E%2E"), ("a/b", "a")])
+def test_a_sub_no_path_segment_can_name_is_401_and_creates_nothing(
+    client: httpx.Client, api_db: psycopg.Connection[Any], sub: str, segment: str
+) -> None:
+    """It was verified, and `..`'s own path answered a create with `Location: /api/../tasks/1`, which
+    every client resolves to /api/tasks/1: no task's URL. Refused when verified, it says why."""
+    token = sign({"sub": sub, "exp": now() + 60})
+    response = client.post(
+        f"/api/{segment}/tasks", json={"title": "x"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    body = assert_problem(response, 401, "unauthorized")
+    assert "one URL path segment" in body["detail"]
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert api_db.execute("select count(*) from users where id = %s", [sub]).fetchone() == (0,)
+    assert api_db.execute("select count(*) from tasks where user_id = %s", [sub]).fetchone() == (0,)
+
+
 @pytest.mark.parametrize(
     "authorization",
     [None, "", "Bearer", "Basic YWxpY2U6c2VjcmV0", "Token abc"],

@@ -9,8 +9,6 @@ from api.app import openapi_document
 from api.http.problems import ProblemType
 
 PROJECT = Path(__file__).resolve().parents[2]
-# A list in a description ("urn:todo-api:problem:a, b or c") names its first type in full: the
-# others are built from `ProblemType` too (api/http/refusals.py), and are not re-read here.
 _URN = re.compile(r"urn:todo-api:problem:[a-z]+(?:-[a-z]+)*")
 SENDABLE = {problem.urn for problem in ProblemType}
 
@@ -29,3 +27,21 @@ def test_every_type_the_docs_name_is_one_the_server_sends() -> None:
 def test_readme_lists_exactly_the_types_the_server_sends() -> None:
     named = set(_URN.findall((PROJECT / "README.md").read_text(encoding="utf-8")))
     assert named == SENDABLE
+
+
+def test_every_error_response_lists_its_types_and_its_words_name_exactly_those() -> None:
+    """A client switches on the `enum` of a problem's `type` (schema.ts makes it a union); a person
+    reads the description: the two say the same, and every answer with a body lists some."""
+    for path, path_item in openapi_document()["paths"].items():
+        for method, operation in path_item.items():
+            for status, response in operation["responses"].items():
+                where = f"{method.upper()} {path} {status}"
+                if status[0] not in "45" or "content" not in response:
+                    continue
+                assert set(response["content"]) == {"application/problem+json"}, where
+                schema = response["content"]["application/problem+json"]["schema"]
+                assert schema["allOf"][0] == {"$ref": "#/components/schemas/Problem"}, where
+                listed = schema["allOf"][1]["properties"]["type"]["enum"]
+                assert listed, where
+                assert set(listed) <= SENDABLE, where
+                assert set(_URN.findall(response["description"])) == set(listed), where

@@ -283,72 +283,87 @@ export interface operations {
                     "Cache-Control": string;
                     /** @description `no`: a proxy passes each event on at once rather than buffer them. */
                     "X-Accel-Buffering"?: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
                     "text/event-stream": string;
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:bad-request";
+                    };
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:unauthorized";
+                    };
                 };
             };
-            /** @description The user id in the path is not the token's subject. */
+            /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:forbidden";
+                    };
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:payload-too-large";
+                    };
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:validation-error";
+                    };
                 };
             };
-            /** @description Too many requests from you: with MAX_STREAMS_PER_USER streams of yours open on this server process, past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: with MAX_STREAMS_PER_USER streams of yours open on this server process, past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
@@ -357,12 +372,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:too-many-requests";
+                    };
                 };
             };
             /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
@@ -372,28 +390,34 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-implemented";
+                    };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, the last isolation check found something, or this server process holds MAX_STREAMS_PER_WORKER streams of all users already; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable, isolation-unverified or streams-unavailable). */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, the last isolation check found something, or this server process holds MAX_STREAMS_PER_WORKER streams of all users already; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:streams-unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:streams-unavailable";
+                    };
                 };
             };
         };
@@ -433,8 +457,8 @@ export interface operations {
                 headers: {
                     /** @description `<url>; rel="next"` when more tasks match than `limit`: the next page, with its cursor. */
                     Link?: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -444,81 +468,99 @@ export interface operations {
             /** @description If-None-Match is `*`, and the task list exists: no body. */
             304: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:bad-request";
+                    };
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:unauthorized";
+                    };
                 };
             };
-            /** @description The user id in the path is not the token's subject. */
+            /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:forbidden";
+                    };
                 };
             };
-            /** @description If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match is `*`: nothing was done. No ETag. */
+            /** @description If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match is `*`: nothing was done. No ETag. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:precondition-failed";
+                    };
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:payload-too-large";
+                    };
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:validation-error";
+                    };
                 };
             };
-            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
@@ -527,12 +569,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:too-many-requests";
+                    };
                 };
             };
             /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
@@ -542,28 +587,34 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-implemented";
+                    };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified";
+                    };
                 };
             };
         };
@@ -600,131 +651,161 @@ export interface operations {
                     "Idempotent-Replayed"?: string;
                     /** @description The new task's URL. */
                     Location: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:bad-request";
+                    };
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:unauthorized";
+                    };
                 };
             };
-            /** @description The user id in the path is not the token's subject. */
+            /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:forbidden";
+                    };
                 };
             };
-            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). The server closes the connection after this answer. */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:request-timeout`. */
             408: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:request-timeout";
+                    };
                 };
             };
-            /** @description Nothing was created: you have MAX_TASKS_PER_USER tasks already (type urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use, the one with `Retry-After`): send the same request again after it. */
+            /** @description Nothing was created: you have MAX_TASKS_PER_USER tasks already (type urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use, the one with `Retry-After`): send the same request again after it. Problem types: `urn:todo-api:problem:task-limit-reached`, `urn:todo-api:problem:idempotency-key-in-use`. */
             409: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:task-limit-reached" | "urn:todo-api:problem:idempotency-key-in-use";
+                    };
                 };
             };
-            /** @description A repeated Idempotency-Key whose task has been deleted since; nothing was created. */
+            /** @description A repeated Idempotency-Key whose task has been deleted since; nothing was created. Problem type: `urn:todo-api:problem:task-deleted`. */
             410: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:task-deleted";
+                    };
                 };
             };
-            /** @description If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match is `*`: nothing was done. No ETag. */
+            /** @description If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match is `*`: nothing was done. No ETag. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:precondition-failed";
+                    };
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:payload-too-large";
+                    };
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json (type urn:todo-api:problem:unsupported-media-type); a compressed one is answered with `Accept-Encoding: identity`. */
+            /** @description A body sent as anything but uncompressed application/json; a compressed one is answered with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
             415: {
                 headers: {
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:unsupported-media-type";
+                    };
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem types: `urn:todo-api:problem:validation-error`, `urn:todo-api:problem:idempotency-key-reused`. */
             422: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:validation-error" | "urn:todo-api:problem:idempotency-key-reused";
+                    };
                 };
             };
-            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
@@ -733,12 +814,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:too-many-requests";
+                    };
                 };
             };
             /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
@@ -748,28 +832,34 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-implemented";
+                    };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
+                    };
                 };
             };
         };
@@ -798,8 +888,8 @@ export interface operations {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -811,94 +901,115 @@ export interface operations {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:bad-request";
+                    };
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:unauthorized";
+                    };
                 };
             };
-            /** @description The user id in the path is not the token's subject. */
+            /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:forbidden";
+                    };
                 };
             };
-            /** @description No such task, or it belongs to someone else. */
+            /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-found";
+                    };
                 };
             };
-            /** @description If-Match names another version of the task. The ETag is the current one. */
+            /** @description If-Match names another version of the task. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:precondition-failed";
+                    };
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:payload-too-large";
+                    };
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:validation-error";
+                    };
                 };
             };
-            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
@@ -907,12 +1018,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:too-many-requests";
+                    };
                 };
             };
             /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
@@ -922,28 +1036,34 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-implemented";
+                    };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified";
+                    };
                 };
             };
         };
@@ -976,131 +1096,161 @@ export interface operations {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:bad-request";
+                    };
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:unauthorized";
+                    };
                 };
             };
-            /** @description The user id in the path is not the token's subject. */
+            /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:forbidden";
+                    };
                 };
             };
-            /** @description No such task, or it belongs to someone else. */
+            /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-found";
+                    };
                 };
             };
-            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). The server closes the connection after this answer. */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:request-timeout`. */
             408: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:request-timeout";
+                    };
                 };
             };
-            /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. */
+            /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:precondition-failed";
+                    };
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:payload-too-large";
+                    };
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json (type urn:todo-api:problem:unsupported-media-type); a compressed one is answered with `Accept-Encoding: identity`. */
+            /** @description A body sent as anything but uncompressed application/json; a compressed one is answered with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
             415: {
                 headers: {
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:unsupported-media-type";
+                    };
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:validation-error";
+                    };
                 };
             };
-            /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. */
+            /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. Problem type: `urn:todo-api:problem:precondition-required`. */
             428: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:precondition-required";
+                    };
                 };
             };
-            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
@@ -1109,12 +1259,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:too-many-requests";
+                    };
                 };
             };
             /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
@@ -1124,28 +1277,34 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-implemented";
+                    };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
+                    };
                 };
             };
         };
@@ -1172,105 +1331,129 @@ export interface operations {
             /** @description Successful Response */
             204: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:bad-request";
+                    };
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:unauthorized";
+                    };
                 };
             };
-            /** @description The user id in the path is not the token's subject. */
+            /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:forbidden";
+                    };
                 };
             };
-            /** @description No such task, or it belongs to someone else. */
+            /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-found";
+                    };
                 };
             };
-            /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. */
+            /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:precondition-failed";
+                    };
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:payload-too-large";
+                    };
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:validation-error";
+                    };
                 };
             };
-            /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. */
+            /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. Problem type: `urn:todo-api:problem:precondition-required`. */
             428: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:precondition-required";
+                    };
                 };
             };
-            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
@@ -1279,12 +1462,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:too-many-requests";
+                    };
                 };
             };
             /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
@@ -1294,28 +1480,34 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-implemented";
+                    };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
+                    };
                 };
             };
         };
@@ -1348,131 +1540,161 @@ export interface operations {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskPublic"];
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:bad-request";
+                    };
                 };
             };
-            /** @description Missing, malformed, badly signed, expired or not-yet-valid token (type urn:todo-api:problem:unauthorized). */
+            /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:unauthorized";
+                    };
                 };
             };
-            /** @description The user id in the path is not the token's subject. */
+            /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:forbidden";
+                    };
                 };
             };
-            /** @description No such task, or it belongs to someone else. */
+            /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-found";
+                    };
                 };
             };
-            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done (type urn:todo-api:problem:request-timeout). The server closes the connection after this answer. */
+            /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:request-timeout`. */
             408: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:request-timeout";
+                    };
                 };
             };
-            /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. */
+            /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:precondition-failed";
+                    };
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:payload-too-large";
+                    };
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json (type urn:todo-api:problem:unsupported-media-type); a compressed one is answered with `Accept-Encoding: identity`. */
+            /** @description A body sent as anything but uncompressed application/json; a compressed one is answered with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
             415: {
                 headers: {
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:unsupported-media-type";
+                    };
                 };
             };
-            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. */
+            /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:validation-error";
+                    };
                 };
             };
-            /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. */
+            /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. Problem type: `urn:todo-api:problem:precondition-required`. */
             428: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:precondition-required";
+                    };
                 };
             };
-            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. */
+            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
@@ -1481,12 +1703,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:too-many-requests";
+                    };
                 };
             };
             /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
@@ -1496,28 +1721,34 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-implemented";
+                    };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done (type urn:todo-api:problem:database-unavailable, authentication-unavailable or isolation-unverified), except for type urn:todo-api:problem:outcome-unknown (writes only): the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. */
+            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
+                    };
                 };
             };
         };
@@ -1534,8 +1765,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1544,26 +1775,32 @@ export interface operations {
                     };
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:bad-request";
+                    };
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:payload-too-large";
+                    };
                 };
             };
             /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
@@ -1573,15 +1810,18 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-implemented";
+                    };
                 };
             };
         };
@@ -1598,8 +1838,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1608,26 +1848,32 @@ export interface operations {
                     };
                 };
             };
-            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done (type urn:todo-api:problem:bad-request). Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. */
+            /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
+                    /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:bad-request";
+                    };
                 };
             };
-            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done (type urn:todo-api:problem:payload-too-large). The server closes the connection after this answer. */
+            /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:payload-too-large";
+                    };
                 };
             };
             /** @description The request head is larger, or has more header fields, than the server takes (the README's threat model has the limits). Under `todo-api serve` the server refuses it itself before the API runs: no body and no X-Request-ID, and the connection is closed. Nothing was done. */
@@ -1637,28 +1883,34 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done (type urn:todo-api:problem:not-implemented). The server closes the connection after this answer. */
+            /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:not-implemented";
+                    };
                 };
             };
-            /** @description The database did not answer (type urn:todo-api:problem:database-unavailable), or the last isolation check found something (type urn:todo-api:problem:isolation-unverified); ask again after the `Retry-After` seconds. */
+            /** @description The database did not answer (type urn:todo-api:problem:database-unavailable), or the last isolation check found something (type urn:todo-api:problem:isolation-unverified); ask again after the `Retry-After` seconds. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before asking again. */
                     "Retry-After": number;
-                    /** @description This request's id, in every log line about it: yours if you sent a sane one. */
-                    "X-Request-ID"?: string;
+                    /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
+                    "X-Request-ID": string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {string} */
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:isolation-unverified";
+                    };
                 };
             };
         };
