@@ -15,7 +15,8 @@ export interface paths {
         /**
          * Stream changes to your tasks
          * @description One event per real change of one of your tasks, in commit order; a write that changes nothing sends
-         *     none. Every event has an `id:`; send the last one back as `Last-Event-ID` when you reconnect.
+         *     none. Every event has an `id:`; send the last one back as `Last-Event-ID` (or `lastEventId`) when you
+         *     reconnect.
          *
          *     - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
          *     - `event: task.deleted`: `data: {"id": N}`.
@@ -263,7 +264,10 @@ export type $defs = Record<string, never>;
 export interface operations {
     streamEvents: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description The same as the `Last-Event-ID` header, for a client that cannot set it (EventSource polyfills put it here). Sent with the header, both must name the same id, else the stream starts with `event: reset`. */
+                lastEventId?: string;
+            };
             header?: {
                 /** @description The `id` of the last event you received: the stream first sends exactly the events after it. Without it, the stream starts from now. When it is malformed or older than what is kept (EVENTS_RETENTION_HOURS, and your newest MAX_TASKS_PER_USER events at most) and not your newest event, or 0 (before any event) while some of your events are no longer kept, the stream starts with `event: reset`: refetch the list. */
                 "Last-Event-ID"?: string;
