@@ -20,6 +20,7 @@ from api.app import create_app
 from api.auth.dev_tokens import mint_token
 from api.events.services import live_services
 from tests.api.events_client import Event, async_client, open_once_a_place_is_free, opened
+from tests.db.test_sql_policy_tests import forget
 from tests.support import SECRET, ApiUser, assert_problem, new_user, serving, settings_for
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
@@ -582,6 +583,41 @@ def test_an_open_stream_whose_next_events_were_purged_before_it_read_them_sends_
                 alice.task_url(seen.json()["id"]), json={"title": "renamed"}, headers=alice.headers
             )
             assert kinds_and_bodies([await stream.next()]) == [("task.updated", renamed.json())]
+
+    run(api_url, scenario)
+
+
+def test_an_erased_users_open_stream_sends_reset_and_goes_on_live(
+    api_url: str, api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """An erasure removes the user's events and their purge record (docs/operations.md, "Erasing a
+    user"): a stream open meanwhile is told to refetch, as its reconnect would be, rather than leave
+    the erased tasks on the screen."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        created = await client.post(alice.tasks_url, json={"title": "secret"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            renamed = await client.put(
+                alice.task_url(created.json()["id"]), json={"title": "still secret"}, headers=alice.headers
+            )
+            assert kinds_and_bodies([await stream.next()]) == [("task.updated", renamed.json())]
+
+            erased = forget(api_db_url, "-v", f"user_id={alice.id}")
+            assert erased.returncode == 0, erased.stderr
+            assert api_db.execute(
+                "select count(*) from task_events where user_id = %s", [alice.id]
+            ).fetchone() == (0,)
+
+            reset = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
+            assert (reset.kind, reset.data) == ("reset", {})
+            # What the reset asks the client to refetch: nothing is left.
+            listed = await client.get(alice.tasks_url, headers=alice.headers)
+            assert (listed.status_code, listed.json()) == (200, [])
+            # Then live, for a token of theirs that is still accepted.
+            again = await client.post(alice.tasks_url, json={"title": "new"}, headers=alice.headers)
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", again.json())]
 
     run(api_url, scenario)
 
