@@ -97,7 +97,7 @@ reconnect.
   your Last-Event-ID is malformed, not one of your events, or older than what is kept (0, the id a
   stream opens with before you have any event, is older than what is kept once any of your events
   was purged), and at any point after, in place of events the stream fell too far behind to send
-  while they were kept, or of one it cannot render.
+  while they were kept, or of one it cannot render, and once your data was erased.
 
 The stream opens with a bare `id:` line (where it starts), sends a `:` comment line every
 EVENTS_HEARTBEAT_SECONDS, and ends when your token stops being accepted (JWT_LEEWAY_SECONDS after it

@@ -760,7 +760,8 @@ def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.
     operation = client.get("/openapi.json").json()["paths"]["/api/{user_id}/events"]["get"]
 
     assert operation["operationId"] == "streamEvents"
-    assert "Last-Event-ID" in [parameter["name"] for parameter in operation["parameters"]]
+    parameters = {(parameter["name"], parameter["in"]) for parameter in operation["parameters"]}
+    assert {("Last-Event-ID", "header"), ("lastEventId", "query")} <= parameters
     stream = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
     assert set(stream["x-events"]) == {"task.created", "task.updated", "task.deleted", "reset"}
     assert stream["x-events"]["task.updated"] == {"$ref": "#/components/schemas/TaskPublic"}
