@@ -59,7 +59,8 @@ _START = text(
 _AFTER = text(
     "WITH next AS (SELECT id, kind, task_id, task, created_at FROM public.task_events"
     " WHERE user_id = :user_id AND id > :after ORDER BY id LIMIT :batch),"
-    " purged AS (SELECT coalesce((SELECT purged_through FROM public.task_event_purges"
+    # Materialized: inlined, its record is looked up once for each time `mine` names it.
+    " purged AS MATERIALIZED (SELECT coalesce((SELECT purged_through FROM public.task_event_purges"
     " WHERE user_id = :user_id), 0) AS through),"
     " mine AS (SELECT NOT (CAST(:after AS bigint) = purged.through"
     " OR CAST(:after AS bigint) > purged.through AND EXISTS (SELECT FROM public.task_events"
