@@ -134,7 +134,10 @@ class Listener:
         now = time.monotonic()
         if self._out_since is None:
             self._warned_at = now
-            logger.warning("the events listener lost its connection (%s); reconnecting", error)
+            logger.warning(
+                "the events listener lost its connection (%s); reconnecting, and streams poll meanwhile",
+                error,
+            )
         elif now - self._warned_at >= _STILL_OUT_EVERY_SECONDS:
             self._warned_at = now
             logger.warning(
