@@ -15,8 +15,9 @@ then poll). When the
 connection is lost (a database restart, a dropped network), or LISTEN is refused (a standby, which
 `todo-api serve` refuses at start-up, reached after a failover), the listener reconnects with
 backoff, and calls `on_lost` both when it notices and once it listens again, so that every stream
-catches up from its last id: nothing is missed. Any other error (a bug, or one psycopg raises as
-another class) is logged with its traceback and handled the same way.
+catches up from its last id: nothing is missed; until it listens again, the streams poll
+(`api.events.hub`). Any other error (a bug, or one psycopg raises as another class) is logged with
+its traceback and handled the same way.
 
 A lost connection is a WARNING once, when it is noticed; the failed tries after it are DEBUG, and a
 WARNING again once a minute while they go on, with the latest cause: an outage stays visible, and a
@@ -133,7 +134,10 @@ class Listener:
         now = time.monotonic()
         if self._out_since is None:
             self._warned_at = now
-            logger.warning("the events listener lost its connection (%s); reconnecting", error)
+            logger.warning(
+                "the events listener lost its connection (%s); reconnecting, and streams poll meanwhile",
+                error,
+            )
         elif now - self._warned_at >= _STILL_OUT_EVERY_SECONDS:
             self._warned_at = now
             logger.warning(

@@ -44,6 +44,10 @@ class Hub:
         # Set when no LISTEN connection can be had (a transaction pooler and no direct URL): how
         # often each stream reads again unprompted.
         self.poll_seconds: float | None = None
+        # The LISTEN connection, when there is one, and how often streams read unprompted while it
+        # is lost (`poll_every`).
+        self._listener: Listener | None = None
+        self._poll_while_unheard = 0.0
         self._by_user: dict[str, set[Subscription]] = defaultdict(set)
         self._by_tag: dict[str, set[Subscription]] = defaultdict(set)
         self._open: set[Subscription] = set()
@@ -106,6 +110,19 @@ class Hub:
             for subscription in streams:
                 subscription.woken.set()
 
+    def poll_every(self) -> float | None:
+        """How long a stream waits at most before it reads again unwoken: EVENTS_POLL_MILLISECONDS
+        where no LISTEN connection can be had, and while the listener is without its connection
+        (DATABASE_DIRECT_URL stopped answering, or has no connection left to give), whose wake-ups
+        would otherwise come only at its next try, its backoff and connect timeout apart; None while it
+        listens. The listener wakes every stream as it loses and regains its connection, so each
+        stream asks again then."""
+        if self.poll_seconds is not None:
+            return self.poll_seconds
+        if self._listener is not None and not self._listener.listening.is_set():
+            return self._poll_while_unheard
+        return None
+
     @contextlib.asynccontextmanager
     async def waking(self, settings: Settings) -> AsyncIterator[None]:
         """For the app's lifespan: wake-ups from a LISTEN connection while the app serves (or polling,
@@ -117,6 +134,7 @@ class Hub:
                 "no direct database URL: event streams poll every %s ms", settings.events_poll_milliseconds
             )
         listener = None if url is None else Listener(url, on_wake=self.wake, on_lost=self.wake_all)
+        self._listener, self._poll_while_unheard = listener, settings.events_poll_milliseconds / 1000
         task = None if listener is None else asyncio.create_task(listener.run(), name="events-listener")
         try:
             yield

@@ -46,20 +46,28 @@ _START = text(
     " AS mine"
 )
 
-# The user's next events after `:after`, each row saying `missed` false; or, when any event after
-# `:after` was purged (sql/migrations/0010_event_purges.sql records every removal) or one of those
-# next events is older than app.events_retention_hours (gone, as for `_START`, for a stream that
-# could not read for that long), only one row, `missed` true and no event: the stream cannot go on
-# from there without a reset. One statement, so no purge can fall between reading the events and
-# reading the record.
+# The user's next events after `:after`, each row saying `missed` false; or, when the stream cannot go
+# on from `:after` without a reset, only one row, `missed` true and no event. It cannot when any event
+# after `:after` was purged (sql/migrations/0010_event_purges.sql records every removal), when one of
+# those next events is older than app.events_retention_hours (gone, as for `_START`, for a stream
+# that could not read for that long), or when `:after` is no longer where the user's events stand:
+# neither one of them, nor where the purges stopped, nor 0 before any purge. An erasure
+# (sql/admin/forget_user.sql) leaves a stream there, having removed the user's events and their purge
+# record at once: its client still shows the erased tasks, and a reconnect from there is told to
+# reset (`_START`), so the open stream is too. One statement, so no purge can fall between reading
+# the events and reading the record.
 _AFTER = text(
     "WITH next AS (SELECT id, kind, task_id, task, created_at FROM public.task_events"
     " WHERE user_id = :user_id AND id > :after ORDER BY id LIMIT :batch),"
-    " mine AS (SELECT coalesce((SELECT purged_through FROM public.task_event_purges"
-    " WHERE user_id = :user_id), 0) > CAST(:after AS bigint)"
+    # Materialized: inlined, its record is looked up once for each time `mine` names it.
+    " purged AS MATERIALIZED (SELECT coalesce((SELECT purged_through FROM public.task_event_purges"
+    " WHERE user_id = :user_id), 0) AS through),"
+    " mine AS (SELECT NOT (CAST(:after AS bigint) = purged.through"
+    " OR CAST(:after AS bigint) > purged.through AND EXISTS (SELECT FROM public.task_events"
+    " WHERE user_id = :user_id AND id = :after))"
     " OR EXISTS (SELECT FROM next WHERE created_at"
     " < now() - make_interval(secs => current_setting('app.events_retention_hours')::float8 * 3600))"
-    " AS missed)"
+    " AS missed FROM purged)"
     " SELECT mine.missed, next.id, next.kind, next.task_id, next.task"
     " FROM mine LEFT JOIN next ON NOT mine.missed"
     " ORDER BY next.id"

@@ -71,9 +71,25 @@ LAST_EVENT_ID = {
     "schema": {"type": "string"},
 }
 
+# Where EventSource polyfills that send headers put the id all the same (Yaffle's
+# event-source-polyfill, whose Authorization header reaches us): read as the header is, or such a
+# client's every reconnect would start from now and miss what changed meanwhile, with no reset.
+LAST_EVENT_ID_QUERY = {
+    "name": "lastEventId",
+    "in": "query",
+    "required": False,
+    "description": (
+        "The same as the `Last-Event-ID` header, for a client that cannot set it (EventSource "
+        "polyfills put it here). Sent with the header, both must name the same id, else the stream "
+        "starts with `event: reset`."
+    ),
+    "schema": {"type": "string"},
+}
+
 _EVENTS_DESCRIPTION = f"""\
 One event per real change of one of your tasks, in commit order; a write that changes nothing sends
-none. Every event has an `id:`; send the last one back as `Last-Event-ID` when you reconnect.
+none. Every event has an `id:`; send the last one back as `Last-Event-ID` (or `lastEventId`) when you
+reconnect.
 
 - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
 - `event: task.deleted`: `data: {{"id": N}}`.
@@ -81,7 +97,7 @@ none. Every event has an `id:`; send the last one back as `Last-Event-ID` when y
   your Last-Event-ID is malformed, not one of your events, or older than what is kept (0, the id a
   stream opens with before you have any event, is older than what is kept once any of your events
   was purged), and at any point after, in place of events the stream fell too far behind to send
-  while they were kept, or of one it cannot render.
+  while they were kept, or of one it cannot render, and once your data was erased.
 
 The stream opens with a bare `id:` line (where it starts), sends a `:` comment line every
 EVENTS_HEARTBEAT_SECONDS, and ends when your token stops being accepted (JWT_LEEWAY_SECONDS after it
@@ -112,6 +128,19 @@ def _event_schema() -> dict[str, Any]:
             "reset": {"type": "object"},
         },
     }
+
+
+def _last_event_id(request: Request) -> str | None:
+    """Where the client says it is: the Last-Event-ID header, or the `lastEventId` query parameter.
+
+    Each sent more than once, or the two naming different ids, is more than one claim of where the
+    client is: read whole, the claims are no id, and the stream starts with a reset."""
+    header = field_value(request.headers, "Last-Event-ID")
+    values = request.query_params.getlist("lastEventId")
+    query = ", ".join(values) if values else None
+    if header is None or query is None or header == query:
+        return header if header is not None else query
+    return f"{header}, {query}"
 
 
 def _bearer_token(request: Request) -> str:
@@ -164,13 +193,12 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
             writes=False,
         ),
     },
-    openapi_extra={"parameters": [LAST_EVENT_ID]},
+    openapi_extra={"parameters": [LAST_EVENT_ID, LAST_EVENT_ID_QUERY]},
 )
 async def stream_events(caller: CallerDep, request: Request) -> Response:
     shared = live_services(request.app)
     hub, settings = shared.events_hub, shared.settings
-    # Sent on two lines, it is two claims of where the client is: read whole, it is no id (reset).
-    begin = await stream.start(caller, field_value(request.headers, "Last-Event-ID"))
+    begin = await stream.start(caller, _last_event_id(request))
     # The stream's place is taken last (429 or 503 when there is none), so that nothing fails between
     # taking it and handing it to the response, which gives it back. An event committed after `start`
     # read where the user's events stand is read by the stream's first read, woken or not.

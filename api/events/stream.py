@@ -184,7 +184,8 @@ async def events(
         remaining = expires_at - time.time()
         if remaining <= 0:
             return  # the token has expired: the client reconnects with a fresh one
-        await _wait(subscription, remaining if hub.poll_seconds is None else min(hub.poll_seconds, remaining))
+        poll_seconds = hub.poll_every()
+        await _wait(subscription, remaining if poll_seconds is None else min(poll_seconds, remaining))
 
 
 def _reset(position: int) -> ServerSentEvent:

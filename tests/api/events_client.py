@@ -69,12 +69,21 @@ class Stream:
 
 @asynccontextmanager
 async def opened(
-    client: httpx.AsyncClient, user: ApiUser, last_event_id: str | None = None
+    client: httpx.AsyncClient,
+    user: ApiUser,
+    last_event_id: str | None = None,
+    *,
+    last_event_id_in_query: str | None = None,
 ) -> AsyncIterator[Stream]:
+    """A stream of `user`'s, resumed after `last_event_id` (the header) and `last_event_id_in_query`
+    (the `lastEventId` query parameter an EventSource polyfill sends) when given."""
     headers = dict(user.headers)
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
-    async with aconnect_sse(client, "GET", f"/api/{user.id}/events", headers=headers) as source:
+    params = {} if last_event_id_in_query is None else {"lastEventId": last_event_id_in_query}
+    async with aconnect_sse(
+        client, "GET", f"/api/{user.id}/events", headers=headers, params=params
+    ) as source:
         response = source.response
         if response.status_code != 200:
             await response.aread()

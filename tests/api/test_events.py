@@ -20,6 +20,7 @@ from api.app import create_app
 from api.auth.dev_tokens import mint_token
 from api.events.services import live_services
 from tests.api.events_client import Event, async_client, open_once_a_place_is_free, opened
+from tests.db.test_sql_policy_tests import forget
 from tests.support import SECRET, ApiUser, assert_problem, new_user, serving, settings_for
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
@@ -148,6 +149,38 @@ def test_resume_after_three_missed_writes_delivers_exactly_those_three(api_url: 
             # Then live, with nothing sent twice: the next event is the next write.
             later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
             assert kinds_and_bodies([await resumed.next()]) == [("task.created", later.json())]
+
+    run(api_url, scenario)
+
+
+def test_a_polyfill_resuming_with_the_id_in_the_query_gets_exactly_what_it_missed(api_url: str) -> None:
+    """EventSource polyfills that send the Authorization header put the last id in `?lastEventId=`
+    (Yaffle's event-source-polyfill): read as the header is, not taken for a stream from now."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        created = await client.post(alice.tasks_url, json={"title": "seen"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            last_seen = await stream.opening_id()
+        missed = []
+        for title in ("one", "two"):
+            response = await client.put(
+                alice.task_url(created.json()["id"]), json={"title": title}, headers=alice.headers
+            )
+            missed.append(("task.updated", response.json()))
+        async with opened(client, alice, last_event_id_in_query=last_seen) as resumed:
+            assert await resumed.opening_id() == last_seen
+            assert kinds_and_bodies(await resumed.take(2)) == missed
+            newest = resumed.last_id
+        # Sent both ways, the same id is one claim; two different ids are no id at all.
+        async with opened(client, alice, last_seen, last_event_id_in_query=last_seen) as resumed:
+            assert await resumed.opening_id() == last_seen
+            assert kinds_and_bodies(await resumed.take(2)) == missed
+        async with opened(client, alice, last_seen, last_event_id_in_query=newest) as stream:
+            assert (await stream.next()).kind == "reset"
+        for malformed in ("", "abc", "-1"):
+            async with opened(client, alice, last_event_id_in_query=malformed) as stream:
+                assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
 
     run(api_url, scenario)
 
@@ -554,6 +587,41 @@ def test_an_open_stream_whose_next_events_were_purged_before_it_read_them_sends_
     run(api_url, scenario)
 
 
+def test_an_erased_users_open_stream_sends_reset_and_goes_on_live(
+    api_url: str, api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """An erasure removes the user's events and their purge record (docs/operations.md, "Erasing a
+    user"): a stream open meanwhile is told to refetch, as its reconnect would be, rather than leave
+    the erased tasks on the screen."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        created = await client.post(alice.tasks_url, json={"title": "secret"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            renamed = await client.put(
+                alice.task_url(created.json()["id"]), json={"title": "still secret"}, headers=alice.headers
+            )
+            assert kinds_and_bodies([await stream.next()]) == [("task.updated", renamed.json())]
+
+            erased = forget(api_db_url, "-v", f"user_id={alice.id}")
+            assert erased.returncode == 0, erased.stderr
+            assert api_db.execute(
+                "select count(*) from task_events where user_id = %s", [alice.id]
+            ).fetchone() == (0,)
+
+            reset = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
+            assert (reset.kind, reset.data) == ("reset", {})
+            # What the reset asks the client to refetch: nothing is left.
+            listed = await client.get(alice.tasks_url, headers=alice.headers)
+            assert (listed.status_code, listed.json()) == (200, [])
+            # Then live, for a token of theirs that is still accepted.
+            again = await client.post(alice.tasks_url, json={"title": "new"}, headers=alice.headers)
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", again.json())]
+
+    run(api_url, scenario)
+
+
 def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_back(api_url: str) -> None:
     alice, bob = new_user(), new_user()
 
@@ -692,7 +760,8 @@ def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.
     operation = client.get("/openapi.json").json()["paths"]["/api/{user_id}/events"]["get"]
 
     assert operation["operationId"] == "streamEvents"
-    assert "Last-Event-ID" in [parameter["name"] for parameter in operation["parameters"]]
+    parameters = {(parameter["name"], parameter["in"]) for parameter in operation["parameters"]}
+    assert {("Last-Event-ID", "header"), ("lastEventId", "query")} <= parameters
     stream = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
     assert set(stream["x-events"]) == {"task.created", "task.updated", "task.deleted", "reset"}
     assert stream["x-events"]["task.updated"] == {"$ref": "#/components/schemas/TaskPublic"}

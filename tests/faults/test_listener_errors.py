@@ -56,3 +56,30 @@ def test_an_error_the_listener_did_not_expect_is_logged_and_streams_still_get_ev
         ("by hand",),
         ("later",),
     ]
+
+
+def test_while_the_listener_cannot_connect_streams_poll_and_get_each_event_promptly(
+    migrated_db_url: str,
+) -> None:
+    """A DATABASE_DIRECT_URL that stops letting the listener in (here: every try refused, its database
+    gone) while DATABASE_URL still serves: the listener tries again with its backoff, seconds apart
+    once it has grown, and each stream read only when it woke them at a try, so a write reached a
+    stream seconds late. Streams poll every EVENTS_POLL_MILLISECONDS meanwhile, as behind a pooler."""
+    alice = new_user()
+    address, options = migrated_db_url.split("?", 1)
+    refused = f"{address.rsplit('/', 1)[0]}/no_such_database?{options}"
+    settings = settings_for(migrated_db_url, database_direct_url=refused, events_poll_milliseconds=200)
+
+    async def scenario(base_url: str) -> None:
+        async with async_client(base_url) as client, opened(client, alice) as stream:
+            await stream.opening_id()
+            # Past the listener's first tries: its next ones are seconds apart.
+            await asyncio.sleep(7)
+            for title in ("one", "two", "three"):
+                created = await client.post(alice.tasks_url, json={"title": title}, headers=alice.headers)
+                assert created.status_code == 201
+                event = await asyncio.wait_for(stream.next(), 2.5)
+                assert (event.kind, event.data) == ("task.created", created.json())
+
+    with serving(create_app(settings)) as base_url:
+        asyncio.run(scenario(base_url))

@@ -15,7 +15,8 @@ export interface paths {
         /**
          * Stream changes to your tasks
          * @description One event per real change of one of your tasks, in commit order; a write that changes nothing sends
-         *     none. Every event has an `id:`; send the last one back as `Last-Event-ID` when you reconnect.
+         *     none. Every event has an `id:`; send the last one back as `Last-Event-ID` (or `lastEventId`) when you
+         *     reconnect.
          *
          *     - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
          *     - `event: task.deleted`: `data: {"id": N}`.
@@ -23,7 +24,7 @@ export interface paths {
          *       your Last-Event-ID is malformed, not one of your events, or older than what is kept (0, the id a
          *       stream opens with before you have any event, is older than what is kept once any of your events
          *       was purged), and at any point after, in place of events the stream fell too far behind to send
-         *       while they were kept, or of one it cannot render.
+         *       while they were kept, or of one it cannot render, and once your data was erased.
          *
          *     The stream opens with a bare `id:` line (where it starts), sends a `:` comment line every
          *     EVENTS_HEARTBEAT_SECONDS, and ends when your token stops being accepted (JWT_LEEWAY_SECONDS after it
@@ -263,7 +264,10 @@ export type $defs = Record<string, never>;
 export interface operations {
     streamEvents: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description The same as the `Last-Event-ID` header, for a client that cannot set it (EventSource polyfills put it here). Sent with the header, both must name the same id, else the stream starts with `event: reset`. */
+                lastEventId?: string;
+            };
             header?: {
                 /** @description The `id` of the last event you received: the stream first sends exactly the events after it. Without it, the stream starts from now. When it is malformed or older than what is kept (EVENTS_RETENTION_HOURS, and your newest MAX_TASKS_PER_USER events at most) and not your newest event, or 0 (before any event) while some of your events are no longer kept, the stream starts with `event: reset`: refetch the list. */
                 "Last-Event-ID"?: string;
