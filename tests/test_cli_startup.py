@@ -5,6 +5,7 @@ import os
 import re
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -502,6 +503,40 @@ def test_stopping_serve_stops_a_postgres_restarted_under_it_unless_another_serve
         for leftover in _postgres_on(pgdata):
             leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
         psutil.wait_procs(_postgres_on(pgdata), timeout=10)
+
+
+def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_that_process_lives(
+    tmp_path: Path,
+) -> None:
+    """A Postgres that never stopped (killed, the machine down) leaves postmaster.pid, whose pid may
+    since be another program's (after a reboot, say). The wheel took that program for the server:
+    the next start was a traceback (connection refused), and it killed that program on its way out."""
+    data_dir = tmp_path / "data"
+    pgdata = data_dir / "pgdata"
+    command = [*CLI, "serve", "--data-dir", str(data_dir)]
+    with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "serve.log") as (_, serve):
+        postmaster = _postmaster(pgdata)
+        serve.kill()
+        postmaster.kill()
+        serve.wait(timeout=30)
+        postmaster.wait(timeout=30)  # until init reaps it: a zombie's pid is still taken
+    psutil.wait_procs(_postgres_on(pgdata), timeout=30)
+    assert _postgres_on(pgdata) == []
+    # Run as Postgres's own user, whose processes Postgres may signal and so takes for alive.
+    postgres_user = "embedded_postgres" if os.geteuid() == 0 else None
+    sleep = str(shutil.which("sleep"))
+    with subprocess.Popen([sleep, "300"], user=postgres_user) as bystander:
+        try:
+            for lock_file in (pgdata / "postmaster.pid", Path(_socket_dir(pgdata)) / ".s.PGSQL.5432.lock"):
+                lines = lock_file.read_text().splitlines()
+                lock_file.write_text("\n".join([str(bystander.pid), *lines[1:]]) + "\n")
+            result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            assert "Traceback" not in result.stderr, result.stderr
+            assert bystander.poll() is None, "the process that has the pid now is left alone"
+            assert _postgres_on(pgdata) == [], "the Postgres this start started is stopped"
+        finally:
+            bystander.kill()
 
 
 OPERATIONS = PROJECT / "docs" / "operations.md"

