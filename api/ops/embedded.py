@@ -265,12 +265,19 @@ def _usable_secret(path: Path) -> str:
     return secret
 
 
-# A line of Postgres's (in its log, or initdb's stderr) that says why it stopped.
-_POSTGRES_ERROR = re.compile(r"\b(?:FATAL|PANIC|ERROR):\s+(.*)")
+# A line of Postgres's (in its log, or initdb's stderr) that says why it stopped, with the DETAIL
+# line that follows it, which has the numbers (the versions, the limits).
+_POSTGRES_ERROR = re.compile(r"\b(?P<error>(?:FATAL|PANIC|ERROR):\s+.*)(?:\n.*?\bDETAIL:\s+(?P<detail>.*))?")
 # What to do about the causes an operator meets most; otherwise the log says.
 _FIXES = {
     "insufficient file descriptors": "raise the open-file limit (ulimit -n) and start again",
     "No space left on device": "free some space there, or pick another --data-dir or DATA_DIR",
+    # The lock pins one major version of the wheel; one made by another stays unreadable to it.
+    "database files are incompatible with server": (
+        "move the data folder aside, or pick another with --data-dir or DATA_DIR, and start again "
+        "for a new, empty database; dump its tasks first, if they matter, with the PostgreSQL that "
+        "made it (pg_dump)"
+    ),
 }
 
 
@@ -310,7 +317,10 @@ def _start_failure(
         with log.open(errors="replace") as text:
             text.seek(log_offset)
             written = text.read()
-    causes = [match.group(0) for match in _POSTGRES_ERROR.finditer(written or "\n".join(wheel_errors))]
+    causes = [
+        match["error"] if match["detail"] is None else f"{match['error']} ({match['detail']})"
+        for match in _POSTGRES_ERROR.finditer(written or "\n".join(wheel_errors))
+    ]
     cause = " ".join(causes[-1].split()) if causes else what
     fix = next((fix for known, fix in _FIXES.items() if known in cause), "fix that and start again")
     where = f"its log is {log}" if written else f"{program} failed, and left no log"
