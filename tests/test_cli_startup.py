@@ -654,6 +654,41 @@ def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(tmp_p
         psutil.wait_procs(_postgres_on(pgdata), timeout=10)
 
 
+def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(tmp_path: Path) -> None:
+    """A serve killed outright (kill -9) while it migrates cannot release yoyo's lock, a row naming its
+    pid: every later serve waited for it and failed, advising `yoyo break-lock`, which needs the
+    embedded Postgres running, and that runs only while serve does."""
+    data_dir, pgdata = tmp_path / "data", tmp_path / "data" / "pgdata"
+    command = [*CLI, "serve", "--data-dir", str(data_dir)]
+    try:
+        with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "first.log") as (_, first):
+            database = f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner"
+            with psycopg.connect(database) as blocker, psycopg.connect(database, autocommit=True) as watch:
+                # The second serve's migration re-applies the policies of public.tasks, and waits for this.
+                blocker.execute("lock table public.tasks in access share mode")
+                second = subprocess.Popen(
+                    [*command, "--port", str(free_port())], cwd=tmp_path, env=cli_env(),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                while not watch.execute("select 1 from public.yoyo_lock").fetchone():
+                    assert second.poll() is None, "the second serve takes the migration lock"
+                    time.sleep(0.02)
+                second.kill()
+                second.wait(timeout=60)
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=60)
+
+        with (
+            serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "third.log"),
+            psycopg.connect(f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner") as connection,
+        ):
+            assert connection.execute("select count(*) from public.yoyo_lock").fetchone() == (0,)
+    finally:
+        for leftover in _postgres_on(pgdata):
+            leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
+        psutil.wait_procs(_postgres_on(pgdata), timeout=10)
+
+
 def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(tmp_path: Path) -> None:
     """Closing the terminal sends SIGHUP to its foreground process group: a `serve` that was serving
     must stop as on Ctrl-C, not serve on with no terminal left to stop it, holding its port and the

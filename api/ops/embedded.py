@@ -480,6 +480,26 @@ def _keep_statements_out_of_the_log(superuser_url: str) -> None:
         connection.execute(f"ALTER DATABASE {DATABASE} SET track_activities = off")
 
 
+def _release_the_migration_lock_of_a_process_gone(database_url: str) -> None:
+    """yoyo takes the migration lock as a row naming the pid of the process that migrates, and deletes
+    it when done; a serve or migrate killed meanwhile (kill -9) leaves it, and every later start
+    waited for it and failed, advising `yoyo break-lock`, which needs this very database running and
+    its URL. Only processes on this machine reach the embedded database (a socket in its folder), so
+    a row whose pid no process has is stale."""
+    import psutil  # the embedded extra's, like the wheel
+
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        if connection.execute("select to_regclass('public.yoyo_lock')").fetchone() == (None,):
+            return  # never migrated
+        pids = [pid for (pid,) in connection.execute("select pid from public.yoyo_lock")]
+        gone = [pid for pid in pids if not psutil.pid_exists(pid)]
+        if gone:
+            logger.warning(
+                "releasing the migration lock of a process that no longer runs", extra={"pids": gone}
+            )
+            connection.execute("delete from public.yoyo_lock where pid = any(%s)", [gone])
+
+
 def start(data_dir: Path) -> EmbeddedDatabase:
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
@@ -496,6 +516,7 @@ def start(data_dir: Path) -> EmbeddedDatabase:
         superuser_url = libpq_url(server.get_uri(database="postgres"))
         ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
         _keep_statements_out_of_the_log(superuser_url)
+        _release_the_migration_lock_of_a_process_gone(libpq_url(server.get_uri(database=DATABASE)))
         if first_start:
             (data_dir / _INITIALISING).unlink()
     socket_dir = server.get_postmaster_info().socket_dir
