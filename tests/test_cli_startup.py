@@ -527,13 +527,8 @@ def test_stopping_serve_stops_a_postgres_restarted_under_it_unless_another_serve
         psutil.wait_procs(_postgres_on(pgdata), timeout=10)
 
 
-def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_that_process_lives(
-    tmp_path: Path,
-) -> None:
-    """A Postgres that never stopped (killed, the machine down) leaves postmaster.pid, whose pid may
-    since be another program's (after a reboot, say). The wheel took that program for the server:
-    the next start was a traceback (connection refused), and it killed that program on its way out."""
-    data_dir = tmp_path / "data"
+def _kill_serve_and_its_postgres(data_dir: Path, tmp_path: Path) -> None:
+    """What a crash leaves: serve and its Postgres killed outright, their lock files still there."""
     pgdata = data_dir / "pgdata"
     command = [*CLI, "serve", "--data-dir", str(data_dir)]
     with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "serve.log") as (_, serve):
@@ -544,6 +539,18 @@ def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_tha
         postmaster.wait(timeout=30)  # until init reaps it: a zombie's pid is still taken
     psutil.wait_procs(_postgres_on(pgdata), timeout=30)
     assert _postgres_on(pgdata) == []
+    assert (pgdata / "postmaster.pid").exists()
+
+
+def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_that_process_lives(
+    tmp_path: Path,
+) -> None:
+    """A Postgres that never stopped (killed, the machine down) leaves postmaster.pid, whose pid may
+    since be another program's (after a reboot, say). The wheel took that program for the server:
+    the next start was a traceback (connection refused), and it killed that program on its way out."""
+    data_dir = tmp_path / "data"
+    pgdata = data_dir / "pgdata"
+    _kill_serve_and_its_postgres(data_dir, tmp_path)
     # Run as Postgres's own user, whose processes Postgres may signal and so takes for alive.
     postgres_user = "embedded_postgres" if os.geteuid() == 0 else None
     sleep = str(shutil.which("sleep"))
@@ -559,6 +566,21 @@ def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_tha
             assert _postgres_on(pgdata) == [], "the Postgres this start started is stopped"
         finally:
             bystander.kill()
+
+
+@pytest.mark.parametrize("kept_lines", [0, 6])
+def test_a_postmaster_pid_cut_short_by_a_crash_is_no_server(tmp_path: Path, kept_lines: int) -> None:
+    """Postgres writes postmaster.pid a few lines at a time as it starts; killed meanwhile, it leaves
+    the file empty or short, which the wheel could not read: an AssertionError traceback, every start."""
+    data_dir = tmp_path / "data"
+    postmaster_pid = data_dir / "pgdata" / "postmaster.pid"
+    _kill_serve_and_its_postgres(data_dir, tmp_path)
+    lines = postmaster_pid.read_text().splitlines()[:kept_lines]
+    postmaster_pid.write_text("".join(f"{line}\n" for line in lines))
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert _postgres_on(data_dir / "pgdata") == [], "the Postgres this start started is stopped"
 
 
 OPERATIONS = PROJECT / "docs" / "operations.md"

@@ -48,6 +48,8 @@ _INITIALISING = "initialising"
 # Held while a start initialises or attaches to the folder's Postgres (`_starting_alone`).
 _START_LOCK = "start.lock"
 _STOP_SECONDS = 10
+# Lines in the postmaster.pid of a Postgres that is ready; the wheel reads no other.
+_POSTMASTER_PID_LINES = 8
 
 
 def _how_to_install() -> str:
@@ -168,16 +170,25 @@ def _forget_a_stale_postmaster_pid(pgdata: Path) -> None:
     on stopping killed that process, whatever it was. Postgres removes such a file itself as it
     starts, unless processes it had started still use the folder (their shared memory with them), or
     the pid is that of a process it may signal (its own user's): then it refuses, for this file and for
-    its socket's lock file alike, which names the same pid."""
+    its socket's lock file alike, which names the same pid. A file cut short (Postgres killed as it
+    wrote it) the wheel cannot read at all (an AssertionError), whatever its pid."""
     import psutil  # the embedded extra's, like the wheel
 
     pidfile = pgdata / "postmaster.pid"
     try:
         lines = pidfile.read_text().splitlines()
+    except OSError:
+        return  # none: nothing ran, or it stopped
+    named: psutil.Process | None
+    try:
         named = psutil.Process(int(lines[0]))
-    except (OSError, ValueError, IndexError, psutil.NoSuchProcess):
-        return  # no file, or no live process in it: Postgres decides, as it starts
-    if _serves(named, pgdata):
+    except (ValueError, IndexError):
+        named = None
+    except psutil.NoSuchProcess:
+        if len(lines) == _POSTMASTER_PID_LINES:
+            return  # its server is gone, and Postgres checks the folder is free as it starts
+        named = None
+    if named is not None and _serves(named, pgdata):
         return
     leftovers = [process.pid for process in psutil.process_iter() if _serves(process, pgdata)]
     if leftovers:
@@ -187,12 +198,11 @@ def _forget_a_stale_postmaster_pid(pgdata: Path) -> None:
             f"stop them (kill {pids}) and start again"
         )
     logger.warning(
-        "postmaster.pid was left by an embedded Postgres that did not stop, and names another process "
-        "now; removing it",
-        extra={"pgdata": str(pgdata), "pid": named.pid},
+        "postmaster.pid was left by an embedded Postgres that did not stop; removing it",
+        extra={"pgdata": str(pgdata), "pid": named and named.pid},
     )
     socket_dir = lines[4] if len(lines) > 4 else ""  # postmaster.pid's fifth line: where its socket is
-    if socket_dir:
+    if named is not None and socket_dir:
         socket_lock = Path(socket_dir) / f"{_SOCKET_NAME}.lock"
         with contextlib.suppress(OSError, IndexError):
             if socket_lock.read_text().splitlines()[0] == str(named.pid):
