@@ -322,6 +322,30 @@ def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_run
     assert _postgres_on(data_dir / "pgdata") == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give the folder's files to another user")
+def test_a_folder_whose_files_postgres_cannot_read_is_one_line_with_the_cause_and_the_fix(
+    tmp_path: Path,
+) -> None:
+    """A data folder copied as root (cp -r) keeps root's files, which the embedded Postgres, running as
+    its own user, cannot read: pg_ctl fails before the server logs anything, and the line named the
+    last FATAL of an earlier start in the log ("terminating connection due to administrator
+    command") and initdb, neither of which had anything to do with it."""
+    data_dir = tmp_path / "data"
+    pgdata = data_dir / "pgdata"
+    made = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    for path in [pgdata, *pgdata.rglob("*")]:
+        os.chown(path, 0, 0, follow_symlinks=False)
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(result, "pg_ctl: error:", "Permission denied", f"chown -R embedded_postgres {pgdata}")
+    assert _postgres_on(pgdata) == []
+
+    subprocess.run(["chown", "-R", "embedded_postgres", str(pgdata)], check=True)  # noqa: S607 (as advised)
+    again = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert _postgres_on(pgdata) == []
+
+
 @pytest.mark.parametrize("damaged", ["", " \n", "short-secret"])
 @pytest.mark.parametrize("command", ["token", "serve"])
 def test_a_damaged_development_secret_is_one_line_naming_the_file(

