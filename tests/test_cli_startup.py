@@ -592,6 +592,35 @@ def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_tha
             bystander.kill()
 
 
+def test_a_stale_postmaster_pid_is_kept_while_processes_of_its_postgres_still_use_the_folder(
+    tmp_path: Path,
+) -> None:
+    """Processes a killed postmaster started may outlive it for a while, attached to its shared memory;
+    Postgres refuses to start beside them, and so does start-up, rather than remove the file that
+    names that memory: one line naming them."""
+    data_dir = tmp_path / "data"
+    pgdata = data_dir / "pgdata"
+    _kill_serve_and_its_postgres(data_dir, tmp_path)
+    postmaster_pid = pgdata / "postmaster.pid"
+    sleep = str(shutil.which("sleep"))
+    leftover_program = tmp_path / "postgres"  # named as a Postgres process is, working in its folder
+    shutil.copy(sleep, leftover_program)
+    with (
+        subprocess.Popen([str(leftover_program), "300"], cwd=pgdata) as leftover,
+        subprocess.Popen([sleep, "300"]) as bystander,
+    ):
+        try:
+            lines = postmaster_pid.read_text().splitlines()
+            postmaster_pid.write_text("\n".join([str(bystander.pid), *lines[1:]]) + "\n")
+            result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+            assert_one_line(result, "processes of an embedded Postgres", f"kill {leftover.pid}")
+            assert bystander.poll() is None
+            assert postmaster_pid.read_text().startswith(f"{bystander.pid}\n"), "the file is left as it was"
+        finally:
+            leftover.kill()
+            bystander.kill()
+
+
 @pytest.mark.parametrize("kept_lines", [0, 6])
 def test_a_postmaster_pid_cut_short_by_a_crash_is_no_server(tmp_path: Path, kept_lines: int) -> None:
     """Postgres writes postmaster.pid a few lines at a time as it starts; killed meanwhile, it leaves
