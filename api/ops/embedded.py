@@ -363,6 +363,12 @@ LONGEST_SOCKET_PATH = 107
 _SOCKET_NAME = ".s.PGSQL.5432"
 
 
+def socket_in_the_folder(data_dir: Path) -> bool:
+    """Whether the wheel puts the socket of the embedded database in `data_dir` in its pgdata, as it
+    does unless that path is too long for a socket's."""
+    return len(os.fsencode(data_dir / "pgdata" / _SOCKET_NAME)) <= LONGEST_SOCKET_PATH
+
+
 def _socket_for_its_user_only(pgdata: Path) -> None:
     config = pgdata / "postgresql.conf"
     if _SOCKET_FOR_ITS_USER_ONLY not in config.read_text():
