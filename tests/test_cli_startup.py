@@ -284,6 +284,28 @@ def test_a_postgres_that_cannot_start_is_one_line_with_its_cause_and_leaves_noth
     assert _postgres_on(data_dir / "pgdata") == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to mount a small file system")
+def test_a_disk_that_fills_up_during_the_first_start_is_one_line_with_its_cause(tmp_path: Path) -> None:
+    """initdb on a full disk fails at a write that went part of the way, and gives up with a PANIC:
+    the line named that PANIC ("cannot abort transaction 1, it was already committed"), the last of
+    initdb's errors, rather than the first, which says what happened."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(small)],  # noqa: S607
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        data_dir = small / "data"
+        result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+        assert_one_line(result, "the embedded Postgres could not start: FATAL:", "free some space there")
+        assert _postgres_on(data_dir / "pgdata") == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)  # noqa: S607
+
+
 def test_a_folder_made_by_another_major_version_of_postgres_is_one_line_naming_both_and_is_kept(
     tmp_path: Path,
 ) -> None:

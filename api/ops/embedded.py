@@ -289,6 +289,8 @@ _POSTGRES_ERROR = re.compile(
 _FIXES = {
     "insufficient file descriptors": "raise the open-file limit (ulimit -n) and start again",
     "No space left on device": "free some space there, or pick another --data-dir or DATA_DIR",
+    # What a full disk is, to a write that went only part of the way.
+    "could not extend file": "free some space there, or pick another --data-dir or DATA_DIR",
     # A folder copied or restored by another user (cp -r as root, say) keeps that user's files.
     "Permission denied": "make {pgdata} and everything in it belong to {user}, the user Postgres runs as "
     "(chown -R {user} {pgdata})",
@@ -332,7 +334,7 @@ def _wheel_errors_kept() -> Iterator[_WheelErrors]:
 def _start_failure(
     log: Path, log_offset: int, wheel_errors: list[str], what: str, program: str = "initdb"
 ) -> CommandFailed:
-    """One line: Postgres's last FATAL, PANIC or ERROR from this start (pg_ctl's log from where this
+    """One line: Postgres's first FATAL, PANIC or ERROR from this start (pg_ctl's log from where this
     start began writing it, else initdb's stderr as the wheel logged it), its fix, and where to read
     more; `program` is the wheel's command that failed."""
     written = ""
@@ -344,7 +346,8 @@ def _start_failure(
         match["error"] if match["detail"] is None else f"{match['error']} ({match['detail']})"
         for match in _POSTGRES_ERROR.finditer(written or "\n".join(wheel_errors))
     ]
-    cause = " ".join(causes[-1].split()) if causes else what
+    # The first: those after it (a PANIC as initdb gives up, say) are what it led to.
+    cause = " ".join(causes[0].split()) if causes else what
     fix = next((fix for known, fix in _FIXES.items() if known in cause), "fix that and start again")
     fix = fix.format(pgdata=log.parent, user=_POSTGRES_USER if os.geteuid() == 0 else getpass.getuser())
     where = f"its log is {log}" if written else f"{program} failed, and left no log"
