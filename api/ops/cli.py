@@ -118,6 +118,10 @@ def _installed_command() -> str:
         return str(script.absolute())
 
 
+# What a POSIX shell reads as more than a letter in an unquoted word.
+_READ_BY_THE_SHELL = frozenset(" \t\n\"'\\$`|&;<>()*?[")
+
+
 def _usable_folder(data_dir: Path) -> Path:
     """The embedded database's folder, made if missing; one line when it cannot be (a file is in the
     way, the file system is read-only, ...)."""
@@ -127,6 +131,15 @@ def _usable_folder(data_dir: Path) -> Path:
         # A byte the locale cannot decode: the wheel reads initdb's report of the path as UTF-8, and
         # failed there with a traceback, leaving a half-made folder.
         raise CommandFailed(_unusable_folder(data_dir, "its name is not UTF-8 text")) from None
+    path = str(data_dir.resolve())
+    special = next((character for character in path if character in _READ_BY_THE_SHELL), None)
+    if special is not None and embedded.socket_in_the_folder(Path(path)):
+        # The wheel has pg_ctl start Postgres with `-o "-k <its socket's folder>"`, which pg_ctl hands
+        # to a shell unquoted: every start failed after initdb ("postgres: invalid argument").
+        named = "a space" if special == " " else repr(special)
+        where = "its path" if path == str(data_dir) else path
+        cannot = f"{where} has {named}, which the embedded Postgres's start command cannot take"
+        raise CommandFailed(_unusable_folder(data_dir, cannot))
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

