@@ -305,17 +305,14 @@ _FIXES = {
 
 class _WheelErrors(logging.Handler):
     """The wheel's error records, kept from the terminal: on a failed start it logs the whole
-    pgdata/log (hundreds of lines) and initdb's output, where only the cause is any use. Only the
-    output of its commands (initdb's, pg_ctl's) is kept: the log it shows has every earlier start's
-    lines too, whose last FATAL was taken for the cause of a start that never reached the server."""
+    pgdata/log (hundreds of lines) and initdb's output, where only the cause is any use."""
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.module == "_commands":
-            self.messages.append(record.getMessage())
+        self.messages.append(record.getMessage())
 
 
 @contextlib.contextmanager
@@ -337,14 +334,21 @@ def _start_failure(
     """One line: Postgres's first FATAL, PANIC or ERROR from this start (pg_ctl's log from where this
     start began writing it, else initdb's stderr as the wheel logged it), its fix, and where to read
     more; `program` is the wheel's command that failed."""
-    written = ""
+    earlier = written = ""
     if log.is_file():
         with log.open(errors="replace") as text:
-            text.seek(log_offset)
+            earlier = text.read(log_offset)
             written = text.read()
+    # Without a line of this start's in the log, the wheel's records are read, less the lines of the
+    # log it shows with them: they are every earlier start's, whose last FATAL was taken for the cause
+    # of a start that never reached the server.
+    logged_before = set(earlier.splitlines())
+    unlogged = "\n".join(
+        line for message in wheel_errors for line in message.splitlines() if line not in logged_before
+    )
     causes = [
         match["error"] if match["detail"] is None else f"{match['error']} ({match['detail']})"
-        for match in _POSTGRES_ERROR.finditer(written or "\n".join(wheel_errors))
+        for match in _POSTGRES_ERROR.finditer(written or unlogged)
     ]
     # The first: those after it (a PANIC as initdb gives up, say) are what it led to.
     cause = " ".join(causes[0].split()) if causes else what
