@@ -6,6 +6,8 @@ import os
 import re
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -79,6 +81,53 @@ def test_a_server_that_never_answers(tmp_path: Path, command: tuple[str, ...], s
     assert_one_clear_failure(
         result.stderr, result.returncode, "did not answer in time", status=failure_status(command)
     )
+
+
+@pytest.fixture(scope="session")
+def silent_name_server() -> list[str]:
+    """The prefix that runs a command where no host name lookup is ever answered
+    (tests/silent_name_server.py), or a skip where user namespaces are not allowed."""
+    prefix = ["unshare", "--user", "--map-root-user", "--mount", "--net"]
+    try:
+        allowed = subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:
+        allowed = False
+    if not allowed:
+        pytest.skip("unshare cannot make a user, mount and network namespace here")
+    return [*prefix, sys.executable, "-m", "tests.silent_name_server"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_database_host_whose_name_server_never_answers(
+    tmp_path: Path, command: tuple[str, ...], silent_name_server: list[str]
+) -> None:
+    """psycopg looks the host name up before it connects, and only the connecting was bounded: under
+    a name server that never answers, the command waited as long as the resolver kept asking (here,
+    told to keep asking for minutes), far past DB_CONNECT_TIMEOUT_SECONDS."""
+    url = "postgresql://todo@db.todo-api.test/todo"
+    started = time.monotonic()
+    result = subprocess.run(
+        [*silent_name_server, *CLI, *command],
+        cwd=tmp_path,
+        env=cli_env(
+            DATABASE_URL=url,
+            BETTER_AUTH_SECRET=SECRET,
+            DB_CONNECT_TIMEOUT_SECONDS="2",
+            RES_OPTIONS="timeout:30 attempts:5",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=SILENT_SERVER_WAIT_SECONDS,
+        check=False,
+    )
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "the name server did not answer for the database host in DATABASE_URL (db.todo-api.test:5432)",
+        "DB_CONNECT_TIMEOUT_SECONDS",
+        status=failure_status(command),
+    )
+    assert time.monotonic() - started < SILENT_SERVER_WAIT_SECONDS
 
 
 @pytest.mark.parametrize(
