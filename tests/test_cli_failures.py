@@ -6,7 +6,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,20 +80,6 @@ def test_a_server_that_never_answers(tmp_path: Path, command: tuple[str, ...], s
     assert_one_clear_failure(
         result.stderr, result.returncode, "did not answer in time", status=failure_status(command)
     )
-
-
-@pytest.fixture(scope="session")
-def silent_name_server() -> list[str]:
-    """The prefix that runs a command where no host name lookup is ever answered
-    (tests/silent_name_server.py), or a skip where user namespaces are not allowed."""
-    prefix = ["unshare", "--user", "--map-root-user", "--mount", "--net"]
-    try:
-        allowed = subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode == 0
-    except FileNotFoundError:
-        allowed = False
-    if not allowed:
-        pytest.skip("unshare cannot make a user, mount and network namespace here")
-    return [*prefix, sys.executable, "-m", "tests.silent_name_server"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

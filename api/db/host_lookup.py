@@ -10,8 +10,10 @@ Here each name is looked up in a daemon thread of its own, waited for at most th
 `connect_timeout` (DB_CONNECT_TIMEOUT_SECONDS: `api.db.urls.libpq_url` adds it to every URL), and
 handed to psycopg as `hostaddr`, one connection attempt per address, as psycopg's own lookup
 does. A lookup that did not answer in time is left to finish in its thread, which nothing waits
-for, not even the interpreter's exit; later connections to the same name wait for that lookup
-rather than start another, so a silent name server costs one thread per name, not one per try.
+for, not even the interpreter's exit. A connection that begins while a lookup of its name is
+younger than its own connect_timeout waits for that one rather than start another, so a silent
+name server costs a thread per name per connect_timeout, not one per try, and a lookup stuck in a
+resolver that has since recovered holds no connection past one connect_timeout.
 The hook is the one psycopg documents for changing parameters before connecting,
 `_get_connection_params`.
 """
@@ -20,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ipaddress
+import math
 import os
 import socket
 import threading
@@ -38,8 +41,8 @@ class HostLookupTimeout(psycopg.OperationalError):
     """No host name of the URL was looked up within its connect_timeout."""
 
 
-# Lookups under way, by host name: a connection that finds one waits for it.
-_under_way: dict[str, concurrent.futures.Future[Addresses]] = {}
+# The newest lookup under way of each host name, and when it began (time.monotonic()).
+_under_way: dict[str, tuple[float, concurrent.futures.Future[Addresses]]] = {}
 _under_way_lock = threading.Lock()
 
 
@@ -53,13 +56,15 @@ def _forget_lookups_under_way() -> None:
 os.register_at_fork(after_in_child=_forget_lookups_under_way)
 
 
-def _look_up(host: str) -> concurrent.futures.Future[Addresses]:
+def _look_up(host: str, shared_within_seconds: float) -> concurrent.futures.Future[Addresses]:
+    now = time.monotonic()
     with _under_way_lock:
-        lookup = _under_way.get(host)
-        if lookup is None:
-            lookup = _under_way[host] = concurrent.futures.Future()
+        began, lookup = _under_way.get(host, (-math.inf, None))
+        if lookup is None or now - began >= shared_within_seconds:
+            lookup = concurrent.futures.Future()
             # Running: a connection that gives up waiting cannot cancel it for the others.
             lookup.set_running_or_notify_cancel()
+            _under_way[host] = (now, lookup)
             threading.Thread(target=_resolve, args=(host, lookup), name="host-lookup", daemon=True).start()
         return lookup
 
@@ -72,7 +77,7 @@ def _resolve(host: str, lookup: concurrent.futures.Future[Addresses]) -> None:
     else:
         outcome = [str(address[4][0]) for address in found]
     with _under_way_lock:  # gone before it is told, so that a later connection asks afresh
-        if _under_way.get(host) is lookup:
+        if _under_way.get(host, (0.0, None))[1] is lookup:
             del _under_way[host]
     if isinstance(outcome, OSError):
         lookup.set_exception(outcome)
@@ -144,8 +149,9 @@ def looked_up(params: ConnDict) -> ConnDict:
     names = _names(params)
     if not names:
         return params
-    lookups = {name: _look_up(name) for name in names}
-    concurrent.futures.wait(lookups.values(), timeout=timeout_from_conninfo(params))
+    seconds = timeout_from_conninfo(params)
+    lookups = {name: _look_up(name, seconds) for name in names}
+    concurrent.futures.wait(lookups.values(), timeout=seconds)
     return _with_addresses(params, {name: _outcome(lookup) for name, lookup in lookups.items()})
 
 
@@ -154,8 +160,9 @@ async def looked_up_async(params: ConnDict) -> ConnDict:
     names = _names(params)
     if not names:
         return params
-    lookups = {name: _look_up(name) for name in names}
-    deadline = time.monotonic() + timeout_from_conninfo(params)
+    seconds = timeout_from_conninfo(params)
+    lookups = {name: _look_up(name, seconds) for name in names}
+    deadline = time.monotonic() + seconds
     for lookup in lookups.values():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
