@@ -6,6 +6,8 @@ per session, cloned for each test that wants a database of its own.
 """
 
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -284,3 +286,17 @@ def alice() -> ApiUser:
 @pytest.fixture
 def bob() -> ApiUser:
     return new_user(email="bob@example.com", name="Bob")
+
+
+@pytest.fixture(scope="session")
+def silent_name_server() -> list[str]:
+    """The prefix that runs a command where no host name lookup is ever answered
+    (tests/silent_name_server.py), or a skip where user namespaces are not allowed."""
+    prefix = ["unshare", "--user", "--map-root-user", "--mount", "--net"]
+    try:
+        allowed = subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:
+        allowed = False
+    if not allowed:
+        pytest.skip("unshare cannot make a user, mount and network namespace here")
+    return [*prefix, sys.executable, "-m", "tests.silent_name_server"]

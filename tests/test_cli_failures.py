@@ -4,9 +4,11 @@ traceback, and for `serve` no "serving on" line before it."""
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -80,6 +82,39 @@ def test_a_server_that_never_answers(tmp_path: Path, command: tuple[str, ...], s
     assert_one_clear_failure(
         result.stderr, result.returncode, "did not answer in time", status=failure_status(command)
     )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_database_host_whose_name_server_never_answers(
+    tmp_path: Path, command: tuple[str, ...], silent_name_server: list[str]
+) -> None:
+    """psycopg looks the host name up before it connects, and only the connecting was bounded: under
+    a name server that never answers, the command waited as long as the resolver kept asking (here,
+    told to keep asking for minutes), far past DB_CONNECT_TIMEOUT_SECONDS."""
+    url = "postgresql://todo@db.todo-api.test/todo"
+    started = time.monotonic()
+    result = subprocess.run(
+        [*silent_name_server, *CLI, *command],
+        cwd=tmp_path,
+        env=cli_env(
+            DATABASE_URL=url,
+            BETTER_AUTH_SECRET=SECRET,
+            DB_CONNECT_TIMEOUT_SECONDS="2",
+            RES_OPTIONS="timeout:30 attempts:5",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=SILENT_SERVER_WAIT_SECONDS,
+        check=False,
+    )
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "the name server did not answer for the database host in DATABASE_URL (db.todo-api.test:5432)",
+        "DB_CONNECT_TIMEOUT_SECONDS",
+        status=failure_status(command),
+    )
+    assert time.monotonic() - started < SILENT_SERVER_WAIT_SECONDS
 
 
 @pytest.mark.parametrize(
@@ -857,3 +892,28 @@ def test_a_full_or_closed_standard_output_is_one_line(tmp_path: Path, arguments:
     result = _cli_writing_to(None, *arguments, cwd=tmp_path)
     assert_one_clear_failure(result.stderr, result.returncode, "standard output is closed")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("command", ["migrate", "policies"])
+def test_sigterm_during_a_lookup_that_never_answers_ends_the_command_at_once(
+    tmp_path: Path, command: str, silent_name_server: list[str]
+) -> None:
+    """Both went on waiting for the resolver once stopped, tens of seconds here: `migrate` looked the
+    host up in its main thread, in a call no signal ends, and `policies` in the event loop's executor,
+    whose thread the interpreter waits for on its way out."""
+    process = subprocess.Popen(
+        [*silent_name_server, *CLI, command],
+        cwd=tmp_path,
+        env=cli_env(
+            DATABASE_URL="postgresql://todo@db.todo-api.test/todo",
+            DB_CONNECT_TIMEOUT_SECONDS="60",
+            RES_OPTIONS="timeout:30 attempts:5",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)  # started, and waiting for the name server
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=5)
+    assert (process.returncode, stdout, stderr) == (143, "", "")

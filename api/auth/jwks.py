@@ -307,7 +307,14 @@ class JwksKeySet:
             keys = parse_key_set(parsed)
         except (httpx.HTTPError, TimeoutError, ValueError, RecursionError) as error:
             # RecursionError: JSON nested deeper than the parser's stack (a hostile endpoint's doing).
-            logger.warning("JWKS: cannot fetch %s: %s", self._logged_url, _why(error))
+            # TimeoutError: the bound above, whatever took that long (a name server that never
+            # answers, a host that accepts and says nothing, a body that drips).
+            why = (
+                f"no complete answer within {self._timeout:g} s"
+                if isinstance(error, TimeoutError)
+                else _why(error)
+            )
+            logger.warning("JWKS: cannot fetch %s: %s", self._logged_url, why)
             metrics.jwks_fetches.labels("failed").inc()
             return False
         # A key fetched again is the object already held, so what it verified stays trusted.

@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from api.db.host_lookup import LookupBoundedAsyncConnection
 from api.db.prepared import url_reaches_postgres_itself
 from api.db.urls import libpq_url
 from api.settings import Settings
@@ -149,7 +150,7 @@ class Listener:
             logger.debug("the events listener could not reconnect (%s); trying again", error)
 
     async def _listen_once(self) -> None:
-        connection = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        connection = await LookupBoundedAsyncConnection.connect(self._conninfo, autocommit=True)
         async with connection:
             await connection.execute(f"LISTEN {CHANNEL}")
             self.listening.set()

@@ -32,6 +32,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from api.db.errors import DatabaseUnavailable
+from api.db.host_lookup import LookupBoundedAsyncConnection
 from api.db.prepared import reaches_postgres_itself
 
 # A connection handed out less than this long ago is handed out again without asking whether it is
@@ -47,7 +48,7 @@ CHECK_CONNECTIONS_UNUSED_FOR_SECONDS = 1.0
 RECONNECT_TRIES_FOR_SECONDS = 2.0
 
 
-class Connection(psycopg.AsyncConnection[DictRow]):
+class Connection(LookupBoundedAsyncConnection[DictRow]):
     # Whether this session may prepare statements (`api.db.prepared`), and the names of those it has.
     may_prepare: bool = False
     prepared: frozenset[str] = frozenset()

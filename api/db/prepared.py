@@ -20,6 +20,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
+from api.db.host_lookup import LookupBoundedAsyncConnection, LookupBoundedConnection
+
 
 @dataclass(frozen=True)
 class PreparingSetting:
@@ -58,7 +60,7 @@ async def reaches_postgres_itself(connection: psycopg.AsyncConnection[Any]) -> b
 
 async def url_reaches_postgres_itself(conninfo: str) -> bool:
     """`reaches_postgres_itself`, over a connection of its own to `conninfo`, closed again."""
-    async with await psycopg.AsyncConnection.connect(
+    async with await LookupBoundedAsyncConnection.connect(
         conninfo, autocommit=True, prepare_threshold=None
     ) as connection:
         return await reaches_postgres_itself(connection)
@@ -77,8 +79,8 @@ def sessions_pass_between_clients(conninfo: str, *, protocol_level: bool) -> boo
     """
     name = f"todo_api_probe_{secrets.token_hex(8)}"
     with (
-        psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as preparing,
-        psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as looking,
+        LookupBoundedConnection.connect(conninfo, autocommit=True, prepare_threshold=None) as preparing,
+        LookupBoundedConnection.connect(conninfo, autocommit=True, prepare_threshold=None) as looking,
     ):
         if protocol_level:
             result = preparing.pgconn.prepare(name.encode(), b"SELECT 1")

@@ -10,6 +10,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
+from api.db.host_lookup import HostLookupTimeout
 from api.db.urls import DatabaseUrlError, libpq_url
 
 
@@ -70,6 +71,11 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
         return CommandFailed(
             f"cannot reach the database at {where} (connection refused): is Postgres running, "
             f"and are {setting}'s host and port right?"
+        )
+    if isinstance(error, HostLookupTimeout):
+        return CommandFailed(
+            f"the name server did not answer for the database host in {setting} ({where}) in time: "
+            "check the network's name resolution (/etc/resolv.conf), or raise DB_CONNECT_TIMEOUT_SECONDS"
         )
     if "resolve host" in lowered or "translate host name" in lowered:
         return CommandFailed(f"cannot find the database host in {setting} ({where}): check its spelling")

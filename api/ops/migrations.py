@@ -16,6 +16,7 @@ from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 from yoyo.migrations import MigrationList
 
+from api.db.host_lookup import LookupBoundedConnection
 from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, SESSION_SETTINGS_CHECK, missing, read_sql
 from api.db.urls import libpq_url, yoyo_url
 from api.ops.startup_checks import (
@@ -232,7 +233,7 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
     # Reading yoyo's table waits behind whoever locked it (a DBA's LOCK TABLE) as long as yoyo would.
     options = _options_with_lock_timeout(database_url)
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds, options=options)
-    with psycopg.connect(conninfo, autocommit=True) as connection:
+    with LookupBoundedConnection.connect(conninfo, autocommit=True) as connection:
         version_num, version = connection.execute(RELEASE_STATE).fetchone() or (0, "")
         refusal = release_refusal(version_num=int(version_num), version=str(version), setting=setting)
         if refusal is not None:

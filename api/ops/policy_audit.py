@@ -25,6 +25,7 @@ import sqlparse
 from psycopg import sql
 from psycopg.rows import class_row
 
+from api.db.host_lookup import LookupBoundedAsyncConnection
 from api.db.isolation import Finding, isolation_findings, login_role
 from api.db.reach import read_reach, write_expected
 from api.db.sql_files import (
@@ -324,7 +325,7 @@ def audit_database(
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
 
     async def run() -> Audit:
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
+        async with await LookupBoundedAsyncConnection.connect(conninfo, autocommit=True) as connection:
             try:
                 return await audit(connection, files)
             except psycopg.errors.LockNotAvailable:
@@ -355,7 +356,7 @@ def write_expected_reach(path: Path = EXPECTED_REACH) -> Path:
     from api.ops.migrations import apply_migrations
 
     async def read(url: str) -> tuple[list[Any], str]:
-        async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as connection:
+        async with await LookupBoundedAsyncConnection.connect(libpq_url(url), autocommit=True) as connection:
             async with connection.transaction(force_rollback=True):
                 rows = await read_reach(connection)
             cursor = await connection.execute("select current_setting('server_version')")

@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from api.db.host_lookup import LookupBoundedAsyncConnection, LookupBoundedConnection
 from api.db.prepared import preparing_setting, reaches_postgres_itself, sessions_pass_between_clients
 from api.db.urls import libpq_url
 from api.ops.failures import CommandFailed, database_failure
@@ -388,7 +389,7 @@ async def check_direct_url(url: str, settings: Settings, served: tuple[object, s
     (`_SERVER_AND_DATABASE`) would leave every stream without its wake-ups, and is refused."""
     conninfo = libpq_url(url, "DATABASE_DIRECT_URL", connect_timeout=settings.db_connect_timeout_seconds)
     try:
-        async with await psycopg.AsyncConnection.connect(
+        async with await LookupBoundedAsyncConnection.connect(
             conninfo, autocommit=True, prepare_threshold=None
         ) as connection:
             reaches_postgres = await reaches_postgres_itself(connection)
@@ -426,7 +427,7 @@ async def check_direct_url(url: str, settings: Settings, served: tuple[object, s
 
 def _connect(url: str, setting: str, connect_timeout_seconds: int) -> psycopg.Connection[tuple[Any, ...]]:
     conninfo = libpq_url(url, setting, connect_timeout=connect_timeout_seconds)
-    return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
+    return LookupBoundedConnection.connect(conninfo, autocommit=True, prepare_threshold=None)
 
 
 def _server_and_database(connection: psycopg.Connection[tuple[Any, ...]]) -> tuple[object, str]:
@@ -487,7 +488,7 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
 
     conninfo = libpq_url(url, connect_timeout=settings.db_connect_timeout_seconds)
     try:
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
+        async with await LookupBoundedAsyncConnection.connect(conninfo, autocommit=True) as connection:
             # In a transaction block, the shape of every request: a pooler that refuses one (in
             # statement mode) ends the session saying why, which the isolation check took for a
             # finding, leaving the next query only "the connection is closed".

@@ -197,3 +197,15 @@ def test_a_redirect_is_logged_with_where_it_pointed_and_not_followed(
 def test_a_server_that_is_down_is_logged_as_a_refused_connection(caplog: pytest.LogCaptureFixture) -> None:
     url = f"http://127.0.0.1:{free_port()}/api/auth/jwks"
     assert _failed_fetch_logs(url, caplog) == {f"JWKS: cannot fetch {url}: ConnectError (Connection refused)"}
+
+
+def test_a_fetch_past_its_timeout_is_logged_saying_how_long_it_waited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It said only "TimeoutError", which named neither the bound nor that nothing was wrong with a
+    document: an endpoint that drips, or a host that never answers, or its name server."""
+    with jwks_server(SigningKey.generate()) as server:
+        server.drip_seconds = 60
+        assert _failed_fetch_logs(server.jwks_url, caplog) == {
+            f"JWKS: cannot fetch {server.jwks_url}: no complete answer within 5 s"
+        }
