@@ -52,12 +52,13 @@ def stop_quietly(signum: int, frame: "FrameType | None") -> None:
     them back): end as SystemExit, so that the finally blocks stop the embedded Postgres and remove
     what the command made, without a traceback. A second signal must not interrupt that cleanup.
 
-    Never inside a generator: psycopg runs each query as one, driven by its wait loop, and a stop
-    raised inside it ended the generator with its query still running; psycopg, which cancels the
-    query of a wait it sees interrupted, then found nothing left to wait for, and its rollback on the
-    busy connection printed "error ignored in rollback ... another command is already in progress".
-    The signal is raised again instead, and the stop comes at the next bytecode outside the generator,
-    in the wait loop, whose interruption psycopg handles.
+    Never inside a generator, nor in anything one is running: psycopg runs each query as one, driven
+    by its wait loop, and a stop raised inside it (or in a function it called, and passed up through
+    it) ended the generator with its query still running; psycopg, which cancels the query of a wait
+    it sees interrupted, then found nothing left to wait for, and its rollback on the busy connection
+    printed "error ignored in rollback ... another command is already in progress". The signal is
+    delivered again a moment later instead (`_ask_again_shortly`), by when the generator has handed
+    back to its wait loop, whose interruption psycopg handles.
 
     A signal that lands while Python runs a weakref callback or a finalizer (importlib drops a
     module's lock in one, so any import can) has its SystemExit swallowed and reported as "Exception
@@ -65,13 +66,40 @@ def stop_quietly(signum: int, frame: "FrameType | None") -> None:
     global _stop_asked
     if _stop_asked is None:
         _stop_asked = _stop_status(signum)
-    if frame is not None and frame.f_code.co_flags & _CO_GENERATOR:
-        signal.raise_signal(signum)
+    if _inside_a_generator(frame):
+        _ask_again_shortly(signum)
         return
     for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
     sys.unraisablehook = _quiet_about_a_swallowed_stop
     raise SystemExit(_stop_asked)
+
+
+def _inside_a_generator(frame: "FrameType | None") -> bool:
+    """Whether `frame` is a generator's, or one a running generator called (however deep)."""
+    while frame is not None:
+        if frame.f_code.co_flags & _CO_GENERATOR:
+            return True
+        frame = frame.f_back
+    return False
+
+
+# How long a stop that landed inside a generator waits to be delivered again: psycopg's generators
+# hand back to their wait loop within microseconds of being resumed.
+_AGAIN_AFTER_SECONDS = 0.01
+
+
+def _ask_again_shortly(signum: int) -> None:
+    """Deliver `signum` to this (the main) thread again in a moment. Not now: `signal.raise_signal`
+    runs the handler before it returns, in the handler's own frame, still inside the generator.
+    `_thread.interrupt_main` only marks the signal as arrived, and is called from a timer's thread so
+    that the handler runs again at the main thread's next check after that, not within this one."""
+    import _thread
+    import threading
+
+    again = threading.Timer(_AGAIN_AFTER_SECONDS, _thread.interrupt_main, args=(signum,))
+    again.daemon = True
+    again.start()
 
 
 def _quiet_about_a_swallowed_stop(unraisable: "sys.UnraisableHookArgs") -> None:
