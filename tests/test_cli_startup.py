@@ -396,6 +396,14 @@ def _postgres_on(pgdata: Path) -> list[psutil.Process]:
     ]
 
 
+def _stop_postgres_left_on(pgdata: Path) -> None:
+    """Stop what a failed test left running on `pgdata`: a restarted server the wheel did not start is
+    not always stopped by its cleanup."""
+    for leftover in _postgres_on(pgdata):
+        leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
+    psutil.wait_procs(_postgres_on(pgdata), timeout=10)
+
+
 def _ctrl_c(process: "subprocess.Popen[str]") -> None:
     """What a terminal does on Ctrl-C: SIGINT to the whole foreground process group."""
     os.killpg(process.pid, signal.SIGINT)
@@ -568,9 +576,7 @@ def test_stopping_serve_stops_a_postgres_restarted_under_it_unless_another_serve
             assert "Traceback" not in log.read_text(), log.read_text()
         assert _postgres_on(pgdata) == [], "the last serve to stop stops the restarted Postgres"
     finally:
-        for leftover in _postgres_on(pgdata):
-            leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
-        psutil.wait_procs(_postgres_on(pgdata), timeout=10)
+        _stop_postgres_left_on(pgdata)
 
 
 def _kill_serve_and_its_postgres(data_dir: Path, tmp_path: Path) -> None:
@@ -687,10 +693,7 @@ def test_the_documented_restart_of_the_embedded_database_keeps_its_log_in_its_fi
             with psycopg.connect(own.superuser_url) as superuser:
                 assert superuser.execute("select 1").fetchone() == (1,)
         finally:
-            # A restarted server the wheel did not start is not always stopped by its cleanup.
-            for leftover in _postgres_on(own.pgdata):
-                leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
-            psutil.wait_procs(_postgres_on(own.pgdata), timeout=10)
+            _stop_postgres_left_on(own.pgdata)
 
 
 def _socket_dir(pgdata: Path) -> str:
@@ -739,16 +742,18 @@ def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(tmp_p
         assert list(temporary.glob("todo-api-serve-*")) == [], "the run's folder is removed"
         assert _postgres_on(pgdata) == [], "the last serve to stop stops the embedded Postgres"
 
-        # The next serve finds no lock to wait for: it migrates and serves.
-        with (
-            serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "third.log"),
-            psycopg.connect(f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner") as connection,
-        ):
-            assert connection.execute("select count(*) from public.yoyo_lock").fetchone() == (0,)
+        _the_next_serve_finds_no_migration_lock(command, tmp_path, pgdata)
     finally:
-        for leftover in _postgres_on(pgdata):
-            leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
-        psutil.wait_procs(_postgres_on(pgdata), timeout=10)
+        _stop_postgres_left_on(pgdata)
+
+
+def _the_next_serve_finds_no_migration_lock(command: list[str], tmp_path: Path, pgdata: Path) -> None:
+    """The next serve finds no lock to wait for: it migrates and serves."""
+    with (
+        serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "third.log"),
+        psycopg.connect(f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner") as connection,
+    ):
+        assert connection.execute("select count(*) from public.yoyo_lock").fetchone() == (0,)
 
 
 def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(tmp_path: Path) -> None:
@@ -775,15 +780,9 @@ def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(tmp_p
             first.send_signal(signal.SIGTERM)
             first.wait(timeout=60)
 
-        with (
-            serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "third.log"),
-            psycopg.connect(f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner") as connection,
-        ):
-            assert connection.execute("select count(*) from public.yoyo_lock").fetchone() == (0,)
+        _the_next_serve_finds_no_migration_lock(command, tmp_path, pgdata)
     finally:
-        for leftover in _postgres_on(pgdata):
-            leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
-        psutil.wait_procs(_postgres_on(pgdata), timeout=10)
+        _stop_postgres_left_on(pgdata)
 
 
 def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(tmp_path: Path) -> None:
@@ -807,9 +806,7 @@ def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(tmp_
         assert server.returncode == 129, output
         assert _postgres_on(data_dir / "pgdata") == [], "the embedded Postgres stops too"
     finally:
-        for leftover in _postgres_on(data_dir / "pgdata"):
-            leftover.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
-        psutil.wait_procs(_postgres_on(data_dir / "pgdata"), timeout=10)
+        _stop_postgres_left_on(data_dir / "pgdata")
 
 
 def _schema_state(database_url: str) -> tuple[object, ...]:
