@@ -65,3 +65,20 @@ def test_the_floors_are_each_described_where_the_layout_is() -> None:
     assert _listed_floors(api.__doc__) == set(FLOORS) - {"ops"}, (
         "api/__init__.py (ops/ is named beside app.py)"
     )
+
+
+# The embedded database's own bootstrap reaches it by its socket: no host name to look up.
+_CONNECTS_BY_SOCKET_ONLY = {"ops/embedded.py"}
+_PLAIN_CONNECT = re.compile(r"\bpsycopg\.(?:connect|(?:Async)?Connection\.connect)\(")
+
+
+def test_every_connection_is_made_with_its_host_name_looked_up_within_the_connect_timeout() -> None:
+    """psycopg's own connect looks a host name up with no bound (api/db/host_lookup.py): a module that
+    called it would hang as long as a silent name server, where every other one fails in one line."""
+    plain = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if str(path.relative_to(PACKAGE)) not in _CONNECTS_BY_SOCKET_ONLY
+        and _PLAIN_CONNECT.search(path.read_text())
+    ]
+    assert plain == []

@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from api.db.host_lookup import LookupBoundedConnection
 from api.db.sql_files import UNFIT_LOGIN_ROLE_CHECK, read_sql
 from api.db.urls import libpq_url
 from api.ops.failures import CommandFailed, database_failure
@@ -37,7 +38,7 @@ def ensure_login_role_and_database(
     keywords = [attribute.upper() for attribute in attributes]
     if unknown := set(keywords) - _ROLE_ATTRIBUTES:
         raise ValueError(f"not a role attribute this bootstrap grants: {sorted(unknown)}")
-    with psycopg.connect(superuser_url, autocommit=True) as connection:
+    with LookupBoundedConnection.connect(superuser_url, autocommit=True) as connection:
         if connection.execute("select from pg_roles where rolname = %s", [login_role]).fetchone() is None:
             connection.execute(
                 sql.SQL("create role {} {}").format(
@@ -158,7 +159,7 @@ def ensure_api_login_role(owner_url: str, login_role: str, *, password: str | No
     the password (when one is given) and membership of todo_app; UnfitLoginRole, with nothing
     changed, when it is todo_app, a superuser, has BYPASSRLS or owns anything in the database.
     Returns what the role is afterwards, as the catalog says."""
-    with psycopg.connect(owner_url, autocommit=True) as connection:
+    with LookupBoundedConnection.connect(owner_url, autocommit=True) as connection:
         role = sql.Identifier(login_role)
         exists = connection.execute("select from pg_roles where rolname = %s", [login_role]).fetchone()
         if exists is None:
