@@ -880,6 +880,35 @@ main(sys.argv[1:2])
 """
 
 
+_STOPPED_WHILE_A_CONTEXT_MANAGER_STARTS = """
+import contextlib, os, signal, time
+from api.ops import entry
+
+entry.stop_quietly_on_signals()
+
+@contextlib.contextmanager
+def started():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)  # the rest of a start, which the stop must cut short
+    print("went on")
+    yield
+
+with started():
+    print("used it")
+"""
+
+
+def test_sigterm_while_a_context_manager_starts_ends_the_command_at_once() -> None:
+    """A stop that lands before a context manager's `yield` (the embedded database's start runs
+    there) ends the command at once: put off while any generator ran, a Ctrl-C during initdb let the
+    start go on and fail (initdb got the Ctrl-C too), and serve exited 1, not 130."""
+    result = subprocess.run(
+        [sys.executable, "-c", _STOPPED_WHILE_A_CONTEXT_MANAGER_STARTS],
+        env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (143, "", "")
+
+
 @pytest.mark.parametrize("landing", ["generator", "called-by-generator"])
 @pytest.mark.parametrize("command", ["migrate", "policies"])
 def test_sigterm_inside_a_waiting_query_prints_nothing_but_exits_143_and_changes_nothing(

@@ -52,8 +52,8 @@ def stop_quietly(signum: int, frame: "FrameType | None") -> None:
     them back): end as SystemExit, so that the finally blocks stop the embedded Postgres and remove
     what the command made, without a traceback. A second signal must not interrupt that cleanup.
 
-    Never inside a generator, nor in anything one is running: psycopg runs each query as one, driven
-    by its wait loop, and a stop raised inside it (or in a function it called, and passed up through
+    Never inside psycopg's generator, nor in anything it is running: psycopg runs each query as one,
+    driven by its wait loop, and a stop raised inside it (or in a function it called, and passed up through
     it) ended the generator with its query still running; psycopg, which cancels the query of a wait
     it sees interrupted, then found nothing left to wait for, and its rollback on the busy connection
     printed "error ignored in rollback ... another command is already in progress". The signal is
@@ -66,7 +66,7 @@ def stop_quietly(signum: int, frame: "FrameType | None") -> None:
     global _stop_asked
     if _stop_asked is None:
         _stop_asked = _stop_status(signum)
-    if _inside_a_generator(frame):
+    if _inside_a_query(frame):
         _ask_again_shortly(signum)
         return
     for stop in STOP_SIGNALS:
@@ -75,10 +75,15 @@ def stop_quietly(signum: int, frame: "FrameType | None") -> None:
     raise SystemExit(_stop_asked)
 
 
-def _inside_a_generator(frame: "FrameType | None") -> bool:
-    """Whether `frame` is a generator's, or one a running generator called (however deep)."""
+def _inside_a_query(frame: "FrameType | None") -> bool:
+    """Whether `frame` is one of psycopg's generators (its queries), or one such a generator is
+    running, however deep. Only psycopg's: a stop passing up through any other generator is an
+    ordinary exception to it, and a context manager's generator runs all a start does before its
+    `yield` (the embedded database's, say), which a stop must cut short at once."""
     while frame is not None:
-        if frame.f_code.co_flags & _CO_GENERATOR:
+        if frame.f_code.co_flags & _CO_GENERATOR and frame.f_globals.get("__name__", "").startswith(
+            "psycopg"
+        ):
             return True
         frame = frame.f_back
     return False
