@@ -73,6 +73,15 @@ SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 _BASE62 = string.ascii_letters + string.digits
 
 
+def listed_types(response: dict[str, Any]) -> list[str]:
+    """The problem types a documented error response lists: the `enum` of its schema's `type`
+    (api/http/problems.py, `problem_content`)."""
+    schema = response["content"]["application/problem+json"]["schema"]
+    assert schema["allOf"][0] == {"$ref": "#/components/schemas/Problem"}
+    enum: list[str] = schema["allOf"][1]["properties"]["type"]["enum"]
+    return enum
+
+
 def settings_for(database_url: str, **overrides: Any) -> Settings:
     """Settings for a test app: explicit, so neither a developer's .env nor their environment leaks in."""
     return Settings(_env_file=None, database_url=database_url, better_auth_secret=SECRET, **overrides)

@@ -15,7 +15,7 @@ from psycopg import sql
 from api.app import create_app, openapi_document
 from api.tasks.listing import CURSOR_MAX_LENGTH
 from api.tasks.models import WHITE_SPACE
-from tests.support import HEAD_REFUSALS, ApiUser, new_user, serving_client, settings_for
+from tests.support import HEAD_REFUSALS, ApiUser, listed_types, new_user, serving_client, settings_for
 
 TASK_OPERATIONS = [
     ("/api/{user_id}/tasks", "get"),
@@ -259,14 +259,6 @@ OPERATIONS = [pytest.param(path, method, id=f"{method.upper()} {path}") for path
 
 def _target(path: str) -> str:
     return path.replace("{user_id}", "alice").replace("{task_id}", "1")
-
-
-def listed_types(response: dict[str, Any]) -> list[str]:
-    """The problem types a documented error response lists: the `enum` of its schema's `type`."""
-    schema = response["content"]["application/problem+json"]["schema"]
-    assert schema["allOf"][0] == {"$ref": "#/components/schemas/Problem"}
-    enum: list[str] = schema["allOf"][1]["properties"]["type"]["enum"]
-    return enum
 
 
 def _assert_documented(spec: dict[str, Any], path: str, method: str, response: httpx.Response) -> None:
