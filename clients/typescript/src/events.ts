@@ -25,6 +25,7 @@
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { removeTrailingSlash } from "openapi-fetch";
 import type { components } from "./schema.js";
+import { tokenFrom, type GetToken } from "./token.js";
 
 type Task = components["schemas"]["TaskPublic"];
 type Problem = components["schemas"]["Problem"];
@@ -82,7 +83,7 @@ export interface Subscription {
 
 export interface EventsConnection {
   baseUrl: string;
-  getToken: (options: { fresh: boolean }) => Promise<string>;
+  getToken: GetToken;
   fetch: (request: Request) => Promise<Response>;
 }
 
@@ -141,7 +142,7 @@ export function subscribe(
 
   /** One connection, read to its end: "ended" when the server closed a stream it had opened. */
   async function connectOnce(fresh: boolean): Promise<Outcome> {
-    const token = await getToken({ fresh });
+    const token = await tokenFrom(getToken, fresh, stopping.signal);
     const headers = new Headers({ Accept: "text/event-stream", Authorization: `Bearer ${token}` });
     const resumeFrom = last;
     if (resumeFrom !== undefined) headers.set("Last-Event-ID", resumeFrom);

@@ -11,9 +11,11 @@
 import createClient from "openapi-fetch";
 import type { components, operations, paths } from "./schema.js";
 import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
+import { isTokenFailure, tokenFrom, type GetToken } from "./token.js";
 
 export { EventStreamError } from "./events.js";
 export type { SubscribeOptions, Subscription, TaskEvent } from "./events.js";
+export type { GetToken } from "./token.js";
 
 export type { components, operations, paths };
 export type Task = components["schemas"]["TaskPublic"];
@@ -26,8 +28,9 @@ export interface TodoClientOptions {
   /** The API's base URL: its origin, e.g. "https://api.example.com", or with the path it is served
    * under, e.g. "https://gateway.example.com/todo"; every request, the event stream's too, goes below it. */
   baseUrl: string;
-  /** A JWT whose `sub` is the user; `fresh: true` when the API refused the last one (expired, re-keyed). */
-  getToken: (options: { fresh: boolean }) => Promise<string>;
+  /** A JWT whose `sub` is the user; `fresh: true` when the API refused the last one (expired, re-keyed).
+   * What it throws reaches the caller as thrown, and no request is sent (or sent again) after it. */
+  getToken: GetToken;
   /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set. */
   fetch?: (request: Request) => Promise<Response>;
 }
@@ -183,9 +186,9 @@ export function createTodoClient({
           await sleep(wait);
         } catch (error) {
           // fetch rejects with a TypeError when the connection failed or dropped (Fetch standard):
-          // the create may or may not have happened. Anything else (getToken failing, an abort) is
-          // not a reason to send it again.
-          if (!(error instanceof TypeError) || attempt === CREATE_ATTEMPTS) throw error;
+          // the create may or may not have happened. Anything else (getToken failing, even with a
+          // TypeError of its own, or an abort) is not a reason to send it again.
+          if (!(error instanceof TypeError) || isTokenFailure(error) || attempt === CREATE_ATTEMPTS) throw error;
           await sleep(CREATE_RETRY_DELAY_MS * attempt);
         }
       }
@@ -258,13 +261,13 @@ export function createTodoClient({
  * again, and only a layer that holds the Request before it goes out can keep a copy of it.
  */
 function withBearer(
-  getToken: TodoClientOptions["getToken"],
+  getToken: GetToken,
   send: (request: Request) => Promise<Response>,
 ): (request: Request) => Promise<Response> {
   return async (request) => {
     const attempt = async (fresh: boolean) => {
       const copy = request.clone(); // sending a body uses it up, so each attempt sends a copy
-      copy.headers.set("Authorization", `Bearer ${await getToken({ fresh })}`);
+      copy.headers.set("Authorization", `Bearer ${await tokenFrom(getToken, fresh, request.signal)}`);
       return send(copy);
     };
     const response = await attempt(false);

@@ -390,3 +390,48 @@ test("an answer without a problem document (a proxy's page, an empty 502) gets o
     ],
   );
 });
+
+test("what getToken throws reaches the caller as thrown: nothing is sent, nor sent again", async () => {
+  const user = takeUser("start");
+  const sent: string[] = [];
+  // What `const { data } = await authClient.token(); return data.token;` throws when signed out.
+  const bug = new TypeError("Cannot read properties of null (reading 'token')");
+  let asked = 0;
+  const todo = clientFor(user, {
+    getToken: async () => {
+      asked++;
+      throw bug;
+    },
+    fetch: (request) => (sent.push(request.method), fetch(request)),
+  });
+
+  await assert.rejects(todo.createTask(user.id, { title: "Never sent" }), (error) => error === bug);
+
+  assert.equal(asked, 1, "not retried as a dropped connection is");
+  assert.deepEqual(sent, []);
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(listed.data, []);
+});
+
+test("a getToken that resolves to no bearer token is an error naming getToken, and nothing is sent", async () => {
+  const user = takeUser("start");
+  const sent: string[] = [];
+  const notTokens: unknown[] = [undefined, null, { token: user.token }, "", `${user.token}\r\nX-Injected: 1`];
+
+  for (const notAToken of notTokens) {
+    const todo = clientFor(user, {
+      getToken: async () => notAToken as string,
+      fetch: (request) => (sent.push(request.method), fetch(request)),
+    });
+    await assert.rejects(todo.createTask(user.id, { title: "Never sent" }), (error) => {
+      assert.ok(error instanceof TypeError, String(error));
+      assert.match(error.message, /^getToken resolved to .+, not a JWT$/);
+      assert.ok(!error.message.includes(user.token), "the token is not shown");
+      return true;
+    });
+  }
+
+  assert.deepEqual(sent, []);
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(listed.data, []);
+});
