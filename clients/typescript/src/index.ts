@@ -31,7 +31,8 @@ export interface TodoClientOptions {
   /** A JWT whose `sub` is the user; `fresh: true` when the API refused the last one (expired, re-keyed).
    * What it throws reaches the caller as thrown, and no request is sent (or sent again) after it. */
   getToken: GetToken;
-  /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set. */
+  /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set
+   * and the call's signal (`request.signal`). */
   fetch?: (request: Request) => Promise<Response>;
 }
 
@@ -52,8 +53,15 @@ type Settled<R> = R extends { error?: never } ? R : Omit<R, "error"> & { error: 
 /** getTask with If-None-Match when the task is still that version: status 304 and no body. */
 export type NotModified = { data?: never; error?: never; response: Response };
 
+/** What every method takes. */
+export interface CallOptions {
+  /** Cancels the call: getToken's wait (the signal is handed to it too), the request, and a create's
+   * wait before it is sent again. The call then rejects with the signal's reason, as fetch does. */
+  signal?: AbortSignal;
+}
+
 /** For a write: the ETag you hold. Left out, the newest one this client saw for the task is sent. */
-export interface WriteOptions {
+export interface WriteOptions extends CallOptions {
   ifMatch?: string;
 }
 
@@ -150,10 +158,12 @@ export function createTodoClient({
     async listTasks(
       userId: string,
       query: ListQuery = {},
+      { signal }: CallOptions = {},
     ): Promise<Result<Task[]> & { next?: ListQuery }> {
       const result = settle(
         await client.GET("/api/{user_id}/tasks", {
           params: { path: { user_id: userId }, query },
+          signal,
         }),
       );
       // The Link repeats the query it answers with a new cursor, so the next page is this query
@@ -172,24 +182,26 @@ export function createTodoClient({
     async createTask(
       userId: string,
       task: NewTask,
-      { idempotencyKey = crypto.randomUUID() }: { idempotencyKey?: string } = {},
+      { idempotencyKey = crypto.randomUUID(), signal }: { idempotencyKey?: string } & CallOptions = {},
     ): Promise<Result<Task>> {
       for (let attempt = 1; ; attempt++) {
         try {
           const result = await client.POST("/api/{user_id}/tasks", {
             params: { path: { user_id: userId }, header: { "Idempotency-Key": idempotencyKey } },
             body: task,
+            signal,
           });
           if (!sendAgain(result.response, result.error) || attempt === CREATE_ATTEMPTS) return settle(result);
           const wait = retryAfterMs(result.response) ?? CREATE_RETRY_DELAY_MS * attempt;
           if (wait > CREATE_MAX_RETRY_AFTER_MS) return settle(result);
-          await sleep(wait);
+          await sleep(wait, signal);
         } catch (error) {
           // fetch rejects with a TypeError when the connection failed or dropped (Fetch standard):
           // the create may or may not have happened. Anything else (getToken failing, even with a
-          // TypeError of its own, or an abort) is not a reason to send it again.
-          if (!(error instanceof TypeError) || isTokenFailure(error) || attempt === CREATE_ATTEMPTS) throw error;
-          await sleep(CREATE_RETRY_DELAY_MS * attempt);
+          // TypeError of its own, or an abort, whatever its reason) is not a reason to send it again.
+          const dropped = error instanceof TypeError && !isTokenFailure(error) && !signal?.aborted;
+          if (!dropped || attempt === CREATE_ATTEMPTS) throw error;
+          await sleep(CREATE_RETRY_DELAY_MS * attempt, signal);
         }
       }
     },
@@ -198,10 +210,11 @@ export function createTodoClient({
     async getTask(
       userId: string,
       taskId: number,
-      { ifNoneMatch }: { ifNoneMatch?: string } = {},
+      { ifNoneMatch, signal }: { ifNoneMatch?: string } & CallOptions = {},
     ): Promise<Result<Task> | NotModified> {
       const result = await client.GET("/api/{user_id}/tasks/{task_id}", {
         params: { path: { user_id: userId, task_id: taskId }, header: { "If-None-Match": ifNoneMatch } },
+        signal,
       });
       if (result.response.status === 304) return { response: result.response };
       return settle(result, taskId);
@@ -212,12 +225,13 @@ export function createTodoClient({
       userId: string,
       taskId: number,
       changes: TaskChanges,
-      { ifMatch }: WriteOptions = {},
+      { ifMatch, signal }: WriteOptions = {},
     ): Promise<Result<Task>> {
       return settle(
         await client.PUT("/api/{user_id}/tasks/{task_id}", {
           params: taskParams(userId, taskId, ifMatch),
           body: changes,
+          signal,
         }),
         taskId,
       );
@@ -228,12 +242,13 @@ export function createTodoClient({
       userId: string,
       taskId: number,
       completed?: boolean,
-      { ifMatch }: WriteOptions = {},
+      { ifMatch, signal }: WriteOptions = {},
     ): Promise<Result<Task>> {
       return settle(
         await client.PATCH("/api/{user_id}/tasks/{task_id}/complete", {
           params: taskParams(userId, taskId, ifMatch),
           body: completed === undefined ? undefined : { completed },
+          signal,
         }),
         taskId,
       );
@@ -243,11 +258,12 @@ export function createTodoClient({
     async deleteTask(
       userId: string,
       taskId: number,
-      { ifMatch }: WriteOptions = {},
+      { ifMatch, signal }: WriteOptions = {},
     ): Promise<Result<undefined>> {
       return settle(
         await client.DELETE("/api/{user_id}/tasks/{task_id}", {
           params: taskParams(userId, taskId, ifMatch),
+          signal,
         }),
         taskId,
       );
@@ -318,6 +334,12 @@ function retryAfterMs(response: Response): number | undefined {
   return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : undefined;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+/** Waits `ms`, or rejects with the signal's reason as soon as it aborts. */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    signal?.throwIfAborted();
+    const abort = () => (clearTimeout(timer), reject(signal?.reason));
+    const timer = setTimeout(() => (signal?.removeEventListener("abort", abort), resolve()), ms);
+    signal?.addEventListener("abort", abort, { once: true });
+  });
 }

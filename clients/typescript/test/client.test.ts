@@ -435,3 +435,88 @@ test("a getToken that resolves to no bearer token is an error naming getToken, a
   const listed = await clientFor(user).listTasks(user.id);
   assert.deepEqual(listed.data, []);
 });
+
+test("a signal cancels a call waiting on a getToken that never settles: nothing is sent", async () => {
+  const user = takeUser("start");
+  const sent: string[] = [];
+  const handedOn: (AbortSignal | undefined)[] = [];
+  const todo = clientFor(user, {
+    getToken: ({ signal }) => (handedOn.push(signal), new Promise<string>(() => {})),
+    fetch: (request) => (sent.push(request.method), fetch(request)),
+  });
+  const controller = new AbortController();
+
+  const creating = todo.createTask(user.id, { title: "Never sent" }, { signal: controller.signal });
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  controller.abort();
+
+  await assert.rejects(creating, { name: "AbortError" });
+  assert.deepEqual(sent, []);
+  assert.equal(handedOn.length, 1, "asked once");
+  assert.equal(handedOn[0]?.aborted, true, "getToken had the signal, to cancel its own fetch");
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(listed.data, []);
+});
+
+test("a signal cancels a create during its wait before sending it again: it is not sent again", async () => {
+  const user = takeUser("start");
+  let posts = 0;
+  const controller = new AbortController();
+  const todo = clientFor(user, {
+    fetch: async (request) => {
+      if (request.method !== "POST") return fetch(request);
+      posts++;
+      setTimeout(() => controller.abort(), 50); // while the client waits the 8 s it was asked to
+      return isolationUnverified("8");
+    },
+  });
+  const started = Date.now();
+
+  await assert.rejects(todo.createTask(user.id, { title: "Not now" }, { signal: controller.signal }), {
+    name: "AbortError",
+  });
+
+  assert.ok(Date.now() - started < 2000, "rejected at the abort, not after the wait");
+  assert.equal(posts, 1);
+  await new Promise((resolve) => setTimeout(resolve, 300)); // a retry the abort missed would come by now
+  assert.equal(posts, 1);
+  const listed = await todo.listTasks(user.id);
+  assert.deepEqual(listed.data, []);
+});
+
+test("every method takes a signal, and the request it sends carries it", async () => {
+  const user = takeUser("start");
+  const { data: task } = await clientFor(user).createTask(user.id, { title: "Unchanged" });
+  assert.ok(task);
+  const reached: string[] = [];
+  const todo = clientFor(user, {
+    // Each request is held until it is aborted, then sent: the real fetch refuses it at once.
+    fetch: async (request) => {
+      await new Promise((resolve) => request.signal.addEventListener("abort", resolve, { once: true }));
+      reached.push(request.method);
+      return fetch(request);
+    },
+  });
+  const calls = [
+    (signal: AbortSignal) => todo.listTasks(user.id, {}, { signal }),
+    (signal: AbortSignal) => todo.getTask(user.id, task.id, { signal }),
+    (signal: AbortSignal) => todo.updateTask(user.id, task.id, { title: "Changed" }, { signal }),
+    (signal: AbortSignal) => todo.setTaskCompletion(user.id, task.id, true, { signal }),
+    (signal: AbortSignal) => todo.deleteTask(user.id, task.id, { signal }),
+    (signal: AbortSignal) => todo.createTask(user.id, { title: "Not made" }, { signal }),
+  ];
+
+  for (const call of calls) {
+    const controller = new AbortController();
+    const calling = call(controller.signal);
+    setTimeout(() => controller.abort(), 20);
+    await assert.rejects(calling, { name: "AbortError" });
+  }
+
+  assert.deepEqual(reached, ["GET", "GET", "PUT", "PATCH", "DELETE", "POST"]);
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((current) => [current.title, current.completed, current.version]),
+    [["Unchanged", false, 1]],
+  );
+});

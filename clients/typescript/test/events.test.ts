@@ -546,6 +546,28 @@ test("a signal aborted already opens no stream: the subscription has ended", asy
   assert.deepEqual(events, []);
 });
 
+test("close() stops a subscription whose getToken never settles, and getToken had its signal", async () => {
+  const user = takeUser("end");
+  const handedOn: (AbortSignal | undefined)[] = [];
+  let asked = () => {};
+  const askedForToken = new Promise<void>((resolve) => (asked = resolve));
+  const subscription = createTodoClient({
+    baseUrl,
+    // An auth server that never answers.
+    getToken: ({ signal }) => (handedOn.push(signal), asked(), new Promise<string>(() => {})),
+  }).subscribe(user.id, (event) => assert.fail(`an event came: ${JSON.stringify(event)}`));
+  await askedForToken;
+
+  const closed = await Promise.race([
+    subscription.close().then(() => "closed"),
+    new Promise((resolve) => setTimeout(() => resolve("still waiting on getToken"), 2000)),
+  ]);
+
+  assert.equal(closed, "closed");
+  assert.equal(await subscription.ended, undefined);
+  assert.equal(handedOn[0]?.aborted, true, "getToken had the signal, to cancel its own fetch");
+});
+
 test("what onEvent throws goes to onError as thrown, and the same stream goes on", async () => {
   const user = takeUser("end");
   const todo = clientFor(user);
