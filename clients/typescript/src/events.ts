@@ -4,15 +4,16 @@
  * eventsource-parser reads the wire format; this file only connects, reconnects and resumes.
  *
  * - Every connection sends a token from `getToken`. A fresh one is asked for only when the token was
- *   refused (401; a fresh one refused too goes to `onError`) or the stream ended at the token's `exp`
- *   (the server ends it then): not after a network error or a server that shut down, so an outage
- *   costs the app's auth server nothing.
+ *   refused (401, a fresh one refused too going to `onError`; or the API's 403 for another user's
+ *   path, which a token of the account signed in before gets) or the stream ended at the token's
+ *   `exp` (the server ends it then): not after a network error or a server that shut down, so an
+ *   outage costs the app's auth server nothing.
  * - Reconnects wait with exponential backoff (or the server's Retry-After on a 429) and resume with
  *   Last-Event-ID, so nothing is missed and nothing comes twice. The backoff starts over only once a
  *   stream has delivered an event or a heartbeat, not on every 200.
- * - A refusal that asking again cannot change (403: the user id is not the token's; any 4xx but
- *   401, 408 and 429; an answer that is not an event stream) ends the subscription: it goes to
- *   `onError` and `ended`, and nothing is retried.
+ * - A refusal that asking again cannot change (403 with a fresh token: the user id is not the
+ *   token's; any 4xx but 401, 408 and 429; an answer that is not an event stream) ends the
+ *   subscription: it goes to `onError` and `ended`, and nothing is retried.
  * - `reset` means "refetch the list": the client says it once a stream without an id to resume from
  *   is live (the first, unless `lastEventId` was given, and one whose predecessor was cut before even
  *   its opening `id:` came), so a list fetched then misses nothing; the server when the id is too old
@@ -25,7 +26,7 @@
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { removeTrailingSlash } from "openapi-fetch";
 import type { components } from "./schema.js";
-import { tokenFrom, type GetToken } from "./token.js";
+import { OTHER_USERS_PATH, tokenFrom, type GetToken } from "./token.js";
 
 type Task = components["schemas"]["TaskPublic"];
 type Problem = components["schemas"]["Problem"];
@@ -149,7 +150,10 @@ export function subscribe(
     const response = await fetch(new Request(url, { headers, signal: stopping.signal }));
     if (response.status === 401 || !response.ok || !response.body) {
       const error = new EventStreamError(response.status, await problemIn(response));
-      if (response.status === 401) return { kind: "unauthorized", error };
+      // A 401 refuses the token; the API's 403 may be that of the account signed in before, once: a
+      // fresh token's 403 is a path of another user, which ends the subscription below.
+      const previousAccount = !fresh && error.problem?.type === OTHER_USERS_PATH;
+      if (response.status === 401 || previousAccount) return { kind: "unauthorized", error };
       onError?.(error);
       if (isFinal(response.status)) return { kind: "rejected", error };
       const retryAfter = Number(response.headers.get("Retry-After"));

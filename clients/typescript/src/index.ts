@@ -11,7 +11,7 @@
 import createClient from "openapi-fetch";
 import type { components, operations, paths } from "./schema.js";
 import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
-import { isTokenFailure, tokenFrom, type GetToken } from "./token.js";
+import { isTokenFailure, OTHER_USERS_PATH, tokenFrom, type GetToken } from "./token.js";
 
 export { EventStreamError } from "./events.js";
 export type { SubscribeOptions, Subscription, TaskEvent } from "./events.js";
@@ -28,7 +28,8 @@ export interface TodoClientOptions {
   /** The API's base URL: its origin, e.g. "https://api.example.com", or with the path it is served
    * under, e.g. "https://gateway.example.com/todo"; every request, the event stream's too, goes below it. */
   baseUrl: string;
-  /** A JWT whose `sub` is the user; `fresh: true` when the API refused the last one (expired, re-keyed).
+  /** A JWT whose `sub` is the user; `fresh: true` when the API refused the last one (expired, re-keyed,
+   * another user's: the account signed in before).
    * What it throws reaches the caller as thrown, and no request is sent (or sent again) after it. */
   getToken: GetToken;
   /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set
@@ -272,7 +273,8 @@ export function createTodoClient({
 }
 
 /**
- * Sends each request with a bearer token; on a 401 asks for a fresh token and sends it once more.
+ * Sends each request with a bearer token; on a 401, or the API's 403 for another user's path (the
+ * last token may be the account signed in before), asks for a fresh token and sends it once more.
  * This is openapi-fetch's fetch rather than a middleware because the retry must send the body
  * again, and only a layer that holds the Request before it goes out can keep a copy of it.
  */
@@ -287,10 +289,18 @@ function withBearer(
       return send(copy);
     };
     const response = await attempt(false);
-    if (response.status !== 401) return response;
+    if (response.status !== 401 && !(await namesAnotherUser(response))) return response;
     await response.body?.cancel(); // free the connection rather than wait for garbage collection
     return attempt(true);
   };
+}
+
+/** Whether an answer is the API's 403 for a path of another user than the token's. */
+async function namesAnotherUser(response: Response): Promise<boolean> {
+  if (response.status !== 403 || !response.headers.get("Content-Type")?.includes("json")) return false;
+  // A copy is read, so that the answer, when it is the one returned, still has its body.
+  const problem: unknown = await response.clone().json().catch(() => undefined);
+  return (problem as Partial<Problem> | undefined)?.type === OTHER_USERS_PATH;
 }
 
 /** A task's ETag, as the API makes it from the task's version (`"<id>.<version>"`). */

@@ -4,9 +4,19 @@
  * the caller as thrown and no retry loop of this client sends the request again because of it.
  */
 
-/** A JWT whose `sub` is the user. `fresh: true` when the API refused the last one; `signal` aborts
+/** A JWT whose `sub` is the user. `fresh: true` when the API refused the last one (a 401, or its 403
+ * for a path of another user than the last token's: `OTHER_USERS_PATH`); `signal` aborts
  * with the request (or subscription) it is for: hand it on to your own fetch of the token. */
 export type GetToken = (options: { fresh: boolean; signal?: AbortSignal }) => Promise<string>;
+
+/**
+ * The problem type of the API's 403: the path names another user than the token. That token may be
+ * one of the account signed in before (Better Auth's multi-session plugin switched accounts, or the
+ * app kept it past a sign-out), so a fresh token is asked for once; a fresh token's 403 is the answer,
+ * a path of another user. A 403 from something in front of the API (a WAF's page) says nothing of
+ * the token.
+ */
+export const OTHER_USERS_PATH = "urn:todo-api:problem:forbidden";
 
 /** A bearer token's syntax (RFC 6750, b64token): what a JWT always is, and all a header can carry. */
 const BEARER_TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;

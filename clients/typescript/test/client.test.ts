@@ -520,3 +520,53 @@ test("every method takes a signal, and the request it sends carries it", async (
     [["Unchanged", false, 1]],
   );
 });
+
+test("a token of the account signed in before gets the API's 403: a fresh one is asked for and the request sent again", async () => {
+  const before = takeUser("start");
+  const now = takeUser("start");
+  const asked: boolean[] = [];
+  // Better Auth's multi-session plugin switched the active account: the token kept is the other's.
+  const todo = createTodoClient({
+    baseUrl,
+    getToken: async ({ fresh }) => (asked.push(fresh), fresh ? now.token : before.token),
+  });
+
+  const created = await todo.createTask(now.id, { title: "After switching accounts" });
+
+  assert.equal(created.response.status, 201, JSON.stringify(created.error));
+  assert.deepEqual(asked, [false, true]);
+  const mine = await clientFor(now).listTasks(now.id);
+  assert.deepEqual(
+    mine.data?.map((task) => task.title),
+    ["After switching accounts"],
+  );
+  const theirs = await clientFor(before).listTasks(before.id);
+  assert.deepEqual(theirs.data, []);
+});
+
+test("another user's path is a 403 once a fresh token is refused too, and a 403 not the API's asks for none", async () => {
+  const user = takeUser("start");
+  const other = takeUser("start");
+  const asked: boolean[] = [];
+  const todo = createTodoClient({ baseUrl, getToken: async ({ fresh }) => (asked.push(fresh), user.token) });
+
+  const created = await todo.createTask(other.id, { title: "Not theirs to have" });
+
+  assert.equal(created.response.status, 403);
+  assert.equal(created.error?.type, "urn:todo-api:problem:forbidden");
+  assert.deepEqual(asked, [false, true], "one fresh token, then the answer");
+  const theirs = await clientFor(other).listTasks(other.id);
+  assert.deepEqual(theirs.data, []);
+
+  // A WAF in front of the API refuses with a page of its own: that says nothing of the token.
+  asked.length = 0;
+  const behindAWaf = createTodoClient({
+    baseUrl,
+    getToken: async ({ fresh }) => (asked.push(fresh), user.token),
+    fetch: async () => new Response("<html>Blocked</html>", { status: 403, headers: { "Content-Type": "text/html" } }),
+  });
+  const blocked = await behindAWaf.listTasks(user.id);
+  assert.equal(blocked.response.status, 403);
+  assert.equal(blocked.error?.detail, "<html>Blocked</html>");
+  assert.deepEqual(asked, [false]);
+});

@@ -201,17 +201,57 @@ async function firstEnding(
   return { ended, errors, attempts };
 }
 
-test("another user's stream is a 403 that ends the subscription: reported once, never asked again", async () => {
+test("another user's stream is a 403 that ends the subscription once a fresh token gets it too: reported once", async () => {
   const user = takeUser("end");
   const other = takeUser("end");
+  const asked: boolean[] = [];
+  const errors: unknown[] = [];
+  let attempts = 0;
+  const subscription = createTodoClient({
+    baseUrl,
+    getToken: async ({ fresh }) => (asked.push(fresh), user.token),
+    fetch: (request) => (attempts++, fetch(request)),
+  }).subscribe(other.id, (event) => assert.fail(`an event came: ${JSON.stringify(event)}`), {
+    onError: (error) => errors.push(error),
+  });
 
-  const { ended, errors, attempts } = await firstEnding(user, other.id, (request) => fetch(request));
+  const ended = await Promise.race([
+    subscription.ended,
+    new Promise((resolve) => setTimeout(() => resolve("still going"), 5000)),
+  ]);
+  await new Promise((resolve) => setTimeout(resolve, 200)); // an attempt after the end would come by now
+  await subscription.close();
 
   assert.ok(ended instanceof EventStreamError, `the subscription went on: ${String(ended)}`);
   assert.equal(ended.status, 403);
   assert.equal(ended.problem?.type, "urn:todo-api:problem:forbidden");
   assert.deepEqual(errors, [ended]);
-  assert.equal(attempts, 1);
+  assert.deepEqual(asked, [false, true], "one fresh token, in case the last was another account's");
+  assert.equal(attempts, 2);
+});
+
+test("a stream opened with the token of the account signed in before goes live with a fresh one", async () => {
+  const before = takeUser("end");
+  const now = takeUser("end");
+  const asked: boolean[] = [];
+  const errors: unknown[] = [];
+  const seen = collector();
+  const subscription = createTodoClient({
+    baseUrl,
+    // Better Auth's multi-session plugin switched the active account: the token kept is the other's.
+    getToken: async ({ fresh }) => (asked.push(fresh), fresh ? now.token : before.token),
+  }).subscribe(now.id, seen.onEvent, { onError: (error) => errors.push(error) });
+
+  const [reset] = await seen.until(1);
+  const { data: created } = await clientFor(now).createTask(now.id, { title: "Live for the new account" });
+  const [, event] = await seen.until(2);
+  await subscription.close();
+
+  assert.deepEqual(reset, { type: "reset" });
+  assert.equal(event?.type, "task.created");
+  assert.deepEqual((event as { task: unknown }).task, created);
+  assert.deepEqual(asked, [false, true]);
+  assert.deepEqual(errors, [], "a token replaced at once is not a failure to report");
 });
 
 test("an answer that is not an event stream ends the subscription: reported, never taken for a live stream", async () => {
