@@ -26,6 +26,7 @@
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { removeTrailingSlash } from "openapi-fetch";
 import type { components } from "./schema.js";
+import { retryAfterMs } from "./retry_after.js";
 import { OTHER_USERS_PATH, tokenFrom, type GetToken } from "./token.js";
 
 type Task = components["schemas"]["TaskPublic"];
@@ -96,6 +97,10 @@ type Outcome =
 
 const FIRST_RETRY_MS = 500;
 const MAX_RETRY_MS = 15_000;
+// The longest Retry-After a reconnect waits: the API asks for up to an hour (503 isolation-unverified
+// under the longest ISOLATION_CHECK_INTERVAL_SECONDS). A longer one waits that long: a timer of more
+// than 2^31 - 1 ms would fire at once, reconnecting in a tight loop.
+const MAX_RETRY_AFTER_MS = 3_600_000;
 
 export function subscribe(
   { baseUrl, getToken, fetch }: EventsConnection,
@@ -156,8 +161,10 @@ export function subscribe(
       if (response.status === 401 || previousAccount) return { kind: "unauthorized", error };
       onError?.(error);
       if (isFinal(response.status)) return { kind: "rejected", error };
-      const retryAfter = Number(response.headers.get("Retry-After"));
-      return { kind: "refused", retryAfterMs: retryAfter > 0 ? retryAfter * 1000 : undefined };
+      // No wait at all (0, a date gone by) is no answer either: reconnecting at once, again and again,
+      // is what the backoff is for.
+      const retryAfter = retryAfterMs(response);
+      return { kind: "refused", retryAfterMs: retryAfter ? Math.min(retryAfter, MAX_RETRY_AFTER_MS) : undefined };
     }
     const type = response.headers.get("Content-Type");
     if (!isEventStream(type)) {

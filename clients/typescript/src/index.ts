@@ -11,6 +11,7 @@
 import createClient from "openapi-fetch";
 import type { components, operations, paths } from "./schema.js";
 import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
+import { retryAfterMs } from "./retry_after.js";
 import { isTokenFailure, OTHER_USERS_PATH, tokenFrom, type GetToken } from "./token.js";
 
 export { EventStreamError } from "./events.js";
@@ -336,12 +337,6 @@ function problemOf(error: unknown, response: Response): Problem {
 function sendAgain(response: Response, error: unknown): boolean {
   if (response.status >= 500) return true;
   return response.status === 409 && (error as Partial<Problem> | undefined)?.type === IDEMPOTENCY_KEY_IN_USE;
-}
-
-/** A Retry-After in seconds (the API never sends a date), as milliseconds. */
-function retryAfterMs(response: Response): number | undefined {
-  const seconds = Number(response.headers.get("Retry-After") ?? NaN);
-  return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : undefined;
 }
 
 /** Waits `ms`, or rejects with the signal's reason as soon as it aborts. */

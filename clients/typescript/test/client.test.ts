@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { test, type TestContext } from "node:test";
 
 import { createTodoClient, etagOf, type ListQuery } from "../src/index.js";
-import { baseUrl, clientFor, takeUser } from "./live_api.js";
+import { baseUrl, clientFor, takeUser, type TestUser } from "./live_api.js";
 
 test("a create whose answer is lost is retried with the same key and makes one task", async () => {
   const user = takeUser("start");
@@ -226,8 +226,7 @@ function isolationUnverified(retryAfter: string): Response {
  * long the client waited before each later one (each wait cut short), the Idempotency-Key of each
  * attempt, the create's result and the titles the user has afterwards.
  */
-async function createAfterARefusal(t: TestContext, refusal: Response, title: string) {
-  const user = takeUser("start");
+async function createAfterARefusal(t: TestContext, user: TestUser, refusal: Response, title: string) {
   const keys: (string | null)[] = [];
   const waits: number[] = [];
   let refused = false;
@@ -253,7 +252,8 @@ async function createAfterARefusal(t: TestContext, refusal: Response, title: str
 }
 
 test("a create answered 503 with Retry-After is sent again after it, with the same key", async (t) => {
-  const { waits, keys, created, titles } = await createAfterARefusal(t, isolationUnverified("8"), "After the wait");
+  const user = takeUser("start");
+  const { waits, keys, created, titles } = await createAfterARefusal(t, user, isolationUnverified("8"), "After the wait");
 
   assert.deepEqual(waits, [8000], "waited as long as Retry-After asked");
   assert.equal(created.response.status, 201, JSON.stringify(created.error));
@@ -273,12 +273,40 @@ test("a create answered 409 idempotency-key-in-use is sent again after its Retry
     { status: 409, headers: { "Retry-After": "1" } },
   );
 
-  const { waits, keys, created, titles } = await createAfterARefusal(t, inUse, "Once the other is done");
+  const user = takeUser("start");
+  const { waits, keys, created, titles } = await createAfterARefusal(t, user, inUse, "Once the other is done");
 
   assert.deepEqual(waits, [1000], "waited as long as Retry-After asked");
   assert.equal(created.response.status, 201, JSON.stringify(created.error));
   assert.deepEqual(keys, [keys[0], keys[0]]);
   assert.deepEqual(titles, ["Once the other is done"]);
+});
+
+test("a create's Retry-After may be an HTTP-date; one that is neither a date nor seconds gets the client's own wait", async (t) => {
+  const user = takeUser("start");
+  // A gateway in front of the API may send a date (RFC 9110 allows either); whole seconds are lost.
+  const inEightSeconds = new Date(Date.now() + 8000).toUTCString();
+  const dated = await createAfterARefusal(t, user, isolationUnverified(inEightSeconds), "After the date");
+  assert.equal(dated.created.response.status, 201, JSON.stringify(dated.created.error));
+  assert.equal(dated.waits.length, 1);
+  assert.ok(6000 < dated.waits[0]! && dated.waits[0]! <= 8000, `waited ${dated.waits[0]} ms, not until the date`);
+
+  const unusable = ["", "-5", "soon", "1.5e9", "Infinity"];
+  const waits = [];
+  for (const retryAfter of unusable) {
+    const title = `Retry-After: ${JSON.stringify(retryAfter)}`;
+    const { waits: [wait], created } = await createAfterARefusal(t, user, isolationUnverified(retryAfter), title);
+    assert.equal(created.response.status, 201, JSON.stringify(created.error));
+    waits.push(wait);
+  }
+
+  assert.deepEqual(waits, [200, 200, 200, 200, 200], "the client's own first wait");
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((task) => task.title).sort(),
+    ["After the date", ...unusable.map((retryAfter) => `Retry-After: ${JSON.stringify(retryAfter)}`)].sort(),
+    "one task each",
+  );
 });
 
 test("a create asked to wait longer than the client does is answered with that 503 at once", async () => {

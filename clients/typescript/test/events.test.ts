@@ -313,6 +313,31 @@ test("a stream refused for now (429, every place taken) is reported and tried ag
   assert.equal(await waiting.ended, undefined, "ended by close(), not by the 429");
 });
 
+test("a stream refused with a Retry-After too long for a timer waits, rather than asking again at once", async () => {
+  const user = takeUser("end");
+  let attempts = 0;
+  const errors: unknown[] = [];
+  const subscription = clientFor(user, {
+    // A proxy in front of the API, misconfigured: three thousand years, in seconds.
+    fetch: async () => (
+      attempts++,
+      Response.json(
+        { type: "about:blank", title: "Too Many Requests", status: 429, detail: "slow down" },
+        { status: 429, headers: { "Retry-After": "99999999999" } },
+      )
+    ),
+  }).subscribe(user.id, (event) => assert.fail(`an event came: ${JSON.stringify(event)}`), {
+    onError: (error) => errors.push(error),
+  });
+
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await subscription.close();
+
+  assert.equal(attempts, 1, "asked once, then waited");
+  assert.equal(errors.length, 1);
+  assert.equal(await subscription.ended, undefined, "ended by close(), not by the 429");
+});
+
 test("a fresh token refused too is reported, and the subscription goes on asking for one", async () => {
   const user = takeUser("end");
   const asked: boolean[] = [];
