@@ -37,10 +37,13 @@ export function isTokenFailure(error: unknown): boolean {
 export async function tokenFrom(getToken: GetToken, fresh: boolean, signal?: AbortSignal): Promise<string> {
   try {
     signal?.throwIfAborted();
-    const token: unknown = await untilAborted(getToken({ fresh, signal }), signal);
+    const resolved: unknown = await untilAborted(getToken({ fresh, signal }), signal);
+    // White space around it (a token read from a file) is dropped, as a header's value drops it.
+    const token = typeof resolved === "string" ? resolved.trim() : resolved;
     if (typeof token !== "string" || !BEARER_TOKEN.test(token)) {
       // Its value is not shown: it may be a secret all the same.
-      const what = typeof token === "string" ? "a string that is not a bearer token" : token === null ? "null" : typeof token;
+      const what =
+        typeof token === "string" ? "a string that is not a bearer token" : token === null ? "null" : typeof token;
       throw new TypeError(`getToken resolved to ${what}, not a JWT`);
     }
     return token;

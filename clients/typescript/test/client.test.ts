@@ -253,7 +253,8 @@ async function createAfterARefusal(t: TestContext, user: TestUser, refusal: Resp
 
 test("a create answered 503 with Retry-After is sent again after it, with the same key", async (t) => {
   const user = takeUser("start");
-  const { waits, keys, created, titles } = await createAfterARefusal(t, user, isolationUnverified("8"), "After the wait");
+  const refusal = isolationUnverified("8");
+  const { waits, keys, created, titles } = await createAfterARefusal(t, user, refusal, "After the wait");
 
   assert.deepEqual(waits, [8000], "waited as long as Retry-After asked");
   assert.equal(created.response.status, 201, JSON.stringify(created.error));
@@ -462,6 +463,9 @@ test("a getToken that resolves to no bearer token is an error naming getToken, a
   assert.deepEqual(sent, []);
   const listed = await clientFor(user).listTasks(user.id);
   assert.deepEqual(listed.data, []);
+  // White space around a token is no reason to refuse it: a header's value drops it too.
+  const readFromAFile = await clientFor(user, { getToken: async () => `${user.token}\n` }).listTasks(user.id);
+  assert.equal(readFromAFile.response.status, 200);
 });
 
 test("a signal cancels a call waiting on a getToken that never settles: nothing is sent", async () => {
