@@ -8,7 +8,7 @@
  *   path, which a token of the account signed in before gets) or the stream ended at the token's
  *   `exp` (the server ends it then): not after a network error or a server that shut down, so an
  *   outage costs the app's auth server nothing.
- * - Reconnects wait with exponential backoff (or the server's Retry-After on a 429) and resume with
+ * - Reconnects wait with exponential backoff (or the server's Retry-After, up to an hour) and resume with
  *   Last-Event-ID, so nothing is missed and nothing comes twice. The backoff starts over only once a
  *   stream has delivered an event or a heartbeat, not on every 200.
  * - A refusal that asking again cannot change (403 with a fresh token: the user id is not the
@@ -27,7 +27,7 @@ import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { removeTrailingSlash } from "openapi-fetch";
 import type { components } from "./schema.js";
 import { retryAfterMs } from "./retry_after.js";
-import { OTHER_USERS_PATH, tokenFrom, type GetToken } from "./token.js";
+import { isTokenFailure, OTHER_USERS_PATH, tokenFrom, type GetToken } from "./token.js";
 
 type Task = components["schemas"]["TaskPublic"];
 type Problem = components["schemas"]["Problem"];
@@ -212,8 +212,11 @@ export function subscribe(
         outcome = await connectOnce(fresh);
       } catch (error) {
         if (stopping.signal.aborted) break;
-        onError?.(error); // the network failed, or the connection dropped mid-stream
-        fresh = false; // the token was not refused: a fresh one would change nothing
+        onError?.(error); // the network failed, the connection dropped mid-stream, or getToken threw
+        // The network says nothing against the token: a fresh one would change nothing. A getToken
+        // that failed to give a fresh one (signed out meanwhile) is asked for a fresh one again:
+        // the token it kept is the one the API refused.
+        if (!isTokenFailure(error)) fresh = false;
         await sleep(backoff(failures++), stopping.signal);
         continue;
       }

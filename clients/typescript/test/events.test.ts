@@ -372,6 +372,40 @@ test("a fresh token refused too is reported, and the subscription goes on asking
   assert.equal(await subscription.ended, undefined, "ended by close(), not by the 401");
 });
 
+test("a getToken that cannot give a fresh token is asked for a fresh one again, not for the refused one", async () => {
+  const user = takeUser("end");
+  const asked: boolean[] = [];
+  const errors: unknown[] = [];
+  let streamsAsked = 0;
+  let askedFourTimes = () => {};
+  const fourTimes = new Promise<void>((resolve) => (askedFourTimes = resolve));
+  const signedOut = new Error("Not signed in");
+  const subscription = createTodoClient({
+    baseUrl,
+    // The README's getToken, signed out meanwhile: the token it keeps has expired, and a fresh one
+    // cannot be had.
+    getToken: async ({ fresh }) => {
+      if (asked.push(fresh) === 4) askedFourTimes();
+      if (fresh) throw signedOut;
+      return user.expiredToken;
+    },
+    fetch: (request) => (streamsAsked++, fetch(request)),
+  }).subscribe(user.id, (event) => assert.fail(`an event came: ${JSON.stringify(event)}`), {
+    onError: (error) => errors.push(error),
+  });
+
+  await fourTimes;
+  await subscription.close();
+
+  assert.deepEqual(asked.slice(0, 4), [false, true, true, true]);
+  assert.equal(streamsAsked, 1, "the expired token was sent once, not after every failure");
+  assert.ok(errors.length >= 2, `${errors.length} errors reported`);
+  assert.ok(
+    errors.every((error) => error === signedOut),
+    "getToken's failures are told as thrown, the 401 of a token not fresh is not",
+  );
+});
+
 test("a baseUrl with a path (an API behind a gateway) keeps it for the stream too", async () => {
   const user = takeUser("end");
   const writer = clientFor(user);
