@@ -89,7 +89,8 @@ export function createTodoClient({
   // Looked up at call time, so a fetch patched in later (tests, polyfills) is the one used.
   fetch = (request) => globalThis.fetch(request),
 }: TodoClientOptions) {
-  const client = createClient<paths>({ baseUrl, fetch: withBearer(getToken, fetch) });
+  const bearerFetch = withBearer(getToken, fetch);
+  const client = createClient<paths>({ baseUrl, fetch: bearerFetch });
 
   // The newest version seen of each task (ids are unique across users), from every answer that
   // carries the task, lists and `subscribe`'s events included. Writes send its ETag as If-Match, so
@@ -187,11 +188,14 @@ export function createTodoClient({
       { idempotencyKey = crypto.randomUUID(), signal }: { idempotencyKey?: string } & CallOptions = {},
     ): Promise<Result<Task>> {
       for (let attempt = 1; ; attempt++) {
+        // Set once openapi-fetch has made the Request: what fails before is the caller's input.
+        let made = false;
         try {
           const result = await client.POST("/api/{user_id}/tasks", {
             params: { path: { user_id: userId }, header: { "Idempotency-Key": idempotencyKey } },
             body: task,
             signal,
+            fetch: (request) => ((made = true), bearerFetch(request)),
           });
           if (!sendAgain(result.response, result.error) || attempt === CREATE_ATTEMPTS) return settle(result);
           const wait = retryAfterMs(result.response) ?? CREATE_RETRY_DELAY_MS * attempt;
@@ -199,9 +203,10 @@ export function createTodoClient({
           await sleep(wait, signal);
         } catch (error) {
           // fetch rejects with a TypeError when the connection failed or dropped (Fetch standard):
-          // the create may or may not have happened. Anything else (getToken failing, even with a
-          // TypeError of its own, or an abort, whatever its reason) is not a reason to send it again.
-          const dropped = error instanceof TypeError && !isTokenFailure(error) && !signal?.aborted;
+          // the create may or may not have happened. No other TypeError is a reason to send it
+          // again: one before the request was made (a key no header can carry, a body JSON cannot
+          // hold), or getToken's own; nor is an abort, whatever its reason.
+          const dropped = error instanceof TypeError && made && !isTokenFailure(error) && !signal?.aborted;
           if (!dropped || attempt === CREATE_ATTEMPTS) throw error;
           await sleep(CREATE_RETRY_DELAY_MS * attempt, signal);
         }

@@ -602,3 +602,25 @@ test("another user's path is a 403 once a fresh token is refused too, and a 403 
   assert.equal(blocked.error?.detail, "<html>Blocked</html>");
   assert.deepEqual(asked, [false]);
 });
+
+test("a create no request can carry throws at once, as made: it is not sent again", async () => {
+  const user = takeUser("start");
+  const sent: string[] = [];
+  const todo = clientFor(user, { fetch: (request) => (sent.push(request.method), fetch(request)) });
+  const unsendable = [
+    () => todo.createTask(user.id, { title: "A key with a line break" }, { idempotencyKey: "a\nb" }),
+    () => todo.createTask(user.id, { title: "A key no header can carry" }, { idempotencyKey: "ключ" }),
+    () => todo.createTask(user.id, { title: 1n } as unknown as { title: string }), // JSON has no BigInt
+  ];
+
+  for (const create of unsendable) {
+    const started = Date.now();
+    await assert.rejects(create(), TypeError);
+    // The client's first wait before sending a create again is 200 ms.
+    assert.ok(Date.now() - started < 200, `rejected after ${Date.now() - started} ms: it was retried`);
+  }
+
+  assert.deepEqual(sent, []);
+  const listed = await todo.listTasks(user.id);
+  assert.deepEqual(listed.data, []);
+});
