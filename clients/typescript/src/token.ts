@@ -1,7 +1,8 @@
 /**
  * The app's `getToken`, as every request and every stream connection calls it. What goes wrong
- * there is the app's (not signed in, its auth server down, a bug), never the network's: it reaches
- * the caller as thrown and no retry loop of this client sends the request again because of it.
+ * there is the app's (not signed in, its auth server down, a bug), never the network's: a method
+ * rejects with it as thrown and sends nothing, not even again; a subscription tells `onError` and
+ * asks getToken again after its backoff.
  */
 
 /** A JWT whose `sub` is the user. `fresh: true` when the API refused the last one (a 401, or its 403
