@@ -60,6 +60,8 @@ CORS_RESPONSE_HEADERS = [
     "RateLimit",
     # A 401's reason (RFC 6750: error="invalid_token" when a fresh token may help).
     "WWW-Authenticate",
+    # A 415's answer to a body of another type: the type a request may use (RFC 9110, 15.5.16).
+    "Accept",
     # A 415's answer to a compressed body: the codings a request may use (RFC 7694).
     "Accept-Encoding",
 ]

@@ -29,7 +29,12 @@ from api.db.stored_owners import StoredOwners
 from api.http.conditional import field_value
 from api.http.json_body import Utf8JsonRoute
 from api.http.openapi import OpenApiDocument, amend_openapi
-from api.http.problems import forbidden, unsupported_content_coding, unsupported_media_type
+from api.http.problems import (
+    REQUEST_MEDIA_TYPE,
+    forbidden,
+    unsupported_content_coding,
+    unsupported_media_type,
+)
 from api.http.refusals import AUTH_ERRORS, NOT_JSON, UNAVAILABLE_TO_READS, UNAVAILABLE_TO_WRITES
 from api.http.services import Services, services
 
@@ -201,7 +206,7 @@ def _refuse_a_body_that_is_not_json(request: Request) -> None:
     # list field's lines are one comma-joined value (RFC 9110, section 5.3), `identity` then `gzip` too.
     types = headers.getlist("content-type")
     media_type = types[0].partition(";")[0].strip().lower() if len(types) == 1 else ""
-    if media_type != "application/json":
+    if media_type != REQUEST_MEDIA_TYPE:
         raise unsupported_media_type()
     codings = field_value(headers, "content-encoding") or ""
     if not {c.strip().lower() for c in codings.split(",")} <= {"", "identity"}:

@@ -779,9 +779,11 @@ export interface operations {
                     };
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json; a compressed one is answered with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
+            /** @description A body sent as anything but uncompressed application/json: one sent as another type is answered with `Accept: application/json`, a compressed one with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
             415: {
                 headers: {
+                    /** @description `application/json`, when the body was sent as another type, or with no or several Content-Types: send it as that (RFC 9110, section 15.5.16). */
+                    Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1210,9 +1212,11 @@ export interface operations {
                     };
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json; a compressed one is answered with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
+            /** @description A body sent as anything but uncompressed application/json: one sent as another type is answered with `Accept: application/json`, a compressed one with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
             415: {
                 headers: {
+                    /** @description `application/json`, when the body was sent as another type, or with no or several Content-Types: send it as that (RFC 9110, section 15.5.16). */
+                    Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1654,9 +1658,11 @@ export interface operations {
                     };
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json; a compressed one is answered with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
+            /** @description A body sent as anything but uncompressed application/json: one sent as another type is answered with `Accept: application/json`, a compressed one with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
             415: {
                 headers: {
+                    /** @description `application/json`, when the body was sent as another type, or with no or several Content-Types: send it as that (RFC 9110, section 15.5.16). */
+                    Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
