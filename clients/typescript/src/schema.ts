@@ -106,7 +106,7 @@ export interface paths {
         head?: never;
         /**
          * Complete, reopen or toggle a task
-         * @description With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it.
+         * @description With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it. A toggle with an Idempotency-Key is a 422 that changes nothing (only a create stores one): to retry a toggle safely, send If-Match with the task's ETag (a toggle already made is then a 412), or set the state with {"completed": true|false}.
          */
         patch: operations["setTaskCompletion"];
         trace?: never;
