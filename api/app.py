@@ -20,7 +20,7 @@ from api.events.hub import Hub
 from api.events.services import LiveServices
 from api.http import health, metrics
 from api.http.body_limit import BodyLimits, document_body_limits
-from api.http.caller import document_bearer_scheme
+from api.http.caller import document_bearer_scheme, document_no_store
 from api.http.cors import ProblemCORSMiddleware
 from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
@@ -142,6 +142,7 @@ def create_app(
     install_problem_handlers(app, isolation)
     document_problem_media_type(app)
     document_bearer_scheme(app)
+    document_no_store(app)
     document_body_limits(app)  # before the header every response carries, which its answers carry too
     document_response_header(
         app,

@@ -28,7 +28,7 @@ from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
 from api.http.conditional import field_value
 from api.http.json_body import Utf8JsonRoute
-from api.http.openapi import OpenApiDocument, amend_openapi
+from api.http.openapi import OpenApiDocument, amend_openapi, response_header
 from api.http.problems import (
     REQUEST_MEDIA_TYPE,
     forbidden,
@@ -160,6 +160,7 @@ class AuthenticatedRoute(Utf8JsonRoute):
             except BaseException:
                 in_flight.leave(user.id)
                 raise
+            response.headers.setdefault("Cache-Control", _NO_STORE)
             if isinstance(response, EventSourceResponse):
                 # A stream lasts as long as its client stays: its own limits bound it
                 # (MAX_STREAMS_PER_USER, and a send timeout for each event).
@@ -183,6 +184,36 @@ class _SlotHeldUntilSent(Response):
             await self._response(scope, receive, send)
         finally:
             self._give_back()
+
+
+# What a handler answers is one user's data (or says whether it changed): no cache may keep it, not
+# a browser's on a shared computer either (OWASP ASVS 8.2.1). RFC 9111, section 3.5, already keeps a
+# shared cache from storing an answer to a request with Authorization, unless the answer allows it.
+# A 304 carries it too, as the 200 it stands for would (RFC 9110, section 15.4.5).
+_NO_STORE = "no-store"
+_CACHE_CONTROL = {
+    "Cache-Control": {
+        **response_header("`no-store`: the answer is the caller's data, for no cache to keep."),
+        "required": True,
+    }
+}
+
+
+def document_no_store(app: FastAPI) -> None:
+    """Declares Cache-Control on every answer of an `AuthenticatedRoute` handler (a 2xx or a 304),
+    where its operation does not describe its own (the event stream's)."""
+
+    def amend(document: OpenApiDocument) -> None:
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            if operation.get("security") != _CALLER_DOCS["security"]:
+                continue
+            for status, response in operation["responses"].items():
+                if status.startswith("2") or status == "304":
+                    headers = response.setdefault("headers", {})
+                    for name, header in _CACHE_CONTROL.items():
+                        headers.setdefault(name, header)
+
+    amend_openapi(app, amend)
 
 
 _METHODS_WITH_BODIES = frozenset({"POST", "PUT", "PATCH"})

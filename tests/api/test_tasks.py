@@ -182,6 +182,27 @@ def test_request_id_is_returned(client: httpx.Client, alice: ApiUser) -> None:
     assert len(client.get(alice.tasks_url, headers=alice.headers).headers["x-request-id"]) == 32
 
 
+def test_no_cache_may_keep_an_answer_with_a_users_tasks(client: httpx.Client, alice: ApiUser) -> None:
+    """Each answer carried one user's tasks with no Cache-Control, so a browser was free to keep them on
+    disk, on a shared computer too; only a shared cache is kept off by the Authorization header."""
+    created = client.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers)
+    task_url = alice.task_url(created.json()["id"])
+    etag = {"If-None-Match": created.headers["etag"]}
+    answers = [
+        created,
+        client.get(alice.tasks_url, headers=alice.headers),
+        client.head(alice.tasks_url, headers=alice.headers),
+        client.get(alice.tasks_url, headers={**alice.headers, "If-None-Match": "*"}),
+        client.get(task_url, headers=alice.headers),
+        client.get(task_url, headers={**alice.headers, **etag}),
+        client.put(task_url, json={"title": "u"}, headers=alice.headers),
+        client.patch(f"{task_url}/complete", headers=alice.headers),
+        client.delete(task_url, headers=alice.headers),
+    ]
+    assert [answer.status_code for answer in answers] == [201, 200, 200, 304, 200, 304, 200, 200, 204]
+    assert [answer.headers.get("cache-control") for answer in answers] == ["no-store"] * len(answers)
+
+
 def test_health_and_readiness_need_no_token(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")

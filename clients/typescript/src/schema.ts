@@ -459,6 +459,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description `<url>; rel="next"` when more tasks match than `limit`: the next page, with its cursor. */
                     Link?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -472,6 +474,8 @@ export interface operations {
             /** @description If-None-Match is `*`, and the task list exists: no body. */
             304: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -649,6 +653,8 @@ export interface operations {
             /** @description The new task; for a repeated Idempotency-Key, the one it made, as it is now. */
             201: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description `true` when this answers a repeated Idempotency-Key: nothing was created now. A first answer has no such header. */
@@ -892,6 +898,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -905,6 +913,8 @@ export interface operations {
             /** @description If-None-Match names the task's current version: no body. */
             304: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1100,6 +1110,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1339,6 +1351,8 @@ export interface operations {
             /** @description Successful Response */
             204: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1546,6 +1560,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
