@@ -51,6 +51,7 @@ CORS_REQUEST_HEADERS = [
 ]
 CORS_RESPONSE_HEADERS = [
     "Location",
+    "Content-Location",
     "Link",
     "ETag",
     "Idempotent-Replayed",

@@ -150,7 +150,7 @@ async def list_tasks(
     responses={
         201: {
             "description": "The new task; for a repeated Idempotency-Key, the one it made, as it is now.",
-            "headers": {**docs.LOCATION, **docs.ETAG, **docs.IDEMPOTENT_REPLAYED},
+            "headers": {**docs.LOCATION, **docs.CONTENT_LOCATION, **docs.ETAG, **docs.IDEMPOTENT_REPLAYED},
         },
         409: error_response(
             "Nothing was created: you have MAX_TASKS_PER_USER tasks already (type "
@@ -193,7 +193,8 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
         note_change(request, "create", row["id"])
     else:
         response.headers[docs.REPLAYED_HEADER] = "true"
-    response.headers["Location"] = _task_path(user.id, row["id"])
+    # Content-Location the same: the body is the new task as GET returns it there (RFC 9110, 8.7).
+    response.headers["Location"] = response.headers["Content-Location"] = _task_path(user.id, row["id"])
     return _task(row, response)
 
 
@@ -291,7 +292,7 @@ _SAFE_TOGGLE = (
         f"{_SAFE_TOGGLE}"
     ),
     responses={
-        200: {"headers": docs.ETAG},
+        200: {"headers": {**docs.ETAG, **docs.CONTENT_LOCATION}},
         **docs.NOT_FOUND,
         **docs.WRITE_CONDITIONS,
     },
@@ -318,4 +319,6 @@ async def complete_task(
     row = _written_or_412(await caller.run(query, read_only=False))
     if row["changed"]:  # `completed` set to what it was is no change
         note_change(request, "update", task_id)
+    # The body is the task, whose URL is not this request's (RFC 9110, section 6.4.2).
+    response.headers["Content-Location"] = _task_path(caller.user.id, task_id)
     return _task(row, response)

@@ -64,6 +64,8 @@ def test_create_returns_the_task_with_its_location(
     assert task["description"] == "two litres"
     assert task["completed"] is False
     assert response.headers["location"] == f"/api/{alice.id}/tasks/{task['id']}"
+    # The body is that task's representation, not the list's (RFC 9110, section 8.7).
+    assert response.headers["content-location"] == response.headers["location"]
     for field in ("created_at", "updated_at"):
         assert datetime.fromisoformat(task[field]).tzinfo is not None, "RFC 3339 times carry a zone"
     assert stored(api_db, task["id"]) == (alice.id, "Buy milk", "two litres", False)
@@ -154,6 +156,9 @@ def test_patch_without_body_toggles(
     first = client.patch(url, headers=alice.headers)
     assert first.status_code == 200
     assert first.json()["completed"] is True
+    # The body and its ETag are the task's, whose URL is not the one patched (RFC 9110, section 6.4.2).
+    assert first.headers["content-location"] == alice.task_url(task["id"])
+    assert client.get(first.headers["content-location"], headers=alice.headers).json() == first.json()
     assert stored(api_db, task["id"]) == (alice.id, "A task", None, True)
 
     second = client.patch(url, headers=alice.headers)

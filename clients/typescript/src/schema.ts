@@ -655,6 +655,8 @@ export interface operations {
                 headers: {
                     /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
                     "Cache-Control": string;
+                    /** @description The task's URL: the body, and its ETag, are the task as GET returns it there. */
+                    "Content-Location": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description `true` when this answers a repeated Idempotency-Key: nothing was created now. A first answer has no such header. */
@@ -1562,6 +1564,8 @@ export interface operations {
                 headers: {
                     /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
                     "Cache-Control": string;
+                    /** @description The task's URL: the body, and its ETag, are the task as GET returns it there. */
+                    "Content-Location": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
