@@ -185,6 +185,8 @@ def test_request_id_is_returned(client: httpx.Client, alice: ApiUser) -> None:
     response = client.get(alice.tasks_url, headers={**alice.headers, "X-Request-ID": "a" * 32})
     assert response.headers["x-request-id"] == "a" * 32
     assert len(client.get(alice.tasks_url, headers=alice.headers).headers["x-request-id"]) == 32
+    twice = [*alice.headers.items(), ("X-Request-ID", "first"), ("X-Request-ID", "second")]
+    assert client.get(alice.tasks_url, headers=twice).headers.get_list("x-request-id") == ["first"]
 
 
 def test_no_cache_may_keep_an_answer_with_a_users_tasks(client: httpx.Client, alice: ApiUser) -> None:
