@@ -192,10 +192,8 @@ class _SlotHeldUntilSent(Response):
 # A 304 carries it too, as the 200 it stands for would (RFC 9110, section 15.4.5).
 _NO_STORE = "no-store"
 _CACHE_CONTROL = {
-    "Cache-Control": {
-        **response_header("`no-store`: the answer is the caller's data, for no cache to keep."),
-        "required": True,
-    }
+    **response_header("`no-store`: the answer is the caller's data, for no cache to keep."),
+    "required": True,
 }
 
 
@@ -209,9 +207,7 @@ def document_no_store(app: FastAPI) -> None:
                 continue
             for status, response in operation["responses"].items():
                 if status.startswith("2") or status == "304":
-                    headers = response.setdefault("headers", {})
-                    for name, header in _CACHE_CONTROL.items():
-                        headers.setdefault(name, header)
+                    response.setdefault("headers", {}).setdefault("Cache-Control", _CACHE_CONTROL)
 
     amend_openapi(app, amend)
 
