@@ -20,7 +20,7 @@ from api.events.hub import Hub
 from api.events.services import LiveServices
 from api.http import health, metrics
 from api.http.body_limit import BodyLimits, document_body_limits
-from api.http.caller import document_bearer_scheme
+from api.http.caller import document_bearer_scheme, document_no_store
 from api.http.cors import ProblemCORSMiddleware
 from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
@@ -51,6 +51,7 @@ CORS_REQUEST_HEADERS = [
 ]
 CORS_RESPONSE_HEADERS = [
     "Location",
+    "Content-Location",
     "Link",
     "ETag",
     "Idempotent-Replayed",
@@ -60,6 +61,8 @@ CORS_RESPONSE_HEADERS = [
     "RateLimit",
     # A 401's reason (RFC 6750: error="invalid_token" when a fresh token may help).
     "WWW-Authenticate",
+    # A 415's answer to a body of another type: the type a request may use (RFC 9110, 15.5.16).
+    "Accept",
     # A 415's answer to a compressed body: the codings a request may use (RFC 7694).
     "Accept-Encoding",
 ]
@@ -140,6 +143,7 @@ def create_app(
     install_problem_handlers(app, isolation)
     document_problem_media_type(app)
     document_bearer_scheme(app)
+    document_no_store(app)
     document_body_limits(app)  # before the header every response carries, which its answers carry too
     document_response_header(
         app,

@@ -731,6 +731,23 @@ def test_an_argument_out_of_range_is_refused_before_anything_starts(
 
 
 @pytest.mark.parametrize(
+    "command", [("serve",), ("migrate",), ("token", "alice"), ("policies",), ("openapi",)], ids=" ".join
+)
+def test_an_unknown_option_is_refused_by_its_command_before_anything_starts(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """`serve --bogus` was refused as the top level's (`todo-api: error: ...`), under a usage line
+    that names no option of serve's: the operator was not told which command did not know it."""
+    result = run_cli(*command, "--bogus", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    name = command[0]
+    assert result.stderr.startswith(f"usage: todo-api {name} "), result.stderr
+    assert result.stderr.splitlines()[-1] == f"todo-api {name}: error: unrecognized arguments: --bogus"
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     "command", [("serve", "--port", "0"), ("migrate",), ("policies",), ("token", "alice")], ids=" ".join
 )
 def test_an_empty_data_dir_is_refused_and_makes_nothing(tmp_path: Path, command: tuple[str, ...]) -> None:

@@ -28,8 +28,13 @@ from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
 from api.http.conditional import field_value
 from api.http.json_body import Utf8JsonRoute
-from api.http.openapi import OpenApiDocument, amend_openapi
-from api.http.problems import forbidden, unsupported_content_coding, unsupported_media_type
+from api.http.openapi import OpenApiDocument, amend_openapi, response_header
+from api.http.problems import (
+    REQUEST_MEDIA_TYPE,
+    forbidden,
+    unsupported_content_coding,
+    unsupported_media_type,
+)
 from api.http.refusals import AUTH_ERRORS, NOT_JSON, UNAVAILABLE_TO_READS, UNAVAILABLE_TO_WRITES
 from api.http.services import Services, services
 
@@ -155,6 +160,7 @@ class AuthenticatedRoute(Utf8JsonRoute):
             except BaseException:
                 in_flight.leave(user.id)
                 raise
+            response.headers.setdefault("Cache-Control", _NO_STORE)
             if isinstance(response, EventSourceResponse):
                 # A stream lasts as long as its client stays: its own limits bound it
                 # (MAX_STREAMS_PER_USER, and a send timeout for each event).
@@ -180,6 +186,32 @@ class _SlotHeldUntilSent(Response):
             self._give_back()
 
 
+# What a handler answers is one user's data (or says whether it changed): no cache may keep it, not
+# a browser's on a shared computer either (OWASP ASVS 8.2.1). RFC 9111, section 3.5, already keeps a
+# shared cache from storing an answer to a request with Authorization, unless the answer allows it.
+# A 304 carries it too, as the 200 it stands for would (RFC 9110, section 15.4.5).
+_NO_STORE = "no-store"
+_CACHE_CONTROL = {
+    **response_header("`no-store`: the answer is the caller's data, for no cache to keep."),
+    "required": True,
+}
+
+
+def document_no_store(app: FastAPI) -> None:
+    """Declares Cache-Control on every answer of an `AuthenticatedRoute` handler (a 2xx or a 304),
+    where its operation does not describe its own (the event stream's)."""
+
+    def amend(document: OpenApiDocument) -> None:
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            if operation.get("security") != _CALLER_DOCS["security"]:
+                continue
+            for status, response in operation["responses"].items():
+                if status.startswith("2") or status == "304":
+                    response.setdefault("headers", {}).setdefault("Cache-Control", _CACHE_CONTROL)
+
+    amend_openapi(app, amend)
+
+
 _METHODS_WITH_BODIES = frozenset({"POST", "PUT", "PATCH"})
 # The safe methods (RFC 9110, section 9.2.1): their handlers run every query read-only.
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
@@ -201,7 +233,7 @@ def _refuse_a_body_that_is_not_json(request: Request) -> None:
     # list field's lines are one comma-joined value (RFC 9110, section 5.3), `identity` then `gzip` too.
     types = headers.getlist("content-type")
     media_type = types[0].partition(";")[0].strip().lower() if len(types) == 1 else ""
-    if media_type != "application/json":
+    if media_type != REQUEST_MEDIA_TYPE:
         raise unsupported_media_type()
     codings = field_value(headers, "content-encoding") or ""
     if not {c.strip().lower() for c in codings.split(",")} <= {"", "identity"}:

@@ -36,6 +36,8 @@ from api.http.openapi import OpenApiDocument, amend_openapi
 from api.telemetry import metrics
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# The one media type a request body may have (api/http/caller.py); a 415 names it in Accept.
+REQUEST_MEDIA_TYPE = "application/json"
 _TYPE_PREFIX = "urn:todo-api:problem:"
 # The most invalid fields a 422 lists; `detail` counts the rest. Uncapped, a body of thousands of short
 # unknown keys, under the body limit, was answered with a document nine times its size, and rendering
@@ -180,6 +182,7 @@ def unsupported_media_type() -> ProblemError:
         ProblemType.UNSUPPORTED_MEDIA_TYPE,
         "Unsupported media type",
         "Send the body as JSON, with one Content-Type: application/json.",
+        headers={"Accept": REQUEST_MEDIA_TYPE},  # RFC 9110, section 15.5.16: the types a body may have
     )
 
 

@@ -120,13 +120,17 @@ UNAVAILABLE_TO_WRITES: Responses = {503: service_unavailable(writes=True)}
 # Refused only where a body may come (POST, PUT, PATCH): api/http/caller.py.
 NOT_JSON: Responses = {
     415: error_response(
-        "A body sent as anything but uncompressed application/json; a compressed one is answered "
-        "with `Accept-Encoding: identity`.",
+        "A body sent as anything but uncompressed application/json: one sent as another type is "
+        "answered with `Accept: application/json`, a compressed one with `Accept-Encoding: identity`.",
         types=[ProblemType.UNSUPPORTED_MEDIA_TYPE],
         headers={
+            "Accept": response_header(
+                "`application/json`, when the body was sent as another type, or with no or several "
+                "Content-Types: send it as that (RFC 9110, section 15.5.16)."
+            ),
             "Accept-Encoding": response_header(
                 "`identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694)."
-            )
+            ),
         },
     )
 }

@@ -583,12 +583,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the OpenAPI document this version serves, as JSON.",
     )
     openapi_parser.set_defaults(run=openapi)
+    for command_parser in commands.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unrecognized = parser.parse_known_args(argv)
+    if unrecognized:
+        # parse_args would refuse a command's unknown option as the top level's, under the top level's
+        # usage, which names none of the command's options: `todo-api: error: ... --bogus`.
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unrecognized)}")
     if args.command is None:
         parser.print_help()
         return

@@ -24,6 +24,13 @@ ETAG = {
     }
 }
 LOCATION = {"Location": {**response_header("The new task's URL."), "required": True}}
+# RFC 9110, section 8.7: the body (and its ETag) is the task at this URL, not the request's target.
+CONTENT_LOCATION = {
+    "Content-Location": {
+        **response_header("The task's URL: the body, and its ETag, are the task as GET returns it there."),
+        "required": True,
+    }
+}
 REPLAYED_HEADER = "Idempotent-Replayed"
 IDEMPOTENT_REPLAYED = {
     REPLAYED_HEADER: response_header(

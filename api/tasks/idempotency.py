@@ -65,6 +65,14 @@ def idempotency_key(request: Request) -> str | None:
     return value
 
 
+def refuse_a_key(request: Request, instead: str) -> None:
+    """422 for an Idempotency-Key on an operation that stores none and is not idempotent (a toggle):
+    its retry would be done again, while the client believes the key makes it safe. `instead` says
+    what does."""
+    if _HEADER in request.headers:
+        raise invalid_input(f"header.{_HEADER}", f"Only a create stores an Idempotency-Key: {instead}")
+
+
 # The fields of a create when keys were first stored. A field added since is hashed only when it is
 # not its default, so that a key stored before an upgrade still answers its retry after it, which
 # otherwise hashes another body and is refused 422 idempotency-key-reused.

@@ -30,7 +30,7 @@ from api.http.request_telemetry import note_change
 from api.http.services import services
 from api.tasks import docs, queries
 from api.tasks.etags import etag, list_preconditions, names_version, not_modified_condition, write_condition
-from api.tasks.idempotency import create_once, idempotency_key
+from api.tasks.idempotency import create_once, idempotency_key, refuse_a_key
 from api.tasks.listing import MAX_TASK_ID, Cursor, TaskListParams
 from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
 
@@ -150,7 +150,7 @@ async def list_tasks(
     responses={
         201: {
             "description": "The new task; for a repeated Idempotency-Key, the one it made, as it is now.",
-            "headers": {**docs.LOCATION, **docs.ETAG, **docs.IDEMPOTENT_REPLAYED},
+            "headers": {**docs.LOCATION, **docs.CONTENT_LOCATION, **docs.ETAG, **docs.IDEMPOTENT_REPLAYED},
         },
         409: error_response(
             "Nothing was created: you have MAX_TASKS_PER_USER tasks already (type "
@@ -193,7 +193,8 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
         note_change(request, "create", row["id"])
     else:
         response.headers[docs.REPLAYED_HEADER] = "true"
-    response.headers["Location"] = _task_path(user.id, row["id"])
+    # Content-Location the same: the body is the new task as GET returns it there (RFC 9110, 8.7).
+    response.headers["Location"] = response.headers["Content-Location"] = _task_path(user.id, row["id"])
     return _task(row, response)
 
 
@@ -273,14 +274,25 @@ async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> N
     note_change(request, "delete", task_id)
 
 
+# How to make a toggle safe to retry, for the 422 an Idempotency-Key gets and the document.
+_SAFE_TOGGLE = (
+    "to retry a toggle safely, send If-Match with the task's ETag (a toggle already made is then a "
+    '412), or set the state with {"completed": true|false}.'
+)
+
+
 @router.patch(
     "/{task_id}/complete",
     response_model=TaskPublic,
     operation_id="setTaskCompletion",
     summary="Complete, reopen or toggle a task",
-    description=('With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it.'),
+    description=(
+        'With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it. A '
+        f"toggle with an Idempotency-Key is a 422 that changes nothing (only a create stores one): "
+        f"{_SAFE_TOGGLE}"
+    ),
     responses={
-        200: {"headers": docs.ETAG},
+        200: {"headers": {**docs.ETAG, **docs.CONTENT_LOCATION}},
         **docs.NOT_FOUND,
         **docs.WRITE_CONDITIONS,
     },
@@ -298,9 +310,15 @@ async def complete_task(
         # FastAPI reads a JSON `null` body as no body; only a truly empty body means "toggle".
         raise invalid_input("body", 'Send no body to toggle, or {"completed": true|false}.')
     completed = data.completed if data is not None else None
+    if completed is None:
+        # A toggle repeated toggles back (the IETF draft names PATCH among the methods a key may make
+        # safe, but nothing stores one here); a key before the preconditions, as a create reads its own.
+        refuse_a_key(request, _SAFE_TOGGLE)
     versions = await _write_preconditions(caller, request, task_id)
     query = queries.set_completed(caller.user, task_id, completed, versions=versions)
     row = _written_or_412(await caller.run(query, read_only=False))
     if row["changed"]:  # `completed` set to what it was is no change
         note_change(request, "update", task_id)
+    # The body is the task, whose URL is not this request's (RFC 9110, section 6.4.2).
+    response.headers["Content-Location"] = _task_path(caller.user.id, task_id)
     return _task(row, response)

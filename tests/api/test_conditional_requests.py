@@ -59,6 +59,22 @@ def test_if_none_match_answers_304_without_a_body(client: httpx.Client, alice: A
     assert client.get(url, headers={**alice.headers, "If-None-Match": '"0.1"'}).status_code == 200
 
 
+def test_dates_and_ranges_are_not_conditions(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
+    """No answer carries Last-Modified, so there is no date to compare (README): a date in the future
+    is no 304, one in the past no 412, and a Range is no 206; the ETag is the validator."""
+    task, tag = _create(client, alice)
+    url = alice.task_url(task["id"])
+    future, past = "Sat, 01 Jan 2101 00:00:00 GMT", "Sat, 01 Jan 2000 00:00:00 GMT"
+    read = client.get(url, headers={**alice.headers, "If-Modified-Since": future, "Range": "bytes=0-1"})
+    assert (read.status_code, read.headers["etag"], read.json()) == (200, tag, task)
+    assert "last-modified" not in read.headers
+    written = client.put(url, json={"title": "later"}, headers={**alice.headers, "If-Unmodified-Since": past})
+    assert written.status_code == 200
+    assert _title_in_db(api_db, task["id"]) == "later"
+
+
 def test_a_stale_if_match_changes_nothing_and_gets_412(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
 ) -> None:

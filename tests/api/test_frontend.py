@@ -42,6 +42,9 @@ def test_a_body_that_is_not_json_is_415(
     assert response.status_code == 415
     assert response.json()["type"] == "urn:todo-api:problem:unsupported-media-type"
     assert "application/json" in response.json()["detail"]
+    # The type a body may have, in the field a program reads (RFC 9110, section 15.5.16).
+    assert response.headers["accept"] == "application/json"
+    assert client.get(alice.tasks_url, headers=alice.headers).json() == []
 
 
 @pytest.mark.parametrize("coding", ["gzip", "identity, br", "x-unknown"])
@@ -92,19 +95,20 @@ def test_a_body_described_over_several_field_lines_is_judged_by_all_of_them(
     assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
 
 
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "application/json; charset=latin1"]
+)
 def test_json_with_a_charset_and_a_toggle_without_a_body_are_fine(
-    client: httpx.Client, alice: ApiUser
+    client: httpx.Client, alice: ApiUser, content_type: str
 ) -> None:
+    """application/json has no charset (RFC 8259, section 11): whatever one says, the body is UTF-8."""
     created = client.post(
         alice.tasks_url,
-        content=b'{"title": "t"}',
-        headers={
-            **alice.headers,
-            "Content-Type": "application/json; charset=utf-8",
-            "Content-Encoding": "identity",
-        },
+        content='{"title": "thé"}'.encode(),
+        headers={**alice.headers, "Content-Type": content_type, "Content-Encoding": "identity"},
     )
     assert created.status_code == 201
+    assert created.json()["title"] == "thé"
     toggled = client.patch(f"{alice.task_url(created.json()['id'])}/complete", headers=alice.headers)
     assert toggled.status_code == 200
 
@@ -238,21 +242,24 @@ def test_a_browser_may_read_the_response_headers_it_needs(browser_api: httpx.Cli
     assert read - NOT_EXPOSED <= exposed
 
 
-def test_a_browser_may_read_what_a_415_accepts(browser_api: httpx.Client, alice: ApiUser) -> None:
-    """A fetch() caller that sent a compressed body learns from Accept-Encoding to send it plain."""
+@pytest.mark.parametrize(
+    ("sent", "field", "accepted"),
+    [
+        ({"Content-Type": "application/json", "Content-Encoding": "gzip"}, "accept-encoding", "identity"),
+        ({"Content-Type": "text/plain;charset=UTF-8"}, "accept", "application/json"),
+    ],
+)
+def test_a_browser_may_read_what_a_415_accepts(
+    browser_api: httpx.Client, alice: ApiUser, sent: dict[str, str], field: str, accepted: str
+) -> None:
+    """A fetch() caller that sent a compressed body learns from Accept-Encoding to send it plain; one
+    that sent a string body (text/plain, fetch's default) learns from Accept which type to name."""
     response = browser_api.post(
-        alice.tasks_url,
-        content=b'{"title": "t"}',
-        headers={
-            **alice.headers,
-            "Origin": ORIGIN,
-            "Content-Type": "application/json",
-            "Content-Encoding": "gzip",
-        },
+        alice.tasks_url, content=b'{"title": "t"}', headers={**alice.headers, "Origin": ORIGIN, **sent}
     )
     assert response.status_code == 415
-    assert response.headers["accept-encoding"] == "identity"
-    assert "accept-encoding" in response.headers["access-control-expose-headers"].lower()
+    assert response.headers[field] == accepted
+    assert field in response.headers["access-control-expose-headers"].lower().split(", ")
 
 
 def test_a_browser_may_read_a_413_for_a_body_declared_too_large(

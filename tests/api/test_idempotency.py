@@ -306,6 +306,34 @@ def test_a_malformed_key_is_422_even_with_a_precondition_that_would_fail(
     assert _keys(api_db, alice) == []
 
 
+@pytest.mark.parametrize(
+    "precondition", [pytest.param({}, id="alone"), pytest.param({"If-Match": "*"}, id="with-if-match")]
+)
+def test_a_toggle_with_a_key_is_422_and_changes_nothing(
+    client: httpx.Client, api_db: psycopg.Connection[Any], precondition: dict[str, str]
+) -> None:
+    """Nothing stores a toggle's key, so its retry toggled back: a client that sent one believing the
+    toggle safe to retry (the draft names PATCH among the methods a key may serve) is told instead."""
+    alice = new_user()
+    created = client.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers).json()
+    toggle_url = f"{alice.task_url(created['id'])}/complete"
+    headers = {**alice.headers, "Idempotency-Key": "toggle-1", **precondition}
+
+    for _ in range(2):  # the retry of a toggle whose answer was lost
+        problem = assert_problem(client.patch(toggle_url, headers=headers), 422, "validation-error")
+        assert [error["field"] for error in problem["errors"]] == ["header.idempotency-key"]
+        assert "If-Match" in problem["errors"][0]["message"]
+
+    stored = api_db.execute("select completed, version from tasks where id = %s", [created["id"]]).fetchone()
+    assert stored == (False, created["version"])
+    assert _keys(api_db, alice) == []
+    # Setting the state is safe to retry as it is: the key is not needed there, and not refused.
+    for _ in range(2):
+        answer = client.patch(toggle_url, json={"completed": True}, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["completed"] is True
+
+
 def test_a_quoted_key_is_the_structured_field_form_of_the_same_key(client: httpx.Client) -> None:
     alice = new_user()
     first = _post(client, alice, '"8e03978e-40d5"', {"title": "t"})

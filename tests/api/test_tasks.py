@@ -64,6 +64,8 @@ def test_create_returns_the_task_with_its_location(
     assert task["description"] == "two litres"
     assert task["completed"] is False
     assert response.headers["location"] == f"/api/{alice.id}/tasks/{task['id']}"
+    # The body is that task's representation, not the list's (RFC 9110, section 8.7).
+    assert response.headers["content-location"] == response.headers["location"]
     for field in ("created_at", "updated_at"):
         assert datetime.fromisoformat(task[field]).tzinfo is not None, "RFC 3339 times carry a zone"
     assert stored(api_db, task["id"]) == (alice.id, "Buy milk", "two litres", False)
@@ -154,6 +156,9 @@ def test_patch_without_body_toggles(
     first = client.patch(url, headers=alice.headers)
     assert first.status_code == 200
     assert first.json()["completed"] is True
+    # The body and its ETag are the task's, whose URL is not the one patched (RFC 9110, section 6.4.2).
+    assert first.headers["content-location"] == alice.task_url(task["id"])
+    assert client.get(first.headers["content-location"], headers=alice.headers).json() == first.json()
     assert stored(api_db, task["id"]) == (alice.id, "A task", None, True)
 
     second = client.patch(url, headers=alice.headers)
@@ -180,6 +185,29 @@ def test_request_id_is_returned(client: httpx.Client, alice: ApiUser) -> None:
     response = client.get(alice.tasks_url, headers={**alice.headers, "X-Request-ID": "a" * 32})
     assert response.headers["x-request-id"] == "a" * 32
     assert len(client.get(alice.tasks_url, headers=alice.headers).headers["x-request-id"]) == 32
+    twice = [*alice.headers.items(), ("X-Request-ID", "first"), ("X-Request-ID", "second")]
+    assert client.get(alice.tasks_url, headers=twice).headers.get_list("x-request-id") == ["first"]
+
+
+def test_no_cache_may_keep_an_answer_with_a_users_tasks(client: httpx.Client, alice: ApiUser) -> None:
+    """Each answer carried one user's tasks with no Cache-Control, so a browser was free to keep them on
+    disk, on a shared computer too; only a shared cache is kept off by the Authorization header."""
+    created = client.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers)
+    task_url = alice.task_url(created.json()["id"])
+    etag = {"If-None-Match": created.headers["etag"]}
+    answers = [
+        created,
+        client.get(alice.tasks_url, headers=alice.headers),
+        client.head(alice.tasks_url, headers=alice.headers),
+        client.get(alice.tasks_url, headers={**alice.headers, "If-None-Match": "*"}),
+        client.get(task_url, headers=alice.headers),
+        client.get(task_url, headers={**alice.headers, **etag}),
+        client.put(task_url, json={"title": "u"}, headers=alice.headers),
+        client.patch(f"{task_url}/complete", headers=alice.headers),
+        client.delete(task_url, headers=alice.headers),
+    ]
+    assert [answer.status_code for answer in answers] == [201, 200, 200, 304, 200, 304, 200, 200, 204]
+    assert [answer.headers.get("cache-control") for answer in answers] == ["no-store"] * len(answers)
 
 
 def test_health_and_readiness_need_no_token(client: httpx.Client) -> None:

@@ -106,7 +106,7 @@ export interface paths {
         head?: never;
         /**
          * Complete, reopen or toggle a task
-         * @description With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it.
+         * @description With `{"completed": true}` or `false`, set it (safe to retry); with no body, toggle it. A toggle with an Idempotency-Key is a 422 that changes nothing (only a create stores one): to retry a toggle safely, send If-Match with the task's ETag (a toggle already made is then a 412), or set the state with {"completed": true|false}.
          */
         patch: operations["setTaskCompletion"];
         trace?: never;
@@ -459,6 +459,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description `<url>; rel="next"` when more tasks match than `limit`: the next page, with its cursor. */
                     Link?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -472,6 +474,8 @@ export interface operations {
             /** @description If-None-Match is `*`, and the task list exists: no body. */
             304: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -649,6 +653,10 @@ export interface operations {
             /** @description The new task; for a repeated Idempotency-Key, the one it made, as it is now. */
             201: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
+                    /** @description The task's URL: the body, and its ETag, are the task as GET returns it there. */
+                    "Content-Location": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description `true` when this answers a repeated Idempotency-Key: nothing was created now. A first answer has no such header. */
@@ -779,9 +787,11 @@ export interface operations {
                     };
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json; a compressed one is answered with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
+            /** @description A body sent as anything but uncompressed application/json: one sent as another type is answered with `Accept: application/json`, a compressed one with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
             415: {
                 headers: {
+                    /** @description `application/json`, when the body was sent as another type, or with no or several Content-Types: send it as that (RFC 9110, section 15.5.16). */
+                    Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -890,6 +900,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -903,6 +915,8 @@ export interface operations {
             /** @description If-None-Match names the task's current version: no body. */
             304: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1098,6 +1112,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1210,9 +1226,11 @@ export interface operations {
                     };
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json; a compressed one is answered with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
+            /** @description A body sent as anything but uncompressed application/json: one sent as another type is answered with `Accept: application/json`, a compressed one with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
             415: {
                 headers: {
+                    /** @description `application/json`, when the body was sent as another type, or with no or several Content-Types: send it as that (RFC 9110, section 15.5.16). */
+                    Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1335,6 +1353,8 @@ export interface operations {
             /** @description Successful Response */
             204: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1542,6 +1562,10 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is the caller's data, for no cache to keep. */
+                    "Cache-Control": string;
+                    /** @description The task's URL: the body, and its ETag, are the task as GET returns it there. */
+                    "Content-Location": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1654,9 +1678,11 @@ export interface operations {
                     };
                 };
             };
-            /** @description A body sent as anything but uncompressed application/json; a compressed one is answered with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
+            /** @description A body sent as anything but uncompressed application/json: one sent as another type is answered with `Accept: application/json`, a compressed one with `Accept-Encoding: identity`. Problem type: `urn:todo-api:problem:unsupported-media-type`. */
             415: {
                 headers: {
+                    /** @description `application/json`, when the body was sent as another type, or with no or several Content-Types: send it as that (RFC 9110, section 15.5.16). */
+                    Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
