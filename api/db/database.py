@@ -79,10 +79,12 @@ from api.db.errors import (
     LockWaitGivenUp,
     MissingReference,
     OutcomeUnknown,
+    OutOfResources,
     PrivilegeDenied,
     RowSecurityViolation,
     StatementCancelled,
     UnknownName,
+    in_one_line,
 )
 from api.db.fair_share import FairShare, Share
 from api.db.pool import (
@@ -122,6 +124,10 @@ _UNKNOWN_NAME = (
     psycopg.errors.UndefinedObject,
     psycopg.errors.InvalidSchemaName,
 )
+
+# The SQLSTATE class of "insufficient resources" (disk full, out of memory, ...): psycopg gives each
+# code a class of its own, none of them a subclass of its InsufficientResources.
+_INSUFFICIENT_RESOURCES = "53"
 
 logger = logging.getLogger(__name__)
 
@@ -519,6 +525,9 @@ class Database:
             await _roll_back(connection)
             if not (connection.broken or connection.closed):
                 # The server answered with an error: the transaction failed and was rolled back.
+                if (error.sqlstate or "").startswith(_INSUFFICIENT_RESOURCES):
+                    # A full disk, say: the server answered, so it is reachable.
+                    raise OutOfResources(in_one_line(error)) from None
                 raise
             if read_only:
                 raise SafeToRetry(f"the connection broke during a read: {error}") from error

@@ -27,6 +27,7 @@ from api.db.errors import (
     IsolationBreach,
     LockWaitGivenUp,
     OutcomeUnknown,
+    OutOfResources,
     StatementCancelled,
     UserShareExceeded,
 )
@@ -419,6 +420,15 @@ def lock_wait_given_up() -> ProblemError:
     )
 
 
+def out_of_resources() -> ProblemError:
+    # As statement_cancelled: the database answered and rolled back. Not "cannot be reached": it
+    # answers, and a client told so would blame its network.
+    return _database_unavailable(
+        "The database is out of a resource it needs (its disk is full, say) and refused this request;"
+        " nothing was changed. Try again later."
+    )
+
+
 def assigned_id_taken() -> ProblemError:
     # As statement_cancelled: the database answered and rolled back. The words say whose it is to
     # fix, not which key: a client can do nothing but wait.
@@ -635,6 +645,12 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
     async def on_lock_wait_given_up(_: Request, exc: LockWaitGivenUp) -> JSONResponse:
         logger.warning("lock wait given up: %s", exc)
         return problem_response(lock_wait_given_up())
+
+    @app.exception_handler(OutOfResources)
+    async def on_out_of_resources(_: Request, exc: OutOfResources) -> JSONResponse:
+        # An error, not a warning: it lasts until an operator frees or raises what ran out.
+        logger.error("the database is out of a resource it needs: %s", exc)
+        return problem_response(out_of_resources())
 
     @app.exception_handler(AssignedIdTaken)
     async def on_assigned_id_taken(_: Request, exc: AssignedIdTaken) -> JSONResponse:
