@@ -437,15 +437,26 @@ class Database:
             raise SafeToRetry("the server had ended the session before a write was sent")
         try:
             async with answer_within(connection, self.transactions.answer_timeout_seconds):
-                if self.transactions.pipelined:
-                    return await self._pipelined(connection, query, as_user, read_only=read_only)
-                return await self._one_message(
-                    connection,
-                    query,
-                    as_user,
-                    read_only=read_only,
-                    statement_timeout_ms=self.transactions.statement_timeout_ms,
-                )
+                try:
+                    if self.transactions.pipelined:
+                        return await self._pipelined(connection, query, as_user, read_only=read_only)
+                    return await self._one_message(
+                        connection,
+                        query,
+                        as_user,
+                        read_only=read_only,
+                        statement_timeout_ms=self.transactions.statement_timeout_ms,
+                    )
+                except psycopg.Error as error:
+                    if not read_only and _may_have_committed(connection, error):
+                        if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                            await connection.close()  # psycopg lost track of it: not back to the pool
+                        # In a pipeline, the server's error is the one psycopg met ending it.
+                        said = error.__context__ if isinstance(error.__context__, psycopg.Error) else error
+                        raise OutcomeUnknown(
+                            f"the database failed once the write's transaction had ended: {in_one_line(said)}"
+                        ) from None
+                    raise
         except SafeToRetry:
             raise
         except TimeoutError:
@@ -604,6 +615,23 @@ class Database:
     def pings_sent(self) -> int:
         """Round trips readiness checks have asked for so far."""
         return self._ping_connection.sent
+
+
+def _may_have_committed(connection: Connection, error: psycopg.Error) -> bool:
+    """Whether a write whose transaction just failed, its connection still sound, may have committed.
+
+    A statement that fails inside BEGIN ... COMMIT leaves the transaction open and failed until
+    `_roll_back`: nothing committed. Ended instead, by an error of the server's, it was ended by its
+    COMMIT, and what failed was that COMMIT or came after it (WAKE_STREAMS, refused while the NOTIFY
+    queue is full); in a pipeline, such an error at its Sync leaves psycopg unable to end the
+    pipeline, the transaction still "active" to it. Either way its rows are lost with the error, and
+    the change may stand."""
+    if connection.broken:
+        return False  # `_on` tells a broken connection's outcome itself
+    status = connection.info.transaction_status
+    return status == psycopg.pq.TransactionStatus.ACTIVE or (
+        status == psycopg.pq.TransactionStatus.IDLE and error.sqlstate is not None
+    )
 
 
 async def _roll_back(connection: Connection) -> None:

@@ -445,8 +445,8 @@ def outcome_unknown() -> ProblemError:
         503,
         ProblemType.OUTCOME_UNKNOWN,
         "Outcome unknown",
-        "The database stopped answering after your change was sent; it may or may not have been "
-        "made. Retry with the same Idempotency-Key, or read the task again before changing it.",
+        "The database stopped answering, or failed, after your change was sent; it may or may not "
+        "have been made. Retry with the same Idempotency-Key, or read the task again before changing it.",
         headers=_DATABASE_RETRY_AFTER,
     )
 
