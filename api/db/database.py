@@ -84,6 +84,7 @@ from api.db.errors import (
     RowSecurityViolation,
     StatementCancelled,
     UnknownName,
+    WritesRefused,
     in_one_line,
 )
 from api.db.fair_share import FairShare, Share
@@ -521,7 +522,7 @@ class Database:
             # Not back to the pool: a new session reaches whatever the URL names now, with the
             # settings it has now.
             await connection.close()
-            raise DatabaseUnavailable(f"the database refused a write: {error.diag.message_primary}") from None
+            raise WritesRefused(error.diag.message_primary) from None
         except psycopg.errors.QueryCanceled as error:
             # The server cancelled the statement (DB_STATEMENT_TIMEOUT_MS, or an operator) and said
             # so: the connection is sound, and the rest of the message, COMMIT included, was skipped.

@@ -134,6 +134,12 @@ class LockWaitGivenUp(DatabaseUnavailable):
     answered, so it is reachable; only this request was not done."""
 
 
+class WritesRefused(DatabaseUnavailable):
+    """The database refused a write for being read-only (SQLSTATE 25006) before it wrote anything: a
+    failover that left DATABASE_URL naming a standby, or default_transaction_read_only set while
+    serving. It answers, and reads are served; only writes are not."""
+
+
 class OutOfResources(DatabaseUnavailable):
     """The database refused the statement for want of a resource and rolled the transaction back
     (SQLSTATE class 53): its disk full ("could not extend file"), out of memory, or past a limit an

@@ -30,6 +30,7 @@ from api.db.errors import (
     OutOfResources,
     StatementCancelled,
     UserShareExceeded,
+    WritesRefused,
 )
 from api.db.isolation import IsolationUnverified, IsolationWatch
 from api.http.json_body import UnreadJson
@@ -420,6 +421,15 @@ def lock_wait_given_up() -> ProblemError:
     )
 
 
+def writes_refused() -> ProblemError:
+    # The database answers and serves reads: "cannot be reached" sent clients and operators after
+    # the network, and told a client that its reads would fail too.
+    return _database_unavailable(
+        "The database accepts no changes right now (it is read-only: a standby, say); nothing was"
+        " changed, and reads are still served. Try again shortly."
+    )
+
+
 def out_of_resources() -> ProblemError:
     # As statement_cancelled: the database answered and rolled back. Not "cannot be reached": it
     # answers, and a client told so would blame its network.
@@ -645,6 +655,11 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
     async def on_lock_wait_given_up(_: Request, exc: LockWaitGivenUp) -> JSONResponse:
         logger.warning("lock wait given up: %s", exc)
         return problem_response(lock_wait_given_up())
+
+    @app.exception_handler(WritesRefused)
+    async def on_writes_refused(_: Request, exc: WritesRefused) -> JSONResponse:
+        logger.warning("the database refused a write for being read-only: %s", exc)
+        return problem_response(writes_refused())
 
     @app.exception_handler(OutOfResources)
     async def on_out_of_resources(_: Request, exc: OutOfResources) -> JSONResponse:
