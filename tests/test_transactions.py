@@ -293,3 +293,30 @@ def test_a_database_out_of_disk_or_memory_is_503_saying_so_not_unreachable_and_c
     with psycopg.connect(migrated_db_url) as connection:
         stored = connection.execute("select title from tasks where user_id = %s", [alice.id])
         assert stored.fetchall() == [("kept",)], "the write changed nothing"
+
+
+def test_a_read_the_database_fails_with_an_error_of_its_own_is_503_logged_with_its_words(
+    migrated_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing disk (SQLSTATE 58030, raised here by a policy's function) was logged as "database
+    unavailable: IoError", the class alone, which reads the same for every cause."""
+    alice = new_user()
+    with serving_client(create_app(settings_for(migrated_db_url))) as client:
+        assert client.post(alice.tasks_url, json={"title": "kept"}, headers=alice.headers).status_code == 201
+        with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+            owner.execute(
+                "create function public.io_error() returns boolean language plpgsql as $$ begin"
+                " raise exception using errcode = 'io_error',"
+                " message = 'could not read blocks 0..0 in file \"base/5/16385\": Input/output error';"
+                " end $$"
+            )
+            owner.execute(
+                "create policy io_error on public.tasks as restrictive for select to todo_app"
+                " using (public.io_error())"
+            )
+        with caplog.at_level(logging.WARNING, logger="api.http.problems"):
+            listed = client.get(alice.tasks_url, headers=alice.headers)
+    assert_problem(listed, 503, "database-unavailable")
+    assert [record.getMessage() for record in caplog.records if record.name == "api.http.problems"] == [
+        'database unavailable: IoError: could not read blocks 0..0 in file "base/5/16385": Input/output error'
+    ]

@@ -31,6 +31,7 @@ from api.db.errors import (
     StatementCancelled,
     UserShareExceeded,
     WritesRefused,
+    in_one_line,
 )
 from api.db.isolation import IsolationUnverified, IsolationWatch
 from api.http.json_body import UnreadJson
@@ -633,7 +634,9 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
         return problem_response(refused_by_the_database(exc.constraint))
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
-        logger.warning("database unavailable: %s", type(exc).__name__)
+        # With what the database (or the pool) said: the class alone reads the same for a server
+        # refusing logins, a dropped database and a failing disk.
+        logger.warning("database unavailable: %s", in_one_line(exc))
         return problem_response(database_unavailable())
 
     for unavailable in UNAVAILABLE:
