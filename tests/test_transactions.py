@@ -233,3 +233,90 @@ def test_a_write_whose_statement_is_first_prepared_behind_a_table_lock_is_cancel
         body = assert_problem(completed, 503, "database-unavailable")
         assert "DB_STATEMENT_TIMEOUT_MS" in body["detail"], body
         assert client.get(alice.task_url(task_id), headers=alice.headers).json()["completed"] is False
+
+
+# A full disk as Postgres reports it when a table cannot grow (SQLSTATE 53100), raised by a trigger:
+# a tablespace on a tiny file system takes root. Installed once the app serves, before any isolation
+# check after start-up could report the trigger.
+_DISK_FULL = """create function public.disk_full() returns trigger language plpgsql as $$ begin
+    raise exception using errcode = 'disk_full',
+        message = 'could not extend file "base/16384/16385": No space left on device';
+end $$"""
+# Out of memory as a read meets it (SQLSTATE 53200), raised by a policy's function.
+_OUT_OF_MEMORY = """create function public.out_of_memory() returns boolean language plpgsql as $$ begin
+    raise exception using errcode = 'out_of_memory', message = 'out of memory';
+end $$"""
+
+
+def test_a_database_out_of_disk_or_memory_is_503_saying_so_not_unreachable_and_changes_nothing(
+    migrated_db_url: str, way: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write refused for a full disk was a 503 saying "The database cannot be reached right now",
+    logged as "database unavailable: DiskFull", while /readyz said ready and reads were served: the
+    operator looked at the network, not at the disk."""
+    alice = new_user()
+    with serving_client(create_app(settings_for(migrated_db_url, **way))) as client:
+        kept = client.post(alice.tasks_url, json={"title": "kept"}, headers=alice.headers)
+        assert kept.status_code == 201
+        with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+            owner.execute(_DISK_FULL)
+            owner.execute(
+                "create trigger disk_full before insert on public.tasks"
+                " for each row execute function public.disk_full()"
+            )
+        with caplog.at_level(logging.WARNING, logger="api.http.problems"):
+            created = client.post(alice.tasks_url, json={"title": "no room"}, headers=alice.headers)
+            assert client.get(alice.tasks_url, headers=alice.headers).status_code == 200
+            assert client.get("/readyz").status_code == 200
+            with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+                owner.execute(_OUT_OF_MEMORY)
+                owner.execute(
+                    "create policy out_of_memory on public.tasks as restrictive for select to todo_app"
+                    " using (public.out_of_memory())"
+                )
+            listed = client.get(alice.tasks_url, headers=alice.headers)
+    for refused in (created, listed):
+        body = assert_problem(refused, 503, "database-unavailable")
+        assert "out of a resource" in body["detail"], body
+        assert "cannot be reached" not in body["detail"], body
+        assert "nothing was changed" in body["detail"], body
+        assert refused.headers["Retry-After"].isdigit()
+    said = [record for record in caplog.records if record.name == "api.http.problems"]
+    assert [(record.levelno, record.getMessage()) for record in said] == [
+        (
+            logging.ERROR,
+            "the database is out of a resource it needs: DiskFull: could not extend file"
+            ' "base/16384/16385": No space left on device',
+        ),
+        (logging.ERROR, "the database is out of a resource it needs: OutOfMemory: out of memory"),
+    ]
+    with psycopg.connect(migrated_db_url) as connection:
+        stored = connection.execute("select title from tasks where user_id = %s", [alice.id])
+        assert stored.fetchall() == [("kept",)], "the write changed nothing"
+
+
+def test_a_read_the_database_fails_with_an_error_of_its_own_is_503_logged_with_its_words(
+    migrated_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing disk (SQLSTATE 58030, raised here by a policy's function) was logged as "database
+    unavailable: IoError", the class alone, which reads the same for every cause."""
+    alice = new_user()
+    with serving_client(create_app(settings_for(migrated_db_url))) as client:
+        assert client.post(alice.tasks_url, json={"title": "kept"}, headers=alice.headers).status_code == 201
+        with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+            owner.execute(
+                "create function public.io_error() returns boolean language plpgsql as $$ begin"
+                " raise exception using errcode = 'io_error',"
+                " message = 'could not read blocks 0..0 in file \"base/5/16385\": Input/output error';"
+                " end $$"
+            )
+            owner.execute(
+                "create policy io_error on public.tasks as restrictive for select to todo_app"
+                " using (public.io_error())"
+            )
+        with caplog.at_level(logging.WARNING, logger="api.http.problems"):
+            listed = client.get(alice.tasks_url, headers=alice.headers)
+    assert_problem(listed, 503, "database-unavailable")
+    assert [record.getMessage() for record in caplog.records if record.name == "api.http.problems"] == [
+        'database unavailable: IoError: could not read blocks 0..0 in file "base/5/16385": Input/output error'
+    ]

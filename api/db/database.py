@@ -79,10 +79,13 @@ from api.db.errors import (
     LockWaitGivenUp,
     MissingReference,
     OutcomeUnknown,
+    OutOfResources,
     PrivilegeDenied,
     RowSecurityViolation,
     StatementCancelled,
     UnknownName,
+    WritesRefused,
+    in_one_line,
 )
 from api.db.fair_share import FairShare, Share
 from api.db.pool import (
@@ -122,6 +125,10 @@ _UNKNOWN_NAME = (
     psycopg.errors.UndefinedObject,
     psycopg.errors.InvalidSchemaName,
 )
+
+# The SQLSTATE class of "insufficient resources" (disk full, out of memory, ...): psycopg gives each
+# code a class of its own, none of them a subclass of its InsufficientResources.
+_INSUFFICIENT_RESOURCES = "53"
 
 logger = logging.getLogger(__name__)
 
@@ -431,15 +438,26 @@ class Database:
             raise SafeToRetry("the server had ended the session before a write was sent")
         try:
             async with answer_within(connection, self.transactions.answer_timeout_seconds):
-                if self.transactions.pipelined:
-                    return await self._pipelined(connection, query, as_user, read_only=read_only)
-                return await self._one_message(
-                    connection,
-                    query,
-                    as_user,
-                    read_only=read_only,
-                    statement_timeout_ms=self.transactions.statement_timeout_ms,
-                )
+                try:
+                    if self.transactions.pipelined:
+                        return await self._pipelined(connection, query, as_user, read_only=read_only)
+                    return await self._one_message(
+                        connection,
+                        query,
+                        as_user,
+                        read_only=read_only,
+                        statement_timeout_ms=self.transactions.statement_timeout_ms,
+                    )
+                except psycopg.Error as error:
+                    if not read_only and _may_have_committed(connection, error):
+                        if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                            await connection.close()  # psycopg lost track of it: not back to the pool
+                        # In a pipeline, the server's error is the one psycopg met ending it.
+                        said = error.__context__ if isinstance(error.__context__, psycopg.Error) else error
+                        raise OutcomeUnknown(
+                            f"the database failed once the write's transaction had ended: {in_one_line(said)}"
+                        ) from None
+                    raise
         except SafeToRetry:
             raise
         except TimeoutError:
@@ -504,7 +522,7 @@ class Database:
             # Not back to the pool: a new session reaches whatever the URL names now, with the
             # settings it has now.
             await connection.close()
-            raise DatabaseUnavailable(f"the database refused a write: {error.diag.message_primary}") from None
+            raise WritesRefused(error.diag.message_primary) from None
         except psycopg.errors.QueryCanceled as error:
             # The server cancelled the statement (DB_STATEMENT_TIMEOUT_MS, or an operator) and said
             # so: the connection is sound, and the rest of the message, COMMIT included, was skipped.
@@ -519,6 +537,9 @@ class Database:
             await _roll_back(connection)
             if not (connection.broken or connection.closed):
                 # The server answered with an error: the transaction failed and was rolled back.
+                if (error.sqlstate or "").startswith(_INSUFFICIENT_RESOURCES):
+                    # A full disk, say: the server answered, so it is reachable.
+                    raise OutOfResources(in_one_line(error)) from None
                 raise
             if read_only:
                 raise SafeToRetry(f"the connection broke during a read: {error}") from error
@@ -595,6 +616,23 @@ class Database:
     def pings_sent(self) -> int:
         """Round trips readiness checks have asked for so far."""
         return self._ping_connection.sent
+
+
+def _may_have_committed(connection: Connection, error: psycopg.Error) -> bool:
+    """Whether a write whose transaction just failed, its connection still sound, may have committed.
+
+    A statement that fails inside BEGIN ... COMMIT leaves the transaction open and failed until
+    `_roll_back`: nothing committed. Ended instead, by an error of the server's, it was ended by its
+    COMMIT, and what failed was that COMMIT or came after it (WAKE_STREAMS, refused while the NOTIFY
+    queue is full); in a pipeline, such an error at its Sync leaves psycopg unable to end the
+    pipeline, the transaction still "active" to it. Either way its rows are lost with the error, and
+    the change may stand."""
+    if connection.broken:
+        return False  # `_on` tells a broken connection's outcome itself
+    status = connection.info.transaction_status
+    return status == psycopg.pq.TransactionStatus.ACTIVE or (
+        status == psycopg.pq.TransactionStatus.IDLE and error.sqlstate is not None
+    )
 
 
 async def _roll_back(connection: Connection) -> None:

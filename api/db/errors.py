@@ -134,6 +134,19 @@ class LockWaitGivenUp(DatabaseUnavailable):
     answered, so it is reachable; only this request was not done."""
 
 
+class WritesRefused(DatabaseUnavailable):
+    """The database refused a write for being read-only (SQLSTATE 25006) before it wrote anything: a
+    failover that left DATABASE_URL naming a standby, or default_transaction_read_only set while
+    serving. It answers, and reads are served; only writes are not."""
+
+
+class OutOfResources(DatabaseUnavailable):
+    """The database refused the statement for want of a resource and rolled the transaction back
+    (SQLSTATE class 53): its disk full ("could not extend file"), out of memory, or past a limit an
+    operator set (temp_file_limit). The database answered, so it is reachable, and nothing was
+    changed; it stays so until an operator frees or raises what ran out."""
+
+
 class AssignedIdTaken(DatabaseUnavailable):
     """The database assigned a new row an id its table already holds (SQLSTATE 23505 on a key in
     ASSIGNED_ID_KEYS): the identity's sequence is behind the table's rows, as after rows were loaded

@@ -27,8 +27,11 @@ from api.db.errors import (
     IsolationBreach,
     LockWaitGivenUp,
     OutcomeUnknown,
+    OutOfResources,
     StatementCancelled,
     UserShareExceeded,
+    WritesRefused,
+    in_one_line,
 )
 from api.db.isolation import IsolationUnverified, IsolationWatch
 from api.http.json_body import UnreadJson
@@ -422,6 +425,24 @@ def lock_wait_given_up() -> ProblemError:
     )
 
 
+def writes_refused() -> ProblemError:
+    # The database answers and serves reads: "cannot be reached" sent clients and operators after
+    # the network, and told a client that its reads would fail too.
+    return _database_unavailable(
+        "The database accepts no changes right now (it is read-only: a standby, say); nothing was"
+        " changed, and reads are still served. Try again shortly."
+    )
+
+
+def out_of_resources() -> ProblemError:
+    # As statement_cancelled: the database answered and rolled back. Not "cannot be reached": it
+    # answers, and a client told so would blame its network.
+    return _database_unavailable(
+        "The database is out of a resource it needs (its disk is full, say) and refused this request;"
+        " nothing was changed. Try again later."
+    )
+
+
 def assigned_id_taken() -> ProblemError:
     # As statement_cancelled: the database answered and rolled back. The words say whose it is to
     # fix, not which key: a client can do nothing but wait.
@@ -438,8 +459,8 @@ def outcome_unknown() -> ProblemError:
         503,
         ProblemType.OUTCOME_UNKNOWN,
         "Outcome unknown",
-        "The database stopped answering after your change was sent; it may or may not have been "
-        "made. Retry with the same Idempotency-Key, or read the task again before changing it.",
+        "The database stopped answering, or failed, after your change was sent; it may or may not "
+        "have been made. Retry with the same Idempotency-Key, or read the task again before changing it.",
         headers=_DATABASE_RETRY_AFTER,
     )
 
@@ -616,7 +637,9 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
         return problem_response(refused_by_the_database(exc.constraint))
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
-        logger.warning("database unavailable: %s", type(exc).__name__)
+        # With what the database (or the pool) said: the class alone reads the same for a server
+        # refusing logins, a dropped database and a failing disk.
+        logger.warning("database unavailable: %s", in_one_line(exc))
         return problem_response(database_unavailable())
 
     for unavailable in UNAVAILABLE:
@@ -638,6 +661,17 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
     async def on_lock_wait_given_up(_: Request, exc: LockWaitGivenUp) -> JSONResponse:
         logger.warning("lock wait given up: %s", exc)
         return problem_response(lock_wait_given_up())
+
+    @app.exception_handler(WritesRefused)
+    async def on_writes_refused(_: Request, exc: WritesRefused) -> JSONResponse:
+        logger.warning("the database refused a write for being read-only: %s", exc)
+        return problem_response(writes_refused())
+
+    @app.exception_handler(OutOfResources)
+    async def on_out_of_resources(_: Request, exc: OutOfResources) -> JSONResponse:
+        # An error, not a warning: it lasts until an operator frees or raises what ran out.
+        logger.error("the database is out of a resource it needs: %s", exc)
+        return problem_response(out_of_resources())
 
     @app.exception_handler(AssignedIdTaken)
     async def on_assigned_id_taken(_: Request, exc: AssignedIdTaken) -> JSONResponse:

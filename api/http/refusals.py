@@ -79,9 +79,9 @@ def service_unavailable(
     if writes:
         types.append(ProblemType.OUTCOME_UNKNOWN)
         text += (
-            f", except for type {ProblemType.OUTCOME_UNKNOWN.urn}: the database stopped answering "
-            "after the change was sent, so it may have been made; retry with the same Idempotency-Key, "
-            "or read the task before changing it again"
+            f", except for type {ProblemType.OUTCOME_UNKNOWN.urn}: the database stopped answering, "
+            "or failed, after the change was sent, so it may have been made; retry with the same "
+            "Idempotency-Key, or read the task before changing it again"
         )
     return error_response(text + ".", types=types, headers=retry_after(required=True))
 

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -117,7 +118,7 @@ def test_a_standby_met_while_serving_is_503_and_writes_nothing(
     user = new_user()
     with serving_client(create_app(settings_for(standby.url))) as http:
         created = http.post(f"/api/{user.id}/tasks", json={"title": "on a standby"}, headers=user.headers)
-        assert_problem(created, 503, "database-unavailable")
+        _says_writes_are_refused(created)
         assert created.headers["Retry-After"]
         listed = http.get(f"/api/{user.id}/tasks", headers=user.headers)
         assert listed.status_code == 200, "reads are still served"
@@ -137,18 +138,32 @@ def test_read_only_sessions_refuse_serve_and_migrate(tmp_path: Path, migrated_db
     assert "another migration" not in migrated.stderr
 
 
+def _says_writes_are_refused(refused: httpx.Response) -> None:
+    """Its detail said "The database cannot be reached right now" while reads were served."""
+    body = assert_problem(refused, 503, "database-unavailable")
+    assert "read-only" in body["detail"], body
+    assert "cannot be reached" not in body["detail"], body
+    assert "nothing was changed" in body["detail"], body
+
+
 def test_read_only_sessions_met_while_serving_are_503_until_the_setting_is_reset(
-    migrated_db_url: str,
+    migrated_db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Each refused session is closed rather than handed out again: once the setting is reset, writes
     get sessions that started after it, and succeed. Kept, a session stayed read-only for as long as
-    it lasted (half an hour)."""
+    it lasted (half an hour). The refusal was logged as "database unavailable: DatabaseUnavailable",
+    without the database's reason."""
     user = new_user()
     settings = settings_for(as_role(migrated_db_url), db_pool_size=1)
     _read_only_sessions(migrated_db_url)
     with serving_client(create_app(settings)) as http:
-        refused = http.post(f"/api/{user.id}/tasks", json={"title": "refused"}, headers=user.headers)
-        assert_problem(refused, 503, "database-unavailable")
+        with caplog.at_level(logging.WARNING, logger="api.http.problems"):
+            refused = http.post(f"/api/{user.id}/tasks", json={"title": "refused"}, headers=user.headers)
+        _says_writes_are_refused(refused)
+        assert [record.getMessage() for record in caplog.records if record.name == "api.http.problems"] == [
+            "the database refused a write for being read-only:"
+            " cannot execute INSERT in a read-only transaction"
+        ]
         assert http.get("/readyz").status_code == 503
         assert _tasks_of(migrated_db_url, user.id) == 0
         writable = "-c default_transaction_read_only=off"
