@@ -13,7 +13,8 @@
 -- to have rows in it) keeps the old sample, the erased rows included. So the statistics of every such
 -- table are cleared instead: by pg_clear_attribute_stats (PostgreSQL 18 on, for the tables' owner), or,
 -- before 18, by a superuser deleting them from pg_statistic; as anyone else there, the script stops
--- with an error naming the table. The planner has no statistics for an empty table to lose.
+-- with an error naming the table (where no one is a superuser, Neon before 18, they stay until an
+-- ANALYZE finds rows in the table again). The planner has no statistics for an empty table to lose.
 --
 -- What else outlives the rows (data files and WAL until reused, backups, Neon's history) is in
 -- docs/security.md, "What leaves the database".
@@ -45,7 +46,7 @@ BEGIN
         ELSIF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
             DELETE FROM pg_catalog.pg_statistic WHERE starelid = emptied.name;
         ELSE
-            RAISE EXCEPTION 'table % has no row left, and its statistics still quote its deleted rows: before PostgreSQL 18 only a superuser can clear them; run this script as one', emptied.name;
+            RAISE EXCEPTION 'table % has no row left, and its statistics may still quote its deleted rows: before PostgreSQL 18 only a superuser can clear them; run this script as one', emptied.name;
         END IF;
         RAISE NOTICE 'table % has no row left: its statistics were cleared', emptied.name;
     END LOOP;
