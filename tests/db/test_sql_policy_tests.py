@@ -77,6 +77,28 @@ def test_the_policies_pass(db: Conn, migrated_db_url: str, test_file: Path) -> N
     assert db.execute("select count(*) from users where id like 'sqltest-%'").fetchone() == (0,)
 
 
+@pytest.mark.parametrize("test_file", SQL_TESTS, ids=TABLES)
+def test_the_policies_give_up_rather_than_queue_behind_a_long_read_of_their_tables(
+    db: Conn, migrated_db_url: str, test_file: Path
+) -> None:
+    """README has a DBA run these files on the live database. task_events.sql and idempotency_keys.sql
+    lift FORCE with ALTER TABLE, whose lock queued behind any read of the table (a pg_dump, a long
+    report) for as long as it lasted, and every write of the API queued behind it: creates were 503
+    after DB_STATEMENT_TIMEOUT_MS until the read ended. Each file now waits a second at most for a
+    lock, then stops, changing nothing."""
+    with psycopg.connect(migrated_db_url) as reader:  # a read of every table, as pg_dump's
+        for table in TABLES:
+            reader.execute(sql.SQL("select count(*) from {}").format(sql.Identifier("public", table)))
+
+        command = [str(PSQL), migrated_db_url, "-X", "-v", "ON_ERROR_STOP=1", "-f", str(test_file)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=15, check=False)
+
+        assert result.returncode in (0, 3), result.stderr
+        if result.returncode == 3:
+            assert "canceling statement due to lock timeout" in result.stderr, result.stderr
+    assert db.execute("select count(*) from users where id like 'sqltest-%'").fetchone() == (0,)
+
+
 def policies_in_files(role: str) -> list[tuple[str, str, str]]:
     """(table, policy, command) for every CREATE POLICY ... TO `role` in sql/policies/."""
     found = []
