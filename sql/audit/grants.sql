@@ -1,6 +1,9 @@
--- What todo_app may do, as Postgres decides it: grants to todo_app itself, to PUBLIC and to any role
--- todo_app belongs to all count. One row per object and privilege; a privilege held on some columns
--- only lists them. Only objects outside the system catalogs are shown.
+-- What todo_app may do, as Postgres decides it: grants to todo_app itself, to PUBLIC, and to the roles
+-- whose privileges it inherits. todo_app is NOINHERIT, so a role it was made a member of counts only
+-- when granted WITH INHERIT TRUE; what it could reach by SET ROLE to any other is not listed here, and
+-- any such membership is a finding of the isolation check (sql/checks/reach.sql). One row per object
+-- and privilege; a privilege held on some columns only lists them. Only objects outside the system
+-- catalogs are shown.
 --     psql "$DATABASE_URL" -f sql/audit/grants.sql
 
 WITH app AS (
