@@ -29,7 +29,10 @@ granted AS (
     UNION ALL
     SELECT r.object_type, r.name, privilege, NULL
     FROM relations r, app,
-         pg_catalog.unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'])
+         -- MAINTAIN (LOCK in any mode, VACUUM, REINDEX) is new in PostgreSQL 17, unknown before.
+         pg_catalog.unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']
+                           || CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 170000
+                                   THEN ARRAY['MAINTAIN'] ELSE ARRAY[]::text[] END)
              AS privilege
     WHERE r.relkind <> 'S' AND pg_catalog.has_table_privilege(app.oid, r.oid, privilege)
 
@@ -63,4 +66,4 @@ SELECT object_type, object, privilege, columns
 FROM granted
 ORDER BY object_type, object,
          pg_catalog.array_position(ARRAY['USAGE', 'CREATE', 'SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
-                                         'REFERENCES', 'TRIGGER', 'EXECUTE'], privilege);
+                                         'REFERENCES', 'TRIGGER', 'MAINTAIN', 'EXECUTE'], privilege);
