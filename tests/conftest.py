@@ -35,6 +35,7 @@ from tests.support import (
     RIGHT_PASSWORD,
     ApiUser,
     as_role,
+    ask_for_passwords,
     new_user,
     serving,
     settings_for,
@@ -89,23 +90,15 @@ def superuser_url(postgres_server: NoopExecutor) -> str:
 
 @pytest.fixture(scope="session")
 def password_login_url(postgres_server: NoopExecutor, superuser_url: str) -> str:
-    """PASSWORD_ROLE's URL, with the right password, on the session's cluster.
-
-    That cluster trusts every login over its socket. A pg_hba.conf line put first asks this one
-    role, which nothing else logs in as, for its password; every other login matches the lines
-    below it as before. Each xdist worker has a cluster of its own, so no other run sees the change.
-    """
+    """PASSWORD_ROLE's URL, with the right password, on the session's cluster, which asks this one
+    role, which nothing else logs in as, for its password."""
     with psycopg.connect(superuser_url, autocommit=True) as connection:
         connection.execute(
             sql.SQL("create role {} login password {}").format(
                 sql.Identifier(PASSWORD_ROLE), sql.Literal(RIGHT_PASSWORD)
             )
         )
-        row = connection.execute("show hba_file").fetchone()
-        assert row is not None
-        hba = Path(row[0])
-        hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\n{hba.read_text()}")
-        connection.execute("select pg_reload_conf()")
+    ask_for_passwords(superuser_url, PASSWORD_ROLE)
     where = f"host={postgres_server.host}&port={postgres_server.port}"
     url = f"postgresql://{PASSWORD_ROLE}:{RIGHT_PASSWORD}@/postgres?{where}"
     psycopg.connect(url).close()  # the right password lets it in

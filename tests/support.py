@@ -59,6 +59,19 @@ API_LOGIN_ROLE = "todo_login"
 PASSWORD_ROLE, RIGHT_PASSWORD = "minder", "the-right-password-1f9c"
 
 
+def ask_for_passwords(superuser_url: str, *roles: str) -> None:
+    """Have the cluster ask `roles` for their password over its socket, which it trusts for every other
+    login: a pg_hba.conf line for each, put first, so every other login matches the lines below as
+    before. Each xdist worker has a cluster of its own, so no other run sees the change."""
+    with psycopg.connect(superuser_url, autocommit=True) as connection:
+        row = connection.execute("show hba_file").fetchone()
+        assert row is not None
+        hba = Path(row[0])
+        asked = "".join(f"local all {role} scram-sha-256\n" for role in roles)
+        hba.write_text(f"{asked}{hba.read_text()}")
+        connection.execute("select pg_reload_conf()")
+
+
 # How the API acts for a user inside a transaction (api/db/database.py), less the settings a test of
 # who sees what does not need: `set_config(..., true)` ends with the transaction.
 ACT_AS = "select set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"

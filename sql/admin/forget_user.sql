@@ -1,10 +1,11 @@
 -- Erasure of one user: removes every row the schema holds for them, in one transaction.
 --
---     psql "$DATABASE_URL" -X -v user_id='<Better Auth user id>' -f sql/admin/forget_user.sql
+--     psql "${MIGRATION_DATABASE_URL:-$DATABASE_URL}" -X -v user_id='<Better Auth user id>' -f sql/admin/forget_user.sql
 --
--- Run it as the tables' owner (the role that ran the migrations) or a superuser. Then revoke the
--- user at Better Auth: a token of theirs that is still valid stores their user row again on its next
--- write (docs/operations.md, "Erasing a user").
+-- Run it as the tables' owner (the role that ran the migrations) or a superuser, on a direct URL: the
+-- API's login role may not. Then revoke the user at Better Auth: a token of theirs that is still valid
+-- stores their user row again on its next write; and run sql/admin/vacuum_erased_tables.sql, so that no
+-- planner statistic still quotes their rows (docs/operations.md, "Erasing a user").
 --
 -- What it removes, where the user id is the owner of the row:
 --   public.tasks              their tasks (their titles and descriptions)

@@ -1,6 +1,9 @@
--- What todo_app may do, as Postgres decides it: grants to todo_app itself, to PUBLIC and to any role
--- todo_app belongs to all count. One row per object and privilege; a privilege held on some columns
--- only lists them. Only objects outside the system catalogs are shown.
+-- What todo_app may do, as Postgres decides it: grants to todo_app itself, to PUBLIC, and to the roles
+-- whose privileges it inherits. todo_app is NOINHERIT, so a role it was made a member of counts only
+-- when granted WITH INHERIT TRUE; what it could reach by SET ROLE to any other is not listed here, and
+-- any such membership is a finding of the isolation check (sql/checks/reach.sql). One row per object
+-- and privilege; a privilege held on some columns only lists them. Only objects outside the system
+-- catalogs are shown.
 --     psql "$DATABASE_URL" -f sql/audit/grants.sql
 
 WITH app AS (
@@ -26,7 +29,10 @@ granted AS (
     UNION ALL
     SELECT r.object_type, r.name, privilege, NULL
     FROM relations r, app,
-         pg_catalog.unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'])
+         -- MAINTAIN (LOCK in any mode, VACUUM, REINDEX) is new in PostgreSQL 17, unknown before.
+         pg_catalog.unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']
+                           || CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 170000
+                                   THEN ARRAY['MAINTAIN'] ELSE ARRAY[]::text[] END)
              AS privilege
     WHERE r.relkind <> 'S' AND pg_catalog.has_table_privilege(app.oid, r.oid, privilege)
 
@@ -60,4 +66,4 @@ SELECT object_type, object, privilege, columns
 FROM granted
 ORDER BY object_type, object,
          pg_catalog.array_position(ARRAY['USAGE', 'CREATE', 'SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
-                                         'REFERENCES', 'TRIGGER', 'EXECUTE'], privilege);
+                                         'REFERENCES', 'TRIGGER', 'MAINTAIN', 'EXECUTE'], privilege);

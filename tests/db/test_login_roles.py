@@ -19,6 +19,8 @@ from tests.support import (
     API_LOGIN_ROLE,
     SECRET,
     as_role,
+    ask_for_passwords,
+    assert_problem,
     new_user,
     run_cli,
     serving,
@@ -310,3 +312,66 @@ def test_login_role_refuses_an_existing_role_that_cannot_log_in(
     assert f"refusing --login-role {fresh_role}: it cannot log in (NOLOGIN)" in result.stderr
     assert "member of todo_app" not in result.stdout
     assert after == before, "todo_app was granted to nobody"
+
+
+def test_a_login_roles_password_changed_while_serving_is_taken_up_by_a_restart_or_a_second_role(
+    superuser_url: str, migrated_db: Conn, migrated_db_url: str, tmp_path: Path
+) -> None:
+    """docs/operations.md, "Changing the login role's password", as written: the new password ends no
+    session, so the API serves on until it needs a new connection, which the old password no longer
+    opens (a 503 that changes nothing); a restart with the new URL serves again; and a second login
+    role, made the same way, serves beside the first with no finding, until the first is dropped."""
+    current, succeeding = (f"todo_login_{secrets.token_hex(4)}" for _ in range(2))
+    ask_for_passwords(superuser_url, current, succeeding)
+
+    def url(role: str, password: str) -> str:
+        return as_role(migrated_db_url, f"{role}:{password}")
+
+    def migrate_login_role(role: str, password: str) -> None:
+        owner_and_login = {"MIGRATION_DATABASE_URL": migrated_db_url, "DATABASE_URL": url(role, password)}
+        result = run_cli("migrate", "--login-role", role, cwd=tmp_path, **owner_and_login)
+        assert result.returncode == 0, result.stderr
+        assert "its password is now DATABASE_URL's" in result.stdout
+
+    alice = new_user()
+    migrated_db.autocommit = True
+    try:
+        migrate_login_role(current, "the-first-password")
+        quick = {"db_pool_timeout_seconds": 1}
+        with serving_client(create_app(settings_for(url(current, "the-first-password"), **quick))) as api:
+            created = api.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers)
+            assert created.status_code == 201
+
+            migrate_login_role(current, "the-second-password")
+            assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
+
+            # Its sessions ended, as a database restart ends them: the old password opens no other.
+            with psycopg.connect(superuser_url, autocommit=True) as superuser:
+                superuser.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity where usename = %s", [current]
+                )
+            refused = api.post(alice.tasks_url, json={"title": "after"}, headers=alice.headers)
+            assert_problem(refused, 503, "database-unavailable")
+            assert api.get("/readyz").status_code == 503
+
+        titles = "select title from tasks where user_id = %s"
+        assert migrated_db.execute(titles, [alice.id]).fetchall() == [("before",)]
+        with serving_client(create_app(settings_for(url(current, "the-second-password")))) as api:
+            assert [task["title"] for task in api.get(alice.tasks_url, headers=alice.headers).json()] == [
+                "before"
+            ]
+
+            migrate_login_role(succeeding, "the-third-password")
+            with serving_client(create_app(settings_for(url(succeeding, "the-third-password")))) as next_api:
+                assert next_api.get("/readyz").status_code == 200
+                assert api.get("/readyz").status_code == 200
+                listed = next_api.get(alice.tasks_url, headers=alice.headers)
+                assert [task["title"] for task in listed.json()] == ["before"]
+
+        migrated_db.execute(sql.SQL("drop role {}").format(sql.Identifier(current)))
+        served = url(succeeding, "the-third-password")
+        audited = run_cli("policies", cwd=tmp_path, DATABASE_URL=served, BETTER_AUTH_SECRET=SECRET)
+        assert audited.returncode == 0, audited.stdout + audited.stderr
+    finally:
+        for role in (current, succeeding):
+            migrated_db.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))

@@ -506,3 +506,35 @@ def test_json_is_the_same_audit_for_machines(
     _, text_out = run_policies(migrated_db_url)
     for finding in weakened["findings"]:
         assert f"  - [{finding['kind']}] {finding['message']}" in text_out
+
+
+@pytest.mark.parametrize("privilege", ["truncate", "references", "trigger", "maintain"])
+def test_a_table_todo_app_may_only_truncate_reference_trigger_or_maintain_is_shown_open_to_it(
+    db: Conn, migrated_db_url: str, privilege: str
+) -> None:
+    """sql/audit/tables.sql says whether todo_app can reach a table at all, and counted SELECT, INSERT,
+    UPDATE and DELETE only: a table todo_app may TRUNCATE (which row-level security does not govern),
+    point a foreign key at, put a trigger on or LOCK (MAINTAIN), was listed "not open to todo_app"
+    beside the isolation check's finding about it."""
+    db.execute("create table audit_log (id int primary key)")
+    db.execute(sql.SQL("grant {} on audit_log to todo_app").format(sql.SQL(privilege)))
+
+    audit = audit_database(migrated_db_url)
+
+    (table,) = [table for table in audit.tables if table.name == "public.audit_log"]
+    assert table.open_to_todo_app
+    assert findings(migrated_db_url)
+
+
+def test_the_grants_to_todo_app_list_maintain(db: Conn, migrated_db_url: str) -> None:
+    """MAINTAIN (PostgreSQL 17 on) lets todo_app LOCK a table in any mode, VACUUM and REINDEX it. The
+    isolation check reports it; the list of grants that `todo-api policies` prints beside it did not
+    show it."""
+    db.execute("grant maintain on tasks to todo_app")
+
+    audit = audit_database(migrated_db_url)
+
+    assert ("table", "public.tasks", "MAINTAIN") in [
+        (g.object_type, g.object, g.privilege) for g in audit.grants
+    ]
+    assert findings(migrated_db_url)

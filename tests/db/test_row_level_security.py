@@ -5,15 +5,20 @@ like Neon's neondb_owner, has BYPASSRLS. Identities are switched exactly as the 
 a transaction: set_config('role', 'todo_app', true) and set_config('app.user_id', <id>, true).
 """
 
+import asyncio
+import secrets
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import errors
+from psycopg import errors, sql
 from psycopg.abc import Params
+from pytest_postgresql.executors import NoopExecutor
 
 from api.db.sql_files import SQL_DIR
-from tests.support import ACT_AS
+from api.ops.startup_checks import check_database
+from tests.conftest import url_for
+from tests.support import ACT_AS, as_role, settings_for
 
 ALICE = "aliceAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 BOB = "bobBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
@@ -326,3 +331,54 @@ def test_isolation_check_reports_a_table_with_rls_but_no_policy(db: Conn) -> Non
     db.execute("alter table notes enable row level security, force row level security")
     db.execute("grant select on notes to public")
     assert isolation_findings(db) == ["table notes is open to todo_app without a policy for it"]
+
+
+# --- a role of the DBA's own: reports, support staff (docs/operations.md) ---------------------------
+
+POLICED_TABLES = ["users", "tasks", "idempotency_keys", "task_events", "task_event_purges"]
+
+
+def test_a_role_for_reports_reads_no_row_until_a_superuser_lets_it_bypass_row_level_security(
+    db: Conn, migrated_db_url: str, migrated_template: NoopExecutor
+) -> None:
+    """docs/operations.md, "Reading the data by hand": a role given SELECT on every table, and
+    pg_read_all_data, reads no row the policies guard, silently, or is refused with row_security off;
+    with BYPASSRLS it reads every user's. Neither is an isolation finding: serve starts all the same."""
+    reports = f"reports_{secrets.token_hex(4)}"
+    superuser_url = url_for(migrated_template, db.info.dbname, user="postgres")
+    login_url = as_role(migrated_db_url)
+    grants = [
+        "grant usage on schema public, app to {}",
+        "grant select on all tables in schema public, app to {}",
+    ]
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(
+            sql.SQL("create role {} login in role pg_read_all_data").format(sql.Identifier(reports))
+        )
+        try:
+            for grant in grants:
+                db.execute(sql.SQL(grant).format(sql.Identifier(reports)))  # as the tables' owner
+            with psycopg.connect(as_role(migrated_db_url, reports), autocommit=True) as reader:
+                counts = [
+                    reader.execute(
+                        sql.SQL("select count(*) from {}").format(sql.Identifier("public", table))
+                    ).fetchone()
+                    for table in POLICED_TABLES
+                ]
+                assert counts == [(0,)] * len(POLICED_TABLES)
+                assert reader.execute("select count(*) from app.task_counts").fetchone() == (2,)
+                reader.execute("set row_security = off")
+                with pytest.raises(errors.InsufficientPrivilege) as refused:
+                    reader.execute("select count(*) from public.tasks")
+                assert_refused(refused, "query would be affected by row-level security policy")
+            asyncio.run(check_database(login_url, settings_for(login_url), workers=1))
+
+            superuser.execute(sql.SQL("alter role {} bypassrls").format(sql.Identifier(reports)))
+            with psycopg.connect(as_role(migrated_db_url, reports), autocommit=True) as reader:
+                titles = reader.execute("select user_id, title from public.tasks order by 1").fetchall()
+                assert titles == [(ALICE, "alice task"), (BOB, "bob task")]
+            asyncio.run(check_database(login_url, settings_for(login_url), workers=1))
+        finally:
+            # Its grants first (DROP OWNED revokes them), for a role outlives the test's database.
+            superuser.execute(sql.SQL("drop owned by {}").format(sql.Identifier(reports)))
+            superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(reports)))

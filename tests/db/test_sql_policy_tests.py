@@ -77,6 +77,28 @@ def test_the_policies_pass(db: Conn, migrated_db_url: str, test_file: Path) -> N
     assert db.execute("select count(*) from users where id like 'sqltest-%'").fetchone() == (0,)
 
 
+@pytest.mark.parametrize("test_file", SQL_TESTS, ids=TABLES)
+def test_the_policies_give_up_rather_than_queue_behind_a_long_read_of_their_tables(
+    db: Conn, migrated_db_url: str, test_file: Path
+) -> None:
+    """README has a DBA run these files on the live database. task_events.sql and idempotency_keys.sql
+    lift FORCE with ALTER TABLE, whose lock queued behind any read of the table (a pg_dump, a long
+    report) for as long as it lasted, and every write of the API queued behind it: creates were 503
+    after DB_STATEMENT_TIMEOUT_MS until the read ended. Each file now waits a second at most for a
+    lock, then stops, changing nothing."""
+    with psycopg.connect(migrated_db_url) as reader:  # a read of every table, as pg_dump's
+        for table in TABLES:
+            reader.execute(sql.SQL("select count(*) from {}").format(sql.Identifier("public", table)))
+
+        command = [str(PSQL), migrated_db_url, "-X", "-v", "ON_ERROR_STOP=1", "-f", str(test_file)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=15, check=False)
+
+        assert result.returncode in (0, 3), result.stderr
+        if result.returncode == 3:
+            assert "canceling statement due to lock timeout" in result.stderr, result.stderr
+    assert db.execute("select count(*) from users where id like 'sqltest-%'").fetchone() == (0,)
+
+
 def policies_in_files(role: str) -> list[tuple[str, str, str]]:
     """(table, policy, command) for every CREATE POLICY ... TO `role` in sql/policies/."""
     found = []
@@ -465,3 +487,46 @@ def test_events_removed_by_hand_need_row_level_security_bypassed_or_force_lifted
         assert superuser.execute(
             "select relforcerowsecurity from pg_class where oid = 'public.task_events'::regclass"
         ).fetchone() == (True,)
+
+
+VACUUM_ERASED_TABLES = SQL_DIR / "admin" / "vacuum_erased_tables.sql"
+
+
+def statistics_quoting(superuser: Conn, needle: str) -> list[str]:
+    """Every column of the API's tables whose planner statistics (pg_stats) hold `needle`."""
+    return [
+        row[0]
+        for row in superuser.execute(
+            "select format('%%s.%%s.%%s', schemaname, tablename, attname) from pg_stats s"
+            " where schemaname in ('public', 'app') and strpos(s::text, %s) > 0 order by 1",
+            [needle],
+        ).fetchall()
+    ]
+
+
+@pytest.mark.parametrize("others", [[], ["frank"]], ids=["the last user", "beside another user"])
+def test_vacuum_erased_tables_leaves_no_statistic_quoting_an_erased_user(
+    owner_and_superuser_urls: tuple[str, str], others: list[str]
+) -> None:
+    """docs/operations.md, "Erasing a user", step 3, said to ANALYZE the tables after an erasure, and
+    docs/security.md that the statistics quote rows until then. ANALYZE replaces a table's statistics
+    only when it samples rows: erasing the last user to have rows in a table left their titles in its
+    pg_stats for good. The script clears the statistics of such a table, and samples the others."""
+    owner_url, superuser_url = owner_and_superuser_urls
+    store_a_users_data(owner_url, ERASED, "Erinsecret")
+    for other in others:
+        store_a_users_data(owner_url, other, "Franknote")
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute("analyze")
+        assert "public.tasks.title" in statistics_quoting(superuser, "Erinsecret")
+        assert forget(owner_url, "-v", f"user_id={ERASED}").returncode == 0
+
+        result = subprocess.run(
+            [str(PSQL), owner_url, "-X", "-f", str(VACUUM_ERASED_TABLES)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+        assert result.returncode == 0, result.stderr
+        assert statistics_quoting(superuser, "Erinsecret") == []
+        if others:
+            assert "public.tasks.title" in statistics_quoting(superuser, "Franknote")
