@@ -12,11 +12,6 @@
 
 \set QUIET 1
 BEGIN;
--- A lock held elsewhere (a pg_dump, a long report, a migration) is waited for 1 second at most, and
--- then the file stops with `canceling statement due to lock timeout`, having changed nothing: run
--- it again. Queued behind such a lock, a lock this file takes would hold up every request of the
--- API that needs the table, for as long as that lock is held.
-SET LOCAL lock_timeout = '1s';
 \ir lib/assert.sql
 
 SET LOCAL ROLE todo_app;

@@ -9,6 +9,12 @@
 \pset format unaligned
 \pset tuples_only on
 
+-- A lock held elsewhere (a pg_dump, a long report, a migration) is waited for 1 second at most, and
+-- then the test file stops with `canceling statement due to lock timeout`, having changed nothing: run
+-- it again. Queued behind such a lock, a lock the file takes would hold up every request of the API
+-- that needs the table, for as long as that lock is held.
+SET LOCAL lock_timeout = '1s';
+
 CREATE FUNCTION pg_temp.ok(passed boolean, description text) RETURNS text
     LANGUAGE plpgsql
 AS $$
