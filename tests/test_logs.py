@@ -329,6 +329,19 @@ def test_text_format_escapes_the_control_characters_a_user_id_may_hold(serve: Se
     assert access.endswith("user=mallory\\x0dFORGED ERROR line \\x1b[2J\\x1b[31mred")
 
 
+def test_text_format_keeps_an_access_line_one_line_whatever_its_user_id_holds(serve: Serve) -> None:
+    """A newline in a token's sub ended the access line there: its user read as "mallory", and what
+    followed came out as a line of its own, which a reader (or grep) could take for the server's."""
+    sub = "mallory\n2026-12-01T22:30:51.043Z 1 ERROR api.access forged: the database is gone"
+    headers = {"Authorization": f"Bearer {mint_token(SECRET, sub)}", "X-Request-ID": "the-odd-one"}
+    with serve(LOG_FORMAT="text") as served, httpx.Client(base_url=served.base_url) as client:
+        assert client.get(f"/api/{quote(sub, safe='')}/tasks", headers=headers).status_code == 200
+    (access,) = [line for line in served.lines() if "forged" in line]
+    assert "the-odd-one" in access
+    user, forged = sub.split("\n")
+    assert access.endswith(f"user={user}\\x0a{forged}")
+
+
 def test_text_format_escapes_what_would_break_a_line_or_reorder_it_on_screen(serve: Serve) -> None:
     """Unicode's line and paragraph separators end a line for many readers (str.splitlines), and its
     bidirectional overrides and isolates make a terminal show what follows them in another order

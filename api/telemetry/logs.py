@@ -51,14 +51,19 @@ def new_request_id() -> str:
 _CONTROL_ESCAPES = {
     code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != ord("\n")
 } | {code: f"\\u{code:04x}" for code in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+# An access line has no further lines, and its user id is a token's sub, any text: a newline in it
+# ended the line there and began one that read as the server's own.
+_ONE_LINE_ESCAPES = _CONTROL_ESCAPES | {ord("\n"): "\\x0a"}
 
 
 class _TextFormatter(logging.Formatter):
     """Lines for people: a record's further lines (a traceback, the start-up hint) are indented, so
     that every line starts either with a time, a pid and a level, or with the record it continues;
-    other control characters are escaped."""
+    other control characters are escaped, and an access line is one line whatever it holds."""
 
     def format(self, record: logging.LogRecord) -> str:
+        if record.name == access.name:
+            return super().format(record).translate(_ONE_LINE_ESCAPES)
         return super().format(record).translate(_CONTROL_ESCAPES).replace("\n", "\n    ")
 
 
