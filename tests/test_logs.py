@@ -9,6 +9,8 @@ secret, password or task content, ever.
 import asyncio
 import json
 import re
+import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -30,13 +32,16 @@ from tests.support import (
     break_task_updates,
     cli_env,
     new_user,
+    scrape,
     serve_process,
+    value,
 )
 
 PASSWORD = "never-log-this-password"
 # RFC 3339, UTC, milliseconds: 2026-12-01T22:30:51.043Z
 RFC3339_UTC_MS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+REQUESTS = "todo_api_http_requests_total"
 
 
 @dataclass
@@ -175,6 +180,35 @@ def test_a_write_is_one_line_carrying_its_action_and_a_request_that_changed_noth
         else:
             assert (line["action"], line["task_id"]) == change, line
     assert not any(r["name"] == "api.changes" for r in records), "no second line for a change"
+
+
+def test_a_client_that_hangs_up_mid_body_is_logged_and_counted_as_the_400_it_never_reads(
+    serve: Serve, migrated_db_url: str
+) -> None:
+    """What the README tells an operator who sees 400s: the server hands the API the same early end
+    of a body whether its framing broke or its client left, and nothing is created."""
+    alice = new_user()
+    with serve() as served:
+        host, port = httpx.URL(served.base_url).host, httpx.URL(served.base_url).port
+        with socket.create_connection((host, port)) as connection:
+            connection.sendall(
+                f"POST {alice.tasks_url} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {alice.token}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\nX-Request-ID: hung-up\r\n\r\n"
+                '{"title": "never whole'.encode()
+            )
+        deadline = time.monotonic() + 10
+        while not (lines := [r for r in served.access() if r["request_id"] == "hung-up"]):
+            assert time.monotonic() < deadline, "no access line"
+            time.sleep(0.05)
+        counted = value(
+            scrape(served.base_url), REQUESTS, method="POST", route="/api/{user_id}/tasks", status="400"
+        )
+    assert [(line["route"], line["status"], line["user_id"]) for line in lines] == [
+        ("/api/{user_id}/tasks", 400, alice.id)
+    ]
+    assert counted == 1
+    with psycopg.connect(migrated_db_url) as db:
+        assert db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
 
 
 def test_a_write_that_leaves_the_task_as_it_was_carries_no_action(serve: Serve, migrated_db_url: str) -> None:
