@@ -10,10 +10,13 @@ import asyncio
 import json
 import re
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +30,7 @@ from tests.api.events_client import async_client, opened
 from tests.support import (
     CLI,
     SECRET,
+    ApiUser,
     assert_problem,
     break_event_reads,
     break_task_updates,
@@ -104,6 +108,73 @@ def test_every_line_is_json_and_each_request_has_one_access_line(serve: Serve) -
         assert record["level"] == "INFO"
     assert [r["user_id"] for r in access] == [alice.id, alice.id, None, None]
     assert not any(alice.id in r["route"] or "/no/such" in r["route"] for r in access), "never the raw path"
+
+
+# Runs the command in its arguments and copies what it writes to this process's standard output, 512
+# bytes every 2 ms, as a log collector that lags behind does; passes SIGTERM on.
+_LAGGING_COLLECTOR = """
+import os, signal, subprocess, sys, time
+served = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+signal.signal(signal.SIGTERM, lambda *_: served.send_signal(signal.SIGTERM))
+while chunk := os.read(served.stdout.fileno(), 512):
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+    time.sleep(0.002)
+sys.exit(served.wait())
+"""
+
+
+def test_records_of_several_workers_stay_whole_lines_through_a_pipe_that_lags(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """A write of more than PIPE_BUF bytes to a pipe is not atomic: while the collector lagged, each
+    500's record (its traceback takes it past 4 KiB) was cut by the other worker's lines, and a
+    third of the lines were not JSON."""
+    env = cli_env(
+        DATABASE_URL=migrated_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        RATE_LIMIT_PER_MINUTE="0",
+        # The function break_task_updates adds is a finding; the periodic check must not run meanwhile.
+        ISOLATION_CHECK_INTERVAL_SECONDS="3600",
+    )
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-c", _LAGGING_COLLECTOR, *CLI, "serve", "--workers", "2"]
+    users = [new_user() for _ in range(8)]
+
+    def update_and_list(base_url: str, user: ApiUser) -> list[int]:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            task = client.post(user.tasks_url, json={"title": "t"}, headers=user.headers).json()
+            statuses = []
+            for turn in range(10):
+                renamed = client.put(
+                    user.task_url(task["id"]), json={"title": f"{turn}"}, headers=user.headers
+                )
+                statuses += [
+                    renamed.status_code,
+                    client.get(user.tasks_url, headers=user.headers).status_code,
+                ]
+            return statuses
+
+    with serve_process(command, cwd=tmp_path, env=env, output=log) as (base_url, _):
+        with psycopg.connect(migrated_db_url, autocommit=True) as db:
+            break_task_updates(db)
+        with ThreadPoolExecutor(len(users)) as senders:
+            each = senders.map(partial(update_and_list, base_url), users)
+            answered = [status for statuses in each for status in statuses]
+    assert sorted(set(answered)) == [200, 500]
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert [line[:120] for line in lines if not _is_json(line)] == []
+    records = [json.loads(line) for line in lines]
+    assert len([r for r in records if r["level"] == "ERROR"]) == answered.count(500)
+    assert len({r["pid"] for r in records if r["name"] == "api.access"}) == 2, "both workers wrote"
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def test_a_refused_request_names_its_route_and_the_user_its_token_proved(serve: Serve) -> None:

@@ -6,13 +6,21 @@ tests), and every library's. `LOG_FORMAT=json` (the default when stdout is not a
 object per line; `LOG_FORMAT=text` writes lines for people. Every line carries its time in RFC 3339 UTC
 with milliseconds (`2026-12-01T22:30:51.043Z`), the pid of the process that wrote it (several workers
 share one stream) and its level.
+
+Under `todo-api serve` the workers write one standard error, a pipe to a log collector as often as not,
+and a write to a pipe of more than PIPE_BUF bytes (4096 on Linux) is not atomic: while the collector
+lags, a record that long (a 500's, with its traceback) was cut by the other workers' lines, and
+neither piece was JSON. So each record is written whole under a lock the workers share, a file
+`serve` names in LOG_LOCK_VARIABLE (`_WholeRecords`).
 """
 
+import fcntl
 import logging
+import os
 import re
 import sys
 import time
-from typing import Any, Literal
+from typing import IO, Any, Literal
 from uuid import uuid4
 
 from asgi_correlation_id import CorrelationIdFilter
@@ -22,6 +30,8 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 LogFormat = Literal["json", "text"]
 
 _HANDLER_NAME = "todo-api"
+# Set by `todo-api serve` for its processes: the file whose lock each holds while it writes a record.
+LOG_LOCK_VARIABLE = "TODO_API_LOG_LOCK"
 
 # A client's X-Request-ID is kept when it is 1 to 128 of these characters; anything else is
 # replaced by a generated id. It then appears in logs exactly as it is echoed.
@@ -90,6 +100,44 @@ class _JsonFormatter(OrjsonFormatter):
             return super().jsonify_log_record(_with_surrogates_escaped(log_data))
 
 
+class _WholeRecords(logging.StreamHandler[IO[str]]):
+    """A stream handler that writes each record while holding the lock file LOG_LOCK_VARIABLE names,
+    when it names one: two syscalls a record, so that records of several processes never cut one
+    another. Each process opens the file itself, since a lock taken through a descriptor inherited
+    across fork is the parent's lock too."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self._lock_file: IO[bytes] | None = None
+        self._locked_for = 0  # the pid that opened `_lock_file`
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lock = self._process_lock()
+        if lock is None:
+            super().emit(record)
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            super().emit(record)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _process_lock(self) -> IO[bytes] | None:
+        if self._lock_file is not None and self._locked_for == os.getpid():
+            return self._lock_file
+        # Looked for again while there is none: `serve` logs its first lines before it names the file.
+        path = os.environ.get(LOG_LOCK_VARIABLE)
+        if path is None:
+            return None
+        try:
+            # Kept open for the life of the process: every record takes its lock.
+            self._lock_file = open(path, "ab")  # noqa: SIM115
+        except OSError:
+            return None  # the serving folder is gone: serve is ending
+        self._locked_for = os.getpid()
+        return self._lock_file
+
+
 def _formatter(log_format: LogFormat) -> logging.Formatter:
     formatter: logging.Formatter
     if log_format == "json":
@@ -123,7 +171,7 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
     root = logging.getLogger()
     ours = next((handler for handler in root.handlers if handler.get_name() == _HANDLER_NAME), None)
     if ours is None:
-        ours = logging.StreamHandler(sys.stderr)
+        ours = _WholeRecords(sys.stderr)
         ours.set_name(_HANDLER_NAME)
         ours.addFilter(CorrelationIdFilter(default_value="-"))
         root.addHandler(ours)
