@@ -9,9 +9,14 @@ secret, password or task content, ever.
 import asyncio
 import json
 import re
+import socket
+import sys
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,18 +30,22 @@ from tests.api.events_client import async_client, opened
 from tests.support import (
     CLI,
     SECRET,
+    ApiUser,
     assert_problem,
     break_event_reads,
     break_task_updates,
     cli_env,
     new_user,
+    scrape,
     serve_process,
+    value,
 )
 
 PASSWORD = "never-log-this-password"
 # RFC 3339, UTC, milliseconds: 2026-12-01T22:30:51.043Z
 RFC3339_UTC_MS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+REQUESTS = "todo_api_http_requests_total"
 
 
 @dataclass
@@ -99,6 +108,73 @@ def test_every_line_is_json_and_each_request_has_one_access_line(serve: Serve) -
         assert record["level"] == "INFO"
     assert [r["user_id"] for r in access] == [alice.id, alice.id, None, None]
     assert not any(alice.id in r["route"] or "/no/such" in r["route"] for r in access), "never the raw path"
+
+
+# Runs the command in its arguments and copies what it writes to this process's standard output, 512
+# bytes every 2 ms, as a log collector that lags behind does; passes SIGTERM on.
+_LAGGING_COLLECTOR = """
+import os, signal, subprocess, sys, time
+served = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+signal.signal(signal.SIGTERM, lambda *_: served.send_signal(signal.SIGTERM))
+while chunk := os.read(served.stdout.fileno(), 512):
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+    time.sleep(0.002)
+sys.exit(served.wait())
+"""
+
+
+def test_records_of_several_workers_stay_whole_lines_through_a_pipe_that_lags(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """A write of more than PIPE_BUF bytes to a pipe is not atomic: while the collector lagged, each
+    500's record (its traceback takes it past 4 KiB) was cut by the other worker's lines, and a
+    third of the lines were not JSON."""
+    env = cli_env(
+        DATABASE_URL=migrated_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        RATE_LIMIT_PER_MINUTE="0",
+        # The function break_task_updates adds is a finding; the periodic check must not run meanwhile.
+        ISOLATION_CHECK_INTERVAL_SECONDS="3600",
+    )
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-c", _LAGGING_COLLECTOR, *CLI, "serve", "--workers", "2"]
+    users = [new_user() for _ in range(8)]
+
+    def update_and_list(base_url: str, user: ApiUser) -> list[int]:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            task = client.post(user.tasks_url, json={"title": "t"}, headers=user.headers).json()
+            statuses = []
+            for turn in range(10):
+                renamed = client.put(
+                    user.task_url(task["id"]), json={"title": f"{turn}"}, headers=user.headers
+                )
+                statuses += [
+                    renamed.status_code,
+                    client.get(user.tasks_url, headers=user.headers).status_code,
+                ]
+            return statuses
+
+    with serve_process(command, cwd=tmp_path, env=env, output=log) as (base_url, _):
+        with psycopg.connect(migrated_db_url, autocommit=True) as db:
+            break_task_updates(db)
+        with ThreadPoolExecutor(len(users)) as senders:
+            each = senders.map(partial(update_and_list, base_url), users)
+            answered = [status for statuses in each for status in statuses]
+    assert sorted(set(answered)) == [200, 500]
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert [line[:120] for line in lines if not _is_json(line)] == []
+    records = [json.loads(line) for line in lines]
+    assert len([r for r in records if r["level"] == "ERROR"]) == answered.count(500)
+    assert len({r["pid"] for r in records if r["name"] == "api.access"}) == 2, "both workers wrote"
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def test_a_refused_request_names_its_route_and_the_user_its_token_proved(serve: Serve) -> None:
@@ -175,6 +251,35 @@ def test_a_write_is_one_line_carrying_its_action_and_a_request_that_changed_noth
         else:
             assert (line["action"], line["task_id"]) == change, line
     assert not any(r["name"] == "api.changes" for r in records), "no second line for a change"
+
+
+def test_a_client_that_hangs_up_mid_body_is_logged_and_counted_as_the_400_it_never_reads(
+    serve: Serve, migrated_db_url: str
+) -> None:
+    """What the README tells an operator who sees 400s: the server hands the API the same early end
+    of a body whether its framing broke or its client left, and nothing is created."""
+    alice = new_user()
+    with serve() as served:
+        host, port = httpx.URL(served.base_url).host, httpx.URL(served.base_url).port
+        with socket.create_connection((host, port)) as connection:
+            connection.sendall(
+                f"POST {alice.tasks_url} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {alice.token}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\nX-Request-ID: hung-up\r\n\r\n"
+                '{"title": "never whole'.encode()
+            )
+        deadline = time.monotonic() + 10
+        while not (lines := [r for r in served.access() if r["request_id"] == "hung-up"]):
+            assert time.monotonic() < deadline, "no access line"
+            time.sleep(0.05)
+        counted = value(
+            scrape(served.base_url), REQUESTS, method="POST", route="/api/{user_id}/tasks", status="400"
+        )
+    assert [(line["route"], line["status"], line["user_id"]) for line in lines] == [
+        ("/api/{user_id}/tasks", 400, alice.id)
+    ]
+    assert counted == 1
+    with psycopg.connect(migrated_db_url) as db:
+        assert db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
 
 
 def test_a_write_that_leaves_the_task_as_it_was_carries_no_action(serve: Serve, migrated_db_url: str) -> None:
@@ -327,6 +432,19 @@ def test_text_format_escapes_the_control_characters_a_user_id_may_hold(serve: Se
     assert "\x1b" not in text
     (access,) = [line for line in served.lines() if "the-odd-one" in line]
     assert access.endswith("user=mallory\\x0dFORGED ERROR line \\x1b[2J\\x1b[31mred")
+
+
+def test_text_format_keeps_an_access_line_one_line_whatever_its_user_id_holds(serve: Serve) -> None:
+    """A newline in a token's sub ended the access line there: its user read as "mallory", and what
+    followed came out as a line of its own, which a reader (or grep) could take for the server's."""
+    sub = "mallory\n2026-12-01T22:30:51.043Z 1 ERROR api.access forged: the database is gone"
+    headers = {"Authorization": f"Bearer {mint_token(SECRET, sub)}", "X-Request-ID": "the-odd-one"}
+    with serve(LOG_FORMAT="text") as served, httpx.Client(base_url=served.base_url) as client:
+        assert client.get(f"/api/{quote(sub, safe='')}/tasks", headers=headers).status_code == 200
+    (access,) = [line for line in served.lines() if "forged" in line]
+    assert "the-odd-one" in access
+    user, forged = sub.split("\n")
+    assert access.endswith(f"user={user}\\x0a{forged}")
 
 
 def test_text_format_escapes_what_would_break_a_line_or_reorder_it_on_screen(serve: Serve) -> None:

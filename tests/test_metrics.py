@@ -222,3 +222,44 @@ def test_a_request_waiting_for_a_held_pool_is_counted_as_waiting(
     assert listed.json() == []
     stored = migrated_db.execute("select title from tasks where id = %s", [task["id"]]).fetchall()
     assert stored == [("after",)]
+
+
+def test_a_request_that_never_got_a_connection_is_no_database_transaction(
+    migrated_db: psycopg.Connection[Any], migrated_db_url: str
+) -> None:
+    """The transaction histogram times a connection taken, the statement run and the connection
+    returned, as its help says: a request that waited for the pool and was refused (503 here; a 429
+    for a user past their share alike) sent the database nothing, and read as a transaction as long
+    as DB_POOL_TIMEOUT_SECONDS, so a queue in front of a healthy database looked like a slow one."""
+    alice, bob = new_user(), new_user()
+    settings = settings_for(
+        migrated_db_url,
+        db_pool_size=1,
+        db_pool_timeout_seconds=1,
+        db_statement_timeout_ms=120_000,
+        # The periodic isolation check takes a pooled connection too; not during this test.
+        isolation_check_interval_seconds=3600,
+    )
+    with (
+        serving(create_app(settings)) as base_url,
+        httpx.Client(base_url=base_url, timeout=120) as client,
+        ThreadPoolExecutor(1) as sender,
+    ):
+        task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        migrated_db.execute("select 1 from tasks where id = %s for update", [task["id"]])
+        update = sender.submit(
+            client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
+        )
+        wait_until_it_waits_for(migrated_db, update)  # it holds the only connection
+        before = scrape(base_url)
+        refused = client.get(bob.tasks_url, headers=bob.headers)
+        after = scrape(base_url)
+        migrated_db.rollback()
+        assert update.result().status_code == 200
+
+    assert refused.status_code == 503, refused.text
+    transactions = "todo_api_db_transaction_duration_seconds_count"
+    assert value(after, transactions, mode="read_only") == value(before, transactions, mode="read_only")
+    assert value(after, "todo_api_http_unavailable_total", cause="database-unavailable") == 1 + value(
+        before, "todo_api_http_unavailable_total", cause="database-unavailable"
+    )

@@ -22,7 +22,7 @@ from api.ops.server import files_beside_connections
 from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor
 from api.tasks.models import TITLE_MAX_LENGTH
 from tests.api.events_client import async_client, open_once_a_place_is_free, opened
-from tests.support import CLI, SECRET, cli_env, free_port, new_user, now, serve_process, sign
+from tests.support import CLI, SECRET, cli_env, free_port, new_user, now, scrape, serve_process, sign, value
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +97,15 @@ BARE_REFUSALS = [
 def test_a_head_the_server_cannot_take_is_its_own_empty_answer_with_the_connection_closed(
     served: str, api_db: psycopg.Connection[Any], fields: bytes, status: int
 ) -> None:
-    """No problem document and no X-Request-ID: the app never saw the request, and granian (2.8) has
-    no setting that changes what it answers (docs/operations.md)."""
+    """No problem document, no X-Request-ID and no count in the metrics: the app never saw the request,
+    and granian (2.8) has no setting that changes what it answers (docs/operations.md)."""
     alice = new_user()
     head = (
         f"POST {alice.tasks_url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
         "Content-Type: application/json\r\n"
     ).encode()
+    counted = {"method": "POST", "route": "/api/{user_id}/tasks", "status": str(status)}
+    before = value(scrape(served), "todo_api_http_requests_total", **counted)
 
     answer, waited = _raw(served, head + fields + b"\r\n", wait=10)
 
@@ -115,6 +117,7 @@ def test_a_head_the_server_cannot_take_is_its_own_empty_answer_with_the_connecti
     assert (sent[b"connection"], sent[b"content-length"], body) == (b"close", b"0", b"")
     assert waited < 10, "the server closes the connection after its answer"
     assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
+    assert value(scrape(served), "todo_api_http_requests_total", **counted) == before
     # The document's 400 promised a problem from the API, and it had no 431: it says what this server
     # answers.
     spec = httpx.get(f"{served}/openapi.json").json()

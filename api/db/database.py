@@ -354,14 +354,10 @@ class Database:
 
         What it raises when the database cannot do the work now is listed in `api.db.errors.UNAVAILABLE`.
         """
-        started = time.perf_counter()
-        try:
-            if self._tracer is None:
-                return await self._transaction(user_id, query, read_only=read_only)
-            with transaction_span(self._tracer, read_only=read_only):
-                return await self._transaction(user_id, query, read_only=read_only)
-        finally:
-            (_READ_ONLY if read_only else _READ_WRITE).observe(time.perf_counter() - started)
+        if self._tracer is None:
+            return await self._transaction(user_id, query, read_only=read_only)
+        with transaction_span(self._tracer, read_only=read_only):
+            return await self._transaction(user_id, query, read_only=read_only)
 
     async def _transaction(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
         as_user = as_user_values(
@@ -418,11 +414,16 @@ class Database:
         finally:
             self._waiting_for_pool -= 1
         share.at_database += 1
+        # Timed from here, not from the request's first wait: one that waited for its share or the
+        # pool and was refused sent the database nothing, and read as a transaction as long as
+        # DB_POOL_TIMEOUT_SECONDS, so a queue in front of a healthy database looked like a slow one.
+        taken = time.perf_counter()
         try:
             return await self._on(connection, query, as_user, read_only=read_only)
         finally:
             share.at_database -= 1
             await self.pool.putconn(connection)
+            (_READ_ONLY if read_only else _READ_WRITE).observe(time.perf_counter() - taken)
 
     async def _on(
         self, connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool

@@ -57,7 +57,7 @@ from api.ops.startup_checks import (
     refuse_the_development_database_beyond_loopback,
 )
 from api.settings import EnvFileError, Settings, env_file_names, read_log_settings
-from api.telemetry.logs import configure_logging, default_format
+from api.telemetry.logs import LOG_LOCK_VARIABLE, configure_logging, default_format
 from api.telemetry.multiprocess import DIR_VARIABLE
 
 logger = logging.getLogger("api.ops.serve")
@@ -219,7 +219,8 @@ def _ready_message(base: str, *, generated_secret: bool, origins: str, data_dir:
 
 @contextmanager
 def _serving_folder() -> Iterator[Path]:
-    """A folder for this run's workers: their metrics, and the mark of the first one ready."""
+    """A folder for this run's workers: their metrics, the lock their log records are written under,
+    and the mark of the first one ready."""
     folder = Path(tempfile.mkdtemp(prefix="todo-api-serve-"))
     try:
         (folder / "metrics").mkdir()
@@ -253,6 +254,7 @@ def serve(args: argparse.Namespace) -> None:
         _database_url(settings, args.data_dir) as url,
     ):
         os.environ[DIR_VARIABLE] = str(folder / "metrics")
+        os.environ[LOG_LOCK_VARIABLE] = str(folder / "log.lock")
         origins = ",".join(settings.cors_origins)
         if development and not origins:
             origins = os.environ["CORS_ORIGINS"] = embedded.DEVELOPMENT_ORIGINS

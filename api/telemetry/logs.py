@@ -6,13 +6,21 @@ tests), and every library's. `LOG_FORMAT=json` (the default when stdout is not a
 object per line; `LOG_FORMAT=text` writes lines for people. Every line carries its time in RFC 3339 UTC
 with milliseconds (`2026-12-01T22:30:51.043Z`), the pid of the process that wrote it (several workers
 share one stream) and its level.
+
+Under `todo-api serve` the workers write one standard error, a pipe to a log collector as often as not,
+and a write to a pipe of more than PIPE_BUF bytes (4096 on Linux) is not atomic: while the collector
+lags, a record that long (a 500's, with its traceback) was cut by the other workers' lines, and
+neither piece was JSON. So each record is written whole under a lock the workers share, a file
+`serve` names in LOG_LOCK_VARIABLE (`_WholeRecords`).
 """
 
+import fcntl
 import logging
+import os
 import re
 import sys
 import time
-from typing import Any, Literal
+from typing import IO, Any, Literal
 from uuid import uuid4
 
 from asgi_correlation_id import CorrelationIdFilter
@@ -22,6 +30,8 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 LogFormat = Literal["json", "text"]
 
 _HANDLER_NAME = "todo-api"
+# Set by `todo-api serve` for its processes: the file whose lock each holds while it writes a record.
+LOG_LOCK_VARIABLE = "TODO_API_LOG_LOCK"
 
 # A client's X-Request-ID is kept when it is 1 to 128 of these characters; anything else is
 # replaced by a generated id. It then appears in logs exactly as it is echoed.
@@ -51,14 +61,19 @@ def new_request_id() -> str:
 _CONTROL_ESCAPES = {
     code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != ord("\n")
 } | {code: f"\\u{code:04x}" for code in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+# An access line has no further lines, and its user id is a token's sub, any text: a newline in it
+# ended the line there and began one that read as the server's own.
+_ONE_LINE_ESCAPES = _CONTROL_ESCAPES | {ord("\n"): "\\x0a"}
 
 
 class _TextFormatter(logging.Formatter):
     """Lines for people: a record's further lines (a traceback, the start-up hint) are indented, so
     that every line starts either with a time, a pid and a level, or with the record it continues;
-    other control characters are escaped."""
+    other control characters are escaped, and an access line is one line whatever it holds."""
 
     def format(self, record: logging.LogRecord) -> str:
+        if record.name == access.name:
+            return super().format(record).translate(_ONE_LINE_ESCAPES)
         return super().format(record).translate(_CONTROL_ESCAPES).replace("\n", "\n    ")
 
 
@@ -83,6 +98,44 @@ class _JsonFormatter(OrjsonFormatter):
             return super().jsonify_log_record(log_data)
         except TypeError:
             return super().jsonify_log_record(_with_surrogates_escaped(log_data))
+
+
+class _WholeRecords(logging.StreamHandler[IO[str]]):
+    """A stream handler that writes each record while holding the lock file LOG_LOCK_VARIABLE names,
+    when it names one: two syscalls a record, so that records of several processes never cut one
+    another. Each process opens the file itself, since a lock taken through a descriptor inherited
+    across fork is the parent's lock too."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self._lock_file: IO[bytes] | None = None
+        self._locked_for = 0  # the pid that opened `_lock_file`
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lock = self._process_lock()
+        if lock is None:
+            super().emit(record)
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            super().emit(record)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _process_lock(self) -> IO[bytes] | None:
+        if self._lock_file is not None and self._locked_for == os.getpid():
+            return self._lock_file
+        # Looked for again while there is none: `serve` logs its first lines before it names the file.
+        path = os.environ.get(LOG_LOCK_VARIABLE)
+        if path is None:
+            return None
+        try:
+            # Kept open for the life of the process: every record takes its lock.
+            self._lock_file = open(path, "ab")  # noqa: SIM115
+        except OSError:
+            return None  # the serving folder is gone: serve is ending
+        self._locked_for = os.getpid()
+        return self._lock_file
 
 
 def _formatter(log_format: LogFormat) -> logging.Formatter:
@@ -118,7 +171,7 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
     root = logging.getLogger()
     ours = next((handler for handler in root.handlers if handler.get_name() == _HANDLER_NAME), None)
     if ours is None:
-        ours = logging.StreamHandler(sys.stderr)
+        ours = _WholeRecords(sys.stderr)
         ours.set_name(_HANDLER_NAME)
         ours.addFilter(CorrelationIdFilter(default_value="-"))
         root.addHandler(ours)

@@ -14,8 +14,6 @@ killed is forgotten by the worker that replaces it (`forget_dead_worker`).
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -82,15 +80,6 @@ def record_isolation_verdict(findings: int, *, completed: bool) -> None:
     isolation_findings.set(findings)
     if completed:
         isolation_checked_at.set(time.time())
-
-
-@contextmanager
-def timed_transaction(mode: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        transaction_duration.labels(mode).observe(time.perf_counter() - started)
 
 
 def exposition() -> bytes:

@@ -16,7 +16,18 @@ from api.db.listener import wake_tag
 from tests.api.events_client import async_client, opened
 from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with, wait_for
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import ApiUser, assert_problem, better_auth_id, now, sessions_waiting_on_a_lock, sign
+from tests.support import (
+    ApiUser,
+    assert_problem,
+    better_auth_id,
+    now,
+    scrape,
+    sessions_waiting_on_a_lock,
+    sign,
+    value,
+)
+
+UNAVAILABLE = "todo_api_http_unavailable_total"
 
 
 async def _started(key_set: JwksKeySet) -> JwksKeySet:
@@ -81,9 +92,13 @@ def test_a_key_published_within_the_cooldown_is_503_until_it_may_be_fetched_not_
         server.publish(rotated)
         user_id = better_auth_id()
         user = ApiUser(user_id, rotated.sign(claims_for(server.base_url, user_id)))
+        cause = {"cause": "authentication-unavailable"}
+        counted = value(scrape(str(client.base_url)), UNAVAILABLE, **cause)
         response = client.post(user.tasks_url, json={"title": "Signed by the new key"}, headers=user.headers)
 
         assert_problem(response, 503, "authentication-unavailable")
+        # No warning names it (any client can send a kid), so the metric is how an operator sees it.
+        assert value(scrape(str(client.base_url)), UNAVAILABLE, **cause) == counted + 1
         assert 1 <= int(response.headers["retry-after"]) <= 30, "when the cooldown lets a fetch through"
         assert api_db.execute("select count(*) from users where id = %s", [user_id]).fetchone() == (0,)
         assert server.fetch_count() == 2, "the cooldown still holds"
