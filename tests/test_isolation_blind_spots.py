@@ -171,6 +171,18 @@ BLIND_SPOTS = {
         "exclusion constraint one_title on public.tasks starts with title, not the owner",
         "isolation",
     ),
+    # Foreign-key checks see every row too: a task whose description is another user's id was stored,
+    # and one naming nobody was refused (a 500), so any user could tell which ids exist.
+    "a foreign key from what a user writes": BlindSpot(
+        [
+            "alter table public.tasks add constraint description_names_a_user "
+            "foreign key (description) references public.users (id) not valid"
+        ],
+        ["alter table public.tasks drop constraint description_names_a_user"],
+        "foreign key description_names_a_user on public.tasks starts with description and references "
+        "public.users (id), not the owner",
+        "isolation",
+    ),
     "row_security off for the login role": BlindSpot(
         ["alter role todo_owner in database todo set row_security = off"],
         ["alter role todo_owner in database todo reset row_security"],

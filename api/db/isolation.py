@@ -33,7 +33,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from api.db.database import Database
-from api.db.errors import UNAVAILABLE, AlreadyExists, IsolationBreach, in_one_line
+from api.db.errors import UNAVAILABLE, AlreadyExists, IsolationBreach, MissingReference, in_one_line
 from api.db.pool import Connection, answer_within, ended_while_idle
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
@@ -371,6 +371,12 @@ class IsolationWatch:
         a repeated Idempotency-Key, is caught before this): a key on what a user writes, whose
         conflict would tell the caller that another user stored the value."""
         self._distrust(f"the database refused a write for a unique key the API does not expect: {refusal}")
+
+    def distrust_foreign_key(self, refusal: MissingReference) -> None:
+        """The database refused a write for a foreign key whose parent row is not there, after the
+        caller's user row was stored again (`StoredOwners.run`): a key the API does not ship, on
+        what a user writes, whose refusal tells the caller which of other users' rows exist."""
+        self._distrust(f"the database refused a write for a foreign key the API does not expect: {refusal}")
 
     def _distrust(self, reason: str) -> None:
         """The database did something isolation forbids: refuse until a check completes clean,
