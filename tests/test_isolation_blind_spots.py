@@ -190,6 +190,13 @@ BLIND_SPOTS = {
         "ALTER ROLE todo_owner IN DATABASE todo SET",
         "isolation",
     ),
+    # A transaction as todo_app that did not set app.user_id then saw that user's rows, not none.
+    "app.user_id for the database": BlindSpot(
+        ["alter database todo set app.user_id = 'someone'"],
+        ["alter database todo reset app.user_id"],
+        "setting app.user_id=someone applies to the login role todo_owner through ALTER DATABASE todo SET",
+        "isolation",
+    ),
     "a search_path for the database": BlindSpot(
         ["alter database todo set search_path = public"],
         ["alter database todo reset search_path"],
