@@ -119,6 +119,14 @@ BLIND_SPOTS = {
         ["drop extension citext"],
         "operator public.=(text, character varying) is not in what todo-api ships",
     ),
+    # On user_id, a nondeterministic collation (ICU's und-u-ks-level2) would make the policies' = admit
+    # 'ALICE' to alice's rows: the policies dropped, the column altered, `todo-api migrate` applies
+    # them again unchanged. The wheel's Postgres has no ICU; a libc collation shows the same object.
+    "a collation made after initdb": BlindSpot(
+        ["create collation public.user_ids (provider = libc, locale = 'C')"],
+        ["drop collation public.user_ids"],
+        "collation public.user_ids is not in what todo-api ships",
+    ),
     "a foreign table granted to todo_app, claimed by its extension": BlindSpot(
         [
             "create extension postgres_fdw",
