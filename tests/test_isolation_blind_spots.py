@@ -119,6 +119,14 @@ BLIND_SPOTS = {
         ["drop extension citext"],
         "operator public.=(text, character varying) is not in what todo-api ships",
     ),
+    # On user_id, a nondeterministic collation (ICU's und-u-ks-level2) would make the policies' = admit
+    # 'ALICE' to alice's rows: the policies dropped, the column altered, `todo-api migrate` applies
+    # them again unchanged. The wheel's Postgres has no ICU; a libc collation shows the same object.
+    "a collation made after initdb": BlindSpot(
+        ["create collation public.user_ids (provider = libc, locale = 'C')"],
+        ["drop collation public.user_ids"],
+        "collation public.user_ids is not in what todo-api ships",
+    ),
     "a foreign table granted to todo_app, claimed by its extension": BlindSpot(
         [
             "create extension postgres_fdw",
@@ -171,11 +179,30 @@ BLIND_SPOTS = {
         "exclusion constraint one_title on public.tasks starts with title, not the owner",
         "isolation",
     ),
+    # Foreign-key checks see every row too: a task whose description is another user's id was stored,
+    # and one naming nobody was refused (a 500), so any user could tell which ids exist.
+    "a foreign key from what a user writes": BlindSpot(
+        [
+            "alter table public.tasks add constraint description_names_a_user "
+            "foreign key (description) references public.users (id) not valid"
+        ],
+        ["alter table public.tasks drop constraint description_names_a_user"],
+        "foreign key description_names_a_user on public.tasks starts with description and references "
+        "public.users (id), not the owner",
+        "isolation",
+    ),
     "row_security off for the login role": BlindSpot(
         ["alter role todo_owner in database todo set row_security = off"],
         ["alter role todo_owner in database todo reset row_security"],
         "setting row_security=off applies to the login role todo_owner through "
         "ALTER ROLE todo_owner IN DATABASE todo SET",
+        "isolation",
+    ),
+    # A transaction as todo_app that did not set app.user_id then saw that user's rows, not none.
+    "app.user_id for the database": BlindSpot(
+        ["alter database todo set app.user_id = 'someone'"],
+        ["alter database todo reset app.user_id"],
+        "setting app.user_id=someone applies to the login role todo_owner through ALTER DATABASE todo SET",
         "isolation",
     ),
     "a search_path for the database": BlindSpot(

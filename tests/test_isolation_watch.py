@@ -479,6 +479,45 @@ def test_a_unique_key_the_api_does_not_expect_is_refused_and_checked_at_once(
     assert keys.fetchone() == (0,)
 
 
+def test_a_foreign_key_the_api_does_not_expect_is_refused_and_checked_at_once(
+    migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A foreign key from what users write to another user's row (here: a description must name a
+    user) stored a task that named bob and answered 500 to one that named nobody, so alice could tell
+    which ids exist; now a 503 for everyone, and a check at once that finds the key (the next
+    interval is an hour away here)."""
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+    alice, bob = new_user(), new_user()
+    with serving_client(create_app(settings)) as api:
+        assert api.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers).status_code == 201
+        assert api.post(alice.tasks_url, json={"title": "alice's"}, headers=alice.headers).status_code == 201
+        db.execute(
+            "alter table public.tasks add constraint description_names_a_user "
+            "foreign key (description) references public.users (id) not valid"
+        )
+        try:
+            with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+                probe = {"title": "probe", "description": "nobody"}
+                probed = api.post(alice.tasks_url, json=probe, headers=alice.headers)
+                assert_problem(probed, 503, "isolation-unverified")
+                guess = {"title": "probe", "description": bob.id}
+                assert_problem(
+                    api.post(alice.tasks_url, json=guess, headers=alice.headers), 503, "isolation-unverified"
+                )
+                eventually(
+                    lambda: any(
+                        "foreign key description_names_a_user on public.tasks starts with description"
+                        in record.getMessage()
+                        for record in caplog.records
+                    ),
+                    "the check ran at once and found the key",
+                )
+            assert api.get("/readyz").status_code == 503
+        finally:
+            db.execute("alter table public.tasks drop constraint description_names_a_user")
+    assert db.execute("select count(*) from tasks where title = 'probe'").fetchone() == (0,)
+
+
 def test_a_read_refused_for_row_level_security_is_logged_as_a_read_and_its_session_dropped(
     migrated_db_url: str, db: Conn, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,7 +33,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from api.db.database import Database
-from api.db.errors import UNAVAILABLE, AlreadyExists, IsolationBreach, in_one_line
+from api.db.errors import UNAVAILABLE, AlreadyExists, IsolationBreach, MissingReference, in_one_line
 from api.db.pool import Connection, answer_within, ended_while_idle
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
@@ -56,6 +56,13 @@ _INCOMPLETE = "the isolation check could not complete"
 # After a check that could not complete (the database restarting, say), the next one comes this
 # soon, so that serving resumes within about a second of the database answering again.
 _RETRY_INCOMPLETE_SECONDS = 1.0
+# Sooner still when a request asks (`IsolationWatch.admit`) after a check that could not reach the
+# database: each such check is first a connection attempt, which a server that is starting up
+# answers with a process of its own, so requests during an outage ask for at most one this often.
+_SOONEST_ASKED_CHECK_SECONDS = 0.1
+# How long a request waits for the check it asked for before it is refused as before: a connection
+# attempt that hangs (a network gone silent) must not hold requests longer than the retry would.
+_ASKED_CHECK_WAIT_SECONDS = _RETRY_INCOMPLETE_SECONDS
 
 
 # What a finding's fix depends on, for whoever advises on it (`todo-api serve`): the tables are
@@ -248,6 +255,12 @@ class IsolationWatch:
         # How many times the database answered as isolation forbids (`_distrust`): a check during
         # which this grew keeps no clean verdict.
         self._distrusts = 0
+        # Whether the last verdict is a check that had no connection to the database (`admit`).
+        self._unreachable = False
+        # Resolved once the check requests asked for has ended (`admit`).
+        self._asked: asyncio.Future[None] | None = None
+        # When the last check ended (time.monotonic()), for the spacing of asked checks.
+        self._last_check_ended = -math.inf
 
     def seconds_until_next_check(self) -> int:
         """Retry-After for a refused request: when the next check may serve again, which after one
@@ -261,6 +274,32 @@ class IsolationWatch:
         if not self.verified:
             raise IsolationUnverified(self.seconds_until_next_check())
 
+    async def admit(self) -> None:
+        """Fail closed as `refuse_unless_verified` does, for a request about to be admitted; but while
+        the last check could not reach the database, first ask for a check at once and wait for it.
+
+        After a database restart the scheduled retry came up to a second after the database
+        answered again, and every request meanwhile was refused. Now the first request asks, those
+        that arrive meanwhile wait for the same check (or, if one already running fails, the next),
+        and none is let through unless a check comes back clean."""
+        if self.verified or not self._unreachable:
+            self.refuse_unless_verified()
+            return
+        if self._asked is None:
+            self._asked = asyncio.get_running_loop().create_future()
+            self._check_now.set()
+        # Not cancelled at the bound: the check goes on, for the requests after this one.
+        await asyncio.wait({self._asked}, timeout=_ASKED_CHECK_WAIT_SECONDS)
+        self.refuse_unless_verified()
+
+    def _lost_its_connection(self) -> bool:
+        """Whether the check that just ended had no connection to the database: none could be made,
+        or the one it used broke or went silent (and was closed). One whose connection answered but
+        refused it (a lock, a timeout, a privilege) would be refused again: asking for another at
+        once would only add load."""
+        kept = self._kept
+        return kept is None or kept.closed or kept.broken
+
     async def check(self) -> tuple[Finding, ...]:
         """Run the check and keep its verdict; one that cannot complete is a finding."""
         distrusts = self._distrusts
@@ -271,12 +310,14 @@ class IsolationWatch:
             # verdict, which serves again at once, nor one that could not complete, which may have
             # waited out a timeout: refusing must not wait twice.
             findings = await self._findings()
+        unreachable = _incomplete(findings) and self._lost_its_connection()
         if not findings and self._distrusts != distrusts:
             # The database answered as isolation forbids while this check ran, which read it as it was
             # before, maybe: its clean verdict would serve until the check `_distrust` asked for,
             # which runs next, decides.
             return self.findings
         self._record(findings, completed=not _incomplete(findings))
+        self._unreachable = unreachable
         return findings
 
     async def _findings(self) -> tuple[Finding, ...]:
@@ -331,11 +372,18 @@ class IsolationWatch:
         conflict would tell the caller that another user stored the value."""
         self._distrust(f"the database refused a write for a unique key the API does not expect: {refusal}")
 
+    def distrust_foreign_key(self, refusal: MissingReference) -> None:
+        """The database refused a write for a foreign key whose parent row is not there, after the
+        caller's user row was stored again (`StoredOwners.run`): a key the API does not ship, on
+        what a user writes, whose refusal tells the caller which of other users' rows exist."""
+        self._distrust(f"the database refused a write for a foreign key the API does not expect: {refusal}")
+
     def _distrust(self, reason: str) -> None:
         """The database did something isolation forbids: refuse until a check completes clean,
         and run that check now rather than at the next interval."""
         self._distrusts += 1
         self._record((Finding("isolation", reason),), completed=False)
+        self._unreachable = False
         self._next_check_at = time.monotonic()
         self._check_now.set()
 
@@ -353,6 +401,7 @@ class IsolationWatch:
                 role = await login_role(connection)
         except UNAVAILABLE as error:
             self._record((could_not_complete(error),), completed=False)
+            self._unreachable = True
             return
         if role.warning:
             logger.warning("todo-api: %s", role.warning)
@@ -363,7 +412,8 @@ class IsolationWatch:
             raise IsolationError(findings)
 
     async def keep_checking(self) -> None:
-        """Repeat the check until cancelled: every interval, or at once when asked (`_distrust`)."""
+        """Repeat the check until cancelled: every interval, or at once when asked (`_distrust`,
+        `admit`)."""
         while True:
             wait = (
                 min(self.interval_seconds, _RETRY_INCOMPLETE_SECONDS)
@@ -374,5 +424,20 @@ class IsolationWatch:
                 self._next_check_at = time.monotonic() + wait
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), wait)
+            if self._asked is not None and self._unreachable:
+                # Asked by requests during an outage (a distrust replaces that verdict and is
+                # checked at once): spaced out, so that requests cannot make a storm of connections.
+                await asyncio.sleep(self._last_check_ended + _SOONEST_ASKED_CHECK_SECONDS - time.monotonic())
             self._check_now.clear()
-            await self.check()
+            asked, self._asked = self._asked, None
+            try:
+                await self.check()
+            finally:
+                self._last_check_ended = time.monotonic()
+                if asked is not None:
+                    asked.set_result(None)
+                if self.verified and self._asked is not None:
+                    # Asked while this check ran, which came back clean: no need to wait for another.
+                    self._asked.set_result(None)
+                    self._asked = None
+                    self._check_now.clear()

@@ -144,8 +144,9 @@ class AuthenticatedRoute(Utf8JsonRoute):
 
         async def admit_then_handle(request: Request) -> Response:
             shared = services(request.app)
-            # Fail closed: while the last isolation check found anything, no request reaches the database.
-            shared.isolation.refuse_unless_verified()
+            # Fail closed: while the last isolation check found anything, no request reaches the database
+            # (after one that could not reach it, the first request asks for another at once).
+            await shared.isolation.admit()
             verified = await _authorized_caller(request, shared)
             user = verified.principal
             request.state.caller = Caller(

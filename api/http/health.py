@@ -31,7 +31,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> dict[str, str]:
     shared = services(request.app)
     # Fail closed, as a task request does: not ready while the last isolation check found anything.
-    shared.isolation.refuse_unless_verified()
+    await shared.isolation.admit()
     if not await shared.readiness.reachable():
         raise database_unavailable()
     return {"status": "ready"}

@@ -26,6 +26,7 @@ from api.db.errors import (
     DatabaseBusy,
     IsolationBreach,
     LockWaitGivenUp,
+    MissingReference,
     OutcomeUnknown,
     OutOfResources,
     StatementCancelled,
@@ -628,6 +629,14 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
         # check reports: answering its conflict would tell the caller another user stored the
         # value. Fail closed, as for a row-security violation, until a check completes clean.
         isolation.distrust_unique_key(exc)
+        return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
+
+    @app.exception_handler(MissingReference)
+    async def on_unexpected_foreign_key(_: Request, exc: MissingReference) -> JSONResponse:
+        # A key the API ships that finds the caller's user row gone is retried below this layer,
+        # the row stored again; any other is a key on what a user writes, which the isolation check
+        # reports: answering it would tell the caller whether another user's row exists.
+        isolation.distrust_foreign_key(exc)
         return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
 
     @app.exception_handler(CheckRefused)

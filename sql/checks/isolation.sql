@@ -175,6 +175,27 @@ WHERE (i.indisunique OR i.indisexclusion)
       OR a.attidentity = 'a'
   )
 
+-- A foreign key's check sees every row as well: a write whose value names a row of another user is
+-- stored, one that names no row is refused, so the writer learns which rows exist. A key must start
+-- with the owner column on both sides (user_id, referencing public.users' id or another user_id):
+-- the policies fix it to the writer, so the check only ever finds the writer's own rows. This holds
+-- on every table todo_app reaches, written by it or, from what it writes, by a trigger.
+UNION ALL
+SELECT pg_catalog.format('foreign key %I on %I.%I starts with %I and references %I.%I (%I), not the owner: a '
+                         'write that names a row of another user tells the writer that row exists '
+                         '(make the key start with user_id on both sides)',
+                         con.conname, n.nspname, c.relname, a.attname, rn.nspname, rc.relname, ra.attname)
+FROM exposed_tables t
+JOIN pg_catalog.pg_constraint con ON con.conrelid = t.oid AND con.contype = 'f'
+JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+JOIN pg_catalog.pg_class rc ON rc.oid = con.confrelid
+JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+JOIN pg_catalog.pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = con.confkey[1]
+WHERE NOT (a.attname = 'user_id'
+           AND (ra.attname = 'user_id' OR (ra.attname = 'id' AND rn.nspname = 'public' AND rc.relname = 'users')))
+
 -- Whoever can become todo_app can set app.user_id to anyone. Members and holders of ADMIN (who may
 -- grant todo_app to themselves), through any chain of roles, are the login role, the database's or
 -- schema app's owner (the roles that administer it, docs/security.md "What is trusted"), and login

@@ -12,10 +12,10 @@
 --     each relation todo_app or PUBLIC holds any privilege on (per column too), every function
 --     with its volatility, leakproofness, strictness, parallel safety and a digest of its body (a
 --     trigger runs its function without EXECUTE, so all of them count; an IMMUTABLE identity lets
---     a prepared statement's generic plan keep one caller for everyone after), every operator and
---     cast (an operator named = found first on the search_path decides what a WHERE means), every
---     rule, trigger and event trigger, every policy, and row-level security's flags on each table
---     todo_app reaches;
+--     a prepared statement's generic plan keep one caller for everyone after), every operator,
+--     cast and collation (an operator named = found first on the search_path, or a column's
+--     nondeterministic collation, decides what a WHERE means), every rule, trigger and event
+--     trigger, every policy, and row-level security's flags on each table todo_app reaches;
 --   - objects initdb made are judged by their privileges: anything granted to todo_app or PUBLIC
 --     beyond what pg_init_privs says they came with, and every SECURITY DEFINER function todo_app
 --     may call;
@@ -247,6 +247,19 @@ SELECT 'cast',
 FROM pg_catalog.pg_cast c
 CROSS JOIN todo_app a
 WHERE c.oid >= 16384
+
+-- A column compares with its own collation, over the default one of the value it is compared with: a
+-- nondeterministic collation (ICU's und-u-ks-level2, say) on user_id would make the policies' `user_id
+-- = the caller's id` admit 'ALICE' to alice's rows. Every collation made after initdb counts.
+UNION ALL
+SELECT 'collation', pg_catalog.format('%I.%I', n.nspname, c.collname),
+       pg_catalog.concat_ws('; ',
+           CASE c.collprovider WHEN 'i' THEN 'provider icu' WHEN 'b' THEN 'provider builtin'
+                               WHEN 'c' THEN 'provider libc' ELSE 'the database''s provider' END,
+           CASE WHEN c.collisdeterministic THEN 'deterministic' ELSE 'NONDETERMINISTIC' END)
+FROM pg_catalog.pg_collation c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.collnamespace
+WHERE c.oid >= 16384 AND n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast%'
 
 UNION ALL
 SELECT 'policy', pg_catalog.format('%s "%s"', r.name, p.polname),

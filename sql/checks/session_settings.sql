@@ -35,7 +35,11 @@ needed_settings(name, value, otherwise) AS (
             'and a deleted task''s stored answer stays'),
            ('search_path', '"$user", public',
             'the statements, which name their tables unqualified, may reach other tables or fail'),
-           ('role', 'none', 'statements sent outside the switch to todo_app run as that role')
+           ('role', 'none', 'statements sent outside the switch to todo_app run as that role'),
+           -- Every statement of the API sets it, scoped to its transaction; one that did not would
+           -- see that user's rows rather than none.
+           ('app.user_id', '', 'a transaction as todo_app that does not set it acts as that user '
+            'instead of seeing no rows')
 ),
 -- What this session has: a DBA's psql gets the same with the API's DATABASE_URL and environment.
 -- pg_settings names where each value came from; role is not in pg_settings (nor is its source), and
@@ -46,10 +50,14 @@ session_settings(name, value, source) AS (
     WHERE name IN ('row_security', 'session_replication_role', 'search_path')
     UNION ALL
     SELECT 'role', pg_catalog.current_setting('role'), 'client'
+    -- Not in pg_settings either, as no module defines it: Postgres keeps no source for it.
+    UNION ALL
+    SELECT 'app.user_id', COALESCE(pg_catalog.current_setting('app.user_id', true), ''), 'unknown'
 )
 -- row_security = off turns every query the policies would filter into an error,
 -- session_replication_role = replica silences the triggers that keep events and counts, and
--- search_path, role and session_authorization change which object or which role a name means. Any
+-- search_path, role and session_authorization change which object or which role a name means, and
+-- app.user_id makes a transaction that forgot to set it act as that user. Any
 -- value given to the login role's sessions this way is a finding, even one that is harmless today.
 SELECT name AS setting,
        pg_catalog.format('setting %s applies to the login role %s through %s: it changes how row-level '
@@ -65,7 +73,8 @@ SELECT name AS setting,
                               ELSE pg_catalog.format('ALTER ROLE %I IN DATABASE %I RESET ', rolname, datname) END
                          || name)
 FROM login_role_settings
-WHERE name IN ('row_security', 'session_replication_role', 'search_path', 'role', 'session_authorization')
+WHERE name IN ('row_security', 'session_replication_role', 'search_path', 'role', 'session_authorization',
+               'app.user_id')
 
 -- The same settings, as this session has them, from wherever they came: postgresql.conf or ALTER
 -- SYSTEM (`configuration file`), the connection's options or PGOPTIONS (`client`), the server's

@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -17,7 +18,7 @@ from api.db.database import Database
 from api.db.errors import OutcomeUnknown
 from api.db.isolation import IsolationWatch
 from tests.own_postgres import OwnPostgres
-from tests.support import new_user, serving_client, settings_for, sql
+from tests.support import assert_problem, new_user, serving_client, settings_for, sql
 
 
 def test_a_restart_costs_no_request_once_the_database_is_back(own_postgres: OwnPostgres) -> None:
@@ -173,3 +174,77 @@ def test_a_write_broken_after_it_was_sent_is_outcome_unknown_and_never_run_twice
         ]
 
     _run(own_postgres.url, scenario, db_pool_size=1, **way)
+
+
+def _until_the_database_answers(url: str) -> None:
+    """The wheel's start can return while Postgres still says it is starting up."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            assert time.monotonic() < deadline, "the database answers again"
+            time.sleep(0.01)
+
+
+def _until_a_check_fell_in_the_outage(client: httpx.Client) -> None:
+    deadline = time.monotonic() + 30
+    while client.get("/readyz").json().get("type") != "urn:todo-api:problem:isolation-unverified":
+        assert time.monotonic() < deadline, "a check that cannot reach the database is a finding"
+        time.sleep(0.05)
+
+
+def test_a_worker_whose_check_fell_in_the_outage_serves_the_first_request_once_the_database_answers(
+    own_postgres: OwnPostgres,
+) -> None:
+    """Found with a real `serve --workers 2` and `pg_ctl stop`/start: every request for 0.4 to 1.1 s
+    after the database answered again was 503 isolation-unverified, until each worker's retry of its
+    check came round. The first request now asks for the check at once and waits for it."""
+    user = new_user()
+    settings = settings_for(own_postgres.url, isolation_check_interval_seconds=0.5, db_pool_timeout_seconds=1)
+    with serving_client(create_app(settings)) as client:
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        own_postgres.stop()
+        _until_a_check_fell_in_the_outage(client)
+        refused_during = client.post(user.tasks_url, json={"title": "during"}, headers=user.headers)
+        own_postgres.start()
+        _until_the_database_answers(own_postgres.url)
+
+        statuses = [client.get(user.tasks_url, headers=user.headers).status_code for _ in range(10)]
+        statuses.append(client.get("/readyz").status_code)
+        created = client.post(user.tasks_url, json={"title": "after"}, headers=user.headers)
+        statuses.append(created.status_code)
+
+    assert_problem(refused_during, 503, "isolation-unverified")
+    assert statuses == [200] * 11 + [201], created.text
+    with psycopg.connect(own_postgres.superuser_url) as connection:
+        titles = connection.execute("select title from tasks where user_id = %s", [user.id]).fetchall()
+    assert titles == [("after",)], "nothing written while refused, the write after stored once"
+
+
+def test_a_weakening_made_while_the_database_was_away_is_refused_by_the_check_the_first_request_asks_for(
+    own_postgres: OwnPostgres,
+) -> None:
+    """Asking for the check at once must not let a request through before a check passes."""
+    user = new_user()
+    settings = settings_for(own_postgres.url, isolation_check_interval_seconds=0.5, db_pool_timeout_seconds=1)
+    with serving_client(create_app(settings)) as client:
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        own_postgres.stop()
+        _until_a_check_fell_in_the_outage(client)
+        own_postgres.start()
+        _until_the_database_answers(own_postgres.url)
+        with psycopg.connect(own_postgres.superuser_url, autocommit=True) as superuser:
+            superuser.execute("grant pg_read_all_data to todo_app")
+        refused = [
+            client.post(user.tasks_url, json={"title": "weakened"}, headers=user.headers),
+            client.get(user.tasks_url, headers=user.headers),
+            client.get("/readyz"),
+        ]
+    for response in refused:
+        body = assert_problem(response, 503, "isolation-unverified")
+        assert "pg_read_all_data" not in body["detail"]  # the findings are the log's, not the client's
+    with psycopg.connect(own_postgres.superuser_url) as connection:
+        stored = connection.execute("select count(*) from tasks where user_id = %s", [user.id]).fetchone()
+    assert stored == (0,)
