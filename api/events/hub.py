@@ -130,8 +130,11 @@ class Hub:
         url = await listen_url(settings)
         if url is None:
             self.poll_seconds = settings.events_poll_milliseconds / 1000
+            # Why is `listen_url`'s to say: a worker started while the database was away has a
+            # direct URL all the same, and was told here it had none.
             logger.info(
-                "no direct database URL: event streams poll every %s ms", settings.events_poll_milliseconds
+                "event streams poll every %s ms: this worker has no connection to LISTEN on",
+                settings.events_poll_milliseconds,
             )
         listener = None if url is None else Listener(url, on_wake=self.wake, on_lost=self.wake_all)
         self._listener, self._poll_while_unheard = listener, settings.events_poll_milliseconds / 1000

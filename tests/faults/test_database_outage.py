@@ -356,6 +356,11 @@ def test_a_worker_that_dies_while_the_database_is_away_is_replaced_and_serve_ser
         ]
         assert [response.status_code for response in created] == [201] * 8
         assert len(psutil.Process(server.pid).children()) == 2
+    log = (tmp_path / "serve.log").read_text()
+    # The replacement polls because it could not tell what DATABASE_URL reaches, and says so; it was
+    # also told it had no direct database URL, which sent an operator after the settings.
+    assert "cannot reach DATABASE_URL yet" in log, log
+    assert "no direct database URL" not in log, log
     with psycopg.connect(own_postgres.superuser_url) as db:
         titles = [row[0] for row in db.execute("select title from tasks where user_id = %s", [user.id])]
     assert sorted(titles) == sorted(f"back {i}" for i in range(8))
