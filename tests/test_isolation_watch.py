@@ -58,6 +58,10 @@ def eventually(predicate: Callable[[], bool], what: str) -> None:
         time.sleep(INTERVAL / 2)
 
 
+def eventually_logged(caplog: pytest.LogCaptureFixture, text: str, what: str) -> None:
+    eventually(lambda: any(text in record.getMessage() for record in caplog.records), what)
+
+
 def refused(api: httpx.Client, user: ApiUser) -> bool:
     response = api.get(user.tasks_url, headers=user.headers)
     return (
@@ -347,11 +351,9 @@ def test_a_row_security_violation_is_refused_and_checked_at_once(
             created = api.post(alice.tasks_url, json={"title": "refused"}, headers=alice.headers)
             assert_problem(created, 503, "isolation-unverified")
             assert refused(api, alice), "refused until a check completes clean"
-            eventually(
-                lambda: any(
-                    'policy public.tasks "tasks are created by their owner" differs' in record.getMessage()
-                    for record in caplog.records
-                ),
+            eventually_logged(
+                caplog,
+                'policy public.tasks "tasks are created by their owner" differs',
                 "the check ran at once and found the policy changed",
             )
         assert api.get("/readyz").status_code == 503
@@ -377,11 +379,9 @@ def test_a_revoked_privilege_is_refused_and_checked_then_served_once_granted_aga
                 assert_problem(deleted, 503, "isolation-unverified")
                 assert deleted.headers["Retry-After"].isdigit()
                 assert refused(api, alice), "refused until a check completes clean"
-                eventually(
-                    lambda: any(
-                        "table public.tasks differs from what todo-api ships" in record.getMessage()
-                        for record in caplog.records
-                    ),
+                eventually_logged(
+                    caplog,
+                    "table public.tasks differs from what todo-api ships",
                     "a check ran and found the privilege gone",
                 )
                 assert_problem(api.get("/readyz"), 503, "isolation-unverified")
@@ -465,12 +465,9 @@ def test_a_unique_key_the_api_does_not_expect_is_refused_and_checked_at_once(
             assert refused(api, alice), "refused until a check completes clean"
             other = {"title": "alice's", "description": "nobody's"}
             assert api.post(alice.tasks_url, json=other, headers=alice.headers).status_code == 503
-            eventually(
-                lambda: any(
-                    "unique index tasks_description_unique on public.tasks starts with description"
-                    in record.getMessage()
-                    for record in caplog.records
-                ),
+            eventually_logged(
+                caplog,
+                "unique index tasks_description_unique on public.tasks starts with description",
                 "the check ran at once and found the index",
             )
         assert api.get("/readyz").status_code == 503
@@ -504,12 +501,9 @@ def test_a_foreign_key_the_api_does_not_expect_is_refused_and_checked_at_once(
                 assert_problem(
                     api.post(alice.tasks_url, json=guess, headers=alice.headers), 503, "isolation-unverified"
                 )
-                eventually(
-                    lambda: any(
-                        "foreign key description_names_a_user on public.tasks starts with description"
-                        in record.getMessage()
-                        for record in caplog.records
-                    ),
+                eventually_logged(
+                    caplog,
+                    "foreign key description_names_a_user on public.tasks starts with description",
                     "the check ran at once and found the key",
                 )
             assert api.get("/readyz").status_code == 503

@@ -7,6 +7,8 @@ connection broke runs once more on another only when that cannot write twice (ap
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -18,7 +20,7 @@ from api.db.database import Database
 from api.db.errors import OutcomeUnknown
 from api.db.isolation import IsolationWatch
 from tests.own_postgres import OwnPostgres
-from tests.support import assert_problem, new_user, serving_client, settings_for, sql
+from tests.support import ApiUser, assert_problem, new_user, serving_client, settings_for, sql
 
 
 def test_a_restart_costs_no_request_once_the_database_is_back(own_postgres: OwnPostgres) -> None:
@@ -188,11 +190,18 @@ def _until_the_database_answers(url: str) -> None:
             time.sleep(0.01)
 
 
-def _until_a_check_fell_in_the_outage(client: httpx.Client) -> None:
-    deadline = time.monotonic() + 30
-    while client.get("/readyz").json().get("type") != "urn:todo-api:problem:isolation-unverified":
-        assert time.monotonic() < deadline, "a check that cannot reach the database is a finding"
-        time.sleep(0.05)
+@contextmanager
+def _serving_through_an_outage(own_postgres: OwnPostgres, user: ApiUser) -> Iterator[httpx.Client]:
+    """An API that served `user`, with the database stopped since and a check fallen in the outage."""
+    settings = settings_for(own_postgres.url, isolation_check_interval_seconds=0.5, db_pool_timeout_seconds=1)
+    with serving_client(create_app(settings)) as client:
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        own_postgres.stop()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").json().get("type") != "urn:todo-api:problem:isolation-unverified":
+            assert time.monotonic() < deadline, "a check that cannot reach the database is a finding"
+            time.sleep(0.05)
+        yield client
 
 
 def test_a_worker_whose_check_fell_in_the_outage_serves_the_first_request_once_the_database_answers(
@@ -202,11 +211,7 @@ def test_a_worker_whose_check_fell_in_the_outage_serves_the_first_request_once_t
     after the database answered again was 503 isolation-unverified, until each worker's retry of its
     check came round. The first request now asks for the check at once and waits for it."""
     user = new_user()
-    settings = settings_for(own_postgres.url, isolation_check_interval_seconds=0.5, db_pool_timeout_seconds=1)
-    with serving_client(create_app(settings)) as client:
-        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
-        own_postgres.stop()
-        _until_a_check_fell_in_the_outage(client)
+    with _serving_through_an_outage(own_postgres, user) as client:
         refused_during = client.post(user.tasks_url, json={"title": "during"}, headers=user.headers)
         own_postgres.start()
         _until_the_database_answers(own_postgres.url)
@@ -228,11 +233,7 @@ def test_a_weakening_made_while_the_database_was_away_is_refused_by_the_check_th
 ) -> None:
     """Asking for the check at once must not let a request through before a check passes."""
     user = new_user()
-    settings = settings_for(own_postgres.url, isolation_check_interval_seconds=0.5, db_pool_timeout_seconds=1)
-    with serving_client(create_app(settings)) as client:
-        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
-        own_postgres.stop()
-        _until_a_check_fell_in_the_outage(client)
+    with _serving_through_an_outage(own_postgres, user) as client:
         own_postgres.start()
         _until_the_database_answers(own_postgres.url)
         with psycopg.connect(own_postgres.superuser_url, autocommit=True) as superuser:
