@@ -121,6 +121,11 @@ def parse_key_set(document: object) -> dict[str, PyJWK]:
         except (PyJWTError, TypeError, ValueError) as error:
             logger.warning("JWKS: skipping key %r: %s", kid, type(error).__name__)
             continue
+        if weakness := key.Algorithm.check_key_length(key.key):
+            # RFC 7518, section 3.3: RSA keys of 2048 bits or more MUST be used. A shorter one can be
+            # factored, and whoever does can sign for any user; PyJWT would only warn, on every token.
+            logger.warning("JWKS: skipping key %r: %s", kid, weakness)
+            continue
         if kid in keys:
             ambiguous.add(kid)
         keys[kid] = key

@@ -22,7 +22,7 @@ JWKS_PATH = "/api/auth/jwks"
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
-def _generate(algorithm: str) -> tuple[PrivateKey, dict[str, Any]]:
+def _generate(algorithm: str, rsa_bits: int) -> tuple[PrivateKey, dict[str, Any]]:
     private: PrivateKey
     if algorithm == "EdDSA":
         private = ed25519.Ed25519PrivateKey.generate()
@@ -30,7 +30,7 @@ def _generate(algorithm: str) -> tuple[PrivateKey, dict[str, Any]]:
     if algorithm in ("ES256", "ES512"):
         private = ec.generate_private_key(ec.SECP256R1() if algorithm == "ES256" else ec.SECP521R1())
         return private, json.loads(ECAlgorithm.to_jwk(private.public_key()))
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
     return private, json.loads(RSAAlgorithm.to_jwk(private.public_key()))
 
 
@@ -43,8 +43,10 @@ class SigningKey:
     jwk: dict[str, Any]
 
     @classmethod
-    def generate(cls, algorithm: str = "EdDSA", kid: str | None = None) -> "SigningKey":
-        private, jwk = _generate(algorithm)
+    def generate(
+        cls, algorithm: str = "EdDSA", kid: str | None = None, *, rsa_bits: int = 2048
+    ) -> "SigningKey":
+        private, jwk = _generate(algorithm, rsa_bits)
         return cls(algorithm, private, {**jwk, "alg": algorithm, "kid": kid or secrets.token_urlsafe(16)})
 
     @property

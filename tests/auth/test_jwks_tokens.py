@@ -198,6 +198,31 @@ def test_a_key_published_without_alg_is_used_when_its_curve_implies_one_and_name
     ).fetchall() == [(ed_user,)]
 
 
+@pytest.mark.filterwarnings("ignore::jwt.InsecureKeyLengthWarning")  # signing with it, on purpose
+def test_a_token_signed_by_an_rsa_key_under_2048_bits_is_401_and_the_key_never_used(
+    api_db_url: str, api_db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 7518 (section 3.3) requires RSA keys of 2048 bits or more: a shorter one can be factored,
+    and then anyone can sign for any user. One the auth server publishes is left out, logged, and the
+    tokens it signed are refused: they were a 201."""
+    weak, strong = SigningKey.generate("RS256", rsa_bits=1024), SigningKey.generate("RS256")
+    weak_user, strong_user = better_auth_id(), better_auth_id()
+    with jwks_server(weak, strong) as server, api_trusting(api_db_url, server) as client:
+        signed_weak = user_with(weak.sign(claims_for(server.base_url, weak_user)), weak_user)
+        refused = client.post(signed_weak.tasks_url, json={"title": "weak"}, headers=signed_weak.headers)
+        signed_strong = user_with(strong.sign(claims_for(server.base_url, strong_user)), strong_user)
+        created = client.post(
+            signed_strong.tasks_url, json={"title": "strong"}, headers=signed_strong.headers
+        )
+
+    assert_problem(refused, 401, "unauthorized")
+    assert created.status_code == 201, created.text
+    assert f"skipping key {weak.kid!r}: The RSA key is 1024 bits long" in caplog.text
+    assert api_db.execute(
+        "select id from users where id in (%s, %s)", [weak_user, strong_user]
+    ).fetchall() == [(strong_user,)]
+
+
 def test_a_token_in_the_query_string_is_not_read(
     jwks_api: httpx.Client, published: JwksServer, ed_key: SigningKey, user_id: str
 ) -> None:

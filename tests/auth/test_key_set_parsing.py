@@ -45,6 +45,8 @@ def test_a_curve_implies_the_algorithm_when_alg_is_left_out() -> None:
         ("an encryption key", {**ED.jwk, "use": "enc"}),
         ("a private key", {**ED.jwk, "d": "AAAA"}),
         ("a broken key", {**ED.jwk, "x": "not base64 at all!"}),
+        # RFC 7518, section 3.3: 2048 bits or more; the smallest cryptography will make is 1024.
+        ("an RSA key under 2048 bits", SigningKey.generate("RS256", rsa_bits=1024).jwk),
         ("not an object", "EdDSA"),
     ],
 )
