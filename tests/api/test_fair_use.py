@@ -17,11 +17,14 @@ from api.tasks.listing import TaskListParams
 from tests.support import (
     ApiUser,
     assert_problem,
+    better_auth_id,
     explain_list,
     new_user,
+    now,
     serving_client,
     sessions_waiting_on_a_lock,
     settings_for,
+    sign,
 )
 
 QUOTA = 5
@@ -195,6 +198,26 @@ def test_a_user_past_the_rate_gets_429_with_rate_limit_fields(migrated_db_url: s
     assert refused.headers["ratelimit-policy"] == '"per-user";q=5;w=60'
     assert refused.headers["ratelimit"] == f'"per-user";r=0;t={wait}'
     assert other.status_code == 200, "the limit is each user's own"
+
+
+def test_ids_that_differ_only_by_case_or_normalization_share_no_tasks_and_no_rate(
+    migrated_db_url: str,
+) -> None:
+    """Ids are compared byte for byte, in Python and in Postgres (a nondeterministic collation on
+    users.id would be an isolation finding): `Alice` and `alice`, or `café` composed and decomposed,
+    are two users, each with their own tasks and their own rate, whoever reaches the limit first."""
+    suffix = better_auth_id()[:8]
+    ids = [f"Alice{suffix}", f"alice{suffix}", f"ALICE{suffix}", f"caf\u00e9{suffix}", f"cafe\u0301{suffix}"]
+    users = [ApiUser(user_id, sign({"sub": user_id, "exp": now() + 600})) for user_id in ids]
+    with serving_client(create_app(settings_for(migrated_db_url, rate_limit_per_minute=3))) as client:
+        created = [client.post(u.tasks_url, json={"title": u.id}, headers=u.headers) for u in users]
+        past_the_rate = [client.get(users[0].tasks_url, headers=users[0].headers) for _ in range(3)]
+        listed = [client.get(u.tasks_url, headers=u.headers) for u in users[1:]]
+
+    assert [response.status_code for response in created] == [201] * len(users)
+    assert [response.status_code for response in past_the_rate] == [200, 200, 429]
+    assert [response.status_code for response in listed] == [200] * (len(users) - 1)
+    assert [[task["title"] for task in response.json()] for response in listed] == [[u.id] for u in users[1:]]
 
 
 def test_a_user_past_their_share_is_429_never_503_while_the_pool_has_connections(
