@@ -96,43 +96,69 @@ def _same_key(one: PyJWK, other: PyJWK) -> bool:
     return one.algorithm_name == other.algorithm_name and public_bytes(one) == public_bytes(other)
 
 
+# A key set holds a few keys. A document of a million bytes can list 333,000 unusable ones (`{}`
+# each), and a warning for every one held the worker's event loop for 20 s, every user's requests
+# with it, on a fetch any caller can cause with an unknown kid: past this many, they are counted.
+_SKIPPED_KEYS_LOGGED = 10
+
+
+class _SkippedKeys:
+    """The keys a document's parse leaves out: a warning for each of the first few, then a count."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def skip(self, why: str, *args: object) -> None:
+        self.count += 1
+        if self.count <= _SKIPPED_KEYS_LOGGED:
+            logger.warning("JWKS: skipping " + why, *args)
+
+    def log_the_rest(self) -> None:
+        if self.count > _SKIPPED_KEYS_LOGGED:
+            logger.warning(
+                "JWKS: skipping %d more keys, not logged one by one", self.count - _SKIPPED_KEYS_LOGGED
+            )
+
+
 def parse_key_set(document: object) -> dict[str, PyJWK]:
     """The usable signing keys of a JWKS document, by kid. Anything doubtful is left out."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWK set: no 'keys' list")
     keys: dict[str, PyJWK] = {}
     ambiguous: set[str] = set()
+    skipped = _SkippedKeys()
     for jwk in document["keys"]:
         if not isinstance(jwk, dict):
             continue
         kid, use = jwk.get("kid"), jwk.get("use")
         algorithm = _algorithm(jwk)
         if _algorithm_unstated(jwk):
-            logger.warning("JWKS: skipping key %r, which does not say which algorithm (alg) it is for", kid)
+            skipped.skip("key %r, which does not say which algorithm (alg) it is for", kid)
             continue
         if not isinstance(kid, str) or not kid or use not in (None, "sig") or algorithm is None:
-            logger.warning("JWKS: skipping a key that is not an asymmetric signing key with a kid")
+            skipped.skip("a key that is not an asymmetric signing key with a kid")
             continue
         if "d" in jwk:
-            logger.warning("JWKS: skipping key %r, which includes its private part", kid)
+            skipped.skip("key %r, which includes its private part", kid)
             continue
         try:
             key = PyJWK(jwk, algorithm)
         except (PyJWTError, TypeError, ValueError) as error:
-            logger.warning("JWKS: skipping key %r: %s", kid, type(error).__name__)
+            skipped.skip("key %r: %s", kid, type(error).__name__)
             continue
         if weakness := key.Algorithm.check_key_length(key.key):
             # RFC 7518, section 3.3: RSA keys of 2048 bits or more MUST be used. A shorter one can be
             # factored, and whoever does can sign for any user; PyJWT would only warn, on every token.
-            logger.warning("JWKS: skipping key %r: %s", kid, weakness)
+            skipped.skip("key %r: %s", kid, weakness)
             continue
         if kid in keys:
             ambiguous.add(kid)
         keys[kid] = key
     for kid in ambiguous:
         # Two keys under one kid: which one a token meant is anyone's guess, so neither is used.
-        logger.warning("JWKS: skipping kid %r, which names more than one key", kid)
+        skipped.skip("kid %r, which names more than one key", kid)
         del keys[kid]
+    skipped.log_the_rest()
     return keys
 
 

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -44,6 +45,33 @@ def test_one_malformed_key_costs_only_itself(api_db_url: str) -> None:
         server.document = json.dumps({"keys": [{**malformed, "crv": ["Ed25519"]}, key.jwk]}).encode()
         with api_trusting(api_db_url, server) as client:
             assert get_tasks(client, server, key).status_code == 200
+
+
+def test_a_document_of_countless_unusable_keys_is_logged_in_a_few_lines(
+    api_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A million bytes of `{}` lists 330,000 keys the API cannot use. A warning for each held a worker
+    of todo-api serve for 20 s (every user's requests with it) and wrote 72 MB of log, on a fetch any
+    caller can cause with an unknown kid; the first ten are named, the rest counted in one line."""
+    key, stranger = SigningKey.generate(), SigningKey.generate()
+    with (
+        jwks_server(key) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        # Just under the 1 MB a fetch reads.
+        document: dict[str, list[dict[str, Any]]] = {"keys": [{}] * 330_000 + [key.jwk]}
+        server.document = json.dumps(document, separators=(",", ":")).encode()
+        with caplog.at_level(logging.WARNING, logger="api.auth.jwks"):
+            unknown = get_tasks(client, server, stranger, iat=now() - 60)
+        known = get_tasks(client, server, key)
+
+    assert "unknown kid" in assert_problem(unknown, 401, "unauthorized")["detail"]
+    assert known.status_code == 200, "the document's one usable key is used"
+    skipped = [record.getMessage() for record in caplog.records if "skipping" in record.getMessage()]
+    assert skipped == [
+        *["JWKS: skipping a key that is not an asymmetric signing key with a kid"] * 10,
+        "JWKS: skipping 329990 more keys, not logged one by one",
+    ]
 
 
 def test_a_huge_document_is_refused_without_being_read_whole(api_db_url: str) -> None:
