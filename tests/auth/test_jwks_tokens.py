@@ -223,6 +223,32 @@ def test_a_token_signed_by_an_rsa_key_under_2048_bits_is_401_and_the_key_never_u
     ).fetchall() == [(strong_user,)]
 
 
+def test_keys_a_token_names_for_itself_are_never_fetched_nor_trusted(
+    jwks_api: httpx.Client, published: JwksServer, ed_key: SigningKey, user_id: str, api_db: Any
+) -> None:
+    """RFC 7515 lets a header carry its own key (jwk, x5c) or a URL to one (jku, x5u): the signer's
+    word for whom to trust, which an attacker writes. Only the configured JWKS is trusted: a token
+    signed by the attacker's key under a published kid is a 401, and the attacker's URLs are never
+    asked for anything (a network position on them would learn nothing, not even that a token came)."""
+    attacker = SigningKey.generate("EdDSA")
+    with jwks_server(attacker) as elsewhere:
+        token = attacker.sign(
+            claims_for(published.base_url, user_id),
+            kid=ed_key.kid,
+            jku=elsewhere.jwks_url,
+            x5u=elsewhere.jwks_url,
+            jwk={name: value for name, value in attacker.jwk.items() if name != "kid"},
+            x5c=["MIIBAA=="],
+        )
+        user = user_with(token, user_id)
+        response = jwks_api.post(user.tasks_url, json={"title": "Sneaky"}, headers=user.headers)
+        asked_elsewhere = elsewhere.fetch_count()
+
+    assert "signature" in assert_problem(response, 401, "unauthorized")["detail"]
+    assert asked_elsewhere == 0
+    assert api_db.execute("select count(*) from users where id = %s", [user_id]).fetchone() == (0,)
+
+
 def test_a_token_in_the_query_string_is_not_read(
     jwks_api: httpx.Client, published: JwksServer, ed_key: SigningKey, user_id: str
 ) -> None:
