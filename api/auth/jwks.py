@@ -96,9 +96,10 @@ def _same_key(one: PyJWK, other: PyJWK) -> bool:
     return one.algorithm_name == other.algorithm_name and public_bytes(one) == public_bytes(other)
 
 
-# A key set holds a few keys. A document of a million bytes can list 333,000 unusable ones (`{}`
-# each), and a warning for every one held the worker's event loop for 20 s, every user's requests
-# with it, on a fetch any caller can cause with an unknown kid: past this many, they are counted.
+# A key set holds a few keys, but a document within _MAX_DOCUMENT_BYTES can list hundreds of
+# thousands of unusable ones (`{}` each): a warning for every one held the worker's event loop for
+# seconds, every user's requests with it, on a fetch any caller can cause with an unknown kid. Past
+# this many, they are counted.
 _SKIPPED_KEYS_LOGGED = 10
 
 
