@@ -10,7 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -186,14 +187,15 @@ _LINGUISTIC_LOCALES = {
 }
 
 
-@pytest.fixture
-def linguistic_db_url(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
-    """A migrated database whose default collation is English rather than code point order, owned
-    by the login role; skips, naming why, when this Postgres and machine have no such locale."""
-    dbname = "todo_linguistic"
+@contextmanager
+def _migrated_database_in_a_locale(
+    superuser_url: str, migrated_template: NoopExecutor, dbname: str, locales: Mapping[str, sql.Composable]
+) -> Iterator[str]:
+    """A migrated database `dbname` in the first of `locales` this Postgres and machine have, owned by
+    the login role; skips, naming why, when they have none."""
     refusals = []
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
-        for name, locale in _LINGUISTIC_LOCALES.items():
+        for name, locale in locales.items():
             try:
                 superuser.execute(
                     sql.SQL("create database {} owner {} template template0 {}").format(
@@ -205,7 +207,7 @@ def linguistic_db_url(superuser_url: str, migrated_template: NoopExecutor) -> It
                 refusals.append(f"{name}: {refused}")
         else:
             pytest.skip(
-                "no linguistic collation to create a database with ("
+                "no such collation to create a database with ("
                 + "; ".join(refusals)
                 + "); on Debian, `localedef -i en_US -f UTF-8 en_US.UTF-8` as root makes the libc one"
             )
@@ -215,6 +217,24 @@ def linguistic_db_url(superuser_url: str, migrated_template: NoopExecutor) -> It
             yield url
         finally:
             superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(dbname)))
+
+
+@pytest.fixture
+def linguistic_db_url(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
+    """A migrated database whose default collation is English rather than code point order."""
+    with _migrated_database_in_a_locale(
+        superuser_url, migrated_template, "todo_linguistic", _LINGUISTIC_LOCALES
+    ) as url:
+        yield url
+
+
+@pytest.fixture
+def c_locale_db_url(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
+    """A migrated database in UTF-8 made with the C locale (`initdb --locale=C`, a choice some make
+    for speed), whose character classes know ASCII letters only."""
+    locale = {"libc C": sql.SQL("encoding 'UTF8' locale_provider libc locale 'C'")}
+    with _migrated_database_in_a_locale(superuser_url, migrated_template, "todo_c_locale", locale) as url:
+        yield url
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -159,7 +159,13 @@ class TaskListParams(BaseModel):
             Field(json_schema_extra={"pattern": NUL_FREE_PATTERN}),
         ]
         | None
-    ) = Field(None, description="Case-insensitive text to find in title or description.")
+    ) = Field(
+        None,
+        description=(
+            "Text to find in title or description, whatever the case: the database lowercases both, "
+            "one character at a time, as its locale says; nothing else is folded."
+        ),
+    )
     limit: Annotated[int, BeforeValidator(ascii_digits)] = Field(100, ge=1, le=500, description="Page size.")
     # Decoded on the way in, so a bad cursor is reported like any bad parameter (`query.cursor`).
     cursor: Annotated[Cursor | None, WithJsonSchema(_CURSOR_SCHEMA)] = Field(

@@ -98,6 +98,50 @@ def test_search_is_case_insensitive_and_literal(
     assert titles(client.get(carol.tasks_url, params={"q": q}, headers=carol.headers)) == expected
 
 
+# What the README says a search ignores, on a database of a UTF-8 locale (the suite's is C.UTF-8):
+# the case of every letter that has a lowercase, one character at a time, and nothing else.
+FULL_WIDTH_ABC = "\uff21\uff22\uff23"
+WRITTEN_IN_MANY_LANGUAGES = ["ÉCLAIR", "Молоко", "ΟΔΟΣ", "Straße", FULL_WIDTH_ABC, "cafe\u0301"]
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("éclair", ["ÉCLAIR"]),
+        ("МОЛОКО", ["Молоко"]),
+        ("οδοσ", ["ΟΔΟΣ"]),
+        ("STRAẞE", ["Straße"]),
+        ("\uff41\uff42\uff43", [FULL_WIDTH_ABC]),
+        ("CAFE\u0301", ["cafe\u0301"]),
+        # Lowercased, not case-folded: ß stays ß, and SS is ss.
+        ("STRASSE", []),
+        # Characters as sent: neither the letter written with its accent (NFC) nor ASCII for full width.
+        ("caf\u00e9", []),
+        ("abc", []),
+    ],
+)
+def test_search_ignores_the_case_of_letters_in_any_script_one_character_at_a_time(
+    client: httpx.Client, q: str, expected: list[str]
+) -> None:
+    user = new_user()
+    seed(client, user, [{"title": title} for title in WRITTEN_IN_MANY_LANGUAGES])
+    assert titles(client.get(user.tasks_url, params={"q": q}, headers=user.headers)) == expected
+
+
+def test_search_ignores_the_case_of_ascii_letters_only_on_a_database_of_the_c_locale(
+    c_locale_db_url: str,
+) -> None:
+    """As the README warns: there, lower() changes A to Z alone."""
+    user = new_user()
+    with serving_client(create_app(settings_for(as_role(c_locale_db_url)))) as client:
+        seed(client, user, [{"title": "Buy MILK"}, {"title": "ÉCLAIR"}])
+        found = {
+            q: titles(client.get(user.tasks_url, params={"q": q}, headers=user.headers))
+            for q in ("milk", "ÉCLAIR", "éclair")
+        }
+    assert found == {"milk": ["Buy MILK"], "ÉCLAIR": ["ÉCLAIR"], "éclair": []}
+
+
 @pytest.mark.parametrize(
     ("params", "expected"),
     [

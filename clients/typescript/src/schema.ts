@@ -435,7 +435,7 @@ export interface operations {
                 sort?: "created" | "updated" | "title";
                 /** @description Default: desc for created and updated, asc for title. */
                 order?: ("asc" | "desc") | null;
-                /** @description Case-insensitive text to find in title or description. */
+                /** @description Text to find in title or description, whatever the case: the database lowercases both, one character at a time, as its locale says; nothing else is folded. */
                 q?: string | null;
                 /** @description Page size. */
                 limit?: number;
