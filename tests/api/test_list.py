@@ -247,6 +247,54 @@ def test_paging_visits_every_task_once_in_order(client: httpx.Client, params: di
     assert pages == -(-len(unpaged) // 3)
 
 
+def walk_changing_tasks_after_the_first_page(
+    client: httpx.Client, user: ApiUser, change: Any, **params: Any
+) -> list[str]:
+    """Every title a walk lists, pages of three, with `change()` made once the first page is read."""
+    response = client.get(user.tasks_url, params={**params, "limit": 3}, headers=user.headers)
+    seen = titles(response)
+    change()
+    while match := _NEXT.search(response.headers.get("link", "")):
+        response = client.get(match.group(1), headers=user.headers)
+        seen += titles(response)
+    return seen
+
+
+def test_a_walk_lists_once_every_task_that_keeps_its_place_whatever_changes_meanwhile(
+    client: httpx.Client,
+) -> None:
+    """README: pages are read when asked for, after the last task shown, not from a snapshot."""
+    user = new_user()
+    tasks = {task["title"]: task for task in seed(client, user, [{"title": f"a{i}"} for i in range(1, 10)])}
+
+    def change() -> None:
+        headers = user.headers
+        client.put(user.task_url(tasks["a2"]["id"]), json={"title": "z2"}, headers=headers)  # past it
+        client.put(user.task_url(tasks["a5"]["id"]), json={"title": "a0"}, headers=headers)  # behind it
+        client.patch(user.task_url(tasks["a7"]["id"]) + "/complete", headers=headers)  # same title
+        client.delete(user.task_url(tasks["a6"]["id"]), headers=headers)
+        client.post(user.tasks_url, json={"title": "a55"}, headers=headers)
+
+    walked = walk_changing_tasks_after_the_first_page(client, user, change, sort="title")
+
+    # a2, listed on the first page, again as z2; a5, renamed a0, never; a6, deleted, never.
+    assert walked == ["a1", "a2", "a3", "a4", "a55", "a7", "a8", "a9", "z2"]
+
+
+def test_a_walk_by_update_in_ascending_order_lists_a_task_changed_meanwhile_again(
+    client: httpx.Client,
+) -> None:
+    user = new_user()
+    first, *_ = seed(client, user, [{"title": f"t{i}"} for i in range(1, 7)])
+
+    def change() -> None:
+        client.put(user.task_url(first["id"]), json={"title": "t1 again"}, headers=user.headers)
+
+    walked = walk_changing_tasks_after_the_first_page(client, user, change, sort="updated", order="asc")
+
+    assert walked == ["t1", "t2", "t3", "t4", "t5", "t6", "t1 again"]
+
+
 # Titles whose cursors are long: JSON writes a control character in six bytes (\u0001), a quote or a
 # backslash in two, any other character in its UTF-8 (up to four bytes), unless escaped as \uXXXX
 # (six, twelve for an emoji), as the list's cursors once did.
