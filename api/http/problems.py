@@ -501,7 +501,8 @@ def _validation_problem(exc: RequestValidationError) -> ProblemError:
     # Never echo the input back: it may be huge, or a secret pasted in the wrong field.
     found = exc.errors()
     errors = [_field_error(error) for error in found[:MAX_LISTED_ERRORS]]
-    names = ", ".join(error.field for error in errors)
+    # Each field once: one may break two rules (a query parameter both repeated and not UTF-8).
+    names = ", ".join(dict.fromkeys(error.field for error in errors))
     unlisted = len(found) - len(errors)
     more = f", and {unlisted} more" if unlisted else ""
     return ProblemError(

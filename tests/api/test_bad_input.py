@@ -381,6 +381,14 @@ def test_list_refuses_a_parameter_not_in_utf8(api: Api, query: str, fields: list
     assert sorted(error["field"] for error in body["errors"]) == sorted(fields)
 
 
+def test_a_parameter_both_repeated_and_not_in_utf8_is_named_once_in_the_detail(api: Api) -> None:
+    """Two errors of one parameter, each with its message; the detail names the parameter once."""
+    response = api.client.get(f"{api.user.tasks_url}?q=%FF&q=milk", headers=api.user.headers)
+    body = assert_problem(response, 422, "validation-error", "query.q")
+    assert [error["field"] for error in body["errors"]] == ["query.q", "query.q"]
+    assert body["detail"] == "Invalid input in: query.q."
+
+
 @pytest.mark.parametrize("query", ["q=%EF%BF%BD", "q=%C3%A9t%C3%A9", "unknown=%FF", "%FF=1", "q=a+b%20c"])
 def test_list_reads_parameters_in_utf8_and_ignores_unknown_ones(api: Api, query: str) -> None:
     """U+FFFD sent as UTF-8 is a character like any other; a parameter the list does not know may be
