@@ -257,6 +257,29 @@ async def refuse_a_database_not_in_utf8(connection: psycopg.AsyncConnection[Any]
         raise CommandFailed(f"Refusing to serve: {refusal}")
 
 
+# Whether the database lowercases letters beyond A to Z, as the list's search (`q`) needs to ignore
+# their case: one made with the C or POSIX locale lowercases A to Z alone. Asked of lower() itself,
+# whatever the locale's name or provider.
+LOWERCASE_STATE = "select pg_catalog.lower('É') = 'é'"
+
+
+async def warn_of_a_search_that_ignores_the_case_of_ascii_only(
+    connection: psycopg.AsyncConnection[Any], setting: str
+) -> None:
+    """Say so when a search would find ÉCLAIR by ÉCLAIR alone, not by éclair (README, "The API")."""
+    cursor = await connection.execute(LOWERCASE_STATE)
+    row = await cursor.fetchone()
+    assert row is not None
+    if not row[0]:
+        logger.warning(
+            "todo-api: the database that %s reaches lowercases A to Z alone (it was made with the C or POSIX"
+            " locale), so a search (q) ignores the case of ASCII letters only: éclair does not find"
+            " ÉCLAIR. A database made with a UTF-8 locale (C.UTF-8) ignores the case of every letter:"
+            " CREATE DATABASE ... LOCALE 'C.UTF-8' TEMPLATE template0, migrate it and move the data there",
+            setting,
+        )
+
+
 # What each worker opens beside its pool of DB_POOL_SIZE: the readiness check's connection, the
 # isolation check's and the LISTEN one for live changes (docs/operations.md, "More API workers and hosts").
 EXTRA_CONNECTIONS_PER_WORKER = 3
@@ -496,6 +519,7 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
                 await refuse_an_unsupported_postgres(connection, "DATABASE_URL")
             await refuse_a_read_only_database(connection, "DATABASE_URL")
             await refuse_a_database_not_in_utf8(connection, "DATABASE_URL")
+            await warn_of_a_search_that_ignores_the_case_of_ascii_only(connection, "DATABASE_URL")
             cursor = await connection.execute(_SERVER_AND_DATABASE)
             served = await cursor.fetchone()
             assert served is not None

@@ -1,6 +1,7 @@
 """The task list: filters, search, sort orders and keyset paging through the Link header."""
 
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,7 +11,18 @@ import pytest
 from api.app import create_app
 from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor, SortOrder, TaskListParams
 from api.tasks.models import TITLE_MAX_LENGTH
-from tests.support import ApiUser, as_role, explain_list, new_user, serving_client, settings_for
+from tests.support import (
+    CLI,
+    SECRET,
+    ApiUser,
+    as_role,
+    cli_env,
+    explain_list,
+    new_user,
+    serve_process,
+    serving_client,
+    settings_for,
+)
 
 _NEXT = re.compile(r'<([^>]+)>; rel="next"')
 
@@ -128,18 +140,30 @@ def test_search_ignores_the_case_of_letters_in_any_script_one_character_at_a_tim
     assert titles(client.get(user.tasks_url, params={"q": q}, headers=user.headers)) == expected
 
 
-def test_search_ignores_the_case_of_ascii_letters_only_on_a_database_of_the_c_locale(
-    c_locale_db_url: str,
+@pytest.mark.parametrize(
+    ("database", "lowercase_finds"),
+    [("migrated_db_url", ["ÉCLAIR"]), ("c_locale_db_url", [])],
+    ids=["C.UTF-8", "C"],
+)
+def test_serve_warns_when_its_database_ignores_the_case_of_ascii_letters_only(
+    request: pytest.FixtureRequest, tmp_path: Path, database: str, lowercase_finds: list[str]
 ) -> None:
-    """As the README warns: there, lower() changes A to Z alone."""
-    user = new_user()
-    with serving_client(create_app(settings_for(as_role(c_locale_db_url)))) as client:
-        seed(client, user, [{"title": "Buy MILK"}, {"title": "ÉCLAIR"}])
+    """On a database of the C locale, lower() changes A to Z alone: a search ignores no other case,
+    as the README says, and `serve` says so once as it starts."""
+    url: str = request.getfixturevalue(database)
+    env = cli_env(DATABASE_URL=as_role(url), BETTER_AUTH_SECRET=SECRET)
+    user, log = new_user(), tmp_path / "serve.log"
+    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, _):
+        tasks_url = base_url + user.tasks_url
+        for title in ("Buy MILK", "ÉCLAIR"):
+            assert httpx.post(tasks_url, json={"title": title}, headers=user.headers).status_code == 201
         found = {
-            q: titles(client.get(user.tasks_url, params={"q": q}, headers=user.headers))
+            q: titles(httpx.get(tasks_url, params={"q": q}, headers=user.headers))
             for q in ("milk", "ÉCLAIR", "éclair")
         }
-    assert found == {"milk": ["Buy MILK"], "ÉCLAIR": ["ÉCLAIR"], "éclair": []}
+    assert found == {"milk": ["Buy MILK"], "ÉCLAIR": ["ÉCLAIR"], "éclair": lowercase_finds}
+    warnings = [line for line in log.read_text().splitlines() if "lowercases A to Z alone" in line]
+    assert len(warnings) == (0 if lowercase_finds else 1), log.read_text()
 
 
 @pytest.mark.parametrize(
