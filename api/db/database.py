@@ -344,7 +344,9 @@ class Database:
         outage with no request in flight its figures showed a busy pool rather than a dead database.
         """
         while True:
-            metrics.pool_size.set(self.pool.get_stats()["pool_size"])
+            # Connections that are there, idle or lent: psycopg's pool_size also counts those it is
+            # still trying to make, so a pool that could not connect showed as full.
+            metrics.pool_size.set(self.pool.get_stats()["pool_available"] + self.fair_share.at_database)
             metrics.pool_in_use.set(self.fair_share.at_database)
             metrics.pool_waiting.set(self._waiting_for_pool + self.fair_share.waiting)
             await asyncio.sleep(1.0)
@@ -610,8 +612,21 @@ class Database:
     async def ping(self) -> None:
         """Reach the server and back, touching no table: for readiness checks. Over a connection
         of its own (`PingConnection`), so a pool with no free connection does not delay it; one
-        lost on the way is replaced."""
+        lost on the way is replaced.
+
+        Unavailable too when the server answers the ping but the pool has nothing to lend: no
+        connection idle, none lent to a request, and every attempt to make one since the last ping
+        failed. The ping's connection was made before whatever now refuses new ones (the login role's
+        CONNECTION LIMIT, max_connections taken by other clients), and every task request of this
+        worker would wait out DB_POOL_TIMEOUT_SECONDS for a 503. A pool whose connections are all
+        lent to requests is busy, not unable, and stays ready."""
         await self._ping_connection.ping()
+        cannot_connect = self.pool.failed_every_attempt_since_last_asked()
+        if cannot_connect and not self.pool.has_idle_connection() and not self.fair_share.at_database:
+            raise DatabaseUnavailable(
+                "the database answers, but this worker's pool holds no connection and could make none"
+                " since the last check (psycopg.pool's warning says why)"
+            )
 
     @property
     def pings_sent(self) -> int:

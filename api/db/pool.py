@@ -113,6 +113,9 @@ class Pool(AsyncConnectionPool[Connection]):
     connection while it waits."""
 
     answer_timeout_seconds: float = 5.0
+    # The pool's counts of connection attempts and of those that failed, when last read
+    # (`failed_every_attempt_since_last_asked`).
+    _attempts_seen: tuple[int, int] = (0, 0)
 
     async def check_connection(self, conn: Connection) -> None:  # type: ignore[override]
         try:
@@ -124,6 +127,19 @@ class Pool(AsyncConnectionPool[Connection]):
     def has_idle_connection(self) -> bool:
         """Whether a connection waits in the pool, ready to be lent out."""
         return self.get_stats()["pool_available"] > 0
+
+    def failed_every_attempt_since_last_asked(self) -> bool:
+        """Whether the pool tried to make a connection since this was last asked, and every try failed.
+
+        While it cannot connect it tries about once a second (`try_again`), so a pool that lost its
+        connections and cannot replace them (the login role's CONNECTION LIMIT reached, or the
+        server's max_connections, by other clients) answers yes each time, and one that made a
+        connection since answers no."""
+        stats = self.get_stats()
+        attempts = (stats.get("connections_num", 0), stats.get("connections_errors", 0))
+        tried, failed = (now - before for now, before in zip(attempts, self._attempts_seen, strict=True))
+        self._attempts_seen = attempts
+        return tried > 0 and failed == tried
 
 
 async def try_again(pool: AsyncConnectionPool[Any]) -> None:
