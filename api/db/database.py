@@ -91,6 +91,7 @@ from api.db.fair_share import FairShare, Share
 from api.db.pool import (
     CHECK_CONNECTIONS_UNUSED_FOR_SECONDS,
     RECONNECT_TRIES_FOR_SECONDS,
+    ConnectFailures,
     Connection,
     LivenessCheck,
     PingConnection,
@@ -131,6 +132,8 @@ _UNKNOWN_NAME = (
 _INSUFFICIENT_RESOURCES = "53"
 
 logger = logging.getLogger(__name__)
+# psycopg's pool logs here.
+_POOL_LOG = logging.getLogger("psycopg.pool")
 
 
 class SafeToRetry(DatabaseUnavailable):
@@ -279,6 +282,7 @@ class Database:
             settings.db_prepared_statements
         ]
         liveness = LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
+        connect_failures = ConnectFailures()
         pool = Pool(
             conninfo,
             connection_class=Connection,
@@ -300,10 +304,13 @@ class Database:
             reconnect_timeout=RECONNECT_TRIES_FOR_SECONDS,
             reconnect_failed=try_again,
             # Pipelined statements are prepared by psycopg (DB_PREPARE_THRESHOLD) instead.
-            configure=configure_sessions(None if pipelined else preparing),
+            configure=configure_sessions(
+                None if pipelined else preparing, connected=connect_failures.connected
+            ),
             open=False,
         )
         pool.answer_timeout_seconds = settings.db_connect_timeout_seconds
+        pool.connect_failures, connect_failures.pool_name = connect_failures, pool.name
         return cls(
             pool,
             transactions,
@@ -323,6 +330,7 @@ class Database:
         )
 
     async def open(self) -> None:
+        _POOL_LOG.addFilter(self.pool.connect_failures)
         await self.pool.open()
         self._pool_watcher = asyncio.create_task(self._watch_pool(), name="pool-metrics")
 
@@ -334,6 +342,7 @@ class Database:
         await self._liveness.close()
         await self._ping_connection.close()
         await self.pool.close()
+        _POOL_LOG.removeFilter(self.pool.connect_failures)
 
     async def _watch_pool(self) -> None:
         """The pool's gauges, read once a second off the request path rather than on every request.
