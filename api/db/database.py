@@ -262,6 +262,8 @@ class Database:
         self._pool_watcher: asyncio.Task[None] | None = None
         # Requests in `_attempt` waiting for the pool to lend them a connection (`_watch_pool`).
         self._waiting_for_pool = 0
+        # The connections lent to requests right now (`cancel_statements`).
+        self._lent: set[Connection] = set()
         # False once a prepared statement was missing or another client's: the database's sessions
         # do not last, and from then on this worker prepares nothing (`_stop_preparing`).
         self._may_prepare = True
@@ -425,6 +427,7 @@ class Database:
         finally:
             self._waiting_for_pool -= 1
         share.at_database += 1
+        self._lent.add(connection)
         # Timed from here, not from the request's first wait: one that waited for its share or the
         # pool and was refused sent the database nothing, and read as a transaction as long as
         # DB_POOL_TIMEOUT_SECONDS, so a queue in front of a healthy database looked like a slow one.
@@ -433,6 +436,7 @@ class Database:
             return await self._on(connection, query, as_user, read_only=read_only)
         finally:
             share.at_database -= 1
+            self._lent.discard(connection)
             await self.pool.putconn(connection)
             (_READ_ONLY if read_only else _READ_WRITE).observe(time.perf_counter() - taken)
 
@@ -636,6 +640,18 @@ class Database:
                 "the database answers, but this worker's pool holds no connection and could make none"
                 " since the last check (psycopg.pool's warning says why)"
             )
+
+    async def cancel_statements(self, *, timeout_seconds: float) -> int:
+        """Ask the server to cancel whatever the connections lent to requests are running; return how
+        many were asked. For a worker about to be killed: a write still waiting (on a row lock, say)
+        would otherwise commit after the kill, its client cut off unanswered, where cancelled it is
+        rolled back and answered 503 (`StatementCancelled`). A statement that ends first is
+        answered as usual: a cancel that arrives after it changes nothing."""
+        lent = list(self._lent)
+        cancels = [connection.cancel_safe(timeout=timeout_seconds) for connection in lent]
+        # A cancel that fails leaves its statement to the kill, as before.
+        await asyncio.gather(*cancels, return_exceptions=True)
+        return len(lent)
 
     @property
     def pings_sent(self) -> int:
