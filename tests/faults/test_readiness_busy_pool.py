@@ -7,6 +7,7 @@ DB_POOL_TIMEOUT_SECONDS (it could not complete, and refused every request). A da
 is still a 503.
 """
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from api.app import create_app
 from tests.own_postgres import OwnPostgres
@@ -162,3 +164,36 @@ def test_a_pool_that_cannot_connect_is_not_ready_and_counts_no_connection(
     assert_problem(refused, 503, "database-unavailable")
     assert held_while_refused == 0
     assert served_again.status_code == 200, served_again.text
+
+
+def test_readiness_says_once_that_the_database_is_not_ready_and_once_that_it_is_again(
+    own_postgres: OwnPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load balancer asks every few seconds, and each check that found the database down logged
+    the same warning again: a line per check for as long as the outage lasted."""
+    settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2)
+    with (
+        caplog.at_level(logging.INFO, logger="api.http.readiness"),
+        serving_client(create_app(settings)) as client,
+    ):
+        assert client.get("/readyz").status_code == 200
+        own_postgres.stop()
+        not_ready = []
+        for _ in range(3):
+            time.sleep(1.1)  # past the shared answer's second: a check of its own each time
+            not_ready.append(client.get("/readyz").status_code)
+        own_postgres.start()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "/readyz never came back"
+            time.sleep(0.2)
+
+    assert not_ready == [503] * 3
+    said = [
+        (record.levelno, record.getMessage())
+        for record in caplog.records
+        if record.name == "api.http.readiness"
+    ]
+    assert [level for level, _ in said] == [logging.WARNING, logging.INFO], said
+    assert said[0][1].startswith("readiness: the database is not ready: "), said
+    assert said[1][1] == "readiness: the database is ready again"
