@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -20,6 +21,7 @@ from api.ops.startup_checks import refuse_a_taken_port
 from tests.support import (
     CLI,
     SECRET,
+    assert_problem,
     cli_env,
     free_port,
     new_user,
@@ -28,6 +30,7 @@ from tests.support import (
     serve_process,
     sessions_waiting_on_a_lock,
     value,
+    wait_until_it_waits_for,
 )
 
 
@@ -122,6 +125,46 @@ def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
         assert server.returncode == 0, log.read_text()
     with psycopg.connect(api_db_url) as check:
         assert check.execute("select title from tasks where id = %s", [task["id"]]).fetchone() == ("after",)
+
+
+def test_a_write_still_at_the_database_when_its_worker_is_killed_is_answered_and_never_stored(
+    migrated_db: psycopg.Connection[Any], migrated_db_url: str, tmp_path: Path
+) -> None:
+    """Found with SHUTDOWN_GRACE_SECONDS below DB_STATEMENT_TIMEOUT_MS: a write waiting on a row lock
+    when the grace ran out was cut off with no answer ("Server disconnected") as its worker was
+    killed, and committed once the lock went. Cancelled shortly before the kill, it is a 503 that
+    changed nothing."""
+    alice = new_user()
+    log = tmp_path / "serve.log"
+    env = cli_env(
+        DATABASE_URL=migrated_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        SHUTDOWN_GRACE_SECONDS="3",
+        # The write waits for the lock, not for its timeout, however slow the machine.
+        DB_STATEMENT_TIMEOUT_MS="120000",
+    )
+    with (
+        serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, server),
+        httpx.Client(base_url=base_url, timeout=60) as client,
+        ThreadPoolExecutor(1) as sender,
+    ):
+        task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        migrated_db.execute("select 1 from tasks where id = %s for update", [task["id"]])
+        update = sender.submit(
+            client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
+        )
+        wait_until_it_waits_for(migrated_db, update)
+        server.send_signal(signal.SIGTERM)
+        answered = update.result(timeout=60)
+        server.wait(timeout=60)
+    migrated_db.rollback()  # the lock goes: a write still waiting for it would go through now
+    _wait_for(lambda: sessions_waiting_on_a_lock(migrated_db_url) == 0, "nothing waits on the lock")
+
+    assert_problem(answered, 503, "database-unavailable")
+    assert server.returncode == 0, log.read_text()
+    assert "their statements are cancelled before the worker is killed" in log.read_text()
+    stored = migrated_db.execute("select title from tasks where id = %s", [task["id"]]).fetchone()
+    assert stored == ("before",)
 
 
 def _end_what_is_left(workers: set[int], pgdata: Path) -> None:

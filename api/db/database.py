@@ -91,6 +91,7 @@ from api.db.fair_share import FairShare, Share
 from api.db.pool import (
     CHECK_CONNECTIONS_UNUSED_FOR_SECONDS,
     RECONNECT_TRIES_FOR_SECONDS,
+    ConnectFailures,
     Connection,
     LivenessCheck,
     PingConnection,
@@ -131,6 +132,8 @@ _UNKNOWN_NAME = (
 _INSUFFICIENT_RESOURCES = "53"
 
 logger = logging.getLogger(__name__)
+# psycopg's pool logs here.
+_POOL_LOG = logging.getLogger("psycopg.pool")
 
 
 class SafeToRetry(DatabaseUnavailable):
@@ -259,6 +262,8 @@ class Database:
         self._pool_watcher: asyncio.Task[None] | None = None
         # Requests in `_attempt` waiting for the pool to lend them a connection (`_watch_pool`).
         self._waiting_for_pool = 0
+        # The connections lent to requests right now (`cancel_statements`).
+        self._lent: set[Connection] = set()
         # False once a prepared statement was missing or another client's: the database's sessions
         # do not last, and from then on this worker prepares nothing (`_stop_preparing`).
         self._may_prepare = True
@@ -279,6 +284,7 @@ class Database:
             settings.db_prepared_statements
         ]
         liveness = LivenessCheck(CHECK_CONNECTIONS_UNUSED_FOR_SECONDS)
+        connect_failures = ConnectFailures()
         pool = Pool(
             conninfo,
             connection_class=Connection,
@@ -300,10 +306,13 @@ class Database:
             reconnect_timeout=RECONNECT_TRIES_FOR_SECONDS,
             reconnect_failed=try_again,
             # Pipelined statements are prepared by psycopg (DB_PREPARE_THRESHOLD) instead.
-            configure=configure_sessions(None if pipelined else preparing),
+            configure=configure_sessions(
+                None if pipelined else preparing, connected=connect_failures.connected
+            ),
             open=False,
         )
         pool.answer_timeout_seconds = settings.db_connect_timeout_seconds
+        pool.connect_failures, connect_failures.pool_name = connect_failures, pool.name
         return cls(
             pool,
             transactions,
@@ -323,6 +332,7 @@ class Database:
         )
 
     async def open(self) -> None:
+        _POOL_LOG.addFilter(self.pool.connect_failures)
         await self.pool.open()
         self._pool_watcher = asyncio.create_task(self._watch_pool(), name="pool-metrics")
 
@@ -334,6 +344,7 @@ class Database:
         await self._liveness.close()
         await self._ping_connection.close()
         await self.pool.close()
+        _POOL_LOG.removeFilter(self.pool.connect_failures)
 
     async def _watch_pool(self) -> None:
         """The pool's gauges, read once a second off the request path rather than on every request.
@@ -344,7 +355,9 @@ class Database:
         outage with no request in flight its figures showed a busy pool rather than a dead database.
         """
         while True:
-            metrics.pool_size.set(self.pool.get_stats()["pool_size"])
+            # Connections that are there, idle or lent: psycopg's pool_size also counts those it is
+            # still trying to make, so a pool that could not connect showed as full.
+            metrics.pool_size.set(self.pool.get_stats()["pool_available"] + self.fair_share.at_database)
             metrics.pool_in_use.set(self.fair_share.at_database)
             metrics.pool_waiting.set(self._waiting_for_pool + self.fair_share.waiting)
             await asyncio.sleep(1.0)
@@ -414,6 +427,7 @@ class Database:
         finally:
             self._waiting_for_pool -= 1
         share.at_database += 1
+        self._lent.add(connection)
         # Timed from here, not from the request's first wait: one that waited for its share or the
         # pool and was refused sent the database nothing, and read as a transaction as long as
         # DB_POOL_TIMEOUT_SECONDS, so a queue in front of a healthy database looked like a slow one.
@@ -422,6 +436,7 @@ class Database:
             return await self._on(connection, query, as_user, read_only=read_only)
         finally:
             share.at_database -= 1
+            self._lent.discard(connection)
             await self.pool.putconn(connection)
             (_READ_ONLY if read_only else _READ_WRITE).observe(time.perf_counter() - taken)
 
@@ -610,8 +625,33 @@ class Database:
     async def ping(self) -> None:
         """Reach the server and back, touching no table: for readiness checks. Over a connection
         of its own (`PingConnection`), so a pool with no free connection does not delay it; one
-        lost on the way is replaced."""
+        lost on the way is replaced.
+
+        Unavailable too when the server answers the ping but the pool has nothing to lend: no
+        connection idle, none lent to a request, and every attempt to make one since the last ping
+        failed. The ping's connection was made before whatever now refuses new ones (the login role's
+        CONNECTION LIMIT, max_connections taken by other clients), and every task request of this
+        worker would wait out DB_POOL_TIMEOUT_SECONDS for a 503. A pool whose connections are all
+        lent to requests is busy, not unable, and stays ready."""
         await self._ping_connection.ping()
+        cannot_connect = self.pool.failed_every_attempt_since_last_asked()
+        if cannot_connect and not self.pool.has_idle_connection() and not self.fair_share.at_database:
+            raise DatabaseUnavailable(
+                "the database answers, but this worker's pool holds no connection and could make none"
+                " since the last check (psycopg.pool's warning says why)"
+            )
+
+    async def cancel_statements(self, *, timeout_seconds: float) -> int:
+        """Ask the server to cancel whatever the connections lent to requests are running; return how
+        many were asked. For a worker about to be killed: a write still waiting (on a row lock, say)
+        would otherwise commit after the kill, its client cut off unanswered, where cancelled it is
+        rolled back and answered 503 (`StatementCancelled`). A statement that ends first is
+        answered as usual: a cancel that arrives after it changes nothing."""
+        lent = list(self._lent)
+        cancels = [connection.cancel_safe(timeout=timeout_seconds) for connection in lent]
+        # A cancel that fails leaves its statement to the kill, as before.
+        await asyncio.gather(*cancels, return_exceptions=True)
+        return len(lent)
 
     @property
     def pings_sent(self) -> int:

@@ -15,6 +15,7 @@ connection took a healthy worker out of the load balancer (`PingConnection`).
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import select
@@ -34,6 +35,8 @@ from psycopg_pool import AsyncConnectionPool
 from api.db.errors import DatabaseUnavailable
 from api.db.host_lookup import LookupBoundedAsyncConnection
 from api.db.prepared import reaches_postgres_itself
+
+logger = logging.getLogger(__name__)
 
 # A connection handed out less than this long ago is handed out again without asking whether it is
 # alive: under load every connection is that fresh, so the hot path pays nothing. pgx's pool (Go)
@@ -103,6 +106,62 @@ async def answer_within(
             await connection.close()  # even when the answer came after all: its socket is shut
 
 
+# psycopg_pool's warnings about making connections (3.3), as its records carry them.
+_TRY_FAILED = "error connecting in %r: %s"
+_TRIES_GAVE_UP = "reconnection attempt in pool %r failed after %s sec"
+# While the pool cannot connect, it says so again this often.
+CONNECT_FAILURES_REPEATED_EVERY_SECONDS = 60.0
+
+
+class ConnectFailures(logging.Filter):
+    """The pool's warnings about connecting, one line for a run of failed tries rather than a line
+    for each: a filter on psycopg's `psycopg.pool` logger while the pool is open.
+
+    While the database is away each connection the pool lost is tried about once a second
+    (`try_again`), and psycopg warns at every try, and again as each run of tries gives up: 170
+    lines in a 15 s outage of `serve --workers 2` under load, burying the one that says why. The
+    first failed try is logged, as psycopg words it, then one a minute while the pool still cannot
+    connect; a run that gives up is not; and the pool's configure step says when it connects again
+    (`connected`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Whose records these are: the logger is every pool's, and a process may have more than one.
+        self.pool_name = ""
+        self._first_failed_at: float | None = None
+        self._said_at = -math.inf
+        self._failed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _TRIES_GAVE_UP:
+            return False  # the next run starts at once
+        ours = isinstance(record.args, tuple) and record.args[:1] == (self.pool_name,)
+        if record.msg != _TRY_FAILED or not ours:
+            return True
+        now = time.monotonic()
+        self._failed += 1
+        if self._first_failed_at is None:
+            self._first_failed_at = now
+        if now - self._said_at < CONNECT_FAILURES_REPEATED_EVERY_SECONDS:
+            return False
+        self._said_at = now
+        record.msg = (
+            f"{_TRY_FAILED} (it tries again about once a second; said again once a minute, until it connects)"
+        )
+        return True
+
+    def connected(self) -> None:
+        """A connection was made: after failed tries, say so, once."""
+        if self._first_failed_at is None:
+            return
+        logger.info(
+            "the pool connects to the database again, %.1f s after a try first failed (%d tries failed)",
+            time.monotonic() - self._first_failed_at,
+            self._failed,
+        )
+        self._first_failed_at, self._said_at, self._failed = None, -math.inf, 0
+
+
 class _NoAnswer(psycopg.OperationalError):
     """A connection did not answer a liveness check in time: it is discarded, alone."""
 
@@ -113,6 +172,11 @@ class Pool(AsyncConnectionPool[Connection]):
     connection while it waits."""
 
     answer_timeout_seconds: float = 5.0
+    # Its warnings about connecting, told when it connects (`configure_sessions`).
+    connect_failures: ConnectFailures
+    # The pool's counts of connection attempts and of those that failed, when last read
+    # (`failed_every_attempt_since_last_asked`).
+    _attempts_seen: tuple[int, int] = (0, 0)
 
     async def check_connection(self, conn: Connection) -> None:  # type: ignore[override]
         try:
@@ -124,6 +188,19 @@ class Pool(AsyncConnectionPool[Connection]):
     def has_idle_connection(self) -> bool:
         """Whether a connection waits in the pool, ready to be lent out."""
         return self.get_stats()["pool_available"] > 0
+
+    def failed_every_attempt_since_last_asked(self) -> bool:
+        """Whether the pool tried to make a connection since this was last asked, and every try failed.
+
+        While it cannot connect it tries about once a second (`try_again`), so a pool that lost its
+        connections and cannot replace them (the login role's CONNECTION LIMIT reached, or the
+        server's max_connections, by other clients) answers yes each time, and one that made a
+        connection since answers no."""
+        stats = self.get_stats()
+        attempts = (stats.get("connections_num", 0), stats.get("connections_errors", 0))
+        tried, failed = (now - before for now, before in zip(attempts, self._attempts_seen, strict=True))
+        self._attempts_seen = attempts
+        return tried > 0 and failed == tried
 
 
 async def try_again(pool: AsyncConnectionPool[Any]) -> None:
@@ -255,10 +332,14 @@ def read_times_in_utc(connection: psycopg.AsyncConnection[Any]) -> None:
 
 def configure_sessions(
     preparing: Callable[[Connection], Awaitable[None]] | None,
+    *,
+    connected: Callable[[], None],
 ) -> Callable[[Connection], Awaitable[None]]:
-    """The pool's configure step: times read in UTC (`read_times_in_utc`), then `preparing`'s step."""
+    """The pool's configure step: `connected` told (`ConnectFailures.connected`), times read in UTC
+    (`read_times_in_utc`), then `preparing`'s step."""
 
     async def configure(connection: Connection) -> None:
+        connected()
         read_times_in_utc(connection)
         if preparing is not None:
             await preparing(connection)

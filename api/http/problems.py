@@ -414,7 +414,8 @@ def statement_cancelled() -> ProblemError:
     # The database answered, it only did not finish this request in time.
     return _database_unavailable(
         "The database did not finish this request within its statement timeout "
-        "(DB_STATEMENT_TIMEOUT_MS), or an operator cancelled it; nothing was changed. Try again shortly."
+        "(DB_STATEMENT_TIMEOUT_MS), or an operator cancelled it, or the server did as it stopped; nothing "
+        "was changed. Try again shortly."
     )
 
 

@@ -15,6 +15,8 @@ _READY_TIMEOUT_SECONDS = 3.0
 # at most this often per worker, however many call.
 _READY_MAX_AGE_SECONDS = 1.0
 _UNREACHABLE: tuple[type[Exception], ...] = (TimeoutError, *UNAVAILABLE)
+# While the database stays not ready for the same reason, the log says so again this often.
+_NOT_READY_REPEATED_EVERY_SECONDS = 60.0
 
 
 class SharedReadiness:
@@ -37,6 +39,10 @@ class SharedReadiness:
         self._started_at = -math.inf
         self._check: asyncio.Task[bool] | None = None
         self._pinging: asyncio.Task[None] | None = None
+        # Why the last check found the database not ready, and when the log last said so; None
+        # while it is ready (`_say`).
+        self._not_ready: str | None = None
+        self._said_at = -math.inf
 
     async def reachable(self) -> bool:
         now = time.monotonic()
@@ -57,9 +63,23 @@ class SharedReadiness:
         done, _ = await asyncio.wait({self._pinging}, timeout=self._timeout_seconds)
         error = self._pinging.exception() if done else TimeoutError()
         if error is None:
+            self._say(None)
             return True
         if not isinstance(error, _UNREACHABLE):
             raise error
         why = "the database did not answer in time" if isinstance(error, TimeoutError) else in_one_line(error)
-        logger.warning("readiness: the database is not ready: %s", why)
+        self._say(why)
         return False
+
+    def _say(self, not_ready: str | None) -> None:
+        """Log why the database is not ready when that changes, and again once a minute while it
+        lasts; and that it is ready again. A load balancer asks every few seconds, and a line for each
+        check filled the log of a long outage with the same words."""
+        now = time.monotonic()
+        if not_ready is None:
+            if self._not_ready is not None:
+                logger.info("readiness: the database is ready again")
+        elif not_ready != self._not_ready or now - self._said_at >= _NOT_READY_REPEATED_EVERY_SECONDS:
+            logger.warning("readiness: the database is not ready: %s", not_ready)
+            self._said_at = now
+        self._not_ready = not_ready

@@ -2,7 +2,9 @@
 says once, for all workers, when the API is ready, and that accounts for any worker it replaces.
 
 The collector is tuned as api/ops/collector.py says, open event streams end when the worker is told
-to stop (`_end_streams_on_shutdown`), and a worker whose server is gone stops (`_stop_when_orphaned`).
+to stop (`_end_streams_on_shutdown`), the statements its requests still run are cancelled just before
+it is killed (`_cancel_statements_before_the_kill`), and a worker whose server is gone stops
+(`_stop_when_orphaned`).
 """
 
 import asyncio
@@ -19,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.db.database import Database
 from api.events.hub import Hub
 from api.events.services import live_services
 from api.ops.collector import tune_collector_for_serving
@@ -31,6 +34,9 @@ READY_MESSAGE_VARIABLE = "TODO_API_READY_MESSAGE"
 SERVER_PID_VARIABLE = "TODO_API_SERVER_PID"
 # How often a worker looks for its server: it stops this long, at most, after the server is gone.
 _ORPHAN_CHECK_SECONDS = 0.5
+# How long before a stopping worker is killed it cancels the statements its requests still run (at
+# most half the grace): time for the cancel to reach the server and the 503s to reach their clients.
+_CANCEL_BEFORE_THE_KILL_SECONDS = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -55,26 +61,64 @@ def _account_for_dead_workers() -> None:
             logger.error("worker %d died without stopping; worker %d replaces it", pid, os.getpid())
 
 
-def _end_streams_on_shutdown(hub: Hub) -> None:
-    """Granian waits for every open response before a worker stops, and an event stream never ends
-    by itself: on the signal that stops the worker, the streams end too.
+def _on_stop_signal(stop: Callable[[], None]) -> None:
+    """Call `stop` in the worker's event loop when the signal that stops the worker comes.
 
     Granian's worker handles SIGINT and SIGTERM with its event loop's signal handlers, which leave
-    the signal's Python-level handler to the loop: ours goes in its place, ends the streams, and
-    calls the loop's, so the loop still hears the signal and does what granian asked of it.
+    the signal's Python-level handler to the loop: ours goes in its place, calls `stop`, and calls the
+    loop's, so the loop still hears the signal and does what granian asked of it.
     """
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loops = signal.getsignal(signum)
 
-        def end_streams_then(
+        def stop_then(
             number: int, frame: FrameType | None, loops: Callable[[int, FrameType | None], Any] | Any = loops
         ) -> None:
-            loop.call_soon_threadsafe(hub.close)
+            loop.call_soon_threadsafe(stop)
             if callable(loops):
                 loops(number, frame)
 
-        signal.signal(signum, end_streams_then)
+        signal.signal(signum, stop_then)
+
+
+def _end_streams_on_shutdown(hub: Hub) -> None:
+    """Granian waits for every open response before a worker stops, and an event stream never ends
+    by itself: on the signal that stops the worker, the streams end too."""
+    _on_stop_signal(hub.close)
+
+
+def _cancel_statements_before_the_kill(database: Database, grace_seconds: int) -> None:
+    """A worker whose requests have not finished `grace_seconds` after it was told to stop is killed
+    (SIGKILL, by granian or `_stop_when_orphaned`), and the connections it had lent are closed under
+    them, but a statement the server is running goes on: a write waiting on a row lock committed
+    after the kill, its client cut off with no answer (found with SHUTDOWN_GRACE_SECONDS below
+    DB_STATEMENT_TIMEOUT_MS). So, shortly before the kill, the worker asks the server to cancel
+    whatever its lent connections run: each such request is rolled back and answered 503, and a
+    statement that ended first is answered as usual."""
+    loop = asyncio.get_running_loop()
+    margin = min(_CANCEL_BEFORE_THE_KILL_SECONDS, grace_seconds / 2)
+    # The timer, once set, and the cancel's task, kept so that it is not collected while it runs.
+    scheduled: list[asyncio.TimerHandle | asyncio.Task[None]] = []
+
+    async def cancel() -> None:
+        asked = await database.cancel_statements(timeout_seconds=margin)
+        if asked:
+            logger.warning(
+                "worker %d stops: %d requests still at the database %.1f s after it was told to stop; "
+                "their statements are cancelled before the worker is killed",
+                os.getpid(),
+                asked,
+                grace_seconds - margin,
+            )
+
+    def cancel_before_the_kill() -> None:
+        if not scheduled:  # the first signal counts: the kill does not wait for another
+            scheduled.append(
+                loop.call_later(grace_seconds - margin, lambda: scheduled.append(loop.create_task(cancel())))
+            )
+
+    _on_stop_signal(cancel_before_the_kill)
 
 
 def _stop_when_orphaned(grace_seconds: int) -> None:
@@ -114,6 +158,7 @@ def create_served_app() -> FastAPI:
     def on_ready() -> None:
         shared = live_services(app)
         _end_streams_on_shutdown(shared.events_hub)
+        _cancel_statements_before_the_kill(shared.database, shared.settings.shutdown_grace_seconds)
         _stop_when_orphaned(shared.settings.shutdown_grace_seconds)
         _announce_once()
 

@@ -317,6 +317,50 @@ def test_the_listener_warns_once_of_a_lost_connection_and_says_when_it_listens_a
     assert woken == ["back"]
 
 
+def test_the_pool_warns_once_that_it_cannot_connect_and_says_when_it_connects_again(
+    own_postgres: OwnPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found with `serve --workers 2` under load: psycopg's pool warned at every try to reconnect each
+    of its connections, and again as each run of tries gave up, 170 lines in a 15 s outage."""
+    user = new_user()
+    settings = settings_for(
+        own_postgres.url,
+        db_pool_size=3,
+        db_pool_timeout_seconds=1,
+        db_connect_timeout_seconds=2,
+        # No check falls in the outage: requests go on asking the pool for a connection.
+        isolation_check_interval_seconds=3600,
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="psycopg.pool"),
+        caplog.at_level(logging.INFO, logger="api.db.pool"),
+        serving_client(create_app(settings)) as client,
+    ):
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        own_postgres.stop()
+        away = time.monotonic()
+        while time.monotonic() - away < 6:  # several runs of tries of every connection
+            assert client.get(user.tasks_url, headers=user.headers).status_code == 503
+        own_postgres.start()
+        deadline = time.monotonic() + 30
+        while client.get(user.tasks_url, headers=user.headers).status_code != 200:
+            assert time.monotonic() < deadline, "the API did not notice Postgres came back"
+            time.sleep(0.2)
+
+    said = [(record.name, record.getMessage()) for record in caplog.records]
+    tries = [message for name, message in said if name == "psycopg.pool" and "connecting" in message]
+    assert len(tries) == 1, said
+    assert tries[0].startswith("error connecting in "), said
+    assert "it tries again about once a second" in tries[0]
+    assert not [message for _, message in said if message.startswith("reconnection attempt")], said
+    back = [message for name, message in said if name == "api.db.pool"]
+    assert len(back) == 1, said
+    assert re.fullmatch(
+        r"the pool connects to the database again, \d+\.\d s after a try first failed \(\d+ tries failed\)",
+        back[0],
+    ), back
+
+
 def test_a_worker_that_dies_while_the_database_is_away_is_replaced_and_serve_serves_on_once_it_is_back(
     own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:

@@ -7,15 +7,32 @@ DB_POOL_TIMEOUT_SECONDS (it could not complete, and refused every request). A da
 is still a 503.
 """
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
+import pytest
 
 from api.app import create_app
 from tests.own_postgres import OwnPostgres
-from tests.support import assert_problem, new_user, serving_client, sessions_waiting_on_a_lock, settings_for
+from tests.support import (
+    CLI,
+    LOGIN_ROLE,
+    SECRET,
+    assert_problem,
+    cli_env,
+    new_user,
+    scrape,
+    serve_process,
+    serving_client,
+    sessions_waiting_on_a_lock,
+    settings_for,
+    value,
+)
 
 POOL_SIZE = 4
 PER_USER = 2  # each user's share of the pool: POOL_SIZE // PER_USER users fill it
@@ -96,3 +113,87 @@ def test_a_database_that_is_down_is_not_ready_and_ready_again_once_back(own_post
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "/readyz never came back"
             time.sleep(0.2)
+
+
+def test_a_pool_that_cannot_connect_is_not_ready_and_counts_no_connection(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    """Found with `serve --workers 2`: the login role's CONNECTION LIMIT reached (by other clients,
+    say) once the pool's connections were gone, every task request waited out DB_POOL_TIMEOUT_SECONDS
+    for a 503 while /readyz, whose own connection was made before, kept answering 200, and the pool
+    gauge counted the connections the pool was only trying to make."""
+    user = new_user()
+    env = cli_env(
+        DATABASE_URL=own_postgres.url,
+        BETTER_AUTH_SECRET=SECRET,
+        DB_POOL_SIZE="2",
+        DB_POOL_TIMEOUT_SECONDS="1",
+        # No check falls in the test: it would fail for want of a connection, and refuse for its own reason.
+        ISOLATION_CHECK_INTERVAL_SECONDS="3600",
+    )
+    with (
+        serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _),
+        httpx.Client(base_url=base_url, timeout=30) as client,
+        psycopg.connect(own_postgres.superuser_url, autocommit=True) as superuser,
+    ):
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        superuser.execute(f"alter role {LOGIN_ROLE} connection limit 0")  # sessions already in stay
+        superuser.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity"
+            " where usename = %s and application_name = 'todo-api'",
+            [LOGIN_ROLE],
+        )
+        # The pool finds its connections gone when a request asks for one.
+        refused = client.get(user.tasks_url, headers=user.headers)
+        deadline = time.monotonic() + 30
+        while (not_ready := client.get("/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "/readyz stays 200 while the pool cannot connect"
+            time.sleep(0.2)
+        time.sleep(1.5)  # the pool gauges are read once a second
+        held_while_refused = value(scrape(base_url), "todo_api_db_pool_size")
+
+        superuser.execute(f"alter role {LOGIN_ROLE} connection limit -1")
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "/readyz never came back"
+            time.sleep(0.2)
+        served_again = client.get(user.tasks_url, headers=user.headers)
+
+    assert_problem(not_ready, 503, "database-unavailable")
+    assert not_ready.headers["retry-after"].isdigit()
+    assert_problem(refused, 503, "database-unavailable")
+    assert held_while_refused == 0
+    assert served_again.status_code == 200, served_again.text
+
+
+def test_readiness_says_once_that_the_database_is_not_ready_and_once_that_it_is_again(
+    own_postgres: OwnPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load balancer asks every few seconds, and each check that found the database down logged
+    the same warning again: a line per check for as long as the outage lasted."""
+    settings = settings_for(own_postgres.url, db_connect_timeout_seconds=2)
+    with (
+        caplog.at_level(logging.INFO, logger="api.http.readiness"),
+        serving_client(create_app(settings)) as client,
+    ):
+        assert client.get("/readyz").status_code == 200
+        own_postgres.stop()
+        not_ready = []
+        for _ in range(3):
+            time.sleep(1.1)  # past the shared answer's second: a check of its own each time
+            not_ready.append(client.get("/readyz").status_code)
+        own_postgres.start()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "/readyz never came back"
+            time.sleep(0.2)
+
+    assert not_ready == [503] * 3
+    said = [
+        (record.levelno, record.getMessage())
+        for record in caplog.records
+        if record.name == "api.http.readiness"
+    ]
+    assert [level for level, _ in said] == [logging.WARNING, logging.INFO], said
+    assert said[0][1].startswith("readiness: the database is not ready: "), said
+    assert said[1][1] == "readiness: the database is ready again"
