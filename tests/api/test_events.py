@@ -6,7 +6,9 @@ streams poll instead of being woken by LISTEN.
 """
 
 import asyncio
+import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -755,6 +757,39 @@ def test_a_stream_ends_when_its_token_stops_being_accepted(api_db_url: str) -> N
             assert again.response.status_code == 401
 
     with serving(create_app(settings_for(api_db_url, jwt_leeway_seconds=5))) as base_url:
+        run(base_url, scenario)
+
+
+def test_a_quiet_stream_sends_a_comment_every_heartbeat_uncompressed_whatever_accept_encoding(
+    api_db_url: str,
+) -> None:
+    """What keeps a proxy in front from cutting a stream without changes, and from holding its events
+    back (docs/operations.md, "Behind a load balancer"): a `:` comment every
+    EVENTS_HEARTBEAT_SECONDS, and a response no proxy is asked to buffer, sent as is even to a client
+    that would take gzip."""
+    alice = new_user()
+    heartbeat_seconds = 1
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        headers = {**alice.headers, "Accept-Encoding": "gzip, br"}
+        async with client.stream("GET", f"/api/{alice.id}/events", headers=headers) as response:
+            assert response.status_code == 200
+            assert "content-encoding" not in response.headers
+            assert response.headers["x-accel-buffering"] == "no"
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith("id: ")
+            comments_at: list[float] = []
+            async with asyncio.timeout(heartbeat_seconds * 10):
+                while len(comments_at) < 3:
+                    line = await anext(lines)
+                    assert line == "" or line.startswith(":"), f"no event was written, yet: {line!r}"
+                    if line:
+                        comments_at.append(time.monotonic())
+            gaps = [later - earlier for earlier, later in itertools.pairwise(comments_at)]
+            assert all(heartbeat_seconds * 0.5 < gap < heartbeat_seconds * 2 for gap in gaps), gaps
+
+    settings = settings_for(api_db_url, events_heartbeat_seconds=heartbeat_seconds)
+    with serving(create_app(settings)) as base_url:
         run(base_url, scenario)
 
 
