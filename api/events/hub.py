@@ -66,14 +66,17 @@ class Hub:
                 retry_after=_SHUTDOWN_RETRY_AFTER_SECONDS,
             )
         if len(self._by_user.get(user_id, ())) >= self._max_streams_per_user:
+            # "Process", not "server": each worker counts apart, so a user refused here may hold
+            # more streams on the server's other workers than this number.
             raise too_many_requests(
-                f"You have {self._max_streams_per_user} event streams open on this server already"
-                " (MAX_STREAMS_PER_USER): close one first.",
+                f"You have {self._max_streams_per_user} event streams open on this server process"
+                " already (MAX_STREAMS_PER_USER, counted per process): close one first.",
                 retry_after=_RETRY_AFTER_SECONDS,
             )
         if len(self._open) >= self._max_streams:
             raise streams_unavailable(
-                f"This server holds {self._max_streams} event streams already (MAX_STREAMS_PER_WORKER); "
+                f"This server process holds {self._max_streams} event streams already"
+                " (MAX_STREAMS_PER_WORKER, counted per process); "
                 "nothing else was refused. Try again shortly.",
                 retry_after=_RETRY_AFTER_SECONDS,
             )
