@@ -117,15 +117,56 @@ router = APIRouter(
 )
 
 
-def _event_schema() -> dict[str, Any]:
+# An event's `id:`, as every item of the stream carries it: a number, sent as text.
+_EVENT_ID = {
+    "type": "string",
+    "pattern": "^[0-9]+$",
+    "description": "Where the stream stands: send the last one back as `Last-Event-ID`.",
+}
+
+
+def _event(kind: str, data: dict[str, Any], description: str) -> dict[str, Any]:
+    """One kind of event as an item of the stream: its `event:`, `id:` and JSON `data:`, and no other
+    field (no `retry:`), as FastAPI describes an event whose data is a model."""
     return {
-        "type": "string",
-        "description": "Server-Sent Events; each `data:` is JSON, as `x-events` describes per event.",
-        "x-events": {
-            "task.created": {"$ref": "#/components/schemas/TaskPublic"},
-            "task.updated": {"$ref": "#/components/schemas/TaskPublic"},
-            "task.deleted": stream.TaskDeleted.model_json_schema(),
-            "reset": {"type": "object"},
+        "type": "object",
+        "description": description,
+        "properties": {
+            "event": {"const": kind},
+            "id": _EVENT_ID,
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+        "required": ["event", "id", "data"],
+        "additionalProperties": False,
+    }
+
+
+def _stream_content() -> dict[str, Any]:
+    """The 200's `text/event-stream`: the body as text, for any OpenAPI 3.1 tool, and each item of it
+    as `itemSchema`, OpenAPI 3.2's keyword for a sequential media type that FastAPI documents its
+    own event streams with: one item per block of fields, `:` comment lines (heartbeats) none."""
+    task = {"$ref": "#/components/schemas/TaskPublic"}
+    return {
+        "schema": {"type": "string", "description": "Server-Sent Events, as `itemSchema` describes each."},
+        "itemSchema": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "description": "The first item of every stream that does not start with `reset`: "
+                    "where it starts, no event.",
+                    "properties": {"id": _EVENT_ID},
+                    "required": ["id"],
+                    "additionalProperties": False,
+                },
+                _event("task.created", task, "A task was created: the task exactly as GET returns it."),
+                _event("task.updated", task, "A task changed: the task exactly as GET returns it."),
+                _event("task.deleted", stream.TaskDeleted.model_json_schema(), "A task was deleted."),
+                _event(
+                    "reset",
+                    {"type": "object", "maxProperties": 0},
+                    "Refetch the list: events you have not seen are gone. The stream goes on after it.",
+                ),
+            ]
         },
     }
 
@@ -182,7 +223,7 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
                     "schema": {"type": "string"},
                 },
             },
-            "content": {"text/event-stream": {"schema": _event_schema()}},
+            "content": {"text/event-stream": _stream_content()},
         },
         # Every authenticated operation's 429 and 503 (api/http/refusals.py), with this operation's
         # own refusals (api/events/hub.py) and without outcome-unknown, which only a write can get.

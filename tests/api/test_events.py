@@ -7,21 +7,29 @@ streams poll instead of being woken by LISTEN.
 
 import asyncio
 import itertools
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import psycopg
 import pytest
 from httpx_sse import aconnect_sse
 from starlette.types import Message
 
-from api.app import create_app
+from api.app import create_app, openapi_document
 from api.auth.dev_tokens import mint_token
 from api.events.services import live_services
-from tests.api.events_client import Event, async_client, open_once_a_place_is_free, opened
+from tests.api.events_client import (
+    EVENT_TIMEOUT_SECONDS,
+    Event,
+    async_client,
+    open_once_a_place_is_free,
+    opened,
+)
 from tests.db.test_sql_policy_tests import forget
 from tests.support import SECRET, ApiUser, assert_problem, new_user, serving, settings_for
 
@@ -803,9 +811,11 @@ def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.
     assert operation["operationId"] == "streamEvents"
     parameters = {(parameter["name"], parameter["in"]) for parameter in operation["parameters"]}
     assert {("Last-Event-ID", "header"), ("lastEventId", "query")} <= parameters
-    stream = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
-    assert set(stream["x-events"]) == {"task.created", "task.updated", "task.deleted", "reset"}
-    assert stream["x-events"]["task.updated"] == {"$ref": "#/components/schemas/TaskPublic"}
+    items = operation["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]["oneOf"]
+    kinds = {item["properties"].get("event", {}).get("const") for item in items}
+    assert kinds == {None, "task.created", "task.updated", "task.deleted", "reset"}
+    updated = next(item for item in items if item["properties"].get("event") == {"const": "task.updated"})
+    assert updated["properties"]["data"]["contentSchema"] == {"$ref": "#/components/schemas/TaskPublic"}
     assert {"401", "403", "429"} <= set(operation["responses"])
     # A client written from the document alone must expect a reset mid-stream, not only first
     # (tests above: a stream that fell behind, an event it cannot render), and an end before its
@@ -813,6 +823,70 @@ def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.
     description = " ".join(operation["description"].split())
     assert "and at any point after, in place of events the stream fell too far behind" in description
     assert "or once the key that signed it is withdrawn) or the server process shuts down" in description
+
+
+async def items_sent(lines: AsyncIterator[str], count: int) -> list[dict[str, str]]:
+    """The next `count` items of a stream's lines as sent: each block's fields by name, comment lines
+    (heartbeats) left out, as OpenAPI's `itemSchema` counts them."""
+    items: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(EVENT_TIMEOUT_SECONDS):
+        while len(items) < count:
+            line = await anext(lines)
+            if line.startswith(":"):
+                continue
+            if line:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            elif fields:
+                items.append(fields)
+                fields = {}
+    return items
+
+
+def test_every_item_a_stream_sends_is_one_the_openapi_document_describes(api_url: str) -> None:
+    """The document's `itemSchema` for the stream, which a client may be generated from, holds for what
+    the stream really sends: the opening id, each kind of event, and a reset, each `data:` against
+    its `contentSchema` too (a JSON Schema validator does not look inside a string on its own)."""
+    document = openapi_document()
+    content = document["paths"]["/api/{user_id}/events"]["get"]["responses"]["200"]["content"]
+    kinds = content["text/event-stream"]["itemSchema"]["oneOf"]
+
+    def validator(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+        # Its `$ref`s point into the document's components.
+        return jsonschema_rs.validator_for({"components": document["components"], **schema})
+
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        sent: list[dict[str, str]] = []
+        async with client.stream("GET", f"/api/{alice.id}/events", headers=alice.headers) as live:
+            assert live.status_code == 200
+            lines = live.aiter_lines()
+            sent += await items_sent(lines, 1)
+            created = await client.post(alice.tasks_url, json={"title": "a"}, headers=alice.headers)
+            url = alice.task_url(created.json()["id"])
+            await client.put(url, json={"title": "b"}, headers=alice.headers)
+            await client.delete(url, headers=alice.headers)
+            sent += await items_sent(lines, 3)
+        resumed = {**alice.headers, "Last-Event-ID": "not an id"}
+        async with client.stream("GET", f"/api/{alice.id}/events", headers=resumed) as reset:
+            sent += await items_sent(reset.aiter_lines(), 1)
+
+        assert [item.get("event") for item in sent] == [
+            None,
+            "task.created",
+            "task.updated",
+            "task.deleted",
+            "reset",
+        ]
+        for item in sent:
+            validator({"oneOf": kinds}).validate(item)
+            if "data" in item:
+                (kind,) = (k for k in kinds if k["properties"].get("event") == {"const": item["event"]})
+                validator(kind["properties"]["data"]["contentSchema"]).validate(json.loads(item["data"]))
+
+    run(api_url, scenario)
 
 
 def test_a_lost_listen_connection_comes_back_and_streams_miss_nothing(
