@@ -230,6 +230,10 @@ def test_an_event_id_that_is_no_longer_kept_or_not_yours_starts_with_reset(
             bobs_id = await stream.opening_id()
         async with opened(client, alice, last_event_id=bobs_id) as stream:
             assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
+        # Nor is an id not issued yet (a client of a database since restored from a backup).
+        for not_yet in (str(int(bobs_id) + 1_000_000), "9223372036854775807"):
+            async with opened(client, alice, last_event_id=not_yet) as stream:
+                assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
 
         created = await client.post(alice.tasks_url, json={"title": "old"}, headers=alice.headers)
         async with opened(client, alice) as stream:
