@@ -53,12 +53,9 @@ class Hub:
         self._open: set[Subscription] = set()
         self.closed = False
 
-    def subscribe(self, user_id: str) -> Subscription:
-        """A place for one more stream of `user_id`; 503 once the worker is shutting down, 429 when
-        the user holds all of theirs already, 503 when the worker holds all of its.
-
-        A refusal leaves nothing behind: the indexes gain an entry only with a stream, or every user
-        id refused while the worker is full would be kept for the life of the process."""
+    def refuse_unless_room(self, user_id: str) -> None:
+        """503 once the worker is shutting down, 429 when `user_id` holds all of their streams already,
+        503 when the worker holds all of its; nothing taken either way."""
         if self.closed:
             # Not a 200 that ends at once: a client would reconnect at once, into the same answer.
             raise streams_unavailable(
@@ -80,6 +77,13 @@ class Hub:
                 "nothing else was refused. Try again shortly.",
                 retry_after=_RETRY_AFTER_SECONDS,
             )
+
+    def subscribe(self, user_id: str) -> Subscription:
+        """A place for one more stream of `user_id`, refused as `refuse_unless_room` says.
+
+        A refusal leaves nothing behind: the indexes gain an entry only with a stream, or every user
+        id refused while the worker is full would be kept for the life of the process."""
+        self.refuse_unless_room(user_id)
         subscription = Subscription(user_id, wake_tag(user_id))
         self._by_user[user_id].add(subscription)
         self._open.add(subscription)

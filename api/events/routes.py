@@ -240,10 +240,15 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
 async def stream_events(caller: CallerDep, request: Request) -> Response:
     shared = live_services(request.app)
     hub, settings = shared.events_hub, shared.settings
+    # A stream that has no place is refused before it reads anything: otherwise every refused try of
+    # a reconnect storm into a full worker (or of a user past their streams) took one of the pool's
+    # connections from the requests being served, only to be told 503 (or 429) after.
+    hub.refuse_unless_room(caller.user.id)
     begin = await stream.start(caller, _last_event_id(request))
-    # The stream's place is taken last (429 or 503 when there is none), so that nothing fails between
-    # taking it and handing it to the response, which gives it back. An event committed after `start`
-    # read where the user's events stand is read by the stream's first read, woken or not.
+    # The stream's place is taken last (refused as above if another stream took it meanwhile), so
+    # that nothing fails between taking it and handing it to the response, which gives it back. An
+    # event committed after `start` read where the user's events stand is read by the stream's first
+    # read, woken or not.
     subscription = hub.subscribe(caller.user.id)
     events = stream.events(
         caller,

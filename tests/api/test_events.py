@@ -726,6 +726,29 @@ def test_users_refused_by_a_full_worker_leave_nothing_behind_in_it(api_db_url: s
         run(base_url, scenario)
 
 
+def test_a_stream_refused_for_want_of_a_place_reads_nothing_first(api_db_url: str) -> None:
+    """A refused try costs the database nothing: each one read where its user's events stand before it
+    was refused, so a reconnect storm into a full worker took the pool's connections from the
+    requests being served, only to be told 503. Here every read of events waits on a lock, and both
+    refusals come all the same, at once."""
+    holder, other, refused_user = new_user(), new_user(), new_user()
+    app = create_app(settings_for(api_db_url, max_streams_per_user=1, max_streams_per_worker=2))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, holder) as held, opened(client, other) as also:
+            for stream in (held, also):
+                await stream.opening_id()
+            with psycopg.connect(api_db_url) as locker:
+                locker.execute("lock table task_events in access exclusive mode")
+                refusals = ((holder, 429, "too-many-requests"), (refused_user, 503, "streams-unavailable"))
+                for user, status, problem in refusals:
+                    async with asyncio.timeout(PROMPTLY_SECONDS), opened(client, user) as refused:
+                        refused.refusal(status, problem)
+
+    with serving(app) as base_url:
+        run(base_url, scenario)
+
+
 def test_a_stream_asked_for_while_the_worker_shuts_down_is_refused_with_retry_after(api_db_url: str) -> None:
     """Not a 200 that ends at once, which a client would reconnect into at once, again and again: a
     503 it already knows to retry after Retry-After, by when another worker takes the stream."""
