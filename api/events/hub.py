@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from api.db.listener import Listener, listen_url, wake_tag
-from api.http.problems import streams_unavailable, too_many_requests
+from api.http.problems import STREAM_REFUSED_CLOSES, streams_unavailable, too_many_requests
 from api.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class Hub:
                 f"You have {self._max_streams_per_user} event streams open on this server process"
                 " already (MAX_STREAMS_PER_USER, counted per process): close one first.",
                 retry_after=_RETRY_AFTER_SECONDS,
+                headers=STREAM_REFUSED_CLOSES,
             )
         if len(self._open) >= self._max_streams:
             raise streams_unavailable(

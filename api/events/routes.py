@@ -108,7 +108,8 @@ Authorization header: stream with fetch (the TypeScript client's `subscribe` doe
 MAX_STREAMS_PER_USER streams per user and server process; the next is refused with 429. At most
 MAX_STREAMS_PER_WORKER streams of all users per server process; the next is refused with 503 (type
 {ProblemType.STREAMS_UNAVAILABLE.urn}) and `Retry-After`, as is any stream asked of a server process
-that is shutting down.
+that is shutting down. Each of these refusals closes its connection, so that your retry, on a new one,
+may reach another server process with room.
 """
 
 router = APIRouter(

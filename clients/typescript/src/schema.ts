@@ -34,7 +34,8 @@ export interface paths {
          *     MAX_STREAMS_PER_USER streams per user and server process; the next is refused with 429. At most
          *     MAX_STREAMS_PER_WORKER streams of all users per server process; the next is refused with 503 (type
          *     urn:todo-api:problem:streams-unavailable) and `Retry-After`, as is any stream asked of a server process
-         *     that is shutting down.
+         *     that is shutting down. Each of these refusals closes its connection, so that your retry, on a new one,
+         *     may reach another server process with room.
          */
         get: operations["streamEvents"];
         put?: never;
