@@ -350,6 +350,7 @@ def test_streams_past_max_streams_per_worker_are_503_and_everything_else_is_stil
                     async with opened(client, user) as refused:
                         problem = refused.refusal(503, "streams-unavailable")
                         assert "MAX_STREAMS_PER_WORKER" in problem["detail"]
+                        assert problem["detail"].startswith("This server process holds")
                 assert (await client.get("/healthz")).status_code == 200
                 created = await client.post(carol.tasks_url, json={"title": "served"}, headers=carol.headers)
                 assert created.status_code == 201

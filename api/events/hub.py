@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from api.db.listener import Listener, listen_url, wake_tag
-from api.http.problems import streams_unavailable, too_many_requests
+from api.http.problems import STREAM_REFUSED_CLOSES, streams_unavailable, too_many_requests
 from api.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,12 +53,9 @@ class Hub:
         self._open: set[Subscription] = set()
         self.closed = False
 
-    def subscribe(self, user_id: str) -> Subscription:
-        """A place for one more stream of `user_id`; 503 once the worker is shutting down, 429 when
-        the user holds all of theirs already, 503 when the worker holds all of its.
-
-        A refusal leaves nothing behind: the indexes gain an entry only with a stream, or every user
-        id refused while the worker is full would be kept for the life of the process."""
+    def refuse_unless_room(self, user_id: str) -> None:
+        """503 once the worker is shutting down, 429 when `user_id` holds all of their streams already,
+        503 when the worker holds all of its; nothing taken either way."""
         if self.closed:
             # Not a 200 that ends at once: a client would reconnect at once, into the same answer.
             raise streams_unavailable(
@@ -66,17 +63,28 @@ class Hub:
                 retry_after=_SHUTDOWN_RETRY_AFTER_SECONDS,
             )
         if len(self._by_user.get(user_id, ())) >= self._max_streams_per_user:
+            # "Process", not "server": each worker counts apart, so a user refused here may hold
+            # more streams on the server's other workers than this number.
             raise too_many_requests(
-                f"You have {self._max_streams_per_user} event streams open on this server already"
-                " (MAX_STREAMS_PER_USER): close one first.",
+                f"You have {self._max_streams_per_user} event streams open on this server process"
+                " already (MAX_STREAMS_PER_USER, counted per process): close one first.",
                 retry_after=_RETRY_AFTER_SECONDS,
+                headers=STREAM_REFUSED_CLOSES,
             )
         if len(self._open) >= self._max_streams:
             raise streams_unavailable(
-                f"This server holds {self._max_streams} event streams already (MAX_STREAMS_PER_WORKER); "
+                f"This server process holds {self._max_streams} event streams already"
+                " (MAX_STREAMS_PER_WORKER, counted per process); "
                 "nothing else was refused. Try again shortly.",
                 retry_after=_RETRY_AFTER_SECONDS,
             )
+
+    def subscribe(self, user_id: str) -> Subscription:
+        """A place for one more stream of `user_id`, refused as `refuse_unless_room` says.
+
+        A refusal leaves nothing behind: the indexes gain an entry only with a stream, or every user
+        id refused while the worker is full would be kept for the life of the process."""
+        self.refuse_unless_room(user_id)
         subscription = Subscription(user_id, wake_tag(user_id))
         self._by_user[user_id].add(subscription)
         self._open.add(subscription)

@@ -63,10 +63,11 @@ LAST_EVENT_ID = {
     "required": False,
     "description": (
         "The `id` of the last event you received: the stream first sends exactly the events after it. "
-        "Without it, the stream starts from now. When it is malformed or older than what is kept "
-        "(EVENTS_RETENTION_HOURS, and your newest MAX_TASKS_PER_USER events at most) and not your "
-        "newest event, or 0 (before any event) while some of your events are no longer kept, the "
-        "stream starts with `event: reset`: refetch the list."
+        "Without it, the stream starts from now. When it is malformed, not one of your events "
+        "(another user's, or an id not issued yet), or older than what is kept (EVENTS_RETENTION_HOURS, "
+        "and your newest MAX_TASKS_PER_USER events at most) and not your newest event, or 0 (before "
+        "any event) while some of your events are no longer kept, the stream starts with "
+        "`event: reset`: refetch the list."
     ),
     "schema": {"type": "string"},
 }
@@ -107,7 +108,8 @@ Authorization header: stream with fetch (the TypeScript client's `subscribe` doe
 MAX_STREAMS_PER_USER streams per user and server process; the next is refused with 429. At most
 MAX_STREAMS_PER_WORKER streams of all users per server process; the next is refused with 503 (type
 {ProblemType.STREAMS_UNAVAILABLE.urn}) and `Retry-After`, as is any stream asked of a server process
-that is shutting down.
+that is shutting down. Each of these refusals closes its connection, so that your retry, on a new one,
+may reach another server process with room.
 """
 
 router = APIRouter(
@@ -117,15 +119,56 @@ router = APIRouter(
 )
 
 
-def _event_schema() -> dict[str, Any]:
+# An event's `id:`, as every item of the stream carries it: a number, sent as text.
+_EVENT_ID = {
+    "type": "string",
+    "pattern": "^[0-9]+$",
+    "description": "Where the stream stands: send the last one back as `Last-Event-ID`.",
+}
+
+
+def _event(kind: str, data: dict[str, Any], description: str) -> dict[str, Any]:
+    """One kind of event as an item of the stream: its `event:`, `id:` and JSON `data:`, and no other
+    field (no `retry:`), as FastAPI describes an event whose data is a model."""
     return {
-        "type": "string",
-        "description": "Server-Sent Events; each `data:` is JSON, as `x-events` describes per event.",
-        "x-events": {
-            "task.created": {"$ref": "#/components/schemas/TaskPublic"},
-            "task.updated": {"$ref": "#/components/schemas/TaskPublic"},
-            "task.deleted": stream.TaskDeleted.model_json_schema(),
-            "reset": {"type": "object"},
+        "type": "object",
+        "description": description,
+        "properties": {
+            "event": {"const": kind},
+            "id": _EVENT_ID,
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+        "required": ["event", "id", "data"],
+        "additionalProperties": False,
+    }
+
+
+def _stream_content() -> dict[str, Any]:
+    """The 200's `text/event-stream`: the body as text, for any OpenAPI 3.1 tool, and each item of it
+    as `itemSchema`, OpenAPI 3.2's keyword for a sequential media type that FastAPI documents its
+    own event streams with: one item per block of fields, `:` comment lines (heartbeats) none."""
+    task = {"$ref": "#/components/schemas/TaskPublic"}
+    return {
+        "schema": {"type": "string", "description": "Server-Sent Events, as `itemSchema` describes each."},
+        "itemSchema": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "description": "The first item of every stream that does not start with `reset`: "
+                    "where it starts, no event.",
+                    "properties": {"id": _EVENT_ID},
+                    "required": ["id"],
+                    "additionalProperties": False,
+                },
+                _event("task.created", task, "A task was created: the task exactly as GET returns it."),
+                _event("task.updated", task, "A task changed: the task exactly as GET returns it."),
+                _event("task.deleted", stream.TaskDeleted.model_json_schema(), "A task was deleted."),
+                _event(
+                    "reset",
+                    {"type": "object", "maxProperties": 0},
+                    "Refetch the list: events you have not seen are gone. The stream goes on after it.",
+                ),
+            ]
         },
     }
 
@@ -182,7 +225,7 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
                     "schema": {"type": "string"},
                 },
             },
-            "content": {"text/event-stream": {"schema": _event_schema()}},
+            "content": {"text/event-stream": _stream_content()},
         },
         # Every authenticated operation's 429 and 503 (api/http/refusals.py), with this operation's
         # own refusals (api/events/hub.py) and without outcome-unknown, which only a write can get.
@@ -198,10 +241,15 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
 async def stream_events(caller: CallerDep, request: Request) -> Response:
     shared = live_services(request.app)
     hub, settings = shared.events_hub, shared.settings
+    # A stream that has no place is refused before it reads anything: otherwise every refused try of
+    # a reconnect storm into a full worker (or of a user past their streams) took one of the pool's
+    # connections from the requests being served, only to be told 503 (or 429) after.
+    hub.refuse_unless_room(caller.user.id)
     begin = await stream.start(caller, _last_event_id(request))
-    # The stream's place is taken last (429 or 503 when there is none), so that nothing fails between
-    # taking it and handing it to the response, which gives it back. An event committed after `start`
-    # read where the user's events stand is read by the stream's first read, woken or not.
+    # The stream's place is taken last (refused as above if another stream took it meanwhile), so
+    # that nothing fails between taking it and handing it to the response, which gives it back. An
+    # event committed after `start` read where the user's events stand is read by the stream's first
+    # read, woken or not.
     subscription = hub.subscribe(caller.user.id)
     events = stream.events(
         caller,

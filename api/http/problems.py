@@ -373,6 +373,12 @@ def isolation_unverified(retry_after: int) -> ProblemError:
     )
 
 
+# A stream refused by one worker is retried on a new connection, which the kernel may hand to another
+# worker with room: kept alive, the retry went back to the same full worker each time (under
+# `serve --workers 2`, 508 tries in a row while the other worker had 8 places free).
+STREAM_REFUSED_CLOSES = {"Connection": "close"}
+
+
 def streams_unavailable(detail: str, *, retry_after: int) -> ProblemError:
     # Not a 429: the caller may hold no stream at all; this server cannot take one now (everyone's
     # together fill it, or it is shutting down), and a stream opened later, here or elsewhere, will do.
@@ -381,7 +387,7 @@ def streams_unavailable(detail: str, *, retry_after: int) -> ProblemError:
         ProblemType.STREAMS_UNAVAILABLE,
         "Event streams unavailable",
         detail,
-        headers={"Retry-After": str(retry_after)},
+        headers={"Retry-After": str(retry_after), **STREAM_REFUSED_CLOSES},
     )
 
 

@@ -61,9 +61,11 @@ class Stream:
 
     def refusal(self, status: int, problem: str) -> dict[str, Any]:
         """The problem document of a stream refused with `status` and type `problem`, which says when
-        to try again (`Retry-After`)."""
+        to try again (`Retry-After`), and closes the connection, so that the retry may reach a worker
+        with room rather than the same one again."""
         document = assert_problem(self.response, status, problem)
         assert int(self.response.headers["Retry-After"]) > 0
+        assert self.response.headers["Connection"] == "close"
         return document
 
 

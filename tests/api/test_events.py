@@ -6,20 +6,30 @@ streams poll instead of being woken by LISTEN.
 """
 
 import asyncio
+import itertools
+import json
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import psycopg
 import pytest
 from httpx_sse import aconnect_sse
 from starlette.types import Message
 
-from api.app import create_app
+from api.app import create_app, openapi_document
 from api.auth.dev_tokens import mint_token
 from api.events.services import live_services
-from tests.api.events_client import Event, async_client, open_once_a_place_is_free, opened
+from tests.api.events_client import (
+    EVENT_TIMEOUT_SECONDS,
+    Event,
+    async_client,
+    open_once_a_place_is_free,
+    opened,
+)
 from tests.db.test_sql_policy_tests import forget
 from tests.support import SECRET, ApiUser, assert_problem, new_user, serving, settings_for
 
@@ -220,6 +230,10 @@ def test_an_event_id_that_is_no_longer_kept_or_not_yours_starts_with_reset(
             bobs_id = await stream.opening_id()
         async with opened(client, alice, last_event_id=bobs_id) as stream:
             assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
+        # Nor is an id not issued yet (a client of a database since restored from a backup).
+        for not_yet in (str(int(bobs_id) + 1_000_000), "9223372036854775807"):
+            async with opened(client, alice, last_event_id=not_yet) as stream:
+                assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
 
         created = await client.post(alice.tasks_url, json={"title": "old"}, headers=alice.headers)
         async with opened(client, alice) as stream:
@@ -639,7 +653,11 @@ def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_
             async with opened(client, alice) as fifth:
                 await fifth.opening_id()
                 async with opened(client, alice) as sixth:
-                    assert "MAX_STREAMS_PER_USER" in sixth.refusal(429, "too-many-requests")["detail"]
+                    detail = sixth.refusal(429, "too-many-requests")["detail"]
+                    # Per process: under `serve --workers 2` a user refused by one worker may hold
+                    # more streams on the other, and "on this server" told them otherwise.
+                    assert "MAX_STREAMS_PER_USER" in detail
+                    assert "on this server process" in detail
                     # As documented: the rate-limit fields come with RATE_LIMIT_PER_MINUTE's 429 only.
                     assert "RateLimit" not in sixth.response.headers
                     assert "RateLimit-Policy" not in sixth.response.headers
@@ -708,6 +726,29 @@ def test_users_refused_by_a_full_worker_leave_nothing_behind_in_it(api_db_url: s
         run(base_url, scenario)
 
 
+def test_a_stream_refused_for_want_of_a_place_reads_nothing_first(api_db_url: str) -> None:
+    """A refused try costs the database nothing: each one read where its user's events stand before it
+    was refused, so a reconnect storm into a full worker took the pool's connections from the
+    requests being served, only to be told 503. Here every read of events waits on a lock, and both
+    refusals come all the same, at once."""
+    holder, other, refused_user = new_user(), new_user(), new_user()
+    app = create_app(settings_for(api_db_url, max_streams_per_user=1, max_streams_per_worker=2))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, holder) as held, opened(client, other) as also:
+            for stream in (held, also):
+                await stream.opening_id()
+            with psycopg.connect(api_db_url) as locker:
+                locker.execute("lock table task_events in access exclusive mode")
+                refusals = ((holder, 429, "too-many-requests"), (refused_user, 503, "streams-unavailable"))
+                for user, status, problem in refusals:
+                    async with asyncio.timeout(PROMPTLY_SECONDS), opened(client, user) as refused:
+                        refused.refusal(status, problem)
+
+    with serving(app) as base_url:
+        run(base_url, scenario)
+
+
 def test_a_stream_asked_for_while_the_worker_shuts_down_is_refused_with_retry_after(api_db_url: str) -> None:
     """Not a 200 that ends at once, which a client would reconnect into at once, again and again: a
     503 it already knows to retry after Retry-After, by when another worker takes the stream."""
@@ -758,15 +799,50 @@ def test_a_stream_ends_when_its_token_stops_being_accepted(api_db_url: str) -> N
         run(base_url, scenario)
 
 
+def test_a_quiet_stream_sends_a_comment_every_heartbeat_uncompressed_whatever_accept_encoding(
+    api_db_url: str,
+) -> None:
+    """What keeps a proxy in front from cutting a stream without changes, and from holding its events
+    back (docs/operations.md, "Behind a load balancer"): a `:` comment every
+    EVENTS_HEARTBEAT_SECONDS, and a response no proxy is asked to buffer, sent as is even to a client
+    that would take gzip."""
+    alice = new_user()
+    heartbeat_seconds = 1
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        headers = {**alice.headers, "Accept-Encoding": "gzip, br"}
+        async with client.stream("GET", f"/api/{alice.id}/events", headers=headers) as response:
+            assert response.status_code == 200
+            assert "content-encoding" not in response.headers
+            assert response.headers["x-accel-buffering"] == "no"
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith("id: ")
+            comments_at: list[float] = []
+            async with asyncio.timeout(heartbeat_seconds * 10):
+                while len(comments_at) < 3:
+                    line = await anext(lines)
+                    assert line == "" or line.startswith(":"), f"no event was written, yet: {line!r}"
+                    if line:
+                        comments_at.append(time.monotonic())
+            gaps = [later - earlier for earlier, later in itertools.pairwise(comments_at)]
+            assert all(heartbeat_seconds * 0.5 < gap < heartbeat_seconds * 2 for gap in gaps), gaps
+
+    settings = settings_for(api_db_url, events_heartbeat_seconds=heartbeat_seconds)
+    with serving(create_app(settings)) as base_url:
+        run(base_url, scenario)
+
+
 def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.Client) -> None:
     operation = client.get("/openapi.json").json()["paths"]["/api/{user_id}/events"]["get"]
 
     assert operation["operationId"] == "streamEvents"
     parameters = {(parameter["name"], parameter["in"]) for parameter in operation["parameters"]}
     assert {("Last-Event-ID", "header"), ("lastEventId", "query")} <= parameters
-    stream = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
-    assert set(stream["x-events"]) == {"task.created", "task.updated", "task.deleted", "reset"}
-    assert stream["x-events"]["task.updated"] == {"$ref": "#/components/schemas/TaskPublic"}
+    items = operation["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]["oneOf"]
+    kinds = {item["properties"].get("event", {}).get("const") for item in items}
+    assert kinds == {None, "task.created", "task.updated", "task.deleted", "reset"}
+    updated = next(item for item in items if item["properties"].get("event") == {"const": "task.updated"})
+    assert updated["properties"]["data"]["contentSchema"] == {"$ref": "#/components/schemas/TaskPublic"}
     assert {"401", "403", "429"} <= set(operation["responses"])
     # A client written from the document alone must expect a reset mid-stream, not only first
     # (tests above: a stream that fell behind, an event it cannot render), and an end before its
@@ -774,6 +850,70 @@ def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.
     description = " ".join(operation["description"].split())
     assert "and at any point after, in place of events the stream fell too far behind" in description
     assert "or once the key that signed it is withdrawn) or the server process shuts down" in description
+
+
+async def items_sent(lines: AsyncIterator[str], count: int) -> list[dict[str, str]]:
+    """The next `count` items of a stream's lines as sent: each block's fields by name, comment lines
+    (heartbeats) left out, as OpenAPI's `itemSchema` counts them."""
+    items: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(EVENT_TIMEOUT_SECONDS):
+        while len(items) < count:
+            line = await anext(lines)
+            if line.startswith(":"):
+                continue
+            if line:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            elif fields:
+                items.append(fields)
+                fields = {}
+    return items
+
+
+def test_every_item_a_stream_sends_is_one_the_openapi_document_describes(api_url: str) -> None:
+    """The document's `itemSchema` for the stream, which a client may be generated from, holds for what
+    the stream really sends: the opening id, each kind of event, and a reset, each `data:` against
+    its `contentSchema` too (a JSON Schema validator does not look inside a string on its own)."""
+    document = openapi_document()
+    content = document["paths"]["/api/{user_id}/events"]["get"]["responses"]["200"]["content"]
+    kinds = content["text/event-stream"]["itemSchema"]["oneOf"]
+
+    def validator(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+        # Its `$ref`s point into the document's components.
+        return jsonschema_rs.validator_for({"components": document["components"], **schema})
+
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        sent: list[dict[str, str]] = []
+        async with client.stream("GET", f"/api/{alice.id}/events", headers=alice.headers) as live:
+            assert live.status_code == 200
+            lines = live.aiter_lines()
+            sent += await items_sent(lines, 1)
+            created = await client.post(alice.tasks_url, json={"title": "a"}, headers=alice.headers)
+            url = alice.task_url(created.json()["id"])
+            await client.put(url, json={"title": "b"}, headers=alice.headers)
+            await client.delete(url, headers=alice.headers)
+            sent += await items_sent(lines, 3)
+        resumed = {**alice.headers, "Last-Event-ID": "not an id"}
+        async with client.stream("GET", f"/api/{alice.id}/events", headers=resumed) as reset:
+            sent += await items_sent(reset.aiter_lines(), 1)
+
+        assert [item.get("event") for item in sent] == [
+            None,
+            "task.created",
+            "task.updated",
+            "task.deleted",
+            "reset",
+        ]
+        for item in sent:
+            validator({"oneOf": kinds}).validate(item)
+            if "data" in item:
+                (kind,) = (k for k in kinds if k["properties"].get("event") == {"const": item["event"]})
+                validator(kind["properties"]["data"]["contentSchema"]).validate(json.loads(item["data"]))
+
+    run(api_url, scenario)
 
 
 def test_a_lost_listen_connection_comes_back_and_streams_miss_nothing(

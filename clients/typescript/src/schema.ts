@@ -34,7 +34,8 @@ export interface paths {
          *     MAX_STREAMS_PER_USER streams per user and server process; the next is refused with 429. At most
          *     MAX_STREAMS_PER_WORKER streams of all users per server process; the next is refused with 503 (type
          *     urn:todo-api:problem:streams-unavailable) and `Retry-After`, as is any stream asked of a server process
-         *     that is shutting down.
+         *     that is shutting down. Each of these refusals closes its connection, so that your retry, on a new one,
+         *     may reach another server process with room.
          */
         get: operations["streamEvents"];
         put?: never;
@@ -269,7 +270,7 @@ export interface operations {
                 lastEventId?: string;
             };
             header?: {
-                /** @description The `id` of the last event you received: the stream first sends exactly the events after it. Without it, the stream starts from now. When it is malformed or older than what is kept (EVENTS_RETENTION_HOURS, and your newest MAX_TASKS_PER_USER events at most) and not your newest event, or 0 (before any event) while some of your events are no longer kept, the stream starts with `event: reset`: refetch the list. */
+                /** @description The `id` of the last event you received: the stream first sends exactly the events after it. Without it, the stream starts from now. When it is malformed, not one of your events (another user's, or an id not issued yet), or older than what is kept (EVENTS_RETENTION_HOURS, and your newest MAX_TASKS_PER_USER events at most) and not your newest event, or 0 (before any event) while some of your events are no longer kept, the stream starts with `event: reset`: refetch the list. */
                 "Last-Event-ID"?: string;
             };
             path: {
