@@ -13,6 +13,7 @@ import pytest
 from psycopg import sql
 
 from api.app import create_app
+from api.http.rate_limit import RateLimiter
 from api.tasks.listing import TaskListParams
 from tests.support import (
     ApiUser,
@@ -195,6 +196,20 @@ def test_a_user_past_the_rate_gets_429_with_rate_limit_fields(migrated_db_url: s
     assert refused.headers["ratelimit-policy"] == '"per-user";q=5;w=60'
     assert refused.headers["ratelimit"] == f'"per-user";r=0;t={wait}'
     assert other.status_code == 200, "the limit is each user's own"
+
+
+def test_the_rate_limit_keeps_only_the_users_of_the_last_minute() -> None:
+    # A worker up for weeks meets every user id there is: one seen once must not stay for its life.
+    now = [0.0]
+    limiter = RateLimiter(600, clock=lambda: now[0])
+    for n in range(100_000):
+        limiter.take(f"user-{n}")
+    assert limiter.users_kept() == 100_000, "all counted within the minute"
+    now[0] += 30
+    limiter.take("user-0")
+    now[0] += 31
+    limiter.take("newcomer")
+    assert limiter.users_kept() == 2, "user-0, counted 31 s ago, and the newcomer; the rest idled a minute"
 
 
 def test_a_user_past_their_share_is_429_never_503_while_the_pool_has_connections(
