@@ -37,6 +37,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import socket
 import struct
 import tempfile
@@ -462,6 +463,9 @@ def main() -> None:
     parser.add_argument("--sample-seconds", type=float, default=30)
     parser.add_argument("--warmup-seconds", type=float, default=60)
     parser.add_argument("--rotate-seconds", type=float, default=60)
+    parser.add_argument(
+        "--kill-worker-at", type=float, default=None, metavar="SECONDS", help="SIGKILL one worker then"
+    )
     parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
     extra_env = dict(item.split("=", 1) for item in args.api_env)
@@ -494,8 +498,12 @@ def main() -> None:
             stop = threading.Event()
 
             def sampling() -> None:
+                kill_at = args.kill_worker_at  # checked at each sample, then never again
                 with (run_dir / "samples.jsonl").open("a") as out:
                     while not stop.wait(args.sample_seconds):
+                        if kill_at is not None and time.monotonic() - started >= kill_at:
+                            _kill_a_worker(api)
+                            kill_at = None
                         figures = sample(api, postgres, started)
                         samples.append(figures)
                         out.write(json.dumps(figures) + "\n")
@@ -512,6 +520,24 @@ def main() -> None:
                 stop.set()
                 sampler.join(timeout=args.sample_seconds + 30)
             print(_report(samples, traffic, args.warmup_seconds, run_dir, api), flush=True)
+
+
+def _kill_a_worker(api: RunningApi) -> None:
+    """As the OOM killer would: the server replaces it, and the samples show what that costs."""
+    victim = api.worker_processes()[0]
+    victim.send_signal(signal.SIGKILL)
+    print(f"soak: killed worker {victim.pid}", flush=True)
+
+
+def _requests_by_worker(api: RunningApi) -> Counter[int]:
+    """Access lines by the pid that wrote them: how the load was spread over the workers."""
+    answered: Counter[int] = Counter()
+    for line in api.log_tail(10**7).splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if "status" in record:
+                answered[record["pid"]] += 1
+    return answered
 
 
 def _report(
@@ -536,6 +562,7 @@ def _report(
             f"distinct users: {traffic.distinct_seen}; requests by kind and status:",
             statuses,
             f"ERROR lines in the server log: {len(errors)}",
+            f"requests answered by each worker (pid: access lines): {dict(_requests_by_worker(api))}",
         ]
     )
 
