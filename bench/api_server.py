@@ -110,8 +110,9 @@ def running_api(
     run_dir: Path,
     extra_env: dict[str, str],
     server: str = "api",
+    port: int | None = None,
 ) -> Iterator[RunningApi]:
-    port = free_port()
+    port = port or free_port()
     log_path = run_dir / f"{server}-{workers}-workers.log"
     program, server_env = SERVERS[server]
     command = [*program, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]

@@ -49,6 +49,11 @@ class RateLimiter:
             headers={"RateLimit-Policy": self.policy, "RateLimit": f'"{_POLICY}";r=0;t={wait}'},
         )
 
+    def users_kept(self) -> int:
+        """How many users' buckets this worker holds: those counted within the last minute, and those
+        idle longer until the next new user's request forgets them; never every user ever seen."""
+        return len(self._buckets)
+
     def _forget_idle(self, now: float) -> None:
         """Drop the buckets idle past `_IDLE_SECONDS`, from the front, stopping at the first that is not."""
         idle = []

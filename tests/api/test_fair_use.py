@@ -13,6 +13,7 @@ import pytest
 from psycopg import sql
 
 from api.app import create_app
+from api.http.rate_limit import RateLimiter
 from api.tasks.listing import TaskListParams
 from tests.support import (
     ApiUser,
@@ -218,6 +219,20 @@ def test_ids_that_differ_only_by_case_or_normalization_share_no_tasks_and_no_rat
     assert [response.status_code for response in past_the_rate] == [200, 200, 429]
     assert [response.status_code for response in listed] == [200] * (len(users) - 1)
     assert [[task["title"] for task in response.json()] for response in listed] == [[u.id] for u in users[1:]]
+
+
+def test_the_rate_limit_keeps_only_the_users_of_the_last_minute() -> None:
+    # A worker up for weeks meets every user id there is: one seen once must not stay for its life.
+    now = [0.0]
+    limiter = RateLimiter(600, clock=lambda: now[0])
+    for n in range(100_000):
+        limiter.take(f"user-{n}")
+    assert limiter.users_kept() == 100_000, "all counted within the minute"
+    now[0] += 30
+    limiter.take("user-0")
+    now[0] += 31
+    limiter.take("newcomer")
+    assert limiter.users_kept() == 2, "user-0, counted 31 s ago, and the newcomer; the rest idled a minute"
 
 
 def test_a_user_past_their_share_is_429_never_503_while_the_pool_has_connections(
