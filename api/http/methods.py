@@ -29,7 +29,9 @@ class HeadAsGet:
     """Serves a HEAD request as the GET of the same resource and sends its status and headers only
     (Content-Length and ETag included), so every GET route answers HEAD, with whatever GET would
     have answered (401, 304, 404, ...). A streamed GET (an event stream) is stopped at its first
-    chunk: the HEAD is answered by then, and the stream would otherwise run on unseen."""
+    chunk, and the HEAD's answer ends only once the stream has unwound: a stream that ran on would
+    go unseen, and one still unwinding held its place (MAX_STREAMS_PER_USER) from the next request
+    on the same connection, which the server starts as soon as the answer ends."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -38,16 +40,16 @@ class HeadAsGet:
         if scope["type"] != "http" or scope["method"] != "HEAD":
             await self.app(scope, receive, send)
             return
-        answered = False
+        stopped = False
 
         async def send_head_only(message: Message) -> None:
-            nonlocal answered
+            nonlocal stopped
             if message["type"] != "http.response.body":
                 await send(message)
-            elif answered:
+            elif message.get("more_body", False):
+                stopped = True
                 raise _HeadAnsweredError
             else:
-                answered = True
                 await send({"type": "http.response.body", "body": b""})
 
         # The same scope, not a copy: the layers outside read the route and the caller from it
@@ -59,6 +61,8 @@ class HeadAsGet:
             pass  # a streaming response raises it from inside its own task group
         finally:
             scope["method"] = "HEAD"
+        if stopped:
+            await send({"type": "http.response.body", "body": b""})
 
 
 def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
