@@ -96,10 +96,15 @@ def libpq_url(url: str, setting: str = "DATABASE_URL", /, **extra: str | int) ->
 
 
 def yoyo_url(url: str, **extra: str | int) -> str:
-    """The URL with the scheme that makes yoyo use psycopg 3, with extra connection parameters added
-    as libpq_url adds them: yoyo hands its URL's query to psycopg, the last of a name winning."""
+    """The URL with the scheme that makes yoyo use psycopg 3: as given (for a person to run `yoyo`
+    with), or, with extra connection parameters, every parameter as libpq reads the URL in the query,
+    which yoyo hands to psycopg as it is. yoyo reads the authority itself (urllib's urlsplit), which
+    takes neither a socket folder percent-encoded as the host (it looked that up as a host name) nor
+    libpq's several hosts tried in turn (`h1:5432,h2:5432`, a traceback): both reach psycopg whole
+    this way, as serve's connections do."""
     rest = _strip_scheme(url, "DATABASE_URL")
     if not extra:
         return "postgresql+psycopg://" + rest
-    libpq_url(url, "DATABASE_URL", **extra)  # refuses a parameter libpq does not know, as serve's would
-    return "postgresql+psycopg://" + rest + ("&" if "?" in rest else "?") + urlencode(extra)
+    # Refuses a parameter libpq does not know, as serve's would.
+    parameters = psycopg.conninfo.conninfo_to_dict(libpq_url(url, "DATABASE_URL", **extra))
+    return "postgresql+psycopg://?" + urlencode(parameters)
