@@ -97,6 +97,27 @@ def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Pat
     assert result.stdout.count(".") == 2, "the token is still printed"
 
 
+def test_a_setting_written_with_a_prefix_is_named_with_the_setting_it_means(tmp_path: Path) -> None:
+    """Many services read TODO_API_DATABASE_URL, say, where this one reads DATABASE_URL: so written, it
+    was ignored without a word, and migrate migrated (and serve served) a new embedded database."""
+    (tmp_path / ".env").write_text("TODO_DB_POOL_SIZE=5\n")
+    result = run_cli(
+        "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
+        TODO_API_DATABASE_URL="postgresql://x@/y", TODO_API_BETTER_AUTH_SECRETS=SECRET,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"todo-api: warning: {name} is set{where} but is no setting: settings have no prefix; did you mean "
+        f"{meant}?"
+        for name, where, meant in [
+            ("TODO_API_BETTER_AUTH_SECRETS", "", "BETTER_AUTH_SECRET"),
+            ("TODO_API_DATABASE_URL", "", "DATABASE_URL"),
+            ("TODO_DB_POOL_SIZE", " in .env", "DB_POOL_SIZE"),
+        ]
+    ]
+    assert result.stdout.count(".") == 2, "the token is still printed"
+
+
 def test_another_signals_otlp_endpoint_is_no_misspelling(tmp_path: Path) -> None:
     """OpenTelemetry's endpoints for metrics and logs, which the API does not export, were each
     taken for a misspelling of a traces endpoint setting, in a warning at every command."""
