@@ -18,7 +18,16 @@ from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
 from tests.conftest import url_for
-from tests.support import CLI, RIGHT_PASSWORD, SECRET, cli_env, failure_status, free_port, run_cli
+from tests.support import (
+    CLI,
+    PASSWORD_ROLE,
+    RIGHT_PASSWORD,
+    SECRET,
+    cli_env,
+    failure_status,
+    free_port,
+    run_cli,
+)
 
 COMMANDS = [
     pytest.param(("migrate",), id="migrate"),
@@ -63,6 +72,35 @@ def test_a_closed_port(tmp_path: Path, command: tuple[str, ...]) -> None:
         "connection refused",
         status=failure_status(command),
     )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    ("pasted", "says"),
+    [
+        # A Kubernetes secret made with `echo "$URL" | base64` ends in a line break: the database was
+        # then "todo\n", which does not exist, in a message cut in two lines.
+        pytest.param("{url}\n", "a line break", id="line-break-at-the-end"),
+        pytest.param(" {url}", "white space at its start", id="space-at-the-start"),
+        # docker run --env-file, or a manifest's value quoted twice, keeps the quotes in the value.
+        pytest.param('"{url}"', "quotes around it", id="quoted"),
+        pytest.param("'{url}'", "quotes around it", id="single-quoted"),
+    ],
+)
+def test_a_url_pasted_with_what_surrounds_it_says_what_to_remove(
+    tmp_path: Path, command: tuple[str, ...], pasted: str, says: str
+) -> None:
+    """Each was refused as not starting with postgresql:// (which, to the eye, it does), or read
+    with the line break as part of the database's name."""
+    url = f"postgresql://{PASSWORD_ROLE}:{RIGHT_PASSWORD}@127.0.0.1:{free_port()}/todo"
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=pasted.format(url=url), BETTER_AUTH_SECRET=SECRET)
+    (line,) = result.stderr.strip().splitlines()
+    assert_one_clear_failure(
+        line, result.returncode, "DATABASE_URL has ", says, "remove", status=failure_status(command)
+    )
+    assert "must start with" not in line
+    assert RIGHT_PASSWORD not in line, "never quoted: it holds the password"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -21,7 +21,23 @@ class DatabaseUrlError(ValueError):
     pass
 
 
+def _refuse_what_surrounds_it(url: str, setting: str) -> None:
+    """What is pasted with a URL and was then read as part of it: a line break (`echo "$URL" | base64`
+    into a Kubernetes secret) became part of the database's name, and quotes kept in the value
+    (`docker run --env-file`), or white space before it, made it "not start with postgresql://"."""
+    if any(not character.isprintable() for character in url):
+        found = "a line break, a tab or another control character in it: remove it"
+    elif url[:1] in ("'", '"') and url[-1:] == url[:1]:
+        found = "quotes around it, which are part of its value where no shell reads it: remove them"
+    elif url[:1].isspace():
+        found = "white space at its start: remove it"
+    else:
+        return
+    raise DatabaseUrlError(f"{setting} has {found}")
+
+
 def _strip_scheme(url: str, setting: str) -> str:
+    _refuse_what_surrounds_it(url, setting)
     for scheme in _SCHEMES:
         if url.startswith(scheme):
             return url[len(scheme) :]
