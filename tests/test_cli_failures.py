@@ -533,6 +533,10 @@ def test_the_connection_limit_advice_runs_as_written(
                 # Every token refused later: "https://app.example.com " was the iss and aud expected.
                 ("BETTER_AUTH_URL", "https://app.example.com "),
                 ("BETTER_AUTH_JWKS_URL", " https://app.example.com/api/auth/jwks"),
+                # The same for the iss and aud expected in their place: every token refused with a 401.
+                ("JWT_ISSUER", "https://app.example.com "),
+                ("JWT_ISSUER", "https://app.example.com\n"),
+                ("JWT_AUDIENCE", " https://app.example.com"),
                 ("DATA_DIR", "~no_such_user_here/data"),  # a home folder that cannot be found
                 # Read by the exporter when it first sent: served without traces, each batch failing.
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url"),
