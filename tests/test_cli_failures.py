@@ -553,10 +553,10 @@ def test_serve_names_the_setting_to_fix(tmp_path: Path, variables: dict[str, str
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-# A number or a switch written wrong, as an operator writes it, and what the one line says of each: the
-# value as read (a full-width digit shows as its code, which looks like a digit on a terminal) and
-# every value the setting takes. pydantic's own words named neither the range nor the values.
-_MISTAKEN_NUMBERS = {
+# A number, a switch or a choice written wrong, as an operator writes it, and what the one line says
+# of each: the value as read (a full-width digit shows as its code, which looks like a digit on a
+# terminal) and every value the setting takes. pydantic's own words named neither the range nor the values.
+_MISTAKEN_VALUES = {
     "DB_POOL_SIZE": ("yes", "DB_POOL_SIZE is 'yes': it must be a whole number from 1 to 200"),
     "MAX_STREAMS_PER_USER": (
         "\uff11\uff10",
@@ -575,21 +575,22 @@ _MISTAKEN_NUMBERS = {
     ),
     "REQUIRE_IF_MATCH": ("maybe", "REQUIRE_IF_MATCH is 'maybe': it must be true or false"),
     "METRICS_ENABLED": ("enabled", "METRICS_ENABLED is 'enabled': it must be true or false"),
+    "DB_PREPARED_STATEMENTS": ("yes", "DB_PREPARED_STATEMENTS is 'yes': it must be 'auto', 'on' or 'off'"),
 }
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_number_or_a_switch_written_wrong_is_named_with_what_it_takes(
+def test_a_number_a_switch_or_a_choice_written_wrong_is_named_with_what_it_takes(
     tmp_path: Path, command: tuple[str, ...]
 ) -> None:
-    mistakes = {name: value for name, (value, _) in _MISTAKEN_NUMBERS.items()}
+    mistakes = {name: value for name, (value, _) in _MISTAKEN_VALUES.items()}
     url = "postgresql://nobody@127.0.0.1:1/nowhere"
     # LOG_FORMAT=text: serve's line is a JSON object otherwise, its backslashes doubled.
     result = run_cli(
         *command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, LOG_FORMAT="text", **mistakes
     )
     (line,) = result.stderr.strip().splitlines()
-    says = [said for _, said in _MISTAKEN_NUMBERS.values()]
+    says = [said for _, said in _MISTAKEN_VALUES.values()]
     assert_one_clear_failure(line, result.returncode, *says, status=failure_status(command))
     assert "Input should be" not in line
     assert list(tmp_path.iterdir()) == []

@@ -147,15 +147,18 @@ def _takes(field: FieldInfo) -> str | None:
 
 
 def configuration_failure(error: ValidationError) -> CommandFailed:
-    """Each invalid setting by its environment variable: for a number or a switch, the value as read
-    and every value it takes (pydantic's words named neither: `Input should be a valid integer`,
+    """Each invalid setting by its environment variable: for a number, a switch or a choice, the value
+    as read and every value it takes (pydantic's words named neither: `Input should be a valid integer`,
     `greater than or equal to 0.0002777777777777778`), else pydantic's reason. The value is shown
     escaped (ascii): a full-width digit or a stray control character is then visible, not a 1."""
     reasons = []
     for detail in error.errors():
         variable = "_".join(str(part) for part in detail["loc"]).upper()
         field = Settings.model_fields.get(str(detail["loc"][0])) if detail["loc"] else None
-        if field is not None and (takes := _takes(field)) is not None:
+        takes = _takes(field) if field is not None else None
+        if detail["type"] == "literal_error":  # a choice: pydantic lists its values
+            takes = str(detail.get("ctx", {}).get("expected"))
+        if takes is not None:
             reasons.append(f"{variable} is {detail['input']!a}: it must be {takes}")
             continue
         message = str(detail["msg"]).removeprefix("Value error, ")
