@@ -34,6 +34,15 @@ def _where(database_url: str, setting: str) -> tuple[str, str]:
     return where, str(parameters.get("dbname") or "the database")
 
 
+def _acts_as_a_role(database_url: str, setting: str) -> bool:
+    """Whether the URL's options set the role its sessions act as."""
+    try:
+        options = conninfo_to_dict(libpq_url(database_url, setting)).get("options")
+    except (DatabaseUrlError, ValueError):
+        return False
+    return "role=" in str(options or "")
+
+
 def _said_by_postgres(text: str) -> str | None:
     """Postgres's own reason for refusing the connection (libpq's line ending `FATAL:  reason`)."""
     for line in text.splitlines():
@@ -61,6 +70,14 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
             f"the database at {where} refused the login: check the user and password in {setting}"
         )
     if "role" in lowered and "does not exist" in lowered:
+        missing = _said_by_postgres(text) or ""
+        if missing.startswith("role ") and _acts_as_a_role(database_url, setting):
+            # `-c role=OWNER` in the URL's options (README: how a superuser migrates as the owner):
+            # the user logged in, the role named there is the one missing.
+            return CommandFailed(
+                f"the database at {where} has no {missing.removesuffix(' does not exist')} to act as, "
+                f"which the options of {setting} name (-c role=...): check the name there"
+            )
         return CommandFailed(f"the database at {where} has no such login role: check the user in {setting}")
     if "no pg_hba.conf entry" in lowered:
         return CommandFailed(
