@@ -104,6 +104,21 @@ def test_a_url_pasted_with_what_surrounds_it_says_what_to_remove(
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+def test_several_closed_hosts_are_each_named_with_its_port(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """libpq tries several hosts in turn (`h1:p1,h2:p2`): the line named them as
+    '127.0.0.1,localhost:p1,p2'."""
+    first, second = free_port(), free_port()
+    url = f"postgresql://todo@127.0.0.1:{first},localhost:{second}/todo"
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"cannot reach the database at 127.0.0.1:{first}, localhost:{second} (connection refused)",
+        status=failure_status(command),
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_a_server_that_never_answers(tmp_path: Path, command: tuple[str, ...], silent_port: int) -> None:
     """DB_CONNECT_TIMEOUT_SECONDS alone bounds the wait (the URL says nothing of a timeout): a
     command that waited for libpq's default, forever, is stopped by the short `timeout` here."""

@@ -28,9 +28,14 @@ def _where(database_url: str, setting: str) -> tuple[str, str]:
         parameters = conninfo_to_dict(libpq_url(database_url, setting))
     except (DatabaseUrlError, ValueError):
         return setting, "the database"
-    host = str(parameters.get("host") or "localhost")
-    port = str(parameters.get("port") or "5432")
-    where = f"the socket in {host}" if host.startswith("/") else f"{host}:{port}"
+    hosts = str(parameters.get("host") or "localhost").split(",")
+    ports = str(parameters.get("port") or "").split(",")
+    # libpq's several hosts, tried in turn: one port for each, or one for all.
+    ports = ports if len(ports) == len(hosts) else ports[:1] * len(hosts)
+    where = ", ".join(
+        f"the socket in {host}" if host.startswith("/") else f"{host or 'localhost'}:{port or '5432'}"
+        for host, port in zip(hosts, ports, strict=True)
+    )
     return where, str(parameters.get("dbname") or "the database")
 
 
