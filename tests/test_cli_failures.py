@@ -847,6 +847,18 @@ def test_an_unknown_option_is_refused_by_its_command_before_anything_starts(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("host", ["", " "])
+def test_an_empty_host_is_refused_before_anything_starts(tmp_path: Path, host: str) -> None:
+    """`--host "$HOST"` with HOST unset was looked up as a name: 'cannot listen on --host :
+    Name or service not known', after the settings were read."""
+    result = run_cli("serve", "--host", host, "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    refused = "argument --host: an empty host: name an address (0.0.0.0 for all of this machine's)"
+    assert f"{refused}, or leave --host out" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "command", [("serve", "--port", "0"), ("migrate",), ("policies",), ("token", "alice")], ids=" ".join
 )
