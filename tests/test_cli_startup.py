@@ -2,6 +2,7 @@
 broken behind: real `todo-api` processes, as an operator runs them."""
 
 import os
+import pwd
 import re
 import resource
 import shlex
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -104,6 +106,49 @@ def test_a_data_dir_too_deep_for_a_socket_anywhere_is_one_line_and_makes_nothing
     )
     assert "Traceback" not in result.stderr
     assert [path.name for path in tmp_path.iterdir()] == [runtime.name], "no folder made"
+
+
+# A user id no entry of /etc/passwd names, as `docker run --user 54321` or OpenShift's arbitrary ids.
+_UNNAMED_ID = 54321
+SETPRIV = shutil.which("setpriv")
+
+
+def _as_an_unnamed_user(command: list[str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+    # util-linux's setpriv, as a container runtime sets the ids: subprocess's own user= was refused
+    # the interpreter here.
+    ids = [f"--reuid={_UNNAMED_ID}", f"--regid={_UNNAMED_ID}", "--clear-groups"]
+    return subprocess.run(
+        [str(SETPRIV), *ids, *command], cwd=cwd, env=cli_env(),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or SETPRIV is None,
+    reason="needs root and setpriv, to run as a user id with no name",
+)
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
+def test_a_user_id_with_no_name_is_told_the_embedded_postgres_needs_one_and_nothing_is_made(
+    command: tuple[str, ...],
+) -> None:
+    """initdb refuses a user id the system does not name; the failure's own fix then asked for that
+    name (getpass.getuser), and the command ended in a KeyError traceback, a half-made folder left."""
+    try:
+        pwd.getpwuid(_UNNAMED_ID)
+        pytest.skip(f"user id {_UNNAMED_ID} has a name here")
+    except KeyError:
+        pass
+    work = Path(tempfile.mkdtemp(prefix="todo-api-unnamed-"))
+    try:
+        os.chown(work, _UNNAMED_ID, _UNNAMED_ID)
+        if _as_an_unnamed_user([*CLI, "--version"], work).returncode != 0:
+            pytest.skip("the checkout or its interpreter cannot be read by another user here")
+        result = _as_an_unnamed_user([*CLI, *command], work)
+        assert_one_line(result, f"user id {_UNNAMED_ID}", "no name", "DATABASE_URL")
+        assert "Traceback" not in result.stderr
+        assert list(work.iterdir()) == [], "nothing made"
+    finally:
+        shutil.rmtree(work)
 
 
 def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Path) -> None:

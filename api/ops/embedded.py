@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -374,6 +375,23 @@ def socket_in_the_folder(data_dir: Path) -> bool:
     """Whether the wheel puts the socket of the embedded database in `data_dir` in its pgdata, as it
     does unless that path is too long for a socket's."""
     return len(os.fsencode(data_dir / "pgdata" / _SOCKET_NAME)) <= LONGEST_SOCKET_PATH
+
+
+def unnamed_user_refusal() -> str | None:
+    """Why the embedded Postgres cannot run as this process's user, if so: initdb refuses a user id
+    the system does not name (`docker run --user 54321`, OpenShift's arbitrary ids). As root it runs
+    as a user of its own, which it makes."""
+    if os.geteuid() == 0:
+        return None
+    try:
+        pwd.getpwuid(os.geteuid())
+    except KeyError:
+        return (
+            f"the embedded Postgres cannot run as user id {os.geteuid()}, which has no name here (no entry "
+            "in /etc/passwd, as with `docker run --user` and a number): run as a user the system names, "
+            "or set DATABASE_URL to a Postgres of your own"
+        )
+    return None
 
 
 def _wheel_runtime_path() -> Path:
