@@ -151,6 +151,21 @@ def test_a_user_id_with_no_name_is_told_the_embedded_postgres_needs_one_and_noth
         shutil.rmtree(work)
 
 
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
+def test_a_runtime_folder_that_cannot_be_made_is_one_line_and_nothing_is_made(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """The wheel keeps its lock in the user's runtime folder, XDG_RUNTIME_DIR when set: one that
+    cannot be made (after `su`, the previous user's /run/user/<uid>, say; here one /proc refuses even
+    to root) ended the command in a traceback, and another from the wheel's exit hook, once initdb
+    had made the folder."""
+    runtime = "/proc/todo-api-runtime"
+    result = run_cli(*command, cwd=tmp_path, XDG_RUNTIME_DIR=runtime)
+    assert_one_line(result, runtime, "XDG_RUNTIME_DIR", "DATABASE_URL")
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing made"
+
+
 def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Path) -> None:
     result = run_cli(
         "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET, DATABSE_URL="postgresql://x@/y"

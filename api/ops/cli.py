@@ -177,7 +177,7 @@ def _database_url(settings: Settings, data_dir: Path | None, *, to_audit: bool =
     # Before the folder is made: without the wheel, a start would only leave a half-made .data behind.
     if not embedded.installed():
         raise CommandFailed(embedded.install_hint())
-    if (refusal := embedded.unnamed_user_refusal()) is not None:
+    if (refusal := embedded.unnamed_user_refusal() or embedded.runtime_folder_refusal()) is not None:
         raise CommandFailed(refusal)
     folder = data_dir or settings.data_dir
     if to_audit and not embedded.made(folder):

@@ -405,6 +405,26 @@ def _wheel_runtime_path() -> Path:
     return PostgresServer.runtime_path
 
 
+def runtime_folder_refusal() -> str | None:
+    """Why the wheel could not keep its lock (and a deep pgdata's socket) in the user's runtime folder,
+    if so: it makes that folder as it first starts a server, and one it cannot make (after `su`,
+    XDG_RUNTIME_DIR may still name the previous user's /run/user/<uid>) ended the command in a
+    traceback, once initdb had made the data folder. platformdirs refuses some itself, at import."""
+    try:
+        runtime = _wheel_runtime_path()
+        # As the wheel's lock makes it (fasteners): as root, Postgres's own user must reach a deep
+        # pgdata's socket folder inside it.
+        runtime.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        where = f"{error.filename} ({error.strerror})" if error.filename else str(error)
+        return (
+            f"the embedded Postgres cannot make its runtime folder, {where}: it comes from "
+            "XDG_RUNTIME_DIR, else /run/user/<uid>, else TMPDIR (after su, XDG_RUNTIME_DIR may still name "
+            "the previous user's): unset it or point it at a folder of yours, or set DATABASE_URL"
+        )
+    return None
+
+
 def socket_folder_too_deep(data_dir: Path) -> str | None:
     """Why Postgres could make no socket for the embedded database in `data_dir`, if so: the wheel
     then raised "Could not find a suitable socket path", once initdb had made the folder."""
