@@ -140,8 +140,6 @@ def _usable_folder(data_dir: Path) -> Path:
         where = "its path" if path == str(data_dir) else path
         cannot = f"{where} has {named}, which the embedded Postgres's start command cannot take"
         raise CommandFailed(_unusable_folder(data_dir, cannot))
-    if (too_deep := embedded.socket_folder_too_deep(Path(path))) is not None:
-        raise CommandFailed(_unusable_folder(data_dir, too_deep))
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -427,7 +427,7 @@ def runtime_folder_refusal() -> str | None:
 
 def socket_folder_too_deep(data_dir: Path) -> str | None:
     """Why Postgres could make no socket for the embedded database in `data_dir`, if so: the wheel
-    then raised "Could not find a suitable socket path", once initdb had made the folder."""
+    then raises "Could not find a suitable socket path", a RuntimeError."""
     if socket_in_the_folder(data_dir):
         return None
     runtime = _wheel_runtime_path()
@@ -542,6 +542,13 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> 
         if isinstance(error, subprocess.CalledProcessError):
             program = Path(str(error.cmd[0])).name
             raise _start_failure(log, log_offset, wheel_errors.messages, str(error), program) from None
+        if isinstance(error, RuntimeError) and (too_deep := socket_folder_too_deep(pgdata.parent)):
+            # The wheel's "Could not find a suitable socket path", raised only as it starts a server:
+            # one another serve already runs on this folder has its socket made, wherever it is.
+            raise CommandFailed(
+                f"cannot keep the embedded database in {pgdata.parent} ({too_deep}): pick another with "
+                "--data-dir or DATA_DIR"
+            ) from None
         if isinstance(error, subprocess.TimeoutExpired):
             raise _start_failure(
                 log, log_offset, wheel_errors.messages, f"it did not start within {error.timeout:g} s"
