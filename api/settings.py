@@ -447,6 +447,19 @@ class Settings(LogSettings):
             )
         return value
 
+    @field_validator("jwt_issuer", "jwt_audience")
+    @classmethod
+    def claim_as_tokens_carry_it(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Compared with each token's iss or aud as text: a space or a line break left at an end (a
+        # secret made with `echo`) matched no token, and every one was refused, after start-up. White
+        # space inside is left alone: an issuer may be any string.
+        if value is not None and (value != value.strip() or not value.isprintable()):
+            name = (info.field_name or "").upper()
+            raise ValueError(
+                f"{name} has white space at its start or end, or a control character in it: remove it"
+            )
+        return value
+
     @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
     @classmethod
     def collector_url(cls, value: str | None, info: ValidationInfo) -> str | None:

@@ -18,7 +18,16 @@ from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
 from tests.conftest import url_for
-from tests.support import CLI, RIGHT_PASSWORD, SECRET, cli_env, failure_status, free_port, run_cli
+from tests.support import (
+    CLI,
+    PASSWORD_ROLE,
+    RIGHT_PASSWORD,
+    SECRET,
+    cli_env,
+    failure_status,
+    free_port,
+    run_cli,
+)
 
 COMMANDS = [
     pytest.param(("migrate",), id="migrate"),
@@ -61,6 +70,50 @@ def test_a_closed_port(tmp_path: Path, command: tuple[str, ...]) -> None:
         result.returncode,
         "cannot reach the database",
         "connection refused",
+        status=failure_status(command),
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    ("pasted", "says"),
+    [
+        # A Kubernetes secret made with `echo "$URL" | base64` ends in a line break: the database was
+        # then "todo\n", which does not exist, in a message cut in two lines.
+        pytest.param("{url}\n", "a line break", id="line-break-at-the-end"),
+        pytest.param(" {url}", "white space at its start", id="space-at-the-start"),
+        # docker run --env-file, or a manifest's value quoted twice, keeps the quotes in the value.
+        pytest.param('"{url}"', "quotes around it", id="quoted"),
+        pytest.param("'{url}'", "quotes around it", id="single-quoted"),
+    ],
+)
+def test_a_url_pasted_with_what_surrounds_it_says_what_to_remove(
+    tmp_path: Path, command: tuple[str, ...], pasted: str, says: str
+) -> None:
+    """Each was refused as not starting with postgresql:// (which, to the eye, it does), or read
+    with the line break as part of the database's name."""
+    url = f"postgresql://{PASSWORD_ROLE}:{RIGHT_PASSWORD}@127.0.0.1:{free_port()}/todo"
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=pasted.format(url=url), BETTER_AUTH_SECRET=SECRET)
+    (line,) = result.stderr.strip().splitlines()
+    assert_one_clear_failure(
+        line, result.returncode, "DATABASE_URL has ", says, "remove", status=failure_status(command)
+    )
+    assert "must start with" not in line
+    assert RIGHT_PASSWORD not in line, "never quoted: it holds the password"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_several_closed_hosts_are_each_named_with_its_port(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """libpq tries several hosts in turn (`h1:p1,h2:p2`): the line named them as
+    '127.0.0.1,localhost:p1,p2'."""
+    first, second = free_port(), free_port()
+    url = f"postgresql://todo@127.0.0.1:{first},localhost:{second}/todo"
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"cannot reach the database at 127.0.0.1:{first}, localhost:{second} (connection refused)",
         status=failure_status(command),
     )
 
@@ -495,6 +548,10 @@ def test_the_connection_limit_advice_runs_as_written(
                 # Every token refused later: "https://app.example.com " was the iss and aud expected.
                 ("BETTER_AUTH_URL", "https://app.example.com "),
                 ("BETTER_AUTH_JWKS_URL", " https://app.example.com/api/auth/jwks"),
+                # The same for the iss and aud expected in their place: every token refused with a 401.
+                ("JWT_ISSUER", "https://app.example.com "),
+                ("JWT_ISSUER", "https://app.example.com\n"),
+                ("JWT_AUDIENCE", " https://app.example.com"),
                 ("DATA_DIR", "~no_such_user_here/data"),  # a home folder that cannot be found
                 # Read by the exporter when it first sent: served without traces, each batch failing.
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url"),
@@ -509,6 +566,49 @@ def test_serve_names_the_setting_to_fix(tmp_path: Path, variables: dict[str, str
     result = run_cli("serve", "--port", "0", cwd=tmp_path, **variables)
     assert_one_clear_failure(result.stderr, result.returncode, message)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# A number, a switch or a choice written wrong, as an operator writes it, and what the one line says
+# of each: the value as read (a full-width digit shows as its code, which looks like a digit on a
+# terminal) and every value the setting takes. pydantic's own words named neither the range nor the values.
+_MISTAKEN_VALUES = {
+    "DB_POOL_SIZE": ("yes", "DB_POOL_SIZE is 'yes': it must be a whole number from 1 to 200"),
+    "MAX_STREAMS_PER_USER": (
+        "\uff11\uff10",
+        "MAX_STREAMS_PER_USER is '\\uff11\\uff10': it must be a whole number",
+    ),
+    "MAX_TASKS_PER_USER": (
+        "0",
+        "MAX_TASKS_PER_USER is '0': it must be a whole number from 1 to 2,147,483,647",
+    ),
+    "MAX_BODY_BYTES": ("1e6", "MAX_BODY_BYTES is '1e6': it must be a whole number from 1,024 to 16,777,216"),
+    "JWT_LEEWAY_SECONDS": ("1.5", "JWT_LEEWAY_SECONDS is '1.5': it must be a whole number from 0 to 300"),
+    "IDEMPOTENCY_TTL_HOURS": ("0", "IDEMPOTENCY_TTL_HOURS is '0': it must be a number from 1/3600 to 720"),
+    "BODY_TIMEOUT_SECONDS": (
+        "nan",
+        "BODY_TIMEOUT_SECONDS is 'nan': it must be a number more than 0, at most 300",
+    ),
+    "REQUIRE_IF_MATCH": ("maybe", "REQUIRE_IF_MATCH is 'maybe': it must be true or false"),
+    "METRICS_ENABLED": ("enabled", "METRICS_ENABLED is 'enabled': it must be true or false"),
+    "DB_PREPARED_STATEMENTS": ("yes", "DB_PREPARED_STATEMENTS is 'yes': it must be 'auto', 'on' or 'off'"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_number_a_switch_or_a_choice_written_wrong_is_named_with_what_it_takes(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    mistakes = {name: value for name, (value, _) in _MISTAKEN_VALUES.items()}
+    url = "postgresql://nobody@127.0.0.1:1/nowhere"
+    # LOG_FORMAT=text: serve's line is a JSON object otherwise, its backslashes doubled.
+    result = run_cli(
+        *command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, LOG_FORMAT="text", **mistakes
+    )
+    (line,) = result.stderr.strip().splitlines()
+    says = [said for _, said in _MISTAKEN_VALUES.values()]
+    assert_one_clear_failure(line, result.returncode, *says, status=failure_status(command))
+    assert "Input should be" not in line
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -744,6 +844,18 @@ def test_an_unknown_option_is_refused_by_its_command_before_anything_starts(
     assert result.stderr.startswith(f"usage: todo-api {name} "), result.stderr
     assert result.stderr.splitlines()[-1] == f"todo-api {name}: error: unrecognized arguments: --bogus"
     assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("host", ["", " "])
+def test_an_empty_host_is_refused_before_anything_starts(tmp_path: Path, host: str) -> None:
+    """`--host "$HOST"` with HOST unset was looked up as a name: 'cannot listen on --host :
+    Name or service not known', after the settings were read."""
+    result = run_cli("serve", "--host", host, "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    refused = "argument --host: an empty host: name an address (0.0.0.0 for all of this machine's)"
+    assert f"{refused}, or leave --host out" in result.stderr
+    assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -2,6 +2,7 @@
 broken behind: real `todo-api` processes, as an operator runs them."""
 
 import os
+import pwd
 import re
 import resource
 import shlex
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -86,6 +88,83 @@ def test_the_embedded_database_admits_no_other_user_when_its_socket_is_outside_i
     assert [task["title"] for task in listed.json()] == ["private"], "the API still serves"
 
 
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
+def test_a_data_dir_too_deep_for_a_socket_anywhere_is_one_line(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A folder too deep for Postgres's socket has the wheel put the socket in the user's runtime
+    folder (XDG_RUNTIME_DIR, else /run/user/<uid>, else one under TMPDIR): when that is deep too (a
+    long TMPDIR in CI, say), the wheel raised 'Could not find a suitable socket path', a traceback."""
+    runtime = tmp_path / ("runtime-" * 12)
+    runtime.mkdir(mode=0o700)
+    data_dir = tmp_path / ("deep-" * 12) / "data"
+    assert len(str(data_dir / "pgdata" / ".s.PGSQL.5432")) > LONGEST_SOCKET_PATH
+    result = run_cli(*command, "--data-dir", str(data_dir), cwd=tmp_path, XDG_RUNTIME_DIR=str(runtime))
+    assert_one_line(
+        result, f"cannot keep the embedded database in {data_dir}", str(runtime), "TMPDIR", "--data-dir"
+    )
+    assert "Traceback" not in result.stderr
+    assert not list(data_dir.glob("pgdata/postmaster.pid")), "no Postgres left running"
+
+
+# A user id no entry of /etc/passwd names, as `docker run --user 54321` or OpenShift's arbitrary ids.
+_UNNAMED_ID = 54321
+SETPRIV = shutil.which("setpriv")
+
+
+def _as_an_unnamed_user(command: list[str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+    # util-linux's setpriv, as a container runtime sets the ids: subprocess's own user= was refused
+    # the interpreter here.
+    ids = [f"--reuid={_UNNAMED_ID}", f"--regid={_UNNAMED_ID}", "--clear-groups"]
+    return subprocess.run(
+        [str(SETPRIV), *ids, *command], cwd=cwd, env=cli_env(),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or SETPRIV is None,
+    reason="needs root and setpriv, to run as a user id with no name",
+)
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
+def test_a_user_id_with_no_name_is_told_the_embedded_postgres_needs_one_and_nothing_is_made(
+    command: tuple[str, ...],
+) -> None:
+    """initdb refuses a user id the system does not name; the failure's own fix then asked for that
+    name (getpass.getuser), and the command ended in a KeyError traceback, a half-made folder left."""
+    try:
+        pwd.getpwuid(_UNNAMED_ID)
+        pytest.skip(f"user id {_UNNAMED_ID} has a name here")
+    except KeyError:
+        pass
+    work = Path(tempfile.mkdtemp(prefix="todo-api-unnamed-"))
+    try:
+        os.chown(work, _UNNAMED_ID, _UNNAMED_ID)
+        if _as_an_unnamed_user([*CLI, "--version"], work).returncode != 0:
+            pytest.skip("the checkout or its interpreter cannot be read by another user here")
+        result = _as_an_unnamed_user([*CLI, *command], work)
+        assert_one_line(result, f"user id {_UNNAMED_ID}", "no name", "DATABASE_URL")
+        assert "Traceback" not in result.stderr
+        assert list(work.iterdir()) == [], "nothing made"
+    finally:
+        shutil.rmtree(work)
+
+
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
+def test_a_runtime_folder_that_cannot_be_made_is_one_line_and_nothing_is_made(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """The wheel keeps its lock in the user's runtime folder, XDG_RUNTIME_DIR when set: one that
+    cannot be made (after `su`, the previous user's /run/user/<uid>, say; here one /proc refuses even
+    to root) ended the command in a traceback, and another from the wheel's exit hook, once initdb
+    had made the folder."""
+    runtime = "/proc/todo-api-runtime"
+    result = run_cli(*command, cwd=tmp_path, XDG_RUNTIME_DIR=runtime)
+    assert_one_line(result, runtime, "XDG_RUNTIME_DIR", "DATABASE_URL")
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing made"
+
+
 def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Path) -> None:
     result = run_cli(
         "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET, DATABSE_URL="postgresql://x@/y"
@@ -94,6 +173,27 @@ def test_a_misspelt_setting_is_named_with_the_setting_it_resembles(tmp_path: Pat
     (warning,) = result.stderr.strip().splitlines()
     assert "DATABSE_URL" in warning
     assert "DATABASE_URL" in warning.replace("DATABSE_URL", "")
+    assert result.stdout.count(".") == 2, "the token is still printed"
+
+
+def test_a_setting_written_with_a_prefix_is_named_with_the_setting_it_means(tmp_path: Path) -> None:
+    """Many services read TODO_API_DATABASE_URL, say, where this one reads DATABASE_URL: so written, it
+    was ignored without a word, and migrate migrated (and serve served) a new embedded database."""
+    (tmp_path / ".env").write_text("TODO_DB_POOL_SIZE=5\n")
+    result = run_cli(
+        "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
+        TODO_API_DATABASE_URL="postgresql://x@/y", TODO_API_BETTER_AUTH_SECRETS=SECRET,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"todo-api: warning: {name} is set{where} but is no setting: settings have no prefix; did you mean "
+        f"{meant}?"
+        for name, where, meant in [
+            ("TODO_API_BETTER_AUTH_SECRETS", "", "BETTER_AUTH_SECRET"),
+            ("TODO_API_DATABASE_URL", "", "DATABASE_URL"),
+            ("TODO_DB_POOL_SIZE", " in .env", "DB_POOL_SIZE"),
+        ]
+    ]
     assert result.stdout.count(".") == 2, "the token is still printed"
 
 

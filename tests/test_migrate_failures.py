@@ -277,6 +277,26 @@ def test_a_superuser_that_does_not_own_the_schema(tmp_path: Path, migrated_db_ur
     assert audit_database(migrated_db_url).findings == []
 
 
+def test_a_role_to_act_as_that_does_not_exist_names_the_options_not_the_user(
+    tmp_path: Path, empty_db_url: str
+) -> None:
+    """README's way for a superuser to migrate as the owner, with the owner's name misspelt: Postgres
+    says the role does not exist, which was told as the URL's user, and the operator checked the
+    user, which is right, instead of the options."""
+    misspelt = f"{as_role(empty_db_url, 'postgres')}&options=-c%20role%3Dtodo_ownr"
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=empty_db_url, MIGRATION_DATABASE_URL=misspelt)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        'no role "todo_ownr"',
+        "-c role=",
+        "options of MIGRATION_DATABASE_URL",
+    )
+    assert "check the user" not in result.stderr
+    with psycopg.connect(empty_db_url) as db:
+        assert db.execute("select to_regclass('public.tasks')").fetchone() == (None,), "nothing migrated"
+
+
 # What a refused migrate must leave as it found it.
 DatabaseState = tuple[list[tuple[str, ...]], list[tuple[str, str, list[str]]], int | None]
 

@@ -21,7 +21,23 @@ class DatabaseUrlError(ValueError):
     pass
 
 
+def _refuse_what_surrounds_it(url: str, setting: str) -> None:
+    """What is pasted with a URL and was then read as part of it: a line break (`echo "$URL" | base64`
+    into a Kubernetes secret) became part of the database's name, and quotes kept in the value
+    (`docker run --env-file`), or white space before it, made it "not start with postgresql://"."""
+    if any(not character.isprintable() for character in url):
+        found = "a line break, a tab or another control character in it: remove it"
+    elif url[:1] in ("'", '"') and url[-1:] == url[:1]:
+        found = "quotes around it, which are part of its value where no shell reads it: remove them"
+    elif url[:1].isspace():
+        found = "white space at its start: remove it"
+    else:
+        return
+    raise DatabaseUrlError(f"{setting} has {found}")
+
+
 def _strip_scheme(url: str, setting: str) -> str:
+    _refuse_what_surrounds_it(url, setting)
     for scheme in _SCHEMES:
         if url.startswith(scheme):
             return url[len(scheme) :]
@@ -96,10 +112,15 @@ def libpq_url(url: str, setting: str = "DATABASE_URL", /, **extra: str | int) ->
 
 
 def yoyo_url(url: str, **extra: str | int) -> str:
-    """The URL with the scheme that makes yoyo use psycopg 3, with extra connection parameters added
-    as libpq_url adds them: yoyo hands its URL's query to psycopg, the last of a name winning."""
+    """The URL with the scheme that makes yoyo use psycopg 3: as given (for a person to run `yoyo`
+    with), or, with extra connection parameters, every parameter as libpq reads the URL in the query,
+    which yoyo hands to psycopg as it is. yoyo reads the authority itself (urllib's urlsplit), which
+    takes neither a socket folder percent-encoded as the host (it looked that up as a host name) nor
+    libpq's several hosts tried in turn (`h1:5432,h2:5432`, a traceback): both reach psycopg whole
+    this way, as serve's connections do."""
     rest = _strip_scheme(url, "DATABASE_URL")
     if not extra:
         return "postgresql+psycopg://" + rest
-    libpq_url(url, "DATABASE_URL", **extra)  # refuses a parameter libpq does not know, as serve's would
-    return "postgresql+psycopg://" + rest + ("&" if "?" in rest else "?") + urlencode(extra)
+    # Refuses a parameter libpq does not know, as serve's would.
+    parameters = psycopg.conninfo.conninfo_to_dict(libpq_url(url, "DATABASE_URL", **extra))
+    return "postgresql+psycopg://?" + urlencode(parameters)

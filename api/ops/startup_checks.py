@@ -35,6 +35,9 @@ logger = logging.getLogger("api.ops.serve")
 # of it: DATABSE_URL is 0.96 from DATABASE_URL, while OTEL_EXPORTER_OTLP_HEADERS, a variable of the
 # OpenTelemetry SDK, is 0.79 from OTEL_EXPORTER_OTLP_ENDPOINT.
 _NEAR_MISS_RATIO = 0.9
+# What a service's settings are often prefixed with (pydantic-settings' env_prefix, Spring's, many
+# Dockerfiles'); ours have none, so TODO_API_DATABASE_URL went unread and the embedded database served.
+_PREFIXES = ("TODO_API_", "TODOAPI_", "TODO_")
 # The OpenTelemetry SDK's endpoints of the signals the API does not export, which a shared
 # environment may set for other programs: as alike as a misspelling to the traces' endpoints, but none.
 _OTHER_SIGNALS_ENDPOINTS = frozenset(
@@ -142,16 +145,27 @@ def holding_the_port(host: str, port: int) -> Iterator[tuple[str, int]]:
 def near_misses(
     environment: Mapping[str, str], settings: Iterable[str], *, env_file: Iterable[str] = ()
 ) -> list[str]:
-    """A warning for each variable that looks like one of ours (upper case, close to a setting's name)
-    but is not one, and for each OpenTelemetry variable that only .env sets: set, it would be ignored
-    without a word. `env_file`: the names the .env file sets, read as settings too."""
+    """A warning for each variable that looks like one of ours (upper case, close to a setting's name,
+    or to one after a prefix such as TODO_API_) but is not one, and for each OpenTelemetry variable
+    that only .env sets: set, it would be ignored without a word. `env_file`: the names the .env file
+    sets, read as settings too."""
     names = sorted(name.upper() for name in settings)
     where = dict.fromkeys(env_file, " in .env") | dict.fromkeys(environment, "")
     warnings = []
     for variable in sorted(where):
         if not variable.isupper() or variable in names:
             continue
-        if variable not in _OTHER_SIGNALS_ENDPOINTS and (
+        prefix = next((prefix for prefix in _PREFIXES if variable.startswith(prefix)), "")
+        if prefix and (
+            close := difflib.get_close_matches(
+                variable.removeprefix(prefix), names, n=1, cutoff=_NEAR_MISS_RATIO
+            )
+        ):
+            warnings.append(
+                f"{variable} is set{where[variable]} but is no setting: settings have no prefix; "
+                f"did you mean {close[0]}?"
+            )
+        elif variable not in _OTHER_SIGNALS_ENDPOINTS and (
             close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO)
         ):
             warnings.append(f"{variable} is set{where[variable]} but is no setting; did you mean {close[0]}?")

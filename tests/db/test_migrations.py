@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -622,6 +623,30 @@ def test_migrate_accepts_each_url_form(empty_db_url: str, scheme: str) -> None:
     assert row == (conninfo_to_dict(empty_db_url)["dbname"], "todo_owner")
 
 
+def _in_the_authority(url: str, *, first_host: str | None = None) -> str:
+    """`url`, whose socket folder is its `host=` parameter, with the folder percent-encoded in the
+    authority instead, after `first_host` when given (libpq's several hosts, tried in turn)."""
+    parts = conninfo_to_dict(url)
+    hosts = [quote(host, safe="") for host in (first_host, str(parts["host"])) if host is not None]
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{parts['user']}@{','.join(hosts)}{port}/{parts['dbname']}"
+
+
+@pytest.mark.parametrize("first_host", [None, "/nonexistent-socket-folder"])
+def test_migrate_takes_the_hosts_libpq_reads_in_the_authority(
+    empty_db_url: str, first_host: str | None
+) -> None:
+    """libpq reads a socket folder percent-encoded as the host, and several hosts to try in turn
+    (`h1,h2:5432`), as serve does; migrate handed the URL to yoyo, whose own reading took the
+    encoded folder for a host name ("cannot find the database host") and failed on two hosts with
+    a traceback (`Port could not be cast to integer value`)."""
+    pasted = _in_the_authority(empty_db_url, first_host=first_host)
+    assert "?" not in pasted
+    assert apply_migrations(pasted) == MIGRATION_IDS
+    assert schema_state(empty_db_url) == MIGRATED
+    assert live_policies(empty_db_url) == policies_in_files()
+
+
 @pytest.mark.parametrize("scheme", ["postgres://", "postgresql://", "postgresql+psycopg://"])
 def test_libpq_and_yoyo_urls(scheme: str) -> None:
     rest = "owner:s3cret@/neondb?host=/run/postgresql&sslmode=require"
@@ -643,13 +668,22 @@ def test_libpq_url_adds_connection_parameters() -> None:
 
 
 def test_yoyo_url_adds_connection_parameters_as_libpq_url_does() -> None:
-    """yoyo passes its URL's query to psycopg as keywords, the last of a name winning."""
+    """yoyo passes its URL's query to psycopg as keywords: every parameter travels there, the one
+    added replacing the URL's own."""
     url = "postgres://owner@/neondb?host=/run/postgresql&connect_timeout=30"
-    added = yoyo_url(url, connect_timeout=5)
-    assert added.startswith("postgresql+psycopg://owner@/neondb?host=/run/postgresql&")
-    assert parse_uri(added).args == {"host": "/run/postgresql", "connect_timeout": "5"}
+    added = parse_uri(yoyo_url(url, connect_timeout=5))
+    assert (added.username, added.password, added.hostname, added.port, added.database) == (None,) * 5
+    assert added.args == {
+        "user": "owner",
+        "dbname": "neondb",
+        "host": "/run/postgresql",
+        "connect_timeout": "5",
+    }
     assert parse_uri(yoyo_url("postgresql://owner@host/db", connect_timeout=5)).args == {
-        "connect_timeout": "5"
+        "user": "owner",
+        "dbname": "db",
+        "host": "host",
+        "connect_timeout": "5",
     }
     with pytest.raises(DatabaseUrlError):
         yoyo_url(url, no_such_parameter=1)
