@@ -197,6 +197,26 @@ def test_a_setting_written_with_a_prefix_is_named_with_the_setting_it_means(tmp_
     assert result.stdout.count(".") == 2, "the token is still printed"
 
 
+def test_a_setting_in_lower_case_is_named_when_misspelt_or_set_twice(tmp_path: Path) -> None:
+    """Settings ignore case, so `databse_url` went unread without a word where DATABSE_URL was named;
+    and with both `db_pool_size` and DB_POOL_SIZE set, the one read was whichever came later in the
+    environment. A lower-case setting alone is read, without a word."""
+    # The environment comes before .env whatever the case: no doubt there.
+    (tmp_path / ".env").write_text("metrics_enabled=false\nMax_Tasks_Per_User=10\nMAX_TASKS_PER_USER=20\n")
+    result = run_cli(
+        "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET, METRICS_ENABLED="true",
+        databse_url="postgresql://x@/y", db_pool_size="7", DB_POOL_SIZE="3", log_level="info",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    set_twice = "and so is {}: settings ignore case, and which of the two is read is not defined: keep one"
+    assert result.stderr.strip().splitlines() == [
+        "todo-api: warning: Max_Tasks_Per_User is set in .env " + set_twice.format("MAX_TASKS_PER_USER"),
+        "todo-api: warning: databse_url is set but is no setting; did you mean DATABASE_URL?",
+        "todo-api: warning: db_pool_size is set " + set_twice.format("DB_POOL_SIZE"),
+    ]
+    assert result.stdout.count(".") == 2, "the token is still printed"
+
+
 def test_another_signals_otlp_endpoint_is_no_misspelling(tmp_path: Path) -> None:
     """OpenTelemetry's endpoints for metrics and logs, which the API does not export, were each
     taken for a misspelling of a traces endpoint setting, in a warning at every command."""

@@ -142,31 +142,48 @@ def holding_the_port(host: str, port: int) -> Iterator[tuple[str, int]]:
         yield address, port
 
 
+def _read_either_way(environment: Mapping[str, str], env_file: Iterable[str], one: str, other: str) -> bool:
+    """Whether two names of one setting, in different cases, leave which value is read to chance: both
+    in the environment with different values, or both in .env (whose values are not read here). One in
+    each is no doubt: the environment comes before .env."""
+    in_environment = one in environment and other in environment and environment[one] != environment[other]
+    return in_environment or (one in env_file and other in env_file)
+
+
 def near_misses(
     environment: Mapping[str, str], settings: Iterable[str], *, env_file: Iterable[str] = ()
 ) -> list[str]:
-    """A warning for each variable that looks like one of ours (upper case, close to a setting's name,
-    or to one after a prefix such as TODO_API_) but is not one, and for each OpenTelemetry variable
-    that only .env sets: set, it would be ignored without a word. `env_file`: the names the .env file
-    sets, read as settings too."""
+    """A warning for each variable that looks like one of ours (close to a setting's name, or to one
+    after a prefix such as TODO_API_, in any case) but is not one, and for each OpenTelemetry variable
+    that only .env sets: set, it would be ignored without a word; and for a setting set twice in
+    different cases (`db_pool_size` and `DB_POOL_SIZE`) in one place, since settings ignore case and
+    which of the two is read then depends on their order. `env_file`: the names the .env file sets,
+    read as settings too."""
     names = sorted(name.upper() for name in settings)
+    env_file = set(env_file)
     where = dict.fromkeys(env_file, " in .env") | dict.fromkeys(environment, "")
     warnings = []
     for variable in sorted(where):
-        if not variable.isupper() or variable in names:
+        upper = variable.upper()
+        if upper in names:
+            if variable != upper and _read_either_way(environment, env_file, variable, upper):
+                warnings.append(
+                    f"{variable} is set{where[variable]} and so is {upper}: settings ignore case, and which"
+                    " of the two is read is not defined: keep one"
+                )
             continue
-        prefix = next((prefix for prefix in _PREFIXES if variable.startswith(prefix)), "")
+        prefix = next((prefix for prefix in _PREFIXES if upper.startswith(prefix)), "")
         if prefix and (
             close := difflib.get_close_matches(
-                variable.removeprefix(prefix), names, n=1, cutoff=_NEAR_MISS_RATIO
+                upper.removeprefix(prefix), names, n=1, cutoff=_NEAR_MISS_RATIO
             )
         ):
             warnings.append(
                 f"{variable} is set{where[variable]} but is no setting: settings have no prefix; "
                 f"did you mean {close[0]}?"
             )
-        elif variable not in _OTHER_SIGNALS_ENDPOINTS and (
-            close := difflib.get_close_matches(variable, names, n=1, cutoff=_NEAR_MISS_RATIO)
+        elif upper not in _OTHER_SIGNALS_ENDPOINTS and (
+            close := difflib.get_close_matches(upper, names, n=1, cutoff=_NEAR_MISS_RATIO)
         ):
             warnings.append(f"{variable} is set{where[variable]} but is no setting; did you mean {close[0]}?")
         elif variable.startswith("OTEL_") and where[variable]:
