@@ -217,6 +217,31 @@ def test_a_setting_in_lower_case_is_named_when_misspelt_or_set_twice(tmp_path: P
     assert result.stdout.count(".") == 2, "the token is still printed"
 
 
+@pytest.mark.parametrize(
+    "secret", [SECRET + "\n", " " + SECRET, f'"{SECRET}"'], ids=["newline", "space", "quotes"]
+)
+def test_a_secret_with_what_surrounded_it_is_used_as_written_with_a_warning(
+    tmp_path: Path, secret: str
+) -> None:
+    """A BETTER_AUTH_SECRET made with echo (a line break at its end), or quoted in an --env-file, was
+    used as written and every HS256 token Better Auth signed with the bare secret was a 401, with
+    nothing to say why. The frontend may hold the very same bytes, so it is still used as written."""
+    result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=secret)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "todo-api: warning: BETTER_AUTH_SECRET has white space, a line break or quotes at its ends, and is"
+        " used as written: if Better Auth's secret has none, every HS256 token will be refused (401)"
+    ]
+    token = result.stdout.strip()
+    assert jwt.decode(token, secret, algorithms=["HS256"], options={"verify_aud": False})["sub"] == "alice"
+
+
+def test_a_secret_as_written_has_no_warning(tmp_path: Path) -> None:
+    result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET="in ner" + SECRET)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
 def test_another_signals_otlp_endpoint_is_no_misspelling(tmp_path: Path) -> None:
     """OpenTelemetry's endpoints for metrics and logs, which the API does not export, were each
     taken for a misspelling of a traces endpoint setting, in a warning at every command."""

@@ -55,6 +55,7 @@ from api.ops.startup_checks import (
     near_misses,
     refuse_migrating_another_database,
     refuse_the_development_database_beyond_loopback,
+    secret_doubts,
 )
 from api.settings import EnvFileError, Settings, env_file_names, read_log_settings
 from api.telemetry.logs import LOG_LOCK_VARIABLE, configure_logging, default_format
@@ -66,9 +67,9 @@ _DATA_DIR_HELP = "embedded Postgres folder when DATABASE_URL is unset (default: 
 
 
 def _load_settings() -> tuple[Settings, list[str]]:
-    """The settings, and a warning for each name set that is close to a setting's but is none. A .env
-    that cannot be read whole is refused before anything else: never run on other settings than the
-    ones written there."""
+    """The settings, and a warning for each name set that is close to a setting's but is none, and for a
+    secret that may carry what surrounded it (`secret_doubts`). A .env that cannot be read whole is
+    refused before anything else: never run on other settings than the ones written there."""
     try:
         env_file = env_file_names()
     except EnvFileError as unusable:
@@ -77,7 +78,9 @@ def _load_settings() -> tuple[Settings, list[str]]:
         settings = Settings()
     except ValidationError as error:
         raise configuration_failure(error) from None
-    return settings, near_misses(os.environ, Settings.model_fields, env_file=env_file)
+    return settings, near_misses(os.environ, Settings.model_fields, env_file=env_file) + secret_doubts(
+        settings
+    )
 
 
 def _settings() -> Settings:

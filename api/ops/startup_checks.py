@@ -142,6 +142,23 @@ def holding_the_port(host: str, port: int) -> Iterator[tuple[str, int]]:
         yield address, port
 
 
+def secret_doubts(settings: Settings) -> list[str]:
+    """A warning when BETTER_AUTH_SECRET has white space or a line break at an end (a secret made with
+    `echo`, or quoted in a file no shell reads): tokens are checked against it byte for byte, so it is
+    used as written, since the frontend may hold the very same bytes; but where it does not, every
+    HS256 token is a 401, and nothing else says why."""
+    secret = settings.better_auth_secret
+    if secret is None:
+        return []
+    text = secret.get_secret_value()
+    if text == text.strip() and not (text[:1] in ("'", '"') and text[-1:] == text[:1]):
+        return []
+    return [
+        "BETTER_AUTH_SECRET has white space, a line break or quotes at its ends, and is used as written: if"
+        " Better Auth's secret has none, every HS256 token will be refused (401)"
+    ]
+
+
 def _read_either_way(environment: Mapping[str, str], env_file: Iterable[str], one: str, other: str) -> bool:
     """Whether two names of one setting, in different cases, leave which value is read to chance: both
     in the environment with different values, or both in .env (whose values are not read here). One in
