@@ -320,3 +320,56 @@ def test_a_read_the_database_fails_with_an_error_of_its_own_is_503_logged_with_i
     assert [record.getMessage() for record in caplog.records if record.name == "api.http.problems"] == [
         'database unavailable: IoError: could not read blocks 0..0 in file "base/5/16385": Input/output error'
     ]
+
+
+# A conflict Postgres ends by rolling a transaction back (a deadlock, a serialization failure), raised
+# by a trigger for the first `times` tasks written: the sequence counts attempts, rolled back or not
+# (as its owner: todo_app may not use the sequence).
+def _conflicts(sqlstate: str, times: int) -> str:
+    return f"""create or replace function public.conflict() returns trigger language plpgsql
+    security definer as $$ begin
+    if nextval('public.conflicts') <= {times} then
+        raise exception using errcode = '{sqlstate}', message = 'a conflict, for the test';
+    end if;
+    return new;
+end $$"""
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "named"),
+    [("40001", "SerializationFailure"), ("40P01", "DeadlockDetected")],
+    ids=["serialization-failure", "deadlock"],
+)
+def test_a_write_rolled_back_for_a_conflict_is_run_once_more_and_a_second_is_503_saying_so(
+    migrated_db_url: str, way: dict[str, Any], sqlstate: str, named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A serialization failure (40001) was answered 503 at once, though Postgres rolled it back whole
+    and asks that it be run again, as a deadlock is; and either one met twice was a 503 saying "The
+    database cannot be reached right now", while the database answered both times."""
+    alice = new_user()
+    with serving_client(create_app(settings_for(migrated_db_url, **way))) as client:
+        with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+            owner.execute("create sequence public.conflicts")
+            owner.execute(_conflicts(sqlstate, times=1))
+            owner.execute(
+                "create trigger conflict before insert on public.tasks"
+                " for each row execute function public.conflict()"
+            )
+        once = client.post(alice.tasks_url, json={"title": "once"}, headers=alice.headers)
+        with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+            owner.execute("alter sequence public.conflicts restart")
+            owner.execute(_conflicts(sqlstate, times=2))
+        with caplog.at_level(logging.WARNING, logger="api.http.problems"):
+            twice = client.post(alice.tasks_url, json={"title": "twice"}, headers=alice.headers)
+    assert once.status_code == 201, once.text
+    body = assert_problem(twice, 503, "database-unavailable")
+    assert "conflict" in body["detail"], body
+    assert "cannot be reached" not in body["detail"], body
+    assert "nothing was changed" in body["detail"], body
+    assert twice.headers["Retry-After"].isdigit()
+    messages = [record.getMessage() for record in caplog.records if record.name == "api.http.problems"]
+    said = f"Postgres rolled it back: {named}: a conflict, for the test"
+    assert messages == [f"transaction conflict, twice: {said}"]
+    with psycopg.connect(migrated_db_url) as connection:
+        stored = connection.execute("select title from tasks where user_id = %s", [alice.id])
+        assert stored.fetchall() == [("once",)], "each write ran to the end once at most"

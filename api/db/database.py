@@ -39,11 +39,11 @@ whether the server has already ended the session (`ended_while_idle`): a server 
 session says so and closes the socket without waiting for us, so its farewell is there first. A
 write that went out and got no answer is `OutcomeUnknown`: it may have committed.
 
-A transaction Postgres cancelled to end a deadlock (a migration, or a DBA's transaction, that took
-the same tables' locks in another order) runs once more too (`Deadlocked`): Postgres rolled all of
-it back, the connection is sound, and the other side, no longer waiting, goes on; the client gets
-its answer rather than a 503 for a conflict it had no part in. Deadlocked a second time, it is a 503
-that changed nothing.
+A transaction Postgres rolled back to end a conflict with another one, a deadlock (a migration, or a
+DBA's transaction, that took the same tables' locks in another order) or a serialization failure,
+runs once more too (`TransactionConflict`): Postgres rolled all of it back, the connection is sound,
+and the other side, no longer waiting, goes on; the client gets its answer rather than a 503 for a
+conflict it had no part in. Met a second time, it is a 503 that changed nothing, and says so.
 
 A statement prepared on a connection and found missing, or another client's, is no broken connection
 but a pooler in transaction mode that start-up could not catch (`api.db.prepared`): the worker stops
@@ -83,6 +83,7 @@ from api.db.errors import (
     PrivilegeDenied,
     RowSecurityViolation,
     StatementCancelled,
+    TransactionConflict,
     UnknownName,
     WritesRefused,
     in_one_line,
@@ -147,12 +148,6 @@ class PreparedStatementsLost(DatabaseUnavailable):
     (a pooler in transaction mode), and nothing of the transaction committed. The connection is sound,
     and the worker has stopped preparing (`Database._stop_preparing`): `Database.run` runs the
     transaction once more, unprepared; raised again, it is a plain `DatabaseUnavailable`."""
-
-
-class Deadlocked(DatabaseUnavailable):
-    """Postgres cancelled the transaction to end a deadlock with another one, and rolled all of it
-    back: nothing committed and the connection is sound. `Database.run` runs it once more; raised
-    again, it is a plain `DatabaseUnavailable`."""
 
 
 Rows = list[DictRow]
@@ -403,7 +398,7 @@ class Database:
                 # Every connection is as sound as before: only preparing failed, and it has stopped.
                 logger.info("running a transaction again, unprepared: %s", lost)
                 return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)
-            except Deadlocked as lost:
+            except TransactionConflict as lost:
                 logger.info("running a transaction again: %s", lost)
                 return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)
         finally:
@@ -491,10 +486,11 @@ class Database:
             await _roll_back(connection)
             self._stop_preparing(error)
             raise PreparedStatementsLost(f"a prepared statement was missing or another's: {error}") from None
-        except psycopg.errors.DeadlockDetected as error:
-            # The failed statement skipped the rest of the message (or pipeline), COMMIT included.
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as error:
+            # The failed statement skipped the rest of the message (or pipeline), COMMIT included; one
+            # that failed at COMMIT, or after it, is `OutcomeUnknown` above and never run again.
             await _roll_back(connection)
-            raise Deadlocked(f"Postgres ended a deadlock: {error.diag.message_primary}") from None
+            raise TransactionConflict(f"Postgres rolled it back: {in_one_line(error)}") from None
         except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as error:
             await _roll_back(connection)
             constraint = error.diag.constraint_name

@@ -147,6 +147,14 @@ class OutOfResources(DatabaseUnavailable):
     changed; it stays so until an operator frees or raises what ran out."""
 
 
+class TransactionConflict(DatabaseUnavailable):
+    """Postgres rolled the transaction back whole to end a conflict with another one: a deadlock
+    (SQLSTATE 40P01: a migration, or a DBA's transaction, took the same tables' locks in another
+    order) or a serialization failure (40001: a read on a standby that recovery had to cancel, say).
+    Nothing committed, the connection is sound, and the other side, no longer waiting, goes on:
+    `Database.run` runs the transaction once more. Met again, it is this 503, which says so."""
+
+
 class AssignedIdTaken(DatabaseUnavailable):
     """The database assigned a new row an id its table already holds (SQLSTATE 23505 on a key in
     ASSIGNED_ID_KEYS): the identity's sequence is behind the table's rows, as after rows were loaded

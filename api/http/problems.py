@@ -30,6 +30,7 @@ from api.db.errors import (
     OutcomeUnknown,
     OutOfResources,
     StatementCancelled,
+    TransactionConflict,
     UserShareExceeded,
     WritesRefused,
     in_one_line,
@@ -451,6 +452,14 @@ def out_of_resources() -> ProblemError:
     )
 
 
+def transaction_conflict() -> ProblemError:
+    # As statement_cancelled: the database answered and rolled back, here twice in a row.
+    return _database_unavailable(
+        "The database rolled this request back twice to end a conflict with other transactions (a"
+        " deadlock, or a serialization failure); nothing was changed. Try again shortly."
+    )
+
+
 def assigned_id_taken() -> ProblemError:
     # As statement_cancelled: the database answered and rolled back. The words say whose it is to
     # fix, not which key: a client can do nothing but wait.
@@ -689,6 +698,11 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
         # An error, not a warning: it lasts until an operator frees or raises what ran out.
         logger.error("the database is out of a resource it needs: %s", exc)
         return problem_response(out_of_resources())
+
+    @app.exception_handler(TransactionConflict)
+    async def on_transaction_conflict(_: Request, exc: TransactionConflict) -> JSONResponse:
+        logger.warning("transaction conflict, twice: %s", exc)
+        return problem_response(transaction_conflict())
 
     @app.exception_handler(AssignedIdTaken)
     async def on_assigned_id_taken(_: Request, exc: AssignedIdTaken) -> JSONResponse:
