@@ -373,3 +373,62 @@ def test_a_write_rolled_back_for_a_conflict_is_run_once_more_and_a_second_is_503
     with psycopg.connect(migrated_db_url) as connection:
         stored = connection.execute("select title from tasks where user_id = %s", [alice.id])
         assert stored.fetchall() == [("once",)], "each write ran to the end once at most"
+
+
+# Corruption as Postgres reports it (SQLSTATE XX001), raised by a trigger on writes, and an internal
+# error (XX000) as a read meets one while a DBA drops what a policy calls, raised by a policy's function.
+_DATA_CORRUPTED = """create function public.data_corrupted() returns trigger language plpgsql as $$ begin
+    raise exception using errcode = 'data_corrupted',
+        message = 'invalid page in block 0 of relation base/16384/16385';
+end $$"""
+_INTERNAL_ERROR = """create function public.internal_error() returns boolean language plpgsql as $$ begin
+    raise exception using errcode = 'internal_error', message = 'cache lookup failed for function 16390';
+end $$"""
+
+
+def test_a_database_failing_with_an_internal_error_is_503_not_a_bug_of_ours_and_changes_nothing(
+    migrated_db_url: str, way: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A corrupted page (XX001) or the database's own internal error (XX000) was a 500 saying "This is
+    a bug on our side", logged as a traceback of the API's: the database failed, and answered."""
+    alice = new_user()
+    with serving_client(create_app(settings_for(migrated_db_url, **way))) as client:
+        kept = client.post(alice.tasks_url, json={"title": "kept"}, headers=alice.headers)
+        assert kept.status_code == 201
+        with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+            owner.execute(_DATA_CORRUPTED)
+            owner.execute(
+                "create trigger data_corrupted before update on public.tasks"
+                " for each row execute function public.data_corrupted()"
+            )
+        with caplog.at_level(logging.WARNING, logger="api.http.problems"):
+            task_url = alice.task_url(kept.json()["id"])
+            renamed = client.put(task_url, json={"title": "no"}, headers=alice.headers)
+            with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+                owner.execute(_INTERNAL_ERROR)
+                owner.execute(
+                    "create policy internal_error on public.tasks as restrictive for select to todo_app"
+                    " using (public.internal_error())"
+                )
+            listed = client.get(alice.tasks_url, headers=alice.headers)
+    for failed in (renamed, listed):
+        body = assert_problem(failed, 503, "database-unavailable")
+        assert "internal error of its own" in body["detail"], body
+        assert "nothing was changed" in body["detail"], body
+        assert failed.headers["Retry-After"].isdigit()
+    said = [record for record in caplog.records if record.name == "api.http.problems"]
+    assert [(record.levelno, record.getMessage()) for record in said] == [
+        (
+            logging.ERROR,
+            "the database failed with an internal error: DataCorrupted: invalid page in block 0 of"
+            " relation base/16384/16385",
+        ),
+        (
+            logging.ERROR,
+            "the database failed with an internal error: InternalError_: cache lookup failed for"
+            " function 16390",
+        ),
+    ]
+    with psycopg.connect(migrated_db_url) as connection:
+        stored = connection.execute("select title from tasks where user_id = %s", [alice.id])
+        assert stored.fetchall() == [("kept",)], "the write changed nothing"

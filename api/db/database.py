@@ -75,6 +75,7 @@ from api.db.errors import (
     CheckRefused,
     DatabaseBusy,
     DatabaseUnavailable,
+    InternalDatabaseError,
     LimitReached,
     LockWaitGivenUp,
     MissingReference,
@@ -131,6 +132,9 @@ _UNKNOWN_NAME = (
 # The SQLSTATE class of "insufficient resources" (disk full, out of memory, ...): psycopg gives each
 # code a class of its own, none of them a subclass of its InsufficientResources.
 _INSUFFICIENT_RESOURCES = "53"
+# The SQLSTATE class of the database's own internal errors (XX000 internal_error, XX001 data_corrupted,
+# XX002 index_corrupted): psycopg's InternalError, which no OperationalError handler catches.
+_INTERNAL_ERROR = "XX"
 
 logger = logging.getLogger(__name__)
 # psycopg's pool logs here.
@@ -552,6 +556,9 @@ class Database:
                 if (error.sqlstate or "").startswith(_INSUFFICIENT_RESOURCES):
                     # A full disk, say: the server answered, so it is reachable.
                     raise OutOfResources(in_one_line(error)) from None
+                if (error.sqlstate or "").startswith(_INTERNAL_ERROR):
+                    # The database's failure, not the API's: it was a 500 "bug on our side".
+                    raise InternalDatabaseError(in_one_line(error)) from None
                 raise
             if read_only:
                 raise SafeToRetry(f"the connection broke during a read: {error}") from error

@@ -155,6 +155,15 @@ class TransactionConflict(DatabaseUnavailable):
     `Database.run` runs the transaction once more. Met again, it is this 503, which says so."""
 
 
+class InternalDatabaseError(DatabaseUnavailable):
+    """The database failed the statement with an error of its own and rolled the transaction back
+    (SQLSTATE class XX): a corrupted page or index (XX001, XX002), or an internal error (XX000, such
+    as "cache lookup failed" while a migration or a DBA changed the schema). No statement the API
+    sends asks for it, so it is no bug of the API's, and the database answered, so it is reachable;
+    nothing was changed. It lasts until whatever changed the schema is done, or an operator repairs
+    what is corrupt."""
+
+
 class AssignedIdTaken(DatabaseUnavailable):
     """The database assigned a new row an id its table already holds (SQLSTATE 23505 on a key in
     ASSIGNED_ID_KEYS): the identity's sequence is behind the table's rows, as after rows were loaded

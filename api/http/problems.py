@@ -24,6 +24,7 @@ from api.db.errors import (
     AssignedIdTaken,
     CheckRefused,
     DatabaseBusy,
+    InternalDatabaseError,
     IsolationBreach,
     LockWaitGivenUp,
     MissingReference,
@@ -460,6 +461,15 @@ def transaction_conflict() -> ProblemError:
     )
 
 
+def internal_database_error() -> ProblemError:
+    # Not internal-error: that one says the API has a bug, and sent its developers to the wrong code.
+    # As out_of_resources: the database answered and rolled back, and a client can only wait.
+    return _database_unavailable(
+        "The database failed this request with an internal error of its own (a corrupted page or"
+        " index, say); nothing was changed. Try again later."
+    )
+
+
 def assigned_id_taken() -> ProblemError:
     # As statement_cancelled: the database answered and rolled back. The words say whose it is to
     # fix, not which key: a client can do nothing but wait.
@@ -703,6 +713,12 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
     async def on_transaction_conflict(_: Request, exc: TransactionConflict) -> JSONResponse:
         logger.warning("transaction conflict, twice: %s", exc)
         return problem_response(transaction_conflict())
+
+    @app.exception_handler(InternalDatabaseError)
+    async def on_internal_database_error(_: Request, exc: InternalDatabaseError) -> JSONResponse:
+        # An error, not a warning: corruption lasts until an operator repairs it.
+        logger.error("the database failed with an internal error: %s", exc)
+        return problem_response(internal_database_error())
 
     @app.exception_handler(AssignedIdTaken)
     async def on_assigned_id_taken(_: Request, exc: AssignedIdTaken) -> JSONResponse:
