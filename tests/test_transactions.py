@@ -299,7 +299,9 @@ def test_a_read_the_database_fails_with_an_error_of_its_own_is_503_logged_with_i
     migrated_db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A failing disk (SQLSTATE 58030, raised here by a policy's function) was logged as "database
-    unavailable: IoError", the class alone, which reads the same for every cause."""
+    unavailable: IoError", the class alone, which reads the same for every cause; and then, with
+    Postgres's words, at WARNING, in a 503 saying "The database cannot be reached right now", while
+    the database had answered."""
     alice = new_user()
     with serving_client(create_app(settings_for(migrated_db_url))) as client:
         assert client.post(alice.tasks_url, json={"title": "kept"}, headers=alice.headers).status_code == 201
@@ -316,9 +318,16 @@ def test_a_read_the_database_fails_with_an_error_of_its_own_is_503_logged_with_i
             )
         with caplog.at_level(logging.WARNING, logger="api.http.problems"):
             listed = client.get(alice.tasks_url, headers=alice.headers)
-    assert_problem(listed, 503, "database-unavailable")
-    assert [record.getMessage() for record in caplog.records if record.name == "api.http.problems"] == [
-        'database unavailable: IoError: could not read blocks 0..0 in file "base/5/16385": Input/output error'
+    body = assert_problem(listed, 503, "database-unavailable")
+    assert "an error of its own" in body["detail"], body
+    assert "cannot be reached" not in body["detail"], body
+    said = [record for record in caplog.records if record.name == "api.http.problems"]
+    assert [(record.levelno, record.getMessage()) for record in said] == [
+        (
+            logging.ERROR,
+            "the database failed with an error of its own: IoError: could not read blocks 0..0 in file"
+            ' "base/5/16385": Input/output error',
+        )
     ]
 
 
@@ -413,19 +422,19 @@ def test_a_database_failing_with_an_internal_error_is_503_not_a_bug_of_ours_and_
             listed = client.get(alice.tasks_url, headers=alice.headers)
     for failed in (renamed, listed):
         body = assert_problem(failed, 503, "database-unavailable")
-        assert "internal error of its own" in body["detail"], body
+        assert "an error of its own" in body["detail"], body
         assert "nothing was changed" in body["detail"], body
         assert failed.headers["Retry-After"].isdigit()
     said = [record for record in caplog.records if record.name == "api.http.problems"]
     assert [(record.levelno, record.getMessage()) for record in said] == [
         (
             logging.ERROR,
-            "the database failed with an internal error: DataCorrupted: invalid page in block 0 of"
+            "the database failed with an error of its own: DataCorrupted: invalid page in block 0 of"
             " relation base/16384/16385",
         ),
         (
             logging.ERROR,
-            "the database failed with an internal error: InternalError_: cache lookup failed for"
+            "the database failed with an error of its own: InternalError_: cache lookup failed for"
             " function 16390",
         ),
     ]

@@ -74,8 +74,8 @@ from api.db.errors import (
     AssignedIdTaken,
     CheckRefused,
     DatabaseBusy,
+    DatabaseFault,
     DatabaseUnavailable,
-    InternalDatabaseError,
     LimitReached,
     LockWaitGivenUp,
     MissingReference,
@@ -133,7 +133,7 @@ _UNKNOWN_NAME = (
 # code a class of its own, none of them a subclass of its InsufficientResources.
 _INSUFFICIENT_RESOURCES = "53"
 # The SQLSTATE class of the database's own internal errors (XX000 internal_error, XX001 data_corrupted,
-# XX002 index_corrupted): psycopg's InternalError, which no OperationalError handler catches.
+# XX002 index_corrupted): psycopg's InternalError, not one of its OperationalErrors.
 _INTERNAL_ERROR = "XX"
 
 logger = logging.getLogger(__name__)
@@ -556,9 +556,13 @@ class Database:
                 if (error.sqlstate or "").startswith(_INSUFFICIENT_RESOURCES):
                     # A full disk, say: the server answered, so it is reachable.
                     raise OutOfResources(in_one_line(error)) from None
-                if (error.sqlstate or "").startswith(_INTERNAL_ERROR):
-                    # The database's failure, not the API's: it was a 500 "bug on our side".
-                    raise InternalDatabaseError(in_one_line(error)) from None
+                if error.sqlstate and (
+                    isinstance(error, psycopg.OperationalError) or error.sqlstate.startswith(_INTERNAL_ERROR)
+                ):
+                    # The database's failure, not the API's: class XX was a 500 "bug on our side",
+                    # and the others a 503 saying that the database, which had answered, could not
+                    # be reached.
+                    raise DatabaseFault(in_one_line(error)) from None
                 raise
             if read_only:
                 raise SafeToRetry(f"the connection broke during a read: {error}") from error

@@ -155,13 +155,14 @@ class TransactionConflict(DatabaseUnavailable):
     `Database.run` runs the transaction once more. Met again, it is this 503, which says so."""
 
 
-class InternalDatabaseError(DatabaseUnavailable):
-    """The database failed the statement with an error of its own and rolled the transaction back
-    (SQLSTATE class XX): a corrupted page or index (XX001, XX002), or an internal error (XX000, such
-    as "cache lookup failed" while a migration or a DBA changed the schema). No statement the API
-    sends asks for it, so it is no bug of the API's, and the database answered, so it is reachable;
-    nothing was changed. It lasts until whatever changed the schema is done, or an operator repairs
-    what is corrupt."""
+class DatabaseFault(DatabaseUnavailable):
+    """The database failed the statement with an error of its own and rolled the transaction back:
+    an internal error (SQLSTATE class XX: a corrupted page or index, XX001 and XX002, or "cache lookup
+    failed" while a migration or a DBA changed the schema, XX000), or any other error of the server's
+    that psycopg counts as operational and no class above names (class 58: a failing disk's I/O
+    error; class 54: a program limit). No statement the API sends asks for it, so it is no bug of the
+    API's, and the database answered, so it is reachable; nothing was changed. It lasts until whatever
+    changed the schema is done, or an operator repairs what failed."""
 
 
 class AssignedIdTaken(DatabaseUnavailable):

@@ -24,7 +24,7 @@ from api.db.errors import (
     AssignedIdTaken,
     CheckRefused,
     DatabaseBusy,
-    InternalDatabaseError,
+    DatabaseFault,
     IsolationBreach,
     LockWaitGivenUp,
     MissingReference,
@@ -461,12 +461,12 @@ def transaction_conflict() -> ProblemError:
     )
 
 
-def internal_database_error() -> ProblemError:
+def database_fault() -> ProblemError:
     # Not internal-error: that one says the API has a bug, and sent its developers to the wrong code.
     # As out_of_resources: the database answered and rolled back, and a client can only wait.
     return _database_unavailable(
-        "The database failed this request with an internal error of its own (a corrupted page or"
-        " index, say); nothing was changed. Try again later."
+        "The database failed this request with an error of its own (a corrupted page or index, or a"
+        " failing disk, say); nothing was changed. Try again later."
     )
 
 
@@ -714,11 +714,11 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
         logger.warning("transaction conflict, twice: %s", exc)
         return problem_response(transaction_conflict())
 
-    @app.exception_handler(InternalDatabaseError)
-    async def on_internal_database_error(_: Request, exc: InternalDatabaseError) -> JSONResponse:
-        # An error, not a warning: corruption lasts until an operator repairs it.
-        logger.error("the database failed with an internal error: %s", exc)
-        return problem_response(internal_database_error())
+    @app.exception_handler(DatabaseFault)
+    async def on_database_fault(_: Request, exc: DatabaseFault) -> JSONResponse:
+        # An error, not a warning: corruption, or a failing disk, lasts until an operator repairs it.
+        logger.error("the database failed with an error of its own: %s", exc)
+        return problem_response(database_fault())
 
     @app.exception_handler(AssignedIdTaken)
     async def on_assigned_id_taken(_: Request, exc: AssignedIdTaken) -> JSONResponse:
