@@ -638,6 +638,37 @@ def test_an_erased_users_open_stream_sends_reset_and_goes_on_live(
     run(api_url, scenario)
 
 
+def test_an_erased_users_open_stream_sends_reset_even_when_her_tasks_were_all_deleted_before(
+    api_url: str, api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """With no task left to delete, the erasure fires no trigger on tasks, whose NOTIFY woke the
+    streams: the script wakes them itself, so a stream open meanwhile learns of it at once rather
+    than at its token's expiry, and is told to reset (its events are gone)."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        created = await client.post(alice.tasks_url, json={"title": "secret"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            deleted = await client.delete(alice.task_url(created.json()["id"]), headers=alice.headers)
+            assert deleted.status_code == 204
+            assert (await stream.next()).kind == "task.deleted"
+
+            erased = forget(api_db_url, "-v", f"user_id={alice.id}")
+            assert erased.returncode == 0, erased.stderr
+            assert api_db.execute(
+                "select (select count(*) from task_events where user_id = %(u)s)"
+                " + (select count(*) from task_event_purges where user_id = %(u)s)"
+                " + (select count(*) from users where id = %(u)s)",
+                {"u": alice.id},
+            ).fetchone() == (0,)
+
+            reset = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
+            assert (reset.kind, reset.data) == ("reset", {})
+
+    run(api_url, scenario)
+
+
 def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_back(api_url: str) -> None:
     alice, bob = new_user(), new_user()
 
