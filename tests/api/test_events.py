@@ -190,9 +190,39 @@ def test_an_id_sent_both_as_header_and_query_is_one_claim_only_when_they_agree(a
             newest = resumed.last_id
         async with opened(client, alice, last_seen, last_event_id_in_query=newest) as stream:
             assert (await stream.next()).kind == "reset"
-        for malformed in ("", "abc", "-1"):
+        for malformed in ("abc", "-1"):
             async with opened(client, alice, last_event_id_in_query=malformed) as stream:
                 assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
+
+    run(api_url, scenario)
+
+
+@pytest.mark.parametrize("sent_as", ["Last-Event-ID", "lastEventId", "both"])
+def test_an_empty_last_event_id_is_none_and_the_stream_starts_from_now_without_reset(
+    api_url: str, sent_as: str
+) -> None:
+    """WHATWG's EventSource never sends an empty last event ID: the empty string is none. A client
+    that sends one anyway (a fetch-based one that sends what it holds before any id came) has missed
+    nothing it could be told about: the stream starts from now, as with no id, not with a reset."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            now = await stream.opening_id()
+        where = {
+            "Last-Event-ID": {"last_event_id": ""},
+            "lastEventId": {"last_event_id_in_query": ""},
+            "both": {"last_event_id": "", "last_event_id_in_query": ""},
+        }[sent_as]
+        async with opened(client, alice, **where) as stream:
+            assert await stream.opening_id() == now
+            later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", later.json())]
+        # Beside an id in the other place, an empty one is no second claim: the id is resumed from.
+        async with opened(client, alice, "", last_event_id_in_query=now) as stream:
+            assert await stream.opening_id() == now
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", later.json())]
 
     run(api_url, scenario)
 
