@@ -62,7 +62,8 @@ LAST_EVENT_ID = {
     "in": "header",
     "required": False,
     "description": (
-        "The `id` of the last event you received: the stream first sends exactly the events after it. "
+        "The `id` of the last event you received: the stream first sends the events after it (of a task "
+        "deleted since, its `task.deleted` alone). "
         "Without it (or empty), the stream starts from now. When it is malformed, not one of your events "
         "(another user's, or an id not issued yet), or older than what is kept (EVENTS_RETENTION_HOURS, "
         "and your newest MAX_TASKS_PER_USER events at most) and not your newest event, or 0 (before "
@@ -89,8 +90,9 @@ LAST_EVENT_ID_QUERY = {
 
 _EVENTS_DESCRIPTION = f"""\
 One event per real change of one of your tasks, in commit order; a write that changes nothing sends
-none. Every event has an `id:`; send the last one back as `Last-Event-ID` (or `lastEventId`) when you
-reconnect.
+none. A task's delete clears the task from its earlier events: a stream that comes to them after the
+delete (resumed from before it, or fallen behind) sends its `task.deleted` alone. Every event has an
+`id:`; send the last one back as `Last-Event-ID` (or `lastEventId`) when you reconnect.
 
 - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
 - `event: task.deleted`: `data: {{"id": N}}`.

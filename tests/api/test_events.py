@@ -30,7 +30,7 @@ from tests.api.events_client import (
     open_once_a_place_is_free,
     opened,
 )
-from tests.db.test_sql_policy_tests import forget
+from tests.db.test_sql_policy_tests import forget, rows_holding
 from tests.support import SECRET, ApiUser, assert_problem, new_user, serving, settings_for
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
@@ -168,6 +168,44 @@ def test_resume_after_three_missed_writes_delivers_exactly_those_three(api_url: 
             # Then live, with nothing sent twice: the next event is the next write.
             later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
             assert kinds_and_bodies([await resumed.next()]) == [("task.created", later.json())]
+
+    run(api_url, scenario)
+
+
+def test_a_stream_resumed_from_before_a_delete_gets_the_deletion_and_no_copy_of_the_deleted_task(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """Deleted means gone, from the events too (0016_deleted_tasks_leave_no_copy_in_events.sql): the
+    delete clears the task from its earlier events in its own transaction, so no stream, whenever it
+    resumes, is sent its title again; and no reset either, from before the task or from one of its
+    events, whose ids stay where they were."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, alice) as stream:
+            before_the_task = await stream.opening_id()
+        created = await client.post(
+            alice.tasks_url,
+            json={"title": "SECRET PLAN", "description": "very private"},
+            headers=alice.headers,
+        )
+        url = alice.task_url(created.json()["id"])
+        await client.put(url, json={"title": "SECRET PLAN v2"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            after_its_rename = await stream.opening_id()
+        kept = await client.post(alice.tasks_url, json={"title": "kept"}, headers=alice.headers)
+        assert (await client.delete(url, headers=alice.headers)).status_code == 204
+
+        deletion = ("task.deleted", {"id": created.json()["id"]})
+        async with opened(client, alice, last_event_id=before_the_task) as resumed:
+            await resumed.opening_id()
+            assert kinds_and_bodies(await resumed.take(2)) == [("task.created", kept.json()), deletion]
+        async with opened(client, alice, last_event_id=after_its_rename) as resumed:
+            assert await resumed.opening_id() == after_its_rename
+            assert kinds_and_bodies(await resumed.take(2)) == [("task.created", kept.json()), deletion]
+
+        # Nor is anything of it left in any row of any table, for any request to read.
+        assert rows_holding(api_db, ("SECRET PLAN", "very private")) == []
 
     run(api_url, scenario)
 
