@@ -1,7 +1,7 @@
 -- Back to 0015: a deleted task's earlier events keep their copy of it. The copies cleared since are
 -- not known any more, so those events go: 0010 records the removal, and a stream resuming from before
--- one of them is told to reset, as after a purge. The function is 0011's, word for word (its body's
--- md5 is in sql/checks/expected_reach.json at 0015).
+-- one of them is told to reset, as after a purge. The functions are 0011's and 0009's, word for word
+-- (their bodies' md5 are in sql/checks/expected_reach.json at 0015).
 LOCK TABLE public.tasks, public.task_events IN ACCESS EXCLUSIVE MODE;
 
 ALTER TABLE public.task_events NO FORCE ROW LEVEL SECURITY;
@@ -11,6 +11,28 @@ ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
 -- The policy file (sql/policies/task_events.sql) lets the trigger clear copies; absent where the policy
 -- files were never applied (`yoyo apply --revision` short of the last).
 DROP POLICY IF EXISTS "task events are cleared by the trigger on tasks" ON public.task_events;
+
+DROP TRIGGER task_events_keep_first_event_time ON public.task_events;
+CREATE OR REPLACE FUNCTION app.keep_first_event_time() RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = ''
+AS $$
+BEGIN
+    UPDATE app.task_event_counts AS counted
+        SET first_event_at = coalesce(
+            (SELECT e.created_at FROM public.task_events AS e WHERE e.user_id = counted.user_id
+             ORDER BY e.id LIMIT 1),
+            '-infinity')
+        WHERE counted.user_id IN (SELECT changed.user_id FROM changed);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER task_events_keep_first_event_time
+    AFTER UPDATE ON public.task_events
+    REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION app.keep_first_event_time();
 
 DROP INDEX public.task_events_copies_by_task;
 ALTER TABLE public.task_events

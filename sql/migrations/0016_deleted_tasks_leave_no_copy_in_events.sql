@@ -30,6 +30,37 @@ ALTER TABLE public.task_events
 
 CREATE INDEX task_events_copies_by_task ON public.task_events (user_id, task_id) WHERE task IS NOT NULL;
 
+-- The clearing is an UPDATE of events, which fires 0009's task_events_keep_first_event_time. Made for a
+-- DBA who changes an event's time, it looked for the first event of every user whose events the
+-- statement touched and rewrote their counts row: on every delete, the deleting user's, whose first
+-- event the planner finds by walking everyone's events in id order. It now looks only where an
+-- event's time or user changed, which a clearing never does.
+DROP TRIGGER task_events_keep_first_event_time ON public.task_events;
+
+CREATE OR REPLACE FUNCTION app.keep_first_event_time() RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = ''
+AS $$
+BEGIN
+    UPDATE app.task_event_counts AS counted
+        SET first_event_at = coalesce(
+            (SELECT e.created_at FROM public.task_events AS e WHERE e.user_id = counted.user_id
+             ORDER BY e.id LIMIT 1),
+            '-infinity')
+        WHERE counted.user_id IN (
+            SELECT changed.user_id FROM changed JOIN before USING (id)
+            WHERE (changed.created_at, changed.user_id) IS DISTINCT FROM (before.created_at, before.user_id));
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER task_events_keep_first_event_time
+    AFTER UPDATE ON public.task_events
+    REFERENCING OLD TABLE AS before NEW TABLE AS changed
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION app.keep_first_event_time();
+
 -- The events of tasks deleted before. The owner reads and rewrites rows that FORCEd row-level
 -- security would hide from it (the embedded database's owner does not bypass it).
 ALTER TABLE public.tasks NO FORCE ROW LEVEL SECURITY;

@@ -184,4 +184,19 @@ SELECT pg_temp.is(
     'DELETE: and nobody else''s events, which have not expired, are touched');
 ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
 
+-- A delete with nothing to purge clears its task's earlier events and writes the counts once: the
+-- clearing changes no event's time, so its user's first event time is not looked for again.
+SET LOCAL ROLE todo_app;
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-alice', true);
+SELECT n_tup_upd AS counts_updates FROM pg_stat_xact_user_tables WHERE relid = 'app.task_event_counts'::regclass \gset
+DELETE FROM public.tasks WHERE title = 'six';
+SELECT pg_temp.is(
+    (SELECT array_agg(kind || ' ' || coalesce(task ->> 'title', '') ORDER BY id) FROM public.task_events),
+    ARRAY['task.updated ', 'task.updated ', 'task.updated ', 'task.deleted '],
+    'UPDATE: alice''s delete clears the task from each of its kept events');
+SELECT pg_temp.is(
+    (SELECT n_tup_upd - :counts_updates FROM pg_stat_xact_user_tables WHERE relid = 'app.task_event_counts'::regclass),
+    1::bigint,
+    'UPDATE: a delete with nothing to purge updates its user''s counts once');
+
 ROLLBACK;
