@@ -235,6 +235,35 @@ def test_an_id_sent_both_as_header_and_query_is_one_claim_only_when_they_agree(a
     run(api_url, scenario)
 
 
+def test_an_open_stream_that_comes_to_a_deleted_tasks_changes_after_the_delete_sends_the_deletion_alone(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """A stream behind the writes (here: the create, rename and delete commit together, so it cannot
+    read between them) finds the task's changes cleared by the time it reads them: it sends the
+    task.deleted alone, then goes on live, with no reset."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await client.post(alice.tasks_url, json={"title": "seen"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            with api_db.transaction():
+                (task_id,) = (
+                    api_db.execute(
+                        "insert into tasks (user_id, title) values (%s, 'SECRET') returning id", [alice.id]
+                    ).fetchone()
+                    or ()
+                )
+                api_db.execute("update tasks set title = 'SECRET v2' where id = %s", [task_id])
+                api_db.execute("delete from tasks where id = %s", [task_id])
+            deleted = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
+            assert (deleted.kind, deleted.data) == ("task.deleted", {"id": task_id})
+            later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", later.json())]
+
+    run(api_url, scenario)
+
+
 @pytest.mark.parametrize("sent_as", ["Last-Event-ID", "lastEventId", "both"])
 def test_an_empty_last_event_id_is_none_and_the_stream_starts_from_now_without_reset(
     api_url: str, sent_as: str
