@@ -248,12 +248,9 @@ def test_an_open_stream_that_comes_to_a_deleted_tasks_changes_after_the_delete_s
         async with opened(client, alice) as stream:
             await stream.opening_id()
             with api_db.transaction():
-                (task_id,) = (
-                    api_db.execute(
-                        "insert into tasks (user_id, title) values (%s, 'SECRET') returning id", [alice.id]
-                    ).fetchone()
-                    or ()
-                )
+                [(task_id,)] = api_db.execute(
+                    "insert into tasks (user_id, title) values (%s, 'SECRET') returning id", [alice.id]
+                ).fetchall()
                 api_db.execute("update tasks set title = 'SECRET v2' where id = %s", [task_id])
                 api_db.execute("delete from tasks where id = %s", [task_id])
             deleted = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
