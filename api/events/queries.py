@@ -57,8 +57,11 @@ _START = text(
 # reset (`_START`), so the open stream is too. One statement, so no purge can fall between reading
 # the events and reading the record.
 _AFTER = text(
+    # An event whose task was deleted since keeps its place but no copy of the task
+    # (sql/migrations/0016_deleted_tasks_leave_no_copy_in_events.sql): not sent, the task.deleted is.
     "WITH next AS (SELECT id, kind, task_id, task, created_at FROM public.task_events"
-    " WHERE user_id = :user_id AND id > :after ORDER BY id LIMIT :batch),"
+    " WHERE user_id = :user_id AND id > :after AND (task IS NOT NULL OR kind = 'task.deleted')"
+    " ORDER BY id LIMIT :batch),"
     # Materialized: inlined, its record is looked up once for each time `mine` names it.
     " purged AS MATERIALIZED (SELECT coalesce((SELECT purged_through FROM public.task_event_purges"
     " WHERE user_id = :user_id), 0) AS through),"

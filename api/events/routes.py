@@ -62,8 +62,9 @@ LAST_EVENT_ID = {
     "in": "header",
     "required": False,
     "description": (
-        "The `id` of the last event you received: the stream first sends exactly the events after it. "
-        "Without it, the stream starts from now. When it is malformed, not one of your events "
+        "The `id` of the last event you received: the stream first sends the events after it (of a task "
+        "deleted since, its `task.deleted` alone). "
+        "Without it (or empty), the stream starts from now. When it is malformed, not one of your events "
         "(another user's, or an id not issued yet), or older than what is kept (EVENTS_RETENTION_HOURS, "
         "and your newest MAX_TASKS_PER_USER events at most) and not your newest event, or 0 (before "
         "any event) while some of your events are no longer kept, the stream starts with "
@@ -89,8 +90,9 @@ LAST_EVENT_ID_QUERY = {
 
 _EVENTS_DESCRIPTION = f"""\
 One event per real change of one of your tasks, in commit order; a write that changes nothing sends
-none. Every event has an `id:`; send the last one back as `Last-Event-ID` (or `lastEventId`) when you
-reconnect.
+none. A task's delete clears the task from its earlier events: a stream that comes to them after the
+delete (resumed from before it, or fallen behind) sends its `task.deleted` alone. Every event has an
+`id:`; send the last one back as `Last-Event-ID` (or `lastEventId`) when you reconnect.
 
 - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
 - `event: task.deleted`: `data: {{"id": N}}`.
@@ -177,10 +179,11 @@ def _last_event_id(request: Request) -> str | None:
     """Where the client says it is: the Last-Event-ID header, or the `lastEventId` query parameter.
 
     Each sent more than once, or the two naming different ids, is more than one claim of where the
-    client is: read whole, the claims are no id, and the stream starts with a reset."""
-    header = field_value(request.headers, "Last-Event-ID")
-    values = request.query_params.getlist("lastEventId")
-    query = ", ".join(values) if values else None
+    client is: read whole, the claims are no id, and the stream starts with a reset. An empty one is
+    none, as for EventSource (WHATWG HTML, "Server-sent events": a last event ID that is the empty
+    string is not sent), so the stream starts from now rather than with a reset."""
+    header = field_value(request.headers, "Last-Event-ID") or None
+    query = ", ".join(request.query_params.getlist("lastEventId")) or None
     if header is None or query is None or header == query:
         return header if header is not None else query
     return f"{header}, {query}"

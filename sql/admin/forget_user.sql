@@ -15,7 +15,8 @@
 --   app.task_event_counts     the bookkeeping of their events
 --   app.task_counts           the count of their tasks for the quota
 --   public.users              their row (email and name)
--- Other users' rows are not read or changed. Each DELETE prints how many rows it removed.
+-- Other users' rows are not read or changed. Each DELETE prints how many rows it removed. Their open
+-- event streams are woken, and told to reset.
 --
 -- The order matters because of the triggers. Deleting tasks counts each one down in
 -- app.task_counts and writes a task.deleted event (sql/migrations/0008_task_events.sql), and its
@@ -58,6 +59,12 @@ DELETE FROM public.task_event_purges WHERE user_id = :'user_id';
 DELETE FROM app.task_event_counts WHERE user_id = :'user_id';
 DELETE FROM app.task_counts WHERE user_id = :'user_id';
 DELETE FROM public.users WHERE id = :'user_id';
+
+-- Wake the user's open streams, as the trigger on tasks does, so that each reads at once and is told
+-- to reset (its events are gone) rather than at its token's expiry: the trigger fires only for a task
+-- deleted here, and with every task deleted before, nothing else would. Sent at COMMIT, not before.
+SELECT pg_catalog.left(pg_catalog.md5(:'user_id'), 8) AS wake_tag \gset
+NOTIFY task_events, :'wake_tag';
 
 ALTER TABLE public.users FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.tasks FORCE ROW LEVEL SECURITY;

@@ -23,6 +23,11 @@ INSERT INTO public.tasks (user_id, title) VALUES ('sqltest-alice', 'first');
 UPDATE public.tasks SET title = 'renamed' WHERE title = 'first';
 UPDATE public.tasks SET title = 'renamed', completed = false WHERE title = 'renamed';
 UPDATE public.tasks SET completed = true WHERE title = 'renamed';
+SELECT pg_temp.is(
+    (SELECT array_agg(kind || ' ' || (task ->> 'title') || ' ' || (task ->> 'completed') ORDER BY id)
+     FROM public.task_events),
+    ARRAY['task.created first false', 'task.updated renamed false', 'task.updated renamed true'],
+    'SELECT: alice sees one event per real change of hers, in order, each with the task as it became');
 DELETE FROM public.tasks WHERE title = 'renamed';
 
 -- Bob writes one task of his own.
@@ -43,8 +48,8 @@ SELECT pg_temp.is(
     (SELECT array_agg(kind || ' ' || coalesce(task ->> 'title', '') || ' ' || coalesce(task ->> 'completed', '')
                       ORDER BY id)
      FROM public.task_events),
-    ARRAY['task.created first false', 'task.updated renamed false', 'task.updated renamed true', 'task.deleted  '],
-    'SELECT: alice sees one event per real change of hers, in order, and none for the write that changed nothing');
+    ARRAY['task.created  ', 'task.updated  ', 'task.updated  ', 'task.deleted  '],
+    'SELECT: once she deletes the task, its events keep their place and order, and none keeps a copy of it');
 SELECT pg_temp.is(
     (SELECT count(DISTINCT task_id) FROM public.task_events), 1::bigint,
     'SELECT: every one of alice''s events names her one task');
@@ -92,9 +97,10 @@ RESET ROLE;
 SELECT pg_temp.is(
     (SELECT events FROM app.task_event_counts WHERE user_id = 'sqltest-alice'), 2,
     'DELETE: after the purge by count, alice''s count is what is kept');
--- As a DBA would make events old by hand. The owner has no UPDATE policy on the table (nothing but
--- a DBA changes an event), so FORCE is lifted for these UPDATEs alone, as idempotency_keys.sql does:
--- an owner without BYPASSRLS (the embedded database's) would otherwise change no row, silently.
+-- As a DBA would make events old by hand. The owner's UPDATE policy admits only the trigger on tasks
+-- (which clears a deleted task's copies), so FORCE is lifted for these UPDATEs alone, as
+-- idempotency_keys.sql does: an owner without BYPASSRLS (the embedded database's) would otherwise
+-- change no row, silently.
 ALTER TABLE public.task_events NO FORCE ROW LEVEL SECURITY;
 UPDATE public.task_events SET created_at = now() - interval '30 hours'
     WHERE user_id = 'sqltest-alice' AND task ->> 'title' = 'two';
@@ -177,5 +183,20 @@ SELECT pg_temp.is(
     ARRAY['bob''s', 'four', 'five', 'six', 'bob''s, renamed'],
     'DELETE: and nobody else''s events, which have not expired, are touched');
 ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
+
+-- A delete with nothing to purge clears its task's earlier events and writes the counts once: the
+-- clearing changes no event's time, so its user's first event time is not looked for again.
+SET LOCAL ROLE todo_app;
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-alice', true);
+SELECT n_tup_upd AS counts_updates FROM pg_stat_xact_user_tables WHERE relid = 'app.task_event_counts'::regclass \gset
+DELETE FROM public.tasks WHERE title = 'six';
+SELECT pg_temp.is(
+    (SELECT array_agg(kind || ' ' || coalesce(task ->> 'title', '') ORDER BY id) FROM public.task_events),
+    ARRAY['task.updated ', 'task.updated ', 'task.updated ', 'task.deleted '],
+    'UPDATE: alice''s delete clears the task from each of its kept events');
+SELECT pg_temp.is(
+    (SELECT n_tup_upd - :counts_updates FROM pg_stat_xact_user_tables WHERE relid = 'app.task_event_counts'::regclass),
+    1::bigint,
+    'UPDATE: a delete with nothing to purge updates its user''s counts once');
 
 ROLLBACK;

@@ -30,7 +30,7 @@ from tests.api.events_client import (
     open_once_a_place_is_free,
     opened,
 )
-from tests.db.test_sql_policy_tests import forget
+from tests.db.test_sql_policy_tests import forget, rows_holding
 from tests.support import SECRET, ApiUser, assert_problem, new_user, serving, settings_for
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
@@ -172,6 +172,44 @@ def test_resume_after_three_missed_writes_delivers_exactly_those_three(api_url: 
     run(api_url, scenario)
 
 
+def test_a_stream_resumed_from_before_a_delete_gets_the_deletion_and_no_copy_of_the_deleted_task(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """Deleted means gone, from the events too (0016_deleted_tasks_leave_no_copy_in_events.sql): the
+    delete clears the task from its earlier events in its own transaction, so no stream, whenever it
+    resumes, is sent its title again; and no reset either, from before the task or from one of its
+    events, whose ids stay where they were."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, alice) as stream:
+            before_the_task = await stream.opening_id()
+        created = await client.post(
+            alice.tasks_url,
+            json={"title": "SECRET PLAN", "description": "very private"},
+            headers=alice.headers,
+        )
+        url = alice.task_url(created.json()["id"])
+        await client.put(url, json={"title": "SECRET PLAN v2"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            after_its_rename = await stream.opening_id()
+        kept = await client.post(alice.tasks_url, json={"title": "kept"}, headers=alice.headers)
+        assert (await client.delete(url, headers=alice.headers)).status_code == 204
+
+        deletion = ("task.deleted", {"id": created.json()["id"]})
+        async with opened(client, alice, last_event_id=before_the_task) as resumed:
+            await resumed.opening_id()
+            assert kinds_and_bodies(await resumed.take(2)) == [("task.created", kept.json()), deletion]
+        async with opened(client, alice, last_event_id=after_its_rename) as resumed:
+            assert await resumed.opening_id() == after_its_rename
+            assert kinds_and_bodies(await resumed.take(2)) == [("task.created", kept.json()), deletion]
+
+        # Nor is anything of it left in any row of any table, for any request to read.
+        assert rows_holding(api_db, ("SECRET PLAN", "very private")) == []
+
+    run(api_url, scenario)
+
+
 def test_an_id_sent_both_as_header_and_query_is_one_claim_only_when_they_agree(api_url: str) -> None:
     """The same id in Last-Event-ID and `lastEventId` is one claim of where the client is; two
     different ids are no id at all (reset), as is a malformed one in the query."""
@@ -190,9 +228,65 @@ def test_an_id_sent_both_as_header_and_query_is_one_claim_only_when_they_agree(a
             newest = resumed.last_id
         async with opened(client, alice, last_seen, last_event_id_in_query=newest) as stream:
             assert (await stream.next()).kind == "reset"
-        for malformed in ("", "abc", "-1"):
+        for malformed in ("abc", "-1"):
             async with opened(client, alice, last_event_id_in_query=malformed) as stream:
                 assert kinds_and_bodies([await stream.next()]) == [("reset", {})]
+
+    run(api_url, scenario)
+
+
+def test_an_open_stream_that_comes_to_a_deleted_tasks_changes_after_the_delete_sends_the_deletion_alone(
+    api_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """A stream behind the writes (here: the create, rename and delete commit together, so it cannot
+    read between them) finds the task's changes cleared by the time it reads them: it sends the
+    task.deleted alone, then goes on live, with no reset."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await client.post(alice.tasks_url, json={"title": "seen"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            with api_db.transaction():
+                [(task_id,)] = api_db.execute(
+                    "insert into tasks (user_id, title) values (%s, 'SECRET') returning id", [alice.id]
+                ).fetchall()
+                api_db.execute("update tasks set title = 'SECRET v2' where id = %s", [task_id])
+                api_db.execute("delete from tasks where id = %s", [task_id])
+            deleted = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
+            assert (deleted.kind, deleted.data) == ("task.deleted", {"id": task_id})
+            later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", later.json())]
+
+    run(api_url, scenario)
+
+
+@pytest.mark.parametrize("sent_as", ["Last-Event-ID", "lastEventId", "both"])
+def test_an_empty_last_event_id_is_none_and_the_stream_starts_from_now_without_reset(
+    api_url: str, sent_as: str
+) -> None:
+    """WHATWG's EventSource never sends an empty last event ID: the empty string is none. A client
+    that sends one anyway (a fetch-based one that sends what it holds before any id came) has missed
+    nothing it could be told about: the stream starts from now, as with no id, not with a reset."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            now = await stream.opening_id()
+        where = {
+            "Last-Event-ID": {"last_event_id": ""},
+            "lastEventId": {"last_event_id_in_query": ""},
+            "both": {"last_event_id": "", "last_event_id_in_query": ""},
+        }[sent_as]
+        async with opened(client, alice, **where) as stream:
+            assert await stream.opening_id() == now
+            later = await client.post(alice.tasks_url, json={"title": "later"}, headers=alice.headers)
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", later.json())]
+        # Beside an id in the other place, an empty one is no second claim: the id is resumed from.
+        async with opened(client, alice, "", last_event_id_in_query=now) as stream:
+            assert await stream.opening_id() == now
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", later.json())]
 
     run(api_url, scenario)
 
@@ -634,6 +728,37 @@ def test_an_erased_users_open_stream_sends_reset_and_goes_on_live(
             # Then live, for a token of theirs that is still accepted.
             again = await client.post(alice.tasks_url, json={"title": "new"}, headers=alice.headers)
             assert kinds_and_bodies([await stream.next()]) == [("task.created", again.json())]
+
+    run(api_url, scenario)
+
+
+def test_an_erased_users_open_stream_sends_reset_even_when_her_tasks_were_all_deleted_before(
+    api_url: str, api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """With no task left to delete, the erasure fires no trigger on tasks, whose NOTIFY woke the
+    streams: the script wakes them itself, so a stream open meanwhile learns of it at once rather
+    than at its token's expiry, and is told to reset (its events are gone)."""
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        created = await client.post(alice.tasks_url, json={"title": "secret"}, headers=alice.headers)
+        async with opened(client, alice) as stream:
+            await stream.opening_id()
+            deleted = await client.delete(alice.task_url(created.json()["id"]), headers=alice.headers)
+            assert deleted.status_code == 204
+            assert (await stream.next()).kind == "task.deleted"
+
+            erased = forget(api_db_url, "-v", f"user_id={alice.id}")
+            assert erased.returncode == 0, erased.stderr
+            assert api_db.execute(
+                "select (select count(*) from task_events where user_id = %(u)s)"
+                " + (select count(*) from task_event_purges where user_id = %(u)s)"
+                " + (select count(*) from users where id = %(u)s)",
+                {"u": alice.id},
+            ).fetchone() == (0,)
+
+            reset = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
+            assert (reset.kind, reset.data) == ("reset", {})
 
     run(api_url, scenario)
 

@@ -43,6 +43,7 @@ MIGRATION_IDS = [
     "0013_tombstones_forget_the_request",
     "0014_titles_sort_by_code_point",
     "0015_tasks_the_api_can_render",
+    "0016_deleted_tasks_leave_no_copy_in_events",
 ]
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -105,7 +106,7 @@ def test_policy_files_are_parsed() -> None:
         "task_events",
         "task_event_purges",
     }
-    assert len(policies_in_files()) == 21
+    assert len(policies_in_files()) == 22
 
 
 def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
@@ -486,6 +487,61 @@ def test_0015_repairs_tasks_the_api_could_not_render_and_rolls_back_to_0014(empt
         conn.execute("insert into tasks (user_id, title, version) values ('by-hand', 'version 0 again', 0)")
 
 
+EVENTS_AS_STORED = "select kind, task ->> 'title' from task_events order by id"
+
+
+def test_0016_clears_the_events_of_tasks_deleted_before_and_rolls_back_to_0015_exactly(
+    empty_db_url: str,
+) -> None:
+    migrate_up_to(empty_db_url, "0015_tasks_the_api_can_render")
+    at_0015 = events_machinery(empty_db_url)
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        conn.execute("insert into users (id) values ('early')")
+        conn.execute("insert into tasks (user_id, title) values ('early', 'kept'), ('early', 'secret')")
+        conn.execute("update tasks set title = 'secret, renamed' where title = 'secret'")
+        conn.execute("delete from tasks where title = 'secret, renamed'")
+        assert conn.execute(EVENTS_AS_STORED).fetchall() == [
+            ("task.created", "kept"),
+            ("task.created", "secret"),
+            ("task.updated", "secret, renamed"),
+            ("task.deleted", None),
+        ], "before 0016 a deleted task's events kept their copy of it"
+
+    migrate_up_to(empty_db_url, "0016_deleted_tasks_leave_no_copy_in_events")
+    assert events_machinery(empty_db_url) != at_0015
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        cleared = [
+            ("task.created", "kept"),
+            ("task.created", None),
+            ("task.updated", None),
+            ("task.deleted", None),
+        ]
+        assert conn.execute(EVENTS_AS_STORED).fetchall() == cleared
+        # From now on, in the DELETE's own transaction.
+        conn.execute("delete from tasks where title = 'kept'")
+        assert conn.execute(EVENTS_AS_STORED).fetchall() == [
+            ("task.created", None),
+            *cleared[1:],
+            ("task.deleted", None),
+        ]
+        (newest_cleared,) = (
+            conn.execute(
+                "select max(id) from task_events where task is null and kind <> 'task.deleted'"
+            ).fetchone()
+            or ()
+        )
+
+    migrate_all_then_roll_back_to(empty_db_url, "0015_tasks_the_api_can_render")
+    assert events_machinery(empty_db_url) == at_0015
+    with psycopg.connect(libpq_url(empty_db_url)) as conn:
+        # Cleared events have no copy to give back: they go, recorded as a purge, so a stream resuming
+        # from before them is told to reset.
+        assert conn.execute(EVENTS_AS_STORED).fetchall() == [("task.deleted", None), ("task.deleted", None)]
+        assert conn.execute("select user_id, purged_through from task_event_purges").fetchall() == [
+            ("early", newest_cleared)
+        ]
+
+
 def schema_dump(url: str) -> list[str]:
     """The schema as `pg_dump --schema-only` writes it, yoyo's own tables aside, as sorted lines: a
     column a rollback adds back comes last, where no ALTER TABLE can put it back in its place."""
@@ -524,6 +580,7 @@ def test_each_migration_rolls_back_to_the_schema_before_it(
     [
         ("0010_event_purges", "0011_purge_every_users_events"),
         ("0011_purge_every_users_events", "0012_refuse_event_truncate"),
+        ("0015_tasks_the_api_can_render", "0016_deleted_tasks_leave_no_copy_in_events"),
     ],
 )
 def test_a_migration_of_the_events_machinery_changes_it_and_rolls_back_exactly(

@@ -43,6 +43,7 @@ EVENT_POLICIES = {
     "task events are read by the trigger on tasks",
     "task events are written by the trigger on tasks",
     "task events are purged by the trigger on tasks",
+    "task events are cleared by the trigger on tasks",
 }
 EVENT_PURGE_POLICIES = {
     "event purges are visible to their user",

@@ -15,8 +15,9 @@ export interface paths {
         /**
          * Stream changes to your tasks
          * @description One event per real change of one of your tasks, in commit order; a write that changes nothing sends
-         *     none. Every event has an `id:`; send the last one back as `Last-Event-ID` (or `lastEventId`) when you
-         *     reconnect.
+         *     none. A task's delete clears the task from its earlier events: a stream that comes to them after the
+         *     delete (resumed from before it, or fallen behind) sends its `task.deleted` alone. Every event has an
+         *     `id:`; send the last one back as `Last-Event-ID` (or `lastEventId`) when you reconnect.
          *
          *     - `event: task.created` and `event: task.updated`: `data:` is the task exactly as GET returns it.
          *     - `event: task.deleted`: `data: {"id": N}`.
@@ -270,7 +271,7 @@ export interface operations {
                 lastEventId?: string;
             };
             header?: {
-                /** @description The `id` of the last event you received: the stream first sends exactly the events after it. Without it, the stream starts from now. When it is malformed, not one of your events (another user's, or an id not issued yet), or older than what is kept (EVENTS_RETENTION_HOURS, and your newest MAX_TASKS_PER_USER events at most) and not your newest event, or 0 (before any event) while some of your events are no longer kept, the stream starts with `event: reset`: refetch the list. */
+                /** @description The `id` of the last event you received: the stream first sends the events after it (of a task deleted since, its `task.deleted` alone). Without it (or empty), the stream starts from now. When it is malformed, not one of your events (another user's, or an id not issued yet), or older than what is kept (EVENTS_RETENTION_HOURS, and your newest MAX_TASKS_PER_USER events at most) and not your newest event, or 0 (before any event) while some of your events are no longer kept, the stream starts with `event: reset`: refetch the list. */
                 "Last-Event-ID"?: string;
             };
             path: {
