@@ -588,6 +588,24 @@ def test_ctrl_c_during_the_first_initialisation_and_while_serving_leaves_nothing
     assert _postgres_on(data_dir / "pgdata") == [], "Ctrl-C stops the embedded Postgres too"
 
 
+def test_serve_says_where_its_database_is_and_whether_it_is_new(tmp_path: Path) -> None:
+    """Run from another directory, serve makes another database there: it said only "embedded
+    Postgres running", and the tasks made before seemed lost."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pgdata = elsewhere / ".data" / "pgdata"
+    for run, said in (
+        ("first", f"a new database in {pgdata}"),
+        ("next", f"an earlier start left in {pgdata}"),
+    ):
+        log = tmp_path / f"{run}.log"
+        with serve_process([*CLI, "serve"], cwd=elsewhere, env=cli_env(), output=log):
+            pass
+        (started,) = [line for line in log.read_text().splitlines() if "embedded Postgres running" in line]
+        assert said in started, started
+    assert _postgres_on(pgdata) == []
+
+
 def _console_script() -> list[str]:
     """What the installed `todo-api` runs (pip and uv generate it from [project.scripts])."""
     scripts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
