@@ -77,6 +77,7 @@ def create_app(
     *,
     tracer: Tracer | None = None,
     on_ready: Callable[[], None] | None = None,
+    owner_login_expected: bool = False,
 ) -> FastAPI:
     """The API. `tracer` defaults to the traces the OTEL_EXPORTER_OTLP_* settings ask for (none unless
     set); `on_ready` is called once the database is known to isolate users and requests are served."""
@@ -89,7 +90,11 @@ def create_app(
     database = Database.from_settings(settings, tracer=tracer)
     authenticator = build_authenticator(settings)
 
-    isolation = IsolationWatch(database, interval_seconds=settings.isolation_check_interval_seconds)
+    isolation = IsolationWatch(
+        database,
+        interval_seconds=settings.isolation_check_interval_seconds,
+        owner_login_expected=owner_login_expected,
+    )
     events_hub = Hub(
         max_streams_per_user=settings.max_streams_per_user, max_streams=settings.max_streams_per_worker
     )

@@ -1,6 +1,7 @@
 """Start-up mistakes are one line before anything starts, and Ctrl-C at any moment leaves nothing
 broken behind: real `todo-api` processes, as an operator runs them."""
 
+import json
 import os
 import pwd
 import re
@@ -586,6 +587,37 @@ def test_ctrl_c_during_the_first_initialisation_and_while_serving_leaves_nothing
     assert "Traceback" not in second_log.read_text(), second_log.read_text()
     assert second.returncode == 0, "a serving server's one way to stop (api/ops/cli.py)"
     assert _postgres_on(data_dir / "pgdata") == [], "Ctrl-C stops the embedded Postgres too"
+
+
+def test_serve_says_where_its_database_is_and_whether_it_is_new(tmp_path: Path) -> None:
+    """Run from another directory, serve makes another database there: it said only "embedded
+    Postgres running", and the tasks made before seemed lost."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pgdata = elsewhere / ".data" / "pgdata"
+    for run, said in (
+        ("first", f"a new database in {pgdata}"),
+        ("next", f"an earlier start left in {pgdata}"),
+    ):
+        log = tmp_path / f"{run}.log"
+        with serve_process([*CLI, "serve"], cwd=elsewhere, env=cli_env(), output=log):
+            pass
+        (started,) = [line for line in log.read_text().splitlines() if "embedded Postgres running" in line]
+        assert said in started, started
+    assert _postgres_on(pgdata) == []
+
+
+def test_the_development_server_starts_without_a_warning_it_could_not_act_on(tmp_path: Path) -> None:
+    """The embedded database's one role is its owner: every first start warned to serve as a login
+    role that owns nothing and migrate through MIGRATION_DATABASE_URL, which it cannot."""
+    log = tmp_path / "serve.log"
+    with serve_process([*CLI, "serve"], cwd=tmp_path, env=cli_env(), output=log):
+        pass
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert [record["message"] for record in records if record["level"] != "INFO"] == []
+    (role,) = [record["message"] for record in records if "logs in as" in record["message"]]
+    assert "todo_owner" in role, role
+    assert "embedded development database" in role, role
 
 
 def _console_script() -> list[str]:

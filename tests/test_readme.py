@@ -4,6 +4,7 @@
 runs; the tests it names take their commands from the README itself, so an edit there is what runs.
 """
 
+import json
 import os
 import re
 import shutil
@@ -61,6 +62,7 @@ def _environment(checkout: Path) -> dict[str, str]:
 
 
 BASH = shutil.which("bash") or "/bin/bash"
+_ANSWER_ENDS = "--- the answer of one README command ends here ---"
 
 
 def _bash(script: str, *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -94,24 +96,36 @@ def test_the_first_command_serves_and_every_curl_line_answers(tmp_path: Path) ->
 
         # The welcome text names the command as this install has it.
         assert "TOKEN=$(.venv/bin/todo-api token alice)" in log.read_text(), log.read_text()
-        curl_block = [
-            *commands_starting("TOKEN="),
-            *commands_starting("AUTH="),
-            *(
-                command.replace("localhost:8000", f"localhost:{port}")
-                for command in commands_starting("curl ")
-            ),
+        curls = [
+            command.replace("localhost:8000", f"localhost:{port}") for command in commands_starting("curl ")
         ]
-        session = _bash("set -e\n" + "\n".join(curl_block), cwd=checkout, env=env)
+        # Each curl's answer apart, so that each is held to what README's comment beside it says.
+        script = [*commands_starting("TOKEN="), *commands_starting("AUTH=")]
+        script += [f"{command}\necho; echo {_ANSWER_ENDS}" for command in curls]
+        session = _bash("set -e\n" + "\n".join(script), cwd=checkout, env=env)
         assert session.returncode == 0, session.stderr
-        said = session.stdout.lower()
-        assert "http/1.1 201" in said, said
-        assert "location: /api/alice/tasks/1" in said, said
-        assert '"title":"buy oat milk"' in said, said
-        assert '"completed":true' in said, said
-        assert "http/1.1 204" in said, said
-        last_answer = said.rstrip().rpartition("\n")[2]
-        assert '"status":403' in last_answer, said
+        answers = dict(zip(curls, session.stdout.split(_ANSWER_ENDS), strict=False))
+
+        def answer_to(part: str) -> str:
+            (answer,) = [answer for command, answer in answers.items() if part in command]
+            return answer.strip()
+
+        created = answer_to("-X POST").lower()
+        assert "http/1.1 201" in created, created
+        assert "location: /api/alice/tasks/1" in created, created
+        listed = json.loads(answer_to(f"curl -s localhost:{port}/api/alice/tasks -H"))
+        assert [(task["id"], task["title"]) for task in listed] == [(1, "Buy milk")], listed
+        assert json.loads(answer_to("-X PATCH"))["completed"] is True
+        updated = json.loads(answer_to("-X PUT"))
+        assert (updated["title"], updated["description"], updated["completed"]) == (
+            "Buy oat milk",
+            "two litres",
+            True,
+        ), "other fields keep their value"
+        found = json.loads(answer_to("?status=completed&q=milk&sort=title"))
+        assert [task["title"] for task in found] == ["Buy oat milk"], found
+        assert "http/1.1 204" in answer_to("-X DELETE").lower()
+        assert json.loads(answer_to("/api/bob/tasks"))["status"] == 403
 
         for audit in commands_starting("todo-api policies"):  # the DBA's, on the installed command
             env_with_venv = {**env, "PATH": f"{checkout / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"}

@@ -150,6 +150,12 @@ class TokenVerifier(Protocol):
         ...
 
 
+_SIGNED_WITH_ANOTHER_KEY = (
+    "The token's signature does not verify with this API's BETTER_AUTH_SECRET, which HS256 tokens are "
+    "checked against: the frontend must sign with that very secret (or the token was changed after)."
+)
+
+
 class SharedSecretVerifier:
     """HS256 tokens signed with BETTER_AUTH_SECRET (as frontends do with jose's SignJWT)."""
 
@@ -160,7 +166,12 @@ class SharedSecretVerifier:
         self._checks = checks
 
     async def verify(self, token: str, header: Mapping[str, Any]) -> tuple[dict[str, Any], object]:
-        return self._checks.decode(token, self._secret, "HS256"), None
+        try:
+            return self._checks.decode(token, self._secret, "HS256"), None
+        except jwt.InvalidSignatureError:
+            # Most often the frontend signs with a secret of its own (or, in development, the API
+            # uses the one it made): say which setting the two sides must share.
+            raise InvalidToken(_SIGNED_WITH_ANOTHER_KEY) from None
 
     def still_trusts(self, header: Mapping[str, Any], key: object) -> bool:
         return True  # the secret changes only with a restart, which forgets every verified token

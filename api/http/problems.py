@@ -357,8 +357,9 @@ def authentication_unavailable(retry_after: int) -> ProblemError:
         503,
         ProblemType.AUTHENTICATION_UNAVAILABLE,
         "Authentication unavailable",
-        "The keys that verify this token cannot be fetched from the auth server right now. "
-        "Try again shortly.",
+        "The keys that verify this token cannot be fetched from the auth server right now: try again "
+        "shortly. If this lasts, check where the API looks for them (BETTER_AUTH_JWKS_URL, else under "
+        "BETTER_AUTH_URL): its log names the URL and why each fetch failed.",
         headers={"Retry-After": str(retry_after)},
     )
 

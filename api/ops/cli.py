@@ -292,6 +292,7 @@ def serve(args: argparse.Namespace) -> None:
             max_streams_per_worker=settings.max_streams_per_worker,
             db_pool_size=settings.db_pool_size,
             ready_marker=folder / "ready",
+            embedded_database=development,
             ready_message=_ready_message(
                 served_url(args.host, port),
                 generated_secret=development and settings.better_auth_secret is None,

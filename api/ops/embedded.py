@@ -632,7 +632,10 @@ def start(data_dir: Path) -> EmbeddedDatabase:
             (data_dir / _INITIALISING).unlink()
     socket_dir = server.get_postmaster_info().socket_dir
     url = f"postgresql://{LOGIN_ROLE}@/{DATABASE}?host={socket_dir}"
-    logger.info("embedded Postgres running", extra={"pgdata": str(pgdata)})
+    # Said in full, and whether it is new: `serve` run from another directory than before makes
+    # another, empty database there, which would otherwise look like the tasks were lost.
+    kept = "a new database" if first_start else "the database an earlier start left"
+    logger.info("embedded Postgres running: %s in %s", kept, pgdata.absolute(), extra={"pgdata": str(pgdata)})
     return EmbeddedDatabase(server=server, url=url, secret=secret)
 
 

@@ -55,7 +55,12 @@ from granian.server import Server
 
 from api.ops import serving_signals
 from api.ops.failures import CommandFailed
-from api.ops.worker import READY_MARKER_VARIABLE, READY_MESSAGE_VARIABLE, SERVER_PID_VARIABLE
+from api.ops.worker import (
+    EMBEDDED_DATABASE_VARIABLE,
+    READY_MARKER_VARIABLE,
+    READY_MESSAGE_VARIABLE,
+    SERVER_PID_VARIABLE,
+)
 
 logger = logging.getLogger("api.ops.serve")
 
@@ -156,6 +161,7 @@ def serve_with_granian(
     shutdown_grace_seconds: int,
     max_streams_per_worker: int,
     db_pool_size: int,
+    embedded_database: bool = False,
 ) -> None:
     """Serve `create_served_app` until SIGINT, SIGTERM or SIGHUP (api/ops/serving_signals.py; then
     SystemExit 129); the first worker ready says so. Refuses
@@ -169,6 +175,10 @@ def serve_with_granian(
     os.environ[READY_MARKER_VARIABLE] = str(ready_marker)
     os.environ[READY_MESSAGE_VARIABLE] = ready_message
     os.environ[SERVER_PID_VARIABLE] = str(os.getpid())  # granian's main process: the workers' parent
+    if embedded_database:
+        os.environ[EMBEDDED_DATABASE_VARIABLE] = "1"
+    else:  # never inherited: a deployment's owner login is always warned of
+        os.environ.pop(EMBEDDED_DATABASE_VARIABLE, None)
     server = Server(
         "api.ops.worker:create_served_app",
         factory=True,

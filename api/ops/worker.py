@@ -32,6 +32,8 @@ from api.telemetry.metrics import dead_workers, forget_dead_worker
 READY_MARKER_VARIABLE = "TODO_API_READY_MARKER"
 READY_MESSAGE_VARIABLE = "TODO_API_READY_MESSAGE"
 SERVER_PID_VARIABLE = "TODO_API_SERVER_PID"
+# Set when `serve` serves the embedded development database, which workers log in to as its owner.
+EMBEDDED_DATABASE_VARIABLE = "TODO_API_EMBEDDED_DATABASE"
 # How often a worker looks for its server: it stops this long, at most, after the server is gone.
 _ORPHAN_CHECK_SECONDS = 0.5
 # How long before a stopping worker is killed it cancels the statements its requests still run (at
@@ -162,6 +164,8 @@ def create_served_app() -> FastAPI:
         _stop_when_orphaned(shared.settings.shutdown_grace_seconds)
         _announce_once()
 
-    app = create_app(on_ready=on_ready)
+    app = create_app(
+        on_ready=on_ready, owner_login_expected=os.environ.get(EMBEDDED_DATABASE_VARIABLE) == "1"
+    )
     tune_collector_for_serving()
     return app

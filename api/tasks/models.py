@@ -81,6 +81,8 @@ def _trimmed(value: str) -> str:
     return trimmed
 
 
+# The examples are what the docs page offers to send ("Try it out"): without one, Swagger UI makes
+# a string up from the pattern, random characters a newcomer would create tasks with.
 # The limits apply to the title as sent, the string the document's minLength, maxLength and pattern
 # describe, so a client that checks a title against them is refused nothing else; the stored title,
 # trimmed after, is within them too.
@@ -89,7 +91,9 @@ Title = Annotated[
     StringConstraints(min_length=1, max_length=TITLE_MAX_LENGTH),
     AfterValidator(no_nul),
     AfterValidator(_trimmed),
-    PydanticField(description=TITLE_DESCRIPTION, json_schema_extra={"pattern": TITLE_PATTERN}),
+    PydanticField(
+        description=TITLE_DESCRIPTION, examples=["Buy milk"], json_schema_extra={"pattern": TITLE_PATTERN}
+    ),
 ]
 Description = Annotated[
     str,
@@ -103,7 +107,7 @@ class TaskBase(BaseModel):
     """What a client writes: every form of a task shares these fields and their limits."""
 
     title: Title
-    description: Description | None = None
+    description: Description | None = PydanticField(default=None, examples=["two litres"])
     completed: StrictBool = False
 
 

@@ -176,6 +176,18 @@ def test_hs256_secret_is_the_one_configured(client: httpx.Client, alice: ApiUser
     assert client.get(alice.tasks_url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
+def test_a_token_signed_with_another_secret_names_the_setting_both_sides_must_share(
+    client: httpx.Client, alice: ApiUser
+) -> None:
+    """A frontend signing HS256 with a secret of its own (the API in development uses the one it made)
+    was told only that the signature does not verify, not which setting to compare."""
+    token = sign({"sub": alice.id, "exp": now() + 60}, secret="the-frontends-own-secret-0123456789")
+    response = client.get(alice.tasks_url, headers={"Authorization": f"Bearer {token}"})
+    assert_problem(response, 401, "unauthorized")
+    assert "BETTER_AUTH_SECRET" in response.json()["detail"]
+    assert SECRET not in response.text
+
+
 @pytest.mark.parametrize(("method", "path"), [("POST", ""), ("PUT", "/1"), ("PATCH", "/1/complete")])
 def test_the_caller_is_checked_before_the_body_is_read(
     client: httpx.Client, alice: ApiUser, bob: ApiUser, method: str, path: str

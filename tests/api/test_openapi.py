@@ -2,12 +2,14 @@
 
 import asyncio
 import gzip
+import json
 import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import psycopg
 import pytest
 from psycopg import sql
@@ -213,6 +215,25 @@ def test_a_description_is_refused_exactly_when_the_document_says_it_is_invalid(
         assert response.status_code == 422, response.text
         assert [error["field"] for error in response.json()["errors"]] == ["body.description"]
         assert stored == [None]
+
+
+@pytest.mark.parametrize("form", ["TaskCreate", "TaskUpdate"])
+def test_the_body_the_docs_page_offers_is_each_fields_example_and_is_stored_as_shown(
+    spec: dict[str, Any], client: httpx.Client, api_db: psycopg.Connection[Any], form: str
+) -> None:
+    """Swagger UI's "Try it out" fills a body with each property's first example; a text field with
+    none got a string made up from its pattern, random characters a newcomer then stored as a task."""
+    schema = spec["components"]["schemas"][form]
+    texts = [name for name, field in schema["properties"].items() if "pattern" in json.dumps(field)]
+    assert texts == ["title", "description"]
+    offered = {name: schema["properties"][name].get("examples", [None])[0] for name in texts}
+    assert all(isinstance(example, str) for example in offered.values()), offered
+    jsonschema_rs.validator_for({"components": spec["components"], **schema}).validate(offered)
+    alice = new_user()
+    response = _sent_as(form, client, alice, offered)
+    assert response.status_code == (201 if form == "TaskCreate" else 200), response.text
+    assert {name: response.json()[name] for name in texts} == offered
+    assert _stored(api_db, alice, "title")[-1] == offered["title"]
 
 
 @pytest.mark.parametrize("q", ["x", "a\x00b", "\x00", "x" * 200, "x" * 199 + "\x00", "x" * 201])

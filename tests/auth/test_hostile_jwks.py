@@ -124,6 +124,19 @@ def test_a_dripping_endpoint_at_start_up_means_503_at_once_not_a_wait(api_db_url
             assert server.fetch_count() == 1
 
 
+def test_keys_that_cannot_be_fetched_are_a_503_naming_the_settings_that_say_where(api_db_url: str) -> None:
+    """A BETTER_AUTH_URL naming the wrong port or path: every token was a 503 saying only that the
+    keys cannot be fetched, sending the frontend developer nowhere."""
+    key = SigningKey.generate()
+    with jwks_server(key) as server:
+        server.down = True
+        with api_trusting(api_db_url, server) as client:
+            response = get_tasks(client, server, key)
+    problem = assert_problem(response, 503, "authentication-unavailable")
+    assert "BETTER_AUTH_URL" in problem["detail"]
+    assert "BETTER_AUTH_JWKS_URL" in problem["detail"]
+
+
 def test_a_dripping_endpoint_holds_no_request_past_the_fetch_timeout(api_db_url: str) -> None:
     """Each request needing a refetch waits for one bounded fetch, not for every fetch queued before it."""
     key = SigningKey.generate()

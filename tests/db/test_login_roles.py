@@ -1,6 +1,7 @@
 """Serving as a login role that owns nothing (LOGIN NOINHERIT NOBYPASSRLS, member of todo_app only),
 migrating as the owner through MIGRATION_DATABASE_URL, and saying which kind of login role is in use."""
 
+import json
 import logging
 import re
 import secrets
@@ -17,12 +18,15 @@ from api.app import create_app
 from api.ops.policy_audit import audit_database
 from tests.support import (
     API_LOGIN_ROLE,
+    CLI,
     SECRET,
     as_role,
     ask_for_passwords,
     assert_problem,
+    cli_env,
     new_user,
     run_cli,
+    serve_process,
     serving,
     serving_client,
     settings_for,
@@ -100,6 +104,20 @@ def test_start_up_warns_once_when_serving_as_the_owner(
     assert len(warnings) == 1, warnings
     assert "the API logs in as todo_owner, the schema's owner, with BYPASSRLS" in warnings[0]
     assert "todo-api migrate --login-role NAME" in warnings[0]
+
+
+def test_serve_warns_of_the_owner_whatever_its_environment_says_of_the_embedded_database(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """Only the embedded development database is told to its workers as logged in to by its owner
+    (api/ops/server.py): a variable of that name inherited by a deployment's serve silences nothing."""
+    log = tmp_path / "serve.log"
+    env = cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, TODO_API_EMBEDDED_DATABASE="1")
+    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log):
+        pass
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    warned = [record["message"] for record in records if record["level"] == "WARNING"]
+    assert any("the API logs in as todo_owner" in message for message in warned), warned
 
 
 def test_policies_says_which_kind_of_login_role(migrated_db_url: str) -> None:

@@ -198,11 +198,15 @@ export interface components {
              * @default false
              */
             completed?: boolean;
-            /** Description */
+            /**
+             * Description
+             * @example two litres
+             */
             description?: string | null;
             /**
              * Title
              * @description 1 to 200 characters as sent, none of them NUL and at least one not white space; stored without the white space it starts or ends with.
+             * @example Buy milk
              */
             title: string;
         };
@@ -218,13 +222,17 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
-            /** Description */
+            /**
+             * Description
+             * @example two litres
+             */
             description: string | null;
             /** Id */
             id: number;
             /**
              * Title
              * @description 1 to 200 characters as sent, none of them NUL and at least one not white space; stored without the white space it starts or ends with.
+             * @example Buy milk
              */
             title: string;
             /**
@@ -247,11 +255,15 @@ export interface components {
         TaskUpdate: {
             /** Completed */
             completed?: boolean;
-            /** Description */
+            /**
+             * Description
+             * @example two litres
+             */
             description?: string | null;
             /**
              * Title
              * @description 1 to 200 characters as sent, none of them NUL and at least one not white space; stored without the white space it starts or ends with.
+             * @example Buy milk
              */
             title?: string;
         };
