@@ -272,7 +272,9 @@ class Collector:
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
                         if span.trace_id.hex() == trace_id and span.kind == span.SPAN_KIND_SERVER:
-                            found.append({"name": span.name, "resource": resource})
+                            found.append(
+                                {"name": span.name, "resource": resource, "span_id": span.span_id.hex()}
+                            )
         return found
 
     def wait_for_server_span(self, trace_id: str) -> dict[str, Any]:
@@ -360,6 +362,50 @@ def test_a_callers_unsampled_trace_leaves_no_span_and_its_request_is_logged_and_
     route = "/api/{user_id}/tasks"
     assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="200") == 2
     assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="500") == 0
+
+
+def test_an_access_line_names_the_trace_and_span_of_its_request(migrated_db_url: str, tmp_path: Path) -> None:
+    """An operator looking at a slow or failed request's access line had no way to its trace, nor
+    from a trace to the line: the line carried a request id the spans do not, and no trace id. Each
+    line now names the ids of its request's server span: the caller's trace when it sent one, else
+    the one the request began; and none when that span was not recorded, whose ids no collector holds."""
+    alice = new_user()
+    callers_trace, unsampled_trace = "9bf92f3577b34da6a3ce929d0e0e473b", "abf92f3577b34da6a3ce929d0e0e473c"
+    with (
+        _collector() as collector,
+        _serve_traced(migrated_db_url, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=collector.base_url) as (
+            base_url,
+            log,
+        ),
+        httpx.Client(base_url=base_url) as client,
+    ):
+        continued = client.get(
+            alice.tasks_url,
+            headers={**alice.headers, "traceparent": f"00-{callers_trace}-00f067aa0ba902b7-01"},
+        )
+        begun = client.get(alice.tasks_url)
+        unsampled = client.get(
+            alice.tasks_url,
+            headers={**alice.headers, "traceparent": f"00-{unsampled_trace}-00f067aa0ba902b7-00"},
+        )
+        records = {
+            record["request_id"]: record
+            for record in (json.loads(line) for line in log.read_text().splitlines() if line.strip())
+            if record["name"] == "api.access"
+        }
+        continued_line = records[continued.headers["x-request-id"]]
+        begun_line = records[begun.headers["x-request-id"]]
+        assert continued_line["trace_id"] == callers_trace
+        assert collector.wait_for_server_span(callers_trace)["span_id"] == continued_line["span_id"]
+        begun_span = collector.wait_for_server_span(begun_line["trace_id"])
+        assert (begun_span["name"], begun_span["span_id"]) == (
+            "GET /api/{user_id}/tasks",
+            begun_line["span_id"],
+        )
+    assert (continued.status_code, begun.status_code, unsampled.status_code) == (200, 401, 200)
+    assert begun_line["trace_id"] != callers_trace
+    unsampled_line = records[unsampled.headers["x-request-id"]]
+    assert {"trace_id", "span_id"}.isdisjoint(unsampled_line)
 
 
 def test_spans_name_the_service_todo_api_unless_the_environment_names_another(

@@ -106,6 +106,17 @@ def finish_server_span(span: "Span", *, method: str | None, route: str, status: 
         span.set_status(StatusCode.ERROR)
 
 
+def recorded_ids(span: "Span") -> tuple[str, str] | None:
+    """The trace id and span id of `span`, in hex as a traceparent writes them, for its request's
+    access line to name; None for a span the sampler dropped, which no collector will ever hold."""
+    if not span.is_recording():
+        return None
+    from opentelemetry.trace import format_span_id, format_trace_id
+
+    context = span.get_span_context()
+    return format_trace_id(context.trace_id), format_span_id(context.span_id)
+
+
 @contextmanager
 def transaction_span(tracer: "Tracer", *, read_only: bool) -> "Iterator[None]":
     from opentelemetry.trace import SpanKind
