@@ -299,6 +299,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -313,6 +315,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -329,6 +333,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -343,6 +349,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -357,6 +365,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -371,6 +381,8 @@ export interface operations {
             /** @description Too many requests from you: with MAX_STREAMS_PER_USER streams of yours open on this server process, past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -398,6 +410,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -412,6 +426,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, the last isolation check found something, or this server process holds MAX_STREAMS_PER_WORKER streams of all users already; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:streams-unavailable`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -486,6 +502,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -500,6 +518,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -516,6 +536,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -530,6 +552,8 @@ export interface operations {
             /** @description If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match is `*`: nothing was done. No ETag. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -544,6 +568,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -558,6 +584,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -572,6 +600,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -599,6 +629,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -613,6 +645,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -675,6 +709,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -689,6 +725,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -705,6 +743,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -719,6 +759,8 @@ export interface operations {
             /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:request-timeout`. */
             408: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -733,6 +775,8 @@ export interface operations {
             /** @description Nothing was created: you have MAX_TASKS_PER_USER tasks already (type urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use, the one with `Retry-After`): send the same request again after it. Problem types: `urn:todo-api:problem:task-limit-reached`, `urn:todo-api:problem:idempotency-key-in-use`. */
             409: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -749,6 +793,8 @@ export interface operations {
             /** @description A repeated Idempotency-Key whose task has been deleted since; nothing was created. Problem type: `urn:todo-api:problem:task-deleted`. */
             410: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -763,6 +809,8 @@ export interface operations {
             /** @description If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match is `*`: nothing was done. No ETag. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -777,6 +825,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -795,6 +845,8 @@ export interface operations {
                     Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -809,6 +861,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem types: `urn:todo-api:problem:validation-error`, `urn:todo-api:problem:idempotency-key-reused`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -823,6 +877,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -850,6 +906,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -864,6 +922,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -929,6 +989,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -943,6 +1005,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -959,6 +1023,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -973,6 +1039,8 @@ export interface operations {
             /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -987,6 +1055,8 @@ export interface operations {
             /** @description If-Match names another version of the task. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1003,6 +1073,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1017,6 +1089,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1031,6 +1105,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -1058,6 +1134,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1072,6 +1150,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1128,6 +1208,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1142,6 +1224,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1158,6 +1242,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1172,6 +1258,8 @@ export interface operations {
             /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1186,6 +1274,8 @@ export interface operations {
             /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:request-timeout`. */
             408: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1200,6 +1290,8 @@ export interface operations {
             /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1216,6 +1308,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1234,6 +1328,8 @@ export interface operations {
                     Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1248,6 +1344,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1262,6 +1360,8 @@ export interface operations {
             /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. Problem type: `urn:todo-api:problem:precondition-required`. */
             428: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1276,6 +1376,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -1303,6 +1405,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1317,6 +1421,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1365,6 +1471,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1379,6 +1487,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1395,6 +1505,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1409,6 +1521,8 @@ export interface operations {
             /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1423,6 +1537,8 @@ export interface operations {
             /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1439,6 +1555,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1453,6 +1571,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1467,6 +1587,8 @@ export interface operations {
             /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. Problem type: `urn:todo-api:problem:precondition-required`. */
             428: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1481,6 +1603,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -1508,6 +1632,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1522,6 +1648,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1580,6 +1708,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1594,6 +1724,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1610,6 +1742,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1624,6 +1758,8 @@ export interface operations {
             /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1638,6 +1774,8 @@ export interface operations {
             /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:request-timeout`. */
             408: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1652,6 +1790,8 @@ export interface operations {
             /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1668,6 +1808,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1686,6 +1828,8 @@ export interface operations {
                     Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1700,6 +1844,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1714,6 +1860,8 @@ export interface operations {
             /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. Problem type: `urn:todo-api:problem:precondition-required`. */
             428: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1728,6 +1876,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -1755,6 +1905,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1769,6 +1921,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1809,6 +1963,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1823,6 +1979,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1844,6 +2002,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1882,6 +2042,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1896,6 +2058,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1917,6 +2081,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1931,6 +2097,8 @@ export interface operations {
             /** @description The database did not answer (type urn:todo-api:problem:database-unavailable), or the last isolation check found something (type urn:todo-api:problem:isolation-unverified); ask again after the `Retry-After` seconds. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before asking again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
