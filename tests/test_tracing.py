@@ -408,6 +408,12 @@ def test_a_callers_unsampled_trace_leaves_no_span_and_its_request_is_logged_and_
     assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="500") == 0
 
 
+def _access_lines(log: Path) -> dict[str, dict[str, Any]]:
+    """The access lines `todo-api serve` wrote to `log`, by request id."""
+    records = (json.loads(line) for line in log.read_text().splitlines() if line.strip())
+    return {record["request_id"]: record for record in records if record["name"] == "api.access"}
+
+
 def test_an_access_line_names_the_trace_and_span_of_its_request(migrated_db_url: str, tmp_path: Path) -> None:
     """An operator looking at a slow or failed request's access line had no way to its trace, nor
     from a trace to the line: the line carried a request id the spans do not, and no trace id. Each
@@ -432,11 +438,12 @@ def test_an_access_line_names_the_trace_and_span_of_its_request(migrated_db_url:
             alice.tasks_url,
             headers={**alice.headers, "traceparent": f"00-{unsampled_trace}-00f067aa0ba902b7-00"},
         )
-        records = {
-            record["request_id"]: record
-            for record in (json.loads(line) for line in log.read_text().splitlines() if line.strip())
-            if record["name"] == "api.access"
-        }
+        # Each access line is written once its answer is sent, which can be after the client read it.
+        asked = {answer.headers["x-request-id"] for answer in (continued, begun, unsampled)}
+        deadline = time.monotonic() + 10
+        while not asked <= set(records := _access_lines(log)):
+            assert time.monotonic() < deadline, "an access line is missing"
+            time.sleep(0.05)
         continued_line = records[continued.headers["x-request-id"]]
         begun_line = records[begun.headers["x-request-id"]]
         assert continued_line["trace_id"] == callers_trace
