@@ -26,7 +26,12 @@ from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
 from api.http.methods import install_method_rules, served_routes
 from api.http.openapi import document_response_header
-from api.http.problems import document_problem_media_type, install_problem_handlers, on_internal_error
+from api.http.problems import (
+    document_problem_media_type,
+    document_problems_not_stored,
+    install_problem_handlers,
+    on_internal_error,
+)
 from api.http.rate_limit import RateLimiter
 from api.http.readiness import SharedReadiness
 from api.http.refusals import document_head_too_large
@@ -150,6 +155,7 @@ def create_app(
     document_bearer_scheme(app)
     document_no_store(app)
     document_body_limits(app)  # before the header every response carries, which its answers carry too
+    document_problems_not_stored(app)  # after the body limits' problems, before the server's 431
     document_response_header(
         app,
         "X-Request-ID",

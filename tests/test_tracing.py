@@ -141,6 +141,50 @@ def test_a_callers_trace_is_continued(traced_api: str, exporter: InMemorySpanExp
     assert {span.name for span in spans} == {"POST /api/{user_id}/tasks", "db.transaction"}
 
 
+def test_a_callers_tracestate_is_kept_to_what_w3c_asks_a_tracer_to_pass_on(
+    traced_api: str, exporter: InMemorySpanExporter
+) -> None:
+    """Any client's tracestate, up to 32 entries of hundreds of characters, was copied as it came onto
+    every span of its request: kilobytes a span for the collector to store (6.5 KB each, seen on serve
+    --workers 2). W3C Trace Context passes on 512 characters, dropping entries over 128 first, then
+    entries from the end; a tracestate within that is kept as it is."""
+    alice = new_user()
+    short = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    padded = [f"k{n}={'v' * 200}" for n in range(31)]
+    mixed = ",".join(["first=1", padded[0], *[f"s{n}={'w' * 60}" for n in range(20)]])
+    sent = {
+        "4bf92f3577b34da6a3ce929d0e0e4730": short,
+        "4bf92f3577b34da6a3ce929d0e0e4731": ",".join(padded),
+        "4bf92f3577b34da6a3ce929d0e0e4732": mixed,
+    }
+    exporter.clear()
+    for trace, tracestate in sent.items():
+        answered = httpx.get(
+            f"{traced_api}{alice.tasks_url}",
+            headers={
+                **alice.headers,
+                "traceparent": f"00-{trace}-00f067aa0ba902b7-01",
+                "tracestate": tracestate,
+            },
+        )
+        assert answered.status_code == 200
+    kept = {}
+    deadline = time.monotonic() + 5  # a server span ends once its last byte is sent
+    for trace in sent:
+        spans = _spans_of(exporter, int(trace, 16))
+        while {span.kind for span in spans} != {SpanKind.SERVER, SpanKind.CLIENT}:
+            assert time.monotonic() < deadline, f"no server span and transaction span of trace {trace}"
+            time.sleep(0.01)
+            spans = _spans_of(exporter, int(trace, 16))
+        (kept[trace],) = {span.context.trace_state.to_header() for span in spans if span.context}
+    short_kept, padded_kept, mixed_kept = kept.values()
+    assert short_kept == short
+    assert padded_kept == ""
+    assert len(mixed_kept) <= 512
+    assert mixed_kept.split(",")[:2] == ["first=1", f"s0={'w' * 60}"], "the long entry goes first"
+    assert mixed_kept == mixed.replace(f",{padded[0]}", "")[: len(mixed_kept)], "then entries from the end"
+
+
 def test_a_method_the_api_does_not_know_names_no_span(
     traced_api: str, exporter: InMemorySpanExporter
 ) -> None:
@@ -272,7 +316,9 @@ class Collector:
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
                         if span.trace_id.hex() == trace_id and span.kind == span.SPAN_KIND_SERVER:
-                            found.append({"name": span.name, "resource": resource})
+                            found.append(
+                                {"name": span.name, "resource": resource, "span_id": span.span_id.hex()}
+                            )
         return found
 
     def wait_for_server_span(self, trace_id: str) -> dict[str, Any]:
@@ -360,6 +406,57 @@ def test_a_callers_unsampled_trace_leaves_no_span_and_its_request_is_logged_and_
     route = "/api/{user_id}/tasks"
     assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="200") == 2
     assert value(samples, "todo_api_http_requests_total", method="GET", route=route, status="500") == 0
+
+
+def _access_lines(log: Path) -> dict[str, dict[str, Any]]:
+    """The access lines `todo-api serve` wrote to `log`, by request id."""
+    records = (json.loads(line) for line in log.read_text().splitlines() if line.strip())
+    return {record["request_id"]: record for record in records if record["name"] == "api.access"}
+
+
+def test_an_access_line_names_the_trace_and_span_of_its_request(migrated_db_url: str, tmp_path: Path) -> None:
+    """An operator looking at a slow or failed request's access line had no way to its trace, nor
+    from a trace to the line: the line carried a request id the spans do not, and no trace id. Each
+    line now names the ids of its request's server span: the caller's trace when it sent one, else
+    the one the request began; and none when that span was not recorded, whose ids no collector holds."""
+    alice = new_user()
+    callers_trace, unsampled_trace = "9bf92f3577b34da6a3ce929d0e0e473b", "abf92f3577b34da6a3ce929d0e0e473c"
+    with (
+        _collector() as collector,
+        _serve_traced(migrated_db_url, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=collector.base_url) as (
+            base_url,
+            log,
+        ),
+        httpx.Client(base_url=base_url) as client,
+    ):
+        continued = client.get(
+            alice.tasks_url,
+            headers={**alice.headers, "traceparent": f"00-{callers_trace}-00f067aa0ba902b7-01"},
+        )
+        begun = client.get(alice.tasks_url)
+        unsampled = client.get(
+            alice.tasks_url,
+            headers={**alice.headers, "traceparent": f"00-{unsampled_trace}-00f067aa0ba902b7-00"},
+        )
+        # Each access line is written once its answer is sent, which can be after the client read it.
+        asked = {answer.headers["x-request-id"] for answer in (continued, begun, unsampled)}
+        deadline = time.monotonic() + 10
+        while not asked <= set(records := _access_lines(log)):
+            assert time.monotonic() < deadline, "an access line is missing"
+            time.sleep(0.05)
+        continued_line = records[continued.headers["x-request-id"]]
+        begun_line = records[begun.headers["x-request-id"]]
+        assert continued_line["trace_id"] == callers_trace
+        assert collector.wait_for_server_span(callers_trace)["span_id"] == continued_line["span_id"]
+        begun_span = collector.wait_for_server_span(begun_line["trace_id"])
+        assert (begun_span["name"], begun_span["span_id"]) == (
+            "GET /api/{user_id}/tasks",
+            begun_line["span_id"],
+        )
+    assert (continued.status_code, begun.status_code, unsampled.status_code) == (200, 401, 200)
+    assert begun_line["trace_id"] != callers_trace
+    unsampled_line = records[unsampled.headers["x-request-id"]]
+    assert {"trace_id", "span_id"}.isdisjoint(unsampled_line)
 
 
 def test_spans_name_the_service_todo_api_unless_the_environment_names_another(

@@ -188,12 +188,15 @@ def _refusal(
     return {**refusal, "headers": headers} if headers else refusal
 
 
-# The 400 may be the server's own, which carries no X-Request-ID: documented here as not always sent,
-# the header every other answer carries is documented as required (api/app.py).
+# The 400 may be the server's own, which carries no X-Request-ID and no Cache-Control: documented here
+# as not always sent, the headers every other answer (or problem) carries as required (api/app.py).
 _REQUEST_ID_UNLESS_THE_SERVER_REFUSED = {
     "X-Request-ID": response_header(
         "This request's id, in every log line about it: sent with the API's 400, not with the server's own."
-    )
+    ),
+    "Cache-Control": response_header(
+        "`no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own."
+    ),
 }
 
 

@@ -38,7 +38,7 @@ from api.db.errors import (
 )
 from api.db.isolation import IsolationUnverified, IsolationWatch
 from api.http.json_body import UnreadJson
-from api.http.openapi import OpenApiDocument, amend_openapi
+from api.http.openapi import OpenApiDocument, amend_openapi, response_header
 from api.telemetry import metrics
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -125,13 +125,25 @@ class ProblemError(Exception):
         self.headers = headers
 
 
+# A problem answers one request at one moment: no cache may keep it. A 404 or 405 is cacheable by
+# default (RFC 9111, section 4.2.2), so a CDN kept the 404 of a route a later release serves, and a
+# browser one user's 404 on a shared computer; a cache told to ignore Authorization (a "cache
+# everything" rule) would hand one user's 401, 403 or 503 to the next. As on every other answer of a
+# task route, which makes a cache keyed by Authorization (Vary) needless.
+_NOT_STORED = "no-store"
+_NOT_STORED_HEADER = {
+    **response_header("`no-store`: a problem is about this request alone."),
+    "required": True,
+}
+
+
 def problem_response(error: ProblemError) -> JSONResponse:
     if error.problem.status == 503:
         metrics.unavailable.labels(error.problem.type.removeprefix(_TYPE_PREFIX)).inc()
     return JSONResponse(
         error.problem.model_dump(exclude_none=True),
         status_code=error.problem.status,
-        headers=error.headers,
+        headers={"Cache-Control": _NOT_STORED, **(error.headers or {})},
         media_type=PROBLEM_MEDIA_TYPE,
     )
 
@@ -609,6 +621,20 @@ def document_problem_media_type(app: FastAPI) -> None:
                 content = response.get("content", {})
                 if status[0] in "45" and "application/json" in content:
                     content.setdefault(PROBLEM_MEDIA_TYPE, content.pop("application/json"))
+
+    amend_openapi(app, amend)
+
+
+def document_problems_not_stored(app: FastAPI) -> None:
+    """Declares Cache-Control on every 4xx and 5xx the document lists by then, where a response does not
+    describe its own (the 400 that may be the server's, api/http/body_limit.py). Amend before the
+    server's 431 is declared: that answer carries none of the API's headers."""
+
+    def amend(document: OpenApiDocument) -> None:
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            for status, response in operation["responses"].items():
+                if status[0] in "45":
+                    response.setdefault("headers", {}).setdefault("Cache-Control", _NOT_STORED_HEADER)
 
     amend_openapi(app, amend)
 

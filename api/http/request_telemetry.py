@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.telemetry import metrics
 from api.telemetry.logs import access
-from api.telemetry.tracing import Tracer, finish_server_span, server_span
+from api.telemetry.tracing import Tracer, finish_server_span, recorded_ids, server_span
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class RequestTelemetry:
         started = time.perf_counter()
         root_path = scope.get("root_path", "")
         status = 0
+        trace: tuple[str, str] | None = None  # the server span's trace and span ids, when recorded
 
         async def noting_status(message: Message) -> None:
             nonlocal status
@@ -112,6 +113,7 @@ class RequestTelemetry:
             else:
                 method = _known_method(scope)
                 with server_span(self.tracer, scope, method=method) as span:
+                    trace = recorded_ids(span)
                     try:
                         await self.app(scope, receive, noting_status)
                     except Exception:
@@ -132,9 +134,11 @@ class RequestTelemetry:
             # (granian and uvicorn both), so the client gets it cut off, not ended. Re-raising would
             # only have the server log the traceback a second time.
             status = 500
-        self._record(scope, root_path, status, time.perf_counter() - started)
+        self._record(scope, root_path, status, time.perf_counter() - started, trace)
 
-    def _record(self, scope: Scope, root_path: str, status: int, seconds: float) -> None:
+    def _record(
+        self, scope: Scope, root_path: str, status: int, seconds: float, trace: tuple[str, str] | None
+    ) -> None:
         method, route = _known_method(scope) or "OTHER", _route_template(scope, root_path, self.routes)
         counted = self._counted.get((method, route, status))
         if counted is None:
@@ -162,4 +166,9 @@ class RequestTelemetry:
             fields["action"], fields["task_id"] = change.action, change.task_id
             message += " action=%s task=%d"
             args += [change.action, change.task_id]
+        if trace is not None:
+            # What joins this line to its trace in the tracing backend, and the trace to this line.
+            fields["trace_id"], fields["span_id"] = trace
+            message += " trace=%s span=%s"
+            args += trace
         access.info(message, *args, extra=fields)

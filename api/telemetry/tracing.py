@@ -20,11 +20,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context as Context
     from opentelemetry.sdk.trace import TracerProvider as TracerProvider
     from opentelemetry.trace import Span as Span
     from opentelemetry.trace import Tracer as Tracer
 else:
-    Span = Tracer = TracerProvider = Any
+    Context = Span = Tracer = TracerProvider = Any
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ _ANY_METHOD = "HTTP"
 # How long a stopping worker waits for its last spans to be sent: a collector that answers takes
 # milliseconds; one that does not would hold the stop for the exporter's own timeout and retries.
 _LAST_SPANS_SECONDS = 2.0
+# W3C Trace Context ("tracestate Limits"): 512 characters of a tracestate are all a tracer need pass
+# on, and one cut to that drops its entries over 128 characters first, then entries from its end.
+_TRACE_STATE_CHARACTERS = 512
+_LONG_ENTRY_CHARACTERS = 128
 
 
 def traces_for(endpoint: str | None, traces_endpoint: str | None = None) -> "TracerProvider | None":
@@ -83,11 +88,40 @@ def server_span(tracer: "Tracer", scope: Mapping[str, Any], *, method: str | Non
     carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     with tracer.start_as_current_span(
         method or _ANY_METHOD,
-        context=extract(carrier),
+        context=_with_trace_state_bounded(extract(carrier)),
         kind=SpanKind.SERVER,
         attributes={"http.request.method": method or "_OTHER"},
     ) as span:
         yield span
+
+
+def _with_trace_state_bounded(context: "Context") -> "Context":
+    """The caller's context with its tracestate cut to W3C's 512 characters. The SDK keeps up to 32
+    entries of hundreds of characters each, as any client sent them, and every span of the request
+    carries them to the collector: kilobytes a span, stored for whoever sent them."""
+    from opentelemetry.trace import (
+        NonRecordingSpan,
+        SpanContext,
+        TraceState,
+        get_current_span,
+        set_span_in_context,
+    )
+
+    sent = get_current_span(context).get_span_context()
+    if not sent.trace_state or len(sent.trace_state.to_header()) <= _TRACE_STATE_CHARACTERS:
+        return context
+    kept: list[tuple[str, str]] = []
+    length = -1  # no comma before the first entry
+    for key, value in sent.trace_state.items():
+        entry = len(key) + 1 + len(value)
+        if entry > _LONG_ENTRY_CHARACTERS:
+            continue
+        length += 1 + entry
+        if length > _TRACE_STATE_CHARACTERS:
+            break
+        kept.append((key, value))
+    bounded = SpanContext(sent.trace_id, sent.span_id, sent.is_remote, sent.trace_flags, TraceState(kept))
+    return set_span_in_context(NonRecordingSpan(bounded), context)
 
 
 def finish_server_span(span: "Span", *, method: str | None, route: str, status: int) -> None:
@@ -104,6 +138,17 @@ def finish_server_span(span: "Span", *, method: str | None, route: str, status: 
         from opentelemetry.trace import StatusCode
 
         span.set_status(StatusCode.ERROR)
+
+
+def recorded_ids(span: "Span") -> tuple[str, str] | None:
+    """The trace id and span id of `span`, in hex as a traceparent writes them, for its request's
+    access line to name; None for a span the sampler dropped, which no collector will ever hold."""
+    if not span.is_recording():
+        return None
+    from opentelemetry.trace import format_span_id, format_trace_id
+
+    context = span.get_span_context()
+    return format_trace_id(context.trace_id), format_span_id(context.span_id)
 
 
 @contextmanager

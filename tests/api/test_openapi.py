@@ -118,7 +118,13 @@ def test_the_event_stream_documents_the_refusals_it_can_get_and_no_others(spec: 
     assert "MAX_STREAMS_PER_USER" in too_many["description"]
     # The stream cap's 429 sends Retry-After alone; the rate-limit fields are documented, as the
     # rate limiter's only.
-    assert set(too_many["headers"]) == {"Retry-After", "RateLimit-Policy", "RateLimit", "X-Request-ID"}
+    assert set(too_many["headers"]) == {
+        "Retry-After",
+        "RateLimit-Policy",
+        "RateLimit",
+        "X-Request-ID",
+        "Cache-Control",
+    }
     for name in ("RateLimit-Policy", "RateLimit"):
         assert too_many["headers"][name]["description"].startswith("Past RATE_LIMIT_PER_MINUTE only:")
 

@@ -210,6 +210,36 @@ def test_no_cache_may_keep_an_answer_with_a_users_tasks(client: httpx.Client, al
     assert [answer.headers.get("cache-control") for answer in answers] == ["no-store"] * len(answers)
 
 
+def test_no_cache_may_keep_a_problem(
+    client: httpx.Client, alice: ApiUser, bob: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
+    """Problems carried no Cache-Control: a 404 or 405 is cacheable by default (RFC 9111, 4.2.2), so a
+    CDN could keep the 404 of a route a later release serves and a browser one user's 404, and a cache
+    told to ignore Authorization would hand one user's 401, 403 or 412 to the next."""
+    task = create(client, alice, title="kept")
+    task_url = alice.task_url(task["id"])
+    json_headers = {**alice.headers, "Content-Type": "application/json"}
+    answers = {
+        401: client.get(alice.tasks_url),
+        403: client.get(bob.tasks_url, headers=alice.headers),
+        404: client.get(alice.task_url(task["id"] + 1_000_000), headers=alice.headers),
+        405: client.request("TRACE", alice.tasks_url, headers=alice.headers),
+        412: client.put(task_url, json={"title": "lost"}, headers={**alice.headers, "If-Match": '"0.0"'}),
+        413: client.post(alice.tasks_url, content=b" " * 1024 * 1024, headers=json_headers),
+        415: client.post(
+            alice.tasks_url, content=b"x", headers={**alice.headers, "Content-Type": "text/plain"}
+        ),
+        422: client.put(task_url, json={"title": ""}, headers=alice.headers),
+    }
+    assert {status: answer.status_code for status, answer in answers.items()} == {s: s for s in answers}
+    assert {answer.headers["content-type"] for answer in answers.values()} == {"application/problem+json"}
+    assert {status: answer.headers.get("cache-control") for status, answer in answers.items()} == {
+        status: "no-store" for status in answers
+    }
+    assert client.get(f"/no/such/{alice.id}").headers.get("cache-control") == "no-store"
+    assert api_db.execute("select title from tasks where user_id = %s", [alice.id]).fetchall() == [("kept",)]
+
+
 def test_health_and_readiness_need_no_token(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")

@@ -312,6 +312,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -326,6 +328,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -342,6 +346,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -356,6 +362,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -370,6 +378,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -384,6 +394,8 @@ export interface operations {
             /** @description Too many requests from you: with MAX_STREAMS_PER_USER streams of yours open on this server process, past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -411,6 +423,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -425,6 +439,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, the last isolation check found something, or this server process holds MAX_STREAMS_PER_WORKER streams of all users already; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:streams-unavailable`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -499,6 +515,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -513,6 +531,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -529,6 +549,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -543,6 +565,8 @@ export interface operations {
             /** @description If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match is `*`: nothing was done. No ETag. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -557,6 +581,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -571,6 +597,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -585,6 +613,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -612,6 +642,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -626,6 +658,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -688,6 +722,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -702,6 +738,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -718,6 +756,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -732,6 +772,8 @@ export interface operations {
             /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:request-timeout`. */
             408: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -746,6 +788,8 @@ export interface operations {
             /** @description Nothing was created: you have MAX_TASKS_PER_USER tasks already (type urn:todo-api:problem:task-limit-reached), or other requests with this Idempotency-Key were being handled at the same time (type urn:todo-api:problem:idempotency-key-in-use, the one with `Retry-After`): send the same request again after it. Problem types: `urn:todo-api:problem:task-limit-reached`, `urn:todo-api:problem:idempotency-key-in-use`. */
             409: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -762,6 +806,8 @@ export interface operations {
             /** @description A repeated Idempotency-Key whose task has been deleted since; nothing was created. Problem type: `urn:todo-api:problem:task-deleted`. */
             410: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -776,6 +822,8 @@ export interface operations {
             /** @description If-Match names entity-tags, none of which the task list has, or, on a create, If-None-Match is `*`: nothing was done. No ETag. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -790,6 +838,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -808,6 +858,8 @@ export interface operations {
                     Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -822,6 +874,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem types: `urn:todo-api:problem:validation-error`, `urn:todo-api:problem:idempotency-key-reused`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -836,6 +890,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -863,6 +919,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -877,6 +935,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -942,6 +1002,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -956,6 +1018,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -972,6 +1036,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -986,6 +1052,8 @@ export interface operations {
             /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1000,6 +1068,8 @@ export interface operations {
             /** @description If-Match names another version of the task. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1016,6 +1086,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1030,6 +1102,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1044,6 +1118,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -1071,6 +1147,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1085,6 +1163,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1141,6 +1221,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1155,6 +1237,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1171,6 +1255,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1185,6 +1271,8 @@ export interface operations {
             /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1199,6 +1287,8 @@ export interface operations {
             /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:request-timeout`. */
             408: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1213,6 +1303,8 @@ export interface operations {
             /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1229,6 +1321,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1247,6 +1341,8 @@ export interface operations {
                     Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1261,6 +1357,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1275,6 +1373,8 @@ export interface operations {
             /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. Problem type: `urn:todo-api:problem:precondition-required`. */
             428: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1289,6 +1389,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -1316,6 +1418,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1330,6 +1434,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1378,6 +1484,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1392,6 +1500,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1408,6 +1518,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1422,6 +1534,8 @@ export interface operations {
             /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1436,6 +1550,8 @@ export interface operations {
             /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1452,6 +1568,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1466,6 +1584,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1480,6 +1600,8 @@ export interface operations {
             /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. Problem type: `urn:todo-api:problem:precondition-required`. */
             428: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1494,6 +1616,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -1521,6 +1645,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1535,6 +1661,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1593,6 +1721,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once, or a chunked body's framing is malformed or the connection ended before its end. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1607,6 +1737,8 @@ export interface operations {
             /** @description Missing, malformed, badly signed, expired or not-yet-valid token, or one whose `sub` cannot be a path segment. Problem type: `urn:todo-api:problem:unauthorized`. */
             401: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description `Bearer` when no token was sent; `Bearer error="invalid_token"` when the one sent was refused, and a fresh one may do (RFC 6750). */
                     "WWW-Authenticate": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1623,6 +1755,8 @@ export interface operations {
             /** @description The user id in the path is not the token's subject. Problem type: `urn:todo-api:problem:forbidden`. */
             403: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1637,6 +1771,8 @@ export interface operations {
             /** @description No such task, or it belongs to someone else. Problem type: `urn:todo-api:problem:not-found`. */
             404: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1651,6 +1787,8 @@ export interface operations {
             /** @description The body did not arrive within BODY_TIMEOUT_SECONDS. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:request-timeout`. */
             408: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1665,6 +1803,8 @@ export interface operations {
             /** @description If-Match names another version of the task, or If-None-Match is `*` or names the current one: nothing changed. The ETag is the current one. Problem type: `urn:todo-api:problem:precondition-failed`. */
             412: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description The task's version, a strong entity-tag: send it back in If-Match or If-None-Match. */
                     ETag: string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1681,6 +1821,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES, or a chunked body grew past it; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1699,6 +1841,8 @@ export interface operations {
                     Accept?: string;
                     /** @description `identity`, when the body was sent with a Content-Encoding: send it uncompressed (RFC 7694). */
                     "Accept-Encoding"?: string;
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1713,6 +1857,8 @@ export interface operations {
             /** @description Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a write a CHECK constraint of the database refuses); nothing was changed. Problem type: `urn:todo-api:problem:validation-error`. */
             422: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1727,6 +1873,8 @@ export interface operations {
             /** @description If-Match is required (REQUIRE_IF_MATCH) and was not sent. Problem type: `urn:todo-api:problem:precondition-required`. */
             428: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1741,6 +1889,8 @@ export interface operations {
             /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: what is left of it: `"per-user";r=0;t=<seconds until a request may be made>`. */
                     RateLimit?: string;
                     /** @description Past RATE_LIMIT_PER_MINUTE only: the rate limit, as the IETF draft spells it: `"per-user";q=600;w=60`. */
@@ -1768,6 +1918,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1782,6 +1934,8 @@ export interface operations {
             /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before trying again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
@@ -1822,6 +1976,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1836,6 +1992,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1857,6 +2015,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1895,6 +2055,8 @@ export interface operations {
             /** @description Where the body ends cannot be known: Content-Length is not a number of bytes, or Transfer-Encoding names chunked more than once. Nothing was done. Under `todo-api serve`, a Content-Length that is not a number, like any request head the server cannot parse (a control character such as DEL in a field value, say), is refused by the server itself before the API runs: a 400 with no body and no X-Request-ID. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:bad-request`. */
             400: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. Sent with the API's 400, not the server's own. */
+                    "Cache-Control"?: string;
                     /** @description This request's id, in every log line about it: sent with the API's 400, not with the server's own. */
                     "X-Request-ID"?: string;
                     [name: string]: unknown;
@@ -1909,6 +2071,8 @@ export interface operations {
             /** @description Content-Length is larger than MAX_BODY_BYTES; refused before anything else is looked at, the token included. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:payload-too-large`. */
             413: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1930,6 +2094,8 @@ export interface operations {
             /** @description Transfer-Encoding names a coding other than chunked (`gzip, chunked`, say): the only one implemented is chunked, alone. Nothing was done. The server closes the connection after this answer. Problem type: `urn:todo-api:problem:not-implemented`. */
             501: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1944,6 +2110,8 @@ export interface operations {
             /** @description The database did not answer (type urn:todo-api:problem:database-unavailable), or the last isolation check found something (type urn:todo-api:problem:isolation-unverified); ask again after the `Retry-After` seconds. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
+                    /** @description `no-store`: a problem is about this request alone. */
+                    "Cache-Control": string;
                     /** @description Seconds to wait before asking again. */
                     "Retry-After": number;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
