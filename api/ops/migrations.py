@@ -78,8 +78,17 @@ def migrating_role(database_url: str) -> str:
         return _UNNAMED_ROLE
 
 
-def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
-    """The cause and the fix, in one line."""
+def _break_lock_command(setting: str) -> str:
+    """yoyo's own command that removes a migration lock left behind, as it runs in the shell that ran
+    migrate: yoyo wants the URL as postgresql+psycopg:// (postgresql:// is psycopg2 to it, not
+    installed), and with no yoyo.ini read (a checkout's reads DATABASE_URL as it is)."""
+    return f'yoyo break-lock --no-config-file --batch --database "postgresql+psycopg://${{{setting}#*://}}"'
+
+
+def migration_failure(
+    error: Exception, database_url: str, *, setting: str = "DATABASE_URL"
+) -> MigrationFailed:
+    """The cause and the fix, in one line; `setting` is the variable the URL came from."""
     role = migrating_role(database_url)
     text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
     reason = (text.strip().splitlines() or [type(error).__name__])[0]
@@ -89,11 +98,11 @@ def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
         # unique violation, is another migration's lock.
         refused = error.__context__
         if isinstance(refused, psycopg.Error) and not isinstance(refused, psycopg.errors.UniqueViolation):
-            return migration_failure(refused, database_url)
+            return migration_failure(refused, database_url, setting=setting)
         return MigrationFailed(
             f"another migration holds this database's migration lock ({reason}): wait for it to "
-            "finish; if none is running, remove the stale lock with `yoyo break-lock`, then run "
-            "todo-api migrate again"
+            "finish; if none is running (a migrate killed while migrating leaves its lock), remove the "
+            f"lock with `{_break_lock_command(setting)}`, then run todo-api migrate again"
         )
     if isinstance(error, psycopg.errors.DeadlockDetected):
         # Not the migration's bug: a transaction (a DBA's, say) took the tables' locks in another
@@ -289,7 +298,7 @@ def apply_migrations(
             backend.apply_migrations_only(pending)
             backend.run_post_apply(migrations)
     except LockTimeout as error:
-        raise migration_failure(error, database_url) from None
+        raise migration_failure(error, database_url, setting=setting) from None
     except psycopg.Error as error:
         if type(error) is psycopg.OperationalError:  # the connection, not a statement
             raise
