@@ -228,6 +228,28 @@ def _refuse_unsafe_settings(connection: psycopg.Connection[Any], setting: str) -
         raise MigrationFailed(f"refusing to migrate: {'; and '.join(findings)}; nothing was changed")
 
 
+def _refuse_dropped_options(connection: psycopg.Connection[Any], setting: str) -> None:
+    """The session must have the lock_timeout migrate set in its options: a pooler that takes
+    `options` and drops them (PgBouncer's `ignore_startup_parameters = options`) let migrate wait for
+    a lock for as long as another transaction held it, every request queued behind. Told by the
+    setting itself rather than by the session's backend pid: Neon's proxy hands out keys of its
+    own on the direct URL too."""
+    row = connection.execute(
+        "select current_setting('lock_timeout'), current_setting('lock_timeout')::interval = %s::interval",
+        [LOCK_TIMEOUT],
+    ).fetchone()
+    assert row is not None
+    if not row[1]:
+        host, port = connection.info.host, connection.info.port
+        where = f"the socket in {host}" if host.startswith("/") else f"{host}:{port}"
+        raise MigrationFailed(
+            f"{setting} reaches a pooler at {where}, which dropped the options migrate sets (its "
+            f"lock_timeout is {row[0]}, not {LOCK_TIMEOUT}, so a migration would wait behind any long "
+            "transaction with every request queued behind it): migrate through a URL that reaches "
+            "Postgres itself (Neon's direct URL, as MIGRATION_DATABASE_URL); nothing was changed"
+        )
+
+
 def _holds(connection: psycopg.Connection[Any], query: str) -> bool:
     row = connection.execute(query).fetchone()
     return bool(row and row[0])
@@ -243,6 +265,7 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
     options = _options_with_lock_timeout(database_url)
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds, options=options)
     with LookupBoundedConnection.connect(conninfo, autocommit=True) as connection:
+        _refuse_dropped_options(connection, setting)
         version_num, version = connection.execute(RELEASE_STATE).fetchone() or (0, "")
         refusal = release_refusal(version_num=int(version_num), version=str(version), setting=setting)
         if refusal is not None:
