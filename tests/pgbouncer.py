@@ -36,9 +36,11 @@ def pgbouncer(
     server_pool_size: int,
     pool_mode: str = "transaction",
     other_users: Sequence[str] = (),
+    ignored_startup_parameters: Sequence[str] = (),
 ) -> Iterator[str]:
     """Run PgBouncer for one database; yield the URL that reaches the database through it as `user`.
-    It admits `other_users` too (auth_type trust still wants every user in its auth_file)."""
+    It admits `other_users` too (auth_type trust still wants every user in its auth_file), and lets
+    clients send `ignored_startup_parameters` (such as `options`), which it then drops unsaid."""
     binary = pgbouncer_binary()
     if binary is None:
         raise RuntimeError("pgbouncer is not installed (.ci/run installs Debian's package)")
@@ -58,7 +60,7 @@ auth_file = {workdir}/userlist.txt
 pool_mode = {pool_mode}
 default_pool_size = {server_pool_size}
 max_client_conn = 500
-ignore_startup_parameters = extra_float_digits
+ignore_startup_parameters = {",".join(("extra_float_digits", *ignored_startup_parameters))}
 logfile = {workdir}/pgbouncer.log
 """
     )

@@ -5,9 +5,12 @@ a migrated database), a bad MIGRATION_DATABASE_URL, a search_path given to the m
 existing --login-role the owner may not alter. A standby or read-only sessions:
 tests/faults/test_read_only_database.py."""
 
+import os
 import re
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -161,6 +164,40 @@ def test_a_stale_migration_lock(
     message = migrate_here(monkeypatch, tmp_path, migrated_db_url)
     assert "another migration holds this database's migration lock (Process 424242 has locked" in message
     assert "yoyo break-lock" in message
+
+
+@pytest.mark.parametrize("setting", ["DATABASE_URL", "MIGRATION_DATABASE_URL"])
+def test_the_advice_for_a_stale_migration_lock_runs_as_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_db_url: str, setting: str
+) -> None:
+    """A migrate killed while migrating (a deploy job timed out, say) leaves yoyo's lock, and every
+    later migrate says so. Its advice was `yoyo break-lock`, which as written says "Please specify a
+    database uri", and in a checkout, whose yoyo.ini reads DATABASE_URL, failed with a traceback
+    (No module named 'psycopg2': yoyo wants postgresql+psycopg://). The command it names now runs as
+    written, in the shell that ran migrate, where the URL's own folder has no yoyo.ini."""
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", 1)
+    with psycopg.connect(migrated_db_url, autocommit=True) as db:
+        db.execute("insert into yoyo_lock (locked, ctime, pid) values (1, %s, 424242)", [datetime.now(UTC)])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MIGRATION_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", migrated_db_url)
+    monkeypatch.setenv(setting, migrated_db_url)
+    with pytest.raises(SystemExit) as exited:
+        main(["migrate"])
+    message = str(exited.value.code)
+    assert "another migration holds this database's migration lock" in message
+    (command,) = re.findall(r"`(yoyo break-lock [^`]+)`", message)
+    assert setting in command, command
+    bash = shutil.which("bash") or "/bin/bash"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    environment = {"PATH": path, setting: migrated_db_url}
+    broken = subprocess.run(
+        [bash, "-c", command], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert broken.returncode == 0, broken.stdout + broken.stderr
+    with psycopg.connect(migrated_db_url, autocommit=True) as db:
+        assert db.execute("select count(*) from yoyo_lock").fetchone() == (0,)
+    assert migrations.apply_migrations(migrated_db_url) == []
 
 
 def test_a_lock_held_on_the_lock_table_is_no_other_migration(

@@ -441,3 +441,42 @@ def test_a_database_failing_with_an_internal_error_is_503_not_a_bug_of_ours_and_
     with psycopg.connect(migrated_db_url) as connection:
         stored = connection.execute("select title from tasks where user_id = %s", [alice.id])
         assert stored.fetchall() == [("kept",)], "the write changed nothing"
+
+
+def test_statements_prepared_before_a_migration_changed_a_column_they_return_are_prepared_again(
+    migrated_db_url: str, way: dict[str, Any]
+) -> None:
+    """Postgres refuses to run a statement prepared before a column it returns changed its type
+    ("cached plan must not change result type"). After such a migration (here description as
+    varchar(1000), which the isolation check rightly finds nothing wrong with), the release still
+    serving (docs/operations.md, "Upgrading a fleet, and rolling back") answered every request a
+    500 on every connection that had prepared it, for as long as it ran. Nothing of such a
+    transaction ran: the request is sent again with its statements prepared anew."""
+    alice = new_user()
+    with serving_client(create_app(settings_for(migrated_db_url, db_pool_size=2, **way))) as client:
+
+        def every_statement(title: str) -> list[int]:
+            created = client.post(alice.tasks_url, json={"title": title}, headers=alice.headers)
+            task_url = alice.task_url(created.json()["id"])
+            return [
+                created.status_code,
+                client.get(alice.tasks_url, headers=alice.headers).status_code,
+                client.get(task_url, headers=alice.headers).status_code,
+                client.put(task_url, json={"description": title}, headers=alice.headers).status_code,
+                client.patch(f"{task_url}/complete", headers=alice.headers).status_code,
+            ]
+
+        for round_before in range(3):
+            assert every_statement(f"before {round_before}") == [201, 200, 200, 200, 200]
+        with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+            owner.execute("alter table public.tasks alter column description type varchar(1000)")
+        for round_after in range(3):
+            assert every_statement(f"after {round_after}") == [201, 200, 200, 200, 200]
+        listed = client.get(alice.tasks_url, headers=alice.headers, params={"sort": "title"}).json()
+    assert [(task["title"], task["description"], task["completed"]) for task in listed] == [
+        *((f"after {i}", f"after {i}", True) for i in range(3)),
+        *((f"before {i}", f"before {i}", True) for i in range(3)),
+    ]
+    with psycopg.connect(migrated_db_url) as connection:
+        stored = connection.execute("select count(*), max(version) from tasks where user_id = %s", [alice.id])
+        assert stored.fetchone() == (6, 3), "each write made once"

@@ -135,6 +135,10 @@ _INSUFFICIENT_RESOURCES = "53"
 # The SQLSTATE class of the database's own internal errors (XX000 internal_error, XX001 data_corrupted,
 # XX002 index_corrupted): psycopg's InternalError, not one of its OperationalErrors.
 _INTERNAL_ERROR = "XX"
+# Where Postgres refuses to run a statement prepared before a column it returns changed its type ("cached
+# plan must not change result type"), named by its function rather than its message, which lc_messages
+# translates.
+_PREPARED_PLAN_OUTDATED = "RevalidateCachedQuery"
 
 logger = logging.getLogger(__name__)
 # psycopg's pool logs here.
@@ -454,14 +458,8 @@ class Database:
         try:
             async with answer_within(connection, self.transactions.answer_timeout_seconds):
                 try:
-                    if self.transactions.pipelined:
-                        return await self._pipelined(connection, query, as_user, read_only=read_only)
-                    return await self._one_message(
-                        connection,
-                        query,
-                        as_user,
-                        read_only=read_only,
-                        statement_timeout_ms=self.transactions.statement_timeout_ms,
+                    return await self._sent_prepared_anew_if_outdated(
+                        connection, query, as_user, read_only=read_only
                     )
                 except psycopg.Error as error:
                     if not read_only and _may_have_committed(connection, error):
@@ -570,6 +568,42 @@ class Database:
         except BaseException:
             await _roll_back(connection)
             raise
+
+    async def _sent_prepared_anew_if_outdated(
+        self, connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
+    ) -> Rows:
+        """The transaction, sent once more on the same connection when Postgres refused a statement it
+        had prepared before a migration changed the type of a column it returns: Postgres refuses such
+        a statement every time, so without preparing it anew every request that ran it on this
+        connection failed for as long as the connection lasted. Nothing of the first try ran: the
+        refusal comes before the statement runs, and the rest of the transaction, COMMIT included, is
+        skipped."""
+        try:
+            return await self._sent(connection, query, as_user, read_only=read_only)
+        except psycopg.errors.FeatureNotSupported as error:
+            if error.diag.source_function != _PREPARED_PLAN_OUTDATED:
+                raise
+            logger.info("running a transaction again, its statements prepared anew: %s", in_one_line(error))
+            # psycopg forgets (and deallocates) what it prepared itself (DB_PREPARE_THRESHOLD) when
+            # this rolls back; what this worker prepared with PREPARE goes here.
+            await _roll_back(connection)
+            if connection.prepared:
+                await connection.execute("DEALLOCATE ALL")
+                connection.prepared = frozenset()
+            return await self._sent(connection, query, as_user, read_only=read_only)
+
+    async def _sent(
+        self, connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
+    ) -> Rows:
+        if self.transactions.pipelined:
+            return await self._pipelined(connection, query, as_user, read_only=read_only)
+        return await self._one_message(
+            connection,
+            query,
+            as_user,
+            read_only=read_only,
+            statement_timeout_ms=self.transactions.statement_timeout_ms,
+        )
 
     def _stop_preparing(self, error: psycopg.Error) -> None:
         """Prepare nothing more in this worker (`_on` sees to it); say so once."""

@@ -78,8 +78,17 @@ def migrating_role(database_url: str) -> str:
         return _UNNAMED_ROLE
 
 
-def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
-    """The cause and the fix, in one line."""
+def _break_lock_command(setting: str) -> str:
+    """yoyo's own command that removes a migration lock left behind, as it runs in the shell that ran
+    migrate: yoyo wants the URL as postgresql+psycopg:// (postgresql:// is psycopg2 to it, not
+    installed), and with no yoyo.ini read (a checkout's reads DATABASE_URL as it is)."""
+    return f'yoyo break-lock --no-config-file --batch --database "postgresql+psycopg://${{{setting}#*://}}"'
+
+
+def migration_failure(
+    error: Exception, database_url: str, *, setting: str = "DATABASE_URL"
+) -> MigrationFailed:
+    """The cause and the fix, in one line; `setting` is the variable the URL came from."""
     role = migrating_role(database_url)
     text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
     reason = (text.strip().splitlines() or [type(error).__name__])[0]
@@ -89,11 +98,11 @@ def migration_failure(error: Exception, database_url: str) -> MigrationFailed:
         # unique violation, is another migration's lock.
         refused = error.__context__
         if isinstance(refused, psycopg.Error) and not isinstance(refused, psycopg.errors.UniqueViolation):
-            return migration_failure(refused, database_url)
+            return migration_failure(refused, database_url, setting=setting)
         return MigrationFailed(
             f"another migration holds this database's migration lock ({reason}): wait for it to "
-            "finish; if none is running, remove the stale lock with `yoyo break-lock`, then run "
-            "todo-api migrate again"
+            "finish; if none is running (a migrate killed while migrating leaves its lock), remove the "
+            f"lock with `{_break_lock_command(setting)}`, then run todo-api migrate again"
         )
     if isinstance(error, psycopg.errors.DeadlockDetected):
         # Not the migration's bug: a transaction (a DBA's, say) took the tables' locks in another
@@ -219,6 +228,28 @@ def _refuse_unsafe_settings(connection: psycopg.Connection[Any], setting: str) -
         raise MigrationFailed(f"refusing to migrate: {'; and '.join(findings)}; nothing was changed")
 
 
+def _refuse_dropped_options(connection: psycopg.Connection[Any], setting: str) -> None:
+    """The session must have the lock_timeout migrate set in its options: a pooler that takes
+    `options` and drops them (PgBouncer's `ignore_startup_parameters = options`) let migrate wait for
+    a lock for as long as another transaction held it, every request queued behind. Told by the
+    setting itself rather than by the session's backend pid: Neon's proxy hands out keys of its
+    own on the direct URL too."""
+    row = connection.execute(
+        "select current_setting('lock_timeout'), current_setting('lock_timeout')::interval = %s::interval",
+        [LOCK_TIMEOUT],
+    ).fetchone()
+    assert row is not None
+    if not row[1]:
+        host, port = connection.info.host, connection.info.port
+        where = f"the socket in {host}" if host.startswith("/") else f"{host}:{port}"
+        raise MigrationFailed(
+            f"{setting} reaches a pooler at {where}, which dropped the options migrate sets (its "
+            f"lock_timeout is {row[0]}, not {LOCK_TIMEOUT}, so a migration would wait behind any long "
+            "transaction with every request queued behind it): migrate through a URL that reaches "
+            "Postgres itself (Neon's direct URL, as MIGRATION_DATABASE_URL); nothing was changed"
+        )
+
+
 def _holds(connection: psycopg.Connection[Any], query: str) -> bool:
     row = connection.execute(query).fetchone()
     return bool(row and row[0])
@@ -234,6 +265,7 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
     options = _options_with_lock_timeout(database_url)
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds, options=options)
     with LookupBoundedConnection.connect(conninfo, autocommit=True) as connection:
+        _refuse_dropped_options(connection, setting)
         version_num, version = connection.execute(RELEASE_STATE).fetchone() or (0, "")
         refusal = release_refusal(version_num=int(version_num), version=str(version), setting=setting)
         if refusal is not None:
@@ -289,7 +321,7 @@ def apply_migrations(
             backend.apply_migrations_only(pending)
             backend.run_post_apply(migrations)
     except LockTimeout as error:
-        raise migration_failure(error, database_url) from None
+        raise migration_failure(error, database_url, setting=setting) from None
     except psycopg.Error as error:
         if type(error) is psycopg.OperationalError:  # the connection, not a statement
             raise

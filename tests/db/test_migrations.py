@@ -5,11 +5,13 @@ CREATEDB, like Neon's neondb_owner). Roles are cluster-wide: todo_app is shared 
 databases of this test session, so a rollback here must not take it away from them.
 """
 
+import asyncio
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,10 +24,14 @@ from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
 from yoyo.connections import parse_uri
 
+from api.auth.principal import Principal
+from api.db.database import Database, Query
 from api.db.sql_files import SQL_DIR
 from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
 from api.ops.migrations import apply_migrations, rollback_migrations
-from tests.support import ACT_AS, PROJECT
+from api.tasks import queries
+from api.tasks.models import TaskCreate
+from tests.support import ACT_AS, PROJECT, settings_for
 
 MIGRATION_IDS = [
     "0001_app_role",
@@ -573,6 +579,77 @@ def test_each_migration_rolls_back_to_the_schema_before_it(
             backend.rollback_migrations(migrations.__class__([migration]))
         assert schema_dump(empty_db_url) == before, f"{migration.id} rolled back to another schema"
     assert schema_state(empty_db_url) == EMPTY
+
+
+def _write_as_the_api(url: str) -> None:
+    """A user with tasks, one of them completed and one edited, a keyed create, and a keyed task deleted
+    (its key left as a tombstone): what the API writes, through the same helper and statements."""
+
+    async def run() -> None:
+        database = Database.from_settings(settings_for(url, db_pool_size=1))
+        await database.open()
+        try:
+            owner = Principal("rolled-back", email="r@example.com", name="R")
+
+            async def write(query: Query) -> list[dict[str, Any]]:
+                return [dict(row) for row in await database.run(owner.id, query, read_only=False)]
+
+            (first,) = await write(queries.create_task(owner, TaskCreate(title="first", description="d")))
+            await write(queries.set_completed(owner, first["id"], None))
+            (second,) = await write(queries.create_task(owner, TaskCreate(title="second")))
+            await write(queries.update_task(owner, second["id"], {"title": "second, edited"}))
+            for key in ("kept", "deleted"):
+                (once,) = await write(
+                    queries.create_task_once(
+                        owner, TaskCreate(title=key), key, "0" * 64, timedelta(hours=1), tombstones_kept=5
+                    )
+                )
+            await write(queries.delete_task(owner, once["task"]["id"]))
+        finally:
+            await database.close()
+
+    asyncio.run(run())
+
+
+_TASKS_AND_USERS = """
+select (select array_agg((id, user_id, title, description, completed, created_at)::text order by id)
+        from tasks),
+       (select array_agg((id, email, name)::text order by id) from users)
+"""
+
+
+def test_each_rollback_keeps_every_task_and_user_and_drops_only_what_docs_say(
+    empty_db_url: str, keeps_todo_app_usable: None
+) -> None:
+    """docs/operations.md ("Upgrading a fleet, and rolling back"): rolled back one migration at a time
+    from what `todo-api migrate` leaves (the policy files applied), with tasks, a user, keys and events
+    the API wrote, every rollback runs and keeps every task and user; the keys of deleted tasks go with
+    0013."""
+    apply_migrations(empty_db_url)
+    _write_as_the_api(empty_db_url)
+    backend = get_backend(yoyo_url(empty_db_url))
+    migrations = read_migrations(str(SQL_DIR / "migrations"))
+    before = _owner_reads(empty_db_url, _TASKS_AND_USERS)
+    assert before is not None
+    assert (len(before[0]), len(before[1])) == (3, 1), before
+    keys = "select array_agg(key order by key) from idempotency_keys"
+    assert _owner_reads(empty_db_url, keys) == (["deleted", "kept"],)
+    for migration in reversed(migrations):
+        if migration.id == "0002_tasks_schema":
+            break
+        with backend.lock():
+            backend.rollback_migrations(migrations.__class__([migration]))
+        assert _owner_reads(empty_db_url, _TASKS_AND_USERS) == before, f"{migration.id} lost a task or user"
+        if migration.id > "0005_versions_and_idempotency":
+            tombstones_gone = migration.id <= "0013_tombstones_forget_the_request"
+            expected = ["kept"] if tombstones_gone else ["deleted", "kept"]
+            assert _owner_reads(empty_db_url, keys) == (expected,), migration.id
+
+
+def _owner_reads(url: str, query: str) -> tuple[Any, ...] | None:
+    """`query` as the tables' owner, whose BYPASSRLS (Neon's neondb_owner has it too) sees every row."""
+    with psycopg.connect(libpq_url(url)) as owner:
+        return owner.execute(query).fetchone()
 
 
 @pytest.mark.parametrize(

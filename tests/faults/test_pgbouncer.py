@@ -20,9 +20,12 @@ import psycopg
 import pytest
 from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
+from yoyo import get_backend, read_migrations
 
 from api.app import create_app
 from api.db.prepared import preparing_setting, url_reaches_postgres_itself
+from api.db.sql_files import MIGRATIONS_DIR
+from api.db.urls import yoyo_url
 from api.events.services import live_services
 from tests.api.events_client import async_client, opened
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
@@ -48,6 +51,7 @@ def _bouncer(
     *,
     pool_mode: str,
     other_users: Sequence[str] = (),
+    ignored_startup_parameters: Sequence[str] = (),
 ) -> Iterator[str]:
     if pgbouncer_binary() is None:
         if os.environ.get("CI"):
@@ -61,6 +65,7 @@ def _bouncer(
         server_pool_size=1,
         pool_mode=pool_mode,
         other_users=other_users,
+        ignored_startup_parameters=ignored_startup_parameters,
     ) as url:
         yield url
 
@@ -68,6 +73,17 @@ def _bouncer(
 @pytest.fixture
 def bouncer_url(migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor) -> Iterator[str]:
     yield from _bouncer(migrated_db, migrated_template, pool_mode="transaction")
+
+
+@pytest.fixture
+def options_dropping_bouncer_url(
+    migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+) -> Iterator[str]:
+    """A pooler that lets a client send `options` and drops them, as PgBouncer does with
+    `ignore_startup_parameters = options`, set so that clients which send them can connect."""
+    yield from _bouncer(
+        migrated_db, migrated_template, pool_mode="transaction", ignored_startup_parameters=["options"]
+    )
 
 
 @pytest.fixture
@@ -324,6 +340,31 @@ def test_migrate_through_the_pooler_says_to_migrate_through_postgres_itself(
     (line,) = result.stderr.strip().splitlines()
     assert "DATABASE_URL reaches a pooler" in line, line
     assert "migrate through a URL that reaches Postgres itself" in line, line
+
+
+def test_migrate_through_a_pooler_that_drops_its_options_is_refused_and_changes_nothing(
+    options_dropping_bouncer_url: str, migrated_db_url: str, tmp_path: Path
+) -> None:
+    """A pooler that drops `options` rather than refuse them let migrate through without the
+    lock_timeout they carry: behind a transaction reading tasks, migrate then waited for as long as
+    that lasted (40 s, seen with PgBouncer's ignore_startup_parameters = options), and every request
+    to tasks queued behind its lock. Refused, as serve's pooler checks do, before anything changes."""
+    # The last migration rolled back, so that a migrate that ran would apply it again.
+    backend = get_backend(yoyo_url(migrated_db_url))
+    migrations = read_migrations(str(MIGRATIONS_DIR))
+    last = migrations[-1].id
+    with backend.lock():
+        backend.rollback_migrations(migrations.filter(lambda migration: migration.id == last))
+    result = run_cli(
+        "migrate", cwd=tmp_path, DATABASE_URL=options_dropping_bouncer_url, BETTER_AUTH_SECRET=SECRET
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "DATABASE_URL reaches a pooler" in line, line
+    assert "migrate through a URL that reaches Postgres itself" in line, line
+    with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+        applied = owner.execute("select count(*) from _yoyo_migration where migration_id = %s", [last])
+        assert applied.fetchone() == (0,), "nothing was migrated"
 
 
 def test_serve_through_the_pooler_right_after_migrate_creates_its_login_role(
