@@ -73,6 +73,9 @@ test("subscribe delivers created, updated and deleted tasks, each as the API ret
   assert.ok(created);
   const { data: updated } = await todo.updateTask(user.id, created.id, { title: "Live, renamed" });
   assert.ok(updated);
+  // Seen before the delete, which clears the task from its earlier events: a stream that came to them
+  // after it would rightly send the task.deleted alone.
+  await seen.until(3);
   await todo.deleteTask(user.id, created.id);
   const events = (await seen.until(4)).slice(1);
   await subscription.close();
