@@ -12,7 +12,7 @@ import createClient from "openapi-fetch";
 import type { components, operations, paths } from "./schema.js";
 import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
 import { retryAfterMs } from "./retry_after.js";
-import { isTokenFailure, OTHER_USERS_PATH, tokenFrom, type GetToken } from "./token.js";
+import { isTokenFailure, OTHER_USERS_PATH, tokenSource, type GetToken, type TokenSource } from "./token.js";
 
 export { EventStreamError } from "./events.js";
 export type { SubscribeOptions, Subscription, TaskEvent } from "./events.js";
@@ -30,7 +30,7 @@ export interface TodoClientOptions {
    * under, e.g. "https://gateway.example.com/todo"; every request, the event stream's too, goes below it. */
   baseUrl: string;
   /** A JWT whose `sub` is the user; `fresh: true` when the API refused the last one (expired, re-keyed,
-   * another user's: the account signed in before).
+   * another user's: the account signed in before), asked once for every call refused with that token.
    * What it throws reaches the caller as thrown, and no request is sent (or sent again) after it. */
   getToken: GetToken;
   /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set
@@ -89,7 +89,8 @@ export function createTodoClient({
   // Looked up at call time, so a fetch patched in later (tests, polyfills) is the one used.
   fetch = (request) => globalThis.fetch(request),
 }: TodoClientOptions) {
-  const bearerFetch = withBearer(getToken, fetch);
+  const tokens = tokenSource(getToken);
+  const bearerFetch = withBearer(tokens, fetch);
   const client = createClient<paths>({ baseUrl, fetch: bearerFetch });
 
   // The newest version seen of each task (ids are unique across users), from every answer that
@@ -151,7 +152,7 @@ export function createTodoClient({
         else if (event.type !== "reset") see(event.task);
         onEvent(event);
       };
-      return subscribe({ baseUrl, getToken, fetch }, userId, rememberEvent, options);
+      return subscribe({ baseUrl, tokens, fetch }, userId, rememberEvent, options);
     },
 
     /**
@@ -280,24 +281,26 @@ export function createTodoClient({
 
 /**
  * Sends each request with a bearer token; on a 401, or the API's 403 for another user's path (the
- * last token may be the account signed in before), asks for a fresh token and sends it once more.
+ * last token may be the account signed in before), sends it once more with a fresh token (the one
+ * every call refused that token shares: `tokenSource`).
  * This is openapi-fetch's fetch rather than a middleware because the retry must send the body
  * again, and only a layer that holds the Request before it goes out can keep a copy of it.
  */
 function withBearer(
-  getToken: GetToken,
+  tokens: TokenSource,
   send: (request: Request) => Promise<Response>,
 ): (request: Request) => Promise<Response> {
   return async (request) => {
-    const attempt = async (fresh: boolean) => {
+    const attempt = async (refused?: string) => {
       const copy = request.clone(); // sending a body uses it up, so each attempt sends a copy
-      copy.headers.set("Authorization", `Bearer ${await tokenFrom(getToken, fresh, request.signal)}`);
-      return send(copy);
+      const token = await tokens(refused, request.signal);
+      copy.headers.set("Authorization", `Bearer ${token}`);
+      return { token, response: await send(copy) };
     };
-    const response = await attempt(false);
-    if (response.status !== 401 && !(await namesAnotherUser(response))) return response;
-    await response.body?.cancel(); // free the connection rather than wait for garbage collection
-    return attempt(true);
+    const first = await attempt();
+    if (first.response.status !== 401 && !(await namesAnotherUser(first.response))) return first.response;
+    await first.response.body?.cancel(); // free the connection rather than wait for garbage collection
+    return (await attempt(first.token)).response;
   };
 }
 

@@ -624,3 +624,92 @@ test("a create no request can carry throws at once, as made: it is not sent agai
   const listed = await todo.listTasks(user.id);
   assert.deepEqual(listed.data, []);
 });
+
+test("calls refused together for an expired token share one fresh token, even those answered after it came", async () => {
+  const user = takeUser("start");
+  let freshAsked = 0;
+  let refreshed = () => {};
+  const refresh = new Promise<void>((resolve) => (refreshed = resolve));
+  let sentExpired = 0;
+  const todo = createTodoClient({
+    baseUrl,
+    // The README's getToken: it keeps the token until asked for a fresh one, a round trip to Better Auth.
+    getToken: async ({ fresh }) => {
+      if (!fresh) return user.expiredToken;
+      freshAsked++;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      refreshed();
+      return user.token;
+    },
+    // The last call is held back, as a browser holds all but six calls to a host, and is sent with
+    // the expired token only once the fresh one has come.
+    fetch: async (request) => {
+      if (request.headers.get("Authorization") === `Bearer ${user.expiredToken}` && ++sentExpired === 20) await refresh;
+      return fetch(request);
+    },
+  });
+  const live = todo.subscribe(user.id, () => {});
+
+  const answers = await Promise.all(
+    Array.from({ length: 20 }, (_, i) =>
+      i % 2 ? todo.listTasks(user.id) : todo.createTask(user.id, { title: `Call ${i}` }),
+    ),
+  );
+  await live.close();
+
+  assert.deepEqual(
+    answers.map((answer) => answer.response.status),
+    Array.from({ length: 20 }, (_, i) => (i % 2 ? 200 : 201)),
+  );
+  assert.equal(sentExpired, 21, "every call and the stream were sent the expired token first");
+  assert.equal(freshAsked, 1, "one fresh token for all of them");
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.equal(listed.data?.length, 10);
+});
+
+test("a call that gives up waiting on a shared fresh token leaves it to the others", async () => {
+  const user = takeUser("start");
+  const handedOn: (AbortSignal | undefined)[] = [];
+  const waiting: ((token: string) => void)[] = [];
+  const todo = createTodoClient({
+    baseUrl,
+    getToken: ({ fresh, signal }) => {
+      if (!fresh) return Promise.resolve(user.expiredToken);
+      handedOn.push(signal);
+      return new Promise<string>((resolve) => waiting.push(resolve));
+    },
+  });
+  const leaving = new AbortController();
+
+  const left = todo.createTask(user.id, { title: "Left" }, { signal: leaving.signal });
+  const stayed = todo.createTask(user.id, { title: "Stayed" });
+  await new Promise((resolve) => setTimeout(resolve, 200)); // both have been refused by now
+  leaving.abort();
+  await assert.rejects(left, { name: "AbortError" });
+  const getTokenGaveUp = handedOn.map((signal) => signal?.aborted);
+  for (const give of waiting) give(user.token);
+
+  assert.equal((await stayed).response.status, 201);
+  assert.deepEqual(getTokenGaveUp, [false], "asked once, and not told to give up while a call waits");
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((task) => task.title),
+    ["Stayed"],
+  );
+
+  // Once every call waiting has given up, getToken hears of it, to cancel its own fetch.
+  const handedOnAlone: (AbortSignal | undefined)[] = [];
+  const alone = new AbortController();
+  const abandoned = createTodoClient({
+    baseUrl,
+    getToken: ({ fresh, signal }) =>
+      fresh ? (handedOnAlone.push(signal), new Promise<string>(() => {})) : Promise.resolve(user.expiredToken),
+  }).listTasks(user.id, {}, { signal: alone.signal });
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  alone.abort();
+  await assert.rejects(abandoned, { name: "AbortError" });
+  assert.deepEqual(
+    handedOnAlone.map((signal) => signal?.aborted),
+    [true],
+  );
+});
