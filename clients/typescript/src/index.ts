@@ -40,17 +40,39 @@ export interface TodoClientOptions {
 
 /**
  * What each method resolves to: openapi-fetch's result, narrowed on `error`. The error is the
- * problem document the API sent (RFC 9457). An answer without one (a proxy's error page, an empty
- * 502) gets one made from its status, as RFC 9457 describes for `about:blank`: `title` is the
- * status text, `detail` the body's text (or the title when it had none).
+ * problem document the API sent (RFC 9457), one of `P`: each method's is `ProblemOf` its operation,
+ * so a `switch (error.type)` can cover every case.
  */
-export type Result<T> =
+export type Result<T, P extends Problem = Problem> =
   | { data: T; error?: never; response: Response }
-  | { data?: never; error: Problem; response: Response };
+  | { data?: never; error: P; response: Response };
 
-/** openapi-fetch's result with its error made a problem document: the declared answers without one
- * (the server's own 431) get one from `problemOf`, as any other answer without one does. */
-type Settled<R> = R extends { error?: never } ? R : Omit<R, "error"> & { error: Problem };
+/** The problem documents the OpenAPI document lists for an operation's answers, each with the types
+ * its status may carry (the `enum` of its `type`). */
+type ListedProblem<Operation extends keyof operations> = ProblemContent<
+  operations[Operation]["responses"][keyof operations[Operation]["responses"]]
+>;
+type ProblemContent<Answer> = Answer extends { content: { "application/problem+json": infer Listed } } ? Listed : never;
+
+/**
+ * An error that no answer of the operation lists: the API's own bug (500 `internal-error`, or
+ * `http-error` for a status it has no type of its own for), or an answer without the API's problem
+ * document (a proxy's error page, an empty 502, the server's own 431, another server's problem
+ * document), which gets one made from its status, as RFC 9457 describes for `about:blank`: `title`
+ * is the status text, `detail` the body's text (or the title when it had none).
+ */
+export type UnlistedProblem = Problem & {
+  type: "about:blank" | "urn:todo-api:problem:internal-error" | "urn:todo-api:problem:http-error";
+};
+
+/** Every error an operation's method can give: the problems its answers list, or an unlisted one. */
+export type ProblemOf<Operation extends keyof operations> = ListedProblem<Operation> | UnlistedProblem;
+
+/** openapi-fetch's result with its error made a problem document: one the API did not send (the
+ * server's own 431, a proxy's page) gets one from `problemOf`. */
+type Settled<R extends { error?: unknown }> = R extends { error?: never }
+  ? R
+  : Omit<R, "error"> & { error: Extract<R["error"], Problem> | UnlistedProblem };
 
 /** getTask with If-None-Match when the task is still that version: status 304 and no body. */
 export type NotModified = { data?: never; error?: never; response: Response };
@@ -77,6 +99,10 @@ const CREATE_MAX_RETRY_AFTER_MS = 10_000;
 
 /** The problem type of the API's 409 for a create whose Idempotency-Key other requests are using. */
 const IDEMPOTENCY_KEY_IN_USE = "urn:todo-api:problem:idempotency-key-in-use";
+
+/** What every problem type the API sends starts with (api/http/problems.py): a problem document
+ * whose type does not is no answer of the API's, and is read as one without a problem document. */
+const API_PROBLEM_TYPE = "urn:todo-api:problem:";
 
 /** The problem type of the API's 404 for a task that does not exist, or is not the caller's. */
 const TASK_NOT_FOUND = "urn:todo-api:problem:not-found";
@@ -114,16 +140,14 @@ export function createTodoClient({
     result: R,
     taskId?: number,
   ): Settled<R> {
-    const settled = (
-      result.response.ok ? result : { ...result, error: problemOf(result.error, result.response) }
-    ) as Settled<R>;
+    const error = result.response.ok ? undefined : problemOf(result.error, result.response);
     // Only the API's own 404 says the task is gone: one from something in front of it (a gateway's
     // page while it redeploys) says nothing of the task, and forgetting its version would send the
     // next write without If-Match, overwriting whatever changed meanwhile.
-    const gone = result.response.status === 204 || settled.error?.type === TASK_NOT_FOUND;
+    const gone = result.response.status === 204 || error?.type === TASK_NOT_FOUND;
     if (taskId !== undefined && gone) versions.delete(taskId);
     for (const task of result.data === undefined ? [] : [result.data].flat()) see(task);
-    return settled;
+    return (error === undefined ? result : { ...result, error }) as Settled<R>;
   }
 
   function taskParams(userId: string, taskId: number, ifMatch?: string) {
@@ -163,7 +187,7 @@ export function createTodoClient({
       userId: string,
       query: ListQuery = {},
       { signal }: CallOptions = {},
-    ): Promise<Result<Task[]> & { next?: ListQuery }> {
+    ): Promise<Result<Task[], ProblemOf<"listTasks">> & { next?: ListQuery }> {
       const result = settle(
         await client.GET("/api/{user_id}/tasks", {
           params: { path: { user_id: userId }, query },
@@ -187,7 +211,7 @@ export function createTodoClient({
       userId: string,
       task: NewTask,
       { idempotencyKey = crypto.randomUUID(), signal }: { idempotencyKey?: string } & CallOptions = {},
-    ): Promise<Result<Task>> {
+    ): Promise<Result<Task, ProblemOf<"createTask">>> {
       for (let attempt = 1; ; attempt++) {
         // Set once openapi-fetch has made the Request: what fails before is the caller's input.
         let made = false;
@@ -219,7 +243,7 @@ export function createTodoClient({
       userId: string,
       taskId: number,
       { ifNoneMatch, signal }: { ifNoneMatch?: string } & CallOptions = {},
-    ): Promise<Result<Task> | NotModified> {
+    ): Promise<Result<Task, ProblemOf<"getTask">> | NotModified> {
       const result = await client.GET("/api/{user_id}/tasks/{task_id}", {
         params: { path: { user_id: userId, task_id: taskId }, header: { "If-None-Match": ifNoneMatch } },
         signal,
@@ -234,7 +258,7 @@ export function createTodoClient({
       taskId: number,
       changes: TaskChanges,
       { ifMatch, signal }: WriteOptions = {},
-    ): Promise<Result<Task>> {
+    ): Promise<Result<Task, ProblemOf<"updateTask">>> {
       return settle(
         await client.PUT("/api/{user_id}/tasks/{task_id}", {
           params: taskParams(userId, taskId, ifMatch),
@@ -251,7 +275,7 @@ export function createTodoClient({
       taskId: number,
       completed?: boolean,
       { ifMatch, signal }: WriteOptions = {},
-    ): Promise<Result<Task>> {
+    ): Promise<Result<Task, ProblemOf<"setTaskCompletion">>> {
       return settle(
         await client.PATCH("/api/{user_id}/tasks/{task_id}/complete", {
           params: taskParams(userId, taskId, ifMatch),
@@ -267,7 +291,7 @@ export function createTodoClient({
       userId: string,
       taskId: number,
       { ifMatch, signal }: WriteOptions = {},
-    ): Promise<Result<undefined>> {
+    ): Promise<Result<undefined, ProblemOf<"deleteTask">>> {
       return settle(
         await client.DELETE("/api/{user_id}/tasks/{task_id}", {
           params: taskParams(userId, taskId, ifMatch),
@@ -332,7 +356,8 @@ function nextCursor(link: string | null): string | undefined {
  */
 function problemOf(error: unknown, response: Response): Problem {
   const candidate = error as Partial<Problem> | null | undefined;
-  if (typeof candidate?.type === "string" && typeof candidate.status === "number") return candidate as Problem;
+  const ours = typeof candidate?.type === "string" && candidate.type.startsWith(API_PROBLEM_TYPE);
+  if (ours && typeof candidate.status === "number") return candidate as Problem;
   const title = response.statusText || `HTTP ${response.status}`;
   const text = typeof error === "string" ? error : error === undefined ? "" : JSON.stringify(error);
   return { type: "about:blank", title, status: response.status, detail: text || title };

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test, type TestContext } from "node:test";
 
-import { createTodoClient, etagOf, type ListQuery } from "../src/index.js";
+import { createTodoClient, etagOf, type ListQuery, type TodoClient } from "../src/index.js";
 import { baseUrl, clientFor, takeUser, type TestUser } from "./live_api.js";
 
 test("a create whose answer is lost is retried with the same key and makes one task", async () => {
@@ -712,4 +712,94 @@ test("a call that gives up waiting on a shared fresh token leaves it to the othe
     handedOnAlone.map((signal) => signal?.aborted),
     [true],
   );
+});
+
+/** The error a method of the client can give, as an app infers it. */
+type ErrorOf<Method extends keyof TodoClient> = TodoClient[Method] extends (...args: never[]) => Promise<infer Answer>
+  ? NonNullable<Answer extends { error?: infer Error } ? Error : never>
+  : never;
+
+/** What an app tells its user when a create fails: TypeScript holds the switch to every type a
+ * create's answers can carry (`error` is `never` in `default` only when every case is covered). */
+function explainCreateError(error: ErrorOf<"createTask">): string {
+  switch (error.type) {
+    case "urn:todo-api:problem:validation-error":
+    case "urn:todo-api:problem:payload-too-large":
+      return "fix the task";
+    case "urn:todo-api:problem:unauthorized":
+    case "urn:todo-api:problem:forbidden":
+      return "sign in again";
+    case "urn:todo-api:problem:task-limit-reached":
+      return "delete a task first";
+    case "urn:todo-api:problem:idempotency-key-reused":
+    case "urn:todo-api:problem:task-deleted":
+      return "already done";
+    case "urn:todo-api:problem:too-many-requests":
+    case "urn:todo-api:problem:idempotency-key-in-use":
+    case "urn:todo-api:problem:request-timeout":
+    case "urn:todo-api:problem:database-unavailable":
+    case "urn:todo-api:problem:authentication-unavailable":
+    case "urn:todo-api:problem:isolation-unverified":
+    case "urn:todo-api:problem:outcome-unknown":
+      return "try again later";
+    case "urn:todo-api:problem:bad-request":
+    case "urn:todo-api:problem:precondition-failed":
+    case "urn:todo-api:problem:unsupported-media-type":
+    case "urn:todo-api:problem:not-implemented":
+    case "urn:todo-api:problem:internal-error":
+    case "urn:todo-api:problem:http-error":
+    case "about:blank":
+      return "something went wrong";
+    default: {
+      const unhandled: never = error;
+      return unhandled;
+    }
+  }
+}
+
+// A list is never answered as a create is: its error names only what a list's answers carry.
+// @ts-expect-error a list's answers never carry task-deleted
+export const neverAList: ErrorOf<"listTasks">["type"] = "urn:todo-api:problem:task-deleted";
+
+test("each method's error names the problem types its answers list, so a switch on type covers them", async () => {
+  const user = takeUser("start");
+  const other = takeUser("start");
+  const todo = clientFor(user);
+  const idempotencyKey = crypto.randomUUID();
+  const first = await todo.createTask(user.id, { title: "Once" }, { idempotencyKey });
+  assert.ok(first.data, JSON.stringify(first.error));
+
+  const reused = await todo.createTask(user.id, { title: "Another body" }, { idempotencyKey });
+  const invalid = await todo.createTask(user.id, { title: "" });
+  const theirs = await todo.createTask(other.id, { title: "Not mine" });
+  await todo.deleteTask(user.id, first.data.id);
+  const deleted = await todo.createTask(user.id, { title: "Once" }, { idempotencyKey });
+  // Something in front of the API answers with a problem document of its own: not the API's type.
+  const gateway = clientFor(user, {
+    fetch: async () =>
+      Response.json(
+        { type: "https://gateway.example/quota", title: "Quota", status: 429, detail: "Slow down" },
+        { status: 429, headers: { "Content-Type": "application/problem+json" } },
+      ),
+  });
+  const inFront = await gateway.createTask(user.id, { title: "Never made" });
+
+  const errors = [reused, invalid, theirs, deleted, inFront].map((answer) => answer.error);
+  assert.deepEqual(
+    errors.map((error) => [error?.status, error?.type]),
+    [
+      [422, "urn:todo-api:problem:idempotency-key-reused"],
+      [422, "urn:todo-api:problem:validation-error"],
+      [403, "urn:todo-api:problem:forbidden"],
+      [410, "urn:todo-api:problem:task-deleted"],
+      [429, "about:blank"],
+    ],
+  );
+  assert.deepEqual(
+    errors.map((error) => error && explainCreateError(error)),
+    ["already done", "fix the task", "sign in again", "already done", "something went wrong"],
+  );
+  assert.match(inFront.error?.detail ?? "", /gateway\.example\/quota/, "the other document is kept as the detail");
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(listed.data, []);
 });
