@@ -26,11 +26,12 @@
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { removeTrailingSlash } from "openapi-fetch";
 import type { components } from "./schema.js";
+import { isApiProblem, type ProblemOf } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
 import { isTokenFailure, OTHER_USERS_PATH, type TokenSource } from "./token.js";
 
 type Task = components["schemas"]["TaskPublic"];
-type Problem = components["schemas"]["Problem"];
+type StreamProblem = ProblemOf<"streamEvents">;
 
 export type TaskEvent =
   | { type: "task.created"; id: string; task: Task }
@@ -59,11 +60,12 @@ export interface SubscribeOptions {
 /** The API answered a connection with this status instead of the stream. */
 export class EventStreamError extends Error {
   readonly status: number;
-  /** The problem document (RFC 9457) the API sent, if it sent one. */
-  readonly problem: Problem | undefined;
+  /** The problem document (RFC 9457) the API sent, if it sent one: one of the types the stream's
+   * answers list, for a `switch` to cover. */
+  readonly problem: StreamProblem | undefined;
 
   /** `detail` says what went wrong when the answer carries no problem that does. */
-  constructor(status: number, problem: Problem | undefined, detail = problem?.detail) {
+  constructor(status: number, problem: StreamProblem | undefined, detail = problem?.detail) {
     super(`the event stream answered ${status}${detail ? `: ${detail}` : ""}`);
     this.name = "EventStreamError";
     this.status = status;
@@ -306,13 +308,15 @@ function isEventStream(contentType: string | null): boolean {
 }
 
 /** The problem document a refusal carries, if any. Its body is read or cancelled either way. */
-async function problemIn(response: Response): Promise<Problem | undefined> {
+async function problemIn(response: Response): Promise<StreamProblem | undefined> {
   if (!response.headers.get("Content-Type")?.includes("json")) {
     await response.body?.cancel(); // free the connection rather than wait for garbage collection
     return undefined;
   }
   try {
-    return (await response.json()) as Problem;
+    const body: unknown = await response.json();
+    // Another server's JSON (a gateway's own problem document) is no problem of the API's.
+    return isApiProblem(body) ? (body as StreamProblem) : undefined;
   } catch {
     return undefined; // cut short, or not JSON after all: the status says enough
   }

@@ -11,18 +11,19 @@
 import createClient from "openapi-fetch";
 import type { components, operations, paths } from "./schema.js";
 import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
+import { isApiProblem, type Problem, type ProblemOf, type UnlistedProblem } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
 import { isTokenFailure, OTHER_USERS_PATH, tokenSource, type GetToken, type TokenSource } from "./token.js";
 
 export { EventStreamError } from "./events.js";
 export type { SubscribeOptions, Subscription, TaskEvent } from "./events.js";
 export type { GetToken } from "./token.js";
+export type { Problem, ProblemOf, UnlistedProblem } from "./problems.js";
 
 export type { components, operations, paths };
 export type Task = components["schemas"]["TaskPublic"];
 export type NewTask = components["schemas"]["TaskCreate"];
 export type TaskChanges = components["schemas"]["TaskUpdate"];
-export type Problem = components["schemas"]["Problem"];
 export type ListQuery = NonNullable<operations["listTasks"]["parameters"]["query"]>;
 
 export interface TodoClientOptions {
@@ -46,27 +47,6 @@ export interface TodoClientOptions {
 export type Result<T, P extends Problem = Problem> =
   | { data: T; error?: never; response: Response }
   | { data?: never; error: P; response: Response };
-
-/** The problem documents the OpenAPI document lists for an operation's answers, each with the types
- * its status may carry (the `enum` of its `type`). */
-type ListedProblem<Operation extends keyof operations> = ProblemContent<
-  operations[Operation]["responses"][keyof operations[Operation]["responses"]]
->;
-type ProblemContent<Answer> = Answer extends { content: { "application/problem+json": infer Listed } } ? Listed : never;
-
-/**
- * An error that no answer of the operation lists: the API's own bug (500 `internal-error`, or
- * `http-error` for a status it has no type of its own for), or an answer without the API's problem
- * document (a proxy's error page, an empty 502, the server's own 431, another server's problem
- * document), which gets one made from its status, as RFC 9457 describes for `about:blank`: `title`
- * is the status text, `detail` the body's text (or the title when it had none).
- */
-export type UnlistedProblem = Problem & {
-  type: "about:blank" | "urn:todo-api:problem:internal-error" | "urn:todo-api:problem:http-error";
-};
-
-/** Every error an operation's method can give: the problems its answers list, or an unlisted one. */
-export type ProblemOf<Operation extends keyof operations> = ListedProblem<Operation> | UnlistedProblem;
 
 /** openapi-fetch's result with its error made a problem document: one the API did not send (the
  * server's own 431, a proxy's page) gets one from `problemOf`. */
@@ -99,10 +79,6 @@ const CREATE_MAX_RETRY_AFTER_MS = 10_000;
 
 /** The problem type of the API's 409 for a create whose Idempotency-Key other requests are using. */
 const IDEMPOTENCY_KEY_IN_USE = "urn:todo-api:problem:idempotency-key-in-use";
-
-/** What every problem type the API sends starts with (api/http/problems.py): a problem document
- * whose type does not is no answer of the API's, and is read as one without a problem document. */
-const API_PROBLEM_TYPE = "urn:todo-api:problem:";
 
 /** The problem type of the API's 404 for a task that does not exist, or is not the caller's. */
 const TASK_NOT_FOUND = "urn:todo-api:problem:not-found";
@@ -350,14 +326,12 @@ function nextCursor(link: string | null): string | undefined {
 }
 
 /**
- * The error openapi-fetch read from a non-2xx answer if it is a problem document; otherwise (its
- * text, undefined for an empty body, or some other JSON) one made from the status, so `error` is
- * always what its type says.
+ * The error openapi-fetch read from a non-2xx answer if it is the API's problem document; otherwise
+ * (its text, undefined for an empty body, or some other JSON, another server's problem document
+ * included) one made from the status, so `error` is always what its type says.
  */
 function problemOf(error: unknown, response: Response): Problem {
-  const candidate = error as Partial<Problem> | null | undefined;
-  const ours = typeof candidate?.type === "string" && candidate.type.startsWith(API_PROBLEM_TYPE);
-  if (ours && typeof candidate.status === "number") return candidate as Problem;
+  if (isApiProblem(error)) return error;
   const title = response.statusText || `HTTP ${response.status}`;
   const text = typeof error === "string" ? error : error === undefined ? "" : JSON.stringify(error);
   return { type: "about:blank", title, status: response.status, detail: text || title };
