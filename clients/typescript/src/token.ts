@@ -64,6 +64,8 @@ class Refresh {
   readonly #token: Promise<string>;
   #settled = false;
   #failed = false;
+  // A caller gave up waiting (its signal aborted, a timeout say): the token may never come.
+  #givenUpOn = false;
   #fresh: string | undefined;
   #waiting = 0;
   #withoutSignal = false;
@@ -78,9 +80,12 @@ class Refresh {
   }
 
   /** Whether a caller refused `refused` may take this token rather than ask for another: not once
-   * getToken failed to give one (it may give one now), nor when it gave the very token refused. */
+   * getToken failed to give one (it may give one now), nor when it gave the very token refused, nor
+   * once a caller gave up waiting on it (a getToken that never settles would otherwise hold every
+   * call refused with that token from then on, their own timeouts included). */
   answers(refused: string): boolean {
-    return refused === this.#refused && !this.#failed && !this.#controller.signal.aborted && this.#fresh !== refused;
+    const usable = !this.#failed && !this.#givenUpOn && this.#fresh !== refused;
+    return refused === this.#refused && usable;
   }
 
   join(signal?: AbortSignal): Promise<string> {
@@ -88,7 +93,9 @@ class Refresh {
     else {
       this.#waiting++;
       const giveUp = () => {
-        if (--this.#waiting === 0 && !this.#withoutSignal && !this.#settled) this.#controller.abort(signal.reason);
+        if (this.#settled) return;
+        this.#givenUpOn = true;
+        if (--this.#waiting === 0 && !this.#withoutSignal) this.#controller.abort(signal.reason);
       };
       signal.addEventListener("abort", giveUp, { once: true });
       // A subscription's signal lives on past many refreshes: leave none of their listeners on it.

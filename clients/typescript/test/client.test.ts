@@ -803,3 +803,32 @@ test("each method's error names the problem types its answers list, so a switch 
   const listed = await clientFor(user).listTasks(user.id);
   assert.deepEqual(listed.data, []);
 });
+
+test("a fresh token a call gave up waiting on is asked for again by the next call refused", async () => {
+  const user = takeUser("start");
+  let freshAsked = 0;
+  const todo = createTodoClient({
+    baseUrl,
+    // The first fresh token never comes (the auth server's answer lost); the next one does.
+    getToken: async ({ fresh }) => {
+      if (!fresh) return user.expiredToken;
+      return ++freshAsked === 1 ? new Promise<string>(() => {}) : user.token;
+    },
+  });
+
+  // A call left waiting (a page still open) holds on to the first, as long as it waits.
+  const leftWaiting = new AbortController();
+  const waiting = todo.getTask(user.id, 1, { signal: leftWaiting.signal });
+  await assert.rejects(todo.listTasks(user.id, {}, { signal: AbortSignal.timeout(200) }), { name: "TimeoutError" });
+  const next = await todo.createTask(user.id, { title: "After the lost one" }, { signal: AbortSignal.timeout(5000) });
+  leftWaiting.abort();
+
+  assert.equal(next.response.status, 201, JSON.stringify(next.error));
+  assert.equal(freshAsked, 2);
+  await assert.rejects(waiting, { name: "AbortError" });
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((task) => task.title),
+    ["After the lost one"],
+  );
+});
