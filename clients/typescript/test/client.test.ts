@@ -2,6 +2,7 @@
  * The client against a live API (live_api.ts says what tests/test_typescript_client.py gives it).
  */
 import assert from "node:assert/strict";
+import { createServer, connect, type AddressInfo } from "node:net";
 import { test, type TestContext } from "node:test";
 
 import { createTodoClient, etagOf, type ListQuery, type TodoClient } from "../src/index.js";
@@ -830,5 +831,50 @@ test("a fresh token a call gave up waiting on is asked for again by the next cal
   assert.deepEqual(
     listed.data?.map((task) => task.title),
     ["After the lost one"],
+  );
+});
+
+test("a create whose connection is cut after the API made it is sent again with its key: one task", async (t) => {
+  const user = takeUser("start");
+  const api = new URL(baseUrl);
+  const keys: (string | undefined)[] = [];
+  // A TCP proxy in front of the API that cuts the first create's connection once the API has answered
+  // it, before the answer reaches the client: a real cut, as fetch itself reports it.
+  const proxy = createServer((client) => {
+    const upstream = connect(Number(api.port), api.hostname);
+    let create = false;
+    client.on("data", (chunk: Buffer) => {
+      const head = chunk.toString("latin1");
+      if (head.startsWith("POST ")) {
+        create = true;
+        keys.push(/^idempotency-key: *([^\r]*)/im.exec(head)?.[1]);
+      }
+      upstream.write(chunk);
+    });
+    upstream.on("data", (chunk: Buffer) => {
+      if (create && keys.length === 1) return void (client.destroy(), upstream.destroy());
+      client.write(chunk);
+    });
+    for (const [one, other] of [[client, upstream], [upstream, client]] as const) {
+      one.on("error", () => other.destroy());
+      one.on("close", () => other.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  t.after(() => proxy.close());
+  const { port } = proxy.address() as AddressInfo;
+  const todo = createTodoClient({ baseUrl: `http://127.0.0.1:${port}`, getToken: async () => user.token });
+
+  const created = await todo.createTask(user.id, { title: "Cut once" });
+
+  assert.equal(created.response.status, 201, JSON.stringify(created.error));
+  assert.equal(created.response.headers.get("Idempotent-Replayed"), "true", "the second attempt found the first's task");
+  assert.equal(keys.length, 2);
+  assert.ok(keys[0]);
+  assert.equal(keys[1], keys[0]);
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((task) => task.title),
+    ["Cut once"],
   );
 });
