@@ -232,11 +232,12 @@ async function createAfterARefusal(t: TestContext, user: TestUser, refusal: Resp
   const waits: number[] = [];
   let refused = false;
   const realSetTimeout = globalThis.setTimeout;
-  t.mock.method(globalThis, "setTimeout", ((callback: () => void, ms?: number) => {
-    if (!refused) return realSetTimeout(callback, ms);
+  // fetch (undici) sets timers of its own meanwhile, with an argument their callback needs.
+  t.mock.method(globalThis, "setTimeout", ((callback: (...args: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+    if (!refused) return realSetTimeout(callback, ms, ...args);
     refused = false;
     waits.push(ms ?? 0);
-    return realSetTimeout(callback, 0);
+    return realSetTimeout(callback, 0, ...args);
   }) as typeof setTimeout);
   const todo = clientFor(user, {
     fetch: async (request) => {
