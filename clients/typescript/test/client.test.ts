@@ -669,10 +669,34 @@ test("calls refused together for an expired token share one fresh token, even th
   assert.equal(listed.data?.length, 10);
 });
 
+/** Resolves once `condition` holds: a test waits for what it needs, however busy the machine is. */
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
+/** A fetch that counts the API's 401s, and the moment just after the client has had them. */
+function countingRefusals() {
+  const refused = { count: 0 };
+  return {
+    refused,
+    fetch: async (request: Request) => {
+      const response = await fetch(request);
+      if (response.status === 401) refused.count++;
+      return response;
+    },
+    // Each refused call asks for its fresh token as soon as it has freed the answer's connection.
+    async untilRefused(count: number) {
+      await until(() => refused.count >= count);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    },
+  };
+}
+
 test("a call that gives up waiting on a shared fresh token leaves it to the others", async () => {
   const user = takeUser("start");
   const handedOn: (AbortSignal | undefined)[] = [];
   const waiting: ((token: string) => void)[] = [];
+  const refusals = countingRefusals();
   const todo = createTodoClient({
     baseUrl,
     getToken: ({ fresh, signal }) => {
@@ -680,12 +704,13 @@ test("a call that gives up waiting on a shared fresh token leaves it to the othe
       handedOn.push(signal);
       return new Promise<string>((resolve) => waiting.push(resolve));
     },
+    fetch: refusals.fetch,
   });
   const leaving = new AbortController();
 
   const left = todo.createTask(user.id, { title: "Left" }, { signal: leaving.signal });
   const stayed = todo.createTask(user.id, { title: "Stayed" });
-  await new Promise((resolve) => setTimeout(resolve, 200)); // both have been refused by now
+  await refusals.untilRefused(2);
   leaving.abort();
   await assert.rejects(left, { name: "AbortError" });
   const getTokenGaveUp = handedOn.map((signal) => signal?.aborted);
@@ -702,12 +727,14 @@ test("a call that gives up waiting on a shared fresh token leaves it to the othe
   // Once every call waiting has given up, getToken hears of it, to cancel its own fetch.
   const handedOnAlone: (AbortSignal | undefined)[] = [];
   const alone = new AbortController();
+  const refusedAlone = countingRefusals();
   const abandoned = createTodoClient({
     baseUrl,
     getToken: ({ fresh, signal }) =>
       fresh ? (handedOnAlone.push(signal), new Promise<string>(() => {})) : Promise.resolve(user.expiredToken),
+    fetch: refusedAlone.fetch,
   }).listTasks(user.id, {}, { signal: alone.signal });
-  await new Promise((resolve) => setTimeout(resolve, 200));
+  await refusedAlone.untilRefused(1);
   alone.abort();
   await assert.rejects(abandoned, { name: "AbortError" });
   assert.deepEqual(
@@ -809,6 +836,7 @@ test("each method's error names the problem types its answers list, so a switch 
 test("a fresh token a call gave up waiting on is asked for again by the next call refused", async () => {
   const user = takeUser("start");
   let freshAsked = 0;
+  const refusals = countingRefusals();
   const todo = createTodoClient({
     baseUrl,
     // The first fresh token never comes (the auth server's answer lost); the next one does.
@@ -816,12 +844,17 @@ test("a fresh token a call gave up waiting on is asked for again by the next cal
       if (!fresh) return user.expiredToken;
       return ++freshAsked === 1 ? new Promise<string>(() => {}) : user.token;
     },
+    fetch: refusals.fetch,
   });
 
   // A call left waiting (a page still open) holds on to the first, as long as it waits.
   const leftWaiting = new AbortController();
   const waiting = todo.getTask(user.id, 1, { signal: leftWaiting.signal });
-  await assert.rejects(todo.listTasks(user.id, {}, { signal: AbortSignal.timeout(200) }), { name: "TimeoutError" });
+  const givingUp = new AbortController(); // a timeout, say
+  const gaveUp = todo.listTasks(user.id, {}, { signal: givingUp.signal });
+  await refusals.untilRefused(2);
+  givingUp.abort();
+  await assert.rejects(gaveUp, { name: "AbortError" });
   const next = await todo.createTask(user.id, { title: "After the lost one" }, { signal: AbortSignal.timeout(5000) });
   leftWaiting.abort();
 
