@@ -14,8 +14,10 @@ import os
 import shutil
 import subprocess
 import sysconfig
+import tarfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support import PROJECT, new_user, now, run_cli, sign
@@ -135,3 +137,95 @@ def test_client_against_the_live_api(node_and_npm: tuple[str, str], package: Pat
         package,
         {"TODO_API_URL": api_url, "TODO_API_USERS": json.dumps(users)},
     )
+
+
+# An app of the client's users, written once for both kinds of package: no top-level await, which
+# CommonJS has not.
+APP = """\
+import { createTodoClient, etagOf, type ProblemOf, type Task } from "@todo-api/client";
+
+const todo = createTodoClient({
+  baseUrl: process.env.TODO_API_URL!,
+  getToken: async () => process.env.TOKEN!,
+});
+
+function explain(error: ProblemOf<"createTask">): string {
+  return `${error.status} ${error.type}: ${error.detail}`;
+}
+
+async function main(): Promise<void> {
+  const { data, error } = await todo.createTask(process.env.USER_ID!, { title: process.env.TITLE! });
+  if (error) throw new Error(explain(error));
+  const task: Task = data;
+  console.log(etagOf(task));
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exitCode = 1;
+});
+"""
+
+# How each kind of app compiles it (strict, the package's own declarations checked too): an ES module
+# as Node and as a bundler (Next.js) resolve it, and CommonJS as TypeScript's `module: "commonjs"`
+# (node10 resolution, which reads no `exports`) and as `nodenext` do. Each compiled app is then run.
+APPS = {
+    "esm-nodenext": ("module", {"module": "nodenext"}),
+    "esm-bundler": ("module", {"module": "esnext", "moduleResolution": "bundler"}),
+    "cjs-commonjs": ("commonjs", {"module": "commonjs"}),
+    "cjs-nodenext": ("commonjs", {"module": "nodenext"}),
+}
+
+
+def _with_dependencies(name: str, installed: Path, found: set[str]) -> set[str]:
+    """The package and every package it depends on, transitively, as npm installed them."""
+    if name not in found:
+        found.add(name)
+        manifest = json.loads((installed / name / "package.json").read_text())
+        for dependency in manifest.get("dependencies", {}):
+            _with_dependencies(dependency, installed, found)
+    return found
+
+
+def test_the_packed_client_is_imported_by_esm_and_commonjs_apps(
+    node_and_npm: tuple[str, str], package: Path, installed: Path, api_url: str, tmp_path: Path
+) -> None:
+    """Built and packed as its README says, then installed with its declared runtime dependencies
+    alone (a missing one fails here), the client type-checks and runs in apps of every kind."""
+    node, npm = node_and_npm
+    run([npm, "run", "--silent", "build"], package)
+    run([npm, "pack", "--silent", "--pack-destination", str(tmp_path)], package)
+    (tarball,) = tmp_path.glob("todo-api-client-*.tgz")
+    modules = tmp_path / "node_modules"
+    with tarfile.open(tarball) as packed:
+        packed.extractall(tmp_path / "unpacked", filter="data")
+    shutil.move(tmp_path / "unpacked" / "package", modules / "@todo-api" / "client")
+    runtime: set[str] = set()
+    for dependency in json.loads((modules / "@todo-api" / "client" / "package.json").read_text())[
+        "dependencies"
+    ]:
+        _with_dependencies(dependency, installed, runtime)
+    for name in runtime | {"typescript", "@types/node"}:  # the apps' own compiler and Node's types
+        (modules / name).parent.mkdir(parents=True, exist_ok=True)
+        (modules / name).symlink_to(installed / name, target_is_directory=True)
+    user = new_user()
+
+    for name, (kind, module) in APPS.items():
+        app = tmp_path / name
+        app.mkdir()
+        (app / "package.json").write_text(json.dumps({"name": name, "private": True, "type": kind}))
+        (app / "app.ts").write_text(APP)
+        options = {"target": "es2022", "strict": True, "skipLibCheck": False, "types": ["node"], **module}
+        (app / "tsconfig.json").write_text(json.dumps({"compilerOptions": {**options, "outDir": "out"}}))
+        run([node, str(installed / "typescript" / "bin" / "tsc"), "-p", "."], app)
+        title = f"From an {name} app"
+        run(
+            [node, "out/app.js"],
+            app,
+            {"TODO_API_URL": api_url, "TOKEN": user.token, "USER_ID": user.id, "TITLE": title},
+        )
+
+    listed = httpx.get(
+        f"{api_url}{user.tasks_url}", headers=user.headers, params={"sort": "created", "order": "asc"}
+    )
+    assert [task["title"] for task in listed.json()] == [f"From an {name} app" for name in APPS]

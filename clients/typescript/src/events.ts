@@ -26,11 +26,12 @@
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { removeTrailingSlash } from "openapi-fetch";
 import type { components } from "./schema.js";
+import { isApiProblem, type ProblemOf } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
-import { isTokenFailure, OTHER_USERS_PATH, tokenFrom, type GetToken } from "./token.js";
+import { isTokenFailure, OTHER_USERS_PATH, type TokenSource } from "./token.js";
 
 type Task = components["schemas"]["TaskPublic"];
-type Problem = components["schemas"]["Problem"];
+type StreamProblem = ProblemOf<"streamEvents">;
 
 export type TaskEvent =
   | { type: "task.created"; id: string; task: Task }
@@ -59,11 +60,12 @@ export interface SubscribeOptions {
 /** The API answered a connection with this status instead of the stream. */
 export class EventStreamError extends Error {
   readonly status: number;
-  /** The problem document (RFC 9457) the API sent, if it sent one. */
-  readonly problem: Problem | undefined;
+  /** The problem document (RFC 9457) the API sent, if it sent one: one of the types the stream's
+   * answers list, for a `switch` to cover. */
+  readonly problem: StreamProblem | undefined;
 
   /** `detail` says what went wrong when the answer carries no problem that does. */
-  constructor(status: number, problem: Problem | undefined, detail = problem?.detail) {
+  constructor(status: number, problem: StreamProblem | undefined, detail = problem?.detail) {
     super(`the event stream answered ${status}${detail ? `: ${detail}` : ""}`);
     this.name = "EventStreamError";
     this.status = status;
@@ -85,7 +87,8 @@ export interface Subscription {
 
 export interface EventsConnection {
   baseUrl: string;
-  getToken: GetToken;
+  /** The client's getToken, its fresh tokens shared with its requests (src/token.ts). */
+  tokens: TokenSource;
   fetch: (request: Request) => Promise<Response>;
 }
 
@@ -103,7 +106,7 @@ const MAX_RETRY_MS = 15_000;
 const MAX_RETRY_AFTER_MS = 3_600_000;
 
 export function subscribe(
-  { baseUrl, getToken, fetch }: EventsConnection,
+  { baseUrl, tokens, fetch }: EventsConnection,
   userId: string,
   onEvent: (event: TaskEvent) => void,
   { signal, lastEventId, onError }: SubscribeOptions = {},
@@ -146,9 +149,15 @@ export function subscribe(
   // (or ends it) at once would otherwise be asked again every half second or so, forever.
   let failures = 0;
 
-  /** One connection, read to its end: "ended" when the server closed a stream it had opened. */
-  async function connectOnce(fresh: boolean): Promise<Outcome> {
-    const token = await tokenFrom(getToken, fresh, stopping.signal);
+  // The token the last connection sent: the one a fresh token replaces when the API refused it.
+  let sent: string | undefined;
+
+  /** One connection, read to its end: "ended" when the server closed a stream it had opened.
+   * `refused`: the token the API refused, for a fresh one; undefined for the token getToken keeps. */
+  async function connectOnce(refused: string | undefined): Promise<Outcome> {
+    const fresh = refused !== undefined;
+    const token = await tokens(refused, stopping.signal);
+    sent = token;
     const headers = new Headers({ Accept: "text/event-stream", Authorization: `Bearer ${token}` });
     const resumeFrom = last;
     if (resumeFrom !== undefined) headers.set("Last-Event-ID", resumeFrom);
@@ -205,18 +214,18 @@ export function subscribe(
   }
 
   const running = (async (): Promise<EventStreamError | undefined> => {
-    let fresh = false;
+    let refused: string | undefined;
     while (!stopping.signal.aborted) {
       let outcome: Outcome;
       try {
-        outcome = await connectOnce(fresh);
+        outcome = await connectOnce(refused);
       } catch (error) {
         if (stopping.signal.aborted) break;
         onError?.(error); // the network failed, the connection dropped mid-stream, or getToken threw
         // The network says nothing against the token: a fresh one would change nothing. A getToken
         // that failed to give a fresh one (signed out meanwhile) is asked for a fresh one again:
         // the token it kept is the one the API refused.
-        if (!isTokenFailure(error)) fresh = false;
+        if (!isTokenFailure(error)) refused = undefined;
         await sleep(backoff(failures++), stopping.signal);
         continue;
       }
@@ -225,7 +234,7 @@ export function subscribe(
       } else if (outcome.kind === "unauthorized") {
         // A fresh token refused too will not be accepted by asking again at once, and the app
         // should hear of it: getToken may be handing out a token this API cannot accept.
-        if (fresh) {
+        if (refused !== undefined) {
           onError?.(outcome.error);
           await sleep(backoff(failures++), stopping.signal);
         }
@@ -238,7 +247,8 @@ export function subscribe(
       }
       // A 401 refused the token; a stream ended at its `exp` would be refused next. Anything else
       // (a 429, a 5xx, a server shutting down) says nothing against the token.
-      fresh = outcome.kind === "unauthorized" || (outcome.kind === "ended" && outcome.tokenExpired);
+      const refusedNow = outcome.kind === "unauthorized" || (outcome.kind === "ended" && outcome.tokenExpired);
+      refused = refusedNow ? sent : undefined;
     }
     return undefined;
   })();
@@ -298,13 +308,15 @@ function isEventStream(contentType: string | null): boolean {
 }
 
 /** The problem document a refusal carries, if any. Its body is read or cancelled either way. */
-async function problemIn(response: Response): Promise<Problem | undefined> {
+async function problemIn(response: Response): Promise<StreamProblem | undefined> {
   if (!response.headers.get("Content-Type")?.includes("json")) {
     await response.body?.cancel(); // free the connection rather than wait for garbage collection
     return undefined;
   }
   try {
-    return (await response.json()) as Problem;
+    const body: unknown = await response.json();
+    // Another server's JSON (a gateway's own problem document) is no problem of the API's.
+    return isApiProblem(body) ? (body as StreamProblem) : undefined;
   } catch {
     return undefined; // cut short, or not JSON after all: the status says enough
   }

@@ -11,18 +11,19 @@
 import createClient from "openapi-fetch";
 import type { components, operations, paths } from "./schema.js";
 import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
+import { isApiProblem, type Problem, type ProblemOf, type UnlistedProblem } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
-import { isTokenFailure, OTHER_USERS_PATH, tokenFrom, type GetToken } from "./token.js";
+import { isTokenFailure, OTHER_USERS_PATH, tokenSource, type GetToken, type TokenSource } from "./token.js";
 
 export { EventStreamError } from "./events.js";
 export type { SubscribeOptions, Subscription, TaskEvent } from "./events.js";
 export type { GetToken } from "./token.js";
+export type { Problem, ProblemOf, UnlistedProblem } from "./problems.js";
 
 export type { components, operations, paths };
 export type Task = components["schemas"]["TaskPublic"];
 export type NewTask = components["schemas"]["TaskCreate"];
 export type TaskChanges = components["schemas"]["TaskUpdate"];
-export type Problem = components["schemas"]["Problem"];
 export type ListQuery = NonNullable<operations["listTasks"]["parameters"]["query"]>;
 
 export interface TodoClientOptions {
@@ -30,7 +31,7 @@ export interface TodoClientOptions {
    * under, e.g. "https://gateway.example.com/todo"; every request, the event stream's too, goes below it. */
   baseUrl: string;
   /** A JWT whose `sub` is the user; `fresh: true` when the API refused the last one (expired, re-keyed,
-   * another user's: the account signed in before).
+   * another user's: the account signed in before), asked once for every call refused with that token.
    * What it throws reaches the caller as thrown, and no request is sent (or sent again) after it. */
   getToken: GetToken;
   /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set
@@ -40,17 +41,18 @@ export interface TodoClientOptions {
 
 /**
  * What each method resolves to: openapi-fetch's result, narrowed on `error`. The error is the
- * problem document the API sent (RFC 9457). An answer without one (a proxy's error page, an empty
- * 502) gets one made from its status, as RFC 9457 describes for `about:blank`: `title` is the
- * status text, `detail` the body's text (or the title when it had none).
+ * problem document the API sent (RFC 9457), one of `P`: each method's is `ProblemOf` its operation,
+ * so a `switch (error.type)` can cover every case.
  */
-export type Result<T> =
+export type Result<T, P extends Problem = Problem> =
   | { data: T; error?: never; response: Response }
-  | { data?: never; error: Problem; response: Response };
+  | { data?: never; error: P; response: Response };
 
-/** openapi-fetch's result with its error made a problem document: the declared answers without one
- * (the server's own 431) get one from `problemOf`, as any other answer without one does. */
-type Settled<R> = R extends { error?: never } ? R : Omit<R, "error"> & { error: Problem };
+/** openapi-fetch's result with its error made a problem document: one the API did not send (the
+ * server's own 431, a proxy's page) gets one from `problemOf`. */
+type Settled<R extends { error?: unknown }> = R extends { error?: never }
+  ? R
+  : Omit<R, "error"> & { error: Extract<R["error"], Problem> | UnlistedProblem };
 
 /** getTask with If-None-Match when the task is still that version: status 304 and no body. */
 export type NotModified = { data?: never; error?: never; response: Response };
@@ -89,7 +91,8 @@ export function createTodoClient({
   // Looked up at call time, so a fetch patched in later (tests, polyfills) is the one used.
   fetch = (request) => globalThis.fetch(request),
 }: TodoClientOptions) {
-  const bearerFetch = withBearer(getToken, fetch);
+  const tokens = tokenSource(getToken);
+  const bearerFetch = withBearer(tokens, fetch);
   const client = createClient<paths>({ baseUrl, fetch: bearerFetch });
 
   // The newest version seen of each task (ids are unique across users), from every answer that
@@ -113,16 +116,14 @@ export function createTodoClient({
     result: R,
     taskId?: number,
   ): Settled<R> {
-    const settled = (
-      result.response.ok ? result : { ...result, error: problemOf(result.error, result.response) }
-    ) as Settled<R>;
+    const error = result.response.ok ? undefined : problemOf(result.error, result.response);
     // Only the API's own 404 says the task is gone: one from something in front of it (a gateway's
     // page while it redeploys) says nothing of the task, and forgetting its version would send the
     // next write without If-Match, overwriting whatever changed meanwhile.
-    const gone = result.response.status === 204 || settled.error?.type === TASK_NOT_FOUND;
+    const gone = result.response.status === 204 || error?.type === TASK_NOT_FOUND;
     if (taskId !== undefined && gone) versions.delete(taskId);
     for (const task of result.data === undefined ? [] : [result.data].flat()) see(task);
-    return settled;
+    return (error === undefined ? result : { ...result, error }) as Settled<R>;
   }
 
   function taskParams(userId: string, taskId: number, ifMatch?: string) {
@@ -151,7 +152,7 @@ export function createTodoClient({
         else if (event.type !== "reset") see(event.task);
         onEvent(event);
       };
-      return subscribe({ baseUrl, getToken, fetch }, userId, rememberEvent, options);
+      return subscribe({ baseUrl, tokens, fetch }, userId, rememberEvent, options);
     },
 
     /**
@@ -162,7 +163,7 @@ export function createTodoClient({
       userId: string,
       query: ListQuery = {},
       { signal }: CallOptions = {},
-    ): Promise<Result<Task[]> & { next?: ListQuery }> {
+    ): Promise<Result<Task[], ProblemOf<"listTasks">> & { next?: ListQuery }> {
       const result = settle(
         await client.GET("/api/{user_id}/tasks", {
           params: { path: { user_id: userId }, query },
@@ -186,7 +187,7 @@ export function createTodoClient({
       userId: string,
       task: NewTask,
       { idempotencyKey = crypto.randomUUID(), signal }: { idempotencyKey?: string } & CallOptions = {},
-    ): Promise<Result<Task>> {
+    ): Promise<Result<Task, ProblemOf<"createTask">>> {
       for (let attempt = 1; ; attempt++) {
         // Set once openapi-fetch has made the Request: what fails before is the caller's input.
         let made = false;
@@ -218,7 +219,7 @@ export function createTodoClient({
       userId: string,
       taskId: number,
       { ifNoneMatch, signal }: { ifNoneMatch?: string } & CallOptions = {},
-    ): Promise<Result<Task> | NotModified> {
+    ): Promise<Result<Task, ProblemOf<"getTask">> | NotModified> {
       const result = await client.GET("/api/{user_id}/tasks/{task_id}", {
         params: { path: { user_id: userId, task_id: taskId }, header: { "If-None-Match": ifNoneMatch } },
         signal,
@@ -233,7 +234,7 @@ export function createTodoClient({
       taskId: number,
       changes: TaskChanges,
       { ifMatch, signal }: WriteOptions = {},
-    ): Promise<Result<Task>> {
+    ): Promise<Result<Task, ProblemOf<"updateTask">>> {
       return settle(
         await client.PUT("/api/{user_id}/tasks/{task_id}", {
           params: taskParams(userId, taskId, ifMatch),
@@ -250,7 +251,7 @@ export function createTodoClient({
       taskId: number,
       completed?: boolean,
       { ifMatch, signal }: WriteOptions = {},
-    ): Promise<Result<Task>> {
+    ): Promise<Result<Task, ProblemOf<"setTaskCompletion">>> {
       return settle(
         await client.PATCH("/api/{user_id}/tasks/{task_id}/complete", {
           params: taskParams(userId, taskId, ifMatch),
@@ -266,7 +267,7 @@ export function createTodoClient({
       userId: string,
       taskId: number,
       { ifMatch, signal }: WriteOptions = {},
-    ): Promise<Result<undefined>> {
+    ): Promise<Result<undefined, ProblemOf<"deleteTask">>> {
       return settle(
         await client.DELETE("/api/{user_id}/tasks/{task_id}", {
           params: taskParams(userId, taskId, ifMatch),
@@ -280,24 +281,26 @@ export function createTodoClient({
 
 /**
  * Sends each request with a bearer token; on a 401, or the API's 403 for another user's path (the
- * last token may be the account signed in before), asks for a fresh token and sends it once more.
+ * last token may be the account signed in before), sends it once more with a fresh token (the one
+ * every call refused that token shares: `tokenSource`).
  * This is openapi-fetch's fetch rather than a middleware because the retry must send the body
  * again, and only a layer that holds the Request before it goes out can keep a copy of it.
  */
 function withBearer(
-  getToken: GetToken,
+  tokens: TokenSource,
   send: (request: Request) => Promise<Response>,
 ): (request: Request) => Promise<Response> {
   return async (request) => {
-    const attempt = async (fresh: boolean) => {
+    const attempt = async (refused?: string) => {
       const copy = request.clone(); // sending a body uses it up, so each attempt sends a copy
-      copy.headers.set("Authorization", `Bearer ${await tokenFrom(getToken, fresh, request.signal)}`);
-      return send(copy);
+      const token = await tokens(refused, request.signal);
+      copy.headers.set("Authorization", `Bearer ${token}`);
+      return { token, response: await send(copy) };
     };
-    const response = await attempt(false);
-    if (response.status !== 401 && !(await namesAnotherUser(response))) return response;
-    await response.body?.cancel(); // free the connection rather than wait for garbage collection
-    return attempt(true);
+    const first = await attempt();
+    if (first.response.status !== 401 && !(await namesAnotherUser(first.response))) return first.response;
+    await first.response.body?.cancel(); // free the connection rather than wait for garbage collection
+    return (await attempt(first.token)).response;
   };
 }
 
@@ -323,13 +326,12 @@ function nextCursor(link: string | null): string | undefined {
 }
 
 /**
- * The error openapi-fetch read from a non-2xx answer if it is a problem document; otherwise (its
- * text, undefined for an empty body, or some other JSON) one made from the status, so `error` is
- * always what its type says.
+ * The error openapi-fetch read from a non-2xx answer if it is the API's problem document; otherwise
+ * (its text, undefined for an empty body, or some other JSON, another server's problem document
+ * included) one made from the status, so `error` is always what its type says.
  */
 function problemOf(error: unknown, response: Response): Problem {
-  const candidate = error as Partial<Problem> | null | undefined;
-  if (typeof candidate?.type === "string" && typeof candidate.status === "number") return candidate as Problem;
+  if (isApiProblem(error)) return error;
   const title = response.statusText || `HTTP ${response.status}`;
   const text = typeof error === "string" ? error : error === undefined ? "" : JSON.stringify(error);
   return { type: "about:blank", title, status: response.status, detail: text || title };

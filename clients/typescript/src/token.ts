@@ -32,10 +32,85 @@ export function isTokenFailure(error: unknown): boolean {
 }
 
 /**
+ * A token for one request or stream connection: `refused` is the token the API refused (a 401, or its
+ * 403 for another user's path), undefined to ask for the token getToken keeps. Rejects with what
+ * getToken throws, or with `signal`'s reason as soon as it aborts.
+ */
+export type TokenSource = (refused: string | undefined, signal?: AbortSignal) => Promise<string>;
+
+/**
+ * getToken as one client calls it. Every request and stream refused with the same token takes the one
+ * fresh token asked for because of it: when a token expires under a page's parallel calls (or calls a
+ * browser holds back, six to a host, and sends with the token they were given), getToken is asked once
+ * with `fresh: true`, not once per call, each a round trip to the auth server (Better Auth's
+ * /api/auth/token) that its rate limit may refuse.
+ */
+export function tokenSource(getToken: GetToken): TokenSource {
+  let refresh: Refresh | undefined;
+  return async (refused, signal) => {
+    signal?.throwIfAborted();
+    if (refused === undefined) return tokenFrom(getToken, false, signal);
+    if (!refresh?.answers(refused)) refresh = new Refresh(getToken, refused);
+    return refresh.join(signal);
+  };
+}
+
+/** One fresh token, asked of getToken because `refused` was refused, for every caller refused it. */
+class Refresh {
+  readonly #refused: string;
+  // getToken's signal: aborted once every caller waiting has given up (not when one of them does,
+  // which would fail the others' token too), so that getToken can cancel its own fetch.
+  readonly #controller = new AbortController();
+  readonly #token: Promise<string>;
+  #settled = false;
+  #failed = false;
+  // A caller gave up waiting (its signal aborted, a timeout say): the token may never come.
+  #givenUpOn = false;
+  #fresh: string | undefined;
+  #waiting = 0;
+  #withoutSignal = false;
+
+  constructor(getToken: GetToken, refused: string) {
+    this.#refused = refused;
+    this.#token = tokenFrom(getToken, true, this.#controller.signal);
+    this.#token.then(
+      (token) => ((this.#settled = true), (this.#fresh = token)),
+      () => ((this.#settled = true), (this.#failed = true)),
+    );
+  }
+
+  /** Whether a caller refused `refused` may take this token rather than ask for another: not once
+   * getToken failed to give one (it may give one now), nor when it gave the very token refused, nor
+   * once a caller gave up waiting on it (a getToken that never settles would otherwise hold every
+   * call refused with that token from then on, their own timeouts included). */
+  answers(refused: string): boolean {
+    const usable = !this.#failed && !this.#givenUpOn && this.#fresh !== refused;
+    return refused === this.#refused && usable;
+  }
+
+  join(signal?: AbortSignal): Promise<string> {
+    if (!signal) this.#withoutSignal = true;
+    else {
+      this.#waiting++;
+      const giveUp = () => {
+        if (this.#settled) return;
+        this.#givenUpOn = true;
+        if (--this.#waiting === 0 && !this.#withoutSignal) this.#controller.abort(signal.reason);
+      };
+      signal.addEventListener("abort", giveUp, { once: true });
+      // A subscription's signal lives on past many refreshes: leave none of their listeners on it.
+      const forget = () => signal.removeEventListener("abort", giveUp);
+      this.#token.then(forget, forget);
+    }
+    return untilAborted(this.#token, signal);
+  }
+}
+
+/**
  * The token getToken resolves to, given up as soon as `signal` aborts (with its reason): a getToken
  * that never settles holds nothing once its request is cancelled or its subscription closed.
  */
-export async function tokenFrom(getToken: GetToken, fresh: boolean, signal?: AbortSignal): Promise<string> {
+async function tokenFrom(getToken: GetToken, fresh: boolean, signal?: AbortSignal): Promise<string> {
   try {
     signal?.throwIfAborted();
     const resolved: unknown = await untilAborted(getToken({ fresh, signal }), signal);

@@ -2,9 +2,10 @@
  * The client against a live API (live_api.ts says what tests/test_typescript_client.py gives it).
  */
 import assert from "node:assert/strict";
+import { createServer, connect, type AddressInfo } from "node:net";
 import { test, type TestContext } from "node:test";
 
-import { createTodoClient, etagOf, type ListQuery } from "../src/index.js";
+import { createTodoClient, etagOf, type ListQuery, type TodoClient } from "../src/index.js";
 import { baseUrl, clientFor, takeUser, type TestUser } from "./live_api.js";
 
 test("a create whose answer is lost is retried with the same key and makes one task", async () => {
@@ -231,11 +232,12 @@ async function createAfterARefusal(t: TestContext, user: TestUser, refusal: Resp
   const waits: number[] = [];
   let refused = false;
   const realSetTimeout = globalThis.setTimeout;
-  t.mock.method(globalThis, "setTimeout", ((callback: () => void, ms?: number) => {
-    if (!refused) return realSetTimeout(callback, ms);
+  // fetch (undici) sets timers of its own meanwhile, with an argument their callback needs.
+  t.mock.method(globalThis, "setTimeout", ((callback: (...args: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+    if (!refused) return realSetTimeout(callback, ms, ...args);
     refused = false;
     waits.push(ms ?? 0);
-    return realSetTimeout(callback, 0);
+    return realSetTimeout(callback, 0, ...args);
   }) as typeof setTimeout);
   const todo = clientFor(user, {
     fetch: async (request) => {
@@ -623,4 +625,290 @@ test("a create no request can carry throws at once, as made: it is not sent agai
   assert.deepEqual(sent, []);
   const listed = await todo.listTasks(user.id);
   assert.deepEqual(listed.data, []);
+});
+
+test("calls refused together for an expired token share one fresh token, even those answered after it came", async () => {
+  const user = takeUser("start");
+  let freshAsked = 0;
+  let refreshed = () => {};
+  const refresh = new Promise<void>((resolve) => (refreshed = resolve));
+  let sentExpired = 0;
+  const todo = createTodoClient({
+    baseUrl,
+    // The README's getToken: it keeps the token until asked for a fresh one, a round trip to Better Auth.
+    getToken: async ({ fresh }) => {
+      if (!fresh) return user.expiredToken;
+      freshAsked++;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      refreshed();
+      return user.token;
+    },
+    // The last call is held back, as a browser holds all but six calls to a host, and is sent with
+    // the expired token only once the fresh one has come.
+    fetch: async (request) => {
+      if (request.headers.get("Authorization") === `Bearer ${user.expiredToken}` && ++sentExpired === 20) await refresh;
+      return fetch(request);
+    },
+  });
+  const live = todo.subscribe(user.id, () => {});
+
+  const answers = await Promise.all(
+    Array.from({ length: 20 }, (_, i) =>
+      i % 2 ? todo.listTasks(user.id) : todo.createTask(user.id, { title: `Call ${i}` }),
+    ),
+  );
+  await live.close();
+
+  assert.deepEqual(
+    answers.map((answer) => answer.response.status),
+    Array.from({ length: 20 }, (_, i) => (i % 2 ? 200 : 201)),
+  );
+  assert.equal(sentExpired, 21, "every call and the stream were sent the expired token first");
+  assert.equal(freshAsked, 1, "one fresh token for all of them");
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.equal(listed.data?.length, 10);
+});
+
+/** Resolves once `condition` holds: a test waits for what it needs, however busy the machine is. */
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
+/** A fetch that counts the API's 401s, and the moment just after the client has had them. */
+function countingRefusals() {
+  const refused = { count: 0 };
+  return {
+    refused,
+    fetch: async (request: Request) => {
+      const response = await fetch(request);
+      if (response.status === 401) refused.count++;
+      return response;
+    },
+    // Each refused call asks for its fresh token as soon as it has freed the answer's connection.
+    async untilRefused(count: number) {
+      await until(() => refused.count >= count);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    },
+  };
+}
+
+test("a call that gives up waiting on a shared fresh token leaves it to the others", async () => {
+  const user = takeUser("start");
+  const handedOn: (AbortSignal | undefined)[] = [];
+  const waiting: ((token: string) => void)[] = [];
+  const refusals = countingRefusals();
+  const todo = createTodoClient({
+    baseUrl,
+    getToken: ({ fresh, signal }) => {
+      if (!fresh) return Promise.resolve(user.expiredToken);
+      handedOn.push(signal);
+      return new Promise<string>((resolve) => waiting.push(resolve));
+    },
+    fetch: refusals.fetch,
+  });
+  const leaving = new AbortController();
+
+  const left = todo.createTask(user.id, { title: "Left" }, { signal: leaving.signal });
+  const stayed = todo.createTask(user.id, { title: "Stayed" });
+  await refusals.untilRefused(2);
+  leaving.abort();
+  await assert.rejects(left, { name: "AbortError" });
+  const getTokenGaveUp = handedOn.map((signal) => signal?.aborted);
+  for (const give of waiting) give(user.token);
+
+  assert.equal((await stayed).response.status, 201);
+  assert.deepEqual(getTokenGaveUp, [false], "asked once, and not told to give up while a call waits");
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((task) => task.title),
+    ["Stayed"],
+  );
+
+  // Once every call waiting has given up, getToken hears of it, to cancel its own fetch.
+  const handedOnAlone: (AbortSignal | undefined)[] = [];
+  const alone = new AbortController();
+  const refusedAlone = countingRefusals();
+  const abandoned = createTodoClient({
+    baseUrl,
+    getToken: ({ fresh, signal }) =>
+      fresh ? (handedOnAlone.push(signal), new Promise<string>(() => {})) : Promise.resolve(user.expiredToken),
+    fetch: refusedAlone.fetch,
+  }).listTasks(user.id, {}, { signal: alone.signal });
+  await refusedAlone.untilRefused(1);
+  alone.abort();
+  await assert.rejects(abandoned, { name: "AbortError" });
+  assert.deepEqual(
+    handedOnAlone.map((signal) => signal?.aborted),
+    [true],
+  );
+});
+
+/** The error a method of the client can give, as an app infers it. */
+type ErrorOf<Method extends keyof TodoClient> = TodoClient[Method] extends (...args: never[]) => Promise<infer Answer>
+  ? NonNullable<Answer extends { error?: infer Error } ? Error : never>
+  : never;
+
+/** What an app tells its user when a create fails: TypeScript holds the switch to every type a
+ * create's answers can carry (`error` is `never` in `default` only when every case is covered). */
+function explainCreateError(error: ErrorOf<"createTask">): string {
+  switch (error.type) {
+    case "urn:todo-api:problem:validation-error":
+    case "urn:todo-api:problem:payload-too-large":
+      return "fix the task";
+    case "urn:todo-api:problem:unauthorized":
+    case "urn:todo-api:problem:forbidden":
+      return "sign in again";
+    case "urn:todo-api:problem:task-limit-reached":
+      return "delete a task first";
+    case "urn:todo-api:problem:idempotency-key-reused":
+    case "urn:todo-api:problem:task-deleted":
+      return "already done";
+    case "urn:todo-api:problem:too-many-requests":
+    case "urn:todo-api:problem:idempotency-key-in-use":
+    case "urn:todo-api:problem:request-timeout":
+    case "urn:todo-api:problem:database-unavailable":
+    case "urn:todo-api:problem:authentication-unavailable":
+    case "urn:todo-api:problem:isolation-unverified":
+    case "urn:todo-api:problem:outcome-unknown":
+      return "try again later";
+    case "urn:todo-api:problem:bad-request":
+    case "urn:todo-api:problem:precondition-failed":
+    case "urn:todo-api:problem:unsupported-media-type":
+    case "urn:todo-api:problem:not-implemented":
+    case "urn:todo-api:problem:internal-error":
+    case "urn:todo-api:problem:http-error":
+    case "about:blank":
+      return "something went wrong";
+    default: {
+      const unhandled: never = error;
+      return unhandled;
+    }
+  }
+}
+
+// A list is never answered as a create is: its error names only what a list's answers carry.
+// @ts-expect-error a list's answers never carry task-deleted
+export const neverAList: ErrorOf<"listTasks">["type"] = "urn:todo-api:problem:task-deleted";
+
+test("each method's error names the problem types its answers list, so a switch on type covers them", async () => {
+  const user = takeUser("start");
+  const other = takeUser("start");
+  const todo = clientFor(user);
+  const idempotencyKey = crypto.randomUUID();
+  const first = await todo.createTask(user.id, { title: "Once" }, { idempotencyKey });
+  assert.ok(first.data, JSON.stringify(first.error));
+
+  const reused = await todo.createTask(user.id, { title: "Another body" }, { idempotencyKey });
+  const invalid = await todo.createTask(user.id, { title: "" });
+  const theirs = await todo.createTask(other.id, { title: "Not mine" });
+  await todo.deleteTask(user.id, first.data.id);
+  const deleted = await todo.createTask(user.id, { title: "Once" }, { idempotencyKey });
+  // Something in front of the API answers with a problem document of its own: not the API's type.
+  const gateway = clientFor(user, {
+    fetch: async () =>
+      Response.json(
+        { type: "https://gateway.example/quota", title: "Quota", status: 429, detail: "Slow down" },
+        { status: 429, headers: { "Content-Type": "application/problem+json" } },
+      ),
+  });
+  const inFront = await gateway.createTask(user.id, { title: "Never made" });
+
+  const errors = [reused, invalid, theirs, deleted, inFront].map((answer) => answer.error);
+  assert.deepEqual(
+    errors.map((error) => [error?.status, error?.type]),
+    [
+      [422, "urn:todo-api:problem:idempotency-key-reused"],
+      [422, "urn:todo-api:problem:validation-error"],
+      [403, "urn:todo-api:problem:forbidden"],
+      [410, "urn:todo-api:problem:task-deleted"],
+      [429, "about:blank"],
+    ],
+  );
+  assert.deepEqual(
+    errors.map((error) => error && explainCreateError(error)),
+    ["already done", "fix the task", "sign in again", "already done", "something went wrong"],
+  );
+  assert.match(inFront.error?.detail ?? "", /gateway\.example\/quota/, "the other document is kept as the detail");
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(listed.data, []);
+});
+
+test("a fresh token a call gave up waiting on is asked for again by the next call refused", async () => {
+  const user = takeUser("start");
+  let freshAsked = 0;
+  const refusals = countingRefusals();
+  const todo = createTodoClient({
+    baseUrl,
+    // The first fresh token never comes (the auth server's answer lost); the next one does.
+    getToken: async ({ fresh }) => {
+      if (!fresh) return user.expiredToken;
+      return ++freshAsked === 1 ? new Promise<string>(() => {}) : user.token;
+    },
+    fetch: refusals.fetch,
+  });
+
+  // A call left waiting (a page still open) holds on to the first, as long as it waits.
+  const leftWaiting = new AbortController();
+  const waiting = todo.getTask(user.id, 1, { signal: leftWaiting.signal });
+  const givingUp = new AbortController(); // a timeout, say
+  const gaveUp = todo.listTasks(user.id, {}, { signal: givingUp.signal });
+  await refusals.untilRefused(2);
+  givingUp.abort();
+  await assert.rejects(gaveUp, { name: "AbortError" });
+  const next = await todo.createTask(user.id, { title: "After the lost one" }, { signal: AbortSignal.timeout(5000) });
+  leftWaiting.abort();
+
+  assert.equal(next.response.status, 201, JSON.stringify(next.error));
+  assert.equal(freshAsked, 2);
+  await assert.rejects(waiting, { name: "AbortError" });
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((task) => task.title),
+    ["After the lost one"],
+  );
+});
+
+test("a create whose connection is cut after the API made it is sent again with its key: one task", async (t) => {
+  const user = takeUser("start");
+  const api = new URL(baseUrl);
+  const keys: (string | undefined)[] = [];
+  // A TCP proxy in front of the API that cuts the first create's connection once the API has answered
+  // it, before the answer reaches the client: a real cut, as fetch itself reports it.
+  const proxy = createServer((client) => {
+    const upstream = connect(Number(api.port), api.hostname);
+    let create = false;
+    client.on("data", (chunk: Buffer) => {
+      const head = chunk.toString("latin1");
+      if (head.startsWith("POST ")) {
+        create = true;
+        keys.push(/^idempotency-key: *([^\r]*)/im.exec(head)?.[1]);
+      }
+      upstream.write(chunk);
+    });
+    upstream.on("data", (chunk: Buffer) => {
+      if (create && keys.length === 1) return void (client.destroy(), upstream.destroy());
+      client.write(chunk);
+    });
+    for (const [one, other] of [[client, upstream], [upstream, client]] as const) {
+      one.on("error", () => other.destroy());
+      one.on("close", () => other.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  t.after(() => proxy.close());
+  const { port } = proxy.address() as AddressInfo;
+  const todo = createTodoClient({ baseUrl: `http://127.0.0.1:${port}`, getToken: async () => user.token });
+
+  const created = await todo.createTask(user.id, { title: "Cut once" });
+
+  assert.equal(created.response.status, 201, JSON.stringify(created.error));
+  assert.equal(created.response.headers.get("Idempotent-Replayed"), "true", "the second attempt found the first's task");
+  assert.equal(keys.length, 2);
+  assert.ok(keys[0]);
+  assert.equal(keys[1], keys[0]);
+  const listed = await clientFor(user).listTasks(user.id);
+  assert.deepEqual(
+    listed.data?.map((task) => task.title),
+    ["Cut once"],
+  );
 });

@@ -806,3 +806,51 @@ test("a stream that ended at its token's expiry reconnects with a fresh token, w
   assert.deepEqual(asked, [false, true]);
   assert.deepEqual(statuses, [200, 200], "no 401 on the way");
 });
+
+/** What an app's onError makes of a stream's refusal: TypeScript holds the switch to every type the
+ * stream's answers can carry (`problem` is `never` in `default` only when every case is covered). */
+function explainStreamRefusal(problem: NonNullable<EventStreamError["problem"]>): string {
+  switch (problem.type) {
+    case "urn:todo-api:problem:unauthorized":
+    case "urn:todo-api:problem:forbidden":
+      return "sign in again";
+    case "urn:todo-api:problem:too-many-requests":
+    case "urn:todo-api:problem:streams-unavailable":
+    case "urn:todo-api:problem:database-unavailable":
+    case "urn:todo-api:problem:authentication-unavailable":
+    case "urn:todo-api:problem:isolation-unverified":
+      return "reconnecting";
+    case "urn:todo-api:problem:bad-request":
+    case "urn:todo-api:problem:payload-too-large":
+    case "urn:todo-api:problem:validation-error":
+    case "urn:todo-api:problem:not-implemented":
+    case "urn:todo-api:problem:internal-error":
+    case "urn:todo-api:problem:http-error":
+    case "about:blank":
+      return "something went wrong";
+    default: {
+      const unhandled: never = problem;
+      return unhandled;
+    }
+  }
+}
+
+test("a stream's refusal names the problem types the stream's answers list; another server's JSON is none", async () => {
+  const user = takeUser("end");
+  const other = takeUser("end");
+  const theirs = clientFor(user).subscribe(other.id, () => {});
+  const refused = await theirs.ended;
+
+  // A gateway in front of the API refuses with JSON of its own, which is no problem of the API's.
+  const gateway = clientFor(user, {
+    fetch: async () => Response.json({ type: "https://gateway.example/denied", status: 400 }, { status: 400 }),
+  }).subscribe(user.id, () => {});
+  const inFront = await gateway.ended;
+
+  assert.ok(refused instanceof EventStreamError);
+  assert.equal(refused.problem?.type, "urn:todo-api:problem:forbidden");
+  assert.equal(explainStreamRefusal(refused.problem), "sign in again");
+  assert.ok(inFront instanceof EventStreamError);
+  assert.equal(inFront.status, 400);
+  assert.equal(inFront.problem, undefined);
+});
