@@ -9,8 +9,9 @@
  *   `exp` (the server ends it then): not after a network error or a server that shut down, so an
  *   outage costs the app's auth server nothing.
  * - Reconnects wait with exponential backoff (or the server's Retry-After, up to an hour) and resume with
- *   Last-Event-ID, so nothing is missed and nothing comes twice. The backoff starts over only once a
- *   stream has delivered an event or a heartbeat, not on every 200.
+ *   Last-Event-ID, so the list misses nothing and nothing comes twice (of a task deleted meanwhile,
+ *   its deletion alone: the API clears a deleted task from its earlier events). The backoff starts
+ *   over only once a stream has delivered an event or a heartbeat, not on every 200.
  * - A refusal that asking again cannot change (403 with a fresh token: the user id is not the
  *   token's; any 4xx but 401, 408 and 429; an answer that is not an event stream) ends the
  *   subscription: it goes to `onError` and `ended`, and nothing is retried.
