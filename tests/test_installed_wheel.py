@@ -109,6 +109,8 @@ def test_the_wheel_carries_the_sql(installed: Path, empty_dir: Path) -> None:
     for name in (
         "migrations/0002_tasks_schema.sql",
         "migrations/post-apply-policies.py",
+        "mark_newest_migration.sql",
+        "checks/newest_migration.sql",
         "policies/tasks.sql",
         "checks/isolation.sql",
         "checks/session_settings.sql",

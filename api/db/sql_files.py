@@ -29,6 +29,7 @@ UNFIT_LOGIN_ROLE_CHECK = SQL_DIR / "checks" / "unfit_login_role.sql"
 SCHEMA_OWNER_CHECK = SQL_DIR / "checks" / "schema_owner.sql"
 REACH_CHECK = SQL_DIR / "checks" / "reach.sql"
 EXPECTED_REACH = SQL_DIR / "checks" / "expected_reach.json"
+NEWEST_MIGRATION_CHECK = SQL_DIR / "checks" / "newest_migration.sql"
 
 
 def read_sql(path: Path) -> str:
@@ -41,6 +42,15 @@ def read_sql(path: Path) -> str:
 def missing(path: Path) -> SqlFilesMissing:
     return SqlFilesMissing(
         f"{path} is missing from the installed package: reinstall todo-api from its wheel or a checkout"
+    )
+
+
+def shipped_migrations() -> list[str]:
+    """The ids of the migrations this package ships, oldest first, as yoyo names them."""
+    return sorted(
+        path.name.removesuffix(".sql")
+        for path in MIGRATIONS_DIR.glob("[0-9]*.sql")
+        if not path.name.endswith(".rollback.sql")
     )
 
 

@@ -27,6 +27,7 @@ from api.db.host_lookup import LookupBoundedAsyncConnection, LookupBoundedConnec
 from api.db.prepared import preparing_setting, reaches_postgres_itself, sessions_pass_between_clients
 from api.db.urls import libpq_url
 from api.ops.failures import CommandFailed, database_failure
+from api.ops.schema_release import newest_migration_applied, release_mismatch
 from api.settings import Settings
 
 logger = logging.getLogger("api.ops.serve")
@@ -573,6 +574,10 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
             assert served is not None
             findings = await isolation_findings(connection)
             causes = {finding.cause for finding in findings}
+            # Differences from the shipped schema alone are what a release between the database's and
+            # this one makes: named in one line when the record says which (api/ops/schema_release.py).
+            only_drift = bool(findings) and all(f.kind == "drift" and f.cause is None for f in findings)
+            newest_applied = await newest_migration_applied(connection) if only_drift else None
             # A lock the check waited for in vain (DDL, a migration in progress) is no matter for
             # `todo-api migrate`: say who held it.
             if "lock held" in causes:
@@ -604,6 +609,8 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
             f"Refusing to serve: the database is not migrated ({'; '.join(messages)}). "
             "Run `todo-api migrate` against it (or serve with --migrate), then start again."
         )
+    if only_drift and (mismatch := release_mismatch(newest_applied)) is not None:
+        raise CommandFailed(mismatch)
     if findings:
         listed = "\n".join(f"  - {message}" for message in messages)
         fix = (

@@ -7,7 +7,8 @@ isolation check compares the live database with.
 
 The steps run in one transaction, which first locks every table with a policy file at once, in the
 order the API's writes lock them (sql/lock_policy_tables.sql says why): applied file by file, the
-policies deadlocked with those writes.
+policies deadlocked with those writes. The last step records the newest migration applied where
+`todo-api serve` can read it (sql/mark_newest_migration.sql says why).
 """
 
 from pathlib import Path
@@ -18,7 +19,7 @@ from yoyo import step
 
 SQL = Path(__file__).resolve().parent.parent
 POLICIES = SQL / "policies"
-FILES = [SQL / "lock_policy_tables.sql", *sorted(POLICIES.glob("*.sql"))]
+FILES = [SQL / "lock_policy_tables.sql", *sorted(POLICIES.glob("*.sql")), SQL / "mark_newest_migration.sql"]
 MIGRATIONS = sorted(
     path.name.removesuffix(".sql")
     for path in (SQL / "migrations").glob("[0-9]*.sql")

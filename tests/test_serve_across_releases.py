@@ -1,0 +1,101 @@
+"""`todo-api serve` on a database of another release refuses in one line that names the fix: a
+database a migration behind says to migrate, one a newer release migrated says to serve that release
+(docs/operations.md, "Upgrading a fleet, and rolling back"). Until the last migrate recorded its newest
+migration (sql/mark_newest_migration.sql), serve listed every difference the other release's schema
+makes (function bodies, triggers, policies), the command to run last, after them.
+
+The other release is this one's sql/ folder with its newest migration taken away, or one added, applied
+with plain yoyo as that release's `todo-api migrate` would, in a cluster where the session's migrated
+template made the API's login role (`migrated_template`)."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+from pytest_postgresql.executors import NoopExecutor
+
+from api.db.sql_files import SQL_DIR, shipped_migrations
+from api.db.urls import yoyo_url
+from tests.support import PROJECT, as_role, refusal, run_cli
+
+NEWEST = shipped_migrations()[-1]
+BEFORE_NEWEST = shipped_migrations()[-2]
+
+
+def _release_with(tmp_path: Path, *, without_newest: bool = False, newer: str | None = None) -> Path:
+    """Another release's migrations: this one's, without its newest, or with `newer` after it."""
+    sql = tmp_path / "release" / "sql"
+    shutil.copytree(SQL_DIR, sql)
+    if without_newest:
+        for path in sql.glob(f"migrations/{NEWEST}*.sql"):
+            path.unlink()
+    if newer is not None:
+        (sql / "migrations" / "0999_newer_release.sql").write_text(
+            f"-- depends: {NEWEST}\n{newer}", encoding="utf-8"
+        )
+    return sql / "migrations"
+
+
+def _migrate_as_that_release(migrations: Path, database_url: str) -> None:
+    yoyo = [str(PROJECT / ".venv" / "bin" / "yoyo"), "apply", "--no-config-file", "--batch"]
+    result = subprocess.run(
+        [*yoyo, "--database", yoyo_url(database_url), str(migrations)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _the_one_line(stderr: str) -> str:
+    (line,) = stderr.strip().splitlines()
+    return line
+
+
+def test_serve_on_a_database_a_migration_behind_says_in_one_line_to_migrate(
+    empty_db_url: str, migrated_template: NoopExecutor, tmp_path: Path
+) -> None:
+    _migrate_as_that_release(_release_with(tmp_path, without_newest=True), empty_db_url)
+
+    line = _the_one_line(refusal(as_role(empty_db_url), tmp_path))
+    assert f"the database is migrated up to {BEFORE_NEWEST}" in line, line
+    assert f"this release also needs {NEWEST}" in line, line
+    assert "run `todo-api migrate` with this release" in line, line
+
+    migrated = run_cli("migrate", cwd=tmp_path, DATABASE_URL=empty_db_url)
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert NEWEST in migrated.stdout + migrated.stderr
+    audited = run_cli("policies", cwd=tmp_path, DATABASE_URL=empty_db_url)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+
+
+def test_serve_on_a_database_a_newer_release_migrated_says_in_one_line_to_serve_that_release(
+    empty_db_url: str, migrated_template: NoopExecutor, tmp_path: Path
+) -> None:
+    newer = _release_with(
+        tmp_path,
+        newer="CREATE FUNCTION app.newer_release() RETURNS integer LANGUAGE sql IMMUTABLE\n"
+        "    SET search_path = '' AS 'SELECT 1';\n"
+        "REVOKE EXECUTE ON FUNCTION app.newer_release() FROM PUBLIC;\n",
+    )
+    _migrate_as_that_release(newer, empty_db_url)
+
+    line = _the_one_line(refusal(as_role(empty_db_url), tmp_path))
+    assert "the database was migrated by a newer release (up to 0999_newer_release;" in line, line
+    assert f"this release ships up to {NEWEST}" in line, line
+    assert "serve that release" in line, line
+
+
+def test_serve_on_a_database_of_this_release_changed_by_hand_lists_each_difference(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """The record says this release: what differs was changed by hand, and each difference is news."""
+    _migrate_as_that_release(SQL_DIR / "migrations", migrated_db_url)
+    with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+        owner.execute(
+            "CREATE FUNCTION app.made_by_hand() RETURNS integer LANGUAGE sql IMMUTABLE SET search_path = '' "
+            "AS 'SELECT 1'"
+        )
+    stderr = refusal(as_role(migrated_db_url), tmp_path)
+    assert "app.made_by_hand()" in stderr, stderr
+    assert "migrated up to" not in stderr, stderr
+    assert "newer release" not in stderr, stderr
