@@ -150,6 +150,24 @@ BLIND_SPOTS = {
         ["revoke postgres from todo_app"],
         "membership todo_app in postgres is not in what todo-api ships",
     ),
+    # An owner may alter what it owns whatever its privileges say: todo_app could then make the identity
+    # IMMUTABLE, or give it a SET of app.user_id, and every request would read as one user. todo_app
+    # may call it either way, so nothing else about the function changes.
+    "the identity function owned by todo_app": BlindSpot(
+        ["alter function app.current_user_id() owner to todo_app"],
+        [
+            "alter function app.current_user_id() owner to todo_owner",
+            "grant execute on function app.current_user_id() to todo_app",
+        ],
+        "owned by todo_app function app.current_user_id() is not in what todo-api ships",
+    ),
+    # Any role could make a schema named todo_app, which comes first on every request's search_path
+    # ("$user", public): a table todo_app.tasks in it would take every user's writes.
+    "schemas anyone may make in the database": BlindSpot(
+        ["grant create on database todo to public"],
+        ["revoke create on database todo from public"],
+        "database (this database) is not in what todo-api ships",
+    ),
     "future tables granted to todo_app": BlindSpot(
         ["alter default privileges for role todo_owner grant select on tables to todo_app"],
         ["alter default privileges for role todo_owner revoke select on tables from todo_app"],

@@ -20,8 +20,8 @@
 --     beyond what pg_init_privs says they came with, and every SECURITY DEFINER function todo_app
 --     may call;
 --   - todo_app itself: its attributes, the roles it belongs to (pg_read_all_data, another login
---     role, ...), its privileges on every schema, and default privileges that will hand future
---     objects to todo_app or PUBLIC.
+--     role, ...), its privileges on every schema and on this database, everything it owns (whatever
+--     kind of object), and default privileges that will hand future objects to todo_app or PUBLIC.
 -- Other sessions' temporary schemas are left out: todo_app has no USAGE on them, and their objects
 -- come and go with those sessions.
 -- Owners and grantors are left out: they differ between deployments, the reach does not (a policy
@@ -150,6 +150,31 @@ FROM pg_catalog.pg_namespace n CROSS JOIN todo_app a
 WHERE n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast%'
   AND (pg_catalog.has_schema_privilege(a.oid, n.oid, 'USAGE')
        OR pg_catalog.has_schema_privilege(a.oid, n.oid, 'CREATE'))
+
+-- CREATE on the database lets todo_app make schemas, and one named todo_app comes first on every
+-- request's search_path ("$user", public), before the tables the API names unqualified. CONNECT and
+-- TEMPORARY are left out: todo_app cannot log in, a temporary object is seen by its own session only,
+-- and deployments differ in whether PUBLIC keeps them.
+UNION ALL
+SELECT 'database', '(this database)', 'CREATE'
+FROM todo_app a
+WHERE pg_catalog.has_database_privilege(a.oid, pg_catalog.current_database(), 'CREATE')
+
+-- An owner may alter, grant and drop what it owns whatever its privileges say: a function todo_app
+-- may call anyway (app.current_user_id(), made IMMUTABLE or given a SET of app.user_id) looks the same
+-- above whoever owns it. The migrations make todo_app own nothing. pg_shdepend records every owner,
+-- of any kind of object; the database itself is recorded there as a shared object. Other sessions'
+-- temporary objects are left out, as everywhere here.
+UNION ALL
+SELECT 'owned by todo_app', pg_catalog.format('%s %s', o.type, o.identity),
+       'todo_app may alter, grant or drop it, whatever its privileges say'
+FROM pg_catalog.pg_shdepend d
+JOIN todo_app a ON d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND d.refobjid = a.oid
+JOIN pg_catalog.pg_database db ON db.datname = pg_catalog.current_database()
+CROSS JOIN LATERAL pg_catalog.pg_identify_object(d.classid, d.objid, d.objsubid) AS o
+WHERE d.deptype = 'o'
+  AND (d.dbid = db.oid OR (d.classid = 'pg_catalog.pg_database'::pg_catalog.regclass AND d.objid = db.oid))
+  AND coalesce(o.schema, '') NOT LIKE 'pg\_temp\_%' AND coalesce(o.schema, '') NOT LIKE 'pg\_toast%'
 
 UNION ALL
 SELECT CASE relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
