@@ -91,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads = pgbench jobs (default 2)")
     parser.add_argument(
-        "--scenarios", type=_comma_list, default=list(SCENARIOS), help=f"default: {','.join(SCENARIOS)}"
+        "--scenarios",
+        type=_comma_list,
+        help=f"default: {','.join(SCENARIOS)}, less those the peer has no script for when it is driven",
     )
     parser.add_argument(
         "--sample-users", type=int, default=1000, help="users with tokens to spread load over"
@@ -120,6 +122,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--note", action="append", default=[], help="a line to add under the run's table")
     return parser
+
+
+def _scenarios(asked: list[str] | None, servers: list[str]) -> list[str]:
+    """The scenarios to run: those asked, or every one the servers driven can be asked (the peer
+    has no delete); asking the peer one it has no script for stops the run before it starts."""
+    peer = "postgraphile" in servers
+    if asked is None:
+        return [name for name in SCENARIOS if not peer or postgraphile.has_scenario(name)]
+    unknown = [name for name in asked if name not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"bench: unknown scenario {unknown}; choose from {list(SCENARIOS)}")
+    not_for_peer = [name for name in asked if peer and not postgraphile.has_scenario(name)]
+    if not_for_peer:
+        raise SystemExit(f"bench: the peer (postgraphile) has no {not_for_peer} scenario; leave it out")
+    return asked
 
 
 def _sizes(args: argparse.Namespace) -> list[dataset.Size]:
@@ -348,9 +365,7 @@ def _settings(args: argparse.Namespace, sizes: list[dataset.Size]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    unknown = [name for name in args.scenarios if name not in SCENARIOS]
-    if unknown:
-        raise SystemExit(f"bench: unknown scenario {unknown}; choose from {list(SCENARIOS)}")
+    args.scenarios = _scenarios(args.scenarios, args.server)
     sizes = _sizes(args)
     for signum in STOPPING_SIGNALS:  # from here on: npm ci and apt-get too
         signal.signal(signum, stop_on_signal)

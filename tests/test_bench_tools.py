@@ -259,3 +259,12 @@ def test_the_report_says_how_many_users_the_load_was_spread_over_for_each_size()
     args = bench.run._parser().parse_args(["--size", "small", "--users", "20"])
     (load, *_) = bench.run._settings(args, bench.run._sizes(args))
     assert load.endswith("requests spread over 20 users (small)"), load
+
+
+def test_the_peer_is_asked_only_the_scenarios_it_has_a_script_for() -> None:
+    # The peer has no delete script: by default a run that drives it leaves the scenario out, and
+    # asking for it stops the run before anything starts, not after minutes of the other scenarios.
+    assert bench.run._scenarios(None, ["api", "floor"]) == list(SCENARIOS)
+    assert bench.run._scenarios(None, ["api", "postgraphile"]) == [n for n in SCENARIOS if n != "delete"]
+    with pytest.raises(SystemExit, match="no \\['delete'\\] scenario"):
+        bench.run._scenarios(["get", "delete"], ["api", "postgraphile"])
