@@ -52,6 +52,22 @@ function requests.update()
    return wrk.format("PUT", task_path(user), user.json_headers, body)
 end
 
+-- The delete scenario's pool (bench/deletable.py): this thread's deletes take the pool's positions
+-- thread_index, thread_index + threads, ..., going round the users, so no two requests ask for the
+-- same task. Each thread has its own Lua state, hence its own count.
+local deletable = data.deletable
+local wrk_threads = tonumber(os.getenv("BENCH_WRK_THREADS"))
+local deletes = 0
+
+function requests.delete()
+   local position = deletes * wrk_threads + thread_index
+   deletes = deletes + 1
+   local user_index = position % #users
+   local user = users[user_index + 1]
+   local task_id = deletable.first + user_index * deletable.per_user + math.floor(position / #users)
+   return wrk.format("DELETE", user.tasks_path .. "/" .. task_id, user.headers)
+end
+
 -- The mixed workload: data.mix is a list of {scenario, weight}, the same weights pgbench uses.
 local mix_total = 0
 for _, entry in ipairs(data.mix) do
@@ -73,6 +89,7 @@ local threads = {}
 
 function setup(thread)
    thread:set("seed", os.time() * 100 + #threads)
+   thread:set("thread_index", #threads)
    table.insert(threads, thread)
 end
 

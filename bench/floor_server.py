@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi import Query as QueryParameters
 from granian.constants import Interfaces, Loops
 from granian.server import Server
@@ -69,6 +69,8 @@ def _query(method: str, path: list[str], body: bytes) -> Query | None:
             return queries.update_task(Principal(user_id), int(task_id), json.loads(body))
         case "PATCH", [user_id, "tasks", task_id, "complete"]:
             return queries.set_completed(Principal(user_id), int(task_id), None)
+        case "DELETE", [user_id, "tasks", task_id]:
+            return queries.delete_task(Principal(user_id), int(task_id))
     return None
 
 
@@ -129,6 +131,8 @@ def _app(answer: Answer) -> ASGIApp:
         rows = await answer(database, method, path, await _body(receive)) if database else []
         if not rows:
             return await _respond(send, 404, b"{}")
+        if method == "DELETE":
+            return await _respond(send, 204, b"")  # as the API: no body
         # A list's query fetches one row past the page, to tell whether another page follows.
         shown = rows[:LIST_PAGE_SIZE] if (method, len(path)) == ("GET", 2) else rows[0]
         await _respond(send, 200, json.dumps(shown, default=_iso).encode())
@@ -189,6 +193,11 @@ def fastapi_app() -> FastAPI:
     async def update_task(user_id: str, task_id: int, data: TaskUpdate, db: DatabaseDep) -> Any:
         query = queries.update_task(Principal(user_id), task_id, data.changes())
         return first(await db.run(user_id, query.for_stored_owner(), read_only=False))
+
+    @router.delete("/{task_id}", status_code=204, response_class=Response)
+    async def delete_task(user_id: str, task_id: int, db: DatabaseDep) -> None:
+        query = queries.delete_task(Principal(user_id), task_id)
+        first(await db.run(user_id, query.for_stored_owner(), read_only=False))
 
     @router.patch("/{task_id}/complete", response_model=TaskPublic)
     async def complete_task(user_id: str, task_id: int, db: DatabaseDep) -> Any:

@@ -5,6 +5,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.deletable import DeletablePool
 from bench.postgres import PG_BIN, BenchPostgres
 from bench.sample import Sample
 from bench.scenarios import Scenario
@@ -28,6 +29,7 @@ def run_pgbench(
     scenario: Scenario,
     scripts_dir: Path,
     sample: Sample,
+    deletable: DeletablePool,
     *,
     clients: int,
     threads: int,
@@ -42,6 +44,10 @@ def run_pgbench(
         f"--jobs={threads}",
         f"--time={duration}",
         *(f"--define={name}={value}" for name, value in sample.pgbench_variables().items()),
+        # The delete script's: where its pool lies, and each client's count of deletes so far.
+        *(f"--define={name}={value}" for name, value in deletable.pgbench_variables().items()),
+        f"--define=clients={clients}",
+        "--define=deletes=0",
         *(f"--file={scripts_dir / name}.sql@{weight}" for name, weight in scenario.pgbench_scripts),
         *postgres.pgbench_connection_args(dbname),
     ]

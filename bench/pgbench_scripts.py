@@ -57,6 +57,15 @@ _PICK_TASK = r"""\set task_id (:u - 1) * :tasks + random(1, :tasks)
 """
 _PICK_NUMBER = r"""\set n random(1, 1000000000)
 """
+# The delete scenario's next task (bench/deletable.py): this client's deletes take the pool's positions
+# client_id, client_id + clients, ..., going round the sample's users (pgbench keeps a client's
+# variables from one transaction to the next; bench.pgbench defines deletes=0 and clients).
+_PICK_DELETABLE = r"""\set position :deletes * :clients + :client_id
+\set deletes :deletes + 1
+\set k :position % :sample
+\set u 1 + :k * :stride
+\set task_id :deletable_first + :k * :deletable_per_user + :position / :sample
+"""
 
 _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 _PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s")
@@ -88,6 +97,7 @@ def _transactions() -> dict[str, Transaction]:
             queries.update_task(principal, _TASK_ID, {"title": _NEW_TITLE}),
             _PICK_USER + _PICK_TASK + _PICK_NUMBER,
         ),
+        "delete": Transaction(False, queries.delete_task(principal, _TASK_ID), _PICK_DELETABLE),
     }
 
 

@@ -17,11 +17,13 @@ does not move with the neighbours at all, so a lever that saves 5% shows even wh
 import argparse
 import asyncio
 import cProfile
+import itertools
 import pstats
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+import psycopg
 import uvloop
 from fastapi import FastAPI
 
@@ -30,18 +32,27 @@ from api.auth.dev_tokens import mint_token
 from api.db.database import Query, Rows
 from api.http.services import services
 from api.settings import POSTGRES_INT_MAX, Settings
+from bench.dataset import Size, user_email, user_id, user_name
+from bench.deletable import DeletablePool
 from bench.postgres import embedded_postgres_server
+from bench.sample import Sample
 
 _SECRET = "bench-request-cpu-" + "s" * 32
 _USER = "alice"
 _TASKS = 20
+# The delete kind's tasks belong to a user of their own, so that every other kind finds alice's tasks
+# as they were whatever ran before it; each delete takes the next task of a bench.deletable pool (a
+# delete that found none would answer 404), whose ids follow alice's.
+_DELETER = user_id(1)
+_DELETER_SIZE = Size("request_cpu", users=1, tasks_per_user=_TASKS)
 
 
 @dataclass(frozen=True)
 class RequestKind:
     method: str
-    path: str
+    path: str  # "{task_id}" in it: the next task of the delete kind's pool, on each request
     body: bytes = b""
+    user: str = _USER
 
 
 _KINDS = {
@@ -50,10 +61,28 @@ _KINDS = {
     "list": RequestKind("GET", f"/api/{_USER}/tasks"),
     "toggle": RequestKind("PATCH", f"/api/{_USER}/tasks/6/complete"),
     "update": RequestKind("PUT", f"/api/{_USER}/tasks/7", b'{"title": "Renew the passport"}'),
+    "delete": RequestKind("DELETE", f"/api/{_DELETER}/tasks/{{task_id}}", user=_DELETER),
 }
 
 
-async def _drive(app: FastAPI, kind: RequestKind, token: str, requests: int, concurrency: int) -> None:
+def _deletable_pool(args: argparse.Namespace) -> DeletablePool:
+    """Enough tasks for every delete the run makes: the warm-up, the rounds and the profiled round."""
+    deletes = args.requests // 10 + args.requests * (args.rounds + 1)
+    return DeletablePool(Sample(_DELETER_SIZE, count=1), per_user=deletes)
+
+
+def _add_deleter(superuser_url: str, pool: DeletablePool) -> None:
+    with psycopg.connect(superuser_url, autocommit=True) as connection:
+        connection.execute(
+            "insert into users (id, email, name) values (%s, %s, %s)",
+            [_DELETER, user_email(1), user_name(1)],
+        )
+    pool.add(superuser_url)
+
+
+async def _drive(
+    app: FastAPI, kind: RequestKind, token: str, requests: int, concurrency: int, task_ids: Iterator[int]
+) -> None:
     headers = [(b"host", b"bench"), (b"authorization", f"Bearer {token}".encode())]
     if kind.body:
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(kind.body)).encode())]
@@ -80,9 +109,15 @@ async def _drive(app: FastAPI, kind: RequestKind, token: str, requests: int, con
         if message["type"] == "http.response.start":
             statuses.append(int(str(message["status"])))
 
+    each_its_own_task = "{task_id}" in kind.path
+
     async def client() -> None:
         for _ in range(requests // concurrency):
-            await app({**scope, "headers": list(headers), "state": {}}, receive, send)  # type: ignore[arg-type]
+            asked = {**scope, "headers": list(headers), "state": {}}
+            if each_its_own_task:
+                asked["path"] = path = kind.path.format(task_id=next(task_ids))
+                asked["raw_path"] = path.encode()
+            await app(asked, receive, send)  # type: ignore[arg-type]
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     failed = [status for status in statuses if status >= 300]
@@ -110,7 +145,7 @@ class Figures:
     python_calls: int = 0
 
 
-async def _measure(url: str, args: argparse.Namespace) -> dict[str, Figures]:
+async def _measure(url: str, args: argparse.Namespace, deletable: DeletablePool) -> dict[str, Figures]:
     # One user makes every request here: the per-user limits that keep users apart would only
     # measure themselves refusing.
     settings = Settings(
@@ -123,24 +158,29 @@ async def _measure(url: str, args: argparse.Namespace) -> dict[str, Figures]:
         max_tasks_per_user=POSTGRES_INT_MAX,
     )
     app = create_app(settings)
-    token = mint_token(_SECRET, _USER, email=f"{_USER}@example.com", name="Alice")
+    tokens = {
+        _USER: mint_token(_SECRET, _USER, email=f"{_USER}@example.com", name="Alice"),
+        _DELETER: mint_token(_SECRET, _DELETER, email=user_email(1), name=user_name(1)),
+    }
+    task_ids = (deletable.task_id(position) for position in itertools.count())
     figures: dict[str, Figures] = {}
     async with app.router.lifespan_context(app):
         if args.without_db:
             _answer_from_memory(app)
         kinds = {name: _KINDS[name] for name in args.kinds.split(",")}
         for name, kind in kinds.items():
-            await _drive(app, kind, token, args.requests // 10, args.concurrency)  # warm up
+            warmup = args.requests // 10
+            await _drive(app, kind, tokens[kind.user], warmup, args.concurrency, task_ids)  # warm up
             figures[name] = Figures()
         for _ in range(args.rounds):
             for name, kind in kinds.items():
                 started = time.process_time()
-                await _drive(app, kind, token, args.requests, args.concurrency)
+                await _drive(app, kind, tokens[kind.user], args.requests, args.concurrency, task_ids)
                 per_request = (time.process_time() - started) / args.requests * 1e6
                 figures[name].cpu_us = min(figures[name].cpu_us, per_request)
         for name, kind in kinds.items():
             with cProfile.Profile() as profile:
-                await _drive(app, kind, token, args.requests, args.concurrency)
+                await _drive(app, kind, tokens[kind.user], args.requests, args.concurrency, task_ids)
             calls: int = pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
             figures[name].python_calls = round(calls / args.requests)
     return figures
@@ -152,7 +192,7 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--kinds", default="get,list,create,toggle,update", help="a subset of these")
+    parser.add_argument("--kinds", default=",".join(_KINDS), help="a subset of these")
     parser.add_argument("--requests", type=int, default=4000, help="requests per kind and round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32, help="like wrk's connections")
@@ -160,7 +200,10 @@ def main() -> None:
     args = parser.parse_args()
     with embedded_postgres_server() as postgres:
         url = postgres.one_user_database("request_cpu", _USER, tasks=_TASKS)
-        figures = uvloop.run(_measure(url, args))
+        deletable = _deletable_pool(args)
+        if "delete" in args.kinds.split(","):
+            _add_deleter(postgres.superuser_url("request_cpu"), deletable)
+        figures = uvloop.run(_measure(url, args, deletable))
     print("| request | CPU per request, us (lowest round) | Python calls per request |")
     print("| --- | ---: | ---: |")
     for name, figure in figures.items():

@@ -26,6 +26,7 @@ from api.ops.migrations import apply_migrations
 from bench import dataset, postgraphile, report
 from bench.api_server import SERVERS, RssSampler, RunningApi, running_api
 from bench.cpu import CpuMeter
+from bench.deletable import DeletablePool
 from bench.explain import explain_list
 from bench.pgbench import PgbenchResult, run_pgbench
 from bench.pgbench_scripts import scripts
@@ -90,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads = pgbench jobs (default 2)")
     parser.add_argument(
-        "--scenarios", type=_comma_list, default=list(SCENARIOS), help=f"default: {','.join(SCENARIOS)}"
+        "--scenarios",
+        type=_comma_list,
+        help=f"default: {','.join(SCENARIOS)}, less those the peer has no script for when it is driven",
     )
     parser.add_argument(
         "--sample-users", type=int, default=1000, help="users with tokens to spread load over"
@@ -121,6 +124,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _scenarios(asked: list[str] | None, servers: list[str]) -> list[str]:
+    """The scenarios to run: those asked, or every one the servers driven can be asked (the peer
+    has no delete); asking the peer one it has no script for stops the run before it starts."""
+    peer = "postgraphile" in servers
+    if asked is None:
+        return [name for name in SCENARIOS if not peer or postgraphile.has_scenario(name)]
+    unknown = [name for name in asked if name not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"bench: unknown scenario {unknown}; choose from {list(SCENARIOS)}")
+    not_for_peer = [name for name in asked if peer and not postgraphile.has_scenario(name)]
+    if not_for_peer:
+        raise SystemExit(f"bench: the peer (postgraphile) has no {not_for_peer} scenario; leave it out")
+    return asked
+
+
 def _sizes(args: argparse.Namespace) -> list[dataset.Size]:
     unknown = [name for name in args.size if name not in dataset.SIZES]
     if unknown:
@@ -144,13 +162,22 @@ class Prepared:
     url: str
     secret: str
     sample: Sample
+    deletable: DeletablePool
     users_file: Path
     scripts_dir: Path
 
 
 def prepare(
-    postgres: BenchPostgres, size: dataset.Size, run_dir: Path, sample_users: int, api_env: dict[str, str]
+    postgres: BenchPostgres,
+    size: dataset.Size,
+    run_dir: Path,
+    sample_users: int,
+    api_env: dict[str, str],
+    *,
+    phase_seconds: int = 60,
 ) -> Prepared:
+    """The database loaded, with what drives it; the delete scenario's pool is sized for phases of
+    `phase_seconds`."""
     dbname = f"bench_{size.name}"
     print(f"bench: {size.name}: {size.users:,} users x {size.tasks_per_user} tasks", flush=True)
     url = postgres.create_database(dbname)
@@ -165,10 +192,19 @@ def prepare(
         for name, text in generated.items():
             (scripts_dir / protocol / f"{name}.sql").write_text(text)
     sample = Sample.of(size, sample_users)
+    deletable = DeletablePool.for_phases_of(sample, phase_seconds)
     users_file = run_dir / f"users-{size.name}.lua"
     secret = secrets.token_urlsafe(48)
-    write_users_file(users_file, sample, secret, _TOKEN_TTL_SECONDS)
-    return Prepared(dbname, url, secret, sample, users_file, scripts_dir)
+    write_users_file(users_file, sample, secret, _TOKEN_TTL_SECONDS, deletable)
+    return Prepared(dbname, url, secret, sample, deletable, users_file, scripts_dir)
+
+
+def start_phase(superuser_url: str, prepared: Prepared, scenario: Scenario) -> None:
+    """Back to the loaded data (see `dataset.restore`), with the pool of tasks to delete when the
+    scenario deletes."""
+    dataset.restore(superuser_url, prepared.sample.size)
+    if scenario.deletes:
+        prepared.deletable.add(superuser_url)
 
 
 def new_run_dir() -> Path:
@@ -196,7 +232,7 @@ def _bench_size(
     plans: list[str],
 ) -> list[report.Row]:
     api_env = dict(args.api_env)
-    prepared = prepare(postgres, size, run_dir, args.sample_users, api_env)
+    prepared = prepare(postgres, size, run_dir, args.sample_users, api_env, phase_seconds=args.duration)
     plans += _explain(prepared, size)
     dbname, url, secret = prepared.dbname, prepared.url, prepared.secret
     superuser_url = postgres.superuser_url(dbname)
@@ -232,12 +268,12 @@ def _bench_size(
                         for server, api in servers.items():
                             # Each phase starts from the loaded data: creates would otherwise
                             # lengthen every list measured after them.
-                            dataset.restore(superuser_url, size)
+                            start_phase(superuser_url, prepared, SCENARIOS[name])
                             with api_cpu[server]:
                                 scenario = _asked_of(server, SCENARIOS[name])
                                 https[server].append(run_wrk(wrk, api.base_url, scenario, users_file, **load))
                         for protocol in PGBENCH_PROTOCOLS:
-                            dataset.restore(superuser_url, size)
+                            start_phase(superuser_url, prepared, SCENARIOS[name])
                             with pgbench_cpu[protocol]:
                                 databases[protocol].append(
                                     run_pgbench(
@@ -246,6 +282,7 @@ def _bench_size(
                                         SCENARIOS[name],
                                         scripts_dir / protocol,
                                         sample,
+                                        prepared.deletable,
                                         clients=args.connections,
                                         threads=args.threads,
                                         duration=args.duration,
@@ -328,9 +365,7 @@ def _settings(args: argparse.Namespace, sizes: list[dataset.Size]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    unknown = [name for name in args.scenarios if name not in SCENARIOS]
-    if unknown:
-        raise SystemExit(f"bench: unknown scenario {unknown}; choose from {list(SCENARIOS)}")
+    args.scenarios = _scenarios(args.scenarios, args.server)
     sizes = _sizes(args)
     for signum in STOPPING_SIGNALS:  # from here on: npm ci and apt-get too
         signal.signal(signum, stop_on_signal)

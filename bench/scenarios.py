@@ -17,6 +17,8 @@ class Scenario:
     name: str
     description: str
     pgbench_scripts: tuple[tuple[str, int], ...]
+    # Each phase starts with a pool of tasks to delete (bench/deletable.py).
+    deletes: bool = False
 
     @property
     def lua_script(self) -> str:
@@ -32,5 +34,11 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("toggle", "PATCH /api/{user}/tasks/{id}/complete with no body", (("toggle", 1),)),
         Scenario("update", "PUT /api/{user}/tasks/{id} with a new title", (("update", 1),)),
         Scenario("mixed", "all of the above, 70% reads", MIX),
+        Scenario(
+            "delete",
+            "DELETE /api/{user}/tasks/{id}, a task no request took",
+            (("delete", 1),),
+            deletes=True,
+        ),
     )
 }

@@ -13,11 +13,18 @@ import time
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 
 import bench.run
 from api.tasks import queries
-from bench import gc_cost, transaction_paths
+from bench import dataset, gc_cost, transaction_paths
+from bench.api_server import running_api
+from bench.deletable import DeletablePool
+from bench.pgbench import run_pgbench
+from bench.postgres import embedded_postgres_server
+from bench.scenarios import SCENARIOS
+from bench.wrk import ensure_wrk, run_wrk
 from tests.readme_commands import copy_of_the_checkout
 from tests.support import PROJECT
 
@@ -123,6 +130,79 @@ def test_bench_run_with_no_results_leaves_nothing_in_the_checkout_or_its_tempora
     assert run_folders() <= before
 
 
+def _deleted_from_the_pool(superuser_url: str, pool: DeletablePool) -> dict[str, int]:
+    """How many of the pool's tasks are gone, and what the database shows of their deletion."""
+    with psycopg.connect(superuser_url) as connection:
+        row = connection.execute(
+            """
+            select %(size)s - (select count(*) from tasks where id between %(first)s and %(last)s),
+                   (select count(*) from task_events where kind = 'task.deleted'),
+                   (select count(*) from task_events as e
+                    where e.task is not null and not exists (select from tasks as t where t.id = e.task_id)),
+                   (select count(*) from task_events where task_id > %(last)s or task_id < %(first)s)
+            """,
+            {"size": pool.sample.count * pool.per_user, "first": pool.first_id, "last": pool.last_id},
+        ).fetchone()
+    assert row is not None
+    gone, deletions, copies_of_gone_tasks, events_outside_the_pool = row
+    return {
+        "gone": gone,
+        "task.deleted events": deletions,
+        "events still carrying a deleted task": copies_of_gone_tasks,
+        "events of tasks outside the pool": events_outside_the_pool,
+    }
+
+
+def test_the_delete_scenario_deletes_a_task_of_its_pool_with_every_request_on_every_side(
+    tmp_path: Path,
+) -> None:
+    # A delete that found no task would answer 404 (or, in pgbench, delete nothing) and cost less than
+    # one that deletes: every request counted must be a real delete of a task of its own.
+    _wrk_or_skip()
+    wrk = ensure_wrk()
+    size = dataset.Size("small", users=40, tasks_per_user=3)
+    connections, threads = 4, 2
+    scenario = SCENARIOS["delete"]
+    with embedded_postgres_server() as postgres:
+        prepared = bench.run.prepare(postgres, size, tmp_path, 10, {}, phase_seconds=1)
+        superuser_url = postgres.superuser_url(prepared.dbname)
+        pool = prepared.deletable
+        for server in ("api", "floor"):
+            with running_api(
+                prepared.url, prepared.secret, workers=1, run_dir=tmp_path, extra_env={}, server=server
+            ) as api:
+                bench.run.start_phase(superuser_url, prepared, scenario)
+                result = run_wrk(
+                    wrk, api.base_url, scenario, prepared.users_file,
+                    connections=connections, threads=threads, duration=1,
+                )  # fmt: skip
+            found = _deleted_from_the_pool(superuser_url, pool)
+
+            assert result.non_2xx == 0, (server, result)
+            assert result.socket_errors == 0, (server, result)
+            assert result.requests > 0, (server, result)
+            # Each answer deleted a task; a request cut off at the end may have deleted one unanswered.
+            assert result.requests <= found["gone"] <= result.requests + connections, (server, result, found)
+            assert found["task.deleted events"] == found["gone"], (server, found)
+            assert found["events still carrying a deleted task"] == 0, (server, found)
+            assert found["events of tasks outside the pool"] == 0, (server, found)
+
+        for protocol in bench.run.PGBENCH_PROTOCOLS:
+            bench.run.start_phase(superuser_url, prepared, scenario)
+            transactions = run_pgbench(
+                postgres, prepared.dbname, scenario, prepared.scripts_dir / protocol, prepared.sample, pool,
+                clients=connections, threads=threads, duration=1, protocol=protocol,
+            )  # fmt: skip
+            found = _deleted_from_the_pool(superuser_url, pool)
+
+            assert transactions.failed == 0, (protocol, transactions.output)
+            assert transactions.transactions > 0, (protocol, transactions.output)
+            # Two clients that took the same task would have deleted fewer tasks than they counted.
+            assert found["gone"] == transactions.transactions, (protocol, transactions.transactions, found)
+            assert found["task.deleted events"] == found["gone"], (protocol, found)
+            assert found["events still carrying a deleted task"] == 0, (protocol, found)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_bench_tool_stopped_by_a_signal_stops_its_postgres(signum: int) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-signal-"))  # short: Postgres puts its socket there
@@ -179,3 +259,12 @@ def test_the_report_says_how_many_users_the_load_was_spread_over_for_each_size()
     args = bench.run._parser().parse_args(["--size", "small", "--users", "20"])
     (load, *_) = bench.run._settings(args, bench.run._sizes(args))
     assert load.endswith("requests spread over 20 users (small)"), load
+
+
+def test_the_peer_is_asked_only_the_scenarios_it_has_a_script_for() -> None:
+    # The peer has no delete script: by default a run that drives it leaves the scenario out, and
+    # asking for it stops the run before anything starts, not after minutes of the other scenarios.
+    assert bench.run._scenarios(None, ["api", "floor"]) == list(SCENARIOS)
+    assert bench.run._scenarios(None, ["api", "postgraphile"]) == [n for n in SCENARIOS if n != "delete"]
+    with pytest.raises(SystemExit, match="no \\['delete'\\] scenario"):
+        bench.run._scenarios(["get", "delete"], ["api", "postgraphile"])

@@ -49,5 +49,10 @@ class PeerScenario(Scenario):
         return f"{FOLDER.name}/{self.name}.lua"  # relative to bench/, where wrk.py looks
 
 
+def has_scenario(name: str) -> bool:
+    """Whether the peer can be asked this scenario: it has a GraphQL script for it (none for delete)."""
+    return (FOLDER / f"{name}.lua").is_file()
+
+
 def peer_scenario(scenario: Scenario) -> PeerScenario:
     return PeerScenario(scenario.name, scenario.description, scenario.pgbench_scripts)
