@@ -129,6 +129,8 @@ def create_app(
         version=__version__,
         summary="A multi-user Todo API whose security lives in Postgres row-level security.",
         lifespan=lifespan,
+        # Served by install_docs, with the Cache-Control FastAPI's own routes do not send.
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
         # A trailing slash is another path (404): Starlette's redirect would build its Location

@@ -1963,6 +1963,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is about this moment, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -2042,6 +2044,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is about this moment, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
