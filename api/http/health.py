@@ -28,7 +28,9 @@ async def healthz(response: Response) -> dict[str, str]:
     responses={
         200: {"headers": THIS_MOMENT_ONLY_HEADER},
         503: error_response(
-            f"The database did not answer (type {ProblemType.DATABASE_UNAVAILABLE.urn}), or the last "
+            "The database did not answer, accepts no writes (a standby, or sessions read-only by "
+            "default), or this worker's pool holds no connection and can make none (type "
+            f"{ProblemType.DATABASE_UNAVAILABLE.urn}), or the last "
             f"isolation check found something (type {ProblemType.ISOLATION_UNVERIFIED.urn}); ask "
             "again after the `Retry-After` seconds.",
             types=[ProblemType.DATABASE_UNAVAILABLE, ProblemType.ISOLATION_UNVERIFIED],

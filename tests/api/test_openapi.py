@@ -304,6 +304,35 @@ def _assert_documented(spec: dict[str, Any], path: str, method: str, response: h
         assert response.json()["type"] in listed_types(responses[str(response.status_code)])
 
 
+@pytest.mark.parametrize(("path", "method"), [*TASK_OPERATIONS, ("/api/{user_id}/events", "get")])
+def test_a_503_names_every_cause_the_readme_gives_it(spec: dict[str, Any], path: str, method: str) -> None:
+    """It named an unreachable database, a statement timeout and an isolation finding only: a client
+    reading the document alone took a busy pool, a standby or a database out of disk for a bug."""
+    description = spec["paths"][path][method]["responses"]["503"]["description"]
+    causes = [
+        "cannot be reached",
+        "DB_POOL_TIMEOUT_SECONDS",
+        "DB_STATEMENT_TIMEOUT_MS",
+        "lock_timeout",
+        "ran out of a resource",
+        "an error of its own",
+        "conflict with other transactions",
+        "Better Auth's keys",
+        "isolation check",
+    ]
+    causes += ["read-only"] if method != "get" else []
+    causes += ["MAX_STREAMS_PER_WORKER", "shutting down"] if path.endswith("/events") else []
+    assert [cause for cause in causes if cause not in description] == []
+
+
+def test_readiness_refused_names_every_cause_of_its_503(spec: dict[str, Any]) -> None:
+    """It said only that the database did not answer, while a standby that answers is not ready either
+    (README.md, "Deploying", step 4)."""
+    description = spec["paths"]["/readyz"]["get"]["responses"]["503"]["description"]
+    causes = ["did not answer", "read-only", "pool holds no connection", "isolation check"]
+    assert [cause for cause in causes if cause not in description] == []
+
+
 def test_x_request_id_is_documented_as_always_sent_but_on_the_servers_own_answers(
     spec: dict[str, Any],
 ) -> None:

@@ -436,7 +436,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, the last isolation check found something, or this server process holds MAX_STREAMS_PER_WORKER streams of all users already; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:streams-unavailable`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); the last isolation check found something (type urn:todo-api:problem:isolation-unverified); or this server process holds MAX_STREAMS_PER_WORKER streams of all users already, or is shutting down (type urn:todo-api:problem:streams-unavailable). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:streams-unavailable`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -655,7 +655,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -932,7 +932,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1160,7 +1160,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1431,7 +1431,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1658,7 +1658,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1931,7 +1931,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -2111,7 +2111,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database did not answer (type urn:todo-api:problem:database-unavailable), or the last isolation check found something (type urn:todo-api:problem:isolation-unverified); ask again after the `Retry-After` seconds. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
+            /** @description The database did not answer, accepts no writes (a standby, or sessions read-only by default), or this worker's pool holds no connection and can make none (type urn:todo-api:problem:database-unavailable), or the last isolation check found something (type urn:todo-api:problem:isolation-unverified); ask again after the `Retry-After` seconds. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
