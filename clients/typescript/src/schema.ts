@@ -320,6 +320,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -338,6 +340,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -354,6 +358,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -370,6 +376,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -386,6 +394,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -408,6 +418,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -431,6 +443,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
@@ -449,6 +463,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:streams-unavailable";
                     };
@@ -523,6 +539,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -541,6 +559,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -557,6 +577,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -573,6 +595,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -589,6 +613,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -605,6 +631,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -627,6 +655,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -650,6 +680,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
@@ -668,6 +700,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified";
                     };
@@ -730,6 +764,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -748,6 +784,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -764,6 +802,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -780,6 +820,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 408;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:request-timeout";
                     };
@@ -798,6 +840,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 409;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:task-limit-reached" | "urn:todo-api:problem:idempotency-key-in-use";
                     };
@@ -814,6 +858,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 410;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:task-deleted";
                     };
@@ -830,6 +876,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -846,6 +894,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -866,6 +916,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 415;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unsupported-media-type";
                     };
@@ -882,6 +934,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error" | "urn:todo-api:problem:idempotency-key-reused";
                     };
@@ -904,6 +958,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -927,6 +983,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
@@ -945,6 +1003,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
@@ -1010,6 +1070,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -1028,6 +1090,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -1044,6 +1108,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -1060,6 +1126,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 404;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-found";
                     };
@@ -1078,6 +1146,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -1094,6 +1164,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -1110,6 +1182,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -1132,6 +1206,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -1155,6 +1231,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
@@ -1173,6 +1251,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified";
                     };
@@ -1229,6 +1309,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -1247,6 +1329,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -1263,6 +1347,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -1279,6 +1365,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 404;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-found";
                     };
@@ -1295,6 +1383,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 408;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:request-timeout";
                     };
@@ -1313,6 +1403,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -1329,6 +1421,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -1349,6 +1443,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 415;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unsupported-media-type";
                     };
@@ -1365,6 +1461,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -1381,6 +1479,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 428;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-required";
                     };
@@ -1403,6 +1503,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -1426,6 +1528,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
@@ -1444,6 +1548,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
@@ -1492,6 +1598,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -1510,6 +1618,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -1526,6 +1636,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -1542,6 +1654,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 404;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-found";
                     };
@@ -1560,6 +1674,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -1576,6 +1692,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -1592,6 +1710,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -1608,6 +1728,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 428;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-required";
                     };
@@ -1630,6 +1752,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -1653,6 +1777,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
@@ -1671,6 +1797,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
@@ -1729,6 +1857,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -1747,6 +1877,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -1763,6 +1895,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -1779,6 +1913,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 404;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-found";
                     };
@@ -1795,6 +1931,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 408;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:request-timeout";
                     };
@@ -1813,6 +1951,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -1829,6 +1969,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -1849,6 +1991,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 415;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unsupported-media-type";
                     };
@@ -1865,6 +2009,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -1881,6 +2027,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 428;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-required";
                     };
@@ -1903,6 +2051,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -1926,6 +2076,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
@@ -1944,6 +2096,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
@@ -1986,6 +2140,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -2002,6 +2158,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -2025,6 +2183,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
@@ -2067,6 +2227,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -2083,6 +2245,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -2106,6 +2270,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
@@ -2124,6 +2290,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:isolation-unverified";
                     };
