@@ -77,6 +77,12 @@ def test_health_endpoints_are_public(spec: dict[str, Any]) -> None:
         assert "security" not in spec["paths"][path]["get"]
 
 
+def test_the_served_document_is_the_one_todo_api_openapi_prints(spec: dict[str, Any]) -> None:
+    """README.md: `todo-api openapi` prints the document this version serves, which the TypeScript
+    client is generated from; /openapi.json is served by api/http/docs.py, not FastAPI's own route."""
+    assert spec == openapi_document()
+
+
 def test_docs_page_is_served(api_url: str) -> None:
     response = httpx.get(f"{api_url}/docs")
     assert response.status_code == 200
