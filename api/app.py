@@ -28,6 +28,7 @@ from api.http.methods import install_method_rules, served_routes
 from api.http.openapi import document_response_header
 from api.http.problems import (
     document_problem_media_type,
+    document_problem_status,
     document_problems_not_stored,
     install_problem_handlers,
     on_internal_error,
@@ -129,6 +130,8 @@ def create_app(
         version=__version__,
         summary="A multi-user Todo API whose security lives in Postgres row-level security.",
         lifespan=lifespan,
+        # Served by install_docs, with the Cache-Control FastAPI's own routes do not send.
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
         # A trailing slash is another path (404): Starlette's redirect would build its Location
@@ -162,6 +165,7 @@ def create_app(
         "This request's id, in every log line about it: yours if you sent a sane one, else a new one.",
     )
     document_head_too_large(app)  # after that header, which the server's own 431 does not carry
+    document_problem_status(app)  # after every problem is declared
     routers = [router for router in ROUTERS if settings.metrics_enabled or router is not metrics.router]
     for router in routers:
         app.include_router(router)

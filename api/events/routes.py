@@ -234,7 +234,8 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
         # own refusals (api/events/hub.py) and without outcome-unknown, which only a write can get.
         429: too_many_requests("with MAX_STREAMS_PER_USER streams of yours open on this server process"),
         503: service_unavailable(
-            "this server process holds MAX_STREAMS_PER_WORKER streams of all users already",
+            "this server process holds MAX_STREAMS_PER_WORKER streams of all users already, or is "
+            f"shutting down (type {ProblemType.STREAMS_UNAVAILABLE.urn})",
             ProblemType.STREAMS_UNAVAILABLE,
             writes=False,
         ),

@@ -1,7 +1,8 @@
 """Liveness and readiness, for load balancers and orchestrators: no token needed."""
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
+from api.http.cache_control import THIS_MOMENT_ONLY, THIS_MOMENT_ONLY_HEADER
 from api.http.problems import ProblemType, database_unavailable, error_response
 from api.http.refusals import retry_after
 from api.http.services import services
@@ -9,8 +10,14 @@ from api.http.services import services
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", operation_id="checkLiveness", summary="The process is alive")
-async def healthz() -> dict[str, str]:
+@router.get(
+    "/healthz",
+    operation_id="checkLiveness",
+    summary="The process is alive",
+    responses={200: {"headers": THIS_MOMENT_ONLY_HEADER}},
+)
+async def healthz(response: Response) -> dict[str, str]:
+    response.headers.update(THIS_MOMENT_ONLY)
     return {"status": "ok"}
 
 
@@ -19,19 +26,23 @@ async def healthz() -> dict[str, str]:
     operation_id="checkReadiness",
     summary="The database is reachable and verified to isolate users",
     responses={
+        200: {"headers": THIS_MOMENT_ONLY_HEADER},
         503: error_response(
-            f"The database did not answer (type {ProblemType.DATABASE_UNAVAILABLE.urn}), or the last "
+            "The database did not answer, accepts no writes (a standby, or sessions read-only by "
+            "default), or this worker's pool holds no connection and can make none (type "
+            f"{ProblemType.DATABASE_UNAVAILABLE.urn}), or the last "
             f"isolation check found something (type {ProblemType.ISOLATION_UNVERIFIED.urn}); ask "
             "again after the `Retry-After` seconds.",
             types=[ProblemType.DATABASE_UNAVAILABLE, ProblemType.ISOLATION_UNVERIFIED],
             headers=retry_after("Seconds to wait before asking again.", required=True),
-        )
+        ),
     },
 )
-async def readyz(request: Request) -> dict[str, str]:
+async def readyz(request: Request, response: Response) -> dict[str, str]:
     shared = services(request.app)
     # Fail closed, as a task request does: not ready while the last isolation check found anything.
     await shared.isolation.admit()
     if not await shared.readiness.reachable():
         raise database_unavailable()
+    response.headers.update(THIS_MOMENT_ONLY)
     return {"status": "ready"}

@@ -625,6 +625,22 @@ def document_problem_media_type(app: FastAPI) -> None:
     amend_openapi(app, amend)
 
 
+def document_problem_status(app: FastAPI) -> None:
+    """Declares the `status` of every problem the document lists by then as that of the answer that
+    carries it: with the Problem schema's bare integer, the docs page showed every problem's example
+    with `"status": 0`. Amend after every error response is declared."""
+
+    def amend(document: OpenApiDocument) -> None:
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            for status, response in operation["responses"].items():
+                if PROBLEM_MEDIA_TYPE in response.get("content", {}):
+                    _, listed = response["content"][PROBLEM_MEDIA_TYPE]["schema"]["allOf"]
+                    listed["properties"]["status"] = {"type": "integer", "enum": [int(status)]}
+                    listed["required"] = ["type", "status"]
+
+    amend_openapi(app, amend)
+
+
 def document_problems_not_stored(app: FastAPI) -> None:
     """Declares Cache-Control on every 4xx and 5xx the document lists by then, where a response does not
     describe its own (the 400 that may be the server's, api/http/body_limit.py). Amend before the

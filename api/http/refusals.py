@@ -67,14 +67,24 @@ def service_unavailable(
         ProblemType.ISOLATION_UNVERIFIED,
     ]
     types += [own_type] if own_type else []
+    # Each cause of database-unavailable, as README.md lists them and docs/operations.md ("What each
+    # database error is answered with") maps them from Postgres's errors: a client that reads the
+    # document alone could not tell a busy pool or a standby from a bug.
+    database = (
+        "the database cannot be reached, or is busy (no connection came free within "
+        "DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, "
+        + ("refused a write for being read-only (a standby), " if writes else "")
+        + "ran out of a resource (disk, memory), failed with an error of its own, or rolled the request "
+        f"back twice to end a conflict with other transactions (type {ProblemType.DATABASE_UNAVAILABLE.urn})"
+    )
     causes = [
-        "The database, or Better Auth's keys, cannot be reached",
-        "the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout",
-        "the last isolation check found something",
+        database[0].upper() + database[1:],
+        f"Better Auth's keys cannot be fetched (type {ProblemType.AUTHENTICATION_UNAVAILABLE.urn})",
+        f"the last isolation check found something (type {ProblemType.ISOLATION_UNVERIFIED.urn})",
     ]
     causes += [own_reason] if own_reason else []
     text = (
-        f"{', '.join(causes[:-1])}, or {causes[-1]}; retry after the `Retry-After` seconds. Nothing was done"
+        f"{'; '.join(causes[:-1])}; or {causes[-1]}. Retry after the `Retry-After` seconds. Nothing was done"
     )
     if writes:
         types.append(ProblemType.OUTCOME_UNKNOWN)

@@ -77,6 +77,12 @@ def test_health_endpoints_are_public(spec: dict[str, Any]) -> None:
         assert "security" not in spec["paths"][path]["get"]
 
 
+def test_the_served_document_is_the_one_todo_api_openapi_prints(spec: dict[str, Any]) -> None:
+    """README.md: `todo-api openapi` prints the document this version serves, which the TypeScript
+    client is generated from; /openapi.json is served by api/http/docs.py, not FastAPI's own route."""
+    assert spec == openapi_document()
+
+
 def test_docs_page_is_served(api_url: str) -> None:
     response = httpx.get(f"{api_url}/docs")
     assert response.status_code == 200
@@ -301,7 +307,53 @@ def _assert_documented(spec: dict[str, Any], path: str, method: str, response: h
     assert undocumented <= set(documented), f"{method.upper()} {path} {response.status_code}"
     assert {name for name, header in documented.items() if header.get("required")} <= sent
     if response.headers.get("content-type") == "application/problem+json":
-        assert response.json()["type"] in listed_types(responses[str(response.status_code)])
+        documented_response = responses[str(response.status_code)]
+        assert response.json()["type"] in listed_types(documented_response)
+        schema = documented_response["content"]["application/problem+json"]["schema"]
+        jsonschema_rs.validator_for({"components": spec["components"], **schema}).validate(response.json())
+
+
+def test_every_problem_documents_the_status_it_is_answered_with(spec: dict[str, Any]) -> None:
+    """The Problem schema's `status` was a bare integer, so the docs page (Swagger UI) showed every
+    error's example as `"status": 0`, and a generated client typed a 404's status as any number. Real
+    answers are held to it by `_assert_documented`."""
+    for path, path_item in spec["paths"].items():
+        for method, operation in path_item.items():
+            for status, response in operation["responses"].items():
+                if "application/problem+json" in response.get("content", {}):
+                    schema = response["content"]["application/problem+json"]["schema"]
+                    documented = schema["allOf"][1]["properties"].get("status")
+                    assert documented == {"type": "integer", "enum": [int(status)]}, (method, path, status)
+                    assert "status" in schema["allOf"][1]["required"], (method, path, status)
+
+
+@pytest.mark.parametrize(("path", "method"), [*TASK_OPERATIONS, ("/api/{user_id}/events", "get")])
+def test_a_503_names_every_cause_the_readme_gives_it(spec: dict[str, Any], path: str, method: str) -> None:
+    """It named an unreachable database, a statement timeout and an isolation finding only: a client
+    reading the document alone took a busy pool, a standby or a database out of disk for a bug."""
+    description = spec["paths"][path][method]["responses"]["503"]["description"]
+    causes = [
+        "cannot be reached",
+        "DB_POOL_TIMEOUT_SECONDS",
+        "DB_STATEMENT_TIMEOUT_MS",
+        "lock_timeout",
+        "ran out of a resource",
+        "an error of its own",
+        "conflict with other transactions",
+        "Better Auth's keys",
+        "isolation check",
+    ]
+    causes += ["read-only"] if method != "get" else []
+    causes += ["MAX_STREAMS_PER_WORKER", "shutting down"] if path.endswith("/events") else []
+    assert [cause for cause in causes if cause not in description] == []
+
+
+def test_readiness_refused_names_every_cause_of_its_503(spec: dict[str, Any]) -> None:
+    """It said only that the database did not answer, while a standby that answers is not ready either
+    (README.md, "Deploying", step 4)."""
+    description = spec["paths"]["/readyz"]["get"]["responses"]["503"]["description"]
+    causes = ["did not answer", "read-only", "pool holds no connection", "isolation check"]
+    assert [cause for cause in causes if cause not in description] == []
 
 
 def test_x_request_id_is_documented_as_always_sent_but_on_the_servers_own_answers(

@@ -247,6 +247,26 @@ def test_health_and_readiness_need_no_token(client: httpx.Client) -> None:
     assert ready.json() == {"status": "ready"}
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_no_cache_keeps_health_or_metrics_and_a_cache_asks_again_for_the_docs(
+    client: httpx.Client, method: str
+) -> None:
+    """They carried no Cache-Control, so a proxy or a browser could keep a 200 by its own heuristics
+    (RFC 9111, section 4.2.2): a load balancer behind a cache told ready after the database was gone,
+    a scraper given old counts, a client reading the contract of the release before."""
+    about_now = {path: client.request(method, path) for path in ("/healthz", "/readyz", "/metrics")}
+    about_this_release = {path: client.request(method, path) for path in ("/openapi.json", "/docs", "/redoc")}
+    assert {path: answer.status_code for path, answer in {**about_now, **about_this_release}.items()} == {
+        path: 200 for path in [*about_now, *about_this_release]
+    }
+    assert {path: answer.headers.get("cache-control") for path, answer in about_now.items()} == {
+        path: "no-store" for path in about_now
+    }
+    assert {path: answer.headers.get("cache-control") for path, answer in about_this_release.items()} == {
+        path: "no-cache" for path in about_this_release
+    }
+
+
 def test_unknown_route_is_a_problem(client: httpx.Client) -> None:
     response = client.get("/nope")
     assert response.status_code == 404

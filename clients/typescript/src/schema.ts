@@ -320,6 +320,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -338,6 +340,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -354,6 +358,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -370,6 +376,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -386,6 +394,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -408,6 +418,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -431,12 +443,14 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, the last isolation check found something, or this server process holds MAX_STREAMS_PER_WORKER streams of all users already; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:streams-unavailable`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); the last isolation check found something (type urn:todo-api:problem:isolation-unverified); or this server process holds MAX_STREAMS_PER_WORKER streams of all users already, or is shutting down (type urn:todo-api:problem:streams-unavailable). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:streams-unavailable`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -449,6 +463,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:streams-unavailable";
                     };
@@ -523,6 +539,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -541,6 +559,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -557,6 +577,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -573,6 +595,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -589,6 +613,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -605,6 +631,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -627,6 +655,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -650,12 +680,14 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -668,6 +700,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified";
                     };
@@ -730,6 +764,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -748,6 +784,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -764,6 +802,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -780,6 +820,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 408;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:request-timeout";
                     };
@@ -798,6 +840,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 409;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:task-limit-reached" | "urn:todo-api:problem:idempotency-key-in-use";
                     };
@@ -814,6 +858,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 410;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:task-deleted";
                     };
@@ -830,6 +876,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -846,6 +894,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -866,6 +916,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 415;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unsupported-media-type";
                     };
@@ -882,6 +934,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error" | "urn:todo-api:problem:idempotency-key-reused";
                     };
@@ -904,6 +958,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -927,12 +983,14 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -945,6 +1003,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
@@ -1010,6 +1070,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -1028,6 +1090,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -1044,6 +1108,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -1060,6 +1126,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 404;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-found";
                     };
@@ -1078,6 +1146,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -1094,6 +1164,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -1110,6 +1182,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -1132,6 +1206,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -1155,12 +1231,14 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1173,6 +1251,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified";
                     };
@@ -1229,6 +1309,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -1247,6 +1329,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -1263,6 +1347,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -1279,6 +1365,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 404;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-found";
                     };
@@ -1295,6 +1383,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 408;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:request-timeout";
                     };
@@ -1313,6 +1403,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -1329,6 +1421,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -1349,6 +1443,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 415;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unsupported-media-type";
                     };
@@ -1365,6 +1461,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -1381,6 +1479,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 428;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-required";
                     };
@@ -1403,6 +1503,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -1426,12 +1528,14 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1444,6 +1548,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
@@ -1492,6 +1598,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -1510,6 +1618,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -1526,6 +1636,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -1542,6 +1654,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 404;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-found";
                     };
@@ -1560,6 +1674,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -1576,6 +1692,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -1592,6 +1710,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -1608,6 +1728,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 428;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-required";
                     };
@@ -1630,6 +1752,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -1653,12 +1777,14 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1671,6 +1797,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
@@ -1729,6 +1857,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -1747,6 +1877,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 401;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unauthorized";
                     };
@@ -1763,6 +1895,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 403;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:forbidden";
                     };
@@ -1779,6 +1913,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 404;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-found";
                     };
@@ -1795,6 +1931,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 408;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:request-timeout";
                     };
@@ -1813,6 +1951,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 412;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-failed";
                     };
@@ -1829,6 +1969,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -1849,6 +1991,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 415;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:unsupported-media-type";
                     };
@@ -1865,6 +2009,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 422;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:validation-error";
                     };
@@ -1881,6 +2027,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 428;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:precondition-required";
                     };
@@ -1903,6 +2051,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 429;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:too-many-requests";
                     };
@@ -1926,12 +2076,14 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
                 };
             };
-            /** @description The database, or Better Auth's keys, cannot be reached, the database did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, or the last isolation check found something; retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1944,6 +2096,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
@@ -1963,6 +2117,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is about this moment, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -1984,6 +2140,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -2000,6 +2158,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -2023,6 +2183,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
@@ -2042,6 +2204,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description `no-store`: the answer is about this moment, for no cache to keep. */
+                    "Cache-Control": string;
                     /** @description This request's id, in every log line about it: yours if you sent a sane one, else a new one. */
                     "X-Request-ID": string;
                     [name: string]: unknown;
@@ -2063,6 +2227,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 400;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:bad-request";
                     };
@@ -2079,6 +2245,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 413;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:payload-too-large";
                     };
@@ -2102,12 +2270,14 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 501;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:not-implemented";
                     };
                 };
             };
-            /** @description The database did not answer (type urn:todo-api:problem:database-unavailable), or the last isolation check found something (type urn:todo-api:problem:isolation-unverified); ask again after the `Retry-After` seconds. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
+            /** @description The database did not answer, accepts no writes (a standby, or sessions read-only by default), or this worker's pool holds no connection and can make none (type urn:todo-api:problem:database-unavailable), or the last isolation check found something (type urn:todo-api:problem:isolation-unverified); ask again after the `Retry-After` seconds. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -2120,6 +2290,8 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"] & {
+                        /** @enum {integer} */
+                        status: 503;
                         /** @enum {string} */
                         type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:isolation-unverified";
                     };
