@@ -121,8 +121,11 @@ export function subscribe(
   const url = `${removeTrailingSlash(baseUrl)}/api/${encodeURIComponent(userId)}/events`;
   let last = lastEventId;
 
-  /** Hands an event to `onEvent`; what it throws is reported, and the stream goes on. */
+  /** Hands an event to `onEvent`; what it throws is reported, and the stream goes on. Once closed,
+   * nothing more is handed on: an `onEvent` that closes the subscription would otherwise still get
+   * the events read with its own (a replay comes in one piece), as EventSource never does. */
   function emit(event: TaskEvent): void {
+    if (stopping.signal.aborted) return;
     try {
       onEvent(event);
     } catch (error) {
@@ -132,6 +135,7 @@ export function subscribe(
   }
 
   function deliver(message: EventSourceMessage): void {
+    if (stopping.signal.aborted) return;
     let event: TaskEvent | undefined;
     try {
       event = taskEvent(message);
@@ -196,7 +200,10 @@ export function subscribe(
     // the stream opens with such a block: where it starts, all an idle stream has to resume from.
     // onId hears of it, and of an event's id before onEvent does.
     const parser = createParser({
-      onId: (id) => (last = id),
+      onId: (id) => {
+        // Once closed, events are no longer handed on: resuming from one's id would skip it.
+        if (!stopping.signal.aborted) last = id;
+      },
       onEvent: (message) => ((failures = 0), deliver(message)),
       onComment: () => (failures = 0),
     });

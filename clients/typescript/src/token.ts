@@ -39,25 +39,35 @@ export function isTokenFailure(error: unknown): boolean {
 export type TokenSource = (refused: string | undefined, signal?: AbortSignal) => Promise<string>;
 
 /**
- * getToken as one client calls it. Every request and stream refused with the same token takes the one
- * fresh token asked for because of it: when a token expires under a page's parallel calls (or calls a
- * browser holds back, six to a host, and sends with the token they were given), getToken is asked once
- * with `fresh: true`, not once per call, each a round trip to the auth server (Better Auth's
- * /api/auth/token) that its rate limit may refuse.
+ * getToken as one client calls it. Calls that need the same token share one answer of getToken:
+ * - every request and stream refused with the same token takes the one fresh token asked for because
+ *   of it: when a token expires under a page's parallel calls (or calls a browser holds back, six to
+ *   a host, and sends with the token they were given), getToken is asked once with `fresh: true`,
+ *   not once per call, each a round trip to the auth server (Better Auth's /api/auth/token) that its
+ *   rate limit may refuse;
+ * - calls made while getToken is asked for the token it keeps wait on that answer: a page's first
+ *   render (its lists, a create, a stream, before any token is kept) asks once, not once per call.
+ *   Once it has answered, the next call asks again, so a token the app changed since (signed out,
+ *   another account) is the one sent.
  */
 export function tokenSource(getToken: GetToken): TokenSource {
-  let refresh: Refresh | undefined;
+  let kept: SharedToken | undefined;
+  let refresh: SharedToken | undefined;
   return async (refused, signal) => {
     signal?.throwIfAborted();
-    if (refused === undefined) return tokenFrom(getToken, false, signal);
-    if (!refresh?.answers(refused)) refresh = new Refresh(getToken, refused);
+    if (refused === undefined) {
+      if (!kept?.answers(undefined)) kept = new SharedToken(getToken, undefined);
+      return kept.join(signal);
+    }
+    if (!refresh?.answers(refused)) refresh = new SharedToken(getToken, refused);
     return refresh.join(signal);
   };
 }
 
-/** One fresh token, asked of getToken because `refused` was refused, for every caller refused it. */
-class Refresh {
-  readonly #refused: string;
+/** One answer of getToken for every caller that needs it: a fresh token, asked for because `refused`
+ * was refused, or (`refused` undefined) the token getToken keeps. */
+class SharedToken {
+  readonly #refused: string | undefined;
   // getToken's signal: aborted once every caller waiting has given up (not when one of them does,
   // which would fail the others' token too), so that getToken can cancel its own fetch.
   readonly #controller = new AbortController();
@@ -66,26 +76,27 @@ class Refresh {
   #failed = false;
   // A caller gave up waiting (its signal aborted, a timeout say): the token may never come.
   #givenUpOn = false;
-  #fresh: string | undefined;
+  #given: string | undefined;
   #waiting = 0;
   #withoutSignal = false;
 
-  constructor(getToken: GetToken, refused: string) {
+  constructor(getToken: GetToken, refused: string | undefined) {
     this.#refused = refused;
-    this.#token = tokenFrom(getToken, true, this.#controller.signal);
+    this.#token = tokenFrom(getToken, refused !== undefined, this.#controller.signal);
     this.#token.then(
-      (token) => ((this.#settled = true), (this.#fresh = token)),
+      (token) => ((this.#settled = true), (this.#given = token)),
       () => ((this.#settled = true), (this.#failed = true)),
     );
   }
 
-  /** Whether a caller refused `refused` may take this token rather than ask for another: not once
-   * getToken failed to give one (it may give one now), nor when it gave the very token refused, nor
-   * once a caller gave up waiting on it (a getToken that never settles would otherwise hold every
-   * call refused with that token from then on, their own timeouts included). */
-  answers(refused: string): boolean {
-    const usable = !this.#failed && !this.#givenUpOn && this.#fresh !== refused;
-    return refused === this.#refused && usable;
+  /** Whether a caller refused `refused` (undefined: refused nothing) may take this token rather than
+   * ask for another: not once getToken failed to give one (it may give one now), nor once a caller
+   * gave up waiting on it (a getToken that never settles would otherwise hold every later call, their
+   * own timeouts included). A fresh token is not one when getToken gave the very token refused; the
+   * token getToken keeps is asked for anew once it has come. */
+  answers(refused: string | undefined): boolean {
+    if (refused !== this.#refused || this.#failed || this.#givenUpOn) return false;
+    return refused === undefined ? !this.#settled : this.#given !== refused;
   }
 
   join(signal?: AbortSignal): Promise<string> {

@@ -868,6 +868,51 @@ test("a fresh token a call gave up waiting on is asked for again by the next cal
   );
 });
 
+test("calls made at once before any token is kept share one getToken, and a later call asks it again", async () => {
+  const user = takeUser("start");
+  const asked: boolean[] = [];
+  const handedOn: (AbortSignal | undefined)[] = [];
+  let signedIn = () => {};
+  const firstToken = new Promise<void>((resolve) => (signedIn = resolve));
+  const todo = createTodoClient({
+    baseUrl,
+    // The README's getToken on a page's first render: no token kept yet, so a round trip to Better Auth.
+    getToken: async ({ fresh, signal }) => {
+      asked.push(fresh);
+      handedOn.push(signal);
+      await firstToken;
+      return user.token;
+    },
+  });
+  const unmounted = new AbortController(); // a component gone before the token came
+
+  const left = todo.listTasks(user.id, {}, { signal: unmounted.signal });
+  const calls = [todo.listTasks(user.id), todo.createTask(user.id, { title: "First render" })];
+  const events: string[] = [];
+  const live = todo.subscribe(user.id, (event) => events.push(event.type));
+  unmounted.abort();
+  await assert.rejects(left, { name: "AbortError" });
+  const getTokenGaveUp = handedOn.map((signal) => signal?.aborted);
+  signedIn();
+  const answers = await Promise.all(calls);
+  await until(() => events.includes("reset"));
+  await live.close();
+
+  assert.deepEqual(
+    answers.map((answer) => answer.response.status),
+    [200, 201],
+  );
+  assert.deepEqual(asked, [false], "one getToken for the whole first render");
+  assert.deepEqual(getTokenGaveUp, [false], "not told to give up while other calls wait");
+  // Once it has answered, the next call asks again: the app may have changed its token since.
+  const later = await todo.listTasks(user.id);
+  assert.deepEqual(
+    later.data?.map((task) => task.title),
+    ["First render"],
+  );
+  assert.deepEqual(asked, [false, false]);
+});
+
 test("a create whose connection is cut after the API made it is sent again with its key: one task", async (t) => {
   const user = takeUser("start");
   const api = new URL(baseUrl);

@@ -711,6 +711,58 @@ test("what onEvent throws goes to onError as thrown, and the same stream goes on
   assert.equal(another.status, 200, "another stream of the user's was let in");
 });
 
+test("a subscription closed by onEvent hears nothing more, not even the events that came with that one", async (t) => {
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  const seen = collector();
+  const before = todo.subscribe(user.id, seen.onEvent);
+  await seen.until(1);
+  await todo.createTask(user.id, { title: "Zero" });
+  await seen.until(2);
+  await before.close();
+  const lastEventId = before.lastEventId;
+  for (const title of ["First", "Second", "Third"]) await todo.createTask(user.id, { title });
+  // The replay of all three, handed over in one piece, as a stream resumed after an outage reads them.
+  const replayedAtOnce = async (request: Request) => {
+    const response = await fetch(request);
+    const reader = response.body!.getReader();
+    const givingUp = setTimeout(() => void reader.cancel(), 10_000); // read no more: the test fails, not hangs
+    const decoder = new TextDecoder();
+    let replay = "";
+    while ((replay.match(/event: ?task\.created\r?\n[^]*?\r?\n\r?\n/g) ?? []).length < 3) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      replay += decoder.decode(value, { stream: true });
+    }
+    clearTimeout(givingUp);
+    await reader.cancel();
+    return new Response(replay, response);
+  };
+  const heard: string[] = [];
+  const subscription: Subscription = clientFor(user, { fetch: replayedAtOnce }).subscribe(
+    user.id,
+    (event) => {
+      heard.push("task" in event ? event.task.title : event.type);
+      void subscription.close(); // the task shown is the one this page waited for: done listening
+    },
+    { lastEventId },
+  );
+  t.after(() => subscription.close());
+  const stillOpen = new Promise((resolve) => setTimeout(() => resolve("still open"), 10_000).unref());
+
+  assert.equal(await Promise.race([subscription.ended, stillOpen]), undefined);
+  assert.deepEqual(heard, ["First"]);
+  // Its lastEventId is the last event it heard: resumed from it, the others come.
+  const resumed = collector();
+  const after = todo.subscribe(user.id, resumed.onEvent, { lastEventId: subscription.lastEventId });
+  t.after(() => after.close());
+  const rest = await resumed.until(2);
+  assert.deepEqual(
+    rest.map((event) => ("task" in event ? event.task.title : event.type)),
+    ["Second", "Third"],
+  );
+});
+
 test("an event whose data cannot be read is reported and comes as a reset, and the stream goes on", async () => {
   const user = takeUser("end");
   let streams = 0;
