@@ -132,8 +132,10 @@ def test_client_against_the_live_api(node_and_npm: tuple[str, str], package: Pat
     # a folder is taken as a glob matching itself.
     tests = sorted(str(path.relative_to(package)) for path in (package / "dist" / "test").glob("*.test.js"))
     assert tests, "the build made no dist/test/*.test.js"
+    # A test that waits on what never comes fails by itself, named with what it waited on, within
+    # run's timeout: otherwise the whole run is cut off there and nothing says which test hung.
     run(
-        [node, "--test", "--test-reporter=spec", *tests],
+        [node, "--test", "--test-reporter=spec", "--test-timeout=60000", *tests],
         package,
         {"TODO_API_URL": api_url, "TODO_API_USERS": json.dumps(users)},
     )
