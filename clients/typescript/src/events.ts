@@ -30,6 +30,7 @@ import type { components } from "./schema.js";
 import { isApiProblem, type ProblemOf } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
 import { isTokenFailure, OTHER_USERS_PATH, type TokenSource } from "./token.js";
+import type { Fetch } from "./index.js";
 
 type Task = components["schemas"]["TaskPublic"];
 type StreamProblem = ProblemOf<"streamEvents">;
@@ -90,7 +91,7 @@ export interface EventsConnection {
   baseUrl: string;
   /** The client's getToken, its fresh tokens shared with its requests (src/token.ts). */
   tokens: TokenSource;
-  fetch: (request: Request) => Promise<Response>;
+  fetch: Fetch;
 }
 
 type Outcome =
@@ -166,7 +167,9 @@ export function subscribe(
     const headers = new Headers({ Accept: "text/event-stream", Authorization: `Bearer ${token}` });
     const resumeFrom = last;
     if (resumeFrom !== undefined) headers.set("Last-Event-ID", resumeFrom);
-    const response = await fetch(new Request(url, { headers, signal: stopping.signal }));
+    // The signal goes to fetch itself too: a Request's own may be lost once garbage is collected
+    // (see createTodoClient), and close() would then wait on a stream nothing ends.
+    const response = await fetch(new Request(url, { headers, signal: stopping.signal }), { signal: stopping.signal });
     if (response.status === 401 || !response.ok || !response.body) {
       const error = new EventStreamError(response.status, await problemIn(response));
       // A 401 refuses the token; the API's 403 may be that of the account signed in before, once: a

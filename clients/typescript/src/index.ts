@@ -34,9 +34,10 @@ export interface TodoClientOptions {
    * another user's: the account signed in before), asked once for every call refused with that token.
    * What it throws reaches the caller as thrown, and no request is sent (or sent again) after it. */
   getToken: GetToken;
-  /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set
-   * and the call's signal (`request.signal`). */
-  fetch?: (request: Request) => Promise<Response>;
+  /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set,
+   * and the call's own signal as `init.signal` (`request.signal` follows it too): pass `init` on to
+   * fetch, because Node's fetch can lose a Request's signal once garbage is collected. */
+  fetch?: Fetch;
 }
 
 /**
@@ -85,15 +86,23 @@ const TASK_NOT_FOUND = "urn:todo-api:problem:not-found";
 
 export type TodoClient = ReturnType<typeof createTodoClient>;
 
+/** fetch as the client calls it: `init` carries only the call's signal. */
+export type Fetch = (request: Request, init?: { signal?: AbortSignal }) => Promise<Response>;
+
 export function createTodoClient({
   baseUrl,
   getToken,
   // Looked up at call time, so a fetch patched in later (tests, polyfills) is the one used.
-  fetch = (request) => globalThis.fetch(request),
+  fetch = (request, init) => globalThis.fetch(request, init),
 }: TodoClientOptions) {
   const tokens = tokenSource(getToken);
   const bearerFetch = withBearer(tokens, fetch);
-  const client = createClient<paths>({ baseUrl, fetch: bearerFetch });
+  const client = createClient<paths>({ baseUrl, fetch: (request) => bearerFetch(request) });
+  // Each method hands its call's signal to fetch itself: under garbage collection, Node's fetch
+  // (undici) may lose the link from a caller's signal to the Request openapi-fetch made with it, and
+  // to any copy of that Request, so that an abort never reached the request (nodejs/node#55428,
+  // nodejs/undici#4068; the client test 'a call's signal cancels it after garbage is collected').
+  const sentWith = (signal?: AbortSignal) => (request: Request) => bearerFetch(request, signal);
 
   // The newest version seen of each task (ids are unique across users), from every answer that
   // carries the task, lists and `subscribe`'s events included. Writes send its ETag as If-Match, so
@@ -168,6 +177,7 @@ export function createTodoClient({
         await client.GET("/api/{user_id}/tasks", {
           params: { path: { user_id: userId }, query },
           signal,
+          fetch: sentWith(signal),
         }),
       );
       // The Link repeats the query it answers with a new cursor, so the next page is this query
@@ -196,7 +206,7 @@ export function createTodoClient({
             params: { path: { user_id: userId }, header: { "Idempotency-Key": idempotencyKey } },
             body: task,
             signal,
-            fetch: (request) => ((made = true), bearerFetch(request)),
+            fetch: (request) => ((made = true), bearerFetch(request, signal)),
           });
           if (!sendAgain(result.response, result.error) || attempt === CREATE_ATTEMPTS) return settle(result);
           const wait = retryAfterMs(result.response) ?? CREATE_RETRY_DELAY_MS * attempt;
@@ -223,6 +233,7 @@ export function createTodoClient({
       const result = await client.GET("/api/{user_id}/tasks/{task_id}", {
         params: { path: { user_id: userId, task_id: taskId }, header: { "If-None-Match": ifNoneMatch } },
         signal,
+        fetch: sentWith(signal),
       });
       if (result.response.status === 304) return { response: result.response };
       return settle(result, taskId);
@@ -240,6 +251,7 @@ export function createTodoClient({
           params: taskParams(userId, taskId, ifMatch),
           body: changes,
           signal,
+          fetch: sentWith(signal),
         }),
         taskId,
       );
@@ -257,6 +269,7 @@ export function createTodoClient({
           params: taskParams(userId, taskId, ifMatch),
           body: completed === undefined ? undefined : { completed },
           signal,
+          fetch: sentWith(signal),
         }),
         taskId,
       );
@@ -272,6 +285,7 @@ export function createTodoClient({
         await client.DELETE("/api/{user_id}/tasks/{task_id}", {
           params: taskParams(userId, taskId, ifMatch),
           signal,
+          fetch: sentWith(signal),
         }),
         taskId,
       );
@@ -288,14 +302,16 @@ export function createTodoClient({
  */
 function withBearer(
   tokens: TokenSource,
-  send: (request: Request) => Promise<Response>,
-): (request: Request) => Promise<Response> {
-  return async (request) => {
+  send: Fetch,
+): (request: Request, signal?: AbortSignal) => Promise<Response> {
+  return async (request, signal) => {
     const attempt = async (refused?: string) => {
-      const copy = request.clone(); // sending a body uses it up, so each attempt sends a copy
-      const token = await tokens(refused, request.signal);
+      // Sending a body uses it up, so each attempt sends a copy; one that follows the call's own
+      // signal, as a clone's may stop doing once garbage is collected (see createTodoClient).
+      const copy = new Request(request.clone(), signal && { signal });
+      const token = await tokens(refused, signal ?? request.signal);
       copy.headers.set("Authorization", `Bearer ${token}`);
-      return { token, response: await send(copy) };
+      return { token, response: await send(copy, signal && { signal }) };
     };
     const first = await attempt();
     if (first.response.status !== 401 && !(await namesAnotherUser(first.response))) return first.response;

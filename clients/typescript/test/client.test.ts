@@ -2,7 +2,7 @@
  * The client against a live API (live_api.ts says what tests/test_typescript_client.py gives it).
  */
 import assert from "node:assert/strict";
-import { createServer, connect, type AddressInfo } from "node:net";
+import { createServer, connect, type AddressInfo, type Socket } from "node:net";
 import { test, type TestContext } from "node:test";
 
 import { createTodoClient, etagOf, type ListQuery, type TodoClient } from "../src/index.js";
@@ -960,4 +960,35 @@ test("a create whose connection is cut after the API made it is sent again with 
     listed.data?.map((task) => task.title),
     ["Cut once"],
   );
+});
+
+test("a call's signal cancels it after garbage is collected, and close() ends a stream then too", async (t) => {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, "node runs these tests with --expose-gc (tests/test_typescript_client.py)");
+  // A server that answers nothing: only the signal can end a call to it.
+  const held = new Set<Socket>();
+  const silent = createServer((socket) => held.add(socket));
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  t.after(() => (held.forEach((socket) => socket.destroy()), silent.close()));
+  const { port } = silent.address() as AddressInfo;
+  const user = takeUser("start");
+  const todo = createTodoClient({ baseUrl: `http://127.0.0.1:${port}`, getToken: async () => user.token });
+  const collected = async () => {
+    for (let i = 0; i < 3; i++) (gc(), await new Promise((resolve) => setTimeout(resolve, 20)));
+  };
+  // What the call came to if nothing ended it: the test fails rather than waiting forever.
+  const stuck = <T>(promise: Promise<T>) =>
+    Promise.race([promise, new Promise<string>((resolve) => setTimeout(() => resolve("never ended"), 5000))]);
+
+  const controller = new AbortController();
+  const listing = todo.listTasks(user.id, {}, { signal: controller.signal });
+  const creating = todo.createTask(user.id, { title: "Never answered" }, { signal: controller.signal });
+  const subscription = todo.subscribe(user.id, () => {});
+  await collected();
+  controller.abort();
+
+  for (const call of [listing, creating]) {
+    assert.equal(await stuck(call.then(() => "answered", (error: Error) => error.name)), "AbortError");
+  }
+  assert.equal(await stuck(subscription.close().then(() => "closed")), "closed");
 });
