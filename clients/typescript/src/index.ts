@@ -102,7 +102,10 @@ export function createTodoClient({
   // (undici) may lose the link from a caller's signal to the Request openapi-fetch made with it, and
   // to any copy of that Request, so that an abort never reached the request (nodejs/node#55428,
   // nodejs/undici#4068; the client test 'a call's signal cancels it after garbage is collected').
-  const sentWith = (signal?: AbortSignal) => (request: Request) => bearerFetch(request, signal);
+  const withSignal = (signal?: AbortSignal) => ({
+    signal,
+    fetch: (request: Request) => bearerFetch(request, signal),
+  });
 
   // The newest version seen of each task (ids are unique across users), from every answer that
   // carries the task, lists and `subscribe`'s events included. Writes send its ETag as If-Match, so
@@ -176,8 +179,7 @@ export function createTodoClient({
       const result = settle(
         await client.GET("/api/{user_id}/tasks", {
           params: { path: { user_id: userId }, query },
-          signal,
-          fetch: sentWith(signal),
+          ...withSignal(signal),
         }),
       );
       // The Link repeats the query it answers with a new cursor, so the next page is this query
@@ -232,8 +234,7 @@ export function createTodoClient({
     ): Promise<Result<Task, ProblemOf<"getTask">> | NotModified> {
       const result = await client.GET("/api/{user_id}/tasks/{task_id}", {
         params: { path: { user_id: userId, task_id: taskId }, header: { "If-None-Match": ifNoneMatch } },
-        signal,
-        fetch: sentWith(signal),
+        ...withSignal(signal),
       });
       if (result.response.status === 304) return { response: result.response };
       return settle(result, taskId);
@@ -250,8 +251,7 @@ export function createTodoClient({
         await client.PUT("/api/{user_id}/tasks/{task_id}", {
           params: taskParams(userId, taskId, ifMatch),
           body: changes,
-          signal,
-          fetch: sentWith(signal),
+          ...withSignal(signal),
         }),
         taskId,
       );
@@ -268,8 +268,7 @@ export function createTodoClient({
         await client.PATCH("/api/{user_id}/tasks/{task_id}/complete", {
           params: taskParams(userId, taskId, ifMatch),
           body: completed === undefined ? undefined : { completed },
-          signal,
-          fetch: sentWith(signal),
+          ...withSignal(signal),
         }),
         taskId,
       );
@@ -284,8 +283,7 @@ export function createTodoClient({
       return settle(
         await client.DELETE("/api/{user_id}/tasks/{task_id}", {
           params: taskParams(userId, taskId, ifMatch),
-          signal,
-          fetch: sentWith(signal),
+          ...withSignal(signal),
         }),
         taskId,
       );
