@@ -24,7 +24,7 @@ from api.http.caller import document_bearer_scheme, document_no_store
 from api.http.cors import ProblemCORSMiddleware
 from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
-from api.http.methods import install_method_rules, served_routes
+from api.http.methods import HeadAsGet, install_method_not_allowed, served_routes
 from api.http.openapi import document_response_header
 from api.http.problems import (
     document_problem_media_type,
@@ -170,7 +170,10 @@ def create_app(
     for router in routers:
         app.include_router(router)
     install_docs(app)
-    install_method_rules(app, routers)
+    install_method_not_allowed(app, routers)
+    # Innermost, just above the router: everything outside (telemetry, limits, CORS) sees the method
+    # the client sent.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(
         BodyLimits, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds
     )

@@ -303,7 +303,7 @@ def test_extending_md_lists_the_floors_in_their_order() -> None:
 
 
 def test_architecture_md_names_every_middleware_the_app_installs() -> None:
-    # Wherever a module installs one (api/app.py most, api/http/methods.py `HeadAsGet`).
+    # Wherever a module installs one, not only api/app.py.
     installed = [
         name
         for module in sorted((PROJECT / "api").rglob("*.py"))

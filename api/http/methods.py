@@ -86,11 +86,10 @@ def served_routes(app: FastAPI, routers: Iterable[APIRouter]) -> list[BaseRoute]
     return served
 
 
-def install_method_rules(app: FastAPI, routers: Iterable[APIRouter]) -> None:
-    """Call after the routes are added and before the other middleware: HEAD becomes GET just above
-    the router, so everything outside (telemetry, limits, CORS) sees the method the client sent.
-
-    `routers` are the ones `app` includes (`served_routes`)."""
+def install_method_not_allowed(app: FastAPI, routers: Iterable[APIRouter]) -> None:
+    """The 405 problem, its `Allow` naming every method the resource takes. Call after the routes are
+    added; `routers` are the ones `app` includes (`served_routes`). HEAD is `HeadAsGet`'s, which
+    `create_app` installs innermost."""
     routes = served_routes(app, routers)
 
     async def on_method_not_allowed(request: Request, error: Exception) -> JSONResponse:
@@ -102,4 +101,3 @@ def install_method_rules(app: FastAPI, routers: Iterable[APIRouter]) -> None:
         return problem_response(method_not_allowed(methods))
 
     app.add_exception_handler(405, on_method_not_allowed)
-    app.add_middleware(HeadAsGet)
