@@ -18,7 +18,7 @@ from api.auth.verification import Authenticator
 from api.events import stream
 from api.events.hub import Hub, Subscription
 from api.events.services import live_services
-from api.http.caller import AuthenticatedRoute, CallerDep, scheme_and_token
+from api.http.caller import AuthenticatedRoute, CallerDep
 from api.http.conditional import field_value
 from api.http.problems import ProblemType
 from api.http.refusals import service_unavailable, too_many_requests
@@ -189,11 +189,6 @@ def _last_event_id(request: Request) -> str | None:
     return f"{header}, {query}"
 
 
-def _bearer_token(request: Request) -> str:
-    """The caller's token, which `AuthenticatedRoute` has verified, for `_still_trusted` to ask again."""
-    return scheme_and_token(request.headers["Authorization"])[1]
-
-
 def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awaitable[bool]]:
     """Whether the token still verifies: a cache hit while its key is published (api/auth)."""
 
@@ -262,7 +257,7 @@ async def stream_events(caller: CallerDep, request: Request) -> Response:
         begin,
         # Authentication accepts a token until `exp` plus the leeway: so does its stream.
         expires_at=caller.token_expires_at + settings.jwt_leeway_seconds,
-        still_trusted=_still_trusted(shared.authenticator, _bearer_token(request)),
+        still_trusted=_still_trusted(shared.authenticator, caller.token),
     )
     return _EventStream(
         hub,

@@ -12,7 +12,7 @@ the two things it checks, through FastAPI's `openapi_extra`.
 """
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -63,8 +63,11 @@ class Caller:
     """The authenticated user of this request; every statement it runs runs as that user."""
 
     user: Principal
-    # When the token that admitted the request expires (its `exp`): an event stream ends then. Not
-    # on `user`, which `StoredOwners` compares whole: every new token would then store the row again.
+    # The bearer token that admitted the request, which an event stream asks again whether it is still
+    # trusted (api/events/routes.py); never shown.
+    token: str = field(repr=False)
+    # When that token expires (its `exp`): an event stream ends then. Not on `user`, which
+    # `StoredOwners` compares whole: every new token would then store the row again.
     token_expires_at: float
     database: Database
     stored_owners: StoredOwners
@@ -82,13 +85,14 @@ class Caller:
 MAX_AUTHORIZATION_BYTES = 8 * 1024
 
 
-def scheme_and_token(authorization: str) -> tuple[str, str]:
+def _scheme_and_token(authorization: str) -> tuple[str, str]:
     """An Authorization field's scheme and credentials (RFC 9110, section 11.6.2)."""
     scheme, _, token = authorization.partition(" ")
     return scheme, token.strip()
 
 
-async def _authorized_caller(request: Request, shared: Services) -> VerifiedToken:
+async def _authorized_caller(request: Request, shared: Services) -> tuple[str, VerifiedToken]:
+    """The request's bearer token, and what it vouches for once verified."""
     # Two Authorization fields are two claims of who is calling (a proxy may act on the other one):
     # the request proves nobody.
     given = request.headers.getlist("Authorization")
@@ -97,7 +101,7 @@ async def _authorized_caller(request: Request, shared: Services) -> VerifiedToke
     authorization = given[0] if given else None
     if authorization is not None and len(authorization) > MAX_AUTHORIZATION_BYTES:
         raise InvalidToken(f"The Authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes.")
-    scheme, token = scheme_and_token(authorization or "")
+    scheme, token = _scheme_and_token(authorization or "")
     if scheme.lower() != "bearer" or not token:
         raise InvalidToken(
             "Send a token in the Authorization header: `Authorization: Bearer <jwt>`.", token_was_sent=False
@@ -110,7 +114,7 @@ async def _authorized_caller(request: Request, shared: Services) -> VerifiedToke
         raise forbidden()
     if shared.rate_limiter is not None:
         shared.rate_limiter.take(principal.id)
-    return verified
+    return token, verified
 
 
 class AuthenticatedRoute(Utf8JsonRoute):
@@ -147,10 +151,10 @@ class AuthenticatedRoute(Utf8JsonRoute):
             # Fail closed: while the last isolation check found anything, no request reaches the database
             # (after one that could not reach it, the first request asks for another at once).
             await shared.isolation.admit()
-            verified = await _authorized_caller(request, shared)
+            token, verified = await _authorized_caller(request, shared)
             user = verified.principal
             request.state.caller = Caller(
-                user, verified.expires_at, shared.database, shared.stored_owners, shared.isolation
+                user, token, verified.expires_at, shared.database, shared.stored_owners, shared.isolation
             )
             _refuse_a_body_that_is_not_json(request)
             # Before FastAPI reads the body: a user's slow bodies hold only their own slots.
