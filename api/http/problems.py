@@ -389,8 +389,8 @@ def isolation_unverified(retry_after: int) -> ProblemError:
 
 
 # A stream refused by one worker is retried on a new connection, which the kernel may hand to another
-# worker with room: kept alive, the retry went back to the same full worker each time (under
-# `serve --workers 2`, 508 tries in a row while the other worker had 8 places free).
+# worker with room: kept alive, the retry goes back to the same full worker each time, however many
+# places the others have free (seen under `todo-api serve --workers 2`).
 STREAM_REFUSED_CLOSES = {"Connection": "close"}
 
 
