@@ -197,7 +197,7 @@ async def _result_rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
     """The rows of the cursor's current result; none when the statement returns no rows.
 
     Asks the result's status rather than `cursor.description`, which builds a Column object for
-    every column (7 per task) only to say whether there are any.
+    every column of the result (each of a task's) only to say whether there are any.
     """
     result = cursor.pgresult
     return await cursor.fetchall() if result and result.status == psycopg.pq.ExecStatus.TUPLES_OK else []

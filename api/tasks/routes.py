@@ -1,4 +1,4 @@
-"""The six task endpoints. Handlers are thin: FastAPI parses, they run one statement as the caller
+"""The task endpoints. Handlers are thin: FastAPI parses, they run one statement as the caller
 (`Caller.run`) and return its rows, and FastAPI validates and shapes them once, through
 `response_model` (hence `-> Any`, as FastAPI's docs write a handler whose response_model differs
 from what it returns)."""
