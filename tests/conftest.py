@@ -5,6 +5,7 @@ system Postgres is needed. pytest-postgresql then makes the databases: a templat
 per session, cloned for each test that wants a database of its own.
 """
 
+import secrets
 import shutil
 import subprocess
 import sys
@@ -155,6 +156,16 @@ def migrated_db_url(
 ) -> Iterator[str]:
     yield url_for(migrated_template, migrated_db.info.dbname)
     _until_other_roles_sessions_end(superuser_url, migrated_db)
+
+
+@pytest.fixture
+def fresh_role(migrated_db: psycopg.Connection[Any]) -> Iterator[str]:
+    """A name for a login role that does not exist yet, dropped afterwards (roles belong to the
+    cluster, not to the test's database)."""
+    name = f"todo_login_{secrets.token_hex(4)}"
+    migrated_db.autocommit = True
+    yield name
+    migrated_db.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")

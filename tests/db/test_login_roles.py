@@ -35,14 +35,6 @@ from tests.support import (
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
-@pytest.fixture
-def fresh_role(migrated_db: Conn) -> Iterator[str]:
-    name = f"todo_login_{secrets.token_hex(4)}"
-    migrated_db.autocommit = True
-    yield name
-    migrated_db.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
-
-
 def test_migrate_creates_the_login_role_and_the_api_serves_through_it(
     migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 from yoyo import get_backend, read_migrations
 
@@ -84,15 +82,6 @@ def options_dropping_bouncer_url(
     yield from _bouncer(
         migrated_db, migrated_template, pool_mode="transaction", ignored_startup_parameters=["options"]
     )
-
-
-@pytest.fixture
-def fresh_role(migrated_db: psycopg.Connection[Any]) -> Iterator[str]:
-    """A name for a login role that does not exist yet, dropped afterwards."""
-    name = f"todo_login_{secrets.token_hex(4)}"
-    migrated_db.autocommit = True
-    yield name
-    migrated_db.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
 
 
 @pytest.fixture
