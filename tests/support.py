@@ -122,6 +122,15 @@ class ApiUser:
         return f"/api/{self.id}/tasks/{task_id}"
 
 
+def create_task(client: httpx.Client, user: ApiUser, **fields: Any) -> tuple[dict[str, Any], str]:
+    """A new task of `user`'s, created through the API: the 201's body and its ETag. Titled "A task"
+    unless `fields` name a title."""
+    response = client.post(user.tasks_url, json={"title": "A task", **fields}, headers=user.headers)
+    assert response.status_code == 201, response.text
+    task: dict[str, Any] = response.json()
+    return task, response.headers["etag"]
+
+
 def new_user(*, email: str | None = None, name: str | None = None) -> ApiUser:
     user_id = better_auth_id()
     return ApiUser(user_id, mint_token(SECRET, user_id, email=email, name=name))

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from api.app import create_app, openapi_document
 from api.http.conditional import entity_tags
 from api.http.problems import ProblemError
-from tests.support import ApiUser, new_user, serving_client, settings_for
+from tests.support import ApiUser, create_task, new_user, serving_client, settings_for
 
 PROBLEM = "application/problem+json"
 # Every byte RFC 9110 allows inside an entity-tag's quotes: %x21 / %x23-7E / obs-text.
@@ -41,12 +41,6 @@ def unlimited(api_db_url: str) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def carol() -> ApiUser:
     return new_user()
-
-
-def _create(client: httpx.Client, user: ApiUser) -> tuple[int, str]:
-    response = client.post(user.tasks_url, json={"title": "kept"}, headers=user.headers)
-    assert response.status_code == 201, response.text
-    return response.json()["id"], response.headers["etag"]
 
 
 def _row(api_db: psycopg.Connection[Any], task_id: int) -> tuple[Any, ...] | None:
@@ -72,7 +66,8 @@ def _versions_no_task_can_have(task_id: int) -> list[str]:
 def test_if_match_naming_a_version_the_task_cannot_have_is_412_and_changes_nothing(
     unlimited: httpx.Client, carol: ApiUser, api_db: psycopg.Connection[Any], case: int
 ) -> None:
-    task_id, current = _create(unlimited, carol)
+    task, current = create_task(unlimited, carol, title="kept")
+    task_id = task["id"]
     url = carol.task_url(task_id)
     headers = {**carol.headers, "If-Match": _versions_no_task_can_have(task_id)[case]}
     for response in (
@@ -91,7 +86,8 @@ def test_if_match_naming_a_version_the_task_cannot_have_is_412_and_changes_nothi
 def test_if_none_match_naming_a_version_the_task_cannot_have_reads_the_task(
     unlimited: httpx.Client, carol: ApiUser, case: int
 ) -> None:
-    task_id, current = _create(unlimited, carol)
+    task, current = create_task(unlimited, carol, title="kept")
+    task_id = task["id"]
     headers = {**carol.headers, "If-None-Match": _versions_no_task_can_have(task_id)[case]}
     response = unlimited.get(carol.task_url(task_id), headers=headers)
     assert response.status_code == 200, response.text
@@ -105,7 +101,8 @@ def test_a_malformed_if_none_match_is_422_whatever_if_match_would_decide(
     """If-Match was decided first, so an If-Match naming another version answered a malformed
     If-None-Match with 412, on one task's GET and on the list's GET and POST: a client read it as a
     precondition, not as a field to fix."""
-    task_id, _ = _create(unlimited, carol)
+    task, _ = create_task(unlimited, carol, title="kept")
+    task_id = task["id"]
     headers = {**carol.headers, "If-Match": '"0.0"', "If-None-Match": "H8]'"}
     for response in (
         unlimited.get(carol.task_url(task_id), headers=headers),
@@ -174,7 +171,8 @@ def _junk(task_id: int) -> st.SearchStrategy[str]:
 def test_conditional_headers_never_answer_500_on_get_put_patch_or_delete(
     unlimited: httpx.Client, carol: ApiUser, data: st.DataObject
 ) -> None:
-    task_id, current = _create(unlimited, carol)
+    task, current = create_task(unlimited, carol, title="kept")
+    task_id = task["id"]
     url = carol.task_url(task_id)
     well_formed = data.draw(st.booleans(), label="well formed")
     if well_formed:

@@ -13,6 +13,7 @@ from api.app import create_app
 from tests.support import (
     ApiUser,
     assert_problem,
+    create_task,
     new_user,
     serving_client,
     settings_for,
@@ -20,12 +21,6 @@ from tests.support import (
 )
 
 Task = dict[str, Any]
-
-
-def _create(client: httpx.Client, user: ApiUser, title: str = "first") -> tuple[Task, str]:
-    response = client.post(user.tasks_url, json={"title": title}, headers=user.headers)
-    assert response.status_code == 201
-    return response.json(), response.headers["etag"]
 
 
 def _title_in_db(api_db: psycopg.Connection[Any], task_id: int) -> str:
@@ -37,7 +32,7 @@ def _title_in_db(api_db: psycopg.Connection[Any], task_id: int) -> str:
 def test_every_single_task_response_carries_an_etag_that_moves_with_the_content(
     client: httpx.Client, alice: ApiUser
 ) -> None:
-    task, created = _create(client, alice)
+    task, created = create_task(client, alice, title="first")
     url = alice.task_url(task["id"])
     read = client.get(url, headers=alice.headers).headers["etag"]
     same = client.put(url, json={"title": "first"}, headers=alice.headers).headers["etag"]
@@ -49,7 +44,7 @@ def test_every_single_task_response_carries_an_etag_that_moves_with_the_content(
 
 
 def test_if_none_match_answers_304_without_a_body(client: httpx.Client, alice: ApiUser) -> None:
-    task, tag = _create(client, alice)
+    task, tag = create_task(client, alice)
     url = alice.task_url(task["id"])
     for sent in (tag, f"W/{tag}", f'"0.1", {tag}', "*"):
         response = client.get(url, headers={**alice.headers, "If-None-Match": sent})
@@ -64,7 +59,7 @@ def test_dates_and_ranges_are_not_conditions(
 ) -> None:
     """No answer carries Last-Modified, so there is no date to compare (README): a date in the future
     is no 304, one in the past no 412, and a Range is no 206; the ETag is the validator."""
-    task, tag = _create(client, alice)
+    task, tag = create_task(client, alice)
     url = alice.task_url(task["id"])
     future, past = "Sat, 01 Jan 2101 00:00:00 GMT", "Sat, 01 Jan 2000 00:00:00 GMT"
     read = client.get(url, headers={**alice.headers, "If-Modified-Since": future, "Range": "bytes=0-1"})
@@ -78,7 +73,7 @@ def test_dates_and_ranges_are_not_conditions(
 def test_a_stale_if_match_changes_nothing_and_gets_412(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
 ) -> None:
-    task, stale = _create(client, alice)
+    task, stale = create_task(client, alice)
     url = alice.task_url(task["id"])
     current = client.put(url, json={"title": "changed in another tab"}, headers=alice.headers).headers["etag"]
     conditional = {**alice.headers, "If-Match": stale}
@@ -96,7 +91,7 @@ def test_a_stale_if_match_changes_nothing_and_gets_412(
 
 
 def test_a_matching_if_match_writes(client: httpx.Client, alice: ApiUser) -> None:
-    task, tag = _create(client, alice)
+    task, tag = create_task(client, alice)
     url = alice.task_url(task["id"])
     updated = client.put(url, json={"title": "new"}, headers={**alice.headers, "If-Match": f'"0.1", {tag}'})
     assert updated.status_code == 200
@@ -112,7 +107,7 @@ def test_a_matching_if_match_writes(client: httpx.Client, alice: ApiUser) -> Non
 def test_a_missing_task_stays_404_whatever_if_match_says(
     client: httpx.Client, alice: ApiUser, bob: ApiUser
 ) -> None:
-    task, tag = _create(client, alice)
+    task, tag = create_task(client, alice)
     for user, url in ((alice, alice.task_url(999_999_999)), (bob, bob.task_url(task["id"]))):
         assert (
             client.put(url, json={"title": "x"}, headers={**user.headers, "If-Match": tag}).status_code == 404
@@ -120,8 +115,8 @@ def test_a_missing_task_stays_404_whatever_if_match_says(
 
 
 def test_an_etag_of_another_task_never_matches(client: httpx.Client, alice: ApiUser) -> None:
-    _, first_tag = _create(client, alice)
-    second, _ = _create(client, alice, "second")
+    _, first_tag = create_task(client, alice)
+    second, _ = create_task(client, alice, title="second")
     response = client.put(
         alice.task_url(second["id"]), json={"title": "x"}, headers={**alice.headers, "If-Match": first_tag}
     )
@@ -131,7 +126,7 @@ def test_an_etag_of_another_task_never_matches(client: httpx.Client, alice: ApiU
 def test_a_field_sent_on_two_lines_is_one_list(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
 ) -> None:
-    task, tag = _create(client, alice)
+    task, tag = create_task(client, alice)
     url = alice.task_url(task["id"])
 
     def on_two_lines(field: str, second: str) -> list[tuple[str, str]]:
@@ -153,7 +148,7 @@ def test_a_field_sent_on_two_lines_is_one_list(
 def test_a_malformed_entity_tag_list_is_422(
     client: httpx.Client, alice: ApiUser, header: str, value: str
 ) -> None:
-    task, _ = _create(client, alice)
+    task, _ = create_task(client, alice)
     url = alice.task_url(task["id"])
     if header == "If-Match":
         response = client.put(url, json={"title": "x"}, headers={**alice.headers, header: value})
@@ -165,7 +160,7 @@ def test_a_malformed_entity_tag_list_is_422(
 
 def test_empty_list_elements_around_the_tags_are_ignored(client: httpx.Client, alice: ApiUser) -> None:
     """RFC 9110, section 5.6.1.2: a recipient accepts and ignores empty list elements."""
-    task, tag = _create(client, alice)
+    task, tag = create_task(client, alice)
     url = alice.task_url(task["id"])
     for sent in (f", {tag}", f'"0.1",, {tag} ,', f",{tag}, ,"):
         response = client.get(url, headers={**alice.headers, "If-None-Match": sent})
@@ -177,7 +172,7 @@ def test_empty_list_elements_around_the_tags_are_ignored(client: httpx.Client, a
 
 def test_a_get_whose_if_match_names_another_version_is_412(client: httpx.Client, alice: ApiUser) -> None:
     """RFC 9110, section 13.1.1: an origin server evaluates If-Match before any method."""
-    task, tag = _create(client, alice)
+    task, tag = create_task(client, alice)
     url = alice.task_url(task["id"])
     stale = client.get(url, headers={**alice.headers, "If-Match": '"0.1"'})
     assert_problem(stale, 412, "precondition-failed")
@@ -195,7 +190,7 @@ def test_a_write_whose_if_none_match_names_the_task_is_412_and_changes_nothing(
 ) -> None:
     """RFC 9110, section 13.1.2: `*` means "only if the task does not exist", and a named version
     "only if the task has moved on from it"; both are false for the task as it is."""
-    task, tag = _create(client, alice)
+    task, tag = create_task(client, alice, title="first")
     url = alice.task_url(task["id"]) + path
     for sent in ("*", tag, f'"0.1", W/{tag}'):
         refused = client.request(method, url, json=body, headers={**alice.headers, "If-None-Match": sent})
@@ -208,7 +203,7 @@ def test_a_write_whose_if_none_match_names_the_task_is_412_and_changes_nothing(
 
 
 def test_two_writes_with_the_same_if_match_cannot_both_win(client: httpx.Client, alice: ApiUser) -> None:
-    task, tag = _create(client, alice)
+    task, tag = create_task(client, alice)
     url = alice.task_url(task["id"])
 
     def update(n: int) -> int:
@@ -229,7 +224,7 @@ def strict_api(api_db_url: str) -> Iterator[httpx.Client]:
 
 def test_require_if_match_refuses_blind_writes_with_428(strict_api: httpx.Client) -> None:
     user = new_user()
-    task, tag = _create(strict_api, user)
+    task, tag = create_task(strict_api, user)
     url = user.task_url(task["id"])
     for response in (
         strict_api.put(url, json={"title": "blind"}, headers=user.headers),
@@ -265,7 +260,7 @@ def _a_write_that_loses_a_race(
     """A new task of `user`'s, and the answer to `write` sent with the task's current ETag while
     another transaction has run `racing` on the task and holds its row lock: the request waits on
     that lock, and the other transaction commits first."""
-    task, tag = _create(client, user)
+    task, tag = create_task(client, user)
     with ThreadPoolExecutor(max_workers=1) as pool, psycopg.connect(api_db_url) as other:
         other.execute(racing, [task["id"]])
         sent = pool.submit(_send, client, user, task["id"], write, tag)
@@ -307,7 +302,7 @@ def test_a_write_that_loses_a_race_to_a_delete_gets_404(
 def test_the_task_list_has_no_etag_to_match(client: httpx.Client, alice: ApiUser) -> None:
     """RFC 9110, sections 13.1.1 and 13.1.2, for a resource that exists and has no entity-tag:
     If-Match is true only as `*`, If-None-Match false only as `*` (304 for a read)."""
-    task, tag = _create(client, alice)
+    task, tag = create_task(client, alice)
 
     def listed(method: str = "GET", **conditions: str) -> httpx.Response:
         return client.request(method, alice.tasks_url, headers={**alice.headers, **conditions})

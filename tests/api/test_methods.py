@@ -9,17 +9,10 @@ import pytest
 from fastapi.responses import StreamingResponse
 
 from api.app import create_app
-from tests.support import ApiUser, assert_problem, new_user, serving_client, settings_for
+from tests.support import ApiUser, assert_problem, create_task, new_user, serving_client, settings_for
 
 # What a HEAD must answer exactly as its GET does (RFC 9110, section 9.3.2).
 _SAME_HEADERS = ("content-type", "content-length", "etag", "link", "www-authenticate", "allow")
-
-
-def _task_id(client: httpx.Client, user: ApiUser) -> int:
-    response = client.post(user.tasks_url, json={"title": "t"}, headers=user.headers)
-    assert response.status_code == 201
-    task_id: int = response.json()["id"]
-    return task_id
 
 
 def _assert_405(response: httpx.Response, allow: str) -> None:
@@ -37,16 +30,17 @@ def test_the_task_list_names_get_head_and_post(client: httpx.Client, alice: ApiU
 
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
 def test_a_task_names_get_head_put_and_delete(client: httpx.Client, alice: ApiUser, method: str) -> None:
-    url = alice.task_url(_task_id(client, alice))
+    task, _ = create_task(client, alice)
+    url = alice.task_url(task["id"])
     _assert_405(
         client.request(method, url, json={"title": "x"}, headers=alice.headers), "GET, HEAD, PUT, DELETE"
     )
-    assert client.get(url, headers=alice.headers).json()["title"] == "t", "nothing changed"
+    assert client.get(url, headers=alice.headers).json()["title"] == task["title"], "nothing changed"
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "DELETE"])
 def test_completion_names_patch_only(client: httpx.Client, alice: ApiUser, method: str) -> None:
-    url = f"{alice.task_url(_task_id(client, alice))}/complete"
+    url = f"{alice.task_url(create_task(client, alice)[0]['id'])}/complete"
     response = client.request(method, url, headers=alice.headers)
     _assert_405(response, "PATCH")
     if method == "HEAD":
@@ -93,7 +87,7 @@ def test_head_answers_every_unauthenticated_get_route(client: httpx.Client, path
 
 def test_head_answers_the_task_list_with_gets_headers(client: httpx.Client, alice: ApiUser) -> None:
     for _ in range(3):
-        _task_id(client, alice)
+        create_task(client, alice)
     _assert_head_is_get_without_a_body(client, f"{alice.tasks_url}?limit=2", alice.headers)
     assert 'rel="next"' in client.head(f"{alice.tasks_url}?limit=2", headers=alice.headers).headers["link"]
 
@@ -101,7 +95,7 @@ def test_head_answers_the_task_list_with_gets_headers(client: httpx.Client, alic
 def test_head_answers_a_task_with_its_etag_and_honours_if_none_match(
     client: httpx.Client, alice: ApiUser
 ) -> None:
-    url = alice.task_url(_task_id(client, alice))
+    url = alice.task_url(create_task(client, alice)[0]["id"])
     _assert_head_is_get_without_a_body(client, url, alice.headers)
     tag = client.head(url, headers=alice.headers).headers["etag"]
     unchanged = client.head(url, headers={**alice.headers, "If-None-Match": tag})

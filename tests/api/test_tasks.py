@@ -15,18 +15,12 @@ from tests.support import (
     SECRET,
     ApiUser,
     as_role,
+    create_task,
     new_user,
     serving_client,
     settings_for,
     wait_until_it_waits_for,
 )
-
-
-def create(client: httpx.Client, user: ApiUser, **fields: Any) -> dict[str, Any]:
-    response = client.post(user.tasks_url, json={"title": "A task", **fields}, headers=user.headers)
-    assert response.status_code == 201, response.text
-    task: dict[str, Any] = response.json()
-    return task
 
 
 def stored(db: psycopg.Connection[Any], task_id: int) -> tuple[Any, ...] | None:
@@ -72,7 +66,7 @@ def test_create_returns_the_task_with_its_location(
 
 
 def test_create_can_start_completed(client: httpx.Client, alice: ApiUser) -> None:
-    assert create(client, alice, completed=True)["completed"] is True
+    assert create_task(client, alice, completed=True)[0]["completed"] is True
 
 
 def test_first_write_creates_the_user_row_from_the_token(
@@ -84,12 +78,12 @@ def test_first_write_creates_the_user_row_from_the_token(
     client.get(user.tasks_url, headers=user.headers)
     assert api_db.execute(user_row, [user.id]).fetchone() is None, "reads never write the user row"
 
-    create(client, user)
+    create_task(client, user)
     assert api_db.execute(user_row, [user.id]).fetchone() == (user.id, "carol@example.com", "Carol")
 
 
 def test_get_returns_the_task(client: httpx.Client, alice: ApiUser) -> None:
-    task = create(client, alice, description=None)
+    task = create_task(client, alice, description=None)[0]
     response = client.get(alice.task_url(task["id"]), headers=alice.headers)
     assert response.status_code == 200
     assert response.json() == task
@@ -98,7 +92,7 @@ def test_get_returns_the_task(client: httpx.Client, alice: ApiUser) -> None:
 def test_put_changes_only_the_fields_sent(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
 ) -> None:
-    task = create(client, alice, description="keep me")
+    task = create_task(client, alice, description="keep me")[0]
 
     response = client.put(alice.task_url(task["id"]), json={"title": " Renamed "}, headers=alice.headers)
 
@@ -117,7 +111,7 @@ def test_put_changes_only_the_fields_sent(
 def test_put_null_description_clears_it(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
 ) -> None:
-    task = create(client, alice, description="old")
+    task = create_task(client, alice, description="old")[0]
     response = client.put(
         alice.task_url(task["id"]), json={"description": None, "completed": True}, headers=alice.headers
     )
@@ -127,7 +121,7 @@ def test_put_null_description_clears_it(
 
 
 def test_put_with_nothing_to_change_returns_the_task_untouched(client: httpx.Client, alice: ApiUser) -> None:
-    task = create(client, alice)
+    task = create_task(client, alice)[0]
     response = client.put(alice.task_url(task["id"]), json={}, headers=alice.headers)
     assert response.status_code == 200
     assert response.json() == task
@@ -136,7 +130,7 @@ def test_put_with_nothing_to_change_returns_the_task_untouched(client: httpx.Cli
 def test_delete_removes_the_task(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
 ) -> None:
-    task = create(client, alice)
+    task = create_task(client, alice)[0]
 
     response = client.delete(alice.task_url(task["id"]), headers=alice.headers)
 
@@ -150,7 +144,7 @@ def test_delete_removes_the_task(
 def test_patch_without_body_toggles(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
 ) -> None:
-    task = create(client, alice)
+    task = create_task(client, alice)[0]
     url = f"{alice.task_url(task['id'])}/complete"
 
     first = client.patch(url, headers=alice.headers)
@@ -170,7 +164,7 @@ def test_patch_without_body_toggles(
 def test_patch_with_a_value_sets_it_and_is_safe_to_retry(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], completed: bool
 ) -> None:
-    task = create(client, alice, completed=not completed)
+    task = create_task(client, alice, completed=not completed)[0]
     url = f"{alice.task_url(task['id'])}/complete"
 
     responses = [client.patch(url, json={"completed": completed}, headers=alice.headers) for _ in range(2)]
@@ -216,7 +210,7 @@ def test_no_cache_may_keep_a_problem(
     """Problems carried no Cache-Control: a 404 or 405 is cacheable by default (RFC 9111, 4.2.2), so a
     CDN could keep the 404 of a route a later release serves and a browser one user's 404, and a cache
     told to ignore Authorization would hand one user's 401, 403 or 412 to the next."""
-    task = create(client, alice, title="kept")
+    task = create_task(client, alice, title="kept")[0]
     task_url = alice.task_url(task["id"])
     json_headers = {**alice.headers, "Content-Type": "application/json"}
     answers = {
@@ -278,7 +272,7 @@ def test_every_write_brings_the_user_row_up_to_date(
     client: httpx.Client, api_db: psycopg.Connection[Any]
 ) -> None:
     user = new_user(email="old@example.com", name="Old")
-    task = create(client, user)
+    task = create_task(client, user)[0]
     renamed = ApiUser(user.id, mint_token(SECRET, user.id, email="new@example.com", name="New"))
     user_row = "select email, name from users where id = %s"
 
@@ -300,10 +294,10 @@ def test_a_claim_the_token_leaves_out_keeps_its_stored_value(
     client: httpx.Client, api_db: psycopg.Connection[Any]
 ) -> None:
     user = new_user(email="kept@example.com", name="Kept")
-    create(client, user)
+    create_task(client, user)
     without_email = ApiUser(user.id, mint_token(SECRET, user.id, name="Renamed"))
 
-    create(client, without_email)
+    create_task(client, without_email)
 
     assert api_db.execute("select email, name from users where id = %s", [user.id]).fetchone() == (
         "kept@example.com",
@@ -320,7 +314,7 @@ def test_two_tokens_writing_at_once_leave_the_row_following_the_next_write(
     worker must not take the first's for stored: the next write with the first token stores them."""
     first = new_user(email="first@example.com", name="First")
     second = ApiUser(first.id, mint_token(SECRET, first.id, email="second@example.com", name="Second"))
-    waiting, other = create(client, first), create(client, first)  # the row: first's claims
+    waiting, other = create_task(client, first)[0], create_task(client, first)[0]  # the row: first's claims
     user_row = "select email, name from users where id = %s"
     with (
         serving_client(create_app(settings_for(as_role(api_db_url)))) as worker,
@@ -350,11 +344,11 @@ def test_a_user_row_deleted_meanwhile_is_stored_again_by_the_next_write(
     """Once a worker has stored a user's row, its writes for them leave the upsert out; when the
     row has gone meanwhile (a DBA deleted the user, and so their tasks), the write stores it again."""
     user = new_user(email="erin@example.com", name="Erin")
-    create(client, user)
-    create(client, user)  # the row is stored: this write was sent without the upsert
+    create_task(client, user)
+    create_task(client, user)  # the row is stored: this write was sent without the upsert
     api_db.execute("delete from users where id = %s", [user.id])
 
-    task = create(client, user, title="After")
+    task = create_task(client, user, title="After")[0]
 
     assert api_db.execute("select email, name from users where id = %s", [user.id]).fetchone() == (
         "erin@example.com",
@@ -398,7 +392,7 @@ def test_values_are_stored_exactly_as_sent(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], title: str
 ) -> None:
     """Values are bound by psycopg, never spliced into SQL, whichever way the transaction travels."""
-    task = create(client, alice, title=title, description=title)
+    task = create_task(client, alice, title=title, description=title)[0]
     assert (task["title"], task["description"]) == (title, title)
     assert stored(api_db, task["id"]) == (alice.id, title, title, False)
     listed = client.get(alice.tasks_url, params={"q": title}, headers=alice.headers).json()
