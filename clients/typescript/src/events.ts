@@ -29,6 +29,7 @@ import { removeTrailingSlash } from "openapi-fetch";
 import type { components } from "./schema.js";
 import { isApiProblem, type ProblemOf } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
+import { sleep } from "./sleep.js";
 import { isTokenFailure, OTHER_USERS_PATH, type TokenSource } from "./token.js";
 import type { Fetch } from "./index.js";
 
@@ -224,6 +225,9 @@ export function subscribe(
     }
   }
 
+  /** The wait before the next attempt, cut short by close(): the loop then ends. */
+  const pause = (ms: number) => sleep(ms, stopping.signal).catch(() => {});
+
   const running = (async (): Promise<EventStreamError | undefined> => {
     let refused: string | undefined;
     while (!stopping.signal.aborted) {
@@ -237,7 +241,7 @@ export function subscribe(
         // that failed to give a fresh one (signed out meanwhile) is asked for a fresh one again:
         // the token it kept is the one the API refused.
         if (!isTokenFailure(error)) refused = undefined;
-        await sleep(backoff(failures++), stopping.signal);
+        await pause(backoff(failures++));
         continue;
       }
       if (outcome.kind === "rejected") {
@@ -247,14 +251,14 @@ export function subscribe(
         // should hear of it: getToken may be handing out a token this API cannot accept.
         if (refused !== undefined) {
           onError?.(outcome.error);
-          await sleep(backoff(failures++), stopping.signal);
+          await pause(backoff(failures++));
         }
       } else if (outcome.kind === "refused") {
-        await sleep(outcome.retryAfterMs ?? backoff(failures++), stopping.signal);
+        await pause(outcome.retryAfterMs ?? backoff(failures++));
       } else {
         // The server ended the stream: the token expired, or the server is shutting down. One that
         // ended before delivering anything counts as a failure.
-        await sleep(backoff(failures++), stopping.signal);
+        await pause(backoff(failures++));
       }
       // A 401 refused the token; a stream ended at its `exp` would be refused next. Anything else
       // (a 429, a 5xx, a server shutting down) says nothing against the token.
@@ -336,11 +340,4 @@ async function problemIn(response: Response): Promise<StreamProblem | undefined>
 /** Exponential with full jitter, so that the tabs of a restarted server do not all come back at once. */
 function backoff(failures: number): number {
   return Math.random() * Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** failures);
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
-  });
 }

@@ -13,6 +13,7 @@ import type { components, operations, paths } from "./schema.js";
 import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
 import { isApiProblem, type Problem, type ProblemOf, type UnlistedProblem } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
+import { sleep } from "./sleep.js";
 import { isTokenFailure, OTHER_USERS_PATH, tokenSource, type GetToken, type TokenSource } from "./token.js";
 
 export { EventStreamError } from "./events.js";
@@ -358,14 +359,4 @@ function problemOf(error: unknown, response: Response): Problem {
 function sendAgain(response: Response, error: unknown): boolean {
   if (response.status >= 500) return true;
   return response.status === 409 && (error as Partial<Problem> | undefined)?.type === IDEMPOTENCY_KEY_IN_USE;
-}
-
-/** Waits `ms`, or rejects with the signal's reason as soon as it aborts. */
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    signal?.throwIfAborted();
-    const abort = () => (clearTimeout(timer), reject(signal?.reason));
-    const timer = setTimeout(() => (signal?.removeEventListener("abort", abort), resolve()), ms);
-    signal?.addEventListener("abort", abort, { once: true });
-  });
 }

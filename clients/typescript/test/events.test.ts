@@ -4,6 +4,7 @@
  * (live_api.ts): no two tests ever share a user, or a stream.
  */
 import assert from "node:assert/strict";
+import { getEventListeners } from "node:events";
 import { test } from "node:test";
 
 import { createTodoClient, EventStreamError, type Subscription, type Task, type TaskEvent } from "../src/index.js";
@@ -905,4 +906,32 @@ test("a stream's refusal names the problem types the stream's answers list; anot
   assert.ok(inFront instanceof EventStreamError);
   assert.equal(inFront.status, 400);
   assert.equal(inFront.problem, undefined);
+});
+
+test("a subscription's reconnects leave no listener behind on its signal, however many there are", async (t) => {
+  t.mock.method(Math, "random", () => 0); // no backoff: each attempt at once
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, "node runs these tests with --expose-gc (tests/test_typescript_client.py)");
+  const user = takeUser("end");
+  const reconnects = 300;
+  let stopSignal: AbortSignal | undefined;
+  let attempts = 0;
+  let enough = () => {};
+  const reachedEnough = new Promise<void>((resolve) => (enough = resolve));
+  // A network that is down, for a tab left open for days: every attempt fails, and is tried again.
+  const subscription = clientFor(user, {
+    fetch: async (_request, init) => {
+      stopSignal = init?.signal;
+      if (++attempts === reconnects) enough();
+      throw new TypeError("fetch failed", { cause: new Error("connect ECONNREFUSED") });
+    },
+  }).subscribe(user.id, () => {}, { onError: () => {} });
+  t.after(() => subscription.close());
+  await reachedEnough;
+  // Node's fetch removes the listener each Request puts on the signal once that Request is collected.
+  for (let i = 0; i < 3; i++) (gc(), await new Promise((resolve) => setTimeout(resolve, 20)));
+
+  assert.ok(stopSignal, "the client handed fetch its signal");
+  const listeners = getEventListeners(stopSignal, "abort").length;
+  assert.ok(listeners < 10, `${listeners} listeners on the signal after ${reconnects} reconnects`);
 });
