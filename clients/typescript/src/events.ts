@@ -29,7 +29,7 @@ import { removeTrailingSlash } from "openapi-fetch";
 import type { components } from "./schema.js";
 import { isApiProblem, type ProblemOf } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
-import { sleep } from "./sleep.js";
+import { answerUntilAborted, sleep } from "./abortable.js";
 import { isTokenFailure, OTHER_USERS_PATH, type TokenSource } from "./token.js";
 import type { Fetch } from "./index.js";
 
@@ -168,9 +168,11 @@ export function subscribe(
     const headers = new Headers({ Accept: "text/event-stream", Authorization: `Bearer ${token}` });
     const resumeFrom = last;
     if (resumeFrom !== undefined) headers.set("Last-Event-ID", resumeFrom);
-    // The signal goes to fetch itself too: a Request's own may be lost once garbage is collected
-    // (see createTodoClient), and close() would then wait on a stream nothing ends.
-    const response = await fetch(new Request(url, { headers, signal: stopping.signal }), { signal: stopping.signal });
+    // The signal goes to fetch itself too, and the answer is not waited on past it: a Request's own
+    // may be lost once garbage is collected (see createTodoClient), by a fetch passed in that drops
+    // `init` too, and close() would then wait on a stream nothing ends.
+    const request = new Request(url, { headers, signal: stopping.signal });
+    const response = await answerUntilAborted(fetch(request, { signal: stopping.signal }), stopping.signal);
     if (response.status === 401 || !response.ok || !response.body) {
       const error = new EventStreamError(response.status, await problemIn(response));
       // A 401 refuses the token; the API's 403 may be that of the account signed in before, once: a
@@ -212,6 +214,11 @@ export function subscribe(
       onComment: () => (failures = 0),
     });
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    // close() ends the read itself, for a body that no longer follows the signal (as above): the
+    // server's heartbeats would otherwise keep it going for good.
+    const stopReading = () => void reader.cancel().catch(() => {});
+    stopping.signal.addEventListener("abort", stopReading, { once: true });
+    if (stopping.signal.aborted) stopReading();
     try {
       for (;;) {
         const { value, done } = await reader.read();
@@ -219,6 +226,7 @@ export function subscribe(
         parser.feed(value);
       }
     } finally {
+      stopping.signal.removeEventListener("abort", stopReading);
       // However the reading stops (an onError that throws, say), the connection is closed: left
       // open, it would hold one of the user's streams on the server until its send timeout.
       await reader.cancel().catch(() => {});

@@ -13,7 +13,7 @@ import type { components, operations, paths } from "./schema.js";
 import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
 import { isApiProblem, type Problem, type ProblemOf, type UnlistedProblem } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
-import { sleep } from "./sleep.js";
+import { answerUntilAborted, sleep } from "./abortable.js";
 import { isTokenFailure, OTHER_USERS_PATH, tokenSource, type GetToken, type TokenSource } from "./token.js";
 
 export { EventStreamError } from "./events.js";
@@ -310,7 +310,7 @@ function withBearer(
       const copy = new Request(request.clone(), signal && { signal });
       const token = await tokens(refused, signal ?? request.signal);
       copy.headers.set("Authorization", `Bearer ${token}`);
-      return { token, response: await send(copy, signal && { signal }) };
+      return { token, response: await answerUntilAborted(send(copy, signal && { signal }), signal) };
     };
     const first = await attempt();
     if (first.response.status !== 401 && !(await namesAnotherUser(first.response))) return first.response;
