@@ -37,7 +37,8 @@ export interface TodoClientOptions {
   getToken: GetToken;
   /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set,
    * and the call's own signal as `init.signal` (`request.signal` follows it too): pass `init` on to
-   * fetch, because Node's fetch can lose a Request's signal once garbage is collected. */
+   * fetch, because Node's fetch can lose a Request's signal once garbage is collected. One that does
+   * not still ends the call at the abort (its answer is not waited on), but leaves the request running. */
   fetch?: Fetch;
 }
 
