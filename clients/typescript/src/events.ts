@@ -79,7 +79,8 @@ export class EventStreamError extends Error {
 export interface Subscription {
   /** Stops the stream for good; resolves once it has stopped. */
   close(): Promise<void>;
-  /** The last id the stream named (an event's, or the bare `id:` it opens with), for a later `lastEventId`. */
+  /** The last id the stream named (an event's, or the bare `id:` it opens with), for a later `lastEventId`;
+   * during a reset, where the list fetched then starts (undefined only before any stream went live). */
   readonly lastEventId: string | undefined;
   /**
    * Resolves once the subscription has stopped for good: with undefined after `close()` or the
@@ -200,8 +201,14 @@ export function subscribe(
     // Without an id to resume from, what happened before (the list the app fetched or will fetch,
     // or what changed while disconnected) is unknown: refetch, now that the stream is live (the
     // server read where it starts before answering), so that everything after the refetch arrives
-    // as events and nothing can fall between the two.
-    if (resumeFrom === undefined) emit({ type: "reset" });
+    // as events and nothing can fall between the two. Said once the stream has named where it
+    // starts, so that `lastEventId` names it during the reset, as during one the server sends (its
+    // `id:` and `event: reset` come in one block): an app that keeps the id it saw then resumes
+    // from the list it refetched, rather than from nothing, which is one more reset.
+    let resetToSay = resumeFrom === undefined;
+    const goneLive = () => {
+      if (resetToSay) (resetToSay = false), emit({ type: "reset" });
+    };
     // A block's `id:` is the last event id even without data (WHATWG SSE, "dispatch the event"), and
     // the stream opens with such a block: where it starts, all an idle stream has to resume from.
     // onId hears of it, and of an event's id before onEvent does.
@@ -209,9 +216,10 @@ export function subscribe(
       onId: (id) => {
         // Once closed, events are no longer handed on: resuming from one's id would skip it.
         if (!stopping.signal.aborted) last = id;
+        goneLive();
       },
-      onEvent: (message) => ((failures = 0), deliver(message)),
-      onComment: () => (failures = 0),
+      onEvent: (message) => ((failures = 0), goneLive(), deliver(message)),
+      onComment: () => ((failures = 0), goneLive()),
     });
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     // close() ends the read itself, for a body that no longer follows the signal (as above): the

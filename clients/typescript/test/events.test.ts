@@ -935,3 +935,37 @@ test("a subscription's reconnects leave no listener behind on its signal, howeve
   const listeners = getEventListeners(stopSignal, "abort").length;
   assert.ok(listeners < 10, `${listeners} listeners on the signal after ${reconnects} reconnects`);
 });
+
+test("at the first reset lastEventId already names where the stream starts, as at a reset the server sends", async (t) => {
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  /** A subscription, and the lastEventId it showed to onEvent at each reset. */
+  const watched = (lastEventId?: string) => {
+    const seen = collector();
+    const atReset: (string | undefined)[] = [];
+    const subscription: Subscription = todo.subscribe(
+      user.id,
+      (event) => {
+        if (event.type === "reset") atReset.push(subscription.lastEventId);
+        seen.onEvent(event);
+      },
+      { lastEventId },
+    );
+    t.after(() => subscription.close());
+    return { seen, atReset };
+  };
+
+  const first = watched();
+  await first.seen.until(1);
+  const { data: created } = await todo.createTask(user.id, { title: "After the reset" });
+  await first.seen.until(2);
+  const told = watched("not-an-id"); // the server's reset: `id:` and `event: reset` in one block
+  await told.seen.until(1);
+  // The app persisted the id it saw at its reset, refetched, and reloads: it resumes from there.
+  const resumed = watched(first.atReset[0]);
+  const [event] = await resumed.seen.until(1);
+
+  assert.equal(typeof told.atReset[0], "string", "the server's reset names its position");
+  assert.equal(typeof first.atReset[0], "string", "so does the client's");
+  assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
+});
