@@ -116,9 +116,10 @@ export function subscribe(
   { signal, lastEventId, onError }: SubscribeOptions = {},
 ): Subscription {
   const stopping = new AbortController();
+  const stop = () => stopping.abort();
   // A signal aborted already never fires "abort" again: without this, the stream would open anyway.
-  if (signal?.aborted) stopping.abort();
-  else signal?.addEventListener("abort", () => stopping.abort(), { once: true });
+  if (signal?.aborted) stop();
+  else signal?.addEventListener("abort", stop, { once: true });
   // Appended to the base as openapi-fetch appends the task routes, so a base with a path (an API
   // served under a gateway's /todo) keeps it: `new URL("/api/...", base)` would drop it.
   const url = `${removeTrailingSlash(baseUrl)}/api/${encodeURIComponent(userId)}/events`;
@@ -283,6 +284,11 @@ export function subscribe(
     }
     return undefined;
   })();
+  // A page's signal may outlive many subscriptions (one per mount, say): once this one has ended,
+  // a listener left on it would keep the subscription, onEvent and all it holds, for the signal's life.
+  // (Not `finally`: its promise would reject again, unhandled, if `running` ever did.)
+  const forget = () => signal?.removeEventListener("abort", stop);
+  running.then(forget, forget);
 
   return {
     async close() {

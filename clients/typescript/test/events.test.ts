@@ -969,3 +969,21 @@ test("at the first reset lastEventId already names where the stream starts, as a
   assert.equal(typeof first.atReset[0], "string", "so does the client's");
   assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
 });
+
+test("a subscription that has ended leaves no listener on the signal passed in, however it ended", async () => {
+  const user = takeUser("end");
+  const other = takeUser("end");
+  // One signal for the page's life (sign-out, say), shared by every subscription the page opens.
+  const page = new AbortController();
+  for (let i = 0; i < 5; i++) {
+    const seen = collector();
+    const subscription = clientFor(user).subscribe(user.id, seen.onEvent, { signal: page.signal });
+    await seen.until(1);
+    await subscription.close();
+  }
+  // Ended by a refusal rather than close(): another user's stream.
+  const refused = await clientFor(user).subscribe(other.id, () => {}, { signal: page.signal }).ended;
+
+  assert.ok(refused instanceof EventStreamError, String(refused));
+  assert.equal(getEventListeners(page.signal, "abort").length, 0);
+});
