@@ -29,6 +29,7 @@ import { removeTrailingSlash } from "openapi-fetch";
 import type { components } from "./schema.js";
 import { isApiProblem, type ProblemOf } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
+import { answerUntilAborted, sleep } from "./abortable.js";
 import { isTokenFailure, OTHER_USERS_PATH, type TokenSource } from "./token.js";
 import type { Fetch } from "./index.js";
 
@@ -78,7 +79,8 @@ export class EventStreamError extends Error {
 export interface Subscription {
   /** Stops the stream for good; resolves once it has stopped. */
   close(): Promise<void>;
-  /** The last id the stream named (an event's, or the bare `id:` it opens with), for a later `lastEventId`. */
+  /** The last id the stream named (an event's, or the bare `id:` it opens with), for a later `lastEventId`;
+   * during a reset, where the list fetched then starts (undefined only before any stream went live). */
   readonly lastEventId: string | undefined;
   /**
    * Resolves once the subscription has stopped for good: with undefined after `close()` or the
@@ -114,9 +116,10 @@ export function subscribe(
   { signal, lastEventId, onError }: SubscribeOptions = {},
 ): Subscription {
   const stopping = new AbortController();
+  const stop = () => stopping.abort();
   // A signal aborted already never fires "abort" again: without this, the stream would open anyway.
-  if (signal?.aborted) stopping.abort();
-  else signal?.addEventListener("abort", () => stopping.abort(), { once: true });
+  if (signal?.aborted) stop();
+  else signal?.addEventListener("abort", stop, { once: true });
   // Appended to the base as openapi-fetch appends the task routes, so a base with a path (an API
   // served under a gateway's /todo) keeps it: `new URL("/api/...", base)` would drop it.
   const url = `${removeTrailingSlash(baseUrl)}/api/${encodeURIComponent(userId)}/events`;
@@ -167,9 +170,11 @@ export function subscribe(
     const headers = new Headers({ Accept: "text/event-stream", Authorization: `Bearer ${token}` });
     const resumeFrom = last;
     if (resumeFrom !== undefined) headers.set("Last-Event-ID", resumeFrom);
-    // The signal goes to fetch itself too: a Request's own may be lost once garbage is collected
-    // (see createTodoClient), and close() would then wait on a stream nothing ends.
-    const response = await fetch(new Request(url, { headers, signal: stopping.signal }), { signal: stopping.signal });
+    // The signal goes to fetch itself too, and the answer is not waited on past it: a Request's own
+    // may be lost once garbage is collected (see createTodoClient), by a fetch passed in that drops
+    // `init` too, and close() would then wait on a stream nothing ends.
+    const request = new Request(url, { headers, signal: stopping.signal });
+    const response = await answerUntilAborted(fetch(request, { signal: stopping.signal }), stopping.signal);
     if (response.status === 401 || !response.ok || !response.body) {
       const error = new EventStreamError(response.status, await problemIn(response));
       // A 401 refuses the token; the API's 403 may be that of the account signed in before, once: a
@@ -197,8 +202,14 @@ export function subscribe(
     // Without an id to resume from, what happened before (the list the app fetched or will fetch,
     // or what changed while disconnected) is unknown: refetch, now that the stream is live (the
     // server read where it starts before answering), so that everything after the refetch arrives
-    // as events and nothing can fall between the two.
-    if (resumeFrom === undefined) emit({ type: "reset" });
+    // as events and nothing can fall between the two. Said once the stream has named where it
+    // starts, so that `lastEventId` names it during the reset, as during one the server sends (its
+    // `id:` and `event: reset` come in one block): an app that keeps the id it saw then resumes
+    // from the list it refetched, rather than from nothing, which is one more reset.
+    let resetToSay = resumeFrom === undefined;
+    const goneLive = () => {
+      if (resetToSay) (resetToSay = false), emit({ type: "reset" });
+    };
     // A block's `id:` is the last event id even without data (WHATWG SSE, "dispatch the event"), and
     // the stream opens with such a block: where it starts, all an idle stream has to resume from.
     // onId hears of it, and of an event's id before onEvent does.
@@ -206,11 +217,17 @@ export function subscribe(
       onId: (id) => {
         // Once closed, events are no longer handed on: resuming from one's id would skip it.
         if (!stopping.signal.aborted) last = id;
+        goneLive();
       },
-      onEvent: (message) => ((failures = 0), deliver(message)),
-      onComment: () => (failures = 0),
+      onEvent: (message) => ((failures = 0), goneLive(), deliver(message)),
+      onComment: () => ((failures = 0), goneLive()),
     });
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    // close() ends the read itself, for a body that no longer follows the signal (as above): the
+    // server's heartbeats would otherwise keep it going for good.
+    const stopReading = () => void reader.cancel().catch(() => {});
+    stopping.signal.addEventListener("abort", stopReading, { once: true });
+    if (stopping.signal.aborted) stopReading();
     try {
       for (;;) {
         const { value, done } = await reader.read();
@@ -218,11 +235,15 @@ export function subscribe(
         parser.feed(value);
       }
     } finally {
+      stopping.signal.removeEventListener("abort", stopReading);
       // However the reading stops (an onError that throws, say), the connection is closed: left
       // open, it would hold one of the user's streams on the server until its send timeout.
       await reader.cancel().catch(() => {});
     }
   }
+
+  /** The wait before the next attempt, cut short by close(): the loop then ends. */
+  const pause = (ms: number) => sleep(ms, stopping.signal).catch(() => {});
 
   const running = (async (): Promise<EventStreamError | undefined> => {
     let refused: string | undefined;
@@ -237,7 +258,7 @@ export function subscribe(
         // that failed to give a fresh one (signed out meanwhile) is asked for a fresh one again:
         // the token it kept is the one the API refused.
         if (!isTokenFailure(error)) refused = undefined;
-        await sleep(backoff(failures++), stopping.signal);
+        await pause(backoff(failures++));
         continue;
       }
       if (outcome.kind === "rejected") {
@@ -247,14 +268,14 @@ export function subscribe(
         // should hear of it: getToken may be handing out a token this API cannot accept.
         if (refused !== undefined) {
           onError?.(outcome.error);
-          await sleep(backoff(failures++), stopping.signal);
+          await pause(backoff(failures++));
         }
       } else if (outcome.kind === "refused") {
-        await sleep(outcome.retryAfterMs ?? backoff(failures++), stopping.signal);
+        await pause(outcome.retryAfterMs ?? backoff(failures++));
       } else {
         // The server ended the stream: the token expired, or the server is shutting down. One that
         // ended before delivering anything counts as a failure.
-        await sleep(backoff(failures++), stopping.signal);
+        await pause(backoff(failures++));
       }
       // A 401 refused the token; a stream ended at its `exp` would be refused next. Anything else
       // (a 429, a 5xx, a server shutting down) says nothing against the token.
@@ -263,6 +284,11 @@ export function subscribe(
     }
     return undefined;
   })();
+  // A page's signal may outlive many subscriptions (one per mount, say): once this one has ended,
+  // a listener left on it would keep the subscription, onEvent and all it holds, for the signal's life.
+  // (Not `finally`: its promise would reject again, unhandled, if `running` ever did.)
+  const forget = () => signal?.removeEventListener("abort", stop);
+  running.then(forget, forget);
 
   return {
     async close() {
@@ -336,11 +362,4 @@ async function problemIn(response: Response): Promise<StreamProblem | undefined>
 /** Exponential with full jitter, so that the tabs of a restarted server do not all come back at once. */
 function backoff(failures: number): number {
   return Math.random() * Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** failures);
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
-  });
 }

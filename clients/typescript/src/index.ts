@@ -13,6 +13,7 @@ import type { components, operations, paths } from "./schema.js";
 import { subscribe, type SubscribeOptions, type Subscription, type TaskEvent } from "./events.js";
 import { isApiProblem, type Problem, type ProblemOf, type UnlistedProblem } from "./problems.js";
 import { retryAfterMs } from "./retry_after.js";
+import { answerUntilAborted, sleep } from "./abortable.js";
 import { isTokenFailure, OTHER_USERS_PATH, tokenSource, type GetToken, type TokenSource } from "./token.js";
 
 export { EventStreamError } from "./events.js";
@@ -36,7 +37,8 @@ export interface TodoClientOptions {
   getToken: GetToken;
   /** Instead of globalThis.fetch (tests, instrumentation); it gets each Request with its token set,
    * and the call's own signal as `init.signal` (`request.signal` follows it too): pass `init` on to
-   * fetch, because Node's fetch can lose a Request's signal once garbage is collected. */
+   * fetch, because Node's fetch can lose a Request's signal once garbage is collected. One that does
+   * not still ends the call at the abort (its answer is not waited on), but leaves the request running. */
   fetch?: Fetch;
 }
 
@@ -309,7 +311,7 @@ function withBearer(
       const copy = new Request(request.clone(), signal && { signal });
       const token = await tokens(refused, signal ?? request.signal);
       copy.headers.set("Authorization", `Bearer ${token}`);
-      return { token, response: await send(copy, signal && { signal }) };
+      return { token, response: await answerUntilAborted(send(copy, signal && { signal }), signal) };
     };
     const first = await attempt();
     if (first.response.status !== 401 && !(await namesAnotherUser(first.response))) return first.response;
@@ -358,14 +360,4 @@ function problemOf(error: unknown, response: Response): Problem {
 function sendAgain(response: Response, error: unknown): boolean {
   if (response.status >= 500) return true;
   return response.status === 409 && (error as Partial<Problem> | undefined)?.type === IDEMPOTENCY_KEY_IN_USE;
-}
-
-/** Waits `ms`, or rejects with the signal's reason as soon as it aborts. */
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    signal?.throwIfAborted();
-    const abort = () => (clearTimeout(timer), reject(signal?.reason));
-    const timer = setTimeout(() => (signal?.removeEventListener("abort", abort), resolve()), ms);
-    signal?.addEventListener("abort", abort, { once: true });
-  });
 }

@@ -4,6 +4,7 @@
  * rejects with it as thrown and sends nothing, not even again; a subscription tells `onError` and
  * asks getToken again after its backoff.
  */
+import { untilAborted } from "./abortable.js";
 
 /** A JWT whose `sub` is the user. `fresh: true` when the API refused the last one (a 401, or its 403
  * for a path of another user than the last token's: `OTHER_USERS_PATH`); `signal` aborts
@@ -138,13 +139,4 @@ async function tokenFrom(getToken: GetToken, fresh: boolean, signal?: AbortSigna
     if (typeof error === "object" && error !== null && !signal?.aborted) tokenFailures.add(error);
     throw error;
   }
-}
-
-function untilAborted<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (!signal) return promise;
-  return new Promise<T>((resolve, reject) => {
-    const abort = () => reject(signal.reason);
-    signal.addEventListener("abort", abort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", abort));
-  });
 }

@@ -992,3 +992,61 @@ test("a call's signal cancels it after garbage is collected, and close() ends a 
   }
   assert.equal(await stuck(subscription.close().then(() => "closed")), "closed");
 });
+
+test("a fetch passed in that drops its second argument still lets the signal end a call, and close() a stream", async (t) => {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, "node runs these tests with --expose-gc (tests/test_typescript_client.py)");
+  // A server that answers nothing: only the signal can end a call to it.
+  const held = new Set<Socket>();
+  const silent = createServer((socket) => held.add(socket));
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  t.after(() => (held.forEach((socket) => socket.destroy()), silent.close()));
+  const { port } = silent.address() as AddressInfo;
+  const user = takeUser("start");
+  const todo = createTodoClient({
+    baseUrl: `http://127.0.0.1:${port}`,
+    getToken: async () => user.token,
+    // Instrumentation as apps write it: the Request alone, its own signal all that follows the call's.
+    fetch: (request) => globalThis.fetch(request),
+  });
+  const collected = async () => {
+    for (let i = 0; i < 3; i++) (gc(), await new Promise((resolve) => setTimeout(resolve, 20)));
+  };
+  const stuck = <T>(promise: Promise<T>) =>
+    Promise.race([promise, new Promise<string>((resolve) => setTimeout(() => resolve("never ended"), 5000))]);
+
+  const controller = new AbortController();
+  const listing = todo.listTasks(user.id, {}, { signal: controller.signal });
+  const creating = todo.createTask(user.id, { title: "Never answered" }, { signal: controller.signal });
+  const subscription = todo.subscribe(user.id, () => {});
+  // And a stream the API opened, which goes on sending heartbeats until something ends it: through
+  // a relay whose connections end with the test, so that a stream close() missed cannot outlive it.
+  const api = new URL(baseUrl);
+  const relay = createServer((client) => {
+    const upstream = connect(Number(api.port), api.hostname);
+    held.add(client).add(upstream);
+    client.pipe(upstream).pipe(client);
+    for (const [one, other] of [[client, upstream], [upstream, client]] as const) {
+      one.on("error", () => other.destroy());
+      one.on("close", () => other.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => relay.listen(0, "127.0.0.1", resolve));
+  t.after(() => relay.close());
+  let live = () => {};
+  const isLive = new Promise<void>((resolve) => (live = resolve));
+  const streaming = createTodoClient({
+    baseUrl: `http://127.0.0.1:${(relay.address() as AddressInfo).port}`,
+    getToken: async () => user.token,
+    fetch: (request) => globalThis.fetch(request),
+  }).subscribe(user.id, live);
+  await isLive;
+  await collected();
+  controller.abort();
+
+  for (const call of [listing, creating]) {
+    assert.equal(await stuck(call.then(() => "answered", (error: Error) => error.name)), "AbortError");
+  }
+  assert.equal(await stuck(subscription.close().then(() => "closed")), "closed");
+  assert.equal(await stuck(streaming.close().then(() => "closed")), "closed");
+});

@@ -4,6 +4,7 @@
  * (live_api.ts): no two tests ever share a user, or a stream.
  */
 import assert from "node:assert/strict";
+import { getEventListeners } from "node:events";
 import { test } from "node:test";
 
 import { createTodoClient, EventStreamError, type Subscription, type Task, type TaskEvent } from "../src/index.js";
@@ -905,4 +906,84 @@ test("a stream's refusal names the problem types the stream's answers list; anot
   assert.ok(inFront instanceof EventStreamError);
   assert.equal(inFront.status, 400);
   assert.equal(inFront.problem, undefined);
+});
+
+test("a subscription's reconnects leave no listener behind on its signal, however many there are", async (t) => {
+  t.mock.method(Math, "random", () => 0); // no backoff: each attempt at once
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, "node runs these tests with --expose-gc (tests/test_typescript_client.py)");
+  const user = takeUser("end");
+  const reconnects = 300;
+  let stopSignal: AbortSignal | undefined;
+  let attempts = 0;
+  let enough = () => {};
+  const reachedEnough = new Promise<void>((resolve) => (enough = resolve));
+  // A network that is down, for a tab left open for days: every attempt fails, and is tried again.
+  const subscription = clientFor(user, {
+    fetch: async (_request, init) => {
+      stopSignal = init?.signal;
+      if (++attempts === reconnects) enough();
+      throw new TypeError("fetch failed", { cause: new Error("connect ECONNREFUSED") });
+    },
+  }).subscribe(user.id, () => {}, { onError: () => {} });
+  t.after(() => subscription.close());
+  await reachedEnough;
+  // Node's fetch removes the listener each Request puts on the signal once that Request is collected.
+  for (let i = 0; i < 3; i++) (gc(), await new Promise((resolve) => setTimeout(resolve, 20)));
+
+  assert.ok(stopSignal, "the client handed fetch its signal");
+  const listeners = getEventListeners(stopSignal, "abort").length;
+  assert.ok(listeners < 10, `${listeners} listeners on the signal after ${reconnects} reconnects`);
+});
+
+test("at the first reset lastEventId already names where the stream starts, as at a reset the server sends", async (t) => {
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  /** A subscription, and the lastEventId it showed to onEvent at each reset. */
+  const watched = (lastEventId?: string) => {
+    const seen = collector();
+    const atReset: (string | undefined)[] = [];
+    const subscription: Subscription = todo.subscribe(
+      user.id,
+      (event) => {
+        if (event.type === "reset") atReset.push(subscription.lastEventId);
+        seen.onEvent(event);
+      },
+      { lastEventId },
+    );
+    t.after(() => subscription.close());
+    return { seen, atReset };
+  };
+
+  const first = watched();
+  await first.seen.until(1);
+  const { data: created } = await todo.createTask(user.id, { title: "After the reset" });
+  await first.seen.until(2);
+  const told = watched("not-an-id"); // the server's reset: `id:` and `event: reset` in one block
+  await told.seen.until(1);
+  // The app persisted the id it saw at its reset, refetched, and reloads: it resumes from there.
+  const resumed = watched(first.atReset[0]);
+  const [event] = await resumed.seen.until(1);
+
+  assert.equal(typeof told.atReset[0], "string", "the server's reset names its position");
+  assert.equal(typeof first.atReset[0], "string", "so does the client's");
+  assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
+});
+
+test("a subscription that has ended leaves no listener on the signal passed in, however it ended", async () => {
+  const user = takeUser("end");
+  const other = takeUser("end");
+  // One signal for the page's life (sign-out, say), shared by every subscription the page opens.
+  const page = new AbortController();
+  for (let i = 0; i < 5; i++) {
+    const seen = collector();
+    const subscription = clientFor(user).subscribe(user.id, seen.onEvent, { signal: page.signal });
+    await seen.until(1);
+    await subscription.close();
+  }
+  // Ended by a refusal rather than close(): another user's stream.
+  const refused = await clientFor(user).subscribe(other.id, () => {}, { signal: page.signal }).ended;
+
+  assert.ok(refused instanceof EventStreamError, String(refused));
+  assert.equal(getEventListeners(page.signal, "abort").length, 0);
 });
