@@ -148,7 +148,7 @@ def test_a_write_that_waits_on_a_row_lock_past_the_statement_timeout_is_503_and_
             completed = client.patch(f"{alice.task_url(task_id)}/complete", headers=alice.headers)
             holder.rollback()
         assert client.get("/readyz").status_code == 200
-    body = assert_problem(completed, 503, "database-unavailable")
+    body = assert_problem(completed, 503, "statement-timeout")
     assert "DB_STATEMENT_TIMEOUT_MS" in body["detail"], body
     assert "cannot be reached" not in body["detail"], body
     assert "nothing was changed" in body["detail"], body
@@ -230,7 +230,7 @@ def test_a_write_whose_statement_is_first_prepared_behind_a_table_lock_is_cancel
             holder.execute("lock table tasks in access exclusive mode")
             completed = client.patch(f"{alice.task_url(task_id)}/complete", headers=alice.headers)
             holder.rollback()
-        body = assert_problem(completed, 503, "database-unavailable")
+        body = assert_problem(completed, 503, "statement-timeout")
         assert "DB_STATEMENT_TIMEOUT_MS" in body["detail"], body
         assert client.get(alice.task_url(task_id), headers=alice.headers).json()["completed"] is False
 

@@ -81,6 +81,7 @@ class ProblemType(StrEnum):
     CORS_PREFLIGHT_REFUSED = "cors-preflight-refused"
     AUTHENTICATION_UNAVAILABLE = "authentication-unavailable"
     DATABASE_UNAVAILABLE = "database-unavailable"
+    STATEMENT_TIMEOUT = "statement-timeout"
     ISOLATION_UNVERIFIED = "isolation-unverified"
     OUTCOME_UNKNOWN = "outcome-unknown"
     STREAMS_UNAVAILABLE = "streams-unavailable"
@@ -432,11 +433,20 @@ def database_busy() -> ProblemError:
 
 
 def statement_cancelled() -> ProblemError:
-    # The database answered, it only did not finish this request in time.
-    return _database_unavailable(
+    # The database answered, it only did not finish this request in time: not database-unavailable,
+    # which counted each such answer as an outage (todo_api_http_unavailable) and told the sender of
+    # a search too costly to finish that trying again would help. Found with a search made to cost
+    # the most (docs/operations.md, "What one user can make the service hold"): every retry was cut
+    # the same way. Retry-After stays: a write that waited on another's row lock is done on a retry.
+    return ProblemError(
+        503,
+        ProblemType.STATEMENT_TIMEOUT,
+        "Statement timeout",
         "The database did not finish this request within its statement timeout "
         "(DB_STATEMENT_TIMEOUT_MS), or an operator cancelled it, or the server did as it stopped; nothing "
-        "was changed. Try again shortly."
+        "was changed. A request that waited on another's change to the same task may be done when "
+        "tried again; a search costs as much each time it is sent: narrow it (a shorter `q`, a `status`).",
+        headers=_DATABASE_RETRY_AFTER,
     )
 
 

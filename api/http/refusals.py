@@ -63,6 +63,7 @@ def service_unavailable(
     retried, or database-unavailable: api/db/database.py)."""
     types = [
         ProblemType.DATABASE_UNAVAILABLE,
+        ProblemType.STATEMENT_TIMEOUT,
         ProblemType.AUTHENTICATION_UNAVAILABLE,
         ProblemType.ISOLATION_UNVERIFIED,
     ]
@@ -72,13 +73,16 @@ def service_unavailable(
     # document alone could not tell a busy pool or a standby from a bug.
     database = (
         "the database cannot be reached, or is busy (no connection came free within "
-        "DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, "
+        "DB_POOL_TIMEOUT_SECONDS), gave up waiting for a lock within its lock_timeout, "
         + ("refused a write for being read-only (a standby), " if writes else "")
         + "ran out of a resource (disk, memory), failed with an error of its own, or rolled the request "
         f"back twice to end a conflict with other transactions (type {ProblemType.DATABASE_UNAVAILABLE.urn})"
     )
     causes = [
         database[0].upper() + database[1:],
+        "the database did not finish the request within DB_STATEMENT_TIMEOUT_MS: a search over many "
+        "long tasks costs as much each time, narrow it (type "
+        f"{ProblemType.STATEMENT_TIMEOUT.urn})",
         f"Better Auth's keys cannot be fetched (type {ProblemType.AUTHENTICATION_UNAVAILABLE.urn})",
         f"the last isolation check found something (type {ProblemType.ISOLATION_UNVERIFIED.urn})",
     ]

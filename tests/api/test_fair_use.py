@@ -22,10 +22,12 @@ from tests.support import (
     explain_list,
     new_user,
     now,
+    scrape,
     serving_client,
     sessions_waiting_on_a_lock,
     settings_for,
     sign,
+    value,
 )
 
 QUOTA = 5
@@ -102,6 +104,49 @@ def test_a_search_over_ten_thousand_tasks_reads_only_the_callers_rows(
     assert condition == f"Index Cond: (user_id = '{owner}'::text)", plan
     scans = ("Index Scan using tasks_by_owner_", "Index Scan Backward using tasks_by_owner_")
     assert any(scan in plan for scan in scans), plan
+
+
+# A search made to cost the most (docs/operations.md, "What one user can make the service hold"):
+# descriptions of one character repeated, four bytes in UTF-8, and `q` another character and then 199
+# of that one. Postgres's strpos compares nearly all of `q` at each of the description's characters.
+_WIDE = "\U00010000"
+_COSTLIEST_SEARCH = "b" + _WIDE * 199
+
+
+def test_a_search_cut_by_the_statement_timeout_is_its_own_problem_not_a_database_outage(
+    migrated_db_url: str, migrated_db: psycopg.Connection[Any]
+) -> None:
+    """Found on `todo-api serve` with a user of 10,000 such tasks: EXPLAIN ANALYZE put the search at 18 s
+    of a database core, so each was cut at DB_STATEMENT_TIMEOUT_MS and answered 503
+    database-unavailable, "Try again shortly", which every retry met again, and which metrics counted
+    as the database being down (todo_api_http_unavailable{cause="database-unavailable"}). The tasks
+    here cost seconds to search, many times the shortest statement timeout."""
+    alice = new_user()
+    migrated_db.autocommit = True
+    migrated_db.execute("insert into users (id) values (%s)", [alice.id])
+    migrated_db.execute(
+        "insert into tasks (user_id, title, description)"
+        " select %s, repeat(%s, 200), repeat(%s, 1000) from generate_series(1, 2000)",
+        [alice.id, _WIDE, _WIDE],
+    )
+    with serving_client(create_app(settings_for(migrated_db_url, db_statement_timeout_ms=100))) as client:
+        before = scrape(str(client.base_url))
+        searched = client.get(alice.tasks_url, params={"q": _COSTLIEST_SEARCH}, headers=alice.headers)
+        after = scrape(str(client.base_url))
+        listed = client.get(alice.tasks_url, params={"limit": 1}, headers=alice.headers)
+
+    body = assert_problem(searched, 503, "statement-timeout")
+    assert "DB_STATEMENT_TIMEOUT_MS" in body["detail"], body
+    assert "narrow it" in body["detail"], body
+    assert "cannot be reached" not in body["detail"], body
+    assert searched.headers["Retry-After"].isdigit()
+    counted = {
+        cause: value(after, "todo_api_http_unavailable_total", cause=cause)
+        - value(before, "todo_api_http_unavailable_total", cause=cause)
+        for cause in ("statement-timeout", "database-unavailable")
+    }
+    assert counted == {"statement-timeout": 1, "database-unavailable": 0}
+    assert listed.status_code == 200, "the user's other requests are served"
 
 
 @pytest.mark.parametrize("conforming", ["on", "off"])
@@ -280,7 +325,7 @@ def test_a_user_past_their_share_is_429_never_503_while_the_pool_has_connections
     assert by_status.keys() <= {("PUT", 503), ("GET", 200), ("GET", 429)}, by_status
     for response in answered:
         if response.request.method == "PUT":
-            assert_problem(response, 503, "database-unavailable")  # the lock outlived its statement timeout
+            assert_problem(response, 503, "statement-timeout")  # the lock outlived its statement timeout
             assert "DB_STATEMENT_TIMEOUT_MS" in response.json()["detail"]
         elif response.status_code == 429:
             assert_problem(response, 429, "too-many-requests")

@@ -492,10 +492,13 @@ NEVER_ANSWERED_BY_THE_API = {"431"}
 # whole or not at all).
 NOTHING_TO_VALIDATE = {("/api/{user_id}/events", "get", "422")}
 # Not brought about here, but where their cause is staged: a database that stops answering
-# (tests/faults), keys that cannot be fetched (tests/auth), a worker's streams all taken
-# (tests/api/test_events.py), two creates with one key at once (tests/api/test_idempotency.py).
+# (tests/faults), a statement past DB_STATEMENT_TIMEOUT_MS (tests/test_transactions.py, a write behind
+# a row lock; tests/api/test_fair_use.py, a costly search), keys that cannot be fetched (tests/auth), a
+# worker's streams all taken (tests/api/test_events.py), two creates with one key at once
+# (tests/api/test_idempotency.py).
 PROVEN_ELSEWHERE = {
     "database-unavailable",
+    "statement-timeout",
     "outcome-unknown",
     "authentication-unavailable",
     "streams-unavailable",

@@ -450,7 +450,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); the last isolation check found something (type urn:todo-api:problem:isolation-unverified); or this server process holds MAX_STREAMS_PER_WORKER streams of all users already, or is shutting down (type urn:todo-api:problem:streams-unavailable). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:streams-unavailable`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), gave up waiting for a lock within its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); the database did not finish the request within DB_STATEMENT_TIMEOUT_MS: a search over many long tasks costs as much each time, narrow it (type urn:todo-api:problem:statement-timeout); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); the last isolation check found something (type urn:todo-api:problem:isolation-unverified); or this server process holds MAX_STREAMS_PER_WORKER streams of all users already, or is shutting down (type urn:todo-api:problem:streams-unavailable). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:statement-timeout`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:streams-unavailable`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -466,7 +466,7 @@ export interface operations {
                         /** @enum {integer} */
                         status: 503;
                         /** @enum {string} */
-                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:streams-unavailable";
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:statement-timeout" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:streams-unavailable";
                     };
                 };
             };
@@ -687,7 +687,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), gave up waiting for a lock within its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); the database did not finish the request within DB_STATEMENT_TIMEOUT_MS: a search over many long tasks costs as much each time, narrow it (type urn:todo-api:problem:statement-timeout); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:statement-timeout`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -703,7 +703,7 @@ export interface operations {
                         /** @enum {integer} */
                         status: 503;
                         /** @enum {string} */
-                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified";
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:statement-timeout" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified";
                     };
                 };
             };
@@ -990,7 +990,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), gave up waiting for a lock within its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); the database did not finish the request within DB_STATEMENT_TIMEOUT_MS: a search over many long tasks costs as much each time, narrow it (type urn:todo-api:problem:statement-timeout); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:statement-timeout`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1006,7 +1006,7 @@ export interface operations {
                         /** @enum {integer} */
                         status: 503;
                         /** @enum {string} */
-                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:statement-timeout" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
                 };
             };
@@ -1238,7 +1238,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), gave up waiting for a lock within its lock_timeout, ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); the database did not finish the request within DB_STATEMENT_TIMEOUT_MS: a search over many long tasks costs as much each time, narrow it (type urn:todo-api:problem:statement-timeout); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:statement-timeout`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1254,7 +1254,7 @@ export interface operations {
                         /** @enum {integer} */
                         status: 503;
                         /** @enum {string} */
-                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified";
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:statement-timeout" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified";
                     };
                 };
             };
@@ -1535,7 +1535,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), gave up waiting for a lock within its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); the database did not finish the request within DB_STATEMENT_TIMEOUT_MS: a search over many long tasks costs as much each time, narrow it (type urn:todo-api:problem:statement-timeout); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:statement-timeout`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1551,7 +1551,7 @@ export interface operations {
                         /** @enum {integer} */
                         status: 503;
                         /** @enum {string} */
-                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:statement-timeout" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
                 };
             };
@@ -1784,7 +1784,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), gave up waiting for a lock within its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); the database did not finish the request within DB_STATEMENT_TIMEOUT_MS: a search over many long tasks costs as much each time, narrow it (type urn:todo-api:problem:statement-timeout); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:statement-timeout`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -1800,7 +1800,7 @@ export interface operations {
                         /** @enum {integer} */
                         status: 503;
                         /** @enum {string} */
-                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:statement-timeout" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
                 };
             };
@@ -2083,7 +2083,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), did not finish within DB_STATEMENT_TIMEOUT_MS or its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
+            /** @description The database cannot be reached, or is busy (no connection came free within DB_POOL_TIMEOUT_SECONDS), gave up waiting for a lock within its lock_timeout, refused a write for being read-only (a standby), ran out of a resource (disk, memory), failed with an error of its own, or rolled the request back twice to end a conflict with other transactions (type urn:todo-api:problem:database-unavailable); the database did not finish the request within DB_STATEMENT_TIMEOUT_MS: a search over many long tasks costs as much each time, narrow it (type urn:todo-api:problem:statement-timeout); Better Auth's keys cannot be fetched (type urn:todo-api:problem:authentication-unavailable); or the last isolation check found something (type urn:todo-api:problem:isolation-unverified). Retry after the `Retry-After` seconds. Nothing was done, except for type urn:todo-api:problem:outcome-unknown: the database stopped answering, or failed, after the change was sent, so it may have been made; retry with the same Idempotency-Key, or read the task before changing it again. Problem types: `urn:todo-api:problem:database-unavailable`, `urn:todo-api:problem:statement-timeout`, `urn:todo-api:problem:authentication-unavailable`, `urn:todo-api:problem:isolation-unverified`, `urn:todo-api:problem:outcome-unknown`. */
             503: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
@@ -2099,7 +2099,7 @@ export interface operations {
                         /** @enum {integer} */
                         status: 503;
                         /** @enum {string} */
-                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
+                        type: "urn:todo-api:problem:database-unavailable" | "urn:todo-api:problem:statement-timeout" | "urn:todo-api:problem:authentication-unavailable" | "urn:todo-api:problem:isolation-unverified" | "urn:todo-api:problem:outcome-unknown";
                     };
                 };
             };

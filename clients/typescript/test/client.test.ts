@@ -771,6 +771,7 @@ function explainCreateError(error: ErrorOf<"createTask">): string {
     case "urn:todo-api:problem:idempotency-key-in-use":
     case "urn:todo-api:problem:request-timeout":
     case "urn:todo-api:problem:database-unavailable":
+    case "urn:todo-api:problem:statement-timeout":
     case "urn:todo-api:problem:authentication-unavailable":
     case "urn:todo-api:problem:isolation-unverified":
     case "urn:todo-api:problem:outcome-unknown":

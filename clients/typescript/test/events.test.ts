@@ -870,6 +870,7 @@ function explainStreamRefusal(problem: NonNullable<EventStreamError["problem"]>)
     case "urn:todo-api:problem:too-many-requests":
     case "urn:todo-api:problem:streams-unavailable":
     case "urn:todo-api:problem:database-unavailable":
+    case "urn:todo-api:problem:statement-timeout":
     case "urn:todo-api:problem:authentication-unavailable":
     case "urn:todo-api:problem:isolation-unverified":
       return "reconnecting";
