@@ -50,13 +50,17 @@ def _release_with(tmp_path: Path, *, without_newest: bool = False, newer: str | 
     return sql / "migrations"
 
 
-def _migrate_as_that_release(migrations: Path, database_url: str) -> None:
-    yoyo = [str(PROJECT / ".venv" / "bin" / "yoyo"), "apply", "--no-config-file", "--batch"]
+def _yoyo(command: str, migrations: Path, database_url: str, *options: str) -> None:
+    yoyo = [str(PROJECT / ".venv" / "bin" / "yoyo"), command, "--no-config-file", "--batch", *options]
     result = subprocess.run(
         [*yoyo, "--database", yoyo_url(database_url), str(migrations)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _migrate_as_that_release(migrations: Path, database_url: str) -> None:
+    _yoyo("apply", migrations, database_url)
 
 
 def _the_one_line(stderr: str) -> str:
@@ -98,6 +102,21 @@ def test_serve_on_a_database_a_newer_release_migrated_says_in_one_line_to_serve_
     assert "the database was migrated by a newer release (up to 0999_newer_release;" in line, line
     assert f"this release ships up to {NEWEST}" in line, line
     assert "serve that release" in line, line
+
+
+def test_serve_after_a_rollback_says_where_the_database_is(
+    empty_db_url: str, migrated_template: NoopExecutor, tmp_path: Path
+) -> None:
+    """A migration rolled back as docs/operations.md says (plain `yoyo rollback`, which runs no hook)
+    left the record naming it: serve, as the schema's owner (the embedded database's one role, and many
+    Neon deployments'), listed every difference the rollback made instead of saying to migrate. yoyo's
+    own table, which the owner may read, is right after a rollback."""
+    _migrate_as_that_release(SQL_DIR / "migrations", empty_db_url)
+    _yoyo("rollback", SQL_DIR / "migrations", empty_db_url, "--revision", NEWEST)
+
+    line = _the_one_line(refusal(empty_db_url, tmp_path))
+    assert f"the database is migrated up to {BEFORE_NEWEST}" in line, line
+    assert f"this release also needs {NEWEST}" in line, line
 
 
 def test_serve_on_a_database_of_this_release_changed_by_hand_lists_each_difference(

@@ -91,6 +91,24 @@ def could_not_complete(error: BaseException) -> Finding:
     return Finding("isolation", f"{_INCOMPLETE} ({in_one_line(error)})", cause=cause)
 
 
+async def release_mismatch_on(connection: psycopg.AsyncConnection[Any]) -> str | None:
+    """`release_mismatch` for the database on `connection`, read as the check reads (a read-only
+    transaction with its lock and statement timeouts, within its bound on the wait for an answer), so
+    that the wording never holds a verdict longer than the check would. It only words: a read that
+    fails says nothing, and the findings are listed."""
+    try:
+        async with (
+            answer_within(connection, _ANSWER_TIMEOUT_SECONDS),
+            connection.transaction(force_rollback=True),
+        ):
+            await connection.execute("set transaction read only")
+            await connection.execute(f"set local lock_timeout = '{_LOCK_TIMEOUT}'")
+            await connection.execute(f"set local statement_timeout = '{_STATEMENT_TIMEOUT}'")
+            return release_mismatch(await newest_migration_applied(connection))
+    except (psycopg.Error, TimeoutError):
+        return None
+
+
 def only_drift(findings: Sequence[Finding]) -> bool:
     """Whether the findings are differences from the shipped schema alone: what a release between the
     database's and this one makes, which the last migrate's record can name (api/db/schema_release.py)."""
@@ -350,7 +368,7 @@ class IsolationWatch:
         if not only_drift(findings) or self._kept is None:
             return None
         try:
-            return release_mismatch(await newest_migration_applied(self._kept))
+            return await release_mismatch_on(self._kept)
         except Exception:  # whatever it is, the verdict is still recorded: a check that raised kept the last
             logger.exception("the isolation check could not read which release migrated the database")
             return None

@@ -14,17 +14,29 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-from api.db.sql_files import NEWEST_MIGRATION_CHECK, read_sql, shipped_migrations
+from api.db.sql_files import NEWEST_MIGRATION_APPLIED, NEWEST_MIGRATION_CHECK, read_sql, shipped_migrations
 
 _ROLLING_BACK = 'docs/operations.md, "Upgrading a fleet, and rolling back"'
 
 
 async def newest_migration_applied(connection: psycopg.AsyncConnection[Any]) -> str | None:
-    """The newest migration the database's last migrate recorded, or None when none is recorded."""
+    """The newest migration applied: from yoyo's own table when this role may read it, else as the
+    database's last migrate recorded it; None when neither says.
+
+    A `yoyo rollback` leaves the record naming the migration it undid (no hook of yoyo's runs after
+    a rollback) until the next migrate, and serve's line then named a release the database is no
+    longer at: tests/test_serve_across_releases.py, test_serve_after_a_rollback_says_where_the_database_is.
+    """
     async with connection.cursor(row_factory=tuple_row) as cursor:  # whatever the connection's own rows
         await cursor.execute(read_sql(NEWEST_MIGRATION_CHECK))
         row = await cursor.fetchone()
-    return str(row[0]) if row and row[0] else None
+        assert row is not None  # one row, always
+        recorded, may_read_applied = row
+        if may_read_applied:
+            await cursor.execute(read_sql(NEWEST_MIGRATION_APPLIED))
+            applied = await cursor.fetchone()
+            return str(applied[0]) if applied and applied[0] else None
+    return str(recorded) if recorded else None
 
 
 def release_mismatch(newest_applied: str | None) -> str | None:
