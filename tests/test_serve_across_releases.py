@@ -63,6 +63,14 @@ def _migrate_as_that_release(migrations: Path, database_url: str) -> None:
     _yoyo("apply", migrations, database_url)
 
 
+def _until_logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    """Until a running server's log says `text`: its next isolation check, within a generous bound."""
+    deadline = time.monotonic() + 30
+    while not any(text in record.getMessage() for record in caplog.records):
+        assert time.monotonic() < deadline, [record.getMessage() for record in caplog.records]
+        time.sleep(0.1)
+
+
 def _the_one_line(stderr: str) -> str:
     (line,) = stderr.strip().splitlines()
     return line
@@ -119,6 +127,23 @@ def test_serve_after_a_rollback_says_where_the_database_is(
     assert f"this release also needs {NEWEST}" in line, line
 
 
+def test_a_running_server_whose_migration_is_rolled_back_logs_where_the_database_is(
+    migrated_db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other way round: this release's newest migration rolled back under it with plain yoyo, as
+    docs/operations.md says, while it serves as the schema's owner (the embedded database's way)."""
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=0.2)
+    with (
+        caplog.at_level(logging.ERROR, logger="api.db.isolation"),
+        serving_client(create_app(settings)) as api,
+    ):
+        _yoyo("rollback", SQL_DIR / "migrations", migrated_db_url, "--revision", NEWEST)
+        _until_logged(
+            caplog, f"the database is migrated up to {BEFORE_NEWEST}, and this release also needs {NEWEST}"
+        )
+        assert_problem(api.get("/readyz"), 503, "isolation-unverified")
+
+
 def test_serve_on_a_database_of_this_release_changed_by_hand_lists_each_difference(
     migrated_db_url: str, tmp_path: Path
 ) -> None:
@@ -151,11 +176,7 @@ def test_a_running_server_a_newer_release_migrated_under_logs_the_one_line_serve
 
         _migrate_as_that_release(_release_with(tmp_path, newer=_NEWER_FUNCTION), migrated_db_url)
 
-        diagnosis = "the database was migrated by a newer release (up to 0999_newer_release;"
-        deadline = time.monotonic() + 30
-        while not any(diagnosis in record.getMessage() for record in caplog.records):
-            assert time.monotonic() < deadline, [record.getMessage() for record in caplog.records]
-            time.sleep(0.1)
+        _until_logged(caplog, "the database was migrated by a newer release (up to 0999_newer_release;")
         assert_problem(api.get(alice.tasks_url, headers=alice.headers), 503, "isolation-unverified")
         assert_problem(api.get("/readyz"), 503, "isolation-unverified")
 

@@ -17,6 +17,8 @@ It reads the catalogs only (nothing of schema app, so a login role that owns not
 with a lock timeout so that it never queues behind DDL, a bound on its wait for answers so that a
 silent server cannot hold it (and the verdict before it) for ever, and a role switch in a
 transaction that is rolled back. It fails closed: a check that cannot complete is a finding.
+Only to word findings that are another release's schema does it read a table, yoyo's own, and only
+as a role that may (`release_mismatch_on`, api/db/schema_release.py).
 """
 
 import asyncio
