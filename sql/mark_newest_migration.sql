@@ -7,8 +7,10 @@
 -- one its release ships, to say in one line which it is: a release behind (run `todo-api migrate`), or
 -- migrated by a newer release (serve that release). It never decides whether to serve.
 --
--- A `yoyo rollback` leaves it naming the migration rolled back, until the release before's `todo-api
--- migrate` (the next step docs/operations.md gives after a rollback) writes it again.
+-- A `yoyo rollback` leaves it naming the migration rolled back (yoyo runs no hook after a rollback),
+-- until the release before's `todo-api migrate` (the next step docs/operations.md gives after a
+-- rollback) writes it again; a role that may read yoyo's table reads that instead
+-- (sql/checks/newest_migration.sql).
 DO $$
 BEGIN
     EXECUTE pg_catalog.format(

@@ -111,6 +111,7 @@ def test_the_wheel_carries_the_sql(installed: Path, empty_dir: Path) -> None:
         "migrations/post-apply-policies.py",
         "mark_newest_migration.sql",
         "checks/newest_migration.sql",
+        "checks/newest_migration_applied.sql",
         "policies/tasks.sql",
         "checks/isolation.sql",
         "checks/session_settings.sql",

@@ -8,16 +8,29 @@ The other release is this one's sql/ folder with its newest migration taken away
 with plain yoyo as that release's `todo-api migrate` would, in a cluster where the session's migrated
 template made the API's login role (`migrated_template`)."""
 
+import logging
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from pytest_postgresql.executors import NoopExecutor
 
+from api.app import create_app
 from api.db.sql_files import SQL_DIR, shipped_migrations
 from api.db.urls import yoyo_url
-from tests.support import PROJECT, as_role, refusal, run_cli
+from tests.support import (
+    PROJECT,
+    as_role,
+    assert_problem,
+    new_user,
+    refusal,
+    run_cli,
+    serving_client,
+    settings_for,
+)
 
 NEWEST = shipped_migrations()[-1]
 BEFORE_NEWEST = shipped_migrations()[-2]
@@ -37,13 +50,25 @@ def _release_with(tmp_path: Path, *, without_newest: bool = False, newer: str | 
     return sql / "migrations"
 
 
-def _migrate_as_that_release(migrations: Path, database_url: str) -> None:
-    yoyo = [str(PROJECT / ".venv" / "bin" / "yoyo"), "apply", "--no-config-file", "--batch"]
+def _yoyo(command: str, migrations: Path, database_url: str, *options: str) -> None:
+    yoyo = [str(PROJECT / ".venv" / "bin" / "yoyo"), command, "--no-config-file", "--batch", *options]
     result = subprocess.run(
         [*yoyo, "--database", yoyo_url(database_url), str(migrations)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _migrate_as_that_release(migrations: Path, database_url: str) -> None:
+    _yoyo("apply", migrations, database_url)
+
+
+def _until_logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    """Until a running server's log says `text`: its next isolation check, within a generous bound."""
+    deadline = time.monotonic() + 30
+    while not any(text in record.getMessage() for record in caplog.records):
+        assert time.monotonic() < deadline, [record.getMessage() for record in caplog.records]
+        time.sleep(0.1)
 
 
 def _the_one_line(stderr: str) -> str:
@@ -68,21 +93,55 @@ def test_serve_on_a_database_a_migration_behind_says_in_one_line_to_migrate(
     assert audited.returncode == 0, audited.stdout + audited.stderr
 
 
+# A newer release's migration that changes what the isolation check reads, and nothing todo_app reaches.
+_NEWER_FUNCTION = (
+    "CREATE FUNCTION app.newer_release() RETURNS integer LANGUAGE sql IMMUTABLE\n"
+    "    SET search_path = '' AS 'SELECT 1';\n"
+    "REVOKE EXECUTE ON FUNCTION app.newer_release() FROM PUBLIC;\n"
+)
+
+
 def test_serve_on_a_database_a_newer_release_migrated_says_in_one_line_to_serve_that_release(
     empty_db_url: str, migrated_template: NoopExecutor, tmp_path: Path
 ) -> None:
-    newer = _release_with(
-        tmp_path,
-        newer="CREATE FUNCTION app.newer_release() RETURNS integer LANGUAGE sql IMMUTABLE\n"
-        "    SET search_path = '' AS 'SELECT 1';\n"
-        "REVOKE EXECUTE ON FUNCTION app.newer_release() FROM PUBLIC;\n",
-    )
-    _migrate_as_that_release(newer, empty_db_url)
+    _migrate_as_that_release(_release_with(tmp_path, newer=_NEWER_FUNCTION), empty_db_url)
 
     line = _the_one_line(refusal(as_role(empty_db_url), tmp_path))
     assert "the database was migrated by a newer release (up to 0999_newer_release;" in line, line
     assert f"this release ships up to {NEWEST}" in line, line
     assert "serve that release" in line, line
+
+
+def test_serve_after_a_rollback_says_where_the_database_is(
+    empty_db_url: str, migrated_template: NoopExecutor, tmp_path: Path
+) -> None:
+    """A migration rolled back as docs/operations.md says (plain `yoyo rollback`, which runs no hook)
+    left the record naming it: serve, as the schema's owner (the embedded database's one role, and many
+    Neon deployments'), listed every difference the rollback made instead of saying to migrate. yoyo's
+    own table, which the owner may read, is right after a rollback."""
+    _migrate_as_that_release(SQL_DIR / "migrations", empty_db_url)
+    _yoyo("rollback", SQL_DIR / "migrations", empty_db_url, "--revision", NEWEST)
+
+    line = _the_one_line(refusal(empty_db_url, tmp_path))
+    assert f"the database is migrated up to {BEFORE_NEWEST}" in line, line
+    assert f"this release also needs {NEWEST}" in line, line
+
+
+def test_a_running_server_whose_migration_is_rolled_back_logs_where_the_database_is(
+    migrated_db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other way round: this release's newest migration rolled back under it with plain yoyo, as
+    docs/operations.md says, while it serves as the schema's owner (the embedded database's way)."""
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=0.2)
+    with (
+        caplog.at_level(logging.ERROR, logger="api.db.isolation"),
+        serving_client(create_app(settings)) as api,
+    ):
+        _yoyo("rollback", SQL_DIR / "migrations", migrated_db_url, "--revision", NEWEST)
+        _until_logged(
+            caplog, f"the database is migrated up to {BEFORE_NEWEST}, and this release also needs {NEWEST}"
+        )
+        assert_problem(api.get("/readyz"), 503, "isolation-unverified")
 
 
 def test_serve_on_a_database_of_this_release_changed_by_hand_lists_each_difference(
@@ -99,3 +158,30 @@ def test_serve_on_a_database_of_this_release_changed_by_hand_lists_each_differen
     assert "app.made_by_hand()" in stderr, stderr
     assert "migrated up to" not in stderr, stderr
     assert "newer release" not in stderr, stderr
+
+
+def test_a_running_server_a_newer_release_migrated_under_logs_the_one_line_serve_gives(
+    migrated_db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling upgrade: the newer release migrates while this one serves. Its isolation check then
+    refuses every task request, and logged the raw differences (here a function's md5) where an
+    operator needs the diagnosis start-up gives: which release, and what to do."""
+    alice = new_user()
+    settings = settings_for(as_role(migrated_db_url), isolation_check_interval_seconds=0.2)
+    with (
+        caplog.at_level(logging.ERROR, logger="api.db.isolation"),
+        serving_client(create_app(settings)) as api,
+    ):
+        assert api.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).status_code == 201
+
+        _migrate_as_that_release(_release_with(tmp_path, newer=_NEWER_FUNCTION), migrated_db_url)
+
+        _until_logged(caplog, "the database was migrated by a newer release (up to 0999_newer_release;")
+        assert_problem(api.get(alice.tasks_url, headers=alice.headers), 503, "isolation-unverified")
+        assert_problem(api.get("/readyz"), 503, "isolation-unverified")
+
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("isolation is not verified; task requests are refused until it is: "), line
+    assert f"this release ships up to {NEWEST}" in line, line
+    assert "serve that release" in line, line
+    assert "app.newer_release()" not in line, line

@@ -17,6 +17,8 @@ It reads the catalogs only (nothing of schema app, so a login role that owns not
 with a lock timeout so that it never queues behind DDL, a bound on its wait for answers so that a
 silent server cannot hold it (and the verdict before it) for ever, and a role switch in a
 transaction that is rolled back. It fails closed: a check that cannot complete is a finding.
+Only to word findings that are another release's schema does it read a table, yoyo's own, and only
+as a role that may (`release_mismatch_on`, api/db/schema_release.py).
 """
 
 import asyncio
@@ -36,6 +38,7 @@ from api.db.database import Database
 from api.db.errors import UNAVAILABLE, AlreadyExists, IsolationBreach, MissingReference, in_one_line
 from api.db.pool import Connection, answer_within, ended_while_idle
 from api.db.reach import differences, expected_reach, read_reach
+from api.db.schema_release import newest_migration_applied, release_mismatch
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
 from api.db.statements import APP_ROLE
 from api.telemetry import metrics
@@ -88,6 +91,30 @@ def could_not_complete(error: BaseException) -> Finding:
     """A check that could not complete proves nothing: that is a finding, never a pass."""
     cause: Cause = "lock held" if isinstance(error, psycopg.errors.LockNotAvailable) else "incomplete"
     return Finding("isolation", f"{_INCOMPLETE} ({in_one_line(error)})", cause=cause)
+
+
+async def release_mismatch_on(connection: psycopg.AsyncConnection[Any]) -> str | None:
+    """`release_mismatch` for the database on `connection`, read as the check reads (a read-only
+    transaction with its lock and statement timeouts, within its bound on the wait for an answer), so
+    that the wording never holds a verdict longer than the check would. It only words: a read that
+    fails says nothing, and the findings are listed."""
+    try:
+        async with (
+            answer_within(connection, _ANSWER_TIMEOUT_SECONDS),
+            connection.transaction(force_rollback=True),
+        ):
+            await connection.execute("set transaction read only")
+            await connection.execute(f"set local lock_timeout = '{_LOCK_TIMEOUT}'")
+            await connection.execute(f"set local statement_timeout = '{_STATEMENT_TIMEOUT}'")
+            return release_mismatch(await newest_migration_applied(connection))
+    except (psycopg.Error, TimeoutError):
+        return None
+
+
+def only_drift(findings: Sequence[Finding]) -> bool:
+    """Whether the findings are differences from the shipped schema alone: what a release between the
+    database's and this one makes, which the last migrate's record can name (api/db/schema_release.py)."""
+    return bool(findings) and all(finding.kind == "drift" and finding.cause is None for finding in findings)
 
 
 def _incomplete(findings: Sequence[Finding]) -> bool:
@@ -251,6 +278,8 @@ class IsolationWatch:
         # says so without a warning whose fix (another login role) it cannot take.
         self.owner_login_expected = owner_login_expected
         self.findings: tuple[Finding, ...] = ()
+        # The last check's findings in one line, when they are another release's schema (`_release_mismatch`).
+        self.mismatch: str | None = None
         self.verified = False
         self._check_now = asyncio.Event()
         # When the next check is due (time.monotonic()), once `keep_checking` waits for one.
@@ -321,7 +350,8 @@ class IsolationWatch:
             # before, maybe: its clean verdict would serve until the check `_distrust` asked for,
             # which runs next, decides.
             return self.findings
-        self._record(findings, completed=not _incomplete(findings))
+        mismatch = await self._release_mismatch(findings)
+        self._record(findings, completed=not _incomplete(findings), mismatch=mismatch)
         self._unreachable = unreachable
         return findings
 
@@ -330,6 +360,20 @@ class IsolationWatch:
             return tuple(await isolation_findings(await self._connection()))
         except Exception as error:  # fail closed, whatever kept the check from completing
             return (could_not_complete(error),)
+
+    async def _release_mismatch(self, findings: tuple[Finding, ...]) -> str | None:
+        """The findings as `todo-api serve` words them at start-up when they are another release's
+        schema (a newer release migrated under this one, in a rolling upgrade): its diagnosis in one
+        line rather than a list of function md5s, triggers and policies. Read only while there are such
+        findings, over the check's own connection; it only words the log, so a record that cannot be
+        read leaves the list."""
+        if not only_drift(findings) or self._kept is None:
+            return None
+        try:
+            return await release_mismatch_on(self._kept)
+        except Exception:  # whatever it is, the verdict is still recorded: a check that raised kept the last
+            logger.exception("the isolation check could not read which release migrated the database")
+            return None
 
     async def _connection(self) -> Connection:
         kept = self._kept
@@ -352,18 +396,21 @@ class IsolationWatch:
         if self._kept is not None:
             await self._kept.close()
 
-    def _record(self, findings: tuple[Finding, ...], *, completed: bool) -> None:
+    def _record(self, findings: tuple[Finding, ...], *, completed: bool, mismatch: str | None = None) -> None:
         metrics.record_isolation_verdict(len(findings), completed=completed)
-        if findings != self.findings:
+        # Logged again when only the wording changes: a check between a newer release's migration and
+        # the record its migrate writes after it (sql/mark_newest_migration.sql) finds the same
+        # differences with no record of them yet.
+        if (findings, mismatch) != (self.findings, self.mismatch):
             if findings:
                 logger.error(
                     "isolation is not verified; task requests are refused until it is: %s",
-                    "; ".join(finding.message for finding in findings),
+                    mismatch or "; ".join(finding.message for finding in findings),
                     extra={"findings": [finding.message for finding in findings]},
                 )
             elif self.findings:
                 logger.warning("isolation is verified again; task requests are served")
-        self.findings, self.verified = findings, not findings
+        self.findings, self.mismatch, self.verified = findings, mismatch, not findings
 
     def distrust(self, breach: IsolationBreach) -> None:
         """The database answered as it never does to what the API sends while isolation holds. For

@@ -30,6 +30,7 @@ SCHEMA_OWNER_CHECK = SQL_DIR / "checks" / "schema_owner.sql"
 REACH_CHECK = SQL_DIR / "checks" / "reach.sql"
 EXPECTED_REACH = SQL_DIR / "checks" / "expected_reach.json"
 NEWEST_MIGRATION_CHECK = SQL_DIR / "checks" / "newest_migration.sql"
+NEWEST_MIGRATION_APPLIED = SQL_DIR / "checks" / "newest_migration_applied.sql"
 
 
 def read_sql(path: Path) -> str:

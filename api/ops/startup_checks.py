@@ -27,7 +27,6 @@ from api.db.host_lookup import LookupBoundedAsyncConnection, LookupBoundedConnec
 from api.db.prepared import preparing_setting, reaches_postgres_itself, sessions_pass_between_clients
 from api.db.urls import libpq_url
 from api.ops.failures import CommandFailed, database_failure
-from api.ops.schema_release import newest_migration_applied, release_mismatch
 from api.settings import Settings
 
 logger = logging.getLogger("api.ops.serve")
@@ -555,7 +554,7 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
     and that Postgres has a connection for every one the workers will open."""
     # Imported here, as the CLI imports them: they import prometheus_client, which must not be
     # imported before `serve` has pointed it at its workers' folder (api/ops/cli.py).
-    from api.db.isolation import isolation_findings
+    from api.db.isolation import isolation_findings, only_drift, release_mismatch_on
     from api.ops.policy_audit import lock_holders
 
     conninfo = libpq_url(url, connect_timeout=settings.db_connect_timeout_seconds)
@@ -575,9 +574,8 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
             findings = await isolation_findings(connection)
             causes = {finding.cause for finding in findings}
             # Differences from the shipped schema alone are what a release between the database's and
-            # this one makes: named in one line when the record says which (api/ops/schema_release.py).
-            only_drift = bool(findings) and all(f.kind == "drift" and f.cause is None for f in findings)
-            newest_applied = await newest_migration_applied(connection) if only_drift else None
+            # this one makes: named in one line when the record says which (api/db/schema_release.py).
+            mismatch = await release_mismatch_on(connection) if only_drift(findings) else None
             # A lock the check waited for in vain (DDL, a migration in progress) is no matter for
             # `todo-api migrate`: say who held it.
             if "lock held" in causes:
@@ -609,8 +607,8 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
             f"Refusing to serve: the database is not migrated ({'; '.join(messages)}). "
             "Run `todo-api migrate` against it (or serve with --migrate), then start again."
         )
-    if only_drift and (mismatch := release_mismatch(newest_applied)) is not None:
-        raise CommandFailed(mismatch)
+    if mismatch is not None:
+        raise CommandFailed(f"Refusing to serve: {mismatch}, then start again.")
     if findings:
         listed = "\n".join(f"  - {message}" for message in messages)
         fix = (

@@ -26,7 +26,7 @@ from yoyo.connections import parse_uri
 
 from api.auth.principal import Principal
 from api.db.database import Database, Query
-from api.db.sql_files import SQL_DIR
+from api.db.sql_files import SQL_DIR, shipped_migrations
 from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
 from api.ops.migrations import apply_migrations, rollback_migrations
 from api.tasks import queries
@@ -230,6 +230,21 @@ def test_plain_yoyo_apply_to_a_revision_short_of_the_last_is_one_line_and_leaves
     assert result.returncode == 0, result.stdout + result.stderr
     assert schema_state(empty_db_url) == MIGRATED
     assert live_policies(empty_db_url) == policies_in_files()
+
+
+def test_the_post_apply_hook_and_the_package_ship_the_same_migrations_as_yoyo_reads_them() -> None:
+    """Two homes that must agree: the post-apply hook runs under a DBA's plain `yoyo apply`, without
+    the api package, so it lists the shipped migrations itself (to refuse policies over a schema short
+    of them); api/db/sql_files.py's shipped_migrations() is what serve's one line and the running
+    isolation check's log compare the database's newest migration with (api/db/schema_release.py).
+    Either one reading the folder differently from yoyo would word a release wrongly or apply policies
+    to a schema they were not written for."""
+    migrations = read_migrations(str(SQL_DIR / "migrations"))
+    (hook,) = migrations.post_apply
+    hook.load()  # as yoyo loads it: its steps collected, its module kept
+    applied_by_yoyo = sorted(migration.id for migration in migrations)
+    assert applied_by_yoyo == hook.module.MIGRATIONS
+    assert applied_by_yoyo == shipped_migrations()
 
 
 OPERATIONS = PROJECT / "docs" / "operations.md"
