@@ -964,28 +964,15 @@ test("a create whose connection is cut after the API made it is sent again with 
 });
 
 test("a call's signal cancels it after garbage is collected, and close() ends a stream then too", async (t) => {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  assert.ok(gc, "node runs these tests with --expose-gc (tests/test_typescript_client.py)");
-  // A server that answers nothing: only the signal can end a call to it.
-  const held = new Set<Socket>();
-  const silent = createServer((socket) => held.add(socket));
-  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
-  t.after(() => (held.forEach((socket) => socket.destroy()), silent.close()));
-  const { port } = silent.address() as AddressInfo;
+  const { port } = await silentServer(t);
   const user = takeUser("start");
   const todo = createTodoClient({ baseUrl: `http://127.0.0.1:${port}`, getToken: async () => user.token });
-  const collected = async () => {
-    for (let i = 0; i < 3; i++) (gc(), await new Promise((resolve) => setTimeout(resolve, 20)));
-  };
-  // What the call came to if nothing ended it: the test fails rather than waiting forever.
-  const stuck = <T>(promise: Promise<T>) =>
-    Promise.race([promise, new Promise<string>((resolve) => setTimeout(() => resolve("never ended"), 5000))]);
 
   const controller = new AbortController();
   const listing = todo.listTasks(user.id, {}, { signal: controller.signal });
   const creating = todo.createTask(user.id, { title: "Never answered" }, { signal: controller.signal });
   const subscription = todo.subscribe(user.id, () => {});
-  await collected();
+  await collectGarbage();
   controller.abort();
 
   for (const call of [listing, creating]) {
@@ -995,14 +982,7 @@ test("a call's signal cancels it after garbage is collected, and close() ends a 
 });
 
 test("a fetch passed in that drops its second argument still lets the signal end a call, and close() a stream", async (t) => {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  assert.ok(gc, "node runs these tests with --expose-gc (tests/test_typescript_client.py)");
-  // A server that answers nothing: only the signal can end a call to it.
-  const held = new Set<Socket>();
-  const silent = createServer((socket) => held.add(socket));
-  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
-  t.after(() => (held.forEach((socket) => socket.destroy()), silent.close()));
-  const { port } = silent.address() as AddressInfo;
+  const { port, held } = await silentServer(t);
   const user = takeUser("start");
   const todo = createTodoClient({
     baseUrl: `http://127.0.0.1:${port}`,
@@ -1010,11 +990,6 @@ test("a fetch passed in that drops its second argument still lets the signal end
     // Instrumentation as apps write it: the Request alone, its own signal all that follows the call's.
     fetch: (request) => globalThis.fetch(request),
   });
-  const collected = async () => {
-    for (let i = 0; i < 3; i++) (gc(), await new Promise((resolve) => setTimeout(resolve, 20)));
-  };
-  const stuck = <T>(promise: Promise<T>) =>
-    Promise.race([promise, new Promise<string>((resolve) => setTimeout(() => resolve("never ended"), 5000))]);
 
   const controller = new AbortController();
   const listing = todo.listTasks(user.id, {}, { signal: controller.signal });
@@ -1042,7 +1017,7 @@ test("a fetch passed in that drops its second argument still lets the signal end
     fetch: (request) => globalThis.fetch(request),
   }).subscribe(user.id, live);
   await isLive;
-  await collected();
+  await collectGarbage();
   controller.abort();
 
   for (const call of [listing, creating]) {
@@ -1051,3 +1026,25 @@ test("a fetch passed in that drops its second argument still lets the signal end
   assert.equal(await stuck(subscription.close().then(() => "closed")), "closed");
   assert.equal(await stuck(streaming.close().then(() => "closed")), "closed");
 });
+
+/** A server that takes connections and answers nothing: only a call's signal can end a call to it. */
+async function silentServer(t: TestContext): Promise<{ port: number; held: Set<Socket> }> {
+  const held = new Set<Socket>();
+  const silent = createServer((socket) => held.add(socket));
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  t.after(() => (held.forEach((socket) => socket.destroy()), silent.close()));
+  return { port: (silent.address() as AddressInfo).port, held };
+}
+
+/** Collects garbage (node runs these tests with --expose-gc), as often as Node's fetch needs to lose
+ * what it holds weakly (nodejs/node#55428). */
+async function collectGarbage(): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, "node runs these tests with --expose-gc (tests/test_typescript_client.py)");
+  for (let i = 0; i < 3; i++) (gc(), await new Promise((resolve) => setTimeout(resolve, 20)));
+}
+
+/** What a call came to, or "never ended" if nothing ended it: the test fails rather than waiting forever. */
+function stuck<T>(promise: Promise<T>): Promise<T | string> {
+  return Promise.race([promise, new Promise<string>((resolve) => setTimeout(() => resolve("never ended"), 5000))]);
+}

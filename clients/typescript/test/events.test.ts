@@ -929,12 +929,14 @@ test("a subscription's reconnects leave no listener behind on its signal, howeve
   }).subscribe(user.id, () => {}, { onError: () => {} });
   t.after(() => subscription.close());
   await reachedEnough;
-  // Node's fetch removes the listener each Request puts on the signal once that Request is collected.
+  // Node's fetch removes the listener each Request puts on the signal once that Request is collected,
+  // in a finalizer that runs when it runs: some may still be there (15 seen once, under load). A wait
+  // that kept its own listener leaves one for every reconnect (more than `reconnects` before the fix).
   for (let i = 0; i < 3; i++) (gc(), await new Promise((resolve) => setTimeout(resolve, 20)));
 
   assert.ok(stopSignal, "the client handed fetch its signal");
   const listeners = getEventListeners(stopSignal, "abort").length;
-  assert.ok(listeners < 10, `${listeners} listeners on the signal after ${reconnects} reconnects`);
+  assert.ok(listeners < reconnects / 2, `${listeners} listeners on the signal after ${reconnects} reconnects`);
 });
 
 test("at the first reset lastEventId already names where the stream starts, as at a reset the server sends", async (t) => {
