@@ -11,7 +11,6 @@ template made the API's login role (`migrated_template`)."""
 import logging
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import psycopg
@@ -31,6 +30,7 @@ from tests.support import (
     serving_client,
     settings_for,
 )
+from tests.test_isolation_watch import INTERVAL, eventually_logged
 
 NEWEST = shipped_migrations()[-1]
 BEFORE_NEWEST = shipped_migrations()[-2]
@@ -61,14 +61,6 @@ def _yoyo(command: str, migrations: Path, database_url: str, *options: str) -> N
 
 def _migrate_as_that_release(migrations: Path, database_url: str) -> None:
     _yoyo("apply", migrations, database_url)
-
-
-def _until_logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
-    """Until a running server's log says `text`: its next isolation check, within a generous bound."""
-    deadline = time.monotonic() + 30
-    while not any(text in record.getMessage() for record in caplog.records):
-        assert time.monotonic() < deadline, [record.getMessage() for record in caplog.records]
-        time.sleep(0.1)
 
 
 def _the_one_line(stderr: str) -> str:
@@ -132,14 +124,16 @@ def test_a_running_server_whose_migration_is_rolled_back_logs_where_the_database
 ) -> None:
     """The other way round: this release's newest migration rolled back under it with plain yoyo, as
     docs/operations.md says, while it serves as the schema's owner (the embedded database's way)."""
-    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=0.2)
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=INTERVAL)
     with (
         caplog.at_level(logging.ERROR, logger="api.db.isolation"),
         serving_client(create_app(settings)) as api,
     ):
         _yoyo("rollback", SQL_DIR / "migrations", migrated_db_url, "--revision", NEWEST)
-        _until_logged(
-            caplog, f"the database is migrated up to {BEFORE_NEWEST}, and this release also needs {NEWEST}"
+        eventually_logged(
+            caplog,
+            f"the database is migrated up to {BEFORE_NEWEST}, and this release also needs {NEWEST}",
+            "the running check's one line after the rollback",
         )
         assert_problem(api.get("/readyz"), 503, "isolation-unverified")
 
@@ -167,7 +161,7 @@ def test_a_running_server_a_newer_release_migrated_under_logs_the_one_line_serve
     refuses every task request, and logged the raw differences (here a function's md5) where an
     operator needs the diagnosis start-up gives: which release, and what to do."""
     alice = new_user()
-    settings = settings_for(as_role(migrated_db_url), isolation_check_interval_seconds=0.2)
+    settings = settings_for(as_role(migrated_db_url), isolation_check_interval_seconds=INTERVAL)
     with (
         caplog.at_level(logging.ERROR, logger="api.db.isolation"),
         serving_client(create_app(settings)) as api,
@@ -176,7 +170,11 @@ def test_a_running_server_a_newer_release_migrated_under_logs_the_one_line_serve
 
         _migrate_as_that_release(_release_with(tmp_path, newer=_NEWER_FUNCTION), migrated_db_url)
 
-        _until_logged(caplog, "the database was migrated by a newer release (up to 0999_newer_release;")
+        eventually_logged(
+            caplog,
+            "the database was migrated by a newer release (up to 0999_newer_release;",
+            "the running check's one line after the newer release migrated",
+        )
         assert_problem(api.get(alice.tasks_url, headers=alice.headers), 503, "isolation-unverified")
         assert_problem(api.get("/readyz"), 503, "isolation-unverified")
 
