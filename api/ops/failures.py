@@ -74,13 +74,16 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
         return CommandFailed(
             f"the database at {where} refused the login: check the user and password in {setting}"
         )
-    if "role" in lowered and "does not exist" in lowered:
-        missing = _said_by_postgres(text) or ""
-        if missing.startswith("role ") and _acts_as_a_role(database_url, setting):
+    # Postgres's own reason, not libpq's whole text: that names the host or socket folder first, and
+    # a folder such as /tmp/todo-api-test-5qkrrole must not make a missing database a missing role.
+    said = _said_by_postgres(text) or ""
+    reason = (said or text).lower()
+    if "role" in reason and "does not exist" in reason:
+        if said.startswith("role ") and _acts_as_a_role(database_url, setting):
             # `-c role=OWNER` in the URL's options (README: how a superuser migrates as the owner):
             # the user logged in, the role named there is the one missing.
             return CommandFailed(
-                f"the database at {where} has no {missing.removesuffix(' does not exist')} to act as, "
+                f"the database at {where} has no {said.removesuffix(' does not exist')} to act as, "
                 f"which the options of {setting} name (-c role=...): check the name there"
             )
         return CommandFailed(f"the database at {where} has no such login role: check the user in {setting}")
@@ -89,7 +92,7 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
             f"the database at {where} does not let this user in from here (pg_hba.conf): "
             f"check {setting}, or ask its administrator"
         )
-    if "database" in lowered and "does not exist" in lowered:
+    if "database" in reason and "does not exist" in reason:
         return CommandFailed(
             f"database {name} does not exist at {where}: create it, or fix the name in {setting}"
         )
@@ -112,19 +115,18 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
             "more than one statement, and every request is one: run it in transaction mode "
             "(PgBouncer: pool_mode = transaction)"
         )
-    refused = _said_by_postgres(text)
     # PgBouncer's refusal of a startup parameter it does not pass on, as `options`, which migrate
     # sets (its lock_timeout): the URL reaches a pooler.
-    if refused is not None and "unsupported startup parameter" in lowered:
+    if said and "unsupported startup parameter" in lowered:
         return CommandFailed(
-            f"{setting} reaches a pooler at {where}, which refused the connection ({refused}): "
+            f"{setting} reaches a pooler at {where}, which refused the connection ({said}): "
             "migrate through a URL that reaches Postgres itself (Neon's direct URL, as "
             f"MIGRATION_DATABASE_URL), and give {setting} no options the pooler refuses"
         )
-    if refused is not None and 'parameter "' in refused:
+    if 'parameter "' in said:
         # An options=-c ... of the URL: statement_timeout=abc, a misspelt name, one not settable there.
         return CommandFailed(
-            f"the database at {where} refused an option in {setting} ({refused}): fix or remove it"
+            f"the database at {where} refused an option in {setting} ({said}): fix or remove it"
         )
     # psycopg's own wait for the server (connect_timeout); not any message that says "timeout".
     if isinstance(error, psycopg.errors.ConnectionTimeout) or "timed out" in lowered:
