@@ -13,11 +13,13 @@
   order a request meets them; it names every setting the role switch makes in each transaction and
   every exception the database layer raises, and shows its picture;
 - README.md's shape of a task is the fields the API answers with, and its threat model names every
-  path an anonymous client can reach.
+  path an anonymous client can reach;
+- the TypeScript client's README copies every file of its src/ and installs what package.json pins.
 """
 
 import ast
 import html
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -459,3 +461,17 @@ def test_extending_md_names_each_module_of_the_packages_it_describes_by_file() -
         wrong += [f"{package}{name}.py is named but does not exist" for name in sorted(modules - present)]
         wrong += [f"{package}{name}.py exists but is not named" for name in sorted(present - modules)]
     assert not wrong, "docs/extending.md's floors:\n" + "\n".join(wrong)
+
+
+def test_the_typescript_readme_copies_every_source_file_and_installs_every_dependency() -> None:
+    """An app that copies the client's files instead of installing the package (clients/typescript/
+    README.md) needs every file of src/, which import one another, and the exact runtime dependencies
+    package.json pins."""
+    client = PROJECT / "clients" / "typescript"
+    text = (client / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"\(Or copy (.*?) into your app and\s+`npm install ([^`]*)`", text, re.DOTALL)
+    assert found is not None, "clients/typescript/README.md's copy-instead-of-install paragraph"
+    copied = set(re.findall(r"`(src/[^`]+)`", found.group(1)))
+    assert copied == {f"src/{path.name}" for path in (client / "src").glob("*.ts")}
+    dependencies = json.loads((client / "package.json").read_text(encoding="utf-8"))["dependencies"]
+    assert set(found.group(2).split()) == {f"{name}@{version}" for name, version in dependencies.items()}
