@@ -16,9 +16,9 @@ A search (`Query.one_at_a_time`) also takes the user's one search turn, before a
 deadline: however large the share, one user's searches run one at a time in a worker, each holding at
 most one database core for as long as DB_STATEMENT_TIMEOUT_MS lets it, while the rest of the share
 serves their other requests. A search waiting for its turn holds no slot and no connection; one that
-does not get it by the deadline is refused (`SearchUnderway`, a 429). Seen on `serve --workers 2`: one
-user's costliest searches at her whole share cut another user's throughput to well under half of what
-it is while she is idle (`python -m bench.search_neighbour`).
+does not get it by the deadline is refused (`SearchUnderway`, a 429). Without the turn, one user's
+costliest searches took a database core for each connection of her share, and other users' throughput
+fell with each (`python -m bench.search_neighbour` measures it).
 """
 
 import asyncio
@@ -89,7 +89,8 @@ class FairShare:
             turn = share.search_turn = asyncio.Lock()
         share.waiting_for_turn += 1
         try:
-            # The turn's holder came first, with an earlier deadline: by ours it has its connection.
+            # The turn's holder came first, with an earlier deadline: by ours it has had its connection,
+            # so a wait that runs out is her own search's doing (a 429), never the pool's (a 503).
             await asyncio.wait_for(turn.acquire(), deadline - time.monotonic())
         except TimeoutError:
             self._leave(user_id, share)
