@@ -185,6 +185,9 @@ class Query:
     statement: ClauseElement
     params: Mapping[str, object]
     without_owner_row: ClauseElement | None = None
+    # A statement whose cost the caller chooses (a search): at most one of a user's runs at a time
+    # in a worker, its wait for that turn part of the wait for a connection (`api.db.fair_share`).
+    one_at_a_time: bool = False
 
     def for_stored_owner(self) -> "Query":
         """The write without the upsert of its owner's user row, with the same values."""
@@ -387,7 +390,8 @@ class Database:
         # for the pool with what is left. A retry waits for the pool as long as the first attempt
         # could: the time the first one spent at the database was not spent waiting.
         deadline = time.monotonic() + self.pool.timeout
-        share = await self.fair_share.acquire(user_id, deadline)
+        one_at_a_time = query.one_at_a_time
+        share = await self.fair_share.acquire(user_id, deadline, one_at_a_time=one_at_a_time)
         pool_wait = deadline - time.monotonic()
         if pool_wait < _LEND_AN_IDLE_CONNECTION_SECONDS and self.pool.has_idle_connection():
             # A request whose share came with next to nothing left of its wait still takes a
@@ -410,7 +414,7 @@ class Database:
                 logger.info("running a transaction again: %s", lost)
                 return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)
         finally:
-            self.fair_share.release(user_id)
+            self.fair_share.release(user_id, one_at_a_time=one_at_a_time)
 
     async def _attempt(
         self, share: Share, pool_wait: float, query: Query, as_user: Mapping[str, object], *, read_only: bool

@@ -62,6 +62,11 @@ class UserShareExceeded(Exception):  # noqa: N818 (a state, not a mistake)
         self.per_user = per_user
 
 
+class SearchUnderway(Exception):  # noqa: N818 (a state, not a mistake)
+    """Another search of this user's held their one search turn all along, and still runs
+    (`api.db.fair_share`)."""
+
+
 class IsolationBreach(Exception):  # noqa: N818 (a state of the database, not a mistake)
     """The database answered a statement the API sends in a way a database that isolates users as
     the check verified never does: its policies, roles, settings or schema are not what they were.

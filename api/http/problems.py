@@ -30,6 +30,7 @@ from api.db.errors import (
     MissingReference,
     OutcomeUnknown,
     OutOfResources,
+    SearchUnderway,
     StatementCancelled,
     TransactionConflict,
     UserShareExceeded,
@@ -687,6 +688,14 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
     @app.exception_handler(UserShareExceeded)
     async def on_share_exceeded(_: Request, exc: UserShareExceeded) -> JSONResponse:
         detail = f"You already have {exc.per_user} requests at the database; try again when they are done."
+        return problem_response(too_many_requests(detail, retry_after=1))
+
+    @app.exception_handler(SearchUnderway)
+    async def on_search_underway(_: Request, exc: SearchUnderway) -> JSONResponse:
+        detail = (
+            "Another search of yours (a list with q) is still running, and yours run one at a time; "
+            "nothing was done. Try again when it is done, or narrow it: a shorter q, a status."
+        )
         return problem_response(too_many_requests(detail, retry_after=1))
 
     @app.exception_handler(KeysUnavailable)

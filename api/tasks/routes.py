@@ -25,7 +25,7 @@ from api.http.problems import (
     task_limit_reached,
 )
 from api.http.query import ascii_digits, parameter_names, strict_parameters
-from api.http.refusals import RETRY_AFTER, invalid_request
+from api.http.refusals import RETRY_AFTER, invalid_request, too_many_requests
 from api.http.request_telemetry import note_change
 from api.http.services import services
 from api.tasks import docs, queries
@@ -119,6 +119,11 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
     responses={
         200: {"headers": docs.LINK},
         304: {"description": "If-None-Match is `*`, and the task list exists: no body."},
+        # Searches of a user's run one at a time on each server process (api/db/fair_share.py).
+        429: too_many_requests(
+            "a search (`q`) while another of yours ran on this server process all through "
+            "DB_POOL_TIMEOUT_SECONDS"
+        ),
         **docs.LIST_CONDITIONS,
     },
     dependencies=[Depends(strict_parameters(TaskListParams))],

@@ -28,6 +28,7 @@ from tests.support import (
     settings_for,
     sign,
     value,
+    wait_for_pool_gauges,
 )
 
 QUOTA = 5
@@ -147,6 +148,74 @@ def test_a_search_cut_by_the_statement_timeout_is_its_own_problem_not_a_database
     }
     assert counted == {"statement-timeout": 1, "database-unavailable": 0}
     assert listed.status_code == 200, "the user's other requests are served"
+
+
+def _searches_held_at_the_door(db: psycopg.Connection[Any]) -> None:
+    """Every statement that reads tasks now waits at the database until `db` rolls back: a search held
+    there is one running, as long as the test needs, whatever the machine's speed."""
+    db.autocommit = False
+    db.execute("lock table tasks in access exclusive mode")
+
+
+def _until_waiting_on_the_lock(database_url: str, sessions: int) -> None:
+    deadline = time.monotonic() + 60
+    while sessions_waiting_on_a_lock(database_url) != sessions:
+        assert time.monotonic() < deadline, f"{sessions} requests wait at the database"
+        time.sleep(0.05)
+
+
+def test_a_users_searches_run_one_at_a_time_while_her_other_requests_keep_her_share(
+    migrated_db_url: str, migrated_db: psycopg.Connection[Any]
+) -> None:
+    """Found on `todo-api serve --workers 2`: a user sending her costliest searches kept her whole share
+    of each worker's connections (DB_MAX_CONNECTIONS_PER_USER, 2 by default) running them, a database
+    core each, and another user's throughput fell to well under half of what it was while she was idle
+    (`python -m bench.search_neighbour`). A second search of hers now waits for the first to end (a
+    search-as-you-type box sends them overlapping), holding no connection, while her other requests
+    are served from the rest of her share."""
+    alice = new_user()
+    settings = settings_for(migrated_db_url, db_statement_timeout_ms=120_000, db_pool_timeout_seconds=120)
+    assert settings.max_connections_per_user == 2
+    search = {"q": "milk"}
+    with serving_client(create_app(settings), timeout=300) as client, ThreadPoolExecutor(3) as pool:
+        base_url = str(client.base_url)
+        client.post(alice.tasks_url, json={"title": "Buy milk"}, headers=alice.headers)
+        _searches_held_at_the_door(migrated_db)
+        first = pool.submit(client.get, alice.tasks_url, params=search, headers=alice.headers)
+        _until_waiting_on_the_lock(migrated_db_url, 1)
+        second = pool.submit(client.get, alice.tasks_url, params=search, headers=alice.headers)
+        wait_for_pool_gauges(base_url, waiting=1, in_use=1)  # the second waits for its turn, not a lock
+        listed = pool.submit(client.get, alice.tasks_url, params={"limit": 1}, headers=alice.headers)
+        wait_for_pool_gauges(base_url, waiting=1, in_use=2)  # her list has the rest of her share
+        at_the_database = sessions_waiting_on_a_lock(migrated_db_url)
+        migrated_db.rollback()
+        answers = [first.result(), second.result(), listed.result()]
+
+    assert at_the_database == 2, "her first search and her list, never her two searches"
+    assert [answer.status_code for answer in answers] == [200] * 3, [answer.text for answer in answers]
+    assert [[task["title"] for task in answer.json()] for answer in answers] == [["Buy milk"]] * 3
+
+
+def test_a_search_that_cannot_get_its_turn_in_time_is_429_with_retry_after(
+    migrated_db_url: str, migrated_db: psycopg.Connection[Any]
+) -> None:
+    alice = new_user()
+    settings = settings_for(migrated_db_url, db_statement_timeout_ms=30_000, db_pool_timeout_seconds=1.0)
+    search = {"q": "milk"}
+    with serving_client(create_app(settings), timeout=300) as client, ThreadPoolExecutor(2) as pool:
+        client.post(alice.tasks_url, json={"title": "Buy milk"}, headers=alice.headers)
+        _searches_held_at_the_door(migrated_db)
+        first = pool.submit(client.get, alice.tasks_url, params=search, headers=alice.headers)
+        _until_waiting_on_the_lock(migrated_db_url, 1)
+        refused = pool.submit(client.get, alice.tasks_url, params=search, headers=alice.headers).result()
+        migrated_db.rollback()
+        searched = first.result()
+
+    body = assert_problem(refused, 429, "too-many-requests")
+    assert "Another search of yours" in body["detail"], body
+    assert refused.headers["retry-after"] == "1"
+    assert searched.status_code == 200, searched.text
+    assert [task["title"] for task in searched.json()] == ["Buy milk"]
 
 
 @pytest.mark.parametrize("conforming", ["on", "off"])

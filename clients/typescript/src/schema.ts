@@ -638,7 +638,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Too many requests from you: past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
+            /** @description Too many requests from you: a search (`q`) while another of yours ran on this server process all through DB_POOL_TIMEOUT_SECONDS, past MAX_REQUESTS_IN_FLIGHT_PER_USER requests in flight, past your share of the database's connections, or past RATE_LIMIT_PER_MINUTE (then with the rate-limit fields). Nothing was done. Problem type: `urn:todo-api:problem:too-many-requests`. */
             429: {
                 headers: {
                     /** @description `no-store`: a problem is about this request alone. */
