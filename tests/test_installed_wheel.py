@@ -29,14 +29,19 @@ UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("
 pytestmark = pytest.mark.skipif(UV is None, reason="uv is installed by .ci/run")
 
 
-def _run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
+# A bound only a hung build or install reaches: pip resolving, downloading and compiling the locked
+# packages takes minutes of its own on a loaded two-core machine.
+BUILD_AND_INSTALL_TIMEOUT_SECONDS = 1800
+
+
+def _run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> str:
     result = subprocess.run(
         [str(part) for part in command],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, f"{command}: {result.stdout}\n{result.stderr}"
@@ -54,10 +59,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "PATH": f"{work / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     env.pop("VIRTUAL_ENV", None)
     for build in (*commands_starting(".venv/bin/uv build"), *commands_starting("pip wheel")):
-        _run("bash", "-c", build, cwd=checkout, env=env)
+        _run("bash", "-c", build, cwd=checkout, env=env, timeout=BUILD_AND_INSTALL_TIMEOUT_SECONDS)
     assert len(list((checkout / "dist").glob("todo_api-*.whl"))) == 1, "both lines make it, in dist/"
     (install,) = commands_starting("pip install dist/")
-    _run("bash", "-c", install, cwd=checkout, env=env)
+    _run("bash", "-c", install, cwd=checkout, env=env, timeout=BUILD_AND_INSTALL_TIMEOUT_SECONDS)
     return work / "venv" / "bin"
 
 

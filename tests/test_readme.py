@@ -55,6 +55,10 @@ def _environment(checkout: Path) -> dict[str, str]:
     env = cli_env()
     env.pop("PYTHONPATH", None)
     env.pop("VIRTUAL_ENV", None)
+    # Nor a ban on bytecode: where the suite runs with PYTHONDONTWRITEBYTECODE (.ci/run says why it is
+    # set there), each of the README's processes (serve, its worker, token, policies) compiled every
+    # library it imports from source again, in a virtualenv `uv sync` made without bytecode.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PATH"] = os.pathsep.join(
         part for part in env["PATH"].split(os.pathsep) if not part.startswith(str(Path(sys.prefix)))
     )

@@ -76,6 +76,15 @@ def package(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
+@pytest.fixture(scope="module")
+def built(node_and_npm: tuple[str, str], package: Path) -> Path:
+    """`npm run build` once (tsc into dist/): the live-API test runs its dist/test, the packed-apps
+    test packs its dist/src, and both are the same build."""
+    _, npm = node_and_npm
+    run([npm, "run", "--silent", "build"], package)
+    return package
+
+
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
     """Runs a node or npm command; on failure, the assertion shows everything it printed.
 
@@ -119,9 +128,8 @@ def test_client_and_its_tests_type_check(node_and_npm: tuple[str, str], package:
     run([npm, "run", "--silent", "check"], package)
 
 
-def test_client_against_the_live_api(node_and_npm: tuple[str, str], package: Path, api_url: str) -> None:
-    node, npm = node_and_npm
-    run([npm, "run", "--silent", "build"], package)
+def test_client_against_the_live_api(node_and_npm: tuple[str, str], built: Path, api_url: str) -> None:
+    node, _ = node_and_npm
     users = []
     for user in (new_user() for _ in range(USERS)):
         # Signed like the user's token, but expired an hour ago: the API answers 401.
@@ -130,14 +138,14 @@ def test_client_against_the_live_api(node_and_npm: tuple[str, str], package: Pat
 
     # The files by name: `node --test dist/test/` searches the folder on Node 20 only; from 21 on,
     # a folder is taken as a glob matching itself.
-    tests = sorted(str(path.relative_to(package)) for path in (package / "dist" / "test").glob("*.test.js"))
+    tests = sorted(str(path.relative_to(built)) for path in (built / "dist" / "test").glob("*.test.js"))
     assert tests, "the build made no dist/test/*.test.js"
     # A test that waits on what never comes fails by itself, named with what it waited on, within
     # run's timeout: otherwise the whole run is cut off there and nothing says which test hung.
     # --expose-gc: a test collects garbage, after which Node's fetch may lose a Request's signal.
     run(
         [node, "--expose-gc", "--test", "--test-reporter=spec", "--test-timeout=60000", *tests],
-        package,
+        built,
         {"TODO_API_URL": api_url, "TODO_API_USERS": json.dumps(users)},
     )
 
@@ -191,13 +199,12 @@ def _with_dependencies(name: str, installed: Path, found: set[str]) -> set[str]:
 
 
 def test_the_packed_client_is_imported_by_esm_and_commonjs_apps(
-    node_and_npm: tuple[str, str], package: Path, installed: Path, api_url: str, tmp_path: Path
+    node_and_npm: tuple[str, str], built: Path, installed: Path, api_url: str, tmp_path: Path
 ) -> None:
     """Built and packed as its README says, then installed with its declared runtime dependencies
     alone (a missing one fails here), the client type-checks and runs in apps of every kind."""
     node, npm = node_and_npm
-    run([npm, "run", "--silent", "build"], package)
-    run([npm, "pack", "--silent", "--pack-destination", str(tmp_path)], package)
+    run([npm, "pack", "--silent", "--pack-destination", str(tmp_path)], built)
     (tarball,) = tmp_path.glob("todo-api-client-*.tgz")
     modules = tmp_path / "node_modules"
     with tarfile.open(tarball) as packed:
@@ -220,11 +227,15 @@ def test_the_packed_client_is_imported_by_esm_and_commonjs_apps(
         (app / "app.ts").write_text(APP)
         options = {"target": "es2022", "strict": True, "skipLibCheck": False, "types": ["node"], **module}
         (app / "tsconfig.json").write_text(json.dumps({"compilerOptions": {**options, "outDir": "out"}}))
-        run([node, str(installed / "typescript" / "bin" / "tsc"), "-p", "."], app)
+    # Each app its own project, with its own options, all in one tsc: `--build` parses the files they
+    # share (the packed declarations, Node's types) once, where a tsc per app started Node, loaded the
+    # compiler and parsed them again. `--verbose` names each project before its errors.
+    run([node, str(installed / "typescript" / "bin" / "tsc"), "--build", "--verbose", *APPS], tmp_path)
+    for name in APPS:
         title = f"From an {name} app"
         run(
             [node, "out/app.js"],
-            app,
+            tmp_path / name,
             {"TODO_API_URL": api_url, "TOKEN": user.token, "USER_ID": user.id, "TITLE": title},
         )
 
