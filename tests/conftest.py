@@ -39,6 +39,7 @@ from tests.support import (
     as_role,
     ask_for_passwords,
     new_user,
+    run_cli,
     serving,
     settings_for,
 )
@@ -324,3 +325,28 @@ def silent_name_server() -> list[str]:
     if not allowed:
         pytest.skip("unshare cannot make a user, mount and network namespace here")
     return [*prefix, sys.executable, "-m", "tests.silent_name_server"]
+
+
+@pytest.fixture(scope="session")
+def _made_embedded_folder() -> Iterator[Path]:
+    """An embedded database folder that `todo-api migrate` made and stopped, once per worker: initdb is
+    much of a first start (`time todo-api migrate --data-dir new`, then again on the folder it made),
+    and the tests of what comes after a first start need only its result. A folder of its own rather
+    than tmp_path_factory's, as `postgres_server`'s."""
+    folder = Path(tempfile.mkdtemp(prefix="todo-api-made-")) / "data"
+    made = run_cli("migrate", "--data-dir", str(folder), cwd=folder.parent)
+    assert made.returncode == 0, made.stderr
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def made_data_dir(_made_embedded_folder: Path, tmp_path: Path) -> Path:
+    """tmp_path/data: a copy of an embedded database folder `todo-api migrate` made, its Postgres
+    stopped, as a first start leaves it. `cp -a`: as root, pgdata belongs to the wheel's own user,
+    and Postgres refuses a data folder it does not own."""
+    data_dir = tmp_path / "data"
+    subprocess.run(["cp", "-a", str(_made_embedded_folder), str(data_dir)], check=True)  # noqa: S607
+    return data_dir

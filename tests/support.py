@@ -200,7 +200,7 @@ def serve_process(
     cwd: Path,
     env: dict[str, str],
     output: Path,
-    timeout: float = 90,
+    timeout: float = 300,
     port: int | None = None,
     host: str = "127.0.0.1",
     own_group: bool = False,
@@ -209,7 +209,9 @@ def serve_process(
 
     `command` is everything but `--port` (`port`, else a free one); all it writes goes to the file
     `output`. Yields the base URL (on `host`, which `command` names with --host when it is not the
-    default) and the process, and stops it with SIGTERM on the way out if it still runs. `own_group`:
+    default) and the process, and stops it with SIGTERM on the way out if it still runs. `timeout` is a
+    ceiling only a hang reaches: a serve that exits is reported at once, and a first start (initdb,
+    migrations) on a loaded CI machine takes a good part of a minute. `own_group`:
     in a process group of its own, as a terminal's foreground command is, for a test to signal the
     whole group as the terminal does (os.killpg).
     """

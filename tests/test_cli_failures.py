@@ -34,8 +34,12 @@ COMMANDS = [
     pytest.param(("policies",), id="policies"),
     pytest.param(("serve", "--port", "0"), id="serve"),
 ]
-# DB_CONNECT_TIMEOUT_SECONDS (2, libpq's least) plus the command's start-up, with room to spare.
-SILENT_SERVER_WAIT_SECONDS = 10
+# What the tests of a database that never answers set DB_CONNECT_TIMEOUT_SECONDS to: libpq's least.
+CONNECT_TIMEOUT_SECONDS = 2
+# How long they let such a command run: the connect timeout plus a start-up as slow as a loaded CI
+# machine makes it (load 20 on 2 cores), and still far short of what they guard against: libpq's
+# default, waiting forever, and the resolver below, told to ask 5 times for 30 s each.
+SILENT_SERVER_WAIT_SECONDS = CONNECT_TIMEOUT_SECONDS + 58
 
 
 @pytest.fixture
@@ -126,7 +130,11 @@ def test_a_server_that_never_answers(tmp_path: Path, command: tuple[str, ...], s
     result = subprocess.run(
         [*CLI, *command],
         cwd=tmp_path,
-        env=cli_env(DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, DB_CONNECT_TIMEOUT_SECONDS="2"),
+        env=cli_env(
+            DATABASE_URL=url,
+            BETTER_AUTH_SECRET=SECRET,
+            DB_CONNECT_TIMEOUT_SECONDS=str(CONNECT_TIMEOUT_SECONDS),
+        ),
         capture_output=True,
         text=True,
         timeout=SILENT_SERVER_WAIT_SECONDS,
@@ -152,7 +160,7 @@ def test_a_database_host_whose_name_server_never_answers(
         env=cli_env(
             DATABASE_URL=url,
             BETTER_AUTH_SECRET=SECRET,
-            DB_CONNECT_TIMEOUT_SECONDS="2",
+            DB_CONNECT_TIMEOUT_SECONDS=str(CONNECT_TIMEOUT_SECONDS),
             RES_OPTIONS="timeout:30 attempts:5",
         ),
         capture_output=True,
@@ -1041,14 +1049,34 @@ def test_sigterm_during_a_lookup_that_never_answers_ends_the_command_at_once(
         cwd=tmp_path,
         env=cli_env(
             DATABASE_URL="postgresql://todo@db.todo-api.test/todo",
-            DB_CONNECT_TIMEOUT_SECONDS="60",
+            DB_CONNECT_TIMEOUT_SECONDS=str(_LOOKUP_CONNECT_TIMEOUT_SECONDS),
             RES_OPTIONS="timeout:30 attempts:5",
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)  # started, and waiting for the name server
+    # Stopped once it waits for the name server, however long its start takes: a stop that landed
+    # while it still loaded would prove nothing about the lookup.
+    deadline = time.monotonic() + SILENT_SERVER_WAIT_SECONDS
+    while not _asks_the_silent_name_server(process.pid):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the command never looked the host up"
+        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=5)
+    stdout, stderr = process.communicate(timeout=_STOPPED_WITHIN_SECONDS)
     assert (process.returncode, stdout, stderr) == (143, "", "")
+
+
+# A command that goes on waiting for the resolver once stopped waits until the connect timeout ends
+# the lookup (the resolver itself asks for minutes); one that stops ends far sooner, even on a
+# loaded machine.
+_LOOKUP_CONNECT_TIMEOUT_SECONDS = 60
+_STOPPED_WITHIN_SECONDS = _LOOKUP_CONNECT_TIMEOUT_SECONDS / 2
+
+
+def _asks_the_silent_name_server(pid: int) -> bool:
+    """Whether a lookup of `pid`'s waits on the name server of its network namespace: glibc's resolver
+    connects its query socket to it (127.0.0.1:53, `0100007F:0035` in /proc/<pid>/net/udp)."""
+    sockets = Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]
+    return any(line.split()[2] == "0100007F:0035" for line in sockets)

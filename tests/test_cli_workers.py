@@ -180,8 +180,10 @@ def _end_what_is_left(workers: set[int], pgdata: Path) -> None:
         postmaster.wait(timeout=10)
 
 
-def test_a_server_killed_with_sigkill_leaves_its_port_and_data_to_the_next_server(tmp_path: Path) -> None:
-    data_dir, port = tmp_path / "data", free_port()
+def test_a_server_killed_with_sigkill_leaves_its_port_and_data_to_the_next_server(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
+    data_dir, port = made_data_dir, free_port()
     command = [*CLI, "serve", "--workers", "2", "--data-dir", str(data_dir)]
     # The killed server cannot remove its serving folder: it goes to tmp_path rather than /tmp.
     env = cli_env(TMPDIR=str(tmp_path))
