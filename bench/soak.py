@@ -200,8 +200,15 @@ class Traffic:
     def count(self, kind: str, status: int | str) -> None:
         self.statuses[f"{kind} {status}"] += 1
 
+    @staticmethod
+    def regular_user(number: int) -> str:
+        return f"soakuser{number:04d}"
+
+    def any_regular_user(self) -> str:
+        return self.regular_user(random.randrange(self.regular_users))
+
     async def regular(self, client: httpx.AsyncClient, number: int) -> None:
-        user = f"soakuser{number:04d}"
+        user = self.regular_user(number)
         tasks: list[tuple[int, str]] = []  # (id, etag)
         while self.live():
             await self.idle()
@@ -281,7 +288,7 @@ class Traffic:
     async def bad_tokens(self, client: httpx.AsyncClient) -> None:
         while self.live():
             await self.idle()
-            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            user = self.any_regular_user()
             now = int(time.time())
             choices = {
                 "not-a-jwt": "not-a-token",
@@ -326,7 +333,7 @@ class Traffic:
     async def streams(self) -> None:
         while self.live():
             await self.idle()
-            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            user = self.any_regular_user()
             request = self._head("GET", f"/api/{user}/events", user, "Accept: text/event-stream\r\n")
             try:
                 status = await self._raw(
@@ -339,7 +346,7 @@ class Traffic:
     async def hang_ups(self) -> None:
         while self.live():
             await self.idle()
-            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            user = self.any_regular_user()
             try:
                 if random.random() < 0.5:
                     body = b'{"title": "never fin'
@@ -365,7 +372,7 @@ class Traffic:
         """A search walked to its end (or its fourth page) through the `Link: rel="next"` cursors."""
         while self.live():
             await self.idle()
-            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            user = self.any_regular_user()
             headers = {"Authorization": f"Bearer {self.keys.token(user)}"}
             params = {"q": random.choice(("task", "renamed", "1", "zz")), "limit": 3}
             url: str | None = f"/api/{user}/tasks"
@@ -384,7 +391,7 @@ class Traffic:
         """Requests a client gets wrong: each a 4xx that changes nothing."""
         while self.live():
             await self.idle()
-            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            user = self.any_regular_user()
             headers = {"Authorization": f"Bearer {self.keys.token(user)}"}
             base = f"/api/{user}/tasks"
             kind = random.choice(
@@ -432,7 +439,7 @@ class Traffic:
         """Streams resumed from the last id this user's stream read (or 0, or garbage), hung up on."""
         while self.live():
             await self.idle()
-            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            user = self.any_regular_user()
             roll = random.random()
             last = self.last_event_ids.get(user, "0") if roll < 0.7 else ("0" if roll < 0.9 else "x!")
             request = self._head(
@@ -467,7 +474,7 @@ class Traffic:
         """A stream resumed from 0 that reads 100 bytes every 2 s for a minute, then hangs up."""
         while self.live():
             await self.idle()
-            user = f"soakuser{random.randrange(self.regular_users):04d}"
+            user = self.any_regular_user()
             request = self._head(
                 "GET", f"/api/{user}/events", user, "Accept: text/event-stream\r\nLast-Event-ID: 0\r\n"
             )
