@@ -1,6 +1,7 @@
 """Small helpers the tests lean on: users with tokens in one line, and a real HTTP server."""
 
 import asyncio
+import functools
 import itertools
 import os
 import random
@@ -10,6 +11,7 @@ import socket
 import string
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +37,7 @@ from api.ops.server import served_url
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
+from tests.cli_forkserver import CLIENT, start_up_variables
 
 # Like Neon's neondb_owner: logs in, creates roles and databases, and bypasses row-level security,
 # so every test proves that the API's role switch, not the login role, keeps users apart.
@@ -163,11 +166,45 @@ def failure_status(command: Sequence[str] | str) -> int:
     return AUDIT_NOT_RUN if first == "policies" else 1
 
 
+_cli_fork_servers: list["subprocess.Popen[str]"] = []  # kept, so that their stdin stays open
+
+
+@functools.cache
+def _cli_fork_server() -> tuple[Path, dict[str, str]]:
+    """The folder of this pytest worker's CLI fork server (tests/cli_forkserver.py), started once,
+    and the start-up variables of its interpreter. It ends when the worker does (its stdin closes)."""
+    env = cli_env()
+    folder = Path(tempfile.mkdtemp(prefix="todo-api-cli-"))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.cli_forkserver", str(folder)],
+        cwd=PROJECT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    assert server.stdout.readline() == "ready\n", "the CLI fork server did not start"
+    _cli_fork_servers.append(server)
+    return folder, start_up_variables(env)
+
+
+def cli_command(env: dict[str, str]) -> list[str]:
+    """The command line of `python -m api.ops.cli` run with `env` (three words, as CLI): forked from
+    the fork server, which imported the CLI once, unless `env` would start the interpreter differently
+    from the server's."""
+    folder, start_up = _cli_fork_server()
+    if start_up_variables(env) != start_up:
+        return CLI
+    return [sys.executable, "-I", str(folder / CLIENT)]
+
+
 def run_cli(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    env = cli_env(**variables)
     return subprocess.run(
-        [*CLI, *args],
+        [*cli_command(env), *args],
         cwd=cwd,
-        env=cli_env(**variables),
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,

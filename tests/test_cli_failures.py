@@ -23,6 +23,7 @@ from tests.support import (
     PASSWORD_ROLE,
     RIGHT_PASSWORD,
     SECRET,
+    cli_command,
     cli_env,
     failure_status,
     free_port,
@@ -127,14 +128,15 @@ def test_a_server_that_never_answers(tmp_path: Path, command: tuple[str, ...], s
     """DB_CONNECT_TIMEOUT_SECONDS alone bounds the wait (the URL says nothing of a timeout): a
     command that waited for libpq's default, forever, is stopped by the short `timeout` here."""
     url = f"postgresql://todo@127.0.0.1:{silent_port}/todo"
+    env = cli_env(
+        DATABASE_URL=url,
+        BETTER_AUTH_SECRET=SECRET,
+        DB_CONNECT_TIMEOUT_SECONDS=str(CONNECT_TIMEOUT_SECONDS),
+    )
     result = subprocess.run(
-        [*CLI, *command],
+        [*cli_command(env), *command],
         cwd=tmp_path,
-        env=cli_env(
-            DATABASE_URL=url,
-            BETTER_AUTH_SECRET=SECRET,
-            DB_CONNECT_TIMEOUT_SECONDS=str(CONNECT_TIMEOUT_SECONDS),
-        ),
+        env=env,
         capture_output=True,
         text=True,
         timeout=SILENT_SERVER_WAIT_SECONDS,
