@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from bench import dataset, gc_cost, transaction_paths
 from bench.api_server import running_api
 from bench.deletable import DeletablePool
 from bench.pgbench import run_pgbench
-from bench.postgres import embedded_postgres_server
+from bench.postgres import BenchPostgres, embedded_postgres_server
 from bench.scenarios import SCENARIOS
 from bench.wrk import ensure_wrk, run_wrk
 from tests.readme_commands import copy_of_the_checkout
@@ -84,11 +85,23 @@ def _wrk_or_skip() -> None:
         pytest.skip("needs wrk, which the bench installs with apt-get only as root")
 
 
+@pytest.fixture(scope="module")
+def bench_postgres() -> Iterator[BenchPostgres]:
+    """One Postgres as the tools start theirs, for the tests that run a tool's phases on one (each
+    prepares its database afresh): a Postgres each cost an initdb, a start and a stop."""
+    with embedded_postgres_server() as postgres:
+        yield postgres
+
+
 def test_bench_gc_cost_reports_the_serving_worker_s_collector(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    bench_postgres: BenchPostgres,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _wrk_or_skip()
     monkeypatch.setattr(bench.run, "RESULTS_DIR", tmp_path)  # not the checkout's bench/results
+    monkeypatch.setattr(gc_cost, "embedded_postgres_server", lambda: contextlib.nullcontext(bench_postgres))
     # The tool loads "small" (20,000 tasks, loaded, indexed and vacuumed before each scenario): this
     # checks what it reports of the worker, for which a few users' tasks serve as well.
     monkeypatch.setitem(dataset.SIZES, "small", dataset.Size("small", users=40, tasks_per_user=3))
@@ -161,7 +174,7 @@ def _deleted_from_the_pool(superuser_url: str, pool: DeletablePool) -> dict[str,
 
 
 def test_the_delete_scenario_deletes_a_task_of_its_pool_with_every_request_on_every_side(
-    tmp_path: Path,
+    bench_postgres: BenchPostgres, tmp_path: Path
 ) -> None:
     # A delete that found no task would answer 404 (or, in pgbench, delete nothing) and cost less than
     # one that deletes: every request counted must be a real delete of a task of its own.
@@ -170,44 +183,43 @@ def test_the_delete_scenario_deletes_a_task_of_its_pool_with_every_request_on_ev
     size = dataset.Size("small", users=40, tasks_per_user=3)
     connections, threads = 4, 2
     scenario = SCENARIOS["delete"]
-    with embedded_postgres_server() as postgres:
-        prepared = bench.run.prepare(postgres, size, tmp_path, 10, {}, phase_seconds=1)
-        superuser_url = postgres.superuser_url(prepared.dbname)
-        pool = prepared.deletable
-        for server in ("api", "floor"):
-            with running_api(
-                prepared.url, prepared.secret, workers=1, run_dir=tmp_path, extra_env={}, server=server
-            ) as api:
-                bench.run.start_phase(superuser_url, prepared, scenario)
-                result = run_wrk(
-                    wrk, api.base_url, scenario, prepared.users_file,
-                    connections=connections, threads=threads, duration=1,
-                )  # fmt: skip
-            found = _deleted_from_the_pool(superuser_url, pool)
-
-            assert result.non_2xx == 0, (server, result)
-            assert result.socket_errors == 0, (server, result)
-            assert result.requests > 0, (server, result)
-            # Each answer deleted a task; a request cut off at the end may have deleted one unanswered.
-            assert result.requests <= found["gone"] <= result.requests + connections, (server, result, found)
-            assert found["task.deleted events"] == found["gone"], (server, found)
-            assert found["events still carrying a deleted task"] == 0, (server, found)
-            assert found["events of tasks outside the pool"] == 0, (server, found)
-
-        for protocol in bench.run.PGBENCH_PROTOCOLS:
+    prepared = bench.run.prepare(bench_postgres, size, tmp_path, 10, {}, phase_seconds=1)
+    superuser_url = bench_postgres.superuser_url(prepared.dbname)
+    pool = prepared.deletable
+    for server in ("api", "floor"):
+        with running_api(
+            prepared.url, prepared.secret, workers=1, run_dir=tmp_path, extra_env={}, server=server
+        ) as api:
             bench.run.start_phase(superuser_url, prepared, scenario)
-            transactions = run_pgbench(
-                postgres, prepared.dbname, scenario, prepared.scripts_dir / protocol, prepared.sample, pool,
-                clients=connections, threads=threads, duration=1, protocol=protocol,
+            result = run_wrk(
+                wrk, api.base_url, scenario, prepared.users_file,
+                connections=connections, threads=threads, duration=1,
             )  # fmt: skip
-            found = _deleted_from_the_pool(superuser_url, pool)
+        found = _deleted_from_the_pool(superuser_url, pool)
 
-            assert transactions.failed == 0, (protocol, transactions.output)
-            assert transactions.transactions > 0, (protocol, transactions.output)
-            # Two clients that took the same task would have deleted fewer tasks than they counted.
-            assert found["gone"] == transactions.transactions, (protocol, transactions.transactions, found)
-            assert found["task.deleted events"] == found["gone"], (protocol, found)
-            assert found["events still carrying a deleted task"] == 0, (protocol, found)
+        assert result.non_2xx == 0, (server, result)
+        assert result.socket_errors == 0, (server, result)
+        assert result.requests > 0, (server, result)
+        # Each answer deleted a task; a request cut off at the end may have deleted one unanswered.
+        assert result.requests <= found["gone"] <= result.requests + connections, (server, result, found)
+        assert found["task.deleted events"] == found["gone"], (server, found)
+        assert found["events still carrying a deleted task"] == 0, (server, found)
+        assert found["events of tasks outside the pool"] == 0, (server, found)
+
+    for protocol in bench.run.PGBENCH_PROTOCOLS:
+        bench.run.start_phase(superuser_url, prepared, scenario)
+        transactions = run_pgbench(
+            bench_postgres, prepared.dbname, scenario, prepared.scripts_dir / protocol, prepared.sample, pool,
+            clients=connections, threads=threads, duration=1, protocol=protocol,
+        )  # fmt: skip
+        found = _deleted_from_the_pool(superuser_url, pool)
+
+        assert transactions.failed == 0, (protocol, transactions.output)
+        assert transactions.transactions > 0, (protocol, transactions.output)
+        # Two clients that took the same task would have deleted fewer tasks than they counted.
+        assert found["gone"] == transactions.transactions, (protocol, transactions.transactions, found)
+        assert found["task.deleted events"] == found["gone"], (protocol, found)
+        assert found["events still carrying a deleted task"] == 0, (protocol, found)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
