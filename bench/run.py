@@ -40,7 +40,6 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"  # git-ignored: script
 # The database's best for each transaction: one simple-protocol message (what the API sends by
 # default) or a pipeline of prepared statements, whichever pgbench runs faster.
 PGBENCH_PROTOCOLS = ("simple", "prepared")
-_WARMUP_SECONDS = 3
 _TOKEN_TTL_SECONDS = 12 * 3600
 
 
@@ -90,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         "--connections", type=int, default=32, help="wrk connections = pgbench clients (default 32)"
     )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads = pgbench jobs (default 2)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="seconds of wrk (list) on each server as it starts, before anything is timed (default 3)",
+    )
     parser.add_argument(
         "--scenarios",
         type=_comma_list,
@@ -251,7 +256,7 @@ def _bench_size(
                 )
                 if server == "postgraphile":
                     check_isolation(api.base_url, secret, superuser_url, size.tasks_per_user)
-                warmup = {**load, "duration": _WARMUP_SECONDS}
+                warmup = {**load, "duration": args.warmup}
                 run_wrk(wrk, api.base_url, _asked_of(server, SCENARIOS["list"]), users_file, **warmup)
                 servers[server] = api
             workers_of = {server: api.worker_processes() for server, api in servers.items()}

@@ -4,16 +4,15 @@ apart, checked against a real PostGraphile installed from the committed lock."""
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from api.ops.migrations import apply_migrations
 from bench import api_server, dataset, postgraphile
 from bench.postgraphile.isolation import PeerNotIsolatedError, check_isolation
-from bench.postgres import embedded_postgres_server
 from tests.support import SECRET
 
 
 def test_the_peer_is_not_timed_when_it_takes_tokens_without_verifying_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    migrated_db_url: str, superuser_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     postgraphile.ensure_installed()  # npm ci from the lock into bench/postgraphile (git-ignored)
     # The peer as bench/postgraphile/server.js configures it, but reading the token unverified.
@@ -31,24 +30,20 @@ def test_the_peer_is_not_timed_when_it_takes_tokens_without_verifying_them(
         ([str(postgraphile.NODE), str(trusting / "server.js")], postgraphile.ENVIRONMENT),
     )
     size = dataset.Size("tiny", users=2, tasks_per_user=3)
+    # The suite's migrated database, served as the role that migrated it, as bench.run serves its own:
+    # a Postgres of the test's own cost a start, the migrations and a stop for the same check.
+    peer_superuser_url = make_conninfo(superuser_url, dbname=conninfo_to_dict(migrated_db_url)["dbname"])
+    dataset.load(peer_superuser_url, size, progress=lambda _: None)
 
-    with embedded_postgres_server() as postgres:
-        url = postgres.create_database("peer")
-        apply_migrations(url)
-        dataset.load(postgres.superuser_url("peer"), size, progress=lambda _: None)
-        for peer, isolates in (("postgraphile", True), ("trusting", False)):
-            with api_server.running_api(
-                url, SECRET, workers=1, run_dir=tmp_path, extra_env={}, server=peer
-            ) as served:
-                if isolates:
-                    check_isolation(
-                        served.base_url, SECRET, postgres.superuser_url("peer"), size.tasks_per_user
-                    )
-                    continue
-                with pytest.raises(PeerNotIsolatedError) as refused:
-                    check_isolation(
-                        served.base_url, SECRET, postgres.superuser_url("peer"), size.tasks_per_user
-                    )
+    for peer, isolates in (("postgraphile", True), ("trusting", False)):
+        with api_server.running_api(
+            migrated_db_url, SECRET, workers=1, run_dir=tmp_path, extra_env={}, server=peer
+        ) as served:
+            if isolates:
+                check_isolation(served.base_url, SECRET, peer_superuser_url, size.tasks_per_user)
+                continue
+            with pytest.raises(PeerNotIsolatedError) as refused:
+                check_isolation(served.base_url, SECRET, peer_superuser_url, size.tasks_per_user)
 
     found = str(refused.value)
     assert "a token for user 2 signed with another secret was answered 200" in found, found

@@ -3,6 +3,7 @@ what its name says and report it, on the suite's Postgres or on one of its own."
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -10,7 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -22,7 +25,7 @@ from bench import dataset, gc_cost, transaction_paths
 from bench.api_server import running_api
 from bench.deletable import DeletablePool
 from bench.pgbench import run_pgbench
-from bench.postgres import embedded_postgres_server
+from bench.postgres import BenchPostgres, embedded_postgres_server
 from bench.scenarios import SCENARIOS
 from bench.wrk import ensure_wrk, run_wrk
 from tests.readme_commands import copy_of_the_checkout
@@ -82,11 +85,26 @@ def _wrk_or_skip() -> None:
         pytest.skip("needs wrk, which the bench installs with apt-get only as root")
 
 
+@pytest.fixture(scope="module")
+def bench_postgres() -> Iterator[BenchPostgres]:
+    """One Postgres as the tools start theirs, for the tests that run a tool's phases on one (each
+    prepares its database afresh): a Postgres each cost an initdb, a start and a stop."""
+    with embedded_postgres_server() as postgres:
+        yield postgres
+
+
 def test_bench_gc_cost_reports_the_serving_worker_s_collector(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    bench_postgres: BenchPostgres,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _wrk_or_skip()
     monkeypatch.setattr(bench.run, "RESULTS_DIR", tmp_path)  # not the checkout's bench/results
+    monkeypatch.setattr(gc_cost, "embedded_postgres_server", lambda: contextlib.nullcontext(bench_postgres))
+    # The tool loads "small" (20,000 tasks, loaded, indexed and vacuumed before each scenario): this
+    # checks what it reports of the worker, for which a few users' tasks serve as well.
+    monkeypatch.setitem(dataset.SIZES, "small", dataset.Size("small", users=40, tasks_per_user=3))
 
     gc_cost.main(["--scenarios", "get", "--duration", "1", "--connections", "4"])
 
@@ -114,9 +132,11 @@ def test_bench_run_with_no_results_leaves_nothing_in_the_checkout_or_its_tempora
         return set(scratch.glob("todo-api-bench-run-*"))
 
     before = run_folders()
-    options = ["--users", "20", "--workers", "1", "--duration", "1", "--rounds", "1", "--connections", "2"]
+    # The shortest run there is: this checks what it writes, not a figure.
+    options = ["--users", "20", "--workers", "1", "--duration", "1", "--rounds", "1", "--warmup", "1"]
+    load = ["--connections", "2", "--threads", "1", "--scenarios", "get"]
     run = subprocess.run(
-        [sys.executable, "-m", "bench.run", *options, "--threads", "1", "--scenarios", "get", "--no-results"],
+        [sys.executable, "-m", "bench.run", *options, *load, "--no-results"],
         cwd=checkout,
         capture_output=True,
         text=True,
@@ -154,7 +174,7 @@ def _deleted_from_the_pool(superuser_url: str, pool: DeletablePool) -> dict[str,
 
 
 def test_the_delete_scenario_deletes_a_task_of_its_pool_with_every_request_on_every_side(
-    tmp_path: Path,
+    bench_postgres: BenchPostgres, tmp_path: Path
 ) -> None:
     # A delete that found no task would answer 404 (or, in pgbench, delete nothing) and cost less than
     # one that deletes: every request counted must be a real delete of a task of its own.
@@ -163,51 +183,54 @@ def test_the_delete_scenario_deletes_a_task_of_its_pool_with_every_request_on_ev
     size = dataset.Size("small", users=40, tasks_per_user=3)
     connections, threads = 4, 2
     scenario = SCENARIOS["delete"]
-    with embedded_postgres_server() as postgres:
-        prepared = bench.run.prepare(postgres, size, tmp_path, 10, {}, phase_seconds=1)
-        superuser_url = postgres.superuser_url(prepared.dbname)
-        pool = prepared.deletable
-        for server in ("api", "floor"):
-            with running_api(
-                prepared.url, prepared.secret, workers=1, run_dir=tmp_path, extra_env={}, server=server
-            ) as api:
-                bench.run.start_phase(superuser_url, prepared, scenario)
-                result = run_wrk(
-                    wrk, api.base_url, scenario, prepared.users_file,
-                    connections=connections, threads=threads, duration=1,
-                )  # fmt: skip
-            found = _deleted_from_the_pool(superuser_url, pool)
-
-            assert result.non_2xx == 0, (server, result)
-            assert result.socket_errors == 0, (server, result)
-            assert result.requests > 0, (server, result)
-            # Each answer deleted a task; a request cut off at the end may have deleted one unanswered.
-            assert result.requests <= found["gone"] <= result.requests + connections, (server, result, found)
-            assert found["task.deleted events"] == found["gone"], (server, found)
-            assert found["events still carrying a deleted task"] == 0, (server, found)
-            assert found["events of tasks outside the pool"] == 0, (server, found)
-
-        for protocol in bench.run.PGBENCH_PROTOCOLS:
+    prepared = bench.run.prepare(bench_postgres, size, tmp_path, 10, {}, phase_seconds=1)
+    superuser_url = bench_postgres.superuser_url(prepared.dbname)
+    pool = prepared.deletable
+    for server in ("api", "floor"):
+        with running_api(
+            prepared.url, prepared.secret, workers=1, run_dir=tmp_path, extra_env={}, server=server
+        ) as api:
             bench.run.start_phase(superuser_url, prepared, scenario)
-            transactions = run_pgbench(
-                postgres, prepared.dbname, scenario, prepared.scripts_dir / protocol, prepared.sample, pool,
-                clients=connections, threads=threads, duration=1, protocol=protocol,
+            result = run_wrk(
+                wrk, api.base_url, scenario, prepared.users_file,
+                connections=connections, threads=threads, duration=1,
             )  # fmt: skip
-            found = _deleted_from_the_pool(superuser_url, pool)
+        found = _deleted_from_the_pool(superuser_url, pool)
 
-            assert transactions.failed == 0, (protocol, transactions.output)
-            assert transactions.transactions > 0, (protocol, transactions.output)
-            # Two clients that took the same task would have deleted fewer tasks than they counted.
-            assert found["gone"] == transactions.transactions, (protocol, transactions.transactions, found)
-            assert found["task.deleted events"] == found["gone"], (protocol, found)
-            assert found["events still carrying a deleted task"] == 0, (protocol, found)
+        assert result.non_2xx == 0, (server, result)
+        assert result.socket_errors == 0, (server, result)
+        assert result.requests > 0, (server, result)
+        # Each answer deleted a task; a request cut off at the end may have deleted one unanswered.
+        assert result.requests <= found["gone"] <= result.requests + connections, (server, result, found)
+        assert found["task.deleted events"] == found["gone"], (server, found)
+        assert found["events still carrying a deleted task"] == 0, (server, found)
+        assert found["events of tasks outside the pool"] == 0, (server, found)
+
+    for protocol in bench.run.PGBENCH_PROTOCOLS:
+        bench.run.start_phase(superuser_url, prepared, scenario)
+        transactions = run_pgbench(
+            bench_postgres, prepared.dbname, scenario, prepared.scripts_dir / protocol, prepared.sample, pool,
+            clients=connections, threads=threads, duration=1, protocol=protocol,
+        )  # fmt: skip
+        found = _deleted_from_the_pool(superuser_url, pool)
+
+        assert transactions.failed == 0, (protocol, transactions.output)
+        assert transactions.transactions > 0, (protocol, transactions.output)
+        # Two clients that took the same task would have deleted fewer tasks than they counted.
+        assert found["gone"] == transactions.transactions, (protocol, transactions.transactions, found)
+        assert found["task.deleted events"] == found["gone"], (protocol, found)
+        assert found["events still carrying a deleted task"] == 0, (protocol, found)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_bench_tool_stopped_by_a_signal_stops_its_postgres(signum: int) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-signal-"))  # short: Postgres puts its socket there
+    # Which tool does not matter: every one starts its Postgres with bench.postgres, whose handlers
+    # are under test. This one imports the least before it starts it (not the whole app), and its
+    # options keep it short should the signal miss.
+    options = ["--workers", "1", "--seconds", "1", "--rounds", "1", "--searcher-tasks", "10"]
     tool = subprocess.Popen(
-        [sys.executable, "-m", "bench.request_cpu", "--requests", "10", "--rounds", "1"],
+        [sys.executable, "-m", "bench.search_neighbour", *options],
         cwd=PROJECT,
         env={**os.environ, "TMPDIR": str(scratch)},
         stdout=subprocess.DEVNULL,
@@ -237,21 +260,64 @@ def test_a_bench_tool_stopped_by_a_signal_stops_its_postgres(signum: int) -> Non
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-@pytest.mark.parametrize(
-    "tool",
-    sorted(path.stem for path in (PROJECT / "bench").glob("*.py") if "__main__" in path.read_text()),
-)
-def test_every_bench_tool_describes_itself_on_help_without_starting(tool: str) -> None:
+_TOOLS = sorted(path.stem for path in (PROJECT / "bench").glob("*.py") if "__main__" in path.read_text())
+
+# Each tool run as `python -m` runs it (runpy, as `__main__`, with --help on its command line), all in
+# one interpreter: a process each paid the same imports twelve times over. Its stdout is the tools'
+# answers as JSON; its stderr names each tool as it starts, so a tool that takes --help for a run
+# is named when the ceiling below stops it.
+_HELP_OF_EVERY_TOOL = """
+import contextlib, io, json, runpy, sys, traceback
+
+answers = {}
+for tool in sys.argv[1:]:
+    print(f"bench.{tool} --help", file=sys.stderr, flush=True)
+    sys.argv[1:] = ["--help"]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_module(f"bench.{tool}", run_name="__main__", alter_sys=True)
+            status = 0
+        except SystemExit as exit:  # what the interpreter makes of it
+            if exit.code is None or isinstance(exit.code, int):
+                status = exit.code or 0
+            else:
+                print(exit.code, file=sys.stderr)
+                status = 1
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+    answers[tool] = {"status": status, "stdout": out.getvalue(), "stderr": err.getvalue()}
+json.dump(answers, sys.__stdout__)
+"""
+
+
+@pytest.fixture(scope="module")
+def help_of_every_tool() -> dict[str, dict[str, Any]]:
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", _HELP_OF_EVERY_TOOL, *_TOOLS],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired as hung:
+        started = hung.stderr.decode() if isinstance(hung.stderr, bytes) else hung.stderr or ""
+        pytest.fail(f"a tool took --help for a run; the last started: {started.splitlines()[-1:]}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    answers: dict[str, dict[str, Any]] = json.loads(run.stdout)
+    return answers
+
+
+@pytest.mark.parametrize("tool", _TOOLS)
+def test_every_bench_tool_describes_itself_on_help_without_starting(
+    tool: str, help_of_every_tool: dict[str, dict[str, Any]]
+) -> None:
     # A tool with no parser took --help for a run of minutes, with a Postgres of its own.
-    run = subprocess.run(
-        [sys.executable, "-m", f"bench.{tool}", "--help"],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith(f"usage: python -m bench.{tool}"), run.stdout[:300]
+    answer = help_of_every_tool[tool]
+    assert answer["status"] == 0, answer["stderr"]
+    assert answer["stdout"].startswith(f"usage: python -m bench.{tool}"), answer["stdout"][:300]
 
 
 def test_the_report_says_how_many_users_the_load_was_spread_over_for_each_size() -> None:
