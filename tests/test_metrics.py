@@ -14,6 +14,7 @@ import psycopg
 from api.app import create_app
 from tests.support import (
     CLI,
+    PROBE,
     SECRET,
     ApiUser,
     cli_env,
@@ -91,7 +92,7 @@ def test_a_safe_database_shows_as_verified(api_db_url: str) -> None:
 
 def until_ready(base_url: str, ready: bool, what: str) -> None:
     deadline = time.monotonic() + 30
-    while (httpx.get(f"{base_url}/readyz").status_code == 200) != ready:
+    while (PROBE.get(f"{base_url}/readyz").status_code == 200) != ready:
         assert time.monotonic() < deadline, what
         time.sleep(0.1)
 

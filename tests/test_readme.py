@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.readme_commands import README, commands_starting, copy_of_the_checkout, readme_commands
-from tests.support import cli_env, free_port
+from tests.support import PROBE, cli_env, free_port
 
 # Each README command, by how it starts, and where it runs.
 RUN_BY = {
@@ -93,7 +93,7 @@ def test_the_first_command_serves_and_every_curl_line_answers(tmp_path: Path) ->
             assert server.poll() is None, log.read_text()
             assert time.monotonic() < deadline, f"the first command did not serve:\n{log.read_text()}"
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                if PROBE.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.5)
