@@ -95,14 +95,17 @@ def test_the_embedded_database_admits_no_other_user_when_its_socket_is_outside_i
 
 @pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
 def test_a_data_dir_too_deep_for_a_socket_anywhere_is_one_line(
-    tmp_path: Path, command: tuple[str, ...]
+    tmp_path: Path, made_data_dir: Path, command: tuple[str, ...]
 ) -> None:
     """A folder too deep for Postgres's socket has the wheel put the socket in the user's runtime
     folder (XDG_RUNTIME_DIR, else /run/user/<uid>, else one under TMPDIR): when that is deep too (a
     long TMPDIR in CI, say), the wheel raised 'Could not find a suitable socket path', a traceback."""
     runtime = tmp_path / ("runtime-" * 12)
     runtime.mkdir(mode=0o700)
+    # A made folder moved there: the socket's place is chosen as Postgres starts, after any initdb.
     data_dir = tmp_path / ("deep-" * 12) / "data"
+    data_dir.parent.mkdir()
+    made_data_dir.rename(data_dir)
     assert len(str(data_dir / "pgdata" / ".s.PGSQL.5432")) > LONGEST_SOCKET_PATH
     result = run_cli(*command, "--data-dir", str(data_dir), cwd=tmp_path, XDG_RUNTIME_DIR=str(runtime))
     assert_one_line(
