@@ -173,13 +173,11 @@ def failure_status(command: Sequence[str] | str) -> int:
     return AUDIT_NOT_RUN if first == "policies" else 1
 
 
-_cli_fork_servers: list["subprocess.Popen[str]"] = []  # kept, so that their stdin stays open
-
-
 @functools.cache
-def _cli_fork_server() -> tuple[Path, dict[str, str]]:
+def _cli_fork_server() -> tuple[Path, dict[str, str], "subprocess.Popen[str]"]:
     """The folder of this pytest worker's CLI fork server (tests/cli_forkserver.py), started once,
-    and the start-up variables of its interpreter. It ends when the worker does (its stdin closes)."""
+    the start-up variables of its interpreter, and its process, kept here so that its stdin stays
+    open: it ends when the worker does (its stdin closes)."""
     env = cli_env()
     folder = Path(tempfile.mkdtemp(prefix="todo-api-cli-"))
     server = subprocess.Popen(
@@ -192,15 +190,14 @@ def _cli_fork_server() -> tuple[Path, dict[str, str]]:
     )
     assert server.stdout is not None
     assert server.stdout.readline() == "ready\n", "the CLI fork server did not start"
-    _cli_fork_servers.append(server)
-    return folder, start_up_variables(env)
+    return folder, start_up_variables(env), server
 
 
 def cli_command(env: dict[str, str]) -> list[str]:
     """The command line of `python -m api.ops.cli` run with `env` (three words, as CLI): forked from
     the fork server, which imported the CLI once, unless `env` would start the interpreter differently
     from the server's."""
-    folder, start_up = _cli_fork_server()
+    folder, start_up, _ = _cli_fork_server()
     if start_up_variables(env) != start_up:
         return CLI
     return [sys.executable, "-I", str(folder / CLIENT)]

@@ -818,9 +818,9 @@ def _embedded_database_held(data_dir: Path) -> "Iterator[subprocess.Popen[str]]"
         holder.communicate(timeout=60)
 
 
-def _kill_serve_and_its_postgres(data_dir: Path) -> None:
-    """What a crash leaves: the process that started the folder's Postgres (a serve, a migrate) and
-    that Postgres killed outright, their lock files still there."""
+def _crash_while_postgres_runs(data_dir: Path) -> None:
+    """What a crash leaves: the process that started the folder's Postgres (the holder, standing in
+    for a serve or a migrate) and that Postgres killed outright, their lock files still there."""
     pgdata = data_dir / "pgdata"
     with _embedded_database_held(data_dir) as holder:
         postmaster = _postmaster(pgdata)
@@ -841,7 +841,7 @@ def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_tha
     the next start was a traceback (connection refused), and it killed that program on its way out."""
     data_dir = made_data_dir
     pgdata = data_dir / "pgdata"
-    _kill_serve_and_its_postgres(data_dir)
+    _crash_while_postgres_runs(data_dir)
     # Run as Postgres's own user, whose processes Postgres may signal and so takes for alive.
     postgres_user = "embedded_postgres" if os.geteuid() == 0 else None
     sleep = str(shutil.which("sleep"))
@@ -867,7 +867,7 @@ def test_a_stale_postmaster_pid_is_kept_while_processes_of_its_postgres_still_us
     names that memory: one line naming them."""
     data_dir = made_data_dir
     pgdata = data_dir / "pgdata"
-    _kill_serve_and_its_postgres(data_dir)
+    _crash_while_postgres_runs(data_dir)
     postmaster_pid = pgdata / "postmaster.pid"
     sleep = str(shutil.which("sleep"))
     leftover_program = tmp_path / "postgres"  # named as a Postgres process is, working in its folder
@@ -896,7 +896,7 @@ def test_a_postmaster_pid_cut_short_by_a_crash_is_no_server(
     the file empty or short, which the wheel could not read: an AssertionError traceback, every start."""
     data_dir = made_data_dir
     postmaster_pid = data_dir / "pgdata" / "postmaster.pid"
-    _kill_serve_and_its_postgres(data_dir)
+    _crash_while_postgres_runs(data_dir)
     lines = postmaster_pid.read_text().splitlines()[:kept_lines]
     postmaster_pid.write_text("".join(f"{line}\n" for line in lines))
     result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
