@@ -62,6 +62,16 @@ class Served:
     def access(self) -> list[dict[str, Any]]:
         return [record for record in self.records() if record["name"] == "api.access"]
 
+    def line_with(self, text: str) -> str:
+        """The one line holding `text`, once the running server has written it: a request's access line
+        is written as its answer is sent, so it may come just after the client has the answer."""
+        deadline = time.monotonic() + 10
+        while not (lines := [line for line in self.lines() if text in line]):
+            assert time.monotonic() < deadline, f"no line with {text!r}"
+            time.sleep(0.05)
+        (line,) = lines
+        return line
+
 
 Serve = Callable[..., AbstractContextManager[Served]]
 
@@ -79,6 +89,17 @@ def serve(migrated_db_url: str, tmp_path: Path) -> Serve:
             yield Served(base_url, log)
 
     return start
+
+
+@pytest.fixture(scope="module")
+def text_served(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One `todo-api serve` with LOG_FORMAT=text, shared by the tests of that format: each reads the
+    lines of its own request ids, and what must hold of every line holds of all of them."""
+    work = tmp_path_factory.mktemp("text-log")
+    env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, LOG_FORMAT="text")
+    log = work / "serve.log"
+    with serve_process([*CLI, "serve"], cwd=work, env=env, output=log) as (base_url, _):
+        yield Served(base_url, log)
 
 
 def test_every_line_is_json_and_each_request_has_one_access_line(serve: Serve) -> None:
@@ -398,67 +419,68 @@ def test_no_token_secret_password_or_task_content_is_ever_logged(serve: Serve) -
         assert secret not in text
 
 
-def test_text_format_is_for_people(serve: Serve) -> None:
+def test_text_format_is_for_people(text_served: Served) -> None:
     alice = new_user()
-    with serve(LOG_FORMAT="text") as served, httpx.Client(base_url=served.base_url) as client:
+    with httpx.Client(base_url=text_served.base_url) as client:
         client.get(alice.tasks_url, headers={**alice.headers, "X-Request-ID": "look-for-me"})
         created = client.post(
             alice.tasks_url,
             json={"title": "t"},
             headers={**alice.headers, "X-Request-ID": "look-for-the-create"},
         )
-    lines = served.lines()
+    access = text_served.line_with("look-for-me")
+    write = text_served.line_with("look-for-the-create")
+    lines = text_served.lines()
     assert not any(line.startswith("{") for line in lines)
     for line in lines:  # a record's further lines are indented under it
         assert re.match(rf"{RFC3339_UTC_MS} \d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) |    ", line), line
-    (access,) = [line for line in lines if "look-for-me" in line]
     assert "api.access" in access
     assert "GET /api/{user_id}/tasks 200" in access
     assert access.endswith(f"user={alice.id}"), "a read changed nothing"
-    (write,) = [line for line in lines if "look-for-the-create" in line]
     assert "POST /api/{user_id}/tasks 201" in write
     assert write.endswith(f"user={alice.id} action=create task={created.json()['id']}")
 
 
-def test_text_format_escapes_the_control_characters_a_user_id_may_hold(serve: Serve) -> None:
+def _get_as(served: Served, sub: str, request_id: str) -> None:
+    """A list request as the user `sub`, sent with `request_id`, answered 200."""
+    headers = {"Authorization": f"Bearer {mint_token(SECRET, sub)}", "X-Request-ID": request_id}
+    with httpx.Client(base_url=served.base_url) as client:
+        assert client.get(f"/api/{quote(sub, safe='')}/tasks", headers=headers).status_code == 200
+
+
+def test_text_format_escapes_the_control_characters_a_user_id_may_hold(text_served: Served) -> None:
     """A carriage return or a terminal's escape sequence in a token's sub would overwrite the line on
     screen, or clear it: escaped, the line reads as what it is."""
     sub = "mallory\rFORGED ERROR line \x1b[2J\x1b[31mred"
-    headers = {"Authorization": f"Bearer {mint_token(SECRET, sub)}", "X-Request-ID": "the-odd-one"}
-    with serve(LOG_FORMAT="text") as served, httpx.Client(base_url=served.base_url) as client:
-        assert client.get(f"/api/{quote(sub, safe='')}/tasks", headers=headers).status_code == 200
-    text = served.log.read_bytes().decode()  # read_text() would turn a carriage return into a newline
+    _get_as(text_served, sub, "the-odd-control-characters")
+    access = text_served.line_with("the-odd-control-characters")
+    text = text_served.log.read_bytes().decode()  # read_text() would turn a carriage return into a newline
     assert "\r" not in text
     assert "\x1b" not in text
-    (access,) = [line for line in served.lines() if "the-odd-one" in line]
     assert access.endswith("user=mallory\\x0dFORGED ERROR line \\x1b[2J\\x1b[31mred")
 
 
-def test_text_format_keeps_an_access_line_one_line_whatever_its_user_id_holds(serve: Serve) -> None:
+def test_text_format_keeps_an_access_line_one_line_whatever_its_user_id_holds(text_served: Served) -> None:
     """A newline in a token's sub ended the access line there: its user read as "mallory", and what
     followed came out as a line of its own, which a reader (or grep) could take for the server's."""
     sub = "mallory\n2026-12-01T22:30:51.043Z 1 ERROR api.access forged: the database is gone"
-    headers = {"Authorization": f"Bearer {mint_token(SECRET, sub)}", "X-Request-ID": "the-odd-one"}
-    with serve(LOG_FORMAT="text") as served, httpx.Client(base_url=served.base_url) as client:
-        assert client.get(f"/api/{quote(sub, safe='')}/tasks", headers=headers).status_code == 200
-    (access,) = [line for line in served.lines() if "forged" in line]
-    assert "the-odd-one" in access
+    _get_as(text_served, sub, "the-odd-newline")
+    access = text_served.line_with("forged: the database is gone")
+    assert "the-odd-newline" in access
     user, forged = sub.split("\n")
     assert access.endswith(f"user={user}\\x0a{forged}")
 
 
-def test_text_format_escapes_what_would_break_a_line_or_reorder_it_on_screen(serve: Serve) -> None:
+def test_text_format_escapes_what_would_break_a_line_or_reorder_it_on_screen(text_served: Served) -> None:
     """Unicode's line and paragraph separators end a line for many readers (str.splitlines), and its
     bidirectional overrides and isolates make a terminal show what follows them in another order
     (the "Trojan Source" characters): a sub holding them forged a second line, or the rest of its own."""
     sub = "mallory\u20282026-12-01T22:30:51.043Z 1 ERROR api forged\u2029and\u202eesrever\u2066\u202c\u2069"
-    headers = {"Authorization": f"Bearer {mint_token(SECRET, sub)}", "X-Request-ID": "the-odd-one"}
-    with serve(LOG_FORMAT="text") as served, httpx.Client(base_url=served.base_url) as client:
-        assert client.get(f"/api/{quote(sub, safe='')}/tasks", headers=headers).status_code == 200
-    text = served.log.read_text()
+    _get_as(text_served, sub, "the-odd-separators")
+    access = text_served.line_with("the-odd-separators")
+    text = text_served.log.read_text()
     for character in "\u2028\u2029\u202e\u2066\u202c\u2069":
         assert character not in text
-    (access,) = [line for line in served.lines() if "the-odd-one" in line]
     assert access.endswith(
         "user=mallory\\u20282026-12-01T22:30:51.043Z 1 ERROR api forged\\u2029and\\u202eesrever"
         "\\u2066\\u202c\\u2069"
