@@ -7,8 +7,6 @@ test can weaken the database the way a hand-made change in production would and 
 import json
 import secrets
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,11 @@ from api.db.sql_files import SQL_DIR
 from api.ops import policy_audit
 from api.ops.cli import main
 from api.ops.policy_audit import audit_database
-from tests.support import PROJECT, SECRET, as_role, free_port
+from tests.support import SECRET, as_role, free_port, run_cli
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 RunPolicies = Callable[..., tuple[int, str]]
+RunPoliciesWithStderr = Callable[..., tuple[int, str, str]]
 
 TASK_POLICIES = {
     "tasks are visible to their owner",
@@ -66,12 +65,12 @@ def db(migrated_db: Conn) -> Conn:
 
 
 @pytest.fixture
-def run_policies(
+def run_policies_with_stderr(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> RunPolicies:
-    """`todo-api policies ARGS` in this process against a database URL: (exit code, stdout)."""
+) -> RunPoliciesWithStderr:
+    """`todo-api policies ARGS` in this process against a database URL: (exit code, stdout, stderr)."""
 
-    def run(database_url: str, *args: str) -> tuple[int, str]:
+    def run(database_url: str, *args: str) -> tuple[int, str, str]:
         monkeypatch.chdir(tmp_path)  # no developer's .env
         for name in ("BETTER_AUTH_URL", "BETTER_AUTH_JWKS_URL"):
             monkeypatch.delenv(name, raising=False)
@@ -83,7 +82,19 @@ def run_policies(
             code = 0
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
-        return code, capsys.readouterr().out
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
+def run_policies(run_policies_with_stderr: RunPoliciesWithStderr) -> RunPolicies:
+    """`todo-api policies ARGS` in this process against a database URL: (exit code, stdout)."""
+
+    def run(database_url: str, *args: str) -> tuple[int, str]:
+        code, out, _ = run_policies_with_stderr(database_url, *args)
+        return code, out
 
     return run
 
@@ -135,28 +146,19 @@ def test_the_audit_changes_nothing(db: Conn, migrated_db_url: str) -> None:
 
 
 def test_the_cli_gates_a_deployment_from_a_real_process(migrated_db_url: str, tmp_path: Path) -> None:
-    env = {"DATABASE_URL": migrated_db_url, "BETTER_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
-    command = [sys.executable, "-m", "api.ops.cli", "policies"]
-    project = PROJECT
-    clean = subprocess.run(command, cwd=tmp_path, env={**env, "PYTHONPATH": str(project)}, check=False)
-    assert clean.returncode == 0
+    # run_cli: a process of its own, forked from one that imported the CLI once (tests/cli_forkserver.py).
+    clean = run_cli("policies", cwd=tmp_path, DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
     with psycopg.connect(migrated_db_url, autocommit=True) as connection:
         connection.execute("alter table tasks no force row level security")
-    weakened = subprocess.run(
-        command,
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(project)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    weakened = run_cli("policies", cwd=tmp_path, DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET)
     assert weakened.returncode == 1
     assert "[isolation] table tasks is open to todo_app without row-level security forced" in weakened.stdout
     # A gate must tell findings from an audit that did not run, whose standard output is empty.
-    unreachable = subprocess.run(
-        [*command, "--json"], cwd=tmp_path, capture_output=True, text=True, check=False,
-        env={**env, "PYTHONPATH": str(project), "DATABASE_URL": f"postgresql://todo@127.0.0.1:{free_port()}/todo"},
-    )  # fmt: skip
+    unreachable_url = f"postgresql://todo@127.0.0.1:{free_port()}/todo"
+    unreachable = run_cli(
+        "policies", "--json", cwd=tmp_path, DATABASE_URL=unreachable_url, BETTER_AUTH_SECRET=SECRET
+    )
     assert (unreachable.returncode, unreachable.stdout) == (2, ""), unreachable.stderr
     assert "cannot reach the database" in unreachable.stderr
 
@@ -423,24 +425,27 @@ def test_the_drift_check_does_not_queue_behind_a_long_transaction(
 
 
 def test_a_lock_held_on_tasks_ends_the_audit_unrun_within_the_lock_timeout_naming_its_holder(
-    db: Conn, migrated_db_url: str, tmp_path: Path
+    db: Conn,
+    migrated_db_url: str,
+    run_policies_with_stderr: RunPoliciesWithStderr,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The policies' expressions are read with pg_get_expr, which waits for any lock on their table:
     the whole audit, not the drift check alone, gives up after LOCK_TIMEOUT, and says so. It has no
     report to print: exit 2 and nothing on standard output, never the 1 of a report's findings, which
     a deployment gate reading the JSON then found empty."""
+    # The lock is held throughout, so any timeout ends the audit: its length (5 s) is not what is tested.
+    monkeypatch.setattr(policy_audit, "LOCK_TIMEOUT", "200ms")
     before = live_policies(db)
-    env = {"DATABASE_URL": migrated_db_url, "BETTER_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
     with psycopg.connect(f"{migrated_db_url}&application_name=busy-migration") as busy:
+        # A ceiling only a hang reaches, now that the audit runs in this process: an audit that waited
+        # for the lock would be let through once the holder's session ends, and report.
+        busy.execute("set idle_in_transaction_session_timeout = '60s'")
         busy.execute("lock table tasks in access exclusive mode")
-        result = subprocess.run(
-            [sys.executable, "-m", "api.ops.cli", "policies", "--json"],
-            cwd=tmp_path, env={**env, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True,
-            timeout=60, check=False,
-        )  # fmt: skip
+        code, out, err = run_policies_with_stderr(migrated_db_url, "--json")
         holder = busy.info.backend_pid
-    assert (result.returncode, result.stdout) == (2, ""), result.stderr
-    (line,) = result.stderr.strip().splitlines()
+    assert (code, out) == (2, ""), err
+    (line,) = err.strip().splitlines()
     for text in ("the audit could not complete", "lock_timeout", f"pid {holder}", "busy-migration"):
         assert text in line, line
     assert live_policies(db) == before, "the audit changed nothing"

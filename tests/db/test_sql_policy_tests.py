@@ -11,6 +11,7 @@ run the same way as either owner.
 
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,23 +189,46 @@ def unbypassing_cluster() -> Iterator[OwnPostgres]:
         yield own
 
 
+@pytest.fixture(scope="module")
+def unbypassing_template(unbypassing_cluster: OwnPostgres) -> str:
+    """The name of a database owned and migrated by an owner that does not bypass row-level security,
+    migrated once for the module: each test changes a copy of it (`unbypassing_owner_db_url`), since
+    migrating took a second or more of each test's setup (pytest --durations)."""
+    name = f"{UNBYPASSING_DATABASE}_template"
+    with psycopg.connect(unbypassing_cluster.superuser_url, autocommit=True) as superuser:
+        superuser.execute(
+            sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(LOGIN_ROLE))
+        )
+    url = unbypassing_cluster.url.replace("@/todo?", f"@/{name}?")
+    apply_migrations(url)
+    with psycopg.connect(url) as owner:
+        bypasses = owner.execute("select rolbypassrls from pg_roles where rolname = current_user").fetchone()
+        assert bypasses == (False,)
+    # CREATE DATABASE refuses a template that has sessions: yoyo's connection is left open until the
+    # garbage collector ends it, and a session is listed until its backend has exited.
+    with psycopg.connect(unbypassing_cluster.superuser_url, autocommit=True) as superuser:
+        sessions = "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s"
+        deadline = time.monotonic() + 30
+        while superuser.execute(sessions, [name]).fetchall():
+            assert time.monotonic() < deadline, "the template's sessions did not end"
+            time.sleep(0.05)
+    return name
+
+
 @pytest.fixture
-def unbypassing_owner_db_url(unbypassing_cluster: OwnPostgres) -> Iterator[str]:
-    """A database of its own, owned and migrated by an owner that does not bypass row-level security."""
+def unbypassing_owner_db_url(unbypassing_cluster: OwnPostgres, unbypassing_template: str) -> Iterator[str]:
+    """A database of its own, owned and migrated by an owner that does not bypass row-level security:
+    a copy of `unbypassing_template`, owned by the same role."""
     name = UNBYPASSING_DATABASE
     with psycopg.connect(unbypassing_cluster.superuser_url, autocommit=True) as superuser:
         superuser.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
         superuser.execute(
-            sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(LOGIN_ROLE))
+            sql.SQL("create database {} template {} owner {}").format(
+                sql.Identifier(name), sql.Identifier(unbypassing_template), sql.Identifier(LOGIN_ROLE)
+            )
         )
-        url = unbypassing_cluster.url.replace("@/todo?", f"@/{name}?")
         try:
-            apply_migrations(url)
-            with psycopg.connect(url) as owner:
-                assert owner.execute(
-                    "select rolbypassrls from pg_roles where rolname = current_user"
-                ).fetchone() == (False,)
-            yield url
+            yield unbypassing_cluster.url.replace("@/todo?", f"@/{name}?")
         finally:
             superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
