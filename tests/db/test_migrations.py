@@ -99,9 +99,10 @@ def acts_as_todo_app(url: str) -> tuple[Any, ...] | None:
 
 @pytest.fixture
 def keeps_todo_app_usable(empty_db_url: str) -> Iterator[None]:
-    """Rollback tests touch a cluster-wide role; leave the login role able to act as todo_app again."""
+    """Rollback tests touch a cluster-wide role; leave the login role able to act as todo_app again.
+    0001 alone makes the role and grants it: the rest of the schema is dropped with the database."""
     yield
-    apply_migrations(empty_db_url)
+    migrate_up_to(empty_db_url, "0001_app_role")
 
 
 def test_policy_files_are_parsed() -> None:
