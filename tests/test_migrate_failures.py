@@ -29,6 +29,10 @@ from api.ops.policy_audit import audit_database
 from tests.support import API_LOGIN_ROLE, RIGHT_PASSWORD, SECRET, as_role, run_cli
 from tests.test_cli_failures import assert_one_clear_failure
 
+# yoyo retries its lock every min(0.5 s, this) until this is over: what these tests claim is the one
+# line said when it is, however long it was (yoyo's Backend.lock).
+SHORT_MIGRATION_LOCK_WAIT_SECONDS = 0.2
+
 
 def migrate_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> str:
     """`todo-api migrate` in this process (so a test can shorten its waits); its one-line failure."""
@@ -158,7 +162,7 @@ def test_a_long_transaction_on_a_table_with_policies(
 def test_a_stale_migration_lock(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_db_url: str
 ) -> None:
-    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", 1)
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", SHORT_MIGRATION_LOCK_WAIT_SECONDS)
     with psycopg.connect(migrated_db_url, autocommit=True) as db:
         db.execute("insert into yoyo_lock (locked, ctime, pid) values (1, %s, 424242)", [datetime.now(UTC)])
     message = migrate_here(monkeypatch, tmp_path, migrated_db_url)
@@ -175,7 +179,7 @@ def test_the_advice_for_a_stale_migration_lock_runs_as_written(
     database uri", and in a checkout, whose yoyo.ini reads DATABASE_URL, failed with a traceback
     (No module named 'psycopg2': yoyo wants postgresql+psycopg://). The command it names now runs as
     written, in the shell that ran migrate, where the URL's own folder has no yoyo.ini."""
-    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", 1)
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", SHORT_MIGRATION_LOCK_WAIT_SECONDS)
     with psycopg.connect(migrated_db_url, autocommit=True) as db:
         db.execute("insert into yoyo_lock (locked, ctime, pid) values (1, %s, 424242)", [datetime.now(UTC)])
     monkeypatch.chdir(tmp_path)
@@ -207,7 +211,7 @@ def test_a_lock_held_on_the_lock_table_is_no_other_migration(
     wait for a table lock; on a standby, the standby) until its own wait is over: that was called
     another migration's lock, and `yoyo break-lock`, which would not help, the fix."""
     monkeypatch.setattr(migrations, "LOCK_TIMEOUT", "200ms")
-    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", 1)
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", SHORT_MIGRATION_LOCK_WAIT_SECONDS)
     with psycopg.connect(migrated_db_url) as holder:
         # Writes wait, reads do not: yoyo then finds no lock row to name.
         holder.execute("lock table yoyo_lock in exclusive mode")
@@ -516,10 +520,11 @@ EVIL_SEARCH_PATH = {
 @pytest.mark.parametrize("case", list(EVIL_SEARCH_PATH))
 @pytest.mark.parametrize("migrated", [False, True], ids=["fresh", "migrated"])
 def test_a_search_path_given_to_the_migrating_session_is_refused(
-    tmp_path: Path, empty_db_url: str, migrated_db_url: str, case: str, migrated: bool
+    request: pytest.FixtureRequest, tmp_path: Path, migrated_db_url: str, case: str, migrated: bool
 ) -> None:
     options, alter, finding, fix = EVIL_SEARCH_PATH[case]
-    url = migrated_db_url if migrated else empty_db_url
+    # An empty database only where one is migrated: each database made is dropped with a checkpoint.
+    url = migrated_db_url if migrated else request.getfixturevalue("empty_db_url")
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("create schema evil")
         dbname = sql.Identifier(db.info.dbname)
