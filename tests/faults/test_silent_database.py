@@ -215,7 +215,16 @@ def test_a_write_whose_answer_never_came_is_outcome_unknown_and_a_read_is_not(
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
     # One pooled connection, used just before: no liveness check comes between the request and the
     # silence (a connection never handed out yet would be asked first, and wait out its own bound).
-    settings = settings_for(url, db_statement_timeout_ms=500, db_connect_timeout_seconds=1, db_pool_size=1)
+    # The write's bound closes it, and the read waits out the pool's timeout for another, whose making
+    # the silence holds back: 3 s, not the default 5, and still time enough for the retry after it to
+    # get one made once the answers flow again (the pool tries again a second after a failed try).
+    settings = settings_for(
+        url,
+        db_statement_timeout_ms=500,
+        db_connect_timeout_seconds=1,
+        db_pool_size=1,
+        db_pool_timeout_seconds=3,
+    )
     user = new_user()
     key = {"Idempotency-Key": "held-answer-1"}
     with serving_client(create_app(settings)) as client:
