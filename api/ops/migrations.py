@@ -7,12 +7,15 @@ Every way a migration fails that the operator can fix becomes a MigrationFailed:
 cause and the fix (a connection that fails is api/ops/failures.py's business).
 """
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
+from yoyo.backends import DatabaseBackend
 from yoyo.exceptions import LockTimeout
 from yoyo.migrations import MigrationList
 
@@ -300,6 +303,19 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         raise _not_the_owner(role, owners)
 
 
+@contextlib.contextmanager
+def _yoyo_backend(url: str) -> Iterator[DatabaseBackend]:
+    """yoyo's backend for `url`, its connection closed on the way out. yoyo leaves it open until the
+    garbage collector ends the backend: a `serve --migrate` kept an idle session it no longer used,
+    and a database just migrated could not be copied (CREATE DATABASE ... TEMPLATE refuses one with
+    sessions; tests/db/test_migrations.py)."""
+    backend = get_backend(url)
+    try:
+        yield backend
+    finally:
+        backend.connection.close()
+
+
 def apply_migrations(
     database_url: str,
     *,
@@ -315,8 +331,10 @@ def apply_migrations(
     _refuse_what_cannot_migrate(database_url, connect_timeout_seconds, setting)
     try:
         # Connects, and creates yoyo's own tables.
-        backend = get_backend(_yoyo_url(database_url, connect_timeout_seconds))
-        with backend.lock(MIGRATION_LOCK_WAIT_SECONDS):
+        with (
+            _yoyo_backend(_yoyo_url(database_url, connect_timeout_seconds)) as backend,
+            backend.lock(MIGRATION_LOCK_WAIT_SECONDS),
+        ):
             pending = backend.to_apply(migrations)
             backend.apply_migrations_only(pending)
             backend.run_post_apply(migrations)
@@ -331,9 +349,8 @@ def apply_migrations(
 
 def rollback_migrations(database_url: str) -> list[str]:
     """Roll back every applied migration; return the ids rolled back."""
-    backend = get_backend(yoyo_url(database_url))
     migrations = _migrations()
-    with backend.lock():
+    with _yoyo_backend(yoyo_url(database_url)) as backend, backend.lock():
         applied = backend.to_rollback(migrations)
         backend.rollback_migrations(applied)
     return [migration.id for migration in applied]

@@ -6,10 +6,12 @@ databases of this test session, so a rollback here must not take it away from th
 """
 
 import asyncio
+import gc
 import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -128,6 +130,37 @@ def test_apply_migrates_an_empty_database(empty_db_url: str) -> None:
         ).fetchall()
     assert forced == [("idempotency_keys",), ("task_event_purges",), ("task_events",), ("tasks",), ("users",)]
     assert acts_as_todo_app(empty_db_url) == ("todo_app", 0)
+
+
+def test_migrating_and_rolling_back_leave_no_session_behind(
+    empty_db: psycopg.Connection[Any], empty_db_url: str, superuser_url: str, keeps_todo_app_usable: None
+) -> None:
+    """yoyo kept its connection until the garbage collector ended its backend: a `serve --migrate`
+    held an idle session it no longer used, and a database just migrated could not be copied (CREATE
+    DATABASE ... TEMPLATE refuses one with sessions). The collector is off here, as it may well not
+    have run yet in a serving process."""
+
+    def others_sessions() -> list[tuple[Any, ...]]:
+        with psycopg.connect(superuser_url) as superuser:
+            return superuser.execute(
+                "select pid, application_name from pg_stat_activity where datname = %s and pid <> %s",
+                [empty_db.info.dbname, empty_db.info.backend_pid],
+            ).fetchall()
+
+    def until_none_left(after: str) -> None:
+        deadline = time.monotonic() + 10  # a closed session is listed until its backend has exited
+        while sessions := others_sessions():
+            assert time.monotonic() < deadline, f"{after} left {sessions}"
+            time.sleep(0.05)
+
+    gc.disable()
+    try:
+        assert apply_migrations(empty_db_url) == MIGRATION_IDS
+        until_none_left("apply_migrations")
+        assert rollback_migrations(empty_db_url) == MIGRATION_IDS[::-1]
+        until_none_left("rollback_migrations")
+    finally:
+        gc.enable()
 
 
 def test_apply_again_is_a_no_op_that_restores_the_policies(empty_db_url: str) -> None:

@@ -11,7 +11,6 @@ run the same way as either owner.
 
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,14 +203,6 @@ def unbypassing_template(unbypassing_cluster: OwnPostgres) -> str:
     with psycopg.connect(url) as owner:
         bypasses = owner.execute("select rolbypassrls from pg_roles where rolname = current_user").fetchone()
         assert bypasses == (False,)
-    # CREATE DATABASE refuses a template that has sessions: yoyo's connection is left open until the
-    # garbage collector ends it, and a session is listed until its backend has exited.
-    with psycopg.connect(unbypassing_cluster.superuser_url, autocommit=True) as superuser:
-        sessions = "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s"
-        deadline = time.monotonic() + 30
-        while superuser.execute(sessions, [name]).fetchall():
-            assert time.monotonic() < deadline, "the template's sessions did not end"
-            time.sleep(0.05)
     return name
 
 
