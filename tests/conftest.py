@@ -29,6 +29,7 @@ from api.app import create_app
 from api.ops.cluster import ensure_api_login_role, ensure_login_role_and_database
 from api.ops.embedded import start_postgres
 from api.ops.migrations import apply_migrations
+from tests.own_postgres import copy_data_folder
 from tests.pgbouncer import pgbouncer
 from tests.support import (
     API_LOGIN_ROLE,
@@ -346,12 +347,10 @@ def _made_embedded_folder() -> Iterator[Path]:
 def copy_made_data_dir(_made_embedded_folder: Path) -> Callable[[Path], Path]:
     """Makes the folder it is given (which must not exist) a copy of an embedded database folder
     `todo-api migrate` made, its Postgres stopped, as a first start leaves it; for fixtures of a wider
-    scope than `made_data_dir`'s. `cp -a`: as root, pgdata belongs to the wheel's own user, and
-    Postgres refuses a data folder it does not own."""
+    scope than `made_data_dir`'s."""
 
     def copy(data_dir: Path) -> Path:
-        subprocess.run(["cp", "-a", str(_made_embedded_folder), str(data_dir)], check=True)  # noqa: S607
-        return data_dir
+        return copy_data_folder(_made_embedded_folder, data_dir)
 
     return copy
 

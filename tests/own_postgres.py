@@ -18,6 +18,14 @@ from api.ops.migrations import apply_migrations
 from tests.support import LOGIN_ROLE
 
 
+def copy_data_folder(source: Path, target: Path) -> Path:
+    """Make `target` (which must not exist) a copy of `source`, a folder holding a stopped Postgres's
+    data. `cp -a`: as root, pgdata belongs to the wheel's own user, and Postgres refuses a data folder
+    it does not own."""
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)  # noqa: S607
+    return target
+
+
 class OwnPostgres:
     """A Postgres of the test's own that can be stopped and started again at the same address."""
 

