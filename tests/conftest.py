@@ -36,6 +36,7 @@ from tests.support import (
     LOGIN_ROLE,
     PASSWORD_ROLE,
     RIGHT_PASSWORD,
+    TLS,
     ApiUser,
     as_role,
     ask_for_passwords,
@@ -293,7 +294,7 @@ def api_url(api_serving_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def client(api_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api_url, timeout=30) as http:
+    with httpx.Client(base_url=api_url, timeout=30, verify=TLS) as http:
         yield http
 
 

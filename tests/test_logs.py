@@ -30,6 +30,7 @@ from tests.api.events_client import async_client, opened
 from tests.support import (
     CLI,
     SECRET,
+    TLS,
     ApiUser,
     assert_problem,
     break_event_reads,
@@ -163,7 +164,7 @@ def test_records_of_several_workers_stay_whole_lines_through_a_pipe_that_lags(
     users = [new_user() for _ in range(8)]
 
     def update_and_list(base_url: str, user: ApiUser) -> list[int]:
-        with httpx.Client(base_url=base_url, timeout=60) as client:
+        with httpx.Client(base_url=base_url, timeout=60, verify=TLS) as client:
             task = client.post(user.tasks_url, json={"title": "t"}, headers=user.headers).json()
             statuses = []
             for turn in range(10):

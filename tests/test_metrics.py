@@ -16,6 +16,7 @@ from tests.support import (
     CLI,
     PROBE,
     SECRET,
+    TLS,
     ApiUser,
     cli_env,
     new_user,
@@ -148,7 +149,7 @@ def test_figures_add_up_across_workers(api_db_url: str, tmp_path: Path) -> None:
     command = [*CLI, "serve", "--workers", "2"]
     with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, server):
         for _ in range(40):  # a connection each, so that both workers answer some
-            with httpx.Client(base_url=base_url) as one_request:
+            with httpx.Client(base_url=base_url, verify=TLS) as one_request:
                 assert one_request.get(alice.tasks_url, headers=alice.headers).status_code == 200
         time.sleep(1.5)  # the pool gauges are read once a second
         for _ in range(3):  # whichever worker answers the scrape, it reports both

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from tests.support import ApiUser, assert_problem
+from tests.support import TLS, ApiUser, assert_problem
 
 # Long enough for a write to reach a stream that polls (EVENTS_POLL_MILLISECONDS behind PgBouncer).
 EVENT_TIMEOUT_SECONDS = 10.0
@@ -106,5 +106,5 @@ async def open_once_a_place_is_free(client: httpx.AsyncClient, user: ApiUser) ->
 
 @asynccontextmanager
 async def async_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, verify=TLS) as client:
         yield client

@@ -11,6 +11,7 @@ import pytest
 
 from api.app import CORS_REQUEST_HEADERS, CORS_RESPONSE_HEADERS, create_app, openapi_document
 from tests.support import (
+    TLS,
     ApiUser,
     assert_problem,
     break_task_updates,
@@ -128,7 +129,7 @@ def test_a_toggle_with_a_zero_content_length_however_written_needs_no_type(
 @pytest.fixture
 def browser_api(api_db_url: str) -> Iterator[httpx.Client]:
     settings = settings_for(api_db_url, cors_origins=[ORIGIN])
-    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url) as client:
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, verify=TLS) as client:
         yield client
 
 

@@ -29,7 +29,7 @@ from sqlalchemy import true
 from api.app import create_app
 from api.tasks import ownership, queries
 from tests.conftest import url_for
-from tests.support import ApiUser, serving, settings_for
+from tests.support import TLS, ApiUser, serving, settings_for
 
 APP_TABLES = ("users", "tasks", "idempotency_keys")
 # Far past any test: the isolation check must not see the weakened database while the suite runs.
@@ -98,7 +98,7 @@ def layer(request: pytest.FixtureRequest, api_db_url: str) -> Iterator[Layer]:
 
 @pytest.fixture
 def client(layer: Layer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=layer.base_url, timeout=30) as http:
+    with httpx.Client(base_url=layer.base_url, timeout=30, verify=TLS) as http:
         yield http
 
 

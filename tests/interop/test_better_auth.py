@@ -27,7 +27,7 @@ import pytest
 from api.app import create_app
 from api.settings import Settings
 from tests.auth.conftest import keys_fetched, wait_for
-from tests.support import PROJECT, assert_problem, serving_client
+from tests.support import PROJECT, TLS, assert_problem, serving_client
 
 SOURCE = Path(__file__).resolve().parent / "better_auth"
 PACKAGE = PROJECT / ".cache" / "better-auth"
@@ -104,7 +104,7 @@ def signed_in(auth_url: str, email: str, name: str) -> Iterator[tuple[httpx.Clie
     url = httpx.URL(auth_url)
     # Sent by a browser with every POST; Better Auth refuses one with a session cookie without it.
     origin = {"Origin": f"{url.scheme}://{url.host}:{url.port}"}
-    with httpx.Client(base_url=auth_url, timeout=30, headers=origin) as browser:
+    with httpx.Client(base_url=auth_url, timeout=30, headers=origin, verify=TLS) as browser:
         signed_up = browser.post("/sign-up/email", json={"email": email, "password": PASSWORD, "name": name})
         assert signed_up.status_code == 200, signed_up.text
         browser.cookies.clear()
