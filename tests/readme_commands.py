@@ -39,8 +39,8 @@ def commands_starting(prefix: str) -> list[str]:
 def copy_of_the_checkout(destination: Path) -> Path:
     """The project as a newcomer clones it: the files git tracks, and new ones not yet committed (so
     that a change is tried before it lands), none that .gitignore keeps out: no virtualenv, no data,
-    nothing built. Not a copy of the folder less a list of names: that list missed `.venv-oldest`,
-    which .ci/run makes while these tests run, and copied its 475 MB each time."""
+    nothing built. Not the folder less a list of names: such a list missed `.venv-oldest`, the
+    virtualenv .ci/run makes while these tests run."""
     git = shutil.which("git")
     assert git is not None, "the tests run in a clone of the repository, with git installed"
     listed = subprocess.run(

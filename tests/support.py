@@ -147,17 +147,15 @@ def now() -> int:
     return int(time.time())
 
 
-# Given to every HTTP client the tests make (`verify=TLS`): by default httpx builds a TLS context for
-# each client, loading certifi's CA bundle, about 50 ms of CPU a client against 0.6 ms with one given
-# (time.process_time over 20 `httpx.Client()` each way), and most tests make a client or more. It is the
-# context httpx would build (`httpx.create_ssl_context`; its SSL docs show passing one to many clients).
+# For the HTTP clients the tests make test after test (`verify=TLS`): by default httpx builds a TLS
+# context for each client, loading certifi's CA bundle, about 50 ms of CPU a client against 0.6 ms with
+# one given (time.process_time over 20 `httpx.Client()` each way). It is the context httpx would build
+# (`httpx.create_ssl_context`; its SSL docs show one context passed to many clients).
 TLS = httpx.create_ssl_context()
 
 # For the requests a test repeats while it waits (readiness, metrics): httpx.get makes a client for each
-# call, and with it an SSL context that loads the CA bundle, about 50 ms of CPU a call against 0.3 ms
-# on a client kept (`httpx.get` and `Client.get` of a closed port, 20 calls each, time.process_time),
-# so a loop polling every 50 ms kept a core busy while the server it waited for started. No
-# keep-alive: the servers polled come and go.
+# call, and with it a TLS context (above), so a loop polling every 50 ms kept a core busy while the
+# server it waited for started. No keep-alive: the servers polled come and go.
 PROBE = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), verify=TLS)
 
 CLI = [sys.executable, "-m", "api.ops.cli"]
