@@ -224,7 +224,7 @@ def test_the_delete_scenario_deletes_a_task_of_its_pool_with_every_request_on_ev
 
 def _exited(process: psutil.Process) -> bool:
     """Gone, or a zombie: a postmaster stopped by pg_ctl has exited, but it stays listed until init,
-    its parent, reaps it (`is_running()` is true of a zombie: it failed this test once in CI)."""
+    its parent, reaps it (`is_running()` is true of a zombie: it failed this test once in a full .ci/run)."""
     try:
         return process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
