@@ -21,7 +21,7 @@ import pytest
 
 import bench.run
 from api.tasks import queries
-from bench import dataset, gc_cost, transaction_paths
+from bench import dataset, gc_cost, isolation_check, transaction_paths
 from bench.api_server import running_api
 from bench.deletable import DeletablePool
 from bench.pgbench import run_pgbench
@@ -91,6 +91,19 @@ def bench_postgres() -> Iterator[BenchPostgres]:
     prepares its database afresh): a Postgres each cost an initdb, a start and a stop."""
     with embedded_postgres_server() as postgres:
         yield postgres
+
+
+def test_bench_isolation_check_reports_each_kind_of_check_and_each_query(
+    migrated_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two rounds on the suite's Postgres: this checks that it runs the check (which must find nothing)
+    # and reads its backend's CPU, not what it measures.
+    asyncio.run(isolation_check._measure(migrated_db_url, rounds=2))
+    lines = capsys.readouterr().out.splitlines()
+    for label in ("first on a new connection", "again on the same connection", *isolation_check._QUERIES):
+        (row,) = [line for line in lines if line.startswith(f"| {label} | ")]
+        cpu_ms = float(row.strip("| ").split(" | ")[1])
+        assert cpu_ms >= 0, row
 
 
 def test_bench_gc_cost_reports_the_serving_worker_s_collector(
