@@ -283,6 +283,39 @@ def test_what_todo_app_may_reach_but_is_not_shipped_is_a_finding(
     assert [message for message in findings(migrated_db_url) if message.startswith(expected)]
 
 
+# What initdb made is judged by its privileges: a grant to todo_app or PUBLIC beyond what it came
+# with is a finding. pg_statistic holds sample values of every column, other users' titles included;
+# pg_read_file reads the server's files.
+GRANTED_BEYOND_POSTGRES_OWN = {
+    "a catalog table to todo_app": (
+        "grant select on pg_catalog.pg_statistic to todo_app",
+        "granted beyond PostgreSQL's own relation pg_catalog.pg_statistic is not in what todo-api ships "
+        "(sql/checks/expected_reach.json): SELECT to todo_app",
+    ),
+    "a catalog table to PUBLIC": (
+        "grant select on pg_catalog.pg_statistic to public",
+        "granted beyond PostgreSQL's own relation pg_catalog.pg_statistic is not in what todo-api ships "
+        "(sql/checks/expected_reach.json): SELECT to PUBLIC",
+    ),
+    "a system function to todo_app": (
+        "grant execute on function pg_catalog.pg_read_file(text) to todo_app",
+        "granted beyond PostgreSQL's own function pg_catalog.pg_read_file(text) is not in what todo-api "
+        "ships (sql/checks/expected_reach.json): EXECUTE to todo_app",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"), GRANTED_BEYOND_POSTGRES_OWN.values(), ids=GRANTED_BEYOND_POSTGRES_OWN.keys()
+)
+def test_a_grant_on_what_initdb_made_beyond_its_own_is_a_finding(
+    migrated_db_url: str, statement: str, expected: str
+) -> None:
+    with psycopg.connect(as_role(migrated_db_url, "postgres"), autocommit=True) as superuser:
+        superuser.execute(statement)
+    assert expected in findings(migrated_db_url)
+
+
 @pytest.fixture
 def outsider(db: Conn, migrated_db_url: str) -> Iterator[str]:
     """The database's URL as a login role that is not a member of todo_app (roles are cluster-wide)."""
