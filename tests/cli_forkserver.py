@@ -7,8 +7,10 @@ CPU-seconds here, against 0.01 for the interpreter alone), and the suite is CPU-
 here imports the CLI once; for each run, a client (the bare interpreter, `python -I`) hands it its
 standard streams, environment, working folder and arguments, and the server forks a child that takes
 them over and runs the CLI as `python -m api.ops.cli` does (its module run as `__main__`). The client
-exits with the child's status, or dies of the signal that killed it; killing the client kills the
-child. The caller still sees one process, with its own pipes, exit status and timeout.
+exits with the child's status, or dies of the signal that killed it; SIGTERM, SIGINT and SIGHUP sent
+to the client go to the child (so a `serve` stops as it would), and killing the client kills the
+child. The caller still sees one process, with its own pipes, exit status, stopping signals and
+timeout; not the process itself (its pid, children and process group are the child's, elsewhere).
 
 What a fork cannot give a run is an interpreter started from the run's own environment (the
 PYTHON* and locale variables: stdio encodings, import paths, flags), nor the import itself (a signal
@@ -18,8 +20,8 @@ variables differ from the server's, and the tests of loading start it themselves
 The server's folder holds its socket and `client.py`, a link to this file, so that a run's command
 line has the shape of `python -m api.ops.cli` (three words, then the CLI's arguments): `python -I
 FOLDER/client.py ARGUMENTS`. Protocol: one SOCK_SEQPACKET connection per run (a message is never
-split), the request as JSON with the three descriptors beside it, the child's exit code (negative: its
-signal) as the answer.
+split), the request as JSON with the three descriptors beside it, then the child's pid and its exit
+code (negative: its signal) as the answers.
 """
 
 import contextlib
@@ -39,10 +41,15 @@ _START_UP_NAMES = ("LANG", "LANGUAGE")
 _LARGEST_REQUEST = 1 << 20
 _SOCKET = "socket"
 CLIENT = "client.py"
-# What every run imports, and the libraries the commands import once chosen (`policies`, and the
-# checks `serve` makes before it serves). Not prometheus_client: it reads PROMETHEUS_MULTIPROC_DIR as
-# it is imported, which `serve` sets first (api/ops/cli.py).
-_PRELOADED = ("api.ops.cli", "sqlalchemy", "psycopg_pool", "sqlparse")
+# What every run imports, and the libraries the commands import once chosen (`policies`, the checks
+# `serve` makes before it serves, and the app it serves: a start and stop of `serve` took 1.8 CPU-s as
+# the real command, about 0.5 forked with these, by process accounting). Not prometheus_client: it reads
+# PROMETHEUS_MULTIPROC_DIR as it is imported, which `serve` sets first (api/ops/cli.py).
+_SERVED_APP_LIBRARIES = ("fastapi", "sqlmodel", "granian", "httpx", "jwt", "asgi_correlation_id")
+_PRELOADED = ("api.ops.cli", "sqlalchemy", "psycopg_pool", "sqlparse", *_SERVED_APP_LIBRARIES)
+# What stops a command, sent to the client by a test or a terminal: the run gets it, as the real
+# command would.
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def start_up_variables(env: dict[str, str]) -> dict[str, str]:
@@ -62,6 +69,9 @@ def run_client(args: list[str]) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
         connection.connect(socket_path)
         socket.send_fds(connection, [request], [0, 1, 2])
+        run = connection.recv(64)
+        if run:
+            _forward_signals_to(int(run))
         answer = connection.recv(64)
     if not answer:
         sys.exit("the CLI fork server went away")
@@ -70,6 +80,15 @@ def run_client(args: list[str]) -> None:
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     os._exit(code)
+
+
+def _forward_signals_to(run: int) -> None:
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it has just ended
+            os.kill(run, signum)
+
+    for signum in _FORWARDED:
+        signal.signal(signum, forward)
 
 
 # The server.
@@ -129,6 +148,8 @@ def _handle(connection: socket.socket) -> None:
         sys.exit(0)  # then the interpreter ends as `python -m` does: atexit handlers, streams flushed
     for fd in fds:
         os.close(fd)
+    with contextlib.suppress(OSError):  # the client is gone
+        connection.sendall(str(child).encode())  # for the client to forward signals to
     child_fd = os.pidfd_open(child)
     ended, _, _ = select.select([child_fd, connection.fileno()], [], [])
     if child_fd not in ended:  # the client is gone (killed at its timeout): so goes its run

@@ -207,6 +207,14 @@ def cli_command(env: dict[str, str]) -> list[str]:
     return [sys.executable, "-I", str(folder / CLIENT)]
 
 
+def serve_command(env: dict[str, str], *options: str) -> list[str]:
+    """`python -m api.ops.cli serve OPTIONS` (all but --port) for `serve_process`, in a test that talks
+    to the server and stops it: forked as `cli_command` forks it, which a stop reaches as it would
+    reach the real command, for a second of CPU less a start. A test that looks at the process itself
+    (its children, its process group, its pid) starts `[*CLI, "serve"]`."""
+    return [*cli_command(env), "serve", *options]
+
+
 def run_cli(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
     env = cli_env(**variables)
     return subprocess.run(

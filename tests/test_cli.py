@@ -27,6 +27,7 @@ from tests.support import (
     free_port,
     refusal,
     run_cli,
+    serve_command,
     serve_process,
     wait_until_it_waits_for,
 )
@@ -216,10 +217,10 @@ def test_serve_migrate_migrates_as_migration_database_url_and_serves_as_database
 ) -> None:
     """The deployment README's pair of URLs: the owner migrates, the login role that owns nothing
     serves. `serve --migrate` used to migrate as DATABASE_URL's role, which may not change the schema."""
-    command = [*CLI, "serve", "--migrate"]
     env = cli_env(
         MIGRATION_DATABASE_URL=empty_db_url, DATABASE_URL=as_role(empty_db_url), BETTER_AUTH_SECRET=SECRET
     )
+    command = serve_command(env, "--migrate")
     with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _):
         assert httpx.get(f"{base_url}/readyz").status_code == 200
     assert "may not change the schema" not in (tmp_path / "serve.log").read_text()
@@ -251,8 +252,8 @@ def test_serve_listens_on_a_host_name_and_announces_it(migrated_db_url: str, tmp
     """The HTTP server listens on an address, not a name: serve resolves the name the user gave, as
     its check of the port did, and says where it serves by that name."""
     log, port = tmp_path / "serve.log", free_port()
-    command = [*CLI, "serve", "--host", "localhost"]
     env = cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET)
+    command = serve_command(env, "--host", "localhost")
     with serve_process(command, cwd=tmp_path, env=env, output=log, port=port, host="localhost") as (
         base_url,
         process,
@@ -289,8 +290,8 @@ def test_serve_on_port_0_announces_the_port_it_serves_on(migrated_db_url: str, t
 
 def test_serve_announces_an_ipv6_address_as_a_url(migrated_db_url: str, tmp_path: Path) -> None:
     log, port = tmp_path / "serve.log", free_port()
-    command = [*CLI, "serve", "--host", "::1"]
     env = cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET)
+    command = serve_command(env, "--host", "::1")
     with serve_process(command, cwd=tmp_path, env=env, output=log, port=port, host="::1") as (base_url, _):
         assert httpx.get(f"{base_url}/healthz").status_code == 200
     assert f"serving on http://[::1]:{port} (docs: http://[::1]:{port}/docs)" in log.read_text()

@@ -1,13 +1,15 @@
 """The suite's forked CLI runs (tests/cli_forkserver.py) answer as the real command does: a test that
 passes on a forked run would pass on `python -m api.ops.cli`."""
 
+import json
 import re
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support import CLI, SECRET, cli_command, cli_env, free_port
+from tests.support import CLI, SECRET, cli_command, cli_env, free_port, serve_command, serve_process
 
 CASES = [
     pytest.param(["--version"], {}, id="version"),
@@ -48,3 +50,32 @@ def test_a_forked_run_answers_as_the_real_command(
 def test_a_run_whose_interpreter_would_start_differently_is_the_real_command() -> None:
     assert cli_command(cli_env(PYTHONWARNINGS="error")) == CLI
     assert cli_command(cli_env(LC_ALL="C")) == CLI
+
+
+def _records_but_requests(log: str) -> list[tuple[str, str, str]]:
+    """What a served run logged, in any order, but for its access lines and the process ids."""
+    records = [json.loads(line) for line in log.splitlines()]
+    return sorted(
+        (record["level"], record["name"], re.sub(r"PID: \d+", "PID: N", record["message"]))
+        for record in records
+        if record["name"] != "api.access"
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_forked_serve_stops_on_a_signal_to_its_command_as_the_real_one_does(
+    api_db_url: str, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """What `serve_process` sends on the way out (SIGTERM), what Ctrl-C and a closed terminal send: the
+    forked run must get it and stop as the real command does, not be killed with its client."""
+    env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET)
+    port = free_port()
+    stopped = {}
+    for kind, command in (("forked", serve_command(env)), ("real", [*CLI, "serve"])):
+        output = tmp_path / f"{kind}.log"
+        with serve_process(command, cwd=tmp_path, env=env, output=output, port=port) as (_, process):
+            process.send_signal(signum)
+            stopped[kind] = (process.wait(timeout=60), _records_but_requests(output.read_text()))
+    assert serve_command(env) != [*CLI, "serve"], "the fork server is used for this environment"
+    assert stopped["forked"] == stopped["real"]
+    assert ("INFO", "_granian", "Granian shutdown completed, see ya!") in stopped["forked"][1]

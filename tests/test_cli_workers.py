@@ -27,6 +27,7 @@ from tests.support import (
     new_user,
     run_cli,
     scrape,
+    serve_command,
     serve_process,
     sessions_waiting_on_a_lock,
     value,
@@ -146,7 +147,7 @@ def test_a_write_still_at_the_database_when_its_worker_is_killed_is_answered_and
         DB_STATEMENT_TIMEOUT_MS="120000",
     )
     with (
-        serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, server),
+        serve_process(serve_command(env), cwd=tmp_path, env=env, output=log) as (base_url, server),
         httpx.Client(base_url=base_url, timeout=60) as client,
         ThreadPoolExecutor(1) as sender,
     ):

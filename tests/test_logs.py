@@ -38,6 +38,7 @@ from tests.support import (
     cli_env,
     new_user,
     scrape,
+    serve_command,
     serve_process,
     value,
 )
@@ -86,7 +87,7 @@ def serve(migrated_db_url: str, tmp_path: Path) -> Serve:
     def start(**variables: str) -> Iterator[Served]:
         env = cli_env(DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET, **variables)
         log = tmp_path / "serve.log"
-        with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, _):
+        with serve_process(serve_command(env), cwd=tmp_path, env=env, output=log) as (base_url, _):
             yield Served(base_url, log)
 
     return start
@@ -99,7 +100,7 @@ def text_served(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     work = tmp_path_factory.mktemp("text-log")
     env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, LOG_FORMAT="text")
     log = work / "serve.log"
-    with serve_process([*CLI, "serve"], cwd=work, env=env, output=log) as (base_url, _):
+    with serve_process(serve_command(env), cwd=work, env=env, output=log) as (base_url, _):
         yield Served(base_url, log)
 
 

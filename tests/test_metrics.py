@@ -21,6 +21,7 @@ from tests.support import (
     cli_env,
     new_user,
     scrape,
+    serve_command,
     serve_process,
     serving,
     settings_for,
@@ -109,7 +110,7 @@ def test_the_last_check_timestamp_stays_put_while_checks_cannot_complete(
         DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, ISOLATION_CHECK_INTERVAL_SECONDS="0.5"
     )
     database = migrated_db_url.split("/")[3].split("?")[0]
-    command = [*CLI, "serve", "--workers", "1"]
+    command = serve_command(env, "--workers", "1")
     with (
         serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _),
         psycopg.connect(superuser_url.replace("/postgres?", f"/{database}?"), autocommit=True) as superuser,
@@ -201,7 +202,10 @@ def test_a_request_waiting_for_a_held_pool_is_counted_as_waiting(
         ISOLATION_CHECK_INTERVAL_SECONDS="3600",
     )
     with (
-        serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _),
+        serve_process(serve_command(env), cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+            base_url,
+            _,
+        ),
         httpx.Client(base_url=base_url, timeout=120) as client,
         ThreadPoolExecutor(2) as senders,
     ):

@@ -23,14 +23,26 @@ from api.ops.server import files_beside_connections
 from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor
 from api.tasks.models import TITLE_MAX_LENGTH
 from tests.api.events_client import async_client, open_once_a_place_is_free, opened
-from tests.support import CLI, SECRET, cli_env, free_port, new_user, now, scrape, serve_process, sign, value
+from tests.support import (
+    CLI,
+    SECRET,
+    cli_env,
+    free_port,
+    new_user,
+    now,
+    scrape,
+    serve_command,
+    serve_process,
+    sign,
+    value,
+)
 
 
 @pytest.fixture(scope="module")
 def served(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("limits")
     env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET)
-    with serve_process([*CLI, "serve"], cwd=folder, env=env, output=folder / "serve.log") as (base_url, _):
+    with serve_process(serve_command(env), cwd=folder, env=env, output=folder / "serve.log") as (base_url, _):
         yield base_url
 
 
@@ -360,7 +372,7 @@ def test_streams_past_max_streams_per_worker_are_503_and_everything_else_is_stil
             # Bob's stream closed: its place is free again (the server notices the client left).
             await open_once_a_place_is_free(client, carol)
 
-    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+    with serve_process(serve_command(env), cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
         base_url,
         _,
     ):

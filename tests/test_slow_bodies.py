@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.support import CLI, SECRET, ApiUser, cli_env, new_user, serve_process
+from tests.support import SECRET, ApiUser, cli_env, new_user, serve_command, serve_process
 
 IN_FLIGHT = 4
 # Half a second off the trickle's beat: a byte landing after the server closed would reset the
@@ -35,7 +35,7 @@ def served(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         MAX_REQUESTS_IN_FLIGHT_PER_USER=str(IN_FLIGHT),
         BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT_SECONDS),
     )
-    with serve_process([*CLI, "serve"], cwd=folder, env=env, output=folder / "serve.log") as (base_url, _):
+    with serve_process(serve_command(env), cwd=folder, env=env, output=folder / "serve.log") as (base_url, _):
         yield base_url
 
 

@@ -29,7 +29,6 @@ from api.app import create_app
 from api.settings import Settings
 from api.telemetry.tracing import traces_for
 from tests.support import (
-    CLI,
     PROJECT,
     SECRET,
     assert_problem,
@@ -38,6 +37,7 @@ from tests.support import (
     free_port,
     new_user,
     scrape,
+    serve_command,
     serve_process,
     serving,
     serving_client,
@@ -367,7 +367,7 @@ def _serve_traced(database_url: str, tmp_path: Path, **variables: str) -> Iterat
         **{"OTEL_BSP_SCHEDULE_DELAY": "50", **variables},
     )
     log = tmp_path / "serve.log"
-    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, _):
+    with serve_process(serve_command(env), cwd=tmp_path, env=env, output=log) as (base_url, _):
         yield base_url, log
 
 
@@ -547,7 +547,7 @@ def test_a_collector_that_does_not_answer_holds_no_stop(migrated_db_url: str, tm
         OTEL_BSP_SCHEDULE_DELAY="600000",
         OTEL_EXPORTER_OTLP_TIMEOUT="120",
     )
-    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+    with serve_process(serve_command(env), cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
         base_url,
         process,
     ):

@@ -19,13 +19,13 @@ from api.app import create_app
 from tests.api.events_client import opened
 from tests.conftest import url_for
 from tests.support import (
-    CLI,
     LOGIN_ROLE,
     SECRET,
     as_role,
     cli_env,
     new_user,
     run_cli,
+    serve_command,
     serve_process,
     serving,
     serving_client,
@@ -94,7 +94,7 @@ def test_serve_starts_whatever_the_databases_date_style(
     _alter_database(migrated_db_url, name, value)
     env = cli_env(DATABASE_URL=as_role(migrated_db_url), BETTER_AUTH_SECRET=SECRET)
     with serve_process(
-        [*CLI, "serve"],
+        serve_command(env),
         cwd=tmp_path,
         env=env,
         output=tmp_path / "serve.log",

@@ -12,13 +12,13 @@ from api.app import create_app
 from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor, SortOrder, TaskListParams
 from api.tasks.models import TITLE_MAX_LENGTH
 from tests.support import (
-    CLI,
     SECRET,
     ApiUser,
     as_role,
     cli_env,
     explain_list,
     new_user,
+    serve_command,
     serve_process,
     serving_client,
     settings_for,
@@ -153,7 +153,7 @@ def test_serve_warns_when_its_database_ignores_the_case_of_ascii_letters_only(
     url: str = request.getfixturevalue(database)
     env = cli_env(DATABASE_URL=as_role(url), BETTER_AUTH_SECRET=SECRET)
     user, log = new_user(), tmp_path / "serve.log"
-    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, _):
+    with serve_process(serve_command(env), cwd=tmp_path, env=env, output=log) as (base_url, _):
         tasks_url = base_url + user.tasks_url
         for title in ("Buy MILK", "ÉCLAIR"):
             assert httpx.post(tasks_url, json={"title": title}, headers=user.headers).status_code == 201

@@ -30,6 +30,7 @@ from tests.support import (
     cli_env,
     new_user,
     scrape,
+    serve_command,
     serve_process,
     serving,
     serving_client,
@@ -163,7 +164,7 @@ def test_an_idle_outage_shows_no_request_waiting_and_no_connection_in_use(
         DB_POOL_TIMEOUT_SECONDS="1",
         DB_CONNECT_TIMEOUT_SECONDS="2",
     )
-    command = [*CLI, "serve", "--workers", "2"]
+    command = serve_command(env, "--workers", "2")
     with (
         serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _),
         httpx.Client(base_url=base_url, timeout=30) as client,

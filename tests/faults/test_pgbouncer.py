@@ -28,7 +28,6 @@ from api.events.services import live_services
 from tests.api.events_client import async_client, opened
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
 from tests.support import (
-    CLI,
     LOGIN_ROLE,
     SECRET,
     ApiUser,
@@ -36,6 +35,7 @@ from tests.support import (
     new_user,
     refusal,
     run_cli,
+    serve_command,
     serve_process,
     serving,
     serving_client,
@@ -215,7 +215,10 @@ def test_serve_warns_once_for_every_worker_of_a_direct_url_that_reaches_a_pooler
     def about_the_direct_url() -> list[dict[str, Any]]:
         return [line for line in lines() if "DATABASE_DIRECT_URL reaches a pooler" in line["message"]]
 
-    with serve_process([*CLI, "serve", "--workers", "2"], cwd=tmp_path, env=env, output=log) as (base_url, _):
+    with serve_process(serve_command(env, "--workers", "2"), cwd=tmp_path, env=env, output=log) as (
+        base_url,
+        _,
+    ):
         deadline = time.monotonic() + 60
         # Both workers have made up their minds: each says so, at info.
         while len({line["pid"] for line in about_the_direct_url() if line["name"] == "api.db.listener"}) < 2:
@@ -379,7 +382,7 @@ def test_serve_through_the_pooler_right_after_migrate_creates_its_login_role(
     assert f"login role {fresh_role}: LOGIN NOINHERIT NOBYPASSRLS" in migrated.stdout
     env = cli_env(DATABASE_URL=fresh_role_bouncer_url, BETTER_AUTH_SECRET=SECRET, DB_POOL_SIZE="2")
     user = new_user()
-    with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+    with serve_process(serve_command(env), cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
         base_url,
         _,
     ):

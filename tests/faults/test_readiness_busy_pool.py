@@ -21,13 +21,13 @@ import pytest
 from api.app import create_app
 from tests.own_postgres import OwnPostgres
 from tests.support import (
-    CLI,
     LOGIN_ROLE,
     SECRET,
     assert_problem,
     cli_env,
     new_user,
     scrape,
+    serve_command,
     serve_process,
     serving_client,
     sessions_waiting_on_a_lock,
@@ -133,7 +133,10 @@ def test_a_pool_that_cannot_connect_is_not_ready_and_counts_no_connection(
         ISOLATION_CHECK_INTERVAL_SECONDS="3600",
     )
     with (
-        serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _),
+        serve_process(serve_command(env), cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+            base_url,
+            _,
+        ),
         httpx.Client(base_url=base_url, timeout=30) as client,
         psycopg.connect(module_postgres.superuser_url, autocommit=True) as superuser,
         contextlib.ExitStack() as lifted,
