@@ -7,7 +7,7 @@ connection, whose backend first reads the catalog into its caches; then again ev
 ISOLATION_CHECK_INTERVAL_SECONDS on a pooled one; `todo-api serve` runs it once more before it starts
 its workers. This starts an embedded Postgres (as bench.run does), migrates a database, and runs the
 check as the login role: once on each of `--rounds` new connections, then `--rounds` times on one; then
-each query of it alone, as the check sends it. The CPU is the backend's own, read from /proc (the
+each query of it alone. The CPU is the backend's own, read from /proc (the
 server runs on this machine): the database's work alone, whatever else the machine runs. To measure
 another checkout's SQL, run that checkout's interpreter from this one
 (`/path/to/other/.venv/bin/python -m bench.isolation_check`). A figure for RESULTS.md, never a test.
@@ -73,7 +73,7 @@ async def _on_one_connection(url: str, rounds: int) -> list[tuple[float, float]]
 
 
 async def _each_query(url: str, rounds: int) -> dict[str, float]:
-    """Each query's backend CPU per run, on one connection, in a read-only transaction each."""
+    """Each query's backend CPU per run, on one connection, in a transaction each (rolled back)."""
 
     async def run(connection: psycopg.AsyncConnection[Any], pid: int, setup: str, query: str) -> float:
         async with connection.transaction(force_rollback=True):

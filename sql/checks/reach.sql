@@ -93,9 +93,10 @@ functions AS NOT MATERIALIZED (
     WHERE n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast%'
 ),
 -- Grants to todo_app or PUBLIC on objects initdb made, beyond their initial ones. todo_app's oid is
--- read by a subquery rather than from a: the grantee is then tested on each entry of an ACL before
--- the costlier comparison with its initial privileges, which would otherwise run for every entry
--- (the check's cost: bench.isolation_check).
+-- read by a subquery rather than from the joined row a (which still leaves nothing when there is no
+-- such role): the grantee is then tested on each entry of an ACL before the costlier comparison with
+-- its initial privileges, which would otherwise run for every entry (the check's cost:
+-- bench.isolation_check).
 added_to_system_relations AS (
     SELECT r.name, r.relkind, acl.grantee, acl.privilege_type
     FROM relations r
