@@ -7,6 +7,7 @@ secret, password or task content, ever.
 """
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
@@ -147,12 +149,22 @@ sys.exit(served.wait())
 """
 
 
-def test_records_of_several_workers_stay_whole_lines_through_a_pipe_that_lags(
-    migrated_db_url: str, tmp_path: Path
+def _update_and_list(base_url: str, user: ApiUser) -> list[int]:
+    with httpx.Client(base_url=base_url, timeout=60, verify=TLS) as client:
+        task = client.post(user.tasks_url, json={"title": "t"}, headers=user.headers).json()
+        statuses = []
+        for turn in range(10):
+            renamed = client.put(user.task_url(task["id"]), json={"title": f"{turn}"}, headers=user.headers)
+            statuses += [renamed.status_code, client.get(user.tasks_url, headers=user.headers).status_code]
+        return statuses
+
+
+def _assert_whole_records_through_a_lagging_pipe(
+    migrated_db_url: str, tmp_path: Path, *, meanwhile: Callable[[psutil.Process], None] | None = None
 ) -> None:
-    """A write of more than PIPE_BUF bytes to a pipe is not atomic: while the collector lagged, each
-    500's record (its traceback takes it past 4 KiB) was cut by the other worker's lines, and a
-    third of the lines were not JSON."""
+    """`serve --workers 2` behind the lagging collector, while eight users' updates fail with 500s
+    (records past 4 KiB each, with their tracebacks) and their lists succeed; `meanwhile`, given the
+    serve process, runs beside the requests. Every line must be one whole record."""
     env = cli_env(
         DATABASE_URL=migrated_db_url,
         BETTER_AUTH_SECRET=SECRET,
@@ -163,33 +175,54 @@ def test_records_of_several_workers_stay_whole_lines_through_a_pipe_that_lags(
     log = tmp_path / "serve.log"
     command = [sys.executable, "-c", _LAGGING_COLLECTOR, *CLI, "serve", "--workers", "2"]
     users = [new_user() for _ in range(8)]
-
-    def update_and_list(base_url: str, user: ApiUser) -> list[int]:
-        with httpx.Client(base_url=base_url, timeout=60, verify=TLS) as client:
-            task = client.post(user.tasks_url, json={"title": "t"}, headers=user.headers).json()
-            statuses = []
-            for turn in range(10):
-                renamed = client.put(
-                    user.task_url(task["id"]), json={"title": f"{turn}"}, headers=user.headers
-                )
-                statuses += [
-                    renamed.status_code,
-                    client.get(user.tasks_url, headers=user.headers).status_code,
-                ]
-            return statuses
-
-    with serve_process(command, cwd=tmp_path, env=env, output=log) as (base_url, _):
+    with serve_process(command, cwd=tmp_path, env=env, output=log) as (base_url, collector):
         with psycopg.connect(migrated_db_url, autocommit=True) as db:
             break_task_updates(db)
-        with ThreadPoolExecutor(len(users)) as senders:
-            each = senders.map(partial(update_and_list, base_url), users)
+        with ThreadPoolExecutor(len(users) + 1) as senders:
+            (serve,) = psutil.Process(collector.pid).children()
+            disturbing = senders.submit(meanwhile, serve) if meanwhile else None
+            each = senders.map(partial(_update_and_list, base_url), users)
             answered = [status for statuses in each for status in statuses]
+            if disturbing:
+                disturbing.result()
     assert sorted(set(answered)) == [200, 500]
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert [line[:120] for line in lines if not _is_json(line)] == []
     records = [json.loads(line) for line in lines]
     assert len([r for r in records if r["level"] == "ERROR"]) == answered.count(500)
     assert len({r["pid"] for r in records if r["name"] == "api.access"}) == 2, "both workers wrote"
+
+
+def test_records_of_several_workers_stay_whole_lines_through_a_pipe_that_lags(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """A write of more than PIPE_BUF bytes to a pipe is not atomic: while the collector lagged, each
+    500's record (its traceback takes it past 4 KiB) was cut by the other worker's lines, and a
+    third of the lines were not JSON."""
+    _assert_whole_records_through_a_lagging_pipe(migrated_db_url, tmp_path)
+
+
+def test_records_stay_whole_while_a_profiler_stops_the_workers_again_and_again(
+    migrated_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sampling profiler (py-spy) stops each process many times a second, and a stop ends a write
+    blocked on a full pipe with what it wrote so far. Under PYTHONUNBUFFERED (which container images
+    set), standard error's text layer drops the rest of such a short write (CPython #85393): records
+    lost all but their first 4 KiB, and the other worker's next record went on the same line."""
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+
+    def stop_and_continue_the_workers(serve: psutil.Process) -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for worker in serve.children():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    worker.suspend()
+                    worker.resume()
+            time.sleep(0.002)
+
+    _assert_whole_records_through_a_lagging_pipe(
+        migrated_db_url, tmp_path, meanwhile=stop_and_continue_the_workers
+    )
 
 
 def _is_json(line: str) -> bool:

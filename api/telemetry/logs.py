@@ -11,16 +11,18 @@ Under `todo-api serve` the workers write one standard error, a pipe to a log col
 and a write to a pipe of more than PIPE_BUF bytes (4096 on Linux) is not atomic: while the collector
 lags, a record that long (a 500's, with its traceback) was cut by the other workers' lines, and
 neither piece was JSON. So each record is written whole under a lock the workers share, a file
-`serve` names in LOG_LOCK_VARIABLE (`_WholeRecords`).
+`serve` names in LOG_LOCK_VARIABLE (`_WholeRecords`), and through a buffered writer, which writes
+the rest of a write a signal or a stop cut short (`_written_whole`).
 """
 
 import fcntl
+import io
 import logging
 import os
 import re
 import sys
 import time
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TextIO
 from uuid import uuid4
 
 from asgi_correlation_id import CorrelationIdFilter
@@ -106,8 +108,8 @@ class _WholeRecords(logging.StreamHandler[IO[str]]):
     another. Each process opens the file itself, since a lock taken through a descriptor inherited
     across fork is the parent's lock too."""
 
-    def __init__(self, stream: IO[str]) -> None:
-        super().__init__(stream)
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(_written_whole(stream))
         self._lock_file: IO[bytes] | None = None
         self._locked_for = 0  # the pid that opened `_lock_file`
 
@@ -136,6 +138,19 @@ class _WholeRecords(logging.StreamHandler[IO[str]]):
             return None  # the serving folder is gone: serve is ending
         self._locked_for = os.getpid()
         return self._lock_file
+
+
+def _written_whole(stream: TextIO) -> TextIO:
+    """`stream`, or, when its text layer writes straight to the descriptor (PYTHONUNBUFFERED or `python
+    -u`, which container images set), the same descriptor through a buffered writer. A write blocked
+    on a full pipe ends short when a signal or a stop (a sampling profiler's, many a second) comes, and
+    an unbuffered text layer drops what is left (CPython issue 85393): a record lost all but its first
+    4 KiB, and the next record went on its line. A buffered writer writes the rest."""
+    if not isinstance(getattr(stream, "buffer", None), io.RawIOBase):
+        return stream  # buffered already, or no descriptor of its own (a test's capture)
+    return open(  # kept open for the life of the process, as standard error is
+        stream.fileno(), "w", buffering=1, encoding=stream.encoding, errors=stream.errors, closefd=False
+    )
 
 
 def _formatter(log_format: LogFormat) -> logging.Formatter:
