@@ -44,6 +44,13 @@ def postgres_seconds(pgdata: Path) -> float:
     )
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """A process's CPU time to the nanosecond (/proc/<pid>/schedstat), where psutil's counts ticks
+    of 10 ms: a batch of fast requests, or one backend's query, is only a few ticks long."""
+    with open(f"/proc/{pid}/schedstat") as schedstat:
+        return int(schedstat.read().split()[0]) / 1e9
+
+
 def reaped_children_seconds() -> float:
     """CPU of this harness's finished child processes (wrk, pgbench), counted once they are reaped."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -15,7 +15,6 @@ another checkout's SQL, run that checkout's interpreter from this one
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 from typing import Any
@@ -25,6 +24,7 @@ import psycopg
 from api.db.isolation import isolation_findings
 from api.db.sql_files import ISOLATION_CHECK, REACH_CHECK, SESSION_SETTINGS_CHECK, read_sql
 from api.ops.migrations import apply_migrations
+from bench.cpu import process_cpu_seconds
 from bench.postgres import embedded_postgres_server
 
 _DBNAME = "isolation_check"
@@ -36,12 +36,6 @@ _QUERIES = {
 }
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process so far (fields 14 and 15 of /proc/PID/stat, in clock ticks)."""
-    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()  # noqa: SIM115 (one read)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _backend_pid(connection: psycopg.AsyncConnection[Any]) -> int:
     cursor = await connection.execute("select pg_backend_pid()")
     row = await cursor.fetchone()
@@ -51,10 +45,10 @@ async def _backend_pid(connection: psycopg.AsyncConnection[Any]) -> int:
 
 async def _check(connection: psycopg.AsyncConnection[Any], pid: int) -> tuple[float, float]:
     """One check: the backend's CPU and the wall time it took, in seconds."""
-    cpu, wall = _cpu_seconds(pid), time.perf_counter()
+    cpu, wall = process_cpu_seconds(pid), time.perf_counter()
     findings = await isolation_findings(connection)
     assert not findings, findings  # a check that finds something stops early: not what is timed
-    return _cpu_seconds(pid) - cpu, time.perf_counter() - wall
+    return process_cpu_seconds(pid) - cpu, time.perf_counter() - wall
 
 
 async def _on_new_connections(url: str, rounds: int) -> list[tuple[float, float]]:
@@ -79,9 +73,9 @@ async def _each_query(url: str, rounds: int) -> dict[str, float]:
         async with connection.transaction(force_rollback=True):
             if setup:
                 await connection.execute(setup)
-            before = _cpu_seconds(pid)
+            before = process_cpu_seconds(pid)
             await (await connection.execute(query)).fetchall()
-            return _cpu_seconds(pid) - before
+            return process_cpu_seconds(pid) - before
 
     cpu = {}
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
@@ -115,9 +109,7 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--rounds", type=int, default=50, help="checks of each kind (CPU is counted in 10 ms ticks)"
-    )
+    parser.add_argument("--rounds", type=int, default=50, help="checks of each kind")
     args = parser.parse_args()
     with embedded_postgres_server() as postgres:
         url = postgres.create_database(_DBNAME)

@@ -35,6 +35,7 @@ from api.db.statements import as_user_values, compiled, one_message
 from api.settings import Settings
 from api.tasks import queries
 from api.tasks.listing import TaskListParams
+from bench.cpu import process_cpu_seconds
 from bench.postgres import embedded_postgres_server
 
 # Each way runs _BATCH requests in turn with the others, _ROUNDS times; the figure is its quietest
@@ -50,13 +51,6 @@ _WAYS: dict[str, dict[str, object]] = {
     "pipelined and prepared": {"db_prepare_threshold": 0},
 }
 _NEVER_PREPARED = {"pipelined"}
-
-
-def _cpu_seconds(pid: int) -> float:
-    """A process's CPU time to the nanosecond (/proc/<pid>/schedstat), where psutil's counts ticks
-    of 10 ms: a batch of fast requests is only a few ticks long."""
-    with open(f"/proc/{pid}/schedstat") as schedstat:
-        return int(schedstat.read().split()[0]) / 1e9
 
 
 class _Way(ABC):
@@ -77,10 +71,10 @@ class _Way(ABC):
     async def close(self) -> None: ...
 
     async def batch(self, query: Query, *, read_only: bool, requests: int) -> None:
-        started, backend_started = time.process_time(), _cpu_seconds(self.backend)
+        started, backend_started = time.process_time(), process_cpu_seconds(self.backend)
         for _ in range(requests):
             await self.send(query, read_only=read_only)
-        python, backend = time.process_time() - started, _cpu_seconds(self.backend) - backend_started
+        python, backend = time.process_time() - started, process_cpu_seconds(self.backend) - backend_started
         self.batches.append((python / requests * 1e6, backend / requests * 1e6))
 
     def quietest(self) -> tuple[float, float]:
