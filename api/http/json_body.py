@@ -26,8 +26,14 @@ class UnreadJson(Exception):  # noqa: N818 (named for what the caller sent)
     (`api.http.problems.http_problem`)."""
 
 
-# Shown in the 422 at most this long: the name is the caller's, and may be as long as the body.
+# Shown in a 422 at most this long: a member's name is the caller's, and may be as long as the body.
 _NAME_SHOWN = 64
+
+
+def shown_name(name: str, quote: Callable[[str], str] = str) -> str:
+    """A member's name as a 422 shows it (an unknown one, or one named twice): cut, "..." after it
+    (after the quotes, when quoted) saying so."""
+    return quote(name[:_NAME_SHOWN]) + ("..." if len(name) > _NAME_SHOWN else "")
 
 
 def _members_named_once(members: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -38,8 +44,7 @@ def _members_named_once(members: list[tuple[str, Any]]) -> dict[str, Any]:
     read = dict(members)
     if len(read) < len(members):
         twice = next(name for name, count in Counter(name for name, _ in members).items() if count > 1)
-        shown = json.dumps(twice[:_NAME_SHOWN]) + ("..." if len(twice) > _NAME_SHOWN else "")
-        raise UnreadJson(f"The body names the member {shown} more than once.")
+        raise UnreadJson(f"The body names the member {shown_name(twice, json.dumps)} more than once.")
     return read
 
 

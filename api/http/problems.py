@@ -38,7 +38,7 @@ from api.db.errors import (
     in_one_line,
 )
 from api.db.isolation import IsolationUnverified, IsolationWatch
-from api.http.json_body import UnreadJson
+from api.http.json_body import UnreadJson, shown_name
 from api.http.openapi import OpenApiDocument, amend_openapi, response_header
 from api.telemetry import metrics
 
@@ -517,7 +517,8 @@ def outcome_unknown() -> ProblemError:
 
 
 def _field_name(location: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in location)
+    # A body's unknown member is named by the caller, at any length: shown cut, as one named twice is.
+    return ".".join(shown_name(str(part)) for part in location)
 
 
 def _field_error(error: dict[str, Any]) -> FieldError:

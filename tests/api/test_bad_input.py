@@ -306,6 +306,27 @@ def test_json_the_parser_will_not_read_is_refused_saying_why(
     assert api.stored() == before
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+def test_an_unknown_members_long_name_is_shown_cut_as_one_named_twice_is(
+    api: Api, task_url: str, method: str
+) -> None:
+    """A 30,000-character unknown name stood whole in both `detail` and `errors`: a 60 KB answer to a
+    30 KB body, where the same name given twice was shown cut to its first 64 characters."""
+    url = {"POST": api.user.tasks_url, "PUT": task_url, "PATCH": f"{task_url}/complete"}[method]
+    valid = {"title": "x"} if method != "PATCH" else {"completed": True}
+    body = json.dumps({**valid, "k" * 30_000: 1}).encode()
+    before = api.stored()
+
+    refused = api.send(method, url, body)
+
+    shown = "body." + "k" * 64 + "..."
+    problem = assert_problem(refused, 422, "validation-error")
+    assert [error["field"] for error in problem["errors"]] == [shown]
+    assert problem["detail"] == f"Invalid input in: {shown}."
+    assert len(refused.content) < 1_000
+    assert api.stored() == before
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT"])
 @pytest.mark.parametrize("body", [b"", b"null"], ids=["empty", "json-null"])
 def test_post_and_put_need_a_body(api: Api, task_url: str, method: str, body: bytes) -> None:
