@@ -21,6 +21,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # The exit status of the stop a signal asked for, kept in case Python swallowed its SystemExit;
 # None while none was.
 _stop_asked: int | None = None
+# How many `StopsDeferred` blocks the program is inside: a stop that comes then is raised as the
+# outermost one ends.
+_deferring = 0
+# Whether the stop was raised: its SystemExit is on its way out, through cleanup that may defer too.
+_stopping = False
 
 # Whether the command is `serve`, for which SIGTERM is the way it is asked to stop, and a stop so asked
 # is its job done: exit 0, as granian's own stop once it serves. Any other command is one-shot, and
@@ -66,13 +71,42 @@ def stop_quietly(signum: int, frame: "FrameType | None") -> None:
     global _stop_asked
     if _stop_asked is None:
         _stop_asked = _stop_status(signum)
+    if _deferring:
+        return
     if _inside_a_query(frame):
         _ask_again_shortly(signum)
         return
+    _stop(_stop_asked)
+
+
+def _stop(status: int) -> None:
+    global _stopping
+    _stopping = True
     for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
     sys.unraisablehook = _quiet_about_a_swallowed_stop
-    raise SystemExit(_stop_asked)
+    raise SystemExit(status)
+
+
+class StopsDeferred:
+    """A block a stop must not cut in two: one that arrives inside it ends the command as the block
+    ends (see `stop_quietly`), not where it lands. For a few statements' bookkeeping only, never a
+    wait: the stop waits for it."""
+
+    def __enter__(self) -> None:
+        global _deferring
+        _deferring += 1
+
+    def __exit__(self, *_: object) -> None:
+        global _deferring
+        _deferring -= 1
+        if not _deferring and _stop_asked is not None and not _stopping:
+            _stop(_stop_asked)
+
+
+def stop_asked() -> int | None:
+    """The exit status of the stop a signal asked for, if one did."""
+    return _stop_asked
 
 
 def _inside_a_query(frame: "FrameType | None") -> bool:

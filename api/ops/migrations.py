@@ -14,14 +14,17 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from yoyo import get_backend, read_migrations
+from yoyo import read_migrations
 from yoyo.backends import DatabaseBackend
+from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
+from yoyo.connections import default_migration_table, parse_uri
 from yoyo.exceptions import LockTimeout
-from yoyo.migrations import MigrationList
+from yoyo.migrations import Migration, MigrationList
 
 from api.db.host_lookup import LookupBoundedConnection
 from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, SESSION_SETTINGS_CHECK, missing, read_sql
 from api.db.urls import libpq_url, yoyo_url
+from api.ops.entry import StopsDeferred, stop_asked
 from api.ops.startup_checks import (
     ENCODING_STATE,
     READ_ONLY_STATE,
@@ -303,13 +306,64 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         raise _not_the_owner(role, owners)
 
 
+class _StopSafeBackend(PostgresqlPsycopgBackend):  # type: ignore[misc]  # yoyo ships no types
+    """yoyo's backend for psycopg, whose BEGIN, COMMIT and ROLLBACK a stop (Ctrl-C, SIGTERM, SIGHUP)
+    cannot part from yoyo's note of them: one that landed between a COMMIT and the note left yoyo
+    sure a transaction was open, so its release of the migration lock failed on a SAVEPOINT outside
+    any ("NoActiveSqlTransaction"), the lock stayed until someone broke it, and migrate said a
+    migration had failed (exit 1) where it had been stopped (143)."""
+
+    def begin(self) -> None:
+        with StopsDeferred():
+            super().begin()
+
+    def commit(self) -> None:
+        with StopsDeferred():
+            super().commit()
+
+    def rollback(self) -> None:
+        with StopsDeferred():
+            super().rollback()
+
+    @contextlib.contextmanager
+    def lock(self, timeout: int = 10) -> Iterator[None]:
+        """yoyo's lock, taken with stops deferred: yoyo commits its row before it notes that it holds
+        it (what its release runs on), and a stop between the two left the row for good. A stop that
+        comes while the lock is taken, or while migrate waits for another's (at most
+        MIGRATION_LOCK_WAIT_SECONDS), ends migrate as soon as that is over, releasing what it took."""
+        with contextlib.ExitStack() as held:
+            with StopsDeferred():
+                held.enter_context(super().lock(timeout))
+            yield
+
+
+def _apply_and_record(backend: DatabaseBackend, migration: Migration) -> None:
+    """Apply `migration` and record it as applied in one transaction. yoyo's own `apply_one` commits
+    a migration over a connection of its own, then records it in another transaction: a stop, a crash
+    or a lost connection between the two left the migration made but unrecorded, and every later
+    migrate (and every serve of the embedded database) failed making it again ("relation ... already
+    exists") for good. A migration yoyo must run outside a transaction (`-- transactional: false`)
+    cannot share one, and is applied yoyo's way."""
+    migration.load()
+    if not migration.use_transactions:
+        backend.apply_one(migration)
+        return
+    backend.ensure_internal_schema_updated()
+    with backend.transaction():
+        migration.process_steps(backend, "apply")
+        backend.mark_one(migration, log=False)
+    backend.log_migration(migration, "apply")  # yoyo's history of who did what, as apply_one writes it
+
+
 @contextlib.contextmanager
 def _yoyo_backend(url: str) -> Iterator[DatabaseBackend]:
-    """yoyo's backend for `url`, its connection closed on the way out. yoyo leaves it open until the
-    garbage collector ends the backend: a `serve --migrate` kept an idle session it no longer used,
-    and a database just migrated could not be copied (CREATE DATABASE ... TEMPLATE refuses one with
-    sessions; tests/db/test_migrations.py)."""
-    backend = get_backend(url)
+    """yoyo's backend for `url` (`yoyo.get_backend`'s, made stop-safe: `_StopSafeBackend`), its
+    connection closed on the way out. yoyo leaves it open until the garbage collector ends the
+    backend: a `serve --migrate` kept an idle session it no longer used, and a database just migrated
+    could not be copied (CREATE DATABASE ... TEMPLATE refuses one with sessions;
+    tests/db/test_migrations.py)."""
+    backend = _StopSafeBackend(parse_uri(url), default_migration_table)
+    backend.init_database()
     try:
         yield backend
     finally:
@@ -336,11 +390,16 @@ def apply_migrations(
             backend.lock(MIGRATION_LOCK_WAIT_SECONDS),
         ):
             pending = backend.to_apply(migrations)
-            backend.apply_migrations_only(pending)
+            for migration in pending:
+                _apply_and_record(backend, migration)
             backend.run_post_apply(migrations)
     except LockTimeout as error:
         raise migration_failure(error, database_url, setting=setting) from None
     except psycopg.Error as error:
+        if (stopped := stop_asked()) is not None:
+            # What a stop cut short failing after it (a rollback on a connection it interrupted): the
+            # command was stopped, not failed.
+            raise SystemExit(stopped) from None
         if type(error) is psycopg.OperationalError:  # the connection, not a statement
             raise
         raise migration_failure(error, database_url) from None
