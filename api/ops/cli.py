@@ -625,6 +625,12 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except KeyboardInterrupt:  # a Ctrl-C that arrived before the handler was set, or in a library's own
         sys.exit(130)
+    except RuntimeError as error:
+        if isinstance(error.__cause__, SystemExit):
+            # Python 3.11 wraps what `__set_name__` raises while a class is made: a stop that landed
+            # as an import made one (psycopg_pool's dataclasses, which serve imports late) is the stop.
+            raise error.__cause__ from None
+        raise
     except BrokenPipeError:
         # The reader went away (`todo-api openapi | head -c1`): nothing to say, as for any Unix tool.
         # Python's own flush of stdout at exit would fail again and print an error; point stdout at
