@@ -544,6 +544,81 @@ def test_a_damaged_development_secret_is_one_line_naming_the_file(
     assert not (data_dir / "pgdata").exists(), "no Postgres was started"
 
 
+# What else than a file an operator's mistake may leave where the development secret is kept. Not a link
+# to /dev/zero here: the code before the fix read that until the kernel killed it (a test of `token`,
+# which never read it, has it).
+NOT_A_FILE = ["folder", "named pipe", "link to a folder"]
+
+
+def _put_in_place_of(secret: Path, kind: str) -> os.stat_result:
+    """`kind` (of NOT_A_FILE) where the development secret `secret` is kept; what it is, to compare."""
+    if kind == "folder":
+        secret.mkdir()
+    elif kind == "named pipe":
+        os.mkfifo(secret)
+    else:
+        elsewhere = secret.parent.parent / "elsewhere"
+        elsewhere.mkdir()
+        secret.symlink_to(elsewhere)
+    return os.lstat(secret)
+
+
+@pytest.mark.parametrize("kind", NOT_A_FILE)
+@pytest.mark.parametrize("command", ["token", "serve", "migrate"])
+def test_a_development_secret_that_is_not_a_file_is_one_line_naming_the_file(
+    tmp_path: Path, kind: str, command: str
+) -> None:
+    """A folder or a named pipe where the dev-secret should be: `serve` and `migrate` printed a
+    traceback (IsADirectoryError) or waited for a writer to the pipe forever, and `token` said there
+    was no secret in that folder at all."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    secret = data_dir / "dev-secret"
+    before = _put_in_place_of(secret, kind)
+    arguments = {"token": ["alice"], "serve": ["--port", str(free_port())], "migrate": []}[command]
+    result = run_cli(command, *arguments, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(result, str(secret), "not a file", "delete it")
+    assert result.stdout == ""
+    after = os.lstat(secret)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), "left as it was"
+    assert not (data_dir / "pgdata").exists(), "no Postgres was started"
+
+
+@pytest.mark.parametrize("kind", NOT_A_FILE)
+def test_policies_says_a_development_secret_that_is_not_a_file_is_no_audit(
+    tmp_path: Path, made_data_dir: Path, kind: str
+) -> None:
+    """Exit status 2, an audit that did not run, and not 1, which says the audit found something."""
+    secret = made_data_dir / "dev-secret"
+    secret.unlink(missing_ok=True)
+    before = _put_in_place_of(secret, kind)
+    result = run_cli("policies", "--data-dir", str(made_data_dir), cwd=tmp_path)
+    assert_one_line(result, str(secret), "not a file", "delete it")  # and exit status 2
+    assert result.stdout == ""
+    after = os.lstat(secret)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), "left as it was"
+    assert _postgres_on(made_data_dir / "pgdata") == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [("link to /dev/zero", "a device, not a file"), ("too long", "longer than the 4096 bytes")],
+)
+def test_token_refuses_a_development_secret_no_secret_could_be(tmp_path: Path, kind: str, says: str) -> None:
+    """A device never ends (a link to /dev/zero was read until the kernel killed `serve`), and no
+    secret is kilobytes long: refused before a byte is read, or after the first 4 KiB."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    secret = data_dir / "dev-secret"
+    if kind == "too long":
+        secret.write_text("x" * 4097)
+    else:
+        secret.symlink_to("/dev/zero")
+    result = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(result, str(secret), says, "delete it")
+    assert result.stdout == ""
+
+
 def _postgres_on(pgdata: Path) -> list[psutil.Process]:
     return [
         proc

@@ -237,7 +237,8 @@ def development_secret(data_dir: Path) -> str:
     Written whole or not at all (a temporary file renamed into place): a first start interrupted
     while writing it must not leave an empty secret behind."""
     path = data_dir / _SECRET_FILE
-    if not path.exists():
+    # lexists: a link to a secret that is not there (a disk not mounted) is refused, not replaced.
+    if not os.path.lexists(path):
         data_dir.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=data_dir, prefix=f".{_SECRET_FILE}-")  # mode 0600
         try:
@@ -259,24 +260,66 @@ def made(data_dir: Path) -> bool:
 def existing_development_secret(data_dir: Path) -> str | None:
     """The secret the embedded database in `data_dir` serves with, if one was ever started there."""
     path = data_dir / _SECRET_FILE
-    return _usable_secret(path) if path.is_file() else None
+    # Anything there but a usable secret is said as `serve` says it, not as "no secret": a folder or
+    # a pipe in its place is the operator's to remove.
+    return _usable_secret(path) if os.path.lexists(path) else None
+
+
+# Far more than any secret (token_urlsafe(48) is 64 characters), and little enough to read whole.
+_MOST_SECRET_BYTES = 4096
 
 
 def _usable_secret(path: Path) -> str:
     """The secret in `path`; one line when it cannot sign a token (emptied by an older version's
-    interrupted first start, or edited by hand). Never replaced here: every token signed with it
-    would stop working without a word."""
+    interrupted first start, edited by hand, or something other than a file put in its place).
+    Never replaced here: every token signed with it would stop working without a word."""
     try:
-        secret = path.read_text().strip()
+        # Looked at before it is opened: opening a named pipe waits for a writer forever, and a
+        # device (a link to /dev/zero) never stops giving bytes.
+        other = _not_a_file(path.stat().st_mode)
+        if other is not None:
+            raise _unusable_secret(path, f"is {other}, not a file")
+        # O_NONBLOCK: should a pipe take the file's place meanwhile, its read ends at once, empty.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            content = file.read(_MOST_SECRET_BYTES + 1)
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) and path.is_symlink():  # the callers saw `path` there
+            raise _unusable_secret(path, f"is a link to {os.readlink(path)}, which is not there") from None
+        raise CommandFailed(
+            f"cannot read the development secret {path} ({error.strerror}): make it readable to this "
+            "user, or delete it, and the next `todo-api serve` makes a new one (tokens signed with "
+            "the old one stop working)"
+        ) from None
+    if len(content) > _MOST_SECRET_BYTES:
+        raise _unusable_secret(path, f"is damaged (longer than the {_MOST_SECRET_BYTES} bytes of any secret)")
+    try:
+        secret = content.decode().strip()
     except UnicodeDecodeError:
         secret = None
     if secret is None or len(secret) < MIN_SECRET_LENGTH:
         reason = "empty" if secret == "" else f"not text of {MIN_SECRET_LENGTH} or more characters"
-        raise CommandFailed(
-            f"the development secret in {path} is damaged ({reason}): delete it, and the next "
-            "`todo-api serve` makes a new one (tokens signed with the old one stop working)"
-        )
+        raise _unusable_secret(path, f"is damaged ({reason})")
     return secret
+
+
+def _not_a_file(mode: int) -> str | None:
+    """What a development secret's path holds when it is not a regular file (its link followed)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"  # a character or block device: Linux has no other kind of file
+
+
+def _unusable_secret(path: Path, what: str) -> CommandFailed:
+    return CommandFailed(
+        f"the development secret {path} {what}: delete it, and the next `todo-api serve` makes a new "
+        "one (tokens signed with the old one stop working)"
+    )
 
 
 # A line of Postgres's (in its log, or initdb's stderr) that says why it stopped, with the DETAIL
