@@ -234,6 +234,28 @@ def test_a_missing_database(tmp_path: Path, command: tuple[str, ...], migrated_d
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+def test_a_missing_database_the_url_does_not_name(
+    tmp_path: Path, command: tuple[str, ...], migrated_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL with no database in its path leaves the name to libpq, which asks for the user's: the
+    line said "database the database does not exist", naming neither that name nor the cause."""
+    monkeypatch.delenv("PGDATABASE", raising=False)  # libpq's choice before the user's name
+    name = migrated_db_url.split("/")[3].split("?")[0]
+    user = migrated_db_url.removeprefix("postgresql://").split("@")[0]
+    url = migrated_db_url.replace(f"/{name}?", "/?")
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"database {user} does not exist",
+        "DATABASE_URL names no database",
+        f"create {user}",
+        status=failure_status(command),
+    )
+    assert "the database does not exist" not in result.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_a_url_of_another_kind(tmp_path: Path, command: tuple[str, ...]) -> None:
     result = run_cli(*command, cwd=tmp_path, DATABASE_URL="mysql://x@y/z", BETTER_AUTH_SECRET=SECRET)
     assert_one_clear_failure(

@@ -6,6 +6,8 @@ or short secret) becomes a CommandFailed, which the CLI prints without a traceba
 (`policies` 2, its 1 being findings: AUDIT_NOT_RUN in api/ops/cli.py).
 """
 
+import os
+import re
 from fractions import Fraction
 
 import psycopg
@@ -22,8 +24,9 @@ class CommandFailed(Exception):  # noqa: N818 (what the user sees, not a bug)
     """A failure the user can fix; `str()` is the whole message."""
 
 
-def _where(database_url: str, setting: str) -> tuple[str, str]:
-    """(host:port or the socket folder, database name); never the user or password."""
+def _where(database_url: str, setting: str) -> tuple[str, str | None]:
+    """(host:port or the socket folder, database name, None when the URL names none); never the user
+    or password."""
     try:
         parameters = conninfo_to_dict(libpq_url(database_url, setting))
     except (DatabaseUrlError, ValueError):
@@ -36,7 +39,7 @@ def _where(database_url: str, setting: str) -> tuple[str, str]:
         f"the socket in {host}" if host.startswith("/") else f"{host or 'localhost'}:{port or '5432'}"
         for host, port in zip(hosts, ports, strict=True)
     )
-    return where, str(parameters.get("dbname") or "the database")
+    return where, str(parameters.get("dbname") or "") or None
 
 
 def _acts_as_a_role(database_url: str, setting: str) -> bool:
@@ -55,6 +58,22 @@ def _said_by_postgres(text: str) -> str | None:
         if fatal:
             return reason.strip()
     return None
+
+
+def _missing_database(said: str, name: str | None, where: str, setting: str) -> CommandFailed:
+    """The missing database by the name Postgres was asked for: a URL that names none leaves it to
+    libpq (PGDATABASE, or else the user's name), and "database the database" helped nobody."""
+    asked = re.fullmatch(r'database "(.*)" does not exist', said)
+    missing = asked.group(1) if asked else name or "the database"
+    if name is not None:
+        return CommandFailed(
+            f"database {missing} does not exist at {where}: create it, or fix the name in {setting}"
+        )
+    default = "PGDATABASE" if os.environ.get("PGDATABASE") else "the user's name"
+    return CommandFailed(
+        f"database {missing} does not exist at {where} ({setting} names no database, so libpq asked for "
+        f"{default}): name one at the end of its path (postgresql://user@host/NAME), or create {missing}"
+    )
 
 
 def database_failure(error: Exception, database_url: str, setting: str = "DATABASE_URL") -> CommandFailed:
@@ -93,9 +112,7 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
             f"check {setting}, or ask its administrator"
         )
     if "database" in reason and "does not exist" in reason:
-        return CommandFailed(
-            f"database {name} does not exist at {where}: create it, or fix the name in {setting}"
-        )
+        return _missing_database(said, name, where, setting)
     if "connection refused" in lowered or "no such file or directory" in lowered:
         return CommandFailed(
             f"cannot reach the database at {where} (connection refused): is Postgres running, "
