@@ -365,7 +365,10 @@ class Settings(LogSettings):
             if sent == origin:
                 continue
             form = f"write {sent}" if sent else "an origin is scheme://host[:port], with no path"
-            raise ValueError(f"CORS_ORIGINS: {origin} is not an origin as browsers send it: {form}")
+            # Escaped when it holds a line break (a list one origin a line) or another control
+            # character: the one line said would otherwise be cut in two.
+            shown = origin if origin.isprintable() else repr(origin)
+            raise ValueError(f"CORS_ORIGINS: {shown} is not an origin as browsers send it: {form}")
         return origins
 
     @field_validator("data_dir")

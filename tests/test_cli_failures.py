@@ -680,6 +680,21 @@ def test_serve_refuses_a_cors_origin_no_browser_sends_naming_it(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_cors_origins_one_a_line_is_refused_in_one_line_showing_the_break(tmp_path: Path) -> None:
+    """A list written one origin a line (a YAML block, say) was shown as it came: the one-line
+    failure came out as two."""
+    result = run_cli(
+        "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,
+        CORS_ORIGINS="https://a.example.com\nhttps://b.example.com",
+    )  # fmt: skip
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "CORS_ORIGINS: 'https://a.example.com\\nhttps://b.example.com' is not an origin as browsers send it",
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_a_cors_origin_with_a_password_is_refused_without_repeating_it(tmp_path: Path) -> None:
     result = run_cli(
         "serve", "--port", "0", cwd=tmp_path, DATABASE_URL="postgresql://nobody@/nowhere",
