@@ -166,5 +166,11 @@ class Listener:
                 async for notify in connection.notifies(timeout=_IDLE_CHECK_SECONDS):
                     self._on_wake(notify.payload)
                 # Silent for a while: a connection the network dropped without a word fails here.
-                async with asyncio.timeout(_IDLE_CHECK_SECONDS):
-                    await connection.execute("SELECT 1")
+                try:
+                    async with asyncio.timeout(_IDLE_CHECK_SECONDS):
+                        await connection.execute("SELECT 1")
+                except TimeoutError:
+                    # asyncio's says nothing: the warning read "lost its connection ()".
+                    raise TimeoutError(
+                        f"the database did not answer a check within {_IDLE_CHECK_SECONDS:g} s"
+                    ) from None

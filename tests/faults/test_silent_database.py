@@ -7,6 +7,7 @@ connection is not reused afterwards. At the bound the connection is shut without
 server to cancel the query (which costs psycopg up to 10 s more), so the bound is kept.
 """
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -22,7 +23,7 @@ import pytest
 from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
-from api.db import isolation
+from api.db import isolation, listener
 from tests.support import assert_problem, new_user, serving_client, settings_for
 
 
@@ -271,3 +272,36 @@ def test_a_write_on_a_connection_dropped_while_idle_runs_again_once(
     assert sorted(task["title"] for task in listed.json()) == ["after the drop", "before", "before again"]
     stored = migrated_db.execute("select count(*) from tasks where title = 'after the drop'").fetchone()
     assert stored == (1,)
+
+
+def test_the_events_listener_says_why_it_lost_a_database_that_went_silent(
+    proxy: SilenceableProxy,
+    migrated_db: psycopg.Connection[Any],
+    migrated_template: NoopExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its check of a silent connection ends in asyncio's TimeoutError, which says nothing: the warning
+    read "the events listener lost its connection ()"."""
+    monkeypatch.setattr(listener, "_IDLE_CHECK_SECONDS", 0.5)
+    url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
+
+    async def silenced() -> None:
+        events = listener.Listener(url, on_wake=lambda _: None, on_lost=lambda: None)
+        running = asyncio.create_task(events.run())
+        await asyncio.wait_for(events.listening.wait(), 30)
+        proxy.silent.set()
+        deadline = time.monotonic() + 30
+        while events.listening.is_set():
+            assert time.monotonic() < deadline, "the listener notices the silence"
+            await asyncio.sleep(0.05)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+    with caplog.at_level(logging.WARNING, logger="api.db.listener"):
+        asyncio.run(silenced())
+    assert [record.getMessage() for record in caplog.records if record.name == "api.db.listener"] == [
+        "the events listener lost its connection (the database did not answer a check within 0.5 s);"
+        " reconnecting, and streams poll meanwhile"
+    ]
