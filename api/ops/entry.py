@@ -65,6 +65,8 @@ def stop_quietly(signum: int, frame: "FrameType | None") -> None:
     delivered again a moment later instead (`_ask_again_shortly`), by when the generator has handed
     back to its wait loop, whose interruption psycopg handles.
 
+    Inside a `StopsDeferred` block, the stop is raised as the block ends.
+
     A signal that lands while Python runs a weakref callback or a finalizer (importlib drops a
     module's lock in one, so any import can) has its SystemExit swallowed and reported as "Exception
     ignored": the stop is kept, quietly, and honoured at the next `stop_quietly_on_signals()`."""
@@ -90,8 +92,8 @@ def _stop(status: int) -> None:
 
 class StopsDeferred:
     """A block a stop must not cut in two: one that arrives inside it ends the command as the block
-    ends (see `stop_quietly`), not where it lands. For a few statements' bookkeeping only, never a
-    wait: the stop waits for it."""
+    ends (see `stop_quietly`), not where it lands. The stop waits for the block: keep it to
+    bookkeeping and waits with a bound (yoyo's, api/ops/migrations.py)."""
 
     def __enter__(self) -> None:
         global _deferring
