@@ -206,6 +206,8 @@ class LoginRole:
     superuser: bool
     bypassrls: bool
     owns: list[str]  # the schemas and relations of the API it owns
+    # The roles it may SET ROLE to whose rights reach past row-level security, each with why.
+    may_become: list[str]
 
     @property
     def kind(self) -> str:
@@ -217,23 +219,26 @@ class LoginRole:
             return "the schema's owner"
         if self.bypassrls:
             return "a role with BYPASSRLS that owns nothing"
+        if self.may_become:
+            return f"a role that owns nothing but may become {', '.join(self.may_become)}"
         return "a role that owns nothing and cannot bypass row-level security"
 
     @property
     def warning(self) -> str | None:
         """Why serving as this role is riskier than it needs to be, or None."""
-        if not (self.superuser or self.bypassrls or self.owns):
+        if not (self.superuser or self.bypassrls or self.owns or self.may_become):
             return None
         return (
             f"the API logs in as {self.name}, {self.kind}: a statement sent outside the role switch "
-            "would not be bound by row-level security. Serve as a login role that owns nothing "
-            f"(todo-api migrate --login-role NAME) and migrate through MIGRATION_DATABASE_URL"
+            "would not be bound by row-level security. Serve as a login role that owns nothing and is "
+            "a member of todo_app alone (todo-api migrate --login-role NAME), and migrate through "
+            "MIGRATION_DATABASE_URL"
         )
 
 
 async def login_role(connection: psycopg.AsyncConnection[Any]) -> LoginRole:
-    name, superuser, bypassrls, owns = (await _rows(connection, read_sql(LOGIN_ROLE_CHECK)))[0]
-    return LoginRole(str(name), bool(superuser), bool(bypassrls), list(owns))
+    name, superuser, bypassrls, owns, may_become = (await _rows(connection, read_sql(LOGIN_ROLE_CHECK)))[0]
+    return LoginRole(str(name), bool(superuser), bool(bypassrls), list(owns), list(may_become))
 
 
 class IsolationError(RuntimeError):

@@ -20,7 +20,18 @@ SELECT pg_catalog.array_remove(ARRAY[
                         AND o.dbid = (SELECT oid FROM pg_catalog.pg_database
                                       WHERE datname = pg_catalog.current_database()))
          THEN pg_catalog.format('owns objects in database %I, and an owner may turn row-level '
-                                'security off', pg_catalog.current_database()) END
+                                'security off', pg_catalog.current_database()) END,
+    -- What it may become with SET ROLE counts as what it is: sql/checks/login_role.sql's may_become.
+    (SELECT 'may become ' || pg_catalog.string_agg(pg_catalog.format('%I', b.rolname), ', ' ORDER BY b.rolname)
+                 || ', which row-level security does not bind, or which owns what the API keeps, '
+                 || 'or reads or writes every table'
+     FROM pg_catalog.pg_roles b
+     WHERE b.oid <> r.oid AND b.rolname <> 'todo_app'
+       AND pg_catalog.pg_has_role(r.oid, b.oid, 'MEMBER')
+       AND (b.rolsuper OR b.rolbypassrls OR b.rolname IN ('pg_read_all_data', 'pg_write_all_data')
+            OR EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = 'app' AND n.nspowner = b.oid)
+            OR EXISTS (SELECT FROM pg_catalog.pg_class c
+                       WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity AND c.relowner = b.oid)))
 ], NULL) AS reasons
 FROM pg_catalog.pg_roles r
 WHERE r.rolname = pg_catalog.current_setting('todo_api.login_role');

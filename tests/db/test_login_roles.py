@@ -206,6 +206,54 @@ def test_login_role_refuses_an_existing_role_that_could_read_past_the_policies(
     assert after == before, "nothing about the role was changed"
 
 
+@pytest.mark.parametrize(
+    ("granted", "why"),
+    [
+        pytest.param("todo_owner", "BYPASSRLS, owns the tables", id="the-owner"),
+        pytest.param("postgres", "a superuser, BYPASSRLS", id="a-superuser"),
+        pytest.param(None, "BYPASSRLS", id="a-bypassrls-role"),
+        pytest.param("pg_read_all_data", "reads every table", id="pg_read_all_data"),
+    ],
+)
+def test_a_login_role_that_may_become_a_role_past_the_policies_is_warned_of_and_refused_by_migrate(
+    superuser_url: str,
+    migrated_db_url: str,
+    bypassrls_role: str,
+    tmp_path: Path,
+    granted: str | None,
+    why: str,
+) -> None:
+    """A login role that owns nothing and inherits nothing, but is a member of such a role, was said to
+    "own nothing and not bypass row-level security", with no warning: a statement outside the API's
+    role switch may still `SET ROLE` to that role, then lift FORCE or read past the policies (or, as
+    pg_read_all_data, read what the app schema keeps of every user)."""
+    granted = granted or bypassrls_role
+    name = f"todo_login_{secrets.token_hex(4)}"
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(
+            sql.SQL("create role {} login noinherit in role todo_app, {}").format(
+                sql.Identifier(name), sql.Identifier(granted)
+            )
+        )
+        try:
+            audit = audit_database(as_role(migrated_db_url, name))
+            before = _role_state(superuser, name)
+            result = run_cli("migrate", "--login-role", name, cwd=tmp_path, DATABASE_URL=migrated_db_url)
+            after = _role_state(superuser, name)
+        finally:
+            superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+    assert audit.login_role_kind == f"a role that owns nothing but may become {granted} ({why})"
+    assert audit.login_role_warning is not None
+    assert f"the API logs in as {name}, a role that owns nothing but may become {granted}" in (
+        audit.login_role_warning
+    )
+    assert audit.findings == [], "a warning, as serving as the owner is"
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"refusing --login-role {name}: it may become {granted}, which " in result.stderr
+    assert after == before, "nothing about the role was changed"
+
+
 def test_login_role_says_what_an_existing_role_is(
     migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path
 ) -> None:
