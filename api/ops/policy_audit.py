@@ -25,6 +25,7 @@ import sqlparse
 from psycopg import sql
 from psycopg.rows import class_row
 
+from api.db.errors import in_one_line
 from api.db.host_lookup import LookupBoundedAsyncConnection
 from api.db.isolation import Finding, isolation_findings, login_role
 from api.db.reach import read_reach, write_expected
@@ -298,8 +299,9 @@ def _merged(checked: list[Finding], drift: list[Finding]) -> list[Finding]:
 
 
 class AuditIncomplete(Exception):  # noqa: N818 (what the user sees, not a bug)
-    """The audit waited `LOCK_TIMEOUT` for a lock and gave up: it has nothing to report, and the
-    command exits as an audit that did not run (never 0). `str()` is the whole message."""
+    """The audit waited `LOCK_TIMEOUT` for a lock and gave up, or the database refused one of its
+    reads (a catalog revoked from the login role): it has nothing to report, and the command exits
+    as an audit that did not run (never 0, nor the 1 of findings). `str()` is the whole message."""
 
 
 async def lock_holders(connection: Connection) -> str:
@@ -321,7 +323,7 @@ def audit_database(
 ) -> Audit:
     """Audit the database at `database_url` against sql/policies/ (or `files`).
 
-    Raises AuditIncomplete when a lock kept it from reading what it reports."""
+    Raises AuditIncomplete when a lock, or a refused read, kept it from reading what it reports."""
     conninfo = libpq_url(database_url, connect_timeout=connect_timeout_seconds)
 
     async def run() -> Audit:
@@ -334,6 +336,16 @@ def audit_database(
                     f"{LOCK_TIMEOUT} lock_timeout, by {await lock_holders(connection)}; end that "
                     "transaction (or wait for it), then audit again"
                 ) from None
+            except psycopg.OperationalError:
+                raise  # the database out of reach, or the statement cancelled: worded by the command
+            except psycopg.errors.InsufficientPrivilege as error:
+                raise AuditIncomplete(
+                    f"the audit could not complete ({in_one_line(error)}): it reads the system "
+                    "catalogs as the role in DATABASE_URL; grant that role back what was revoked from "
+                    "it (or from PUBLIC), then audit again"
+                ) from None
+            except psycopg.Error as error:
+                raise AuditIncomplete(f"the audit could not complete ({in_one_line(error)})") from None
 
     return asyncio.run(run())
 

@@ -484,6 +484,28 @@ def test_a_lock_held_on_tasks_ends_the_audit_unrun_within_the_lock_timeout_namin
     assert live_policies(db) == before, "the audit changed nothing"
 
 
+@pytest.mark.parametrize("catalog", ["pg_policy", "pg_class"])
+def test_a_catalog_the_login_role_may_not_read_ends_the_audit_unrun_in_one_line(
+    db: Conn, migrated_db_url: str, run_policies_with_stderr: RunPoliciesWithStderr, catalog: str
+) -> None:
+    """A DBA's REVOKE on a catalog printed a traceback and exited 1, a deployment gate's "isolation is
+    weakened", with nothing on standard output; `serve` refused the same database in one line."""
+    table = sql.Identifier("pg_catalog", catalog)
+    with psycopg.connect(as_role(migrated_db_url, "postgres"), autocommit=True) as superuser:
+        superuser.execute(sql.SQL("revoke select on {} from public").format(table))
+        try:
+            for args in ((), ("--json",)):
+                code, out, err = run_policies_with_stderr(migrated_db_url, *args)
+                assert (code, out) == (2, ""), err
+                assert "Traceback" not in err
+                (line,) = err.strip().splitlines()
+                refused = f"InsufficientPrivilege: permission denied for table {catalog}"
+                assert f"the audit could not complete ({refused})" in line
+                assert "grant that role back what was revoked" in line
+        finally:
+            superuser.execute(sql.SQL("grant select on {} to public").format(table))
+
+
 # --- JSON ----------------------------------------------------------------------------------------------
 
 
