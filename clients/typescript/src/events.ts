@@ -20,6 +20,8 @@
  *   its opening `id:` came), so a list fetched then misses nothing; the server when the id is too old
  *   to resume from or when events a stream had not sent yet were purged; and the client again in
  *   place of an event whose data it cannot read.
+ * - An `onEvent` that returns a promise (a reset's refetch) holds the events that come meanwhile:
+ *   they are handed on, in order, once it settles, so they apply to the list it fetched.
  * - What `onEvent` throws is the app's own bug, not the stream's: it goes to `onError` as thrown
  *   (without one, to console.error) and the stream goes on with the next event, as an EventTarget
  *   goes on after a listener throws. It is neither a reason to reconnect nor a failed connection.
@@ -112,7 +114,7 @@ const MAX_RETRY_AFTER_MS = 3_600_000;
 export function subscribe(
   { baseUrl, tokens, fetch }: EventsConnection,
   userId: string,
-  onEvent: (event: TaskEvent) => void,
+  onEvent: (event: TaskEvent) => unknown,
   { signal, lastEventId, onError }: SubscribeOptions = {},
 ): Subscription {
   const stopping = new AbortController();
@@ -125,17 +127,40 @@ export function subscribe(
   const url = `${removeTrailingSlash(baseUrl)}/api/${encodeURIComponent(userId)}/events`;
   let last = lastEventId;
 
+  /** What `onEvent` threw, or its promise rejected with: the app's own bug, reported. */
+  function report(error: unknown): void {
+    if (onError) onError(error);
+    else console.error("todo-api subscribe: onEvent threw", error);
+  }
+
   /** Hands an event to `onEvent`; what it throws is reported, and the stream goes on. Once closed,
    * nothing more is handed on: an `onEvent` that closes the subscription would otherwise still get
-   * the events read with its own (a replay comes in one piece), as EventSource never does. */
-  function emit(event: TaskEvent): void {
-    if (stopping.signal.aborted) return;
+   * the events read with its own (a replay comes in one piece), as EventSource never does.
+   * Returns the promise `onEvent` returned, if it did, settled once that one has. */
+  function handOn(event: TaskEvent): Promise<void> | undefined {
+    if (stopping.signal.aborted) return undefined;
     try {
-      onEvent(event);
+      const result = onEvent(event);
+      if (isPromiseLike(result)) return Promise.resolve(result).then(() => {}, report);
     } catch (error) {
-      if (onError) onError(error);
-      else console.error("todo-api subscribe: onEvent threw", error);
+      report(error);
     }
+    return undefined;
+  }
+
+  // While a promise `onEvent` returned is pending (a reset's refetch of the list), the events that
+  // come meanwhile wait for it, in order: handed on at once, they would be applied to the list being
+  // replaced, and lost with it when the list, read before them, came in (a task made then never
+  // shown, one deleted then shown for good).
+  let pending: Promise<void> | undefined;
+
+  function emit(event: TaskEvent): void {
+    const handed = pending ? pending.then(() => handOn(event)) : handOn(event);
+    if (handed === undefined) return;
+    pending = handed;
+    void handed.then(() => {
+      if (pending === handed) pending = undefined;
+    });
   }
 
   function deliver(message: EventSourceMessage): void {
@@ -300,6 +325,10 @@ export function subscribe(
     },
     ended: running,
   };
+}
+
+function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as PromiseLike<unknown> | undefined)?.then === "function";
 }
 
 /** The event a message carries; undefined for one from a newer server, which is not for this client. */

@@ -155,16 +155,17 @@ export function createTodoClient({
     /**
      * Live changes to the user's tasks (src/events.ts): `onEvent` gets `reset` once the stream is
      * live (fetch the list then) and whenever the list must be fetched again, and each created,
-     * updated and deleted task in order. Reconnects by itself.
+     * updated and deleted task in order. Reconnects by itself. While a promise `onEvent` returns
+     * (a reset's refetch) is pending, the events that come meanwhile wait for it.
      * Like any answer, an event's task is remembered: the next write sends its version as If-Match.
      */
-    subscribe(userId: string, onEvent: (event: TaskEvent) => void, options?: SubscribeOptions): Subscription {
+    subscribe(userId: string, onEvent: (event: TaskEvent) => unknown, options?: SubscribeOptions): Subscription {
       // A tab that applies events to its list shows their versions, so its next write must send
       // them as If-Match: the version it listed is stale once another tab has changed the task.
       const rememberEvent = (event: TaskEvent) => {
         if (event.type === "task.deleted") versions.delete(event.taskId);
         else if (event.type !== "reset") see(event.task);
-        onEvent(event);
+        return onEvent(event);
       };
       return subscribe({ baseUrl, tokens, fetch }, userId, rememberEvent, options);
     },

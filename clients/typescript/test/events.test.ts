@@ -633,6 +633,55 @@ test("the README's live list, refetched on the first reset, misses a change made
   assert.deepEqual(tasks, [after, before]);
 });
 
+test("the README's live list keeps what changed while its refetch was on the wire", async () => {
+  const user = takeUser("end");
+  const elsewhere = clientFor(user); // another tab, whose own stream says when the changes are out
+  const watcher = collector();
+  const watching = elsewhere.subscribe(user.id, watcher.onEvent);
+  await watcher.until(1);
+  const { data: doomed } = await elsewhere.createTask(user.id, { title: "Deleted during the refetch" });
+  assert.ok(doomed);
+  await watcher.until(2);
+  let made: Task | undefined;
+  const mine = clientFor(user, {
+    // The list is read, then the other tab makes one task and deletes another before it is answered:
+    // their events reach this stream while the list is on the wire.
+    fetch: async (request) => {
+      const response = await fetch(request);
+      if (request.method === "GET" && new URL(request.url).pathname.endsWith("/tasks") && !made) {
+        made = (await elsewhere.createTask(user.id, { title: "Made during the refetch" })).data;
+        await elsewhere.deleteTask(user.id, doomed.id);
+        await watcher.until(4);
+        await new Promise((resolve) => setTimeout(resolve, 300)); // this stream has them too by now
+      }
+      return response;
+    },
+  });
+  // The README's pattern, as written there.
+  let tasks: Task[] = [];
+  const setTasks = (next: Task[] | ((all: Task[]) => Task[])) => void (tasks = typeof next === "function" ? next(tasks) : next);
+  const seen = collector();
+  const refetch = async () => setTasks((await mine.listTasks(user.id)).data ?? []);
+  let refetched: Promise<void> | undefined;
+  const live = mine.subscribe(user.id, (event) => {
+    seen.onEvent(event);
+    if (event.type === "reset") return (refetched = refetch());
+    if (event.type === "task.deleted") return setTasks((all) => all.filter((t) => t.id !== event.taskId));
+    if (event.type === "task.created")
+      return setTasks((all) => [event.task, ...all.filter((t) => t.id !== event.task.id)]);
+    setTasks((all) => all.map((t) => (t.id === event.task.id ? event.task : t)));
+  });
+  const events = await seen.until(3);
+  await refetched;
+  await Promise.all([live.close(), watching.close()]);
+
+  assert.deepEqual(
+    events.map((event) => event.type),
+    ["reset", "task.created", "task.deleted"],
+  );
+  assert.deepEqual(tasks, [made], "the task made then is shown, the one deleted then is not");
+});
+
 test("a signal aborted already opens no stream: the subscription has ended", async () => {
   const user = takeUser("end");
   const events: TaskEvent[] = [];
