@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
 from api.app import create_app
 from api.db import isolation
@@ -24,6 +25,7 @@ from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
 from tests.support import (
     ApiUser,
+    as_role,
     assert_problem,
     new_user,
     scrape,
@@ -242,6 +244,53 @@ def test_a_change_committed_while_a_check_runs_is_logged_once_whole(
     assert len(errors) == 1, errors
     assert "role todo_app has TRUNCATE on tasks" in errors[0]
     assert "table public.tasks differs from what todo-api ships" in errors[0]
+
+
+def test_a_check_and_a_readiness_ping_the_server_has_no_slot_for_run_over_an_idle_pooled_connection(
+    db: Conn, migrated_db_url: str, fresh_role: str
+) -> None:
+    """Postgres restarted with fewer connection slots than the workers' pools, checks and listeners
+    need: the pools reconnected first and took them all, the check's own connection was refused
+    ("too many connections"), and the worker answered every task request 503 isolation-unverified for
+    good, and /readyz 503, though its pool held idle connections. Here the login role's CONNECTION
+    LIMIT is the pool's size, and the pool holds them all before the check and the ping run."""
+    pool_size = 2
+    db.execute(
+        sql.SQL("create role {} login noinherit connection limit {} in role todo_app").format(
+            sql.Identifier(fresh_role), sql.Literal(pool_size)
+        )
+    )
+
+    def sessions() -> int:
+        query = "select count(*) from pg_stat_activity where usename = %s and datname = current_database()"
+        (count,) = db.execute(query, [fresh_role]).fetchone() or (0,)
+        return int(count)
+
+    async def check_with_every_slot_taken() -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        settings = settings_for(as_role(migrated_db_url, fresh_role), db_pool_size=pool_size)
+        database = Database.from_settings(settings)
+        await database.open()
+        try:
+            await database.pool.wait(timeout=30)  # every slot the role has
+            assert sessions() == pool_size
+            watch = IsolationWatch(database, interval_seconds=3600)
+            clean = await watch.check()
+            await database.ping()  # ready
+            # Every pooled connection lent out: none idle to check over, and the refusal is the finding.
+            async with database.pool.connection() as first, database.pool.connection() as second:
+                assert first is not second
+                busy = await watch.check()
+                with pytest.raises(psycopg.OperationalError, match="too many connections for role"):
+                    await database.ping()
+            return clean, busy
+        finally:
+            await database.close()
+
+    clean, busy = asyncio.run(check_with_every_slot_taken())
+    assert clean == ()
+    (finding,) = busy
+    assert finding.message.startswith("the isolation check could not complete (OperationalError: "), finding
+    assert "too many connections for role" in finding.message, finding
 
 
 def test_a_breach_met_while_a_check_runs_is_not_forgotten_when_that_check_comes_back_clean(

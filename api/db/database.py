@@ -332,6 +332,7 @@ class Database:
                     application_name="todo-api-readiness",
                 ),
                 answer_timeout_seconds=settings.db_connect_timeout_seconds,
+                pool=pool,
             ),
             liveness=liveness,
             tracer=tracer,

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import dict_row, tuple_row
+from psycopg_pool import PoolTimeout
 
 from api.db.database import Database
 from api.db.errors import UNAVAILABLE, AlreadyExists, IsolationBreach, MissingReference, in_one_line
@@ -269,9 +270,10 @@ class IsolationWatch:
     last check found anything, or could not complete, nothing is trusted to a database that may not
     isolate users.
 
-    It checks over a connection of its own, never a pooled one: requests waiting on row locks can
+    It checks over a connection of its own, not a pooled one: requests waiting on row locks can
     hold every pooled connection past DB_POOL_TIMEOUT_SECONDS, and a check that waited for one then
     could not complete, refusing every request and /readyz of a worker that was busy, not unsafe.
+    Only when the server will not open one of its own does it take a pooled connection, an idle one.
     """
 
     def __init__(
@@ -362,9 +364,31 @@ class IsolationWatch:
 
     async def _findings(self) -> tuple[Finding, ...]:
         try:
-            return tuple(await isolation_findings(await self._connection()))
+            try:
+                connection = await self._connection()
+            except psycopg.OperationalError as refused:
+                return await self._findings_over_an_idle_pooled_connection(refused)
+            return tuple(await isolation_findings(connection))
         except Exception as error:  # fail closed, whatever kept the check from completing
             return (could_not_complete(error),)
+
+    async def _findings_over_an_idle_pooled_connection(
+        self, refused: psycopg.OperationalError
+    ) -> tuple[Finding, ...]:
+        """The check over a connection the pool holds idle (`Pool.idle_connection`), when the server
+        would not open one of the check's own: without it, a worker whose pool held every slot the
+        server had left refused every request for as long as it did (tests/test_isolation_watch.py,
+        `test_a_check_and_a_readiness_ping_the_server_has_no_slot_for_run_over_an_idle_pooled_connection`).
+        With none idle, or one that had lost the server too (the database is away), `refused` is the
+        finding, the same at every check while it lasts."""
+        try:
+            async with self.database.pool.idle_connection() as connection:
+                findings = tuple(await isolation_findings(connection))
+                if _incomplete(findings) and (connection.closed or connection.broken):
+                    raise refused
+                return findings
+        except PoolTimeout:
+            raise refused from None
 
     async def _release_mismatch(self, findings: tuple[Finding, ...]) -> str | None:
         """The findings as `todo-api serve` words them at start-up when they are another release's

@@ -30,7 +30,7 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from api.db.errors import DatabaseUnavailable
 from api.db.host_lookup import LookupBoundedAsyncConnection
@@ -162,6 +162,10 @@ class ConnectFailures(logging.Filter):
         self._first_failed_at, self._said_at, self._failed = None, -math.inf, 0
 
 
+# How long `Pool.idle_connection` waits for a request to hand a connection back.
+IDLE_CONNECTION_WAIT_SECONDS = 0.2
+
+
 class _NoAnswer(psycopg.OperationalError):
     """A connection did not answer a liveness check in time: it is discarded, alone."""
 
@@ -188,6 +192,15 @@ class Pool(AsyncConnectionPool[Connection]):
     def has_idle_connection(self) -> bool:
         """Whether a connection waits in the pool, ready to be lent out."""
         return self.get_stats()["pool_available"] > 0
+
+    def idle_connection(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        """A connection the pool holds idle, for the isolation check and the readiness ping when the
+        server will not open one of their own: with no slot left (max_connections, or the login
+        role's CONNECTION LIMIT, below what every worker's pool, check, ping and listener need), the
+        pools, which reconnect first after a restart, hold them all. Never a wait for a pool all taken
+        (by requests waiting on row locks, say), which their own connections are there to avoid: one
+        that requests hand back within IDLE_CONNECTION_WAIT_SECONDS, else PoolTimeout."""
+        return self.connection(timeout=IDLE_CONNECTION_WAIT_SECONDS)
 
     def failed_every_attempt_since_last_asked(self) -> bool:
         """Whether the pool tried to make a connection since this was last asked, and every try failed.
@@ -261,13 +274,15 @@ class PingConnection:
     table, never preparing (it may reach a pooler in transaction mode): a standby, or sessions
     read-only by default, answer but are not ready, since every write would be refused. Each answer
     is bounded as a pooled connection's liveness check is: past the connect timeout the connection
-    is shut, and the next ping makes a new one.
+    is shut, and the next ping makes a new one. When the server will not open one, it asks over an
+    idle pooled connection (`Pool.idle_connection`), as the isolation check does.
     One ping at a time (`api.http.readiness.SharedReadiness` sees to it).
     """
 
-    def __init__(self, conninfo: str, *, answer_timeout_seconds: float) -> None:
+    def __init__(self, conninfo: str, *, answer_timeout_seconds: float, pool: Pool) -> None:
         self._conninfo = conninfo
         self._answer_timeout = answer_timeout_seconds
+        self._pool = pool
         self._connection: Connection | None = None
         self._closed = False
         # Round trips asked for so far: tests/faults/test_readiness_flood.py counts them.
@@ -286,9 +301,19 @@ class PingConnection:
                 await kept.close()
         if self._closed:
             raise DatabaseUnavailable("the readiness connection is closed")
-        self._connection = await Connection.connect(
-            self._conninfo, autocommit=True, row_factory=dict_row, prepare_threshold=None
-        )
+        try:
+            self._connection = await Connection.connect(
+                self._conninfo, autocommit=True, row_factory=dict_row, prepare_threshold=None
+            )
+        except psycopg.OperationalError as refused:
+            try:
+                async with self._pool.idle_connection() as pooled:
+                    await self._ask_ready(pooled)
+                    return
+            except (PoolTimeout, psycopg.OperationalError):
+                # None idle, or the one lent had lost the server too (the database is away): the
+                # refusal is the reason, the same at every ping while it lasts.
+                raise refused from None
         if self._closed:  # closed while it connected: the worker is stopping
             await self._connection.close()
             raise DatabaseUnavailable("the readiness connection is closed")
@@ -302,7 +327,8 @@ class PingConnection:
             cursor = await connection.execute("select current_setting('transaction_read_only') as read_only")
             row = await cursor.fetchone()
         if row is not None and row["read_only"] == "on":
-            # Not kept: a new session has the settings of the server the URL names by then.
+            # Not kept: a new session has the settings of the server the URL names by then (and not
+            # handed back to the pool, when it was one of the pool's).
             await connection.close()
             raise DatabaseUnavailable("the database refuses writes (a standby, or read-only sessions)")
 
@@ -335,14 +361,17 @@ def configure_sessions(
     *,
     connected: Callable[[], None],
 ) -> Callable[[Connection], Awaitable[None]]:
-    """The pool's configure step: `connected` told (`ConnectFailures.connected`), times read in UTC
-    (`read_times_in_utc`), then `preparing`'s step."""
+    """The pool's configure step: times read in UTC (`read_times_in_utc`), `preparing`'s step, then
+    `connected` told (`ConnectFailures.connected`). Told last: behind a pooler, a connection is made
+    while the database is away (the pooler answers it), and only `preparing`'s question to the server
+    (DB_PREPARED_STATEMENTS=auto) fails; told first, every such try said the pool connects again,
+    several times a second, each followed by the warning it had silenced."""
 
     async def configure(connection: Connection) -> None:
-        connected()
         read_times_in_utc(connection)
         if preparing is not None:
             await preparing(connection)
+        connected()
 
     return configure
 
