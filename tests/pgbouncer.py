@@ -60,6 +60,9 @@ auth_file = {workdir}/userlist.txt
 pool_mode = {pool_mode}
 default_pool_size = {server_pool_size}
 max_client_conn = 500
+; After a failed server login (the database away), the next try comes this soon: its default, 15 s,
+; is how long an outage's test would wait once the database is back.
+server_login_retry = 1
 ignore_startup_parameters = {",".join(("extra_float_digits", *ignored_startup_parameters))}
 logfile = {workdir}/pgbouncer.log
 """

@@ -6,10 +6,13 @@ for everyone else), each with users of its own.
 """
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,12 @@ from api.app import create_app
 from api.db.listener import CHANNEL, Listener
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
+from tests.pgbouncer import pgbouncer, pgbouncer_binary
 from tests.support import (
     CLI,
+    LOGIN_ROLE,
     SECRET,
+    ApiUser,
     assert_problem,
     cli_env,
     new_user,
@@ -325,37 +331,20 @@ def test_the_listener_warns_once_of_a_lost_connection_and_says_when_it_listens_a
     assert woken == ["back"]
 
 
+@pytest.mark.parametrize("through_pgbouncer", [False, True], ids=["direct", "through-pgbouncer"])
 def test_the_pool_warns_once_that_it_cannot_connect_and_says_when_it_connects_again(
-    module_postgres: OwnPostgres, caplog: pytest.LogCaptureFixture
+    module_postgres: OwnPostgres, caplog: pytest.LogCaptureFixture, through_pgbouncer: bool
 ) -> None:
     """Found with `serve --workers 2` under load: psycopg's pool warned at every try to reconnect each
-    of its connections, and again as each run of tries gave up, 170 lines in a 15 s outage."""
+    of its connections, and again as each run of tries gave up, 170 lines in a 15 s outage. Behind
+    PgBouncer, whose login succeeds while the database is away, the pool said it "connects to the
+    database again" at every try, each followed by the warning again: 280 lines in a 30 s outage."""
     user = new_user()
-    settings = settings_for(
-        module_postgres.url,
-        db_pool_size=3,
-        db_pool_timeout_seconds=1,
-        db_connect_timeout_seconds=2,
-        # No check falls in the outage: requests go on asking the pool for a connection.
-        isolation_check_interval_seconds=3600,
-    )
-    with (
-        caplog.at_level(logging.WARNING, logger="psycopg.pool"),
-        caplog.at_level(logging.INFO, logger="api.db.pool"),
-        serving_client(create_app(settings)) as client,
-    ):
-        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
-        module_postgres.stop()
-        away = time.monotonic()
-        # A run of tries of every connection, given up after RECONNECT_TRIES_FOR_SECONDS (2 s), and
-        # the next run begun.
-        while time.monotonic() - away < 4:
-            assert client.get(user.tasks_url, headers=user.headers).status_code == 503
-        module_postgres.start()
-        deadline = time.monotonic() + 30
-        while client.get(user.tasks_url, headers=user.headers).status_code != 200:
-            assert time.monotonic() < deadline, "the API did not notice Postgres came back"
-            time.sleep(0.2)
+    with contextlib.ExitStack() as stack:
+        url = module_postgres.url
+        if through_pgbouncer:
+            url = stack.enter_context(_pgbouncer_in_front_of(module_postgres))
+        _warns_once_while_away(module_postgres, url, user, caplog)
 
     said = [(record.name, record.getMessage()) for record in caplog.records]
     tries = [message for name, message in said if name == "psycopg.pool" and "connecting" in message]
@@ -369,6 +358,51 @@ def test_the_pool_warns_once_that_it_cannot_connect_and_says_when_it_connects_ag
         r"the pool connects to the database again, \d+\.\d s after a try first failed \(\d+ tries failed\)",
         back[0],
     ), back
+
+
+@contextlib.contextmanager
+def _pgbouncer_in_front_of(cluster: OwnPostgres) -> Iterator[str]:
+    """PgBouncer in transaction mode in front of `cluster` (as Neon's pooled URL is): its URL."""
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("pgbouncer is missing in CI: .ci/run should have installed it")
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer, or run .ci/run as root)")
+    info = cluster.server.get_postmaster_info()
+    with pgbouncer(
+        socket_dir=str(info.socket_dir), port=info.port, user=LOGIN_ROLE, dbname="todo", server_pool_size=3
+    ) as url:
+        yield url
+
+
+def _warns_once_while_away(
+    cluster: OwnPostgres, url: str, user: ApiUser, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Serves through `url` while `cluster` stops for a few runs of the pool's tries, then starts."""
+    settings = settings_for(
+        url,
+        db_pool_size=3,
+        db_pool_timeout_seconds=1,
+        db_connect_timeout_seconds=2,
+        # No check falls in the outage: requests go on asking the pool for a connection.
+        isolation_check_interval_seconds=3600,
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="psycopg.pool"),
+        caplog.at_level(logging.INFO, logger="api.db.pool"),
+        serving_client(create_app(settings)) as client,
+    ):
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        cluster.stop()
+        away = time.monotonic()
+        # A run of tries of every connection, given up after RECONNECT_TRIES_FOR_SECONDS (2 s), and
+        # the next run begun.
+        while time.monotonic() - away < 4:
+            assert client.get(user.tasks_url, headers=user.headers).status_code == 503
+        cluster.start()
+        deadline = time.monotonic() + 30
+        while client.get(user.tasks_url, headers=user.headers).status_code != 200:
+            assert time.monotonic() < deadline, "the API did not notice Postgres came back"
+            time.sleep(0.2)
 
 
 def test_a_worker_that_dies_while_the_database_is_away_is_replaced_and_serve_serves_on_once_it_is_back(
