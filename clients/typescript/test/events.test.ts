@@ -661,7 +661,11 @@ test("the README's live list keeps what changed while its refetch was on the wir
   let tasks: Task[] = [];
   const setTasks = (next: Task[] | ((all: Task[]) => Task[])) => void (tasks = typeof next === "function" ? next(tasks) : next);
   const seen = collector();
-  const refetch = async () => setTasks((await mine.listTasks(user.id)).data ?? []);
+  const refetch = async () => {
+    const { data, error } = await mine.listTasks(user.id);
+    if (error) throw new Error(error.detail);
+    setTasks(data);
+  };
   let refetched: Promise<void> | undefined;
   const live = mine.subscribe(user.id, (event) => {
     seen.onEvent(event);
