@@ -204,7 +204,8 @@ class JwksVerifier:
                 # Perhaps signed by a key published since we last fetched the set, which the
                 # cooldown (or a failed fetch) keeps us from doing again now.
                 wait = max(1, math.ceil(self.key_set.seconds_until_refetch()))
-                raise KeysUnavailable(self.key_set.url, retry_after_seconds=wait) from None
+                url = self.key_set.url
+                raise KeysUnavailable(url, retry_after_seconds=wait, unpublished_kid=True) from None
             raise InvalidToken(
                 "The token is signed with a key the auth server does not publish (unknown kid); "
                 "was it issued by another Better Auth deployment?"

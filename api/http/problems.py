@@ -365,15 +365,25 @@ def unauthorized(error: InvalidToken) -> ProblemError:
     )
 
 
-def authentication_unavailable(retry_after: int) -> ProblemError:
+def authentication_unavailable(retry_after: int, *, unpublished_kid: bool = False) -> ProblemError:
     # Not a 401: the token may be perfectly good, and a 401 would send the user to sign in again.
+    # Told apart: any client can name a kid nobody published, and the detail of a fetch that failed
+    # sent the operator to look for fetch failures in a log that had none.
+    detail = (
+        "The token names a signing key (kid) the auth server did not publish when its keys were last "
+        "fetched, before this token was issued: a key published since may sign it, and the keys are "
+        "fetched again at most once every JWKS_REFETCH_COOLDOWN_SECONDS (or the last fetch failed, which "
+        "the log says). Try again after Retry-After: still unknown then, the token is refused (401)."
+        if unpublished_kid
+        else "The keys that verify this token cannot be fetched from the auth server right now: try again "
+        "shortly. If this lasts, check where the API looks for them (BETTER_AUTH_JWKS_URL, else under "
+        "BETTER_AUTH_URL): its log names the URL and why each fetch failed."
+    )
     return ProblemError(
         503,
         ProblemType.AUTHENTICATION_UNAVAILABLE,
         "Authentication unavailable",
-        "The keys that verify this token cannot be fetched from the auth server right now: try again "
-        "shortly. If this lasts, check where the API looks for them (BETTER_AUTH_JWKS_URL, else under "
-        "BETTER_AUTH_URL): its log names the URL and why each fetch failed.",
+        detail,
         headers={"Retry-After": str(retry_after)},
     )
 
@@ -701,7 +711,9 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
 
     @app.exception_handler(KeysUnavailable)
     async def on_keys_unavailable(_: Request, exc: KeysUnavailable) -> JSONResponse:
-        return problem_response(authentication_unavailable(exc.retry_after_seconds))
+        return problem_response(
+            authentication_unavailable(exc.retry_after_seconds, unpublished_kid=exc.unpublished_kid)
+        )
 
     @app.exception_handler(IsolationUnverified)
     async def on_isolation_unverified(_: Request, exc: IsolationUnverified) -> JSONResponse:

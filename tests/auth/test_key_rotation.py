@@ -96,7 +96,11 @@ def test_a_key_published_within_the_cooldown_is_503_until_it_may_be_fetched_not_
         counted = value(scrape(str(client.base_url)), UNAVAILABLE, **cause)
         response = client.post(user.tasks_url, json={"title": "Signed by the new key"}, headers=user.headers)
 
-        assert_problem(response, 503, "authentication-unavailable")
+        problem = assert_problem(response, 503, "authentication-unavailable")
+        # Not the detail of a fetch that failed, which sent the operator to look for failures in a log
+        # that had none (any client can name a kid nobody published).
+        assert "did not publish when its keys were last fetched" in problem["detail"], problem
+        assert "why each fetch failed" not in problem["detail"], problem
         # No warning names it (any client can send a kid), so the metric is how an operator sees it.
         assert value(scrape(str(client.base_url)), UNAVAILABLE, **cause) == counted + 1
         assert 1 <= int(response.headers["retry-after"]) <= 30, "when the cooldown lets a fetch through"
@@ -314,6 +318,7 @@ def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: st
             problem = assert_problem(response, 503, "authentication-unavailable")
             assert response.headers["retry-after"] == "5"
             assert problem["title"] == "Authentication unavailable"
+            assert "why each fetch failed" in problem["detail"], problem
 
             # The shared secret does not depend on the JWKS at all.
             user_id = better_auth_id()
