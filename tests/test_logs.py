@@ -492,7 +492,7 @@ def test_text_format_escapes_the_control_characters_a_user_id_may_hold(text_serv
     text = text_served.log.read_bytes().decode()  # read_text() would turn a carriage return into a newline
     assert "\r" not in text
     assert "\x1b" not in text
-    assert access.endswith("user=mallory\\x0dFORGED ERROR line \\x1b[2J\\x1b[31mred")
+    assert access.endswith('user="mallory\\x0dFORGED ERROR line \\x1b[2J\\x1b[31mred"')
 
 
 def test_text_format_keeps_an_access_line_one_line_whatever_its_user_id_holds(text_served: Served) -> None:
@@ -503,7 +503,7 @@ def test_text_format_keeps_an_access_line_one_line_whatever_its_user_id_holds(te
     access = text_served.line_with("forged: the database is gone")
     assert "the-odd-newline" in access
     user, forged = sub.split("\n")
-    assert access.endswith(f"user={user}\\x0a{forged}")
+    assert access.endswith(f'user="{user}\\x0a{forged}"')
 
 
 def test_text_format_escapes_what_would_break_a_line_or_reorder_it_on_screen(text_served: Served) -> None:
@@ -517,6 +517,33 @@ def test_text_format_escapes_what_would_break_a_line_or_reorder_it_on_screen(tex
     for character in "\u2028\u2029\u202e\u2066\u202c\u2069":
         assert character not in text
     assert access.endswith(
-        "user=mallory\\u20282026-12-01T22:30:51.043Z 1 ERROR api forged\\u2029and\\u202eesrever"
-        "\\u2066\\u202c\\u2069"
+        'user="mallory\\u20282026-12-01T22:30:51.043Z 1 ERROR api forged\\u2029and\\u202eesrever'
+        '\\u2066\\u202c\\u2069"'
     )
+
+
+def test_text_format_quotes_a_user_id_that_would_read_as_more_fields(text_served: Served) -> None:
+    """A token's sub is any text: `alice action=delete task=7` made a read's line read as alice deleting
+    task 7, and a backslash made an escaped newline look like one typed into the sub."""
+    for sub, shown, request_id in (
+        ("alice action=delete task=7", '"alice action=delete task=7"', "the-forged-fields"),
+        ('bob\\x0a "quoted"', '"bob\\\\x0a \\"quoted\\""', "the-odd-backslash"),
+    ):
+        _get_as(text_served, sub, request_id)
+        access = text_served.line_with(request_id)
+        assert access.endswith(f"user={shown}"), access
+
+
+def test_json_lines_escape_what_would_break_a_line_or_reorder_it_on_screen(serve: Serve) -> None:
+    """As the text format does: a line separator in a token's sub split its JSON line in three for
+    str.splitlines (none of them JSON), and a bidirectional override or a C1 control reached `jq -r`'s
+    output and the terminal as they were."""
+    sub = "bob\u2028FORGED\u2029and\u202eesrever\u009b2J"
+    with serve() as served:
+        _get_as(served, sub, "the-odd-json-separators")
+        served.line_with("the-odd-json-separators")
+    text = served.log.read_text()
+    for character in "\u2028\u2029\u202e\u009b":
+        assert character not in text
+    (record,) = [r for r in served.access() if r.get("request_id") == "the-odd-json-separators"]
+    assert record["user_id"] == sub, "the JSON still says exactly who it was"

@@ -66,6 +66,21 @@ _CONTROL_ESCAPES = {
 # An access line has no further lines, and its user id is a token's sub, any text: a newline in it
 # ended the line there and began one that read as the server's own.
 _ONE_LINE_ESCAPES = _CONTROL_ESCAPES | {ord("\n"): "\\x0a"}
+# What JSON lines escape beyond what JSON itself must (orjson writes the rest of Unicode as it is): the
+# same separators, overrides and C1 controls, each only ever inside a string there, as a \u escape.
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _CONTROL_ESCAPES if code >= 0x80}
+
+# A value a `name=value` field of a line may show as it is: one holding whitespace, `=`, a quote or a
+# backslash (a token's sub is any text) would end the field there and read as more of them.
+_BARE_VALUE = re.compile(r'[^\s="\\]+')
+
+
+def field_value(text: str) -> str:
+    """`text` for a `name=value` field of a line: as it is, or in double quotes with its quotes and
+    backslashes escaped, so that `user=alice action=delete task=7` cannot be one user's id."""
+    if _BARE_VALUE.fullmatch(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class _TextFormatter(logging.Formatter):
@@ -93,13 +108,17 @@ class _JsonFormatter(OrjsonFormatter):
     """orjson refuses text holding a lone surrogate, which is how Python reads bytes the locale cannot
     decode (`serve --host $'\\xff'`, a path): logging then printed a traceback in place of the line,
     and the line (a refusal to start, say) was lost. Such a line is written with the surrogate escaped,
-    as Python writes it to standard error; every other line pays nothing."""
+    as Python writes it to standard error; every other line pays nothing. A line beyond ASCII has the
+    characters the text format escapes escaped too (`_JSON_ESCAPES`)."""
 
     def jsonify_log_record(self, log_data: LogData) -> str:
         try:
-            return super().jsonify_log_record(log_data)
+            line = super().jsonify_log_record(log_data)
         except TypeError:
-            return super().jsonify_log_record(_with_surrogates_escaped(log_data))
+            line = super().jsonify_log_record(_with_surrogates_escaped(log_data))
+        # As the text format escapes them: a line separator ended the line for str.splitlines, and a
+        # bidirectional override reordered what `jq -r` printed.
+        return line if line.isascii() else line.translate(_JSON_ESCAPES)
 
 
 class _WholeRecords(logging.StreamHandler[IO[str]]):
