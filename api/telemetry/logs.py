@@ -108,8 +108,8 @@ class _JsonFormatter(OrjsonFormatter):
     """orjson refuses text holding a lone surrogate, which is how Python reads bytes the locale cannot
     decode (`serve --host $'\\xff'`, a path): logging then printed a traceback in place of the line,
     and the line (a refusal to start, say) was lost. Such a line is written with the surrogate escaped,
-    as Python writes it to standard error; every other line pays nothing. A line beyond ASCII has the
-    characters the text format escapes escaped too (`_JSON_ESCAPES`)."""
+    as Python writes it to standard error; every other line pays nothing for it. A line beyond ASCII
+    has the characters the text format escapes escaped too (`_JSON_ESCAPES`)."""
 
     def jsonify_log_record(self, log_data: LogData) -> str:
         try:
