@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import port_for
+import pytest
 from mirakuru import TCPExecutor
 
 # PgBouncer refuses to run as root; as root it is started as the wheel's Postgres user instead.
@@ -24,6 +25,14 @@ def pgbouncer_binary() -> str | None:
     return shutil.which("pgbouncer") or next(
         (path for path in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(path)), None
     )
+
+
+def require_pgbouncer() -> None:
+    """Skip the test where PgBouncer is not installed; fail it in CI, where .ci/run installs it."""
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("pgbouncer is missing in CI: .ci/run should have installed it")
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer, or run .ci/run as root)")
 
 
 @contextmanager

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from api.app import create_app
 from api.db.listener import CHANNEL, Listener
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
-from tests.pgbouncer import pgbouncer, pgbouncer_binary
+from tests.pgbouncer import pgbouncer, require_pgbouncer
 from tests.support import (
     CLI,
     LOGIN_ROLE,
@@ -363,10 +362,7 @@ def test_the_pool_warns_once_that_it_cannot_connect_and_says_when_it_connects_ag
 @contextlib.contextmanager
 def _pgbouncer_in_front_of(cluster: OwnPostgres) -> Iterator[str]:
     """PgBouncer in transaction mode in front of `cluster` (as Neon's pooled URL is): its URL."""
-    if pgbouncer_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("pgbouncer is missing in CI: .ci/run should have installed it")
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer, or run .ci/run as root)")
+    require_pgbouncer()
     info = cluster.server.get_postmaster_info()
     with pgbouncer(
         socket_dir=str(info.socket_dir), port=info.port, user=LOGIN_ROLE, dbname="todo", server_pool_size=3

@@ -7,7 +7,6 @@ nobody and ends as nobody. (`.ci/run` also runs the whole API suite with --via-p
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from api.db.sql_files import MIGRATIONS_DIR
 from api.db.urls import yoyo_url
 from api.events.services import live_services
 from tests.api.events_client import async_client, opened
-from tests.pgbouncer import pgbouncer, pgbouncer_binary
+from tests.pgbouncer import pgbouncer, require_pgbouncer
 from tests.support import (
     LOGIN_ROLE,
     SECRET,
@@ -51,10 +50,7 @@ def _bouncer(
     other_users: Sequence[str] = (),
     ignored_startup_parameters: Sequence[str] = (),
 ) -> Iterator[str]:
-    if pgbouncer_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("pgbouncer is missing in CI: .ci/run should have installed it")
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer, or run .ci/run as root)")
+    require_pgbouncer()
     with pgbouncer(
         socket_dir=migrated_template.host,
         port=migrated_template.port,
