@@ -67,6 +67,11 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+/** For getTask: the ETag you hold, to be answered 304 rather than the task if it is still that version. */
+export interface GetOptions extends CallOptions {
+  ifNoneMatch?: string;
+}
+
 /** For a write: the ETag you hold. Left out, the newest one this client saw for the task is sent. */
 export interface WriteOptions extends CallOptions {
   ifMatch?: string;
@@ -124,12 +129,13 @@ export function createTodoClient({
   /**
    * Notes the version of every task a result carries (200, 201), forgets the task's once the API
    * says it is gone (204, or its 404 not-found), and passes the result on with its error a problem
-   * document.
+   * document; throws for a 2xx that carries no task (`mustBeTasks`).
    */
   function settle<R extends { data?: Task | Task[]; error?: unknown; response: Response }>(
     result: R,
     taskId?: number,
   ): Settled<R> {
+    if (result.response.ok && result.response.status !== 204) mustBeTasks(result.data, result.response);
     const error = result.response.ok ? undefined : problemOf(result.error, result.response);
     // Only the API's own 404 says the task is gone: one from something in front of it (a gateway's
     // page while it redeploys) says nothing of the task, and forgetting its version would send the
@@ -146,6 +152,38 @@ export function createTodoClient({
       path: { user_id: userId, task_id: taskId },
       header: { "If-Match": ifMatch ?? (version === undefined ? undefined : etagOf({ id: taskId, version })) },
     };
+  }
+
+  /**
+   * One task. With `ifNoneMatch` and the task still that version: status 304, no data, nothing to
+   * parse; a result typed so only where `ifNoneMatch` may be given (a 304 nobody asked for is an error).
+   */
+  function getTask(
+    userId: string,
+    taskId: number,
+    options: GetOptions & { ifNoneMatch: string },
+  ): Promise<Result<Task, ProblemOf<"getTask">> | NotModified>;
+  function getTask(
+    userId: string,
+    taskId: number,
+    options?: CallOptions & { ifNoneMatch?: undefined },
+  ): Promise<Result<Task, ProblemOf<"getTask">>>;
+  function getTask(
+    userId: string,
+    taskId: number,
+    options?: GetOptions,
+  ): Promise<Result<Task, ProblemOf<"getTask">> | NotModified>;
+  async function getTask(
+    userId: string,
+    taskId: number,
+    { ifNoneMatch, signal }: GetOptions = {},
+  ): Promise<Result<Task, ProblemOf<"getTask">> | NotModified> {
+    const result = await client.GET("/api/{user_id}/tasks/{task_id}", {
+      params: { path: { user_id: userId, task_id: taskId }, header: { "If-None-Match": ifNoneMatch } },
+      ...withSignal(signal),
+    });
+    if (result.response.status === 304 && ifNoneMatch !== undefined) return { response: result.response };
+    return settle(result, taskId);
   }
 
   return {
@@ -204,14 +242,19 @@ export function createTodoClient({
       { idempotencyKey = crypto.randomUUID(), signal }: { idempotencyKey?: string } & CallOptions = {},
     ): Promise<Result<Task, ProblemOf<"createTask">>> {
       for (let attempt = 1; ; attempt++) {
-        // Set once openapi-fetch has made the Request: what fails before is the caller's input.
-        let made = false;
+        // What sending the request rejected with: what fails before it is made is the caller's
+        // input, and what fails once it is answered (a 2xx that is not the API's JSON) is no drop.
+        let failedToSend: unknown;
         try {
           const result = await client.POST("/api/{user_id}/tasks", {
             params: { path: { user_id: userId }, header: { "Idempotency-Key": idempotencyKey } },
             body: task,
             signal,
-            fetch: (request) => ((made = true), bearerFetch(request, signal)),
+            fetch: (request) =>
+              bearerFetch(request, signal).catch((error: unknown) => {
+                failedToSend = error;
+                throw error;
+              }),
           });
           if (!sendAgain(result.response, result.error) || attempt === CREATE_ATTEMPTS) return settle(result);
           const wait = retryAfterMs(result.response) ?? CREATE_RETRY_DELAY_MS * attempt;
@@ -221,27 +264,16 @@ export function createTodoClient({
           // fetch rejects with a TypeError when the connection failed or dropped (Fetch standard):
           // the create may or may not have happened. No other TypeError is a reason to send it
           // again: one before the request was made (a key no header can carry, a body JSON cannot
-          // hold), or getToken's own; nor is an abort, whatever its reason.
-          const dropped = error instanceof TypeError && made && !isTokenFailure(error) && !signal?.aborted;
+          // hold), one reading an answer, or getToken's own; nor is an abort, whatever its reason.
+          const dropped =
+            error === failedToSend && error instanceof TypeError && !isTokenFailure(error) && !signal?.aborted;
           if (!dropped || attempt === CREATE_ATTEMPTS) throw error;
           await sleep(CREATE_RETRY_DELAY_MS * attempt, signal);
         }
       }
     },
 
-    /** One task. With `ifNoneMatch` and the task unchanged: status 304, no data, nothing to parse. */
-    async getTask(
-      userId: string,
-      taskId: number,
-      { ifNoneMatch, signal }: { ifNoneMatch?: string } & CallOptions = {},
-    ): Promise<Result<Task, ProblemOf<"getTask">> | NotModified> {
-      const result = await client.GET("/api/{user_id}/tasks/{task_id}", {
-        params: { path: { user_id: userId, task_id: taskId }, header: { "If-None-Match": ifNoneMatch } },
-        ...withSignal(signal),
-      });
-      if (result.response.status === 304) return { response: result.response };
-      return settle(result, taskId);
-    },
+    getTask,
 
     /** Changes the fields given (`description: null` clears it); 412 if the task changed meanwhile. */
     async updateTask(
@@ -327,6 +359,24 @@ async function namesAnotherUser(response: Response): Promise<boolean> {
   // A copy is read, so that the answer, when it is the one returned, still has its body.
   const problem: unknown = await response.clone().json().catch(() => undefined);
   return (problem as Partial<Problem> | undefined)?.type === OTHER_USERS_PATH;
+}
+
+/**
+ * Throws unless a 2xx answer's body is the API's: a task, or a page of them. Something in front of
+ * the API may answer 200 in its place (a captive portal's page, which openapi-fetch's parse already
+ * throws a SyntaxError for; a `null` body, which it does not), and a method's `data` is never what
+ * its type does not say.
+ */
+function mustBeTasks(data: unknown, response: Response): void {
+  const tasks: unknown[] = Array.isArray(data) ? data : [data];
+  if (tasks.every(isTask)) return;
+  const what = data === undefined ? "no body" : JSON.stringify(data).slice(0, 200);
+  throw new SyntaxError(`the ${response.status} answer from ${response.url} is not the API's JSON: ${what}`);
+}
+
+function isTask(value: unknown): value is Task {
+  const task = value as Partial<Task> | null;
+  return typeof task === "object" && task !== null && typeof task.id === "number" && typeof task.version === "number";
 }
 
 /** A task's ETag, as the API makes it from the task's version (`"<id>.<version>"`). */

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { createServer, connect, type AddressInfo, type Socket } from "node:net";
 import { test, type TestContext } from "node:test";
 
-import { createTodoClient, etagOf, type ListQuery, type TodoClient } from "../src/index.js";
+import { createTodoClient, etagOf, type ListQuery, type Task, type TodoClient } from "../src/index.js";
 import { baseUrl, clientFor, takeUser, type TestUser } from "./live_api.js";
 
 test("a create whose answer is lost is retried with the same key and makes one task", async () => {
@@ -80,7 +80,10 @@ test("an update with a stale ETag is refused with 412 and changes nothing", asyn
   assert.equal(stale.error?.type, "urn:todo-api:problem:precondition-failed");
   assert.equal(stale.response.headers.get("ETag"), changed.response.headers.get("ETag"));
   const current = await mine.getTask(user.id, task.id);
-  assert.equal(current.data?.title, "Changed elsewhere");
+  if (current.error) assert.fail(current.error.detail);
+  // Asked without ifNoneMatch, no 304 is in its type: once the error is ruled out, data is a task.
+  const read: Task = current.data;
+  assert.equal(read.title, "Changed elsewhere");
   const unchanged = await mine.getTask(user.id, task.id, {
     ifNoneMatch: current.response.headers.get("ETag") ?? undefined,
   });
@@ -420,6 +423,31 @@ test("an answer without a problem document (a proxy's page, an empty 502) gets o
       { type: "about:blank", title: "HTTP 500", status: 500, detail: '{"message":"not a problem document"}' },
     ],
   );
+});
+
+test("a 2xx that is not the API's JSON throws, and a create answered so is not sent again", async () => {
+  const user = takeUser("start");
+  const sent: string[] = [];
+  // Something in front of the API answers in its place: a captive portal's page, a body of `null`.
+  const answers = [
+    () => new Response("<html>Sign in to the Wi-Fi</html>", { status: 200, headers: { "Content-Type": "text/html" } }),
+    () => Response.json(null, { status: 201 }),
+    () => Response.json({ ok: true }, { status: 200 }),
+    () => Response.json([null], { status: 200 }),
+  ];
+  const todo = clientFor(user, {
+    fetch: async (request) => (sent.push(request.method), (answers.shift() ?? (() => Response.error()))()),
+  });
+
+  await assert.rejects(todo.listTasks(user.id), SyntaxError);
+  await assert.rejects(todo.createTask(user.id, { title: "Behind a portal" }), {
+    name: "SyntaxError",
+    message: /^the 201 answer from .* is not the API's JSON: null$/,
+  });
+  await assert.rejects(todo.updateTask(user.id, 1, { title: "Behind a portal" }), SyntaxError);
+  await assert.rejects(todo.listTasks(user.id), SyntaxError);
+
+  assert.deepEqual(sent, ["GET", "POST", "PUT", "GET"], "the create was sent once");
 });
 
 test("what getToken throws reaches the caller as thrown: nothing is sent, nor sent again", async () => {
