@@ -641,7 +641,9 @@ class Database:
                 await connection.execute(BEGIN_TO_PREPARE, [str(statement_timeout_ms)])
                 await connection.execute(statement.prepare(connection))
                 await connection.execute("COMMIT")
-            except psycopg.OperationalError as error:
+            except psycopg.Error as error:
+                # Whatever the server said as it ended the session: a FATAL 25P03 (idle in this
+                # transaction past idle_in_transaction_session_timeout) is no OperationalError.
                 if connection.broken:  # the transaction was never sent
                     raise SafeToRetry(f"the connection broke before a write was sent: {error}") from error
                 raise

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
@@ -29,12 +30,14 @@ from tests.support import assert_problem, new_user, serving_client, settings_for
 
 class SilenceableProxy:
     """TCP on loopback to the test Postgres's Unix socket; `silent` holds every byte back,
-    `answers_held` only the server's (what the API sends still reaches the database)."""
+    `answers_held` only the server's (what the API sends still reaches the database), and
+    `hold_next` the next bytes the API sends that hold a given text."""
 
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
         self.silent = threading.Event()
         self.answers_held = threading.Event()
+        self._held_once: tuple[bytes, float] | None = None
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self._closed = False
@@ -50,17 +53,37 @@ class SilenceableProxy:
             self._clients.append(client)
             server = socket.socket(socket.AF_UNIX)
             server.connect(str(self.socket_path))
-            for source, target, gates in (
-                (client, server, (self.silent,)),
-                (server, client, (self.silent, self.answers_held)),
+            for source, target, gates, sent_by_api in (
+                (client, server, (self.silent,), True),
+                (server, client, (self.silent, self.answers_held), False),
             ):
-                threading.Thread(target=self._pump, args=(source, target, gates), daemon=True).start()
+                threading.Thread(
+                    target=self._pump, args=(source, target, gates, sent_by_api), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket, gates: tuple[threading.Event, ...]) -> None:
+    def hold_next(self, text: bytes, seconds: float) -> None:
+        """Hold the next bytes the API sends that contain `text` for `seconds`, once."""
+        self._held_once = (text, seconds)
+
+    @property
+    def holding(self) -> bool:
+        """Whether what `hold_next` waits for has yet to be sent."""
+        return self._held_once is not None
+
+    def _pump(
+        self,
+        source: socket.socket,
+        target: socket.socket,
+        gates: tuple[threading.Event, ...],
+        sent_by_api: bool,
+    ) -> None:
         try:
             while data := source.recv(65536):
                 while any(gate.is_set() for gate in gates) and not self._closed:
                     time.sleep(0.01)
+                if sent_by_api and (held := self._held_once) is not None and held[0] in data:
+                    self._held_once = None
+                    time.sleep(held[1])
                 target.sendall(data)
         except OSError:
             pass
@@ -271,6 +294,35 @@ def test_a_write_on_a_connection_dropped_while_idle_runs_again_once(
         listed = client.get(user.tasks_url, headers=user.headers)
     assert sorted(task["title"] for task in listed.json()) == ["after the drop", "before", "before again"]
     stored = migrated_db.execute("select count(*) from tasks where title = 'after the drop'").fetchone()
+    assert stored == (1,)
+
+
+def test_a_write_whose_session_the_server_ended_while_preparing_runs_again_once(
+    proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+) -> None:
+    """A write's statement is prepared on each connection in a transaction of its own, before the
+    write is sent. The server ends a session left idle in a transaction longer than
+    idle_in_transaction_session_timeout (a DBA's setting) with a FATAL 25P03, which psycopg raises
+    as no OperationalError: ended there, nothing of the write went out, and it runs again on a new
+    connection, where it was answered 503 outcome-unknown."""
+    migrated_db.autocommit = True
+    database = sql.Identifier(migrated_db.info.dbname)
+    migrated_db.execute(
+        sql.SQL("alter database {} set idle_in_transaction_session_timeout = '100ms'").format(database)
+    )
+    url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
+    settings = settings_for(url, db_connect_timeout_seconds=2, db_pool_size=1)
+    user = new_user()
+    with serving_client(create_app(settings)) as client:
+        # The PREPARE reaches the server a second after its transaction began: it has ended it.
+        proxy.hold_next(b"PREPARE", 1)
+        written = client.post(user.tasks_url, json={"title": "prepared again"}, headers=user.headers)
+
+        assert written.status_code == 201, written.text
+        assert not proxy.holding, "no PREPARE was sent: the write was not prepared"
+        listed = client.get(user.tasks_url, headers=user.headers)
+    assert [task["title"] for task in listed.json()] == ["prepared again"]
+    stored = migrated_db.execute("select count(*) from tasks where title = 'prepared again'").fetchone()
     assert stored == (1,)
 
 
