@@ -14,6 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from api.http.cache_control import THIS_RELEASE_ONLY
 
@@ -21,11 +23,33 @@ OPENAPI_PATH = "/openapi.json"
 ASSETS_PATH = "/docs/assets"
 _ASSETS = files("fastapi_offline").joinpath("static")
 
+# What StaticFiles would answer and no other answer of the API does (README: no answer carries
+# Last-Modified, so the dates are no conditions; Range is ignored).
+_IGNORED_REQUEST_HEADERS = frozenset({b"range", b"if-range", b"if-modified-since"})
+
+
+class DocsAssets(StaticFiles):
+    """The docs pages' scripts and styles, answered as the pages are: `no-cache`, since each release
+    ships its own under the same names (a Swagger UI bundle kept from the release before would meet
+    this release's page), validated by their ETag alone, and whole: without this, StaticFiles sends
+    Last-Modified, answers a Range with a 206 (a malformed one with its own 400 in plain text, not
+    a problem) and a date with a 304."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(name, value) for name, value in scope["headers"] if name not in _IGNORED_REQUEST_HEADERS]
+        await super().__call__({**scope, "headers": headers}, receive, send)
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(THIS_RELEASE_ONLY)
+        del response.headers["last-modified"]
+        return response
+
 
 def install_docs(app: FastAPI) -> None:
     """Serve /openapi.json, /docs and /redoc and their assets; the app must be made with
     openapi_url=docs_url=redoc_url=None."""
-    app.mount(ASSETS_PATH, StaticFiles(directory=str(_ASSETS)), name="docs-assets")
+    app.mount(ASSETS_PATH, DocsAssets(directory=str(_ASSETS)), name="docs-assets")
 
     @app.get(OPENAPI_PATH, include_in_schema=False)
     async def openapi_document(request: Request) -> JSONResponse:

@@ -261,6 +261,31 @@ def test_no_cache_keeps_health_or_metrics_and_a_cache_asks_again_for_the_docs(
     }
 
 
+def test_the_docs_assets_are_kept_only_for_this_release_and_answered_whole(client: httpx.Client) -> None:
+    """StaticFiles sent them with Last-Modified and no Cache-Control (a browser could run the release
+    before's Swagger UI with this release's page), answered a Range with a 206 (a malformed one with
+    its own 400 in plain text, an unsatisfiable one with a bare 416) and a date with a 304, which no
+    other answer of the API does (README)."""
+    path = "/docs/assets/swagger-ui.css"
+    whole = client.get(path)
+    assert whole.status_code == 200
+    assert whole.headers["cache-control"] == "no-cache"
+    assert "last-modified" not in whole.headers
+    future = "Sat, 01 Jan 2101 00:00:00 GMT"
+    asked = [
+        {"Range": "bytes=0-1"},
+        {"Range": "bytes=oops"},
+        {"Range": "bytes=999999999-"},
+        {"If-Modified-Since": future},
+    ]
+    answers = [client.get(path, headers=headers) for headers in asked]
+    assert [(answer.status_code, answer.content == whole.content) for answer in answers] == [
+        (200, True)
+    ] * len(asked)
+    unchanged = client.get(path, headers={"If-None-Match": whole.headers["etag"]})
+    assert (unchanged.status_code, unchanged.headers["cache-control"]) == (304, "no-cache")
+
+
 def test_unknown_route_is_a_problem(client: httpx.Client) -> None:
     response = client.get("/nope")
     assert response.status_code == 404
