@@ -26,6 +26,7 @@ from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
 from api.http.methods import HeadAsGet, install_method_not_allowed, served_routes
 from api.http.openapi import document_response_header
+from api.http.paths import EncodedSlashesNameNothing
 from api.http.problems import (
     document_problem_media_type,
     document_problem_status,
@@ -171,8 +172,9 @@ def create_app(
         app.include_router(router)
     install_docs(app)
     install_method_not_allowed(app, routers)
-    # Innermost, just above the router: everything outside (telemetry, limits, CORS) sees the method
-    # the client sent.
+    # Innermost, just above the router: the path as sent, before a route is chosen from it decoded.
+    app.add_middleware(EncodedSlashesNameNothing)
+    # Just above it: everything outside (telemetry, limits, CORS) sees the method the client sent.
     app.add_middleware(HeadAsGet)
     app.add_middleware(
         BodyLimits, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds

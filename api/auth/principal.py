@@ -33,8 +33,8 @@ def _optional_text(claims: Mapping[str, Any], name: str, max_length: int) -> str
 
 
 def _names_one_path_segment(user_id: str) -> bool:
-    """Whether `/api/{user_id}/...` can reach this user's paths. A `/`, even sent as %2F, is decoded
-    before routing, so it splits the segment; `.` and `..` are dot segments that clients and proxies
+    """Whether `/api/{user_id}/...` can reach this user's paths. A `/` splits the segment, and one
+    sent as %2F names nothing (api/http/paths.py); `.` and `..` are dot segments that clients and proxies
     remove (RFC 3986, section 5.2.4), and a Location naming them leads elsewhere. Better Auth's ids
     are base62: only a token from another issuer, or made by hand, can fail this."""
     return "/" not in user_id and user_id not in (".", "..")
