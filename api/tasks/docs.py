@@ -97,7 +97,8 @@ IDEMPOTENCY_KEY = {
     "required": False,
     "description": (
         f"1 to {IDEMPOTENCY_KEY_MAX_LENGTH} visible ASCII characters (a UUID, say) naming this "
-        "create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing "
+        'create, sent bare or in double quotes as the IETF draft writes it ("K" is the key K): '
+        "a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing "
         "and gets 201 with that task as it is now; the same key with another body gets 422 "
         f"{ProblemType.IDEMPOTENCY_KEY_REUSED}; once the task is deleted, the key gets 410 "
         f"{ProblemType.TASK_DELETED}, whatever the body; while other requests with the key are being "

@@ -713,7 +713,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description 1 to 255 visible ASCII characters (a UUID, say) naming this create: a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets 201 with that task as it is now; the same key with another body gets 422 idempotency-key-reused; once the task is deleted, the key gets 410 task-deleted, whatever the body; while other requests with the key are being handled, 409 idempotency-key-in-use may ask you to send the request again after Retry-After. One header field: two are a 422. */
+                /** @description 1 to 255 visible ASCII characters (a UUID, say) naming this create, sent bare or in double quotes as the IETF draft writes it ("K" is the key K): a retry with the same key and body within IDEMPOTENCY_TTL_HOURS creates nothing and gets 201 with that task as it is now; the same key with another body gets 422 idempotency-key-reused; once the task is deleted, the key gets 410 task-deleted, whatever the body; while other requests with the key are being handled, 409 idempotency-key-in-use may ask you to send the request again after Retry-After. One header field: two are a 422. */
                 "Idempotency-Key"?: string;
                 /** @description The task list has no ETag: `*` lets the request through, and entity-tags fail it with 412 (nothing is created). */
                 "If-Match"?: string;
