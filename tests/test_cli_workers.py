@@ -172,6 +172,48 @@ def test_a_write_still_at_the_database_when_its_worker_is_killed_is_answered_and
     assert stored == ("before",)
 
 
+def test_a_write_waiting_on_a_lock_when_its_worker_is_killed_outright_is_never_stored(
+    migrated_db: psycopg.Connection[Any], migrated_db_url: str, tmp_path: Path
+) -> None:
+    """Found killing a worker as the OOM killer would: its client was reset, a read then showed the
+    task unchanged, and the write, still waiting on a row lock in its session, committed once the
+    lock went (BEGIN ... COMMIT went out as one message: its session needed nothing more of the
+    worker). Postgres now checks, while a statement runs, that the session's client is still there
+    (client_connection_check_interval), and ends a session whose client died: nothing commits."""
+    alice = new_user()
+    log = tmp_path / "serve.log"
+    # The write waits for the lock, not for its timeout, however slow the machine.
+    env = cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, DB_STATEMENT_TIMEOUT_MS="120000")
+    with (
+        serve_process([*CLI, "serve", "--workers", "1"], cwd=tmp_path, env=env, output=log) as (
+            base_url,
+            server,
+        ),
+        httpx.Client(base_url=base_url, timeout=60) as client,
+        ThreadPoolExecutor(1) as sender,
+    ):
+        task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        migrated_db.execute("select 1 from tasks where id = %s for update", [task["id"]])
+        update = sender.submit(
+            client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
+        )
+        wait_until_it_waits_for(migrated_db, update)
+        (worker,) = _workers(server)
+        os.kill(worker, signal.SIGKILL)
+
+        with contextlib.suppress(httpx.TransportError):
+            update.result(timeout=60)  # the connection reset, whatever else it got
+        # The session ends while the lock is still held: nothing of the write is left to commit.
+        _wait_for(
+            lambda: sessions_waiting_on_a_lock(migrated_db_url) == 0, "the killed worker's session ended", 10
+        )
+        migrated_db.rollback()
+        read = client.get(alice.task_url(task["id"]), headers=alice.headers)
+    assert (read.status_code, read.json()["title"], read.json()["version"]) == (200, "before", 1)
+    stored = migrated_db.execute("select title, version from tasks where id = %s", [task["id"]]).fetchone()
+    assert stored == ("before", 1)
+
+
 def _end_what_is_left(workers: set[int], pgdata: Path) -> None:
     """Whatever a failed run left behind: workers still serving, and the embedded Postgres."""
     for pid in workers:

@@ -45,7 +45,10 @@ APP_ROLE = "todo_app"
 # `as_user_values` gives their values. How long the live-changes events are kept is set the same
 # way: the trigger that writes them purges (sql/migrations/0008_task_events.sql). And the trigger is
 # told that a write wakes the streams itself, after COMMIT (`WAKE_STREAMS`,
-# sql/migrations/0009_wake_after_commit.sql).
+# sql/migrations/0009_wake_after_commit.sql). While a statement runs, Postgres checks every second
+# that the worker is still there, and ends the session of one killed (the OOM killer): a write
+# waiting on a row lock would otherwise commit once the lock went, after its client had been reset
+# and had read the task unchanged (tests/test_cli_workers.py, the worker killed outright).
 ACT_AS_USER = text(
     f"SELECT set_config('role', '{APP_ROLE}', true),"
     " set_config('app.user_id', :app_user_id, true),"
@@ -53,6 +56,7 @@ ACT_AS_USER = text(
     " set_config('app.events_retention_hours', :app_events_retention_hours, true),"
     " set_config('app.notify_after_commit', 'on', true),"
     " set_config('statement_timeout', :app_statement_timeout, true),"
+    " set_config('client_connection_check_interval', '1s', true),"
     " set_config('TimeZone', 'UTC', true),"
     " set_config('DateStyle', 'ISO', true)"
 )
