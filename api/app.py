@@ -105,6 +105,8 @@ def create_app(
     events_hub = Hub(
         max_streams_per_user=settings.max_streams_per_user, max_streams=settings.max_streams_per_worker
     )
+    # An idle stream asks whether its token is still trusted only when woken (api/events/stream.py).
+    authenticator.when_a_key_is_withdrawn(events_hub.wake_all)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -250,6 +250,12 @@ class JwksKeySet:
         self._lock = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._on_withdrawal: list[Callable[[], None]] = []
+
+    def when_a_key_is_withdrawn(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after each fetch that no longer holds a key held before (gone, or its kid
+        naming another key): what that key verified is no longer trusted."""
+        self._on_withdrawal.append(callback)
 
     async def __aenter__(self) -> Self:
         self._client = httpx.AsyncClient(
@@ -355,6 +361,9 @@ class JwksKeySet:
             kid: held[kid] if kid in held and _same_key(held[kid], key) else key for kid, key in keys.items()
         }
         self._kids_without_algorithm = kids_without_algorithm(parsed)
+        if any(self._keys.get(kid) is not key for kid, key in held.items()):
+            for callback in self._on_withdrawal:
+                callback()
         self._fetched = True
         self._fetched_at = began
         metrics.jwks_fetches.labels("fetched").inc()

@@ -345,6 +345,13 @@ class Authenticator:
             maxsize=cache_size, ttu=lambda _key, value, _now: value.verified.expires_at, timer=clock
         )
 
+    def when_a_key_is_withdrawn(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once a key that may have verified a token is no longer trusted: tokens
+        remembered here are asked again at their next use, and so must be what holds one open (an
+        event stream). A shared secret changes only with a restart."""
+        for key_set in self.key_sets:
+            key_set.when_a_key_is_withdrawn(callback)
+
     async def __aenter__(self) -> Self:
         for key_set in self.key_sets:
             await key_set.__aenter__()

@@ -245,6 +245,34 @@ def test_an_open_stream_ends_unread_once_its_tokens_key_is_withdrawn(
         )
 
 
+def test_an_idle_stream_ends_at_the_fetch_that_finds_its_tokens_key_withdrawn(
+    api_db_url: str, api_db: psycopg.Connection[Any]
+) -> None:
+    """Found with a real Better Auth: with no change of its user's to wake it, a stream whose key was
+    withdrawn sent heartbeats until its token expired (Better Auth's last a quarter of an hour),
+    holding one of its user's MAX_STREAMS_PER_USER, where operations.md says a worker's next fetch
+    ends it."""
+    kept, withdrawn = SigningKey.generate(), SigningKey.generate()
+    with (
+        jwks_server(kept, withdrawn) as server,
+        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+    ):
+        user_id = better_auth_id()
+        user = ApiUser(user_id, withdrawn.sign(claims_for(server.base_url, user_id)))
+
+        async def scenario() -> None:
+            async with async_client(str(client.base_url)) as http, opened(http, user) as stream:
+                await stream.opening_id()
+                server.keys.remove(withdrawn)
+                # A token naming a key the API does not hold makes it fetch the set again.
+                assert get_tasks(client, server, SigningKey.generate()).status_code == 401
+                rest = await stream.end()
+                assert [block.data for block in rest if block.data] == []
+
+        asyncio.run(scenario())
+        assert_problem(client.get(f"/api/{user_id}/events", headers=user.headers), 401, "unauthorized")
+
+
 def test_a_key_fetched_again_unchanged_still_vouches_for_what_it_verified() -> None:
     """So the hourly refresh costs remembered tokens nothing: only a key that changed stops them."""
     key = SigningKey.generate()
