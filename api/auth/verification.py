@@ -200,7 +200,7 @@ class JwksVerifier:
                     "The token's key (kid) is published without the algorithm it is for (alg), which "
                     "its type does not imply, so this API cannot use it: the auth server must state it."
                 ) from None
-            if not self.key_set.fetched_since(_signed_by(token, arrived)):
+            if not self.key_set.fetched_since(_signed_by(token, arrived, self._checks.leeway)):
                 # Perhaps signed by a key published since we last fetched the set, which the
                 # cooldown (or a failed fetch) keeps us from doing again now.
                 wait = max(1, math.ceil(self.key_set.seconds_until_refetch()))
@@ -223,9 +223,10 @@ class JwksVerifier:
         return self.key_set.publishes(header["kid"], key)
 
 
-def _signed_by(token: str, arrived: float) -> float | None:
+def _signed_by(token: str, arrived: float, leeway: int) -> float | None:
     """The latest the token can have been signed, by its `iat` (whole seconds, so up to a second
-    more) and by when it arrived; None when it does not say. Its signature is unchecked, so this
+    more, and the auth server's clock up to `leeway` behind this one's, as the claim checks allow it
+    ahead) and by when it arrived; None when it does not say. Its signature is unchecked, so this
     only chooses between two refusals (401 or 503); it never admits anyone."""
     try:
         issued_at = jwt.decode(token, options={"verify_signature": False}).get("iat")
@@ -237,7 +238,7 @@ def _signed_by(token: str, arrived: float) -> float | None:
         or not 0 <= issued_at <= _LATEST_NUMERIC_DATE
     ):
         return None
-    return min(issued_at + 1.0, arrived)
+    return min(issued_at + 1.0 + leeway, arrived)
 
 
 # A JWT is three parts joined by dots. What a Better Auth frontend most often sends instead is its

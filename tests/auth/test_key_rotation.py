@@ -105,6 +105,12 @@ def test_a_key_published_within_the_cooldown_is_503_until_it_may_be_fetched_not_
         assert value(scrape(str(client.base_url)), UNAVAILABLE, **cause) == counted + 1
         assert 1 <= int(response.headers["retry-after"]) <= 30, "when the cooldown lets a fetch through"
         assert api_db.execute("select count(*) from users where id = %s", [user_id]).fetchone() == (0,)
+        # Signed now by an auth server whose clock is 20 s behind the API's, within JWT_LEEWAY_SECONDS:
+        # its iat, before the last fetch, told the API the key would have been published then (a 401).
+        behind_id = better_auth_id()
+        behind = ApiUser(behind_id, rotated.sign(claims_for(server.base_url, behind_id, iat=now() - 20)))
+        skewed = client.get(behind.tasks_url, headers=behind.headers)
+        assert_problem(skewed, 503, "authentication-unavailable")
         assert server.fetch_count() == 2, "the cooldown still holds"
 
 
