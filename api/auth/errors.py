@@ -16,7 +16,7 @@ class KeysUnavailable(Exception):  # noqa: N818 (a state, not a mistake)
     fetch keeps us from fetching again. Either way the token may be good, so it is no 401.
     `unpublished_kid`: the second case, where keys were fetched but lack the token's kid."""
 
-    def __init__(self, url: str, *, retry_after_seconds: int = 5, unpublished_kid: bool = False) -> None:
+    def __init__(self, url: str, *, retry_after_seconds: int, unpublished_kid: bool = False) -> None:
         super().__init__(url)
         self.retry_after_seconds = retry_after_seconds
         self.unpublished_kid = unpublished_kid

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -287,11 +288,15 @@ class JwksKeySet:
             signed_by = time.time() - self._refetch_cooldown
         return self._fetched_at is not None and self._fetched_at >= signed_by
 
-    def seconds_until_refetch(self) -> float:
-        """How long until a token naming a kid we lack may make us fetch the set again."""
+    def retry_after_seconds(self) -> int:
+        """How long a client refused for want of a key should wait before asking again: until the
+        fetch under way ends (at most its timeout), else until the cooldown lets a token naming a
+        kid we lack make us fetch the set again (at least a second)."""
+        if self._lock.locked():
+            return math.ceil(self._timeout)
         if self._last_refetch is None:
-            return 0.0
-        return max(0.0, self._last_refetch + self._refetch_cooldown - self._clock())
+            return 1
+        return max(1, math.ceil(self._last_refetch + self._refetch_cooldown - self._clock()))
 
     def publishes(self, kid: str, key: object) -> bool:
         """Whether the key set, as last fetched, holds `key` under `kid`: not just some key by that
@@ -311,7 +316,7 @@ class JwksKeySet:
         if not self._fetched and self._lock.locked():
             # Start-up, or an auth server that is down: the fetch under way may take its whole
             # timeout, and waiting for it would end, at best, in the 503 we can answer now.
-            raise KeysUnavailable(self.url)
+            raise KeysUnavailable(self.url, retry_after_seconds=self.retry_after_seconds())
         attempts = self._attempts
         async with self._lock:
             key = self._keys.get(kid)
@@ -326,7 +331,7 @@ class JwksKeySet:
         if key is not None:
             return key
         if not self._fetched:
-            raise KeysUnavailable(self.url)
+            raise KeysUnavailable(self.url, retry_after_seconds=self.retry_after_seconds())
         raise UnknownKey(kid)
 
     async def refresh(self) -> bool:

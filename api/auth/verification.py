@@ -10,7 +10,6 @@ the secret. Every refusal says what was wrong, never what the token was.
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -203,8 +202,7 @@ class JwksVerifier:
             if not self.key_set.fetched_since(_signed_by(token, arrived, self._checks.leeway)):
                 # Perhaps signed by a key published since we last fetched the set, which the
                 # cooldown (or a failed fetch) keeps us from doing again now.
-                wait = max(1, math.ceil(self.key_set.seconds_until_refetch()))
-                url = self.key_set.url
+                wait, url = self.key_set.retry_after_seconds(), self.key_set.url
                 raise KeysUnavailable(url, retry_after_seconds=wait, unpublished_kid=True) from None
             raise InvalidToken(
                 "The token is signed with a key the auth server does not publish (unknown kid); "
