@@ -137,8 +137,15 @@ def parse_key_set(document: object) -> dict[str, PyJWK]:
         if _algorithm_unstated(jwk):
             skipped.skip("key %r, which does not say which algorithm (alg) it is for", kid)
             continue
-        if not isinstance(kid, str) or not kid or use not in (None, "sig") or algorithm is None:
-            skipped.skip("a key that is not an asymmetric signing key with a kid")
+        if not isinstance(kid, str) or not kid:
+            skipped.skip("a key without a kid, which no token can name")
+            continue
+        if use not in (None, "sig"):
+            skipped.skip("key %r, which is not for signatures (use %r)", kid, use)
+            continue
+        if algorithm is None:
+            kind = ", ".join(f"{name} {jwk[name]!r}" for name in ("kty", "crv", "alg") if name in jwk)
+            skipped.skip("key %r, of a kind this API does not verify tokens with (%s)", kid, kind)
             continue
         if "d" in jwk:
             skipped.skip("key %r, which includes its private part", kid)

@@ -54,6 +54,23 @@ def test_doubtful_keys_are_left_out(case: str, jwk: Any) -> None:
     assert parse_key_set({"keys": [jwk, EC.jwk]}).keys() == {EC.kid}, case
 
 
+def test_each_key_left_out_is_named_with_why(caplog: pytest.LogCaptureFixture) -> None:
+    """Found with a real Better Auth: an Ed448 and a secp256k1 key, both with a kid, were each logged as
+    "a key that is not an asymmetric signing key with a kid", naming neither the key nor what it was."""
+    ed448 = {"kty": "OKP", "crv": "Ed448", "x": "AAAA", "kid": "ed448"}
+    secp256k1 = {**_without(EC.jwk, "alg"), "crv": "secp256k1", "kid": "k1"}
+    for_encryption = {**RSA.jwk, "use": "enc", "kid": "enc"}
+    with caplog.at_level("WARNING", logger="api.auth.jwks"):
+        keys = parse_key_set({"keys": [ed448, secp256k1, for_encryption, _without(ED.jwk, "kid"), ED.jwk]})
+    assert list(keys) == [ED.kid]
+    assert [record.getMessage() for record in caplog.records] == [
+        "JWKS: skipping key 'ed448', of a kind this API does not verify tokens with (kty 'OKP', crv 'Ed448')",
+        "JWKS: skipping key 'k1', of a kind this API does not verify tokens with (kty 'EC', crv 'secp256k1')",
+        "JWKS: skipping key 'enc', which is not for signatures (use 'enc')",
+        "JWKS: skipping a key without a kid, which no token can name",
+    ]
+
+
 def test_two_keys_under_one_kid_are_both_left_out() -> None:
     impostor = SigningKey.generate("EdDSA", kid=ED.kid)
     assert parse_key_set({"keys": [ED.jwk, impostor.jwk, EC.jwk]}).keys() == {EC.kid}
