@@ -72,6 +72,8 @@ CORS_RESPONSE_HEADERS = [
     "Accept",
     # A 415's answer to a compressed body: the codings a request may use (RFC 7694).
     "Accept-Encoding",
+    # A 405's answer: the methods the path takes (RFC 9110, section 15.5.6).
+    "Allow",
 ]
 
 # Every router the API serves. A router left out of this list would answer 404 for all its routes;
