@@ -8,10 +8,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import psutil
@@ -21,6 +21,7 @@ from api.ops.startup_checks import refuse_a_taken_port
 from tests.support import (
     CLI,
     SECRET,
+    ApiUser,
     assert_problem,
     cli_env,
     free_port,
@@ -130,24 +131,28 @@ def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
         assert check.execute("select title from tasks where id = %s", [task["id"]]).fetchone() == ("after",)
 
 
-def test_a_write_still_at_the_database_when_its_worker_is_killed_is_answered_and_never_stored(
-    migrated_db: psycopg.Connection[Any], migrated_db_url: str, tmp_path: Path
-) -> None:
-    """Found with SHUTDOWN_GRACE_SECONDS below DB_STATEMENT_TIMEOUT_MS: a write waiting on a row lock
-    when the grace ran out was cut off with no answer ("Server disconnected") as its worker was
-    killed, and committed once the lock went. Cancelled shortly before the kill, it is a 503 that
-    changed nothing."""
+# DB_STATEMENT_TIMEOUT_MS for a write that must wait for its row lock, not its timeout, however
+# slow the machine.
+_WAITS_FOR_THE_LOCK = "120000"
+
+
+class _Waiting(NamedTuple):
+    server: "subprocess.Popen[str]"
+    client: httpx.Client
+    alice: ApiUser
+    task_id: int
+    update: "Future[httpx.Response]"
+
+
+@contextlib.contextmanager
+def _an_update_waiting_on_a_row_lock(
+    migrated_db: psycopg.Connection[Any], command: list[str], env: dict[str, str], log: Path
+) -> Iterator[_Waiting]:
+    """A served API (`command` with `env`), and its update of a task of alice's (titled "before")
+    waiting on the row lock `migrated_db` holds until it rolls back."""
     alice = new_user()
-    log = tmp_path / "serve.log"
-    env = cli_env(
-        DATABASE_URL=migrated_db_url,
-        BETTER_AUTH_SECRET=SECRET,
-        SHUTDOWN_GRACE_SECONDS="3",
-        # The write waits for the lock, not for its timeout, however slow the machine.
-        DB_STATEMENT_TIMEOUT_MS="120000",
-    )
     with (
-        serve_process(serve_command(env), cwd=tmp_path, env=env, output=log) as (base_url, server),
+        serve_process(command, cwd=log.parent, env=env, output=log) as (base_url, server),
         httpx.Client(base_url=base_url, timeout=60) as client,
         ThreadPoolExecutor(1) as sender,
     ):
@@ -157,18 +162,36 @@ def test_a_write_still_at_the_database_when_its_worker_is_killed_is_answered_and
             client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
         )
         wait_until_it_waits_for(migrated_db, update)
-        server.send_signal(signal.SIGTERM)
-        answered = update.result(timeout=60)
-        server.wait(timeout=60)
+        yield _Waiting(server, client, alice, task["id"], update)
+
+
+def test_a_write_still_at_the_database_when_its_worker_is_killed_is_answered_and_never_stored(
+    migrated_db: psycopg.Connection[Any], migrated_db_url: str, tmp_path: Path
+) -> None:
+    """Found with SHUTDOWN_GRACE_SECONDS below DB_STATEMENT_TIMEOUT_MS: a write waiting on a row lock
+    when the grace ran out was cut off with no answer ("Server disconnected") as its worker was
+    killed, and committed once the lock went. Cancelled shortly before the kill, it is a 503 that
+    changed nothing."""
+    log = tmp_path / "serve.log"
+    env = cli_env(
+        DATABASE_URL=migrated_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        SHUTDOWN_GRACE_SECONDS="3",
+        DB_STATEMENT_TIMEOUT_MS=_WAITS_FOR_THE_LOCK,
+    )
+    with _an_update_waiting_on_a_row_lock(migrated_db, serve_command(env), env, log) as waiting:
+        waiting.server.send_signal(signal.SIGTERM)
+        answered = waiting.update.result(timeout=60)
+        waiting.server.wait(timeout=60)
     migrated_db.rollback()  # the lock goes: a write still waiting for it would go through now
     _wait_for(lambda: sessions_waiting_on_a_lock(migrated_db_url) == 0, "nothing waits on the lock")
 
     # Cancelled as a statement timeout is (SQLSTATE 57014); its detail names the server stopping.
     body = assert_problem(answered, 503, "statement-timeout")
     assert "the server did as it stopped" in body["detail"], body
-    assert server.returncode == 0, log.read_text()
+    assert waiting.server.returncode == 0, log.read_text()
     assert "their statements are cancelled before the worker is killed" in log.read_text()
-    stored = migrated_db.execute("select title from tasks where id = %s", [task["id"]]).fetchone()
+    stored = migrated_db.execute("select title from tasks where id = %s", [waiting.task_id]).fetchone()
     assert stored == ("before",)
 
 
@@ -180,37 +203,26 @@ def test_a_write_waiting_on_a_lock_when_its_worker_is_killed_outright_is_never_s
     lock went (BEGIN ... COMMIT went out as one message: its session needed nothing more of the
     worker). Postgres now checks, while a statement runs, that the session's client is still there
     (client_connection_check_interval), and ends a session whose client died: nothing commits."""
-    alice = new_user()
-    log = tmp_path / "serve.log"
-    # The write waits for the lock, not for its timeout, however slow the machine.
-    env = cli_env(DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, DB_STATEMENT_TIMEOUT_MS="120000")
-    with (
-        serve_process([*CLI, "serve", "--workers", "1"], cwd=tmp_path, env=env, output=log) as (
-            base_url,
-            server,
-        ),
-        httpx.Client(base_url=base_url, timeout=60) as client,
-        ThreadPoolExecutor(1) as sender,
-    ):
-        task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
-        migrated_db.execute("select 1 from tasks where id = %s for update", [task["id"]])
-        update = sender.submit(
-            client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
-        )
-        wait_until_it_waits_for(migrated_db, update)
-        (worker,) = _workers(server)
+    env = cli_env(
+        DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, DB_STATEMENT_TIMEOUT_MS=_WAITS_FOR_THE_LOCK
+    )
+    command = [*CLI, "serve", "--workers", "1"]  # its one worker is the server's child
+    with _an_update_waiting_on_a_row_lock(migrated_db, command, env, tmp_path / "serve.log") as waiting:
+        (worker,) = _workers(waiting.server)
         os.kill(worker, signal.SIGKILL)
 
         with contextlib.suppress(httpx.TransportError):
-            update.result(timeout=60)  # the connection reset, whatever else it got
+            waiting.update.result(timeout=60)  # the connection reset, whatever else it got
         # The session ends while the lock is still held: nothing of the write is left to commit.
         _wait_for(
             lambda: sessions_waiting_on_a_lock(migrated_db_url) == 0, "the killed worker's session ended", 10
         )
         migrated_db.rollback()
-        read = client.get(alice.task_url(task["id"]), headers=alice.headers)
+        read = waiting.client.get(waiting.alice.task_url(waiting.task_id), headers=waiting.alice.headers)
     assert (read.status_code, read.json()["title"], read.json()["version"]) == (200, "before", 1)
-    stored = migrated_db.execute("select title, version from tasks where id = %s", [task["id"]]).fetchone()
+    stored = migrated_db.execute(
+        "select title, version from tasks where id = %s", [waiting.task_id]
+    ).fetchone()
     assert stored == ("before", 1)
 
 
