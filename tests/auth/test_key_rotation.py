@@ -234,10 +234,16 @@ def test_a_token_verified_before_its_key_was_withdrawn_is_refused_once_the_set_i
         assert get_tasks(client, server, kept).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "woken_by", ["after the withdrawal", None], ids=["a change", "nothing but the fetch"]
+)
 def test_an_open_stream_ends_unread_once_its_tokens_key_is_withdrawn(
-    api_db_url: str, api_db: psycopg.Connection[Any]
+    api_db_url: str, api_db: psycopg.Connection[Any], woken_by: str | None
 ) -> None:
-    """A stream outlives the verification that admitted it: it asks again before each read."""
+    """A stream outlives the verification that admitted it: it asks again before each read, and the
+    fetch that finds the key gone wakes it to ask. Found with a real Better Auth: with no change of
+    its user's to wake it, such a stream sent heartbeats until its token expired (Better Auth's last a
+    quarter of an hour), holding one of its user's MAX_STREAMS_PER_USER."""
     kept, withdrawn = SigningKey.generate(), SigningKey.generate()
     with (
         jwks_server(kept, withdrawn) as server,
@@ -247,27 +253,7 @@ def test_an_open_stream_ends_unread_once_its_tokens_key_is_withdrawn(
         user = ApiUser(user_id, withdrawn.sign(claims_for(server.base_url, user_id)))
 
         _assert_the_stream_ends_unread(
-            client, server, api_db, user, lambda: server.keys.remove(withdrawn), "after the withdrawal"
-        )
-
-
-def test_an_idle_stream_ends_at_the_fetch_that_finds_its_tokens_key_withdrawn(
-    api_db_url: str, api_db: psycopg.Connection[Any]
-) -> None:
-    """Found with a real Better Auth: with no change of its user's to wake it, a stream whose key was
-    withdrawn sent heartbeats until its token expired (Better Auth's last a quarter of an hour),
-    holding one of its user's MAX_STREAMS_PER_USER, where operations.md says a worker's next fetch
-    ends it."""
-    kept, withdrawn = SigningKey.generate(), SigningKey.generate()
-    with (
-        jwks_server(kept, withdrawn) as server,
-        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
-    ):
-        user_id = better_auth_id()
-        user = ApiUser(user_id, withdrawn.sign(claims_for(server.base_url, user_id)))
-
-        _assert_the_stream_ends_unread(
-            client, server, api_db, user, lambda: server.keys.remove(withdrawn), None
+            client, server, api_db, user, lambda: server.keys.remove(withdrawn), woken_by
         )
         assert_problem(client.get(f"/api/{user_id}/events", headers=user.headers), 401, "unauthorized")
 
