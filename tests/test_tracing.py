@@ -238,7 +238,15 @@ def test_a_5xx_answer_is_an_error_span_and_a_4xx_is_not(
     assert_problem(unavailable, 503, "database-unavailable")
     assert unauthorized.status_code == 401
     assert updated.status_code == 200, updated.text
-    assert _server_span_answering(exporter, 503).status.status_code == StatusCode.ERROR
+    refused = _server_span_answering(exporter, 503)
+    assert refused.status.status_code == StatusCode.ERROR
+    assert refused.context is not None
+    # It waited for a connection and never got one: it sent the database nothing, so no transaction
+    # (a probe's trace showed a failed 5 s db.transaction for a request the database never saw).
+    sent = [
+        span.name for span in _spans_of(exporter, refused.context.trace_id) if span.kind == SpanKind.CLIENT
+    ]
+    assert sent == []
     assert _server_span_answering(exporter, 401).status.status_code == StatusCode.UNSET
     assert _server_span_answering(exporter, 200).status.status_code == StatusCode.UNSET
     stored = migrated_db.execute("select title from tasks where id = %s", [task["id"]]).fetchall()

@@ -374,10 +374,7 @@ class Database:
 
         What it raises when the database cannot do the work now is listed in `api.db.errors.UNAVAILABLE`.
         """
-        if self._tracer is None:
-            return await self._transaction(user_id, query, read_only=read_only)
-        with transaction_span(self._tracer, read_only=read_only):
-            return await self._transaction(user_id, query, read_only=read_only)
+        return await self._transaction(user_id, query, read_only=read_only)
 
     async def _transaction(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
         as_user = as_user_values(
@@ -441,7 +438,11 @@ class Database:
         # DB_POOL_TIMEOUT_SECONDS, so a queue in front of a healthy database looked like a slow one.
         taken = time.perf_counter()
         try:
-            return await self._on(connection, query, as_user, read_only=read_only)
+            if self._tracer is None:
+                return await self._on(connection, query, as_user, read_only=read_only)
+            # The span is the transaction the metric times: from the connection taken, one per attempt.
+            with transaction_span(self._tracer, read_only=read_only):
+                return await self._on(connection, query, as_user, read_only=read_only)
         finally:
             share.at_database -= 1
             self._lent.discard(connection)
