@@ -1,6 +1,8 @@
 """GET /metrics, read as Prometheus reads it: counts that add up across workers, labels that never
 carry a user id or a raw path."""
 
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,8 +12,12 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
+import pytest
+from prometheus_client import REGISTRY
 
 from api.app import create_app
+from api.telemetry.metrics import dead_workers, forget_an_earlier_death, forget_dead_worker
+from api.telemetry.multiprocess import DIR_VARIABLE
 from tests.support import (
     CLI,
     PROBE,
@@ -269,3 +275,33 @@ def test_a_request_that_never_got_a_connection_is_no_database_transaction(
     assert value(after, "todo_api_http_unavailable_total", cause="database-unavailable") == 1 + value(
         before, "todo_api_http_unavailable_total", cause="database-unavailable"
     )
+
+
+def test_a_worker_killed_under_the_pid_of_one_killed_before_is_counted_and_forgotten_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pids come back. The death of a killed worker was marked by its pid and the mark stayed, so a
+    later worker given that pid and killed in turn was neither counted nor logged, and its gauges
+    stayed for good (a probe that made the kernel reuse a pid saw the pool's size doubled and the
+    isolation check's timestamp stuck at the dead worker's last check)."""
+    monkeypatch.setenv(DIR_VARIABLE, str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()  # a pid no process has now: the killed workers'
+    gauges = tmp_path / f"gauge_livesum_{gone.pid}.db"
+
+    def restarts() -> float:
+        return REGISTRY.get_sample_value("todo_api_worker_restarts_total") or 0.0
+
+    counted = restarts()
+    gauges.touch()  # what the first worker under that pid left when it was killed
+    assert dead_workers() == [gone.pid]
+    assert forget_dead_worker(gone.pid)
+    assert not gauges.exists()
+    assert not forget_dead_worker(gone.pid), "one process of those that find it counts it"
+
+    forget_an_earlier_death(gone.pid)  # a worker starts under the pid, and is killed in turn
+    gauges.touch()
+    assert dead_workers() == [gone.pid]
+    assert forget_dead_worker(gone.pid)
+    assert not gauges.exists()
+    assert restarts() == counted + 2

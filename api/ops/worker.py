@@ -25,7 +25,7 @@ from api.db.database import Database
 from api.events.hub import Hub
 from api.events.services import live_services
 from api.ops.collector import tune_collector_for_serving
-from api.telemetry.metrics import dead_workers, forget_dead_worker
+from api.telemetry.metrics import dead_workers, forget_an_earlier_death, forget_dead_worker
 
 # Set by `todo-api serve` for its workers: where the first ready worker leaves its mark, what it
 # then says, and the pid of the server process that starts and stops them.
@@ -58,6 +58,7 @@ def _announce_once() -> None:
 def _account_for_dead_workers() -> None:
     """A worker killed (by the OOM killer, say) is replaced by the server; the replacement says so,
     once, and takes the dead one's figures out of the gauges."""
+    forget_an_earlier_death(os.getpid())
     for pid in dead_workers():
         if forget_dead_worker(pid):
             logger.error("worker %d died without stopping; worker %d replaces it", pid, os.getpid())

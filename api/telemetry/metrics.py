@@ -117,6 +117,15 @@ def dead_workers() -> list[int]:
     return sorted(int(pid) for pid in pids if pid.isdigit() and not _running(int(pid)))
 
 
+def forget_an_earlier_death(pid: int) -> None:
+    """A worker starting under a pid a dead worker had (pids come back: a container that forks often
+    reuses them within days): that death was counted, and this worker's own, if it comes, must be
+    too, which the dead one's mark would stop (`forget_dead_worker`)."""
+    folder = os.environ.get(DIR_VARIABLE)
+    if folder:
+        (Path(folder) / f"{pid}.dead").unlink(missing_ok=True)
+
+
 def forget_dead_worker(pid: int) -> bool:
     """Forget a dead worker's live gauges and count its death; True for the one process, of all the
     workers that may find it, that does."""
