@@ -61,7 +61,10 @@ def _account_for_dead_workers() -> None:
     forget_an_earlier_death(os.getpid())
     for pid in dead_workers():
         if forget_dead_worker(pid):
-            logger.error("worker %d died without stopping; worker %d replaces it", pid, os.getpid())
+            # Not "replaces it": when two die at once, the first new worker to start counts both.
+            logger.error(
+                "worker %d died without stopping; worker %d, started since, counted it", pid, os.getpid()
+            )
 
 
 def _on_stop_signal(stop: Callable[[], None]) -> None:
