@@ -374,9 +374,6 @@ class Database:
 
         What it raises when the database cannot do the work now is listed in `api.db.errors.UNAVAILABLE`.
         """
-        return await self._transaction(user_id, query, read_only=read_only)
-
-    async def _transaction(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
         as_user = as_user_values(
             user_id,
             max_tasks=self._max_tasks,
