@@ -308,14 +308,16 @@ def test_a_write_whose_session_the_server_ended_while_preparing_runs_again_once(
     migrated_db.autocommit = True
     database = sql.Identifier(migrated_db.info.dbname)
     migrated_db.execute(
-        sql.SQL("alter database {} set idle_in_transaction_session_timeout = '100ms'").format(database)
+        # Long enough that no other transaction of the API's, idle between its round trips on a
+        # loaded machine, is ended by it.
+        sql.SQL("alter database {} set idle_in_transaction_session_timeout = '500ms'").format(database)
     )
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
     settings = settings_for(url, db_connect_timeout_seconds=2, db_pool_size=1)
     user = new_user()
     with serving_client(create_app(settings)) as client:
-        # The PREPARE reaches the server a second after its transaction began: it has ended it.
-        proxy.hold_next(b"PREPARE", 1)
+        # The PREPARE reaches the server 2 s after its transaction began: the server has ended it.
+        proxy.hold_next(b"PREPARE", 2)
         written = client.post(user.tasks_url, json={"title": "prepared again"}, headers=user.headers)
 
         assert written.status_code == 201, written.text
