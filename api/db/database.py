@@ -265,6 +265,8 @@ class Database:
         self._max_tasks = str(transactions.max_tasks_per_user)
         self._events_retention_hours = str(transactions.events_retention_hours)
         self._tracer = tracer
+        # Whether the last readiness ping reached the server (`ping`).
+        self._answered_last_ping = True
         self._pool_watcher: asyncio.Task[None] | None = None
         # Requests in `_attempt` waiting for the pool to lend them a connection (`_watch_pool`).
         self._waiting_for_pool = 0
@@ -678,9 +680,19 @@ class Database:
         failed. The ping's connection was made before whatever now refuses new ones (the login role's
         CONNECTION LIMIT, max_connections taken by other clients), and every task request of this
         worker would wait out DB_POOL_TIMEOUT_SECONDS for a 503. A pool whose connections are all
-        lent to requests is busy, not unable, and stays ready."""
-        await self._ping_connection.ping()
+        lent to requests is busy, not unable, and stays ready. Judged from the second ping that
+        reaches the server on: the first after an outage would count the pool's tries while the
+        database was away (the pool tries again about once a second), and answered 503 for a pool
+        "that could make none" while the database had just come back."""
+        try:
+            await self._ping_connection.ping()
+        except BaseException:
+            self._answered_last_ping = False
+            raise
         cannot_connect = self.pool.failed_every_attempt_since_last_asked()
+        back_from_an_outage, self._answered_last_ping = not self._answered_last_ping, True
+        if back_from_an_outage:
+            return
         if cannot_connect and not self.pool.has_idle_connection() and not self.fair_share.at_database:
             raise DatabaseUnavailable(
                 "the database answers, but this worker's pool holds no connection and could make none"
