@@ -184,6 +184,106 @@ SELECT pg_temp.is(
     'DELETE: and nobody else''s events, which have not expired, are touched');
 ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
 
+-- A write removes at most 100 events, its own and others' together
+-- (sql/migrations/0017_event_purges_bounded_per_write.sql): dave's 250 expired events and erin's 30
+-- go over three of bob's writes, the oldest user's first, so what a write costs does not grow with
+-- what others left. Each user's events are made in one statement, as many writes; older than anyone
+-- else's, so the drain takes them first.
+SET LOCAL ROLE todo_app;
+SELECT set_config('app.max_tasks_per_user', '1000', true) IS NOT NULL AS quiet \gset
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-dave', true);
+INSERT INTO public.users (id) VALUES ('sqltest-dave');
+INSERT INTO public.tasks (user_id, title) SELECT 'sqltest-dave', 'dave''s ' || n FROM generate_series(1, 250) AS n;
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-erin', true);
+INSERT INTO public.users (id) VALUES ('sqltest-erin');
+INSERT INTO public.tasks (user_id, title) SELECT 'sqltest-erin', 'erin''s ' || n FROM generate_series(1, 30) AS n;
+RESET ROLE;
+ALTER TABLE public.task_events NO FORCE ROW LEVEL SECURITY;
+UPDATE public.task_events SET created_at = now() - interval '4000 days' WHERE user_id = 'sqltest-dave';
+UPDATE public.task_events SET created_at = now() - interval '3000 days' WHERE user_id = 'sqltest-erin';
+SELECT max(id) AS daves_newest FROM public.task_events WHERE user_id = 'sqltest-dave' \gset
+SELECT max(id) AS erins_newest FROM public.task_events WHERE user_id = 'sqltest-erin' \gset
+ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
+-- What each of bob's writes leaves of dave's and erin's events, and their counts, read by the owner
+-- with FORCE lifted, as above; bob writes with it in place, as the API's writes do.
+CREATE FUNCTION pg_temp.left_of(who text) RETURNS text
+    LANGUAGE sql
+AS $$
+    SELECT count(*) || ' from ' || coalesce((array_agg(task ->> 'title' ORDER BY id))[1], 'none')
+        || ', counted ' || coalesce((SELECT events FROM app.task_event_counts WHERE user_id = who)::text, 'none')
+    FROM public.task_events WHERE user_id = who
+$$;
+SET LOCAL ROLE todo_app;
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-bob', true);
+UPDATE public.tasks SET title = 'bob''s, once';
+RESET ROLE;
+ALTER TABLE public.task_events NO FORCE ROW LEVEL SECURITY;
+SELECT pg_temp.is(
+    ARRAY[pg_temp.left_of('sqltest-dave'), pg_temp.left_of('sqltest-erin')],
+    ARRAY['150 from dave''s 101, counted 150', '30 from erin''s 1, counted 30'],
+    'DELETE: bob''s write removes the 100 oldest of the oldest user''s expired events, and no more');
+ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
+SET LOCAL ROLE todo_app;
+UPDATE public.tasks SET title = 'bob''s, twice';
+UPDATE public.tasks SET title = 'bob''s, three times';
+RESET ROLE;
+ALTER TABLE public.task_events NO FORCE ROW LEVEL SECURITY;
+SELECT pg_temp.is(
+    ARRAY[pg_temp.left_of('sqltest-dave'), pg_temp.left_of('sqltest-erin')],
+    ARRAY['0 from none, counted none', '0 from none, counted none'],
+    'DELETE: his next two remove the rest, the next user''s once the first has none left');
+ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
+ALTER TABLE public.task_event_purges NO FORCE ROW LEVEL SECURITY;
+SELECT pg_temp.is(
+    (SELECT array_agg(purged_through ORDER BY user_id) FROM public.task_event_purges
+     WHERE user_id IN ('sqltest-dave', 'sqltest-erin')),
+    ARRAY[:daves_newest, :erins_newest]::bigint[],
+    'DELETE: and each removal is recorded, up to the newest event it removed');
+ALTER TABLE public.task_event_purges FORCE ROW LEVEL SECURITY;
+
+-- The writer's own purge is held to the share too: frank's 150 events, when MAX_TASKS_PER_USER is
+-- lowered to 10, go over his next two writes.
+SET LOCAL ROLE todo_app;
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-frank', true);
+INSERT INTO public.users (id) VALUES ('sqltest-frank');
+INSERT INTO public.tasks (user_id, title) SELECT 'sqltest-frank', 'frank''s ' || n FROM generate_series(1, 150) AS n;
+SELECT set_config('app.max_tasks_per_user', '10', true) IS NOT NULL AS quiet \gset
+UPDATE public.tasks SET title = 'frank''s, once' WHERE title = 'frank''s 150';
+SELECT pg_temp.is(
+    (SELECT count(*) FROM public.task_events), 51::bigint,
+    'DELETE: frank''s write past the lowered bound removes his 100 oldest events, and no more');
+UPDATE public.tasks SET title = 'frank''s, twice' WHERE title = 'frank''s, once';
+SELECT pg_temp.is(
+    (SELECT array_agg(task ->> 'title' ORDER BY id) FROM public.task_events),
+    ARRAY['frank''s 143', 'frank''s 144', 'frank''s 145', 'frank''s 146', 'frank''s 147', 'frank''s 148',
+          'frank''s 149', 'frank''s 150', 'frank''s, once', 'frank''s, twice'],
+    'DELETE: and his next write the rest of those past the bound');
+
+-- A purge reads what it removes, not what it keeps: of gina's 1,000 events, her three oldest have
+-- expired, and bob's write removes them reading few of the others (before 0017, all of them, when
+-- the owner was held to row-level security). Counted in this transaction's statistics, with the
+-- table analysed as it now is, as a database in use would be, so the planner knows she holds most
+-- of it.
+SELECT set_config('app.max_tasks_per_user', '1000', true) IS NOT NULL AS quiet \gset
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-gina', true);
+INSERT INTO public.users (id) VALUES ('sqltest-gina');
+INSERT INTO public.tasks (user_id, title) SELECT 'sqltest-gina', 'gina''s ' || n FROM generate_series(1, 1000) AS n;
+RESET ROLE;
+ALTER TABLE public.task_events NO FORCE ROW LEVEL SECURITY;
+UPDATE public.task_events SET created_at = now() - interval '4000 days'
+    WHERE id IN (SELECT id FROM public.task_events WHERE user_id = 'sqltest-gina' ORDER BY id LIMIT 3);
+ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
+ANALYZE public.task_events;
+SELECT seq_tup_read + idx_tup_fetch AS events_read, n_tup_del AS events_removed
+    FROM pg_stat_xact_user_tables WHERE relid = 'public.task_events'::regclass \gset
+SET LOCAL ROLE todo_app;
+SELECT '# acting as ' || set_config('app.user_id', 'sqltest-bob', true);
+UPDATE public.tasks SET title = 'bob''s, four times';
+SELECT pg_temp.ok(
+    (SELECT seq_tup_read + idx_tup_fetch - :events_read < 100 AND n_tup_del - :events_removed = 3
+     FROM pg_stat_xact_user_tables WHERE relid = 'public.task_events'::regclass),
+    'DELETE: bob''s write removes gina''s three expired events reading fewer than a tenth of her events');
+
 -- A delete with nothing to purge clears its task's earlier events and writes the counts once: the
 -- clearing changes no event's time, so its user's first event time is not looked for again.
 SET LOCAL ROLE todo_app;

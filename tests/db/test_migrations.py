@@ -52,6 +52,7 @@ MIGRATION_IDS = [
     "0014_titles_sort_by_code_point",
     "0015_tasks_the_api_can_render",
     "0016_deleted_tasks_leave_no_copy_in_events",
+    "0017_event_purges_bounded_per_write",
 ]
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -719,6 +720,7 @@ def _owner_reads(url: str, query: str) -> tuple[Any, ...] | None:
         ("0010_event_purges", "0011_purge_every_users_events"),
         ("0011_purge_every_users_events", "0012_refuse_event_truncate"),
         ("0015_tasks_the_api_can_render", "0016_deleted_tasks_leave_no_copy_in_events"),
+        ("0016_deleted_tasks_leave_no_copy_in_events", "0017_event_purges_bounded_per_write"),
     ],
 )
 def test_a_migration_of_the_events_machinery_changes_it_and_rolls_back_exactly(
