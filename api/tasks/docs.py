@@ -105,11 +105,17 @@ IDEMPOTENCY_KEY = {
         f"handled, 409 {ProblemType.IDEMPOTENCY_KEY_IN_USE} "
         "may ask you to send the request again after Retry-After. One header field: two are a 422."
     ),
+    # Exactly what api/tasks/idempotency.py takes: the key bare, or in one pair of double quotes (a
+    # value that starts and ends with one is read so, and `""` is an empty key); the quotes are not
+    # counted in its length. tests/api/test_idempotency.py holds the two to agreeing.
     "schema": {
         "type": "string",
         "minLength": 1,
-        "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
-        "pattern": "^[!-~]+$",
+        "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH + 2,
+        "pattern": (
+            f'^(?:"[!-~]{{1,{IDEMPOTENCY_KEY_MAX_LENGTH}}}"'
+            f'|(?!"[!-~]*"$)[!-~]{{1,{IDEMPOTENCY_KEY_MAX_LENGTH}}})$'
+        ),
     },
 }
 

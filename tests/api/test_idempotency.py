@@ -3,6 +3,7 @@ key made, as it is now, marked as a replay; the key is stored with the task in o
 under row-level security; a deleted task leaves no copy behind, and what keys a user stores is
 bounded by the task quota."""
 
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -338,6 +339,27 @@ def test_a_quoted_key_is_the_structured_field_form_of_the_same_key(client: httpx
     alice = new_user()
     first = _post(client, alice, '"8e03978e-40d5"', {"title": "t"})
     assert _post(client, alice, "8e03978e-40d5", {"title": "t"}).json() == first.json()
+
+
+def test_the_documents_schema_of_the_key_admits_exactly_the_keys_the_api_takes(
+    client: httpx.Client, api_db: psycopg.Connection[Any]
+) -> None:
+    """A client that checks a key against the OpenAPI document is refused nothing it admits, and sends
+    nothing it refuses: `""` was admitted by the pattern and a 422, a quoted key of 255 characters
+    refused by the length and taken."""
+    create = client.get("/openapi.json").json()["paths"]["/api/{user_id}/tasks"]["post"]
+    (schema,) = [p["schema"] for p in create["parameters"] if p["name"] == "Idempotency-Key"]
+    pattern = re.compile(schema["pattern"])
+    alice = new_user()
+    longest = "k" * 255
+    for key in ['""', '"', '"""', '"a"', "a", '"a', 'a"', '"a"b"', longest, f'"{longest}"', longest + "k",
+                f'"{longest}k"', "a b", '"a b"', "caf\u00e9"]:  # fmt: skip
+        admitted = schema["minLength"] <= len(key) <= schema["maxLength"] and bool(pattern.search(key))
+        given = [(b"authorization", f"Bearer {alice.token}".encode()), (b"idempotency-key", key.encode())]
+        answer = client.post(alice.tasks_url, json={"title": "t"}, headers=given)
+        assert answer.status_code == (201 if admitted else 422), (key, admitted, answer.text)
+    # Six keys: `"`, `a`, `"a`, `a"`, `a"b` and the longest; a quoted one is the same key bare.
+    assert _tasks(api_db, alice) == 6
 
 
 def test_expired_keys_are_forgotten_by_their_users_next_keyed_create(
