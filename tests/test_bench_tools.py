@@ -1,6 +1,7 @@
 """The benchmark tools bench/README.md names, run as a newcomer runs them: each must start, measure
 what its name says and report it, on the suite's Postgres or on one of its own."""
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -20,8 +21,9 @@ import psycopg
 import pytest
 
 import bench.run
+from api.db.sql_files import shipped_migrations
 from api.tasks import queries
-from bench import dataset, gc_cost, isolation_check, transaction_paths
+from bench import dataset, gc_cost, isolation_check, transaction_paths, trigger_cost
 from bench.api_server import running_api
 from bench.deletable import DeletablePool
 from bench.pgbench import run_pgbench
@@ -104,6 +106,24 @@ def test_bench_isolation_check_reports_each_kind_of_check_and_each_query(
         (row,) = [line for line in lines if line.startswith(f"| {label} | ")]
         cpu_ms = float(row.strip("| ").split(" | ")[1])
         assert cpu_ms >= 0, row
+
+
+def test_bench_trigger_cost_compares_each_case_before_and_with_the_newest_migration(
+    bench_postgres: BenchPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A few writes on each side: this checks that both databases are made and written to, and that the
+    # one without the newest migration is at the migration before, not what the figures say.
+    args = argparse.Namespace(rounds=2, batch=3, users=3, tasks_per_user=2)
+    trigger_cost._measure(bench_postgres, args)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
+    assert [row.split(" | ")[0] for row in rows] == [f"| {case.name}" for case in trigger_cost._cases(2)]
+    for row in rows:
+        figures = [float(cell) for cell in row.strip("| ").split(" | ")[1:]]
+        assert len(figures) == 3, row
+        assert min(figures) > 0, row
+    with psycopg.connect(bench_postgres.superuser_url("trigger_cost_0_before")) as database:
+        applied = database.execute("select max(migration_id) from _yoyo_migration").fetchone()
+    assert applied == (shipped_migrations()[-2],)
 
 
 def test_bench_gc_cost_reports_the_serving_worker_s_collector(
