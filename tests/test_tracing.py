@@ -207,6 +207,24 @@ def test_a_method_the_api_does_not_know_names_no_span(
         assert not any(method in str(span.attributes) for method in invented)
 
 
+def test_a_path_no_route_matches_names_its_span_by_the_method_alone(
+    traced_api: str, exporter: InMemorySpanExporter
+) -> None:
+    """OpenTelemetry's HTTP conventions: with no route template, a server span is named by its method
+    and has no http.route. It was `GET (unmatched)` with http.route `(unmatched)`, a route no trace
+    backend could tell from a real one."""
+    exporter.clear()
+    assert httpx.get(f"{traced_api}/no/such/path").status_code == 404
+    deadline = time.monotonic() + 5
+    while not _server_spans(exporter) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (span,) = _server_spans(exporter)
+    assert span.name == "GET"
+    assert span.attributes is not None
+    assert "http.route" not in span.attributes
+    assert span.attributes["http.response.status_code"] == 404
+
+
 def test_a_5xx_answer_is_an_error_span_and_a_4xx_is_not(
     migrated_db: psycopg.Connection[Any], migrated_db_url: str
 ) -> None:

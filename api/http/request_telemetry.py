@@ -37,8 +37,9 @@ def _known_method(scope: Scope) -> str | None:
     return method if method in _KNOWN_METHODS else None
 
 
-def _route_template(scope: Scope, root_path_as_sent: str, routes: Sequence[BaseRoute]) -> str:
-    """The template of the route that answered `scope`, which came in with `root_path_as_sent`."""
+def _route_template(scope: Scope, root_path_as_sent: str, routes: Sequence[BaseRoute]) -> str | None:
+    """The template of the route that answered `scope`, which came in with `root_path_as_sent`; None
+    when no route matches its path."""
     path: str | None = getattr(scope.get("route"), "path", None)
     if path is not None:
         return path
@@ -58,7 +59,7 @@ def _route_template(scope: Scope, root_path_as_sent: str, routes: Sequence[BaseR
             return template
         if match is Match.PARTIAL and partial is None:
             partial = template
-    return partial or metrics.UNMATCHED_ROUTE
+    return partial
 
 
 def _user_id(scope: Scope) -> str | None:
@@ -139,7 +140,8 @@ class RequestTelemetry:
     def _record(
         self, scope: Scope, root_path: str, status: int, seconds: float, trace: tuple[str, str] | None
     ) -> None:
-        method, route = _known_method(scope) or "OTHER", _route_template(scope, root_path, self.routes)
+        method = _known_method(scope) or "OTHER"
+        route = _route_template(scope, root_path, self.routes) or metrics.UNMATCHED_ROUTE
         counted = self._counted.get((method, route, status))
         if counted is None:
             counted = self._counted[method, route, status] = metrics.requests.labels(

@@ -124,14 +124,20 @@ def _with_trace_state_bounded(context: "Context") -> "Context":
     return set_span_in_context(NonRecordingSpan(bounded), context)
 
 
-def finish_server_span(span: "Span", *, method: str | None, route: str, status: int) -> None:
+def finish_server_span(span: "Span", *, method: str | None, route: str | None, status: int) -> None:
     # A span the sampler dropped (a caller's traceparent that says not sampled, any client may send
     # one) records nothing and is a plain API span, with no name to read.
     if not span.is_recording():
         return
-    # The route template, never the raw path: paths carry user ids.
-    span.update_name(f"{method or _ANY_METHOD} {route}")
-    span.set_attributes({"http.route": route, "http.response.status_code": status})
+    span.set_attribute("http.response.status_code", status)
+    # The route template, never the raw path: paths carry user ids. A path no route matches has none
+    # (`route` None): OpenTelemetry's HTTP conventions then name the span by its method alone and set
+    # no http.route.
+    if route is None:
+        span.update_name(method or _ANY_METHOD)
+    else:
+        span.update_name(f"{method or _ANY_METHOD} {route}")
+        span.set_attribute("http.route", route)
     if status >= 500:
         # OpenTelemetry's HTTP conventions: a server span fails with a 5xx, the server's doing; a
         # 4xx is the client's, and leaves the status unset.
