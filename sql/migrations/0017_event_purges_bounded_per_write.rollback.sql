@@ -2,6 +2,9 @@
 -- function is 0016's, word for word (its body's md5 is in sql/checks/expected_reach.json at 0016).
 LOCK TABLE public.tasks, public.task_events IN ACCESS EXCLUSIVE MODE;
 
+DROP TRIGGER task_events_recount_after_removal_by_hand ON public.task_events;
+DROP FUNCTION app.recount_events_removed_by_hand();
+
 CREATE INDEX task_events_by_owner_without_time ON public.task_events (user_id, id);
 DROP INDEX public.task_events_by_owner;
 ALTER INDEX public.task_events_by_owner_without_time RENAME TO task_events_by_owner;

@@ -22,6 +22,7 @@
 --    first that stays.
 -- 4. task_events_by_owner carries created_at too, so that walk, and a stream's start
 --    (api/events/queries.py, `_START`), read the index instead of one heap page per event.
+-- 5. A removal of events by hand is counted (app.recount_events_removed_by_hand, below).
 --
 -- Locks: the index is rebuilt under an ACCESS EXCLUSIVE lock on public.task_events, taken after the
 -- one on public.tasks, in the order an API write takes them (sql/lock_policy_tables.sql), so writes
@@ -85,6 +86,41 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION app.purge_events(text, timestamptz, integer, integer) FROM PUBLIC;
+
+-- A removal of events by hand (docs/operations.md shows a DBA's DELETE) left the user's counts row as it
+-- was: it counted events that were gone, for good, so their own purge by count then removed events
+-- they were entitled to keep. The row is now recounted by what the statement removed, and its first
+-- event time read again, as 0016's app.keep_first_event_time does for an event's time changed by hand.
+-- Only for a statement of the caller's own (the WHEN clause): the purges of the trigger on tasks keep
+-- the row themselves, and pay nothing for this. A user left with no event keeps a row of none until a
+-- write's drain finds them (its first event time is -infinity) and removes it.
+CREATE FUNCTION app.recount_events_removed_by_hand() RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = ''
+AS $$
+BEGIN
+    UPDATE app.task_event_counts AS counted
+        SET events = counted.events - gone.events,
+            first_event_at = coalesce(
+                (SELECT e.created_at FROM public.task_events AS e
+                 WHERE e.user_id BETWEEN counted.user_id AND counted.user_id
+                 ORDER BY e.user_id, e.id LIMIT 1),
+                '-infinity')
+        FROM (SELECT removed.user_id, pg_catalog.count(*)::integer AS events
+              FROM removed GROUP BY removed.user_id) AS gone
+        WHERE counted.user_id = gone.user_id;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION app.recount_events_removed_by_hand() FROM PUBLIC;
+
+CREATE TRIGGER task_events_recount_after_removal_by_hand
+    AFTER DELETE ON public.task_events
+    REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT
+    WHEN (pg_catalog.pg_trigger_depth() = 0)
+    EXECUTE FUNCTION app.recount_events_removed_by_hand();
 
 -- As in 0016, with both purges made by app.purge_events, within one share of 100 events a write.
 CREATE OR REPLACE FUNCTION app.publish_task_event() RETURNS trigger

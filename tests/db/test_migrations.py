@@ -764,6 +764,18 @@ def test_a_dba_removing_events_by_hand_is_recorded_like_a_purge(migrated_db: Con
         "select purged_through from task_event_purges where user_id = 'by-hand'"
     ).fetchall()
     assert recorded == [(first,)]
+    # And recounted (0017): the count said two for good, so the user's purge by count removed events
+    # they were entitled to keep.
+    counted = migrated_db.execute(
+        "select events, first_event_at = (select created_at from task_events where user_id = 'by-hand')"
+        " from app.task_event_counts where user_id = 'by-hand'"
+    ).fetchall()
+    assert counted == [(1, True)]
+    migrated_db.execute("delete from task_events where user_id = 'by-hand'")
+    counted = migrated_db.execute(
+        "select events, first_event_at = '-infinity' from app.task_event_counts where user_id = 'by-hand'"
+    ).fetchall()
+    assert counted == [(0, True)], "none left: the next write's drain takes the row away"
 
 
 @pytest.mark.parametrize(
