@@ -4,6 +4,8 @@ LOCK TABLE public.tasks, public.task_events IN ACCESS EXCLUSIVE MODE;
 
 DROP TRIGGER task_events_recount_after_removal_by_hand ON public.task_events;
 DROP FUNCTION app.recount_events_removed_by_hand();
+DROP TRIGGER task_events_count_additions_by_hand ON public.task_events;
+DROP FUNCTION app.count_events_added_by_hand();
 
 CREATE INDEX task_events_by_owner_without_time ON public.task_events (user_id, id);
 DROP INDEX public.task_events_by_owner;

@@ -22,7 +22,8 @@
 --    first that stays.
 -- 4. task_events_by_owner carries created_at too, so that walk, and a stream's start
 --    (api/events/queries.py, `_START`), read the index instead of one heap page per event.
--- 5. A removal of events by hand is counted (app.recount_events_removed_by_hand, below).
+-- 5. Events added or removed by hand are counted (app.count_events_added_by_hand and
+--    app.recount_events_removed_by_hand, below).
 --
 -- Locks: the index is rebuilt under an ACCESS EXCLUSIVE lock on public.task_events, taken after the
 -- one on public.tasks, in the order an API write takes them (sql/lock_policy_tables.sql), so writes
@@ -79,7 +80,10 @@ BEGIN
     IF first_kept_at IS NULL THEN
         DELETE FROM app.task_event_counts WHERE user_id = who;
     ELSE
-        UPDATE app.task_event_counts SET events = events - purged, first_event_at = first_kept_at
+        -- Never below none: a count a DBA's change by hand left short (an event moved to this user)
+        -- must not make every write that drains this user fail its CHECK.
+        UPDATE app.task_event_counts
+            SET events = greatest(events - purged, 0), first_event_at = first_kept_at
             WHERE user_id = who;
     END IF;
     RETURN purged;
@@ -87,13 +91,43 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION app.purge_events(text, timestamptz, integer, integer) FROM PUBLIC;
 
--- A removal of events by hand (docs/operations.md shows a DBA's DELETE) left the user's counts row as it
--- was: it counted events that were gone, for good, so their own purge by count then removed events
--- they were entitled to keep. The row is now recounted by what the statement removed, and its first
--- event time read again, as 0016's app.keep_first_event_time does for an event's time changed by hand.
--- Only for a statement of the caller's own (the WHEN clause): the purges of the trigger on tasks keep
--- the row themselves, and pay nothing for this. A user left with no event keeps a row of none until a
--- write's drain finds them (its first event time is -infinity) and removes it.
+-- Events added or removed by hand (docs/operations.md shows a DBA's DELETE) left the user's counts row
+-- as it was. A removal left it counting events that were gone, for good, so the user's own purge by
+-- count then removed events they were entitled to keep; an insertion left it short, and a later
+-- removal or purge of those events took it below none, which its CHECK refuses: every write that
+-- drained that user failed. Both are now counted, as 0016's app.keep_first_event_time follows an
+-- event's time changed by hand. Only for a statement of the caller's own (the WHEN clauses): the
+-- trigger on tasks writes and purges events within its own bookkeeping, and pays nothing for these.
+-- A user left with no event keeps a row of none until a write's drain finds them (its first event
+-- time is -infinity) and removes it.
+CREATE FUNCTION app.count_events_added_by_hand() RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = ''
+AS $$
+BEGIN
+    INSERT INTO app.task_event_counts AS counted (user_id, events, first_event_at)
+        VALUES (NEW.user_id, 1, NEW.created_at)
+        ON CONFLICT (user_id) DO UPDATE
+            SET events = counted.events + 1,
+                first_event_at = CASE WHEN counted.events = 0 THEN excluded.first_event_at
+                                      ELSE counted.first_event_at END;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION app.count_events_added_by_hand() FROM PUBLIC;
+
+-- A row trigger, whose WHEN is tested as each row is written: a statement trigger with the rows it
+-- wrote would have every API write keep a copy of its event for it.
+CREATE TRIGGER task_events_count_additions_by_hand
+    AFTER INSERT ON public.task_events
+    FOR EACH ROW
+    WHEN (pg_catalog.pg_trigger_depth() = 0)
+    EXECUTE FUNCTION app.count_events_added_by_hand();
+
+-- A DBA's DELETE locks the events it removes and then, here, the users' counts rows; a write's drain
+-- locks a user's counts row and then removes their events. The two can deadlock: Postgres then cancels
+-- one, the API runs its write once more, and a DBA runs the DELETE again (docs/operations.md).
 CREATE FUNCTION app.recount_events_removed_by_hand() RETURNS trigger
     LANGUAGE plpgsql
     SECURITY DEFINER
@@ -101,7 +135,7 @@ CREATE FUNCTION app.recount_events_removed_by_hand() RETURNS trigger
 AS $$
 BEGIN
     UPDATE app.task_event_counts AS counted
-        SET events = counted.events - gone.events,
+        SET events = greatest(counted.events - gone.events, 0),
             first_event_at = coalesce(
                 (SELECT e.created_at FROM public.task_events AS e
                  WHERE e.user_id BETWEEN counted.user_id AND counted.user_id

@@ -15,6 +15,7 @@ from tests.support import (
     SECRET,
     ApiUser,
     as_role,
+    assert_problem,
     create_task,
     new_user,
     serving_client,
@@ -457,3 +458,19 @@ def test_every_field_a_client_writes_is_stored_by_a_create_and_changed_by_an_upd
     assert updated.status_code == 200, updated.text
     assert {name: updated.json()[name] for name in CHANGED} == CHANGED
     assert {name: stored_fields(api_db, task_id)[name] for name in CHANGED} == CHANGED
+
+
+def test_a_rule_of_the_databases_own_bookkeeping_refusing_a_write_is_a_500_not_the_clients_422(
+    migrated_db_url: str,
+) -> None:
+    """A CHECK on a table no request writes (schema app) was answered 422 `validation-error`, "The
+    database refuses this value by its rule task_event_counts_events_check", for a valid body and even
+    for a DELETE with none: a probe's counts row gone below none made every user's writes that. Only a
+    rule of the tables a request writes is about the client's input."""
+    alice = new_user()
+    with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+        owner.execute("alter table app.task_event_counts add constraint by_hand check (events < 0) not valid")
+        with serving_client(create_app(settings_for(migrated_db_url))) as api:
+            answer = api.post(alice.tasks_url, json={"title": "fine"}, headers=alice.headers)
+        assert_problem(answer, 500, "internal-error")
+        assert owner.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)

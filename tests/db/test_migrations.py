@@ -778,6 +778,73 @@ def test_a_dba_removing_events_by_hand_is_recorded_like_a_purge(migrated_db: Con
     assert counted == [(0, True)], "none left: the next write's drain takes the row away"
 
 
+def _rename_as_the_api(db: Conn, user: str, title: str) -> None:
+    """One of `user`'s tasks renamed as the API renames it, with the default retention and quota."""
+    with db.transaction():
+        db.execute("set local role todo_app")
+        db.execute(
+            "select set_config('app.user_id', %s, true), set_config('app.max_tasks_per_user', '10000', true),"
+            " set_config('app.events_retention_hours', '24', true)",
+            [user],
+        )
+        db.execute("update tasks set title = %s where user_id = %s", [title, user])
+
+
+def _counted(db: Conn, user: str) -> tuple[Any, ...] | None:
+    """The user's counts row, and the events they hold."""
+    return db.execute(
+        "select counted.events, (select count(*) from task_events where user_id = %s)"
+        " from app.task_event_counts as counted where counted.user_id = %s",
+        [user, user],
+    ).fetchone()
+
+
+def test_events_added_and_removed_by_hand_are_counted_so_no_write_is_refused_for_them(
+    migrated_db: Conn,
+) -> None:
+    """A probe's DBA inserted two events by hand and removed them again: the count went below the events
+    held (its CHECK refused the removal), and once the user's kept event expired, every write of every
+    user, draining them, was a 422 naming the counts' CHECK."""
+    migrated_db.autocommit = True
+    migrated_db.execute("insert into users (id) values ('by-hand'), ('bystander')")
+    migrated_db.execute("insert into tasks (user_id, title) values ('by-hand', 'one'), ('bystander', 'two')")
+    (task,) = migrated_db.execute("select id from tasks where user_id = 'by-hand'").fetchone() or ()
+    for _ in range(2):
+        migrated_db.execute(
+            "insert into task_events (user_id, kind, task_id, task)"
+            " select user_id, 'task.updated', id, to_jsonb(tasks) from tasks where id = %s",
+            [task],
+        )
+    assert _counted(migrated_db, "by-hand") == (3, 3)
+    migrated_db.execute(
+        "delete from task_events where user_id = 'by-hand' and id > (select min(id) from task_events"
+        " where user_id = 'by-hand')"
+    )
+    assert _counted(migrated_db, "by-hand") == (1, 1)
+
+    # Moved to another user by hand, events leave that user's count short: a purge that keeps one of
+    # their events takes it to none, not below.
+    for _ in range(2):
+        migrated_db.execute(
+            "insert into task_events (user_id, kind, task_id, task)"
+            " select user_id, 'task.updated', id, to_jsonb(tasks) from tasks where id = %s",
+            [task],
+        )
+    migrated_db.execute(
+        "update task_events set user_id = 'bystander' where id in (select id from task_events"
+        " where user_id = 'by-hand' order by id desc limit 2)"
+    )
+    assert _counted(migrated_db, "bystander") == (1, 3)
+    migrated_db.execute(
+        "update task_events set created_at = now() - interval '4000 days' where id in (select id"
+        " from task_events where user_id = 'bystander' order by id limit 2)"
+    )
+    _rename_as_the_api(migrated_db, "by-hand", "one, renamed")  # drains the bystander's expired events
+    assert _counted(migrated_db, "bystander") == (0, 1)
+    _rename_as_the_api(migrated_db, "bystander", "two, renamed")
+    assert _counted(migrated_db, "bystander") == (1, 2)
+
+
 @pytest.mark.parametrize(
     ("column", "value"),
     [
