@@ -509,13 +509,13 @@ class Database:
             raise MissingReference(error.diag.constraint_name) from None
         except psycopg.errors.CheckViolation as error:
             await _roll_back(connection)
+            constraint = error.diag.constraint_name
+            if constraint is not None and constraint.endswith("_limit"):
+                raise LimitReached(constraint) from None
             if error.diag.schema_name != "public":
                 # A rule of the database's own bookkeeping (schema app), which no request writes:
                 # whatever broke it, the client's input did not (a 500, as a bug).
                 raise
-            constraint = error.diag.constraint_name
-            if constraint is not None and constraint.endswith("_limit"):
-                raise LimitReached(constraint) from None
             raise CheckRefused(constraint) from None
         except psycopg.errors.InsufficientPrivilege as error:
             await _roll_back(connection)
