@@ -114,4 +114,4 @@ BEGIN
 END
 $$;
 
-DROP FUNCTION app.purge_events(text, timestamptz, integer, integer);
+DROP FUNCTION app.purge_events(text, timestamptz, integer, integer, bigint);

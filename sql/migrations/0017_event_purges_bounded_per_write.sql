@@ -23,7 +23,7 @@
 -- 4. task_events_by_owner carries created_at too, so that walk, and a stream's start
 --    (api/events/queries.py, `_START`), read the index instead of one heap page per event.
 -- 5. Events added or removed by hand are counted (app.count_events_added_by_hand and
---    app.recount_events_removed_by_hand, below).
+--    app.recount_events_removed_by_hand, below), and every user's count is made right once, here.
 --
 -- Locks: the index is rebuilt under an ACCESS EXCLUSIVE lock on public.task_events, taken after the
 -- one on public.tasks, in the order an API write takes them (sql/lock_policy_tables.sql), so writes
@@ -34,14 +34,34 @@ CREATE INDEX task_events_by_owner_with_time ON public.task_events (user_id, id) 
 DROP INDEX public.task_events_by_owner;
 ALTER INDEX public.task_events_by_owner_with_time RENAME TO task_events_by_owner;
 
+-- Every user's count made right once. Nothing counted events a DBA added or removed by hand before
+-- (5 below counts them from now on), and a count left above what a user holds would have the purge by
+-- count below remove events they are entitled to keep. The owner reads every user's events, which
+-- FORCEd row-level security would hide from it (the embedded database's owner does not bypass it).
+ALTER TABLE public.task_events NO FORCE ROW LEVEL SECURITY;
+WITH held AS (
+    SELECT e.user_id, pg_catalog.count(*)::integer AS events FROM public.task_events AS e GROUP BY e.user_id
+), first AS (
+    SELECT DISTINCT ON (e.user_id) e.user_id, e.created_at FROM public.task_events AS e ORDER BY e.user_id, e.id
+)
+INSERT INTO app.task_event_counts AS counted (user_id, events, first_event_at)
+    SELECT held.user_id, held.events, first.created_at FROM held JOIN first USING (user_id)
+    ON CONFLICT (user_id) DO UPDATE SET events = excluded.events, first_event_at = excluded.first_event_at
+    WHERE (counted.events, counted.first_event_at) IS DISTINCT FROM (excluded.events, excluded.first_event_at);
+DELETE FROM app.task_event_counts AS counted
+    WHERE NOT EXISTS (SELECT FROM public.task_events AS e WHERE e.user_id = counted.user_id);
+ALTER TABLE public.task_events FORCE ROW LEVEL SECURITY;
+
 -- Removes the oldest of a user's events that are due to go, at most `most` of them, keeps the user's
 -- counts row right, and says how many went. Due: the `excess` oldest (the count over
 -- MAX_TASKS_PER_USER), and every event before the user's first at or after `kept_since` (none
--- without app.events_retention_hours, as at psql). What goes is a prefix of the user's events, as
+-- without app.events_retention_hours, as at psql). The event `written` by the write that purges (none
+-- for another user's) stays whatever the count says: a count a DBA's change by hand left high would
+-- otherwise have it removed, and every event before it. What goes is a prefix of the user's events, as
 -- every purge removes (0008), and 0010's trigger records it. The caller holds the user's counts row,
 -- as the user's own writes lock it, so no event of theirs is written meanwhile. A user left with no
 -- event loses the row too (their next write makes it again), so no later write picks them again.
-CREATE FUNCTION app.purge_events(who text, kept_since timestamptz, excess integer, most integer)
+CREATE FUNCTION app.purge_events(who text, kept_since timestamptz, excess integer, most integer, written bigint)
     RETURNS integer
     LANGUAGE plpgsql
     SET search_path = ''
@@ -49,6 +69,7 @@ AS $$
 DECLARE
     event record;
     due bigint[] := '{}';
+    first_kept bigint;
     first_kept_at timestamptz;
     purged integer := 0;
 BEGIN
@@ -63,9 +84,11 @@ BEGIN
         ORDER BY e.user_id, e.id
         LIMIT most + 1
     LOOP
-        IF pg_catalog.cardinality(due) >= most
+        IF event.id >= written
+           OR pg_catalog.cardinality(due) >= most
            OR pg_catalog.cardinality(due) >= coalesce(excess, 0)
               AND (kept_since IS NULL OR event.created_at >= kept_since) THEN
+            first_kept := event.id;
             first_kept_at := event.created_at;
             EXIT;
         END IF;
@@ -81,15 +104,17 @@ BEGIN
         DELETE FROM app.task_event_counts WHERE user_id = who;
     ELSE
         -- Never below none: a count a DBA's change by hand left short (an event moved to this user)
-        -- must not make every write that drains this user fail its CHECK.
+        -- must not make every write that drains this user fail its CHECK. And when the event written
+        -- is the first kept, the newest is the only one left, whatever the count said.
         UPDATE app.task_event_counts
-            SET events = greatest(events - purged, 0), first_event_at = first_kept_at
+            SET events = CASE WHEN first_kept = written THEN 1 ELSE greatest(events - purged, 0) END,
+                first_event_at = first_kept_at
             WHERE user_id = who;
     END IF;
     RETURN purged;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION app.purge_events(text, timestamptz, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION app.purge_events(text, timestamptz, integer, integer, bigint) FROM PUBLIC;
 
 -- Events added or removed by hand (docs/operations.md shows a DBA's DELETE) left the user's counts row
 -- as it was. A removal left it counting events that were gone, for good, so the user's own purge by
@@ -170,6 +195,7 @@ DECLARE
     -- The most events one write removes, its own and other users' together.
     share integer := 100;
     owner text;
+    written bigint;
     held integer;
     first_at timestamptz;
     kept_since timestamptz;
@@ -184,16 +210,18 @@ BEGIN
     IF TG_OP = 'DELETE' THEN
         UPDATE public.task_events SET task = NULL
             WHERE user_id = owner AND task_id = OLD.id AND task IS NOT NULL;
-        INSERT INTO public.task_events (user_id, kind, task_id) VALUES (owner, 'task.deleted', OLD.id);
+        INSERT INTO public.task_events (user_id, kind, task_id) VALUES (owner, 'task.deleted', OLD.id)
+            RETURNING id INTO written;
     ELSE
         INSERT INTO public.task_events (user_id, kind, task_id, task)
             VALUES (owner, CASE TG_OP WHEN 'INSERT' THEN 'task.created' ELSE 'task.updated' END,
-                    NEW.id, pg_catalog.to_jsonb(NEW));
+                    NEW.id, pg_catalog.to_jsonb(NEW))
+            RETURNING id INTO written;
     END IF;
 
     kept_since := pg_catalog.now() - pg_catalog.make_interval(secs => kept_hours * 3600);
     IF first_at < kept_since OR held > kept_events THEN
-        share := share - app.purge_events(owner, kept_since, held - kept_events, share);
+        share := share - app.purge_events(owner, kept_since, held - kept_events, share, written);
     END IF;
 
     -- Every user's expired events, not only this writer's: the same purge by age for up to ten users
@@ -208,7 +236,7 @@ BEGIN
             LIMIT 10
             FOR UPDATE SKIP LOCKED
         LOOP
-            share := share - app.purge_events(stale, kept_since, 0, share);
+            share := share - app.purge_events(stale, kept_since, 0, share, NULL);
             EXIT WHEN share <= 0;
         END LOOP;
     END IF;

@@ -610,6 +610,32 @@ def test_0016_clears_the_events_of_tasks_deleted_before_and_rolls_back_to_0015_e
         ]
 
 
+def test_0017_makes_every_users_count_right_before_its_purges_trust_it(empty_db_url: str) -> None:
+    """Nothing counted events added or removed by hand before 0017: a count left high made 0017's
+    purge by count remove every event of the user, the one just written too (an upgrade probe: a
+    DBA's DELETE under 0016, then a toggle under 0017 with MAX_TASKS_PER_USER=4, left none)."""
+    migrate_up_to(empty_db_url, "0016_deleted_tasks_leave_no_copy_in_events")
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        conn.execute("insert into users (id) values ('dave'), ('erin')")
+        conn.execute(
+            "insert into tasks (user_id, title) select 'dave', 'task ' || n from generate_series(1, 6) n"
+        )
+        conn.execute("delete from task_events where id in (select id from task_events order by id limit 4)")
+        conn.execute("insert into task_events (user_id, kind, task_id) values ('erin', 'task.deleted', 1)")
+        conn.execute("insert into app.task_event_counts (user_id, events) values ('gone', 3)")
+        assert conn.execute(COUNTS).fetchall() == [("dave", 6), ("gone", 3)]
+
+    migrate_up_to(empty_db_url, "0017_event_purges_bounded_per_write")
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as conn:
+        assert conn.execute(COUNTS).fetchall() == [("dave", 2), ("erin", 1)]
+        firsts = "select bool_and(first_event_at = (select created_at from task_events e where e.user_id ="
+        firsts += " c.user_id order by id limit 1)) from app.task_event_counts c"
+        assert conn.execute(firsts).fetchone() == (True,)
+
+
+COUNTS = "select user_id, events from app.task_event_counts order by user_id"
+
+
 def schema_dump(url: str) -> list[str]:
     """The schema as `pg_dump --schema-only` writes it, yoyo's own tables aside, as sorted lines: a
     column a rollback adds back comes last, where no ALTER TABLE can put it back in its place."""
@@ -843,6 +869,35 @@ def test_events_added_and_removed_by_hand_are_counted_so_no_write_is_refused_for
     assert _counted(migrated_db, "bystander") == (0, 1)
     _rename_as_the_api(migrated_db, "bystander", "two, renamed")
     assert _counted(migrated_db, "bystander") == (1, 2)
+
+
+def test_a_count_left_high_by_hand_never_has_a_write_remove_the_event_it_wrote(migrated_db: Conn) -> None:
+    """Events moved to another user by hand leave their first user's count high, which no trigger
+    follows: that user's purge by count then took every event they had, the one just written too, and
+    the user's counts row with it."""
+    migrated_db.autocommit = True
+    migrated_db.execute("insert into users (id) values ('by-hand'), ('other')")
+    migrated_db.execute(
+        "insert into tasks (user_id, title) select 'by-hand', 'task ' || n from generate_series(1, 5) n"
+    )
+    migrated_db.execute(
+        "update task_events set user_id = 'other' where id in (select id from task_events"
+        " where user_id = 'by-hand' order by id limit 4)"
+    )
+    assert _counted(migrated_db, "by-hand") == (5, 1)
+    with migrated_db.transaction():
+        migrated_db.execute("set local role todo_app")
+        migrated_db.execute(
+            "select set_config('app.user_id', 'by-hand', true),"
+            " set_config('app.max_tasks_per_user', '4', true),"
+            " set_config('app.events_retention_hours', '24', true)"
+        )
+        migrated_db.execute("update tasks set title = 'renamed' where title = 'task 5'")
+    kept = migrated_db.execute(
+        "select task ->> 'title' from task_events where user_id = 'by-hand'"
+    ).fetchall()
+    assert kept == [("renamed",)]
+    assert _counted(migrated_db, "by-hand") == (1, 1), "and the count is right again"
 
 
 @pytest.mark.parametrize(
