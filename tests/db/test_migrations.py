@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -804,16 +805,17 @@ def test_a_dba_removing_events_by_hand_is_recorded_like_a_purge(migrated_db: Con
     assert counted == [(0, True)], "none left: the next write's drain takes the row away"
 
 
-def _rename_as_the_api(db: Conn, user: str, title: str) -> None:
-    """One of `user`'s tasks renamed as the API renames it, with the default retention and quota."""
+@contextmanager
+def _as_the_api(db: Conn, user: str, *, max_tasks_per_user: int = 10_000) -> Iterator[None]:
+    """A transaction acting for `user` as the API's do, with the default retention."""
     with db.transaction():
         db.execute("set local role todo_app")
         db.execute(
-            "select set_config('app.user_id', %s, true), set_config('app.max_tasks_per_user', '10000', true),"
+            "select set_config('app.user_id', %s, true), set_config('app.max_tasks_per_user', %s, true),"
             " set_config('app.events_retention_hours', '24', true)",
-            [user],
+            [user, str(max_tasks_per_user)],
         )
-        db.execute("update tasks set title = %s where user_id = %s", [title, user])
+        yield
 
 
 def _counted(db: Conn, user: str) -> tuple[Any, ...] | None:
@@ -865,9 +867,11 @@ def test_events_added_and_removed_by_hand_are_counted_so_no_write_is_refused_for
         "update task_events set created_at = now() - interval '4000 days' where id in (select id"
         " from task_events where user_id = 'bystander' order by id limit 2)"
     )
-    _rename_as_the_api(migrated_db, "by-hand", "one, renamed")  # drains the bystander's expired events
+    with _as_the_api(migrated_db, "by-hand"):  # drains the bystander's expired events
+        migrated_db.execute("update tasks set title = 'one, renamed' where title = 'one'")
     assert _counted(migrated_db, "bystander") == (0, 1)
-    _rename_as_the_api(migrated_db, "bystander", "two, renamed")
+    with _as_the_api(migrated_db, "bystander"):
+        migrated_db.execute("update tasks set title = 'two, renamed' where title = 'two'")
     assert _counted(migrated_db, "bystander") == (1, 2)
 
 
@@ -885,13 +889,7 @@ def test_a_count_left_high_by_hand_never_has_a_write_remove_the_event_it_wrote(m
         " where user_id = 'by-hand' order by id limit 4)"
     )
     assert _counted(migrated_db, "by-hand") == (5, 1)
-    with migrated_db.transaction():
-        migrated_db.execute("set local role todo_app")
-        migrated_db.execute(
-            "select set_config('app.user_id', 'by-hand', true),"
-            " set_config('app.max_tasks_per_user', '4', true),"
-            " set_config('app.events_retention_hours', '24', true)"
-        )
+    with _as_the_api(migrated_db, "by-hand", max_tasks_per_user=4):
         migrated_db.execute("update tasks set title = 'renamed' where title = 'task 5'")
     kept = migrated_db.execute(
         "select task ->> 'title' from task_events where user_id = 'by-hand'"
