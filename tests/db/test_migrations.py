@@ -611,6 +611,9 @@ def test_0016_clears_the_events_of_tasks_deleted_before_and_rolls_back_to_0015_e
         ]
 
 
+COUNTS = "select user_id, events from app.task_event_counts order by user_id"
+
+
 def test_0017_makes_every_users_count_right_before_its_purges_trust_it(empty_db_url: str) -> None:
     """Nothing counted events added or removed by hand before 0017: a count left high made 0017's
     purge by count remove every event of the user, the one just written too (an upgrade probe: a
@@ -632,9 +635,6 @@ def test_0017_makes_every_users_count_right_before_its_purges_trust_it(empty_db_
         firsts = "select bool_and(first_event_at = (select created_at from task_events e where e.user_id ="
         firsts += " c.user_id order by id limit 1)) from app.task_event_counts c"
         assert conn.execute(firsts).fetchone() == (True,)
-
-
-COUNTS = "select user_id, events from app.task_event_counts order by user_id"
 
 
 def schema_dump(url: str) -> list[str]:
@@ -827,6 +827,13 @@ def _counted(db: Conn, user: str) -> tuple[Any, ...] | None:
     ).fetchone()
 
 
+# Two task.updated events of a task, inserted as a DBA would, past the trigger on tasks.
+TWO_EVENTS_BY_HAND = (
+    "insert into task_events (user_id, kind, task_id, task)"
+    " select user_id, 'task.updated', id, to_jsonb(tasks) from tasks, generate_series(1, 2) where id = %s"
+)
+
+
 def test_events_added_and_removed_by_hand_are_counted_so_no_write_is_refused_for_them(
     migrated_db: Conn,
 ) -> None:
@@ -837,12 +844,7 @@ def test_events_added_and_removed_by_hand_are_counted_so_no_write_is_refused_for
     migrated_db.execute("insert into users (id) values ('by-hand'), ('bystander')")
     migrated_db.execute("insert into tasks (user_id, title) values ('by-hand', 'one'), ('bystander', 'two')")
     (task,) = migrated_db.execute("select id from tasks where user_id = 'by-hand'").fetchone() or ()
-    for _ in range(2):
-        migrated_db.execute(
-            "insert into task_events (user_id, kind, task_id, task)"
-            " select user_id, 'task.updated', id, to_jsonb(tasks) from tasks where id = %s",
-            [task],
-        )
+    migrated_db.execute(TWO_EVENTS_BY_HAND, [task])
     assert _counted(migrated_db, "by-hand") == (3, 3)
     migrated_db.execute(
         "delete from task_events where user_id = 'by-hand' and id > (select min(id) from task_events"
@@ -852,12 +854,7 @@ def test_events_added_and_removed_by_hand_are_counted_so_no_write_is_refused_for
 
     # Moved to another user by hand, events leave that user's count short: a purge that keeps one of
     # their events takes it to none, not below.
-    for _ in range(2):
-        migrated_db.execute(
-            "insert into task_events (user_id, kind, task_id, task)"
-            " select user_id, 'task.updated', id, to_jsonb(tasks) from tasks where id = %s",
-            [task],
-        )
+    migrated_db.execute(TWO_EVENTS_BY_HAND, [task])
     migrated_db.execute(
         "update task_events set user_id = 'bystander' where id in (select id from task_events"
         " where user_id = 'by-hand' order by id desc limit 2)"
