@@ -105,13 +105,16 @@ def until_ready(base_url: str, ready: bool, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_the_last_check_timestamp_stays_put_while_checks_cannot_complete(
+def test_checks_that_cannot_complete_leave_the_timestamp_and_the_findings_where_they_were(
     migrated_db_url: str, superuser_url: str, tmp_path: Path
 ) -> None:
-    """It moved on every check, completed or not: through an outage it kept advancing while every
-    check failed, though its help says when a check last completed. A server of its own, so that no
-    other app of this process checks meanwhile (the gauge is the process's)."""
+    """The timestamp moved on every check, completed or not: through an outage it kept advancing
+    while every check failed, though its help says when a check last completed. And the findings
+    read 1 through every outage, so an alert on them (a hole in isolation) paged for a restart; a
+    real finding still counts. A server of its own, so that no other app of this process checks
+    meanwhile (the gauges are the process's)."""
     timestamp = "todo_api_isolation_last_check_timestamp_seconds"
+    findings = "todo_api_isolation_findings"
     env = cli_env(
         DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET, ISOLATION_CHECK_INTERVAL_SECONDS="0.5"
     )
@@ -128,12 +131,24 @@ def test_the_last_check_timestamp_stays_put_while_checks_cannot_complete(
             until_ready(base_url, False, "a check that cannot complete is a finding")
             last_completed = value(scrape(base_url), timestamp)
             time.sleep(2)  # more checks that cannot complete
-            after_failed_checks = value(scrape(base_url), timestamp)
-            assert value(scrape(base_url), "todo_api_isolation_verified") == 0
+            samples = scrape(base_url)
+            after_failed_checks = value(samples, timestamp)
+            assert value(samples, "todo_api_isolation_verified") == 0
+            assert value(samples, findings) == 0, "not verified, and nothing found"
         finally:
             superuser.execute("grant select on pg_catalog.pg_policy to public")
         until_ready(base_url, True, "served again once a check completes clean")
         assert value(scrape(base_url), timestamp) > after_failed_checks, "a completed check moves it"
+        superuser.execute("alter table public.tasks no force row level security")
+        try:
+            until_ready(base_url, False, "a weakened table is a finding")
+            samples = scrape(base_url)
+            assert value(samples, "todo_api_isolation_verified") == 0
+            assert value(samples, findings) > 0, "the table's and what its reach lost"
+        finally:
+            superuser.execute("alter table public.tasks force row level security")
+        until_ready(base_url, True, "served again once repaired")
+        assert value(scrape(base_url), findings) == 0
     assert after_failed_checks == last_completed
 
 

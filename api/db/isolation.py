@@ -426,7 +426,7 @@ class IsolationWatch:
             await self._kept.close()
 
     def _record(self, findings: tuple[Finding, ...], *, completed: bool, mismatch: str | None = None) -> None:
-        metrics.record_isolation_verdict(len(findings), completed=completed)
+        metrics.record_isolation_verdict(len(findings), completed=completed, found=not _incomplete(findings))
         # Logged again when only the wording changes: a check between a newer release's migration and
         # the record its migrate writes after it (sql/mark_newest_migration.sql) finds the same
         # differences with no record of them yet.

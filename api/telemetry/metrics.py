@@ -58,10 +58,14 @@ isolation_verified = Gauge(
     "1 while the last isolation check of every worker found nothing, else 0.",
     multiprocess_mode="livemin",
 )
+# What was found, not whether it could be looked at: an outage is no finding (`isolation_verified`
+# reads 0 and the timestamp below stands still), so an alert on findings means a hole, not a restart.
 isolation_findings = Gauge(
-    "todo_api_isolation_findings", "Findings of the last isolation check (the most any worker saw).",
+    "todo_api_isolation_findings",
+    "Findings of the last isolation check that completed, or a breach a request met since "
+    "(the most any worker saw); a check that could not complete leaves it.",
     multiprocess_mode="livemax",
-)  # fmt: skip
+)
 # The oldest of the serving workers' last checks: its age grows when any worker stops checking.
 isolation_checked_at = Gauge(
     "todo_api_isolation_last_check_timestamp_seconds",
@@ -73,11 +77,13 @@ worker_restarts = Counter(
 )
 
 
-def record_isolation_verdict(findings: int, *, completed: bool) -> None:
+def record_isolation_verdict(findings: int, *, completed: bool, found: bool) -> None:
     """A verdict is a check's, or a refusal's that distrusts isolation until the next check; only a
-    check that completed moves the timestamp, so that its age shows checks failing or stopped."""
+    check that completed moves the timestamp, so that its age shows checks failing or stopped, and
+    only what was `found` (a check that completed, a breach) moves the count of findings."""
     isolation_verified.set(0 if findings else 1)
-    isolation_findings.set(findings)
+    if found:
+        isolation_findings.set(findings)
     if completed:
         isolation_checked_at.set(time.time())
 
