@@ -22,7 +22,7 @@ from api.http.caller import MAX_AUTHORIZATION_BYTES
 from api.ops.server import files_beside_connections
 from api.tasks.listing import CURSOR_MAX_LENGTH, MAX_TASK_ID, Cursor
 from api.tasks.models import TITLE_MAX_LENGTH
-from tests.api.events_client import async_client, open_once_a_place_is_free, opened
+from tests.api.events_client import async_client, opened
 from tests.support import (
     CLI,
     SECRET,
@@ -369,8 +369,9 @@ def test_streams_past_max_streams_per_worker_are_503_and_everything_else_is_stil
                 assert (await client.get("/healthz")).status_code == 200
                 created = await client.post(carol.tasks_url, json={"title": "served"}, headers=carol.headers)
                 assert created.status_code == 201
-            # Bob's stream closed: its place is free again (the server notices the client left).
-            await open_once_a_place_is_free(client, carol)
+            # Bob's stream closed: its place is free again, at once (the server waits for it).
+            async with opened(client, carol) as carols:
+                await carols.opening_id()
 
     with serve_process(serve_command(env), cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
         base_url,
@@ -380,6 +381,33 @@ def test_streams_past_max_streams_per_worker_are_503_and_everything_else_is_stil
     with psycopg.connect(api_db_url) as db:
         titles = db.execute("select title from tasks where user_id = %s", [carol.id]).fetchall()
     assert titles == [("served",)]
+
+
+def test_a_stream_reopened_the_moment_its_users_last_place_closed_is_served_not_refused(
+    api_db_url: str, tmp_path: Path
+) -> None:
+    """A client that closes its stream and opens another at once (a React effect run twice, a
+    reconnect with a fresh token), holding MAX_STREAMS_PER_USER: granian tells the app the client
+    left tens of milliseconds after, the closed stream's place was held meanwhile, and the new one
+    was refused with 429 and Retry-After 5. Now it waits for the place, briefly."""
+    alice = new_user()
+    env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, MAX_STREAMS_PER_USER="1")
+
+    async def scenario(base_url: str) -> None:
+        async with async_client(base_url) as client:
+            for _ in range(10):
+                async with opened(client, alice) as stream:
+                    assert stream.response.status_code == 200
+                    await stream.opening_id()
+            async with opened(client, alice) as held, opened(client, alice) as refused:
+                await held.opening_id()
+                refused.refusal(429, "too-many-requests")  # one not given back is still refused
+
+    with serve_process(serve_command(env), cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+        base_url,
+        _,
+    ):
+        asyncio.run(scenario(base_url))
 
 
 def _with_open_file_limit(files: int) -> list[str]:

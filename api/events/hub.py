@@ -4,10 +4,10 @@ A stream holds no database connection while it waits: it waits on its subscripti
 event, which the hub sets when the LISTEN connection (`api.db.listener`) hears the stream's user's
 tag, when that connection was lost and regained (everyone catches up), and when the worker shuts
 down (every stream ends, and a new one is refused with 503). The hub also counts streams: past
-MAX_STREAMS_PER_USER of one user on this worker, that user's next one is refused with 429; past
-MAX_STREAMS_PER_WORKER of all users, anyone's next one is refused with 503, so that streams never
-hold all the connections the worker accepts at once (api/ops/server.py) and every other request
-still gets in. A closed stream gives its place back.
+MAX_STREAMS_PER_USER of one user on this worker, that user's next one waits a moment for one of
+theirs to close, then is refused with 429; past MAX_STREAMS_PER_WORKER of all users, anyone's next
+one is refused with 503, so that streams never hold all the connections the worker accepts at once
+(api/ops/server.py) and every other request still gets in. A closed stream gives its place back.
 """
 
 import asyncio
@@ -25,6 +25,12 @@ logger = logging.getLogger(__name__)
 
 # How long a refused stream is asked to wait: one heartbeat of another stream closing is typical.
 _RETRY_AFTER_SECONDS = 5
+# How long a stream of a user who holds all of their places waits for one to be given back before
+# its 429. A client that closes a stream and opens another at once (a React effect run twice, a
+# reconnect with a fresh token) found its old place still held for the tens of milliseconds the
+# server takes to notice the close (tests/test_server_limits.py, `test_a_stream_reopened_the_moment_...`).
+# The wait holds one of the user's MAX_REQUESTS_IN_FLIGHT_PER_USER and no database connection.
+_PLACE_WAIT_SECONDS = 1.0
 # How long a stream refused by a worker that is shutting down is asked to wait: long enough for its
 # replacement (or another worker) to take the reconnection.
 _SHUTDOWN_RETRY_AFTER_SECONDS = 1
@@ -51,7 +57,22 @@ class Hub:
         self._by_user: dict[str, set[Subscription]] = defaultdict(set)
         self._by_tag: dict[str, set[Subscription]] = defaultdict(set)
         self._open: set[Subscription] = set()
+        # Set (and replaced) whenever a place is given back, or the hub closes: `wait_for_room`.
+        self._place_given_back = asyncio.Event()
         self.closed = False
+
+    async def wait_for_room(self, user_id: str) -> None:
+        """`refuse_unless_room`, but a user who holds all of their places first waits a moment
+        (`_PLACE_WAIT_SECONDS`) for one of them to be given back."""
+        deadline = asyncio.get_running_loop().time() + _PLACE_WAIT_SECONDS
+        while not self.closed and self.streams_of(user_id) >= self._max_streams_per_user:
+            given_back = self._place_given_back
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await given_back.wait()
+            except TimeoutError:
+                break
+        self.refuse_unless_room(user_id)
 
     def refuse_unless_room(self, user_id: str) -> None:
         """503 once the worker is shutting down, 429 when `user_id` holds all of their streams already,
@@ -99,6 +120,11 @@ class Hub:
                 held.discard(subscription)
                 if not held:
                     del index[key]
+        self._wake_those_waiting_for_a_place()
+
+    def _wake_those_waiting_for_a_place(self) -> None:
+        self._place_given_back.set()
+        self._place_given_back = asyncio.Event()
 
     def streams_of(self, user_id: str) -> int:
         return len(self._by_user.get(user_id, ()))
@@ -160,3 +186,4 @@ class Hub:
         """Shutting down: no new streams, and every open one ends at its next wake-up, which is now."""
         self.closed = True
         self.wake_all()
+        self._wake_those_waiting_for_a_place()

@@ -107,7 +107,8 @@ EVENTS_HEARTBEAT_SECONDS, and ends when your token stops being accepted (JWT_LEE
 expires, or once the key that signed it is withdrawn) or the server process shuts down: reconnect,
 with a fresh token once yours has expired, and your last id. A browser's EventSource cannot send the
 Authorization header: stream with fetch (the TypeScript client's `subscribe` does). At most
-MAX_STREAMS_PER_USER streams per user and server process; the next is refused with 429. At most
+MAX_STREAMS_PER_USER streams per user and server process; the next waits up to a second for one
+of them to close, then is refused with 429. At most
 MAX_STREAMS_PER_WORKER streams of all users per server process; the next is refused with 503 (type
 {ProblemType.STREAMS_UNAVAILABLE.urn}) and `Retry-After`, as is any stream asked of a server process
 that is shutting down. Each of these refusals closes its connection, so that your retry, on a new one,
@@ -243,7 +244,7 @@ async def stream_events(caller: CallerDep, request: Request) -> Response:
     # A stream that has no place is refused before it reads anything: otherwise every refused try of
     # a reconnect storm into a full worker (or of a user past their streams) took one of the pool's
     # connections from the requests being served, only to be told 503 (or 429) after.
-    hub.refuse_unless_room(caller.user.id)
+    await hub.wait_for_room(caller.user.id)
     begin = await stream.start(caller, _last_event_id(request))
     # The stream's place is taken last (refused as above if another stream took it meanwhile), so
     # that nothing fails between taking it and handing it to the response, which gives it back. An

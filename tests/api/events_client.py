@@ -92,18 +92,6 @@ async def opened(
         yield Stream(response, source.aiter_sse())
 
 
-async def open_once_a_place_is_free(client: httpx.AsyncClient, user: ApiUser) -> None:
-    """Open a stream for `user` as soon as the server has given a closed stream's place back (it
-    notices the client left), or fail."""
-    for _ in range(100):
-        async with opened(client, user) as again:
-            if again.response.status_code == 200:
-                await again.opening_id()
-                return
-        await asyncio.sleep(0.05)
-    raise AssertionError("a closed stream never gave its place back")
-
-
 @asynccontextmanager
 async def async_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=base_url, timeout=30, verify=TLS) as client:

@@ -28,7 +28,6 @@ from tests.api.events_client import (
     Event,
     Stream,
     async_client,
-    open_once_a_place_is_free,
     opened,
 )
 from tests.db.test_sql_policy_tests import forget, rows_holding
@@ -798,8 +797,9 @@ def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_
                 # Another user is not affected.
                 async with opened(client, bob) as bobs:
                     assert bobs.response.status_code == 200
-            # The fifth closed: its place is free again (the server notices the client left).
-            await open_once_a_place_is_free(client, alice)
+            # The fifth closed: its place is free again, at once (the server waits for it).
+            async with opened(client, alice) as again:
+                await again.opening_id()
 
     run(api_url, scenario)
 

@@ -32,7 +32,8 @@ export interface paths {
          *     expires, or once the key that signed it is withdrawn) or the server process shuts down: reconnect,
          *     with a fresh token once yours has expired, and your last id. A browser's EventSource cannot send the
          *     Authorization header: stream with fetch (the TypeScript client's `subscribe` does). At most
-         *     MAX_STREAMS_PER_USER streams per user and server process; the next is refused with 429. At most
+         *     MAX_STREAMS_PER_USER streams per user and server process; the next waits up to a second for one
+         *     of them to close, then is refused with 429. At most
          *     MAX_STREAMS_PER_WORKER streams of all users per server process; the next is refused with 503 (type
          *     urn:todo-api:problem:streams-unavailable) and `Retry-After`, as is any stream asked of a server process
          *     that is shutting down. Each of these refusals closes its connection, so that your retry, on a new one,
