@@ -4,7 +4,7 @@ import io
 import re
 import stat
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import SplitResult, urlsplit
 
 from dotenv import dotenv_values
@@ -168,11 +168,20 @@ def _origin_as_browsers_send_it(origin: str) -> str | None:
         return None
 
 
+def _in_any_case(words: Any) -> BeforeValidator:
+    """For a setting whose value is one of `words` (a Literal): that value in any case, as its word.
+    `LOG_FORMAT=JSON` and `DB_PREPARED_STATEMENTS=ON` were refused where `LOG_LEVEL=debug` was taken."""
+    by_lower = {word.lower(): word for word in get_args(words)}
+
+    def as_word(value: object) -> object:
+        return by_lower.get(value.lower(), value) if isinstance(value, str) else value
+
+    return BeforeValidator(as_word)
+
+
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
-
-
-def _upper_case(value: object) -> object:
-    return value.upper() if isinstance(value, str) else value
+LogFormat = Literal["json", "text"]
+PreparedStatements = Literal["auto", "on", "off"]
 
 
 class LogSettings(BaseSettings):
@@ -210,9 +219,9 @@ class LogSettings(BaseSettings):
         return (init_settings, env_settings, env_file_settings, file_secret_settings)
 
     # The levels Python's logging and granian both know, in any case.
-    log_level: Annotated[LogLevel, BeforeValidator(_upper_case)] = "INFO"
+    log_level: Annotated[LogLevel, _in_any_case(LogLevel)] = "INFO"
     # json: one JSON object per line; text: lines for people. Default: text at a terminal, else json.
-    log_format: Literal["json", "text"] | None = None
+    log_format: Annotated[LogFormat | None, _in_any_case(LogFormat)] = None
 
 
 def read_log_settings() -> LogSettings:
@@ -283,7 +292,7 @@ class Settings(LogSettings):
     # Postgres itself, never through a pooler; on: on every connection (a pooler in session mode);
     # off: never. serve refuses on (and DB_PREPARE_THRESHOLD) with a pooler it finds passing
     # sessions between clients. See api/db/prepared.py.
-    db_prepared_statements: Literal["auto", "on", "off"] = "auto"
+    db_prepared_statements: Annotated[PreparedStatements, _in_any_case(PreparedStatements)] = "auto"
     # Set: statements travel pipelined and psycopg prepares them at the protocol level after this
     # many executions, for a pooler that keeps such statements (PgBouncer 1.21+ with
     # max_prepared_statements, Neon's pooled endpoint); DB_PREPARED_STATEMENTS then does not apply.

@@ -9,13 +9,13 @@ and say where to add or remove it.
 import math
 import re
 from fractions import Fraction
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from api.settings import Settings
-from tests.support import PROJECT
+from tests.support import PROJECT, SECRET
 
 README = PROJECT / "README.md"
 ENV_EXAMPLE = PROJECT / ".env.example"
@@ -166,3 +166,35 @@ def test_a_number_setting_is_finite_and_bounded_and_the_readme_says_its_range(fi
     row = _readme_row(README.read_text(encoding="utf-8"), field.upper())
     missing = {low, high} - _numbers(row)
     assert not missing, f"README.md's row for {field.upper()} does not say its range ({low} to {high})"
+
+
+def _word_settings() -> list[tuple[str, str]]:
+    """(field, word) for every setting whose value is one of a few words (a Literal)."""
+    return sorted(
+        (name, word)
+        for name, info in Settings.model_fields.items()
+        for literal in (info.annotation, *get_args(info.annotation))
+        if get_origin(literal) is Literal
+        for word in get_args(literal)
+    )
+
+
+@pytest.mark.parametrize(("field", "word"), _word_settings())
+def test_a_setting_of_a_few_words_takes_each_in_any_case_and_nothing_else(
+    field: str, word: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LOG_LEVEL=debug` was taken but `LOG_FORMAT=JSON` and `DB_PREPARED_STATEMENTS=ON` refused:
+    one rule for all of them, read from the environment as `serve` reads it."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://unused@/unused")
+    monkeypatch.setenv("BETTER_AUTH_SECRET", SECRET)
+    for written in (word.upper(), word.lower(), word.title()):
+        monkeypatch.setenv(field.upper(), written)
+        assert getattr(Settings(_env_file=None), field) == word
+    monkeypatch.setenv(field.upper(), f"{word}s")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)
+
+
+def test_the_settings_of_a_few_words_are_found() -> None:
+    # A guard against parametrising over nothing.
+    assert {"log_level", "log_format", "db_prepared_statements"} <= {field for field, _ in _word_settings()}
