@@ -338,7 +338,8 @@ def migrate(args: argparse.Namespace) -> None:
     # Before anything is migrated or created: no database could make such a name fit.
     if args.login_role and (why := unusable_login_role_name(args.login_role)) is not None:
         raise CommandFailed(
-            f"refusing --login-role {args.login_role}: {why}. Name a new role instead (say --login-role "
+            # Escaped and quoted: the space or control character it is refused for shows.
+            f"refusing --login-role {args.login_role!a}: {why}. Name a new role instead (say --login-role "
             "todo_login); nothing was changed"
         )
     settings = _settings()

@@ -80,6 +80,10 @@ def unusable_login_role_name(name: str) -> str | None:
         name.encode()
     except UnicodeEncodeError:  # a byte the locale could not decode, as a lone surrogate
         return "it is not UTF-8 text (check the terminal's encoding)"
+    if name != name.strip() or not name.isprintable():
+        # Postgres takes them (quoted), but DATABASE_URL must then percent-encode them, and a space
+        # left by a copy or a quoting slip would make a role no connection string names as typed.
+        return "it begins or ends with whitespace, or holds a control character"
     if len(name.encode()) > _ROLE_NAME_MAX_BYTES:
         return (
             f"it is {len(name.encode())} bytes long, and Postgres keeps only the first "

@@ -319,6 +319,10 @@ _LONG_NAME = "todo_login_" + "x" * 59  # 70 bytes: Postgres would keep the first
         pytest.param(_LONG_NAME, "it is 70 bytes long", id="over-63-bytes"),
         # A byte the locale cannot decode: a UnicodeEncodeError traceback.
         pytest.param("todo_\udcff", "it is not UTF-8 text", id="not-utf-8"),
+        # Made as typed: a role no DATABASE_URL names unless it percent-encodes the space.
+        pytest.param(" todo_login", "it begins or ends with whitespace", id="leading-space"),
+        pytest.param("todo_login\t", "it begins or ends with whitespace", id="trailing-tab"),
+        pytest.param("todo\nlogin", "it begins or ends with whitespace, or holds a control", id="newline"),
     ],
 )
 def test_login_role_refuses_a_name_no_role_could_fit_before_anything_runs(
@@ -336,8 +340,7 @@ def test_login_role_refuses_a_name_no_role_could_fit_before_anything_runs(
         after = superuser.execute(roles).fetchall()
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
-    shown = name.encode(errors="backslashreplace").decode()  # as standard error writes it
-    assert f"refusing --login-role {shown}: {why}" in result.stderr
+    assert f"refusing --login-role {name!a}: {why}" in result.stderr  # quoted, escaped
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert after == before, "no role was created, and none was granted anything"
