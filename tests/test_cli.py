@@ -17,6 +17,7 @@ import pytest
 from pytest_postgresql.executors import NoopExecutor
 
 from api import __version__
+from api.db.sql_files import EXPECTED_REACH
 from api.ops.embedded import development_secret
 from tests.support import (
     CLI,
@@ -307,6 +308,22 @@ def test_bare_todo_api_prints_its_help(tmp_path: Path) -> None:
 def test_version(tmp_path: Path) -> None:
     result = run_cli("--version", cwd=tmp_path)
     assert (result.returncode, result.stdout.strip()) == (0, f"todo-api {__version__}")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [("--json",), ("--data-dir", "data"), ("--json", "--data-dir", ".")],
+    ids=["json", "data-dir", "both"],
+)
+def test_write_expected_refuses_the_options_it_would_ignore(tmp_path: Path, options: tuple[str, ...]) -> None:
+    """It reads no database and prints no report: `--data-dir` and `--json` were ignored in silence,
+    and the checkout's file rewritten from a fresh database all the same."""
+    before = EXPECTED_REACH.stat().st_mtime_ns
+    result = run_cli("policies", "--write-expected", *options, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--write-expected takes neither --json nor --data-dir" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert EXPECTED_REACH.stat().st_mtime_ns == before, "nothing was written"
 
 
 @pytest.mark.parametrize("command", ["serve", "migrate", "token", "policies"])

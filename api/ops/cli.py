@@ -402,6 +402,9 @@ def policies(args: argparse.Namespace) -> None:
     from api.ops.policy_report import render_json, render_text
 
     if args.write_expected:
+        if args.json or args.data_dir is not None:
+            # It reads no database and prints no report: either option would be ignored in silence.
+            args.command_parser.error("--write-expected takes neither --json nor --data-dir")
         if not running_from_a_checkout():
             # A misuse, as argparse's exit status says of one: nothing is started or written.
             print(
