@@ -117,6 +117,8 @@ def test_serve_after_a_rollback_says_where_the_database_is(
     line = _the_one_line(refusal(empty_db_url, tmp_path))
     assert f"the database is migrated up to {BEFORE_NEWEST}" in line, line
     assert f"this release also needs {NEWEST}" in line, line
+    # Only "run migrate" read as if the rollback had been a mistake to undo.
+    assert f"rolled back on purpose, serve the release that ships up to {BEFORE_NEWEST}" in line, line
 
 
 def test_a_running_server_whose_migration_is_rolled_back_logs_where_the_database_is(

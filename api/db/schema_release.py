@@ -50,7 +50,11 @@ def release_mismatch(newest_applied: str | None) -> str | None:
         pending = shipped[shipped.index(newest_applied) + 1 :]
         return (
             f"the database is migrated up to {newest_applied}, and this release also needs "
-            f"{', '.join(pending)}: run `todo-api migrate` with this release (or serve with --migrate)"
+            f"{', '.join(pending)}: run `todo-api migrate` with this release (or serve with --migrate), "
+            # After a rollback (docs/operations.md) the same state means the operator went back on
+            # purpose; the record a login role that owns nothing may read cannot tell the two apart.
+            "or, if the database was rolled back on purpose, serve the release that ships up to "
+            f"{newest_applied}"
         )
     if newest_applied < shipped[-1]:  # not one of this release's, nor after them: the findings tell
         return None
