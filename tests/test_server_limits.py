@@ -321,6 +321,29 @@ def test_a_transfer_coding_other_than_chunked_is_refused_with_the_connection_clo
     assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
 
 
+def test_a_search_typed_with_raw_bytes_beyond_ascii_is_a_422_naming_it_not_a_search_for_other_text(
+    served: str,
+) -> None:
+    """curl sends `?q=Café` as typed, raw UTF-8, where RFC 3986 asks `q=Caf%C3%A9`: granian passes it
+    on, Starlette reads the query string as Latin-1, and the list searched for `CafÃ©` (found only
+    such titles, and put that in its next page's link). Percent-encoded, it finds the task."""
+    alice = new_user()
+    created = httpx.post(f"{served}{alice.tasks_url}", json={"title": "Café"}, headers=alice.headers)
+    assert created.status_code == 201
+    head = (
+        f"GET {alice.tasks_url}?q=Café&limit=5 HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {alice.token}\r\nConnection: close\r\n\r\n"
+    )
+    answer, _ = _raw(served, head.encode())
+    assert answer.startswith(b"HTTP/1.1 422 "), answer[:200]
+    problem = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert [(error["field"], error["message"][:18]) for error in problem["errors"]] == [
+        ("query.q", "Not percent-encode")
+    ]
+    found = httpx.get(f"{served}{alice.tasks_url}", params={"q": "Café"}, headers=alice.headers)
+    assert [task["title"] for task in found.json()] == ["Café"]
+
+
 @pytest.mark.parametrize("transfer_encoding", ["chunked", "Chunked ", ", CHUNKED"])
 def test_chunked_alone_in_any_case_is_served(
     served: str, api_db: psycopg.Connection[Any], transfer_encoding: str

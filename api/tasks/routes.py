@@ -113,8 +113,8 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
     description=(
         "Newest first by default. When more tasks match than `limit`, the `Link` header carries "
         '`rel="next"` with an opaque cursor for the next page. Each parameter is given at most '
-        "once, in UTF-8 when percent-decoded: a repeated one, or one not in UTF-8, is a 422; parameters "
-        "not listed here are ignored."
+        "once, as percent-encoded UTF-8: a repeated one, one not in UTF-8, or one holding raw bytes "
+        "beyond ASCII, is a 422; `limit` has no leading zero; parameters not listed here are ignored."
     ),
     responses={
         200: {"headers": docs.LINK},

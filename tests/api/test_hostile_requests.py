@@ -69,7 +69,7 @@ def test_a_trailing_slash_is_not_redirected_to_the_host_the_client_names(
     assert "location" not in response.headers
 
 
-@pytest.mark.parametrize("task_id", ["4_0", "+1", "1%20", "%201", "%D9%A1", "0x1", "1e3", "-1"])
+@pytest.mark.parametrize("task_id", ["4_0", "+1", "1%20", "%201", "%D9%A1", "0x1", "1e3", "-1", "01", "007"])
 def test_task_ids_are_ascii_digits_only(client: httpx.Client, alice: ApiUser, task_id: str) -> None:
     response = client.get(f"{alice.tasks_url}/{task_id}", headers=alice.headers)
     assert response.status_code == 422, response.text

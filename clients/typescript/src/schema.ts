@@ -57,7 +57,7 @@ export interface paths {
         };
         /**
          * List your tasks
-         * @description Newest first by default. When more tasks match than `limit`, the `Link` header carries `rel="next"` with an opaque cursor for the next page. Each parameter is given at most once, in UTF-8 when percent-decoded: a repeated one, or one not in UTF-8, is a 422; parameters not listed here are ignored.
+         * @description Newest first by default. When more tasks match than `limit`, the `Link` header carries `rel="next"` with an opaque cursor for the next page. Each parameter is given at most once, as percent-encoded UTF-8: a repeated one, one not in UTF-8, or one holding raw bytes beyond ASCII, is a 422; `limit` has no leading zero; parameters not listed here are ignored.
          */
         get: operations["listTasks"];
         put?: never;
