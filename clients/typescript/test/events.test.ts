@@ -7,7 +7,14 @@ import assert from "node:assert/strict";
 import { getEventListeners } from "node:events";
 import { test } from "node:test";
 
-import { createTodoClient, EventStreamError, type Subscription, type Task, type TaskEvent } from "../src/index.js";
+import {
+  createTodoClient,
+  EventStreamError,
+  type ListQuery,
+  type Subscription,
+  type Task,
+  type TaskEvent,
+} from "../src/index.js";
 import { baseUrl, clientFor, takeUser, type TestUser } from "./live_api.js";
 
 /** Collects events, and waits until `count` have come. */
@@ -662,9 +669,14 @@ test("the README's live list keeps what changed while its refetch was on the wir
   const setTasks = (next: Task[] | ((all: Task[]) => Task[])) => void (tasks = typeof next === "function" ? next(tasks) : next);
   const seen = collector();
   const refetch = async () => {
-    const { data, error } = await mine.listTasks(user.id);
-    if (error) throw new Error(error.detail);
-    setTasks(data);
+    const all: Task[] = [];
+    for (let query: ListQuery | undefined = {}; query !== undefined; ) {
+      const { data, error, next } = await mine.listTasks(user.id, query);
+      if (error) throw new Error(error.detail);
+      all.push(...data);
+      query = next;
+    }
+    setTasks(all);
   };
   let refetched: Promise<void> | undefined;
   const live = mine.subscribe(user.id, (event) => {
