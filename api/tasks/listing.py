@@ -135,7 +135,7 @@ class Cursor:
 # bytes (any other character takes at most four in UTF-8, or two escaped). The other sort keys' values
 # are timestamps, far shorter (tests/test_listing.py).
 CURSOR_MAX_LENGTH = len(Cursor("title", "desc", "\x01" * TITLE_MAX_LENGTH, MAX_TASK_ID).encode())
-_CURSOR_DESCRIPTION = "From a previous page's Link header."
+_CURSOR_DESCRIPTION = "From a previous page's Link header; empty or left out for the first page."
 # The schema a client sees (a string); `WithJsonSchema` replaces it whole, description included.
 _CURSOR_SCHEMA = {
     "anyOf": [{"type": "string", "maxLength": CURSOR_MAX_LENGTH}, {"type": "null"}],
@@ -175,8 +175,11 @@ class TaskListParams(BaseModel):
     @field_validator("cursor", mode="before")
     @classmethod
     def decode_cursor(cls, value: object, info: ValidationInfo) -> object:
-        if value is None or "sort" not in info.data:
-            return None  # a bad sort is reported on its own
+        if value is None or value == "" or "sort" not in info.data:
+            # Empty, as an empty `q` is no search: the first page (the schema admits "", and a client
+            # generated from it sends `cursor=` for an empty string it holds). A bad sort is reported
+            # on its own.
+            return None
         if not isinstance(value, str):
             raise PydanticCustomError("string_type", "Input should be a valid string")
         if len(value) > CURSOR_MAX_LENGTH:

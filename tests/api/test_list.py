@@ -86,6 +86,15 @@ def test_status_filter(client: httpx.Client, carol: ApiUser, status: str, expect
         assert {task["completed"] for task in tasks} == {status == "completed"}
 
 
+def test_an_empty_cursor_or_search_is_the_first_page_unfiltered(client: httpx.Client, carol: ApiUser) -> None:
+    """The document admits an empty cursor, and a client generated from it sends `cursor=` for the
+    empty string it holds before its first page: that was a 422, where an empty `q` is no search."""
+    response = client.get(f"{carol.tasks_url}?cursor=&q=&limit=2", headers=carol.headers)
+    assert response.status_code == 200, response.text
+    assert titles(response) == ["alpha", "call mum"]
+    assert "cursor=" in response.headers["link"]
+
+
 def test_unknown_parameters_are_ignored_even_repeated(client: httpx.Client, carol: ApiUser) -> None:
     params = (("colour", "red"), ("status", "pending"), ("colour", "blue"))
     response = client.get(carol.tasks_url, params=params, headers=carol.headers)

@@ -486,7 +486,7 @@ export interface operations {
                 q?: string | null;
                 /** @description Page size. */
                 limit?: number;
-                /** @description From a previous page's Link header. */
+                /** @description From a previous page's Link header; empty or left out for the first page. */
                 cursor?: string | null;
             };
             header?: {
