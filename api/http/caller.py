@@ -21,7 +21,7 @@ from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
 from api.auth.errors import InvalidToken
-from api.auth.principal import Principal
+from api.auth.principal import USER_ID_MAX_LENGTH, Principal
 from api.auth.verification import VerifiedToken
 from api.db.database import Database, Query, Rows
 from api.db.isolation import IsolationWatch
@@ -52,7 +52,14 @@ _CALLER_DOCS: dict[str, Any] = {
             "in": "path",
             "required": True,
             "description": _USER_ID_DESCRIPTION,
-            "schema": {"type": "string", "title": "User Id", "description": _USER_ID_DESCRIPTION},
+            "schema": {
+                "type": "string",
+                "title": "User Id",
+                "description": _USER_ID_DESCRIPTION,
+                # What authentication takes as a `sub` (api/auth/principal.py).
+                "minLength": 1,
+                "maxLength": USER_ID_MAX_LENGTH,
+            },
         }
     ],
 }

@@ -22,6 +22,7 @@ from starlette.types import Message
 
 from api.app import create_app, openapi_document
 from api.auth.dev_tokens import mint_token
+from api.events.routes import ITEM_SCHEMA
 from api.events.services import live_services
 from tests.api.events_client import (
     EVENT_TIMEOUT_SECONDS,
@@ -973,7 +974,7 @@ def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.
     assert operation["operationId"] == "streamEvents"
     parameters = {(parameter["name"], parameter["in"]) for parameter in operation["parameters"]}
     assert {("Last-Event-ID", "header"), ("lastEventId", "query")} <= parameters
-    items = operation["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]["oneOf"]
+    items = operation["responses"]["200"]["content"]["text/event-stream"][ITEM_SCHEMA]["oneOf"]
     kinds = {item["properties"].get("event", {}).get("const") for item in items}
     assert kinds == {None, "task.created", "task.updated", "task.deleted", "reset"}
     updated = next(item for item in items if item["properties"].get("event") == {"const": "task.updated"})
@@ -989,7 +990,7 @@ def test_the_openapi_document_describes_the_stream_and_its_events(client: httpx.
 
 async def items_sent(lines: AsyncIterator[str], count: int) -> list[dict[str, str]]:
     """The next `count` items of a stream's lines as sent: each block's fields by name, comment lines
-    (heartbeats) left out, as OpenAPI's `itemSchema` counts them."""
+    (heartbeats) left out, as OpenAPI 3.2's `itemSchema` counts them."""
     items: list[dict[str, str]] = []
     fields: dict[str, str] = {}
     async with asyncio.timeout(EVENT_TIMEOUT_SECONDS):
@@ -1007,12 +1008,13 @@ async def items_sent(lines: AsyncIterator[str], count: int) -> list[dict[str, st
 
 
 def test_every_item_a_stream_sends_is_one_the_openapi_document_describes(api_url: str) -> None:
-    """The document's `itemSchema` for the stream, which a client may be generated from, holds for what
-    the stream really sends: the opening id, each kind of event, and a reset, each `data:` against
-    its `contentSchema` too (a JSON Schema validator does not look inside a string on its own)."""
+    """The document's schema of each item of the stream (`ITEM_SCHEMA`), which a client may be
+    generated from, holds for what the stream really sends: the opening id, each kind of event, and
+    a reset, each `data:` against its `contentSchema` too (a JSON Schema validator does not look
+    inside a string on its own)."""
     document = openapi_document()
     content = document["paths"]["/api/{user_id}/events"]["get"]["responses"]["200"]["content"]
-    kinds = content["text/event-stream"]["itemSchema"]["oneOf"]
+    kinds = content["text/event-stream"][ITEM_SCHEMA]["oneOf"]
 
     def validator(schema: dict[str, Any]) -> jsonschema_rs.Validator:
         # Its `$ref`s point into the document's components.

@@ -12,9 +12,11 @@ import httpx
 import jsonschema_rs
 import psycopg
 import pytest
+from openapi_spec_validator import validate
 from psycopg import sql
 
 from api.app import create_app, openapi_document
+from api.auth.principal import USER_ID_MAX_LENGTH
 from api.tasks.listing import CURSOR_MAX_LENGTH
 from api.tasks.models import WHITE_SPACE
 from tests.support import HEAD_REFUSALS, ApiUser, listed_types, new_user, serving_client, settings_for
@@ -70,6 +72,20 @@ def test_list_documents_its_query_parameters(spec: dict[str, Any]) -> None:
     assert status["enum"] == ["all", "pending", "completed"]
     cursor = next(p["schema"] for p in parameters if p["name"] == "cursor")
     assert cursor["anyOf"][0] == {"type": "string", "maxLength": CURSOR_MAX_LENGTH}
+
+
+def test_the_document_is_valid_openapi_3_1(spec: dict[str, Any]) -> None:
+    """As the document says it is: the event stream's `itemSchema`, an OpenAPI 3.2 field, made it
+    invalid 3.1, and orval and openapi-generator, two common generators, made no client from it."""
+    assert spec["openapi"].startswith("3.1.")
+    validate(spec)  # raises naming the first place that is not OpenAPI 3.1
+
+
+def test_the_user_id_parameter_admits_what_authentication_takes_as_a_sub(spec: dict[str, Any]) -> None:
+    (user_id,) = (
+        p for p in spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"] if p["name"] == "user_id"
+    )
+    assert (user_id["schema"]["minLength"], user_id["schema"]["maxLength"]) == (1, USER_ID_MAX_LENGTH)
 
 
 def test_health_endpoints_are_public(spec: dict[str, Any]) -> None:
