@@ -536,11 +536,20 @@ def test_vacuum_erased_tables_leaves_no_statistic_quoting_an_erased_user(
         assert "public.tasks.title" in statistics_quoting(superuser, "Erinsecret")
         assert forget(owner_url, "-v", f"user_id={ERASED}").returncode == 0
 
-        result = subprocess.run(
-            [str(PSQL), owner_url, "-X", "-f", str(VACUUM_ERASED_TABLES)],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        def vacuum_erased_tables(url: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(PSQL), url, "-X", "-f", str(VACUUM_ERASED_TABLES)],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
 
+        result = vacuum_erased_tables(owner_url)
+        server_version = superuser.execute("select current_setting('server_version_num')::int").fetchone()
+        if not others and server_version is not None and server_version[0] < 180000:
+            # Before PostgreSQL 18 only a superuser may clear a table's statistics: the script says
+            # so (docs/operations.md, "Erasing a user"), and run as one it does.
+            assert result.returncode == 3, result.stdout + result.stderr
+            assert "only a superuser can clear them; run this script as one" in result.stderr
+            result = vacuum_erased_tables(superuser_url)
         assert result.returncode == 0, result.stderr
         assert statistics_quoting(superuser, "Erinsecret") == []
         if others:
