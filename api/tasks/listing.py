@@ -175,10 +175,10 @@ class TaskListParams(BaseModel):
     @field_validator("cursor", mode="before")
     @classmethod
     def decode_cursor(cls, value: object, info: ValidationInfo) -> object:
-        if value is None or value == "" or "sort" not in info.data:
+        if value is None or value == "" or "sort" not in info.data or "order" not in info.data:
             # Empty, as an empty `q` is no search: the first page (the schema admits "", and a client
-            # generated from it sends `cursor=` for an empty string it holds). A bad sort is reported
-            # on its own.
+            # generated from it sends `cursor=` for an empty string it holds). A bad sort or order is
+            # reported on its own, not again as a cursor "issued for another sort or order".
             return None
         if not isinstance(value, str):
             raise PydanticCustomError("string_type", "Input should be a valid string")

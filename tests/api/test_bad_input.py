@@ -471,6 +471,14 @@ def test_cursor_only_fits_the_sort_it_came_from(api: Api) -> None:
         {"sort": "title", "cursor": cursor[: len(cursor) // 2]},
     ):
         api.refused("GET", api.user.tasks_url, field="query.cursor", params=params)
+    # A bad order is reported alone, not also as a cursor "issued for another sort or order" (the
+    # default one, which a cursor of the other order did not fit).
+    descending = api.send("GET", api.user.tasks_url, sort="title", order="desc", limit="1")
+    match = re.search(r"[?&]cursor=([^&>]+)", descending.headers["link"])
+    assert match is not None
+    bad_order = api.send("GET", api.user.tasks_url, sort="title", order="up", cursor=match.group(1))
+    problem = assert_problem(bad_order, 422, "validation-error", "query.order")
+    assert [error["field"] for error in problem["errors"]] == ["query.order"]
 
 
 @pytest.mark.parametrize("offset", ["+15:59", "+16:00", "-16:00", "+05:30:15.500000"])
