@@ -25,7 +25,7 @@ from api.http.cors import ProblemCORSMiddleware
 from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
 from api.http.methods import HeadAsGet, install_method_not_allowed, served_routes
-from api.http.openapi import document_response_header
+from api.http.openapi import document_request_header, document_response_header
 from api.http.paths import EncodedSlashesNameNothing
 from api.http.problems import (
     document_problem_media_type,
@@ -168,6 +168,12 @@ def create_app(
         app,
         "X-Request-ID",
         "This request's id, in every log line about it: yours if you sent a sane one, else a new one.",
+    )
+    document_request_header(
+        app,
+        "X-Request-ID",
+        "Your id for this request, kept, echoed and logged when it is 1 to 128 characters of "
+        "`A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused.",
     )
     document_head_too_large(app)  # after that header, which the server's own 431 does not carry
     document_problem_status(app)  # after every problem is declared

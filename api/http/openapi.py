@@ -20,6 +20,24 @@ def amend_openapi(app: FastAPI, amend: Callable[[OpenApiDocument], None]) -> Non
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def document_request_header(app: FastAPI, name: str, description: str) -> None:
+    """A header every operation reads if it is sent, and never refuses (a middleware's, outside the
+    routes), documented as an optional parameter of every operation."""
+    parameter = {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+    def amend(document: OpenApiDocument) -> None:
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            operation.setdefault("parameters", []).append(parameter)
+
+    amend_openapi(app, amend)
+
+
 def response_header(description: str, schema_type: str = "string") -> dict[str, Any]:
     """An OpenAPI `headers` entry of a response."""
     return {"description": description, "schema": {"type": schema_type}}

@@ -63,7 +63,7 @@ def test_list_documents_its_query_parameters(spec: dict[str, Any]) -> None:
     parameters = spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"]
     assert {(p["name"], p["in"], p["required"]) for p in parameters} == {
         *((name, "query", False) for name in ("status", "sort", "order", "q", "limit", "cursor")),
-        *((name, "header", False) for name in ("If-Match", "If-None-Match")),
+        *((name, "header", False) for name in ("If-Match", "If-None-Match", "X-Request-ID")),
         ("user_id", "path", True),
     }
     limit = next(p["schema"] for p in parameters if p["name"] == "limit")
@@ -122,10 +122,19 @@ def test_every_header_an_operation_reads_is_a_parameter_and_its_412_and_body_lim
 ) -> None:
     operation = spec["paths"][path][method]
     headers = {p["name"] for p in operation.get("parameters", []) if p["in"] == "header"}
-    assert headers == READ_HEADERS[(path, method)]
+    assert headers == {*READ_HEADERS[(path, method)], "X-Request-ID"}
     responses = set(operation["responses"])
     assert ("412" in responses) == ("If-Match" in headers)
     assert {"408", "413"} <= responses or "requestBody" not in operation
+
+
+def test_every_operation_documents_the_request_id_a_client_may_send(spec: dict[str, Any]) -> None:
+    """Read by every request (api/telemetry/logs.py), and never refused: undocumented, a generated
+    client offered no way to send it."""
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            (request_id,) = [p for p in operation["parameters"] if p["name"] == "X-Request-ID"]
+            assert (request_id["in"], request_id["required"]) == ("header", False), (path, method)
 
 
 def test_the_event_stream_documents_the_refusals_it_can_get_and_no_others(spec: dict[str, Any]) -> None:

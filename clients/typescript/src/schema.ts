@@ -286,6 +286,8 @@ export interface operations {
             header?: {
                 /** @description The `id` of the last event you received: the stream first sends the events after it (of a task deleted since, its `task.deleted` alone). Without it (or empty), the stream starts from now. When it is malformed, not one of your events (another user's, or an id not issued yet), or older than what is kept (EVENTS_RETENTION_HOURS, and your newest MAX_TASKS_PER_USER events at most) and not your newest event, or 0 (before any event) while some of your events are no longer kept, the stream starts with `event: reset`: refetch the list. */
                 "Last-Event-ID"?: string;
+                /** @description Your id for this request, kept, echoed and logged when it is 1 to 128 characters of `A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused. */
+                "X-Request-ID"?: string;
             };
             path: {
                 /** @description The caller's user id: the token's `sub`. */
@@ -494,6 +496,8 @@ export interface operations {
                 "If-Match"?: string;
                 /** @description `*`: the task list exists, so a list request gets 304 with no body, and a create 412 (nothing is created). Entity-tags never match it. */
                 "If-None-Match"?: string;
+                /** @description Your id for this request, kept, echoed and logged when it is 1 to 128 characters of `A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused. */
+                "X-Request-ID"?: string;
             };
             path: {
                 /** @description The caller's user id: the token's `sub`. */
@@ -720,6 +724,8 @@ export interface operations {
                 "If-Match"?: string;
                 /** @description `*`: the task list exists, so a list request gets 304 with no body, and a create 412 (nothing is created). Entity-tags never match it. */
                 "If-None-Match"?: string;
+                /** @description Your id for this request, kept, echoed and logged when it is 1 to 128 characters of `A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused. */
+                "X-Request-ID"?: string;
             };
             path: {
                 /** @description The caller's user id: the token's `sub`. */
@@ -1021,6 +1027,8 @@ export interface operations {
                 "If-None-Match"?: string;
                 /** @description An ETag (or a list, or `*`): 412 with the current ETag unless the task is that version. */
                 "If-Match"?: string;
+                /** @description Your id for this request, kept, echoed and logged when it is 1 to 128 characters of `A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused. */
+                "X-Request-ID"?: string;
             };
             path: {
                 /** @description The task's id. */
@@ -1269,6 +1277,8 @@ export interface operations {
                 "If-Match"?: string;
                 /** @description `*`, or ETags: 412 with the current ETag, and nothing changes, when it is `*` or names the task's current version. */
                 "If-None-Match"?: string;
+                /** @description Your id for this request, kept, echoed and logged when it is 1 to 128 characters of `A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused. */
+                "X-Request-ID"?: string;
             };
             path: {
                 /** @description The task's id. */
@@ -1566,6 +1576,8 @@ export interface operations {
                 "If-Match"?: string;
                 /** @description `*`, or ETags: 412 with the current ETag, and nothing changes, when it is `*` or names the task's current version. */
                 "If-None-Match"?: string;
+                /** @description Your id for this request, kept, echoed and logged when it is 1 to 128 characters of `A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused. */
+                "X-Request-ID"?: string;
             };
             path: {
                 /** @description The task's id. */
@@ -1815,6 +1827,8 @@ export interface operations {
                 "If-Match"?: string;
                 /** @description `*`, or ETags: 412 with the current ETag, and nothing changes, when it is `*` or names the task's current version. */
                 "If-None-Match"?: string;
+                /** @description Your id for this request, kept, echoed and logged when it is 1 to 128 characters of `A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused. */
+                "X-Request-ID"?: string;
             };
             path: {
                 /** @description The task's id. */
@@ -2109,7 +2123,10 @@ export interface operations {
     checkLiveness: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Your id for this request, kept, echoed and logged when it is 1 to 128 characters of `A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused. */
+                "X-Request-ID"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -2196,7 +2213,10 @@ export interface operations {
     checkReadiness: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Your id for this request, kept, echoed and logged when it is 1 to 128 characters of `A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused. */
+                "X-Request-ID"?: string;
+            };
             path?: never;
             cookie?: never;
         };
