@@ -91,8 +91,6 @@ def ascii_digits(value: object) -> object:
     " 1", "1.0" and other scripts' digits, each a second spelling of a number that logs and caches
     would not recognise; so is "07" (task 7 at a second URL), and a limit of a thousand zeros and a
     one made a next page's link the server's own head limit refused."""
-    if isinstance(value, str) and not (
-        value.isascii() and value.isdigit() and (value == "0" or value[0] != "0")
-    ):
+    if isinstance(value, str) and not _WHOLE_NUMBER.fullmatch(value):
         raise ValueError("must be a whole number in ASCII digits, without leading zeros")
     return value
