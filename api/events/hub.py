@@ -57,24 +57,11 @@ class Hub:
         self._by_user: dict[str, set[Subscription]] = defaultdict(set)
         self._by_tag: dict[str, set[Subscription]] = defaultdict(set)
         self._open: set[Subscription] = set()
-        # Set (and replaced) whenever a place is given back, or the hub closes: `wait_for_room`.
+        # Set (and replaced) whenever a place is given back, or the hub closes: `subscribe` waits on it.
         self._place_given_back = asyncio.Event()
         self.closed = False
 
-    async def wait_for_room(self, user_id: str) -> None:
-        """`refuse_unless_room`, but a user who holds all of their places first waits a moment
-        (`_PLACE_WAIT_SECONDS`) for one of them to be given back."""
-        deadline = asyncio.get_running_loop().time() + _PLACE_WAIT_SECONDS
-        while not self.closed and self.streams_of(user_id) >= self._max_streams_per_user:
-            given_back = self._place_given_back
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await given_back.wait()
-            except TimeoutError:
-                break
-        self.refuse_unless_room(user_id)
-
-    def refuse_unless_room(self, user_id: str) -> None:
+    def _refuse_unless_room(self, user_id: str) -> None:
         """503 once the worker is shutting down, 429 when `user_id` holds all of their streams already,
         503 when the worker holds all of its; nothing taken either way."""
         if self.closed:
@@ -100,12 +87,24 @@ class Hub:
                 retry_after=_RETRY_AFTER_SECONDS,
             )
 
-    def subscribe(self, user_id: str) -> Subscription:
-        """A place for one more stream of `user_id`, refused as `refuse_unless_room` says.
+    async def subscribe(self, user_id: str) -> Subscription:
+        """A place for one more stream of `user_id`, refused as `_refuse_unless_room` says; a user who
+        holds all of theirs first waits a moment (`_PLACE_WAIT_SECONDS`) for one to be given back.
+        The place is taken as the wait ends, with no await between: of several opens waiting for
+        one place, one takes it and the others wait on (tests/api/test_events.py,
+        `test_opens_waiting_for_one_place_take_it_in_turn_and_none_is_refused_while_it_comes_back`).
 
         A refusal leaves nothing behind: the indexes gain an entry only with a stream, or every user
         id refused while the worker is full would be kept for the life of the process."""
-        self.refuse_unless_room(user_id)
+        deadline = asyncio.get_running_loop().time() + _PLACE_WAIT_SECONDS
+        while not self.closed and self.streams_of(user_id) >= self._max_streams_per_user:
+            given_back = self._place_given_back
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await given_back.wait()
+            except TimeoutError:
+                break
+        self._refuse_unless_room(user_id)
         subscription = Subscription(user_id, wake_tag(user_id))
         self._by_user[user_id].add(subscription)
         self._open.add(subscription)

@@ -251,30 +251,34 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
 async def stream_events(caller: CallerDep, request: Request) -> Response:
     shared = live_services(request.app)
     hub, settings = shared.events_hub, shared.settings
-    # A stream that has no place is refused before it reads anything: otherwise every refused try of
-    # a reconnect storm into a full worker (or of a user past their streams) took one of the pool's
-    # connections from the requests being served, only to be told 503 (or 429) after.
-    await hub.wait_for_room(caller.user.id)
-    begin = await stream.start(caller, _last_event_id(request))
-    # The stream's place is taken last (refused as above if another stream took it meanwhile), so
-    # that nothing fails between taking it and handing it to the response, which gives it back. An
-    # event committed after `start` read where the user's events stand is read by the stream's first
-    # read, woken or not.
-    subscription = hub.subscribe(caller.user.id)
-    events = stream.events(
-        caller,
-        hub,
-        subscription,
-        begin,
-        # Authentication accepts a token until `exp` plus the leeway: so does its stream.
-        expires_at=caller.token_expires_at + settings.jwt_leeway_seconds,
-        still_trusted=_still_trusted(shared.authenticator, caller.token),
-    )
-    return _EventStream(
-        hub,
-        subscription,
-        events,
-        ping=settings.events_heartbeat_seconds,
-        send_timeout=settings.send_timeout_seconds,
-        headers={"Cache-Control": "no-store"},
-    )
+    # The stream's place is taken first (after a wait, when the user holds all of theirs), so that
+    # one refused for want of it reads nothing: otherwise every refused try of a reconnect storm into
+    # a full worker (or of a user past their streams) took one of the pool's connections from the
+    # requests being served, only to be told 503 (or 429) after.
+    subscription = await hub.subscribe(caller.user.id)
+    try:
+        # An event committed after `start` read where the user's events stand is read by the
+        # stream's first read, woken or not.
+        begin = await stream.start(caller, _last_event_id(request))
+        events = stream.events(
+            caller,
+            hub,
+            subscription,
+            begin,
+            # Authentication accepts a token until `exp` plus the leeway: so does its stream.
+            expires_at=caller.token_expires_at + settings.jwt_leeway_seconds,
+            still_trusted=_still_trusted(shared.authenticator, caller.token),
+        )
+        return _EventStream(
+            hub,
+            subscription,
+            events,
+            ping=settings.events_heartbeat_seconds,
+            send_timeout=settings.send_timeout_seconds,
+            headers={"Cache-Control": "no-store"},
+        )
+    except BaseException:
+        # Until the response holds it (which gives it back however the stream ends), it is ours to
+        # give back: a start the database refused (503, 429 of the fair share) must not keep it.
+        hub.unsubscribe(subscription)
+        raise

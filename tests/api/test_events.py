@@ -805,6 +805,62 @@ def test_the_sixth_stream_of_a_user_is_refused_and_a_closed_one_gives_its_place_
     run(api_url, scenario)
 
 
+def test_opens_waiting_for_one_place_take_it_in_turn_and_none_is_refused_while_it_comes_back(
+    api_db_url: str,
+) -> None:
+    """Two opens wait for a user's one place (MAX_STREAMS_PER_USER=1): when it is given back one
+    takes it and the other waits on, for the place the first gives back in turn. Both used to pass
+    the wait, read where the user's events stand, and the second was refused with 429 at once."""
+    alice = new_user()
+    app = create_app(settings_for(api_db_url, max_streams_per_user=1))
+
+    took_it = asyncio.Event()
+
+    async def open_and_hold(client: httpx.AsyncClient, release: asyncio.Event) -> int:
+        async with opened(client, alice) as stream:
+            if stream.response.status_code == 200:
+                await stream.opening_id()
+                took_it.set()
+                await release.wait()
+            return stream.response.status_code
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        release = asyncio.Event()
+        async with opened(client, alice) as holder:
+            await holder.opening_id()
+            waiting = [asyncio.create_task(open_and_hold(client, release)) for _ in range(2)]
+            await asyncio.sleep(0.2)  # both are waiting for the place
+            assert live_services(app).events_hub.streams_of(alice.id) == 1
+        # The holder closed: one waiter has the place, and the other waits on.
+        await asyncio.wait_for(took_it.wait(), 0.5)
+        assert not any(task.done() for task in waiting), "none was refused"
+        release.set()  # the first gives it back: the second takes it, and closes at once
+        assert await asyncio.gather(*waiting) == [200, 200]
+
+    with serving(app) as base_url:
+        run(base_url, scenario)
+
+
+def test_a_stream_whose_start_the_database_refuses_gives_its_place_back(api_db_url: str) -> None:
+    """The place is taken before the stream reads where the user's events stand: a read that fails
+    (here cancelled by DB_STATEMENT_TIMEOUT_MS behind a lock) must give it back, or the user's one
+    place would be held until the worker restarts."""
+    alice = new_user()
+    app = create_app(settings_for(api_db_url, max_streams_per_user=1, db_statement_timeout_ms=100))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        with psycopg.connect(api_db_url) as locker:
+            locker.execute("lock table task_events in access exclusive mode")
+            async with opened(client, alice) as refused:
+                assert_problem(refused.response, 503, "statement-timeout")
+        assert live_services(app).events_hub.streams_of(alice.id) == 0
+        async with opened(client, alice) as again:
+            await again.opening_id()
+
+    with serving(app) as base_url:
+        run(base_url, scenario)
+
+
 def test_a_stream_whose_client_left_before_its_first_event_gives_its_place_back(api_db_url: str) -> None:
     """A client that leaves while the stream's head is still being sent: its events are never read,
     and the place the stream took must be given back all the same, or it would count against the
