@@ -11,7 +11,9 @@ bytes are not UTF-8 (`q=%FF`), which Starlette decodes to U+FFFD: a search for a
 client never sent, and a body not in UTF-8 is refused too. So is one sent with raw bytes that are
 not ASCII (curl's `q=Café` as typed, where RFC 3986 asks `q=Caf%C3%A9`): Starlette reads the query
 string as Latin-1, so it searched for `CafÃ©`, and its next page's link carried that. Parameters
-the model does not know are ignored, repeated or not, in UTF-8 or not.
+the model does not know are ignored, repeated or not, in UTF-8 or not, when percent-encoded: raw
+bytes that are not UTF-8, in any parameter, are refused by granian before the app runs (README, its
+bare 400).
 """
 
 import re

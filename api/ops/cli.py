@@ -330,7 +330,7 @@ def _migration_url(settings: Settings, data_dir: Path | None) -> Iterator[str]:
 def _role_name(value: str) -> str:
     """argparse's check of --login-role: an empty name would otherwise mean "no role" in silence."""
     if not value.strip():
-        raise argparse.ArgumentTypeError("a role name cannot be empty")
+        raise argparse.ArgumentTypeError("a role name cannot be empty or white space alone")
     return value
 
 

@@ -299,7 +299,7 @@ def test_login_role_says_that_an_existing_role_is_given_database_urls_password(
 def test_an_empty_login_role_is_refused_before_anything_runs(empty_db_url: str, tmp_path: Path) -> None:
     result = run_cli("migrate", "--login-role", "", cwd=tmp_path, DATABASE_URL=empty_db_url)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "--login-role: a role name cannot be empty" in result.stderr
+    assert "--login-role: a role name cannot be empty or white space alone" in result.stderr
     with psycopg.connect(empty_db_url) as db:
         assert db.execute("select to_regclass('public.tasks')").fetchone() == (None,), "nothing migrated"
 
