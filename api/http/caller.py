@@ -119,8 +119,6 @@ async def _authorized_caller(request: Request, shared: Services) -> tuple[str, V
     request.state.user_id = principal.id
     if request.path_params.get("user_id") != principal.id:
         raise forbidden()
-    if shared.rate_limiter is not None:
-        shared.rate_limiter.take(principal.id)
     return token, verified
 
 
@@ -168,6 +166,10 @@ class AuthenticatedRoute(Utf8JsonRoute):
             in_flight = shared.in_flight
             in_flight.enter(user.id)
             try:
+                # After the in-flight cap: a burst it refused (told to retry in a second) spent the
+                # user's minute of requests, and the retry met the rate's 429 (RATE_LIMIT_PER_MINUTE).
+                if shared.rate_limiter is not None:
+                    shared.rate_limiter.take(user.id)
                 response = await handle(request)
             except BaseException:
                 in_flight.leave(user.id)

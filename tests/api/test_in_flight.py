@@ -1,5 +1,7 @@
 """A user's in-flight slot is given back however their request ends; the cap's default follows the pool."""
 
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,3 +66,30 @@ def test_the_default_cap_is_a_multiple_of_the_users_share_of_the_pool(api_db_url
     assert settings_for(api_db_url, db_pool_size=40).requests_in_flight_per_user == 16 * 10
     assert settings_for(api_db_url, db_max_connections_per_user=1).requests_in_flight_per_user == 16
     assert settings_for(api_db_url, max_requests_in_flight_per_user=3).requests_in_flight_per_user == 3
+
+
+def test_requests_the_cap_refuses_spend_none_of_the_users_rate(api_db_url: str) -> None:
+    """A burst past MAX_REQUESTS_IN_FLIGHT_PER_USER is told to retry in a second; each refused
+    request also took one of the user's RATE_LIMIT_PER_MINUTE, so the retries met the rate's 429
+    (the races probe: 35 of 50 keyed creates refused in flight, then 11 refused for the rate)."""
+    app = create_app(settings_for(api_db_url, max_requests_in_flight_per_user=1, rate_limit_per_minute=5))
+    alice = new_user()
+    body = b'{"title": "held"}'
+    with serving_client(app) as client:
+        host, port = str(client.base_url).removeprefix("http://").rstrip("/").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as held:
+            held.sendall(
+                f"POST {alice.tasks_url} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {alice.token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body[:1]
+            )
+            while services(app).in_flight.held(alice.id) == 0:  # the held request has its slot
+                time.sleep(0.01)
+            refused = [client.get(alice.tasks_url, headers=alice.headers) for _ in range(8)]
+            assert [response.status_code for response in refused] == [429] * 8
+            assert all("in flight" in response.json()["detail"] for response in refused)
+            held.sendall(body[1:])
+            assert held.recv(100).startswith(b"HTTP/1.1 201 ")
+        # Five a minute, one of them the held create's: four more, then the rate's 429.
+        statuses = [client.get(alice.tasks_url, headers=alice.headers).status_code for _ in range(5)]
+        assert statuses == [200, 200, 200, 200, 429]
