@@ -29,9 +29,10 @@ logger = logging.getLogger(__name__)
 class _EventStream(EventSourceResponse):
     """sse-starlette's response, holding the stream's place in the hub.
 
-    It gives the place back however the stream ends, since nothing else can: its events are an
-    async generator, whose `finally` never runs if the generator never started (a client that left
-    before the first event; tests/api/test_events.py). A client that stopped reading ends the
+    Once it holds the place (the route gives it back if anything fails before), it gives it back
+    however the stream ends, since nothing else can: its events are an async generator, whose
+    `finally` never runs if the generator never started (a client that left before the first event;
+    tests/api/test_events.py). A client that stopped reading ends the
     stream like any other way of leaving: the request was the 200 it answered, not a server error
     any user could cause at will (tests/test_slow_event_readers.py)."""
 
