@@ -305,6 +305,33 @@ def _policies_and_migrations(database_url: str) -> tuple[list[tuple[str, str, li
     return policies, int(row[0])
 
 
+def test_a_restore_that_left_the_schema_to_the_superuser_is_named_with_its_fix(
+    tmp_path: Path, migrated_db_url: str
+) -> None:
+    """A superuser's restore without `--role=todo_owner` leaves every table to the superuser while
+    todo_owner still owns the database: migrate said todo_owner "may not read or write the migration
+    records" and to migrate as the database's owner, which it is (the operations probe)."""
+    with psycopg.connect(as_role(migrated_db_url, "postgres"), autocommit=True) as superuser:
+        superuser.execute("alter schema app owner to postgres")
+        tables = superuser.execute(
+            "select format('alter table %I.%I owner to postgres', schemaname, tablename)"
+            " from pg_tables where schemaname in ('public', 'app')"
+        ).fetchall()
+        for (statement,) in tables:
+            superuser.execute(statement)
+    before = _policies_and_migrations(as_role(migrated_db_url, "postgres"))
+    result = run_cli("migrate", cwd=tmp_path, DATABASE_URL=migrated_db_url)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        "todo_owner does not own the schema it would migrate (postgres owns schema app and its tables)",
+        "restore again with --role=todo_owner",
+        "nothing was changed",
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _policies_and_migrations(as_role(migrated_db_url, "postgres")) == before
+
+
 def test_a_superuser_that_does_not_own_the_schema(tmp_path: Path, migrated_db_url: str) -> None:
     """Applied as postgres, the policy files' TO CURRENT_USER named postgres, not the tables' owner:
     the isolation check then refused every `serve`. Migrate refuses instead, changing nothing."""

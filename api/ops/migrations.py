@@ -168,7 +168,7 @@ def _cannot_read_records(role: str, reason: str) -> MigrationFailed:
     )
 
 
-def _not_the_owner(role: str, owners: list[str]) -> MigrationFailed:
+def _not_the_owner(role: str, owners: list[str], *, owns_the_database: bool = False) -> MigrationFailed:
     # Even a superuser, who could change everything, would re-create the policies the files say are
     # `TO CURRENT_USER` for itself rather than for the tables' owner: the isolation check would then
     # refuse every `serve`. Acting as the owner is the operator's explicit choice, never ours.
@@ -179,14 +179,27 @@ def _not_the_owner(role: str, owners: list[str]) -> MigrationFailed:
             "(MIGRATION_DATABASE_URL); nothing was changed"
         )
     owner = owners[0]
+    restored = (
+        # The schema is the role's but for a restore that gave it away: that is the fix to name.
+        f"; or, if a restore run as {owner} left them to it, restore again with --role={role} "
+        '(docs/operations.md, "Backup and restore")'
+        if owns_the_database
+        else ""
+    )
     return MigrationFailed(
         f"{role} does not own the schema it would migrate ({owner} owns schema app and its tables): "
         f"applied as {role}, the policies for the tables' owner would name {role}, and serve would "
         f"refuse to start. Migrate as {owner}: set MIGRATION_DATABASE_URL to its URL, or, for a "
-        f"superuser's URL, add options=-c%20role%3D{owner} to it to act as {owner}; nothing was changed"
+        f"superuser's URL, add options=-c%20role%3D{owner} to it to act as {owner}{restored}; "
+        "nothing was changed"
     )
 
 
+# Whether the migrating role owns the database (as the owner the docs' restore names does).
+_OWNS_THE_DATABASE = (
+    "select pg_catalog.pg_get_userbyid(datdba) = current_user from pg_catalog.pg_database"
+    " where datname = pg_catalog.current_database()"
+)
 # Whether the database has yoyo's own table, which pg_dump dumps with the rest.
 _HAS_MIGRATION_RECORDS = "select pg_catalog.to_regclass('public._yoyo_migration') is not null"
 
@@ -289,6 +302,11 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
             raise migration_failure(error, database_url) from None
         except psycopg.errors.InsufficientPrivilege as error:
             (role,) = connection.execute("select current_user").fetchone() or ("the migrating role",)
+            owners = [str(owner) for (owner,) in connection.execute(read_sql(SCHEMA_OWNER_CHECK))]
+            if owners and owners != [role] and _holds(connection, _OWNS_THE_DATABASE):
+                # The database's owner, whose schema another role owns: a restore run as a superuser
+                # without `--role` (docs/operations.md, "Backup and restore") leaves it everything.
+                raise _not_the_owner(str(role), owners, owns_the_database=True) from None
             raise _cannot_read_records(str(role), error.diag.message_primary or str(error)) from None
         database, encoding = connection.execute(ENCODING_STATE).fetchone() or ("", "")
         refusal = encoding_refusal(database=str(database), encoding=str(encoding), setting=setting)
