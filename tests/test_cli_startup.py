@@ -36,7 +36,9 @@ from tests.support import (
     failure_status,
     free_port,
     run_cli,
+    scrape,
     serve_process,
+    value,
 )
 
 
@@ -1122,10 +1124,15 @@ def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(
     log = tmp_path / "serve.log"
     command = [*CLI, "serve", "--workers", "2", "--data-dir", str(data_dir)]
     try:
-        with serve_process(command, cwd=tmp_path, env=cli_env(), output=log, own_group=True) as (
-            base_url,
-            server,
-        ):
+        with serve_process(
+            command, cwd=tmp_path, env=cli_env(DB_POOL_SIZE="2"), output=log, own_group=True
+        ) as (base_url, server):
+            # Both workers serving: the first one's readiness may come while the second still starts,
+            # and a stop then waits granian's grace (noticed and left alone), past this test's bound.
+            deadline = time.monotonic() + 30
+            while value(scrape(base_url), "todo_api_db_pool_size") < 4:
+                assert time.monotonic() < deadline, "both workers opened their pools"
+                time.sleep(0.2)
             os.killpg(server.pid, signal.SIGHUP)
             server.wait(timeout=30)
             with pytest.raises(httpx.TransportError):
