@@ -12,8 +12,8 @@
 - docs/architecture.md names every middleware the app installs, and its picture draws them in the
   order a request meets them; it names every setting the role switch makes in each transaction and
   every exception the database layer raises, and shows its picture;
-- README.md's shape of a task is the fields the API answers with, and its threat model names every
-  path an anonymous client can reach;
+- README.md's shape of a task is the fields the API answers with, its list's limits are the list's,
+  and its threat model names every path an anonymous client can reach;
 - the TypeScript client's README copies every file of its src/ and installs what package.json pins.
 """
 
@@ -32,6 +32,7 @@ from api.app import create_app
 from api.db import errors as database_errors
 from api.db.statements import ACT_AS_USER
 from api.http.caller import AuthenticatedRoute
+from api.tasks.listing import PAGE_SIZE, PAGE_SIZE_MAX, SEARCH_MAX_LENGTH
 from api.tasks.models import TaskPublic
 from tests.support import PROJECT, settings_for
 from tests.test_layers import FLOORS
@@ -410,6 +411,12 @@ def test_readme_names_every_field_of_a_task_in_order() -> None:
     shape = re.search(r"^- A task: `\{([^}]*)\}`", README.read_text(encoding="utf-8"), re.MULTILINE)
     assert shape is not None, "README.md's 'A task:' line"
     assert [field.strip() for field in shape.group(1).split(",")] == list(TaskPublic.model_fields)
+
+
+def test_readme_gives_the_lists_own_limits() -> None:
+    readme = " ".join(README.read_text(encoding="utf-8").split())
+    assert f"`q` (up to {SEARCH_MAX_LENGTH} characters," in readme
+    assert f"`limit` (default {PAGE_SIZE}, at most {PAGE_SIZE_MAX})" in readme
 
 
 def _paths_served_without_a_caller() -> set[str]:

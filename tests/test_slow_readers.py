@@ -15,13 +15,12 @@ import psycopg
 import pytest
 
 from api.app import create_app
+from api.tasks.listing import PAGE_SIZE_MAX
 from api.tasks.models import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH
 from tests.support import ApiUser, assert_problem, new_user, serving, settings_for
 
 SEND_TIMEOUT_SECONDS = 2.0
 IN_FLIGHT = 2
-# The longest page a list answers (`limit`'s maximum).
-MAX_LIMIT = 500
 # A control character is six bytes in JSON (\u0001): the longest page is then a few megabytes, more
 # than the kernel takes of an answer nobody reads.
 LONGEST_TASK = {"title": "\x01" * TITLE_MAX_LENGTH, "description": "\x01" * DESCRIPTION_MAX_LENGTH}
@@ -89,11 +88,11 @@ def test_an_answer_nobody_reads_holds_a_slot_until_its_client_is_cut_off(
     api_db.execute("insert into users (id) values (%s)", [alice.id])
     api_db.execute(
         "insert into tasks (user_id, title, description) select %s, %s, %s from generate_series(1, %s)",
-        [alice.id, LONGEST_TASK["title"], LONGEST_TASK["description"], MAX_LIMIT],
+        [alice.id, LONGEST_TASK["title"], LONGEST_TASK["description"], PAGE_SIZE_MAX],
     )
     with httpx.Client(base_url=served, timeout=30) as client:
         client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
-        page = f"{urlsplit(alice.tasks_url).path}?limit={MAX_LIMIT}"
+        page = f"{urlsplit(alice.tasks_url).path}?limit={PAGE_SIZE_MAX}"
         readers = [_ask_and_never_read(served, alice, page) for _ in range(IN_FLIGHT)]
         time.sleep(SEND_TIMEOUT_SECONDS / 4)
         # Her unread answers hold her slots: one more request of hers is refused, at once...

@@ -18,6 +18,7 @@ from api.auth.verification import Authenticator
 from api.events import stream
 from api.events.hub import Hub, Subscription
 from api.events.services import live_services
+from api.http.cache_control import NO_STORE, no_store_header
 from api.http.caller import AuthenticatedRoute, CallerDep
 from api.http.conditional import field_value
 from api.http.problems import ProblemType
@@ -224,11 +225,7 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
         200: {
             "description": "The event stream.",
             "headers": {
-                "Cache-Control": {
-                    "description": "`no-store`: each stream is live, and no cache may keep or replay one.",
-                    "schema": {"type": "string"},
-                    "required": True,
-                },
+                "Cache-Control": no_store_header("each stream is live, and no cache may keep or replay one."),
                 # sse-starlette's, for a proxy (nginx's header) to pass each event on as it comes.
                 "X-Accel-Buffering": {
                     "description": "`no`: a proxy passes each event on at once rather than buffer them.",
@@ -276,7 +273,7 @@ async def stream_events(caller: CallerDep, request: Request) -> Response:
             events,
             ping=settings.events_heartbeat_seconds,
             send_timeout=settings.send_timeout_seconds,
-            headers={"Cache-Control": "no-store"},
+            headers={"Cache-Control": NO_STORE},
         )
     except BaseException:
         # Until the response holds it (which gives it back however the stream ends), it is ours to

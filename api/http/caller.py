@@ -26,9 +26,10 @@ from api.auth.verification import VerifiedToken
 from api.db.database import Database, Query, Rows
 from api.db.isolation import IsolationWatch
 from api.db.stored_owners import StoredOwners
+from api.http.cache_control import NO_STORE, no_store_header
 from api.http.conditional import field_value
 from api.http.json_body import Utf8JsonRoute
-from api.http.openapi import OpenApiDocument, amend_openapi, response_header
+from api.http.openapi import OpenApiDocument, amend_openapi
 from api.http.problems import (
     REQUEST_MEDIA_TYPE,
     forbidden,
@@ -174,7 +175,7 @@ class AuthenticatedRoute(Utf8JsonRoute):
             except BaseException:
                 in_flight.leave(user.id)
                 raise
-            response.headers.setdefault("Cache-Control", _NO_STORE)
+            response.headers.setdefault("Cache-Control", NO_STORE)
             if isinstance(response, EventSourceResponse):
                 # A stream lasts as long as its client stays: its own limits bound it
                 # (MAX_STREAMS_PER_USER, and a send timeout for each event).
@@ -204,11 +205,7 @@ class _SlotHeldUntilSent(Response):
 # a browser's on a shared computer either (OWASP ASVS 8.2.1). RFC 9111, section 3.5, already keeps a
 # shared cache from storing an answer to a request with Authorization, unless the answer allows it.
 # A 304 carries it too, as the 200 it stands for would (RFC 9110, section 15.4.5).
-_NO_STORE = "no-store"
-_CACHE_CONTROL = {
-    **response_header("`no-store`: the answer is the caller's data, for no cache to keep."),
-    "required": True,
-}
+_CACHE_CONTROL = no_store_header("the answer is the caller's data, for no cache to keep.")
 
 
 def document_no_store(app: FastAPI) -> None:

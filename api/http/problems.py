@@ -38,8 +38,9 @@ from api.db.errors import (
     in_one_line,
 )
 from api.db.isolation import IsolationUnverified, IsolationWatch
+from api.http.cache_control import NO_STORE, no_store_header
 from api.http.json_body import UnreadJson, shown_name
-from api.http.openapi import OpenApiDocument, amend_openapi, response_header
+from api.http.openapi import OpenApiDocument, amend_openapi
 from api.telemetry import metrics
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -132,11 +133,7 @@ class ProblemError(Exception):
 # browser one user's 404 on a shared computer; a cache told to ignore Authorization (a "cache
 # everything" rule) would hand one user's 401, 403 or 503 to the next. As on every other answer of a
 # task route, which makes a cache keyed by Authorization (Vary) needless.
-_NOT_STORED = "no-store"
-_NOT_STORED_HEADER = {
-    **response_header("`no-store`: a problem is about this request alone."),
-    "required": True,
-}
+_NOT_STORED_HEADER = no_store_header("a problem is about this request alone.")
 
 
 def problem_response(error: ProblemError) -> JSONResponse:
@@ -145,7 +142,7 @@ def problem_response(error: ProblemError) -> JSONResponse:
     return JSONResponse(
         error.problem.model_dump(exclude_none=True),
         status_code=error.problem.status,
-        headers={"Cache-Control": _NOT_STORED, **(error.headers or {})},
+        headers={"Cache-Control": NO_STORE, **(error.headers or {})},
         media_type=PROBLEM_MEDIA_TYPE,
     )
 

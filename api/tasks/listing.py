@@ -31,6 +31,11 @@ from api.settings import POSTGRES_BIGINT_MAX
 from api.tasks.models import NUL_FREE_PATTERN, TITLE_MAX_LENGTH, Task, no_nul
 
 MAX_TASK_ID = POSTGRES_BIGINT_MAX
+# A page's size: `limit`'s default and its largest value.
+PAGE_SIZE = 100
+PAGE_SIZE_MAX = 500
+# The longest search text (`q`).
+SEARCH_MAX_LENGTH = 200
 
 # Literals, not Enums: each query parameter's schema must stand alone in the OpenAPI document.
 SortKey = Literal["created", "updated", "title"]
@@ -154,7 +159,7 @@ class TaskListParams(BaseModel):
     q: (
         Annotated[
             str,
-            StringConstraints(max_length=200),
+            StringConstraints(max_length=SEARCH_MAX_LENGTH),
             AfterValidator(no_nul),
             Field(json_schema_extra={"pattern": NUL_FREE_PATTERN}),
         ]
@@ -166,7 +171,9 @@ class TaskListParams(BaseModel):
             "one character at a time, as its locale says; nothing else is folded."
         ),
     )
-    limit: Annotated[int, BeforeValidator(ascii_digits)] = Field(100, ge=1, le=500, description="Page size.")
+    limit: Annotated[int, BeforeValidator(ascii_digits)] = Field(
+        PAGE_SIZE, ge=1, le=PAGE_SIZE_MAX, description="Page size."
+    )
     # Decoded on the way in, so a bad cursor is reported like any bad parameter (`query.cursor`).
     cursor: Annotated[Cursor | None, WithJsonSchema(_CURSOR_SCHEMA)] = Field(
         None, description=_CURSOR_DESCRIPTION

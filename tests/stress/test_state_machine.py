@@ -22,10 +22,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from api.tasks.listing import PAGE_SIZE_MAX
 from tests.support import ApiUser, assert_problem, new_user
 
 USERS = 3
-MAX_TASKS = 500  # the list's largest page: the whole model fits in one
+MAX_TASKS = PAGE_SIZE_MAX  # the list's largest page: the whole model fits in one
 
 _NEXT = re.compile(r'<([^>]+)>; rel="next"')
 _ASCII_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
