@@ -56,38 +56,49 @@ logger = logging.getLogger(__name__)
 
 
 class ProblemType(StrEnum):
-    """Every problem type the API sends, by status: the value is its slug, `urn` what a client
-    switches on.
+    """Every problem type the API sends: its slug (the value; `urn` is what a client switches on),
+    the status it is sent with and its title.
 
     The one home for them: the builders below, and every OpenAPI description and README line that
     names a type, take them from here (tests/api/test_problem_types.py holds the two sides to it)."""
 
-    BAD_REQUEST = "bad-request"
-    UNAUTHORIZED = "unauthorized"
-    FORBIDDEN = "forbidden"
-    NOT_FOUND = "not-found"
-    METHOD_NOT_ALLOWED = "method-not-allowed"
-    REQUEST_TIMEOUT = "request-timeout"
-    IDEMPOTENCY_KEY_IN_USE = "idempotency-key-in-use"
-    TASK_LIMIT_REACHED = "task-limit-reached"
-    TASK_DELETED = "task-deleted"
-    PRECONDITION_FAILED = "precondition-failed"
-    PAYLOAD_TOO_LARGE = "payload-too-large"
-    UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type"
-    VALIDATION_ERROR = "validation-error"
-    IDEMPOTENCY_KEY_REUSED = "idempotency-key-reused"
-    PRECONDITION_REQUIRED = "precondition-required"
-    TOO_MANY_REQUESTS = "too-many-requests"
-    INTERNAL_ERROR = "internal-error"
-    NOT_IMPLEMENTED = "not-implemented"
-    CORS_PREFLIGHT_REFUSED = "cors-preflight-refused"
-    AUTHENTICATION_UNAVAILABLE = "authentication-unavailable"
-    DATABASE_UNAVAILABLE = "database-unavailable"
-    STATEMENT_TIMEOUT = "statement-timeout"
-    ISOLATION_UNVERIFIED = "isolation-unverified"
-    OUTCOME_UNKNOWN = "outcome-unknown"
-    STREAMS_UNAVAILABLE = "streams-unavailable"
-    HTTP_ERROR = "http-error"
+    status: int
+    # Its `title` (`str.title` is a method of every member already).
+    heading: str
+
+    def __new__(cls, slug: str, status: int, heading: str) -> "ProblemType":
+        member = str.__new__(cls, slug)
+        member._value_ = slug
+        member.status, member.heading = status, heading
+        return member
+
+    BAD_REQUEST = "bad-request", 400, "Bad request"
+    CORS_PREFLIGHT_REFUSED = "cors-preflight-refused", 400, "CORS preflight refused"
+    UNAUTHORIZED = "unauthorized", 401, "Unauthorized"
+    FORBIDDEN = "forbidden", 403, "Forbidden"
+    NOT_FOUND = "not-found", 404, "Not found"
+    METHOD_NOT_ALLOWED = "method-not-allowed", 405, "Method not allowed"
+    REQUEST_TIMEOUT = "request-timeout", 408, "Request timeout"
+    IDEMPOTENCY_KEY_IN_USE = "idempotency-key-in-use", 409, "Idempotency key in use"
+    TASK_LIMIT_REACHED = "task-limit-reached", 409, "Task limit reached"
+    TASK_DELETED = "task-deleted", 410, "Task deleted"
+    PRECONDITION_FAILED = "precondition-failed", 412, "Precondition failed"
+    PAYLOAD_TOO_LARGE = "payload-too-large", 413, "Payload too large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type", 415, "Unsupported media type"
+    VALIDATION_ERROR = "validation-error", 422, "Invalid request"
+    IDEMPOTENCY_KEY_REUSED = "idempotency-key-reused", 422, "Idempotency key reused"
+    PRECONDITION_REQUIRED = "precondition-required", 428, "Precondition required"
+    TOO_MANY_REQUESTS = "too-many-requests", 429, "Too many requests"
+    INTERNAL_ERROR = "internal-error", 500, "Internal server error"
+    NOT_IMPLEMENTED = "not-implemented", 501, "Not implemented"
+    AUTHENTICATION_UNAVAILABLE = "authentication-unavailable", 503, "Authentication unavailable"
+    DATABASE_UNAVAILABLE = "database-unavailable", 503, "Database unavailable"
+    STATEMENT_TIMEOUT = "statement-timeout", 503, "Statement timeout"
+    ISOLATION_UNVERIFIED = "isolation-unverified", 503, "Isolation unverified"
+    OUTCOME_UNKNOWN = "outcome-unknown", 503, "Outcome unknown"
+    STREAMS_UNAVAILABLE = "streams-unavailable", 503, "Event streams unavailable"
+    # Any other status an HTTPException carries (`http_problem`), sent with that one.
+    HTTP_ERROR = "http-error", 0, "HTTP error"
 
     @property
     def urn(self) -> str:
@@ -115,16 +126,17 @@ class ProblemError(Exception):
 
     def __init__(
         self,
-        status: int,
-        slug: ProblemType,
-        title: str,
+        kind: ProblemType,
         detail: str,
         *,
         headers: dict[str, str] | None = None,
         errors: list[FieldError] | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(detail)
-        self.problem = Problem(type=slug.urn, title=title, status=status, detail=detail, errors=errors)
+        self.problem = Problem(
+            type=kind.urn, title=kind.heading, status=status or kind.status, detail=detail, errors=errors
+        )
         self.headers = headers
 
 
@@ -149,9 +161,7 @@ def problem_response(error: ProblemError) -> JSONResponse:
 
 def cors_preflight_refused(refused: str, *, headers: dict[str, str]) -> ProblemError:
     return ProblemError(
-        400,
         ProblemType.CORS_PREFLIGHT_REFUSED,
-        "CORS preflight refused",
         f"A browser may not make the request this preflight asks about (refused: {refused}): the API "
         "admits the origins CORS_ORIGINS names, with the methods and request headers this answer's "
         "Access-Control-Allow-Methods and Access-Control-Allow-Headers list.",
@@ -160,9 +170,7 @@ def cors_preflight_refused(refused: str, *, headers: dict[str, str]) -> ProblemE
 
 
 def internal_error() -> ProblemError:
-    return ProblemError(
-        500, ProblemType.INTERNAL_ERROR, "Internal server error", "This is a bug on our side."
-    )
+    return ProblemError(ProblemType.INTERNAL_ERROR, "This is a bug on our side.")
 
 
 async def on_internal_error(_: Request, __: Exception) -> JSONResponse:
@@ -174,9 +182,7 @@ def too_many_requests(
     detail: str, *, retry_after: int, headers: dict[str, str] | None = None
 ) -> ProblemError:
     return ProblemError(
-        429,
         ProblemType.TOO_MANY_REQUESTS,
-        "Too many requests",
         detail,
         headers={"Retry-After": str(retry_after), **(headers or {})},
     )
@@ -185,9 +191,7 @@ def too_many_requests(
 def method_not_allowed(allowed: list[str]) -> ProblemError:
     listed = ", ".join(allowed)
     return ProblemError(
-        405,
         ProblemType.METHOD_NOT_ALLOWED,
-        "Method not allowed",
         f"This resource takes {listed}.",
         headers={"Allow": listed},
     )
@@ -195,9 +199,7 @@ def method_not_allowed(allowed: list[str]) -> ProblemError:
 
 def unsupported_media_type() -> ProblemError:
     return ProblemError(
-        415,
         ProblemType.UNSUPPORTED_MEDIA_TYPE,
-        "Unsupported media type",
         "Send the body as JSON, with one Content-Type: application/json.",
         headers={"Accept": REQUEST_MEDIA_TYPE},  # RFC 9110, section 15.5.16: the types a body may have
     )
@@ -205,9 +207,7 @@ def unsupported_media_type() -> ProblemError:
 
 def unsupported_content_coding() -> ProblemError:
     return ProblemError(
-        415,
         ProblemType.UNSUPPORTED_MEDIA_TYPE,
-        "Unsupported media type",
         "Send the body uncompressed: no Content-Encoding is accepted.",
         headers={"Accept-Encoding": "identity"},  # RFC 7694: the codings a request may use
     )
@@ -220,9 +220,7 @@ def precondition_failed(current_etag: str, *, field: str = "If-Match") -> Proble
         if field == "If-Match"
         else "If-None-Match names the task as it is (or is *, and the task exists); nothing was changed."
     )
-    return ProblemError(
-        412, ProblemType.PRECONDITION_FAILED, "Precondition failed", detail, headers={"ETag": current_etag}
-    )
+    return ProblemError(ProblemType.PRECONDITION_FAILED, detail, headers={"ETag": current_etag})
 
 
 def list_precondition_failed(field: str) -> ProblemError:
@@ -232,23 +230,19 @@ def list_precondition_failed(field: str) -> ProblemError:
         if field == "If-Match"
         else "If-None-Match is *, and the task list exists; nothing was done."
     )
-    return ProblemError(412, ProblemType.PRECONDITION_FAILED, "Precondition failed", detail)
+    return ProblemError(ProblemType.PRECONDITION_FAILED, detail)
 
 
 def precondition_required() -> ProblemError:
     return ProblemError(
-        428,
         ProblemType.PRECONDITION_REQUIRED,
-        "Precondition required",
         "Send If-Match with the task's ETag (or *), so that a change made meanwhile is not lost.",
     )
 
 
 def idempotency_key_reused() -> ProblemError:
     return ProblemError(
-        422,
         ProblemType.IDEMPOTENCY_KEY_REUSED,
-        "Idempotency key reused",
         "This Idempotency-Key was used for a create with another body; use a new key for a new task.",
         errors=[
             FieldError(field="header.idempotency-key", message="Already used for a create with another body.")
@@ -260,9 +254,7 @@ def idempotency_key_in_use() -> ProblemError:
     # The IETF Idempotency-Key draft's answer to a key whose request is still being processed: not a
     # unique key the API does not expect (`on_unexpected_unique_key`), so isolation stays trusted.
     return ProblemError(
-        409,
         ProblemType.IDEMPOTENCY_KEY_IN_USE,
-        "Idempotency key in use",
         "Another request with this Idempotency-Key is being handled at the same time; nothing was "
         "created. Send the same request again shortly.",
         headers={"Retry-After": "1"},
@@ -271,18 +263,14 @@ def idempotency_key_in_use() -> ProblemError:
 
 def task_deleted() -> ProblemError:
     return ProblemError(
-        410,
         ProblemType.TASK_DELETED,
-        "Task deleted",
         "The task this Idempotency-Key created has been deleted since; use a new key for a new task.",
     )
 
 
 def task_limit_reached(limit: int) -> ProblemError:
     return ProblemError(
-        409,
         ProblemType.TASK_LIMIT_REACHED,
-        "Task limit reached",
         f"You have {limit} tasks, the most one user may have; delete some to create more.",
     )
 
@@ -290,7 +278,7 @@ def task_limit_reached(limit: int) -> ProblemError:
 def _unreadable_framing(detail: str) -> ProblemError:
     # Where the body ends is unknowable (RFC 9112, sections 6.1, 6.3, 7.1), so the connection cannot be
     # reused: it is closed after the answer.
-    return ProblemError(400, ProblemType.BAD_REQUEST, "Bad request", detail, headers={"Connection": "close"})
+    return ProblemError(ProblemType.BAD_REQUEST, detail, headers={"Connection": "close"})
 
 
 def malformed_content_length() -> ProblemError:
@@ -302,9 +290,7 @@ def unsupported_transfer_coding() -> ProblemError:
     # server, gzip or an unknown name before chunked was dropped and the body read as plain chunks.
     # The body is left unread, so the connection cannot be reused.
     return ProblemError(
-        501,
         ProblemType.NOT_IMPLEMENTED,
-        "Not implemented",
         "The only Transfer-Encoding this API implements is chunked; send the body with that alone, or "
         "with Content-Length.",
         headers={"Connection": "close"},
@@ -326,9 +312,7 @@ def unreadable_body() -> ProblemError:
 
 def forbidden() -> ProblemError:
     return ProblemError(
-        403,
         ProblemType.FORBIDDEN,
-        "Forbidden",
         "The user id in the path is not the one your token was issued for.",
     )
 
@@ -351,15 +335,13 @@ def request_timeout(seconds: float) -> StarletteHTTPException:
 
 
 def not_found(detail: str = "No such task.") -> ProblemError:
-    return ProblemError(404, ProblemType.NOT_FOUND, "Not found", detail)
+    return ProblemError(ProblemType.NOT_FOUND, detail)
 
 
 def unauthorized(error: InvalidToken) -> ProblemError:
     # RFC 6750: a request without credentials gets a bare challenge; a bad token names the error.
     challenge = 'Bearer error="invalid_token"' if error.token_was_sent else "Bearer"
-    return ProblemError(
-        401, ProblemType.UNAUTHORIZED, "Unauthorized", error.reason, headers={"WWW-Authenticate": challenge}
-    )
+    return ProblemError(ProblemType.UNAUTHORIZED, error.reason, headers={"WWW-Authenticate": challenge})
 
 
 def authentication_unavailable(retry_after: int, *, unpublished_kid: bool = False) -> ProblemError:
@@ -377,9 +359,7 @@ def authentication_unavailable(retry_after: int, *, unpublished_kid: bool = Fals
         "BETTER_AUTH_URL): its log names the URL and why each fetch failed."
     )
     return ProblemError(
-        503,
         ProblemType.AUTHENTICATION_UNAVAILABLE,
-        "Authentication unavailable",
         detail,
         headers={"Retry-After": str(retry_after)},
     )
@@ -388,9 +368,7 @@ def authentication_unavailable(retry_after: int, *, unpublished_kid: bool = Fals
 def isolation_unverified(retry_after: int) -> ProblemError:
     # Refused, not served: the database may not be keeping users apart right now.
     return ProblemError(
-        503,
         ProblemType.ISOLATION_UNVERIFIED,
-        "Isolation unverified",
         "The server cannot verify that the database keeps users apart; nothing was read or changed. "
         "An operator has been alerted.",
         headers={"Retry-After": str(retry_after)},
@@ -407,9 +385,7 @@ def streams_unavailable(detail: str, *, retry_after: int) -> ProblemError:
     # Not a 429: the caller may hold no stream at all; this server cannot take one now (everyone's
     # together fill it, or it is shutting down), and a stream opened later, here or elsewhere, will do.
     return ProblemError(
-        503,
         ProblemType.STREAMS_UNAVAILABLE,
-        "Event streams unavailable",
         detail,
         headers={"Retry-After": str(retry_after), **STREAM_REFUSED_CLOSES},
     )
@@ -421,9 +397,7 @@ _DATABASE_RETRY_AFTER = {"Retry-After": "5"}
 
 
 def _database_unavailable(detail: str) -> ProblemError:
-    return ProblemError(
-        503, ProblemType.DATABASE_UNAVAILABLE, "Database unavailable", detail, headers=_DATABASE_RETRY_AFTER
-    )
+    return ProblemError(ProblemType.DATABASE_UNAVAILABLE, detail, headers=_DATABASE_RETRY_AFTER)
 
 
 def database_unavailable() -> ProblemError:
@@ -447,9 +421,7 @@ def statement_cancelled() -> ProblemError:
     # the most (docs/operations.md, "What one user can make the service hold"): every retry was cut
     # the same way. Retry-After stays: a write that waited on another's row lock is done on a retry.
     return ProblemError(
-        503,
         ProblemType.STATEMENT_TIMEOUT,
-        "Statement timeout",
         "The database did not finish this request within its statement timeout "
         "(DB_STATEMENT_TIMEOUT_MS), or an operator cancelled it, or the server did as it stopped; nothing "
         "was changed. A request that waited on another's change to the same task may be done when "
@@ -514,9 +486,7 @@ def outcome_unknown() -> ProblemError:
     # Not database-unavailable: that one promises nothing was changed, and a client that trusts it
     # and retries a create without a key, or a toggle, would do it twice.
     return ProblemError(
-        503,
         ProblemType.OUTCOME_UNKNOWN,
-        "Outcome unknown",
         "The database stopped answering, or failed, after your change was sent; it may or may not "
         "have been made. Retry with the same Idempotency-Key, or read the task again before changing it.",
         headers=_DATABASE_RETRY_AFTER,
@@ -540,9 +510,7 @@ def _field_error(error: dict[str, Any]) -> FieldError:
 
 def invalid_input(field: str, message: str) -> ProblemError:
     return ProblemError(
-        422,
         ProblemType.VALIDATION_ERROR,
-        "Invalid request",
         f"Invalid input in: {field}.",
         errors=[FieldError(field=field, message=message)],
     )
@@ -564,19 +532,22 @@ def _validation_problem(exc: RequestValidationError) -> ProblemError:
     unlisted = len(found) - len(errors)
     more = f", and {unlisted} more" if unlisted else ""
     return ProblemError(
-        422,
         ProblemType.VALIDATION_ERROR,
-        "Invalid request",
         f"Invalid input in: {names}{more}.",
         errors=errors,
     )
 
 
-_HTTP_SLUGS = {
-    404: (ProblemType.NOT_FOUND, "Not found"),
-    405: (ProblemType.METHOD_NOT_ALLOWED, "Method not allowed"),
-    408: (ProblemType.REQUEST_TIMEOUT, "Request timeout"),
-    413: (ProblemType.PAYLOAD_TOO_LARGE, "Payload too large"),
+# The types of the statuses an HTTPException carries: FastAPI's and Starlette's own, and the API's
+# from where only they get through (a body being read).
+_HTTP_TYPES = {
+    kind.status: kind
+    for kind in (
+        ProblemType.NOT_FOUND,
+        ProblemType.METHOD_NOT_ALLOWED,
+        ProblemType.REQUEST_TIMEOUT,
+        ProblemType.PAYLOAD_TOO_LARGE,
+    )
 }
 
 
@@ -592,9 +563,9 @@ def http_problem(exc: StarletteHTTPException) -> ProblemError:
         if isinstance(exc.__cause__, UnreadJson):
             return invalid_input("body", str(exc.__cause__))
         return invalid_input("body", "The body is not valid JSON in UTF-8.")
-    slug, title = _HTTP_SLUGS.get(exc.status_code, (ProblemType.HTTP_ERROR, "HTTP error"))
-    detail = exc.detail if isinstance(exc.detail, str) else title
-    return ProblemError(exc.status_code, slug, title, detail, headers=dict(exc.headers or {}))
+    kind = _HTTP_TYPES.get(exc.status_code, ProblemType.HTTP_ERROR)
+    detail = exc.detail if isinstance(exc.detail, str) else kind.heading
+    return ProblemError(kind, detail, headers=dict(exc.headers or {}), status=exc.status_code)
 
 
 def problem_content(types: Sequence[ProblemType]) -> dict[str, Any]:

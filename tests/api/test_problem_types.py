@@ -12,6 +12,7 @@ from tests.support import listed_types
 PROJECT = Path(__file__).resolve().parents[2]
 _URN = re.compile(r"urn:todo-api:problem:[a-z]+(?:-[a-z]+)*")
 SENDABLE = {problem.urn for problem in ProblemType}
+STATUS_OF = {problem.urn: problem.status for problem in ProblemType}
 
 
 def test_every_type_the_openapi_document_names_is_one_the_server_sends() -> None:
@@ -32,7 +33,8 @@ def test_readme_lists_exactly_the_types_the_server_sends() -> None:
 
 def test_every_error_response_lists_its_types_and_its_words_name_exactly_those() -> None:
     """A client switches on the `enum` of a problem's `type` (schema.ts makes it a union); a person
-    reads the description: the two say the same, and every answer with a body lists some."""
+    reads the description: the two say the same, and every answer with a body lists some, each one
+    the server sends with that answer's status."""
     for path, path_item in openapi_document()["paths"].items():
         for method, operation in path_item.items():
             for status, response in operation["responses"].items():
@@ -44,3 +46,4 @@ def test_every_error_response_lists_its_types_and_its_words_name_exactly_those()
                 assert listed, where
                 assert set(listed) <= SENDABLE, where
                 assert set(_URN.findall(response["description"])) == set(listed), where
+                assert {STATUS_OF[urn] for urn in listed} == {int(status)}, where
