@@ -79,8 +79,8 @@ async def _tasks(database: Database, method: str, path: list[str], body: bytes) 
     if query is None:
         return []
     if method == "GET":
-        return await database.run(path[0], query, read_only=True)
-    return await database.run(path[0], query.for_stored_owner(), read_only=False)
+        return await database.run(path[0], query)
+    return await database.run(path[0], query.for_stored_owner())
 
 
 async def _select_one(database: Database, _method: str, _path: list[str], _body: bytes) -> Rows:
@@ -177,32 +177,32 @@ def fastapi_app() -> FastAPI:
     async def list_tasks(
         user_id: str, db: DatabaseDep, wanted: Annotated[TaskListParams, QueryParameters()]
     ) -> Any:
-        rows = await db.run(user_id, queries.list_tasks(user_id, wanted), read_only=True)
+        rows = await db.run(user_id, queries.list_tasks(user_id, wanted))
         return rows[: wanted.limit]
 
     @router.get("/{task_id}", response_model=TaskPublic)
     async def get_task(user_id: str, task_id: int, db: DatabaseDep) -> Any:
-        return first(await db.run(user_id, queries.get_task(user_id, task_id), read_only=True))
+        return first(await db.run(user_id, queries.get_task(user_id, task_id)))
 
     @router.post("", response_model=TaskPublic, status_code=201)
     async def create_task(user_id: str, data: TaskCreate, db: DatabaseDep) -> Any:
         query = queries.create_task(Principal(user_id), data)
-        return first(await db.run(user_id, query.for_stored_owner(), read_only=False))
+        return first(await db.run(user_id, query.for_stored_owner()))
 
     @router.put("/{task_id}", response_model=TaskPublic)
     async def update_task(user_id: str, task_id: int, data: TaskUpdate, db: DatabaseDep) -> Any:
         query = queries.update_task(Principal(user_id), task_id, data.changes())
-        return first(await db.run(user_id, query.for_stored_owner(), read_only=False))
+        return first(await db.run(user_id, query.for_stored_owner()))
 
     @router.delete("/{task_id}", status_code=204, response_class=Response)
     async def delete_task(user_id: str, task_id: int, db: DatabaseDep) -> None:
         query = queries.delete_task(Principal(user_id), task_id)
-        first(await db.run(user_id, query.for_stored_owner(), read_only=False))
+        first(await db.run(user_id, query.for_stored_owner()))
 
     @router.patch("/{task_id}/complete", response_model=TaskPublic)
     async def complete_task(user_id: str, task_id: int, db: DatabaseDep) -> Any:
         query = queries.set_completed(Principal(user_id), task_id, None)
-        return first(await db.run(user_id, query.for_stored_owner(), read_only=False))
+        return first(await db.run(user_id, query.for_stored_owner()))
 
     app = FastAPI(lifespan=lifespan)
     app.include_router(router)

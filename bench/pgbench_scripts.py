@@ -73,9 +73,8 @@ _PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s")
 
 @dataclass(frozen=True)
 class Transaction:
-    """One request's transaction: what `Database.run(read_only=...)` wraps around `query`."""
+    """One request's transaction: what `Database.run` wraps around `query`."""
 
-    read_only: bool
     query: Query
     picks: str
 
@@ -84,20 +83,17 @@ def _transactions() -> dict[str, Transaction]:
     principal = Principal(_USER, email=_EMAIL, name=_NAME)
     first_page = TaskListParams(limit=LIST_PAGE_SIZE)
     return {
-        "list": Transaction(True, queries.list_tasks(_USER, first_page), _PICK_USER),
-        "get": Transaction(True, queries.get_task(_USER, _TASK_ID), _PICK_USER + _PICK_TASK),
+        "list": Transaction(queries.list_tasks(_USER, first_page), _PICK_USER),
+        "get": Transaction(queries.get_task(_USER, _TASK_ID), _PICK_USER + _PICK_TASK),
         "create": Transaction(
-            False, queries.create_task(principal, TaskCreate(title=_NEW_TITLE)), _PICK_USER + _PICK_NUMBER
+            queries.create_task(principal, TaskCreate(title=_NEW_TITLE)), _PICK_USER + _PICK_NUMBER
         ),
-        "toggle": Transaction(
-            False, queries.set_completed(principal, _TASK_ID, None), _PICK_USER + _PICK_TASK
-        ),
+        "toggle": Transaction(queries.set_completed(principal, _TASK_ID, None), _PICK_USER + _PICK_TASK),
         "update": Transaction(
-            False,
             queries.update_task(principal, _TASK_ID, {"title": _NEW_TITLE}),
             _PICK_USER + _PICK_TASK + _PICK_NUMBER,
         ),
-        "delete": Transaction(False, queries.delete_task(principal, _TASK_ID), _PICK_DELETABLE),
+        "delete": Transaction(queries.delete_task(principal, _TASK_ID), _PICK_DELETABLE),
     }
 
 
@@ -168,14 +164,14 @@ def scripts(statement_timeout_ms: int | None = None, *, prepared: bool = False) 
         query = transaction.query
         # What the API sends once it has stored the caller's user row (the dataset has every row):
         # a write without the upsert (api/db/stored_owners.py).
-        statement = query.statement if transaction.read_only else query.for_stored_owner().statement
+        statement = query.statement if transaction.query.read_only else query.for_stored_owner().statement
         statements = [
-            db_statements.begin(read_only=transaction.read_only) + ";",
+            db_statements.begin(read_only=transaction.query.read_only) + ";",
             act,
             _sql(statement, query.params),
             "COMMIT;",
         ]
-        if not transaction.read_only:
+        if not transaction.query.read_only:
             statements.append(_sql(db_statements.WAKE_STREAMS, as_user))
         if prepared:
             body = ["\\startpipeline", *statements, "\\endpipeline"]

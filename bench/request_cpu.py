@@ -131,9 +131,9 @@ def _answer_from_memory(app: FastAPI) -> None:
     real_run: Callable[..., Awaitable[Rows]] = database.run
     answers: dict[object, Rows] = {}
 
-    async def remembered(user_id: str, query: Query, *, read_only: bool) -> Rows:
+    async def remembered(user_id: str, query: Query) -> Rows:
         if query.statement not in answers:
-            answers[query.statement] = await real_run(user_id, query, read_only=read_only)
+            answers[query.statement] = await real_run(user_id, query)
         return answers[query.statement]
 
     database.run = remembered  # type: ignore[method-assign]  # this instance only

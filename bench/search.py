@@ -56,11 +56,11 @@ async def _measure(url: str, runs: int) -> dict[str, list[float]]:
     try:
         for name, text in _SEARCHES.items():
             query = queries.list_tasks(_OWNER, TaskListParams(q=text, limit=20))
-            await database.run(_OWNER, query, read_only=True)  # warm up
+            await database.run(_OWNER, query)  # warm up
             timings[name] = []
             for _ in range(runs):
                 started = time.perf_counter()
-                await database.run(_OWNER, query, read_only=True)
+                await database.run(_OWNER, query)
                 timings[name].append((time.perf_counter() - started) * 1000)
     finally:
         await database.close()

@@ -65,15 +65,15 @@ class _Way(ABC):
     async def open(self) -> None: ...
 
     @abstractmethod
-    async def send(self, query: Query, *, read_only: bool) -> None: ...
+    async def send(self, query: Query) -> None: ...
 
     @abstractmethod
     async def close(self) -> None: ...
 
-    async def batch(self, query: Query, *, read_only: bool, requests: int) -> None:
+    async def batch(self, query: Query, *, requests: int) -> None:
         started, backend_started = time.process_time(), process_cpu_seconds(self.backend)
         for _ in range(requests):
-            await self.send(query, read_only=read_only)
+            await self.send(query)
         python, backend = time.process_time() - started, process_cpu_seconds(self.backend) - backend_started
         self.batches.append((python / requests * 1e6, backend / requests * 1e6))
 
@@ -105,8 +105,8 @@ class _DatabaseRun(_Way):
             if not self.prepares:
                 connection.prepare_threshold = None  # psycopg's "never"; the pool holds this one only
 
-    async def send(self, query: Query, *, read_only: bool) -> None:
-        await self.database.run("alice", query, read_only=read_only)
+    async def send(self, query: Query) -> None:
+        await self.database.run("alice", query)
 
     async def close(self) -> None:
         await self.database.close()
@@ -137,7 +137,7 @@ class _LibpqMessage(_PlainConnection):
         # By the query's identity: `main` builds each query once, and its values are not hashable.
         self.messages: dict[int, bytes] = {}
 
-    async def _message(self, query: Query, *, read_only: bool) -> bytes:
+    async def _message(self, query: Query) -> bytes:
         statement = compiled(query.statement)
         await self.connection.execute(statement.prepare(self.connection))
         limits = Settings.model_fields
@@ -146,16 +146,16 @@ class _LibpqMessage(_PlainConnection):
             max_tasks=str(limits["max_tasks_per_user"].default),
             events_retention_hours=str(limits["events_retention_hours"].default),
             statement_timeout_ms=str(limits["db_statement_timeout_ms"].default),
-            read_only=read_only,
+            read_only=query.read_only,
         )
         values = {**as_user, **statement.params(query.params)}
-        message = one_message(query.statement, read_only=read_only, prepared=True)
+        message = one_message(query.statement, read_only=query.read_only, prepared=True)
         return psycopg.AsyncClientCursor(self.connection).mogrify(message, values).encode()
 
-    async def send(self, query: Query, *, read_only: bool) -> None:
+    async def send(self, query: Query) -> None:
         message = self.messages.get(id(query))
         if message is None:
-            message = self.messages[id(query)] = await self._message(query, read_only=read_only)
+            message = self.messages[id(query)] = await self._message(query)
         self.connection.pgconn.send_query(message)
         results = await self.connection.wait(execute(self.connection.pgconn))
         # A failed statement skips the rest: the message ran whole only if its last result is no error
@@ -167,11 +167,11 @@ class _LibpqMessage(_PlainConnection):
 class _BareRoundTrip(_PlainConnection):
     """`select 1` on a plain psycopg connection, whatever the request: the driver's floor."""
 
-    async def send(self, query: Query, *, read_only: bool) -> None:
+    async def send(self, query: Query) -> None:
         await self.connection.execute("select 1")
 
 
-async def _cpu_us_per_request(url: str, query: Query, *, read_only: bool) -> dict[str, tuple[float, float]]:
+async def _cpu_us_per_request(url: str, query: Query) -> dict[str, tuple[float, float]]:
     ways: dict[str, _Way] = {
         name: _DatabaseRun(url, settings, prepares=name not in _NEVER_PREPARED)
         for name, settings in _WAYS.items()
@@ -183,7 +183,7 @@ async def _cpu_us_per_request(url: str, query: Query, *, read_only: bool) -> dic
     try:
         for _ in range(_ROUNDS + 1):
             for way in ways.values():
-                await way.batch(query, read_only=read_only, requests=_BATCH)
+                await way.batch(query, requests=_BATCH)
         return {name: way.quietest() for name, way in ways.items()}
     finally:
         for way in ways.values():
@@ -202,15 +202,14 @@ def main() -> None:
     toggle = queries.set_completed(Principal("alice"), 5, None)
     assert toggle.without_owner_row is not None
     requests = {
-        "get": (queries.get_task("alice", 5), True),
-        "list": (queries.list_tasks("alice", first_page), True),
-        "toggle": (toggle.for_stored_owner(), False),
+        "get": queries.get_task("alice", 5),
+        "list": queries.list_tasks("alice", first_page),
+        "toggle": toggle.for_stored_owner(),
     }
     with embedded_postgres_server() as postgres:
         url = postgres.one_user_database("paths", "alice", tasks=20)
         figures = {
-            request: asyncio.run(_cpu_us_per_request(url, query, read_only=read_only))
-            for request, (query, read_only) in requests.items()
+            request: asyncio.run(_cpu_us_per_request(url, query)) for request, query in requests.items()
         }
     print("CPU us per request: Python, Postgres backend")
     print()

@@ -467,9 +467,9 @@ def explain_list(db: psycopg.Connection[Any], user_id: str, params: TaskListPara
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
-def sql(statement: str) -> Query:
+def sql(statement: str, *, read_only: bool = True) -> Query:
     """A statement of the test's own, for `Database.run`."""
-    return Query(text(statement), {})
+    return Query(text(statement), {}, read_only=read_only)
 
 
 def wait_until_it_waits_for(holder: psycopg.Connection[Any], request: "Future[httpx.Response]") -> None:

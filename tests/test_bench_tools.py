@@ -42,7 +42,7 @@ def test_bench_transaction_paths_runs_every_way_each_preparing_what_its_name_say
     monkeypatch.setattr(transaction_paths, "_ROUNDS", 1)
     monkeypatch.setattr(transaction_paths, "_BATCH", 3)
 
-    figures = asyncio.run(transaction_paths._cpu_us_per_request(migrated_db_url, get, read_only=True))
+    figures = asyncio.run(transaction_paths._cpu_us_per_request(migrated_db_url, get))
     assert list(figures) == [
         "one message",
         "one message, prepared",
@@ -61,7 +61,7 @@ def test_bench_transaction_paths_runs_every_way_each_preparing_what_its_name_say
             await way.open()
             try:
                 for _ in range(3):
-                    await way.send(get, read_only=True)
+                    await way.send(get)
                 async with way.database.pool.connection() as connection:
                     # Without the empty statement the pool's check of a new connection sends, before
                     # the way's first request; and without this query itself.

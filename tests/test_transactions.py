@@ -66,43 +66,40 @@ def test_a_reused_connection_never_carries_identity_into_the_next_transaction(
     migrated_db_url: str, way: dict[str, Any]
 ) -> None:
     async def scenario(database: Database) -> None:
-        assert await database.run("alice", sql(_IDENTITY), read_only=True) == [
+        assert await database.run("alice", sql(_IDENTITY)) == [
             {"who": "todo_app", "role": "todo_app", "uid": "alice"}
         ]
         assert await identity_between_requests(database) == NOBODY
 
-        await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
+        await database.run("alice", sql("insert into users (id) values ('alice')", read_only=False))
         await database.run(
-            "alice", sql("insert into tasks (user_id, title) values ('alice', 'mine')"), read_only=False
+            "alice", sql("insert into tasks (user_id, title) values ('alice', 'mine')", read_only=False)
         )
         assert await identity_between_requests(database) == NOBODY
 
         with pytest.raises(psycopg.errors.DivisionByZero):
-            await database.run("alice", sql("select 1 / 0"), read_only=False)
+            await database.run("alice", sql("select 1 / 0", read_only=False))
         assert await identity_between_requests(database) == NOBODY
 
         count = "select count(*) as n from tasks"
-        assert await database.run("bob", sql(count), read_only=True) == [{"n": 0}]
-        assert await database.run("bob", sql("select count(*) as n from users"), read_only=True) == [{"n": 0}]
-        assert await database.run("alice", sql(count), read_only=True) == [{"n": 1}]
+        assert await database.run("bob", sql(count)) == [{"n": 0}]
+        assert await database.run("bob", sql("select count(*) as n from users")) == [{"n": 0}]
+        assert await database.run("alice", sql(count)) == [{"n": 1}]
 
     with_database(migrated_db_url, scenario, db_pool_size=1, **way)
 
 
 def test_a_failed_statement_changes_nothing(migrated_db_url: str, way: dict[str, Any]) -> None:
     async def scenario(database: Database) -> None:
-        await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
+        await database.run("alice", sql("insert into users (id) values ('alice')", read_only=False))
         with pytest.raises(CheckRefused, match="tasks_title_check"):
             # Two statements in one: the first would succeed, the second fails; neither may stay.
             await database.run(
                 "alice",
                 sql("with t as (insert into tasks (user_id, title) values ('alice', 'kept?')) "
-                    "insert into tasks (user_id, title) values ('alice', '')"),
-                read_only=False,
+                    "insert into tasks (user_id, title) values ('alice', '')", read_only=False),
             )  # fmt: skip
-        assert await database.run("alice", sql("select count(*) as n from tasks"), read_only=True) == [
-            {"n": 0}
-        ]
+        assert await database.run("alice", sql("select count(*) as n from tasks")) == [{"n": 0}]
 
     with_database(migrated_db_url, scenario, db_pool_size=1, **way)
 
@@ -110,7 +107,7 @@ def test_a_failed_statement_changes_nothing(migrated_db_url: str, way: dict[str,
 def test_read_transactions_are_read_only(migrated_db_url: str, way: dict[str, Any]) -> None:
     async def scenario(database: Database) -> None:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=True)
+            await database.run("alice", sql("insert into users (id) values ('alice')", read_only=True))
 
     with_database(migrated_db_url, scenario, **way)
 
@@ -118,10 +115,10 @@ def test_read_transactions_are_read_only(migrated_db_url: str, way: dict[str, An
 def test_a_runaway_statement_is_cancelled(migrated_db_url: str, way: dict[str, Any]) -> None:
     async def scenario(database: Database) -> None:
         assert await database.run(
-            "alice", sql("select current_setting('statement_timeout') as statement_timeout"), read_only=True
+            "alice", sql("select current_setting('statement_timeout') as statement_timeout")
         ) == [{"statement_timeout": "200ms"}]
         with pytest.raises(StatementCancelled, match="statement timeout"):
-            await database.run("alice", sql("select pg_sleep(5)"), read_only=True)
+            await database.run("alice", sql("select pg_sleep(5)"))
         async with database.pool.connection() as connection:
             row = await (await connection.execute("show statement_timeout")).fetchone()
             assert row == {"statement_timeout": "0"}, "the limit ended with its transaction"

@@ -184,6 +184,9 @@ class Query:
 
     statement: ClauseElement
     params: Mapping[str, object]
+    # A write says so, and runs in a READ WRITE transaction; a read runs READ ONLY, which also makes
+    # a lost connection safe to run it again on (`Database.run`).
+    read_only: bool = True
     without_owner_row: ClauseElement | None = None
     # A statement whose cost the caller chooses (a search): at most one of a user's runs at a time
     # in a worker, its wait for that turn part of the wait for a connection (`api.db.fair_share`).
@@ -193,7 +196,7 @@ class Query:
         """The write without the upsert of its owner's user row, with the same values."""
         if self.without_owner_row is None:
             raise ValueError("this query does not bring an owner's user row up to date")
-        return Query(self.without_owner_row, self.params)
+        return Query(self.without_owner_row, self.params, read_only=self.read_only)
 
 
 async def _result_rows(cursor: psycopg.AsyncCursor[DictRow]) -> Rows:
@@ -371,7 +374,7 @@ class Database:
             metrics.pool_waiting.set(self._waiting_for_pool + self.fair_share.waiting)
             await asyncio.sleep(1.0)
 
-    async def run(self, user_id: str, query: Query, *, read_only: bool) -> Rows:
+    async def run(self, user_id: str, query: Query) -> Rows:
         """Run one statement as `user_id` in a transaction of its own; return its rows.
 
         What it raises when the database cannot do the work now is listed in `api.db.errors.UNAVAILABLE`.
@@ -381,7 +384,7 @@ class Database:
             max_tasks=self._max_tasks,
             events_retention_hours=self._events_retention_hours,
             statement_timeout_ms=self._statement_timeout,
-            read_only=read_only,
+            read_only=query.read_only,
         )
         # One wait for a connection, DB_POOL_TIMEOUT_SECONDS in all: for the user's share first, then
         # for the pool with what is left. A retry waits for the pool as long as the first attempt
@@ -397,24 +400,24 @@ class Database:
             pool_wait = _LEND_AN_IDLE_CONNECTION_SECONDS
         try:
             try:
-                return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)
+                return await self._attempt(share, pool_wait, query, as_user)
             except SafeToRetry as lost:
                 logger.info("running a transaction again on another connection: %s", lost)
                 # The connections that were idle beside it most likely died with it.
                 await self._liveness.check_pool()
-                return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)
+                return await self._attempt(share, pool_wait, query, as_user)
             except PreparedStatementsLost as lost:
                 # Every connection is as sound as before: only preparing failed, and it has stopped.
                 logger.info("running a transaction again, unprepared: %s", lost)
-                return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)
+                return await self._attempt(share, pool_wait, query, as_user)
             except TransactionConflict as lost:
                 logger.info("running a transaction again: %s", lost)
-                return await self._attempt(share, pool_wait, query, as_user, read_only=read_only)
+                return await self._attempt(share, pool_wait, query, as_user)
         finally:
             self.fair_share.release(user_id, one_at_a_time=one_at_a_time)
 
     async def _attempt(
-        self, share: Share, pool_wait: float, query: Query, as_user: Mapping[str, object], *, read_only: bool
+        self, share: Share, pool_wait: float, query: Query, as_user: Mapping[str, object]
     ) -> Rows:
         self._waiting_for_pool += 1
         try:
@@ -438,19 +441,18 @@ class Database:
         taken = time.perf_counter()
         try:
             if self._tracer is None:
-                return await self._on(connection, query, as_user, read_only=read_only)
+                return await self._on(connection, query, as_user)
             # The span is the transaction the metric times: from the connection taken, one per attempt.
-            with transaction_span(self._tracer, read_only=read_only):
-                return await self._on(connection, query, as_user, read_only=read_only)
+            with transaction_span(self._tracer, read_only=query.read_only):
+                return await self._on(connection, query, as_user)
         finally:
             share.at_database -= 1
             self._lent.discard(connection)
             await self.pool.putconn(connection)
-            (_READ_ONLY if read_only else _READ_WRITE).observe(time.perf_counter() - taken)
+            (_READ_ONLY if query.read_only else _READ_WRITE).observe(time.perf_counter() - taken)
 
-    async def _on(
-        self, connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
-    ) -> Rows:
+    async def _on(self, connection: Connection, query: Query, as_user: Mapping[str, object]) -> Rows:
+        read_only = query.read_only
         if not self._may_prepare:
             # The one way this worker stops preparing, on the connections it has and those it makes:
             # each passes here before it runs a transaction.
@@ -463,9 +465,7 @@ class Database:
         try:
             async with answer_within(connection, self.transactions.answer_timeout_seconds):
                 try:
-                    return await self._sent_prepared_anew_if_outdated(
-                        connection, query, as_user, read_only=read_only
-                    )
+                    return await self._sent_prepared_anew_if_outdated(connection, query, as_user)
                 except psycopg.Error as error:
                     if not read_only and _may_have_committed(connection, error):
                         if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -579,7 +579,7 @@ class Database:
             raise
 
     async def _sent_prepared_anew_if_outdated(
-        self, connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
+        self, connection: Connection, query: Query, as_user: Mapping[str, object]
     ) -> Rows:
         """The transaction, sent once more on the same connection when Postgres refused a statement it
         had prepared before a migration changed the type of a column it returns: Postgres refuses such
@@ -588,7 +588,7 @@ class Database:
         refusal comes before the statement runs, and the rest of the transaction, COMMIT included, is
         skipped."""
         try:
-            return await self._sent(connection, query, as_user, read_only=read_only)
+            return await self._sent(connection, query, as_user)
         except psycopg.errors.FeatureNotSupported as error:
             if error.diag.source_function != _PREPARED_PLAN_OUTDATED:
                 raise
@@ -599,19 +599,13 @@ class Database:
             if connection.prepared:
                 await connection.execute("DEALLOCATE ALL")
                 connection.prepared = frozenset()
-            return await self._sent(connection, query, as_user, read_only=read_only)
+            return await self._sent(connection, query, as_user)
 
-    async def _sent(
-        self, connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
-    ) -> Rows:
+    async def _sent(self, connection: Connection, query: Query, as_user: Mapping[str, object]) -> Rows:
         if self.transactions.pipelined:
-            return await self._pipelined(connection, query, as_user, read_only=read_only)
+            return await self._pipelined(connection, query, as_user)
         return await self._one_message(
-            connection,
-            query,
-            as_user,
-            read_only=read_only,
-            statement_timeout_ms=self.transactions.statement_timeout_ms,
+            connection, query, as_user, statement_timeout_ms=self.transactions.statement_timeout_ms
         )
 
     def _stop_preparing(self, error: psycopg.Error) -> None:
@@ -634,7 +628,6 @@ class Database:
         query: Query,
         as_user: Mapping[str, object],
         *,
-        read_only: bool,
         statement_timeout_ms: int,
     ) -> Rows:
         statement = compiled(query.statement)
@@ -654,23 +647,21 @@ class Database:
             connection.prepared |= {statement.name}
         cursor = connection.cursor()
         params = {**as_user, **statement.params(query.params)}
-        message = one_message(query.statement, read_only=read_only, prepared=connection.may_prepare)
+        message = one_message(query.statement, read_only=query.read_only, prepared=connection.may_prepare)
         await cursor.execute(message, params)
         cursor.nextset()  # past BEGIN's result
         cursor.nextset()  # past the settings' row
         return await _result_rows(cursor)
 
     @staticmethod
-    async def _pipelined(
-        connection: Connection, query: Query, as_user: Mapping[str, object], *, read_only: bool
-    ) -> Rows:
+    async def _pipelined(connection: Connection, query: Query, as_user: Mapping[str, object]) -> Rows:
         act_as_user, statement = compiled(ACT_AS_USER), compiled(query.statement)
         async with connection.pipeline():
-            await connection.execute(begin(read_only=read_only))
+            await connection.execute(begin(read_only=query.read_only))
             await connection.execute(act_as_user.sql, as_user)
             cursor = await connection.execute(statement.sql, statement.params(query.params))
             await connection.execute("COMMIT")
-            if not read_only:
+            if not query.read_only:
                 await connection.execute(compiled(WAKE_STREAMS).sql, as_user)
         return await _result_rows(cursor)
 

@@ -56,24 +56,24 @@ class StoredOwners:
         self._storing: dict[str, tuple[Owner, int]] = {}
         self._overlapped: set[str] = set()
 
-    async def run(self, database: Database, owner: Owner, query: Query, *, read_only: bool) -> Rows:
+    async def run(self, database: Database, owner: Owner, query: Query) -> Rows:
         """Run `query` as `owner`, a write without the upsert of the owner's user row once this worker
         has stored the row as `owner` describes it; the one place that chooses between the two."""
         if query.without_owner_row is None:  # a read, or a statement that stores no user row
-            return await database.run(owner.id, query, read_only=read_only)
+            return await database.run(owner.id, query)
         if owner in self:
             try:
-                return await database.run(owner.id, query.for_stored_owner(), read_only=read_only)
+                return await database.run(owner.id, query.for_stored_owner())
             except MissingReference:
                 self.discard(owner)  # the row is gone after all: store it again
         with self.storing(owner):
             try:
-                return await database.run(owner.id, query, read_only=read_only)
+                return await database.run(owner.id, query)
             except MissingReference:
                 # The upsert found the row current and left it, and it was gone by the time the
                 # write's foreign key looked (a DBA deleted the user meanwhile). Nothing was written;
                 # sent again, the upsert finds it gone and stores it, as the next write would.
-                return await database.run(owner.id, query, read_only=read_only)
+                return await database.run(owner.id, query)
 
     def __contains__(self, owner: Owner) -> bool:
         return self._stored.get(owner.id) == owner

@@ -90,7 +90,7 @@ async def start(caller: Caller, last_event_id: str | None) -> Start:
     stopped, and nothing from there older than the retention), right after it; otherwise from now
     after a reset."""
     after = resume_point(last_event_id)
-    (row,) = await caller.run(queries.start(caller.user.id, after or 0), read_only=True)
+    (row,) = await caller.run(queries.start(caller.user.id, after or 0))
     if after is None:
         return Start(row["newest"], reset=False)
     if row["kept"]:
@@ -151,7 +151,7 @@ async def events(
             return
         try:
             rows = await _finished_even_if_left(
-                caller.run(queries.events_after(caller.user.id, position), read_only=True), caller.isolation
+                caller.run(queries.events_after(caller.user.id, position)), caller.isolation
             )
             missed = rows[0]["missed"]
             if missed:

@@ -81,12 +81,12 @@ class Caller:
     stored_owners: StoredOwners
     isolation: IsolationWatch
 
-    async def run(self, query: Query, *, read_only: bool) -> Rows:
+    async def run(self, query: Query) -> Rows:
         """Run the query as the caller, once the last isolation check is clean (a stream outlives
         the verdict it was admitted under). A write leaves out the upsert of the caller's user row
         once this worker has stored the row as the caller's token describes it (`StoredOwners.run`)."""
         self.isolation.refuse_unless_verified()
-        return await self.stored_owners.run(self.database, self.user, query, read_only=read_only)
+        return await self.stored_owners.run(self.database, self.user, query)
 
 
 # A Better Auth token is about a kilobyte; a larger header is refused before anything decodes it.

@@ -99,20 +99,20 @@ async def create_once(
     query = queries.create_task_once(caller.user, data, key, expected, ttl, tombstones_kept=tombstones_kept)
     for _ in range(_ROUNDS):
         try:
-            (row,) = await caller.run(query, read_only=False)
+            (row,) = await caller.run(query)
             break
         except AlreadyExists as conflict:
             if conflict.constraint != _KEY_CONSTRAINT:
                 raise
             # Another request with this key committed while this one ran: answer as a repeat of it.
-            stored = await caller.run(queries.remembered(caller.user.id, key), read_only=True)
+            stored = await caller.run(queries.remembered(caller.user.id, key))
             if stored:
                 row = {**stored[0], "outcome": "previous"}
                 break
             # The key is stored but expired: forget it (and the user's other expired keys), then this
             # request is the key's first use, unless another request reusing it stores it first;
             # the next round then answers as a repeat of that one.
-            await caller.run(queries.forget_expired_keys(caller.user.id), read_only=False)
+            await caller.run(queries.forget_expired_keys(caller.user.id))
     else:
         raise idempotency_key_in_use()
     # A tombstone first: it keeps no hash to compare, and answering 422 to one body and 410 to

@@ -171,7 +171,7 @@ def _write(owner: Principal, build: _WriteBuilder, values: Mapping[str, object])
     without it. Built here, so no write can leave the shorter form out. The values fill both (the
     upsert's are the owner's id, email and name)."""
     user_row = {"user_id": owner.id, "email": owner.email, "name": owner.name}
-    return Query(build(True), {**user_row, **values}, build(False))
+    return Query(build(True), {**user_row, **values}, read_only=False, without_owner_row=build(False))
 
 
 @cache
@@ -304,7 +304,7 @@ _FORGET_EXPIRED = delete(_KEYS).where(_CALLERS_KEY, _EXPIRED)
 
 def forget_expired_keys(user_id: str) -> Query:
     """All of the user's expired keys, for when the key being used again is one of them."""
-    return Query(_FORGET_EXPIRED, {"user_id": user_id})
+    return Query(_FORGET_EXPIRED, {"user_id": user_id}, read_only=False)
 
 
 # --- Updates and deletes, unconditional or on If-Match ---------------------------------------------

@@ -78,7 +78,7 @@ async def _write_preconditions(caller: Caller, request: Request, task_id: int) -
     and the write makes a version the client could not have named."""
     versions = write_condition(request, task_id, required=services(request.app).settings.require_if_match)
     if (not_modified := not_modified_condition(request)) is not None:
-        row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
+        row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id)))
         if names_version(not_modified, task_id, row["version"]):
             raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
     return versions
@@ -135,7 +135,7 @@ async def list_tasks(
     if not list_preconditions(request):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED)
     limit, user = listing.limit, caller.user
-    rows = await caller.run(queries.list_tasks(user.id, listing), read_only=True)
+    rows = await caller.run(queries.list_tasks(user.id, listing))
     if len(rows) > limit:
         last_shown = Cursor.after_row(listing.sort, listing.sort_order, rows[limit - 1])
         response.headers["Link"] = _next_page_link(request, user.id, last_shown)
@@ -187,7 +187,7 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
     try:
         if key is None:
             # An INSERT ... RETURNING returns its row; none would be a bug, never a 404.
-            (row,) = await caller.run(queries.create_task(user, data), read_only=False)
+            (row,) = await caller.run(queries.create_task(user, data))
             created = True
         else:
             ttl = timedelta(hours=services(request.app).settings.idempotency_ttl_hours)
@@ -223,7 +223,7 @@ async def read_task(caller: CallerDep, task_id: TaskId, request: Request, respon
     # Both fields read before the task: a malformed one is a 422, whatever the other would decide.
     versions = write_condition(request, task_id, required=False)
     not_modified = not_modified_condition(request)
-    row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id), read_only=True))
+    row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id)))
     _refuse_unless_named(row, versions)
     if names_version(not_modified, task_id, row["version"]):
         return Response(
@@ -251,12 +251,10 @@ async def update_task(
     versions = await _write_preconditions(caller, request, task_id)
     user, changes = caller.user, data.changes()
     if not changes:  # nothing to write: the task as it is, if If-Match names it
-        row = _task_or_404(await caller.run(queries.get_task(user.id, task_id), read_only=True))
+        row = _task_or_404(await caller.run(queries.get_task(user.id, task_id)))
         _refuse_unless_named(row, versions)
         return _task(row, response)
-    row = _written_or_412(
-        await caller.run(queries.update_task(user, task_id, changes, versions=versions), read_only=False)
-    )
+    row = _written_or_412(await caller.run(queries.update_task(user, task_id, changes, versions=versions)))
     if row["changed"]:  # the same title again, say, is no change: no new version, no event
         note_change(request, "update", task_id)
     return _task(row, response)
@@ -273,9 +271,7 @@ async def update_task(
 )
 async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> None:
     versions = await _write_preconditions(caller, request, task_id)
-    _written_or_412(
-        await caller.run(queries.delete_task(caller.user, task_id, versions=versions), read_only=False)
-    )
+    _written_or_412(await caller.run(queries.delete_task(caller.user, task_id, versions=versions)))
     note_change(request, "delete", task_id)
 
 
@@ -321,7 +317,7 @@ async def complete_task(
         refuse_a_key(request, _SAFE_TOGGLE)
     versions = await _write_preconditions(caller, request, task_id)
     query = queries.set_completed(caller.user, task_id, completed, versions=versions)
-    row = _written_or_412(await caller.run(query, read_only=False))
+    row = _written_or_412(await caller.run(query))
     if row["changed"]:  # `completed` set to what it was is no change
         note_change(request, "update", task_id)
     # The body is the task, whose URL is not this request's (RFC 9110, section 6.4.2).

@@ -681,7 +681,7 @@ def _write_as_the_api(url: str) -> None:
             owner = Principal("rolled-back", email="r@example.com", name="R")
 
             async def write(query: Query) -> list[dict[str, Any]]:
-                return [dict(row) for row in await database.run(owner.id, query, read_only=False)]
+                return [dict(row) for row in await database.run(owner.id, query)]
 
             (first,) = await write(queries.create_task(owner, TaskCreate(title="first", description="d")))
             await write(queries.set_completed(owner, first["id"], None))

@@ -33,11 +33,9 @@ def prepared_after_requests(url: str, **settings: Any) -> list[str]:
         try:
             user = new_user()
             owner = Principal(user.id)
-            created = await database.run(
-                user.id, queries.create_task(owner, TaskCreate(title="Prepared")), read_only=False
-            )
-            await database.run(user.id, queries.list_tasks(user.id, TaskListParams()), read_only=True)
-            rows = await database.run(user.id, queries.get_task(user.id, created[0]["id"]), read_only=True)
+            created = await database.run(user.id, queries.create_task(owner, TaskCreate(title="Prepared")))
+            await database.run(user.id, queries.list_tasks(user.id, TaskListParams()))
+            rows = await database.run(user.id, queries.get_task(user.id, created[0]["id"]))
             assert [row["title"] for row in rows] == ["Prepared"]
             async with database.pool.connection() as connection:
                 cursor = await connection.execute("select statement from pg_prepared_statements order by 1")
@@ -103,7 +101,7 @@ def test_every_statement_the_api_sends_prepares_and_runs(migrated_db_url: str) -
             owner = Principal(user.id, email="a@example.com", name="A")
 
             async def write(query: Query) -> list[dict[str, Any]]:
-                return [dict(row) for row in await database.run(user.id, query, read_only=False)]
+                return [dict(row) for row in await database.run(user.id, query)]
 
             created = await write(queries.create_task(owner, TaskCreate(title="100% done")))
             task_id, version = created[0]["id"], created[0]["version"]
@@ -115,9 +113,7 @@ def test_every_statement_the_api_sends_prepares_and_runs(migrated_db_url: str) -
             assert [(row["outcome"], row["task"]["title"]) for row in once] == [("created", "Once")]
             updated = await write(queries.update_task(owner, task_id, {"title": "50%"}, versions=[version]))
             assert [(row["title"], row["written"]) for row in updated] == [("50%", True)]
-            searched = await database.run(
-                user.id, queries.list_tasks(user.id, TaskListParams(q="%")), read_only=True
-            )
+            searched = await database.run(user.id, queries.list_tasks(user.id, TaskListParams(q="%")))
             assert [row["title"] for row in searched] == ["50%"]
             toggled = await write(queries.set_completed(owner, task_id, None))
             assert [row["completed"] for row in toggled] == [True]
@@ -151,7 +147,7 @@ def test_a_statement_found_gone_runs_the_request_again_unprepared_leaving_the_po
             await database.pool.wait()
             for i in range(3):  # the pool hands its connections out in turn: each prepares the create
                 create = queries.create_task(owner, TaskCreate(title=f"before {i}"))
-                await database.run(user.id, create, read_only=False)
+                await database.run(user.id, create)
             async with (
                 database.pool.connection() as first,
                 database.pool.connection() as second,
@@ -161,9 +157,7 @@ def test_a_statement_found_gone_runs_the_request_again_unprepared_leaving_the_po
                     await connection.execute("DEALLOCATE ALL")
                     await connection.execute(idle_marker)
             # On the connection returned last (`third`): its EXECUTE fails; the rerun takes `second`.
-            created = await database.run(
-                user.id, queries.create_task(owner, TaskCreate(title="after")), read_only=False
-            )
+            created = await database.run(user.id, queries.create_task(owner, TaskCreate(title="after")))
             async with await psycopg.AsyncConnection.connect(migrated_db_url, autocommit=True) as probe:
                 cursor = await probe.execute(
                     "SELECT query FROM pg_stat_activity"

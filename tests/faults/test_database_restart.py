@@ -101,15 +101,13 @@ def test_a_write_on_a_connection_ended_while_idle_runs_again_once(
     which proves it never ran."""
 
     async def scenario(database: Database) -> None:
-        await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
+        await database.run("alice", sql("insert into users (id) values ('alice')", read_only=False))
         for _ in range(3):  # every connection has prepared and just been used
-            await database.run("alice", sql("select 1 as one"), read_only=True)
+            await database.run("alice", sql("select 1 as one"))
         ended = await asyncio.to_thread(_terminate_sessions, superuser_url, migrated_db.info.dbname)
         assert ended == 3
-        assert len(await database.run("alice", sql(_INSERT_ONE), read_only=False)) == 1
-        assert await database.run("alice", sql("select count(*) as n from tasks"), read_only=True) == [
-            {"n": 1}
-        ]
+        assert len(await database.run("alice", sql(_INSERT_ONE, read_only=False))) == 1
+        assert await database.run("alice", sql("select count(*) as n from tasks")) == [{"n": 1}]
 
     _run(migrated_db_url, scenario, db_pool_size=3, **way)
 
@@ -152,7 +150,7 @@ def test_a_read_on_a_broken_connection_runs_again_once(
             0.5, _terminate_sessions, args=(superuser_url, migrated_db.info.dbname)
         ).start()  # while the read runs
         started = time.monotonic()
-        rows = await database.run("alice", sql("select pg_sleep(1.5) is null as slept"), read_only=True)
+        rows = await database.run("alice", sql("select pg_sleep(1.5) is null as slept"))
         assert rows == [{"slept": False}]
         assert time.monotonic() - started > 1.9, "it ran twice: once ended, once whole"
 
@@ -164,19 +162,16 @@ def test_a_write_broken_after_it_was_sent_is_outcome_unknown_and_never_run_twice
     migrated_db: psycopg.Connection[Any], migrated_db_url: str, superuser_url: str, way: dict[str, Any]
 ) -> None:
     async def scenario(database: Database) -> None:
-        await database.run("alice", sql("insert into users (id) values ('alice')"), read_only=False)
+        await database.run("alice", sql("insert into users (id) values ('alice')", read_only=False))
         threading.Timer(0.5, _terminate_sessions, args=(superuser_url, migrated_db.info.dbname)).start()
         with pytest.raises(OutcomeUnknown):
             await database.run(
                 "alice",
                 sql("with t as (insert into tasks (user_id, title) values ('alice', 'once'))"
-                     " select pg_sleep(1.5)"),
-                read_only=False,
+                     " select pg_sleep(1.5)", read_only=False),
             )  # fmt: skip
         # Ended before COMMIT, so rolled back here; the point is that it did not run again.
-        assert await database.run("alice", sql("select count(*) as n from tasks"), read_only=True) == [
-            {"n": 0}
-        ]
+        assert await database.run("alice", sql("select count(*) as n from tasks")) == [{"n": 0}]
 
     _run(migrated_db_url, scenario, db_pool_size=1, **way)
 
