@@ -45,7 +45,7 @@ def _version(opaque: str, task_id: int) -> int | None:
     return number if number <= MAX_VERSION else None
 
 
-def write_condition(request: Request, task_id: int, *, required: bool) -> list[int] | None:
+def if_match_versions(request: Request, task_id: int, *, required: bool) -> list[int] | None:
     """The versions If-Match accepts; None when any will do (no If-Match, or `*`).
 
     A weak tag never matches (RFC 9110 compares If-Match strongly). Without If-Match, `required`
@@ -64,7 +64,7 @@ def write_condition(request: Request, task_id: int, *, required: bool) -> list[i
     ]
 
 
-def not_modified_condition(request: Request) -> list[EntityTag] | Literal["*"] | None:
+def if_none_match_tags(request: Request) -> list[EntityTag] | Literal["*"] | None:
     """What If-None-Match names (None when it was not sent); 422 when it is malformed. Read before
     If-Match is decided, whose 412 would otherwise answer a request with a malformed field."""
     header = field_value(request.headers, "if-none-match")
@@ -78,15 +78,15 @@ def names_version(tags: list[EntityTag] | Literal["*"] | None, task_id: int, ver
     return tags == ANY or any(_version(tag.opaque, task_id) == version for tag in tags)
 
 
-def list_preconditions(request: Request) -> bool:
-    """If-Match and If-None-Match on the task list, a resource that exists and has no entity-tag
-    (RFC 9110, sections 13.1.1, 13.1.2 and 13.2.2): If-Match is true only as `*`, and when false
-    the request fails with 412, whatever its method; If-None-Match is false only as `*`. Returns
-    False when If-None-Match is false: a read then answers 304, a create 412. Both are read first: a
+def list_preconditions_hold(request: Request) -> bool:
+    """Whether If-Match and If-None-Match hold on the task list, a resource that exists and has no
+    entity-tag (RFC 9110, sections 13.1.1, 13.1.2 and 13.2.2). If-Match holds only as `*`; when it
+    does not, the request fails here with 412, whatever its method. If-None-Match does not hold only
+    as `*`: then this returns False, and a read answers 304, a create 412. Both are read first: a
     malformed one is a 422 whatever the other says."""
     if_match = field_value(request.headers, "if-match")
     match_tags = None if if_match is None else entity_tags(if_match, "if-match")
-    none_match_tags = not_modified_condition(request)
+    none_match_tags = if_none_match_tags(request)
     if match_tags is not None and match_tags != ANY:
         raise list_precondition_failed("If-Match")
     return none_match_tags != ANY

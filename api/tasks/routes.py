@@ -29,7 +29,13 @@ from api.http.refusals import RETRY_AFTER, invalid_request, too_many_requests
 from api.http.request_telemetry import note_change
 from api.http.services import services
 from api.tasks import docs, queries
-from api.tasks.etags import etag, list_preconditions, names_version, not_modified_condition, write_condition
+from api.tasks.etags import (
+    etag,
+    if_match_versions,
+    if_none_match_tags,
+    list_preconditions_hold,
+    names_version,
+)
 from api.tasks.idempotency import create_once, idempotency_key, refuse_a_key
 from api.tasks.listing import MAX_TASK_ID, Cursor, TaskListParams
 from api.tasks.models import CompletionUpdate, TaskCreate, TaskPublic, TaskUpdate
@@ -76,15 +82,15 @@ async def _write_preconditions(caller: Caller, request: Request, task_id: int) -
     422 for a malformed one costs no read. Then If-None-Match (section 13.1.2): 412 when it is `*` or
     names the task as it is. Only a write that sends it pays that read; a change between the read
     and the write makes a version the client could not have named."""
-    versions = write_condition(request, task_id, required=services(request.app).settings.require_if_match)
-    if (not_modified := not_modified_condition(request)) is not None:
+    versions = if_match_versions(request, task_id, required=services(request.app).settings.require_if_match)
+    if (none_match := if_none_match_tags(request)) is not None:
         row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id)))
-        if names_version(not_modified, task_id, row["version"]):
+        if names_version(none_match, task_id, row["version"]):
             raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
     return versions
 
 
-def _task(row: Mapping[str, Any], response: Response) -> Mapping[str, Any]:
+def _with_etag(row: Mapping[str, Any], response: Response) -> Mapping[str, Any]:
     """One task's row, its ETag set on the response."""
     response.headers["ETag"] = etag(row["id"], row["version"])
     return row
@@ -132,7 +138,7 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
 async def list_tasks(
     caller: CallerDep, listing: Annotated[TaskListParams, Query()], request: Request, response: Response
 ) -> Any:
-    if not list_preconditions(request):
+    if not list_preconditions_hold(request):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED)
     limit, user = listing.limit, caller.user
     rows = await caller.run(queries.list_tasks(user.id, listing))
@@ -181,7 +187,7 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
     # The key first: preconditions are evaluated only for a request that would otherwise succeed
     # (RFC 9110, section 13.2.1), and one with a malformed key is a 422 whatever they say.
     key = idempotency_key(request)
-    if not list_preconditions(request):
+    if not list_preconditions_hold(request):
         raise list_precondition_failed("If-None-Match")
     user = caller.user
     try:
@@ -200,7 +206,7 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
         response.headers[docs.REPLAYED_HEADER] = "true"
     # Content-Location the same: the body is the new task as GET returns it there (RFC 9110, 8.7).
     response.headers["Location"] = response.headers["Content-Location"] = _task_path(user.id, row["id"])
-    return _task(row, response)
+    return _with_etag(row, response)
 
 
 @router.get(
@@ -221,15 +227,15 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
 )
 async def read_task(caller: CallerDep, task_id: TaskId, request: Request, response: Response) -> Any:
     # Both fields read before the task: a malformed one is a 422, whatever the other would decide.
-    versions = write_condition(request, task_id, required=False)
-    not_modified = not_modified_condition(request)
+    versions = if_match_versions(request, task_id, required=False)
+    none_match = if_none_match_tags(request)
     row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id)))
     _refuse_unless_named(row, versions)
-    if names_version(not_modified, task_id, row["version"]):
+    if names_version(none_match, task_id, row["version"]):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(task_id, row["version"])}
         )
-    return _task(row, response)
+    return _with_etag(row, response)
 
 
 @router.put(
@@ -253,11 +259,11 @@ async def update_task(
     if not changes:  # nothing to write: the task as it is, if If-Match names it
         row = _task_or_404(await caller.run(queries.get_task(user.id, task_id)))
         _refuse_unless_named(row, versions)
-        return _task(row, response)
+        return _with_etag(row, response)
     row = _written_or_412(await caller.run(queries.update_task(user, task_id, changes, versions=versions)))
     if row["changed"]:  # the same title again, say, is no change: no new version, no event
         note_change(request, "update", task_id)
-    return _task(row, response)
+    return _with_etag(row, response)
 
 
 @router.delete(
@@ -322,4 +328,4 @@ async def complete_task(
         note_change(request, "update", task_id)
     # The body is the task, whose URL is not this request's (RFC 9110, section 6.4.2).
     response.headers["Content-Location"] = _task_path(caller.user.id, task_id)
-    return _task(row, response)
+    return _with_etag(row, response)
