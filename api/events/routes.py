@@ -22,7 +22,7 @@ from api.http.cache_control import NO_STORE, no_store_header
 from api.http.caller import AuthenticatedRoute, CallerDep
 from api.http.conditional import field_value
 from api.http.problems import ProblemType
-from api.http.refusals import service_unavailable, too_many_requests
+from api.http.refusals import service_unavailable_doc, too_many_requests_doc
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +236,8 @@ def _still_trusted(authenticator: Authenticator, token: str) -> Callable[[], Awa
         },
         # Every authenticated operation's 429 and 503 (api/http/refusals.py), with this operation's
         # own refusals (api/events/hub.py) and without outcome-unknown, which only a write can get.
-        429: too_many_requests("with MAX_STREAMS_PER_USER streams of yours open on this server process"),
-        503: service_unavailable(
+        429: too_many_requests_doc("with MAX_STREAMS_PER_USER streams of yours open on this server process"),
+        503: service_unavailable_doc(
             "this server process holds MAX_STREAMS_PER_WORKER streams of all users already, or is "
             f"shutting down (type {ProblemType.STREAMS_UNAVAILABLE.urn})",
             ProblemType.STREAMS_UNAVAILABLE,

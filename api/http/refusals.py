@@ -5,7 +5,7 @@ problem types each can be, and the 431 the server answers before the API runs.
 `AuthenticatedRoute` merges these into every operation it serves, so a router with
 `route_class=AuthenticatedRoute` documents them without naming them; an operation that refuses
 more for a reason of its own (the event stream's caps) passes its own 429 or 503, built with
-`too_many_requests` and `service_unavailable`, and that one is documented instead.
+`too_many_requests_doc` and `service_unavailable_doc`, and that one is documented instead.
 """
 
 from typing import Any
@@ -44,7 +44,7 @@ RATE_LIMIT = {
 }
 
 
-def too_many_requests(own_reason: str = "") -> dict[str, Any]:
+def too_many_requests_doc(own_reason: str = "") -> dict[str, Any]:
     """The 429 of every authenticated operation, with the reason an operation has of its own first."""
     return error_response(
         f"Too many requests from you: {own_reason + ', ' if own_reason else ''}past "
@@ -55,7 +55,7 @@ def too_many_requests(own_reason: str = "") -> dict[str, Any]:
     )
 
 
-def service_unavailable(
+def service_unavailable_doc(
     own_reason: str = "", own_type: ProblemType | None = None, *, writes: bool = True
 ) -> dict[str, Any]:
     """The 503 of every authenticated operation, with the reason and problem type an operation has
@@ -100,7 +100,7 @@ def service_unavailable(
     return error_response(text + ".", types=types, headers=retry_after(required=True))
 
 
-def invalid_request(*own_types: ProblemType) -> dict[str, Any]:
+def invalid_request_doc(*own_types: ProblemType) -> dict[str, Any]:
     """The 422 of every authenticated operation, with the types an operation has of its own."""
     return error_response(
         "Invalid input: each bad field is listed in `errors` (`body`, naming the constraint, for a "
@@ -125,12 +125,12 @@ AUTH_ERRORS: Responses = {
         },
     ),
     403: error_response("The user id in the path is not the token's subject.", types=[ProblemType.FORBIDDEN]),
-    422: invalid_request(),
-    429: too_many_requests(),
+    422: invalid_request_doc(),
+    429: too_many_requests_doc(),
 }
 # Added by method: only a write can have an outcome unknown (GET and HEAD only read).
-UNAVAILABLE_TO_READS: Responses = {503: service_unavailable(writes=False)}
-UNAVAILABLE_TO_WRITES: Responses = {503: service_unavailable(writes=True)}
+UNAVAILABLE_TO_READS: Responses = {503: service_unavailable_doc(writes=False)}
+UNAVAILABLE_TO_WRITES: Responses = {503: service_unavailable_doc(writes=True)}
 # Refused only where a body may come (POST, PUT, PATCH): api/http/caller.py.
 NOT_JSON: Responses = {
     415: error_response(

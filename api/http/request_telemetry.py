@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.telemetry import metrics
-from api.telemetry.logs import access, field_value
+from api.telemetry.logs import access, logfmt_value
 from api.telemetry.tracing import Tracer, finish_server_span, recorded_ids, server_span
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class RequestTelemetry:
             "user_id": user_id,
         }
         message = "%s %s %d %.2fms user=%s"
-        args: list[object] = [method, route, status, milliseconds, field_value(user_id) if user_id else "-"]
+        args: list[object] = [method, route, status, milliseconds, logfmt_value(user_id) if user_id else "-"]
         change: _Change | None = scope.get("state", {}).get("change")
         if change is not None:
             fields["action"], fields["task_id"] = change.action, change.task_id

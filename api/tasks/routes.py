@@ -25,7 +25,7 @@ from api.http.problems import (
     task_limit_reached,
 )
 from api.http.query import ascii_digits, parameter_names, strict_parameters
-from api.http.refusals import RETRY_AFTER, invalid_request, too_many_requests
+from api.http.refusals import RETRY_AFTER, invalid_request_doc, too_many_requests_doc
 from api.http.request_telemetry import note_change
 from api.http.services import services
 from api.tasks import docs, queries
@@ -126,7 +126,7 @@ def _next_page_link(request: Request, user_id: str, cursor: Cursor) -> str:
         200: {"headers": docs.LINK},
         304: {"description": "If-None-Match is `*`, and the task list exists: no body."},
         # Searches of a user's run one at a time on each server process (api/db/fair_share.py).
-        429: too_many_requests(
+        429: too_many_requests_doc(
             "a search (`q`) while another of yours ran on this server process all through "
             "DB_POOL_TIMEOUT_SECONDS"
         ),
@@ -176,7 +176,7 @@ async def list_tasks(
             types=[ProblemType.TASK_DELETED],
         ),
         # A repeated Idempotency-Key with another body, besides every operation's invalid input.
-        422: invalid_request(ProblemType.IDEMPOTENCY_KEY_REUSED),
+        422: invalid_request_doc(ProblemType.IDEMPOTENCY_KEY_REUSED),
         **docs.LIST_CONDITIONS,
     },
     openapi_extra=docs.operation_docs(

@@ -75,7 +75,7 @@ _JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _CONTROL_ESCAPES if code >= 
 _BARE_VALUE = re.compile(r'[^\s="\\]+')
 
 
-def field_value(text: str) -> str:
+def logfmt_value(text: str) -> str:
     """`text` for a `name=value` field of a line: as it is, or in double quotes with its quotes and
     backslashes escaped, so that `user=alice action=delete task=7` cannot be one user's id."""
     if _BARE_VALUE.fullmatch(text):
