@@ -199,6 +199,7 @@ class JwksVerifier:
                     "The token's key (kid) is published without the algorithm it is for (alg), which "
                     "its type does not imply, so this API cannot use it: the auth server must state it."
                 ) from None
+            _refuse_whatever_key_signed_it(token, self._checks.leeway)
             if not self.key_set.fetched_since(_signed_by(token, arrived, self._checks.leeway)):
                 # Perhaps signed by a key published since we last fetched the set, which the
                 # cooldown (or a failed fetch) keeps us from doing again now.
@@ -219,6 +220,28 @@ class JwksVerifier:
         key rotated out, or a leaked one) stops every token it signed, however far off their `exp`,
         and so does a kid it reuses for another key."""
         return self.key_set.publishes(header["kid"], key)
+
+
+# The time claims alone, unsigned: whether any key could make the token valid now.
+_TIMES_ONLY: Options = {
+    "verify_signature": False,
+    "verify_exp": True,
+    "verify_nbf": True,
+    "verify_iat": True,
+}
+
+
+def _refuse_whatever_key_signed_it(token: str, leeway: int) -> None:
+    """401 for a token its own times refuse (expired, or issued or valid from further ahead than
+    `leeway`), checked before its kid is taken for one published since: no key could admit it, and
+    the 503 that waits for such a key had anyone who sent an `iat` in the future make the API say
+    it cannot authenticate. Malformed times are left to the checks that follow."""
+    try:
+        jwt.decode(token, options=_TIMES_ONLY, leeway=leeway)
+    except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as error:
+        raise InvalidToken(_describe(error)) from None
+    except jwt.PyJWTError:
+        pass
 
 
 def _signed_by(token: str, arrived: float, leeway: int) -> float | None:

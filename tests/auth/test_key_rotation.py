@@ -76,6 +76,37 @@ def test_a_flood_of_unknown_kids_fetches_at_most_once_per_cooldown(api_db_url: s
         assert server.fetch_count() == 2, "no refetch within the cooldown"
 
 
+def test_an_unknown_kid_on_a_token_its_own_times_refuse_is_401_not_a_wait_for_a_new_key(
+    api_db_url: str,
+) -> None:
+    """No key published since could admit a token issued, or valid from, further ahead than the
+    leeway, or expired: a 503 would have anyone who sends an `iat` in the future make the API say it
+    cannot authenticate (and count it as an outage), and its Retry-After would never help."""
+    key = SigningKey.generate()
+    with jwks_server(key) as server, api_trusting(api_db_url, server) as client:
+        assert get_tasks(client, server, SigningKey.generate()).status_code == 401  # spends the refetch
+        cause = {"cause": "authentication-unavailable"}
+        counted = value(scrape(str(client.base_url)), UNAVAILABLE, **cause)
+
+        for claims, detail in (
+            ({"iat": now() + 3600}, "not valid yet"),
+            ({"iat": now() + 100_000_000}, "not valid yet"),
+            ({"nbf": now() + 3600}, "not valid yet"),
+            ({"iat": now() - 7200, "exp": now() - 3600}, "expired"),
+        ):
+            response = get_tasks(client, server, SigningKey.generate(), **claims)
+            assert detail in assert_problem(response, 401, "unauthorized")["detail"], claims
+
+        # Within the leeway ahead, a key published since may still sign it: wait for that one.
+        assert_problem(
+            get_tasks(client, server, SigningKey.generate(), iat=now() + 10),
+            503,
+            "authentication-unavailable",
+        )
+        assert value(scrape(str(client.base_url)), UNAVAILABLE, **cause) == counted + 1
+        assert server.fetch_count() == 2, "none of them fetched the keys again"
+
+
 def test_a_key_published_within_the_cooldown_is_503_until_it_may_be_fetched_not_401(
     api_db_url: str, api_db: psycopg.Connection[Any]
 ) -> None:
