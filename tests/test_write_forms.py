@@ -21,12 +21,14 @@ def _writes() -> dict[str, Query]:
             OWNER, data, "key", "hash", timedelta(hours=1), tombstones_kept=10
         ),
         "update": queries.update_task(OWNER, 1, {"title": "Renewed"}),
-        "update if": queries.update_task(OWNER, 1, {"title": "Renewed"}, versions=[1]),
+        "update if": queries.update_task(OWNER, 1, {"title": "Renewed"}, queries.Conditions([1])),
+        "update if none": queries.update_task(OWNER, 1, {"title": "Renewed"}, queries.Conditions(None, [1])),
         "toggle": queries.set_completed(OWNER, 1, None),
-        "toggle if": queries.set_completed(OWNER, 1, None, versions=[1]),
+        "toggle if": queries.set_completed(OWNER, 1, None, queries.Conditions([1], [2])),
         "complete": queries.set_completed(OWNER, 1, True),
         "delete": queries.delete_task(OWNER, 1),
-        "delete if": queries.delete_task(OWNER, 1, versions=[1]),
+        "delete if": queries.delete_task(OWNER, 1, queries.Conditions([1])),
+        "delete if none": queries.delete_task(OWNER, 1, queries.Conditions(None, [1])),
     }
 
 

@@ -71,6 +71,11 @@ def if_none_match_tags(request: Request) -> list[EntityTag] | Literal["*"] | Non
     return None if header is None else entity_tags(header, "if-none-match")
 
 
+def named_versions(tags: list[EntityTag], task_id: int) -> list[int]:
+    """The versions of this task If-None-Match's `tags` name (compared weakly)."""
+    return [version for tag in tags if (version := _version(tag.opaque, task_id)) is not None]
+
+
 def names_version(tags: list[EntityTag] | Literal["*"] | None, task_id: int, version: int) -> bool:
     """Whether If-None-Match's `tags` name this version of the task (compared weakly), or are `*`."""
     if tags is None:

@@ -10,6 +10,7 @@ values (`Query`): the database layer compiles each shape once, not once per requ
 """
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache, partial
 from typing import Any
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Interval,
     String,
     Update,
+    all_,
     and_,
     any_,
     bindparam,
@@ -307,9 +309,10 @@ def forget_expired_keys(user_id: str) -> Query:
     return Query(_FORGET_EXPIRED, {"user_id": user_id}, read_only=False)
 
 
-# --- Updates and deletes, unconditional or on If-Match ---------------------------------------------
+# --- Updates and deletes, unconditional or on If-Match and If-None-Match ----------------------------
 
 _VERSIONS = bindparam("versions", type_=ARRAY(Integer()))
+_NOT_VERSIONS = bindparam("not_versions", type_=ARRAY(Integer()))
 
 # Whether an update changed the task, for the access line (api/http/request_telemetry.py): its version
 # moves exactly when its content does (tasks_record_change, sql/migrations/0005), and the subquery
@@ -325,18 +328,45 @@ _CHANGED = col(Task.version) != (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """What a write's If-Match and If-None-Match ask of the task's version: one of `versions` (None:
+    any), none of `not_versions` (None: no such condition)."""
+
+    versions: Sequence[int] | None = None
+    not_versions: Sequence[int] | None = None
+
+    @property
+    def shape(self) -> tuple[bool, bool]:
+        """Which of the two the statement tests: each pair is one statement shape."""
+        return self.versions is not None, self.not_versions is not None
+
+    def params(self, task_id: int) -> dict[str, object]:
+        params: dict[str, object] = {"task_id": task_id}
+        if self.versions is not None:
+            params["versions"] = list(self.versions)
+        if self.not_versions is not None:
+            params["not_versions"] = list(self.not_versions)
+        return params
+
+
+ANY_VERSION = Conditions()
+
+
 def _conditional_write(
     write: Update | Delete,
     returned: tuple[Any, ...],
     *,
-    conditional: bool,
+    conditions: tuple[bool, bool],
     owner_row: bool,
     changed: ColumnElement[bool] | None = None,
 ) -> ClauseElement:
     """`write` returning `returned`, and with `changed` (when given) whether it changed the task;
-    when conditional, only if the task's version is one of `versions`, decided in the write's own
-    WHERE (re-read under the row's lock), and with the task as it is when it was not written. Rows
-    then carry `written`; none means no such task.
+    with `conditions` (`Conditions.shape`), only if the task's version is one of `versions` and none
+    of `not_versions`, decided in the write's own WHERE (re-read under the row's lock), and with the
+    task as it is when it was not written. Rows then carry `written`; none means no such task. A
+    check made by a read before the write would let a write another request made meanwhile slip
+    between the two.
 
     The task as it is is read under a lock as well (FOR SHARE): a plain read would see the row as
     the statement's snapshot had it, before a write the statement waited for, and answer 412 with
@@ -348,9 +378,14 @@ def _conditional_write(
     """
     ctes = (_USER_ROW,) if owner_row else ()
     answered = returned if changed is None else (*returned, changed.label("changed"))
-    if not conditional:
+    if_match, if_none_match = conditions
+    if not (if_match or if_none_match):
         return write.add_cte(*ctes).returning(*answered)
-    done = write.where(col(Task.version) == any_(_VERSIONS)).returning(*answered).cte("done")
+    if if_match:
+        write = write.where(col(Task.version) == any_(_VERSIONS))
+    if if_none_match:
+        write = write.where(col(Task.version) != all_(_NOT_VERSIONS))
+    done = write.returning(*answered).cte("done")
     not_written = returned if changed is None else (*returned, false().label("changed"))
     # A CTE, since Postgres allows no FOR SHARE in a UNION's arm.
     as_it_is = (
@@ -366,12 +401,10 @@ def _conditional_write(
     )
 
 
-def _conditions(task_id: int, versions: Sequence[int] | None) -> dict[str, object]:
-    return {"task_id": task_id} if versions is None else {"task_id": task_id, "versions": list(versions)}
-
-
 @cache
-def _update_statement(fields: frozenset[str], conditional: bool, owner_row: bool) -> ClauseElement:
+def _update_statement(
+    fields: frozenset[str], conditions: tuple[bool, bool], owner_row: bool
+) -> ClauseElement:
     types: dict[str, Any] = {"title": String(), "description": String(), "completed": Boolean()}
     write = (
         update(Task)
@@ -379,44 +412,44 @@ def _update_statement(fields: frozenset[str], conditional: bool, owner_row: bool
         .values({field: bindparam(field, type_=types[field]) for field in sorted(fields)})
     )
     return _conditional_write(
-        write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row, changed=_CHANGED
+        write, _TASK_COLUMNS, conditions=conditions, owner_row=owner_row, changed=_CHANGED
     )
 
 
 def update_task(
-    owner: Principal, task_id: int, changes: Mapping[str, object], *, versions: Sequence[int] | None = None
+    owner: Principal, task_id: int, changes: Mapping[str, object], conditions: Conditions = ANY_VERSION
 ) -> Query:
-    """Only the fields sent change; the others keep their value. `versions`: see `_conditional_write`."""
-    build = partial(_update_statement, frozenset(changes), versions is not None)
-    return _write(owner, build, {**_conditions(task_id, versions), **changes})
+    """Only the fields sent change; the others keep their value. `conditions`: see `_conditional_write`."""
+    build = partial(_update_statement, frozenset(changes), conditions.shape)
+    return _write(owner, build, {**conditions.params(task_id), **changes})
 
 
 @cache
-def _toggle_statement(conditional: bool, owner_row: bool) -> ClauseElement:
+def _toggle_statement(conditions: tuple[bool, bool], owner_row: bool) -> ClauseElement:
     write = update(Task).where(*_OWN_TASK).values(completed=~col(Task.completed))
     # A toggle always changes the task.
     return _conditional_write(
-        write, _TASK_COLUMNS, conditional=conditional, owner_row=owner_row, changed=true()
+        write, _TASK_COLUMNS, conditions=conditions, owner_row=owner_row, changed=true()
     )
 
 
 def set_completed(
-    owner: Principal, task_id: int, completed: bool | None, *, versions: Sequence[int] | None = None
+    owner: Principal, task_id: int, completed: bool | None, conditions: Conditions = ANY_VERSION
 ) -> Query:
     """`completed=None` toggles; a value sets it, so a retried request lands in the same state."""
     if completed is None:
-        build = partial(_toggle_statement, versions is not None)
-        return _write(owner, build, _conditions(task_id, versions))
-    return update_task(owner, task_id, {"completed": completed}, versions=versions)
+        build = partial(_toggle_statement, conditions.shape)
+        return _write(owner, build, conditions.params(task_id))
+    return update_task(owner, task_id, {"completed": completed}, conditions)
 
 
 @cache
-def _delete_statement(conditional: bool, owner_row: bool) -> ClauseElement:
+def _delete_statement(conditions: tuple[bool, bool], owner_row: bool) -> ClauseElement:
     returned = (col(Task.id), col(Task.version))
     return _conditional_write(
-        delete(Task).where(*_OWN_TASK), returned, conditional=conditional, owner_row=owner_row
+        delete(Task).where(*_OWN_TASK), returned, conditions=conditions, owner_row=owner_row
     )
 
 
-def delete_task(owner: Principal, task_id: int, *, versions: Sequence[int] | None = None) -> Query:
-    return _write(owner, partial(_delete_statement, versions is not None), _conditions(task_id, versions))
+def delete_task(owner: Principal, task_id: int, conditions: Conditions = ANY_VERSION) -> Query:
+    return _write(owner, partial(_delete_statement, conditions.shape), conditions.params(task_id))

@@ -15,6 +15,7 @@ from pydantic import BeforeValidator
 from api.db.database import Rows
 from api.db.errors import LimitReached
 from api.http.caller import AuthenticatedRoute, Caller, CallerDep
+from api.http.conditional import ANY
 from api.http.problems import (
     ProblemType,
     error_response,
@@ -34,6 +35,7 @@ from api.tasks.etags import (
     if_match_versions,
     if_none_match_tags,
     list_preconditions_hold,
+    named_versions,
     names_version,
 )
 from api.tasks.idempotency import create_once, idempotency_key, refuse_a_key
@@ -58,36 +60,44 @@ def _task_or_404(rows: Rows) -> DictRow:
     return rows[0]
 
 
-def _written_or_412(rows: Rows) -> DictRow:
+def _written_or_412(rows: Rows, conditions: queries.Conditions) -> DictRow:
     """The task a write returned; 404 when there is no such task, 412 when If-Match named another
-    version (the write's own WHERE decided: `api.tasks.queries._conditional_write`)."""
+    version or If-None-Match named this one (the write's own WHERE decided:
+    `api.tasks.queries._conditional_write`)."""
     row = _task_or_404(rows)
     if row.get("written") is False:
+        _refuse_unless_met(row, conditions)
+        # Met by a version made after the write looked, which it was not made on all the same.
         raise precondition_failed(etag(row["id"], row["version"]))
     return row
 
 
-def _refuse_unless_named(row: Mapping[str, Any], versions: list[int] | None) -> None:
-    """If-Match checked against a task read rather than written (a GET, or a write with nothing to
-    change); a write's own statement checks it otherwise (`api.tasks.queries._conditional_write`)."""
-    if versions is not None and row["version"] not in versions:
-        raise precondition_failed(etag(row["id"], row["version"]))
+def _refuse_unless_met(row: Mapping[str, Any], conditions: queries.Conditions) -> None:
+    """412 unless the task as it is meets `conditions`; If-Match is evaluated first (RFC 9110,
+    section 13.2.2). For a task read rather than written (a GET, or a write with nothing to change)
+    and for a write's own refusal alike."""
+    version, current = row["version"], etag(row["id"], row["version"])
+    if conditions.versions is not None and version not in conditions.versions:
+        raise precondition_failed(current)
+    if conditions.not_versions is not None and version in conditions.not_versions:
+        raise precondition_failed(current, field="If-None-Match")
 
 
-async def _write_preconditions(caller: Caller, request: Request, task_id: int) -> list[int] | None:
-    """The preconditions of a write to one task, for update, toggle and delete alike; returns the
-    versions If-Match accepts, which the write's own statement checks (None: any will do).
+async def _write_preconditions(caller: Caller, request: Request, task_id: int) -> queries.Conditions:
+    """The preconditions of a write to one task, for update, toggle and delete alike, which the
+    write's own statement checks.
 
     If-Match is read first (RFC 9110, section 13.2.2): a 428 for a missing one (REQUIRE_IF_MATCH) or a
-    422 for a malformed one costs no read. Then If-None-Match (section 13.1.2): 412 when it is `*` or
-    names the task as it is. Only a write that sends it pays that read; a change between the read
-    and the write makes a version the client could not have named."""
+    422 for a malformed one costs no read. Then If-None-Match (section 13.1.2): its entity-tags become
+    versions the write's statement refuses; `*`, which no write to a task that exists can pass, is a
+    412 once a read finds the task (a 404 when it finds none)."""
     versions = if_match_versions(request, task_id, required=services(request.app).settings.require_if_match)
-    if (none_match := if_none_match_tags(request)) is not None:
+    none_match = if_none_match_tags(request)
+    if none_match == ANY:
         row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id)))
-        if names_version(none_match, task_id, row["version"]):
-            raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
-    return versions
+        raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
+    not_versions = None if none_match is None else named_versions(none_match, task_id)
+    return queries.Conditions(versions, not_versions)
 
 
 def _with_etag(row: Mapping[str, Any], response: Response) -> Mapping[str, Any]:
@@ -230,7 +240,7 @@ async def read_task(caller: CallerDep, task_id: TaskId, request: Request, respon
     versions = if_match_versions(request, task_id, required=False)
     none_match = if_none_match_tags(request)
     row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id)))
-    _refuse_unless_named(row, versions)
+    _refuse_unless_met(row, queries.Conditions(versions))
     if names_version(none_match, task_id, row["version"]):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(task_id, row["version"])}
@@ -254,13 +264,15 @@ async def read_task(caller: CallerDep, task_id: TaskId, request: Request, respon
 async def update_task(
     caller: CallerDep, task_id: TaskId, data: TaskUpdate, request: Request, response: Response
 ) -> Any:
-    versions = await _write_preconditions(caller, request, task_id)
+    conditions = await _write_preconditions(caller, request, task_id)
     user, changes = caller.user, data.changes()
-    if not changes:  # nothing to write: the task as it is, if If-Match names it
+    if not changes:  # nothing to write: the task as it is, if the preconditions hold
         row = _task_or_404(await caller.run(queries.get_task(user.id, task_id)))
-        _refuse_unless_named(row, versions)
+        _refuse_unless_met(row, conditions)
         return _with_etag(row, response)
-    row = _written_or_412(await caller.run(queries.update_task(user, task_id, changes, versions=versions)))
+    row = _written_or_412(
+        await caller.run(queries.update_task(user, task_id, changes, conditions)), conditions
+    )
     if row["changed"]:  # the same title again, say, is no change: no new version, no event
         note_change(request, "update", task_id)
     return _with_etag(row, response)
@@ -276,8 +288,8 @@ async def update_task(
     openapi_extra=docs.operation_docs(headers=(docs.IF_MATCH, docs.IF_NONE_MATCH_ON_WRITE)),
 )
 async def delete_task(caller: CallerDep, task_id: TaskId, request: Request) -> None:
-    versions = await _write_preconditions(caller, request, task_id)
-    _written_or_412(await caller.run(queries.delete_task(caller.user, task_id, versions=versions)))
+    conditions = await _write_preconditions(caller, request, task_id)
+    _written_or_412(await caller.run(queries.delete_task(caller.user, task_id, conditions)), conditions)
     note_change(request, "delete", task_id)
 
 
@@ -321,9 +333,9 @@ async def complete_task(
         # A toggle repeated toggles back (the IETF draft names PATCH among the methods a key may make
         # safe, but nothing stores one here); a key before the preconditions, as a create reads its own.
         refuse_a_key(request, _SAFE_TOGGLE)
-    versions = await _write_preconditions(caller, request, task_id)
-    query = queries.set_completed(caller.user, task_id, completed, versions=versions)
-    row = _written_or_412(await caller.run(query))
+    conditions = await _write_preconditions(caller, request, task_id)
+    query = queries.set_completed(caller.user, task_id, completed, conditions)
+    row = _written_or_412(await caller.run(query), conditions)
     if row["changed"]:  # `completed` set to what it was is no change
         note_change(request, "update", task_id)
     # The body is the task, whose URL is not this request's (RFC 9110, section 6.4.2).

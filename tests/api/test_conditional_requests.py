@@ -287,6 +287,35 @@ def test_a_write_that_loses_a_race_gets_412_with_the_etag_of_the_winner(
 
 
 @pytest.mark.parametrize("write", _WRITES)
+def test_a_write_whose_if_none_match_names_the_version_a_racing_write_makes_is_412(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], api_db_url: str, write: Write
+) -> None:
+    """If-None-Match is decided in the write's own statement, as If-Match is: checked by a read
+    before the write, the version another transaction made while the write waited for its lock
+    slipped between the two, and the write was made on top of the very version it refused."""
+    method, path, body = write
+    task, _ = create_task(client, alice)
+    named = f'"{task["id"]}.2"'  # the version the other transaction is making
+    with ThreadPoolExecutor(max_workers=1) as pool, psycopg.connect(api_db_url) as other:
+        other.execute("update tasks set title = 'changed in another tab' where id = %s", [task["id"]])
+        sent = pool.submit(
+            client.request,
+            method,
+            alice.task_url(task["id"]) + path,
+            json=body,
+            headers={**alice.headers, "If-None-Match": named},
+        )
+        wait_until_it_waits_for(other, sent)
+        other.commit()
+        refused = sent.result()
+    problem = assert_problem(refused, 412, "precondition-failed")
+    assert "If-None-Match" in problem["detail"]
+    assert refused.headers["etag"] == named
+    row = api_db.execute("select title, completed, version from tasks where id = %s", [task["id"]]).fetchone()
+    assert row == ("changed in another tab", False, 2), "the winner's write stands, and nothing else"
+
+
+@pytest.mark.parametrize("write", _WRITES)
 def test_a_write_that_loses_a_race_to_a_delete_gets_404(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], api_db_url: str, write: Write
 ) -> None:

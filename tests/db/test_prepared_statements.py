@@ -111,13 +111,15 @@ def test_every_statement_the_api_sends_prepares_and_runs(migrated_db_url: str) -
                 )
             )
             assert [(row["outcome"], row["task"]["title"]) for row in once] == [("created", "Once")]
-            updated = await write(queries.update_task(owner, task_id, {"title": "50%"}, versions=[version]))
+            updated = await write(
+                queries.update_task(owner, task_id, {"title": "50%"}, queries.Conditions([version]))
+            )
             assert [(row["title"], row["written"]) for row in updated] == [("50%", True)]
             searched = await database.run(user.id, queries.list_tasks(user.id, TaskListParams(q="%")))
             assert [row["title"] for row in searched] == ["50%"]
             toggled = await write(queries.set_completed(owner, task_id, None))
             assert [row["completed"] for row in toggled] == [True]
-            stale = await write(queries.delete_task(owner, task_id, versions=[version]))
+            stale = await write(queries.delete_task(owner, task_id, queries.Conditions([version])))
             assert [row["written"] for row in stale] == [False]
             assert [row["id"] for row in await write(queries.delete_task(owner, task_id))] == [task_id]
             async with database.pool.connection() as connection:
