@@ -25,7 +25,7 @@ from api.http.cors import ProblemCORSMiddleware
 from api.http.docs import install_docs
 from api.http.in_flight import InFlightCap
 from api.http.methods import HeadAsGet, install_method_not_allowed, served_routes
-from api.http.openapi import document_request_header, document_response_header
+from api.http.openapi import document_request_header, document_response_header, install_openapi
 from api.http.paths import EncodedSlashesNameNothing
 from api.http.problems import (
     document_problem_media_type,
@@ -159,24 +159,29 @@ def create_app(
         events_hub=events_hub,
     )
     install_problem_handlers(app, isolation)
-    document_problem_media_type(app)
-    document_bearer_scheme(app)
-    document_no_store(app)
-    document_body_limits(app)  # before the header every response carries, which its answers carry too
-    document_problems_not_stored(app)  # after the body limits' problems, before the server's 431
-    document_response_header(
+    # Each amendment sees what those before it declared.
+    install_openapi(
         app,
-        "X-Request-ID",
-        "This request's id, in every log line about it: yours if you sent a sane one, else a new one.",
+        (
+            document_problem_media_type,
+            document_bearer_scheme,
+            document_no_store,
+            document_body_limits,  # before the header every response carries, which its answers carry too
+            document_problems_not_stored,  # after the body limits' problems, before the server's 431
+            document_response_header(
+                "X-Request-ID",
+                "This request's id, in every log line about it: yours if you sent a sane one, else a new "
+                "one.",
+            ),
+            document_request_header(
+                "X-Request-ID",
+                "Your id for this request, kept, echoed and logged when it is 1 to 128 characters of "
+                "`A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused.",
+            ),
+            document_head_too_large,  # after that header, which the server's own 431 does not carry
+            document_problem_status,  # after every problem is declared
+        ),
     )
-    document_request_header(
-        app,
-        "X-Request-ID",
-        "Your id for this request, kept, echoed and logged when it is 1 to 128 characters of "
-        "`A-Z a-z 0-9 . _ : -`; anything else is replaced by a new one, never refused.",
-    )
-    document_head_too_large(app)  # after that header, which the server's own 431 does not carry
-    document_problem_status(app)  # after every problem is declared
     routers = [router for router in ROUTERS if settings.metrics_enabled or router is not metrics.router]
     for router in routers:
         app.include_router(router)

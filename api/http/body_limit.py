@@ -31,11 +31,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.http.openapi import OpenApiDocument, amend_openapi, response_header
+from api.http.openapi import OpenApiDocument, response_header
 from api.http.problems import (
     ProblemError,
     ProblemType,
@@ -240,12 +239,8 @@ def body_limit_responses(*, reads_body: bool) -> dict[str, dict[str, Any]]:
     return responses
 
 
-def document_body_limits(app: FastAPI) -> None:
+def document_body_limits(document: OpenApiDocument) -> None:
     """Documents `body_limit_responses` on every operation, since `BodyLimits` sits in front of all
     of them; an operation reads a body exactly when it declares one (FastAPI reads no other)."""
-
-    def amend(document: OpenApiDocument) -> None:
-        for operation in (op for path in document["paths"].values() for op in path.values()):
-            operation["responses"].update(body_limit_responses(reads_body="requestBody" in operation))
-
-    amend_openapi(app, amend)
+    for operation in (op for path in document["paths"].values() for op in path.values()):
+        operation["responses"].update(body_limit_responses(reads_body="requestBody" in operation))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.openapi.models import HTTPBearer
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
@@ -29,7 +29,7 @@ from api.db.stored_owners import StoredOwners
 from api.http.cache_control import NO_STORE, no_store_header
 from api.http.conditional import field_value
 from api.http.json_body import Utf8JsonRoute
-from api.http.openapi import OpenApiDocument, amend_openapi
+from api.http.openapi import OpenApiDocument
 from api.http.problems import (
     REQUEST_MEDIA_TYPE,
     forbidden,
@@ -208,19 +208,15 @@ class _SlotHeldUntilSent(Response):
 _CACHE_CONTROL = no_store_header("the answer is the caller's data, for no cache to keep.")
 
 
-def document_no_store(app: FastAPI) -> None:
+def document_no_store(document: OpenApiDocument) -> None:
     """Declares Cache-Control on every answer of an `AuthenticatedRoute` handler (a 2xx or a 304),
     where its operation does not describe its own (the event stream's)."""
-
-    def amend(document: OpenApiDocument) -> None:
-        for operation in (op for path in document["paths"].values() for op in path.values()):
-            if operation.get("security") != _CALLER_DOCS["security"]:
-                continue
-            for status, response in operation["responses"].items():
-                if status.startswith("2") or status == "304":
-                    response.setdefault("headers", {}).setdefault("Cache-Control", _CACHE_CONTROL)
-
-    amend_openapi(app, amend)
+    for operation in (op for path in document["paths"].values() for op in path.values()):
+        if operation.get("security") != _CALLER_DOCS["security"]:
+            continue
+        for status, response in operation["responses"].items():
+            if status.startswith("2") or status == "304":
+                response.setdefault("headers", {}).setdefault("Cache-Control", _CACHE_CONTROL)
 
 
 _METHODS_WITH_BODIES = frozenset({"POST", "PUT", "PATCH"})
@@ -270,11 +266,7 @@ async def admitted_caller(request: Request) -> Caller:
 CallerDep = Annotated[Caller, Depends(admitted_caller)]
 
 
-def document_bearer_scheme(app: FastAPI) -> None:
+def document_bearer_scheme(document: OpenApiDocument) -> None:
     """Declares the Bearer scheme that every `AuthenticatedRoute` operation requires."""
-
-    def amend(document: OpenApiDocument) -> None:
-        scheme = _BEARER_SCHEME.model_dump(mode="json", by_alias=True, exclude_none=True)
-        document.setdefault("components", {}).setdefault("securitySchemes", {})[_BEARER_SCHEME_NAME] = scheme
-
-    amend_openapi(app, amend)
+    scheme = _BEARER_SCHEME.model_dump(mode="json", by_alias=True, exclude_none=True)
+    document.setdefault("components", {}).setdefault("securitySchemes", {})[_BEARER_SCHEME_NAME] = scheme

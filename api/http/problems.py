@@ -40,7 +40,7 @@ from api.db.errors import (
 from api.db.isolation import IsolationUnverified, IsolationWatch
 from api.http.cache_control import NO_STORE, no_store_header
 from api.http.json_body import UnreadJson, shown_name
-from api.http.openapi import OpenApiDocument, amend_openapi
+from api.http.openapi import OpenApiDocument
 from api.telemetry import metrics
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -601,48 +601,36 @@ def error_response(
     return entry
 
 
-def document_problem_media_type(app: FastAPI) -> None:
+def document_problem_media_type(document: OpenApiDocument) -> None:
     """FastAPI documents every response model as application/json; errors are problem+json, with the
     types `error_response` lists."""
-
-    def amend(document: OpenApiDocument) -> None:
-        for operation in (op for path in document["paths"].values() for op in path.values()):
-            for status, response in operation["responses"].items():
-                content = response.get("content", {})
-                if status[0] in "45" and "application/json" in content:
-                    content.setdefault(PROBLEM_MEDIA_TYPE, content.pop("application/json"))
-
-    amend_openapi(app, amend)
+    for operation in (op for path in document["paths"].values() for op in path.values()):
+        for status, response in operation["responses"].items():
+            content = response.get("content", {})
+            if status[0] in "45" and "application/json" in content:
+                content.setdefault(PROBLEM_MEDIA_TYPE, content.pop("application/json"))
 
 
-def document_problem_status(app: FastAPI) -> None:
+def document_problem_status(document: OpenApiDocument) -> None:
     """Declares the `status` of every problem the document lists by then as that of the answer that
     carries it: with the Problem schema's bare integer, the docs page showed every problem's example
     with `"status": 0`. Amend after every error response is declared."""
-
-    def amend(document: OpenApiDocument) -> None:
-        for operation in (op for path in document["paths"].values() for op in path.values()):
-            for status, response in operation["responses"].items():
-                if PROBLEM_MEDIA_TYPE in response.get("content", {}):
-                    _, listed = response["content"][PROBLEM_MEDIA_TYPE]["schema"]["allOf"]
-                    listed["properties"]["status"] = {"type": "integer", "enum": [int(status)]}
-                    listed["required"] = ["type", "status"]
-
-    amend_openapi(app, amend)
+    for operation in (op for path in document["paths"].values() for op in path.values()):
+        for status, response in operation["responses"].items():
+            if PROBLEM_MEDIA_TYPE in response.get("content", {}):
+                _, listed = response["content"][PROBLEM_MEDIA_TYPE]["schema"]["allOf"]
+                listed["properties"]["status"] = {"type": "integer", "enum": [int(status)]}
+                listed["required"] = ["type", "status"]
 
 
-def document_problems_not_stored(app: FastAPI) -> None:
+def document_problems_not_stored(document: OpenApiDocument) -> None:
     """Declares Cache-Control on every 4xx and 5xx the document lists by then, where a response does not
     describe its own (the 400 that may be the server's, api/http/body_limit.py). Amend before the
     server's 431 is declared: that answer carries none of the API's headers."""
-
-    def amend(document: OpenApiDocument) -> None:
-        for operation in (op for path in document["paths"].values() for op in path.values()):
-            for status, response in operation["responses"].items():
-                if status[0] in "45":
-                    response.setdefault("headers", {}).setdefault("Cache-Control", _NOT_STORED_HEADER)
-
-    amend_openapi(app, amend)
+    for operation in (op for path in document["paths"].values() for op in path.values()):
+        for status, response in operation["responses"].items():
+            if status[0] in "45":
+                response.setdefault("headers", {}).setdefault("Cache-Control", _NOT_STORED_HEADER)
 
 
 def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:

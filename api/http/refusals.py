@@ -10,9 +10,7 @@ more for a reason of its own (the event stream's caps) passes its own 429 or 503
 
 from typing import Any
 
-from fastapi import FastAPI
-
-from api.http.openapi import OpenApiDocument, amend_openapi, response_header
+from api.http.openapi import OpenApiDocument, response_header
 from api.http.problems import ProblemType, error_response
 
 Responses = dict[int | str, dict[str, Any]]
@@ -159,12 +157,8 @@ HEAD_TOO_LARGE = {
 }
 
 
-def document_head_too_large(app: FastAPI) -> None:
+def document_head_too_large(document: OpenApiDocument) -> None:
     """Declares the server's 431 on every operation. Amend after the header every response carries:
     this answer carries none of the API's."""
-
-    def amend(document: OpenApiDocument) -> None:
-        for operation in (op for path in document["paths"].values() for op in path.values()):
-            operation["responses"]["431"] = dict(HEAD_TOO_LARGE)
-
-    amend_openapi(app, amend)
+    for operation in (op for path in document["paths"].values() for op in path.values()):
+        operation["responses"]["431"] = dict(HEAD_TOO_LARGE)
