@@ -30,6 +30,7 @@ from fastapi import Request
 from api.db.errors import AlreadyExists
 from api.http.caller import Caller
 from api.http.problems import idempotency_key_in_use, idempotency_key_reused, invalid_input, task_deleted
+from api.settings import Settings
 from api.tasks import queries
 from api.tasks.models import IDEMPOTENCY_KEY_MAX_LENGTH, TaskCreate
 
@@ -91,12 +92,18 @@ def request_hash(data: TaskCreate) -> str:
 
 
 async def create_once(
-    caller: Caller, data: TaskCreate, key: str, ttl: timedelta
+    caller: Caller, data: TaskCreate, key: str, settings: Settings
 ) -> tuple[dict[str, Any], bool]:
     """The created (or first) task as it is now, and whether it was created now; 410 once deleted."""
     expected = request_hash(data)
-    tombstones_kept = caller.database.transactions.max_tasks_per_user
-    query = queries.create_task_once(caller.user, data, key, expected, ttl, tombstones_kept=tombstones_kept)
+    query = queries.create_task_once(
+        caller.user,
+        data,
+        key,
+        expected,
+        timedelta(hours=settings.idempotency_ttl_hours),
+        tombstones_kept=settings.max_tasks_per_user,
+    )
     for _ in range(_ROUNDS):
         try:
             (row,) = await caller.run(query)

@@ -4,7 +4,6 @@
 from what it returns)."""
 
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
@@ -199,17 +198,16 @@ async def create_task(caller: CallerDep, data: TaskCreate, request: Request, res
     key = idempotency_key(request)
     if not list_preconditions_hold(request):
         raise list_precondition_failed("If-None-Match")
-    user = caller.user
+    user, settings = caller.user, services(request.app).settings
     try:
         if key is None:
             # An INSERT ... RETURNING returns its row; none would be a bug, never a 404.
             (row,) = await caller.run(queries.create_task(user, data))
             created = True
         else:
-            ttl = timedelta(hours=services(request.app).settings.idempotency_ttl_hours)
-            row, created = await create_once(caller, data, key, ttl)
+            row, created = await create_once(caller, data, key, settings)
     except LimitReached:
-        raise task_limit_reached(caller.database.transactions.max_tasks_per_user) from None
+        raise task_limit_reached(settings.max_tasks_per_user) from None
     if created:
         note_change(request, "create", row["id"])
     else:
