@@ -50,18 +50,13 @@ from api.auth.principal import Principal
 from api.db.database import Query
 from api.tasks import ownership
 from api.tasks.listing import SORT_KEYS, SortKey, SortOrder, TaskListParams
-from api.tasks.models import IdempotencyKey, Task, TaskCreate, User
+from api.tasks.models import IdempotencyKey, Task, TaskBase, TaskCreate, TaskPublic, User
 
-_TASK_COLUMNS = (
-    col(Task.id),
-    col(Task.user_id),
-    col(Task.title),
-    col(Task.description),
-    col(Task.completed),
-    col(Task.created_at),
-    col(Task.updated_at),
-    col(Task.version),
-)
+_TASKS = Task.__table__  # type: ignore[attr-defined]
+# What every statement returns: a task as the API shows it, field by field.
+_TASK_COLUMNS = tuple(_TASKS.c[name] for name in TaskPublic.model_fields)
+# What a client writes, each bound as its column's type: a create's values, an update's changes.
+_WRITTEN = {name: bindparam(name, type_=_TASKS.c[name].type) for name in TaskBase.model_fields}
 
 _USER_ID = bindparam("user_id", type_=String())
 _TASK_ID = bindparam("task_id", type_=BigInteger())
@@ -178,12 +173,7 @@ def _write(owner: Principal, build: _WriteBuilder, values: Mapping[str, object])
 
 @cache
 def _create_task_statement(owner_row: bool) -> ClauseElement:
-    insert = pg_insert(Task).values(
-        user_id=_USER_ID,
-        title=bindparam("title", type_=String()),
-        description=bindparam("description", type_=String()),
-        completed=bindparam("completed", type_=Boolean()),
-    )
+    insert = pg_insert(Task).values(user_id=_USER_ID, **_WRITTEN)
     return (insert.add_cte(_USER_ROW) if owner_row else insert).returning(*_TASK_COLUMNS)
 
 
@@ -201,7 +191,6 @@ _KEY = bindparam("key", type_=String())
 # interval, and psycopg's dialect writes no cast for an Interval.
 _TTL = cast(bindparam("ttl", type_=Interval()), Interval())
 _KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
-_TASKS = Task.__table__  # type: ignore[attr-defined]
 _CALLERS_KEY = ownership.owner_filter(_KEYS.c.user_id, _USER_ID)
 _EXPIRED = _KEYS.c.expires_at <= func.now()
 
@@ -250,13 +239,8 @@ def _create_task_once(owner_row: bool) -> ClauseElement:
     created = (
         pg_insert(Task)
         .from_select(
-            ["user_id", "title", "description", "completed"],
-            select(
-                _USER_ID,
-                bindparam("title", type_=String()),
-                bindparam("description", type_=String()),
-                bindparam("completed", type_=Boolean()),
-            ).where(~exists(select(previous.c.request_hash))),
+            ["user_id", *_WRITTEN],
+            select(_USER_ID, *_WRITTEN.values()).where(~exists(select(previous.c.request_hash))),
         )
         .returning(*_TASK_COLUMNS)
         .cte("created")
@@ -405,12 +389,7 @@ def _conditional_write(
 def _update_statement(
     fields: frozenset[str], conditions: tuple[bool, bool], owner_row: bool
 ) -> ClauseElement:
-    types: dict[str, Any] = {"title": String(), "description": String(), "completed": Boolean()}
-    write = (
-        update(Task)
-        .where(*_OWN_TASK)
-        .values({field: bindparam(field, type_=types[field]) for field in sorted(fields)})
-    )
+    write = update(Task).where(*_OWN_TASK).values({field: _WRITTEN[field] for field in sorted(fields)})
     return _conditional_write(
         write, _TASK_COLUMNS, conditions=conditions, owner_row=owner_row, changed=_CHANGED
     )
