@@ -44,7 +44,9 @@ class RateLimiter:
         bucket[0] = tokens
         wait = max(1, math.ceil((1.0 - tokens) / self._per_second))
         raise too_many_requests(
-            f"You may make {self.per_minute} requests a minute; try again in {wait} s.",
+            # Said as it is counted: a client told "a minute" alone took it for the whole API's limit.
+            f"This server process takes {self.per_minute} requests a minute from each user "
+            f"(RATE_LIMIT_PER_MINUTE); try again in {wait} s.",
             retry_after=wait,
             headers={"RateLimit-Policy": self.policy, "RateLimit": f'"{_POLICY}";r=0;t={wait}'},
         )

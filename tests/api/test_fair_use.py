@@ -307,9 +307,14 @@ def test_a_user_past_the_rate_gets_429_with_rate_limit_fields(migrated_db_url: s
         refused = client.get(alice.tasks_url, headers=alice.headers)
         other = client.get(bob.tasks_url, headers=bob.headers)
     assert statuses == [200] * 5 + [429] * 2
-    assert_problem(refused, 429, "too-many-requests")
+    problem = assert_problem(refused, 429, "too-many-requests")
     wait = int(refused.headers["retry-after"])
     assert 1 <= wait <= 12
+    # As it is counted: per worker (README), not for the whole API.
+    assert problem["detail"] == (
+        "This server process takes 5 requests a minute from each user (RATE_LIMIT_PER_MINUTE); "
+        f"try again in {wait} s."
+    )
     assert refused.headers["ratelimit-policy"] == '"per-user";q=5;w=60'
     assert refused.headers["ratelimit"] == f'"per-user";r=0;t={wait}'
     assert other.status_code == 200, "the limit is each user's own"
