@@ -705,7 +705,7 @@ def test_serve_says_where_its_database_is_and_whether_it_is_new(
     next_log = tmp_path / "next.log"
     with serve_process([*CLI, "serve"], cwd=elsewhere, env=cli_env(), output=next_log):
         pass
-    assert f"an earlier start left in {pgdata}" in _started(next_log.read_text())
+    assert f"the database already there in {pgdata}" in _started(next_log.read_text())
     assert _postgres_on(pgdata) == []
 
 

@@ -677,7 +677,7 @@ def start(data_dir: Path) -> EmbeddedDatabase:
     url = f"postgresql://{LOGIN_ROLE}@/{DATABASE}?host={socket_dir}"
     # Said in full, and whether it is new: `serve` run from another directory than before makes
     # another, empty database there, which would otherwise look like the tasks were lost.
-    kept = "a new database" if first_start else "the database an earlier start left"
+    kept = "a new database" if first_start else "the database already there"
     logger.info("embedded Postgres running: %s in %s", kept, pgdata.absolute(), extra={"pgdata": str(pgdata)})
     return EmbeddedDatabase(server=server, url=url, secret=secret)
 
