@@ -222,23 +222,26 @@ class JwksVerifier:
         return self.key_set.publishes(header["kid"], key)
 
 
-# The time claims alone, unsigned: whether any key could make the token valid now.
-_TIMES_ONLY: Options = {
+# The claims alone, unsigned: whether any key could make the token valid now.
+_CLAIMS_ONLY: Options = {
     "verify_signature": False,
     "verify_exp": True,
     "verify_nbf": True,
     "verify_iat": True,
+    "require": ["exp", "sub"],
 }
 
 
 def _refuse_whatever_key_signed_it(token: str, leeway: int) -> None:
-    """401 for a token its own times refuse (expired, or issued or valid from further ahead than
-    `leeway`), checked before its kid is taken for one published since: no key could admit it, and
-    the 503 that waits for such a key had anyone who sent an `iat` in the future make the API say
-    it cannot authenticate. Malformed times are left to the checks that follow."""
+    """401 for a token its own claims refuse (expired, issued or valid from further ahead than
+    `leeway`, without an `exp` or a `sub`, or with a time that is no date), checked before its kid is
+    taken for one published since: no key could admit it, and the 503 that waits for such a key had
+    anyone who sent an `iat` in the future make the API say it cannot authenticate. A payload that is
+    not JSON is left to the checks that follow."""
     try:
-        jwt.decode(token, options=_TIMES_ONLY, leeway=leeway)
-    except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as error:
+        _refuse_malformed(jwt.decode(token, options={"verify_signature": False}))
+        jwt.decode(token, options=_CLAIMS_ONLY, leeway=leeway)
+    except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError, jwt.MissingRequiredClaimError) as error:
         raise InvalidToken(_describe(error)) from None
     except jwt.PyJWTError:
         pass

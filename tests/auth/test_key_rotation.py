@@ -76,12 +76,13 @@ def test_a_flood_of_unknown_kids_fetches_at_most_once_per_cooldown(api_db_url: s
         assert server.fetch_count() == 2, "no refetch within the cooldown"
 
 
-def test_an_unknown_kid_on_a_token_its_own_times_refuse_is_401_not_a_wait_for_a_new_key(
+def test_an_unknown_kid_on_a_token_its_own_claims_refuse_is_401_not_a_wait_for_a_new_key(
     api_db_url: str,
 ) -> None:
     """No key published since could admit a token issued, or valid from, further ahead than the
-    leeway, or expired: a 503 would have anyone who sends an `iat` in the future make the API say it
-    cannot authenticate (and count it as an outage), and its Retry-After would never help."""
+    leeway, expired, without the `exp` or `sub` every token needs, or with a time that is no date: a
+    503 would have anyone who sends an `iat` in the future make the API say it cannot authenticate
+    (and count it as an outage), and its Retry-After would never help."""
     key = SigningKey.generate()
     with jwks_server(key) as server, api_trusting(api_db_url, server) as client:
         assert get_tasks(client, server, SigningKey.generate()).status_code == 401  # spends the refetch
@@ -93,6 +94,10 @@ def test_an_unknown_kid_on_a_token_its_own_times_refuse_is_401_not_a_wait_for_a_
             ({"iat": now() + 100_000_000}, "not valid yet"),
             ({"nbf": now() + 3600}, "not valid yet"),
             ({"iat": now() - 7200, "exp": now() - 3600}, "expired"),
+            ({"exp": ...}, "lacks the required 'exp' claim"),
+            ({"sub": ...}, "lacks the required 'sub' claim"),
+            ({"exp": "soon"}, "exp claim must be a number"),
+            ({"exp": 1e308}, "exp claim must be a number"),
         ):
             response = get_tasks(client, server, SigningKey.generate(), **claims)
             assert detail in assert_problem(response, 401, "unauthorized")["detail"], claims
