@@ -94,6 +94,7 @@ async def _write_preconditions(caller: Caller, request: Request, task_id: int) -
     none_match = if_none_match_tags(request)
     if none_match == ANY:
         row = _task_or_404(await caller.run(queries.get_task(caller.user.id, task_id)))
+        _refuse_unless_met(row, queries.Conditions(versions))  # If-Match's 412 first
         raise precondition_failed(etag(task_id, row["version"]), field="If-None-Match")
     not_versions = None if none_match is None else named_versions(none_match, task_id)
     return queries.Conditions(versions, not_versions)

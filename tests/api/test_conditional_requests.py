@@ -286,6 +286,29 @@ def test_a_write_that_loses_a_race_gets_412_with_the_etag_of_the_winner(
     assert retried.status_code in (200, 204), retried.text
 
 
+@pytest.mark.parametrize("none_match", ["*", "current"])
+@pytest.mark.parametrize("write", _WRITES)
+def test_a_write_both_of_whose_conditions_fail_is_refused_for_if_match_first(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], write: Write, none_match: str
+) -> None:
+    """RFC 9110, section 13.2.2: If-Match is evaluated before If-None-Match, so its 412 is the one
+    a client is told of, whichever form If-None-Match takes."""
+    method, path, body = write
+    task, stale = create_task(client, alice, title="first")
+    current = client.put(alice.task_url(task["id"]), json={"title": "second"}, headers=alice.headers)
+    headers = {
+        **alice.headers,
+        "If-Match": stale,
+        "If-None-Match": "*" if none_match == "*" else current.headers["etag"],
+    }
+    refused = client.request(method, alice.task_url(task["id"]) + path, json=body, headers=headers)
+    problem = assert_problem(refused, 412, "precondition-failed")
+    assert "the ETag you sent in If-Match" in problem["detail"], problem
+    assert refused.headers["etag"] == current.headers["etag"]
+    row = api_db.execute("select title, completed from tasks where id = %s", [task["id"]]).fetchone()
+    assert row == ("second", False), "nothing changed"
+
+
 @pytest.mark.parametrize("write", _WRITES)
 def test_a_write_whose_if_none_match_names_the_version_a_racing_write_makes_is_412(
     client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], api_db_url: str, write: Write
