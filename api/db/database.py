@@ -59,6 +59,7 @@ ping waiting for a free connection took a healthy worker out of the load balance
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -167,6 +168,8 @@ Rows = list[DictRow]
 CLIENT_ENCODING = "UTF8"
 # Ample for the pool's own steps before it looks for an idle connection.
 _LEND_AN_IDLE_CONNECTION_SECONDS = 0.05
+# How often a write refused as read-only replaces the pool's sessions (`_replace_sessions_opened_read_only`).
+_REPLACE_READ_ONLY_SESSIONS_SECONDS = 1.0
 _READ_ONLY = metrics.transaction_duration.labels("read_only")
 _READ_WRITE = metrics.transaction_duration.labels("read_write")
 
@@ -273,6 +276,7 @@ class Database:
         self._pool_watcher: asyncio.Task[None] | None = None
         # Requests in `_attempt` waiting for the pool to lend them a connection (`_watch_pool`).
         self._waiting_for_pool = 0
+        self._read_only_sessions_replaced_at = -math.inf
         # The connections lent to requests right now (`cancel_statements`).
         self._lent: set[Connection] = set()
         # False once a prepared statement was missing or another client's: the database's sessions
@@ -545,6 +549,7 @@ class Database:
             # Not back to the pool: a new session reaches whatever the URL names now, with the
             # settings it has now.
             await connection.close()
+            await self._replace_sessions_opened_read_only()
             raise WritesRefused(error.diag.message_primary) from None
         except psycopg.errors.QueryCanceled as error:
             # The server cancelled the statement (DB_STATEMENT_TIMEOUT_MS, or an operator) and said
@@ -577,6 +582,19 @@ class Database:
         except BaseException:
             await _roll_back(connection)
             raise
+
+    async def _replace_sessions_opened_read_only(self) -> None:
+        """Every session the pool holds most likely started read-only too (they share the URL and its
+        defaults): replace them all, so that once a DBA resets default_transaction_read_only (or the
+        URL names a primary again) the next write meets a session that started after that. Replaced
+        one by one as each was refused, a write failed for each pooled session while /readyz, whose
+        own session was new, said the database took writes. At most once a second: while the
+        database stays read-only, every refused write would otherwise reopen the whole pool."""
+        now = time.monotonic()
+        if now - self._read_only_sessions_replaced_at < _REPLACE_READ_ONLY_SESSIONS_SECONDS:
+            return
+        self._read_only_sessions_replaced_at = now
+        await self.pool.drain()
 
     async def _sent_prepared_anew_if_outdated(
         self, connection: Connection, query: Query, as_user: Mapping[str, object]

@@ -10,6 +10,7 @@ The standby is a real one, of a cluster of the module's own: it takes a few seco
 import asyncio
 import logging
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,6 +184,38 @@ def test_read_only_sessions_met_while_serving_are_503_until_the_setting_is_reset
                 break
         assert statuses[-1] == 201, statuses
     assert _tasks_of(migrated_db_url, user.id) == 1
+
+
+def test_once_read_only_sessions_are_reset_one_write_at_most_is_refused_whatever_the_pool_holds(
+    migrated_db_url: str,
+) -> None:
+    """A write refused as read-only replaces every session the pool holds, which started read-only
+    too: replaced one at a time, as each was refused, the writes after a DBA's reset failed once for
+    each pooled session (ten by default) while /readyz, over a session of its own, said 200."""
+    user = new_user()
+    settings = settings_for(as_role(migrated_db_url), db_pool_size=4)
+    _read_only_sessions(migrated_db_url)
+    with serving_client(create_app(settings)) as http:
+        _says_writes_are_refused(
+            http.post(f"/api/{user.id}/tasks", json={"title": "refused"}, headers=user.headers)
+        )
+        # The pool's sessions now, each started read-only.
+        readers = [http.get(f"/api/{user.id}/tasks", headers=user.headers) for _ in range(8)]
+        assert {reader.status_code for reader in readers} == {200}
+        writable = "-c default_transaction_read_only=off"
+        with psycopg.connect(migrated_db_url, autocommit=True, options=writable) as owner:
+            owner.execute(
+                sql.SQL("alter database {} reset default_transaction_read_only").format(
+                    sql.Identifier(owner.info.dbname)
+                )
+            )
+        time.sleep(1.1)  # past the once-a-second bound on replacing them
+        statuses = [
+            http.post(f"/api/{user.id}/tasks", json={"title": f"after {n}"}, headers=user.headers).status_code
+            for n in range(4)
+        ]
+    assert statuses in ([201] * 4, [503] + [201] * 3), statuses
+    assert _tasks_of(migrated_db_url, user.id) == statuses.count(201)
 
 
 def test_readiness_logs_why_the_database_is_not_ready(
