@@ -32,7 +32,7 @@ from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from api.db.errors import DatabaseUnavailable
+from api.db.errors import DatabaseUnavailable, WritesRefused
 from api.db.host_lookup import LookupBoundedAsyncConnection
 from api.db.prepared import reaches_postgres_itself
 
@@ -330,7 +330,7 @@ class PingConnection:
             # Not kept: a new session has the settings of the server the URL names by then (and not
             # handed back to the pool, when it was one of the pool's).
             await connection.close()
-            raise DatabaseUnavailable("the database refuses writes (a standby, or read-only sessions)")
+            raise WritesRefused("the database refuses writes (a standby, or read-only sessions)")
 
     async def close(self) -> None:
         self._closed = True

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request, Response
 
 from api.http.cache_control import THIS_MOMENT_ONLY, THIS_MOMENT_ONLY_HEADER
-from api.http.problems import ProblemType, database_unavailable, error_response
+from api.http.problems import ProblemType, database_unavailable, error_response, writes_refused
 from api.http.refusals import retry_after
 from api.http.services import services
 
@@ -43,6 +43,6 @@ async def readyz(request: Request, response: Response) -> dict[str, str]:
     # Fail closed, as a task request does: not ready while the last isolation check found anything.
     await shared.isolation.admit()
     if not await shared.readiness.reachable():
-        raise database_unavailable()
+        raise writes_refused() if shared.readiness.refuses_writes else database_unavailable()
     response.headers.update(THIS_MOMENT_ONLY)
     return {"status": "ready"}

@@ -6,7 +6,7 @@ import math
 import time
 
 from api.db.database import Database
-from api.db.errors import UNAVAILABLE, in_one_line
+from api.db.errors import UNAVAILABLE, WritesRefused, in_one_line
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ class SharedReadiness:
         # while it is ready (`_say`).
         self._not_ready: str | None = None
         self._said_at = -math.inf
+        # Whether the last check found the database answering but refusing writes: /readyz says so,
+        # rather than that it cannot be reached.
+        self.refuses_writes = False
 
     async def reachable(self) -> bool:
         now = time.monotonic()
@@ -62,6 +65,7 @@ class SharedReadiness:
             self._pinging.add_done_callback(lambda ping: ping.cancelled() or ping.exception())
         done, _ = await asyncio.wait({self._pinging}, timeout=self._timeout_seconds)
         error = self._pinging.exception() if done else TimeoutError()
+        self.refuses_writes = isinstance(error, WritesRefused)
         if error is None:
             self._say(None)
             return True
