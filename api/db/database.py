@@ -276,6 +276,7 @@ class Database:
         self._pool_watcher: asyncio.Task[None] | None = None
         # Requests in `_attempt` waiting for the pool to lend them a connection (`_watch_pool`).
         self._waiting_for_pool = 0
+        # When a write refused as read-only last replaced the pool's sessions.
         self._read_only_sessions_replaced_at = -math.inf
         # The connections lent to requests right now (`cancel_statements`).
         self._lent: set[Connection] = set()
