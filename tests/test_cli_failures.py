@@ -486,8 +486,10 @@ def test_serve_refuses_more_connections_than_a_connection_limit_allows_naming_it
     role = f"limited_{os.getpid()}"
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
         if limited == "login role":
-            # A member of todo_app, as the API's login role must be: nothing else keeps it from serving.
-            superuser.execute(f"create role {role} login connection limit 6 in role todo_app")
+            # A login role as `migrate --login-role` makes one (NOINHERIT, a member of todo_app alone):
+            # nothing else keeps it from serving, and nothing in it is a finding of the isolation check
+            # that apps of this cluster run meanwhile.
+            superuser.execute(f"create role {role} login noinherit connection limit 6 in role todo_app")
             url = migrated_db_url.replace("postgresql://todo_owner@", f"postgresql://{role}@", 1)
             fix = f'ALTER ROLE "{role}" CONNECTION LIMIT'
         else:
@@ -525,7 +527,7 @@ def test_the_connection_limit_advice_runs_as_written(
     name = f"Limited-{os.getpid()}"
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
         if limited == "login role":
-            create = sql.SQL("create role {} login connection limit 6 in role todo_app")
+            create = sql.SQL("create role {} login noinherit connection limit 6 in role todo_app")
             superuser.execute(create.format(sql.Identifier(name)))
             url = migrated_db_url.replace("postgresql://todo_owner@", f"postgresql://{name}@", 1)
             limit = "select rolconnlimit from pg_roles where rolname = %s"
