@@ -121,11 +121,17 @@ def test_put_null_description_clears_it(
     assert stored(api_db, task["id"]) == (alice.id, "A task", None, True)
 
 
-def test_put_with_nothing_to_change_returns_the_task_untouched(client: httpx.Client, alice: ApiUser) -> None:
+def test_put_with_nothing_to_change_returns_the_task_untouched(
+    client: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any]
+) -> None:
     task = create_task(client, alice)[0]
+    as_stored = "select version, updated_at, (select count(*) from task_events e where e.task_id = t.id)"
+    before = api_db.execute(f"{as_stored} from tasks t where id = %s", [task["id"]]).fetchone()
     response = client.put(alice.task_url(task["id"]), json={}, headers=alice.headers)
     assert response.status_code == 200
     assert response.json() == task
+    after = api_db.execute(f"{as_stored} from tasks t where id = %s", [task["id"]]).fetchone()
+    assert after == before, "no new version, no new time, no event"
 
 
 def test_delete_removes_the_task(
