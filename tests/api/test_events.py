@@ -829,7 +829,12 @@ def test_opens_waiting_for_one_place_take_it_in_turn_and_none_is_refused_while_i
         async with opened(client, alice) as holder:
             await holder.opening_id()
             waiting = [asyncio.create_task(open_and_hold(client, release)) for _ in range(2)]
-            await asyncio.sleep(0.2)  # both are waiting for the place
+            # Both are waiting for the place: each holds an in-flight slot while it waits (the
+            # holder's stream gave its slot back once it started), and neither has a stream yet.
+            async with asyncio.timeout(10):
+                # The cap has no event to wait on: asked until it says so.
+                while live_services(app).in_flight.held(alice.id) < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
             assert live_services(app).events_hub.streams_of(alice.id) == 1
         # The holder closed: one waiter has the place, and the other waits on.
         await asyncio.wait_for(took_it.wait(), 0.5)
