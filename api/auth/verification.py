@@ -199,7 +199,7 @@ class JwksVerifier:
                     "The token's key (kid) is published without the algorithm it is for (alg), which "
                     "its type does not imply, so this API cannot use it: the auth server must state it."
                 ) from None
-            _refuse_whatever_key_signed_it(token, self._checks.leeway)
+            _refuse_whatever_key_signed_it(token, self._checks)
             if not self.key_set.fetched_since(_signed_by(token, arrived, self._checks.leeway)):
                 # Perhaps signed by a key published since we last fetched the set, which the
                 # cooldown (or a failed fetch) keeps us from doing again now.
@@ -232,19 +232,38 @@ _CLAIMS_ONLY: Options = {
 }
 
 
-def _refuse_whatever_key_signed_it(token: str, leeway: int) -> None:
-    """401 for a token its own claims refuse (expired, issued or valid from further ahead than
-    `leeway`, without an `exp` or a `sub`, or with a time that is no date), checked before its kid is
-    taken for one published since: no key could admit it, and the 503 that waits for such a key had
-    anyone who sent an `iat` in the future make the API say it cannot authenticate. A payload that is
-    not JSON is left to the checks that follow."""
+def _refuse_whatever_key_signed_it(token: str, checks: ClaimChecks) -> None:
+    """401 for a token its own claims refuse (expired, issued or valid from further ahead than the
+    leeway, without an `exp`, for another issuer or audience than `checks` expect, with a time that is
+    no date, or a `sub` that names no user), checked before its kid is taken for one published since:
+    no key could admit it, and the 503 that waits for such a key had anyone who sent an `iat` in the
+    future make the API say it cannot authenticate. A payload that is not JSON is left to the checks
+    that follow."""
     try:
-        _refuse_malformed(jwt.decode(token, options={"verify_signature": False}))
-        jwt.decode(token, options=_CLAIMS_ONLY, leeway=leeway)
-    except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError, jwt.MissingRequiredClaimError) as error:
-        raise InvalidToken(_describe(error)) from None
-    except jwt.PyJWTError:
-        pass
+        claims = jwt.decode(token, options={"verify_signature": False})
+        _refuse_malformed(claims)
+        jwt.decode(
+            token,
+            options={**_CLAIMS_ONLY, "verify_iss": True, "verify_aud": checks.audience is not None},
+            issuer=checks.issuer,
+            audience=checks.audience,
+            leeway=checks.leeway,
+        )
+    except jwt.PyJWTError as error:
+        if isinstance(error, _NO_KEY_ADMITS):
+            raise InvalidToken(_describe(error)) from None
+        return
+    principal_from_claims(claims)  # a `sub` that names no user is refused as a signed one is
+
+
+# What `_refuse_whatever_key_signed_it` refuses: whatever key signed the token, its claims fail so.
+_NO_KEY_ADMITS = (
+    jwt.ExpiredSignatureError,
+    jwt.ImmatureSignatureError,
+    jwt.MissingRequiredClaimError,
+    jwt.InvalidIssuerError,
+    jwt.InvalidAudienceError,
+)
 
 
 def _signed_by(token: str, arrived: float, leeway: int) -> float | None:

@@ -80,9 +80,10 @@ def test_an_unknown_kid_on_a_token_its_own_claims_refuse_is_401_not_a_wait_for_a
     api_db_url: str,
 ) -> None:
     """No key published since could admit a token issued, or valid from, further ahead than the
-    leeway, expired, without the `exp` or `sub` every token needs, or with a time that is no date: a
-    503 would have anyone who sends an `iat` in the future make the API say it cannot authenticate
-    (and count it as an outage), and its Retry-After would never help."""
+    leeway, expired, without the `exp` or `sub` every token needs, with a time that is no date, a
+    `sub` that names no user, or another issuer or audience: a 503 would have anyone who sends an
+    `iat` in the future make the API say it cannot authenticate (and count it as an outage), and its
+    Retry-After would never help."""
     key = SigningKey.generate()
     with jwks_server(key) as server, api_trusting(api_db_url, server) as client:
         assert get_tasks(client, server, SigningKey.generate()).status_code == 401  # spends the refetch
@@ -98,6 +99,11 @@ def test_an_unknown_kid_on_a_token_its_own_claims_refuse_is_401_not_a_wait_for_a
             ({"sub": ...}, "lacks the required 'sub' claim"),
             ({"exp": "soon"}, "exp claim must be a number"),
             ({"exp": 1e308}, "exp claim must be a number"),
+            ({"sub": ""}, "sub claim must be a user id"),
+            ({"sub": 123}, "sub claim must be a user id"),
+            ({"sub": "a/b"}, "one URL path segment"),
+            ({"aud": "https://another.example"}, "another audience"),
+            ({"iss": "https://another.example"}, "issuer (iss) is not the one"),
         ):
             response = get_tasks(client, server, SigningKey.generate(), **claims)
             assert detail in assert_problem(response, 401, "unauthorized")["detail"], claims
