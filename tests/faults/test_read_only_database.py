@@ -185,12 +185,13 @@ def test_read_only_sessions_met_while_serving_are_503_until_the_setting_is_reset
     assert _tasks_of(migrated_db_url, user.id) == 1
 
 
-def test_once_read_only_sessions_are_reset_one_write_at_most_is_refused_whatever_the_pool_holds(
+def test_after_a_reset_of_read_only_sessions_the_first_refused_write_replaces_every_pooled_session(
     migrated_db_url: str,
 ) -> None:
     """A write refused as read-only replaces every session the pool holds, which started read-only
     too: replaced one at a time, as each was refused, the writes after a DBA's reset failed once for
-    each pooled session (ten by default) while /readyz, over a session of its own, said 200."""
+    each pooled session (ten by default) while /readyz, over a session of its own, said 200. Past the
+    once-a-second bound on replacing them, one refused write is the most."""
     user = new_user()
     settings = settings_for(as_role(migrated_db_url), db_pool_size=4)
     _read_only_sessions(migrated_db_url)
