@@ -205,10 +205,7 @@ class JwksVerifier:
                 # cooldown (or a failed fetch) keeps us from doing again now.
                 wait, url = self.key_set.retry_after_seconds(), self.key_set.url
                 raise KeysUnavailable(url, retry_after_seconds=wait, unpublished_kid=True) from None
-            raise InvalidToken(
-                "The token is signed with a key the auth server does not publish (unknown kid); "
-                "was it issued by another Better Auth deployment?"
-            ) from None
+            raise InvalidToken(_UNKNOWN_KID) from None
         if key.algorithm_name != header["alg"]:
             raise InvalidToken(
                 f"The token says it is signed with {header['alg']}, but its key is for {key.algorithm_name}."
@@ -221,6 +218,11 @@ class JwksVerifier:
         and so does a kid it reuses for another key."""
         return self.key_set.publishes(header["kid"], key)
 
+
+_UNKNOWN_KID = (
+    "The token is signed with a key the auth server does not publish (unknown kid); "
+    "was it issued by another Better Auth deployment?"
+)
 
 # The claims alone, unsigned: whether any key could make the token valid now.
 _CLAIMS_ONLY: Options = {
@@ -249,6 +251,10 @@ def _refuse_whatever_key_signed_it(token: str, checks: ClaimChecks) -> None:
             audience=checks.audience,
             leeway=checks.leeway,
         )
+    except (jwt.InvalidIssuerError, jwt.InvalidAudienceError):
+        # Most likely another deployment's token, which its unknown kid says best; with the
+        # signature unchecked, no log names the two values as it does for a signed one.
+        raise InvalidToken(_UNKNOWN_KID) from None
     except jwt.PyJWTError as error:
         if isinstance(error, _NO_KEY_ADMITS):
             raise InvalidToken(_describe(error)) from None
@@ -257,13 +263,7 @@ def _refuse_whatever_key_signed_it(token: str, checks: ClaimChecks) -> None:
 
 
 # What `_refuse_whatever_key_signed_it` refuses: whatever key signed the token, its claims fail so.
-_NO_KEY_ADMITS = (
-    jwt.ExpiredSignatureError,
-    jwt.ImmatureSignatureError,
-    jwt.MissingRequiredClaimError,
-    jwt.InvalidIssuerError,
-    jwt.InvalidAudienceError,
-)
+_NO_KEY_ADMITS = (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError, jwt.MissingRequiredClaimError)
 
 
 def _signed_by(token: str, arrived: float, leeway: int) -> float | None:

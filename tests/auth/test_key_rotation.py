@@ -102,8 +102,8 @@ def test_an_unknown_kid_on_a_token_its_own_claims_refuse_is_401_not_a_wait_for_a
             ({"sub": ""}, "sub claim must be a user id"),
             ({"sub": 123}, "sub claim must be a user id"),
             ({"sub": "a/b"}, "one URL path segment"),
-            ({"aud": "https://another.example"}, "another audience"),
-            ({"iss": "https://another.example"}, "issuer (iss) is not the one"),
+            ({"aud": "https://another.example"}, "was it issued by another Better Auth deployment?"),
+            ({"iss": "https://another.example"}, "was it issued by another Better Auth deployment?"),
         ):
             response = get_tasks(client, server, SigningKey.generate(), **claims)
             assert detail in assert_problem(response, 401, "unauthorized")["detail"], claims
