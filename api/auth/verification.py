@@ -230,6 +230,7 @@ _CLAIMS_ONLY: Options = {
     "verify_exp": True,
     "verify_nbf": True,
     "verify_iat": True,
+    "verify_iss": True,
     "require": ["exp", "sub"],
 }
 
@@ -246,7 +247,7 @@ def _refuse_whatever_key_signed_it(token: str, checks: ClaimChecks) -> None:
         _refuse_malformed(claims)
         jwt.decode(
             token,
-            options={**_CLAIMS_ONLY, "verify_iss": True, "verify_aud": checks.audience is not None},
+            options={**_CLAIMS_ONLY, "verify_aud": checks.audience is not None},
             issuer=checks.issuer,
             audience=checks.audience,
             leeway=checks.leeway,
