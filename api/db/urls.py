@@ -71,12 +71,21 @@ def _reason(error: psycopg.ProgrammingError) -> str:
 def _refuse_a_split_userinfo(rest: str, setting: str) -> None:
     """A / or @ in the password (or user) makes libpq read part of it as the host, the port or the
     database name, which would then be shown in every message about connecting. An @ in the query
-    (`?user=alice@server`) is libpq's to read."""
+    (`?user=alice@server`, after the host) is libpq's to read."""
     userinfo = rest.partition("?")[0].rpartition("@")[0]
     if "/" in userinfo or "@" in userinfo:
         raise DatabaseUrlError(
             f"{setting} is not a valid connection URL: its user or password contains / or @, which "
             "must be percent-encoded there as %2F or %40"
+        )
+    # libpq takes a user and password only from before the first /: with a ? and then a / in the
+    # password (`u:12?x=y/z@host/db`) it reads the user as the host, `12` as the port and the rest as
+    # the query, whose first name (`x`), quoted as no parameter it knows, is the password's.
+    authority, slash, after_it = rest.partition("/")
+    if slash and "?" in authority and "@" not in authority and "@" in after_it:
+        raise DatabaseUrlError(
+            f"{setting} is not a valid connection URL: its user or password contains ? and /, which "
+            "must be percent-encoded there as %3F and %2F"
         )
 
 
