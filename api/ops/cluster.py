@@ -176,7 +176,11 @@ def ensure_api_login_role(owner_url: str, login_role: str, *, password: str | No
             _refuse_an_unfit_role(connection, login_role)
         if password is not None:
             try:
-                connection.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
+                # Hashed here, as psql's \password does (libpq's PQencryptPasswordConn, with the server's
+                # password_encryption): a password in the statement would be in the server's log
+                # whenever it fails (or with log_statement = ddl) and in pg_stat_activity meanwhile.
+                hashed = connection.pgconn.encrypt_password(password.encode(), login_role.encode()).decode()
+                connection.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(hashed)))
             except psycopg.errors.InsufficientPrivilege as error:
                 if exists is None:
                     raise
