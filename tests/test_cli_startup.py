@@ -256,6 +256,22 @@ def test_a_secret_with_what_surrounded_it_is_used_as_written_with_a_warning(
     assert jwt.decode(token, secret, algorithms=["HS256"], options={"verify_aud": False})["sub"] == "alice"
 
 
+def test_an_empty_database_url_in_the_environment_is_read_as_unset_with_a_warning(tmp_path: Path) -> None:
+    """`DATABASE_URL=$(cat /run/secrets/url)` of a file not mounted: the embedded database was used in
+    silence, and a `serve` on loopback took production's tokens into a new database. `.env.example`'s
+    empty line is the documented way to leave it unset, and says nothing."""
+    result = run_cli("token", "alice", cwd=tmp_path, DATABASE_URL="", BETTER_AUTH_SECRET=SECRET)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "todo-api: warning: DATABASE_URL is set but empty, which reads as unset: the embedded database "
+        "(DATA_DIR) is used. Unset it to mean that"
+    ]
+    (tmp_path / ".env").write_text("DATABASE_URL=\n")
+    from_env_file = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET)
+    assert from_env_file.returncode == 0, from_env_file.stderr
+    assert from_env_file.stderr == ""
+
+
 def test_a_secret_as_written_has_no_warning(tmp_path: Path) -> None:
     result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET="in ner" + SECRET)
     assert result.returncode == 0, result.stderr

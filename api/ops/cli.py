@@ -51,6 +51,7 @@ from api.ops.failures import CommandFailed, configuration_failure, database_fail
 from api.ops.migrations import MigrationFailed, apply_migrations
 from api.ops.startup_checks import (
     check_database,
+    empty_database_url,
     holding_the_port,
     near_misses,
     refuse_migrating_another_database,
@@ -78,9 +79,8 @@ def _load_settings() -> tuple[Settings, list[str]]:
         settings = Settings()
     except ValidationError as error:
         raise configuration_failure(error) from None
-    return settings, near_misses(os.environ, Settings.model_fields, env_file=env_file) + secret_doubts(
-        settings
-    )
+    doubts = near_misses(os.environ, Settings.model_fields, env_file=env_file)
+    return settings, doubts + empty_database_url(os.environ) + secret_doubts(settings)
 
 
 def _settings() -> Settings:

@@ -159,6 +159,20 @@ def secret_doubts(settings: Settings) -> list[str]:
     ]
 
 
+def empty_database_url(environment: Mapping[str, str]) -> list[str]:
+    """A warning when the environment sets DATABASE_URL to nothing: it reads as unset, as the empty
+    line `.env.example` ships does, so every command uses the embedded database; in the environment it
+    is more often a value that did not arrive (`DATABASE_URL=$(cat /run/secrets/url)` of a file not
+    mounted) than a choice, and a `serve` on loopback would take production's tokens into a new
+    database in DATA_DIR."""
+    if not any(name.upper() == "DATABASE_URL" and value == "" for name, value in environment.items()):
+        return []
+    return [
+        "DATABASE_URL is set but empty, which reads as unset: the embedded database (DATA_DIR) is used. "
+        "Unset it to mean that"
+    ]
+
+
 def _read_either_way(environment: Mapping[str, str], env_file: Iterable[str], one: str, other: str) -> bool:
     """Whether two names of one setting, in different cases, leave which value is read to chance: both
     in the environment with different values, or both in .env (whose values are not read here). One in
