@@ -29,7 +29,7 @@ from api.app import create_app
 from api.ops.cluster import ensure_api_login_role, ensure_login_role_and_database
 from api.ops.embedded import start_postgres
 from api.ops.migrations import apply_migrations
-from tests.own_postgres import copy_data_folder
+from tests.own_postgres import OwnPostgres, copy_data_folder
 from tests.pgbouncer import pgbouncer
 from tests.support import (
     API_LOGIN_ROLE,
@@ -169,6 +169,28 @@ def fresh_role(migrated_db: psycopg.Connection[Any]) -> Iterator[str]:
     migrated_db.autocommit = True
     yield name
     migrated_db.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def _module_cluster() -> Iterator[OwnPostgres]:
+    with OwnPostgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def module_postgres(_module_cluster: OwnPostgres) -> OwnPostgres:
+    """A Postgres cluster the module's tests share, each in turn, to stop and start again, or to make
+    roles in that the session's cluster must not have (one that may become todo_app is a finding of
+    the shared app's isolation check, which refuses every request then): making one (initdb,
+    migrations) took longer than most of those tests themselves. Up when the test starts (one that
+    failed during its outage left it stopped). The tests keep apart by users of their own, and a test
+    that changes the cluster for everyone (a role's connection limit, a grant) puts it back however it
+    ends; one that cannot, spoils `own_postgres` (tests/faults/conftest.py)."""
+    try:
+        psycopg.connect(_module_cluster.url).close()
+    except psycopg.OperationalError:
+        _module_cluster.start()
+    return _module_cluster
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from api.ops.cli import main
 from api.ops.cluster import ensure_login_role_and_database
 from api.ops.embedded import start_postgres
 from api.ops.policy_audit import audit_database
+from tests.own_postgres import OwnPostgres
 from tests.support import API_LOGIN_ROLE, RIGHT_PASSWORD, SECRET, as_role, run_cli
 from tests.test_cli_failures import assert_one_clear_failure
 
@@ -449,10 +450,13 @@ def test_a_login_role_that_owns_nothing_on_a_migrated_database(
 
 
 @pytest.fixture
-def role_of_another_creator(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
+def role_of_another_creator(module_postgres: OwnPostgres) -> Iterator[str]:
     """A login role that exists, made by the superuser: since Postgres 16 the owner, whose
-    CREATEROLE reaches only the roles it made (or holds with ADMIN), may not alter it."""
+    CREATEROLE reaches only the roles it made (or holds with ADMIN), may not alter it. On the module's
+    own cluster, as every test that makes it a member of todo_app: INHERIT, it may become todo_app, a
+    finding of the isolation check that a shared app on the session's cluster refuses every request on."""
     name = f"rando_{secrets.token_hex(4)}"
+    superuser_url = module_postgres.superuser_url
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
         superuser.execute(sql.SQL("create role {} login password 'theirs'").format(sql.Identifier(name)))
     try:
@@ -463,10 +467,11 @@ def role_of_another_creator(superuser_url: str, migrated_template: NoopExecutor)
 
 
 def test_an_existing_login_role_the_owner_may_not_alter(
-    tmp_path: Path, migrated_db_url: str, superuser_url: str, role_of_another_creator: str
+    tmp_path: Path, module_postgres: OwnPostgres, role_of_another_creator: str
 ) -> None:
     """Its password (DATABASE_URL's) could not be set: the owner was told to migrate as the owner."""
     name = role_of_another_creator
+    migrated_db_url, superuser_url = module_postgres.url, module_postgres.superuser_url
 
     def what_it_is() -> tuple[object, ...] | None:
         with psycopg.connect(superuser_url) as superuser:
@@ -517,11 +522,13 @@ def test_an_existing_login_role_the_owner_may_not_alter(
 
 
 def test_the_advice_for_a_login_role_the_owner_may_not_alter_runs_as_written(
-    tmp_path: Path, migrated_db_url: str, superuser_url: str
+    tmp_path: Path, module_postgres: OwnPostgres
 ) -> None:
     """The GRANT was advised with the names bare, `GRANT Their-Login TO todo_owner ...`: a syntax
-    error in psql for a name with a hyphen or a capital. Run as advised, migrate takes the role."""
+    error in psql for a name with a hyphen or a capital. Run as advised, migrate takes the role (on
+    the module's own cluster: `role_of_another_creator`)."""
     name = f"Their-Login-{secrets.token_hex(4)}"
+    migrated_db_url, superuser_url = module_postgres.url, module_postgres.superuser_url
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
         superuser.execute(sql.SQL("create role {} login").format(sql.Identifier(name)))
         # Its password is DATABASE_URL's, which only its creator, or a holder of it with ADMIN, may set.

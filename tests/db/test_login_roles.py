@@ -6,6 +6,7 @@ import logging
 import re
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
 from api.ops.policy_audit import audit_database
+from tests.own_postgres import OwnPostgres
 from tests.support import (
     API_LOGIN_ROLE,
     CLI,
+    LOGIN_ROLE,
     SECRET,
     as_role,
     ask_for_passwords,
@@ -164,14 +167,46 @@ def _role_state(db: Conn, name: str) -> tuple[Any, ...] | None:
     ).fetchone()
 
 
-@pytest.fixture
-def bypassrls_role(superuser_url: str) -> Iterator[str]:
+@contextmanager
+def _role_with_bypassrls(superuser_url: str) -> Iterator[str]:
     # Made by the superuser: before PostgreSQL 16 no other role may create one with BYPASSRLS.
     name = f"todo_bypass_{secrets.token_hex(4)}"
     with psycopg.connect(superuser_url, autocommit=True) as superuser:
         superuser.execute(sql.SQL("create role {} login bypassrls").format(sql.Identifier(name)))
+        try:
+            yield name
+        finally:
+            superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def bypassrls_role(superuser_url: str) -> Iterator[str]:
+    with _role_with_bypassrls(superuser_url) as name:
         yield name
-        superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def own_cluster(module_postgres: OwnPostgres) -> Iterator[OwnPostgres]:
+    """The module's own cluster, for the tests whose role may become todo_app in a way the isolation
+    check reports (INHERIT, or a member of more than todo_app): on the session's cluster, a shared app
+    checking then refused every request until its next check. Its owner bypasses row-level security
+    while the test runs, as the session cluster's does (conftest's `postgres_server`)."""
+    owner = sql.Identifier(LOGIN_ROLE)
+    with psycopg.connect(module_postgres.superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("alter role {} bypassrls").format(owner))
+        try:
+            yield module_postgres
+        finally:
+            superuser.execute(sql.SQL("alter role {} nobypassrls").format(owner))
+
+
+@pytest.fixture
+def own_fresh_role(own_cluster: OwnPostgres) -> Iterator[str]:
+    """`fresh_role` on `own_cluster`: a name for a login role that does not exist yet, dropped afterwards."""
+    name = f"todo_login_{secrets.token_hex(4)}"
+    yield name
+    with psycopg.connect(own_cluster.superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
 
 
 @pytest.mark.parametrize(
@@ -216,29 +251,27 @@ def test_login_role_refuses_an_existing_role_that_could_read_past_the_policies(
     ],
 )
 def test_a_login_role_that_may_become_a_role_past_the_policies_is_warned_of_and_refused_by_migrate(
-    superuser_url: str,
-    migrated_db_url: str,
-    bypassrls_role: str,
-    tmp_path: Path,
-    granted: str | None,
-    why: str,
+    own_cluster: OwnPostgres, tmp_path: Path, granted: str | None, why: str
 ) -> None:
     """A login role that owns nothing and inherits nothing, but is a member of such a role, was said to
     "own nothing and not bypass row-level security", with no warning: a statement outside the API's
     role switch may still `SET ROLE` to that role, then lift FORCE or read past the policies (or, as
     pg_read_all_data, read what the app schema keeps of every user)."""
-    granted = granted or bypassrls_role
     name = f"todo_login_{secrets.token_hex(4)}"
-    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+    with (
+        psycopg.connect(own_cluster.superuser_url, autocommit=True) as superuser,
+        _role_with_bypassrls(own_cluster.superuser_url) as bypassrls_role,
+    ):
+        granted = granted or bypassrls_role
         superuser.execute(
             sql.SQL("create role {} login noinherit in role todo_app, {}").format(
                 sql.Identifier(name), sql.Identifier(granted)
             )
         )
         try:
-            audit = audit_database(as_role(migrated_db_url, name))
+            audit = audit_database(as_role(own_cluster.url, name))
             before = _role_state(superuser, name)
-            result = run_cli("migrate", "--login-role", name, cwd=tmp_path, DATABASE_URL=migrated_db_url)
+            result = run_cli("migrate", "--login-role", name, cwd=tmp_path, DATABASE_URL=own_cluster.url)
             after = _role_state(superuser, name)
         finally:
             superuser.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
@@ -255,29 +288,32 @@ def test_a_login_role_that_may_become_a_role_past_the_policies_is_warned_of_and_
 
 
 def test_login_role_says_what_an_existing_role_is(
-    migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path
+    own_cluster: OwnPostgres, own_fresh_role: str, tmp_path: Path
 ) -> None:
     """An existing role is left as it is (but for todo_app): the line says what it is, not the recipe."""
-    migrated_db.execute(sql.SQL("create role {} login inherit").format(sql.Identifier(fresh_role)))
-    result = run_cli("migrate", "--login-role", fresh_role, cwd=tmp_path, DATABASE_URL=migrated_db_url)
+    with psycopg.connect(own_cluster.url, autocommit=True) as owner:
+        owner.execute(sql.SQL("create role {} login inherit").format(sql.Identifier(own_fresh_role)))
+    result = run_cli("migrate", "--login-role", own_fresh_role, cwd=tmp_path, DATABASE_URL=own_cluster.url)
     assert result.returncode == 0, result.stderr
     assert (
-        f"login role {fresh_role} (it existed, and keeps its attributes): LOGIN INHERIT NOBYPASSRLS, "
+        f"login role {own_fresh_role} (it existed, and keeps its attributes): LOGIN INHERIT NOBYPASSRLS, "
         "owns nothing, member of todo_app" in result.stdout
     )
 
 
 def test_login_role_says_that_an_existing_role_is_given_database_urls_password(
-    superuser_url: str, migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path
+    own_cluster: OwnPostgres, own_fresh_role: str, tmp_path: Path
 ) -> None:
     """It used to say the role "keeps its attributes" while its password was replaced."""
-    migrated_db.execute(
-        sql.SQL("create role {} login inherit connection limit 7 password 'its-own-password'").format(
-            sql.Identifier(fresh_role)
+    fresh_role, migrated_db_url = own_fresh_role, own_cluster.url
+    with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+        owner.execute(
+            sql.SQL("create role {} login inherit connection limit 7 password 'its-own-password'").format(
+                sql.Identifier(fresh_role)
+            )
         )
-    )
     state = "select rolpassword, rolinherit, rolconnlimit from pg_authid where rolname = %s"
-    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+    with psycopg.connect(own_cluster.superuser_url, autocommit=True) as superuser:
         before = superuser.execute(state, [fresh_role]).fetchone()
         served = as_role(migrated_db_url, f"{fresh_role}:new-password-from-database-url")
         result = run_cli(
