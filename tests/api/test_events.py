@@ -846,15 +846,16 @@ def test_opens_waiting_for_one_place_take_it_in_turn_and_none_is_refused_while_i
         run(base_url, scenario)
 
 
-def test_a_stream_whose_start_the_database_refuses_gives_its_place_back(api_db_url: str) -> None:
+def test_a_stream_whose_start_the_database_refuses_gives_its_place_back(migrated_db_url: str) -> None:
     """The place is taken before the stream reads where the user's events stand: a read that fails
     (here cancelled by DB_STATEMENT_TIMEOUT_MS behind a lock) must give it back, or the user's one
-    place would be held until the worker restarts."""
+    place would be held until the worker restarts. In a database of its own: the lock would stall the
+    shared app's isolation check, and every request of the tests beside it, while it is held."""
     alice = new_user()
-    app = create_app(settings_for(api_db_url, max_streams_per_user=1, db_statement_timeout_ms=100))
+    app = create_app(settings_for(migrated_db_url, max_streams_per_user=1, db_statement_timeout_ms=100))
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        with psycopg.connect(api_db_url) as locker:
+        with psycopg.connect(migrated_db_url) as locker:
             locker.execute("lock table task_events in access exclusive mode")
             async with opened(client, alice) as refused:
                 assert_problem(refused.response, 503, "statement-timeout")
@@ -922,19 +923,19 @@ def test_users_refused_by_a_full_worker_leave_nothing_behind_in_it(api_db_url: s
         run(base_url, scenario)
 
 
-def test_a_stream_refused_for_want_of_a_place_reads_nothing_first(api_db_url: str) -> None:
+def test_a_stream_refused_for_want_of_a_place_reads_nothing_first(migrated_db_url: str) -> None:
     """A refused try costs the database nothing: each one read where its user's events stand before it
     was refused, so a reconnect storm into a full worker took the pool's connections from the
     requests being served, only to be told 503. Here every read of events waits on a lock, and both
-    refusals come all the same, at once."""
+    refusals come all the same, at once (in a database of its own, as the test before)."""
     holder, other, refused_user = new_user(), new_user(), new_user()
-    app = create_app(settings_for(api_db_url, max_streams_per_user=1, max_streams_per_worker=2))
+    app = create_app(settings_for(migrated_db_url, max_streams_per_user=1, max_streams_per_worker=2))
 
     async def scenario(client: httpx.AsyncClient) -> None:
         async with opened(client, holder) as held, opened(client, other) as also:
             for stream in (held, also):
                 await stream.opening_id()
-            with psycopg.connect(api_db_url) as locker:
+            with psycopg.connect(migrated_db_url) as locker:
                 locker.execute("lock table task_events in access exclusive mode")
                 refusals = ((holder, 429, "too-many-requests"), (refused_user, 503, "streams-unavailable"))
                 for user, status, problem in refusals:
@@ -1120,7 +1121,10 @@ def test_a_lost_listen_connection_comes_back_and_streams_miss_nothing(
     api_url: str, api_db: psycopg.Connection[Any], superuser_url: str
 ) -> None:
     alice = new_user()
-    listening = "select pid from pg_stat_activity where application_name = 'todo-api-listener'"
+    listening = (
+        "select pid from pg_stat_activity"
+        " where application_name = 'todo-api-listener' and datname = current_database()"
+    )
     if not api_db.execute(listening).fetchall():
         pytest.skip("the API polls (a transaction pooler and no DATABASE_DIRECT_URL): nothing listens")
 
@@ -1128,11 +1132,13 @@ def test_a_lost_listen_connection_comes_back_and_streams_miss_nothing(
         async with opened(client, alice) as stream:
             await stream.opening_id()
             # As a database failover or a network cut would: the worker's LISTEN session ends. The
-            # API logs in as a role that owns nothing, whose sessions only a superuser may end.
+            # API logs in as a role that owns nothing, whose sessions only a superuser may end. Its
+            # database's only: the apps of the tests beside it listen on the same cluster.
             with psycopg.connect(superuser_url, autocommit=True) as superuser:
                 superuser.execute(
                     "select pg_terminate_backend(pid) from pg_stat_activity"
-                    " where application_name = 'todo-api-listener'"
+                    " where application_name = 'todo-api-listener' and datname = %s",
+                    [api_db.info.dbname],
                 )
             written = []
             for title in ("right after", "and again"):

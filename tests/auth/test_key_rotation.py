@@ -412,18 +412,18 @@ def test_never_fetched_keys_are_unavailable_at_the_key_set_level() -> None:
         asyncio.run(scenario(server))
 
 
-def test_a_stream_sends_nothing_it_read_after_its_tokens_key_was_withdrawn(
-    api_db_url: str, api_db: psycopg.Connection[Any]
-) -> None:
+def test_a_stream_sends_nothing_it_read_after_its_tokens_key_was_withdrawn(migrated_db_url: str) -> None:
     """The stream asked before each read, not before sending what it read: a read already under way
     when the key was withdrawn sent a task written after the withdrawal (seen in CI, where the stream's
     first read ran late). Here the read waits on a lock while the key is withdrawn and the task
-    written, so that it reads the task after the withdrawal."""
+    written, so that it reads the task after the withdrawal. In a database of its own: the lock would
+    stall the shared app's isolation check, and every request of the tests beside it, while it is held."""
     kept, withdrawn = SigningKey.generate(), SigningKey.generate()
     with (
         jwks_server(kept, withdrawn) as server,
-        api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
-        psycopg.connect(api_db_url) as writer,
+        api_trusting(migrated_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
+        psycopg.connect(migrated_db_url) as writer,
+        psycopg.connect(migrated_db_url, autocommit=True) as notifier,
     ):
         user_id = better_auth_id()
         user = ApiUser(user_id, withdrawn.sign(claims_for(server.base_url, user_id)))
@@ -432,8 +432,8 @@ def test_a_stream_sends_nothing_it_read_after_its_tokens_key_was_withdrawn(
             async with async_client(str(client.base_url)) as http, opened(http, user) as stream:
                 await stream.opening_id()
                 writer.execute("lock table task_events in access exclusive mode")
-                api_db.execute("select pg_notify('task_events', %s)", [wake_tag(user_id)])
-                wait_for(lambda: sessions_waiting_on_a_lock(api_db_url) > 0)
+                notifier.execute("select pg_notify('task_events', %s)", [wake_tag(user_id)])
+                wait_for(lambda: sessions_waiting_on_a_lock(migrated_db_url) > 0)
                 server.keys.remove(withdrawn)
                 assert get_tasks(client, server, SigningKey.generate()).status_code == 401
                 writer.execute("insert into users (id) values (%s)", [user_id])
