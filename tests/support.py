@@ -27,6 +27,7 @@ import psycopg
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from sqlalchemy import text
 
 from api.auth.dev_tokens import mint_token
@@ -98,9 +99,26 @@ def listed_types(response: dict[str, Any]) -> list[str]:
     return enum
 
 
+class _GivenSettings(Settings):
+    """Settings of what they are given alone, and the defaults: pydantic-settings reads the environment
+    first of all for any setting not given, and `Settings(_env_file=None)` leaves out only the .env."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def settings_for(database_url: str, **overrides: Any) -> Settings:
-    """Settings for a test app: explicit, so neither a developer's .env nor their environment leaks in."""
-    return Settings(_env_file=None, database_url=database_url, better_auth_secret=SECRET, **overrides)
+    """Settings for a test app: explicit, so neither a developer's .env nor their environment leaks in
+    (a test of what the environment does builds `Settings` itself)."""
+    return _GivenSettings(database_url=database_url, better_auth_secret=SECRET, **overrides)
 
 
 def better_auth_id() -> str:

@@ -311,8 +311,10 @@ def test_without_the_variable_no_tracing_is_loaded() -> None:
 
 
 def test_the_endpoint_settings_turn_tracing_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    def traced() -> bool:
-        settings = settings_for("postgresql://nobody@/nowhere")
+    def traced() -> bool:  # the environment's settings, as `serve` reads them (settings_for reads none)
+        settings = Settings(
+            _env_file=None, database_url="postgresql://nobody@/nowhere", better_auth_secret=SECRET
+        )
         return (
             traces_for(settings.otel_exporter_otlp_endpoint, settings.otel_exporter_otlp_traces_endpoint)
             is not None

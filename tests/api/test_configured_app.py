@@ -1,13 +1,15 @@
 """Behaviour that depends on configuration: BETTER_AUTH_URL's iss/aud checks, and CORS."""
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from api.app import create_app
-from tests.support import free_port, new_user, now, serving_client, settings_for, sign
+from api.settings import Settings
+from tests.support import SECRET, free_port, new_user, now, serving_client, settings_for, sign
 
 # On loopback, where nothing listens: the app fetches Better Auth's keys from here in the background,
 # and tests send traffic to this machine only.
@@ -75,3 +77,24 @@ def test_no_cors_origins_by_default(client: httpx.Client) -> None:
     response = client.get(user.tasks_url, headers={**user.headers, "Origin": FRONTEND})
     assert response.status_code == 200
     assert "access-control-allow-origin" not in response.headers
+
+
+def test_a_test_apps_settings_are_what_it_is_given_whatever_the_environment_and_dotenv_say(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`settings_for` promises that neither a developer's .env nor their environment leaks into a test
+    app; the environment did (pydantic-settings reads it first), and a DB_POOL_SIZE or an
+    ISOLATION_CHECK_INTERVAL_SECONDS exported in the shell changed what every test ran against."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("DB_POOL_SIZE=4\nLOG_LEVEL=ERROR\n")
+    monkeypatch.setenv("DB_POOL_SIZE", "3")
+    monkeypatch.setenv("ISOLATION_CHECK_INTERVAL_SECONDS", "1")
+    monkeypatch.setenv("BETTER_AUTH_SECRET", "x" * 40)
+    settings = settings_for("postgresql://nobody@/nowhere", db_statement_timeout_ms=1234)
+    defaults = Settings.model_fields
+    for name in ("db_pool_size", "isolation_check_interval_seconds", "log_level"):
+        assert getattr(settings, name) == defaults[name].default, name
+    assert settings.better_auth_secret is not None
+    assert settings.better_auth_secret.get_secret_value() == SECRET
+    assert settings.db_statement_timeout_ms == 1234
+    assert Settings(_env_file=None).db_pool_size == 3, "the environment is read where a test asks for it"
