@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -442,6 +442,16 @@ def scrape(base_url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float, *, every: float = 0.05) -> None:
+    """Return once `condition()` is true, asking every `every` seconds; fail saying `what` was awaited
+    once `timeout` seconds have passed. The timeout is a ceiling only a hang reaches, not a promised
+    speed: a loaded CI machine took more than 5 s for workers to see their server killed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} (not within {timeout:g} s)"
+        time.sleep(every)
 
 
 def sessions_waiting_on_a_lock(url: str) -> int:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,6 +32,7 @@ from tests.support import (
     serve_process,
     sessions_waiting_on_a_lock,
     value,
+    wait_until,
     wait_until_it_waits_for,
 )
 
@@ -51,13 +52,8 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    """Until `condition` holds; `seconds` is a ceiling only a hang reaches, not a promised speed (a
-    loaded CI machine took more than 5 s for workers to see their server killed)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
+# wait_until's ceiling here: a loaded CI machine took more than 5 s for workers to see their server killed.
+_WORKERS_SECONDS = 60
 
 
 def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
@@ -81,15 +77,19 @@ def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
         assert second.returncode == 1, second.stderr
         assert second.stderr.count("\n") == 1, second.stderr
         assert f"port {port}" in second.stderr, "two servers never share a port"
-        _wait_for(lambda: len(_workers(server)) == 2, "two workers")
+        wait_until(lambda: len(_workers(server)) == 2, "two workers", _WORKERS_SECONDS)
         (killed, survivor) = sorted(_workers(server))
 
         os.kill(killed, signal.SIGKILL)
-        _wait_for(lambda: _gone(killed), "the worker died")
+        wait_until(lambda: _gone(killed), "the worker died", _WORKERS_SECONDS)
         for _ in range(10):  # the other keeps serving, on new connections as on this one
             assert httpx.get(f"{base_url}{alice.tasks_url}", headers=alice.headers).status_code == 200
-        _wait_for(lambda: len(_workers(server) - {survivor}) == 1, "a new worker within seconds")
-        _wait_for(lambda: f"worker {killed} died" in log.read_text(), "the death is logged")
+        wait_until(
+            lambda: len(_workers(server) - {survivor}) == 1, "a new worker within seconds", _WORKERS_SECONDS
+        )
+        wait_until(
+            lambda: f"worker {killed} died" in log.read_text(), "the death is logged", _WORKERS_SECONDS
+        )
         time.sleep(1.5)  # the pool gauges are read once a second
         samples = scrape(base_url)
         assert value(samples, "todo_api_worker_restarts_total") == 1
@@ -114,7 +114,11 @@ def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
             in_flight = threading.Thread(target=update)
             in_flight.start()
 
-            _wait_for(lambda: sessions_waiting_on_a_lock(api_db_url) > 0, "the update waits on the lock")
+            wait_until(
+                lambda: sessions_waiting_on_a_lock(api_db_url) > 0,
+                "the update waits on the lock",
+                _WORKERS_SECONDS,
+            )
             server.send_signal(signal.SIGTERM)
             time.sleep(1)
             assert server.poll() is None, "requests in flight are waited for"
@@ -184,7 +188,11 @@ def test_a_write_still_at_the_database_when_its_worker_is_killed_is_answered_and
         answered = waiting.update.result(timeout=60)
         waiting.server.wait(timeout=60)
     migrated_db.rollback()  # the lock goes: a write still waiting for it would go through now
-    _wait_for(lambda: sessions_waiting_on_a_lock(migrated_db_url) == 0, "nothing waits on the lock")
+    wait_until(
+        lambda: sessions_waiting_on_a_lock(migrated_db_url) == 0,
+        "nothing waits on the lock",
+        _WORKERS_SECONDS,
+    )
 
     # Cancelled as a statement timeout is (SQLSTATE 57014); its detail names the server stopping.
     body = assert_problem(answered, 503, "statement-timeout")
@@ -214,7 +222,7 @@ def test_a_write_waiting_on_a_lock_when_its_worker_is_killed_outright_is_never_s
         with contextlib.suppress(httpx.TransportError):
             waiting.update.result(timeout=60)  # the connection reset, whatever else it got
         # The session ends while the lock is still held: nothing of the write is left to commit.
-        _wait_for(
+        wait_until(
             lambda: sessions_waiting_on_a_lock(migrated_db_url) == 0, "the killed worker's session ended", 10
         )
         migrated_db.rollback()
@@ -250,12 +258,14 @@ def test_a_server_killed_with_sigkill_leaves_its_port_and_data_to_the_next_serve
             _,
             server,
         ):
-            _wait_for(lambda: len(_workers(server)) == 2, "two workers")
+            wait_until(lambda: len(_workers(server)) == 2, "two workers", _WORKERS_SECONDS)
             workers = _workers(server)
             server.kill()
             server.wait(timeout=10)
 
-        _wait_for(lambda: all(_gone(pid) for pid in workers), "the workers stop with their server")
+        wait_until(
+            lambda: all(_gone(pid) for pid in workers), "the workers stop with their server", _WORKERS_SECONDS
+        )
         refuse_a_taken_port("127.0.0.1", port)  # raises while anyone still listens there
         with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "next.log", port=port) as (
             base_url,

@@ -30,8 +30,9 @@ from tests.support import (
     serving_client,
     settings_for,
     value,
+    wait_until,
 )
-from tests.test_isolation_watch import INTERVAL, eventually, refused
+from tests.test_isolation_watch import CHECKS_SECONDS, INTERVAL, refused
 
 
 @dataclass(frozen=True)
@@ -289,10 +290,14 @@ def test_caught_at_start_up_by_policies_and_while_serving(
 ) -> None:
     spot = BLIND_SPOTS[name]
     alice = new_user()
-    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "clean at first")
+    wait_until(
+        lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
+        "clean at first",
+        CHECKS_SECONDS,
+    )
     _run(cluster.superuser_url, spot.weaken)
     try:
-        eventually(lambda: refused(api, alice), f"{name}: refused while serving")
+        wait_until(lambda: refused(api, alice), f"{name}: refused while serving", CHECKS_SECONDS)
 
         # `policies` prints each of audit_database's findings as a line of its own, so this is also
         # the audit's own verdict: one of its findings starts with the expected one.
@@ -304,8 +309,10 @@ def test_caught_at_start_up_by_policies_and_while_serving(
         assert spot.finding in refusal(cluster.url, tmp_path).replace('\\"', '"')  # the log line is JSON
     finally:
         _run(cluster.superuser_url, spot.undo)
-    eventually(
-        lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, f"{name}: served again"
+    wait_until(
+        lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
+        f"{name}: served again",
+        CHECKS_SECONDS,
     )
 
 
@@ -320,13 +327,15 @@ def test_another_users_task_is_refused_not_leaked_once_equals_means_not_equals(
     assert api.get(task_url, headers=bob.headers).status_code == 404
     _run(cluster.superuser_url, _IMMUTABLE_IDENTITY + _EQUALS_MEANS_NOT_EQUALS)
     try:
-        eventually(lambda: refused(api, bob), "refused while serving")
+        wait_until(lambda: refused(api, bob), "refused while serving", CHECKS_SECONDS)
         read = api.get(task_url, headers=bob.headers)
         assert_problem(read, 503, "isolation-unverified")
         assert "alice's" not in read.text
     finally:
         _run(cluster.superuser_url, [_STABLE_IDENTITY, "drop extension citext"])
-    eventually(lambda: api.get(task_url, headers=bob.headers).status_code == 404, "served again")
+    wait_until(
+        lambda: api.get(task_url, headers=bob.headers).status_code == 404, "served again", CHECKS_SECONDS
+    )
     with psycopg.connect(cluster.superuser_url) as superuser:
         assert superuser.execute(
             "select title from public.tasks where user_id = %s", [alice.id]
@@ -368,7 +377,11 @@ def test_a_setting_of_every_session_is_refused_while_serving_and_changes_nothing
 ) -> None:
     setting = CLUSTER_SETTINGS[name]
     alice = new_user()
-    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "clean at first")
+    wait_until(
+        lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
+        "clean at first",
+        CHECKS_SECONDS,
+    )
     keyed = {**alice.headers, "Idempotency-Key": "kept"}
     created = api.post(alice.tasks_url, json={"title": "kept"}, headers=keyed)
     assert created.status_code == 201
@@ -382,14 +395,16 @@ def test_a_setting_of_every_session_is_refused_while_serving_and_changes_nothing
             # comes once every session has been told.
             time.sleep(1)
             told = len(caplog.records)
-            eventually(lambda: refused(api, alice), f"{name}: refused while serving")
+            wait_until(lambda: refused(api, alice), f"{name}: refused while serving", CHECKS_SECONDS)
             for response in (
                 api.post(alice.tasks_url, json={"title": "while weakened"}, headers=alice.headers),
                 api.delete(alice.task_url(task_id), headers=alice.headers),
                 api.get("/readyz"),
             ):
                 assert_problem(response, 503, "isolation-unverified")
-            eventually(lambda: _verified(api) == 0, f"{name}: the metric shows isolation unverified")
+            wait_until(
+                lambda: _verified(api) == 0, f"{name}: the metric shows isolation unverified", CHECKS_SECONDS
+            )
             time.sleep(5 * INTERVAL)  # more checks and requests: refused throughout, never served between
             assert refused(api, alice)
             assert api.get("/readyz").status_code == 503
@@ -399,8 +414,10 @@ def test_a_setting_of_every_session_is_refused_while_serving_and_changes_nothing
             assert f"setting {name}={setting} is in force" in logged[-1].getMessage()
         finally:
             _run(cluster.superuser_url, [f"alter system reset {name}", "select pg_reload_conf()"])
-    eventually(
-        lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, f"{name}: served again"
+    wait_until(
+        lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
+        f"{name}: served again",
+        CHECKS_SECONDS,
     )
     with psycopg.connect(cluster.superuser_url) as superuser:
 
@@ -443,7 +460,7 @@ def test_a_name_the_session_no_longer_knows_fails_closed_before_the_next_check_a
                 assert response.headers["Retry-After"].isdigit()
                 return True
 
-            eventually(refused_at_last, "a create is refused")
+            wait_until(refused_at_last, "a create is refused", CHECKS_SECONDS)
             assert refused(api, alice)
             assert api.get("/readyz").status_code == 503
         finally:

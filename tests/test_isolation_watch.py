@@ -4,7 +4,7 @@ check interval, logged once, and served again once repaired, all without a resta
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from tests.support import (
     sessions_waiting_on_a_lock,
     settings_for,
     value,
+    wait_until,
 )
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -53,16 +54,13 @@ def api(migrated_db_url: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def eventually(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 20 * INTERVAL + 5
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        # A quarter interval: what is awaited comes with a check, and a poll is one cheap request.
-        time.sleep(INTERVAL / 4)
+# `wait_until`'s ceiling for what comes with a check: twenty checks and then some. Its poll, every
+# 0.05 s, is a quarter interval: what is awaited comes with a check, and a poll is one cheap request.
+CHECKS_SECONDS = 20 * INTERVAL + 5
 
 
 def eventually_logged(caplog: pytest.LogCaptureFixture, text: str, what: str) -> None:
-    eventually(lambda: any(text in record.getMessage() for record in caplog.records), what)
+    wait_until(lambda: any(text in record.getMessage() for record in caplog.records), what, CHECKS_SECONDS)
 
 
 def refused(api: httpx.Client, user: ApiUser) -> bool:
@@ -140,26 +138,35 @@ def test_weakened_while_serving_then_repaired(
 
     with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
         db.execute(weakening.weaken)
-        eventually(lambda: refused(api, alice), f"{name}: task requests are refused")
+        wait_until(lambda: refused(api, alice), f"{name}: task requests are refused", CHECKS_SECONDS)
         ready = api.get("/readyz")
         assert_problem(ready, 503, "isolation-unverified")
         assert (
             api.post(alice.tasks_url, json={"title": "while weakened"}, headers=alice.headers).status_code
             == 503
         )
-        eventually(lambda: _verified_gauge(api) == 0, f"{name}: the metric shows isolation unverified")
+        wait_until(
+            lambda: _verified_gauge(api) == 0,
+            f"{name}: the metric shows isolation unverified",
+            CHECKS_SECONDS,
+        )
         time.sleep(3 * INTERVAL)  # more checks, the same findings
         errors = [record for record in caplog.records if record.levelno == logging.ERROR]
         assert len(errors) == 1, "logged once per change, not once per check"
         assert weakening.expected in errors[0].getMessage()
 
         db.execute(weakening.repair.format(original=original))
-        eventually(
+        wait_until(
             lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
             f"{name}: served again",
+            CHECKS_SECONDS,
         )
     assert api.get("/readyz").status_code == 200
-    eventually(lambda: _verified_gauge(api) == 1, f"{name}: the metric shows isolation verified again")
+    wait_until(
+        lambda: _verified_gauge(api) == 1,
+        f"{name}: the metric shows isolation verified again",
+        CHECKS_SECONDS,
+    )
     assert [task["title"] for task in api.get(alice.tasks_url, headers=alice.headers).json()] == ["mine"]
 
 
@@ -174,7 +181,9 @@ def test_an_open_stream_reads_nothing_while_isolation_is_unverified_then_catches
         async with async_client(str(api.base_url)) as client, opened(client, alice) as stream:
             await stream.opening_id()
             db.execute(WEAKENINGS["truncate granted"].weaken)
-            await asyncio.to_thread(eventually, lambda: refused(api, alice), "task requests are refused")
+            await asyncio.to_thread(
+                wait_until, lambda: refused(api, alice), "task requests are refused", CHECKS_SECONDS
+            )
             # Written by hand (a DBA's INSERT wakes the stream too), while nothing may be read.
             db.execute("insert into tasks (user_id, title) values (%s, 'while unverified')", [alice.id])
             waiting = asyncio.ensure_future(stream.next())
@@ -352,10 +361,16 @@ def test_a_blinded_check_is_a_finding_not_a_pass(
     with psycopg.connect(_as_superuser(superuser_url, migrated_db_url), autocommit=True) as superuser:
         superuser.execute("revoke select on pg_catalog.pg_policy from public")
         try:
-            eventually(lambda: refused(api, alice), "a check that cannot run refuses requests")
+            wait_until(
+                lambda: refused(api, alice), "a check that cannot run refuses requests", CHECKS_SECONDS
+            )
         finally:
             superuser.execute("grant select on pg_catalog.pg_policy to public")
-    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
+    wait_until(
+        lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
+        "served again",
+        CHECKS_SECONDS,
+    )
 
 
 def test_a_check_that_waits_on_a_lock_fails_closed(
@@ -374,7 +389,9 @@ def test_a_check_that_waits_on_a_lock_fails_closed(
         psycopg.connect(_as_superuser(superuser_url, migrated_db_url)) as superuser,
     ):
         superuser.execute("lock table pg_catalog.pg_default_acl in access exclusive mode")
-        eventually(lambda: refused(api, alice), "a check that cannot take its lock refuses requests")
+        wait_until(
+            lambda: refused(api, alice), "a check that cannot take its lock refuses requests", CHECKS_SECONDS
+        )
         ready = api.get("/readyz")
         assert_problem(ready, 503, "isolation-unverified")
         time.sleep(5 * INTERVAL)  # more checks that cannot complete, for the same reason
@@ -385,7 +402,11 @@ def test_a_check_that_waits_on_a_lock_fails_closed(
         "the isolation check could not complete (LockNotAvailable: canceling statement due to lock timeout)"
         in errors[0]
     )
-    eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
+    wait_until(
+        lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
+        "served again",
+        CHECKS_SECONDS,
+    )
     assert api.get("/readyz").status_code == 200
 
 
@@ -439,7 +460,11 @@ def test_a_revoked_privilege_is_refused_and_checked_then_served_once_granted_aga
                 assert_problem(api.get("/readyz"), 503, "isolation-unverified")
             finally:
                 db.execute("grant delete on public.tasks to todo_app")
-        eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "served again")
+        wait_until(
+            lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
+            "served again",
+            CHECKS_SECONDS,
+        )
         assert db.execute("select title from tasks where id = %s", [task_id]).fetchall() == [("kept",)]
         assert api.delete(alice.task_url(task_id), headers=alice.headers).status_code == 204
     assert db.execute("select count(*) from tasks where id = %s", [task_id]).fetchone() == (0,)
@@ -461,7 +486,9 @@ def test_retry_after_is_the_time_until_the_next_check_not_the_whole_interval(
             assert_problem(response, 503, "isolation-unverified")
             return int(response.headers["retry-after"])
 
-        eventually(lambda: retry_after() > 1, "the check the distrust started found the policy")
+        wait_until(
+            lambda: retry_after() > 1, "the check the distrust started found the policy", CHECKS_SECONDS
+        )
         after_the_check = retry_after()
     assert_problem(distrusted, 503, "isolation-unverified")
     assert distrusted.headers["retry-after"] == "1", "the check the refusal started is due at once"
@@ -586,13 +613,21 @@ def test_a_read_refused_for_row_level_security_is_logged_as_a_read_and_its_sessi
                 "where datname = current_database() and pid <> pg_backend_pid() and usename = 'todo_owner'"
             )
             with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
-                eventually(lambda: refused(api, alice), "a read refused for row-level security is a 503")
+                wait_until(
+                    lambda: refused(api, alice),
+                    "a read refused for row-level security is a 503",
+                    CHECKS_SECONDS,
+                )
             messages = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
             assert any("the database refused a read for row-level security" in m for m in messages), messages
             assert not any("refused a write" in m for m in messages), messages
         finally:
             db.execute(f"alter role todo_owner in database {database} reset row_security")
-        eventually(lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200, "read again")
+        wait_until(
+            lambda: api.get(alice.tasks_url, headers=alice.headers).status_code == 200,
+            "read again",
+            CHECKS_SECONDS,
+        )
 
 
 def test_a_stream_whose_read_is_refused_for_row_level_security_ends_and_is_refused_at_once(
@@ -651,8 +686,10 @@ def test_a_breach_a_stream_meets_after_its_client_left_is_still_refused_at_once(
             await stream.opening_id()
             dba.execute("lock table task_events in access exclusive mode")
             db.execute("select pg_notify('task_events', %s)", [wake_tag(alice.id)])
-            eventually(
-                lambda: sessions_waiting_on_a_lock(migrated_db_url) > 0, "the stream's read waits on the lock"
+            wait_until(
+                lambda: sessions_waiting_on_a_lock(migrated_db_url) > 0,
+                "the stream's read waits on the lock",
+                CHECKS_SECONDS,
             )
 
     try:
@@ -661,7 +698,11 @@ def test_a_breach_a_stream_meets_after_its_client_left_is_still_refused_at_once(
                 asyncio.run(leave_while_the_read_waits(base_url, dba))
                 dba.execute("revoke select on task_events from todo_app")
                 assert api.get("/readyz").status_code == 200, "verified while the read waits"
-            eventually(lambda: api.get("/readyz").status_code == 503, "the breach the read met is refused")
+            wait_until(
+                lambda: api.get("/readyz").status_code == 503,
+                "the breach the read met is refused",
+                CHECKS_SECONDS,
+            )
             assert_problem(api.get("/readyz"), 503, "isolation-unverified")
             assert refused(api, alice)
     finally:

@@ -33,6 +33,7 @@ from tests.support import (
     settings_for,
     value,
     wait_for_pool_gauges,
+    wait_until,
     wait_until_it_waits_for,
 )
 
@@ -98,11 +99,8 @@ def test_a_safe_database_shows_as_verified(api_db_url: str) -> None:
     assert value(samples, "todo_api_isolation_last_check_timestamp_seconds") >= started
 
 
-def until_ready(base_url: str, ready: bool, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while (PROBE.get(f"{base_url}/readyz").status_code == 200) != ready:
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
+def is_ready(base_url: str) -> bool:
+    return PROBE.get(f"{base_url}/readyz").status_code == 200
 
 
 def test_checks_that_cannot_complete_leave_the_timestamp_and_the_findings_where_they_were(
@@ -128,7 +126,7 @@ def test_checks_that_cannot_complete_leave_the_timestamp_and_the_findings_where_
         # Blinded, the check cannot complete: a finding, retried about every half second.
         superuser.execute("revoke select on pg_catalog.pg_policy from public")
         try:
-            until_ready(base_url, False, "a check that cannot complete is a finding")
+            wait_until(lambda: not is_ready(base_url), "a check that cannot complete is a finding", 30)
             last_completed = value(scrape(base_url), timestamp)
             time.sleep(2)  # more checks that cannot complete
             samples = scrape(base_url)
@@ -137,17 +135,17 @@ def test_checks_that_cannot_complete_leave_the_timestamp_and_the_findings_where_
             assert value(samples, findings) == 0, "not verified, and nothing found"
         finally:
             superuser.execute("grant select on pg_catalog.pg_policy to public")
-        until_ready(base_url, True, "served again once a check completes clean")
+        wait_until(lambda: is_ready(base_url), "served again once a check completes clean", 30)
         assert value(scrape(base_url), timestamp) > after_failed_checks, "a completed check moves it"
         superuser.execute("alter table public.tasks no force row level security")
         try:
-            until_ready(base_url, False, "a weakened table is a finding")
+            wait_until(lambda: not is_ready(base_url), "a weakened table is a finding", 30)
             samples = scrape(base_url)
             assert value(samples, "todo_api_isolation_verified") == 0
             assert value(samples, findings) > 0, "the table's and what its reach lost"
         finally:
             superuser.execute("alter table public.tasks force row level security")
-        until_ready(base_url, True, "served again once repaired")
+        wait_until(lambda: is_ready(base_url), "served again once repaired", 30)
         assert value(scrape(base_url), findings) == 0
     assert after_failed_checks == last_completed
 

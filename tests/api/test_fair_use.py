@@ -29,6 +29,7 @@ from tests.support import (
     sign,
     value,
     wait_for_pool_gauges,
+    wait_until,
 )
 
 QUOTA = 5
@@ -157,13 +158,6 @@ def _searches_held_at_the_door(db: psycopg.Connection[Any]) -> None:
     db.execute("lock table tasks in access exclusive mode")
 
 
-def _until_waiting_on_the_lock(database_url: str, sessions: int) -> None:
-    deadline = time.monotonic() + 60
-    while sessions_waiting_on_a_lock(database_url) != sessions:
-        assert time.monotonic() < deadline, f"{sessions} requests wait at the database"
-        time.sleep(0.05)
-
-
 def test_a_users_searches_run_one_at_a_time_while_her_other_requests_keep_her_share(
     migrated_db_url: str, migrated_db: psycopg.Connection[Any]
 ) -> None:
@@ -182,7 +176,9 @@ def test_a_users_searches_run_one_at_a_time_while_her_other_requests_keep_her_sh
         client.post(alice.tasks_url, json={"title": "Buy milk"}, headers=alice.headers)
         _searches_held_at_the_door(migrated_db)
         first = pool.submit(client.get, alice.tasks_url, params=search, headers=alice.headers)
-        _until_waiting_on_the_lock(migrated_db_url, 1)
+        wait_until(
+            lambda: sessions_waiting_on_a_lock(migrated_db_url) == 1, "1 request waits at the database", 60
+        )
         second = pool.submit(client.get, alice.tasks_url, params=search, headers=alice.headers)
         wait_for_pool_gauges(base_url, waiting=1, in_use=1)  # the second waits for its turn, not a lock
         listed = pool.submit(client.get, alice.tasks_url, params={"limit": 1}, headers=alice.headers)
@@ -206,7 +202,9 @@ def test_a_search_that_cannot_get_its_turn_in_time_is_429_with_retry_after(
         client.post(alice.tasks_url, json={"title": "Buy milk"}, headers=alice.headers)
         _searches_held_at_the_door(migrated_db)
         first = pool.submit(client.get, alice.tasks_url, params=search, headers=alice.headers)
-        _until_waiting_on_the_lock(migrated_db_url, 1)
+        wait_until(
+            lambda: sessions_waiting_on_a_lock(migrated_db_url) == 1, "1 request waits at the database", 60
+        )
         refused = pool.submit(client.get, alice.tasks_url, params=search, headers=alice.headers).result()
         migrated_db.rollback()
         searched = first.result()
@@ -424,10 +422,9 @@ def test_a_pool_all_taken_is_503_busy_not_unreachable_and_writes_nothing(
         update = pool.submit(
             client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
         )
-        deadline = time.monotonic() + 60
-        while sessions_waiting_on_a_lock(migrated_db_url) < 1:
-            assert time.monotonic() < deadline, "the update waits on the lock"
-            time.sleep(0.05)
+        wait_until(
+            lambda: sessions_waiting_on_a_lock(migrated_db_url) >= 1, "the update waits on the lock", 60
+        )
         writes = [
             pool.submit(client.post, carol.tasks_url, json={"title": f"c{n}"}, headers=carol.headers)
             for n in range(2)

@@ -1,7 +1,6 @@
 """Fixtures for Better Auth-style tokens: keys, a live JWKS endpoint, and an API that trusts it."""
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,7 +11,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.http.services import services
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import ApiUser, better_auth_id, now, serving_client, settings_for
+from tests.support import ApiUser, better_auth_id, now, serving_client, settings_for, wait_until
 
 ALGORITHMS = ["EdDSA", "ES256", "ES512", "RS256", "PS256"]
 
@@ -40,7 +39,7 @@ def jwks_api(api_db_url: str, published: JwksServer) -> Iterator[httpx.Client]:
     settings = settings_for(api_db_url, better_auth_url=published.base_url)
     app = create_app(settings)
     with serving_client(app) as client:
-        wait_for(lambda: keys_fetched(app))
+        wait_until(lambda: keys_fetched(app), "the API fetched the keys at start-up", 30)
         yield client
 
 
@@ -81,7 +80,7 @@ def api_trusting(api_db_url: str, server: JwksServer, **overrides: Any) -> Itera
     app = create_app(settings)
     with serving_client(app) as client:
         if not server.down and not server.drip_seconds:
-            wait_for(lambda: keys_fetched(app))
+            wait_until(lambda: keys_fetched(app), "the API fetched the keys at start-up", 30)
         yield client
 
 
@@ -95,10 +94,3 @@ def get_tasks(client: httpx.Client, server: JwksServer, key: SigningKey, **claim
 def keys_fetched(app: FastAPI) -> bool:
     """Whether the app's start-up fetch of the keys is done: until then a JWKS token is a 503."""
     return all(key_set.fetched for key_set in services(app).authenticator.key_sets)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)

@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from api.auth.jwks import JwksKeySet
-from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with, wait_for
+from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import assert_problem, better_auth_id, free_port, now, scrape, value
+from tests.support import assert_problem, better_auth_id, free_port, now, scrape, value, wait_until
 
 FETCHES = "todo_api_jwks_fetches_total"
 
@@ -89,7 +89,7 @@ def test_a_huge_document_is_refused_without_being_read_whole(api_db_url: str) ->
 
         assert unknown.status_code == 401
         assert value(scrape(str(client.base_url)), FETCHES, outcome="failed") == failed + 1
-        wait_for(lambda: server.cut_off_count() == 1)
+        wait_until(lambda: server.cut_off_count() == 1, "the key set server cut one fetch off", 30)
         assert get_tasks(client, server, key).status_code == 200, "the keys held are kept"
 
 

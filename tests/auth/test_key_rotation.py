@@ -14,7 +14,7 @@ from api.auth.errors import KeysUnavailable
 from api.auth.jwks import JwksKeySet, UnknownKey
 from api.db.listener import wake_tag
 from tests.api.events_client import async_client, opened
-from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with, wait_for
+from tests.auth.conftest import api_trusting, claims_for, get_tasks, user_with
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
 from tests.support import (
     ApiUser,
@@ -25,6 +25,7 @@ from tests.support import (
     sessions_waiting_on_a_lock,
     sign,
     value,
+    wait_until,
 )
 
 UNAVAILABLE = "todo_api_http_unavailable_total"
@@ -43,7 +44,9 @@ def test_a_new_key_is_accepted_after_one_refetch(api_db_url: str) -> None:
     old, new = SigningKey.generate(), SigningKey.generate()
     with jwks_server(old) as server, api_trusting(api_db_url, server) as client:
         assert get_tasks(client, server, old).status_code == 200
-        wait_for(lambda: server.fetch_count() == 1)  # the start-up fetch, and no other
+        wait_until(
+            lambda: server.fetch_count() == 1, "one fetch of the keys", 30
+        )  # the start-up fetch, and no other
 
         server.publish(new)
         assert get_tasks(client, server, new).status_code == 200
@@ -57,7 +60,7 @@ def test_a_flood_of_unknown_kids_fetches_at_most_once_per_cooldown(api_db_url: s
     key = SigningKey.generate()
     with jwks_server(key) as server, api_trusting(api_db_url, server) as client:
         assert get_tasks(client, server, key).status_code == 200
-        wait_for(lambda: server.fetch_count() == 1)
+        wait_until(lambda: server.fetch_count() == 1, "one fetch of the keys", 30)
 
         # Issued a minute ago, so the set as fetched (then, or once more now) proves each kid unknown.
         strangers = [SigningKey.generate() for _ in range(20)]
@@ -384,7 +387,9 @@ def test_never_fetched_keys_mean_503_not_401_and_the_api_recovers(api_db_url: st
             assert client.get(user.tasks_url, headers=user.headers).status_code == 200
 
             server.down = False  # the background fetch retries within seconds
-            wait_for(lambda: get_tasks(client, server, key).status_code == 200)
+            wait_until(
+                lambda: get_tasks(client, server, key).status_code == 200, "a token of the key is served", 30
+            )
 
 
 def test_never_fetched_keys_are_unavailable_at_the_key_set_level() -> None:
@@ -433,7 +438,9 @@ def test_a_stream_sends_nothing_it_read_after_its_tokens_key_was_withdrawn(migra
                 await stream.opening_id()
                 writer.execute("lock table task_events in access exclusive mode")
                 notifier.execute("select pg_notify('task_events', %s)", [wake_tag(user_id)])
-                wait_for(lambda: sessions_waiting_on_a_lock(migrated_db_url) > 0)
+                wait_until(
+                    lambda: sessions_waiting_on_a_lock(migrated_db_url) > 0, "the read waits on the lock", 30
+                )
                 server.keys.remove(withdrawn)
                 assert get_tasks(client, server, SigningKey.generate()).status_code == 401
                 writer.execute("insert into users (id) values (%s)", [user_id])

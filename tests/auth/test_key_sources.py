@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from api.app import create_app
 from api.auth.jwks import JwksKeySet
 from api.settings import Settings
-from tests.auth.conftest import claims_for, keys_fetched, user_with, wait_for
+from tests.auth.conftest import claims_for, keys_fetched, user_with
 from tests.auth.jwks_server import JwksServer, SigningKey, jwks_server
-from tests.support import SECRET, better_auth_id, now, serving_client, settings_for, sign
+from tests.support import SECRET, better_auth_id, now, serving_client, settings_for, sign, wait_until
 
 AUTH = "https://auth.example.com"
 DATABASE = "postgresql://nobody@/nowhere"
@@ -76,7 +76,7 @@ def test_a_better_auth_mounted_on_a_path_is_trusted_for_the_tokens_it_issues(
     with jwks_server(key, jwks_path="/auth/jwks") as server:
         app = create_app(settings_for(api_db_url, better_auth_url=server.base_url + "/auth"))
         with serving_client(app) as client:
-            wait_for(lambda: keys_fetched(app))
+            wait_until(lambda: keys_fetched(app), "the API fetched the keys", 30)
             user_id = better_auth_id()
             user = user_with(key.sign(claims_for(server.base_url, user_id)), user_id)
 
@@ -143,7 +143,7 @@ def only_jwks(api_db_url: str) -> Iterator[tuple[JwksServer, SigningKey, httpx.C
         )
         app = create_app(settings)
         with serving_client(app) as client:
-            wait_for(lambda: keys_fetched(app))
+            wait_until(lambda: keys_fetched(app), "the API fetched the keys", 30)
             yield server, key, client
 
 

@@ -21,7 +21,16 @@ from api.db.database import Database
 from api.db.errors import OutcomeUnknown
 from api.db.isolation import IsolationWatch
 from tests.own_postgres import OwnPostgres
-from tests.support import LOGIN_ROLE, ApiUser, assert_problem, new_user, serving_client, settings_for, sql
+from tests.support import (
+    LOGIN_ROLE,
+    ApiUser,
+    assert_problem,
+    new_user,
+    serving_client,
+    settings_for,
+    sql,
+    wait_until,
+)
 
 
 def test_a_restart_costs_no_request_once_the_database_is_back(module_postgres: OwnPostgres) -> None:
@@ -176,16 +185,14 @@ def test_a_write_broken_after_it_was_sent_is_outcome_unknown_and_never_run_twice
     _run(migrated_db_url, scenario, db_pool_size=1, **way)
 
 
-def _until_the_database_answers(url: str) -> None:
-    """The wheel's start can return while Postgres still says it is starting up."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            psycopg.connect(url, connect_timeout=2).close()
-            return
-        except psycopg.OperationalError:
-            assert time.monotonic() < deadline, "the database answers again"
-            time.sleep(0.01)
+def _answers(url: str) -> bool:
+    """Whether the database takes a connection: the wheel's start can return while Postgres still says
+    it is starting up."""
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except psycopg.OperationalError:
+        return False
+    return True
 
 
 @contextmanager
@@ -218,7 +225,7 @@ def test_a_worker_whose_check_fell_in_the_outage_serves_the_first_request_once_t
     with _serving_through_an_outage(module_postgres, user) as client:
         refused_during = client.post(user.tasks_url, json={"title": "during"}, headers=user.headers)
         module_postgres.start()
-        _until_the_database_answers(module_postgres.url)
+        wait_until(lambda: _answers(module_postgres.url), "the database answers again", 30, every=0.01)
 
         statuses = [client.get(user.tasks_url, headers=user.headers).status_code for _ in range(10)]
         ready_at_once = client.get("/readyz")
@@ -272,7 +279,9 @@ def test_a_weakening_made_while_the_database_was_away_is_refused_by_the_check_th
 
         with _serving_through_an_outage(module_postgres, user, before_the_stop=keep_the_api_out) as client:
             module_postgres.start()
-            _until_the_database_answers(module_postgres.superuser_url)
+            wait_until(
+                lambda: _answers(module_postgres.superuser_url), "the database answers again", 30, every=0.01
+            )
             _as_superuser(module_postgres, "grant pg_read_all_data to todo_app")
             put_back.callback(_put_back, module_postgres, "revoke pg_read_all_data from todo_app")
             _as_superuser(module_postgres, f"alter role {LOGIN_ROLE} connection limit -1")

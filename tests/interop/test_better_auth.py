@@ -26,8 +26,8 @@ import pytest
 
 from api.app import create_app
 from api.settings import Settings
-from tests.auth.conftest import keys_fetched, wait_for
-from tests.support import PROJECT, TLS, assert_problem, serving_client
+from tests.auth.conftest import keys_fetched
+from tests.support import PROJECT, TLS, assert_problem, serving_client, wait_until
 
 SOURCE = Path(__file__).resolve().parent / "better_auth"
 PACKAGE = PROJECT / ".cache" / "better-auth"
@@ -155,7 +155,9 @@ def test_real_better_auth_tokens_work_and_another_instances_do_not(
         settings = Settings(_env_file=None, database_url=api_db_url, better_auth_url=auth_url)
         app = create_app(settings)
         with serving_client(app) as api:
-            wait_for(lambda: keys_fetched(app))  # until then, a JWKS token is a 503
+            wait_until(
+                lambda: keys_fetched(app), "the API fetched the keys", 30
+            )  # until then, a JWKS token is a 503
             headers = {"Authorization": f"Bearer {token}"}
             created = api.post(f"/api/{user_id}/tasks", json={"title": "From Better Auth"}, headers=headers)
             assert created.status_code == 201, created.text
@@ -182,7 +184,7 @@ def api_for(database_url: str, *, keys_found: bool = True, **settings: Any) -> I
     app = create_app(Settings(_env_file=None, database_url=database_url, **settings))
     with serving_client(app) as api:
         if keys_found:
-            wait_for(lambda: keys_fetched(app))
+            wait_until(lambda: keys_fetched(app), "the API fetched the keys", 30)
         yield api
 
 
@@ -255,7 +257,7 @@ def test_better_auth_on_its_own_base_path_is_found_once_better_auth_url_ends_wit
             caplog.at_level(logging.WARNING, logger="api.auth.jwks"),
             api_for(api_db_url, keys_found=False, better_auth_url=origin) as api,
         ):
-            wait_for(lambda: bool(warnings_of(caplog, "api.auth.jwks")))
+            wait_until(lambda: bool(warnings_of(caplog, "api.auth.jwks")), "a warning from api.auth.jwks", 30)
             unavailable = api.get(f"/api/{user_id}/tasks", headers=headers)
         assert_problem(unavailable, 503, "authentication-unavailable")
         assert warnings_of(caplog, "api.auth.jwks")[0].startswith(
@@ -282,7 +284,7 @@ def test_better_auth_without_its_jwt_plugin_is_named_in_the_log_and_in_the_sessi
             caplog.at_level(logging.WARNING, logger="api.auth.jwks"),
             api_for(api_db_url, keys_found=False, better_auth_url=origin) as api,
         ):
-            wait_for(lambda: bool(warnings_of(caplog, "api.auth.jwks")))
+            wait_until(lambda: bool(warnings_of(caplog, "api.auth.jwks")), "a warning from api.auth.jwks", 30)
             refused = api.get(f"/api/{user_id}/tasks", headers={"Authorization": f"Bearer {session_token}"})
     assert NO_KEYS_THERE in warnings_of(caplog, "api.auth.jwks")[0]
     assert "jwt() plugin" in warnings_of(caplog, "api.auth.jwks")[0]
