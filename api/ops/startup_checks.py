@@ -17,6 +17,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -465,6 +466,12 @@ async def refuse_prepared_statements_the_pooler_loses(
 _SERVER_AND_DATABASE = "select extract(epoch from pg_postmaster_start_time()), current_database()"
 
 
+def _when(started: object) -> str:
+    """A server's start, as `_SERVER_AND_DATABASE` gives it, for a person: in UTC, to the microsecond
+    that tells two servers apart."""
+    return datetime.fromtimestamp(float(str(started)), UTC).isoformat(sep=" ", timespec="microseconds")
+
+
 async def check_direct_url(url: str, settings: Settings, served: tuple[object, str]) -> None:
     """DATABASE_DIRECT_URL, for each worker's LISTEN connection: one that can never be had would be
     retried for as long as it serves, logged as lost though it never was; one that reaches a pooler
@@ -505,8 +512,8 @@ async def check_direct_url(url: str, settings: Settings, served: tuple[object, s
     if started != served[0]:
         raise CommandFailed(
             "Refusing to serve: DATABASE_DIRECT_URL reaches another Postgres server than DATABASE_URL "
-            f"(one started at {started}, DATABASE_URL's at {served[0]}): {elsewhere} the server "
-            "DATABASE_URL reaches"
+            f"(one started at {_when(started)}, DATABASE_URL's at {_when(served[0])}): {elsewhere} the "
+            "server DATABASE_URL reaches"
         )
 
 
@@ -559,7 +566,7 @@ def refuse_migrating_another_database(
     if migrated[0] != served[0]:
         raise CommandFailed(
             "refusing to migrate: MIGRATION_DATABASE_URL reaches another Postgres server than DATABASE_URL "
-            f"(one started at {migrated[0]}, DATABASE_URL's at {served[0]}): {fix}"
+            f"(one started at {_when(migrated[0])}, DATABASE_URL's at {_when(served[0])}): {fix}"
         )
 
 

@@ -9,6 +9,7 @@ The standby is a real one, of a cluster of the module's own: it takes a few seco
 
 import asyncio
 import logging
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -106,6 +107,11 @@ def test_serve_refuses_a_direct_url_that_reaches_another_server(
             DATABASE_URL=migrated_db_url, DATABASE_DIRECT_URL=direct, BETTER_AUTH_SECRET=SECRET,
         )  # fmt: skip
         _one_line(result, "Refusing to serve: DATABASE_DIRECT_URL reaches another Postgres server")
+        # When each started, as a person reads a time (it was seconds since 1970, 1796610952.114516).
+        started = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\+00:00"
+        assert re.search(f"one started at {started}, DATABASE_URL's at {started}\\)", result.stderr), (
+            result.stderr
+        )
     finally:
         with psycopg.connect(primary.superuser_url, autocommit=True) as superuser:
             superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
