@@ -132,13 +132,19 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
             "more than one statement, and every request is one: run it in transaction mode "
             "(PgBouncer: pool_mode = transaction)"
         )
-    # PgBouncer's refusal of a startup parameter it does not pass on, as `options`, which migrate
-    # sets (its lock_timeout): the URL reaches a pooler.
+    # PgBouncer's refusal of a startup parameter it does not pass on, as `options`: the URL's own (or
+    # PGOPTIONS), or else migrate's (its lock_timeout). Either way the URL reaches a pooler.
     if said and "unsupported startup parameter" in lowered:
+        if "options" in conninfo_to_dict(libpq_url(database_url, setting)) or os.environ.get("PGOPTIONS"):
+            fix = f"remove the options from {setting} (and PGOPTIONS), which the pooler does not pass on"
+        else:
+            fix = (
+                "migrate through a URL that reaches Postgres itself (Neon's direct URL, as "
+                "MIGRATION_DATABASE_URL): migrate sets its lock_timeout with options, which the pooler "
+                "does not pass on"
+            )
         return CommandFailed(
-            f"{setting} reaches a pooler at {where}, which refused the connection ({said}): "
-            "migrate through a URL that reaches Postgres itself (Neon's direct URL, as "
-            f"MIGRATION_DATABASE_URL), and give {setting} no options the pooler refuses"
+            f"{setting} reaches a pooler at {where}, which refused the connection ({said}): {fix}"
         )
     if 'parameter "' in said:
         # An options=-c ... of the URL: statement_timeout=abc, a misspelt name, one not settable there.

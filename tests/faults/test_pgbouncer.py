@@ -31,6 +31,7 @@ from tests.support import (
     SECRET,
     ApiUser,
     cli_env,
+    failure_status,
     new_user,
     refusal,
     run_cli,
@@ -328,6 +329,29 @@ def test_migrate_through_the_pooler_says_to_migrate_through_postgres_itself(
     (line,) = result.stderr.strip().splitlines()
     assert "DATABASE_URL reaches a pooler" in line, line
     assert "migrate through a URL that reaches Postgres itself" in line, line
+
+
+@pytest.mark.parametrize("command", ["policies", "serve"])
+def test_a_command_whose_url_has_options_the_pooler_refuses_says_to_remove_them(
+    bouncer_url: str, tmp_path: Path, command: str
+) -> None:
+    """`policies` said "migrate through a URL that reaches Postgres itself", though it migrates
+    nothing: the options the pooler refused were the URL's own (the URL probe)."""
+    url = f"{bouncer_url}{'&' if '?' in bouncer_url else '?'}options=-c%20statement_timeout%3D5000"
+    result = run_cli(
+        command,
+        *(["--port", "0"] if command == "serve" else []),
+        cwd=tmp_path,
+        DATABASE_URL=url,
+        BETTER_AUTH_SECRET=SECRET,
+    )
+    assert result.returncode == failure_status(command), result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "DATABASE_URL reaches a pooler" in line, line
+    assert (
+        "remove the options from DATABASE_URL (and PGOPTIONS), which the pooler does not pass on" in line
+    ), line
+    assert "migrate" not in line, line
 
 
 def test_migrate_through_a_pooler_that_drops_its_options_is_refused_and_changes_nothing(
