@@ -132,6 +132,19 @@ def test_expired_token_says_so(client: httpx.Client, alice: ApiUser) -> None:
     assert "expired" in assert_problem(response, 401, "unauthorized")["detail"]
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_the_scheme_is_read_in_any_case(client: httpx.Client, alice: ApiUser, scheme: str) -> None:
+    """RFC 9110, section 11.1: an authentication scheme is case-insensitive; a client library that
+    sends `bearer` must not be locked out (the mutation probe, /tmp/s77-mut, P12)."""
+    created = client.post(
+        alice.tasks_url, json={"title": scheme}, headers={"Authorization": f"{scheme} {alice.token}"}
+    )
+    assert created.status_code == 201, created.text
+    listed = client.get(alice.tasks_url, headers={"Authorization": f"{scheme} {alice.token}"})
+    assert listed.status_code == 200, listed.text
+    assert [task["title"] for task in listed.json()] == [scheme]
+
+
 def test_small_clock_skew_is_tolerated(client: httpx.Client, alice: ApiUser) -> None:
     token = sign({"sub": alice.id, "iat": now() + 5, "nbf": now() + 5, "exp": now() + 60})
     response = client.get(alice.tasks_url, headers={"Authorization": f"Bearer {token}"})

@@ -81,6 +81,30 @@ def test_a_body_within_the_limit_is_fine(small_limit: httpx.Client, alice: ApiUs
     assert response.status_code == 201
 
 
+def _body_of(size: int) -> bytes:
+    """A valid create of exactly `size` bytes: JSON lets white space pad it."""
+    start, end = b'{"title": "at the limit"', b"}"
+    return start + b" " * (size - len(start) - len(end)) + end
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+def test_a_body_of_exactly_the_limit_is_taken_and_one_byte_more_is_not(
+    small_limit: httpx.Client, alice: ApiUser, api_db: psycopg.Connection[Any], chunked: bool
+) -> None:
+    """MAX_BODY_BYTES is the largest body taken, as README says (the mutation probe, /tmp/s77-mut: a
+    `>=` for the `>` refused a body of exactly the limit as "larger than" it, and no test sent one)."""
+    headers = {**alice.headers, "Content-Type": "application/json"}
+
+    def send(body: bytes) -> httpx.Response:
+        content: bytes | Iterator[bytes] = iter([body[:100], body[100:]]) if chunked else body
+        return small_limit.post(alice.tasks_url, content=content, headers=headers)
+
+    assert send(_body_of(LIMIT)).status_code == 201
+    _assert_413(send(_body_of(LIMIT + 1)))
+    titles = api_db.execute("select title from tasks where user_id = %s", [alice.id]).fetchall()
+    assert titles == [("at the limit",)]
+
+
 @pytest.fixture(scope="module")
 def short_deadline(api_db_url: str) -> Iterator[str]:
     with serving(create_app(settings_for(api_db_url, body_timeout_seconds=DEADLINE_SECONDS))) as base_url:

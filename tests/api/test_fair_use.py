@@ -13,6 +13,7 @@ import pytest
 from psycopg import sql
 
 from api.app import create_app
+from api.http.problems import ProblemError
 from api.http.rate_limit import RateLimiter
 from api.tasks.listing import TaskListParams
 from tests.support import (
@@ -350,6 +351,23 @@ def test_the_rate_limit_keeps_only_the_users_of_the_last_minute() -> None:
     now[0] += 31
     limiter.take("newcomer")
     assert limiter.users_kept() == 2, "user-0, counted 31 s ago, and the newcomer; the rest idled a minute"
+
+
+def test_a_user_idle_for_an_hour_still_gets_one_minutes_requests_at_once() -> None:
+    """The bucket holds a minute's worth (module docstring): unspent requests do not pile up while a
+    user is idle. Uncapped, an hour's idling let 3,600 requests through back to back at 60 a minute
+    (the mutation probe, /tmp/s77-mut, N01)."""
+    now = [0.0]
+    limiter = RateLimiter(60, clock=lambda: now[0])
+    limiter.take("alice")
+    now[0] += 3600
+    for _ in range(60):
+        limiter.take("alice")
+    with pytest.raises(ProblemError) as refused:
+        limiter.take("alice")
+    assert refused.value.problem.status == 429
+    assert refused.value.headers is not None
+    assert refused.value.headers["Retry-After"] == "1"
 
 
 def test_a_user_past_their_share_is_429_never_503_while_the_pool_has_connections(
