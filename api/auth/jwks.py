@@ -252,7 +252,7 @@ class JwksKeySet:
         self._keys: dict[str, PyJWK] = {}
         self._kids_without_algorithm: set[str] = set()
         self._fetched = False
-        self._fetched_at: float | None = None  # Unix time the last successful fetch began
+        self._fetched_at: float | None = None  # when the last successful fetch began, on `clock`
         self._last_refetch: float | None = None
         self._attempts = 0  # fetches begun
         self._lock = asyncio.Lock()
@@ -291,9 +291,16 @@ class JwksKeySet:
         """Whether the keys held were fetched after a token signed by `signed_by` (Unix time) was
         signed, so that a kid they lack was not published for it (the auth server publishes a key
         before signing with it). Without a time, a fetch within the cooldown is as recent as we can tell."""
+        if self._fetched_at is None:
+            return False
+        now = time.time()
+        # When that fetch began, on the wall clock as it reads now: stepped back since (NTP), a fetch
+        # kept as the time it read then looked newer than every token, each a 401 for a key published
+        # since rather than a wait for it (the clock probe: 600 s back, for as long as the step).
+        began = now - (self._clock() - self._fetched_at)
         if signed_by is None:
-            signed_by = time.time() - self._refetch_cooldown
-        return self._fetched_at is not None and self._fetched_at >= signed_by
+            signed_by = now - self._refetch_cooldown
+        return began >= signed_by
 
     def retry_after_seconds(self) -> int:
         """How long a client refused for want of a key should wait before asking again: until the
@@ -348,7 +355,7 @@ class JwksKeySet:
 
     async def _fetch(self) -> bool:
         self._attempts += 1
-        began = time.time()
+        began = self._clock()
         try:
             # httpx's timeout bounds each read; this bounds the fetch, however slowly a body drips.
             async with asyncio.timeout(self._timeout):

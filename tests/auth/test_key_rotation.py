@@ -159,6 +159,32 @@ def test_a_key_published_within_the_cooldown_is_503_until_it_may_be_fetched_not_
         assert server.fetch_count() == 2, "the cooldown still holds"
 
 
+def test_a_fetch_is_judged_by_the_wall_clock_as_it_reads_now_after_a_step_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token signed after the last fetch may name a key published since, and waits for it (503),
+    even once the API's wall clock has been stepped back (NTP) past that fetch: kept as the wall time
+    it began at, the fetch looked newer than every token signed for as long as the step, and each was
+    a 401 (the clock probe, /tmp/s77-clock: 600 s back, a rotation during a JWKS outage)."""
+
+    async def scenario(server: JwksServer) -> tuple[bool, bool]:
+        async with JwksKeySet(server.jwks_url, refetch_cooldown=30) as key_set:
+            await _started(key_set)
+            before_the_fetch = time.time() - 5
+            stepped_back = time.time() - 600
+            monkeypatch.setattr(time, "time", lambda: stepped_back)
+            # Signed just now, on the clock everyone agrees on again: after the fetch, which the wall
+            # clock now places 600 s ahead.
+            signed_now = key_set.fetched_since(stepped_back)
+            monkeypatch.undo()
+            return signed_now, key_set.fetched_since(before_the_fetch)
+
+    with jwks_server(SigningKey.generate()) as server:
+        signed_now, signed_before = asyncio.run(scenario(server))
+    assert signed_now is False, "a token signed after the fetch may name a key published since"
+    assert signed_before is True, "a token signed before it names a key the fetch would have held"
+
+
 def test_concurrent_unknown_kids_share_one_fetch() -> None:
     async def scenario(server: JwksServer) -> list[str]:
         async with JwksKeySet(server.jwks_url, refetch_cooldown=60, refresh_interval=3600) as key_set:
