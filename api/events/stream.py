@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 _MAX_EVENT_ID_DIGITS = len(str(POSTGRES_BIGINT_MAX))
 # How long a stream waits before reading again when the database could not answer.
 _RETRY_SECONDS = 1.0
+# How often a waiting stream reads the wall clock, which its token's expiry is on (`_wait`).
+_WALL_CLOCK_SECONDS = 5.0
 # Reads that cannot run now, and are tried again: the database is away, the user's share is taken,
 # or the last isolation check found something (the stream then reads nothing until one is clean).
 _NOT_NOW: tuple[type[Exception], ...] = (*UNAVAILABLE, UserShareExceeded, IsolationUnverified)
@@ -161,7 +164,7 @@ async def events(
         except _NOT_NOW:
             # The listener wakes every stream once the database is back; until then, and until
             # isolation is verified again, retry.
-            await _wait(subscription, min(_RETRY_SECONDS, expires_at - time.time()))
+            await _wait(subscription, _RETRY_SECONDS, ends_at=expires_at)
             continue
         except IsolationBreach:
             # Distrusted already (`_finished_even_if_left`): end the stream. Its client's
@@ -181,11 +184,10 @@ async def events(
             position = row["id"]
         if len(batch) == queries.BATCH:
             continue
-        remaining = expires_at - time.time()
-        if remaining <= 0:
+        if time.time() >= expires_at:
             return  # the token has expired: the client reconnects with a fresh one
         poll_seconds = hub.poll_every()
-        await _wait(subscription, remaining if poll_seconds is None else min(poll_seconds, remaining))
+        await _wait(subscription, math.inf if poll_seconds is None else poll_seconds, ends_at=expires_at)
 
 
 def _reset(position: int) -> ServerSentEvent:
@@ -193,7 +195,18 @@ def _reset(position: int) -> ServerSentEvent:
     return ServerSentEvent(data="{}", event="reset", id=str(position))
 
 
-async def _wait(subscription: Subscription, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(seconds, 0)):
-            await subscription.woken.wait()
+async def _wait(subscription: Subscription, seconds: float, *, ends_at: float) -> None:
+    """Until the stream is woken, `seconds` pass, or the wall clock reaches `ends_at` (when its token
+    stops being accepted). The wall clock is read again at least every `_WALL_CLOCK_SECONDS`: one
+    stepped forward (NTP) past `ends_at` ends the stream then, where a single wait timed on the
+    monotonic clock kept it open until that clock caught up (the clock probe: 46 s past a token
+    refused on every other route)."""
+    loop = asyncio.get_running_loop()
+    woken_by = loop.time() + seconds
+    while not subscription.woken.is_set():
+        left = min(woken_by - loop.time(), ends_at - time.time(), _WALL_CLOCK_SECONDS)
+        if left <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left):
+                await subscription.woken.wait()

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from starlette.types import Message
 
 from api.app import create_app, openapi_document
 from api.auth.dev_tokens import mint_token
+from api.events import stream as event_stream
 from api.events.routes import ITEM_SCHEMA
 from api.events.services import live_services
 from tests.api.events_client import (
@@ -994,6 +996,29 @@ def test_a_stream_ends_when_its_token_stops_being_accepted(api_db_url: str) -> N
             assert again.response.status_code == 401
 
     with serving(create_app(settings_for(api_db_url, jwt_leeway_seconds=8))) as base_url:
+        run(base_url, scenario)
+
+
+def test_a_stream_ends_once_the_wall_clock_passes_its_tokens_expiry_after_a_step_forward(
+    api_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token's expiry is on the wall clock, which NTP may step forward: every route refuses the
+    token at once, and a waiting stream, which timed one wait on the monotonic clock, stayed open
+    until that clock caught up (the clock probe, /tmp/s77-clock/stream_jump.sh: 46 s)."""
+    user = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, user) as stream:
+            await stream.opening_id()
+            # Woken by a change once the worker listens, so that the step comes while it waits again.
+            created = await client.post(user.tasks_url, json={"title": "before"}, headers=user.headers)
+            assert kinds_and_bodies([await stream.next()]) == [("task.created", created.json())]
+            await asyncio.sleep(0.5)  # back in its wait (sooner, the old code also ended it: no step)
+            stepped = SimpleNamespace(time=lambda: time.time() + 10 * 86_400)
+            monkeypatch.setattr(event_stream, "time", stepped)  # the stream's view of the clocks
+            assert [block for block in await stream.end() if block.data] == []
+
+    with serving(create_app(settings_for(api_db_url))) as base_url:
         run(base_url, scenario)
 
 
