@@ -23,6 +23,7 @@ from starlette.types import Message
 
 from api.app import create_app, openapi_document
 from api.auth.dev_tokens import mint_token
+from api.events import queries as event_queries
 from api.events import stream as event_stream
 from api.events.routes import ITEM_SCHEMA
 from api.events.services import live_services
@@ -147,6 +148,29 @@ def test_a_write_made_in_the_database_by_hand_reaches_an_open_stream_promptly(
             api_db.execute("insert into tasks (user_id, title) values (%s, 'by hand')", [alice.id])
             event = await asyncio.wait_for(stream.next(), PROMPTLY_SECONDS)
             assert (event.kind, event.data["title"]) == ("task.created", "by hand")
+
+    run(api_url, scenario)
+
+
+def test_a_resume_further_behind_than_one_read_gets_every_missed_event_without_another_write(
+    api_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream reads `queries.BATCH` events at a time and reads again at once after a full batch: a
+    tab coming back after a bulk change must not stop at the first batch and wait, heartbeats and
+    all, for the user's next write (the mutation probe, /tmp/s77-mut2, E07: 100 of 150 sent)."""
+    monkeypatch.setattr(event_queries, "BATCH", 3)  # the shared app runs in this process
+    alice = new_user()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with opened(client, alice) as stream:
+            last_seen = await stream.opening_id()
+        missed = []
+        for n in range(3 * event_queries.BATCH + 1):
+            created = await client.post(alice.tasks_url, json={"title": f"bulk {n}"}, headers=alice.headers)
+            missed.append(("task.created", created.json()))
+        async with opened(client, alice, last_event_id=last_seen) as resumed:
+            assert await resumed.opening_id() == last_seen
+            assert kinds_and_bodies(await resumed.take(len(missed))) == missed
 
     run(api_url, scenario)
 
