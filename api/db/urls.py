@@ -56,7 +56,7 @@ _REASONS = {
 }
 
 
-def _reason(error: psycopg.ProgrammingError) -> str:
+def _reason(error: psycopg.ProgrammingError, rest: str) -> str:
     """What libpq found wrong, without the text it quotes (the user and password, or the whole URL)
     unless that is only a parameter's name."""
     message = str(error).strip()
@@ -64,28 +64,38 @@ def _reason(error: psycopg.ProgrammingError) -> str:
         if message.startswith(start):
             return reason
     if message.startswith(("invalid URI query parameter", "invalid connection option")):
+        if "@" in rest.partition("?")[2]:
+            # The name may be a password's piece: `u:12?x=y/z@host`, read as host `u`, port 12, query x.
+            return (
+                "a parameter libpq does not know, or a user or password holding ?, / or @, which must be "
+                "percent-encoded there as %3F, %2F or %40"
+            )
         return message  # it quotes a parameter's name, never its value
     return message.partition('"')[0].rstrip(" :") or "libpq cannot read it"
 
 
 def _refuse_a_split_userinfo(rest: str, setting: str) -> None:
-    """A / or @ in the password (or user) makes libpq read part of it as the host, the port or the
-    database name, which would then be shown in every message about connecting. An @ in the query
-    (`?user=alice@server`, after the host) is libpq's to read."""
+    """A ?, / or @ in the password (or user) makes libpq read part of it as the host, the port, the
+    database name or the query, which would then be shown in messages about connecting (or quoted,
+    as a parameter libpq does not know). libpq takes a user and password from before the first @
+    that comes before the first /, and the host from there to the next / or ?. Three shapes:
+    - a / or @ before the last @ ahead of any ?: `u:p/w@host/db`, `u:p@w@host/db`;
+    - a ? and then a / in the password (`u:12?x=y/z@host/db`): read as host `u`, port 12 and the query
+      `x=y/z@host/db`, told from a query's own @ (`host?user=bob@corp`) by the path after the @;
+    - a ? and then an @ and a / (`u:pa?ss@x/y@host/db`): the database name holds an @, which a
+      database's own is written as, percent-encoded, %40."""
     userinfo = rest.partition("?")[0].rpartition("@")[0]
-    if "/" in userinfo or "@" in userinfo:
-        raise DatabaseUrlError(
-            f"{setting} is not a valid connection URL: its user or password contains / or @, which "
-            "must be percent-encoded there as %2F or %40"
-        )
-    # libpq takes a user and password only from before the first /: with a ? and then a / in the
-    # password (`u:12?x=y/z@host/db`) it reads the user as the host, `12` as the port and the rest as
-    # the query, whose first name (`x`), quoted as no parameter it knows, is the password's.
     authority, slash, after_it = rest.partition("/")
-    if slash and "?" in authority and "@" not in authority and "@" in after_it:
+    path = after_it.partition("?")[0]
+    if (
+        "/" in userinfo
+        or "@" in userinfo
+        or (slash and "?" in authority and "@" not in authority and "/" in after_it.rpartition("@")[2])
+        or ("@" in authority and "@" in path)
+    ):
         raise DatabaseUrlError(
-            f"{setting} is not a valid connection URL: its user or password contains ? and /, which "
-            "must be percent-encoded there as %3F and %2F"
+            f"{setting} is not a valid connection URL: its user or password contains ?, / or @, which "
+            "must be percent-encoded there as %3F, %2F or %40"
         )
 
 
@@ -111,7 +121,7 @@ def libpq_url(url: str, setting: str = "DATABASE_URL", /, **extra: str | int) ->
         conninfo = psycopg.conninfo.make_conninfo("postgresql://" + rest, **extra)
         parsed = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as error:
-        raise DatabaseUrlError(f"{setting} is not a valid connection URL: {_reason(error)}") from None
+        raise DatabaseUrlError(f"{setting} is not a valid connection URL: {_reason(error, rest)}") from None
     except UnicodeDecodeError:
         raise DatabaseUrlError(
             f"{setting} is not a valid connection URL: a percent-encoded sequence that is not UTF-8"
