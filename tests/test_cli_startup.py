@@ -272,6 +272,18 @@ def test_an_empty_database_url_in_the_environment_is_read_as_unset_with_a_warnin
     assert from_env_file.stderr == ""
 
 
+def test_an_empty_database_url_in_the_environment_gives_way_to_the_env_files_without_a_warning(
+    tmp_path: Path, migrated_db_url: str
+) -> None:
+    """Skipped as unset, the empty value let `.env`'s URL through, while the warning said the
+    embedded database was used (the verification probe, /tmp/s77-verify: F2)."""
+    (tmp_path / ".env").write_text(f"DATABASE_URL={migrated_db_url}\n")
+    result = run_cli("policies", "--json", cwd=tmp_path, DATABASE_URL="", BETTER_AUTH_SECRET=SECRET)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "DATABASE_URL" not in result.stderr, result.stderr
+    assert json.loads(result.stdout)["findings"] == []
+
+
 def test_a_secret_as_written_has_no_warning(tmp_path: Path) -> None:
     result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET="in ner" + SECRET)
     assert result.returncode == 0, result.stderr

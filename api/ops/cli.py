@@ -80,7 +80,7 @@ def _load_settings() -> tuple[Settings, list[str]]:
     except ValidationError as error:
         raise configuration_failure(error) from None
     doubts = near_misses(os.environ, Settings.model_fields, env_file=env_file)
-    return settings, doubts + empty_database_url(os.environ) + secret_doubts(settings)
+    return settings, doubts + empty_database_url(os.environ, settings) + secret_doubts(settings)
 
 
 def _settings() -> Settings:

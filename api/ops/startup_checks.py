@@ -160,13 +160,14 @@ def secret_doubts(settings: Settings) -> list[str]:
     ]
 
 
-def empty_database_url(environment: Mapping[str, str]) -> list[str]:
-    """A warning when the environment sets DATABASE_URL to nothing: it reads as unset, as the empty
-    line `.env.example` ships does, so every command uses the embedded database; in the environment it
-    is more often a value that did not arrive (`DATABASE_URL=$(cat /run/secrets/url)` of a file not
-    mounted) than a choice, and a `serve` on loopback would take production's tokens into a new
-    database in DATA_DIR."""
-    if not any(name.upper() == "DATABASE_URL" and value == "" for name, value in environment.items()):
+def empty_database_url(environment: Mapping[str, str], settings: Settings) -> list[str]:
+    """A warning when the environment sets DATABASE_URL to nothing and nothing else sets it (`.env`
+    may): it reads as unset, as the empty line `.env.example` ships does, so the command uses the
+    embedded database; in the environment it is more often a value that did not arrive
+    (`DATABASE_URL=$(cat /run/secrets/url)` of a file not mounted) than a choice, and a `serve` on
+    loopback would take production's tokens into a new database in DATA_DIR."""
+    empty = any(name.upper() == "DATABASE_URL" and value == "" for name, value in environment.items())
+    if not empty or settings.database_url is not None:
         return []
     return [
         "DATABASE_URL is set but empty, which reads as unset: the embedded database (DATA_DIR) is used. "
