@@ -42,6 +42,13 @@ def _where(database_url: str, setting: str) -> tuple[str, str | None]:
     return where, str(parameters.get("dbname") or "") or None
 
 
+def _has_options(database_url: str, setting: str) -> bool:
+    try:
+        return "options" in conninfo_to_dict(libpq_url(database_url, setting))
+    except (DatabaseUrlError, ValueError):
+        return False
+
+
 def _acts_as_a_role(database_url: str, setting: str) -> bool:
     """Whether the URL's options set the role its sessions act as."""
     try:
@@ -132,17 +139,18 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
             "more than one statement, and every request is one: run it in transaction mode "
             "(PgBouncer: pool_mode = transaction)"
         )
-    # PgBouncer's refusal of a startup parameter it does not pass on, as `options`: the URL's own (or
-    # PGOPTIONS), or else migrate's (its lock_timeout). Either way the URL reaches a pooler.
+    # PgBouncer's refusal of a startup parameter it does not pass on, as `options`: the URL's own, or
+    # PGOPTIONS, or migrate's (its lock_timeout). Either way the URL reaches a pooler.
     if said and "unsupported startup parameter" in lowered:
-        if "options" in conninfo_to_dict(libpq_url(database_url, setting)) or os.environ.get("PGOPTIONS"):
-            fix = f"remove the options from {setting} (and PGOPTIONS), which the pooler does not pass on"
-        else:
-            fix = (
-                "migrate through a URL that reaches Postgres itself (Neon's direct URL, as "
-                "MIGRATION_DATABASE_URL): migrate sets its lock_timeout with options, which the pooler "
-                "does not pass on"
-            )
+        given = [f"{setting}'s options"] * _has_options(database_url, setting)
+        given += ["PGOPTIONS"] * bool(os.environ.get("PGOPTIONS"))
+        direct = "a URL that reaches Postgres itself (Neon's direct URL, as MIGRATION_DATABASE_URL)"
+        fix = (
+            f"remove {' and '.join(given)}, which the pooler does not pass on; to migrate, use {direct}"
+            if given
+            else f"migrate through {direct}: migrate sets its lock_timeout with options, which the pooler "
+            "does not pass on"
+        )
         return CommandFailed(
             f"{setting} reaches a pooler at {where}, which refused the connection ({said}): {fix}"
         )
