@@ -280,17 +280,17 @@ def test_a_url_libpq_cannot_read(tmp_path: Path, command: tuple[str, ...], url: 
 PASSWORD_LEFT, PASSWORD_RIGHT = "Left7pw", "Right7pw"
 MISREAD_URLS = [
     pytest.param(f"{PASSWORD_LEFT}%zz{PASSWORD_RIGHT}@127.0.0.1:1", "a % not followed by two hex", id="%zz"),
-    pytest.param(f"{PASSWORD_LEFT}/{PASSWORD_RIGHT}@127.0.0.1:1", "contains ?, / or @", id="slash"),
-    pytest.param(f"{PASSWORD_LEFT}@{PASSWORD_RIGHT}@127.0.0.1:1", "contains ?, / or @", id="at"),
+    pytest.param(f"{PASSWORD_LEFT}/{PASSWORD_RIGHT}@127.0.0.1:1", "holds ?, / or @", id="slash"),
+    pytest.param(f"{PASSWORD_LEFT}@{PASSWORD_RIGHT}@127.0.0.1:1", "holds ?, / or @", id="at"),
     pytest.param(f"{PASSWORD_LEFT}{PASSWORD_RIGHT}@[::1", "IPv6 host address without", id="whole-url-quoted"),
     pytest.param(f"{PASSWORD_LEFT} {PASSWORD_RIGHT}@127.0.0.1:1", "a space, which must be", id="space"),
     pytest.param(f"{PASSWORD_LEFT}?{PASSWORD_RIGHT}@x@127.0.0.1:1", "most likely", id="question-mark"),
     # libpq read `12` as the port and quoted PASSWORD_LEFT as a parameter it does not know.
-    pytest.param(f"12?{PASSWORD_LEFT}=x/{PASSWORD_RIGHT}@127.0.0.1:1", "contains ?, / or @", id="query-name"),
+    pytest.param(f"12?{PASSWORD_LEFT}=x/{PASSWORD_RIGHT}@127.0.0.1:1", "holds ?, / or @", id="query-name"),
     # Read as a host `todo_login` at port 2024 with an sslmode, and named so in the refusal to connect.
-    pytest.param(f"2024?sslmode={PASSWORD_LEFT}/{PASSWORD_RIGHT}@127.0.0.1:1", "contains ?", id="query"),
+    pytest.param(f"2024?sslmode={PASSWORD_LEFT}/{PASSWORD_RIGHT}@127.0.0.1:1", "holds ?", id="query"),
     # Read as the host PASSWORD_LEFT, named so in the refusal to connect (the verification probe).
-    pytest.param(f"x?y@{PASSWORD_LEFT}/{PASSWORD_RIGHT}@127.0.0.1:1", "contains ?, / or @", id="at-in-path"),
+    pytest.param(f"x?y@{PASSWORD_LEFT}/{PASSWORD_RIGHT}@127.0.0.1:1", "holds ?, / or @", id="at-in-path"),
     pytest.param(f"{PASSWORD_LEFT}%C3x{PASSWORD_RIGHT}@127.0.0.1:1", "that is not UTF-8", id="not-utf-8"),
 ]
 

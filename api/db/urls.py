@@ -56,6 +56,10 @@ _REASONS = {
 }
 
 
+# What a user or password must not hold as it is, said in each refusal of one that does.
+_ENCODE_THEM = "its user or password holds ?, / or @, which must be percent-encoded there as %3F, %2F or %40"
+
+
 def _reason(error: psycopg.ProgrammingError, rest: str) -> str:
     """What libpq found wrong, without the text it quotes (the user and password, or the whole URL)
     unless that is only a parameter's name."""
@@ -66,10 +70,7 @@ def _reason(error: psycopg.ProgrammingError, rest: str) -> str:
     if message.startswith(("invalid URI query parameter", "invalid connection option")):
         if "@" in rest.partition("?")[2]:
             # The name may be a password's piece: `u:12?x=y/z@host`, read as host `u`, port 12, query x.
-            return (
-                "a parameter libpq does not know, or a user or password holding ?, / or @, which must be "
-                "percent-encoded there as %3F, %2F or %40"
-            )
+            return f"it names a parameter libpq does not know, or {_ENCODE_THEM}"
         return message  # it quotes a parameter's name, never its value
     return message.partition('"')[0].rstrip(" :") or "libpq cannot read it"
 
@@ -93,10 +94,7 @@ def _refuse_a_split_userinfo(rest: str, setting: str) -> None:
         or (slash and "?" in authority and "@" not in authority and "/" in after_it.rpartition("@")[2])
         or ("@" in authority and "@" in path)
     ):
-        raise DatabaseUrlError(
-            f"{setting} is not a valid connection URL: its user or password contains ?, / or @, which "
-            "must be percent-encoded there as %3F, %2F or %40"
-        )
+        raise DatabaseUrlError(f"{setting} is not a valid connection URL: {_ENCODE_THEM}")
 
 
 def _refuse_a_misread_host(parsed: Mapping[str, object], setting: str) -> None:
@@ -107,7 +105,7 @@ def _refuse_a_misread_host(parsed: Mapping[str, object], setting: str) -> None:
     if "@" in hosts or not all(port.isdigit() for port in ports.split(",") if port):
         raise DatabaseUrlError(
             f"{setting} is not a valid connection URL: its host or port is not one, most likely because "
-            "its user or password holds ?, / or @, which must be percent-encoded there as %3F, %2F or %40"
+            f"{_ENCODE_THEM}"
         )
 
 

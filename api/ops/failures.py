@@ -142,8 +142,11 @@ def database_failure(error: Exception, database_url: str, setting: str = "DATABA
     # PgBouncer's refusal of a startup parameter it does not pass on, as `options`: the URL's own, or
     # PGOPTIONS, or migrate's (its lock_timeout). Either way the URL reaches a pooler.
     if said and "unsupported startup parameter" in lowered:
-        given = [f"{setting}'s options"] * _has_options(database_url, setting)
-        given += ["PGOPTIONS"] * bool(os.environ.get("PGOPTIONS"))
+        given = []
+        if _has_options(database_url, setting):
+            given.append(f"{setting}'s options")
+        if os.environ.get("PGOPTIONS"):
+            given.append("PGOPTIONS")
         direct = "a URL that reaches Postgres itself (Neon's direct URL, as MIGRATION_DATABASE_URL)"
         fix = (
             f"remove {' and '.join(given)}, which the pooler does not pass on; to migrate, use {direct}"
