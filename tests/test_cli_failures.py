@@ -1026,6 +1026,21 @@ def test_an_env_file_line_that_cannot_be_parsed_stops_the_command_and_makes_noth
     assert list(tmp_path.iterdir()) == [env_file], "no embedded database was made in its place"
 
 
+def test_an_env_file_line_that_is_not_a_setting_is_named_by_its_number_alone(tmp_path: Path) -> None:
+    """A password pasted on a line of its own names no setting: the refusal names the line, and none of
+    its words, which are the password's (the mutation probe, /tmp/s77-mut3, S02: a refusal that named
+    the line's first word printed "Tr0ub4dor&3")."""
+    (tmp_path / ".env").write_text(f"BETTER_AUTH_SECRET={SECRET}\nTr0ub4dor&3 hunter2\n")
+    result = run_cli("token", "alice", cwd=tmp_path)
+    (line,) = result.stderr.strip().splitlines()
+    assert_one_clear_failure(
+        line, result.returncode, "todo-api: .env cannot be parsed at line 2", "remove .env"
+    )
+    assert "Tr0ub4dor" not in result.stderr
+    assert "hunter2" not in result.stderr
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize(
     ("make", "says"),
     [

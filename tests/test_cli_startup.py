@@ -256,6 +256,20 @@ def test_a_secret_with_what_surrounded_it_is_used_as_written_with_a_warning(
     assert jwt.decode(token, secret, algorithms=["HS256"], options={"verify_aud": False})["sub"] == "alice"
 
 
+def test_env_example_copied_as_env_is_read_as_nothing_set(tmp_path: Path) -> None:
+    """README's own first step, `cp .env.example .env`: each of its empty lines reads as unset, so a
+    command runs on the defaults with no warning (the mutation probe, /tmp/s77-mut3, S01: read as set to
+    nothing, every command refused "LOG_FORMAT is ''", and no test ran with that file)."""
+    shutil.copy(PROJECT / ".env.example", tmp_path / ".env")
+    result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert (
+        jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"], options={"verify_aud": False})["sub"]
+        == "alice"
+    )
+
+
 def test_an_empty_database_url_in_the_environment_is_read_as_unset_with_a_warning(tmp_path: Path) -> None:
     """`DATABASE_URL=$(cat /run/secrets/url)` of a file not mounted: the embedded database was used in
     silence, and a `serve` on loopback took production's tokens into a new database. `.env.example`'s

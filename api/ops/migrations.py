@@ -309,7 +309,7 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
                 raise _not_the_owner(str(role), owners, owns_the_database=True) from None
             raise _cannot_read_records(str(role), error.diag.message_primary or str(error)) from None
         database, encoding = connection.execute(ENCODING_STATE).fetchone() or ("", "")
-        refusal = encoding_refusal(database=str(database), encoding=str(encoding), setting=setting)
+        refusal = encoding_refusal(database=database, encoding=encoding, setting=setting)
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
         row = connection.execute(

@@ -299,8 +299,15 @@ async def refuse_a_read_only_database(connection: psycopg.AsyncConnection[Any], 
 ENCODING_STATE = "select pg_catalog.current_database(), pg_catalog.current_setting('server_encoding')"
 
 
-def encoding_refusal(*, database: str, encoding: str, setting: str) -> str | None:
-    """Why `setting`'s database cannot hold what users write, and the fix; None when it can."""
+def _as_text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def encoding_refusal(*, database: object, encoding: object, setting: str) -> str | None:
+    """Why `setting`'s database cannot hold what users write, and the fix; None when it can. Its
+    name and encoding as `ENCODING_STATE` reads them: bytes from a SQL_ASCII database's session, whose
+    client_encoding is SQL_ASCII (named "b'SQL_ASCII'" as Python writes bytes before)."""
+    database, encoding = (_as_text(value) for value in (database, encoding))
     if encoding == "UTF8":
         return None
     return (
@@ -316,7 +323,7 @@ async def refuse_a_database_not_in_utf8(connection: psycopg.AsyncConnection[Any]
     cursor = await connection.execute(ENCODING_STATE)
     row = await cursor.fetchone()
     assert row is not None
-    refusal = encoding_refusal(database=str(row[0]), encoding=str(row[1]), setting=setting)
+    refusal = encoding_refusal(database=row[0], encoding=row[1], setting=setting)
     if refusal is not None:
         raise CommandFailed(f"Refusing to serve: {refusal}")
 
