@@ -4,6 +4,7 @@ traceback, and for `serve` no "serving on" line before it."""
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -75,6 +76,22 @@ def test_a_closed_port(tmp_path: Path, command: tuple[str, ...]) -> None:
         result.returncode,
         "cannot reach the database",
         "connection refused",
+        status=failure_status(command),
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_socket_folder_no_postgres_listens_in(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """libpq says "No such file or directory" of a socket no Postgres made: the advice for a closed
+    port, not libpq's words (the mutation probe, /tmp/s77-mut3, F02: no test held it)."""
+    folder = f"/todo-api-no-postgres-{secrets.token_hex(4)}"  # nobody made it; short, as socket paths are
+    url = f"postgresql://todo@/todo?host={folder}"
+    result = run_cli(*command, cwd=tmp_path, DATABASE_URL=url, BETTER_AUTH_SECRET=SECRET)
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"cannot reach the database at the socket in {folder} (connection refused)",
+        "is Postgres running",
         status=failure_status(command),
     )
 
