@@ -504,8 +504,11 @@ def wait_until_it_waits_for(holder: psycopg.Connection[Any], request: "Future[ht
     """Return once a backend waits for a lock `holder` holds: the one serving `request`, which must
     still be waiting then (a request that answered without waiting fails the test)."""
     waiting = "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))"
-    deadline = time.monotonic() + 30
-    while holder.execute(waiting, [holder.info.backend_pid]).fetchone() != (1,):
+
+    def it_waits() -> bool:
+        if holder.execute(waiting, [holder.info.backend_pid]).fetchone() == (1,):
+            return True
         assert not request.done(), f"the request did not wait for the lock: {request.result().text}"
-        assert time.monotonic() < deadline, "the request waits for the lock"
-        time.sleep(0.05)
+        return False
+
+    wait_until(it_waits, "the request waits for the lock", 30)
