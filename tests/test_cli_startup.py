@@ -1377,3 +1377,26 @@ def test_policies_audits_an_embedded_database_only_once_one_was_made(
     assert "Traceback" not in audited.stderr
     assert audited.stdout.strip(), "the audit's report"
     assert _postgres_on(tmp_path / folder / "pgdata") == [], "the audit stops the Postgres it started"
+
+
+def test_policies_leaves_a_postgres_it_found_running_as_it_found_it(made_data_dir: Path) -> None:
+    """An audit changes nothing (README, `todo-api policies`): an operator's Postgres started with
+    pg_ctl on the folder was stopped by the audit's exit, as a serve's last stop stops it."""
+    pgdata = made_data_dir / "pgdata"
+    audit = ("policies", "--data-dir", str(made_data_dir))
+    try:
+        # A first audit starts and stops it, as every start does (as root, the wheel makes the
+        # folders above pgdata traversable for its own user, which pg_ctl runs as).
+        assert run_cli(*audit, cwd=made_data_dir.parent).returncode == 0
+        assert _postgres_on(pgdata) == []
+        # As the wheel starts it: no TCP, the socket in pgdata.
+        _pg_ctl(pgdata, "start", "-w", "-o", f"-h '' -k {pgdata}", "-l", str(pgdata / "log"))
+        running = _postmaster(pgdata)
+        audited = run_cli(*audit, cwd=made_data_dir.parent)
+        assert audited.returncode == 0, audited.stdout + audited.stderr
+        assert audited.stdout.strip(), "the audit's report"
+        assert running.is_running(), "left running"
+        assert _postmaster(pgdata).pid == running.pid
+        assert json.loads((pgdata / ".handle_pids.json").read_text()) == [], "the audit's hold is gone"
+    finally:
+        _stop_postgres_left_on(pgdata)

@@ -171,7 +171,7 @@ def _readable(url: str, setting: str) -> str:
 def _database_url(settings: Settings, data_dir: Path | None, *, to_audit: bool = False) -> Iterator[str]:
     """DATABASE_URL when set; otherwise the embedded database, stopped again on the way out. `to_audit`:
     only one already made, since an audit changes nothing (a new one would be 46 MB of .data, and
-    an audit of a database nothing serves from)."""
+    an audit of a database nothing serves from), and one found running is left running."""
     if settings.database_url is not None:
         yield _readable(settings.database_url.get_secret_value(), "DATABASE_URL")
         return
@@ -186,7 +186,7 @@ def _database_url(settings: Settings, data_dir: Path | None, *, to_audit: bool =
             f"no DATABASE_URL, and no embedded database in {folder} to audit: run `todo-api migrate` "
             "or `todo-api serve` there first (or name its folder with --data-dir), or set DATABASE_URL"
         )
-    database = embedded.start(_usable_folder(folder))
+    database = embedded.start(_usable_folder(folder), leave_running=to_audit)
     try:
         embedded.export_environment(database)
         yield database.url

@@ -102,6 +102,8 @@ class EmbeddedDatabase:
         # handles counted here, or starts a Postgres of its own once this one has stopped.
         with _starting_alone(pgdata.parent):
             self.server.cleanup()
+            if self.server.cleanup_mode is None:
+                return  # started with leave_running: found running, and left so
             # The wheel stops only the postmaster it found at start. One an operator started since
             # (`pg_ctl restart`, which docs/operations.md supports) is another process, and would
             # outlive every serve; it is stopped here too, unless another serve still uses it.
@@ -133,19 +135,16 @@ def _stop_unclaimed_postgres(pgdata: Path) -> None:
     exit hook leaves either running."""
     import psutil  # the embedded extra's, like the wheel
 
-    pidfile = pgdata / "postmaster.pid"
-    if [pid for pid in _live_handles(pgdata) if pid != os.getpid()] or not pidfile.exists():
+    if [pid for pid in _live_handles(pgdata) if pid != os.getpid()]:
         return
+    postmaster = _postmaster(pgdata)
+    if postmaster is None:
+        return
+    logger.info("stopping the embedded Postgres", extra={"pgdata": str(pgdata), "postmaster": postmaster.pid})
     try:
-        postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
-        if not _serves(postmaster, pgdata):  # the file outlived a crash, and its pid went to another
-            return
-        logger.info(
-            "stopping the embedded Postgres", extra={"pgdata": str(pgdata), "postmaster": postmaster.pid}
-        )
         postmaster.send_signal(signal.SIGINT)  # Postgres's "fast" shutdown
         postmaster.wait(timeout=_STOP_SECONDS)
-    except (ValueError, IndexError, psutil.NoSuchProcess):
+    except psutil.NoSuchProcess:
         return
     except psutil.TimeoutExpired:
         logger.warning(
@@ -153,6 +152,18 @@ def _stop_unclaimed_postgres(pgdata: Path) -> None:
             _STOP_SECONDS,
             extra={"pgdata": str(pgdata)},
         )
+
+
+def _postmaster(pgdata: Path) -> "psutil.Process | None":
+    """The Postgres serving `pgdata` now, as its postmaster.pid says; None when none does (the file
+    may outlive a crash, and its pid go to another process)."""
+    import psutil  # the embedded extra's, like the wheel
+
+    try:
+        postmaster = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+    except (OSError, ValueError, IndexError, psutil.NoSuchProcess):
+        return None
+    return postmaster if _serves(postmaster, pgdata) else None
 
 
 def _serves(process: "psutil.Process", pgdata: Path) -> bool:
@@ -493,7 +504,7 @@ def _socket_for_its_user_only(pgdata: Path) -> None:
             file.write(f"{_SOCKET_FOR_ITS_USER_ONLY}\n")
 
 
-def _get_server(pgdata: Path, cleanup_mode: Literal["stop", "delete"]) -> "PostgresServer":
+def _get_server(pgdata: Path, cleanup_mode: Literal["stop", "delete"] | None) -> "PostgresServer":
     """The wheel's get_server, with the socket setting written between initdb and the first start,
     where the wheel has no setting of its own for it: its public ensure_pgdata_inited, extended.
     Each call makes a handle and starts the server if it is not running, as get_server does for a
@@ -553,7 +564,7 @@ def _keep_the_socket_to_its_user(server: "PostgresServer") -> None:
     )
 
 
-def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"]) -> "PostgresServer":
+def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"] | None) -> "PostgresServer":
     """A Postgres from the wheel on `pgdata`, started (and initialised, if new) as the wheel does it,
     that only the user it runs as (and root) can connect to."""
     # The wheel asks platformdirs for a runtime folder at import time; without XDG_RUNTIME_DIR (as
@@ -654,7 +665,10 @@ def _release_the_migration_lock_of_a_process_gone(database_url: str) -> None:
             connection.execute("delete from public.yoyo_lock where pid = any(%s)", [gone])
 
 
-def start(data_dir: Path) -> EmbeddedDatabase:
+def start(data_dir: Path, *, leave_running: bool = False) -> EmbeddedDatabase:
+    """`leave_running`: a Postgres found running on the folder is left running on stop (an audit
+    changes nothing: one an operator started with pg_ctl, or a crashed serve's, stays up); by default
+    the last process to stop stops it, whoever started it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     with _starting_alone(data_dir):
@@ -666,7 +680,8 @@ def start(data_dir: Path) -> EmbeddedDatabase:
         if first_start:
             (data_dir / _INITIALISING).touch()
         pgdata.mkdir(exist_ok=True)
-        server = start_postgres(pgdata, cleanup_mode="stop")
+        found_running = leave_running and _postmaster(pgdata) is not None
+        server = start_postgres(pgdata, cleanup_mode=None if found_running else "stop")
         superuser_url = libpq_url(server.get_uri(database="postgres"))
         ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
         _keep_statements_out_of_the_log(superuser_url)
