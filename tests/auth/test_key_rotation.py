@@ -31,12 +31,17 @@ from tests.support import (
 UNAVAILABLE = "todo_api_http_unavailable_total"
 
 
+async def _eventually(condition: Callable[[], object], what: str) -> None:
+    """`wait_until` for a scenario on an event loop, whose sleeps must let the refresher run."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} (not within 10 s)"
+        await asyncio.sleep(0.01)
+
+
 async def _started(key_set: JwksKeySet) -> JwksKeySet:
     """Wait for the start-up fetch, after which the background refresher sleeps for its interval."""
-    deadline = time.monotonic() + 10
-    while not key_set.fetched:
-        assert time.monotonic() < deadline, "the start-up fetch did not happen"
-        await asyncio.sleep(0.01)
+    await _eventually(lambda: key_set.fetched, "the start-up fetch")
     return key_set
 
 
@@ -258,6 +263,25 @@ def test_a_failed_refresh_keeps_the_keys() -> None:
             await _started(key_set)
             server.down = True
             assert not await key_set.refresh()
+            assert (await key_set.key(key.kid)).algorithm_name == "EdDSA"
+
+    with jwks_server(key) as server:
+        asyncio.run(scenario(server))
+
+
+def test_a_failed_refresh_is_tried_again_within_seconds_not_at_the_next_interval() -> None:
+    """The refresher backs off from 1 s after a failure: waiting for the next interval (an hour) kept
+    an auth server started after the API unfetched until a request asked, and after a blip a key
+    withdrawn meanwhile verifying for up to an hour (the mutation probe's J03: no test held it)."""
+    key = SigningKey.generate()
+
+    async def scenario(server: JwksServer) -> None:
+        server.down = True
+        async with JwksKeySet(server.jwks_url, refetch_cooldown=3600, refresh_interval=3600) as key_set:
+            await _eventually(lambda: server.fetch_count() >= 1, "the first refresh, which fails")
+            assert not key_set.fetched
+            server.down = False
+            await _eventually(lambda: key_set.fetched, "a refresh after the failure, without a request")
             assert (await key_set.key(key.kid)).algorithm_name == "EdDSA"
 
     with jwks_server(key) as server:
