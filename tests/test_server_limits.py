@@ -26,6 +26,7 @@ from tests.api.events_client import async_client, opened
 from tests.support import (
     CLI,
     SECRET,
+    assert_problem,
     cli_env,
     free_port,
     new_user,
@@ -259,7 +260,8 @@ def test_a_malformed_chunked_body_is_400_and_changes_nothing(
 def test_a_large_authorization_header_is_401_from_the_real_server(served: str) -> None:
     alice = new_user()
     response = httpx.get(f"{served}{alice.tasks_url}", headers={"Authorization": "Bearer " + "a" * 10_000})
-    assert response.status_code == 401
+    assert_problem(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
 
 def test_a_body_near_the_limit_is_judged_and_one_over_it_refused(served: str, tmp_path: Path) -> None:
@@ -267,11 +269,14 @@ def test_a_body_near_the_limit_is_judged_and_one_over_it_refused(served: str, tm
     near = httpx.post(
         f"{served}{alice.tasks_url}", json={"title": "t" * (60 * 1024)}, headers=alice.headers, timeout=30
     )
-    assert near.status_code == 422
+    assert_problem(near, 422, "validation-error", "body.title")
     over = httpx.post(
         f"{served}{alice.tasks_url}", json={"title": "t" * (70 * 1024)}, headers=alice.headers, timeout=30
     )
-    assert over.status_code == 413
+    assert_problem(over, 413, "payload-too-large")
+    listed = httpx.get(f"{served}{alice.tasks_url}", headers=alice.headers)
+    assert listed.status_code == 200, listed.text
+    assert listed.json() == [], "neither was stored"
 
 
 def _chunked(body: bytes) -> bytes:
