@@ -1,6 +1,7 @@
 """Every failure a user can cause is one message naming the cause and the fix: exit status 1, no
 traceback, and for `serve` no "serving on" line before it."""
 
+import asyncio
 import json
 import os
 import re
@@ -18,7 +19,10 @@ import pytest
 from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
+from api.ops.failures import CommandFailed
+from api.ops.startup_checks import EXTRA_CONNECTIONS_PER_WORKER, refuse_more_connections_than_postgres_allows
 from tests.conftest import url_for
+from tests.own_postgres import OwnPostgres
 from tests.support import (
     CLI,
     PASSWORD_ROLE,
@@ -496,6 +500,38 @@ def test_serve_refuses_connections_other_sessions_hold_naming_the_numbers(
         "DB_POOL_SIZE", "--workers",
     )  # fmt: skip
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_workers_that_need_exactly_the_free_connections_start_and_one_more_does_not(
+    module_postgres: OwnPostgres,
+) -> None:
+    """The check at the boundary, where a slip (`>=` for `>`) refused an exact fit saying "need 84, but
+    Postgres has 84 free" (the mutation probe's K09). On a cluster of the module's own, so that no
+    other test's sessions come and go between counting and checking."""
+
+    async def check() -> None:
+        async with (
+            await psycopg.AsyncConnection.connect(module_postgres.url) as connection,
+            await psycopg.AsyncConnection.connect(module_postgres.url),  # held by another session
+        ):
+            cursor = await connection.execute(
+                "select current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"
+                " - current_setting('reserved_connections')::int"
+                " - (select count(*) from pg_stat_activity"
+                "    where backend_type = 'client backend' and pid <> pg_backend_pid())::int"
+            )
+            (free,) = await cursor.fetchone() or ()
+            exactly = free - EXTRA_CONNECTIONS_PER_WORKER
+            await refuse_more_connections_than_postgres_allows(
+                connection, reaches_postgres=True, workers=1, pool_size=exactly
+            )
+            with pytest.raises(CommandFailed, match=f"need {free + 1} connections .* has {free} free"):
+                await refuse_more_connections_than_postgres_allows(
+                    connection, reaches_postgres=True, workers=1, pool_size=exactly + 1
+                )
+
+    asyncio.run(check())
 
 
 @pytest.mark.parametrize("limited", ["login role", "database"])
