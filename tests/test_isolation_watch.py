@@ -707,3 +707,55 @@ def test_a_breach_a_stream_meets_after_its_client_left_is_still_refused_at_once(
             assert refused(api, alice)
     finally:
         db.execute("grant select on task_events to todo_app")
+
+
+@pytest.mark.parametrize("restored", ["whole", "without-row-level-security-yet"])
+def test_a_database_made_again_under_its_name_is_checked_before_a_request_runs_on_it(
+    db: Conn,
+    migrated_db_url: str,
+    migrated_template: Any,
+    superuser_url: str,
+    caplog: pytest.LogCaptureFixture,
+    restored: str,
+) -> None:
+    """A restore in place while serving (docs/operations.md, "Backup and restore": DROP DATABASE, then
+    a restore under the same name): the pool reconnected to the new database and served it until the
+    next check, an interval away. Restored in sections (pg_restore's pre-data and data before its
+    post-data), the tables were there without row-level security, and task requests read and wrote
+    them so (the restore probe, /tmp/s78-restore). A session of another database now waits for a
+    check of it: a whole restore is served at once, one without its policies yet is refused."""
+    alice, bob = new_user(), new_user()
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+    with serving_client(create_app(settings)) as api:
+        assert api.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).status_code == 201
+        name = db.info.dbname
+        with psycopg.connect(superuser_url, autocommit=True) as superuser:
+            superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+            superuser.execute(
+                sql.SQL("create database {} template {} owner {}").format(
+                    sql.Identifier(name),
+                    sql.Identifier(migrated_template.template_dbname),
+                    sql.Identifier(migrated_template.user),
+                )
+            )
+        with psycopg.connect(_as_superuser(superuser_url, migrated_db_url), autocommit=True) as new:
+            new.execute("insert into users (id) values (%s), (%s)", [alice.id, bob.id])
+            new.execute("insert into tasks (user_id, title) values (%s, 'restored')", [bob.id])
+            if restored != "whole":
+                new.execute("alter table tasks disable row level security")
+            with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+                listed = api.get(alice.tasks_url, headers=alice.headers)
+                created = api.post(alice.tasks_url, json={"title": "after"}, headers=alice.headers)
+            stored = new.execute("select user_id, title from tasks order by id").fetchall()
+    if restored == "whole":
+        assert listed.status_code == 200, listed.text
+        assert listed.json() == []
+        assert created.status_code == 201, created.text
+        assert stored == [(bob.id, "restored"), (alice.id, "after")]
+        return
+    assert_problem(listed, 503, "isolation-unverified")
+    assert_problem(created, 503, "isolation-unverified")
+    assert stored == [(bob.id, "restored")], "nothing was written"
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("another database than the one the last check verified" in message for message in messages)
+    assert any("row-level security" in message and "tasks" in message for message in messages), messages

@@ -63,6 +63,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
@@ -96,6 +97,7 @@ from api.db.pool import (
     RECONNECT_TRIES_FOR_SECONDS,
     ConnectFailures,
     Connection,
+    DatabaseIdentity,
     LivenessCheck,
     PingConnection,
     Pool,
@@ -249,6 +251,15 @@ class TransactionSettings:
         )
 
 
+class IdentityGate(Protocol):
+    """Which database the isolation check last verified (api/db/isolation.py, `IsolationWatch`)."""
+
+    checked_identity: DatabaseIdentity | None
+
+    async def confirm(self, identity: DatabaseIdentity | None) -> None:
+        """Return once a session of `identity` may be used, or raise to refuse the request."""
+
+
 class Database:
     def __init__(
         self,
@@ -278,6 +289,10 @@ class Database:
         self._waiting_for_pool = 0
         # When a write refused as read-only last replaced the pool's sessions.
         self._read_only_sessions_replaced_at = -math.inf
+        # The isolation check, which no transaction outruns: one on a session of another database
+        # than the one it verified waits for it to check that one (a database made again under the
+        # same name may not have its policies yet). None where no check runs (tools, tests).
+        self.identity_gate: IdentityGate | None = None
         # The connections lent to requests right now (`cancel_statements`).
         self._lent: set[Connection] = set()
         # False once a prepared statement was missing or another client's: the database's sessions
@@ -445,6 +460,9 @@ class Database:
         # DB_POOL_TIMEOUT_SECONDS, so a queue in front of a healthy database looked like a slow one.
         taken = time.perf_counter()
         try:
+            gate = self.identity_gate
+            if gate is not None and connection.identity != gate.checked_identity:
+                await gate.confirm(connection.identity)
             if self._tracer is None:
                 return await self._on(connection, query, as_user)
             # The span is the transaction the metric times: from the connection taken, one per attempt.

@@ -37,7 +37,7 @@ from psycopg_pool import PoolTimeout
 
 from api.db.database import Database
 from api.db.errors import UNAVAILABLE, AlreadyExists, IsolationBreach, MissingReference, in_one_line
-from api.db.pool import Connection, answer_within, ended_while_idle
+from api.db.pool import Connection, DatabaseIdentity, answer_within, ended_while_idle, read_identity
 from api.db.reach import differences, expected_reach, read_reach
 from api.db.schema_release import newest_migration_applied, release_mismatch
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
@@ -67,6 +67,11 @@ _SOONEST_ASKED_CHECK_SECONDS = 0.1
 # How long a request waits for the check it asked for before it is refused as before: a connection
 # attempt that hangs (a network gone silent) must not hold requests longer than the retry would.
 _ASKED_CHECK_WAIT_SECONDS = _RETRY_INCOMPLETE_SECONDS
+# What a session of a database other than the one last verified makes of the verdict (`confirm`).
+_ANOTHER_DATABASE = (
+    "a session reached another database than the one the last check verified (a restart, a database "
+    "made again under the same name by a restore, or another server at the same address): checking it"
+)
 
 
 # What a finding's fix depends on, for whoever advises on it (`todo-api serve`): the tables are
@@ -149,18 +154,29 @@ async def isolation_findings(connection: psycopg.AsyncConnection[Any]) -> list[F
     Connecting is the caller's business; once connected, whatever keeps the check from completing
     (a lock, a timeout, an object it cannot read, a server that stops answering) is returned as a
     finding, never raised. The connection is closed when no answer came in time."""
-    try:
-        async with answer_within(connection, _ANSWER_TIMEOUT_SECONDS) as answered:
-            findings = await _findings_on(connection)
-    except TimeoutError:  # raised only once the bound shut the connection
-        findings = []
-    if answered.expired:  # what the check read before its connection was shut proves nothing
-        silent = TimeoutError(f"no answer from the database within {_ANSWER_TIMEOUT_SECONDS:g} s")
-        return [could_not_complete(silent)]
+    _, findings = await checked_database(connection)
     return findings
 
 
-async def _findings_on(connection: psycopg.AsyncConnection[Any]) -> list[Finding]:
+async def checked_database(
+    connection: psycopg.AsyncConnection[Any],
+) -> tuple[DatabaseIdentity | None, list[Finding]]:
+    """`isolation_findings`, and which database they are of (None when the check could not say)."""
+    try:
+        async with answer_within(connection, _ANSWER_TIMEOUT_SECONDS) as answered:
+            identity, findings = await _findings_on(connection)
+    except TimeoutError:  # raised only once the bound shut the connection
+        identity, findings = None, []
+    if answered.expired:  # what the check read before its connection was shut proves nothing
+        silent = TimeoutError(f"no answer from the database within {_ANSWER_TIMEOUT_SECONDS:g} s")
+        return None, [could_not_complete(silent)]
+    return identity, findings
+
+
+async def _findings_on(
+    connection: psycopg.AsyncConnection[Any],
+) -> tuple[DatabaseIdentity | None, list[Finding]]:
+    identity: DatabaseIdentity | None = None
     findings: list[Finding] = []
     try:
         async with connection.transaction(force_rollback=True):
@@ -170,11 +186,13 @@ async def _findings_on(connection: psycopg.AsyncConnection[Any]) -> list[Finding
             await connection.execute("set transaction isolation level repeatable read, read only")
             await connection.execute(f"set local lock_timeout = '{_LOCK_TIMEOUT}'")
             await connection.execute(f"set local statement_timeout = '{_STATEMENT_TIMEOUT}'")
+            # Which database the verdict is of, read with the catalogs it is made from.
+            identity = await read_identity(connection)
             rows = await _rows(connection, _sql())
             findings += [_checked(str(message)) for (message,) in rows]
             findings += [_checked(str(message)) for (_, message) in await _rows(connection, _settings_sql())]
             if any(finding.cause == "not migrated" for finding in findings):
-                return findings
+                return identity, findings
             for difference in differences(await read_reach(connection), expected_reach()):
                 table, policy = difference.policy or (None, None)
                 cause: Cause | None = "grant gone" if difference.grant_gone else None
@@ -182,7 +200,7 @@ async def _findings_on(connection: psycopg.AsyncConnection[Any]) -> list[Finding
     except psycopg.Error as error:
         findings.append(could_not_complete(error))
     if findings:
-        return findings
+        return identity, findings
     # The catalog says the login role may switch; make sure by doing it, as every request will.
     try:
         async with connection.transaction(force_rollback=True):
@@ -196,7 +214,7 @@ async def _findings_on(connection: psycopg.AsyncConnection[Any]) -> list[Finding
         )
     except psycopg.Error as error:
         findings.append(could_not_complete(error))
-    return findings
+    return identity, findings
 
 
 @dataclass(frozen=True)
@@ -288,6 +306,10 @@ class IsolationWatch:
         # The last check's findings in one line, when they are another release's schema (`_release_mismatch`).
         self.mismatch: str | None = None
         self.verified = False
+        # The database the last check found clean (`DatabaseIdentity`); None while none is verified.
+        # Every transaction compares its session's with it (`Database.identity_gate`, `confirm`).
+        self.checked_identity: DatabaseIdentity | None = None
+        database.identity_gate = self
         self._check_now = asyncio.Event()
         # When the next check is due (time.monotonic()), once `keep_checking` waits for one.
         self._next_check_at: float | None = None
@@ -333,6 +355,21 @@ class IsolationWatch:
         await asyncio.wait({self._asked}, timeout=_ASKED_CHECK_WAIT_SECONDS)
         self.refuse_unless_verified()
 
+    async def confirm(self, identity: DatabaseIdentity | None) -> None:
+        """For a transaction about to run on a session of `identity`, another database than the one
+        the last clean check verified: distrust that verdict and wait for a check, as `admit` waits
+        after an outage, and refuse unless it comes back clean for this database.
+
+        A restore in place while serving (DROP DATABASE, then pg_restore under the same name) was
+        served as soon as the pool reconnected, until the next check: a restore in sections, the
+        tables before the policies, had task requests read and write with no row-level security."""
+        if self.verified:
+            self._record((Finding("isolation", _ANOTHER_DATABASE, cause="incomplete"),), completed=False)
+            self._unreachable = True  # so that requests ask for a check at once and wait for it
+        await self.admit()
+        if identity != self.checked_identity:
+            raise IsolationUnverified(self.seconds_until_next_check())
+
     def _lost_its_connection(self) -> bool:
         """Whether the check that just ended had no connection to the database: none could be made,
         or the one it used broke or went silent (and was closed). One whose connection answered but
@@ -344,13 +381,13 @@ class IsolationWatch:
     async def check(self) -> tuple[Finding, ...]:
         """Run the check and keep its verdict; one that cannot complete is a finding."""
         distrusts = self._distrusts
-        findings = await self._findings()
+        identity, findings = await self._findings()
         if findings and findings != self.findings and not _incomplete(findings):
             # A change committed while the check ran can show half (see isolation_findings): new
             # findings are read once more, so that one change is logged once, whole. Not a clean
             # verdict, which serves again at once, nor one that could not complete, which may have
             # waited out a timeout: refusing must not wait twice.
-            findings = await self._findings()
+            identity, findings = await self._findings()
         unreachable = _incomplete(findings) and self._lost_its_connection()
         if not findings and self._distrusts != distrusts:
             # The database answered as isolation forbids while this check ran, which read it as it was
@@ -359,22 +396,25 @@ class IsolationWatch:
             return self.findings
         mismatch = await self._release_mismatch(findings)
         self._record(findings, completed=not _incomplete(findings), mismatch=mismatch)
+        self.checked_identity = None if findings else identity
         self._unreachable = unreachable
         return findings
 
-    async def _findings(self) -> tuple[Finding, ...]:
+    async def _findings(self) -> tuple[DatabaseIdentity | None, tuple[Finding, ...]]:
+        """The database checked, and what the check found there."""
         try:
             try:
                 connection = await self._connection()
             except psycopg.OperationalError as refused:
                 return await self._findings_over_an_idle_pooled_connection(refused)
-            return tuple(await isolation_findings(connection))
+            identity, findings = await checked_database(connection)
+            return identity, tuple(findings)
         except Exception as error:  # fail closed, whatever kept the check from completing
-            return (could_not_complete(error),)
+            return None, (could_not_complete(error),)
 
     async def _findings_over_an_idle_pooled_connection(
         self, refused: psycopg.OperationalError
-    ) -> tuple[Finding, ...]:
+    ) -> tuple[DatabaseIdentity | None, tuple[Finding, ...]]:
         """The check over a connection the pool holds idle (`Pool.idle_connection`), when the server
         would not open one of the check's own: without it, a worker whose pool held every slot the
         server had left refused every request for as long as it did (tests/test_isolation_watch.py,
@@ -383,10 +423,10 @@ class IsolationWatch:
         finding, the same at every check while it lasts."""
         try:
             async with self.database.pool.idle_connection() as connection:
-                findings = tuple(await isolation_findings(connection))
+                identity, findings = await checked_database(connection)
                 if _incomplete(findings) and (connection.closed or connection.broken):
                     raise refused
-                return findings
+                return identity, tuple(findings)
         except PoolTimeout:
             raise refused from None
 

@@ -29,7 +29,7 @@ import psycopg
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 from psycopg.pq import ConnStatus
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from api.db.errors import DatabaseUnavailable, WritesRefused
@@ -51,12 +51,32 @@ CHECK_CONNECTIONS_UNUSED_FOR_SECONDS = 1.0
 RECONNECT_TRIES_FOR_SECONDS = 2.0
 
 
+# Which database a session reached: the database's oid, and when its server started. A database
+# dropped and made again under the same name (a restore in place) has another oid, another server at
+# the same address (a new cluster, a failover, a restart) another start: the isolation check's verdict
+# is of one of them (`IsolationWatch.confirm`).
+DatabaseIdentity = tuple[int, datetime]
+
+
+async def read_identity(connection: psycopg.AsyncConnection[Any]) -> DatabaseIdentity:
+    async with connection.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute(
+            "select d.oid::bigint, pg_catalog.pg_postmaster_start_time() from pg_catalog.pg_database d"
+            " where d.datname = pg_catalog.current_database()"
+        )
+        row = await cursor.fetchone()
+    assert row is not None  # the session's own database
+    return int(row[0]), row[1]
+
+
 class Connection(LookupBoundedAsyncConnection[DictRow]):
     # Whether this session may prepare statements (`api.db.prepared`), and the names of those it has.
     may_prepare: bool = False
     prepared: frozenset[str] = frozenset()
     # When the pool last handed this connection out (time.monotonic()); never, for a new one.
     handed_out_at: float = -math.inf
+    # The database it reached, as the pool's configure step read it (`configure_sessions`).
+    identity: DatabaseIdentity | None = None
 
 
 class AnswerDeadline:
@@ -361,14 +381,15 @@ def configure_sessions(
     *,
     connected: Callable[[], None],
 ) -> Callable[[Connection], Awaitable[None]]:
-    """The pool's configure step: times read in UTC (`read_times_in_utc`), `preparing`'s step, then
-    `connected` told (`ConnectFailures.connected`). Told last: behind a pooler, a connection is made
-    while the database is away (the pooler answers it), and only `preparing`'s question to the server
-    (DB_PREPARED_STATEMENTS=auto) fails; told first, every such try said the pool connects again,
-    several times a second, each followed by the warning it had silenced."""
+    """The pool's configure step: times read in UTC (`read_times_in_utc`), the database the session
+    reached (`read_identity`), `preparing`'s step, then `connected` told (`ConnectFailures.connected`).
+    Told last: behind a pooler, a connection is made while the database is away (the pooler answers
+    it), and only a question to the server fails; told first, every such try said the pool connects
+    again, several times a second, each followed by the warning it had silenced."""
 
     async def configure(connection: Connection) -> None:
         read_times_in_utc(connection)
+        connection.identity = await read_identity(connection)
         if preparing is not None:
             await preparing(connection)
         connected()
