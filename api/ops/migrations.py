@@ -226,6 +226,31 @@ def _restored_without_roles() -> MigrationFailed:
     )
 
 
+# What of 0002's work a database holds without the rest: its tables without yoyo's record of it, or
+# the record without its schema `app` (0002 makes both, committed with its record: `_apply_and_record`).
+# Only a restore of part of a dump leaves that (`pg_restore --schema-only`, or `-n public`), and
+# migrating then failed on yoyo's own tables (a traceback) or on a migration that was not pending.
+_RESTORED_IN_PART = """
+select case
+    when pg_catalog.to_regclass('public.tasks') is not null
+         and not exists (select from public._yoyo_migration where migration_id = '0002_tasks_schema')
+        then 'its tables are there, but not yoyo''s record of the migrations that made them'
+    when exists (select from public._yoyo_migration where migration_id = '0002_tasks_schema')
+         and pg_catalog.to_regnamespace('app') is null
+        then 'it records its migrations as applied, but schema app, which they made, is not there'
+end
+"""
+
+
+def _restored_in_part(what: str) -> MigrationFailed:
+    return MigrationFailed(
+        f"this database holds part of a restore: {what} (a restore of some of a dump: "
+        "`pg_restore --schema-only`, `--data-only` or `-n public`), and migrating cannot make the rest. "
+        "Restore the whole dump into a new, empty database and migrate that "
+        '(docs/operations.md, "Backup and restore"); nothing was changed'
+    )
+
+
 # The one setting of sql/checks/session_settings.sql migrate takes as it comes: a superuser's URL acts
 # as the owner by it (`_not_the_owner`), and `current_user` is then checked as the owner like any role.
 _ACTING_AS = "role"
@@ -296,8 +321,12 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
         try:
-            if _holds(connection, _HAS_MIGRATION_RECORDS) and _holds(connection, _RESTORED_WITHOUT_ROLES):
-                raise _restored_without_roles()
+            if _holds(connection, _HAS_MIGRATION_RECORDS):
+                if _holds(connection, _RESTORED_WITHOUT_ROLES):
+                    raise _restored_without_roles()
+                (in_part,) = connection.execute(_RESTORED_IN_PART).fetchone() or (None,)
+                if in_part is not None:
+                    raise _restored_in_part(str(in_part))
         except psycopg.errors.LockNotAvailable as error:
             raise migration_failure(error, database_url) from None
         except psycopg.errors.InsufficientPrivilege as error:

@@ -106,6 +106,49 @@ def test_migrating_a_restore_into_a_cluster_without_todo_app_refuses_naming_the_
         assert superuser.execute("select from pg_roles where rolname = 'todo_app'").fetchone() is None
 
 
+@pytest.mark.parametrize(
+    ("options", "what"),
+    [
+        pytest.param(
+            ("--schema-only",),
+            "its tables are there, but not yoyo's record of the migrations that made them",
+            id="schema-only",
+        ),
+        pytest.param(
+            ("-n", "public"),
+            "it records its migrations as applied, but schema app, which they made, is not there",
+            id="public-only",
+        ),
+    ],
+)
+def test_migrating_a_restore_of_part_of_a_dump_refuses_saying_to_restore_the_whole(
+    cluster: OwnPostgres, tmp_path: Path, options: tuple[str, ...], what: str
+) -> None:
+    """Schema-only, yoyo's tables came without their rows, and migrate ended in yoyo's AssertionError,
+    a traceback; without schema app, it said "a migration failed (InvalidSchemaName ...)" though none
+    was pending (the restore probe, /tmp/s78-restore)."""
+    backup = tmp_path / "todo.dump"
+    dump(cluster, backup)
+    url = restore(cluster, backup, *options)
+    with psycopg.connect(url) as restored:
+        before = restored.execute(
+            "select count(*), to_regnamespace('app') from public._yoyo_migration"
+        ).fetchone()
+
+    with pytest.raises(MigrationFailed) as refused:
+        apply_migrations(url)
+
+    message = str(refused.value)
+    assert f"this database holds part of a restore: {what}" in message, message
+    assert "Restore the whole dump into a new, empty database" in message, message
+    assert message.endswith("nothing was changed"), message
+    with psycopg.connect(url) as restored:
+        after = restored.execute(
+            "select count(*), to_regnamespace('app') from public._yoyo_migration"
+        ).fetchone()
+    assert after == before
+
+
 POLICY_TABLES = ["idempotency_keys", "task_event_purges", "task_events", "tasks", "users"]
 
 
