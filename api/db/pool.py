@@ -55,18 +55,21 @@ RECONNECT_TRIES_FOR_SECONDS = 2.0
 # dropped and made again under the same name (a restore in place) has another oid, another server at
 # the same address (a new cluster, a failover, a restart) another start: the isolation check's verdict
 # is of one of them (`IsolationWatch.confirm`).
-DatabaseIdentity = tuple[int, datetime]
+DatabaseIdentity = tuple[int, int]
 
 
 async def read_identity(connection: psycopg.AsyncConnection[Any]) -> DatabaseIdentity:
+    """The start as whole microseconds since the epoch: a time as text is written by the session's
+    DateStyle and read by the connection's loaders, which the check's connection and the pool's differ in."""
     async with connection.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(
-            "select d.oid::bigint, pg_catalog.pg_postmaster_start_time() from pg_catalog.pg_database d"
-            " where d.datname = pg_catalog.current_database()"
+            "select d.oid::bigint,"
+            " (extract(epoch from pg_catalog.pg_postmaster_start_time()) * 1000000)::bigint"
+            " from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()"
         )
         row = await cursor.fetchone()
     assert row is not None  # the session's own database
-    return int(row[0]), row[1]
+    return int(row[0]), int(row[1])
 
 
 class Connection(LookupBoundedAsyncConnection[DictRow]):
