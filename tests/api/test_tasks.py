@@ -3,6 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -64,6 +65,31 @@ def test_create_returns_the_task_with_its_location(
     for field in ("created_at", "updated_at"):
         assert datetime.fromisoformat(task[field]).tzinfo is not None, "RFC 3339 times carry a zone"
     assert stored(api_db, task["id"]) == (alice.id, "Buy milk", "two litres", False)
+
+
+@pytest.mark.parametrize("user_id", ["用户", "q?x", "a b", "50%"])
+def test_the_location_of_a_user_whose_id_a_url_must_encode_is_percent_encoded_and_leads_to_the_task(
+    client: httpx.Client, api_db: psycopg.Connection[Any], user_id: str
+) -> None:
+    """A `sub` from another issuer (or made by hand) may hold what a path must encode: written bare,
+    `Location: /api/q?x/tasks/5` names another path, and a non-ASCII one cannot be a header at all,
+    a 500 after the task was stored (the mutation probe's R03: no test held it)."""
+    user_id = f"{user_id}-{new_user().id}"  # a user of this test's own
+    headers = {"Authorization": f"Bearer {mint_token(SECRET, user_id)}"}
+    encoded = quote(user_id, safe="")
+    created = client.post(f"/api/{encoded}/tasks", json={"title": "t"}, headers=headers)
+    assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    assert created.headers["location"] == f"/api/{encoded}/tasks/{task_id}"
+    assert client.get(created.headers["location"], headers=headers).json() == created.json()
+    assert stored(api_db, task_id) == (user_id, "t", None, False)
+    # The next page's link names the user's path the same way.
+    assert client.post(f"/api/{encoded}/tasks", json={"title": "u"}, headers=headers).status_code == 201
+    first = client.get(f"/api/{encoded}/tasks", params={"limit": 1}, headers=headers)
+    link = first.headers["link"]
+    assert link.startswith(f"</api/{encoded}/tasks?"), link
+    following = client.get(link[1 : link.index(">")], headers=headers)
+    assert [task["title"] for task in first.json() + following.json()] == ["u", "t"]
 
 
 def test_create_can_start_completed(client: httpx.Client, alice: ApiUser) -> None:
