@@ -386,6 +386,29 @@ def _expire(db: psycopg.Connection[Any], user: ApiUser, key: str) -> None:
     )
 
 
+def test_reusing_an_expired_key_forgets_only_expired_keys(
+    client: httpx.Client, api_db: psycopg.Connection[Any]
+) -> None:
+    """An expired key used again clears the user's expired keys first: were the unexpired ones
+    cleared with them, a retry of another create still within IDEMPOTENCY_TTL_HOURS would make its
+    task a second time (the mutation probe's Q03: no test held it)."""
+    alice = new_user()
+    _post(client, alice, "expired", {"title": "old"})
+    kept = _post(client, alice, "kept", {"title": "recent"})
+    _expire(api_db, alice, "expired")
+
+    reused = _post(client, alice, "expired", {"title": "old"})
+    retried = _post(client, alice, "kept", {"title": "recent"})
+
+    assert reused.status_code == 201, reused.text
+    assert "idempotent-replayed" not in reused.headers
+    assert retried.status_code == 201, retried.text
+    assert retried.headers["idempotent-replayed"] == "true"
+    assert retried.json()["id"] == kept.json()["id"]
+    assert _tasks(api_db, alice) == 3, "old, recent, and old made again: the retry made nothing"
+    assert sorted(_keys(api_db, alice)) == ["expired", "kept"]
+
+
 def test_requests_reusing_an_expired_key_at_once_make_one_task_and_answer_as_its_replays(
     client: httpx.Client, api_db: psycopg.Connection[Any], api_db_url: str
 ) -> None:
