@@ -217,6 +217,15 @@ BLIND_SPOTS = {
         "ALTER ROLE todo_owner IN DATABASE todo SET",
         "isolation",
     ),
+    # Triggers off: no event written, no quota kept (the mutation probe's A04: only the cluster-wide
+    # form was held, and the audit missed this one with the setting's name dropped from its check).
+    "session_replication_role replica for the login role": BlindSpot(
+        ["alter role todo_owner in database todo set session_replication_role = replica"],
+        ["alter role todo_owner in database todo reset session_replication_role"],
+        "setting session_replication_role=replica applies to the login role todo_owner through "
+        "ALTER ROLE todo_owner IN DATABASE todo SET",
+        "isolation",
+    ),
     # A transaction as todo_app that did not set app.user_id then saw that user's rows, not none.
     "app.user_id for the database": BlindSpot(
         ["alter database todo set app.user_id = 'someone'"],
