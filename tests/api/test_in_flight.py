@@ -1,5 +1,6 @@
 """A user's in-flight slot is given back however their request ends; the cap's default follows the pool."""
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.http.services import services
+from tests.api.events_client import async_client, opened
 from tests.support import new_user, serving_client, settings_for
 
 
@@ -59,6 +61,24 @@ def test_every_way_a_request_ends_gives_its_slot_back(
         assert client.get(url, headers=alice.headers).status_code == 200
     row = api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone()
     assert row == (1,)
+
+
+def test_an_open_event_stream_holds_no_slot(one_at_a_time: tuple[FastAPI, httpx.Client]) -> None:
+    """A stream lasts as long as its client stays (a tab left open all day): held in flight, two tabs
+    at MAX_REQUESTS_IN_FLIGHT_PER_USER=2 made every other request of the user a 429 (the mutation
+    probe's C01: no test held it). Streams have limits of their own (MAX_STREAMS_PER_USER)."""
+    app, client = one_at_a_time
+    alice = new_user()
+
+    async def scenario() -> None:
+        async with async_client(str(client.base_url)) as streams, opened(streams, alice) as stream:
+            assert stream.response.status_code == 200
+            listed = await streams.get(alice.tasks_url, headers=alice.headers)
+            assert listed.status_code == 200, listed.text
+            assert listed.json() == []
+            assert services(app).in_flight.held(alice.id) == 0
+
+    asyncio.run(scenario())
 
 
 def test_the_default_cap_is_a_multiple_of_the_users_share_of_the_pool(api_db_url: str) -> None:
