@@ -65,7 +65,8 @@ async def read_identity(connection: psycopg.AsyncConnection[Any]) -> DatabaseIde
         await cursor.execute(
             "select d.oid::bigint,"
             " (extract(epoch from pg_catalog.pg_postmaster_start_time()) * 1000000)::bigint"
-            " from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()"
+            " from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()",
+            prepare=False,  # asked once a session: nothing to gain, and a pooler may not keep it
         )
         row = await cursor.fetchone()
     assert row is not None  # the session's own database
