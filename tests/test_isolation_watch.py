@@ -12,6 +12,7 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
+from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
 from api.db import isolation
@@ -713,7 +714,7 @@ def test_a_breach_a_stream_meets_after_its_client_left_is_still_refused_at_once(
 def test_a_database_made_again_under_its_name_is_checked_before_a_request_runs_on_it(
     db: Conn,
     migrated_db_url: str,
-    migrated_template: Any,
+    migrated_template: NoopExecutor,
     superuser_url: str,
     caplog: pytest.LogCaptureFixture,
     restored: str,
