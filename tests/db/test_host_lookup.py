@@ -2,13 +2,18 @@
 a lookup is older than that: a lookup stuck in a resolver that has since recovered (its name server
 back, the name added to /etc/hosts) must not hold every later connection of the worker with it.
 
-Run where no lookup is answered (tests/silent_name_server.py), as the worker's pool would run them."""
+The first test runs where no lookup is answered (tests/silent_name_server.py), as the worker's pool
+would run them. A name that is not found is left out, as libpq leaves it out, and each host left keeps
+its own port."""
 
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+from pytest_postgresql.executors import NoopExecutor
+
+from api.db.host_lookup import LookupBoundedConnection
 from tests.support import cli_env
 
 # Inside the namespace, as root there: the first lookup gets no answer; then /etc/hosts names the
@@ -56,3 +61,18 @@ def test_a_name_the_resolver_answers_again_is_found_by_the_next_connection(
     assert float(first.rsplit(" ", 1)[1]) < 3
     assert then.startswith("then: 192.0.2.7 "), then
     assert float(then.rsplit(" ", 1)[1]) < 1
+
+
+def test_a_host_whose_name_is_not_found_is_skipped_and_the_next_is_reached_at_its_own_port(
+    postgres_server: NoopExecutor,
+) -> None:
+    """A DATABASE_URL may list hosts with a port each (a primary and its replicas). libpq skips a
+    host whose name is not found (a retired replica) and connects to the next at that host's port:
+    the lookup done here must do the same, or `migrate`, `policies` and `serve` cannot connect at all
+    while psql can ("could not match 2 port numbers to 1 hosts" once the unfound name was left out)."""
+    conninfo = (
+        f"host=retired-replica.invalid,{postgres_server.host} port=5999,{postgres_server.port}"
+        " dbname=postgres user=postgres connect_timeout=5"
+    )
+    with LookupBoundedConnection.connect(conninfo) as connection:
+        assert connection.execute("select current_setting('port')").fetchone() == (str(postgres_server.port),)
