@@ -454,6 +454,16 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float, *, ev
         time.sleep(every)
 
 
+def database_answers(url: str) -> bool:
+    """Whether the database takes a connection: the wheel's start can return while Postgres still says
+    it is starting up."""
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
 def sessions_waiting_on_a_lock(url: str) -> int:
     """How many sessions of the database at `url` wait on a lock now. A connection of its own each
     time: a transaction sees pg_stat_activity as it first read it."""

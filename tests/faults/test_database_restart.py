@@ -25,6 +25,7 @@ from tests.support import (
     LOGIN_ROLE,
     ApiUser,
     assert_problem,
+    database_answers,
     new_user,
     serving_client,
     settings_for,
@@ -185,16 +186,6 @@ def test_a_write_broken_after_it_was_sent_is_outcome_unknown_and_never_run_twice
     _run(migrated_db_url, scenario, db_pool_size=1, **way)
 
 
-def _answers(url: str) -> bool:
-    """Whether the database takes a connection: the wheel's start can return while Postgres still says
-    it is starting up."""
-    try:
-        psycopg.connect(url, connect_timeout=2).close()
-    except psycopg.OperationalError:
-        return False
-    return True
-
-
 @contextmanager
 def _serving_through_an_outage(
     module_postgres: OwnPostgres, user: ApiUser, before_the_stop: Callable[[], object] = lambda: None
@@ -225,7 +216,9 @@ def test_a_worker_whose_check_fell_in_the_outage_serves_the_first_request_once_t
     with _serving_through_an_outage(module_postgres, user) as client:
         refused_during = client.post(user.tasks_url, json={"title": "during"}, headers=user.headers)
         module_postgres.start()
-        wait_until(lambda: _answers(module_postgres.url), "the database answers again", 30, every=0.01)
+        wait_until(
+            lambda: database_answers(module_postgres.url), "the database answers again", 30, every=0.01
+        )
 
         statuses = [client.get(user.tasks_url, headers=user.headers).status_code for _ in range(10)]
         ready_at_once = client.get("/readyz")
@@ -280,7 +273,10 @@ def test_a_weakening_made_while_the_database_was_away_is_refused_by_the_check_th
         with _serving_through_an_outage(module_postgres, user, before_the_stop=keep_the_api_out) as client:
             module_postgres.start()
             wait_until(
-                lambda: _answers(module_postgres.superuser_url), "the database answers again", 30, every=0.01
+                lambda: database_answers(module_postgres.superuser_url),
+                "the database answers again",
+                30,
+                every=0.01,
             )
             _as_superuser(module_postgres, "grant pg_read_all_data to todo_app")
             put_back.callback(_put_back, module_postgres, "revoke pg_read_all_data from todo_app")

@@ -7,6 +7,7 @@ DB_POOL_TIMEOUT_SECONDS (it could not complete, and refused every request). A da
 is still a 503.
 """
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -19,12 +20,15 @@ import psycopg
 import pytest
 
 from api.app import create_app
+from api.db.database import Database
+from api.db.errors import UNAVAILABLE
 from tests.own_postgres import OwnPostgres
 from tests.support import (
     LOGIN_ROLE,
     SECRET,
     assert_problem,
     cli_env,
+    database_answers,
     new_user,
     scrape,
     serve_command,
@@ -32,6 +36,7 @@ from tests.support import (
     serving_client,
     sessions_waiting_on_a_lock,
     settings_for,
+    sql,
     value,
 )
 
@@ -114,6 +119,44 @@ def test_a_database_that_is_down_is_not_ready_and_ready_again_once_back(module_p
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "/readyz never came back"
             time.sleep(0.2)
+
+
+def test_the_first_readiness_ping_once_the_database_answers_again_finds_it_ready(
+    module_postgres: OwnPostgres,
+) -> None:
+    """A load balancer puts a worker back once /readyz answers 200, and the first ping that reaches
+    the database after an outage must say ready. It judged the pool by its tries made while the
+    database was away, none of which could succeed, and said "database-unavailable" until the pool's
+    next try, about a second later, keeping a healthy worker out of rotation for nothing. Pinged as
+    /readyz's shared check pings, the moment the database answers."""
+    settings = settings_for(
+        module_postgres.url, db_connect_timeout_seconds=2, db_pool_size=1, db_pool_timeout_seconds=1
+    )
+
+    async def scenario() -> None:
+        database = Database.from_settings(settings)
+        await database.open()
+        try:
+            await database.pool.wait()
+            await database.ping()
+            await asyncio.to_thread(module_postgres.stop)
+            # A request finds the pool's connection gone, and the pool tries in vain to make another.
+            with pytest.raises(UNAVAILABLE):
+                await database.run("alice", sql("select count(*) as n from tasks"))
+            with pytest.raises(UNAVAILABLE):
+                await database.ping()
+            # Pinged as soon as the database answers: the wheel's start returns some time after that.
+            starting = asyncio.create_task(asyncio.to_thread(module_postgres.start))
+            deadline = time.monotonic() + 30
+            while not await asyncio.to_thread(database_answers, module_postgres.url):
+                assert time.monotonic() < deadline, "the database never answered again"
+                await asyncio.sleep(0.01)
+            await database.ping()
+            await starting
+        finally:
+            await database.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_pool_that_cannot_connect_is_not_ready_and_counts_no_connection(
