@@ -360,6 +360,24 @@ def test_a_policy_changed_by_hand_is_drift(db: Conn, migrated_db_url: str, run_p
     assert expression == ("(user_id IS NOT NULL)",)
 
 
+def test_a_with_check_loosened_by_hand_is_drift_that_says_what_differs(
+    db: Conn, migrated_db_url: str
+) -> None:
+    """WITH CHECK is what stops a user writing rows in another's name. An operator told of drift must
+    read what changed and what the file wants, to judge and put it back: the finding named the policy
+    and then said nothing after "differs from sql/policies/idempotency_keys.sql:"."""
+    db.execute(
+        'alter policy "idempotency keys are stored by their owner" on idempotency_keys'
+        " with check (user_id = (select app.current_user_id()) or true)"
+    )
+    assert findings(migrated_db_url) == [
+        'policy "idempotency keys are stored by their owner" on public.idempotency_keys differs from '
+        "sql/policies/idempotency_keys.sql: WITH CHECK is "
+        "`((user_id = ( SELECT app.current_user_id() AS current_user_id)) OR true)` live but "
+        "`(user_id = ( SELECT app.current_user_id() AS current_user_id))` in the file"
+    ]
+
+
 def test_a_role_changed_by_hand_is_drift(db: Conn, migrated_db_url: str) -> None:
     db.execute('alter policy "users see their own row" on users to public')
     assert findings(migrated_db_url) == [
