@@ -384,6 +384,26 @@ def test_login_role_refuses_a_name_no_role_could_fit_before_anything_runs(
         assert db.execute("select to_regclass('public.tasks')").fetchone() == (None,), "nothing migrated"
 
 
+def test_login_role_takes_a_name_of_63_bytes_the_longest_postgres_keeps_whole(
+    migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path
+) -> None:
+    """Postgres keeps a role's name whole up to 63 bytes (NAMEDATALEN - 1): an operator's name of
+    exactly 63 must make the role by that name, which DATABASE_URL then logs in as. Refused as if
+    Postgres would cut it, migrate failed on a name that fits."""
+    name = f"{fresh_role}_" + "l" * (62 - len(fresh_role))
+    assert len(name.encode()) == 63
+    try:
+        result = run_cli("migrate", "--login-role", name, cwd=tmp_path, DATABASE_URL=migrated_db_url)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"login role {name}: LOGIN NOINHERIT NOBYPASSRLS, owns nothing, member of todo_app" in (
+            result.stdout
+        )
+        with psycopg.connect(as_role(migrated_db_url, name)) as login:
+            assert login.execute("select current_user").fetchone() == (name,)
+    finally:
+        migrated_db.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
+
+
 def test_login_role_refuses_an_existing_role_that_cannot_log_in(
     superuser_url: str, migrated_db: Conn, migrated_db_url: str, fresh_role: str, tmp_path: Path
 ) -> None:
