@@ -1,6 +1,7 @@
 """The events listener meets an error that is no lost connection: it says so with the traceback,
 listens again, and every stream catches up, as after a lost connection, rather than stop waking the
-streams of its worker until it shuts down."""
+streams of its worker until it shuts down. And around a lost connection: while the listener cannot
+connect, streams poll; once it listens again, whatever was written meanwhile reaches them at once."""
 
 import asyncio
 import logging
@@ -12,7 +13,7 @@ import pytest
 from api.app import create_app
 from api.db.listener import CHANNEL
 from tests.api.events_client import async_client, opened
-from tests.support import new_user, serving, settings_for
+from tests.support import new_user, serving, settings_for, wait_until
 
 
 def test_an_error_the_listener_did_not_expect_is_logged_and_streams_still_get_every_event(
@@ -80,6 +81,41 @@ def test_while_the_listener_cannot_connect_streams_poll_and_get_each_event_promp
                 assert created.status_code == 201
                 event = await asyncio.wait_for(stream.next(), 2.5)
                 assert (event.kind, event.data) == ("task.created", created.json())
+
+    with serving(create_app(settings)) as base_url:
+        asyncio.run(scenario(base_url))
+
+
+def test_a_write_made_while_the_listener_reconnects_reaches_an_open_stream_without_waiting_for_a_poll(
+    migrated_db_url: str, migrated_db: psycopg.Connection[Any]
+) -> None:
+    """A write whose wake-up was sent while the listener had no session (its session ended by a
+    failover or a network cut, and not yet back) reaches no listener: the listener reads everything
+    once it listens again, and a stream gets the write then. Without that it came only at the
+    stream's next poll, EVENTS_POLL_MILLISECONDS later (up to a minute; a second by default)."""
+    alice = new_user()
+    db = migrated_db
+    db.autocommit = True  # each look at pg_stat_activity a new snapshot
+    settings = settings_for(migrated_db_url, events_poll_milliseconds=60_000)
+    where = " from pg_stat_activity where application_name = 'todo-api-listener' and datname = %s"
+
+    def listener_gone() -> bool:
+        return db.execute("select count(*)" + where, [db.info.dbname]).fetchone() == (0,)
+
+    async def scenario(base_url: str) -> None:
+        async with async_client(base_url) as client, opened(client, alice) as stream:
+            await stream.opening_id()
+            # As a failover or a network cut would: the listener's session ends (the API logs in as
+            # the role the test's session has, which may end it).
+            db.execute("select pg_terminate_backend(pid)" + where, [db.info.dbname])
+            wait_until(listener_gone, "the listener's session ends", timeout=30, every=0.005)
+            created = await client.post(alice.tasks_url, json={"title": "in the gap"}, headers=alice.headers)
+            assert created.status_code == 201
+            try:  # within the stream's read timeout (10 s), far below the poll's minute
+                event = await stream.next()
+            except TimeoutError:
+                pytest.fail("the write in the listener's gap was not sent before the stream's next poll")
+            assert (event.kind, event.data) == ("task.created", created.json())
 
     with serving(create_app(settings)) as base_url:
         asyncio.run(scenario(base_url))
