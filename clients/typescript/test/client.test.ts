@@ -336,6 +336,35 @@ test("a create asked to wait longer than the client does is answered with that 5
   assert.deepEqual(listed.data, []);
 });
 
+test("a create refused for the task limit (409 task-limit-reached) is the answer: it is sent once", async () => {
+  const user = takeUser("start");
+  let attempts = 0;
+  // The API's answer to a user at MAX_TASKS_PER_USER (api/http/problems.py): no other attempt fares
+  // better, and only 409 idempotency-key-in-use says to send it again.
+  const todo = clientFor(user, {
+    fetch: async (request) => {
+      if (request.method !== "POST") return fetch(request);
+      attempts++;
+      return Response.json(
+        {
+          type: "urn:todo-api:problem:task-limit-reached",
+          title: "Task limit reached",
+          status: 409,
+          detail: "You have 10000 tasks, the most one user may have; delete some to create more.",
+        },
+        { status: 409 },
+      );
+    },
+  });
+
+  const refused = await todo.createTask(user.id, { title: "One too many" });
+
+  assert.equal(attempts, 1, "sent once, not again and again for the same 409");
+  assert.equal(refused.response.status, 409);
+  assert.equal(refused.error?.type, "urn:todo-api:problem:task-limit-reached");
+  assert.equal(refused.error?.detail, "You have 10000 tasks, the most one user may have; delete some to create more.");
+});
+
 test("a write answered 404 forgets the task's version, as a delete does", async () => {
   const user = takeUser("start");
   const sent: (string | null)[] = [];
