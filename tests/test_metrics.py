@@ -1,6 +1,7 @@
 """GET /metrics, read as Prometheus reads it: counts that add up across workers, labels that never
 carry a user id or a raw path."""
 
+import asyncio
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from prometheus_client import REGISTRY
 from api.app import create_app
 from api.telemetry.metrics import dead_workers, forget_an_earlier_death, forget_dead_worker
 from api.telemetry.multiprocess import DIR_VARIABLE
+from tests.api.events_client import async_client, opened
 from tests.support import (
     CLI,
     PROBE,
@@ -194,6 +196,35 @@ def test_figures_add_up_across_workers(api_db_url: str, tmp_path: Path) -> None:
             if any(file.name.endswith(tuple(workers)) for file in folder.glob("metrics/*.db"))
         ]
     assert not folder.exists(), "serve cleans up"
+
+
+def test_open_event_streams_are_counted_across_workers_until_they_end(
+    api_db_url: str, tmp_path: Path
+) -> None:
+    """An operator sees how many live-change streams the workers hold (the soak probe found none to
+    watch): each worker counts its own, a scrape adds them up, and a stream that ends is counted out."""
+    alice, bob = new_user(), new_user()
+    env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET)
+    command = [*CLI, "serve", "--workers", "2"]
+
+    def open_streams() -> float:
+        return value(scrape(base_url), "todo_api_event_streams_open")
+
+    async def scenario() -> None:
+        # A client each, so that the streams may land on either worker.
+        async with (
+            async_client(base_url) as first,
+            async_client(base_url) as second,
+            opened(first, alice) as one,
+            opened(second, bob) as other,
+        ):
+            assert (one.response.status_code, other.response.status_code) == (200, 200)
+            assert open_streams() == 2
+        wait_until(lambda: open_streams() == 0, "both streams counted out once they end", 30)
+
+    with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (base_url, _):
+        assert open_streams() == 0
+        asyncio.run(scenario())
 
 
 def test_methods_the_api_does_not_know_share_one_label(api_url: str, client: httpx.Client) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from api.db.listener import Listener, listen_url, wake_tag
 from api.http.problems import STREAM_REFUSED_CLOSES, streams_unavailable, too_many_requests
 from api.settings import Settings
+from api.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +110,13 @@ class Hub:
         self._by_user[user_id].add(subscription)
         self._open.add(subscription)
         self._by_tag[subscription.tag].add(subscription)
+        metrics.event_streams_open.inc()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        self._open.discard(subscription)
+        if subscription in self._open:
+            self._open.remove(subscription)
+            metrics.event_streams_open.dec()
         for index, key in ((self._by_user, subscription.user_id), (self._by_tag, subscription.tag)):
             held = index.get(key)
             if held is not None:

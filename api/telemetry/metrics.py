@@ -50,6 +50,10 @@ pool_waiting = Gauge(
     "todo_api_db_pool_requests_waiting", "Requests waiting for a free connection.",
     multiprocess_mode="livesum",
 )  # fmt: skip
+event_streams_open = Gauge(
+    "todo_api_event_streams_open", "Event streams open now (GET /api/{user_id}/events).",
+    multiprocess_mode="livesum",
+)  # fmt: skip
 unavailable = Counter("todo_api_http_unavailable", "503 answers, by cause (problem type).", ["cause"])
 jwks_fetches = Counter("todo_api_jwks_fetches", "Fetches of Better Auth's key set, by outcome.", ["outcome"])
 # The least of the serving workers' verdicts: 1 only while every one of them last found nothing.
