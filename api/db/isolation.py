@@ -364,7 +364,10 @@ class IsolationWatch:
         served as soon as the pool reconnected, until the next check: a restore in sections, the
         tables before the policies, had task requests read and write with no row-level security."""
         if self.verified:
-            self._record((Finding("isolation", _ANOTHER_DATABASE, cause="incomplete"),), completed=False)
+            # A warning: every database restart comes this way, and the check that follows says
+            # at ERROR whatever it finds.
+            finding = Finding("isolation", _ANOTHER_DATABASE, cause="incomplete")
+            self._record((finding,), completed=False, level=logging.WARNING)
             self._unreachable = True  # so that requests ask for a check at once and wait for it
         await self.admit()
         if identity != self.checked_identity:
@@ -465,14 +468,22 @@ class IsolationWatch:
         if self._kept is not None:
             await self._kept.close()
 
-    def _record(self, findings: tuple[Finding, ...], *, completed: bool, mismatch: str | None = None) -> None:
+    def _record(
+        self,
+        findings: tuple[Finding, ...],
+        *,
+        completed: bool,
+        mismatch: str | None = None,
+        level: int = logging.ERROR,
+    ) -> None:
         metrics.record_isolation_verdict(len(findings), completed=completed, found=not _incomplete(findings))
         # Logged again when only the wording changes: a check between a newer release's migration and
         # the record its migrate writes after it (sql/mark_newest_migration.sql) finds the same
         # differences with no record of them yet.
         if (findings, mismatch) != (self.findings, self.mismatch):
             if findings:
-                logger.error(
+                logger.log(
+                    level,
                     "isolation is not verified; task requests are refused until it is: %s",
                     mismatch or "; ".join(finding.message for finding in findings),
                     extra={"findings": [finding.message for finding in findings]},
