@@ -256,7 +256,7 @@ class IdentityGate(Protocol):
 
     checked_identity: DatabaseIdentity | None
 
-    async def confirm(self, identity: DatabaseIdentity | None) -> None:
+    async def confirm(self, identity: DatabaseIdentity) -> None:
         """Return once a session of `identity` may be used, or raise to refuse the request."""
 
 
@@ -460,9 +460,11 @@ class Database:
         # DB_POOL_TIMEOUT_SECONDS, so a queue in front of a healthy database looked like a slow one.
         taken = time.perf_counter()
         try:
-            gate = self.identity_gate
-            if gate is not None and connection.identity != gate.checked_identity:
-                await gate.confirm(connection.identity)
+            # A session of a pooler's has no identity to compare (`read_identity`): there, the check's
+            # interval bounds how long a database swapped behind the pooler goes unchecked.
+            gate, identity = self.identity_gate, connection.identity
+            if gate is not None and identity is not None and identity != gate.checked_identity:
+                await gate.confirm(identity)
             if self._tracer is None:
                 return await self._on(connection, query, as_user)
             # The span is the transaction the metric times: from the connection taken, one per attempt.

@@ -355,7 +355,7 @@ class IsolationWatch:
         await asyncio.wait({self._asked}, timeout=_ASKED_CHECK_WAIT_SECONDS)
         self.refuse_unless_verified()
 
-    async def confirm(self, identity: DatabaseIdentity | None) -> None:
+    async def confirm(self, identity: DatabaseIdentity) -> None:
         """For a transaction about to run on a session of `identity`, another database than the one
         the last clean check verified: distrust that verdict and wait for a check, as `admit` waits
         after an outage, and refuse unless it comes back clean for this database.

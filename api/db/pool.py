@@ -34,7 +34,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from api.db.errors import DatabaseUnavailable, WritesRefused
 from api.db.host_lookup import LookupBoundedAsyncConnection
-from api.db.prepared import reaches_postgres_itself
 
 logger = logging.getLogger(__name__)
 
@@ -58,19 +57,25 @@ RECONNECT_TRIES_FOR_SECONDS = 2.0
 DatabaseIdentity = tuple[int, int]
 
 
-async def read_identity(connection: psycopg.AsyncConnection[Any]) -> DatabaseIdentity:
-    """The start as whole microseconds since the epoch: a time as text is written by the session's
-    DateStyle and read by the connection's loaders, which the check's connection and the pool's differ in."""
+async def read_identity(connection: psycopg.AsyncConnection[Any]) -> DatabaseIdentity | None:
+    """The database the connection's session reached; None when the session is a pooler's, which
+    may hand it another server session, of another server, at any transaction (a Postgres restarted
+    under PgBouncer keeps the API's connections to PgBouncer). The start is whole microseconds since
+    the epoch: a time as text is written by the session's DateStyle and read by the connection's
+    loaders, which the check's connection and the pool's differ in."""
     async with connection.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(
             "select d.oid::bigint,"
-            " (extract(epoch from pg_catalog.pg_postmaster_start_time()) * 1000000)::bigint"
+            " (extract(epoch from pg_catalog.pg_postmaster_start_time()) * 1000000)::bigint,"
+            " pg_catalog.pg_backend_pid()"
             " from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()",
             prepare=False,  # asked once a session: nothing to gain, and a pooler may not keep it
         )
         row = await cursor.fetchone()
     assert row is not None  # the session's own database
-    return int(row[0]), int(row[1])
+    oid, started, backend = row
+    # A pooler answers the connection's startup with a backend pid of its own making.
+    return (int(oid), int(started)) if backend == connection.info.backend_pid else None
 
 
 class Connection(LookupBoundedAsyncConnection[DictRow]):
@@ -403,8 +408,8 @@ def configure_sessions(
 
 async def allow_preparing_if_direct(connection: Connection) -> None:
     """The pool's configure step for DB_PREPARED_STATEMENTS=auto: prepare only on a connection to
-    Postgres itself, never through a pooler."""
-    if await reaches_postgres_itself(connection):
+    Postgres itself, never through a pooler: one whose database `read_identity` could pin."""
+    if connection.identity is not None:
         await allow_preparing(connection)
 
 
