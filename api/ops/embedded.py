@@ -666,9 +666,9 @@ def _release_the_migration_lock_of_a_process_gone(database_url: str) -> None:
 
 
 def start(data_dir: Path, *, leave_running: bool = False) -> EmbeddedDatabase:
-    """`leave_running`: a Postgres found running on the folder is left running on stop (an audit
-    changes nothing: one an operator started with pg_ctl, or a crashed serve's, stays up); by default
-    the last process to stop stops it, whoever started it."""
+    """`leave_running`: a Postgres found running on the folder that no other process of ours holds is
+    left running on stop (an audit changes nothing: one an operator started with pg_ctl, or a crashed
+    serve's, stays up); otherwise the last process to stop stops it, whoever started it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     with _starting_alone(data_dir):
@@ -680,8 +680,11 @@ def start(data_dir: Path, *, leave_running: bool = False) -> EmbeddedDatabase:
         if first_start:
             (data_dir / _INITIALISING).touch()
         pgdata.mkdir(exist_ok=True)
-        found_running = leave_running and _postmaster(pgdata) is not None
-        server = start_postgres(pgdata, cleanup_mode=None if found_running else "stop")
+        # Left running: a Postgres no process of ours holds (an operator's, a crashed serve's). One
+        # a serve holds is stopped as any holder stops it, by the last to go: left running by an audit
+        # that outlived that serve (Ctrl-C while it ran), it would be nobody's.
+        unheld = leave_running and not _live_handles(pgdata) and _postmaster(pgdata) is not None
+        server = start_postgres(pgdata, cleanup_mode=None if unheld else "stop")
         superuser_url = libpq_url(server.get_uri(database="postgres"))
         ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
         _keep_statements_out_of_the_log(superuser_url)
