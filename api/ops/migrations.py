@@ -228,24 +228,34 @@ def _restored_without_roles() -> MigrationFailed:
 
 # What of 0002's work a database holds without the rest: its tables without yoyo's record of it, or
 # the record without its schema `app` (0002 makes both, committed with its record: `_apply_and_record`).
-# Only a restore of part of a dump leaves that (`pg_restore --schema-only`, or `-n public`), and
-# migrating then failed on yoyo's own tables (a traceback) or on a migration that was not pending.
+# Only a restore of part of a dump leaves that (`pg_restore --schema-only`, `-n public`, `-t tasks`),
+# and migrating then failed on yoyo's own tables (a traceback) or on a migration that was not pending.
 _RESTORED_IN_PART = """
 select case
     when pg_catalog.to_regclass('public.tasks') is not null
          and not exists (select from public._yoyo_migration where migration_id = '0002_tasks_schema')
-        then 'its tables are there, but not yoyo''s record of the migrations that made them'
+        then 'tables without records'
     when exists (select from public._yoyo_migration where migration_id = '0002_tasks_schema')
          and pg_catalog.to_regnamespace('app') is null
-        then 'it records its migrations as applied, but schema app, which they made, is not there'
+        then 'records without schema'
 end
 """
+# The same, where yoyo's tables are not there at all (`pg_restore -t tasks`).
+_RESTORED_WITHOUT_RECORDS = (
+    "select case when pg_catalog.to_regclass('public.tasks') is not null then 'tables without records' end"
+)
+_IN_PART = {
+    "tables without records": "its tables are there, but not yoyo's record of the migrations that made them",
+    "records without schema": (
+        "it records its migrations as applied, but schema app, which they made, is not there"
+    ),
+}
 
 
 def _restored_in_part(what: str) -> MigrationFailed:
     return MigrationFailed(
         f"this database holds part of a restore: {what} (a restore of some of a dump: "
-        "`pg_restore --schema-only`, `--data-only` or `-n public`), and migrating cannot make the rest. "
+        "`pg_restore --schema-only`, `-n public` or `-t`), and migrating cannot make the rest. "
         "Restore the whole dump into a new, empty database and migrate that "
         '(docs/operations.md, "Backup and restore"); nothing was changed'
     )
@@ -321,12 +331,13 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
         try:
-            if _holds(connection, _HAS_MIGRATION_RECORDS):
-                if _holds(connection, _RESTORED_WITHOUT_ROLES):
-                    raise _restored_without_roles()
-                (in_part,) = connection.execute(_RESTORED_IN_PART).fetchone() or (None,)
-                if in_part is not None:
-                    raise _restored_in_part(str(in_part))
+            has_records = _holds(connection, _HAS_MIGRATION_RECORDS)
+            if has_records and _holds(connection, _RESTORED_WITHOUT_ROLES):
+                raise _restored_without_roles()
+            in_part = _RESTORED_IN_PART if has_records else _RESTORED_WITHOUT_RECORDS
+            (what,) = connection.execute(in_part).fetchone() or (None,)
+            if what is not None:
+                raise _restored_in_part(_IN_PART[str(what)])
         except psycopg.errors.LockNotAvailable as error:
             raise migration_failure(error, database_url) from None
         except psycopg.errors.InsufficientPrivilege as error:
