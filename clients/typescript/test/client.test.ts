@@ -315,20 +315,29 @@ test("a create's Retry-After may be an HTTP-date; one that is neither a date nor
   );
 });
 
-test("a create asked to wait longer than the client does is answered with that 503 at once", async () => {
-  const user = takeUser("start");
-  let attempts = 0;
+/**
+ * A client for `user` whose every create is answered with `answer()` instead of the API's (every other
+ * request reaches the API), and how many creates it has sent.
+ */
+function clientAnsweringCreatesWith(user: TestUser, answer: () => Response) {
+  let sent = 0;
   const todo = clientFor(user, {
     fetch: async (request) => {
       if (request.method !== "POST") return fetch(request);
-      attempts++;
-      return isolationUnverified("60");
+      sent++;
+      return answer();
     },
   });
+  return { todo, attempts: () => sent };
+}
+
+test("a create asked to wait longer than the client does is answered with that 503 at once", async () => {
+  const user = takeUser("start");
+  const { todo, attempts } = clientAnsweringCreatesWith(user, () => isolationUnverified("60"));
 
   const refused = await todo.createTask(user.id, { title: "Not now" });
 
-  assert.equal(attempts, 1);
+  assert.equal(attempts(), 1);
   assert.equal(refused.response.status, 503);
   assert.equal(refused.error?.type, "urn:todo-api:problem:isolation-unverified");
   assert.equal(refused.response.headers.get("Retry-After"), "60");
@@ -338,28 +347,23 @@ test("a create asked to wait longer than the client does is answered with that 5
 
 test("a create refused for the task limit (409 task-limit-reached) is the answer: it is sent once", async () => {
   const user = takeUser("start");
-  let attempts = 0;
   // The API's answer to a user at MAX_TASKS_PER_USER (api/http/problems.py): no other attempt fares
   // better, and only 409 idempotency-key-in-use says to send it again.
-  const todo = clientFor(user, {
-    fetch: async (request) => {
-      if (request.method !== "POST") return fetch(request);
-      attempts++;
-      return Response.json(
-        {
-          type: "urn:todo-api:problem:task-limit-reached",
-          title: "Task limit reached",
-          status: 409,
-          detail: "You have 10000 tasks, the most one user may have; delete some to create more.",
-        },
-        { status: 409 },
-      );
-    },
-  });
+  const { todo, attempts } = clientAnsweringCreatesWith(user, () =>
+    Response.json(
+      {
+        type: "urn:todo-api:problem:task-limit-reached",
+        title: "Task limit reached",
+        status: 409,
+        detail: "You have 10000 tasks, the most one user may have; delete some to create more.",
+      },
+      { status: 409 },
+    ),
+  );
 
   const refused = await todo.createTask(user.id, { title: "One too many" });
 
-  assert.equal(attempts, 1, "sent once, not again and again for the same 409");
+  assert.equal(attempts(), 1, "sent once, not again and again for the same 409");
   assert.equal(refused.response.status, 409);
   assert.equal(refused.error?.type, "urn:todo-api:problem:task-limit-reached");
   assert.equal(refused.error?.detail, "You have 10000 tasks, the most one user may have; delete some to create more.");
