@@ -54,6 +54,7 @@ from api.ops.startup_checks import (
     empty_database_url,
     holding_the_port,
     near_misses,
+    refuse_grants_gone,
     refuse_migrating_another_database,
     refuse_the_development_database_beyond_loopback,
     secret_doubts,
@@ -344,12 +345,13 @@ def migrate(args: argparse.Namespace) -> None:
         )
     settings = _settings()
     _refuse_migrating_another_database(settings)
+    setting = _migration_setting(settings)
     with _migration_url(settings, args.data_dir) as url:
-        _output(f"todo-api: {_migrate(url, settings, _migration_setting(settings))}")
+        _output(f"todo-api: {_migrate(url, settings, setting)}")
+        # `serve` runs the whole isolation check (`check_database`) right after its own migrate.
+        asyncio.run(refuse_grants_gone(url, settings.db_connect_timeout_seconds, setting))
         if args.login_role:
-            _output(
-                f"todo-api: {create_login_role(url, args.login_role, settings, _migration_setting(settings))}"
-            )
+            _output(f"todo-api: {create_login_role(url, args.login_role, settings, setting)}")
 
 
 def token(args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from api.db.host_lookup import LookupBoundedAsyncConnection, LookupBoundedConnection
 from api.db.prepared import preparing_setting, reaches_postgres_itself, sessions_pass_between_clients
+from api.db.reach import differences, expected_reach, read_reach
 from api.db.urls import libpq_url
 from api.ops.failures import CommandFailed, database_failure
 from api.settings import Settings
@@ -43,6 +44,14 @@ _PREFIXES = ("TODO_API_", "TODOAPI_", "TODO_")
 # environment may set for other programs: as alike as a misspelling to the traces' endpoints, but none.
 _OTHER_SIGNALS_ENDPOINTS = frozenset(
     {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"}
+)
+# The fix for grants to todo_app that its migrations made and that are gone, which migrating cannot
+# make again: each migration runs once.
+RESTORE_WITH_PRIVILEGES = (
+    "Grants to todo_app that its migrations made are gone, and `todo-api migrate` makes them only "
+    "once: the database was restored without them (pg_restore --no-privileges, or into a cluster "
+    "before todo_app existed there). Restore it again, with its privileges and after the roles "
+    '(docs/operations.md, "Backup and restore")'
 )
 
 
@@ -641,13 +650,35 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
     if findings:
         listed = "\n".join(f"  - {message}" for message in messages)
         fix = (
-            "Grants to todo_app that its migrations made are gone, and `todo-api migrate` makes them only "
-            "once: the database was restored without them (pg_restore --no-privileges, or into a cluster "
-            "before todo_app existed there). Restore it again, with its privileges and after the roles "
-            '(docs/operations.md, "Backup and restore"), then start again.'
+            f"{RESTORE_WITH_PRIVILEGES}, then start again."
             if "grant gone" in causes
             else "Run `todo-api migrate`, or fix the roles and policies by hand, then start again."
         )
         raise CommandFailed(
             f"Refusing to serve: the database cannot guarantee that users are isolated:\n{listed}\n{fix}"
+        )
+
+
+async def refuse_grants_gone(url: str, connect_timeout_seconds: int, setting: str) -> None:
+    """After `todo-api migrate`: refuse a database whose grants to todo_app, made by migrations already
+    applied, are gone. Migrating passed over it, saying nothing, and `serve` then refused it, saying to
+    restore again: a DBA who migrated after a restore heard only of the fix once serving failed.
+
+    Read as the check reads what todo_app reaches (sql/checks/reach.sql), which any role may: the
+    catalogs alone, with nothing the migrating role would see differently."""
+    conninfo = libpq_url(url, connect_timeout=connect_timeout_seconds)
+    try:
+        async with (
+            await LookupBoundedAsyncConnection.connect(conninfo) as connection,
+            connection.transaction(force_rollback=True),
+        ):
+            live = await read_reach(connection)
+    except psycopg.OperationalError as error:
+        raise database_failure(error, url, setting) from None
+    gone = [difference.message for difference in differences(live, expected_reach()) if difference.grant_gone]
+    if gone:
+        listed = "\n".join(f"  - {message}" for message in gone)
+        raise CommandFailed(
+            f"the database is migrated, but cannot be served:\n{listed}\n{RESTORE_WITH_PRIVILEGES}, then "
+            "migrate again."
         )

