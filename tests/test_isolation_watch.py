@@ -21,6 +21,7 @@ from api.db.errors import IsolationBreach
 from api.db.isolation import IsolationWatch
 from api.db.listener import wake_tag
 from api.db.reach import read_reach
+from api.http.readiness import READY_MAX_AGE_SECONDS
 from api.ops.policy_audit import audit_database
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
@@ -710,6 +711,20 @@ def test_a_breach_a_stream_meets_after_its_client_left_is_still_refused_at_once(
         db.execute("grant select on task_events to todo_app")
 
 
+def _make_again(db: Conn, superuser_url: str, migrated_template: NoopExecutor) -> None:
+    """The test's database dropped and made again under its name, migrated: a restore in place."""
+    name = db.info.dbname
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+        superuser.execute(
+            sql.SQL("create database {} template {} owner {}").format(
+                sql.Identifier(name),
+                sql.Identifier(migrated_template.template_dbname),
+                sql.Identifier(migrated_template.user),
+            )
+        )
+
+
 @pytest.mark.parametrize("restored", ["whole", "without-row-level-security-yet"])
 def test_a_database_made_again_under_its_name_is_checked_before_a_request_runs_on_it(
     db: Conn,
@@ -729,16 +744,7 @@ def test_a_database_made_again_under_its_name_is_checked_before_a_request_runs_o
     settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
     with serving_client(create_app(settings)) as api:
         assert api.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).status_code == 201
-        name = db.info.dbname
-        with psycopg.connect(superuser_url, autocommit=True) as superuser:
-            superuser.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
-            superuser.execute(
-                sql.SQL("create database {} template {} owner {}").format(
-                    sql.Identifier(name),
-                    sql.Identifier(migrated_template.template_dbname),
-                    sql.Identifier(migrated_template.user),
-                )
-            )
+        _make_again(db, superuser_url, migrated_template)
         with psycopg.connect(_as_superuser(superuser_url, migrated_db_url), autocommit=True) as new:
             new.execute("insert into users (id) values (%s), (%s)", [alice.id, bob.id])
             new.execute("insert into tasks (user_id, title) values (%s, 'restored')", [bob.id])
@@ -768,3 +774,27 @@ def test_a_database_made_again_under_its_name_is_checked_before_a_request_runs_o
         level == logging.ERROR and "row-level security" in message and "tasks" in message
         for level, message in logged
     ), logged
+
+
+@pytest.mark.parametrize("restored", ["whole", "without-row-level-security-yet"])
+def test_readiness_after_a_database_made_again_under_its_name_is_that_of_the_new_database(
+    db: Conn, migrated_db_url: str, migrated_template: NoopExecutor, superuser_url: str, restored: str
+) -> None:
+    """After a restore in place, /readyz said ready on the verdict of the database before until a
+    task request of that worker met the new one, or the next check came (stop 78's verification
+    probe): a load balancer kept sending requests that were refused. Its ping now meets the new
+    database as a task request would."""
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+    with serving_client(create_app(settings)) as api:
+        assert api.get("/readyz").status_code == 200
+        _make_again(db, superuser_url, migrated_template)
+        if restored != "whole":
+            with psycopg.connect(_as_superuser(superuser_url, migrated_db_url), autocommit=True) as new:
+                new.execute("alter table tasks disable row level security")
+        time.sleep(READY_MAX_AGE_SECONDS)  # past the answer the first /readyz left for others to share
+        ready = api.get("/readyz")
+    if restored == "whole":
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"status": "ready"}
+    else:
+        assert_problem(ready, 503, "isolation-unverified")

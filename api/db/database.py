@@ -436,6 +436,15 @@ class Database:
         finally:
             self.fair_share.release(user_id, one_at_a_time=one_at_a_time)
 
+    async def _confirm(self, identity: DatabaseIdentity | None) -> None:
+        """Return once a session of the database `identity` names may be used: at once when it is the
+        one the last clean check verified, after a check of it otherwise (`IdentityGate.confirm`).
+        A session of a pooler's has no identity to compare (`read_identity`): there, the check's
+        interval bounds how long a database swapped behind the pooler goes unchecked."""
+        gate = self.identity_gate
+        if gate is not None and identity is not None and identity != gate.checked_identity:
+            await gate.confirm(identity)
+
     async def _attempt(
         self, share: Share, pool_wait: float, query: Query, as_user: Mapping[str, object]
     ) -> Rows:
@@ -460,11 +469,7 @@ class Database:
         # DB_POOL_TIMEOUT_SECONDS, so a queue in front of a healthy database looked like a slow one.
         taken = time.perf_counter()
         try:
-            # A session of a pooler's has no identity to compare (`read_identity`): there, the check's
-            # interval bounds how long a database swapped behind the pooler goes unchecked.
-            gate, identity = self.identity_gate, connection.identity
-            if gate is not None and identity is not None and identity != gate.checked_identity:
-                await gate.confirm(identity)
+            await self._confirm(connection.identity)
             if self._tracer is None:
                 return await self._on(connection, query, as_user)
             # The span is the transaction the metric times: from the connection taken, one per attempt.
@@ -719,12 +724,15 @@ class Database:
         database was away (the pool tries again about once a second), and answered 503 for a pool
         "that could make none" while the database had just come back."""
         try:
-            await self._ping_connection.ping()
+            identity = await self._ping_connection.ping()
         except BaseException:
             self._answered_last_ping = False
             raise
         cannot_connect = self.pool.failed_every_attempt_since_last_asked()
         back_from_an_outage, self._answered_last_ping = not self._answered_last_ping, True
+        # Ready for what a task request would meet there: after a restore in place, /readyz said
+        # ready on the verdict of the database before until a request of this worker met the new one.
+        await self._confirm(identity)
         if back_from_an_outage:
             return
         if cannot_connect and not self.pool.has_idle_connection() and not self.fair_share.at_database:

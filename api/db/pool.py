@@ -304,7 +304,8 @@ class PingConnection:
     read-only by default, answer but are not ready, since every write would be refused. Each answer
     is bounded as a pooled connection's liveness check is: past the connect timeout the connection
     is shut, and the next ping makes a new one. When the server will not open one, it asks over an
-    idle pooled connection (`Pool.idle_connection`), as the isolation check does.
+    idle pooled connection (`Pool.idle_connection`), as the isolation check does. A ping says which
+    database answered (`read_identity`, read once a connection), as a pooled session does.
     One ping at a time (`api.http.readiness.SharedReadiness` sees to it).
     """
 
@@ -317,12 +318,13 @@ class PingConnection:
         # Round trips asked for so far: tests/faults/test_readiness_flood.py counts them.
         self.sent = 0
 
-    async def ping(self) -> None:
+    async def ping(self) -> DatabaseIdentity | None:
+        """Ask whether the database is ready; return the identity of the one that answered."""
         kept = self._connection
         if kept is not None and not kept.closed:
             try:
                 await self._ask_ready(kept)
-                return
+                return kept.identity
             except psycopg.Error:
                 # The server ended the session we kept (a restart, an idle timeout), or refused it
                 # something: the question may be asked again, on a new connection. A timeout is not
@@ -338,7 +340,7 @@ class PingConnection:
             try:
                 async with self._pool.idle_connection() as pooled:
                     await self._ask_ready(pooled)
-                    return
+                    return pooled.identity
             except (PoolTimeout, psycopg.OperationalError):
                 # None idle, or the one lent had lost the server too (the database is away): the
                 # refusal is the reason, the same at every ping while it lasts.
@@ -346,7 +348,10 @@ class PingConnection:
         if self._closed:  # closed while it connected: the worker is stopping
             await self._connection.close()
             raise DatabaseUnavailable("the readiness connection is closed")
+        async with answer_within(self._connection, self._answer_timeout):
+            self._connection.identity = await read_identity(self._connection)
         await self._ask_ready(self._connection)
+        return self._connection.identity
 
     async def _ask_ready(self, connection: Connection) -> None:
         self.sent += 1

@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 _READY_TIMEOUT_SECONDS = 3.0
 # /readyz needs no token, so anyone can call it as often as they like: the database hears from it
 # at most this often per worker, however many call.
-_READY_MAX_AGE_SECONDS = 1.0
+READY_MAX_AGE_SECONDS = 1.0
 _UNREACHABLE: tuple[type[Exception], ...] = (TimeoutError, *UNAVAILABLE)
 # While the database stays not ready for the same reason, the log says so again this often.
 _NOT_READY_REPEATED_EVERY_SECONDS = 60.0
@@ -30,7 +30,7 @@ class SharedReadiness:
         self,
         database: Database,
         *,
-        max_age_seconds: float = _READY_MAX_AGE_SECONDS,
+        max_age_seconds: float = READY_MAX_AGE_SECONDS,
         timeout_seconds: float = _READY_TIMEOUT_SECONDS,
     ) -> None:
         self._database = database
