@@ -1420,3 +1420,46 @@ def test_policies_leaves_a_postgres_it_found_running_as_it_found_it(made_data_di
         assert json.loads((pgdata / ".handle_pids.json").read_text()) == [], "the audit's hold is gone"
     finally:
         _stop_postgres_left_on(pgdata)
+
+
+# libpq's variables as a shell set up for other databases carries them: each sent the embedded
+# database's connections elsewhere or had them refused (the environment probe, /tmp/s79-envs).
+OTHER_DATABASES_LIBPQ_ENVIRONMENT = {
+    "PGSERVICE": "nosuch",
+    "PGHOSTADDR": "127.0.0.1",
+    "PGTARGETSESSIONATTRS": "standby",
+    "PGREQUIREAUTH": "password",
+    "PGOPTIONS": "-c default_transaction_read_only=on",
+}
+
+
+def test_the_embedded_database_is_reached_whatever_libpq_variables_the_shell_carries(
+    made_data_dir: Path, tmp_path: Path
+) -> None:
+    """`migrate`, `policies` and `serve` on the embedded database ended in a traceback when the shell
+    carried libpq's variables for other databases; the embedded database is reached only as
+    todo-api says now, by the workers too (read-only sessions would make /readyz 503)."""
+    for command in ("migrate", "policies"):
+        result = run_cli(
+            command, "--data-dir", str(made_data_dir), cwd=tmp_path, **OTHER_DATABASES_LIBPQ_ENVIRONMENT
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.startswith("Isolation audit"), result.stdout
+    env = cli_env(**OTHER_DATABASES_LIBPQ_ENVIRONMENT)
+    log = tmp_path / "serve.log"
+    with serve_process(
+        [*CLI, "serve", "--data-dir", str(made_data_dir)], cwd=tmp_path, env=env, output=log
+    ) as (
+        base_url,
+        _,
+    ):
+        token = run_cli("token", "alice", "--data-dir", str(made_data_dir), cwd=tmp_path).stdout.strip()
+        created = httpx.post(
+            f"{base_url}/api/alice/tasks",
+            json={"title": "here"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert created.status_code == 201, created.text
+    assert "the embedded database is reached without PGHOSTADDR, PGOPTIONS" in log.read_text()
+    assert _postgres_on(made_data_dir / "pgdata") == []

@@ -665,10 +665,24 @@ def _release_the_migration_lock_of_a_process_gone(database_url: str) -> None:
             connection.execute("delete from public.yoyo_lock where pid = any(%s)", [gone])
 
 
+def _forget_the_libpq_environment() -> None:
+    """Unset libpq's variables (PGSERVICE, PGOPTIONS, PGHOSTADDR, PGTARGETSESSIONATTRS, PGREQUIREAUTH,
+    ...: all of them begin with PG), for this process and what it starts: libpq reads them for
+    whatever a connection string leaves out, and a shell set up for other databases sent the embedded
+    database's connections elsewhere, or had them refused, and every start ended in a traceback (the
+    environment probe, /tmp/s79-envs). The embedded database is reached only as `start` says."""
+    ignored = sorted(name for name in os.environ if name.startswith("PG"))
+    for name in ignored:
+        del os.environ[name]
+    if ignored:
+        logger.info("the embedded database is reached without %s from the environment", ", ".join(ignored))
+
+
 def start(data_dir: Path, *, leave_running: bool = False) -> EmbeddedDatabase:
     """`leave_running`: a Postgres found running on the folder that no other process of ours holds is
     left running on stop (an audit changes nothing: one an operator started with pg_ctl, or a crashed
     serve's, stays up); otherwise the last process to stop stops it, whoever started it."""
+    _forget_the_libpq_environment()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     with _starting_alone(data_dir):
