@@ -1188,6 +1188,34 @@ def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(
         _stop_postgres_left_on(data_dir / "pgdata")
 
 
+def test_a_serve_started_under_nohup_serves_on_when_its_terminal_closes(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
+    """`nohup todo-api serve &` stopped when the terminal closed: serve took over the SIGHUP that
+    nohup had it ignore (the environment probe, /tmp/s79-envs). What a process is started ignoring
+    stays ignored; SIGTERM still stops it, and its Postgres."""
+    data_dir = made_data_dir
+    log = tmp_path / "serve.log"
+    command = ["nohup", *CLI, "serve", "--data-dir", str(data_dir)]
+    try:
+        with serve_process(command, cwd=tmp_path, env=cli_env(), output=log, own_group=True) as (
+            base_url,
+            server,
+        ):
+            os.killpg(server.pid, signal.SIGHUP)
+            with pytest.raises(subprocess.TimeoutExpired):  # a stop on SIGHUP ends it well within
+                server.wait(timeout=3)
+            assert httpx.get(f"{base_url}/readyz", timeout=10).status_code == 200
+            server.terminate()
+            server.wait(timeout=30)
+        output = log.read_text()
+        assert "Traceback" not in output, output
+        assert server.returncode == 0, output
+        assert _postgres_on(data_dir / "pgdata") == [], "the embedded Postgres stops on SIGTERM"
+    finally:
+        _stop_postgres_left_on(data_dir / "pgdata")
+
+
 def _schema_state(database_url: str) -> tuple[object, ...]:
     """What migrate or the audit could change: the policies, the migrations recorded, yoyo's lock."""
     with psycopg.connect(database_url) as db:
