@@ -1,11 +1,11 @@
 -- depends: 0013_tombstones_forget_the_request
 --
--- Titles sort by Unicode code point (README: `Z` before `a`, `é` after `z`), whatever the locale the
--- database was created with. The list now says so itself: it orders by `title COLLATE "C"`, and
--- compares a page's cursor with that too (api/tasks/listing.py, SORT_KEYS). Before, it used the
--- database's default collation: code point order on a database made with the C or C.UTF-8 locale,
--- but on one made with a language's locale (en_US.UTF-8, common on Debian and Amazon RDS) "alpha,
--- Buy MILK, Zebra".
+-- Titles sort by Unicode code point (README: `Z` before `a`, `e` with an acute accent after `z`),
+-- whatever the locale the database was created with. The list now says so itself: it orders by
+-- `title COLLATE "C"`, and compares a page's cursor with that too (api/tasks/listing.py, SORT_KEYS).
+-- Before, it used the database's default collation: code point order on a database made with the C
+-- or C.UTF-8 locale, but on one made with a language's locale (en_US.UTF-8, common on Debian and
+-- Amazon RDS) "alpha, Buy MILK, Zebra".
 --
 -- An index serves an ORDER BY only in its own collation, so tasks_by_owner_title (0002), built in
 -- the default one, is rebuilt in "C": without it the list by title would read and sort every one of

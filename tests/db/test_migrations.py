@@ -29,7 +29,7 @@ from yoyo.connections import parse_uri
 
 from api.auth.principal import Principal
 from api.db.database import Database, Query
-from api.db.sql_files import SQL_DIR, shipped_migrations
+from api.db.sql_files import MIGRATIONS_DIR, SQL_DIR, shipped_migrations
 from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
 from api.ops.migrations import apply_migrations, rollback_migrations
 from api.tasks import queries
@@ -107,6 +107,15 @@ def keeps_todo_app_usable(empty_db_url: str) -> Iterator[None]:
     0001 alone makes the role and grants it: the rest of the schema is dropped with the database."""
     yield
     migrate_up_to(empty_db_url, "0001_app_role")
+
+
+def test_every_file_yoyo_reads_is_ascii() -> None:
+    """yoyo opens a migration's files in the locale's encoding: under `PYTHONUTF8=0 LC_ALL=C` (ASCII)
+    a non-ASCII character in a comment of 0014 made every first migrate a traceback (the environment
+    probe, /tmp/s79-envs). Every encoding a locale may have reads ASCII alike."""
+    for path in sorted(MIGRATIONS_DIR.iterdir()):
+        if path.is_file():
+            path.read_bytes().decode("ascii")  # raises, naming the byte and where it is
 
 
 def test_policy_files_are_parsed() -> None:
