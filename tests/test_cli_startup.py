@@ -511,6 +511,40 @@ def test_a_disk_that_fills_up_during_the_first_start_is_one_line_with_its_cause(
         subprocess.run(["umount", str(small)], check=True)  # noqa: S607
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root, the wheel opens the folders above the data folder")
+def test_as_root_a_data_folder_under_a_read_only_file_system_is_one_line(tmp_path: Path) -> None:
+    """`docker run --read-only` with a volume for the data: as root, the wheel makes every folder above
+    the data folder traversable by the user Postgres runs as, even one that already is, and a
+    read-only one refused that as a traceback (the environment probe, /tmp/s79-envs)."""
+    read_only, volume = tmp_path / "read-only", tmp_path / "read-only" / "volume"
+    read_only.mkdir()
+    mounts = [
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(read_only)],
+        ["mkdir", str(volume)],
+        ["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(volume)],
+        ["mount", "-o", "remount,ro", str(read_only)],
+    ]
+    mounted: list[Path] = []
+    try:
+        for command in mounts:
+            done = subprocess.run(command, capture_output=True, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+            if command[1] == "-t":
+                mounted.append(Path(command[-1]))
+        data_dir = volume / "data"
+        result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+        assert_one_line(
+            result,
+            f"the embedded Postgres could not start: Read-only file system: {read_only}",
+            "run todo-api as another user, or set DATABASE_URL",
+        )
+        assert _postgres_on(data_dir / "pgdata") == []
+    finally:
+        for mount in reversed(mounted):
+            subprocess.run(["umount", str(mount)], check=True)  # noqa: S607
+
+
 def test_a_folder_made_by_another_major_version_of_postgres_is_one_line_naming_both_and_is_kept(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

@@ -607,7 +607,24 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"] | No
             raise _start_failure(
                 log, log_offset, wheel_errors.messages, f"it did not start within {error.timeout:g} s"
             ) from None
+        if isinstance(error, OSError) and error.filename is not None:
+            raise _unpreparable(error) from None
         raise
+
+
+def _unpreparable(error: OSError) -> CommandFailed:
+    """The wheel's own work on files before Postgres starts, refused: as root, it opens its programs'
+    folders and every folder above pgdata to the user Postgres runs as (chmod o+rx, even where they
+    are open already), and a read-only file system refused that as a traceback (`docker run
+    --read-only` with a volume for the data: the environment probe, /tmp/s79-envs)."""
+    cause = f"{error.strerror}: {error.filename}"
+    if os.geteuid() == 0:
+        return CommandFailed(
+            f"the embedded Postgres could not start: {cause} (as root, it makes its own folders and "
+            f"those above the data folder open to {_POSTGRES_USER}, the user it runs as): run todo-api "
+            "as another user, or set DATABASE_URL"
+        )
+    return CommandFailed(f"the embedded Postgres could not start: {cause}: fix that and start again")
 
 
 def _redo_an_interrupted_first_start(data_dir: Path, pgdata: Path) -> None:
