@@ -545,6 +545,41 @@ def test_as_root_a_data_folder_under_a_read_only_file_system_is_one_line(tmp_pat
             subprocess.run(["umount", str(mount)], check=True)  # noqa: S607
 
 
+@pytest.mark.parametrize("language", ["tr_TR.UTF-8", "en_US.ISO-8859-1"])
+def test_the_embedded_database_is_made_in_c_utf_8_whatever_the_shells_locale(
+    tmp_path: Path, language: str
+) -> None:
+    """initdb took the shell's locale for the folder's life: under a Turkish one a search for `ik` did
+    not find IKEA (I lowercases to dotless i there), and a Latin-1 one refused to start at all
+    ("encoding mismatch": the database is made in UTF-8) (the environment probe, /tmp/s79-envs).
+    README promises the embedded database's C.UTF-8."""
+    locales = tmp_path / "locales"  # made here, so the machine's locales stay as they are
+    locales.mkdir()
+    name, charset = language.split(".")
+    made = subprocess.run(
+        ["localedef", "-i", name, "-f", charset, str(locales / language)],  # noqa: S607
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot make the locale {language} here: {made.stderr.decode().strip()}")
+    locales.chmod(0o755)  # read by initdb, which runs as embedded_postgres under root
+    data_dir = tmp_path / "data"
+    result = run_cli(
+        "migrate", "--data-dir", str(data_dir), cwd=tmp_path, LOCPATH=str(locales), LC_ALL=language
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    server = start_postgres(data_dir / "pgdata", cleanup_mode="stop")
+    try:
+        with psycopg.connect(server.get_uri(database="todo")) as connection:
+            made_in = connection.execute(
+                "select datcollate, datctype, pg_encoding_to_char(encoding), lower('IKEA')"
+                " from pg_database where datname = current_database()"
+            ).fetchone()
+    finally:
+        server.cleanup()
+    assert made_in == ("C.UTF-8", "C.UTF-8", "UTF8", "ikea")
+
+
 def test_a_folder_made_by_another_major_version_of_postgres_is_one_line_naming_both_and_is_kept(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

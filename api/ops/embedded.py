@@ -12,6 +12,7 @@ import fcntl
 import getpass
 import importlib.util
 import json
+import locale
 import logging
 import os
 import pwd
@@ -682,6 +683,29 @@ def _release_the_migration_lock_of_a_process_gone(database_url: str) -> None:
             connection.execute("delete from public.yoyo_lock where pid = any(%s)", [gone])
 
 
+# The locale the embedded database is made in: its LC_CTYPE decides which letters a search folds
+# (README, "The API"), and initdb takes the locale it runs in, for the folder's life. It took the
+# shell's of the first start: a Turkish locale's `q=ik` did not find IKEA, the C locale's folds A to Z
+# alone, a Latin-1 one could not start ("encoding mismatch": the database is in UTF-8), and Postgres's
+# and libpq's messages, which `_FIXES` and api/ops/failures.py read, came in the shell's language
+# (the environment probe, /tmp/s79-envs).
+_LOCALE = "C.UTF-8"
+
+
+def _run_in_the_database_locale() -> None:
+    """This process, and what it starts (initdb, pg_ctl, the workers), in `_LOCALE` where this
+    machine has it (glibc's since 2.35, Debian's and Alpine's long before); elsewhere as before."""
+    if os.environ.get("LC_ALL") == _LOCALE:
+        return
+    try:
+        previous = locale.setlocale(locale.LC_CTYPE)
+        locale.setlocale(locale.LC_CTYPE, _LOCALE)
+        locale.setlocale(locale.LC_CTYPE, previous)
+    except locale.Error:
+        return
+    os.environ["LC_ALL"] = _LOCALE
+
+
 def _forget_the_libpq_environment() -> None:
     """Unset libpq's variables (PGSERVICE, PGOPTIONS, PGHOSTADDR, PGTARGETSESSIONATTRS, PGREQUIREAUTH,
     ...: all of them begin with PG), for this process and what it starts: libpq reads them for
@@ -700,6 +724,7 @@ def start(data_dir: Path, *, leave_running: bool = False) -> EmbeddedDatabase:
     left running on stop (an audit changes nothing: one an operator started with pg_ctl, or a crashed
     serve's, stays up); otherwise the last process to stop stops it, whoever started it."""
     _forget_the_libpq_environment()
+    _run_in_the_database_locale()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     with _starting_alone(data_dir):
