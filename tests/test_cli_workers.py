@@ -18,6 +18,7 @@ import psutil
 import psycopg
 
 from api.ops.startup_checks import refuse_a_taken_port
+from api.ops.worker import OOM_SCORE_ADJ_ABOVE_THE_SERVER
 from tests.support import (
     CLI,
     SECRET,
@@ -39,6 +40,10 @@ from tests.support import (
 
 def _workers(server: "subprocess.Popen[str]") -> set[int]:
     return {child.pid for child in psutil.Process(server.pid).children() if child.is_running()}
+
+
+def _oom_score_adj(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
 
 
 def _gone(pid: int) -> bool:
@@ -79,6 +84,9 @@ def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
         assert f"port {port}" in second.stderr, "two servers never share a port"
         wait_until(lambda: len(_workers(server)) == 2, "two workers", _WORKERS_SECONDS)
         (killed, survivor) = sorted(_workers(server))
+        # The OOM killer ends a worker, which is replaced, before the server, which takes them all.
+        preferred = _oom_score_adj(server.pid) + OOM_SCORE_ADJ_ABOVE_THE_SERVER
+        assert _oom_score_adj(killed) == _oom_score_adj(survivor) == preferred
 
         os.kill(killed, signal.SIGKILL)
         wait_until(lambda: _gone(killed), "the worker died", _WORKERS_SECONDS)
@@ -87,6 +95,8 @@ def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
         wait_until(
             lambda: len(_workers(server) - {survivor}) == 1, "a new worker within seconds", _WORKERS_SECONDS
         )
+        (replacement,) = _workers(server) - {survivor}
+        wait_until(lambda: _oom_score_adj(replacement) == preferred, "so is the new one", _WORKERS_SECONDS)
         wait_until(
             lambda: f"worker {killed} died" in log.read_text(), "the death is logged", _WORKERS_SECONDS
         )

@@ -40,6 +40,12 @@ _ORPHAN_CHECK_SECONDS = 0.5
 # most half the grace): time for the cancel to reach the server and the 503s to reach their clients.
 _CANCEL_BEFORE_THE_KILL_SECONDS = 1.0
 
+# How much more the OOM killer is to prefer a worker than the server's own process, which, killed, takes
+# every worker with it and starts none again: at idle it is the largest of them, and under a memory cap
+# on the whole service the OOM killer chose it first (5 of 5, the limits probe, /tmp/s79-limits), where
+# a worker it ends is replaced within a second.
+OOM_SCORE_ADJ_ABOVE_THE_SERVER = 500
+
 logger = logging.getLogger(__name__)
 
 
@@ -157,7 +163,19 @@ def _stop_when_orphaned(grace_seconds: int) -> None:
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
+def _offer_itself_to_the_oom_killer_first() -> None:
+    """Raise this worker's oom_score_adj above the server's (which it inherited): raising it needs no
+    privilege. Where there is none to raise (not Linux), nothing changes."""
+    adjustment = Path("/proc/self/oom_score_adj")
+    try:
+        inherited = int(adjustment.read_text())
+        adjustment.write_text(f"{min(1000, inherited + OOM_SCORE_ADJ_ABOVE_THE_SERVER)}\n")
+    except (OSError, ValueError):
+        return
+
+
 def create_served_app() -> FastAPI:
+    _offer_itself_to_the_oom_killer_first()
     _account_for_dead_workers()
     app: FastAPI
 
