@@ -67,6 +67,16 @@ def env_file_names() -> list[str]:
     """The names .env sets (none when there is no .env), read by python-dotenv's parser, the one
     pydantic-settings reads it with; EnvFileError when any of it cannot be read."""
     path = Path(ENV_FILE)
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        # A folder its user cannot search: after `su` or `sudo -u` typed in /root, say, which keep it.
+        raise EnvFileError(
+            f"cannot look for {ENV_FILE} in {Path.cwd()} ({error.strerror}): run todo-api from a "
+            "folder you can read"
+        ) from None
     if path.is_symlink() and not path.exists():
         raise EnvFileError(
             f"{ENV_FILE} is a symbolic link to {path.readlink()}, which leads to no file: "

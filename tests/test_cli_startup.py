@@ -171,6 +171,34 @@ def test_a_user_id_with_no_name_is_told_the_embedded_postgres_needs_one_and_noth
         shutil.rmtree(work)
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv, to run as another user"
+)
+@pytest.mark.parametrize(
+    ("command", "status"), [(("token", "alice"), 1), (("migrate",), 1), (("policies",), 2)], ids=str
+)
+def test_a_working_folder_its_user_cannot_search_is_one_line(command: tuple[str, ...], status: int) -> None:
+    """`su` or `sudo -u` typed in /root keeps the working folder, which the user cannot search: every
+    command stats ./.env there, and ended in a traceback (PermissionError), `policies` with 1, the
+    status of findings (the environment probe, /tmp/s79-envs)."""
+    work = Path(tempfile.mkdtemp(prefix="todo-api-unsearchable-"))
+    try:
+        os.chown(work, _UNNAMED_ID, _UNNAMED_ID)
+        if _as_an_unnamed_user([*CLI, "--version"], work).returncode != 0:
+            pytest.skip("the checkout or its interpreter cannot be read by another user here")
+        hidden = work / "hidden"
+        hidden.mkdir(mode=0o700)  # root's, as /root is
+        result = _as_an_unnamed_user([*CLI, *command, "--data-dir", str(work / "data")], hidden)
+        assert result.returncode == status, result.stderr
+        assert result.stderr == (
+            f"todo-api: cannot look for .env in {hidden} (Permission denied): run todo-api from a folder "
+            "you can read\n"
+        )
+        assert not (work / "data").exists(), "nothing made"
+    finally:
+        shutil.rmtree(work)
+
+
 @pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",)], ids=" ".join)
 def test_a_runtime_folder_that_cannot_be_made_is_one_line_and_nothing_is_made(
     tmp_path: Path, command: tuple[str, ...]
