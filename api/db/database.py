@@ -163,11 +163,6 @@ class PreparedStatementsLost(DatabaseUnavailable):
 
 Rows = list[DictRow]
 
-# psycopg encodes what it sends, and decodes what it reads, in the session's client_encoding, and the
-# API's text is Unicode: a DBA's client_encoding (LATIN1, on the database, the role or in the URL's
-# options) made a title outside it a 500, and an event with an accent in it cut its stream. Given as a
-# connection parameter it beats each of those, and PgBouncer keeps it per client.
-CLIENT_ENCODING = "UTF8"
 # Ample for the pool's own steps before it looks for an idle connection.
 _LEND_AN_IDLE_CONNECTION_SECONDS = 0.05
 # How often a write refused as read-only replaces the pool's sessions (`_replace_sessions_opened_read_only`).
@@ -307,7 +302,6 @@ class Database:
             settings.database_url.get_secret_value(),
             connect_timeout=settings.db_connect_timeout_seconds,
             application_name="todo-api",
-            client_encoding=CLIENT_ENCODING,
         )
         transactions = TransactionSettings.from_settings(settings)
         pipelined = transactions.pipelined

@@ -1,4 +1,5 @@
-"""Connections whose host names are looked up within the connect timeout.
+"""The API's connections: they speak UTF-8 (`CLIENT_ENCODING`), and their host names are looked up
+within the connect timeout.
 
 psycopg looks a host name up itself, with `socket.getaddrinfo` (in the event loop's executor for an
 async connection), before libpq connects, and bounds only the connecting by `connect_timeout`: a
@@ -172,17 +173,28 @@ async def looked_up_async(params: ConnDict) -> ConnDict:
     return _with_addresses(params, {name: _outcome(lookup) for name, lookup in lookups.items()})
 
 
+# psycopg encodes what it sends, and decodes what it reads, in the session's client_encoding, and the
+# API's text is Unicode: a DBA's client_encoding (LATIN1, on the database, the role, in the URL or
+# PGCLIENTENCODING) made a title outside it a 500, and an event with an accent in it cut its stream;
+# SQL_ASCII, in which psycopg reads text as bytes, made serve's start-up checks and `policies` a
+# traceback (the environment probe, /tmp/s79-envs). Given as a connection parameter it beats each of
+# those, and PgBouncer keeps it per client.
+CLIENT_ENCODING = "UTF8"
+
+
 class LookupBoundedConnection(psycopg.Connection[Row]):
-    """A psycopg connection whose host names are looked up within its connect_timeout."""
+    """A psycopg connection that speaks UTF-8, whose host names are looked up within its
+    connect_timeout."""
 
     @classmethod
     def _get_connection_params(cls, conninfo: str, **kwargs: Any) -> ConnDict:
-        return looked_up(conninfo_to_dict(conninfo, **kwargs))
+        return looked_up(conninfo_to_dict(conninfo, **kwargs, client_encoding=CLIENT_ENCODING))
 
 
 class LookupBoundedAsyncConnection(psycopg.AsyncConnection[Row]):
-    """An async psycopg connection whose host names are looked up within its connect_timeout."""
+    """An async psycopg connection that speaks UTF-8, whose host names are looked up within its
+    connect_timeout."""
 
     @classmethod
     async def _get_connection_params(cls, conninfo: str, **kwargs: Any) -> ConnDict:
-        return await looked_up_async(conninfo_to_dict(conninfo, **kwargs))
+        return await looked_up_async(conninfo_to_dict(conninfo, **kwargs, client_encoding=CLIENT_ENCODING))

@@ -21,7 +21,7 @@ from yoyo.connections import default_migration_table, parse_uri
 from yoyo.exceptions import LockTimeout
 from yoyo.migrations import Migration, MigrationList
 
-from api.db.host_lookup import LookupBoundedConnection
+from api.db.host_lookup import CLIENT_ENCODING, LookupBoundedConnection
 from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, SESSION_SETTINGS_CHECK, missing, read_sql
 from api.db.urls import libpq_url, yoyo_url
 from api.ops.entry import StopsDeferred, stop_asked
@@ -60,9 +60,15 @@ def _options_with_lock_timeout(database_url: str) -> str:
 
 
 def _yoyo_url(database_url: str, connect_timeout_seconds: int) -> str:
-    """yoyo's URL, whose every connection waits at most LOCK_TIMEOUT for a lock."""
+    """yoyo's URL, whose every connection waits at most LOCK_TIMEOUT for a lock, and speaks UTF-8
+    (yoyo connects with psycopg's own class: `CLIENT_ENCODING` says why)."""
     options = _options_with_lock_timeout(database_url)
-    return yoyo_url(database_url, connect_timeout=connect_timeout_seconds, options=options)
+    return yoyo_url(
+        database_url,
+        connect_timeout=connect_timeout_seconds,
+        options=options,
+        client_encoding=CLIENT_ENCODING,
+    )
 
 
 def _migrations() -> MigrationList:

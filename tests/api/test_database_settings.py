@@ -130,6 +130,32 @@ def test_any_title_is_stored_and_heard_whatever_client_encoding_the_dba_gives_th
         assert asyncio.run(_store_and_hear(base_url, title)) == (200, title, title)
 
 
+@pytest.mark.parametrize("where", ["database", "environment"])
+def test_the_commands_speak_utf_8_whatever_client_encoding_the_dba_or_the_shell_gives(
+    tmp_path: Path, migrated_db_url: str, where: str
+) -> None:
+    """With client_encoding SQL_ASCII (psycopg then reads text as bytes), serve's start-up check ended
+    in a traceback, `policies` in another (exit 1, the status of findings), and a first migrate failed
+    (the environment probe, /tmp/s79-envs): every connection of the commands speaks UTF-8 now, as the
+    pool's did."""
+    variables = {"DATABASE_URL": as_role(migrated_db_url), "BETTER_AUTH_SECRET": SECRET}
+    if where == "database":
+        _alter_database(migrated_db_url, "client_encoding", "SQL_ASCII")
+    else:
+        variables["PGCLIENTENCODING"] = "SQL_ASCII"
+    for command, said in [("migrate", "none pending"), ("policies", "Findings: none")]:
+        result = run_cli(command, cwd=tmp_path, MIGRATION_DATABASE_URL=migrated_db_url, **variables)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert said in result.stdout, result.stdout
+    env = cli_env(**variables)
+    with serve_process(serve_command(env), cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+        base_url,
+        _,
+    ):
+        title = "Café, 東京, ✓"
+        assert asyncio.run(_store_and_hear(base_url, title)) == (200, title, title)
+
+
 @pytest.mark.parametrize("level", ["repeatable read", "serializable"])
 def test_concurrent_writes_of_one_user_all_succeed_whatever_isolation_level_the_dba_makes_the_default(
     migrated_db_url: str, level: str
