@@ -12,23 +12,33 @@ import pytest
 
 from api.app import create_app
 from api.db.listener import CHANNEL
+from api.events.hub import Hub
 from tests.api.events_client import async_client, opened
 from tests.support import new_user, serving, settings_for, wait_until
 
 
 def test_an_error_the_listener_did_not_expect_is_logged_and_streams_still_get_every_event(
-    migrated_db_url: str, migrated_db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+    migrated_db_url: str,
+    migrated_db: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """psycopg decodes each payload in the session's client encoding and raises UnicodeDecodeError,
-    not an OperationalError, for one it cannot: here the listener's session reads SQL_ASCII (set on
-    its URL, which psycopg reads as ASCII), and a NOTIFY on its channel, which any role may send,
-    carries a non-ASCII payload."""
+    """An error that is no lost connection (a bug in what the listener calls with a payload, or one
+    psycopg raises as another class: a payload it could not decode, when a session's client_encoding
+    could be SQL_ASCII) must not end the wake-ups of every stream of the worker. Here the hub fails on
+    a payload of a NOTIFY on its channel, which any role may send."""
     alice = new_user()
     db = migrated_db
     db.autocommit = True
-    settings = settings_for(
-        migrated_db_url, database_direct_url=f"{migrated_db_url}&client_encoding=SQL_ASCII"
-    )
+    settings = settings_for(migrated_db_url)
+    wake = Hub.wake
+
+    def wake_failing_on_a_strange_payload(hub: Hub, tag: str) -> None:
+        if tag == "é":
+            raise ValueError(f"a payload the hub cannot read: {tag!r}")
+        wake(hub, tag)
+
+    monkeypatch.setattr(Hub, "wake", wake_failing_on_a_strange_payload)
 
     async def scenario(base_url: str) -> None:
         async with async_client(base_url) as client, opened(client, alice) as stream:
@@ -52,7 +62,7 @@ def test_an_error_the_listener_did_not_expect_is_logged_and_streams_still_get_ev
     (failure,) = [record for record in caplog.records if record.name == "api.db.listener"]
     assert failure.getMessage() == "the events listener failed; reconnecting"
     assert failure.exc_info is not None, "logged with its traceback"
-    assert failure.exc_info[0] is UnicodeDecodeError
+    assert failure.exc_info[0] is ValueError
     assert db.execute("select title from tasks where user_id = %s order by id", [alice.id]).fetchall() == [
         ("by hand",),
         ("later",),
