@@ -349,6 +349,12 @@ class Settings(LogSettings):
     # Seconds a client may take no part of an answer before it is cut off: a piece of a large answer
     # (api/http/slow_readers.py) or an event of a stream (api/events/routes.py).
     send_timeout_seconds: float = Field(default=30.0, gt=0, le=WAIT_SECONDS_LIMIT)
+    # Seconds a connection may wait for a whole request head: a keep-alive connection between its
+    # requests, or one that connected and sent nothing (granian's header_read_timeout, one timer for
+    # both). Behind a load balancer that keeps connections to the API open longer (nginx's upstream
+    # keepalive_timeout, 60 s; Google Cloud's, 600 s), it closed one just as the balancer sent a
+    # request on it, and the balancer answered 502 (the proxy probe, /tmp/s79-proxy).
+    keep_alive_timeout_seconds: int = Field(default=10, ge=1, le=3600)
 
     data_dir: Path = Field(
         default_factory=lambda: Path.cwd() / ".data",

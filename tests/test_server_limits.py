@@ -162,6 +162,27 @@ def test_a_client_that_never_finishes_its_head_or_sends_nothing_is_disconnected(
     assert 9 <= waited < 15, f"disconnected after {waited:.1f} s"
 
 
+def test_keep_alive_timeout_seconds_is_how_long_a_kept_connection_waits_for_its_next_request(
+    api_db_url: str, tmp_path: Path
+) -> None:
+    """A load balancer that keeps its connections to the API open longer than the API (nginx's 60 s
+    against the fixed 10 s) sent requests on connections the API had just closed, and answered 502
+    (the proxy probe, /tmp/s79-proxy): KEEP_ALIVE_TIMEOUT_SECONDS is how long one waits."""
+    env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, KEEP_ALIVE_TIMEOUT_SECONDS="3")
+    with serve_process(serve_command(env), cwd=tmp_path, env=env, output=tmp_path / "serve.log") as (
+        base_url,
+        _,
+    ):
+        host, port = base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as kept:
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b" 200 " in kept.recv(65536)
+            answered = time.monotonic()
+            assert kept.recv(1) == b"", "closed by the server"
+            waited = time.monotonic() - answered
+    assert 2.5 <= waited < 8, f"closed after {waited:.1f} s"
+
+
 def test_the_longest_next_page_url_is_served_with_the_longest_token(served: str) -> None:
     """A next page's Link is the list's own parameters of the request with a cursor of the API's: at
     their longest, a user id and a search of four-byte characters (12 bytes each, percent-encoded) and

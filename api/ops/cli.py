@@ -292,6 +292,7 @@ def serve(args: argparse.Namespace) -> None:
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             max_streams_per_worker=settings.max_streams_per_worker,
             db_pool_size=settings.db_pool_size,
+            keep_alive_timeout_seconds=settings.keep_alive_timeout_seconds,
             ready_marker=folder / "ready",
             embedded_database=development,
             ready_message=_ready_message(

@@ -65,7 +65,6 @@ from api.ops.worker import (
 logger = logging.getLogger("api.ops.serve")
 
 MAX_HEAD_BYTES = 32 * 1024
-HEAD_TIMEOUT_MILLISECONDS = 10_000
 # Connections a worker accepts beside its event streams: four times what granian gave a whole
 # one-worker server by default, for about 10 MiB when all are idle (5000 silent connections grew a
 # worker by 12 MB, measured; a request being served costs what the API spends on it).
@@ -161,6 +160,7 @@ def serve_with_granian(
     shutdown_grace_seconds: int,
     max_streams_per_worker: int,
     db_pool_size: int,
+    keep_alive_timeout_seconds: int,
     embedded_database: bool = False,
 ) -> None:
     """Serve `create_served_app` until SIGINT, SIGTERM or SIGHUP (api/ops/serving_signals.py; then
@@ -197,7 +197,7 @@ def serve_with_granian(
         websockets=False,
         backpressure=connections,
         http1_settings=HTTP1Settings(
-            header_read_timeout=HEAD_TIMEOUT_MILLISECONDS, max_buffer_size=MAX_HEAD_BYTES
+            header_read_timeout=keep_alive_timeout_seconds * 1000, max_buffer_size=MAX_HEAD_BYTES
         ),
         log_dictconfig=_LOGGING,
         log_level=LogLevels(log_level.lower()),
