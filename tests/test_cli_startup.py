@@ -1076,6 +1076,33 @@ def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_tha
             bystander.kill()
 
 
+def test_a_holder_whose_pid_went_to_another_process_holds_the_postgres_no_longer(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
+    """A serve killed outright leaves its pid among those that hold the folder's Postgres, and that
+    pid may since be another program's (after a reboot; the host's init for a serve that was pid 1
+    in a container): taken for a holder still there, no later serve or migrate ever stopped the
+    Postgres (the environment probe, /tmp/s79-envs). Here the program has the dead holder's pid as
+    far as the folder's records say."""
+    pgdata = made_data_dir / "pgdata"
+    with _embedded_database_held(made_data_dir) as holder:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert _postgres_on(pgdata) != [], "left running by the holder killed outright"
+    recorded = json.loads((pgdata / ".handle_starts.json").read_text())[str(holder.pid)]
+    with subprocess.Popen([str(shutil.which("sleep")), "300"]) as bystander:
+        try:
+            (pgdata / ".handle_pids.json").write_text(json.dumps([bystander.pid]))
+            (pgdata / ".handle_starts.json").write_text(json.dumps({str(bystander.pid): recorded}))
+            result = run_cli("migrate", "--data-dir", str(made_data_dir), cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            assert _postgres_on(pgdata) == [], "stopped by the migrate, its last holder"
+            assert bystander.poll() is None, "the process that has the pid now is left alone"
+        finally:
+            bystander.kill()
+            _stop_postgres_left_on(pgdata)
+
+
 def test_a_stale_postmaster_pid_is_kept_while_processes_of_its_postgres_still_use_the_folder(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

@@ -48,6 +48,8 @@ _SECRET_FILE = "dev-secret"  # noqa: S105 (a file name, not a secret)
 # Present while the first start of a data folder (initdb, the login role) has not finished: a start
 # interrupted then (Ctrl-C during initdb) left a folder Postgres cannot use, and the next start redoes it.
 _INITIALISING = "initialising"
+# psutil reads a process's start from the kernel in clock ticks: the same process reads the same.
+_SAME_START_SECONDS = 0.05
 # Held while a start initialises or attaches to the folder's Postgres (`_starting_alone`).
 _START_LOCK = "start.lock"
 _STOP_SECONDS = 10
@@ -111,9 +113,36 @@ class EmbeddedDatabase:
             _stop_unclaimed_postgres(pgdata)
 
 
+# Beside the wheel's list of the processes that share a Postgres (pids alone): when each of ours
+# started. A pid in the list can outlive its process (a serve killed with SIGKILL, or one that ran as
+# pid 1 in a container) and go to another (the host's init, any process after a reboot): taken for a
+# live handle, nobody ever stopped the server again (the environment probe, /tmp/s79-envs).
+_HANDLE_STARTS = ".handle_starts.json"
+
+
+def _handle_starts(pgdata: Path) -> dict[str, float]:
+    try:
+        starts = json.loads((pgdata / _HANDLE_STARTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return starts if isinstance(starts, dict) else {}
+
+
+def _record_this_handle(pgdata: Path) -> None:
+    """Note when this process, which the wheel has just listed, started; forget those it no longer
+    lists (the wheel takes each process out as it exits)."""
+    import psutil  # the embedded extra's, like the wheel
+
+    listed = {str(pid) for pid in _live_handles(pgdata)}
+    starts = {pid: started for pid, started in _handle_starts(pgdata).items() if pid in listed}
+    starts[str(os.getpid())] = psutil.Process().create_time()
+    (pgdata / _HANDLE_STARTS).write_text(json.dumps(starts))
+
+
 def _live_handles(pgdata: Path) -> list[int]:
     """The processes that share this Postgres, less any killed with SIGKILL, which left their pid
-    behind: with it there, nobody would ever stop the server."""
+    behind, whether or not another process has that pid since: with it there, nobody would ever stop
+    the server."""
     import psutil  # the embedded extra's, like the wheel
 
     handles = pgdata / ".handle_pids.json"
@@ -123,10 +152,22 @@ def _live_handles(pgdata: Path) -> list[int]:
         pids = json.loads(handles.read_text())
     except ValueError:
         pids = []
-    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
-    return alive
+    starts = _handle_starts(pgdata)
+
+    def alive(pid: int) -> bool:
+        try:
+            process = psutil.Process(pid)
+        except (psutil.NoSuchProcess, ValueError):  # ValueError: a negative pid
+            return False
+        started = starts.get(str(pid))
+        return started is None or abs(process.create_time() - started) < _SAME_START_SECONDS
+
+    live = [pid for pid in pids if isinstance(pid, int) and alive(pid)]
+    if live != pids:
+        handles.write_text(json.dumps(live))
+        kept = {str(pid): starts[str(pid)] for pid in live if str(pid) in starts}
+        (pgdata / _HANDLE_STARTS).write_text(json.dumps(kept))
+    return live
 
 
 def _stop_unclaimed_postgres(pgdata: Path) -> None:
@@ -581,6 +622,7 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"] | No
     try:
         with _wheel_errors_kept() as wheel_errors:
             server = _get_server(pgdata, cleanup_mode)
+        _record_this_handle(pgdata)
         _keep_the_socket_to_its_user(server)
         return server
     except BaseException as error:
