@@ -150,6 +150,11 @@ class _WholeRecords(logging.StreamHandler[IO[str]]):
         path = os.environ.get(LOG_LOCK_VARIABLE)
         if path is None:
             return None
+        if self._lock_file is not None:
+            # The server's, which this worker inherited: closed here, it stays open, and locked when
+            # it is, in the server. Left to the collector, it was a ResourceWarning in the log under
+            # `python -X dev` (the environment probe, /tmp/s79-envs).
+            self._lock_file.close()
         try:
             # Kept open for the life of the process: every record takes its lock.
             self._lock_file = open(path, "ab")  # noqa: SIM115
