@@ -293,6 +293,7 @@ def serve(args: argparse.Namespace) -> None:
             max_streams_per_worker=settings.max_streams_per_worker,
             db_pool_size=settings.db_pool_size,
             keep_alive_timeout_seconds=settings.keep_alive_timeout_seconds,
+            metrics_folder=folder / "metrics",
             ready_marker=folder / "ready",
             embedded_database=development,
             ready_message=_ready_message(

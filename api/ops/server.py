@@ -42,6 +42,7 @@ import gc
 import logging
 import os
 import resource
+import shutil
 import signal
 import threading
 from functools import partial
@@ -161,6 +162,7 @@ def serve_with_granian(
     max_streams_per_worker: int,
     db_pool_size: int,
     keep_alive_timeout_seconds: int,
+    metrics_folder: Path,
     embedded_database: bool = False,
 ) -> None:
     """Serve `create_served_app` until SIGINT, SIGTERM or SIGHUP (api/ops/serving_signals.py; then
@@ -209,6 +211,36 @@ def serve_with_granian(
     # granian forks inherit it: frozen, as Python's gc docs advise before a fork, no collection walks
     # it, this process's last one as it exits included (bench/RESULTS.md, "Collector").
     gc.freeze()
-    server.serve()
+    try:
+        server.serve()
+    except SystemExit as exited:
+        if exited.code and _full(metrics_folder):
+            raise _workers_without_room(metrics_folder) from None
+        raise
     if hung_up.is_set():
         raise SystemExit(128 + signal.SIGHUP)
+
+
+# Less room than this where the workers keep their metrics, and a worker may find none for the next
+# page of a file it writes through a memory map.
+_ROOM_FOR_METRICS_BYTES = 1024 * 1024
+
+
+def _full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < _ROOM_FOR_METRICS_BYTES
+    except OSError:
+        return False
+
+
+def _workers_without_room(folder: Path) -> CommandFailed:
+    """Why granian gave up: each worker writes its metrics to files in `folder`, under TMPDIR,
+    through memory maps (prometheus_client's multiprocess mode), and a page written where the disk
+    has no room left is SIGBUS, not an error: the worker died at its next new series, and each one
+    that replaced it as it started, until granian stopped them all; serve said only "Worker crash
+    loop detected" (the limits probe, /tmp/s79-limits)."""
+    return CommandFailed(
+        f"the workers died one after another: {folder} has no room left, and each worker writes its "
+        "metrics there (a full disk kills it, SIGBUS). Free space there, or set TMPDIR to a folder "
+        "with room, and start again"
+    )
