@@ -11,6 +11,10 @@ the interpreter's recursion limit, a number longer than int() reads, and an obje
 member twice.
 """
 
+# The codec `Utf8JsonRequest.json` decodes with, loaded with the app rather than by a worker's first
+# body: a worker out of file descriptors then could not open its module (the limits probe,
+# /tmp/s79-limits).
+import encodings.utf_8_sig  # noqa: F401
 import json
 import sys
 from collections import Counter

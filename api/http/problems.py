@@ -562,6 +562,11 @@ def http_problem(exc: StarletteHTTPException) -> ProblemError:
             return unreadable_body()
         if isinstance(exc.__cause__, UnreadJson):
             return invalid_input("body", str(exc.__cause__))
+        if exc.__cause__ is not None and not isinstance(exc.__cause__, ValueError):
+            # Not the body's fault (a UnicodeDecodeError or a JSONDecodeError is a ValueError): what
+            # the server could not have while reading it (a file descriptor, memory) was a 422 that
+            # told the client its valid body was invalid (the limits probe, /tmp/s79-limits).
+            raise exc.__cause__
         return invalid_input("body", "The body is not valid JSON in UTF-8.")
     kind = _HTTP_TYPES.get(exc.status_code, ProblemType.HTTP_ERROR)
     detail = exc.detail if isinstance(exc.detail, str) else kind.heading

@@ -1,6 +1,8 @@
 """Request bodies are capped: 413 beyond the size limit, 408 past the deadline, with nothing written."""
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
 import socket
@@ -11,9 +13,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from starlette.types import Message
 
 from api.app import create_app
-from tests.support import ApiUser, assert_problem, serving, serving_client, settings_for
+from tests.support import ApiUser, assert_problem, new_user, serving, serving_client, settings_for
 
 LIMIT = 2048
 
@@ -212,3 +215,59 @@ def test_a_stream_whose_body_breaks_its_limits_after_its_200_ends_quietly(
     streams = [record for record in ours if getattr(record, "route", None) == "/api/{user_id}/events"]
     assert [getattr(record, "status", None) for record in streams] == [200]
     assert any("ended a request whose answer had begun" in record.getMessage() for record in ours)
+
+
+def test_a_body_the_server_fails_to_read_is_its_own_failure_not_the_clients_invalid_json(
+    api_db_url: str, api_db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """FastAPI answers whatever fails while it reads a body with a 400, which was a 422 saying the
+    body "is not valid JSON in UTF-8": with no file descriptor left, a worker's first body (its codec
+    not loaded yet) was refused so, and a well-behaved client did not send it again (the limits probe,
+    /tmp/s79-limits). A failure of the server's own is a 500, logged, and changes nothing."""
+    alice = new_user()
+    app = create_app(settings_for(api_db_url))
+    path = alice.tasks_url
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", f"Bearer {alice.token}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"15"),
+        ],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            with contextlib.suppress(
+                OSError
+            ):  # what the server's error middleware raises on, after its answer
+                await app({**scope, "state": {}}, receive, send)
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    (start,) = [message for message in sent if message["type"] == "http.response.start"]
+    body = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    assert start["status"] == 500, body
+    assert json.loads(body)["type"] == "urn:todo-api:problem:internal-error"
+    assert [record.exc_info[0] for record in caplog.records if record.exc_info] == [OSError], (
+        "logged, traceback and all"
+    )
+    assert api_db.execute("select count(*) from tasks where user_id = %s", [alice.id]).fetchone() == (0,)
