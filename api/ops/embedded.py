@@ -729,8 +729,8 @@ def _release_the_migration_lock_of_a_process_gone(database_url: str) -> None:
 # (README, "The API"), and initdb takes the locale it runs in, for the folder's life. It took the
 # shell's of the first start: a Turkish locale's `q=ik` did not find IKEA, the C locale's folds A to Z
 # alone, a Latin-1 one could not start ("encoding mismatch": the database is in UTF-8), and Postgres's
-# and libpq's messages, which `_FIXES` and api/ops/failures.py read, came in the shell's language
-# (the environment probe, /tmp/s79-envs).
+# messages, which `_FIXES` reads, would come in the shell's language (the environment probe,
+# /tmp/s79-envs).
 _LOCALE = "C.UTF-8"
 
 
