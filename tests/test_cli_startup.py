@@ -1,6 +1,7 @@
 """Start-up mistakes are one line before anything starts, and Ctrl-C at any moment leaves nothing
 broken behind: real `todo-api` processes, as an operator runs them."""
 
+import contextlib
 import json
 import os
 import pwd
@@ -40,6 +41,7 @@ from tests.support import (
     scrape,
     serve_process,
     value,
+    wait_until,
 )
 
 
@@ -1337,6 +1339,37 @@ def test_a_serve_started_under_nohup_serves_on_when_its_terminal_closes(
         assert server.returncode == 0, output
         assert _postgres_on(data_dir / "pgdata") == [], "the embedded Postgres stops on SIGTERM"
     finally:
+        _stop_postgres_left_on(data_dir / "pgdata")
+
+
+def test_a_serve_a_script_started_in_the_background_stops_on_ctrl_c(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
+    """A script's background job starts ignoring SIGINT (bash does so), and Ctrl-C in the terminal
+    that ran `todo-api serve & ...` must still stop it: kept ignored, as nohup's SIGHUP is, it served
+    on, orphaned, holding its port and Postgres (the verification probe, /tmp/s79-verify)."""
+    data_dir = made_data_dir
+    log = tmp_path / "serve.log"
+    script = '"$@" & wait $!'
+    command = ["bash", "-c", script, "bash", *CLI, "serve", "--data-dir", str(data_dir)]
+    served: list[psutil.Process] = []
+    try:
+        with serve_process(command, cwd=tmp_path, env=cli_env(), output=log, own_group=True) as (
+            base_url,
+            shell,
+        ):
+            served = psutil.Process(shell.pid).children()
+            os.killpg(shell.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
+            shell.wait(timeout=30)
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"{base_url}/healthz", timeout=2)
+        # The shell ends at the signal, serve as soon as it has stopped its Postgres.
+        wait_until(lambda: _postgres_on(data_dir / "pgdata") == [], "the embedded Postgres stops too", 30)
+        assert "Traceback" not in log.read_text(), log.read_text()
+    finally:
+        for process in served:  # an orphan that served on, when this fails
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.terminate()
         _stop_postgres_left_on(data_dir / "pgdata")
 
 

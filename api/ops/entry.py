@@ -16,10 +16,12 @@ except KeyboardInterrupt:
 # What ends a command before the HTTP server takes the signals over. SIGHUP's default would kill the
 # process with no cleanup: the embedded Postgres would keep running and a migration lock stay taken.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# Those this process was started ignoring, which stay ignored, as whoever started it asked: `nohup`
-# ignores SIGHUP (a `nohup todo-api serve &` stopped when its terminal closed), and a shell that is not
-# interactive starts a background job ignoring SIGINT. Read before any handler is set.
-IGNORED_AT_START = frozenset(stop for stop in STOP_SIGNALS if signal.getsignal(stop) == signal.SIG_IGN)
+# Whether this process was started ignoring SIGHUP, which it then goes on ignoring: `nohup` asks so,
+# and a `nohup todo-api serve &` stopped when its terminal closed. Read before any handler is set. Not
+# so SIGINT, which a script's background jobs are started ignoring too (bash does so): a
+# `todo-api serve &` in a dev script then served on after Ctrl-C, orphaned, holding its port and
+# Postgres (the verification probe, /tmp/s79-verify).
+HANGUP_IGNORED_AT_START = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
 # The exit status of the stop a signal asked for, kept in case Python swallowed its SystemExit;
@@ -158,7 +160,7 @@ def stop_quietly_on_signals() -> None:
     if _stop_asked is not None:
         raise SystemExit(_stop_asked)
     for stop in STOP_SIGNALS:
-        if stop not in IGNORED_AT_START:
+        if not (stop == signal.SIGHUP and HANGUP_IGNORED_AT_START):
             signal.signal(stop, stop_quietly)
 
 
