@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import jwt
 import psycopg
+import pytest
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
@@ -522,3 +523,40 @@ def wait_until_it_waits_for(holder: psycopg.Connection[Any], request: "Future[ht
         return False
 
     wait_until(it_waits, "the request waits for the lock", 30)
+
+
+@contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """`folder`, made and mounted as a tmpfs of `size` (a full disk, a read-only one), unmounted on the
+    way out; the test is skipped where it cannot be mounted (as a user other than root)."""
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],  # noqa: S607
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)  # noqa: S607
+
+
+def http_scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """An ASGI HTTP scope for `method` on `path`, for a test that calls the app with a `receive` or a
+    `send` of its own making (a client that leaves, a body the server fails to read)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test"), *headers],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }

@@ -40,6 +40,7 @@ from tests.support import (
     run_cli,
     scrape,
     serve_process,
+    tmpfs,
     value,
     wait_until,
 )
@@ -524,21 +525,11 @@ def test_a_disk_that_fills_up_during_the_first_start_is_one_line_with_its_cause(
     """initdb on a full disk fails at a write that went part of the way, and gives up with a PANIC:
     the line named that PANIC ("cannot abort transaction 1, it was already committed"), the last of
     initdb's errors, rather than the first, which says what happened."""
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(small)],  # noqa: S607
-        capture_output=True, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "20m") as small:
         data_dir = small / "data"
         result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
         assert_one_line(result, "the embedded Postgres could not start: FATAL:", "free some space there")
         assert _postgres_on(data_dir / "pgdata") == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)  # noqa: S607
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="as root, the wheel opens the folders above the data folder")
@@ -546,22 +537,8 @@ def test_as_root_a_data_folder_under_a_read_only_file_system_is_one_line(tmp_pat
     """`docker run --read-only` with a volume for the data: as root, the wheel makes every folder above
     the data folder traversable by the user Postgres runs as, even one that already is, and a
     read-only one refused that as a traceback (the environment probe, /tmp/s79-envs)."""
-    read_only, volume = tmp_path / "read-only", tmp_path / "read-only" / "volume"
-    read_only.mkdir()
-    mounts = [
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(read_only)],
-        ["mkdir", str(volume)],
-        ["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(volume)],
-        ["mount", "-o", "remount,ro", str(read_only)],
-    ]
-    mounted: list[Path] = []
-    try:
-        for command in mounts:
-            done = subprocess.run(command, capture_output=True, check=False)
-            if done.returncode != 0:
-                pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-            if command[1] == "-t":
-                mounted.append(Path(command[-1]))
+    with tmpfs(tmp_path / "read-only", "1m") as read_only, tmpfs(read_only / "volume", "100m") as volume:
+        subprocess.run(["mount", "-o", "remount,ro", str(read_only)], check=True)  # noqa: S607
         data_dir = volume / "data"
         result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
         assert_one_line(
@@ -570,9 +547,6 @@ def test_as_root_a_data_folder_under_a_read_only_file_system_is_one_line(tmp_pat
             "run todo-api as another user, or set DATABASE_URL",
         )
         assert _postgres_on(data_dir / "pgdata") == []
-    finally:
-        for mount in reversed(mounted):
-            subprocess.run(["umount", str(mount)], check=True)  # noqa: S607
 
 
 @pytest.mark.parametrize("language", ["tr_TR.UTF-8", "en_US.ISO-8859-1"])

@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 import httpx
 import psutil
 import psycopg
-import pytest
 
 from api.ops.startup_checks import refuse_a_taken_port
 from api.ops.worker import OOM_SCORE_ADJ_ABOVE_THE_SERVER
@@ -33,6 +32,7 @@ from tests.support import (
     serve_command,
     serve_process,
     sessions_waiting_on_a_lock,
+    tmpfs,
     value,
     wait_until,
     wait_until_it_waits_for,
@@ -318,15 +318,7 @@ def test_workers_that_die_for_a_full_tmpdir_end_serve_in_one_line_saying_so(
     where the disk has no room is SIGBUS: a full TMPDIR killed the worker at its next new series, and
     each that replaced it as it started, until granian stopped them all, serve saying only "Worker
     crash loop detected" (the limits probe, /tmp/s79-limits)."""
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)],  # noqa: S607
-        capture_output=True, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "4m") as small:
         env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, TMPDIR=str(small))
         log = tmp_path / "serve.log"
         with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, server):
@@ -337,10 +329,8 @@ def test_workers_that_die_for_a_full_tmpdir_end_serve_in_one_line_saying_so(
             with contextlib.suppress(httpx.HTTPError):
                 httpx.get(f"{base_url}/openapi.json", timeout=10)  # a series this worker has not counted
             server.wait(timeout=60)
-        assert server.returncode == 1, log.read_text()
-        last = log.read_text().strip().splitlines()[-1]
-        assert "the workers died one after another" in last, last
-        assert "has no room left" in last, last
-        assert "set TMPDIR to a folder with room" in last, last
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)  # noqa: S607
+    assert server.returncode == 1, log.read_text()
+    last = log.read_text().strip().splitlines()[-1]
+    assert "the workers died one after another" in last, last
+    assert "has no room left" in last, last
+    assert "set TMPDIR to a folder with room" in last, last

@@ -16,7 +16,7 @@ import pytest
 from starlette.types import Message
 
 from api.app import create_app
-from tests.support import ApiUser, assert_problem, new_user, serving, serving_client, settings_for
+from tests.support import ApiUser, assert_problem, http_scope, new_user, serving, serving_client, settings_for
 
 LIMIT = 2048
 
@@ -226,26 +226,11 @@ def test_a_body_the_server_fails_to_read_is_its_own_failure_not_the_clients_inva
     /tmp/s79-limits). A failure of the server's own is a 500, logged, and changes nothing."""
     alice = new_user()
     app = create_app(settings_for(api_db_url))
-    path = alice.tasks_url
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"test"),
-            (b"authorization", f"Bearer {alice.token}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", b"15"),
-        ],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 80),
-    }
+    headers = [
+        (b"authorization", f"Bearer {alice.token}".encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"15"),
+    ]
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -259,7 +244,7 @@ def test_a_body_the_server_fails_to_read_is_its_own_failure_not_the_clients_inva
             with contextlib.suppress(
                 OSError
             ):  # what the server's error middleware raises on, after its answer
-                await app({**scope, "state": {}}, receive, send)
+                await app(http_scope("POST", alice.tasks_url, headers), receive, send)
 
     with caplog.at_level(logging.ERROR):
         asyncio.run(scenario())

@@ -35,7 +35,7 @@ from tests.api.events_client import (
     opened,
 )
 from tests.db.test_sql_policy_tests import forget, rows_holding
-from tests.support import SECRET, ApiUser, assert_problem, new_user, serving, settings_for
+from tests.support import SECRET, ApiUser, assert_problem, http_scope, new_user, serving, settings_for
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
 
@@ -899,21 +899,9 @@ def test_a_stream_whose_client_left_before_its_first_event_gives_its_place_back(
     user's MAX_STREAMS_PER_USER until the worker restarts. Driven over ASGI, to leave at that moment."""
     alice = new_user()
     app = create_app(settings_for(api_db_url))
-    path = f"/api/{alice.id}/events"
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test"), (b"authorization", f"Bearer {alice.token}".encode())],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = http_scope(
+        "GET", f"/api/{alice.id}/events", [(b"authorization", f"Bearer {alice.token}".encode())]
+    )
 
     async def receive() -> Message:
         return {"type": "http.disconnect"}
@@ -923,7 +911,7 @@ def test_a_stream_whose_client_left_before_its_first_event_gives_its_place_back(
 
     async def scenario() -> int:
         async with app.router.lifespan_context(app):
-            await app({**scope, "state": {}}, receive, send)
+            await app(scope, receive, send)
             return live_services(app).events_hub.streams_of(alice.id)
 
     assert asyncio.run(scenario()) == 0
