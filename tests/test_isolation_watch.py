@@ -798,3 +798,34 @@ def test_readiness_after_a_database_made_again_under_its_name_is_that_of_the_new
         assert ready.json() == {"status": "ready"}
     else:
         assert_problem(ready, 503, "isolation-unverified")
+
+
+def test_a_readiness_connection_that_cannot_tell_its_database_is_not_ready(
+    migrated_db_url: str, superuser_url: str
+) -> None:
+    """SELECT on pg_database revoked from the login role, and the readiness ping's new connection
+    could not read which database it reached: /readyz was a 500 (InsufficientPrivilege), then 200
+    over the connection it had kept without knowing, while every task request was 503 (the pool's
+    sessions cannot tell either). It is 503 at every ping until the privilege is back."""
+    settings = settings_for(migrated_db_url, isolation_check_interval_seconds=3600)
+    alice = new_user()
+    with serving_client(create_app(settings)) as api:
+        assert api.get("/readyz").status_code == 200
+        with psycopg.connect(_as_superuser(superuser_url, migrated_db_url), autocommit=True) as superuser:
+            superuser.execute("revoke select on pg_catalog.pg_database from public")
+            try:
+                superuser.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where datname = current_database() and pid <> pg_backend_pid()"
+                )
+                answers = []
+                for _ in range(2):
+                    time.sleep(READY_MAX_AGE_SECONDS)  # a ping of its own each time, not the one before
+                    answers.append(api.get("/readyz"))
+                listed = api.get(alice.tasks_url, headers=alice.headers)
+            finally:
+                superuser.execute("grant select on pg_catalog.pg_database to public")
+        for ready in answers:
+            assert_problem(ready, 503, "database-unavailable")
+        assert_problem(listed, 503, "database-unavailable")
+        wait_until(lambda: api.get("/readyz").status_code == 200, "ready again", CHECKS_SECONDS)

@@ -32,7 +32,7 @@ from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from api.db.errors import DatabaseUnavailable, WritesRefused
+from api.db.errors import DatabaseUnavailable, WritesRefused, in_one_line
 from api.db.host_lookup import LookupBoundedAsyncConnection
 
 logger = logging.getLogger(__name__)
@@ -348,8 +348,16 @@ class PingConnection:
         if self._closed:  # closed while it connected: the worker is stopping
             await self._connection.close()
             raise DatabaseUnavailable("the readiness connection is closed")
-        async with answer_within(self._connection, self._answer_timeout):
-            self._connection.identity = await read_identity(self._connection)
+        try:
+            async with answer_within(self._connection, self._answer_timeout):
+                self._connection.identity = await read_identity(self._connection)
+        except psycopg.DatabaseError as refused:
+            # SELECT on pg_database revoked from the login role, say: the pool's sessions cannot tell
+            # either, and no request is served. Not kept, so the next ping asks again.
+            await self._connection.close()
+            raise DatabaseUnavailable(
+                f"the database would not say which database this is ({in_one_line(refused)})"
+            ) from None
         await self._ask_ready(self._connection)
         return self._connection.identity
 
