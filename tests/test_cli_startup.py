@@ -1292,8 +1292,8 @@ def test_a_serve_started_under_nohup_serves_on_when_its_terminal_closes(
     tmp_path: Path, made_data_dir: Path
 ) -> None:
     """`nohup todo-api serve &` stopped when the terminal closed: serve took over the SIGHUP that
-    nohup had it ignore (the environment probe, /tmp/s79-envs). What a process is started ignoring
-    stays ignored; SIGTERM still stops it, and its Postgres."""
+    nohup had it ignore (the environment probe, /tmp/s79-envs). Started ignoring SIGHUP, it goes on
+    ignoring it; SIGTERM still stops it, and its Postgres."""
     data_dir = made_data_dir
     log = tmp_path / "serve.log"
     command = ["nohup", *CLI, "serve", "--data-dir", str(data_dir)]
