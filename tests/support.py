@@ -526,12 +526,14 @@ def wait_until_it_waits_for(holder: psycopg.Connection[Any], request: "Future[ht
 
 
 @contextmanager
-def tmpfs(folder: Path, size: str) -> Iterator[Path]:
-    """`folder`, made and mounted as a tmpfs of `size` (a full disk, a read-only one), unmounted on the
-    way out; the test is skipped where it cannot be mounted (as a user other than root)."""
+def tmpfs(folder: Path, size: str, *, inodes: int | None = None) -> Iterator[Path]:
+    """`folder`, made and mounted as a tmpfs of `size` (and at most `inodes` files and folders), for a
+    full disk or a read-only one, unmounted on the way out; the test is skipped where it cannot be
+    mounted (as a user other than root)."""
     folder.mkdir()
+    options = f"size={size}" if inodes is None else f"size={size},nr_inodes={inodes}"
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],  # noqa: S607
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],  # noqa: S607
         capture_output=True, check=False,
     )  # fmt: skip
     if mounted.returncode != 0:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import httpx
 import psutil
 import psycopg
+import pytest
 
 from api.ops.startup_checks import refuse_a_taken_port
 from api.ops.worker import OOM_SCORE_ADJ_ABOVE_THE_SERVER
@@ -311,26 +312,61 @@ def test_two_servers_started_at_once_on_a_new_data_dir_both_serve(tmp_path: Path
                 server.__exit__(None, None, None)
 
 
+@pytest.mark.parametrize("out_of", ["room", "inodes"])
 def test_workers_that_die_for_a_full_tmpdir_end_serve_in_one_line_saying_so(
-    api_db_url: str, tmp_path: Path
+    api_db_url: str, tmp_path: Path, out_of: str
 ) -> None:
     """Each worker writes its metrics to files under TMPDIR through memory maps, and a page written
     where the disk has no room is SIGBUS: a full TMPDIR killed the worker at its next new series, and
     each that replaced it as it started, until granian stopped them all, serve saying only "Worker
-    crash loop detected" (the limits probe, /tmp/s79-limits)."""
-    with tmpfs(tmp_path / "small", "4m") as small:
+    crash loop detected" (the limits probe, /tmp/s79-limits). Out of inodes, a new worker cannot make
+    its files at all (the second verification probe, /tmp/s79-verify2)."""
+    with tmpfs(
+        tmp_path / "small", "4m" if out_of == "room" else "64m", inodes=None if out_of == "room" else 64
+    ) as small:
         env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, TMPDIR=str(small))
         log = tmp_path / "serve.log"
         with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (base_url, server):
-            with (small / "filler").open("wb") as filler, contextlib.suppress(OSError):
-                while True:
-                    filler.write(bytes(65536))
-                    filler.flush()
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"{base_url}/openapi.json", timeout=10)  # a series this worker has not counted
+            with contextlib.suppress(OSError):
+                if out_of == "room":
+                    with (small / "filler").open("wb") as filler:
+                        while True:
+                            filler.write(bytes(65536))
+                            filler.flush()
+                for count in range(1000):
+                    (small / f"file-{count}").touch()
+            if out_of == "room":
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.get(f"{base_url}/openapi.json", timeout=10)  # a series this worker has not counted
+            else:
+                (worker,) = _workers(server)
+                os.kill(worker, signal.SIGKILL)  # the one that replaces it makes files of its own
             server.wait(timeout=60)
     assert server.returncode == 1, log.read_text()
     last = log.read_text().strip().splitlines()[-1]
     assert "the workers died one after another" in last, last
     assert "has no room left" in last, last
     assert "set TMPDIR to a folder with room" in last, last
+
+
+def test_workers_killed_one_after_another_beside_a_tmpdir_with_room_are_not_blamed_on_it(
+    api_db_url: str, tmp_path: Path
+) -> None:
+    """Only a TMPDIR with no room is named: one with a little (hundreds of KB) was blamed for workers
+    that died for another reason (the second verification probe, /tmp/s79-verify2)."""
+    with tmpfs(tmp_path / "small", "4m") as small:
+        env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, TMPDIR=str(small))
+        log = tmp_path / "serve.log"
+        with serve_process([*CLI, "serve"], cwd=tmp_path, env=env, output=log) as (_, server):
+            (small / "filler").write_bytes(bytes(3 * 1024 * 1024))  # about 500 KB left
+            deadline = time.monotonic() + 60
+            while server.poll() is None and time.monotonic() < deadline:
+                for worker in _workers(server):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker, signal.SIGKILL)
+                time.sleep(0.1)
+            server.wait(timeout=60)
+    output = log.read_text()
+    assert server.returncode == 1, output
+    assert "Worker crash loop detected" in output, output
+    assert "has no room left" not in output, output

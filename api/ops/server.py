@@ -42,7 +42,6 @@ import gc
 import logging
 import os
 import resource
-import shutil
 import signal
 import threading
 from functools import partial
@@ -221,16 +220,21 @@ def serve_with_granian(
         raise SystemExit(128 + signal.SIGHUP)
 
 
-# Less room than this where the workers keep their metrics, and a worker may find none for the next
-# page of a file it writes through a memory map.
-_ROOM_FOR_METRICS_BYTES = 1024 * 1024
+# Less room than this where the workers keep their metrics (a few pages), and a worker may find none
+# for the next page of a file it writes through a memory map. Not more: workers that die for another
+# reason (killed, again and again) beside a TMPDIR merely low on room were blamed on it.
+_ROOM_FOR_METRICS_BYTES = 64 * 1024
 
 
 def _full(folder: Path) -> bool:
+    """Whether `folder` has no room for a worker's metrics: too few bytes free, or no inode left
+    (a worker could not make its files; a file system that counts no inodes says it has none)."""
     try:
-        return shutil.disk_usage(folder).free < _ROOM_FOR_METRICS_BYTES
+        room = os.statvfs(folder)
     except OSError:
         return False
+    no_inode_left = room.f_files > 0 and room.f_favail == 0
+    return room.f_bavail * room.f_frsize < _ROOM_FOR_METRICS_BYTES or no_inode_left
 
 
 def _workers_without_room(folder: Path) -> CommandFailed:
