@@ -1540,12 +1540,16 @@ def test_policies_audits_an_embedded_database_only_once_one_was_made(
 
 
 def test_an_audit_that_outlives_the_serve_it_found_stops_the_postgres_that_serve_held(
-    made_data_dir: Path,
+    made_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C on serve while `todo-api policies` ran beside it: serve left its Postgres to the audit,
     which had found it running and so left it running, nobody's (the verification probe,
     /tmp/s78-verify). What a serve holds, the last holder stops; only one nobody holds is left."""
     pgdata = made_data_dir / "pgdata"
+    # Started here, in this process, the embedded database sets the locale the process and what it
+    # starts run in (api/ops/embedded.py): set for this test alone, not for the commands later tests
+    # run (which the CLI fork server would no longer run, started in another locale).
+    monkeypatch.setenv("LC_ALL", embedded.DATABASE_LOCALE)
     try:
         with _embedded_database_held(made_data_dir) as serve:
             audit = embedded.start(made_data_dir, leave_running=True)  # as `todo-api policies` starts it

@@ -731,21 +731,21 @@ def _release_the_migration_lock_of_a_process_gone(database_url: str) -> None:
 # alone, a Latin-1 one could not start ("encoding mismatch": the database is in UTF-8), and Postgres's
 # messages, which `_FIXES` reads, would come in the shell's language (the environment probe,
 # /tmp/s79-envs).
-_LOCALE = "C.UTF-8"
+DATABASE_LOCALE = "C.UTF-8"
 
 
 def _run_in_the_database_locale() -> None:
-    """This process, and what it starts (initdb, pg_ctl, the workers), in `_LOCALE` where this
+    """This process, and what it starts (initdb, pg_ctl, the workers), in `DATABASE_LOCALE` where this
     machine has it (glibc's since 2.35, Debian's and Alpine's long before); elsewhere as before."""
-    if os.environ.get("LC_ALL") == _LOCALE:
+    if os.environ.get("LC_ALL") == DATABASE_LOCALE:
         return
     try:
         previous = locale.setlocale(locale.LC_CTYPE)
-        locale.setlocale(locale.LC_CTYPE, _LOCALE)
+        locale.setlocale(locale.LC_CTYPE, DATABASE_LOCALE)
         locale.setlocale(locale.LC_CTYPE, previous)
     except locale.Error:
         return
-    os.environ["LC_ALL"] = _LOCALE
+    os.environ["LC_ALL"] = DATABASE_LOCALE
 
 
 def _forget_the_libpq_environment() -> None:
