@@ -456,7 +456,7 @@ def test_a_revoked_privilege_is_refused_and_checked_then_served_once_granted_aga
                 assert refused(api, alice), "refused until a check completes clean"
                 eventually_logged(
                     caplog,
-                    "table public.tasks differs from what todo-api ships",
+                    "table public.tasks: todo_app lacks grants todo-api ships",
                     "a check ran and found the privilege gone",
                 )
                 assert_problem(api.get("/readyz"), 503, "isolation-unverified")

@@ -77,9 +77,9 @@ _ANOTHER_DATABASE = (
 # What a finding's fix depends on, for whoever advises on it (`todo-api serve`): the tables are
 # missing (migrate), the check could not complete, or it could not because it waited in vain for a
 # lock (end the transaction that holds it: migrating would wait for the same lock), or a grant to
-# todo_app that a migration made is gone, which migrating does not make again (a restore without
-# privileges: restore again).
-Cause = Literal["not migrated", "incomplete", "lock held", "grant gone"]
+# todo_app that a migration made is missing, which migrating does not make again (revoked by hand:
+# grant it back; lost in a restore without privileges: restore again).
+Cause = Literal["not migrated", "incomplete", "lock held", "grant missing"]
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ async def _findings_on(
                 return identity, findings
             for difference in differences(await read_reach(connection), expected_reach()):
                 table, policy = difference.policy or (None, None)
-                cause: Cause | None = "grant gone" if difference.grant_gone else None
+                cause: Cause | None = "grant missing" if difference.grant_back else None
                 findings.append(Finding("drift", difference.message, table, policy, cause))
     except psycopg.Error as error:
         findings.append(could_not_complete(error))

@@ -8,6 +8,7 @@ regenerate it with REGENERATE (tests/db/test_expected_reach.py fails, saying so,
 """
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -73,16 +74,36 @@ def write_expected(rows: Iterable[Reach], server_version: str, path: Path = EXPE
 
 
 # Kinds of reach only a migration's GRANT gives, which `todo-api migrate` makes once, unlike the
-# policies and row-level security it applies every time: lost (a restore without privileges), they
-# are back only from a restore that keeps them.
+# policies and row-level security it applies every time: revoked by hand or lost in a restore without
+# privileges, they are back only from a GRANT, or from a restore that keeps them. Their detail is a
+# privilege list as GRANT takes it: `SELECT, INSERT (id, "odd, name")`.
 _GRANTED = frozenset({"schema", "table"})
+_PRIVILEGE = re.compile(r'(\w+)(?: \(((?:"(?:[^"]|"")*"|[^()"])*)\))?')
+_COLUMN = re.compile(r'"(?:[^"]|"")*"|[^,\s]+')
+
+
+def _privileges(detail: str) -> frozenset[tuple[str, str | None]]:
+    """A privilege list as (privilege, column) pairs, the column None for the whole relation."""
+    pairs: set[tuple[str, str | None]] = set()
+    for privilege, columns in _PRIVILEGE.findall(detail):
+        pairs.update([(privilege, column) for column in _COLUMN.findall(columns)] or [(privilege, None)])
+    return frozenset(pairs)
+
+
+def _grant_back(kind: str, name: str, shipped: str) -> str:
+    """The statement that gives todo_app what todo-api ships on an object (granting a privilege held
+    already changes nothing)."""
+    on = f"SCHEMA {name}" if kind == "schema" else name
+    return f"GRANT {shipped} ON {on} TO todo_app"
 
 
 @dataclass(frozen=True)
 class Difference:
     message: str
     policy: tuple[str, str] | None
-    grant_gone: bool = False
+    # A GRANT the migrations made is missing, and nothing beyond it was granted: the statement that
+    # gives it back.
+    grant_back: str | None = None
 
 
 def differences(live: Iterable[Reach], expected: Iterable[Reach]) -> list[Difference]:
@@ -96,9 +117,19 @@ def differences(live: Iterable[Reach], expected: Iterable[Reach]) -> list[Differ
         live_row, expected_row = now.get(key), shipped.get(key)
         if live_row == expected_row:
             continue
+        grant_back = None
         if expected_row is None:
             assert live_row is not None
             message = f"{kind} {name} is not in what todo-api ships ({source}): {live_row.detail}"
+        elif kind in _GRANTED and (
+            live_row is None or _privileges(live_row.detail) < _privileges(expected_row.detail)
+        ):
+            grant_back = _grant_back(kind, name, expected_row.detail)
+            has = "nothing" if live_row is None else live_row.detail
+            message = (
+                f"{kind} {name}: todo_app lacks grants todo-api ships: it has {has}; shipped: "
+                f"{expected_row.detail}; to grant them back, as the owner: {grant_back}"
+            )
         elif live_row is None:
             message = f"{kind} {name} is shipped by todo-api but gone: {expected_row.detail}"
         else:
@@ -107,7 +138,5 @@ def differences(live: Iterable[Reach], expected: Iterable[Reach]) -> list[Differ
                 f"shipped: {expected_row.detail}"
             )
         either = live_row or expected_row
-        found.append(
-            Difference(message, either.policy if either else None, live_row is None and kind in _GRANTED)
-        )
+        found.append(Difference(message, either.policy if either else None, grant_back))
     return found

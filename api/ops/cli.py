@@ -54,9 +54,9 @@ from api.ops.startup_checks import (
     empty_database_url,
     holding_the_port,
     near_misses,
-    refuse_grants_gone,
     refuse_migrating_another_database,
     refuse_the_development_database_beyond_loopback,
+    refuse_what_migrating_left,
     secret_doubts,
 )
 from api.settings import EnvFileError, Settings, env_file_names, read_log_settings
@@ -351,7 +351,7 @@ def migrate(args: argparse.Namespace) -> None:
     with _migration_url(settings, args.data_dir) as url:
         _output(f"todo-api: {_migrate(url, settings, setting)}")
         # `serve` runs the whole isolation check (`check_database`) right after its own migrate.
-        asyncio.run(refuse_grants_gone(url, settings.db_connect_timeout_seconds, setting))
+        asyncio.run(refuse_what_migrating_left(url, settings.db_connect_timeout_seconds, setting))
         if args.login_role:
             _output(f"todo-api: {create_login_role(url, args.login_role, settings, setting)}")
 

@@ -45,12 +45,13 @@ _PREFIXES = ("TODO_API_", "TODOAPI_", "TODO_")
 _OTHER_SIGNALS_ENDPOINTS = frozenset(
     {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"}
 )
-# The fix for grants to todo_app that its migrations made and that are gone, which migrating cannot
-# make again: each migration runs once.
-RESTORE_WITH_PRIVILEGES = (
-    "Grants to todo_app that its migrations made are gone, and `todo-api migrate` makes them only "
-    "once: the database was restored without them (pg_restore --no-privileges, or into a cluster "
-    "before todo_app existed there). Restore it again, with its privileges and after the roles "
+# The fix for grants to todo_app that its migrations made and that are missing, which migrating
+# cannot make again: each migration runs once.
+GRANTS_MISSING = (
+    "Grants to todo_app that its migrations made are missing, and `todo-api migrate` makes each only "
+    "once. Revoked by hand: run the GRANT above as the owner. Lost with the rest of the database's "
+    "privileges, when it was restored without them (pg_restore --no-privileges, or into a cluster "
+    "before todo_app existed there): restore it again, with its privileges and after the roles "
     '(docs/operations.md, "Backup and restore")'
 )
 
@@ -650,8 +651,8 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
     if findings:
         listed = "\n".join(f"  - {message}" for message in messages)
         fix = (
-            f"{RESTORE_WITH_PRIVILEGES}, then start again."
-            if "grant gone" in causes
+            f"{GRANTS_MISSING}, then start again."
+            if "grant missing" in causes
             else "Run `todo-api migrate`, or fix the roles and policies by hand, then start again."
         )
         raise CommandFailed(
@@ -659,10 +660,11 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
         )
 
 
-async def refuse_grants_gone(url: str, connect_timeout_seconds: int, setting: str) -> None:
-    """After `todo-api migrate`: refuse a database whose grants to todo_app, made by migrations already
-    applied, are gone. Migrating passed over it, saying nothing, and `serve` then refused it, saying to
-    restore again: a DBA who migrated after a restore heard only of the fix once serving failed.
+async def refuse_what_migrating_left(url: str, connect_timeout_seconds: int, setting: str) -> None:
+    """After `todo-api migrate`: refuse a database whose reach still differs from what todo-api ships.
+    Migrating mends policies and row-level security; a grant revoked or lost, a grant added, a function
+    replaced are left as they are, and `serve` refuses them. Migrating passed over them, saying
+    nothing, and serve's advice to migrate went round in a loop.
 
     Read as the check reads what todo_app reaches (sql/checks/reach.sql), which any role may: the
     catalogs alone, with nothing the migrating role would see differently."""
@@ -675,10 +677,14 @@ async def refuse_grants_gone(url: str, connect_timeout_seconds: int, setting: st
             live = await read_reach(connection)
     except psycopg.Error as error:  # a check that could not run vouches for nothing
         raise database_failure(error, url, setting) from None
-    gone = [difference.message for difference in differences(live, expected_reach()) if difference.grant_gone]
-    if gone:
-        listed = "\n".join(f"  - {message}" for message in gone)
+    left = differences(live, expected_reach())
+    if left:
+        listed = "\n".join(f"  - {difference.message}" for difference in left)
+        fix = (
+            GRANTS_MISSING
+            if any(difference.grant_back for difference in left)
+            else "`todo-api migrate` does not undo what was changed by hand: undo it as the owner"
+        )
         raise CommandFailed(
-            f"the database is migrated, but cannot be served:\n{listed}\n{RESTORE_WITH_PRIVILEGES}, then "
-            "migrate again."
+            f"the database is migrated, but cannot be served:\n{listed}\n{fix}, then migrate again."
         )

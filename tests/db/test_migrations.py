@@ -29,12 +29,13 @@ from yoyo.connections import parse_uri
 
 from api.auth.principal import Principal
 from api.db.database import Database, Query
+from api.db.reach import expected_reach
 from api.db.sql_files import MIGRATIONS_DIR, SQL_DIR, shipped_migrations
 from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
 from api.ops.migrations import apply_migrations, rollback_migrations
 from api.tasks import queries
 from api.tasks.models import TaskCreate
-from tests.support import ACT_AS, PROJECT, settings_for
+from tests.support import ACT_AS, PROJECT, run_cli, settings_for
 
 MIGRATION_IDS = [
     "0001_app_role",
@@ -186,6 +187,70 @@ def test_apply_again_is_a_no_op_that_restores_the_policies(empty_db_url: str) ->
     assert live_policies(empty_db_url) == policies_in_files()
     with psycopg.connect(libpq_url(empty_db_url)) as conn:
         assert conn.execute("select id from users").fetchall() == [("keep-me",)]
+
+
+def _migrate_by_command(url: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    migrated = run_cli("migrate", cwd=folder, DATABASE_URL=url)
+    assert "Traceback" not in migrated.stderr, migrated.stderr
+    return migrated
+
+
+def test_migrate_refuses_a_grant_revoked_by_hand_naming_the_grant_that_gives_it_back(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """A DBA revoked a grant the migrations made. `serve` refused the database, saying to run
+    `todo-api migrate`, which makes each grant only once: it exited 0, and the advice went round in a
+    loop. Now migrate exits 1 naming the statement, and that statement, run as the owner, mends it."""
+    apply_migrations(empty_db_url)
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute("revoke update (completed) on tasks from todo_app")
+
+    refused = _migrate_by_command(empty_db_url, tmp_path)
+
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    said = refused.stderr
+    assert said.startswith("todo-api: the database is migrated, but cannot be served:\n"), said
+    assert "Revoked by hand: run the GRANT above as the owner" in said, said
+    assert said.endswith("then migrate again.\n"), said
+    shipped = next(
+        row.detail for row in expected_reach() if (row.kind, row.object) == ("table", "public.tasks")
+    )
+    grant = f"GRANT {shipped} ON public.tasks TO todo_app"
+    assert f"to grant them back, as the owner: {grant}\n" in said, said
+
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute(grant)
+    mended = _migrate_by_command(empty_db_url, tmp_path)
+
+    assert mended.returncode == 0, mended.stdout + mended.stderr
+    assert mended.stdout == "todo-api: migrations applied: none pending; policies refreshed\n"
+    with psycopg.connect(libpq_url(empty_db_url)) as owner:
+        assert owner.execute(
+            "select has_column_privilege('todo_app', 'tasks', 'completed', 'UPDATE')"
+        ).fetchone() == (True,)
+
+
+def test_migrate_refuses_a_grant_added_by_hand_rather_than_pass_it_to_serve(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """A grant beyond what ships (here TRUNCATE, which no row-level security policy governs) makes
+    `serve` refuse; migrate does not revoke it, and said nothing."""
+    apply_migrations(empty_db_url)
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute("grant truncate on tasks to todo_app")
+
+    refused = _migrate_by_command(empty_db_url, tmp_path)
+
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    said = refused.stderr
+    assert "table public.tasks differs from what todo-api ships: it is DELETE, SELECT, TRUNCATE" in said, said
+    assert "GRANT" not in said, said
+    fix = "`todo-api migrate` does not undo what was changed by hand: undo it as the owner"
+    assert said.endswith(f"{fix}, then migrate again.\n"), said
+    with psycopg.connect(libpq_url(empty_db_url)) as owner:
+        assert owner.execute("select has_table_privilege('todo_app', 'tasks', 'TRUNCATE')").fetchone() == (
+            True,
+        )
 
 
 def test_rollback_removes_everything_but_the_shared_role(

@@ -209,7 +209,7 @@ def test_serve_refuses_a_restore_without_privileges_saying_to_restore_again_rath
     assert migrated.stdout == "todo-api: migrations applied: none pending; policies refreshed\n"
     said = migrated.stderr
     assert said.startswith("todo-api: the database is migrated, but cannot be served:\n"), said
-    assert "table public.tasks is shipped by todo-api but gone" in said, said
+    assert "table public.tasks: todo_app lacks grants todo-api ships: it has nothing;" in said, said
     assert "restored without them (pg_restore --no-privileges" in said, said
     assert said.endswith('(docs/operations.md, "Backup and restore"), then migrate again.\n'), said
     assert "Traceback" not in said, said
@@ -218,7 +218,7 @@ def test_serve_refuses_a_restore_without_privileges_saying_to_restore_again_rath
         asyncio.run(check_database(url, settings_for(url), workers=1))
 
     message = str(refused.value)
-    assert "table public.tasks is shipped by todo-api but gone" in message, message
+    assert "table public.tasks: todo_app lacks grants todo-api ships: it has nothing;" in message, message
     assert "--no-privileges" in message, message
     assert 'docs/operations.md, "Backup and restore"' in message, message
     assert "Run `todo-api migrate`" not in message, message
