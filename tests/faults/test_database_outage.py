@@ -23,6 +23,7 @@ import pytest
 
 from api.app import create_app
 from api.db.listener import CHANNEL, Listener
+from api.http.services import services
 from tests.api.events_client import async_client, opened
 from tests.own_postgres import OwnPostgres
 from tests.pgbouncer import pgbouncer, require_pgbouncer
@@ -209,6 +210,30 @@ def test_a_long_outage_is_served_again_within_seconds_of_the_database_answering(
         while (response := client.get(user.tasks_url, headers=user.headers)).status_code != 200:
             assert response.status_code == 503, response.text
             assert time.monotonic() - back < 4, "served again within seconds of the database answering"
+            time.sleep(0.1)
+
+
+def test_an_idle_pool_fills_itself_again_once_the_database_is_back(module_postgres: OwnPostgres) -> None:
+    """A run of tries to replace a lost connection gives up after RECONNECT_TRIES_FOR_SECONDS and frees
+    the connection's place, which psycopg's pool fills again only when a request asks: a worker idle
+    through an outage met its next burst short of connections, each one made while a request waited.
+    `try_again` starts a new run instead, so the pool is whole again before anyone asks."""
+    user = new_user()
+    settings = settings_for(
+        module_postgres.url, db_pool_size=3, db_connect_timeout_seconds=2, db_pool_timeout_seconds=2
+    )
+    app = create_app(settings)
+    with serving_client(app) as client:
+        pool = services(app).database.pool
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        module_postgres.stop()
+        # A request finds its connection dead, and the pool replaces every idle one in the background.
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 503
+        time.sleep(4)  # two runs of tries given up
+        module_postgres.start()
+        deadline = time.monotonic() + 10
+        while (stats := pool.get_stats())["pool_size"] < 3 or stats["pool_available"] < 3:
+            assert time.monotonic() < deadline, f"the idle pool stayed short of connections: {stats}"
             time.sleep(0.1)
 
 
