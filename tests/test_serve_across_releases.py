@@ -19,7 +19,7 @@ from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
 from api.db.sql_files import SQL_DIR, shipped_migrations
-from api.db.urls import yoyo_url
+from api.db.urls import libpq_url, yoyo_url
 from tests.support import (
     PROJECT,
     as_role,
@@ -185,3 +185,30 @@ def test_a_running_server_a_newer_release_migrated_under_logs_the_one_line_serve
     assert f"this release ships up to {NEWEST}" in line, line
     assert "serve that release" in line, line
     assert "app.newer_release()" not in line, line
+
+
+def test_migrate_on_a_database_a_newer_release_migrated_refuses_and_changes_nothing(
+    empty_db_url: str, migrated_template: NoopExecutor, tmp_path: Path
+) -> None:
+    """An older release's migrate (a `serve --migrate` restarted mid-way through a rolling upgrade)
+    found nothing pending, refreshed the policies with its own over the newer release's schema, and
+    then called the newer release's function a change made by hand."""
+    _migrate_as_that_release(_release_with(tmp_path, newer=_NEWER_FUNCTION), empty_db_url)
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute('drop policy "tasks are deleted by their owner" on tasks')
+
+    migrated = run_cli("migrate", cwd=tmp_path, DATABASE_URL=empty_db_url)
+
+    assert migrated.returncode == 1, migrated.stdout + migrated.stderr
+    assert migrated.stdout == ""
+    line = _the_one_line(migrated.stderr)
+    assert line.startswith("todo-api: refusing to migrate: the database was migrated by a newer release "), (
+        line
+    )
+    assert f"(up to 0999_newer_release; this release ships up to {NEWEST})" in line, line
+    assert line.endswith("; nothing was changed"), line
+    with psycopg.connect(libpq_url(empty_db_url)) as owner:
+        policies = owner.execute(
+            "select policyname::text from pg_policies where tablename = 'tasks'"
+        ).fetchall()
+    assert ("tasks are deleted by their owner",) not in policies, "the policies were not refreshed"

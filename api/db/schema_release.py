@@ -39,6 +39,12 @@ async def newest_migration_applied(connection: psycopg.AsyncConnection[Any]) -> 
     return str(recorded) if recorded else None
 
 
+def migrated_by_a_newer_release(newest_applied: str | None) -> bool:
+    """Whether the newest migration applied is none of this release's, and after them all."""
+    shipped = shipped_migrations()
+    return newest_applied is not None and newest_applied not in shipped and newest_applied > shipped[-1]
+
+
 def release_mismatch(newest_applied: str | None) -> str | None:
     """Why the database's schema is not this release's, and the fix, in words either reader frames;
     None when it is this release's as far as the record tells (or nothing is recorded), and the
@@ -56,7 +62,7 @@ def release_mismatch(newest_applied: str | None) -> str | None:
             "or, if the database was rolled back on purpose, serve the release that ships up to "
             f"{newest_applied}"
         )
-    if newest_applied < shipped[-1]:  # not one of this release's, nor after them: the findings tell
+    if not migrated_by_a_newer_release(newest_applied):  # not one of ours: the findings tell
         return None
     return (
         f"the database was migrated by a newer release (up to {newest_applied}; this release ships up to "

@@ -22,7 +22,15 @@ from yoyo.exceptions import LockTimeout
 from yoyo.migrations import Migration, MigrationList
 
 from api.db.host_lookup import CLIENT_ENCODING, LookupBoundedConnection
-from api.db.sql_files import MIGRATIONS_DIR, SCHEMA_OWNER_CHECK, SESSION_SETTINGS_CHECK, missing, read_sql
+from api.db.schema_release import migrated_by_a_newer_release, release_mismatch
+from api.db.sql_files import (
+    MIGRATIONS_DIR,
+    NEWEST_MIGRATION_APPLIED,
+    SCHEMA_OWNER_CHECK,
+    SESSION_SETTINGS_CHECK,
+    missing,
+    read_sql,
+)
 from api.db.urls import libpq_url, yoyo_url
 from api.ops.entry import StopsDeferred, stop_asked
 from api.ops.startup_checks import (
@@ -434,6 +442,16 @@ def _yoyo_backend(url: str) -> Iterator[DatabaseBackend]:
         backend.connection.close()
 
 
+def _refuse_a_newer_releases_database(backend: DatabaseBackend) -> None:
+    """An older release's migrate (a `serve --migrate` restarted mid-way through a rolling upgrade, a
+    rollback of the code alone) found nothing pending and refreshed the policies with its own: a newer
+    release's policies went back, and every instance of it refused task requests until it migrated
+    again. Read under yoyo's lock, so that a newer release's migrate cannot land in between."""
+    (newest,) = backend.execute(read_sql(NEWEST_MIGRATION_APPLIED)).fetchone()
+    if migrated_by_a_newer_release(newest):
+        raise MigrationFailed(f"refusing to migrate: {release_mismatch(newest)}; nothing was changed")
+
+
 def apply_migrations(
     database_url: str,
     *,
@@ -454,6 +472,7 @@ def apply_migrations(
             backend.lock(MIGRATION_LOCK_WAIT_SECONDS),
         ):
             pending = backend.to_apply(migrations)
+            _refuse_a_newer_releases_database(backend)
             for migration in pending:
                 _apply_and_record(backend, migration)
             backend.run_post_apply(migrations)
