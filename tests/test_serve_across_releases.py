@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from pytest_postgresql.executors import NoopExecutor
@@ -22,11 +23,15 @@ from api.db.sql_files import SQL_DIR, shipped_migrations
 from api.db.urls import libpq_url, yoyo_url
 from tests.support import (
     PROJECT,
+    SECRET,
     as_role,
     assert_problem,
+    cli_env,
     new_user,
     refusal,
     run_cli,
+    serve_command,
+    serve_process,
     serving_client,
     settings_for,
 )
@@ -212,3 +217,34 @@ def test_migrate_on_a_database_a_newer_release_migrated_refuses_and_changes_noth
             "select policyname::text from pg_policies where tablename = 'tasks'"
         ).fetchall()
     assert ("tasks are deleted by their owner",) not in policies, "the policies were not refreshed"
+
+
+def test_serve_with_migrate_leaves_a_newer_releases_database_as_it_is_and_serves_it_while_it_can(
+    empty_db_url: str, migrated_template: NoopExecutor, tmp_path: Path
+) -> None:
+    """An older release's instance restarted mid-way through a rolling upgrade, with `--migrate`: it
+    changes nothing, and serves while what todo_app reaches is what it expects (a newer release that
+    changed no policy and no grant), rather than fail to start."""
+    _migrate_as_that_release(
+        _release_with(tmp_path, newer="COMMENT ON TABLE public.tasks IS 'a newer release was here';\n"),
+        empty_db_url,
+    )
+    env = cli_env(
+        DATABASE_URL=as_role(empty_db_url), MIGRATION_DATABASE_URL=empty_db_url, BETTER_AUTH_SECRET=SECRET
+    )
+    user = new_user()
+    log = tmp_path / "serve.log"
+    with (
+        serve_process(serve_command(env, "--migrate"), cwd=tmp_path, env=env, output=log) as (base_url, _),
+        httpx.Client(base_url=base_url, timeout=30) as client,
+    ):
+        assert client.post(user.tasks_url, headers=user.headers, json={"title": "served"}).status_code == 201
+
+    said = log.read_text(encoding="utf-8")
+    assert "not migrating: the database was migrated by a newer release (up to 0999_newer_release)" in said, (
+        said
+    )
+    with psycopg.connect(libpq_url(empty_db_url)) as owner:
+        newest = owner.execute("select max(migration_id) from _yoyo_migration").fetchone()
+        comment = owner.execute("select obj_description('public.tasks'::regclass)").fetchone()
+    assert (newest, comment) == (("0999_newer_release",), ("a newer release was here",))

@@ -48,7 +48,7 @@ from api.db.urls import DatabaseUrlError, libpq_url
 from api.ops import embedded
 from api.ops.cluster import create_login_role, unusable_login_role_name
 from api.ops.failures import CommandFailed, configuration_failure, database_failure
-from api.ops.migrations import MigrationFailed, apply_migrations
+from api.ops.migrations import MigratedByANewerRelease, MigrationFailed, apply_migrations
 from api.ops.startup_checks import (
     check_database,
     empty_database_url,
@@ -195,11 +195,20 @@ def _database_url(settings: Settings, data_dir: Path | None, *, to_audit: bool =
         database.stop()
 
 
-def _migrate(url: str, settings: Settings, setting: str) -> str:
-    """Migrate the database at `url`, which came from the variable `setting`."""
+def _migrate(url: str, settings: Settings, setting: str, *, to_serve: bool = False) -> str:
+    """Migrate the database at `url`, which came from the variable `setting`. `to_serve`: a database a
+    newer release migrated is left as it is, for serve's isolation check to judge (this release serves
+    it while its reach is this release's), rather than refused."""
     try:
         applied = apply_migrations(
             url, connect_timeout_seconds=settings.db_connect_timeout_seconds, setting=setting
+        )
+    except MigratedByANewerRelease as newer:
+        if not to_serve:
+            raise CommandFailed(str(newer)) from None
+        return (
+            f"not migrating: the database was migrated by a newer release (up to {newer.newest_applied}); "
+            "it is left as it is, and served while what todo_app reaches is what this release expects"
         )
     except psycopg.OperationalError as error:
         raise database_failure(error, url, setting) from None
@@ -265,13 +274,13 @@ def serve(args: argparse.Namespace) -> None:
         if development and not origins:
             origins = os.environ["CORS_ORIGINS"] = embedded.DEVELOPMENT_ORIGINS
         if development:
-            logger.info("todo-api: %s", _migrate(url, settings, "DATABASE_URL"))
+            logger.info("todo-api: %s", _migrate(url, settings, "DATABASE_URL", to_serve=True))
         elif args.migrate:
             # As `todo-api migrate` would: the schema's owner migrates, while DATABASE_URL's role
             # (one that owns nothing, in production) serves.
             _refuse_migrating_another_database(settings)
             with _migration_url(settings, args.data_dir) as migration_url:
-                migrated = _migrate(migration_url, settings, _migration_setting(settings))
+                migrated = _migrate(migration_url, settings, _migration_setting(settings), to_serve=True)
                 logger.info("todo-api: %s", migrated)
         asyncio.run(check_database(url, settings, args.workers))
 

@@ -60,6 +60,15 @@ class MigrationFailed(Exception):  # noqa: N818 (what the operator sees, not a b
     """A migration could not be applied, for a reason the operator can fix; `str()` says which."""
 
 
+class MigratedByANewerRelease(MigrationFailed):
+    """The database was migrated by a newer release, and nothing was changed. `serve --migrate` goes
+    on to its isolation check, which serves such a database when its reach is this release's."""
+
+    def __init__(self, newest_applied: str) -> None:
+        self.newest_applied = newest_applied
+        super().__init__(f"refusing to migrate: {release_mismatch(newest_applied)}; nothing was changed")
+
+
 def _options_with_lock_timeout(database_url: str) -> str:
     """The URL's `options` (`-c role=...`, say) with LOCK_TIMEOUT added, since `options` given
     beside a URL replace the URL's own."""
@@ -444,12 +453,12 @@ def _yoyo_backend(url: str) -> Iterator[DatabaseBackend]:
 
 def _refuse_a_newer_releases_database(backend: DatabaseBackend) -> None:
     """An older release's migrate (a `serve --migrate` restarted mid-way through a rolling upgrade, a
-    rollback of the code alone) found nothing pending and refreshed the policies with its own: a newer
-    release's policies went back, and every instance of it refused task requests until it migrated
-    again. Read under yoyo's lock, so that a newer release's migrate cannot land in between."""
+    rollback of the code alone) found nothing pending and refreshed the policies with its own under
+    the newer release's instances. Read under yoyo's lock, so that a newer release's migrate cannot
+    land in between."""
     (newest,) = backend.execute(read_sql(NEWEST_MIGRATION_APPLIED)).fetchone()
     if migrated_by_a_newer_release(newest):
-        raise MigrationFailed(f"refusing to migrate: {release_mismatch(newest)}; nothing was changed")
+        raise MigratedByANewerRelease(newest)
 
 
 def apply_migrations(
