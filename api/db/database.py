@@ -111,12 +111,12 @@ from api.db.pool import (
 from api.db.prepared import PreparingSetting, preparing_setting
 from api.db.statements import (
     ACT_AS_USER,
-    BEGIN_TO_PREPARE,
     WAKE_STREAMS,
     as_user_values,
     begin,
     compiled,
     one_message,
+    prepare_in_a_transaction,
 )
 from api.db.urls import libpq_url
 from api.settings import Settings
@@ -673,9 +673,10 @@ class Database:
             # Once per connection and statement, in a transaction of its own: a failed request's
             # transaction keeps it. Whatever fails here leaves a transaction `_roll_back` ends.
             try:
-                await connection.execute(BEGIN_TO_PREPARE, [str(statement_timeout_ms)])
-                await connection.execute(statement.prepare(connection))
-                await connection.execute("COMMIT")
+                prepare = statement.prepare(connection)
+                await connection.execute(
+                    prepare_in_a_transaction(prepare, statement_timeout_ms=statement_timeout_ms)
+                )
             except psycopg.Error as error:
                 # Whatever the server said as it ended the session: a FATAL 25P03 (idle in this
                 # transaction past idle_in_transaction_session_timeout) is no OperationalError.

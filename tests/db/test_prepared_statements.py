@@ -7,11 +7,14 @@ tests/faults/test_pgbouncer.py.
 
 import asyncio
 import logging
+import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import pq
 from sqlalchemy import text
 
 from api.auth.principal import Principal
@@ -50,7 +53,46 @@ def prepared_after_requests(url: str, **settings: Any) -> list[str]:
 def test_on_a_direct_connection_each_statement_is_prepared_once(migrated_db_url: str, setting: str) -> None:
     statements = prepared_after_requests(migrated_db_url, db_prepared_statements=setting)
     assert len(statements) == 3, statements
-    assert all(statement.startswith("PREPARE todo_api_") for statement in statements), statements
+    # Each in the one message of its own transaction (api/db/statements.py, prepare_in_a_transaction).
+    assert all(" PREPARE todo_api_" in statement for statement in statements), statements
+
+
+def test_a_statement_is_prepared_in_one_message_before_its_first_run(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """Far from the database every message is a round trip: the PREPARE's transaction went as three
+    (BEGIN with its timeout, the PREPARE, COMMIT), 160 ms more at 40 ms from the database (the
+    database-far-away probe of stop 80). In one, a statement's first run on a connection is two
+    messages, and every run after it one (libpq's trace of what the connection sent)."""
+    trace = tmp_path / "sent"
+
+    async def run() -> None:
+        database = Database.from_settings(settings_for(migrated_db_url, db_pool_size=1))
+        await database.open()
+        try:
+            user = new_user()
+            listing = queries.list_tasks(user.id, TaskListParams())
+            with trace.open("w") as sent:
+                async with database.pool.connection() as connection:
+                    connection.pgconn.trace(sent.fileno())
+                    connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+                assert await database.run(user.id, listing) == []
+                assert await database.run(user.id, listing) == []
+                async with database.pool.connection() as connection:
+                    connection.pgconn.untrace()
+        finally:
+            await database.close()
+
+    asyncio.run(run())
+    # One message a record: "F" (from the front end) or "B", its length and its type; a query's text
+    # may span lines.
+    messages = re.split(r"^(?=[FB]\t\d+\t)", trace.read_text(), flags=re.MULTILINE)
+    queries_sent = [message for message in messages if message.startswith("F\t") and "\tQuery\t" in message]
+    assert len(queries_sent) == 3, "\n".join(queries_sent)
+    assert " PREPARE todo_api_" in queries_sent[0], queries_sent[0]
+    assert all("EXECUTE todo_api_" in sent and "PREPARE" not in sent for sent in queries_sent[1:]), (
+        queries_sent
+    )
 
 
 def test_off_prepares_nothing(migrated_db_url: str) -> None:
