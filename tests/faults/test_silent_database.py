@@ -30,13 +30,15 @@ from tests.support import assert_problem, new_user, serving_client, settings_for
 
 class SilenceableProxy:
     """TCP on loopback to the test Postgres's Unix socket; `silent` holds every byte back,
-    `answers_held` only the server's (what the API sends still reaches the database), and
-    `hold_next` the next bytes the API sends that hold a given text."""
+    `answers_held` only the server's (what the API sends still reaches the database), `hold_next` the
+    next bytes the API sends that hold a given text, and `refusing` closes each new connection."""
 
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
         self.silent = threading.Event()
         self.answers_held = threading.Event()
+        # New connections are closed as they come, as by a database that is restarting.
+        self.refusing = threading.Event()
         self._held_once: tuple[bytes, float] | None = None
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
@@ -50,6 +52,9 @@ class SilenceableProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.refusing.is_set():
+                client.close()
+                continue
             self._clients.append(client)
             server = socket.socket(socket.AF_UNIX)
             server.connect(str(self.socket_path))
@@ -229,6 +234,41 @@ def test_an_isolation_check_that_gets_no_answer_fails_closed_and_checks_again(
             assert time.monotonic() < deadline, "never served again"
             time.sleep(0.2)
         assert client.get("/readyz").status_code == 200
+
+
+def test_a_request_once_the_database_answers_again_waits_for_a_check_slower_than_a_second(
+    proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+) -> None:
+    """Far from the database (Neon's region is not the API's) a check is 2 s: a new connection and some
+    fifteen statements at 80 ms a round trip. A request waited for the check it asked for at most 1 s
+    and was refused, 503 isolation-unverified, though the database answered (the database-far-away
+    probe of stop 80). It waits as long as it would for a connection."""
+    url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
+    settings = settings_for(
+        url,
+        isolation_check_interval_seconds=0.5,
+        db_pool_size=1,
+        db_connect_timeout_seconds=1,
+        db_pool_timeout_seconds=5,
+    )
+    user = new_user()
+    with serving_client(create_app(settings), timeout=60) as client:
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        proxy.refusing.set()
+        proxy.drop_connections()
+        deadline = time.monotonic() + 10
+        while (ready := client.get("/readyz")).json().get(
+            "type"
+        ) != "urn:todo-api:problem:isolation-unverified":
+            assert time.monotonic() < deadline, f"no check found the database away: {ready.text}"
+            time.sleep(0.1)
+
+        proxy.hold_next(b"repeatable read, read only", 2.0)  # the check's first statement
+        proxy.refusing.clear()
+        listed = client.get(user.tasks_url, headers=user.headers)
+
+        assert listed.status_code == 200, listed.text
+        assert not proxy.holding, "a check met the hold: the request waited for it"
 
 
 def test_a_write_whose_answer_never_came_is_outcome_unknown_and_a_read_is_not(
