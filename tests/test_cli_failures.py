@@ -1119,9 +1119,16 @@ def test_an_env_file_that_is_no_file_stops_the_command_and_makes_nothing(
 
 
 def _cli_writing_to(stdout: int | None, *arguments: str, cwd: Path) -> "subprocess.CompletedProcess[str]":
-    """`todo-api ARGUMENTS` with its standard output on the file descriptor `stdout`, or closed (None)."""
+    """`todo-api ARGUMENTS` with its standard output on the file descriptor `stdout`, or closed (None),
+    buffered as in most shells (PYTHONUNBUFFERED unset: what stays in the buffer is flushed again at
+    exit)."""
+    env = {
+        name: value
+        for name, value in cli_env(BETTER_AUTH_SECRET=SECRET).items()
+        if name != "PYTHONUNBUFFERED"
+    }
     return subprocess.run(
-        [*CLI, *arguments], cwd=cwd, env=cli_env(BETTER_AUTH_SECRET=SECRET), stdout=stdout,
+        [*CLI, *arguments], cwd=cwd, env=env, stdout=stdout,
         stderr=subprocess.PIPE, text=True, timeout=60, check=False,
         preexec_fn=(lambda: os.close(1)) if stdout is None else None,  # `>&-` in a shell
     )  # fmt: skip

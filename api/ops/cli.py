@@ -102,7 +102,17 @@ def _output(text: str) -> None:
     except BrokenPipeError:
         raise
     except OSError as error:
+        _stdout_to_devnull()
         raise CommandFailed(f"cannot write to standard output: {error.strerror}") from None
+
+
+def _stdout_to_devnull() -> None:
+    """What could not be written stays in stdout's buffer, and Python's own flush of it at exit fails
+    again: "Exception ignored" after the command's one line, and exit 120 (where PYTHONUNBUFFERED is
+    unset, as in most shells). Point stdout at /dev/null first
+    (https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _installed_command() -> str:
@@ -650,10 +660,7 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except BrokenPipeError:
         # The reader went away (`todo-api openapi | head -c1`): nothing to say, as for any Unix tool.
-        # Python's own flush of stdout at exit would fail again and print an error; point stdout at
-        # /dev/null first (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _stdout_to_devnull()
         sys.exit(1)
     except (CommandFailed, SqlFilesMissing) as failure:
         if args.command == "serve":
