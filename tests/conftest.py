@@ -6,6 +6,7 @@ per session, cloned for each test that wants a database of its own.
 """
 
 import contextlib
+import os
 import re
 import secrets
 import shutil
@@ -49,8 +50,9 @@ from tests.support import (
     settings_for,
 )
 
-# Hypothesis keeps caches on disk even with `database=None`: keep them out of the checkout.
-set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "todo-api-hypothesis")
+# Hypothesis keeps caches on disk even with `database=None`: keep them out of the checkout, in a folder
+# of this user's (another's, made first in a shared /tmp, was unusable: a warning in every run).
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / f"todo-api-hypothesis-{os.getuid()}")
 
 
 def url_for(executor: NoopExecutor, dbname: str, user: str | None = None) -> str:
