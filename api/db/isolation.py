@@ -349,7 +349,7 @@ class IsolationWatch:
             self._asked = asyncio.get_running_loop().create_future()
             self._check_now.set()
         # As long as a request waits for a connection (DB_POOL_TIMEOUT_SECONDS): a check is a new
-        # connection and some fifteen statements, 2 s at 40 ms from the database, where a bound of
+        # connection and a dozen round trips, 2 s at 40 ms from the database, where a bound of
         # 1 s refused every request that came as the database answered again (the database-far-away
         # probe of stop 80). Not cancelled at the bound: the check goes on, for the requests after.
         await asyncio.wait({self._asked}, timeout=self.database.pool.timeout)

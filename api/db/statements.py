@@ -138,9 +138,10 @@ def prepare_in_a_transaction(prepare: str, *, statement_timeout_ms: int) -> str:
     message. A PREPARE waits for its tables' locks as the statement does (a DBA's LOCK TABLE); outside
     a transaction it had the session's timeout, none, and waited until the API gave the answer up, a
     write whose outcome it could not tell though nothing but the PREPARE had been sent. Sent as three
-    messages, it cost a statement's first run on a connection two round trips more (at 40 ms from the
-    database, 80 ms: the database-far-away probe of stop 80). A statement that fails skips the rest,
-    COMMIT included, and leaves the transaction for the caller to roll back."""
+    messages, it cost a statement's first run on a connection two round trips more, which far from the
+    database is what counts (the database-far-away probe of stop 80: 5 round trips at 20 ms away, 3 in
+    one message). A statement that fails skips the rest, COMMIT included, and leaves the transaction
+    for the caller to roll back."""
     timeout = f"SELECT pg_catalog.set_config('statement_timeout', '{statement_timeout_ms:d}', true)"
     return f"BEGIN; {timeout}; {prepare}; COMMIT"
 
