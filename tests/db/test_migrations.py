@@ -195,20 +195,24 @@ def _migrate_by_command(url: str, folder: Path) -> subprocess.CompletedProcess[s
     return migrated
 
 
+def _migrate_refusing_after(url: str, folder: Path, change: str) -> str:
+    """What `todo-api migrate` says, exiting 1, of a migrated database the owner then ran `change` on."""
+    apply_migrations(url)
+    with psycopg.connect(libpq_url(url), autocommit=True) as owner:
+        owner.execute(change)
+    refused = _migrate_by_command(url, folder)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    return refused.stderr
+
+
 def test_migrate_refuses_a_grant_revoked_by_hand_naming_the_grant_that_gives_it_back(
     empty_db_url: str, tmp_path: Path
 ) -> None:
     """A DBA revoked a grant the migrations made. `serve` refused the database, saying to run
     `todo-api migrate`, which makes each grant only once: it exited 0, and the advice went round in a
     loop. Now migrate exits 1 naming the statement, and that statement, run as the owner, mends it."""
-    apply_migrations(empty_db_url)
-    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
-        owner.execute("revoke update (completed) on tasks from todo_app")
+    said = _migrate_refusing_after(empty_db_url, tmp_path, "revoke update (completed) on tasks from todo_app")
 
-    refused = _migrate_by_command(empty_db_url, tmp_path)
-
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    said = refused.stderr
     assert said.startswith("todo-api: the database is migrated, but cannot be served:\n"), said
     assert "Revoked by hand: run the GRANT above as the owner" in said, said
     assert said.endswith("then migrate again.\n"), said
@@ -235,14 +239,8 @@ def test_migrate_refuses_a_grant_added_by_hand_rather_than_pass_it_to_serve(
 ) -> None:
     """A grant beyond what ships (here TRUNCATE, which no row-level security policy governs) makes
     `serve` refuse; migrate does not revoke it, and said nothing."""
-    apply_migrations(empty_db_url)
-    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
-        owner.execute("grant truncate on tasks to todo_app")
+    said = _migrate_refusing_after(empty_db_url, tmp_path, "grant truncate on tasks to todo_app")
 
-    refused = _migrate_by_command(empty_db_url, tmp_path)
-
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    said = refused.stderr
     assert "table public.tasks differs from what todo-api ships: it is DELETE, SELECT, TRUNCATE" in said, said
     assert "GRANT" not in said, said
     fix = "`todo-api migrate` does not undo what was changed by hand: undo it as the owner"
