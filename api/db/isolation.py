@@ -334,9 +334,10 @@ class IsolationWatch:
         if not self.verified:
             raise IsolationUnverified(self.seconds_until_next_check())
 
-    async def admit(self) -> None:
+    async def admit(self, *, waiting_at_most: float | None = None) -> None:
         """Fail closed as `refuse_unless_verified` does, for a request about to be admitted; but while
-        the last check could not reach the database, first ask for a check at once and wait for it.
+        the last check could not reach the database, first ask for a check at once and wait for it,
+        `waiting_at_most` seconds (by default, as long as a request waits for a connection).
 
         After a database restart the scheduled retry came up to a second after the database
         answered again, and every request meanwhile was refused. Now the first request asks, those
@@ -348,11 +349,12 @@ class IsolationWatch:
         if self._asked is None:
             self._asked = asyncio.get_running_loop().create_future()
             self._check_now.set()
-        # As long as a request waits for a connection (DB_POOL_TIMEOUT_SECONDS): a check is a new
-        # connection and a dozen round trips, 2 s at 40 ms from the database, where a bound of
+        # By default as long as a request waits for a connection (DB_POOL_TIMEOUT_SECONDS): a check is
+        # a new connection and a dozen round trips, 2 s at 40 ms from the database, where a bound of
         # 1 s refused every request that came as the database answered again (the database-far-away
         # probe of stop 80). Not cancelled at the bound: the check goes on, for the requests after.
-        await asyncio.wait({self._asked}, timeout=self.database.pool.timeout)
+        wait = self.database.pool.timeout if waiting_at_most is None else waiting_at_most
+        await asyncio.wait({self._asked}, timeout=wait)
         self.refuse_unless_verified()
 
     async def confirm(self, identity: DatabaseIdentity) -> None:
