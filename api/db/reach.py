@@ -106,16 +106,24 @@ class Difference:
     grant_back: str | None = None
 
 
+def _on_a_table_out_of_reach(kind: str, name: str, unreached: set[str]) -> bool:
+    """Whether a row is the row-level security of a table todo_app has no grant on: reach.sql reads
+    it only where todo_app reaches the table, so it read as gone with the grant, though the table still
+    has it (after a restore without privileges, a line for each table beside its grant's)."""
+    return kind == "row level security" and name in unreached
+
+
 def differences(live: Iterable[Reach], expected: Iterable[Reach]) -> list[Difference]:
     """Each object added, changed or gone, in words, in the order of the objects."""
     now = {(row.kind, row.object): row for row in live}
     shipped = {(row.kind, row.object): row for row in expected}
+    unreached = {name for kind, name in shipped.keys() - now.keys() if kind == "table"}
     source = display_path(EXPECTED_REACH)
     found = []
     for key in sorted(now.keys() | shipped.keys()):
         kind, name = key
         live_row, expected_row = now.get(key), shipped.get(key)
-        if live_row == expected_row:
+        if live_row == expected_row or (live_row is None and _on_a_table_out_of_reach(kind, name, unreached)):
             continue
         grant_back = None
         if expected_row is None:

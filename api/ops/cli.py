@@ -369,10 +369,11 @@ def migrate(args: argparse.Namespace) -> None:
     setting = _migration_setting(settings)
     with _migration_url(settings, args.data_dir) as url:
         _output(f"todo-api: {_migrate(url, settings, setting)}")
-        # `serve` runs the whole isolation check (`check_database`) right after its own migrate.
-        asyncio.run(refuse_what_migrating_left(url, settings.db_connect_timeout_seconds, setting))
+        # Made whatever is left: docs/operations.md's restore and password rotation rely on it.
         if args.login_role:
             _output(f"todo-api: {create_login_role(url, args.login_role, settings, setting)}")
+        # `serve` runs the whole isolation check (`check_database`) right after its own migrate.
+        asyncio.run(refuse_what_migrating_left(url, settings.db_connect_timeout_seconds, setting))
 
 
 def token(args: argparse.Namespace) -> None:

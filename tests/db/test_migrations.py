@@ -35,7 +35,7 @@ from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
 from api.ops.migrations import apply_migrations, rollback_migrations
 from api.tasks import queries
 from api.tasks.models import TaskCreate
-from tests.support import ACT_AS, PROJECT, run_cli, settings_for
+from tests.support import ACT_AS, PROJECT, as_role, run_cli, settings_for
 
 MIGRATION_IDS = [
     "0001_app_role",
@@ -243,12 +243,37 @@ def test_migrate_refuses_a_grant_added_by_hand_rather_than_pass_it_to_serve(
 
     assert "table public.tasks differs from what todo-api ships: it is DELETE, SELECT, TRUNCATE" in said, said
     assert "GRANT" not in said, said
-    fix = "`todo-api migrate` does not undo what was changed by hand: undo it as the owner"
-    assert said.endswith(f"{fix}, then migrate again.\n"), said
+    assert "`todo-api migrate` mends policies and row-level security, not these: put back by hand" in said, (
+        said
+    )
+    assert said.endswith('(docs/operations.md, "Backup and restore"), then migrate again.\n'), said
     with psycopg.connect(libpq_url(empty_db_url)) as owner:
         assert owner.execute("select has_table_privilege('todo_app', 'tasks', 'TRUNCATE')").fetchone() == (
             True,
         )
+
+
+def test_migrate_makes_the_login_role_asked_for_where_it_refuses_what_migrating_left(
+    empty_db_url: str, fresh_role: str, tmp_path: Path
+) -> None:
+    """docs/operations.md's restore and password rotation run `migrate --login-role`: the role is made
+    before what migrating left is refused (the verification probe of stop 80 saw none made)."""
+    apply_migrations(empty_db_url)
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute("grant truncate on tasks to todo_app")
+
+    result = run_cli(
+        "migrate", "--login-role", fresh_role, cwd=tmp_path,
+        DATABASE_URL=as_role(empty_db_url, fresh_role).replace(f"{fresh_role}@", f"{fresh_role}:ours@", 1),
+        MIGRATION_DATABASE_URL=empty_db_url,
+    )  # fmt: skip
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"login role {fresh_role}" in result.stdout, result.stdout
+    assert "the database is migrated, but cannot be served" in result.stderr, result.stderr
+    with psycopg.connect(libpq_url(empty_db_url)) as owner:
+        member = owner.execute("select pg_has_role(%s, 'todo_app', 'MEMBER')", [fresh_role]).fetchone()
+    assert member == (True,)
 
 
 def test_rollback_removes_everything_but_the_shared_role(
