@@ -101,6 +101,12 @@ async def start(caller: Caller, last_event_id: str | None) -> Start:
     return Start(row["newest"], reset=True)
 
 
+# Line breaks other than CR and LF, which JSON leaves raw and which end no line in an event stream:
+# escaped all the same, since a reader that splits lines as Python's str.splitlines() does (httpx's
+# iter_lines) cut an event's JSON at them (the content probe of stop 80). The JSON means the same.
+_OTHER_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def server_sent(event: Mapping[str, Any]) -> ServerSentEvent:
     """One stored event as the client receives it.
 
@@ -124,6 +130,8 @@ def server_sent(event: Mapping[str, Any]) -> ServerSentEvent:
                 ),
             )
             return _reset(event["id"])
+        if not data.isascii():
+            data = data.translate(_OTHER_LINE_BREAKS)
     return ServerSentEvent(data=data, event=event["kind"], id=str(event["id"]))
 
 

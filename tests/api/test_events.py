@@ -110,6 +110,42 @@ def test_two_tabs_of_one_user_both_get_every_change_in_order_as_get_returns_it(a
     run(api_url, scenario)
 
 
+def test_an_event_reads_whole_where_a_reader_splits_lines_at_every_unicode_line_break(api_url: str) -> None:
+    """U+2028, U+2029 and U+0085 went raw into an event's data line: valid in an event stream, where
+    only CR and LF end a line, but a reader that splits lines as str.splitlines() does (httpx's
+    iter_lines) cut the task's JSON at them (the content probe of stop 80). They go escaped."""
+    alice = new_user()
+    title, description = "ls\u2028ps\u2029nel\x85end", "one\u2028two"
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async with client.stream("GET", f"/api/{alice.id}/events", headers=alice.headers) as response:
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            opening = await _next_block(lines)  # the stream's position, before any write
+            assert [line for line in opening if line.startswith("id: ")], opening
+            body = {"title": title, "description": description}
+            created = await client.post(alice.tasks_url, json=body, headers=alice.headers)
+            assert created.status_code == 201, created.text
+            event = await _next_block(lines)
+
+        data = [line.removeprefix("data: ") for line in event if line.startswith("data: ")]
+        assert [json.loads(line) for line in data] == [created.json()], event
+        assert (created.json()["title"], created.json()["description"]) == (title, description)
+
+    run(api_url, scenario)
+
+
+async def _next_block(lines: AsyncIterator[str]) -> list[str]:
+    """The lines of the stream's next block, as a line reader gives them: up to a blank line."""
+    block: list[str] = []
+    async for line in lines:
+        if not line and block:
+            return block
+        if line:
+            block.append(line)
+    return block
+
+
 def test_other_users_streams_receive_nothing_of_one_users_writes(api_url: str) -> None:
     alice, others = new_user(), [new_user() for _ in range(4)]
 
