@@ -45,21 +45,17 @@ _PREFIXES = ("TODO_API_", "TODOAPI_", "TODO_")
 _OTHER_SIGNALS_ENDPOINTS = frozenset(
     {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"}
 )
-# The fixes for grants to todo_app that its migrations made and that are missing, which migrating
-# cannot make again (each migration runs once): alone, the GRANT each names, or a restore that lost
-# them; beside other differences, a restore without privileges, which lost the migrations' revokes too
-# (functions todo_app may call), and which only a restore with them mends.
+# The fix for grants to todo_app that its migrations made and that are missing, which migrating
+# cannot make again (each migration runs once). Which way they went only the DBA knows: a grant revoked
+# by hand beside another change reads like a restore without privileges, which lost the migrations'
+# revokes too (the second verification probe of stop 80 was told to restore a database never restored).
 GRANTS_MISSING = (
     "Grants to todo_app that its migrations made are missing, and `todo-api migrate` makes each only "
     "once. Revoked by hand: run the GRANT above as the owner. Lost in a restore (pg_restore "
     "--no-privileges, or into a cluster before todo_app existed there): restore it again, with its "
-    'privileges and after the roles (docs/operations.md, "Backup and restore")'
-)
-GRANTS_MISSING_AND_MORE = (
-    "Grants to todo_app that its migrations made are missing, and more differs: the database was most "
-    "likely restored without its privileges (pg_restore --no-privileges), which lost the migrations' "
-    "revokes with their grants. Restore it again, with its privileges and after the roles "
-    '(docs/operations.md, "Backup and restore")'
+    "privileges and after the roles; a restore without them also lost the migrations' revokes "
+    "(functions todo_app may call are then listed above), which no GRANT mends (docs/operations.md, "
+    '"Backup and restore")'
 )
 # What `todo-api migrate` leaves when no grant is missing.
 CHANGED_BY_HAND = (
@@ -67,11 +63,6 @@ CHANGED_BY_HAND = (
     "changed by hand, as the owner (or a superuser, for a role todo_app was made a member of); after a "
     'restore without privileges, restore again with them (docs/operations.md, "Backup and restore")'
 )
-
-
-def _grants_fix(*, only_grants_missing: bool) -> str:
-    """The fix for grants missing, alone or beside other differences."""
-    return GRANTS_MISSING if only_grants_missing else GRANTS_MISSING_AND_MORE
 
 
 def is_loopback(host: str) -> bool:
@@ -669,7 +660,7 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
     if findings:
         listed = "\n".join(f"  - {message}" for message in messages)
         fix = (
-            f"{_grants_fix(only_grants_missing=causes == {'grant missing'})}, then start again."
+            f"{GRANTS_MISSING}, then start again."
             if "grant missing" in causes
             else "Run `todo-api migrate`, or fix the roles and policies by hand, then start again."
         )
@@ -698,8 +689,7 @@ async def refuse_what_migrating_left(url: str, connect_timeout_seconds: int, set
     left = differences(live, expected_reach())
     if left:
         listed = "\n".join(f"  - {difference.message}" for difference in left)
-        missing = [difference for difference in left if difference.grant_back]
-        fix = _grants_fix(only_grants_missing=len(missing) == len(left)) if missing else CHANGED_BY_HAND
+        fix = GRANTS_MISSING if any(difference.grant_back for difference in left) else CHANGED_BY_HAND
         raise CommandFailed(
             f"the database is migrated, but cannot be served:\n{listed}\n{fix}, then migrate again."
         )

@@ -210,10 +210,10 @@ def test_serve_refuses_a_restore_without_privileges_saying_to_restore_again_rath
     said = migrated.stderr
     assert said.startswith("todo-api: the database is migrated, but cannot be served:\n"), said
     assert "table public.tasks: todo_app lacks grants todo-api ships: it has nothing;" in said, said
-    # The restore lost the revokes too: running the GRANTs would not mend it.
+    # The restore lost the revokes too, which running the GRANTs would not mend: the fix says so.
     assert "todo_app may call it" in said, said
-    assert "restored without its privileges (pg_restore --no-privileges)" in said, said
-    assert "Revoked by hand" not in said, said
+    assert "a restore without them also lost the migrations' revokes" in said, said
+    assert "which no GRANT mends" in said, said
     # A table's row-level security reads as gone with todo_app's grant on it, though it is there.
     assert "row level security public.tasks" not in said, said
     assert said.endswith('(docs/operations.md, "Backup and restore"), then migrate again.\n'), said
