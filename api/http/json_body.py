@@ -7,8 +7,8 @@ UTF-32 (by their byte order mark, or by where the zero bytes fall), so such a bo
 teach ("Custom Request and APIRoute class"); any other encoding fails to decode and is answered as
 any undecodable body is, a 422 naming `body` (`api.http.problems.http_problem`). So is JSON the
 parser will not read, with a message saying why rather than calling it invalid: arrays nested past
-the interpreter's recursion limit, a number longer than int() reads, and an object that names a
-member twice.
+the interpreter's recursion limit, a number longer than int() reads, an object that names a
+member twice, and `NaN` or `Infinity`, which json.loads reads though JSON has no such value.
 """
 
 # The codec `Utf8JsonRequest.json` decodes with, loaded with the app rather than by a worker's first
@@ -19,7 +19,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
@@ -52,12 +52,21 @@ def _members_named_once(members: list[tuple[str, Any]]) -> dict[str, Any]:
     return read
 
 
+def _no_constants_json_lacks(constant: str) -> NoReturn:
+    """`NaN`, `Infinity` and `-Infinity`: json.loads reads them as floats, but RFC 8259 (section 6)
+    has no such numbers, and they were refused as a field's wrong type ("Input should be a valid
+    boolean") rather than as what JSON is not (the content probe of stop 80)."""
+    raise UnreadJson(f"The body has {constant}, which is not a JSON value.")
+
+
 class Utf8JsonRequest(Request):
     async def json(self) -> Any:
         # "utf-8-sig": a UTF-8 byte order mark is still skipped, as RFC 8259 allows and json.loads did.
         text = (await self.body()).decode("utf-8-sig")
         try:
-            return json.loads(text, object_pairs_hook=_members_named_once)
+            return json.loads(
+                text, object_pairs_hook=_members_named_once, parse_constant=_no_constants_json_lacks
+            )
         except json.JSONDecodeError:
             raise  # not JSON at all: FastAPI reports where
         # RFC 8259, section 9, lets a parser set limits: the message names the one passed.

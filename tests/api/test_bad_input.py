@@ -288,6 +288,21 @@ def test_json_in_utf8_after_a_byte_order_mark_is_read(api: Api) -> None:
             'The body names the member "' + "n" * 64 + '"... more than once.',
             id="a-long-name-given-twice-is-shown-cut",
         ),
+        pytest.param(
+            b'{"title": "x", "completed": NaN}',
+            "The body has NaN, which is not a JSON value.",
+            id="nan",
+        ),
+        pytest.param(
+            b'{"title": "x", "completed": -Infinity}',
+            "The body has -Infinity, which is not a JSON value.",
+            id="minus-infinity",
+        ),
+        pytest.param(
+            b'{"title": "x", "extra": [Infinity]}',
+            "The body has Infinity, which is not a JSON value.",
+            id="infinity-in-an-unknown-member",
+        ),
     ],
 )
 def test_json_the_parser_will_not_read_is_refused_saying_why(
@@ -295,7 +310,8 @@ def test_json_the_parser_will_not_read_is_refused_saying_why(
 ) -> None:
     """RFC 8259, section 9, lets a parser set limits; such a body was called not JSON in UTF-8. A
     member named twice (section 4: its meaning is each parser's) was read by its last value, where
-    something in front may have read the first."""
+    something in front may have read the first. NaN and Infinity, which JSON lacks (section 6), were
+    read as floats and refused as a field's wrong type."""
     url = {"POST": api.user.tasks_url, "PUT": task_url, "PATCH": f"{task_url}/complete"}[method]
     before = api.stored()
 
