@@ -78,8 +78,8 @@ def test_bench_transaction_paths_runs_every_way_each_preparing_what_its_name_say
 
     assert prepared["one message"] == [], prepared
     assert prepared["pipelined"] == [], prepared
-    assert any("FROM tasks" in statement for statement in prepared["one message, prepared"]), prepared
-    assert any("FROM tasks" in statement for statement in prepared["pipelined and prepared"]), prepared
+    assert any("FROM public.tasks" in statement for statement in prepared["one message, prepared"]), prepared
+    assert any("FROM public.tasks" in statement for statement in prepared["pipelined and prepared"]), prepared
 
 
 def _wrk_or_skip() -> None:

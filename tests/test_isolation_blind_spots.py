@@ -451,12 +451,14 @@ def test_a_name_the_session_no_longer_knows_fails_closed_before_the_next_check_a
 ) -> None:
     # Between two checks (an hour apart here) a search_path set for every session made each task
     # request a 500: "relation tasks does not exist". Now the first refusal distrusts isolation.
+    # Requests no longer read the session's search_path (they set theirs empty and name tables with
+    # their schema); a table renamed under the API leaves a name unknown as that did.
     alice = new_user()
     settings = settings_for(cluster.url, isolation_check_interval_seconds=3600)
     with serving_client(create_app(settings)) as api:
         assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
         created: list[str] = []
-        _run(cluster.superuser_url, ["alter system set search_path = app", "select pg_reload_conf()"])
+        _run(cluster.superuser_url, ["alter table public.tasks rename to tasks_elsewhere"])
         try:
             # Each pooled session reads the new configuration between two statements, so the first
             # creates may still succeed; the first that does not must fail closed.
@@ -473,7 +475,7 @@ def test_a_name_the_session_no_longer_knows_fails_closed_before_the_next_check_a
             assert refused(api, alice)
             assert api.get("/readyz").status_code == 503
         finally:
-            _run(cluster.superuser_url, ["alter system reset search_path", "select pg_reload_conf()"])
+            _run(cluster.superuser_url, ["alter table public.tasks_elsewhere rename to tasks"])
     with psycopg.connect(cluster.superuser_url) as superuser:
         stored = superuser.execute("select id::text from public.tasks where user_id = %s", [alice.id])
         assert sorted(row[0] for row in stored) == sorted(created)
@@ -501,3 +503,59 @@ def test_a_setting_the_client_gives_every_session_refuses_serve_and_fails_polici
     assert f"  - [isolation] {finding}" in policies.stdout
 
     assert finding in refusal(url, tmp_path, **env).replace('\\"', '"')  # the log line is JSON
+
+
+# A role a DBA let create in schema public, and nothing else, makes functions and an operator that
+# match the API's VARCHAR parameters exactly, where pg_catalog's take text: each records who called
+# it, and with what, in a table only that role reads, and the search matches every task.
+_MALLORY = "mallory"
+_IMPOSTORS = [
+    f"create role {_MALLORY} nologin",
+    f"grant create on schema public to {_MALLORY}",
+    f"set role {_MALLORY}",
+    "create table public.loot (caller text, what text)",
+    """create function public.record(what text) returns void language sql security definer
+       set search_path = '' as $$
+       insert into public.loot values (pg_catalog.current_setting('app.user_id', true), what) $$""",
+    """create function public.lower(v varchar) returns varchar language sql security definer
+       set search_path = '' as $$ select public.record('lower ' || v); select pg_catalog.lower(v::text) $$""",
+    """create function public.strpos(t text, v varchar) returns integer language sql security definer
+       set search_path = '' as $$ select public.record('strpos ' || t); select 1 $$""",
+    """create function public.text_is_varchar(t text, v varchar) returns boolean language sql
+       security definer set search_path = '' as $$
+       select public.record('= ' || t || ' ' || v); select t operator(pg_catalog.=) v::text $$""",
+    "create operator public.= (leftarg = text, rightarg = varchar, function = public.text_is_varchar)",
+]
+_IMPOSTORS_GONE = [f"drop owned by {_MALLORY}", f"drop role {_MALLORY}"]
+
+
+def test_functions_another_role_makes_in_schema_public_are_never_what_a_request_calls(
+    cluster: OwnPostgres,
+) -> None:
+    """The database-settings probe of stop 81: on the default search_path ("$user", public), such
+    overloads won over pg_catalog's from the moment they were made until the next check: a search for
+    "zzz" listed every task, and the role recorded user ids, titles and Idempotency-Keys. Requests
+    now name only pg_catalog's (an empty search_path), so between checks nothing of hers runs."""
+    alice = new_user()
+    # No check while it runs: the running check finds the functions (todo_app may call them) and
+    # refuses, which tests/test_isolation_watch.py covers; this is about the time before it.
+    settings = settings_for(cluster.url, isolation_check_interval_seconds=3600)
+    with serving_client(create_app(settings)) as api:
+        _run(cluster.superuser_url, _IMPOSTORS)
+        try:
+            created = api.post(
+                alice.tasks_url,
+                json={"title": "Buy milk"},
+                headers={**alice.headers, "Idempotency-Key": "k-1"},
+            )
+            assert created.status_code == 201, created.text
+            assert api.get(alice.task_url(created.json()["id"]), headers=alice.headers).status_code == 200
+            found = api.get(alice.tasks_url, params={"q": "MILK"}, headers=alice.headers)
+            assert [task["title"] for task in found.json()] == ["Buy milk"]
+            nothing = api.get(alice.tasks_url, params={"q": "zzz"}, headers=alice.headers)
+            assert nothing.status_code == 200
+            assert nothing.json() == []
+            with psycopg.connect(cluster.superuser_url) as superuser:
+                assert superuser.execute("select caller, what from public.loot").fetchall() == []
+        finally:
+            _run(cluster.superuser_url, _IMPOSTORS_GONE)

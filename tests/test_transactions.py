@@ -71,9 +71,10 @@ def test_a_reused_connection_never_carries_identity_into_the_next_transaction(
         ]
         assert await identity_between_requests(database) == NOBODY
 
-        await database.run("alice", sql("insert into users (id) values ('alice')", read_only=False))
+        await database.run("alice", sql("insert into public.users (id) values ('alice')", read_only=False))
         await database.run(
-            "alice", sql("insert into tasks (user_id, title) values ('alice', 'mine')", read_only=False)
+            "alice",
+            sql("insert into public.tasks (user_id, title) values ('alice', 'mine')", read_only=False),
         )
         assert await identity_between_requests(database) == NOBODY
 
@@ -81,9 +82,9 @@ def test_a_reused_connection_never_carries_identity_into_the_next_transaction(
             await database.run("alice", sql("select 1 / 0", read_only=False))
         assert await identity_between_requests(database) == NOBODY
 
-        count = "select count(*) as n from tasks"
+        count = "select count(*) as n from public.tasks"
         assert await database.run("bob", sql(count)) == [{"n": 0}]
-        assert await database.run("bob", sql("select count(*) as n from users")) == [{"n": 0}]
+        assert await database.run("bob", sql("select count(*) as n from public.users")) == [{"n": 0}]
         assert await database.run("alice", sql(count)) == [{"n": 1}]
 
     with_database(migrated_db_url, scenario, db_pool_size=1, **way)
@@ -91,15 +92,15 @@ def test_a_reused_connection_never_carries_identity_into_the_next_transaction(
 
 def test_a_failed_statement_changes_nothing(migrated_db_url: str, way: dict[str, Any]) -> None:
     async def scenario(database: Database) -> None:
-        await database.run("alice", sql("insert into users (id) values ('alice')", read_only=False))
+        await database.run("alice", sql("insert into public.users (id) values ('alice')", read_only=False))
         with pytest.raises(CheckRefused, match="tasks_title_check"):
             # Two statements in one: the first would succeed, the second fails; neither may stay.
             await database.run(
                 "alice",
-                sql("with t as (insert into tasks (user_id, title) values ('alice', 'kept?')) "
-                    "insert into tasks (user_id, title) values ('alice', '')", read_only=False),
+                sql("with t as (insert into public.tasks (user_id, title) values ('alice', 'kept?')) "
+                    "insert into public.tasks (user_id, title) values ('alice', '')", read_only=False),
             )  # fmt: skip
-        assert await database.run("alice", sql("select count(*) as n from tasks")) == [{"n": 0}]
+        assert await database.run("alice", sql("select count(*) as n from public.tasks")) == [{"n": 0}]
 
     with_database(migrated_db_url, scenario, db_pool_size=1, **way)
 
@@ -107,7 +108,7 @@ def test_a_failed_statement_changes_nothing(migrated_db_url: str, way: dict[str,
 def test_read_transactions_are_read_only(migrated_db_url: str, way: dict[str, Any]) -> None:
     async def scenario(database: Database) -> None:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            await database.run("alice", sql("insert into users (id) values ('alice')", read_only=True))
+            await database.run("alice", sql("insert into public.users (id) values ('alice')", read_only=True))
 
     with_database(migrated_db_url, scenario, **way)
 

@@ -39,6 +39,17 @@ _NAMES = itertools.count(1)
 # The unprivileged role every transaction switches to; the policies (sql/policies) are written for it.
 APP_ROLE = "todo_app"
 
+# An empty search_path for every transaction of the API's, set with its other settings: a name the
+# statement leaves unqualified (lower, strpos, =, a collation) is then only ever pg_catalog's, and its
+# tables are named with their schema (api/tasks/models.py). On the default path ("$user", public) a
+# role that may create in schema public, given it by a DBA, made `public.lower(varchar)` and an `=`
+# for (text, varchar): an exact match for the statements' VARCHAR parameters, which Postgres picks
+# over the built-in one, so they ran in each user's transaction, as todo_app, with app.user_id set,
+# and wrote other users' titles where that role could read them (the database-settings probe of stop
+# 81, /tmp/s81-gucs). A PREPARE is made under the same path (`prepare_in_a_transaction`), or an
+# EXECUTE would parse its statement again whenever the two differ (Postgres's PREPARE notes).
+NAMES_ONLY_PG_CATALOG = "pg_catalog.set_config('search_path', '', true)"
+
 # The identity and limits of one request, as the first statement of its transaction: who it is
 # for, the task quota the database enforces (sql/migrations/0003_task_quota.sql), and how long a
 # statement may run. Parameter names start with app_, which no statement in api.tasks.queries uses;
@@ -49,22 +60,24 @@ APP_ROLE = "todo_app"
 # that the worker is still there, and ends the session of one killed (the OOM killer): a write
 # waiting on a row lock would otherwise commit once the lock went, after its client had been reset
 # and had read the task unchanged (tests/test_cli_workers.py, the worker killed outright).
+# The search_path is empty (`NAMES_ONLY_PG_CATALOG`).
 ACT_AS_USER = text(
-    f"SELECT set_config('role', '{APP_ROLE}', true),"
-    " set_config('app.user_id', :app_user_id, true),"
-    " set_config('app.max_tasks_per_user', :app_max_tasks, true),"
-    " set_config('app.events_retention_hours', :app_events_retention_hours, true),"
-    " set_config('app.notify_after_commit', 'on', true),"
-    " set_config('statement_timeout', :app_statement_timeout, true),"
-    " set_config('client_connection_check_interval', '1s', true),"
-    " set_config('TimeZone', 'UTC', true),"
-    " set_config('DateStyle', 'ISO', true)"
+    f"SELECT pg_catalog.set_config('role', '{APP_ROLE}', true),"
+    " pg_catalog.set_config('app.user_id', :app_user_id, true),"
+    " pg_catalog.set_config('app.max_tasks_per_user', :app_max_tasks, true),"
+    " pg_catalog.set_config('app.events_retention_hours', :app_events_retention_hours, true),"
+    " pg_catalog.set_config('app.notify_after_commit', 'on', true),"
+    " pg_catalog.set_config('statement_timeout', :app_statement_timeout, true),"
+    " pg_catalog.set_config('client_connection_check_interval', '1s', true),"
+    " pg_catalog.set_config('TimeZone', 'UTC', true),"
+    " pg_catalog.set_config('DateStyle', 'ISO', true),"
+    f" {NAMES_ONLY_PG_CATALOG}"
 )
 
 # What a write sends after its COMMIT, outside any transaction: the NOTIFY the trigger would have
 # sent, with the caller's tag (`api.db.listener.wake_tag`). Outside a transaction it changes no
 # data, so its commit waits for no WAL flush and holds Postgres's NOTIFY lock only for an instant.
-WAKE_STREAMS = text(f"SELECT pg_notify('{CHANNEL}', :app_wake_tag)")
+WAKE_STREAMS = text(f"SELECT pg_catalog.pg_notify('{CHANNEL}', :app_wake_tag)")
 
 
 def as_user_values(
@@ -142,8 +155,8 @@ def prepare_in_a_transaction(prepare: str, *, statement_timeout_ms: int) -> str:
     database is what counts (the database-far-away probe of stop 80: 5 round trips at 20 ms away, 3 in
     one message). A statement that fails skips the rest, COMMIT included, and leaves the transaction
     for the caller to roll back."""
-    timeout = f"SELECT pg_catalog.set_config('statement_timeout', '{statement_timeout_ms:d}', true)"
-    return f"BEGIN; {timeout}; {prepare}; COMMIT"
+    timeout = f"pg_catalog.set_config('statement_timeout', '{statement_timeout_ms:d}', true)"
+    return f"BEGIN; SELECT {timeout}, {NAMES_ONLY_PG_CATALOG}; {prepare}; COMMIT"
 
 
 @lru_cache(maxsize=1024)

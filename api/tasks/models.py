@@ -165,8 +165,15 @@ class TaskPublic(TaskBase, _TaskKeys):
     )
 
 
+# Every table the API names is schema-qualified: its transactions run with an empty search_path
+# (api/db/statements.py, `ACT_AS_USER`), so that no function or operator another role made in a
+# schema on the path can stand in for the built-in one a statement means.
+_SCHEMA = {"schema": "public"}
+
+
 class User(SQLModel, table=True):
     __tablename__ = "users"
+    __table_args__ = _SCHEMA
 
     id: str = Field(primary_key=True, min_length=1, max_length=USER_ID_MAX_LENGTH)
     email: str | None = Field(default=None, max_length=EMAIL_MAX_LENGTH)
@@ -188,8 +195,9 @@ class IdempotencyKey(SQLModel, table=True):
     """
 
     __tablename__ = "idempotency_keys"
+    __table_args__ = _SCHEMA
 
-    user_id: str = Field(primary_key=True, foreign_key="users.id")
+    user_id: str = Field(primary_key=True, foreign_key="public.users.id")
     key: str = Field(primary_key=True, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
     request_hash: str | None = None
     task_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
@@ -201,9 +209,10 @@ class IdempotencyKey(SQLModel, table=True):
 
 class Task(SQLModel, TaskBase, table=True):
     __tablename__ = "tasks"
+    __table_args__ = _SCHEMA
 
     id: int = Field(sa_column=Column(BigInteger, Identity(always=True), primary_key=True))
-    user_id: str = Field(foreign_key="users.id")
+    user_id: str = Field(foreign_key="public.users.id")
     created_at: datetime = Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
     )

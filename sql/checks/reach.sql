@@ -157,8 +157,9 @@ WHERE n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast%'
   AND (pg_catalog.has_schema_privilege(a.oid, n.oid, 'USAGE')
        OR pg_catalog.has_schema_privilege(a.oid, n.oid, 'CREATE'))
 
--- CREATE on the database lets todo_app make schemas, and one named todo_app comes first on every
--- request's search_path ("$user", public), before the tables the API names unqualified. CONNECT and
+-- CREATE on the database lets todo_app make schemas, and one named todo_app comes first on the
+-- default search_path ("$user", public), which requests no longer use (they name every table with its
+-- schema, under an empty search_path) but a DBA's session and the migrations do. CONNECT and
 -- TEMPORARY are left out: todo_app cannot log in, a temporary object is seen by its own session only,
 -- and deployments differ in whether PUBLIC keeps them.
 UNION ALL

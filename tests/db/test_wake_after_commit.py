@@ -81,13 +81,14 @@ def test_database_run_wakes_the_writers_streams_once_after_commit_and_never_for_
     migrated_db_url: str, listener: Conn, way: dict[str, Any]
 ) -> None:
     async def scenario(database: Database) -> None:
-        await database.run("alice", sql("insert into users (id) values ('alice')", read_only=False))
+        await database.run("alice", sql("insert into public.users (id) values ('alice')", read_only=False))
         assert wake_ups(listener) == [wake_tag("alice")]  # no task changed: still one, after COMMIT
 
         rows = await database.run(
             "alice",
             sql(
-                "insert into tasks (user_id, title) values ('alice', 'a'), ('alice', 'b') returning title",
+                "insert into public.tasks (user_id, title) values ('alice', 'a'), ('alice', 'b')"
+                " returning title",
                 read_only=False,
             ),
         )
@@ -95,7 +96,7 @@ def test_database_run_wakes_the_writers_streams_once_after_commit_and_never_for_
         assert rows == [{"title": "a"}, {"title": "b"}]
         assert wake_ups(listener) == [wake_tag("alice")]
 
-        assert await database.run("alice", sql("select count(*) as n from tasks")) == [{"n": 2}]
+        assert await database.run("alice", sql("select count(*) as n from public.tasks")) == [{"n": 2}]
         assert wake_ups(listener) == []
 
     with_database(migrated_db_url, scenario, db_pool_size=1, **way)
@@ -103,17 +104,18 @@ def test_database_run_wakes_the_writers_streams_once_after_commit_and_never_for_
 
 def test_a_write_that_failed_wakes_nobody(migrated_db_url: str, listener: Conn, way: dict[str, Any]) -> None:
     async def scenario(database: Database) -> None:
-        await database.run("alice", sql("insert into users (id) values ('alice')", read_only=False))
+        await database.run("alice", sql("insert into public.users (id) values ('alice')", read_only=False))
         assert wake_ups(listener) == [wake_tag("alice")]
 
         with pytest.raises(CheckRefused, match="tasks_title_check"):
             await database.run(
-                "alice", sql("insert into tasks (user_id, title) values ('alice', '')", read_only=False)
+                "alice",
+                sql("insert into public.tasks (user_id, title) values ('alice', '')", read_only=False),
             )
         assert wake_ups(listener) == []
         # The connection is clean for the next transaction, which wakes as any write does.
         await database.run(
-            "alice", sql("insert into tasks (user_id, title) values ('alice', 'ok')", read_only=False)
+            "alice", sql("insert into public.tasks (user_id, title) values ('alice', 'ok')", read_only=False)
         )
         assert wake_ups(listener) == [wake_tag("alice")]
 

@@ -126,7 +126,7 @@ def _run(url: str, scenario: Any, **settings: Any) -> None:
     asyncio.run(run())
 
 
-_INSERT_ONE = "insert into tasks (user_id, title) values ('alice', 'once') returning id"
+_INSERT_ONE = "insert into public.tasks (user_id, title) values ('alice', 'once') returning id"
 
 
 @pytest.mark.parametrize(
@@ -142,13 +142,13 @@ def test_a_write_on_a_connection_ended_while_idle_runs_again_once(
     which proves it never ran."""
 
     async def scenario(database: Database) -> None:
-        await database.run("alice", sql("insert into users (id) values ('alice')", read_only=False))
+        await database.run("alice", sql("insert into public.users (id) values ('alice')", read_only=False))
         for _ in range(3):  # every connection has prepared and just been used
             await database.run("alice", sql("select 1 as one"))
         ended = await asyncio.to_thread(_terminate_sessions, superuser_url, migrated_db.info.dbname)
         assert ended == 3
         assert len(await database.run("alice", sql(_INSERT_ONE, read_only=False))) == 1
-        assert await database.run("alice", sql("select count(*) as n from tasks")) == [{"n": 1}]
+        assert await database.run("alice", sql("select count(*) as n from public.tasks")) == [{"n": 1}]
 
     _run(migrated_db_url, scenario, db_pool_size=3, **way)
 
@@ -203,16 +203,16 @@ def test_a_write_broken_after_it_was_sent_is_outcome_unknown_and_never_run_twice
     migrated_db: psycopg.Connection[Any], migrated_db_url: str, superuser_url: str, way: dict[str, Any]
 ) -> None:
     async def scenario(database: Database) -> None:
-        await database.run("alice", sql("insert into users (id) values ('alice')", read_only=False))
+        await database.run("alice", sql("insert into public.users (id) values ('alice')", read_only=False))
         threading.Timer(0.5, _terminate_sessions, args=(superuser_url, migrated_db.info.dbname)).start()
         with pytest.raises(OutcomeUnknown):
             await database.run(
                 "alice",
-                sql("with t as (insert into tasks (user_id, title) values ('alice', 'once'))"
+                sql("with t as (insert into public.tasks (user_id, title) values ('alice', 'once'))"
                      " select pg_sleep(1.5)", read_only=False),
             )  # fmt: skip
         # Ended before COMMIT, so rolled back here; the point is that it did not run again.
-        assert await database.run("alice", sql("select count(*) as n from tasks")) == [{"n": 0}]
+        assert await database.run("alice", sql("select count(*) as n from public.tasks")) == [{"n": 0}]
 
     _run(migrated_db_url, scenario, db_pool_size=1, **way)
 

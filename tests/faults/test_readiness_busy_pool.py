@@ -142,7 +142,7 @@ def test_the_first_readiness_ping_once_the_database_answers_again_finds_it_ready
             await asyncio.to_thread(module_postgres.stop)
             # A request finds the pool's connection gone, and the pool tries in vain to make another.
             with pytest.raises(UNAVAILABLE):
-                await database.run("alice", sql("select count(*) as n from tasks"))
+                await database.run("alice", sql("select count(*) as n from public.tasks"))
             with pytest.raises(UNAVAILABLE):
                 await database.ping()
             # Pinged as soon as the database answers: the wheel's start returns some time after that.
