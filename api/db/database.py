@@ -540,7 +540,19 @@ class Database:
                 # A rule of the database's own bookkeeping (schema app), which no request writes:
                 # whatever broke it, the client's input did not (a 500, as a bug).
                 raise
-            raise CheckRefused(constraint) from None
+            raise CheckRefused(f"its rule {constraint}" if constraint else "one of its rules") from None
+        except psycopg.errors.NotNullViolation as error:
+            # The API sends NULL only where its columns take it: a NOT NULL a DBA added to one, which
+            # was a 500 (the database-settings probe of stop 81), refuses the write as a CHECK does.
+            await _roll_back(connection)
+            if error.diag.schema_name != "public":
+                raise  # the database's own bookkeeping, as above
+            raise CheckRefused(f"its rule that {error.diag.column_name} is NOT NULL") from None
+        except psycopg.errors.StringDataRightTruncation as error:
+            # The API's text columns take any length it accepts: a DBA's narrower type (varchar(n)).
+            # Postgres's message names the type alone ("value too long for type character varying(n)").
+            await _roll_back(connection)
+            raise CheckRefused(f"its column type ({error.diag.message_primary})") from None
         except psycopg.errors.InsufficientPrivilege as error:
             await _roll_back(connection)
             # Not back to the pool: a read is refused for row-level security only when the session

@@ -516,11 +516,10 @@ def invalid_input(field: str, message: str) -> ProblemError:
     )
 
 
-def refused_by_the_database(constraint: str | None) -> ProblemError:
-    # The API's own rules refuse bad input before it reaches the database; a CHECK that still refuses
+def refused_by_the_database(rule: str) -> ProblemError:
+    # The API's own rules refuse bad input before it reaches the database; a rule that still refuses
     # it is one the API does not know (a DBA's). The input is invalid all the same: named, never echoed.
-    named = f"its rule {constraint}" if constraint else "one of its rules"
-    return invalid_input("body", f"The database refuses this value by {named}; nothing was changed.")
+    return invalid_input("body", f"The database refuses this value by {rule}; nothing was changed.")
 
 
 def _validation_problem(exc: RequestValidationError) -> ProblemError:
@@ -705,8 +704,8 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
     @app.exception_handler(CheckRefused)
     async def on_check_refused(_: Request, exc: CheckRefused) -> JSONResponse:
         # Its name only: the values it refused are a user's content.
-        logger.warning("the database refused a write by its check constraint %s", exc.constraint)
-        return problem_response(refused_by_the_database(exc.constraint))
+        logger.warning("the database refused a write by %s", exc.rule)
+        return problem_response(refused_by_the_database(exc.rule))
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         # With what the database (or the pool) said: the class alone reads the same for a server

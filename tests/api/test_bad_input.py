@@ -649,3 +649,58 @@ def test_a_write_a_dbas_check_constraint_refuses_is_a_422_naming_it_and_changes_
             user.tasks_url, json={"title": "Fine again"}, headers={**user.headers, "Idempotency-Key": "k-1"}
         )
         assert again.status_code == 201, again.text
+
+
+@pytest.mark.parametrize(
+    ("dba_change", "write", "rule"),
+    [
+        pytest.param(
+            "alter table public.tasks alter column description set not null",
+            {"title": "No description", "description": None},
+            "its rule that description is NOT NULL",
+            id="not-null",
+        ),
+        pytest.param(
+            "alter table public.tasks alter column title type varchar(10)",
+            {"title": "Longer than ten"},
+            "its column type (value too long for type character varying(10))",
+            id="narrower-type",
+        ),
+    ],
+)
+def test_a_write_a_dbas_not_null_or_narrower_column_refuses_is_a_422_as_for_a_check(
+    migrated_db_url: str, dba_change: str, write: dict[str, str | None], rule: str
+) -> None:
+    """Each was a 500 "bug on our side" for every such create, for good, where the same DBA's CHECK
+    was a 422 naming it (the database-settings probe of stop 81). Nothing is stored; an update that
+    breaks the rule is refused the same way and leaves the task as it was."""
+    user = new_user()
+    with (
+        serving_client(create_app(settings_for(as_role(migrated_db_url)))) as client,
+        psycopg.connect(migrated_db_url, autocommit=True) as db,
+    ):
+        created = client.post(
+            user.tasks_url, json={"title": "Fine", "description": "d"}, headers=user.headers
+        )
+        assert created.status_code == 201, created.text
+        db.execute(dba_change)
+        stored = "select json_agg(t order by t.id) from tasks t where t.user_id = %s"
+        before = db.execute(stored, [user.id]).fetchone()
+
+        refused = [
+            client.post(user.tasks_url, json=write, headers={**user.headers, "Idempotency-Key": "k-1"}),
+            client.put(user.task_url(created.json()["id"]), json=write, headers=user.headers),
+        ]
+
+        for response in refused:
+            body = assert_problem(response, 422, "validation-error", "body")
+            assert body["errors"] == [
+                {
+                    "field": "body",
+                    "message": f"The database refuses this value by {rule}; nothing was changed.",
+                }
+            ]
+        assert db.execute(stored, [user.id]).fetchone() == before
+        assert db.execute(
+            "select count(*) from idempotency_keys where user_id = %s", [user.id]
+        ).fetchone() == (0,)
