@@ -38,7 +38,7 @@ from psycopg_pool import PoolTimeout
 from api.db.database import Database
 from api.db.errors import UNAVAILABLE, AlreadyExists, IsolationBreach, MissingReference, in_one_line
 from api.db.pool import Connection, DatabaseIdentity, answer_within, ended_while_idle, read_identity
-from api.db.reach import differences, expected_reach, read_reach
+from api.db.reach import NAMES_AS_SHIPPED, differences, expected_reach, read_reach
 from api.db.schema_release import newest_migration_applied, release_mismatch
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
 from api.db.statements import APP_ROLE
@@ -51,6 +51,12 @@ _NOT_MIGRATED = "the database is not migrated"
 # Long enough for a catalog read, short enough that a check never waits long behind DDL.
 _LOCK_TIMEOUT = "2s"
 _STATEMENT_TIMEOUT = "10s"
+# The check's transaction's settings, in one statement: one round trip, which far from the database
+# is what a check costs.
+_CHECK_SETTINGS = (
+    f"select pg_catalog.set_config('lock_timeout', '{_LOCK_TIMEOUT}', true),"
+    f" pg_catalog.set_config('statement_timeout', '{_STATEMENT_TIMEOUT}', true), {NAMES_AS_SHIPPED}"
+)
 # The server cancels a statement of the check at _STATEMENT_TIMEOUT and says so; with no answer at all
 # this long into a check (a network gone silent, a wedged pooler, a backend that stopped), none is
 # coming, and a check left waiting would keep the last verdict, and hold off every later check, for
@@ -107,8 +113,7 @@ async def release_mismatch_on(connection: psycopg.AsyncConnection[Any]) -> str |
             connection.transaction(force_rollback=True),
         ):
             await connection.execute("set transaction read only")
-            await connection.execute(f"set local lock_timeout = '{_LOCK_TIMEOUT}'")
-            await connection.execute(f"set local statement_timeout = '{_STATEMENT_TIMEOUT}'")
+            await connection.execute(_CHECK_SETTINGS)
             return release_mismatch(await newest_migration_applied(connection))
     except (psycopg.Error, TimeoutError):
         return None
@@ -181,8 +186,7 @@ async def _findings_on(
             # (has_table_privilege and its kin) read the catalog as it is now, not as the snapshot
             # saw it, so a change committed mid-check can still show half: IsolationWatch.check.
             await connection.execute("set transaction isolation level repeatable read, read only")
-            await connection.execute(f"set local lock_timeout = '{_LOCK_TIMEOUT}'")
-            await connection.execute(f"set local statement_timeout = '{_STATEMENT_TIMEOUT}'")
+            await connection.execute(_CHECK_SETTINGS)
             # Which database the verdict is of, read with the catalogs it is made from.
             identity = await read_identity(connection)
             rows = await _rows(connection, _sql())

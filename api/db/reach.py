@@ -40,11 +40,18 @@ class Reach:
         return table, quoted.removesuffix('"')
 
 
+# Names written as the checks compare them, quoted only where they must be: a DBA's (or the URL's)
+# quote_all_identifiers = on wrote every one quoted (`"app"."count_tasks"()`), so nothing the
+# database held matched what the package ships, and migrate, policies and serve refused a sound
+# database (the database-settings probe of stop 81). For the caller's transaction alone.
+NAMES_AS_SHIPPED = "pg_catalog.set_config('quote_all_identifiers', 'off', true)"
+
+
 async def read_reach(connection: psycopg.AsyncConnection[Any]) -> list[Reach]:
     """The live reach, read with an empty search_path so that every name is schema-qualified.
 
-    Runs in the caller's transaction (the setting is local to it)."""
-    await connection.execute("select set_config('search_path', '', true)")
+    Runs in the caller's transaction (the settings are local to it)."""
+    await connection.execute(f"select pg_catalog.set_config('search_path', '', true), {NAMES_AS_SHIPPED}")
     async with connection.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(read_sql(REACH_CHECK))
         return [Reach(*row) for row in await cursor.fetchall()]
