@@ -164,9 +164,14 @@ def _give_password(connection: psycopg.Connection[tuple[Any, ...]], login_role: 
     with the server's password_encryption): a password in the statement is in the server's log
     whenever the statement fails (the refusal for a role another role created did) or with
     log_statement = ddl, and in pg_stat_activity meanwhile. Where the server takes only the password
-    itself (Neon, which keeps its own logs), it is sent as it is, over the same connection."""
+    itself (Neon, which keeps its own logs), it is sent as it is, over the same connection. Always a
+    SCRAM verifier, whatever the server's password_encryption: an MD5 one (a DBA's md5, kept for old
+    clients) could never log in where pg_hba.conf asks for scram-sha-256, Postgres's default (the
+    database-settings probe of stop 81), and Postgres 18 deprecates MD5 passwords."""
     role = sql.Identifier(login_role)
-    hashed = connection.pgconn.encrypt_password(password.encode(), login_role.encode()).decode()
+    hashed = connection.pgconn.encrypt_password(
+        password.encode(), login_role.encode(), algorithm=b"scram-sha-256"
+    ).decode()
     try:
         connection.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(hashed)))
     except psycopg.Error as error:  # Neon documents neither its class nor its words; these were seen
