@@ -8,6 +8,7 @@ The other release is this one's sql/ folder with its newest migration taken away
 with plain yoyo as that release's `todo-api migrate` would, in a cluster where the session's migrated
 template made the API's login role (`migrated_template`)."""
 
+import asyncio
 import logging
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from pytest_postgresql.executors import NoopExecutor
 from api.app import create_app
 from api.db.sql_files import SQL_DIR, shipped_migrations
 from api.db.urls import libpq_url, yoyo_url
+from tests.api.events_client import async_client, opened
 from tests.support import (
     PROJECT,
     SECRET,
@@ -32,6 +34,7 @@ from tests.support import (
     run_cli,
     serve_command,
     serve_process,
+    serving,
     serving_client,
     settings_for,
 )
@@ -190,6 +193,64 @@ def test_a_running_server_a_newer_release_migrated_under_logs_the_one_line_serve
     assert f"this release ships up to {NEWEST}" in line, line
     assert "serve that release" in line, line
     assert "app.newer_release()" not in line, line
+
+
+def test_an_open_stream_ends_once_a_newer_release_migrated_so_that_its_client_moves_to_that_release(
+    migrated_db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In a rolling upgrade done as docs/operations.md says, a balancer takes the older instances out
+    by /readyz, but their open streams stayed on them, reading nothing, for as long as they ran: each
+    user missed every change made on the newer release meanwhile (the deploys probe of stop 81). At
+    the next wake-up such a stream now ends, and its client reconnects to an instance that serves."""
+    alice = new_user()
+    settings = settings_for(as_role(migrated_db_url), isolation_check_interval_seconds=INTERVAL)
+
+    async def scenario(base_url: str) -> None:
+        async with async_client(base_url) as client, opened(client, alice) as stream:
+            await stream.opening_id()
+            await asyncio.to_thread(
+                _migrate_as_that_release, _release_with(tmp_path, newer=_NEWER_FUNCTION), migrated_db_url
+            )
+            await asyncio.to_thread(
+                eventually_logged,
+                caplog,
+                "the database was migrated by a newer release",
+                "the running check's verdict after the newer release migrated",
+            )
+            # A write the newer release serves (here its owner's INSERT, which wakes streams too).
+            with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+                owner.execute("insert into public.users (id) values (%s)", [alice.id])
+                owner.execute(
+                    "insert into public.tasks (user_id, title) values (%s, 'on the newer')", [alice.id]
+                )
+            rest = await stream.end()
+            assert [block for block in rest if block.data] == [], "the stream ended, sending nothing"
+
+    with caplog.at_level(logging.ERROR, logger="api.db.isolation"), serving(create_app(settings)) as base_url:
+        asyncio.run(scenario(base_url))
+
+
+def test_migrate_applies_what_is_pending_over_a_migration_of_no_release_that_sorts_before_its_newest(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """A migration none of this release's, recorded as the newest applied but sorting before this
+    release's newest (a hotfix of the operator's own, between two releases), is no newer release's:
+    called one, migrate refused to apply what was pending, and no test said otherwise (the mutation
+    probe of stop 81)."""
+    _migrate_as_that_release(_release_with(tmp_path, without_newest=True), empty_db_url)
+    hotfix = f"{BEFORE_NEWEST}_hotfix"
+    assert BEFORE_NEWEST < hotfix < NEWEST
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute(
+            "insert into _yoyo_migration (migration_hash, migration_id, applied_at_utc)"
+            " values (md5(%s), %s, now())",
+            [hotfix, hotfix],
+        )
+
+    migrated = run_cli("migrate", cwd=tmp_path, DATABASE_URL=empty_db_url)
+
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert f"migrations applied: {NEWEST}" in migrated.stdout, migrated.stdout
 
 
 def test_migrate_on_a_database_a_newer_release_migrated_refuses_and_changes_nothing(

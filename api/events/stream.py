@@ -170,6 +170,14 @@ async def events(
                 # a client resuming from here would be told to, and the stream goes on from now.
                 position = (await _finished_even_if_left(start(caller, None), caller.isolation)).position
         except _NOT_NOW:
+            if caller.isolation.mismatch is not None:
+                # The database is another release's (a rolling upgrade migrated it, or a rollback
+                # undid this release's migration): this worker serves it no more, and a balancer
+                # takes it out by /readyz, but kept, the stream read nothing for as long as the
+                # worker ran (the deploys probe of stop 81: each user's, for minutes). Ended, its
+                # client reconnects, through the balancer, to the release that serves, from its
+                # Last-Event-ID.
+                return
             # The listener wakes every stream once the database is back; until then, and until
             # isolation is verified again, retry.
             await _wait(subscription, _RETRY_SECONDS, ends_at=expires_at)
