@@ -221,6 +221,11 @@ def test_migrate_refuses_a_grant_revoked_by_hand_naming_the_grant_that_gives_it_
     )
     grant = f"GRANT {shipped} ON public.tasks TO todo_app"
     assert f"to grant them back, as the owner: {grant}\n" in said, said
+    # What todo_app still has, as it has it (the mutation probe of stop 81: "nothing" passed).
+    still = (
+        "it has DELETE, SELECT, INSERT (user_id, title, description, completed), UPDATE (title, description);"
+    )
+    assert still in said, said
 
     with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
         owner.execute(grant)
@@ -232,6 +237,23 @@ def test_migrate_refuses_a_grant_revoked_by_hand_naming_the_grant_that_gives_it_
         assert owner.execute(
             "select has_column_privilege('todo_app', 'tasks', 'completed', 'UPDATE')"
         ).fetchone() == (True,)
+
+
+def test_migrate_names_a_schema_grant_revoked_by_hand_as_the_grant_that_gives_it_back(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """Every other test revoked a table's grant: advice without `SCHEMA` (which Postgres refuses), or a
+    schema's grant called gone and sent back to migrate, passed them all (the mutation probe of stop
+    81)."""
+    said = _migrate_refusing_after(empty_db_url, tmp_path, "revoke usage on schema app from todo_app")
+
+    grant = "GRANT USAGE ON SCHEMA app TO todo_app"
+    assert f"to grant them back, as the owner: {grant}\n" in said, said
+    assert "Revoked by hand: run the GRANT above as the owner" in said, said
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute(grant)
+    mended = _migrate_by_command(empty_db_url, tmp_path)
+    assert mended.returncode == 0, mended.stdout + mended.stderr
 
 
 def test_migrate_refuses_a_grant_added_by_hand_rather_than_pass_it_to_serve(

@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
@@ -277,6 +276,42 @@ def test_a_request_once_the_database_answers_again_waits_for_a_check_slower_than
         assert not proxy.holding, "a check met the hold: the request waited for it"
 
 
+def test_a_request_waits_for_the_check_it_asked_for_no_longer_than_for_a_connection(
+    proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+) -> None:
+    """The bound of the wait above: a check that hangs (its first statement answered after 8 s) holds
+    the request until DB_POOL_TIMEOUT_SECONDS, then it is refused; without the bound it waited the
+    whole 8 s and no test said so (the mutation probe of stop 81)."""
+    url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
+    settings = settings_for(
+        url,
+        isolation_check_interval_seconds=0.5,
+        db_pool_size=1,
+        db_connect_timeout_seconds=1,
+        db_pool_timeout_seconds=2,
+    )
+    user = new_user()
+    with serving_client(create_app(settings), timeout=60) as client:
+        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
+        proxy.refusing.set()
+        proxy.drop_connections()
+        deadline = time.monotonic() + 10
+        while (ready := client.get("/readyz")).json().get(
+            "type"
+        ) != "urn:todo-api:problem:isolation-unverified":
+            assert time.monotonic() < deadline, f"no check found the database away: {ready.text}"
+            time.sleep(0.1)
+
+        proxy.hold_next(b"repeatable read, read only", 8.0)  # the check's first statement
+        proxy.refusing.clear()
+        asked = time.monotonic()
+        listed = client.get(user.tasks_url, headers=user.headers)
+        answered_in = time.monotonic() - asked
+
+        assert_problem(listed, 503, "isolation-unverified")
+        assert answered_in < 5, f"the request waited {answered_in:.1f} s for a check that hung"
+
+
 def test_a_write_whose_answer_never_came_is_outcome_unknown_and_a_read_is_not(
     proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
 ) -> None:
@@ -344,34 +379,44 @@ def test_a_write_on_a_connection_dropped_while_idle_runs_again_once(
 
 
 def test_a_write_whose_session_the_server_ended_while_preparing_runs_again_once(
-    proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+    migrated_db_url: str,
 ) -> None:
-    """A write's statement is prepared on each connection in a transaction of its own, before the
-    write is sent. The server ends a session left idle in a transaction longer than
-    idle_in_transaction_session_timeout (a DBA's setting) with a FATAL 25P03, which psycopg raises
-    as no OperationalError: ended there, nothing of the write went out, and it runs again on a new
-    connection, where it was answered 503 outcome-unknown."""
-    migrated_db.autocommit = True
-    database = sql.Identifier(migrated_db.info.dbname)
-    migrated_db.execute(
-        # Long enough that no other transaction of the API's, idle between its round trips on a
-        # loaded machine, is ended by it.
-        sql.SQL("alter database {} set idle_in_transaction_session_timeout = '500ms'").format(database)
-    )
-    url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
-    settings = settings_for(url, db_connect_timeout_seconds=2, db_pool_size=1)
-    user = new_user()
-    with serving_client(create_app(settings)) as client:
-        # The PREPARE reaches the server 2 s after its transaction began: the server has ended it.
-        proxy.hold_next(b"PREPARE", 2)
-        written = client.post(user.tasks_url, json={"title": "prepared again"}, headers=user.headers)
-
-        assert written.status_code == 201, written.text
-        assert not proxy.holding, "no PREPARE was sent: the write was not prepared"
-        listed = client.get(user.tasks_url, headers=user.headers)
-    assert [task["title"] for task in listed.json()] == ["prepared again"]
-    stored = migrated_db.execute("select count(*) from tasks where title = 'prepared again'").fetchone()
-    assert stored == (1,)
+    """A write's statement is prepared on each connection in a transaction of its own, sent before
+    the write. A session the server ends meanwhile (here an operator's pg_terminate_backend while the
+    PREPARE waits behind a DBA's lock; idle_in_transaction_session_timeout did it while the PREPARE
+    went in messages of its own) has sent nothing of the write, which runs again on a new connection,
+    where it was answered 503 outcome-unknown. The test before the PREPARE went in one message held
+    the BEGIN back with it, and passed with the retry removed (the mutation probe of stop 81)."""
+    alice = new_user()
+    settings = settings_for(migrated_db_url, db_connect_timeout_seconds=2, db_pool_size=2)
+    with serving_client(create_app(settings), timeout=60) as client:
+        created = client.post(alice.tasks_url, json={"title": "ended while preparing"}, headers=alice.headers)
+        assert created.status_code == 201, created.text
+        task_url = alice.task_url(created.json()["id"])
+        answers: list[httpx.Response] = []
+        with (
+            psycopg.connect(migrated_db_url) as holder,
+            psycopg.connect(migrated_db_url, autocommit=True) as dba,
+        ):
+            holder.execute("lock table tasks in access exclusive mode")
+            toggle = threading.Thread(
+                target=lambda: answers.append(client.patch(f"{task_url}/complete", headers=alice.headers))
+            )
+            toggle.start()
+            waiting = (
+                "select pid from pg_stat_activity"
+                " where query like '%%PREPARE todo_api_%%' and wait_event_type = 'Lock'"
+            )
+            deadline = time.monotonic() + 10
+            while not (preparing := dba.execute(waiting).fetchall()):
+                assert time.monotonic() < deadline, "no PREPARE waited behind the lock"
+                time.sleep(0.05)
+            dba.execute("select pg_terminate_backend(%s)", [preparing[0][0]])
+            holder.rollback()
+            toggle.join(30)
+        assert answers[0].status_code == 200, answers[0].text
+        assert answers[0].json()["completed"] is True
+        assert client.get(task_url, headers=alice.headers).json()["version"] == 2
 
 
 def test_the_events_listener_lets_a_silent_database_go_at_its_bound_saying_why(
