@@ -60,6 +60,24 @@ export interface SubscribeOptions {
    * could not be read (a reset comes in its place), and of what `onEvent` throws, as thrown.
    */
   onError?: (error: unknown) => void;
+  /**
+   * A stream that says nothing this long (no event, no heartbeat) is taken for dead, reported as an
+   * EventStreamSilent and opened again from the last id. Default 45 000: three of the API's default
+   * heartbeats (`EVENTS_HEARTBEAT_SECONDS`, 15); make it more than three of the API's own.
+   */
+  silenceMs?: number;
+}
+
+/** A stream said nothing for `silenceMs`: a network that stopped carrying anything without closing
+ * the connection (a laptop that changed networks, a NAT that forgot it). It is opened again. */
+export class EventStreamSilent extends Error {
+  readonly silenceMs: number;
+
+  constructor(silenceMs: number) {
+    super(`the event stream said nothing for ${silenceMs} ms, not even a heartbeat: opened again`);
+    this.name = "EventStreamSilent";
+    this.silenceMs = silenceMs;
+  }
 }
 
 /** The API answered a connection with this status instead of the stream. */
@@ -110,12 +128,14 @@ const MAX_RETRY_MS = 15_000;
 // under the longest ISOLATION_CHECK_INTERVAL_SECONDS). A longer one waits that long: a timer of more
 // than 2^31 - 1 ms would fire at once, reconnecting in a tight loop.
 const MAX_RETRY_AFTER_MS = 3_600_000;
+// Three of the API's default heartbeats (EVENTS_HEARTBEAT_SECONDS, 15 s).
+const SILENCE_MS = 45_000;
 
 export function subscribe(
   { baseUrl, tokens, fetch }: EventsConnection,
   userId: string,
   onEvent: (event: TaskEvent) => unknown,
-  { signal, lastEventId, onError }: SubscribeOptions = {},
+  { signal, lastEventId, onError, silenceMs = SILENCE_MS }: SubscribeOptions = {},
 ): Subscription {
   const stopping = new AbortController();
   const stop = () => stopping.abort();
@@ -253,13 +273,22 @@ export function subscribe(
     const stopReading = () => void reader.cancel().catch(() => {});
     stopping.signal.addEventListener("abort", stopReading, { once: true });
     if (stopping.signal.aborted) stopReading();
+    // A connection the network stopped carrying without closing it would be read from for good (the
+    // browser probe of stop 81: a page left stale for minutes, with nothing said): the API's
+    // heartbeats mean a live stream is never silent for long.
+    let silent = false;
+    let silence: ReturnType<typeof setTimeout> | undefined;
     try {
       for (;;) {
+        clearTimeout(silence);
+        silence = setTimeout(() => ((silent = true), stopReading()), silenceMs);
         const { value, done } = await reader.read();
+        if (done && silent && !stopping.signal.aborted) throw new EventStreamSilent(silenceMs);
         if (done) return { kind: "ended", tokenExpired: hasExpired(token) };
         parser.feed(value);
       }
     } finally {
+      clearTimeout(silence);
       stopping.signal.removeEventListener("abort", stopReading);
       // However the reading stops (an onError that throws, say), the connection is closed: left
       // open, it would hold one of the user's streams on the server until its send timeout.

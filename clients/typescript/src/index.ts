@@ -16,7 +16,7 @@ import { retryAfterMs } from "./retry_after.js";
 import { answerUntilAborted, sleep } from "./abortable.js";
 import { isTokenFailure, OTHER_USERS_PATH, tokenSource, type GetToken, type TokenSource } from "./token.js";
 
-export { EventStreamError } from "./events.js";
+export { EventStreamError, EventStreamSilent } from "./events.js";
 export type { SubscribeOptions, Subscription, TaskEvent } from "./events.js";
 export type { GetToken } from "./token.js";
 export type { Problem, ProblemOf, UnlistedProblem } from "./problems.js";

@@ -10,6 +10,7 @@ import { test } from "node:test";
 import {
   createTodoClient,
   EventStreamError,
+  EventStreamSilent,
   type ListQuery,
   type Subscription,
   type Task,
@@ -480,6 +481,52 @@ test("an idle stream that reconnects resumes from the id it opened with, without
   assert.deepEqual(sentIds, [null, openingId], "reconnected with the id the stream opened with");
   assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
   assert.equal(subscription.lastEventId, (event as { id: string }).id);
+});
+
+test("a stream the network stops carrying, without closing it, is reported and opened again where it was", async (t) => {
+  // The backoff's full jitter at its bottom: the reconnect comes at once.
+  t.mock.method(Math, "random", () => 0);
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  const sentIds: (string | null)[] = [];
+  let openingId = "";
+  let reopen = () => {};
+  const reopened = new Promise<void>((resolve) => (reopen = resolve));
+  const errors: unknown[] = [];
+  const seen = collector();
+  const subscription = clientFor(user, {
+    fetch: async (request) => {
+      sentIds.push(request.headers.get("Last-Event-ID"));
+      const response = await fetch(request);
+      if (sentIds.length > 1) {
+        if (response.ok) reopen();
+        return response;
+      }
+      // The first stream's opening `id:` block arrives; then nothing more, and nothing closes it:
+      // the API's own stream is cancelled here, as a network that went silent never tells it.
+      const ended = await endedAfterOpening(response);
+      openingId = ended.openingId ?? "";
+      const opening = await ended.response.arrayBuffer();
+      const body = new ReadableStream<Uint8Array>({
+        start: (controller) => controller.enqueue(new Uint8Array(opening)),
+        pull: () => new Promise<void>(() => {}),
+      });
+      return new Response(body, response);
+    },
+  }).subscribe(user.id, seen.onEvent, { silenceMs: 300, onError: (error) => errors.push(error) });
+  await reopened;
+
+  const { data: created } = await todo.createTask(user.id, { title: "After the silence" });
+  const [reset, event] = await seen.until(2);
+  await subscription.close();
+
+  assert.deepEqual(reset, { type: "reset" }, "the first stream's, and no other");
+  assert.ok(openingId, "the stream opened with a bare id");
+  assert.deepEqual(sentIds, [null, openingId], "reopened from the id the silent stream named");
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof EventStreamSilent, String(errors[0]));
+  assert.equal((errors[0] as EventStreamSilent).silenceMs, 300);
+  assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
 });
 
 test("a replayed older version of a task does not replace the newer one this client wrote", async () => {
