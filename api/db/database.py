@@ -547,7 +547,9 @@ class Database:
             await _roll_back(connection)
             if error.diag.schema_name != "public":
                 raise  # the database's own bookkeeping, as above
-            raise CheckRefused(f"its rule that {error.diag.column_name} is NOT NULL") from None
+            column = error.diag.column_name
+            rule = f"its rule that {column} is NOT NULL" if column else "one of its rules"
+            raise CheckRefused(rule) from None
         except psycopg.errors.StringDataRightTruncation as error:
             # The API's text columns take any length it accepts: a DBA's narrower type (varchar(n)).
             # Postgres's message names the type alone ("value too long for type character varying(n)").

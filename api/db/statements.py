@@ -46,7 +46,7 @@ APP_ROLE = "todo_app"
 # for (text, varchar): an exact match for the statements' VARCHAR parameters, which Postgres picks
 # over the built-in one, so they ran in each user's transaction, as todo_app, with app.user_id set,
 # and wrote other users' titles where that role could read them (the database-settings probe of stop
-# 81, /tmp/s81-gucs). A PREPARE is made under the same path (`prepare_in_a_transaction`), or an
+# 81). A PREPARE is made under the same path (`prepare_in_a_transaction`), or an
 # EXECUTE would parse its statement again whenever the two differ (Postgres's PREPARE notes).
 NAMES_ONLY_PG_CATALOG = "pg_catalog.set_config('search_path', '', true)"
 
