@@ -559,3 +559,39 @@ def test_functions_another_role_makes_in_schema_public_are_never_what_a_request_
                 assert superuser.execute("select caller, what from public.loot").fetchall() == []
         finally:
             _run(cluster.superuser_url, _IMPOSTORS_GONE)
+
+
+# An operator for (oid, integer), which Postgres has only as (oid, oid): sql/checks/isolation.sql's
+# `role_oid = 0` picked it. It takes a session advisory lock where every role sees it, and answers as
+# pg_catalog's would; its function runs as whoever calls it (the login role, who may become todo_app).
+_OID_IS_INTEGER = [
+    f"create role {_MALLORY} nologin",
+    f"grant create on schema public to {_MALLORY}",
+    f"set role {_MALLORY}",
+    """create function public.oid_is_integer(o oid, i integer) returns boolean language sql
+       set search_path = '' as $$
+       select pg_catalog.pg_try_advisory_lock(4242, 1);
+       select o operator(pg_catalog.=) i::pg_catalog.oid $$""",
+    "create operator public.= (leftarg = oid, rightarg = integer, function = public.oid_is_integer)",
+]
+
+
+def test_an_operator_another_role_makes_in_schema_public_never_runs_in_the_isolation_check(
+    cluster: OwnPostgres,
+) -> None:
+    """The verification probe of stop 81: the check read the catalog on the login role's search_path
+    ("$user", public), so such an operator ran as the login role in every check: it could switch to
+    todo_app and read any user's tasks, and, dropped as soon as it had run, leave the check clean."""
+    settings = settings_for(cluster.url, isolation_check_interval_seconds=INTERVAL)
+    with serving_client(create_app(settings)) as api:
+        assert api.get("/readyz").status_code == 200
+        _run(cluster.superuser_url, _OID_IS_INTEGER)
+        try:
+            time.sleep(5 * INTERVAL)  # several checks
+            with psycopg.connect(cluster.superuser_url) as superuser:
+                held = superuser.execute(
+                    "select count(*) from pg_locks where locktype = 'advisory' and classid = 4242"
+                ).fetchone()
+            assert held == (0,), "the operator ran in a check"
+        finally:
+            _run(cluster.superuser_url, _IMPOSTORS_GONE)

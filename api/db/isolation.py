@@ -38,7 +38,7 @@ from psycopg_pool import PoolTimeout
 from api.db.database import Database
 from api.db.errors import UNAVAILABLE, AlreadyExists, IsolationBreach, MissingReference, in_one_line
 from api.db.pool import Connection, DatabaseIdentity, answer_within, ended_while_idle, read_identity
-from api.db.reach import NAMES_AS_SHIPPED, differences, expected_reach, read_reach
+from api.db.reach import CATALOG_AS_WRITTEN, differences, expected_reach, read_reach
 from api.db.schema_release import newest_migration_applied, release_mismatch
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
 from api.db.statements import APP_ROLE
@@ -52,11 +52,20 @@ _NOT_MIGRATED = "the database is not migrated"
 _LOCK_TIMEOUT = "2s"
 _STATEMENT_TIMEOUT = "10s"
 # The check's transaction's settings, in one statement: one round trip, which far from the database
-# is what a check costs.
+# is what a check costs. An empty search_path, as for requests (api/db/statements.py): an operator a
+# role made in schema public for types the check compares, =(oid, integer) say, ran as the login role
+# in every check, which may switch to todo_app and read any user's tasks (the verification probe of
+# stop 81), and could make a finding vanish.
 _CHECK_SETTINGS = (
     f"select pg_catalog.set_config('lock_timeout', '{_LOCK_TIMEOUT}', true),"
-    f" pg_catalog.set_config('statement_timeout', '{_STATEMENT_TIMEOUT}', true), {NAMES_AS_SHIPPED}"
+    f" pg_catalog.set_config('statement_timeout', '{_STATEMENT_TIMEOUT}', true), {CATALOG_AS_WRITTEN},"
+    " pg_catalog.set_config('search_path', '', true)"
 )
+# sql/checks/isolation.sql names tables as the session's search_path shows them (its messages, and
+# the audit's comparisons with the policy files, say `tasks`), and session_settings.sql reads that
+# search_path and where it came from: back to it for those two, whose comparisons are each of two
+# values of one type, which only pg_catalog's operator matches exactly.
+_SESSIONS_SEARCH_PATH = "set local search_path to default"
 # The server cancels a statement of the check at _STATEMENT_TIMEOUT and says so; with no answer at all
 # this long into a check (a network gone silent, a wedged pooler, a backend that stopped), none is
 # coming, and a check left waiting would keep the last verdict, and hold off every later check, for
@@ -189,6 +198,7 @@ async def _findings_on(
             await connection.execute(_CHECK_SETTINGS)
             # Which database the verdict is of, read with the catalogs it is made from.
             identity = await read_identity(connection)
+            await connection.execute(_SESSIONS_SEARCH_PATH)
             rows = await _rows(connection, _sql())
             findings += [_checked(str(message)) for (message,) in rows]
             findings += [_checked(str(message)) for (_, message) in await _rows(connection, _settings_sql())]

@@ -40,18 +40,24 @@ class Reach:
         return table, quoted.removesuffix('"')
 
 
-# Names written as the checks compare them, quoted only where they must be: a DBA's (or the URL's)
-# quote_all_identifiers = on wrote every one quoted (`"app"."count_tasks"()`), so nothing the
-# database held matched what the package ships, and migrate, policies and serve refused a sound
-# database (the database-settings probe of stop 81). For the caller's transaction alone.
-NAMES_AS_SHIPPED = "pg_catalog.set_config('quote_all_identifiers', 'off', true)"
+# The catalog read as the checks are written to read it, whatever the DBA's (or the URL's) settings,
+# for the caller's transaction alone. Names quoted only where they must be: quote_all_identifiers = on
+# wrote every one quoted (`"app"."count_tasks"()`), so nothing the database held matched what the
+# package ships, and migrate, policies and serve refused a sound database (the database-settings
+# probe of stop 81). Backslashes in the checks' literals as written (`'pg\_%'`): with
+# standard_conforming_strings off one meant "any character", and the findings of a table in a
+# schema named like `pgx` vanished (the verification probe of stop 81).
+CATALOG_AS_WRITTEN = (
+    "pg_catalog.set_config('quote_all_identifiers', 'off', true),"
+    " pg_catalog.set_config('standard_conforming_strings', 'on', true)"
+)
 
 
 async def read_reach(connection: psycopg.AsyncConnection[Any]) -> list[Reach]:
     """The live reach, read with an empty search_path so that every name is schema-qualified.
 
     Runs in the caller's transaction (the settings are local to it)."""
-    await connection.execute(f"select pg_catalog.set_config('search_path', '', true), {NAMES_AS_SHIPPED}")
+    await connection.execute(f"select pg_catalog.set_config('search_path', '', true), {CATALOG_AS_WRITTEN}")
     async with connection.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(read_sql(REACH_CHECK))
         return [Reach(*row) for row in await cursor.fetchall()]

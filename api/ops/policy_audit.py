@@ -28,7 +28,7 @@ from psycopg.rows import class_row
 from api.db.errors import in_one_line
 from api.db.host_lookup import LookupBoundedAsyncConnection
 from api.db.isolation import Finding, isolation_findings, login_role
-from api.db.reach import NAMES_AS_SHIPPED, read_reach, write_expected
+from api.db.reach import CATALOG_AS_WRITTEN, read_reach, write_expected
 from api.db.sql_files import (
     AUDIT_DIR,
     EXPECTED_REACH,
@@ -260,8 +260,11 @@ async def audit(connection: Connection, files: Sequence[Path] | None = None) -> 
         # (pg_get_expr) waits for any lock on its table as long as that is held. For the transaction
         # only: behind a pooler in transaction mode, a session's setting stays on the server session
         # that the API's requests share next.
+        # And an empty search_path, as the isolation check has (api/db/isolation.py): what the audit
+        # reads is named with its schema, so no operator another role made can change it.
         await connection.execute(
-            f"select pg_catalog.set_config('lock_timeout', '{LOCK_TIMEOUT}', true), {NAMES_AS_SHIPPED}"
+            f"select pg_catalog.set_config('lock_timeout', '{LOCK_TIMEOUT}', true), {CATALOG_AS_WRITTEN},"
+            " pg_catalog.set_config('search_path', '', true)"
         )
         role = await login_role(connection)
         roles = await _rows(connection, Role, AUDIT_DIR / "roles.sql")

@@ -5,6 +5,11 @@
 -- a DBA can run it by hand the same way:
 --     psql "$DATABASE_URL" -f sql/checks/isolation.sql -f sql/checks/session_settings.sql
 -- Each row is one finding, in words. No rows: the database enforces isolation.
+-- It runs on the session's search_path, so that tables are named as the session sees them, and that
+-- path may hold a schema other roles create in: every function is named with pg_catalog, and each
+-- comparison is of two values of one type (0 cast to oid for an oid), which only pg_catalog's
+-- operator matches exactly, so no operator made elsewhere is picked (the verification probe of stop
+-- 81 had an =(oid, integer) run in every check).
 
 WITH todo_app AS (
     SELECT oid, rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = 'todo_app'
@@ -35,7 +40,7 @@ todo_app_policies AS (
     CROSS JOIN todo_app r
     WHERE EXISTS (
         SELECT FROM pg_catalog.unnest(p.polroles) AS granted(role_oid)
-        WHERE CASE WHEN granted.role_oid = 0 THEN true
+        WHERE CASE WHEN granted.role_oid = 0::pg_catalog.oid THEN true
                    ELSE pg_catalog.pg_has_role(r.oid, granted.role_oid, 'MEMBER') END
     )
 )
@@ -115,8 +120,8 @@ SELECT pg_catalog.format('function %s, used by policy %s, does not pin its searc
                          pg_catalog.string_agg(pg_catalog.format('"%s" on %s', p.polname, p.polrelid::regclass),
                                                ', ' ORDER BY p.polrelid::regclass::text, p.polname))
 FROM pg_catalog.pg_depend d
-JOIN pg_catalog.pg_policy p ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
-JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid = f.oid
+JOIN pg_catalog.pg_policy p ON d.classid = 'pg_catalog.pg_policy'::regclass::oid AND d.objid = p.oid
+JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::regclass::oid AND d.refobjid = f.oid
 WHERE NOT EXISTS (SELECT FROM pg_catalog.unnest(f.proconfig) AS setting WHERE setting LIKE 'search\_path=%')
 GROUP BY f.oid
 

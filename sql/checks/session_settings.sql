@@ -13,16 +13,18 @@ WITH url_setting(url_setting) AS (
 ),
 -- The settings ALTER ROLE ... SET and ALTER DATABASE ... SET give every new session of the login role
 -- (the role that logged in: a `role` setting changes current_user), of every role, or of every
--- database, by name.
+-- database, by name. The API runs this with the session's own search_path, which may hold a schema
+-- other roles create in: each comparison here is of two values of one type (0 cast to oid for an
+-- oid), which only pg_catalog's operator matches exactly, so no operator made elsewhere is picked.
 login_role_settings AS (
-    SELECT s.setrole, s.setdatabase, setting, pg_catalog.split_part(setting, '=', 1) AS name,
-           r.rolname, d.datname
+    SELECT s.setrole = 0::pg_catalog.oid AS every_role, s.setdatabase = 0::pg_catalog.oid AS every_database,
+           setting, pg_catalog.split_part(setting, '=', 1) AS name, r.rolname, d.datname
     FROM pg_catalog.pg_db_role_setting s
     CROSS JOIN pg_catalog.unnest(s.setconfig) AS setting
     LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
     LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
-    WHERE (s.setrole = 0 OR r.rolname = session_user)
-      AND (s.setdatabase = 0 OR d.datname = pg_catalog.current_database())
+    WHERE (s.setrole = 0::pg_catalog.oid OR r.rolname = session_user)
+      AND (s.setdatabase = 0::pg_catalog.oid OR d.datname = pg_catalog.current_database())
 ),
 -- The value each setting that changes how row-level security applies, or what names mean, must have
 -- in the API's sessions, and what another value does. session_authorization is not here: Postgres
@@ -63,13 +65,13 @@ SELECT name AS setting,
        pg_catalog.format('setting %s applies to the login role %s through %s: it changes how row-level '
                          'security applies or what names mean (%s)',
                          setting, session_user,
-                         CASE WHEN setrole = 0 AND setdatabase = 0 THEN 'ALTER ROLE ALL SET'
-                              WHEN setrole = 0 THEN pg_catalog.format('ALTER DATABASE %I SET', datname)
-                              WHEN setdatabase = 0 THEN pg_catalog.format('ALTER ROLE %I SET', rolname)
+                         CASE WHEN every_role AND every_database THEN 'ALTER ROLE ALL SET'
+                              WHEN every_role THEN pg_catalog.format('ALTER DATABASE %I SET', datname)
+                              WHEN every_database THEN pg_catalog.format('ALTER ROLE %I SET', rolname)
                               ELSE pg_catalog.format('ALTER ROLE %I IN DATABASE %I SET', rolname, datname) END,
-                         CASE WHEN setrole = 0 AND setdatabase = 0 THEN 'ALTER ROLE ALL RESET '
-                              WHEN setrole = 0 THEN pg_catalog.format('ALTER DATABASE %I RESET ', datname)
-                              WHEN setdatabase = 0 THEN pg_catalog.format('ALTER ROLE %I RESET ', rolname)
+                         CASE WHEN every_role AND every_database THEN 'ALTER ROLE ALL RESET '
+                              WHEN every_role THEN pg_catalog.format('ALTER DATABASE %I RESET ', datname)
+                              WHEN every_database THEN pg_catalog.format('ALTER ROLE %I RESET ', rolname)
                               ELSE pg_catalog.format('ALTER ROLE %I IN DATABASE %I RESET ', rolname, datname) END
                          || name)
 FROM login_role_settings

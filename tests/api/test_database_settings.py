@@ -176,6 +176,27 @@ def test_the_checks_read_the_catalog_whatever_quoting_of_identifiers_the_dba_tur
         assert client.get("/readyz").status_code == 200
 
 
+def test_the_checks_read_their_own_literals_whatever_string_escaping_the_dba_turns_off(
+    tmp_path: Path, migrated_db_url: str
+) -> None:
+    """With standard_conforming_strings off, isolation.sql's `'pg\\_%'` (schemas of Postgres's own)
+    meant `'pg_%'`: a table open to todo_app without row-level security, in a schema named `pgx`,
+    went unreported (the verification probe of stop 81)."""
+    _alter_database(migrated_db_url, "standard_conforming_strings", "off")
+    with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+        owner.execute("create schema pgx")
+        owner.execute("create table pgx.notes (user_id text, body text)")
+        owner.execute("grant usage on schema pgx to todo_app")
+        owner.execute("grant select on pgx.notes to todo_app")
+    policies = run_cli(
+        "policies", cwd=tmp_path, DATABASE_URL=as_role(migrated_db_url), BETTER_AUTH_SECRET=SECRET
+    )
+    assert policies.returncode == 1, policies.stdout + policies.stderr
+    assert "table pgx.notes is open to todo_app without row-level security enabled" in policies.stdout, (
+        policies.stdout
+    )
+
+
 @pytest.mark.parametrize("level", ["repeatable read", "serializable"])
 def test_concurrent_writes_of_one_user_all_succeed_whatever_isolation_level_the_dba_makes_the_default(
     migrated_db_url: str, level: str
