@@ -24,7 +24,7 @@ from pytest_postgresql.executors import NoopExecutor
 
 from api.app import create_app
 from api.db import isolation, listener
-from tests.support import assert_problem, new_user, serving_client, settings_for
+from tests.support import ApiUser, assert_problem, new_user, serving_client, settings_for
 
 
 class SilenceableProxy:
@@ -235,21 +235,24 @@ def test_an_isolation_check_that_gets_no_answer_fails_closed_and_checks_again(
         assert client.get("/readyz").status_code == 200
 
 
-def test_a_request_once_the_database_answers_again_waits_for_a_check_slower_than_a_second(
-    proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
-) -> None:
-    """Far from the database (Neon's region is not the API's) a check is 2 s: a new connection and a
-    dozen round trips of 80 ms. A request waited for the check it asked for at most 1 s and was
-    refused, 503 isolation-unverified, though the database answered (the database-far-away probe of
-    stop 80). It waits as long as it would for a connection; /readyz, whose caller's timeout is short,
-    still answers within about a second (503 until the check passes)."""
+@contextlib.contextmanager
+def _found_away(
+    proxy: SilenceableProxy,
+    migrated_db: psycopg.Connection[Any],
+    migrated_template: NoopExecutor,
+    *,
+    pool_timeout_seconds: float,
+    check_held_seconds: float,
+) -> Iterator[tuple[httpx.Client, ApiUser]]:
+    """An API a check has found the database away from (the proxy refused it), served again with
+    the next check's first statement held back `check_held_seconds`: its client, and a user."""
     url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
     settings = settings_for(
         url,
         isolation_check_interval_seconds=0.5,
         db_pool_size=1,
         db_connect_timeout_seconds=1,
-        db_pool_timeout_seconds=5,
+        db_pool_timeout_seconds=pool_timeout_seconds,
     )
     user = new_user()
     with serving_client(create_app(settings), timeout=60) as client:
@@ -262,9 +265,22 @@ def test_a_request_once_the_database_answers_again_waits_for_a_check_slower_than
         ) != "urn:todo-api:problem:isolation-unverified":
             assert time.monotonic() < deadline, f"no check found the database away: {ready.text}"
             time.sleep(0.1)
-
-        proxy.hold_next(b"repeatable read, read only", 3.0)  # the check's first statement
+        proxy.hold_next(b"repeatable read, read only", check_held_seconds)  # the check's first statement
         proxy.refusing.clear()
+        yield client, user
+
+
+def test_a_request_once_the_database_answers_again_waits_for_a_check_slower_than_a_second(
+    proxy: SilenceableProxy, migrated_db: psycopg.Connection[Any], migrated_template: NoopExecutor
+) -> None:
+    """Far from the database (Neon's region is not the API's) a check is 2 s: a new connection and a
+    dozen round trips of 80 ms. A request waited for the check it asked for at most 1 s and was
+    refused, 503 isolation-unverified, though the database answered (the database-far-away probe of
+    stop 80). It waits as long as it would for a connection; /readyz, whose caller's timeout is short,
+    still answers within about a second (503 until the check passes)."""
+    with _found_away(
+        proxy, migrated_db, migrated_template, pool_timeout_seconds=5, check_held_seconds=3.0
+    ) as (client, user):
         asked = time.monotonic()
         ready = client.get("/readyz")
         answered_in = time.monotonic() - asked
@@ -282,28 +298,9 @@ def test_a_request_waits_for_the_check_it_asked_for_no_longer_than_for_a_connect
     """The bound of the wait above: a check that hangs (its first statement answered after 8 s) holds
     the request until DB_POOL_TIMEOUT_SECONDS, then it is refused; without the bound it waited the
     whole 8 s and no test said so (the mutation probe of stop 81)."""
-    url = f"postgresql://{migrated_template.user}@127.0.0.1:{proxy.port}/{migrated_db.info.dbname}"
-    settings = settings_for(
-        url,
-        isolation_check_interval_seconds=0.5,
-        db_pool_size=1,
-        db_connect_timeout_seconds=1,
-        db_pool_timeout_seconds=2,
-    )
-    user = new_user()
-    with serving_client(create_app(settings), timeout=60) as client:
-        assert client.get(user.tasks_url, headers=user.headers).status_code == 200
-        proxy.refusing.set()
-        proxy.drop_connections()
-        deadline = time.monotonic() + 10
-        while (ready := client.get("/readyz")).json().get(
-            "type"
-        ) != "urn:todo-api:problem:isolation-unverified":
-            assert time.monotonic() < deadline, f"no check found the database away: {ready.text}"
-            time.sleep(0.1)
-
-        proxy.hold_next(b"repeatable read, read only", 8.0)  # the check's first statement
-        proxy.refusing.clear()
+    with _found_away(
+        proxy, migrated_db, migrated_template, pool_timeout_seconds=2, check_held_seconds=8.0
+    ) as (client, user):
         asked = time.monotonic()
         listed = client.get(user.tasks_url, headers=user.headers)
         answered_in = time.monotonic() - asked
