@@ -66,7 +66,11 @@ async def read_identity(connection: psycopg.AsyncConnection[Any]) -> DatabaseIde
     async with connection.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(
             "select d.oid::bigint,"
-            " (extract(epoch from pg_catalog.pg_postmaster_start_time()) * 1000000)::bigint,"
+            # Numeric times numeric: an operator for (numeric, integer), which Postgres has not, made
+            # by a role that may create in a schema on the session's search_path would be picked
+            # (the verification probe of stop 81 had one in the isolation check).
+            " (extract(epoch from pg_catalog.pg_postmaster_start_time())"
+            " * 1000000::pg_catalog.numeric)::bigint,"
             " pg_catalog.pg_backend_pid()"
             " from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()",
             prepare=False,  # asked once a session: nothing to gain, and a pooler may not keep it
