@@ -558,9 +558,8 @@ class Database:
         except psycopg.errors.InsufficientPrivilege as error:
             await _roll_back(connection)
             # Not back to the pool: a read is refused for row-level security only when the session
-            # has row_security off (ALTER ROLE ... SET, ALTER SYSTEM, ...), and a privilege may be
-            # missing on whatever the session's search_path made of a name; a new session, once that
-            # is reset, has neither.
+            # has row_security off (ALTER ROLE ... SET, ALTER SYSTEM, ...), which a new session, once
+            # that is reset, has not.
             await connection.close()
             message = error.diag.message_primary
             if "row-level security" in (message or ""):
@@ -570,8 +569,8 @@ class Database:
             raise PrivilegeDenied(message, read_only=read_only) from None
         except _UNKNOWN_NAME as error:
             await _roll_back(connection)
-            # Not back to the pool, as above: the session resolves names with settings that a new
-            # one, once they are reset, will not have.
+            # Not back to the pool, as above: its prepared statements name what the schema no longer
+            # has, and a new session starts from what the next check verifies.
             await connection.close()
             raise UnknownName(error.diag.message_primary, read_only=read_only) from None
         except psycopg.errors.ReadOnlySqlTransaction as error:

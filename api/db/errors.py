@@ -94,8 +94,8 @@ class RowSecurityViolation(IsolationBreach):
 class UnknownName(IsolationBreach):
     """The database did not know a relation, column, function, type or schema the API names
     (SQLSTATE 42P01, 42703, 42883, 42704, 3F000). The schema is migrated before serving, so names
-    resolve otherwise than when the check ran: a search_path set while serving, or the schema
-    changed under the API, and what a name means is no longer what was verified."""
+    resolve otherwise than when the check ran: the schema changed under the API (a table renamed),
+    and what a name means is no longer what was verified."""
 
     def __str__(self) -> str:
         return f"the database did not know a name in a {self.statement} the API sends: {self.args[0]}"

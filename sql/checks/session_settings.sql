@@ -35,8 +35,10 @@ needed_settings(name, value, otherwise) AS (
            ('session_replication_role', 'origin',
             'no trigger or foreign-key action fires: the task quota is not kept, no event is written, '
             'and a deleted task''s stored answer stays'),
+           -- Requests set their own (empty) and name their tables with their schema; yoyo does not.
            ('search_path', '"$user", public',
-            'the statements, which name their tables unqualified, may reach other tables or fail'),
+            'the migrations'' bookkeeping (yoyo''s), which names its tables unqualified, may reach other '
+            'tables or fail'),
            ('role', 'none', 'statements sent outside the switch to todo_app run as that role'),
            -- Every statement of the API sets it, scoped to its transaction; one that did not would
            -- see that user's rows rather than none.
