@@ -218,8 +218,22 @@ export function subscribe(
     // The signal goes to fetch itself too, and the answer is not waited on past it: a Request's own
     // may be lost once garbage is collected (see createTodoClient), by a fetch passed in that drops
     // `init` too, and close() would then wait on a stream nothing ends.
-    const request = new Request(url, { headers, signal: stopping.signal });
-    const response = await answerUntilAborted(fetch(request, { signal: stopping.signal }), stopping.signal);
+    // Silent from the request on, too: a connection accepted that never answers (a network that
+    // stopped carrying it) waited for fetch's own timeout, which browsers do not have (the streams
+    // verification probe of stop 81). Given up after silenceMs, it is aborted and opened again.
+    const unanswered = new AbortController();
+    const giveUp = setTimeout(() => unanswered.abort(new EventStreamSilent(silenceMs)), silenceMs);
+    const stopWaiting = () => unanswered.abort(stopping.signal.reason);
+    stopping.signal.addEventListener("abort", stopWaiting, { once: true });
+    if (stopping.signal.aborted) stopWaiting();
+    let response: Response;
+    try {
+      const request = new Request(url, { headers, signal: unanswered.signal });
+      response = await answerUntilAborted(fetch(request, { signal: unanswered.signal }), unanswered.signal);
+    } finally {
+      clearTimeout(giveUp);
+      stopping.signal.removeEventListener("abort", stopWaiting);
+    }
     if (response.status === 401 || !response.ok || !response.body) {
       const error = new EventStreamError(response.status, await problemIn(response));
       // A 401 refuses the token; the API's 403 may be that of the account signed in before, once: a

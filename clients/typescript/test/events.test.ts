@@ -529,6 +529,37 @@ test("a stream the network stops carrying, without closing it, is reported and o
   assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
 });
 
+test("a stream the network never answers is given up after silenceMs and opened again", async (t) => {
+  // The backoff's full jitter at its bottom: the reconnect comes at once.
+  t.mock.method(Math, "random", () => 0);
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  let attempts = 0;
+  const errors: unknown[] = [];
+  const seen = collector();
+  const subscription = clientFor(user, {
+    // The first request is accepted and never answered, as over a network that stopped carrying it;
+    // only its signal ends it.
+    fetch: (request) =>
+      attempts++ === 0
+        ? new Promise<Response>((_, reject) =>
+            request.signal.addEventListener("abort", () => reject(request.signal.reason), { once: true }),
+          )
+        : fetch(request),
+  }).subscribe(user.id, seen.onEvent, { silenceMs: 300, onError: (error) => errors.push(error) });
+  const [reset] = await seen.until(1);
+
+  const { data: created } = await todo.createTask(user.id, { title: "After no answer" });
+  const [, event] = await seen.until(2);
+  await subscription.close();
+
+  assert.deepEqual(reset, { type: "reset" }, "the stream that opened, live");
+  assert.equal(attempts, 2);
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof EventStreamSilent, String(errors[0]));
+  assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
+});
+
 test("a replayed older version of a task does not replace the newer one this client wrote", async () => {
   const user = takeUser("end");
   const todo = clientFor(user);
