@@ -41,7 +41,7 @@ from api.db.pool import Connection, DatabaseIdentity, answer_within, ended_while
 from api.db.reach import CATALOG_AS_WRITTEN, differences, expected_reach, read_reach
 from api.db.schema_release import newest_migration_applied, release_mismatch
 from api.db.sql_files import ISOLATION_CHECK, LOGIN_ROLE_CHECK, SESSION_SETTINGS_CHECK, read_sql
-from api.db.statements import APP_ROLE
+from api.db.statements import APP_ROLE, NAMES_ONLY_PG_CATALOG
 from api.telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ _STATEMENT_TIMEOUT = "10s"
 _CHECK_SETTINGS = (
     f"select pg_catalog.set_config('lock_timeout', '{_LOCK_TIMEOUT}', true),"
     f" pg_catalog.set_config('statement_timeout', '{_STATEMENT_TIMEOUT}', true), {CATALOG_AS_WRITTEN},"
-    " pg_catalog.set_config('search_path', '', true)"
+    f" {NAMES_ONLY_PG_CATALOG}"
 )
 # sql/checks/isolation.sql names tables as the session's search_path shows them (its messages, and
 # the audit's comparisons with the policy files, say `tasks`), and session_settings.sql reads that

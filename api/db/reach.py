@@ -19,6 +19,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from api.db.sql_files import EXPECTED_REACH, REACH_CHECK, display_path, read_sql
+from api.db.statements import NAMES_ONLY_PG_CATALOG
 
 REGENERATE = "todo-api policies --write-expected"
 
@@ -57,7 +58,7 @@ async def read_reach(connection: psycopg.AsyncConnection[Any]) -> list[Reach]:
     """The live reach, read with an empty search_path so that every name is schema-qualified.
 
     Runs in the caller's transaction (the settings are local to it)."""
-    await connection.execute(f"select pg_catalog.set_config('search_path', '', true), {CATALOG_AS_WRITTEN}")
+    await connection.execute(f"select {NAMES_ONLY_PG_CATALOG}, {CATALOG_AS_WRITTEN}")
     async with connection.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(read_sql(REACH_CHECK))
         return [Reach(*row) for row in await cursor.fetchall()]

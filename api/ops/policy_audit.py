@@ -38,6 +38,7 @@ from api.db.sql_files import (
     policy_files,
     read_sql,
 )
+from api.db.statements import NAMES_ONLY_PG_CATALOG
 from api.db.urls import libpq_url
 from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 
@@ -264,7 +265,7 @@ async def audit(connection: Connection, files: Sequence[Path] | None = None) -> 
         # reads is named with its schema, so no operator another role made can change it.
         await connection.execute(
             f"select pg_catalog.set_config('lock_timeout', '{LOCK_TIMEOUT}', true), {CATALOG_AS_WRITTEN},"
-            " pg_catalog.set_config('search_path', '', true)"
+            f" {NAMES_ONLY_PG_CATALOG}"
         )
         role = await login_role(connection)
         roles = await _rows(connection, Role, AUDIT_DIR / "roles.sql")
