@@ -71,6 +71,32 @@ async function endedAfterOpening(response: Response): Promise<{ response: Respon
   return { response: new Response(head, response), openingId: /^id: ?(\d+)\r?$/m.exec(head)?.[1] };
 }
 
+/**
+ * A fetch for `subscribe` whose first stream `first` replaces once its opening `id:` block came (the
+ * API's own stream cancelled then), with the Last-Event-ID each stream was asked with, the id the
+ * first opened with, and `reopened`, which resolves once a later stream is answered 200.
+ */
+function firstStreamReplaced(
+  first: (opening: Response, response: Response) => Response | Promise<Response>,
+) {
+  const sentIds: (string | null)[] = [];
+  let openingId: string | undefined;
+  let reopen = () => {};
+  const reopened = new Promise<void>((resolve) => (reopen = resolve));
+  const fetchFirstReplaced = async (request: Request) => {
+    sentIds.push(request.headers.get("Last-Event-ID"));
+    const response = await fetch(request);
+    if (sentIds.length > 1) {
+      if (response.ok) reopen();
+      return response;
+    }
+    const ended = await endedAfterOpening(response);
+    openingId = ended.openingId;
+    return first(ended.response, response);
+  };
+  return { sentIds, openingId: () => openingId, reopened, fetch: fetchFirstReplaced };
+}
+
 test("subscribe delivers created, updated and deleted tasks, each as the API returned it", async () => {
   const user = takeUser("end");
   const todo = clientFor(user);
@@ -450,27 +476,13 @@ test("an idle stream that reconnects resumes from the id it opened with, without
   const todo = clientFor(user);
   const { data: before } = await todo.createTask(user.id, { title: "Before the stream" });
   assert.ok(before);
-  const sentIds: (string | null)[] = [];
-  let openingId: string | undefined;
-  let reopen = () => {};
-  const reopened = new Promise<void>((resolve) => (reopen = resolve));
+  // The first stream ends right after its opening `id:` block (no event yet), as one does when its
+  // token expires or the network drops while the user is idle.
+  const { sentIds, openingId: opened, reopened, fetch: relayed } = firstStreamReplaced((opening) => opening);
   const seen = collector();
-  const subscription = clientFor(user, {
-    fetch: async (request) => {
-      sentIds.push(request.headers.get("Last-Event-ID"));
-      const response = await fetch(request);
-      if (sentIds.length > 1) {
-        if (response.ok) reopen();
-        return response;
-      }
-      // The first stream ends right after its opening `id:` block (no event yet), as one does when
-      // its token expires or the network drops while the user is idle.
-      const ended = await endedAfterOpening(response);
-      openingId = ended.openingId;
-      return ended.response;
-    },
-  }).subscribe(user.id, seen.onEvent);
+  const subscription = clientFor(user, { fetch: relayed }).subscribe(user.id, seen.onEvent);
   await reopened;
+  const openingId = opened();
 
   const { data: created } = await todo.createTask(user.id, { title: "After the reconnect" });
   const [reset, event] = await seen.until(2);
@@ -488,33 +500,24 @@ test("a stream the network stops carrying, without closing it, is reported and o
   t.mock.method(Math, "random", () => 0);
   const user = takeUser("end");
   const todo = clientFor(user);
-  const sentIds: (string | null)[] = [];
-  let openingId = "";
-  let reopen = () => {};
-  const reopened = new Promise<void>((resolve) => (reopen = resolve));
+  // The first stream's opening `id:` block arrives; then nothing more, and nothing closes it: the
+  // API's own stream is cancelled, as a network that went silent never tells it.
+  const { sentIds, openingId: opened, reopened, fetch: relayed } = firstStreamReplaced(async (opening, response) => {
+    const head = await opening.arrayBuffer();
+    const body = new ReadableStream<Uint8Array>({
+      start: (controller) => controller.enqueue(new Uint8Array(head)),
+      pull: () => new Promise<void>(() => {}),
+    });
+    return new Response(body, response);
+  });
   const errors: unknown[] = [];
   const seen = collector();
-  const subscription = clientFor(user, {
-    fetch: async (request) => {
-      sentIds.push(request.headers.get("Last-Event-ID"));
-      const response = await fetch(request);
-      if (sentIds.length > 1) {
-        if (response.ok) reopen();
-        return response;
-      }
-      // The first stream's opening `id:` block arrives; then nothing more, and nothing closes it:
-      // the API's own stream is cancelled here, as a network that went silent never tells it.
-      const ended = await endedAfterOpening(response);
-      openingId = ended.openingId ?? "";
-      const opening = await ended.response.arrayBuffer();
-      const body = new ReadableStream<Uint8Array>({
-        start: (controller) => controller.enqueue(new Uint8Array(opening)),
-        pull: () => new Promise<void>(() => {}),
-      });
-      return new Response(body, response);
-    },
-  }).subscribe(user.id, seen.onEvent, { silenceMs: 300, onError: (error) => errors.push(error) });
+  const subscription = clientFor(user, { fetch: relayed }).subscribe(user.id, seen.onEvent, {
+    silenceMs: 300,
+    onError: (error) => errors.push(error),
+  });
   await reopened;
+  const openingId = opened();
 
   const { data: created } = await todo.createTask(user.id, { title: "After the silence" });
   const [reset, event] = await seen.until(2);
