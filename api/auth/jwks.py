@@ -143,6 +143,11 @@ def parse_key_set(document: object) -> dict[str, PyJWK]:
         if use not in (None, "sig"):
             skipped.skip("key %r, which is not for signatures (use %r)", kid, use)
             continue
+        key_ops = jwk.get("key_ops")
+        if key_ops is not None and not (isinstance(key_ops, list) and "verify" in key_ops):
+            # RFC 7517, section 4.3: what the key may be used for, which then does not include this.
+            skipped.skip("key %r, which is not for verifying signatures (key_ops %r)", kid, key_ops)
+            continue
         if algorithm is None:
             kind = ", ".join(f"{name} {jwk[name]!r}" for name in ("kty", "crv", "alg") if name in jwk)
             skipped.skip("key %r, of a kind this API does not verify tokens with (%s)", kid, kind)
@@ -160,7 +165,7 @@ def parse_key_set(document: object) -> dict[str, PyJWK]:
             # factored, and whoever does can sign for any user; PyJWT would only warn, on every token.
             skipped.skip("key %r: %s", kid, weakness)
             continue
-        if kid in keys:
+        if kid in keys and not _same_key(keys[kid], key):
             ambiguous.add(kid)
         keys[kid] = key
     for kid in ambiguous:
@@ -266,8 +271,13 @@ class JwksKeySet:
         self._on_withdrawal.append(callback)
 
     async def __aenter__(self) -> Self:
+        # Uncompressed only: a few kB of gzip, nested twice, decode to gigabytes in one synchronous
+        # call, which no timeout interrupts (tests/auth/test_hostile_jwks.py), and a key set is too
+        # small for compression to save anything.
         self._client = httpx.AsyncClient(
-            timeout=self._timeout, follow_redirects=False, headers={"Accept": "application/json"}
+            timeout=self._timeout,
+            follow_redirects=False,
+            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
         )
         self._refresher = asyncio.create_task(self._keep_fresh(), name="jwks-refresher")
         return self
@@ -386,18 +396,28 @@ class JwksKeySet:
         self._fetched = True
         self._fetched_at = began
         metrics.jwks_fetches.labels("fetched").inc()
-        logger.info("JWKS: %d key(s) from %s", len(keys), self._logged_url)
+        if keys:
+            logger.info("JWKS: %d key(s) from %s", len(keys), self._logged_url)
+        else:
+            # Every token it would verify is refused: as much an operator's to fix as a failed fetch.
+            logger.warning(
+                "JWKS: no usable key from %s: every token signed by a JWKS key is refused", self._logged_url
+            )
         return True
 
     async def _download(self) -> bytes:
-        """The body, read only while it stays within _MAX_DOCUMENT_BYTES once decoded (a gzip body
-        can decode to a thousand times its size)."""
+        """The body, read only while it stays within _MAX_DOCUMENT_BYTES, and never decompressed."""
         if self._client is None:
             raise RuntimeError("JwksKeySet is used outside `async with`")
         async with self._client.stream("GET", self.url) as response:
             response.raise_for_status()
+            coding = response.headers.get("Content-Encoding", "").strip().lower()
+            if coding not in ("", "identity"):
+                raise ValueError(
+                    f"its answer is compressed ({coding[:40]!r}), though the API asks for it uncompressed"
+                )
             body = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
                 body += chunk
                 if len(body) > _MAX_DOCUMENT_BYTES:
                     # Leaving `stream` unread closes the connection: the rest is never received.

@@ -93,20 +93,36 @@ def test_a_huge_document_is_refused_without_being_read_whole(api_db_url: str) ->
         assert get_tasks(client, server, key).status_code == 200, "the keys held are kept"
 
 
-def test_the_size_limit_counts_the_document_as_decoded(api_db_url: str) -> None:
-    key, stranger = SigningKey.generate(), SigningKey.generate()
+def test_a_compressed_answer_is_a_failed_fetch_never_decompressed(
+    api_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A few kB of gzip nested twice decode to gigabytes in one synchronous call, which no timeout
+    interrupts: a worker grew by 2 GB and held every user's requests for 5 s, on a fetch any caller
+    can cause with an unknown kid. The API asks for the key set uncompressed and refuses it otherwise."""
+    key, newer = SigningKey.generate(), SigningKey.generate()
     with (
         jwks_server(key) as server,
         api_trusting(api_db_url, server, jwks_refetch_cooldown_seconds=0) as client,
     ):
         failed = value(scrape(str(client.base_url)), FETCHES, outcome="failed")
-        # 50 kB on the wire, 50 MB once decoded.
-        server.document = gzip.compress(b'{"keys": [' + b" " * 50_000_000 + b"]}")
-        server.content_encoding = "gzip"
+        published = json.dumps({"keys": [key.jwk, newer.jwk]}).encode()
+        server.document = gzip.compress(gzip.compress(published))
+        server.content_encoding = "gzip, gzip"
 
-        assert get_tasks(client, server, stranger, iat=now() - 60).status_code == 401
+        with caplog.at_level(logging.WARNING, logger="api.auth.jwks"):
+            # Signed after the keys were fetched: the key may be published since, so a fetch is made.
+            refused = get_tasks(client, server, newer, iat=now() + 5)
+
+        assert_problem(refused, 503, "authentication-unavailable")
         assert value(scrape(str(client.base_url)), FETCHES, outcome="failed") == failed + 1
-        assert get_tasks(client, server, key).status_code == 200
+        assert (
+            f"JWKS: cannot fetch {server.jwks_url}: its answer is compressed ('gzip, gzip'), though the API"
+            " asks for it uncompressed" in [record.getMessage() for record in caplog.records]
+        )
+        assert get_tasks(client, server, key).status_code == 200, "the keys held are kept"
+
+        server.document, server.content_encoding = published, None
+        assert get_tasks(client, server, newer, iat=now() + 5).status_code == 200
 
 
 def test_a_dripping_endpoint_at_start_up_means_503_at_once_not_a_wait(api_db_url: str) -> None:
@@ -176,6 +192,30 @@ def _failed_fetch_logs(url: str, caplog: pytest.LogCaptureFixture) -> set[str]:
     with caplog.at_level(logging.WARNING, logger="api.auth.jwks"):
         assert asyncio.run(fetch()) is False
     return {record.getMessage() for record in caplog.records if record.name == "api.auth.jwks"}
+
+
+@pytest.mark.parametrize(
+    "published",
+    [
+        pytest.param([], id="none"),
+        pytest.param([{**SigningKey.generate().jwk, "use": "enc"}], id="none-usable"),
+    ],
+)
+def test_a_key_set_without_a_usable_key_is_a_warning(
+    caplog: pytest.LogCaptureFixture, published: list[Any]
+) -> None:
+    """Every JWKS token is then refused, as after a failed fetch, which the operator is warned of."""
+
+    async def fetch(url: str) -> bool:
+        async with JwksKeySet(url, refetch_cooldown=3600, refresh_interval=3600) as key_set:
+            return await key_set.refresh()
+
+    with jwks_server() as server, caplog.at_level(logging.WARNING, logger="api.auth.jwks"):
+        server.document = json.dumps({"keys": published}).encode()
+        assert asyncio.run(fetch(server.jwks_url)) is True
+    assert f"JWKS: no usable key from {server.jwks_url}: every token signed by a JWKS key is refused" in [
+        record.getMessage() for record in caplog.records
+    ]
 
 
 def test_a_wrong_path_is_logged_as_the_404_it_got(caplog: pytest.LogCaptureFixture) -> None:

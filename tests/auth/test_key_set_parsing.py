@@ -43,6 +43,10 @@ def test_a_curve_implies_the_algorithm_when_alg_is_left_out() -> None:
         ("no kid", _without(ED.jwk, "kid")),
         ("an empty kid", {**ED.jwk, "kid": ""}),
         ("an encryption key", {**ED.jwk, "use": "enc"}),
+        # RFC 7517, section 4.3: key_ops says what a key is for, and these say it is not for this.
+        ("a key for encrypting only", {**ED.jwk, "key_ops": ["encrypt"]}),
+        ("a key for signing but not verifying", {**ED.jwk, "key_ops": ["sign"]}),
+        ("key_ops that are not a list", {**ED.jwk, "key_ops": "verify"}),
         ("a private key", {**ED.jwk, "d": "AAAA"}),
         ("a broken key", {**ED.jwk, "x": "not base64 at all!"}),
         # RFC 7518, section 3.3: 2048 bits or more; the smallest cryptography will make is 1024.
@@ -71,9 +75,25 @@ def test_each_key_left_out_is_named_with_why(caplog: pytest.LogCaptureFixture) -
     ]
 
 
+def test_a_key_whose_key_ops_include_verify_is_used() -> None:
+    keys = parse_key_set(
+        {"keys": [{**ED.jwk, "key_ops": ["verify"]}, {**EC.jwk, "key_ops": ["sign", "verify"]}]}
+    )
+    assert keys.keys() == {ED.kid, EC.kid}
+
+
 def test_two_keys_under_one_kid_are_both_left_out() -> None:
     impostor = SigningKey.generate("EdDSA", kid=ED.kid)
     assert parse_key_set({"keys": [ED.jwk, impostor.jwk, EC.jwk]}).keys() == {EC.kid}
+
+
+def test_one_key_listed_twice_under_its_kid_is_used() -> None:
+    """A set merged from two copies lists a key twice: it is one key, not two under one kid (every
+    token it signed was refused, the 401 asking whether the token came from another deployment)."""
+    written_otherwise = {**_without(ED.jwk, "alg"), "use": "sig"}
+    keys = parse_key_set({"keys": [ED.jwk, written_otherwise, EC.jwk]})
+    assert keys.keys() == {ED.kid, EC.kid}
+    assert keys[ED.kid].algorithm_name == "EdDSA"
 
 
 @pytest.mark.parametrize("document", [None, [], {}, {"keys": "none"}, {"keys": {"a": 1}}])
