@@ -21,7 +21,9 @@ from api.app import create_app
 from api.ops.policy_audit import audit_database
 from tests.own_postgres import OwnPostgres
 from tests.support import (
+    LOGIN_ROLE,
     SECRET,
+    as_role,
     assert_problem,
     new_user,
     refusal,
@@ -595,3 +597,202 @@ def test_an_operator_another_role_makes_in_schema_public_never_runs_in_the_isola
             assert held == (0,), "the operator ran in a check"
         finally:
             _run(cluster.superuser_url, _IMPOSTORS_GONE)
+
+
+def _impostor(
+    role: str, left: str, right: str, does: str, *, operator: str = "=", returns: str = "boolean"
+) -> list[str]:
+    """An operator for (left, right), which pg_catalog lacks, made by a role that may create in
+    schema public and nothing else: an exact match wherever a comparison (or product) of those two
+    types is left to the search_path. Its function runs as whoever calls it, does `does` (PL/pgSQL)
+    and answers as pg_catalog's would."""
+    return [
+        f"create role {role} nologin",
+        f"grant create on schema public to {role}",
+        f"set role {role}",
+        f"""create function public.{role}_impostor(a {left}, b {right}) returns {returns}
+            language plpgsql set search_path = '' as $$ begin {does};
+            return a operator(pg_catalog.{operator}) b::pg_catalog.{left}; end $$""",
+        f"create operator public.{operator} (leftarg = {left}, rightarg = {right},"
+        f" function = public.{role}_impostor)",
+    ]
+
+
+def _gone(role: str) -> list[str]:
+    return [f"drop owned by {role}", f"drop role {role}"]
+
+
+def _advisory_locks_held(superuser_url: str, key: int) -> int:
+    with psycopg.connect(superuser_url) as superuser:
+        row = superuser.execute(
+            "select count(*) from pg_locks where locktype = 'advisory' and classid = %s", [key]
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_policies_run_as_the_tables_owner_runs_no_operator_another_role_makes_in_schema_public(
+    cluster: OwnPostgres, tmp_path: Path
+) -> None:
+    """The mutation probe of stop 82: the audit compared the live policies with the files in a
+    transaction of its own, on the owner's search_path, so `policies` run as the owner (the embedded
+    database's login role, an owner's URL on Neon) ran her `=(oid, integer)` as the owner: it lifted
+    FORCE ROW LEVEL SECURITY and counted every user's tasks before the audit listed her operator."""
+    # A sequence's use outlives the audit's rolled-back transaction: it says whether her code ran.
+    role = "mallory_owner"
+    impostor = _impostor(
+        role,
+        "oid",
+        "integer",
+        "perform pg_catalog.nextval('public.ran_as_owner')",
+    )
+    _run(
+        cluster.superuser_url,
+        [
+            *impostor[:3],
+            "create sequence public.ran_as_owner",
+            "grant usage, update on sequence public.ran_as_owner to public",
+            *impostor[3:],
+        ],
+    )
+    try:
+        said = run_cli("policies", cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET).stdout
+        assert "Isolation audit" in said, said
+        with psycopg.connect(cluster.superuser_url) as superuser:
+            assert superuser.execute("select is_called from public.ran_as_owner").fetchone() == (False,)
+    finally:
+        _run(cluster.superuser_url, _gone(role))
+
+
+def _superuser(database_url: str) -> str:
+    return database_url.replace(f"postgresql://{LOGIN_ROLE}@", "postgresql://postgres@", 1)
+
+
+@pytest.mark.parametrize(("left", "right"), [("oid", "integer"), ("oid", "regclass")])
+def test_policies_as_a_login_role_that_owns_nothing_runs_no_operator_another_role_makes(
+    migrated_db_url: str, tmp_path: Path, left: str, right: str
+) -> None:
+    """The mutation probe of stop 82: nothing held the audit's empty search_path, nor the casts that
+    make each comparison of the checks one of two values of one type (`role_oid = 0::oid`,
+    `'pg_catalog.pg_policy'::regclass::oid`). A setting for the database gives session_settings.sql a
+    row to compare. Her operator raises, which `policies` would print."""
+    role = f"mallory_{right}"
+    superuser = _superuser(migrated_db_url)
+    with psycopg.connect(superuser) as db:
+        name = db.info.dbname
+    _run(
+        superuser,
+        [
+            f"alter database {name} set work_mem = '8MB'",
+            *_impostor(role, left, right, "raise exception 'impostor ran'"),
+        ],
+    )
+    try:
+        result = run_cli(
+            "policies", cwd=tmp_path, DATABASE_URL=as_role(migrated_db_url), BETTER_AUTH_SECRET=SECRET
+        )
+        said = result.stdout + result.stderr
+        assert "Isolation audit" in said, said
+        assert "impostor ran" not in said, said
+    finally:
+        _run(superuser, [*_gone(role), f"alter database {name} reset work_mem"])
+
+
+@pytest.mark.parametrize(("left", "right"), [("oid", "integer"), ("oid", "regclass")])
+def test_no_operator_another_role_makes_runs_in_the_running_check_whatever_it_compares(
+    cluster: OwnPostgres, left: str, right: str
+) -> None:
+    """As the test above it, for the running check: isolation.sql's `::regclass::oid` comparisons,
+    session_settings.sql's `setrole = 0::oid` (given a row by a setting for the database), and the
+    release a drift is worded with (`release_mismatch_on`, read once the findings are drift alone, as
+    her operator makes them)."""
+    role = f"mallory_check_{right}"
+    settings = settings_for(cluster.url, isolation_check_interval_seconds=INTERVAL)
+    with serving_client(create_app(settings)) as api:
+        assert api.get("/readyz").status_code == 200
+        _run(
+            cluster.superuser_url,
+            [
+                "alter database todo set work_mem = '8MB'",
+                *_impostor(role, left, right, "perform pg_catalog.pg_try_advisory_lock(4444, 1)"),
+            ],
+        )
+        try:
+            time.sleep(10 * INTERVAL)  # several checks
+            assert _advisory_locks_held(cluster.superuser_url, 4444) == 0, "the operator ran in a check"
+        finally:
+            _run(cluster.superuser_url, [*_gone(role), "alter database todo reset work_mem"])
+
+
+def test_no_operator_another_role_makes_runs_when_the_pool_connects(cluster: OwnPostgres) -> None:
+    """The mutation probe of stop 82: api/db/pool.py reads the database's identity on each new
+    connection, on the login role's search_path; its product was numeric by integer, which Postgres
+    lacks, so her `*(numeric, integer)` ran as the login role whenever a session was made anew (a
+    restart, a failover, a DBA's pg_terminate_backend)."""
+    role = "mallory_times"
+    alice = new_user()
+    settings = settings_for(cluster.url, isolation_check_interval_seconds=3600)
+    with serving_client(create_app(settings)) as api:
+        assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
+        _run(
+            cluster.superuser_url,
+            _impostor(
+                role,
+                "numeric",
+                "integer",
+                "perform pg_catalog.pg_try_advisory_lock(4343, 1)",
+                operator="*",
+                returns="numeric",
+            ),
+        )
+        try:
+            with psycopg.connect(cluster.superuser_url, autocommit=True) as superuser:
+                superuser.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where usename = %s and pid <> pg_backend_pid()",
+                    [LOGIN_ROLE],
+                )
+            answered: list[int] = []
+
+            def three_answered_on_new_sessions() -> bool:
+                answered.append(api.get(alice.tasks_url, headers=alice.headers).status_code)
+                return answered.count(200) >= 3
+
+            wait_until(three_answered_on_new_sessions, f"the API answering again: {answered}", 15, every=0.2)
+            assert _advisory_locks_held(cluster.superuser_url, 4343) == 0, (
+                "the operator ran as the pool connected"
+            )
+        finally:
+            _run(cluster.superuser_url, _gone(role))
+
+
+@pytest.mark.parametrize(
+    ("setting", "reset"),
+    [
+        ("alter database todo set app.user_id = 'someone'", "ALTER DATABASE todo RESET app.user_id"),
+        (
+            f"alter role {LOGIN_ROLE} set app.user_id = 'someone'",
+            f"ALTER ROLE {LOGIN_ROLE} RESET app.user_id",
+        ),
+        (
+            f"alter role {LOGIN_ROLE} in database todo set app.user_id = 'someone'",
+            f"ALTER ROLE {LOGIN_ROLE} IN DATABASE todo RESET app.user_id",
+        ),
+        ("alter role all set app.user_id = 'someone'", "ALTER ROLE ALL RESET app.user_id"),
+    ],
+    ids=["database", "role", "role-in-database", "all"],
+)
+def test_a_setting_of_the_login_roles_sessions_is_named_with_the_reset_that_undoes_it(
+    cluster: OwnPostgres, tmp_path: Path, setting: str, reset: str
+) -> None:
+    """session_settings.sql's finding ends with the statement that removes the setting, which nothing
+    held (the mutation probe of stop 82: a setting of the database was told to run `ALTER ROLE ALL
+    RESET`, which leaves it). Run as said, `policies` no longer finds it."""
+    _run(cluster.superuser_url, [setting])
+    try:
+        said = run_cli("policies", cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET).stdout
+        assert f"({reset})" in said, said
+    finally:
+        _run(cluster.superuser_url, [reset])
+    after = run_cli("policies", cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET).stdout
+    assert "app.user_id" not in after, after

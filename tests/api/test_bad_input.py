@@ -669,13 +669,20 @@ def test_a_write_a_dbas_check_constraint_refuses_is_a_422_naming_it_and_changes_
     ],
 )
 def test_a_write_a_dbas_not_null_or_narrower_column_refuses_is_a_422_as_for_a_check(
-    migrated_db_url: str, dba_change: str, write: dict[str, str | None], rule: str
+    migrated_db_url: str,
+    dba_change: str,
+    write: dict[str, str | None],
+    rule: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Each was a 500 "bug on our side" for every such create, for good, where the same DBA's CHECK
     was a 422 naming it (the database-settings probe of stop 81). Nothing is stored; an update that
-    breaks the rule is refused the same way and leaves the task as it was."""
+    breaks the rule is refused the same way and leaves the task as it was, and its connection goes back
+    to the pool rolled back (else the pool warns "rolling back returned connection" at each, naming no
+    cause: the mutation probe of stop 82)."""
     user = new_user()
     with (
+        caplog.at_level(logging.WARNING, logger="psycopg.pool"),
         serving_client(create_app(settings_for(as_role(migrated_db_url)))) as client,
         psycopg.connect(migrated_db_url, autocommit=True) as db,
     ):
@@ -704,3 +711,4 @@ def test_a_write_a_dbas_not_null_or_narrower_column_refuses_is_a_422_as_for_a_ch
         assert db.execute(
             "select count(*) from idempotency_keys where user_id = %s", [user.id]
         ).fetchone() == (0,)
+    assert [record.getMessage() for record in caplog.records if record.name == "psycopg.pool"] == []

@@ -169,6 +169,8 @@ def test_the_checks_read_the_catalog_whatever_quoting_of_identifiers_the_dba_tur
         result = run_cli(command, cwd=tmp_path, MIGRATION_DATABASE_URL=migrated_db_url, **variables)
         assert result.returncode == 0, result.stdout + result.stderr
         assert said in result.stdout, result.stdout
+    # Its listing too, written as the tables are named (the mutation probe of stop 82: `"public"."tasks"`).
+    assert "  public.tasks (owner " in result.stdout, result.stdout
     alice = new_user()
     with serving_client(create_app(settings_for(as_role(migrated_db_url)))) as client:
         created = client.post(alice.tasks_url, json={"title": "quoted"}, headers=alice.headers)
@@ -195,6 +197,8 @@ def test_the_checks_read_their_own_literals_whatever_string_escaping_the_dba_tur
     assert "table pgx.notes is open to todo_app without row-level security enabled" in policies.stdout, (
         policies.stdout
     )
+    # And listed among the tables (the mutation probe of stop 82: the audit's own listing left it out).
+    assert "  pgx.notes (owner " in policies.stdout, policies.stdout
 
 
 @pytest.mark.parametrize("level", ["repeatable read", "serializable"])
