@@ -563,6 +563,42 @@ test("a stream the network never answers is given up after silenceMs and opened 
   assert.deepEqual(event, { type: "task.created", id: (event as { id: string }).id, task: created });
 });
 
+test("a stream that hears an event more often than silenceMs is never taken for silent", async () => {
+  // Each read starts the silence afresh, and the request's own wait ends with its answer: with either
+  // timer left running, this stream was cut every silenceMs (the mutation probe of stop 82).
+  const user = takeUser("end");
+  const todo = clientFor(user);
+  const errors: unknown[] = [];
+  const seen = collector();
+  const subscription = todo.subscribe(user.id, seen.onEvent, {
+    silenceMs: 1500,
+    onError: (error) => errors.push(error),
+  });
+  await seen.until(1);
+  for (let n = 0; n < 10; n++) {
+    await todo.createTask(user.id, { title: `Still talking ${n}` });
+    await new Promise((resolve) => setTimeout(resolve, 400));
+  }
+  await seen.until(11);
+  await subscription.close();
+
+  assert.deepEqual(errors.map(String), []);
+  assert.equal(seen.events.filter((event) => event.type === "reset").length, 1, "opened once");
+});
+
+test("by default a stream may be quiet for a few seconds without being taken for silent", async () => {
+  const user = takeUser("end");
+  const errors: unknown[] = [];
+  const seen = collector();
+  const subscription = clientFor(user).subscribe(user.id, seen.onEvent, { onError: (error) => errors.push(error) });
+  await seen.until(1);
+  await new Promise((resolve) => setTimeout(resolve, 6_000)); // less than one of the API's heartbeats
+  await subscription.close();
+
+  assert.deepEqual(errors.map(String), []);
+  assert.deepEqual(seen.events, [{ type: "reset" }]);
+});
+
 test("a replayed older version of a task does not replace the newer one this client wrote", async () => {
   const user = takeUser("end");
   const todo = clientFor(user);
