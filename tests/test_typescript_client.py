@@ -92,16 +92,25 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> Non
     run on the same Node.
     """
     path = os.pathsep.join([str(Path(command[0]).parent), os.environ.get("PATH", "")])
-    result = subprocess.run(
-        command,
-        cwd=cwd,
-        env={**os.environ, "PATH": path, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    try:
+        result = subprocess.run(
+            command,
+            cwd=cwd,
+            env={**os.environ, "PATH": path, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as timeout:
+        # What it printed names the tests that passed and the one under way: several hanging tests,
+        # each within node's own --test-timeout, outlast this and said nothing (the mutation probe of
+        # stop 82).
+        printed = (
+            timeout.output.decode(errors="replace") if isinstance(timeout.output, bytes) else timeout.output
+        )
+        pytest.fail(f"{' '.join(command)} ran past {timeout.timeout:g} s, having printed:\n{printed}")
     assert result.returncode == 0, f"{' '.join(command)} exited with {result.returncode}:\n{result.stdout}"
 
 
