@@ -107,9 +107,8 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> Non
         # What it printed names the tests that passed and the one under way: several hanging tests,
         # each within node's own --test-timeout, outlast this and said nothing (the mutation probe of
         # stop 82).
-        printed = (
-            timeout.output.decode(errors="replace") if isinstance(timeout.output, bytes) else timeout.output
-        )
+        printed = timeout.output or b""
+        printed = printed.decode(errors="replace") if isinstance(printed, bytes) else printed
         pytest.fail(f"{' '.join(command)} ran past {timeout.timeout:g} s, having printed:\n{printed}")
     assert result.returncode == 0, f"{' '.join(command)} exited with {result.returncode}:\n{result.stdout}"
 
