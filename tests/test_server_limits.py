@@ -538,6 +538,23 @@ def test_an_open_file_limit_that_leaves_a_worker_too_few_connections_is_refused(
         httpx.get(f"http://127.0.0.1:{port}/healthz")
 
 
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_a_stream_never_says_keep_alive_to_a_client_that_asked_for_close(served: str, version: str) -> None:
+    """sse-starlette says `Connection: keep-alive` on every stream: granian sent `keep-alive, close` to
+    a client asking for `close`, and to an HTTP/1.0 client a connection kept that only its close ends
+    (the HTTP clients probe of stop 82). The connection is the server's to manage, as for every answer."""
+    alice = new_user()
+    host = served.removeprefix("http://")
+    head = (
+        f"GET /api/{alice.id}/events {version}\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {alice.token}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    received, _ = _raw(served, head, wait=2)
+    answer_head = received.partition(b"\r\n\r\n")[0].decode()
+    assert answer_head.startswith(f"{version} 200"), answer_head
+    assert "keep-alive" not in answer_head.lower(), answer_head
+
+
 def test_http2_is_not_spoken_so_no_head_escapes_the_http1_limits(served: str) -> None:
     """granian's default also speaks cleartext HTTP/2, whose head limit was 16 MiB and whose silent
     clients nothing timed out: the server speaks HTTP/1.1 only."""

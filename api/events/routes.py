@@ -48,6 +48,9 @@ class _EventStream(EventSourceResponse):
     ) -> None:
         # A stream that cannot take an event this long (a client that stopped reading) is closed.
         super().__init__(events, send_timeout=send_timeout, **kwargs)
+        # sse-starlette's `Connection: keep-alive` contradicted a client's `Connection: close` and told
+        # an HTTP/1.0 client to keep a connection only its close ends: the server manages connections.
+        del self.headers["connection"]
         self._hub, self._subscription, self._send_timeout = hub, subscription, send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
