@@ -46,6 +46,10 @@ ASYMMETRIC_ALGORITHMS: Mapping[str, tuple[str, str | None]] = {
 }
 _ALGORITHM_FOR_CURVE = {"Ed25519": "EdDSA", "P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _MAX_DOCUMENT_BYTES = 1_000_000
+# The content codings that compress (RFC 9110's registry, and the ones httpx decodes): an answer in
+# any of them is refused, never decompressed. Any other label (`identity`, a charset sent by mistake)
+# changes nothing about the bytes, which are read as they come.
+_COMPRESSIONS = frozenset({"gzip", "x-gzip", "deflate", "compress", "x-compress", "br", "zstd"})
 
 
 class UnknownKey(Exception):  # noqa: N818
@@ -411,10 +415,14 @@ class JwksKeySet:
             raise RuntimeError("JwksKeySet is used outside `async with`")
         async with self._client.stream("GET", self.url) as response:
             response.raise_for_status()
-            coding = response.headers.get("Content-Encoding", "").strip().lower()
-            if coding not in ("", "identity"):
+            codings = [
+                coding.strip().lower()
+                for coding in response.headers.get_list("Content-Encoding", split_commas=True)
+            ]
+            if compressed := [coding for coding in codings if coding in _COMPRESSIONS]:
                 raise ValueError(
-                    f"its answer is compressed ({coding[:40]!r}), though the API asks for it uncompressed"
+                    f"its answer is compressed ({', '.join(compressed)}), though the API asks for it"
+                    " uncompressed: turn compression off for that URL in the proxy or CDN in front of it"
                 )
             body = bytearray()
             async for chunk in response.aiter_raw():
