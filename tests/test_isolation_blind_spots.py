@@ -631,20 +631,40 @@ def _advisory_locks_held(superuser_url: str, key: int) -> int:
     return int(row[0])
 
 
-def test_policies_run_as_the_tables_owner_runs_no_operator_another_role_makes_in_schema_public(
-    cluster: OwnPostgres, tmp_path: Path
+# Operators for types pg_catalog has none exactly for, each an exact match for a comparison the
+# checks, the audit or migrate's refusals make: `role_oid = 0`, `classid = '...'::regclass`,
+# `nspname NOT LIKE 'pg\_%'`, `polroles @> ARRAY[...]`, `array_agg(...) = ARRAY[...]` (the mutation
+# and verification probes of stop 82 had each run).
+_OPERATORS_PG_CATALOG_LACKS = [
+    pytest.param("oid", "integer", "=", id="oid=integer"),
+    pytest.param("oid", "regclass", "=", id="oid=regclass"),
+    pytest.param("name", "name", "!~~", id="name!~~name"),
+    pytest.param("oid[]", "oid[]", "@>", id="oid[]@>oid[]"),
+    pytest.param("oid[]", "oid[]", "=", id="oid[]=oid[]"),
+]
+
+
+def _role_for(left: str, right: str, operator: str) -> str:
+    return "mallory_" + "".join(
+        character if character.isalnum() else "_" for character in left + operator + right
+    )
+
+
+@pytest.mark.parametrize("command", ["policies", "migrate"])
+@pytest.mark.parametrize(("left", "right", "operator"), _OPERATORS_PG_CATALOG_LACKS)
+def test_the_owners_commands_run_no_operator_another_role_makes_in_schema_public(
+    cluster: OwnPostgres, tmp_path: Path, command: str, left: str, right: str, operator: str
 ) -> None:
-    """The mutation probe of stop 82: the audit compared the live policies with the files in a
-    transaction of its own, on the owner's search_path, so `policies` run as the owner (the embedded
-    database's login role, an owner's URL on Neon) ran her `=(oid, integer)` as the owner: it lifted
-    FORCE ROW LEVEL SECURITY and counted every user's tasks before the audit listed her operator."""
-    # A sequence's use outlives the audit's rolled-back transaction: it says whether her code ran.
-    role = "mallory_owner"
+    """The mutation probe of stop 82: the audit compared the live policies with the files on the
+    owner's search_path, so `policies` run as the owner (the embedded database's login role, an
+    owner's URL on Neon) ran her `=(oid, integer)` as the owner: it lifted FORCE ROW LEVEL SECURITY
+    and counted every user's tasks before the audit listed her operator. The verification probe:
+    migrate's own refusals (sql/checks/schema_owner.sql's NOT LIKE) ran her `!~~(name, name)`, which
+    granted her todo_app. Not yoyo's own statements, which this operator list leaves out."""
+    # A sequence's use outlives a rolled-back transaction: it says whether her code ran.
+    role = _role_for(left, right, operator)
     impostor = _impostor(
-        role,
-        "oid",
-        "integer",
-        "perform pg_catalog.nextval('public.ran_as_owner')",
+        role, left, right, "perform pg_catalog.nextval('public.ran_as_owner')", operator=operator
     )
     _run(
         cluster.superuser_url,
@@ -656,10 +676,10 @@ def test_policies_run_as_the_tables_owner_runs_no_operator_another_role_makes_in
         ],
     )
     try:
-        said = run_cli("policies", cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET).stdout
-        assert "Isolation audit" in said, said
+        result = run_cli(command, cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET)
         with psycopg.connect(cluster.superuser_url) as superuser:
-            assert superuser.execute("select is_called from public.ran_as_owner").fetchone() == (False,)
+            ran = superuser.execute("select is_called from public.ran_as_owner").fetchone()
+        assert ran == (False,), result.stdout + result.stderr
     finally:
         _run(cluster.superuser_url, _gone(role))
 
@@ -668,15 +688,15 @@ def _superuser(database_url: str) -> str:
     return database_url.replace(f"postgresql://{LOGIN_ROLE}@", "postgresql://postgres@", 1)
 
 
-@pytest.mark.parametrize(("left", "right"), [("oid", "integer"), ("oid", "regclass")])
+@pytest.mark.parametrize(("left", "right", "operator"), _OPERATORS_PG_CATALOG_LACKS)
 def test_policies_as_a_login_role_that_owns_nothing_runs_no_operator_another_role_makes(
-    migrated_db_url: str, tmp_path: Path, left: str, right: str
+    migrated_db_url: str, tmp_path: Path, left: str, right: str, operator: str
 ) -> None:
     """The mutation probe of stop 82: nothing held the audit's empty search_path, nor the casts that
-    make each comparison of the checks one of two values of one type (`role_oid = 0::oid`,
-    `'pg_catalog.pg_policy'::regclass::oid`). A setting for the database gives session_settings.sql a
-    row to compare. Her operator raises, which `policies` would print."""
-    role = f"mallory_{right}"
+    make each comparison of session_settings.sql one of two values of one type (`setrole =
+    0::oid`), to which a setting for the database gives a row. Her operator raises, which `policies`
+    would print."""
+    role = _role_for(left, right, operator)
     superuser = _superuser(migrated_db_url)
     with psycopg.connect(superuser) as db:
         name = db.info.dbname
@@ -684,7 +704,7 @@ def test_policies_as_a_login_role_that_owns_nothing_runs_no_operator_another_rol
         superuser,
         [
             f"alter database {name} set work_mem = '8MB'",
-            *_impostor(role, left, right, "raise exception 'impostor ran'"),
+            *_impostor(role, left, right, "raise exception 'impostor ran'", operator=operator),
         ],
     )
     try:
@@ -698,15 +718,16 @@ def test_policies_as_a_login_role_that_owns_nothing_runs_no_operator_another_rol
         _run(superuser, [*_gone(role), f"alter database {name} reset work_mem"])
 
 
-@pytest.mark.parametrize(("left", "right"), [("oid", "integer"), ("oid", "regclass")])
+@pytest.mark.parametrize(("left", "right", "operator"), _OPERATORS_PG_CATALOG_LACKS)
 def test_no_operator_another_role_makes_runs_in_the_running_check_whatever_it_compares(
-    cluster: OwnPostgres, left: str, right: str
+    cluster: OwnPostgres, left: str, right: str, operator: str
 ) -> None:
-    """As the test above it, for the running check: isolation.sql's `::regclass::oid` comparisons,
-    session_settings.sql's `setrole = 0::oid` (given a row by a setting for the database), and the
-    release a drift is worded with (`release_mismatch_on`, read once the findings are drift alone, as
-    her operator makes them)."""
-    role = f"mallory_check_{right}"
+    """As the test above it, for the running check: isolation.sql (the verification probe of stop 82:
+    her `@>(oid[], oid[])` switched to todo_app and read a user's tasks in every check),
+    session_settings.sql (given a row by a setting for the database), and the release a drift is
+    worded with (`release_mismatch_on`, read once the findings are drift alone, as her operator makes
+    them)."""
+    role = _role_for(left, right, operator)
     settings = settings_for(cluster.url, isolation_check_interval_seconds=INTERVAL)
     with serving_client(create_app(settings)) as api:
         assert api.get("/readyz").status_code == 200
@@ -714,7 +735,9 @@ def test_no_operator_another_role_makes_runs_in_the_running_check_whatever_it_co
             cluster.superuser_url,
             [
                 "alter database todo set work_mem = '8MB'",
-                *_impostor(role, left, right, "perform pg_catalog.pg_try_advisory_lock(4444, 1)"),
+                *_impostor(
+                    role, left, right, "perform pg_catalog.pg_try_advisory_lock(4444, 1)", operator=operator
+                ),
             ],
         )
         try:

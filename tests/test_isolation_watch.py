@@ -124,7 +124,7 @@ WEAKENINGS = {
     "truncate granted": Weakening(
         "grant truncate on tasks to todo_app",
         "revoke truncate on tasks from todo_app",
-        "role todo_app has TRUNCATE on tasks",
+        "role todo_app has TRUNCATE on public.tasks",
     ),
 }
 
@@ -253,7 +253,7 @@ def test_a_change_committed_while_a_check_runs_is_logged_once_whole(
     errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
     assert granted
     assert len(errors) == 1, errors
-    assert "role todo_app has TRUNCATE on tasks" in errors[0]
+    assert "role todo_app has TRUNCATE on public.tasks" in errors[0]
     assert "table public.tasks differs from what todo-api ships" in errors[0]
 
 

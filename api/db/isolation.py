@@ -61,10 +61,11 @@ _CHECK_SETTINGS = (
     f" pg_catalog.set_config('statement_timeout', '{_STATEMENT_TIMEOUT}', true), {CATALOG_AS_WRITTEN},"
     f" {NAMES_ONLY_PG_CATALOG}"
 )
-# sql/checks/isolation.sql names tables as the session's search_path shows them (its messages, and
-# the audit's comparisons with the policy files, say `tasks`), and session_settings.sql reads that
-# search_path and where it came from: back to it for those two, whose comparisons are each of two
-# values of one type, which only pg_catalog's operator matches exactly.
+# session_settings.sql reads the session's search_path and where it came from: back to it for that
+# file alone, whose comparisons are each of two values of one type, which pg_catalog's operators
+# match first. sql/checks/isolation.sql, whose arrays and names no cast pins so (@>(oid[], oid[]) made
+# in schema public ran as the login role in every check: the verification probe of stop 82), runs
+# on the empty path, naming tables with their schema.
 _SESSIONS_SEARCH_PATH = "set local search_path to default"
 # The server cancels a statement of the check at _STATEMENT_TIMEOUT and says so; with no answer at all
 # this long into a check (a network gone silent, a wedged pooler, a backend that stopped), none is
@@ -198,9 +199,9 @@ async def _findings_on(
             await connection.execute(_CHECK_SETTINGS)
             # Which database the verdict is of, read with the catalogs it is made from.
             identity = await read_identity(connection)
-            await connection.execute(_SESSIONS_SEARCH_PATH)
             rows = await _rows(connection, _sql())
             findings += [_checked(str(message)) for (message,) in rows]
+            await connection.execute(_SESSIONS_SEARCH_PATH)
             findings += [_checked(str(message)) for (_, message) in await _rows(connection, _settings_sql())]
             if any(finding.cause == "not migrated" for finding in findings):
                 return identity, findings

@@ -5,11 +5,11 @@
 -- a DBA can run it by hand the same way:
 --     psql "$DATABASE_URL" -f sql/checks/isolation.sql -f sql/checks/session_settings.sql
 -- Each row is one finding, in words. No rows: the database enforces isolation.
--- It runs on the session's search_path, so that tables are named as the session sees them, and that
--- path may hold a schema other roles create in: every function is named with pg_catalog, and each
--- comparison is of two values of one type (0 cast to oid for an oid), which only pg_catalog's
--- operator matches exactly, so no operator made elsewhere is picked (the verification probe of stop
--- 81 had an =(oid, integer) run in every check).
+-- The API runs it with an empty search_path, so that no function or operator another role made in a
+-- schema on the session's path is picked over pg_catalog's (an =(oid, integer), a !~~(name, name)
+-- or an @>(oid[], oid[]) made in schema public ran as the login role in every check), and names come
+-- with their schema (public.tasks). Run by hand on another path, every function is named with
+-- pg_catalog and each comparison is of two values of one type, as far as SQL lets it be written.
 
 WITH todo_app AS (
     SELECT oid, rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = 'todo_app'
@@ -17,7 +17,7 @@ WITH todo_app AS (
 -- Schemas that are ours to check: everything but the system catalogs.
 user_schemas AS (
     SELECT oid FROM pg_catalog.pg_namespace
-    WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\_%'
+    WHERE nspname <> 'information_schema' AND NOT pg_catalog.starts_with(nspname, 'pg_')
 ),
 -- Every relation of a given kind todo_app can read or write, in whole or in part.
 exposed AS (
@@ -122,7 +122,7 @@ SELECT pg_catalog.format('function %s, used by policy %s, does not pin its searc
 FROM pg_catalog.pg_depend d
 JOIN pg_catalog.pg_policy p ON d.classid = 'pg_catalog.pg_policy'::regclass::oid AND d.objid = p.oid
 JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::regclass::oid AND d.refobjid = f.oid
-WHERE NOT EXISTS (SELECT FROM pg_catalog.unnest(f.proconfig) AS setting WHERE setting LIKE 'search\_path=%')
+WHERE NOT EXISTS (SELECT FROM pg_catalog.unnest(f.proconfig) AS setting WHERE pg_catalog.starts_with(setting, 'search_path='))
 GROUP BY f.oid
 
 -- A SECURITY DEFINER function runs as its owner, who (on Neon) bypasses row-level security.

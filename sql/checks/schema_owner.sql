@@ -15,6 +15,6 @@ FROM (
     FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity
-      AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+      AND n.nspname <> 'information_schema' AND NOT pg_catalog.starts_with(n.nspname, 'pg_')
 ) owned
 ORDER BY 1;

@@ -88,7 +88,7 @@ SELECT s.name,
        pg_catalog.format('setting %s=%s is in force in the login role %s''s sessions (source: %s): the API '
                          'needs %s=%s, or %s (%s)',
                          s.name, s.value, session_user, s.source, n.name, n.value, n.otherwise,
-                         CASE WHEN s.source LIKE 'configuration file%'
+                         CASE WHEN pg_catalog.starts_with(s.source, 'configuration file')
                               THEN pg_catalog.format('ALTER SYSTEM RESET %s, or remove it from '
                                                      'postgresql.conf, then SELECT pg_reload_conf()', s.name)
                               WHEN s.source = 'client'

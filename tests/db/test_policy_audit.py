@@ -153,7 +153,7 @@ def test_the_cli_gates_a_deployment_from_a_real_process(migrated_db_url: str, tm
         connection.execute("alter table tasks no force row level security")
     weakened = run_cli("policies", cwd=tmp_path, DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET)
     assert weakened.returncode == 1
-    assert "[isolation] table tasks is open to todo_app without row-level security forced" in weakened.stdout
+    assert "[isolation] table public.tasks is open to todo_app without row-level security forced" in weakened.stdout
     # A gate must tell findings from an audit that did not run, whose standard output is empty.
     unreachable_url = f"postgresql://todo@127.0.0.1:{free_port()}/todo"
     unreachable = run_cli(
@@ -168,11 +168,11 @@ def test_the_cli_gates_a_deployment_from_a_real_process(migrated_db_url: str, tm
 WEAKENINGS = {
     "rls not forced": (
         ["alter table tasks no force row level security"],
-        "table tasks is open to todo_app without row-level security forced",
+        "table public.tasks is open to todo_app without row-level security forced",
     ),
     "rls disabled": (
         ["alter table users disable row level security"],
-        "table users is open to todo_app without row-level security enabled",
+        "table public.users is open to todo_app without row-level security enabled",
     ),
     "table without a policy": (
         [
@@ -180,15 +180,15 @@ WEAKENINGS = {
             "alter table notes enable row level security, force row level security",
             "grant select on notes to todo_app",
         ],
-        "table notes is open to todo_app without a policy for it",
+        "table public.notes is open to todo_app without a policy for it",
     ),
     "permissive true USING": (
         ['create policy "anyone reads tasks" on tasks for select to todo_app using (true)'],
-        'policy "anyone reads tasks" on tasks admits every row: USING (true)',
+        'policy "anyone reads tasks" on public.tasks admits every row: USING (true)',
     ),
     "permissive true WITH CHECK, to public": (
         ['create policy "anyone adds users" on users for insert with check (true)'],
-        'policy "anyone adds users" on users admits every row: WITH CHECK (true)',
+        'policy "anyone adds users" on public.users admits every row: WITH CHECK (true)',
     ),
     "policy function without a pinned search_path": (
         [
@@ -197,7 +197,7 @@ WEAKENINGS = {
             "grant execute on function app.is_owner(text) to todo_app",
             'alter policy "tasks are visible to their owner" on tasks using (app.is_owner(user_id))',
         ],
-        'function app.is_owner(text), used by policy "tasks are visible to their owner" on tasks, '
+        'function app.is_owner(text), used by policy "tasks are visible to their owner" on public.tasks, '
         "does not pin its search_path (add SET search_path = '')",
     ),
     "security definer function": (
@@ -205,18 +205,18 @@ WEAKENINGS = {
             "create function public.every_task() returns setof tasks language sql security definer "
             "set search_path = '' as $$ select * from public.tasks $$"
         ],
-        "function every_task() runs as its owner todo_owner (SECURITY DEFINER) and todo_app may call it",
+        "function public.every_task() runs as its owner todo_owner (SECURITY DEFINER) and todo_app may call it",
     ),
     "view without security_invoker": (
         ["create view every_task as select * from tasks", "grant select on every_task to todo_app"],
-        "view every_task is open to todo_app without security_invoker, so it reads as its owner todo_owner",
+        "view public.every_task is open to todo_app without security_invoker, so it reads as its owner todo_owner",
     ),
     "materialized view": (
         [
             "create materialized view task_count as select count(*) from tasks",
             "grant select on task_count to public",
         ],
-        "materialized view task_count is open to todo_app, and materialized views have no row-level security",
+        "materialized view public.task_count is open to todo_app, and materialized views have no row-level security",
     ),
 }
 
@@ -569,7 +569,7 @@ def test_json_is_the_same_audit_for_machines(
     assert weakened["findings"] == [
         {
             "kind": "isolation",
-            "message": 'policy "tasks are visible to their owner" on tasks admits every row: USING (true)',
+            "message": 'policy "tasks are visible to their owner" on public.tasks admits every row: USING (true)',
             "table": None,
             "policy": None,
         },
