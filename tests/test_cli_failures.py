@@ -881,6 +881,9 @@ def test_a_data_dir_made_under_umask_000_is_writable_by_its_user_alone(tmp_path:
         os.umask(before)
     assert data_dir.stat().st_mode & 0o022 == 0
     assert run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).returncode == 0
+    # Under umask 002 (Fedora's default) the user's own group may write: that group is theirs alone.
+    data_dir.chmod(0o775)
+    assert run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -332,11 +332,10 @@ def _usable_secret(path: Path) -> str:
     try:
         # Looked at before it is opened: opening a named pipe waits for a writer forever, and a
         # device (a link to /dev/zero) never stops giving bytes.
-        status = path.stat()
-        other = _not_a_file(status.st_mode)
+        other = _not_a_file(path.stat().st_mode)
         if other is not None:
             raise _unusable_secret(path, f"is {other}, not a file")
-        _refuse_a_secret_others_could_replace(path, status)
+        _refuse_a_secret_others_could_replace(path)
         # O_NONBLOCK: should a pipe take the file's place meanwhile, its read ends at once, empty.
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
             content = file.read(_MOST_SECRET_BYTES + 1)
@@ -373,23 +372,31 @@ def _not_a_file(mode: int) -> str | None:
     return "a device"  # a character or block device: Linux has no other kind of file
 
 
-def _refuse_a_secret_others_could_replace(path: Path, status: os.stat_result) -> None:
+def _others_could_change(path: Path) -> bool:
+    """Whether a user other than root and this one owns `path` (a link, or where it leads), or may
+    write to it: its group only when that is not this user's own (umask 002 gives the user's private
+    group write, as Fedora's default does)."""
+    for status in (path.lstat(), path.stat()):
+        if status.st_uid not in {0, os.geteuid()}:
+            return True
+        if stat.S_ISLNK(status.st_mode):
+            continue  # a link's own mode means nothing
+        group_may_write = status.st_mode & stat.S_IWGRP and status.st_gid != os.getegid()
+        if status.st_mode & stat.S_IWOTH or group_may_write:
+            return True
+    return False
+
+
+def _refuse_a_secret_others_could_replace(path: Path) -> None:
     """Whoever can change the secret signs tokens for every user: on a shared machine another user
-    who made the data dir first (in /tmp, say), could write to it, or owns the secret did so (the
+    who made the data dir first (in /tmp, say), could write to it, or owned the secret did so (the
     local users' probe of stop 82). Refused, never used, as the socket's folder is."""
-    ours = {0, os.geteuid()}
-    folder = path.parent
-    if folder.is_symlink() and folder.lstat().st_uid not in ours:
-        changeable: Path | None = folder
-    else:
-        changeable = _others_could_replace(folder.resolve(), os.geteuid())
-    if changeable is not None:
+    if _others_could_change(path.parent):
         raise CommandFailed(
-            f"the development secret {path} is in {changeable}, which another user could change, and "
-            "with it sign tokens for every user: use a --data-dir that only this user (or root) owns "
-            "and may write to"
+            f"the development secret {path} is in a folder another user could change, and with it sign "
+            "tokens for every user: use a --data-dir that only this user (or root) owns and may write to"
         )
-    if status.st_uid not in ours or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if _others_could_change(path):
         raise CommandFailed(
             f"the development secret {path} could be changed by another user, and with it sign tokens "
             "for every user: delete it, and the next `todo-api serve` makes a new one (tokens signed "
