@@ -153,7 +153,8 @@ def test_the_cli_gates_a_deployment_from_a_real_process(migrated_db_url: str, tm
         connection.execute("alter table tasks no force row level security")
     weakened = run_cli("policies", cwd=tmp_path, DATABASE_URL=migrated_db_url, BETTER_AUTH_SECRET=SECRET)
     assert weakened.returncode == 1
-    assert "[isolation] table public.tasks is open to todo_app without row-level security forced" in weakened.stdout
+    forced = "[isolation] table public.tasks is open to todo_app without row-level security forced"
+    assert forced in weakened.stdout
     # A gate must tell findings from an audit that did not run, whose standard output is empty.
     unreachable_url = f"postgresql://todo@127.0.0.1:{free_port()}/todo"
     unreachable = run_cli(
@@ -205,18 +206,21 @@ WEAKENINGS = {
             "create function public.every_task() returns setof tasks language sql security definer "
             "set search_path = '' as $$ select * from public.tasks $$"
         ],
-        "function public.every_task() runs as its owner todo_owner (SECURITY DEFINER) and todo_app may call it",
+        "function public.every_task() runs as its owner todo_owner (SECURITY DEFINER)"
+        " and todo_app may call it",
     ),
     "view without security_invoker": (
         ["create view every_task as select * from tasks", "grant select on every_task to todo_app"],
-        "view public.every_task is open to todo_app without security_invoker, so it reads as its owner todo_owner",
+        "view public.every_task is open to todo_app without security_invoker,"
+        " so it reads as its owner todo_owner",
     ),
     "materialized view": (
         [
             "create materialized view task_count as select count(*) from tasks",
             "grant select on task_count to public",
         ],
-        "materialized view public.task_count is open to todo_app, and materialized views have no row-level security",
+        "materialized view public.task_count is open to todo_app,"
+        " and materialized views have no row-level security",
     ),
 }
 
@@ -569,7 +573,8 @@ def test_json_is_the_same_audit_for_machines(
     assert weakened["findings"] == [
         {
             "kind": "isolation",
-            "message": 'policy "tasks are visible to their owner" on public.tasks admits every row: USING (true)',
+            "message": 'policy "tasks are visible to their owner" on public.tasks'
+            " admits every row: USING (true)",
             "table": None,
             "policy": None,
         },
