@@ -528,7 +528,10 @@ _IMPOSTORS = [
        select public.record('= ' || t || ' ' || v); select t operator(pg_catalog.=) v::text $$""",
     "create operator public.= (leftarg = text, rightarg = varchar, function = public.text_is_varchar)",
 ]
-_IMPOSTORS_GONE = [f"drop owned by {_MALLORY}", f"drop role {_MALLORY}"]
+
+
+def _gone(role: str) -> list[str]:
+    return [f"drop owned by {role}", f"drop role {role}"]
 
 
 def test_functions_another_role_makes_in_schema_public_are_never_what_a_request_calls(
@@ -560,43 +563,7 @@ def test_functions_another_role_makes_in_schema_public_are_never_what_a_request_
             with psycopg.connect(cluster.superuser_url) as superuser:
                 assert superuser.execute("select caller, what from public.loot").fetchall() == []
         finally:
-            _run(cluster.superuser_url, _IMPOSTORS_GONE)
-
-
-# An operator for (oid, integer), which Postgres has only as (oid, oid): sql/checks/isolation.sql's
-# `role_oid = 0` picked it. It takes a session advisory lock where every role sees it, and answers as
-# pg_catalog's would; its function runs as whoever calls it (the login role, who may become todo_app).
-_OID_IS_INTEGER = [
-    f"create role {_MALLORY} nologin",
-    f"grant create on schema public to {_MALLORY}",
-    f"set role {_MALLORY}",
-    """create function public.oid_is_integer(o oid, i integer) returns boolean language sql
-       set search_path = '' as $$
-       select pg_catalog.pg_try_advisory_lock(4242, 1);
-       select o operator(pg_catalog.=) i::pg_catalog.oid $$""",
-    "create operator public.= (leftarg = oid, rightarg = integer, function = public.oid_is_integer)",
-]
-
-
-def test_an_operator_another_role_makes_in_schema_public_never_runs_in_the_isolation_check(
-    cluster: OwnPostgres,
-) -> None:
-    """The verification probe of stop 81: the check read the catalog on the login role's search_path
-    ("$user", public), so such an operator ran as the login role in every check: it could switch to
-    todo_app and read any user's tasks, and, dropped as soon as it had run, leave the check clean."""
-    settings = settings_for(cluster.url, isolation_check_interval_seconds=INTERVAL)
-    with serving_client(create_app(settings)) as api:
-        assert api.get("/readyz").status_code == 200
-        _run(cluster.superuser_url, _OID_IS_INTEGER)
-        try:
-            time.sleep(5 * INTERVAL)  # several checks
-            with psycopg.connect(cluster.superuser_url) as superuser:
-                held = superuser.execute(
-                    "select count(*) from pg_locks where locktype = 'advisory' and classid = 4242"
-                ).fetchone()
-            assert held == (0,), "the operator ran in a check"
-        finally:
-            _run(cluster.superuser_url, _IMPOSTORS_GONE)
+            _run(cluster.superuser_url, _gone(_MALLORY))
 
 
 def _impostor(
@@ -616,10 +583,6 @@ def _impostor(
         f"create operator public.{operator} (leftarg = {left}, rightarg = {right},"
         f" function = public.{role}_impostor)",
     ]
-
-
-def _gone(role: str) -> list[str]:
-    return [f"drop owned by {role}", f"drop role {role}"]
 
 
 def _advisory_locks_held(superuser_url: str, key: int) -> int:
@@ -722,11 +685,13 @@ def test_policies_as_a_login_role_that_owns_nothing_runs_no_operator_another_rol
 def test_no_operator_another_role_makes_runs_in_the_running_check_whatever_it_compares(
     cluster: OwnPostgres, left: str, right: str, operator: str
 ) -> None:
-    """As the test above it, for the running check: isolation.sql (the verification probe of stop 82:
-    her `@>(oid[], oid[])` switched to todo_app and read a user's tasks in every check),
-    session_settings.sql (given a row by a setting for the database), and the release a drift is
-    worded with (`release_mismatch_on`, read once the findings are drift alone, as her operator makes
-    them)."""
+    """As the test above it, for the running check, which read the catalog on the login role's
+    search_path ("$user", public), so that such an operator ran as the login role in every check: it
+    could switch to todo_app and read any user's tasks, and, dropped as soon as it had run, leave the
+    check clean (the verification probes of stop 81, `=(oid, integer)`, and of stop 82,
+    `@>(oid[], oid[])`). Here isolation.sql, session_settings.sql (given a row by a setting for the
+    database), and the release a drift is worded with (`release_mismatch_on`, read once the findings
+    are drift alone, as her operator makes them)."""
     role = _role_for(left, right, operator)
     settings = settings_for(cluster.url, isolation_check_interval_seconds=INTERVAL)
     with serving_client(create_app(settings)) as api:
