@@ -33,7 +33,7 @@ class DocsAssets(StaticFiles):
     ships its own under the same names (a Swagger UI bundle kept from the release before would meet
     this release's page), validated by their ETag alone, and whole: without this, StaticFiles sends
     Last-Modified, answers a Range with a 206 (a malformed one with its own 400 in plain text, not
-    a problem) and a date with a 304."""
+    a problem) and a date with a 304, and offers `Accept-Ranges: bytes`."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(name, value) for name, value in scope["headers"] if name not in _IGNORED_REQUEST_HEADERS]
@@ -43,6 +43,10 @@ class DocsAssets(StaticFiles):
         response = await super().get_response(path, scope)
         response.headers.update(THIS_RELEASE_ONLY)
         del response.headers["last-modified"]
+        # Ranges are ignored (above), so none is offered: a download manager told `bytes` would
+        # ask for parts and get the whole file each time.
+        if "accept-ranges" in response.headers:
+            del response.headers["accept-ranges"]
         return response
 
 

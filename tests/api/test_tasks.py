@@ -298,12 +298,13 @@ def test_the_docs_assets_are_kept_only_for_this_release_and_answered_whole(clien
     """StaticFiles sent them with Last-Modified and no Cache-Control (a browser could run the release
     before's Swagger UI with this release's page), answered a Range with a 206 (a malformed one with
     its own 400 in plain text, an unsatisfiable one with a bare 416) and a date with a 304, which no
-    other answer of the API does (README)."""
+    other answer of the API does (README); and offered `Accept-Ranges: bytes` for the Range it ignored."""
     path = "/docs/assets/swagger-ui.css"
     whole = client.get(path)
     assert whole.status_code == 200
     assert whole.headers["cache-control"] == "no-cache"
     assert "last-modified" not in whole.headers
+    assert "accept-ranges" not in whole.headers, "a Range is answered whole, so none is offered"
     future = "Sat, 01 Jan 2101 00:00:00 GMT"
     asked = [
         {"Range": "bytes=0-1"},
