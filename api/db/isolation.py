@@ -51,16 +51,21 @@ _NOT_MIGRATED = "the database is not migrated"
 # Long enough for a catalog read, short enough that a check never waits long behind DDL.
 _LOCK_TIMEOUT = "2s"
 _STATEMENT_TIMEOUT = "10s"
-# The check's transaction's settings, in one statement: one round trip, which far from the database
-# is what a check costs. An empty search_path, as for requests (api/db/statements.py): an operator a
-# role made in schema public for types the check compares, =(oid, integer) say, ran as the login role
-# in every check, which may switch to todo_app and read any user's tasks (the verification probe of
-# stop 81), and could make a finding vanish.
-_CHECK_SETTINGS = (
-    f"select pg_catalog.set_config('lock_timeout', '{_LOCK_TIMEOUT}', true),"
-    f" pg_catalog.set_config('statement_timeout', '{_STATEMENT_TIMEOUT}', true), {CATALOG_AS_WRITTEN},"
-    f" {NAMES_ONLY_PG_CATALOG}"
-)
+
+
+def _check_settings() -> str:
+    """The check's transaction's settings, in one statement: one round trip, which far from the
+    database is what a check costs. An empty search_path, as for requests (api/db/statements.py): an
+    operator a role made in schema public for types the check compares, =(oid, integer) say, ran as the
+    login role in every check, which may switch to todo_app and read any user's tasks (the verification
+    probe of stop 81), and could make a finding vanish."""
+    return (
+        f"select pg_catalog.set_config('lock_timeout', '{_LOCK_TIMEOUT}', true),"
+        f" pg_catalog.set_config('statement_timeout', '{_STATEMENT_TIMEOUT}', true), {CATALOG_AS_WRITTEN},"
+        f" {NAMES_ONLY_PG_CATALOG}"
+    )
+
+
 # session_settings.sql reads the session's search_path and where it came from: back to it for that
 # file alone, whose comparisons are each of two values of one type, which pg_catalog's operators
 # match first. sql/checks/isolation.sql, whose arrays and names no cast pins so (@>(oid[], oid[]) made
@@ -123,7 +128,7 @@ async def release_mismatch_on(connection: psycopg.AsyncConnection[Any]) -> str |
             connection.transaction(force_rollback=True),
         ):
             await connection.execute("set transaction read only")
-            await connection.execute(_CHECK_SETTINGS)
+            await connection.execute(_check_settings())
             return release_mismatch(await newest_migration_applied(connection))
     except (psycopg.Error, TimeoutError):
         return None
@@ -196,7 +201,7 @@ async def _findings_on(
             # (has_table_privilege and its kin) read the catalog as it is now, not as the snapshot
             # saw it, so a change committed mid-check can still show half: IsolationWatch.check.
             await connection.execute("set transaction isolation level repeatable read, read only")
-            await connection.execute(_CHECK_SETTINGS)
+            await connection.execute(_check_settings())
             # Which database the verdict is of, read with the catalogs it is made from.
             identity = await read_identity(connection)
             rows = await _rows(connection, _sql())

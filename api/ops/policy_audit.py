@@ -43,15 +43,20 @@ from api.db.urls import libpq_url
 from api.settings import DEFAULT_CONNECT_TIMEOUT_SECONDS
 
 LOCK_TIMEOUT = "5s"
-# Each transaction of the audit's: reading a policy's expressions (pg_get_expr) waits for any lock on
-# its table as long as that is held; for the transaction only, since behind a pooler in transaction
-# mode a session's setting stays on the server session that the API's requests share next. And the
-# catalog read as the isolation check reads it (api/db/isolation.py): names with their schema, so that
-# no operator another role made in schema public runs, as the login role or as the tables' owner.
-_AUDIT_SETTINGS = (
-    f"select pg_catalog.set_config('lock_timeout', '{LOCK_TIMEOUT}', true), {CATALOG_AS_WRITTEN},"
-    f" {NAMES_ONLY_PG_CATALOG}"
-)
+
+
+def _audit_settings() -> str:
+    """Each transaction of the audit's: reading a policy's expressions (pg_get_expr) waits for any lock
+    on its table as long as that is held; for the transaction only, since behind a pooler in
+    transaction mode a session's setting stays on the server session that the API's requests share
+    next. And the catalog read as the isolation check reads it (api/db/isolation.py): names with their
+    schema, so that no operator another role made in schema public runs, as the login role or as the
+    tables' owner."""
+    return (
+        f"select pg_catalog.set_config('lock_timeout', '{LOCK_TIMEOUT}', true), {CATALOG_AS_WRITTEN},"
+        f" {NAMES_ONLY_PG_CATALOG}"
+    )
+
 
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
 Row = TypeVar("Row")
@@ -233,7 +238,7 @@ async def policy_drift(connection: Connection, files: Sequence[Path] | None = No
     """
     try:
         async with connection.transaction(force_rollback=True):
-            await connection.execute(_AUDIT_SETTINGS)
+            await connection.execute(_audit_settings())
             owners = await _schema_owners(connection)
             if len(owners) > 1:
                 return _not_compared(f"schema app and its tables have several owners ({', '.join(owners)})")
@@ -266,7 +271,7 @@ async def audit(connection: Connection, files: Sequence[Path] | None = None) -> 
     assert identity is not None
     database, login_role_name, server_version = (str(value) for value in identity)
     async with connection.transaction():
-        await connection.execute(_AUDIT_SETTINGS)
+        await connection.execute(_audit_settings())
         role = await login_role(connection)
         roles = await _rows(connection, Role, AUDIT_DIR / "roles.sql")
         members = await _rows(connection, TodoAppMember, AUDIT_DIR / "todo_app_members.sql")
