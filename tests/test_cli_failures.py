@@ -2,12 +2,15 @@
 traceback, and for `serve` no "serving on" line before it."""
 
 import asyncio
+import errno
 import json
 import os
 import re
 import secrets
 import signal
 import socket
+import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -833,13 +836,44 @@ def test_token_with_a_short_secret(tmp_path: Path) -> None:
     assert_one_clear_failure(result.stderr, result.returncode, "at least 32 characters")
 
 
-_NOBODY = 65534  # another user, as far as the commands can tell
+_NOBODY = 65534  # another user, and another group, as far as the commands can tell
+
+
+def _as_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
 
 
 def _owned_by_another_user(path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("only root can give a file to another user")
+    _as_root()
     os.chown(path, _NOBODY, -1)
+
+
+def _writable_by_another_group(path: Path) -> None:
+    _as_root()
+    os.chown(path, -1, _NOBODY)
+    path.chmod(0o775)
+
+
+def _acl_lets_another_user_write(path: Path) -> None:
+    """`setfacl -m u:nobody:rwx`, as the kernel takes it (acl(5), <linux/posix_acl_xattr.h>): version 2,
+    then the owner's, the named user's, the owning group's, the mask's and the others' entries."""
+    mode = path.stat().st_mode
+    undefined = 0xFFFFFFFF
+    entries = [
+        (0x01, (mode >> 6) & 7, undefined),
+        (0x02, 7, _NOBODY),
+        (0x04, (mode >> 3) & 7, undefined),
+        (0x10, 7, undefined),
+        (0x20, mode & 7, undefined),
+    ]
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+    try:
+        os.setxattr(path, "system.posix_acl_access", acl)
+    except OSError as error:
+        if error.errno == errno.ENOTSUP:
+            pytest.skip("this file system keeps no ACLs")
+        raise
 
 
 @pytest.mark.parametrize(
@@ -852,6 +886,20 @@ def _owned_by_another_user(path: Path) -> None:
         ),
         pytest.param(
             lambda data_dir: _owned_by_another_user(data_dir / "dev-secret"), id="a-secret-another-user-owns"
+        ),
+        pytest.param(_writable_by_another_group, id="a-data-dir-another-group-may-write-to"),
+        pytest.param(_acl_lets_another_user_write, id="a-data-dir-an-acl-lets-another-user-write-to"),
+        pytest.param(
+            lambda data_dir: _acl_lets_another_user_write(data_dir / "dev-secret"),
+            id="a-secret-an-acl-lets-another-user-write",
+        ),
+        pytest.param(
+            lambda data_dir: _kept_through_a_link(data_dir, owner=_NOBODY),
+            id="a-secret-linked-to-another-users",
+        ),
+        pytest.param(
+            lambda data_dir: _kept_through_a_link(data_dir, link_owner=_NOBODY),
+            id="a-secret-kept-through-another-users-link",
         ),
     ],
 )
@@ -870,9 +918,51 @@ def test_a_development_secret_another_user_could_change_is_refused_never_signed_
     assert result.stdout == ""
 
 
+def _kept_through_a_link(data_dir: Path, *, owner: int | None = None, link_owner: int | None = None) -> Path:
+    """The development secret moved out of the data dir and linked to from there; the file, or the
+    link, given to `owner` or `link_owner`."""
+    kept = data_dir.parent / "kept-secret"
+    (data_dir / "dev-secret").rename(kept)
+    (data_dir / "dev-secret").symlink_to(kept)
+    if owner is not None:
+        _as_root()
+        os.chown(kept, owner, -1)
+    if link_owner is not None:
+        _as_root()
+        os.chown(data_dir / "dev-secret", link_owner, -1, follow_symlinks=False)
+    return kept
+
+
+def test_a_secret_of_ones_own_kept_through_a_link_of_ones_own_is_used(tmp_path: Path) -> None:
+    """A link's own mode (0777) says nothing of who may write to the file: read as it was, every secret
+    kept elsewhere through a link would be refused."""
+    data_dir = tmp_path / "data"
+    secret = development_secret(data_dir)
+    _kept_through_a_link(data_dir)
+    assert development_secret(data_dir) == secret
+    result = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_a_user_other_than_root_uses_the_data_dir_and_secret_they_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root, which CI is, trusting root alone looks the same as trusting the user too: here the
+    process is another user as far as the check can tell (its effective ids), and owns the files."""
+    _as_root()
+    data_dir = tmp_path / "data"
+    secret = development_secret(data_dir)
+    for path in (data_dir, data_dir / "dev-secret"):
+        os.chown(path, _NOBODY, _NOBODY)
+    monkeypatch.setattr(os, "geteuid", lambda: _NOBODY)
+    monkeypatch.setattr(os, "getegid", lambda: _NOBODY)
+    assert development_secret(data_dir) == secret
+
+
 def test_a_data_dir_made_under_umask_000_is_writable_by_its_user_alone(tmp_path: Path) -> None:
     """Under umask 000 (some CI images and shared accounts) the data dir was made 0777, so that any
-    user could replace the secret in it (the local users' probe of stop 82)."""
+    user could replace the secret in it (the local users' probe of stop 82); serve's and migrate's
+    own look at the folder makes it too, and then refused the 0777 folder it had made."""
     data_dir = tmp_path / "data"
     before = os.umask(0)
     try:
@@ -881,9 +971,63 @@ def test_a_data_dir_made_under_umask_000_is_writable_by_its_user_alone(tmp_path:
         os.umask(before)
     assert data_dir.stat().st_mode & 0o022 == 0
     assert run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).returncode == 0
+    made_by_migrate = tmp_path / "made-by-migrate"
+    migrated = subprocess.run(
+        [*CLI, "migrate", "--data-dir", str(made_by_migrate)],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120, check=False, umask=0,
+    )  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr
+    assert made_by_migrate.stat().st_mode & 0o022 == 0
     # Under umask 002 (Fedora's default) the user's own group may write: that group is theirs alone.
     data_dir.chmod(0o775)
     assert run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).returncode == 0
+
+
+def test_a_start_lock_made_by_an_earlier_release_is_made_private(tmp_path: Path) -> None:
+    """Earlier releases made it 0644, and another user who held it kept every start and stop of the
+    folder waiting, Ctrl-C included (the local users' probe of stop 82)."""
+    data_dir = tmp_path / "data"
+    development_secret(data_dir)
+    lock = data_dir / "start.lock"
+    lock.touch()
+    lock.chmod(0o644)
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("folder_owner", "target_exists", "refusal"),
+    [
+        pytest.param(None, True, "cannot take the start lock", id="to-a-file"),
+        pytest.param(None, False, "cannot take the start lock", id="to-nothing"),
+        pytest.param(_NOBODY, True, "could be changed by another user", id="in-a-data-dir-another-user-owns"),
+    ],
+)
+def test_a_start_lock_that_is_a_link_is_refused_never_written_through(
+    tmp_path: Path, folder_owner: int | None, target_exists: bool, refusal: str
+) -> None:
+    """A link another user put in place of start.lock had migrate and serve, as this user (root, say),
+    make the file it named, or make it 0600 (/etc/passwd would do), before the secret's check refused
+    the folder (the seventh mutation round)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    target = tmp_path / "someone-elses"
+    if target_exists:
+        target.write_text("kept as it is\n")
+        target.chmod(0o644)
+    (data_dir / "start.lock").symlink_to(target)
+    if folder_owner is not None:
+        _as_root()
+        os.chown(data_dir, folder_owner, -1)
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_clear_failure(result.stderr, result.returncode, refusal)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    if target_exists:
+        assert (target.read_text(), stat.S_IMODE(target.stat().st_mode)) == ("kept as it is\n", 0o644)
+    else:
+        assert not target.exists()
+    assert not (data_dir / "pgdata").exists()
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ none of it, so it is imported only when the embedded database is started.
 """
 
 import contextlib
+import errno
 import fcntl
 import getpass
 import importlib.util
@@ -21,6 +22,7 @@ import secrets
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import tempfile
 import warnings
@@ -375,27 +377,64 @@ def _not_a_file(mode: int) -> str | None:
 def _others_could_change(path: Path) -> bool:
     """Whether a user other than root and this one owns `path` (a link, or where it leads), or may
     write to it: its group only when that is not this user's own (umask 002 gives the user's private
-    group write, as Fedora's default does)."""
+    group write, as Fedora's default does), or a user or group an ACL names."""
     for status in (path.lstat(), path.stat()):
         if status.st_uid not in {0, os.geteuid()}:
             return True
         if stat.S_ISLNK(status.st_mode):
             continue  # a link's own mode means nothing
         group_may_write = status.st_mode & stat.S_IWGRP and status.st_gid != os.getegid()
-        if status.st_mode & stat.S_IWOTH or group_may_write:
+        if status.st_mode & stat.S_IWOTH or group_may_write or _an_acl_lets_others_write(path, status):
             return True
     return False
 
 
-def _refuse_a_secret_others_could_replace(path: Path) -> None:
-    """Whoever can change the secret signs tokens for every user: on a shared machine another user
-    who made the data dir first (in /tmp, say), could write to it, or owned the secret did so (the
-    local users' probe of stop 82). Refused, never used, as the socket's folder is."""
-    if _others_could_change(path.parent):
-        raise CommandFailed(
-            f"the development secret {path} is in a folder another user could change, and with it sign "
-            "tokens for every user: use a --data-dir that only this user (or root) owns and may write to"
+# A POSIX ACL (setfacl; acl(5)) may let named users and groups write beyond what the mode says, as far
+# as its mask allows, which the mode's group bits then show. Its entries, as the kernel gives them
+# (<linux/posix_acl_xattr.h>): a 4-byte version, then (tag, permissions, id) of 2, 2 and 4 bytes,
+# little-endian. No maintained package reads them without a C library to build (pylibacl).
+_ACL_ATTRIBUTE = "system.posix_acl_access"
+_ACL_NAMED_USER, _ACL_NAMED_GROUP, _ACL_WRITE = 0x02, 0x08, 0x02
+_ACL_ENTRY = struct.Struct("<HHI")
+
+
+def _an_acl_lets_others_write(path: Path, status: os.stat_result) -> bool:
+    """Whether an ACL on `path` lets a user other than root and this one, or a group other than this
+    user's own, write to it (the local users' probe's `setfacl -m u:nobody:rw` on the secret)."""
+    if not status.st_mode & stat.S_IWGRP:
+        return False  # the mask: no named entry may write
+    try:
+        acl = os.getxattr(path, _ACL_ATTRIBUTE)
+    except OSError as error:
+        if error.errno in {errno.ENODATA, errno.ENOTSUP}:  # none, or a file system without ACLs
+            return False
+        raise
+    for tag, permissions, named in _ACL_ENTRY.iter_unpack(acl[4:]):
+        others = (tag == _ACL_NAMED_USER and named not in {0, os.geteuid()}) or (
+            tag == _ACL_NAMED_GROUP and named != os.getegid()
         )
+        if others and permissions & _ACL_WRITE:
+            return True
+    return False
+
+
+def _refuse_a_data_dir_others_could_change(data_dir: Path) -> None:
+    """Whoever can change the data dir can replace the development secret in it, and with it sign
+    tokens for every user, or the start lock (a link: written through as this user) or the database:
+    on a shared machine, another user who made it first (in /tmp, say) or may write to it (the local
+    users' probe of stop 82). Refused, never used, as the socket's folder is."""
+    if _others_could_change(data_dir):
+        raise CommandFailed(
+            f"the data dir {data_dir} could be changed by another user, who could then sign tokens for "
+            "every user with the development secret in it: use a --data-dir that only this user (or "
+            "root) owns and may write to"
+        )
+
+
+def _refuse_a_secret_others_could_replace(path: Path) -> None:
+    """Whoever can change the secret signs tokens for every user: another user who owned it, or could
+    write to it or to its folder."""
+    _refuse_a_data_dir_others_could_change(path.parent)
     if _others_could_change(path):
         raise CommandFailed(
             f"the development secret {path} could be changed by another user, and with it sign tokens "
@@ -726,11 +765,23 @@ def _starting_alone(data_dir: Path) -> Iterator[None]:
     and initialise it again under it. The kernel lets go of the lock when its process dies."""
     # Its user's alone: flock needs only a file one can read, and another user who held it (0644, as
     # the umask made it) kept every start and stop of this folder waiting, Ctrl-C included (the local
-    # users' probe of stop 82). One made before is made so too (another's is left to the secret's check).
+    # users' probe of stop 82). One made before is made so too. Never through a link: one another user
+    # put there had this user chmod or make the file it names (the seventh mutation round).
     path = data_dir / _START_LOCK
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as lock:
-        if os.fstat(lock.fileno()).st_uid == os.geteuid():
-            os.fchmod(lock.fileno(), 0o600)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as error:
+        what = "it is a link" if error.errno == errno.ELOOP else error.strerror
+        raise CommandFailed(
+            f"cannot take the start lock {path} ({what}): delete it, and the next start makes it again"
+        ) from None
+    with os.fdopen(descriptor, "a") as lock:
+        if os.fstat(lock.fileno()).st_uid != os.geteuid():
+            raise CommandFailed(
+                f"the start lock {path} belongs to another user, who could hold it and keep every start "
+                "and stop of this folder waiting: delete it, and the next start makes it again"
+            )
+        os.fchmod(lock.fileno(), 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -810,6 +861,7 @@ def start(data_dir: Path, *, leave_running: bool = False) -> EmbeddedDatabase:
     _forget_the_libpq_environment()
     _run_in_the_database_locale()
     data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    _refuse_a_data_dir_others_could_change(data_dir)
     pgdata = data_dir / "pgdata"
     with _starting_alone(data_dir):
         # Before Postgres starts, so that a damaged secret starts nothing; under the lock, so that two
