@@ -347,6 +347,20 @@ def c_locale_db_url(superuser_url: str, migrated_template: NoopExecutor) -> Iter
         yield url
 
 
+@pytest.fixture
+def full_case_mapping_db_url(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
+    """A migrated database in UTF-8 whose lower() follows Unicode's full, context-sensitive rules:
+    Postgres 18's builtin PG_UNICODE_FAST, or ICU's where Postgres is older."""
+    locales = {
+        "builtin PG_UNICODE_FAST": sql.SQL(
+            "encoding 'UTF8' locale_provider builtin builtin_locale 'PG_UNICODE_FAST' locale 'C.UTF-8'"
+        ),
+        "ICU und": sql.SQL("encoding 'UTF8' locale_provider icu icu_locale 'und' locale 'C.UTF-8'"),
+    }
+    with _migrated_database_in_a_locale(superuser_url, migrated_template, "todo_full_case", locales) as url:
+        yield url
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--serve-as-owner",

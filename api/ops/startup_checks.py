@@ -347,26 +347,43 @@ async def refuse_a_database_not_in_utf8(connection: psycopg.AsyncConnection[Any]
         raise CommandFailed(f"Refusing to serve: {refusal}")
 
 
-# Whether the database lowercases letters beyond A to Z, as the list's search (`q`) needs to ignore
-# their case: one made with the C or POSIX locale lowercases A to Z alone. Asked of lower() itself,
-# whatever the locale's name or provider.
-LOWERCASE_STATE = "select pg_catalog.lower('É') = 'é'"
+# How the database lowercases, which the list's search (`q`) compares with (README, "The API"): beyond
+# A to Z (one made with the C or POSIX locale lowercases A to Z alone), and one character at a time,
+# whatever comes before or after it (ICU, and Postgres 18's builtin PG_UNICODE_FAST, lowercase by
+# Unicode's full rules: a final capital sigma becomes ς, so a search for ΟΔΟΣ missed οδοσ; the PG 18
+# probe of stop 83). Asked of lower() itself, whatever the locale's name or provider.
+LOWERCASE_STATE = "select pg_catalog.lower('É') = 'é', pg_catalog.lower('ΟΔΟΣ') = 'οδοσ'"
+_MADE_IN_C_UTF8 = (
+    "A database made with a UTF-8 locale whose provider is libc or builtin (C.UTF-8) lowercases every"
+    " letter, one character at a time: CREATE DATABASE ... LOCALE_PROVIDER libc LOCALE 'C.UTF-8' TEMPLATE"
+    " template0, migrate it and move the data there"
+)
 
 
-async def warn_of_a_search_that_ignores_the_case_of_ascii_only(
+async def warn_of_a_search_that_ignores_case_otherwise_than_documented(
     connection: psycopg.AsyncConnection[Any], setting: str
 ) -> None:
-    """Say so when a search would find ÉCLAIR by ÉCLAIR alone, not by éclair (README, "The API")."""
+    """Say so when a search would find ÉCLAIR by ÉCLAIR alone, not by éclair, or ΟΔΟΣ not by οδοσ."""
     cursor = await connection.execute(LOWERCASE_STATE)
     row = await cursor.fetchone()
     assert row is not None
-    if not row[0]:
+    beyond_ascii, one_at_a_time = row
+    if not beyond_ascii:
         logger.warning(
             "todo-api: the database that %s reaches lowercases A to Z alone (it was made with the C or POSIX"
             " locale), so a search (q) ignores the case of ASCII letters only: éclair does not find"
-            " ÉCLAIR. A database made with a UTF-8 locale (C.UTF-8) ignores the case of every letter:"
-            " CREATE DATABASE ... LOCALE 'C.UTF-8' TEMPLATE template0, migrate it and move the data there",
+            " ÉCLAIR. %s",
             setting,
+            _MADE_IN_C_UTF8,
+        )
+    elif not one_at_a_time:
+        logger.warning(
+            "todo-api: the database that %s reaches lowercases by Unicode's full rules, not one character"
+            " at a time (its locale provider is ICU, or PostgreSQL 18's PG_UNICODE_FAST), so a search (q)"
+            " misses some titles written in another case: a final Σ becomes ς, and οδοσ does not find"
+            " ΟΔΟΣ. %s",
+            setting,
+            _MADE_IN_C_UTF8,
         )
 
 
@@ -615,7 +632,7 @@ async def check_database(url: str, settings: Settings, workers: int) -> None:
                 await refuse_an_unsupported_postgres(connection, "DATABASE_URL")
             await refuse_a_read_only_database(connection, "DATABASE_URL")
             await refuse_a_database_not_in_utf8(connection, "DATABASE_URL")
-            await warn_of_a_search_that_ignores_the_case_of_ascii_only(connection, "DATABASE_URL")
+            await warn_of_a_search_that_ignores_case_otherwise_than_documented(connection, "DATABASE_URL")
             cursor = await connection.execute(_SERVER_AND_DATABASE)
             served = await cursor.fetchone()
             assert served is not None

@@ -173,6 +173,26 @@ def test_serve_warns_when_its_database_ignores_the_case_of_ascii_letters_only(
     assert found == {"milk": ["Buy MILK"], "ÉCLAIR": ["ÉCLAIR"], "éclair": lowercase_finds}
     warnings = [line for line in log.read_text().splitlines() if "lowercases A to Z alone" in line]
     assert len(warnings) == (0 if lowercase_finds else 1), log.read_text()
+    assert "Unicode's full rules" not in log.read_text()
+
+
+def test_serve_warns_when_its_database_lowercases_by_unicodes_full_rules(
+    full_case_mapping_db_url: str, tmp_path: Path
+) -> None:
+    """ICU and Postgres 18's PG_UNICODE_FAST lowercase a final Σ to ς, so οδοσ does not find ΟΔΟΣ,
+    unlike the README's one character at a time, and nothing said so (the PG 18 probe of stop 83)."""
+    env = cli_env(DATABASE_URL=as_role(full_case_mapping_db_url), BETTER_AUTH_SECRET=SECRET)
+    user, log = new_user(), tmp_path / "serve.log"
+    with serve_process(serve_command(env), cwd=tmp_path, env=env, output=log) as (base_url, _):
+        tasks_url = base_url + user.tasks_url
+        assert httpx.post(tasks_url, json={"title": "ΟΔΟΣ"}, headers=user.headers).status_code == 201
+        found = {
+            q: titles(httpx.get(tasks_url, params={"q": q}, headers=user.headers)) for q in ("ΟΔΟΣ", "οδοσ")
+        }
+    assert found == {"ΟΔΟΣ": ["ΟΔΟΣ"], "οδοσ": []}
+    warnings = [line for line in log.read_text().splitlines() if "Unicode's full rules" in line]
+    assert len(warnings) == 1, log.read_text()
+    assert "οδοσ does not find ΟΔΟΣ" in warnings[0]
 
 
 @pytest.mark.parametrize(
