@@ -1562,6 +1562,56 @@ def test_an_audit_that_outlives_the_serve_it_found_stops_the_postgres_that_serve
         _stop_postgres_left_on(pgdata)
 
 
+@pytest.mark.parametrize(
+    ("command", "most_bytes", "refusal"),
+    [
+        # Room for the four bytes gettempdir() writes to find a folder it can use, not for a secret.
+        (("migrate",), 16, "cannot write the development secret {data_dir}/dev-secret (File too large)"),
+        (("serve", "--port", "0"), 0, "cannot make a folder for this run's workers ("),
+    ],
+    ids=["the-secret", "serves-own-folder"],
+)
+def test_a_file_that_cannot_be_written_at_start_is_one_line_and_leaves_nothing(
+    tmp_path: Path, command: tuple[str, ...], most_bytes: int, refusal: str
+) -> None:
+    """On a full disk the first start's secret, and serve's folder for its workers, were tracebacks
+    (the disk probe of stop 83); a file size limit of 0 refuses writes as a full disk does, with a
+    reason of its own."""
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [*CLI, *command, "--data-dir", str(data_dir)],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120, check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (most_bytes, most_bytes)),
+    )  # fmt: skip
+    assert_one_line(result, refusal.format(data_dir=data_dir))
+    assert not [path.name for path in data_dir.glob("*") if "secret" in path.name], (
+        "no secret, not even in part"
+    )
+
+
+def test_a_postgres_that_cannot_make_its_database_is_one_line(made_data_dir: Path) -> None:
+    """A disk with room for initdb but not for CREATE DATABASE was a traceback (the disk probe of stop
+    83). Here CREATE DATABASE is refused for a session another client holds on its template."""
+    pgdata = made_data_dir / "pgdata"
+    migrate = ("migrate", "--data-dir", str(made_data_dir))
+    try:
+        # As root, the wheel makes the folders above pgdata traversable for the user pg_ctl runs as.
+        assert run_cli(*migrate, cwd=made_data_dir.parent).returncode == 0
+        _pg_ctl(pgdata, "start", "-w", "-o", f"-h '' -k {pgdata}", "-l", str(pgdata / "log"))
+        with psycopg.connect(f"host={pgdata} dbname=postgres user=postgres", autocommit=True) as superuser:
+            superuser.execute("drop database todo")
+        with psycopg.connect(f"host={pgdata} dbname=template1 user=postgres"):
+            result = run_cli(*migrate, cwd=made_data_dir.parent)
+        assert_one_line(
+            result,
+            "the embedded Postgres started but could not be made ready: ObjectInUse: source database "
+            '"template1" is being accessed by other users',
+            f"(its log is {pgdata / 'log'})",
+        )
+    finally:
+        _stop_postgres_left_on(pgdata)
+
+
 def test_policies_leaves_a_postgres_it_found_running_as_it_found_it(made_data_dir: Path) -> None:
     """An audit changes nothing (README, `todo-api policies`): an operator's Postgres started with
     pg_ctl on the folder was stopped by the audit's exit, as a serve's last stop stops it."""

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 
 import psycopg
 
+from api.db.errors import in_one_line
 from api.db.urls import libpq_url
 from api.ops.cluster import ensure_login_role_and_database
 from api.ops.failures import CommandFailed
@@ -298,15 +299,26 @@ def development_secret(data_dir: Path) -> str:
     # lexists: a link to a secret that is not there (a disk not mounted) is refused, not replaced.
     if not os.path.lexists(path):
         data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=data_dir, prefix=f".{_SECRET_FILE}-")  # mode 0600
         try:
-            with os.fdopen(descriptor, "w") as file:
-                file.write(secrets.token_urlsafe(48))
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+            _write_whole(path, secrets.token_urlsafe(48))
+        except OSError as error:  # a full disk, say: a traceback before (the disk probe of stop 83)
+            fix = _fix_for(str(error), data_dir)
+            raise CommandFailed(
+                f"cannot write the development secret {path} ({error.strerror}): {fix}"
+            ) from None
     return _usable_secret(path)
+
+
+def _write_whole(path: Path, content: str) -> None:
+    """`content` in a new file at `path`, mode 0600, or nothing there at all."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")  # mode 0600
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def made(data_dir: Path) -> bool:
@@ -461,6 +473,7 @@ _POSTGRES_ERROR = re.compile(
 _FIXES = {
     "insufficient file descriptors": "raise the open-file limit (ulimit -n) and start again",
     "No space left on device": "free some space there, or pick another --data-dir or DATA_DIR",
+    "Disk quota exceeded": "free some space there, or pick another --data-dir or DATA_DIR",
     # What a full disk is, to a write that went only part of the way.
     "could not extend file": "free some space there, or pick another --data-dir or DATA_DIR",
     # A folder copied or restored by another user (cp -r as root, say) keeps that user's files.
@@ -524,10 +537,27 @@ def _start_failure(
     ]
     # The first: those after it (a PANIC as initdb gives up, say) are what it led to.
     cause = " ".join(causes[0].split()) if causes else what
-    fix = next((fix for known, fix in _FIXES.items() if known in cause), "fix that and start again")
-    fix = fix.format(pgdata=log.parent, user=_POSTGRES_USER if os.geteuid() == 0 else getpass.getuser())
     where = f"its log is {log}" if written else f"{program} failed, and left no log"
-    return CommandFailed(f"the embedded Postgres could not start: {cause}: {fix} ({where})")
+    return CommandFailed(
+        f"the embedded Postgres could not start: {cause}: {_fix_for(cause, log.parent)} ({where})"
+    )
+
+
+def _fix_for(cause: str, pgdata: Path) -> str:
+    """What to do about `cause`, an error of Postgres's or of a file's in the folder `pgdata`."""
+    fix = next((fix for known, fix in _FIXES.items() if known in cause), "fix that and start again")
+    return fix.format(pgdata=pgdata, user=_POSTGRES_USER if os.geteuid() == 0 else getpass.getuser())
+
+
+def _not_made_ready(pgdata: Path, error: psycopg.Error) -> CommandFailed:
+    """One line for a Postgres that started but refused to make the API's role and database, or its
+    settings: on a disk that had room for initdb but not for CREATE DATABASE, a traceback before
+    (the disk probe of stop 83)."""
+    cause = in_one_line(error)
+    return CommandFailed(
+        f"the embedded Postgres started but could not be made ready: {cause}: {_fix_for(cause, pgdata)} "
+        f"(its log is {pgdata / 'log'})"
+    )
 
 
 # The wheel's pg_hba trusts every local connection, as any role, the superuser included: whoever can
@@ -878,9 +908,12 @@ def start(data_dir: Path, *, leave_running: bool = False) -> EmbeddedDatabase:
         unheld = leave_running and not _live_handles(pgdata) and _postmaster(pgdata) is not None
         server = start_postgres(pgdata, cleanup_mode=None if unheld else "stop")
         superuser_url = libpq_url(server.get_uri(database="postgres"))
-        ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
-        _keep_statements_out_of_the_log(superuser_url)
-        _release_the_migration_lock_of_a_process_gone(libpq_url(server.get_uri(database=DATABASE)))
+        try:
+            ensure_login_role_and_database(superuser_url, LOGIN_ROLE, database=DATABASE)
+            _keep_statements_out_of_the_log(superuser_url)
+            _release_the_migration_lock_of_a_process_gone(libpq_url(server.get_uri(database=DATABASE)))
+        except psycopg.Error as error:
+            raise _not_made_ready(pgdata, error) from None
         if first_start:
             (data_dir / _INITIALISING).unlink()
     socket_dir = server.get_postmaster_info().socket_dir
