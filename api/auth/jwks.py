@@ -46,10 +46,26 @@ ASYMMETRIC_ALGORITHMS: Mapping[str, tuple[str, str | None]] = {
 }
 _ALGORITHM_FOR_CURVE = {"Ed25519": "EdDSA", "P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _MAX_DOCUMENT_BYTES = 1_000_000
-# The content codings that compress (RFC 9110's registry, and the ones httpx decodes): an answer in
-# any of them is refused, never decompressed. Any other label (`identity`, a charset sent by mistake)
-# changes nothing about the bytes, which are read as they come.
-_COMPRESSIONS = frozenset({"gzip", "x-gzip", "deflate", "compress", "x-compress", "br", "zstd"})
+# The content codings of the IANA HTTP Content Coding Registry that are not identity (they compress,
+# encrypt or pack the body; httpx decodes some of them): an answer in any of them is refused, never
+# decoded. Any other label (`identity`, a charset sent by mistake) changes nothing about the bytes,
+# which are read as they come.
+_COMPRESSIONS = frozenset(
+    {
+        "aes128gcm",
+        "br",
+        "compress",
+        "dcb",
+        "dcz",
+        "deflate",
+        "exi",
+        "gzip",
+        "pack200-gzip",
+        "x-compress",
+        "x-gzip",
+        "zstd",
+    }
+)
 
 
 class UnknownKey(Exception):  # noqa: N818

@@ -1,6 +1,7 @@
 """Signing keys like Better Auth's, and a real JWKS endpoint on loopback that serves their public halves."""
 
 import base64
+import gzip
 import hashlib
 import hmac
 import json
@@ -87,7 +88,9 @@ class JwksServer:
     `document`, when set, is sent instead of the key set, as it is (under `content_encoding`, if set):
     a hostile or broken endpoint. `redirect_to`, when set, is where a 308 sends the client instead.
     `drip_seconds` sends the body's first bytes one a second for that long, as a slow endpoint would.
-    `cut_off` counts the bodies the client stopped reading before the end.
+    `cut_off` counts the bodies the client stopped reading before the end. `compresses_when_asked`
+    gzips the body for a client whose Accept-Encoding lists gzip, as a CDN in front of it would;
+    `accept_encodings` is what each request asked for (None: no Accept-Encoding).
     """
 
     base_url: str
@@ -98,6 +101,8 @@ class JwksServer:
     document: bytes | None = None
     content_encoding: str | None = None
     drip_seconds: int = 0
+    compresses_when_asked: bool = False
+    accept_encodings: list[str | None] = field(default_factory=list)
     fetches: int = 0
     cut_off: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -123,6 +128,13 @@ class JwksServer:
             if self.document is not None:
                 return self.document
             return json.dumps({"keys": [key.jwk for key in self.keys]}).encode()
+
+    def _gzips_for(self, accept_encoding: str | None) -> bool:
+        """Whether to gzip the answer to a client that accepts `accept_encoding` (which is recorded)."""
+        with self._lock:
+            self.accept_encodings.append(accept_encoding)
+            accepted = [part.split(";")[0].strip().lower() for part in (accept_encoding or "").split(",")]
+            return self.compresses_when_asked and "gzip" in accepted
 
     def send(self, body: bytes, out: Any) -> None:
         """Write `body` (dripping first if asked), counting a client that hangs up before the end."""
@@ -160,14 +172,17 @@ def jwks_server(*keys: SigningKey, jwks_path: str = JWKS_PATH) -> Iterator[JwksS
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            gzips = state[0]._gzips_for(self.headers.get("Accept-Encoding"))
             body = state[0]._document()
             if body is None:
                 self.send_error(503)
                 return
+            coding = "gzip" if gzips else state[0].content_encoding
+            body = gzip.compress(body) if gzips else body
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
-            if state[0].content_encoding is not None:
-                self.send_header("Content-Encoding", state[0].content_encoding)
+            if coding is not None:
+                self.send_header("Content-Encoding", coding)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             state[0].send(body, self.wfile)

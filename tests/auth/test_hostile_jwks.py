@@ -185,16 +185,60 @@ async def _get(http: httpx.AsyncClient, server: JwksServer, key: SigningKey) -> 
     return await http.get(user.tasks_url, headers=user.headers)
 
 
-def _failed_fetch_logs(url: str, caplog: pytest.LogCaptureFixture) -> set[str]:
-    """The warnings fetching `url` logs, once it has failed (the start-up fetch and one more)."""
+def _refreshed(url: str) -> bool:
+    """Whether the key set at `url` was fetched (after the start-up fetch, one more)."""
 
     async def fetch() -> bool:
         async with JwksKeySet(url, refetch_cooldown=3600, refresh_interval=3600) as key_set:
             return await key_set.refresh()
 
+    return asyncio.run(fetch())
+
+
+def _failed_fetch_logs(url: str, caplog: pytest.LogCaptureFixture) -> set[str]:
+    """The warnings fetching `url` logs, once it has failed (the start-up fetch and one more)."""
     with caplog.at_level(logging.WARNING, logger="api.auth.jwks"):
-        assert asyncio.run(fetch()) is False
+        assert _refreshed(url) is False
     return {record.getMessage() for record in caplog.records if record.name == "api.auth.jwks"}
+
+
+@pytest.mark.parametrize("coding", ["x-gzip", "GZIP", "x-compress", "Deflate", "aes128gcm"])
+def test_an_answer_in_any_coding_but_identity_is_refused_saying_so_whatever_its_spelling(
+    caplog: pytest.LogCaptureFixture, coding: str
+) -> None:
+    """Codings are case-insensitive (RFC 9110, 8.4.1) and some have an x- alias: `GZIP`, `x-gzip`, or
+    a registered coding the API did not list (aes128gcm), was read as it came and logged as "not JSON",
+    which sent the operator looking at the wrong URL instead of at the proxy's compression."""
+    key = SigningKey.generate()
+    with jwks_server(key) as server:
+        server.document = gzip.compress(json.dumps({"keys": [key.jwk]}).encode())
+        server.content_encoding = coding
+        assert _failed_fetch_logs(server.jwks_url, caplog) == {
+            f"JWKS: cannot fetch {server.jwks_url}: its answer is compressed ({coding.lower()}), though"
+            " the API asks for it uncompressed: turn compression off for that URL in the proxy or CDN in"
+            " front of it"
+        }
+
+
+def test_the_key_set_is_asked_for_uncompressed_so_an_endpoint_that_compresses_when_asked_is_read() -> None:
+    """Without `Accept-Encoding: identity` httpx asks for gzip, an endpoint (or CDN) that negotiates
+    compresses, the refusal of a compressed answer fires on every fetch, and no JWKS token is accepted."""
+    with jwks_server(SigningKey.generate()) as server:
+        server.compresses_when_asked = True
+        assert _refreshed(server.jwks_url) is True
+    assert set(server.accept_encodings) == {"identity"}, server.accept_encodings
+
+
+def test_a_key_set_of_one_key_is_logged_as_fetched_and_never_warned_of_as_unusable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One key is Better Auth's usual set: warning that it holds no usable key, on every fetch, while its
+    tokens verify, is a false alarm the operator learns to ignore."""
+    with jwks_server(SigningKey.generate()) as server, caplog.at_level(logging.INFO, logger="api.auth.jwks"):
+        assert _refreshed(server.jwks_url) is True
+    messages = [record.getMessage() for record in caplog.records if record.name == "api.auth.jwks"]
+    assert f"JWKS: 1 key(s) from {server.jwks_url}" in messages, messages
+    assert not [message for message in messages if "no usable key" in message], messages
 
 
 @pytest.mark.parametrize(
@@ -208,14 +252,9 @@ def test_a_key_set_without_a_usable_key_is_a_warning(
     caplog: pytest.LogCaptureFixture, published: list[Any]
 ) -> None:
     """Every JWKS token is then refused, as after a failed fetch, which the operator is warned of."""
-
-    async def fetch(url: str) -> bool:
-        async with JwksKeySet(url, refetch_cooldown=3600, refresh_interval=3600) as key_set:
-            return await key_set.refresh()
-
     with jwks_server() as server, caplog.at_level(logging.WARNING, logger="api.auth.jwks"):
         server.document = json.dumps({"keys": published}).encode()
-        assert asyncio.run(fetch(server.jwks_url)) is True
+        assert _refreshed(server.jwks_url) is True
     assert f"JWKS: no usable key from {server.jwks_url}: every token signed by a JWKS key is refused" in [
         record.getMessage() for record in caplog.records
     ]
