@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from api.app import create_app
+from api.db.sql_files import SQL_DIR
 from api.ops.policy_audit import audit_database
 from tests.own_postgres import OwnPostgres
 from tests.support import (
@@ -712,6 +713,44 @@ def test_no_operator_another_role_makes_runs_in_the_running_check_whatever_it_co
             _run(cluster.superuser_url, [*_gone(role), "alter database todo reset work_mem"])
 
 
+# The checks docs/security.md ("Checking it yourself, from SQL") has a DBA run with psql on its
+# default search_path (reach.sql's line there sets an empty one, which the file's header asks for).
+_CHECKS_RUN_BY_HAND = ["isolation.sql", "session_settings.sql", "schema_owner.sql"]
+
+
+@pytest.mark.parametrize("check", _CHECKS_RUN_BY_HAND)
+@pytest.mark.parametrize(("left", "right", "operator"), _OPERATORS_PG_CATALOG_LACKS)
+def test_a_check_a_dba_runs_by_hand_on_the_default_search_path_runs_no_operator_another_role_makes(
+    cluster: OwnPostgres, left: str, right: str, operator: str, check: str
+) -> None:
+    """The mutation probe of stop 83: run as the docs say, on the session's own search_path ("$user",
+    public), isolation.sql's comparisons of two oid arrays took her =(oid[], oid[]) and @>(oid[],
+    oid[]) over pg_catalog's, which take anyarray, and ran her code as the DBA, a superuser. A login
+    role made as `todo-api migrate --login-role` makes one gives the comparison of arrays a row."""
+    role = _role_for(left, right, operator)
+    impostor = _impostor(
+        role, left, right, "perform pg_catalog.nextval('public.ran_as_dba')", operator=operator
+    )
+    _run(
+        cluster.superuser_url,
+        [
+            "create role todo_login login noinherit",
+            "grant todo_app to todo_login",
+            *impostor[:3],
+            "create sequence public.ran_as_dba",
+            "grant usage, update on sequence public.ran_as_dba to public",
+            *impostor[3:],
+        ],
+    )
+    try:
+        with psycopg.connect(cluster.superuser_url, autocommit=True) as dba:
+            assert dba.execute("show search_path").fetchone() == ('"$user", public',)
+            dba.execute((SQL_DIR / "checks" / check).read_text()).fetchall()
+            assert dba.execute("select is_called from public.ran_as_dba").fetchone() == (False,)
+    finally:
+        _run(cluster.superuser_url, [*_gone(role), "drop role todo_login"])
+
+
 def test_no_operator_another_role_makes_runs_when_the_pool_connects(cluster: OwnPostgres) -> None:
     """The mutation probe of stop 82: api/db/pool.py reads the database's identity on each new
     connection, on the login role's search_path; its product was numeric by integer, which Postgres
@@ -784,3 +823,32 @@ def test_a_setting_of_the_login_roles_sessions_is_named_with_the_reset_that_undo
         _run(cluster.superuser_url, [reset])
     after = run_cli("policies", cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET).stdout
     assert "app.user_id" not in after, after
+
+
+@pytest.mark.parametrize(
+    "reads_settings", [False, True], ids=["login-role", "login-role-reading-all-settings"]
+)
+def test_a_setting_from_alter_system_is_named_with_the_alter_system_reset_that_undoes_it(
+    cluster: OwnPostgres, tmp_path: Path, reads_settings: bool
+) -> None:
+    """session_settings.sql tells a setting from postgresql.conf or ALTER SYSTEM by its source, which
+    reads `configuration file /.../postgresql.auto.conf` to a login role that may read every setting
+    (pg_read_all_settings, a superuser): nothing held the hint, so it could fall back to "reset it
+    where it is set", naming no statement."""
+    grant = [f"grant pg_read_all_settings to {LOGIN_ROLE}"] if reads_settings else []
+    _run(
+        cluster.superuser_url,
+        [*grant, "alter system set session_replication_role = replica", "select pg_reload_conf()"],
+    )
+    try:
+        said = run_cli("policies", cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET).stdout
+        assert (
+            "(ALTER SYSTEM RESET session_replication_role, or remove it from postgresql.conf,"
+            " then SELECT pg_reload_conf())" in said
+        ), said
+    finally:
+        revoke = [f"revoke pg_read_all_settings from {LOGIN_ROLE}"] if reads_settings else []
+        _run(
+            cluster.superuser_url,
+            [*revoke, "alter system reset session_replication_role", "select pg_reload_conf()"],
+        )

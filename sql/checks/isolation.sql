@@ -8,8 +8,10 @@
 -- The API runs it with an empty search_path, so that no function or operator another role made in a
 -- schema on the session's path is picked over pg_catalog's (an =(oid, integer), a !~~(name, name)
 -- or an @>(oid[], oid[]) made in schema public ran as the login role in every check), and names come
--- with their schema (public.tasks). Run by hand on another path, every function is named with
--- pg_catalog and each comparison is of two values of one type, as far as SQL lets it be written.
+-- with their schema (public.tasks). Run by hand on another path (psql's default, "$user", public, as
+-- above), nothing made elsewhere is picked either: every function is named with pg_catalog, each
+-- comparison is of values pg_catalog has an operator for exactly, and those of two arrays, for which
+-- it has only anyarray's, name pg_catalog's operator.
 
 WITH todo_app AS (
     SELECT oid, rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = 'todo_app'
@@ -99,7 +101,11 @@ SELECT pg_catalog.format('table %s is open to todo_app without a policy for it',
 FROM exposed_tables t
 WHERE NOT EXISTS (
     SELECT FROM pg_catalog.pg_policy p
-    WHERE p.polrelid = t.oid AND (p.polroles @> ARRAY[0::oid] OR p.polroles @> ARRAY[t.role_oid])
+    -- pg_catalog has @> and = for arrays only as anyarray's: an @>(oid[], oid[]) or =(oid[], oid[]) made
+    -- in a schema on the path matches exactly and is picked over them, so comparisons of arrays (here
+    -- and below) name pg_catalog's.
+    WHERE p.polrelid = t.oid AND (p.polroles OPERATOR(pg_catalog.@>) ARRAY[0::pg_catalog.oid]
+                                  OR p.polroles OPERATOR(pg_catalog.@>) ARRAY[t.role_oid])
 )
 
 -- Permissive policies are OR-ed together, so one that is simply `true` admits every row.
@@ -233,7 +239,7 @@ WHERE m.rolname <> session_user
         AND l.rolcanlogin AND NOT l.rolinherit AND NOT l.rolsuper AND NOT l.rolbypassrls
         AND NOT l.rolcreaterole AND NOT l.rolcreatedb AND NOT l.rolreplication
         AND (SELECT pg_catalog.array_agg(DISTINCT am.roleid) FROM pg_catalog.pg_auth_members am
-             WHERE am.member = l.oid) = ARRAY[r.oid]
+             WHERE am.member = l.oid) OPERATOR(pg_catalog.=) ARRAY[r.oid]
         AND NOT EXISTS (SELECT FROM pg_catalog.pg_auth_members am
                         WHERE am.member = l.oid AND am.admin_option)
   );

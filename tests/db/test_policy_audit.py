@@ -175,6 +175,17 @@ WEAKENINGS = {
         ["alter table users disable row level security"],
         "table public.users is open to todo_app without row-level security enabled",
     ),
+    # The system's schemas are named pg_...: pg-boss's pgboss, pgmq's pgmq are a user's, which were
+    # left out of the check with every schema whose name starts with pg.
+    "rls disabled in a schema whose name starts with pg": (
+        [
+            "create schema pgboss",
+            "create table pgboss.job (id int)",
+            "grant usage on schema pgboss to todo_app",
+            "grant select on pgboss.job to todo_app",
+        ],
+        "table pgboss.job is open to todo_app without row-level security enabled",
+    ),
     "table without a policy": (
         [
             "create table notes (id int primary key, body text)",
