@@ -1167,6 +1167,48 @@ def _socket_dir(pgdata: Path) -> str:
     return (pgdata / "postmaster.pid").read_text().splitlines()[4]
 
 
+def test_serve_starts_its_embedded_postgres_again_when_it_stops_on_its_own(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
+    """A checkpoint on a full disk PANICs Postgres, whose recovery then finds no room and shuts it down:
+    serve, its only supervisor, answered 503 for as long as it ran, /healthz 200, and said nothing
+    (the disk probe of stop 83). Stopped here as a crash stops it (immediate: the next start recovers)."""
+    pgdata, log = made_data_dir / "pgdata", tmp_path / "serve.log"
+    serve = [*CLI, "serve", "--data-dir", str(made_data_dir)]
+    try:
+        with serve_process(serve, cwd=tmp_path, env=cli_env(), output=log) as (base_url, process):
+            token = run_cli("token", "alice", "--data-dir", str(made_data_dir), cwd=tmp_path).stdout.strip()
+            tasks_url, headers = f"{base_url}/api/alice/tasks", {"Authorization": f"Bearer {token}"}
+            assert httpx.post(tasks_url, json={"title": "before"}, headers=headers).status_code == 201
+            crashed = _postmaster(pgdata)
+            _pg_ctl(pgdata, "stop", "-m", "immediate")
+            # Each try waits as long as the server may (DB_POOL_TIMEOUT_SECONDS), so that none is cut off
+            # here to write later, beside the one that succeeds.
+            wait_until(
+                lambda: (
+                    httpx.post(tasks_url, json={"title": "after"}, headers=headers, timeout=60).status_code
+                    == 201
+                ),
+                "a write served by the Postgres serve started again",
+                60,
+                every=0.5,
+            )
+            assert _postmaster(pgdata).pid != crashed.pid
+            listed = httpx.get(tasks_url, headers=headers)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+        assert [task["title"] for task in listed.json()] == ["after", "before"]
+        said = log.read_text()
+        assert f"the embedded Postgres has stopped ({pgdata / 'log'} says why): starting it again" in said, (
+            said
+        )
+        assert "the embedded Postgres runs again" in said, said
+        assert "Traceback" not in said, said
+        assert _postgres_on(pgdata) == [], "the one started again is stopped with serve"
+    finally:
+        _stop_postgres_left_on(pgdata)
+
+
 def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

@@ -33,7 +33,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import psycopg
@@ -179,10 +179,13 @@ def _readable(url: str, setting: str) -> str:
 
 
 @contextmanager
-def _database_url(settings: Settings, data_dir: Path | None, *, to_audit: bool = False) -> Iterator[str]:
+def _database_url(
+    settings: Settings, data_dir: Path | None, *, to_audit: bool = False, to_serve: bool = False
+) -> Iterator[str]:
     """DATABASE_URL when set; otherwise the embedded database, stopped again on the way out. `to_audit`:
     only one already made, since an audit changes nothing (a new one would be 46 MB of .data, and
-    an audit of a database nothing serves from), and one found running is left running."""
+    an audit of a database nothing serves from), and one found running is left running. `to_serve`:
+    started again whenever it stops meanwhile."""
     if settings.database_url is not None:
         yield _readable(settings.database_url.get_secret_value(), "DATABASE_URL")
         return
@@ -200,7 +203,8 @@ def _database_url(settings: Settings, data_dir: Path | None, *, to_audit: bool =
     database = embedded.start(_usable_folder(folder), leave_running=to_audit)
     try:
         embedded.export_environment(database)
-        yield database.url
+        with database.kept_running() if to_serve else nullcontext():
+            yield database.url
     finally:
         database.stop()
 
@@ -284,7 +288,7 @@ def serve(args: argparse.Namespace) -> None:
     with (
         holding_the_port(args.host, args.port) as (address, port),
         _serving_folder() as folder,
-        _database_url(settings, args.data_dir) as url,
+        _database_url(settings, args.data_dir, to_serve=True) as url,
     ):
         os.environ[DIR_VARIABLE] = str(folder / "metrics")
         os.environ[LOG_LOCK_VARIABLE] = str(folder / "log.lock")

