@@ -13,7 +13,15 @@ from psycopg.sql import SQL, Identifier
 from api.app import create_app
 from api.db.database import Database
 from api.db.errors import CheckRefused, StatementCancelled
-from tests.support import LOGIN_ROLE, assert_problem, new_user, serving_client, settings_for, sql
+from tests.support import (
+    LOGIN_ROLE,
+    assert_problem,
+    new_user,
+    serving_client,
+    settings_for,
+    sql,
+    wait_until,
+)
 
 _IDENTITY = (
     "select current_user as who, current_setting('role') as role,"
@@ -291,6 +299,75 @@ def test_a_database_out_of_disk_or_memory_is_503_saying_so_not_unreachable_and_c
     with psycopg.connect(migrated_db_url) as connection:
         stored = connection.execute("select title from tasks where user_id = %s", [alice.id])
         assert stored.fetchall() == [("kept",)], "the write changed nothing"
+
+
+# The pool's sessions, by backend pid, and the isolation check's, which connects as the pool does.
+_POOLED_SESSIONS = "select pid from pg_stat_activity where datname = %s and application_name = 'todo-api'"
+
+
+def test_a_list_refused_for_temporary_file_space_is_503_out_of_a_resource_and_keeps_its_connection(
+    migrated_db_url: str, superuser_url: str, way: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With temp_file_limit = 0, a list that sorts on disk is refused by Postgres (SQLSTATE 53400).
+    Once the list's statement, prepared on the connection, ran by its generic plan (from its sixth
+    run), Postgres refused the ROLLBACK after it with the same 53400: the connection was closed, the
+    list run again on another one (closed alike), and the answer was "The database cannot be reached
+    right now", logged at WARNING. One user's lists closed two pooled connections each (the disk
+    probe of stop 83)."""
+    alice = new_user()
+    with psycopg.connect(migrated_db_url, autocommit=True) as owner:
+        database = owner.info.dbname
+        owner.execute("insert into public.users (id) values (%s)", [alice.id])
+        owner.execute(
+            "insert into public.tasks (user_id, title, description)"
+            " select %s, 'task ' || to_char(i, 'FM000'), repeat('d', 1000) from generate_series(1, 500) i",
+            [alice.id],
+        )
+    with psycopg.connect(superuser_url, autocommit=True) as superuser:
+        # 500 tasks of 1,000 characters outgrow 256kB, and sort on disk; the isolation check's own
+        # queries do not (at 64kB they did, and it refused every request).
+        superuser.execute(SQL("alter database {} set work_mem = '256kB'").format(Identifier(database)))
+        superuser.execute(SQL("alter database {} set temp_file_limit = 0").format(Identifier(database)))
+    settings = settings_for(migrated_db_url, db_pool_size=2, **way)
+    with (
+        serving_client(create_app(settings)) as client,
+        psycopg.connect(superuser_url, autocommit=True) as observer,
+    ):
+        # The pool opens its two in the background.
+        wait_until(
+            lambda: len(observer.execute(_POOLED_SESSIONS, [database]).fetchall()) == 3,
+            "the pool's two sessions and the isolation check's are open",
+            30,
+        )
+        sessions_before = sorted(observer.execute(_POOLED_SESSIONS, [database]).fetchall())
+        with caplog.at_level(logging.WARNING):
+            # Twelve runs, which the pool's two connections take in turn: each runs the list past the
+            # five after which Postgres plans a prepared statement generically, and the request that
+            # met the refused ROLLBACK on one was run again on the other, where it met it too.
+            listed = [
+                client.get(alice.tasks_url, params={"sort": "title", "limit": 500}, headers=alice.headers)
+                for _ in range(12)
+            ]
+            first = client.get(alice.tasks_url, params={"sort": "title", "limit": 1}, headers=alice.headers)
+        sessions_after = sorted(observer.execute(_POOLED_SESSIONS, [database]).fetchall())
+    for refused in listed:
+        body = assert_problem(refused, 503, "database-unavailable")
+        assert "out of a resource" in body["detail"], body
+        assert "cannot be reached" not in body["detail"], body
+        assert "nothing was changed" in body["detail"], body
+    said = [record for record in caplog.records if record.name == "api.http.problems"]
+    assert [(record.levelno, record.getMessage()) for record in said] == 12 * [
+        (
+            logging.ERROR,
+            "the database is out of a resource it needs: ConfigurationLimitExceeded: temporary file size"
+            ' exceeds "temp_file_limit" (0kB)',
+        )
+    ]
+    discarded = [record.getMessage() for record in caplog.records if record.name == "psycopg.pool"]
+    assert discarded == [], "no pooled connection was closed"
+    assert sessions_after == sessions_before, "the pool kept its sessions"
+    assert first.status_code == 200, first.text
+    assert [task["title"] for task in first.json()] == ["task 001"], "the connection went back clean"
 
 
 def test_a_read_the_database_fails_with_an_error_of_its_own_is_503_logged_with_its_words(

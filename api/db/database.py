@@ -787,11 +787,23 @@ def _may_have_committed(connection: Connection, error: psycopg.Error) -> bool:
 async def _roll_back(connection: Connection) -> None:
     """End whatever transaction a failed request left open, so the pool gets the connection clean.
 
+    A ROLLBACK the server refuses, the connection sound, is sent once more. In the disk probe of stop
+    83 a list sorting on disk past temp_file_limit (SQLSTATE 53400), run by its generic plan (a
+    statement prepared on the connection, from its sixth run), had Postgres answer the first ROLLBACK
+    with the same 53400, raised where it writes a temporary file (FileWriteV) as it cleans the failed
+    transaction up. The second ROLLBACK ended the transaction and left the session clean; closing the
+    connection instead made one user's lists close two pooled connections each (the read is run again
+    on another, which failed alike), and answered "cannot be reached" for a server that had answered.
+
     A connection that cannot even roll back is closed: the pool then replaces it.
     """
     if connection.closed or connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         return
-    try:
-        await connection.execute("ROLLBACK")
-    except psycopg.Error:
-        await connection.close()
+    for _ in range(2):
+        try:
+            await connection.execute("ROLLBACK")
+            return
+        except psycopg.Error:
+            if connection.broken:
+                break
+    await connection.close()
