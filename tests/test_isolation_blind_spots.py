@@ -594,6 +594,22 @@ def _impostor(
     ]
 
 
+def _counted_impostor(left: str, right: str, operator: str, counter: str) -> tuple[str, list[str]]:
+    """Her role, and the statements that make her operator (`_impostor`) and the sequence `counter` in
+    schema public, whose every run it uses: a sequence's use outlives a rolled-back transaction, so it
+    says whether her code ran."""
+    role = _role_for(left, right, operator)
+    impostor = _impostor(
+        role, left, right, f"perform pg_catalog.nextval('public.{counter}')", operator=operator
+    )
+    return role, [
+        *impostor[:3],
+        f"create sequence public.{counter}",
+        f"grant usage, update on sequence public.{counter} to public",
+        *impostor[3:],
+    ]
+
+
 def _advisory_locks_held(superuser_url: str, key: int) -> int:
     with psycopg.connect(superuser_url) as superuser:
         row = superuser.execute(
@@ -633,20 +649,8 @@ def test_the_owners_commands_run_no_operator_another_role_makes_in_schema_public
     and counted every user's tasks before the audit listed her operator. The verification probe:
     migrate's own refusals (sql/checks/schema_owner.sql's NOT LIKE) ran her `!~~(name, name)`, which
     granted her todo_app. Not yoyo's own statements, which this operator list leaves out."""
-    # A sequence's use outlives a rolled-back transaction: it says whether her code ran.
-    role = _role_for(left, right, operator)
-    impostor = _impostor(
-        role, left, right, "perform pg_catalog.nextval('public.ran_as_owner')", operator=operator
-    )
-    _run(
-        cluster.superuser_url,
-        [
-            *impostor[:3],
-            "create sequence public.ran_as_owner",
-            "grant usage, update on sequence public.ran_as_owner to public",
-            *impostor[3:],
-        ],
-    )
+    role, impostor = _counted_impostor(left, right, operator, "ran_as_owner")
+    _run(cluster.superuser_url, impostor)
     try:
         result = run_cli(command, cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET)
         with psycopg.connect(cluster.superuser_url) as superuser:
@@ -735,20 +739,10 @@ def test_a_check_a_dba_runs_by_hand_on_the_default_search_path_runs_no_operator_
     public), isolation.sql's comparisons of two oid arrays took her =(oid[], oid[]) and @>(oid[],
     oid[]) over pg_catalog's, which take anyarray, and ran her code as the DBA, a superuser. A login
     role made as `todo-api migrate --login-role` makes one gives the comparison of arrays a row."""
-    role = _role_for(left, right, operator)
-    impostor = _impostor(
-        role, left, right, "perform pg_catalog.nextval('public.ran_as_dba')", operator=operator
-    )
+    role, impostor = _counted_impostor(left, right, operator, "ran_as_dba")
     _run(
         cluster.superuser_url,
-        [
-            "create role todo_login login noinherit",
-            "grant todo_app to todo_login",
-            *impostor[:3],
-            "create sequence public.ran_as_dba",
-            "grant usage, update on sequence public.ran_as_dba to public",
-            *impostor[3:],
-        ],
+        ["create role todo_login login noinherit", "grant todo_app to todo_login", *impostor],
     )
     try:
         with psycopg.connect(cluster.superuser_url, autocommit=True) as dba:
