@@ -138,20 +138,21 @@ class EmbeddedDatabase:
             looks_gone = 0 if _postmaster(pgdata) is not None else looks_gone + 1
             if looks_gone < 2:
                 continue
-            with _starting_alone(pgdata.parent):
-                if stopping.is_set() or _postmaster(pgdata) is not None:
-                    continue  # stopping, or started meanwhile (another serve of the folder, an operator)
-                if refused is None:
-                    logger.error(
-                        "the embedded Postgres has stopped (%s says why): starting it again", pgdata / "log"
-                    )
-                try:
+            try:
+                with _starting_alone(pgdata.parent):
+                    if stopping.is_set() or _postmaster(pgdata) is not None:
+                        continue  # stopping, or started meanwhile (another serve of the folder, an operator)
+                    if refused is None:
+                        logger.error(
+                            "the embedded Postgres has stopped (%s says why): starting it again",
+                            pgdata / "log",
+                        )
                     _start_again(pgdata)
-                except CommandFailed as error:
-                    if str(error) != refused:  # once per reason, not every few seconds
-                        logger.error("todo-api: %s; trying again every %g s", error, _KEEP_RUNNING_SECONDS)
-                    refused = str(error)
-                    continue
+            except CommandFailed as error:  # its start, or the start lock (a link put in its place)
+                if str(error) != refused:  # once per reason, not every few seconds
+                    logger.error("todo-api: %s; trying again every %g s", error, _KEEP_RUNNING_SECONDS)
+                refused = str(error)
+                continue
             logger.info("the embedded Postgres runs again", extra={"pgdata": str(pgdata)})
             looks_gone, refused = 0, None
 
