@@ -250,11 +250,10 @@ def _ready_message(base: str, *, generated_secret: bool, origins: str, data_dir:
 def _serving_folder() -> Iterator[Path]:
     """A folder for this run's workers: their metrics, the lock their log records are written under,
     and the mark of the first one ready."""
+    # Every temporary folder full, say: a traceback before (the disk probe of stop 83).
     try:
         folder = Path(tempfile.mkdtemp(prefix="todo-api-serve-"))
-    except (
-        OSError
-    ) as error:  # every temporary folder full, say: a traceback before (the disk probe of stop 83)
+    except OSError as error:
         raise CommandFailed(
             f"cannot make a folder for this run's workers ({error}): free some space in the temporary "
             "folder, or set TMPDIR to one with room"
