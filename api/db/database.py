@@ -595,9 +595,9 @@ class Database:
             await _roll_back(connection)
             raise LockWaitGivenUp(error.diag.message_primary) from None
         except psycopg.Error as error:
-            await _roll_back(connection)
-            if not (connection.broken or connection.closed):
-                # The server answered with an error: the transaction failed and was rolled back.
+            if await _roll_back(connection) or not (connection.broken or connection.closed):
+                # The server answered with an error: the transaction failed, and was rolled back (or its
+                # connection closed, when the server refused that too).
                 if (error.sqlstate or "").startswith(_INSUFFICIENT_RESOURCES):
                     # A full disk, say: the server answered, so it is reachable.
                     raise OutOfResources(in_one_line(error)) from None
@@ -784,26 +784,24 @@ def _may_have_committed(connection: Connection, error: psycopg.Error) -> bool:
     )
 
 
-async def _roll_back(connection: Connection) -> None:
+async def _roll_back(connection: Connection) -> bool:
     """End whatever transaction a failed request left open, so the pool gets the connection clean.
 
-    A ROLLBACK the server refuses, the connection sound, is sent once more. In the disk probe of stop
-    83 a list sorting on disk past temp_file_limit (SQLSTATE 53400), run by its generic plan (a
-    statement prepared on the connection, from its sixth run), had Postgres answer the first ROLLBACK
-    with the same 53400, raised where it writes a temporary file (FileWriteV) as it cleans the failed
-    transaction up. The second ROLLBACK ended the transaction and left the session clean; closing the
-    connection instead made one user's lists close two pooled connections each (the read is run again
-    on another, which failed alike), and answered "cannot be reached" for a server that had answered.
-
-    A connection that cannot even roll back is closed: the pool then replaces it.
+    A connection that cannot even roll back is closed: the pool then replaces it. Return whether that
+    was a ROLLBACK the server refused on a sound connection: the server had answered the request, so
+    its error is that answer, not a connection lost. Past temp_file_limit, a list run by its prepared
+    statement's generic plan (from its sixth run on a connection) had Postgres refuse the ROLLBACK with
+    the same 53400, and the list was answered "cannot be reached", run again on another connection
+    and refused there alike (the disk probe of stop 83). Closed, not rolled back a second time: that
+    ended the transaction, but the session kept the temporary file it could not clean up, which
+    counted against every later statement on it (the verification probe of stop 83).
     """
     if connection.closed or connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        return
-    for _ in range(2):
-        try:
-            await connection.execute("ROLLBACK")
-            return
-        except psycopg.Error:
-            if connection.broken:
-                break
-    await connection.close()
+        return False
+    try:
+        await connection.execute("ROLLBACK")
+    except psycopg.Error:
+        refused = not connection.broken
+        await connection.close()
+        return refused
+    return False
