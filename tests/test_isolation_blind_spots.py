@@ -388,7 +388,14 @@ def _verified(api: httpx.Client) -> float:
 # Set for every session at once (ALTER SYSTEM, as postgresql.conf would), and so for a running API's
 # own: replica let creates past the quota and wrote no event, off refused every task request while
 # /readyz said ready and every check passed, app made every task request a 500.
-CLUSTER_SETTINGS = {"session_replication_role": "replica", "row_security": "off", "search_path": "app"}
+CLUSTER_SETTINGS = {
+    "session_replication_role": "replica",
+    "row_security": "off",
+    "search_path": "app",
+    # Every large object readable and writable by every role, whatever its grants (the verification
+    # probe of stop 83).
+    "lo_compat_privileges": "on",
+}
 
 
 @pytest.mark.parametrize("name", list(CLUSTER_SETTINGS))

@@ -40,6 +40,9 @@ needed_settings(name, value, otherwise) AS (
             'the migrations'' bookkeeping (yoyo''s), which names its tables unqualified, may reach other '
             'tables or fail'),
            ('role', 'none', 'statements sent outside the switch to todo_app run as that role'),
+           -- A superuser's: large objects have no policy, only their grants (sql/checks/reach.sql).
+           ('lo_compat_privileges', 'off',
+            'every role, todo_app included, may read and write every large object, whatever its grants'),
            -- Every statement of the API sets it, scoped to its transaction; one that did not would
            -- see that user's rows rather than none.
            ('app.user_id', '', 'a transaction as todo_app that does not set it acts as that user '
@@ -51,7 +54,7 @@ needed_settings(name, value, otherwise) AS (
 session_settings(name, value, source) AS (
     SELECT name, setting, CASE WHEN sourcefile IS NULL THEN source ELSE source || ' ' || sourcefile END
     FROM pg_catalog.pg_settings
-    WHERE name IN ('row_security', 'session_replication_role', 'search_path')
+    WHERE name IN ('row_security', 'session_replication_role', 'search_path', 'lo_compat_privileges')
     UNION ALL
     SELECT 'role', pg_catalog.current_setting('role'), 'client'
     -- Not in pg_settings either, as no module defines it: Postgres keeps no source for it.
@@ -60,7 +63,8 @@ session_settings(name, value, source) AS (
 )
 -- row_security = off turns every query the policies would filter into an error,
 -- session_replication_role = replica silences the triggers that keep events and counts, and
--- search_path, role and session_authorization change which object or which role a name means, and
+-- search_path, role and session_authorization change which object or which role a name means,
+-- lo_compat_privileges = on opens every large object to every role, and
 -- app.user_id makes a transaction that forgot to set it act as that user. Any
 -- value given to the login role's sessions this way is a finding, even one that is harmless today.
 SELECT name AS setting,
@@ -78,7 +82,7 @@ SELECT name AS setting,
                          || name)
 FROM login_role_settings
 WHERE name IN ('row_security', 'session_replication_role', 'search_path', 'role', 'session_authorization',
-               'app.user_id')
+               'app.user_id', 'lo_compat_privileges')
 
 -- The same settings, as this session has them, from wherever they came: postgresql.conf or ALTER
 -- SYSTEM (`configuration file`), the connection's options or PGOPTIONS (`client`), the server's
