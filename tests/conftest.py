@@ -361,6 +361,14 @@ def full_case_mapping_db_url(superuser_url: str, migrated_template: NoopExecutor
         yield url
 
 
+@pytest.fixture
+def turkish_db_url(superuser_url: str, migrated_template: NoopExecutor) -> Iterator[str]:
+    """A migrated database of a Turkish locale, whose lower() makes I a dotless i."""
+    locales = {"libc tr_TR.UTF-8": sql.SQL("encoding 'UTF8' locale_provider libc locale 'tr_TR.UTF-8'")}
+    with _migrated_database_in_a_locale(superuser_url, migrated_template, "todo_turkish", locales) as url:
+        yield url
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--serve-as-owner",

@@ -348,11 +348,12 @@ async def refuse_a_database_not_in_utf8(connection: psycopg.AsyncConnection[Any]
 
 
 # How the database lowercases, which the list's search (`q`) compares with (README, "The API"): beyond
-# A to Z (one made with the C or POSIX locale lowercases A to Z alone), and one character at a time,
-# whatever comes before or after it (ICU, and Postgres 18's builtin PG_UNICODE_FAST, lowercase by
-# Unicode's full rules: a final capital sigma becomes ς, so a search for ΟΔΟΣ missed οδοσ; the PG 18
-# probe of stop 83). Asked of lower() itself, whatever the locale's name or provider.
-LOWERCASE_STATE = "select pg_catalog.lower('É') = 'é', pg_catalog.lower('ΟΔΟΣ') = 'οδοσ'"
+# A to Z (one made with the C or POSIX locale lowercases A to Z alone), and one character at a time as
+# C.UTF-8 does, whatever comes before or after it (ICU, and Postgres 18's builtin PG_UNICODE_FAST,
+# lowercase by Unicode's full rules: a final capital sigma becomes ς, so a search for ΟΔΟΣ missed
+# οδοσ, the PG 18 probe of stop 83; a Turkish locale lowercases I to a dotless i, so title missed TITLE, its
+# verification probe). Asked of lower() itself, whatever the locale's name or provider.
+LOWERCASE_STATE = "select pg_catalog.lower('É') = 'é', pg_catalog.lower('ΟΔΟΣ TITLE') = 'οδοσ title'"
 _MADE_IN_C_UTF8 = (
     "A database made with a UTF-8 locale whose provider is libc or builtin (C.UTF-8) lowercases every"
     " letter, one character at a time: CREATE DATABASE ... LOCALE_PROVIDER libc LOCALE 'C.UTF-8' TEMPLATE"
@@ -378,10 +379,11 @@ async def warn_of_a_search_that_ignores_case_otherwise_than_documented(
         )
     elif not one_at_a_time:
         logger.warning(
-            "todo-api: the database that %s reaches lowercases by Unicode's full rules, not one character"
-            " at a time (its locale provider is ICU, or PostgreSQL 18's PG_UNICODE_FAST), so a search (q)"
-            " misses some titles written in another case: a final Σ becomes ς, and οδοσ does not find"
-            " ΟΔΟΣ. %s",
+            "todo-api: the database that %s reaches lowercases some letters otherwise than C.UTF-8, one"
+            " character at a time, does (by Unicode's full rules, as ICU and PostgreSQL 18's"
+            " PG_UNICODE_FAST do, or as a Turkish locale does), so a search (q) misses some titles written"
+            " in another case: a final Σ becomes ς there, and οδοσ does not find ΟΔΟΣ, or I a dotless i,"
+            " and title does not find TITLE. %s",
             setting,
             _MADE_IN_C_UTF8,
         )

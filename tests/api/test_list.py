@@ -173,26 +173,33 @@ def test_serve_warns_when_its_database_ignores_the_case_of_ascii_letters_only(
     assert found == {"milk": ["Buy MILK"], "ÉCLAIR": ["ÉCLAIR"], "éclair": lowercase_finds}
     warnings = [line for line in log.read_text().splitlines() if "lowercases A to Z alone" in line]
     assert len(warnings) == (0 if lowercase_finds else 1), log.read_text()
-    assert "Unicode's full rules" not in log.read_text()
+    assert "otherwise than C.UTF-8" not in log.read_text()
 
 
-def test_serve_warns_when_its_database_lowercases_by_unicodes_full_rules(
-    full_case_mapping_db_url: str, tmp_path: Path
+@pytest.mark.parametrize(
+    ("database", "title", "missed_by"),
+    [("full_case_mapping_db_url", "ΟΔΟΣ", "οδοσ"), ("turkish_db_url", "TITLE", "title")],
+    ids=["full-rules", "turkish"],
+)
+def test_serve_warns_when_its_database_lowercases_otherwise_than_c_utf8(
+    request: pytest.FixtureRequest, tmp_path: Path, database: str, title: str, missed_by: str
 ) -> None:
-    """ICU and Postgres 18's PG_UNICODE_FAST lowercase a final Σ to ς, so οδοσ does not find ΟΔΟΣ,
-    unlike the README's one character at a time, and nothing said so (the PG 18 probe of stop 83)."""
-    env = cli_env(DATABASE_URL=as_role(full_case_mapping_db_url), BETTER_AUTH_SECRET=SECRET)
+    """ICU and Postgres 18's PG_UNICODE_FAST lowercase a final Σ to ς, so οδοσ does not find ΟΔΟΣ
+    (the PG 18 probe of stop 83), and a Turkish locale I to a dotless i, so title does not find TITLE (its
+    verification probe), unlike the README's one character at a time, and nothing said so."""
+    url: str = request.getfixturevalue(database)
+    env = cli_env(DATABASE_URL=as_role(url), BETTER_AUTH_SECRET=SECRET)
     user, log = new_user(), tmp_path / "serve.log"
     with serve_process(serve_command(env), cwd=tmp_path, env=env, output=log) as (base_url, _):
         tasks_url = base_url + user.tasks_url
-        assert httpx.post(tasks_url, json={"title": "ΟΔΟΣ"}, headers=user.headers).status_code == 201
+        assert httpx.post(tasks_url, json={"title": title}, headers=user.headers).status_code == 201
         found = {
-            q: titles(httpx.get(tasks_url, params={"q": q}, headers=user.headers)) for q in ("ΟΔΟΣ", "οδοσ")
+            q: titles(httpx.get(tasks_url, params={"q": q}, headers=user.headers)) for q in (title, missed_by)
         }
-    assert found == {"ΟΔΟΣ": ["ΟΔΟΣ"], "οδοσ": []}
-    warnings = [line for line in log.read_text().splitlines() if "Unicode's full rules" in line]
+    assert found == {title: [title], missed_by: []}
+    warnings = [line for line in log.read_text().splitlines() if "otherwise than C.UTF-8" in line]
     assert len(warnings) == 1, log.read_text()
-    assert "οδοσ does not find ΟΔΟΣ" in warnings[0]
+    assert f"{missed_by} does not find {title}" in warnings[0]
 
 
 @pytest.mark.parametrize(
