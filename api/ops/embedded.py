@@ -312,8 +312,15 @@ def _start_again(pgdata: Path, stopping: threading.Event) -> bool:
                 break
             except subprocess.TimeoutExpired:
                 if stopping.is_set() or time.monotonic() > deadline:
-                    restart.kill()
-                    restart.wait()
+                    # Interrupted as a terminal's Ctrl-C interrupts it, pg_ctl stops the postmaster it
+                    # started: killed, it left one that had not yet written postmaster.pid, which
+                    # serve's stop then missed (the second verification probe of stop 83).
+                    restart.send_signal(signal.SIGINT)
+                    try:
+                        restart.wait(timeout=_STOP_SECONDS)
+                    except subprocess.TimeoutExpired:
+                        restart.kill()
+                        restart.wait()
                     if stopping.is_set():
                         return False
                     raise _start_failure(log, log_offset, [], f"it did not start within {wait} s") from None
