@@ -1167,6 +1167,19 @@ def _socket_dir(pgdata: Path) -> str:
     return (pgdata / "postmaster.pid").read_text().splitlines()[4]
 
 
+def _wait_for_a_write(tasks_url: str, headers: dict[str, str], what: str) -> None:
+    """Until a create titled "after" is 201. Each try waits as long as the server may
+    (DB_POOL_TIMEOUT_SECONDS), so that none is cut off here to write later, beside the one that succeeds."""
+    wait_until(
+        lambda: (
+            httpx.post(tasks_url, json={"title": "after"}, headers=headers, timeout=60).status_code == 201
+        ),
+        what,
+        60,
+        every=0.5,
+    )
+
+
 def test_serve_starts_its_embedded_postgres_again_when_it_stops_on_its_own(
     tmp_path: Path, made_data_dir: Path
 ) -> None:
@@ -1182,17 +1195,7 @@ def test_serve_starts_its_embedded_postgres_again_when_it_stops_on_its_own(
             assert httpx.post(tasks_url, json={"title": "before"}, headers=headers).status_code == 201
             crashed = _postmaster(pgdata)
             _pg_ctl(pgdata, "stop", "-m", "immediate")
-            # Each try waits as long as the server may (DB_POOL_TIMEOUT_SECONDS), so that none is cut off
-            # here to write later, beside the one that succeeds.
-            wait_until(
-                lambda: (
-                    httpx.post(tasks_url, json={"title": "after"}, headers=headers, timeout=60).status_code
-                    == 201
-                ),
-                "a write served by the Postgres serve started again",
-                60,
-                every=0.5,
-            )
+            _wait_for_a_write(tasks_url, headers, "a write served by the Postgres serve started again")
             assert _postmaster(pgdata).pid != crashed.pid
             listed = httpx.get(tasks_url, headers=headers)
             process.send_signal(signal.SIGINT)
@@ -1224,14 +1227,8 @@ def test_serves_keeper_outlasts_a_start_it_could_not_make(tmp_path: Path, made_d
             _pg_ctl(pgdata, "stop", "-m", "immediate")
             wait_until(lambda: "cannot take the start lock" in log.read_text(), "the keeper says why", 60)
             lock.unlink()
-            wait_until(
-                lambda: (
-                    httpx.post(tasks_url, json={"title": "after"}, headers=headers, timeout=60).status_code
-                    == 201
-                ),
-                "a write served by the Postgres the keeper started once it could",
-                60,
-                every=0.5,
+            _wait_for_a_write(
+                tasks_url, headers, "a write served by the Postgres the keeper started once it could"
             )
             process.send_signal(signal.SIGINT)
             process.wait(timeout=60)
