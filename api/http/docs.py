@@ -45,8 +45,7 @@ class DocsAssets(StaticFiles):
         del response.headers["last-modified"]
         # Ranges are ignored (above), so none is offered: a download manager told `bytes` would
         # ask for parts and get the whole file each time.
-        if "accept-ranges" in response.headers:
-            del response.headers["accept-ranges"]
+        del response.headers["accept-ranges"]
         return response
 
 
