@@ -90,6 +90,7 @@ from api.db.errors import (
     UnknownName,
     WritesRefused,
     in_one_line,
+    out_of_a_resource,
 )
 from api.db.fair_share import FairShare, Share
 from api.db.pool import (
@@ -132,9 +133,6 @@ _UNKNOWN_NAME = (
     psycopg.errors.InvalidSchemaName,
 )
 
-# The SQLSTATE class of "insufficient resources" (disk full, out of memory, ...): psycopg gives each
-# code a class of its own, none of them a subclass of its InsufficientResources.
-_INSUFFICIENT_RESOURCES = "53"
 # The SQLSTATE class of the database's own internal errors (XX000 internal_error, XX001 data_corrupted,
 # XX002 index_corrupted): psycopg's InternalError, not one of its OperationalErrors.
 _INTERNAL_ERROR = "XX"
@@ -598,7 +596,7 @@ class Database:
             if await _roll_back(connection) or not (connection.broken or connection.closed):
                 # The server answered with an error: the transaction failed, and was rolled back (or its
                 # connection closed, when the server refused that too).
-                if (error.sqlstate or "").startswith(_INSUFFICIENT_RESOURCES):
+                if out_of_a_resource(error):
                     # A full disk, say: the server answered, so it is reachable.
                     raise OutOfResources(in_one_line(error)) from None
                 if error.sqlstate and (

@@ -13,6 +13,17 @@ def in_one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
+# The SQLSTATE class of "insufficient resources" (disk full, out of memory, ...): psycopg gives each
+# code a class of its own, none of them a subclass of its InsufficientResources.
+_INSUFFICIENT_RESOURCES = "53"
+
+
+def out_of_a_resource(error: psycopg.Error) -> bool:
+    """Whether the server refused the statement for want of a resource (its disk full, say): the server
+    answered, and it lasts until an operator frees or raises what ran out."""
+    return (error.sqlstate or "").startswith(_INSUFFICIENT_RESOURCES)
+
+
 class LimitReached(Exception):  # noqa: N818 (a state, not a mistake)
     """The database refused a write that would pass one of its per-user limits; nothing changed.
 

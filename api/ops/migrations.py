@@ -21,6 +21,7 @@ from yoyo.connections import default_migration_table, parse_uri
 from yoyo.exceptions import LockTimeout
 from yoyo.migrations import Migration, MigrationList
 
+from api.db.errors import out_of_a_resource
 from api.db.host_lookup import CLIENT_ENCODING, LookupBoundedConnection
 from api.db.schema_release import migrated_by_a_newer_release, release_mismatch
 from api.db.sql_files import (
@@ -168,6 +169,14 @@ def migration_failure(
                 f"`GRANT todo_app TO {grantee} WITH ADMIN OPTION` first"
             )
         return MigrationFailed(f"{role} may not change the schema ({reason}): {_FIX_AS_OWNER}")
+    if isinstance(error, psycopg.Error) and out_of_a_resource(error):
+        # A first start of the embedded database on a nearly full disk (the verification probe of
+        # stop 83): not the database's to fix, nor a bug to report.
+        return MigrationFailed(
+            f"the database ran out of a resource the migration needed ({type(error).__name__}: {reason}); "
+            "the failing migration was rolled back. Free what ran out (room on the database's disk, "
+            "say) or raise its limit, then run todo-api migrate again"
+        )
     return MigrationFailed(
         f"a migration failed ({type(error).__name__}: {reason}); the failing migration was rolled back. "
         "Fix the database (or report the bug), then run todo-api migrate again"
@@ -387,6 +396,15 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         raise _not_the_owner(role, owners)
 
 
+# What Postgres answers a CREATE TABLE of a table made already: named so; or, made by another session
+# at the same moment, its row type "already exists", or a duplicate key in pg_type.
+_MADE_ALREADY = (
+    psycopg.errors.DuplicateTable,
+    psycopg.errors.DuplicateObject,
+    psycopg.errors.UniqueViolation,
+)
+
+
 class _StopSafeBackend(PostgresqlPsycopgBackend):  # type: ignore[misc]  # yoyo ships no types
     """yoyo's backend for psycopg, whose BEGIN, COMMIT and ROLLBACK a stop (Ctrl-C, SIGTERM, SIGHUP)
     cannot part from yoyo's note of them: one that landed between a COMMIT and the note left yoyo
@@ -405,6 +423,16 @@ class _StopSafeBackend(PostgresqlPsycopgBackend):  # type: ignore[misc]  # yoyo 
     def rollback(self) -> None:
         with StopsDeferred():
             super().rollback()
+
+    def create_lock_table(self) -> None:
+        """yoyo's, but failing on what fails it, as yoyo's passes over every error (meaning the table
+        made already): a disk with no room for it failed later as 'relation "yoyo_lock" does not
+        exist' (the verification probe of stop 83)."""
+        try:
+            with self.transaction():
+                self.execute(self.format_sql(self.create_lock_table_sql))
+        except _MADE_ALREADY:
+            pass  # made already, perhaps by another migrate at the same moment
 
     @contextlib.contextmanager
     def lock(self, timeout: int = 10) -> Iterator[None]:

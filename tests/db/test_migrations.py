@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from api.db.urls import DatabaseUrlError, libpq_url, yoyo_url
 from api.ops.migrations import apply_migrations, rollback_migrations
 from api.tasks import queries
 from api.tasks.models import TaskCreate
-from tests.support import ACT_AS, PROJECT, as_role, run_cli, settings_for
+from tests.support import ACT_AS, PROJECT, as_role, run_cli, sessions_waiting_on_a_lock, settings_for
 
 MIGRATION_IDS = [
     "0001_app_role",
@@ -203,6 +204,71 @@ def _migrate_refusing_after(url: str, folder: Path, change: str) -> str:
     refused = _migrate_by_command(url, folder)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     return refused.stderr
+
+
+# What a full disk answers a statement that needs a new page, raised by a superuser's event trigger as
+# the statement making `made` ends, and so rolled back with it.
+_NO_ROOM_FOR = """
+create function public.no_room() returns event_trigger language plpgsql as $$
+begin
+    if exists (select from pg_catalog.pg_event_trigger_ddl_commands() where object_identity = {}) then
+        raise exception 'could not extend file "base/1/2": No space left on device'
+            using errcode = 'disk_full';
+    end if;
+end $$;
+create event trigger no_room on ddl_command_end execute function public.no_room();
+"""
+
+
+@pytest.mark.parametrize(
+    ("made", "applied_later"),
+    # 0001, committed before 0002 failed on its table, is kept (each migration is a transaction).
+    [("public.yoyo_lock", MIGRATION_IDS), ("public.tasks", MIGRATION_IDS[1:])],
+)
+def test_a_database_with_no_room_for_a_migration_is_one_line_saying_so_and_nothing_is_made(
+    empty_db_url: str, superuser_url: str, tmp_path: Path, made: str, applied_later: list[str]
+) -> None:
+    """A first start of the embedded database with about 41 MB free (the verification probe of stop
+    83) said 'relation "yoyo_lock" does not exist' (yoyo passes over any error making its lock table)
+    or "Fix the database (or report the bug)", never that the disk was full."""
+    database = conninfo_to_dict(libpq_url(empty_db_url))["dbname"]
+    with (
+        psycopg.connect(libpq_url(superuser_url), dbname=database, autocommit=True) as superuser,
+        superuser.cursor() as cursor,
+    ):
+        cursor.execute(sql.SQL(_NO_ROOM_FOR).format(sql.Literal(made)))
+        refused = _migrate_by_command(empty_db_url, tmp_path)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert refused.stderr == (
+            "todo-api: the database ran out of a resource the migration needed (DiskFull: could not extend "
+            'file "base/1/2": No space left on device); the failing migration was rolled back. Free what '
+            "ran out (room on the database's disk, say) or raise its limit, then run todo-api migrate again\n"
+        )
+        assert schema_state(empty_db_url) == EMPTY
+        cursor.execute("drop event trigger no_room")
+    assert apply_migrations(empty_db_url) == applied_later
+
+
+def test_a_migrate_beside_another_making_yoyos_lock_table_at_the_same_moment_goes_on(
+    empty_db_url: str,
+) -> None:
+    """yoyo passes over any error making its lock table, and ours only over the table made already
+    (above): another migrate that made it a moment before commits its row type under this one's
+    CREATE TABLE, which Postgres then refuses as a duplicate (a fleet's first start)."""
+    backend = get_backend(yoyo_url(empty_db_url))  # which makes yoyo's lock table
+    make_the_lock_table = backend.format_sql(backend.create_lock_table_sql)
+    backend.connection.close()
+    with psycopg.connect(libpq_url(empty_db_url)) as other, ThreadPoolExecutor(1) as migrate:
+        other.execute("drop table yoyo_lock")
+        other.commit()
+        other.execute(make_the_lock_table)
+        migrating = migrate.submit(apply_migrations, empty_db_url)
+        deadline = time.monotonic() + 10
+        while sessions_waiting_on_a_lock(libpq_url(empty_db_url)) == 0 and not migrating.done():
+            assert time.monotonic() < deadline, "the migrate never waited for the other's table"
+            time.sleep(0.02)
+        other.commit()
+        assert migrating.result(timeout=60) == MIGRATION_IDS
 
 
 def test_migrate_refuses_a_grant_revoked_by_hand_naming_the_grant_that_gives_it_back(
