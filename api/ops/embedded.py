@@ -585,11 +585,14 @@ _FIXES = {
     # A folder copied or restored by another user (cp -r as root, say) keeps that user's files.
     "Permission denied": "make {pgdata} and everything in it belong to {user}, the user Postgres runs as "
     "(chown -R {user} {pgdata})",
-    # The lock pins one major version of the wheel; one made by another stays unreadable to it.
+    # The package asks for one major version of the wheel; a folder made by another stays unreadable
+    # to it. "Dump its tasks with the PostgreSQL that made it" pointed at programs the install had
+    # just replaced (the upgrade probe of stop 84).
     "database files are incompatible with server": (
-        "move the data folder aside, or pick another with --data-dir or DATA_DIR, and start again "
-        "for a new, empty database; dump its tasks first, if they matter, with the PostgreSQL that "
-        "made it (pg_dump)"
+        "upgrade a folder made by an older major with pg_upgrade as docs/operations.md says (\"Moving "
+        "to a new major release\"), serve one made by a newer release of todo-api with that release, "
+        "or move the folder aside (or pick another with --data-dir or DATA_DIR) and start again for a "
+        "new, empty database"
     ),
 }
 
