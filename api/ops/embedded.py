@@ -589,8 +589,8 @@ _FIXES = {
     # to it. "Dump its tasks with the PostgreSQL that made it" pointed at programs the install had
     # just replaced (the upgrade probe of stop 84).
     "database files are incompatible with server": (
-        "upgrade a folder made by an older major with pg_upgrade as docs/operations.md says (\"Moving "
-        "to a new major release\"), serve one made by a newer release of todo-api with that release, "
+        'upgrade a folder made by an older major with pg_upgrade as docs/operations.md says ("Moving '
+        'to a new major release"), serve one made by a newer release of todo-api with that release, '
         "or move the folder aside (or pick another with --data-dir or DATA_DIR) and start again for a "
         "new, empty database"
     ),
