@@ -413,7 +413,7 @@ def test_a_setting_of_every_session_is_refused_while_serving_and_changes_nothing
     created = api.post(alice.tasks_url, json={"title": "kept"}, headers=keyed)
     assert created.status_code == 201
     task_id = created.json()["id"]
-    with caplog.at_level(logging.WARNING, logger="api.db.isolation"):
+    with caplog.at_level(logging.INFO, logger="api.db.isolation"):
         _run(cluster.superuser_url, [f"alter system set {name} = {setting}", "select pg_reload_conf()"])
         try:
             # The postmaster re-reads its configuration, then signals every session, which takes it up

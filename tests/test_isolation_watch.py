@@ -138,7 +138,7 @@ def test_weakened_while_serving_then_repaired(
     alice = new_user()
     assert api.post(alice.tasks_url, json={"title": "mine"}, headers=alice.headers).status_code == 201
 
-    with caplog.at_level(logging.ERROR, logger="api.db.isolation"):
+    with caplog.at_level(logging.INFO, logger="api.db.isolation"):
         db.execute(weakening.weaken)
         wait_until(lambda: refused(api, alice), f"{name}: task requests are refused", CHECKS_SECONDS)
         ready = api.get("/readyz")
@@ -163,6 +163,9 @@ def test_weakened_while_serving_then_repaired(
             f"{name}: served again",
             CHECKS_SECONDS,
         )
+        eventually_logged(caplog, "isolation is verified again", f"{name}: told it is served again")
+        (told,) = [record for record in caplog.records if "verified again" in record.getMessage()]
+        assert told.levelno == logging.INFO, "a recovery, as the pool's and readiness's are"
     assert api.get("/readyz").status_code == 200
     wait_until(
         lambda: _verified_gauge(api) == 1,

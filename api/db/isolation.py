@@ -511,7 +511,10 @@ class IsolationWatch:
                     extra={"findings": [finding.message for finding in findings]},
                 )
             elif self.findings:
-                logger.warning("isolation is verified again; task requests are served")
+                # A recovery, at INFO as the pool's and readiness's are: at WARNING it paged whoever
+                # alerts on warnings after every Neon wake-up a check fell in (the serverless probe of
+                # stop 84).
+                logger.info("isolation is verified again; task requests are served")
         self.findings, self.mismatch, self.verified = findings, mismatch, not findings
 
     def distrust(self, breach: IsolationBreach) -> None:
