@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -22,7 +23,7 @@ import pytest
 from psycopg import sql
 from pytest_postgresql.executors import NoopExecutor
 
-from api.ops.embedded import development_secret
+from api.ops.embedded import development_secret, socket_in_the_folder
 from api.ops.failures import CommandFailed
 from api.ops.startup_checks import EXTRA_CONNECTIONS_PER_WORKER, refuse_more_connections_than_postgres_allows
 from tests.conftest import url_for
@@ -855,19 +856,23 @@ def _writable_by_another_group(path: Path) -> None:
     path.chmod(0o775)
 
 
-def _acl_lets_another_user_write(path: Path) -> None:
-    """`setfacl -m u:nobody:rwx`, as the kernel takes it (acl(5), <linux/posix_acl_xattr.h>): version 2,
-    then the owner's, the named user's, the owning group's, the mask's and the others' entries."""
+_ACL_NAMED_USER, _ACL_NAMED_GROUP = 0x02, 0x08
+
+
+def _acl_lets_another_user_write(path: Path, *, tag: int = _ACL_NAMED_USER, permissions: int = 0o7) -> None:
+    """`setfacl -m u:nobody:rwx` (`g:` with _ACL_NAMED_GROUP, other `permissions`), as the kernel takes
+    it (acl(5), <linux/posix_acl_xattr.h>): version 2, then the owner's, the named user's or group's, the
+    owning group's, the mask's (everything, as setfacl makes it) and the others' entries, by tag."""
     mode = path.stat().st_mode
     undefined = 0xFFFFFFFF
     entries = [
         (0x01, (mode >> 6) & 7, undefined),
-        (0x02, 7, _NOBODY),
+        (tag, permissions, _NOBODY),
         (0x04, (mode >> 3) & 7, undefined),
         (0x10, 7, undefined),
         (0x20, mode & 7, undefined),
     ]
-    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in sorted(entries))
     try:
         os.setxattr(path, "system.posix_acl_access", acl)
     except OSError as error:
@@ -889,6 +894,11 @@ def _acl_lets_another_user_write(path: Path) -> None:
         ),
         pytest.param(_writable_by_another_group, id="a-data-dir-another-group-may-write-to"),
         pytest.param(_acl_lets_another_user_write, id="a-data-dir-an-acl-lets-another-user-write-to"),
+        # Only a named user was tried: a named group's entry could go unread (the mutation round of stop 84).
+        pytest.param(
+            lambda data_dir: _acl_lets_another_user_write(data_dir, tag=_ACL_NAMED_GROUP),
+            id="a-data-dir-an-acl-lets-another-group-write-to",
+        ),
         pytest.param(
             lambda data_dir: _acl_lets_another_user_write(data_dir / "dev-secret"),
             id="a-secret-an-acl-lets-another-user-write",
@@ -916,6 +926,54 @@ def test_a_development_secret_another_user_could_change_is_refused_never_signed_
     assert_one_clear_failure(result.stderr, result.returncode, "another user")
     assert "sign tokens for every user" in result.stderr
     assert result.stdout == ""
+
+
+def _acl_lets_another_user_read(data_dir: Path) -> None:
+    """Under umask 002 (Fedora's) the user's own group may write, so the ACL's mask has write too."""
+    data_dir.chmod(0o775)
+    _acl_lets_another_user_write(data_dir, permissions=0o5)
+
+
+def _acl_entry_whose_write_the_mask_takes_away(data_dir: Path) -> None:
+    """As the refusal advises: chmod sets the ACL's mask to the group's r-x, which the entry cannot pass."""
+    _acl_lets_another_user_write(data_dir)
+    data_dir.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "readable",
+    [_acl_lets_another_user_read, _acl_entry_whose_write_the_mask_takes_away],
+    ids=["an-acl-lets-another-user-read", "an-acl-entry-whose-write-the-mask-takes-away"],
+)
+def test_a_data_dir_an_acl_lets_no_other_user_write_to_is_used(
+    tmp_path: Path, readable: Callable[[Path], None]
+) -> None:
+    """A folder only its user may write to is used whatever its ACL names (`setfacl -m u:backup:rx`, or
+    `u:x:rwx` then `chmod 755`); each was refused, until `setfacl -b`, by mutants the tests let live (the
+    mutation round of stop 84)."""
+    data_dir = tmp_path / "data"
+    secret = development_secret(data_dir)
+    readable(data_dir)
+    assert development_secret(data_dir) == secret
+    result = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_a_data_dir_on_a_file_system_without_acls_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the ACL of a folder on a file system that keeps none (vfat, ext4 mounted noacl, some FUSE
+    and NFS mounts) fails with ENOTSUP: a 0775 folder there (umask 002) has no ACL to fear and is used,
+    where a mutant refused it (the mutation round of stop 84). No such mount is at hand: getxattr says so."""
+    data_dir = tmp_path / "data"
+    secret = development_secret(data_dir)
+    data_dir.chmod(0o775)
+
+    def keeps_no_acls(path: object, *_: object, **__: object) -> bytes:
+        raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP), str(path))
+
+    monkeypatch.setattr(os, "getxattr", keeps_no_acls)
+    assert development_secret(data_dir) == secret
 
 
 def _kept_through_a_link(data_dir: Path, *, owner: int | None = None, link_owner: int | None = None) -> Path:
@@ -983,6 +1041,28 @@ def test_a_data_dir_made_under_umask_000_is_writable_by_its_user_alone(tmp_path:
     assert run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path).returncode == 0
 
 
+def test_the_socket_folders_made_under_umask_000_are_writable_by_their_user_alone(tmp_path: Path) -> None:
+    """A data dir too deep for its socket has it in the runtime folder, which `mkdir`'s `parents` made
+    0777 under umask 000: the start refused the folder it had just made as "not its own", and so did
+    every later start, whatever the umask (the mutation probe of stop 84)."""
+    runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short enough for a socket path
+    try:
+        data_dir = tmp_path / ("a-data-dir-too-deep-for-its-socket-" * 3) / "data"
+        assert not socket_in_the_folder(data_dir)
+        migrated = subprocess.run(
+            [*CLI, "migrate", "--data-dir", str(data_dir)],
+            cwd=tmp_path, env=cli_env(XDG_RUNTIME_DIR=str(runtime / "run")), capture_output=True, text=True,
+            timeout=120, check=False, umask=0,
+        )  # fmt: skip
+        assert migrated.returncode == 0, migrated.stderr
+        made = [runtime / "run", runtime / "run" / "python_PostgresServer", data_dir.parent, data_dir]
+        assert {str(path): stat.S_IMODE(path.stat().st_mode) & 0o022 for path in made} == dict.fromkeys(
+            map(str, made), 0
+        )
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
 def test_a_start_lock_made_by_an_earlier_release_is_made_private(tmp_path: Path) -> None:
     """Earlier releases made it 0644, and another user who held it kept every start and stop of the
     folder waiting, Ctrl-C included (the local users' probe of stop 82)."""
@@ -996,11 +1076,30 @@ def test_a_start_lock_made_by_an_earlier_release_is_made_private(tmp_path: Path)
     assert stat.S_IMODE(lock.stat().st_mode) == 0o600
 
 
+def test_a_start_lock_another_user_owns_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """Its owner may open it whatever its mode and hold it, keeping every start and stop of the folder
+    waiting: one left by another user was made 0600 and used by a mutant the tests let live (the
+    mutation round of stop 84), where it is refused in one line and left as it is."""
+    data_dir = tmp_path / "data"
+    development_secret(data_dir)
+    lock = data_dir / "start.lock"
+    lock.touch(mode=0o644)
+    _owned_by_another_user(lock)
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_clear_failure(
+        result.stderr, result.returncode, f"the start lock {lock} belongs to another user"
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (lock.stat().st_uid, stat.S_IMODE(lock.stat().st_mode)) == (_NOBODY, 0o644)
+    assert not (data_dir / "pgdata").exists()
+
+
 @pytest.mark.parametrize(
     ("folder_owner", "target_exists", "refusal"),
     [
-        pytest.param(None, True, "cannot take the start lock", id="to-a-file"),
-        pytest.param(None, False, "cannot take the start lock", id="to-nothing"),
+        # Saying "it is a link", not "Too many levels of symbolic links" (the mutation round of stop 84).
+        pytest.param(None, True, "cannot take the start lock {lock} (it is a link)", id="to-a-file"),
+        pytest.param(None, False, "cannot take the start lock {lock} (it is a link)", id="to-nothing"),
         pytest.param(_NOBODY, True, "could be changed by another user", id="in-a-data-dir-another-user-owns"),
     ],
 )
@@ -1021,7 +1120,7 @@ def test_a_start_lock_that_is_a_link_is_refused_never_written_through(
         _as_root()
         os.chown(data_dir, folder_owner, -1)
     result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
-    assert_one_clear_failure(result.stderr, result.returncode, refusal)
+    assert_one_clear_failure(result.stderr, result.returncode, refusal.format(lock=data_dir / "start.lock"))
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     if target_exists:
         assert (target.read_text(), stat.S_IMODE(target.stat().st_mode)) == ("kept as it is\n", 0o644)

@@ -3,6 +3,7 @@ broken behind: real `todo-api` processes, as an operator runs them."""
 
 import contextlib
 import json
+import logging
 import os
 import pwd
 import re
@@ -16,6 +17,7 @@ import tempfile
 import threading
 import time
 import tomllib
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -1110,21 +1112,38 @@ def test_a_stale_postmaster_pid_is_kept_while_processes_of_its_postgres_still_us
             bystander.kill()
 
 
-@pytest.mark.parametrize("kept_lines", [0, 6])
+@pytest.mark.parametrize("kept_lines", [0, 6, None], ids=["empty", "six-lines", "not-text"])
 def test_a_postmaster_pid_cut_short_by_a_crash_is_no_server(
-    tmp_path: Path, made_data_dir: Path, kept_lines: int
+    tmp_path: Path, made_data_dir: Path, kept_lines: int | None
 ) -> None:
     """Postgres writes postmaster.pid a few lines at a time as it starts; killed meanwhile, it leaves
-    the file empty or short, which the wheel could not read: an AssertionError traceback, every start."""
+    the file empty or short, which the wheel could not read: an AssertionError traceback, every start.
+    One whose bytes are no text (a damaged disk) was a UnicodeDecodeError traceback, and killed serve's
+    keeper (the mutation round of stop 84)."""
     data_dir = made_data_dir
     postmaster_pid = data_dir / "pgdata" / "postmaster.pid"
     _crash_while_postgres_runs(data_dir)
-    lines = postmaster_pid.read_text().splitlines()[:kept_lines]
-    postmaster_pid.write_text("".join(f"{line}\n" for line in lines))
+    if kept_lines is None:
+        postmaster_pid.write_bytes(b"\xff\xfe\n")
+    else:
+        lines = postmaster_pid.read_text().splitlines()[:kept_lines]
+        postmaster_pid.write_text("".join(f"{line}\n" for line in lines))
     result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert _postgres_on(data_dir / "pgdata") == [], "the Postgres this start started is stopped"
+
+
+def test_a_postgresql_conf_with_bytes_that_are_no_utf8_is_used(tmp_path: Path, made_data_dir: Path) -> None:
+    """Postgres takes any bytes in its configuration's comments (a Latin-1 one an operator wrote): read
+    for the socket's setting at every start, it was a UnicodeDecodeError traceback."""
+    conf = made_data_dir / "pgdata" / "postgresql.conf"
+    with conf.open("ab") as file:
+        file.write(b"# r\xe9glages de l'\xe9quipe\n")
+    result = run_cli("migrate", "--data-dir", str(made_data_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert conf.read_bytes().count(b"\nunix_socket_permissions = 0700\n") == 1
 
 
 OPERATIONS = PROJECT / "docs" / "operations.md"
@@ -1214,31 +1233,171 @@ def test_serve_starts_its_embedded_postgres_again_when_it_stops_on_its_own(
         _stop_postgres_left_on(pgdata)
 
 
-def test_serves_keeper_outlasts_a_start_it_could_not_make(tmp_path: Path, made_data_dir: Path) -> None:
+def _a_link_as_the_start_lock(data_dir: Path) -> Callable[[], None]:
+    lock = data_dir / "start.lock"
+    lock.unlink()
+    lock.symlink_to(data_dir.parent / "elsewhere")
+    return lock.unlink
+
+
+def _a_setting_postgres_cannot_start_with(data_dir: Path) -> Callable[[], None]:
+    conf = data_dir / "pgdata" / "postgresql.auto.conf"
+    kept = conf.read_text()
+    conf.write_text(kept + "shared_buffers = 'not a size'\n")
+
+    def undo() -> None:
+        conf.write_text(kept)
+
+    return undo
+
+
+@pytest.mark.parametrize(
+    ("refusing", "reason"),
+    [
+        pytest.param(_a_link_as_the_start_lock, "cannot take the start lock", id="a-link-as-the-start-lock"),
+        # Refused after the keeper said Postgres has stopped: that line, too, was said at every try by a
+        # mutant the tests let live, and so was the reason (the mutation round of stop 84).
+        pytest.param(
+            _a_setting_postgres_cannot_start_with, "could not start", id="a-setting-it-cannot-start-with"
+        ),
+    ],
+)
+def test_serves_keeper_outlasts_a_start_it_could_not_make(
+    tmp_path: Path, made_data_dir: Path, refusing: Callable[[Path], Callable[[], None]], reason: str
+) -> None:
     """The keeper that starts the embedded Postgres again died with a traceback on the first error it
     did not foresee (here a link put in place of the start lock), and serve never started Postgres
-    again, once the link was gone too (the verification probe of stop 83)."""
-    pgdata, log, lock = made_data_dir / "pgdata", tmp_path / "serve.log", made_data_dir / "start.lock"
+    again, once the link was gone too (the verification probe of stop 83). Each reason is logged once
+    however many tries it refuses (docs/operations.md)."""
+    pgdata, log = made_data_dir / "pgdata", tmp_path / "serve.log"
     serve = [*CLI, "serve", "--data-dir", str(made_data_dir)]
     try:
         with serve_process(serve, cwd=tmp_path, env=cli_env(), output=log) as (base_url, process):
             token = run_cli("token", "alice", "--data-dir", str(made_data_dir), cwd=tmp_path).stdout.strip()
             tasks_url, headers = f"{base_url}/api/alice/tasks", {"Authorization": f"Bearer {token}"}
-            lock.unlink()
-            lock.symlink_to(tmp_path / "elsewhere")
             _pg_ctl(pgdata, "stop", "-m", "immediate")
-            wait_until(lambda: "cannot take the start lock" in log.read_text(), "the keeper says why", 60)
-            lock.unlink()
+            undo = refusing(made_data_dir)  # within the keeper's first two looks, 2 s apart
+            try:
+                wait_until(lambda: reason in log.read_text(), "the keeper says why", 60)
+                time.sleep(3 * embedded._KEEP_RUNNING_SECONDS + 1)  # three tries more, at least
+            finally:
+                undo()
             _wait_for_a_write(
                 tasks_url, headers, "a write served by the Postgres the keeper started once it could"
             )
+            # Served as soon as Postgres answers, which may be before pg_ctl's wait for it ends.
+            runs_again = "the embedded Postgres runs again"
+            wait_until(lambda: runs_again in log.read_text(), "the keeper says it runs again", 30)
             process.send_signal(signal.SIGINT)
             process.wait(timeout=60)
         said = log.read_text()
         assert "Traceback" not in said, said
-        assert said.count("cannot take the start lock") == 1, "once, not every 2 s"
+        assert said.count(reason) == 1, f"once, not every 2 s: {said}"
+        assert said.count("the embedded Postgres has stopped") <= 1, f"once, not every 2 s: {said}"
         assert _postgres_on(pgdata) == []
     finally:
+        _stop_postgres_left_on(pgdata)
+
+
+def test_the_keeper_outlasts_an_error_it_did_not_foresee(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every error the keeper meets today is a CommandFailed (above); one of any other kind ended its
+    thread in a mutant the tests let live, and serve answered 503 for good (the mutation round of stop
+    84). No real fault makes one, so its start is replaced: a PermissionError, then a start."""
+    pgdata = tmp_path / "data" / "pgdata"
+    pgdata.mkdir(parents=True)
+    tries: list[Path] = []
+
+    def start_again(folder: Path, stopping: threading.Event) -> bool:
+        tries.append(folder)
+        if len(tries) == 1:
+            raise PermissionError(13, "Permission denied", str(folder / "log"))
+        return True
+
+    monkeypatch.setattr(embedded, "_KEEP_RUNNING_SECONDS", 0.05)
+    monkeypatch.setattr(embedded, "_postmaster", lambda _: None if len(tries) < 2 else psutil.Process())
+    monkeypatch.setattr(embedded, "_start_again", start_again)
+    server = types.SimpleNamespace(pgdata=pgdata)
+    database = embedded.EmbeddedDatabase(server=server, url="", secret="")  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="api.ops.embedded"), database.kept_running():
+        wait_until(lambda: "runs again" in caplog.text, "a start after the unforeseen error", 10)
+    assert f"todo-api: PermissionError: [Errno 13] Permission denied: '{pgdata / 'log'}'" in caplog.text
+
+
+def _a_slow_next_start(pgdata: Path) -> Path:
+    """The next start of the folder's Postgres waits, before it writes postmaster.pid, reading its
+    configuration (an include of a FIFO nobody writes to: a stand-in for a long crash recovery or a hung
+    disk). Returns the FIFO, which `_let_a_slow_start_go` opens."""
+    fifo = pgdata / "slow.fifo"
+    os.mkfifo(fifo)
+    if os.geteuid() == 0:
+        postgres = pwd.getpwnam("embedded_postgres")
+        os.chown(fifo, postgres.pw_uid, postgres.pw_gid)
+    with (pgdata / "postgresql.conf").open("a") as conf:
+        conf.write(f"\ninclude '{fifo}'\n")
+    return fifo
+
+
+def _let_a_slow_start_go(fifo: Path, seconds: float) -> None:
+    """For `seconds`: a start waiting on the FIFO reads it, empty (Postgres reads its configuration more
+    than once as it starts)."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        with contextlib.suppress(OSError):  # ENXIO: nobody reads it now
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        time.sleep(0.1)
+
+
+def _pg_ctl_restart_runs_on(pgdata: Path) -> bool:
+    return any(
+        proc.info["name"] == "pg_ctl" and "restart" in (proc.info["cmdline"] or [])
+        and str(pgdata) in (proc.info["cmdline"] or [])
+        for proc in psutil.process_iter(attrs=["name", "cmdline"])
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["sigint-to-serve", "ctrl-c-to-its-group"])
+def test_a_stop_while_the_keeper_starts_postgres_again_ends_that_start_and_leaves_nothing_running(
+    tmp_path: Path, made_data_dir: Path, ctrl_c: bool
+) -> None:
+    """A stop of serve (a supervisor's SIGINT to it alone, or Ctrl-C to its group) while its keeper starts
+    Postgres again ends that start at once, says nothing of it, and leaves no Postgres behind, where
+    mutants the tests let live waited out the start or left its postmaster running after serve (the
+    mutation round of stop 84; the fixes of the verification probes of stop 83)."""
+    pgdata, log = made_data_dir / "pgdata", tmp_path / "serve.log"
+    serve = [*CLI, "serve", "--data-dir", str(made_data_dir)]
+    conf = pgdata / "postgresql.conf"
+    kept = conf.read_text()
+    fifo = None
+    try:
+        with serve_process(serve, cwd=tmp_path, env=cli_env(), output=log, own_group=True) as (_, process):
+            fifo = _a_slow_next_start(pgdata)
+            _postmaster(pgdata).kill()  # a crash
+            wait_until(lambda: _pg_ctl_restart_runs_on(pgdata), "the keeper's pg_ctl restart", 30)
+            time.sleep(1)  # its postmaster started, waiting on the FIFO
+            stopped_at = time.monotonic()
+            if ctrl_c:
+                os.killpg(process.pid, signal.SIGINT)
+            else:
+                process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)  # not pg_ctl's wait for a start (_RESTART_WAIT_SECONDS)
+            took = time.monotonic() - stopped_at
+        _let_a_slow_start_go(fifo, 5)  # a start left behind goes on, and would be running now
+        said = log.read_text()
+        assert took < 20, f"serve took {took:.0f} s to stop: it waited out pg_ctl's start"
+        assert _postgres_on(pgdata) == [], "a Postgres left running after serve stopped"
+        assert "Traceback" not in said, said
+        assert "could not start" not in said, said
+        assert "the embedded Postgres runs again" not in said, said
+        # Not started again between a Ctrl-C that ended pg_ctl and serve's stop, which comes once its
+        # workers have stopped (the run of this test that saw it also waited 30 s for granian to kill
+        # its worker).
+        assert said.count("the embedded Postgres has stopped") == 1, said
+    finally:
+        conf.write_text(kept)
+        if fifo is not None:
+            _let_a_slow_start_go(fifo, 1)
         _stop_postgres_left_on(pgdata)
 
 
@@ -1664,6 +1823,20 @@ def test_a_file_that_cannot_be_written_at_start_is_one_line_and_leaves_nothing(
     )
 
 
+@contextmanager
+def _a_socket_folder_of_its_own() -> Iterator[Path]:
+    """A short folder for the socket of a Postgres a test starts with pg_ctl: in pgdata under a long
+    TMPDIR its path is past LONGEST_SOCKET_PATH, and pg_ctl failed to start it (the mutation round of
+    stop 84). Its Postgres's user's, as the product makes such a folder (`_keep_the_socket_to_its_user`)."""
+    folder = Path(tempfile.mkdtemp(prefix="todo-api-socket-", dir="/tmp"))
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(folder, "embedded_postgres")
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_a_postgres_that_cannot_make_its_database_is_one_line(made_data_dir: Path) -> None:
     """A disk with room for initdb but not for CREATE DATABASE was a traceback (the disk probe of stop
     83). Here CREATE DATABASE is refused for a session another client holds on its template."""
@@ -1672,11 +1845,15 @@ def test_a_postgres_that_cannot_make_its_database_is_one_line(made_data_dir: Pat
     try:
         # As root, the wheel makes the folders above pgdata traversable for the user pg_ctl runs as.
         assert run_cli(*migrate, cwd=made_data_dir.parent).returncode == 0
-        _pg_ctl(pgdata, "start", "-w", "-o", f"-h '' -k {pgdata}", "-l", str(pgdata / "log"))
-        with psycopg.connect(f"host={pgdata} dbname=postgres user=postgres", autocommit=True) as superuser:
-            superuser.execute("drop database todo")
-        with psycopg.connect(f"host={pgdata} dbname=template1 user=postgres"):
-            result = run_cli(*migrate, cwd=made_data_dir.parent)
+        with _a_socket_folder_of_its_own() as sockets:
+            _pg_ctl(pgdata, "start", "-w", "-o", f"-h '' -k {sockets}", "-l", str(pgdata / "log"))
+            with psycopg.connect(
+                f"host={sockets} dbname=postgres user=postgres", autocommit=True
+            ) as superuser:
+                superuser.execute("drop database todo")
+            with psycopg.connect(f"host={sockets} dbname=template1 user=postgres"):
+                result = run_cli(*migrate, cwd=made_data_dir.parent)
+            _stop_postgres_left_on(pgdata)  # before its socket's folder goes
         assert_one_line(
             result,
             "the embedded Postgres started but could not be made ready: ObjectInUse: source database "
@@ -1685,6 +1862,67 @@ def test_a_postgres_that_cannot_make_its_database_is_one_line(made_data_dir: Pat
         )
     finally:
         _stop_postgres_left_on(pgdata)
+
+
+def test_a_postgres_whose_transactions_are_read_only_is_one_line(tmp_path: Path, made_data_dir: Path) -> None:
+    """`default_transaction_read_only = on` (an ALTER SYSTEM of someone trying things) refuses the login
+    role's settings with SQLSTATE 25006, which psycopg raises as an InternalError, not an
+    OperationalError: a traceback with a mutant the tests let live (the mutation round of stop 84)."""
+    pgdata = made_data_dir / "pgdata"
+    with (pgdata / "postgresql.auto.conf").open("a") as conf:
+        conf.write("default_transaction_read_only = on\n")
+    try:
+        result = run_cli("migrate", "--data-dir", str(made_data_dir), cwd=tmp_path)
+        assert_one_line(
+            result,
+            "the embedded Postgres started but could not be made ready: ReadOnlySqlTransaction",
+            f"(its log is {pgdata / 'log'})",
+        )
+        assert _postgres_on(pgdata) == []
+    finally:
+        _stop_postgres_left_on(pgdata)
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        'could not create directory "base/16390": No space left on device',
+        'could not write to file "base/16384/16385": Disk quota exceeded',
+    ],
+    ids=["a-full-disk", "a-quota-used-up"],
+)
+def test_a_postgres_made_ready_on_a_full_disk_says_to_free_space(tmp_path: Path, cause: str) -> None:
+    """A CREATE DATABASE (or the role's settings) refused for want of space said "fix that and start
+    again" with mutants the tests let live (the mutation round of stop 84). A disk with room for initdb
+    alone, or a quota, cannot be made here: the line is asked of what makes it, with Postgres's words."""
+    failure = embedded._not_made_ready(tmp_path / "pgdata", psycopg.errors.DiskFull(cause))
+    assert f"could not be made ready: DiskFull: {cause}: free some space there" in str(failure), str(failure)
+
+
+def _fill(folder: Path) -> None:
+    """Writes to `folder` until its file system has no room left, as a full disk."""
+    with (folder / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"x" * 4096)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to mount a small file system")
+def test_a_development_secret_a_full_disk_refuses_says_to_free_space(tmp_path: Path) -> None:
+    """On a real full disk (RLIMIT_FSIZE's "File too large" has no advice either way) the secret's line
+    said "fix that and start again" with a mutant the tests let live (the mutation round of stop 84)."""
+    with tmpfs(tmp_path / "full", "64k") as full:
+        data_dir = full / "data"
+        data_dir.mkdir(mode=0o755)
+        _fill(full)
+        result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+        assert_one_line(
+            result,
+            f"cannot write the development secret {data_dir / 'dev-secret'} (No space left on device): free"
+            " some space there, or pick another --data-dir or DATA_DIR",
+        )
+        assert not [path.name for path in data_dir.iterdir() if "secret" in path.name], (
+            "no secret, not in part"
+        )
 
 
 def test_policies_leaves_a_postgres_it_found_running_as_it_found_it(made_data_dir: Path) -> None:

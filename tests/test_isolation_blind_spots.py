@@ -180,6 +180,16 @@ BLIND_SPOTS = {
         ["select pg_catalog.lo_unlink(424242)"],
         "large object 424242 is not in what todo-api ships",
     ),
+    # A grant to todo_app itself, which every task request's role has: a mutant the tests let live
+    # looked at grants to PUBLIC alone (the mutation round of stop 84).
+    "a large object todo_app may read": BlindSpot(
+        [
+            "select pg_catalog.lo_from_bytea(434343, 'a copy of every task')",
+            "grant select on large object 434343 to todo_app",
+        ],
+        ["select pg_catalog.lo_unlink(434343)"],
+        "large object 434343 is not in what todo-api ships",
+    ),
     "future tables granted to todo_app": BlindSpot(
         ["alter default privileges for role todo_owner grant select on tables to todo_app"],
         ["alter default privileges for role todo_owner revoke select on tables from todo_app"],
@@ -242,6 +252,16 @@ BLIND_SPOTS = {
         ["alter database todo set app.user_id = 'someone'"],
         ["alter database todo reset app.user_id"],
         "setting app.user_id=someone applies to the login role todo_owner through ALTER DATABASE todo SET",
+        "isolation",
+    ),
+    # Every large object open to every role: only the cluster-wide form was held, and a mutant the tests
+    # let live reported this one nowhere (the mutation round of stop 84).
+    "lo_compat_privileges on for the login role": BlindSpot(
+        ["alter role todo_owner set lo_compat_privileges = on"],
+        ["alter role todo_owner reset lo_compat_privileges"],
+        "setting lo_compat_privileges=on applies to the login role todo_owner through ALTER ROLE todo_owner "
+        "SET: it changes how row-level security applies or what names mean (ALTER ROLE todo_owner RESET "
+        "lo_compat_privileges)",
         "isolation",
     ),
     "a search_path for the database": BlindSpot(
@@ -379,6 +399,31 @@ def test_another_sessions_temporary_function_is_not_a_finding(
             assert fresh.get(alice.tasks_url, headers=alice.headers).status_code == 200
         time.sleep(5 * INTERVAL)  # the running API checks again, several times, meanwhile
         assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "grant",
+    [None, "grant select, update on large object 454545 to todo_owner"],
+    ids=["its-owners-alone", "granted-to-another-role"],
+)
+def test_a_large_object_neither_todo_app_nor_public_may_reach_is_not_a_finding(
+    cluster: OwnPostgres, api: httpx.Client, tmp_path: Path, grant: str | None
+) -> None:
+    """A DBA's own large object in the API's database is none of todo_app's: with a mutant the tests let
+    live every large object was a finding, and stopped the API serving (the mutation round of stop 84)."""
+    alice = new_user()
+    _run(
+        cluster.superuser_url,
+        ["select pg_catalog.lo_from_bytea(454545, 'the DBA''s own')", *filter(None, [grant])],
+    )
+    try:
+        assert audit_database(cluster.url).findings == []
+        policies = run_cli("policies", cwd=tmp_path, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SECRET)
+        assert policies.returncode == 0, policies.stdout
+        time.sleep(5 * INTERVAL)  # the running API checks again, several times, meanwhile
+        assert api.get(alice.tasks_url, headers=alice.headers).status_code == 200
+    finally:
+        _run(cluster.superuser_url, ["select pg_catalog.lo_unlink(454545)"])
 
 
 def _verified(api: httpx.Client) -> float:

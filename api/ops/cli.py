@@ -155,7 +155,7 @@ def _usable_folder(data_dir: Path) -> Path:
         cannot = f"{where} has {named}, which the embedded Postgres's start command cannot take"
         raise CommandFailed(_unusable_folder(data_dir, cannot))
     try:
-        data_dir.mkdir(mode=embedded.DATA_DIR_MODE, parents=True, exist_ok=True)
+        embedded.make_folder(data_dir)
     except OSError as error:
         reason = "a file, not a folder" if data_dir.is_file() else error.strerror
         raise CommandFailed(_unusable_folder(data_dir, reason)) from None

