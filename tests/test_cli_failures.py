@@ -940,20 +940,42 @@ def _acl_entry_whose_write_the_mask_takes_away(data_dir: Path) -> None:
     data_dir.chmod(0o755)
 
 
+def _kept_through_a_link(data_dir: Path, *, owner: int | None = None, link_owner: int | None = None) -> Path:
+    """The development secret moved out of the data dir and linked to from there; the file, or the
+    link, given to `owner` or `link_owner`."""
+    kept = data_dir.parent / "kept-secret"
+    (data_dir / "dev-secret").rename(kept)
+    (data_dir / "dev-secret").symlink_to(kept)
+    if owner is not None:
+        _as_root()
+        os.chown(kept, owner, -1)
+    if link_owner is not None:
+        _as_root()
+        os.chown(data_dir / "dev-secret", link_owner, -1, follow_symlinks=False)
+    return kept
+
+
 @pytest.mark.parametrize(
-    "readable",
-    [_acl_lets_another_user_read, _acl_entry_whose_write_the_mask_takes_away],
-    ids=["an-acl-lets-another-user-read", "an-acl-entry-whose-write-the-mask-takes-away"],
+    "kept_private",
+    [
+        pytest.param(_acl_lets_another_user_read, id="an-acl-lets-another-user-read"),
+        pytest.param(
+            _acl_entry_whose_write_the_mask_takes_away, id="an-acl-entry-whose-write-the-mask-takes-away"
+        ),
+        # A link's own mode (0777) says nothing of who may write to the file: read as it was, every
+        # secret kept elsewhere through a link would be refused.
+        pytest.param(_kept_through_a_link, id="a-secret-kept-through-a-link-of-ones-own"),
+    ],
 )
-def test_a_data_dir_an_acl_lets_no_other_user_write_to_is_used(
-    tmp_path: Path, readable: Callable[[Path], None]
+def test_a_data_dir_and_secret_no_other_user_may_change_are_used(
+    tmp_path: Path, kept_private: Callable[[Path], object]
 ) -> None:
-    """A folder only its user may write to is used whatever its ACL names (`setfacl -m u:backup:rx`, or
-    `u:x:rwx` then `chmod 755`); each was refused, until `setfacl -b`, by mutants the tests let live (the
-    mutation round of stop 84)."""
+    """A folder and a secret only their user may write to are used whatever their ACL names
+    (`setfacl -m u:backup:rx`, or `u:x:rwx` then `chmod 755`; each was refused, until `setfacl -b`, by
+    mutants the tests let live: the mutation round of stop 84) or wherever a link of one's own keeps it."""
     data_dir = tmp_path / "data"
     secret = development_secret(data_dir)
-    readable(data_dir)
+    kept_private(data_dir)
     assert development_secret(data_dir) == secret
     result = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, "")
@@ -974,32 +996,6 @@ def test_a_data_dir_on_a_file_system_without_acls_is_used(
 
     monkeypatch.setattr(os, "getxattr", keeps_no_acls)
     assert development_secret(data_dir) == secret
-
-
-def _kept_through_a_link(data_dir: Path, *, owner: int | None = None, link_owner: int | None = None) -> Path:
-    """The development secret moved out of the data dir and linked to from there; the file, or the
-    link, given to `owner` or `link_owner`."""
-    kept = data_dir.parent / "kept-secret"
-    (data_dir / "dev-secret").rename(kept)
-    (data_dir / "dev-secret").symlink_to(kept)
-    if owner is not None:
-        _as_root()
-        os.chown(kept, owner, -1)
-    if link_owner is not None:
-        _as_root()
-        os.chown(data_dir / "dev-secret", link_owner, -1, follow_symlinks=False)
-    return kept
-
-
-def test_a_secret_of_ones_own_kept_through_a_link_of_ones_own_is_used(tmp_path: Path) -> None:
-    """A link's own mode (0777) says nothing of who may write to the file: read as it was, every secret
-    kept elsewhere through a link would be refused."""
-    data_dir = tmp_path / "data"
-    secret = development_secret(data_dir)
-    _kept_through_a_link(data_dir)
-    assert development_secret(data_dir) == secret
-    result = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=tmp_path)
-    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_a_user_other_than_root_uses_the_data_dir_and_secret_they_own(
