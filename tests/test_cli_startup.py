@@ -1325,11 +1325,14 @@ def test_the_keeper_outlasts_an_error_it_did_not_foresee(
     assert f"todo-api: PermissionError: [Errno 13] Permission denied: '{pgdata / 'log'}'" in caplog.text
 
 
+_SLOW_START_FIFO = "slow.fifo"
+
+
 def _a_slow_next_start(pgdata: Path) -> Path:
     """The next start of the folder's Postgres waits, before it writes postmaster.pid, reading its
     configuration (an include of a FIFO nobody writes to: a stand-in for a long crash recovery or a hung
     disk). Returns the FIFO, which `_let_a_slow_start_go` opens."""
-    fifo = pgdata / "slow.fifo"
+    fifo = pgdata / _SLOW_START_FIFO
     os.mkfifo(fifo)
     if os.geteuid() == 0:
         postgres = pwd.getpwnam("embedded_postgres")
@@ -1357,6 +1360,21 @@ def _pg_ctl_restart_runs_on(pgdata: Path) -> bool:
     )  # fmt: skip
 
 
+@contextmanager
+def _left_as_found(pgdata: Path) -> Iterator[str]:
+    """Yields the folder's postgresql.conf; afterwards it is as it was, a start still waiting on
+    `_a_slow_next_start`'s FIFO is let go, and no Postgres of the folder runs."""
+    conf = pgdata / "postgresql.conf"
+    kept = conf.read_text()
+    try:
+        yield kept
+    finally:
+        conf.write_text(kept)
+        if (fifo := pgdata / _SLOW_START_FIFO).exists():
+            _let_a_slow_start_go(fifo, 1)
+        _stop_postgres_left_on(pgdata)
+
+
 def test_an_operators_kill_of_the_keepers_start_is_followed_by_another_start_within_seconds(
     tmp_path: Path, made_data_dir: Path
 ) -> None:
@@ -1365,10 +1383,7 @@ def test_an_operators_kill_of_the_keepers_start_is_followed_by_another_start_wit
     Ctrl-C, answered 503 for a minute (the second verification probe of stop 84)."""
     pgdata, log = made_data_dir / "pgdata", tmp_path / "serve.log"
     serve = [*CLI, "serve", "--data-dir", str(made_data_dir)]
-    conf = pgdata / "postgresql.conf"
-    kept = conf.read_text()
-    fifo = None
-    try:
+    with _left_as_found(pgdata) as kept:
         with serve_process(serve, cwd=tmp_path, env=cli_env(), output=log) as (base_url, process):
             token = run_cli("token", "alice", "--data-dir", str(made_data_dir), cwd=tmp_path).stdout.strip()
             tasks_url, headers = f"{base_url}/api/alice/tasks", {"Authorization": f"Bearer {token}"}
@@ -1381,7 +1396,7 @@ def test_an_operators_kill_of_the_keepers_start_is_followed_by_another_start_wit
             ]  # fmt: skip
             pg_ctl.send_signal(signal.SIGINT)
             pg_ctl.wait(timeout=10)
-            conf.write_text(kept)  # the next start is not slow
+            (pgdata / "postgresql.conf").write_text(kept)  # the next start is not slow
             _let_a_slow_start_go(fifo, 1)  # the one pg_ctl stopped reads it and stops
 
             def served() -> bool:
@@ -1393,11 +1408,6 @@ def test_an_operators_kill_of_the_keepers_start_is_followed_by_another_start_wit
             process.wait(timeout=60)
         assert "Traceback" not in log.read_text()
         assert _postgres_on(pgdata) == []
-    finally:
-        conf.write_text(kept)
-        if fifo is not None:
-            _let_a_slow_start_go(fifo, 1)
-        _stop_postgres_left_on(pgdata)
 
 
 @pytest.mark.parametrize("ctrl_c", [False, True], ids=["sigint-to-serve", "ctrl-c-to-its-group"])
@@ -1410,10 +1420,7 @@ def test_a_stop_while_the_keeper_starts_postgres_again_ends_that_start_and_leave
     mutation round of stop 84; the fixes of the verification probes of stop 83)."""
     pgdata, log = made_data_dir / "pgdata", tmp_path / "serve.log"
     serve = [*CLI, "serve", "--data-dir", str(made_data_dir)]
-    conf = pgdata / "postgresql.conf"
-    kept = conf.read_text()
-    fifo = None
-    try:
+    with _left_as_found(pgdata):
         with serve_process(serve, cwd=tmp_path, env=cli_env(), output=log, own_group=True) as (_, process):
             fifo = _a_slow_next_start(pgdata)
             _postmaster(pgdata).kill()  # a crash
@@ -1433,11 +1440,6 @@ def test_a_stop_while_the_keeper_starts_postgres_again_ends_that_start_and_leave
         assert "Traceback" not in said, said
         assert "could not start" not in said, said
         assert "the embedded Postgres runs again" not in said, said
-    finally:
-        conf.write_text(kept)
-        if fifo is not None:
-            _let_a_slow_start_go(fifo, 1)
-        _stop_postgres_left_on(pgdata)
 
 
 def test_a_hangup_while_migrating_leaves_no_lock_no_folder_and_no_postgres(
