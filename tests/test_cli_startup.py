@@ -1188,6 +1188,12 @@ def _socket_dir(pgdata: Path) -> str:
     return (pgdata / "postmaster.pid").read_text().splitlines()[4]
 
 
+def _alices_tasks(base_url: str, data_dir: Path, cwd: Path) -> tuple[str, dict[str, str]]:
+    """The URL of alice's tasks on `base_url`, and headers with a token the folder's secret signs."""
+    token = run_cli("token", "alice", "--data-dir", str(data_dir), cwd=cwd).stdout.strip()
+    return f"{base_url}/api/alice/tasks", {"Authorization": f"Bearer {token}"}
+
+
 def _wait_for_a_write(tasks_url: str, headers: dict[str, str], what: str) -> None:
     """Until a create titled "after" is 201. Each try waits as long as the server may
     (DB_POOL_TIMEOUT_SECONDS), so that none is cut off here to write later, beside the one that succeeds."""
@@ -1211,8 +1217,7 @@ def test_serve_starts_its_embedded_postgres_again_when_it_stops_on_its_own(
     serve = [*CLI, "serve", "--data-dir", str(made_data_dir)]
     try:
         with serve_process(serve, cwd=tmp_path, env=cli_env(), output=log) as (base_url, process):
-            token = run_cli("token", "alice", "--data-dir", str(made_data_dir), cwd=tmp_path).stdout.strip()
-            tasks_url, headers = f"{base_url}/api/alice/tasks", {"Authorization": f"Bearer {token}"}
+            tasks_url, headers = _alices_tasks(base_url, made_data_dir, tmp_path)
             assert httpx.post(tasks_url, json={"title": "before"}, headers=headers).status_code == 201
             crashed = _postmaster(pgdata)
             _pg_ctl(pgdata, "stop", "-m", "immediate")
@@ -1273,8 +1278,7 @@ def test_serves_keeper_outlasts_a_start_it_could_not_make(
     serve = [*CLI, "serve", "--data-dir", str(made_data_dir)]
     try:
         with serve_process(serve, cwd=tmp_path, env=cli_env(), output=log) as (base_url, process):
-            token = run_cli("token", "alice", "--data-dir", str(made_data_dir), cwd=tmp_path).stdout.strip()
-            tasks_url, headers = f"{base_url}/api/alice/tasks", {"Authorization": f"Bearer {token}"}
+            tasks_url, headers = _alices_tasks(base_url, made_data_dir, tmp_path)
             _pg_ctl(pgdata, "stop", "-m", "immediate")
             undo = refusing(made_data_dir)  # within the keeper's first two looks, 2 s apart
             try:
@@ -1385,8 +1389,7 @@ def test_an_operators_kill_of_the_keepers_start_is_followed_by_another_start_wit
     serve = [*CLI, "serve", "--data-dir", str(made_data_dir)]
     with _left_as_found(pgdata) as kept:
         with serve_process(serve, cwd=tmp_path, env=cli_env(), output=log) as (base_url, process):
-            token = run_cli("token", "alice", "--data-dir", str(made_data_dir), cwd=tmp_path).stdout.strip()
-            tasks_url, headers = f"{base_url}/api/alice/tasks", {"Authorization": f"Bearer {token}"}
+            tasks_url, headers = _alices_tasks(base_url, made_data_dir, tmp_path)
             fifo = _a_slow_next_start(pgdata)
             _postmaster(pgdata).kill()  # a crash
             wait_until(lambda: _pg_ctl_restart_runs_on(pgdata), "the keeper's pg_ctl restart", 30)
