@@ -1336,6 +1336,26 @@ def test_a_data_dir_that_cannot_be_a_folder(tmp_path: Path, command: str, inside
     assert in_the_way.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+@pytest.mark.parametrize("inside", ["", "sub"])
+def test_a_data_dir_through_a_link_to_nothing_says_so(tmp_path: Path, command: str, inside: str) -> None:
+    """A link to a folder that is not there (a disk not mounted) is named as such and left as it is;
+    mkdir said only "(File exists)" of it (the verification probe of stop 84)."""
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "unmounted" / "todo")
+    data_dir = link / inside if inside else link
+    result = run_cli(command, "--data-dir", str(data_dir), cwd=tmp_path)
+    names = "a link" if not inside else f"{link} is a link"
+    assert_one_clear_failure(
+        result.stderr,
+        result.returncode,
+        f"in {data_dir} ({names} to {tmp_path / 'unmounted' / 'todo'}, which is not there)",
+        "--data-dir",
+        status=failure_status(command),
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data"], "nothing made, the link not followed"
+
+
 def test_an_env_file_that_is_not_utf8(tmp_path: Path) -> None:
     (tmp_path / ".env").write_bytes(b"DB_POOL_SIZE=\xff\xfe\n")
     result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET)

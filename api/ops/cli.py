@@ -157,11 +157,22 @@ def _usable_folder(data_dir: Path) -> Path:
     try:
         embedded.make_folder(data_dir)
     except OSError as error:
-        reason = "a file, not a folder" if data_dir.is_file() else error.strerror
-        raise CommandFailed(_unusable_folder(data_dir, reason)) from None
+        raise CommandFailed(_unusable_folder(data_dir, _why_no_folder(data_dir, error))) from None
     if not os.access(data_dir, os.W_OK | os.X_OK):
         raise CommandFailed(_unusable_folder(data_dir, "not writable"))
     return data_dir
+
+
+def _why_no_folder(data_dir: Path, error: OSError) -> str | None:
+    if data_dir.is_file():
+        return "a file, not a folder"
+    # A link to a folder that is not there (a disk not mounted, say) is left as it is, not followed
+    # and made: mkdir says only "File exists" of it (the verification probe of stop 84).
+    for path in (data_dir, *data_dir.parents):
+        if path.is_symlink() and not path.exists():
+            link = "a link" if path == data_dir else f"{path} is a link"
+            return f"{link} to {os.readlink(path)}, which is not there"
+    return error.strerror
 
 
 def _unusable_folder(data_dir: Path, reason: str | None) -> str:
