@@ -2,7 +2,9 @@
 traceback, and for `serve` no "serving on" line before it."""
 
 import asyncio
+import concurrent.futures
 import errno
+import fcntl
 import json
 import os
 import re
@@ -1092,6 +1094,40 @@ def test_a_start_lock_another_user_owns_is_refused_and_left_alone(tmp_path: Path
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert (lock.stat().st_uid, stat.S_IMODE(lock.stat().st_mode)) == (_NOBODY, 0o644)
     assert not (data_dir / "pgdata").exists()
+
+
+def _wait_until_another_waits_for(lock: Path, waiter: "concurrent.futures.Future[object]") -> None:
+    """Until a process waits for the flock on `lock` (a "->" line of /proc/locks names its inode)."""
+    inode = f":{lock.stat().st_ino} "
+    deadline = time.monotonic() + 60
+    while not any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines()):
+        assert not waiter.done(), waiter.result()
+        assert time.monotonic() < deadline, "nothing waited for the lock"
+        time.sleep(0.05)
+
+
+def test_a_start_that_waits_for_another_says_so_then_goes_on(tmp_path: Path) -> None:
+    """`todo-api policies` waited without a word behind serve's restart of the database, which can take
+    minutes (the verification probe of stop 84): a start that waits for another's says so, and goes on
+    once that is over."""
+    data_dir = tmp_path / "data"
+    development_secret(data_dir)
+    lock = data_dir / "start.lock"
+    lock.touch(mode=0o600)
+    with lock.open("a") as held, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        migrate = pool.submit(run_cli, "migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+        _wait_until_another_waits_for(lock, migrate)
+        assert not (data_dir / "pgdata").exists(), "nothing started while another start holds the lock"
+        fcntl.flock(held, fcntl.LOCK_UN)
+        result = migrate.result()
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert (
+        f"waiting for another todo-api to finish starting or stopping the embedded database in {data_dir}"
+        in result.stderr
+    )
+    assert (data_dir / "pgdata" / "PG_VERSION").exists()
 
 
 @pytest.mark.parametrize(
