@@ -1096,7 +1096,9 @@ def test_a_start_lock_another_user_owns_is_refused_and_left_alone(tmp_path: Path
     assert not (data_dir / "pgdata").exists()
 
 
-def _wait_until_another_waits_for(lock: Path, waiter: "concurrent.futures.Future[object]") -> None:
+def _wait_until_another_waits_for(
+    lock: Path, waiter: "concurrent.futures.Future[subprocess.CompletedProcess[str]]"
+) -> None:
     """Until a process waits for the flock on `lock` (a "->" line of /proc/locks names its inode)."""
     inode = f":{lock.stat().st_ino} "
     deadline = time.monotonic() + 60
