@@ -608,6 +608,28 @@ def test_a_folder_made_by_another_major_version_of_postgres_is_one_line_naming_b
     assert _postgres_on(data_dir / "pgdata") == []
 
 
+def test_a_refused_setting_in_latin_1_is_one_line_at_that_start_and_every_later_one(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
+    """The wheel reads the log of a start that failed as UTF-8: a setting Postgres refused, written in
+    Latin-1, stays in pgdata/log, and that start and every later failed one, whatever its cause, was a
+    UnicodeDecodeError traceback (the mutation round of stop 85)."""
+    data_dir = made_data_dir
+    settings = data_dir / "pgdata" / "postgresql.auto.conf"
+    as_made = settings.read_bytes()
+    for mistake in [b"shared_buffers = '128 m\xe9ga'\n", b"shared_buffers = 'not a size'\n"]:
+        settings.write_bytes(as_made + mistake)
+        result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+        assert_one_line(
+            result,
+            "the embedded Postgres could not start: FATAL:",
+            "contains errors",
+            str(data_dir / "pgdata" / "log"),
+        )
+        assert _postgres_on(data_dir / "pgdata") == []
+    assert b"m\xe9ga" in (data_dir / "pgdata" / "log").read_bytes(), "the second start read a log holding it"
+
+
 def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_running(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

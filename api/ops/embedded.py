@@ -874,10 +874,13 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"] | No
     except BaseException as error:
         _end_an_interrupted_initdb(pgdata)
         _stop_unclaimed_postgres(pgdata)
-        # The wheel reports a pg_ctl that failed by reading its log: when pg_ctl left none (it could
-        # not create it, say), the OSError of that read is raised in place of pg_ctl's failure, and
-        # was a traceback.
-        if isinstance(error, OSError) and isinstance(error.__context__, subprocess.CalledProcessError):
+        # The wheel reports a pg_ctl that failed by reading its log as UTF-8: when pg_ctl left none
+        # (it could not create it, say), or the log holds a byte that is no UTF-8 (a Latin-1 setting
+        # Postgres refused, copied there for good: the mutation round of stop 85), the error of that
+        # read is raised in place of pg_ctl's failure, and was a traceback.
+        if isinstance(error, OSError | UnicodeDecodeError) and isinstance(
+            error.__context__, subprocess.CalledProcessError
+        ):
             failed = error.__context__
             program = Path(str(failed.cmd[0])).name
             what = f"{program} exited with status {failed.returncode}"
