@@ -431,8 +431,20 @@ class _StopSafeBackend(PostgresqlPsycopgBackend):  # type: ignore[misc]  # yoyo 
         try:
             with self.transaction():
                 self.execute(self.format_sql(self.create_lock_table_sql))
-        except _MADE_ALREADY:
-            pass  # made already, perhaps by another migrate at the same moment
+        except _MADE_ALREADY as made:
+            # Made already, perhaps by another migrate at the same moment; but a type, a view or an
+            # index of that name (a DBA's) says so too, and failed later as `cannot open relation
+            # "yoyo_lock"` (the mutation round of stop 85).
+            found = self.execute(
+                "SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)",
+                {"name": self.lock_table_quoted},
+            ).fetchone()
+            if found is None or found[0] not in ("r", "p"):
+                raise MigrationFailed(
+                    f"cannot make the migration lock table: {made.diag.message_primary}, and it is no table "
+                    "(a type, a view or an index someone made?): rename or drop it, then run todo-api "
+                    "migrate again; nothing was changed"
+                ) from None
 
     @contextlib.contextmanager
     def lock(self, timeout: int = 10) -> Iterator[None]:

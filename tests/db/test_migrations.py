@@ -271,6 +271,36 @@ def test_a_migrate_beside_another_making_yoyos_lock_table_at_the_same_moment_goe
         assert migrating.result(timeout=60) == MIGRATION_IDS
 
 
+@pytest.mark.parametrize(
+    ("in_the_way", "says"),
+    [
+        pytest.param("type yoyo_lock as enum ('locked')", 'type "yoyo_lock" already exists', id="enum"),
+        pytest.param("type yoyo_lock as (locked int)", 'relation "yoyo_lock" already exists', id="row-type"),
+        pytest.param(
+            "view yoyo_lock as select 1 as locked", 'relation "yoyo_lock" already exists', id="view"
+        ),
+    ],
+)
+def test_something_else_named_as_yoyos_lock_table_is_refused_naming_it(
+    empty_db_url: str, tmp_path: Path, in_the_way: str, says: str
+) -> None:
+    """A type or a view named yoyo_lock was taken for the lock table made already, and migrate failed
+    later with `cannot open relation "yoyo_lock"` and "Fix the database (or report the bug)" (the
+    mutation round of stop 85)."""
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute(f"create {in_the_way}")
+    refused = _migrate_by_command(empty_db_url, tmp_path)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr == (
+        f"todo-api: cannot make the migration lock table: {says}, and it is no table (a type, a view or an "
+        "index someone made?): rename or drop it, then run todo-api migrate again; nothing was changed\n"
+    )
+    assert schema_state(empty_db_url) == EMPTY
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute(f"drop {in_the_way.split()[0]} yoyo_lock")
+    assert apply_migrations(empty_db_url) == MIGRATION_IDS
+
+
 def test_migrate_refuses_a_grant_revoked_by_hand_naming_the_grant_that_gives_it_back(
     empty_db_url: str, tmp_path: Path
 ) -> None:
