@@ -1,13 +1,15 @@
 """The sort-key table is the one home of the list's sort keys; everything that names them agrees.
-The longest cursor accepted is the longest the list can issue."""
+The longest cursor accepted is the longest the list can issue, in the spelling the schema names."""
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import get_args
 
 from api.tasks.listing import (
     COMPLETED_FOR_STATUS,
     CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
     MAX_TASK_ID,
     SORT_KEYS,
     Cursor,
@@ -46,3 +48,13 @@ def test_the_longest_cursor_accepted_is_that_of_a_title_of_the_character_json_wr
     assert all(
         len(Cursor(sort, "desc", latest, MAX_TASK_ID).encode()) < CURSOR_MAX_LENGTH for sort in SORT_KEYS
     )
+
+
+def test_every_cursor_issued_is_spelled_as_the_schema_says_and_read_back() -> None:
+    """The schema's pattern is what the list writes; each cursor it writes is the one it reads."""
+    for title in ("", "??>", "~~~", "\x01\x7f", "漢字 a", "🙂" * 3, "".join(map(chr, range(1, 256)))):
+        for length in range(len(title) + 1):  # every remainder of the base64, and so every end
+            cursor = Cursor("title", "asc", title[:length], MAX_TASK_ID)
+            issued = cursor.encode()
+            assert re.fullmatch(CURSOR_PATTERN, issued), issued
+            assert Cursor.decode(issued, sort="title", order="asc") == cursor

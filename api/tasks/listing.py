@@ -91,6 +91,11 @@ SORT_KEYS: Mapping[SortKey, SortKeySpec] = {
 COMPLETED_FOR_STATUS: Mapping[TaskStatus, bool | None] = {"all": None, "pending": False, "completed": True}
 
 
+def _base64(raw: bytes) -> str:
+    """`raw` as a cursor spells it: URL-safe base64 without padding, the only spelling accepted."""
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
     """Where the previous page ended: the sort value and id of its last task."""
@@ -111,13 +116,18 @@ class Cursor:
         raw = json.dumps(
             [self.sort, self.order, value, self.task_id], separators=(",", ":"), ensure_ascii=False
         )
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        return _base64(raw.encode())
 
     @classmethod
     def decode(cls, token: str, *, sort: SortKey, order: SortOrder) -> Self:
         """The cursor a previous page's Link carried; ValueError, saying why, for anything else."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            if _base64(raw) != token:
+                # One spelling, as issued: the decoder passes over characters outside its alphabet, the
+                # standard one's `+/`, padding and unused bits, so a page had countless cursors (the
+                # contract probe of stop 85), which a log search or a cache rule keyed on it missed.
+                raise ValueError
             cursor_sort, cursor_order, value, task_id = json.loads(raw)
             if cursor_sort not in SORT_KEYS or cursor_order not in get_args(SortOrder):
                 raise ValueError
@@ -140,10 +150,15 @@ class Cursor:
 # bytes (any other character takes at most four in UTF-8, or two escaped). The other sort keys' values
 # are timestamps, far shorter (tests/test_listing.py).
 CURSOR_MAX_LENGTH = len(Cursor("title", "desc", "\x01" * TITLE_MAX_LENGTH, MAX_TASK_ID).encode())
+# What `_base64` writes, in the schema, so that a client generator or a fuzzer knows it too.
+CURSOR_PATTERN = "^[A-Za-z0-9_-]*$"
 _CURSOR_DESCRIPTION = "From a previous page's Link header; empty or left out for the first page."
 # The schema a client sees (a string); `WithJsonSchema` replaces it whole, description included.
 _CURSOR_SCHEMA = {
-    "anyOf": [{"type": "string", "maxLength": CURSOR_MAX_LENGTH}, {"type": "null"}],
+    "anyOf": [
+        {"type": "string", "maxLength": CURSOR_MAX_LENGTH, "pattern": CURSOR_PATTERN},
+        {"type": "null"},
+    ],
     "title": "Cursor",
     "description": _CURSOR_DESCRIPTION,
 }

@@ -91,6 +91,11 @@ def cursor_of(value: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
 
+# A cursor as the API issues it, whose spelling holds a `-` and ends in a "0", a character with unused
+# bits (so "1" in its place decodes to the same bytes).
+AFTER_A_TITLE = cursor_of(["title", "asc", "??>", 1])
+
+
 # Bad in a POST and in a PUT alike; the other fields are valid, so nothing may be half-applied.
 BAD_FIELDS = [
     pytest.param({"title": ""}, "body.title", id="empty-title"),
@@ -459,6 +464,11 @@ def test_list_reads_parameters_in_utf8_and_ignores_unknown_ones(api: Api, query:
         pytest.param("title", cursor_of(["title", "asc", 5, 1]), id="number-title"),
         pytest.param("title", cursor_of(["title", "asc", "a\x00", 1]), id="nul-title"),
         pytest.param("title", cursor_of(["title", "asc", "\ud800", 1]), id="surrogate-title"),
+        # One spelling, as issued (the contract probe of stop 85: each of these was the page after ??>).
+        pytest.param("title", f"{AFTER_A_TITLE}=", id="padded"),
+        pytest.param("title", f"{AFTER_A_TITLE[:8]}!!..{AFTER_A_TITLE[8:]}", id="junk-inside"),
+        pytest.param("title", AFTER_A_TITLE.replace("-", "+"), id="standard-alphabet"),
+        pytest.param("title", f"{AFTER_A_TITLE[:-1]}1", id="unused-bits-set"),
         # As deep as the longest cursor accepted holds: past the parser's stack, once a 500.
         pytest.param(
             "created",

@@ -71,7 +71,11 @@ def test_list_documents_its_query_parameters(spec: dict[str, Any]) -> None:
     status = next(p["schema"] for p in parameters if p["name"] == "status")
     assert status["enum"] == ["all", "pending", "completed"]
     cursor = next(p["schema"] for p in parameters if p["name"] == "cursor")
-    assert cursor["anyOf"][0] == {"type": "string", "maxLength": CURSOR_MAX_LENGTH}
+    assert cursor["anyOf"][0] == {
+        "type": "string",
+        "maxLength": CURSOR_MAX_LENGTH,
+        "pattern": "^[A-Za-z0-9_-]*$",
+    }
 
 
 def test_the_document_is_valid_openapi_3_1(spec: dict[str, Any]) -> None:
