@@ -1042,24 +1042,27 @@ def test_a_data_dir_made_under_umask_000_is_writable_by_its_user_alone(tmp_path:
 def test_the_socket_folders_made_under_umask_000_are_writable_by_their_user_alone(tmp_path: Path) -> None:
     """A data dir too deep for its socket has it in the runtime folder, which `mkdir`'s `parents` made
     0777 under umask 000: the start refused the folder it had just made as "not its own", and so did
-    every later start, whatever the umask (the mutation probe of stop 84)."""
+    every later start, whatever the umask (the mutation probe of stop 84). Each is two folders below
+    the last that exists, as `--data-dir ~/new/place/data` is: its parents are made first (the
+    mutation round of stop 85)."""
     runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short enough for a socket path
     try:
-        data_dir = tmp_path / ("a-data-dir-too-deep-for-its-socket-" * 3) / "data"
+        data_dir = tmp_path / ("a-data-dir-too-deep-for-its-socket-" * 3) / "new" / "data"
         assert not socket_in_the_folder(data_dir)
+        run = runtime / "new" / "run"
         migrated = subprocess.run(
             [*CLI, "migrate", "--data-dir", str(data_dir)],
-            cwd=tmp_path, env=cli_env(XDG_RUNTIME_DIR=str(runtime / "run")), capture_output=True, text=True,
+            cwd=tmp_path, env=cli_env(XDG_RUNTIME_DIR=str(run)), capture_output=True, text=True,
             timeout=120, check=False, umask=0,
         )  # fmt: skip
         assert migrated.returncode == 0, migrated.stderr
-        made = [runtime / "run", runtime / "run" / "python_PostgresServer", data_dir.parent, data_dir]
+        made = [run.parent, run, run / "python_PostgresServer", *data_dir.parents[:2], data_dir]
         assert {str(path): stat.S_IMODE(path.stat().st_mode) & 0o022 for path in made} == dict.fromkeys(
             map(str, made), 0
         )
         # The wheel's lock there, which every start and stop takes: 0666 under umask 000, so any user
         # who could reach it held it (the second verification probe of stop 84).
-        wheel_lock = runtime / "run" / "python_PostgresServer" / ".lockfile"
+        wheel_lock = run / "python_PostgresServer" / ".lockfile"
         assert stat.S_IMODE(wheel_lock.stat().st_mode) == 0o600
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
@@ -1165,6 +1168,49 @@ def test_a_start_lock_that_is_a_link_is_refused_never_written_through(
     else:
         assert not target.exists()
     assert not (data_dir / "pgdata").exists()
+
+
+@pytest.mark.parametrize("planted", ["a-link", "another-users"])
+def test_the_runtime_lock_as_a_link_or_another_users_is_refused_naming_it(
+    tmp_path: Path, planted: str
+) -> None:
+    """The wheel's lock in the runtime folder, which every start and stop of this user's embedded
+    Postgres takes, is opened as the start lock is: a link there, or a file another user owns (who could
+    hold it), is refused in one line naming that lock and where the runtime folder comes from, and left
+    as it is; nothing tested it, and mutants that called it "the start lock" or dropped the advice
+    lived (the mutation round of stop 85)."""
+    runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    try:
+        (runtime / "python_PostgresServer").mkdir(mode=0o755)
+        lock = runtime / "python_PostgresServer" / ".lockfile"
+        if planted == "a-link":
+            target = tmp_path / "someone-elses"
+            target.write_text("kept as it is\n")
+            target.chmod(0o644)
+            lock.symlink_to(target)
+            refusal = f"cannot take the embedded Postgres's runtime lock {lock} (it is a link)"
+        else:
+            lock.touch(mode=0o644)
+            _owned_by_another_user(lock)
+            refusal = f"the embedded Postgres's runtime lock {lock} belongs to another user"
+        data_dir = tmp_path / "data"
+        result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path, XDG_RUNTIME_DIR=str(runtime))
+        assert_one_clear_failure(
+            result.stderr,
+            result.returncode,
+            refusal,
+            "after su, point XDG_RUNTIME_DIR",
+            "at a folder of yours",
+        )
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not (data_dir / "pgdata").exists(), "nothing started"
+        if planted == "a-link":
+            assert lock.is_symlink()
+            assert (target.read_text(), stat.S_IMODE(target.stat().st_mode)) == ("kept as it is\n", 0o644)
+        else:
+            assert (lock.stat().st_uid, stat.S_IMODE(lock.stat().st_mode)) == (_NOBODY, 0o644)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 @pytest.mark.parametrize(

@@ -1052,12 +1052,15 @@ def _crash_while_postgres_runs(data_dir: Path) -> None:
     assert (pgdata / "postmaster.pid").exists()
 
 
+@pytest.mark.parametrize("socket_lock_damaged", [False, True], ids=["as-written", "socket-lock-damaged"])
 def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_that_process_lives(
-    tmp_path: Path, made_data_dir: Path
+    tmp_path: Path, made_data_dir: Path, socket_lock_damaged: bool
 ) -> None:
     """A Postgres that never stopped (killed, the machine down) leaves postmaster.pid, whose pid may
     since be another program's (after a reboot, say). The wheel took that program for the server:
-    the next start was a traceback (connection refused), and it killed that program on its way out."""
+    the next start was a traceback (connection refused), and it killed that program on its way out.
+    Its socket's lock, whose lines after the pid are no text (a damaged disk), is removed with it, not a
+    UnicodeDecodeError (the mutation round of stop 85)."""
     data_dir = made_data_dir
     pgdata = data_dir / "pgdata"
     _crash_while_postgres_runs(data_dir)
@@ -1066,9 +1069,12 @@ def test_a_postmaster_pid_whose_pid_went_to_another_process_is_no_server_and_tha
     sleep = str(shutil.which("sleep"))
     with subprocess.Popen([sleep, "300"], user=postgres_user) as bystander:
         try:
-            for lock_file in (pgdata / "postmaster.pid", Path(_socket_dir(pgdata)) / ".s.PGSQL.5432.lock"):
+            socket_lock = Path(_socket_dir(pgdata)) / ".s.PGSQL.5432.lock"
+            for lock_file in (pgdata / "postmaster.pid", socket_lock):
                 lines = lock_file.read_text().splitlines()
                 lock_file.write_text("\n".join([str(bystander.pid), *lines[1:]]) + "\n")
+            if socket_lock_damaged:
+                socket_lock.write_bytes(f"{bystander.pid}\n".encode() + b"\xff\xfe\n")
             result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
             assert result.returncode == 0, result.stderr
             assert "Traceback" not in result.stderr, result.stderr
@@ -1419,6 +1425,10 @@ def test_an_operators_kill_of_the_keepers_start_is_followed_by_another_start_wit
                 proc for proc in psutil.process_iter(attrs=["name", "cmdline"])
                 if proc.info["name"] == "pg_ctl" and str(pgdata) in (proc.info["cmdline"] or [])
             ]  # fmt: skip
+            # As long as a crash recovery may take: past pg_ctl's default wait (60 s), a start still
+            # recovering was logged as one that could not start (the mutation round of stop 85).
+            arguments = pg_ctl.info["cmdline"]
+            assert int(arguments[arguments.index("-t") + 1]) >= 600, arguments
             pg_ctl.send_signal(signal.SIGINT)
             pg_ctl.wait(timeout=10)
             (pgdata / "postgresql.conf").write_text(kept)  # the next start is not slow
