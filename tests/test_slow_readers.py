@@ -7,17 +7,29 @@ MAX_REQUESTS_IN_FLIGHT_PER_USER of them, and every other user is served througho
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
 from api.app import create_app
 from api.tasks.listing import PAGE_SIZE_MAX
 from api.tasks.models import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH
-from tests.support import ApiUser, assert_problem, new_user, serving, settings_for
+from tests.support import (
+    SECRET,
+    ApiUser,
+    assert_problem,
+    cli_env,
+    new_user,
+    serve_command,
+    serve_process,
+    serving,
+    settings_for,
+    wait_until,
+)
 
 SEND_TIMEOUT_SECONDS = 2.0
 IN_FLIGHT = 2
@@ -79,20 +91,78 @@ def served(api_db_url: str) -> Iterator[str]:
         yield base_url
 
 
+def _longest_page_of(user: ApiUser, database_url: str) -> str:
+    """The path of `user`'s longest page, written in one statement: what is tested is the reading of
+    it, and a create over HTTP for each task cost more than all the rest."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute("insert into users (id) values (%s)", [user.id])
+        connection.execute(
+            "insert into tasks (user_id, title, description) select %s, %s, %s from generate_series(1, %s)",
+            [user.id, LONGEST_TASK["title"], LONGEST_TASK["description"], PAGE_SIZE_MAX],
+        )
+    return f"{urlsplit(user.tasks_url).path}?limit={PAGE_SIZE_MAX}"
+
+
+def _held_by_the_server(base_url: str, readers: list[socket.socket]) -> int:
+    """How many of `readers`' connections the server still holds open (its side, as the kernel lists it)."""
+    port = urlsplit(base_url).port
+    ours = {reader.getsockname()[1] for reader in readers}
+    return sum(
+        1
+        for connection in psutil.net_connections(kind="tcp")
+        if connection.laddr and connection.laddr.port == port
+        and connection.raddr and connection.raddr.port in ours
+        and connection.status == psutil.CONN_ESTABLISHED
+    )  # fmt: skip
+
+
+def test_serve_closes_the_connection_of_a_client_it_cut_off(migrated_db_url: str, tmp_path: Path) -> None:
+    """granian has no write timeout: the API gave up on an answer nobody read, and freed its user's
+    slot, but the connection stayed open with the rest of the answer for as long as its client did,
+    and one user who did so every SEND_TIMEOUT_SECONDS held a worker's connections until it took no one
+    (the slow readers' probe of stop 85)."""
+    alice, bob = new_user(), new_user()
+    page = _longest_page_of(alice, migrated_db_url)
+    env = cli_env(
+        DATABASE_URL=migrated_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        SEND_TIMEOUT_SECONDS=str(SEND_TIMEOUT_SECONDS),
+        RATE_LIMIT_PER_MINUTE="0",
+    )
+    with serve_process(
+        serve_command(env, "--workers", "1"), cwd=tmp_path, env=env, output=tmp_path / "serve.log"
+    ) as (base_url, _):
+        readers = [_ask_and_never_read(base_url, alice, page) for _ in range(IN_FLIGHT)]
+        try:
+            time.sleep(SEND_TIMEOUT_SECONDS / 4)
+            assert _held_by_the_server(base_url, readers) == IN_FLIGHT
+            wait_until(
+                lambda: _held_by_the_server(base_url, readers) == 0,
+                "the server closed the connections of the clients it cut off",
+                timeout=10 * SEND_TIMEOUT_SECONDS,
+                every=0.2,
+            )
+            with httpx.Client(base_url=base_url, timeout=30) as client:
+                assert client.get(bob.tasks_url, headers=bob.headers).status_code == 200
+                assert (
+                    client.get(alice.tasks_url, headers=alice.headers, params={"limit": 1}).status_code == 200
+                )
+        finally:
+            for reader in readers:
+                reader.close()
+    said = (tmp_path / "serve.log").read_text()
+    assert said.count("cut off a client that took none of its answer") == IN_FLIGHT, said
+    assert "Traceback" not in said, said
+    assert '"level":"ERROR"' not in said, said
+
+
 def test_an_answer_nobody_reads_holds_a_slot_until_its_client_is_cut_off(
-    served: str, api_db: psycopg.Connection[Any]
+    served: str, api_db_url: str
 ) -> None:
     alice, bob = new_user(), new_user()
-    # Her longest page, written in one statement: what is tested is the reading of it, and a create
-    # over HTTP for each task cost more than all the rest.
-    api_db.execute("insert into users (id) values (%s)", [alice.id])
-    api_db.execute(
-        "insert into tasks (user_id, title, description) select %s, %s, %s from generate_series(1, %s)",
-        [alice.id, LONGEST_TASK["title"], LONGEST_TASK["description"], PAGE_SIZE_MAX],
-    )
+    page = _longest_page_of(alice, api_db_url)
     with httpx.Client(base_url=served, timeout=30) as client:
         client.post(bob.tasks_url, json={"title": "bob's"}, headers=bob.headers)
-        page = f"{urlsplit(alice.tasks_url).path}?limit={PAGE_SIZE_MAX}"
         readers = [_ask_and_never_read(served, alice, page) for _ in range(IN_FLIGHT)]
         time.sleep(SEND_TIMEOUT_SECONDS / 4)
         # Her unread answers hold her slots: one more request of hers is refused, at once...

@@ -8,8 +8,9 @@ stayed connected, and one user asking for their longest lists and reading none g
 3 MB an answer, past 2.5 GB, within every per-user limit. In pieces, granian awaits room for each
 before it takes the next, so a stalled answer holds the body and what granian and the kernel buffer
 (about 0.4 MB a connection in granian, measured), and only until its client has taken no piece for
-SEND_TIMEOUT_SECONDS: then the rest is dropped and the server closes the connection, as it does for
-any response the app never completed. Until then the answer holds its user's in-flight slot
+SEND_TIMEOUT_SECONDS: then the rest is dropped. granian does not close the connection while its
+write waits (the slow readers' probe of stop 85): the kernel does, a second later, as each worker
+asks it to (api/ops/worker.py). Until then the answer holds its user's in-flight slot
 (api/http/caller.py), so one user's unread answers are at most MAX_REQUESTS_IN_FLIGHT_PER_USER.
 
 A body of one piece or less is handed over as it is: whatever the server buffers of it is that

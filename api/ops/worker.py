@@ -3,14 +3,17 @@ says once, for all workers, when the API is ready, and that accounts for any wor
 
 The collector is tuned as api/ops/collector.py says, open event streams end when the worker is told
 to stop (`_end_streams_on_shutdown`), the statements its requests still run are cancelled just before
-it is killed (`_cancel_statements_before_the_kill`), and a worker whose server is gone stops
-(`_stop_when_orphaned`).
+it is killed (`_cancel_statements_before_the_kill`), a worker whose server is gone stops
+(`_stop_when_orphaned`), and a connection whose client takes nothing is closed
+(`_close_connections_whose_clients_take_nothing`).
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -163,6 +166,83 @@ def _stop_when_orphaned(grace_seconds: int) -> None:
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
+# How often, and for how long at most, a worker looks for the listening socket granian makes for it
+# once the app is ready.
+_LISTENER_LOOK_SECONDS = 0.02
+_LISTENER_WAIT_SECONDS = 30.0
+# When the worker looks once more, for connections its listening socket held before it had the setting.
+_LATE_ACCEPTS_SECONDS = 1.0
+# How much later than the API the kernel gives up on a client: the API's cut-off, its log line and the
+# freeing of its user's slot, come first.
+_KERNEL_MARGIN_SECONDS = 1.0
+
+
+def _close_connections_whose_clients_take_nothing(send_timeout_seconds: float) -> None:
+    """granian (2.8) has no write timeout: a connection whose client stopped reading stayed open for as
+    long as the client stayed connected, after the API had given up on its answer or stream
+    (api/http/slow_readers.py), with the rest of the answer in its buffers, so one user who asked for
+    large answers and read none held 32 more of a worker's connections every SEND_TIMEOUT_SECONDS,
+    within every per-user limit, until the worker took no one (the slow readers' probe of stop 85).
+
+    The kernel's TCP_USER_TIMEOUT closes a connection whose client has taken nothing of what was sent
+    (acknowledged none of it, or kept its window shut) for that long. It is set on the worker's
+    listening sockets, which every connection accepted inherits, and on any accepted before, by a
+    thread, as granian makes them only once the app is ready."""
+    if not hasattr(socket, "TCP_USER_TIMEOUT") or not os.path.isdir("/proc/self/fd"):
+        return  # not Linux: the load balancer docs/operations.md asks for gives up on such clients
+    milliseconds = round((send_timeout_seconds + _KERNEL_MARGIN_SECONDS) * 1000)
+
+    def look() -> None:
+        deadline = time.monotonic() + _LISTENER_WAIT_SECONDS
+        while not _give_up_on_stalled_clients_after(milliseconds):
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "worker %d found no listening socket: a client that reads nothing keeps its "
+                    "connection for as long as it stays connected",
+                    os.getpid(),
+                )
+                return
+            time.sleep(_LISTENER_LOOK_SECONDS)
+        # Once more: a connection made before the listening socket had the setting, and accepted
+        # after the first look, has it only from here.
+        time.sleep(_LATE_ACCEPTS_SECONDS)
+        _give_up_on_stalled_clients_after(milliseconds)
+
+    threading.Thread(target=look, name="stalled-clients", daemon=True).start()
+
+
+def _give_up_on_stalled_clients_after(milliseconds: int) -> bool:
+    """TCP_USER_TIMEOUT set on this process's listening TCP sockets and on the connections accepted on
+    their ports; whether there was any listening socket."""
+    sockets = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            copy = os.dup(int(name))  # a socket object of its own: closing it leaves granian's open
+            try:
+                sockets.append(socket.socket(fileno=copy))
+            except OSError:  # a family Python does not know
+                os.close(copy)
+    try:
+        tcp = [
+            each
+            for each in sockets
+            if each.family in (socket.AF_INET, socket.AF_INET6) and each.type == socket.SOCK_STREAM
+        ]
+        ports = {
+            each.getsockname()[1] for each in tcp if each.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        }
+        for each in tcp:
+            if each.getsockname()[1] in ports:
+                with contextlib.suppress(OSError):
+                    each.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+        return bool(ports)
+    finally:
+        for each in sockets:
+            each.close()
+
+
 def _offer_itself_to_the_oom_killer_first() -> None:
     """Raise this worker's oom_score_adj above the server's (which it inherited): raising it needs no
     privilege. Where there is none to raise (not Linux), nothing changes."""
@@ -184,6 +264,7 @@ def create_served_app() -> FastAPI:
         _end_streams_on_shutdown(shared.events_hub)
         _cancel_statements_before_the_kill(shared.database, shared.settings.shutdown_grace_seconds)
         _stop_when_orphaned(shared.settings.shutdown_grace_seconds)
+        _close_connections_whose_clients_take_nothing(shared.settings.send_timeout_seconds)
         _announce_once()
 
     app = create_app(
