@@ -1407,6 +1407,24 @@ def _left_as_found(pgdata: Path) -> Iterator[str]:
         _stop_postgres_left_on(pgdata)
 
 
+@pytest.mark.parametrize("after_seconds", [0, 0.5])
+def test_a_stop_just_after_postgres_died_exits_0_and_leaves_nothing_running(
+    tmp_path: Path, made_data_dir: Path, after_seconds: float
+) -> None:
+    """Stopped within a second of its Postgres dying, before the keeper noticed, serve exited 1 with a
+    psutil.NoSuchProcess traceback: the dead postmaster, a zombie until reaped, was taken for running
+    (the stop probe of stop 85)."""
+    pgdata, log = made_data_dir / "pgdata", tmp_path / "serve.log"
+    serve = [*CLI, "serve", "--data-dir", str(made_data_dir)]
+    with serve_process(serve, cwd=tmp_path, env=cli_env(), output=log) as (_, process):
+        _postmaster(pgdata).kill()  # a crash
+        time.sleep(after_seconds)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    assert "Traceback" not in log.read_text(), log.read_text()
+    assert _postgres_on(pgdata) == []
+
+
 def test_an_operators_kill_of_the_keepers_start_is_followed_by_another_start_within_seconds(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

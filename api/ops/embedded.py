@@ -175,8 +175,14 @@ class EmbeddedDatabase:
         pgdata = self.server.pgdata
         # Under the start lock: a serve attaching to this Postgres meanwhile is either among the
         # handles counted here, or starts a Postgres of its own once this one has stopped.
+        import psutil  # the embedded extra's, like the wheel
+
         with _starting_alone(pgdata.parent):
-            self.server.cleanup()
+            # A postmaster that died a moment before (a crash the keeper had not yet seen) is a zombie
+            # until it is reaped: the wheel takes it for running, its pg_ctl stop fails, and its kill
+            # then meets no process, a traceback and exit 1 (the stop probe of stop 85).
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.server.cleanup()
             if self.server.cleanup_mode is None:
                 return  # started with leave_running: found running, and left so
             # The wheel stops only the postmaster it found at start. One an operator started since
