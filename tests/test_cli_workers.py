@@ -63,6 +63,42 @@ def _gone(pid: int) -> bool:
 _WORKERS_SECONDS = 60
 
 
+def test_ctrl_c_twice_lets_a_request_in_flight_finish_and_stops_at_once(
+    api_db_url: str, tmp_path: Path
+) -> None:
+    """Each Ctrl-C reaches the workers too, and granian's server sends them SIGTERM besides: granian's
+    handler blocked on a worker's third stop (now and then its second), which then answered nothing
+    more and was killed once the grace was over, its request reset (the stop probe of stop 85)."""
+    alice = new_user()
+    log = tmp_path / "serve.log"
+    env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, SHUTDOWN_GRACE_SECONDS="60")
+    serve = [*CLI, "serve", "--workers", "1"]
+    with (
+        serve_process(serve, cwd=tmp_path, env=env, output=log, own_group=True) as (base_url, server),
+        httpx.Client(base_url=base_url, timeout=90) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        task = client.post(alice.tasks_url, json={"title": "before"}, headers=alice.headers).json()
+        with psycopg.connect(api_db_url) as locker:
+            locker.execute("select 1 from tasks where id = %s for update", [task["id"]])
+            update = pool.submit(
+                client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
+            )
+            wait_until_it_waits_for(locker, update)
+            os.killpg(server.pid, signal.SIGINT)
+            time.sleep(0.3)
+            os.killpg(server.pid, signal.SIGINT)  # impatient
+            time.sleep(1)
+            stopping_at = time.monotonic()
+        assert update.result().status_code == 200, "answered once the lock went"
+        assert server.wait(timeout=90) == 0
+        took = time.monotonic() - stopping_at
+    assert took < 10, f"{took:.1f} s: a worker waited out the grace"
+    said = log.read_text()
+    assert "refused to gracefully stop" not in said, said
+    assert "Traceback" not in said, said
+
+
 def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(
     api_db_url: str, tmp_path: Path
 ) -> None:

@@ -97,6 +97,22 @@ def _on_stop_signal(stop: Callable[[], None]) -> None:
         signal.signal(signum, stop_then)
 
 
+def _hand_granian_one_stop() -> None:
+    """Each stop signal after the first reaches granian's handler no more. A Ctrl-C reaches every
+    process of the terminal's group, workers included, and granian's server then sends each worker
+    SIGTERM: two stops, three after a second Ctrl-C, and granian's handler (2.8.9) blocked on the
+    third, now and then on the second, for good: nothing of the worker ran again, a request in flight
+    was never answered, and the worker was killed once the grace was over (the stop probe of stop 85).
+    The first stop's handler is already queued when the replacement, queued before it, runs."""
+    loop = asyncio.get_running_loop()
+
+    def ignore_later_stops() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, lambda: None)
+
+    _on_stop_signal(ignore_later_stops)
+
+
 def _end_streams_on_shutdown(hub: Hub) -> None:
     """Granian waits for every open response before a worker stops, and an event stream never ends
     by itself: on the signal that stops the worker, the streams end too."""
@@ -261,6 +277,7 @@ def create_served_app() -> FastAPI:
 
     def on_ready() -> None:
         shared = live_services(app)
+        _hand_granian_one_stop()
         _end_streams_on_shutdown(shared.events_hub)
         _cancel_statements_before_the_kill(shared.database, shared.settings.shutdown_grace_seconds)
         _stop_when_orphaned(shared.settings.shutdown_grace_seconds)
