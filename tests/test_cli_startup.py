@@ -630,6 +630,21 @@ def test_a_refused_setting_in_latin_1_is_one_line_at_that_start_and_every_later_
     assert b"m\xe9ga" in (data_dir / "pgdata" / "log").read_bytes(), "the second start read a log holding it"
 
 
+def test_a_start_that_takes_too_long_with_latin_1_in_its_log_is_one_line(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
+    """The wheel reads the log of a start that did not end in time as UTF-8 too: a line of Latin-1 left
+    there by an earlier start made it a UnicodeDecodeError traceback (the verification probe of stop 85)."""
+    pgdata = made_data_dir / "pgdata"
+    with _left_as_found(pgdata):
+        with (pgdata / "log").open("ab") as log:
+            log.write(b'FATAL:  invalid value for parameter "shared_buffers": "128 m\xe9ga"\n')
+        _a_slow_next_start(pgdata)
+        result = run_cli("migrate", "--data-dir", str(made_data_dir), cwd=tmp_path)
+        assert_one_line(result, "the embedded Postgres could not start", "it did not start within")
+    assert _postgres_on(pgdata) == []
+
+
 def test_a_postgres_whose_start_leaves_no_log_is_one_line_and_leaves_nothing_running(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

@@ -901,6 +901,10 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"] | No
                 f"cannot keep the embedded database in {pgdata.parent} ({too_deep}): pick another with "
                 "--data-dir or DATA_DIR"
             ) from None
+        if isinstance(error, OSError | UnicodeDecodeError) and isinstance(
+            error.__context__, subprocess.TimeoutExpired
+        ):
+            error = error.__context__  # the same read of the log, after a start that took too long
         if isinstance(error, subprocess.TimeoutExpired):
             raise _start_failure(
                 log, log_offset, wheel_errors.messages, f"it did not start within {error.timeout:g} s"
