@@ -1440,6 +1440,21 @@ def test_a_data_dir_through_a_link_to_nothing_says_so(tmp_path: Path, command: s
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data"], "nothing made, the link not followed"
 
 
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+@pytest.mark.parametrize("inside", ["", "sub"])
+def test_a_data_dir_in_a_loop_of_links_says_so(tmp_path: Path, command: str, inside: str) -> None:
+    """`a -> b -> a`, as the data dir or above it, was a RuntimeError traceback (the verification probe
+    of stop 85)."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    data_dir = tmp_path / "a" / inside if inside else tmp_path / "a"
+    result = run_cli(command, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_clear_failure(
+        result.stderr, result.returncode, f"in {data_dir} (a loop of links)", status=failure_status(command)
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a", "b"]
+
+
 def test_an_env_file_that_is_not_utf8(tmp_path: Path) -> None:
     (tmp_path / ".env").write_bytes(b"DB_POOL_SIZE=\xff\xfe\n")
     result = run_cli("token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET)

@@ -439,14 +439,17 @@ def test_an_env_file_that_is_a_device_is_refused_in_one_line(tmp_path: Path) -> 
     assert result.stdout == ""
 
 
-def test_data_dir_in_the_env_file_reads_a_leading_tilde_as_the_home_folder(tmp_path: Path) -> None:
-    """A .env is no shell: `~/todo-data` there was a folder named `~` in the working directory, which
-    migrate and serve made, and which `rm -rf ~` would then take for the home folder."""
+@pytest.mark.parametrize("given", ["env-file", "option"])
+def test_data_dir_reads_a_leading_tilde_as_the_home_folder(tmp_path: Path, given: str) -> None:
+    """A .env is no shell, and a shell does not expand `~` after `--data-dir=`: `~/todo-data` was a
+    folder named `~` in the working directory, which migrate and serve made, and which `rm -rf ~` would
+    then take for the home folder (`--data-dir=`: the verification probe of stop 85)."""
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    (work / ".env").write_text("DATA_DIR=~/todo-data\n")
-    result = run_cli("policies", cwd=work, HOME=str(home))
+    (work / ".env").write_text("DATA_DIR=~/todo-data\n" if given == "env-file" else "")
+    option = [] if given == "env-file" else ["--data-dir=~/todo-data"]
+    result = run_cli("policies", *option, cwd=work, HOME=str(home))
     assert_one_line(result, f"no embedded database in {home / 'todo-data'} to audit")
     assert sorted(path.name for path in work.iterdir()) == [".env"]
 

@@ -145,7 +145,10 @@ def _usable_folder(data_dir: Path) -> Path:
         # A byte the locale cannot decode: the wheel reads initdb's report of the path as UTF-8, and
         # failed there with a traceback, leaving a half-made folder.
         raise CommandFailed(_unusable_folder(data_dir, "its name is not UTF-8 text")) from None
-    path = str(data_dir.resolve())
+    try:
+        path = str(data_dir.resolve())
+    except (RuntimeError, OSError):  # a loop: RuntimeError before Python 3.13, OSError (ELOOP) since
+        raise CommandFailed(_unusable_folder(data_dir, "a loop of links")) from None
     special = next((character for character in path if character in _READ_BY_THE_SHELL), None)
     if special is not None and embedded.socket_in_the_folder(Path(path)):
         # The wheel has pg_ctl start Postgres with `-o "-k <its socket's folder>"`, which pg_ctl hands
@@ -493,10 +496,17 @@ def _whole_number(value: str, lowest: int, highest: int, what: str) -> int:
 
 def _data_dir(value: str) -> Path:
     """argparse's type for --data-dir: an empty one (`--data-dir "$UNSET"`) is Path("."), which kept
-    the database, its secret and its lock in the working directory itself."""
+    the database, its secret and its lock in the working directory itself. `~` is expanded as in
+    DATA_DIR: no shell expands it in `--data-dir=~/todo-data`, which made a folder named `~` in the
+    working directory (the verification probe of stop 85), one `rm -rf ~` takes for the home folder."""
     if not value:
         raise argparse.ArgumentTypeError("an empty folder name: name a folder, or leave --data-dir out")
-    return Path(value)
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # ~name of no user, or no home to be found
+        raise argparse.ArgumentTypeError(
+            f"{Path(value).parts[0]} is a home folder that cannot be found"
+        ) from None
 
 
 def _host(value: str) -> str:
