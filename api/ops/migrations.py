@@ -372,6 +372,15 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
                 raise _restored_in_part(_IN_PART[str(what)])
         except psycopg.errors.LockNotAvailable as error:
             raise migration_failure(error, database_url) from None
+        except psycopg.errors.WrongObjectType as error:
+            # A type or an index named as yoyo's table of records: a traceback before (the verification
+            # probe of stop 85).
+            diag = error.diag
+            raise MigrationFailed(
+                f"cannot read the migration records: {diag.message_primary} ({diag.message_detail}): "
+                "rename or drop what has that name (a type or an index someone made?), then run todo-api "
+                "migrate again; nothing was changed"
+            ) from None
         except psycopg.errors.InsufficientPrivilege as error:
             (role,) = connection.execute("select current_user").fetchone() or ("the migrating role",)
             owners = [str(owner) for (owner,) in connection.execute(read_sql(SCHEMA_OWNER_CHECK))]

@@ -301,6 +301,30 @@ def test_something_else_named_as_yoyos_lock_table_is_refused_naming_it(
     assert apply_migrations(empty_db_url) == MIGRATION_IDS
 
 
+@pytest.mark.parametrize(
+    ("in_the_way", "kind"),
+    [
+        pytest.param("create type _yoyo_migration as (id text)", "composite types", id="row-type"),
+        pytest.param("create table t (x int); create index _yoyo_migration on t (x)", "indexes", id="index"),
+    ],
+)
+def test_something_else_named_as_yoyos_records_is_refused_naming_it(
+    empty_db_url: str, tmp_path: Path, in_the_way: str, kind: str
+) -> None:
+    """A type or an index named as yoyo's table of records was read as that table: a WrongObjectType
+    traceback (the verification probe of stop 85)."""
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute(in_the_way)
+    refused = _migrate_by_command(empty_db_url, tmp_path)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr == (
+        'todo-api: cannot read the migration records: cannot open relation "_yoyo_migration" (This '
+        f"operation is not supported for {kind}.): rename or drop what has that name (a type or an index "
+        "someone made?), then run todo-api migrate again; nothing was changed\n"
+    )
+    assert schema_state(empty_db_url) == EMPTY
+
+
 def test_migrate_refuses_a_grant_revoked_by_hand_naming_the_grant_that_gives_it_back(
     empty_db_url: str, tmp_path: Path
 ) -> None:
