@@ -172,11 +172,11 @@ class EmbeddedDatabase:
             looks_gone, refused = 0, None
 
     def stop(self) -> None:
+        import psutil  # the embedded extra's, like the wheel
+
         pgdata = self.server.pgdata
         # Under the start lock: a serve attaching to this Postgres meanwhile is either among the
         # handles counted here, or starts a Postgres of its own once this one has stopped.
-        import psutil  # the embedded extra's, like the wheel
-
         with _starting_alone(pgdata.parent):
             # A postmaster that died a moment before (a crash the keeper had not yet seen) is a zombie
             # until it is reaped: the wheel takes it for running, its pg_ctl stop fails, and its kill

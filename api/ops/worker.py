@@ -103,7 +103,8 @@ def _hand_granian_one_stop() -> None:
     SIGTERM: two stops, three after a second Ctrl-C, and granian's handler (2.8.9) blocked on the
     third, now and then on the second, for good: nothing of the worker ran again, a request in flight
     was never answered, and the worker was killed once the grace was over (the stop probe of stop 85).
-    The first stop's handler is already queued when the replacement, queued before it, runs."""
+    granian still gets the first: the loop reads that signal, and queues granian's handler for it,
+    before the replacement queued here runs (tests/test_cli_workers.py)."""
     loop = asyncio.get_running_loop()
 
     def ignore_later_stops() -> None:
