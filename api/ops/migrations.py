@@ -444,8 +444,12 @@ class _StopSafeBackend(PostgresqlPsycopgBackend):  # type: ignore[misc]  # yoyo 
             # Made already, perhaps by another migrate at the same moment; but a type, a view or an
             # index of that name (a DBA's) says so too, and failed later as `cannot open relation
             # "yoyo_lock"` (the mutation round of stop 85).
+            # Qualified, operator included: an `=(oid, regclass)` another role made in schema public
+            # would be the better match for an unqualified one, and run as the owner
+            # (tests/test_isolation_blind_spots.py).
             found = self.execute(
-                "SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)",
+                "SELECT c.relkind FROM pg_catalog.pg_class AS c "
+                "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:name)",
                 {"name": self.lock_table_quoted},
             ).fetchone()
             if found is None or found[0] not in ("r", "p"):
