@@ -233,7 +233,20 @@ _OWNS_THE_DATABASE = (
     " where datname = pg_catalog.current_database()"
 )
 # Whether the database has yoyo's own table, which pg_dump dumps with the rest.
-_HAS_MIGRATION_RECORDS = "select pg_catalog.to_regclass('public._yoyo_migration') is not null"
+# What yoyo's table of migration records is, if anything has its name: relkind 'r' (or 'p') is a table.
+_MIGRATION_RECORDS_KIND = (
+    "select c.relkind from pg_catalog.pg_class as c "
+    "where c.oid operator(pg_catalog.=) pg_catalog.to_regclass('public._yoyo_migration')"
+)
+_KINDS = {
+    "v": "a view",
+    "m": "a materialized view",
+    "S": "a sequence",
+    "c": "a composite type",
+    "i": "an index",
+    "I": "a partitioned index",
+    "f": "a foreign table",
+}
 
 # Whether the database records migrations as applied in a cluster that has no todo_app, the role 0001
 # made: a restore into a cluster without the API's roles, which pg_dump does not dump, so every grant
@@ -336,6 +349,16 @@ def _refuse_dropped_options(connection: psycopg.Connection[Any], setting: str) -
         )
 
 
+def _not_yoyos_records(why: str) -> MigrationFailed:
+    # A type, an index, a view or a sequence named as yoyo's table of records, or a table of another
+    # shape, was a WrongObjectType or UndefinedColumn traceback, or taken for a restored database (the
+    # verification probes of stop 85).
+    return MigrationFailed(
+        f"public._yoyo_migration, where migrate keeps its records, is not yoyo's table ({why}): rename or "
+        "drop it (someone else's?), then run todo-api migrate again; nothing was changed"
+    )
+
+
 def _holds(connection: psycopg.Connection[Any], query: str) -> bool:
     row = connection.execute(query).fetchone()
     return bool(row and row[0])
@@ -363,7 +386,10 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
         try:
-            has_records = _holds(connection, _HAS_MIGRATION_RECORDS)
+            kind = connection.execute(_MIGRATION_RECORDS_KIND).fetchone()
+            if kind is not None and kind[0] not in ("r", "p"):
+                raise _not_yoyos_records(_KINDS.get(str(kind[0]), f"relkind {kind[0]}"))
+            has_records = kind is not None
             if has_records and _holds(connection, _RESTORED_WITHOUT_ROLES):
                 raise _restored_without_roles()
             in_part = _RESTORED_IN_PART if has_records else _RESTORED_WITHOUT_RECORDS
@@ -372,15 +398,8 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
                 raise _restored_in_part(_IN_PART[str(what)])
         except psycopg.errors.LockNotAvailable as error:
             raise migration_failure(error, database_url) from None
-        except psycopg.errors.WrongObjectType as error:
-            # A type or an index named as yoyo's table of records: a traceback before (the verification
-            # probe of stop 85).
-            diag = error.diag
-            raise MigrationFailed(
-                f"cannot read the migration records: {diag.message_primary} ({diag.message_detail}): "
-                "rename or drop what has that name (a type or an index someone made?), then run todo-api "
-                "migrate again; nothing was changed"
-            ) from None
+        except psycopg.errors.UndefinedColumn as error:  # a table of another shape
+            raise _not_yoyos_records(error.diag.message_primary or str(error)) from None
         except psycopg.errors.InsufficientPrivilege as error:
             (role,) = connection.execute("select current_user").fetchone() or ("the migrating role",)
             owners = [str(owner) for (owner,) in connection.execute(read_sql(SCHEMA_OWNER_CHECK))]

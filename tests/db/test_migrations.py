@@ -302,25 +302,32 @@ def test_something_else_named_as_yoyos_lock_table_is_refused_naming_it(
 
 
 @pytest.mark.parametrize(
-    ("in_the_way", "kind"),
+    ("in_the_way", "why"),
     [
-        pytest.param("create type _yoyo_migration as (id text)", "composite types", id="row-type"),
-        pytest.param("create table t (x int); create index _yoyo_migration on t (x)", "indexes", id="index"),
+        pytest.param("create type _yoyo_migration as (id text)", "a composite type", id="row-type"),
+        pytest.param("create table t (x int); create index _yoyo_migration on t (x)", "an index", id="index"),
+        pytest.param("create view _yoyo_migration as select 1 as x", "a view", id="view"),
+        pytest.param("create sequence _yoyo_migration", "a sequence", id="sequence"),
+        pytest.param(
+            "create table _yoyo_migration (x int)",
+            'column "migration_id" does not exist',
+            id="another-table",
+        ),
     ],
 )
 def test_something_else_named_as_yoyos_records_is_refused_naming_it(
-    empty_db_url: str, tmp_path: Path, in_the_way: str, kind: str
+    empty_db_url: str, tmp_path: Path, in_the_way: str, why: str
 ) -> None:
-    """A type or an index named as yoyo's table of records was read as that table: a WrongObjectType
-    traceback (the verification probe of stop 85)."""
+    """A type, an index, a view or a sequence named as yoyo's table of records, or a table of another
+    shape, was read as that table: a WrongObjectType or UndefinedColumn traceback, or taken for a restored
+    database (the verification probes of stop 85)."""
     with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
         owner.execute(in_the_way)
     refused = _migrate_by_command(empty_db_url, tmp_path)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert refused.stderr == (
-        'todo-api: cannot read the migration records: cannot open relation "_yoyo_migration" (This '
-        f"operation is not supported for {kind}.): rename or drop what has that name (a type or an index "
-        "someone made?), then run todo-api migrate again; nothing was changed\n"
+        f"todo-api: public._yoyo_migration, where migrate keeps its records, is not yoyo's table ({why}): "
+        "rename or drop it (someone else's?), then run todo-api migrate again; nothing was changed\n"
     )
     assert schema_state(empty_db_url) == EMPTY
 
