@@ -9,9 +9,10 @@ stayed connected, and one user asking for their longest lists and reading none g
 before it takes the next, so a stalled answer holds the body and what granian and the kernel buffer
 (about 0.4 MB a connection in granian, measured), and only until its client has taken no piece for
 SEND_TIMEOUT_SECONDS: then the rest is dropped. granian does not close the connection while its
-write waits (the slow readers' probe of stop 85): the kernel does, a second later, as each worker
-asks it to (api/ops/worker.py). Until then the answer holds its user's in-flight slot
-(api/http/caller.py), so one user's unread answers are at most MAX_REQUESTS_IN_FLIGHT_PER_USER.
+write waits (the slow readers' probe of stop 85): the kernel does, once the client has taken nothing
+for ten times as long, as each worker asks it to (api/ops/worker.py). Until then the answer holds its
+user's in-flight slot (api/http/caller.py), so one user's unread answers are at most
+MAX_REQUESTS_IN_FLIGHT_PER_USER.
 
 A body of one piece or less is handed over as it is: whatever the server buffers of it is that
 small. A streamed body (an event stream: each message says more is to come) is the app's to time,

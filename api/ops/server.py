@@ -16,9 +16,9 @@ client from costing anything before the API sees a request.
 
 granian (2.8) has no write timeout. The API sends a large answer in pieces and gives up on a client
 that takes none for SEND_TIMEOUT_SECONDS (api/http/slow_readers.py), as it does on a stream's
-(api/events/routes.py); on Linux each worker has the kernel close, a second later, any connection
-whose client has taken nothing of what was sent for that long, whatever the answer's size
-(TCP_USER_TIMEOUT, api/ops/worker.py). Elsewhere docs/operations.md asks a load balancer to give up
+(api/events/routes.py); on Linux each worker has the kernel close any connection whose client has
+taken nothing of what was sent for ten times as long, whatever the answer's size (TCP_USER_TIMEOUT,
+api/ops/worker.py). Elsewhere docs/operations.md asks a load balancer to give up
 (nginx `send_timeout`).
 
 A worker that dies (killed by the OOM killer, say) is replaced while the others serve on; SIGTERM

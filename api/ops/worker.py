@@ -189,9 +189,12 @@ _LISTENER_LOOK_SECONDS = 0.02
 _LISTENER_WAIT_SECONDS = 30.0
 # When the worker looks once more, for connections its listening socket held before it had the setting.
 _LATE_ACCEPTS_SECONDS = 1.0
-# How much later than the API the kernel gives up on a client: the API's cut-off, its log line and the
-# freeing of its user's slot, come first.
-_KERNEL_MARGIN_SECONDS = 1.0
+# How much longer than the API the kernel waits for a client to take something. The kernel counts the
+# time a client's window stays shut, and a client that reads slowly but steadily reopens it only once
+# it has freed a segment's worth (64 KiB over loopback): at SEND_TIMEOUT_SECONDS + 1 s, one reading
+# 1 KB/s lost the end of a 133 KB answer its API had handed over whole (the second verification probe
+# of stop 85). Ten times as long passes it, and still bounds what one user holds.
+_KERNEL_TIMEOUT_FACTOR = 10
 
 
 def _close_connections_whose_clients_take_nothing(send_timeout_seconds: float) -> None:
@@ -202,12 +205,12 @@ def _close_connections_whose_clients_take_nothing(send_timeout_seconds: float) -
     within every per-user limit, until the worker took no one (the slow readers' probe of stop 85).
 
     The kernel's TCP_USER_TIMEOUT closes a connection whose client has taken nothing of what was sent
-    (acknowledged none of it, or kept its window shut) for that long. It is set on the worker's
+    (acknowledged none of it, or kept its window shut) for ten times as long. It is set on the worker's
     listening sockets, which every connection accepted inherits, and on any accepted before, by a
     thread, as granian makes them only once the app is ready."""
     if not hasattr(socket, "TCP_USER_TIMEOUT") or not os.path.isdir("/proc/self/fd"):
         return  # not Linux: the load balancer docs/operations.md asks for gives up on such clients
-    milliseconds = round((send_timeout_seconds + _KERNEL_MARGIN_SECONDS) * 1000)
+    milliseconds = round(send_timeout_seconds * _KERNEL_TIMEOUT_FACTOR * 1000)
 
     def look() -> None:
         deadline = time.monotonic() + _LISTENER_WAIT_SECONDS
