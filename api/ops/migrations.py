@@ -232,8 +232,8 @@ _OWNS_THE_DATABASE = (
     "select pg_catalog.pg_get_userbyid(datdba) = current_user from pg_catalog.pg_database"
     " where datname = pg_catalog.current_database()"
 )
-# Whether the database has yoyo's own table, which pg_dump dumps with the rest.
-# What yoyo's table of migration records is, if anything has its name: relkind 'r' (or 'p') is a table.
+# What has the name of yoyo's table of migration records (which pg_dump dumps with the rest): relkind
+# 'r' (or 'p') is that table; no row, none.
 _MIGRATION_RECORDS_KIND = (
     "select c.relkind from pg_catalog.pg_class as c "
     "where c.oid operator(pg_catalog.=) pg_catalog.to_regclass('public._yoyo_migration')"

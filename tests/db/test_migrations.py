@@ -196,6 +196,15 @@ def _migrate_by_command(url: str, folder: Path) -> subprocess.CompletedProcess[s
     return migrated
 
 
+def _migrate_refusing_on(url: str, folder: Path, change: str) -> str:
+    """What `todo-api migrate` says, exiting 1, of a database the owner first ran `change` on."""
+    with psycopg.connect(libpq_url(url), autocommit=True) as owner:
+        owner.execute(change)
+    refused = _migrate_by_command(url, folder)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    return refused.stderr
+
+
 def _migrate_refusing_after(url: str, folder: Path, change: str) -> str:
     """What `todo-api migrate` says, exiting 1, of a migrated database the owner then ran `change` on."""
     apply_migrations(url)
@@ -287,11 +296,7 @@ def test_something_else_named_as_yoyos_lock_table_is_refused_naming_it(
     """A type or a view named yoyo_lock was taken for the lock table made already, and migrate failed
     later with `cannot open relation "yoyo_lock"` and "Fix the database (or report the bug)" (the
     mutation round of stop 85)."""
-    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
-        owner.execute(f"create {in_the_way}")
-    refused = _migrate_by_command(empty_db_url, tmp_path)
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert refused.stderr == (
+    assert _migrate_refusing_on(empty_db_url, tmp_path, f"create {in_the_way}") == (
         f"todo-api: cannot make the migration lock table: {says}, and it is no table (a type, a view or an "
         "index someone made?): rename or drop it, then run todo-api migrate again; nothing was changed\n"
     )
@@ -321,11 +326,7 @@ def test_something_else_named_as_yoyos_records_is_refused_naming_it(
     """A type, an index, a view or a sequence named as yoyo's table of records, or a table of another
     shape, was read as that table: a WrongObjectType or UndefinedColumn traceback, or taken for a restored
     database (the verification probes of stop 85)."""
-    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
-        owner.execute(in_the_way)
-    refused = _migrate_by_command(empty_db_url, tmp_path)
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert refused.stderr == (
+    assert _migrate_refusing_on(empty_db_url, tmp_path, in_the_way) == (
         f"todo-api: public._yoyo_migration, where migrate keeps its records, is not yoyo's table ({why}): "
         "rename or drop it (someone else's?), then run todo-api migrate again; nothing was changed\n"
     )
