@@ -232,12 +232,15 @@ _OWNS_THE_DATABASE = (
     "select pg_catalog.pg_get_userbyid(datdba) = current_user from pg_catalog.pg_database"
     " where datname = pg_catalog.current_database()"
 )
-# What has the name of yoyo's table of migration records (which pg_dump dumps with the rest): relkind
-# 'r' (or 'p') is that table; no row, none.
-_MIGRATION_RECORDS_KIND = (
+# What has the name `name` (one of yoyo's tables, say; its table of migration records is dumped by
+# pg_dump with the rest): a relkind in _TABLE_KINDS is a table; no row, nothing. Qualified, operator
+# included: an `=(oid, regclass)` another role made in schema public would be the better match for an
+# unqualified one, and run as the owner (tests/test_isolation_blind_spots.py).
+_RELATION_KIND = (
     "select c.relkind from pg_catalog.pg_class as c "
-    "where c.oid operator(pg_catalog.=) pg_catalog.to_regclass('public._yoyo_migration')"
+    "where c.oid operator(pg_catalog.=) pg_catalog.to_regclass(%(name)s)"
 )
+_TABLE_KINDS = ("r", "p")
 _KINDS = {
     "v": "a view",
     "m": "a materialized view",
@@ -386,8 +389,8 @@ def _refuse_what_cannot_migrate(database_url: str, connect_timeout_seconds: int,
         if refusal is not None:
             raise MigrationFailed(f"{refusal}; nothing was changed")
         try:
-            kind = connection.execute(_MIGRATION_RECORDS_KIND).fetchone()
-            if kind is not None and kind[0] not in ("r", "p"):
+            kind = connection.execute(_RELATION_KIND, {"name": "public._yoyo_migration"}).fetchone()
+            if kind is not None and kind[0] not in _TABLE_KINDS:
                 raise _not_yoyos_records(_KINDS.get(str(kind[0]), f"relkind {kind[0]}"))
             has_records = kind is not None
             if has_records and _holds(connection, _RESTORED_WITHOUT_ROLES):
@@ -463,15 +466,10 @@ class _StopSafeBackend(PostgresqlPsycopgBackend):  # type: ignore[misc]  # yoyo 
             # Made already, perhaps by another migrate at the same moment; but a type, a view or an
             # index of that name (a DBA's) says so too, and failed later as `cannot open relation
             # "yoyo_lock"` (the mutation round of stop 85).
-            # Qualified, operator included: an `=(oid, regclass)` another role made in schema public
-            # would be the better match for an unqualified one, and run as the owner
-            # (tests/test_isolation_blind_spots.py).
-            found = self.execute(
-                "SELECT c.relkind FROM pg_catalog.pg_class AS c "
-                "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:name)",
-                {"name": self.lock_table_quoted},
-            ).fetchone()
-            if found is None or found[0] not in ("r", "p"):
+            cursor = self.cursor()  # psycopg's own, which takes _RELATION_KIND's parameter as written
+            cursor.execute(_RELATION_KIND, {"name": self.lock_table_quoted})
+            found = cursor.fetchone()
+            if found is None or found[0] not in _TABLE_KINDS:
                 raise MigrationFailed(
                     f"cannot make the migration lock table: {made.diag.message_primary}, and it is no table "
                     "(a type, a view or an index someone made?): rename or drop it, then run todo-api "
