@@ -1603,6 +1603,44 @@ def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(
         _stop_postgres_left_on(pgdata)
 
 
+@pytest.mark.parametrize(
+    ("in_the_way", "says"),
+    [
+        pytest.param(
+            "create view yoyo_lock as select 1 as locked",
+            'cannot make the migration lock table: relation "yoyo_lock" already exists, and it is no table '
+            "(a type, a view or an index someone made?): rename or drop it, then run todo-api migrate again",
+            id="view",
+        ),
+        pytest.param(
+            "create table yoyo_lock (locked int)",
+            'public.yoyo_lock, the migration lock table, is not yoyo\'s (column "ctime" does not exist): '
+            "rename or drop it (someone else's?), then run todo-api migrate again",
+            id="another-table",
+        ),
+    ],
+)
+def test_something_else_named_as_yoyos_lock_table_in_the_embedded_database_is_refused_naming_it(
+    tmp_path: Path, made_data_dir: Path, in_the_way: str, says: str
+) -> None:
+    """The start of the embedded database, releasing the lock of a migrate gone, read yoyo_lock before
+    migrate could refuse what is so named: every start failed with `column "pid" does not exist`,
+    naming no yoyo_lock (the verification probe of stop 85)."""
+    data_dir, pgdata = made_data_dir, made_data_dir / "pgdata"
+    try:
+        with _embedded_database_held(data_dir) as holder:
+            database = f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner"
+            with psycopg.connect(database, autocommit=True) as owner:
+                owner.execute(f"drop table public.yoyo_lock; {in_the_way}")
+            holder.send_signal(signal.SIGTERM)
+            holder.wait(timeout=60)
+
+        refused = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+        assert (refused.returncode, refused.stderr) == (1, f"todo-api: {says}; nothing was changed\n")
+    finally:
+        _stop_postgres_left_on(pgdata)
+
+
 def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

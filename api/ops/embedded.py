@@ -1005,10 +1005,18 @@ def _release_the_migration_lock_of_a_process_gone(database_url: str) -> None:
     a row whose pid no process has is stale."""
     import psutil  # the embedded extra's, like the wheel
 
+    from api.ops.migrations import a_table_named  # yoyo's, which a start that migrates imports anyway
+
     with psycopg.connect(database_url, autocommit=True) as connection:
-        if connection.execute("select to_regclass('public.yoyo_lock')").fetchone() == (None,):
-            return  # never migrated
-        pids = [pid for (pid,) in connection.execute("select pid from public.yoyo_lock")]
+        # Something else so named (a view, a table of another shape) is migrate's to refuse, naming it;
+        # read here first, it failed every start with `column "pid" does not exist` (the verification
+        # probe of stop 85).
+        if not a_table_named(connection, "public.yoyo_lock"):
+            return  # never migrated, or something else
+        try:
+            pids = [pid for (pid,) in connection.execute("select pid from public.yoyo_lock")]
+        except psycopg.errors.UndefinedColumn:
+            return
         gone = [pid for pid in pids if not psutil.pid_exists(pid)]
         if gone:
             logger.warning(

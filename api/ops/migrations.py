@@ -77,10 +77,19 @@ def _options_with_lock_timeout(database_url: str) -> str:
     return f"{given} -c lock_timeout={LOCK_TIMEOUT}".strip()
 
 
+# Where yoyo's tables are, named unqualified by yoyo: public, as every other statement of migrate
+# reads them. On the default search_path ("$user", public), a schema named as the migrating role (as
+# PostgreSQL's docs suggest for each user) came first: yoyo made its tables there, and every migrate
+# failed on reading public._yoyo_migration (the verification probe of stop 85). A search_path set
+# elsewhere is refused before yoyo connects (`_refuse_unsafe_settings`).
+_YOYOS_SCHEMA = "-c search_path=public"
+
+
 def _yoyo_url(database_url: str, connect_timeout_seconds: int) -> str:
-    """yoyo's URL, whose every connection waits at most LOCK_TIMEOUT for a lock, and speaks UTF-8
-    (yoyo connects with psycopg's own class: `CLIENT_ENCODING` says why)."""
-    options = _options_with_lock_timeout(database_url)
+    """yoyo's URL, whose every connection waits at most LOCK_TIMEOUT for a lock, keeps yoyo's tables
+    in public (`_YOYOS_SCHEMA`), and speaks UTF-8 (yoyo connects with psycopg's own class:
+    `CLIENT_ENCODING` says why)."""
+    options = f"{_options_with_lock_timeout(database_url)} {_YOYOS_SCHEMA}"
     return yoyo_url(
         database_url,
         connect_timeout=connect_timeout_seconds,
@@ -241,6 +250,14 @@ _RELATION_KIND = (
     "where c.oid operator(pg_catalog.=) pg_catalog.to_regclass(%(name)s)"
 )
 _TABLE_KINDS = ("r", "p")
+
+
+def a_table_named(connection: psycopg.Connection[Any], name: str) -> bool:
+    """Whether `name` is a table, rather than nothing or a view, a type, an index... of that name."""
+    found = connection.execute(_RELATION_KIND, {"name": name}).fetchone()
+    return found is not None and found[0] in _TABLE_KINDS
+
+
 _KINDS = {
     "v": "a view",
     "m": "a materialized view",
@@ -466,14 +483,26 @@ class _StopSafeBackend(PostgresqlPsycopgBackend):  # type: ignore[misc]  # yoyo 
             # Made already, perhaps by another migrate at the same moment; but a type, a view or an
             # index of that name (a DBA's) says so too, and failed later as `cannot open relation
             # "yoyo_lock"` (the mutation round of stop 85).
-            cursor = self.cursor()  # psycopg's own, which takes _RELATION_KIND's parameter as written
-            cursor.execute(_RELATION_KIND, {"name": self.lock_table_quoted})
-            found = cursor.fetchone()
-            if found is None or found[0] not in _TABLE_KINDS:
+            if not a_table_named(self.connection, self.lock_table_quoted):
                 raise MigrationFailed(
                     f"cannot make the migration lock table: {made.diag.message_primary}, and it is no table "
                     "(a type, a view or an index someone made?): rename or drop it, then run todo-api "
                     "migrate again; nothing was changed"
+                ) from None
+            # A table of another shape failed each insert of the lock row, which yoyo takes for a lock
+            # held: MIGRATION_LOCK_WAIT_SECONDS later, "a migration failed (UndefinedColumn ...)" (the
+            # verification probe of stop 85).
+            try:
+                self.connection.execute(
+                    sql.SQL("select locked, ctime, pid from {} where false").format(
+                        sql.Identifier(self.lock_table)
+                    )
+                )
+            except psycopg.errors.UndefinedColumn as error:
+                raise MigrationFailed(
+                    f"public.{self.lock_table}, the migration lock table, is not yoyo's "
+                    f"({error.diag.message_primary}): rename or drop it (someone else's?), then run "
+                    "todo-api migrate again; nothing was changed"
                 ) from None
 
     @contextlib.contextmanager
@@ -571,7 +600,7 @@ def apply_migrations(
 def rollback_migrations(database_url: str) -> list[str]:
     """Roll back every applied migration; return the ids rolled back."""
     migrations = _migrations()
-    with _yoyo_backend(yoyo_url(database_url)) as backend, backend.lock():
+    with _yoyo_backend(_yoyo_url(database_url, DEFAULT_CONNECT_TIMEOUT_SECONDS)) as backend, backend.lock():
         applied = backend.to_rollback(migrations)
         backend.rollback_migrations(applied)
     return [migration.id for migration in applied]

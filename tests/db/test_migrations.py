@@ -306,6 +306,23 @@ def test_something_else_named_as_yoyos_lock_table_is_refused_naming_it(
     assert apply_migrations(empty_db_url) == MIGRATION_IDS
 
 
+def test_a_table_of_another_shape_named_as_yoyos_lock_table_is_refused_naming_it(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """Each insert of the lock row failed, which yoyo takes for a lock held: MIGRATION_LOCK_WAIT_SECONDS
+    later, "a migration failed (UndefinedColumn ...)", naming no table (the verification probe of stop
+    85)."""
+    assert _migrate_refusing_on(empty_db_url, tmp_path, "create table yoyo_lock (locked int)") == (
+        "todo-api: public.yoyo_lock, the migration lock table, is not yoyo's "
+        '(column "ctime" does not exist): rename or drop it (someone else\'s?), then run todo-api migrate '
+        "again; nothing was changed\n"
+    )
+    assert schema_state(empty_db_url) == EMPTY
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute("drop table yoyo_lock")
+    assert apply_migrations(empty_db_url) == MIGRATION_IDS
+
+
 @pytest.mark.parametrize(
     ("in_the_way", "why"),
     [
@@ -331,6 +348,41 @@ def test_something_else_named_as_yoyos_records_is_refused_naming_it(
         "rename or drop it (someone else's?), then run todo-api migrate again; nothing was changed\n"
     )
     assert schema_state(empty_db_url) == EMPTY
+
+
+def test_a_schema_named_as_the_migrating_role_gets_none_of_yoyos_tables(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """A schema named as the migrating role (one per user, as PostgreSQL's docs suggest), made before
+    the first migrate, came first on the default search_path: yoyo made its tables there, and every
+    migrate failed on reading public._yoyo_migration (the verification probe of stop 85)."""
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute("create schema authorization current_user")
+        (own_schema,) = owner.execute("select current_user").fetchone() or ("",)
+
+    for says in (f"migrations applied: {', '.join(MIGRATION_IDS)}", "migrations applied: none pending"):
+        migrated = _migrate_by_command(empty_db_url, tmp_path)
+        assert migrated.returncode == 0, migrated.stderr
+        assert says in migrated.stdout, migrated.stdout
+
+    with psycopg.connect(libpq_url(empty_db_url)) as owner:
+        tables = owner.execute(
+            "select table_schema, table_name from information_schema.tables"
+            " where table_name like any (array['yoyo%', '\\_yoyo%'])"
+        ).fetchall()
+        assert sorted(tables) == [
+            ("public", "_yoyo_log"),
+            ("public", "_yoyo_migration"),
+            ("public", "_yoyo_version"),
+            ("public", "yoyo_lock"),
+        ]
+        assert owner.execute(
+            "select count(*) from pg_catalog.pg_class where relnamespace = %s::regnamespace",
+            [own_schema],
+        ).fetchone() == (0,)
+        assert owner.execute("select count(*) from public._yoyo_migration").fetchone() == (
+            len(MIGRATION_IDS),
+        )
 
 
 def test_migrate_refuses_a_grant_revoked_by_hand_naming_the_grant_that_gives_it_back(
