@@ -683,6 +683,28 @@ def test_a_folder_whose_files_postgres_cannot_read_is_one_line_with_the_cause_an
     subprocess.run(["chown", "-R", "embedded_postgres", str(pgdata)], check=True)  # noqa: S607 (as advised)
     again = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give the log to another user")
+def test_a_log_postgres_cannot_write_is_one_line_with_the_cause_and_the_fix(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
+    """A log root made (a start as root, say, while Postgres runs as its own user), which pg_ctl's
+    shell cannot open: the line gave pg_ctl's whole command line as the cause, "fix that", and said
+    pg_ctl left no log (the verification probe of stop 85)."""
+    data_dir = made_data_dir
+    pgdata = data_dir / "pgdata"
+    log = pgdata / "log"
+    os.chown(log, 0, 0)
+    log.chmod(0o600)
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line(result, f"cannot create {log}: Permission denied", f"chown -R embedded_postgres {pgdata}")
+    assert "pg_ctl', '-D'" not in result.stderr
+    assert _postgres_on(pgdata) == []
+
+    subprocess.run(["chown", "-R", "embedded_postgres", str(pgdata)], check=True)  # noqa: S607 (as advised)
+    again = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
     assert _postgres_on(pgdata) == []
 
 

@@ -598,6 +598,10 @@ _POSTGRES_ERROR = re.compile(
     r"(?P<error>(?:\b(?:FATAL|PANIC|ERROR)|^[\w.-]+: error):\s+.*)(?:\n.*?\bDETAIL:\s+(?P<detail>.*))?",
     re.MULTILINE,
 )
+# Without one, the shell's through which pg_ctl starts the server, which cannot open a log that
+# Postgres's user may not write (one root made): the cause was pg_ctl's whole command line, "fix
+# that" (the verification probe of stop 85).
+_SHELL_ERROR = re.compile(r"^/bin/sh: (?:line )?\d+: (?P<error>.*)", re.MULTILINE)
 # What to do about the causes an operator meets most; otherwise the log says.
 _FIXES = {
     "insufficient file descriptors": "raise the open-file limit (ulimit -n) and start again",
@@ -666,7 +670,7 @@ def _start_failure(
     causes = [
         match["error"] if match["detail"] is None else f"{match['error']} ({match['detail']})"
         for match in _POSTGRES_ERROR.finditer(written or unlogged)
-    ]
+    ] or [match["error"] for match in _SHELL_ERROR.finditer(written or unlogged)]
     # The first: those after it (a PANIC as initdb gives up, say) are what it led to.
     cause = " ".join(causes[0].split()) if causes else what
     where = f"its log is {log}" if written else f"{program} failed, and left no log"
