@@ -60,6 +60,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -132,6 +133,18 @@ _UNKNOWN_NAME = (
     psycopg.errors.UndefinedObject,
     psycopg.errors.InvalidSchemaName,
 )
+
+# The function that raised an error, as the first line of its context names it (the innermost call):
+# "PL/pgSQL function public.f() line 3 at RAISE", qualified as the API's transactions name nothing
+# without its schema (api/db/statements.py).
+_RAISED_BY = re.compile(r"^PL/pgSQL function (\S+\(.*?\)) line \d+ at ")
+
+
+def _raised_by(error: psycopg.Error) -> str | None:
+    """The function (its name and parameter types) that raised `error`; none when not PL/pgSQL's."""
+    found = _RAISED_BY.match(error.diag.context or "")
+    return found[1] if found else None
+
 
 # The SQLSTATE class of the database's own internal errors (XX000 internal_error, XX001 data_corrupted,
 # XX002 index_corrupted): psycopg's InternalError, not one of its OperationalErrors.
@@ -548,6 +561,14 @@ class Database:
             column = error.diag.column_name
             rule = f"its rule that {column} is NOT NULL" if column else "one of its rules"
             raise CheckRefused(rule) from None
+        except (psycopg.errors.RaiseException, psycopg.errors.AssertFailure) as error:
+            # A DBA's trigger refusing a write (RAISE EXCEPTION, ASSERT): a rule the API does not know,
+            # as a DBA's CHECK is; it was a 500 "bug on our side" (the database probe of stop 81).
+            await _roll_back(connection)
+            function = _raised_by(error)
+            if read_only or function is None or function.startswith("app."):
+                raise  # the database's own bookkeeping (schema app), as above, or a read's
+            raise CheckRefused(f"its rule {function}") from None
         except psycopg.errors.StringDataRightTruncation as error:
             # The API's text columns take any length it accepts: a DBA's narrower type (varchar(n)).
             # Postgres's message names the type alone ("value too long for type character varying(n)").
