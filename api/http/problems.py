@@ -516,9 +516,14 @@ def invalid_input(field: str, message: str) -> ProblemError:
     )
 
 
-def refused_by_the_database(rule: str) -> ProblemError:
+def refused_by_the_database(rule: str, *, deletion: bool = False) -> ProblemError:
     # The API's own rules refuse bad input before it reaches the database; a rule that still refuses
     # it is one the API does not know (a DBA's). The input is invalid all the same: named, never echoed.
+    # A DELETE has no body: a rule (a DBA's trigger) refused the deletion of the task its path names.
+    if deletion:
+        return invalid_input(
+            "path.task_id", f"The database refuses to delete this task by {rule}; nothing was changed."
+        )
     return invalid_input("body", f"The database refuses this value by {rule}; nothing was changed.")
 
 
@@ -702,10 +707,10 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
         return problem_response(isolation_unverified(retry_after=isolation.seconds_until_next_check()))
 
     @app.exception_handler(CheckRefused)
-    async def on_check_refused(_: Request, exc: CheckRefused) -> JSONResponse:
+    async def on_check_refused(request: Request, exc: CheckRefused) -> JSONResponse:
         # Its name only: the values it refused are a user's content.
         logger.warning("the database refused a write by %s", exc.rule)
-        return problem_response(refused_by_the_database(exc.rule))
+        return problem_response(refused_by_the_database(exc.rule, deletion=request.method == "DELETE"))
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         # With what the database (or the pool) said: the class alone reads the same for a server

@@ -696,6 +696,41 @@ def test_a_write_a_dbas_check_constraint_refuses_is_a_422_naming_it_and_changes_
         assert again.status_code == 201, again.text
 
 
+def test_a_delete_a_dbas_trigger_refuses_is_a_422_naming_it_and_deletes_nothing(migrated_db_url: str) -> None:
+    """A DBA's trigger that raises before a delete (completed tasks are kept, say) was a 500 "bug on
+    our side"; a 422 naming the task and the trigger's function, never its message, and the task and
+    its events are as they were."""
+    user = new_user()
+    with (
+        serving_client(create_app(settings_for(as_role(migrated_db_url)))) as client,
+        psycopg.connect(migrated_db_url, autocommit=True) as db,
+    ):
+        created = client.post(user.tasks_url, json={"title": "Keep me"}, headers=user.headers)
+        assert created.status_code == 201, created.text
+        db.execute(
+            "create function public.dba_keeps_tasks() returns trigger language plpgsql as $$"
+            " begin raise exception 'task % is kept', OLD.title; end $$;"
+            " create trigger dba_keeps_tasks before delete on public.tasks"
+            " for each row execute function public.dba_keeps_tasks()"
+        )
+        stored = (
+            "select (select count(*) from tasks where id = %(t)s),"
+            " (select count(*) from task_events where user_id = %(u)s)"
+        )
+        before = db.execute(stored, {"t": created.json()["id"], "u": user.id}).fetchone()
+        refused = client.delete(user.task_url(created.json()["id"]), headers=user.headers)
+        body = assert_problem(refused, 422, "validation-error", "path.task_id")
+        assert body["errors"] == [
+            {
+                "field": "path.task_id",
+                "message": "The database refuses to delete this task by its rule public.dba_keeps_tasks(); "
+                "nothing was changed.",
+            }
+        ]
+        assert "Keep me" not in refused.text
+        assert db.execute(stored, {"t": created.json()["id"], "u": user.id}).fetchone() == before == (1, 1)
+
+
 @pytest.mark.parametrize(
     ("dba_change", "write", "rule"),
     [
