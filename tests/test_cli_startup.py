@@ -1663,6 +1663,34 @@ def test_something_else_named_as_yoyos_lock_table_in_the_embedded_database_is_re
         _stop_postgres_left_on(pgdata)
 
 
+def test_a_copy_of_a_running_data_dir_starts_and_leaves_the_original_serving(
+    tmp_path: Path, made_data_dir: Path
+) -> None:
+    """A copy (cp -a) of a folder whose Postgres runs holds that server's postmaster.pid, which names
+    the original's socket folder: its start removed the live server's socket lock, then failed on the
+    copied one ("lock file ... already exists: fix that") for good (the restore probe of stop 86)."""
+    data_dir, pgdata = made_data_dir, made_data_dir / "pgdata"
+    copy = tmp_path / "copy"
+    try:
+        with _embedded_database_held(data_dir) as holder:
+            original = _socket_dir(pgdata)
+            socket_lock = Path(original) / ".s.PGSQL.5432.lock"
+            subprocess.run(["cp", "-a", str(data_dir), str(copy)], check=True)  # noqa: S607 (as careless)
+            migrated = run_cli("migrate", "--data-dir", str(copy), cwd=tmp_path)
+            assert migrated.returncode == 0, migrated.stderr
+            assert (
+                socket_lock.read_text().splitlines()[0]
+                == (pgdata / "postmaster.pid").read_text().splitlines()[0]
+            )
+            with psycopg.connect(f"host={original} dbname=todo user=todo_owner") as still:
+                assert still.execute("select count(*) from public.tasks").fetchone() is not None
+            holder.send_signal(signal.SIGTERM)
+            holder.wait(timeout=60)
+    finally:
+        _stop_postgres_left_on(pgdata)
+        _stop_postgres_left_on(copy / "pgdata")
+
+
 def test_closing_the_terminal_of_a_serving_server_stops_it_and_its_postgres(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

@@ -286,6 +286,18 @@ def _postmaster(pgdata: Path) -> "psutil.Process | None":
     return postmaster if _serves(postmaster, pgdata) else None
 
 
+def _a_postgres(process: "psutil.Process") -> bool:
+    """Whether `process` is a Postgres, of any folder; one we may not look into counts as one."""
+    import psutil  # the embedded extra's, like the wheel
+
+    try:
+        return process.name() == "postgres"
+    except psutil.AccessDenied:
+        return True
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _serves(process: "psutil.Process", pgdata: Path) -> bool:
     """Whether `process` is a Postgres running on `pgdata` (Postgres works in its data folder). One we
     may not look into is another user's, never ours: ours runs as us, or, under root, as the wheel's
@@ -381,14 +393,22 @@ def _forget_a_stale_postmaster_pid(pgdata: Path) -> None:
         )
     logger.warning(
         "postmaster.pid was left by an embedded Postgres that did not stop; removing it",
-        extra={"pgdata": str(pgdata), "pid": named and named.pid},
+        # Not "pid", which the JSON lines give the process that logs (api/telemetry/logs.py).
+        extra={"pgdata": str(pgdata), "postmaster_pid": named and named.pid},
     )
-    socket_dir = lines[4] if len(lines) > 4 else ""  # postmaster.pid's fifth line: where its socket is
-    if named is not None and socket_dir:
-        socket_lock = Path(socket_dir) / f"{_SOCKET_NAME}.lock"
-        with contextlib.suppress(OSError, IndexError):
-            if socket_lock.read_text(errors="replace").splitlines()[0] == str(named.pid):
-                socket_lock.unlink()
+    if named is not None:
+        # The socket's lock names the same pid. The one in this folder is this folder's; the one where
+        # postmaster.pid says the socket was (its fifth line) only while that pid is no Postgres's: in
+        # a copy of a running folder (cp -a) it names the original's folder and its live server, whose
+        # lock was removed (the restore probe of stop 86).
+        socket_dirs = {pgdata}
+        if len(lines) > 4 and lines[4] and not _a_postgres(named):
+            socket_dirs.add(Path(lines[4]))
+        for socket_dir in socket_dirs:
+            socket_lock = socket_dir / f"{_SOCKET_NAME}.lock"
+            with contextlib.suppress(OSError, IndexError):
+                if socket_lock.read_text(errors="replace").splitlines()[0] == str(named.pid):
+                    socket_lock.unlink()
     pidfile.unlink()
 
 
