@@ -545,12 +545,17 @@ def test_json_lines_escape_what_would_break_a_line_or_reorder_it_on_screen(serve
     """As the text format does: a line separator in a token's sub split its JSON line in three for
     str.splitlines (none of them JSON), and a bidirectional override or a C1 control reached `jq -r`'s
     output and the terminal as they were."""
-    sub = "bob\u2028FORGED\u2029and\u202eesrever\u009b2J"
+    sub = "bob\u2028FORGED\u2029and\u202eesrever\u009b2J\nDELETE api-x 204\x1b[1A\x7f"
     with serve() as served:
         _get_as(served, sub, "the-odd-json-separators")
         served.line_with("the-odd-json-separators")
     text = served.log.read_text()
-    for character in "\u2028\u2029\u202e\u009b":
+    for character in "\u2028\u2029\u202e\u009b\x1b\x7f":
         assert character not in text
     (record,) = [r for r in served.access() if r.get("request_id") == "the-odd-json-separators"]
     assert record["user_id"] == sub, "the JSON still says exactly who it was"
+    # And what the message says once the JSON is read (`jq -r .message`): one line, nothing a terminal
+    # acts on (the logs probe of stop 86).
+    assert record["message"].endswith(
+        'user="bob\\u2028FORGED\\u2029and\\u202eesrever\\x9b2J\\x0aDELETE api-x 204\\x1b[1A\\x7f"'
+    ), record["message"]

@@ -66,9 +66,10 @@ _CONTROL_ESCAPES = {
 # An access line has no further lines, and its user id is a token's sub, any text: a newline in it
 # ended the line there and began one that read as the server's own.
 _ONE_LINE_ESCAPES = _CONTROL_ESCAPES | {ord("\n"): "\\x0a"}
-# What JSON lines escape beyond what JSON itself must (orjson writes the rest of Unicode as it is): the
-# same separators, overrides and C1 controls, each only ever inside a string there, as a \u escape.
-_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _CONTROL_ESCAPES if code >= 0x80}
+# What JSON lines escape beyond what JSON itself must (orjson writes DEL and the rest of Unicode as they
+# are): DEL, the same separators, overrides and C1 controls, each only ever inside a string there, as a
+# \u escape.
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _CONTROL_ESCAPES if code >= 0x7F}
 
 # A value a `name=value` field of a line may show as it is: one holding whitespace, `=`, a quote or a
 # backslash (a token's sub is any text) would end the field there and read as more of them.
@@ -77,10 +78,13 @@ _BARE_VALUE = re.compile(r'[^\s="\\]+')
 
 def logfmt_value(text: str) -> str:
     """`text` for a `name=value` field of a line: as it is, or in double quotes with its quotes and
-    backslashes escaped, so that `user=alice action=delete task=7` cannot be one user's id."""
+    backslashes escaped, so that `user=alice action=delete task=7` cannot be one user's id; either way
+    with its control characters escaped, in the message itself: JSON's own escapes are undone by
+    whatever reads the line (`jq -r .message` printed a sub's newline, and its terminal escapes, as
+    they were: the logs probe of stop 86)."""
     if _BARE_VALUE.fullmatch(text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return text.translate(_ONE_LINE_ESCAPES)
+    return ('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"').translate(_ONE_LINE_ESCAPES)
 
 
 class _TextFormatter(logging.Formatter):
@@ -118,7 +122,7 @@ class _JsonFormatter(OrjsonFormatter):
             line = super().jsonify_log_record(_with_surrogates_escaped(log_data))
         # As the text format escapes them: a line separator ended the line for str.splitlines, and a
         # bidirectional override reordered what `jq -r` printed.
-        return line if line.isascii() else line.translate(_JSON_ESCAPES)
+        return line if line.isascii() and "\x7f" not in line else line.translate(_JSON_ESCAPES)
 
 
 class _WholeRecords(logging.StreamHandler[IO[str]]):
