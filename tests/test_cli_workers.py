@@ -63,12 +63,21 @@ def _gone(pid: int) -> bool:
 _WORKERS_SECONDS = 60
 
 
-def test_ctrl_c_twice_lets_a_request_in_flight_finish_and_stops_at_once(
-    api_db_url: str, tmp_path: Path
+@pytest.mark.parametrize(
+    ("stop", "times"),
+    [
+        pytest.param(signal.SIGINT, 2, id="ctrl-c-twice"),
+        # systemd's stop (KillMode=control-group) sends SIGTERM to every process of the service, and
+        # an impatient operator's second and third stops do it again (the mutation round of stop 86).
+        pytest.param(signal.SIGTERM, 3, id="sigterm-to-the-group-three-times"),
+    ],
+)
+def test_stops_to_the_group_let_a_request_in_flight_finish_and_stop_at_once(
+    api_db_url: str, tmp_path: Path, stop: signal.Signals, times: int
 ) -> None:
-    """Each Ctrl-C reaches the workers too, and granian's server sends them SIGTERM besides: granian's
-    handler blocked on a worker's third stop (now and then its second), which then answered nothing
-    more and was killed once the grace was over, its request reset (the stop probe of stop 85)."""
+    """Each stop to the group reaches the workers too, and granian's server sends them SIGTERM besides:
+    granian's handler blocked on a worker's third stop (now and then its second), which then answered
+    nothing more and was killed once the grace was over, its request reset (the stop probe of stop 85)."""
     alice = new_user()
     log = tmp_path / "serve.log"
     env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, SHUTDOWN_GRACE_SECONDS="60")
@@ -85,15 +94,19 @@ def test_ctrl_c_twice_lets_a_request_in_flight_finish_and_stops_at_once(
                 client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
             )
             wait_until_it_waits_for(locker, update)
-            os.killpg(server.pid, signal.SIGINT)
-            time.sleep(0.3)
-            os.killpg(server.pid, signal.SIGINT)  # impatient
-            time.sleep(1)
+            for _ in range(times):
+                os.killpg(server.pid, stop)
+                time.sleep(0.3)  # impatient
+            time.sleep(0.7)
             stopping_at = time.monotonic()
         assert update.result().status_code == 200, "answered once the lock went"
         assert server.wait(timeout=90) == 0
         took = time.monotonic() - stopping_at
     assert took < 10, f"{took:.1f} s: a worker waited out the grace"
+    with psycopg.connect(api_db_url) as connection:
+        assert connection.execute("select title from tasks where id = %s", [task["id"]]).fetchone() == (
+            "after",
+        )
     said = log.read_text()
     assert "refused to gracefully stop" not in said, said
     assert "Traceback" not in said, said
