@@ -136,13 +136,14 @@ _UNKNOWN_NAME = (
 
 # The function that raised an error, as the first line of its context names it (the innermost call):
 # "PL/pgSQL function public.f() line 3 at RAISE", qualified as the API's transactions name nothing
-# without its schema (api/db/statements.py).
-_RAISED_BY = re.compile(r"^PL/pgSQL function (\S+\(.*?\)) line \d+ at ")
+# without its schema (api/db/statements.py), and quoted where its name needs it (`"DBA rules"."no
+# boom"(integer)`: the verification probe of stop 86).
+_RAISED_BY = re.compile(r"PL/pgSQL function (.+\)) line \d+ at ")
 
 
 def _raised_by(error: psycopg.Error) -> str | None:
     """The function (its name and parameter types) that raised `error`; none when not PL/pgSQL's."""
-    found = _RAISED_BY.match(error.diag.context or "")
+    found = _RAISED_BY.match((error.diag.context or "").partition("\n")[0])
     return found[1] if found else None
 
 

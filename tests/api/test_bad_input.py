@@ -616,14 +616,15 @@ def test_unicode_titles_round_trip(api: Api, sent: str, stored: str) -> None:
 # A DBA's trigger that refuses what a DBA's CHECK would: each was a 500 "bug on our side" (the database
 # probe of stop 81). Its message holds the title, which the answer must not.
 _DBAS_TRIGGER = """
-create function public.dba_no_boom() returns trigger language plpgsql as $$
+create function {function}() returns trigger language plpgsql as $$
 begin
     {refuse};
     return NEW;
 end $$;
 create trigger dba_no_boom before insert or update on public.tasks
-    for each row execute function public.dba_no_boom();
+    for each row execute function {function}();
 """
+_RAISE = "if NEW.title ~ 'BOOM' then raise exception 'title % is refused', NEW.title; end if"
 
 
 @pytest.mark.parametrize(
@@ -633,17 +634,19 @@ create trigger dba_no_boom before insert or update on public.tasks
             "alter table public.tasks add constraint dba_no_boom check (title !~ 'BOOM') not valid",
             id="check",
         ),
+        pytest.param(_DBAS_TRIGGER.format(function="public.dba_no_boom", refuse=_RAISE), id="raise"),
         pytest.param(
             _DBAS_TRIGGER.format(
-                refuse="if NEW.title ~ 'BOOM' then raise exception 'title % is refused', NEW.title; end if"
-            ),
-            id="raise",
-        ),
-        pytest.param(
-            _DBAS_TRIGGER.format(
-                refuse="assert NEW.title !~ 'BOOM', format('title %s is refused', NEW.title)"
+                function="public.dba_no_boom",
+                refuse="assert NEW.title !~ 'BOOM', format('title %s is refused', NEW.title)",
             ),
             id="assert",
+        ),
+        # A name Postgres quotes in the error's context (the verification probe of stop 86).
+        pytest.param(
+            'create schema "DBA rules";'
+            + _DBAS_TRIGGER.format(function='"DBA rules"."dba_no_boom rule"', refuse=_RAISE),
+            id="raise-in-quoted-names",
         ),
     ],
 )
