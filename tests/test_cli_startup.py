@@ -1663,6 +1663,28 @@ def test_something_else_named_as_yoyos_lock_table_in_the_embedded_database_is_re
         _stop_postgres_left_on(pgdata)
 
 
+def test_a_lock_row_no_process_can_hold_is_one_line_at_start(tmp_path: Path, made_data_dir: Path) -> None:
+    """yoyo's lock held under a pid no process can have (here past a C int, in a column a DBA widened)
+    was a traceback at every start of the embedded database, from its release of a dead process's
+    lock (the verification probe of stop 86); it is left to migrate, which says the lock is held."""
+    data_dir, pgdata = made_data_dir, made_data_dir / "pgdata"
+    try:
+        with _embedded_database_held(data_dir) as holder:
+            database = f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner"
+            with psycopg.connect(database, autocommit=True) as owner:
+                owner.execute(
+                    "alter table public.yoyo_lock alter column pid type bigint;"
+                    " insert into public.yoyo_lock (locked, ctime, pid) values (1, now(), 1099511627776)"
+                )
+            holder.send_signal(signal.SIGTERM)
+            holder.wait(timeout=60)
+
+        refused = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+        assert_one_line(refused, "Process 1099511627776 has locked this database")
+    finally:
+        _stop_postgres_left_on(pgdata)
+
+
 def test_a_copy_of_a_running_data_dir_starts_and_leaves_the_original_serving(
     tmp_path: Path, made_data_dir: Path
 ) -> None:

@@ -1041,7 +1041,11 @@ def _release_the_migration_lock_of_a_process_gone(database_url: str) -> None:
             pids = [pid for (pid,) in connection.execute("select pid from public.yoyo_lock")]
         except psycopg.errors.UndefinedColumn:
             return
-        gone = [pid for pid in pids if not psutil.pid_exists(pid)]
+        # A pid no process can have (a NULL, a number past a C int, text) is not read as gone: a traceback
+        # at every start before (the verification probe of stop 86); migrate then says the lock is held.
+        gone = [
+            pid for pid in pids if isinstance(pid, int) and 0 < pid < 2**31 and not psutil.pid_exists(pid)
+        ]
         if gone:
             logger.warning(
                 "releasing the migration lock of a process that no longer runs", extra={"pids": gone}
