@@ -1440,6 +1440,23 @@ def test_a_data_dir_through_a_link_to_nothing_says_so(tmp_path: Path, command: s
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data"], "nothing made, the link not followed"
 
 
+def test_a_data_dir_below_a_file_through_a_link_to_a_folder_says_not_a_directory(tmp_path: Path) -> None:
+    """`link/file/sub`, `link` a link to a folder that is there: the file is the cause, not the link,
+    which resolves (the mutation round of stop 86)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "file").write_text("kept\n")
+    (tmp_path / "link").symlink_to(real)
+    data_dir = tmp_path / "link" / "file" / "sub"
+    result = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_clear_failure(
+        result.stderr, result.returncode, f"in {data_dir} (Not a directory)", "--data-dir"
+    )
+    assert "which is not there" not in result.stderr
+    assert (real / "file").read_text() == "kept\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "real"]
+
+
 @pytest.mark.parametrize("command", ["serve", "migrate"])
 @pytest.mark.parametrize("inside", ["", "sub"])
 def test_a_data_dir_in_a_loop_of_links_says_so(tmp_path: Path, command: str, inside: str) -> None:

@@ -454,6 +454,19 @@ def test_data_dir_reads_a_leading_tilde_as_the_home_folder(tmp_path: Path, given
     assert sorted(path.name for path in work.iterdir()) == [".env"]
 
 
+def test_a_data_dir_option_in_the_home_of_no_user_is_one_line(tmp_path: Path) -> None:
+    """`--data-dir ~nobody_here/data`: argparse catches only a type function's TypeError and ValueError,
+    so the RuntimeError of expanding it was a traceback (the mutation round of stop 86)."""
+    result = run_cli("migrate", "--data-dir", "~no_such_user_here/data", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "todo-api migrate: error: argument --data-dir: "
+        "~no_such_user_here is a home folder that cannot be found"
+    )
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing made"
+
+
 def test_no_warning_for_variables_of_other_programs(tmp_path: Path) -> None:
     result = run_cli(
         "token", "alice", cwd=tmp_path, BETTER_AUTH_SECRET=SECRET,

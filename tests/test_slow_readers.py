@@ -4,6 +4,7 @@ and one whose client takes no piece for SEND_TIMEOUT_SECONDS is cut off; until t
 its user's in-flight slots, so one user's unread answers hold at most
 MAX_REQUESTS_IN_FLIGHT_PER_USER of them, and every other user is served throughout."""
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -40,7 +41,8 @@ LONGEST_TASK = {"title": "\x01" * TITLE_MAX_LENGTH, "description": "\x01" * DESC
 
 def _ask_and_never_read(base_url: str, user: ApiUser, path: str) -> socket.socket:
     address = urlsplit(base_url)
-    reader = socket.socket()
+    assert address.hostname is not None
+    reader = socket.socket(socket.AF_INET6 if ":" in address.hostname else socket.AF_INET)
     # Before connecting, so that the window it offers stays small: the kernel then takes only a few
     # megabytes of an answer that is not read.
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -116,7 +118,12 @@ def _held_by_the_server(base_url: str, readers: list[socket.socket]) -> int:
     )  # fmt: skip
 
 
-def test_serve_closes_the_connection_of_a_client_it_cut_off(migrated_db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "::1"]
+)  # each family's listening socket (the mutation round of stop 86)
+def test_serve_closes_the_connection_of_a_client_it_cut_off(
+    migrated_db_url: str, tmp_path: Path, host: str
+) -> None:
     """granian has no write timeout: the API gave up on an answer nobody read, and freed its user's
     slot, but the connection stayed open with the rest of the answer for as long as its client did,
     and one user who did so every SEND_TIMEOUT_SECONDS held a worker's connections until it took no one
@@ -131,9 +138,11 @@ def test_serve_closes_the_connection_of_a_client_it_cut_off(migrated_db_url: str
         SEND_TIMEOUT_SECONDS=str(send_timeout_seconds),
         RATE_LIMIT_PER_MINUTE="0",
     )
-    with serve_process(
-        serve_command(env, "--workers", "1"), cwd=tmp_path, env=env, output=tmp_path / "serve.log"
-    ) as (base_url, _):
+    command = serve_command(env, "--workers", "1", "--host", host)
+    with serve_process(command, cwd=tmp_path, env=env, output=tmp_path / "serve.log", host=host) as (
+        base_url,
+        _,
+    ):
         readers = [_ask_and_never_read(base_url, alice, page) for _ in range(IN_FLIGHT)]
         try:
             time.sleep(send_timeout_seconds / 4)
@@ -156,6 +165,56 @@ def test_serve_closes_the_connection_of_a_client_it_cut_off(migrated_db_url: str
     assert said.count("cut off a client that took none of its answer") == IN_FLIGHT, said
     assert "Traceback" not in said, said
     assert '"level":"ERROR"' not in said, said
+
+
+def test_serve_lets_a_slow_but_steady_reader_take_the_whole_answer(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """The kernel's timeout is ten times SEND_TIMEOUT_SECONDS, not once: a client reading 16 KB/s over
+    loopback keeps its window shut about 4 s at a time (it opens it again only once 64 KiB are free), and
+    at once the kernel reset its connection mid-answer, after the API had handed all of it over (the
+    verification probe and the mutation round of stop 85 and 86)."""
+    alice = new_user()
+    with psycopg.connect(migrated_db_url, autocommit=True) as connection:
+        connection.execute("insert into users (id) values (%s)", [alice.id])
+        connection.execute(
+            "insert into tasks (user_id, title, description) select %s, %s, %s from generate_series(1, 18)",
+            [alice.id, LONGEST_TASK["title"], LONGEST_TASK["description"]],
+        )  # about 133 KB, handed over whole within the first second
+    env = cli_env(
+        DATABASE_URL=migrated_db_url,
+        BETTER_AUTH_SECRET=SECRET,
+        SEND_TIMEOUT_SECONDS="1",
+        RATE_LIMIT_PER_MINUTE="0",
+    )
+    log = tmp_path / "serve.log"
+    with serve_process(serve_command(env, "--workers", "1"), cwd=tmp_path, env=env, output=log) as (
+        base_url,
+        _,
+    ):
+        address = urlsplit(base_url)
+        with socket.create_connection((address.hostname, address.port)) as reader:
+            reader.sendall(
+                f"GET {urlsplit(alice.tasks_url).path}?limit=18 HTTP/1.1\r\nHost: test\r\n"
+                f"Authorization: Bearer {alice.token}\r\nConnection: close\r\n\r\n".encode()
+            )
+            time.sleep(1.5)
+            received, reset = b"", False
+            while True:
+                try:
+                    chunk = reader.recv(1024)
+                except ConnectionResetError:
+                    reset = True
+                    break
+                if not chunk:
+                    break
+                received += chunk
+                time.sleep(len(chunk) / 16_000)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    assert (len(body), reset) == (_content_length(head), False), "the whole answer, no reset"
+    assert len(json.loads(body)) == 18
+    assert "cut off a client" not in log.read_text()
 
 
 def test_an_answer_nobody_reads_holds_a_slot_until_its_client_is_cut_off(

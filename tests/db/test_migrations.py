@@ -331,6 +331,14 @@ def test_a_table_of_another_shape_named_as_yoyos_lock_table_is_refused_naming_it
         pytest.param("create view _yoyo_migration as select 1 as x", "a view", id="view"),
         pytest.param("create sequence _yoyo_migration", "a sequence", id="sequence"),
         pytest.param(
+            "create materialized view _yoyo_migration as select 1 as x", "a materialized view", id="matview"
+        ),
+        pytest.param(
+            "create table t (x int) partition by range (x); create index _yoyo_migration on t (x)",
+            "a partitioned index",
+            id="partitioned-index",
+        ),
+        pytest.param(
             "create table _yoyo_migration (x int)",
             'column "migration_id" does not exist',
             id="another-table",
@@ -348,6 +356,19 @@ def test_something_else_named_as_yoyos_records_is_refused_naming_it(
         "rename or drop it (someone else's?), then run todo-api migrate again; nothing was changed\n"
     )
     assert schema_state(empty_db_url) == EMPTY
+
+
+def test_a_partitioned_lock_table_of_yoyos_shape_is_taken_as_the_lock_table(empty_db_url: str) -> None:
+    """A partitioned table is a table (`_TABLE_KINDS`): a yoyo_lock so made, with a default partition,
+    serves as yoyo's lock table (the mutation round of stop 86)."""
+    with psycopg.connect(libpq_url(empty_db_url), autocommit=True) as owner:
+        owner.execute(
+            "create table yoyo_lock (locked int default 1, ctime timestamp, pid int not null,"
+            " primary key (locked)) partition by list (locked);"
+            " create table yoyo_lock_all partition of yoyo_lock default"
+        )
+    assert apply_migrations(empty_db_url) == MIGRATION_IDS
+    assert schema_state(empty_db_url) == MIGRATED
 
 
 def test_a_schema_named_as_the_migrating_role_gets_none_of_yoyos_tables(
