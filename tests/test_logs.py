@@ -378,7 +378,7 @@ def test_a_write_that_leaves_the_task_as_it_was_carries_no_action(serve: Serve, 
 def test_a_client_request_id_is_kept_exactly_or_replaced_silently(serve: Serve) -> None:
     alice = new_user()
     kept = b"client-1.2:3_4" + b"x" * 100
-    sent = [kept, b"a b", b"x" * 129, "é".encode()]
+    sent = [kept, b"a b", b"x" * 129, "é".encode(), b"-"]  # "-": the id of lines outside requests
     authorization = (b"authorization", f"Bearer {alice.token}".encode())
     with serve() as served, httpx.Client(base_url=served.base_url) as client:
         echoed = [

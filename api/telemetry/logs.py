@@ -47,8 +47,14 @@ def default_format() -> LogFormat:
     return "text" if sys.stdout is not None and sys.stdout.isatty() else "json"  # None: closed (`>&-`)
 
 
+# What a line outside any request says its request id is.
+NO_REQUEST_ID = "-"
+
+
 def is_acceptable_request_id(value: str) -> bool:
-    return _REQUEST_ID.fullmatch(value) is not None
+    # Not NO_REQUEST_ID: a filter of the lines outside requests took that client's in too (the logs
+    # probe of stop 86).
+    return _REQUEST_ID.fullmatch(value) is not None and value != NO_REQUEST_ID
 
 
 def new_request_id() -> str:
@@ -216,7 +222,7 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
     if ours is None:
         ours = _WholeRecords(sys.stderr)
         ours.set_name(_HANDLER_NAME)
-        ours.addFilter(CorrelationIdFilter(default_value="-"))
+        ours.addFilter(CorrelationIdFilter(default_value=NO_REQUEST_ID))
         root.addHandler(ours)
     ours.setFormatter(_formatter(log_format))
     # No record here uses its caller's file and line, thread or process name: skipping them is the
