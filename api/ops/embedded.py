@@ -178,10 +178,10 @@ class EmbeddedDatabase:
         # Under the start lock: a serve attaching to this Postgres meanwhile is either among the
         # handles counted here, or starts a Postgres of its own once this one has stopped.
         with _starting_alone(pgdata.parent):
+            _say_if_another_holds_the_runtime_lock()
             # A postmaster that died a moment before (a crash the keeper had not yet seen) is a zombie
             # until it is reaped: the wheel takes it for running, its pg_ctl stop fails, and its kill
             # then meets no process, a traceback and exit 1 (the stop probe of stop 85).
-            _say_if_another_holds_the_runtime_lock()
             with contextlib.suppress(psutil.NoSuchProcess):
                 self.server.cleanup()
             if self.server.cleanup_mode is None:

@@ -79,16 +79,16 @@ _JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _CONTROL_ESCAPES if code >= 
 
 # A value a `name=value` field of a line may show as it is: one holding whitespace, `=`, a quote or a
 # backslash (a token's sub is any text) would end the field there and read as more of them; one
-# holding what a line escapes is quoted and escaped too, which costs a request's line some 1 us more.
+# holding what a line escapes is quoted and escaped too, so that only such a value pays for escaping.
 _BARE_VALUE = re.compile(r'[^\s="\\' + "".join(re.escape(chr(code)) for code in _ONE_LINE_ESCAPES) + "]+")
 
 
 def logfmt_value(text: str) -> str:
     """`text` for a `name=value` field of a line: as it is, or in double quotes with its quotes and
-    backslashes escaped, so that `user=alice action=delete task=7` cannot be one user's id; either way
-    with its control characters escaped, in the message itself: JSON's own escapes are undone by
-    whatever reads the line (`jq -r .message` printed a sub's newline, and its terminal escapes, as
-    they were: the logs probe of stop 86)."""
+    backslashes escaped, so that `user=alice action=delete task=7` cannot be one user's id, and with
+    what a line escapes escaped in the message itself: JSON's own escapes are undone by whatever reads
+    the line (`jq -r .message` printed a sub's newline, and its terminal escapes, as they were: the logs
+    probe of stop 86)."""
     if _BARE_VALUE.fullmatch(text):
         return text
     return ('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"').translate(_ONE_LINE_ESCAPES)
@@ -128,7 +128,8 @@ class _JsonFormatter(OrjsonFormatter):
         except TypeError:
             line = super().jsonify_log_record(_with_surrogates_escaped(log_data))
         # As the text format escapes them: a line separator ended the line for str.splitlines, and a
-        # bidirectional override reordered what `jq -r` printed.
+        # bidirectional override reordered the line on a terminal (what `jq -r` decodes of a user id is
+        # escaped in the message itself: `logfmt_value`).
         return line if line.isascii() and "\x7f" not in line else line.translate(_JSON_ESCAPES)
 
 
