@@ -1713,6 +1713,9 @@ def test_a_copy_of_a_running_data_dir_starts_and_leaves_the_original_serving(
             subprocess.run(["cp", "-a", str(data_dir), str(copy)], check=True)  # noqa: S607 (as careless)
             migrated = run_cli("migrate", "--data-dir", str(copy), cwd=tmp_path)
             assert migrated.returncode == 0, migrated.stderr
+            # Stopped with it: the copied list of the processes that share a Postgres names the
+            # original's holder, which kept the copy's running (the second verification probe of stop 86).
+            assert _postgres_on(copy / "pgdata") == []
             assert (
                 socket_lock.read_text().splitlines()[0]
                 == (pgdata / "postmaster.pid").read_text().splitlines()[0]

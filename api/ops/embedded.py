@@ -397,13 +397,20 @@ def _forget_a_stale_postmaster_pid(pgdata: Path) -> None:
         # Not "pid", which the JSON lines give the process that logs (api/telemetry/logs.py).
         extra={"pgdata": str(pgdata), "postmaster_pid": named and named.pid},
     )
+    copied = named is not None and _a_postgres(named)
+    if copied:
+        # A copy of a running folder (cp -a): its postmaster.pid names the original's live server, and
+        # its list of the processes that share this Postgres the original's serves, which kept the
+        # copy's Postgres running after its last serve stopped (the second verification probe of stop 86).
+        (pgdata / ".handle_pids.json").write_text("[]")
+        (pgdata / _HANDLE_STARTS).write_text("{}")
     if named is not None:
         # The socket's lock names the same pid. The one in this folder is this folder's; the one where
         # postmaster.pid says the socket was (its fifth line) only while that pid is no Postgres's: in
-        # a copy of a running folder (cp -a) it names the original's folder and its live server, whose
-        # lock was removed (the restore probe of stop 86).
+        # a copy of a running folder it names the original's folder and its live server, whose lock
+        # was removed (the restore probe of stop 86).
         socket_dirs = {pgdata}
-        if len(lines) > 4 and lines[4] and not _a_postgres(named):
+        if len(lines) > 4 and lines[4] and not copied:
             socket_dirs.add(Path(lines[4]))
         for socket_dir in socket_dirs:
             socket_lock = socket_dir / f"{_SOCKET_NAME}.lock"
