@@ -16,7 +16,6 @@ import stat
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -1133,45 +1132,6 @@ def test_a_start_that_waits_for_another_says_so_then_goes_on(tmp_path: Path) -> 
         f"waiting for another todo-api to finish starting or stopping the embedded database in {data_dir}"
         in result.stderr
     )
-    assert (data_dir / "pgdata" / "PG_VERSION").exists()
-
-
-def test_a_start_that_waits_for_the_runtime_lock_says_who_holds_it_then_goes_on(tmp_path: Path) -> None:
-    """The wheel takes one lock for every start and stop of an embedded Postgres of this user, of any
-    data dir: serve, migrate and policies waited on another's without a word (the restore and logs
-    probes of stop 86). Said, with the holder's pid; and the start goes on once it is free."""
-    data_dir, runtime = tmp_path / "data", tmp_path / "run"
-    development_secret(data_dir)
-    lock = runtime / "python_PostgresServer" / ".lockfile"
-    lock.parent.mkdir(parents=True, mode=0o700)
-    runtime.chmod(0o700)
-    lock.touch(mode=0o600)
-    said = (
-        f"waiting for another process (pid {os.getpid()}) that starts or stops an embedded Postgres of "
-        f"this user: the embedded Postgres takes one lock, {lock}, for every data dir"
-    )
-    with lock.open("a") as held:
-        fcntl.lockf(held, fcntl.LOCK_EX)  # as the wheel's lock (fasteners) takes it, which it polls for
-        migrate = subprocess.Popen(
-            [*CLI, "migrate", "--data-dir", str(data_dir)], cwd=tmp_path,
-            env=cli_env(XDG_RUNTIME_DIR=str(runtime)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        assert migrate.stderr is not None
-        # The line, or "" once migrate ended without it: a migrate that waits without a word is killed
-        # after a minute, which ends its readline.
-        killer = threading.Timer(60, migrate.kill)
-        killer.start()
-        try:
-            first = migrate.stderr.readline()
-        finally:
-            killer.cancel()
-        assert said in first, first
-        fcntl.lockf(held, fcntl.LOCK_UN)
-        stdout, rest = migrate.communicate(timeout=120)
-    assert migrate.returncode == 0, rest
-    assert "Traceback" not in rest, rest
-    assert "migrations applied" in stdout, stdout
     assert (data_dir / "pgdata" / "PG_VERSION").exists()
 
 

@@ -178,7 +178,6 @@ class EmbeddedDatabase:
         # Under the start lock: a serve attaching to this Postgres meanwhile is either among the
         # handles counted here, or starts a Postgres of its own once this one has stopped.
         with _starting_alone(pgdata.parent):
-            _say_if_another_holds_the_runtime_lock()
             # A postmaster that died a moment before (a crash the keeper had not yet seen) is a zombie
             # until it is reaped: the wheel takes it for running, its pg_ctl stop fails, and its kill
             # then meets no process, a traceback and exit 1 (the stop probe of stop 85).
@@ -769,36 +768,6 @@ def _wheel_server() -> type["PostgresServer"]:
     return PostgresServer
 
 
-def _say_if_another_holds_the_runtime_lock() -> None:
-    """The wheel takes one lock around every start and stop of an embedded Postgres of this user, of
-    whatever folder, and waits for it without a word: serve, migrate and policies (their starts and
-    their stops) sat silent for as long as another's start took, a crash recovery or a stuck one (the
-    restore and logs probes of stop 86). Said, naming who holds it, as /proc/locks tells (Linux)."""
-    path = _wheel_server().lock_path
-    try:
-        found = os.stat(path)
-        held = Path("/proc/locks").read_text()
-    except OSError:
-        return
-    inode = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino} "
-    for line in held.splitlines():
-        fields = line.split()
-        # "1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a waiter's line starts with "->".
-        if (
-            len(fields) > 5
-            and fields[1] != "->"
-            and fields[5] + " " == inode
-            and fields[4] != str(os.getpid())
-        ):
-            logger.warning(
-                "waiting for another process (pid %s) that starts or stops an embedded Postgres of this "
-                "user: the embedded Postgres takes one lock, %s, for every data dir",
-                fields[4],
-                path,
-            )
-            return
-
-
 def _wheel_runtime_path() -> Path:
     """The runtime folder the wheel puts a socket in when pgdata is too deep for one (platformdirs':
     XDG_RUNTIME_DIR, else /run/user/<uid>, else runtime-<uid> under TMPDIR)."""
@@ -933,7 +902,6 @@ def start_postgres(pgdata: Path, *, cleanup_mode: Literal["stop", "delete"] | No
     _forget_a_stale_postmaster_pid(pgdata)
     log = pgdata / "log"  # where the wheel has pg_ctl write the server's log
     log_offset = log.stat().st_size if log.is_file() else 0
-    _say_if_another_holds_the_runtime_lock()
     try:
         with _wheel_errors_kept() as wheel_errors:
             server = _get_server(pgdata, cleanup_mode)
