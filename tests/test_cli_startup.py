@@ -1638,6 +1638,17 @@ def test_a_serve_killed_while_migrating_leaves_no_lock_that_stops_the_next(
         _stop_postgres_left_on(pgdata)
 
 
+def _run_as_the_owner(data_dir: Path, statement: str) -> None:
+    """Run `statement` as the owner in the embedded database of `data_dir`, started for it and stopped."""
+    pgdata = data_dir / "pgdata"
+    with _embedded_database_held(data_dir) as holder:
+        database = f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner"
+        with psycopg.connect(database, autocommit=True) as owner:
+            owner.execute(statement)
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(timeout=60)
+
+
 @pytest.mark.parametrize(
     ("in_the_way", "says"),
     [
@@ -1663,12 +1674,7 @@ def test_something_else_named_as_yoyos_lock_table_in_the_embedded_database_is_re
     naming no yoyo_lock (the verification probe of stop 85)."""
     data_dir, pgdata = made_data_dir, made_data_dir / "pgdata"
     try:
-        with _embedded_database_held(data_dir) as holder:
-            database = f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner"
-            with psycopg.connect(database, autocommit=True) as owner:
-                owner.execute(f"drop table public.yoyo_lock; {in_the_way}")
-            holder.send_signal(signal.SIGTERM)
-            holder.wait(timeout=60)
+        _run_as_the_owner(data_dir, f"drop table public.yoyo_lock; {in_the_way}")
 
         refused = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
         assert (refused.returncode, refused.stderr) == (1, f"todo-api: {says}; nothing was changed\n")
@@ -1682,15 +1688,11 @@ def test_a_lock_row_no_process_can_hold_is_one_line_at_start(tmp_path: Path, mad
     lock (the verification probe of stop 86); it is left to migrate, which says the lock is held."""
     data_dir, pgdata = made_data_dir, made_data_dir / "pgdata"
     try:
-        with _embedded_database_held(data_dir) as holder:
-            database = f"host={_socket_dir(pgdata)} dbname=todo user=todo_owner"
-            with psycopg.connect(database, autocommit=True) as owner:
-                owner.execute(
-                    "alter table public.yoyo_lock alter column pid type bigint;"
-                    " insert into public.yoyo_lock (locked, ctime, pid) values (1, now(), 1099511627776)"
-                )
-            holder.send_signal(signal.SIGTERM)
-            holder.wait(timeout=60)
+        _run_as_the_owner(
+            data_dir,
+            "alter table public.yoyo_lock alter column pid type bigint;"
+            " insert into public.yoyo_lock (locked, ctime, pid) values (1, now(), 1099511627776)",
+        )
 
         refused = run_cli("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
         assert_one_line(refused, "Process 1099511627776 has locked this database")

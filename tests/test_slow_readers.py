@@ -93,16 +93,16 @@ def served(api_db_url: str) -> Iterator[str]:
         yield base_url
 
 
-def _longest_page_of(user: ApiUser, database_url: str) -> str:
-    """The path of `user`'s longest page, written in one statement: what is tested is the reading of
-    it, and a create over HTTP for each task cost more than all the rest."""
+def _longest_page_of(user: ApiUser, database_url: str, tasks: int = PAGE_SIZE_MAX) -> str:
+    """The path of `user`'s page of `tasks` of the longest tasks, written in one statement: what is
+    tested is the reading of it, and a create over HTTP for each task cost more than all the rest."""
     with psycopg.connect(database_url, autocommit=True) as connection:
         connection.execute("insert into users (id) values (%s)", [user.id])
         connection.execute(
             "insert into tasks (user_id, title, description) select %s, %s, %s from generate_series(1, %s)",
-            [user.id, LONGEST_TASK["title"], LONGEST_TASK["description"], PAGE_SIZE_MAX],
+            [user.id, LONGEST_TASK["title"], LONGEST_TASK["description"], tasks],
         )
-    return f"{urlsplit(user.tasks_url).path}?limit={PAGE_SIZE_MAX}"
+    return f"{urlsplit(user.tasks_url).path}?limit={tasks}"
 
 
 def _held_by_the_server(base_url: str, readers: list[socket.socket]) -> int:
@@ -175,12 +175,7 @@ def test_serve_lets_a_slow_but_steady_reader_take_the_whole_answer(
     at once the kernel reset its connection mid-answer, after the API had handed all of it over (the
     verification probe and the mutation round of stop 85 and 86)."""
     alice = new_user()
-    with psycopg.connect(migrated_db_url, autocommit=True) as connection:
-        connection.execute("insert into users (id) values (%s)", [alice.id])
-        connection.execute(
-            "insert into tasks (user_id, title, description) select %s, %s, %s from generate_series(1, 18)",
-            [alice.id, LONGEST_TASK["title"], LONGEST_TASK["description"]],
-        )  # about 133 KB, handed over whole within the first second
+    page = _longest_page_of(alice, migrated_db_url, 18)  # about 133 KB, handed over whole at once
     env = cli_env(
         DATABASE_URL=migrated_db_url,
         BETTER_AUTH_SECRET=SECRET,
@@ -195,7 +190,7 @@ def test_serve_lets_a_slow_but_steady_reader_take_the_whole_answer(
         address = urlsplit(base_url)
         with socket.create_connection((address.hostname, address.port)) as reader:
             reader.sendall(
-                f"GET {urlsplit(alice.tasks_url).path}?limit=18 HTTP/1.1\r\nHost: test\r\n"
+                f"GET {page} HTTP/1.1\r\nHost: test\r\n"
                 f"Authorization: Bearer {alice.token}\r\nConnection: close\r\n\r\n".encode()
             )
             time.sleep(1.5)
