@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -63,21 +63,39 @@ def _gone(pid: int) -> bool:
 _WORKERS_SECONDS = 60
 
 
+def _stop_the_group(server: "subprocess.Popen[str]", stop: signal.Signals) -> None:
+    os.killpg(server.pid, stop)  # what the terminal's Ctrl-C, `kill -- -PGID` or `timeout` do
+
+
+def _stop_every_process(server: "subprocess.Popen[str]", stop: signal.Signals) -> None:
+    """What systemd's stop does by default (KillMode=control-group): every process of the service."""
+    for pid in [*_workers(server), server.pid]:
+        with contextlib.suppress(ProcessLookupError):  # a worker the server stopped meanwhile
+            os.kill(pid, stop)
+
+
 @pytest.mark.parametrize(
-    ("stop", "times"),
+    ("send", "stop", "times"),
     [
-        pytest.param(signal.SIGINT, 2, id="ctrl-c-twice"),
-        # systemd's stop (KillMode=control-group) sends SIGTERM to every process of the service, and
-        # an impatient operator's second and third stops do it again (the mutation round of stop 86).
-        pytest.param(signal.SIGTERM, 3, id="sigterm-to-the-group-three-times"),
+        pytest.param(_stop_the_group, signal.SIGINT, 2, id="ctrl-c-twice"),
+        # An impatient operator's second and third stops (the mutation round of stop 86).
+        pytest.param(_stop_the_group, signal.SIGTERM, 3, id="sigterm-to-the-group-three-times"),
+        pytest.param(_stop_every_process, signal.SIGTERM, 1, id="sigterm-to-every-process"),
     ],
 )
-def test_stops_to_the_group_let_a_request_in_flight_finish_and_stop_at_once(
-    api_db_url: str, tmp_path: Path, stop: signal.Signals, times: int
+def test_stops_to_the_group_or_every_process_let_a_request_in_flight_finish_and_stop_at_once(
+    api_db_url: str,
+    tmp_path: Path,
+    send: Callable[["subprocess.Popen[str]", signal.Signals], None],
+    stop: signal.Signals,
+    times: int,
 ) -> None:
-    """Each stop to the group reaches the workers too, and granian's server sends them SIGTERM besides:
-    granian's handler blocked on a worker's third stop (now and then its second), which then answered
-    nothing more and was killed once the grace was over, its request reset (the stop probe of stop 85)."""
+    """A stop to serve's process group reaches the server alone, which sends each worker SIGTERM once:
+    the workers are in sessions of their own. A worker that got the group's stops too got two or three,
+    and granian's handler blocked on the third (now and then on the second): the worker answered nothing
+    more and was killed once the grace was over, its request reset (the stop probe of stop 85), and a
+    background script's serve took the whole grace to stop on Ctrl-C (CI, stop 86). A supervisor that
+    signals every process still reaches the workers besides the server's own SIGTERM."""
     alice = new_user()
     log = tmp_path / "serve.log"
     env = cli_env(DATABASE_URL=api_db_url, BETTER_AUTH_SECRET=SECRET, SHUTDOWN_GRACE_SECONDS="60")
@@ -94,8 +112,12 @@ def test_stops_to_the_group_let_a_request_in_flight_finish_and_stop_at_once(
                 client.put, alice.task_url(task["id"]), json={"title": "after"}, headers=alice.headers
             )
             wait_until_it_waits_for(locker, update)
+            workers = _workers(server)
+            assert workers, "a worker serves"
+            for pid in workers:
+                assert os.getsid(pid) == pid != os.getsid(server.pid), "a worker leads a session of its own"
             for _ in range(times):
-                os.killpg(server.pid, stop)
+                send(server, stop)
                 time.sleep(0.3)  # impatient
             time.sleep(0.7)
             stopping_at = time.monotonic()
@@ -107,9 +129,10 @@ def test_stops_to_the_group_let_a_request_in_flight_finish_and_stop_at_once(
         assert connection.execute("select title from tasks where id = %s", [task["id"]]).fetchone() == (
             "after",
         )
-    said = log.read_text()
-    assert "refused to gracefully stop" not in said, said
-    assert "Traceback" not in said, said
+    # Not "refused to gracefully stop" absent: granian's server joins a worker from two threads, and
+    # the one that loses the race took a worker that had stopped for one alive a moment longer, and
+    # logged that line for it (seen under load, the worker gone with its request answered).
+    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def test_a_killed_worker_is_replaced_and_sigterm_lets_requests_in_flight_finish(

@@ -97,23 +97,6 @@ def _on_stop_signal(stop: Callable[[], None]) -> None:
         signal.signal(signum, stop_then)
 
 
-def _hand_granian_one_stop() -> None:
-    """Each stop signal after the first reaches granian's handler no more. A Ctrl-C reaches every
-    process of the terminal's group, workers included, and granian's server then sends each worker
-    SIGTERM: two stops, three after a second Ctrl-C, and granian's handler (2.8.9) blocked on the
-    third, now and then on the second, for good: nothing of the worker ran again, a request in flight
-    was never answered, and the worker was killed once the grace was over (the stop probe of stop 85).
-    granian still gets the first: the loop reads that signal, and queues granian's handler for it,
-    before the replacement queued here runs (tests/test_cli_workers.py)."""
-    loop = asyncio.get_running_loop()
-
-    def ignore_later_stops() -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, lambda: None)
-
-    _on_stop_signal(ignore_later_stops)
-
-
 def _end_streams_on_shutdown(hub: Hub) -> None:
     """Granian waits for every open response before a worker stops, and an event stream never ends
     by itself: on the signal that stops the worker, the streams end too."""
@@ -263,6 +246,20 @@ def _give_up_on_stalled_clients_after(milliseconds: int) -> bool:
             each.close()
 
 
+def _leave_the_servers_process_group() -> None:
+    """Put this worker in a session of its own, so that a signal for the terminal's or a supervisor's
+    whole process group (Ctrl-C, `kill -- -PGID`, a script's `timeout`) reaches the server alone, and
+    the server passes it on to each worker once, as SIGTERM. A worker that got it too got two stops,
+    and granian's handler (2.8.9) blocked on the second now and then: the worker was killed at the end
+    of SHUTDOWN_GRACE_SECONDS, its requests unanswered, and `serve` took the whole grace to stop
+    (tests/test_cli_startup.py, `test_a_serve_a_script_started_in_the_background_stops_on_ctrl_c`).
+    Not a loop handler that drops every stop after the first, as before: it was now and then put in
+    place before the loop had read the first, and granian never heard of any (py-spy: the worker idle,
+    waiting for a stop). A worker whose server is gone stops by itself (`_stop_when_orphaned`)."""
+    with contextlib.suppress(OSError):  # already a session's or a group's leader: nothing to leave
+        os.setsid()
+
+
 def _offer_itself_to_the_oom_killer_first() -> None:
     """Raise this worker's oom_score_adj above the server's (which it inherited): raising it needs no
     privilege. Where there is none to raise (not Linux), nothing changes."""
@@ -275,13 +272,13 @@ def _offer_itself_to_the_oom_killer_first() -> None:
 
 
 def create_served_app() -> FastAPI:
+    _leave_the_servers_process_group()
     _offer_itself_to_the_oom_killer_first()
     _account_for_dead_workers()
     app: FastAPI
 
     def on_ready() -> None:
         shared = live_services(app)
-        _hand_granian_one_stop()
         _end_streams_on_shutdown(shared.events_hub)
         _cancel_statements_before_the_kill(shared.database, shared.settings.shutdown_grace_seconds)
         _stop_when_orphaned(shared.settings.shutdown_grace_seconds)
