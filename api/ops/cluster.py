@@ -114,9 +114,10 @@ def described(role: ApiLoginRole, *, password_set: bool) -> str:
     )
 
 
+# DISTINCT: since PostgreSQL 16 one membership may be granted by several grantors, a row each.
 _WHAT_IT_IS = """
 select r.rolcanlogin, r.rolinherit,
-       array(select b.rolname::text from pg_catalog.pg_auth_members m
+       array(select distinct b.rolname::text from pg_catalog.pg_auth_members m
              join pg_catalog.pg_roles b on b.oid = m.roleid where m.member = r.oid order by 1)
 from pg_catalog.pg_roles r where r.rolname = %s
 """

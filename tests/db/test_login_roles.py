@@ -301,6 +301,24 @@ def test_login_role_says_what_an_existing_role_is(
     )
 
 
+def test_login_role_names_a_membership_granted_twice_once(
+    own_cluster: OwnPostgres, own_fresh_role: str, tmp_path: Path
+) -> None:
+    """Since PostgreSQL 16 one membership may be granted by several grantors, one row each: granted by
+    migrate (as the owner) and again by a superuser, it was "member of todo_app, todo_app"."""
+    first = run_cli("migrate", "--login-role", own_fresh_role, cwd=tmp_path, DATABASE_URL=own_cluster.url)
+    assert first.returncode == 0, first.stderr
+    with psycopg.connect(own_cluster.superuser_url, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(own_fresh_role)))
+        grants = superuser.execute(
+            "select count(*) from pg_auth_members where member = %s::regrole", [own_fresh_role]
+        ).fetchone()
+    assert grants == (2,), "two grants of todo_app, by two grantors"
+    again = run_cli("migrate", "--login-role", own_fresh_role, cwd=tmp_path, DATABASE_URL=own_cluster.url)
+    assert again.returncode == 0, again.stderr
+    assert "NOBYPASSRLS, owns nothing, member of todo_app; give it a password" in again.stdout, again.stdout
+
+
 def test_login_role_says_that_an_existing_role_is_given_database_urls_password(
     own_cluster: OwnPostgres, own_fresh_role: str, tmp_path: Path
 ) -> None:
