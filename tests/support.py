@@ -404,14 +404,14 @@ def assert_problem(
 
 
 # A bug's shape, for the tests of how a 500 is answered, logged and traced: the database raises an
-# error the API expects nowhere, for no fault of the client. A refused privilege or a name the
-# database no longer knows would not do: those are isolation findings, answered 503; nor would a bare
-# RAISE EXCEPTION, a DBA's rule refusing a write (a 422).
-_RAISES = "language plpgsql as $$ begin raise exception 'a bug' using errcode = 'data_exception'; end $$"
+# error the API expects nowhere, for no fault of the client (DivisionByZero). A refused privilege or a
+# name the database no longer knows would not do: those are isolation findings, answered 503; nor
+# would a RAISE or an ASSERT, whatever its SQLSTATE: a DBA's rule refusing a write (a 422).
+_RAISES = "language plpgsql as $$ begin perform 1 / 0; return null; end $$"
 
 
 def break_task_updates(db: psycopg.Connection[Any]) -> None:
-    """From now on every UPDATE of a task on `db`'s database fails (DataException), by a trigger."""
+    """From now on every UPDATE of a task on `db`'s database fails (DivisionByZero), by a trigger."""
     db.execute(f"create function public.a_bug() returns trigger {_RAISES}")
     db.execute(
         "create trigger a_bug before update on public.tasks for each row execute function public.a_bug()"
@@ -419,7 +419,7 @@ def break_task_updates(db: psycopg.Connection[Any]) -> None:
 
 
 def break_event_reads(db: psycopg.Connection[Any]) -> None:
-    """From now on every read of task_events by todo_app fails (DataException), by a policy."""
+    """From now on every read of task_events by todo_app fails (DivisionByZero), by a policy."""
     db.execute(f"create function public.a_bug() returns boolean {_RAISES}")
     db.execute(
         "create policy a_bug on public.task_events as restrictive for select to todo_app"

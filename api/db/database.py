@@ -134,17 +134,20 @@ _UNKNOWN_NAME = (
     psycopg.errors.InvalidSchemaName,
 )
 
-# The function that raised an error, as the first line of its context names it (the innermost call):
-# "PL/pgSQL function public.f() line 3 at RAISE", qualified as the API's transactions name nothing
-# without its schema (api/db/statements.py), and quoted where its name needs it (`"DBA rules"."no
-# boom"(integer)`: the verification probe of stop 86).
-_RAISED_BY = re.compile(r"PL/pgSQL function (.+\)) line \d+ at ")
+# The function whose RAISE or ASSERT raised an error, as the first line of its context names it (the
+# innermost call): "PL/pgSQL function public.f() line 3 at RAISE", qualified as the API's transactions
+# name nothing without its schema (api/db/statements.py), and quoted where its name needs it (`"DBA
+# rules"."no boom"(integer)`: the verification probe of stop 86).
+_RAISED_BY = re.compile(r"PL/pgSQL function (.+\)) line \d+ at (?:RAISE|ASSERT)")
 
 
-def _raised_by(error: psycopg.Error) -> str | None:
-    """The function (its name and parameter types) that raised `error`; none when not PL/pgSQL's."""
+def _a_dbas_rule_that_refused(error: psycopg.Error) -> str | None:
+    """The function (its name and parameter types) of a DBA's trigger that refused a write by RAISE or
+    ASSERT: a rule the API does not know, as a DBA's CHECK is. None for any other error, and for the
+    database's own bookkeeping (schema app). An SQLSTATE the API answers by (a full disk, a conflict)
+    is answered so even when a trigger raises it."""
     found = _RAISED_BY.match((error.diag.context or "").partition("\n")[0])
-    return found[1] if found else None
+    return found[1] if found and not found[1].startswith("app.") else None
 
 
 # The SQLSTATE class of the database's own internal errors (XX000 internal_error, XX001 data_corrupted,
@@ -548,6 +551,8 @@ class Database:
             constraint = error.diag.constraint_name
             if constraint is not None and constraint.endswith("_limit"):
                 raise LimitReached(constraint) from None
+            if not read_only and (rule := _a_dbas_rule_that_refused(error)):
+                raise CheckRefused(f"its rule {rule}") from None
             if error.diag.schema_name != "public":
                 # A rule of the database's own bookkeeping (schema app), which no request writes:
                 # whatever broke it, the client's input did not (a 500, as a bug).
@@ -557,19 +562,13 @@ class Database:
             # The API sends NULL only where its columns take it: a NOT NULL a DBA added to one, which
             # was a 500 (the database-settings probe of stop 81), refuses the write as a CHECK does.
             await _roll_back(connection)
+            if not read_only and (rule := _a_dbas_rule_that_refused(error)):
+                raise CheckRefused(f"its rule {rule}") from None
             if error.diag.schema_name != "public":
                 raise  # the database's own bookkeeping, as above
             column = error.diag.column_name
             rule = f"its rule that {column} is NOT NULL" if column else "one of its rules"
             raise CheckRefused(rule) from None
-        except (psycopg.errors.RaiseException, psycopg.errors.AssertFailure) as error:
-            # A DBA's trigger refusing a write (RAISE EXCEPTION, ASSERT): a rule the API does not know,
-            # as a DBA's CHECK is; it was a 500 "bug on our side" (the database probe of stop 81).
-            await _roll_back(connection)
-            function = _raised_by(error)
-            if read_only or function is None or function.startswith("app."):
-                raise  # the database's own bookkeeping (schema app), as above, or a read's
-            raise CheckRefused(f"its rule {function}") from None
         except psycopg.errors.StringDataRightTruncation as error:
             # The API's text columns take any length it accepts: a DBA's narrower type (varchar(n)).
             # Postgres's message names the type alone ("value too long for type character varying(n)").
@@ -628,6 +627,11 @@ class Database:
                     # and the others a 503 saying that the database, which had answered, could not
                     # be reached.
                     raise DatabaseFault(in_one_line(error)) from None
+                if not read_only and (rule := _a_dbas_rule_that_refused(error)):
+                    # RAISE EXCEPTION, a failed ASSERT, or a RAISE with an SQLSTATE that means
+                    # nothing above: a DBA's trigger refusing the write (the database probe of
+                    # stop 81; whatever the SQLSTATE, stop 86's note).
+                    raise CheckRefused(f"its rule {rule}") from None
                 raise
             if read_only:
                 raise SafeToRetry(f"the connection broke during a read: {error}") from error

@@ -38,9 +38,10 @@ class LimitReached(Exception):  # noqa: N818 (a state, not a mistake)
 
 class CheckRefused(Exception):  # noqa: N818 (a state, not a mistake)
     """A rule of the tables the API writes refused a row, one that is no per-user limit: a CHECK
-    constraint, a NOT NULL or a column's type that a DBA added (the API's own rules are refused before
-    they reach the database); nothing changed. `rule` names it in words ("its rule dba_no_boom"),
-    which is all the caller and the log are told: never the values."""
+    constraint, a NOT NULL or a column's type that a DBA added, or a DBA's trigger's RAISE or ASSERT
+    (the API's own rules are refused before they reach the database); nothing changed. `rule` names
+    it in words ("its rule dba_no_boom"), which is all the caller and the log are told: never the
+    values."""
 
     def __init__(self, rule: str) -> None:
         super().__init__(rule)

@@ -625,6 +625,10 @@ create trigger dba_no_boom before insert or update on public.tasks
     for each row execute function {function}();
 """
 _RAISE = "if NEW.title ~ 'BOOM' then raise exception 'title % is refused', NEW.title; end if"
+_RAISE_AS = (
+    "if NEW.title ~ 'BOOM' then"
+    " raise exception 'title % is refused', NEW.title using errcode = '{code}'; end if"
+)
 
 
 @pytest.mark.parametrize(
@@ -648,6 +652,14 @@ _RAISE = "if NEW.title ~ 'BOOM' then raise exception 'title % is refused', NEW.t
             + _DBAS_TRIGGER.format(function='"DBA rules"."dba_no_boom rule"', refuse=_RAISE),
             id="raise-in-quoted-names",
         ),
+        # Whatever SQLSTATE the RAISE chose: each was a 500 (stop 86's note).
+        *[
+            pytest.param(
+                _DBAS_TRIGGER.format(function="public.dba_no_boom", refuse=_RAISE_AS.format(code=code)),
+                id=f"raise-as-{code}",
+            )
+            for code in ("check_violation", "invalid_parameter_value", "not_null_violation", "U0001")
+        ],
     ],
 )
 def test_a_write_a_dbas_check_constraint_refuses_is_a_422_naming_it_and_changes_nothing(
