@@ -141,11 +141,20 @@ _UNKNOWN_NAME = (
 _RAISED_BY = re.compile(r"PL/pgSQL function (.+\)) line \d+ at (?:RAISE|ASSERT)")
 
 
+# SQLSTATE classes that tell of the database, not of the row written, answered by what they mean even
+# when a trigger raises them: a lost connection (08), a conflict to run again (40), a resource (53), an
+# object's state (55: a lock not available), an operator (57), the system (58), an internal error (XX).
+_THE_DATABASES_STATE = ("08", "40", "53", "55", "57", "58", "XX")
+
+
 def _a_dbas_rule_that_refused(error: psycopg.Error) -> str | None:
     """The function (its name and parameter types) of a DBA's trigger that refused a write by RAISE or
-    ASSERT: a rule the API does not know, as a DBA's CHECK is. None for any other error, and for the
-    database's own bookkeeping (schema app). An SQLSTATE the API answers by (a full disk, a conflict)
-    is answered so even when a trigger raises it."""
+    ASSERT: a rule the API does not know, as a DBA's CHECK is, whatever SQLSTATE it chose (with
+    'check_violation', 'insufficient_privilege' or a code of its own it was a 500, or an isolation
+    finding: stop 86's note), but one that tells of the database. None for any other error, and for
+    the database's own bookkeeping (schema app)."""
+    if (error.sqlstate or "")[:2] in _THE_DATABASES_STATE:
+        return None
     found = _RAISED_BY.match((error.diag.context or "").partition("\n")[0])
     return found[1] if found and not found[1].startswith("app.") else None
 
@@ -514,6 +523,8 @@ class Database:
                         raise OutcomeUnknown(
                             f"the database failed once the write's transaction had ended: {in_one_line(said)}"
                         ) from None
+                    if not read_only and (rule := _a_dbas_rule_that_refused(error)):
+                        raise CheckRefused(f"its rule {rule}") from None  # rolled back below
                     raise
         except SafeToRetry:
             raise
@@ -551,8 +562,6 @@ class Database:
             constraint = error.diag.constraint_name
             if constraint is not None and constraint.endswith("_limit"):
                 raise LimitReached(constraint) from None
-            if not read_only and (rule := _a_dbas_rule_that_refused(error)):
-                raise CheckRefused(f"its rule {rule}") from None
             if error.diag.schema_name != "public":
                 # A rule of the database's own bookkeeping (schema app), which no request writes:
                 # whatever broke it, the client's input did not (a 500, as a bug).
@@ -562,8 +571,6 @@ class Database:
             # The API sends NULL only where its columns take it: a NOT NULL a DBA added to one, which
             # was a 500 (the database-settings probe of stop 81), refuses the write as a CHECK does.
             await _roll_back(connection)
-            if not read_only and (rule := _a_dbas_rule_that_refused(error)):
-                raise CheckRefused(f"its rule {rule}") from None
             if error.diag.schema_name != "public":
                 raise  # the database's own bookkeeping, as above
             column = error.diag.column_name
@@ -627,11 +634,6 @@ class Database:
                     # and the others a 503 saying that the database, which had answered, could not
                     # be reached.
                     raise DatabaseFault(in_one_line(error)) from None
-                if not read_only and (rule := _a_dbas_rule_that_refused(error)):
-                    # RAISE EXCEPTION, a failed ASSERT, or a RAISE with an SQLSTATE that means
-                    # nothing above: a DBA's trigger refusing the write (the database probe of
-                    # stop 81; whatever the SQLSTATE, stop 86's note).
-                    raise CheckRefused(f"its rule {rule}") from None
                 raise
             if read_only:
                 raise SafeToRetry(f"the connection broke during a read: {error}") from error

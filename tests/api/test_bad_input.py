@@ -652,13 +652,20 @@ _RAISE_AS = (
             + _DBAS_TRIGGER.format(function='"DBA rules"."dba_no_boom rule"', refuse=_RAISE),
             id="raise-in-quoted-names",
         ),
-        # Whatever SQLSTATE the RAISE chose: each was a 500 (stop 86's note).
+        # Whatever SQLSTATE the RAISE chose: each was a 500, a 409 or an isolation finding (stop 86's note).
         *[
             pytest.param(
                 _DBAS_TRIGGER.format(function="public.dba_no_boom", refuse=_RAISE_AS.format(code=code)),
                 id=f"raise-as-{code}",
             )
-            for code in ("check_violation", "invalid_parameter_value", "not_null_violation", "U0001")
+            for code in (
+                "check_violation",
+                "not_null_violation",
+                "unique_violation",
+                "insufficient_privilege",
+                "invalid_parameter_value",
+                "U0001",
+            )
         ],
     ],
 )
