@@ -516,13 +516,18 @@ def invalid_input(field: str, message: str) -> ProblemError:
     )
 
 
-def refused_by_the_database(rule: str, *, deletion: bool = False) -> ProblemError:
+def refused_by_the_database(rule: str, *, deletion: bool = False, body_sent: bool = True) -> ProblemError:
     # The API's own rules refuse bad input before it reaches the database; a rule that still refuses
     # it is one the API does not know (a DBA's). The input is invalid all the same: named, never echoed.
-    # A DELETE has no body: a rule (a DBA's trigger) refused the deletion of the task its path names.
+    # A DELETE, or a toggle, has no body: a rule (a DBA's trigger) refused what it asked of the task its
+    # path names.
     if deletion:
         return invalid_input(
             "path.task_id", f"The database refuses to delete this task by {rule}; nothing was changed."
+        )
+    if not body_sent:
+        return invalid_input(
+            "path.task_id", f"The database refuses this change to the task by {rule}; nothing was changed."
         )
     return invalid_input("body", f"The database refuses this value by {rule}; nothing was changed.")
 
@@ -710,7 +715,13 @@ def install_problem_handlers(app: FastAPI, isolation: IsolationWatch) -> None:
     async def on_check_refused(request: Request, exc: CheckRefused) -> JSONResponse:
         # Its name only: the values it refused are a user's content.
         logger.warning("the database refused a write by %s", exc.rule)
-        return problem_response(refused_by_the_database(exc.rule, deletion=request.method == "DELETE"))
+        # Whether a body came, by its head alone: the route has read the body, which cannot be read twice.
+        body_sent = (
+            request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+        )
+        return problem_response(
+            refused_by_the_database(exc.rule, deletion=request.method == "DELETE", body_sent=body_sent)
+        )
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         # With what the database (or the pool) said: the class alone reads the same for a server

@@ -753,6 +753,44 @@ def test_a_delete_a_dbas_trigger_refuses_is_a_422_naming_it_and_deletes_nothing(
         assert db.execute(stored, {"t": created.json()["id"], "u": user.id}).fetchone() == before == (1, 1)
 
 
+def test_a_toggle_a_dbas_trigger_refuses_names_the_task_not_a_body_it_did_not_send(
+    migrated_db_url: str,
+) -> None:
+    """A toggle sends no body: refused by a DBA's trigger, its 422 named `body` (stop 86's first
+    verification probe); it names the task, as a refused delete does, and the task is as it was. A
+    toggle with a body (`{"completed": true}`) still names the body."""
+    user = new_user()
+    with (
+        serving_client(create_app(settings_for(as_role(migrated_db_url)))) as client,
+        psycopg.connect(migrated_db_url, autocommit=True) as db,
+    ):
+        created = client.post(user.tasks_url, json={"title": "Open"}, headers=user.headers)
+        assert created.status_code == 201, created.text
+        db.execute(
+            "create function public.dba_keeps_open() returns trigger language plpgsql as $$"
+            " begin if NEW.completed then raise exception 'task % stays open', OLD.title; end if;"
+            " return NEW; end $$;"
+            " create trigger dba_keeps_open before update on public.tasks"
+            " for each row execute function public.dba_keeps_open()"
+        )
+        url = f"{user.task_url(created.json()['id'])}/complete"
+        toggled = client.patch(url, headers=user.headers)
+        body = assert_problem(toggled, 422, "validation-error", "path.task_id")
+        assert body["errors"] == [
+            {
+                "field": "path.task_id",
+                "message": "The database refuses this change to the task by its rule "
+                "public.dba_keeps_open(); nothing was changed.",
+            }
+        ]
+        completed = client.patch(url, json={"completed": True}, headers=user.headers)
+        assert_problem(completed, 422, "validation-error", "body")
+        assert "Open" not in toggled.text + completed.text
+        assert db.execute("select completed from tasks where id = %s", [created.json()["id"]]).fetchone() == (
+            False,
+        )
+
+
 @pytest.mark.parametrize(
     ("dba_change", "write", "rule"),
     [
