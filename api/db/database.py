@@ -60,7 +60,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -92,6 +91,7 @@ from api.db.errors import (
     WritesRefused,
     in_one_line,
     out_of_a_resource,
+    the_function_raising,
 )
 from api.db.fair_share import FairShare, Share
 from api.db.pool import (
@@ -134,17 +134,15 @@ _UNKNOWN_NAME = (
     psycopg.errors.InvalidSchemaName,
 )
 
-# The function whose RAISE or ASSERT raised an error, as the first line of its context names it (the
-# innermost call): "PL/pgSQL function public.f() line 3 at RAISE", qualified as the API's transactions
-# name nothing without its schema (api/db/statements.py), and quoted where its name needs it (`"DBA
-# rules"."no boom"(integer)`: the verification probe of stop 86).
-_RAISED_BY = re.compile(r"PL/pgSQL function (.+\)) line \d+ at (?:RAISE|ASSERT)")
-
-
+# The C functions of PL/pgSQL's RAISE and ASSERT, as the error names its source: never translated, where
+# the context's words follow lc_messages ("PL/pgSQL-Funktion public.f() Zeile 2 bei RAISE": in German
+# a DBA's RAISE was a 500, or a 503 for everyone: the verification probe of stop 87).
+_RAISED_BY_PLPGSQL = ("exec_stmt_raise", "exec_stmt_assert")
 # SQLSTATE classes that tell of the database, not of the row written, answered by what they mean even
-# when a trigger raises them: a lost connection (08), a conflict to run again (40), a resource (53), an
-# object's state (55: a lock not available), an operator (57), the system (58), an internal error (XX).
-_THE_DATABASES_STATE = ("08", "40", "53", "55", "57", "58", "XX")
+# when a trigger raises them: a lost connection (08), a read-only or aborted transaction (25), a
+# conflict to run again (40), a resource (53), a limit of the server's (54), an object's state (55: a
+# lock not available), an operator (57), the system (58), an internal error (XX).
+_THE_DATABASES_STATE = ("08", "25", "40", "53", "54", "55", "57", "58", "XX")
 
 
 def _a_dbas_rule_that_refused(error: psycopg.Error) -> str | None:
@@ -153,10 +151,11 @@ def _a_dbas_rule_that_refused(error: psycopg.Error) -> str | None:
     'check_violation', 'insufficient_privilege' or a code of its own it was a 500, or an isolation
     finding: stop 86's note), but one that tells of the database. None for any other error, and for
     the database's own bookkeeping (schema app)."""
+    if error.diag.source_function not in _RAISED_BY_PLPGSQL:
+        return None
     if (error.sqlstate or "")[:2] in _THE_DATABASES_STATE:
         return None
-    found = _RAISED_BY.match((error.diag.context or "").partition("\n")[0])
-    return found[1] if found and not found[1].startswith("app.") else None
+    return the_function_raising(error.diag.context or "")
 
 
 # The SQLSTATE class of the database's own internal errors (XX000 internal_error, XX001 data_corrupted,
@@ -515,6 +514,10 @@ class Database:
                 try:
                     return await self._sent_prepared_anew_if_outdated(connection, query, as_user)
                 except psycopg.Error as error:
+                    if not read_only and (rule := _a_dbas_rule_that_refused(error)):
+                        # Refused by a statement, or at COMMIT by a deferred trigger: nothing committed
+                        # either way (at COMMIT it was an outcome-unknown 503 that every retry met).
+                        raise CheckRefused(f"its rule {rule}") from None  # rolled back below
                     if not read_only and _may_have_committed(connection, error):
                         if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                             await connection.close()  # psycopg lost track of it: not back to the pool
@@ -523,8 +526,6 @@ class Database:
                         raise OutcomeUnknown(
                             f"the database failed once the write's transaction had ended: {in_one_line(said)}"
                         ) from None
-                    if not read_only and (rule := _a_dbas_rule_that_refused(error)):
-                        raise CheckRefused(f"its rule {rule}") from None  # rolled back below
                     raise
         except SafeToRetry:
             raise

@@ -1,5 +1,7 @@
 """What the database layer tells the layers above when it cannot do its job right now."""
 
+import re
+
 import psycopg
 from psycopg_pool import PoolTimeout
 
@@ -11,6 +13,25 @@ def in_one_line(error: BaseException) -> str:
     text = (error.diag.message_primary if isinstance(error, psycopg.Error) else None) or str(error)
     lines = text.strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+# A PL/pgSQL function as an error's context names it, in any language Postgres speaks: its name and
+# parameter types, qualified unless the function's search_path shows it (the API's requests, and its
+# functions, name everything with its schema), quoted where its name needs it (`"DBA rules"."no
+# boom"(integer)`: the verification probe of stop 86).
+_IDENTIFIER = r'(?:"(?:[^"]|"")+"|[^\s"().,]+)'
+_SIGNATURE = re.compile(rf"(?:{_IDENTIFIER}\.)?{_IDENTIFIER}\([^)]*\)")
+# The schema of the database's own bookkeeping, as a function's signature begins with it.
+_BOOKKEEPING = "app."
+
+
+def the_function_raising(context: str) -> str | None:
+    """The function an error's context names first, the innermost call, where the error was raised:
+    "PL/pgSQL function public.f() line 3 at RAISE" gives public.f(), as its German
+    "PL/pgSQL-Funktion public.f() Zeile 3 bei RAISE" does; none for a function of schema app, the
+    database's own bookkeeping."""
+    found = _SIGNATURE.search(context.partition("\n")[0])
+    return found[0] if found and not found[0].startswith(_BOOKKEEPING) else None
 
 
 # The SQLSTATE class of "insufficient resources" (disk full, out of memory, ...): psycopg gives each

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from api.app import create_app, openapi_document
+from api.db.errors import the_function_raising
 from api.tasks.listing import CURSOR_MAX_LENGTH
 from tests.support import ApiUser, as_role, assert_problem, new_user, serving_client, settings_for
 
@@ -716,6 +717,77 @@ def test_a_write_a_dbas_check_constraint_refuses_is_a_422_naming_it_and_changes_
             user.tasks_url, json={"title": "Fine again"}, headers={**user.headers, "Idempotency-Key": "k-1"}
         )
         assert again.status_code == 201, again.text
+
+
+@pytest.mark.parametrize(
+    "way",
+    [{"db_prepared_statements": "off"}, {"db_prepared_statements": "auto"}, {"db_prepare_threshold": 0}],
+    ids=["one-message", "one-message-prepared", "pipelined-and-prepared"],
+)
+def test_a_deferred_dbas_trigger_refusing_at_commit_is_a_422_and_a_retry_meets_the_same(
+    migrated_db_url: str, way: dict[str, object]
+) -> None:
+    """Raised at COMMIT by a deferred constraint trigger, the refusal was a 503 outcome-unknown ("it may
+    or may not have been made. Retry with the same Idempotency-Key"), and every retry met it again: a
+    client that followed the advice looped for as long as the rule stood (the verification probe of
+    stop 87). COMMIT failed, so nothing committed: a 422, each time, and the next request is served."""
+    user = new_user()
+    trigger = (
+        _DBAS_TRIGGER.format(function="public.dba_no_boom", refuse=_RAISE)
+        .replace("create trigger dba_no_boom before", "create constraint trigger dba_no_boom after")
+        .replace("for each row", "deferrable initially deferred for each row")
+    )
+    with (
+        serving_client(create_app(settings_for(as_role(migrated_db_url), **way))) as client,
+        psycopg.connect(migrated_db_url, autocommit=True) as db,
+    ):
+        db.execute(trigger)
+        keyed = {**user.headers, "Idempotency-Key": "k-1"}
+        for _ in range(2):
+            refused = client.post(user.tasks_url, json={"title": "BOOM"}, headers=keyed)
+            body = assert_problem(refused, 422, "validation-error", "body")
+            assert "dba_no_boom" in json.dumps(body), body
+        fine = client.post(user.tasks_url, json={"title": "Fine"}, headers=user.headers)
+        assert fine.status_code == 201, fine.text
+        stored = "select array_agg(title), (select count(*) from idempotency_keys where user_id = %(u)s)"
+        assert db.execute(f"{stored} from tasks where user_id = %(u)s", {"u": user.id}).fetchone() == (
+            ["Fine"],
+            0,
+        )
+
+
+@pytest.mark.parametrize("code", ["read_only_sql_transaction", "program_limit_exceeded", "disk_full"])
+def test_a_dbas_raise_that_tells_of_the_database_keeps_its_answer(migrated_db_url: str, code: str) -> None:
+    """A trigger that raises what a read-only database, a server's limit or a full disk would (a DBA
+    freezing writes, say) is answered as those are, a 503 that blames no input: 25xxx and 54xxx were
+    422s saying the value was refused (the verification probe of stop 87)."""
+    user = new_user()
+    with (
+        serving_client(create_app(settings_for(as_role(migrated_db_url)))) as client,
+        psycopg.connect(migrated_db_url, autocommit=True) as db,
+    ):
+        db.execute(_DBAS_TRIGGER.format(function="public.dba_no_boom", refuse=_RAISE_AS.format(code=code)))
+        refused = client.post(user.tasks_url, json={"title": "BOOM"}, headers=user.headers)
+        assert_problem(refused, 503, "database-unavailable")
+        assert "BOOM" not in refused.text
+        assert db.execute("select count(*) from tasks where user_id = %s", [user.id]).fetchone() == (0,)
+
+
+def test_a_dbas_raise_is_known_by_its_source_whatever_language_postgres_speaks() -> None:
+    """The embedded Postgres has no translations, so this reads the context lines a German one wrote
+    (the verification probe of stop 87, Debian's postgresql-15 with lc_messages de_DE): matched by the
+    English words, a DBA's RAISE there was a 500, or with 42501 a 503 for every user."""
+    for context, function in [
+        ("PL/pgSQL-Funktion public.dba_rule() Zeile 2 bei RAISE", "public.dba_rule()"),
+        ("fonction PL/pgSQL public.dba_rule(integer) ligne 2 à RAISE", "public.dba_rule(integer)"),
+        (
+            'PL/pgSQL function "DBA rules"."no boom"(text, "my type") line 3 at ASSERT',
+            '"DBA rules"."no boom"(text, "my type")',
+        ),
+        ('PL/pgSQL function "app.x".f() line 3 at RAISE', '"app.x".f()'),
+        ("PL/pgSQL function app.count_tasks() line 12 at RAISE", None),
+    ]:
+        assert the_function_raising(context) == function, context
 
 
 def test_a_delete_a_dbas_trigger_refuses_is_a_422_naming_it_and_deletes_nothing(migrated_db_url: str) -> None:
