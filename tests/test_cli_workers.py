@@ -129,9 +129,9 @@ def test_stops_to_the_group_or_every_process_let_a_request_in_flight_finish_and_
         assert connection.execute("select title from tasks where id = %s", [task["id"]]).fetchone() == (
             "after",
         )
-    # Not "refused to gracefully stop" absent: granian's server joins a worker from two threads, and
-    # the one that loses the race took a worker that had stopped for one alive a moment longer, and
-    # logged that line for it (seen under load, the worker gone with its request answered).
+    # granian's "refused to gracefully stop" is not asserted absent: its server joins each worker from
+    # two threads, and the one that loses that race takes a worker that has stopped for alive a moment
+    # longer, and logs the line for it (seen under load, the worker gone, its request answered).
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
