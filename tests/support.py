@@ -181,6 +181,16 @@ CLI = [sys.executable, "-m", "api.ops.cli"]
 PROJECT = Path(__file__).resolve().parent.parent
 
 
+# Every way the database helper sends a transaction (api/db/database.py), as settings, for tests that
+# must hold in each: one message; one message, prepared (on the suite's direct connections, auto
+# prepares: tests/db/test_prepared_statements.py); a pipeline of prepared statements.
+TRANSACTION_WAYS = [
+    pytest.param({"db_prepared_statements": "off"}, id="one-message"),
+    pytest.param({"db_prepared_statements": "auto"}, id="one-message-prepared"),
+    pytest.param({"db_prepare_threshold": 0}, id="pipelined-and-prepared"),
+]
+
+
 def cli_env(**variables: str) -> dict[str, str]:
     """The caller's environment without any todo-api configuration, plus `variables`."""
     names = {name.upper() for name in Settings.model_fields}

@@ -15,6 +15,7 @@ from api.db.database import Database
 from api.db.errors import CheckRefused, StatementCancelled
 from tests.support import (
     LOGIN_ROLE,
+    TRANSACTION_WAYS,
     assert_problem,
     new_user,
     serving_client,
@@ -36,15 +37,7 @@ async def identity_between_requests(database: Database) -> dict[str, Any]:
         return dict(row or {})
 
 
-@pytest.fixture(
-    params=[
-        {"db_prepared_statements": "off"},
-        # On the suite's direct connections, auto prepares (tests/db/test_prepared_statements.py).
-        {"db_prepared_statements": "auto"},
-        {"db_prepare_threshold": 0},
-    ],
-    ids=["one-message", "one-message-prepared", "pipelined-and-prepared"],
-)
+@pytest.fixture(params=TRANSACTION_WAYS)
 def way(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Every way the helper sends a transaction (see api/db/database.py) must keep the same promises."""
     settings: dict[str, Any] = request.param

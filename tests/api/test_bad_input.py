@@ -15,7 +15,15 @@ import pytest
 from api.app import create_app, openapi_document
 from api.db.errors import the_function_raising
 from api.tasks.listing import CURSOR_MAX_LENGTH
-from tests.support import ApiUser, as_role, assert_problem, new_user, serving_client, settings_for
+from tests.support import (
+    TRANSACTION_WAYS,
+    ApiUser,
+    as_role,
+    assert_problem,
+    new_user,
+    serving_client,
+    settings_for,
+)
 
 JSON = "application/json"
 MAX_ID = 2**63 - 1
@@ -719,11 +727,7 @@ def test_a_write_a_dbas_check_constraint_refuses_is_a_422_naming_it_and_changes_
         assert again.status_code == 201, again.text
 
 
-@pytest.mark.parametrize(
-    "way",
-    [{"db_prepared_statements": "off"}, {"db_prepared_statements": "auto"}, {"db_prepare_threshold": 0}],
-    ids=["one-message", "one-message-prepared", "pipelined-and-prepared"],
-)
+@pytest.mark.parametrize("way", TRANSACTION_WAYS)
 def test_a_deferred_dbas_trigger_refusing_at_commit_is_a_422_and_a_retry_meets_the_same(
     migrated_db_url: str, way: dict[str, object]
 ) -> None:

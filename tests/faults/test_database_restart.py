@@ -24,6 +24,7 @@ from tests.own_postgres import OwnPostgres
 from tests.pgbouncer import pgbouncer, require_pgbouncer
 from tests.support import (
     LOGIN_ROLE,
+    TRANSACTION_WAYS,
     ApiUser,
     assert_problem,
     database_answers,
@@ -129,11 +130,7 @@ def _run(url: str, scenario: Any, **settings: Any) -> None:
 _INSERT_ONE = "insert into public.tasks (user_id, title) values ('alice', 'once') returning id"
 
 
-@pytest.mark.parametrize(
-    "way",
-    [{"db_prepared_statements": "off"}, {"db_prepared_statements": "auto"}, {"db_prepare_threshold": 0}],
-    ids=["one-message", "one-message-prepared", "pipelined-and-prepared"],
-)
+@pytest.mark.parametrize("way", TRANSACTION_WAYS)
 def test_a_write_on_a_connection_ended_while_idle_runs_again_once(
     migrated_db: psycopg.Connection[Any], migrated_db_url: str, superuser_url: str, way: dict[str, Any]
 ) -> None:
